@@ -1,0 +1,81 @@
+"""Storage: the ports the core uses, and `open_storage` to get the adapters settings ask for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .local import LocalObjectStore, SqliteTable
+from .ports import (
+    ANY_VERSION,
+    Delete,
+    Increment,
+    InvalidKey,
+    Item,
+    NotFound,
+    ObjectInfo,
+    ObjectStore,
+    PreconditionFailed,
+    Put,
+    StorageError,
+    StoredObject,
+    Table,
+    Write,
+)
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+__all__ = [
+    "ANY_VERSION",
+    "Delete",
+    "Increment",
+    "InvalidKey",
+    "Item",
+    "NotFound",
+    "ObjectInfo",
+    "ObjectStore",
+    "PreconditionFailed",
+    "Put",
+    "Storage",
+    "StorageError",
+    "StoredObject",
+    "Table",
+    "Write",
+    "open_storage",
+]
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Everything the application stores: images and index files, the catalog, feedback."""
+
+    objects: ObjectStore
+    catalog: Table
+    feedback: Table
+
+
+def open_storage(settings: Settings) -> Storage:
+    """The local data directory or the AWS resources, as `settings.backend` says."""
+    if settings.backend == "aws":
+        # Imported here so that local use does not pay for loading boto3.
+        import boto3
+        from botocore.config import Config
+
+        from .aws import DynamoTable, S3ObjectStore
+
+        # Endpoints and credentials come from boto3's usual sources (AWS_ENDPOINT_URL etc.).
+        # Presigned URLs must use SigV4: S3 no longer accepts SigV2 in most regions.
+        s3 = boto3.client("s3", config=Config(signature_version="s3v4"))
+        dynamodb = boto3.client("dynamodb")
+        return Storage(
+            objects=S3ObjectStore(s3, settings.bucket, settings.cache_dir),
+            catalog=DynamoTable(dynamodb, settings.catalog_table),
+            feedback=DynamoTable(dynamodb, settings.feedback_table),
+        )
+    tables = settings.data_dir / "tables.sqlite3"
+    return Storage(
+        objects=LocalObjectStore(settings.data_dir / "objects"),
+        catalog=SqliteTable(tables, "catalog"),
+        feedback=SqliteTable(tables, "feedback"),
+    )

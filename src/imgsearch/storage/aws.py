@@ -1,0 +1,426 @@
+"""AWS adapters: objects in S3, tables in DynamoDB.
+
+Conditions are evaluated by the services themselves (S3 conditional writes, DynamoDB condition
+expressions), so these adapters hold no locks and are safe from any number of Lambdas at once.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from .local import atomic_file
+from .ports import (
+    ANY_VERSION,
+    Delete,
+    Increment,
+    Item,
+    NotFound,
+    ObjectInfo,
+    PreconditionFailed,
+    Put,
+    StoredObject,
+    Write,
+)
+from .validation import (
+    validate_attrs,
+    validate_expected_version,
+    validate_increment,
+    validate_item_key,
+    validate_key,
+    validate_limit,
+    validate_partition_key,
+    validate_put_conditions,
+    validate_writes,
+)
+
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+# 412: the condition is false; 409: a concurrent conditional write to the key won.
+_CONDITION_FAILED_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _unquote(etag: str) -> str:
+    """S3 returns ETags in quotes; callers get the bare MD5 hex, as from the local store."""
+    return etag.strip('"')
+
+
+class S3ObjectStore:
+    """Objects in one S3 bucket. `local_path` caches downloads under `cache_dir`."""
+
+    def __init__(self, client: Any, bucket: str, cache_dir: Path) -> None:
+        self._client = client
+        self.bucket = bucket
+        self.cache_dir = Path(cache_dir)
+
+    def get(self, key: str) -> StoredObject:
+        validate_key(key)
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            raise self._not_found_or(error, key) from error
+        return StoredObject(data=response["Body"].read(), etag=_unquote(response["ETag"]))
+
+    def head(self, key: str) -> ObjectInfo:
+        validate_key(key)
+        try:
+            response = self._client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            raise self._not_found_or(error, key) from error
+        return ObjectInfo(
+            key=key,
+            size=response["ContentLength"],
+            etag=_unquote(response["ETag"]),
+            last_modified=response["LastModified"].timestamp(),
+        )
+
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> str:
+        validate_key(key)
+        validate_put_conditions(if_none_match, if_match)
+        conditions: dict[str, str] = {}
+        if if_none_match:
+            conditions["IfNoneMatch"] = "*"
+        if if_match is not None:
+            conditions["IfMatch"] = f'"{if_match}"'
+        try:
+            response = self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **conditions
+            )
+        except ClientError as error:
+            code = _error_code(error)
+            # If-Match on a missing key answers 404 NoSuchKey: the version it names is gone.
+            if code in _CONDITION_FAILED_CODES or (conditions and code in _NOT_FOUND_CODES):
+                raise PreconditionFailed(f"{key!r}: {code}") from error
+            raise
+        return _unquote(response["ETag"])
+
+    def delete(self, key: str) -> None:
+        validate_key(key)
+        self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for entry in page.get("Contents", []):
+                yield ObjectInfo(
+                    key=entry["Key"],
+                    size=entry["Size"],
+                    etag=_unquote(entry["ETag"]),
+                    last_modified=entry["LastModified"].timestamp(),
+                )
+
+    def local_path(self, key: str) -> Path:
+        # The cache is never invalidated: local_path is only for keys that are never replaced.
+        path = self.cache_dir.joinpath(self.bucket, *validate_key(key).split("/"))
+        if path.is_file():
+            return path
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            raise self._not_found_or(error, key) from error
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Atomic, so a concurrent reader never maps a half-downloaded file.
+        with atomic_file(path) as file:
+            shutil.copyfileobj(response["Body"], file, 1 << 20)
+        return path
+
+    def url(self, key: str, *, expires: int = 3600) -> str | None:
+        validate_key(key)
+        return self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
+        )
+
+    @staticmethod
+    def _not_found_or(error: ClientError, key: str) -> Exception:
+        return NotFound(key) if _error_code(error) in _NOT_FOUND_CODES else error
+
+
+# DynamoDB has no float type: numbers travel as decimal strings. Floats go out as the decimal
+# form of their repr(), which reads back to the identical float.
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def _to_dynamo(value: Any) -> Any:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"a table cannot store {value!r}")
+        return Decimal(repr(value))
+    if isinstance(value, Mapping):
+        return {name: _to_dynamo(inner) for name, inner in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_dynamo(inner) for inner in value]
+    return value
+
+
+def _from_dynamo(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        # A number written without a fractional part was an int. (DynamoDB trims trailing
+        # zeros, so a float with an integral value, like 2.0, reads back as the int 2.)
+        exponent = value.as_tuple().exponent
+        return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
+    if isinstance(value, dict):
+        return {name: _from_dynamo(inner) for name, inner in value.items()}
+    if isinstance(value, list):
+        return [_from_dynamo(inner) for inner in value]
+    return value
+
+
+def _attribute_value(value: Any) -> dict[str, Any]:
+    return _serializer.serialize(_to_dynamo(value))
+
+
+def _decode_item(raw: Mapping[str, Any]) -> Item:
+    return {name: _from_dynamo(_deserializer.deserialize(value)) for name, value in raw.items()}
+
+
+def _version_condition(expected_version: int) -> dict[str, Any]:
+    """Request parameters that make a write conditional on the item's version."""
+    if expected_version == ANY_VERSION:
+        return {}
+    if expected_version == 0:
+        return {
+            "ConditionExpression": "attribute_not_exists(#pk)",
+            "ExpressionAttributeNames": {"#pk": "pk"},
+        }
+    return {
+        "ConditionExpression": "#version = :expected",
+        "ExpressionAttributeNames": {"#version": "version"},
+        "ExpressionAttributeValues": {":expected": {"N": str(expected_version)}},
+    }
+
+
+def _is_condition_failure(error: ClientError) -> bool:
+    return _error_code(error) == "ConditionalCheckFailedException"
+
+
+class DynamoTable:
+    """A DynamoDB table keyed by pk (string, HASH) and sk (string, RANGE).
+
+    Accepts a boto3 DynamoDB client or resource; either way it speaks the low-level API, with
+    every attribute name passed through ExpressionAttributeNames so reserved words are fine.
+    """
+
+    def __init__(self, client_or_resource: Any, table_name: str) -> None:
+        # A resource wraps a client; clients have no `meta.client`.
+        self._client = getattr(client_or_resource.meta, "client", client_or_resource)
+        self.table_name = table_name
+
+    def get(self, pk: str, sk: str) -> Item | None:
+        validate_item_key(pk, sk)
+        response = self._client.get_item(
+            TableName=self.table_name, Key=self._key(pk, sk), ConsistentRead=True
+        )
+        raw = response.get("Item")
+        return None if raw is None else _decode_item(raw)
+
+    def put(
+        self, pk: str, sk: str, attrs: Mapping[str, Any], *, expected_version: int = ANY_VERSION
+    ) -> int:
+        validate_item_key(pk, sk)
+        validate_attrs(attrs)
+        validate_expected_version(expected_version)
+        while True:
+            # DynamoDB cannot compute "current version + 1" in a PutItem, so an unconditional
+            # put reads the version and writes conditionally on it, retrying if it lost a race.
+            version = (
+                self._current_version(pk, sk)
+                if expected_version == ANY_VERSION
+                else expected_version
+            )
+            try:
+                self._client.put_item(
+                    TableName=self.table_name,
+                    Item=self._encode_item(pk, sk, version + 1, attrs),
+                    **_version_condition(version),
+                )
+                return version + 1
+            except ClientError as error:
+                if not _is_condition_failure(error):
+                    raise
+                if expected_version != ANY_VERSION:
+                    raise PreconditionFailed(
+                        f"({pk!r}, {sk!r}) is not at version {expected_version}"
+                    ) from error
+
+    def delete(self, pk: str, sk: str, *, expected_version: int = ANY_VERSION) -> None:
+        validate_item_key(pk, sk)
+        validate_expected_version(expected_version)
+        try:
+            self._client.delete_item(
+                TableName=self.table_name,
+                Key=self._key(pk, sk),
+                **_version_condition(expected_version),
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                raise PreconditionFailed(
+                    f"({pk!r}, {sk!r}) is not at version {expected_version}"
+                ) from error
+            raise
+
+    def increment(
+        self,
+        pk: str,
+        sk: str,
+        deltas: Mapping[str, int | float],
+        set_attrs: Mapping[str, Any] | None = None,
+    ) -> Item:
+        validate_item_key(pk, sk)
+        set_attrs = set_attrs or {}
+        validate_increment(deltas, set_attrs)
+        response = self._client.update_item(
+            **self._increment_update(pk, sk, deltas, set_attrs), ReturnValues="ALL_NEW"
+        )
+        return _decode_item(response["Attributes"])
+
+    def query(
+        self, pk: str, *, prefix: str = "", start_after: str | None = None, limit: int | None = None
+    ) -> Iterator[Item]:
+        validate_partition_key(pk)
+        validate_limit(limit)
+        names = {"#pk": "pk"}
+        values: dict[str, Any] = {":pk": {"S": pk}}
+        condition = "#pk = :pk"
+        if prefix:
+            names["#sk"] = "sk"
+            values[":prefix"] = {"S": prefix}
+            condition += " AND begins_with(#sk, :prefix)"
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            "ConsistentRead": True,
+        }
+        # DynamoDB refuses an ExclusiveStartKey outside the key condition, so a start_after
+        # below the prefix's range is dropped and one above it means there is nothing to return.
+        if start_after and (not prefix or start_after.startswith(prefix)):
+            request["ExclusiveStartKey"] = self._key(pk, start_after)
+        elif start_after and start_after > prefix:
+            return
+        remaining = limit
+        while remaining is None or remaining > 0:
+            if remaining is not None:
+                request["Limit"] = remaining
+            page = self._client.query(**request)
+            for raw in page["Items"]:
+                yield _decode_item(raw)
+            if remaining is not None:
+                remaining -= len(page["Items"])
+            if "LastEvaluatedKey" not in page:
+                return
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def transact(self, writes: Sequence[Write]) -> None:
+        validate_writes(writes)
+        if not writes:
+            return  # TransactWriteItems refuses an empty list
+        while True:
+            # Unconditional puts need the current version (see put), so they carry a condition
+            # of ours; if only those fail, another writer got in between and we go again.
+            items, own_conditions = self._transact_items(writes)
+            try:
+                self._client.transact_write_items(TransactItems=items)
+                return
+            except ClientError as error:
+                if _error_code(error) != "TransactionCanceledException":
+                    raise
+                reasons = error.response.get("CancellationReasons", [])
+                failed = {
+                    index
+                    for index, reason in enumerate(reasons)
+                    if reason.get("Code") == "ConditionalCheckFailed"
+                }
+                if not failed:
+                    raise
+                if failed - own_conditions:
+                    raise PreconditionFailed("a condition of the transaction failed") from error
+
+    def _transact_items(self, writes: Sequence[Write]) -> tuple[list[dict[str, Any]], set[int]]:
+        items: list[dict[str, Any]] = []
+        own_conditions: set[int] = set()
+        for index, write in enumerate(writes):
+            match write:
+                case Put(pk=pk, sk=sk, attrs=attrs, expected_version=expected):
+                    if expected == ANY_VERSION:
+                        expected = self._current_version(pk, sk)
+                        own_conditions.add(index)
+                    item = self._encode_item(pk, sk, expected + 1, attrs)
+                    put = {"TableName": self.table_name, "Item": item}
+                    items.append({"Put": put | _version_condition(expected)})
+                case Delete(pk=pk, sk=sk, expected_version=expected):
+                    delete = {"TableName": self.table_name, "Key": self._key(pk, sk)}
+                    items.append({"Delete": delete | _version_condition(expected)})
+                case Increment(pk=pk, sk=sk, deltas=deltas, set_attrs=set_attrs):
+                    items.append({"Update": self._increment_update(pk, sk, deltas, set_attrs)})
+        return items, own_conditions
+
+    def _increment_update(
+        self,
+        pk: str,
+        sk: str,
+        deltas: Mapping[str, int | float],
+        set_attrs: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """An UpdateItem request: ADD creates missing numbers at 0, and the version with them."""
+        names = {"#version": "version"}
+        values = {":one": {"N": "1"}}
+        additions = ["#version :one"]
+        for index, (name, delta) in enumerate(deltas.items()):
+            names[f"#d{index}"] = name
+            values[f":d{index}"] = _attribute_value(delta)
+            additions.append(f"#d{index} :d{index}")
+        assignments = []
+        for index, (name, value) in enumerate(set_attrs.items()):
+            names[f"#s{index}"] = name
+            values[f":s{index}"] = _attribute_value(value)
+            assignments.append(f"#s{index} = :s{index}")
+        expression = "ADD " + ", ".join(additions)
+        if assignments:
+            expression = "SET " + ", ".join(assignments) + " " + expression
+        return {
+            "TableName": self.table_name,
+            "Key": self._key(pk, sk),
+            "UpdateExpression": expression,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
+
+    def _current_version(self, pk: str, sk: str) -> int:
+        response = self._client.get_item(
+            TableName=self.table_name,
+            Key=self._key(pk, sk),
+            ConsistentRead=True,
+            ProjectionExpression="#version",
+            ExpressionAttributeNames={"#version": "version"},
+        )
+        item = response.get("Item")
+        return 0 if item is None else int(item["version"]["N"])
+
+    @staticmethod
+    def _key(pk: str, sk: str) -> dict[str, Any]:
+        return {"pk": {"S": pk}, "sk": {"S": sk}}
+
+    @staticmethod
+    def _encode_item(pk: str, sk: str, version: int, attrs: Mapping[str, Any]) -> dict[str, Any]:
+        item = {name: _attribute_value(value) for name, value in attrs.items()}
+        return item | DynamoTable._key(pk, sk) | {"version": {"N": str(version)}}

@@ -1,0 +1,447 @@
+"""Local adapters: objects as files in a directory, tables in an SQLite file.
+
+Both are safe to share between threads and between processes on one machine (a development
+server, a batch job and the CLI working on the same data directory at once).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .ports import (
+    ANY_VERSION,
+    Delete,
+    Increment,
+    InvalidKey,
+    Item,
+    NotFound,
+    ObjectInfo,
+    PreconditionFailed,
+    Put,
+    StoredObject,
+    Write,
+)
+from .validation import (
+    INTERNAL_NAME_PREFIX,
+    validate_attrs,
+    validate_expected_version,
+    validate_increment,
+    validate_item_key,
+    validate_key,
+    validate_limit,
+    validate_partition_key,
+    validate_put_conditions,
+    validate_writes,
+)
+
+TEMP_FILE_PREFIX = f"{INTERNAL_NAME_PREFIX}tmp-"
+LOCK_DIR_NAME = f"{INTERNAL_NAME_PREFIX}locks"
+# Conditional writes lock one of a fixed set of files chosen by the key's hash: enough stripes
+# that unrelated keys rarely wait for each other, without a lock file per key ever written.
+LOCK_STRIPES = 64
+
+# The errors opening a key's path gives when no object is stored there (the path is missing,
+# is a directory holding longer keys, or runs through a file).
+_NO_OBJECT_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """Write `path` all-or-nothing: readers see the old file or the complete new one.
+
+    The temporary file lives in the same directory so that the final rename stays on one file
+    system, which is what makes it atomic. The parent directory must exist.
+    """
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=TEMP_FILE_PREFIX)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temp_name, 0o644)  # mkstemp creates 0600; objects are ordinary files
+        os.replace(temp_name, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+    # Make the rename itself durable, not only the file's contents.
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+class LocalObjectStore:
+    """Objects as files under `root`: the key is the file's path relative to `root`.
+
+    ETags are the MD5 hex digest of the content, as S3 computes them for single-part uploads.
+    A key cannot name both an object and a "directory" of longer keys ("a" and "a/b"): a file
+    system cannot hold that, so such a put raises InvalidKey. `content_type` is not stored.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._lock_dir = self.root / LOCK_DIR_NAME
+        self._lock_dir.mkdir(parents=True, exist_ok=True)
+
+    def get(self, key: str) -> StoredObject:
+        try:
+            data = self._path(key).read_bytes()
+        except _NO_OBJECT_ERRORS as error:
+            raise NotFound(key) from error
+        return StoredObject(data=data, etag=hashlib.md5(data).hexdigest())
+
+    def head(self, key: str) -> ObjectInfo:
+        try:
+            with self._path(key).open("rb") as file:
+                stat = os.fstat(file.fileno())
+                etag = hashlib.file_digest(file, "md5").hexdigest()
+        except _NO_OBJECT_ERRORS as error:
+            raise NotFound(key) from error
+        return ObjectInfo(key=key, size=stat.st_size, etag=etag, last_modified=stat.st_mtime)
+
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> str:
+        validate_put_conditions(if_none_match, if_match)
+        path = self._path(key)
+        # Unconditional writes take the lock too: otherwise one could land between a
+        # conditional write's check and its rename and be silently overwritten.
+        with self._locked(key):
+            if if_none_match or if_match is not None:
+                current = self._current_etag(path)
+                if if_none_match and current is not None:
+                    raise PreconditionFailed(f"{key!r} already exists")
+                if if_match is not None and current != if_match:
+                    raise PreconditionFailed(f"{key!r} is not at ETag {if_match}")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_file(path) as file:
+                    file.write(data)
+            except (FileExistsError, NotADirectoryError, IsADirectoryError) as error:
+                raise InvalidKey(f"{key!r} collides with a stored object's path") from error
+        return hashlib.md5(data).hexdigest()
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        with self._locked(key), suppress(*_NO_OBJECT_ERRORS):
+            path.unlink()
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Only walk the directory every matching key must lie under. A directory part that is
+        # not a valid key (say "../") cannot start any stored key, so nothing matches.
+        directory, _, _ = prefix.rpartition("/")
+        if directory:
+            try:
+                validate_key(directory)
+            except InvalidKey:
+                return
+        keys = []
+        for dirpath, dirnames, filenames in os.walk(self.root.joinpath(*directory.split("/"))):
+            dirnames[:] = [name for name in dirnames if not name.startswith(INTERNAL_NAME_PREFIX)]
+            relative = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                if name.startswith(INTERNAL_NAME_PREFIX):
+                    continue
+                key = name if relative == "." else f"{relative}/{name}"
+                if key.startswith(prefix):
+                    keys.append(key)
+        # Sorting whole keys, not walking directories in order: "a-b" sorts before "a/b".
+        for key in sorted(keys):
+            # Skip files deleted since the walk, and files put there by hand under names no
+            # key can have.
+            with suppress(NotFound, InvalidKey):
+                yield self.head(key)
+
+    def local_path(self, key: str) -> Path:
+        path = self._path(key)
+        if not path.is_file():
+            raise NotFound(key)
+        return path
+
+    def url(self, key: str, *, expires: int = 3600) -> str | None:
+        validate_key(key)  # refuse what every other adapter refuses
+        return None
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*validate_key(key).split("/"))
+
+    @staticmethod
+    def _current_etag(path: Path) -> str | None:
+        try:
+            with path.open("rb") as file:
+                return hashlib.file_digest(file, "md5").hexdigest()
+        except _NO_OBJECT_ERRORS:
+            return None
+
+    @contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        """Hold the key's lock stripe; flock excludes other threads and processes alike,
+        because every holder opens the lock file itself."""
+        digest = hashlib.md5(key.encode("utf-8")).digest()
+        stripe = int.from_bytes(digest[:4], "big") % LOCK_STRIPES
+        fd = os.open(self._lock_dir / f"{stripe}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+BUSY_TIMEOUT_SECONDS = 30.0
+QUERY_PAGE_SIZE = 500  # rows per SELECT, so a long query holds no read snapshot open
+
+
+class SqliteTable:
+    """A table in an SQLite file; one file can hold several tables (`name` tells them apart).
+
+    Every write runs in a `BEGIN IMMEDIATE` transaction, which takes the database's write lock
+    before reading, so a version check and the write it guards cannot interleave with another
+    writer, in this process or another. WAL mode lets readers proceed meanwhile.
+    """
+
+    def __init__(self, path: Path, name: str) -> None:
+        if not _TABLE_NAME.fullmatch(name):
+            raise ValueError(f"not a usable table name: {name!r}")
+        self.path = Path(path)
+        self.name = name
+        self._quoted_name = f'"{name}"'
+        self._local = threading.local()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._write_transaction() as connection:
+            connection.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._quoted_name} ("
+                " pk TEXT NOT NULL, sk TEXT NOT NULL, version INTEGER NOT NULL,"
+                " attrs TEXT NOT NULL, PRIMARY KEY (pk, sk)) WITHOUT ROWID"
+            )
+
+    def get(self, pk: str, sk: str) -> Item | None:
+        validate_item_key(pk, sk)
+        row = (
+            self._connection()
+            .execute(
+                f"SELECT version, attrs FROM {self._quoted_name} WHERE pk = ? AND sk = ?",
+                (pk, sk),
+            )
+            .fetchone()
+        )
+        return None if row is None else _item(pk, sk, row[0], json.loads(row[1]))
+
+    def put(
+        self, pk: str, sk: str, attrs: Mapping[str, Any], *, expected_version: int = ANY_VERSION
+    ) -> int:
+        validate_item_key(pk, sk)
+        validate_attrs(attrs)
+        validate_expected_version(expected_version)
+        with self._write_transaction() as connection:
+            return self._put(connection, pk, sk, attrs, expected_version)
+
+    def delete(self, pk: str, sk: str, *, expected_version: int = ANY_VERSION) -> None:
+        validate_item_key(pk, sk)
+        validate_expected_version(expected_version)
+        with self._write_transaction() as connection:
+            self._delete(connection, pk, sk, expected_version)
+
+    def increment(
+        self,
+        pk: str,
+        sk: str,
+        deltas: Mapping[str, int | float],
+        set_attrs: Mapping[str, Any] | None = None,
+    ) -> Item:
+        validate_item_key(pk, sk)
+        set_attrs = set_attrs or {}
+        validate_increment(deltas, set_attrs)
+        with self._write_transaction() as connection:
+            return self._increment(connection, pk, sk, deltas, set_attrs)
+
+    def query(
+        self, pk: str, *, prefix: str = "", start_after: str | None = None, limit: int | None = None
+    ) -> Iterator[Item]:
+        validate_partition_key(pk)
+        validate_limit(limit)
+        conditions = ["pk = ?"]
+        bounds: list[str] = [pk]
+        if prefix:
+            conditions.append("sk >= ?")
+            bounds.append(prefix)
+            end = _prefix_end(prefix)
+            if end is not None:
+                conditions.append("sk < ?")
+                bounds.append(end)
+        select = (
+            f"SELECT sk, version, attrs FROM {self._quoted_name} WHERE {' AND '.join(conditions)}"
+        )
+        after = start_after
+        remaining = limit
+        while remaining is None or remaining > 0:
+            page_size = QUERY_PAGE_SIZE if remaining is None else min(QUERY_PAGE_SIZE, remaining)
+            if after:
+                sql, params = f"{select} AND sk > ? ORDER BY sk LIMIT ?", [*bounds, after]
+            else:
+                sql, params = f"{select} ORDER BY sk LIMIT ?", list(bounds)
+            rows = self._connection().execute(sql, [*params, page_size]).fetchall()
+            for sk, version, attrs in rows:
+                yield _item(pk, sk, version, json.loads(attrs))
+            if len(rows) < page_size:
+                return
+            after = rows[-1][0]
+            if remaining is not None:
+                remaining -= len(rows)
+
+    def transact(self, writes: Sequence[Write]) -> None:
+        validate_writes(writes)
+        with self._write_transaction() as connection:
+            for write in writes:
+                match write:
+                    case Put(pk=pk, sk=sk, attrs=attrs, expected_version=expected):
+                        self._put(connection, pk, sk, attrs, expected)
+                    case Delete(pk=pk, sk=sk, expected_version=expected):
+                        self._delete(connection, pk, sk, expected)
+                    case Increment(pk=pk, sk=sk, deltas=deltas, set_attrs=set_attrs):
+                        self._increment(connection, pk, sk, deltas, set_attrs)
+
+    # The helpers below run inside a write transaction; raising rolls all of it back.
+
+    def _put(
+        self,
+        connection: sqlite3.Connection,
+        pk: str,
+        sk: str,
+        attrs: Mapping[str, Any],
+        expected_version: int,
+    ) -> int:
+        version = self._checked_version(connection, pk, sk, expected_version) + 1
+        self._store(connection, pk, sk, version, attrs)
+        return version
+
+    def _delete(
+        self, connection: sqlite3.Connection, pk: str, sk: str, expected_version: int
+    ) -> None:
+        self._checked_version(connection, pk, sk, expected_version)
+        connection.execute(f"DELETE FROM {self._quoted_name} WHERE pk = ? AND sk = ?", (pk, sk))
+
+    def _increment(
+        self,
+        connection: sqlite3.Connection,
+        pk: str,
+        sk: str,
+        deltas: Mapping[str, int | float],
+        set_attrs: Mapping[str, Any],
+    ) -> Item:
+        current = self._read(connection, pk, sk)
+        version, attrs = current if current is not None else (0, {})
+        for name, delta in deltas.items():
+            value = attrs.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"cannot add to {name!r}: it holds {value!r}")
+            attrs[name] = value + delta
+        attrs.update(set_attrs)
+        self._store(connection, pk, sk, version + 1, attrs)
+        return _item(pk, sk, version + 1, attrs)
+
+    def _checked_version(
+        self, connection: sqlite3.Connection, pk: str, sk: str, expected_version: int
+    ) -> int:
+        """The item's current version (0 if missing), if it is the expected one."""
+        current = self._read(connection, pk, sk)
+        version = 0 if current is None else current[0]
+        if expected_version != ANY_VERSION and version != expected_version:
+            raise PreconditionFailed(
+                f"({pk!r}, {sk!r}) is at version {version}, not {expected_version}"
+            )
+        return version
+
+    def _read(
+        self, connection: sqlite3.Connection, pk: str, sk: str
+    ) -> tuple[int, dict[str, Any]] | None:
+        row = connection.execute(
+            f"SELECT version, attrs FROM {self._quoted_name} WHERE pk = ? AND sk = ?", (pk, sk)
+        ).fetchone()
+        return None if row is None else (row[0], json.loads(row[1]))
+
+    def _store(
+        self,
+        connection: sqlite3.Connection,
+        pk: str,
+        sk: str,
+        version: int,
+        attrs: Mapping[str, Any],
+    ) -> None:
+        connection.execute(
+            f"INSERT OR REPLACE INTO {self._quoted_name} (pk, sk, version, attrs)"
+            " VALUES (?, ?, ?, ?)",
+            (pk, sk, version, _encode_attrs(attrs)),
+        )
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[sqlite3.Connection]:
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection. A forked child opens its own: sharing an SQLite
+        connection with the parent process corrupts it."""
+        if getattr(self._local, "pid", None) != os.getpid():
+            # isolation_level=None: no implicit transactions; ours are explicit.
+            connection = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None
+            )
+            connection.execute("PRAGMA journal_mode=WAL")
+            self._local.connection = connection
+            self._local.pid = os.getpid()
+        return self._local.connection
+
+
+def _item(pk: str, sk: str, version: int, attrs: dict[str, Any]) -> Item:
+    return {**attrs, "pk": pk, "sk": sk, "version": version}
+
+
+def _encode_attrs(attrs: Mapping[str, Any]) -> str:
+    # JSON writes floats with repr(), which reads back to the identical float. NaN and
+    # infinity are refused (allow_nan=False), as DynamoDB refuses them.
+    try:
+        return json.dumps(dict(attrs), allow_nan=False, ensure_ascii=False)
+    except ValueError as error:
+        raise ValueError(f"attributes hold a value a table cannot store: {error}") from error
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string that starts with `prefix`, if any.
+
+    SQLite compares text as UTF-8 bytes, which orders like code points; surrogates cannot be
+    stored, so the successor of U+D7FF is U+E000.
+    """
+    stripped = prefix.rstrip(chr(0x10FFFF))
+    if not stripped:
+        return None
+    following = ord(stripped[-1]) + 1
+    if 0xD800 <= following <= 0xDFFF:
+        following = 0xE000
+    return stripped[:-1] + chr(following)

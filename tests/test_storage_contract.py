@@ -1,0 +1,640 @@
+"""One contract for every storage adapter: the local directory + SQLite, and S3 + DynamoDB.
+
+Every test taking the `storage`, `objects` or `table` fixture runs against both backends, built
+by `open_storage` exactly as the application builds them. The AWS backend runs on moto, with
+the bucket and tables created from infra/template.yaml.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_resources import create_bucket, create_tables
+
+import imgsearch.storage.local
+from imgsearch.config import Settings
+from imgsearch.storage import (
+    ANY_VERSION,
+    Delete,
+    Increment,
+    InvalidKey,
+    NotFound,
+    ObjectStore,
+    PreconditionFailed,
+    Put,
+    Storage,
+    StoredObject,
+    Table,
+    open_storage,
+)
+from imgsearch.storage.local import LocalObjectStore, SqliteTable
+
+THREADS = 4
+INCREMENTS_PER_WORKER = 5
+PROCESSES = 4
+
+
+@pytest.fixture(scope="module")
+def aws_admin() -> Iterator[tuple[Any, Any]]:
+    """One moto for this module, with S3 and DynamoDB clients to create resources.
+
+    Starting moto and creating clients costs more than most tests, so tests share it and each
+    gets its own bucket and tables instead (module scope: other modules' tests never run
+    inside this mock). moto is imported here, not at the top, because the
+    processes the cross-process test spawns import this module and need none of it.
+    """
+    import boto3
+    from moto import mock_aws
+    from moto.core.botocore_stubber import BotocoreStubber
+
+    # moto's in-memory backends check a condition and then write without a lock, so threads
+    # racing through moto could both pass a check that S3 or DynamoDB would let only one
+    # pass. The real services apply each request atomically; so does moto, one at a time.
+    moto_lock = threading.Lock()
+    process_request = BotocoreStubber.process_request
+
+    def process_request_atomically(self: BotocoreStubber, request: Any) -> Any:
+        with moto_lock:
+            return process_request(self, request)
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(BotocoreStubber, "process_request", process_request_atomically)
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
+            monkeypatch.setenv(name, value)
+        for name in (
+            "AWS_PROFILE",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_ENDPOINT_URL_DYNAMODB",
+        ):
+            monkeypatch.delenv(name, raising=False)
+        with mock_aws():
+            yield boto3.client("s3"), boto3.client("dynamodb")
+
+
+_aws_resource_numbers = itertools.count()
+
+
+@pytest.fixture(params=["local", "aws"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    """The storage `open_storage` gives for each backend, empty."""
+    if request.param == "local":
+        return open_storage(Settings(backend="local", data_dir=tmp_path / "data"))
+    s3, dynamodb = request.getfixturevalue("aws_admin")
+    number = next(_aws_resource_numbers)
+    settings = Settings(
+        backend="aws",
+        bucket=f"imgsearch-test-{number}",
+        catalog_table=f"imgsearch-test-{number}-catalog",
+        feedback_table=f"imgsearch-test-{number}-feedback",
+        cache_dir=tmp_path / "cache",
+    )
+    create_bucket(s3, settings.bucket)
+    create_tables(
+        dynamodb,
+        {"CatalogTable": settings.catalog_table, "FeedbackTable": settings.feedback_table},
+    )
+    return open_storage(settings)
+
+
+@pytest.fixture
+def objects(storage: Storage) -> ObjectStore:
+    return storage.objects
+
+
+@pytest.fixture
+def table(storage: Storage) -> Table:
+    return storage.catalog
+
+
+# --- Object store ---------------------------------------------------------------------------
+
+
+def test_put_get_head_round_trip(objects: ObjectStore) -> None:
+    key = "photos/été 2024/üñí.jpg"
+    etag = objects.put(key, b"jpeg bytes", content_type="image/jpeg")
+
+    stored = objects.get(key)
+    info = objects.head(key)
+    assert stored.data == b"jpeg bytes"
+    assert stored.etag == etag == info.etag
+    assert (info.key, info.size) == (key, len(b"jpeg bytes"))
+    assert abs(info.last_modified - time.time()) < 60
+
+
+def test_replacing_an_object_changes_its_etag(objects: ObjectStore) -> None:
+    first = objects.put("doc", b"one")
+    second = objects.put("doc", b"two")
+    assert first != second
+    assert objects.get("doc") == StoredObject(data=b"two", etag=second)
+
+
+def test_missing_objects_are_not_found(objects: ObjectStore) -> None:
+    for read in (objects.get, objects.head, objects.local_path):
+        with pytest.raises(NotFound):
+            read("no/such/key")
+
+
+def test_delete_is_idempotent(objects: ObjectStore) -> None:
+    objects.put("a/b", b"x")
+    objects.delete("a/b")
+    objects.delete("a/b")
+    objects.delete("never/existed")
+    with pytest.raises(NotFound):
+        objects.get("a/b")
+    assert list(objects.list()) == []
+
+
+def test_list_filters_by_prefix_in_key_order(objects: ObjectStore) -> None:
+    # "img-x" < "img/a.jpg" < "img/a/1.jpg": the order of whole keys, not of a directory walk.
+    keys = ["zeta", "img/b.jpg", "index/0", "img/a/1.jpg", "img-x", "img/a.jpg"]
+    for key in keys:
+        objects.put(key, key.encode())
+
+    def listed(prefix: str = "") -> list[str]:
+        return [info.key for info in objects.list(prefix)]
+
+    assert listed() == sorted(keys)
+    assert listed("img/") == ["img/a.jpg", "img/a/1.jpg", "img/b.jpg"]
+    assert listed("img") == ["img-x", "img/a.jpg", "img/a/1.jpg", "img/b.jpg"]
+    assert listed("img/a") == ["img/a.jpg", "img/a/1.jpg"]
+    assert listed("nothing/") == []
+    assert listed("../") == []
+    info = next(objects.list("index/"))
+    assert (info.size, info.etag) == (len(b"index/0"), objects.head("index/0").etag)
+
+
+def test_create_only_put_fails_when_the_key_exists(objects: ObjectStore) -> None:
+    etag = objects.put("shard/0", b"first", if_none_match=True)
+    with pytest.raises(PreconditionFailed):
+        objects.put("shard/0", b"second", if_none_match=True)
+    assert objects.get("shard/0").data == b"first"
+    assert objects.get("shard/0").etag == etag
+
+
+def test_compare_and_swap_put_of_an_object(objects: ObjectStore) -> None:
+    stale = objects.put("manifest", b"v1")
+    current = objects.put("manifest", b"v2", if_match=stale)
+    with pytest.raises(PreconditionFailed):
+        objects.put("manifest", b"v3", if_match=stale)
+    assert objects.get("manifest").data == b"v2"
+    assert objects.put("manifest", b"v3", if_match=current) == objects.head("manifest").etag
+    with pytest.raises(PreconditionFailed):
+        objects.put("missing", b"x", if_match=current)
+    with pytest.raises(NotFound):
+        objects.get("missing")
+
+
+INVALID_KEYS = [
+    "",
+    "../x",
+    "a/../../b",
+    "a/./b",
+    "..",
+    "/etc/passwd",
+    "a//b",
+    "trailing/",
+    "nul\x00byte",
+    "new\nline",
+    "back\\slash",
+    "/".join(["x" * 204] * 5) + "x",  # 1025 bytes
+    "x" * 256,  # a segment longer than file systems allow a file name
+    "a/.imgsearch-locks/0.lock",
+]
+
+
+@pytest.mark.parametrize("key", INVALID_KEYS)
+def test_invalid_keys_are_refused(objects: ObjectStore, key: str) -> None:
+    operations: list[Callable[[], object]] = [
+        lambda: objects.put(key, b"x"),
+        lambda: objects.put(key, b"x", if_none_match=True),
+        lambda: objects.get(key),
+        lambda: objects.head(key),
+        lambda: objects.delete(key),
+        lambda: objects.local_path(key),
+        lambda: objects.url(key),
+    ]
+    for operation in operations:
+        with pytest.raises(InvalidKey):
+            operation()
+    assert list(objects.list()) == []
+
+
+def test_a_key_of_1024_utf8_bytes_is_accepted(objects: ObjectStore) -> None:
+    key = "/".join(["é" * 102] * 5)  # 5 segments of 204 bytes, 4 slashes
+    assert len(key.encode()) == 1024
+    objects.put(key, b"x")
+    assert objects.get(key).data == b"x"
+
+
+def test_local_path_holds_the_content(objects: ObjectStore) -> None:
+    objects.put("index/shard-0.ann", b"\x00\x01" * 1000)
+    path = objects.local_path("index/shard-0.ann")
+    assert path.read_bytes() == b"\x00\x01" * 1000
+    assert objects.local_path("index/shard-0.ann") == path
+
+
+def test_url_is_none_or_names_the_key(objects: ObjectStore) -> None:
+    objects.put("img/cat.jpg", b"x")
+    url = objects.url("img/cat.jpg", expires=60)
+    # S3 only accepts Signature Version 4, whose URLs carry X-Amz-Expires.
+    assert url is None or ("img/cat.jpg" in url and "X-Amz-Expires=60" in url)
+
+
+# --- Table ----------------------------------------------------------------------------------
+
+
+def test_put_and_get_an_item(table: Table) -> None:
+    assert table.put("image#1", "meta", {"width": 640, "tags": ["cat"]}) == 1
+    assert table.get("image#1", "meta") == {
+        "pk": "image#1",
+        "sk": "meta",
+        "version": 1,
+        "width": 640,
+        "tags": ["cat"],
+    }
+    assert table.get("image#1", "other") is None
+    assert table.get("image#2", "meta") is None
+
+
+def test_put_replaces_all_attributes_and_bumps_the_version(table: Table) -> None:
+    table.put("p", "s", {"old": 1, "kept": 1})
+    assert table.put("p", "s", {"kept": 2}) == 2
+    assert table.get("p", "s") == {"pk": "p", "sk": "s", "version": 2, "kept": 2}
+
+
+def test_tables_are_separate(storage: Storage) -> None:
+    storage.catalog.put("p", "s", {"in": "catalog"})
+    assert storage.feedback.get("p", "s") is None
+
+
+def test_create_only_put(table: Table) -> None:
+    assert table.put("p", "s", {"n": 1}, expected_version=0) == 1
+    with pytest.raises(PreconditionFailed):
+        table.put("p", "s", {"n": 2}, expected_version=0)
+    assert table.get("p", "s")["n"] == 1  # type: ignore[index]
+
+
+def test_compare_and_swap_put_of_an_item(table: Table) -> None:
+    table.put("p", "s", {"n": 1})
+    assert table.put("p", "s", {"n": 2}, expected_version=1) == 2
+    with pytest.raises(PreconditionFailed):
+        table.put("p", "s", {"n": 3}, expected_version=1)
+    with pytest.raises(PreconditionFailed):
+        table.put("p", "missing", {"n": 3}, expected_version=1)
+    assert table.get("p", "s") == {"pk": "p", "sk": "s", "version": 2, "n": 2}
+    assert table.get("p", "missing") is None
+
+
+def test_delete_with_and_without_expected_version(table: Table) -> None:
+    table.put("p", "s", {"n": 1})
+    table.put("p", "s", {"n": 2})
+    with pytest.raises(PreconditionFailed):
+        table.delete("p", "s", expected_version=1)
+    assert table.get("p", "s")["version"] == 2  # type: ignore[index]
+    table.delete("p", "s", expected_version=2)
+    assert table.get("p", "s") is None
+    table.delete("p", "s")  # missing is fine...
+    with pytest.raises(PreconditionFailed):
+        table.delete("p", "s", expected_version=2)  # ...unless a version is expected
+    assert table.put("p", "s", {"n": 3}, expected_version=0) == 1
+
+
+def test_increment_creates_missing_numbers_at_zero(table: Table) -> None:
+    item = table.increment("stats", "image#1", {"clicks": 1, "score": 0.5})
+    assert item == {"pk": "stats", "sk": "image#1", "version": 1, "clicks": 1, "score": 0.5}
+    item = table.increment("stats", "image#1", {"clicks": 2, "views": 3}, {"label": "cat"})
+    assert item == {
+        "pk": "stats",
+        "sk": "image#1",
+        "version": 2,
+        "clicks": 3,
+        "score": 0.5,
+        "views": 3,
+        "label": "cat",
+    }
+    assert table.get("stats", "image#1") == item
+    assert table.put("stats", "image#1", {"clicks": 0}, expected_version=2) == 3
+
+
+def test_query_by_prefix_start_after_and_limit(table: Table) -> None:
+    for sk in ["b/2", "a", "b/1", "c", "b/3", "b/10"]:
+        table.put("p", sk, {"sk_copy": sk})
+    table.put("other", "b/1", {})
+
+    def sort_keys(**options: Any) -> list[str]:
+        return [item["sk"] for item in table.query("p", **options)]
+
+    assert sort_keys() == ["a", "b/1", "b/10", "b/2", "b/3", "c"]
+    assert sort_keys(prefix="b/") == ["b/1", "b/10", "b/2", "b/3"]
+    assert sort_keys(prefix="b/", start_after="b/10") == ["b/2", "b/3"]
+    assert sort_keys(prefix="b/", start_after="b/15") == ["b/2", "b/3"]  # need not exist
+    assert sort_keys(prefix="b/", start_after="a") == ["b/1", "b/10", "b/2", "b/3"]
+    assert sort_keys(prefix="b/", start_after="c") == []
+    assert sort_keys(prefix="b/", limit=2) == ["b/1", "b/10"]
+    assert sort_keys(start_after="b/3", limit=5) == ["c"]
+    assert sort_keys(limit=0) == []
+    assert sort_keys(prefix="z") == []
+    assert list(table.query("nobody")) == []
+    first = next(table.query("p", prefix="c"))
+    assert first == {"pk": "p", "sk": "c", "version": 1, "sk_copy": "c"}
+
+
+def test_query_pages_through_many_items(table: Table, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 30 items of 40 kB: several SQLite pages of 7 rows, and more than DynamoDB's 1 MB page.
+    monkeypatch.setattr(imgsearch.storage.local, "QUERY_PAGE_SIZE", 7)
+    sort_keys = [f"item/{index:02d}" for index in range(30)]
+    for sk in sort_keys:
+        table.put("many", sk, {"blob": "x" * 40_000}, expected_version=0)
+    assert [item["sk"] for item in table.query("many")] == sort_keys
+    assert [item["sk"] for item in table.query("many", limit=26)] == sort_keys[:26]
+    assert [item["sk"] for item in table.query("many", start_after="item/03")] == sort_keys[4:]
+
+
+def _transaction_fixture(table: Table) -> None:
+    table.put("t", "keep", {"n": 1})
+    table.put("t", "gone", {"n": 2})
+    table.increment("t", "counter", {"count": 5})
+
+
+def test_transaction_with_a_failing_condition_changes_nothing(table: Table) -> None:
+    _transaction_fixture(table)
+    before = list(table.query("t"))
+    failing_conditions = [
+        Delete("t", "gone", expected_version=9),
+        Put("t", "keep", {"n": 0}, expected_version=0),
+        Put("t", "absent", {"n": 0}, expected_version=1),
+    ]
+    for failing in failing_conditions:
+        writes = [
+            Put("t", "new", {"n": 3}),
+            Put("t", "keep", {"n": 10}, expected_version=1),
+            Delete("t", "gone"),
+            Increment("t", "counter", {"count": 1}),
+        ]
+        writes = [write for write in writes if write.sk != failing.sk] + [failing]
+        with pytest.raises(PreconditionFailed):
+            table.transact(writes)
+        assert list(table.query("t")) == before
+
+
+def test_transaction_applies_every_write(table: Table) -> None:
+    _transaction_fixture(table)
+    table.transact(
+        [
+            Put("t", "new", {"n": 3}, expected_version=0),
+            Put("t", "keep", {"n": 10}, expected_version=1),
+            Delete("t", "gone", expected_version=1),
+            Increment("t", "counter", {"count": 1}, {"state": "done"}),
+            Put("u", "other-partition", {"n": 4}, expected_version=ANY_VERSION),
+        ]
+    )
+    assert table.get("t", "new") == {"pk": "t", "sk": "new", "version": 1, "n": 3}
+    assert table.get("t", "keep") == {"pk": "t", "sk": "keep", "version": 2, "n": 10}
+    assert table.get("t", "gone") is None
+    assert table.get("t", "counter") == {
+        "pk": "t",
+        "sk": "counter",
+        "version": 2,
+        "count": 6,
+        "state": "done",
+    }
+    assert table.get("u", "other-partition")["version"] == 1  # type: ignore[index]
+    table.transact([Put("u", "other-partition", {"n": 5})])  # unconditional: bumps the version
+    assert table.get("u", "other-partition")["version"] == 2  # type: ignore[index]
+
+
+def test_transactions_refuse_what_dynamodb_refuses(table: Table) -> None:
+    with pytest.raises(ValueError):
+        table.transact([Put("t", "same", {}), Delete("t", "same")])
+    with pytest.raises(ValueError):
+        table.transact([Put("t", f"{index}", {}) for index in range(101)])
+    table.transact([])
+
+
+VALUES: dict[str, Any] = {
+    "int": 42,
+    "negative": -7,
+    "big_int": 2**53 + 1,
+    "float": 0.1,
+    "third": 1 / 3,
+    "tiny": 1e-100,
+    "negative_float": -2.5,
+    "text": "héllo",
+    "empty_text": "",
+    "true": True,
+    "false": False,
+    "null": None,
+    "list": [1, 2.5, "x", None, False, [], {}],
+    "nested": {"embedding": [0.125, -1.5e-7, 3.0e10], "meta": {"deep": {"deeper": [1, 2]}}},
+}
+
+
+def test_values_round_trip(table: Table) -> None:
+    table.put("p", "values", VALUES)
+    item = table.get("p", "values")
+    assert item is not None
+    assert {name: item[name] for name in VALUES} == VALUES
+    for name in ("int", "negative", "big_int"):
+        assert type(item[name]) is int
+    for name in ("float", "third", "tiny", "negative_float"):
+        assert type(item[name]) is float
+    assert [type(value) for value in item["nested"]["embedding"][:2]] == [float, float]
+    assert type(item["true"]) is bool
+    # DynamoDB trims trailing zeros, so a float with an integral value may come back as an
+    # int; it still compares equal.
+    table.put("p", "integral", {"value": 2.0})
+    assert table.get("p", "integral")["value"] == 2.0  # type: ignore[index]
+
+
+def test_values_that_cannot_be_stored_are_refused(table: Table) -> None:
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            table.put("p", "bad", {"value": value})
+    for reserved in ("pk", "sk", "version"):
+        with pytest.raises(ValueError):
+            table.put("p", "bad", {reserved: 1})
+    with pytest.raises(ValueError):
+        table.put("", "bad", {})
+    assert table.get("p", "bad") is None
+
+
+def test_reserved_words_as_attribute_names(table: Table) -> None:
+    attrs = {"name": "cat.jpg", "size": 10, "status": "new", "data": [1], "timestamp": 1.5}
+    table.put("images", "1", attrs, expected_version=0)
+    table.put("images", "1", {**attrs, "status": "indexed"}, expected_version=1)
+    item = table.increment("images", "1", {"count": 1, "size": 5}, {"status": "seen", "year": 1})
+    expected = {**attrs, "status": "seen", "size": 15, "count": 1, "year": 1}
+    assert item == {"pk": "images", "sk": "1", "version": 3, **expected}
+    table.transact([Increment("images", "1", {"values": 1}, {"order": "asc"})])
+    assert [item["order"] for item in table.query("images", prefix="1")] == ["asc"]
+
+
+# --- Concurrency ----------------------------------------------------------------------------
+
+
+def _cas_increment_object(objects: ObjectStore, key: str, times: int) -> None:
+    """Add 1 to a counter object `times` times, by compare-and-swap with retries."""
+    for _ in range(times):
+        while True:
+            current = objects.get(key)
+            try:
+                objects.put(key, b"%d" % (int(current.data) + 1), if_match=current.etag)
+                break
+            except PreconditionFailed:
+                continue
+
+
+def _cas_increment_item(table: Table, pk: str, sk: str, times: int) -> None:
+    """Add 1 to a counter item `times` times, by compare-and-swap on its version."""
+    for _ in range(times):
+        while True:
+            item = table.get(pk, sk)
+            assert item is not None
+            try:
+                table.put(pk, sk, {"count": item["count"] + 1}, expected_version=item["version"])
+                break
+            except PreconditionFailed:
+                continue
+
+
+def _in_threads(work: Callable[[], None]) -> None:
+    """Run `work` in THREADS threads released at once; re-raise any thread's failure."""
+    start = threading.Barrier(THREADS)
+
+    def run() -> None:
+        start.wait()
+        work()
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        for future in [pool.submit(run) for _ in range(THREADS)]:
+            future.result()
+
+
+def test_compare_and_swap_counters_across_threads(storage: Storage) -> None:
+    storage.objects.put("counter", b"0")
+    storage.catalog.put("counter", "cas", {"count": 0})
+
+    def work() -> None:
+        _cas_increment_object(storage.objects, "counter", INCREMENTS_PER_WORKER)
+        _cas_increment_item(storage.catalog, "counter", "cas", INCREMENTS_PER_WORKER)
+        for _ in range(INCREMENTS_PER_WORKER):
+            storage.catalog.increment("counter", "atomic", {"count": 1})
+
+    _in_threads(work)
+    total = THREADS * INCREMENTS_PER_WORKER
+    assert storage.objects.get("counter").data == b"%d" % total
+    assert storage.catalog.get("counter", "cas")["count"] == total  # type: ignore[index]
+    atomic = storage.catalog.get("counter", "atomic")
+    assert atomic is not None
+    assert (atomic["count"], atomic["version"]) == (total, total)
+
+
+def test_create_only_races_have_one_winner_across_threads(storage: Storage) -> None:
+    object_winners: list[str] = []
+    item_winners: list[str] = []
+
+    def work() -> None:
+        name = threading.current_thread().name
+        with contextlib.suppress(PreconditionFailed):
+            storage.objects.put("race", name.encode(), if_none_match=True)
+            object_winners.append(name)
+        with contextlib.suppress(PreconditionFailed):
+            storage.catalog.put("race", "item", {"winner": name}, expected_version=0)
+            item_winners.append(name)
+
+    _in_threads(work)
+    assert len(object_winners) == len(item_winners) == 1
+    assert storage.objects.get("race").data == object_winners[0].encode()
+    assert storage.catalog.get("race", "item")["winner"] == item_winners[0]  # type: ignore[index]
+
+
+def _race_in_process(
+    objects_root: Path,
+    tables_path: Path,
+    start: Any,
+    results: Any,
+) -> None:
+    """One of several processes racing on the same data directory (run with spawn)."""
+    objects = LocalObjectStore(objects_root)
+    table = SqliteTable(tables_path, "catalog")
+    start.wait()
+    outcome = {}
+    for name, create in {
+        "object": lambda: objects.put("race", b"x", if_none_match=True),
+        "item": lambda: table.put("race", "item", {}, expected_version=0),
+    }.items():
+        try:
+            create()
+            outcome[name] = True
+        except PreconditionFailed:
+            outcome[name] = False
+    _cas_increment_object(objects, "counter", INCREMENTS_PER_WORKER)
+    _cas_increment_item(table, "counter", "cas", INCREMENTS_PER_WORKER)
+    for _ in range(INCREMENTS_PER_WORKER):
+        table.increment("counter", "atomic", {"count": 1})
+    results.put(outcome)
+
+
+def test_local_adapters_across_processes(tmp_path: Path) -> None:
+    objects_root, tables_path = tmp_path / "objects", tmp_path / "tables.sqlite3"
+    LocalObjectStore(objects_root).put("counter", b"0")
+    SqliteTable(tables_path, "catalog").put("counter", "cas", {"count": 0})
+
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(PROCESSES), context.Queue()
+    processes = [
+        context.Process(target=_race_in_process, args=(objects_root, tables_path, start, results))
+        for _ in range(PROCESSES)
+    ]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+
+    assert sum(outcome["object"] for outcome in outcomes) == 1
+    assert sum(outcome["item"] for outcome in outcomes) == 1
+    total = PROCESSES * INCREMENTS_PER_WORKER
+    table = SqliteTable(tables_path, "catalog")
+    assert LocalObjectStore(objects_root).get("counter").data == b"%d" % total
+    assert table.get("counter", "cas")["count"] == total  # type: ignore[index]
+    assert table.get("counter", "atomic")["count"] == total  # type: ignore[index]
+
+
+# --- Persistence ----------------------------------------------------------------------------
+
+
+def test_local_data_survives_a_restart(tmp_path: Path) -> None:
+    settings = Settings(backend="local", data_dir=tmp_path)
+    before = open_storage(settings)
+    etag = before.objects.put("img/1.jpg", b"jpeg")
+    before.catalog.put("image#1", "meta", {"score": 0.25})
+    before.feedback.increment("image#1", "votes", {"up": 1})
+
+    after = open_storage(settings)
+    assert after.objects.get("img/1.jpg").etag == etag
+    assert [info.key for info in after.objects.list()] == ["img/1.jpg"]
+    assert after.catalog.get("image#1", "meta") == {
+        "pk": "image#1",
+        "sk": "meta",
+        "version": 1,
+        "score": 0.25,
+    }
+    assert after.feedback.get("image#1", "votes")["up"] == 1  # type: ignore[index]
+    assert after.feedback.get("image#1", "meta") is None
