@@ -17,7 +17,6 @@ import numpy as np
 from PIL import Image
 
 
-
 @dataclass(frozen=True)
 class ModelSpec:
     """How to run one classifier: read from `<model>.json` next to `<model>.tflite`."""
@@ -69,7 +68,9 @@ class Embedder:
         outputs = self._runner.get_output_details()
         missing = {spec.features_output, spec.probabilities_output} - set(outputs)
         if missing:
-            raise ValueError(f"{spec.path.name} has no output {sorted(missing)}; has {sorted(outputs)}")
+            raise ValueError(
+                f"{spec.path.name} has no output {sorted(missing)}; has {sorted(outputs)}"
+            )
         self.feature_dim = int(outputs[spec.features_output]["shape"][-1])
         self.num_classes = int(outputs[spec.probabilities_output]["shape"][-1])
         self._lock = threading.Lock()

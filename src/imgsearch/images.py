@@ -13,12 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Formats a camera, phone or browser produces. MPO is the multi-picture JPEG some phones write.
-SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+# Formats a camera, phone or browser produces. The JPEG opener also reads MPO, the
+# multi-picture JPEG some phones write.
+SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 _FORMAT_NAMES = ("JPEG", "PNG", "GIF", "WebP", "BMP", "TIFF")
 MIN_SIDE = 8
 
-# Our own pixel limit is checked before decoding; Pillow's bomb check stays as a second fence.
+# Our own pixel limit is checked before decoding.
 Image.MAX_IMAGE_PIXELS = None
 
 
@@ -57,16 +58,21 @@ def decode_image(
         raise ImageRefused("empty", "empty file (0 bytes)")
     if len(data) > max_bytes:
         raise ImageRefused("too_large", f"file is {len(data):,} bytes; the limit is {max_bytes:,}")
+    with warnings.catch_warnings():
+        # Pillow warns about odd but readable files (bad EXIF, ...): what matters is the result.
+        warnings.simplefilter("ignore")
+        return _decode(data, max_pixels, draft_size)
+
+
+def _decode(data: bytes, max_pixels: int, draft_size: int | None) -> DecodedImage:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+        image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:
         raise ImageRefused(
             "not_an_image",
             "not an image in a supported format (" + ", ".join(_FORMAT_NAMES) + ")",
         ) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except (OSError, SyntaxError, ValueError) as error:
         raise ImageRefused("corrupt", f"unreadable image header: {error}") from None
 
     width, height = image.size
@@ -84,7 +90,7 @@ def decode_image(
         if draft_size and source_format in ("JPEG", "MPO"):
             image.draft("RGB", (draft_size, draft_size))
         image.load()  # the first frame only, for animations
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageRefused("corrupt", f"truncated or corrupt image data: {error}") from None
 
     decoded_size = image.size
@@ -98,7 +104,7 @@ def _upright(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation; a malformed EXIF block costs the rotation, not the image."""
     try:
         return ImageOps.exif_transpose(image) or image
-    except Exception:  # noqa: BLE001 - Pillow raises many types on bad EXIF; the pixels are fine
+    except Exception:
         return image
 
 

@@ -83,6 +83,9 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
         os.close(directory)
 
 
+ETAG_CACHE_SIZE = 100_000
+
+
 class LocalObjectStore:
     """Objects as files under `root`: the key is the file's path relative to `root`.
 
@@ -95,6 +98,7 @@ class LocalObjectStore:
         self.root = Path(root)
         self._lock_dir = self.root / LOCK_DIR_NAME
         self._lock_dir.mkdir(parents=True, exist_ok=True)
+        self._etags: dict[tuple[int, int, int, int], str] = {}
 
     def get(self, key: str) -> StoredObject:
         try:
@@ -107,7 +111,7 @@ class LocalObjectStore:
         try:
             with self._path(key).open("rb") as file:
                 stat = os.fstat(file.fileno())
-                etag = hashlib.file_digest(file, "md5").hexdigest()
+                etag = self._file_etag(file, stat)
         except _NO_OBJECT_ERRORS as error:
             raise NotFound(key) from error
         return ObjectInfo(key=key, size=stat.st_size, etag=etag, last_modified=stat.st_mtime)
@@ -184,13 +188,24 @@ class LocalObjectStore:
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*validate_key(key).split("/"))
 
-    @staticmethod
-    def _current_etag(path: Path) -> str | None:
+    def _current_etag(self, path: Path) -> str | None:
         try:
             with path.open("rb") as file:
-                return hashlib.file_digest(file, "md5").hexdigest()
+                return self._file_etag(file, os.fstat(file.fileno()))
         except _NO_OBJECT_ERRORS:
             return None
+
+    def _file_etag(self, file: BinaryIO, stat: os.stat_result) -> str:
+        """The file's MD5, remembered per inode and version: every write makes a new inode
+        (atomic rename), so listing index files does not re-read hundreds of megabytes."""
+        identity = (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        etag = self._etags.get(identity)
+        if etag is None:
+            etag = hashlib.file_digest(file, "md5").hexdigest()
+            if len(self._etags) >= ETAG_CACHE_SIZE:
+                self._etags.clear()
+            self._etags[identity] = etag
+        return etag
 
     @contextmanager
     def _locked(self, key: str) -> Iterator[None]:

@@ -1,0 +1,66 @@
+"""All settings in one typed object, read from `IMGSEARCH_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "imgsearch"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMGSEARCH_", extra="ignore")
+
+    # Where data lives: a local directory, or S3 + DynamoDB.
+    backend: Literal["local", "aws"] = "local"
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        validation_alias=AliasChoices("IMGSEARCH_DATA", "data_dir"),
+    )
+    bucket: str = "imgsearch"
+    catalog_table: str = "imgsearch-catalog"
+    feedback_table: str = "imgsearch-feedback"
+    cache_dir: Path = Path("/tmp/imgsearch-cache")
+
+    # Model and vocabulary.
+    assets_dir: Path = ASSETS_DIR
+    model: str = "efficientnet_lite2.json"
+    vocabulary: str = "vocabulary"
+    inference_threads: int | None = None
+
+    # What an image may be.
+    max_image_bytes: int = 25 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+
+    # Index.
+    shard_size: int = 5000
+    ann_trees: int = 20
+    neighbours: int = 50
+
+    # HTTP API.
+    allowed_origins: list[str] = ["*"]
+    max_query_chars: int = 200
+    max_page: int = 200
+
+    @property
+    def model_path(self) -> Path:
+        return self.assets_dir / self.model
+
+    @property
+    def vocabulary_dir(self) -> Path:
+        return self.assets_dir / self.vocabulary
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
