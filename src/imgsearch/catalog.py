@@ -1,0 +1,248 @@
+"""What the system knows about each image and each key, kept in the catalog table and the
+object store. Every write here is conditional or idempotent, so retries and concurrent
+ingests converge on one state.
+
+Catalog table layout (pk / sk):
+    image#<id> / meta         ImageRecord: keys, size, top classes, status, shard
+    image#<id> / neighbours   the image's precomputed nearest neighbours
+    key#<key>  / meta         KeyRecord: which image a key holds, or why it was refused
+    pending    / <id>         images the index builder still has to add or remove
+    lease      / indexer      who is building the index, until when
+Object store layout:
+    images/<key>              original bytes, as uploaded
+    embeddings/<id>.npz       features and class probabilities
+    thumbnails/<id>.jpg       small JPEG for result grids
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+
+from imgsearch.storage import PreconditionFailed, Storage
+
+IMAGES_PREFIX = "images/"
+MAX_CAS_ATTEMPTS = 50
+
+ImageStatus = Literal["pending", "indexed", "removed"]
+KeyStatus = Literal["present", "refused", "removed"]
+PendingOp = Literal["add", "remove"]
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: str
+    keys: tuple[str, ...]
+    width: int
+    height: int
+    format: str
+    size: int
+    classes: tuple[tuple[int, float], ...]  # most probable ImageNet classes
+    status: ImageStatus = "pending"
+    created_at: float = field(default_factory=time.time)
+    version: int = 0
+
+    @property
+    def key(self) -> str:
+        """The key the image is best known by: the first it arrived under."""
+        return self.keys[0] if self.keys else ""
+
+    def attrs(self) -> dict[str, Any]:
+        return {
+            "keys": list(self.keys),
+            "width": self.width,
+            "height": self.height,
+            "format": self.format,
+            "size": self.size,
+            "classes": [[c, p] for c, p in self.classes],
+            "status": self.status,
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> ImageRecord:
+        return cls(
+            id=item["pk"].removeprefix("image#"),
+            keys=tuple(item["keys"]),
+            width=int(item["width"]),
+            height=int(item["height"]),
+            format=item["format"],
+            size=int(item["size"]),
+            classes=tuple((int(c), float(p)) for c, p in item["classes"]),
+            status=item["status"],
+            created_at=float(item["created_at"]),
+            version=int(item["version"]),
+        )
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    key: str
+    status: KeyStatus
+    image_id: str | None = None
+    reason: str | None = None
+    sequencer: str | None = None
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class PendingItem:
+    image_id: str
+    op: PendingOp
+    version: int
+
+
+class Catalog:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.table = storage.catalog
+        self.objects = storage.objects
+
+    # Images -----------------------------------------------------------------------------
+
+    def image(self, image_id: str) -> ImageRecord | None:
+        item = self.table.get(f"image#{image_id}", "meta")
+        return ImageRecord.from_item(item) if item else None
+
+    def create_image(self, record: ImageRecord) -> bool:
+        """Create the record; False if an image with these bytes already exists."""
+        try:
+            self.table.put(f"image#{record.id}", "meta", record.attrs(), expected_version=0)
+        except PreconditionFailed:
+            return False
+        return True
+
+    def update_image(self, image_id: str, change: Any) -> ImageRecord | None:
+        """Apply `change(record) -> record | None` by compare-and-swap until it sticks.
+
+        Returns the stored record (None if the image does not exist or `change` declined).
+        """
+        for _ in range(MAX_CAS_ATTEMPTS):
+            record = self.image(image_id)
+            if record is None:
+                return None
+            changed = change(record)
+            if changed is None or changed == record:
+                return record
+            try:
+                version = self.table.put(
+                    f"image#{image_id}", "meta", changed.attrs(), expected_version=record.version
+                )
+            except PreconditionFailed:
+                continue
+            return replace(changed, version=version)
+        raise RuntimeError(f"image {image_id}: too much contention updating its record")
+
+    # Keys -------------------------------------------------------------------------------
+
+    def key(self, key: str) -> KeyRecord | None:
+        item = self.table.get(f"key#{key}", "meta")
+        if item is None:
+            return None
+        return KeyRecord(
+            key=key,
+            status=item["status"],
+            image_id=item.get("image_id"),
+            reason=item.get("reason"),
+            sequencer=item.get("sequencer"),
+            version=int(item["version"]),
+        )
+
+    def put_key(self, record: KeyRecord, *, expected_version: int) -> None:
+        """Write a key record; raises PreconditionFailed if it changed since it was read."""
+        attrs = {
+            "status": record.status,
+            "image_id": record.image_id,
+            "reason": record.reason,
+            "sequencer": record.sequencer,
+            "updated_at": time.time(),
+        }
+        self.table.put(f"key#{record.key}", "meta", attrs, expected_version=expected_version)
+
+    # Bytes ------------------------------------------------------------------------------
+
+    def put_original(self, key: str, data: bytes, content_type: str) -> None:
+        self.objects.put(IMAGES_PREFIX + key, data, content_type=content_type)
+
+    def original(self, key: str) -> bytes:
+        return self.objects.get(IMAGES_PREFIX + key).data
+
+    def delete_original(self, key: str) -> None:
+        self.objects.delete(IMAGES_PREFIX + key)
+
+    def original_url(self, key: str) -> str | None:
+        return self.objects.url(IMAGES_PREFIX + key)
+
+    def put_thumbnail(self, image_id: str, jpeg: bytes) -> None:
+        self.objects.put(f"thumbnails/{image_id}.jpg", jpeg, content_type="image/jpeg")
+
+    def thumbnail(self, image_id: str) -> bytes:
+        return self.objects.get(f"thumbnails/{image_id}.jpg").data
+
+    def thumbnail_url(self, image_id: str) -> str | None:
+        return self.objects.url(f"thumbnails/{image_id}.jpg")
+
+    def put_embedding(self, image_id: str, features: np.ndarray, probabilities: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, features=features.astype(np.float32), probabilities=probabilities)
+        # Same bytes, same embedding: if a concurrent ingest stored it first, that is fine.
+        with suppress(PreconditionFailed):
+            self.objects.put(f"embeddings/{image_id}.npz", buffer.getvalue(), if_none_match=True)
+
+    def embedding(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """Features and probabilities of an ingested image. Raises NotFound."""
+        with np.load(io.BytesIO(self.objects.get(f"embeddings/{image_id}.npz").data)) as npz:
+            return npz["features"], npz["probabilities"]
+
+    def delete_derived(self, image_id: str) -> None:
+        """Drop what was derived from an image's bytes once no key holds it any more."""
+        self.objects.delete(f"embeddings/{image_id}.npz")
+        self.objects.delete(f"thumbnails/{image_id}.jpg")
+
+    # Index work queue ------------------------------------------------------------------
+
+    def mark_pending(self, image_id: str, op: PendingOp) -> None:
+        self.table.put("pending", image_id, {"op": op, "at": time.time()})
+
+    def pending(self, limit: int | None = None) -> list[PendingItem]:
+        return [
+            PendingItem(item["sk"], item["op"], int(item["version"]))
+            for item in self.table.query("pending", limit=limit)
+        ]
+
+    def has_pending(self) -> bool:
+        return any(True for _ in self.table.query("pending", limit=1))
+
+    def clear_pending(self, item: PendingItem) -> None:
+        """Remove a processed work item, unless it was re-queued meanwhile."""
+        with suppress(PreconditionFailed):
+            self.table.delete("pending", item.image_id, expected_version=item.version)
+
+    # Neighbourhoods ----------------------------------------------------------------------
+
+    def neighbours(self, image_id: str) -> tuple[list[tuple[str, float]], int]:
+        """The stored neighbour list (id, distance), nearest first, and its version."""
+        item = self.table.get(f"image#{image_id}", "neighbours")
+        if item is None:
+            return [], 0
+        return [(i, float(d)) for i, d in zip(item["ids"], item["distances"], strict=True)], int(
+            item["version"]
+        )
+
+    def put_neighbours(
+        self, image_id: str, neighbours: list[tuple[str, float]], *, expected_version: int
+    ) -> None:
+        self.table.put(
+            f"image#{image_id}",
+            "neighbours",
+            {"ids": [i for i, _ in neighbours], "distances": [round(d, 6) for _, d in neighbours]},
+            expected_version=expected_version,
+        )
+
+    def delete_neighbours(self, image_id: str) -> None:
+        self.table.delete(f"image#{image_id}", "neighbours")

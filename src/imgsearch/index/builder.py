@@ -1,0 +1,252 @@
+"""The index builder: turns queued additions and removals into new shard builds.
+
+Ingest only queues work (`Catalog.mark_pending`) and then calls `IndexBuilder.run()`. One
+builder at a time holds a lease and drains the queue in batches; an ingest that finds the
+lease taken simply returns, and its work is picked up by the running builder, which checks
+the queue again after letting go of the lease. So concurrent uploads are coalesced into few
+builds, and nothing queued is left behind.
+
+Shard life cycle: new images go to the one open shard, rebuilt from its stored vectors on each
+batch; once it holds `shard_size` images it is sealed and never rebuilt. Removals from sealed
+shards are masked through the manifest. The manifest is switched by compare-and-swap, and
+builds it no longer names are deleted after a grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from contextlib import suppress
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from imgsearch.catalog import Catalog, ImageRecord, ImageStatus, PendingItem
+from imgsearch.index.manifest import ShardEntry, read_manifest, write_manifest
+from imgsearch.index.neighbourhoods import Neighbourhoods
+from imgsearch.index.reader import Index
+from imgsearch.index.shards import SHARDS_PREFIX, Shard, ShardData, normalise_rows, write_build
+from imgsearch.storage import NotFound, PreconditionFailed, Table
+
+log = logging.getLogger(__name__)
+
+
+class Lease:
+    """A time-limited lock in the table: exclusive while unexpired, taken over once expired."""
+
+    def __init__(self, table: Table, name: str, duration: float) -> None:
+        self.table = table
+        self.name = name
+        self.duration = duration
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._version = 0
+
+    def acquire(self) -> bool:
+        current = self.table.get("lease", self.name)
+        if current is not None and current["expires_at"] > time.time():
+            return False
+        expected = 0 if current is None else int(current["version"])
+        return self._write(expected)
+
+    def renew(self) -> bool:
+        return self._write(self._version)
+
+    def release(self) -> None:
+        # If it expired and was taken over, there is nothing of ours to release.
+        with suppress(PreconditionFailed):
+            self.table.delete("lease", self.name, expected_version=self._version)
+
+    def _write(self, expected_version: int) -> bool:
+        try:
+            self._version = self.table.put(
+                "lease",
+                self.name,
+                {"owner": self.owner, "expires_at": time.time() + self.duration},
+                expected_version=expected_version,
+            )
+        except PreconditionFailed:
+            return False
+        return True
+
+
+@dataclass
+class BuildReport:
+    added: int = 0
+    removed: int = 0
+    batches: int = 0
+    shard_builds: int = 0
+    busy: bool = False  # another builder held the lease; it will do our work
+
+
+class IndexBuilder:
+    def __init__(
+        self,
+        catalog: Catalog,
+        index: Index,
+        neighbourhoods: Neighbourhoods,
+        *,
+        shard_size: int,
+        n_trees: int,
+        model_name: str,
+        batch_size: int = 1000,
+        lease_seconds: float = 300.0,
+        grace_seconds: float = 900.0,
+    ) -> None:
+        self.catalog = catalog
+        self.store = catalog.objects
+        self.index = index
+        self.neighbourhoods = neighbourhoods
+        self.shard_size = shard_size
+        self.n_trees = n_trees
+        self.model_name = model_name
+        self.batch_size = batch_size
+        self.lease_seconds = lease_seconds
+        self.grace_seconds = grace_seconds
+
+    def run(self) -> BuildReport:
+        """Drain the work queue, unless another builder is already doing so."""
+        report = BuildReport()
+        while True:
+            lease = Lease(self.catalog.table, "indexer", self.lease_seconds)
+            if not lease.acquire():
+                report.busy = True
+                return report
+            try:
+                while batch := self.catalog.pending(limit=self.batch_size):
+                    self._apply(batch, report)
+                    if not lease.renew():
+                        log.warning("index lease lost; another builder continues")
+                        return report
+            finally:
+                lease.release()
+            # Work queued while we held the lease found it taken and left it to us.
+            if not self.catalog.has_pending():
+                break
+        if report.batches:
+            self.collect_garbage()
+        return report
+
+    def _apply(self, batch: list[PendingItem], report: BuildReport) -> None:
+        for _ in range(5):
+            try:
+                added, removed = self._publish(batch, report)
+                break
+            except PreconditionFailed:
+                log.warning("manifest changed under the builder; retrying the batch")
+        else:
+            raise RuntimeError("could not publish the manifest: it keeps changing")
+        # Also the images a crashed run indexed without finishing their bookkeeping.
+        in_index = [
+            item.image_id for item in batch if item.op == "add" and item.image_id in self.index
+        ]
+        for image_id in in_index:
+            self.catalog.update_image(
+                image_id, lambda r: _with_status(r, "indexed") if r.status == "pending" else None
+            )
+        self.neighbourhoods.update(in_index, removed)
+        for item in batch:
+            self.catalog.clear_pending(item)
+        report.batches += 1
+        report.added += len(added)
+        report.removed += len(removed)
+
+    def _publish(
+        self, batch: list[PendingItem], report: BuildReport
+    ) -> tuple[list[str], dict[str, np.ndarray]]:
+        """Write new shard builds for the batch and switch the manifest to them."""
+        self.index.refresh(force=True)
+        manifest, etag = self.index.manifest, self.index.etag
+        wanted = {item.image_id: item.op for item in batch}
+        additions = self._load_additions(
+            [i for i, op in wanted.items() if op == "add" and i not in self.index]
+        )
+        removed = {
+            i: self.index.vector(i)
+            for i, op in wanted.items()
+            if op == "remove" and i in self.index
+        }
+        if not len(additions) and not removed:
+            return [], {}
+
+        shards: list[ShardEntry] = []
+        data = additions
+        open_id: str | None = None
+        for entry in manifest.shards:
+            shard = self._loaded(entry)
+            if entry.sealed:
+                gone = set(removed).intersection(shard.row_of)
+                if gone:
+                    entry = replace(entry, deleted=tuple(sorted(gone.union(entry.deleted))))
+                shards.append(entry)
+            else:
+                open_id = entry.id
+                kept = shard.data().without(removed)
+                data = kept.append(additions) if len(additions) else kept
+
+        dim = int(data.features.shape[1]) if len(data) else manifest.dim
+        next_shard = manifest.next_shard
+        while data is not None and len(data):
+            if open_id is None:
+                open_id, next_shard = f"s{next_shard:06d}", next_shard + 1
+            part = data.take(slice(0, self.shard_size))
+            sealed = len(part) == self.shard_size
+            build = write_build(self.store, open_id, part, self.n_trees)
+            report.shard_builds += 1
+            shards.append(ShardEntry(id=open_id, build=build, count=len(part), sealed=sealed))
+            data = data.take(slice(self.shard_size, None)) if sealed else None
+            open_id = None
+
+        new_manifest = manifest.with_shards(
+            shards,
+            next_shard=next_shard,
+            model=self.model_name,
+            dim=dim,
+            trees=self.n_trees,
+            updated_at=time.time(),
+        )
+        write_manifest(self.store, new_manifest, etag)
+        self.index.refresh(force=True)
+        return list(additions.ids), removed
+
+    def _loaded(self, entry: ShardEntry) -> Shard:
+        for shard in self.index.shards:
+            if (shard.shard_id, shard.build_id) == (entry.id, entry.build):
+                return shard
+        raise PreconditionFailed(f"shard {entry.id} build {entry.build} is not the loaded one")
+
+    def _load_additions(self, image_ids: list[str]) -> ShardData:
+        ids, features, probabilities = [], [], []
+        for image_id in image_ids:
+            try:
+                vector, probs = self.catalog.embedding(image_id)
+            except NotFound:
+                log.error("image %s queued for the index has no embedding; skipped", image_id)
+                continue
+            ids.append(image_id)
+            features.append(vector)
+            probabilities.append(probs)
+        if not ids:
+            return ShardData.empty(self.index.manifest.dim, 0)
+        return ShardData(
+            ids, normalise_rows(np.stack(features)), np.stack(probabilities).astype(np.float16)
+        )
+
+    def collect_garbage(self) -> int:
+        """Delete shard files no manifest names, once older than the grace period."""
+        manifest, _ = read_manifest(self.store)
+        live = {f"{SHARDS_PREFIX}{s.id}/{s.build}." for s in manifest.shards}
+        cutoff = time.time() - self.grace_seconds
+        deleted = 0
+        for info in list(self.store.list(SHARDS_PREFIX)):
+            prefix = info.key[: info.key.index(".") + 1]
+            if prefix not in live and info.last_modified < cutoff:
+                self.store.delete(info.key)
+                deleted += 1
+        return deleted
+
+
+def _with_status(record: ImageRecord, status: ImageStatus) -> ImageRecord:
+    return replace(record, status=status)

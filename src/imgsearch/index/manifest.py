@@ -1,0 +1,84 @@
+"""The manifest: which shard builds make up the index right now.
+
+It is the only mutable object of the index. Builders replace it by compare-and-swap on its
+ETag, so a reader always sees one complete, consistent set of immutable shard builds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+from imgsearch.storage import NotFound, ObjectStore
+
+MANIFEST_KEY = "index/manifest.json"
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    id: str
+    build: str
+    count: int
+    sealed: bool = False
+    # Images removed from a sealed shard: sealed builds are never rewritten, so removals
+    # are masked at query time instead.
+    deleted: tuple[str, ...] = ()
+
+    @property
+    def live_count(self) -> int:
+        return self.count - len(self.deleted)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    generation: int = 0
+    shards: tuple[ShardEntry, ...] = ()
+    next_shard: int = 0
+    model: str = ""
+    dim: int = 0
+    trees: int = 0
+    updated_at: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def image_count(self) -> int:
+        return sum(shard.live_count for shard in self.shards)
+
+    @property
+    def open_shard(self) -> ShardEntry | None:
+        return next((s for s in self.shards if not s.sealed), None)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        raw = json.loads(data)
+        shards = tuple(
+            ShardEntry(**{**entry, "deleted": tuple(entry.get("deleted", ()))})
+            for entry in raw.pop("shards", ())
+        )
+        return cls(shards=shards, **raw)
+
+    def with_shards(self, shards: list[ShardEntry], **changes: object) -> Manifest:
+        return replace(self, shards=tuple(shards), generation=self.generation + 1, **changes)
+
+
+def read_manifest(store: ObjectStore) -> tuple[Manifest, str | None]:
+    """The current manifest and its ETag; an empty manifest and None if there is none yet."""
+    try:
+        stored = store.get(MANIFEST_KEY)
+    except NotFound:
+        return Manifest(), None
+    return Manifest.from_json(stored.data), stored.etag
+
+
+def write_manifest(store: ObjectStore, manifest: Manifest, etag: str | None) -> str:
+    """Replace the manifest read with `etag` (None: create it). Raises PreconditionFailed."""
+    if etag is None:
+        return store.put(
+            MANIFEST_KEY, manifest.to_json(), if_none_match=True, content_type="application/json"
+        )
+    return store.put(
+        MANIFEST_KEY, manifest.to_json(), if_match=etag, content_type="application/json"
+    )

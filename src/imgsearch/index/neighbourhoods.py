@@ -1,0 +1,101 @@
+"""Precomputed nearest neighbours of every image, kept right as images come and go.
+
+"More like this" is answered from these stored lists in one read. When an image arrives it
+gets its own list, and it is offered to the lists of the images near it (an image joins the
+list of every image that now has it among its k nearest). When one leaves, every list that
+held it is recomputed. Lists are checked against brute force in tests/test_neighbourhoods.py.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from imgsearch.catalog import MAX_CAS_ATTEMPTS, Catalog
+from imgsearch.index.reader import Index
+from imgsearch.storage import PreconditionFailed
+
+Neighbours = list[tuple[str, float]]
+
+
+class Neighbourhoods:
+    def __init__(self, catalog: Catalog, index: Index, *, k: int = 50, reach: int = 200) -> None:
+        """`reach`: how many of a new or removed image's nearest images may list it."""
+        self.catalog = catalog
+        self.index = index
+        self.k = k
+        self.reach = max(reach, k)
+
+    def get(self, image_id: str) -> Neighbours:
+        """The stored list, without images that left the index since it was written."""
+        neighbours, _ = self.catalog.neighbours(image_id)
+        return [(i, d) for i, d in neighbours if i in self.index]
+
+    def compute(self, image_id: str) -> Neighbours:
+        vector = self.index.vector(image_id)
+        if vector is None:
+            return []
+        return self.index.nearest(vector, self.k, exclude={image_id})
+
+    def update(self, added: Iterable[str], removed: Mapping[str, np.ndarray]) -> None:
+        """Bring every list up to date after `added` joined and `removed` (id -> vector) left.
+
+        Call it after the index has been refreshed to include the change. Idempotent: running
+        it again for the same change leaves the lists as they are.
+        """
+        added = [image_id for image_id in added if image_id in self.index]
+        added_set = set(added)
+        offers: dict[str, Neighbours] = defaultdict(list)
+        for image_id in added:
+            near = self.index.nearest(self.index.vector(image_id), self.reach, exclude={image_id})
+            self._replace(image_id, near[: self.k])
+            for other, distance in near:
+                if other not in added_set:
+                    offers[other].append((image_id, distance))
+
+        stale: set[str] = set()
+        for image_id, vector in removed.items():
+            self.catalog.delete_neighbours(image_id)
+            for other, _ in self.index.nearest(vector, self.reach):
+                if other not in added_set:
+                    stale.add(other)
+        gone = set(removed)
+        for other in stale:
+            neighbours, _ = self.catalog.neighbours(other)
+            if any(i in gone for i, _ in neighbours):
+                self._replace(other, self.compute(other))
+                offers.pop(other, None)
+
+        for other, offered in offers.items():
+            self._merge(other, offered)
+
+    def _replace(self, image_id: str, neighbours: Neighbours) -> None:
+        for _ in range(MAX_CAS_ATTEMPTS):
+            _, version = self.catalog.neighbours(image_id)
+            try:
+                self.catalog.put_neighbours(image_id, neighbours, expected_version=version)
+                return
+            except PreconditionFailed:
+                continue
+        raise RuntimeError(f"neighbours of {image_id}: too much contention")
+
+    def _merge(self, image_id: str, offered: Neighbours) -> None:
+        """Insert offered neighbours that are nearer than the list's current k-th."""
+        for _ in range(MAX_CAS_ATTEMPTS):
+            current, version = self.catalog.neighbours(image_id)
+            if not current and version == 0:
+                return  # its own list is not computed yet; it will be computed whole
+            merged = dict(current)
+            for other, distance in offered:
+                merged[other] = min(round(distance, 6), merged.get(other, np.inf))
+            best = sorted(merged.items(), key=lambda pair: (pair[1], pair[0]))[: self.k]
+            if best == current:
+                return
+            try:
+                self.catalog.put_neighbours(image_id, best, expected_version=version)
+                return
+            except PreconditionFailed:
+                continue
+        raise RuntimeError(f"neighbours of {image_id}: too much contention")

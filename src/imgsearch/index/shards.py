@@ -1,0 +1,208 @@
+"""One shard of the index: an Annoy forest over image features, the features themselves for
+exact re-ranking, and per-class posting lists for keyword search.
+
+A shard *build* is a set of immutable objects written under a fresh name; a build is never
+modified, so readers can cache and memory-map it, and the manifest can switch builds atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from annoy import AnnoyIndex
+
+from imgsearch.storage import ObjectStore
+
+SHARDS_PREFIX = "index/shards/"
+# Each image is listed under its most probable classes only: keyword search then touches the
+# images a class could rank, never every image's 1000 probabilities.
+POSTINGS_PER_IMAGE = 32
+MIN_POSTING_PROBABILITY = 1e-4
+
+
+def normalise_rows(vectors: np.ndarray) -> np.ndarray:
+    """L2-normalise rows so that Euclidean order equals cosine order (Annoy "angular")."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+@dataclass
+class ShardData:
+    """The content of a shard: image ids with their normalised features and probabilities."""
+
+    ids: list[str]
+    features: np.ndarray  # float32 [n, d], unit rows
+    probabilities: np.ndarray  # float16 [n, classes]
+
+    @classmethod
+    def empty(cls, dim: int, classes: int) -> ShardData:
+        return cls([], np.zeros((0, dim), np.float32), np.zeros((0, classes), np.float16))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def append(self, other: ShardData) -> ShardData:
+        return ShardData(
+            self.ids + other.ids,
+            np.concatenate([self.features, other.features]),
+            np.concatenate([self.probabilities, other.probabilities]),
+        )
+
+    def take(self, rows: np.ndarray | slice) -> ShardData:
+        ids = np.asarray(self.ids, dtype=object)[rows].tolist()
+        return ShardData(ids, self.features[rows], self.probabilities[rows])
+
+    def without(self, removed: Iterable[str]) -> ShardData:
+        removed = set(removed)
+        keep = np.array([i not in removed for i in self.ids], dtype=bool)
+        return self.take(keep)
+
+
+def build_key(shard_id: str, build_id: str, part: str) -> str:
+    return f"{SHARDS_PREFIX}{shard_id}/{build_id}.{part}"
+
+
+BUILD_PARTS = ("ann", "features.npy", "probabilities.npy", "ids.json", "postings.npz")
+
+
+def new_build_id() -> str:
+    # Time first so builds sort by age; random suffix so concurrent builders never collide.
+    return f"b{time.time_ns():x}{secrets.token_hex(3)}"
+
+
+def write_build(store: ObjectStore, shard_id: str, data: ShardData, n_trees: int) -> str:
+    """Build the Annoy forest and posting lists for `data`; store them under a new build id."""
+    build_id = new_build_id()
+    dim = data.features.shape[1]
+    forest = AnnoyIndex(dim, "angular")
+    forest.set_seed(1)
+    for row, vector in enumerate(data.features):
+        forest.add_item(row, vector)
+    forest.build(n_trees, n_jobs=-1)
+    with tempfile.TemporaryDirectory() as scratch:
+        ann_path = Path(scratch) / "forest.ann"
+        forest.save(str(ann_path))
+        forest.unload()
+        parts = {
+            "ann": ann_path.read_bytes(),
+            "features.npy": _npy_bytes(data.features.astype(np.float16)),
+            "probabilities.npy": _npy_bytes(data.probabilities.astype(np.float16)),
+            "ids.json": json.dumps(data.ids).encode(),
+            "postings.npz": _postings_bytes(data.probabilities),
+        }
+    # The forest goes last: a build whose forest exists is complete.
+    for part in BUILD_PARTS[1:] + BUILD_PARTS[:1]:
+        store.put(build_key(shard_id, build_id, part), parts[part], if_none_match=True)
+    return build_id
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _postings_bytes(probabilities: np.ndarray) -> bytes:
+    """Per class, the rows that list it and their probabilities, most probable first (CSR)."""
+    n, classes = probabilities.shape
+    top = min(POSTINGS_PER_IMAGE, classes)
+    probabilities = probabilities.astype(np.float32)
+    if n:
+        best = np.argpartition(-probabilities, top - 1, axis=1)[:, :top]
+    else:
+        best = np.zeros((0, top), np.int64)
+    rows = np.repeat(np.arange(n), top)
+    cols = best.reshape(-1)
+    values = probabilities[rows, cols]
+    keep = values >= MIN_POSTING_PROBABILITY
+    rows, cols, values = rows[keep], cols[keep], values[keep]
+    order = np.lexsort((-values, cols))
+    rows, cols, values = rows[order], cols[order], values[order]
+    offsets = np.zeros(classes + 1, dtype=np.int64)
+    np.cumsum(np.bincount(cols, minlength=classes), out=offsets[1:])
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        offsets=offsets,
+        rows=rows.astype(np.int32),
+        values=values.astype(np.float16),
+    )
+    return buffer.getvalue()
+
+
+class Shard:
+    """A loaded, read-only shard build."""
+
+    def __init__(
+        self, shard_id: str, build_id: str, store: ObjectStore, deleted: Iterable[str] = ()
+    ) -> None:
+        self.shard_id = shard_id
+        self.build_id = build_id
+        self._store = store
+        self.ids: list[str] = json.loads(store.get(build_key(shard_id, build_id, "ids.json")).data)
+        self.row_of: dict[str, int] = {image_id: row for row, image_id in enumerate(self.ids)}
+        self.features = np.load(
+            store.local_path(build_key(shard_id, build_id, "features.npy")), mmap_mode="r"
+        )
+        self.dim = int(self.features.shape[1])
+        postings = np.load(
+            io.BytesIO(store.get(build_key(shard_id, build_id, "postings.npz")).data)
+        )
+        self._offsets = postings["offsets"]
+        self._posting_rows = postings["rows"]
+        self._posting_values = postings["values"].astype(np.float32)
+        self._forest = AnnoyIndex(self.dim, "angular")
+        self._forest.load(str(store.local_path(build_key(shard_id, build_id, "ann"))))
+        self.live = np.ones(len(self.ids), dtype=bool)
+        self.set_deleted(deleted)
+
+    def set_deleted(self, deleted: Iterable[str]) -> None:
+        self.live[:] = True
+        for image_id in deleted:
+            row = self.row_of.get(image_id)
+            if row is not None:
+                self.live[row] = False
+
+    @property
+    def live_count(self) -> int:
+        return int(self.live.sum())
+
+    def candidates(self, vector: np.ndarray, n: int, search_k: int) -> np.ndarray:
+        """Rows of approximately the `n` nearest live images (Annoy, no exact ranking yet)."""
+        rows = self._forest.get_nns_by_vector(vector, n, search_k=search_k)
+        rows = np.asarray(rows, dtype=np.int64)
+        return rows[self.live[rows]] if len(rows) else rows
+
+    def distances(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Exact cosine distances (1 - cos) from a unit `vector` to `rows`."""
+        return 1.0 - self.features[rows].astype(np.float32) @ vector
+
+    def class_scores(self, weights: Mapping[int, float]) -> np.ndarray:
+        """Per row, sum over classes of weight * probability, from the posting lists."""
+        scores = np.zeros(len(self.ids), dtype=np.float32)
+        for cls, weight in weights.items():
+            start, end = self._offsets[cls], self._offsets[cls + 1]
+            scores[self._posting_rows[start:end]] += weight * self._posting_values[start:end]
+        scores[~self.live] = 0.0
+        return scores
+
+    def data(self) -> ShardData:
+        """The shard's content, to rebuild it with more or fewer images."""
+        probabilities = np.load(
+            io.BytesIO(
+                self._store.get(build_key(self.shard_id, self.build_id, "probabilities.npy")).data
+            )
+        )
+        return ShardData(list(self.ids), np.asarray(self.features, np.float32), probabilities)
+
+    def close(self) -> None:
+        self._forest.unload()
