@@ -1,0 +1,234 @@
+"""The search engine as one object: what the HTTP API, the CLI, the Lambda handlers and the
+evaluation all call. Parts load lazily, so a function that only records votes never loads
+the model or the index.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from imgsearch.catalog import Catalog, ImageRecord
+from imgsearch.config import Settings
+from imgsearch.embedding import Embedder, ModelSpec
+from imgsearch.feedback import Feedback
+from imgsearch.index.builder import BuildReport, IndexBuilder
+from imgsearch.index.neighbourhoods import Neighbourhoods
+from imgsearch.index.reader import Index
+from imgsearch.index.shards import normalise_rows
+from imgsearch.ingest import Ingestor, IngestResult, content_id
+from imgsearch.storage import Storage, open_storage
+
+if TYPE_CHECKING:
+    from imgsearch.vocabulary import Interpretation, Vocabulary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hit:
+    image_id: str
+    score: float
+    learned: bool = False  # placed here by what users taught, not by the model alone
+
+
+@dataclass(frozen=True)
+class TextResults:
+    interpretation: Interpretation
+    hits: list[Hit]
+
+
+class NotIndexed(LookupError):
+    """The image id is not in the collection."""
+
+
+class ImageSearch:
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage | None = None,
+        *,
+        embedder: Embedder | None = None,
+        vocabulary: Vocabulary | None = None,
+    ) -> None:
+        """Parts not given are made from `settings` when first needed (tests share theirs)."""
+        self.settings = settings
+        self.storage = storage or open_storage(settings)
+        self.catalog = Catalog(self.storage)
+        self.feedback = Feedback(self.storage.feedback)
+        if embedder is not None:
+            self.embedder = embedder
+        if vocabulary is not None:
+            self.vocabulary = vocabulary
+
+    # Parts, loaded on first use --------------------------------------------------------
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        spec = ModelSpec.load(self.settings.model_path)
+        return Embedder(spec, num_threads=self.settings.inference_threads)
+
+    @cached_property
+    def vocabulary(self) -> Vocabulary:
+        from imgsearch.vocabulary import Vocabulary
+
+        return Vocabulary.load(self.settings.vocabulary_dir)
+
+    @cached_property
+    def index(self) -> Index:
+        index = Index(self.storage.objects)
+        index.refresh(force=True)
+        return index
+
+    @cached_property
+    def neighbourhoods(self) -> Neighbourhoods:
+        return Neighbourhoods(self.catalog, self.index, k=self.settings.neighbours)
+
+    @cached_property
+    def ingestor(self) -> Ingestor:
+        return Ingestor(
+            self.catalog,
+            self.embedder,
+            max_bytes=self.settings.max_image_bytes,
+            max_pixels=self.settings.max_image_pixels,
+        )
+
+    @cached_property
+    def builder(self) -> IndexBuilder:
+        return IndexBuilder(
+            self.catalog,
+            self.index,
+            self.neighbourhoods,
+            shard_size=self.settings.shard_size,
+            n_trees=self.settings.ann_trees,
+            model_name=self.embedder.spec.name,
+        )
+
+    # The collection --------------------------------------------------------------------
+
+    def count(self) -> int:
+        self.index.refresh()
+        return len(self.index)
+
+    def add(self, key: str, data: bytes, *, wait: float = 60.0) -> IngestResult:
+        """Ingest one image and return once the index serves it (or `wait` seconds passed)."""
+        result = self.ingestor.add(key, data)
+        if result.status in ("added", "duplicate", "unchanged"):
+            self.build_index()
+            self._wait_indexed(result.image_id, wait)
+        return result
+
+    def unique_key(self, filename: str, data: bytes) -> str:
+        """A key for an upload: its file name, made unique if other bytes hold that name."""
+        name = PurePosixPath(filename.replace("\\", "/")).name
+        safe = "".join(c if c.isalnum() or c in "._- " else "_" for c in name).strip(" .")
+        safe = safe[:120] or "upload"
+        key = f"uploads/{safe}"
+        held = self.catalog.key(key)
+        if held is None or held.status != "present" or held.image_id == content_id(data):
+            return key
+        stem, dot, suffix = safe.rpartition(".")
+        stem, suffix = (stem, f".{suffix}") if dot else (safe, "")
+        return f"uploads/{stem}-{content_id(data)[:8]}{suffix}"
+
+    def remove(self, key: str) -> IngestResult:
+        result = self.ingestor.remove(key)
+        self.build_index()
+        return result
+
+    def build_index(self) -> BuildReport:
+        report = self.builder.run()
+        self.index.refresh(force=True)
+        return report
+
+    def _wait_indexed(self, image_id: str | None, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        while image_id and time.monotonic() < deadline:
+            record = self.catalog.image(image_id)
+            if record is None or record.status != "pending":
+                break
+            time.sleep(0.2)  # another builder holds the lease and will index it
+            self.build_index()
+        self.index.refresh(force=True)
+
+    def image(self, image_id: str) -> ImageRecord | None:
+        record = self.catalog.image(image_id)
+        return record if record and record.status != "removed" else None
+
+    def browse(self, limit: int, offset: int) -> tuple[list[ImageRecord], int]:
+        """The collection, newest first."""
+        self.index.refresh()
+        ids = itertools.islice(self.index.image_ids(), offset, offset + limit)
+        records = [self.catalog.image(i) for i in ids]
+        return [r for r in records if r is not None], len(self.index)
+
+    def find_key(self, key: str) -> ImageRecord | None:
+        held = self.catalog.key(key)
+        if held is None or held.status != "present" or not held.image_id:
+            return None
+        return self.image(held.image_id)
+
+    # Search ------------------------------------------------------------------------------
+
+    def search_text(
+        self, query: str, *, limit: int = 20, offset: int = 0, session: str | None = None
+    ) -> TextResults:
+        """Images for a few words, best first, re-ranked by what users voted for them."""
+        self.index.refresh()
+        interpretation = self.vocabulary.interpret(query)
+        term = interpretation.query
+        weights = {int(c): float(w) for c, w in enumerate(interpretation.class_weights) if w > 0}
+        totals = self.feedback.totals(term) if term else {}
+        mine = self.feedback.session_votes(term, session) if term and session else {}
+        liked = {i for i, (up, down) in totals.items() if up > down} | {
+            i for i, v in mine.items() if v > 0
+        }
+        disliked = {i for i, (up, down) in totals.items() if down > up} | {
+            i for i, v in mine.items() if v < 0
+        }
+        liked -= {i for i, v in mine.items() if v < 0}
+        disliked -= liked
+        pinned = [Hit(i, 1.0, learned=True) for i in sorted(liked) if i in self.index]
+        wanted = offset + limit
+        ranked = self.index.ranked_by_classes(weights, wanted, exclude=liked | disliked)
+        hits = pinned + [Hit(i, s) for i, s in ranked]
+        return TextResults(interpretation, hits[offset:wanted])
+
+    def similar(self, image_id: str, *, limit: int = 20, offset: int = 0) -> list[Hit]:
+        """Images most like an indexed one: its stored neighbourhood, or a live search beyond."""
+        self.index.refresh()
+        if image_id not in self.index:
+            raise NotIndexed(image_id)
+        wanted = offset + limit
+        neighbours = self.neighbourhoods.get(image_id)
+        if len(neighbours) < min(wanted, len(self.index) - 1):
+            neighbours = self.index.nearest(self.index.vector(image_id), wanted, exclude={image_id})
+        return [Hit(i, 1.0 - d) for i, d in neighbours[offset:wanted]]
+
+    def search_image(self, data: bytes, *, limit: int = 20, offset: int = 0) -> list[Hit]:
+        """Images most like an uploaded photo, which is not stored. Raises ImageRefused."""
+        self.index.refresh()
+        decoded = self.ingestor.decode(data)
+        features = self.embedder.embed(decoded.image).features
+        vector = normalise_rows(features[np.newaxis])[0]
+        nearest = self.index.nearest(vector, offset + limit)
+        return [Hit(i, 1.0 - d) for i, d in nearest[offset:]]
+
+    # Feedback ----------------------------------------------------------------------------
+
+    def vote(self, query: str, image_id: str, value: int, session: str) -> str:
+        """Record a vote; returns the normalised term it was recorded under."""
+        if self.image(image_id) is None:
+            raise NotIndexed(image_id)
+        term = self.vocabulary.normalise(query)
+        if not term:
+            raise ValueError("the query has no words")
+        self.feedback.vote(term, image_id, session, value)
+        return term
