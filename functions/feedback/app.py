@@ -1,0 +1,10 @@
+"""Feedback function: records votes, behind API Gateway."""
+
+from mangum import Mangum
+
+from imgsearch.api.app import create_app
+from imgsearch.config import get_settings
+from imgsearch.service import ImageSearch
+
+service = ImageSearch(get_settings())
+handler = Mangum(create_app(service, routers=("feedback",)), lifespan="off")

@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from imgsearch.api.deps import Service
+from imgsearch.api.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", response_model=Health)
+def health(service: Service) -> dict:
+    return {"status": "ok", "images": service.count()}

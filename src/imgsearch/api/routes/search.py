@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from imgsearch.api.deps import Service, read_upload, refusal_error, results
+from imgsearch.api.schemas import SESSION_PATTERN, Results, SearchResponse
+from imgsearch.images import ImageRefused
+
+router = APIRouter(prefix="/search", tags=["search"])
+
+
+@router.get("", response_model=SearchResponse)
+def search(
+    request: Request,
+    service: Service,
+    q: Annotated[str, Query(min_length=1, max_length=200, description="Words to search for")],
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
+    session: Annotated[str | None, Query(pattern=SESSION_PATTERN)] = None,
+) -> dict:
+    """Images for words, best first; `interpretation` says how the words were understood."""
+    found = service.search_text(q, limit=limit, offset=offset, session=session)
+    names = service.vocabulary.class_names
+    return {
+        "query": found.interpretation.query,
+        "interpretation": found.interpretation.to_dict(names),
+        "results": results(request, service, found.hits),
+    }
+
+
+@router.post("/image", response_model=Results)
+async def search_by_image(
+    request: Request,
+    service: Service,
+    file: Annotated[UploadFile, File(description="A photo to find similar images to")],
+    limit: Annotated[int, Form(ge=1, le=200)] = 20,
+) -> dict:
+    """Reverse image search: images most like an uploaded photo (which is not stored)."""
+    data = await read_upload(file, service)
+    try:
+        hits = await run_in_threadpool(service.search_image, data, limit=limit)
+    except ImageRefused as refusal:
+        raise refusal_error(refusal) from None
+    return {"results": results(request, service, hits)}
