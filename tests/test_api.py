@@ -1,0 +1,208 @@
+"""Every route of the HTTP API, through real HTTP requests to the FastAPI app."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import demo_image
+from hostile_files import encode, photo
+
+
+def _keys(results: list[dict]) -> list[str]:
+    return [r["key"] for r in results]
+
+
+def _id_of(client, key: str) -> str:
+    (found,) = client.get("/api/images", params={"key": key}).json()["results"]
+    return found["id"]
+
+
+def test_health_counts_the_images(demo_client) -> None:
+    assert demo_client.get("/api/health").json() == {"status": "ok", "images": 192}
+
+
+def test_keyword_search_finds_the_demo_elephants_first(demo_client) -> None:
+    body = demo_client.get("/api/search", params={"q": "elephant"}).json()
+    assert body["query"] == "elephant"
+    top = _keys(body["results"][:10])
+    assert all(key.startswith("elephant/") for key in top), top
+    assert any("elephant" in c["label"].lower() for c in body["interpretation"]["classes"])
+    scores = [r["score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_search_pages_do_not_overlap(demo_client) -> None:
+    first = demo_client.get("/api/search", params={"q": "flower", "limit": 5}).json()["results"]
+    second = demo_client.get("/api/search", params={"q": "flower", "limit": 5, "offset": 5}).json()[
+        "results"
+    ]
+    assert len(first) == len(second) == 5
+    assert not set(_keys(first)) & set(_keys(second))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"q": ""},
+        {"q": "x" * 201},
+        {"q": "cat", "limit": 0},
+        {"q": "cat", "limit": 10_000},
+        {"q": "cat", "offset": -1},
+        {"q": "cat", "session": "has spaces"},
+    ],
+)
+def test_bad_search_requests_get_422_with_a_detail(demo_client, params) -> None:
+    response = demo_client.get("/api/search", params=params)
+    assert response.status_code == 422
+    assert response.json()["detail"]
+
+
+def test_browse_and_find_by_key(demo_client) -> None:
+    page = demo_client.get("/api/images", params={"limit": 10, "offset": 5}).json()
+    assert page["total"] == 192 and len(page["results"]) == 10
+    found = demo_client.get("/api/images", params={"key": "pagoda/image_0003.jpg"}).json()
+    assert _keys(found["results"]) == ["pagoda/image_0003.jpg"] and found["total"] == 1
+    missing = demo_client.get("/api/images", params={"key": "no/such.jpg"}).json()
+    assert missing == {"results": [], "total": 0}
+
+
+def test_image_detail_bytes_and_thumbnail(demo_client) -> None:
+    image_id = _id_of(demo_client, "sunflower/image_0001.jpg")
+    detail = demo_client.get(f"/api/images/{image_id}").json()
+    assert detail["key"] == "sunflower/image_0001.jpg"
+    assert detail["width"] > 0 and detail["height"] > 0
+    assert len(detail["classes"]) == 5
+    assert any("daisy" in c["label"] or "sunflower" in c["label"] for c in detail["classes"][:3])
+    original = demo_client.get(detail["url"])
+    assert original.content == demo_image("sunflower")
+    assert original.headers["content-type"] == "image/jpeg"
+    thumbnail = demo_client.get(detail["thumbnail"])
+    assert thumbnail.status_code == 200 and thumbnail.content[:2] == b"\xff\xd8"
+
+
+@pytest.mark.parametrize("path", ["", "/similar", "/file", "/thumbnail"])
+def test_unknown_and_malformed_image_ids(demo_client, path) -> None:
+    assert demo_client.get(f"/api/images/0123456789abcdef{path}").status_code == 404
+    assert demo_client.get(f"/api/images/..%2F..%2Fetc{path}").status_code in (404, 422)
+    assert demo_client.get(f"/api/images/NOT-AN-ID{path}").status_code == 422
+
+
+def test_similar_images_are_from_the_same_category(demo_client) -> None:
+    image_id = _id_of(demo_client, "starfish/image_0002.jpg")
+    results = demo_client.get(f"/api/images/{image_id}/similar", params={"limit": 5}).json()
+    keys = _keys(results["results"])
+    assert len(keys) == 5 and "starfish/image_0002.jpg" not in keys
+    assert sum(key.startswith("starfish/") for key in keys) >= 4, keys
+
+
+def test_reverse_image_search_finds_the_same_photo_first(demo_client) -> None:
+    files = {"file": ("query.jpg", demo_image("laptop", 4), "image/jpeg")}
+    results = demo_client.post("/api/search/image", files=files).json()["results"]
+    assert results[0]["key"] == "laptop/image_0004.jpg"
+    assert results[0]["score"] > 0.99
+
+
+def test_reverse_search_refuses_a_bad_file(demo_client) -> None:
+    files = {"file": ("query.jpg", b"not an image", "image/jpeg")}
+    response = demo_client.post("/api/search/image", files=files)
+    assert response.status_code == 415 and "supported format" in response.json()["detail"]
+    assert demo_client.post("/api/search/image").status_code == 422
+
+
+def test_upload_makes_an_image_searchable(client) -> None:
+    files = {"file": ("my elephant.jpg", demo_image("elephant", 3), "image/jpeg")}
+    response = client.post("/api/images", files=files)
+    assert response.status_code == 201
+    body = response.json()
+    assert body["status"] == "added" and body["key"] == "uploads/my elephant.jpg"
+    found = client.get("/api/search", params={"q": "elephant"}).json()["results"]
+    assert [r["id"] for r in found] == [body["id"]]
+    again = client.post("/api/images", files=files).json()
+    assert again["status"] == "unchanged" and again["id"] == body["id"]
+
+
+def test_an_upload_under_a_taken_name_does_not_replace_another_image(client) -> None:
+    one = client.post("/api/images", files={"file": ("a.jpg", demo_image("pizza"))}).json()
+    two = client.post("/api/images", files={"file": ("a.jpg", demo_image("watch"))}).json()
+    assert one["key"] == "uploads/a.jpg" and two["key"] != one["key"]
+    assert client.get("/api/health").json()["images"] == 2
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [(b"", 422), (b"<html>hello</html>", 415), (encode(photo(), "JPEG")[:500], 422)],
+)
+def test_refused_uploads_say_why_and_change_nothing(client, data, status) -> None:
+    response = client.post("/api/images", files={"file": ("x.jpg", data, "image/jpeg")})
+    assert response.status_code == status
+    assert response.json()["detail"]
+    assert client.get("/api/health").json()["images"] == 0
+
+
+def test_upload_over_the_byte_limit_is_413(client, service) -> None:
+    too_big = b"\xff\xd8" + b"\x00" * service.settings.max_image_bytes
+    response = client.post("/api/images", files={"file": ("big.jpg", too_big, "image/jpeg")})
+    assert response.status_code == 413
+
+
+def test_votes_pin_and_drop_results_for_that_query(client) -> None:
+    ids = {}
+    for category in ("elephant", "pizza", "chair"):
+        files = {"file": (f"{category}.jpg", demo_image(category), "image/jpeg")}
+        ids[category] = client.post("/api/images", files=files).json()["id"]
+    before = client.get("/api/search", params={"q": "dinner", "session": "s1"}).json()
+    vote = {"query": "Dinner", "image_id": ids["chair"], "vote": 1, "session": "s1"}
+    response = client.post("/api/feedback", json=vote)
+    assert response.status_code == 200 and response.json() == {"status": "ok", "term": "dinner"}
+    after = client.get("/api/search", params={"q": "dinner", "session": "s1"}).json()["results"]
+    assert after[0]["id"] == ids["chair"] and after[0]["learned"] is True
+    client.post("/api/feedback", json={**vote, "image_id": ids["pizza"], "vote": -1})
+    again = client.get("/api/search", params={"q": "dinner", "session": "s1"}).json()["results"]
+    assert ids["pizza"] not in [r["id"] for r in again]
+    assert before["results"] != again
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"vote": 0},
+        {"vote": 2},
+        {"image_id": "0123456789abcdef"},
+        {"image_id": "../x"},
+        {"session": ""},
+        {"query": ""},
+        {"query": "q" * 500},
+    ],
+)
+def test_bad_votes_are_refused(client, change) -> None:
+    image = client.post("/api/images", files={"file": ("x.jpg", demo_image("umbrella"))}).json()
+    vote = {"query": "rain", "image_id": image["id"], "vote": 1, "session": "s1", **change}
+    response = client.post("/api/feedback", json=vote)
+    assert response.status_code in (404, 422)
+    assert response.json()["detail"]
+
+
+def test_openapi_and_docs_are_served(demo_client) -> None:
+    spec = demo_client.get("/openapi.json").json()
+    for path in (
+        "/api/health",
+        "/api/images",
+        "/api/search",
+        "/api/search/image",
+        "/api/feedback",
+        "/api/images/{image_id}/similar",
+    ):
+        assert path in spec["paths"]
+    assert demo_client.get("/docs").status_code == 200
+
+
+def test_the_web_page_is_served_at_the_root(service) -> None:
+    from fastapi.testclient import TestClient
+
+    from imgsearch.api.app import create_app
+    from imgsearch.cli import WEB_DIR
+
+    with TestClient(create_app(service, web_dir=WEB_DIR)) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and "<title>imgsearch</title>" in page.text
+        assert client.get("/api/health").status_code == 200

@@ -1,0 +1,150 @@
+"""The sharded index: shard life cycle, manifest, removal, recall and neighbourhoods."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from imgsearch.catalog import ImageRecord
+from imgsearch.config import Settings
+from imgsearch.index.manifest import read_manifest
+from imgsearch.index.shards import SHARDS_PREFIX, normalise_rows
+from imgsearch.service import ImageSearch
+
+DIM = 48
+CLASSES = 20
+
+
+def clustered_vectors(n: int, seed: int = 0, clusters: int = 25) -> np.ndarray:
+    """Features shaped like real ones: tight clusters around random centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, DIM))
+    members = centres[rng.integers(0, clusters, n)] + rng.normal(scale=0.45, size=(n, DIM))
+    return members.astype(np.float32)
+
+
+def synthetic_ids(n: int, start: int = 0) -> list[str]:
+    return [f"{i:016x}" for i in range(start, start + n)]
+
+
+def queue(service: ImageSearch, ids: list[str], vectors: np.ndarray) -> None:
+    """Ingest without a model: store embeddings and records, queue them for the index."""
+    rng = np.random.default_rng(len(ids))
+    for image_id, vector in zip(ids, vectors, strict=True):
+        logits = rng.normal(size=CLASSES)
+        probabilities = np.exp(logits) / np.exp(logits).sum()
+        service.catalog.put_embedding(image_id, vector, probabilities.astype(np.float32))
+        service.catalog.create_image(
+            ImageRecord(image_id, (f"{image_id}.jpg",), 10, 10, "JPEG", 1, ())
+        )
+        service.catalog.mark_pending(image_id, "add")
+
+
+def forget(service: ImageSearch, ids: list[str]) -> None:
+    for image_id in ids:
+        service.catalog.update_image(image_id, _removed)
+        service.catalog.mark_pending(image_id, "remove")
+
+
+def _removed(record: ImageRecord) -> ImageRecord:
+    return replace(record, keys=(), status="removed")
+
+
+@pytest.fixture
+def index_service(tmp_path) -> ImageSearch:
+    settings = Settings(data_dir=tmp_path / "data", shard_size=50, ann_trees=10, neighbours=10)
+    service = ImageSearch(settings)
+    service.builder.grace_seconds = 0.0
+    return service
+
+
+def test_shards_fill_then_seal_and_sealed_builds_never_change(index_service) -> None:
+    service = index_service
+    vectors = clustered_vectors(130)
+    ids = synthetic_ids(130)
+    sealed_builds: dict[str, str] = {}
+    generations = []
+    for start in range(0, 130, 30):
+        queue(service, ids[start : start + 30], vectors[start : start + 30])
+        report = service.build_index()
+        assert report.added == len(ids[start : start + 30])
+        manifest, _ = read_manifest(service.storage.objects)
+        generations.append(manifest.generation)
+        for shard in manifest.shards:
+            if shard.sealed:
+                assert sealed_builds.setdefault(shard.id, shard.build) == shard.build
+                assert shard.count == 50
+    assert generations == sorted(set(generations))
+    assert [(s.count, s.sealed) for s in manifest.shards] == [(50, True), (50, True), (30, False)]
+    assert len(service.index) == 130
+    # Superseded builds are gone (grace 0), the current ones all present.
+    stored = {info.key.split(".")[0] for info in service.storage.objects.list(SHARDS_PREFIX)}
+    assert stored == {f"{SHARDS_PREFIX}{s.id}/{s.build}" for s in manifest.shards}
+
+
+def test_removal_masks_sealed_shards_and_rebuilds_the_open_one(index_service) -> None:
+    service = index_service
+    ids = synthetic_ids(70)
+    queue(service, ids, clustered_vectors(70))
+    service.build_index()
+    gone = [ids[3], ids[60]]  # one in the sealed shard, one in the open shard
+    forget(service, gone)
+    report = service.build_index()
+    assert report.removed == 2
+    manifest, _ = read_manifest(service.storage.objects)
+    assert manifest.shards[0].deleted == (ids[3],)
+    assert manifest.shards[1].count == 19 and not manifest.shards[1].deleted
+    assert len(service.index) == 68
+    everything = service.index.nearest(clustered_vectors(1, seed=9)[0], 70, exact=True)
+    assert not {i for i, _ in everything} & set(gone)
+    assert service.index.locate(ids[3]) is None
+
+
+def test_approximate_search_recalls_the_exact_neighbours(index_service) -> None:
+    service = index_service
+    vectors = clustered_vectors(600)
+    queue(service, synthetic_ids(600), vectors)
+    service.build_index()
+    queries = normalise_rows(clustered_vectors(50, seed=7))
+    overlap = 0
+    for query in queries:
+        exact = {i for i, _ in service.index.nearest(query, 20, exact=True)}
+        approximate = {i for i, _ in service.index.nearest(query, 20)}
+        overlap += len(exact & approximate)
+    assert overlap / (20 * len(queries)) >= 0.99
+
+
+def brute_force_agreement(service: ImageSearch) -> float:
+    """Share of stored neighbour entries that brute force agrees with."""
+    agree = total = 0
+    for image_id in service.index.image_ids():
+        exact = service.index.nearest(
+            service.index.vector(image_id), 10, exclude={image_id}, exact=True
+        )
+        stored, _ = service.catalog.neighbours(image_id)
+        agree += len({i for i, _ in stored} & {i for i, _ in exact})
+        total += len(exact)
+    return agree / total
+
+
+def test_neighbour_lists_match_brute_force_after_adds_and_removes(index_service) -> None:
+    service = index_service
+    rng = np.random.default_rng(3)
+    vectors = clustered_vectors(400, seed=3)
+    ids = synthetic_ids(400)
+    present: list[str] = []
+    cursor = 0
+    for _ in range(8):
+        batch = int(rng.integers(10, 60))
+        queue(service, ids[cursor : cursor + batch], vectors[cursor : cursor + batch])
+        present += ids[cursor : cursor + batch]
+        cursor += batch
+        if len(present) > 40:
+            gone = list(rng.choice(present, size=int(rng.integers(1, 12)), replace=False))
+            forget(service, gone)
+            present = [i for i in present if i not in gone]
+        service.build_index()
+    assert len(service.index) == len(present)
+    assert brute_force_agreement(service) >= 0.99

@@ -1,0 +1,79 @@
+"""Ingest: idempotent per content, ordered per key, refusals recorded, data kept on restart."""
+
+from __future__ import annotations
+
+from conftest import demo_image, make_service
+from hostile_files import encode, photo
+
+from imgsearch.ingest import sequencer_is_newer
+
+
+def test_same_bytes_under_two_keys_are_one_image_with_both_keys(service) -> None:
+    data = demo_image("elephant")
+    first = service.add("a/elephant.jpg", data)
+    second = service.add("b/copy.jpg", data)
+    again = service.add("a/elephant.jpg", data)
+    assert (first.status, second.status, again.status) == ("added", "duplicate", "unchanged")
+    assert first.image_id == second.image_id == again.image_id
+    record = service.image(first.image_id)
+    assert record.keys == ("a/elephant.jpg", "b/copy.jpg")
+    assert record.status == "indexed"
+    assert service.count() == 1
+    assert service.find_key("b/copy.jpg").id == first.image_id
+
+
+def test_a_refused_file_is_recorded_and_blocks_nothing(service) -> None:
+    good = service.add("good.jpg", demo_image("pizza"))
+    bad = service.add("bad.jpg", b"GIF89a but then nothing")
+    assert bad.status == "refused" and "supported format" in bad.reason
+    held = service.catalog.key("bad.jpg")
+    assert held.status == "refused" and held.reason == bad.reason
+    assert service.count() == 1 and service.image(good.image_id).status == "indexed"
+
+
+def test_replacing_the_bytes_under_a_key_replaces_the_image(service) -> None:
+    old = service.add("photo.jpg", demo_image("camera"))
+    new = service.add("photo.jpg", demo_image("chair"))
+    assert new.status == "added" and new.image_id != old.image_id
+    assert service.image(old.image_id) is None
+    assert service.find_key("photo.jpg").id == new.image_id
+    assert service.count() == 1
+
+
+def test_removing_a_key_keeps_an_image_another_key_still_holds(service) -> None:
+    data = demo_image("lotus")
+    added = service.add("one.jpg", data)
+    service.add("two.jpg", data)
+    service.remove("one.jpg")
+    assert service.image(added.image_id).keys == ("two.jpg",)
+    assert service.count() == 1
+    service.remove("two.jpg")
+    assert service.image(added.image_id) is None
+    assert service.count() == 0
+    assert service.catalog.key("two.jpg").status == "removed"
+
+
+def test_an_older_event_never_undoes_a_newer_one(service) -> None:
+    service.ingestor.remove("late.jpg", sequencer="0062E5A7A3F2B9C4D2")
+    stale = service.ingestor.add("late.jpg", demo_image("watch"), sequencer="0062E5A7A3F2B9C4D1")
+    assert stale.status == "stale"
+    service.build_index()
+    assert service.count() == 0
+    newer = service.ingestor.add("late.jpg", demo_image("watch"), sequencer="0062E5A7A3F2B9C4D3")
+    assert newer.status == "added"
+
+
+def test_sequencers_compare_as_right_padded_hex() -> None:
+    assert sequencer_is_newer("0062E5A7A3F2B9C4D3", "0062E5A7A3F2B9C4D2")
+    assert sequencer_is_newer("0062E5A7A3F2B9C4D200", "0062E5A7A3F2B9C4D1")
+    assert not sequencer_is_newer("0062E5A7A3F2B9C4D1", "0062E5A7A3F2B9C4D100")
+    assert sequencer_is_newer(None, "00AB") and sequencer_is_newer("00AB", None)
+
+
+def test_the_collection_survives_a_restart(tmp_path, embedder, vocabulary) -> None:
+    first = make_service(tmp_path / "data", embedder, vocabulary)
+    added = first.add("kept.jpg", encode(photo(), "JPEG"))
+    restarted = make_service(tmp_path / "data", embedder, vocabulary)
+    assert restarted.count() == 1
+    assert restarted.find_key("kept.jpg").id == added.image_id
+    assert restarted.similar(added.image_id) == []  # alone: nothing is similar yet
