@@ -1,0 +1,590 @@
+"""What a keyword query means in terms of the classifier's 1000 ImageNet classes.
+
+A query is normalised (Unicode, case, punctuation, WordNet lemmas: "Mice!" -> "mouse"), cut into
+phrases (WordNet collocations first: "ice cream", "golden retriever"; glued compounds split:
+"icecream"), and each phrase is read as a weight per class: an estimate of the probability that
+an image of that class is what the user asked for. Images are then ranked by
+`sum_c class_weights[c] * p_c(image)`, which under that reading is the probability that the image
+is relevant, so a broad word ranks first the images most surely of its kind ("dog" weighs all
+118 breeds fully: an image scores the summed probability of being some dog).
+
+How a phrase becomes class weights:
+- Every WordNet noun sense counts, weighed by its SemCor tag count (WordNet's own frequency
+  order breaks ties), less if it cannot be pictured (an attribute, a time, a named person).
+- A sense with ImageNet classes at or below it in the hypernym tree gives them its weight
+  ("vehicle" covers cars, boats and planes); so do class names and synonyms ("beach" names the
+  seashore class).
+- A sense with none is guessed from related classes, with the strategies in `STRATEGIES`:
+  WordNet relations (part of / has part, the nearest hypernym's other kinds: a beach is part of a
+  shore, like a lakeshore), glosses (classes whose description mentions the word: a stove is "a
+  kitchen appliance"; the sense's own gloss steers its vector), and GloVe word vectors against
+  each class's description. Guesses weigh less than classes and lower the confidence.
+
+Built by `scripts/build_vocabulary.py`; loading needs numpy only and takes well under a second.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Ways to guess classes for a sense that names none (see the module docstring).
+STRATEGIES = frozenset({"relations", "glosses", "vectors"})
+DEFAULT_STRATEGIES = STRATEGIES
+
+POS_COLUMNS = {"n": 0, "v": 1, "a": 2, "r": 3}
+
+# WordNet's detachment rules (morphy), tried after its exception lists.
+SUFFIX_RULES = {
+    "n": (
+        ("s", ""), ("ses", "s"), ("ves", "f"), ("xes", "x"), ("zes", "z"),
+        ("ches", "ch"), ("shes", "sh"), ("men", "man"), ("ies", "y"),
+    ),
+    "v": (
+        ("s", ""), ("ies", "y"), ("es", "e"), ("es", ""),
+        ("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", ""),
+    ),
+    "a": (("er", ""), ("est", ""), ("er", "e"), ("est", "e")),
+}  # fmt: skip
+
+# Words that join or frame a query without naming anything to look for.
+QUERY_STOPWORDS = frozenset(
+    """a an the and or & + of with without in on at by for from to near some any my our your
+    their his her its this that these those is are photo picture image pic shot""".split()  # noqa: SIM905
+)
+
+# Lexicographer files whose senses are things a photo can show; others (attributes, times,
+# feelings, ...) weigh less: someone searching images for "watch" means the timepiece.
+PICTURABLE_LEXNAMES = frozenset(
+    """noun.Tops noun.act noun.animal noun.artifact noun.body noun.event noun.food noun.group
+    noun.location noun.object noun.person noun.phenomenon noun.plant noun.shape
+    noun.substance""".split()  # noqa: SIM905
+)
+UNPICTURABLE_FACTOR = 0.25
+INSTANCE_FACTOR = 0.1  # a named person or place: rarely what an image search means
+
+# How much a guessed class counts next to a class the word names (which counts 1).
+GUESS_WEIGHT = 0.6
+# Guesses for a sense that already has classes: its relatives, at this fraction.
+MAPPED_GUESS_FACTOR = 0.4
+GUESS_CLASSES = 25  # a guess keeps its best classes only
+HYPERNYM_LEVELS = 3  # how far up to look for a kind with classes ("beach" -> shore)
+MAX_KIND_CLASSES = 40  # a kind broader than this says too little about a word under it
+# Evidence strengths, each "how likely a class so related shows what the word names":
+PART_EVIDENCE = 0.6  # a whole it belongs to, or a part it has
+ARTIFACT_WHOLE_FACTOR = 0.4
+SIBLING_EVIDENCE = 0.35  # another kind of its nearest hypernym with classes; less per level up
+SIBLING_DECAY = 0.7
+MENTION_EVIDENCE = 0.8  # its name in a class's description (x the description's weight)
+MENTION_CLASSES = 10  # a word mentioned by more classes than this is down-weighted
+HYPONYM_LEVELS = 1  # kinds of the word whose names are looked for in class descriptions
+HYPONYM_MENTION_FACTOR = 0.5
+VECTOR_FLOOR = 0.45  # GloVe cosine below which a class name is unrelated
+MODIFIER_BOOST = 0.5
+ALIAS_CONFIDENCE = 0.7  # a class named by the word, but not by WordNet's sense of it
+HIGH_CONFIDENCE = 0.5  # how far a describing word ("black dog") reorders the named classes
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How one word or phrase of the query was understood."""
+
+    phrase: str  # normalised words it covers, e.g. "tall building"
+    source: str  # "imagenet" | "wordnet" | "related" | "unknown"
+    confidence: float  # 0..1
+    classes: tuple[tuple[int, float], ...]  # (class index, weight), best first
+    note: str  # short human explanation
+
+
+@dataclass(frozen=True)
+class Interpretation:
+    query: str  # the normalised query: the key feedback votes are stored under
+    readings: tuple[Reading, ...]
+    class_weights: np.ndarray = field(repr=False)  # float32 [classes]; all zero: nothing maps
+    confidence: float  # overall 0..1; low means "guessing", 0 means "no idea"
+
+    @property
+    def level(self) -> str:
+        if self.confidence <= 0.0:
+            return "none"
+        return "high" if self.confidence >= HIGH_CONFIDENCE else "low"
+
+    def to_dict(self, class_names: Sequence[str], top: int = 10) -> dict:
+        """JSON for the API's `interpretation`."""
+
+        def labelled(classes: Iterable[tuple[int, float]]) -> list[dict]:
+            return [{"label": class_names[c], "weight": round(w, 4)} for c, w in classes]
+
+        order = np.argsort(-self.class_weights, kind="stable")[:top]
+        combined = [(int(c), float(self.class_weights[c])) for c in order if self.class_weights[c]]
+        return {
+            "query": self.query,
+            "confidence": round(self.confidence, 3),
+            "level": self.level,
+            "terms": [
+                {
+                    "phrase": r.phrase,
+                    "source": r.source,
+                    "confidence": round(r.confidence, 3),
+                    "note": r.note,
+                    "classes": labelled(r.classes[:top]),
+                }
+                for r in self.readings
+            ],
+            "classes": labelled(combined),
+        }
+
+
+class Vocabulary:
+    """Query understanding over the built tables; immutable and thread-safe after `load`."""
+
+    def __init__(
+        self,
+        words: list[str],
+        tables: dict[str, np.ndarray],
+        exceptions: dict[str, dict[str, list[str]]],
+        classes: list[dict[str, str]],
+        lexnames: list[str],
+        strategies: Iterable[str] = DEFAULT_STRATEGIES,
+    ) -> None:
+        self.strategies = frozenset(strategies)
+        if unknown := self.strategies - STRATEGIES:
+            raise ValueError(f"unknown strategies {sorted(unknown)}; known: {sorted(STRATEGIES)}")
+        self.class_names = [row["name"] for row in classes]
+        self._words = words
+        self._word_id = {word: i for i, word in enumerate(words)}
+        self._t = tables
+        self._exceptions = exceptions
+        self._vectors = tables["vectors"]
+        self._n_vectors = len(self._vectors)
+        self._pos_senses = tables["pos_senses"]
+        self._is_lemma = self._pos_senses.any(axis=1)
+        n_classes = len(classes)
+        self._n_classes = n_classes
+
+        picturable = np.array([name in PICTURABLE_LEXNAMES for name in lexnames])
+        self._is_artifact = tables["synset_lexname"] == lexnames.index("noun.artifact")
+        self._synset_factor = np.where(
+            picturable[tables["synset_lexname"]], 1.0, UNPICTURABLE_FACTOR
+        )
+        n_synsets = len(tables["synset_offset"])
+        self._is_instance = np.zeros(n_synsets, dtype=bool)
+        self._is_instance[tables["instance"]] = True
+        # Synset -> its lemmas (word ids), the inverse of the word -> noun senses table.
+        sense_words = np.repeat(np.arange(len(words)), np.diff(tables["noun_sense_ptr"]))
+        order = np.argsort(tables["noun_sense"], kind="stable")
+        self._lemma_by_synset_keys = tables["noun_sense"][order]
+        self._lemma_by_synset = sense_words[order]
+        # Synset -> its hyponyms, the inverse of the hypernym table, for "kinds of" lookups.
+        hyponym_of = np.repeat(np.arange(n_synsets), np.diff(tables["hypernym_ptr"]))
+        order = np.argsort(tables["hypernym"], kind="stable")
+        self._t["hyponym"] = hyponym_of[order].astype(np.int32)
+        self._t["hyponym_ptr"] = np.searchsorted(
+            tables["hypernym"][order], np.arange(n_synsets + 1)
+        ).astype(np.int32)
+        self._class_synset = tables["class_synset"]
+        self._is_class_synset = np.zeros(len(tables["synset_offset"]), dtype=bool)
+        self._is_class_synset[self._class_synset] = True
+
+        # Class aliases: names the class table gives a class beyond its WordNet lemmas
+        # ("beach" for the seashore class), split at " / ", parentheses dropped.
+        self._aliases: dict[str, list[int]] = {}
+        for index, row in enumerate(classes):
+            for alias in _aliases(row["name"], row["synonyms"]):
+                self._aliases.setdefault(self.normalise(alias), []).append(index)
+
+        # Class descriptions: weighted words (names, gloss, hypernym names) for mentions.
+        ptr, ids = tables["class_word_ptr"], tables["class_word"]
+        weights = tables["class_word_weight"]
+        rows = np.repeat(np.arange(n_classes), np.diff(ptr))
+        self._mention_weight = weights
+        self._mention_rows = rows
+        self._mention_ids = ids
+        self._name_vectors = tables["name_vectors"].astype(np.float32)
+        self._name_class = tables["name_class"]
+
+    @classmethod
+    def load(cls, directory: str | Path, strategies: Iterable[str] = DEFAULT_STRATEGIES):
+        directory = Path(directory)
+        words = (directory / "words.txt").read_text().split("\n")[:-1]
+        with np.load(directory / "tables.npz") as archive:
+            tables = {name: archive[name] for name in archive.files}
+        exceptions: dict[str, dict[str, list[str]]] = {pos: {} for pos in POS_COLUMNS}
+        with (directory / "morphology.tsv").open() as handle:
+            next(handle)
+            for line in handle:
+                pos, inflected, base = line.rstrip("\n").split("\t")
+                exceptions[pos].setdefault(inflected, []).append(base)
+        with (directory / "classes.tsv").open(newline="") as handle:
+            classes = list(csv.DictReader(handle, delimiter="\t"))
+        lexnames = json.loads((directory / "manifest.json").read_text())["lexnames"]
+        return cls(words, tables, exceptions, classes, lexnames, strategies)
+
+    # --- words -------------------------------------------------------------------------------
+
+    def normalise(self, text: str) -> str:
+        """Canonical form of a query: NFKC, lower case, no accents or punctuation, single
+        spaces, each word a WordNet lemma where it is an inflection of one ("mice" -> "mouse"),
+        glued compounds split ("icecream" -> "ice cream"). normalise(normalise(x)) == x'."""
+        text = unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'")
+        text = "".join(
+            ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch)
+        )
+        tokens = re.sub(r"[^a-z0-9'\-]+", " ", text).split()
+        return " ".join(word for token in tokens for word in self._normalise_token(token))
+
+    def _normalise_token(self, token: str) -> list[str]:
+        token = token.strip("'-")
+        if not token:
+            return []
+        lemma = self._lemmatise(token)
+        if "-" in token and not self._is_lemma_word(lemma):
+            # "ice-cream" -> "ice cream": WordNet spells collocations with spaces ("t-shirt" and
+            # a few others keep theirs, and stay whole).
+            return [word for part in token.split("-") for word in self._normalise_token(part)]
+        if lemma != token or self._known(token):
+            return [lemma]
+        return self._split_compound(token)
+
+    def knows(self, phrase: str) -> bool:
+        """Whether WordNet or the word vectors know the phrase (every word of it)."""
+        words = self.normalise(phrase)
+        if not words:
+            return False
+        return self._known(words) or all(self._known(w) for w in words.split())
+
+    def _known(self, word: str) -> bool:
+        word_id = self._word_id.get(word)
+        return word_id is not None and (word_id < self._n_vectors or bool(self._is_lemma[word_id]))
+
+    def _is_pos_lemma(self, word: str, pos: str) -> bool:
+        word_id = self._word_id.get(word)
+        return word_id is not None and self._pos_senses[word_id, POS_COLUMNS[pos]] > 0
+
+    def _lemmatise(self, token: str) -> str:
+        word_id = self._word_id.get(token)
+        if word_id is not None and self._is_lemma[word_id]:
+            return token
+        for pos in ("n", "v", "a"):
+            for base in self._exceptions[pos].get(token, ()):
+                if self._is_pos_lemma(base, pos):
+                    return base
+            for suffix, ending in SUFFIX_RULES[pos]:
+                if token.endswith(suffix) and len(token) > len(suffix):
+                    base = token[: -len(suffix)] + ending
+                    if self._is_pos_lemma(base, pos):
+                        return base
+        if token.endswith("'s") and len(token) > 2:
+            return self._lemmatise(token[:-2])
+        return token
+
+    def _split_compound(self, token: str) -> list[str]:
+        """'icecream' -> ['ice', 'cream'] when the halves make a WordNet collocation, else two
+        known words; the most frequent pair wins. Unsplittable tokens come back whole."""
+        best: tuple[tuple[int, int], list[str]] | None = None
+        for cut in range(2, len(token) - 1):
+            left, right = token[:cut], self._lemmatise(token[cut:])
+            if not (self._is_lemma_word(left) and self._is_lemma_word(right)):
+                continue
+            collocation = f"{left} {right}" in self._word_id
+            rank = max(self._word_id[left], self._word_id[right])
+            key = (0 if collocation else 1, rank)
+            if best is None or key < best[0]:
+                best = (key, [left, right])
+        return best[1] if best else [token]
+
+    def _is_lemma_word(self, word: str) -> bool:
+        word_id = self._word_id.get(word)
+        return word_id is not None and bool(self._is_lemma[word_id]) and len(word) > 1
+
+    # --- interpretation ----------------------------------------------------------------------
+
+    def interpret(self, text: str, strategies: Iterable[str] | None = None) -> Interpretation:
+        active = self.strategies if strategies is None else frozenset(strategies)
+        query = self.normalise(text)
+        phrases = self._phrases(query.split())
+        understood = [self._read(phrase, active) for phrase in phrases]
+        # Naming words ("car") decide which classes; describing words ("red") only reorder
+        # them, since the classifier sees objects, not colours or sizes. A query of describing
+        # words alone is read like naming words.
+        heads = [u for u in understood if not u.describing]
+        modifiers = [u for u in understood if u.describing] if heads else []
+        heads = heads or understood
+        # Several naming words are a union ("dog and cat", "dog cat"): scores are linear in
+        # class probabilities and an image mostly shows one ImageNet class, so "both at once"
+        # cannot be scored; the page shows each. Noisy-or keeps each word's weights and never
+        # counts a class twice.
+        missing = np.ones(self._n_classes)
+        for u in heads:
+            missing *= 1.0 - u.weights
+        weights = 1.0 - missing
+        for u in modifiers:
+            if u.weights.any():
+                weights *= 1.0 + MODIFIER_BOOST * u.weights / u.weights.max()
+        weights /= max(1.0, float(weights.max()))
+        # Honest overall confidence: the mean over naming words, so one unknown word of two
+        # halves it. Describing words don't count: they cannot be seen by the classifier.
+        confidence = float(np.mean([u.reading.confidence for u in heads])) if heads else 0.0
+        if not weights.any():
+            confidence = 0.0
+        return Interpretation(
+            query=query,
+            readings=tuple(u.reading for u in understood),
+            class_weights=weights.astype(np.float32),
+            confidence=round(confidence, 4),
+        )
+
+    def _phrases(self, tokens: list[str]) -> list[str]:
+        """Longest WordNet collocations or class names first, then single content words."""
+        phrases, i = [], 0
+        while i < len(tokens):
+            for n in range(min(5, len(tokens) - i), 1, -1):
+                candidate = " ".join(tokens[i : i + n])
+                if candidate in self._aliases or self._is_lemma_word(candidate):
+                    phrases.append(candidate)
+                    i += n
+                    break
+            else:
+                if tokens[i] not in QUERY_STOPWORDS:
+                    phrases.append(tokens[i])
+                i += 1
+        return phrases
+
+    def _row(self, name: str, index: int) -> np.ndarray:
+        ptr = self._t[f"{name}_ptr"]
+        return self._t[name][ptr[index] : ptr[index + 1]]
+
+    def _senses(self, word_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """The word's noun senses and their probabilities for someone searching images."""
+        synsets = self._row("noun_sense", word_id)
+        if len(synsets) == 0:
+            # A describing word stands for the nouns it derives from: "floral" -> flower.
+            synsets = self._row("derived_noun", word_id)
+            counts = np.zeros(len(synsets))
+        else:
+            ptr = self._t["noun_sense_ptr"]
+            counts = self._t["noun_sense_count"][ptr[word_id] : ptr[word_id + 1]].astype(float)
+        # Tag counts with WordNet's frequency order as the prior for the many untagged senses.
+        prior = counts + 1.0 / (1.0 + np.arange(len(synsets)))
+        prior *= self._synset_factor[synsets]
+        prior[self._is_instance[synsets]] *= INSTANCE_FACTOR
+        return synsets, prior / prior.sum() if len(prior) else prior
+
+    def _read(self, phrase: str, strategies: frozenset[str]) -> _Understood:
+        word_id = self._word_id.get(phrase)
+        weights = np.zeros(self._n_classes)
+        mapped_mass = guessed_mass = 0.0
+        exact = False
+        notes: list[str] = []
+        guessed: list[int] = []  # senses with no class, most probable first
+        synsets, probabilities = (
+            self._senses(word_id) if word_id is not None else (np.zeros(0, int), np.zeros(0))
+        )
+        # A class the table names by the phrase when WordNet's senses of it don't reach it.
+        named = {c for c in self._aliases.get(phrase, ()) if self._class_synset[c] not in synsets}
+        # Classes some sense of the phrase reaches are weighed by that sense alone: the rodent
+        # sense of "mouse" must not guess the computer mouse because the class is named "mouse".
+        covered = np.zeros(self._n_classes, dtype=bool)
+        for synset in synsets.tolist():
+            covered[self._row("below", synset)] = True
+        for synset, probability in zip(synsets.tolist(), probabilities.tolist(), strict=True):
+            below = self._row("below", synset)
+            if len(below):
+                weights[below] += probability
+                mapped_mass += probability
+                if self._is_class_synset[synset] and len(below) == 1:
+                    exact = True
+                notes.append(f"{self._synset_name(synset)}: {_count(len(below), 'class')}")
+                guess, _ = self._guess(synset, phrase, strategies - {"vectors"}, covered)
+                weights += probability * MAPPED_GUESS_FACTOR * GUESS_WEIGHT * guess
+            else:
+                guessed.append(synset)
+                guess, quality = self._guess(synset, phrase, strategies, covered)
+                weights += probability * GUESS_WEIGHT * guess
+                guessed_mass += probability * quality
+        if named:
+            weights[sorted(named)] = 1.0
+            mapped_mass = max(mapped_mass, ALIAS_CONFIDENCE)
+            notes.insert(0, f"names {', '.join(self.class_names[c] for c in sorted(named))}")
+        if len(synsets) == 0 and "vectors" in strategies:
+            vector = self._phrase_vector(phrase)
+            if vector is not None:
+                guess = _best(self._vector_evidence(vector))
+                weights += GUESS_WEIGHT * guess
+                guessed_mass = 0.5 * float(guess.max())
+                notes.append("not in WordNet; guessed from word vectors")
+        weights = np.minimum(weights, 1.0).astype(np.float32)
+        # The source is whatever gives the phrase its best classes: a class it names, WordNet's
+        # hyponyms, or guesses ("mouse" names the computer mouse, but means the rodent).
+        mapped_best = float(weights[covered].max()) if covered.any() else 0.0
+        if named or (mapped_best > 0 and mapped_best >= np.max(weights[~covered], initial=0.0)):
+            source = "imagenet" if named or exact else "wordnet"
+        elif weights.any():
+            source = "related"
+            if guessed:
+                sense_names = ", ".join(self._synset_name(s) for s in guessed[:2])
+                notes.append(
+                    f"{sense_names}: no class; guessed from {', '.join(sorted(strategies))}"
+                )
+        else:
+            source = "unknown"
+            notes.append("unknown word" if not self._known(phrase) else "nothing to picture")
+        confidence = min(1.0, mapped_mass + (1.0 - mapped_mass) * guessed_mass)
+        if not weights.any():
+            confidence = 0.0
+        order = np.argsort(-weights, kind="stable")
+        classes = tuple((int(c), round(float(weights[c]), 4)) for c in order if weights[c] > 0)
+        reading = Reading(phrase, source, round(confidence, 4), classes, "; ".join(notes[:3]))
+        return _Understood(reading, weights, self._describes(word_id, bool(named) or exact))
+
+    def _describes(self, word_id: int | None, names_a_class: bool) -> bool:
+        """A word used mostly as an adjective, verb or adverb ("red", "tall", "running")."""
+        if word_id is None or names_a_class:
+            return False
+        counts = self._t["pos_counts"][word_id]
+        senses = self._pos_senses[word_id]
+        if senses[0] == 0:
+            return bool(senses[1:].any())
+        return bool(counts[1:].sum() > counts[0])
+
+    def _guess(
+        self, synset: int, phrase: str, strategies: frozenset[str], exclude: np.ndarray
+    ) -> tuple[np.ndarray, float]:
+        """Classes related to a sense, each in [0, 1], and how sure the best guess is (0..0.5).
+
+        Each strategy scores classes on an absolute scale (1: certainly related); they combine
+        as a noisy-or, so agreeing evidence adds up and any strong evidence counts alone."""
+        missing = np.ones(self._n_classes)
+        if "relations" in strategies:
+            missing *= 1.0 - self._relation_evidence(synset)
+        if "glosses" in strategies:
+            missing *= 1.0 - self._mention_evidence(synset, phrase)
+        if "vectors" in strategies:
+            vector = self._phrase_vector(phrase)
+            if vector is not None:
+                missing *= 1.0 - self._vector_evidence(vector)
+        evidence = _best(np.where(exclude, 0.0, 1.0 - missing))
+        return evidence, 0.5 * float(evidence.max())
+
+    def _relation_evidence(self, synset: int) -> np.ndarray:
+        evidence = np.zeros(self._n_classes)
+        # Wholes it is part of and parts it has: a beach is part of a shore. A made thing's part
+        # is often inside it (a kitchen in a house), so its wholes count less.
+        whole = PART_EVIDENCE * (ARTIFACT_WHOLE_FACTOR if self._is_artifact[synset] else 1.0)
+        for related, strength in (
+            *((h, whole) for h in self._row("holonym", synset).tolist()),
+            *((m, PART_EVIDENCE) for m in self._row("meronym", synset).tolist()),
+        ):
+            below = self._row("below", related)
+            if 0 < len(below) <= MAX_KIND_CLASSES:
+                evidence[below] = np.maximum(evidence[below], strength)
+        # The nearest kind with classes: its other members are the word's neighbours.
+        frontier = [synset]
+        for level in range(HYPERNYM_LEVELS):
+            frontier = [int(h) for s in frontier for h in self._row("hypernym", s)]
+            kinds = [self._row("below", k) for k in frontier]
+            kinds = [below for below in kinds if len(below)]
+            if kinds:
+                for below in kinds:
+                    if len(below) <= MAX_KIND_CLASSES:
+                        strength = SIBLING_EVIDENCE * SIBLING_DECAY**level
+                        evidence[below] = np.maximum(evidence[below], strength)
+                break
+        return evidence
+
+    def _mention_evidence(self, synset: int, phrase: str) -> np.ndarray:
+        """Classes whose description names the word: "toaster: a kitchen appliance ..."."""
+        evidence = np.zeros(self._n_classes)
+        words = {self._word_id[w]: 1.0 for w in phrase.split() if w in self._word_id}
+        for word in self._synset_lemmas(synset).tolist():
+            words.setdefault(word, 1.0)
+        # Its kinds' names too: "sport" -> basketball, golf, skiing -> their balls and skis.
+        for kind in self._hyponyms(synset, HYPONYM_LEVELS):
+            for word in self._synset_lemmas(kind).tolist():
+                words.setdefault(word, HYPONYM_MENTION_FACTOR)
+        for word, factor in words.items():
+            if word >= self._n_vectors:
+                continue
+            hits = self._mention_ids == word
+            if not hits.any():
+                continue
+            rows = self._mention_rows[hits]
+            # A word many classes mention ("dog", "device") tells little about any one of them.
+            rarity = min(1.0, np.sqrt(MENTION_CLASSES / len(rows)))
+            strength = MENTION_EVIDENCE * factor * rarity * self._mention_weight[hits]
+            np.maximum.at(evidence, rows, strength)
+        return evidence
+
+    def _hyponyms(self, synset: int, levels: int) -> list[int]:
+        found, frontier = [], [synset]
+        for _ in range(levels):
+            kinds = [int(k) for s in frontier for k in self._row("hyponym", s)]
+            frontier = [k for k in kinds if not self._is_instance[k]]  # no cities named Lhasa
+            found.extend(frontier)
+        return found
+
+    def _phrase_vector(self, phrase: str) -> np.ndarray | None:
+        ids = [self._word_id.get(w) for w in phrase.split()]
+        ids = [i for i in ids if i is not None and i < self._n_vectors]
+        if not ids:
+            return None
+        return _unit(self._vectors[ids].astype(np.float32).mean(axis=0))
+
+    def _vector_evidence(self, vector: np.ndarray) -> np.ndarray:
+        """Cosine with each class's closest name, mapped so that a near-synonym counts about
+        as much as a WordNet relation and the unrelated background (cosine < ~0.45) not at all."""
+        cosine = self._name_vectors @ vector
+        best = np.full(self._n_classes, -1.0, dtype=np.float32)
+        np.maximum.at(best, self._name_class, cosine)
+        return np.clip((best - VECTOR_FLOOR) / (1.0 - VECTOR_FLOOR), 0.0, 1.0) ** 2
+
+    def _synset_lemmas(self, synset: int) -> np.ndarray:
+        start, end = np.searchsorted(self._lemma_by_synset_keys, [synset, synset + 1])
+        return self._lemma_by_synset[start:end]
+
+    def _synset_name(self, synset: int) -> str:
+        """nltk-style name, e.g. "dog.n.01": the synset's first lemma and its sense number."""
+        lemma = int(self._t["synset_lemma"][synset])
+        senses = self._row("noun_sense", lemma).tolist()
+        number = senses.index(synset) + 1 if synset in senses else 1
+        return f"{self._words[lemma].replace(' ', '_')}.n.{number:02d}"
+
+
+@dataclass(frozen=True, eq=False)
+class _Understood:
+    reading: Reading
+    weights: np.ndarray
+    describing: bool
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "es" if noun.endswith("s") else "s")
+
+
+def _aliases(name: str, synonyms: str) -> list[str]:
+    found = []
+    for text in [name, *synonyms.split("|")]:
+        text = re.sub(r"\([^)]*\)", " ", text)
+        for part in text.split(" / "):
+            part = part.strip()
+            if part and "," not in part and " or " not in part and len(part.split()) <= 3:
+                found.append(part)
+    return found
+
+
+def _best(evidence: np.ndarray) -> np.ndarray:
+    """The evidence of the GUESS_CLASSES best classes; a long tail adds noise, not recall."""
+    cut = np.partition(evidence, -GUESS_CLASSES)[-GUESS_CLASSES]
+    return np.where(evidence >= max(cut, 1e-6), evidence, 0.0)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)

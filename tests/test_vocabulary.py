@@ -1,0 +1,214 @@
+"""Query understanding on the built vocabulary (scripts/build_vocabulary.py; CI builds it).
+
+Classes are looked up by WordNet id, not display name, so renaming a class breaks nothing here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgsearch.vocabulary import STRATEGIES, Interpretation, Vocabulary
+
+VOCABULARY = Path(__file__).resolve().parents[1] / "src/imgsearch/assets/vocabulary"
+
+pytestmark = pytest.mark.skipif(
+    not (VOCABULARY / "tables.npz").exists(),
+    reason=f"vocabulary not built: python scripts/build_vocabulary.py --out {VOCABULARY}",
+)
+
+
+@pytest.fixture(scope="module")
+def vocab() -> Vocabulary:
+    return Vocabulary.load(VOCABULARY)
+
+
+@pytest.fixture(scope="module")
+def wnid() -> dict[str, int]:
+    with (VOCABULARY / "classes.tsv").open(newline="") as handle:
+        return {row["wnid"]: int(row["index"]) for row in csv.DictReader(handle, delimiter="\t")}
+
+
+def top_classes(interpretation: Interpretation, n: int) -> list[int]:
+    weights = interpretation.class_weights
+    return [int(c) for c in np.argsort(-weights, kind="stable")[:n] if weights[c] > 0]
+
+
+AFRICAN_ELEPHANT, INDIAN_ELEPHANT = "n02504458", "n02504013"
+SPORTS_CAR, CONVERTIBLE, CAB, LIMOUSINE = "n04285008", "n03100240", "n02930766", "n03670208"
+KAYAK, MOTORBOAT = "n02951358", "n04273569"
+SEASHORE, SANDBAR, LAKESIDE = "n09428293", "n09421951", "n09332890"
+GOLDEN_RETRIEVER, ICE_CREAM, FIRE_ENGINE = "n02099601", "n07614500", "n03345487"
+TABBY, SIAMESE = "n02123045", "n02123597"
+MICROWAVE, TOASTER, STOVE, REFRIGERATOR = "n03761084", "n04442312", "n04330267", "n04070727"
+DISHWASHER, WAFFLE_IRON, DUTCH_OVEN, FRYING_PAN = "n03207941", "n04542943", "n03259280", "n03400231"
+MOSQUE, COMPUTER_MOUSE, HAMSTER = "n03788195", "n03793489", "n02342885"
+CRANE_BIRD, CRANE_MACHINE = "n02012849", "n03126707"
+
+
+def test_plural_is_read_as_its_singular(vocab, wnid):
+    plural, singular = vocab.interpret("Elephants"), vocab.interpret("elephant")
+    assert plural.query == "elephant"
+    assert {wnid[AFRICAN_ELEPHANT], wnid[INDIAN_ELEPHANT]} <= set(top_classes(plural, 3))
+    np.testing.assert_array_equal(plural.class_weights, singular.class_weights)
+
+
+def test_irregular_plural_uses_wordnet_exceptions(vocab):
+    assert vocab.normalise("mice") == "mouse"
+    assert vocab.normalise("Geese!") == "goose"
+    assert vocab.interpret("mice").query == vocab.interpret("mouse").query == "mouse"
+
+
+def test_every_sense_is_weighed(vocab, wnid):
+    # "mouse" is mostly the rodent, which no class shows: the computer mouse class (its rarer
+    # sense) stays light, and rodent-like classes are guessed above it.
+    mouse = vocab.interpret("mouse")
+    assert mouse.class_weights[wnid[COMPUTER_MOUSE]] < 0.1
+    assert mouse.class_weights[wnid[HAMSTER]] > mouse.class_weights[wnid[COMPUTER_MOUSE]]
+    assert mouse.readings[0].source == "related"
+    # "crane" is both a machine and a bird, and both are classes.
+    crane = vocab.interpret("crane")
+    assert {wnid[CRANE_BIRD], wnid[CRANE_MACHINE]} == set(top_classes(crane, 2))
+
+
+def test_synonym_finds_the_same_classes(vocab, wnid):
+    automobile = vocab.interpret("automobile")
+    cars = [wnid[w] for w in (SPORTS_CAR, CONVERTIBLE, CAB, LIMOUSINE)]
+    assert all(automobile.class_weights[c] >= 0.9 for c in cars)
+    assert automobile.readings[0].source == "wordnet"
+    assert automobile.level == "high"
+
+
+def test_hypernym_covers_its_imagenet_hyponyms(vocab, wnid):
+    dog = vocab.interpret("dog")
+    assert np.count_nonzero(dog.class_weights >= 0.9) >= 100
+    assert "118 classes" in dog.readings[0].note
+    vehicle = vocab.interpret("vehicle").class_weights
+    for vehicle_class in (SPORTS_CAR, CONVERTIBLE, KAYAK, MOTORBOAT):
+        assert vehicle[wnid[vehicle_class]] >= 0.5, vehicle_class
+
+
+def test_multi_word_class_is_one_phrase(vocab, wnid):
+    retriever = vocab.interpret("golden retrievers")
+    assert [r.phrase for r in retriever.readings] == ["golden retriever"]
+    assert top_classes(retriever, 1) == [wnid[GOLDEN_RETRIEVER]]
+    assert retriever.readings[0].source == "imagenet"
+    assert top_classes(vocab.interpret("ice cream"), 1) == [wnid[ICE_CREAM]]
+
+
+def test_compound_typed_without_space_or_with_hyphen(vocab, wnid):
+    assert vocab.normalise("tallbuilding") == "tall building"
+    assert vocab.normalise("ice-cream") == "ice cream"
+    assert vocab.normalise("t-shirt") == "t-shirt"  # WordNet spells this one with its hyphen
+    firetruck = vocab.interpret("firetruck")
+    assert firetruck.query == "fire truck"
+    assert top_classes(firetruck, 1) == [wnid[FIRE_ENGINE]]
+    tall = vocab.interpret("tallbuilding")
+    assert [r.phrase for r in tall.readings] == ["tall", "building"]
+    assert np.array_equal(tall.class_weights > 0, vocab.interpret("building").class_weights > 0)
+
+
+def test_several_words_are_a_union(vocab, wnid):
+    both = vocab.interpret("dog and cat")
+    assert [r.phrase for r in both.readings] == ["dog", "cat"]
+    assert both.class_weights[wnid[GOLDEN_RETRIEVER]] >= 0.9
+    assert both.class_weights[wnid[TABBY]] >= 0.9 and both.class_weights[wnid[SIAMESE]] >= 0.9
+
+
+def test_describing_word_reorders_but_does_not_add(vocab, wnid):
+    red_car, car = vocab.interpret("red car"), vocab.interpret("car")
+    assert np.array_equal(red_car.class_weights > 0, car.class_weights > 0)
+    assert red_car.readings[0].phrase == "red"
+    assert red_car.level == "high"
+
+
+def test_word_naming_a_class_beyond_wordnet(vocab, wnid):
+    # WordNet's beach is part of a shore, not the seashore class, but the class is called
+    # "beach", and its sister formations are guessed after it.
+    beach = vocab.interpret("beaches")
+    top = top_classes(beach, 10)
+    assert top[0] == wnid[SEASHORE]
+    assert {wnid[SANDBAR], wnid[LAKESIDE]} <= set(top)
+
+
+def test_unknown_to_imagenet_is_guessed_with_low_confidence(vocab, wnid):
+    kitchen = vocab.interpret("kitchen")
+    assert kitchen.level == "low" and 0 < kitchen.confidence < 0.5
+    assert kitchen.readings[0].source == "related"
+    appliances = {wnid[w] for w in (MICROWAVE, TOASTER, STOVE, REFRIGERATOR, DISHWASHER)}
+    appliances |= {wnid[w] for w in (WAFFLE_IRON, DUTCH_OVEN, FRYING_PAN)}
+    assert len(appliances & set(top_classes(kitchen, 10))) >= 2
+    minaret = vocab.interpret("minaret")
+    assert wnid[MOSQUE] in top_classes(minaret, 3)
+    assert minaret.level == "low"
+
+
+def test_nonsense_says_so(vocab):
+    nonsense = vocab.interpret("xqzvbl")
+    assert nonsense.confidence == 0 and nonsense.level == "none"
+    assert not nonsense.class_weights.any()
+    assert nonsense.readings[0].source == "unknown"
+    assert not vocab.knows("xqzvbl")
+    assert vocab.knows("dandelion") and vocab.knows("Golden Retrievers")
+    half = vocab.interpret("dog xqzvbl")
+    assert 0 < half.confidence < vocab.interpret("dog").confidence
+
+
+def test_strategies_can_be_switched_off(vocab):
+    assert not vocab.interpret("kitchen", strategies=()).class_weights.any()
+    assert vocab.interpret("dog", strategies=()).level == "high"
+    for strategy in STRATEGIES:
+        assert vocab.interpret("kitchen", strategies={strategy}).class_weights.any(), strategy
+    with pytest.raises(ValueError, match="unknown strategies"):
+        Vocabulary.load(VOCABULARY, strategies={"telepathy"})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Golden Retrievers!!",
+        "  MICE   and   geese ",
+        "Café crème brûlée",
+        "tallbuilding",
+        "ice-cream sandwiches",
+        "dog's bowl",
+        "xqzvbl-qqq's",
+        "\u2019t-shirts\u2019",
+        "the running dogs, 3 cats & 2 lions",
+        "",
+    ],
+)
+def test_normalise_is_stable(vocab, text):
+    once = vocab.normalise(text)
+    assert vocab.normalise(once) == once
+    assert once == once.strip() and "  " not in once and once == once.lower()
+
+
+def test_loads_in_well_under_a_second():
+    started = time.perf_counter()
+    Vocabulary.load(VOCABULARY)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_to_dict_shape(vocab):
+    interpretation = vocab.interpret("red cars and xqzvbl")
+    out = interpretation.to_dict(vocab.class_names, top=5)
+    json.dumps(out)  # plain JSON types only
+    assert out["query"] == "red car and xqzvbl"
+    assert out["level"] in {"high", "low", "none"}
+    assert isinstance(out["confidence"], float)
+    assert [t["phrase"] for t in out["terms"]] == ["red", "car", "xqzvbl"]
+    assert [t["source"] for t in out["terms"]][1:] == ["wordnet", "unknown"]
+    for term in out["terms"]:
+        assert set(term) == {"phrase", "source", "confidence", "note", "classes"}
+        assert len(term["classes"]) <= 5 and term["note"]
+    assert 1 <= len(out["classes"]) <= 5
+    assert all(set(c) == {"label", "weight"} for c in out["classes"])
+    assert all(c["label"] in vocab.class_names for c in out["classes"])
+    weights = [c["weight"] for c in out["classes"]]
+    assert weights == sorted(weights, reverse=True)
