@@ -68,12 +68,14 @@ PICTURABLE_LEXNAMES = frozenset(
     noun.substance""".split()  # noqa: SIM905
 )
 UNPICTURABLE_FACTOR = 0.25
+# A group (a congregation, a fleet) shows only through its members: "church" means the building.
+GROUP_FACTOR = 0.5
 INSTANCE_FACTOR = 0.1  # a named person or place: rarely what an image search means
 
 # How much a guessed class counts next to a class the word names (which counts 1).
 GUESS_WEIGHT = 0.6
 # Guesses for a sense that already has classes: its relatives, at this fraction.
-MAPPED_GUESS_FACTOR = 0.4
+MAPPED_GUESS_FACTOR = 0.2
 GUESS_CLASSES = 25  # a guess keeps its best classes only
 HYPERNYM_LEVELS = 3  # how far up to look for a kind with classes ("beach" -> shore)
 MAX_KIND_CLASSES = 40  # a kind broader than this says too little about a word under it
@@ -174,6 +176,7 @@ class Vocabulary:
         self._synset_factor = np.where(
             picturable[tables["synset_lexname"]], 1.0, UNPICTURABLE_FACTOR
         )
+        self._synset_factor[tables["synset_lexname"] == lexnames.index("noun.group")] = GROUP_FACTOR
         n_synsets = len(tables["synset_offset"])
         self._is_instance = np.zeros(n_synsets, dtype=bool)
         self._is_instance[tables["instance"]] = True
