@@ -65,15 +65,19 @@ class ImageSearch:
         self.feedback = Feedback(self.storage.feedback)
         if embedder is not None:
             self.embedder = embedder
+            self.model = embedder.spec
         if vocabulary is not None:
             self.vocabulary = vocabulary
 
     # Parts, loaded on first use --------------------------------------------------------
 
     @cached_property
+    def model(self) -> ModelSpec:
+        return ModelSpec.load(self.settings.model_path)
+
+    @cached_property
     def embedder(self) -> Embedder:
-        spec = ModelSpec.load(self.settings.model_path)
-        return Embedder(spec, num_threads=self.settings.inference_threads)
+        return Embedder(self.model, num_threads=self.settings.inference_threads)
 
     @cached_property
     def vocabulary(self) -> Vocabulary:
@@ -85,6 +89,13 @@ class ImageSearch:
     def index(self) -> Index:
         index = Index(self.storage.objects)
         index.refresh(force=True)
+        built_by = index.manifest.model
+        if built_by and built_by != self.model.name:
+            raise RuntimeError(
+                f"the index was built with the model {built_by!r}, but the configured model is "
+                f"{self.model.name!r}: vectors of different models cannot be compared; use "
+                "another data directory (or the model the index was built with)"
+            )
         return index
 
     @cached_property
@@ -108,7 +119,7 @@ class ImageSearch:
             self.neighbourhoods,
             shard_size=self.settings.shard_size,
             n_trees=self.settings.ann_trees,
-            model_name=self.embedder.spec.name,
+            model_name=self.model.name,
         )
 
     # The collection --------------------------------------------------------------------

@@ -1,0 +1,45 @@
+# The two commands a newcomer needs:  make demo  and  make test  (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?= data
+PORT ?= 8000
+HOST ?= 127.0.0.1
+VOCABULARY := src/imgsearch/assets/vocabulary/.built
+
+.PHONY: demo serve setup test lint vocabulary clean
+
+demo: setup ## set everything up, ingest the demo images, serve on http://localhost:8000
+	$(BIN)/imgsearch ingest demo --data-dir $(DATA)
+	$(BIN)/imgsearch serve --data-dir $(DATA) --host $(HOST) --port $(PORT)
+
+serve: setup
+	$(BIN)/imgsearch serve --data-dir $(DATA) --host $(HOST) --port $(PORT)
+
+setup: $(VENV)/.installed $(VOCABULARY)
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[local,build,dev]"
+	touch $@
+
+$(VOCABULARY): $(VENV)/.installed scripts/build_vocabulary.py src/imgsearch/assets/imagenet_classes.tsv
+	$(BIN)/python scripts/build_vocabulary.py --out src/imgsearch/assets/vocabulary
+	touch $@
+
+vocabulary: $(VOCABULARY)
+
+test: setup ## install everything (Chromium included) and run every test
+	scripts/install-chromium.sh
+	$(BIN)/ruff check src tests functions scripts bench
+	$(BIN)/ruff format --check src tests functions scripts bench
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+lint:
+	$(BIN)/ruff check src tests functions scripts bench
+	$(BIN)/ruff format --check src tests functions scripts bench
+
+clean:
+	rm -rf $(VENV) build src/imgsearch/assets/vocabulary

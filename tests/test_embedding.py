@@ -1,0 +1,74 @@
+"""The model: the committed file is the one documented, it classifies, and it can be swapped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from conftest import REPO, demo_image
+
+from imgsearch.config import ASSETS_DIR, Settings
+from imgsearch.embedding import Embedder, ModelSpec
+from imgsearch.images import decode_image
+from imgsearch.service import ImageSearch
+
+ELEPHANTS = {101, 385, 386}  # tusker, Asian elephant, African elephant
+TINY = REPO / "tests" / "data" / "models" / "tiny_inception.json"
+
+
+def test_the_committed_model_matches_its_checksums() -> None:
+    for line in (ASSETS_DIR / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split()
+        assert hashlib.sha256((ASSETS_DIR / name).read_bytes()).hexdigest() == digest
+    spec = ModelSpec.load(Settings().model_path)
+    assert hashlib.sha256(spec.path.read_bytes()).hexdigest() == spec.sha256
+
+
+def test_features_and_probabilities(embedder) -> None:
+    embedding = embedder.embed(decode_image(demo_image("elephant", 2)).image)
+    assert embedding.features.shape == (1280,) and embedding.features.dtype == np.float32
+    assert embedding.probabilities.shape == (1000,)
+    assert embedding.probabilities.sum() == pytest.approx(1.0, abs=1e-4)
+    assert int(np.argmax(embedding.probabilities)) in ELEPHANTS
+
+
+def test_batch_and_single_embeddings_agree(embedder) -> None:
+    images = [decode_image(demo_image(c)).image for c in ("pizza", "lotus")]
+    features, probabilities = embedder.embed_batch(images)
+    single = embedder.embed(images[1])
+    np.testing.assert_allclose(features[1], single.features, atol=1e-5)
+    np.testing.assert_allclose(probabilities[1], single.probabilities, atol=1e-6)
+
+
+def test_an_inception_shaped_model_drops_in_by_configuration(tmp_path, vocabulary) -> None:
+    settings = Settings(data_dir=tmp_path / "data", assets_dir=TINY.parent, model=TINY.name)
+    service = ImageSearch(settings, vocabulary=vocabulary)
+    assert service.embedder.spec.input_size == 299
+    assert service.embedder.feature_dim == 2048
+    ids = [service.add(f"{c}.jpg", demo_image(c)).image_id for c in ("pizza", "watch", "chair")]
+    assert service.count() == 3
+    assert service.index.manifest.model == "tiny-inception-test"
+    assert service.index.manifest.dim == 2048
+    similar = service.similar(ids[0], limit=2)
+    assert {hit.image_id for hit in similar} == set(ids[1:])
+
+
+def test_a_sidecar_naming_a_missing_output_is_refused(tmp_path) -> None:
+    sidecar = json.loads(TINY.read_text())
+    sidecar["features_output"] = "no_such_output"
+    (tmp_path / "tiny_inception.tflite").write_bytes(TINY.with_suffix(".tflite").read_bytes())
+    (tmp_path / "tiny_inception.json").write_text(json.dumps(sidecar))
+    with pytest.raises(ValueError, match="no_such_output"):
+        Embedder(ModelSpec.load(tmp_path / "tiny_inception.json"))
+
+
+def test_an_index_refuses_vectors_of_another_model(tmp_path, embedder, vocabulary) -> None:
+    data_dir = tmp_path / "data"
+    ImageSearch(Settings(data_dir=data_dir), embedder=embedder).add("a.jpg", demo_image("pizza"))
+    other = ImageSearch(
+        Settings(data_dir=data_dir, assets_dir=TINY.parent, model=TINY.name), vocabulary=vocabulary
+    )
+    with pytest.raises(RuntimeError, match="efficientnet-lite2"):
+        other.count()
