@@ -17,6 +17,7 @@ from imgsearch.vocabulary import Vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo"
+API_KEY = "test-api-key"
 
 
 def demo_image(category: str, number: int = 1) -> bytes:
@@ -37,7 +38,7 @@ def make_service(
     data_dir: Path, embedder: Embedder, vocabulary: Vocabulary, **settings: object
 ) -> ImageSearch:
     """A service on its own data directory, sharing the loaded model and vocabulary."""
-    values = {"data_dir": data_dir, "shard_size": 64, **settings}
+    values = {"data_dir": data_dir, "shard_size": 64, "api_key": API_KEY, **settings}
     return ImageSearch(Settings(**values), embedder=embedder, vocabulary=vocabulary)
 
 
@@ -63,5 +64,6 @@ def demo_client(demo_service: ImageSearch) -> Iterator[TestClient]:
 
 @pytest.fixture
 def client(service: ImageSearch) -> Iterator[TestClient]:
-    with TestClient(create_app(service)) as client:
+    """A client that sends the API key, as someone allowed to change the collection would."""
+    with TestClient(create_app(service), headers={"X-API-Key": API_KEY}) as client:
         yield client

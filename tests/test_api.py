@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import demo_image
+from conftest import API_KEY, demo_image
 from hostile_files import encode, photo
 
 
@@ -206,3 +206,41 @@ def test_the_web_page_is_served_at_the_root(service) -> None:
         page = client.get("/")
         assert page.status_code == 200 and "<title>imgsearch</title>" in page.text
         assert client.get("/api/health").status_code == 200
+
+
+def test_changing_the_collection_needs_the_api_key(service) -> None:
+    from fastapi.testclient import TestClient
+
+    from imgsearch.api.app import create_app
+
+    files = {"file": ("e.jpg", demo_image("elephant"), "image/jpeg")}
+    with TestClient(create_app(service)) as anonymous:
+        assert anonymous.post("/api/images", files=files).status_code == 401
+        wrong = anonymous.post("/api/images", files=files, headers={"X-API-Key": "guess"})
+        assert wrong.status_code == 403 and wrong.json()["detail"]
+        added = anonymous.post("/api/images", files=files, headers={"X-API-Key": API_KEY})
+        image_id = added.json()["id"]
+        assert anonymous.delete(f"/api/images/{image_id}").status_code == 401
+        assert anonymous.get("/api/search", params={"q": "elephant"}).status_code == 200
+        assert anonymous.get("/api/health").json()["images"] == 1
+
+
+def test_delete_removes_the_image_and_its_bytes(client) -> None:
+    files = {"file": ("e.jpg", demo_image("elephant"), "image/jpeg")}
+    image_id = client.post("/api/images", files=files).json()["id"]
+    assert client.delete(f"/api/images/{image_id}").status_code == 204
+    assert client.get(f"/api/images/{image_id}").status_code == 404
+    assert client.get(f"/api/images/{image_id}/file").status_code == 404
+    assert client.get("/api/search", params={"q": "elephant"}).json()["results"] == []
+    assert client.delete(f"/api/images/{image_id}").status_code == 404
+
+
+def test_a_local_api_key_is_made_once_and_kept(tmp_path) -> None:
+    from imgsearch.api.auth import local_api_key
+    from imgsearch.config import Settings
+
+    settings = Settings(data_dir=tmp_path)
+    key, created = local_api_key(settings)
+    again, created_again = local_api_key(settings)
+    assert created and not created_again and key == again and len(key) >= 32
+    assert (tmp_path / "api-key").stat().st_mode & 0o077 == 0

@@ -56,9 +56,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from imgsearch.api.app import create_app
+    from imgsearch.api.auth import local_api_key
 
     service = _service(args)
     service.index  # noqa: B018 - load the index before the first request, not during it
+    if service.settings.auth == "api_key":
+        key, created = local_api_key(service.settings)
+        if created:
+            print(
+                f"imgsearch: uploads and deletions need this API key (shown once; it is kept in "
+                f"{service.settings.data_dir}): {key}",
+                file=sys.stderr,
+            )
     web_dir = Path(args.web) if args.web else WEB_DIR
     app = create_app(service, web_dir=web_dir if web_dir.is_dir() else None)
     where = service.settings.data_dir if service.settings.backend == "local" else "AWS"

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
 
     # HTTP API.
     allowed_origins: list[str] = ["*"]
+    # Who may change the collection: "api_key" checks the X-API-Key header against `api_key`
+    # (locally generated on first start when unset); "gateway" trusts an authorizer in front
+    # (API Gateway in the cloud) to have checked it already.
+    auth: Literal["api_key", "gateway"] = "api_key"
+    api_key: str | None = None
     max_query_chars: int = 200
     max_page: int = 200
 

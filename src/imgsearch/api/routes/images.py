@@ -6,6 +6,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, 
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
+from imgsearch.api.auth import ApiKey
 from imgsearch.api.deps import Service, image_urls, read_upload, refusal_error, results
 from imgsearch.api.schemas import IMAGE_ID_PATTERN, ImageDetail, Page, Results, Uploaded
 from imgsearch.catalog import ImageRecord
@@ -24,6 +25,7 @@ Offset = Annotated[int, Query(ge=0, le=100_000)]
 @router.post("", status_code=201, response_model=Uploaded)
 async def upload_image(
     service: Service,
+    _: ApiKey,
     file: Annotated[UploadFile, File(description="An image file")],
     key: Annotated[str | None, Form(max_length=512, description="Store under this key")] = None,
 ) -> dict:
@@ -75,6 +77,17 @@ def get_image(request: Request, service: Service, image_id: ImageId) -> dict:
         "height": record.height,
         "classes": [{"label": names[c], "score": p} for c, p in record.classes],
     }
+
+
+@router.delete("/{image_id}", status_code=204, response_class=Response)
+def delete_image(service: Service, _: ApiKey, image_id: ImageId) -> Response:
+    """Remove an image: every key holding it is forgotten and its bytes deleted."""
+    record = service.image(image_id)
+    if record is None:
+        raise HTTPException(404, detail=f"no image {image_id}")
+    for key in record.keys:
+        service.remove(key)
+    return Response(status_code=204)
 
 
 @router.get("/{image_id}/file", name="image_file", response_class=Response)

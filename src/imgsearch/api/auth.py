@@ -1,0 +1,56 @@
+"""Credentials for changing the collection. Reading (search, browse) is open; uploading and
+deleting need the API key, sent as the `X-API-Key` header."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Security
+from fastapi.security import APIKeyHeader
+
+from imgsearch.api.deps import Service
+from imgsearch.config import Settings
+
+API_KEY_FILE = "api-key"
+_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="Needed to change the collection"
+)
+
+
+def local_api_key(settings: Settings) -> tuple[str, bool]:
+    """The local API key and whether it was just created: from the settings, else the data
+    directory's key file, else a new random key written there (readable by its owner only)."""
+    if settings.api_key:
+        return settings.api_key, False
+    path = Path(settings.data_dir) / API_KEY_FILE
+    try:
+        return path.read_text().strip(), False
+    except FileNotFoundError:
+        pass
+    key = secrets.token_urlsafe(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first: use theirs
+        return path.read_text().strip(), False
+    with os.fdopen(descriptor, "w") as file:
+        file.write(key + "\n")
+    return key, True
+
+
+def require_api_key(service: Service, given: Annotated[str | None, Security(_header)]) -> None:
+    settings = service.settings
+    if settings.auth == "gateway":
+        return
+    expected, _ = local_api_key(settings)
+    if not given:
+        raise HTTPException(401, detail="this needs the API key: send it as the X-API-Key header")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(403, detail="wrong API key")
+
+
+ApiKey = Annotated[None, Depends(require_api_key)]
