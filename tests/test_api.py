@@ -244,3 +244,20 @@ def test_a_local_api_key_is_made_once_and_kept(tmp_path) -> None:
     again, created_again = local_api_key(settings)
     assert created and not created_again and key == again and len(key) >= 32
     assert (tmp_path / "api-key").stat().st_mode & 0o077 == 0
+
+
+def test_classes_struck_from_the_interpretation_leave_the_results(demo_client) -> None:
+    body = demo_client.get("/api/search", params={"q": "elephant", "limit": 10}).json()
+    elephants = [c["id"] for c in body["interpretation"]["classes"][:3]]  # Asian, African, tusker
+    assert _count_prefix(body["results"], "elephant/") == 10
+    narrowed = demo_client.get(
+        "/api/search", params={"q": "elephant", "limit": 10, "exclude": elephants}
+    ).json()
+    assert {c["id"] for c in narrowed["interpretation"]["classes"]} >= set(elephants)
+    assert _count_prefix(narrowed["results"], "elephant/") < 10
+    bad = demo_client.get("/api/search", params={"q": "elephant", "exclude": 1000})
+    assert bad.status_code == 422
+
+
+def _count_prefix(results: list[dict], prefix: str) -> int:
+    return sum(r["key"].startswith(prefix) for r in results)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import PurePosixPath
@@ -189,13 +190,26 @@ class ImageSearch:
     # Search ------------------------------------------------------------------------------
 
     def search_text(
-        self, query: str, *, limit: int = 20, offset: int = 0, session: str | None = None
+        self,
+        query: str,
+        *,
+        limit: int = 20,
+        offset: int = 0,
+        session: str | None = None,
+        exclude_classes: Collection[int] = (),
     ) -> TextResults:
-        """Images for a few words, best first, re-ranked by what users voted for them."""
+        """Images for a few words, best first, re-ranked by what users voted for them.
+
+        `exclude_classes` drops ImageNet classes the user struck from the interpretation.
+        """
         self.index.refresh()
         interpretation = self.vocabulary.interpret(query)
         term = interpretation.query
-        weights = {int(c): float(w) for c, w in enumerate(interpretation.class_weights) if w > 0}
+        weights = {
+            int(c): float(w)
+            for c, w in enumerate(interpretation.class_weights)
+            if w > 0 and c not in exclude_classes
+        }
         totals = self.feedback.totals(term) if term else {}
         mine = self.feedback.session_votes(term, session) if term and session else {}
         liked = {i for i, (up, down) in totals.items() if up > down} | {

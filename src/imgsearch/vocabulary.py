@@ -122,7 +122,7 @@ class Interpretation:
         """JSON for the API's `interpretation`."""
 
         def labelled(classes: Iterable[tuple[int, float]]) -> list[dict]:
-            return [{"label": class_names[c], "weight": round(w, 4)} for c, w in classes]
+            return [{"id": c, "label": class_names[c], "weight": round(w, 4)} for c, w in classes]
 
         order = np.argsort(-self.class_weights, kind="stable")[:top]
         combined = [(int(c), float(self.class_weights[c])) for c in order if self.class_weights[c]]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from imgsearch.api.deps import Service, read_upload, refusal_error, results
@@ -20,9 +20,17 @@ def search(
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
     session: Annotated[str | None, Query(pattern=SESSION_PATTERN)] = None,
+    exclude: Annotated[
+        list[int],
+        Query(max_length=50, description="Class ids (from `interpretation`) to leave out"),
+    ] = (),
 ) -> dict:
     """Images for words, best first; `interpretation` says how the words were understood."""
-    found = service.search_text(q, limit=limit, offset=offset, session=session)
+    if any(not 0 <= c < 1000 for c in exclude):
+        raise HTTPException(422, detail="exclude: class ids are 0..999")
+    found = service.search_text(
+        q, limit=limit, offset=offset, session=session, exclude_classes=set(exclude)
+    )
     names = service.vocabulary.class_names
     return {
         "query": found.interpretation.query,
