@@ -8,17 +8,15 @@ the bucket and tables created from infra/template.yaml.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import multiprocessing
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_resources import create_bucket, create_tables
 
 import imgsearch.storage.local
 from imgsearch.config import Settings
@@ -41,74 +39,6 @@ from imgsearch.storage.local import LocalObjectStore, SqliteTable
 THREADS = 4
 INCREMENTS_PER_WORKER = 5
 PROCESSES = 4
-
-
-@pytest.fixture(scope="module")
-def aws_admin() -> Iterator[tuple[Any, Any]]:
-    """One moto for this module, with S3 and DynamoDB clients to create resources.
-
-    Starting moto and creating clients costs more than most tests, so tests share it and each
-    gets its own bucket and tables instead (module scope: other modules' tests never run
-    inside this mock). moto is imported here, not at the top, because the
-    processes the cross-process test spawns import this module and need none of it.
-    """
-    import boto3
-    from moto import mock_aws
-    from moto.core.botocore_stubber import BotocoreStubber
-
-    # moto's in-memory backends check a condition and then write without a lock, so threads
-    # racing through moto could both pass a check that S3 or DynamoDB would let only one
-    # pass. The real services apply each request atomically; so does moto, one at a time.
-    moto_lock = threading.Lock()
-    process_request = BotocoreStubber.process_request
-
-    def process_request_atomically(self: BotocoreStubber, request: Any) -> Any:
-        with moto_lock:
-            return process_request(self, request)
-
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(BotocoreStubber, "process_request", process_request_atomically)
-        for name, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_SESSION_TOKEN": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }.items():
-            monkeypatch.setenv(name, value)
-        for name in (
-            "AWS_PROFILE",
-            "AWS_ENDPOINT_URL",
-            "AWS_ENDPOINT_URL_S3",
-            "AWS_ENDPOINT_URL_DYNAMODB",
-        ):
-            monkeypatch.delenv(name, raising=False)
-        with mock_aws():
-            yield boto3.client("s3"), boto3.client("dynamodb")
-
-
-_aws_resource_numbers = itertools.count()
-
-
-@pytest.fixture(params=["local", "aws"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    """The storage `open_storage` gives for each backend, empty."""
-    if request.param == "local":
-        return open_storage(Settings(backend="local", data_dir=tmp_path / "data"))
-    s3, dynamodb = request.getfixturevalue("aws_admin")
-    number = next(_aws_resource_numbers)
-    settings = Settings(
-        backend="aws",
-        bucket=f"imgsearch-test-{number}",
-        catalog_table=f"imgsearch-test-{number}-catalog",
-        feedback_table=f"imgsearch-test-{number}-feedback",
-        cache_dir=tmp_path / "cache",
-    )
-    create_bucket(s3, settings.bucket)
-    create_tables(
-        dynamodb,
-        {"CatalogTable": settings.catalog_table, "FeedbackTable": settings.feedback_table},
-    )
-    return open_storage(settings)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Batch work on folders of images: ingest a whole tree, with index builds in batches."""
+"""Batch work on folders of images: ingest a whole tree with index builds in batches, or
+embed one into a file for offline analysis (`imgsearch embed`, `imgsearch neighbours`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgsearch.ingest import IngestResult
+import numpy as np
+
+from imgsearch.embedding import Embedding
+from imgsearch.images import ImageRefused
+from imgsearch.ingest import Ingestor, IngestResult
 from imgsearch.service import ImageSearch
 
 Progress = Callable[[IngestResult], None]
@@ -75,3 +80,88 @@ def ingest_tree(
                 since_build = 0
     service.build_index()
     return summary
+
+
+@dataclass
+class EmbeddedTree:
+    """Features and class probabilities of every image under a folder (the batch tools' file)."""
+
+    keys: list[str]
+    features: np.ndarray  # float32 [n, d]
+    probabilities: np.ndarray  # float32 [n, classes]
+    model: str
+    refused: dict[str, str] = field(default_factory=dict)  # key -> reason
+
+    def save(self, path: Path) -> None:
+        np.savez(
+            path,
+            keys=np.array(self.keys, dtype=str),
+            features=self.features,
+            probabilities=self.probabilities,
+            model=np.array(self.model),
+            refused_keys=np.array(list(self.refused), dtype=str),
+            refused_reasons=np.array(list(self.refused.values()), dtype=str),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> EmbeddedTree:
+        with np.load(path, allow_pickle=False) as data:
+            return cls(
+                keys=data["keys"].tolist(),
+                features=data["features"],
+                probabilities=data["probabilities"],
+                model=str(data["model"]),
+                refused=dict(
+                    zip(
+                        data["refused_keys"].tolist(), data["refused_reasons"].tolist(), strict=True
+                    )
+                ),
+            )
+
+
+def embed_tree(
+    ingestor: Ingestor,
+    root: Path,
+    *,
+    on_file: Callable[[str], None] | None = None,
+    workers: int = 2,
+) -> EmbeddedTree:
+    """Decode and embed every file under `root` (nothing is stored): the batch equivalent of
+    ingest, for offline analysis. Files that are not usable images are listed with why."""
+    keys: list[str] = []
+    features: list[np.ndarray] = []
+    probabilities: list[np.ndarray] = []
+    refused: dict[str, str] = {}
+
+    def embed_one(entry: tuple[str, Path]) -> tuple[str, Embedding | str]:
+        key, path = entry
+        try:
+            decoded = ingestor.decode(path.read_bytes())
+        except ImageRefused as refusal:
+            return key, str(refusal)
+        except OSError as error:
+            return key, f"cannot read file: {error}"
+        return key, ingestor.embedder.embed(decoded.image)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for key, result in pool.map(embed_one, files_under(root)):
+            if isinstance(result, str):
+                refused[key] = result
+            else:
+                keys.append(key)
+                features.append(result.features)
+                probabilities.append(result.probabilities)
+            if on_file:
+                on_file(key)
+    spec = ingestor.embedder
+    return EmbeddedTree(
+        keys=keys,
+        features=np.stack(features) if features else np.zeros((0, spec.feature_dim), np.float32),
+        probabilities=(
+            np.stack(probabilities)
+            if probabilities
+            else np.zeros((0, spec.num_classes), np.float32)
+        ),
+        model=spec.spec.name,
+        refused=refused,
+    )

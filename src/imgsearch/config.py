@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # Index.
     shard_size: int = 5000
     ann_trees: int = 20
+    # Per shard, Annoy proposes `ann_candidates` images (inspecting `ann_search_k` nodes; -1 is
+    # Annoy's default of candidates x trees); exact distances then rank them.
+    ann_candidates: int = 100
+    ann_search_k: int = -1
     neighbours: int = 50
 
     # HTTP API.

@@ -88,7 +88,11 @@ class ImageSearch:
 
     @cached_property
     def index(self) -> Index:
-        index = Index(self.storage.objects)
+        index = Index(
+            self.storage.objects,
+            candidates=self.settings.ann_candidates,
+            search_k=self.settings.ann_search_k,
+        )
         index.refresh(force=True)
         built_by = index.manifest.model
         if built_by and built_by != self.model.name:

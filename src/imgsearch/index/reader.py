@@ -7,16 +7,22 @@ nothing in precision (measured by `imgsearch eval`).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from imgsearch.index.manifest import Manifest, read_manifest
 from imgsearch.index.shards import Shard
 from imgsearch.storage import ObjectStore
+
+SEARCH_THREADS = min(4, os.cpu_count() or 1)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class Index:
         self._snapshot = _Snapshot(Manifest(), None, ())
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def manifest(self) -> Manifest:
@@ -120,22 +127,34 @@ class Index:
         vector = np.asarray(vector, dtype=np.float32)
         wanted = k + len(exclude)
         per_shard = max(wanted, candidates or self.candidates)
-        found_ids: list[str] = []
-        found_distances: list[np.ndarray] = []
-        for shard in self._snapshot.shards:
+
+        def search(shard: Shard) -> tuple[list[str], np.ndarray]:
             if exact:
                 rows = np.flatnonzero(shard.live)
             else:
                 rows = shard.candidates(vector, per_shard, self.search_k)
-            if not len(rows):
-                continue
             distances = shard.distances(vector, rows)
             if len(rows) > wanted:
                 best = np.argpartition(distances, wanted - 1)[:wanted]
                 rows, distances = rows[best], distances[best]
-            found_ids.extend(shard.ids[row] for row in rows)
+            return [shard.ids[row] for row in rows], distances
+
+        found_ids: list[str] = []
+        found_distances: list[np.ndarray] = []
+        for ids, distances in self._map_shards(search):
+            found_ids.extend(ids)
             found_distances.append(distances)
         return _best(found_ids, found_distances, k, exclude, ascending=True)
+
+    def _map_shards(self, work: Callable[[Shard], _T]) -> list[_T]:
+        """`work` on every shard, in parallel threads when there are several (Annoy and
+        numpy release the GIL while they search)."""
+        shards = self._snapshot.shards
+        if len(shards) < 2:
+            return [work(shard) for shard in shards]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=SEARCH_THREADS)
+        return list(self._pool.map(work, shards))
 
     def ranked_by_classes(
         self, weights: Mapping[int, float], k: int, *, exclude: Collection[str] = ()
@@ -145,15 +164,19 @@ class Index:
         if not weights:
             return []
         wanted = k + len(exclude)
-        found_ids: list[str] = []
-        found_scores: list[np.ndarray] = []
-        for shard in self._snapshot.shards:
+
+        def rank(shard: Shard) -> tuple[list[str], np.ndarray]:
             scores = shard.class_scores(weights)
             rows = np.flatnonzero(scores > 0)
             if len(rows) > wanted:
                 rows = rows[np.argpartition(-scores[rows], wanted - 1)[:wanted]]
-            found_ids.extend(shard.ids[row] for row in rows)
-            found_scores.append(scores[rows])
+            return [shard.ids[row] for row in rows], scores[rows]
+
+        found_ids: list[str] = []
+        found_scores: list[np.ndarray] = []
+        for ids, scores in self._map_shards(rank):
+            found_ids.extend(ids)
+            found_scores.append(scores)
         return _best(found_ids, found_scores, k, exclude, ascending=False)
 
     def image_ids(self, *, newest_first: bool = True) -> Iterator[str]:

@@ -188,10 +188,17 @@ class Shard:
 
     def class_scores(self, weights: Mapping[int, float]) -> np.ndarray:
         """Per row, sum over classes of weight * probability, from the posting lists."""
-        scores = np.zeros(len(self.ids), dtype=np.float32)
-        for cls, weight in weights.items():
-            start, end = self._offsets[cls], self._offsets[cls + 1]
-            scores[self._posting_rows[start:end]] += weight * self._posting_values[start:end]
+        classes = np.fromiter(weights.keys(), dtype=np.int64, count=len(weights))
+        class_weights = np.fromiter(weights.values(), dtype=np.float32, count=len(weights))
+        starts = self._offsets[classes]
+        lengths = self._offsets[classes + 1] - starts
+        # Positions of every selected class's postings, gathered in one go.
+        first = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        positions = first + np.arange(int(lengths.sum()))
+        contributions = self._posting_values[positions] * np.repeat(class_weights, lengths)
+        scores = np.bincount(
+            self._posting_rows[positions], weights=contributions, minlength=len(self.ids)
+        ).astype(np.float32)
         scores[~self.live] = 0.0
         return scores
 
