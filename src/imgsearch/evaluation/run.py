@@ -1,0 +1,94 @@
+"""One evaluation: the four measurements on an ingested, labelled collection."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from imgsearch.evaluation.collection import LabelledCollection
+from imgsearch.evaluation.keyword import keyword_table
+from imgsearch.evaluation.methods import Method, Sandbox
+from imgsearch.evaluation.progress import Track, untracked
+from imgsearch.evaluation.report import Report
+from imgsearch.evaluation.similar import ann_settings, layer_distance_table, production_table
+from imgsearch.evaluation.simulated_user import feedback_table
+from imgsearch.service import ImageSearch
+
+SOURCE_DIR = Path(__file__).resolve().parent
+
+
+def evaluate(
+    service: ImageSearch,
+    collection: LabelledCollection,
+    *,
+    directory: Path,
+    methods: list[Method],
+    candidates: Sequence[int] = (),
+    search_ks: Sequence[int] = (),
+    track: Track = untracked,
+    started: float | None = None,
+) -> Report:
+    """Measure `collection` (already ingested into `service`) through the service.
+
+    `candidates`, `search_ks`: Annoy query settings to measure beside production's.
+    `started`: the perf_counter time the whole run began (ingest included), for the wall time.
+    """
+    started = time.perf_counter() if started is None else started
+    layer_distance = layer_distance_table(service, collection, track)
+    extra = ann_settings(service.index, candidates, search_ks)
+    production = production_table(service, collection, extra, track)
+    with Sandbox(service) as sandbox:
+        keyword = {m.name: keyword_table(sandbox, collection, m, track) for m in methods}
+        feedback = {m.name: feedback_table(sandbox, collection, m, track) for m in methods}
+    provenance = {
+        "directory": str(directory),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git_commit(),
+        "wall_seconds": time.perf_counter() - started,
+        "cpus": os.cpu_count(),
+        "data_dir": str(service.settings.data_dir),
+        "methods": [m.name for m in methods],
+    }
+    return Report(
+        provenance,
+        collection,
+        layer_distance,
+        production,
+        keyword,
+        feedback,
+        index_settings(service),
+    )
+
+
+def index_settings(service: ImageSearch) -> dict[str, Any]:
+    index = service.index
+    return {
+        "shards": len(index.shards),
+        "trees": service.settings.ann_trees,
+        "shard_size": service.settings.shard_size,
+        "candidates": index.candidates,
+        "search_k": index.search_k,
+        "neighbours": service.settings.neighbours,
+        "model": service.model.name,
+    }
+
+
+def git_commit() -> str:
+    """The commit the code ran from, "+dirty" if files differ from it; "unknown" outside git."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(SOURCE_DIR), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
