@@ -103,6 +103,72 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import importlib.util
+    import json
+    import tempfile
+
+    from tqdm import tqdm
+
+    from imgsearch.bulk import files_under
+    from imgsearch.evaluation import EvaluationError
+    from imgsearch.evaluation.collection import ingest_labelled, read_labels
+    from imgsearch.evaluation.methods import check_offered, methods, parse_strategies
+    from imgsearch.evaluation.plots import write_plots
+    from imgsearch.evaluation.report import render, to_json
+    from imgsearch.evaluation.run import evaluate
+    from imgsearch.service import ImageSearch
+
+    started = time.perf_counter()
+    root = Path(args.directory)
+    if not root.is_dir():
+        raise CommandError(f"{root} is not a directory")
+    if args.plots and importlib.util.find_spec("matplotlib") is None:
+        raise CommandError("--plots needs matplotlib: pip install -e '.[local]'")
+    quiet = args.quiet or None  # None: bars only on a terminal
+
+    def track(items, description):
+        return tqdm(items, desc=description, disable=quiet, file=sys.stderr)
+
+    # Never the user's own collection: a fresh directory unless one is named.
+    with tempfile.TemporaryDirectory(prefix="imgsearch-eval-") as scratch:
+        data_dir = Path(args.data_dir or scratch)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        service = ImageSearch(Settings(data_dir=data_dir, backend="local"))
+        try:
+            labels = read_labels(Path(args.labels))
+            strategies = [parse_strategies(text) for text in args.strategies or []]
+            wanted = methods(strategies or [None], args.feedback_method or [None])
+            check_offered(service, wanted)
+            total = sum(1 for _ in files_under(root))
+            with tqdm(
+                total=total, desc="ingest", unit="file", disable=quiet, file=sys.stderr
+            ) as bar:
+                collection = ingest_labelled(
+                    service, root, labels, on_result=lambda _: bar.update()
+                )
+            report = evaluate(
+                service,
+                collection,
+                directory=root,
+                methods=wanted,
+                candidates=args.candidates or (),
+                search_ks=args.search_k or (),
+                track=track,
+                started=started,
+            )
+        except EvaluationError as error:
+            raise CommandError(str(error)) from error
+    print(render(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(to_json(report), indent=2) + "\n")
+        print(f"numbers: {args.json}", file=sys.stderr)
+    if args.plots:
+        for path in write_plots(report, Path(args.plots)):
+            print(f"chart: {path}", file=sys.stderr)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgsearch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
@@ -133,6 +199,49 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("directory", help="keys are paths relative to it")
     ingest.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ingest.set_defaults(run=cmd_ingest)
+
+    evaluation = commands.add_parser(
+        "eval", help="measure retrieval quality on a labelled folder (docs/evaluation.md)"
+    )
+    evaluation.add_argument("directory", help="images; the labels name paths relative to it")
+    evaluation.add_argument("--labels", required=True, help="CSV file of path,label rows")
+    evaluation.add_argument(
+        "--data-dir",
+        type=Path,
+        help="ingest into this data directory, or reuse it (default: a fresh temporary one)",
+    )
+    evaluation.add_argument("--json", help="also write every number to this JSON file")
+    evaluation.add_argument("--plots", help="write PNG charts into this directory")
+    evaluation.add_argument(
+        "--strategies",
+        action="append",
+        metavar="S[,S...]",
+        help="vocabulary guessing strategies for keyword search and feedback "
+        "(relations, glosses, vectors, or none); repeat to compare side by side",
+    )
+    evaluation.add_argument(
+        "--feedback-method",
+        action="append",
+        metavar="NAME",
+        help="feedback learning method, if the service offers a choice "
+        "(search_text(feedback_method=NAME)); repeat to compare side by side",
+    )
+    evaluation.add_argument(
+        "--candidates",
+        action="append",
+        type=int,
+        metavar="N",
+        help="also measure the index with N Annoy candidates per shard; repeat for more",
+    )
+    evaluation.add_argument(
+        "--search-k",
+        action="append",
+        type=int,
+        metavar="N",
+        help="also measure the index with this Annoy search_k (with each --candidates)",
+    )
+    evaluation.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    evaluation.set_defaults(run=cmd_eval)
     return parser
 
 
