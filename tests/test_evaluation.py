@@ -17,12 +17,13 @@ from conftest import DEMO, make_service
 from imgsearch.cli import main
 from imgsearch.evaluation import EvaluationError
 from imgsearch.evaluation.collection import LabelledCollection, ingest_labelled, read_labels
-from imgsearch.evaluation.keyword import maps_onto_imagenet
+from imgsearch.evaluation.keyword import keyword_table, maps_onto_imagenet
 from imgsearch.evaluation.methods import (
     FEEDBACK_METHOD_PARAMETER,
     Method,
     Sandbox,
     check_offered,
+    methods,
     parse_strategies,
 )
 from imgsearch.evaluation.metrics import (
@@ -33,7 +34,7 @@ from imgsearch.evaluation.metrics import (
     rounds_to_target,
     share_never,
 )
-from imgsearch.evaluation.report import Report, render, to_json
+from imgsearch.evaluation.report import Report, render, render_keyword, to_json
 from imgsearch.evaluation.run import evaluate
 from imgsearch.evaluation.similar import brute_force
 from imgsearch.evaluation.simulated_user import made_up_word, simulate
@@ -264,6 +265,18 @@ def test_cli_reuses_a_data_directory_and_writes_json(tiny, tiny_folder, tmp_path
     assert json.loads(out.read_text())["collection"]["unlabelled"] == 1
     if plots:
         assert len(list((tmp_path / "plots").glob("*.png"))) == 3
+
+
+def test_methods_are_measured_side_by_side_each_on_its_own_vocabulary(tiny) -> None:
+    service, collection = tiny
+    with Sandbox(service) as sandbox:
+        results = {
+            method.name: keyword_table(sandbox, collection, method)
+            for method in methods([None, frozenset()])
+        }
+    assert list(results) == ["default", "strategies=none"]
+    text = render_keyword(results)
+    assert "### Method: strategies=none" in text and "| Method | Labels |" in text
 
 
 def test_a_feedback_method_is_asked_of_the_service_only_if_it_offers_a_choice(tiny) -> None:

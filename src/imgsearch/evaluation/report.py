@@ -7,7 +7,7 @@ comparison is. Goals are the ones the project's issues set.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -88,6 +88,12 @@ def render_collection(report: Report) -> str:
         f"{len(collection.labels)} labelled ({sizes}), {collection.unlabelled} unlabelled.",
         "Precision is out of what a page could hold: min(k, relevant images available).",
     ]
+    smallest = min(collection.sizes.values())
+    if smallest <= max(KS):
+        lines.append(
+            f"The smallest label has {smallest} images: its p@{max(KS)} counts out of "
+            f"{smallest - 1} (similar images) or {smallest} (keyword), so p@20 can exceed p@10."
+        )
     if collection.failed:
         lines.append(f"{len(collection.failed)} labelled files not evaluated:")
         lines += [f"- {failure.path}: {failure.reason}" for failure in collection.failed]
@@ -149,6 +155,21 @@ def render_production(results: list[RankingResult], settings: dict[str, Any]) ->
     )
 
 
+def summary_table(
+    by_method: dict[str, list[Any]],
+    summarise: Callable[[list[Any]], list[list[str]]],
+    headers: list[str],
+) -> str:
+    """One summary table for every method, side by side: a Method column when several."""
+    several = len(by_method) > 1
+    rows = [
+        ([method] if several else []) + row
+        for method, results in by_method.items()
+        for row in summarise(results)
+    ]
+    return table((["Method"] if several else []) + headers, rows)
+
+
 def keyword_summary(results: list[KeywordResult]) -> list[list[str]]:
     groups = [
         ("maps onto ImageNet", [r for r in results if r.maps], percent(STUDY_KEYWORD_MAPPED_P20)),
@@ -186,8 +207,8 @@ def render_keyword(by_method: dict[str, list[KeywordResult]]) -> str:
         ]
         headers = ["Label", "Query", "Read as", "Level", "Confidence", "Maps", "p@20"]
         parts.append(table(headers, rows))
-        summary_headers = ["Labels", "n", "mean p@20", "no relevant image", "study"]
-        parts.append(table(summary_headers, keyword_summary(results)))
+    summary_headers = ["Labels", "n", "mean p@20", "no relevant image", "study"]
+    parts.append(summary_table(by_method, keyword_summary, summary_headers))
     parts.append(
         "Maps onto ImageNet: every phrase read from a class name (imagenet) or WordNet "
         f"hyponymy (wordnet), none guessed. Goal: {GOAL_KEYWORD}."
@@ -253,16 +274,16 @@ def render_feedback(by_method: dict[str, list[UserRun]]) -> str:
             "votes",
         ]
         parts.append(table(headers, rows))
-        summary_headers = [
-            "Mode",
-            "labels",
-            "mean from first query",
-            "mean from first relevant",
-            "never reached",
-            "study",
-            "goal",
-        ]
-        parts.append(table(summary_headers, feedback_summary(runs)))
+    summary_headers = [
+        "Mode",
+        "labels",
+        "mean from first query",
+        "mean from first relevant",
+        "never reached",
+        "study",
+        "goal",
+    ]
+    parts.append(summary_table(by_method, feedback_summary, summary_headers))
     parts.append(
         "Page 0 is the first query; a round is one page of votes. Means are over the labels "
         "that reach the target. label: the label typed as the query; scratch: a made-up word "
