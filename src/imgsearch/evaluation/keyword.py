@@ -54,7 +54,7 @@ def keyword_search(
     """One label's first page (and a deeper one for the curve), with no votes at all."""
     query = query_for(label)
     relevant = collection.relevant(label)
-    options = search_options(method)
+    options = search_options(service, method)
     page = service.search_text(query, limit=PAGE, **options)
     deep = service.search_text(query, limit=DEPTH, **options)
     judged = [hit.image_id in relevant for hit in page.hits]

@@ -2,8 +2,9 @@
 measurement runs in.
 
 A method is a vocabulary (its guessing strategies) and, when the service offers a choice of
-feedback learning, the name passed to `ImageSearch.search_text(feedback_method=...)`. Methods
-only change what is handed to the real service; nothing here ranks anything.
+feedback learning, its name: set as the `feedback_method` setting if `Settings` has one, else
+passed as `ImageSearch.search_text(feedback_method=...)` if that takes it. Methods only change
+what is handed to the real service; nothing here ranks anything.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
+from imgsearch.config import Settings
 from imgsearch.evaluation import EvaluationError
 from imgsearch.service import ImageSearch
 from imgsearch.storage import SqliteTable
 from imgsearch.vocabulary import STRATEGIES, Vocabulary
 
-FEEDBACK_METHOD_PARAMETER = "feedback_method"
+FEEDBACK_METHOD = "feedback_method"  # a Settings field or a search_text parameter
 
 
 @dataclass(frozen=True)
@@ -62,20 +66,37 @@ def methods(
 
 def check_offered(service: ImageSearch, wanted: Iterable[Method]) -> None:
     """Raise EvaluationError unless the service can run every method."""
-    asked = any(method.feedback_method is not None for method in wanted)
-    offered = FEEDBACK_METHOD_PARAMETER in inspect.signature(service.search_text).parameters
-    if asked and not offered:
+    asked = {method.feedback_method for method in wanted} - {None}
+    if not asked:
+        return
+    field = type(service.settings).model_fields.get(FEEDBACK_METHOD)
+    if field is None and not _search_takes_method(service):
         raise EvaluationError(
-            f"this service offers no choice of feedback method (ImageSearch.search_text "
-            f"has no {FEEDBACK_METHOD_PARAMETER!r} parameter)"
+            f"this service offers no choice of feedback method (no {FEEDBACK_METHOD!r} "
+            "setting, nor a parameter of ImageSearch.search_text)"
         )
+    for name in sorted(asked) if field is not None else ():
+        try:
+            TypeAdapter(field.annotation).validate_python(name)
+        except ValidationError as error:
+            raise EvaluationError(f"unknown feedback method {name!r}") from error
 
 
-def search_options(method: Method) -> dict[str, Any]:
+def search_options(service: ImageSearch, method: Method) -> dict[str, Any]:
     """Keyword arguments for `search_text` beyond the query, page and session."""
-    if method.feedback_method is None:
+    if method.feedback_method is None or not _search_takes_method(service):
         return {}
-    return {FEEDBACK_METHOD_PARAMETER: method.feedback_method}
+    return {FEEDBACK_METHOD: method.feedback_method}
+
+
+def _search_takes_method(service: ImageSearch) -> bool:
+    return FEEDBACK_METHOD in inspect.signature(service.search_text).parameters
+
+
+def _settings_for(settings: Settings, method: Method) -> Settings:
+    if method.feedback_method is None or FEEDBACK_METHOD not in type(settings).model_fields:
+        return settings
+    return settings.model_copy(update={FEEDBACK_METHOD: method.feedback_method})
 
 
 class Sandbox:
@@ -101,13 +122,13 @@ class Sandbox:
         self._directory.cleanup()
 
     def service(self, method: Method) -> ImageSearch:
-        """A service with `method`'s vocabulary and an empty feedback table."""
+        """A service with `method`'s vocabulary and feedback method, and no votes."""
         self._tables += 1
         table = SqliteTable(
             Path(self._directory.name) / f"votes-{self._tables}.sqlite3", "feedback"
         )
         fresh = ImageSearch(
-            self._service.settings,
+            _settings_for(self._service.settings, method),
             replace(self._service.storage, feedback=table),
             embedder=self._service.embedder,
             vocabulary=self._vocabulary(method.strategies),

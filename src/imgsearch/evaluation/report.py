@@ -243,7 +243,8 @@ def feedback_summary(runs: list[UserRun]) -> list[list[str]]:
     return rows
 
 
-def render_feedback(by_method: dict[str, list[UserRun]]) -> str:
+def render_feedback(by_method: dict[str, list[UserRun]], configured: str | None = None) -> str:
+    """`configured`: the feedback method the service's settings name, if it has the setting."""
     parts = [
         f"## 4. Relevance feedback: rounds of votes to p@20 >= {TARGET:.0%} (at most {MAX_ROUNDS})"
     ]
@@ -288,6 +289,11 @@ def render_feedback(by_method: dict[str, list[UserRun]]) -> str:
         "Page 0 is the first query; a round is one page of votes. Means are over the labels "
         "that reach the target. label: the label typed as the query; scratch: a made-up word "
         "the vocabulary cannot read, so only votes can teach it."
+        + (
+            f" Configured feedback method (where a method names none): {configured}."
+            if configured
+            else ""
+        )
     )
     return "\n\n".join(parts)
 
@@ -301,7 +307,7 @@ def render(report: Report) -> str:
                 render_layer_distance(report.layer_distance),
                 render_production(report.production, report.index_settings),
                 render_keyword(report.keyword),
-                render_feedback(report.feedback),
+                render_feedback(report.feedback, report.index_settings.get("feedback_method")),
             ]
         )
         + "\n"

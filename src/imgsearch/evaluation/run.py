@@ -20,6 +20,8 @@ from imgsearch.evaluation.simulated_user import feedback_table
 from imgsearch.service import ImageSearch
 
 SOURCE_DIR = Path(__file__).resolve().parent
+# Settings recorded with the numbers, when the running version has them.
+RANKING_SETTINGS = ("shard_size", "neighbours", "feedback_method")
 
 
 def evaluate(
@@ -66,15 +68,15 @@ def evaluate(
 
 
 def index_settings(service: ImageSearch) -> dict[str, Any]:
-    index = service.index
+    """How the measured index answers, and the settings that shape ranking (those that exist)."""
+    index, settings = service.index, service.settings
     return {
         "shards": len(index.shards),
-        "trees": service.settings.ann_trees,
-        "shard_size": service.settings.shard_size,
+        "trees": settings.ann_trees,
         "candidates": index.candidates,
         "search_k": index.search_k,
-        "neighbours": service.settings.neighbours,
         "model": service.model.name,
+        **{name: getattr(settings, name) for name in RANKING_SETTINGS if hasattr(settings, name)},
     }
 
 

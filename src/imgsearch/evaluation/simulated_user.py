@@ -66,7 +66,9 @@ def simulate(
     precisions: list[float] = []
     relevant_shown: list[int] = []
     for round_number in range(MAX_ROUNDS + 1):
-        page = service.search_text(query, limit=PAGE, session=session, **search_options(method))
+        page = service.search_text(
+            query, limit=PAGE, session=session, **search_options(service, method)
+        )
         shown = [hit.image_id for hit in page.hits]
         judged = [image_id in relevant for image_id in shown]
         precisions.append(precision_at_k(judged, PAGE, len(relevant)))
