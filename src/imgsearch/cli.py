@@ -103,6 +103,61 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from imgsearch.bulk import embed_tree, files_under
+
+    root = Path(args.directory)
+    if not root.is_dir():
+        raise CommandError(f"{root} is not a directory")
+    service = _service(args)
+    total = sum(1 for _ in files_under(root))
+    started = time.perf_counter()
+    with tqdm(total=total, unit="file", disable=args.quiet or None, file=sys.stderr) as bar:
+        embedded = embed_tree(service.ingestor, root, on_file=lambda _: bar.update())
+    embedded.save(Path(args.out))
+    elapsed = time.perf_counter() - started
+    print(
+        f"{len(embedded.keys)} images embedded with {embedded.model} in {elapsed:.1f} s "
+        f"({len(embedded.keys) / elapsed if elapsed else 0:.1f}/s) -> {args.out}; "
+        f"{len(embedded.refused)} refused"
+    )
+    for key, reason in embedded.refused.items():
+        print(f"  refused {key}: {reason}")
+    return 0
+
+
+def cmd_neighbours(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from imgsearch.bulk import EmbeddedTree
+    from imgsearch.index.exact import exact_neighbours
+
+    source = Path(args.file)
+    if not source.is_file():
+        raise CommandError(f"{source} is not a file (make one with `imgsearch embed`)")
+    embedded = EmbeddedTree.load(source)
+    started = time.perf_counter()
+    indices, distances = exact_neighbours(
+        embedded.features, args.k, metric=args.metric, jobs=args.jobs
+    )
+    elapsed = time.perf_counter() - started
+    out = Path(args.out) if args.out else source.with_suffix(f".{args.metric}.neighbours.npz")
+    np.savez(
+        out,
+        keys=np.array(embedded.keys, dtype=str),
+        indices=indices,
+        distances=distances,
+        metric=np.array(args.metric),
+    )
+    print(
+        f"{len(embedded.keys)} images x {indices.shape[1]} nearest ({args.metric}) in "
+        f"{elapsed:.1f} s with {args.jobs} jobs -> {out}"
+    )
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import importlib.util
     import json
@@ -242,6 +297,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     evaluation.set_defaults(run=cmd_eval)
+
+    embed = commands.add_parser(
+        "embed", help="features and class probabilities of every image under DIR, to a file"
+    )
+    data_options(embed)
+    embed.add_argument("directory")
+    embed.add_argument("--out", required=True, help="the .npz file to write")
+    embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    embed.set_defaults(run=cmd_embed)
+
+    neighbours = commands.add_parser(
+        "neighbours", help="exact k nearest neighbours of every image in an `embed` file"
+    )
+    neighbours.add_argument("file", help="a file written by `imgsearch embed`")
+    neighbours.add_argument(
+        "--metric", choices=["cosine", "euclidean", "manhattan"], default="cosine"
+    )
+    neighbours.add_argument("--k", type=int, default=50)
+    neighbours.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="threads (default: one per core)"
+    )
+    neighbours.add_argument("--out", help="default: FILE.<metric>.neighbours.npz")
+    neighbours.set_defaults(run=cmd_neighbours)
     return parser
 
 

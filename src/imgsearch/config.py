@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     catalog_table: str = "imgsearch-catalog"
     feedback_table: str = "imgsearch-feedback"
     cache_dir: Path = Path("/tmp/imgsearch-cache")
+    # Deliveries of an image event before the embed function records the key as failed: the
+    # image queue's redrive maxReceiveCount (infra/template.yaml passes both the same value).
+    max_receive_count: int = 5
 
     # Model and vocabulary.
     assets_dir: Path = ASSETS_DIR
@@ -50,6 +53,10 @@ class Settings(BaseSettings):
     ann_candidates: int = 100
     ann_search_k: int = -1
     neighbours: int = 50
+
+    # Feedback: how votes re-rank (see learning.py), and how long others' votes are cached.
+    feedback_method: Literal["rocchio", "knn", "neighbours"] = "rocchio"
+    feedback_cache_seconds: float = 5.0
 
     # HTTP API.
     allowed_origins: list[str] = ["*"]

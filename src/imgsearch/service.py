@@ -25,7 +25,10 @@ from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
 from imgsearch.index.shards import normalise_rows
 from imgsearch.ingest import Ingestor, IngestResult, content_id
+from imgsearch.learning import Learner, Taught
+from imgsearch.ranking import CANDIDATES, FIRST_PAGE, Hit, explore_page, learned_ranking
 from imgsearch.storage import Storage, open_storage
+from imgsearch.vocabulary import HIGH_CONFIDENCE
 
 if TYPE_CHECKING:
     from imgsearch.vocabulary import Interpretation, Vocabulary
@@ -34,16 +37,17 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Hit:
-    image_id: str
-    score: float
-    learned: bool = False  # placed here by what users taught, not by the model alone
-
-
-@dataclass(frozen=True)
 class TextResults:
     interpretation: Interpretation
     hits: list[Hit]
+    taught: Taught | None = None  # what votes taught about the term, if anything
+
+
+def safe_file_name(filename: str) -> str:
+    """The last part of a file name, reduced to characters safe in keys and URLs."""
+    name = PurePosixPath(filename.replace("\\", "/")).name
+    safe = "".join(c if c.isalnum() or c in "._- " else "_" for c in name).strip(" .")
+    return safe[:120] or "upload"
 
 
 class NotIndexed(LookupError):
@@ -108,6 +112,16 @@ class ImageSearch:
         return Neighbourhoods(self.catalog, self.index, k=self.settings.neighbours)
 
     @cached_property
+    def learner(self) -> Learner:
+        return Learner(
+            self.feedback,
+            self.index,
+            self.neighbourhoods,
+            method=self.settings.feedback_method,
+            cache_seconds=self.settings.feedback_cache_seconds,
+        )
+
+    @cached_property
     def ingestor(self) -> Ingestor:
         return Ingestor(
             self.catalog,
@@ -143,9 +157,7 @@ class ImageSearch:
 
     def unique_key(self, filename: str, data: bytes) -> str:
         """A key for an upload: its file name, made unique if other bytes hold that name."""
-        name = PurePosixPath(filename.replace("\\", "/")).name
-        safe = "".join(c if c.isalnum() or c in "._- " else "_" for c in name).strip(" .")
-        safe = safe[:120] or "upload"
+        safe = safe_file_name(filename)
         key = f"uploads/{safe}"
         held = self.catalog.key(key)
         if held is None or held.status != "present" or held.image_id == content_id(data):
@@ -202,7 +214,7 @@ class ImageSearch:
         session: str | None = None,
         exclude_classes: Collection[int] = (),
     ) -> TextResults:
-        """Images for a few words, best first, re-ranked by what users voted for them.
+        """Images for a few words, best first, re-ranked by what users taught for them.
 
         `exclude_classes` drops ImageNet classes the user struck from the interpretation.
         """
@@ -214,21 +226,22 @@ class ImageSearch:
             for c, w in enumerate(interpretation.class_weights)
             if w > 0 and c not in exclude_classes
         }
-        totals = self.feedback.totals(term) if term else {}
-        mine = self.feedback.session_votes(term, session) if term and session else {}
-        liked = {i for i, (up, down) in totals.items() if up > down} | {
-            i for i, v in mine.items() if v > 0
-        }
-        disliked = {i for i, (up, down) in totals.items() if down > up} | {
-            i for i, v in mine.items() if v < 0
-        }
-        liked -= {i for i, v in mine.items() if v < 0}
-        disliked -= liked
-        pinned = [Hit(i, 1.0, learned=True) for i in sorted(liked) if i in self.index]
         wanted = offset + limit
-        ranked = self.index.ranked_by_classes(weights, wanted, exclude=liked | disliked)
-        hits = pinned + [Hit(i, s) for i, s in ranked]
-        return TextResults(interpretation, hits[offset:wanted])
+        taught = self.learner.taught(term, session) if term else None
+        if taught is not None:
+            keyword = self.index.ranked_by_classes(weights, max(wanted, CANDIDATES))
+            hits = learned_ranking(self.learner, taught, keyword, wanted)
+        elif interpretation.confidence >= HIGH_CONFIDENCE:
+            hits = [Hit(i, s) for i, s in self.index.ranked_by_classes(weights, wanted)]
+        else:
+            guesses = self.index.ranked_by_classes(weights, wanted)
+            hits = explore_page(
+                guesses,
+                self.index.spread(FIRST_PAGE),
+                interpretation.confidence,
+                high_confidence=HIGH_CONFIDENCE,
+            )
+        return TextResults(interpretation, hits[offset:wanted], taught)
 
     def similar(self, image_id: str, *, limit: int = 20, offset: int = 0) -> list[Hit]:
         """Images most like an indexed one: its stored neighbourhood, or a live search beyond."""
@@ -239,7 +252,7 @@ class ImageSearch:
         neighbours = self.neighbourhoods.get(image_id)
         if len(neighbours) < min(wanted, len(self.index) - 1):
             neighbours = self.index.nearest(self.index.vector(image_id), wanted, exclude={image_id})
-        return [Hit(i, 1.0 - d) for i, d in neighbours[offset:wanted]]
+        return [Hit(i, 1.0 - d, "similar") for i, d in neighbours[offset:wanted]]
 
     def search_image(self, data: bytes, *, limit: int = 20, offset: int = 0) -> list[Hit]:
         """Images most like an uploaded photo, which is not stored. Raises ImageRefused."""
@@ -248,7 +261,7 @@ class ImageSearch:
         features = self.embedder.embed(decoded.image).features
         vector = normalise_rows(features[np.newaxis])[0]
         nearest = self.index.nearest(vector, offset + limit)
-        return [Hit(i, 1.0 - d) for i, d in nearest[offset:]]
+        return [Hit(i, 1.0 - d, "similar") for i, d in nearest[offset:]]
 
     # Feedback ----------------------------------------------------------------------------
 
@@ -260,4 +273,5 @@ class ImageSearch:
         if not term:
             raise ValueError("the query has no words")
         self.feedback.vote(term, image_id, session, value)
+        self.learner.forget(term)
         return term

@@ -89,9 +89,9 @@ MENTION_CLASSES = 10  # a word mentioned by more classes than this is down-weigh
 HYPONYM_LEVELS = 1  # kinds of the word whose names are looked for in class descriptions
 HYPONYM_MENTION_FACTOR = 0.5
 VECTOR_FLOOR = 0.45  # GloVe cosine below which a class name is unrelated
-MODIFIER_BOOST = 0.5
+MODIFIER_BOOST = 0.5  # how far a describing word ("black dog") reorders the named classes
 ALIAS_CONFIDENCE = 0.7  # a class named by the word, but not by WordNet's sense of it
-HIGH_CONFIDENCE = 0.5  # how far a describing word ("black dog") reorders the named classes
+HIGH_CONFIDENCE = 0.5  # from here on the words are understood, not guessed at
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ from fastapi import Depends, HTTPException, Request, UploadFile
 
 from imgsearch.catalog import ImageRecord
 from imgsearch.images import ImageRefused
-from imgsearch.service import Hit, ImageSearch
+from imgsearch.ranking import Hit
+from imgsearch.service import ImageSearch
 
 
 def get_service(request: Request) -> ImageSearch:

@@ -7,6 +7,7 @@ nothing in precision (measured by `imgsearch eval`).
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -178,6 +179,17 @@ class Index:
             found_ids.extend(ids)
             found_scores.append(scores)
         return _best(found_ids, found_scores, k, exclude, ascending=False)
+
+    def spread(self, k: int, *, exclude: Collection[str] = ()) -> list[str]:
+        """`k` images that together cover the collection: each shard's representatives, taken
+        in turn across shards."""
+        per_shard = [
+            [shard.ids[row] for row in shard.spread if shard.live[row]]
+            for shard in self._snapshot.shards
+        ]
+        in_turn = itertools.chain.from_iterable(itertools.zip_longest(*per_shard))
+        wanted = (i for i in in_turn if i is not None and i not in exclude)
+        return list(itertools.islice(wanted, k))
 
     def image_ids(self, *, newest_first: bool = True) -> Iterator[str]:
         """Every live image id, by insertion order."""

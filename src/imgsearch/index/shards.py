@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from annoy import AnnoyIndex
 
 from imgsearch.storage import ObjectStore
 
@@ -71,7 +70,8 @@ def build_key(shard_id: str, build_id: str, part: str) -> str:
     return f"{SHARDS_PREFIX}{shard_id}/{build_id}.{part}"
 
 
-BUILD_PARTS = ("ann", "features.npy", "probabilities.npy", "ids.json", "postings.npz")
+BUILD_PARTS = ("ann", "features.npy", "probabilities.npy", "ids.json", "postings.npz", "spread.npy")
+SPREAD_SIZE = 64  # representatives per shard for a first page that covers the collection
 
 
 def new_build_id() -> str:
@@ -81,6 +81,8 @@ def new_build_id() -> str:
 
 def write_build(store: ObjectStore, shard_id: str, data: ShardData, n_trees: int) -> str:
     """Build the Annoy forest and posting lists for `data`; store them under a new build id."""
+    from annoy import AnnoyIndex  # here, not at the top: see Shard.__init__
+
     build_id = new_build_id()
     dim = data.features.shape[1]
     forest = AnnoyIndex(dim, "angular")
@@ -98,11 +100,64 @@ def write_build(store: ObjectStore, shard_id: str, data: ShardData, n_trees: int
             "probabilities.npy": _npy_bytes(data.probabilities.astype(np.float16)),
             "ids.json": json.dumps(data.ids).encode(),
             "postings.npz": _postings_bytes(data.probabilities),
+            "spread.npy": _npy_bytes(spread(data.features, SPREAD_SIZE)),
         }
     # The forest goes last: a build whose forest exists is complete.
     for part in BUILD_PARTS[1:] + BUILD_PARTS[:1]:
         store.put(build_key(shard_id, build_id, part), parts[part], if_none_match=True)
     return build_id
+
+
+def spread(features: np.ndarray, count: int, iterations: int = 8) -> np.ndarray:
+    """Rows that cover the shard's content: the image nearest each k-means centre, ordered so
+    that each next one is far from those before it, big clusters breaking ties.
+
+    A query nobody understands is answered with these, so that its first page shows a bit of
+    everything and one vote can start teaching.
+    """
+    n = len(features)
+    count = min(count, n)
+    if count == 0:
+        return np.zeros(0, np.int32)
+    rng = np.random.default_rng(0)
+    centres = features[_kmeans_plus_plus(features, count, rng)]
+    for _ in range(iterations):
+        assignment = np.argmax(features @ centres.T, axis=1)
+        for cluster in range(count):
+            members = features[assignment == cluster]
+            if len(members):
+                centres[cluster] = normalise_rows(members.mean(axis=0, keepdims=True))[0]
+    similarity = features @ centres.T
+    assignment = np.argmax(similarity, axis=1)
+    sizes = np.bincount(assignment, minlength=count)
+    medoids = np.argmax(similarity, axis=0)  # the image nearest each centre
+    order = [int(np.argmax(sizes))]
+    nearest_picked = 1.0 - features[medoids] @ features[medoids[order[0]]]
+    for _ in range(count - 1):
+        gain = nearest_picked * np.log1p(sizes)
+        gain[order] = -1.0
+        pick = int(np.argmax(gain))
+        order.append(pick)
+        nearest_picked = np.minimum(
+            nearest_picked, 1.0 - features[medoids] @ features[medoids[pick]]
+        )
+    # Two centres can share their nearest image: keep each image once, in order.
+    return np.array(list(dict.fromkeys(medoids[order].tolist())), dtype=np.int32)
+
+
+def _kmeans_plus_plus(features: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    chosen = [int(rng.integers(len(features)))]
+    distance = np.maximum(1.0 - features @ features[chosen[0]], 0.0)
+    for _ in range(count - 1):
+        total = distance.sum()
+        pick = (
+            int(rng.choice(len(features), p=distance / total))
+            if total > 0
+            else int(rng.integers(len(features)))
+        )
+        chosen.append(pick)
+        distance = np.minimum(distance, np.maximum(1.0 - features @ features[pick], 0.0))
+    return np.array(chosen)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -145,6 +200,10 @@ class Shard:
     def __init__(
         self, shard_id: str, build_id: str, store: ObjectStore, deleted: Iterable[str] = ()
     ) -> None:
+        # Imported when a shard is first built or loaded, so that code which never touches the
+        # index (the feedback function) does not need Annoy installed.
+        from annoy import AnnoyIndex
+
         self.shard_id = shard_id
         self.build_id = build_id
         self._store = store
@@ -160,6 +219,7 @@ class Shard:
         self._offsets = postings["offsets"]
         self._posting_rows = postings["rows"]
         self._posting_values = postings["values"].astype(np.float32)
+        self.spread = np.load(store.local_path(build_key(shard_id, build_id, "spread.npy")))
         self._forest = AnnoyIndex(self.dim, "angular")
         self._forest.load(str(store.local_path(build_key(shard_id, build_id, "ann"))))
         self.live = np.ones(len(self.ids), dtype=bool)

@@ -12,7 +12,8 @@ from imgsearch.api.schemas import IMAGE_ID_PATTERN, ImageDetail, Page, Results, 
 from imgsearch.catalog import ImageRecord
 from imgsearch.images import ImageRefused
 from imgsearch.ingest import content_id, content_type
-from imgsearch.service import Hit, NotIndexed
+from imgsearch.ranking import Hit
+from imgsearch.service import NotIndexed
 from imgsearch.storage import InvalidKey, NotFound
 
 router = APIRouter(prefix="/images", tags=["images"])

@@ -1,0 +1,65 @@
+"""Batch tools: `imgsearch embed` and `imgsearch neighbours`, and exact k-NN itself."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from conftest import DEMO
+
+from imgsearch.bulk import EmbeddedTree
+from imgsearch.cli import main
+from imgsearch.index.exact import METRICS, exact_neighbours, pairwise_distances
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_exact_neighbours_agree_with_a_naive_loop(metric) -> None:
+    points = np.random.default_rng(1).normal(size=(300, 12)).astype(np.float32)
+    indices, distances = exact_neighbours(points, 7, metric=metric, jobs=3)
+    for row in (0, 150, 299):
+        naive = []
+        for other in range(len(points)):
+            if other != row:
+                a, b = points[row], points[other]
+                if metric == "cosine":
+                    d = 1 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+                elif metric == "euclidean":
+                    d = np.linalg.norm(a - b)
+                else:
+                    d = np.abs(a - b).sum()
+                naive.append((d, other))
+        naive.sort()
+        assert indices[row].tolist() == [other for _, other in naive[:7]]
+        np.testing.assert_allclose(distances[row], [d for d, _ in naive[:7]], rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_metric_is_refused() -> None:
+    with pytest.raises(ValueError, match="hamming"):
+        pairwise_distances(np.ones((1, 2)), np.ones((1, 2)), "hamming")
+
+
+def test_embed_then_neighbours_from_the_command_line(tmp_path, capsys) -> None:
+    folder = tmp_path / "photos"
+    for category in ("elephant", "pizza"):
+        shutil.copytree(DEMO / category, folder / category)
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "embedded.npz"
+    assert (
+        main(["embed", str(folder), "--out", str(out), "--data-dir", str(tmp_path / "d"), "-q"])
+        == 0
+    )
+    assert "refused notes.txt" in capsys.readouterr().out
+    embedded = EmbeddedTree.load(out)
+    assert len(embedded.keys) == 24 and embedded.features.shape == (24, 1280)
+    assert embedded.refused.keys() == {"notes.txt"}
+
+    assert main(["neighbours", str(out), "--metric", "manhattan", "--k", "5", "--jobs", "2"]) == 0
+    with np.load(out.with_suffix(".manhattan.neighbours.npz")) as result:
+        indices = result["indices"]
+        keys = result["keys"].tolist()
+    assert indices.shape == (24, 5)
+    same_category = [
+        keys[n].split("/")[0] == keys[row].split("/")[0] for row in range(24) for n in indices[row]
+    ]
+    assert np.mean(same_category) > 0.9

@@ -1,0 +1,155 @@
+"""Votes and what they teach: no vote lost or counted twice, one session's weight bounded,
+a session's votes change its next page, learned terms kept for everyone."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from conftest import DEMO, make_service
+
+from imgsearch.feedback import Feedback, Vote
+from imgsearch.learning import session_weights
+from imgsearch.ranking import explore_page
+
+
+def _ids_by_category(service) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for image_id in service.index.image_ids(newest_first=False):
+        found.setdefault(service.image(image_id).key.split("/")[0], []).append(image_id)
+    return found
+
+
+@pytest.fixture(scope="module")
+def taught_service(tmp_path_factory, embedder, vocabulary):
+    """Four demo categories, 48 photos: small enough to build per module, for tests that vote."""
+    service = make_service(tmp_path_factory.mktemp("taught") / "data", embedder, vocabulary)
+    for category in ("elephant", "pizza", "lotus", "laptop"):
+        for path in sorted((DEMO / category).iterdir()):
+            service.ingestor.add(f"{category}/{path.name}", path.read_bytes())
+    service.build_index()
+    return service
+
+
+def test_concurrent_votes_lose_nothing(storage) -> None:
+    feedback = Feedback(storage.feedback)
+    images = [f"{i:016x}" for i in range(6)]
+
+    def session(number: int) -> None:
+        for image_id in images:
+            feedback.vote("boat", image_id, f"s{number}", 1 if number % 3 else -1)
+        for image_id in images[:2]:  # change one's mind: the last vote counts
+            feedback.vote("boat", image_id, f"s{number}", -1 if number % 3 else 1)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(session, range(12)))
+    votes = feedback.term_votes("boat").votes
+    assert len(votes) == 12 * 6
+    totals = feedback.totals("boat")
+    for position, image_id in enumerate(images):
+        up, down = totals[image_id]
+        expected_up = 8 if position >= 2 else 4  # sessions 3, 6, 9, 0 vote the other way
+        assert (up, down) == (expected_up, 12 - expected_up), image_id
+        counted = sum(1 for v in votes if v.image_id == image_id and v.value > 0)
+        assert up == counted  # the aggregate agrees with the individual votes
+    assert feedback.learned_terms() == {"boat": 72}
+
+
+def test_a_replayed_vote_changes_nothing(storage) -> None:
+    feedback = Feedback(storage.feedback)
+    assert feedback.vote("kite", "00000000000000aa", "s1", 1) is True
+    before = (feedback.totals("kite"), feedback.learned_terms())
+    for _ in range(3):
+        assert feedback.vote("kite", "00000000000000aa", "s1", 1) is False
+    assert (feedback.totals("kite"), feedback.learned_terms()) == before
+
+
+def test_a_spamming_session_weighs_less_than_a_coherent_one() -> None:
+    rng = np.random.default_rng(0)
+    scattered = rng.normal(size=(40, 32))
+    scattered /= np.linalg.norm(scattered, axis=1, keepdims=True)
+    centre = rng.normal(size=32)
+    coherent = centre + 0.2 * rng.normal(size=(3, 32))
+    coherent /= np.linalg.norm(coherent, axis=1, keepdims=True)
+    vectors = {f"x{i}": v for i, v in enumerate(scattered)} | {
+        f"c{i}": v for i, v in enumerate(coherent)
+    }
+    votes = [Vote("spam", f"x{i}", 1) for i in range(40)] + [
+        Vote("honest", f"c{i}", 1) for i in range(3)
+    ]
+    weights = session_weights(votes, vectors)
+    assert weights["honest"] > 0.9
+    assert weights["spam"] < 0.3
+    assert all(w <= 1.0 for w in weights.values())
+
+
+def test_one_vote_changes_the_sessions_next_page(taught_service) -> None:
+    service = taught_service
+    by_category = _ids_by_category(service)
+    word = "zqxmadeup"
+    assert service.vocabulary.interpret(word).confidence == 0
+    first = service.search_text(word, limit=20, session="learner").hits
+    lotus = next(hit.image_id for hit in first if hit.image_id in by_category["lotus"])
+    assert {hit.reason for hit in first} == {"explore"}
+    service.vote(word, lotus, 1, "learner")
+    after = service.search_text(word, limit=12, session="learner")
+    assert after.hits[0].image_id == lotus and after.hits[0].learned
+    in_category = sum(hit.image_id in by_category["lotus"] for hit in after.hits)
+    assert in_category >= 10, in_category
+    assert after.taught is not None and after.taught.votes == 1
+
+
+def test_not_relevant_votes_hide_images_from_that_session_only(taught_service) -> None:
+    service = taught_service
+    pizza = _ids_by_category(service)["pizza"]
+    service.vote("pizza", pizza[0], -1, "picky")
+    mine = [hit.image_id for hit in service.search_text("pizza", session="picky").hits]
+    theirs = [hit.image_id for hit in service.search_text("pizza", session="other").hits]
+    assert pizza[0] not in mine and pizza[0] in theirs
+
+
+def test_a_learned_term_survives_a_restart_and_serves_another_session(
+    taught_service, embedder, vocabulary
+) -> None:
+    service = taught_service
+    laptops = _ids_by_category(service)["laptop"]
+    word = "zqxcomputers"
+    for image_id in laptops[:3]:
+        service.vote(word, image_id, 1, "teacher")
+    restarted = make_service(service.settings.data_dir, embedder, vocabulary)
+    found = restarted.search_text(word, limit=10, session="newcomer")
+    assert found.taught is not None and found.taught.sessions == 1
+    assert sum(hit.image_id in laptops for hit in found.hits) >= 9
+    assert all(hit.learned for hit in found.hits[:9])
+    assert word in restarted.feedback.learned_terms()
+
+
+def test_a_spammer_cannot_take_over_a_term(taught_service) -> None:
+    service = taught_service
+    by_category = _ids_by_category(service)
+    word = "zqxtrunks"
+    for number, image_id in enumerate(by_category["elephant"][:4]):
+        service.vote(word, image_id, 1, f"honest{number}")
+    everything = [i for ids in by_category.values() for i in ids]
+    for image_id in everything:
+        service.vote(word, image_id, 1, "spammer")
+    service.learner.forget(word)
+    top = service.search_text(word, limit=10, session="visitor").hits
+    assert sum(hit.image_id in by_category["elephant"] for hit in top) >= 9
+
+
+def test_first_page_weaves_a_spread_into_weak_guesses() -> None:
+    guesses = [(f"g{i}", 1.0 - i / 100) for i in range(30)]
+    spread = [f"s{i}" for i in range(20)]
+    confident = explore_page(guesses, spread, 0.9, high_confidence=0.5)
+    assert [h.image_id for h in confident[:20]] == [f"g{i}" for i in range(20)]
+    weak = explore_page(guesses, spread, 0.1, high_confidence=0.5)
+    first = [h.image_id for h in weak[:20]]
+    assert 10 <= sum(i.startswith("g") for i in first) < 20
+    assert first[0] == "g0" and any(i.startswith("s") for i in first[:4])
+    assert [h.image_id for h in weak[20:]] == [f"g{i}" for i in range(12, 30)]
+    scores = [h.score for h in weak]
+    assert scores == sorted(scores, reverse=True)
+    unknown = explore_page([], spread, 0.0, high_confidence=0.5)
+    assert [h.image_id for h in unknown] == spread and {h.reason for h in unknown} == {"explore"}
