@@ -261,3 +261,31 @@ def test_classes_struck_from_the_interpretation_leave_the_results(demo_client) -
 
 def _count_prefix(results: list[dict], prefix: str) -> int:
     return sum(r["key"].startswith(prefix) for r in results)
+
+
+def test_teaching_a_new_word_by_example(client) -> None:
+    ids = {}
+    for category in ("elephant", "pizza", "lotus"):
+        for number in (1, 2):
+            files = {"file": (f"{category}{number}.jpg", demo_image(category, number))}
+            ids[category, number] = client.post("/api/images", files=files).json()["id"]
+    photo = {"file": ("mine.jpg", demo_image("lotus", 3), "image/jpeg")}
+    form = {"query": "Zqxwaterlilies", "session": "teacher"}
+    found = client.post("/api/search/image", files=photo, data=form).json()
+    assert found["query"] == "zqxwaterlilies"  # normalised as votes and search normalise it
+    assert found["results"][0]["id"] in (ids["lotus", 1], ids["lotus", 2])
+    assert found["results"][0]["reason"] == "similar"
+    before = client.get("/api/search", params={"q": "zqxwaterlilies"}).json()
+    assert (
+        before["interpretation"]["level"] == "none" and before["interpretation"]["learned"] is None
+    )
+    for result in found["results"][:2]:
+        vote = {"query": found["query"], "image_id": result["id"], "vote": 1, "session": "teacher"}
+        assert client.post("/api/feedback", json=vote).status_code == 200
+    after = client.get("/api/search", params={"q": "zqxwaterlilies", "session": "someone"}).json()
+    learned = after["interpretation"]["learned"]
+    assert learned["votes"] == 2 and learned["sessions"] == 1
+    assert after["interpretation"]["terms"][-1]["source"] == "learned"
+    top = [r["id"] for r in after["results"][:2]]
+    assert set(top) == {ids["lotus", 1], ids["lotus", 2]}
+    assert all(r["learned"] for r in after["results"][:2])

@@ -228,18 +228,21 @@ class ImageSearch:
         }
         wanted = offset + limit
         taught = self.learner.taught(term, session) if term else None
-        if taught is not None:
+        hidden = taught.hidden if taught else set()
+        if taught is not None and taught.examples.evidence > 0:
             keyword = self.index.ranked_by_classes(weights, max(wanted, CANDIDATES))
             hits = learned_ranking(self.learner, taught, keyword, wanted)
         elif interpretation.confidence >= HIGH_CONFIDENCE:
-            hits = [Hit(i, s) for i, s in self.index.ranked_by_classes(weights, wanted)]
+            ranked = self.index.ranked_by_classes(weights, wanted, exclude=hidden)
+            hits = [Hit(i, s) for i, s in ranked]
         else:
-            guesses = self.index.ranked_by_classes(weights, wanted)
+            # Nothing relevant found yet: keep exploring, away from what was rejected.
             hits = explore_page(
-                guesses,
-                self.index.spread(FIRST_PAGE),
+                self.index.ranked_by_classes(weights, wanted, exclude=hidden),
+                self.index.spread(FIRST_PAGE, exclude=hidden),
                 interpretation.confidence,
                 high_confidence=HIGH_CONFIDENCE,
+                rejected=len(hidden),
             )
         return TextResults(interpretation, hits[offset:wanted], taught)
 
@@ -254,13 +257,15 @@ class ImageSearch:
             neighbours = self.index.nearest(self.index.vector(image_id), wanted, exclude={image_id})
         return [Hit(i, 1.0 - d, "similar") for i, d in neighbours[offset:wanted]]
 
-    def search_image(self, data: bytes, *, limit: int = 20, offset: int = 0) -> list[Hit]:
+    def search_image(
+        self, data: bytes, *, limit: int = 20, offset: int = 0, exclude: Collection[str] = ()
+    ) -> list[Hit]:
         """Images most like an uploaded photo, which is not stored. Raises ImageRefused."""
         self.index.refresh()
         decoded = self.ingestor.decode(data)
         features = self.embedder.embed(decoded.image).features
         vector = normalise_rows(features[np.newaxis])[0]
-        nearest = self.index.nearest(vector, offset + limit)
+        nearest = self.index.nearest(vector, offset + limit, exclude=exclude)
         return [Hit(i, 1.0 - d, "similar") for i, d in nearest[offset:]]
 
     # Feedback ----------------------------------------------------------------------------

@@ -58,6 +58,7 @@ def results(request: Request, service: ImageSearch, hits: list[Hit]) -> list[dic
                 "thumbnail": thumbnail,
                 "score": round(hit.score, 6),
                 "learned": hit.learned,
+                "reason": hit.reason,
             }
         )
     return out

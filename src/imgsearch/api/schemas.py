@@ -27,6 +27,11 @@ class Result(BaseModel):
     thumbnail: str = Field(description="A small JPEG of the image")
     score: float = Field(description="Higher is better; comparable within one response")
     learned: bool = Field(False, description="Placed by what users taught through votes")
+    reason: Literal["keyword", "learned", "explore", "similar"] = Field(
+        "keyword",
+        description="keyword: matches the words; learned: taught by votes; explore: shown for "
+        "variety while the words are not understood; similar: looks like the query image",
+    )
 
 
 class Results(BaseModel):
@@ -35,6 +40,10 @@ class Results(BaseModel):
 
 class Page(Results):
     total: int
+
+
+class ImageSearchResponse(Results):
+    query: str | None = Field(description="The word the photo exemplifies, normalised, if given")
 
 
 class SearchResponse(Results):

@@ -6,7 +6,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Upload
 from fastapi.concurrency import run_in_threadpool
 
 from imgsearch.api.deps import Service, read_upload, refusal_error, results
-from imgsearch.api.schemas import SESSION_PATTERN, Results, SearchResponse
+from imgsearch.api.schemas import SESSION_PATTERN, ImageSearchResponse, SearchResponse
 from imgsearch.images import ImageRefused
 
 router = APIRouter(prefix="/search", tags=["search"])
@@ -31,25 +31,59 @@ def search(
     found = service.search_text(
         q, limit=limit, offset=offset, session=session, exclude_classes=set(exclude)
     )
-    names = service.vocabulary.class_names
+    interpretation = found.interpretation.to_dict(service.vocabulary.class_names)
+    taught = found.taught
+    interpretation["learned"] = None
+    if taught is not None:
+        interpretation["learned"] = {
+            "votes": taught.votes,
+            "sessions": taught.sessions,
+            "strength": round(taught.strength(), 3),
+            "method": service.settings.feedback_method,
+        }
+        if found.interpretation.confidence == 0:  # a word only users taught
+            interpretation["terms"].append(
+                {
+                    "phrase": found.interpretation.query,
+                    "source": "learned",
+                    "confidence": round(taught.strength(), 3),
+                    "note": f"taught by {taught.votes} votes from {taught.sessions} sessions",
+                    "classes": [],
+                }
+            )
     return {
         "query": found.interpretation.query,
-        "interpretation": found.interpretation.to_dict(names),
+        "interpretation": interpretation,
         "results": results(request, service, found.hits),
     }
 
 
-@router.post("/image", response_model=Results)
+@router.post("/image", response_model=ImageSearchResponse)
 async def search_by_image(
     request: Request,
     service: Service,
     file: Annotated[UploadFile, File(description="A photo to find similar images to")],
     limit: Annotated[int, Form(ge=1, le=200)] = 20,
+    query: Annotated[
+        str | None,
+        Form(
+            max_length=200, description="A word to teach by example: vote on the results under it"
+        ),
+    ] = None,
+    session: Annotated[str | None, Form(pattern=SESSION_PATTERN)] = None,
 ) -> dict:
-    """Reverse image search: images most like an uploaded photo (which is not stored)."""
+    """Reverse image search: images most like an uploaded photo (which is not stored).
+
+    With `query`, the photo is an example of that word: the response gives the word as votes
+    must name it, and leaves out what this session already voted not relevant for it.
+    """
     data = await read_upload(file, service)
+    term = service.vocabulary.normalise(query) if query else None
+    hidden = set()
+    if term and session:
+        hidden = {i for i, v in service.feedback.session_votes(term, session).items() if v < 0}
     try:
-        hits = await run_in_threadpool(service.search_image, data, limit=limit)
+        hits = await run_in_threadpool(service.search_image, data, limit=limit, exclude=hidden)
     except ImageRefused as refusal:
         raise refusal_error(refusal) from None
-    return {"results": results(request, service, hits)}
+    return {"query": term, "results": results(request, service, hits)}
