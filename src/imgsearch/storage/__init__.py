@@ -9,6 +9,7 @@ from .local import LocalObjectStore, SqliteTable
 from .ports import (
     ANY_VERSION,
     Delete,
+    DirectUploads,
     Increment,
     InvalidKey,
     Item,
@@ -16,6 +17,7 @@ from .ports import (
     ObjectInfo,
     ObjectStore,
     PreconditionFailed,
+    PresignedPost,
     Put,
     StorageError,
     StoredObject,
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ANY_VERSION",
     "Delete",
+    "DirectUploads",
     "Increment",
     "InvalidKey",
     "Item",
@@ -36,6 +39,7 @@ __all__ = [
     "ObjectInfo",
     "ObjectStore",
     "PreconditionFailed",
+    "PresignedPost",
     "Put",
     "Storage",
     "StorageError",

@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -25,6 +25,7 @@ from .ports import (
     NotFound,
     ObjectInfo,
     PreconditionFailed,
+    PresignedPost,
     Put,
     StoredObject,
     Write,
@@ -40,6 +41,9 @@ from .validation import (
     validate_put_conditions,
     validate_writes,
 )
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 # 412: the condition is false; 409: a concurrent conditional write to the key won.
@@ -147,6 +151,33 @@ class S3ObjectStore:
         return self._client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
         )
+
+    def presigned_post(
+        self,
+        key: str,
+        *,
+        content_type: str,
+        content_type_prefix: str,
+        max_bytes: int,
+        expires: int,
+    ) -> PresignedPost:
+        validate_key(key)
+        if not content_type.startswith(content_type_prefix):
+            raise ValueError(f"{content_type!r} does not start with {content_type_prefix!r}")
+        # S3 enforces the policy: this key only (boto3 adds the condition), the size range,
+        # the content type, the expiry; the signature is the signer's, so the IAM policy of
+        # whoever calls this bounds what any form can write.
+        form = self._client.generate_presigned_post(
+            Bucket=self.bucket,
+            Key=key,
+            Fields={"Content-Type": content_type},
+            Conditions=[
+                ["starts-with", "$Content-Type", content_type_prefix],
+                ["content-length-range", 1, max_bytes],
+            ],
+            ExpiresIn=expires,
+        )
+        return PresignedPost(url=form["url"], fields=dict(form["fields"]))
 
     @staticmethod
     def _not_found_or(error: ClientError, key: str) -> Exception:
@@ -424,3 +455,51 @@ class DynamoTable:
     def _encode_item(pk: str, sk: str, version: int, attrs: Mapping[str, Any]) -> dict[str, Any]:
         item = {name: _attribute_value(value) for name, value in attrs.items()}
         return item | DynamoTable._key(pk, sk) | {"version": {"N": str(version)}}
+
+
+def create_missing_resources(settings: Settings) -> list[str]:
+    """Create the bucket and tables `settings` name, where they do not exist yet.
+
+    For emulators (a moto server): on AWS, infra/template.yaml defines them, with versioning,
+    encryption, backups and event notifications. The key schema is the one DynamoTable needs.
+    Returns what was created.
+    """
+    import boto3
+
+    s3 = boto3.client("s3")
+    dynamodb = boto3.client("dynamodb")
+    created = []
+    try:
+        s3.head_bucket(Bucket=settings.bucket)
+    except ClientError:
+        region = s3.meta.region_name
+        # us-east-1 is the one region S3 refuses an explicit LocationConstraint for.
+        placement = (
+            {}
+            if region == "us-east-1"
+            else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+        )
+        s3.create_bucket(Bucket=settings.bucket, **placement)
+        s3.put_bucket_versioning(
+            Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"}
+        )
+        created.append(f"bucket {settings.bucket}")
+    existing = set(dynamodb.list_tables()["TableNames"])
+    for table in (settings.catalog_table, settings.feedback_table):
+        if table in existing:
+            continue
+        dynamodb.create_table(
+            TableName=table,
+            KeySchema=[
+                {"AttributeName": "pk", "KeyType": "HASH"},
+                {"AttributeName": "sk", "KeyType": "RANGE"},
+            ],
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        dynamodb.get_waiter("table_exists").wait(TableName=table)
+        created.append(f"table {table}")
+    return created

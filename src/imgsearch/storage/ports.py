@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 # Attribute values are JSON-like: str, int, float, bool, None, and lists/dicts of those.
 Item = dict[str, Any]
@@ -91,6 +91,37 @@ class ObjectStore(Protocol):
 
     def url(self, key: str, *, expires: int = 3600) -> str | None:
         """A URL a browser can fetch the object from directly, or None if there is none."""
+        ...
+
+
+@dataclass(frozen=True)
+class PresignedPost:
+    """An HTML form's target and hidden fields: POSTing them with a `file` field uploads it."""
+
+    url: str
+    fields: dict[str, str]
+
+
+@runtime_checkable
+class DirectUploads(Protocol):
+    """An optional capability of an object store: browsers upload into it directly, with a
+    signed form that expires (S3's presigned POST), so large files never pass through the API.
+
+    The local store has none; there, files are uploaded through the API (POST /api/images).
+    """
+
+    def presigned_post(
+        self,
+        key: str,
+        *,
+        content_type: str,
+        content_type_prefix: str,
+        max_bytes: int,
+        expires: int,
+    ) -> PresignedPost:
+        """A form that stores one file of 1..`max_bytes` bytes under exactly `key`, sent with
+        `content_type` (or another type starting with `content_type_prefix`), within
+        `expires` seconds."""
         ...
 
 
