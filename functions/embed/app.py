@@ -1,12 +1,10 @@
-"""Embed function: S3 object events in, images embedded and indexed."""
+"""Embed function: S3 object events from the image queue in; images embedded and indexed."""
 
-from imgsearch.config import get_settings
-from imgsearch.events import apply_events, parse_s3_records
-from imgsearch.service import ImageSearch
+from imgsearch.aws_lambda import cold_start, logger, process_image_events
 
-service = ImageSearch(get_settings())
+service = cold_start(load=("index", "embedder"))
 
 
+@logger.inject_lambda_context
 def handler(event: dict, context: object) -> dict:
-    results = apply_events(service, parse_s3_records(event.get("Records", [])))
-    return {"processed": len(results)}
+    return process_image_events(service, event, context)

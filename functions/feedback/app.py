@@ -1,10 +1,6 @@
 """Feedback function: records votes, behind API Gateway."""
 
-from mangum import Mangum
+from imgsearch.aws_lambda import cold_start, http_handler
 
-from imgsearch.api.app import create_app
-from imgsearch.config import get_settings
-from imgsearch.service import ImageSearch
-
-service = ImageSearch(get_settings())
-handler = Mangum(create_app(service, routers=("feedback",)), lifespan="off")
+service = cold_start(load=("vocabulary",))
+handler = http_handler(service, routers=("feedback",))

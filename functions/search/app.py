@@ -1,10 +1,12 @@
-"""Search function: the read side of the HTTP API, behind API Gateway."""
+"""Search function: the read side of the HTTP API, uploads and the web page, behind API Gateway."""
 
-from mangum import Mangum
+from pathlib import Path
 
-from imgsearch.api.app import create_app
-from imgsearch.config import get_settings
-from imgsearch.service import ImageSearch
+from imgsearch.aws_lambda import cold_start, http_handler
 
-service = ImageSearch(get_settings())
-handler = Mangum(create_app(service, routers=("health", "images", "search")), lifespan="off")
+service = cold_start(load=("index", "vocabulary"))
+handler = http_handler(
+    service,
+    routers=("health", "images", "search", "uploads"),
+    web_dir=Path(__file__).with_name("web"),  # the bundle's copy of web/ (layers/build.py)
+)

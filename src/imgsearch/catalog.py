@@ -30,7 +30,8 @@ IMAGES_PREFIX = "images/"
 MAX_CAS_ATTEMPTS = 50
 
 ImageStatus = Literal["pending", "indexed", "removed"]
-KeyStatus = Literal["present", "refused", "removed"]
+# "failed": the cloud gave up on the key's latest event after its retries (see aws_lambda.park).
+KeyStatus = Literal["present", "refused", "removed", "failed"]
 PendingOp = Literal["add", "remove"]
 
 

@@ -77,6 +77,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init_aws(args: argparse.Namespace) -> int:
+    from imgsearch.storage.aws import create_missing_resources
+
+    if not os.environ.get("AWS_ENDPOINT_URL"):
+        raise CommandError(
+            "init-aws creates the bucket and tables in an AWS emulator such as a moto server "
+            "(set AWS_ENDPOINT_URL); on AWS they come from infra/template.yaml (docs/deploy.md)"
+        )
+    settings = _settings(args)
+    created = create_missing_resources(settings)
+    print(f"created {', '.join(created)}" if created else "all resources exist already")
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -248,6 +262,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--web", help="directory of the web page (default: the project's web/)")
     serve.set_defaults(run=cmd_serve)
+
+    init_aws = commands.add_parser(
+        "init-aws", help="create the bucket and tables in an AWS emulator ($AWS_ENDPOINT_URL)"
+    )
+    init_aws.set_defaults(run=cmd_init_aws)
 
     ingest = commands.add_parser("ingest", help="add every image under a directory")
     data_options(ingest)

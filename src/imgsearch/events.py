@@ -48,32 +48,36 @@ def parse_s3_records(records: Iterable[Mapping[str, Any]]) -> list[ObjectEvent]:
     return events
 
 
-def apply_events(service: ImageSearch, events: Iterable[ObjectEvent]) -> list[IngestResult]:
-    """Ingest created and forget removed images, then bring the index up to date.
+def apply_event(service: ImageSearch, event: ObjectEvent) -> IngestResult | None:
+    """Ingest a created or forget a removed image; None if there was nothing to do.
 
+    The index is not rebuilt here: callers rebuild it once for a whole batch of events.
     Raises on storage failures so the delivery is retried; refused images are recorded, not
     raised, since retrying cannot make a bad file good.
     """
-    results = []
-    for event in events:
-        try:
-            if event.kind == "created":
-                try:
-                    data = service.catalog.original(event.key)
-                except NotFound:
-                    log.info("%s is gone already; its removal event will follow", event.key)
-                    continue
-                result = service.ingestor.add(
-                    event.key, data, store_original=False, sequencer=event.sequencer
-                )
-            else:
-                result = service.ingestor.remove(
-                    event.key, delete_original=False, sequencer=event.sequencer
-                )
-        except InvalidKey as error:
-            log.warning("ignoring an object with an unusable key: %s", error)
-            continue
-        log.info("%s %s: %s %s", event.kind, event.key, result.status, result.reason or "")
-        results.append(result)
+    try:
+        if event.kind == "created":
+            try:
+                data = service.catalog.original(event.key)
+            except NotFound:
+                log.info("%s is gone already; its removal event will follow", event.key)
+                return None
+            result = service.ingestor.add(
+                event.key, data, store_original=False, sequencer=event.sequencer
+            )
+        else:
+            result = service.ingestor.remove(
+                event.key, delete_original=False, sequencer=event.sequencer
+            )
+    except InvalidKey as error:
+        log.warning("ignoring an object with an unusable key: %s", error)
+        return None
+    log.info("%s %s: %s %s", event.kind, event.key, result.status, result.reason or "")
+    return result
+
+
+def apply_events(service: ImageSearch, events: Iterable[ObjectEvent]) -> list[IngestResult]:
+    """Apply each event (see `apply_event`), then bring the index up to date."""
+    results = [result for event in events if (result := apply_event(service, event))]
     service.build_index()
     return results

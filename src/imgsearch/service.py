@@ -278,5 +278,9 @@ class ImageSearch:
         if not term:
             raise ValueError("the query has no words")
         self.feedback.vote(term, image_id, session, value)
-        self.learner.forget(term)
+        # Only a learner this process has built can hold the term's old votes; building one
+        # here would load the index into a process that only records votes (the feedback
+        # function, which has no Annoy).
+        if "learner" in vars(self):
+            self.learner.forget(term)
         return term

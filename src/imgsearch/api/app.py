@@ -10,7 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from imgsearch.api.routes import feedback, health, images, search
+from imgsearch.api.routes import feedback, health, images, search, uploads
 from imgsearch.service import ImageSearch
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,7 @@ ROUTERS = {
     "images": images.router,
     "search": search.router,
     "feedback": feedback.router,
+    "uploads": uploads.router,
 }
 
 

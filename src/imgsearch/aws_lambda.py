@@ -1,0 +1,147 @@
+"""What the Lambda functions do, as plain functions; functions/*/app.py only wires them up.
+
+- `cold_start`: the service, with the parts a function needs loaded during Lambda's init
+  phase (once per execution environment, before the first request waits for them).
+- `process_image_events`: the embed function. S3 sends object events to an SQS queue; each
+  message holds one S3 notification. Messages are applied one by one (Powertools'
+  BatchProcessor reports the failed ones, so only those are delivered again), then the index
+  is rebuilt once for the whole batch.
+- `http_handler`: the search and feedback functions, the FastAPI app behind API Gateway.
+
+Ingest is idempotent (content-addressed ids, per-key S3 sequencers, conditional writes), so
+redelivered messages need no de-duplication: Powertools' idempotency utility would add a table
+and a write per message to guarantee what ingest already does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from imgsearch.catalog import MAX_CAS_ATTEMPTS, Catalog, KeyRecord
+from imgsearch.config import get_settings
+from imgsearch.events import ObjectEvent, apply_event, parse_s3_records
+from imgsearch.ingest import sequencer_is_newer
+from imgsearch.service import ImageSearch
+from imgsearch.storage import PreconditionFailed
+
+# Structured JSON logs; the service name comes from POWERTOOLS_SERVICE_NAME (one per function).
+logger = Logger()
+
+Part = Literal["index", "vocabulary", "embedder"]
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+def cold_start(load: Iterable[Part] = ()) -> ImageSearch:
+    """The service, configured from the environment, with the parts in `load` loaded now."""
+    # The core logs through the standard library; send it through the Powertools logger.
+    logging.getLogger("imgsearch")
+    copy_config_to_registered_loggers(source_logger=logger, include={"imgsearch"})
+    service = ImageSearch(get_settings())
+    for part in load:
+        getattr(service, part)  # a cached property: loading it once is the point
+    return service
+
+
+# Embed function ----------------------------------------------------------------------------
+
+
+def process_image_events(
+    service: ImageSearch, event: dict[str, Any], context: Any
+) -> dict[str, Any]:
+    """Apply a batch of SQS messages carrying S3 notifications; returns the failed messages
+    (all of them, if all failed: SQS then delivers them again like any other failure).
+
+    Raises, so that the whole batch comes back, if the index build fails.
+    """
+    max_receives = service.settings.max_receive_count
+    response = process_partial_response(
+        event=event,
+        record_handler=lambda record: apply_message(service, record, max_receives),
+        processor=BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False),
+        context=context,
+    )
+    # Once per batch, after the failures were counted: images ingested above are queued in
+    # the catalog, and a failed build must come back to be retried, so it raises.
+    service.build_index()
+    return response
+
+
+def apply_message(service: ImageSearch, record: SQSRecord, max_receives: int) -> None:
+    """Apply the events of one message. Errors are raised for a retry, except on the last
+    delivery, when the key is recorded as failed instead so that the message leaves the queue.
+
+    Messages that cannot even be parked (unreadable bodies, a catalog that keeps failing)
+    go on raising, and SQS moves them to the dead-letter queue.
+    """
+    last_delivery = int(record.attributes.approximate_receive_count) >= max_receives
+    # S3 sends an s3:TestEvent (no Records) when the notification is configured.
+    for event in parse_s3_records(record.json_body.get("Records", [])):
+        try:
+            apply_event(service, event)
+        except Exception as error:  # any error: on the last delivery, recorded, not lost
+            if not last_delivery:
+                raise
+            park(service.catalog, event, f"{type(error).__name__}: {error}")
+
+
+def park(catalog: Catalog, event: ObjectEvent, reason: str) -> None:
+    """Record that processing `event` failed for good, as the key's status "failed".
+
+    A key that still holds an image keeps it: the catalog goes on serving the previous bytes,
+    and the failure is only logged (ingest detaches an image only from a key it finds present,
+    so overwriting that record would strand the image). The failed record keeps the previous
+    sequencer, so that a copy of this event sent again later is not mistaken for a stale one.
+    """
+    for _ in range(MAX_CAS_ATTEMPTS):
+        held = catalog.key(event.key)
+        if held and not sequencer_is_newer(event.sequencer, held.sequencer):
+            return  # a newer event for the key got through: this one no longer matters
+        if held and held.status == "present":
+            logger.error(
+                "giving up on an event; the key keeps its previous image",
+                extra={"key": event.key, "event": event.kind, "reason": reason},
+            )
+            return
+        failed = KeyRecord(
+            event.key, "failed", reason=reason, sequencer=held.sequencer if held else None
+        )
+        try:
+            catalog.put_key(failed, expected_version=held.version if held else 0)
+        except PreconditionFailed:
+            continue  # another event for the key was recorded meanwhile: decide again
+        logger.error(
+            "gave up on an event; the key is recorded as failed",
+            extra={"key": event.key, "event": event.kind, "reason": reason},
+        )
+        return
+    raise RuntimeError(f"key {event.key}: too much contention to record its failure")
+
+
+# HTTP functions ----------------------------------------------------------------------------
+
+
+def http_handler(
+    service: ImageSearch, routers: tuple[str, ...], *, web_dir: Path | None = None
+) -> Handler:
+    """The API app with `routers` (and the web page, if `web_dir` exists) for API Gateway
+    HTTP API events (payload format 2.0)."""
+    # Imported here: the embed function imports this module but serves no HTTP.
+    from mangum import Mangum
+
+    from imgsearch.api.app import create_app
+
+    page = web_dir if web_dir is not None and web_dir.is_dir() else None
+    app = create_app(service, routers=routers, web_dir=page)
+    return logger.inject_lambda_context(Mangum(app, lifespan="off"))
