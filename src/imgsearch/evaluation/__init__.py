@@ -9,6 +9,9 @@ and reports them beside the original study's numbers (`report`, `plots`). See
 docs/evaluation.md.
 """
 
+PAGE = 20  # results per query, as a page of the web app shows them
+DEPTH = 50  # results per query for the precision@k curves
+
 
 class EvaluationError(ValueError):
     """The evaluation cannot run as asked: bad labels, nothing to evaluate, a missing method."""

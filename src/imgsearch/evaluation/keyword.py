@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from imgsearch.evaluation import DEPTH, PAGE
 from imgsearch.evaluation.collection import LabelledCollection
 from imgsearch.evaluation.methods import Method, Sandbox, search_options
 from imgsearch.evaluation.metrics import precision_at_k, precision_curve
@@ -17,8 +18,6 @@ from imgsearch.evaluation.progress import Track, untracked
 from imgsearch.service import ImageSearch
 from imgsearch.vocabulary import Interpretation
 
-PAGE = 20
-DEPTH = 50  # results per query for the precision@k curves
 MAPPED_SOURCES = frozenset({"imagenet", "wordnet"})
 
 

@@ -80,9 +80,8 @@ def study_cells(numbers: Sequence[float] | None) -> list[str]:
 def render_collection(report: Report) -> str:
     collection, p = report.collection, report.provenance
     sizes = ", ".join(f"{label} {n}" for label, n in collection.sizes.items())
-    lines = [
+    paragraphs = [
         f"# imgsearch eval: {p['directory']}",
-        "",
         f"{p['date']}, commit {p['commit']}, {p['wall_seconds']:.0f} s wall time.",
         f"{len(collection.labels) + collection.unlabelled} images searched: "
         f"{len(collection.labels)} labelled ({sizes}), {collection.unlabelled} unlabelled.",
@@ -90,14 +89,16 @@ def render_collection(report: Report) -> str:
     ]
     smallest = min(collection.sizes.values())
     if smallest <= max(KS):
-        lines.append(
+        paragraphs.append(
             f"The smallest label has {smallest} images: its p@{max(KS)} counts out of "
             f"{smallest - 1} (similar images) or {smallest} (keyword), so p@20 can exceed p@10."
         )
     if collection.failed:
-        lines.append(f"{len(collection.failed)} labelled files not evaluated:")
-        lines += [f"- {failure.path}: {failure.reason}" for failure in collection.failed]
-    return "\n".join(lines)
+        failures = [f"- {failure.path}: {failure.reason}" for failure in collection.failed]
+        paragraphs.append(
+            f"{len(collection.failed)} labelled files not evaluated:\n" + "\n".join(failures)
+        )
+    return "\n\n".join(paragraphs)
 
 
 def render_layer_distance(results: list[RankingResult]) -> str:
@@ -151,7 +152,7 @@ def render_production(results: list[RankingResult], settings: dict[str, Any]) ->
         "## 2. Similar images: production index vs exact\n\n"
         + table(headers, rows)
         + "\n\n"
-        + "\n".join(notes)
+        + "\n\n".join(notes)
     )
 
 

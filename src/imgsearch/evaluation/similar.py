@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from imgsearch.evaluation import DEPTH, PAGE
 from imgsearch.evaluation.collection import LabelledCollection
 from imgsearch.evaluation.metrics import (
     mean_curve,
@@ -30,8 +31,6 @@ from imgsearch.index.reader import Index
 from imgsearch.service import ImageSearch
 
 KS = (5, 10, 20)
-PAGE = 20  # results per query, as the page shows them
-DEPTH = 50  # results per query for the precision@k curves
 WARM_UP_QUERIES = 5  # untimed, so that loading files is not counted as query time
 QUERY_CHUNK = 256  # queries whose distances to every image are held at once
 # Elements of the (queries x images x dimensions) block Manhattan distances take at once.

@@ -16,6 +16,7 @@ import random
 import string
 from dataclasses import dataclass, field
 
+from imgsearch.evaluation import PAGE
 from imgsearch.evaluation.collection import LabelledCollection
 from imgsearch.evaluation.keyword import query_for
 from imgsearch.evaluation.methods import Method, Sandbox, search_options
@@ -24,7 +25,6 @@ from imgsearch.evaluation.progress import Track, untracked
 from imgsearch.service import ImageSearch
 from imgsearch.vocabulary import Vocabulary
 
-PAGE = 20
 TARGET = 0.75  # p@20 the user is satisfied with, as in the study
 MAX_ROUNDS = 10  # rounds of votes at most; the first query comes before them
 MODES = ("label", "scratch")
