@@ -1,16 +1,17 @@
-"""The embed function, driven by S3 notification records exactly as S3 sends them, on moto."""
+"""The embed function, driven by S3 notification records exactly as S3 sends them (inside SQS
+messages, as the image queue delivers them), on moto."""
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import uuid
-from pathlib import Path
 from urllib.parse import quote_plus
 
 import boto3
 import pytest
 from aws_resources import create_bucket, create_tables
-from conftest import REPO, demo_image
+from conftest import demo_image
+from lambda_events import FakeContext, load_function
 from moto import mock_aws
 
 from imgsearch.config import get_settings
@@ -41,13 +42,34 @@ def aws(monkeypatch, tmp_path):
     get_settings.cache_clear()
 
 
-def load_function(name: str):
-    """Import functions/<name>/app.py as Lambda would: a fresh module, its own cold start."""
-    path = REPO / "functions" / name / "app.py"
-    spec = importlib.util.spec_from_file_location(f"{name}_app_{uuid.uuid4().hex}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def sqs_event(*notifications: dict, receive_count: int = 1) -> dict:
+    """An SQS event as Lambda's poller sends it: one S3 notification per message."""
+    return {
+        "Records": [
+            {
+                "messageId": str(uuid.uuid4()),
+                "receiptHandle": uuid.uuid4().hex,
+                "body": json.dumps(notification),
+                "attributes": {
+                    "ApproximateReceiveCount": str(receive_count),
+                    "SentTimestamp": "1795500000000",
+                    "SenderId": "AIDAEXAMPLE",
+                    "ApproximateFirstReceiveTimestamp": "1795500000001",
+                },
+                "messageAttributes": {},
+                "md5OfBody": "0" * 32,
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:test-images",
+                "awsRegion": "us-east-1",
+            }
+            for notification in notifications
+        ]
+    }
+
+
+def invoke(embed, *records: dict) -> dict:
+    """The embed handler on one message per S3 record, as S3 sends them to the queue."""
+    return embed.handler(sqs_event(*({"Records": [r]} for r in records)), FakeContext())
 
 
 def s3_record(s3, event_name: str, key: str, sequencer: str) -> dict:
@@ -97,9 +119,9 @@ def test_uploads_become_searchable_and_deletions_leave(aws) -> None:
         s3_record(s3, "ObjectCreated:Put", "images/pizza.jpg", "0062E5A7A3F2B9C402"),
         s3_record(s3, "ObjectCreated:Put", "images/broken.jpg", "0062E5A7A3F2B9C403"),
     ]
-    assert embed.handler({"Records": created}, None) == {"processed": 3}
+    assert invoke(embed, *created) == {"batchItemFailures": []}
     # At-least-once delivery: the same records again change nothing.
-    embed.handler({"Records": created}, None)
+    invoke(embed, *created)
 
     service = embed.service
     assert service.count() == 2
@@ -113,23 +135,54 @@ def test_uploads_become_searchable_and_deletions_leave(aws) -> None:
 
     s3.delete_object(Bucket=BUCKET, Key="images/pizza.jpg")
     removed = s3_record(s3, "ObjectRemoved:Delete", "images/pizza.jpg", "0062E5A7A3F2B9C409")
-    embed.handler({"Records": [removed]}, None)
+    invoke(embed, removed)
     assert service.count() == 1
     # A late duplicate of the old "created" event must not bring the image back.
-    embed.handler({"Records": [created[1]]}, None)
+    invoke(embed, created[1])
     assert service.count() == 1
 
 
 def test_test_events_and_foreign_keys_are_ignored(aws) -> None:
     embed = load_function("embed")
     test_event = {"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": BUCKET}
-    assert embed.handler(test_event, None) == {"processed": 0}
+    assert embed.handler(sqs_event(test_event), FakeContext()) == {"batchItemFailures": []}
     aws.put_object(Bucket=BUCKET, Key="index/manifest.json", Body=b"{}")
     record = s3_record(aws, "ObjectCreated:Put", "index/manifest.json", "01")
-    assert embed.handler({"Records": [record]}, None) == {"processed": 0}
+    assert invoke(embed, record) == {"batchItemFailures": []}
+    assert embed.service.catalog.key("../index/manifest.json") is None
 
 
-def test_the_function_directory_holds_only_a_thin_handler() -> None:
-    for name in ("embed", "search", "feedback"):
-        source = Path(REPO / "functions" / name / "app.py").read_text()
-        assert len(source.splitlines()) <= 20, name
+def test_a_failure_is_retried_until_the_last_delivery_then_recorded(aws, monkeypatch) -> None:
+    embed = load_function("embed")
+    aws.put_object(Bucket=BUCKET, Key="images/a.jpg", Body=demo_image("pizza"))
+    record = s3_record(aws, "ObjectCreated:Put", "images/a.jpg", "0062E5A7A3F2B9C401")
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise TimeoutError("DynamoDB is slow today")
+
+    monkeypatch.setattr(embed.service.ingestor, "add", fails)
+    message = {"Records": [record]}
+    first = embed.handler(sqs_event(message, receive_count=1), FakeContext())
+    assert len(first["batchItemFailures"]) == 1
+    assert embed.service.catalog.key("a.jpg") is None
+    last = embed.handler(sqs_event(message, receive_count=5), FakeContext())
+    assert last == {"batchItemFailures": []}
+    failed = embed.service.catalog.key("a.jpg")
+    assert failed.status == "failed" and failed.reason == "TimeoutError: DynamoDB is slow today"
+    # The failure keeps no sequencer of its own: the same event sent again is not stale.
+    monkeypatch.undo()
+    assert invoke(embed, record) == {"batchItemFailures": []}
+    assert embed.service.catalog.key("a.jpg").status == "present"
+
+
+def test_a_key_holding_an_image_keeps_it_when_a_later_event_fails(aws, monkeypatch) -> None:
+    embed = load_function("embed")
+    aws.put_object(Bucket=BUCKET, Key="images/a.jpg", Body=demo_image("pizza"))
+    invoke(embed, s3_record(aws, "ObjectCreated:Put", "images/a.jpg", "01"))
+    held = embed.service.catalog.key("a.jpg")
+    aws.put_object(Bucket=BUCKET, Key="images/a.jpg", Body=demo_image("elephant"))
+    newer = s3_record(aws, "ObjectCreated:Put", "images/a.jpg", "02")
+    monkeypatch.setattr(embed.service.ingestor, "add", lambda *a, **k: 1 / 0)
+    last = embed.handler(sqs_event({"Records": [newer]}, receive_count=5), FakeContext())
+    assert last == {"batchItemFailures": []}
+    assert embed.service.catalog.key("a.jpg") == held

@@ -1,0 +1,395 @@
+"""The cloud path end to end on moto, through the real handlers with the events AWS sends.
+
+Resources come from infra/template.yaml (tests/aws_resources.py), the functions get the
+template's environment, S3 delivers its notifications to the queue, a poller feeds them to the
+embed function as Lambda's SQS event source mapping would, and API Gateway's routing and
+authorizer are played from the template's routes (tests/lambda_events.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import boto3
+import httpx
+import pytest
+import requests
+from aws_resources import (
+    configure_notifications,
+    create_bucket,
+    create_queues,
+    create_tables,
+    function_environment,
+    load_template,
+    resource_properties,
+)
+from conftest import REPO, demo_image
+from lambda_events import ApiGateway, QueuePoller, load_function
+from moto import mock_aws
+from moto.server import ThreadedMotoServer
+
+from imgsearch.config import ASSETS_DIR, get_settings
+
+pytestmark = pytest.mark.xdist_group("cloud")
+
+BUCKET = "imgsearch-test-images"
+TABLES = {"CatalogTable": "test-catalog", "FeedbackTable": "test-feedback"}
+QUEUES = {"ImageQueue": "test-images", "ImageDeadLetterQueue": "test-images-dlq"}
+API_KEY = "cloud-test-key-3f9a"
+API_KEY_PARAMETER = load_template()["Parameters"]["ApiKeyParameterName"]["Default"]
+FUNCTIONS = {
+    "EmbedFunction": "embed",
+    "SearchFunction": "search",
+    "FeedbackFunction": "feedback",
+    "AuthorizerFunction": "authorizer",
+}
+
+
+@dataclass
+class Cloud:
+    s3: object
+    sqs: object
+    queue: QueuePoller
+    dead_letters: str  # the DLQ's URL
+    api: ApiGateway
+    functions: dict[str, ModuleType]
+
+    def upload(self, key: str, data: bytes) -> None:
+        self.s3.put_object(Bucket=BUCKET, Key=f"images/{key}", Body=data)
+
+    def delete(self, key: str) -> None:
+        """Delete every version of images/<key>. (S3 also notifies a plain delete, which only
+        adds a delete marker to a versioned bucket; moto notifies only the last version's.)"""
+        listed = self.s3.list_object_versions(Bucket=BUCKET, Prefix=f"images/{key}")
+        for version in listed.get("Versions", []) + listed.get("DeleteMarkers", []):
+            self.s3.delete_object(Bucket=BUCKET, Key=version["Key"], VersionId=version["VersionId"])
+
+    def search(self, query: str, **params: object) -> list[str]:
+        response = self.api.request("GET", "/api/search", params={"q": query, **params})
+        assert response.status == 200, response.body
+        return [result["key"] for result in response.json()["results"]]
+
+
+def aws_environment(tmp_path: Path) -> dict[str, str]:
+    """What the template gives the functions, with this test's resource names."""
+    known = {
+        "IMGSEARCH_BUCKET": BUCKET,
+        "IMGSEARCH_ASSETS_DIR": str(ASSETS_DIR),  # /opt/assets in Lambda: the layers
+        "IMGSEARCH_CACHE_DIR": str(tmp_path / "cache"),
+        **TABLES,
+    }
+    environment = {}
+    for function in FUNCTIONS:
+        environment |= function_environment(function, known)
+    return environment | {"POWERTOOLS_SERVICE_NAME": "imgsearch-test"}
+
+
+@pytest.fixture
+def cloud(monkeypatch, tmp_path) -> Iterator[Cloud]:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        **aws_environment(tmp_path),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    get_settings.cache_clear()
+    with mock_aws():
+        s3, sqs = boto3.client("s3"), boto3.client("sqs")
+        create_bucket(s3, BUCKET)
+        create_tables(boto3.client("dynamodb"), TABLES)
+        queues = create_queues(sqs, QUEUES)
+        configure_notifications(s3, BUCKET, {q: arn for q, (_, arn) in queues.items()})
+        boto3.client("ssm").put_parameter(
+            Name=API_KEY_PARAMETER, Value=API_KEY, Type="SecureString"
+        )
+        functions = {logical: load_function(name) for logical, name in FUNCTIONS.items()}
+        # The search function looks for a new manifest at most every 2 s; the tests look at
+        # once, so that they need not wait for what a user would see seconds later anyway.
+        functions["SearchFunction"].service.index.refresh_interval = 0
+        url, arn = queues["ImageQueue"]
+        yield Cloud(
+            s3=s3,
+            sqs=sqs,
+            queue=QueuePoller(sqs, url, arn, functions["EmbedFunction"].handler),
+            dead_letters=queues["ImageDeadLetterQueue"][0],
+            api=ApiGateway(
+                {logical: module.handler for logical, module in functions.items()},
+                {"ApiKeyAuthorizer": functions["AuthorizerFunction"].handler},
+            ),
+            functions=functions,
+        )
+    get_settings.cache_clear()
+
+
+def no_failures(responses: list[dict]) -> bool:
+    return all(response.get("batchItemFailures") == [] for response in responses)
+
+
+def test_images_become_searchable_votes_rerank_and_deletions_leave(cloud: Cloud) -> None:
+    photos = {
+        "holiday 2026/elephant 1.jpg": demo_image("elephant"),
+        "elephant 2.jpg": demo_image("elephant", 2),
+        "pizza.jpg": demo_image("pizza"),
+        "plane.jpg": demo_image("airplanes"),
+    }
+    for key, data in photos.items():
+        cloud.upload(key, data)
+    cloud.upload("broken.jpg", b"\xff\xd8 not really a JPEG")
+    responses = cloud.queue.drain()  # the s3:TestEvent first, then the images
+    assert no_failures(responses)
+
+    health = cloud.api.request("GET", "/api/health")
+    assert health.status == 200 and health.json()["images"] == 4
+    assert set(cloud.search("elephant")[:2]) == {"holiday 2026/elephant 1.jpg", "elephant 2.jpg"}
+    status = cloud.api.request("GET", "/api/uploads/status", params={"key": "broken.jpg"})
+    assert status.json()["status"] == "refused" and status.json()["reason"]
+
+    # A vote through the feedback function changes the next search of that session.
+    before = cloud.search("elephant", session="s1")
+    pizza = cloud.api.request("GET", "/api/images", params={"key": "pizza.jpg"}).json()
+    pizza_id = pizza["results"][0]["id"]
+    vote = {"query": "elephant", "image_id": pizza_id, "vote": 1, "session": "s1"}
+    response = cloud.api.request("POST", "/api/feedback", json_body=vote)
+    assert response.status == 200, response.body
+    after = cloud.search("elephant", session="s1")
+    assert after != before
+    assert after.index("pizza.jpg") < (before.index("pizza.jpg") if "pizza.jpg" in before else 99)
+
+    # Image files are presigned S3 links (the built bundle serves the page: test_bundles.py).
+    thumbnail = cloud.api.request("GET", f"/api/images/{pizza_id}/thumbnail")
+    assert thumbnail.status == 307 and BUCKET in thumbnail.headers["location"]
+
+    cloud.delete("pizza.jpg")
+    assert no_failures(cloud.queue.drain())
+    assert "pizza.jpg" not in cloud.search("elephant", session="s1")
+    assert cloud.api.request("GET", f"/api/images/{pizza_id}").status == 404
+    assert cloud.api.request("GET", "/api/health").json()["images"] == 3
+
+
+def test_browser_uploads_through_presigned_forms(cloud: Cloud) -> None:
+    headers = {"X-API-Key": API_KEY}
+    request = {"filename": "../My Holiday/elephant?.jpg", "content_type": "image/jpeg"}
+    response = cloud.api.request("POST", "/api/uploads", json_body=request, headers=headers)
+    assert response.status == 201, response.body
+    form = response.json()
+    key = form["key"]
+    assert key.startswith("uploads/elephant_-") and key.endswith(".jpg")
+    assert form["fields"]["key"] == f"images/{key}" and form["expires_in"] == 600
+    policy = json.loads(__import__("base64").b64decode(form["fields"]["policy"]))
+    assert ["content-length-range", 1, 25 * 1024 * 1024] in policy["conditions"]
+    assert ["starts-with", "$Content-Type", "image/"] in policy["conditions"]
+
+    status = cloud.api.request("GET", "/api/uploads/status", params={"key": key}).json()
+    assert status == {"key": key, "status": "pending", "image_id": None, "reason": None}
+    # What the page does: the form's fields, then the file (moto intercepts requests' calls).
+    sent = requests.post(
+        form["url"],
+        data=form["fields"],
+        files={"file": ("elephant.jpg", demo_image("elephant"), "image/jpeg")},
+        timeout=10,
+    )
+    assert sent.status_code == 204
+    assert no_failures(cloud.queue.drain())
+    status = cloud.api.request("GET", "/api/uploads/status", params={"key": key}).json()
+    assert status["status"] == "present" and status["image_id"]
+    assert cloud.search("elephant")[0] == key
+
+    # A file that is no image is refused by ingest, with the reason, and never retried.
+    refused = cloud.api.request(
+        "POST",
+        "/api/uploads",
+        json_body={"filename": "notes.png", "content_type": "image/png"},
+        headers=headers,
+    ).json()
+    requests.post(
+        refused["url"],
+        data=refused["fields"],
+        files={"file": ("notes.png", b"<html>not an image</html>", "image/png")},
+        timeout=10,
+    )
+    assert no_failures(cloud.queue.drain())
+    status = cloud.api.request("GET", "/api/uploads/status", params={"key": refused["key"]})
+    assert status.json()["status"] == "refused" and "image" in status.json()["reason"]
+
+    wrong_type = {"filename": "notes.txt", "content_type": "text/plain"}
+    response = cloud.api.request("POST", "/api/uploads", json_body=wrong_type, headers=headers)
+    assert response.status == 422
+
+
+def test_the_authorizer_guards_only_the_routes_that_change_the_collection(cloud: Cloud) -> None:
+    request = {"filename": "a.jpg", "content_type": "image/jpeg"}
+    assert cloud.api.request("POST", "/api/uploads", json_body=request).status == 401
+    wrong = {"X-API-Key": "guess"}
+    assert cloud.api.request("POST", "/api/uploads", json_body=request, headers=wrong).status == 403
+    assert cloud.api.request("DELETE", "/api/images/0123456789abcdef", headers=wrong).status == 403
+    right = {"X-API-Key": API_KEY}
+    assert cloud.api.request("POST", "/api/uploads", json_body=request, headers=right).status == 201
+    assert cloud.api.request("DELETE", "/api/images/0123456789abcdef", headers=right).status == 404
+    # Reading needs no key; methods without a route never reach a function.
+    assert cloud.api.request("GET", "/api/search", params={"q": "dog"}).status == 200
+    assert cloud.api.request("PUT", "/api/images").status == 404
+
+
+def test_events_that_keep_failing_are_parked_as_failed_on_the_last_delivery(
+    cloud: Cloud, monkeypatch
+) -> None:
+    embed = cloud.functions["EmbedFunction"].service
+
+    def broken_add(*args: object, **kwargs: object) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(embed.ingestor, "add", broken_add)
+    cloud.queue.drain()  # the test event
+    cloud.upload("unlucky.jpg", demo_image("pizza"))
+    attempts = []
+    while (response := cloud.queue.poll()) is not None:
+        attempts.append(response)
+    max_receives = int(load_template()["Parameters"]["MaxReceiveCount"]["Default"])
+    assert len(attempts) == max_receives
+    assert all(len(r["batchItemFailures"]) == 1 for r in attempts[:-1])
+    assert attempts[-1]["batchItemFailures"] == []  # parked: it leaves the queue
+    status = cloud.api.request("GET", "/api/uploads/status", params={"key": "unlucky.jpg"})
+    assert status.json()["status"] == "failed"
+    assert status.json()["reason"] == "OSError: disk on fire"
+
+    # Fixed, the same key uploaded again goes through.
+    monkeypatch.undo()
+    cloud.upload("unlucky.jpg", demo_image("pizza"))
+    assert no_failures(cloud.queue.drain())
+    status = cloud.api.request("GET", "/api/uploads/status", params={"key": "unlucky.jpg"})
+    assert status.json()["status"] == "present"
+
+
+def test_messages_that_cannot_be_parked_end_in_the_dead_letter_queue(cloud: Cloud) -> None:
+    cloud.queue.drain()  # the test event
+    cloud.sqs.send_message(QueueUrl=cloud.queue.queue_url, MessageBody="not json")
+    while cloud.queue.poll() is not None:
+        pass
+    dead = cloud.sqs.receive_message(QueueUrl=cloud.dead_letters).get("Messages", [])
+    assert [message["Body"] for message in dead] == ["not json"]
+
+
+def test_test_events_multipart_uploads_and_foreign_keys(cloud: Cloud) -> None:
+    s3 = cloud.s3
+    s3.put_object(Bucket=BUCKET, Key="index/not-an-image.json", Body=b"{}")  # not notified
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key="images/big.jpg")
+    part = s3.upload_part(
+        Bucket=BUCKET,
+        Key="images/big.jpg",
+        UploadId=upload["UploadId"],
+        PartNumber=1,
+        Body=demo_image("sunflower"),
+    )
+    s3.complete_multipart_upload(
+        Bucket=BUCKET,
+        Key="images/big.jpg",
+        UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]},
+    )
+    responses = cloud.queue.drain()
+    assert no_failures(responses)
+    assert cloud.api.request("GET", "/api/health").json()["images"] == 1
+    assert cloud.search("sunflower")[0] == "big.jpg"
+
+
+def test_init_aws_creates_the_resources_the_template_defines(cloud: Cloud) -> None:
+    from imgsearch.cli import main
+    from imgsearch.config import Settings
+    from imgsearch.storage.aws import create_missing_resources
+
+    settings = Settings(bucket="fresh-bucket", catalog_table="fresh-c", feedback_table="fresh-f")
+    assert sorted(create_missing_resources(settings)) == [
+        "bucket fresh-bucket",
+        "table fresh-c",
+        "table fresh-f",
+    ]
+    assert create_missing_resources(settings) == []
+    described = boto3.client("dynamodb").describe_table(TableName="fresh-c")["Table"]
+    template = resource_properties("CatalogTable", "AWS::DynamoDB::Table")
+    assert described["KeySchema"] == template["KeySchema"]
+    assert described["BillingModeSummary"]["BillingMode"] == template["BillingMode"]
+    assert main(["init-aws"]) == 2  # only against an emulator: real AWS gets the template
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_with_the_aws_backend_on_a_moto_server(tmp_path) -> None:
+    moto_port, api_port = _free_port(), _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
+    server.start()
+    environment = os.environ | {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "IMGSEARCH_BUCKET": "served-images",
+        "IMGSEARCH_API_KEY": API_KEY,
+        "IMGSEARCH_DATA": str(tmp_path / "data"),
+        "IMGSEARCH_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    cli = [sys.executable, "-m", "imgsearch.cli", "--verbose"]
+    serve = None
+    try:
+        subprocess.run([*cli, "init-aws"], env=environment, check=True, timeout=60)
+        serve = subprocess.Popen(
+            [*cli, "serve", "--backend", "aws", "--port", str(api_port)], env=environment
+        )
+        base = f"http://127.0.0.1:{api_port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert serve.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.2)
+        with httpx.Client(base_url=base, timeout=60) as client:
+            for name in ("elephant", "pizza"):
+                uploaded = client.post(
+                    "/api/images",
+                    files={"file": (f"{name}.jpg", demo_image(name), "image/jpeg")},
+                    headers={"X-API-Key": API_KEY},
+                )
+                assert uploaded.status_code == 201, uploaded.text
+            found = client.get("/api/search", params={"q": "elephant"}).json()["results"]
+            assert found[0]["key"] == "uploads/elephant.jpg"
+            # Everything went to the moto server: originals, index and the catalog.
+            thumbnail = client.get(found[0]["thumbnail"], follow_redirects=True)
+            assert thumbnail.status_code == 200
+            assert thumbnail.headers["content-type"] == "image/jpeg"
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=environment["AWS_ENDPOINT_URL"],
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="served-images")["Contents"]]
+        assert "images/uploads/elephant.jpg" in keys and "index/manifest.json" in keys
+    finally:
+        if serve is not None:
+            serve.terminate()
+            serve.wait(timeout=10)
+        server.stop()
+
+
+def test_functions_are_thin() -> None:
+    for name in FUNCTIONS.values():
+        source = (REPO / "functions" / name / "app.py").read_text()
+        assert len(source.splitlines()) <= 15, name
