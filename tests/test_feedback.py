@@ -146,9 +146,11 @@ def test_first_page_weaves_a_spread_into_weak_guesses() -> None:
     assert [h.image_id for h in confident[:20]] == [f"g{i}" for i in range(20)]
     weak = explore_page(guesses, spread, 0.1, high_confidence=0.5)
     first = [h.image_id for h in weak[:20]]
-    assert 10 <= sum(i.startswith("g") for i in first) < 20
-    assert first[0] == "g0" and any(i.startswith("s") for i in first[:4])
-    assert [h.image_id for h in weak[20:]] == [f"g{i}" for i in range(12, 30)]
+    assert first[:4] == ["g0", "s0", "g1", "s1"]  # half and half, woven
+    assert sum(i.startswith("g") for i in first) == 10
+    assert [h.image_id for h in weak[20:]] == [f"g{i}" for i in range(10, 30)]
+    rejected = explore_page(guesses, spread, 0.1, high_confidence=0.5, rejected=20)
+    assert sum(h.image_id.startswith("g") for h in rejected[:20]) == 5
     scores = [h.score for h in weak]
     assert scores == sorted(scores, reverse=True)
     unknown = explore_page([], spread, 0.0, high_confidence=0.5)

@@ -39,13 +39,17 @@ def explore_page(
 ) -> list[Hit]:
     """The keyword guesses, with a spread of the collection woven into the first page.
 
-    The less the words are understood, the more of the first page shows the collection's
-    variety instead, so that something relevant appears and one vote can start the learning:
-    a guess keeps at least half the page (weak guesses are often right), words not understood
-    at all get only the variety, and each page of `rejected` guesses halves the guesses' share.
-    Beyond the first page come the remaining guesses.
+    When the words are understood the guesses fill the page. When they are guessed at, half
+    the first page shows the collection's variety instead (weak guesses are often right, but a
+    spread of the collection covers its kinds of pictures), so that something relevant
+    appears and one vote can start the learning; words not understood at all get only the
+    variety. Each page of `rejected` guesses halves the guesses' share. Beyond the first page
+    come the remaining guesses.
     """
-    share = 0.0 if confidence <= 0 else 0.5 + 0.5 * min(confidence / high_confidence, 1.0)
+    if confidence >= high_confidence:
+        share = 1.0
+    else:
+        share = 0.5 if confidence > 0 else 0.0
     share *= 0.5 ** (rejected / page)
     n_guesses = min(len(guesses), round(page * share))
     explore = [i for i in spread if i not in {g for g, _ in guesses[:n_guesses]}]
