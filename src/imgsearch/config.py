@@ -65,8 +65,8 @@ class Settings(BaseSettings):
     # (API Gateway in the cloud) to have checked it already.
     auth: Literal["api_key", "gateway"] = "api_key"
     api_key: str | None = None
-    max_query_chars: int = 200
-    max_page: int = 200
+    votes_per_session_minute: int = 120
+    votes_per_client_minute: int = 600
 
     @property
     def model_path(self) -> Path:

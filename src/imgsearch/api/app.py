@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from imgsearch.api.limits import BodyLimit
 from imgsearch.api.routes import feedback, health, images, search, uploads
 from imgsearch.service import ImageSearch
 
@@ -39,6 +40,8 @@ def create_app(
     app.state.service = service
     for name in routers:
         app.include_router(ROUTERS[name], prefix="/api")
+    # Multipart framing on top of the largest image we accept.
+    app.add_middleware(BodyLimit, max_bytes=service.settings.max_image_bytes + 64 * 1024)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=service.settings.allowed_origins,

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 
 from imgsearch.api.deps import Service
+from imgsearch.api.limits import limit_votes
 from imgsearch.api.schemas import VoteRequest, VoteResponse
 from imgsearch.service import NotIndexed
 
@@ -10,8 +11,12 @@ router = APIRouter(prefix="/feedback", tags=["feedback"])
 
 
 @router.post("", response_model=VoteResponse)
-def vote(service: Service, body: VoteRequest) -> dict:
-    """Say whether an image is relevant to a query; the session's last vote counts."""
+def vote(request: Request, service: Service, body: VoteRequest) -> dict:
+    """Say whether an image is relevant to a query; the session's last vote counts.
+
+    Votes are anonymous but bounded: per session and per client address, per minute (429).
+    """
+    limit_votes(service, request.client.host if request.client else "unknown", body.session)
     try:
         term = service.vote(body.query, body.image_id, body.vote, body.session)
     except NotIndexed:
