@@ -1,0 +1,77 @@
+/** One result in the grid: the photo (opens the viewer), a "learned" mark for results placed
+ * by votes, and buttons to vote on it and to find more like it. */
+
+import { el, icon, quoted } from "./dom.js";
+
+function actionButton(action, label, pressed) {
+  return el(
+    "button",
+    {
+      class: `act act-${action}`,
+      type: "button",
+      tabindex: -1,
+      title: label,
+      "data-action": action,
+      "aria-pressed": pressed,
+    },
+    icon(action),
+    el("span", { class: "visually-hidden", text: label }),
+  );
+}
+
+/** `context` is null where there is nothing to vote on, else
+ * `{query, vote: id -> 1 | -1 | undefined}` for the words searched. */
+export function createTile(result, context) {
+  const image = el("img", {
+    src: result.thumbnail,
+    alt: result.key,
+    loading: "lazy",
+    decoding: "async",
+    width: 384,
+    height: 384,
+  });
+  const open = el(
+    "button",
+    {
+      class: "tile-open",
+      type: "button",
+      tabindex: -1,
+      "aria-haspopup": "dialog",
+      title: result.key,
+    },
+    image,
+    el(
+      "span",
+      { class: "badge", title: "Learned: placed here by what votes taught" },
+      icon("learned"),
+      el("span", { class: "visually-hidden", text: "Learned" }),
+    ),
+  );
+  const votes = context
+    ? [
+        actionButton("up", `Relevant to ${quoted(context.query)}`, "false"),
+        actionButton("down", `Not relevant to ${quoted(context.query)}`, "false"),
+      ]
+    : [];
+  const actions = el(
+    "div",
+    { class: "tile-actions", role: "group", "aria-label": result.key },
+    ...votes,
+    actionButton("similar", "More like this"),
+  );
+  const tile = el("li", { class: "tile", "data-id": result.id }, open, actions);
+  image.addEventListener("load", () => tile.classList.add("loaded"), { once: true });
+  image.addEventListener("error", () => tile.classList.add("broken"), { once: true });
+  updateTile(tile, result, context);
+  return tile;
+}
+
+/** Bring a tile up to date with its result and this session's vote on it. */
+export function updateTile(tile, result, context) {
+  tile.classList.toggle("learned", Boolean(result.learned));
+  const vote = context?.vote(result.id);
+  if (vote) tile.dataset.vote = vote;
+  else delete tile.dataset.vote;
+  tile.querySelector(".act-up")?.setAttribute("aria-pressed", String(vote === 1));
+  tile.querySelector(".act-down")?.setAttribute("aria-pressed", String(vote === -1));
+}

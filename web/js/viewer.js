@@ -1,0 +1,144 @@
+/** The image view: a modal dialog with the photo, what the model sees in it, the keys it is
+ * stored under, a link to the original, "more like this", a vote when there are words to vote
+ * for, and previous / next through the results (also the arrow keys). Escape, the close button
+ * or a click outside closes it, and focus goes back to the photo's tile. */
+
+import * as api from "./api.js";
+import { $, el, quoted } from "./dom.js";
+
+/** `results()` the results in order; `context()` the vote context (see tile.js) or null;
+ * `opener(id)` the element to focus when the view closes on that photo; `describe(error)`. */
+export function createViewer(
+  dialog,
+  { results, context, opener, describe, onSimilar, onVote, onSearch },
+) {
+  const image = $(".viewer-image", dialog);
+  const title = $("#viewer-title", dialog);
+  const meta = $(".viewer-meta", dialog);
+  const voting = $(".viewer-vote", dialog);
+  const original = $("[data-original]", dialog);
+  const classes = $(".viewer-classes", dialog);
+  const keys = $(".viewer-keys", dialog);
+  let current = null;
+  let returnTo = null;
+  let request = new AbortController();
+
+  const neighbour = (step) => {
+    const list = results();
+    const index = list.findIndex((result) => result.id === current);
+    return index < 0 ? null : (list[index + step] ?? null);
+  };
+
+  function showVote() {
+    const vote = context();
+    voting.hidden = !vote;
+    if (!vote) return;
+    $("#viewer-vote-label", dialog).textContent = `Does it show ${quoted(vote.query)}?`;
+    const mine = vote.vote(current);
+    for (const button of voting.querySelectorAll("[data-vote]")) {
+      button.setAttribute("aria-pressed", String(Number(button.dataset.vote) === mine));
+    }
+  }
+
+  function showDetail(detail) {
+    meta.textContent = `${detail.width.toLocaleString()} \u00d7 ${detail.height.toLocaleString()} pixels`;
+    const full = new Image();
+    full.src = detail.url;
+    full.decode().then(
+      () => {
+        if (detail.id === current) image.src = detail.url;
+      },
+      () => {}, // the original did not load: the thumbnail stays
+    );
+    classes.replaceChildren(
+      ...detail.classes.map(({ label, score }) => {
+        const bar = el("span", { class: "bar" });
+        bar.style.setProperty("--score", score.toFixed(3));
+        const link = el("a", {
+          href: `?q=${encodeURIComponent(label)}`,
+          "data-search": true,
+          text: label,
+        });
+        const percent = el("span", { class: "score", text: `${Math.round(score * 100)}%` });
+        return el("li", {}, link, percent, bar);
+      }),
+    );
+    keys.replaceChildren(...detail.keys.map((key) => el("li", {}, el("code", { text: key }))));
+  }
+
+  function show(id) {
+    current = id;
+    request.abort();
+    request = new AbortController();
+    const result = results().find((one) => one.id === id);
+    image.src = result?.thumbnail ?? api.thumbnailUrl(id);
+    image.alt = result?.key ?? "";
+    title.textContent = result?.key ?? "Photo";
+    meta.textContent = "Loading details\u2026";
+    original.href = result?.url ?? `${api.API}/images/${encodeURIComponent(id)}/file`;
+    classes.replaceChildren();
+    keys.replaceChildren();
+    for (const button of dialog.querySelectorAll("[data-step]")) {
+      button.setAttribute("aria-disabled", String(!neighbour(Number(button.dataset.step))));
+    }
+    showVote();
+    api.image(id, request.signal).then(
+      (detail) => {
+        if (detail.id !== current) return;
+        title.textContent = detail.key;
+        image.alt = detail.key;
+        showDetail(detail);
+      },
+      (error) => {
+        if (error.name !== "AbortError") meta.textContent = `No details: ${describe(error)}`;
+      },
+    );
+  }
+
+  function step(by) {
+    const next = neighbour(by);
+    if (next) show(next.id);
+  }
+
+  dialog.addEventListener("click", (event) => {
+    if (event.target === dialog) return dialog.close();
+    const button = event.target.closest("button");
+    if (!button) return;
+    if (button.matches("[data-close]")) dialog.close();
+    else if (button.matches("[data-step]")) step(Number(button.dataset.step));
+    else if (button.matches("[data-similar]")) {
+      dialog.close();
+      onSimilar(current);
+    } else if (button.matches("[data-vote]")) {
+      onVote(current, Number(button.dataset.vote)).then(showVote);
+    }
+  });
+  classes.addEventListener("click", (event) => {
+    const link = event.target.closest("a[data-search]");
+    if (!link || event.ctrlKey || event.metaKey || event.shiftKey) return;
+    event.preventDefault();
+    dialog.close();
+    onSearch(link.textContent);
+  });
+  dialog.addEventListener("keydown", (event) => {
+    if (event.key === "ArrowLeft" || event.key === "ArrowRight") {
+      event.preventDefault();
+      step(event.key === "ArrowLeft" ? -1 : 1);
+    }
+  });
+  dialog.addEventListener("close", () => {
+    request.abort();
+    (opener(current) ?? returnTo)?.focus();
+  });
+
+  return {
+    open(id) {
+      if (!dialog.open) returnTo = document.activeElement;
+      show(id);
+      if (!dialog.open) dialog.showModal();
+    },
+    close() {
+      if (dialog.open) dialog.close();
+    },
+  };
+}

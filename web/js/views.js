@@ -1,0 +1,83 @@
+/** Views: what the page can show, what each is called, how it sits in the address (so Back,
+ * reload and shared links work) and what it says when it has nothing to show. The user's own
+ * photo cannot go in an address: views of it live in the history entry while it is in memory. */
+
+import { quoted } from "./dom.js";
+
+const IMAGE_ID = /^[0-9a-f]{16}$/;
+
+const HEADINGS = {
+  browse: () => "All photos",
+  search: (view) => `Results for ${quoted(view.q)}`,
+  similar: () => "More like this photo",
+  photo: () => "Photos like yours",
+  example: (view) => `Teaching ${quoted(view.q)} by example`,
+};
+
+export const heading = (view) => HEADINGS[view.kind](view);
+
+/** Views whose results are voted on for words. */
+export const voting = (view) => view.kind === "search" || view.kind === "example";
+
+/** Views of the user's own photo: photos like it, or like an example of words. */
+export const ofPhoto = (view) => view.kind === "photo" || view.kind === "example";
+
+export function fromAddress(havePhoto) {
+  const params = new URLSearchParams(location.search);
+  const q = params.get("q")?.trim();
+  if (q) {
+    const exclude = params.getAll("exclude").map(Number).filter(Number.isInteger);
+    return { kind: "search", q, exclude: new Set(exclude) };
+  }
+  const similar = params.get("similar");
+  if (similar && IMAGE_ID.test(similar)) return { kind: "similar", id: similar };
+  const state = history.state;
+  if (state?.photo && havePhoto) {
+    return state.example ? { kind: "example", q: state.example } : { kind: "photo" };
+  }
+  return { kind: "browse" };
+}
+
+/** Put `view` in the address: a new history entry, or (`replace`) in place of this one. */
+export function remember(view, { replace = false } = {}) {
+  const params = new URLSearchParams();
+  if (view.kind === "search") {
+    params.set("q", view.q);
+    for (const id of view.exclude) params.append("exclude", id);
+  }
+  if (view.kind === "similar") params.set("similar", view.id);
+  const state = { photo: ofPhoto(view), example: view.kind === "example" && view.q };
+  const url = params.size ? `?${params}` : location.pathname;
+  history[replace ? "replaceState" : "pushState"](state, "", url);
+}
+
+/** What an empty view says: `{title, text, action?}`; `actions` offers `addPhotos` and
+ * `putBack` (the classes struck out of a search). */
+export function emptyNotice(view, actions) {
+  if (view.kind === "browse") {
+    return {
+      title: "No photos yet",
+      text:
+        "add some with \u201cAdd photos\u201d or by dropping them on this page, or a whole " +
+        "folder with the command imgsearch ingest FOLDER.",
+      action: { label: "Add photos", run: actions.addPhotos },
+    };
+  }
+  if (view.kind === "search") {
+    const struck = view.exclude.size > 0;
+    return {
+      title: `No photos match ${quoted(view.q)}`,
+      text: struck
+        ? "every class it means was left out."
+        : "try other words, or search with a photo.",
+      action: struck ? { label: "Put back the classes left out", run: actions.putBack } : null,
+    };
+  }
+  if (view.kind === "similar") {
+    return {
+      title: "Nothing similar yet",
+      text: "this photo is still being indexed. Try again in a moment.",
+    };
+  }
+  return { title: "No similar photos", text: "the collection is empty, or still being indexed." };
+}
