@@ -21,6 +21,7 @@ import time
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -35,19 +36,23 @@ log = logging.getLogger(__name__)
 
 
 class Lease:
-    """A time-limited lock in the table: exclusive while unexpired, taken over once expired."""
+    """A time-limited lock in the table: exclusive while unexpired, taken over once expired,
+    or at once when its holder is a process of this machine that no longer runs (a crashed
+    local worker need not block the index for the whole lease)."""
 
     def __init__(self, table: Table, name: str, duration: float) -> None:
         self.table = table
         self.name = name
         self.duration = duration
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = f"{_MACHINE}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._version = 0
 
     def acquire(self) -> bool:
         current = self.table.get("lease", self.name)
         if current is not None and current["expires_at"] > time.time():
-            return False
+            if _holder_is_alive(current["owner"]):
+                return False
+            log.warning("taking over the lease of %s, which no longer runs", current["owner"])
         expected = 0 if current is None else int(current["version"])
         return self._write(expected)
 
@@ -70,6 +75,34 @@ class Lease:
         except PreconditionFailed:
             return False
         return True
+
+
+def _machine() -> str:
+    """This process table's identity: host name and kernel boot (containers on one host differ
+    by host name, Lambda sandboxes by boot), so that pids are only compared where they mean
+    the same process."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "unknown-boot"
+    return f"{socket.gethostname()}/{boot}"
+
+
+_MACHINE = _machine()
+
+
+def _holder_is_alive(owner: str) -> bool:
+    """False only for a process of this machine that is gone; anything else counts as alive."""
+    machine, pid, _ = owner.rsplit(":", 2)
+    if machine != _MACHINE or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass
