@@ -46,10 +46,7 @@ def explore_page(
     variety. Each page of `rejected` guesses halves the guesses' share. Beyond the first page
     come the remaining guesses.
     """
-    if confidence >= high_confidence:
-        share = 1.0
-    else:
-        share = 0.5 if confidence > 0 else 0.0
+    share = 1.0 if confidence >= high_confidence else 0.5 if confidence > 0 else 0.0
     share *= 0.5 ** (rejected / page)
     n_guesses = min(len(guesses), round(page * share))
     explore = [i for i in spread if i not in {g for g, _ in guesses[:n_guesses]}]
