@@ -37,6 +37,10 @@ test: setup ## install everything (Chromium included) and run every test
 	$(BIN)/ruff format --check src tests functions scripts bench
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
+.PHONY: bundles
+bundles: setup ## Lambda layers and function bundles for python3.12 on x86_64, in build/lambda
+	$(BIN)/python layers/build.py --out build/lambda
+
 lint:
 	$(BIN)/ruff check src tests functions scripts bench
 	$(BIN)/ruff format --check src tests functions scripts bench
