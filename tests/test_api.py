@@ -100,6 +100,10 @@ def test_reverse_image_search_finds_the_same_photo_first(demo_client) -> None:
     results = demo_client.post("/api/search/image", files=files).json()["results"]
     assert results[0]["key"] == "laptop/image_0004.jpg"
     assert results[0]["score"] > 0.99
+    assert results[0]["width"] > 0 and results[0]["height"] > 0 and results[0]["label"]
+    files = {"file": ("query.jpg", demo_image("laptop", 4), "image/jpeg")}
+    second = demo_client.post("/api/search/image", files=files, data={"offset": 1, "limit": 3})
+    assert [r["id"] for r in second.json()["results"]] == [r["id"] for r in results[1:4]]
 
 
 def test_reverse_search_refuses_a_bad_file(demo_client) -> None:

@@ -94,7 +94,8 @@ def test_one_vote_changes_the_sessions_next_page(taught_service) -> None:
     assert {hit.reason for hit in first} == {"explore"}
     service.vote(word, lotus, 1, "learner")
     after = service.search_text(word, limit=12, session="learner")
-    assert after.hits[0].image_id == lotus and after.hits[0].learned
+    assert after.hits[0].image_id == lotus and after.hits[0].reason == "voted"
+    assert all(hit.reason == "learned" for hit in after.hits[1:5])
     in_category = sum(hit.image_id in by_category["lotus"] for hit in after.hits)
     assert in_category >= 10, in_category
     assert after.taught is not None and after.taught.votes == 1

@@ -13,7 +13,9 @@ from imgsearch.learning import Learner, Taught
 FIRST_PAGE = 20
 CANDIDATES = 200  # keyword hits considered for re-ranking by a learned model
 
-Reason = Literal["keyword", "learned", "explore", "similar"]
+# Why a hit is where it is: it matches the words; users' votes placed it; this session voted it
+# relevant; it is shown for variety while the words are not understood; it looks like the query.
+Reason = Literal["keyword", "learned", "voted", "explore", "similar"]
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class Hit:
     @property
     def learned(self) -> bool:
         """Placed by what users taught, not by the model's classes alone."""
-        return self.reason == "learned"
+        return self.reason in ("learned", "voted")
 
 
 def explore_page(
@@ -97,8 +99,13 @@ def learned_ranking(
     for j in order[:wanted]:
         image_id = candidates[j]
         score = 1.0 + float(fit[j]) if image_id in pinned else float(blended[j])
-        learned = image_id in pinned or strength * fit[j] > (1.0 - strength) * keyword_fit[j]
-        hits.append((image_id, score, "learned" if learned else "keyword"))
+        if image_id in pinned:
+            reason: Reason = "voted"
+        elif strength * fit[j] > (1.0 - strength) * keyword_fit[j]:
+            reason = "learned"
+        else:
+            reason = "keyword"
+        hits.append((image_id, score, reason))
     return _non_increasing(hits)
 
 

@@ -44,6 +44,7 @@ def image_urls(request: Request, image_id: str) -> tuple[str, str]:
 
 def results(request: Request, service: ImageSearch, hits: list[Hit]) -> list[dict]:
     """API result objects for hits, skipping images removed since they were ranked."""
+    names = service.vocabulary.class_names
     out = []
     for hit in hits:
         record: ImageRecord | None = service.image(hit.image_id)
@@ -59,6 +60,9 @@ def results(request: Request, service: ImageSearch, hits: list[Hit]) -> list[dic
                 "score": round(hit.score, 6),
                 "learned": hit.learned,
                 "reason": hit.reason,
+                "width": record.width,
+                "height": record.height,
+                "label": names[record.classes[0][0]] if record.classes else None,
             }
         )
     return out

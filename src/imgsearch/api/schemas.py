@@ -27,11 +27,15 @@ class Result(BaseModel):
     thumbnail: str = Field(description="A small JPEG of the image")
     score: float = Field(description="Higher is better; comparable within one response")
     learned: bool = Field(False, description="Placed by what users taught through votes")
-    reason: Literal["keyword", "learned", "explore", "similar"] = Field(
+    reason: Literal["keyword", "learned", "voted", "explore", "similar"] = Field(
         "keyword",
-        description="keyword: matches the words; learned: taught by votes; explore: shown for "
-        "variety while the words are not understood; similar: looks like the query image",
+        description="keyword: matches the words; learned: placed by what votes taught; voted: "
+        "this session voted it relevant; explore: shown for variety while the words are not "
+        "understood; similar: looks like the query image",
     )
+    width: int
+    height: int
+    label: str | None = Field(None, description="The image's most probable ImageNet class")
 
 
 class Results(BaseModel):

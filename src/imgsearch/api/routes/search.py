@@ -64,6 +64,7 @@ async def search_by_image(
     service: Service,
     file: Annotated[UploadFile, File(description="A photo to find similar images to")],
     limit: Annotated[int, Form(ge=1, le=200)] = 20,
+    offset: Annotated[int, Form(ge=0, le=10_000)] = 0,
     query: Annotated[
         str | None,
         Form(
@@ -83,7 +84,9 @@ async def search_by_image(
     if term and session:
         hidden = {i for i, v in service.feedback.session_votes(term, session).items() if v < 0}
     try:
-        hits = await run_in_threadpool(service.search_image, data, limit=limit, exclude=hidden)
+        hits = await run_in_threadpool(
+            service.search_image, data, limit=limit, offset=offset, exclude=hidden
+        )
     except ImageRefused as refusal:
         raise refusal_error(refusal) from None
     return {"query": term, "results": results(request, service, hits)}
