@@ -28,6 +28,7 @@ constraints.txt, this script); data layers and function bundles are copied every
 from __future__ import annotations
 
 import argparse
+import fcntl
 import glob
 import hashlib
 import json
@@ -37,7 +38,8 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import distributions
 from pathlib import Path
 
@@ -88,15 +90,6 @@ FUNCTION_LAYERS = {
 }
 
 
-@dataclass(frozen=True)
-class Bundle:
-    """One directory that Lambda unpacks: a layer (under /opt) or a function's code."""
-
-    name: str
-    path: Path
-    size: int
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -110,6 +103,23 @@ def build(out: Path) -> dict:
     """Build every layer and function bundle under `out`; returns the size manifest."""
     python = find_python312()
     out.mkdir(parents=True, exist_ok=True)
+    with locked(out, fcntl.LOCK_EX):
+        return _build(out, python)
+
+
+@contextmanager
+def locked(out: Path, mode: int) -> Iterator[None]:
+    """Hold `out`'s lock: exclusively to build, shared to use what was built (tests do), so
+    that runs in one checkout never see a bundle half rebuilt by another."""
+    with (out / ".lock").open("a") as lock:
+        fcntl.flock(lock, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build(out: Path, python: str) -> dict:
     deps, inference = split_requirements()
     build_python_layer(out / "layers" / "deps", deps, python)
     build_python_layer(out / "layers" / "inference", inference, python, shared=out / "layers/deps")

@@ -48,6 +48,9 @@ print(json.dumps({
     "measured": measured,
     "response": response,
     "modules": sorted({name.split(".")[0] for name in sys.modules}),
+    # VmHWM, not ru_maxrss: a child inherits its parent's ru_maxrss through fork and exec.
+    "peak_rss_mb": int(next(line.split()[1] for line in open("/proc/self/status")
+                            if line.startswith("VmHWM:"))) / 1024,
 }))
 """
 
@@ -94,8 +97,8 @@ def run(
     """Import the handler module in a fresh interpreter and call it with `event`.
 
     `measure` is Python run after the import with `app` and a dict `measured` to fill.
-    Returns the import time, `measured`, the handler's response and the top-level modules
-    that were imported.
+    Returns the import time, `measured`, the handler's response, the top-level modules that
+    were imported and the process's peak memory.
     """
     command = [python, "-I", "-S", "-B", "-c", RUNNER, str(sandbox.task), str(sandbox.opt)]
     request = json.dumps({"event": event, "measure": measure})

@@ -12,12 +12,14 @@ it takes seconds), so it always checks what the current code and pins produce. T
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -60,12 +62,14 @@ sandbox = load_script("sandbox")
 
 
 @pytest.fixture(scope="module")
-def bundles() -> dict:
-    """Build the bundles; the manifest the build wrote."""
+def bundles() -> Iterator[dict]:
+    """Build the bundles; the manifest the build wrote. Other runs in this checkout wait
+    to rebuild them until these tests are done (layers/build.py's lock)."""
     subprocess.run(
         [sys.executable, str(REPO / "layers" / "build.py"), "--out", str(OUT)], check=True
     )
-    return json.loads((OUT / "manifest.json").read_text())
+    with build.locked(OUT, fcntl.LOCK_SH):
+        yield json.loads((OUT / "manifest.json").read_text())
 
 
 def deployed() -> dict[str, tuple[str, list[str]]]:
