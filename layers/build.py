@@ -79,6 +79,12 @@ BOTOCORE_SERVICES = {"s3", "dynamodb", "ssm"}
 MODEL_FILES = ("efficientnet_lite2.tflite", "efficientnet_lite2.json")
 VOCABULARY_DIR = ASSETS / "vocabulary"
 
+# The page's settings in the cloud (web/config.js): the API is the page's own origin, and
+# files go straight to the bucket with presigned forms (API Gateway caps bodies at 10 MB).
+CLOUD_PAGE_CONFIG = """// Written by layers/build.py for the cloud deployment (docs/deploy.md).
+window.IMGSEARCH_CONFIG = { api: "", upload: "presigned" };
+"""
+
 LAYERS = ("deps", "inference", "model", "vocabulary")
 # What each function imports or reads; infra/template.yaml attaches the same layers
 # (tests/test_bundles.py checks that the two agree).
@@ -268,6 +274,7 @@ def build_function(bundle: Path, function: str, python: str) -> None:
     )
     if function == "search":  # the search function serves the web page (docs/deploy.md)
         shutil.copytree(REPO / "web", bundle / "web", ignore=_ignore_caches)
+        (bundle / "web" / "config.js").write_text(CLOUD_PAGE_CONFIG)
     compile_tree(bundle, python)
     print(f"function {function}: bundled")
 
