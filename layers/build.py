@@ -22,7 +22,8 @@ is checked against, so timestamp .pyc files would be recompiled in memory at eve
 
 Sizes of each layer and of each function with its layers are printed and written to
 `<out>/manifest.json`. A Python layer is rebuilt only when its inputs change (its requirements,
-constraints.txt, this script); data layers and function bundles are copied every time.
+constraints.txt, how it is installed and trimmed); data layers and function bundles are copied
+every time.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import argparse
 import fcntl
 import glob
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -62,9 +64,9 @@ LAMBDA_UNZIPPED_LIMIT = 262_144_000
 INFERENCE_PROJECTS = {"ai-edge-litert", "annoy-mm"}
 
 # Trimmed from installed packages: nothing at run time reads these.
-TRIM_DIRS = {"tests", "__pycache__"}
+TRIM_DIRS = ("tests", "__pycache__")
 TRIM_SUFFIXES = (".pyi", ".pxd", ".h", ".c", ".cpp")
-TRIM_DIST_INFO = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
+TRIM_DIST_INFO = ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")
 # Parts of packages that nothing here loads, removed to keep the functions well inside the limit
 # (tests/test_bundles.py runs every handler on the trimmed bundles). LiteRT ships GPU (WebGPU)
 # and NPU accelerators and model tools beside the CPU interpreter: Lambda has neither GPU nor NPU.
@@ -72,7 +74,7 @@ UNUSED_PARTS = {
     "ai_edge_litert": ("libLiteRtWebGpuAccelerator.so", "vendors", "tools", "aot"),
 }
 # botocore describes every AWS service (28 MB); the functions talk to these only.
-BOTOCORE_SERVICES = {"s3", "dynamodb", "ssm"}
+BOTOCORE_SERVICES = ("s3", "dynamodb", "ssm")
 
 # The model's files are a layer of their own, the vocabulary another: the embed function needs
 # only the model, the feedback function only the vocabulary.
@@ -339,11 +341,15 @@ def find_python312() -> str:
 
 
 def fingerprint(requirements: list[str], shared: Path | None) -> str:
-    """What a Python layer is built from: its requirements, the pinned versions, this script,
-    and the layer it shares distributions with."""
+    """What a Python layer is built from: its requirements, the pinned versions, the code and
+    settings below that install and trim it, and the layer it shares distributions with.
+    (Not this whole script: changing how functions are bundled must not reinstall layers.)"""
     digest = hashlib.sha256("\n".join(requirements).encode())
     digest.update((REPO / "constraints.txt").read_bytes())
-    digest.update(Path(__file__).read_bytes())
+    for step in (build_python_layer, pip_install, remove_distributions, trim, compile_tree):
+        digest.update(inspect.getsource(step).encode())
+    settings = (PYTHON_VERSION, PLATFORMS, TRIM_DIRS, TRIM_SUFFIXES, TRIM_DIST_INFO)
+    digest.update(repr((settings, UNUSED_PARTS, BOTOCORE_SERVICES)).encode())
     if shared is not None:
         digest.update((shared / ".inputs").read_bytes())
     return digest.hexdigest()
