@@ -393,3 +393,17 @@ def test_functions_are_thin() -> None:
     for name in FUNCTIONS.values():
         source = (REPO / "functions" / name / "app.py").read_text()
         assert len(source.splitlines()) <= 15, name
+
+
+def test_direct_uploads_are_for_the_cloud_only(client) -> None:
+    """Locally there is no bucket to upload into: the page posts files to /api/images."""
+    request = {"filename": "a.jpg", "content_type": "image/jpeg"}
+    response = client.post("/api/uploads", json=request)
+    assert response.status_code == 501 and "/api/images" in response.json()["detail"]
+    assert client.post("/api/uploads", json=request, headers={"X-API-Key": "no"}).status_code == 403
+    uploaded = client.post(
+        "/api/images", files={"file": ("a.jpg", demo_image("pizza"), "image/jpeg")}
+    ).json()
+    status = client.get("/api/uploads/status", params={"key": uploaded["key"]}).json()
+    assert status["status"] == "present" and status["image_id"] == uploaded["id"]
+    assert client.get("/api/uploads/status", params={"key": "../x"}).status_code == 422
