@@ -33,7 +33,7 @@ from aws_resources import (
     resource_properties,
 )
 from conftest import REPO, demo_image
-from lambda_events import ApiGateway, QueuePoller, lambda_logging, load_function
+from lambda_events import ApiGateway, QueuePoller, load_function
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
@@ -104,7 +104,7 @@ def cloud(monkeypatch, tmp_path) -> Iterator[Cloud]:
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     get_settings.cache_clear()
-    with mock_aws(), lambda_logging():
+    with mock_aws():
         s3, sqs = boto3.client("s3"), boto3.client("sqs")
         create_bucket(s3, BUCKET)
         create_tables(boto3.client("dynamodb"), TABLES)
