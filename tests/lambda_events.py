@@ -8,9 +8,11 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -39,6 +41,19 @@ class FakeContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return 300_000
+
+
+@contextmanager
+def lambda_logging() -> Iterator[None]:
+    """Undo, afterwards, what a function's cold start does to the `imgsearch` logger (it sends
+    it to Powertools' JSON handler only), so that later tests in this process see its records."""
+    package = logging.getLogger("imgsearch")
+    saved = (package.handlers[:], package.propagate, package.level)
+    try:
+        yield
+    finally:
+        package.handlers[:], package.propagate = saved[0], saved[1]
+        package.setLevel(saved[2])
 
 
 def load_function(name: str) -> ModuleType:

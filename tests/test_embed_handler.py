@@ -11,7 +11,7 @@ import boto3
 import pytest
 from aws_resources import create_bucket, create_tables
 from conftest import demo_image
-from lambda_events import FakeContext, load_function
+from lambda_events import FakeContext, lambda_logging, load_function
 from moto import mock_aws
 
 from imgsearch.config import get_settings
@@ -34,7 +34,7 @@ def aws(monkeypatch, tmp_path):
     }.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
-    with mock_aws():
+    with mock_aws(), lambda_logging():
         s3 = boto3.client("s3")
         create_bucket(s3, BUCKET)
         create_tables(boto3.client("dynamodb"), TABLES)

@@ -45,7 +45,8 @@ Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 def cold_start(load: Iterable[Part] = ()) -> ImageSearch:
     """The service, configured from the environment, with the parts in `load` loaded now."""
-    # The core logs through the standard library; send it through the Powertools logger.
+    # The core logs through the standard library; send it through the Powertools logger
+    # (which configures registered loggers only: register the package's).
     logging.getLogger("imgsearch")
     copy_config_to_registered_loggers(source_logger=logger, include={"imgsearch"})
     service = ImageSearch(get_settings())
