@@ -24,7 +24,7 @@ function actionButton(action, label, pressed) {
 export function createTile(result, context) {
   const image = el("img", {
     src: result.thumbnail,
-    alt: result.label ? `${result.label}: ${result.key}` : result.key,
+    alt: result.key,
     loading: "lazy",
     decoding: "async",
     width: 384,
