@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import boto3
 import httpx
@@ -33,11 +33,12 @@ from aws_resources import (
     resource_properties,
 )
 from conftest import REPO, demo_image
-from lambda_events import ApiGateway, QueuePoller, load_function
+from lambda_events import ApiGateway, QueuePoller, lambda_logging, load_function
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from imgsearch.config import ASSETS_DIR, get_settings
+from imgsearch.storage.aws import CACHE_HEADROOM, S3ObjectStore
 
 pytestmark = pytest.mark.xdist_group("cloud")
 
@@ -104,7 +105,7 @@ def cloud(monkeypatch, tmp_path) -> Iterator[Cloud]:
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     get_settings.cache_clear()
-    with mock_aws():
+    with mock_aws(), lambda_logging():
         s3, sqs = boto3.client("s3"), boto3.client("sqs")
         create_bucket(s3, BUCKET)
         create_tables(boto3.client("dynamodb"), TABLES)
@@ -407,3 +408,33 @@ def test_direct_uploads_are_for_the_cloud_only(client) -> None:
     status = client.get("/api/uploads/status", params={"key": uploaded["key"]}).json()
     assert status["status"] == "present" and status["image_id"] == uploaded["id"]
     assert client.get("/api/uploads/status", params={"key": "../x"}).status_code == 422
+
+
+def test_the_local_cache_of_index_files_evicts_the_least_recently_used(
+    tmp_path, monkeypatch
+) -> None:
+    """A warm function downloads every new build of the open shard; /tmp must not fill up."""
+    megabyte = 1 << 20
+    capacity = CACHE_HEADROOM + int(2.5 * megabyte)  # room for two of the files below
+
+    def disk_usage(path: object) -> SimpleNamespace:
+        used = sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file())
+        return SimpleNamespace(total=capacity, used=used, free=capacity - used)
+
+    monkeypatch.setattr("imgsearch.storage.aws.shutil.disk_usage", disk_usage)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        s3 = boto3.client("s3", aws_access_key_id="x", aws_secret_access_key="x")
+        s3.create_bucket(Bucket="cache-test")
+        for name in "abc":
+            s3.put_object(Bucket="cache-test", Key=f"index/{name}", Body=name.encode() * megabyte)
+        store = S3ObjectStore(s3, "cache-test", tmp_path)
+        first, second = store.local_path("index/a"), store.local_path("index/b")
+        with first.open("rb") as still_mapped:
+            time.sleep(0.01)
+            store.local_path("index/a")  # used again: b is now the least recently used
+            third = store.local_path("index/c")
+            assert first.is_file() and third.is_file() and not second.exists()
+            store.local_path("index/b")  # evicted files come back on demand
+            assert not first.exists()
+            assert still_mapped.read(1) == b"a"  # a reader keeps what it opened

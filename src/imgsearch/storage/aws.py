@@ -7,6 +7,7 @@ expressions), so these adapters hold no locks and are safe from any number of La
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
@@ -44,6 +45,9 @@ from .validation import (
 
 if TYPE_CHECKING:
     from ..config import Settings
+
+# Disk space local_path leaves free besides what it downloads: scratch for index builds.
+CACHE_HEADROOM = 128 * 1024 * 1024
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 # 412: the condition is false; 409: a concurrent conditional write to the key won.
@@ -132,19 +136,40 @@ class S3ObjectStore:
                 )
 
     def local_path(self, key: str) -> Path:
-        # The cache is never invalidated: local_path is only for keys that are never replaced.
+        # Never invalidated, only evicted: local_path is only for keys that are never replaced.
         path = self.cache_dir.joinpath(self.bucket, *validate_key(key).split("/"))
         if path.is_file():
+            os.utime(path)  # recently used: evicted last
             return path
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as error:
             raise self._not_found_or(error, key) from error
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_room(int(response["ContentLength"]))
         # Atomic, so a concurrent reader never maps a half-downloaded file.
         with atomic_file(path) as file:
             shutil.copyfileobj(response["Body"], file, 1 << 20)
         return path
+
+    def _make_room(self, size: int) -> None:
+        """Evict the least recently used cached files until `size` bytes fit on the cache's
+        disk with CACHE_HEADROOM to spare.
+
+        A long-lived process (a warm Lambda, whose /tmp is small) caches every build of the
+        open shard as the index grows; the old ones are dead weight. A file evicted while an
+        index snapshot still maps it stays readable until that snapshot lets go of it.
+        """
+        needed = size + CACHE_HEADROOM
+        if shutil.disk_usage(self.cache_dir).free >= needed:
+            return
+        cached = sorted(
+            (p for p in self.cache_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_mtime
+        )
+        for path in cached:
+            path.unlink(missing_ok=True)
+            if shutil.disk_usage(self.cache_dir).free >= needed:
+                return
 
     def url(self, key: str, *, expires: int = 3600) -> str | None:
         validate_key(key)
