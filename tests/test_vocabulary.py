@@ -208,7 +208,7 @@ def test_to_dict_shape(vocab):
         assert set(term) == {"phrase", "source", "confidence", "note", "classes"}
         assert len(term["classes"]) <= 5 and term["note"]
     assert 1 <= len(out["classes"]) <= 5
-    assert all(set(c) == {"label", "weight"} for c in out["classes"])
+    assert all(set(c) == {"id", "label", "weight"} for c in out["classes"])
     assert all(c["label"] in vocab.class_names for c in out["classes"])
     weights = [c["weight"] for c in out["classes"]]
     assert weights == sorted(weights, reverse=True)

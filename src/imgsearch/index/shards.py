@@ -70,7 +70,20 @@ def build_key(shard_id: str, build_id: str, part: str) -> str:
     return f"{SHARDS_PREFIX}{shard_id}/{build_id}.{part}"
 
 
-BUILD_PARTS = ("ann", "features.npy", "probabilities.npy", "ids.json", "postings.npz", "spread.npy")
+BUILD_PARTS = (
+    "ann",
+    "projection.npz",
+    "features.npy",
+    "probabilities.npy",
+    "ids.json",
+    "postings.npz",
+    "spread.npy",
+)
+# Annoy works on each shard's own principal components: 1280-d forests are slow to build
+# and to search, and their random splits separate neighbours badly. Candidates are re-ranked
+# on the full vectors, so the projection only decides which images are looked at.
+PROJECTED_DIMS = 256
+PROJECTION_SAMPLE = 4096  # rows a projection is fitted on
 SPREAD_SIZE = 64  # representatives per shard for a first page that covers the collection
 
 
@@ -84,10 +97,10 @@ def write_build(store: ObjectStore, shard_id: str, data: ShardData, n_trees: int
     from annoy import AnnoyIndex  # here, not at the top: see Shard.__init__
 
     build_id = new_build_id()
-    dim = data.features.shape[1]
-    forest = AnnoyIndex(dim, "angular")
+    projection = Projection.fit(data.features, PROJECTED_DIMS)
+    forest = AnnoyIndex(projection.dims, "euclidean")
     forest.set_seed(1)
-    for row, vector in enumerate(data.features):
+    for row, vector in enumerate(projection.apply(data.features)):
         forest.add_item(row, vector)
     forest.build(n_trees, n_jobs=-1)
     with tempfile.TemporaryDirectory() as scratch:
@@ -96,16 +109,67 @@ def write_build(store: ObjectStore, shard_id: str, data: ShardData, n_trees: int
         forest.unload()
         parts = {
             "ann": ann_path.read_bytes(),
+            "projection.npz": projection.to_bytes(),
             "features.npy": _npy_bytes(data.features.astype(np.float16)),
             "probabilities.npy": _npy_bytes(data.probabilities.astype(np.float16)),
             "ids.json": json.dumps(data.ids).encode(),
             "postings.npz": _postings_bytes(data.probabilities),
-            "spread.npy": _npy_bytes(spread(data.features, SPREAD_SIZE)),
+            "spread.npy": _npy_bytes(_spread_of(data)),
         }
     # The forest goes last: a build whose forest exists is complete.
     for part in BUILD_PARTS[1:] + BUILD_PARTS[:1]:
         store.put(build_key(shard_id, build_id, part), parts[part], if_none_match=True)
     return build_id
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Centre, then project onto the leading principal components of a shard's vectors.
+
+    A shard with no more images than components is projected onto the span of its own
+    vectors, which keeps every distance among them: its forest is then exact in ranking.
+    """
+
+    mean: np.ndarray  # [d]
+    components: np.ndarray  # [k, d], orthonormal rows
+
+    @property
+    def dims(self) -> int:
+        return int(self.components.shape[0])
+
+    @classmethod
+    def fit(cls, features: np.ndarray, dims: int) -> Projection:
+        mean = features.mean(axis=0) if len(features) else np.zeros(features.shape[1])
+        sample = features
+        if len(sample) > PROJECTION_SAMPLE:
+            rows = np.random.default_rng(0).choice(len(sample), PROJECTION_SAMPLE, replace=False)
+            sample = sample[np.sort(rows)]
+        centred = np.asarray(sample, dtype=np.float64) - mean
+        if len(centred) < 2:  # nothing to learn directions from: any single axis will do
+            components = np.eye(1, features.shape[1])
+        else:
+            _, _, vt = np.linalg.svd(centred, full_matrices=False)
+            components = vt[: min(dims, len(centred))]
+        return cls(mean.astype(np.float32), components.astype(np.float32))
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        return (np.asarray(vectors, dtype=np.float32) - self.mean) @ self.components.T
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, mean=self.mean, components=self.components)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Projection:
+        with np.load(io.BytesIO(data)) as npz:
+            return cls(npz["mean"], npz["components"])
+
+
+def _spread_of(data: ShardData) -> np.ndarray:
+    """The shard's spread, the same whatever order its images arrived in (by image id)."""
+    by_id = np.argsort(np.asarray(data.ids, dtype=object)).astype(np.int64)
+    return by_id[spread(data.features[by_id], SPREAD_SIZE)].astype(np.int32)
 
 
 def spread(features: np.ndarray, count: int, iterations: int = 8) -> np.ndarray:
@@ -220,7 +284,10 @@ class Shard:
         self._posting_rows = postings["rows"]
         self._posting_values = postings["values"].astype(np.float32)
         self.spread = np.load(store.local_path(build_key(shard_id, build_id, "spread.npy")))
-        self._forest = AnnoyIndex(self.dim, "angular")
+        self._projection = Projection.from_bytes(
+            store.get(build_key(shard_id, build_id, "projection.npz")).data
+        )
+        self._forest = AnnoyIndex(self._projection.dims, "euclidean")
         self._forest.load(str(store.local_path(build_key(shard_id, build_id, "ann"))))
         self.live = np.ones(len(self.ids), dtype=bool)
         self.set_deleted(deleted)
@@ -238,7 +305,8 @@ class Shard:
 
     def candidates(self, vector: np.ndarray, n: int, search_k: int) -> np.ndarray:
         """Rows of approximately the `n` nearest live images (Annoy, no exact ranking yet)."""
-        rows = self._forest.get_nns_by_vector(vector, n, search_k=search_k)
+        projected = self._projection.apply(vector[np.newaxis])[0]
+        rows = self._forest.get_nns_by_vector(projected, n, search_k=search_k)
         rows = np.asarray(rows, dtype=np.int64)
         return rows[self.live[rows]] if len(rows) else rows
 
