@@ -148,8 +148,10 @@ class Projection:
         if len(centred) < 2:  # nothing to learn directions from: any single axis will do
             components = np.eye(1, features.shape[1])
         else:
-            _, _, vt = np.linalg.svd(centred, full_matrices=False)
-            components = vt[: min(dims, len(centred))]
+            # Eigenvectors of the covariance: the same directions as an SVD, several times
+            # faster for a few thousand rows of 1280 dimensions.
+            _, vectors = np.linalg.eigh(centred.T @ centred)
+            components = vectors[:, ::-1][:, : min(dims, len(centred))].T
         return cls(mean.astype(np.float32), components.astype(np.float32))
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
