@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -148,3 +149,24 @@ def test_neighbour_lists_match_brute_force_after_adds_and_removes(index_service)
         service.build_index()
     assert len(service.index) == len(present)
     assert brute_force_agreement(service) >= 0.99
+
+
+def test_an_index_of_an_older_format_is_refused_then_rebuilt(tmp_path, embedder, vocabulary):
+    from conftest import demo_image, make_service
+
+    from imgsearch.cli import main
+    from imgsearch.index.manifest import MANIFEST_KEY, IndexFormatError
+
+    old = make_service(tmp_path / "data", embedder, vocabulary)
+    ids = {old.add(f"{c}.jpg", demo_image(c)).image_id for c in ("pizza", "lotus", "chair")}
+    stored = old.storage.objects.get(MANIFEST_KEY)
+    manifest = json.loads(stored.data)
+    manifest["format"] = 1
+    old.storage.objects.put(MANIFEST_KEY, json.dumps(manifest).encode(), if_match=stored.etag)
+
+    with pytest.raises(IndexFormatError, match="imgsearch reindex"):
+        make_service(tmp_path / "data", embedder, vocabulary).count()
+    assert main(["reindex", "--data-dir", str(tmp_path / "data")]) == 0
+    rebuilt = make_service(tmp_path / "data", embedder, vocabulary)
+    assert set(rebuilt.index.image_ids()) == ids
+    assert rebuilt.search_text("pizza", limit=1).hits[0].image_id in ids

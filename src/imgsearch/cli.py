@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from imgsearch.config import Settings
+from imgsearch.index.manifest import IndexFormatError
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except KeyboardInterrupt:
         return 130
-    except CommandError as error:
+    except (CommandError, IndexFormatError) as error:
         print(f"imgsearch: {error}", file=sys.stderr)
         return 2
 
@@ -114,6 +115,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     )
     for result in summary.refused:
         print(f"  refused {result.key}: {result.reason}")
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    service = _service(args)
+    started = time.perf_counter()
+    report = service.reindex()
+    print(
+        f"index rebuilt in {time.perf_counter() - started:.1f} s: {report.added} images in "
+        f"{len(service.index.shards)} shards"
+    )
     return 0
 
 
@@ -316,6 +328,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     evaluation.set_defaults(run=cmd_eval)
+
+    reindex = commands.add_parser(
+        "reindex", help="rebuild the index from the stored embeddings (after an upgrade)"
+    )
+    data_options(reindex)
+    reindex.set_defaults(run=cmd_reindex)
 
     embed = commands.add_parser(
         "embed", help="features and class probabilities of every image under DIR, to a file"

@@ -171,6 +171,14 @@ class ImageSearch:
         self.build_index()
         return result
 
+    def reindex(self) -> BuildReport:
+        """Rebuild the index from the stored embeddings (see IndexBuilder.reindex). Call it
+        before anything else touched the index: the old manifest may be unreadable."""
+        self.index = Index(self.storage.objects)  # an index that has loaded nothing yet
+        report = self.builder.reindex()
+        self.index.refresh(force=True)
+        return report
+
     def build_index(self) -> BuildReport:
         report = self.builder.run()
         self.index.refresh(force=True)

@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from imgsearch.api.limits import BodyLimit
 from imgsearch.api.routes import feedback, health, images, search, uploads
+from imgsearch.index.manifest import IndexFormatError
 from imgsearch.service import ImageSearch
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,10 @@ def create_app(
         allow_methods=["GET", "POST", "DELETE"],
         allow_headers=["*"],
     )
+
+    @app.exception_handler(IndexFormatError)
+    async def unreadable_index(request: Request, error: IndexFormatError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=503)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from imgsearch.catalog import Catalog, ImageRecord, ImageStatus, PendingItem
-from imgsearch.index.manifest import ShardEntry, read_manifest, write_manifest
+from imgsearch.index.manifest import Manifest, ShardEntry, read_manifest, write_manifest
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
 from imgsearch.index.shards import SHARDS_PREFIX, Shard, ShardData, normalise_rows, write_build
@@ -266,6 +266,24 @@ class IndexBuilder:
         return ShardData(
             ids, normalise_rows(np.stack(features)), np.stack(probabilities).astype(np.float16)
         )
+
+    def reindex(self) -> BuildReport:
+        """Rebuild the whole index from the stored embeddings: after a change of index format,
+        or to compact sealed shards. The index is empty until the rebuild completes."""
+        lease = Lease(self.catalog.table, "indexer", self.lease_seconds)
+        if not lease.acquire():
+            raise RuntimeError("another index build is running; try again when it is done")
+        try:
+            old, etag = read_manifest(self.store)
+            for info in self.store.list("embeddings/"):
+                image_id = info.key.removeprefix("embeddings/").removesuffix(".npz")
+                record = self.catalog.image(image_id)
+                if record is not None and record.status != "removed":
+                    self.catalog.mark_pending(image_id, "add")
+            write_manifest(self.store, Manifest(next_shard=old.next_shard), etag)
+        finally:
+            lease.release()
+        return self.run()
 
     def collect_garbage(self) -> int:
         """Delete shard files no manifest names, once older than the grace period."""

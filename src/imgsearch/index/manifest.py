@@ -7,11 +7,16 @@ ETag, so a reader always sees one complete, consistent set of immutable shard bu
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 from imgsearch.storage import NotFound, ObjectStore
 
 MANIFEST_KEY = "index/manifest.json"
+INDEX_FORMAT = 2  # 2: Annoy over per-shard principal components, spread of the collection
+
+
+class IndexFormatError(RuntimeError):
+    """The index was built in a layout this version cannot read."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,9 @@ class ShardEntry:
 
 @dataclass(frozen=True)
 class Manifest:
+    # The layout of shard builds this manifest names. Builds of another format cannot be
+    # read: `imgsearch reindex` rebuilds them from the stored embeddings.
+    format: int = INDEX_FORMAT
     generation: int = 0
     shards: tuple[ShardEntry, ...] = ()
     next_shard: int = 0
@@ -38,7 +46,6 @@ class Manifest:
     dim: int = 0
     trees: int = 0
     updated_at: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def image_count(self) -> int:
@@ -54,6 +61,8 @@ class Manifest:
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
         raw = json.loads(data)
+        raw.setdefault("format", 1)  # manifests before formats were numbered
+        raw.pop("extra", None)
         shards = tuple(
             ShardEntry(**{**entry, "deleted": tuple(entry.get("deleted", ()))})
             for entry in raw.pop("shards", ())

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from imgsearch.index.manifest import Manifest, read_manifest
+from imgsearch.index.manifest import INDEX_FORMAT, IndexFormatError, Manifest, read_manifest
 from imgsearch.index.shards import Shard
 from imgsearch.storage import ObjectStore
 
@@ -78,6 +78,12 @@ class Index:
             current = self._snapshot
             if etag == current.etag:
                 return False
+            if manifest.format != INDEX_FORMAT:
+                raise IndexFormatError(
+                    f"the index is in format {manifest.format}, this version reads format "
+                    f"{INDEX_FORMAT}: run `imgsearch reindex` to rebuild it from the stored "
+                    "embeddings"
+                )
             loaded = {(s.shard_id, s.build_id): s for s in current.shards}
             shards = []
             for entry in manifest.shards:
