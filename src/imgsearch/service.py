@@ -92,11 +92,7 @@ class ImageSearch:
 
     @cached_property
     def index(self) -> Index:
-        index = Index(
-            self.storage.objects,
-            candidates=self.settings.ann_candidates,
-            search_k=self.settings.ann_search_k,
-        )
+        index = self._unloaded_index()
         index.refresh(force=True)
         built_by = index.manifest.model
         if built_by and built_by != self.model.name:
@@ -106,6 +102,13 @@ class ImageSearch:
                 "another data directory (or the model the index was built with)"
             )
         return index
+
+    def _unloaded_index(self) -> Index:
+        return Index(
+            self.storage.objects,
+            candidates=self.settings.ann_candidates,
+            search_k=self.settings.ann_search_k,
+        )
 
     @cached_property
     def neighbourhoods(self) -> Neighbourhoods:
@@ -174,7 +177,7 @@ class ImageSearch:
     def reindex(self) -> BuildReport:
         """Rebuild the index from the stored embeddings (see IndexBuilder.reindex). Call it
         before anything else touched the index: the old manifest may be unreadable."""
-        self.index = Index(self.storage.objects)  # an index that has loaded nothing yet
+        self.index = self._unloaded_index()
         report = self.builder.reindex()
         self.index.refresh(force=True)
         return report
