@@ -10,15 +10,18 @@ Lambda unpacks them (layers/sandbox.py), with the shipped .pyc files or without 
   random unit vectors and sparse class probabilities, built like real ones).
 Prints the median of --runs runs, the peak memory, and the index's bytes per image. The index
 is read from local files here; on Lambda the shard files are first copied from S3 to /tmp.
+The bundles are (re)built first (layers/build.py: seconds when the layers are current); the
+collections are cached under build/bench/cold-start, per version of the shard format.
 
-    make bundles
     .venv/bin/python bench/cold_start.py [--runs 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
+import inspect
 import statistics
 import sys
 import tempfile
@@ -30,6 +33,7 @@ import numpy as np
 
 from imgsearch.bulk import ingest_tree
 from imgsearch.config import Settings
+from imgsearch.index import shards
 from imgsearch.index.manifest import Manifest, ShardEntry, write_manifest
 from imgsearch.index.shards import ShardData, normalise_rows, write_build
 from imgsearch.service import ImageSearch
@@ -37,7 +41,9 @@ from imgsearch.storage import LocalObjectStore
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "build" / "lambda"
-WORK = REPO / "build" / "bench" / "cold-start"
+# Collections built by another version of the shard code may not load: one cache per version.
+SHARD_FORMAT = hashlib.sha256(inspect.getsource(shards).encode()).hexdigest()[:10]
+WORK = REPO / "build" / "bench" / "cold-start" / SHARD_FORMAT
 SHARD_SIZE = 5000
 SYNTHETIC_IMAGES = 10_000
 
@@ -174,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args(argv)
-    if not (BUNDLES / "manifest.json").exists():
-        raise SystemExit("build the bundles first: make bundles")
+    build.print_report(build.build(BUNDLES))
     python = build.find_python312()
     with tempfile.TemporaryDirectory() as scratch:
         rows = measure_all(args.runs, python, Path(scratch))
