@@ -9,7 +9,8 @@
    refused (`reason`), removed, or failed (`reason`).
 
 Files never pass through the API (API Gateway and Lambda cap request bodies at a few MB).
-Locally there is no bucket to upload into: POST /api/images takes the file instead.
+Locally there is no bucket to upload into: POST /api/uploads answers 404, and POST /api/images
+takes the file instead.
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ def create_upload(service: Service, _: ApiKey, body: UploadRequest) -> dict:
     """A presigned form to upload one image straight into the bucket."""
     store = service.storage.objects
     if not isinstance(store, DirectUploads):
+        # 404, not 501: there is no such resource here, and a 5xx would read as our fault.
         raise HTTPException(
-            501, detail="direct uploads need the cloud backend; here, POST the file to /api/images"
+            404, detail="direct uploads need the cloud backend; here, POST the file to /api/images"
         )
     key = upload_key(body.filename)
     form = store.presigned_post(
