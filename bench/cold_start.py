@@ -11,7 +11,7 @@ Lambda unpacks them (layers/sandbox.py), with the shipped .pyc files or without 
 Prints the median of --runs runs, the peak memory, and the index's bytes per image. The index
 is read from local files here; on Lambda the shard files are first copied from S3 to /tmp.
 The bundles are (re)built first (layers/build.py: seconds when the layers are current); the
-collections are cached under build/bench/cold-start, per version of the shard format.
+collections are cached under build/bench/cold-start, per version of the index code.
 
     .venv/bin/python bench/cold_start.py [--runs 5]
 """
@@ -33,7 +33,8 @@ import numpy as np
 
 from imgsearch.bulk import ingest_tree
 from imgsearch.config import Settings
-from imgsearch.index import shards
+from imgsearch.index import manifest as manifest_code
+from imgsearch.index import shards as shard_code
 from imgsearch.index.manifest import Manifest, ShardEntry, write_manifest
 from imgsearch.index.shards import ShardData, normalise_rows, write_build
 from imgsearch.service import ImageSearch
@@ -41,9 +42,11 @@ from imgsearch.storage import LocalObjectStore
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "build" / "lambda"
-# Collections built by another version of the shard code may not load: one cache per version.
-SHARD_FORMAT = hashlib.sha256(inspect.getsource(shards).encode()).hexdigest()[:10]
-WORK = REPO / "build" / "bench" / "cold-start" / SHARD_FORMAT
+# Collections built by another version of the index code may not load: one cache per version.
+INDEX_CODE = hashlib.sha256(
+    (inspect.getsource(shard_code) + inspect.getsource(manifest_code)).encode()
+).hexdigest()[:10]
+WORK = REPO / "build" / "bench" / "cold-start" / INDEX_CODE
 SHARD_SIZE = 5000
 SYNTHETIC_IMAGES = 10_000
 

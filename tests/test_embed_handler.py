@@ -146,10 +146,11 @@ def test_test_events_and_foreign_keys_are_ignored(aws) -> None:
     embed = load_function("embed")
     test_event = {"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": BUCKET}
     assert embed.handler(sqs_event(test_event), FakeContext()) == {"batchItemFailures": []}
-    aws.put_object(Bucket=BUCKET, Key="index/manifest.json", Body=b"{}")
-    record = s3_record(aws, "ObjectCreated:Put", "index/manifest.json", "01")
+    # An object outside images/ (were the notification's prefix filter ever lost).
+    aws.put_object(Bucket=BUCKET, Key="exports/photo.jpg", Body=demo_image("pizza"))
+    record = s3_record(aws, "ObjectCreated:Put", "exports/photo.jpg", "01")
     assert invoke(embed, record) == {"batchItemFailures": []}
-    assert embed.service.catalog.key("../index/manifest.json") is None
+    assert embed.service.count() == 0
 
 
 def test_a_failure_is_retried_until_the_last_delivery_then_recorded(aws, monkeypatch) -> None:
