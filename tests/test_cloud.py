@@ -249,12 +249,13 @@ def test_events_that_keep_failing_are_parked_as_failed_on_the_last_delivery(
     def broken_add(*args: object, **kwargs: object) -> None:
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(embed.ingestor, "add", broken_add)
     cloud.queue.drain()  # the test event
-    cloud.upload("unlucky.jpg", demo_image("pizza"))
     attempts = []
-    while (response := cloud.queue.poll()) is not None:
-        attempts.append(response)
+    with monkeypatch.context() as patch:
+        patch.setattr(embed.ingestor, "add", broken_add)
+        cloud.upload("unlucky.jpg", demo_image("pizza"))
+        while (response := cloud.queue.poll()) is not None:
+            attempts.append(response)
     max_receives = int(load_template()["Parameters"]["MaxReceiveCount"]["Default"])
     assert len(attempts) == max_receives
     assert all(len(r["batchItemFailures"]) == 1 for r in attempts[:-1])
@@ -264,7 +265,6 @@ def test_events_that_keep_failing_are_parked_as_failed_on_the_last_delivery(
     assert status.json()["reason"] == "OSError: disk on fire"
 
     # Fixed, the same key uploaded again goes through.
-    monkeypatch.undo()
     cloud.upload("unlucky.jpg", demo_image("pizza"))
     assert no_failures(cloud.queue.drain())
     status = cloud.api.request("GET", "/api/uploads/status", params={"key": "unlucky.jpg"})

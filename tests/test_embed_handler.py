@@ -161,17 +161,17 @@ def test_a_failure_is_retried_until_the_last_delivery_then_recorded(aws, monkeyp
     def fails(*args: object, **kwargs: object) -> None:
         raise TimeoutError("DynamoDB is slow today")
 
-    monkeypatch.setattr(embed.service.ingestor, "add", fails)
     message = {"Records": [record]}
-    first = embed.handler(sqs_event(message, receive_count=1), FakeContext())
-    assert len(first["batchItemFailures"]) == 1
-    assert embed.service.catalog.key("a.jpg") is None
-    last = embed.handler(sqs_event(message, receive_count=5), FakeContext())
-    assert last == {"batchItemFailures": []}
+    with monkeypatch.context() as patch:
+        patch.setattr(embed.service.ingestor, "add", fails)
+        first = embed.handler(sqs_event(message, receive_count=1), FakeContext())
+        assert len(first["batchItemFailures"]) == 1
+        assert embed.service.catalog.key("a.jpg") is None
+        last = embed.handler(sqs_event(message, receive_count=5), FakeContext())
+        assert last == {"batchItemFailures": []}
     failed = embed.service.catalog.key("a.jpg")
     assert failed.status == "failed" and failed.reason == "TimeoutError: DynamoDB is slow today"
     # The failure keeps no sequencer of its own: the same event sent again is not stale.
-    monkeypatch.undo()
     assert invoke(embed, record) == {"batchItemFailures": []}
     assert embed.service.catalog.key("a.jpg").status == "present"
 
