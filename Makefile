@@ -33,8 +33,8 @@ vocabulary: $(VOCABULARY)
 
 test: setup ## install everything (Chromium included) and run every test
 	scripts/install-chromium.sh
-	$(BIN)/ruff check src tests functions scripts bench
-	$(BIN)/ruff format --check src tests functions scripts bench
+	$(BIN)/ruff check src tests functions scripts bench layers
+	$(BIN)/ruff format --check src tests functions scripts bench layers
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 .PHONY: bundles
@@ -42,8 +42,8 @@ bundles: setup ## Lambda layers and function bundles for python3.12 on x86_64, i
 	$(BIN)/python layers/build.py --out build/lambda
 
 lint:
-	$(BIN)/ruff check src tests functions scripts bench
-	$(BIN)/ruff format --check src tests functions scripts bench
+	$(BIN)/ruff check src tests functions scripts bench layers
+	$(BIN)/ruff format --check src tests functions scripts bench layers
 
 clean:
 	rm -rf $(VENV) build src/imgsearch/assets/vocabulary

@@ -79,7 +79,10 @@ def synthesise(
 
 
 def build_index(
-    store: LocalObjectStore, features: np.ndarray, probabilities: np.ndarray, shard_size: int,
+    store: LocalObjectStore,
+    features: np.ndarray,
+    probabilities: np.ndarray,
+    shard_size: int,
     trees: int,
 ) -> tuple[list[float], int]:
     """Sealed shards of `shard_size` (the last one open), as the builder would write them."""
@@ -92,8 +95,14 @@ def build_index(
         build = write_build(store, f"s{number:06d}", data, trees)
         seconds.append(time.perf_counter() - started)
         shards.append(ShardEntry(f"s{number:06d}", build, len(ids), len(ids) == shard_size))
-    manifest = Manifest(generation=1, shards=tuple(shards), next_shard=len(shards),
-                        model="bench", dim=features.shape[1], trees=trees)
+    manifest = Manifest(
+        generation=1,
+        shards=tuple(shards),
+        next_shard=len(shards),
+        model="bench",
+        dim=features.shape[1],
+        trees=trees,
+    )
     write_manifest(store, manifest, None)
     total = sum(info.size for info in store.list("index/shards/"))
     return seconds, total
@@ -137,7 +146,8 @@ def measure(size: int, args: argparse.Namespace, real: tuple[np.ndarray, np.ndar
                 index.ranked_by_classes({int(c): 1.0 for c in classes}, 20)
                 keyword.append((time.perf_counter() - started) * 1000)
             print(
-                f"| {size:>9,} | {len(build_seconds):>4} | {statistics.median(build_seconds):6.2f} s "
+                f"| {size:>9,} | {len(build_seconds):>4} "
+                f"| {statistics.median(build_seconds):6.2f} s "
                 f"| {total_bytes / 2**20:9,.0f} MiB | {candidates:>4} | {search_k:>6} "
                 f"| {percentile(approximate, 50):7.2f} | {percentile(approximate, 99):7.2f} "
                 f"| {statistics.mean(recall):.4f} | {percentile(brute, 50):8.1f} "
@@ -153,7 +163,9 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=Settings().shard_size)
     parser.add_argument("--trees", type=int, default=Settings().ann_trees)
     parser.add_argument(
-        "--settings", type=lambda s: tuple(map(int, s.split(":"))), nargs="+",
+        "--settings",
+        type=lambda s: tuple(map(int, s.split(":"))),
+        nargs="+",
         default=[(Settings().ann_candidates, Settings().ann_search_k)],
         help="candidates:search_k pairs to compare (search_k -1: Annoy's default)",
     )
@@ -161,10 +173,14 @@ def main() -> None:
     parser.add_argument("--scratch", default=None, help="directory for the index files")
     args = parser.parse_args()
     real = real_embeddings()
-    print(f"{len(real[0])} real photos; shards of {args.shard_size:,}, {args.trees} trees; "
-          f"{args.queries} queries, k=20; times in ms")
-    print("| images | shards | build/shard | index bytes | cand. | search_k | p50 | p99 "
-          "| recall@20 | brute force p50 | speed-up | keyword p50 |")
+    print(
+        f"{len(real[0])} real photos; shards of {args.shard_size:,}, {args.trees} trees; "
+        f"{args.queries} queries, k=20; times in ms"
+    )
+    print(
+        "| images | shards | build/shard | index bytes | cand. | search_k | p50 | p99 "
+        "| recall@20 | brute force p50 | speed-up | keyword p50 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         measure(size, args, real)
