@@ -32,6 +32,7 @@ from aws_resources import (
     resource_properties,
 )
 from conftest import REPO, demo_image
+from hostile_files import corpus
 from lambda_events import ApiGateway, QueuePoller, lambda_logging, load_function
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
@@ -438,3 +439,22 @@ def test_the_local_cache_of_index_files_evicts_the_least_recently_used(
             store.local_path("index/b")  # evicted files come back on demand
             assert not first.exists()
             assert still_mapped.read(1) == b"a"  # a reader keeps what it opened
+
+
+def test_hostile_files_through_the_bucket_are_refused_with_their_reasons(cloud: Cloud) -> None:
+    cases = corpus(max_bytes=cloud.functions["EmbedFunction"].service.settings.max_image_bytes)
+    for case in cases:
+        cloud.upload(f"hostile/{case.name}", case.data)
+    cloud.upload("hostile/good.jpg", demo_image("lotus"))
+    assert no_failures(cloud.queue.drain(max_invocations=40))  # refusals are not retried
+    for case in cases:
+        status = cloud.api.request(
+            "GET", "/api/uploads/status", params={"key": f"hostile/{case.name}"}
+        ).json()
+        if case.refusal is None:
+            assert status["status"] == "present", (case.name, status)
+        else:
+            assert status["status"] == "refused" and status["reason"], (case.name, status)
+    accepted = 1 + sum(case.refusal is None for case in cases)
+    assert cloud.api.request("GET", "/api/health").json()["images"] == accepted
+    assert "hostile/good.jpg" in cloud.search("lotus")[:3]
