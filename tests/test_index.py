@@ -170,3 +170,15 @@ def test_an_index_of_an_older_format_is_refused_then_rebuilt(tmp_path, embedder,
     rebuilt = make_service(tmp_path / "data", embedder, vocabulary)
     assert set(rebuilt.index.image_ids()) == ids
     assert rebuilt.search_text("pizza", limit=1).hits[0].image_id in ids
+
+
+def test_a_builder_with_a_goal_stops_when_it_is_met(index_service) -> None:
+    """An upload request builds until its own image is in, not for everyone after it."""
+    service = index_service
+    ids = synthetic_ids(3)
+    queue(service, ids, clustered_vectors(3))
+    service.builder.batch_size = 1
+    first_in = service.builder.run(until=lambda: service.catalog.image(ids[0]).status != "pending")
+    assert first_in.added == 1 and len(service.catalog.pending()) == 2
+    drained = service.builder.run()
+    assert drained.added == 2 and not service.catalog.pending()

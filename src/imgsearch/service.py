@@ -153,8 +153,7 @@ class ImageSearch:
     def add(self, key: str, data: bytes, *, wait: float = 60.0) -> IngestResult:
         """Ingest one image and return once the index serves it (or `wait` seconds passed)."""
         result = self.ingestor.add(key, data)
-        if result.status in ("added", "duplicate", "unchanged"):
-            self.build_index()
+        if result.status in ("added", "duplicate", "unchanged") and result.image_id:
             self._wait_indexed(result.image_id, wait)
         return result
 
@@ -187,14 +186,20 @@ class ImageSearch:
         self.index.refresh(force=True)
         return report
 
-    def _wait_indexed(self, image_id: str | None, wait: float) -> None:
-        deadline = time.monotonic() + wait
-        while image_id and time.monotonic() < deadline:
+    def _wait_indexed(self, image_id: str, wait: float) -> None:
+        """Build until the image is in the index; while another builder holds the lease,
+        wait for it (it may index this image too) and try again."""
+
+        def indexed() -> bool:
             record = self.catalog.image(image_id)
-            if record is None or record.status != "pending":
+            return record is None or record.status != "pending"
+
+        deadline = time.monotonic() + wait
+        while True:
+            self.builder.run(until=indexed)
+            if indexed() or time.monotonic() >= deadline:
                 break
-            time.sleep(0.2)  # another builder holds the lease and will index it
-            self.build_index()
+            time.sleep(0.2)
         self.index.refresh(force=True)
 
     def image(self, image_id: str) -> ImageRecord | None:

@@ -19,6 +19,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -139,8 +140,14 @@ class IndexBuilder:
         self.lease_seconds = lease_seconds
         self.grace_seconds = grace_seconds
 
-    def run(self) -> BuildReport:
-        """Drain the work queue, unless another builder is already doing so."""
+    def run(self, *, until: Callable[[], bool] | None = None) -> BuildReport:
+        """Drain the work queue, unless another builder is already doing so.
+
+        With `until`, stop as soon as it holds (after a batch) and leave the rest of the
+        queue to the next builder: an upload request builds until its own image is in, not
+        for as long as others keep uploading. Those others wait for their images and build
+        them the same way, so nothing is left behind while anyone is waiting.
+        """
         report = BuildReport()
         while True:
             lease = Lease(self.catalog.table, "indexer", self.lease_seconds)
@@ -153,10 +160,12 @@ class IndexBuilder:
                     if not lease.renew():
                         log.warning("index lease lost; another builder continues")
                         return report
+                    if until is not None and until():
+                        break
             finally:
                 lease.release()
             # Work queued while we held the lease found it taken and left it to us.
-            if not self.catalog.has_pending():
+            if (until is not None and until()) or not self.catalog.has_pending():
                 break
         if report.batches:
             self.collect_garbage()

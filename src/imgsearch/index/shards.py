@@ -188,11 +188,14 @@ def spread(features: np.ndarray, count: int, iterations: int = 8) -> np.ndarray:
     rng = np.random.default_rng(0)
     centres = features[_kmeans_plus_plus(features, count, rng)]
     for _ in range(iterations):
+        # Whole-array steps only: a build shares the process with request threads, and many
+        # small numpy calls would each wait for the GIL.
         assignment = np.argmax(features @ centres.T, axis=1)
-        for cluster in range(count):
-            members = features[assignment == cluster]
-            if len(members):
-                centres[cluster] = normalise_rows(members.mean(axis=0, keepdims=True))[0]
+        members = np.zeros((n, count), dtype=np.float32)
+        members[np.arange(n), assignment] = 1.0
+        sums = members.T @ features
+        filled = members.sum(axis=0) > 0
+        centres[filled] = normalise_rows(sums[filled])
     similarity = features @ centres.T
     assignment = np.argmax(similarity, axis=1)
     sizes = np.bincount(assignment, minlength=count)
