@@ -154,7 +154,13 @@ def free_port() -> int:
 
 def start_server(data_dir: Path, port: int) -> subprocess.Popen:
     imgsearch = [sys.executable, "-m", "imgsearch.cli"]
-    environment = {**os.environ, "IMGSEARCH_API_KEY": API_KEY}
+    # Every simulated user comes from 127.0.0.1: the per-address vote limit would count them
+    # as one client. The per-session limit stays as configured.
+    environment = {
+        **os.environ,
+        "IMGSEARCH_API_KEY": API_KEY,
+        "IMGSEARCH_VOTES_PER_CLIENT_MINUTE": "1000000",
+    }
     subprocess.run(
         [*imgsearch, "ingest", str(DEMO), "--data-dir", str(data_dir), "-q"],
         check=True,
