@@ -46,12 +46,14 @@ class Settings(BaseSettings):
     max_image_pixels: int = 50_000_000
 
     # Index.
-    shard_size: int = 5000
+    # Measured by bench/index_scale.py (docs/performance.md): an open shard of 10,000 rebuilds
+    # in ~1.5 s, and 10 shards answer a query over 100,000 images in ~6 ms.
+    shard_size: int = 10_000
     ann_trees: int = 20
     # Per shard, Annoy proposes `ann_candidates` images (inspecting `ann_search_k` nodes; -1 is
     # Annoy's default of candidates x trees); exact distances then rank them.
     ann_candidates: int = 100
-    ann_search_k: int = -1
+    ann_search_k: int = 4000
     neighbours: int = 50
 
     # Feedback: how votes re-rank (see learning.py), and how long others' votes are cached.
