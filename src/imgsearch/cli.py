@@ -92,18 +92,29 @@ def cmd_init_aws(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from imgsearch.bulk import files_under, ingest_tree
+def _folder(args: argparse.Namespace) -> tuple[Path, int]:
+    """The command's image folder and how many files are under it (for the progress bar)."""
+    from imgsearch.bulk import files_under
 
     root = Path(args.directory)
     if not root.is_dir():
         raise CommandError(f"{root} is not a directory")
+    return root, sum(1 for _ in files_under(root))
+
+
+def _progress(args: argparse.Namespace, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="file", disable=args.quiet or None, file=sys.stderr)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from imgsearch.bulk import ingest_tree
+
+    root, total = _folder(args)
     service = _service(args)
-    total = sum(1 for _ in files_under(root))
     started = time.perf_counter()
-    with tqdm(total=total, unit="file", disable=args.quiet or None, file=sys.stderr) as bar:
+    with _progress(args, total) as bar:
         summary = ingest_tree(service, root, on_result=lambda _: bar.update())
     elapsed = time.perf_counter() - started
     counts = summary.counts
@@ -130,17 +141,12 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from imgsearch.bulk import embed_tree
 
-    from imgsearch.bulk import embed_tree, files_under
-
-    root = Path(args.directory)
-    if not root.is_dir():
-        raise CommandError(f"{root} is not a directory")
+    root, total = _folder(args)
     service = _service(args)
-    total = sum(1 for _ in files_under(root))
     started = time.perf_counter()
-    with tqdm(total=total, unit="file", disable=args.quiet or None, file=sys.stderr) as bar:
+    with _progress(args, total) as bar:
         embedded = embed_tree(service.ingestor, root, on_file=lambda _: bar.update())
     embedded.save(Path(args.out))
     elapsed = time.perf_counter() - started
