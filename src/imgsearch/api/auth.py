@@ -48,7 +48,12 @@ def require_api_key(service: Service, given: Annotated[str | None, Security(_hea
         return
     expected, _ = local_api_key(settings)
     if not given:
-        raise HTTPException(401, detail="this needs the API key: send it as the X-API-Key header")
+        raise HTTPException(
+            401,
+            detail="this needs the API key: send it as the X-API-Key header (locally, "
+            "`imgsearch serve` prints it on first start and keeps it in the data directory's "
+            "api-key file)",
+        )
     if not hmac.compare_digest(given.encode(), expected.encode()):
         raise HTTPException(403, detail="wrong API key")
 
