@@ -316,8 +316,9 @@ class Shard:
         return rows[self.live[rows]] if len(rows) else rows
 
     def distances(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Exact cosine distances (1 - cos) from a unit `vector` to `rows`."""
-        return 1.0 - self.features[rows].astype(np.float32) @ vector
+        """Exact cosine distances (1 - cos) from a unit `vector` to `rows`, in [0, 2] (float16
+        rounding would otherwise put an image's distance to itself slightly below 0)."""
+        return np.clip(1.0 - self.features[rows].astype(np.float32) @ vector, 0.0, 2.0)
 
     def class_scores(self, weights: Mapping[int, float]) -> np.ndarray:
         """Per row, sum over classes of weight * probability, from the posting lists."""
