@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import random
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from conftest import API_KEY, demo_image, make_service
 from imgsearch.config import Settings
 from imgsearch.events import apply_events, parse_s3_records
 from imgsearch.index.manifest import read_manifest
+from imgsearch.ingest import IngestResult
 from imgsearch.service import ImageSearch
 
 IMAGES = [("elephant", 1), ("pizza", 2), ("chair", 3), ("lotus", 4), ("watch", 5), ("camera", 6)]
@@ -38,16 +40,19 @@ def test_threads_ingesting_the_same_and_different_images(storage, embedder, voca
     settings = Settings(data_dir=tmp_path / "data", shard_size=4, api_key=API_KEY)
     images = _images()
 
-    def worker(number: int) -> list[str]:
+    def worker(number: int) -> list[IngestResult]:
         service = ImageSearch(settings, storage, embedder=embedder, vocabulary=vocabulary)
         order = random.Random(number).sample(range(len(images)), len(images))
-        return [service.add(f"w{number}/{i}.jpg", images[i]).image_id for i in order]
+        return [service.add(f"w{number}/{i}.jpg", images[i]) for i in order]
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(worker, range(4)))
+        results = [result for batch in pool.map(worker, range(4)) for result in batch]
     final = ImageSearch(settings, storage, embedder=embedder, vocabulary=vocabulary)
     final.build_index()
-    expected = {image_id for ids in results for image_id in ids}
+    expected = {result.image_id for result in results}
+    # Each image is reported added once, and a duplicate by the three workers that lost the race.
+    statuses = Counter(result.status for result in results)
+    assert statuses == {"added": len(images), "duplicate": 3 * len(images)}
     assert len(expected) == len(images)
     assert_indexed_exactly_once(final, expected)
     for image_id in expected:

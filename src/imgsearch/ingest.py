@@ -91,8 +91,7 @@ class Ingestor:
                     return self._refuse(key, held, refusal, sequencer)
                 if store_original:
                     self.catalog.put_original(key, data, content_type(decoded.format))
-                record = self._create(image_id, key, len(data), decoded, record)
-                created = True
+                record, created = self._create(image_id, key, len(data), decoded, record)
             else:
                 if store_original and not (held and held.image_id == image_id):
                     self.catalog.put_original(key, data, content_type(record.format))
@@ -142,7 +141,9 @@ class Ingestor:
         size: int,
         decoded: DecodedImage,
         previous: ImageRecord | None,
-    ) -> ImageRecord:
+    ) -> tuple[ImageRecord, bool]:
+        """Embed and record a new image; False with the record if a concurrent ingest of the
+        same bytes created it first."""
         embedding = self.embedder.embed(decoded.image)
         self.catalog.put_embedding(image_id, embedding.features, embedding.probabilities)
         self.catalog.put_thumbnail(image_id, _thumbnail(decoded))
@@ -158,13 +159,13 @@ class Ingestor:
         )
         if previous is None:
             if not self.catalog.create_image(record):
-                return self.catalog.image(image_id) or record  # a concurrent ingest made it
+                return self.catalog.image(image_id) or record, False
         else:  # the same bytes come back after being removed
             self.catalog.update_image(
                 image_id, lambda r: replace(record, created_at=r.created_at, version=r.version)
             )
         self.catalog.mark_pending(image_id, "add")
-        return record
+        return record, True
 
     def _attach(self, image_id: str, key: str) -> None:
         def add_key(record: ImageRecord) -> ImageRecord | None:
