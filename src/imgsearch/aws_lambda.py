@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,7 +76,8 @@ def process_image_events(
     )
     # Once per batch, after the failures were counted: images ingested above are queued in
     # the catalog, and a failed build must come back to be retried, so it raises.
-    service.build_index()
+    report = service.build_index()
+    logger.info("index built", extra=asdict(report))
     return response
 
 

@@ -39,9 +39,6 @@ class TermVotes:
             grouped[vote.session][vote.image_id] = vote.value
         return dict(grouped)
 
-    def of_session(self, session: str | None) -> dict[str, int]:
-        return {v.image_id: v.value for v in self.votes if v.session == session}
-
 
 class Feedback:
     def __init__(self, table: Table) -> None:

@@ -51,10 +51,6 @@ class Manifest:
     def image_count(self) -> int:
         return sum(shard.live_count for shard in self.shards)
 
-    @property
-    def open_shard(self) -> ShardEntry | None:
-        return next((s for s in self.shards if not s.sealed), None)
-
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
 
