@@ -63,3 +63,24 @@ def test_embed_then_neighbours_from_the_command_line(tmp_path, capsys) -> None:
         keys[n].split("/")[0] == keys[row].split("/")[0] for row in range(24) for n in indices[row]
     ]
     assert np.mean(same_category) > 0.9
+
+
+def test_ingest_says_when_keys_change_image_and_prefixes_keep_folders_apart(
+    tmp_path, capsys
+) -> None:
+    """Two folders with the same file names: the second replaces the first under the same keys
+    (as S3 would), and says so; with --prefix both stay."""
+    data = ["--data-dir", str(tmp_path / "data"), "-q"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    shutil.copytree(DEMO / "elephant", first)
+    shutil.copytree(DEMO / "pizza", second)
+    assert main(["ingest", str(first), *data]) == 0
+    capsys.readouterr()
+    assert main(["ingest", str(second), *data]) == 0
+    out = capsys.readouterr().out
+    assert "12 added" in out and "12 images in the collection" in out
+    assert "12 keys now hold another image than before" in out and "--prefix" in out
+
+    assert main(["ingest", str(first), "--prefix", "first/", *data]) == 0
+    out = capsys.readouterr().out
+    assert "24 images in the collection" in out and "another image" not in out

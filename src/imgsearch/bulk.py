@@ -32,6 +32,12 @@ class IngestSummary:
     def refused(self) -> list[IngestResult]:
         return [r for r in self.results if r.status == "refused"]
 
+    @property
+    def replaced(self) -> list[IngestResult]:
+        """Keys that held another image until now (a changed file, or another folder's file
+        under the same relative path)."""
+        return [r for r in self.results if r.replaced]
+
 
 def files_under(root: Path) -> Iterator[tuple[str, Path]]:
     """(key, path) of every regular file under `root`, keyed by relative POSIX path, sorted."""
@@ -47,11 +53,13 @@ def ingest_tree(
     service: ImageSearch,
     root: Path,
     *,
+    prefix: str = "",
     on_result: Progress | None = None,
     build_every: int = 500,
     workers: int = 2,
 ) -> IngestSummary:
-    """Ingest every file under `root`; the index is built every `build_every` new images.
+    """Ingest every file under `root`, keyed by `prefix` + its path relative to `root`; the
+    index is built every `build_every` new images.
 
     Decoding and storing run in `workers` threads while the model runs one image at a time,
     so a folder is ingested about as fast as the model can embed it.
@@ -60,7 +68,8 @@ def ingest_tree(
     since_build = 0
 
     def ingest_one(entry: tuple[str, Path]) -> IngestResult:
-        key, path = entry
+        relative, path = entry
+        key = prefix + relative
         try:
             data = path.read_bytes()
         except OSError as error:

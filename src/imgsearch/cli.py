@@ -115,7 +115,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     service = _service(args)
     started = time.perf_counter()
     with _progress(args, total) as bar:
-        summary = ingest_tree(service, root, on_result=lambda _: bar.update())
+        summary = ingest_tree(service, root, prefix=args.prefix, on_result=lambda _: bar.update())
     elapsed = time.perf_counter() - started
     counts = summary.counts
     print(
@@ -126,6 +126,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     )
     for result in summary.refused:
         print(f"  refused {result.key}: {result.reason}")
+    if replaced := summary.replaced:
+        print(
+            f"{len(replaced)} keys now hold another image than before, e.g. {replaced[0].key} "
+            "(to keep both folders' images, ingest each under its own --prefix)"
+        )
     return 0
 
 
@@ -289,6 +294,9 @@ def _parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="add every image under a directory")
     data_options(ingest)
     ingest.add_argument("directory", help="keys are paths relative to it")
+    ingest.add_argument(
+        "--prefix", default="", help="put before every key, e.g. 2019/ (default: none)"
+    )
     ingest.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ingest.set_defaults(run=cmd_ingest)
 

@@ -34,6 +34,7 @@ class IngestResult:
     image_id: str | None = None
     reason: str | None = None  # why a file was refused, for people
     code: str | None = None  # the same as a short code, for programs
+    replaced: str | None = None  # the other image the key held until now
 
 
 def content_id(data: bytes) -> str:
@@ -103,12 +104,15 @@ class Ingestor:
                 self.catalog.put_key(new, expected_version=held.version if held else 0)
             except PreconditionFailed:
                 continue  # another event for this key won the race: re-decide against it
+            replaced = None
             if held and held.status == "present" and held.image_id != image_id:
                 self._detach(held.image_id, key)
+                replaced = held.image_id
             if created:
-                return IngestResult(key, "added", image_id)
+                return IngestResult(key, "added", image_id, replaced=replaced)
             same = held is not None and held.status == "present" and held.image_id == image_id
-            return IngestResult(key, "unchanged" if same else "duplicate", image_id)
+            status = "unchanged" if same else "duplicate"
+            return IngestResult(key, status, image_id, replaced=replaced)
         raise RuntimeError(f"key {key}: too much contention")
 
     def remove(
