@@ -154,6 +154,11 @@ def test_request_bodies_over_the_limit_are_refused_unread(hostile_service) -> No
         )
         assert streamed.status_code == 413
 
+        # Anything but a form (a vote is JSON) is small.
+        vote = {"query": "x" * 50_000, "image_id": "0" * 16, "vote": 1, "session": "s"}
+        too_big = client.post("/api/feedback", json=vote)
+        assert too_big.status_code == 413 and "16,384 bytes" in too_big.json()["detail"]
+
 
 @pytest.mark.parametrize("key", ["../../etc/passwd", "/abs.jpg", "a/./b.jpg", "x\x00.jpg"])
 def test_keys_cannot_escape_the_collection(hostile_service, key) -> None:

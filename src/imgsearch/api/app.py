@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -16,6 +18,9 @@ from imgsearch.index.manifest import IndexFormatError
 from imgsearch.service import ImageSearch
 
 log = logging.getLogger(__name__)
+
+MAX_JSON_BYTES = 16 * 1024  # a vote is a few hundred bytes
+ECHOED_INPUT_CHARS = 100
 
 ROUTERS = {
     "health": health.router,
@@ -41,14 +46,25 @@ def create_app(
     app.state.service = service
     for name in routers:
         app.include_router(ROUTERS[name], prefix="/api")
-    # Multipart framing on top of the largest image we accept.
-    app.add_middleware(BodyLimit, max_bytes=service.settings.max_image_bytes + 64 * 1024)
+    # Forms: multipart framing on top of the largest image we accept; JSON: a vote.
+    app.add_middleware(
+        BodyLimit,
+        max_form_bytes=service.settings.max_image_bytes + 64 * 1024,
+        max_other_bytes=MAX_JSON_BYTES,
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=service.settings.allowed_origins,
         allow_methods=["GET", "POST", "DELETE"],
         allow_headers=["*"],
     )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's answer, with each echoed input cut short (never mirror a large body) and
+        # a validator's own error as its message rather than an empty object.
+        errors = [_readable(e) for e in error.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     @app.exception_handler(IndexFormatError)
     async def unreadable_index(request: Request, error: IndexFormatError) -> JSONResponse:
@@ -63,3 +79,20 @@ def create_app(
     if web_dir is not None:
         app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")
     return app
+
+
+def _readable(error: dict) -> dict:
+    readable = {**error}
+    if "input" in error:
+        readable["input"] = _shortened(error["input"])
+    if "ctx" in error:
+        readable["ctx"] = {
+            k: str(v) if isinstance(v, Exception) else v for k, v in error["ctx"].items()
+        }
+    return readable
+
+
+def _shortened(value: object) -> object:
+    if isinstance(value, str | bytes) and len(value) > ECHOED_INPUT_CHARS:
+        return f"{value[:ECHOED_INPUT_CHARS]!s}... ({len(value):,} characters)"
+    return value

@@ -18,20 +18,25 @@ class BodyTooLarge(Exception):
 
 
 class BodyLimit:
-    """Refuse request bodies over `max_bytes` with 413, before reading them whole: by the
-    declared Content-Length, or while a body without one streams in."""
+    """Refuse request bodies over their limit with 413, before reading them whole: by the
+    declared Content-Length, or while a body without one streams in. Files come as multipart
+    forms, up to `max_form_bytes`; any other body (JSON) is small, up to `max_other_bytes`."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_form_bytes: int, max_other_bytes: int) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.max_form_bytes = max_form_bytes
+        self.max_other_bytes = max_other_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(send)
+        headers = dict(scope["headers"])
+        is_form = headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
+        limit = self.max_form_bytes if is_form else self.max_other_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._refuse(send, limit)
             return
         received = 0
         exceeded = False
@@ -41,7 +46,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     exceeded = True
                     raise BodyTooLarge
             return message
@@ -55,11 +60,11 @@ class BodyLimit:
         with suppress(BodyTooLarge):
             await self.app(scope, counting_receive, guarded_send)
         if exceeded:
-            await self._refuse(send)
+            await self._refuse(send, limit)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, limit: int) -> None:
         body = json.dumps(
-            {"detail": f"request body is larger than the limit of {self.max_bytes:,} bytes"}
+            {"detail": f"request body is larger than the limit of {limit:,} bytes"}
         ).encode()
         await send(
             {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 SESSION_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 IMAGE_ID_PATTERN = r"^[0-9a-f]{16}$"
@@ -77,6 +77,14 @@ class VoteRequest(BaseModel):
     image_id: str = Field(pattern=IMAGE_ID_PATTERN)
     vote: Literal[1, -1]
     session: str = Field(pattern=SESSION_PATTERN)
+
+    @field_validator("vote", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: object) -> object:
+        # Python's True == 1, so the literal alone would take JSON true as a vote.
+        if isinstance(value, bool):
+            raise ValueError("a vote is the number 1 or -1, not true or false")
+        return value
 
 
 class VoteResponse(BaseModel):
