@@ -159,6 +159,15 @@ def test_nonsense_says_so(vocab):
     assert 0 < half.confidence < vocab.interpret("dog").confidence
 
 
+def test_an_emoji_is_read_as_its_name(vocab, wnid):
+    assert vocab.normalise("\U0001f418") == "elephant"
+    assert vocab.normalise("\U0001f436 and \U0001f431") == "dog and cat"  # not "dog face"
+    assert vocab.normalise("\u00a9 50\u00b0") == "50"  # signs below the pictographs: no words
+    elephant = vocab.interpret("\U0001f418")
+    assert elephant.level == "high"
+    assert {wnid[AFRICAN_ELEPHANT], wnid[INDIAN_ELEPHANT]} <= set(top_classes(elephant, 2))
+
+
 def test_strategies_can_be_switched_off(vocab):
     assert not vocab.interpret("kitchen", strategies=()).class_weights.any()
     assert vocab.interpret("dog", strategies=()).level == "high"
@@ -180,6 +189,7 @@ def test_strategies_can_be_switched_off(vocab):
         "xqzvbl-qqq's",
         "\u2019t-shirts\u2019",
         "the running dogs, 3 cats & 2 lions",
+        "\U0001f436\U0001f418\u2602\ufe0f \u00a9",
         "",
     ],
 )

@@ -92,6 +92,9 @@ VECTOR_FLOOR = 0.45  # GloVe cosine below which a class name is unrelated
 MODIFIER_BOOST = 0.5  # how far a describing word ("black dog") reorders the named classes
 ALIAS_CONFIDENCE = 0.7  # a class named by the word, but not by WordNet's sense of it
 HIGH_CONFIDENCE = 0.5  # from here on the words are understood, not guessed at
+# Symbols from here on (Miscellaneous Technical, U+2300: the watch) are pictographs; those
+# below (copyright, degree and trade mark signs) are not read as words.
+FIRST_PICTOGRAPH = 0x2300
 
 
 @dataclass(frozen=True)
@@ -233,9 +236,11 @@ class Vocabulary:
     # --- words -------------------------------------------------------------------------------
 
     def normalise(self, text: str) -> str:
-        """Canonical form of a query: NFKC, lower case, no accents or punctuation, single
-        spaces, each word a WordNet lemma where it is an inflection of one ("mice" -> "mouse"),
-        glued compounds split ("icecream" -> "ice cream"). normalise(normalise(x)) == x'."""
+        """Canonical form of a query: emoji as their names, NFKC, lower case, no accents or
+        punctuation, single spaces, each word a WordNet lemma where it is an inflection of one
+        ("mice" -> "mouse"), glued compounds split ("icecream" -> "ice cream").
+        normalise(normalise(x)) == x'."""
+        text = "".join(_emoji_words(ch) for ch in text)
         text = unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'")
         text = "".join(
             ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch)
@@ -565,6 +570,15 @@ class _Understood:
     reading: Reading
     weights: np.ndarray
     describing: bool
+
+
+def _emoji_words(ch: str) -> str:
+    """An emoji (or other pictograph) as the words of its Unicode name: a query of one is
+    meant as its name ("\U0001f418" -> "elephant"; "dog face" means the dog)."""
+    if ord(ch) < FIRST_PICTOGRAPH or unicodedata.category(ch) != "So":
+        return ch
+    words = unicodedata.name(ch, "").lower().split()
+    return " " + " ".join(w for w in words if w != "face") + " "
 
 
 def _count(n: int, noun: str) -> str:
