@@ -198,6 +198,34 @@ def test_more_like_this(page: Page) -> None:
     expect(page.get_by_role("heading", name="Results for \u201cstarfish\u201d")).to_be_visible()
 
 
+def test_the_open_photo_is_in_the_address(page: Page) -> None:
+    """Reload or a shared link opens the photo again; Back from a view opened in it too."""
+    page.goto("/?q=starfish")
+    expect(page.locator("#interpretation")).not_to_be_empty()
+    first = tiles(page).first
+    photo, key = first.get_attribute("data-id"), first.locator("img").get_attribute("alt")
+    first.locator(".tile-open").click()
+    expect(page.locator("#viewer-title")).to_have_text(key)
+    expect(page).to_have_url(re.compile(rf"\?q=starfish&image={photo}$"))
+
+    page.reload()
+    viewer = page.locator("#viewer")
+    expect(viewer).to_be_visible()
+    expect(page.locator("#viewer-title")).to_have_text(key)
+    expect(page.get_by_role("heading", name="Results for \u201cstarfish\u201d")).to_be_attached()
+
+    viewer.get_by_role("button", name="More like this").click()
+    expect(page.get_by_role("heading", name="More like this photo")).to_be_focused()
+    expect(page).to_have_url(re.compile(rf"\?similar={photo}$"))
+    page.go_back()
+    expect(viewer).to_be_visible()
+    expect(page.locator("#viewer-title")).to_have_text(key)
+
+    page.keyboard.press("Escape")
+    expect(viewer).to_be_hidden()
+    expect(page).to_have_url(re.compile(r"\?q=starfish$"))
+
+
 def test_search_with_a_chosen_photo_shows_it_and_photos_like_it(page: Page, screenshot) -> None:
     page.goto("/")
     expect(tiles(page)).to_have_count(PAGE_SIZE)

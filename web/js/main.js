@@ -49,6 +49,7 @@ const viewer = createViewer($("#viewer"), {
   context: voteContext,
   opener: (id) => list.opener(id),
   describe,
+  onShown: (id) => views.rememberImage(id),
   onSimilar: (id) => go({ kind: "similar", id }, { focus: true }),
   onVote: (id, value) => vote(id, value),
   onSearch: (words) => go({ kind: "search", q: words, exclude: new Set() }, { focus: true }),
@@ -278,7 +279,15 @@ photoInputs({
 
 $("img", preview).addEventListener("error", () => preview.classList.add("broken"));
 
-history.scrollRestoration = "manual"; // each view starts at the top
-addEventListener("popstate", () => show(views.fromAddress(photo !== null)));
+/** Show the view the address names, and the photo it names in the image view, if any. */
+async function showAddress(havePhoto) {
+  const image = views.imageInAddress();
+  viewer.close();
+  await show(views.fromAddress(havePhoto));
+  if (image) viewer.open(image);
+}
 
-show(views.fromAddress(false));
+history.scrollRestoration = "manual"; // each view starts at the top
+addEventListener("popstate", () => showAddress(photo !== null));
+
+showAddress(false);

@@ -7,10 +7,11 @@ import * as api from "./api.js";
 import { $, el, quoted } from "./dom.js";
 
 /** `results()` the results in order; `context()` the vote context (see tile.js) or null;
- * `opener(id)` the element to focus when the view closes on that photo; `describe(error)`. */
+ * `opener(id)` the element to focus when the view closes on that photo; `describe(error)`;
+ * `onShown(id)` each photo shown, and `onShown(null)` when the view closes. */
 export function createViewer(
   dialog,
-  { results, context, opener, describe, onSimilar, onVote, onSearch },
+  { results, context, opener, describe, onShown, onSimilar, onVote, onSearch },
 ) {
   const image = $(".viewer-image", dialog);
   const title = $("#viewer-title", dialog);
@@ -21,6 +22,7 @@ export function createViewer(
   const keys = $(".viewer-keys", dialog);
   let current = null;
   let returnTo = null;
+  let refocus = true; // false while closing to go elsewhere, which takes the focus itself
   let request = new AbortController();
 
   const neighbour = (step) => {
@@ -68,6 +70,7 @@ export function createViewer(
 
   function show(id) {
     current = id;
+    onShown(id);
     request.abort();
     request = new AbortController();
     const result = results().find((one) => one.id === id);
@@ -95,6 +98,13 @@ export function createViewer(
     );
   }
 
+  /** Close, then `go` elsewhere (the close event comes later: it must not take the focus). */
+  function leave(go) {
+    refocus = false;
+    dialog.close();
+    go();
+  }
+
   function step(by) {
     const next = neighbour(by);
     if (next) show(next.id);
@@ -106,10 +116,8 @@ export function createViewer(
     if (!button) return;
     if (button.matches("[data-close]")) dialog.close();
     else if (button.matches("[data-step]")) step(Number(button.dataset.step));
-    else if (button.matches("[data-similar]")) {
-      dialog.close();
-      onSimilar(current);
-    } else if (button.matches("[data-vote]")) {
+    else if (button.matches("[data-similar]")) leave(() => onSimilar(current));
+    else if (button.matches("[data-vote]")) {
       onVote(current, Number(button.dataset.vote)).then(showVote);
     }
   });
@@ -117,8 +125,7 @@ export function createViewer(
     const link = event.target.closest("a[data-search]");
     if (!link || event.ctrlKey || event.metaKey || event.shiftKey) return;
     event.preventDefault();
-    dialog.close();
-    onSearch(link.textContent);
+    leave(() => onSearch(link.textContent));
   });
   dialog.addEventListener("keydown", (event) => {
     if (event.key === "ArrowLeft" || event.key === "ArrowRight") {
@@ -128,7 +135,9 @@ export function createViewer(
   });
   dialog.addEventListener("close", () => {
     request.abort();
-    (opener(current) ?? returnTo)?.focus();
+    onShown(null);
+    if (refocus) (opener(current) ?? returnTo)?.focus();
+    refocus = true;
   });
 
   return {

@@ -1,6 +1,7 @@
 /** Views: what the page can show, what each is called, how it sits in the address (so Back,
  * reload and shared links work) and what it says when it has nothing to show. The user's own
- * photo cannot go in an address: views of it live in the history entry while it is in memory. */
+ * photo cannot go in an address: views of it live in the history entry while it is in memory.
+ * The photo open in the image view goes in the address too, beside the view. */
 
 import { quoted } from "./dom.js";
 
@@ -36,6 +37,22 @@ export function fromAddress(havePhoto) {
     return state.example ? { kind: "example", q: state.example } : { kind: "photo" };
   }
   return { kind: "browse" };
+}
+
+/** The photo the image view shows, as the address names it (`image=ID`), or null. */
+export function imageInAddress() {
+  const id = new URLSearchParams(location.search).get("image");
+  return id && IMAGE_ID.test(id) ? id : null;
+}
+
+/** Name the photo the image view shows in the address (null: none), in place: reload and
+ * shared links open it again, and Back to this entry from a view opened in it shows it. */
+export function rememberImage(id) {
+  const url = new URL(location.href);
+  if (url.searchParams.get("image") === id || (!id && !url.searchParams.has("image"))) return;
+  if (id) url.searchParams.set("image", id);
+  else url.searchParams.delete("image");
+  history.replaceState(history.state, "", url);
 }
 
 /** Put `view` in the address: a new history entry, or (`replace`) in place of this one. */
