@@ -119,14 +119,19 @@ def test_made_up_words_are_unknown_and_the_same_every_run(vocabulary) -> None:
     assert made_up_word("elephant", vocabulary) == word != made_up_word("pizza", vocabulary)
 
 
-def test_labels_file_needs_a_path_label_header(tmp_path) -> None:
-    good = tmp_path / "labels.csv"
-    good.write_text("path,label\na/1.jpg,a\n./b/2.jpg,b\n")
-    assert read_labels(good) == {"a/1.jpg": "a", "b/2.jpg": "b"}
-    bad = tmp_path / "bad.csv"
-    bad.write_text("file,class\na/1.jpg,a\n")
-    with pytest.raises(EvaluationError, match="path,label"):
-        read_labels(bad)
+def test_labels_files_as_they_come(tmp_path) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\na/1.jpg,a\n./b/2.jpg,b\n")
+    assert read_labels(labels) == {"a/1.jpg": "a", "b/2.jpg": "b"}
+    # A spreadsheet's export: byte-order mark, Windows line ends and paths, a blank line.
+    labels.write_bytes(b"\xef\xbb\xbfPath,Label\r\na\\1.jpg, two words \r\n\r\nb/2.jpg,b\r\n")
+    assert read_labels(labels) == {"a/1.jpg": "two words", "b/2.jpg": "b"}
+    labels.write_text("a/1.jpg,a\nb/2.jpg,b\n")  # no header
+    assert read_labels(labels) == {"a/1.jpg": "a", "b/2.jpg": "b"}
+    for bad in ("path,label\na/1.jpg,a,extra\n", "path,label\na/1.jpg,\n", "path,label\n"):
+        labels.write_text(bad)
+        with pytest.raises(EvaluationError, match="path,label"):
+            read_labels(labels)
     with pytest.raises(EvaluationError, match="unknown strategies"):
         parse_strategies("vectors,telepathy")
 

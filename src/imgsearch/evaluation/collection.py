@@ -43,20 +43,26 @@ class LabelledCollection:
 
 
 def read_labels(path: Path) -> dict[str, str]:
-    """`path,label` rows (a header row first) -> {relative POSIX path: label}."""
+    """`path,label` rows -> {relative POSIX path: label}. A first row `path,label` is a header;
+    a byte-order mark, Windows line ends and backslashes in paths are taken as meant."""
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError as error:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError) as error:
         raise EvaluationError(f"cannot read {path}: {error}") from error
-    if not rows or not {"path", "label"} <= set(rows[0]):
-        raise EvaluationError(f"{path}: expected a header row 'path,label' and one row per image")
+    if rows and [cell.strip().lower() for cell in rows[0]] == ["path", "label"]:
+        rows = rows[1:]
+    if not rows:
+        raise EvaluationError(f"{path}: no rows; expected 'path,label', one row per image")
     labels: dict[str, str] = {}
-    for number, row in enumerate(rows, start=2):
-        relative, label = (row["path"] or "").strip(), (row["label"] or "").strip()
-        if not relative or not label:
-            raise EvaluationError(f"{path}, line {number}: empty path or label")
-        labels[Path(relative).as_posix()] = label
+    for number, row in enumerate(rows, start=1):
+        cells = [cell.strip() for cell in row]
+        if len(cells) != 2 or not all(cells):
+            raise EvaluationError(
+                f"{path}: row {number} is {row!r}; expected 'path,label', one row per image"
+            )
+        relative, label = cells
+        labels[Path(relative.replace("\\", "/")).as_posix()] = label
     return labels
 
 
