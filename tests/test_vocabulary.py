@@ -162,10 +162,17 @@ def test_nonsense_says_so(vocab):
 def test_an_emoji_is_read_as_its_name(vocab, wnid):
     assert vocab.normalise("\U0001f418") == "elephant"
     assert vocab.normalise("\U0001f436 and \U0001f431") == "dog and cat"  # not "dog face"
-    assert vocab.normalise("\u00a9 50\u00b0") == "50"  # signs below the pictographs: no words
+    assert vocab.normalise("\u00a9 cat\u00b0") == "cat"  # signs below the pictographs: no words
     elephant = vocab.interpret("\U0001f418")
     assert elephant.level == "high"
     assert {wnid[AFRICAN_ELEPHANT], wnid[INDIAN_ELEPHANT]} <= set(top_classes(elephant, 2))
+
+
+def test_numbers_show_nothing_and_cost_no_confidence(vocab):
+    assert vocab.normalise("3 cats") == "cat"
+    numbered = vocab.interpret("001.backpack")  # a dataset's folder name
+    assert numbered.query == "backpack"
+    assert numbered.confidence == vocab.interpret("backpack").confidence
 
 
 def test_strategies_can_be_switched_off(vocab):

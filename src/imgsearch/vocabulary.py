@@ -236,10 +236,10 @@ class Vocabulary:
     # --- words -------------------------------------------------------------------------------
 
     def normalise(self, text: str) -> str:
-        """Canonical form of a query: emoji as their names, NFKC, lower case, no accents or
-        punctuation, single spaces, each word a WordNet lemma where it is an inflection of one
-        ("mice" -> "mouse"), glued compounds split ("icecream" -> "ice cream").
-        normalise(normalise(x)) == x'."""
+        """Canonical form of a query: emoji as their names, NFKC, lower case, no accents,
+        punctuation or numbers, single spaces, each word a WordNet lemma where it is an
+        inflection of one ("mice" -> "mouse"), glued compounds split ("icecream" -> "ice
+        cream"). normalise(normalise(x)) == x'."""
         text = "".join(_emoji_words(ch) for ch in text)
         text = unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'")
         text = "".join(
@@ -250,7 +250,7 @@ class Vocabulary:
 
     def _normalise_token(self, token: str) -> list[str]:
         token = token.strip("'-")
-        if not token:
+        if not token or token.isdigit():  # "3 cats", "001.backpack": a number shows nothing
             return []
         lemma = self._lemmatise(token)
         if "-" in token and not self._is_lemma_word(lemma):
