@@ -49,6 +49,8 @@ MICROWAVE, TOASTER, STOVE, REFRIGERATOR = "n03761084", "n04442312", "n04330267",
 DISHWASHER, WAFFLE_IRON, DUTCH_OVEN, FRYING_PAN = "n03207941", "n04542943", "n03259280", "n03400231"
 MOSQUE, COMPUTER_MOUSE, HAMSTER = "n03788195", "n03793489", "n02342885"
 CRANE_BIRD, CRANE_MACHINE = "n02012849", "n03126707"
+BINOCULARS, CLEAVER, AIRLINER, WARPLANE = "n02841315", "n03041632", "n02690373", "n04552348"
+HARD_DISK = "n03492542"
 
 
 def test_plural_is_read_as_its_singular(vocab, wnid):
@@ -146,6 +148,20 @@ def test_unknown_to_imagenet_is_guessed_with_low_confidence(vocab, wnid):
     minaret = vocab.interpret("minaret")
     assert wnid[MOSQUE] in top_classes(minaret, 3)
     assert minaret.level == "low"
+
+
+def test_a_class_named_only_in_the_plural(vocab, wnid):
+    binocular = vocab.interpret("binocular")  # WordNet knows only "binoculars"
+    assert top_classes(binocular, 1) == [wnid[BINOCULARS]] and binocular.level == "high"
+
+
+def test_guesses_do_not_follow_another_sense_of_a_synonym(vocab, wnid):
+    # A helicopter is also a "chopper", which names the cleaver; a road's kinds include the
+    # "drive", which names the hard disk drive.
+    helicopter = top_classes(vocab.interpret("helicopter"), 10)
+    assert wnid[CLEAVER] not in helicopter
+    assert {wnid[AIRLINER], wnid[WARPLANE]} <= set(helicopter)
+    assert wnid[HARD_DISK] not in top_classes(vocab.interpret("road"), 10)
 
 
 def test_nonsense_says_so(vocab):

@@ -89,6 +89,7 @@ MENTION_CLASSES = 10  # a word mentioned by more classes than this is down-weigh
 HYPONYM_LEVELS = 1  # kinds of the word whose names are looked for in class descriptions
 HYPONYM_MENTION_FACTOR = 0.5
 VECTOR_FLOOR = 0.45  # GloVe cosine below which a class name is unrelated
+SAME_WORD_COSINE = 0.995  # a class name this close to a word is that word (float16 vectors)
 MODIFIER_BOOST = 0.5  # how far a describing word ("black dog") reorders the named classes
 ALIAS_CONFIDENCE = 0.7  # a class named by the word, but not by WordNet's sense of it
 HIGH_CONFIDENCE = 0.5  # from here on the words are understood, not guessed at
@@ -396,7 +397,9 @@ class Vocabulary:
             self._senses(word_id) if word_id is not None else (np.zeros(0, int), np.zeros(0))
         )
         # A class the table names by the phrase when WordNet's senses of it don't reach it.
-        named = {c for c in self._aliases.get(phrase, ()) if self._class_synset[c] not in synsets}
+        # ("binocular": WordNet knows only "binoculars", which morphology does not reach.)
+        aliased = self._aliases.get(phrase) or self._aliases.get(phrase + "s", ())
+        named = {c for c in aliased if self._class_synset[c] not in synsets}
         # Classes some sense of the phrase reaches are weighed by that sense alone: the rodent
         # sense of "mouse" must not guess the computer mouse because the class is named "mouse".
         covered = np.zeros(self._n_classes, dtype=bool)
@@ -477,7 +480,8 @@ class Vocabulary:
         if "vectors" in strategies:
             vector = self._phrase_vector(phrase)
             if vector is not None:
-                missing *= 1.0 - self._vector_evidence(vector)
+                homonyms = self._names_among(self._synset_lemmas(synset), but=phrase)
+                missing *= 1.0 - self._vector_evidence(vector, ignore=homonyms)
         evidence = _best(np.where(exclude, 0.0, 1.0 - missing))
         return evidence, 0.5 * float(evidence.max())
 
@@ -511,12 +515,14 @@ class Vocabulary:
         """Classes whose description names the word: "toaster: a kitchen appliance ..."."""
         evidence = np.zeros(self._n_classes)
         words = {self._word_id[w]: 1.0 for w in phrase.split() if w in self._word_id}
+        # Its other names, and its kinds' names ("sport" -> basketball, golf, skiing -> their
+        # balls and skis), each as likely as the name means that sense: the helicopter's
+        # "chopper" is mostly the cleaver's, the driveway's "drive" mostly the disk's.
         for word in self._synset_lemmas(synset).tolist():
-            words.setdefault(word, 1.0)
-        # Its kinds' names too: "sport" -> basketball, golf, skiing -> their balls and skis.
+            words.setdefault(word, self._sense_share(word, synset))
         for kind in self._hyponyms(synset, HYPONYM_LEVELS):
             for word in self._synset_lemmas(kind).tolist():
-                words.setdefault(word, HYPONYM_MENTION_FACTOR)
+                words.setdefault(word, HYPONYM_MENTION_FACTOR * self._sense_share(word, kind))
         for word, factor in words.items():
             if word >= self._n_vectors:
                 continue
@@ -529,6 +535,11 @@ class Vocabulary:
             strength = MENTION_EVIDENCE * factor * rarity * self._mention_weight[hits]
             np.maximum.at(evidence, rows, strength)
         return evidence
+
+    def _sense_share(self, word: int, synset: int) -> float:
+        """The probability that `word` means `synset`."""
+        senses, probabilities = self._senses(word)
+        return float(probabilities[senses == synset].sum())
 
     def _hyponyms(self, synset: int, levels: int) -> list[int]:
         found, frontier = [], [synset]
@@ -545,10 +556,23 @@ class Vocabulary:
             return None
         return _unit(self._vectors[ids].astype(np.float32).mean(axis=0))
 
-    def _vector_evidence(self, vector: np.ndarray) -> np.ndarray:
-        """Cosine with each class's closest name, mapped so that a near-synonym counts about
-        as much as a WordNet relation and the unrelated background (cosine < ~0.45) not at all."""
+    def _names_among(self, words: np.ndarray, *, but: str) -> np.ndarray:
+        """Which class names are one of `words` (other than the typed ones): a class so named
+        shares a name with the sense, not its meaning ("chopper": helicopter and cleaver)."""
+        typed = {self._word_id.get(w) for w in but.split()}
+        ids = [w for w in words.tolist() if w < self._n_vectors and w not in typed]
+        if not ids:
+            return np.zeros(len(self._name_vectors), dtype=bool)
+        lemmas = _unit(self._vectors[ids].astype(np.float32))
+        return (self._name_vectors @ lemmas.T).max(axis=1) > SAME_WORD_COSINE
+
+    def _vector_evidence(self, vector: np.ndarray, ignore: np.ndarray | None = None) -> np.ndarray:
+        """Cosine with each class's closest name (but the `ignore`d ones), mapped so that a
+        near-synonym counts about as much as a WordNet relation and the unrelated background
+        (cosine < ~0.45) not at all."""
         cosine = self._name_vectors @ vector
+        if ignore is not None:
+            cosine = np.where(ignore, -1.0, cosine)
         best = np.full(self._n_classes, -1.0, dtype=np.float32)
         np.maximum.at(best, self._name_class, cosine)
         return np.clip((best - VECTOR_FLOOR) / (1.0 - VECTOR_FLOOR), 0.0, 1.0) ** 2
