@@ -50,7 +50,7 @@ DISHWASHER, WAFFLE_IRON, DUTCH_OVEN, FRYING_PAN = "n03207941", "n04542943", "n03
 MOSQUE, COMPUTER_MOUSE, HAMSTER = "n03788195", "n03793489", "n02342885"
 CRANE_BIRD, CRANE_MACHINE = "n02012849", "n03126707"
 BINOCULARS, CLEAVER, AIRLINER, WARPLANE = "n02841315", "n03041632", "n02690373", "n04552348"
-HARD_DISK = "n03492542"
+HARD_DISK, DALMATIAN = "n03492542", "n02110341"
 
 
 def test_plural_is_read_as_its_singular(vocab, wnid):
@@ -148,6 +148,12 @@ def test_unknown_to_imagenet_is_guessed_with_low_confidence(vocab, wnid):
     minaret = vocab.interpret("minaret")
     assert wnid[MOSQUE] in top_classes(minaret, 3)
     assert minaret.level == "low"
+
+
+def test_the_sense_the_classifier_can_see_is_the_likelier(vocab, wnid):
+    # WordNet lists the native of Dalmatia first; an image search means the dog.
+    dalmatian = vocab.interpret("dalmatian")
+    assert dalmatian.level == "high" and top_classes(dalmatian, 1) == [wnid[DALMATIAN]]
 
 
 def test_a_class_named_only_in_the_plural(vocab, wnid):

@@ -71,6 +71,9 @@ UNPICTURABLE_FACTOR = 0.25
 # A group (a congregation, a fleet) shows only through its members: "church" means the building.
 GROUP_FACTOR = 0.5
 INSTANCE_FACTOR = 0.1  # a named person or place: rarely what an image search means
+# A sense the classifier can see (ImageNet classes at or below it) is the likelier meaning in
+# an image search: "dalmatian" the dog rather than a native of Dalmatia, "tick" the mite.
+SEEN_SENSE_FACTOR = 3.0
 
 # How much a guessed class counts next to a class the word names (which counts 1).
 GUESS_WEIGHT = 0.6
@@ -181,6 +184,7 @@ class Vocabulary:
             picturable[tables["synset_lexname"]], 1.0, UNPICTURABLE_FACTOR
         )
         self._synset_factor[tables["synset_lexname"] == lexnames.index("noun.group")] = GROUP_FACTOR
+        self._synset_factor[np.diff(tables["below_ptr"]) > 0] *= SEEN_SENSE_FACTOR
         n_synsets = len(tables["synset_offset"])
         self._is_instance = np.zeros(n_synsets, dtype=bool)
         self._is_instance[tables["instance"]] = True
