@@ -10,7 +10,8 @@ is relevant, so a broad word ranks first the images most surely of its kind ("do
 
 How a phrase becomes class weights:
 - Every WordNet noun sense counts, weighed by its SemCor tag count (WordNet's own frequency
-  order breaks ties), less if it cannot be pictured (an attribute, a time, a named person).
+  order breaks ties), less if it cannot be pictured (an attribute, a time, a named person),
+  more if the classifier can see it (it has ImageNet classes).
 - A sense with ImageNet classes at or below it in the hypernym tree gives them its weight
   ("vehicle" covers cars, boats and planes); so do class names and synonyms ("beach" names the
   seashore class).
