@@ -40,6 +40,21 @@ def test_replacing_the_bytes_under_a_key_replaces_the_image(service) -> None:
     assert service.count() == 1
 
 
+def test_refused_bytes_sent_under_a_key_leave_its_image(service) -> None:
+    """Through the API or the CLI the caller holds the bytes: refusing them changes nothing.
+    From the bucket, the object itself was replaced by them: its image goes."""
+    kept = service.add("photo.jpg", demo_image("camera"))
+    refused = service.add("photo.jpg", b"not an image at all")
+    assert refused.status == "refused"
+    assert service.find_key("photo.jpg").id == kept.image_id
+    assert service.image(kept.image_id).status == "indexed" and service.count() == 1
+
+    replaced = service.ingestor.add("photo.jpg", b"not an image at all", store_original=False)
+    service.build_index()
+    assert replaced.status == "refused" and service.catalog.key("photo.jpg").status == "refused"
+    assert service.image(kept.image_id) is None and service.count() == 0
+
+
 def test_removing_a_key_keeps_an_image_another_key_still_holds(service) -> None:
     data = demo_image("lotus")
     added = service.add("one.jpg", data)

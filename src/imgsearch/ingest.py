@@ -89,6 +89,10 @@ class Ingestor:
                 try:
                     decoded = self.decode(data)
                 except ImageRefused as refusal:
+                    if store_original and held and held.status == "present":
+                        # Refused bytes sent to replace an image: the image stays. (From the
+                        # bucket, the object itself was replaced, and its image must go.)
+                        return _refused(key, refusal)
                     return self._refuse(key, held, refusal, sequencer)
                 if store_original:
                     self.catalog.put_original(key, data, content_type(decoded.format))
@@ -202,7 +206,11 @@ class Ingestor:
         else:
             if held and held.status == "present" and held.image_id:
                 self._detach(held.image_id, key)
-        return IngestResult(key, "refused", reason=str(refusal), code=refusal.reason)
+        return _refused(key, refusal)
+
+
+def _refused(key: str, refusal: ImageRefused) -> IngestResult:
+    return IngestResult(key, "refused", reason=str(refusal), code=refusal.reason)
 
 
 def _kept(held: KeyRecord | None) -> str | None:
