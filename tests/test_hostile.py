@@ -174,6 +174,25 @@ def test_keys_cannot_escape_the_collection(hostile_service, key) -> None:
     assert stored == {"images/uploads/x.jpg"}
 
 
+def test_inputs_long_in_bytes_but_within_the_limits_are_answered(hostile_service) -> None:
+    """200 characters of emoji make a query of hundreds of words and a key of 800 bytes."""
+    emoji, wide = "\U0001f600" * 200, "\U00010348" * 1000
+    with TestClient(create_app(hostile_service), headers={"X-API-Key": API_KEY}) as client:
+        image_id = client.post("/api/images", files={"file": ("a.jpg", demo_image("chair"))})
+        image_id = image_id.json()["id"]
+        search = client.get("/api/search", params={"q": emoji, "session": "s"})
+        assert search.status_code == 200 and len(search.json()["interpretation"]["query"]) < 1000
+        vote = {"query": emoji, "image_id": image_id, "vote": 1, "session": "s"}
+        assert client.post("/api/feedback", json=vote).status_code == 200
+        files = {"file": ("q.jpg", demo_image("chair"))}
+        by_example = client.post(
+            "/api/search/image", files=files, data={"query": emoji, "session": "s"}
+        )
+        assert by_example.status_code == 200
+        found = client.get("/api/images", params={"key": wide})
+        assert found.status_code == 200 and found.json()["total"] == 0
+
+
 def test_votes_are_rate_limited_per_session(tmp_path, embedder, vocabulary) -> None:
     service = make_service(tmp_path / "data", embedder, vocabulary, votes_per_session_minute=5)
     image_id = service.add("a.jpg", demo_image("watch")).image_id

@@ -27,7 +27,8 @@ from imgsearch.index.shards import normalise_rows
 from imgsearch.ingest import Ingestor, IngestResult, content_id
 from imgsearch.learning import Learner, Taught
 from imgsearch.ranking import CANDIDATES, FIRST_PAGE, Hit, explore_page, learned_ranking
-from imgsearch.storage import Storage, open_storage
+from imgsearch.storage import InvalidKey, Storage, open_storage
+from imgsearch.storage.validation import validate_key
 from imgsearch.vocabulary import HIGH_CONFIDENCE
 
 if TYPE_CHECKING:
@@ -214,6 +215,10 @@ class ImageSearch:
         return [r for r in records if r is not None], len(self.index)
 
     def find_key(self, key: str) -> ImageRecord | None:
+        try:
+            validate_key(key)
+        except InvalidKey:
+            return None  # ingest refuses such a key: nothing can be stored under it
         held = self.catalog.key(key)
         if held is None or held.status != "present" or not held.image_id:
             return None

@@ -97,6 +97,9 @@ SAME_WORD_COSINE = 0.995  # a class name this close to a word is that word (floa
 MODIFIER_BOOST = 0.5  # how far a describing word ("black dog") reorders the named classes
 ALIAS_CONFIDENCE = 0.7  # a class named by the word, but not by WordNet's sense of it
 HIGH_CONFIDENCE = 0.5  # from here on the words are understood, not guessed at
+# Words of a query beyond these are dropped: the normalised query keys its votes in the table,
+# and a query of many emoji (each a few words) must still make a key of bounded size.
+MAX_QUERY_WORDS = 32
 # Symbols from here on (Miscellaneous Technical, U+2300: the watch) are pictographs; those
 # below (copyright, degree and trade mark signs) are not read as words.
 FIRST_PICTOGRAPH = 0x2300
@@ -252,7 +255,8 @@ class Vocabulary:
             ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch)
         )
         tokens = re.sub(r"[^a-z0-9'\-]+", " ", text).split()
-        return " ".join(word for token in tokens for word in self._normalise_token(token))
+        words = [word for token in tokens for word in self._normalise_token(token)]
+        return " ".join(words[:MAX_QUERY_WORDS])
 
     def _normalise_token(self, token: str) -> list[str]:
         token = token.strip("'-")
