@@ -84,3 +84,13 @@ def test_ingest_says_when_keys_change_image_and_prefixes_keep_folders_apart(
     assert main(["ingest", str(first), "--prefix", "first/", *data]) == 0
     out = capsys.readouterr().out
     assert "24 images in the collection" in out and "another image" not in out
+
+
+def test_a_file_name_no_key_may_have_is_refused_and_the_rest_go_on(tmp_path, capsys) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a\\b.jpg").write_bytes((DEMO / "pizza" / "image_0001.jpg").read_bytes())
+    (folder / "ok.jpg").write_bytes((DEMO / "pizza" / "image_0002.jpg").read_bytes())
+    assert main(["ingest", str(folder), "--data-dir", str(tmp_path / "data"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "1 added" in out and "1 refused" in out and "refused a\\b.jpg: key contains" in out

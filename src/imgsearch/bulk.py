@@ -16,6 +16,7 @@ from imgsearch.embedding import Embedding
 from imgsearch.images import ImageRefused
 from imgsearch.ingest import Ingestor, IngestResult
 from imgsearch.service import ImageSearch
+from imgsearch.storage import InvalidKey
 
 Progress = Callable[[IngestResult], None]
 
@@ -76,7 +77,10 @@ def ingest_tree(
             return IngestResult(
                 key, "refused", reason=f"cannot read file: {error}", code="unreadable"
             )
-        return service.ingestor.add(key, data)
+        try:
+            return service.ingestor.add(key, data)
+        except InvalidKey as error:  # a file name no key may have: the others go on
+            return IngestResult(key, "refused", reason=str(error), code="invalid_key")
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for result in pool.map(ingest_one, files_under(root)):
