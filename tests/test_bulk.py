@@ -34,6 +34,12 @@ def test_exact_neighbours_agree_with_a_naive_loop(metric) -> None:
         np.testing.assert_allclose(distances[row], [d for d, _ in naive[:7]], rtol=1e-4, atol=1e-4)
 
 
+def test_too_few_rows_give_no_neighbours() -> None:
+    for n in (0, 1):
+        indices, distances = exact_neighbours(np.ones((n, 4), np.float32), 5)
+        assert indices.shape == distances.shape == (n, 0)
+
+
 def test_unknown_metric_is_refused() -> None:
     with pytest.raises(ValueError, match="hamming"):
         pairwise_distances(np.ones((1, 2)), np.ones((1, 2)), "hamming")

@@ -261,6 +261,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number of 1 or more")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgsearch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
@@ -365,9 +372,12 @@ def _parser() -> argparse.ArgumentParser:
     neighbours.add_argument(
         "--metric", choices=["cosine", "euclidean", "manhattan"], default="cosine"
     )
-    neighbours.add_argument("--k", type=int, default=50)
+    neighbours.add_argument("--k", type=_positive, default=50)
     neighbours.add_argument(
-        "--jobs", type=int, default=os.cpu_count() or 1, help="threads (default: one per core)"
+        "--jobs",
+        type=_positive,
+        default=os.cpu_count() or 1,
+        help="threads (default: one per core)",
     )
     neighbours.add_argument("--out", help="default: FILE.<metric>.neighbours.npz")
     neighbours.set_defaults(run=cmd_neighbours)

@@ -42,7 +42,7 @@ def exact_neighbours(
     """For every row, the `k` nearest other rows: (indices [n, k], distances [n, k])."""
     features = np.asarray(features, dtype=np.float32)
     n = len(features)
-    k = min(k, n - 1)
+    k = max(0, min(k, n - 1))  # none for a single row, or none at all
     indices = np.empty((n, k), dtype=np.int32)
     distances = np.empty((n, k), dtype=np.float32)
 
