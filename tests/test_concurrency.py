@@ -59,6 +59,28 @@ def test_threads_ingesting_the_same_and_different_images(storage, embedder, voca
         assert len(final.image(image_id).keys) == 4  # every worker's key remembered
 
 
+def test_threads_bringing_back_a_removed_image_keep_every_key(tmp_path, embedder, vocabulary):
+    """The same bytes come back under four keys at once after their image was removed."""
+    settings = Settings(data_dir=tmp_path / "data", shard_size=4, api_key=API_KEY)
+    data = demo_image("pizza", 2)
+    first = ImageSearch(settings, embedder=embedder, vocabulary=vocabulary)
+    image_id = first.add("gone.jpg", data).image_id
+    first.remove("gone.jpg")
+    assert first.image(image_id) is None
+
+    def worker(number: int) -> IngestResult:
+        service = ImageSearch(settings, embedder=embedder, vocabulary=vocabulary)
+        return service.ingestor.add(f"back/{number}.jpg", data)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(worker, range(4)))
+    assert Counter(result.status for result in results) == {"added": 1, "duplicate": 3}
+    final = ImageSearch(settings, embedder=embedder, vocabulary=vocabulary)
+    final.build_index()
+    assert sorted(final.image(image_id).keys) == [f"back/{n}.jpg" for n in range(4)]
+    assert_indexed_exactly_once(final, {image_id})
+
+
 def _ingest_in_process(data_dir: str, number: int) -> list[str]:
     service = ImageSearch(Settings(data_dir=Path(data_dir), shard_size=4))
     images = _images()

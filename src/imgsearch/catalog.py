@@ -188,12 +188,22 @@ class Catalog:
     def thumbnail_url(self, image_id: str) -> str | None:
         return self.objects.url(f"thumbnails/{image_id}.jpg")
 
-    def put_embedding(self, image_id: str, features: np.ndarray, probabilities: np.ndarray) -> None:
+    def put_embedding(
+        self,
+        image_id: str,
+        features: np.ndarray,
+        probabilities: np.ndarray,
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        """Store an image's embedding. Same bytes, same embedding: if a concurrent ingest
+        stored it first, that is fine, unless `overwrite` (a removal may be deleting it)."""
         buffer = io.BytesIO()
         np.savez(buffer, features=features.astype(np.float32), probabilities=probabilities)
-        # Same bytes, same embedding: if a concurrent ingest stored it first, that is fine.
         with suppress(PreconditionFailed):
-            self.objects.put(f"embeddings/{image_id}.npz", buffer.getvalue(), if_none_match=True)
+            self.objects.put(
+                f"embeddings/{image_id}.npz", buffer.getvalue(), if_none_match=not overwrite
+            )
 
     def embedding(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         """Features and probabilities of an ingested image. Raises NotFound."""

@@ -153,8 +153,7 @@ class Ingestor:
         """Embed and record a new image; False with the record if a concurrent ingest of the
         same bytes created it first."""
         embedding = self.embedder.embed(decoded.image)
-        self.catalog.put_embedding(image_id, embedding.features, embedding.probabilities)
-        self.catalog.put_thumbnail(image_id, _thumbnail(decoded))
+        thumbnail = _thumbnail(decoded)
         top = np.argsort(-embedding.probabilities)[:TOP_CLASSES]
         record = ImageRecord(
             id=image_id,
@@ -166,12 +165,27 @@ class Ingestor:
             classes=tuple((int(c), round(float(embedding.probabilities[c]), 5)) for c in top),
         )
         if previous is None:
+            # What is derived first, so that no reader finds a record without it.
+            self.catalog.put_embedding(image_id, embedding.features, embedding.probabilities)
+            self.catalog.put_thumbnail(image_id, thumbnail)
             if not self.catalog.create_image(record):
                 return self.catalog.image(image_id) or record, False
         else:  # the same bytes come back after being removed
-            self.catalog.update_image(
-                image_id, lambda r: replace(record, created_at=r.created_at, version=r.version)
+            revived = False
+
+            def revive(current: ImageRecord) -> ImageRecord | None:
+                nonlocal revived
+                revived = current.status == "removed"  # else a concurrent ingest revived it
+                return replace(record, created_at=current.created_at) if revived else None
+
+            stored = self.catalog.update_image(image_id, revive)
+            if not revived:
+                return stored or record, False
+            # After the record: the removal may still be deleting the old derived files.
+            self.catalog.put_embedding(
+                image_id, embedding.features, embedding.probabilities, overwrite=True
             )
+            self.catalog.put_thumbnail(image_id, thumbnail)
         self.catalog.mark_pending(image_id, "add")
         return record, True
 
@@ -193,7 +207,9 @@ class Ingestor:
         record = self.catalog.update_image(image_id, drop_key)
         if record is not None and not record.keys and record.status == "removed":
             self.catalog.mark_pending(image_id, "remove")
-            self.catalog.delete_derived(image_id)
+            current = self.catalog.image(image_id)
+            if current is not None and current.status == "removed":  # not re-added meanwhile
+                self.catalog.delete_derived(image_id)
 
     def _refuse(
         self, key: str, held: KeyRecord | None, refusal: ImageRefused, sequencer: str | None
