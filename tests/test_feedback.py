@@ -156,3 +156,12 @@ def test_first_page_weaves_a_spread_into_weak_guesses() -> None:
     assert scores == sorted(scores, reverse=True)
     unknown = explore_page([], spread, 0.0, high_confidence=0.5)
     assert [h.image_id for h in unknown] == spread and {h.reason for h in unknown} == {"explore"}
+
+
+def test_the_vote_cache_does_not_grow_with_every_query(taught_service, monkeypatch) -> None:
+    learner = taught_service.learner
+    monkeypatch.setattr("imgsearch.learning.MAX_CACHED_TERMS", 8)
+    monkeypatch.setattr(learner, "cache_seconds", 0.0)  # every entry is stale at once
+    for number in range(50):
+        taught_service.search_text(f"word{number}", limit=5, session="curious")
+    assert len(learner._cache) <= 8

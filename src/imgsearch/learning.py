@@ -33,6 +33,7 @@ METHODS: tuple[Method, ...] = ("rocchio", "knn", "neighbours")
 NEGATIVE_WEIGHT = 0.5
 SELF_WEIGHT = 3.0  # the asking session's votes, against at most 1.0 for any other session
 KNN_EXAMPLES = 3
+MAX_CACHED_TERMS = 1024  # beyond this many cached terms, expired ones are dropped
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,8 @@ class Learner:
                 return cached[1]
         votes = self.feedback.term_votes(term).votes
         with self._lock:
+            if len(self._cache) >= MAX_CACHED_TERMS:  # many distinct queries: drop the stale
+                self._cache = {t: entry for t, entry in self._cache.items() if entry[0] > now}
             self._cache[term] = (now + self.cache_seconds, votes)
         return votes
 
@@ -182,10 +185,15 @@ class Learner:
         examples = taught.examples
         if self.method == "neighbours":
             return self._neighbour_scores(examples, candidates)
-        vectors = np.stack([self.index.vector(i) for i in candidates])
+        vectors = np.stack([self._vector_or_zeros(i) for i in candidates])
         if self.method == "knn":
             return _knn_scores(examples, vectors)
         return vectors @ _rocchio_vector(examples)
+
+    def _vector_or_zeros(self, image_id: str) -> np.ndarray:
+        # An image removed since the candidates were found fits nothing.
+        vector = self.index.vector(image_id)
+        return vector if vector is not None else np.zeros(self.index.manifest.dim, np.float32)
 
     def candidates(self, taught: Taught, k: int) -> list[str]:
         """Images the learned model could rank first, found through the index."""

@@ -275,7 +275,10 @@ class ImageSearch:
         wanted = offset + limit
         neighbours = self.neighbourhoods.get(image_id)
         if len(neighbours) < min(wanted, len(self.index) - 1):
-            neighbours = self.index.nearest(self.index.vector(image_id), wanted, exclude={image_id})
+            vector = self.index.vector(image_id)
+            if vector is None:  # removed since the check above
+                raise NotIndexed(image_id)
+            neighbours = self.index.nearest(vector, wanted, exclude={image_id})
         return [Hit(i, 1.0 - d, "similar") for i, d in neighbours[offset:wanted]]
 
     def search_image(
