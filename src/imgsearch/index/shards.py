@@ -294,15 +294,14 @@ class Shard:
         )
         self._forest = AnnoyIndex(self._projection.dims, "euclidean")
         self._forest.load(str(store.local_path(build_key(shard_id, build_id, "ann"))))
-        self.live = np.ones(len(self.ids), dtype=bool)
         self.set_deleted(deleted)
 
     def set_deleted(self, deleted: Iterable[str]) -> None:
-        self.live[:] = True
-        for image_id in deleted:
-            row = self.row_of.get(image_id)
-            if row is not None:
-                self.live[row] = False
+        # A new mask, swapped in whole: queries in other threads see the old one or this one.
+        live = np.ones(len(self.ids), dtype=bool)
+        rows = [self.row_of[i] for i in deleted if i in self.row_of]
+        live[rows] = False
+        self.live = live
 
     @property
     def live_count(self) -> int:
@@ -344,6 +343,3 @@ class Shard:
             )
         )
         return ShardData(list(self.ids), np.asarray(self.features, np.float32), probabilities)
-
-    def close(self) -> None:
-        self._forest.unload()
