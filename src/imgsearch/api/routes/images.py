@@ -32,16 +32,20 @@ async def upload_image(
 ) -> dict:
     """Add an image; answers once it is searchable, or with the reason it was refused."""
     data = await read_upload(file, service)
-    try:
-        key = key or service.unique_key(file.filename or "upload", data)
-        result = await run_in_threadpool(service.add, key, data)
-    except InvalidKey as error:
-        raise HTTPException(422, detail=f"invalid key: {error}") from None
-    if result.status == "refused":
-        raise refusal_error(ImageRefused(result.code or "refused", result.reason or "refused"))
-    record = service.image(result.image_id or content_id(data))
-    status = result.status if record and record.status == "indexed" else "pending"
-    return {"id": result.image_id, "key": key, "status": status}
+
+    def add() -> dict:  # storage and the model block: off the event loop
+        try:
+            stored_as = key or service.unique_key(file.filename or "upload", data)
+            result = service.add(stored_as, data)
+        except InvalidKey as error:
+            raise HTTPException(422, detail=f"invalid key: {error}") from None
+        if result.status == "refused":
+            raise refusal_error(ImageRefused(result.code or "refused", result.reason or "refused"))
+        record = service.image(result.image_id or content_id(data))
+        status = result.status if record and record.status == "indexed" else "pending"
+        return {"id": result.image_id, "key": stored_as, "status": status}
+
+    return await run_in_threadpool(add)
 
 
 @router.get("", response_model=Page)

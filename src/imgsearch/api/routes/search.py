@@ -79,14 +79,17 @@ async def search_by_image(
     must name it, and leaves out what this session already voted not relevant for it.
     """
     data = await read_upload(file, service)
-    term = service.vocabulary.normalise(query) if query else None
-    hidden = set()
-    if term and session:
-        hidden = {i for i, v in service.feedback.session_votes(term, session).items() if v < 0}
-    try:
-        hits = await run_in_threadpool(
-            service.search_image, data, limit=limit, offset=offset, exclude=hidden
-        )
-    except ImageRefused as refusal:
-        raise refusal_error(refusal) from None
-    return {"query": term, "results": results(request, service, hits)}
+
+    def search() -> dict:  # storage and the model block: off the event loop
+        term = service.vocabulary.normalise(query) if query else None
+        hidden = set()
+        if term and session:
+            votes = service.feedback.session_votes(term, session)
+            hidden = {image_id for image_id, vote in votes.items() if vote < 0}
+        try:
+            hits = service.search_image(data, limit=limit, offset=offset, exclude=hidden)
+        except ImageRefused as refusal:
+            raise refusal_error(refusal) from None
+        return {"query": term, "results": results(request, service, hits)}
+
+    return await run_in_threadpool(search)
