@@ -80,8 +80,8 @@ export const image = (id, signal) => call(`/images/${encodeURIComponent(id)}`, {
 
 export const thumbnailUrl = (id) => `${API}/images/${encodeURIComponent(id)}/thumbnail`;
 
-/** Photos like `file`. `fields` are `limit`, and to teach words by example `query` and
- * `session`. */
+/** Photos like `file`. `fields` are `limit` and `offset`, and to teach words by example
+ * `query` and `session`. */
 export function searchPhoto(file, fields, signal) {
   const form = new FormData();
   form.append("file", file);

@@ -45,15 +45,7 @@ export function search({ q, exclude, session, votedDown }) {
 }
 
 /** Reverse image search; with `example` ({query, session}) the photo is an example of words
- * being taught, and the batches carry the words as votes must name them (`query`). The API
- * pages by `limit` only, so each further page asks again for more and keeps the new tail. */
-export const photo = (file, example = {}) =>
-  async function* (first, signal) {
-    for (let have = 0, limit = Math.min(first, MOST); ; limit = Math.min(limit + PAGE, MOST)) {
-      const { results, query } = await api.searchPhoto(file, { limit, ...example }, signal);
-      const last = results.length < limit || limit === MOST;
-      yield { results: results.slice(have), query, last };
-      if (last) return;
-      have = results.length;
-    }
-  };
+ * being taught, and the batches carry the words as votes must name them (`query`). The photo
+ * is not stored, so each page sends it again. */
+export const photo = (file, example = {}) => (first, signal) =>
+  byOffset((limit, offset) => api.searchPhoto(file, { limit, offset, ...example }, signal), first);
