@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 import imgsearch.storage.local
 from imgsearch.config import Settings
@@ -568,3 +569,28 @@ def test_local_data_survives_a_restart(tmp_path: Path) -> None:
     }
     assert after.feedback.get("image#1", "votes")["up"] == 1  # type: ignore[index]
     assert after.feedback.get("image#1", "meta") is None
+
+
+def test_dynamodb_transactions_cancelled_by_another_go_again(table: Table, monkeypatch) -> None:
+    """DynamoDB cancels a transaction that meets a concurrent one on the same item
+    (`TransactionConflict`): the write goes again rather than failing (votes share an item)."""
+    if not hasattr(table, "_client"):
+        pytest.skip("only DynamoDB cancels for conflicts; SQLite writes one at a time")
+    real = table._client.transact_write_items
+    calls = []
+
+    def conflicting_once(**request):
+        calls.append(request)
+        if len(calls) == 1:
+            raise ClientError(
+                {
+                    "Error": {"Code": "TransactionCanceledException", "Message": "conflict"},
+                    "CancellationReasons": [{"Code": "TransactionConflict"}],
+                },
+                "TransactWriteItems",
+            )
+        return real(**request)
+
+    monkeypatch.setattr(table._client, "transact_write_items", conflicting_once)
+    table.transact([Put("t", "voted", {"n": 1}, expected_version=0)])
+    assert len(calls) == 2 and table.get("t", "voted")["n"] == 1  # type: ignore[index]

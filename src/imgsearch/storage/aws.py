@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import shutil
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -48,6 +50,9 @@ if TYPE_CHECKING:
 
 # Disk space local_path leaves free besides what it downloads: scratch for index builds.
 CACHE_HEADROOM = 128 * 1024 * 1024
+TRANSACTION_ATTEMPTS = 8
+# Why DynamoDB cancels a transaction that another one, not a condition, got in the way of.
+RETRYABLE_CANCELLATIONS = frozenset({"TransactionConflict", "ThrottlingError"})
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 # 412: the condition is false; 409: a concurrent conditional write to the key won.
@@ -390,9 +395,10 @@ class DynamoTable:
         validate_writes(writes)
         if not writes:
             return  # TransactWriteItems refuses an empty list
-        while True:
+        for attempt in range(TRANSACTION_ATTEMPTS):
             # Unconditional puts need the current version (see put), so they carry a condition
-            # of ours; if only those fail, another writer got in between and we go again.
+            # of ours; if only those fail, another writer got in between and we go again. So
+            # we do when DynamoDB cancels for a concurrent transaction on the same items.
             items, own_conditions = self._transact_items(writes)
             try:
                 self._client.transact_write_items(TransactItems=items)
@@ -400,16 +406,15 @@ class DynamoTable:
             except ClientError as error:
                 if _error_code(error) != "TransactionCanceledException":
                     raise
-                reasons = error.response.get("CancellationReasons", [])
-                failed = {
-                    index
-                    for index, reason in enumerate(reasons)
-                    if reason.get("Code") == "ConditionalCheckFailed"
-                }
-                if not failed:
-                    raise
+                codes = [r.get("Code") for r in error.response.get("CancellationReasons", [])]
+                failed = {i for i, code in enumerate(codes) if code == "ConditionalCheckFailed"}
                 if failed - own_conditions:
                     raise PreconditionFailed("a condition of the transaction failed") from error
+                if not failed and not RETRYABLE_CANCELLATIONS.intersection(codes):
+                    raise
+                if attempt == TRANSACTION_ATTEMPTS - 1:
+                    raise
+                time.sleep(random.uniform(0, 0.02 * 2**attempt))  # let the other one finish
 
     def _transact_items(self, writes: Sequence[Write]) -> tuple[list[dict[str, Any]], set[int]]:
         items: list[dict[str, Any]] = []
