@@ -594,3 +594,19 @@ def test_dynamodb_transactions_cancelled_by_another_go_again(table: Table, monke
     monkeypatch.setattr(table._client, "transact_write_items", conflicting_once)
     table.transact([Put("t", "voted", {"n": 1}, expected_version=0)])
     assert len(calls) == 2 and table.get("t", "voted")["n"] == 1  # type: ignore[index]
+
+
+def test_signed_links_name_the_buckets_region(monkeypatch, tmp_path) -> None:
+    """S3's global host redirects a new bucket outside us-east-1; signed links and upload forms
+    must name the regional one (an emulator keeps its own address)."""
+    from imgsearch.config import Settings
+    from imgsearch.storage import open_storage
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    settings = Settings(backend="aws", bucket="imgsearch-photos", cache_dir=tmp_path)
+    url = open_storage(settings).objects.url("thumbnails/a.jpg")
+    assert url and url.startswith("https://imgsearch-photos.s3.eu-west-1.amazonaws.com/")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -69,8 +70,12 @@ def open_storage(settings: Settings) -> Storage:
         from .aws import DynamoTable, S3ObjectStore
 
         # Endpoints and credentials come from boto3's usual sources (AWS_ENDPOINT_URL etc.).
-        # Presigned URLs must use SigV4: S3 no longer accepts SigV2 in most regions.
-        s3 = boto3.client("s3", config=Config(signature_version="s3v4"))
+        # Presigned URLs must use SigV4 (S3 no longer accepts SigV2 in most regions) and, on
+        # AWS, the bucket's regional host: the global one redirects a new bucket outside
+        # us-east-1, which breaks signed links and the browser's upload form.
+        emulated = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        addressing = {} if emulated else {"s3": {"addressing_style": "virtual"}}
+        s3 = boto3.client("s3", config=Config(signature_version="s3v4", **addressing))
         dynamodb = boto3.client("dynamodb")
         return Storage(
             objects=S3ObjectStore(s3, settings.bucket, settings.cache_dir),
