@@ -610,3 +610,20 @@ def test_signed_links_name_the_buckets_region(monkeypatch, tmp_path) -> None:
     settings = Settings(backend="aws", bucket="imgsearch-photos", cache_dir=tmp_path)
     url = open_storage(settings).objects.url("thumbnails/a.jpg")
     assert url and url.startswith("https://imgsearch-photos.s3.eu-west-1.amazonaws.com/")
+
+
+def test_a_stale_etag_is_refused_even_when_the_file_looks_unchanged(tmp_path) -> None:
+    """Locally, a replaced file can reuse the inode, and a coarse clock (FAT, HFS+, some
+    network mounts) the mtime, so the ETag cache can vouch for an older version of a file:
+    the version check must read the file itself."""
+    from imgsearch.storage.local import LocalObjectStore
+
+    objects = LocalObjectStore(tmp_path / "objects")
+    first = objects.put("manifest.json", b"version 1")
+    objects.put("manifest.json", b"version 2", if_match=first)
+    objects.head("manifest.json")  # caches the current file's ETag
+    # What the cache holds after such a reuse: the current file's identity, an older ETag.
+    objects._etags = dict.fromkeys(objects._etags, first)
+    with pytest.raises(PreconditionFailed):
+        objects.put("manifest.json", b"stale writer", if_match=first)
+    assert objects.get("manifest.json").data == b"version 2"

@@ -131,6 +131,8 @@ class LocalObjectStore:
         # conditional write's check and its rename and be silently overwritten.
         with self._locked(key):
             if if_none_match or if_match is not None:
+                # Read whole, not from the cache: a replaced file can reuse the inode, and a
+                # coarse clock the mtime, so the cache could vouch for an older version.
                 current = self._current_etag(path)
                 if if_none_match and current is not None:
                     raise PreconditionFailed(f"{key!r} already exists")
@@ -191,7 +193,7 @@ class LocalObjectStore:
     def _current_etag(self, path: Path) -> str | None:
         try:
             with path.open("rb") as file:
-                return self._file_etag(file, os.fstat(file.fileno()))
+                return hashlib.file_digest(file, "md5").hexdigest()
         except _NO_OBJECT_ERRORS:
             return None
 
