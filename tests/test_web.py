@@ -181,6 +181,29 @@ def test_a_vote_moves_a_photo_to_the_top_and_is_remembered(page: Page) -> None:
     expect(tiles(page).first).to_have_attribute("data-vote", "1")
 
 
+def test_a_vote_on_a_photo_of_the_last_search_is_not_given_to_the_next(page: Page) -> None:
+    """While the next words' results load, the last ones stay in view; a click on their vote
+    must not record them as relevant to the new words."""
+    page.goto("/?q=pizza")
+    expect(page.locator("#interpretation")).not_to_be_empty()
+    votes: list[str] = []
+    page.on("request", lambda r: votes.append(r.url) if "/api/feedback" in r.url else None)
+
+    def slowly(route) -> None:
+        page.wait_for_timeout(1500)
+        route.continue_()
+
+    page.route(re.compile(r"/api/search\?q=starfish"), slowly)
+    box = page.get_by_role("searchbox", name="Search photos")
+    box.fill("starfish")
+    box.press("Enter")
+    expect(page.locator("#grid")).to_have_class(re.compile(r"\bstale\b"))
+    tile_button(page, 0, "Relevant to \u201cpizza\u201d").click(force=True)
+    expect(page.get_by_role("heading", name="Results for \u201cstarfish\u201d")).to_be_visible()
+    expect(page.locator("#interpretation")).not_to_be_empty()
+    assert votes == []
+
+
 def test_more_like_this(page: Page) -> None:
     page.goto("/?q=starfish")
     expect(page.locator("#interpretation")).not_to_be_empty()

@@ -125,6 +125,7 @@ function showContext(next, previous) {
 async function show(next, { focus = false } = {}) {
   const previous = view;
   view = next;
+  term = null; // until the new words are back: a vote on a tile still shown is not for them
   hideNotice();
   showContext(next, previous);
   if (focus) heading.focus();
