@@ -271,6 +271,31 @@ def test_search_with_a_chosen_photo_shows_it_and_photos_like_it(page: Page, scre
     expect(tiles(page)).to_have_count(0)
 
 
+def test_a_large_photo_is_sent_shrunk_and_still_found(page: Page) -> None:
+    """A phone's 12-megapixel photo would not fit a cloud request: the page sends it smaller."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    photo = Image.open(DEMO / "laptop" / "image_0004.jpg").convert("RGB").resize((4000, 3000))
+    grain = np.random.default_rng(0).integers(-6, 7, (3000, 4000, 3))  # defeats compression
+    pixels = np.clip(np.asarray(photo, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
+    big = io.BytesIO()
+    Image.fromarray(pixels).save(big, "JPEG", quality=95)
+    assert len(big.getvalue()) > 2_000_000
+    page.goto("/")
+    expect(tiles(page)).to_have_count(PAGE_SIZE)
+    with page.expect_request(re.compile(r"/api/search/image$")) as sent:
+        page.set_input_files(
+            "#photo-input",
+            files=[{"name": "phone.jpg", "mimeType": "image/jpeg", "buffer": big.getvalue()}],
+        )
+    assert int(sent.value.header_value("content-length")) < 1_000_000
+    expect(tiles(page).first.locator("img")).to_have_attribute("alt", "laptop/image_0004.jpg")
+    expect(page.get_by_role("img", name="Your photo, phone.jpg")).to_be_visible()
+
+
 def test_a_photo_dropped_anywhere_is_searched_with(page: Page) -> None:
     page.goto("/")
     expect(tiles(page)).to_have_count(PAGE_SIZE)

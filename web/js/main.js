@@ -7,7 +7,7 @@ import { renderInterpretation } from "./interpretation.js";
 import { askForKey } from "./keyprompt.js";
 import { announce, describe, hideNotice, showNotice, toast } from "./messages.js";
 import * as pages from "./pages.js";
-import { photoInputs } from "./photo.js";
+import { photoInputs, shrink } from "./photo.js";
 import { ResultList } from "./results.js";
 import { sessionId, votes } from "./store.js";
 import { createTile, updateTile } from "./tile.js";
@@ -226,10 +226,11 @@ async function vote(id, value) {
 }
 
 /** Search with the user's photo: for photos like it, or (`words`) as an example of words. */
-function searchWithPhoto(file, words = null) {
+async function searchWithPhoto(file, words = null) {
+  const sent = await shrink(file);
   if (photoUrl) URL.revokeObjectURL(photoUrl);
-  photo = file;
-  photoUrl = URL.createObjectURL(file);
+  photo = sent;
+  photoUrl = URL.createObjectURL(sent);
   go(words ? { kind: "example", q: words } : { kind: "photo" }, { focus: true });
 }
 
