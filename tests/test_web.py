@@ -296,6 +296,20 @@ def test_a_large_photo_is_sent_shrunk_and_still_found(page: Page) -> None:
     expect(page.get_by_role("img", name="Your photo, phone.jpg")).to_be_visible()
 
 
+def test_back_to_an_earlier_photo_search_shows_that_photo(page: Page) -> None:
+    page.goto("/")
+    expect(tiles(page)).to_have_count(PAGE_SIZE)
+    for category, number in (("laptop", 4), ("starfish", 8)):
+        page.set_input_files("#photo-input", DEMO / category / f"image_{number:04d}.jpg")
+        first = tiles(page).first.locator("img")
+        expect(first).to_have_attribute("alt", f"{category}/image_{number:04d}.jpg")
+    page.go_back()
+    expect(page.get_by_role("img", name="Your photo, image_0004.jpg")).to_be_visible()
+    expect(tiles(page).first.locator("img")).to_have_attribute("alt", "laptop/image_0004.jpg")
+    page.go_forward()
+    expect(tiles(page).first.locator("img")).to_have_attribute("alt", "starfish/image_0008.jpg")
+
+
 def test_a_photo_dropped_anywhere_is_searched_with(page: Page) -> None:
     page.goto("/")
     expect(tiles(page)).to_have_count(PAGE_SIZE)

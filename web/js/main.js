@@ -23,8 +23,10 @@ const preview = $("#query-photo");
 
 let view = { kind: "browse" };
 let term = null; // the words as the server normalised them: votes are kept under them
-let photo = null; // the user's photo of the last reverse search, and its object URL
-let photoUrl = "";
+// The user's photos searched with, by id (views name them), each {file, url}: the last few.
+const photos = new Map();
+const KEPT_PHOTOS = 10;
+let photoCount = 0;
 
 /** What votes mean here: null unless there are words to vote for. */
 function voteContext() {
@@ -85,8 +87,9 @@ function sourceFor(next) {
     return pages.search({ q: next.q, exclude: next.exclude, session: sessionId(), votedDown });
   }
   if (next.kind === "similar") return pages.similar(next.id);
-  if (next.kind === "photo") return pages.photo(photo);
-  if (next.kind === "example") return pages.photo(photo, { query: next.q, session: sessionId() });
+  const { file } = photos.get(next.photo) ?? {};
+  if (next.kind === "photo") return pages.photo(file);
+  if (next.kind === "example") return pages.photo(file, { query: next.q, session: sessionId() });
   return pages.browse();
 }
 
@@ -96,7 +99,8 @@ function showContext(next, previous) {
   if (!sameWords) renderInterpretation(interpretation, null);
   input.value = next.kind === "search" ? next.q : "";
   heading.textContent = views.heading(next);
-  summary.textContent = next.kind === "photo" ? photo.name : "";
+  const photo = photos.get(next.photo);
+  summary.textContent = next.kind === "photo" ? photo.file.name : "";
   if (next.kind === "example") {
     const check = el("button", {
       class: "link-button",
@@ -117,8 +121,8 @@ function showContext(next, previous) {
     image.src = api.thumbnailUrl(next.id);
     image.alt = "The photo these are like";
   } else if (views.ofPhoto(next)) {
-    image.src = photoUrl;
-    image.alt = `Your photo, ${photo.name}`;
+    image.src = photo.url;
+    image.alt = `Your photo, ${photo.file.name}`;
   }
 }
 
@@ -228,10 +232,16 @@ async function vote(id, value) {
 /** Search with the user's photo: for photos like it, or (`words`) as an example of words. */
 async function searchWithPhoto(file, words = null) {
   const sent = await shrink(file);
-  if (photoUrl) URL.revokeObjectURL(photoUrl);
-  photo = sent;
-  photoUrl = URL.createObjectURL(sent);
-  go(words ? { kind: "example", q: words } : { kind: "photo" }, { focus: true });
+  const id = `p${++photoCount}`;
+  photos.set(id, { file: sent, url: URL.createObjectURL(sent) });
+  for (const [old, { url }] of photos) {
+    if (photos.size <= KEPT_PHOTOS) break;
+    URL.revokeObjectURL(url);
+    photos.delete(old);
+  }
+  go(words ? { kind: "example", q: words, photo: id } : { kind: "photo", photo: id }, {
+    focus: true,
+  });
 }
 
 $("#search-form").addEventListener("submit", (event) => {
@@ -282,14 +292,14 @@ photoInputs({
 $("img", preview).addEventListener("error", () => preview.classList.add("broken"));
 
 /** Show the view the address names, and the photo it names in the image view, if any. */
-async function showAddress(havePhoto) {
+async function showAddress() {
   const image = views.imageInAddress();
   viewer.close();
-  await show(views.fromAddress(havePhoto));
+  await show(views.fromAddress(photos));
   if (image) viewer.open(image);
 }
 
 history.scrollRestoration = "manual"; // each view starts at the top
-addEventListener("popstate", () => showAddress(photo !== null));
+addEventListener("popstate", () => showAddress());
 
-showAddress(false);
+showAddress();

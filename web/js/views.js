@@ -1,6 +1,7 @@
 /** Views: what the page can show, what each is called, how it sits in the address (so Back,
  * reload and shared links work) and what it says when it has nothing to show. The user's own
- * photo cannot go in an address: views of it live in the history entry while it is in memory.
+ * photo cannot go in an address: views of it name it by id in the history entry, while the
+ * page holds it in memory.
  * The photo open in the image view goes in the address too, beside the view. */
 
 import { quoted } from "./dom.js";
@@ -23,7 +24,9 @@ export const voting = (view) => view.kind === "search" || view.kind === "example
 /** Views of the user's own photo: photos like it, or like an example of words. */
 export const ofPhoto = (view) => view.kind === "photo" || view.kind === "example";
 
-export function fromAddress(havePhoto) {
+/** The view the address and this history entry name. `photos` holds the user's photos by
+ * id: a view of one that is gone (the page was reloaded) becomes the collection. */
+export function fromAddress(photos) {
   const params = new URLSearchParams(location.search);
   const q = params.get("q")?.trim();
   if (q) {
@@ -33,8 +36,9 @@ export function fromAddress(havePhoto) {
   const similar = params.get("similar");
   if (similar && IMAGE_ID.test(similar)) return { kind: "similar", id: similar };
   const state = history.state;
-  if (state?.photo && havePhoto) {
-    return state.example ? { kind: "example", q: state.example } : { kind: "photo" };
+  if (state?.photo && photos.has(state.photo)) {
+    const photo = state.photo;
+    return state.example ? { kind: "example", q: state.example, photo } : { kind: "photo", photo };
   }
   return { kind: "browse" };
 }
@@ -63,7 +67,7 @@ export function remember(view, { replace = false } = {}) {
     for (const id of view.exclude) params.append("exclude", id);
   }
   if (view.kind === "similar") params.set("similar", view.id);
-  const state = { photo: ofPhoto(view), example: view.kind === "example" && view.q };
+  const state = { photo: ofPhoto(view) && view.photo, example: view.kind === "example" && view.q };
   const url = params.size ? `?${params}` : location.pathname;
   history[replace ? "replaceState" : "pushState"](state, "", url);
 }
