@@ -571,11 +571,10 @@ def test_local_data_survives_a_restart(tmp_path: Path) -> None:
     assert after.feedback.get("image#1", "meta") is None
 
 
+@pytest.mark.parametrize("storage", ["aws"], indirect=True)  # SQLite writes one at a time
 def test_dynamodb_transactions_cancelled_by_another_go_again(table: Table, monkeypatch) -> None:
     """DynamoDB cancels a transaction that meets a concurrent one on the same item
     (`TransactionConflict`): the write goes again rather than failing (votes share an item)."""
-    if not hasattr(table, "_client"):
-        pytest.skip("only DynamoDB cancels for conflicts; SQLite writes one at a time")
     real = table._client.transact_write_items
     calls = []
 
