@@ -42,6 +42,26 @@ def test_batch_and_single_embeddings_agree(embedder) -> None:
     np.testing.assert_allclose(probabilities[1], single.probabilities, atol=1e-6)
 
 
+def test_a_long_strip_costs_no_more_than_a_square(embedder, monkeypatch) -> None:
+    """An 8 x 100,000 image (a few KB as PNG) must not be scaled to 260 x 3,250,000 before the
+    crop: every resize stays within the model's input."""
+    from PIL import Image
+
+    requested: list[tuple[int, int]] = []
+    resize = Image.Image.resize
+
+    def recording(self, size, *args, **kwargs):
+        requested.append(tuple(size))
+        return resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", recording)
+    strip = Image.new("RGB", (8, 100_000), (200, 40, 40))
+    features = embedder.embed(strip).features
+    side = embedder.spec.input_size
+    assert requested and max(w * h for w, h in requested) <= side * side
+    assert np.isfinite(features).all()
+
+
 def test_an_inception_shaped_model_drops_in_by_configuration(tmp_path, vocabulary) -> None:
     settings = Settings(data_dir=tmp_path / "data", assets_dir=TINY.parent, model=TINY.name)
     service = ImageSearch(settings, vocabulary=vocabulary)

@@ -76,19 +76,19 @@ class Embedder:
         self._lock = threading.Lock()
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        """Resize the shorter side, centre-crop to the model's square input, scale to its range."""
+        """The centre square (`crop_fraction` of the shorter side) resized to the model's input,
+        scaled to its range. Cropped in the source's coordinates, so that the work is bounded
+        by the input size whatever the shape (an 8 x 6,000,000 strip is not scaled up first)."""
         size = self.spec.input_size
-        scaled = round(size / self.spec.crop_fraction)
         width, height = image.size
-        factor = scaled / min(width, height)
-        resized = image.resize(
-            (max(size, round(width * factor)), max(size, round(height * factor))),
+        side = min(width, height) * self.spec.crop_fraction
+        left, top = (width - side) / 2, (height - side) / 2
+        cropped = image.resize(
+            (size, size),
             Image.Resampling.BICUBIC,
+            box=(left, top, left + side, top + side),
             reducing_gap=3.0,
         )
-        left = (resized.width - size) // 2
-        top = (resized.height - size) // 2
-        cropped = resized.crop((left, top, left + size, top + size))
         pixels = np.asarray(cropped, dtype=np.float32)
         low, high = self.spec.input_range
         if (low, high) != (0.0, 255.0):
