@@ -63,3 +63,27 @@ def test_draft_decoding_keeps_the_full_size() -> None:
     decoded = decode_image(large, draft_size=300)
     assert (decoded.width, decoded.height) == (2000, 1500)
     assert 300 <= min(decoded.image.size) < 1500
+
+
+def test_any_format_is_reduced_early_to_what_is_needed() -> None:
+    """A 37 KB GIF declaring 7071 x 7071 pixels decoded to full size and then converted cost
+    over 400 MB; reduced before the conversions, the image keeps each side >= draft_size."""
+    declared = encode(Image.new("P", (7071, 7071), 0), "GIF")
+    decoded = decode_image(declared, draft_size=520)
+    assert (decoded.width, decoded.height) == (7071, 7071)
+    assert 520 <= min(decoded.image.size) < 1040
+
+
+def test_a_transparent_colour_becomes_white_too() -> None:
+    """PNG's tRNS marks one colour transparent in an RGB or greyscale image, without alpha."""
+    image = Image.new("RGB", (32, 32), (0, 0, 0))
+    pixels = np.asarray(decode_image(encode(image, "PNG", transparency=(0, 0, 0))).image)
+    assert (pixels == 255).all()
+
+
+def test_a_float_image_with_a_non_finite_pixel_keeps_its_picture() -> None:
+    ramp = np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (64, 1))
+    ramp[0, 0] = np.inf
+    ramp[1, 1] = np.nan
+    pixels = np.asarray(decode_image(encode(Image.fromarray(ramp, "F"), "TIFF")).image)
+    assert pixels[10].min() < 5 and pixels[10].max() > 250

@@ -51,8 +51,11 @@ def decode_image(
 ) -> DecodedImage:
     """Decode `data` into an upright RGB image, refusing anything unsafe or unusable.
 
-    `draft_size` lets JPEG decoding scale down by powers of two while staying at least that
-    large: a 24-megapixel photo decodes several times faster when the model needs 260 pixels.
+    `draft_size` lets decoding scale down while each side stays at least that large: a JPEG
+    by powers of two as it decodes (a 24-megapixel photo decodes several times faster when
+    the model needs 260 pixels), any other format right after, before its conversions, so
+    that a small file declaring a huge picture does not cost gigabytes. The width and height
+    returned are the original's.
     """
     if len(data) == 0:
         raise ImageRefused("empty", "empty file (0 bytes)")
@@ -97,7 +100,8 @@ def _decode(data: bytes, max_pixels: int, draft_size: int | None) -> DecodedImag
     image = _upright(image)
     if image.size != decoded_size:  # rotated by a quarter turn: the full size turns too
         width, height = height, width
-    return DecodedImage(image=_to_rgb(image), width=width, height=height, format=source_format)
+    rgb = _to_rgb(image, draft_size)
+    return DecodedImage(image=rgb, width=width, height=height, format=source_format)
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -108,29 +112,39 @@ def _upright(image: Image.Image) -> Image.Image:
         return image
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        return Image.fromarray(_high_depth_to_8bit(image)).convert("RGB")
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-        mode = image.mode
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        # Transparent areas become white, as a browser would show them on a page.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+def _to_rgb(image: Image.Image, shorter_side: int | None) -> Image.Image:
+    """8-bit RGB, transparent areas on white (as a browser shows them on a page), reduced
+    early so that each side stays at least `shorter_side`."""
+    if image.mode in _HIGH_DEPTH_MODES:
+        image = Image.fromarray(_high_depth_to_8bit(image))
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        image = image.convert("RGBA")
+    elif image.mode not in ("RGB", "L"):  # P, 1, CMYK, YCbCr, LAB, HSV
+        image = image.convert("RGB")
+    if shorter_side and min(image.size) >= 2 * shorter_side:
+        image = image.reduce(min(image.size) // shorter_side)
+    if image.mode == "RGBA":
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")
+
+
+_HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 def _high_depth_to_8bit(image: Image.Image) -> np.ndarray:
-    """Scale 16-bit or float greyscale to 0..255 instead of clipping it to white."""
-    pixels = np.asarray(image, dtype=np.float64)
+    """Scale 16-bit or float greyscale to 0..255 instead of clipping it to white, in integers
+    where it can (a float copy of 50 megapixels is 400 MB)."""
+    pixels = np.asarray(image)
     if image.mode == "F":
-        low, high = float(pixels.min()), float(pixels.max())
+        finite = np.isfinite(pixels)
+        if not finite.any():
+            return np.zeros(pixels.shape, np.uint8)
+        low, high = float(pixels[finite].min()), float(pixels[finite].max())
+        pixels = np.nan_to_num(pixels, nan=low, posinf=high, neginf=low)
         scale = 255.0 / (high - low) if high > low else 0.0
-        return ((pixels - low) * scale).astype(np.uint8)
-    top = 65535.0 if pixels.max() > 255 or image.mode.startswith("I;16") else 255.0
-    return np.clip(pixels * (255.0 / top), 0, 255).astype(np.uint8)
+        return np.clip((pixels - low) * scale, 0, 255).astype(np.uint8)
+    if image.mode.startswith("I;16") or pixels.max() > 255:
+        return (np.clip(pixels, 0, 65535) >> 8).astype(np.uint8)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
