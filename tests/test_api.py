@@ -296,3 +296,18 @@ def test_teaching_a_new_word_by_example(client) -> None:
     top = [r["id"] for r in after["results"][:2]]
     assert set(top) == {ids["lotus", 1], ids["lotus", 2]}
     assert all(r["learned"] for r in after["results"][:2])
+
+
+def test_pages_of_a_guessed_word_join_up_whatever_their_size(demo_client) -> None:
+    """A word only guessed at gets a first page woven of guesses and a spread of the collection:
+    four pages of five must be that page of twenty, with nothing shown twice."""
+
+    def ids(limit: int, offset: int) -> list[str]:
+        params = {"q": "forest", "limit": limit, "offset": offset}
+        body = demo_client.get("/api/search", params=params).json()
+        assert body["interpretation"]["level"] == "low"
+        return [r["id"] for r in body["results"]]
+
+    whole = ids(20, 0)
+    assert len(whole) == 20
+    assert [i for offset in (0, 5, 10, 15) for i in ids(5, offset)] == whole

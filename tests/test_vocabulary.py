@@ -184,7 +184,7 @@ def test_nonsense_says_so(vocab):
 def test_an_emoji_is_read_as_its_name(vocab, wnid):
     assert vocab.normalise("\U0001f418") == "elephant"
     assert vocab.normalise("\U0001f436 and \U0001f431") == "dog and cat"  # not "dog face"
-    assert vocab.normalise("\u00a9 cat\u00b0") == "cat"  # signs below the pictographs: no words
+    assert vocab.normalise("\u00a9 cat\u00b0\u2122") == "cat"  # signs below the pictographs
     elephant = vocab.interpret("\U0001f418")
     assert elephant.level == "high"
     assert {wnid[AFRICAN_ELEPHANT], wnid[INDIAN_ELEPHANT]} <= set(top_classes(elephant, 2))
@@ -219,6 +219,8 @@ def test_strategies_can_be_switched_off(vocab):
         "\u2019t-shirts\u2019",
         "the running dogs, 3 cats & 2 lions",
         "\U0001f436\U0001f418\u2602\ufe0f \u00a9",
+        "f-16s and b-52s",
+        "\u2122 \u00b0 ^ `",
         "",
     ],
 )

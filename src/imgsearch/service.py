@@ -259,7 +259,8 @@ class ImageSearch:
         else:
             # Nothing relevant found yet: keep exploring, away from what was rejected.
             hits = explore_page(
-                self.index.ranked_by_classes(weights, wanted, exclude=hidden),
+                # The whole first page's guesses, whatever `limit`: pages must not overlap.
+                self.index.ranked_by_classes(weights, max(wanted, FIRST_PAGE), exclude=hidden),
                 self.index.spread(FIRST_PAGE, exclude=hidden),
                 interpretation.confidence,
                 high_confidence=HIGH_CONFIDENCE,
