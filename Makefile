@@ -20,12 +20,14 @@ serve: setup
 setup: $(VENV)/.installed $(VOCABULARY)
 
 $(VENV)/.installed: pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { echo "Python's venv is missing: on Debian, apt install python3-venv"; exit 1; }
+	test -x $(BIN)/pip || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[local,build,dev]"
 	touch $@
 
-$(VOCABULARY): $(VENV)/.installed scripts/build_vocabulary.py src/imgsearch/assets/imagenet_classes.tsv
+# The packages only need to be there (|): reinstalling them does not change the vocabulary.
+$(VOCABULARY): scripts/build_vocabulary.py src/imgsearch/assets/imagenet_classes.tsv | $(VENV)/.installed
 	$(BIN)/python scripts/build_vocabulary.py --out src/imgsearch/assets/vocabulary
 	touch $@
 
