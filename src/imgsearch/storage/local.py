@@ -130,14 +130,12 @@ class LocalObjectStore:
         # Unconditional writes take the lock too: otherwise one could land between a
         # conditional write's check and its rename and be silently overwritten.
         with self._locked(key):
-            if if_none_match or if_match is not None:
-                # Read whole, not from the cache: a replaced file can reuse the inode, and a
-                # coarse clock the mtime, so the cache could vouch for an older version.
-                current = self._current_etag(path)
-                if if_none_match and current is not None:
-                    raise PreconditionFailed(f"{key!r} already exists")
-                if if_match is not None and current != if_match:
-                    raise PreconditionFailed(f"{key!r} is not at ETag {if_match}")
+            if if_none_match and path.is_file():
+                raise PreconditionFailed(f"{key!r} already exists")
+            # Read whole, not from the cache: a replaced file can reuse the inode, and a
+            # coarse clock the mtime, so the cache could vouch for an older version.
+            if if_match is not None and self._current_etag(path) != if_match:
+                raise PreconditionFailed(f"{key!r} is not at ETag {if_match}")
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_file(path) as file:
