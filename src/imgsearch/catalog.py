@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from imgsearch.storage import PreconditionFailed, Storage
+from imgsearch.storage.validation import validate_key
 
 IMAGES_PREFIX = "images/"
 MAX_CAS_ATTEMPTS = 50
@@ -142,6 +143,8 @@ class Catalog:
     # Keys -------------------------------------------------------------------------------
 
     def key(self, key: str) -> KeyRecord | None:
+        """What `key` holds. Raises InvalidKey for a key ingest refuses (none can be stored)."""
+        validate_key(key)
         item = self.table.get(f"key#{key}", "meta")
         if item is None:
             return None

@@ -28,7 +28,6 @@ from imgsearch.ingest import Ingestor, IngestResult, content_id
 from imgsearch.learning import Learner, Taught
 from imgsearch.ranking import CANDIDATES, FIRST_PAGE, Hit, explore_page, learned_ranking
 from imgsearch.storage import InvalidKey, Storage, open_storage
-from imgsearch.storage.validation import validate_key
 from imgsearch.vocabulary import HIGH_CONFIDENCE
 
 if TYPE_CHECKING:
@@ -216,10 +215,9 @@ class ImageSearch:
 
     def find_key(self, key: str) -> ImageRecord | None:
         try:
-            validate_key(key)
+            held = self.catalog.key(key)
         except InvalidKey:
             return None  # ingest refuses such a key: nothing can be stored under it
-        held = self.catalog.key(key)
         if held is None or held.status != "present" or not held.image_id:
             return None
         return self.image(held.image_id)

@@ -27,7 +27,6 @@ from imgsearch.api.deps import Service
 from imgsearch.catalog import IMAGES_PREFIX
 from imgsearch.service import safe_file_name
 from imgsearch.storage import DirectUploads, InvalidKey
-from imgsearch.storage.validation import validate_key
 
 router = APIRouter(prefix="/uploads", tags=["uploads"])
 
@@ -90,7 +89,6 @@ def upload_status(
 ) -> dict:
     """What became of an upload: pending until the embed function has recorded its key."""
     try:
-        validate_key(key)  # a key ingest would refuse can never become present
         record = service.catalog.key(key)
     except InvalidKey as error:
         raise HTTPException(422, detail=f"invalid key: {error}") from None
