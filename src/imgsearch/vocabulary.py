@@ -260,10 +260,10 @@ class Vocabulary:
 
     def _normalise_token(self, token: str) -> list[str]:
         token = token.strip("'-")
-        if not token or token.isdigit():  # "3 cats", "001.backpack": a number shows nothing
+        if not token:
             return []
         lemma = self._lemmatise(token)
-        if lemma.isdigit():  # "16s" -> "16": a number too
+        if lemma.isdigit():  # "3 cats", "001.backpack", "16s": a number shows nothing
             return []
         if "-" in token and not self._is_lemma_word(lemma):
             # "ice-cream" -> "ice cream": WordNet spells collocations with spaces ("t-shirt" and
@@ -611,9 +611,10 @@ def _emoji_words(ch: str) -> str:
     """An emoji (or other pictograph) as the words of its Unicode name: a query of one is
     meant as its name ("\U0001f418" -> "elephant"; "dog face" means the dog). Signs below
     the pictographs (trade mark, copyright, degree) are no words: NFKC would spell some out."""
-    if unicodedata.category(ch) not in ("So", "Sk"):
+    category = unicodedata.category(ch)
+    if category not in ("So", "Sk"):
         return ch
-    if ord(ch) < FIRST_PICTOGRAPH or unicodedata.category(ch) == "Sk":
+    if category == "Sk" or ord(ch) < FIRST_PICTOGRAPH:
         return " "
     words = unicodedata.name(ch, "").lower().split()
     return " " + " ".join(w for w in words if w != "face") + " "
