@@ -55,6 +55,7 @@ HEALTH_EVERY = 0.1  # seconds between health probes during an attack
 SAMPLE_EVERY = 0.05  # seconds between memory samples
 FEEDBACK_CACHE_SECONDS = 1  # the server's cache of others' votes, so that a visitor sees them soon
 PAGE = 12  # a visitor's first page
+MEMORY, TIME = 0, 1  # the costs of a bomb
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ def exchange(port: int, request: bytes, source: str, timeout: float) -> Reply:
             # The server may answer (413) before reading everything: read its answer anyway.
             with suppress(BrokenPipeError, ConnectionResetError):
                 sock.sendall(request)
-            raw = read_until_closed(sock, deadline)
+            raw = read_response(sock, deadline)
     except TimeoutError:
         return Reply("timeout", time.perf_counter() - started)
     except ConnectionError:
@@ -120,18 +121,24 @@ def exchange(port: int, request: bytes, source: str, timeout: float) -> Reply:
     return Reply(parse_status(raw), time.perf_counter() - started, raw)
 
 
-def read_until_closed(sock: socket.socket, deadline: float) -> bytes:
-    chunks = []
-    while True:
+def read_response(sock: socket.socket, deadline: float) -> bytes:
+    """One answer: up to the end of its Content-Length, else until the server closes."""
+    data = bytearray()
+    expected = None  # the whole answer's size, once its headers are in
+    while expected is None or len(data) < expected:
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         try:
-            chunk = sock.recv(65536)
+            chunk = sock.recv(1 << 20)
         except ConnectionResetError:
             break
         if not chunk:
             break
-        chunks.append(chunk)
-    return b"".join(chunks)
+        data += chunk
+        end = data.find(b"\r\n\r\n")
+        if expected is None and end >= 0:
+            length = re.search(rb"(?im)^content-length:\s*(\d+)", data[:end])
+            expected = end + 4 + int(length.group(1)) if length else float("inf")
+    return bytes(data)
 
 
 def parse_status(raw: bytes) -> int | str:
@@ -170,6 +177,7 @@ def json_post(path: str, body: bytes | dict, headers: list[tuple[str, str]] = ()
 class Server:
     process: subprocess.Popen
     port: int
+    data_dir: Path
     log: Path
 
     @property
@@ -241,7 +249,7 @@ def start_server(data_dir: Path, memory_cap: int, log: Path) -> Server:
             stderr=output,
             preexec_fn=cap_memory,
         )
-    server = Server(process, port, log)
+    server = Server(process, port, data_dir, log)
     for _ in range(1200):
         if not server.alive():
             raise SystemExit(server.death())
@@ -343,8 +351,8 @@ class Target:
     timeout: float  # per request
     hold: float  # how long slow and idle connections are kept trying
     bombs: list[Case]
-    heaviest_bomb: Case | None = None  # the bomb with the highest peak memory, once measured
-    slowest_bomb: Case | None = None
+    # What each bomb cost when sent alone, by name: (MB of RSS added at the peak, ms).
+    bomb_costs: dict[str, tuple[float, float]] = field(default_factory=dict)
     _addresses: Iterator[str] = field(default_factory=lambda: loopback_addresses())
 
     @property
@@ -355,8 +363,18 @@ class Target:
         """A loopback address no client used before: a new, distinct client."""
         return next(self._addresses)
 
-    def send(self, request: bytes, source: str | None = None, timeout: float | None = None):
+    def send(
+        self, request: bytes, source: str | None = None, timeout: float | None = None
+    ) -> Reply:
+        """The server's answer to `request` from `source`, or from a new client."""
         return exchange(self.port, request, source or self.address(), timeout or self.timeout)
+
+    def costliest_bomb(self, cost: int) -> Case:
+        """The bomb that cost most (0: memory, 1: time) alone; the first one if none ran."""
+        if not self.bomb_costs:
+            return self.bombs[0]
+        name = max(self.bomb_costs, key=lambda n: self.bomb_costs[n][cost])
+        return next(case for case in self.bombs if case.name == name)
 
 
 def loopback_addresses() -> Iterator[str]:
@@ -391,14 +409,15 @@ def attack_bomb(target: Target, case: Case) -> Outcome:
     outcome = Outcome()
     reply = outcome.record(target.send(search_image(case)))
     detail = reply.json().get("detail") if reply.has_json_detail() else None
-    outcome.notes.append(f"{len(case.data):,} bytes; expected {case.refusal}")
+    expected = case.refusal or "decoded within bounds"
+    outcome.notes.append(f"{len(case.data):,} bytes; expected: {expected}")
     if detail:
         outcome.notes.append(f"said: {str(detail)[:60]}")
     return outcome
 
 
 def attack_six_bombs(target: Target) -> Outcome:
-    case = target.heaviest_bomb or target.bombs[0]
+    case = target.costliest_bomb(MEMORY)
     outcome = Outcome()
     replies = in_parallel([lambda: target.send(search_image(case))] * 6)
     for reply in replies:
@@ -409,7 +428,7 @@ def attack_six_bombs(target: Target) -> Outcome:
 
 def attack_bomb_then_leave(target: Target) -> Outcome:
     """Send the slowest bomb, close the socket at once, and watch the server's CPU after."""
-    case = target.slowest_bomb or target.bombs[0]
+    case = target.costliest_bomb(TIME)
     outcome = Outcome()
     pid = target.server.pid
     with connect(target.port, target.address(), target.timeout) as sock:
@@ -436,7 +455,9 @@ def attack_repeated_content_type(target: Target) -> Outcome:
     ):
         headers = [("Content-Type", kind) for kind in types]
         reply = outcome.record(target.send(http_request("POST", "/api/feedback", body, headers)))
-        outcome.notes.append(f"{label}: {reply.status}, {len(reply.body):,} B back")
+        outcome.notes.append(
+            f"{label}: {reply.status} after {reply.seconds:.1f} s, {len(reply.body):,} B back"
+        )
     return outcome
 
 
@@ -444,7 +465,8 @@ def labelled(outcome: Outcome, label: str, reply: Reply) -> None:
     """Record `reply`, noting its status under `label` and whether a refusal was JSON."""
     outcome.record(reply)
     plain = isinstance(reply.status, int) and reply.status >= 400 and not reply.has_json_detail()
-    outcome.notes.append(f"{label} {reply.status}" + (" (no JSON detail)" if plain else ""))
+    slow = f" after {reply.seconds:.1f} s" if reply.seconds >= 1 else ""
+    outcome.notes.append(f"{label} {reply.status}{slow}" + (" (no JSON detail)" if plain else ""))
 
 
 def attack_json_values(target: Target) -> Outcome:
@@ -514,9 +536,16 @@ def attack_host_spoofing(target: Target) -> Outcome:
     return outcome
 
 
-def hold_connections(target: Target, count: int, opening: bytes, trickle: bytes) -> Outcome:
+def hold_connections(
+    target: Target,
+    count: int,
+    opening: bytes,
+    trickle: bytes,
+    while_held: Callable[[], str] | None = None,
+) -> Outcome:
     """Open `count` connections from distinct addresses, send `opening`, then one byte of
-    `trickle` per second each, for `target.hold` seconds: when does the server close them?"""
+    `trickle` per second each, for `target.hold` seconds: when does the server close them?
+    `while_held` notes something about the server before the connections still open close."""
     outcome = Outcome()
     started = time.monotonic()
     sockets = {}
@@ -541,10 +570,13 @@ def hold_connections(target: Target, count: int, opening: bytes, trickle: bytes)
                 sock.close()
                 del sockets[sock]
     outcome.statuses[f"open after {target.hold:.0f} s"] += len(sockets)
+    if while_held is not None:
+        outcome.notes.append(while_held())
     for sock in sockets:
         sock.close()
+    # The worst: the longest the server kept a connection.
+    outcome.worst_ms = (target.hold if sockets else max(closed_after, default=0)) * 1000
     if closed_after:
-        outcome.worst_ms = max(closed_after) * 1000
         outcome.notes.append(f"closed after {statistics.median(closed_after):.0f} s (median)")
     return outcome
 
@@ -577,18 +609,29 @@ def attack_half_sent_bodies(target: Target) -> Outcome:
     content_type, form = multipart({}, ("half.jpg", b"\xff" * 3 * 1024 * 1024))
     request = http_request("POST", "/api/search/image", form, [("Content-Type", content_type)])
     opening = request[: len(request) // 2]
-    outcome = hold_connections(target, count, opening, b"\xff")
-    files = temporary_files(target.server.pid)
-    outcome.notes.append(f"{count} x 1.5 of 3 MB sent; server temp files open at the end: {files}")
+
+    def temporary_files() -> str:
+        files, size = held_temporary_files(target.server)
+        return f"meanwhile the server holds {files} temporary files, {size / 1e6:.0f} MB"
+
+    outcome = hold_connections(target, count, opening, b"\xff", temporary_files)
+    outcome.notes.insert(0, f"{count} x 1.5 of 3 MB sent")
+    time.sleep(1)
+    outcome.notes.append(f"1 s after they left: {temporary_files().partition('holds ')[2]}")
     return outcome
 
 
-def temporary_files(pid: int) -> int:
-    count = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
+def held_temporary_files(server: Server) -> tuple[int, int]:
+    """(count, bytes) of the files the server holds open in the temporary directory, outside
+    its collection's (the bodies it spooled)."""
+    files = size = 0
+    for fd in Path(f"/proc/{server.pid}/fd").iterdir():
         with suppress(OSError):
-            count += os.readlink(fd).startswith(tempfile.gettempdir())
-    return count
+            link = os.readlink(fd)
+            if link.startswith(tempfile.gettempdir()) and not link.startswith(str(server.data_dir)):
+                files += 1
+                size += fd.stat().st_size
+    return files, size
 
 
 def attack_idle_connections(target: Target) -> Outcome:
@@ -791,7 +834,12 @@ def run_attack(attack: Attack, target: Target) -> Row:
 
 
 def format_statuses(statuses: Counter) -> str:
-    return " ".join(f"{status}x{count}" for status, count in sorted(statuses.items(), key=str))
+    """`413x5 timeout x1`: HTTP statuses, then what happened instead of an answer."""
+    ordered = sorted(statuses.items(), key=lambda item: (isinstance(item[0], str), str(item[0])))
+    return " ".join(
+        f"{status}x{count}" if isinstance(status, int) else f"{status} x{count}"
+        for status, count in ordered
+    )
 
 
 def format_row(row: Row) -> str:
@@ -825,7 +873,8 @@ def prepare_collection(args: argparse.Namespace, scratch: Path) -> Path:
     return working
 
 
-def run(args: argparse.Namespace, attacks: list[Attack], scratch: Path) -> list[Row]:
+def run(args: argparse.Namespace, attacks: list[Attack], scratch: Path) -> tuple[list[Row], str]:
+    """The rows of the attacks run, and how big the server was when it had started."""
     data_dir = prepare_collection(args, scratch)
     cap = int(args.memory_cap_gb * 1024**3)
     log = scratch / "server.log"
@@ -837,6 +886,8 @@ def run(args: argparse.Namespace, attacks: list[Attack], scratch: Path) -> list[
         hold=args.hold,
         bombs=cases,
     )
+    status = proc_status(target.server.pid)
+    started = f"RSS {status['VmRSS'] / 1024:.0f} MB, address space {status['VmSize'] / 1024:.0f} MB"
     rows = []
     try:
         for attack in [*selected(bomb_attacks(cases), args.only), *attacks]:
@@ -849,19 +900,14 @@ def run(args: argparse.Namespace, attacks: list[Attack], scratch: Path) -> list[
             print(format_row(row), file=sys.stderr)
     finally:
         target.server.stop()
-    return rows
+    return rows, started
 
 
 def remember_bomb_costs(target: Target, attack: Attack, row: Row) -> None:
-    """The bombs the later attacks (six at once, client leaves) send: the heaviest, slowest."""
-    case = next((c for c in target.bombs if attack.name == f"bomb {c.name}"), None)
-    if case is None:
-        return
-    costs = getattr(target, "_bomb_costs", {})
-    costs[case.name] = (row.peak_mb, row.outcome.worst_ms, case)
-    target._bomb_costs = costs
-    target.heaviest_bomb = max(costs.values(), key=lambda c: c[0])[2]
-    target.slowest_bomb = max(costs.values(), key=lambda c: c[1])[2]
+    """What a bomb alone cost, to pick the bombs later attacks send (six at once, leaving)."""
+    for case in target.bombs:
+        if attack.name == f"bomb {case.name}":
+            target.bomb_costs[case.name] = (row.peak_mb - row.start_mb, row.outcome.worst_ms)
 
 
 def main() -> int:
@@ -883,13 +929,13 @@ def main() -> int:
     attacks = selected(ATTACKS, args.only)
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as scratch:
-        rows = run(args, attacks, Path(scratch))
+        rows, server_start = run(args, attacks, Path(scratch))
     commit = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     print(
-        f"imgsearch at {commit}, loopback, server capped at {args.memory_cap_gb:g} GB of address "
-        f"space, {time.monotonic() - started:.0f} s in all"
+        f"imgsearch at {commit}, loopback, {time.monotonic() - started:.0f} s in all; the server "
+        f"capped at {args.memory_cap_gb:g} GB of address space, at start {server_start}"
     )
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
