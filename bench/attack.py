@@ -105,7 +105,7 @@ def connect(port: int, source: str, timeout: float) -> socket.socket:
 
 
 def exchange(port: int, request: bytes, source: str, timeout: float) -> Reply:
-    """Send `request`, read the answer until the server closes or `timeout` passes."""
+    """Send `request` and read the answer, all within `timeout` seconds."""
     started = time.perf_counter()
     deadline = time.monotonic() + timeout
     try:
@@ -116,6 +116,8 @@ def exchange(port: int, request: bytes, source: str, timeout: float) -> Reply:
             raw = read_response(sock, deadline)
     except TimeoutError:
         return Reply("timeout", time.perf_counter() - started)
+    except ConnectionRefusedError:
+        return Reply("refused", time.perf_counter() - started)
     except ConnectionError:
         return Reply("reset", time.perf_counter() - started)
     return Reply(parse_status(raw), time.perf_counter() - started, raw)
@@ -308,14 +310,20 @@ class MemorySampler(Background):
     def __init__(self, pid: int) -> None:
         super().__init__(SAMPLE_EVERY)
         self.pid = pid
-        with suppress(OSError):  # reset VmHWM, so that it is this attack's peak (Linux 4.0+)
+        # VmHWM also catches peaks between samples, once reset to this attack (Linux 4.0+).
+        self.high_water_mark = "VmHWM"
+        try:
             Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            self.high_water_mark = "VmRSS"
         self.start_kb = proc_status(pid).get("VmRSS", 0)
         self.peak_kb = self.start_kb
 
     def tick(self) -> None:
         status = proc_status(self.pid)
-        self.peak_kb = max(self.peak_kb, status.get("VmRSS", 0), status.get("VmHWM", 0))
+        self.peak_kb = max(
+            self.peak_kb, status.get("VmRSS", 0), status.get(self.high_water_mark, 0)
+        )
 
     def stop(self) -> None:
         super().stop()
