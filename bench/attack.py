@@ -577,7 +577,8 @@ def hold_connections(
                 closed_after.append(time.monotonic() - started)
                 sock.close()
                 del sockets[sock]
-    outcome.statuses[f"open after {target.hold:.0f} s"] += len(sockets)
+    if sockets:
+        outcome.statuses[f"open after {target.hold:.0f} s"] += len(sockets)
     if while_held is not None:
         outcome.notes.append(while_held())
     for sock in sockets:
