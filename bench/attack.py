@@ -5,19 +5,20 @@
 
 Ingests the demo photos into `--data-dir` (once: a later run with the same directory reuses
 them), copies that collection to a scratch directory and starts `imgsearch serve` on it on
-loopback, under a cap on its address space (`--memory-cap-gb`, RLIMIT_AS), so that no attack
-can take the machine down. Then it runs each attack of the table `ATTACKS` in turn, bounded in
-count and time: decode bombs on the open reverse search (alone, six at once, and sent by a
-client that leaves), HTTP framing and JSON tricks, slow, half-sent and idle connections, vote
-poisoning and vote floods. Distinct clients are distinct loopback source addresses
-(127.0.0.2, 127.0.0.3, ...), which is what the server sees as the client's address; every
-request is written on a raw socket, so that headers can repeat and requests can stop halfway.
+loopback, under a memory cap (`--memory-cap-gb`: RLIMIT_AS for each of its processes, and the
+bench kills the server if their RSS add up to more), so that no attack can take the machine
+down. Then it runs each attack of the table `ATTACKS` in turn, bounded in count and time:
+decode bombs on the open reverse search (alone, six at once, and sent by a client that
+leaves), HTTP framing and JSON tricks, slow, half-sent and idle connections, vote poisoning
+and vote floods. Distinct clients are distinct loopback source addresses (127.0.0.2,
+127.0.0.3, ...), which is what the server sees as the client's address; every request is
+written on a raw socket, so that headers can repeat and requests can stop halfway.
 
-While an attack runs, a thread reads the server's VmRSS from /proc (peak per attack; VmHWM is
-reset before each attack through clear_refs) and another asks GET /api/health every 100 ms.
-It prints a markdown table, one row per attack: requests, statuses (`413x5 timeout x1`), the
-slowest answer, the server's peak RSS, health latency meanwhile, and notes (the vote-poisoning
-figures among them). A server that dies is reported and started again for the next attack.
+While an attack runs, a thread samples the RSS of the server and its worker processes from
+/proc, and another asks GET /api/health every 100 ms. It prints a markdown table, one row per
+attack: requests, statuses (`413x5 timeout x1`), the slowest answer, the server's RSS at the
+start and at the peak, health latency meanwhile, and notes (the vote-poisoning figures among
+them). A server that dies is reported and started again for the next attack.
 Decode bombs come from tests/hostile_files.py's `bombs()`.
 """
 
@@ -177,10 +178,14 @@ def json_post(path: str, body: bytes | dict, headers: list[tuple[str, str]] = ()
 
 @dataclass
 class Server:
+    """`imgsearch serve` in a process group of its own, with any worker processes it starts."""
+
     process: subprocess.Popen
     port: int
     data_dir: Path
     log: Path
+    memory_cap: int  # bytes: each process's address space, and all their RSS together
+    killed: str | None = None  # why the bench killed it
 
     @property
     def pid(self) -> int:
@@ -189,20 +194,29 @@ class Server:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def kill(self, reason: str) -> None:
+        self.killed = reason
+        with suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.process.wait()
+
     def death(self) -> str:
+        if self.killed:
+            return f"server killed by the bench: {self.killed}"
         code = self.process.returncode
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
         last = self.log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
         return f"server died ({how}): {last[0][:120]}"
 
     def stop(self) -> None:
-        if self.alive():
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        with suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill("it did not stop within 20 s")
+        with suppress(ProcessLookupError):  # workers left behind
+            os.killpg(self.pid, signal.SIGKILL)
 
 
 def imgsearch_command(*args: str) -> list[str]:
@@ -250,8 +264,9 @@ def start_server(data_dir: Path, memory_cap: int, log: Path) -> Server:
             stdout=output,
             stderr=output,
             preexec_fn=cap_memory,
+            start_new_session=True,
         )
-    server = Server(process, port, data_dir, log)
+    server = Server(process, port, data_dir, log, memory_cap)
     for _ in range(1200):
         if not server.alive():
             raise SystemExit(server.death())
@@ -275,12 +290,28 @@ def proc_status(pid: int) -> dict[str, int]:
     return values
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a server may decode in worker processes)."""
+    tree = [pid]
+    for parent in tree:
+        for children in Path(f"/proc/{parent}/task").glob("*/children"):
+            with suppress(OSError):
+                tree += [int(child) for child in children.read_text().split()]
+    return tree
+
+
+def tree_rss_kb(pid: int) -> int:
+    return sum(proc_status(member).get("VmRSS", 0) for member in process_tree(pid))
+
+
 def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    """CPU time used by `pid` and its live descendants."""
+    ticks = 0
+    for member in process_tree(pid):
+        with suppress(OSError):
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Background(threading.Thread):
@@ -305,25 +336,29 @@ class Background(threading.Thread):
 
 
 class MemorySampler(Background):
-    """Peak resident memory of the server while it runs, in MB."""
+    """Peak resident memory of the server and its worker processes while it runs: the most
+    their VmRSS added up to in a sample, or the server's own VmHWM (which also catches peaks
+    between samples, once reset for this attack; Linux 4.0+) if that is more. Kills the server
+    if they add up to more than its memory cap (RLIMIT_AS bounds each process, not the sum)."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, server: Server) -> None:
         super().__init__(SAMPLE_EVERY)
-        self.pid = pid
-        # VmHWM also catches peaks between samples, once reset to this attack (Linux 4.0+).
+        self.server = server
+        pid = self.pid = server.pid
         self.high_water_mark = "VmHWM"
         try:
             Path(f"/proc/{pid}/clear_refs").write_text("5")
         except OSError:
             self.high_water_mark = "VmRSS"
-        self.start_kb = proc_status(pid).get("VmRSS", 0)
+        self.start_kb = tree_rss_kb(pid)
         self.peak_kb = self.start_kb
 
     def tick(self) -> None:
-        status = proc_status(self.pid)
-        self.peak_kb = max(
-            self.peak_kb, status.get("VmRSS", 0), status.get(self.high_water_mark, 0)
-        )
+        own_peak = proc_status(self.pid).get(self.high_water_mark, 0)
+        total = tree_rss_kb(self.pid)
+        self.peak_kb = max(self.peak_kb, total, own_peak)
+        if total * 1024 > self.server.memory_cap and self.server.alive():
+            self.server.kill(f"its processes held {total / 1024:,.0f} MB, over the cap")
 
     def stop(self) -> None:
         super().stop()
@@ -828,7 +863,7 @@ class Row:
 
 
 def run_attack(attack: Attack, target: Target) -> Row:
-    memory = MemorySampler(target.server.pid)
+    memory = MemorySampler(target.server)
     health = HealthProbe(target.port, timeout=5)
     memory.start()
     health.start()
@@ -897,6 +932,7 @@ def run(args: argparse.Namespace, attacks: list[Attack], scratch: Path) -> tuple
     )
     status = proc_status(target.server.pid)
     started = f"RSS {status['VmRSS'] / 1024:.0f} MB, address space {status['VmSize'] / 1024:.0f} MB"
+    started += f", {len(process_tree(target.server.pid))} processes"
     rows = []
     try:
         for attack in [*selected(bomb_attacks(cases), args.only), *attacks]:
@@ -929,7 +965,9 @@ def main() -> int:
     parser.add_argument("--only", help="run only the attacks whose name contains this")
     parser.add_argument("--timeout", type=float, default=60, help="seconds per request")
     parser.add_argument("--hold", type=float, help="seconds slow and idle connections try")
-    parser.add_argument("--memory-cap-gb", type=float, default=4, help="the server's RLIMIT_AS")
+    parser.add_argument(
+        "--memory-cap-gb", type=float, default=4, help="the server's memory, all processes"
+    )
     args = parser.parse_args()
     if args.hold is None:
         args.hold = 4 if args.quick else 30
@@ -944,7 +982,7 @@ def main() -> int:
     ).stdout.strip()
     print(
         f"imgsearch at {commit}, loopback, {time.monotonic() - started:.0f} s in all; the server "
-        f"capped at {args.memory_cap_gb:g} GB of address space, at start {server_start}"
+        f"capped at {args.memory_cap_gb:g} GB, at start {server_start}"
     )
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
