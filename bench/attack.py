@@ -1,7 +1,7 @@
 """Attacks of issue 13 on a local server: what each costs it, and what the votes let through.
 
     .venv/bin/python bench/attack.py --data-dir /tmp/attack-demo      # ~5 min; ingest kept
-    .venv/bin/python bench/attack.py --quick --photos 3               # one of each, ~1 min
+    .venv/bin/python bench/attack.py --quick --photos 3               # one of each, 1-2 min
 
 Ingests the demo photos into `--data-dir` (once: a later run with the same directory reuses
 them), copies that collection to a scratch directory and starts `imgsearch serve` on it on
