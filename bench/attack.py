@@ -585,16 +585,18 @@ def hold_connections(
     opening: bytes,
     trickle: bytes,
     while_held: Callable[[], str] | None = None,
+    source: str | None = None,
 ) -> Outcome:
-    """Open `count` connections from distinct addresses, send `opening`, then one byte of
-    `trickle` per second each, for `target.hold` seconds: when does the server close them?
-    `while_held` notes something about the server before the connections still open close."""
+    """Open `count` connections (from `source`, else each from an address of its own), send
+    `opening`, then one byte of `trickle` per second each, for `target.hold` seconds: when
+    does the server close them? `while_held` notes something about the server before the
+    connections still open close."""
     outcome = Outcome()
     started = time.monotonic()
     sockets = {}
     for _ in range(count):
         try:
-            sock = connect(target.port, target.address(), target.timeout)
+            sock = connect(target.port, source or target.address(), target.timeout)
             sock.sendall(opening)
             sock.setblocking(False)
             sockets[sock] = 0
@@ -681,7 +683,14 @@ def held_temporary_files(server: Server) -> tuple[int, int]:
 def attack_idle_connections(target: Target) -> Outcome:
     count = 20 if target.quick else 500
     outcome = hold_connections(target, count, b"", b"")
-    outcome.notes.append(f"{count} connections that send nothing")
+    outcome.notes.append(f"{count} connections that send nothing, from {count} addresses")
+    return outcome
+
+
+def attack_idle_connections_one_address(target: Target) -> Outcome:
+    count = 40 if target.quick else 100
+    outcome = hold_connections(target, count, b"", b"", source=target.address())
+    outcome.notes.append(f"{count} connections that send nothing, from one address")
     return outcome
 
 
@@ -825,6 +834,7 @@ ATTACKS = [
     Attack("slowloris", attack_slowloris),
     Attack("half-sent bodies", attack_half_sent_bodies),
     Attack("idle connections", attack_idle_connections),
+    Attack("idle connections, 1 address", attack_idle_connections_one_address),
     Attack("poison: 40 sessions, 1 address", attack_poison_one_address),
     Attack("agree: 3 addresses, new word", attack_three_addresses_agree),
     Attack("flood: 1 session", attack_flood_one_session),
