@@ -910,7 +910,7 @@ def format_row(row: Row) -> str:
 
 def selected(attacks: list[Attack], only: str | None) -> list[Attack]:
     if only:
-        attacks = [a for a in attacks if only.lower() in a.name.lower()]
+        attacks = [a for a in attacks if re.search(only, a.name, re.IGNORECASE)]
     return attacks
 
 
@@ -972,7 +972,7 @@ def main() -> int:
     )
     parser.add_argument("--photos", type=int, help="ingest only this many photos per category")
     parser.add_argument("--quick", action="store_true", help="fewer, smaller, shorter attacks")
-    parser.add_argument("--only", help="run only the attacks whose name contains this")
+    parser.add_argument("--only", help="only the attacks whose names match this regex: bomb|flood")
     parser.add_argument("--timeout", type=float, default=60, help="seconds per request")
     parser.add_argument("--hold", type=float, help="seconds slow and idle connections try")
     parser.add_argument(
