@@ -15,6 +15,8 @@ import uvicorn
 from fastapi import FastAPI
 from playwright.sync_api import Browser, Playwright
 
+from imgsearch.api.server import server_config
+
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
 CHROMIUM_ARGS = [
@@ -28,7 +30,8 @@ CHROMIUM_ARGS = [
 
 @contextmanager
 def live_server(app: FastAPI) -> Iterator[str]:
-    """Serve `app` on a free local port until the block ends; yields its base URL.
+    """Serve `app` on a free local port until the block ends, as `imgsearch serve` does (the
+    same protocol and bounds); yields its base URL.
 
     The socket listens before the server thread starts, so requests made at once wait in the
     backlog instead of failing: nothing has to poll for the server to come up."""
@@ -36,7 +39,9 @@ def live_server(app: FastAPI) -> Iterator[str]:
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    settings = app.state.service.settings
+    config = server_config(app, settings, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

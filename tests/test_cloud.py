@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
+from urllib.parse import urljoin
 
 import boto3
 import pytest
@@ -84,6 +85,7 @@ def aws_environment(tmp_path: Path) -> dict[str, str]:
     """What the template gives the functions, with this test's resource names."""
     known = {
         "IMGSEARCH_BUCKET": BUCKET,
+        "IMGSEARCH_PAGE_ORIGINS": json.dumps([f"https://{BUCKET}.s3.amazonaws.com"]),
         "IMGSEARCH_ASSETS_DIR": str(ASSETS_DIR),  # /opt/assets in Lambda: the layers
         "IMGSEARCH_CACHE_DIR": str(tmp_path / "cache"),
         **TABLES,
@@ -372,7 +374,9 @@ def test_serve_with_the_aws_backend_on_a_moto_server(tmp_path) -> None:
         found = search.json()["results"]
         assert found[0]["key"] == "uploads/elephant.jpg"
         # Everything went to the moto server: originals, index and the catalog.
-        thumbnail = requests.get(found[0]["thumbnail"], timeout=10)  # follows the redirect
+        # A path from the root (no public URL is set): resolved against the server's address.
+        thumbnail_url = urljoin(base, found[0]["thumbnail"])
+        thumbnail = requests.get(thumbnail_url, timeout=10)  # follows the redirect
         assert thumbnail.status_code == 200
         assert thumbnail.headers["content-type"] == "image/jpeg"
         s3 = boto3.client(
