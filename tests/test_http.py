@@ -25,6 +25,7 @@ from imgsearch.cli import WEB_DIR
 DEADLINE = 1.0  # seconds, for headers and for bodies in these tests
 SLACK = 4.0  # how much later than a deadline the server may act, on a busy machine
 MAX_CONNECTIONS = 6
+MAX_CLIENT_CONNECTIONS = 3
 MAX_BODIES = 2
 
 
@@ -214,9 +215,11 @@ def server(tmp_path, embedder, vocabulary, monkeypatch) -> Iterator[tuple[str, i
         tmp_path / "data",
         embedder,
         vocabulary,
+        http_keep_alive_seconds=int(DEADLINE),
         http_header_seconds=DEADLINE,
         http_body_seconds=DEADLINE,
         http_max_connections=MAX_CONNECTIONS,
+        http_max_client_connections=MAX_CLIENT_CONNECTIONS,
         http_max_bodies=MAX_BODIES,
     )
     with live_server(create_app(service)) as url:
@@ -224,10 +227,12 @@ def server(tmp_path, embedder, vocabulary, monkeypatch) -> Iterator[tuple[str, i
         yield host, int(port), spool
 
 
-def _connect(server) -> socket.socket:
+def _connect(server, source: str = "127.0.0.1") -> socket.socket:
+    """A connection to the server from `source`: loopback addresses are distinct clients."""
     host, port, _ = server
-    connection = socket.create_connection((host, port), timeout=DEADLINE + SLACK + 5)
-    return connection
+    return socket.create_connection(
+        (host, port), timeout=DEADLINE + SLACK + 5, source_address=(source, 0)
+    )
 
 
 def _read_all(connection: socket.socket) -> bytes:
@@ -248,8 +253,10 @@ def _answer(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(status_line.split()[1]), headers, body
 
 
-def _exchange(server, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    with _connect(server) as connection:
+def _exchange(
+    server, request: bytes, source: str = "127.0.0.1"
+) -> tuple[int, dict[str, str], bytes]:
+    with _connect(server, source) as connection:
         connection.sendall(request)
         return _answer(_read_all(connection))
 
@@ -354,21 +361,35 @@ def test_a_body_not_read_after_an_early_answer_is_cut_off_too(server) -> None:
     assert elapsed < DEADLINE + SLACK
 
 
+HEALTH = b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
 def test_connections_beyond_the_bound_get_503(server) -> None:
-    held = [_connect(server) for _ in range(MAX_CONNECTIONS)]
+    sources = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    held = [_connect(server, source) for source in sources for _ in range(2)]
     try:
         time.sleep(0.3)  # accepted by the server, not only by the kernel
-        with _connect(server) as extra:
+        with _connect(server, "127.0.0.5") as extra:
             detail = _json_refusal(_answer(_read_all(extra)), 503)
-        assert "too many connections" in detail
+        assert detail.startswith("too many connections;")
     finally:
         for connection in held:
             connection.close()
     time.sleep(0.3)
-    status, _, body = _exchange(
-        server, b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    assert status == 200, body
+    assert _exchange(server, HEALTH, "127.0.0.5")[0] == 200
+
+
+def test_one_address_cannot_take_every_connection(server) -> None:
+    held = [_connect(server, "127.0.0.2") for _ in range(MAX_CLIENT_CONNECTIONS)]
+    try:
+        time.sleep(0.3)
+        with _connect(server, "127.0.0.2") as extra:
+            detail = _json_refusal(_answer(_read_all(extra)), 503)
+        assert "from this address" in detail
+        assert _exchange(server, HEALTH, "127.0.0.3")[0] == 200  # another client is served
+    finally:
+        for connection in held:
+            connection.close()
 
 
 def test_bodies_in_flight_are_bounded_and_the_rest_keeps_answering(server) -> None:
@@ -383,9 +404,7 @@ def test_bodies_in_flight_are_bounded_and_the_rest_keeps_answering(server) -> No
         time.sleep(0.3)
         detail = _json_refusal(_exchange(server, head + b"}" * 999), 503)
         assert "too many uploads" in detail
-        status, _, _ = _exchange(
-            server, b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
+        status, _, _ = _exchange(server, HEALTH, "127.0.0.3")
         assert status == 200  # requests without a body are not held back
     finally:
         for connection in held:
