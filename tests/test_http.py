@@ -83,6 +83,7 @@ def test_the_body_limit_follows_the_content_type_the_parser_reads(app_client) ->
         b'{"query": "\\ud800", "image_id": "0000000000000000", "vote": 1, "session": "s"}',
         b'{"query": "rain", "image_id": "0", "vote": 1, "session": "s", "\\udfff": 1}',
         b"[" * 8_000 + b"]" * 8_000,
+        b'{"query": "rain", "image_id": "0", "vote": ' + b"1" * 5000 + b', "session": "s"}',
     ],
 )
 def test_json_that_python_reads_but_json_forbids_gets_422(app_client, body) -> None:

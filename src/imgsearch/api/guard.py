@@ -97,7 +97,10 @@ class RequestGuard:
         is_form = media_type == FORM_TYPE
         limit = self.max_form_bytes if is_form else self.max_other_bytes
         declared = headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        if declared is not None and not (declared.isascii() and declared.isdigit()):
+            await send_refusal(send, 400, "Content-Length must be a number of bytes")
+            return
+        if declared is not None and int(declared) > limit:
             await _refuse_size(send, limit)
             return
         has_body = "transfer-encoding" in headers or (declared or "0") != "0"
@@ -197,8 +200,10 @@ def json_problem(body: bytes) -> str | None:
         return str(error)
     except RecursionError:
         return "nested too deeply"
-    except ValueError:
-        return None  # malformed (or a number too long): FastAPI answers 422 for it
+    except json.JSONDecodeError:
+        return None  # malformed: FastAPI answers 422 with where
+    except ValueError as error:  # an integer of thousands of digits
+        return str(error)[:100]
     if not _encodable(value):
         return "a string holds a lone surrogate (\\ud800-\\udfff), which is not text"
     return None
