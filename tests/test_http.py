@@ -119,6 +119,17 @@ def test_an_error_never_echoes_more_than_a_few_hundred_bytes(app_client, vote) -
     assert len(response.content) < 1000, response.text
 
 
+def test_a_refusal_quoting_a_long_input_is_cut_short(app_client) -> None:
+    """A key is refused with the key quoted: at most a few hundred characters of it."""
+    files = {"file": ("a.jpg", demo_image("chair"))}
+    response = app_client.post("/api/images", files=files, data={"key": "a\\" * 250})
+    assert response.status_code == 422 and "backslash" in response.json()["detail"]
+    status = app_client.get("/api/uploads/status", params={"key": "/" + "x" * 1000})
+    assert status.status_code == 422 and "absolute" in status.json()["detail"]
+    for answer in (response, status):
+        assert len(answer.json()["detail"]) < 350 and len(answer.content) < 1000
+
+
 def test_long_query_lists_are_not_echoed_whole(app_client) -> None:
     exclude = [str(i) for i in range(60)]  # over the limit of 50
     response = app_client.get("/api/search", params={"q": "cat", "exclude": exclude})

@@ -8,10 +8,12 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
 
 from imgsearch.api.docs import DOCS_PATHS, add_docs
 from imgsearch.api.guard import RequestGuard, SecurityHeaders
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 16 * 1024  # a vote is a few hundred bytes
 ECHOED_INPUT_CHARS = 100  # of an invalid input, in a 422: never a mirror of the request
+MAX_DETAIL_CHARS = 300  # of a refusal's reason, which may quote what was sent (a key)
 
 ROUTERS = {
     "health": health.router,
@@ -67,6 +70,13 @@ def create_app(
             allow_headers=["content-type", "x-api-key"],
         )
     app.add_middleware(SecurityHeaders, page_origins=settings.page_origins, docs_paths=DOCS_PATHS)
+
+    @app.exception_handler(HTTPException)
+    async def refused(request: Request, error: HTTPException) -> JSONResponse:
+        if isinstance(error.detail, str) and len(error.detail) > MAX_DETAIL_CHARS:
+            cut = f"{error.detail[:MAX_DETAIL_CHARS]}... ({len(error.detail):,} characters)"
+            error = HTTPException(error.status_code, cut, error.headers)
+        return await http_exception_handler(request, error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
