@@ -29,14 +29,14 @@ CHROMIUM_ARGS = [
 
 
 @contextmanager
-def live_server(app: FastAPI) -> Iterator[str]:
-    """Serve `app` on a free local port until the block ends, as `imgsearch serve` does (the
-    same protocol and bounds); yields its base URL.
+def live_server(app: FastAPI, port: int = 0) -> Iterator[str]:
+    """Serve `app` on `port` (0: a free one) until the block ends, as `imgsearch serve` does
+    (the same protocol and bounds); yields its base URL.
 
     The socket listens before the server thread starts, so requests made at once wait in the
     backlog instead of failing: nothing has to poll for the server to come up."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     sock.listen(64)
     port = sock.getsockname()[1]
     settings = app.state.service.settings

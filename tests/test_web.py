@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -639,3 +640,45 @@ def test_the_api_docs_render_with_nothing_from_elsewhere(browser, site, path, dr
         context.close()
     assert elsewhere == [] and errors == []
     assert all("cdn.redoc.ly" in message for message in blocked), blocked
+
+
+def test_a_page_on_another_origin_shows_the_api_images(browser, tmp_path, embedder, vocabulary):
+    """Result URLs are paths from the API's root: a page served from another origin (its
+    config.js naming the API) resolves them against the API, which allows that origin (CORS)
+    and which the page's policy allows it to reach."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    page_origin, api_origin = f"http://127.0.0.1:{port}", f"http://localhost:{port}"
+    service = make_service(
+        tmp_path / "data",
+        embedder,
+        vocabulary,
+        allowed_origins=[page_origin],
+        page_origins=[api_origin],
+    )
+    for number in (1, 2, 3):
+        service.add(f"elephant/{number}.jpg", demo_image("elephant", number))
+    with live_server(create_app(service, web_dir=WEB_DIR), port=port) as site:
+        context = browser.new_context(base_url=site, viewport=DESKTOP)
+        page = context.new_page()
+        blocked: list[str] = []
+        page.on("console", lambda message: _note_blocked(message, blocked))
+        page.route(
+            "**/config.js",
+            lambda route: route.fulfill(
+                content_type="text/javascript",
+                body=f'window.IMGSEARCH_CONFIG = {{api: "{api_origin}", upload: "direct"}};',
+            ),
+        )
+        try:
+            page.goto("/")
+            search(page, "elephant")
+            expect(tiles(page)).to_have_count(3)
+            loaded = "[...document.querySelectorAll('#grid img')].every((i) => i.naturalWidth)"
+            page.wait_for_function(f"() => {loaded}")
+            sources = tiles(page).locator("img").evaluate_all("(all) => all.map((i) => i.src)")
+        finally:
+            context.close()
+    assert all(src.startswith(f"{api_origin}/api/images/") for src in sources), sources
+    assert blocked == []
