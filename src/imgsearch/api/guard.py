@@ -84,28 +84,14 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADER_BYTES:
-            detail = f"request headers are larger than the limit of {MAX_HEADER_BYTES:,} bytes"
-            await send_refusal(send, 431, detail)
-            return
-        if repeated := repeated_headers(scope["headers"]):
-            names = ", ".join(sorted(repeated))
-            await send_refusal(send, 400, f"repeated headers: {names} may be sent only once")
-            return
         headers = Headers(scope=scope)  # what Starlette's parsers read
         media_type = parse_options_header(headers.get("content-type", ""))[0].decode("latin-1")
-        is_form = media_type == FORM_TYPE
-        limit = self.max_form_bytes if is_form else self.max_other_bytes
-        declared = headers.get("content-length")
-        if declared is not None and not (declared.isascii() and declared.isdigit()):
-            await send_refusal(send, 400, "Content-Length must be a number of bytes")
+        limit = self.max_form_bytes if media_type == FORM_TYPE else self.max_other_bytes
+        if refusal := _refusal(scope, headers, limit):
+            await send_refusal(send, *refusal)
             return
-        if declared is not None and int(declared) > limit:
-            await _refuse_size(send, limit)
-            return
-        has_body = "transfer-encoding" in headers or (declared or "0") != "0"
-        if not has_body:
-            await self.app(scope, receive, send)
+        if "transfer-encoding" not in headers and headers.get("content-length", "0") == "0":
+            await self.app(scope, receive, send)  # no body
             return
         if self.bodies >= self.max_bodies:
             await send_refusal(
@@ -148,7 +134,7 @@ class RequestGuard:
         with suppress(BodyTooLarge):
             await self.app(scope, counting_receive, guarded_send)
         if exceeded:
-            await _refuse_size(send, limit)
+            await send_refusal(send, *_too_large(limit))
 
     async def _json(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         """Read the (small) JSON body whole, check it as JSON, then hand it to the app."""
@@ -159,7 +145,7 @@ class RequestGuard:
                 return  # the client left: nobody to answer
             body += message.get("body", b"")
             if len(body) > limit:
-                await _refuse_size(send, limit)
+                await send_refusal(send, *_too_large(limit))
                 return
             if not message.get("more_body", False):
                 break
@@ -176,6 +162,21 @@ class RequestGuard:
             return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+def _refusal(scope: Scope, headers: Headers, limit: int) -> tuple[int, str] | None:
+    """The status and reason to refuse a request for by its headers alone, if any."""
+    raw = scope["headers"]
+    if sum(len(name) + len(value) for name, value in raw) > MAX_HEADER_BYTES:
+        return 431, f"request headers are larger than the limit of {MAX_HEADER_BYTES:,} bytes"
+    if repeated := repeated_headers(raw):
+        return 400, f"repeated headers: {', '.join(sorted(repeated))} may be sent only once"
+    declared = headers.get("content-length")
+    if declared is not None and not (declared.isascii() and declared.isdigit()):
+        return 400, "Content-Length must be a number of bytes"
+    if declared is not None and int(declared) > limit:
+        return _too_large(limit)
+    return None
 
 
 def repeated_headers(headers: Iterable[tuple[bytes, bytes]]) -> set[str]:
@@ -242,8 +243,8 @@ def _encodable(value: object) -> bool:
     return True
 
 
-async def _refuse_size(send: Send, limit: int) -> None:
-    await send_refusal(send, 413, f"request body is larger than the limit of {limit:,} bytes")
+def _too_large(limit: int) -> tuple[int, str]:
+    return 413, f"request body is larger than the limit of {limit:,} bytes"
 
 
 class SecurityHeaders:
