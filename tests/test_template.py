@@ -156,6 +156,17 @@ def test_the_queue_retries_a_bounded_number_of_times_within_the_functions_time()
     assert resources["FeedbackFunction"]["Properties"]["Timeout"] < 30
 
 
+def test_the_page_may_reach_the_bucket_it_uploads_into() -> None:
+    """The page's Content-Security-Policy names the bucket the functions use, by the same
+    derived name (its images are presigned GETs, its uploads presigned POSTs)."""
+    variables = load_template()["Globals"]["Function"]["Environment"]["Variables"]
+    bucket, bucket_names = variables["IMGSEARCH_BUCKET"]["Fn::Sub"]
+    origins, origin_names = variables["IMGSEARCH_PAGE_ORIGINS"]["Fn::Sub"]
+    assert origin_names == bucket_names
+    parsed = json.loads(origins)  # a JSON list, as the setting reads it
+    assert len(parsed) == 2 and all(o.startswith(f"https://{bucket}.s3.") for o in parsed)
+
+
 @pytest.fixture(scope="session")
 def checkov_path() -> Path:
     """checkov, in a virtualenv of its own: it pins boto3, packaging and networkx to versions

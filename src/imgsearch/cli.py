@@ -58,6 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from imgsearch.api.app import create_app
     from imgsearch.api.auth import local_api_key
+    from imgsearch.api.server import server_config
 
     service = _service(args)
     service.index  # noqa: B018 - load the index before the first request, not during it
@@ -74,7 +75,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     where = service.settings.data_dir if service.settings.backend == "local" else "AWS"
     print(f"imgsearch: {service.count()} images from {where}", file=sys.stderr)
     print(f"imgsearch: serving on http://{args.host}:{args.port}/", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    config = server_config(
+        app, service.settings, host=args.host, port=args.port, log_level="warning"
+    )
+    uvicorn.Server(config).run()
     return 0
 
 

@@ -61,7 +61,24 @@ class Settings(BaseSettings):
     feedback_cache_seconds: float = 5.0
 
     # HTTP API.
-    allowed_origins: list[str] = ["*"]
+    # Origins other than the API's own that browsers may call it from (CORS). None by default:
+    # the API serves the page itself. In the cloud API Gateway answers CORS instead ("[]").
+    allowed_origins: list[str] = []
+    # Where clients reach the API (e.g. https://photos.example.com): result URLs start with it.
+    # Unset, they are paths from the root (/api/images/...), never built from the Host header.
+    public_url: str | None = None
+    # Origins besides its own that the page may show images from and upload to (the bucket,
+    # in the cloud): added to the Content-Security-Policy's img-src and connect-src.
+    page_origins: list[str] = []
+    # HTTP connections of `imgsearch serve` (in the cloud API Gateway bounds them). Docs:
+    # docs/reliability.md, "The HTTP API".
+    http_max_connections: int = 200  # open at once; beyond, 503 and closed
+    http_max_client_connections: int = 32  # open at once from one address
+    http_backlog: int = 128  # accepted by the kernel, waiting for the server
+    http_max_bodies: int = 16  # request bodies being received at once; beyond, 503
+    http_header_seconds: float = 10.0  # to send a request's headers, from their first byte
+    http_body_seconds: float = 120.0  # to send a whole body: 25 MB at 210 KB/s (408)
+    http_keep_alive_seconds: int = 5  # a connection sending nothing, new or between requests
     # Who may change the collection: "api_key" checks the X-API-Key header against `api_key`
     # (locally generated on first start when unset); "gateway" trusts an authorizer in front
     # (API Gateway in the cloud) to have checked it already.

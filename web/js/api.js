@@ -3,6 +3,11 @@
 const config = window.IMGSEARCH_CONFIG || {};
 
 export const API = `${(config.api || "").replace(/\/+$/, "")}/api`;
+
+// Image URLs in answers are paths from the API's root (unless the server sets a public URL):
+// they are resolved against where the API is, which may not be this page's origin.
+const API_ROOT = new URL(config.api || "/", location.href);
+export const resolve = (url) => new URL(url, API_ROOT).href;
 export const UPLOAD_MODE = config.upload === "presigned" ? "presigned" : "direct";
 
 /** A request that failed; `status` 0 means the server could not be reached. */

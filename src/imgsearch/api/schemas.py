@@ -23,8 +23,11 @@ class ClassScore(BaseModel):
 class Result(BaseModel):
     id: str
     key: str
-    url: str = Field(description="The image's bytes")
-    thumbnail: str = Field(description="A small JPEG of the image")
+    url: str = Field(
+        description="The image's bytes: a path from the API's root, or an absolute URL if the "
+        "server has a public URL set"
+    )
+    thumbnail: str = Field(description="A small JPEG of the image (a URL like `url`)")
     score: float = Field(description="Higher is better; comparable within one response")
     learned: bool = Field(False, description="Placed by what users taught through votes")
     reason: Literal["keyword", "learned", "voted", "explore", "similar"] = Field(
