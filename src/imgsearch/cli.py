@@ -74,7 +74,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     where = service.settings.data_dir if service.settings.backend == "local" else "AWS"
     print(f"imgsearch: {service.count()} images from {where}", file=sys.stderr)
     print(f"imgsearch: serving on http://{args.host}:{args.port}/", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # proxy_headers=False: uvicorn would otherwise take X-Forwarded-For from 127.0.0.1 as the
+    # client; who a client is must be decided by one rule (clients.py, `trusted_proxies`).
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=False)
     return 0
 
 

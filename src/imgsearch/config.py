@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     # Feedback: how votes re-rank (see learning.py), and how long others' votes are cached.
     feedback_method: Literal["rocchio", "knn", "neighbours"] = "rocchio"
     feedback_cache_seconds: float = 5.0
+    # How fast votes age: a client's voice counts half after this many days (see feedback.py).
+    vote_half_life_days: float = Field(30.0, gt=0)
 
     # HTTP API.
     allowed_origins: list[str] = ["*"]
@@ -69,6 +71,13 @@ class Settings(BaseSettings):
     api_key: str | None = None
     votes_per_session_minute: int = 120
     votes_per_client_minute: int = 600
+    # Who a client is (clients.py): the socket peer's address, never X-Forwarded-For unless the
+    # peer is one of these proxies (addresses or networks, e.g. ["10.0.0.0/8"]).
+    trusted_proxies: list[str] = []
+    # The key that turns client addresses into the ids votes store (raw addresses are never
+    # stored). Unset: locally the data directory's client-secret file, made on first use; in
+    # the cloud a secret kept in the feedback table, made on first use.
+    client_secret: str | None = None
 
     @property
     def model_path(self) -> Path:

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from imgsearch.catalog import Catalog, ImageRecord
+from imgsearch.clients import ClientIds, client_secret, source_address, trusted_networks
 from imgsearch.config import Settings
 from imgsearch.embedding import Embedder, ModelSpec
-from imgsearch.feedback import Feedback
+from imgsearch.feedback import LOCAL_CLIENT, Feedback
 from imgsearch.index.builder import BuildReport, IndexBuilder
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
@@ -67,7 +68,7 @@ class ImageSearch:
         self.settings = settings
         self.storage = storage or open_storage(settings)
         self.catalog = Catalog(self.storage)
-        self.feedback = Feedback(self.storage.feedback)
+        self.feedback = Feedback(self.storage.feedback, half_life_days=settings.vote_half_life_days)
         if embedder is not None:
             self.embedder = embedder
             self.model = embedder.spec
@@ -75,6 +76,21 @@ class ImageSearch:
             self.vocabulary = vocabulary
 
     # Parts, loaded on first use --------------------------------------------------------
+
+    @cached_property
+    def client_ids(self) -> ClientIds:
+        local = self.settings.data_dir if self.settings.backend == "local" else None
+        return ClientIds(client_secret(self.settings.client_secret, local, self.storage.feedback))
+
+    @cached_property
+    def _trusted_proxies(self) -> list:
+        return trusted_networks(self.settings.trusted_proxies)
+
+    def client_id(self, peer: str | None, forwarded_for: list[str] | None = None) -> str:
+        """The id of the client a request came from (see clients.py): what votes and rate
+        limits are counted against."""
+        address = source_address(peer, forwarded_for or [], self._trusted_proxies)
+        return self.client_ids.of(address)
 
     @cached_property
     def model(self) -> ModelSpec:
@@ -293,14 +309,17 @@ class ImageSearch:
 
     # Feedback ----------------------------------------------------------------------------
 
-    def vote(self, query: str, image_id: str, value: int, session: str) -> str:
-        """Record a vote; returns the normalised term it was recorded under."""
+    def vote(
+        self, query: str, image_id: str, value: int, session: str, client: str = LOCAL_CLIENT
+    ) -> str:
+        """Record a vote of `session`, cast from `client` (a client id); returns the
+        normalised term it was recorded under."""
         if self.image(image_id) is None:
             raise NotIndexed(image_id)
         term = self.vocabulary.normalise(query)
         if not term:
             raise ValueError("the query has no words")
-        self.feedback.vote(term, image_id, session, value)
+        self.feedback.vote(term, image_id, session, value, client)
         # Only a learner this process has built can hold the term's old votes; building one
         # here would load the index into a process that only records votes (the feedback
         # function, which has no Annoy).
