@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import API_KEY
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -326,3 +327,65 @@ def test_pages_others_see_follow_independent_agreement_only(
             service.vote("zqxnewword", image_id, 1, f"t{teacher}", f"teacher{teacher}")
     page = [h.image_id for h in service.search_text("zqxnewword", limit=FIRST_PAGE).hits]
     assert set(chosen) <= set(page)
+
+
+# The owner's controls ---------------------------------------------------------------------
+
+
+def test_the_owner_sees_what_a_word_learned_drops_a_client_and_resets_the_word(voting) -> None:
+    word = "zqxblooms"
+    lotus, pizzas = category_ids(voting, "lotus")[:3], category_ids(voting, "pizza")[:4]
+    for number, address in enumerate(("192.0.2.1", "192.0.2.2", "192.0.2.3")):
+        teacher = from_address(voting, address)
+        for image_id in lotus:
+            vote(teacher, word, image_id, 1, f"teacher{number}")
+    attacker = from_address(voting, "203.0.113.9")
+    for number in range(3):
+        for image_id in pizzas:
+            vote(attacker, word, image_id, 1, f"spam{number}")
+    anonymous = from_address(voting, "198.51.100.20")
+    wrong = from_address(voting, "198.51.100.20", **{"X-API-Key": "wrong"})
+    for method, path in (
+        ("GET", f"/api/terms/{word}"),
+        ("DELETE", f"/api/terms/{word}"),
+        ("DELETE", "/api/clients/203.0.113.9/votes"),
+    ):
+        assert anonymous.request(method, path).status_code == 401
+        assert wrong.request(method, path).status_code == 403
+    owner = from_address(voting, "127.0.0.1", **{"X-API-Key": API_KEY})
+
+    learned = owner.get(f"/api/terms/{word.upper()}").json()
+    assert (learned["term"], learned["votes"], learned["sessions"], learned["clients"]) == (
+        word,
+        9 + 12,
+        6,
+        4,
+    )
+    weights = {i["id"]: (i["up_clients"], i["weight"]) for i in learned["images"]}
+    assert all(weights[i] == (3, 2.0) for i in lotus)
+    assert all(weights[i] == (1, 0.0) for i in pizzas)  # one client: no weight for others
+    assert [i["id"] for i in learned["images"][:3]] == sorted(lotus)
+    attacker_id = voting.client_id("203.0.113.9")
+    assert {"client": attacker_id, "up": 4, "down": 0} in learned["voters"]
+    assert "203.0.113.9" not in str(learned)  # ids, never addresses
+
+    dropped = owner.delete("/api/clients/203.0.113.9/votes").json()
+    assert dropped == {"client": attacker_id, "votes_removed": 12}
+    after_drop = owner.get(f"/api/terms/{word}").json()
+    assert (after_drop["votes"], after_drop["sessions"], after_drop["clients"]) == (9, 3, 3)
+    assert {i["id"] for i in after_drop["images"]} == set(lotus)
+    assert not set(pizzas) & set(first_page(attacker, word, "spam0"))  # its sessions forget
+    teacher_id = voting.client_id("192.0.2.1")
+    assert owner.delete(f"/api/clients/{teacher_id}/votes").json()["votes_removed"] == 3
+    lotus_weights = {i["id"]: i["weight"] for i in owner.get(f"/api/terms/{word}").json()["images"]}
+    assert lotus_weights == dict.fromkeys(lotus, 1.0)
+    assert owner.delete("/api/clients/not-a-client/votes").status_code == 422
+
+    reset = owner.delete(f"/api/terms/{word}").json()
+    assert reset == {"term": word, "votes_removed": 6}
+    fresh = anonymous.get("/api/search", params={"q": word, "session": "later"}).json()
+    assert fresh["interpretation"]["learned"] is None
+    assert not set(lotus) <= {r["id"] for r in fresh["results"][:3]}
+    emptied = owner.get(f"/api/terms/{word}").json()
+    assert (emptied["votes"], emptied["clients"], emptied["images"]) == (0, 0, [])
+    assert owner.get("/api/terms/%20%20").status_code == 422

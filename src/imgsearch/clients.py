@@ -94,6 +94,10 @@ def is_client_id(text: str) -> bool:
     return re.fullmatch(CLIENT_ID_PATTERN, text) is not None
 
 
+def is_address(text: str) -> bool:
+    return _parse(text) is not None
+
+
 def client_secret(configured: str | None, data_dir: Path | None, table: Table) -> str:
     """The secret client ids are made with: the setting if given, else the data directory's
     client-secret file (local), else a secret kept in the feedback table (cloud); the last two

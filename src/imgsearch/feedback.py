@@ -204,9 +204,9 @@ class Feedback:
                 weight = float(summary.get(f"{side}_weight", 0.0))
                 at = float(summary.get("at", now))
                 counts[f"{side}_weight"] = decayed(weight, at, now, self.half_life)
-        if voice is not None:
+        if voice is not None:  # (a reset cut short may have left a voice without its count)
             side = "up" if int(voice["voice"]) > 0 else "down"
-            counts[side] -= 1
+            counts[side] = max(0, counts[side] - 1)
             own = decayed(1.0, float(voice["at"]), now, self.half_life)
             counts[f"{side}_weight"] = max(0.0, counts[f"{side}_weight"] - own)
         if value:
@@ -259,6 +259,14 @@ class Feedback:
         """Per image: (up, down) distinct clients whose voice says so."""
         return {a.image_id: (a.up_clients, a.down_clients) for a in self.summary(term).images}
 
+    def voters(self, term: str) -> dict[str, tuple[int, int]]:
+        """Per client: how many images its voice calls relevant and not (O(voices): for the
+        owner's view, never for a search)."""
+        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for item in self.table.query(f"term#{term}", prefix="voice#"):
+            counts[item["client"]][0 if int(item["voice"]) > 0 else 1] += 1
+        return {client: (up, down) for client, (up, down) in counts.items()}
+
     def learned_terms(self) -> dict[str, int]:
         """Terms users have voted on, with how many votes each has."""
         return {i["sk"]: int(i["votes"]) for i in self.table.query("terms")}
@@ -274,10 +282,14 @@ class Feedback:
         The rows under the voters' client partitions stay: they point at votes that are gone,
         which `drop_client` skips."""
         row = self.table.get("terms", term)
-        rows = [Delete(i["pk"], i["sk"]) for i in self.table.query(f"term#{term}")]
-        for start in range(0, len(rows), MAX_WRITES):
-            self.table.transact(rows[start : start + MAX_WRITES])
+        # What searches read goes first, so that a reset cut short already took effect (and
+        # repeating it finishes the rest).
         self.table.delete("terms", term)
+        pk = f"term#{term}"
+        for prefix in ("image#", ""):
+            rows = [Delete(pk, i["sk"]) for i in self.table.query(pk, prefix=prefix)]
+            for start in range(0, len(rows), MAX_WRITES):
+                self.table.transact(rows[start : start + MAX_WRITES])
         return int(row.get("votes", 0)) if row else 0
 
     def drop_client(self, client: str) -> int:

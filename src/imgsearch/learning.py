@@ -145,6 +145,11 @@ class Learner:
         with self._lock:
             self._cache.pop(term, None)
 
+    def forget_all(self) -> None:
+        """Drop every cached summary (after votes of many terms changed)."""
+        with self._lock:
+            self._cache.clear()
+
     def _summary(self, term: str) -> TermSummary:
         now = time.monotonic()
         with self._lock:

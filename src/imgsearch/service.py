@@ -17,10 +17,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from imgsearch.catalog import Catalog, ImageRecord
-from imgsearch.clients import ClientIds, client_secret, source_address, trusted_networks
+from imgsearch.clients import (
+    ClientIds,
+    client_secret,
+    is_address,
+    is_client_id,
+    source_address,
+    trusted_networks,
+)
 from imgsearch.config import Settings
 from imgsearch.embedding import Embedder, ModelSpec
-from imgsearch.feedback import LOCAL_CLIENT, Feedback
+from imgsearch.feedback import LOCAL_CLIENT, Feedback, TermSummary
 from imgsearch.index.builder import BuildReport, IndexBuilder
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
@@ -326,3 +333,41 @@ class ImageSearch:
         if "learner" in vars(self):
             self.learner.forget(term)
         return term
+
+    # The owner's controls over what votes taught -------------------------------------------
+
+    def term(self, query: str) -> str:
+        """The query as votes store it; ValueError if it has no words."""
+        term = self.vocabulary.normalise(query)
+        if not term:
+            raise ValueError("the query has no words")
+        return term
+
+    def learned(self, query: str) -> TermSummary:
+        """What votes taught about a query's term, as stored (see feedback.py)."""
+        return self.feedback.summary(self.term(query))
+
+    def reset_term(self, query: str) -> tuple[str, int]:
+        """Forget what votes taught about a term; returns it and how many votes it had."""
+        term = self.term(query)
+        removed = self.feedback.reset(term)
+        if "learner" in vars(self):
+            self.learner.forget(term)
+        return term, removed
+
+    def named_client(self, name: str) -> str:
+        """A client id from what the owner names it by: its id, or an address (hashed as a
+        request from it would be). ValueError for anything else."""
+        if is_client_id(name) or name == LOCAL_CLIENT:
+            return name
+        if not is_address(name):
+            raise ValueError(f"{name[:60]!r} is neither a client id nor an IP address")
+        return self.client_ids.of(name)
+
+    def drop_client(self, name: str) -> tuple[str, int]:
+        """Remove every vote of a client (by id or address); returns its id and the count."""
+        client = self.named_client(name)
+        removed = self.feedback.drop_client(client)
+        if "learner" in vars(self):
+            self.learner.forget_all()
+        return client, removed

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from imgsearch.api.limits import BodyLimit
-from imgsearch.api.routes import feedback, health, images, search, uploads
+from imgsearch.api.routes import feedback, health, images, search, uploads, votes
 from imgsearch.index.manifest import IndexFormatError
 from imgsearch.service import ImageSearch
 
@@ -28,6 +28,7 @@ ROUTERS = {
     "search": search.router,
     "feedback": feedback.router,
     "uploads": uploads.router,
+    "votes": votes.router,
 }
 
 
