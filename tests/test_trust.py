@@ -389,3 +389,27 @@ def test_the_owner_sees_what_a_word_learned_drops_a_client_and_resets_the_word(v
     emptied = owner.get(f"/api/terms/{word}").json()
     assert (emptied["votes"], emptied["clients"], emptied["images"]) == (0, 0, [])
     assert owner.get("/api/terms/%20%20").status_code == 422
+
+
+def test_the_votes_command_shows_resets_and_drops(tmp_path, capsys) -> None:
+    from imgsearch.cli import main
+    from imgsearch.config import Settings
+    from imgsearch.storage import open_storage
+
+    data = ["--data-dir", str(tmp_path / "data"), "--backend", "local"]
+    settings = Settings(backend="local", data_dir=tmp_path / "data")
+    feedback = Feedback(open_storage(settings).feedback)
+    service = ImageSearch(settings)
+    pest = service.client_id("203.0.113.5")
+    for client in ("c1", "c2", "c3", pest):
+        feedback.vote("kite", "00000000000000aa", f"s-{client}", 1, client)
+    assert main(["votes", "show", "Kites", *data]) == 0
+    shown = capsys.readouterr().out
+    assert "kite: 4 votes from 4 sessions and 4 clients" in shown
+    assert "up 4 (4.00)" in shown and "weight +3.00" in shown and f"client {pest}" in shown
+    assert main(["votes", "drop-client", "203.0.113.5", *data]) == 0
+    assert f"client {pest}: 1 votes removed" in capsys.readouterr().out
+    assert main(["votes", "reset", "kite", *data]) == 0
+    assert "kite: reset, 3 votes removed" in capsys.readouterr().out
+    assert feedback.summary("kite").images == []
+    assert main(["votes", "drop-client", "nobody", *data]) != 0
