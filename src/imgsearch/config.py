@@ -59,8 +59,9 @@ class Settings(BaseSettings):
     # Feedback: how votes re-rank (see learning.py), and how long others' votes are cached.
     feedback_method: Literal["rocchio", "knn", "neighbours"] = "rocchio"
     feedback_cache_seconds: float = 5.0
-    # How fast votes age: a client's voice counts half after this many days (see feedback.py).
-    vote_half_life_days: float = Field(30.0, gt=0)
+    # How fast votes age: a client's voice counts half after this many days (see feedback.py);
+    # three agreeing voices fall below the quorum that teaches others after 0.58 half-lives.
+    vote_half_life_days: float = Field(90.0, gt=0)
 
     # HTTP API.
     allowed_origins: list[str] = ["*"]

@@ -99,7 +99,7 @@ class Feedback:
         self,
         table: Table,
         *,
-        half_life_days: float = 30.0,
+        half_life_days: float = 90.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.table = table

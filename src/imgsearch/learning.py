@@ -6,12 +6,13 @@ are learned from votes, with different trust:
   votes change its very next page: the learning speed of one user.
 - What teaches everyone else is the agreement of independent clients (source addresses, see
   clients.py), read from the term's summary (feedback.py): per image, the decayed number of
-  distinct clients whose voice says "relevant" minus those saying "not relevant". The first
-  client's voice teaches others nothing (`trust`): a client, however many sessions it invents,
-  moves an image's net agreement by at most one voice, so alone it changes nobody else's page,
-  and beside others it shifts each image by at most one voice's weight. Each further agreeing
-  client adds one, so influence grows with independent agreement, never with votes or sessions.
-  Why not weigh sessions (as before)? Sessions are free to invent; addresses are not.
+  distinct clients whose voice says "relevant" minus those saying "not relevant". An image
+  teaches others only from QUORUM agreeing clients on (`trust`), each further one adding one.
+  A client, however many sessions it invents, moves an image's net agreement by at most one
+  voice: alone it changes nobody else's page, and beside others it shifts each image by at
+  most one voice's weight. Influence grows with independent agreement, never with votes or
+  sessions. Why not weigh sessions (as before)? Sessions are free to invent; addresses are
+  not. Why a quorum of three, not two? Many people hold two addresses (home and phone).
 Reading a term costs one summary row per image voted on, whatever the number of votes.
 
 Methods (chosen by `imgsearch eval`, see docs/evaluation.md):
@@ -40,8 +41,8 @@ from imgsearch.index.reader import Index
 Method = Literal["rocchio", "knn", "neighbours"]
 METHODS: tuple[Method, ...] = ("rocchio", "knn", "neighbours")
 NEGATIVE_WEIGHT = 0.5
-SELF_WEIGHT = 3.0  # the asking session's votes, against one per agreeing client beyond the first
-UNTRUSTED_VOICES = 1.0  # the voices of an image that teach others nothing: one client's
+SELF_WEIGHT = 3.0  # the asking session's votes, against one per agreeing client beyond quorum
+QUORUM = 3  # distinct clients agreeing on an image before it teaches anyone else
 KNN_EXAMPLES = 3
 MAX_CACHED_TERMS = 1024  # beyond this many cached terms, expired ones are dropped
 
@@ -49,10 +50,11 @@ MAX_CACHED_TERMS = 1024  # beyond this many cached terms, expired ones are dropp
 def trust(agreement: Agreement) -> float:
     """An image's weight as an example for others: positive "relevant", negative "not".
 
-    The net decayed agreement of distinct clients, less the one voice a single client can give
-    it: 1 client -> 0, 2 agreeing -> 1, 3 -> 2; a client disagreeing takes one back."""
+    The net decayed agreement of distinct clients beyond the quorum's first voices: 1 or 2
+    clients -> 0, 3 agreeing -> 1, 4 -> 2; a client disagreeing takes one back. Voices decay,
+    so an agreement fades unless new clients renew it."""
     net = agreement.up - agreement.down
-    return float(np.sign(net)) * max(0.0, abs(net) - UNTRUSTED_VOICES)
+    return float(np.sign(net)) * max(0.0, abs(net) - (QUORUM - 1))
 
 
 @dataclass(frozen=True)
