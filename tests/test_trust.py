@@ -24,6 +24,7 @@ from imgsearch.clients import (
     source_address,
     trusted_networks,
 )
+from imgsearch.config import Settings
 from imgsearch.feedback import Feedback
 from imgsearch.learning import trust
 from imgsearch.service import ImageSearch
@@ -203,6 +204,8 @@ def test_a_client_is_its_connection_unless_a_trusted_proxy_says_otherwise() -> N
     assert client_network("::ffff:192.0.2.1") == "192.0.2.1"
     with pytest.raises(ValueError, match="trusted_proxies"):
         trusted_networks(["10.0.0.0/33"])
+    with pytest.raises(ValueError, match="not an address or network"):
+        Settings(trusted_proxies=["proxy.example"])  # refused at start, not at the first vote
     ids = ClientIds("secret")
     assert ids.of("2001:db8:1:2::1") == ids.of("2001:db8:1:2:ffff::9") != ids.of("2001:db8::1")
     assert is_client_id(ids.of("192.0.2.1")) and "192.0.2.1" not in ids.of("192.0.2.1")
@@ -397,7 +400,6 @@ def test_the_owner_sees_what_a_word_learned_drops_a_client_and_resets_the_word(v
 
 def test_the_votes_command_shows_resets_and_drops(tmp_path, capsys) -> None:
     from imgsearch.cli import main
-    from imgsearch.config import Settings
     from imgsearch.storage import open_storage
 
     data = ["--data-dir", str(tmp_path / "data"), "--backend", "local"]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
@@ -73,12 +74,23 @@ class Settings(BaseSettings):
     votes_per_session_minute: int = 120
     votes_per_client_minute: int = 600
     # Who a client is (clients.py): the socket peer's address, never X-Forwarded-For unless the
-    # peer is one of these proxies (addresses or networks, e.g. ["10.0.0.0/8"]).
+    # peer is one of these proxies (addresses or networks; in the environment a JSON list,
+    # IMGSEARCH_TRUSTED_PROXIES='["10.0.0.0/8"]').
     trusted_proxies: list[str] = []
     # The key that turns client addresses into the ids votes store (raw addresses are never
     # stored). Unset: locally the data directory's client-secret file, made on first use; in
     # the cloud a secret kept in the feedback table, made on first use.
     client_secret: str | None = None
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, proxies: list[str]) -> list[str]:
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{proxy!r} is not an address or network") from None
+        return proxies
 
     @property
     def model_path(self) -> Path:
