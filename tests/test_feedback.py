@@ -60,6 +60,30 @@ def test_concurrent_votes_lose_nothing(storage) -> None:
         assert agreement.up == pytest.approx(agreement.up_clients, rel=1e-4)
 
 
+def test_sessions_of_one_client_racing_leave_it_one_voice(storage) -> None:
+    """Twelve sessions of three clients vote concurrently: each client keeps exactly one voice
+    per image, and the summary agrees with the voices, its decayed counts with its counts."""
+    feedback = Feedback(storage.feedback)
+    images = [f"{i:016x}" for i in range(4)]
+
+    def session(number: int) -> None:
+        for image_id in images:
+            feedback.vote("sail", image_id, f"s{number}", 1 if number % 2 else -1, f"c{number % 3}")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(session, range(12)))
+    voices = list(storage.feedback.query("term#sail", prefix="voice#"))
+    assert len(voices) == 3 * len(images)
+    for agreement in feedback.summary("sail").images:
+        mine = [v for v in voices if v["image_id"] == agreement.image_id]
+        assert agreement.up_clients == sum(int(v["voice"]) > 0 for v in mine)
+        assert agreement.up_clients + agreement.down_clients == 3
+        assert agreement.up == pytest.approx(agreement.up_clients, rel=1e-4)
+        assert agreement.down == pytest.approx(agreement.down_clients, rel=1e-4)
+    summary = feedback.summary("sail")
+    assert (summary.votes, summary.sessions, summary.clients) == (48, 12, 3)
+
+
 def test_a_replayed_vote_changes_nothing(storage) -> None:
     feedback = Feedback(storage.feedback)
     assert feedback.vote("kite", "00000000000000aa", "s1", 1) is True
