@@ -6,14 +6,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path
-from fastapi.concurrency import run_in_threadpool
 
 from imgsearch.api.auth import ApiKey
 from imgsearch.api.deps import Service
 from imgsearch.api.schemas import ClientDropped, LearnedTerm, TermReset
 from imgsearch.learning import trust
 
-router = APIRouter(tags=["votes"])
+router = APIRouter(tags=["votes"])  # plain functions: FastAPI runs them off the event loop
 
 Term = Annotated[str, Path(min_length=1, max_length=200, description="A query, as typed")]
 ClientName = Annotated[
@@ -56,21 +55,21 @@ def learned_term(_: ApiKey, service: Service, term: Term) -> dict:
 
 
 @router.delete("/terms/{term}", response_model=TermReset)
-async def reset_term(_: ApiKey, service: Service, term: Term) -> dict:
+def reset_term(_: ApiKey, service: Service, term: Term) -> dict:
     """Forget every vote on a term: everyone sees it as before anyone voted."""
     try:
-        reset, removed = await run_in_threadpool(service.reset_term, term)
+        reset, removed = service.reset_term(term)
     except ValueError as error:
         raise HTTPException(422, detail=str(error)) from None
     return {"term": reset, "votes_removed": removed}
 
 
 @router.delete("/clients/{client}/votes", response_model=ClientDropped)
-async def drop_client(_: ApiKey, service: Service, client: ClientName) -> dict:
+def drop_client(_: ApiKey, service: Service, client: ClientName) -> dict:
     """Remove every vote one client cast, on every term, and its voices from what terms
     learned; name it by its id (as `GET /api/terms/{term}` lists voters) or its IP address."""
     try:
-        dropped, removed = await run_in_threadpool(service.drop_client, client)
+        dropped, removed = service.drop_client(client)
     except ValueError as error:
         raise HTTPException(422, detail=str(error)) from None
     return {"client": dropped, "votes_removed": removed}
