@@ -34,7 +34,7 @@ from aws_resources import (
 )
 from conftest import REPO, demo_image
 from hostile_files import corpus
-from lambda_events import ApiGateway, QueuePoller, lambda_logging, load_function
+from lambda_events import CLIENT_IP, ApiGateway, QueuePoller, lambda_logging, load_function
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
@@ -253,6 +253,31 @@ def test_the_functions_send_the_security_headers_with_the_bucket_allowed(cloud: 
         assert f"connect-src 'self' https://{BUCKET}.s3.amazonaws.com" in policy, path
         assert "frame-ancestors 'none'" in policy and "script-src 'self';" in policy
         assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_votes_count_against_api_gateways_source_ip_and_the_owner_controls_them(
+    cloud: Cloud,
+) -> None:
+    cloud.upload("elephant.jpg", demo_image("elephant"))
+    assert no_failures(cloud.queue.drain())
+    image_id = cloud.api.request("GET", "/api/images", params={"key": "elephant.jpg"}).json()
+    vote = {"query": "trunks", "image_id": image_id["results"][0]["id"], "vote": 1, "session": "s"}
+    spoofed = {"X-Forwarded-For": "1.2.3.4, " + CLIENT_IP}  # what a client may write
+    response = cloud.api.request("POST", "/api/feedback", json_body=vote, headers=spoofed)
+    assert response.status == 200, response.body
+    # The owner's routes: behind the authorizer, served by the feedback function.
+    assert cloud.api.request("GET", "/api/terms/trunks").status == 401
+    right = {"X-API-Key": API_KEY}
+    learned = cloud.api.request("GET", "/api/terms/trunks", headers=right).json()
+    assert (learned["votes"], learned["clients"]) == (1, 1)
+    assert learned["images"][0]["up_clients"] == 1
+    spoofer = cloud.api.request("DELETE", "/api/clients/1.2.3.4/votes", headers=right).json()
+    assert spoofer["votes_removed"] == 0  # the header named nobody who voted
+    dropped = cloud.api.request("DELETE", f"/api/clients/{CLIENT_IP}/votes", headers=right)
+    assert dropped.json()["votes_removed"] == 1  # the vote was API Gateway's sourceIp's
+    assert dropped.json()["client"] == learned["voters"][0]["client"]
+    reset = cloud.api.request("DELETE", "/api/terms/trunks", headers=right)
+    assert reset.status == 200 and reset.json()["term"] == "trunks"
 
 
 def test_events_that_keep_failing_are_parked_as_failed_on_the_last_delivery(

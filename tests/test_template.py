@@ -34,6 +34,12 @@ MUTATING_ROUTES = {
     ("delete", "/api/images/{id}"),
     ("post", "/api/uploads"),
 }
+# The owner's view and controls of what votes taught.
+OWNER_ROUTES = {
+    ("get", "/api/terms/{term}"),
+    ("delete", "/api/terms/{term}"),
+    ("delete", "/api/clients/{client}/votes"),
+}
 
 
 def translate(template: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +76,7 @@ def test_the_linters_would_catch_a_broken_reference() -> None:
     assert lint(json.dumps(translate(broken)))
 
 
-def test_only_the_routes_that_change_the_collection_need_the_key(translated) -> None:
+def test_only_the_routes_that_change_the_collection_or_its_votes_need_the_key(translated) -> None:
     body = translated["Resources"]["Api"]["Properties"]["Body"]
     guarded = {
         (method, path)
@@ -78,7 +84,7 @@ def test_only_the_routes_that_change_the_collection_need_the_key(translated) -> 
         for method, operation in operations.items()
         if operation.get("security")
     }
-    assert guarded == MUTATING_ROUTES
+    assert guarded == MUTATING_ROUTES | OWNER_ROUTES
     authorizer = body["components"]["securitySchemes"]["ApiKeyAuthorizer"]
     settings = authorizer["x-amazon-apigateway-authorizer"]
     assert settings["identitySource"] == ["$request.header.X-API-Key"]

@@ -682,3 +682,32 @@ def test_a_page_on_another_origin_shows_the_api_images(browser, tmp_path, embedd
             context.close()
     assert all(src.startswith(f"{api_origin}/api/images/") for src in sources), sources
     assert blocked == []
+
+
+def test_the_owner_sees_what_a_word_learned_and_can_reset_it(open_page, screenshot) -> None:
+    from axe_playwright_python.sync_playwright import Axe
+
+    word = "zqxowlets"  # no other test searches for it
+    visitor = open_page()
+    visitor.goto("/")
+    search(visitor, word)
+    tile_button(visitor, 2, f"Relevant to \u201c{word}\u201d").click()
+    expect(visitor.locator("#toast")).to_contain_text("comes first")
+    expect(visitor.locator("#learned")).to_be_hidden()  # without the key: nothing to see
+
+    owner = open_page(api_key=API_KEY)
+    owner.goto("/")
+    search(owner, word)
+    panel = owner.get_by_role("region", name="What votes taught this word")
+    expect(panel).to_be_visible()
+    panel.get_by_text("What votes taught").click()
+    expect(panel).to_contain_text(f"\u201c{word}\u201d: 1 vote from 1 session and 1 client")
+    expect(panel.get_by_role("listitem")).to_have_count(1)
+    expect(panel.get_by_role("listitem")).to_contain_text("1 up, 0 down; weight for others 0")
+    screenshot(owner, "panel")
+    violations = Axe().run(owner, context="#learned").response["violations"]
+    assert not violations, [(v["id"], v["help"]) for v in violations]
+
+    panel.get_by_role("button", name="Reset this word").click()
+    expect(owner.locator("#toast")).to_contain_text(f"\u201c{word}\u201d was reset: 1 vote removed")
+    expect(owner.locator("#learned")).to_be_hidden()

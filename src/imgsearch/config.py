@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
@@ -59,6 +60,9 @@ class Settings(BaseSettings):
     # Feedback: how votes re-rank (see learning.py), and how long others' votes are cached.
     feedback_method: Literal["rocchio", "knn", "neighbours"] = "rocchio"
     feedback_cache_seconds: float = 5.0
+    # How fast votes age: a client's voice counts half after this many days (see feedback.py);
+    # three agreeing voices fall below the quorum that teaches others after 0.58 half-lives.
+    vote_half_life_days: float = Field(90.0, gt=0)
 
     # HTTP API.
     # Origins other than the API's own that browsers may call it from (CORS). None by default:
@@ -86,6 +90,24 @@ class Settings(BaseSettings):
     api_key: str | None = None
     votes_per_session_minute: int = 120
     votes_per_client_minute: int = 600
+    # Who a client is (clients.py): the socket peer's address, never X-Forwarded-For unless the
+    # peer is one of these proxies (addresses or networks; in the environment a JSON list,
+    # IMGSEARCH_TRUSTED_PROXIES='["10.0.0.0/8"]').
+    trusted_proxies: list[str] = []
+    # The key that turns client addresses into the ids votes store (raw addresses are never
+    # stored). Unset: locally the data directory's client-secret file, made on first use; in
+    # the cloud a secret kept in the feedback table, made on first use.
+    client_secret: str | None = None
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, proxies: list[str]) -> list[str]:
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{proxy!r} is not an address or network") from None
+        return proxies
 
     @property
     def model_path(self) -> Path:

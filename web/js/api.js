@@ -97,6 +97,13 @@ export function searchPhoto(file, fields, signal) {
 export const vote = ({ query: words, imageId, value, session }) =>
   call("/feedback", json({ query: words, image_id: imageId, vote: value, session }));
 
+/** The owner's view of what votes taught a word, and its reset (the API key is needed). */
+export const learnedTerm = (term, apiKey) =>
+  call(`/terms/${encodeURIComponent(term)}`, { headers: keyHeader(apiKey) });
+
+export const resetTerm = (term, apiKey) =>
+  call(`/terms/${encodeURIComponent(term)}`, { method: "DELETE", headers: keyHeader(apiKey) });
+
 /** A file's type, or one guessed from its name where the browser did not know it. */
 function imageType(file) {
   const extension = file.name.split(".").pop().toLowerCase();

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 
 from imgsearch.api.docs import DOCS_PATHS, add_docs
 from imgsearch.api.guard import RequestGuard, SecurityHeaders
-from imgsearch.api.routes import feedback, health, images, search, uploads
+from imgsearch.api.routes import feedback, health, images, search, uploads, votes
 from imgsearch.index.manifest import IndexFormatError
 from imgsearch.service import ImageSearch
 
@@ -33,6 +33,7 @@ ROUTERS = {
     "search": search.router,
     "feedback": feedback.router,
     "uploads": uploads.router,
+    "votes": votes.router,
 }
 
 

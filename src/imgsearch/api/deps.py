@@ -18,6 +18,15 @@ def get_service(request: Request) -> ImageSearch:
 
 Service = Annotated[ImageSearch, Depends(get_service)]
 
+
+def get_client(request: Request, service: Service) -> str:
+    """The request's client id: its source address by the one rule of clients.py, hashed."""
+    peer = request.client.host if request.client else None
+    return service.client_id(peer, request.headers.getlist("x-forwarded-for"))
+
+
+Client = Annotated[str, Depends(get_client)]
+
 # Refusal codes that have their own HTTP status; the rest are 422 (unusable content).
 REFUSAL_STATUS = {"too_large": 413, "not_an_image": 415}
 

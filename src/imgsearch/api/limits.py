@@ -35,7 +35,8 @@ class RateLimiter:
 
 
 def limit_votes(service: ImageSearch, client: str, session: str) -> None:
-    """Votes per session and per client address, per minute: 429 beyond them."""
+    """Votes per session and per client (its id, as the trust model counts it), per minute:
+    429 beyond them. The counters expire (expires_at: DynamoDB's TTL, SqliteTable's purge)."""
     settings = service.settings
     table = service.storage.feedback
     checks = [

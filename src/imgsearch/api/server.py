@@ -181,5 +181,8 @@ def server_config(app: ASGIApp, settings: Settings, **options: object) -> uvicor
         http=protocol,
         backlog=settings.http_backlog,
         timeout_keep_alive=settings.http_keep_alive_seconds,
+        # uvicorn would otherwise take X-Forwarded-For from 127.0.0.1 as the client; who a
+        # client is must be decided by one rule (clients.py, `trusted_proxies`).
+        proxy_headers=False,
         **options,
     )
