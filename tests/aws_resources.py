@@ -55,7 +55,8 @@ def resource_properties(logical_id: str, expected_type: str) -> dict[str, Any]:
 
 
 def create_tables(dynamodb_client: Any, names: dict[str, str]) -> None:
-    """Create each template table (logical id -> table name) with its key schema and billing."""
+    """Create each template table (logical id -> table name) with its key schema, billing and
+    time to live."""
     for logical_id, table_name in names.items():
         properties = resource_properties(logical_id, "AWS::DynamoDB::Table")
         dynamodb_client.create_table(
@@ -64,6 +65,15 @@ def create_tables(dynamodb_client: Any, names: dict[str, str]) -> None:
             AttributeDefinitions=properties["AttributeDefinitions"],
             BillingMode=properties["BillingMode"],
         )
+        ttl = properties.get("TimeToLiveSpecification")
+        if ttl:
+            dynamodb_client.update_time_to_live(
+                TableName=table_name,
+                TimeToLiveSpecification={
+                    "AttributeName": ttl["AttributeName"],
+                    "Enabled": ttl["Enabled"],
+                },
+            )
 
 
 def create_bucket(s3_client: Any, name: str, logical_id: str = "ImageBucket") -> None:

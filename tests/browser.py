@@ -15,6 +15,8 @@ import uvicorn
 from fastapi import FastAPI
 from playwright.sync_api import Browser, Playwright
 
+from imgsearch.api.server import server_config
+
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
 CHROMIUM_ARGS = [
@@ -27,16 +29,19 @@ CHROMIUM_ARGS = [
 
 
 @contextmanager
-def live_server(app: FastAPI) -> Iterator[str]:
-    """Serve `app` on a free local port until the block ends; yields its base URL.
+def live_server(app: FastAPI, port: int = 0) -> Iterator[str]:
+    """Serve `app` on `port` (0: a free one) until the block ends, as `imgsearch serve` does
+    (the same protocol and bounds); yields its base URL.
 
     The socket listens before the server thread starts, so requests made at once wait in the
     backlog instead of failing: nothing has to poll for the server to come up."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     sock.listen(64)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    settings = app.state.service.settings
+    config = server_config(app, settings, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

@@ -289,13 +289,16 @@ def test_teaching_a_new_word_by_example(client) -> None:
     for result in found["results"][:2]:
         vote = {"query": found["query"], "image_id": result["id"], "vote": 1, "session": "teacher"}
         assert client.post("/api/feedback", json=vote).status_code == 200
-    after = client.get("/api/search", params={"q": "zqxwaterlilies", "session": "someone"}).json()
+    after = client.get("/api/search", params={"q": "zqxwaterlilies", "session": "teacher"}).json()
     learned = after["interpretation"]["learned"]
     assert learned["votes"] == 2 and learned["sessions"] == 1
     assert after["interpretation"]["terms"][-1]["source"] == "learned"
     top = [r["id"] for r in after["results"][:2]]
     assert set(top) == {ids["lotus", 1], ids["lotus", 2]}
     assert all(r["learned"] for r in after["results"][:2])
+    # One client alone teaches only its own session (tests/test_trust.py: several teach all).
+    other = client.get("/api/search", params={"q": "zqxwaterlilies", "session": "someone"}).json()
+    assert other["interpretation"]["learned"] is None
 
 
 def test_pages_of_a_guessed_word_join_up_whatever_their_size(demo_client) -> None:

@@ -186,6 +186,7 @@ def test_every_handler_runs_on_its_own_bundle(bundles: dict, moto_server: str, t
         box = assembled(function)
         known = {
             "IMGSEARCH_BUCKET": bucket,
+            "IMGSEARCH_PAGE_ORIGINS": json.dumps([f"https://{bucket}.s3.amazonaws.com"]),
             "IMGSEARCH_ASSETS_DIR": str(box.opt / "assets"),
             "IMGSEARCH_CACHE_DIR": str(tmp_path / function / "tmp"),
             **tables,

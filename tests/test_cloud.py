@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
+from urllib.parse import urljoin
 
 import boto3
 import pytest
@@ -33,7 +34,7 @@ from aws_resources import (
 )
 from conftest import REPO, demo_image
 from hostile_files import corpus
-from lambda_events import ApiGateway, QueuePoller, lambda_logging, load_function
+from lambda_events import CLIENT_IP, ApiGateway, QueuePoller, lambda_logging, load_function
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
@@ -84,6 +85,7 @@ def aws_environment(tmp_path: Path) -> dict[str, str]:
     """What the template gives the functions, with this test's resource names."""
     known = {
         "IMGSEARCH_BUCKET": BUCKET,
+        "IMGSEARCH_PAGE_ORIGINS": json.dumps([f"https://{BUCKET}.s3.amazonaws.com"]),
         "IMGSEARCH_ASSETS_DIR": str(ASSETS_DIR),  # /opt/assets in Lambda: the layers
         "IMGSEARCH_CACHE_DIR": str(tmp_path / "cache"),
         **TABLES,
@@ -242,6 +244,42 @@ def test_the_authorizer_guards_only_the_routes_that_change_the_collection(cloud:
     assert cloud.api.request("PUT", "/api/images").status == 404
 
 
+def test_the_functions_send_the_security_headers_with_the_bucket_allowed(cloud: Cloud) -> None:
+    """The Lambda apps answer with the page's policy, which lets the page show images from
+    and upload to the bucket the template names (IMGSEARCH_PAGE_ORIGINS), and nothing else."""
+    for method, path in (("GET", "/api/health"), ("POST", "/api/feedback")):
+        response = cloud.api.request(method, path, json_body={} if method == "POST" else None)
+        policy = response.headers["content-security-policy"]
+        assert f"connect-src 'self' https://{BUCKET}.s3.amazonaws.com" in policy, path
+        assert "frame-ancestors 'none'" in policy and "script-src 'self';" in policy
+        assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_votes_count_against_api_gateways_source_ip_and_the_owner_controls_them(
+    cloud: Cloud,
+) -> None:
+    cloud.upload("elephant.jpg", demo_image("elephant"))
+    assert no_failures(cloud.queue.drain())
+    image_id = cloud.api.request("GET", "/api/images", params={"key": "elephant.jpg"}).json()
+    vote = {"query": "trunks", "image_id": image_id["results"][0]["id"], "vote": 1, "session": "s"}
+    spoofed = {"X-Forwarded-For": "1.2.3.4, " + CLIENT_IP}  # what a client may write
+    response = cloud.api.request("POST", "/api/feedback", json_body=vote, headers=spoofed)
+    assert response.status == 200, response.body
+    # The owner's routes: behind the authorizer, served by the feedback function.
+    assert cloud.api.request("GET", "/api/terms/trunks").status == 401
+    right = {"X-API-Key": API_KEY}
+    learned = cloud.api.request("GET", "/api/terms/trunks", headers=right).json()
+    assert (learned["votes"], learned["clients"]) == (1, 1)
+    assert learned["images"][0]["up_clients"] == 1
+    spoofer = cloud.api.request("DELETE", "/api/clients/1.2.3.4/votes", headers=right).json()
+    assert spoofer["votes_removed"] == 0  # the header named nobody who voted
+    dropped = cloud.api.request("DELETE", f"/api/clients/{CLIENT_IP}/votes", headers=right)
+    assert dropped.json()["votes_removed"] == 1  # the vote was API Gateway's sourceIp's
+    assert dropped.json()["client"] == learned["voters"][0]["client"]
+    reset = cloud.api.request("DELETE", "/api/terms/trunks", headers=right)
+    assert reset.status == 200 and reset.json()["term"] == "trunks"
+
+
 def test_events_that_keep_failing_are_parked_as_failed_on_the_last_delivery(
     cloud: Cloud, monkeypatch
 ) -> None:
@@ -368,11 +406,18 @@ def test_serve_with_the_aws_backend_on_a_moto_server(tmp_path) -> None:
                 timeout=60,
             )
             assert uploaded.status_code == 201, uploaded.text
+        # The command serves through the guarded protocol: framing errors are answered in JSON.
+        with socket.create_connection(("127.0.0.1", api_port), timeout=10) as raw:
+            raw.sendall(b"GARBAGE\r\n\r\n")
+            answer = raw.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 400") and b"application/json" in answer
         search = requests.get(f"{base}/api/search", params={"q": "elephant"}, timeout=10)
         found = search.json()["results"]
         assert found[0]["key"] == "uploads/elephant.jpg"
         # Everything went to the moto server: originals, index and the catalog.
-        thumbnail = requests.get(found[0]["thumbnail"], timeout=10)  # follows the redirect
+        # A path from the root (no public URL is set): resolved against the server's address.
+        thumbnail_url = urljoin(base, found[0]["thumbnail"])
+        thumbnail = requests.get(thumbnail_url, timeout=10)  # follows the redirect
         assert thumbnail.status_code == 200
         assert thumbnail.headers["content-type"] == "image/jpeg"
         s3 = boto3.client(

@@ -1,16 +1,16 @@
-"""Votes and what they teach: no vote lost or counted twice, one session's weight bounded,
-a session's votes change its next page, learned terms kept for everyone."""
+"""Votes and what they teach: no vote lost or counted twice, a session's votes change its next
+page, terms agreed on by independent clients kept for everyone (tests/test_trust.py attacks
+the trust model itself)."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 from conftest import DEMO, make_service
 
-from imgsearch.feedback import Feedback, Vote
-from imgsearch.learning import session_weights
+from imgsearch.feedback import Agreement, Feedback
+from imgsearch.learning import trust
 from imgsearch.ranking import explore_page
 
 
@@ -38,9 +38,9 @@ def test_concurrent_votes_lose_nothing(storage) -> None:
 
     def session(number: int) -> None:
         for image_id in images:
-            feedback.vote("boat", image_id, f"s{number}", 1 if number % 3 else -1)
+            feedback.vote("boat", image_id, f"s{number}", 1 if number % 3 else -1, f"c{number}")
         for image_id in images[:2]:  # change one's mind: the last vote counts
-            feedback.vote("boat", image_id, f"s{number}", -1 if number % 3 else 1)
+            feedback.vote("boat", image_id, f"s{number}", -1 if number % 3 else 1, f"c{number}")
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(session, range(12)))
@@ -52,8 +52,36 @@ def test_concurrent_votes_lose_nothing(storage) -> None:
         expected_up = 8 if position >= 2 else 4  # sessions 3, 6, 9, 0 vote the other way
         assert (up, down) == (expected_up, 12 - expected_up), image_id
         counted = sum(1 for v in votes if v.image_id == image_id and v.value > 0)
-        assert up == counted  # the aggregate agrees with the individual votes
+        assert up == counted  # the summary agrees with the individual votes
     assert feedback.learned_terms() == {"boat": 72}
+    summary = feedback.summary("boat")
+    assert (summary.votes, summary.sessions, summary.clients) == (72, 12, 12)
+    for agreement in summary.images:  # decayed by the seconds the test took: barely
+        assert agreement.up == pytest.approx(agreement.up_clients, rel=1e-4)
+
+
+def test_sessions_of_one_client_racing_leave_it_one_voice(storage) -> None:
+    """Twelve sessions of three clients vote concurrently: each client keeps exactly one voice
+    per image, and the summary agrees with the voices, its decayed counts with its counts."""
+    feedback = Feedback(storage.feedback)
+    images = [f"{i:016x}" for i in range(4)]
+
+    def session(number: int) -> None:
+        for image_id in images:
+            feedback.vote("sail", image_id, f"s{number}", 1 if number % 2 else -1, f"c{number % 3}")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(session, range(12)))
+    voices = list(storage.feedback.query("term#sail", prefix="voice#"))
+    assert len(voices) == 3 * len(images)
+    for agreement in feedback.summary("sail").images:
+        mine = [v for v in voices if v["image_id"] == agreement.image_id]
+        assert agreement.up_clients == sum(int(v["voice"]) > 0 for v in mine)
+        assert agreement.up_clients + agreement.down_clients == 3
+        assert agreement.up == pytest.approx(agreement.up_clients, rel=1e-4)
+        assert agreement.down == pytest.approx(agreement.down_clients, rel=1e-4)
+    summary = feedback.summary("sail")
+    assert (summary.votes, summary.sessions, summary.clients) == (48, 12, 3)
 
 
 def test_a_replayed_vote_changes_nothing(storage) -> None:
@@ -65,23 +93,15 @@ def test_a_replayed_vote_changes_nothing(storage) -> None:
     assert (feedback.totals("kite"), feedback.learned_terms()) == before
 
 
-def test_a_spamming_session_weighs_less_than_a_coherent_one() -> None:
-    rng = np.random.default_rng(0)
-    scattered = rng.normal(size=(40, 32))
-    scattered /= np.linalg.norm(scattered, axis=1, keepdims=True)
-    centre = rng.normal(size=32)
-    coherent = centre + 0.2 * rng.normal(size=(3, 32))
-    coherent /= np.linalg.norm(coherent, axis=1, keepdims=True)
-    vectors = {f"x{i}": v for i, v in enumerate(scattered)} | {
-        f"c{i}": v for i, v in enumerate(coherent)
-    }
-    votes = [Vote("spam", f"x{i}", 1) for i in range(40)] + [
-        Vote("honest", f"c{i}", 1) for i in range(3)
-    ]
-    weights = session_weights(votes, vectors)
-    assert weights["honest"] > 0.9
-    assert weights["spam"] < 0.3
-    assert all(w <= 1.0 for w in weights.values())
+def test_only_a_quorum_of_independent_clients_teaches_others() -> None:
+    def weight(up: float, down: float) -> float:
+        return trust(Agreement("0" * 16, round(up), round(down), up, down))
+
+    assert weight(1, 0) == 0 and weight(0, 1) == 0  # one client alone: nothing
+    assert weight(2, 0) == 0  # two addresses are often one person's (home and phone)
+    assert weight(3, 0) == 1 and weight(4, 0) == 2 and weight(0, 3) == -1
+    assert weight(4, 1) == 1  # a client disagreeing takes back one voice, no more
+    assert 0 < weight(3.5, 0) < weight(4, 0)  # aged voices weigh less
 
 
 def test_one_vote_changes_the_sessions_next_page(taught_service) -> None:
@@ -116,11 +136,13 @@ def test_a_learned_term_survives_a_restart_and_serves_another_session(
     service = taught_service
     laptops = _ids_by_category(service)["laptop"]
     word = "zqxcomputers"
-    for image_id in laptops[:3]:
-        service.vote(word, image_id, 1, "teacher")
+    for client in ("c1", "c2", "c3"):  # independent clients agree
+        for image_id in laptops[:3]:
+            service.vote(word, image_id, 1, f"teacher-{client}", client)
     restarted = make_service(service.settings.data_dir, embedder, vocabulary)
     found = restarted.search_text(word, limit=10, session="newcomer")
-    assert found.taught is not None and found.taught.sessions == 1
+    assert found.taught is not None and found.taught.sessions == 3
+    assert found.taught.clients == 3
     assert sum(hit.image_id in laptops for hit in found.hits) >= 9
     assert all(hit.learned for hit in found.hits[:9])
     assert word in restarted.feedback.learned_terms()
@@ -130,11 +152,13 @@ def test_a_spammer_cannot_take_over_a_term(taught_service) -> None:
     service = taught_service
     by_category = _ids_by_category(service)
     word = "zqxtrunks"
-    for number, image_id in enumerate(by_category["elephant"][:4]):
-        service.vote(word, image_id, 1, f"honest{number}")
+    for number in range(3):
+        for image_id in by_category["elephant"][:4]:
+            service.vote(word, image_id, 1, f"honest{number}", f"honest-client{number}")
     everything = [i for ids in by_category.values() for i in ids]
-    for image_id in everything:
-        service.vote(word, image_id, 1, "spammer")
+    for number in range(5):  # sessions are free; its address is one
+        for image_id in everything:
+            service.vote(word, image_id, 1, f"spammer{number}", "spam-client")
     service.learner.forget(word)
     top = service.search_text(word, limit=10, session="visitor").hits
     assert sum(hit.image_id in by_category["elephant"] for hit in top) >= 9

@@ -34,6 +34,12 @@ MUTATING_ROUTES = {
     ("delete", "/api/images/{id}"),
     ("post", "/api/uploads"),
 }
+# The owner's view and controls of what votes taught.
+OWNER_ROUTES = {
+    ("get", "/api/terms/{term}"),
+    ("delete", "/api/terms/{term}"),
+    ("delete", "/api/clients/{client}/votes"),
+}
 
 
 def translate(template: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +76,7 @@ def test_the_linters_would_catch_a_broken_reference() -> None:
     assert lint(json.dumps(translate(broken)))
 
 
-def test_only_the_routes_that_change_the_collection_need_the_key(translated) -> None:
+def test_only_the_routes_that_change_the_collection_or_its_votes_need_the_key(translated) -> None:
     body = translated["Resources"]["Api"]["Properties"]["Body"]
     guarded = {
         (method, path)
@@ -78,7 +84,7 @@ def test_only_the_routes_that_change_the_collection_need_the_key(translated) -> 
         for method, operation in operations.items()
         if operation.get("security")
     }
-    assert guarded == MUTATING_ROUTES
+    assert guarded == MUTATING_ROUTES | OWNER_ROUTES
     authorizer = body["components"]["securitySchemes"]["ApiKeyAuthorizer"]
     settings = authorizer["x-amazon-apigateway-authorizer"]
     assert settings["identitySource"] == ["$request.header.X-API-Key"]
@@ -154,6 +160,17 @@ def test_the_queue_retries_a_bounded_number_of_times_within_the_functions_time()
     # API Gateway waits 30 s for an integration.
     assert resources["SearchFunction"]["Properties"]["Timeout"] < 30
     assert resources["FeedbackFunction"]["Properties"]["Timeout"] < 30
+
+
+def test_the_page_may_reach_the_bucket_it_uploads_into() -> None:
+    """The page's Content-Security-Policy names the bucket the functions use, by the same
+    derived name (its images are presigned GETs, its uploads presigned POSTs)."""
+    variables = load_template()["Globals"]["Function"]["Environment"]["Variables"]
+    bucket, bucket_names = variables["IMGSEARCH_BUCKET"]["Fn::Sub"]
+    origins, origin_names = variables["IMGSEARCH_PAGE_ORIGINS"]["Fn::Sub"]
+    assert origin_names == bucket_names
+    parsed = json.loads(origins)  # a JSON list, as the setting reads it
+    assert len(parsed) == 2 and all(o.startswith(f"https://{bucket}.s3.") for o in parsed)
 
 
 @pytest.fixture(scope="session")

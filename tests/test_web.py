@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from collections.abc import Callable, Iterator
 
 import pytest
 from browser import SCREENSHOTS, launch_chromium, live_server
 from conftest import API_KEY, DEMO, demo_image, make_service
-from playwright.sync_api import Browser, Locator, Page, Route, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Locator,
+    Page,
+    Route,
+    expect,
+    sync_playwright,
+)
 
 from imgsearch.api.app import create_app
 from imgsearch.bulk import ingest_tree
@@ -30,7 +39,13 @@ expect.set_options(timeout=10_000)
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, embedder, vocabulary) -> Iterator[str]:
-    service = make_service(tmp_path_factory.mktemp("web") / "data", embedder, vocabulary)
+    # The presigned-upload test's bucket, as the template names the bucket for the page.
+    service = make_service(
+        tmp_path_factory.mktemp("web") / "data",
+        embedder,
+        vocabulary,
+        page_origins=["https://bucket.test"],
+    )
     ingest_tree(service, DEMO)
     with live_server(create_app(service, web_dir=WEB_DIR)) as url:
         yield url
@@ -47,7 +62,8 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def open_page(browser: Browser, site: str, request) -> Iterator[Callable[..., Page]]:
     """Opens pages on the site in fresh contexts (`open_page(viewport=PHONE, ...)`); at the end
-    each gets a screenshot, and uncaught JavaScript errors fail the test."""
+    each gets a screenshot, and uncaught JavaScript errors and anything the page's
+    Content-Security-Policy blocked fail the test."""
     opened: list[tuple[Page, list]] = []
 
     def open_(*, api_key: str | None = None, **options) -> Page:
@@ -57,6 +73,7 @@ def open_page(browser: Browser, site: str, request) -> Iterator[Callable[..., Pa
         page = context.new_page()
         errors: list = []
         page.on("pageerror", lambda error: errors.append(error))
+        page.on("console", lambda message: _note_blocked(message, errors))
         opened.append((page, errors))
         return page
 
@@ -69,6 +86,11 @@ def open_page(browser: Browser, site: str, request) -> Iterator[Callable[..., Pa
         )
         page.context.close()
         assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def _note_blocked(message: ConsoleMessage, errors: list) -> None:
+    if message.type == "error" and "Content Security Policy" in message.text:
+        errors.append(message.text)
 
 
 @pytest.fixture
@@ -587,3 +609,105 @@ def test_cloud_upload_through_a_presigned_post(open_page, site: str) -> None:
 def _image_id(page: Page, site: str, key: str) -> str:
     found = page.request.get(f"{site}/api/images", params={"key": key}).json()
     return found["results"][0]["id"]
+
+
+@pytest.mark.parametrize(("path", "drawn"), [("/docs", ".opblock"), ("/redoc", "[role=menuitem]")])
+def test_the_api_docs_render_with_nothing_from_elsewhere(browser, site, path, drawn) -> None:
+    """The docs pages draw every operation from the app's own assets: nothing is asked of
+    another host (a request that would leave is aborted, as it would fail offline; ReDoc's
+    "by Redocly" logo is a CDN image, which the Content-Security-Policy blocks before that)."""
+    context = browser.new_context(base_url=site, viewport=DESKTOP)
+    page = context.new_page()
+    elsewhere: list[str] = []
+    blocked: list[str] = []
+    errors: list = []
+
+    def off_site(route: Route) -> None:
+        elsewhere.append(route.request.url)
+        route.abort()
+
+    page.route(lambda url: not url.startswith((site, "data:", "blob:")), off_site)
+    page.on("pageerror", lambda error: errors.append(error))
+    page.on("console", lambda message: _note_blocked(message, blocked))
+    try:
+        page.goto(path)
+        expect(page.locator(drawn).first).to_be_visible()
+        assert page.locator(drawn).count() >= 10  # every operation, not an error message
+        assert "/api/search" in page.content()
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=SCREENSHOTS / f"docs{path.replace('/', '-')}.png")
+    finally:
+        context.close()
+    assert elsewhere == [] and errors == []
+    assert all("cdn.redoc.ly" in message for message in blocked), blocked
+
+
+def test_a_page_on_another_origin_shows_the_api_images(browser, tmp_path, embedder, vocabulary):
+    """Result URLs are paths from the API's root: a page served from another origin (its
+    config.js naming the API) resolves them against the API, which allows that origin (CORS)
+    and which the page's policy allows it to reach."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    page_origin, api_origin = f"http://127.0.0.1:{port}", f"http://localhost:{port}"
+    service = make_service(
+        tmp_path / "data",
+        embedder,
+        vocabulary,
+        allowed_origins=[page_origin],
+        page_origins=[api_origin],
+    )
+    for number in (1, 2, 3):
+        service.add(f"elephant/{number}.jpg", demo_image("elephant", number))
+    with live_server(create_app(service, web_dir=WEB_DIR), port=port) as site:
+        context = browser.new_context(base_url=site, viewport=DESKTOP)
+        page = context.new_page()
+        blocked: list[str] = []
+        page.on("console", lambda message: _note_blocked(message, blocked))
+        page.route(
+            "**/config.js",
+            lambda route: route.fulfill(
+                content_type="text/javascript",
+                body=f'window.IMGSEARCH_CONFIG = {{api: "{api_origin}", upload: "direct"}};',
+            ),
+        )
+        try:
+            page.goto("/")
+            search(page, "elephant")
+            expect(tiles(page)).to_have_count(3)
+            loaded = "[...document.querySelectorAll('#grid img')].every((i) => i.naturalWidth)"
+            page.wait_for_function(f"() => {loaded}")
+            sources = tiles(page).locator("img").evaluate_all("(all) => all.map((i) => i.src)")
+        finally:
+            context.close()
+    assert all(src.startswith(f"{api_origin}/api/images/") for src in sources), sources
+    assert blocked == []
+
+
+def test_the_owner_sees_what_a_word_learned_and_can_reset_it(open_page, screenshot) -> None:
+    from axe_playwright_python.sync_playwright import Axe
+
+    word = "zqxowlets"  # no other test searches for it
+    visitor = open_page()
+    visitor.goto("/")
+    search(visitor, word)
+    tile_button(visitor, 2, f"Relevant to \u201c{word}\u201d").click()
+    expect(visitor.locator("#toast")).to_contain_text("comes first")
+    expect(visitor.locator("#learned")).to_be_hidden()  # without the key: nothing to see
+
+    owner = open_page(api_key=API_KEY)
+    owner.goto("/")
+    search(owner, word)
+    panel = owner.get_by_role("region", name="What votes taught this word")
+    expect(panel).to_be_visible()
+    panel.get_by_text("What votes taught").click()
+    expect(panel).to_contain_text(f"\u201c{word}\u201d: 1 vote from 1 session and 1 client")
+    expect(panel.get_by_role("listitem")).to_have_count(1)
+    expect(panel.get_by_role("listitem")).to_contain_text("1 up, 0 down; weight for others 0")
+    screenshot(owner, "panel")
+    violations = Axe().run(owner, context="#learned").response["violations"]
+    assert not violations, [(v["id"], v["help"]) for v in violations]
+
+    panel.get_by_role("button", name="Reset this word").click()
+    expect(owner.locator("#toast")).to_contain_text(f"\u201c{word}\u201d was reset: 1 vote removed")
+    expect(owner.locator("#learned")).to_be_hidden()

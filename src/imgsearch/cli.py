@@ -58,6 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from imgsearch.api.app import create_app
     from imgsearch.api.auth import local_api_key
+    from imgsearch.api.server import server_config
 
     service = _service(args)
     service.index  # noqa: B018 - load the index before the first request, not during it
@@ -74,7 +75,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     where = service.settings.data_dir if service.settings.backend == "local" else "AWS"
     print(f"imgsearch: {service.count()} images from {where}", file=sys.stderr)
     print(f"imgsearch: serving on http://{args.host}:{args.port}/", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    config = server_config(
+        app, service.settings, host=args.host, port=args.port, log_level="warning"
+    )
+    uvicorn.Server(config).run()
     return 0
 
 
@@ -192,6 +196,38 @@ def cmd_neighbours(args: argparse.Namespace) -> int:
         f"{len(embedded.keys)} images x {indices.shape[1]} nearest ({args.metric}) in "
         f"{elapsed:.1f} s with {args.jobs} jobs -> {out}"
     )
+    return 0
+
+
+def cmd_votes(args: argparse.Namespace) -> int:
+    from imgsearch.learning import trust
+
+    service = _service(args)
+    try:
+        if args.action == "show":
+            summary = service.learned(args.target)
+            print(
+                f"{summary.term}: {summary.votes} votes from {summary.sessions} sessions and "
+                f"{summary.clients} clients"
+            )
+            agreements = sorted(summary.images, key=lambda a: (-abs(trust(a)), a.image_id))
+            for agreement in agreements:
+                record = service.image(agreement.image_id)
+                print(
+                    f"  {agreement.image_id}  up {agreement.up_clients} ({agreement.up:.2f})  "
+                    f"down {agreement.down_clients} ({agreement.down:.2f})  "
+                    f"weight {trust(agreement):+.2f}  {record.key if record else '(removed)'}"
+                )
+            for client, (up, down) in sorted(service.feedback.voters(summary.term).items()):
+                print(f"  client {client}: {up} up, {down} down")
+        elif args.action == "reset":
+            term, removed = service.reset_term(args.target)
+            print(f"{term}: reset, {removed} votes removed")
+        else:
+            client, removed = service.drop_client(args.target)
+            print(f"client {client}: {removed} votes removed")
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     return 0
 
 
@@ -355,6 +391,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     data_options(reindex)
     reindex.set_defaults(run=cmd_reindex)
+
+    votes = commands.add_parser(
+        "votes",
+        help="what votes taught a word: show it, reset it, or drop one client's votes",
+        description="show TERM: images voted on, clients agreeing and each image's weight for "
+        "other visitors, and the voters' client ids. reset TERM: forget the word's votes. "
+        "drop-client CLIENT: remove every vote of a client, named by its id or IP address.",
+    )
+    data_options(votes)
+    votes.add_argument("action", choices=["show", "reset", "drop-client"])
+    votes.add_argument("target", help="a word (show, reset) or a client id or address")
+    votes.set_defaults(run=cmd_votes)
 
     embed = commands.add_parser(
         "embed", help="features and class probabilities of every image under DIR, to a file"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
@@ -59,9 +60,29 @@ class Settings(BaseSettings):
     # Feedback: how votes re-rank (see learning.py), and how long others' votes are cached.
     feedback_method: Literal["rocchio", "knn", "neighbours"] = "rocchio"
     feedback_cache_seconds: float = 5.0
+    # How fast votes age: a client's voice counts half after this many days (see feedback.py);
+    # three agreeing voices fall below the quorum that teaches others after 0.58 half-lives.
+    vote_half_life_days: float = Field(90.0, gt=0)
 
     # HTTP API.
-    allowed_origins: list[str] = ["*"]
+    # Origins other than the API's own that browsers may call it from (CORS). None by default:
+    # the API serves the page itself. In the cloud API Gateway answers CORS instead ("[]").
+    allowed_origins: list[str] = []
+    # Where clients reach the API (e.g. https://photos.example.com): result URLs start with it.
+    # Unset, they are paths from the root (/api/images/...), never built from the Host header.
+    public_url: str | None = None
+    # Origins besides its own that the page may show images from and upload to (the bucket,
+    # in the cloud): added to the Content-Security-Policy's img-src and connect-src.
+    page_origins: list[str] = []
+    # HTTP connections of `imgsearch serve` (in the cloud API Gateway bounds them). Docs:
+    # docs/reliability.md, "The HTTP API".
+    http_max_connections: int = 200  # open at once; beyond, 503 and closed
+    http_max_client_connections: int = 32  # open at once from one address
+    http_backlog: int = 128  # accepted by the kernel, waiting for the server
+    http_max_bodies: int = 16  # request bodies being received at once; beyond, 503
+    http_header_seconds: float = 10.0  # to send a request's headers, from their first byte
+    http_body_seconds: float = 120.0  # to send a whole body: 25 MB at 210 KB/s (408)
+    http_keep_alive_seconds: int = 5  # a connection sending nothing, new or between requests
     # Who may change the collection: "api_key" checks the X-API-Key header against `api_key`
     # (locally generated on first start when unset); "gateway" trusts an authorizer in front
     # (API Gateway in the cloud) to have checked it already.
@@ -69,6 +90,24 @@ class Settings(BaseSettings):
     api_key: str | None = None
     votes_per_session_minute: int = 120
     votes_per_client_minute: int = 600
+    # Who a client is (clients.py): the socket peer's address, never X-Forwarded-For unless the
+    # peer is one of these proxies (addresses or networks; in the environment a JSON list,
+    # IMGSEARCH_TRUSTED_PROXIES='["10.0.0.0/8"]').
+    trusted_proxies: list[str] = []
+    # The key that turns client addresses into the ids votes store (raw addresses are never
+    # stored). Unset: locally the data directory's client-secret file, made on first use; in
+    # the cloud a secret kept in the feedback table, made on first use.
+    client_secret: str | None = None
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, proxies: list[str]) -> list[str]:
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{proxy!r} is not an address or network") from None
+        return proxies
 
     @property
     def model_path(self) -> Path:

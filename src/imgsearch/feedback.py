@@ -1,21 +1,47 @@
-"""Votes: one per session, query term and image; the last one counts.
+"""Votes: one per session, query term and image; the last one counts. Each vote carries the
+client it came from (a keyed hash of its address, see clients.py), and each term keeps a
+summary of which distinct clients agree on which images, updated with every vote, so that a
+search reads one row per image voted on for its term, never the votes themselves.
 
 Feedback table layout (pk / sk):
-    term#<term> / vote#<session>#<image>   one session's vote on one image for a term
-    term#<term> / image#<image>            aggregate: up and down votes over all sessions
-    terms       / <term>                   a term users have voted on: the learned vocabulary
-A vote and its aggregate change in one transaction, conditioned on the vote read before,
-so retries and concurrent writers never lose or double-count a vote.
+    term#<term> / vote#<session>#<image>    one session's vote on one image for a term, with
+                                            the client that cast it
+    term#<term> / voice#<client>#<image>    a client's voice on the image: the last vote any of
+                                            its sessions cast, one voice however many sessions
+    term#<term> / image#<image>             summary: clients whose voice is up and down, and
+                                            the same counts decayed (up_weight, down_weight,
+                                            valid at `at`; each voice halves every half-life)
+    term#<term> / client#<client>           the client voted on the term (counts clients)
+    term#<term> / session#<session>         the session voted on the term (counts sessions)
+    terms       / <term>                    a term users have voted on: votes, sessions,
+                                            clients (the learned vocabulary)
+    client#<client> / vote#<session>#<image>#<term>
+                                            where a client's votes are, so that the owner can
+                                            drop them without scanning the table
+    config      / client-secret             the key of client ids, if no setting gives one
+    rate#<limit>#<subject> / <minute>       rate-limit counters (api/limits.py); expires_at
+A vote, its client's voice and the summary change in one transaction, conditioned on the
+versions read before, so retries and concurrent writers never lose or double-count a voice.
+
+Decay: a voice cast at time t weighs 2^-((now - t) / half-life). A decayed sum is stored with
+the time it is valid at; it is decayed to the present when read and when updated, and a voice
+that changes takes back exactly its own decayed weight (decay is linear, so this is exact).
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from imgsearch.catalog import MAX_CAS_ATTEMPTS
-from imgsearch.storage import Increment, PreconditionFailed, Put, Table
+from imgsearch.storage import Delete, Increment, Item, PreconditionFailed, Put, Table, Write
+
+LOCAL_CLIENT = "local"  # votes cast in-process (the CLI, the evaluation): the owner's own
+SECONDS_PER_DAY = 86_400.0
+MAX_WRITES = 100  # per transaction (DynamoDB's limit)
 
 
 @dataclass(frozen=True)
@@ -23,11 +49,12 @@ class Vote:
     session: str
     image_id: str
     value: int  # 1 relevant, -1 not relevant
+    client: str = LOCAL_CLIENT
 
 
 @dataclass
 class TermVotes:
-    """Every vote on one term, grouped the ways ranking needs them."""
+    """Every vote on one term (O(votes): for maintenance and tests, never for a search)."""
 
     term: str
     votes: list[Vote] = field(default_factory=list)
@@ -40,58 +67,205 @@ class TermVotes:
         return dict(grouped)
 
 
-class Feedback:
-    def __init__(self, table: Table) -> None:
-        self.table = table
+@dataclass(frozen=True)
+class Agreement:
+    """What distinct clients say about one image for a term, now."""
 
-    def vote(self, term: str, image_id: str, session: str, value: int) -> bool:
-        """Record `session`'s vote; returns False if it was already the current vote."""
+    image_id: str
+    up_clients: int  # clients whose voice is "relevant"
+    down_clients: int
+    up: float  # the same, each voice decayed by its age
+    down: float
+
+
+@dataclass(frozen=True)
+class TermSummary:
+    """A term's learned model as stored: per image, the agreement of clients."""
+
+    term: str
+    images: list[Agreement]
+    votes: int = 0
+    sessions: int = 0
+    clients: int = 0
+
+
+def decayed(value: float, at: float, now: float, half_life_seconds: float) -> float:
+    """`value`, valid at `at`, as it weighs at `now` (a clock behind `at` does not grow it)."""
+    return value * 0.5 ** (max(0.0, now - at) / half_life_seconds)
+
+
+class Feedback:
+    def __init__(
+        self,
+        table: Table,
+        *,
+        half_life_days: float = 90.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.table = table
+        self.half_life = half_life_days * SECONDS_PER_DAY
+        self.clock = clock  # seconds since the epoch (tests age votes with their own)
+
+    # Voting ------------------------------------------------------------------------------
+
+    def vote(
+        self, term: str, image_id: str, session: str, value: int, client: str = LOCAL_CLIENT
+    ) -> bool:
+        """Record `session`'s vote, cast from `client`; returns False if it changed nothing
+        (the session's vote and its client's voice already say so)."""
         if value not in (1, -1):
             raise ValueError("a vote is 1 (relevant) or -1 (not relevant)")
-        pk, sk = f"term#{term}", f"vote#{session}#{image_id}"
+        pk = f"term#{term}"
         for _ in range(MAX_CAS_ATTEMPTS):
-            current = self.table.get(pk, sk)
-            previous = int(current["vote"]) if current else 0
-            if previous == value:
+            current = self.table.get(pk, f"vote#{session}#{image_id}")
+            voice = self.table.get(pk, f"voice#{client}#{image_id}")
+            if _value(current) == value and _value(voice) == value:
                 return False
-            now = time.time()
-            writes = [
-                Put(
-                    pk,
-                    sk,
-                    {"vote": value, "session": session, "image_id": image_id, "at": now},
-                    expected_version=int(current["version"]) if current else 0,
-                ),
-                Increment(
-                    pk,
-                    f"image#{image_id}",
-                    {
-                        "up": (value == 1) - (previous == 1),
-                        "down": (value == -1) - (previous == -1),
-                    },
-                    {"image_id": image_id},
-                ),
-                Increment("terms", term, {"votes": 0 if current else 1}, {"updated_at": now}),
-            ]
             try:
-                self.table.transact(writes)
+                self.table.transact(
+                    self._vote_writes(term, image_id, session, value, client, current, voice)
+                )
             except PreconditionFailed:
-                continue  # another write to this vote landed first: decide again
+                continue  # another write to this vote or image landed first: decide again
             return True
         raise RuntimeError("too much contention on one vote")
 
+    def _vote_writes(
+        self,
+        term: str,
+        image_id: str,
+        session: str,
+        value: int,
+        client: str,
+        current: Item | None,
+        voice: Item | None,
+    ) -> list[Write]:
+        pk, now = f"term#{term}", self.clock()
+        session_marker = self.table.get(pk, f"session#{session}")
+        client_marker = self.table.get(pk, f"client#{client}")
+        summary = self.table.get(pk, f"image#{image_id}")
+        writes: list[Write] = [
+            Put(
+                pk,
+                f"vote#{session}#{image_id}",
+                {
+                    "vote": value,
+                    "session": session,
+                    "image_id": image_id,
+                    "client": client,
+                    "at": now,
+                },
+                expected_version=_version(current),
+            ),
+            # The client's voice is its sessions' last vote, and its age that vote's.
+            Put(
+                pk,
+                f"voice#{client}#{image_id}",
+                {"voice": value, "client": client, "image_id": image_id, "at": now},
+                expected_version=_version(voice),
+            ),
+            Put(
+                pk,
+                f"image#{image_id}",
+                self._summary_after(summary, image_id, voice, value, now),
+                expected_version=_version(summary),
+            ),
+            Increment(
+                "terms",
+                term,
+                {
+                    "votes": 0 if current else 1,
+                    "sessions": 0 if session_marker else 1,
+                    "clients": 0 if client_marker else 1,
+                },
+                {"updated_at": now},
+            ),
+            Put(
+                f"client#{client}",
+                f"vote#{session}#{image_id}#{term}",
+                {"term": term, "session": session, "image_id": image_id},
+            ),
+        ]
+        if session_marker is None:
+            writes.append(Put(pk, f"session#{session}", {"client": client}, expected_version=0))
+        if client_marker is None:
+            writes.append(Put(pk, f"client#{client}", {"client": client}, expected_version=0))
+        return writes
+
+    def _summary_after(
+        self, summary: Item | None, image_id: str, voice: Item | None, value: int, now: float
+    ) -> dict:
+        """The image's summary once `voice` (the client's old one, if any) becomes `value`
+        (0: the client no longer has a voice)."""
+        counts = {"up": 0, "down": 0, "up_weight": 0.0, "down_weight": 0.0}
+        if summary is not None:
+            counts["up"], counts["down"] = int(summary["up"]), int(summary["down"])
+            for side in ("up", "down"):
+                weight = float(summary.get(f"{side}_weight", 0.0))
+                at = float(summary.get("at", now))
+                counts[f"{side}_weight"] = decayed(weight, at, now, self.half_life)
+        if voice is not None:  # (a reset cut short may have left a voice without its count)
+            side = "up" if int(voice["voice"]) > 0 else "down"
+            counts[side] = max(0, counts[side] - 1)
+            own = decayed(1.0, float(voice["at"]), now, self.half_life)
+            counts[f"{side}_weight"] = max(0.0, counts[f"{side}_weight"] - own)
+        if value:
+            side = "up" if value > 0 else "down"
+            counts[side] += 1
+            counts[f"{side}_weight"] += 1.0
+        return {"image_id": image_id, **counts, "at": now}
+
+    # Reading -----------------------------------------------------------------------------
+
+    def summary(self, term: str) -> TermSummary:
+        """The term's agreement per image, decayed to now: one row per image voted on."""
+        now = self.clock()
+        images = []
+        for item in self.table.query(f"term#{term}", prefix="image#"):
+            at = float(item.get("at", now))
+            images.append(
+                Agreement(
+                    image_id=item["image_id"],
+                    up_clients=int(item["up"]),
+                    down_clients=int(item["down"]),
+                    up=decayed(float(item.get("up_weight", 0.0)), at, now, self.half_life),
+                    down=decayed(float(item.get("down_weight", 0.0)), at, now, self.half_life),
+                )
+            )
+        row = self.table.get("terms", term) or {}
+        return TermSummary(
+            term,
+            images,
+            votes=int(row.get("votes", 0)),
+            sessions=int(row.get("sessions", 0)),
+            clients=int(row.get("clients", 0)),
+        )
+
     def term_votes(self, term: str) -> TermVotes:
         items = self.table.query(f"term#{term}", prefix="vote#")
-        return TermVotes(term, [Vote(i["session"], i["image_id"], int(i["vote"])) for i in items])
+        return TermVotes(
+            term,
+            [
+                Vote(i["session"], i["image_id"], int(i["vote"]), i.get("client", LOCAL_CLIENT))
+                for i in items
+            ],
+        )
 
     def session_votes(self, term: str, session: str) -> dict[str, int]:
         items = self.table.query(f"term#{term}", prefix=f"vote#{session}#")
         return {i["image_id"]: int(i["vote"]) for i in items}
 
     def totals(self, term: str) -> dict[str, tuple[int, int]]:
-        """Per image: (up, down) votes over all sessions."""
-        items = self.table.query(f"term#{term}", prefix="image#")
-        return {i["image_id"]: (int(i["up"]), int(i["down"])) for i in items}
+        """Per image: (up, down) distinct clients whose voice says so."""
+        return {a.image_id: (a.up_clients, a.down_clients) for a in self.summary(term).images}
+
+    def voters(self, term: str) -> dict[str, tuple[int, int]]:
+        """Per client: how many images its voice calls relevant and not (O(voices): for the
+        owner's view, never for a search)."""
+        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for item in self.table.query(f"term#{term}", prefix="voice#"):
+            counts[item["client"]][0 if int(item["voice"]) > 0 else 1] += 1
+        return {client: (up, down) for client, (up, down) in counts.items()}
 
     def learned_terms(self) -> dict[str, int]:
         """Terms users have voted on, with how many votes each has."""
@@ -99,3 +273,105 @@ class Feedback:
 
     def knows(self, term: str) -> bool:
         return self.table.get("terms", term) is not None
+
+    # The owner's controls ----------------------------------------------------------------
+
+    def reset(self, term: str) -> int:
+        """Forget everything votes taught about `term`; returns how many votes it had.
+
+        The rows under the voters' client partitions stay: they point at votes that are gone,
+        which `drop_client` skips."""
+        row = self.table.get("terms", term)
+        # What searches read goes first, so that a reset cut short already took effect (and
+        # repeating it finishes the rest).
+        self.table.delete("terms", term)
+        pk = f"term#{term}"
+        for prefix in ("image#", ""):
+            rows = [Delete(pk, i["sk"]) for i in self.table.query(pk, prefix=prefix)]
+            for start in range(0, len(rows), MAX_WRITES):
+                self.table.transact(rows[start : start + MAX_WRITES])
+        return int(row.get("votes", 0)) if row else 0
+
+    def drop_client(self, client: str) -> int:
+        """Remove every vote `client` cast, on every term, and its voices from the summaries;
+        returns how many votes were removed. Found through the client's partition, not a scan."""
+        dropped = 0
+        voiced: set[tuple[str, str]] = set()
+        sessions: set[tuple[str, str]] = set()
+        for item in list(self._client_votes(client)):
+            term, session, image_id = item["term"], item["session"], item["image_id"]
+            dropped += self._drop_vote(term, session, image_id, client, item["sk"])
+            voiced.add((term, image_id))
+            sessions.add((term, session))
+        for term, image_id in voiced:
+            self._drop_voice(term, image_id, client)
+        for term, session in sessions:
+            self._drop_marker(term, f"session#{session}", client, "sessions")
+        for term in {term for term, _ in voiced}:
+            self._drop_marker(term, f"client#{client}", client, "clients")
+        return dropped
+
+    def _client_votes(self, client: str) -> Iterator[Item]:
+        return self.table.query(f"client#{client}", prefix="vote#")
+
+    def _drop_vote(self, term: str, session: str, image_id: str, client: str, sk: str) -> int:
+        """Delete the session's vote if `client` cast it (the session may have voted again
+        from elsewhere since), and the row that pointed at it."""
+        for _ in range(MAX_CAS_ATTEMPTS):
+            vote = self.table.get(f"term#{term}", f"vote#{session}#{image_id}")
+            writes: list[Write] = [Delete(f"client#{client}", sk)]
+            ours = vote is not None and vote.get("client") == client
+            if ours:
+                writes += [
+                    Delete(vote["pk"], vote["sk"], expected_version=_version(vote)),
+                    Increment("terms", term, {"votes": -1}),
+                ]
+            try:
+                self.table.transact(writes)
+            except PreconditionFailed:
+                continue
+            return int(ours)
+        raise RuntimeError("too much contention on one vote")
+
+    def _drop_voice(self, term: str, image_id: str, client: str) -> None:
+        pk = f"term#{term}"
+        for _ in range(MAX_CAS_ATTEMPTS):
+            voice = self.table.get(pk, f"voice#{client}#{image_id}")
+            summary = self.table.get(pk, f"image#{image_id}")
+            if voice is None or summary is None:
+                return
+            now = self.clock()
+            after = self._summary_after(summary, image_id, voice, 0, now)
+            writes: list[Write] = [Delete(pk, voice["sk"], expected_version=_version(voice))]
+            if after["up"] == 0 and after["down"] == 0:
+                writes.append(Delete(pk, summary["sk"], expected_version=_version(summary)))
+            else:
+                writes.append(Put(pk, summary["sk"], after, expected_version=_version(summary)))
+            try:
+                self.table.transact(writes)
+            except PreconditionFailed:
+                continue
+            return
+        raise RuntimeError("too much contention on one image's summary")
+
+    def _drop_marker(self, term: str, sk: str, client: str, counter: str) -> None:
+        marker = self.table.get(f"term#{term}", sk)
+        if marker is None or marker.get("client") != client:
+            return
+        with suppress(PreconditionFailed):  # changed meanwhile: another vote claimed it
+            self.table.transact(
+                [
+                    Delete(marker["pk"], sk, expected_version=_version(marker)),
+                    Increment("terms", term, {counter: -1}),
+                ]
+            )
+
+
+def _value(item: Item | None) -> int:
+    if item is None:
+        return 0
+    return int(item["vote"] if "vote" in item else item["voice"])
+
+
+def _version(item: Item | None) -> int:
+    return int(item["version"]) if item else 0

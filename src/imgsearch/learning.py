@@ -1,8 +1,19 @@
-"""What votes teach: a per-term model in feature space that re-ranks results for everyone.
+"""What votes teach: a per-term model in feature space that re-ranks results.
 
-Every vote is one session saying "this image is (not) what I meant by this term". A term's
-model is learned from all sessions' votes, each session's influence bounded, plus the asking
-session's own votes at full weight, so that a session's votes change its very next page.
+Every vote is one session saying "this image is (not) what I meant by this term". Two things
+are learned from votes, with different trust:
+- The asking session's own votes count at once and in full (SELF_WEIGHT), so that a session's
+  votes change its very next page: the learning speed of one user.
+- What teaches everyone else is the agreement of independent clients (source addresses, see
+  clients.py), read from the term's summary (feedback.py): per image, the decayed number of
+  distinct clients whose voice says "relevant" minus those saying "not relevant". An image
+  teaches others only from QUORUM agreeing clients on (`trust`), each further one adding one.
+  A client, however many sessions it invents, moves an image's net agreement by at most one
+  voice: alone it changes nobody else's page, and beside others it shifts each image by at
+  most one voice's weight. Influence grows with independent agreement, never with votes or
+  sessions. Why not weigh sessions (as before)? Sessions are free to invent; addresses are
+  not. Why a quorum of three, not two? Many people hold two addresses (home and phone).
+Reading a term costs one summary row per image voted on, whatever the number of votes.
 
 Methods (chosen by `imgsearch eval`, see docs/evaluation.md):
     rocchio     rank by cosine to (relevant centroid - 0.5 x not-relevant centroid)
@@ -18,22 +29,32 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
-from imgsearch.feedback import Feedback, Vote
+from imgsearch.feedback import Agreement, Feedback, TermSummary
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
 
 Method = Literal["rocchio", "knn", "neighbours"]
 METHODS: tuple[Method, ...] = ("rocchio", "knn", "neighbours")
 NEGATIVE_WEIGHT = 0.5
-SELF_WEIGHT = 3.0  # the asking session's votes, against at most 1.0 for any other session
+SELF_WEIGHT = 3.0  # the asking session's votes, against one per agreeing client beyond quorum
+QUORUM = 3  # distinct clients agreeing on an image before it teaches anyone else
 KNN_EXAMPLES = 3
 MAX_CACHED_TERMS = 1024  # beyond this many cached terms, expired ones are dropped
+
+
+def trust(agreement: Agreement) -> float:
+    """An image's weight as an example for others: positive "relevant", negative "not".
+
+    The net decayed agreement of distinct clients beyond the quorum's first voices: 1 or 2
+    clients -> 0, 3 agreeing -> 1, 4 -> 2; a client disagreeing takes one back. Voices decay,
+    so an agreement fades unless new clients renew it."""
+    net = agreement.up - agreement.down
+    return float(np.sign(net)) * max(0.0, abs(net) - (QUORUM - 1))
 
 
 @dataclass(frozen=True)
@@ -49,7 +70,7 @@ class Examples:
 
     @property
     def evidence(self) -> float:
-        """Effective number of relevant examples (spread over sessions by their weights)."""
+        """Effective number of relevant examples (clients' agreement and own votes)."""
         return float(self.positive_weights.sum())
 
 
@@ -62,6 +83,7 @@ class Taught:
     sessions: int
     examples: Examples
     mine: dict[str, int] = field(default_factory=dict)  # this session's votes
+    clients: int = 0
 
     @property
     def pinned(self) -> list[str]:
@@ -78,24 +100,8 @@ class Taught:
         return evidence / (evidence + 0.5)
 
 
-def session_weights(votes: list[Vote], vectors: dict[str, np.ndarray]) -> dict[str, float]:
-    """A weight per session, at most 1: a session's relevant votes count by how coherent they
-    are (the length of the mean of their unit vectors), so one session voting everything up
-    (a spammer, or a mistake) carries little, and no session carries more than one vote's
-    worth of direction however many votes it casts."""
-    positives: dict[str, list[np.ndarray]] = defaultdict(list)
-    for vote in votes:
-        if vote.value > 0 and vote.image_id in vectors:
-            positives[vote.session].append(vectors[vote.image_id])
-    weights = {}
-    for session, examples in positives.items():
-        resultant = float(np.linalg.norm(np.mean(examples, axis=0)))
-        weights[session] = resultant if len(examples) > 1 else 1.0
-    return weights
-
-
 class Learner:
-    """Builds term models from votes (others' cached briefly) and ranks with them."""
+    """Builds term models from votes (term summaries cached briefly) and ranks with them."""
 
     def __init__(
         self,
@@ -113,70 +119,67 @@ class Learner:
         self.neighbourhoods = neighbourhoods
         self.method = method
         self.cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, list[Vote]]] = {}
+        self._cache: dict[str, tuple[float, TermSummary]] = {}
         self._lock = threading.Lock()
 
     def taught(self, term: str, session: str | None) -> Taught | None:
-        """The term's model as `session` sees it, or None if nobody voted on it."""
-        votes = [v for v in self._all_votes(term) if v.session != session]
+        """The term's model as `session` sees it, or None if nothing teaches it (no trusted
+        agreement, no votes of this session)."""
+        summary = self._summary(term)
         mine = self.feedback.session_votes(term, session) if session else {}
-        votes += [Vote(session, image_id, value) for image_id, value in mine.items()]
-        if not votes:
+        weights: dict[str, float] = {a.image_id: trust(a) for a in summary.images}
+        for image_id, value in mine.items():
+            weights[image_id] = weights.get(image_id, 0.0) + SELF_WEIGHT * value
+        weights = {i: w for i, w in weights.items() if w != 0}
+        if not weights and not mine:
             return None
-        examples = self._examples(votes, session)
         return Taught(
             term=term,
-            votes=len(votes),
-            sessions=len({v.session for v in votes}),
-            examples=examples,
+            votes=max(summary.votes, len(mine)),
+            sessions=max(summary.sessions, 1 if mine else 0),
+            examples=self._examples(weights),
             mine=mine,
+            clients=summary.clients,
         )
 
     def forget(self, term: str) -> None:
-        """Drop the cached votes of a term (after a vote in this process)."""
+        """Drop the cached summary of a term (after a vote in this process)."""
         with self._lock:
             self._cache.pop(term, None)
 
-    def _all_votes(self, term: str) -> list[Vote]:
+    def forget_all(self) -> None:
+        """Drop every cached summary (after votes of many terms changed)."""
+        with self._lock:
+            self._cache.clear()
+
+    def _summary(self, term: str) -> TermSummary:
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(term)
             if cached and cached[0] > now:
                 return cached[1]
-        votes = self.feedback.term_votes(term).votes
+        summary = self.feedback.summary(term)
         with self._lock:
             if len(self._cache) >= MAX_CACHED_TERMS:  # many distinct queries: drop the stale
                 self._cache = {t: entry for t, entry in self._cache.items() if entry[0] > now}
-            self._cache[term] = (now + self.cache_seconds, votes)
-        return votes
+            self._cache[term] = (now + self.cache_seconds, summary)
+        return summary
 
-    def _examples(self, votes: list[Vote], session: str | None) -> Examples:
+    def _examples(self, weights: dict[str, float]) -> Examples:
+        """Images with their signed weights as examples (those still indexed)."""
         vectors = {}
-        for vote in votes:
-            if vote.image_id not in vectors:
-                vector = self.index.vector(vote.image_id)
-                if vector is not None:
-                    vectors[vote.image_id] = vector
-        weights = session_weights([v for v in votes if v.session != session], vectors)
-        usable = [v for v in votes if v.image_id in vectors]
-        # Spread a session's weight over its votes, so that many votes are not many voices.
-        counts = Counter((v.session, v.value) for v in usable)
-        positive: dict[str, float] = defaultdict(float)
-        negative: dict[str, float] = defaultdict(float)
-        for vote in usable:
-            if vote.session == session:
-                weight = SELF_WEIGHT
-            else:
-                weight = weights.get(vote.session, 1.0) / counts[vote.session, vote.value]
-            (positive if vote.value > 0 else negative)[vote.image_id] += weight
+        for image_id in weights:
+            vector = self.index.vector(image_id)
+            if vector is not None:
+                vectors[image_id] = vector
+        dim = self.index.manifest.dim or 1
 
-        def stack(weighted: dict[str, float]) -> tuple[list[str], np.ndarray, np.ndarray]:
-            ids = [i for i, w in weighted.items() if w > 0]
-            dim = self.index.manifest.dim or 1
+        def stack(sign: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+            ids = [i for i in vectors if weights[i] * sign > 0]
             matrix = np.stack([vectors[i] for i in ids]) if ids else np.zeros((0, dim), np.float32)
-            return ids, matrix, np.array([weighted[i] for i in ids], dtype=np.float32)
+            return ids, matrix, np.array([abs(weights[i]) for i in ids], dtype=np.float32)
 
-        return Examples(*stack(positive), *stack(negative))
+        return Examples(*stack(1), *stack(-1))
 
     # Ranking ---------------------------------------------------------------------------
 

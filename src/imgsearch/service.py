@@ -17,9 +17,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from imgsearch.catalog import Catalog, ImageRecord
+from imgsearch.clients import (
+    ClientIds,
+    client_secret,
+    is_address,
+    is_client_id,
+    source_address,
+    trusted_networks,
+)
 from imgsearch.config import Settings
 from imgsearch.embedding import Embedder, ModelSpec
-from imgsearch.feedback import Feedback
+from imgsearch.feedback import LOCAL_CLIENT, Feedback, TermSummary
 from imgsearch.index.builder import BuildReport, IndexBuilder
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
@@ -67,7 +75,7 @@ class ImageSearch:
         self.settings = settings
         self.storage = storage or open_storage(settings)
         self.catalog = Catalog(self.storage)
-        self.feedback = Feedback(self.storage.feedback)
+        self.feedback = Feedback(self.storage.feedback, half_life_days=settings.vote_half_life_days)
         if embedder is not None:
             self.embedder = embedder
             self.model = embedder.spec
@@ -75,6 +83,21 @@ class ImageSearch:
             self.vocabulary = vocabulary
 
     # Parts, loaded on first use --------------------------------------------------------
+
+    @cached_property
+    def client_ids(self) -> ClientIds:
+        local = self.settings.data_dir if self.settings.backend == "local" else None
+        return ClientIds(client_secret(self.settings.client_secret, local, self.storage.feedback))
+
+    @cached_property
+    def _trusted_proxies(self) -> list:
+        return trusted_networks(self.settings.trusted_proxies)
+
+    def client_id(self, peer: str | None, forwarded_for: list[str] | None = None) -> str:
+        """The id of the client a request came from (see clients.py): what votes and rate
+        limits are counted against."""
+        address = source_address(peer, forwarded_for or [], self._trusted_proxies)
+        return self.client_ids.of(address)
 
     @cached_property
     def model(self) -> ModelSpec:
@@ -293,17 +316,58 @@ class ImageSearch:
 
     # Feedback ----------------------------------------------------------------------------
 
-    def vote(self, query: str, image_id: str, value: int, session: str) -> str:
-        """Record a vote; returns the normalised term it was recorded under."""
+    def vote(
+        self, query: str, image_id: str, value: int, session: str, client: str = LOCAL_CLIENT
+    ) -> str:
+        """Record a vote of `session`, cast from `client` (a client id); returns the
+        normalised term it was recorded under."""
         if self.image(image_id) is None:
             raise NotIndexed(image_id)
         term = self.vocabulary.normalise(query)
         if not term:
             raise ValueError("the query has no words")
-        self.feedback.vote(term, image_id, session, value)
+        self.feedback.vote(term, image_id, session, value, client)
         # Only a learner this process has built can hold the term's old votes; building one
         # here would load the index into a process that only records votes (the feedback
         # function, which has no Annoy).
         if "learner" in vars(self):
             self.learner.forget(term)
         return term
+
+    # The owner's controls over what votes taught -------------------------------------------
+
+    def term(self, query: str) -> str:
+        """The query as votes store it; ValueError if it has no words."""
+        term = self.vocabulary.normalise(query)
+        if not term:
+            raise ValueError("the query has no words")
+        return term
+
+    def learned(self, query: str) -> TermSummary:
+        """What votes taught about a query's term, as stored (see feedback.py)."""
+        return self.feedback.summary(self.term(query))
+
+    def reset_term(self, query: str) -> tuple[str, int]:
+        """Forget what votes taught about a term; returns it and how many votes it had."""
+        term = self.term(query)
+        removed = self.feedback.reset(term)
+        if "learner" in vars(self):
+            self.learner.forget(term)
+        return term, removed
+
+    def named_client(self, name: str) -> str:
+        """A client id from what the owner names it by: its id, or an address (hashed as a
+        request from it would be). ValueError for anything else."""
+        if is_client_id(name) or name == LOCAL_CLIENT:
+            return name
+        if not is_address(name):
+            raise ValueError(f"{name[:60]!r} is neither a client id nor an IP address")
+        return self.client_ids.of(name)
+
+    def drop_client(self, name: str) -> tuple[str, int]:
+        """Remove every vote of a client (by id or address); returns its id and the count."""
+        client = self.named_client(name)
+        removed = self.feedback.drop_client(client)
+        if "learner" in vars(self):
+            self.learner.forget_all()
+        return client, removed

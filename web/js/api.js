@@ -3,6 +3,11 @@
 const config = window.IMGSEARCH_CONFIG || {};
 
 export const API = `${(config.api || "").replace(/\/+$/, "")}/api`;
+
+// Image URLs in answers are paths from the API's root (unless the server sets a public URL):
+// they are resolved against where the API is, which may not be this page's origin.
+const API_ROOT = new URL(config.api || "/", location.href);
+export const resolve = (url) => new URL(url, API_ROOT).href;
 export const UPLOAD_MODE = config.upload === "presigned" ? "presigned" : "direct";
 
 /** A request that failed; `status` 0 means the server could not be reached. */
@@ -91,6 +96,13 @@ export function searchPhoto(file, fields, signal) {
 
 export const vote = ({ query: words, imageId, value, session }) =>
   call("/feedback", json({ query: words, image_id: imageId, vote: value, session }));
+
+/** The owner's view of what votes taught a word, and its reset (the API key is needed). */
+export const learnedTerm = (term, apiKey) =>
+  call(`/terms/${encodeURIComponent(term)}`, { headers: keyHeader(apiKey) });
+
+export const resetTerm = (term, apiKey) =>
+  call(`/terms/${encodeURIComponent(term)}`, { method: "DELETE", headers: keyHeader(apiKey) });
 
 /** A file's type, or one guessed from its name where the browser did not know it. */
 function imageType(file) {

@@ -5,6 +5,7 @@ import * as api from "./api.js";
 import { $, el, icon, plural, quoted } from "./dom.js";
 import { renderInterpretation } from "./interpretation.js";
 import { askForKey } from "./keyprompt.js";
+import { renderLearned } from "./learned.js";
 import { announce, describe, hideNotice, showNotice, toast } from "./messages.js";
 import * as pages from "./pages.js";
 import { photoInputs, shrink } from "./photo.js";
@@ -162,6 +163,17 @@ function summariseSearch() {
   summary.append("Photos marked ", mark, " are placed by what votes taught.");
 }
 
+/** For the owner (who holds the key): what votes taught the searched words. */
+function showLearned(next) {
+  renderLearned($("#learned"), term, {
+    onReset: (message) => {
+      toast(message);
+      go({ ...next }, { replace: true });
+    },
+    describe,
+  });
+}
+
 /** The first page is in: the interpretation, the counts, or why there is nothing. */
 function shown(next, first) {
   const more = list.done ? "" : " or more";
@@ -176,6 +188,9 @@ function shown(next, first) {
       onTeach: () => $("#example-input").click(),
     });
     summariseSearch();
+    showLearned(next);
+  } else {
+    $("#learned").hidden = true;
   }
   if (next.kind === "browse") summariseBrowse(first);
   if (list.size) {
@@ -223,7 +238,10 @@ async function vote(id, value) {
   );
   try {
     await list.refresh();
-    if (view.kind === "search") summariseSearch();
+    if (view.kind === "search") {
+      summariseSearch();
+      showLearned(view);
+    }
   } catch (error) {
     toast(`The results could not be updated: ${describe(error)}`);
   }

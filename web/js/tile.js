@@ -1,6 +1,7 @@
 /** One result in the grid: the photo (opens the viewer), a "learned" mark for results placed
  * by votes, and buttons to vote on it and to find more like it. */
 
+import { resolve } from "./api.js";
 import { el, icon, quoted } from "./dom.js";
 
 function actionButton(action, label, pressed) {
@@ -23,7 +24,7 @@ function actionButton(action, label, pressed) {
  * `{query, vote: id -> 1 | -1 | undefined}` for the words searched. */
 export function createTile(result, context) {
   const image = el("img", {
-    src: result.thumbnail,
+    src: resolve(result.thumbnail),
     alt: result.key,
     loading: "lazy",
     decoding: "async",

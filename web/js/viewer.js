@@ -45,10 +45,10 @@ export function createViewer(
   function showDetail(detail) {
     meta.textContent = `${detail.width.toLocaleString()} \u00d7 ${detail.height.toLocaleString()} pixels`;
     const full = new Image();
-    full.src = detail.url;
+    full.src = api.resolve(detail.url);
     full.decode().then(
       () => {
-        if (detail.id === current) image.src = detail.url;
+        if (detail.id === current) image.src = full.src;
       },
       () => {}, // the original did not load: the thumbnail stays
     );
@@ -74,11 +74,13 @@ export function createViewer(
     request.abort();
     request = new AbortController();
     const result = results().find((one) => one.id === id);
-    image.src = result?.thumbnail ?? api.thumbnailUrl(id);
+    image.src = result ? api.resolve(result.thumbnail) : api.thumbnailUrl(id);
     image.alt = result?.key ?? "";
     title.textContent = result?.key ?? "Photo";
     meta.textContent = "Loading details\u2026";
-    original.href = result?.url ?? `${api.API}/images/${encodeURIComponent(id)}/file`;
+    original.href = result
+      ? api.resolve(result.url)
+      : `${api.API}/images/${encodeURIComponent(id)}/file`;
     classes.replaceChildren();
     keys.replaceChildren();
     for (const button of dialog.querySelectorAll("[data-step]")) {

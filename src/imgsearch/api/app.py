@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
 
-from imgsearch.api.limits import BodyLimit
-from imgsearch.api.routes import feedback, health, images, search, uploads
+from imgsearch.api.docs import DOCS_PATHS, add_docs
+from imgsearch.api.guard import RequestGuard, SecurityHeaders
+from imgsearch.api.routes import feedback, health, images, search, uploads, votes
 from imgsearch.index.manifest import IndexFormatError
 from imgsearch.service import ImageSearch
 
 log = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 16 * 1024  # a vote is a few hundred bytes
-ECHOED_INPUT_CHARS = 100
+ECHOED_INPUT_CHARS = 100  # of an invalid input, in a 422: never a mirror of the request
+MAX_DETAIL_CHARS = 300  # of a refusal's reason, which may quote what was sent (a key)
 
 ROUTERS = {
     "health": health.router,
@@ -28,6 +33,7 @@ ROUTERS = {
     "search": search.router,
     "feedback": feedback.router,
     "uploads": uploads.router,
+    "votes": votes.router,
 }
 
 
@@ -38,26 +44,40 @@ def create_app(
     web_dir: Path | None = None,
 ) -> FastAPI:
     """An app serving `routers` under /api, and the web page at / if `web_dir` is given."""
+    settings = service.settings
     app = FastAPI(
         title="imgsearch",
         summary="Find images without metadata: by words, by example, by feedback.",
         version="1.0",
+        docs_url=None,  # served from the app's own assets by add_docs, not from a CDN
+        redoc_url=None,
     )
     app.state.service = service
     for name in routers:
         app.include_router(ROUTERS[name], prefix="/api")
+    add_docs(app)
     # Forms: multipart framing on top of the largest image we accept; JSON: a vote.
     app.add_middleware(
-        BodyLimit,
-        max_form_bytes=service.settings.max_image_bytes + 64 * 1024,
+        RequestGuard,
+        max_form_bytes=settings.max_image_bytes + 64 * 1024,
         max_other_bytes=MAX_JSON_BYTES,
+        max_bodies=settings.http_max_bodies,
     )
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=service.settings.allowed_origins,
-        allow_methods=["GET", "POST", "DELETE"],
-        allow_headers=["*"],
-    )
+    if settings.allowed_origins:  # none: browsers allow only the page's own origin
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["content-type", "x-api-key"],
+        )
+    app.add_middleware(SecurityHeaders, page_origins=settings.page_origins, docs_paths=DOCS_PATHS)
+
+    @app.exception_handler(HTTPException)
+    async def refused(request: Request, error: HTTPException) -> JSONResponse:
+        if isinstance(error.detail, str) and len(error.detail) > MAX_DETAIL_CHARS:
+            cut = f"{error.detail[:MAX_DETAIL_CHARS]}... ({len(error.detail):,} characters)"
+            error = HTTPException(error.status_code, cut, error.headers)
+        return await http_exception_handler(request, error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -93,6 +113,16 @@ def _readable(error: dict) -> dict:
 
 
 def _shortened(value: object) -> object:
-    if isinstance(value, str | bytes) and len(value) > ECHOED_INPUT_CHARS:
-        return f"{value[:ECHOED_INPUT_CHARS]!s}... ({len(value):,} characters)"
-    return value
+    """`value` if it is short and JSON can hold it; else the start of it, as a string, with its
+    length (a list, a dict or a body cut as well as a string; NaN and lone surrogates
+    written out so the answer can be encoded)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        text.encode()
+    except (TypeError, ValueError):  # NaN, a lone surrogate (UnicodeEncodeError), an object
+        text = None
+    if text is not None and len(text) <= ECHOED_INPUT_CHARS:
+        return value
+    shown = value if isinstance(value, str) else text or repr(value)
+    start = shown[:ECHOED_INPUT_CHARS].encode("utf-8", "backslashreplace").decode()
+    return f"{start}... ({len(shown):,} characters)"

@@ -18,6 +18,15 @@ def get_service(request: Request) -> ImageSearch:
 
 Service = Annotated[ImageSearch, Depends(get_service)]
 
+
+def get_client(request: Request, service: Service) -> str:
+    """The request's client id: its source address by the one rule of clients.py, hashed."""
+    peer = request.client.host if request.client else None
+    return service.client_id(peer, request.headers.getlist("x-forwarded-for"))
+
+
+Client = Annotated[str, Depends(get_client)]
+
 # Refusal codes that have their own HTTP status; the rest are 422 (unusable content).
 REFUSAL_STATUS = {"too_large": 413, "not_an_image": 415}
 
@@ -36,10 +45,13 @@ async def read_upload(file: UploadFile, service: ImageSearch) -> bytes:
 
 
 def image_urls(request: Request, image_id: str) -> tuple[str, str]:
-    return (
-        str(request.url_for("image_file", image_id=image_id)),
-        str(request.url_for("image_thumbnail", image_id=image_id)),
-    )
+    """The URLs of an image's bytes and thumbnail: under the configured public URL, else paths
+    from the root (with the server's root path). Never from the request's Host header, which
+    any client may set (a poisoned cache or a page pointing elsewhere would follow)."""
+    base = request.app.state.service.settings.public_url
+    base = base.rstrip("/") if base else request.scope.get("root_path", "")
+    image = f"{base}/api/images/{image_id}"
+    return f"{image}/file", f"{image}/thumbnail"
 
 
 def results(request: Request, service: ImageSearch, hits: list[Hit]) -> list[dict]:

@@ -23,8 +23,11 @@ class ClassScore(BaseModel):
 class Result(BaseModel):
     id: str
     key: str
-    url: str = Field(description="The image's bytes")
-    thumbnail: str = Field(description="A small JPEG of the image")
+    url: str = Field(
+        description="The image's bytes: a path from the API's root, or an absolute URL if the "
+        "server has a public URL set"
+    )
+    thumbnail: str = Field(description="A small JPEG of the image (a URL like `url`)")
     score: float = Field(description="Higher is better; comparable within one response")
     learned: bool = Field(False, description="Placed by what users taught through votes")
     reason: Literal["keyword", "learned", "voted", "explore", "similar"] = Field(
@@ -90,3 +93,41 @@ class VoteRequest(BaseModel):
 class VoteResponse(BaseModel):
     status: Literal["ok"]
     term: str = Field(description="The normalised query the vote counts for")
+
+
+class LearnedImage(BaseModel):
+    id: str
+    key: str | None = Field(None, description="One of the image's keys (None if removed)")
+    up_clients: int = Field(description="Clients whose last vote says relevant")
+    down_clients: int = Field(description="Clients whose last vote says not relevant")
+    up: float = Field(description="up_clients, each decayed by the age of its vote")
+    down: float = Field(description="down_clients, each decayed by the age of its vote")
+    weight: float = Field(
+        description="What the image teaches other visitors: positive relevant, negative not; "
+        "0 until more than one client agrees"
+    )
+
+
+class Voter(BaseModel):
+    client: str = Field(description="The client's id (a keyed hash of its address)")
+    up: int = Field(description="Images its voice calls relevant")
+    down: int = Field(description="Images its voice calls not relevant")
+
+
+class LearnedTerm(BaseModel):
+    term: str = Field(description="The normalised query votes are stored under")
+    votes: int
+    sessions: int
+    clients: int
+    images: list[LearnedImage] = Field(description="Images voted on, most weight first")
+    voters: list[Voter] = Field(description="Clients that voted, most voices first (at most 100)")
+
+
+class TermReset(BaseModel):
+    term: str
+    votes_removed: int
+
+
+class ClientDropped(BaseModel):
+    client: str = Field(description="The client's id (a keyed hash of its address)")
+    votes_removed: int

@@ -86,5 +86,6 @@ def open_storage(settings: Settings) -> Storage:
     return Storage(
         objects=LocalObjectStore(settings.data_dir / "objects"),
         catalog=SqliteTable(tables, "catalog"),
-        feedback=SqliteTable(tables, "feedback"),
+        # Expiring like the template's feedback table (its time to live): rate-limit counters.
+        feedback=SqliteTable(tables, "feedback", expiring=True),
     )

@@ -531,5 +531,10 @@ def create_missing_resources(settings: Settings) -> list[str]:
             BillingMode="PAY_PER_REQUEST",
         )
         dynamodb.get_waiter("table_exists").wait(TableName=table)
+        if table == settings.feedback_table:  # as the template: rate-limit counters expire
+            dynamodb.update_time_to_live(
+                TableName=table,
+                TimeToLiveSpecification={"AttributeName": "expires_at", "Enabled": True},
+            )
         created.append(f"table {table}")
     return created

@@ -14,6 +14,7 @@ import re
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -224,6 +225,8 @@ class LocalObjectStore:
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 BUSY_TIMEOUT_SECONDS = 30.0
 QUERY_PAGE_SIZE = 500  # rows per SELECT, so a long query holds no read snapshot open
+PURGE_INTERVAL_SECONDS = 60.0  # how often a writer deletes expired items (see purge_expired)
+_EXPIRES = "json_extract(attrs, '$.expires_at')"
 
 
 class SqliteTable:
@@ -232,15 +235,22 @@ class SqliteTable:
     Every write runs in a `BEGIN IMMEDIATE` transaction, which takes the database's write lock
     before reading, so a version check and the write it guards cannot interleave with another
     writer, in this process or another. WAL mode lets readers proceed meanwhile.
+
+    With `expiring=True` (the feedback table, which has a time to live in the template), items
+    with an `expires_at` (seconds since the epoch) in the past are deleted, as DynamoDB's time
+    to live deletes them: a writer purges them at most once a minute, through a partial index
+    that holds only items with `expires_at`, so a purge costs what it deletes.
     """
 
-    def __init__(self, path: Path, name: str) -> None:
+    def __init__(self, path: Path, name: str, *, expiring: bool = False) -> None:
         if not _TABLE_NAME.fullmatch(name):
             raise ValueError(f"not a usable table name: {name!r}")
         self.path = Path(path)
         self.name = name
         self._quoted_name = f'"{name}"'
         self._local = threading.local()
+        self.expiring = expiring
+        self._next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._write_transaction() as connection:
             connection.execute(
@@ -248,6 +258,27 @@ class SqliteTable:
                 " pk TEXT NOT NULL, sk TEXT NOT NULL, version INTEGER NOT NULL,"
                 " attrs TEXT NOT NULL, PRIMARY KEY (pk, sk)) WITHOUT ROWID"
             )
+            if expiring:
+                connection.execute(
+                    f'CREATE INDEX IF NOT EXISTS "{name}_expires" ON {self._quoted_name}'
+                    f" ({_EXPIRES}) WHERE {_EXPIRES} IS NOT NULL"
+                )
+
+    def purge_expired(self, now: float | None = None) -> int:
+        """Delete the items whose `expires_at` has passed; returns how many (expiring
+        tables only)."""
+        if not self.expiring:
+            return 0
+        with self._write_transaction() as connection:
+            return self._purge(connection, time.time() if now is None else now)
+
+    def _purge(self, connection: sqlite3.Connection, now: float) -> int:
+        self._next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
+        cursor = connection.execute(
+            f"DELETE FROM {self._quoted_name} WHERE {_EXPIRES} IS NOT NULL AND {_EXPIRES} < ?",
+            (now,),
+        )
+        return cursor.rowcount
 
     def get(self, pk: str, sk: str) -> Item | None:
         validate_item_key(pk, sk)
@@ -413,6 +444,8 @@ class SqliteTable:
         connection = self._connection()
         connection.execute("BEGIN IMMEDIATE")
         try:
+            if self.expiring and time.monotonic() >= self._next_purge:
+                self._purge(connection, time.time())
             yield connection
             connection.execute("COMMIT")
         except BaseException:

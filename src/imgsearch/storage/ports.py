@@ -162,6 +162,8 @@ class Table(Protocol):
     """Items addressed by (partition key, sort key), each carrying a `version` number.
 
     Items are returned as dicts with their attributes plus `pk`, `sk` and `version`.
+    In a table with a time to live (the feedback table), an item whose `expires_at` (seconds
+    since the epoch) has passed may disappear at any time after: readers must not rely on it.
     """
 
     def get(self, pk: str, sk: str) -> Item | None:

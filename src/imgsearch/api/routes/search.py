@@ -38,6 +38,7 @@ def search(
         interpretation["learned"] = {
             "votes": taught.votes,
             "sessions": taught.sessions,
+            "clients": taught.clients,
             "strength": round(taught.strength(), 3),
             "method": service.settings.feedback_method,
         }
@@ -47,7 +48,8 @@ def search(
                     "phrase": found.interpretation.query,
                     "source": "learned",
                     "confidence": round(taught.strength(), 3),
-                    "note": f"taught by {taught.votes} votes from {taught.sessions} sessions",
+                    "note": f"taught by {taught.votes} votes from {taught.sessions} sessions "
+                    f"and {taught.clients} clients",
                     "classes": [],
                 }
             )

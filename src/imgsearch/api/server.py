@@ -1,0 +1,188 @@
+"""The HTTP server of `imgsearch serve`: uvicorn's h11 protocol with deadlines, a bound on open
+connections, and JSON answers for what it refuses itself.
+
+uvicorn closes a connection idle between requests (keep-alive), but not one that sends its
+headers or its body a byte at a time (slowloris), nor one that connects and sends nothing; it
+accepts every connection; and it answers a malformed request in text/plain. Here:
+- a connection that sends nothing for `http_keep_alive_seconds` (new, or between requests) is
+  closed; a request's headers must arrive within `http_header_seconds` of their first byte,
+  and its body within `http_body_seconds` of the headers: else 408;
+- beyond `http_max_connections` open connections, or `http_max_client_connections` from one
+  address, a new one gets 503 and is closed;
+- a request h11 cannot parse gets 400; every refusal is `{"detail": ...}` and closes.
+In the cloud API Gateway does all this, in front of Mangum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import json
+from collections import Counter
+
+import h11
+import uvicorn
+from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from imgsearch.config import Settings
+
+LINGER_SECONDS = 2.0  # after a refusal, for the client to read it and stop sending
+
+
+class GuardedProtocol(H11Protocol):
+    """uvicorn's h11 protocol with deadlines and a connection bound (module docstring)."""
+
+    # Set on the subclass that `server_config` makes, one per server:
+    settings: Settings
+    clients: Counter[str]  # open connections per client address
+
+    _deadline: asyncio.TimerHandle | None = None
+    _phase: str | None = None  # what the deadline is for: "idle", "headers" or "body"
+    _address: str | None = None  # counted in `clients`
+    draining = False  # closing: what the client still sends is dropped (see linger)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
+        self._address = self.client[0] if self.client else ""
+        self.clients[self._address] += 1
+        if len(self.connections) > self.settings.http_max_connections:
+            self._refuse(503, "too many connections; try again in a moment")
+        elif self.clients[self._address] > self.settings.http_max_client_connections:
+            self._refuse(503, "too many connections from this address; try again in a moment")
+        else:
+            self._watch()
+
+    def data_received(self, data: bytes) -> None:
+        if self.draining:
+            return  # closing: what still comes is read and dropped (see linger)
+        super().data_received(data)
+        self._watch()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._watch()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._set_deadline(None)
+        self._uncount()
+        super().connection_lost(exc)
+
+    def _uncount(self) -> None:
+        """No longer count this connection against the bounds (it closed, or is closing)."""
+        self.connections.discard(self)
+        if self._address is not None:
+            self.clients[self._address] -= 1
+            if not self.clients[self._address]:
+                del self.clients[self._address]
+            self._address = None
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to what h11 cannot parse, as the API answers everything else.
+        self._refuse(400, "malformed HTTP request")
+
+    def _watch(self) -> None:
+        """Keep a deadline on what the client owes: a first byte, the headers, the body."""
+        if self.transport.is_closing():
+            phase = None
+        elif self.conn.their_state is h11.IDLE:
+            phase = "headers" if self.conn.trailing_data[0] else "idle"
+        elif self.conn.their_state is h11.SEND_BODY:
+            phase = "body"
+        else:  # the request is in: the app's time is not limited here
+            phase = None
+        if phase != self._phase:
+            self._set_deadline(phase)
+
+    def _set_deadline(self, phase: str | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline, self._phase = None, phase
+        if phase is not None:
+            self._deadline = self.loop.call_later(self._seconds(phase), self._expired)
+
+    def _seconds(self, phase: str) -> float:
+        settings = self.settings
+        return {
+            "idle": settings.http_keep_alive_seconds,
+            "headers": settings.http_header_seconds,
+            "body": settings.http_body_seconds,
+        }[phase]
+
+    def _expired(self) -> None:
+        phase, self._deadline, self._phase = self._phase, None, None
+        if self.transport.is_closing() or phase is None:
+            return
+        if phase == "idle":
+            self.transport.socket.close()  # nothing asked: nothing to answer, nothing to drain
+            return
+        self._refuse(408, f"the request's {phase} took longer than {self._seconds(phase):g} s")
+
+    def _refuse(self, status: int, detail: str) -> None:
+        """Answer `status` with a JSON detail (unless a response has begun) and close."""
+        cycle = self.cycle
+        if cycle is None or not cycle.response_started:
+            body = json.dumps({"detail": detail}).encode()
+            head = (
+                f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+                "content-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n"
+                "connection: close\r\n\r\n"
+            )
+            self.transport.write(head.encode() + body)
+        if cycle is not None and not cycle.response_complete:
+            # The app, if it still runs, reads a disconnect and its answer goes nowhere.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.transport.close()
+
+    def linger(self, transport: asyncio.Transport) -> None:
+        """Close `transport` without losing what was written to it.
+
+        Closing at once with the client's bytes unread (a body refused before it was read)
+        would reset the connection, and the client could lose the answer: end our side and
+        drop what still comes for a moment instead."""
+        if self.draining or transport.is_closing() or not transport.can_write_eof():
+            transport.close()
+            return
+        self._set_deadline(None)
+        self.draining = True
+        self._uncount()  # served: a refused flood must not crowd out the next clients
+        transport.write_eof()
+        self.flow.resume_reading()
+        self.loop.call_later(LINGER_SECONDS, transport.close)
+
+
+class _LingeringTransport:
+    """The connection's transport as the protocol sees it: every close lingers (`linger`),
+    since the client may still be sending, and while it lingers the transport is closing."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedProtocol) -> None:
+        self.socket = transport
+        self._protocol = protocol
+
+    def close(self) -> None:
+        self._protocol.linger(self.socket)
+
+    def is_closing(self) -> bool:
+        return self._protocol.draining or self.socket.is_closing()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.socket, name)
+
+
+def server_config(app: ASGIApp, settings: Settings, **options: object) -> uvicorn.Config:
+    """uvicorn's configuration for `app` with the guarded protocol and `settings`' bounds;
+    `options` are passed on (host, port, log_level ...)."""
+    bounds = {"settings": settings, "clients": Counter()}
+    protocol = type("GuardedProtocol", (GuardedProtocol,), bounds)
+    return uvicorn.Config(
+        app,
+        http=protocol,
+        backlog=settings.http_backlog,
+        timeout_keep_alive=settings.http_keep_alive_seconds,
+        # uvicorn would otherwise take X-Forwarded-For from 127.0.0.1 as the client; who a
+        # client is must be decided by one rule (clients.py, `trusted_proxies`).
+        proxy_headers=False,
+        **options,
+    )

@@ -1,0 +1,489 @@
+"""HTTP that refuses politely: repeated headers, JSON Python reads but JSON forbids, echoes,
+deadlines, connection and body bounds, temporary files, CORS, security headers, offline docs
+and result URLs. Framing, deadlines and bounds go through a real uvicorn server (the one
+`imgsearch serve` runs) over raw sockets; the rest through the app."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from browser import live_server
+from conftest import API_KEY, demo_image, make_service
+from fastapi.testclient import TestClient
+from hostile_files import encode, photo
+
+from imgsearch.api.app import create_app
+from imgsearch.cli import WEB_DIR
+
+DEADLINE = 1.0  # seconds, for headers and for bodies in these tests
+SLACK = 4.0  # how much later than a deadline the server may act, on a busy machine
+MAX_CONNECTIONS = 6
+MAX_CLIENT_CONNECTIONS = 3
+MAX_BODIES = 2
+
+
+# Through the app ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app_client(service) -> Iterator[TestClient]:
+    with TestClient(create_app(service, web_dir=WEB_DIR), headers={"X-API-Key": API_KEY}) as c:
+        yield c
+
+
+def _vote(**change: object) -> dict:
+    return {"query": "rain", "image_id": "0" * 16, "vote": 1, "session": "s1", **change}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("content-type", "multipart/form-data; boundary=x"), ("content-type", "application/json")],
+        [("content-type", "application/json"), ("Content-Type", "multipart/form-data; boundary=x")],
+        [("x-api-key", API_KEY), ("x-api-key", "other")],
+        [("host", "a.example"), ("host", "b.example")],
+    ],
+)
+def test_repeated_headers_that_matter_are_refused_unread(app_client, headers) -> None:
+    """Two Content-Types once let 24 MB through the 16 KB JSON limit: the limit read one, the
+    parser the other. Now neither is believed."""
+    body = json.dumps(_vote(query="x" * 200_000)).encode()
+    response = app_client.post("/api/feedback", content=body, headers=headers)
+    assert response.status_code == 400
+    assert "repeated headers" in response.json()["detail"]
+    assert len(response.content) < 300
+
+
+def test_the_body_limit_follows_the_content_type_the_parser_reads(app_client) -> None:
+    """A JSON body sent as something else is still held to the small limit, whatever the case
+    or parameters of its type; only a real multipart form gets the image limit."""
+    body = json.dumps(_vote(query="x" * 40_000)).encode()
+    for content_type in ("application/json", "text/plain", "multipart/form-data-but-not"):
+        response = app_client.post(
+            "/api/feedback", content=body, headers={"content-type": content_type}
+        )
+        assert response.status_code == 413, content_type
+        assert "16,384 bytes" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"query": "rain", "image_id": "0000000000000000", "vote": NaN, "session": "s"}',
+        b'{"query": "rain", "image_id": "0000000000000000", "vote": Infinity, "session": "s"}',
+        b'{"query": "rain", "image_id": "0000000000000000", "vote": -Infinity, "session": "s"}',
+        b'{"query": "rain", "image_id": "0000000000000000", "vote": 1e999, "session": "s"}',
+        b'{"query": "\\ud800", "image_id": "0000000000000000", "vote": 1, "session": "s"}',
+        b'{"query": "rain", "image_id": "0", "vote": 1, "session": "s", "\\udfff": 1}',
+        b"[" * 8_000 + b"]" * 8_000,
+        b'{"query": "rain", "image_id": "0", "vote": ' + b"1" * 5000 + b', "session": "s"}',
+    ],
+)
+def test_json_that_python_reads_but_json_forbids_gets_422(app_client, body) -> None:
+    response = app_client.post(
+        "/api/feedback", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith("invalid JSON")
+
+
+def test_malformed_json_still_gets_fastapis_422(app_client) -> None:
+    response = app_client.post(
+        "/api/feedback", content=b'{"query": ', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422 and response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "vote",
+    [
+        _vote(vote=list(range(3000))),
+        _vote(vote={f"k{i}": "v" * 10 for i in range(500)}),
+        _vote(vote=[[[["deep" * 100]]]]),
+        _vote(query={"nested": ["x" * 5000]}),
+        ["x" * 3000, "y" * 3000],
+        _vote(vote="é" * 5000),
+    ],
+)
+def test_an_error_never_echoes_more_than_a_few_hundred_bytes(app_client, vote) -> None:
+    response = app_client.post("/api/feedback", json=vote)
+    assert response.status_code == 422
+    assert response.json()["detail"]
+    assert len(response.content) < 1000, response.text
+
+
+def test_a_refusal_quoting_a_long_input_is_cut_short(app_client) -> None:
+    """A key is refused with the key quoted: at most a few hundred characters of it."""
+    files = {"file": ("a.jpg", demo_image("chair"))}
+    response = app_client.post("/api/images", files=files, data={"key": "a\\" * 250})
+    assert response.status_code == 422 and "backslash" in response.json()["detail"]
+    status = app_client.get("/api/uploads/status", params={"key": "/" + "x" * 1000})
+    assert status.status_code == 422 and "absolute" in status.json()["detail"]
+    for answer in (response, status):
+        assert len(answer.json()["detail"]) < 350 and len(answer.content) < 1000
+
+
+def test_long_query_lists_are_not_echoed_whole(app_client) -> None:
+    exclude = [str(i) for i in range(60)]  # over the limit of 50
+    response = app_client.get("/api/search", params={"q": "cat", "exclude": exclude})
+    assert response.status_code == 422 and len(response.content) < 1000
+
+
+def test_the_page_and_the_api_send_a_content_security_policy(app_client) -> None:
+    for path in ("/", "/api/health", "/api/images/0123456789abcdef"):
+        response = app_client.get(path)
+        policy = response.headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy, path
+        assert "unsafe-inline" not in policy and "*" not in policy, path
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "no-referrer"
+        assert response.headers["x-frame-options"] == "DENY"
+
+
+def test_the_page_has_no_inline_script_or_style(app_client) -> None:
+    """What the policy forbids must not be needed: the page's code is all in files."""
+    page = app_client.get("/").text
+    assert "<script>" not in page and " style=" not in page and "<style" not in page
+    assert "onclick=" not in page.lower() and "javascript:" not in page.lower()
+
+
+def test_only_the_own_origin_is_allowed_by_default(service, embedder, vocabulary, tmp_path):
+    with TestClient(create_app(service)) as client:
+        asked = client.get("/api/health", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in asked.headers
+        preflight = client.options(
+            "/api/feedback",
+            headers={
+                "Origin": "https://evil.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        )
+        assert "access-control-allow-origin" not in preflight.headers
+    allowed = make_service(
+        tmp_path / "other", embedder, vocabulary, allowed_origins=["https://photos.example"]
+    )
+    with TestClient(create_app(allowed)) as client:
+        asked = client.get("/api/health", headers={"Origin": "https://photos.example"})
+        assert asked.headers["access-control-allow-origin"] == "https://photos.example"
+        other = client.get("/api/health", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_result_urls_do_not_follow_the_host_header(service, embedder, vocabulary, tmp_path):
+    image_id = service.add("a.jpg", demo_image("chair")).image_id
+    with TestClient(create_app(service)) as client:
+        found = client.get("/api/images", headers={"Host": "evil.example"}).json()["results"]
+        assert found[0]["url"] == f"/api/images/{image_id}/file"
+        assert found[0]["thumbnail"] == f"/api/images/{image_id}/thumbnail"
+        detail = client.get(f"/api/images/{image_id}", headers={"Host": "evil.example"}).json()
+        assert detail["url"] == f"/api/images/{image_id}/file"
+        assert client.get(detail["thumbnail"]).content[:2] == b"\xff\xd8"
+    public = make_service(
+        tmp_path / "public", embedder, vocabulary, public_url="https://photos.example/"
+    )
+    public.add("a.jpg", demo_image("chair"))
+    with TestClient(create_app(public)) as client:
+        found = client.get("/api/images", headers={"Host": "evil.example"}).json()["results"]
+        assert found[0]["url"] == f"https://photos.example/api/images/{image_id}/file"
+
+
+def test_docs_are_served_from_the_app_own_assets(app_client) -> None:
+    for path in ("/docs", "/redoc"):
+        page = app_client.get(path)
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert "http://" not in page.text and "https://" not in page.text, path
+        assert "<script>" not in page.text  # no inline code: the policy allows none
+        for asset in ("docs-assets/",):
+            assert asset in page.text
+    for asset in (
+        "swagger-ui-bundle.js",
+        "swagger-ui.css",
+        "swagger-init.js",
+        "redoc.standalone.js",
+    ):
+        response = app_client.get(f"/docs-assets/{asset}")
+        assert response.status_code == 200 and len(response.content) > 100, asset
+
+
+# Through a real server, over raw sockets ---------------------------------------------------
+
+
+@pytest.fixture
+def server(tmp_path, embedder, vocabulary, monkeypatch) -> Iterator[tuple[str, int, Path]]:
+    """A real uvicorn server as `imgsearch serve` runs it, with one-second deadlines and
+    small bounds; yields its host, port and the directory of its temporary files."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))  # where multipart parts spool
+    service = make_service(
+        tmp_path / "data",
+        embedder,
+        vocabulary,
+        http_keep_alive_seconds=int(DEADLINE),
+        http_header_seconds=DEADLINE,
+        http_body_seconds=DEADLINE,
+        http_max_connections=MAX_CONNECTIONS,
+        http_max_client_connections=MAX_CLIENT_CONNECTIONS,
+        http_max_bodies=MAX_BODIES,
+    )
+    with live_server(create_app(service)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        yield host, int(port), spool
+
+
+def _connect(server, source: str = "127.0.0.1") -> socket.socket:
+    """A connection to the server from `source`: loopback addresses are distinct clients."""
+    host, port, _ = server
+    return socket.create_connection(
+        (host, port), timeout=DEADLINE + SLACK + 5, source_address=(source, 0)
+    )
+
+
+def _read_all(connection: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while chunk := connection.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _answer(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, body
+
+
+def _exchange(
+    server, request: bytes, source: str = "127.0.0.1"
+) -> tuple[int, dict[str, str], bytes]:
+    with _connect(server, source) as connection:
+        connection.sendall(request)
+        return _answer(_read_all(connection))
+
+
+def _json_refusal(answer: tuple[int, dict[str, str], bytes], status: int) -> str:
+    got, headers, body = answer
+    assert got == status, (got, body)
+    assert headers["content-type"] == "application/json"
+    return json.loads(body)["detail"]
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /api/health HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+        b"POST /api/feedback HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n",
+        b"POST /api/feedback HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+)
+def test_framing_errors_are_answered_in_json(server, request_bytes) -> None:
+    detail = _json_refusal(_exchange(server, request_bytes), 400)
+    assert detail == "malformed HTTP request"
+
+
+@pytest.mark.parametrize("size", [20_000, 70_000, 300_000])
+def test_oversized_headers_are_refused_whether_they_come_at_once_or_in_pieces(server, size):
+    request = b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n"
+    status, headers, body = _exchange(server, request)
+    assert status in (400, 431) and headers["content-type"] == "application/json"
+    assert len(body) < 300
+
+
+def test_repeated_content_types_over_the_wire_are_refused(server) -> None:
+    body = b"x" * 100_000
+    request = (
+        b"POST /api/feedback HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: multipart/form-data; boundary=x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    with _connect(server) as connection:
+        connection.sendall(request)
+        raw = _read_all(connection)
+    detail = _json_refusal(_answer(raw), 400)
+    assert "content-type" in detail and len(raw) < 1000
+
+
+def test_a_connection_that_sends_nothing_is_closed(server) -> None:
+    with _connect(server) as connection:
+        started = time.monotonic()
+        assert _read_all(connection) == b""
+        assert time.monotonic() - started < DEADLINE + SLACK
+
+
+def test_headers_sent_a_byte_at_a_time_get_408(server) -> None:
+    """Slowloris: each byte arrives in time to reset an idle timer, never the whole request."""
+    request = b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+    with _connect(server) as connection:
+        started = time.monotonic()
+        connection.settimeout(0.2)
+        for byte in request:
+            try:
+                connection.sendall(bytes([byte]))
+            except OSError:
+                break  # closed on us: what we wanted
+            try:
+                if connection.recv(65536, socket.MSG_PEEK):
+                    break
+            except TimeoutError:
+                continue
+        connection.settimeout(SLACK)
+        answer = _answer(_read_all(connection))
+        elapsed = time.monotonic() - started
+    assert "headers" in _json_refusal(answer, 408)
+    assert DEADLINE <= elapsed < DEADLINE + SLACK
+
+
+def test_a_body_that_trickles_in_gets_408(server) -> None:
+    head = (
+        b"POST /api/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n"
+    )
+    with _connect(server) as connection:
+        connection.sendall(head + b'{"query": ')
+        started = time.monotonic()
+        answer = _answer(_read_all(connection))
+        elapsed = time.monotonic() - started
+    assert "body" in _json_refusal(answer, 408)
+    assert DEADLINE <= elapsed < DEADLINE + SLACK
+
+
+def test_a_body_not_read_after_an_early_answer_is_cut_off_too(server) -> None:
+    """A 413 from the declared length answers at once; the client may go on sending, but only
+    until the body deadline."""
+    head = b"POST /api/feedback HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+    with _connect(server) as connection:
+        connection.sendall(head + b"x" * 10)
+        started = time.monotonic()
+        raw = _read_all(connection)
+        elapsed = time.monotonic() - started
+    assert _answer(raw)[0] == 413
+    assert elapsed < DEADLINE + SLACK
+
+
+HEALTH = b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def test_connections_beyond_the_bound_get_503(server) -> None:
+    sources = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    held = [_connect(server, source) for source in sources for _ in range(2)]
+    try:
+        time.sleep(0.3)  # accepted by the server, not only by the kernel
+        with _connect(server, "127.0.0.5") as extra:
+            detail = _json_refusal(_answer(_read_all(extra)), 503)
+        assert detail.startswith("too many connections;")
+    finally:
+        for connection in held:
+            connection.close()
+    time.sleep(0.3)
+    assert _exchange(server, HEALTH, "127.0.0.5")[0] == 200
+
+
+def test_one_address_cannot_take_every_connection(server) -> None:
+    held = [_connect(server, "127.0.0.2") for _ in range(MAX_CLIENT_CONNECTIONS)]
+    try:
+        time.sleep(0.3)
+        with _connect(server, "127.0.0.2") as extra:
+            detail = _json_refusal(_answer(_read_all(extra)), 503)
+        assert "from this address" in detail
+        assert _exchange(server, HEALTH, "127.0.0.3")[0] == 200  # another client is served
+    finally:
+        for connection in held:
+            connection.close()
+
+
+def test_bodies_in_flight_are_bounded_and_the_rest_keeps_answering(server) -> None:
+    head = (
+        b"POST /api/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n{"
+    )
+    held = [_connect(server) for _ in range(MAX_BODIES)]
+    try:
+        for connection in held:
+            connection.sendall(head)
+        time.sleep(0.3)
+        detail = _json_refusal(_exchange(server, head + b"}" * 999), 503)
+        assert "too many uploads" in detail
+        status, _, _ = _exchange(server, HEALTH, "127.0.0.3")
+        assert status == 200  # requests without a body are not held back
+    finally:
+        for connection in held:
+            connection.close()
+
+
+def _spooled_files(spool: Path) -> int:
+    """Files under `spool` this process holds open (unnamed temporary files included)."""
+    count = 0
+    for descriptor in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{descriptor}")
+        except OSError:
+            continue
+        count += target.startswith(str(spool))
+    return count
+
+
+def _upload_head(path: str, length: int) -> tuple[bytes, bytes]:
+    part = (
+        b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n"
+    )
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {API_KEY}\r\nConnection: close\r\n"
+        f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+    return head, part
+
+
+def _wait_for(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_an_upload_cut_off_midway_leaves_no_temporary_file(server) -> None:
+    _, _, spool = server
+    head, part = _upload_head("/api/images", 3_000_000)
+    with _connect(server) as connection:
+        connection.sendall(head + part + b"\xff\xd8" + bytes(2_000_000))  # past 1 MB: on disk
+        assert _wait_for(lambda: _spooled_files(spool) == 1, 5), "the part was not spooled"
+    assert _wait_for(lambda: _spooled_files(spool) == 0, 5), "the client left; the file stayed"
+
+
+def test_an_upload_past_its_deadline_leaves_no_temporary_file(server) -> None:
+    _, _, spool = server
+    head, part = _upload_head("/api/search/image", 3_000_000)
+    with _connect(server) as connection:
+        connection.sendall(head + part + b"\xff\xd8" + bytes(2_000_000))
+        assert _wait_for(lambda: _spooled_files(spool) == 1, 5), "the part was not spooled"
+        assert _answer(_read_all(connection))[0] == 408
+    assert _wait_for(lambda: _spooled_files(spool) == 0, 5)
+
+
+def test_a_refused_upload_leaves_no_temporary_file(server) -> None:
+    _, _, spool = server
+    not_an_image = b"<html>" + bytes(2_000_000)
+    body_end = b"\r\n--x--\r\n"
+    _, part = _upload_head("/api/images", 0)
+    head, part = _upload_head("/api/images", len(part) + len(not_an_image) + len(body_end))
+    status, _, body = _exchange(server, head + part + not_an_image + body_end)
+    assert status == 415, body
+    good = encode(photo(64, 48), "PNG")
+    head, part = _upload_head("/api/search/image", len(part) + len(good) + len(body_end))
+    assert _exchange(server, head + part + good + body_end)[0] == 200
+    assert _wait_for(lambda: _spooled_files(spool) == 0, 5)
