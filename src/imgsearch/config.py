@@ -69,8 +69,11 @@ class Settings(BaseSettings):
     # the API serves the page itself. In the cloud API Gateway answers CORS instead ("[]").
     allowed_origins: list[str] = []
     # Where clients reach the API (e.g. https://photos.example.com): result URLs start with it.
-    # Unset, they are paths from the root (/api/images/...), never built from the Host header.
+    # Unset, they start with the request's own address when its Host names one of
+    # `trusted_hosts` (this machine, by default), else they are paths from the root
+    # (/api/images/...): never built from a Host header any client may invent.
     public_url: str | None = None
+    trusted_hosts: list[str] = ["localhost", "127.0.0.1", "::1"]
     # Origins besides its own that the page may show images from and upload to (the bucket,
     # in the cloud): added to the Content-Security-Policy's img-src and connect-src.
     page_origins: list[str] = []
