@@ -74,7 +74,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     where = service.settings.data_dir if service.settings.backend == "local" else "AWS"
     print(f"imgsearch: {service.count()} images from {where}", file=sys.stderr)
     print(f"imgsearch: serving on http://{args.host}:{args.port}/", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        service.close()  # its decode workers
     return 0
 
 
