@@ -225,13 +225,9 @@ def estimated_peak(image: Image.Image, draft_size: int | None, *, scans: int = 0
 def _decoder_bytes(image: Image.Image) -> int:
     """Bytes per pixel a format's decoder holds beside the picture (measured by
     bench/decode_worst.py): libwebp decodes onto an RGBA canvas of its own, which Pillow
-    copies into a bytes object and reads through another buffer; the BMP run-length decoder
-    (Python) builds the pixels in a growing bytearray, then copies it."""
-    if image.format == "WEBP":
-        return 11
-    if image.format == "BMP" and image.tile and image.tile[0][0] == "bmp_rle":
-        return 4
-    return 0
+    copies into a bytes object and reads through another buffer. The others decode into the
+    picture a few rows at a time."""
+    return 11 if image.format == "WEBP" else 0
 
 
 def _decoded_size(image: Image.Image, draft_size: int | None) -> tuple[int, int]:
