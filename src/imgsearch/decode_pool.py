@@ -30,6 +30,7 @@ import os
 import resource
 import threading
 import weakref
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Protocol
 
@@ -202,22 +203,18 @@ def _kill_all(workers: set[_Worker]) -> None:
     workers.clear()
 
 
+@dataclass(frozen=True)
 class _Outcome:
-    """What came back from a worker: a decoded image, a refusal, or a lost worker."""
+    """What came back from a worker: the image, or the error to raise (a refusal), and
+    whether the worker must be replaced."""
 
-    def __init__(
-        self,
-        decoded: DecodedImage | None = None,
-        refusal: ImageRefused | None = None,
-        worker_lost: bool = False,
-    ) -> None:
-        self.decoded = decoded
-        self.refusal = refusal
-        self.worker_lost = worker_lost
+    decoded: DecodedImage | None = None
+    error: Exception | None = None
+    worker_lost: bool = False
 
     def result(self) -> DecodedImage:
-        if self.refusal is not None:
-            raise self.refusal
+        if self.error is not None:
+            raise self.error
         assert self.decoded is not None
         return self.decoded
 
@@ -240,16 +237,18 @@ class _Worker:
             return self._lost()
         if not self.connection.poll(deadline):
             refusal = ImageRefused("too_costly", f"decoding took longer than {deadline:g} s")
-            return _Outcome(refusal=refusal, worker_lost=True)
+            return _Outcome(error=refusal, worker_lost=True)
         try:
             kind, value = self.connection.recv()
         except (EOFError, OSError):
             return self._lost()
         if kind == "decoded":
             return _Outcome(decoded=value)
+        if kind == "failed":  # a bug, not the file: an error as if decoded here
+            return _Outcome(error=RuntimeError(f"decoding failed in a worker: {value}"))
         reason, message = value
         # A worker that ran out of memory is replaced: its heap may stay fragmented.
-        return _Outcome(refusal=ImageRefused(reason, message), worker_lost=reason == "too_costly")
+        return _Outcome(error=ImageRefused(reason, message), worker_lost=reason == "too_costly")
 
     def _lost(self) -> _Outcome:
         """The worker died mid-decode: killed for its memory (by the kernel), or crashed."""
@@ -259,7 +258,7 @@ class _Worker:
         else:
             refusal = ImageRefused("corrupt", "the decoder failed on this file")
         log.warning("a decode worker died (exit code %s)", self.process.exitcode)
-        return _Outcome(refusal=refusal, worker_lost=True)
+        return _Outcome(error=refusal, worker_lost=True)
 
     def kill(self) -> None:
         if self.process.is_alive():
@@ -284,8 +283,8 @@ def _serve(connection: Connection, memory_cap: int | None) -> None:
             )
         except ImageRefused as refusal:
             answer = ("refused", (refusal.reason, str(refusal)))
-        except MemoryError:
-            answer = ("refused", ("too_costly", "decoding the image ran out of memory"))
+        except Exception as error:  # a bug: reported, and the worker goes on
+            answer = ("failed", f"{type(error).__name__}: {error}")
         del data
         try:
             connection.send(answer)

@@ -97,40 +97,18 @@ def decode_image(
     with warnings.catch_warnings():
         # Pillow warns about odd but readable files (bad EXIF, ...): what matters is the result.
         warnings.simplefilter("ignore")
-        return _decode(data, limits, draft_size)
+        try:
+            return _decode(data, limits, draft_size)
+        except MemoryError:  # an estimate fell short: the limit on the process held
+            raise ImageRefused("too_costly", "decoding the image ran out of memory") from None
 
 
 def _decode(data: bytes, limits: DecodeLimits, draft_size: int | None) -> DecodedImage:
-    declared = webp_size(data)
-    if declared:  # Pillow's WebP opener allocates the whole canvas: check its size first
-        _check_pixels(*declared, limits.max_pixels)
-    image = _open(data)
+    image = _open_within(data, limits)
     width, height = image.size
-    _check_pixels(width, height, limits.max_pixels)
-    if min(width, height) < MIN_SIDE:
-        raise ImageRefused(
-            "too_small", f"{width}x{height} pixels: each side must be at least {MIN_SIDE}"
-        )
     source_format = image.format or "unknown"
-    scans = 0
-    if source_format in ("JPEG", "MPO"):
-        scans = jpeg_scans(data)
-        if scans > limits.max_scans:
-            raise ImageRefused(
-                "too_costly",
-                f"the JPEG has {scans:,} scans, each a pass over the whole picture; "
-                f"the limit is {limits.max_scans}",
-            )
-    _check_memory(image, estimated_peak(image, draft_size, scans=scans), limits.max_memory)
-    if draft_size and source_format in ("JPEG", "MPO"):
-        image.draft("RGB", (draft_size, draft_size))
-    try:
-        image.load()  # the first frame only, for animations
-    except MemoryError:
-        raise ImageRefused("too_costly", "decoding the image ran out of memory") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageRefused("corrupt", f"truncated or corrupt image data: {error}") from None
-
+    _check_cost(data, image, limits, draft_size)
+    _load(image, draft_size)
     orientation = _orientation(image)
     image = _transposed(_reduced(image, draft_size), orientation)
     if orientation in _QUARTER_TURNS:  # the full size turns too
@@ -138,10 +116,16 @@ def _decode(data: bytes, limits: DecodeLimits, draft_size: int | None) -> Decode
     return DecodedImage(image=_to_rgb(image), width=width, height=height, format=source_format)
 
 
-def _open(data: bytes) -> Image.Image:
-    """The image with its header read and no pixel decoded."""
+_JPEG_FORMATS = ("JPEG", "MPO")
+
+
+def _open_within(data: bytes, limits: DecodeLimits) -> Image.Image:
+    """The image with its header read and no pixel decoded, if its size is acceptable."""
+    declared = webp_size(data)
+    if declared:  # Pillow's WebP opener allocates the whole canvas: check its size first
+        _check_pixels(*declared, limits.max_pixels)
     try:
-        return Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+        image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:
         raise ImageRefused(
             "not_an_image",
@@ -149,6 +133,44 @@ def _open(data: bytes) -> Image.Image:
         ) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageRefused("corrupt", f"unreadable image header: {error}") from None
+    width, height = image.size
+    _check_pixels(width, height, limits.max_pixels)
+    if min(width, height) < MIN_SIDE:
+        raise ImageRefused(
+            "too_small", f"{width}x{height} pixels: each side must be at least {MIN_SIDE}"
+        )
+    return image
+
+
+def _check_cost(
+    data: bytes, image: Image.Image, limits: DecodeLimits, draft_size: int | None
+) -> None:
+    """Refuse, from the header, a decode that would take too much work or memory."""
+    scans = jpeg_scans(data) if image.format in _JPEG_FORMATS else 0
+    if scans > limits.max_scans:
+        raise ImageRefused(
+            "too_costly",
+            f"the JPEG has {scans:,} scans, each a pass over the whole picture; "
+            f"the limit is {limits.max_scans}",
+        )
+    peak = estimated_peak(image, draft_size, scans=scans)
+    if peak > limits.max_memory:
+        width, height = image.size
+        raise ImageRefused(
+            "too_costly",
+            f"decoding this {image.format} image ({image.mode}, {width}x{height}) would take "
+            f"about {peak / _MB:,.0f} MB of memory; the limit is {limits.max_memory / _MB:,.0f} MB",
+        )
+
+
+def _load(image: Image.Image, draft_size: int | None) -> None:
+    """Decode the pixels (the first frame of an animation), a JPEG scaled down as it goes."""
+    if draft_size and image.format in _JPEG_FORMATS:
+        image.draft("RGB", (draft_size, draft_size))
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageRefused("corrupt", f"truncated or corrupt image data: {error}") from None
 
 
 def _check_pixels(width: int, height: int, limit: int) -> None:
@@ -173,16 +195,6 @@ def webp_size(data: bytes) -> tuple[int, int] | None:
         width, height = struct.unpack_from("<HH", data, 26)
         return width & 0x3FFF, height & 0x3FFF
     return None
-
-
-def _check_memory(image: Image.Image, peak: int, limit: int) -> None:
-    if peak > limit:
-        width, height = image.size
-        raise ImageRefused(
-            "too_costly",
-            f"decoding this {image.format} image ({image.mode}, {width}x{height}) would take "
-            f"about {peak / _MB:,.0f} MB of memory; the limit is {limit / _MB:,.0f} MB",
-        )
 
 
 # What a decode costs ---------------------------------------------------------------------
@@ -234,7 +246,7 @@ def _decoded_size(image: Image.Image, draft_size: int | None) -> tuple[int, int]
     """The size `load` decodes: a JPEG in draft mode is scaled by 1/2, 1/4 or 1/8 as it is
     decoded (the largest that keeps each side at least `draft_size`, as Pillow picks it)."""
     width, height = image.size
-    if not draft_size or image.format not in ("JPEG", "MPO"):
+    if not draft_size or image.format not in _JPEG_FORMATS:
         return width, height
     fits = min(width // draft_size, height // draft_size)
     scale = next(s for s in (8, 4, 2, 1) if fits >= s or s == 1)
@@ -246,7 +258,7 @@ def _jpeg_coefficients(image: Image.Image, scans: int) -> int:
     buffer of every block's coefficients at full size, whatever the draft: 128 bytes per 8x8
     block of each component, at its sampling."""
     layers = getattr(image, "layer", None)
-    if image.format not in ("JPEG", "MPO") or scans <= 1 or not layers:
+    if image.format not in _JPEG_FORMATS or scans <= 1 or not layers:
         return 0
     width, height = image.size
     h_max = max(h for _, h, _, _ in layers)
