@@ -83,11 +83,12 @@ class InlineDecoder:
 def open_decoder(settings: Settings) -> Decoder:
     """The decoder the settings ask for: a pool of worker processes (one per CPU unless
     `decode_workers` says otherwise), or inline when it is 0 (infra/template.yaml sets that
-    for Lambda)."""
+    for Lambda) or the process may not have children."""
     workers = settings.decode_workers
     if workers is None:
         workers = os.cpu_count() or 1
-    if workers <= 0:
+    # A daemonic process (a multiprocessing pool's worker) may not start processes of its own.
+    if workers <= 0 or multiprocessing.current_process().daemon:
         return InlineDecoder()
     return DecodePool(
         workers,
