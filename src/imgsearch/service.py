@@ -64,8 +64,10 @@ class ImageSearch:
         *,
         embedder: Embedder | None = None,
         vocabulary: Vocabulary | None = None,
+        decoder: Decoder | None = None,
     ) -> None:
-        """Parts not given are made from `settings` when first needed (tests share theirs)."""
+        """Parts not given are made from `settings` when first needed (tests share theirs;
+        the bulk commands decode in their own threads)."""
         self.settings = settings
         self.storage = storage or open_storage(settings)
         self.catalog = Catalog(self.storage)
@@ -75,6 +77,8 @@ class ImageSearch:
             self.model = embedder.spec
         if vocabulary is not None:
             self.vocabulary = vocabulary
+        if decoder is not None:
+            self.decoder = decoder
 
     # Parts, loaded on first use --------------------------------------------------------
 
