@@ -82,6 +82,12 @@ def test_jpeg_scans_are_counted_without_decoding() -> None:
     assert jpeg_scans(jpeg_scan_bomb(64, 500)) == jpeg_scans(jpeg_scan_bomb(64, 0)) + 500
     refusal = _refusal(Case("x.jpg", jpeg_scan_bomb(64, 500), None), SEARCH_LIMITS)
     assert refusal.reason == "too_costly" and "scans" in str(refusal)
+    # Stray bytes before each segment, which libjpeg skips, hide no scan from the count.
+    bomb = jpeg_scan_bomb(64, 500)
+    hidden = bomb[:2] + bomb[2:].replace(b"\xff\xc4", b"\x00stray\xff\xc4")
+    assert jpeg_scans(hidden) == jpeg_scans(bomb)
+    unlimited = replace(SEARCH_LIMITS, max_scans=UNLIMITED_SCANS)
+    assert decode_image(hidden, unlimited).width == 64  # libjpeg decodes every scan
 
 
 # Peak memory, each decode in a fresh process -------------------------------------------------

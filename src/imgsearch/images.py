@@ -288,7 +288,13 @@ def jpeg_scans(data: bytes) -> int:
     segments: nothing is decoded, and the cost is one pass over the bytes."""
     scans = 0
     position = 2
-    while position + 4 <= len(data) and data[position] == 0xFF:
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:  # bytes between segments: libjpeg skips to the next marker
+            found = _MARKER.search(data, position)
+            if found is None:
+                break
+            position = found.start()
+            continue
         marker = data[position + 1]
         if marker == 0xD9:  # end of image: what follows (MPO's other pictures) is not decoded
             break
