@@ -44,13 +44,16 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
-def _service(args: argparse.Namespace):
+def _service(args: argparse.Namespace, *, bulk: bool = False):
+    """The service the arguments name. `bulk` commands decode the owner's files in their own
+    threads (no worker processes to start; the same header checks bound each decode)."""
+    from imgsearch.decode_pool import InlineDecoder
     from imgsearch.service import ImageSearch
 
     settings = _settings(args)
     if settings.backend == "local":
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return ImageSearch(settings)
+    return ImageSearch(settings, decoder=InlineDecoder() if bulk else None)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -78,7 +81,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = server_config(
         app, service.settings, host=args.host, port=args.port, log_level="warning"
     )
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        service.close()  # its decode workers
     return 0
 
 
@@ -116,7 +122,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from imgsearch.bulk import ingest_tree
 
     root, total = _folder(args)
-    service = _service(args)
+    service = _service(args, bulk=True)
     started = time.perf_counter()
     with _progress(args, total) as bar:
         summary = ingest_tree(service, root, prefix=args.prefix, on_result=lambda _: bar.update())
@@ -153,7 +159,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from imgsearch.bulk import embed_tree
 
     root, total = _folder(args)
-    service = _service(args)
+    service = _service(args, bulk=True)
     started = time.perf_counter()
     with _progress(args, total) as bar:
         embedded = embed_tree(service.ingestor, root, on_file=lambda _: bar.update())
@@ -239,6 +245,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from imgsearch.bulk import files_under
+    from imgsearch.decode_pool import InlineDecoder
     from imgsearch.evaluation import EvaluationError
     from imgsearch.evaluation.collection import ingest_labelled, read_labels
     from imgsearch.evaluation.methods import check_offered, methods, parse_strategies
@@ -262,7 +269,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="imgsearch-eval-") as scratch:
         data_dir = Path(args.data_dir or scratch)
         data_dir.mkdir(parents=True, exist_ok=True)
-        service = ImageSearch(Settings(data_dir=data_dir, backend="local"))
+        service = ImageSearch(Settings(data_dir=data_dir, backend="local"), decoder=InlineDecoder())
         try:
             labels = read_labels(Path(args.labels))
             strategies = [parse_strategies(text) for text in args.strategies or []]

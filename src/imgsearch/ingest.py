@@ -16,8 +16,9 @@ from typing import Literal
 import numpy as np
 
 from imgsearch.catalog import MAX_CAS_ATTEMPTS, Catalog, ImageRecord, KeyRecord
+from imgsearch.decode_pool import Decoder
 from imgsearch.embedding import Embedder
-from imgsearch.images import DecodedImage, ImageRefused, decode_image
+from imgsearch.images import DecodedImage, DecodeLimits, ImageRefused
 from imgsearch.storage import PreconditionFailed
 from imgsearch.storage.validation import validate_key
 
@@ -56,20 +57,24 @@ class Ingestor:
         catalog: Catalog,
         embedder: Embedder,
         *,
-        max_bytes: int,
-        max_pixels: int,
+        limits: DecodeLimits,
+        decoder: Decoder,
     ) -> None:
         self.catalog = catalog
         self.embedder = embedder
-        self.max_bytes = max_bytes
-        self.max_pixels = max_pixels
+        self.limits = limits
+        self.decoder = decoder
 
-    def decode(self, data: bytes) -> DecodedImage:
-        """Decode with this system's limits. Raises ImageRefused."""
-        return decode_image(
+    def decode(
+        self,
+        data: bytes,
+        limits: DecodeLimits | None = None,
+    ) -> DecodedImage:
+        """Decode for the model, within `limits` (by default the collection's). Raises
+        ImageRefused, or DecoderBusy when every decoder is taken."""
+        return self.decoder.decode(
             data,
-            max_bytes=self.max_bytes,
-            max_pixels=self.max_pixels,
+            limits or self.limits,
             draft_size=self.embedder.spec.input_size * 2,
         )
 

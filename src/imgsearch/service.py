@@ -26,8 +26,10 @@ from imgsearch.clients import (
     trusted_networks,
 )
 from imgsearch.config import Settings
+from imgsearch.decode_pool import Decoder, open_decoder
 from imgsearch.embedding import Embedder, ModelSpec
 from imgsearch.feedback import LOCAL_CLIENT, Feedback, TermSummary
+from imgsearch.images import DecodeLimits
 from imgsearch.index.builder import BuildReport, IndexBuilder
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
@@ -70,8 +72,10 @@ class ImageSearch:
         *,
         embedder: Embedder | None = None,
         vocabulary: Vocabulary | None = None,
+        decoder: Decoder | None = None,
     ) -> None:
-        """Parts not given are made from `settings` when first needed (tests share theirs)."""
+        """Parts not given are made from `settings` when first needed (tests share theirs;
+        the bulk commands decode in their own threads)."""
         self.settings = settings
         self.storage = storage or open_storage(settings)
         self.catalog = Catalog(self.storage)
@@ -81,6 +85,8 @@ class ImageSearch:
             self.model = embedder.spec
         if vocabulary is not None:
             self.vocabulary = vocabulary
+        if decoder is not None:
+            self.decoder = decoder
 
     # Parts, loaded on first use --------------------------------------------------------
 
@@ -148,13 +154,22 @@ class ImageSearch:
         )
 
     @cached_property
+    def decoder(self) -> Decoder:
+        return open_decoder(self.settings)
+
+    @cached_property
     def ingestor(self) -> Ingestor:
         return Ingestor(
             self.catalog,
             self.embedder,
-            max_bytes=self.settings.max_image_bytes,
-            max_pixels=self.settings.max_image_pixels,
+            limits=DecodeLimits.from_settings(self.settings),
+            decoder=self.decoder,
         )
+
+    def close(self) -> None:
+        """Stop what runs beside the service (the decode workers)."""
+        if "decoder" in vars(self):
+            self.decoder.close()
 
     @cached_property
     def builder(self) -> IndexBuilder:
@@ -304,11 +319,18 @@ class ImageSearch:
         return [Hit(i, 1.0 - d, "similar") for i, d in neighbours[offset:wanted]]
 
     def search_image(
-        self, data: bytes, *, limit: int = 20, offset: int = 0, exclude: Collection[str] = ()
+        self,
+        data: bytes,
+        *,
+        limit: int = 20,
+        offset: int = 0,
+        exclude: Collection[str] = (),
     ) -> list[Hit]:
-        """Images most like an uploaded photo, which is not stored. Raises ImageRefused."""
+        """Images most like a photo anyone may send (it is not stored), decoded within the
+        open endpoint's limits. Raises ImageRefused, or DecoderBusy."""
         self.index.refresh()
-        decoded = self.ingestor.decode(data)
+        limits = DecodeLimits.from_settings(self.settings, open_endpoint=True)
+        decoded = self.ingestor.decode(data, limits)
         features = self.embedder.embed(decoded.image).features
         vector = normalise_rows(features[np.newaxis])[0]
         nearest = self.index.nearest(vector, offset + limit, exclude=exclude)

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, UploadFile
 
 from imgsearch.catalog import ImageRecord
+from imgsearch.decode_pool import DecoderBusy
 from imgsearch.images import ImageRefused
 from imgsearch.ranking import Hit
 from imgsearch.service import ImageSearch
@@ -34,6 +35,11 @@ REFUSAL_STATUS = {"too_large": 413, "not_an_image": 415}
 
 def refusal_error(refusal: ImageRefused) -> HTTPException:
     return HTTPException(REFUSAL_STATUS.get(refusal.reason, 422), detail=str(refusal))
+
+
+def busy_error(busy: DecoderBusy) -> HTTPException:
+    """Every decoder is taken and the queue before them is full: come back later."""
+    return HTTPException(503, detail=str(busy), headers={"Retry-After": str(busy.retry_after)})
 
 
 async def read_upload(file: UploadFile, service: ImageSearch) -> bytes:
