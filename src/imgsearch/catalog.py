@@ -8,6 +8,7 @@ Catalog table layout (pk / sk):
     key#<key>  / meta         KeyRecord: which image a key holds, or why it was refused
     pending    / <id>         images the index builder still has to add or remove
     lease      / indexer      who is building the index, until when
+    change     / <token>      a change to a key in progress (see Change)
 Object store layout:
     images/<key>              original bytes, as uploaded
     embeddings/<id>.npz       features and class probabilities
@@ -97,6 +98,35 @@ class PendingItem:
     image_id: str
     op: PendingOp
     version: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """A change to a key in progress, written before its first write and deleted after its
+    last: if its process dies between the two, the change is finished or rolled back later
+    (`Ingestor.recover_changes`), so no upload or removal stays half-applied."""
+
+    key: str
+    op: PendingOp
+    image_id: str | None  # the image the key is to hold (adds)
+    previous: str | None  # the image the key held when the change began
+    sequencer: str | None = None
+    owns_original: bool = False  # the change writes or deletes images/<key> itself
+    owner: str = ""
+    started_at: float = field(default_factory=time.time)
+    token: str = ""
+
+    def attrs(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "op": self.op,
+            "image_id": self.image_id,
+            "previous": self.previous,
+            "sequencer": self.sequencer,
+            "owns_original": self.owns_original,
+            "owner": self.owner,
+            "started_at": self.started_at,
+        }
 
 
 class Catalog:
@@ -236,6 +266,30 @@ class Catalog:
         """Remove a processed work item, unless it was re-queued meanwhile."""
         with suppress(PreconditionFailed):
             self.table.delete("pending", item.image_id, expected_version=item.version)
+
+    # Changes in progress ---------------------------------------------------------------
+
+    def begin_change(self, change: Change) -> None:
+        self.table.put("change", change.token, change.attrs())
+
+    def end_change(self, change: Change) -> None:
+        self.table.delete("change", change.token)
+
+    def changes(self) -> list[Change]:
+        return [
+            Change(
+                key=item["key"],
+                op=item["op"],
+                image_id=item.get("image_id"),
+                previous=item.get("previous"),
+                sequencer=item.get("sequencer"),
+                owns_original=bool(item.get("owns_original")),
+                owner=item["owner"],
+                started_at=float(item["started_at"]),
+                token=item["sk"],
+            )
+            for item in self.table.query("change")
+        ]
 
     # Neighbourhoods ----------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from imgsearch.config import Settings
 from imgsearch.index.manifest import IndexFormatError
+from imgsearch.integrity import UnusableFile
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except KeyboardInterrupt:
         return 130
-    except (CommandError, IndexFormatError) as error:
+    except (CommandError, IndexFormatError, UnusableFile) as error:
         print(f"imgsearch: {error}", file=sys.stderr)
         return 2
 
@@ -60,7 +61,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from imgsearch.api.auth import local_api_key
 
     service = _service(args)
-    service.index  # noqa: B018 - load the index before the first request, not during it
     if service.settings.auth == "api_key":
         key, created = local_api_key(service.settings)
         if created:
@@ -69,6 +69,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 f"{service.settings.data_dir}): {key}",
                 file=sys.stderr,
             )
+    service.index  # noqa: B018 - load the index before the first request, not during it
+    service.recover_in_background()  # what a crash left: finished while serving
     web_dir = Path(args.web) if args.web else WEB_DIR
     app = create_app(service, web_dir=web_dir if web_dir.is_dir() else None)
     where = service.settings.data_dir if service.settings.backend == "local" else "AWS"

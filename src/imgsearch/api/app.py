@@ -16,6 +16,7 @@ from imgsearch.api.limits import BodyLimit
 from imgsearch.api.routes import feedback, health, images, search, uploads
 from imgsearch.index.manifest import IndexFormatError
 from imgsearch.service import ImageSearch
+from imgsearch.storage import StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,15 @@ def create_app(
     @app.exception_handler(IndexFormatError)
     async def unreadable_index(request: Request, error: IndexFormatError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=503)
+
+    @app.exception_handler(StorageFull)
+    async def storage_full(request: Request, error: StorageFull) -> JSONResponse:
+        # Nothing half-written stays (ingest undoes its steps); freeing space heals it.
+        log.error("storage full on %s %s: %s", request.method, request.url.path, error)
+        return JSONResponse(
+            {"detail": "the server's storage is full: try again once space is freed"},
+            status_code=507,
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:

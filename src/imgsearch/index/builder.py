@@ -15,14 +15,9 @@ builds it no longer names are deleted after a grace period.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
@@ -31,7 +26,8 @@ from imgsearch.index.manifest import Manifest, ShardEntry, read_manifest, write_
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
 from imgsearch.index.shards import SHARDS_PREFIX, Shard, ShardData, normalise_rows, write_build
-from imgsearch.storage import NotFound, PreconditionFailed, Table
+from imgsearch.owners import new_owner, owner_is_alive
+from imgsearch.storage import NotFound, PreconditionFailed, StorageError, Table
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +41,18 @@ class Lease:
         self.table = table
         self.name = name
         self.duration = duration
-        self.owner = f"{_MACHINE}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = new_owner()
         self._version = 0
 
     def acquire(self) -> bool:
         current = self.table.get("lease", self.name)
         if current is not None and current["expires_at"] > time.time():
-            if _holder_is_alive(current["owner"]):
+            if current["owner"] in _unreleased:
+                log.warning("taking over a lease this process failed to release")
+            elif owner_is_alive(current["owner"]):
                 return False
-            log.warning("taking over the lease of %s, which no longer runs", current["owner"])
+            else:
+                log.warning("taking over the lease of %s, which no longer runs", current["owner"])
         expected = 0 if current is None else int(current["version"])
         return self._write(expected)
 
@@ -61,9 +60,19 @@ class Lease:
         return self._write(self._version)
 
     def release(self) -> None:
-        # If it expired and was taken over, there is nothing of ours to release.
-        with suppress(PreconditionFailed):
-            self.table.delete("lease", self.name, expected_version=self._version)
+        """Let go, retrying a storage failure: a lease left held blocks every other builder
+        until it expires. If it still fails, this process takes it over on its next build."""
+        for attempt in range(RELEASE_ATTEMPTS):
+            try:
+                self.table.delete("lease", self.name, expected_version=self._version)
+                return
+            except PreconditionFailed:
+                return  # it expired and was taken over: nothing of ours to release
+            except StorageError as error:
+                log.warning("releasing the index lease failed (%s); retrying", error)
+                time.sleep(RELEASE_BACKOFF_SECONDS * 2**attempt)
+        _unreleased.add(self.owner)
+        log.error("could not release the index lease; it expires in %.0f s", self.duration)
 
     def _write(self, expected_version: int) -> bool:
         try:
@@ -78,32 +87,11 @@ class Lease:
         return True
 
 
-def _machine() -> str:
-    """This process table's identity: host name and kernel boot (containers on one host differ
-    by host name, Lambda sandboxes by boot), so that pids are only compared where they mean
-    the same process."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot = "unknown-boot"
-    return f"{socket.gethostname()}/{boot}"
-
-
-_MACHINE = _machine()
-
-
-def _holder_is_alive(owner: str) -> bool:
-    """False only for a process of this machine that is gone; anything else counts as alive."""
-    machine, pid, _ = owner.rsplit(":", 2)
-    if machine != _MACHINE or not pid.isdigit():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+RELEASE_ATTEMPTS = 4
+RELEASE_BACKOFF_SECONDS = 0.05
+# Leases this process holds only because releasing them failed: its own next build may take
+# them over (other processes wait for them to expire, as they cannot tell them apart).
+_unreleased: set[str] = set()
 
 
 @dataclass

@@ -6,6 +6,7 @@ server, a batch job and the CLI working on the same data directory at once).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -29,6 +30,7 @@ from .ports import (
     ObjectInfo,
     PreconditionFailed,
     Put,
+    StorageFull,
     StoredObject,
     Write,
 )
@@ -56,13 +58,39 @@ LOCK_STRIPES = 64
 _NO_OBJECT_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
+# What a file system answers when it has no room left: no blocks or inodes, or over quota.
+_DISK_FULL_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@contextmanager
+def disk_full_is_storage_full(what: object) -> Iterator[None]:
+    """Raise StorageFull for a write that failed for want of space (one home for the rule)."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno in _DISK_FULL_ERRORS:
+            raise StorageFull(f"no space left to write {what}: {error.strerror}") from error
+        raise
+    except sqlite3.OperationalError as error:
+        if error.sqlite_errorcode == sqlite3.SQLITE_FULL:
+            raise StorageFull(f"no space left to write {what}: {error}") from error
+        raise
+
+
 @contextmanager
 def atomic_file(path: Path) -> Iterator[BinaryIO]:
     """Write `path` all-or-nothing: readers see the old file or the complete new one.
 
     The temporary file lives in the same directory so that the final rename stays on one file
-    system, which is what makes it atomic. The parent directory must exist.
+    system, which is what makes it atomic. The parent directory must exist. A full disk
+    raises StorageFull and leaves no temporary file behind.
     """
+    with disk_full_is_storage_full(path.name), _atomic_file(path) as file:
+        yield file
+
+
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[BinaryIO]:
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=TEMP_FILE_PREFIX)
     try:
         with os.fdopen(fd, "wb") as file:
@@ -137,7 +165,8 @@ class LocalObjectStore:
             if if_match is not None and self._current_etag(path) != if_match:
                 raise PreconditionFailed(f"{key!r} is not at ETag {if_match}")
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                with disk_full_is_storage_full(key):
+                    path.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_file(path) as file:
                     file.write(data)
             except (FileExistsError, NotADirectoryError, IsADirectoryError) as error:
@@ -410,15 +439,16 @@ class SqliteTable:
 
     @contextmanager
     def _write_transaction(self) -> Iterator[sqlite3.Connection]:
-        connection = self._connection()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            yield connection
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
+        with disk_full_is_storage_full(self.path.name):
+            connection = self._connection()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
 
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection. A forked child opens its own: sharing an SQLite

@@ -28,6 +28,11 @@ class PreconditionFailed(StorageError):
     """A conditional write lost: the object/item exists, is missing, or changed meanwhile."""
 
 
+class StorageFull(StorageError):
+    """The disk (or quota) holding the data is full: nothing was written. The API answers
+    507 Insufficient Storage; freeing space heals it, and no half-written object remains."""
+
+
 class InvalidKey(StorageError, ValueError):
     """A key that could escape its namespace or that the store cannot hold."""
 
