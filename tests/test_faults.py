@@ -14,12 +14,14 @@ import time
 import urllib.request
 from contextlib import suppress
 
+import numpy as np
 import pytest
 from conftest import API_KEY, REPO, demo_image, make_service
 from fastapi.testclient import TestClient
 
 from imgsearch.api.app import create_app
 from imgsearch.config import Settings
+from imgsearch.integrity import DamagedFile
 from imgsearch.service import ImageSearch
 from imgsearch.storage import NotFound, Storage, StorageError, StorageFull, open_storage
 from imgsearch.storage.local import LocalObjectStore
@@ -38,6 +40,7 @@ WORKER = """
 import os, signal, sys, importlib
 from pathlib import Path
 from imgsearch.config import Settings
+from imgsearch.integrity import DamagedFile
 from imgsearch.service import ImageSearch
 
 module_name, attribute, when = sys.argv[2:5]
@@ -142,6 +145,7 @@ ACTIONS_WORKER = """
 import os, signal, sys, importlib
 from pathlib import Path
 from imgsearch.config import Settings
+from imgsearch.integrity import DamagedFile
 from imgsearch.service import ImageSearch
 
 module_name, attribute, when = sys.argv[2:5]
@@ -589,3 +593,163 @@ def test_an_api_key_file_emptied_while_serving_is_a_503_not_a_lock_out(service) 
     client = TestClient(create_app(service), headers={"X-API-Key": "anything"})
     answer = client.delete("/api/images/0123456789abcdef")
     assert answer.status_code == 503 and "API key" in answer.json()["detail"]
+
+
+# Damaged files: detected before use, repaired from what is stored, or a one-line refusal --------
+
+
+def imgsearch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess (a damaged Annoy file would crash a process: not ours)."""
+    return subprocess.run(
+        [sys.executable, "-m", "imgsearch.cli", *args],
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, "IMGSEARCH_API_KEY": API_KEY},
+    )
+
+
+def refusal(data_dir) -> str:
+    """The one line `imgsearch serve` exits with, asserting that it refused to start."""
+    served = imgsearch("serve", "--data-dir", str(data_dir), "--port", "0", timeout=60)
+    assert served.returncode == 2, (served.returncode, served.stderr.decode()[-2000:])
+    lines = served.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].endswith("run `imgsearch check --repair`"), lines[0]
+    return lines[0]
+
+
+def damage(path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "flipped":  # one byte changed in the middle: same size, same structure
+        middle = len(data) // 2
+        path.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :])
+    else:
+        path.unlink()
+
+
+@pytest.fixture
+def stored(tmp_path, embedder, vocabulary):
+    """A collection of six images on disk, and the ids it holds."""
+    data_dir = tmp_path / "data"
+    service = make_service(data_dir, embedder, vocabulary)
+    ids = {service.add(f"{c}.jpg", demo_image(c)).image_id for c in CATEGORIES}
+    return data_dir, ids
+
+
+def reopened(data_dir, embedder, vocabulary) -> ImageSearch:
+    return make_service(data_dir, embedder, vocabulary)
+
+
+def assert_repaired(data_dir, ids, embedder, vocabulary) -> None:
+    repaired = imgsearch("check", "--repair", "--data-dir", str(data_dir))
+    assert repaired.returncode == 0, repaired.stdout.decode() + repaired.stderr.decode()
+    assert "repaired" in repaired.stdout.decode()
+    checked = imgsearch("check", "--data-dir", str(data_dir))
+    assert checked.returncode == 0
+    assert checked.stdout.decode().startswith(f"ok: {len(ids)} images")
+    service = reopened(data_dir, embedder, vocabulary)
+    assert set(service.index.image_ids()) == ids
+    assert service.search_text("elephant", limit=1).hits[0].image_id == (
+        service.find_key("elephant.jpg").id
+    )
+    assert_consistent(service)
+
+
+@pytest.mark.parametrize(
+    ("part", "how"),
+    [
+        ("ann", "truncated"),  # handed to Annoy, this killed the process (SIGSEGV)
+        ("ann", "flipped"),
+        ("features.npy", "flipped"),
+        ("ids.json", "missing"),
+        ("postings.npz", "truncated"),
+    ],
+)
+def test_a_damaged_shard_file_is_refused_at_start_and_rebuilt_by_check_repair(
+    part, how, stored, embedder, vocabulary
+) -> None:
+    data_dir, ids = stored
+    manifest = json.loads((data_dir / "objects" / "index" / "manifest.json").read_bytes())
+    live = manifest["shards"][0]
+    shard_file = data_dir / "objects" / "index" / "shards" / live["id"] / f"{live['build']}.{part}"
+    damage(shard_file, how)
+
+    line = refusal(data_dir)
+    assert line.startswith(f"imgsearch: index/shards/{shard_file.parent.name}/{shard_file.name}")
+    checked = imgsearch("check", "--data-dir", str(data_dir))
+    assert checked.returncode == 1 and shard_file.name in checked.stdout.decode()
+    assert_repaired(data_dir, ids, embedder, vocabulary)
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped", "missing"])
+def test_a_damaged_or_lost_manifest_is_refused_and_rebuilt(how, stored, embedder, vocabulary):
+    data_dir, ids = stored
+    damage(data_dir / "objects" / "index" / "manifest.json", how)
+    line = refusal(data_dir)
+    assert line.startswith("imgsearch: index/manifest.json is damaged (")
+    if how == "missing":  # never silently an empty collection
+        assert "6 images was published: images would be missing" in line
+    assert_repaired(data_dir, ids, embedder, vocabulary)
+
+
+def test_an_older_manifest_put_back_is_refused_not_served_short(stored, embedder, vocabulary):
+    data_dir, ids = stored
+    manifest = data_dir / "objects" / "index" / "manifest.json"
+    old = manifest.read_bytes()
+    service = reopened(data_dir, embedder, vocabulary)
+    service.add("extra.jpg", demo_image("lotus", 2))
+    manifest.write_bytes(old)  # say, restored from yesterday's backup
+
+    assert "was published: images would be missing" in refusal(data_dir)
+    assert_repaired(data_dir, ids | {service.find_key("extra.jpg").id}, embedder, vocabulary)
+
+
+def test_a_damaged_embedding_is_detected_and_computed_again(stored, embedder, vocabulary):
+    data_dir, ids = stored
+    service = reopened(data_dir, embedder, vocabulary)
+    image_id = service.find_key("pizza.jpg").id
+    path = data_dir / "objects" / "embeddings" / f"{image_id}.npz"
+    features, _ = service.catalog.embedding(image_id)
+    damage(path, "flipped")
+    with pytest.raises(DamagedFile, match=f"embeddings/{image_id}.npz"):
+        service.catalog.embedding(image_id)
+    checked = imgsearch("check", "--data-dir", str(data_dir))
+    assert checked.returncode == 1 and f"embeddings/{image_id}.npz" in checked.stdout.decode()
+
+    assert_repaired(data_dir, ids, embedder, vocabulary)
+    again, _ = reopened(data_dir, embedder, vocabulary).catalog.embedding(image_id)
+    assert np.allclose(again, features, atol=1e-5)
+
+
+def test_a_damaged_catalog_is_refused_then_rebuilt_from_the_stored_images(
+    stored, embedder, vocabulary
+) -> None:
+    data_dir, ids = stored
+    database = data_dir / "tables.sqlite3"
+    service = reopened(data_dir, embedder, vocabulary)
+    service.count()
+    # Checkpoint the write-ahead log into the file, then damage the file's pages.
+    service.storage.catalog._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(database.read_bytes())
+    page = 4096
+    for start in range(page, len(data), page):  # keep the header: SQLite opens the file
+        data[start + 100 : start + 400] = os.urandom(300)
+    database.write_bytes(bytes(data))
+
+    line = refusal(data_dir)
+    assert line.startswith(f"imgsearch: {database} is damaged (")
+    assert_repaired(data_dir, ids, embedder, vocabulary)
+    assert list(data_dir.glob("tables.sqlite3.damaged-*"))  # kept, for its votes
+
+
+def test_a_manifest_damaged_while_serving_gives_503_not_500(stored, embedder, vocabulary):
+    data_dir, _ = stored
+    service = reopened(data_dir, embedder, vocabulary)
+    service.index.refresh_interval = 0  # look for a new manifest on every request
+    client = TestClient(create_app(service))
+    assert client.get("/api/search", params={"q": "pizza"}).status_code == 200
+    damage(data_dir / "objects" / "index" / "manifest.json", "flipped")
+    answer = client.get("/api/search", params={"q": "pizza"})
+    assert answer.status_code == 503 and "needs repair" in answer.json()["detail"]

@@ -9,6 +9,7 @@ Catalog table layout (pk / sk):
     pending    / <id>         images the index builder still has to add or remove
     lease      / indexer      who is building the index, until when
     change     / <token>      a change to a key in progress (see Change)
+    index      / published    the last manifest a builder published (see Published)
 Object store layout:
     images/<key>              original bytes, as uploaded
     embeddings/<id>.npz       features and class probabilities
@@ -19,12 +20,14 @@ from __future__ import annotations
 
 import io
 import time
+import zipfile
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 
+from imgsearch.integrity import DamagedFile
 from imgsearch.storage import PreconditionFailed, Storage
 from imgsearch.storage.validation import validate_key
 
@@ -127,6 +130,17 @@ class Change:
             "owner": self.owner,
             "started_at": self.started_at,
         }
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the last published manifest held, kept apart from it: a manifest that is lost,
+    or replaced by an older copy, would otherwise silently serve a collection without the
+    images added since."""
+
+    generation: int = 0
+    images: int = 0
+    next_shard: int = 0
 
 
 class Catalog:
@@ -239,9 +253,18 @@ class Catalog:
             )
 
     def embedding(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """Features and probabilities of an ingested image. Raises NotFound."""
-        with np.load(io.BytesIO(self.objects.get(f"embeddings/{image_id}.npz").data)) as npz:
-            return npz["features"], npz["probabilities"]
+        """Features and probabilities of an ingested image. Raises NotFound, or DamagedFile
+        if the file is truncated or corrupt (each member of an npz carries a CRC-32)."""
+        key = f"embeddings/{image_id}.npz"
+        data = self.objects.get(key).data
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                features, probabilities = npz["features"], npz["probabilities"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise DamagedFile(key, f"unreadable: {error}") from None
+        if features.ndim != 1 or probabilities.ndim != 1 or not np.isfinite(features).all():
+            raise DamagedFile(key, "not an embedding: wrong shape or values")
+        return features, probabilities
 
     def delete_derived(self, image_id: str) -> None:
         """Drop what was derived from an image's bytes once no key holds it any more."""
@@ -266,6 +289,31 @@ class Catalog:
         """Remove a processed work item, unless it was re-queued meanwhile."""
         with suppress(PreconditionFailed):
             self.table.delete("pending", item.image_id, expected_version=item.version)
+
+    # The published index ------------------------------------------------------------
+
+    def record_published(self, published: Published) -> None:
+        """Remember a manifest just published, unless a later one was recorded already."""
+        for _ in range(MAX_CAS_ATTEMPTS):
+            item = self.table.get("index", "published")
+            if item is not None and item["generation"] >= published.generation:
+                return
+            try:
+                self.table.put(
+                    "index",
+                    "published",
+                    asdict(published),
+                    expected_version=item["version"] if item else 0,
+                )
+                return
+            except PreconditionFailed:
+                continue
+
+    def published(self) -> Published:
+        item = self.table.get("index", "published")
+        if item is None:
+            return Published()
+        return Published(int(item["generation"]), int(item["images"]), int(item["next_shard"]))
 
     # Changes in progress ---------------------------------------------------------------
 

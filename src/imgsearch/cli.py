@@ -59,6 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from imgsearch.api.app import create_app
     from imgsearch.api.auth import local_api_key
+    from imgsearch.repair import check_at_start
 
     service = _service(args)
     if service.settings.auth == "api_key":
@@ -69,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 f"{service.settings.data_dir}): {key}",
                 file=sys.stderr,
             )
-    service.index  # noqa: B018 - load the index before the first request, not during it
+    check_at_start(service)  # loads the index, verified, before the first request
     service.recover_in_background()  # what a crash left: finished while serving
     web_dir = Path(args.web) if args.web else WEB_DIR
     app = create_app(service, web_dir=web_dir if web_dir.is_dir() else None)
@@ -145,6 +146,32 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         f"{len(service.index.shards)} shards"
     )
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from imgsearch.integrity import DamagedFile
+    from imgsearch.repair import check, rebuild_catalog, repair
+
+    try:
+        service = _service(args)
+    except DamagedFile as error:  # the catalog file cannot even be opened
+        if not args.repair:
+            raise
+        print(f"{error.name}: {error.problem}; rebuilding the catalog from the stored images")
+        service = rebuild_catalog(_settings(args))
+    findings = check(service)
+    for finding in findings:
+        print(f"{finding}" + ("" if finding.fix else " (cannot be repaired from what is stored)"))
+    if findings and args.repair:
+        service = repair(service, findings)
+        findings = check(service)
+        for finding in findings:
+            print(f"still: {finding}")
+        if not findings:
+            print("repaired")
+    if not findings:
+        print(f"ok: {service.count()} images, every stored file verified")
+    return 1 if findings else 0
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -357,6 +384,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     data_options(reindex)
     reindex.set_defaults(run=cmd_reindex)
+
+    check = commands.add_parser(
+        "check",
+        help="verify every stored file (checksums, the catalog, embeddings, lost images)",
+    )
+    data_options(check)
+    check.add_argument(
+        "--repair",
+        action="store_true",
+        help="rebuild what is damaged from what is stored (index from embeddings, embeddings "
+        "from originals, a damaged catalog from the originals: votes are then lost)",
+    )
+    check.set_defaults(run=cmd_check)
 
     embed = commands.add_parser(
         "embed", help="features and class probabilities of every image under DIR, to a file"

@@ -23,6 +23,7 @@ class DamagedFile(UnusableFile):
     """A stored object or database is missing, truncated or corrupt."""
 
     def __init__(self, name: str, problem: str, repair: str = REPAIR_COMMAND) -> None:
+        problem = " ".join(problem.split())  # one line, whatever SQLite or numpy said
         super().__init__(f"{name} is damaged ({problem}): run `{repair}`")
         self.name = name
         self.problem = problem

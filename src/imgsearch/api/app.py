@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from imgsearch.api.limits import BodyLimit
 from imgsearch.api.routes import feedback, health, images, search, uploads
 from imgsearch.index.manifest import IndexFormatError
+from imgsearch.integrity import UnusableFile
 from imgsearch.service import ImageSearch
 from imgsearch.storage import StorageFull
 
@@ -70,6 +71,14 @@ def create_app(
     @app.exception_handler(IndexFormatError)
     async def unreadable_index(request: Request, error: IndexFormatError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=503)
+
+    @app.exception_handler(UnusableFile)
+    async def damaged_data(request: Request, error: UnusableFile) -> JSONResponse:
+        # Found while serving (a start refuses): an operator must repair it; say so, not 500.
+        log.error("%s", error)
+        return JSONResponse(
+            {"detail": "the server's stored data needs repair: see its log"}, status_code=503
+        )
 
     @app.exception_handler(StorageFull)
     async def storage_full(request: Request, error: StorageFull) -> JSONResponse:

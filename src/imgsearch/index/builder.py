@@ -21,11 +21,18 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from imgsearch.catalog import Catalog, ImageRecord, ImageStatus, PendingItem
-from imgsearch.index.manifest import Manifest, ShardEntry, read_manifest, write_manifest
+from imgsearch.catalog import Catalog, ImageRecord, ImageStatus, PendingItem, Published
+from imgsearch.index.manifest import (
+    Manifest,
+    ShardEntry,
+    manifest_etag,
+    read_manifest,
+    write_manifest,
+)
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
 from imgsearch.index.shards import SHARDS_PREFIX, Shard, ShardData, normalise_rows, write_build
+from imgsearch.integrity import DamagedFile
 from imgsearch.owners import new_owner, owner_is_alive
 from imgsearch.storage import NotFound, PreconditionFailed, StorageError, Table
 
@@ -225,7 +232,11 @@ class IndexBuilder:
             sealed = len(part) == self.shard_size
             build = write_build(self.store, open_id, part, self.n_trees)
             report.shard_builds += 1
-            shards.append(ShardEntry(id=open_id, build=build, count=len(part), sealed=sealed))
+            shards.append(
+                ShardEntry(
+                    id=open_id, build=build.id, count=len(part), sealed=sealed, sha256=build.sha256
+                )
+            )
             data = data.take(slice(self.shard_size, None)) if sealed else None
             open_id = None
 
@@ -238,6 +249,9 @@ class IndexBuilder:
             updated_at=time.time(),
         )
         write_manifest(self.store, new_manifest, etag)
+        self.catalog.record_published(
+            Published(new_manifest.generation, new_manifest.image_count, next_shard)
+        )
         self.index.refresh(force=True)
         return list(additions.ids), removed
 
@@ -255,6 +269,9 @@ class IndexBuilder:
             except NotFound:
                 log.error("image %s queued for the index has no embedding; skipped", image_id)
                 continue
+            except DamagedFile as error:
+                log.error("image %s skipped: %s", image_id, error)
+                continue
             ids.append(image_id)
             features.append(vector)
             probabilities.append(probs)
@@ -271,13 +288,19 @@ class IndexBuilder:
         if not lease.acquire():
             raise RuntimeError("another index build is running; try again when it is done")
         try:
-            old, etag = read_manifest(self.store)
+            # The old manifest may be of another format, or damaged: only its ETag matters.
+            etag = manifest_etag(self.store)
             for info in self.store.list("embeddings/"):
                 image_id = info.key.removeprefix("embeddings/").removesuffix(".npz")
                 record = self.catalog.image(image_id)
                 if record is not None and record.status != "removed":
                     self.catalog.mark_pending(image_id, "add")
-            write_manifest(self.store, Manifest(next_shard=old.next_shard), etag)
+            # Shard ids and generations go on from the last published: no build id or
+            # generation of the old index is ever reused.
+            published = self.catalog.published()
+            empty = Manifest(generation=published.generation + 1, next_shard=published.next_shard)
+            write_manifest(self.store, empty, etag)
+            self.catalog.record_published(Published(empty.generation, 0, empty.next_shard))
         finally:
             lease.release()
         return self.run()

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANY_VERSION",
+    "SQLITE_FILE",
     "Delete",
     "DirectUploads",
     "Increment",
@@ -51,6 +52,9 @@ __all__ = [
     "Write",
     "open_storage",
 ]
+
+
+SQLITE_FILE = "tables.sqlite3"  # the local catalog and feedback tables, in the data directory
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ def open_storage(settings: Settings) -> Storage:
             catalog=DynamoTable(dynamodb, settings.catalog_table),
             feedback=DynamoTable(dynamodb, settings.feedback_table),
         )
-    tables = settings.data_dir / "tables.sqlite3"
+    tables = settings.data_dir / SQLITE_FILE
     return Storage(
         objects=LocalObjectStore(settings.data_dir / "objects"),
         catalog=SqliteTable(tables, "catalog"),

@@ -20,6 +20,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..integrity import DamagedFile
 from .ports import (
     ANY_VERSION,
     Delete,
@@ -271,12 +272,28 @@ class SqliteTable:
         self._quoted_name = f'"{name}"'
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._write_transaction() as connection:
-            connection.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._quoted_name} ("
-                " pk TEXT NOT NULL, sk TEXT NOT NULL, version INTEGER NOT NULL,"
-                " attrs TEXT NOT NULL, PRIMARY KEY (pk, sk)) WITHOUT ROWID"
-            )
+        try:
+            with self._write_transaction() as connection:
+                connection.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self._quoted_name} ("
+                    " pk TEXT NOT NULL, sk TEXT NOT NULL, version INTEGER NOT NULL,"
+                    " attrs TEXT NOT NULL, PRIMARY KEY (pk, sk)) WITHOUT ROWID"
+                )
+        except sqlite3.DatabaseError as error:
+            if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+                raise
+            raise DamagedFile(str(self.path), str(error)) from None
+
+    def integrity_problem(self, *, thorough: bool = False) -> str | None:
+        """What SQLite's own check finds wrong with the file (None: nothing). The quick
+        check reads every page but skips the indexes' agreement with their tables."""
+        pragma = "integrity_check" if thorough else "quick_check"
+        try:
+            rows = self._connection().execute(f"PRAGMA {pragma}(5)").fetchall()
+        except sqlite3.DatabaseError as error:
+            return str(error)
+        found = [row[0] for row in rows]
+        return None if found == ["ok"] else "; ".join(found)
 
     def get(self, pk: str, sk: str) -> Item | None:
         validate_item_key(pk, sk)
