@@ -723,19 +723,22 @@ def test_a_damaged_embedding_is_detected_and_computed_again(stored, embedder, vo
     assert np.allclose(again, features, atol=1e-5)
 
 
+@pytest.mark.parametrize("where", ["pages", "header"])
 def test_a_damaged_catalog_is_refused_then_rebuilt_from_the_stored_images(
-    stored, embedder, vocabulary
+    where, stored, embedder, vocabulary
 ) -> None:
     data_dir, ids = stored
     database = data_dir / "tables.sqlite3"
     service = reopened(data_dir, embedder, vocabulary)
     service.count()
-    # Checkpoint the write-ahead log into the file, then damage the file's pages.
+    # Checkpoint the write-ahead log into the file, then damage the file.
     service.storage.catalog._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
     data = bytearray(database.read_bytes())
-    page = 4096
-    for start in range(page, len(data), page):  # keep the header: SQLite opens the file
-        data[start + 100 : start + 400] = os.urandom(300)
+    if where == "header":  # SQLite cannot even open it
+        data[:100] = bytes(100)
+    else:  # it opens; its pages are garbage (the quick check at start finds them)
+        for start in range(4096, len(data), 4096):
+            data[start + 100 : start + 400] = os.urandom(300)
     database.write_bytes(bytes(data))
 
     line = refusal(data_dir)

@@ -152,23 +152,24 @@ def cmd_check(args: argparse.Namespace) -> int:
     from imgsearch.integrity import DamagedFile
     from imgsearch.repair import check, rebuild_catalog, repair
 
+    repaired = False
     try:
         service = _service(args)
     except DamagedFile as error:  # the catalog file cannot even be opened
         if not args.repair:
             raise
         print(f"{error.name}: {error.problem}; rebuilding the catalog from the stored images")
-        service = rebuild_catalog(_settings(args))
+        service, repaired = rebuild_catalog(_settings(args)), True
     findings = check(service)
     for finding in findings:
         print(f"{finding}" + ("" if finding.fix else " (cannot be repaired from what is stored)"))
     if findings and args.repair:
-        service = repair(service, findings)
+        service, repaired = repair(service, findings), True
         findings = check(service)
         for finding in findings:
             print(f"still: {finding}")
-        if not findings:
-            print("repaired")
+    if repaired and not findings:
+        print("repaired")
     if not findings:
         print(f"ok: {service.count()} images, every stored file verified")
     return 1 if findings else 0
