@@ -3,7 +3,9 @@
 Idempotent per content: an image's id is the hash of its bytes, so the same bytes under two
 keys are one image that remembers both keys. Ordered per key: when events carry an S3
 `sequencer`, an older event never undoes a newer one. A refused file is recorded under its
-key with the reason and changes nothing else.
+key with the reason and changes nothing else. All or nothing: each change to a key is
+journalled (`Change`) from before its first write to after its last, so that one that fails
+is undone at once, and one whose process died is finished or rolled back later.
 """
 
 from __future__ import annotations

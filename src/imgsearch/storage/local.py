@@ -243,7 +243,8 @@ class LocalObjectStore:
         because every holder opens the lock file itself."""
         digest = hashlib.md5(key.encode("utf-8")).digest()
         stripe = int.from_bytes(digest[:4], "big") % LOCK_STRIPES
-        fd = os.open(self._lock_dir / f"{stripe}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        with disk_full_is_storage_full("a lock file"):  # created on first use: needs an inode
+            fd = os.open(self._lock_dir / f"{stripe}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
