@@ -20,7 +20,7 @@ import numpy as np
 
 from imgsearch.index.manifest import MANIFEST_KEY, ShardEntry
 from imgsearch.integrity import DamagedFile, sha256_of_bytes, sha256_of_file
-from imgsearch.storage import NotFound, ObjectStore
+from imgsearch.storage import LocalCopies, NotFound, ObjectStore
 
 SHARDS_PREFIX = "index/shards/"
 # Each image is listed under its most probable classes only: keyword search then touches the
@@ -318,13 +318,19 @@ class Shard:
         """A part's local file, verified before it is mapped (never hand Annoy a file it could
         crash on): once per build and process, since builds never change."""
         key = build_key(self.shard_id, self.build_id, part)
-        try:
-            path = self._store.local_path(key)
-        except NotFound:
-            raise DamagedFile(key, "missing") from None
-        if sha256_of_file(path) != self._expected(key, part):
-            raise DamagedFile(key, "its sha256 is not the one in the manifest")
-        return path
+        expected = self._expected(key, part)
+        for _ in range(2):
+            try:
+                path = self._store.local_path(key)
+            except NotFound:
+                raise DamagedFile(key, "missing") from None
+            if sha256_of_file(path) == expected:
+                return path
+            if not isinstance(self._store, LocalCopies):
+                break
+            # A damaged cached copy (say, a /tmp that filled up): fetch it once more.
+            self._store.forget_local_copy(key)
+        raise DamagedFile(key, "its sha256 is not the one in the manifest")
 
     def _expected(self, key: str, part: str) -> str:
         try:

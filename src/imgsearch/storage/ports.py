@@ -99,6 +99,16 @@ class ObjectStore(Protocol):
         ...
 
 
+@runtime_checkable
+class LocalCopies(Protocol):
+    """An optional capability of an object store whose `local_path` is a cached copy (S3):
+    a copy found damaged can be dropped, and the next `local_path` fetches it again."""
+
+    def forget_local_copy(self, key: str) -> None:
+        """Delete the cached copy of `key`, if there is one."""
+        ...
+
+
 @dataclass(frozen=True)
 class PresignedPost:
     """An HTML form's target and hidden fields: POSTing them with a `file` field uploads it."""
