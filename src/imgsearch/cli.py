@@ -11,6 +11,7 @@ from pathlib import Path
 
 from imgsearch.config import Settings
 from imgsearch.index.manifest import IndexFormatError
+from imgsearch.integrity import UnusableFile
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except KeyboardInterrupt:
         return 130
-    except (CommandError, IndexFormatError) as error:
+    except (CommandError, IndexFormatError, UnusableFile) as error:
         print(f"imgsearch: {error}", file=sys.stderr)
         return 2
 
@@ -62,9 +63,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from imgsearch.api.app import create_app
     from imgsearch.api.auth import local_api_key
     from imgsearch.api.server import server_config
+    from imgsearch.repair import check_at_start
 
     service = _service(args)
-    service.index  # noqa: B018 - load the index before the first request, not during it
     if service.settings.auth == "api_key":
         key, created = local_api_key(service.settings)
         if created:
@@ -73,6 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 f"{service.settings.data_dir}): {key}",
                 file=sys.stderr,
             )
+    check_at_start(service)  # loads the index, verified, before the first request
+    service.recover_in_background()  # what a crash left: finished while serving
     web_dir = Path(args.web) if args.web else WEB_DIR
     app = create_app(service, web_dir=web_dir if web_dir.is_dir() else None)
     where = service.settings.data_dir if service.settings.backend == "local" else "AWS"
@@ -153,6 +156,33 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         f"{len(service.index.shards)} shards"
     )
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from imgsearch.integrity import DamagedFile
+    from imgsearch.repair import check, rebuild_catalog, repair
+
+    repaired = False
+    try:
+        service = _service(args)
+    except DamagedFile as error:  # the catalog file cannot even be opened
+        if not args.repair:
+            raise
+        print(f"{error.name}: {error.problem}; rebuilding the catalog from the stored images")
+        service, repaired = rebuild_catalog(_settings(args)), True
+    findings = check(service)
+    for finding in findings:
+        print(f"{finding}" + ("" if finding.fix else " (cannot be repaired from what is stored)"))
+    if findings and args.repair:
+        service, repaired = repair(service, findings), True
+        findings = check(service)
+        for finding in findings:
+            print(f"still: {finding}")
+    if repaired and not findings:
+        print("repaired")
+    if not findings:
+        print(f"ok: {service.count()} images, every stored file verified")
+    return 1 if findings else 0
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -410,6 +440,19 @@ def _parser() -> argparse.ArgumentParser:
     votes.add_argument("action", choices=["show", "reset", "drop-client"])
     votes.add_argument("target", help="a word (show, reset) or a client id or address")
     votes.set_defaults(run=cmd_votes)
+
+    check = commands.add_parser(
+        "check",
+        help="verify every stored file (checksums, the catalog, embeddings, lost images)",
+    )
+    data_options(check)
+    check.add_argument(
+        "--repair",
+        action="store_true",
+        help="rebuild what is damaged from what is stored (index from embeddings, embeddings "
+        "from originals, a damaged catalog from the originals: votes are then lost)",
+    )
+    check.set_defaults(run=cmd_check)
 
     embed = commands.add_parser(
         "embed", help="features and class probabilities of every image under DIR, to a file"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from imgsearch.index.shards import normalise_rows
 from imgsearch.ingest import Ingestor, IngestResult, content_id
 from imgsearch.learning import Learner, Taught
 from imgsearch.ranking import CANDIDATES, FIRST_PAGE, Hit, explore_page, learned_ranking
-from imgsearch.storage import InvalidKey, Storage, open_storage
+from imgsearch.storage import InvalidKey, Storage, StorageError, open_storage
 from imgsearch.vocabulary import HIGH_CONFIDENCE
 
 if TYPE_CHECKING:
@@ -87,6 +88,8 @@ class ImageSearch:
             self.vocabulary = vocabulary
         if decoder is not None:
             self.decoder = decoder
+        # True while start-up recovery runs: searches answer from the index as it was.
+        self.recovering = False
 
     # Parts, loaded on first use --------------------------------------------------------
 
@@ -192,7 +195,16 @@ class ImageSearch:
         """Ingest one image and return once the index serves it (or `wait` seconds passed)."""
         result = self.ingestor.add(key, data)
         if result.status in ("added", "duplicate", "unchanged") and result.image_id:
-            self._wait_indexed(result.image_id, wait)
+            try:
+                self._wait_indexed(result.image_id, wait)
+            except StorageError:
+                # The build failed after the image got in (say, releasing the lease on a
+                # full disk): the upload is done. Otherwise it stays queued, and the error
+                # tells the client its image is not searchable yet.
+                record = self.catalog.image(result.image_id)
+                if record is None or record.status != "indexed":
+                    raise
+                log.warning("the index build failed after indexing %s", key, exc_info=True)
         return result
 
     def unique_key(self, filename: str, data: bytes) -> str:
@@ -218,6 +230,39 @@ class ImageSearch:
         report = self.builder.reindex()
         self.index.refresh(force=True)
         return report
+
+    def recover(self) -> BuildReport:
+        """What a start does after a crash: finish or roll back the changes to keys whose
+        process died, then index what is queued (deletions acknowledged but not yet applied,
+        uploads not yet searchable)."""
+        recovered = self.ingestor.recover_changes()
+        report = self.build_index()
+        if recovered or report.batches:
+            log.warning(
+                "recovered %d interrupted changes; indexed %d queued additions and %d removals",
+                recovered,
+                report.added,
+                report.removed,
+            )
+        return report
+
+    def recover_in_background(self) -> threading.Thread:
+        """Run `recover` in a thread, so that a start with a long queue serves meanwhile
+        (`recovering` tells health checks; removed images are never shown: results are
+        checked against the catalog)."""
+
+        def run() -> None:
+            try:
+                self.recover()
+            except Exception:  # the next write drains the queue all the same
+                log.exception("recovery at start failed")
+            finally:
+                self.recovering = False
+
+        self.recovering = True
+        thread = threading.Thread(target=run, name="imgsearch-recovery", daemon=True)
+        thread.start()
+        return thread
 
     def build_index(self) -> BuildReport:
         report = self.builder.run()

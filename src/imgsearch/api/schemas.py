@@ -13,6 +13,9 @@ IMAGE_ID_PATTERN = r"^[0-9a-f]{16}$"
 class Health(BaseModel):
     status: Literal["ok"]
     images: int
+    recovering: bool = Field(
+        False, description="Work a crash left is being finished; some changes are not in yet"
+    )
 
 
 class ClassScore(BaseModel):
