@@ -110,11 +110,15 @@ def synthetic_collection(images: int = SYNTHETIC_IMAGES, dim: int = 1280) -> Pat
         probabilities = rng.dirichlet(np.full(1000, 0.02), size=count).astype(np.float16)
         ids = [f"{start + row:016x}" for row in range(count)]
         started = time.perf_counter()
-        build_id = write_build(store, f"s{number:06d}", ShardData(ids, features, probabilities), 20)
+        build = write_build(store, f"s{number:06d}", ShardData(ids, features, probabilities), 20)
         print(
             f"  shard of {count}: built in {time.perf_counter() - started:.1f} s", file=sys.stderr
         )
-        shards.append(ShardEntry(f"s{number:06d}", build_id, count, sealed=count == SHARD_SIZE))
+        shards.append(
+            ShardEntry(
+                f"s{number:06d}", build.id, count, sealed=count == SHARD_SIZE, sha256=build.sha256
+            )
+        )
     manifest = Manifest().with_shards(
         shards, next_shard=len(shards), model="synthetic", dim=dim, trees=20
     )

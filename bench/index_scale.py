@@ -94,7 +94,11 @@ def build_index(
         started = time.perf_counter()
         build = write_build(store, f"s{number:06d}", data, trees)
         seconds.append(time.perf_counter() - started)
-        shards.append(ShardEntry(f"s{number:06d}", build, len(ids), len(ids) == shard_size))
+        shards.append(
+            ShardEntry(
+                f"s{number:06d}", build.id, len(ids), len(ids) == shard_size, sha256=build.sha256
+            )
+        )
     manifest = Manifest(
         generation=1,
         shards=tuple(shards),

@@ -26,7 +26,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import httpx2 as httpx  # the HTTP client the dev extra installs (Starlette 1.x uses it too)
 import numpy as np
 from PIL import Image
 

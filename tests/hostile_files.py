@@ -150,11 +150,12 @@ def corpus(max_bytes: int = 25 * 1024 * 1024) -> list[Case]:
 BOMB_SIDE = 5000  # 25,000,000 pixels: at the open reverse search's default limit
 
 
-def webp_canvas(width: int, height: int) -> bytes:
-    """A 34-byte lossless WebP declaring `width` x `height` black pixels: a single-colour
-    lossless stream costs no bits per pixel, so only the header says how large it is."""
+def webp_canvas(width: int, height: int, *, alpha: bool = False) -> bytes:
+    """A 34-byte lossless WebP declaring `width` x `height` black (or transparent) pixels: a
+    single-colour lossless stream costs no bits per pixel, so only the header says how large
+    it is."""
     buffer = io.BytesIO()
-    Image.new("RGB", (64, 64)).save(buffer, "WEBP", lossless=True, method=0)
+    Image.new("RGBA" if alpha else "RGB", (64, 64)).save(buffer, "WEBP", lossless=True, method=0)
     return _with_vp8l_size(buffer.getvalue(), width, height)
 
 
@@ -375,18 +376,21 @@ def bombs() -> list[Case]:
     return [
         Case("canvas.webp", webp_canvas(side, side), "too_costly"),
         Case("canvas-small.webp", webp_canvas(4000, 4000), None),
+        Case("canvas-alpha.webp", webp_canvas(4000, 4000, alpha=True), None),
         Case("canvas-huge.webp", webp_canvas(16383, 16383), "too_many_pixels"),
         Case("frames.webp", animated_webp(4000, 200), None),
         Case("float.tif", tiff_bomb(side, side), None),
         Case("float-huge.tif", tiff_bomb(7100, 7100), "too_many_pixels"),
         Case("sixteen-bit.tif", tiff_bomb(side, side, bits=16, sample_format=1), None),
         Case("rgb.tif", tiff_bomb(side, side, bits=8, sample_format=1, samples=3), None),
+        Case("bilevel.tif", tiff_bomb(side, side, bits=1, sample_format=1), None),
         Case("pages.tif", tiff_bomb(side, side, pages=50), None),
         Case("scans.jpg", jpeg_scan_bomb(4000, 15000), "too_costly"),
         Case("progressive.jpg", jpeg_scan_bomb(side, 1), None),
         Case("jpeg-huge.jpg", jpeg_declaring(60000, 60000), "too_many_pixels"),
         Case("zlib.png", png_zlib_bomb(side), None),
         Case("zlib-grey16.png", png_zlib_bomb(side, color_type=0), None),
+        Case("zlib-grey-alpha.png", png_zlib_bomb(side, color_type=4), None),
         Case(
             "zlib-huge.png",
             png_zlib_bomb(100_000, color_type=2, depth=16, rows=64),

@@ -17,7 +17,11 @@ def _id_of(client, key: str) -> str:
 
 
 def test_health_counts_the_images(demo_client) -> None:
-    assert demo_client.get("/api/health").json() == {"status": "ok", "images": 192}
+    assert demo_client.get("/api/health").json() == {
+        "status": "ok",
+        "images": 192,
+        "recovering": False,
+    }
 
 
 def test_keyword_search_finds_the_demo_elephants_first(demo_client) -> None:

@@ -33,12 +33,13 @@ from aws_resources import (
     resource_properties,
 )
 from conftest import REPO, demo_image
-from hostile_files import corpus
+from hostile_files import bombs, corpus
 from lambda_events import CLIENT_IP, ApiGateway, QueuePoller, lambda_logging, load_function
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from imgsearch.config import ASSETS_DIR, get_settings
+from imgsearch.images import DecodeLimits, ImageRefused, decode_image
 from imgsearch.storage.aws import CACHE_HEADROOM, S3ObjectStore
 
 pytestmark = pytest.mark.xdist_group("cloud")
@@ -503,3 +504,27 @@ def test_hostile_files_through_the_bucket_are_refused_with_their_reasons(cloud: 
     accepted = 1 + sum(case.refusal is None for case in cases)
     assert cloud.api.request("GET", "/api/health").json()["images"] == accepted
     assert "hostile/good.jpg" in cloud.search("lotus")[:3]
+
+
+def test_decoding_bombs_through_the_bucket_are_refused_from_their_headers(cloud: Cloud) -> None:
+    """The embed function decodes inline (IMGSEARCH_DECODE_WORKERS=0 in the template), under
+    the same header checks as the API's workers: each bomb is refused with its reason or
+    decoded within bounds (tests/test_decoding.py measures the memory)."""
+    cases = bombs()
+    limits = DecodeLimits.from_settings(cloud.functions["EmbedFunction"].service.settings)
+    for case in cases:
+        cloud.upload(f"bombs/{case.name}", case.data)
+    assert no_failures(cloud.queue.drain(max_invocations=40))
+    for case in cases:
+        status = cloud.api.request(
+            "GET", "/api/uploads/status", params={"key": f"bombs/{case.name}"}
+        ).json()
+        if case.refusal is None:
+            assert status["status"] == "present", (case.name, status)
+        else:
+            assert status["status"] == "refused", (case.name, status)
+            with pytest.raises(ImageRefused) as expected:  # the same refusal, with its reason
+                decode_image(case.data, limits, draft_size=520)
+            assert status["reason"] == str(expected.value), case.name
+    accepted = sum(case.refusal is None for case in cases)
+    assert cloud.api.request("GET", "/api/health").json()["images"] == accepted

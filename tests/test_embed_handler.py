@@ -187,3 +187,39 @@ def test_a_key_holding_an_image_keeps_it_when_a_later_event_fails(aws, monkeypat
     last = embed.handler(sqs_event({"Records": [newer]}, receive_count=5), FakeContext())
     assert last == {"batchItemFailures": []}
     assert embed.service.catalog.key("a.jpg") == held
+
+
+class _SandboxDied(BaseException):
+    """The Lambda sandbox vanished mid-ingest (timeout, out of memory): nothing runs after."""
+
+
+def test_an_ingest_a_dead_sandbox_left_half_done_is_finished_by_the_next_batch(
+    aws, monkeypatch
+) -> None:
+    embed = load_function("embed")
+    service = embed.service
+    aws.put_object(Bucket=BUCKET, Key="images/a.jpg", Body=demo_image("pizza"))
+
+    def dies(*args: object, **kwargs: object) -> None:
+        raise _SandboxDied
+
+    with monkeypatch.context() as patch:
+        patch.setattr(type(service.ingestor), "_undo", lambda self, journal: None)
+        patch.setattr(service.catalog, "put_key", dies)
+        with pytest.raises(_SandboxDied):
+            service.ingestor.add("a.jpg", demo_image("pizza"), store_original=False)
+    # The image record lists the key, which does not hold it: half done.
+    assert service.catalog.key("a.jpg") is None
+    (change,) = service.catalog.changes()
+    # It was another sandbox's, which died 16 minutes ago (its pid means nothing here).
+    stale = {**change.attrs(), "owner": "elsewhere/boot:7.1:dead", "started_at": 1.0}
+    service.catalog.table.put("change", change.token, stale)
+
+    # The next batch, about another image, finishes it.
+    aws.put_object(Bucket=BUCKET, Key="images/b.jpg", Body=demo_image("elephant"))
+    other = s3_record(aws, "ObjectCreated:Put", "images/b.jpg", "0062E5A7A3F2B9C401")
+    assert invoke(embed, other) == {"batchItemFailures": []}
+    assert not service.catalog.changes()
+    held = service.catalog.key("a.jpg")
+    assert held.status == "present" and service.image(held.image_id).status == "indexed"
+    assert service.count() == 2

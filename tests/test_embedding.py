@@ -11,9 +11,10 @@ from conftest import REPO, demo_image
 
 from imgsearch.config import ASSETS_DIR, Settings
 from imgsearch.embedding import Embedder, ModelSpec
-from imgsearch.images import decode_image
+from imgsearch.images import DecodeLimits, decode_image
 from imgsearch.service import ImageSearch
 
+LIMITS = DecodeLimits.from_settings(Settings())
 ELEPHANTS = {101, 385, 386}  # tusker, Asian elephant, African elephant
 TINY = REPO / "tests" / "data" / "models" / "tiny_inception.json"
 
@@ -27,7 +28,7 @@ def test_the_committed_model_matches_its_checksums() -> None:
 
 
 def test_features_and_probabilities(embedder) -> None:
-    embedding = embedder.embed(decode_image(demo_image("elephant", 2)).image)
+    embedding = embedder.embed(decode_image(demo_image("elephant", 2), LIMITS).image)
     assert embedding.features.shape == (1280,) and embedding.features.dtype == np.float32
     assert embedding.probabilities.shape == (1000,)
     assert embedding.probabilities.sum() == pytest.approx(1.0, abs=1e-4)
@@ -35,7 +36,7 @@ def test_features_and_probabilities(embedder) -> None:
 
 
 def test_batch_and_single_embeddings_agree(embedder) -> None:
-    images = [decode_image(demo_image(c)).image for c in ("pizza", "lotus")]
+    images = [decode_image(demo_image(c), LIMITS).image for c in ("pizza", "lotus")]
     features, probabilities = embedder.embed_batch(images)
     single = embedder.embed(images[1])
     np.testing.assert_allclose(features[1], single.features, atol=1e-5)

@@ -3,17 +3,27 @@ either, the index is consistent and complete again, and searches never stop bein
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
+from contextlib import suppress
 
+import numpy as np
 import pytest
-from conftest import REPO, demo_image, make_service
+from conftest import API_KEY, REPO, demo_image, make_service
+from fastapi.testclient import TestClient
 
+from imgsearch.api.app import create_app
 from imgsearch.config import Settings
+from imgsearch.integrity import DamagedFile
 from imgsearch.service import ImageSearch
-from imgsearch.storage import Storage, StorageError, open_storage
+from imgsearch.storage import NotFound, Storage, StorageError, StorageFull, open_storage
 from imgsearch.storage.local import LocalObjectStore
 
 CATEGORIES = ("elephant", "pizza", "chair", "lotus", "watch", "camera")
@@ -30,6 +40,7 @@ WORKER = """
 import os, signal, sys, importlib
 from pathlib import Path
 from imgsearch.config import Settings
+from imgsearch.integrity import DamagedFile
 from imgsearch.service import ImageSearch
 
 module_name, attribute, when = sys.argv[2:5]
@@ -126,3 +137,650 @@ def test_failed_index_writes_leave_the_previous_manifest_serving(
     service.build_index()  # the queued image is picked up by the next build
     assert service.count() == 2
     assert service.find_key("pizza.jpg").status == "indexed"
+
+
+# Interrupted changes: a process killed mid-upload or mid-delete ------------------------------
+
+ACTIONS_WORKER = """
+import os, signal, sys, importlib
+from pathlib import Path
+from imgsearch.config import Settings
+from imgsearch.integrity import DamagedFile
+from imgsearch.service import ImageSearch
+
+module_name, attribute, when = sys.argv[2:5]
+path = module_name.split(".")
+try:
+    owner = importlib.import_module(module_name)
+except ModuleNotFoundError:
+    owner = getattr(importlib.import_module(".".join(path[:-1])), path[-1])
+real = getattr(owner, attribute)
+
+def dying(*args, **kwargs):
+    if when == "after":
+        real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+setattr(owner, attribute, dying)
+service = ImageSearch(Settings(data_dir=Path(sys.argv[1]), shard_size=4))
+for action in sys.argv[5:]:
+    verb, key, *file = action.split("=")
+    if verb == "add":
+        service.add(key, Path(file[0]).read_bytes())
+    else:
+        service.remove(key)
+"""
+
+
+def run_until_killed(data_dir, kill_point: tuple[str, str, str], *actions: str) -> None:
+    """Run `actions` (add=KEY=FILE, remove=KEY) in a worker process that SIGKILLs itself at
+    `kill_point` (module or class, attribute, before/after)."""
+    worker = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(ACTIONS_WORKER),
+            str(data_dir),
+            *kill_point,
+            *actions,
+        ],
+        capture_output=True,
+        timeout=300,
+    )
+    assert worker.returncode == -signal.SIGKILL, worker.stderr.decode()[-2000:]
+
+
+def demo_collection(data_dir, embedder, vocabulary) -> ImageSearch:
+    service = make_service(data_dir, embedder, vocabulary, shard_size=4)
+    for category in CATEGORIES[:3]:
+        service.add(f"{category}/image_0001.jpg", demo_image(category))
+    return service
+
+
+def assert_consistent(service: ImageSearch) -> None:
+    """No change left open, nothing queued, every indexed image held by its keys and backed by
+    its derived files, and no derived file without an image."""
+    assert not service.catalog.changes()
+    assert not service.catalog.pending()
+    listed = set(service.index.image_ids())
+    for image_id in listed:
+        record = service.image(image_id)
+        assert record is not None and record.status == "indexed"
+        assert record.keys
+        for key in record.keys:
+            assert service.catalog.key(key).image_id == image_id
+        service.catalog.embedding(image_id)
+        service.catalog.thumbnail(image_id)
+    stored = {
+        info.key.removeprefix("embeddings/").removesuffix(".npz")
+        for info in service.storage.objects.list("embeddings/")
+    }
+    assert stored == listed, "derived files without an image, or an image without them"
+
+
+UPLOAD_KILL_POINTS = {
+    "after_original": ("imgsearch.catalog.Catalog", "put_original", "after"),
+    "after_embedding": ("imgsearch.catalog.Catalog", "put_embedding", "after"),
+    "after_record": ("imgsearch.catalog.Catalog", "create_image", "after"),
+    "after_key": ("imgsearch.catalog.Catalog", "put_key", "after"),
+}
+
+
+@pytest.mark.parametrize("kill_point", list(UPLOAD_KILL_POINTS))
+def test_an_upload_killed_midway_is_finished_at_the_next_start(
+    kill_point, tmp_path, embedder, vocabulary
+) -> None:
+    data_dir = tmp_path / "data"
+    demo_collection(data_dir, embedder, vocabulary)
+    photo = REPO / "demo" / "pizza" / "image_0002.jpg"
+    run_until_killed(data_dir, UPLOAD_KILL_POINTS[kill_point], f"add=pizza/new.jpg={photo}")
+
+    restarted = make_service(data_dir, embedder, vocabulary, shard_size=4)
+    assert restarted.count() == 3  # not searchable before the restart's recovery
+    restarted.recover()
+    record = restarted.find_key("pizza/new.jpg")
+    assert record is not None and record.status == "indexed"
+    assert restarted.catalog.original("pizza/new.jpg") == photo.read_bytes()
+    assert record.id in [h.image_id for h in restarted.search_text("pizza", limit=4).hits]
+    assert restarted.count() == 4
+    assert_consistent(restarted)
+
+
+DELETE_KILL_POINTS = {
+    # The removal is recorded and acknowledged; the process dies before the index build.
+    "before_build": ("imgsearch.index.builder.IndexBuilder", "run", "before"),
+    # Mid-removal: the key is gone, the image not yet queued for removal from the index.
+    "before_queueing": ("imgsearch.catalog.Catalog", "mark_pending", "before"),
+    # The image is queued for removal, its derived files are not deleted yet.
+    "before_derived": ("imgsearch.catalog.Catalog", "delete_derived", "before"),
+}
+
+
+@pytest.mark.parametrize("kill_point", list(DELETE_KILL_POINTS))
+def test_a_deletion_killed_midway_is_applied_at_the_next_start(
+    kill_point, tmp_path, embedder, vocabulary
+) -> None:
+    data_dir = tmp_path / "data"
+    gone = demo_collection(data_dir, embedder, vocabulary).find_key("pizza/image_0001.jpg").id
+    run_until_killed(data_dir, DELETE_KILL_POINTS[kill_point], "remove=pizza/image_0001.jpg")
+
+    restarted = make_service(data_dir, embedder, vocabulary, shard_size=4)
+    assert gone in restarted.index  # still searchable until the restart recovers
+    restarted.recover()
+    assert gone not in restarted.index and restarted.count() == 2
+    assert restarted.image(gone) is None and restarted.find_key("pizza/image_0001.jpg") is None
+    with pytest.raises(NotFound):
+        restarted.catalog.original("pizza/image_0001.jpg")
+    for image_id in restarted.index.image_ids():
+        assert gone not in dict(restarted.catalog.neighbours(image_id)[0])
+    assert_consistent(restarted)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def test_imgsearch_serve_finishes_what_a_crash_left_while_it_serves(
+    tmp_path, embedder, vocabulary
+) -> None:
+    """The real server: a deletion acknowledged but not applied and an upload killed midway
+    are both in at the next `imgsearch serve`, without any further write."""
+    data_dir = tmp_path / "data"
+    gone = demo_collection(data_dir, embedder, vocabulary).find_key("pizza/image_0001.jpg").id
+    run_until_killed(data_dir, DELETE_KILL_POINTS["before_build"], "remove=pizza/image_0001.jpg")
+    photo = REPO / "demo" / "lotus" / "image_0002.jpg"
+    run_until_killed(data_dir, UPLOAD_KILL_POINTS["after_record"], f"add=lotus/new.jpg={photo}")
+
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "imgsearch.cli",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+        ],
+        stderr=subprocess.PIPE,
+        env={**os.environ, "IMGSEARCH_API_KEY": API_KEY, "IMGSEARCH_SHARD_SIZE": "4"},
+    )
+    base = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        health = None
+        while time.monotonic() < deadline:
+            try:
+                health = get_json(f"{base}/health")
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()
+                time.sleep(0.2)
+                continue
+            if not health["recovering"]:
+                break
+            time.sleep(0.2)
+        assert health == {"status": "ok", "images": 3, "recovering": False}
+        assert get_json(f"{base}/images?key=pizza/image_0001.jpg")["total"] == 0
+        added = get_json(f"{base}/images?key=lotus/new.jpg")["results"]
+        assert len(added) == 1
+        listed = [r["id"] for r in get_json(f"{base}/images")["results"]]
+        assert gone not in listed and added[0]["id"] in listed
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+
+
+# A full disk ------------------------------------------------------------------------------
+
+
+class FullTable:
+    """A catalog table whose writes to items under a partition prefix fail as on a full disk."""
+
+    def __init__(self, table) -> None:
+        self._table = table
+        self.failing_pk: str | None = None
+
+    def __getattr__(self, name: str):
+        return getattr(self._table, name)
+
+    def put(self, pk: str, sk: str, attrs, **kwargs) -> int:
+        if self.failing_pk and pk.startswith(self.failing_pk):
+            raise StorageFull(f"injected: no space left to write {pk}")
+        return self._table.put(pk, sk, attrs, **kwargs)
+
+
+class FullStore(LocalObjectStore):
+    failing_prefix: str | None = None
+
+    def put(self, key: str, data: bytes, **kwargs):  # type: ignore[override]
+        if self.failing_prefix and key.startswith(self.failing_prefix):
+            raise StorageFull(f"injected: no space left to write {key}")
+        return super().put(key, data, **kwargs)
+
+
+# Each write of an upload, in the order ingest makes them.
+UPLOAD_WRITES = [
+    ("objects", "images/"),
+    ("objects", "embeddings/"),
+    ("objects", "thumbnails/"),
+    ("catalog", "image#"),
+    ("catalog", "pending"),
+    ("catalog", "key#"),
+]
+
+
+@pytest.mark.parametrize("where", UPLOAD_WRITES, ids=[w[1] for w in UPLOAD_WRITES])
+def test_a_full_disk_at_any_write_of_an_upload_gives_507_and_leaves_nothing_half_done(
+    where, tmp_path, embedder, vocabulary
+) -> None:
+    """Injected in the adapters (the real full disk is the next test): whichever write fails,
+    the answer is 507 with a reason, and the upload is rolled back or, once space is back,
+    finished; the collection is as it was."""
+    settings = Settings(data_dir=tmp_path / "data", api_key=API_KEY)
+    local = open_storage(settings)
+    store, catalog = FullStore(settings.data_dir / "objects"), FullTable(local.catalog)
+    service = ImageSearch(
+        settings, Storage(store, catalog, local.feedback), embedder=embedder, vocabulary=vocabulary
+    )
+    kept = {service.add(f"{c}.jpg", demo_image(c)).image_id for c in CATEGORIES[:2]}
+    client = TestClient(create_app(service), headers={"X-API-Key": API_KEY})
+
+    kind, prefix = where
+    if kind == "objects":
+        store.failing_prefix = prefix
+    else:
+        catalog.failing_pk = prefix
+    answer = client.post(
+        "/api/images", files={"file": ("new.jpg", demo_image("lotus"), "image/jpeg")}
+    )
+    assert answer.status_code == 507
+    assert "storage is full" in answer.json()["detail"]
+    assert service.find_key("uploads/new.jpg") is None  # nothing half-visible
+    assert set(service.index.image_ids()) == kept
+    with pytest.raises(NotFound):
+        service.catalog.original("uploads/new.jpg")
+
+    store.failing_prefix = catalog.failing_pk = None
+    service.ingestor.recover_changes(timeout=0)  # what the next start does
+    service.build_index()
+    assert_consistent(service)
+    assert set(service.index.image_ids()) == kept
+    again = client.post(
+        "/api/images", files={"file": ("new.jpg", demo_image("lotus"), "image/jpeg")}
+    )
+    assert again.status_code == 201 and again.json()["status"] == "added"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB file system of its own (tmpfs: needs root, as in the CI container)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def fill_until(disk, free_bytes: int) -> None:
+    """Grow the filler file until `free_bytes` are left on the disk (or it is full)."""
+    filler = disk / "filler"
+    room = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize - free_bytes
+    if room > 0:
+        with suppress(OSError), filler.open("ab") as file:
+            file.write(b"\0" * room)  # a full disk may refuse the last blocks: that is fine
+
+
+def test_a_really_full_disk_gives_507_and_loses_nothing(small_disk, embedder, vocabulary):
+    """On a real full file system (tmpfs): uploads at ever less free space answer 201 or 507,
+    never half-applied; earlier images stay searchable; freeing space heals everything."""
+    service = make_service(small_disk / "data", embedder, vocabulary)
+    kept = {service.add(f"{c}.jpg", demo_image(c)).image_id for c in CATEGORIES[:3]}
+    client = TestClient(create_app(service), headers={"X-API-Key": API_KEY})
+
+    statuses = {}
+    for number, free in enumerate([160_000, 80_000, 48_000, 32_000, 16_000, 8_000, 0], 2):
+        fill_until(small_disk, free)
+        name = f"photo{number}.jpg"
+        answer = client.post(
+            "/api/images", files={"file": (name, demo_image("lotus", number), "image/jpeg")}
+        )
+        statuses[free] = answer.status_code
+        assert answer.status_code in (201, 507), answer.text
+        if answer.status_code == 507:
+            assert "storage is full" in answer.json()["detail"]
+            record = service.find_key(f"uploads/{name}")
+            # Rolled back, or stored and queued (indexed once there is room): not shown yet.
+            assert record is None or record.status == "pending"
+            assert record is None or record.id not in service.index
+        assert kept <= set(service.index.image_ids())
+        assert service.search_text("elephant", limit=3).hits
+    assert statuses[0] == 507 and statuses[160_000] == 201, statuses
+
+    (small_disk / "filler").unlink()
+    service.recover()  # what the next start does: finishes or rolls back, then indexes
+    assert_consistent(service)
+    for number in range(2, 9):
+        again = client.post(
+            "/api/images",
+            files={"file": (f"photo{number}.jpg", demo_image("lotus", number), "image/jpeg")},
+        )
+        assert again.status_code == 201
+    assert service.count() == 3 + 7
+    assert_consistent(service)
+
+
+# The index lease and the API key ------------------------------------------------------------
+
+
+class FlakyDeletes:
+    """A table whose next `failures` deletes fail, as a storage outage would."""
+
+    def __init__(self, table, failures: int) -> None:
+        self._table = table
+        self.failures = failures
+
+    def __getattr__(self, name: str):
+        return getattr(self._table, name)
+
+    def delete(self, pk: str, sk: str, **kwargs) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise StorageError("injected: the table is unavailable")
+        self._table.delete(pk, sk, **kwargs)
+
+
+def test_a_failed_lease_release_is_retried_and_never_blocks_the_next_build(tmp_path) -> None:
+    from imgsearch.index.builder import RELEASE_ATTEMPTS, Lease
+
+    table = open_storage(Settings(data_dir=tmp_path / "data")).catalog
+    flaky = FlakyDeletes(table, failures=RELEASE_ATTEMPTS - 1)
+    lease = Lease(flaky, "indexer", 300)
+    assert lease.acquire()
+    lease.release()  # fails, then succeeds on its last attempt
+    assert table.get("lease", "indexer") is None
+
+    flaky.failures = RELEASE_ATTEMPTS  # every attempt fails: the lease stays in the table...
+    stuck = Lease(flaky, "indexer", 300)
+    assert stuck.acquire()
+    stuck.release()
+    assert table.get("lease", "indexer")["owner"] == stuck.owner
+    # ...but this process's next build takes it over at once, not in 300 s,
+    assert Lease(table, "indexer", 300).acquire()
+    # and a live holder's lease is still exclusive.
+    assert not Lease(table, "indexer", 300).acquire()
+
+
+def test_the_lease_of_a_dead_local_process_is_free_at_once(tmp_path) -> None:
+    from imgsearch.index.builder import Lease
+
+    data_dir = tmp_path / "data"
+    holder = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from imgsearch.config import Settings;"
+            "from imgsearch.storage import open_storage; from imgsearch.index.builder import Lease;"
+            "t = open_storage(Settings(data_dir=Path(sys.argv[1]))).catalog;"
+            "assert Lease(t, 'indexer', 300).acquire()",
+            str(data_dir),
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    assert holder.returncode == 0, holder.stderr.decode()
+    table = open_storage(Settings(data_dir=data_dir)).catalog
+    assert table.get("lease", "indexer")["expires_at"] > time.time() + 200
+    assert Lease(table, "indexer", 300).acquire()
+
+
+@pytest.mark.parametrize("problem", ["empty", "unreadable"])
+def test_an_unusable_api_key_file_stops_the_server_with_one_line(problem, tmp_path) -> None:
+    from imgsearch.api.auth import ApiKeyUnusable, local_api_key
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    key_file = data_dir / "api-key"
+    if problem == "empty":
+        key_file.write_text(" \n")
+    else:
+        key_file.mkdir()  # reading it fails whoever we are (root reads any mode)
+    with pytest.raises(ApiKeyUnusable, match=f"{key_file}"):
+        local_api_key(Settings(data_dir=data_dir))
+
+    env = {k: v for k, v in os.environ.items() if k != "IMGSEARCH_API_KEY"}
+    served = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imgsearch.cli",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        timeout=120,
+        env=env,
+    )
+    assert served.returncode == 2
+    lines = served.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"imgsearch: the API key file {key_file} ")
+    assert "IMGSEARCH_API_KEY" in lines[0]
+
+
+def test_an_api_key_file_emptied_while_serving_is_a_503_not_a_lock_out(service) -> None:
+    service.settings.api_key = None
+    key_file = service.settings.data_dir / "api-key"
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text("")
+    client = TestClient(create_app(service), headers={"X-API-Key": "anything"})
+    answer = client.delete("/api/images/0123456789abcdef")
+    assert answer.status_code == 503 and "API key" in answer.json()["detail"]
+
+
+# Damaged files: detected before use, repaired from what is stored, or a one-line refusal --------
+
+
+def imgsearch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess (a damaged Annoy file would crash a process: not ours)."""
+    return subprocess.run(
+        [sys.executable, "-m", "imgsearch.cli", *args],
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, "IMGSEARCH_API_KEY": API_KEY},
+    )
+
+
+def refusal(data_dir) -> str:
+    """The one line `imgsearch serve` exits with, asserting that it refused to start."""
+    served = imgsearch("serve", "--data-dir", str(data_dir), "--port", "0", timeout=60)
+    assert served.returncode == 2, (served.returncode, served.stderr.decode()[-2000:])
+    lines = served.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].endswith("run `imgsearch check --repair`"), lines[0]
+    return lines[0]
+
+
+def damage(path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "flipped":  # one byte changed in the middle: same size, same structure
+        middle = len(data) // 2
+        path.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :])
+    else:
+        path.unlink()
+
+
+@pytest.fixture
+def stored(tmp_path, embedder, vocabulary):
+    """A collection of six images on disk, and the ids it holds."""
+    data_dir = tmp_path / "data"
+    service = make_service(data_dir, embedder, vocabulary)
+    ids = {service.add(f"{c}.jpg", demo_image(c)).image_id for c in CATEGORIES}
+    return data_dir, ids
+
+
+def reopened(data_dir, embedder, vocabulary) -> ImageSearch:
+    return make_service(data_dir, embedder, vocabulary)
+
+
+def assert_repaired(data_dir, ids, embedder, vocabulary) -> None:
+    repaired = imgsearch("check", "--repair", "--data-dir", str(data_dir))
+    assert repaired.returncode == 0, repaired.stdout.decode() + repaired.stderr.decode()
+    assert "repaired" in repaired.stdout.decode()
+    checked = imgsearch("check", "--data-dir", str(data_dir))
+    assert checked.returncode == 0
+    assert checked.stdout.decode().startswith(f"ok: {len(ids)} images")
+    service = reopened(data_dir, embedder, vocabulary)
+    assert set(service.index.image_ids()) == ids
+    assert service.search_text("elephant", limit=1).hits[0].image_id == (
+        service.find_key("elephant.jpg").id
+    )
+    assert_consistent(service)
+
+
+@pytest.mark.parametrize(
+    ("part", "how"),
+    [
+        ("ann", "truncated"),  # handed to Annoy, this killed the process (SIGSEGV)
+        ("ann", "flipped"),
+        ("features.npy", "flipped"),
+        ("ids.json", "missing"),
+        ("postings.npz", "truncated"),
+    ],
+)
+def test_a_damaged_shard_file_is_refused_at_start_and_rebuilt_by_check_repair(
+    part, how, stored, embedder, vocabulary
+) -> None:
+    data_dir, ids = stored
+    manifest = json.loads((data_dir / "objects" / "index" / "manifest.json").read_bytes())
+    live = manifest["shards"][0]
+    shard_file = data_dir / "objects" / "index" / "shards" / live["id"] / f"{live['build']}.{part}"
+    damage(shard_file, how)
+
+    line = refusal(data_dir)
+    assert line.startswith(f"imgsearch: index/shards/{shard_file.parent.name}/{shard_file.name}")
+    checked = imgsearch("check", "--data-dir", str(data_dir))
+    assert checked.returncode == 1 and shard_file.name in checked.stdout.decode()
+    assert_repaired(data_dir, ids, embedder, vocabulary)
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped", "missing"])
+def test_a_damaged_or_lost_manifest_is_refused_and_rebuilt(how, stored, embedder, vocabulary):
+    data_dir, ids = stored
+    damage(data_dir / "objects" / "index" / "manifest.json", how)
+    line = refusal(data_dir)
+    assert line.startswith("imgsearch: index/manifest.json is damaged (")
+    if how == "missing":  # never silently an empty collection
+        assert "6 images was published: images would be missing" in line
+    assert_repaired(data_dir, ids, embedder, vocabulary)
+
+
+def test_an_older_manifest_put_back_is_refused_not_served_short(stored, embedder, vocabulary):
+    data_dir, ids = stored
+    manifest = data_dir / "objects" / "index" / "manifest.json"
+    old = manifest.read_bytes()
+    service = reopened(data_dir, embedder, vocabulary)
+    service.add("extra.jpg", demo_image("lotus", 2))
+    manifest.write_bytes(old)  # say, restored from yesterday's backup
+
+    assert "was published: images would be missing" in refusal(data_dir)
+    assert_repaired(data_dir, ids | {service.find_key("extra.jpg").id}, embedder, vocabulary)
+
+
+def test_a_damaged_embedding_is_detected_and_computed_again(stored, embedder, vocabulary):
+    data_dir, ids = stored
+    service = reopened(data_dir, embedder, vocabulary)
+    image_id = service.find_key("pizza.jpg").id
+    path = data_dir / "objects" / "embeddings" / f"{image_id}.npz"
+    features, _ = service.catalog.embedding(image_id)
+    damage(path, "flipped")
+    with pytest.raises(DamagedFile, match=f"embeddings/{image_id}.npz"):
+        service.catalog.embedding(image_id)
+    checked = imgsearch("check", "--data-dir", str(data_dir))
+    assert checked.returncode == 1 and f"embeddings/{image_id}.npz" in checked.stdout.decode()
+
+    assert_repaired(data_dir, ids, embedder, vocabulary)
+    again, _ = reopened(data_dir, embedder, vocabulary).catalog.embedding(image_id)
+    assert np.allclose(again, features, atol=1e-5)
+
+
+@pytest.mark.parametrize("where", ["pages", "header"])
+def test_a_damaged_catalog_is_refused_then_rebuilt_from_the_stored_images(
+    where, stored, embedder, vocabulary
+) -> None:
+    data_dir, ids = stored
+    database = data_dir / "tables.sqlite3"
+    service = reopened(data_dir, embedder, vocabulary)
+    service.count()
+    # Checkpoint the write-ahead log into the file, then damage the file.
+    service.storage.catalog._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(database.read_bytes())
+    if where == "header":  # SQLite cannot even open it
+        data[:100] = bytes(100)
+    else:  # it opens; its pages are garbage (the quick check at start finds them)
+        for start in range(4096, len(data), 4096):
+            data[start + 100 : start + 400] = os.urandom(300)
+    database.write_bytes(bytes(data))
+
+    line = refusal(data_dir)
+    assert line.startswith(f"imgsearch: {database} is damaged (")
+    assert_repaired(data_dir, ids, embedder, vocabulary)
+    assert list(data_dir.glob("tables.sqlite3.damaged-*"))  # kept, for its votes
+
+
+def test_a_manifest_damaged_while_serving_gives_503_not_500(stored, embedder, vocabulary):
+    data_dir, _ = stored
+    service = reopened(data_dir, embedder, vocabulary)
+    service.index.refresh_interval = 0  # look for a new manifest on every request
+    client = TestClient(create_app(service))
+    assert client.get("/api/search", params={"q": "pizza"}).status_code == 200
+    damage(data_dir / "objects" / "index" / "manifest.json", "flipped")
+    answer = client.get("/api/search", params={"q": "pizza"})
+    assert answer.status_code == 503 and "needs repair" in answer.json()["detail"]
+
+
+def test_a_damaged_cached_shard_file_is_fetched_again_and_a_damaged_stored_one_refused(
+    storage,
+) -> None:
+    """On S3 a shard file is memory-mapped from a copy in the cache directory: a damaged copy
+    is dropped and fetched again. The local store's file is the only one: refused."""
+    from imgsearch.index.manifest import ShardEntry
+    from imgsearch.index.shards import Shard, ShardData, build_key, normalise_rows, write_build
+    from imgsearch.integrity import sha256_of_file
+    from imgsearch.storage import LocalCopies
+
+    rng = np.random.default_rng(0)
+    ids = [f"{i:016x}" for i in range(40)]
+    features = normalise_rows(rng.standard_normal((40, 16)))
+    probabilities = rng.dirichlet(np.ones(10), size=40).astype(np.float16)
+    build = write_build(storage.objects, "s000000", ShardData(ids, features, probabilities), 5)
+    entry = ShardEntry("s000000", build.id, len(ids), sha256=build.sha256)
+    key = build_key("s000000", build.id, "ann")
+    damage(storage.objects.local_path(key), "truncated")
+
+    if isinstance(storage.objects, LocalCopies):
+        shard = Shard(entry, storage.objects)
+        assert sha256_of_file(storage.objects.local_path(key)) == build.sha256["ann"]
+        assert len(shard.candidates(features[3], 5, -1)) == 5
+    else:
+        with pytest.raises(DamagedFile, match=key):
+            Shard(entry, storage.objects)

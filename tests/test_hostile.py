@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import resource
 from contextlib import suppress
+from dataclasses import replace
 
 import pytest
 from conftest import API_KEY, demo_image, make_service
@@ -16,13 +17,15 @@ from hypothesis import strategies as st
 
 from imgsearch.api.app import create_app
 from imgsearch.cli import main
-from imgsearch.images import ImageRefused, decode_image
+from imgsearch.config import Settings
+from imgsearch.images import DecodeLimits, ImageRefused, decode_image
 
 LIMIT = 2_000_000
 CASES = corpus(max_bytes=LIMIT)
 ACCEPTED = sum(case.refusal is None for case in CASES)
 # How each refusal is answered over HTTP (the rest are 422).
 HTTP_STATUS = {"too_large": 413, "not_an_image": 415}
+DECODE_LIMITS = DecodeLimits.from_settings(Settings(max_image_bytes=LIMIT))
 
 
 @pytest.fixture
@@ -70,7 +73,7 @@ def test_decoding_hostile_files_does_not_leak_memory() -> None:
     def decode_all() -> None:
         for case in CASES:
             with suppress(ImageRefused):
-                decode_image(case.data, max_bytes=LIMIT)
+                decode_image(case.data, DECODE_LIMITS)
 
     for _ in range(3):  # warm up allocator pools and Pillow's plugin caches
         decode_all()
@@ -119,7 +122,7 @@ def mutated_images(draw: st.DrawFn) -> bytes:
 @given(mutated_images())
 def test_fuzzed_images_decode_or_are_refused_never_crash(data: bytes) -> None:
     try:
-        decoded = decode_image(data, max_bytes=LIMIT, max_pixels=4_000_000)
+        decoded = decode_image(data, replace(DECODE_LIMITS, max_pixels=4_000_000))
     except ImageRefused as refusal:
         assert refusal.reason in {
             "empty",
@@ -128,6 +131,7 @@ def test_fuzzed_images_decode_or_are_refused_never_crash(data: bytes) -> None:
             "too_many_pixels",
             "too_small",
             "too_large",
+            "too_costly",
         }
         return
     assert decoded.image.mode == "RGB" and decoded.image.width >= 8

@@ -186,6 +186,13 @@ def test_result_urls_do_not_follow_the_host_header(service, embedder, vocabulary
         detail = client.get(f"/api/images/{image_id}", headers={"Host": "evil.example"}).json()
         assert detail["url"] == f"/api/images/{image_id}/file"
         assert client.get(detail["thumbnail"]).content[:2] == b"\xff\xd8"
+        # A client on this machine gets URLs it can follow as they are.
+        for host in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000"):
+            found = client.get("/api/images", headers={"Host": host}).json()["results"]
+            assert found[0]["url"] == f"http://{host}/api/images/{image_id}/file", host
+        for spoof in ("localhost.evil.example", "localhost:80@evil.example", "127.0.0.1:x"):
+            found = client.get("/api/images", headers={"Host": spoof}).json()["results"]
+            assert found[0]["url"] == f"/api/images/{image_id}/file", spoof
     public = make_service(
         tmp_path / "public", embedder, vocabulary, public_url="https://photos.example/"
     )

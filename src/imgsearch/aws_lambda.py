@@ -74,6 +74,9 @@ def process_image_events(
         processor=BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False),
         context=context,
     )
+    # Changes to keys that a dead sandbox left half-done (after 15 minutes, or at once if
+    # it was this machine's): finished or rolled back, and queued for the build below.
+    service.ingestor.recover_changes()
     # Once per batch, after the failures were counted: images ingested above are queued in
     # the catalog, and a failed build must come back to be retried, so it raises.
     report = service.build_index()

@@ -8,6 +8,8 @@ Catalog table layout (pk / sk):
     key#<key>  / meta         KeyRecord: which image a key holds, or why it was refused
     pending    / <id>         images the index builder still has to add or remove
     lease      / indexer      who is building the index, until when
+    change     / <token>      a change to a key in progress (see Change)
+    index      / published    the last manifest a builder published (see Published)
 Object store layout:
     images/<key>              original bytes, as uploaded
     embeddings/<id>.npz       features and class probabilities
@@ -18,12 +20,14 @@ from __future__ import annotations
 
 import io
 import time
+import zipfile
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 
+from imgsearch.integrity import DamagedFile
 from imgsearch.storage import PreconditionFailed, Storage
 from imgsearch.storage.validation import validate_key
 
@@ -97,6 +101,46 @@ class PendingItem:
     image_id: str
     op: PendingOp
     version: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """A change to a key in progress, written before its first write and deleted after its
+    last: if its process dies between the two, the change is finished or rolled back later
+    (`Ingestor.recover_changes`), so no upload or removal stays half-applied."""
+
+    key: str
+    op: PendingOp
+    image_id: str | None  # the image the key is to hold (adds)
+    previous: str | None  # the image the key held when the change began
+    sequencer: str | None = None
+    owns_original: bool = False  # the change writes or deletes images/<key> itself
+    owner: str = ""
+    started_at: float = field(default_factory=time.time)
+    token: str = ""
+
+    def attrs(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "op": self.op,
+            "image_id": self.image_id,
+            "previous": self.previous,
+            "sequencer": self.sequencer,
+            "owns_original": self.owns_original,
+            "owner": self.owner,
+            "started_at": self.started_at,
+        }
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the last published manifest held, kept apart from it: a manifest that is lost,
+    or replaced by an older copy, would otherwise silently serve a collection without the
+    images added since."""
+
+    generation: int = 0
+    images: int = 0
+    next_shard: int = 0
 
 
 class Catalog:
@@ -209,9 +253,18 @@ class Catalog:
             )
 
     def embedding(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """Features and probabilities of an ingested image. Raises NotFound."""
-        with np.load(io.BytesIO(self.objects.get(f"embeddings/{image_id}.npz").data)) as npz:
-            return npz["features"], npz["probabilities"]
+        """Features and probabilities of an ingested image. Raises NotFound, or DamagedFile
+        if the file is truncated or corrupt (each member of an npz carries a CRC-32)."""
+        key = f"embeddings/{image_id}.npz"
+        data = self.objects.get(key).data
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                features, probabilities = npz["features"], npz["probabilities"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise DamagedFile(key, f"unreadable: {error}") from None
+        if features.ndim != 1 or probabilities.ndim != 1 or not np.isfinite(features).all():
+            raise DamagedFile(key, "not an embedding: wrong shape or values")
+        return features, probabilities
 
     def delete_derived(self, image_id: str) -> None:
         """Drop what was derived from an image's bytes once no key holds it any more."""
@@ -236,6 +289,55 @@ class Catalog:
         """Remove a processed work item, unless it was re-queued meanwhile."""
         with suppress(PreconditionFailed):
             self.table.delete("pending", item.image_id, expected_version=item.version)
+
+    # The published index ------------------------------------------------------------
+
+    def record_published(self, published: Published) -> None:
+        """Remember a manifest just published, unless a later one was recorded already."""
+        for _ in range(MAX_CAS_ATTEMPTS):
+            item = self.table.get("index", "published")
+            if item is not None and item["generation"] >= published.generation:
+                return
+            try:
+                self.table.put(
+                    "index",
+                    "published",
+                    asdict(published),
+                    expected_version=item["version"] if item else 0,
+                )
+                return
+            except PreconditionFailed:
+                continue
+
+    def published(self) -> Published:
+        item = self.table.get("index", "published")
+        if item is None:
+            return Published()
+        return Published(int(item["generation"]), int(item["images"]), int(item["next_shard"]))
+
+    # Changes in progress ---------------------------------------------------------------
+
+    def begin_change(self, change: Change) -> None:
+        self.table.put("change", change.token, change.attrs())
+
+    def end_change(self, change: Change) -> None:
+        self.table.delete("change", change.token)
+
+    def changes(self) -> list[Change]:
+        return [
+            Change(
+                key=item["key"],
+                op=item["op"],
+                image_id=item.get("image_id"),
+                previous=item.get("previous"),
+                sequencer=item.get("sequencer"),
+                owns_original=bool(item.get("owns_original")),
+                owner=item["owner"],
+                started_at=float(item["started_at"]),
+                token=item["sk"],
+            )
+            for item in self.table.query("change")
+        ]
 
     # Neighbourhoods ----------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from imgsearch.config import Settings
 from imgsearch.index.manifest import IndexFormatError
+from imgsearch.integrity import UnusableFile
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except KeyboardInterrupt:
         return 130
-    except (CommandError, IndexFormatError) as error:
+    except (CommandError, IndexFormatError, UnusableFile) as error:
         print(f"imgsearch: {error}", file=sys.stderr)
         return 2
 
@@ -44,13 +45,16 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
-def _service(args: argparse.Namespace):
+def _service(args: argparse.Namespace, *, bulk: bool = False):
+    """The service the arguments name. `bulk` commands decode the owner's files in their own
+    threads (no worker processes to start; the same header checks bound each decode)."""
+    from imgsearch.decode_pool import InlineDecoder
     from imgsearch.service import ImageSearch
 
     settings = _settings(args)
     if settings.backend == "local":
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return ImageSearch(settings)
+    return ImageSearch(settings, decoder=InlineDecoder() if bulk else None)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -59,9 +63,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from imgsearch.api.app import create_app
     from imgsearch.api.auth import local_api_key
     from imgsearch.api.server import server_config
+    from imgsearch.repair import check_at_start
 
     service = _service(args)
-    service.index  # noqa: B018 - load the index before the first request, not during it
     if service.settings.auth == "api_key":
         key, created = local_api_key(service.settings)
         if created:
@@ -70,6 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 f"{service.settings.data_dir}): {key}",
                 file=sys.stderr,
             )
+    check_at_start(service)  # loads the index, verified, before the first request
+    service.recover_in_background()  # what a crash left: finished while serving
     web_dir = Path(args.web) if args.web else WEB_DIR
     app = create_app(service, web_dir=web_dir if web_dir.is_dir() else None)
     where = service.settings.data_dir if service.settings.backend == "local" else "AWS"
@@ -78,7 +84,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = server_config(
         app, service.settings, host=args.host, port=args.port, log_level="warning"
     )
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        service.close()  # its decode workers
     return 0
 
 
@@ -116,7 +125,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from imgsearch.bulk import ingest_tree
 
     root, total = _folder(args)
-    service = _service(args)
+    service = _service(args, bulk=True)
     started = time.perf_counter()
     with _progress(args, total) as bar:
         summary = ingest_tree(service, root, prefix=args.prefix, on_result=lambda _: bar.update())
@@ -149,11 +158,38 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from imgsearch.integrity import DamagedFile
+    from imgsearch.repair import check, rebuild_catalog, repair
+
+    repaired = False
+    try:
+        service = _service(args)
+    except DamagedFile as error:  # the catalog file cannot even be opened
+        if not args.repair:
+            raise
+        print(f"{error.name}: {error.problem}; rebuilding the catalog from the stored images")
+        service, repaired = rebuild_catalog(_settings(args)), True
+    findings = check(service)
+    for finding in findings:
+        print(f"{finding}" + ("" if finding.fix else " (cannot be repaired from what is stored)"))
+    if findings and args.repair:
+        service, repaired = repair(service, findings), True
+        findings = check(service)
+        for finding in findings:
+            print(f"still: {finding}")
+    if repaired and not findings:
+        print("repaired")
+    if not findings:
+        print(f"ok: {service.count()} images, every stored file verified")
+    return 1 if findings else 0
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from imgsearch.bulk import embed_tree
 
     root, total = _folder(args)
-    service = _service(args)
+    service = _service(args, bulk=True)
     started = time.perf_counter()
     with _progress(args, total) as bar:
         embedded = embed_tree(service.ingestor, root, on_file=lambda _: bar.update())
@@ -239,6 +275,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from imgsearch.bulk import files_under
+    from imgsearch.decode_pool import InlineDecoder
     from imgsearch.evaluation import EvaluationError
     from imgsearch.evaluation.collection import ingest_labelled, read_labels
     from imgsearch.evaluation.methods import check_offered, methods, parse_strategies
@@ -262,7 +299,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="imgsearch-eval-") as scratch:
         data_dir = Path(args.data_dir or scratch)
         data_dir.mkdir(parents=True, exist_ok=True)
-        service = ImageSearch(Settings(data_dir=data_dir, backend="local"))
+        service = ImageSearch(Settings(data_dir=data_dir, backend="local"), decoder=InlineDecoder())
         try:
             labels = read_labels(Path(args.labels))
             strategies = [parse_strategies(text) for text in args.strategies or []]
@@ -403,6 +440,19 @@ def _parser() -> argparse.ArgumentParser:
     votes.add_argument("action", choices=["show", "reset", "drop-client"])
     votes.add_argument("target", help="a word (show, reset) or a client id or address")
     votes.set_defaults(run=cmd_votes)
+
+    check = commands.add_parser(
+        "check",
+        help="verify every stored file (checksums, the catalog, embeddings, lost images)",
+    )
+    data_options(check)
+    check.add_argument(
+        "--repair",
+        action="store_true",
+        help="rebuild what is damaged from what is stored (index from embeddings, embeddings "
+        "from originals, a damaged catalog from the originals: votes are then lost)",
+    )
+    check.set_defaults(run=cmd_check)
 
     embed = commands.add_parser(
         "embed", help="features and class probabilities of every image under DIR, to a file"

@@ -42,9 +42,21 @@ class Settings(BaseSettings):
     vocabulary: str = "vocabulary"
     inference_threads: int | None = None
 
-    # What an image may be.
+    # What an image may be, and what decoding one may cost (docs/reliability.md, "Decoding
+    # bombs"). The open reverse search (no key) takes smaller pictures than the owner's
+    # uploads and the CLI. Memory is estimated from the header, before any pixel is decoded.
     max_image_bytes: int = 25 * 1024 * 1024
     max_image_pixels: int = 50_000_000
+    max_search_pixels: int = 25_000_000
+    max_decode_memory: int = 320 * 1024 * 1024
+    max_jpeg_scans: int = 100  # a progressive photo has about 10
+    # Decodes run in worker processes, at most `decode_workers` at once (None: one per CPU;
+    # 0: in the calling thread, as on Lambda, where a sandbox serves one request at a time);
+    # one that takes longer than `decode_seconds` is killed and refused. Beyond
+    # `decode_queue` callers waiting for a worker, the API answers 503.
+    decode_workers: int | None = None
+    decode_seconds: float = 10.0
+    decode_queue: int = 8
 
     # Index.
     # Measured by bench/index_scale.py (docs/performance.md): an open shard of 10,000 rebuilds
@@ -69,8 +81,11 @@ class Settings(BaseSettings):
     # the API serves the page itself. In the cloud API Gateway answers CORS instead ("[]").
     allowed_origins: list[str] = []
     # Where clients reach the API (e.g. https://photos.example.com): result URLs start with it.
-    # Unset, they are paths from the root (/api/images/...), never built from the Host header.
+    # Unset, they start with the request's own address when its Host names one of
+    # `trusted_hosts` (this machine, by default), else they are paths from the root
+    # (/api/images/...): never built from a Host header any client may invent.
     public_url: str | None = None
+    trusted_hosts: list[str] = ["localhost", "127.0.0.1", "::1"]
     # Origins besides its own that the page may show images from and upload to (the bucket,
     # in the cloud): added to the Content-Security-Policy's img-src and connect-src.
     page_origins: list[str] = []

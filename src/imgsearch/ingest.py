@@ -3,25 +3,44 @@
 Idempotent per content: an image's id is the hash of its bytes, so the same bytes under two
 keys are one image that remembers both keys. Ordered per key: when events carry an S3
 `sequencer`, an older event never undoes a newer one. A refused file is recorded under its
-key with the reason and changes nothing else.
+key with the reason and changes nothing else. All or nothing: each change to a key is
+journalled (`Change`) from before its first write to after its last, so that one that fails
+is undone at once, and one whose process died is finished or rolled back later.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import time
+import uuid
 from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
-from imgsearch.catalog import MAX_CAS_ATTEMPTS, Catalog, ImageRecord, KeyRecord
+from imgsearch.catalog import (
+    MAX_CAS_ATTEMPTS,
+    Catalog,
+    Change,
+    ImageRecord,
+    KeyRecord,
+    PendingOp,
+)
+from imgsearch.decode_pool import Decoder
 from imgsearch.embedding import Embedder
-from imgsearch.images import DecodedImage, ImageRefused, decode_image
-from imgsearch.storage import PreconditionFailed
+from imgsearch.images import DecodedImage, DecodeLimits, ImageRefused
+from imgsearch.owners import new_owner, owner_is_alive
+from imgsearch.storage import NotFound, PreconditionFailed, StorageError
 from imgsearch.storage.validation import validate_key
 
+log = logging.getLogger(__name__)
+
 THUMBNAIL_SIDE = 384
+# A change is recovered once its process is gone, or once it is older than any request or
+# Lambda invocation (15 minutes at most) can run.
+CHANGE_TIMEOUT_SECONDS = 900.0
 TOP_CLASSES = 5
 
 IngestStatus = Literal["added", "duplicate", "unchanged", "refused", "removed", "stale"]
@@ -42,6 +61,15 @@ def content_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+@dataclass
+class _Journal:
+    """A change in progress, and the bytes its key held before it (to undo an add)."""
+
+    change: Change
+    original_saved: bool = False
+    original: bytes | None = None
+
+
 def sequencer_is_newer(candidate: str | None, current: str | None) -> bool:
     """S3 sequencers: right-pad the shorter with zeros, then compare as hex strings."""
     if candidate is None or current is None:
@@ -56,31 +84,72 @@ class Ingestor:
         catalog: Catalog,
         embedder: Embedder,
         *,
-        max_bytes: int,
-        max_pixels: int,
+        limits: DecodeLimits,
+        decoder: Decoder,
     ) -> None:
         self.catalog = catalog
         self.embedder = embedder
-        self.max_bytes = max_bytes
-        self.max_pixels = max_pixels
+        self.limits = limits
+        self.decoder = decoder
 
-    def decode(self, data: bytes) -> DecodedImage:
-        """Decode with this system's limits. Raises ImageRefused."""
-        return decode_image(
+    def decode(
+        self,
+        data: bytes,
+        limits: DecodeLimits | None = None,
+    ) -> DecodedImage:
+        """Decode for the model, within `limits` (by default the collection's). Raises
+        ImageRefused, or DecoderBusy when every decoder is taken."""
+        return self.decoder.decode(
             data,
-            max_bytes=self.max_bytes,
-            max_pixels=self.max_pixels,
+            limits or self.limits,
             draft_size=self.embedder.spec.input_size * 2,
         )
 
     def add(
         self, key: str, data: bytes, *, store_original: bool = True, sequencer: str | None = None
     ) -> IngestResult:
-        """Make `data` the image under `key`, queued for the index (ingest it if it is new)."""
+        """Make `data` the image under `key`, queued for the index (ingest it if it is new).
+
+        All or nothing: if a step fails, what the earlier ones wrote is undone before the
+        error is raised; if the process dies, `recover_changes` finishes or undoes it later.
+        """
         validate_key(key)
         image_id = content_id(data)
+        journal = self._begin(key, "add", image_id, sequencer, owns_original=store_original)
+        try:
+            result = self._add(key, data, image_id, store_original, sequencer, journal)
+        except BaseException:
+            self._undo(journal)
+            raise
+        self._end(journal)
+        return result
+
+    def remove(
+        self, key: str, *, delete_original: bool = True, sequencer: str | None = None
+    ) -> IngestResult:
+        """Forget `key`; the image leaves the index once no key holds it."""
+        validate_key(key)
+        journal = self._begin(key, "remove", None, sequencer, owns_original=delete_original)
+        try:
+            result = self._remove(key, delete_original, sequencer, journal)
+        except BaseException:
+            self._undo(journal)
+            raise
+        self._end(journal)
+        return result
+
+    def _add(
+        self,
+        key: str,
+        data: bytes,
+        image_id: str,
+        store_original: bool,
+        sequencer: str | None,
+        journal: _Journal,
+    ) -> IngestResult:
         for _ in range(MAX_CAS_ATTEMPTS):
             held = self.catalog.key(key)
+            self._note_previous(journal, held)
             if held and not sequencer_is_newer(sequencer, held.sequencer):
                 return IngestResult(key, "stale", held.image_id)
             record = self.catalog.image(image_id)
@@ -95,11 +164,11 @@ class Ingestor:
                         return _refused(key, refusal)
                     return self._refuse(key, held, refusal, sequencer)
                 if store_original:
-                    self.catalog.put_original(key, data, content_type(decoded.format))
+                    self._put_original(journal, data, content_type(decoded.format))
                 record, created = self._create(image_id, key, len(data), decoded, record)
             else:
                 if store_original and not (held and held.image_id == image_id):
-                    self.catalog.put_original(key, data, content_type(record.format))
+                    self._put_original(journal, data, content_type(record.format))
                 if record.status == "pending":  # re-queue, in case a crash lost the first one
                     self.catalog.mark_pending(image_id, "add")
             self._attach(image_id, key)
@@ -119,13 +188,12 @@ class Ingestor:
             return IngestResult(key, status, image_id, replaced=replaced)
         raise RuntimeError(f"key {key}: too much contention")
 
-    def remove(
-        self, key: str, *, delete_original: bool = True, sequencer: str | None = None
+    def _remove(
+        self, key: str, delete_original: bool, sequencer: str | None, journal: _Journal
     ) -> IngestResult:
-        """Forget `key`; the image leaves the index once no key holds it."""
-        validate_key(key)
         for _ in range(MAX_CAS_ATTEMPTS):
             held = self.catalog.key(key)
+            self._note_previous(journal, held)
             if held and not sequencer_is_newer(sequencer, held.sequencer):
                 return IngestResult(key, "stale", held.image_id)
             # The tombstone stays, so that an older "created" event arriving late is ignored.
@@ -141,6 +209,136 @@ class Ingestor:
                 self._detach(image_id, key)
             return IngestResult(key, "removed", image_id)
         raise RuntimeError(f"key {key}: too much contention")
+
+    # Changes that fail or are interrupted --------------------------------------------------
+
+    def _begin(
+        self,
+        key: str,
+        op: PendingOp,
+        image_id: str | None,
+        sequencer: str | None,
+        *,
+        owns_original: bool,
+    ) -> _Journal:
+        change = Change(
+            key=key,
+            op=op,
+            image_id=image_id,
+            previous=None,
+            sequencer=sequencer,
+            owns_original=owns_original,
+            owner=new_owner(),
+            token=uuid.uuid4().hex,
+        )
+        self.catalog.begin_change(change)
+        return _Journal(change)
+
+    def _note_previous(self, journal: _Journal, held: KeyRecord | None) -> None:
+        """Record which image the key holds before it is changed (re-read on each retry)."""
+        previous = held.image_id if held and held.status == "present" else None
+        if previous != journal.change.previous:
+            journal.change = replace(journal.change, previous=previous)
+            self.catalog.begin_change(journal.change)
+
+    def _put_original(self, journal: _Journal, data: bytes, media_type: str) -> None:
+        """Store the bytes under the change's key, keeping the ones they replace for an undo."""
+        key = journal.change.key
+        if not journal.original_saved:
+            journal.original = self._stored_original(key)
+            journal.original_saved = True
+        self.catalog.put_original(key, data, media_type)
+
+    def _stored_original(self, key: str) -> bytes | None:
+        try:
+            return self.catalog.original(key)
+        except NotFound:
+            return None
+
+    def _end(self, journal: _Journal) -> None:
+        try:
+            self.catalog.end_change(journal.change)
+        except StorageError as error:  # done all the same; recovery will find nothing to do
+            log.warning("could not clear the record of a finished change: %s", error)
+
+    def _undo(self, journal: _Journal) -> None:
+        """After a failure in this process: roll an add back (its bytes, records and derived
+        files), or finish a removal whose key is gone already. Best effort: whatever this
+        cannot do (the storage may still be failing) is left to `recover_changes`."""
+        change = journal.change
+        try:
+            holds_new = change.image_id is not None and self._holder(change.key) == change.image_id
+            if change.op == "add" and journal.original_saved and not holds_new:
+                self._restore_original(change, journal.original)
+            self._settle(change)
+        except Exception as error:  # the first error is the one to raise
+            log.warning(
+                "could not undo the unfinished %s of %s (%s); it is done at the next start",
+                change.op,
+                change.key,
+                error,
+            )
+
+    def _restore_original(self, change: Change, previous: bytes | None) -> None:
+        if previous is None:
+            current = self._stored_original(change.key)
+            if current is not None and content_id(current) == change.image_id:
+                self.catalog.delete_original(change.key)
+            return
+        record = self.catalog.image(content_id(previous))
+        media_type = content_type(record.format) if record else "application/octet-stream"
+        self.catalog.put_original(change.key, previous, media_type)
+
+    def recover_changes(self, *, timeout: float = CHANGE_TIMEOUT_SECONDS) -> int:
+        """Finish or roll back the changes whose process died (or that ran longer than any
+        request can): an add whose bytes are stored under its key is finished, anything else
+        rolled back. Returns how many were recovered."""
+        recovered = 0
+        for change in self.catalog.changes():
+            if owner_is_alive(change.owner) and time.time() - change.started_at < timeout:
+                continue
+            log.warning("recovering an interrupted %s of %s", change.op, change.key)
+            try:
+                self._recover(change)
+            except StorageError as error:
+                log.error("could not recover the %s of %s: %s", change.op, change.key, error)
+                continue
+            recovered += 1
+        return recovered
+
+    def _recover(self, change: Change) -> None:
+        if change.op == "add" and change.image_id:
+            data = self._stored_original(change.key)
+            if data is not None and content_id(data) == change.image_id:
+                self.add(change.key, data, store_original=False, sequencer=change.sequencer)
+        self._settle(change)
+
+    def _settle(self, change: Change) -> None:
+        """Make the images the change touched agree with what the key holds now, then close
+        the change: an image that lists the key without being held by it loses the key (and
+        leaves the index if it has no other), and derived files without a record go."""
+        holder = self._holder(change.key)
+        if change.op == "remove" and change.owns_original and holder is None:
+            held = self.catalog.key(change.key)
+            if held is not None and held.status == "removed":
+                self.catalog.delete_original(change.key)
+        for image_id in dict.fromkeys((change.image_id, change.previous)):
+            if image_id is None or image_id == holder:
+                continue
+            self._detach(image_id, change.key)
+            if self.catalog.image(image_id) is None and not self._in_other_change(image_id, change):
+                self.catalog.delete_derived(image_id)
+        self.catalog.end_change(change)
+
+    def _holder(self, key: str) -> str | None:
+        held = self.catalog.key(key)
+        return held.image_id if held and held.status == "present" else None
+
+    def _in_other_change(self, image_id: str, change: Change) -> bool:
+        return any(
+            other.image_id == image_id and other.token != change.token
+            for other in self.catalog.changes()
+        )
 
     def _create(
         self,

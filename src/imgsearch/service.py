@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -26,8 +27,10 @@ from imgsearch.clients import (
     trusted_networks,
 )
 from imgsearch.config import Settings
+from imgsearch.decode_pool import Decoder, open_decoder
 from imgsearch.embedding import Embedder, ModelSpec
 from imgsearch.feedback import LOCAL_CLIENT, Feedback, TermSummary
+from imgsearch.images import DecodeLimits
 from imgsearch.index.builder import BuildReport, IndexBuilder
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
@@ -35,7 +38,7 @@ from imgsearch.index.shards import normalise_rows
 from imgsearch.ingest import Ingestor, IngestResult, content_id
 from imgsearch.learning import Learner, Taught
 from imgsearch.ranking import CANDIDATES, FIRST_PAGE, Hit, explore_page, learned_ranking
-from imgsearch.storage import InvalidKey, Storage, open_storage
+from imgsearch.storage import InvalidKey, Storage, StorageError, open_storage
 from imgsearch.vocabulary import HIGH_CONFIDENCE
 
 if TYPE_CHECKING:
@@ -70,8 +73,10 @@ class ImageSearch:
         *,
         embedder: Embedder | None = None,
         vocabulary: Vocabulary | None = None,
+        decoder: Decoder | None = None,
     ) -> None:
-        """Parts not given are made from `settings` when first needed (tests share theirs)."""
+        """Parts not given are made from `settings` when first needed (tests share theirs;
+        the bulk commands decode in their own threads)."""
         self.settings = settings
         self.storage = storage or open_storage(settings)
         self.catalog = Catalog(self.storage)
@@ -81,6 +86,10 @@ class ImageSearch:
             self.model = embedder.spec
         if vocabulary is not None:
             self.vocabulary = vocabulary
+        if decoder is not None:
+            self.decoder = decoder
+        # True while start-up recovery runs: searches answer from the index as it was.
+        self.recovering = False
 
     # Parts, loaded on first use --------------------------------------------------------
 
@@ -148,13 +157,22 @@ class ImageSearch:
         )
 
     @cached_property
+    def decoder(self) -> Decoder:
+        return open_decoder(self.settings)
+
+    @cached_property
     def ingestor(self) -> Ingestor:
         return Ingestor(
             self.catalog,
             self.embedder,
-            max_bytes=self.settings.max_image_bytes,
-            max_pixels=self.settings.max_image_pixels,
+            limits=DecodeLimits.from_settings(self.settings),
+            decoder=self.decoder,
         )
+
+    def close(self) -> None:
+        """Stop what runs beside the service (the decode workers)."""
+        if "decoder" in vars(self):
+            self.decoder.close()
 
     @cached_property
     def builder(self) -> IndexBuilder:
@@ -177,7 +195,16 @@ class ImageSearch:
         """Ingest one image and return once the index serves it (or `wait` seconds passed)."""
         result = self.ingestor.add(key, data)
         if result.status in ("added", "duplicate", "unchanged") and result.image_id:
-            self._wait_indexed(result.image_id, wait)
+            try:
+                self._wait_indexed(result.image_id, wait)
+            except StorageError:
+                # The build failed after the image got in (say, releasing the lease on a
+                # full disk): the upload is done. Otherwise it stays queued, and the error
+                # tells the client its image is not searchable yet.
+                record = self.catalog.image(result.image_id)
+                if record is None or record.status != "indexed":
+                    raise
+                log.warning("the index build failed after indexing %s", key, exc_info=True)
         return result
 
     def unique_key(self, filename: str, data: bytes) -> str:
@@ -203,6 +230,39 @@ class ImageSearch:
         report = self.builder.reindex()
         self.index.refresh(force=True)
         return report
+
+    def recover(self) -> BuildReport:
+        """What a start does after a crash: finish or roll back the changes to keys whose
+        process died, then index what is queued (deletions acknowledged but not yet applied,
+        uploads not yet searchable)."""
+        recovered = self.ingestor.recover_changes()
+        report = self.build_index()
+        if recovered or report.batches:
+            log.warning(
+                "recovered %d interrupted changes; indexed %d queued additions and %d removals",
+                recovered,
+                report.added,
+                report.removed,
+            )
+        return report
+
+    def recover_in_background(self) -> threading.Thread:
+        """Run `recover` in a thread, so that a start with a long queue serves meanwhile
+        (`recovering` tells health checks; removed images are never shown: results are
+        checked against the catalog)."""
+
+        def run() -> None:
+            try:
+                self.recover()
+            except Exception:  # the next write drains the queue all the same
+                log.exception("recovery at start failed")
+            finally:
+                self.recovering = False
+
+        self.recovering = True
+        thread = threading.Thread(target=run, name="imgsearch-recovery", daemon=True)
+        thread.start()
+        return thread
 
     def build_index(self) -> BuildReport:
         report = self.builder.run()
@@ -304,11 +364,18 @@ class ImageSearch:
         return [Hit(i, 1.0 - d, "similar") for i, d in neighbours[offset:wanted]]
 
     def search_image(
-        self, data: bytes, *, limit: int = 20, offset: int = 0, exclude: Collection[str] = ()
+        self,
+        data: bytes,
+        *,
+        limit: int = 20,
+        offset: int = 0,
+        exclude: Collection[str] = (),
     ) -> list[Hit]:
-        """Images most like an uploaded photo, which is not stored. Raises ImageRefused."""
+        """Images most like a photo anyone may send (it is not stored), decoded within the
+        open endpoint's limits. Raises ImageRefused, or DecoderBusy."""
         self.index.refresh()
-        decoded = self.ingestor.decode(data)
+        limits = DecodeLimits.from_settings(self.settings, open_endpoint=True)
+        decoded = self.ingestor.decode(data, limits)
         features = self.embedder.embed(decoded.image).features
         vector = normalise_rows(features[np.newaxis])[0]
         nearest = self.index.nearest(vector, offset + limit, exclude=exclude)

@@ -19,7 +19,9 @@ from imgsearch.api.docs import DOCS_PATHS, add_docs
 from imgsearch.api.guard import RequestGuard, SecurityHeaders
 from imgsearch.api.routes import feedback, health, images, search, uploads, votes
 from imgsearch.index.manifest import IndexFormatError
+from imgsearch.integrity import UnusableFile
 from imgsearch.service import ImageSearch
+from imgsearch.storage import StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,23 @@ def create_app(
     @app.exception_handler(IndexFormatError)
     async def unreadable_index(request: Request, error: IndexFormatError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=503)
+
+    @app.exception_handler(UnusableFile)
+    async def damaged_data(request: Request, error: UnusableFile) -> JSONResponse:
+        # Found while serving (a start refuses): an operator must repair it; say so, not 500.
+        log.error("%s", error)
+        return JSONResponse(
+            {"detail": "the server's stored data needs repair: see its log"}, status_code=503
+        )
+
+    @app.exception_handler(StorageFull)
+    async def storage_full(request: Request, error: StorageFull) -> JSONResponse:
+        # Nothing half-written stays (ingest undoes its steps); freeing space heals it.
+        log.error("storage full on %s %s: %s", request.method, request.url.path, error)
+        return JSONResponse(
+            {"detail": "the server's storage is full: try again once space is freed"},
+            status_code=507,
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, UploadFile
 
 from imgsearch.catalog import ImageRecord
+from imgsearch.decode_pool import DecoderBusy
 from imgsearch.images import ImageRefused
 from imgsearch.ranking import Hit
 from imgsearch.service import ImageSearch
@@ -35,6 +37,11 @@ def refusal_error(refusal: ImageRefused) -> HTTPException:
     return HTTPException(REFUSAL_STATUS.get(refusal.reason, 422), detail=str(refusal))
 
 
+def busy_error(busy: DecoderBusy) -> HTTPException:
+    """Every decoder is taken and the queue before them is full: come back later."""
+    return HTTPException(503, detail=str(busy), headers={"Retry-After": str(busy.retry_after)})
+
+
 async def read_upload(file: UploadFile, service: ImageSearch) -> bytes:
     """The uploaded bytes, refusing oversized files without reading all of them."""
     limit = service.settings.max_image_bytes
@@ -45,13 +52,28 @@ async def read_upload(file: UploadFile, service: ImageSearch) -> bytes:
 
 
 def image_urls(request: Request, image_id: str) -> tuple[str, str]:
-    """The URLs of an image's bytes and thumbnail: under the configured public URL, else paths
-    from the root (with the server's root path). Never from the request's Host header, which
-    any client may set (a poisoned cache or a page pointing elsewhere would follow)."""
-    base = request.app.state.service.settings.public_url
-    base = base.rstrip("/") if base else request.scope.get("root_path", "")
-    image = f"{base}/api/images/{image_id}"
+    """The URLs of an image's bytes and thumbnail (see `url_base`)."""
+    image = f"{url_base(request)}/api/images/{image_id}"
     return f"{image}/file", f"{image}/thumbnail"
+
+
+_HOST = re.compile(r"^(?P<name>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?$")
+
+
+def url_base(request: Request) -> str:
+    """What result URLs start with: the configured public URL; else the request's own scheme
+    and Host when the Host names a trusted host (a client on this machine gets absolute URLs
+    it can follow); else nothing (paths from the root, with the server's root path). Never an
+    arbitrary Host header, which any client may set: a poisoned cache, or a page pointing
+    elsewhere, would follow it."""
+    settings = request.app.state.service.settings
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    root = request.scope.get("root_path", "")
+    host = _HOST.match(request.headers.get("host", ""))
+    if host and host["name"].strip("[]") in settings.trusted_hosts:
+        return f"{request.url.scheme}://{host[0]}{root}"
+    return root
 
 
 def results(request: Request, service: ImageSearch, hits: list[Hit]) -> list[dict]:

@@ -13,6 +13,9 @@ IMAGE_ID_PATTERN = r"^[0-9a-f]{16}$"
 class Health(BaseModel):
     status: Literal["ok"]
     images: int
+    recovering: bool = Field(
+        False, description="Work a crash left is being finished; some changes are not in yet"
+    )
 
 
 class ClassScore(BaseModel):
@@ -24,8 +27,9 @@ class Result(BaseModel):
     id: str
     key: str
     url: str = Field(
-        description="The image's bytes: a path from the API's root, or an absolute URL if the "
-        "server has a public URL set"
+        description="The image's bytes: an absolute URL under the server's public URL, or "
+        "under the address it was reached at when that is a trusted host (this machine by "
+        "default); else a path from the API's root"
     )
     thumbnail: str = Field(description="A small JPEG of the image (a URL like `url`)")
     score: float = Field(description="Higher is better; comparable within one response")

@@ -15,23 +15,26 @@ builds it no longer names are deleted after a grace period.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
-from imgsearch.catalog import Catalog, ImageRecord, ImageStatus, PendingItem
-from imgsearch.index.manifest import Manifest, ShardEntry, read_manifest, write_manifest
+from imgsearch.catalog import Catalog, ImageRecord, ImageStatus, PendingItem, Published
+from imgsearch.index.manifest import (
+    Manifest,
+    ShardEntry,
+    manifest_etag,
+    read_manifest,
+    write_manifest,
+)
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
 from imgsearch.index.shards import SHARDS_PREFIX, Shard, ShardData, normalise_rows, write_build
-from imgsearch.storage import NotFound, PreconditionFailed, Table
+from imgsearch.integrity import DamagedFile
+from imgsearch.owners import new_owner, owner_is_alive
+from imgsearch.storage import NotFound, PreconditionFailed, StorageError, Table
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +48,18 @@ class Lease:
         self.table = table
         self.name = name
         self.duration = duration
-        self.owner = f"{_MACHINE}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = new_owner()
         self._version = 0
 
     def acquire(self) -> bool:
         current = self.table.get("lease", self.name)
         if current is not None and current["expires_at"] > time.time():
-            if _holder_is_alive(current["owner"]):
+            if current["owner"] in _unreleased:
+                log.warning("taking over a lease this process failed to release")
+            elif owner_is_alive(current["owner"]):
                 return False
-            log.warning("taking over the lease of %s, which no longer runs", current["owner"])
+            else:
+                log.warning("taking over the lease of %s, which no longer runs", current["owner"])
         expected = 0 if current is None else int(current["version"])
         return self._write(expected)
 
@@ -61,9 +67,19 @@ class Lease:
         return self._write(self._version)
 
     def release(self) -> None:
-        # If it expired and was taken over, there is nothing of ours to release.
-        with suppress(PreconditionFailed):
-            self.table.delete("lease", self.name, expected_version=self._version)
+        """Let go, retrying a storage failure: a lease left held blocks every other builder
+        until it expires. If it still fails, this process takes it over on its next build."""
+        for attempt in range(RELEASE_ATTEMPTS):
+            try:
+                self.table.delete("lease", self.name, expected_version=self._version)
+                return
+            except PreconditionFailed:
+                return  # it expired and was taken over: nothing of ours to release
+            except StorageError as error:
+                log.warning("releasing the index lease failed (%s); retrying", error)
+                time.sleep(RELEASE_BACKOFF_SECONDS * 2**attempt)
+        _unreleased.add(self.owner)
+        log.error("could not release the index lease; it expires in %.0f s", self.duration)
 
     def _write(self, expected_version: int) -> bool:
         try:
@@ -78,32 +94,11 @@ class Lease:
         return True
 
 
-def _machine() -> str:
-    """This process table's identity: host name and kernel boot (containers on one host differ
-    by host name, Lambda sandboxes by boot), so that pids are only compared where they mean
-    the same process."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot = "unknown-boot"
-    return f"{socket.gethostname()}/{boot}"
-
-
-_MACHINE = _machine()
-
-
-def _holder_is_alive(owner: str) -> bool:
-    """False only for a process of this machine that is gone; anything else counts as alive."""
-    machine, pid, _ = owner.rsplit(":", 2)
-    if machine != _MACHINE or not pid.isdigit():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+RELEASE_ATTEMPTS = 4
+RELEASE_BACKOFF_SECONDS = 0.05
+# Leases this process holds only because releasing them failed: its own next build may take
+# them over (other processes wait for them to expire, as they cannot tell them apart).
+_unreleased: set[str] = set()
 
 
 @dataclass
@@ -237,7 +232,11 @@ class IndexBuilder:
             sealed = len(part) == self.shard_size
             build = write_build(self.store, open_id, part, self.n_trees)
             report.shard_builds += 1
-            shards.append(ShardEntry(id=open_id, build=build, count=len(part), sealed=sealed))
+            shards.append(
+                ShardEntry(
+                    id=open_id, build=build.id, count=len(part), sealed=sealed, sha256=build.sha256
+                )
+            )
             data = data.take(slice(self.shard_size, None)) if sealed else None
             open_id = None
 
@@ -250,6 +249,9 @@ class IndexBuilder:
             updated_at=time.time(),
         )
         write_manifest(self.store, new_manifest, etag)
+        self.catalog.record_published(
+            Published(new_manifest.generation, new_manifest.image_count, next_shard)
+        )
         self.index.refresh(force=True)
         return list(additions.ids), removed
 
@@ -267,6 +269,9 @@ class IndexBuilder:
             except NotFound:
                 log.error("image %s queued for the index has no embedding; skipped", image_id)
                 continue
+            except DamagedFile as error:
+                log.error("image %s skipped: %s", image_id, error)
+                continue
             ids.append(image_id)
             features.append(vector)
             probabilities.append(probs)
@@ -283,13 +288,19 @@ class IndexBuilder:
         if not lease.acquire():
             raise RuntimeError("another index build is running; try again when it is done")
         try:
-            old, etag = read_manifest(self.store)
+            # The old manifest may be of another format, or damaged: only its ETag matters.
+            etag = manifest_etag(self.store)
             for info in self.store.list("embeddings/"):
                 image_id = info.key.removeprefix("embeddings/").removesuffix(".npz")
                 record = self.catalog.image(image_id)
                 if record is not None and record.status != "removed":
                     self.catalog.mark_pending(image_id, "add")
-            write_manifest(self.store, Manifest(next_shard=old.next_shard), etag)
+            # Shard ids and generations go on from the last published: no build id or
+            # generation of the old index is ever reused.
+            published = self.catalog.published()
+            empty = Manifest(generation=published.generation + 1, next_shard=published.next_shard)
+            write_manifest(self.store, empty, etag)
+            self.catalog.record_published(Published(empty.generation, 0, empty.next_shard))
         finally:
             lease.release()
         return self.run()

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from imgsearch.index.manifest import INDEX_FORMAT, IndexFormatError, Manifest, read_manifest
+from imgsearch.index.manifest import Manifest, read_manifest
 from imgsearch.index.shards import Shard
 from imgsearch.storage import ObjectStore
 
@@ -69,7 +69,10 @@ class Index:
         return self._snapshot.shards
 
     def refresh(self, force: bool = False) -> bool:
-        """Load the current manifest if it changed (at most every `refresh_interval` s)."""
+        """Load the current manifest if it changed (at most every `refresh_interval` s).
+
+        Raises DamagedFile if the manifest or a new shard build fails its checksums (each
+        build is verified once, when it is loaded), IndexFormatError for another format."""
         if not force and time.monotonic() - self._checked_at < self.refresh_interval:
             return False
         with self._lock:
@@ -78,18 +81,12 @@ class Index:
             current = self._snapshot
             if etag == current.etag:
                 return False
-            if manifest.format != INDEX_FORMAT:
-                raise IndexFormatError(
-                    f"the index is in format {manifest.format}, this version reads format "
-                    f"{INDEX_FORMAT}: run `imgsearch reindex` to rebuild it from the stored "
-                    "embeddings"
-                )
             loaded = {(s.shard_id, s.build_id): s for s in current.shards}
             shards = []
             for entry in manifest.shards:
                 shard = loaded.get((entry.id, entry.build))
                 if shard is None:
-                    shard = Shard(entry.id, entry.build, self._store, entry.deleted)
+                    shard = Shard(entry, self._store)
                 else:
                     shard.set_deleted(entry.deleted)
                 shards.append(shard)

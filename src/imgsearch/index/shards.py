@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imgsearch.storage import ObjectStore
+from imgsearch.index.manifest import MANIFEST_KEY, ShardEntry
+from imgsearch.integrity import DamagedFile, sha256_of_bytes, sha256_of_file
+from imgsearch.storage import LocalCopies, NotFound, ObjectStore
 
 SHARDS_PREFIX = "index/shards/"
 # Each image is listed under its most probable classes only: keyword search then touches the
@@ -92,7 +94,15 @@ def new_build_id() -> str:
     return f"b{time.time_ns():x}{secrets.token_hex(3)}"
 
 
-def write_build(store: ObjectStore, shard_id: str, data: ShardData, n_trees: int) -> str:
+@dataclass(frozen=True)
+class ShardBuild:
+    """A build as written: its id and the sha256 of each part, for the manifest."""
+
+    id: str
+    sha256: dict[str, str]
+
+
+def write_build(store: ObjectStore, shard_id: str, data: ShardData, n_trees: int) -> ShardBuild:
     """Build the Annoy forest and posting lists for `data`; store them under a new build id."""
     from annoy import AnnoyIndex  # here, not at the top: see Shard.__init__
 
@@ -119,7 +129,7 @@ def write_build(store: ObjectStore, shard_id: str, data: ShardData, n_trees: int
     # The forest goes last: a build whose forest exists is complete.
     for part in BUILD_PARTS[1:] + BUILD_PARTS[:1]:
         store.put(build_key(shard_id, build_id, part), parts[part], if_none_match=True)
-    return build_id
+    return ShardBuild(build_id, {part: sha256_of_bytes(data) for part, data in parts.items()})
 
 
 @dataclass(frozen=True)
@@ -266,35 +276,67 @@ def _postings_bytes(probabilities: np.ndarray) -> bytes:
 class Shard:
     """A loaded, read-only shard build."""
 
-    def __init__(
-        self, shard_id: str, build_id: str, store: ObjectStore, deleted: Iterable[str] = ()
-    ) -> None:
+    def __init__(self, entry: ShardEntry, store: ObjectStore) -> None:
+        """Load the build `entry` names, each file checked against its sha256 in the manifest
+        before it is parsed or memory-mapped. Raises DamagedFile."""
         # Imported when a shard is first built or loaded, so that code which never touches the
         # index (the feedback function) does not need Annoy installed.
         from annoy import AnnoyIndex
 
-        self.shard_id = shard_id
-        self.build_id = build_id
+        self.shard_id = shard_id = entry.id
+        self.build_id = build_id = entry.build
         self._store = store
-        self.ids: list[str] = json.loads(store.get(build_key(shard_id, build_id, "ids.json")).data)
+        self._sha256 = entry.sha256
+        self.ids: list[str] = json.loads(self._read("ids.json"))
         self.row_of: dict[str, int] = {image_id: row for row, image_id in enumerate(self.ids)}
-        self.features = np.load(
-            store.local_path(build_key(shard_id, build_id, "features.npy")), mmap_mode="r"
-        )
+        self.features = np.load(self._file("features.npy"), mmap_mode="r")
         self.dim = int(self.features.shape[1])
-        postings = np.load(
-            io.BytesIO(store.get(build_key(shard_id, build_id, "postings.npz")).data)
-        )
+        postings = np.load(io.BytesIO(self._read("postings.npz")))
         self._offsets = postings["offsets"]
         self._posting_rows = postings["rows"]
         self._posting_values = postings["values"].astype(np.float32)
-        self.spread = np.load(store.local_path(build_key(shard_id, build_id, "spread.npy")))
-        self._projection = Projection.from_bytes(
-            store.get(build_key(shard_id, build_id, "projection.npz")).data
-        )
+        self.spread = np.load(self._file("spread.npy"))
+        self._projection = Projection.from_bytes(self._read("projection.npz"))
         self._forest = AnnoyIndex(self._projection.dims, "euclidean")
-        self._forest.load(str(store.local_path(build_key(shard_id, build_id, "ann"))))
-        self.set_deleted(deleted)
+        self._forest.load(str(self._file("ann")))
+        if len(self.ids) != self._forest.get_n_items() or len(self.ids) != len(self.features):
+            raise DamagedFile(build_key(shard_id, build_id, "ids.json"), "row counts disagree")
+        self.set_deleted(entry.deleted)
+
+    def _read(self, part: str) -> bytes:
+        """A part's bytes, verified."""
+        key = build_key(self.shard_id, self.build_id, part)
+        try:
+            data = self._store.get(key).data
+        except NotFound:
+            raise DamagedFile(key, "missing") from None
+        if sha256_of_bytes(data) != self._expected(key, part):
+            raise DamagedFile(key, "its sha256 is not the one in the manifest")
+        return data
+
+    def _file(self, part: str) -> Path:
+        """A part's local file, verified before it is mapped (never hand Annoy a file it could
+        crash on): once per build and process, since builds never change."""
+        key = build_key(self.shard_id, self.build_id, part)
+        expected = self._expected(key, part)
+        for _ in range(2):
+            try:
+                path = self._store.local_path(key)
+            except NotFound:
+                raise DamagedFile(key, "missing") from None
+            if sha256_of_file(path) == expected:
+                return path
+            if not isinstance(self._store, LocalCopies):
+                break
+            # A damaged cached copy (say, a /tmp that filled up): fetch it once more.
+            self._store.forget_local_copy(key)
+        raise DamagedFile(key, "its sha256 is not the one in the manifest")
+
+    def _expected(self, key: str, part: str) -> str:
+        try:
+            return self._sha256[part]
+        except KeyError:
+            raise DamagedFile(MANIFEST_KEY, f"it names no sha256 for {key}") from None
 
     def set_deleted(self, deleted: Iterable[str]) -> None:
         # A new mask, swapped in whole: queries in other threads see the old one or this one.
@@ -337,9 +379,5 @@ class Shard:
 
     def data(self) -> ShardData:
         """The shard's content, to rebuild it with more or fewer images."""
-        probabilities = np.load(
-            io.BytesIO(
-                self._store.get(build_key(self.shard_id, self.build_id, "probabilities.npy")).data
-            )
-        )
+        probabilities = np.load(io.BytesIO(self._read("probabilities.npy")))
         return ShardData(list(self.ids), np.asarray(self.features, np.float32), probabilities)

@@ -14,6 +14,7 @@ from .ports import (
     Increment,
     InvalidKey,
     Item,
+    LocalCopies,
     NotFound,
     ObjectInfo,
     ObjectStore,
@@ -21,6 +22,7 @@ from .ports import (
     PresignedPost,
     Put,
     StorageError,
+    StorageFull,
     StoredObject,
     Table,
     Write,
@@ -31,11 +33,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANY_VERSION",
+    "SQLITE_FILE",
     "Delete",
     "DirectUploads",
     "Increment",
     "InvalidKey",
     "Item",
+    "LocalCopies",
     "NotFound",
     "ObjectInfo",
     "ObjectStore",
@@ -44,11 +48,15 @@ __all__ = [
     "Put",
     "Storage",
     "StorageError",
+    "StorageFull",
     "StoredObject",
     "Table",
     "Write",
     "open_storage",
 ]
+
+
+SQLITE_FILE = "tables.sqlite3"  # the local catalog and feedback tables, in the data directory
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,7 @@ def open_storage(settings: Settings) -> Storage:
             catalog=DynamoTable(dynamodb, settings.catalog_table),
             feedback=DynamoTable(dynamodb, settings.feedback_table),
         )
-    tables = settings.data_dir / "tables.sqlite3"
+    tables = settings.data_dir / SQLITE_FILE
     return Storage(
         objects=LocalObjectStore(settings.data_dir / "objects"),
         catalog=SqliteTable(tables, "catalog"),

@@ -140,9 +140,15 @@ class S3ObjectStore:
                     last_modified=entry["LastModified"].timestamp(),
                 )
 
+    def forget_local_copy(self, key: str) -> None:
+        self._cached(key).unlink(missing_ok=True)
+
+    def _cached(self, key: str) -> Path:
+        return self.cache_dir.joinpath(self.bucket, *validate_key(key).split("/"))
+
     def local_path(self, key: str) -> Path:
         # Never invalidated, only evicted: local_path is only for keys that are never replaced.
-        path = self.cache_dir.joinpath(self.bucket, *validate_key(key).split("/"))
+        path = self._cached(key)
         if path.is_file():
             os.utime(path)  # recently used: evicted last
             return path

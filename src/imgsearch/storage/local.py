@@ -6,6 +6,7 @@ server, a batch job and the CLI working on the same data directory at once).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -20,6 +21,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..integrity import DamagedFile
 from .ports import (
     ANY_VERSION,
     Delete,
@@ -30,6 +32,7 @@ from .ports import (
     ObjectInfo,
     PreconditionFailed,
     Put,
+    StorageFull,
     StoredObject,
     Write,
 )
@@ -57,13 +60,39 @@ LOCK_STRIPES = 64
 _NO_OBJECT_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
+# What a file system answers when it has no room left: no blocks or inodes, or over quota.
+_DISK_FULL_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@contextmanager
+def disk_full_is_storage_full(what: object) -> Iterator[None]:
+    """Raise StorageFull for a write that failed for want of space (one home for the rule)."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno in _DISK_FULL_ERRORS:
+            raise StorageFull(f"no space left to write {what}: {error.strerror}") from error
+        raise
+    except sqlite3.OperationalError as error:
+        if error.sqlite_errorcode == sqlite3.SQLITE_FULL:
+            raise StorageFull(f"no space left to write {what}: {error}") from error
+        raise
+
+
 @contextmanager
 def atomic_file(path: Path) -> Iterator[BinaryIO]:
     """Write `path` all-or-nothing: readers see the old file or the complete new one.
 
     The temporary file lives in the same directory so that the final rename stays on one file
-    system, which is what makes it atomic. The parent directory must exist.
+    system, which is what makes it atomic. The parent directory must exist. A full disk
+    raises StorageFull and leaves no temporary file behind.
     """
+    with disk_full_is_storage_full(path.name), _atomic_file(path) as file:
+        yield file
+
+
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[BinaryIO]:
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=TEMP_FILE_PREFIX)
     try:
         with os.fdopen(fd, "wb") as file:
@@ -138,7 +167,8 @@ class LocalObjectStore:
             if if_match is not None and self._current_etag(path) != if_match:
                 raise PreconditionFailed(f"{key!r} is not at ETag {if_match}")
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                with disk_full_is_storage_full(key):
+                    path.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_file(path) as file:
                     file.write(data)
             except (FileExistsError, NotADirectoryError, IsADirectoryError) as error:
@@ -214,7 +244,8 @@ class LocalObjectStore:
         because every holder opens the lock file itself."""
         digest = hashlib.md5(key.encode("utf-8")).digest()
         stripe = int.from_bytes(digest[:4], "big") % LOCK_STRIPES
-        fd = os.open(self._lock_dir / f"{stripe}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        with disk_full_is_storage_full("a lock file"):  # created on first use: needs an inode
+            fd = os.open(self._lock_dir / f"{stripe}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -252,17 +283,33 @@ class SqliteTable:
         self.expiring = expiring
         self._next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._write_transaction() as connection:
-            connection.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._quoted_name} ("
-                " pk TEXT NOT NULL, sk TEXT NOT NULL, version INTEGER NOT NULL,"
-                " attrs TEXT NOT NULL, PRIMARY KEY (pk, sk)) WITHOUT ROWID"
-            )
-            if expiring:
+        try:
+            with self._write_transaction() as connection:
                 connection.execute(
-                    f'CREATE INDEX IF NOT EXISTS "{name}_expires" ON {self._quoted_name}'
-                    f" ({_EXPIRES}) WHERE {_EXPIRES} IS NOT NULL"
+                    f"CREATE TABLE IF NOT EXISTS {self._quoted_name} ("
+                    " pk TEXT NOT NULL, sk TEXT NOT NULL, version INTEGER NOT NULL,"
+                    " attrs TEXT NOT NULL, PRIMARY KEY (pk, sk)) WITHOUT ROWID"
                 )
+                if expiring:
+                    connection.execute(
+                        f'CREATE INDEX IF NOT EXISTS "{name}_expires" ON {self._quoted_name}'
+                        f" ({_EXPIRES}) WHERE {_EXPIRES} IS NOT NULL"
+                    )
+        except sqlite3.DatabaseError as error:
+            if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+                raise
+            raise DamagedFile(str(self.path), str(error)) from None
+
+    def integrity_problem(self, *, thorough: bool = False) -> str | None:
+        """What SQLite's own check finds wrong with the file (None: nothing). The quick
+        check reads every page but skips the indexes' agreement with their tables."""
+        pragma = "integrity_check" if thorough else "quick_check"
+        try:
+            rows = self._connection().execute(f"PRAGMA {pragma}(5)").fetchall()
+        except sqlite3.DatabaseError as error:
+            return str(error)
+        found = [row[0] for row in rows]
+        return None if found == ["ok"] else "; ".join(found)
 
     def purge_expired(self, now: float | None = None) -> int:
         """Delete the items whose `expires_at` has passed; returns how many (expiring
@@ -441,17 +488,18 @@ class SqliteTable:
 
     @contextmanager
     def _write_transaction(self) -> Iterator[sqlite3.Connection]:
-        connection = self._connection()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            if self.expiring and time.monotonic() >= self._next_purge:
-                self._purge(connection, time.time())
-            yield connection
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
+        with disk_full_is_storage_full(self.path.name):
+            connection = self._connection()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                if self.expiring and time.monotonic() >= self._next_purge:
+                    self._purge(connection, time.time())
+                yield connection
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
 
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection. A forked child opens its own: sharing an SQLite

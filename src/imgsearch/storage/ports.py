@@ -28,6 +28,11 @@ class PreconditionFailed(StorageError):
     """A conditional write lost: the object/item exists, is missing, or changed meanwhile."""
 
 
+class StorageFull(StorageError):
+    """The disk (or quota) holding the data is full: nothing was written. The API answers
+    507 Insufficient Storage; freeing space heals it, and no half-written object remains."""
+
+
 class InvalidKey(StorageError, ValueError):
     """A key that could escape its namespace or that the store cannot hold."""
 
@@ -91,6 +96,16 @@ class ObjectStore(Protocol):
 
     def url(self, key: str, *, expires: int = 3600) -> str | None:
         """A URL a browser can fetch the object from directly, or None if there is none."""
+        ...
+
+
+@runtime_checkable
+class LocalCopies(Protocol):
+    """An optional capability of an object store whose `local_path` is a cached copy (S3):
+    a copy found damaged can be dropped, and the next `local_path` fetches it again."""
+
+    def forget_local_copy(self, key: str) -> None:
+        """Delete the cached copy of `key`, if there is one."""
         ...
 
 

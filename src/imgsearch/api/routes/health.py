@@ -10,4 +10,4 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health", response_model=Health)
 def health(service: Service) -> dict:
-    return {"status": "ok", "images": service.count()}
+    return {"status": "ok", "images": service.count(), "recovering": service.recovering}

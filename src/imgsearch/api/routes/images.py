@@ -7,9 +7,17 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
 from imgsearch.api.auth import ApiKey
-from imgsearch.api.deps import Service, image_urls, read_upload, refusal_error, results
+from imgsearch.api.deps import (
+    Service,
+    busy_error,
+    image_urls,
+    read_upload,
+    refusal_error,
+    results,
+)
 from imgsearch.api.schemas import IMAGE_ID_PATTERN, ImageDetail, Page, Results, Uploaded
 from imgsearch.catalog import ImageRecord
+from imgsearch.decode_pool import DecoderBusy
 from imgsearch.images import ImageRefused
 from imgsearch.ingest import content_id, content_type
 from imgsearch.ranking import Hit
@@ -39,6 +47,8 @@ async def upload_image(
             result = service.add(stored_as, data)
         except InvalidKey as error:
             raise HTTPException(422, detail=f"invalid key: {error}") from None
+        except DecoderBusy as busy:
+            raise busy_error(busy) from None
         if result.status == "refused":
             raise refusal_error(ImageRefused(result.code or "refused", result.reason or "refused"))
         record = service.image(result.image_id or content_id(data))

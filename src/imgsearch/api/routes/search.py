@@ -5,8 +5,9 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from imgsearch.api.deps import Service, read_upload, refusal_error, results
+from imgsearch.api.deps import Service, busy_error, read_upload, refusal_error, results
 from imgsearch.api.schemas import SESSION_PATTERN, ImageSearchResponse, SearchResponse
+from imgsearch.decode_pool import DecoderBusy
 from imgsearch.images import ImageRefused
 
 router = APIRouter(prefix="/search", tags=["search"])
@@ -92,6 +93,8 @@ async def search_by_image(
             hits = service.search_image(data, limit=limit, offset=offset, exclude=hidden)
         except ImageRefused as refusal:
             raise refusal_error(refusal) from None
+        except DecoderBusy as busy:
+            raise busy_error(busy) from None
         return {"query": term, "results": results(request, service, hits)}
 
     return await run_in_threadpool(search)

@@ -1,0 +1,217 @@
+"""Checking what is stored, and repairing it from what it was derived from.
+
+    index (manifest, shard builds)  <- embeddings and catalog records   (rebuilt: reindex)
+    embeddings, thumbnails          <- the original images               (computed again)
+    catalog (SQLite, locally)       <- the original images               (ingested again;
+                                                                           votes are lost)
+
+`imgsearch serve` makes the quick checks before it serves (`check_at_start`) and refuses to
+start on a problem, in one line naming the file and `imgsearch check --repair`; `imgsearch
+check` makes every check (`check`), and with `--repair` fixes what it found (`repair`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from imgsearch.config import Settings
+from imgsearch.index.manifest import MANIFEST_KEY, IndexFormatError, Manifest, read_manifest
+from imgsearch.index.shards import Shard
+from imgsearch.ingest import content_id
+from imgsearch.integrity import DamagedFile
+from imgsearch.service import ImageSearch
+from imgsearch.storage import SQLITE_FILE, NotFound
+from imgsearch.storage.local import SqliteTable
+
+log = logging.getLogger(__name__)
+
+Fix = Literal["rebuild_catalog", "reindex", "reembed", "requeue", "delete", ""]
+EMBEDDINGS_PREFIX = "embeddings/"
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str  # the file, object or image
+    problem: str
+    fix: Fix  # what `repair` does about it ("": nothing it can)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.problem}"
+
+
+def check_at_start(service: ImageSearch) -> None:
+    """What a start checks before it serves: the catalog file, the manifest and every shard
+    build (verified as the index loads), and that the manifest is not older than the last
+    one published. Raises DamagedFile (or IndexFormatError) for the first problem."""
+    for table in _sqlite_tables(service):
+        if problem := table.integrity_problem():
+            raise DamagedFile(str(table.path), problem)
+    service.index  # noqa: B018 - loading it verifies the manifest and each build
+    if problem := _regression(service):
+        raise DamagedFile(MANIFEST_KEY, problem)
+
+
+def check(service: ImageSearch) -> list[Finding]:
+    """Every check: the catalog file (thoroughly), the manifest, each shard build, each
+    embedding, and that every image the catalog says is indexed is in the index."""
+    findings = [
+        Finding(str(table.path), problem, "rebuild_catalog")
+        for table in _sqlite_tables(service)
+        if (problem := table.integrity_problem(thorough=True))
+    ]
+    if findings:
+        return findings  # nothing else can be trusted while the catalog is damaged
+    index_findings = _index_findings(service)
+    findings += index_findings
+    findings += _embedding_findings(service, index_usable=not index_findings)
+    return findings
+
+
+def _index_findings(service: ImageSearch) -> list[Finding]:
+    store = service.storage.objects
+    try:
+        manifest, _ = read_manifest(store)
+    except DamagedFile as error:
+        return [Finding(error.name, error.problem, "reindex")]
+    except IndexFormatError as error:
+        return [Finding(MANIFEST_KEY, str(error), "reindex")]
+    findings = []
+    for entry in manifest.shards:
+        try:
+            Shard(entry, store)
+        except DamagedFile as error:
+            findings.append(Finding(error.name, error.problem, "reindex"))
+    if problem := _regression(service, manifest):
+        findings.append(Finding(MANIFEST_KEY, problem, "reindex"))
+    return findings
+
+
+def _embedding_findings(service: ImageSearch, *, index_usable: bool) -> list[Finding]:
+    catalog = service.catalog
+    index = service.index if index_usable else None
+    if index is not None:
+        index.refresh(force=True)
+    queued = {item.image_id for item in catalog.pending()}
+    changing = {change.image_id for change in catalog.changes()}
+    findings = []
+    for info in list(service.storage.objects.list(EMBEDDINGS_PREFIX)):
+        image_id = info.key.removeprefix(EMBEDDINGS_PREFIX).removesuffix(".npz")
+        record = catalog.image(image_id)
+        if record is None or record.status == "removed":
+            if image_id not in changing and image_id not in queued:
+                findings.append(Finding(info.key, "belongs to no image", "delete"))
+            continue
+        try:
+            catalog.embedding(image_id)
+        except DamagedFile as error:
+            findings.append(Finding(error.name, error.problem, "reembed"))
+            continue
+        if index is None or image_id in index or image_id in queued:
+            continue
+        if record.status == "indexed" or image_id not in changing:
+            findings.append(
+                Finding(f"image {image_id}", f"{record.status} but not in the index", "requeue")
+            )
+    return findings
+
+
+def _regression(service: ImageSearch, manifest: Manifest | None = None) -> str | None:
+    """Why the manifest is older than the last one published, if it is (lost or restored
+    from an old copy: it would serve a collection without the images added since)."""
+    published = service.catalog.published()
+    if manifest is None:
+        manifest = service.index.manifest
+        if manifest.generation < published.generation:  # perhaps published while loading
+            service.index.refresh(force=True)
+            manifest = service.index.manifest
+    if manifest.generation >= published.generation:
+        return None
+    state = "missing" if not manifest.generation else f"generation {manifest.generation}"
+    return (
+        f"{state}, but generation {published.generation} with {published.images} images was "
+        "published: images would be missing"
+    )
+
+
+def repair(service: ImageSearch, findings: list[Finding]) -> ImageSearch:
+    """Fix what `check` found, from what is stored; returns the service to go on with (a new
+    one if the catalog file was replaced)."""
+    fixes = {finding.fix for finding in findings}
+    if "rebuild_catalog" in fixes:
+        return rebuild_catalog(service.settings)  # every image ingested again, index rebuilt
+    for finding in findings:
+        if finding.fix == "delete":
+            service.catalog.delete_derived(_image_id(finding.name))
+        elif finding.fix == "reembed":
+            embed_again(service, _image_id(finding.name))
+    if "reindex" in fixes:
+        service.reindex()
+        return service
+    for finding in findings:
+        if finding.fix in ("requeue", "reembed"):
+            service.catalog.mark_pending(_image_id(finding.name), "add")
+    service.build_index()
+    return service
+
+
+def embed_again(service: ImageSearch, image_id: str) -> bool:
+    """Compute an image's embedding and thumbnail again from its original bytes; False if no
+    key still holds them."""
+    record = service.catalog.image(image_id)
+    for key in record.keys if record else ():
+        try:
+            data = service.catalog.original(key)
+        except NotFound:
+            continue
+        if content_id(data) != image_id:
+            continue
+        decoded = service.ingestor.decode(data)
+        embedding = service.embedder.embed(decoded.image)
+        service.catalog.put_embedding(
+            image_id, embedding.features, embedding.probabilities, overwrite=True
+        )
+        return True
+    log.error("image %s: no original bytes left to embed again", image_id)
+    return False
+
+
+def rebuild_catalog(settings: Settings) -> ImageSearch:
+    """Move a damaged catalog file aside, then ingest every stored original into a new one
+    and rebuild the index. Votes were in the same file: they are lost (the old file is kept
+    next to the new one, for whoever wants to dig them out)."""
+    if settings.backend == "local":
+        move_aside(settings.data_dir / SQLITE_FILE)
+    fresh = ImageSearch(settings)
+    for info in list(fresh.storage.objects.list("images/")):
+        key = info.key.removeprefix("images/")
+        fresh.ingestor.add(key, fresh.storage.objects.get(info.key).data, store_original=False)
+    fresh.reindex()
+    return fresh
+
+
+def move_aside(path: Path) -> Path:
+    """Rename an SQLite file (with its journal files) to `<name>.damaged-<time>`."""
+    target = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            source.rename(target.with_name(target.name + suffix))
+    log.warning("moved the damaged %s aside to %s", path, target)
+    return target
+
+
+def _sqlite_tables(service: ImageSearch) -> list[SqliteTable]:
+    tables = {}
+    for table in (service.storage.catalog, service.storage.feedback):
+        if isinstance(table, SqliteTable):
+            tables[table.path] = table
+    return list(tables.values())
+
+
+def _image_id(name: str) -> str:
+    """The image id in a finding's name (`embeddings/<id>.npz` or `image <id>`)."""
+    return name.removeprefix(EMBEDDINGS_PREFIX).removesuffix(".npz").removeprefix("image ")
