@@ -366,19 +366,20 @@ class MemorySampler(Background):
 
 
 class HealthProbe(Background):
-    """GET /api/health every 100 ms: its latencies, and how many did not answer 200."""
+    """GET /api/health every 100 ms: its latencies, and the answers other than 200."""
 
     def __init__(self, port: int, timeout: float) -> None:
         super().__init__(HEALTH_EVERY)
         self.port = port
         self.timeout = timeout
         self.latencies: list[float] = []
-        self.failures = 0
+        self.failures: Counter = Counter()
 
     def tick(self) -> None:
         reply = exchange(self.port, http_request("GET", "/api/health"), "127.0.0.1", self.timeout)
         self.latencies.append(reply.seconds * 1000)
-        self.failures += reply.status != 200
+        if reply.status != 200:
+            self.failures[reply.status] += 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -869,7 +870,7 @@ class Row:
     start_mb: float
     peak_mb: float
     health_ms: list[float]
-    health_failures: int
+    health_failures: Counter
 
 
 def run_attack(attack: Attack, target: Target) -> Row:
@@ -900,7 +901,8 @@ def format_row(row: Row) -> str:
     health = row.health_ms or [0.0]
     notes = "; ".join(row.outcome.notes)
     if row.health_failures:
-        notes += f"; health failed {row.health_failures}/{len(row.health_ms)}"
+        failed = f"{row.health_failures.total()}/{len(row.health_ms)}"
+        notes += f"; health failed {failed} ({format_statuses(row.health_failures)})"
     return (
         f"| {row.name} | {row.outcome.requests} | {format_statuses(row.outcome.statuses)} "
         f"| {row.outcome.worst_ms:.0f} | {row.start_mb:.0f} / {row.peak_mb:.0f} "
