@@ -1,6 +1,6 @@
 """Attacks of issue 13 on a local server: what each costs it, and what the votes let through.
 
-    .venv/bin/python bench/attack.py --data-dir /tmp/attack-demo      # ~5 min; ingest kept
+    .venv/bin/python bench/attack.py --data-dir /tmp/attack-demo      # ~2 min once ingested
     .venv/bin/python bench/attack.py --quick --photos 3               # one of each, 1-2 min
     .venv/bin/python bench/attack.py --data-dir /tmp/attack-demo --src /work/old/src  # before
 
