@@ -1,18 +1,21 @@
 """Attacks of issue 13 on a local server: what each costs it, and what the votes let through.
 
-    .venv/bin/python bench/attack.py --data-dir /tmp/attack-demo      # ~5 min; ingest kept
+    .venv/bin/python bench/attack.py --data-dir /tmp/attack-demo      # ~2 min once ingested
     .venv/bin/python bench/attack.py --quick --photos 3               # one of each, 1-2 min
+    .venv/bin/python bench/attack.py --data-dir /tmp/attack-demo --src /work/old/src  # before
 
 Ingests the demo photos into `--data-dir` (once: a later run with the same directory reuses
 them), copies that collection to a scratch directory and starts `imgsearch serve` on it on
-loopback, under a memory cap (`--memory-cap-gb`: RLIMIT_AS for each of its processes, and the
-bench kills the server if their RSS add up to more), so that no attack can take the machine
-down. Then it runs each attack of the table `ATTACKS` in turn, bounded in count and time:
-decode bombs on the open reverse search (alone, six at once, and sent by a client that
-leaves), HTTP framing and JSON tricks, slow, half-sent and idle connections, vote poisoning
-and vote floods. Distinct clients are distinct loopback source addresses (127.0.0.2,
-127.0.0.3, ...), which is what the server sees as the client's address; every request is
-written on a raw socket, so that headers can repeat and requests can stop halfway.
+loopback (the code under `--src`, by default this checkout's: another checkout's src measures
+the code before a change), under a memory cap (`--memory-cap-gb`: RLIMIT_AS for each of its
+processes, and the bench kills the server if their RSS add up to more), so that no attack can
+take the machine down. Then it runs each attack of the table `ATTACKS` in turn, bounded in
+count and time: decode bombs on the open reverse search (alone, six at once, and sent by a
+client that leaves), HTTP framing and JSON tricks, a body sent on after its 413, slow,
+half-sent and idle connections, vote poisoning, agreement and vote floods. Distinct clients are
+distinct loopback source addresses (127.0.0.2, 127.0.0.3, ...), which is what the server sees
+as the client's address; every request is written on a raw socket, so that headers can repeat
+and requests can stop halfway.
 
 While an attack runs, a thread samples the RSS of the server and its worker processes from
 /proc, and another asks GET /api/health every 100 ms. It prints a markdown table, one row per
@@ -223,15 +226,19 @@ def imgsearch_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "imgsearch.cli", *args]
 
 
-def server_environment() -> dict[str, str]:
+def server_environment(src: Path | None = None) -> dict[str, str]:
+    """The server's environment: the bench's key, a short vote cache, and the code under `src`
+    if given."""
+    code = {"PYTHONPATH": str(src)} if src else {}
     return {
         **os.environ,
+        **code,
         "IMGSEARCH_API_KEY": API_KEY,
         "IMGSEARCH_FEEDBACK_CACHE_SECONDS": str(FEEDBACK_CACHE_SECONDS),
     }
 
 
-def ingest_demo(data_dir: Path, photos_per_category: int | None) -> None:
+def ingest_demo(data_dir: Path, photos_per_category: int | None, src: Path | None) -> None:
     """The demo photos (or the first few of each category) ingested into `data_dir`."""
     with tempfile.TemporaryDirectory() as scratch:
         source = DEMO
@@ -242,7 +249,7 @@ def ingest_demo(data_dir: Path, photos_per_category: int | None) -> None:
                 for photo in sorted(category.glob("*.jpg"))[:photos_per_category]:
                     shutil.copy(photo, source / category.name / photo.name)
         command = imgsearch_command("ingest", str(source), "--data-dir", str(data_dir), "-q")
-        subprocess.run(command, check=True, env=server_environment(), stdout=subprocess.DEVNULL)
+        subprocess.run(command, check=True, env=server_environment(src), stdout=subprocess.DEVNULL)
 
 
 def free_port() -> int:
@@ -251,7 +258,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(data_dir: Path, memory_cap: int, log: Path) -> Server:
+def start_server(data_dir: Path, memory_cap: int, log: Path, src: Path | None) -> Server:
     def cap_memory() -> None:  # runs in the child before exec
         resource.setrlimit(resource.RLIMIT_AS, (memory_cap, memory_cap))
 
@@ -260,7 +267,7 @@ def start_server(data_dir: Path, memory_cap: int, log: Path) -> Server:
     with log.open("ab") as output:
         process = subprocess.Popen(
             command,
-            env=server_environment(),
+            env=server_environment(src),
             stdout=output,
             stderr=output,
             preexec_fn=cap_memory,
@@ -550,14 +557,61 @@ def attack_oversized_bodies(target: Target) -> Outcome:
     return outcome
 
 
+def attack_body_after_413(target: Target) -> Outcome:
+    """A 100 MB vote whose client goes on sending after the 413: how long does the server take
+    its bytes? (`target.hold` at most.)"""
+    outcome = Outcome()
+    request = json_post("/api/feedback", b"").replace(
+        b"Content-Length: 0", b"Content-Length: 100000000"
+    )
+    started = time.monotonic()
+    status, sent, ended = None, 0, None  # ended: when the server closed its side
+    with connect(target.port, target.address(), target.timeout) as sock:
+        sock.sendall(request)
+        sock.setblocking(False)
+        while time.monotonic() - started < target.hold:
+            try:
+                answer = sock.recv(65536)
+            except BlockingIOError:
+                answer = None
+            except OSError:
+                break
+            if answer == b"" and ended is None:
+                ended = time.monotonic() - started
+            if answer and status is None:
+                status = parse_status(answer)
+                outcome.worst_ms = (time.monotonic() - started) * 1000
+            try:
+                sent += sock.send(bytes(64 * 1024))
+            except BlockingIOError:
+                pass
+            except OSError:  # reset: the server no longer takes the bytes
+                break
+            time.sleep(0.05)
+    seconds = time.monotonic() - started
+    outcome.statuses[status or "no answer"] += 1
+    taken = "stopped taking them" if seconds < target.hold else "still took them"
+    closed = f", closed its side after {ended:.1f} s" if ended is not None else ""
+    outcome.notes.append(
+        f"answered after {outcome.worst_ms / 1000:.1f} s{closed}; the client sent on "
+        f"{sent / 1e6:.1f} MB, the server {taken} after {seconds:.1f} s"
+    )
+    return outcome
+
+
 MALFORMED_REQUESTS = {
     "garbage line": b"GARBAGE\r\n\r\n",
     "HTTP/9.9": b"GET /api/health HTTP/9.9\r\nHost: x\r\n\r\n",
     "NUL in path": b"GET /api/he\x00alth HTTP/1.1\r\nHost: x\r\n\r\n",
     "100 KB path": b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
     "5000 headers": b"GET /api/health HTTP/1.1\r\nHost: x\r\n" + b"X-Many: y\r\n" * 5000 + b"\r\n",
+    "300 KB header": b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Big: "
+    + b"a" * 300_000
+    + b"\r\n\r\n",
     "length + chunked": b"POST /api/feedback HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "two lengths": b"POST /api/feedback HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+    b"Content-Length: 7\r\n\r\n",
 }
 
 
@@ -729,9 +783,12 @@ def attack_poison_one_address(target: Target) -> Outcome:
     time.sleep(FEEDBACK_CACHE_SECONDS + 1)
     after = first_page(target, word, target.address(), "visitor-after")
     kept = len(set(before) & set(after))
+    own = first_page(target, word, attacker, "poison0")
     outcome.notes.append(
         f"{sessions} sessions x ({len(before)} down, {pushed} pizzas up); a fresh visitor keeps "
-        f"{kept}/{len(before)} of the '{word}' page, sees {len(set(pizzas) & set(after))} pizzas"
+        f"{kept}/{len(before)} of the '{word}' page, sees {len(set(pizzas) & set(after))} pizzas;"
+        f" the attacker's own session keeps {len(set(before) & set(own))}, sees "
+        f"{len(set(pizzas) & set(own))} pizzas"
     )
     return outcome
 
@@ -743,14 +800,14 @@ def wait_for_a_new_minute(needed: float = 15) -> None:
         time.sleep(left + 0.1)
 
 
-def attack_three_addresses_agree(target: Target) -> Outcome:
-    """Three addresses vote the same few lotus photos for a word nobody knew."""
-    word, category, voted_count = "glimmerfrond", "lotus/", 4
+def addresses_agree(target: Target, clients: int, word: str) -> Outcome:
+    """`clients` addresses vote the same few lotus photos for `word`, which nobody knew."""
+    category, voted_count = "lotus/", 4
     lotus = [r for r in search_results(target, "lotus") if r["key"].startswith(category)]
     voted = [r["id"] for r in lotus[:voted_count]]
     before = [key for key in page_keys(target, word) if key.startswith(category)]
     outcome = Outcome()
-    for number in range(3):
+    for number in range(clients):
         voter = target.address()
         for image_id in voted:
             outcome.record(vote(target, voter, word, image_id, 1, f"agree{number}"))
@@ -763,6 +820,14 @@ def attack_three_addresses_agree(target: Target) -> Outcome:
         f"{len(before)}/{PAGE} before, {len(after)}/{PAGE} after"
     )
     return outcome
+
+
+def attack_two_addresses_agree(target: Target) -> Outcome:
+    return addresses_agree(target, 2, "shimmerleaf")
+
+
+def attack_three_addresses_agree(target: Target) -> Outcome:
+    return addresses_agree(target, 3, "glimmerfrond")
 
 
 def search_results(target: Target, word: str) -> list[dict]:
@@ -830,6 +895,7 @@ ATTACKS = [
     Attack("2 Content-Types, 24 MB JSON", attack_repeated_content_type),
     Attack("NaN/Infinity/1e999/surrogate", attack_json_values),
     Attack("oversized bodies", attack_oversized_bodies),
+    Attack("body sent on after its 413", attack_body_after_413),
     Attack("malformed requests", attack_malformed_requests),
     Attack("Host spoofing", attack_host_spoofing),
     Attack("slowloris", attack_slowloris),
@@ -837,6 +903,7 @@ ATTACKS = [
     Attack("idle connections", attack_idle_connections),
     Attack("idle connections, 1 address", attack_idle_connections_one_address),
     Attack("poison: 40 sessions, 1 address", attack_poison_one_address),
+    Attack("agree: 2 addresses, new word", attack_two_addresses_agree),
     Attack("agree: 3 addresses, new word", attack_three_addresses_agree),
     Attack("flood: 1 session", attack_flood_one_session),
     Attack("flood: 1 address", attack_flood_one_address),
@@ -922,7 +989,7 @@ def prepare_collection(args: argparse.Namespace, scratch: Path) -> Path:
     cache = args.data_dir or scratch / "ingested"
     if not (cache / "tables.sqlite3").exists():
         print(f"ingesting the demo into {cache} ...", file=sys.stderr)
-        ingest_demo(cache, args.photos)
+        ingest_demo(cache, args.photos, args.src)
     working = scratch / "data"
     shutil.copytree(cache, working)
     (working / "api-key").unlink(missing_ok=True)
@@ -936,7 +1003,7 @@ def run(args: argparse.Namespace, attacks: list[Attack], scratch: Path) -> tuple
     log = scratch / "server.log"
     cases = bombs()[:1] if args.quick else bombs()
     target = Target(
-        server=start_server(data_dir, cap, log),
+        server=start_server(data_dir, cap, log, args.src),
         quick=args.quick,
         timeout=args.timeout,
         hold=args.hold,
@@ -952,7 +1019,7 @@ def run(args: argparse.Namespace, attacks: list[Attack], scratch: Path) -> tuple
             remember_bomb_costs(target, attack, row)
             if not target.server.alive():
                 row.outcome.notes.append(target.server.death())
-                target.server = start_server(data_dir, cap, log)
+                target.server = start_server(data_dir, cap, log, args.src)
             rows.append(row)
             print(format_row(row), file=sys.stderr)
     finally:
@@ -972,6 +1039,9 @@ def main() -> int:
     parser.add_argument(
         "--data-dir", type=Path, help="keep the ingested demo here and reuse it next time"
     )
+    parser.add_argument(
+        "--src", type=Path, help="serve the code under this src directory (default: this one's)"
+    )
     parser.add_argument("--photos", type=int, help="ingest only this many photos per category")
     parser.add_argument("--quick", action="store_true", help="fewer, smaller, shorter attacks")
     parser.add_argument("--only", help="only the attacks whose names match this regex: bomb|flood")
@@ -989,8 +1059,9 @@ def main() -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as scratch:
         rows, server_start = run(args, attacks, Path(scratch))
+    code = args.src or REPO
     commit = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     print(
         f"imgsearch at {commit}, loopback, {time.monotonic() - started:.0f} s in all; the server "
