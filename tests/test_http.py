@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from hostile_files import encode, photo
 
 from imgsearch.api.app import create_app
+from imgsearch.api.server import LINGER_SECONDS
 from imgsearch.cli import WEB_DIR
 
 DEADLINE = 1.0  # seconds, for headers and for bodies in these tests
@@ -382,6 +383,24 @@ def test_a_body_not_read_after_an_early_answer_is_cut_off_too(server) -> None:
 
 
 HEALTH = b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def test_a_body_owed_after_the_answer_holds_no_connection(tmp_path, embedder, vocabulary):
+    """A request answered without its body being read (a route that reads none) closes its
+    connection once answered, instead of waiting for the rest of the body: a client trickling
+    it must not hold the connection, which no new client could then take, for the whole body
+    deadline."""
+    service = make_service(tmp_path / "data", embedder, vocabulary, http_body_seconds=60)
+    head = b"GET /api/health HTTP/1.1\r\nHost: x\r\nContent-Length: 16000\r\n\r\nx"
+    with live_server(create_app(service)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with _connect((host, int(port), None)) as connection:
+            connection.sendall(head)
+            started = time.monotonic()
+            status, _, _ = _answer(_read_all(connection))  # until the server closes it
+            elapsed = time.monotonic() - started
+    assert status == 200
+    assert elapsed < LINGER_SECONDS + SLACK  # not the 60 s body deadline
 
 
 def test_an_unknown_http_version_is_refused(server) -> None:

@@ -27,6 +27,7 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from imgsearch.clients import client_network
 from imgsearch.config import Settings
 
 LINGER_SECONDS = 2.0  # after a refusal, for the client to read it and stop sending
@@ -50,7 +51,8 @@ class GuardedProtocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
-        self._address = self.client[0] if self.client else ""
+        # Counted as clients are (an IPv6 host has a whole network of addresses).
+        self._address = client_network(self.client[0]) if self.client else ""
         self.clients[self._address] += 1
         if self.clients[self._address] > self.settings.http_max_client_connections:
             self._refuse(503, "too many connections from this address; try again in a moment")
@@ -95,6 +97,12 @@ class GuardedProtocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.SEND_BODY:
+            # Answered before its body was read (a refusal, or a route that reads none): the
+            # rest of the body is owed to nobody, and waiting for it would let a client hold
+            # the connection for the whole body deadline.
+            self.transport.close()
+            return
         self._watch()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -183,7 +191,11 @@ class GuardedProtocol(H11Protocol):
         self._set_deadline(None)
         self.draining = True
         self._uncount()  # served: a refused flood must not crowd out the next clients
-        transport.write_eof()
+        try:
+            transport.write_eof()
+        except OSError:  # the client is gone already: nothing to linger for
+            transport.abort()
+            return
         self.flow.resume_reading()
         self.loop.call_later(LINGER_SECONDS, transport.close)
 
