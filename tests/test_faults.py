@@ -550,7 +550,8 @@ def test_the_lease_of_a_dead_local_process_is_free_at_once(tmp_path) -> None:
 
 @pytest.mark.parametrize("problem", ["empty", "unreadable"])
 def test_an_unusable_api_key_file_stops_the_server_with_one_line(problem, tmp_path) -> None:
-    from imgsearch.api.auth import ApiKeyUnusable, local_api_key
+    from imgsearch.api.auth import local_api_key
+    from imgsearch.integrity import UnusableFile
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()
@@ -559,7 +560,7 @@ def test_an_unusable_api_key_file_stops_the_server_with_one_line(problem, tmp_pa
         key_file.write_text(" \n")
     else:
         key_file.mkdir()  # reading it fails whoever we are (root reads any mode)
-    with pytest.raises(ApiKeyUnusable, match=f"{key_file}"):
+    with pytest.raises(UnusableFile, match=f"{key_file}"):
         local_api_key(Settings(data_dir=data_dir))
 
     env = {k: v for k, v in os.environ.items() if k != "IMGSEARCH_API_KEY"}
@@ -784,3 +785,16 @@ def test_a_damaged_cached_shard_file_is_fetched_again_and_a_damaged_stored_one_r
     else:
         with pytest.raises(DamagedFile, match=key):
             Shard(entry, storage.objects)
+
+
+def test_an_empty_client_secret_file_stops_the_start_with_its_name(tmp_path, service) -> None:
+    """Votes would all fail (or, with a new secret, every client would become a new one):
+    the start refuses, naming the file and the fix."""
+    from imgsearch.integrity import UnusableFile
+    from imgsearch.repair import check_at_start
+
+    secret = service.settings.data_dir / "client-secret"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text("\n")
+    with pytest.raises(UnusableFile, match=f"the client secret file {secret} is empty"):
+        check_at_start(service)

@@ -22,7 +22,6 @@ from imgsearch.clients import (
     client_network,
     is_client_id,
     source_address,
-    trusted_networks,
 )
 from imgsearch.config import Settings
 from imgsearch.feedback import Feedback
@@ -188,7 +187,7 @@ def test_voices_decay_by_their_half_life_and_changes_take_back_exactly_their_own
 
 
 def test_a_client_is_its_connection_unless_a_trusted_proxy_says_otherwise() -> None:
-    proxies = trusted_networks(["10.0.0.0/8", "2001:db8:ffff::/48"])
+    proxies = Settings(trusted_proxies=["10.0.0.0/8", "2001:db8:ffff::/48"]).trusted_proxy_networks
     forged = ["1.2.3.4, 5.6.7.8"]
     assert source_address("203.0.113.9", forged, []) == "203.0.113.9"
     assert source_address("203.0.113.9", forged, proxies) == "203.0.113.9"  # peer not trusted
@@ -202,8 +201,10 @@ def test_a_client_is_its_connection_unless_a_trusted_proxy_says_otherwise() -> N
     assert source_address(None, forged, proxies) == "unknown"
     assert client_network("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
     assert client_network("::ffff:192.0.2.1") == "192.0.2.1"
+    assert client_network("2002:c000:0201:7::1") == "192.0.2.1"  # 6to4
+    assert client_network("2001:0:4136:e378:8000:63bf:3fff:fdd2") == "192.0.2.45"  # Teredo
     with pytest.raises(ValueError, match="trusted_proxies"):
-        trusted_networks(["10.0.0.0/33"])
+        Settings(trusted_proxies=["10.0.0.0/33"])
     with pytest.raises(ValueError, match="not an address or network"):
         Settings(trusted_proxies=["proxy.example"])  # refused at start, not at the first vote
     ids = ClientIds("secret")

@@ -7,7 +7,9 @@ A client is a source address, as the network delivered it:
   entry that is not itself a trusted proxy: entries left of it were written by the client and
   prove nothing;
 - IPv6 addresses grouped by their /64, because one subscriber gets a whole /64 and could
-  otherwise be a new client per address.
+  otherwise be a new client per address; 6to4 and Teredo addresses as the IPv4 address they
+  carry. (Someone holding a /48, such as a tunnel broker's, still has many /64s: the quorum of
+  agreeing clients is a bar an attacker with three networks can pass, docs/reliability.md.)
 
 What is stored is never the address: it is a keyed hash of it (HMAC-SHA256 with a server secret,
 shortened), so a leaked table does not list visitors' addresses, and the owner can still name a
@@ -19,13 +21,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import os
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 
+from imgsearch.integrity import secret_file
 from imgsearch.storage import PreconditionFailed, Table
 
 CLIENT_SECRET_FILE = "client-secret"
@@ -34,17 +36,6 @@ UNKNOWN_ADDRESS = "unknown"  # no peer address at all (an in-process test client
 IPV6_SUBSCRIBER_PREFIX = 64
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def trusted_networks(proxies: Iterable[str]) -> list[Network]:
-    """The `trusted_proxies` setting parsed; raises ValueError naming a bad entry."""
-    networks = []
-    for proxy in proxies:
-        try:
-            networks.append(ipaddress.ip_network(proxy.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"trusted_proxies: {proxy!r} is not an address or network") from None
-    return networks
 
 
 def source_address(
@@ -72,8 +63,14 @@ def client_network(address: str) -> str:
     if parsed is None:
         return address
     if isinstance(parsed, ipaddress.IPv6Address):
+        # IPv6 that carries an IPv4 address is that address: otherwise one IPv4 host would
+        # be a whole /48 (6to4) or any number of clients (Teredo).
         if parsed.ipv4_mapped is not None:
             return str(parsed.ipv4_mapped)
+        if parsed.sixtofour is not None:
+            return str(parsed.sixtofour)
+        if parsed.teredo is not None:
+            return str(parsed.teredo[1])
         network = ipaddress.IPv6Network((parsed, IPV6_SUBSCRIBER_PREFIX), strict=False)
         return str(network)
     return str(parsed)
@@ -105,30 +102,14 @@ def client_secret(configured: str | None, data_dir: Path | None, table: Table) -
     if configured:
         return configured
     if data_dir is not None:
-        return _file_secret(Path(data_dir) / CLIENT_SECRET_FILE)
+        return secret_file(
+            Path(data_dir) / CLIENT_SECRET_FILE,
+            lambda: secrets.token_hex(32),
+            what="the client secret file",
+            fix="delete it to have a new one made (votes then count as from new clients), "
+            "or set IMGSEARCH_CLIENT_SECRET",
+        )[0]
     return _table_secret(table)
-
-
-def _file_secret(path: Path) -> str:
-    try:
-        return _non_empty(path.read_text().strip(), path)
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it first: use theirs
-        return _non_empty(path.read_text().strip(), path)
-    secret = secrets.token_hex(32)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(secret + "\n")
-    return secret
-
-
-def _non_empty(secret: str, path: Path) -> str:
-    if not secret:
-        raise RuntimeError(f"{path} is empty: delete it to make a new client secret")
-    return secret
 
 
 def _table_secret(table: Table) -> str:

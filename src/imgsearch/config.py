@@ -117,12 +117,24 @@ class Settings(BaseSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies_are_networks(cls, proxies: list[str]) -> list[str]:
+        cls._networks(proxies)  # refused at start, not at the first vote
+        return proxies
+
+    @property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return self._networks(self.trusted_proxies)
+
+    @staticmethod
+    def _networks(proxies: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        networks = []
         for proxy in proxies:
             try:
-                ipaddress.ip_network(proxy.strip(), strict=False)
+                networks.append(ipaddress.ip_network(proxy.strip(), strict=False))
             except ValueError:
-                raise ValueError(f"{proxy!r} is not an address or network") from None
-        return proxies
+                raise ValueError(
+                    f"trusted_proxies: {proxy!r} is not an address or network"
+                ) from None
+        return networks
 
     @property
     def model_path(self) -> Path:

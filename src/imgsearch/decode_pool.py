@@ -81,12 +81,12 @@ class InlineDecoder:
 
 
 def open_decoder(settings: Settings) -> Decoder:
-    """The decoder the settings ask for: a pool of worker processes (one per CPU unless
-    `decode_workers` says otherwise), or inline when it is 0 (infra/template.yaml sets that
+    """The decoder the settings ask for: a pool of worker processes (one per CPU, as memory
+    allows, unless `decode_workers` says otherwise), or inline when it is 0 (infra/template.yaml sets that
     for Lambda) or the process may not have children."""
     workers = settings.decode_workers
     if workers is None:
-        workers = os.cpu_count() or 1
+        workers = _default_workers(settings.max_decode_memory)
     # A daemonic process (a multiprocessing pool's worker) may not start processes of its own.
     if workers <= 0 or multiprocessing.current_process().daemon:
         return InlineDecoder()
@@ -96,6 +96,15 @@ def open_decoder(settings: Settings) -> Decoder:
         queue=settings.decode_queue,
         memory_cap=2 * settings.max_decode_memory,
     )
+
+
+def _default_workers(decode_memory: int) -> int:
+    """One worker per CPU this process may run on (its affinity, which a container's CPU set
+    narrows, unlike `os.cpu_count()`), and no more than the machine's memory holds with each
+    worker at its cap (twice `decode_memory`)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1, min(cpus or 1, memory // (2 * decode_memory)))
 
 
 class DecodePool:

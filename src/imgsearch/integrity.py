@@ -9,6 +9,8 @@ fails is reported in one line naming it and the command that repairs it.
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 REPAIR_COMMAND = "imgsearch check --repair"
@@ -36,3 +38,36 @@ def sha256_of_bytes(data: bytes) -> str:
 def sha256_of_file(path: Path) -> str:
     with path.open("rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def secret_file(path: Path, make: Callable[[], str], *, what: str, fix: str) -> tuple[str, bool]:
+    """The secret kept in `path` (`what` it is, for messages) and whether it was just made:
+    read it, or write `make()` there once (readable by its owner only; a process that loses the
+    race to create it reads the winner's). Raises UnusableFile, naming the file and `fix`, for
+    a file that is empty or cannot be read: a secret silently replaced would lock out whoever
+    holds the old one, or make every old client a new one."""
+    try:
+        return _read_secret(path, what, fix), False
+    except FileNotFoundError:
+        pass
+    secret = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first: use theirs
+        return _read_secret(path, what, fix), False
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secret + "\n")
+    return secret, True
+
+
+def _read_secret(path: Path, what: str, fix: str) -> str:
+    try:
+        secret = path.read_text().strip()
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as error:
+        raise UnusableFile(f"{what} {path} cannot be read ({error}): {fix}") from None
+    if not secret:
+        raise UnusableFile(f"{what} {path} is empty: {fix}")
+    return secret

@@ -51,6 +51,7 @@ def check_at_start(service: ImageSearch) -> None:
         if problem := table.integrity_problem():
             raise DamagedFile(str(table.path), problem)
     service.index  # noqa: B018 - loading it verifies the manifest and each build
+    service.client_ids  # noqa: B018 - an unusable client secret file stops the start too
     if problem := _regression(service):
         raise DamagedFile(MANIFEST_KEY, problem)
 

@@ -24,7 +24,6 @@ from imgsearch.clients import (
     is_address,
     is_client_id,
     source_address,
-    trusted_networks,
 )
 from imgsearch.config import Settings
 from imgsearch.decode_pool import Decoder, open_decoder
@@ -100,7 +99,7 @@ class ImageSearch:
 
     @cached_property
     def _trusted_proxies(self) -> list:
-        return trusted_networks(self.settings.trusted_proxies)
+        return self.settings.trusted_proxy_networks
 
     def client_id(self, peer: str | None, forwarded_for: list[str] | None = None) -> str:
         """The id of the client a request came from (see clients.py): what votes and rate

@@ -65,7 +65,7 @@ export async function renderLearned(container, term, { onReset, describe }) {
       el("summary", { text: summary }),
       el("p", {
         class: "learned-help",
-        text: "Photos teach other visitors only when more than one client agrees on them.",
+        text: "Photos teach other visitors only when at least three clients agree on them.",
       }),
       list,
       reset,

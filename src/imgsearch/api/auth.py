@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import secrets
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +14,7 @@ from fastapi.security import APIKeyHeader
 
 from imgsearch.api.deps import Service
 from imgsearch.config import Settings
-from imgsearch.integrity import UnusableFile
+from imgsearch.integrity import UnusableFile, secret_file
 
 log = logging.getLogger(__name__)
 
@@ -25,47 +24,21 @@ _header = APIKeyHeader(
 )
 
 
-class ApiKeyUnusable(UnusableFile):
-    """The API key file exists but holds no usable key: nobody could change the collection."""
-
-
 def local_api_key(settings: Settings) -> tuple[str, bool]:
     """The local API key and whether it was just created: from the settings, else the data
     directory's key file, else a new random key written there (readable by its owner only).
 
-    Raises ApiKeyUnusable for a key file that is empty or cannot be read: a silent lock-out
+    Raises UnusableFile for a key file that is empty or cannot be read: a silent lock-out
     (or a new key nobody was shown) would be worse than refusing to start.
     """
     if settings.api_key:
         return settings.api_key, False
-    path = Path(settings.data_dir) / API_KEY_FILE
-    try:
-        return _read_key(path), False
-    except FileNotFoundError:
-        pass
-    key = secrets.token_urlsafe(24)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it first: use theirs
-        return _read_key(path), False
-    with os.fdopen(descriptor, "w") as file:
-        file.write(key + "\n")
-    return key, True
-
-
-def _read_key(path: Path) -> str:
-    """The key in `path`. Raises FileNotFoundError, or ApiKeyUnusable naming the fix."""
-    fix = "put a key in it, or delete it to have a new one made, or set IMGSEARCH_API_KEY"
-    try:
-        key = path.read_text().strip()
-    except FileNotFoundError:
-        raise
-    except (OSError, UnicodeDecodeError) as error:
-        raise ApiKeyUnusable(f"the API key file {path} cannot be read ({error}): {fix}") from None
-    if not key:
-        raise ApiKeyUnusable(f"the API key file {path} is empty: {fix}")
-    return key
+    return secret_file(
+        Path(settings.data_dir) / API_KEY_FILE,
+        lambda: secrets.token_urlsafe(24),
+        what="the API key file",
+        fix="put a key in it, or delete it to have a new one made, or set IMGSEARCH_API_KEY",
+    )
 
 
 def require_api_key(service: Service, given: Annotated[str | None, Security(_header)]) -> None:
@@ -74,7 +47,7 @@ def require_api_key(service: Service, given: Annotated[str | None, Security(_hea
         return
     try:
         expected, _ = local_api_key(settings)
-    except ApiKeyUnusable as error:
+    except UnusableFile as error:
         log.error("%s", error)
         raise HTTPException(503, detail="the server's API key is not set up: see its log") from None
     if not given:

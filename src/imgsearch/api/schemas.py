@@ -108,7 +108,7 @@ class LearnedImage(BaseModel):
     down: float = Field(description="down_clients, each decayed by the age of its vote")
     weight: float = Field(
         description="What the image teaches other visitors: positive relevant, negative not; "
-        "0 until more than one client agrees"
+        "0 until at least three clients agree"
     )
 
 
