@@ -1,4 +1,5 @@
-"""Storage: the ports the core uses, and `open_storage` to get the adapters settings ask for."""
+"""Storage: the ports the core uses (base.py, ports.py), the layout of what it keeps in them
+(layout.md), and `open_storage` to get the adapters settings ask for."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .base import ObjectStore, Table
 from .local import LocalObjectStore, SqliteTable
 from .ports import (
     ANY_VERSION,
@@ -17,14 +19,12 @@ from .ports import (
     LocalCopies,
     NotFound,
     ObjectInfo,
-    ObjectStore,
     PreconditionFailed,
     PresignedPost,
     Put,
     StorageError,
     StorageFull,
     StoredObject,
-    Table,
     Write,
 )
 

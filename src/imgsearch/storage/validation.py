@@ -57,6 +57,19 @@ def validate_key(key: str) -> str:
     return key
 
 
+def can_start_a_key(prefix: str) -> bool:
+    """Whether a valid key can start with `prefix`: its directory part, before the last '/',
+    must be a valid key itself (a local store walks that directory, so "../" must not pass)."""
+    directory, _, _ = prefix.rpartition("/")
+    if not directory:
+        return True
+    try:
+        validate_key(directory)
+    except InvalidKey:
+        return False
+    return True
+
+
 def validate_item_key(pk: str, sk: str) -> None:
     """DynamoDB refuses empty and over-long key values, so every table does."""
     validate_partition_key(pk)
