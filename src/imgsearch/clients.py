@@ -132,6 +132,7 @@ def _non_empty(secret: str, path: Path) -> str:
 
 
 def _table_secret(table: Table) -> str:
+    """The secret in the feedback table's `config / client-secret` row (storage/layout.md)."""
     item = table.get("config", "client-secret")
     if item is None:
         with suppress(PreconditionFailed):  # another instance made it first: use theirs
