@@ -7,16 +7,14 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .base import ObjectStore, Table
+from .base import DirectUploads, LocalCopies, ObjectStore, Table
 from .local import LocalObjectStore, SqliteTable
 from .ports import (
     ANY_VERSION,
     Delete,
-    DirectUploads,
     Increment,
     InvalidKey,
     Item,
-    LocalCopies,
     NotFound,
     ObjectInfo,
     PreconditionFailed,

@@ -6,7 +6,6 @@ expressions), so these adapters hold no locks and are safe from any number of La
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import shutil
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from .base import ObjectStore, Table
+from .base import DirectUploads, LocalCopies, ObjectStore, Table
 from .local import atomic_file
 from .ports import (
     ANY_VERSION,
@@ -34,7 +33,6 @@ from .ports import (
     StoredObject,
     Write,
 )
-from .validation import validate_key
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -59,7 +57,7 @@ def _unquote(etag: str) -> str:
     return etag.strip('"')
 
 
-class S3ObjectStore(ObjectStore):
+class S3ObjectStore(ObjectStore, LocalCopies, DirectUploads):
     """Objects in one S3 bucket. `local_path` caches downloads under `cache_dir`."""
 
     def __init__(self, client: Any, bucket: str, cache_dir: Path) -> None:
@@ -120,9 +118,8 @@ class S3ObjectStore(ObjectStore):
                     last_modified=entry["LastModified"].timestamp(),
                 )
 
-    def forget_local_copy(self, key: str) -> None:
-        """LocalCopies: drop the cached copy of `key`, if there is one."""
-        self._cached(validate_key(key)).unlink(missing_ok=True)
+    def _forget_local_copy(self, key: str) -> None:
+        self._cached(key).unlink(missing_ok=True)
 
     def _cached(self, key: str) -> Path:
         """Where the cached copy of a valid key lives (it cannot lead outside the cache)."""
@@ -169,19 +166,9 @@ class S3ObjectStore(ObjectStore):
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
         )
 
-    def presigned_post(
-        self,
-        key: str,
-        *,
-        content_type: str,
-        content_type_prefix: str,
-        max_bytes: int,
-        expires: int,
+    def _presigned_post(
+        self, key: str, content_type: str, content_type_prefix: str, max_bytes: int, expires: int
     ) -> PresignedPost:
-        """DirectUploads: a signed form for one upload under exactly `key`."""
-        validate_key(key)
-        if not content_type.startswith(content_type_prefix):
-            raise ValueError(f"{content_type!r} does not start with {content_type_prefix!r}")
         # S3 enforces the policy: this key only (boto3 adds the condition), the size range,
         # the content type, the expiry; the signature is the signer's, so the IAM policy of
         # whoever calls this bounds what any form can write.
@@ -209,9 +196,7 @@ _deserializer = TypeDeserializer()
 
 
 def _to_dynamo(value: Any) -> Any:
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"a table cannot store {value!r}")
+    if isinstance(value, float):  # finite: validate_attrs refuses NaN and infinity
         return Decimal(repr(value))
     if isinstance(value, Mapping):
         return {name: _to_dynamo(inner) for name, inner in value.items()}

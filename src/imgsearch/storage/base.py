@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .ports import ANY_VERSION, Item, ObjectInfo, StoredObject, Write
+from .ports import ANY_VERSION, Item, ObjectInfo, PresignedPost, StoredObject, Write
 from .validation import (
     can_start_a_key,
     validate_attrs,
@@ -110,6 +110,48 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def _url(self, key: str, expires: int) -> str | None: ...
+
+
+class LocalCopies(ABC):
+    """An optional capability of an object store whose `local_path` is a cached copy (S3):
+    a copy found damaged can be dropped, and the next `local_path` fetches it again."""
+
+    def forget_local_copy(self, key: str) -> None:
+        """Delete the cached copy of `key`, if there is one."""
+        self._forget_local_copy(validate_key(key))
+
+    @abstractmethod
+    def _forget_local_copy(self, key: str) -> None: ...
+
+
+class DirectUploads(ABC):
+    """An optional capability of an object store: browsers upload into it directly, with a
+    signed form that expires (S3's presigned POST), so large files never pass through the API.
+
+    The local store has none; there, files are uploaded through the API (POST /api/images).
+    """
+
+    def presigned_post(
+        self,
+        key: str,
+        *,
+        content_type: str,
+        content_type_prefix: str,
+        max_bytes: int,
+        expires: int,
+    ) -> PresignedPost:
+        """A form that stores one file of 1..`max_bytes` bytes under exactly `key`, sent with
+        `content_type` (or another type starting with `content_type_prefix`), within
+        `expires` seconds."""
+        validate_key(key)
+        if not content_type.startswith(content_type_prefix):
+            raise ValueError(f"{content_type!r} does not start with {content_type_prefix!r}")
+        return self._presigned_post(key, content_type, content_type_prefix, max_bytes, expires)
+
+    @abstractmethod
+    def _presigned_post(
+        self, key: str, content_type: str, content_type_prefix: str, max_bytes: int, expires: int
+    ) -> PresignedPost: ...
 
 
 class Table(ABC):

@@ -477,8 +477,9 @@ def _item(pk: str, sk: str, version: int, attrs: dict[str, Any]) -> Item:
 
 
 def _encode_attrs(attrs: Mapping[str, Any]) -> str:
-    # JSON writes floats with repr(), which reads back to the identical float. NaN and
-    # infinity are refused (allow_nan=False), as DynamoDB refuses them.
+    # JSON writes floats with repr(), which reads back to the identical float. Callers' values
+    # are finite (validate_attrs); a sum an increment computed can still overflow to infinity,
+    # which is refused (allow_nan=False) as DynamoDB refuses it.
     try:
         return json.dumps(dict(attrs), allow_nan=False, ensure_ascii=False)
     except ValueError as error:

@@ -1,13 +1,13 @@
-"""What the storage ports speak in: their errors, the values they return and take, and the
-optional capabilities an adapter may have besides. The ports themselves, an object store and a
-key-value table, are the base classes in base.py.
+"""What the storage ports speak in: their errors and the values they return and take. The
+ports themselves, an object store and a key-value table, and the optional capabilities an
+adapter may have besides, are the base classes in base.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 # Attribute values are JSON-like: str, int, float, bool, None, and lists/dicts of those.
 Item = dict[str, Any]
@@ -48,45 +48,12 @@ class ObjectInfo:
     last_modified: float  # seconds since the epoch
 
 
-@runtime_checkable
-class LocalCopies(Protocol):
-    """An optional capability of an object store whose `local_path` is a cached copy (S3):
-    a copy found damaged can be dropped, and the next `local_path` fetches it again."""
-
-    def forget_local_copy(self, key: str) -> None:
-        """Delete the cached copy of `key`, if there is one."""
-        ...
-
-
 @dataclass(frozen=True)
 class PresignedPost:
     """An HTML form's target and hidden fields: POSTing them with a `file` field uploads it."""
 
     url: str
     fields: dict[str, str]
-
-
-@runtime_checkable
-class DirectUploads(Protocol):
-    """An optional capability of an object store: browsers upload into it directly, with a
-    signed form that expires (S3's presigned POST), so large files never pass through the API.
-
-    The local store has none; there, files are uploaded through the API (POST /api/images).
-    """
-
-    def presigned_post(
-        self,
-        key: str,
-        *,
-        content_type: str,
-        content_type_prefix: str,
-        max_bytes: int,
-        expires: int,
-    ) -> PresignedPost:
-        """A form that stores one file of 1..`max_bytes` bytes under exactly `key`, sent with
-        `content_type` (or another type starting with `content_type_prefix`), within
-        `expires` seconds."""
-        ...
 
 
 # A version the table keeps on every item: 0 means "does not exist", so expected_version=0
