@@ -11,6 +11,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from fastapi.testclient import TestClient
 from hostile_files import encode, photo
 
 from imgsearch.api.app import create_app
+from imgsearch.api.server import LINGER_SECONDS
 from imgsearch.cli import WEB_DIR
 
 DEADLINE = 1.0  # seconds, for headers and for bodies in these tests
@@ -383,10 +385,60 @@ def test_a_body_not_read_after_an_early_answer_is_cut_off_too(server) -> None:
 HEALTH = b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 
+def test_a_body_owed_after_the_answer_holds_no_connection(tmp_path, embedder, vocabulary):
+    """A request answered without its body being read (a route that reads none) closes its
+    connection once answered, instead of waiting for the rest of the body: a client trickling
+    it must not hold the connection, which no new client could then take, for the whole body
+    deadline."""
+    service = make_service(tmp_path / "data", embedder, vocabulary, http_body_seconds=60)
+    head = b"GET /api/health HTTP/1.1\r\nHost: x\r\nContent-Length: 16000\r\n\r\nx"
+    with live_server(create_app(service)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with _connect((host, int(port), None)) as connection:
+            connection.sendall(head)
+            started = time.monotonic()
+            answer = _trickle_until_closed(connection, seconds=LINGER_SECONDS + 2 * SLACK)
+            elapsed = time.monotonic() - started
+    assert _answer(answer)[0] == 200
+    assert elapsed < LINGER_SECONDS + SLACK  # not the 60 s body deadline
+
+
+def _trickle_until_closed(connection: socket.socket, seconds: float) -> bytes:
+    """Send a byte of body a second (which keeps a connection from ever being idle) until the
+    server closes the connection or `seconds` pass; returns what the server sent."""
+    connection.settimeout(1.0)
+    received = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            chunk = connection.recv(65536)
+        except TimeoutError:
+            with suppress(OSError):
+                connection.sendall(b"x")
+            continue
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+def test_an_unknown_http_version_is_refused(server) -> None:
+    request = b"GET /api/health HTTP/9.9\r\nHost: x\r\nConnection: close\r\n\r\n"
+    detail = _json_refusal(_exchange(server, request), 505)
+    assert "HTTP/9.9" in detail
+    assert _exchange(server, HEALTH)[0] == 200
+
+
 def test_connections_beyond_the_bound_get_503(server) -> None:
+    """Connections all busy sending a request (none idle or stalled to close instead): a new
+    one is refused."""
     sources = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
     held = [_connect(server, source) for source in sources for _ in range(2)]
     try:
+        for connection in held:
+            connection.sendall(b"GET /api/health HTTP/1.1\r\n")  # headers begun, not late
         time.sleep(0.3)  # accepted by the server, not only by the kernel
         with _connect(server, "127.0.0.5") as extra:
             detail = _json_refusal(_answer(_read_all(extra)), 503)
@@ -396,6 +448,25 @@ def test_connections_beyond_the_bound_get_503(server) -> None:
             connection.close()
     time.sleep(0.3)
     assert _exchange(server, HEALTH, "127.0.0.5")[0] == 200
+
+
+def test_idle_connections_from_many_addresses_make_room_for_a_new_client(server) -> None:
+    """A full table of connections that ask nothing does not lock out the next client: the
+    one idle longest is closed for it."""
+    sources = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    held = [_connect(server, source) for source in sources for _ in range(2)]
+    try:
+        time.sleep(0.3)
+        assert _exchange(server, HEALTH, "127.0.0.5")[0] == 200
+        closed = 0
+        for connection in held:
+            connection.settimeout(0.5)
+            with suppress(TimeoutError):
+                closed += connection.recv(1) == b""
+        assert closed >= 1  # the oldest idle one, without an answer (it asked nothing)
+    finally:
+        for connection in held:
+            connection.close()
 
 
 def test_one_address_cannot_take_every_connection(server) -> None:

@@ -1,6 +1,7 @@
 """What every request must be before the app parses it, and what every answer carries.
 
 `RequestGuard` refuses, with a JSON `{"detail": ...}` and before the body is read:
+- an HTTP version no client speaks (505: h11 takes any `HTTP/d.d`);
 - headers over 16 KB (431);
 - a header that must be single but is repeated (400): the parser reads the first copy, and a
   limit must never be decided from another one;
@@ -39,6 +40,8 @@ SINGLE_HEADERS = frozenset(
         b"x-api-key",
     }
 )
+# h11 takes any HTTP/d.d request line; versions no client speaks are refused, not guessed at.
+HTTP_VERSIONS = frozenset({"1.0", "1.1", "2", "2.0"})
 # h11 refuses headers over 16 KB only while they arrive in pieces: one read can hold more.
 MAX_HEADER_BYTES = 16 * 1024
 FORM_TYPE = "multipart/form-data"  # as Starlette compares it
@@ -167,6 +170,8 @@ class RequestGuard:
 def _refusal(scope: Scope, headers: Headers, limit: int) -> tuple[int, str] | None:
     """The status and reason to refuse a request for by its headers alone, if any."""
     raw = scope["headers"]
+    if scope.get("http_version", "1.1") not in HTTP_VERSIONS:
+        return 505, f"HTTP/{scope['http_version']} is not supported; send HTTP/1.1"
     if sum(len(name) + len(value) for name, value in raw) > MAX_HEADER_BYTES:
         return 431, f"request headers are larger than the limit of {MAX_HEADER_BYTES:,} bytes"
     if repeated := repeated_headers(raw):

@@ -7,8 +7,10 @@ accepts every connection; and it answers a malformed request in text/plain. Here
 - a connection that sends nothing for `http_keep_alive_seconds` (new, or between requests) is
   closed; a request's headers must arrive within `http_header_seconds` of their first byte,
   and its body within `http_body_seconds` of the headers: else 408;
-- beyond `http_max_connections` open connections, or `http_max_client_connections` from one
-  address, a new one gets 503 and is closed;
+- beyond `http_max_client_connections` from one address a new connection gets 503 and is
+  closed; beyond `http_max_connections` in all, the connection idle longest (or still sending
+  its headers after a second) is closed to make room, and only if none is, the new one gets
+  503: connections held by many addresses lock no one out;
 - a request h11 cannot parse gets 400; every refusal is `{"detail": ...}` and closes.
 In the cloud API Gateway does all this, in front of Mangum.
 """
@@ -25,9 +27,13 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from imgsearch.clients import client_network
 from imgsearch.config import Settings
 
 LINGER_SECONDS = 2.0  # after a refusal, for the client to read it and stop sending
+# Under a full connection table, headers still incomplete after this long make their
+# connection one to close for a new client (a real client sends its headers at once).
+STALLED_SECONDS = 1.0
 
 
 class GuardedProtocol(H11Protocol):
@@ -39,19 +45,49 @@ class GuardedProtocol(H11Protocol):
 
     _deadline: asyncio.TimerHandle | None = None
     _phase: str | None = None  # what the deadline is for: "idle", "headers" or "body"
+    _phase_since = 0.0  # loop time the phase began
     _address: str | None = None  # counted in `clients`
     draining = False  # closing: what the client still sends is dropped (see linger)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
-        self._address = self.client[0] if self.client else ""
+        # Counted as clients are (an IPv6 host has a whole network of addresses).
+        self._address = client_network(self.client[0]) if self.client else ""
         self.clients[self._address] += 1
-        if len(self.connections) > self.settings.http_max_connections:
-            self._refuse(503, "too many connections; try again in a moment")
-        elif self.clients[self._address] > self.settings.http_max_client_connections:
+        if self.clients[self._address] > self.settings.http_max_client_connections:
             self._refuse(503, "too many connections from this address; try again in a moment")
+        elif len(self.connections) > self.settings.http_max_connections and not self._make_room():
+            self._refuse(503, "too many connections; try again in a moment")
         else:
             self._watch()
+
+    def _make_room(self) -> bool:
+        """Close the connection that has waited longest without asking anything (idle, or
+        still sending its headers after `STALLED_SECONDS`) so that this one may be served:
+        connections held open by many addresses at once must not lock out every new client
+        (health checks included) until their deadlines pass. False if none qualifies."""
+        now = self.loop.time()
+        stalled = [
+            other
+            for other in self.connections
+            if isinstance(other, GuardedProtocol)
+            and other is not self
+            and not other.draining
+            and (
+                other._phase == "idle"
+                or (other._phase == "headers" and now - other._phase_since > STALLED_SECONDS)
+            )
+        ]
+        if not stalled:
+            return False
+        oldest = min(stalled, key=lambda other: other._phase_since)
+        if oldest._phase == "idle":
+            oldest._set_deadline(None)
+            oldest.transport.socket.close()  # nothing asked: nothing to answer
+        else:
+            oldest._refuse(503, "the server is busy and the request's headers were too slow")
+        oldest._uncount()
+        return True
 
     def data_received(self, data: bytes) -> None:
         if self.draining:
@@ -61,6 +97,12 @@ class GuardedProtocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.SEND_BODY:
+            # Answered before its body was read (a refusal, or a route that reads none): the
+            # rest of the body is owed to nobody, and waiting for it would let a client hold
+            # the connection for the whole body deadline.
+            self.transport.close()
+            return
         self._watch()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -98,6 +140,7 @@ class GuardedProtocol(H11Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
         self._deadline, self._phase = None, phase
+        self._phase_since = self.loop.time()
         if phase is not None:
             self._deadline = self.loop.call_later(self._seconds(phase), self._expired)
 
@@ -148,7 +191,11 @@ class GuardedProtocol(H11Protocol):
         self._set_deadline(None)
         self.draining = True
         self._uncount()  # served: a refused flood must not crowd out the next clients
-        transport.write_eof()
+        try:
+            transport.write_eof()
+        except OSError:  # the client is gone already: nothing to linger for
+            transport.abort()
+            return
         self.flow.resume_reading()
         self.loop.call_later(LINGER_SECONDS, transport.close)
 
