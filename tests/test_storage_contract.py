@@ -404,6 +404,19 @@ def test_values_that_cannot_be_stored_are_refused(table: Table) -> None:
     assert table.get("p", "bad") is None
 
 
+def test_every_write_refuses_values_that_cannot_be_stored(table: Table) -> None:
+    writes: list[Callable[[], object]] = [
+        lambda: table.increment("p", "bad", {"n": float("nan")}),
+        lambda: table.increment("p", "bad", {"n": 1}, {"nested": {"deep": [1.0, float("inf")]}}),
+        lambda: table.transact([Put("p", "bad", {"list": [float("-inf")]})]),
+        lambda: table.transact([Increment("p", "bad", {"n": 1}, {"x": float("nan")})]),
+    ]
+    for write in writes:
+        with pytest.raises(ValueError):
+            write()
+    assert table.get("p", "bad") is None
+
+
 def test_reserved_words_as_attribute_names(table: Table) -> None:
     attrs = {"name": "cat.jpg", "size": 10, "status": "new", "data": [1], "timestamp": 1.5}
     table.put("images", "1", attrs, expected_version=0)

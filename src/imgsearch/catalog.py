@@ -2,18 +2,9 @@
 object store. Every write here is conditional or idempotent, so retries and concurrent
 ingests converge on one state.
 
-Catalog table layout (pk / sk):
-    image#<id> / meta         ImageRecord: keys, size, top classes, status, shard
-    image#<id> / neighbours   the image's precomputed nearest neighbours
-    key#<key>  / meta         KeyRecord: which image a key holds, or why it was refused
-    pending    / <id>         images the index builder still has to add or remove
-    lease      / indexer      who is building the index, until when
-    change     / <token>      a change to a key in progress (see Change)
-    index      / published    the last manifest a builder published (see Published)
-Object store layout:
-    images/<key>              original bytes, as uploaded
-    embeddings/<id>.npz       features and class probabilities
-    thumbnails/<id>.jpg       small JPEG for result grids
+The rows (image#<id>, key#<key>, pending, change, index / published) and object keys (images/,
+embeddings/, thumbnails/) are described, with every other storage layout, in
+storage/layout.md.
 """
 
 from __future__ import annotations

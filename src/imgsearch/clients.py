@@ -113,6 +113,7 @@ def client_secret(configured: str | None, data_dir: Path | None, table: Table) -
 
 
 def _table_secret(table: Table) -> str:
+    """The secret in the feedback table's `config / client-secret` row (storage/layout.md)."""
     item = table.get("config", "client-secret")
     if item is None:
         with suppress(PreconditionFailed):  # another instance made it first: use theirs

@@ -3,23 +3,9 @@ client it came from (a keyed hash of its address, see clients.py), and each term
 summary of which distinct clients agree on which images, updated with every vote, so that a
 search reads one row per image voted on for its term, never the votes themselves.
 
-Feedback table layout (pk / sk):
-    term#<term> / vote#<session>#<image>    one session's vote on one image for a term, with
-                                            the client that cast it
-    term#<term> / voice#<client>#<image>    a client's voice on the image: the last vote any of
-                                            its sessions cast, one voice however many sessions
-    term#<term> / image#<image>             summary: clients whose voice is up and down, and
-                                            the same counts decayed (up_weight, down_weight,
-                                            valid at `at`; each voice halves every half-life)
-    term#<term> / client#<client>           the client voted on the term (counts clients)
-    term#<term> / session#<session>         the session voted on the term (counts sessions)
-    terms       / <term>                    a term users have voted on: votes, sessions,
-                                            clients (the learned vocabulary)
-    client#<client> / vote#<session>#<image>#<term>
-                                            where a client's votes are, so that the owner can
-                                            drop them without scanning the table
-    config      / client-secret             the key of client ids, if no setting gives one
-    rate#<limit>#<subject> / <minute>       rate-limit counters (api/limits.py); expires_at
+The feedback table's rows (votes, voices, summaries, the voted terms, each client's votes) are
+described, with every other storage layout, in storage/layout.md.
+
 A vote, its client's voice and the summary change in one transaction, conditioned on the
 versions read before, so retries and concurrent writers never lose or double-count a voice.
 

@@ -13,7 +13,7 @@ from imgsearch.storage import Table
 
 class RateLimiter:
     """At most `per_minute` events per subject and minute, counted in the table, so that every
-    instance of the API (every Lambda) shares the count."""
+    instance of the API (every Lambda) shares the count (rows: `rate#`, storage/layout.md)."""
 
     def __init__(self, table: Table, name: str, per_minute: int) -> None:
         self.table = table

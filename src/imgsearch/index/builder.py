@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 class Lease:
     """A time-limited lock in the table: exclusive while unexpired, taken over once expired,
     or at once when its holder is a process of this machine that no longer runs (a crashed
-    local worker need not block the index for the whole lease)."""
+    local worker need not block the index for the whole lease). Its row: storage/layout.md."""
 
     def __init__(self, table: Table, name: str, duration: float) -> None:
         self.table = table

@@ -1,4 +1,5 @@
-"""Storage: the ports the core uses, and `open_storage` to get the adapters settings ask for."""
+"""Storage: the ports the core uses (base.py, ports.py), the layout of what it keeps in them
+(layout.md), and `open_storage` to get the adapters settings ask for."""
 
 from __future__ import annotations
 
@@ -6,25 +7,22 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .base import DirectUploads, LocalCopies, ObjectStore, Table
 from .local import LocalObjectStore, SqliteTable
 from .ports import (
     ANY_VERSION,
     Delete,
-    DirectUploads,
     Increment,
     InvalidKey,
     Item,
-    LocalCopies,
     NotFound,
     ObjectInfo,
-    ObjectStore,
     PreconditionFailed,
     PresignedPost,
     Put,
     StorageError,
     StorageFull,
     StoredObject,
-    Table,
     Write,
 )
 

@@ -6,7 +6,6 @@ expressions), so these adapters hold no locks and are safe from any number of La
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import shutil
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
+from .base import DirectUploads, LocalCopies, ObjectStore, Table
 from .local import atomic_file
 from .ports import (
     ANY_VERSION,
@@ -32,17 +32,6 @@ from .ports import (
     Put,
     StoredObject,
     Write,
-)
-from .validation import (
-    validate_attrs,
-    validate_expected_version,
-    validate_increment,
-    validate_item_key,
-    validate_key,
-    validate_limit,
-    validate_partition_key,
-    validate_put_conditions,
-    validate_writes,
 )
 
 if TYPE_CHECKING:
@@ -68,7 +57,7 @@ def _unquote(etag: str) -> str:
     return etag.strip('"')
 
 
-class S3ObjectStore:
+class S3ObjectStore(ObjectStore, LocalCopies, DirectUploads):
     """Objects in one S3 bucket. `local_path` caches downloads under `cache_dir`."""
 
     def __init__(self, client: Any, bucket: str, cache_dir: Path) -> None:
@@ -76,16 +65,14 @@ class S3ObjectStore:
         self.bucket = bucket
         self.cache_dir = Path(cache_dir)
 
-    def get(self, key: str) -> StoredObject:
-        validate_key(key)
+    def _get(self, key: str) -> StoredObject:
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as error:
             raise self._not_found_or(error, key) from error
         return StoredObject(data=response["Body"].read(), etag=_unquote(response["ETag"]))
 
-    def head(self, key: str) -> ObjectInfo:
-        validate_key(key)
+    def _head(self, key: str) -> ObjectInfo:
         try:
             response = self._client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as error:
@@ -97,17 +84,9 @@ class S3ObjectStore:
             last_modified=response["LastModified"].timestamp(),
         )
 
-    def put(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        if_none_match: bool = False,
-        if_match: str | None = None,
-        content_type: str = "application/octet-stream",
+    def _put(
+        self, key: str, data: bytes, if_none_match: bool, if_match: str | None, content_type: str
     ) -> str:
-        validate_key(key)
-        validate_put_conditions(if_none_match, if_match)
         conditions: dict[str, str] = {}
         if if_none_match:
             conditions["IfNoneMatch"] = "*"
@@ -125,11 +104,10 @@ class S3ObjectStore:
             raise
         return _unquote(response["ETag"])
 
-    def delete(self, key: str) -> None:
-        validate_key(key)
+    def _delete(self, key: str) -> None:
         self._client.delete_object(Bucket=self.bucket, Key=key)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         paginator = self._client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for entry in page.get("Contents", []):
@@ -140,13 +118,14 @@ class S3ObjectStore:
                     last_modified=entry["LastModified"].timestamp(),
                 )
 
-    def forget_local_copy(self, key: str) -> None:
+    def _forget_local_copy(self, key: str) -> None:
         self._cached(key).unlink(missing_ok=True)
 
     def _cached(self, key: str) -> Path:
-        return self.cache_dir.joinpath(self.bucket, *validate_key(key).split("/"))
+        """Where the cached copy of a valid key lives (it cannot lead outside the cache)."""
+        return self.cache_dir.joinpath(self.bucket, *key.split("/"))
 
-    def local_path(self, key: str) -> Path:
+    def _local_path(self, key: str) -> Path:
         # Never invalidated, only evicted: local_path is only for keys that are never replaced.
         path = self._cached(key)
         if path.is_file():
@@ -182,24 +161,14 @@ class S3ObjectStore:
             if shutil.disk_usage(self.cache_dir).free >= needed:
                 return
 
-    def url(self, key: str, *, expires: int = 3600) -> str | None:
-        validate_key(key)
+    def _url(self, key: str, expires: int) -> str | None:
         return self._client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
         )
 
-    def presigned_post(
-        self,
-        key: str,
-        *,
-        content_type: str,
-        content_type_prefix: str,
-        max_bytes: int,
-        expires: int,
+    def _presigned_post(
+        self, key: str, content_type: str, content_type_prefix: str, max_bytes: int, expires: int
     ) -> PresignedPost:
-        validate_key(key)
-        if not content_type.startswith(content_type_prefix):
-            raise ValueError(f"{content_type!r} does not start with {content_type_prefix!r}")
         # S3 enforces the policy: this key only (boto3 adds the condition), the size range,
         # the content type, the expiry; the signature is the signer's, so the IAM policy of
         # whoever calls this bounds what any form can write.
@@ -227,9 +196,7 @@ _deserializer = TypeDeserializer()
 
 
 def _to_dynamo(value: Any) -> Any:
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"a table cannot store {value!r}")
+    if isinstance(value, float):  # finite: validate_attrs refuses NaN and infinity
         return Decimal(repr(value))
     if isinstance(value, Mapping):
         return {name: _to_dynamo(inner) for name, inner in value.items()}
@@ -279,7 +246,7 @@ def _is_condition_failure(error: ClientError) -> bool:
     return _error_code(error) == "ConditionalCheckFailedException"
 
 
-class DynamoTable:
+class DynamoTable(Table):
     """A DynamoDB table keyed by pk (string, HASH) and sk (string, RANGE).
 
     Accepts a boto3 DynamoDB client or resource; either way it speaks the low-level API, with
@@ -291,20 +258,14 @@ class DynamoTable:
         self._client = getattr(client_or_resource.meta, "client", client_or_resource)
         self.table_name = table_name
 
-    def get(self, pk: str, sk: str) -> Item | None:
-        validate_item_key(pk, sk)
+    def _get(self, pk: str, sk: str) -> Item | None:
         response = self._client.get_item(
             TableName=self.table_name, Key=self._key(pk, sk), ConsistentRead=True
         )
         raw = response.get("Item")
         return None if raw is None else _decode_item(raw)
 
-    def put(
-        self, pk: str, sk: str, attrs: Mapping[str, Any], *, expected_version: int = ANY_VERSION
-    ) -> int:
-        validate_item_key(pk, sk)
-        validate_attrs(attrs)
-        validate_expected_version(expected_version)
+    def _put(self, pk: str, sk: str, attrs: Mapping[str, Any], expected_version: int) -> int:
         while True:
             # DynamoDB cannot compute "current version + 1" in a PutItem, so an unconditional
             # put reads the version and writes conditionally on it, retrying if it lost a race.
@@ -328,9 +289,7 @@ class DynamoTable:
                         f"({pk!r}, {sk!r}) is not at version {expected_version}"
                     ) from error
 
-    def delete(self, pk: str, sk: str, *, expected_version: int = ANY_VERSION) -> None:
-        validate_item_key(pk, sk)
-        validate_expected_version(expected_version)
+    def _delete(self, pk: str, sk: str, expected_version: int) -> None:
         try:
             self._client.delete_item(
                 TableName=self.table_name,
@@ -344,26 +303,17 @@ class DynamoTable:
                 ) from error
             raise
 
-    def increment(
-        self,
-        pk: str,
-        sk: str,
-        deltas: Mapping[str, int | float],
-        set_attrs: Mapping[str, Any] | None = None,
+    def _increment(
+        self, pk: str, sk: str, deltas: Mapping[str, int | float], set_attrs: Mapping[str, Any]
     ) -> Item:
-        validate_item_key(pk, sk)
-        set_attrs = set_attrs or {}
-        validate_increment(deltas, set_attrs)
         response = self._client.update_item(
             **self._increment_update(pk, sk, deltas, set_attrs), ReturnValues="ALL_NEW"
         )
         return _decode_item(response["Attributes"])
 
-    def query(
-        self, pk: str, *, prefix: str = "", start_after: str | None = None, limit: int | None = None
+    def _query(
+        self, pk: str, prefix: str, start_after: str | None, limit: int | None
     ) -> Iterator[Item]:
-        validate_partition_key(pk)
-        validate_limit(limit)
         names = {"#pk": "pk"}
         values: dict[str, Any] = {":pk": {"S": pk}}
         condition = "#pk = :pk"
@@ -397,10 +347,7 @@ class DynamoTable:
                 return
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def transact(self, writes: Sequence[Write]) -> None:
-        validate_writes(writes)
-        if not writes:
-            return  # TransactWriteItems refuses an empty list
+    def _transact(self, writes: Sequence[Write]) -> None:
         for attempt in range(TRANSACTION_ATTEMPTS):
             # Unconditional puts need the current version (see put), so they carry a condition
             # of ours; if only those fail, another writer got in between and we go again. So

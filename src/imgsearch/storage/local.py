@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..integrity import DamagedFile
+from .base import ObjectStore, Table
 from .ports import (
     ANY_VERSION,
     Delete,
@@ -36,18 +37,7 @@ from .ports import (
     StoredObject,
     Write,
 )
-from .validation import (
-    INTERNAL_NAME_PREFIX,
-    validate_attrs,
-    validate_expected_version,
-    validate_increment,
-    validate_item_key,
-    validate_key,
-    validate_limit,
-    validate_partition_key,
-    validate_put_conditions,
-    validate_writes,
-)
+from .validation import INTERNAL_NAME_PREFIX
 
 TEMP_FILE_PREFIX = f"{INTERNAL_NAME_PREFIX}tmp-"
 LOCK_DIR_NAME = f"{INTERNAL_NAME_PREFIX}locks"
@@ -116,7 +106,7 @@ def _atomic_file(path: Path) -> Iterator[BinaryIO]:
 ETAG_CACHE_SIZE = 100_000
 
 
-class LocalObjectStore:
+class LocalObjectStore(ObjectStore):
     """Objects as files under `root`: the key is the file's path relative to `root`.
 
     ETags are the MD5 hex digest of the content, as S3 computes them for single-part uploads.
@@ -130,14 +120,14 @@ class LocalObjectStore:
         self._lock_dir.mkdir(parents=True, exist_ok=True)
         self._etags: dict[tuple[int, int, int, int], str] = {}
 
-    def get(self, key: str) -> StoredObject:
+    def _get(self, key: str) -> StoredObject:
         try:
             data = self._path(key).read_bytes()
         except _NO_OBJECT_ERRORS as error:
             raise NotFound(key) from error
         return StoredObject(data=data, etag=hashlib.md5(data).hexdigest())
 
-    def head(self, key: str) -> ObjectInfo:
+    def _head(self, key: str) -> ObjectInfo:
         try:
             with self._path(key).open("rb") as file:
                 stat = os.fstat(file.fileno())
@@ -146,16 +136,9 @@ class LocalObjectStore:
             raise NotFound(key) from error
         return ObjectInfo(key=key, size=stat.st_size, etag=etag, last_modified=stat.st_mtime)
 
-    def put(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        if_none_match: bool = False,
-        if_match: str | None = None,
-        content_type: str = "application/octet-stream",
+    def _put(
+        self, key: str, data: bytes, if_none_match: bool, if_match: str | None, content_type: str
     ) -> str:
-        validate_put_conditions(if_none_match, if_match)
         path = self._path(key)
         # Unconditional writes take the lock too: otherwise one could land between a
         # conditional write's check and its rename and be silently overwritten.
@@ -175,20 +158,15 @@ class LocalObjectStore:
                 raise InvalidKey(f"{key!r} collides with a stored object's path") from error
         return hashlib.md5(data).hexdigest()
 
-    def delete(self, key: str) -> None:
+    def _delete(self, key: str) -> None:
         path = self._path(key)
         with self._locked(key), suppress(*_NO_OBJECT_ERRORS):
             path.unlink()
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        # Only walk the directory every matching key must lie under. A directory part that is
-        # not a valid key (say "../") cannot start any stored key, so nothing matches.
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        # Only walk the directory every matching key must lie under (a valid key's, or the
+        # root: the base class lists nothing for a prefix like "../").
         directory, _, _ = prefix.rpartition("/")
-        if directory:
-            try:
-                validate_key(directory)
-            except InvalidKey:
-                return
         keys = []
         for dirpath, dirnames, filenames in os.walk(self.root.joinpath(*directory.split("/"))):
             dirnames[:] = [name for name in dirnames if not name.startswith(INTERNAL_NAME_PREFIX)]
@@ -202,22 +180,22 @@ class LocalObjectStore:
         # Sorting whole keys, not walking directories in order: "a-b" sorts before "a/b".
         for key in sorted(keys):
             # Skip files deleted since the walk, and files put there by hand under names no
-            # key can have.
+            # key can have (head refuses them).
             with suppress(NotFound, InvalidKey):
                 yield self.head(key)
 
-    def local_path(self, key: str) -> Path:
+    def _local_path(self, key: str) -> Path:
         path = self._path(key)
         if not path.is_file():
             raise NotFound(key)
         return path
 
-    def url(self, key: str, *, expires: int = 3600) -> str | None:
-        validate_key(key)  # refuse what every other adapter refuses
+    def _url(self, key: str, expires: int) -> str | None:
         return None
 
     def _path(self, key: str) -> Path:
-        return self.root.joinpath(*validate_key(key).split("/"))
+        """The file of a valid key: it cannot lead outside `root` (see validate_key)."""
+        return self.root.joinpath(*key.split("/"))
 
     def _current_etag(self, path: Path) -> str | None:
         try:
@@ -260,7 +238,7 @@ PURGE_INTERVAL_SECONDS = 60.0  # how often a writer deletes expired items (see p
 _EXPIRES = "json_extract(attrs, '$.expires_at')"
 
 
-class SqliteTable:
+class SqliteTable(Table):
     """A table in an SQLite file; one file can hold several tables (`name` tells them apart).
 
     Every write runs in a `BEGIN IMMEDIATE` transaction, which takes the database's write lock
@@ -327,51 +305,27 @@ class SqliteTable:
         )
         return cursor.rowcount
 
-    def get(self, pk: str, sk: str) -> Item | None:
-        validate_item_key(pk, sk)
-        row = (
-            self._connection()
-            .execute(
-                f"SELECT version, attrs FROM {self._quoted_name} WHERE pk = ? AND sk = ?",
-                (pk, sk),
-            )
-            .fetchone()
-        )
-        return None if row is None else _item(pk, sk, row[0], json.loads(row[1]))
+    def _get(self, pk: str, sk: str) -> Item | None:
+        current = self._read(self._connection(), pk, sk)
+        return None if current is None else _item(pk, sk, *current)
 
-    def put(
-        self, pk: str, sk: str, attrs: Mapping[str, Any], *, expected_version: int = ANY_VERSION
-    ) -> int:
-        validate_item_key(pk, sk)
-        validate_attrs(attrs)
-        validate_expected_version(expected_version)
+    def _put(self, pk: str, sk: str, attrs: Mapping[str, Any], expected_version: int) -> int:
         with self._write_transaction() as connection:
-            return self._put(connection, pk, sk, attrs, expected_version)
+            return self._apply_put(connection, pk, sk, attrs, expected_version)
 
-    def delete(self, pk: str, sk: str, *, expected_version: int = ANY_VERSION) -> None:
-        validate_item_key(pk, sk)
-        validate_expected_version(expected_version)
+    def _delete(self, pk: str, sk: str, expected_version: int) -> None:
         with self._write_transaction() as connection:
-            self._delete(connection, pk, sk, expected_version)
+            self._apply_delete(connection, pk, sk, expected_version)
 
-    def increment(
-        self,
-        pk: str,
-        sk: str,
-        deltas: Mapping[str, int | float],
-        set_attrs: Mapping[str, Any] | None = None,
+    def _increment(
+        self, pk: str, sk: str, deltas: Mapping[str, int | float], set_attrs: Mapping[str, Any]
     ) -> Item:
-        validate_item_key(pk, sk)
-        set_attrs = set_attrs or {}
-        validate_increment(deltas, set_attrs)
         with self._write_transaction() as connection:
-            return self._increment(connection, pk, sk, deltas, set_attrs)
+            return self._apply_increment(connection, pk, sk, deltas, set_attrs)
 
-    def query(
-        self, pk: str, *, prefix: str = "", start_after: str | None = None, limit: int | None = None
+    def _query(
+        self, pk: str, prefix: str, start_after: str | None, limit: int | None
     ) -> Iterator[Item]:
-        validate_partition_key(pk)
-        validate_limit(limit)
         conditions = ["pk = ?"]
         bounds: list[str] = [pk]
         if prefix:
@@ -401,21 +355,20 @@ class SqliteTable:
             if remaining is not None:
                 remaining -= len(rows)
 
-    def transact(self, writes: Sequence[Write]) -> None:
-        validate_writes(writes)
+    def _transact(self, writes: Sequence[Write]) -> None:
         with self._write_transaction() as connection:
             for write in writes:
                 match write:
                     case Put(pk=pk, sk=sk, attrs=attrs, expected_version=expected):
-                        self._put(connection, pk, sk, attrs, expected)
+                        self._apply_put(connection, pk, sk, attrs, expected)
                     case Delete(pk=pk, sk=sk, expected_version=expected):
-                        self._delete(connection, pk, sk, expected)
+                        self._apply_delete(connection, pk, sk, expected)
                     case Increment(pk=pk, sk=sk, deltas=deltas, set_attrs=set_attrs):
-                        self._increment(connection, pk, sk, deltas, set_attrs)
+                        self._apply_increment(connection, pk, sk, deltas, set_attrs)
 
     # The helpers below run inside a write transaction; raising rolls all of it back.
 
-    def _put(
+    def _apply_put(
         self,
         connection: sqlite3.Connection,
         pk: str,
@@ -427,13 +380,13 @@ class SqliteTable:
         self._store(connection, pk, sk, version, attrs)
         return version
 
-    def _delete(
+    def _apply_delete(
         self, connection: sqlite3.Connection, pk: str, sk: str, expected_version: int
     ) -> None:
         self._checked_version(connection, pk, sk, expected_version)
         connection.execute(f"DELETE FROM {self._quoted_name} WHERE pk = ? AND sk = ?", (pk, sk))
 
-    def _increment(
+    def _apply_increment(
         self,
         connection: sqlite3.Connection,
         pk: str,
@@ -524,8 +477,9 @@ def _item(pk: str, sk: str, version: int, attrs: dict[str, Any]) -> Item:
 
 
 def _encode_attrs(attrs: Mapping[str, Any]) -> str:
-    # JSON writes floats with repr(), which reads back to the identical float. NaN and
-    # infinity are refused (allow_nan=False), as DynamoDB refuses them.
+    # JSON writes floats with repr(), which reads back to the identical float. Callers' values
+    # are finite (validate_attrs); a sum an increment computed can still overflow to infinity,
+    # which is refused (allow_nan=False) as DynamoDB refuses it.
     try:
         return json.dumps(dict(attrs), allow_nan=False, ensure_ascii=False)
     except ValueError as error:

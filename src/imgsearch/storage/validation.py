@@ -6,8 +6,9 @@ local data directory must not start failing (or, worse, escaping its directory) 
 
 from __future__ import annotations
 
+import math
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .ports import ANY_VERSION, Delete, Increment, InvalidKey, Put, Write
@@ -57,6 +58,19 @@ def validate_key(key: str) -> str:
     return key
 
 
+def can_start_a_key(prefix: str) -> bool:
+    """Whether a valid key can start with `prefix`: its directory part, before the last '/',
+    must be a valid key itself (a local store walks that directory, so "../" must not pass)."""
+    directory, _, _ = prefix.rpartition("/")
+    if not directory:
+        return True
+    try:
+        validate_key(directory)
+    except InvalidKey:
+        return False
+    return True
+
+
 def validate_item_key(pk: str, sk: str) -> None:
     """DynamoDB refuses empty and over-long key values, so every table does."""
     validate_partition_key(pk)
@@ -84,10 +98,25 @@ def validate_expected_version(expected_version: int) -> None:
         raise ValueError(f"expected_version must be ANY_VERSION, 0 or positive: {expected_version}")
 
 
-def validate_attrs(names: Iterable[str]) -> None:
-    reserved = ITEM_KEY_ATTRIBUTES.intersection(names)
+def validate_attrs(attrs: Mapping[str, Any]) -> None:
+    """Attributes a caller may write: none the table maintains, and only values every table
+    can store (DynamoDB has no NaN or infinity)."""
+    reserved = ITEM_KEY_ATTRIBUTES.intersection(attrs)
     if reserved:
         raise ValueError(f"attributes {sorted(reserved)} are maintained by the table")
+    for name, value in attrs.items():
+        _validate_value(name, value)
+
+
+def _validate_value(name: str, value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"attribute {name!r} holds {value!r}, which a table cannot store")
+    if isinstance(value, Mapping):
+        for inner in value.values():
+            _validate_value(name, inner)
+    elif isinstance(value, list | tuple):
+        for inner in value:
+            _validate_value(name, inner)
 
 
 def validate_limit(limit: int | None) -> None:
