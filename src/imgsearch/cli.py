@@ -450,7 +450,8 @@ def _parser() -> argparse.ArgumentParser:
         "--repair",
         action="store_true",
         help="rebuild what is damaged from what is stored (index from embeddings, embeddings "
-        "from originals, a damaged catalog from the originals: votes are then lost)",
+        "from originals, a damaged catalog from the originals: votes are then lost); with "
+        "no server running on the collection",
     )
     check.set_defaults(run=cmd_check)
 

@@ -82,8 +82,8 @@ class InlineDecoder:
 
 def open_decoder(settings: Settings) -> Decoder:
     """The decoder the settings ask for: a pool of worker processes (one per CPU, as memory
-    allows, unless `decode_workers` says otherwise), or inline when it is 0 (infra/template.yaml sets that
-    for Lambda) or the process may not have children."""
+    allows, unless `decode_workers` says otherwise), or inline when it is 0
+    (infra/template.yaml sets that for Lambda) or the process may not have children."""
     workers = settings.decode_workers
     if workers is None:
         workers = _default_workers(settings.max_decode_memory)
