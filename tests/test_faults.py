@@ -36,55 +36,18 @@ KILL_POINTS = {
     "neighbourhoods": ("imgsearch.index.neighbourhoods.Neighbourhoods", "_merge", "before"),
 }
 
-WORKER = """
-import os, signal, sys, importlib
-from pathlib import Path
-from imgsearch.config import Settings
-from imgsearch.integrity import DamagedFile
-from imgsearch.service import ImageSearch
-
-module_name, attribute, when = sys.argv[2:5]
-path = module_name.split(".")
-try:
-    owner = importlib.import_module(module_name)
-except ModuleNotFoundError:
-    owner = getattr(importlib.import_module(".".join(path[:-1])), path[-1])
-real = getattr(owner, attribute)
-
-def dying(*args, **kwargs):
-    if when == "after":
-        real(*args, **kwargs)
-    os.kill(os.getpid(), signal.SIGKILL)
-
-setattr(owner, attribute, dying)
-service = ImageSearch(Settings(data_dir=Path(sys.argv[1]), shard_size=4))
-for path in sys.argv[5:]:
-    service.add(Path(path).parent.name + "/" + Path(path).name, Path(path).read_bytes())
-"""
-
 
 @pytest.mark.parametrize("kill_point", list(KILL_POINTS))
 def test_a_worker_killed_mid_build_leaves_a_consistent_index(
     kill_point, tmp_path, embedder, vocabulary
 ) -> None:
     data_dir = tmp_path / "data"
-    first = make_service(data_dir, embedder, vocabulary, shard_size=4)
-    for category in CATEGORIES[:3]:  # an index exists before the crash
-        first.add(f"{category}/image_0001.jpg", demo_image(category))
-    files = [str(REPO / "demo" / category / "image_0002.jpg") for category in CATEGORIES]
-    worker = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(WORKER),
-            str(data_dir),
-            *KILL_POINTS[kill_point],
-            *files,
-        ],
-        capture_output=True,
-        timeout=300,
-    )
-    assert worker.returncode == -signal.SIGKILL, worker.stderr.decode()[-2000:]
+    demo_collection(data_dir, embedder, vocabulary)  # an index exists before the crash
+    additions = [
+        f"add={category}/image_0002.jpg={REPO / 'demo' / category / 'image_0002.jpg'}"
+        for category in CATEGORIES
+    ]
+    run_until_killed(data_dir, KILL_POINTS[kill_point], *additions)
 
     # Whatever the crash left, searches still run against a complete manifest.
     survivor = make_service(data_dir, embedder, vocabulary, shard_size=4)
@@ -141,7 +104,7 @@ def test_failed_index_writes_leave_the_previous_manifest_serving(
 
 # Interrupted changes: a process killed mid-upload or mid-delete ------------------------------
 
-ACTIONS_WORKER = """
+WORKER = """
 import os, signal, sys, importlib
 from pathlib import Path
 from imgsearch.config import Settings
@@ -179,7 +142,7 @@ def run_until_killed(data_dir, kill_point: tuple[str, str, str], *actions: str) 
         [
             sys.executable,
             "-c",
-            textwrap.dedent(ACTIONS_WORKER),
+            textwrap.dedent(WORKER),
             str(data_dir),
             *kill_point,
             *actions,
