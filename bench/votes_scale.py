@@ -9,6 +9,9 @@ that every search reads what the votes taught:
 
     PYTHONPATH=src .venv/bin/python bench/votes_scale.py --votes 100000
 
+With --lone-client-images N, one more client then votes alone on N more images (votes
+that teach nobody else) and the searches are timed again.
+
 Prints the time to cast the votes and, per kind of visitor (a fresh one, and one of the voting
 sessions), the median and p90 ms per search. Runs against older code too (votes without a
 client), to measure before and after on the same machine.
@@ -68,6 +71,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--data-dir", type=Path, help="a data directory to ingest the demo into")
+    parser.add_argument(
+        "--lone-client-images",
+        type=int,
+        default=0,
+        help="then one more client votes alone on this many (made-up) images, and the "
+        "searches are timed again: votes that teach nobody must not slow them",
+    )
     args = parser.parse_args()
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="votes-scale-")) / "data"
     service = ImageSearch(Settings(data_dir=data_dir, feedback_cache_seconds=0.0))
@@ -80,9 +90,19 @@ def main() -> None:
         f"({args.clients} clients where the code knows clients) in {seconds:.1f} s "
         f"({seconds / args.votes * 1000:.2f} ms per vote)"
     )
+    print_search_times(service, args.repeats)
+    if args.lone_client_images:
+        # Votes that teach nobody else: one more client, alone on each of these images.
+        for number in range(args.lone_client_images):
+            service.feedback.vote(WORD, f"{number:016x}", "lone", 1, client="lone-client")
+        print(f"then one more client voted on {args.lone_client_images:,} other images alone")
+        print_search_times(service, args.repeats)
+
+
+def print_search_times(service: ImageSearch, repeats: int) -> None:
     for name, session in (("fresh visitor", "visitor"), ("a voting session", "session7")):
         search_ms(service, session, 2)  # warm: the index, the vocabulary
-        times = sorted(search_ms(service, session, args.repeats))
+        times = sorted(search_ms(service, session, repeats))
         p90 = times[int(0.9 * (len(times) - 1))]
         median = statistics.median(times)
         print(f"search of {WORD!r}, {name}: median {median:.1f} ms, p90 {p90:.1f} ms")

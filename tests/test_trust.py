@@ -420,3 +420,34 @@ def test_the_votes_command_shows_resets_and_drops(tmp_path, capsys) -> None:
     assert "kite: reset, 3 votes removed" in capsys.readouterr().out
     assert feedback.summary("kite").images == []
     assert main(["votes", "drop-client", "nobody", *data]) != 0
+
+
+def test_a_search_reads_only_the_images_a_quorum_of_clients_agrees_on(storage) -> None:
+    """Votes that teach nobody else cost a search nothing: one client voting on many images
+    adds no row to what a search reads; an image enters it at QUORUM agreeing clients and
+    leaves it when they no longer agree, are dropped or the word is reset."""
+    feedback = Feedback(storage.feedback)
+    agreed_on = "f" * 16
+
+    def agreed() -> list[tuple[str, int, int]]:
+        images = feedback.summary("owls", agreed_only=True).images
+        return [(a.image_id, a.up_clients, a.down_clients) for a in images]
+
+    for number in range(30):
+        feedback.vote("owls", f"{number:016x}", "lone-session", 1, client="c-lone")
+    for client in ("a", "b"):
+        feedback.vote("owls", agreed_on, f"s-{client}", 1, client=f"c-{client}")
+    assert agreed() == []  # two agreeing clients teach nobody: nothing to read
+    feedback.vote("owls", agreed_on, "s-c", 1, client="c-c")
+    assert agreed() == [(agreed_on, 3, 0)]
+    assert len(feedback.summary("owls").images) == 31  # the owner still sees every image
+    feedback.vote("owls", agreed_on, "s-c", -1, client="c-c")  # one changes its mind
+    assert agreed() == []
+    for client in ("d", "e"):
+        feedback.vote("owls", agreed_on, f"s-{client}", -1, client=f"c-{client}")
+    assert agreed() == [(agreed_on, 2, 3)]
+    feedback.drop_client("c-e")
+    assert agreed() == []
+    feedback.vote("owls", agreed_on, "s-e", -1, client="c-e")
+    feedback.reset("owls")
+    assert agreed() == [] and feedback.summary("owls").images == []

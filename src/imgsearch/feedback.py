@@ -1,7 +1,9 @@
 """Votes: one per session, query term and image; the last one counts. Each vote carries the
 client it came from (a keyed hash of its address, see clients.py), and each term keeps a
 summary of which distinct clients agree on which images, updated with every vote, so that a
-search reads one row per image voted on for its term, never the votes themselves.
+search reads one row per image that a quorum of clients agree on for its term: never the
+votes themselves, nor the images that only one or two clients voted on (they teach nobody
+else, so a client voting on many images cannot make the term's searches slower).
 
 The feedback table's rows (votes, voices, summaries, the voted terms, each client's votes) are
 described, with every other storage layout, in storage/layout.md.
@@ -26,6 +28,7 @@ from imgsearch.catalog import MAX_CAS_ATTEMPTS
 from imgsearch.storage import Delete, Increment, Item, PreconditionFailed, Put, Table, Write
 
 LOCAL_CLIENT = "local"  # votes cast in-process (the CLI, the evaluation): the owner's own
+QUORUM = 3  # distinct clients agreeing on an image before it teaches anyone else
 SECONDS_PER_DAY = 86_400.0
 MAX_WRITES = 100  # per transaction (DynamoDB's limit)
 
@@ -153,9 +156,10 @@ class Feedback:
             Put(
                 pk,
                 f"image#{image_id}",
-                self._summary_after(summary, image_id, voice, value, now),
+                after := self._summary_after(summary, image_id, voice, value, now),
                 expected_version=_version(summary),
             ),
+            *_agreed_writes(pk, image_id, summary, after),
             Increment(
                 "terms",
                 term,
@@ -203,11 +207,14 @@ class Feedback:
 
     # Reading -----------------------------------------------------------------------------
 
-    def summary(self, term: str) -> TermSummary:
-        """The term's agreement per image, decayed to now: one row per image voted on."""
+    def summary(self, term: str, *, agreed_only: bool = False) -> TermSummary:
+        """The term's agreement per image, decayed to now: one row per image voted on, or with
+        `agreed_only` per image that at least QUORUM clients call the same (what can teach
+        others: a search reads only these, so votes that teach nobody cost it nothing)."""
         now = self.clock()
         images = []
-        for item in self.table.query(f"term#{term}", prefix="image#"):
+        prefix = "agreed#" if agreed_only else "image#"
+        for item in self.table.query(f"term#{term}", prefix=prefix):
             at = float(item.get("at", now))
             images.append(
                 Agreement(
@@ -272,7 +279,7 @@ class Feedback:
         # repeating it finishes the rest).
         self.table.delete("terms", term)
         pk = f"term#{term}"
-        for prefix in ("image#", ""):
+        for prefix in ("agreed#", "image#", ""):
             rows = [Delete(pk, i["sk"]) for i in self.table.query(pk, prefix=prefix)]
             for start in range(0, len(rows), MAX_WRITES):
                 self.table.transact(rows[start : start + MAX_WRITES])
@@ -333,6 +340,7 @@ class Feedback:
                 writes.append(Delete(pk, summary["sk"], expected_version=_version(summary)))
             else:
                 writes.append(Put(pk, summary["sk"], after, expected_version=_version(summary)))
+            writes += _agreed_writes(pk, image_id, summary, after)
             try:
                 self.table.transact(writes)
             except PreconditionFailed:
@@ -351,6 +359,17 @@ class Feedback:
                     Increment("terms", term, {counter: -1}),
                 ]
             )
+
+
+def _agreed_writes(pk: str, image_id: str, before: Item | None, after: dict) -> list[Write]:
+    """Keep the image's `agreed#` copy of its summary while at least QUORUM clients call it
+    the same, and only then. The `image#` row written in the same transaction is conditioned
+    on its version, which orders concurrent writers of both."""
+    if max(after["up"], after["down"]) >= QUORUM:
+        return [Put(pk, f"agreed#{image_id}", after)]
+    if before is not None and max(int(before["up"]), int(before["down"])) >= QUORUM:
+        return [Delete(pk, f"agreed#{image_id}")]
+    return []
 
 
 def _value(item: Item | None) -> int:

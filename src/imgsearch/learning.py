@@ -13,7 +13,8 @@ are learned from votes, with different trust:
   most one voice's weight. Influence grows with independent agreement, never with votes or
   sessions. Why not weigh sessions (as before)? Sessions are free to invent; addresses are
   not. Why a quorum of three, not two? Many people hold two addresses (home and phone).
-Reading a term costs one summary row per image voted on, whatever the number of votes.
+Reading a term costs one summary row per image that a quorum of clients agree on, whatever
+the number of votes, sessions or clients that agree with nobody.
 
 Methods (chosen by `imgsearch eval`, see docs/evaluation.md):
     rocchio     rank by cosine to (relevant centroid - 0.5 x not-relevant centroid)
@@ -34,7 +35,7 @@ from typing import Literal
 
 import numpy as np
 
-from imgsearch.feedback import Agreement, Feedback, TermSummary
+from imgsearch.feedback import QUORUM, Agreement, Feedback, TermSummary
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
 
@@ -42,7 +43,6 @@ Method = Literal["rocchio", "knn", "neighbours"]
 METHODS: tuple[Method, ...] = ("rocchio", "knn", "neighbours")
 NEGATIVE_WEIGHT = 0.5
 SELF_WEIGHT = 3.0  # the asking session's votes, against one per agreeing client beyond quorum
-QUORUM = 3  # distinct clients agreeing on an image before it teaches anyone else
 KNN_EXAMPLES = 3
 MAX_CACHED_TERMS = 1024  # beyond this many cached terms, expired ones are dropped
 
@@ -158,7 +158,7 @@ class Learner:
             cached = self._cache.get(term)
             if cached and cached[0] > now:
                 return cached[1]
-        summary = self.feedback.summary(term)
+        summary = self.feedback.summary(term, agreed_only=True)
         with self._lock:
             if len(self._cache) >= MAX_CACHED_TERMS:  # many distinct queries: drop the stale
                 self._cache = {t: entry for t, entry in self._cache.items() if entry[0] > now}
