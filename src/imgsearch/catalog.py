@@ -19,11 +19,10 @@ from typing import Any, Literal
 import numpy as np
 
 from imgsearch.integrity import DamagedFile
-from imgsearch.storage import PreconditionFailed, Storage
+from imgsearch.storage import MAX_CAS_ATTEMPTS, PreconditionFailed, Storage
 from imgsearch.storage.validation import validate_key
 
 IMAGES_PREFIX = "images/"
-MAX_CAS_ATTEMPTS = 50
 
 ImageStatus = Literal["pending", "indexed", "removed"]
 # "failed": the cloud gave up on the key's latest event after its retries (see aws_lambda.park).

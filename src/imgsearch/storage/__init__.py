@@ -11,6 +11,7 @@ from .base import DirectUploads, LocalCopies, ObjectStore, Table
 from .local import LocalObjectStore, SqliteTable
 from .ports import (
     ANY_VERSION,
+    MAX_CAS_ATTEMPTS,
     Delete,
     Increment,
     InvalidKey,
@@ -23,7 +24,9 @@ from .ports import (
     StorageError,
     StorageFull,
     StoredObject,
+    TooMuchContention,
     Write,
+    retry_on_conflict,
 )
 
 if TYPE_CHECKING:
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANY_VERSION",
+    "MAX_CAS_ATTEMPTS",
     "SQLITE_FILE",
     "Delete",
     "DirectUploads",
@@ -49,8 +53,10 @@ __all__ = [
     "StorageFull",
     "StoredObject",
     "Table",
+    "TooMuchContention",
     "Write",
     "open_storage",
+    "retry_on_conflict",
 ]
 
 

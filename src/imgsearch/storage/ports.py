@@ -5,9 +5,11 @@ adapter may have besides, are the base classes in base.py.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # Attribute values are JSON-like: str, int, float, bool, None, and lists/dicts of those.
 Item = dict[str, Any]
@@ -32,6 +34,27 @@ class StorageFull(StorageError):
 
 class InvalidKey(StorageError, ValueError):
     """A key that could escape its namespace or that the store cannot hold."""
+
+
+class TooMuchContention(RuntimeError):
+    """A read-decide-write kept losing to other writers; see `retry_on_conflict`."""
+
+
+# Writers of one item are few (a key's events, one term's voters): 50 lost races in a row
+# means something is wrong, not busy.
+MAX_CAS_ATTEMPTS = 50
+
+
+def retry_on_conflict(step: Callable[[], T], what: str, attempts: int = MAX_CAS_ATTEMPTS) -> T:
+    """Run `step` (read, decide, write conditionally) again each time its conditional write
+    loses a race (PreconditionFailed), and return what it returns. After `attempts` lost
+    races, raises TooMuchContention naming `what`."""
+    for _ in range(attempts):
+        try:
+            return step()
+        except PreconditionFailed:
+            continue
+    raise TooMuchContention(f"{what}: too much contention")
 
 
 @dataclass(frozen=True)
