@@ -86,8 +86,13 @@ def open_storage(settings: Settings) -> Storage:
         # AWS, the bucket's regional host: the global one redirects a new bucket outside
         # us-east-1, which breaks signed links and the browser's upload form.
         emulated = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        addressing = {} if emulated else {"s3": {"addressing_style": "virtual"}}
-        s3 = boto3.client("s3", config=Config(signature_version="s3v4", **addressing))
+        s3 = boto3.client(
+            "s3",
+            config=Config(
+                signature_version="s3v4",
+                s3=None if emulated else {"addressing_style": "virtual"},
+            ),
+        )
         dynamodb = boto3.client("dynamodb")
         return Storage(
             objects=S3ObjectStore(s3, settings.bucket, settings.cache_dir),
