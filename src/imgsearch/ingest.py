@@ -21,7 +21,6 @@ from typing import Literal
 import numpy as np
 
 from imgsearch.catalog import (
-    MAX_CAS_ATTEMPTS,
     Catalog,
     Change,
     ImageRecord,
@@ -32,7 +31,7 @@ from imgsearch.decode_pool import Decoder
 from imgsearch.embedding import Embedder
 from imgsearch.images import DecodedImage, DecodeLimits, ImageRefused
 from imgsearch.owners import new_owner, owner_is_alive
-from imgsearch.storage import NotFound, PreconditionFailed, StorageError
+from imgsearch.storage import MAX_CAS_ATTEMPTS, NotFound, PreconditionFailed, StorageError
 from imgsearch.storage.validation import validate_key
 
 log = logging.getLogger(__name__)
@@ -177,14 +176,15 @@ class Ingestor:
                 self.catalog.put_key(new, expected_version=held.version if held else 0)
             except PreconditionFailed:
                 continue  # another event for this key won the race: re-decide against it
-            replaced = None
-            if held and held.status == "present" and held.image_id != image_id:
-                self._detach(held.image_id, key)
-                replaced = held.image_id
+            replaced = held.image_id if held and held.status == "present" else None
+            if replaced == image_id:
+                replaced = None
+            elif replaced is not None:
+                self._detach(replaced, key)
             if created:
                 return IngestResult(key, "added", image_id, replaced=replaced)
             same = held is not None and held.status == "present" and held.image_id == image_id
-            status = "unchanged" if same else "duplicate"
+            status: IngestStatus = "unchanged" if same else "duplicate"
             return IngestResult(key, status, image_id, replaced=replaced)
         raise RuntimeError(f"key {key}: too much contention")
 

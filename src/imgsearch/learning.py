@@ -191,7 +191,8 @@ class Learner:
         vectors = np.stack([self._vector_or_zeros(i) for i in candidates])
         if self.method == "knn":
             return _knn_scores(examples, vectors)
-        return vectors @ _rocchio_vector(examples)
+        rocchio: np.ndarray = vectors @ _rocchio_vector(examples)
+        return rocchio
 
     def _vector_or_zeros(self, image_id: str) -> np.ndarray:
         # An image removed since the candidates were found fits nothing.
@@ -244,11 +245,12 @@ def _knn_scores(examples: Examples, vectors: np.ndarray) -> np.ndarray:
         / (examples.positive_weights.max())
     )
     nearest = min(KNN_EXAMPLES, similarity.shape[1])
-    score = np.sort(similarity, axis=1)[:, -nearest:].mean(axis=1)
+    score: np.ndarray = np.sort(similarity, axis=1)[:, -nearest:].mean(axis=1)
     if len(examples.negative):
         score -= NEGATIVE_WEIGHT * (vectors @ examples.negative.T).max(axis=1)
     return score
 
 
 def _weighted_mean(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    return (vectors * weights[:, None]).sum(axis=0) / max(float(weights.sum()), 1e-12)
+    mean: np.ndarray = (vectors * weights[:, None]).sum(axis=0) / max(float(weights.sum()), 1e-12)
+    return mean

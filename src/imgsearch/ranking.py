@@ -3,6 +3,7 @@ the first page shows when the words are barely understood."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -109,7 +110,7 @@ def learned_ranking(
     return _non_increasing(hits)
 
 
-def _non_increasing(ranked: list[tuple[str, float | None, Reason]]) -> list[Hit]:
+def _non_increasing(ranked: Sequence[tuple[str, float | None, Reason]]) -> list[Hit]:
     """Hits whose scores never increase down the list. An image placed for coverage (score
     None) takes the score of the place it was put in: it is there to explore, not as a match."""
     hits = []
