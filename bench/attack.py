@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo"
 sys.path.insert(0, str(REPO / "tests"))
 
-from hostile_files import Case, bombs  # noqa: E402
+from support.hostile_files import Case, bombs  # noqa: E402
 
 API_KEY = "attack-bench-key"
 HEALTH_EVERY = 0.1  # seconds between health probes during an attack

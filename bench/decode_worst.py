@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from hostile_files import (  # noqa: E402
+from support.hostile_files import (  # noqa: E402
     Case,
     animated_webp,
     bmp_rle,
