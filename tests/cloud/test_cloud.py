@@ -1,9 +1,9 @@
 """The cloud path end to end on moto, through the real handlers with the events AWS sends.
 
-Resources come from infra/template.yaml (tests/aws_resources.py), the functions get the
+Resources come from infra/template.yaml (tests/support/aws_resources.py), the functions get the
 template's environment, S3 delivers its notifications to the queue, a poller feeds them to the
 embed function as Lambda's SQS event source mapping would, and API Gateway's routing and
-authorizer are played from the template's routes (tests/lambda_events.py).
+authorizer are played from the template's routes (tests/support/lambda_events.py).
 """
 
 from __future__ import annotations
