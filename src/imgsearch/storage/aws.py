@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import PutObjectRequestTypeDef
 
     from ..config import Settings
+    from . import Storage
 
 # Disk space local_path leaves free besides what it downloads: scratch for index builds.
 CACHE_HEADROOM = 128 * 1024 * 1024
@@ -529,3 +530,32 @@ def create_missing_resources(settings: Settings) -> list[str]:
             )
         created.append(f"table {table}")
     return created
+
+
+def open_aws_storage(settings: Settings) -> Storage:
+    """The bucket and tables `settings` name, through boto3.
+
+    Endpoints and credentials come from boto3's usual sources (AWS_ENDPOINT_URL etc.).
+    Presigned URLs must use SigV4 (S3 no longer accepts SigV2 in most regions) and, on AWS,
+    the bucket's regional host: the global one redirects a new bucket outside us-east-1,
+    which breaks signed links and the browser's upload form.
+    """
+    import boto3
+    from botocore.config import Config
+
+    from . import Storage
+
+    emulated = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    s3 = boto3.client(
+        "s3",
+        config=Config(
+            signature_version="s3v4",
+            s3=None if emulated else {"addressing_style": "virtual"},
+        ),
+    )
+    dynamodb = boto3.client("dynamodb")
+    return Storage(
+        objects=S3ObjectStore(s3, settings.bucket, settings.cache_dir),
+        catalog=DynamoTable(dynamodb, settings.catalog_table),
+        feedback=DynamoTable(dynamodb, settings.feedback_table),
+    )
