@@ -31,15 +31,15 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
+from imgsearch.config import FeedbackMethod
 from imgsearch.feedback import QUORUM, Agreement, Feedback, TermSummary
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
 
-Method = Literal["rocchio", "knn", "neighbours"]
+Method = FeedbackMethod  # one home: the settings choose among these
 METHODS: tuple[Method, ...] = ("rocchio", "knn", "neighbours")
 NEGATIVE_WEIGHT = 0.5
 SELF_WEIGHT = 3.0  # the asking session's votes, against one per agreeing client beyond quorum
