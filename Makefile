@@ -33,19 +33,18 @@ $(VOCABULARY): scripts/build_vocabulary.py src/imgsearch/assets/imagenet_classes
 
 vocabulary: $(VOCABULARY)
 
-test: setup ## install everything (Chromium included) and run every test
+test: setup lint ## install everything (Chromium included), lint, and run every test
 	scripts/install-chromium.sh
-	$(BIN)/ruff check src tests functions scripts bench layers
-	$(BIN)/ruff format --check src tests functions scripts bench layers
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 .PHONY: bundles
 bundles: setup ## Lambda layers and function bundles for python3.12 on x86_64, in build/lambda
 	$(BIN)/python layers/build.py --out build/lambda
 
-lint:
+lint: $(VENV)/.installed ## ruff, and mypy strict on src/imgsearch ([tool.mypy] in pyproject.toml)
 	$(BIN)/ruff check src tests functions scripts bench layers
 	$(BIN)/ruff format --check src tests functions scripts bench layers
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build src/imgsearch/assets/vocabulary

@@ -15,7 +15,7 @@ import numpy as np
 from imgsearch.results import Embedding, ImageRefused, IngestResult, InvalidKey
 from imgsearch.service import ImageSearch
 
-Progress = Callable[[IngestResult], None]
+Progress = Callable[[IngestResult], object]  # what it returns is ignored
 
 
 @dataclass
@@ -133,7 +133,7 @@ def embed_tree(
     service: ImageSearch,
     root: Path,
     *,
-    on_file: Callable[[str], None] | None = None,
+    on_file: Callable[[str], object] | None = None,
     workers: int = 2,
 ) -> EmbeddedTree:
     """Decode and embed every file under `root` (nothing is stored): the batch equivalent of

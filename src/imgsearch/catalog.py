@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import time
 import zipfile
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -159,7 +160,9 @@ class Catalog:
             return False
         return True
 
-    def update_image(self, image_id: str, change: Any) -> ImageRecord | None:
+    def update_image(
+        self, image_id: str, change: Callable[[ImageRecord], ImageRecord | None]
+    ) -> ImageRecord | None:
         """Apply `change(record) -> record | None` by compare-and-swap until it sticks.
 
         Returns the stored record (None if the image does not exist or `change` declined).

@@ -7,11 +7,18 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from imgsearch.config import Settings
 from imgsearch.results import IndexFormatError, ModelMismatch, UnusableFile
 from imgsearch.service import ImageSearch
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+T = TypeVar("T")
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 
@@ -24,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return args.run(args)
+        code: int = args.run(args)  # the command's cmd_* function
+        return code
     except KeyboardInterrupt:
         return 130
     except (CommandError, IndexFormatError, ModelMismatch, UnusableFile) as error:
@@ -111,7 +119,7 @@ def _folder(args: argparse.Namespace) -> tuple[Path, int]:
     return root, sum(1 for _ in files_under(root))
 
 
-def _progress(args: argparse.Namespace, total: int):
+def _progress(args: argparse.Namespace, total: int) -> tqdm[NoReturn]:
     from tqdm import tqdm
 
     return tqdm(total=total, unit="file", disable=args.quiet or None, file=sys.stderr)
@@ -282,7 +290,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CommandError("--plots needs matplotlib: pip install -e '.[local]'")
     quiet = args.quiet or None  # None: bars only on a terminal
 
-    def track(items, description):
+    def track(items: Iterable[T], description: str) -> Iterable[T]:
         return tqdm(items, desc=description, disable=quiet, file=sys.stderr)
 
     # Never the user's own collection: a fresh directory unless one is named.

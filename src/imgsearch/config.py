@@ -11,6 +11,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# How votes re-rank a search (see learning.py).
+FeedbackMethod = Literal["rocchio", "knn", "neighbours"]
+
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
 
@@ -70,7 +73,7 @@ class Settings(BaseSettings):
     neighbours: int = 50
 
     # Feedback: how votes re-rank (see learning.py), and how long others' votes are cached.
-    feedback_method: Literal["rocchio", "knn", "neighbours"] = "rocchio"
+    feedback_method: FeedbackMethod = "rocchio"
     feedback_cache_seconds: float = 5.0
     # How fast votes age: a client's voice counts half after this many days (see feedback.py);
     # three agreeing voices fall below the quorum that teaches others after 0.58 half-lives.

@@ -24,8 +24,16 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-from imgsearch.catalog import MAX_CAS_ATTEMPTS
-from imgsearch.storage import Delete, Increment, Item, PreconditionFailed, Put, Table, Write
+from imgsearch.storage import (
+    MAX_CAS_ATTEMPTS,
+    Delete,
+    Increment,
+    Item,
+    PreconditionFailed,
+    Put,
+    Table,
+    Write,
+)
 
 LOCAL_CLIENT = "local"  # votes cast in-process (the CLI, the evaluation): the owner's own
 QUORUM = 3  # distinct clients agreeing on an image before it teaches anyone else
@@ -80,7 +88,9 @@ class TermSummary:
 
 def decayed(value: float, at: float, now: float, half_life_seconds: float) -> float:
     """`value`, valid at `at`, as it weighs at `now` (a clock behind `at` does not grow it)."""
-    return value * 0.5 ** (max(0.0, now - at) / half_life_seconds)
+    halvings = max(0.0, now - at) / half_life_seconds
+    factor: float = 0.5**halvings  # (a float power is typed Any: a negative base gives complex)
+    return value * factor
 
 
 class Feedback:
@@ -133,6 +143,7 @@ class Feedback:
         session_marker = self.table.get(pk, f"session#{session}")
         client_marker = self.table.get(pk, f"client#{client}")
         summary = self.table.get(pk, f"image#{image_id}")
+        after = self._summary_after(summary, image_id, voice, value, now)
         writes: list[Write] = [
             Put(
                 pk,
@@ -156,7 +167,7 @@ class Feedback:
             Put(
                 pk,
                 f"image#{image_id}",
-                after := self._summary_after(summary, image_id, voice, value, now),
+                after,
                 expected_version=_version(summary),
             ),
             *_agreed_writes(pk, image_id, summary, after),
@@ -184,7 +195,7 @@ class Feedback:
 
     def _summary_after(
         self, summary: Item | None, image_id: str, voice: Item | None, value: int, now: float
-    ) -> dict:
+    ) -> Item:
         """The image's summary once `voice` (the client's old one, if any) becomes `value`
         (0: the client no longer has a voice)."""
         counts = {"up": 0, "down": 0, "up_weight": 0.0, "down_weight": 0.0}
@@ -314,7 +325,7 @@ class Feedback:
             vote = self.table.get(f"term#{term}", f"vote#{session}#{image_id}")
             writes: list[Write] = [Delete(f"client#{client}", sk)]
             ours = vote is not None and vote.get("client") == client
-            if ours:
+            if ours and vote is not None:
                 writes += [
                     Delete(vote["pk"], vote["sk"], expected_version=_version(vote)),
                     Increment("terms", term, {"votes": -1}),
@@ -361,7 +372,7 @@ class Feedback:
             )
 
 
-def _agreed_writes(pk: str, image_id: str, before: Item | None, after: dict) -> list[Write]:
+def _agreed_writes(pk: str, image_id: str, before: Item | None, after: Item) -> list[Write]:
     """Keep the image's `agreed#` copy of its summary while at least QUORUM clients call it
     the same, and only then. The `image#` row written in the same transaction is conditioned
     on its version, which orders concurrent writers of both."""

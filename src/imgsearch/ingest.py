@@ -21,7 +21,6 @@ from typing import Literal
 import numpy as np
 
 from imgsearch.catalog import (
-    MAX_CAS_ATTEMPTS,
     Catalog,
     Change,
     ImageRecord,
@@ -33,6 +32,7 @@ from imgsearch.embedding import Embedder
 from imgsearch.images import DecodedImage, DecodeLimits, ImageRefused
 from imgsearch.owners import new_owner, owner_is_alive
 from imgsearch.storage import (
+    MAX_CAS_ATTEMPTS,
     InvalidKey,
     NotFound,
     PreconditionFailed,
@@ -193,14 +193,15 @@ class Ingestor:
                 self.catalog.put_key(new, expected_version=held.version if held else 0)
             except PreconditionFailed:
                 continue  # another event for this key won the race: re-decide against it
-            replaced = None
-            if held and held.status == "present" and held.image_id != image_id:
-                self._detach(held.image_id, key)
-                replaced = held.image_id
+            replaced = held.image_id if held and held.status == "present" else None
+            if replaced == image_id:
+                replaced = None
+            elif replaced is not None:
+                self._detach(replaced, key)
             if created:
                 return IngestResult(key, "added", image_id, replaced=replaced)
             same = held is not None and held.status == "present" and held.image_id == image_id
-            status = "unchanged" if same else "duplicate"
+            status: IngestStatus = "unchanged" if same else "duplicate"
             return IngestResult(key, status, image_id, replaced=replaced)
         raise RuntimeError(f"key {key}: too much contention")
 

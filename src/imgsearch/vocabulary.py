@@ -161,7 +161,7 @@ class Vocabulary:
         self._vectors = tables["vectors"]
         self._n_vectors = len(self._vectors)
         self._pos_senses = tables["pos_senses"]
-        self._is_lemma = self._pos_senses.any(axis=1)
+        self._is_lemma = np.asarray(self._pos_senses.any(axis=1))  # (typed bool | array)
         n_classes = len(classes)
         self._n_classes = n_classes
 
@@ -209,7 +209,9 @@ class Vocabulary:
         self._name_class = tables["name_class"]
 
     @classmethod
-    def load(cls, directory: str | Path, strategies: Iterable[str] = DEFAULT_STRATEGIES):
+    def load(
+        cls, directory: str | Path, strategies: Iterable[str] = DEFAULT_STRATEGIES
+    ) -> Vocabulary:
         directory = Path(directory)
         words = (directory / "words.txt").read_text().split("\n")[:-1]
         with np.load(directory / "tables.npz") as archive:
@@ -392,7 +394,7 @@ class Vocabulary:
         )
         # A class the table names by the phrase when WordNet's senses of it don't reach it.
         # ("binocular": WordNet knows only "binoculars", which morphology does not reach.)
-        aliased = self._aliases.get(phrase) or self._aliases.get(phrase + "s", ())
+        aliased = self._aliases.get(phrase) or self._aliases.get(phrase + "s", [])
         named = {c for c in aliased if self._class_synset[c] not in synsets}
         # Classes some sense of the phrase reaches are weighed by that sense alone: the rodent
         # sense of "mouse" must not guess the computer mouse because the class is named "mouse".
@@ -544,8 +546,8 @@ class Vocabulary:
         return found
 
     def _phrase_vector(self, phrase: str) -> np.ndarray | None:
-        ids = [self._word_id.get(w) for w in phrase.split()]
-        ids = [i for i in ids if i is not None and i < self._n_vectors]
+        found = [self._word_id.get(w) for w in phrase.split()]
+        ids = [i for i in found if i is not None and i < self._n_vectors]
         if not ids:
             return None
         return _unit(self._vectors[ids].astype(np.float32).mean(axis=0))
@@ -558,7 +560,8 @@ class Vocabulary:
         if not ids:
             return np.zeros(len(self._name_vectors), dtype=bool)
         lemmas = _unit(self._vectors[ids].astype(np.float32))
-        return (self._name_vectors @ lemmas.T).max(axis=1) > SAME_WORD_COSINE
+        closest: np.ndarray = (self._name_vectors @ lemmas.T).max(axis=1)
+        return closest > SAME_WORD_COSINE
 
     def _vector_evidence(self, vector: np.ndarray, ignore: np.ndarray | None = None) -> np.ndarray:
         """Cosine with each class's closest name (but the `ignore`d ones), mapped so that a
@@ -569,7 +572,8 @@ class Vocabulary:
             cosine = np.where(ignore, -1.0, cosine)
         best = np.full(self._n_classes, -1.0, dtype=np.float32)
         np.maximum.at(best, self._name_class, cosine)
-        return np.clip((best - VECTOR_FLOOR) / (1.0 - VECTOR_FLOOR), 0.0, 1.0) ** 2
+        evidence: np.ndarray = np.clip((best - VECTOR_FLOOR) / (1.0 - VECTOR_FLOOR), 0.0, 1.0) ** 2
+        return evidence
 
     def _synset_lemmas(self, synset: int) -> np.ndarray:
         start, end = np.searchsorted(self._lemma_by_synset_keys, [synset, synset + 1])
@@ -626,4 +630,5 @@ def _best(evidence: np.ndarray) -> np.ndarray:
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    units: np.ndarray = vectors / np.maximum(norms, 1e-12)
+    return units.astype(np.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -166,7 +167,7 @@ def create_app(
     return app
 
 
-def _readable(error: dict) -> dict:
+def _readable(error: dict[str, Any]) -> dict[str, Any]:
     readable = {**error}
     if "input" in error:
         readable["input"] = _shortened(error["input"])

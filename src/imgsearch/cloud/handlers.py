@@ -28,7 +28,9 @@ from aws_lambda_powertools.utilities.batch import (
     EventType,
     process_partial_response,
 )
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from imgsearch.cloud.s3_events import parse_s3_records
 from imgsearch.config import get_settings
@@ -56,8 +58,8 @@ def cold_start(load: tuple[Preloadable, ...] = ()) -> ImageSearch:
 
 
 def process_image_events(
-    service: ImageSearch, event: dict[str, Any], context: Any
-) -> dict[str, Any]:
+    service: ImageSearch, event: dict[str, Any], context: LambdaContext | None
+) -> PartialItemFailureResponse:
     """Apply a batch of SQS messages carrying S3 notifications; returns the failed messages
     (all of them, if all failed: SQS then delivers them again like any other failure).
 

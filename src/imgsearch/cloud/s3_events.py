@@ -8,7 +8,7 @@ Ingestor.apply), so handling the same event twice, or an old one late, changes n
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote_plus
 
 from imgsearch.results import IMAGES_PREFIX, ObjectEvent
@@ -29,6 +29,8 @@ def parse_s3_records(records: Iterable[Mapping[str, Any]]) -> list[ObjectEvent]:
         key = unquote_plus(raw_key)
         if not key.startswith(IMAGES_PREFIX) or key.endswith("/"):
             continue
-        kind = "created" if name.startswith("ObjectCreated") else "removed"
+        kind: Literal["created", "removed"] = (
+            "created" if name.startswith("ObjectCreated") else "removed"
+        )
         events.append(ObjectEvent(kind, key.removeprefix(IMAGES_PREFIX), obj.get("sequencer")))
     return events

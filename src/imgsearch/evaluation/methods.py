@@ -17,7 +17,7 @@ from types import TracebackType
 
 from pydantic import TypeAdapter, ValidationError
 
-from imgsearch.config import Settings
+from imgsearch.config import FeedbackMethod
 from imgsearch.evaluation import EvaluationError
 from imgsearch.results import STRATEGIES
 from imgsearch.service import ImageSearch
@@ -60,12 +60,12 @@ def methods(
 
 def check_offered(wanted: Iterable[Method]) -> None:
     """Raise EvaluationError unless every method's feedback method is one the engine has."""
-    field = Settings.model_fields["feedback_method"]
+    offered = TypeAdapter[FeedbackMethod](FeedbackMethod)
     for method in wanted:
         if method.feedback_method is None:
             continue
         try:
-            TypeAdapter(field.annotation).validate_python(method.feedback_method)
+            offered.validate_python(method.feedback_method)
         except ValidationError as error:
             raise EvaluationError(f"unknown feedback method {method.feedback_method!r}") from error
 

@@ -116,15 +116,18 @@ def manhattan(queries: np.ndarray, images: np.ndarray) -> np.ndarray:
 def euclidean(queries: np.ndarray, images: np.ndarray) -> np.ndarray:
     q, x = queries.astype(np.float64), images.astype(np.float64)
     squared = (q * q).sum(1)[:, None] + (x * x).sum(1)[None] - 2.0 * q @ x.T
-    return np.sqrt(np.maximum(squared, 0.0))
+    distances: np.ndarray = np.sqrt(np.maximum(squared, 0.0))
+    return distances
 
 
 def cosine(queries: np.ndarray, images: np.ndarray) -> np.ndarray:
     def unit(m: np.ndarray) -> np.ndarray:
         m = m.astype(np.float64)
-        return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+        units: np.ndarray = m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+        return units
 
-    return 1.0 - unit(queries) @ unit(images).T
+    distances: np.ndarray = 1.0 - unit(queries) @ unit(images).T
+    return distances
 
 
 DISTANCE_FUNCTIONS = {"manhattan": manhattan, "euclidean": euclidean, "cosine": cosine}

@@ -200,10 +200,10 @@ class IndexBuilder:
         additions = self._load_additions(
             [i for i, op in wanted.items() if op == "add" and i not in self.index]
         )
-        removed = {
-            i: self.index.vector(i)
+        removed = {  # those in the index: the others have no vector
+            i: vector
             for i, op in wanted.items()
-            if op == "remove" and i in self.index
+            if op == "remove" and (vector := self.index.vector(i)) is not None
         }
         if not len(additions) and not removed:
             return [], {}
@@ -225,10 +225,11 @@ class IndexBuilder:
 
         dim = int(data.features.shape[1]) if len(data) else manifest.dim
         next_shard = manifest.next_shard
-        while data is not None and len(data):
+        remaining: ShardData | None = data
+        while remaining is not None and len(remaining):
             if open_id is None:
                 open_id, next_shard = f"s{next_shard:06d}", next_shard + 1
-            part = data.take(slice(0, self.shard_size))
+            part = remaining.take(slice(0, self.shard_size))
             sealed = len(part) == self.shard_size
             build = write_build(self.store, open_id, part, self.n_trees)
             report.shard_builds += 1
@@ -237,7 +238,7 @@ class IndexBuilder:
                     id=open_id, build=build.id, count=len(part), sealed=sealed, sha256=build.sha256
                 )
             )
-            data = data.take(slice(self.shard_size, None)) if sealed else None
+            remaining = remaining.take(slice(self.shard_size, None)) if sealed else None
             open_id = None
 
         new_manifest = manifest.with_shards(

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from imgsearch.catalog import MAX_CAS_ATTEMPTS, Catalog
+from imgsearch.catalog import Catalog
 from imgsearch.index.reader import Index
-from imgsearch.storage import PreconditionFailed
+from imgsearch.storage import MAX_CAS_ATTEMPTS, PreconditionFailed
 
 Neighbours = list[tuple[str, float]]
 
@@ -45,11 +45,12 @@ class Neighbourhoods:
         Call it after the index has been refreshed to include the change. Idempotent: running
         it again for the same change leaves the lists as they are.
         """
-        added = [image_id for image_id in added if image_id in self.index]
-        added_set = set(added)
+        # Only those still in the index: one removed again meanwhile has no vector.
+        vectors = {i: v for i in added if (v := self.index.vector(i)) is not None}
+        added_set = set(vectors)
         offers: dict[str, Neighbours] = defaultdict(list)
-        for image_id in added:
-            near = self.index.nearest(self.index.vector(image_id), self.reach, exclude={image_id})
+        for image_id, vector in vectors.items():
+            near = self.index.nearest(vector, self.reach, exclude={image_id})
             self._replace(image_id, near[: self.k])
             for other, distance in near:
                 if other not in added_set:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import re
@@ -204,7 +205,7 @@ class LocalObjectStore(ObjectStore):
         except _NO_OBJECT_ERRORS:
             return None
 
-    def _file_etag(self, file: BinaryIO, stat: os.stat_result) -> str:
+    def _file_etag(self, file: io.BufferedReader, stat: os.stat_result) -> str:
         """The file's MD5, remembered per inode and version: every write makes a new inode
         (atomic rename), so listing index files does not re-read hundreds of megabytes."""
         identity = (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
@@ -238,6 +239,13 @@ PURGE_INTERVAL_SECONDS = 60.0  # how often a writer deletes expired items (see p
 _EXPIRES = "json_extract(attrs, '$.expires_at')"
 
 
+class _ThreadConnection(threading.local):
+    """One thread's SQLite connection, and the process that opened it."""
+
+    connection: sqlite3.Connection | None = None
+    pid: int | None = None
+
+
 class SqliteTable(Table):
     """A table in an SQLite file; one file can hold several tables (`name` tells them apart).
 
@@ -257,7 +265,7 @@ class SqliteTable(Table):
         self.path = Path(path)
         self.name = name
         self._quoted_name = f'"{name}"'
-        self._local = threading.local()
+        self._local = _ThreadConnection()
         self.expiring = expiring
         self._next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -457,7 +465,7 @@ class SqliteTable(Table):
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection. A forked child opens its own: sharing an SQLite
         connection with the parent process corrupts it."""
-        if getattr(self._local, "pid", None) != os.getpid():
+        if self._local.connection is None or self._local.pid != os.getpid():
             # isolation_level=None: no implicit transactions; ours are explicit.
             connection = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None
@@ -469,6 +477,7 @@ class SqliteTable(Table):
             connection.execute("PRAGMA synchronous=NORMAL")
             self._local.connection = connection
             self._local.pid = os.getpid()
+            return connection
         return self._local.connection
 
 
