@@ -41,10 +41,11 @@ test: setup lint ## install everything (Chromium included), lint, and run every 
 bundles: setup ## Lambda layers and function bundles for python3.12 on x86_64, in build/lambda
 	$(BIN)/python layers/build.py --out build/lambda
 
-lint: $(VENV)/.installed ## ruff, and mypy strict on src/imgsearch ([tool.mypy] in pyproject.toml)
+lint: $(VENV)/.installed ## ruff, mypy strict on src/imgsearch, the layers (pyproject.toml)
 	$(BIN)/ruff check src tests functions scripts bench layers
 	$(BIN)/ruff format --check src tests functions scripts bench layers
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build src/imgsearch/assets/vocabulary
