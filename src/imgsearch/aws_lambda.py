@@ -30,12 +30,12 @@ from aws_lambda_powertools.utilities.batch import (
 )
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from imgsearch.catalog import MAX_CAS_ATTEMPTS, Catalog, KeyRecord
+from imgsearch.catalog import Catalog, KeyRecord
 from imgsearch.config import get_settings
 from imgsearch.events import ObjectEvent, apply_event, parse_s3_records
 from imgsearch.ingest import sequencer_is_newer
 from imgsearch.service import ImageSearch
-from imgsearch.storage import PreconditionFailed
+from imgsearch.storage import MAX_CAS_ATTEMPTS, PreconditionFailed
 
 # Structured JSON logs; the service name comes from POWERTOOLS_SERVICE_NAME (one per function).
 logger = Logger()

@@ -24,8 +24,16 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-from imgsearch.catalog import MAX_CAS_ATTEMPTS
-from imgsearch.storage import Delete, Increment, Item, PreconditionFailed, Put, Table, Write
+from imgsearch.storage import (
+    Delete,
+    Increment,
+    Item,
+    PreconditionFailed,
+    Put,
+    Table,
+    Write,
+    retry_on_conflict,
+)
 
 LOCAL_CLIENT = "local"  # votes cast in-process (the CLI, the evaluation): the owner's own
 QUORUM = 3  # distinct clients agreeing on an image before it teaches anyone else
@@ -105,19 +113,19 @@ class Feedback:
         if value not in (1, -1):
             raise ValueError("a vote is 1 (relevant) or -1 (not relevant)")
         pk = f"term#{term}"
-        for _ in range(MAX_CAS_ATTEMPTS):
+
+        # Loses (PreconditionFailed) if another write to this vote or image landed first.
+        def step() -> bool:
             current = self.table.get(pk, f"vote#{session}#{image_id}")
             voice = self.table.get(pk, f"voice#{client}#{image_id}")
             if _value(current) == value and _value(voice) == value:
                 return False
-            try:
-                self.table.transact(
-                    self._vote_writes(term, image_id, session, value, client, current, voice)
-                )
-            except PreconditionFailed:
-                continue  # another write to this vote or image landed first: decide again
+            self.table.transact(
+                self._vote_writes(term, image_id, session, value, client, current, voice)
+            )
             return True
-        raise RuntimeError("too much contention on one vote")
+
+        return retry_on_conflict(step, "one vote")
 
     def _vote_writes(
         self,
@@ -310,7 +318,8 @@ class Feedback:
     def _drop_vote(self, term: str, session: str, image_id: str, client: str, sk: str) -> int:
         """Delete the session's vote if `client` cast it (the session may have voted again
         from elsewhere since), and the row that pointed at it."""
-        for _ in range(MAX_CAS_ATTEMPTS):
+
+        def step() -> int:
             vote = self.table.get(f"term#{term}", f"vote#{session}#{image_id}")
             writes: list[Write] = [Delete(f"client#{client}", sk)]
             ours = vote is not None and vote.get("client") == client
@@ -319,16 +328,15 @@ class Feedback:
                     Delete(vote["pk"], vote["sk"], expected_version=_version(vote)),
                     Increment("terms", term, {"votes": -1}),
                 ]
-            try:
-                self.table.transact(writes)
-            except PreconditionFailed:
-                continue
+            self.table.transact(writes)
             return int(ours)
-        raise RuntimeError("too much contention on one vote")
+
+        return retry_on_conflict(step, "one vote")
 
     def _drop_voice(self, term: str, image_id: str, client: str) -> None:
         pk = f"term#{term}"
-        for _ in range(MAX_CAS_ATTEMPTS):
+
+        def step() -> None:
             voice = self.table.get(pk, f"voice#{client}#{image_id}")
             summary = self.table.get(pk, f"image#{image_id}")
             if voice is None or summary is None:
@@ -341,12 +349,9 @@ class Feedback:
             else:
                 writes.append(Put(pk, summary["sk"], after, expected_version=_version(summary)))
             writes += _agreed_writes(pk, image_id, summary, after)
-            try:
-                self.table.transact(writes)
-            except PreconditionFailed:
-                continue
-            return
-        raise RuntimeError("too much contention on one image's summary")
+            self.table.transact(writes)
+
+        retry_on_conflict(step, "one image's summary")
 
     def _drop_marker(self, term: str, sk: str, client: str, counter: str) -> None:
         marker = self.table.get(f"term#{term}", sk)

@@ -21,7 +21,6 @@ from typing import Literal
 import numpy as np
 
 from imgsearch.catalog import (
-    MAX_CAS_ATTEMPTS,
     Catalog,
     Change,
     ImageRecord,
@@ -32,7 +31,7 @@ from imgsearch.decode_pool import Decoder
 from imgsearch.embedding import Embedder
 from imgsearch.images import DecodedImage, DecodeLimits, ImageRefused
 from imgsearch.owners import new_owner, owner_is_alive
-from imgsearch.storage import NotFound, PreconditionFailed, StorageError
+from imgsearch.storage import NotFound, PreconditionFailed, StorageError, retry_on_conflict
 from imgsearch.storage.validation import validate_key
 
 log = logging.getLogger(__name__)
@@ -147,68 +146,82 @@ class Ingestor:
         sequencer: str | None,
         journal: _Journal,
     ) -> IngestResult:
-        for _ in range(MAX_CAS_ATTEMPTS):
-            held = self.catalog.key(key)
-            self._note_previous(journal, held)
-            if held and not sequencer_is_newer(sequencer, held.sequencer):
-                return IngestResult(key, "stale", held.image_id)
-            record = self.catalog.image(image_id)
-            created = False
-            if record is None or record.status == "removed":
-                try:
-                    decoded = self.decode(data)
-                except ImageRefused as refusal:
-                    if store_original and held and held.status == "present":
-                        # Refused bytes sent to replace an image: the image stays. (From the
-                        # bucket, the object itself was replaced, and its image must go.)
-                        return _refused(key, refusal)
-                    return self._refuse(key, held, refusal, sequencer)
-                if store_original:
-                    self._put_original(journal, data, content_type(decoded.format))
-                record, created = self._create(image_id, key, len(data), decoded, record)
-            else:
-                if store_original and not (held and held.image_id == image_id):
-                    self._put_original(journal, data, content_type(record.format))
-                if record.status == "pending":  # re-queue, in case a crash lost the first one
-                    self.catalog.mark_pending(image_id, "add")
-            self._attach(image_id, key)
-            new = KeyRecord(key, "present", image_id, sequencer=sequencer or _kept(held))
+        return retry_on_conflict(
+            lambda: self._try_add(key, data, image_id, store_original, sequencer, journal),
+            f"key {key}",
+        )
+
+    def _try_add(
+        self,
+        key: str,
+        data: bytes,
+        image_id: str,
+        store_original: bool,
+        sequencer: str | None,
+        journal: _Journal,
+    ) -> IngestResult:
+        """One attempt at `_add`; raises PreconditionFailed if another event for the key was
+        recorded since it was read."""
+        held = self.catalog.key(key)
+        self._note_previous(journal, held)
+        if held and not sequencer_is_newer(sequencer, held.sequencer):
+            return IngestResult(key, "stale", held.image_id)
+        record = self.catalog.image(image_id)
+        created = False
+        if record is None or record.status == "removed":
             try:
-                self.catalog.put_key(new, expected_version=held.version if held else 0)
-            except PreconditionFailed:
-                continue  # another event for this key won the race: re-decide against it
-            replaced = None
-            if held and held.status == "present" and held.image_id != image_id:
-                self._detach(held.image_id, key)
-                replaced = held.image_id
-            if created:
-                return IngestResult(key, "added", image_id, replaced=replaced)
-            same = held is not None and held.status == "present" and held.image_id == image_id
-            status = "unchanged" if same else "duplicate"
-            return IngestResult(key, status, image_id, replaced=replaced)
-        raise RuntimeError(f"key {key}: too much contention")
+                decoded = self.decode(data)
+            except ImageRefused as refusal:
+                if store_original and held and held.status == "present":
+                    # Refused bytes sent to replace an image: the image stays. (From the
+                    # bucket, the object itself was replaced, and its image must go.)
+                    return _refused(key, refusal)
+                return self._refuse(key, held, refusal, sequencer)
+            if store_original:
+                self._put_original(journal, data, content_type(decoded.format))
+            record, created = self._create(image_id, key, len(data), decoded, record)
+        else:
+            if store_original and not (held and held.image_id == image_id):
+                self._put_original(journal, data, content_type(record.format))
+            if record.status == "pending":  # re-queue, in case a crash lost the first one
+                self.catalog.mark_pending(image_id, "add")
+        self._attach(image_id, key)
+        new = KeyRecord(key, "present", image_id, sequencer=sequencer or _kept(held))
+        self.catalog.put_key(new, expected_version=held.version if held else 0)
+        replaced = None
+        if held and held.status == "present" and held.image_id != image_id:
+            self._detach(held.image_id, key)
+            replaced = held.image_id
+        if created:
+            return IngestResult(key, "added", image_id, replaced=replaced)
+        same = held is not None and held.status == "present" and held.image_id == image_id
+        status = "unchanged" if same else "duplicate"
+        return IngestResult(key, status, image_id, replaced=replaced)
 
     def _remove(
         self, key: str, delete_original: bool, sequencer: str | None, journal: _Journal
     ) -> IngestResult:
-        for _ in range(MAX_CAS_ATTEMPTS):
-            held = self.catalog.key(key)
-            self._note_previous(journal, held)
-            if held and not sequencer_is_newer(sequencer, held.sequencer):
-                return IngestResult(key, "stale", held.image_id)
-            # The tombstone stays, so that an older "created" event arriving late is ignored.
-            tombstone = KeyRecord(key, "removed", sequencer=sequencer or _kept(held))
-            try:
-                self.catalog.put_key(tombstone, expected_version=held.version if held else 0)
-            except PreconditionFailed:
-                continue
-            if delete_original:
-                self.catalog.delete_original(key)
-            image_id = held.image_id if held and held.status == "present" else None
-            if image_id:
-                self._detach(image_id, key)
-            return IngestResult(key, "removed", image_id)
-        raise RuntimeError(f"key {key}: too much contention")
+        return retry_on_conflict(
+            lambda: self._try_remove(key, delete_original, sequencer, journal), f"key {key}"
+        )
+
+    def _try_remove(
+        self, key: str, delete_original: bool, sequencer: str | None, journal: _Journal
+    ) -> IngestResult:
+        """One attempt at `_remove`; raises PreconditionFailed as `_try_add` does."""
+        held = self.catalog.key(key)
+        self._note_previous(journal, held)
+        if held and not sequencer_is_newer(sequencer, held.sequencer):
+            return IngestResult(key, "stale", held.image_id)
+        # The tombstone stays, so that an older "created" event arriving late is ignored.
+        tombstone = KeyRecord(key, "removed", sequencer=sequencer or _kept(held))
+        self.catalog.put_key(tombstone, expected_version=held.version if held else 0)
+        if delete_original:
+            self.catalog.delete_original(key)
+        image_id = held.image_id if held and held.status == "present" else None
+        if image_id:
+            self._detach(image_id, key)
+        return IngestResult(key, "removed", image_id)
 
     # Changes that fail or are interrupted --------------------------------------------------
 

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from imgsearch.catalog import MAX_CAS_ATTEMPTS, Catalog
+from imgsearch.catalog import Catalog
 from imgsearch.index.reader import Index
-from imgsearch.storage import PreconditionFailed
+from imgsearch.storage import retry_on_conflict
 
 Neighbours = list[tuple[str, float]]
 
@@ -72,18 +72,16 @@ class Neighbourhoods:
             self._merge(other, offered)
 
     def _replace(self, image_id: str, neighbours: Neighbours) -> None:
-        for _ in range(MAX_CAS_ATTEMPTS):
+        def step() -> None:
             _, version = self.catalog.neighbours(image_id)
-            try:
-                self.catalog.put_neighbours(image_id, neighbours, expected_version=version)
-                return
-            except PreconditionFailed:
-                continue
-        raise RuntimeError(f"neighbours of {image_id}: too much contention")
+            self.catalog.put_neighbours(image_id, neighbours, expected_version=version)
+
+        retry_on_conflict(step, f"neighbours of {image_id}")
 
     def _merge(self, image_id: str, offered: Neighbours) -> None:
         """Insert offered neighbours that are nearer than the list's current k-th."""
-        for _ in range(MAX_CAS_ATTEMPTS):
+
+        def step() -> None:
             current, version = self.catalog.neighbours(image_id)
             if not current and version == 0:
                 return  # its own list is not computed yet; it will be computed whole
@@ -93,9 +91,6 @@ class Neighbourhoods:
             best = sorted(merged.items(), key=lambda pair: (pair[1], pair[0]))[: self.k]
             if best == current:
                 return
-            try:
-                self.catalog.put_neighbours(image_id, best, expected_version=version)
-                return
-            except PreconditionFailed:
-                continue
-        raise RuntimeError(f"neighbours of {image_id}: too much contention")
+            self.catalog.put_neighbours(image_id, best, expected_version=version)
+
+        retry_on_conflict(step, f"neighbours of {image_id}")
