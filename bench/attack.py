@@ -22,7 +22,7 @@ While an attack runs, a thread samples the RSS of the server and its worker proc
 attack: requests, statuses (`413x5 timeout x1`), the slowest answer, the server's RSS at the
 start and at the peak, health latency meanwhile, and notes (the vote-poisoning figures among
 them). A server that dies is reported and started again for the next attack.
-Decode bombs come from tests/hostile_files.py's `bombs()`.
+Decode bombs come from tests/support/hostile_files.py's `bombs()`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo"
 sys.path.insert(0, str(REPO / "tests"))
 
-from hostile_files import Case, bombs  # noqa: E402
+from support.hostile_files import Case, bombs  # noqa: E402
 
 API_KEY = "attack-bench-key"
 HEALTH_EVERY = 0.1  # seconds between health probes during an attack

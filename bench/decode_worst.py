@@ -1,8 +1,8 @@
 """The worst a small file can make the decoder spend: peak memory and time, per format and mode.
 
-Each bomb of `tests/hostile_files.bombs()` (sized for the open reverse search's pixel limit),
-the same bombs at the keyed upload's limit (7071 x 7071, just under 50 megapixels), and a real
-photo for scale, is decoded in a fresh Python process as a decode worker does it: with the
+Each bomb of `tests/support/hostile_files.bombs()` (sized for the open reverse search's pixel
+limit), the same bombs at the keyed upload's limit (7071 x 7071, just under 50 megapixels), and
+a real photo for scale, is decoded in a fresh Python process as a decode worker does it: with the
 limits of the open reverse search (`max_search_pixels`) and of the keyed upload, and the
 reduction the model asks for. That process runs under an address space cap (--cap-mb) and is
 killed after --timeout seconds, so that measuring the code before the fix cannot take the
@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from hostile_files import (  # noqa: E402
+from support.hostile_files import (  # noqa: E402
     Case,
     animated_webp,
     bmp_rle,

@@ -68,7 +68,7 @@ TRIM_DIRS = ("tests", "__pycache__")
 TRIM_SUFFIXES = (".pyi", ".pxd", ".h", ".c", ".cpp")
 TRIM_DIST_INFO = ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")
 # Parts of packages that nothing here loads, removed to keep the functions well inside the limit
-# (tests/test_bundles.py runs every handler on the trimmed bundles). LiteRT ships GPU (WebGPU)
+# (tests/cloud/test_bundles.py runs every handler on the trimmed bundles). LiteRT ships GPU (WebGPU)
 # and NPU accelerators and model tools beside the CPU interpreter: Lambda has neither GPU nor NPU.
 UNUSED_PARTS = {
     "ai_edge_litert": ("libLiteRtWebGpuAccelerator.so", "vendors", "tools", "aot"),
@@ -89,7 +89,7 @@ window.IMGSEARCH_CONFIG = { api: "", upload: "presigned" };
 
 LAYERS = ("deps", "inference", "model", "vocabulary")
 # What each function imports or reads; infra/template.yaml attaches the same layers
-# (tests/test_bundles.py checks that the two agree).
+# (tests/cloud/test_bundles.py checks that the two agree).
 FUNCTION_LAYERS = {
     "authorizer": ("deps",),
     "embed": ("deps", "inference", "model"),

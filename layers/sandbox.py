@@ -4,7 +4,7 @@ code (Lambda's /var/task) and its layers merged in order (Lambda's /opt), nothin
     sandbox = assemble("search", out=Path("build/lambda"), root=tmp)
     result = run(sandbox, python, environment, event)   # {"import_seconds", "response", ...}
 
-Used by tests/test_bundles.py (each handler on its own bundle) and bench/cold_start.py.
+Used by tests/cloud/test_bundles.py (each handler on its own bundle) and bench/cold_start.py.
 The function's code (under a megabyte) is copied; the layers are symbolic links, so that
 assembling costs no copies of them. Python finds compiled modules beside the links, or none
 when the sandbox is assembled `with_pyc=False`.

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_resources import create_bucket, create_tables
 from fastapi.testclient import TestClient
+from support.aws_resources import create_bucket, create_tables
+from support.demo import DEMO
+from support.services import API_KEY, make_service
 
 from imgsearch.api.app import create_app
 from imgsearch.bulk import ingest_tree
@@ -19,14 +21,6 @@ from imgsearch.embedding import Embedder, ModelSpec
 from imgsearch.service import ImageSearch
 from imgsearch.storage import Storage, open_storage
 from imgsearch.vocabulary import Vocabulary
-
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "demo"
-API_KEY = "test-api-key"
-
-
-def demo_image(category: str, number: int = 1) -> bytes:
-    return (DEMO / category / f"image_{number:04d}.jpg").read_bytes()
 
 
 @pytest.fixture(scope="session")
@@ -37,22 +31,6 @@ def embedder() -> Embedder:
 @pytest.fixture(scope="session")
 def vocabulary() -> Vocabulary:
     return Vocabulary.load(Settings().vocabulary_dir)
-
-
-def make_service(
-    data_dir: Path, embedder: Embedder, vocabulary: Vocabulary, **settings: object
-) -> ImageSearch:
-    """A service on its own data directory, sharing the loaded model and vocabulary. It decodes
-    in the calling thread (as on Lambda) unless `decode_workers` is given: a pool of worker
-    processes per test would cost each test a process start (test_decoding.py tests them)."""
-    values = {
-        "data_dir": data_dir,
-        "shard_size": 64,
-        "api_key": API_KEY,
-        "decode_workers": 0,
-        **settings,
-    }
-    return ImageSearch(Settings(**values), embedder=embedder, vocabulary=vocabulary)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import DEMO
+from support.demo import DEMO
 
 from imgsearch.bulk import EmbeddedTree
 from imgsearch.cli import main

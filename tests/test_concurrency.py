@@ -8,7 +8,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from conftest import API_KEY, demo_image, make_service
+from support.demo import demo_image
+from support.services import API_KEY, make_service
 
 from imgsearch.config import Settings
 from imgsearch.events import apply_events, parse_s3_records

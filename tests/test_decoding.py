@@ -18,9 +18,10 @@ from dataclasses import replace
 
 import pytest
 import requests
-from conftest import API_KEY, REPO, demo_image, make_service
 from fastapi.testclient import TestClient
-from hostile_files import Case, bombs, jpeg_scan_bomb, png_zlib_bomb, webp_canvas
+from support.demo import REPO, demo_image
+from support.hostile_files import Case, bombs, jpeg_scan_bomb, png_zlib_bomb, webp_canvas
+from support.services import API_KEY, make_service
 
 from imgsearch.api.app import create_app
 from imgsearch.cli import main

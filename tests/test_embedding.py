@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import REPO, demo_image
+from support.demo import REPO, demo_image
 
 from imgsearch.config import ASSETS_DIR, Settings
 from imgsearch.embedding import Embedder, ModelSpec

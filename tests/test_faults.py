@@ -16,8 +16,9 @@ from contextlib import suppress
 
 import numpy as np
 import pytest
-from conftest import API_KEY, REPO, demo_image, make_service
 from fastapi.testclient import TestClient
+from support.demo import REPO, demo_image
+from support.services import API_KEY, make_service
 
 from imgsearch.api.app import create_app
 from imgsearch.config import Settings

@@ -7,7 +7,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import DEMO, make_service
+from support.demo import DEMO
+from support.services import make_service
 
 from imgsearch.feedback import Agreement, Feedback
 from imgsearch.learning import trust

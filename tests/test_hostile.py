@@ -9,11 +9,12 @@ from contextlib import suppress
 from dataclasses import replace
 
 import pytest
-from conftest import API_KEY, demo_image, make_service
 from fastapi.testclient import TestClient
-from hostile_files import Case, corpus, encode, photo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.demo import demo_image
+from support.hostile_files import Case, corpus, encode, photo
+from support.services import API_KEY, make_service
 
 from imgsearch.api.app import create_app
 from imgsearch.cli import main

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from hostile_files import animated_gif, corpus, encode, photo, rotated_jpeg, sixteen_bit_png
 from PIL import Image
+from support.hostile_files import animated_gif, corpus, encode, photo, rotated_jpeg, sixteen_bit_png
 
 from imgsearch.config import Settings
 from imgsearch.images import DecodeLimits, ImageRefused, decode_image

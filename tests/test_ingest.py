@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from conftest import demo_image, make_service
-from hostile_files import encode, photo
+from support.demo import demo_image
+from support.hostile_files import encode, photo
+from support.services import make_service
 
 from imgsearch.ingest import sequencer_is_newer
 

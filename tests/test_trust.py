@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import API_KEY
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.services import API_KEY
 
 from imgsearch.api.app import create_app
 from imgsearch.api.limits import RateLimiter

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEMO, make_service
+from support.demo import DEMO
+from support.services import make_service
 
 from imgsearch.cli import main
 from imgsearch.evaluation import EvaluationError

@@ -19,11 +19,11 @@ from typing import Any
 
 import boto3
 import pytest
-from aws_resources import TEMPLATE_PATH, load_template
 from cfnlint.api import lint
-from conftest import REPO
 from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
+from support.aws_resources import TEMPLATE_PATH, load_template
+from support.demo import REPO
 
 pytestmark = pytest.mark.xdist_group("template")
 

@@ -9,10 +9,10 @@ from urllib.parse import quote_plus
 
 import boto3
 import pytest
-from aws_resources import create_bucket, create_tables
-from conftest import demo_image
-from lambda_events import FakeContext, lambda_logging, load_function
 from moto import mock_aws
+from support.aws_resources import create_bucket, create_tables
+from support.demo import demo_image
+from support.lambda_events import FakeContext, lambda_logging, load_function
 
 from imgsearch.config import get_settings
 

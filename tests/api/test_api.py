@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import API_KEY, demo_image
-from hostile_files import encode, photo
+from support.demo import demo_image
+from support.hostile_files import encode, photo
+from support.services import API_KEY
 
 
 def _keys(results: list[dict]) -> list[str]:

@@ -15,10 +15,11 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
-from browser import live_server
-from conftest import API_KEY, demo_image, make_service
 from fastapi.testclient import TestClient
-from hostile_files import encode, photo
+from support.browser import live_server
+from support.demo import demo_image
+from support.hostile_files import encode, photo
+from support.services import API_KEY, make_service
 
 from imgsearch.api.app import create_app
 from imgsearch.api.server import LINGER_SECONDS

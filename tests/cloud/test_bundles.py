@@ -26,7 +26,8 @@ from types import ModuleType
 
 import boto3
 import pytest
-from aws_resources import (
+from moto.server import ThreadedMotoServer
+from support.aws_resources import (
     configure_notifications,
     create_bucket,
     create_queues,
@@ -34,9 +35,8 @@ from aws_resources import (
     function_environment,
     load_template,
 )
-from conftest import REPO, demo_image
-from lambda_events import API_HOST, QueuePoller, authorizer_event, http_event, route_for
-from moto.server import ThreadedMotoServer
+from support.demo import REPO, demo_image
+from support.lambda_events import API_HOST, QueuePoller, authorizer_event, http_event, route_for
 
 pytestmark = pytest.mark.xdist_group("bundles")
 

@@ -18,8 +18,8 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from aws_resources import Route, route_for
-from conftest import REPO
+from support.aws_resources import Route, route_for
+from support.demo import REPO
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"

@@ -152,7 +152,8 @@ def test_neighbour_lists_match_brute_force_after_adds_and_removes(index_service)
 
 
 def test_an_index_of_an_older_format_is_refused_then_rebuilt(tmp_path, embedder, vocabulary):
-    from conftest import demo_image, make_service
+    from support.demo import demo_image
+    from support.services import make_service
 
     from imgsearch.cli import main
     from imgsearch.index.manifest import MANIFEST_KEY, IndexFormatError

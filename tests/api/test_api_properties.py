@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from conftest import API_KEY, demo_image, make_service
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from support.demo import demo_image
+from support.services import API_KEY, make_service
 
 from imgsearch.api.app import create_app
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "infra" / "template.yaml"
+TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "infra" / "template.yaml"
 
 
 class CloudFormationLoader(yaml.SafeLoader):

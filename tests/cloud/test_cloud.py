@@ -1,9 +1,9 @@
 """The cloud path end to end on moto, through the real handlers with the events AWS sends.
 
-Resources come from infra/template.yaml (tests/aws_resources.py), the functions get the
+Resources come from infra/template.yaml (tests/support/aws_resources.py), the functions get the
 template's environment, S3 delivers its notifications to the queue, a poller feeds them to the
 embed function as Lambda's SQS event source mapping would, and API Gateway's routing and
-authorizer are played from the template's routes (tests/lambda_events.py).
+authorizer are played from the template's routes (tests/support/lambda_events.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from urllib.parse import urljoin
 import boto3
 import pytest
 import requests
-from aws_resources import (
+from moto import mock_aws
+from moto.server import ThreadedMotoServer
+from support.aws_resources import (
     configure_notifications,
     create_bucket,
     create_queues,
@@ -32,11 +34,9 @@ from aws_resources import (
     load_template,
     resource_properties,
 )
-from conftest import REPO, demo_image
-from hostile_files import bombs, corpus
-from lambda_events import CLIENT_IP, ApiGateway, QueuePoller, lambda_logging, load_function
-from moto import mock_aws
-from moto.server import ThreadedMotoServer
+from support.demo import REPO, demo_image
+from support.hostile_files import bombs, corpus
+from support.lambda_events import CLIENT_IP, ApiGateway, QueuePoller, lambda_logging, load_function
 
 from imgsearch.config import ASSETS_DIR, get_settings
 from imgsearch.images import DecodeLimits, ImageRefused, decode_image

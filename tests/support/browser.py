@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, Playwright
 
 from imgsearch.api.server import server_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
 CHROMIUM_ARGS = [
     "--no-sandbox",

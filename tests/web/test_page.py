@@ -12,8 +12,6 @@ import socket
 from collections.abc import Callable, Iterator
 
 import pytest
-from browser import SCREENSHOTS, launch_chromium, live_server
-from conftest import API_KEY, DEMO, demo_image, make_service
 from playwright.sync_api import (
     Browser,
     ConsoleMessage,
@@ -23,6 +21,9 @@ from playwright.sync_api import (
     expect,
     sync_playwright,
 )
+from support.browser import SCREENSHOTS, launch_chromium, live_server
+from support.demo import DEMO, demo_image
+from support.services import API_KEY, make_service
 
 from imgsearch.api.app import create_app
 from imgsearch.bulk import ingest_tree

@@ -1,0 +1,2 @@
+"""Plain helpers the tests share (fixtures live in the conftest.py files): hostile files, AWS
+resources from the template, Lambda events, the browser, the demo photos and test services."""
