@@ -56,13 +56,6 @@ class TermVotes:
     term: str
     votes: list[Vote] = field(default_factory=list)
 
-    @property
-    def sessions(self) -> dict[str, dict[str, int]]:
-        grouped: dict[str, dict[str, int]] = defaultdict(dict)
-        for vote in self.votes:
-            grouped[vote.session][vote.image_id] = vote.value
-        return dict(grouped)
-
 
 @dataclass(frozen=True)
 class Agreement:
@@ -256,10 +249,6 @@ class Feedback:
         items = self.table.query(f"term#{term}", prefix=f"vote#{session}#")
         return {i["image_id"]: int(i["vote"]) for i in items}
 
-    def totals(self, term: str) -> dict[str, tuple[int, int]]:
-        """Per image: (up, down) distinct clients whose voice says so."""
-        return {a.image_id: (a.up_clients, a.down_clients) for a in self.summary(term).images}
-
     def voters(self, term: str) -> dict[str, tuple[int, int]]:
         """Per client: how many images its voice calls relevant and not (O(voices): for the
         owner's view, never for a search)."""
@@ -267,13 +256,6 @@ class Feedback:
         for item in self.table.query(f"term#{term}", prefix="voice#"):
             counts[item["client"]][0 if int(item["voice"]) > 0 else 1] += 1
         return {client: (up, down) for client, (up, down) in counts.items()}
-
-    def learned_terms(self) -> dict[str, int]:
-        """Terms users have voted on, with how many votes each has."""
-        return {i["sk"]: int(i["votes"]) for i in self.table.query("terms")}
-
-    def knows(self, term: str) -> bool:
-        return self.table.get("terms", term) is not None
 
     # The owner's controls ----------------------------------------------------------------
 

@@ -38,7 +38,6 @@ import numpy as np
 
 # Ways to guess classes for a sense that names none (see the module docstring).
 STRATEGIES = frozenset({"relations", "glosses", "vectors"})
-DEFAULT_STRATEGIES = STRATEGIES
 
 POS_COLUMNS = {"n": 0, "v": 1, "a": 2, "r": 3}
 
@@ -165,7 +164,7 @@ class Vocabulary:
         exceptions: dict[str, dict[str, list[str]]],
         classes: list[dict[str, str]],
         lexnames: list[str],
-        strategies: Iterable[str] = DEFAULT_STRATEGIES,
+        strategies: Iterable[str] = STRATEGIES,
     ) -> None:
         self.strategies = frozenset(strategies)
         if unknown := self.strategies - STRATEGIES:
@@ -226,7 +225,7 @@ class Vocabulary:
         self._name_class = tables["name_class"]
 
     @classmethod
-    def load(cls, directory: str | Path, strategies: Iterable[str] = DEFAULT_STRATEGIES):
+    def load(cls, directory: str | Path, strategies: Iterable[str] = STRATEGIES):
         directory = Path(directory)
         words = (directory / "words.txt").read_text().split("\n")[:-1]
         with np.load(directory / "tables.npz") as archive:

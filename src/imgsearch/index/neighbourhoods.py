@@ -19,14 +19,15 @@ from imgsearch.storage import retry_on_conflict
 
 Neighbours = list[tuple[str, float]]
 
+REACH = 200  # how many of a new or removed image's nearest images may list it
+
 
 class Neighbourhoods:
-    def __init__(self, catalog: Catalog, index: Index, *, k: int = 50, reach: int = 200) -> None:
-        """`reach`: how many of a new or removed image's nearest images may list it."""
+    def __init__(self, catalog: Catalog, index: Index, *, k: int = 50) -> None:
         self.catalog = catalog
         self.index = index
         self.k = k
-        self.reach = max(reach, k)
+        self.reach = max(REACH, k)
 
     def get(self, image_id: str) -> Neighbours:
         """The stored list, without images that left the index since it was written."""

@@ -23,6 +23,7 @@ from imgsearch.index.shards import Shard
 from imgsearch.storage import ObjectStore
 
 SEARCH_THREADS = min(4, os.cpu_count() or 1)
+REFRESH_INTERVAL_SECONDS = 2.0  # how often a reader looks for a new manifest, at most
 _T = TypeVar("_T")
 
 
@@ -44,12 +45,11 @@ class Index:
         *,
         candidates: int = 100,
         search_k: int = -1,
-        refresh_interval: float = 2.0,
     ) -> None:
         self._store = store
         self.candidates = candidates
         self.search_k = search_k
-        self.refresh_interval = refresh_interval
+        self.refresh_interval = REFRESH_INTERVAL_SECONDS
         self._snapshot = _Snapshot(Manifest(), None, ())
         self._checked_at = float("-inf")
         self._lock = threading.Lock()

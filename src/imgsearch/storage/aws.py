@@ -311,9 +311,7 @@ class DynamoTable(Table):
         )
         return _decode_item(response["Attributes"])
 
-    def _query(
-        self, pk: str, prefix: str, start_after: str | None, limit: int | None
-    ) -> Iterator[Item]:
+    def _query(self, pk: str, prefix: str, limit: int | None) -> Iterator[Item]:
         names = {"#pk": "pk"}
         values: dict[str, Any] = {":pk": {"S": pk}}
         condition = "#pk = :pk"
@@ -328,12 +326,6 @@ class DynamoTable(Table):
             "ExpressionAttributeValues": values,
             "ConsistentRead": True,
         }
-        # DynamoDB refuses an ExclusiveStartKey outside the key condition, so a start_after
-        # below the prefix's range is dropped and one above it means there is nothing to return.
-        if start_after and (not prefix or start_after.startswith(prefix)):
-            request["ExclusiveStartKey"] = self._key(pk, start_after)
-        elif start_after and start_after > prefix:
-            return
         remaining = limit
         while remaining is None or remaining > 0:
             if remaining is not None:
