@@ -92,7 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_init_aws(args: argparse.Namespace) -> int:
-    from imgsearch.storage.aws import create_missing_resources
+    from imgsearch.storage.aws_resources import create_missing_resources
 
     if not os.environ.get("AWS_ENDPOINT_URL"):
         raise CommandError(

@@ -22,8 +22,9 @@ import pytest
 from cfnlint.api import lint
 from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
-from support.aws_resources import TEMPLATE_PATH, load_template
 from support.demo import REPO
+
+from imgsearch.storage.aws_resources import TEMPLATE_PATH, load_template
 
 pytestmark = pytest.mark.xdist_group("template")
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -33,9 +33,6 @@ from .ports import (
     StoredObject,
     Write,
 )
-
-if TYPE_CHECKING:
-    from ..config import Settings
 
 # Disk space local_path leaves free besides what it downloads: scratch for index builds.
 CACHE_HEADROOM = 128 * 1024 * 1024
@@ -430,56 +427,3 @@ class DynamoTable(Table):
     def _encode_item(pk: str, sk: str, version: int, attrs: Mapping[str, Any]) -> dict[str, Any]:
         item = {name: _attribute_value(value) for name, value in attrs.items()}
         return item | DynamoTable._key(pk, sk) | {"version": {"N": str(version)}}
-
-
-def create_missing_resources(settings: Settings) -> list[str]:
-    """Create the bucket and tables `settings` name, where they do not exist yet.
-
-    For emulators (a moto server): on AWS, infra/template.yaml defines them, with versioning,
-    encryption, backups and event notifications. The key schema is the one DynamoTable needs.
-    Returns what was created.
-    """
-    import boto3
-
-    s3 = boto3.client("s3")
-    dynamodb = boto3.client("dynamodb")
-    created = []
-    try:
-        s3.head_bucket(Bucket=settings.bucket)
-    except ClientError:
-        region = s3.meta.region_name
-        # us-east-1 is the one region S3 refuses an explicit LocationConstraint for.
-        placement = (
-            {}
-            if region == "us-east-1"
-            else {"CreateBucketConfiguration": {"LocationConstraint": region}}
-        )
-        s3.create_bucket(Bucket=settings.bucket, **placement)
-        s3.put_bucket_versioning(
-            Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"}
-        )
-        created.append(f"bucket {settings.bucket}")
-    existing = set(dynamodb.list_tables()["TableNames"])
-    for table in (settings.catalog_table, settings.feedback_table):
-        if table in existing:
-            continue
-        dynamodb.create_table(
-            TableName=table,
-            KeySchema=[
-                {"AttributeName": "pk", "KeyType": "HASH"},
-                {"AttributeName": "sk", "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        dynamodb.get_waiter("table_exists").wait(TableName=table)
-        if table == settings.feedback_table:  # as the template: rate-limit counters expire
-            dynamodb.update_time_to_live(
-                TableName=table,
-                TimeToLiveSpecification={"AttributeName": "expires_at", "Enabled": True},
-            )
-        created.append(f"table {table}")
-    return created
