@@ -37,6 +37,7 @@ class CommandError(Exception):
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    """The settings (config.Settings, from the environment), with what the options override."""
     overrides = {}
     if getattr(args, "data_dir", None):
         overrides["data_dir"] = args.data_dir
@@ -349,8 +350,7 @@ def _parser() -> argparse.ArgumentParser:
     def data_options(command: argparse.ArgumentParser) -> None:
         command.add_argument(
             "--data-dir",
-            type=Path,
-            default=os.environ.get("IMGSEARCH_DATA"),
+            type=Path,  # unset: Settings' data_dir (IMGSEARCH_DATA, else the XDG default)
             help="local data directory (default: $IMGSEARCH_DATA or ~/.local/share/imgsearch)",
         )
         command.add_argument(
