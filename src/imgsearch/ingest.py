@@ -15,6 +15,7 @@ import io
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -115,13 +116,9 @@ class Ingestor:
         validate_key(key)
         image_id = content_id(data)
         journal = self._begin(key, "add", image_id, sequencer, owns_original=store_original)
-        try:
-            result = self._add(key, data, image_id, store_original, sequencer, journal)
-        except BaseException:
-            self._undo(journal)
-            raise
-        self._end(journal)
-        return result
+        return self._journalled(
+            journal, lambda: self._add(key, data, image_id, store_original, sequencer, journal)
+        )
 
     def remove(
         self, key: str, *, delete_original: bool = True, sequencer: str | None = None
@@ -129,8 +126,15 @@ class Ingestor:
         """Forget `key`; the image leaves the index once no key holds it."""
         validate_key(key)
         journal = self._begin(key, "remove", None, sequencer, owns_original=delete_original)
+        return self._journalled(
+            journal, lambda: self._remove(key, delete_original, sequencer, journal)
+        )
+
+    def _journalled(self, journal: _Journal, attempt: Callable[[], IngestResult]) -> IngestResult:
+        """Run `attempt` until no other event for the key gets in its way; undo what it wrote
+        if it fails, and close the journal once it is done."""
         try:
-            result = self._remove(key, delete_original, sequencer, journal)
+            result = retry_on_conflict(attempt, f"key {journal.change.key}")
         except BaseException:
             self._undo(journal)
             raise
@@ -146,22 +150,8 @@ class Ingestor:
         sequencer: str | None,
         journal: _Journal,
     ) -> IngestResult:
-        return retry_on_conflict(
-            lambda: self._try_add(key, data, image_id, store_original, sequencer, journal),
-            f"key {key}",
-        )
-
-    def _try_add(
-        self,
-        key: str,
-        data: bytes,
-        image_id: str,
-        store_original: bool,
-        sequencer: str | None,
-        journal: _Journal,
-    ) -> IngestResult:
-        """One attempt at `_add`; raises PreconditionFailed if another event for the key was
-        recorded since it was read."""
+        """One attempt at an add; raises PreconditionFailed if another event for the key was
+        recorded since it was read (`add` then decides again)."""
         held = self.catalog.key(key)
         self._note_previous(journal, held)
         if held and not sequencer_is_newer(sequencer, held.sequencer):
@@ -201,14 +191,7 @@ class Ingestor:
     def _remove(
         self, key: str, delete_original: bool, sequencer: str | None, journal: _Journal
     ) -> IngestResult:
-        return retry_on_conflict(
-            lambda: self._try_remove(key, delete_original, sequencer, journal), f"key {key}"
-        )
-
-    def _try_remove(
-        self, key: str, delete_original: bool, sequencer: str | None, journal: _Journal
-    ) -> IngestResult:
-        """One attempt at `_remove`; raises PreconditionFailed as `_try_add` does."""
+        """One attempt at a removal; raises PreconditionFailed as `_add` does."""
         held = self.catalog.key(key)
         self._note_previous(journal, held)
         if held and not sequencer_is_newer(sequencer, held.sequencer):
