@@ -272,13 +272,6 @@ class Vocabulary:
             return [lemma]
         return self._split_compound(token)
 
-    def knows(self, phrase: str) -> bool:
-        """Whether WordNet or the word vectors know the phrase (every word of it)."""
-        words = self.normalise(phrase)
-        if not words:
-            return False
-        return self._known(words) or all(self._known(w) for w in words.split())
-
     def _known(self, word: str) -> bool:
         word_id = self._word_id.get(word)
         return word_id is not None and (word_id < self._n_vectors or bool(self._is_lemma[word_id]))
