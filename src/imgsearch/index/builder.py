@@ -95,9 +95,6 @@ class Lease:
 
 
 RELEASE_ATTEMPTS = 4
-BATCH_SIZE = 1000  # work items one pass of the builder takes from the queue
-LEASE_SECONDS = 300.0  # a builder renews its lease well within this (once per batch)
-GRACE_SECONDS = 900.0  # a shard file no manifest names is kept this long for readers
 RELEASE_BACKOFF_SECONDS = 0.05
 # Leases this process holds only because releasing them failed: its own next build may take
 # them over (other processes wait for them to expire, as they cannot tell them apart).
@@ -111,6 +108,11 @@ class BuildReport:
     batches: int = 0
     shard_builds: int = 0
     busy: bool = False  # another builder held the lease; it will do our work
+
+
+BATCH_SIZE = 1000  # work items one pass of the builder takes from the queue
+LEASE_SECONDS = 300.0  # a builder renews its lease well within this (once per batch)
+GRACE_SECONDS = 900.0  # a shard file no manifest names is kept this long for readers
 
 
 class IndexBuilder:

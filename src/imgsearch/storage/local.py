@@ -289,13 +289,13 @@ class SqliteTable(Table):
         found = [row[0] for row in rows]
         return None if found == ["ok"] else "; ".join(found)
 
-    def _purge(self, connection: sqlite3.Connection, now: float) -> int:
+    def _purge(self, connection: sqlite3.Connection, now: float) -> None:
+        """Delete the items whose `expires_at` has passed (a writer calls it when it is due)."""
         self._next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
-        cursor = connection.execute(
+        connection.execute(
             f"DELETE FROM {self._quoted_name} WHERE {_EXPIRES} IS NOT NULL AND {_EXPIRES} < ?",
             (now,),
         )
-        return cursor.rowcount
 
     def _get(self, pk: str, sk: str) -> Item | None:
         current = self._read(self._connection(), pk, sk)
