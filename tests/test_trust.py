@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from support.services import API_KEY
 
 from imgsearch.api.app import create_app
-from imgsearch.api.limits import RateLimiter
 from imgsearch.clients import (
     ClientIds,
     client_network,
@@ -26,6 +25,7 @@ from imgsearch.clients import (
 from imgsearch.config import Settings
 from imgsearch.feedback import Feedback
 from imgsearch.learning import trust
+from imgsearch.rate_limits import RateLimiter
 from imgsearch.service import ImageSearch
 from imgsearch.storage import Storage, Table
 from imgsearch.storage.local import SqliteTable
@@ -36,14 +36,16 @@ HALF_LIFE_DAYS = 30.0
 
 def on_demo(demo_service: ImageSearch, feedback: Table, **settings: object) -> ImageSearch:
     """The demo collection with a feedback table of its own (the demo's is never changed)."""
-    storage = Storage(demo_service.storage.objects, demo_service.storage.catalog, feedback)
+    storage = Storage(
+        demo_service.parts.storage.objects, demo_service.parts.storage.catalog, feedback
+    )
     service = ImageSearch(
         demo_service.settings.model_copy(update=settings),
         storage,
-        embedder=demo_service.embedder,
-        vocabulary=demo_service.vocabulary,
+        embedder=demo_service.parts.embedder,
+        vocabulary=demo_service.parts.vocabulary,
+        index=demo_service.parts.index,  # loaded once for the session
     )
-    service.index = demo_service.index  # loaded once for the session
     return service
 
 
@@ -75,7 +77,7 @@ def vote(client: TestClient, word: str, image_id: str, value: int, session: str)
 def category_ids(service: ImageSearch, category: str) -> list[str]:
     return [
         image_id
-        for image_id in service.index.image_ids(newest_first=False)
+        for image_id in service.parts.index.image_ids(newest_first=False)
         if service.image(image_id).key.startswith(f"{category}/")
     ]
 
@@ -90,7 +92,7 @@ def test_forty_sessions_from_one_address_cannot_empty_a_word(voting) -> None:
     attacker = from_address(voting, "203.0.113.7")
     # moto copies the whole table for every transaction: there each session votes on a
     # quarter of the page, to keep the test quick; SQLite takes the whole page.
-    targets = before if isinstance(voting.storage.feedback, SqliteTable) else before[:3]
+    targets = before if isinstance(voting.parts.storage.feedback, SqliteTable) else before[:3]
     for number in range(40):
         for image_id in targets:
             vote(attacker, "elephant", image_id, -1, f"attacker{number}")
@@ -109,7 +111,7 @@ def test_one_address_upvoting_pizzas_keeps_elephants_for_others(voting) -> None:
     attacker = from_address(voting, "203.0.113.8")
     # moto copies the whole table for every transaction: fewer sessions there keep it quick
     # (one or forty, an address has one voice per image).
-    sessions = 40 if isinstance(voting.storage.feedback, SqliteTable) else 6
+    sessions = 40 if isinstance(voting.parts.storage.feedback, SqliteTable) else 6
     for number in range(sessions):
         for image_id in pizzas:
             vote(attacker, "elephant", image_id, 1, f"pizzafan{number}")
@@ -127,7 +129,7 @@ def test_one_address_upvoting_pizzas_keeps_elephants_for_others(voting) -> None:
 
 def test_three_addresses_agreeing_teach_a_new_word_to_everyone(voting) -> None:
     word = "zqxblossoms"
-    assert voting.vocabulary.interpret(word).confidence == 0
+    assert voting.parts.vocabulary.interpret(word).confidence == 0
     lotus = category_ids(voting, "lotus")
     taught = lotus[:3]
     visitor = from_address(voting, "198.51.100.20")
@@ -237,8 +239,8 @@ def test_x_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(
         trusted_proxies=["127.0.0.1"],
     )
     assert accepted(trusting, forwarded) == [200] * 5  # each its own client now
-    voters = {v.client for v in trusting.feedback.term_votes("boat").votes}
-    assert voters == {trusting.client_ids.of(a) for a in forwarded}
+    voters = {v.client for v in trusting.parts.feedback.term_votes("boat").votes}
+    assert voters == {trusting.parts.client_ids.of(a) for a in forwarded}
 
 
 # Rate limits expire -------------------------------------------------------------------------
@@ -324,7 +326,7 @@ def test_pages_others_see_follow_independent_agreement_only(
     page_service, data, sessions, teachers, category
 ) -> None:
     service = _fresh_feedback(page_service)
-    everything = list(service.index.image_ids(newest_first=False))
+    everything = list(service.parts.index.image_ids(newest_first=False))
     before = [h.image_id for h in service.search_text("elephant", limit=FIRST_PAGE).hits]
     attack = data.draw(
         st.lists(st.tuples(st.sampled_from(everything), st.sampled_from([1, -1])), max_size=60)

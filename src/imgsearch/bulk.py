@@ -12,11 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imgsearch.embedding import Embedding
-from imgsearch.images import ImageRefused
-from imgsearch.ingest import Ingestor, IngestResult
+from imgsearch.results import Embedding, ImageRefused, IngestResult, InvalidKey
 from imgsearch.service import ImageSearch
-from imgsearch.storage import InvalidKey
 
 Progress = Callable[[IngestResult], None]
 
@@ -78,7 +75,7 @@ def ingest_tree(
                 key, "refused", reason=f"cannot read file: {error}", code="unreadable"
             )
         try:
-            return service.ingestor.add(key, data)
+            return service.ingest(key, data)
         except InvalidKey as error:  # a file name no key may have: the others go on
             return IngestResult(key, "refused", reason=str(error), code="invalid_key")
 
@@ -133,7 +130,7 @@ class EmbeddedTree:
 
 
 def embed_tree(
-    ingestor: Ingestor,
+    service: ImageSearch,
     root: Path,
     *,
     on_file: Callable[[str], None] | None = None,
@@ -149,12 +146,11 @@ def embed_tree(
     def embed_one(entry: tuple[str, Path]) -> tuple[str, Embedding | str]:
         key, path = entry
         try:
-            decoded = ingestor.decode(path.read_bytes())
+            return key, service.embed(path.read_bytes())
         except ImageRefused as refusal:
             return key, str(refusal)
         except OSError as error:
             return key, f"cannot read file: {error}"
-        return key, ingestor.embedder.embed(decoded.image)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for key, result in pool.map(embed_one, files_under(root)):
@@ -166,15 +162,15 @@ def embed_tree(
                 probabilities.append(result.probabilities)
             if on_file:
                 on_file(key)
-    spec = ingestor.embedder
+    model = service.model_info()
     return EmbeddedTree(
         keys=keys,
-        features=np.stack(features) if features else np.zeros((0, spec.feature_dim), np.float32),
+        features=np.stack(features) if features else np.zeros((0, model.feature_dim), np.float32),
         probabilities=(
             np.stack(probabilities)
             if probabilities
-            else np.zeros((0, spec.num_classes), np.float32)
+            else np.zeros((0, model.num_classes), np.float32)
         ),
-        model=spec.spec.name,
+        model=model.name,
         refused=refused,
     )

@@ -19,7 +19,14 @@ from typing import Any, Literal
 import numpy as np
 
 from imgsearch.integrity import DamagedFile
-from imgsearch.storage import PreconditionFailed, Storage, TooMuchContention, retry_on_conflict
+from imgsearch.storage import (
+    DirectUploads,
+    PreconditionFailed,
+    PresignedPost,
+    Storage,
+    TooMuchContention,
+    retry_on_conflict,
+)
 from imgsearch.storage.validation import validate_key
 
 IMAGES_PREFIX = "images/"
@@ -214,6 +221,21 @@ class Catalog:
 
     def original_url(self, key: str) -> str | None:
         return self.objects.url(IMAGES_PREFIX + key)
+
+    def original_upload_form(
+        self, key: str, *, content_type: str, max_bytes: int, expires: int
+    ) -> PresignedPost:
+        """A signed form a browser POSTs one image with, straight into the store as the
+        original of `key` (the store must take direct uploads)."""
+        if not isinstance(self.objects, DirectUploads):
+            raise TypeError("this object store takes no direct uploads")
+        return self.objects.presigned_post(
+            IMAGES_PREFIX + key,
+            content_type=content_type,
+            content_type_prefix="image/",
+            max_bytes=max_bytes,
+            expires=expires,
+        )
 
     def put_thumbnail(self, image_id: str, jpeg: bytes) -> None:
         self.objects.put(f"thumbnails/{image_id}.jpg", jpeg, content_type="image/jpeg")

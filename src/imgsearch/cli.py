@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from imgsearch.config import Settings
-from imgsearch.index.manifest import IndexFormatError
-from imgsearch.integrity import UnusableFile
+from imgsearch.results import IndexFormatError, ModelMismatch, UnusableFile
+from imgsearch.service import ImageSearch
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except KeyboardInterrupt:
         return 130
-    except (CommandError, IndexFormatError, UnusableFile) as error:
+    except (CommandError, IndexFormatError, ModelMismatch, UnusableFile) as error:
         print(f"imgsearch: {error}", file=sys.stderr)
         return 2
 
@@ -36,46 +36,44 @@ class CommandError(Exception):
     """A problem the user can fix; printed without a traceback."""
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    """The settings (config.Settings, from the environment), with what the options override."""
-    overrides = {}
+def _settings(args: argparse.Namespace, *, bulk: bool = False) -> Settings:
+    """The settings (config.Settings, from the environment) with what the arguments override.
+    `bulk` commands decode the owner's files in their own threads (no worker processes to
+    start; the same header checks bound each decode)."""
+    overrides: dict[str, object] = {}
     if getattr(args, "data_dir", None):
         overrides["data_dir"] = args.data_dir
     if getattr(args, "backend", None):
         overrides["backend"] = args.backend
-    return Settings(**overrides)
+    if bulk:
+        overrides["decode_workers"] = 0
+    return Settings(**overrides)  # type: ignore[arg-type]  # validated by pydantic
 
 
-def _service(args: argparse.Namespace, *, bulk: bool = False):
-    """The service the arguments name. `bulk` commands decode the owner's files in their own
-    threads (no worker processes to start; the same header checks bound each decode)."""
-    from imgsearch.decode_pool import InlineDecoder
-    from imgsearch.service import ImageSearch
-
-    settings = _settings(args)
+def _service(args: argparse.Namespace, *, bulk: bool = False) -> ImageSearch:
+    """The engine on the collection the arguments name."""
+    settings = _settings(args, bulk=bulk)
     if settings.backend == "local":
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return ImageSearch(settings, decoder=InlineDecoder() if bulk else None)
+    return ImageSearch(settings)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from imgsearch.api.app import create_app
-    from imgsearch.api.auth import local_api_key
     from imgsearch.api.server import server_config
-    from imgsearch.repair import check_at_start
 
     service = _service(args)
     if service.settings.auth == "api_key":
-        key, created = local_api_key(service.settings)
+        key, created = service.api_key()
         if created:
             print(
                 f"imgsearch: uploads and deletions need this API key (shown once; it is kept in "
                 f"{service.settings.data_dir}): {key}",
                 file=sys.stderr,
             )
-    check_at_start(service)  # loads the index, verified, before the first request
+    service.check_at_start()  # loads the index, verified, before the first request
     service.recover_in_background()  # what a crash left: finished while serving
     web_dir = Path(args.web) if args.web else WEB_DIR
     app = create_app(service, web_dir=web_dir if web_dir.is_dir() else None)
@@ -93,15 +91,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_init_aws(args: argparse.Namespace) -> int:
-    from imgsearch.storage.aws_resources import create_missing_resources
-
     if not os.environ.get("AWS_ENDPOINT_URL"):
         raise CommandError(
             "init-aws creates the bucket and tables in an AWS emulator such as a moto server "
             "(set AWS_ENDPOINT_URL); on AWS they come from infra/template.yaml (docs/deploy.md)"
         )
     settings = _settings(args)
-    created = create_missing_resources(settings)
+    created = ImageSearch.create_cloud_resources(settings)
     print(f"created {', '.join(created)}" if created else "all resources exist already")
     return 0
 
@@ -154,14 +150,13 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     report = service.reindex()
     print(
         f"index rebuilt in {time.perf_counter() - started:.1f} s: {report.added} images in "
-        f"{len(service.index.shards)} shards"
+        f"{service.index_info().shards} shards"
     )
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from imgsearch.integrity import DamagedFile
-    from imgsearch.repair import check, rebuild_catalog, repair
+    from imgsearch.results import DamagedFile
 
     repaired = False
     try:
@@ -170,13 +165,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not args.repair:
             raise
         print(f"{error.name}: {error.problem}; rebuilding the catalog from the stored images")
-        service, repaired = rebuild_catalog(_settings(args)), True
-    findings = check(service)
+        service, repaired = ImageSearch.rebuild_catalog(_settings(args)), True
+    findings = service.check()
     for finding in findings:
         print(f"{finding}" + ("" if finding.fix else " (cannot be repaired from what is stored)"))
     if findings and args.repair:
-        service, repaired = repair(service, findings), True
-        findings = check(service)
+        service, repaired = service.repair(findings), True
+        findings = service.check()
         for finding in findings:
             print(f"still: {finding}")
     if repaired and not findings:
@@ -193,7 +188,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     service = _service(args, bulk=True)
     started = time.perf_counter()
     with _progress(args, total) as bar:
-        embedded = embed_tree(service.ingestor, root, on_file=lambda _: bar.update())
+        embedded = embed_tree(service, root, on_file=lambda _: bar.update())
     embedded.save(Path(args.out))
     elapsed = time.perf_counter() - started
     print(
@@ -210,14 +205,13 @@ def cmd_neighbours(args: argparse.Namespace) -> int:
     import numpy as np
 
     from imgsearch.bulk import EmbeddedTree
-    from imgsearch.index.exact import exact_neighbours
 
     source = Path(args.file)
     if not source.is_file():
         raise CommandError(f"{source} is not a file (make one with `imgsearch embed`)")
     embedded = EmbeddedTree.load(source)
     started = time.perf_counter()
-    indices, distances = exact_neighbours(
+    indices, distances = ImageSearch.exact_neighbours(
         embedded.features, args.k, metric=args.metric, jobs=args.jobs
     )
     elapsed = time.perf_counter() - started
@@ -237,25 +231,23 @@ def cmd_neighbours(args: argparse.Namespace) -> int:
 
 
 def cmd_votes(args: argparse.Namespace) -> int:
-    from imgsearch.learning import trust
-
     service = _service(args)
     try:
         if args.action == "show":
-            summary = service.learned(args.target)
+            report = service.learned(args.target)
+            summary = report.summary
             print(
                 f"{summary.term}: {summary.votes} votes from {summary.sessions} sessions and "
                 f"{summary.clients} clients"
             )
-            agreements = sorted(summary.images, key=lambda a: (-abs(trust(a)), a.image_id))
-            for agreement in agreements:
-                record = service.image(agreement.image_id)
+            for image in report.images:
+                agreement = image.agreement
                 print(
                     f"  {agreement.image_id}  up {agreement.up_clients} ({agreement.up:.2f})  "
                     f"down {agreement.down_clients} ({agreement.down:.2f})  "
-                    f"weight {trust(agreement):+.2f}  {record.key if record else '(removed)'}"
+                    f"weight {image.weight:+.2f}  {image.key or '(removed)'}"
                 )
-            for client, (up, down) in sorted(service.feedback.voters(summary.term).items()):
+            for client, up, down in sorted(report.voters):
                 print(f"  client {client}: {up} up, {down} down")
         elif args.action == "reset":
             term, removed = service.reset_term(args.target)
@@ -276,14 +268,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from imgsearch.bulk import files_under
-    from imgsearch.decode_pool import InlineDecoder
     from imgsearch.evaluation import EvaluationError
     from imgsearch.evaluation.collection import ingest_labelled, read_labels
     from imgsearch.evaluation.methods import check_offered, methods, parse_strategies
     from imgsearch.evaluation.plots import write_plots
     from imgsearch.evaluation.report import render, to_json
     from imgsearch.evaluation.run import evaluate
-    from imgsearch.service import ImageSearch
 
     started = time.perf_counter()
     root = Path(args.directory)
@@ -300,12 +290,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="imgsearch-eval-") as scratch:
         data_dir = Path(args.data_dir or scratch)
         data_dir.mkdir(parents=True, exist_ok=True)
-        service = ImageSearch(Settings(data_dir=data_dir, backend="local"), decoder=InlineDecoder())
+        settings = Settings(data_dir=data_dir, backend="local", decode_workers=0)
+        service = ImageSearch(settings)
         try:
             labels = read_labels(Path(args.labels))
             strategies = [parse_strategies(text) for text in args.strategies or []]
             wanted = methods(strategies or [None], args.feedback_method or [None])
-            check_offered(service, wanted)
+            check_offered(wanted)
             total = sum(1 for _ in files_under(root))
             with tqdm(
                 total=total, desc="ingest", unit="file", disable=quiet, file=sys.stderr

@@ -32,7 +32,13 @@ from imgsearch.decode_pool import Decoder
 from imgsearch.embedding import Embedder
 from imgsearch.images import DecodedImage, DecodeLimits, ImageRefused
 from imgsearch.owners import new_owner, owner_is_alive
-from imgsearch.storage import NotFound, PreconditionFailed, StorageError, retry_on_conflict
+from imgsearch.storage import (
+    InvalidKey,
+    NotFound,
+    PreconditionFailed,
+    StorageError,
+    retry_on_conflict,
+)
 from imgsearch.storage.validation import validate_key
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,16 @@ class IngestResult:
     reason: str | None = None  # why a file was refused, for people
     code: str | None = None  # the same as a short code, for programs
     replaced: str | None = None  # the other image the key held until now
+
+
+@dataclass(frozen=True)
+class ObjectEvent:
+    """An object of the bucket created or removed, as the cloud reports it: at least once, in
+    any order; `sequencer` orders the events of one key (S3's)."""
+
+    kind: Literal["created", "removed"]
+    key: str  # relative to images/
+    sequencer: str | None
 
 
 def content_id(data: bytes) -> str:
@@ -205,6 +221,56 @@ class Ingestor:
         if image_id:
             self._detach(image_id, key)
         return IngestResult(key, "removed", image_id)
+
+    # Events from the bucket (the cloud) ---------------------------------------------------
+
+    def apply(self, event: ObjectEvent) -> IngestResult | None:
+        """Ingest a created or forget a removed object of the bucket; None if there was
+        nothing to do. The original is the bucket's: it is neither stored nor deleted here.
+
+        Raises on storage failures so the delivery is retried; refused images are recorded,
+        not raised, since retrying cannot make a bad file good.
+        """
+        try:
+            if event.kind == "created":
+                try:
+                    data = self.catalog.original(event.key)
+                except NotFound:
+                    log.info("%s is gone already; its removal event will follow", event.key)
+                    return None
+                result = self.add(event.key, data, store_original=False, sequencer=event.sequencer)
+            else:
+                result = self.remove(event.key, delete_original=False, sequencer=event.sequencer)
+        except InvalidKey as error:
+            log.warning("ignoring an object with an unusable key: %s", error)
+            return None
+        log.info("%s %s: %s %s", event.kind, event.key, result.status, result.reason or "")
+        return result
+
+    def record_failure(self, event: ObjectEvent, reason: str) -> None:
+        """Record that applying `event` failed for good (its retries are spent), as the key's
+        status "failed".
+
+        A key that still holds an image keeps it: the catalog goes on serving the previous
+        bytes, and the failure is only logged (ingest detaches an image only from a key it
+        finds present, so overwriting that record would strand the image). The failed record
+        keeps the previous sequencer, so that a copy of this event sent again later is not
+        mistaken for a stale one.
+        """
+        context = {"key": event.key, "event": event.kind, "reason": reason}
+
+        def record() -> None:
+            held = self.catalog.key(event.key)
+            if held and not sequencer_is_newer(event.sequencer, held.sequencer):
+                return  # a newer event for the key got through: this one no longer matters
+            if held and held.status == "present":
+                log.error("giving up on an event; the key keeps its previous image", extra=context)
+                return
+            failed = KeyRecord(event.key, "failed", reason=reason, sequencer=_kept(held))
+            self.catalog.put_key(failed, expected_version=held.version if held else 0)
+            log.error("gave up on an event; the key is recorded as failed", extra=context)
+
+        retry_on_conflict(record, f"key {event.key}: recording its failure")
 
     # Changes that fail or are interrupted --------------------------------------------------
 

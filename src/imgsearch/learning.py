@@ -183,6 +183,18 @@ class Learner:
 
     # Ranking ---------------------------------------------------------------------------
 
+    def fit(self, taught: Taught, keyword: list[str], k: int) -> tuple[list[str], np.ndarray]:
+        """Candidates for a learned ranking, and how well each fits what was taught (0..1).
+
+        The candidates are the keyword ranking's (`keyword`) and those the learned model finds
+        through the index (about `k`), without the images the session voted not relevant."""
+        hidden = taught.hidden
+        found = dict.fromkeys([*keyword, *self.candidates(taught, k)])
+        candidates = [i for i in found if i not in hidden]
+        if not candidates:
+            return [], np.zeros(0, np.float32)
+        return candidates, _unit_range(self.scores(taught, candidates))
+
     def scores(self, taught: Taught, candidates: list[str]) -> np.ndarray:
         """How well each candidate fits what was taught (higher is better), by the method."""
         examples = taught.examples
@@ -252,3 +264,8 @@ def _knn_scores(examples: Examples, vectors: np.ndarray) -> np.ndarray:
 
 def _weighted_mean(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (vectors * weights[:, None]).sum(axis=0) / max(float(weights.sum()), 1e-12)
+
+
+def _unit_range(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    return (values - low) / (high - low) if high > low else np.ones_like(values)

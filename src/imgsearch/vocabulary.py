@@ -30,9 +30,10 @@ import csv
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -96,6 +97,7 @@ SAME_WORD_COSINE = 0.995  # a class name this close to a word is that word (floa
 MODIFIER_BOOST = 0.5  # how far a describing word ("black dog") reorders the named classes
 ALIAS_CONFIDENCE = 0.7  # a class named by the word, but not by WordNet's sense of it
 HIGH_CONFIDENCE = 0.5  # from here on the words are understood, not guessed at
+Level = Literal["high", "low", "none"]
 # Words of a query beyond these are dropped: the normalised query keys its votes in the table,
 # and a query of many emoji (each a few words) must still make a key of bounded size.
 MAX_QUERY_WORDS = 32
@@ -109,7 +111,7 @@ class Reading:
     """How one word or phrase of the query was understood."""
 
     phrase: str  # normalised words it covers, e.g. "tall building"
-    source: str  # "imagenet" | "wordnet" | "related" | "unknown"
+    source: str  # "imagenet" | "wordnet" | "related" | "unknown"; "learned": taught by votes
     confidence: float  # 0..1
     classes: tuple[tuple[int, float], ...]  # (class index, weight), best first
     note: str  # short human explanation
@@ -123,35 +125,16 @@ class Interpretation:
     confidence: float  # overall 0..1; low means "guessing", 0 means "no idea"
 
     @property
-    def level(self) -> str:
+    def level(self) -> Level:
+        """Whether the words are understood ("high"), guessed at ("low"), or not at all."""
         if self.confidence <= 0.0:
             return "none"
         return "high" if self.confidence >= HIGH_CONFIDENCE else "low"
 
-    def to_dict(self, class_names: Sequence[str], top: int = 10) -> dict:
-        """JSON for the API's `interpretation`."""
-
-        def labelled(classes: Iterable[tuple[int, float]]) -> list[dict]:
-            return [{"id": c, "label": class_names[c], "weight": round(w, 4)} for c, w in classes]
-
-        order = np.argsort(-self.class_weights, kind="stable")[:top]
-        combined = [(int(c), float(self.class_weights[c])) for c in order if self.class_weights[c]]
-        return {
-            "query": self.query,
-            "confidence": round(self.confidence, 3),
-            "level": self.level,
-            "terms": [
-                {
-                    "phrase": r.phrase,
-                    "source": r.source,
-                    "confidence": round(r.confidence, 3),
-                    "note": r.note,
-                    "classes": labelled(r.classes[:top]),
-                }
-                for r in self.readings
-            ],
-            "classes": labelled(combined),
-        }
+    def combined_classes(self) -> list[tuple[int, float]]:
+        """The classes searched for, (class id, weight), best first."""
+        order = np.argsort(-self.class_weights, kind="stable")
+        return [(int(c), float(self.class_weights[c])) for c in order if self.class_weights[c]]
 
 
 class Vocabulary:

@@ -248,12 +248,12 @@ def test_delete_removes_the_image_and_its_bytes(client) -> None:
 
 
 def test_a_local_api_key_is_made_once_and_kept(tmp_path) -> None:
-    from imgsearch.api.auth import local_api_key
     from imgsearch.config import Settings
+    from imgsearch.service import ImageSearch
 
-    settings = Settings(data_dir=tmp_path)
-    key, created = local_api_key(settings)
-    again, created_again = local_api_key(settings)
+    service = ImageSearch(Settings(data_dir=tmp_path))
+    key, created = service.api_key()
+    again, created_again = service.api_key()
     assert created and not created_again and key == again and len(key) >= 32
     assert (tmp_path / "api-key").stat().st_mode & 0o077 == 0
 

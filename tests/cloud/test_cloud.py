@@ -118,7 +118,7 @@ def cloud(monkeypatch, tmp_path) -> Iterator[Cloud]:
         functions = {logical: load_function(name) for logical, name in FUNCTIONS.items()}
         # The search function looks for a new manifest at most every 2 s; the tests look at
         # once, so that they need not wait for what a user would see seconds later anyway.
-        functions["SearchFunction"].service.index.refresh_interval = 0
+        functions["SearchFunction"].service.parts.index.refresh_interval = 0
         url, arn = queues["ImageQueue"]
         yield Cloud(
             s3=s3,
@@ -290,7 +290,7 @@ def test_events_that_keep_failing_are_parked_as_failed_on_the_last_delivery(
     cloud.queue.drain()  # the test event
     attempts = []
     with monkeypatch.context() as patch:
-        patch.setattr(embed.ingestor, "add", broken_add)
+        patch.setattr(embed.parts.ingestor, "add", broken_add)
         cloud.upload("unlucky.jpg", demo_image("pizza"))
         while (response := cloud.queue.poll()) is not None:
             attempts.append(response)

@@ -27,8 +27,8 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from imgsearch.clients import client_network
 from imgsearch.config import Settings
+from imgsearch.service import ImageSearch
 
 LINGER_SECONDS = 2.0  # after a refusal, for the client to read it and stop sending
 # Under a full connection table, headers still incomplete after this long make their
@@ -52,7 +52,7 @@ class GuardedProtocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
         # Counted as clients are (an IPv6 host has a whole network of addresses).
-        self._address = client_network(self.client[0]) if self.client else ""
+        self._address = ImageSearch.client_network(self.client[0]) if self.client else ""
         self.clients[self._address] += 1
         if self.clients[self._address] > self.settings.http_max_client_connections:
             self._refuse(503, "too many connections from this address; try again in a moment")

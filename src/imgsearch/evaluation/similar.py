@@ -27,7 +27,7 @@ from imgsearch.evaluation.metrics import (
     recall_at_k,
 )
 from imgsearch.evaluation.progress import Track, untracked
-from imgsearch.index.reader import Index
+from imgsearch.results import IndexInfo
 from imgsearch.service import ImageSearch
 
 KS = (5, 10, 20)
@@ -136,7 +136,7 @@ def stored_embeddings(
     """Layer -> [images, dims]: what ingest stored for each image, before any normalisation."""
     features, probabilities = [], []
     for image_id in track(image_ids, "reading embeddings"):
-        f, p = service.catalog.embedding(image_id)
+        f, p = service.embedding(image_id)
         features.append(f)
         probabilities.append(p)
     return {
@@ -169,7 +169,7 @@ def layer_distance_table(
     service: ImageSearch, collection: LabelledCollection, track: Track = untracked
 ) -> list[RankingResult]:
     """Every layer x distance, exact, over every image the index serves."""
-    image_ids = sorted(service.index.image_ids())
+    image_ids = sorted(service.indexed_ids())
     embeddings = stored_embeddings(service, image_ids, track)
     queries = query_images(collection)
     combinations = [(layer, distance) for layer in LAYERS for distance in DISTANCES]
@@ -184,7 +184,7 @@ def layer_distance_table(
 
 
 def ann_settings(
-    index: Index, candidates: Sequence[int] = (), search_ks: Sequence[int] = ()
+    index: IndexInfo, candidates: Sequence[int] = (), search_ks: Sequence[int] = ()
 ) -> list[tuple[int, int]]:
     """Extra (candidates, search_k) pairs to measure: every combination of those given, the
     production value standing in for an option not given."""
@@ -198,22 +198,19 @@ def production_searches(
 ) -> dict[str, Search]:
     """Name -> search, the reference (exact) first; `extra_settings`: more (candidates,
     search_k) pairs to query the same index files with."""
-    index = service.index
 
-    def nearest(reader: Index, *, exact: bool = False) -> Search:
+    def nearest(reader: ImageSearch, *, exact: bool = False) -> Search:
         def search(image_id: str, k: int) -> list[str]:
-            found = reader.nearest(reader.vector(image_id), k, exclude={image_id}, exact=exact)
-            return [i for i, _ in found]
+            return reader.nearest_to(image_id, k, exact=exact)
 
         return search
 
     def neighbourhood(image_id: str, k: int) -> list[str]:
         return [hit.image_id for hit in service.similar(image_id, limit=k)]
 
-    searches = {"exact": nearest(index, exact=True), "index": nearest(index)}
+    searches = {"exact": nearest(service, exact=True), "index": nearest(service)}
     for candidates, search_k in extra_settings:
-        reader = Index(service.storage.objects, candidates=candidates, search_k=search_k)
-        reader.refresh(force=True)
+        reader = service.variant(ann=(candidates, search_k))
         searches[f"index, candidates={candidates}, search_k={search_k}"] = nearest(reader)
     searches["neighbourhoods"] = neighbourhood
     return searches

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -33,6 +33,10 @@ from .ports import (
     StoredObject,
     Write,
 )
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from . import Storage
 
 # Disk space local_path leaves free besides what it downloads: scratch for index builds.
 CACHE_HEADROOM = 128 * 1024 * 1024
@@ -427,3 +431,27 @@ class DynamoTable(Table):
     def _encode_item(pk: str, sk: str, version: int, attrs: Mapping[str, Any]) -> dict[str, Any]:
         item = {name: _attribute_value(value) for name, value in attrs.items()}
         return item | DynamoTable._key(pk, sk) | {"version": {"N": str(version)}}
+
+
+def open_aws_storage(settings: Settings) -> Storage:
+    """The bucket and tables `settings` name, through boto3.
+
+    Endpoints and credentials come from boto3's usual sources (AWS_ENDPOINT_URL etc.).
+    Presigned URLs must use SigV4 (S3 no longer accepts SigV2 in most regions) and, on AWS,
+    the bucket's regional host: the global one redirects a new bucket outside us-east-1,
+    which breaks signed links and the browser's upload form.
+    """
+    import boto3
+    from botocore.config import Config
+
+    from . import Storage
+
+    emulated = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    addressing = {} if emulated else {"s3": {"addressing_style": "virtual"}}
+    s3 = boto3.client("s3", config=Config(signature_version="s3v4", **addressing))
+    dynamodb = boto3.client("dynamodb")
+    return Storage(
+        objects=S3ObjectStore(s3, settings.bucket, settings.cache_dir),
+        catalog=DynamoTable(dynamodb, settings.catalog_table),
+        feedback=DynamoTable(dynamodb, settings.feedback_table),
+    )
