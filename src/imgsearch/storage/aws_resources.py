@@ -56,12 +56,14 @@ def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
     """The template as data. Raises UnusableFile where there is none (not a checkout)."""
     try:
         with path.open(encoding="utf-8") as file:
-            return yaml.load(file, Loader=CloudFormationLoader)  # a SafeLoader subclass
+            # yaml.load with a SafeLoader subclass: no arbitrary objects
+            template: dict[str, Any] = yaml.load(file, Loader=CloudFormationLoader)
     except FileNotFoundError:
         raise UnusableFile(
             f"{path} not found: the AWS resources are made from infra/template.yaml, so run "
             "this from the project's checkout (pip install -e .)"
         ) from None
+    return template
 
 
 def resource_properties(logical_id: str, expected_type: str) -> dict[str, Any]:
