@@ -98,9 +98,9 @@ def create_tables(dynamodb_client: Any, names: dict[str, str]) -> None:
             )
 
 
-def create_bucket(s3_client: Any, name: str, logical_id: str = BUCKET) -> None:
+def create_bucket(s3_client: Any, name: str) -> None:
     """Create the template's bucket under `name`, with its versioning setting."""
-    properties = resource_properties(logical_id, "AWS::S3::Bucket")
+    properties = resource_properties(BUCKET, "AWS::S3::Bucket")
     region = s3_client.meta.region_name
     # us-east-1 is the one region S3 refuses an explicit LocationConstraint for.
     placement = (
