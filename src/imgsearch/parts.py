@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, Unpack, cast
 
 from imgsearch.catalog import Catalog
 from imgsearch.clients import ClientIds, client_secret
@@ -38,23 +38,24 @@ class ModelMismatch(RuntimeError):
     """The index was built with another model than the configured one."""
 
 
+class Given(TypedDict, total=False):
+    """Parts made elsewhere, to use as they are."""
+
+    embedder: Embedder
+    vocabulary: Vocabulary
+    decoder: Decoder
+    index: Index
+
+
 class Parts:
     def __init__(
-        self,
-        settings: Settings,
-        storage: Storage | None = None,
-        *,
-        embedder: Embedder | None = None,
-        vocabulary: Vocabulary | None = None,
-        decoder: Decoder | None = None,
-        index: Index | None = None,
+        self, settings: Settings, storage: Storage | None = None, **given: Unpack[Given]
     ) -> None:
         self.settings = settings
         self.storage = storage or open_storage(settings)
         # Cheap, and needed by nearly every call.
         self.catalog = Catalog(self.storage)
         self.feedback = Feedback(self.storage.feedback, half_life_days=settings.vote_half_life_days)
-        given = {"embedder": embedder, "vocabulary": vocabulary, "decoder": decoder, "index": index}
         self._made: dict[str, Any] = {name: part for name, part in given.items() if part}
         # Reentrant: making the index asks for the model, in the same thread.
         self._lock = threading.RLock()

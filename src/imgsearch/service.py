@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 
@@ -23,17 +24,15 @@ from imgsearch import keys, repair
 from imgsearch.catalog import ImageRecord
 from imgsearch.clients import client_network, is_address, is_client_id, source_address
 from imgsearch.config import Settings
-from imgsearch.decode_pool import Decoder
-from imgsearch.embedding import Embedder, Embedding
+from imgsearch.embedding import Embedding
 from imgsearch.feedback import LOCAL_CLIENT
 from imgsearch.images import DecodeLimits, ImageRefused
 from imgsearch.index.builder import BuildReport
 from imgsearch.index.exact import Metric, exact_neighbours
-from imgsearch.index.reader import Index
 from imgsearch.ingest import IngestResult, ObjectEvent, content_type
 from imgsearch.integrity import secret_file
 from imgsearch.learning import trust
-from imgsearch.parts import Parts, Preloadable
+from imgsearch.parts import Given, Parts, Preloadable
 from imgsearch.rate_limits import check_vote_rate
 from imgsearch.results import (
     DirectUploadsUnavailable,
@@ -67,27 +66,13 @@ UPLOAD_FORM_SECONDS = 600  # a direct upload form: long enough for a slow phone,
 
 class ImageSearch:
     def __init__(
-        self,
-        settings: Settings,
-        storage: Storage | None = None,
-        *,
-        embedder: Embedder | None = None,
-        vocabulary: Vocabulary | None = None,
-        decoder: Decoder | None = None,
-        index: Index | None = None,
+        self, settings: Settings, storage: Storage | None = None, **given: Unpack[Given]
     ) -> None:
         """Parts not given are made from `settings` when first needed (tests share theirs;
         the evaluation's variants share one index)."""
         self.settings = settings
         # For the engine's own modules and tests; entry points call the methods below.
-        self.parts = Parts(
-            settings,
-            storage,
-            embedder=embedder,
-            vocabulary=vocabulary,
-            decoder=decoder,
-            index=index,
-        )
+        self.parts = Parts(settings, storage, **given)
         # True while start-up recovery runs: searches answer from the index as it was.
         self.recovering = False
 
@@ -130,14 +115,12 @@ class ImageSearch:
         vocabulary = parts.vocabulary
         if strategies is not None:
             vocabulary = Vocabulary.load(settings.vocabulary_dir, strategies)
-        return ImageSearch(
-            settings,
-            storage,
-            embedder=parts.embedder,
-            vocabulary=vocabulary,
-            decoder=parts.decoder if parts.loaded("decoder") else None,
-            index=parts.index if ann is None else None,
-        )
+        shared: Given = {"embedder": parts.embedder, "vocabulary": vocabulary}
+        if parts.loaded("decoder"):
+            shared["decoder"] = parts.decoder
+        if ann is None:
+            shared["index"] = parts.index
+        return ImageSearch(settings, storage, **shared)
 
     # Who is asking -------------------------------------------------------------------------
 

@@ -208,6 +208,38 @@ def test_openapi_and_docs_are_served(demo_client) -> None:
     assert demo_client.get("/docs").status_code == 200
 
 
+def test_the_openapi_document_describes_every_answer(demo_client) -> None:
+    """Each JSON answer has a schema, and each route lists its refusals with their body."""
+    spec = demo_client.get("/openapi.json").json()
+    operations = [
+        (f"{method.upper()} {path}", operation)
+        for path, methods in spec["paths"].items()
+        for method, operation in methods.items()
+    ]
+    assert len(operations) >= 14
+    for name, operation in operations:
+        answers = operation["responses"]
+        success = next(answers[s] for s in answers if s.startswith("2"))
+        json_body = success.get("content", {}).get("application/json", {}).get("schema")
+        if (
+            "{image_id}/file" in name
+            or "thumbnail" in name
+            or name.startswith("DELETE /api/images")
+        ):
+            assert not json_body, name  # bytes, a redirect, or nothing
+        else:
+            assert json_body not in (None, {}), name
+        refusals = {s for s in answers if s.startswith(("4", "5"))}
+        assert {"400", "413", "431", "505"} <= refusals, name
+        for status in refusals:
+            schema = answers[status]["content"]["application/json"]["schema"]
+            assert schema["$ref"].rsplit("/", 1)[-1] in {"Problem", "HTTPValidationError"}, name
+    search = dict(operations)["GET /api/search"]["responses"]["200"]
+    assert search["content"]["application/json"]["schema"]["$ref"].endswith("/SearchResponse")
+    interpretation = spec["components"]["schemas"]["Interpretation"]["properties"]
+    assert {"query", "level", "terms", "classes", "learned"} <= set(interpretation)
+
+
 def test_the_web_page_is_served_at_the_root(service) -> None:
     from fastapi.testclient import TestClient
 

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from imgsearch.api.docs import DOCS_PATHS, add_docs
 from imgsearch.api.guard import RequestGuard, SecurityHeaders
 from imgsearch.api.routes import feedback, health, images, search, uploads, votes
+from imgsearch.api.schemas import problems
 from imgsearch.results import (
     DecoderBusy,
     DirectUploadsUnavailable,
@@ -63,6 +64,7 @@ def create_app(
         version="1.0",
         docs_url=None,  # served from the app's own assets by add_docs, not from a CDN
         redoc_url=None,
+        responses=problems(400, 413, 431, 505),  # any request may meet these (guard.py)
     )
     app.state.service = service
     for name in routers:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -10,6 +10,36 @@ from imgsearch.results import Reason
 
 SESSION_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 IMAGE_ID_PATTERN = r"^[0-9a-f]{16}$"
+
+
+class Problem(BaseModel):
+    """Every refusal's body: what was wrong, for people; for invalid input, a list of what
+    failed validation (FastAPI's, each echoed input cut short)."""
+
+    detail: str | list[dict[str, Any]]
+
+
+# When each status is answered (guard.py, app.py and the routes): the OpenAPI document lists
+# them per route, from `problems`.
+PROBLEMS = {
+    400: "A malformed request: a header that must be single sent twice, a bad Content-Length",
+    401: "The API key is missing (X-API-Key)",
+    403: "The API key is wrong",
+    404: "No such image (or resource)",
+    413: "The body or file is larger than the limit",
+    415: "The file is not an image",
+    422: "Invalid input, or an image that cannot be used (the reason says why)",
+    429: "Too many votes from this session or client in a minute; see Retry-After",
+    431: "Request headers larger than the limit",
+    503: "Busy (every decoder, or too many connections or bodies); see Retry-After",
+    505: "An HTTP version other than 1.0 and 1.1",
+    507: "The server's storage is full",
+}
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for refusals with these statuses."""
+    return {status: {"model": Problem, "description": PROBLEMS[status]} for status in statuses}
 
 
 class Health(BaseModel):

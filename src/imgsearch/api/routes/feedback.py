@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 
 from imgsearch.api.deps import Client, Service
-from imgsearch.api.schemas import VoteRequest, VoteResponse
+from imgsearch.api.schemas import VoteRequest, VoteResponse, problems
 
-router = APIRouter(prefix="/feedback", tags=["feedback"])
+router = APIRouter(prefix="/feedback", tags=["feedback"], responses=problems(404, 422, 429))
 
 
 @router.post("", response_model=VoteResponse)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, UploadFile
@@ -12,10 +13,12 @@ from fastapi.responses import RedirectResponse, Response
 from imgsearch.api import presenters
 from imgsearch.api.auth import ApiKey
 from imgsearch.api.deps import Service, read_upload
-from imgsearch.api.schemas import IMAGE_ID_PATTERN, ImageDetail, Page, Results, Uploaded
+from imgsearch.api.schemas import IMAGE_ID_PATTERN, ImageDetail, Page, Results, Uploaded, problems
 from imgsearch.results import NotFound, NotIndexed, Original
 
-router = APIRouter(prefix="/images", tags=["images"])
+router = APIRouter(
+    prefix="/images", tags=["images"], responses=problems(401, 403, 404, 415, 422, 503, 507)
+)
 
 ImageId = Annotated[str, Path(pattern=IMAGE_ID_PATTERN, description="An image id")]
 Limit = Annotated[int, Query(ge=1, le=200)]
@@ -75,21 +78,13 @@ def delete_image(service: Service, _: ApiKey, image_id: ImageId) -> Response:
 @router.get("/{image_id}/file", name="image_file", response_class=Response)
 def image_file(service: Service, image_id: ImageId) -> Response:
     """The image's original bytes."""
-    try:
-        original = service.original(image_id)
-    except NotFound:
-        raise HTTPException(404, detail=f"the bytes of image {image_id} are gone") from None
-    return _bytes(original)
+    return _bytes(service.original, image_id, missing="the bytes of image {} are gone")
 
 
 @router.get("/{image_id}/thumbnail", name="image_thumbnail", response_class=Response)
 def image_thumbnail(service: Service, image_id: ImageId) -> Response:
     """A JPEG at most 384 pixels on its longer side."""
-    try:
-        thumbnail = service.thumbnail(image_id)
-    except NotFound:
-        raise HTTPException(404, detail=f"no thumbnail for image {image_id}") from None
-    return _bytes(thumbnail)
+    return _bytes(service.thumbnail, image_id, missing="no thumbnail for image {}")
 
 
 @router.get("/{image_id}/similar", response_model=Results)
@@ -101,8 +96,13 @@ def similar_images(
     return Results(results=presenters.results(request, service, hits))
 
 
-def _bytes(original: Original) -> Response:
-    """The bytes, or a redirect to a signed link to them (the bucket serves them)."""
-    if original.url:
-        return RedirectResponse(original.url, status_code=307)
-    return Response(original.data, media_type=original.media_type, headers=_IMAGE_HEADERS)
+def _bytes(fetch: Callable[[str], Original], image_id: str, *, missing: str) -> Response:
+    """The bytes `fetch` finds, or a redirect to a signed link to them (the bucket serves
+    them); 404 saying `missing` if the image is known but they are gone."""
+    try:
+        found = fetch(image_id)
+    except NotFound:
+        raise HTTPException(404, detail=missing.format(image_id)) from None
+    if found.url:
+        return RedirectResponse(found.url, status_code=307)
+    return Response(found.data, media_type=found.media_type, headers=_IMAGE_HEADERS)

@@ -9,9 +9,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from imgsearch.api import presenters
 from imgsearch.api.deps import Service, read_upload
-from imgsearch.api.schemas import SESSION_PATTERN, ImageSearchResponse, SearchResponse
+from imgsearch.api.schemas import SESSION_PATTERN, ImageSearchResponse, SearchResponse, problems
 
-router = APIRouter(prefix="/search", tags=["search"])
+router = APIRouter(prefix="/search", tags=["search"], responses=problems(415, 422, 503))
 
 
 @router.get("", response_model=SearchResponse)

@@ -21,9 +21,9 @@ from fastapi import APIRouter, Query
 
 from imgsearch.api.auth import ApiKey
 from imgsearch.api.deps import Service
-from imgsearch.api.schemas import UploadForm, UploadRequest, UploadStatus
+from imgsearch.api.schemas import UploadForm, UploadRequest, UploadStatus, problems
 
-router = APIRouter(prefix="/uploads", tags=["uploads"])
+router = APIRouter(prefix="/uploads", tags=["uploads"], responses=problems(401, 403, 404, 422))
 
 
 @router.post("", status_code=201, response_model=UploadForm)

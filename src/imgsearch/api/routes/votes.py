@@ -10,9 +10,10 @@ from fastapi import APIRouter, HTTPException, Path
 from imgsearch.api import presenters
 from imgsearch.api.auth import ApiKey
 from imgsearch.api.deps import Service
-from imgsearch.api.schemas import ClientDropped, LearnedTerm, TermReset
+from imgsearch.api.schemas import ClientDropped, LearnedTerm, TermReset, problems
 
-router = APIRouter(tags=["votes"])  # plain functions: FastAPI runs them off the event loop
+# Plain functions: FastAPI runs them off the event loop.
+router = APIRouter(tags=["votes"], responses=problems(401, 403, 422))
 
 Term = Annotated[str, Path(min_length=1, max_length=200, description="A query, as typed")]
 ClientName = Annotated[
