@@ -32,7 +32,7 @@ from imgsearch.storage.validation import validate_key
 IMAGES_PREFIX = "images/"
 
 ImageStatus = Literal["pending", "indexed", "removed"]
-# "failed": the cloud gave up on the key's latest event after its retries (see Ingestor.record_failure).
+# "failed": the cloud gave up on the key's latest event (see Ingestor.record_failure).
 KeyStatus = Literal["present", "refused", "removed", "failed"]
 PendingOp = Literal["add", "remove"]
 
