@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from support.aws_resources import create_bucket, create_tables
 from support.demo import DEMO
 from support.services import API_KEY, make_service
 
@@ -20,6 +19,7 @@ from imgsearch.config import Settings
 from imgsearch.embedding import Embedder, ModelSpec
 from imgsearch.service import ImageSearch
 from imgsearch.storage import Storage, open_storage
+from imgsearch.storage.aws_resources import create_bucket, create_tables
 from imgsearch.vocabulary import Vocabulary
 
 

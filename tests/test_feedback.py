@@ -33,6 +33,16 @@ def taught_service(tmp_path_factory, embedder, vocabulary):
     return service
 
 
+def _totals(feedback: Feedback, term: str) -> dict[str, tuple[int, int]]:
+    """Per image: (up, down) distinct clients whose voice says so."""
+    return {a.image_id: (a.up_clients, a.down_clients) for a in feedback.summary(term).images}
+
+
+def _terms(storage) -> dict[str, int]:
+    """The terms voted on, with how many votes each has (their `terms` rows)."""
+    return {item["sk"]: int(item["votes"]) for item in storage.feedback.query("terms")}
+
+
 def test_concurrent_votes_lose_nothing(storage) -> None:
     feedback = Feedback(storage.feedback)
     images = [f"{i:016x}" for i in range(6)]
@@ -47,14 +57,14 @@ def test_concurrent_votes_lose_nothing(storage) -> None:
         list(pool.map(session, range(12)))
     votes = feedback.term_votes("boat").votes
     assert len(votes) == 12 * 6
-    totals = feedback.totals("boat")
+    totals = _totals(feedback, "boat")
     for position, image_id in enumerate(images):
         up, down = totals[image_id]
         expected_up = 8 if position >= 2 else 4  # sessions 3, 6, 9, 0 vote the other way
         assert (up, down) == (expected_up, 12 - expected_up), image_id
         counted = sum(1 for v in votes if v.image_id == image_id and v.value > 0)
         assert up == counted  # the summary agrees with the individual votes
-    assert feedback.learned_terms() == {"boat": 72}
+    assert _terms(storage) == {"boat": 72}
     summary = feedback.summary("boat")
     assert (summary.votes, summary.sessions, summary.clients) == (72, 12, 12)
     for agreement in summary.images:  # decayed by the seconds the test took: barely
@@ -88,10 +98,10 @@ def test_sessions_of_one_client_racing_leave_it_one_voice(storage) -> None:
 def test_a_replayed_vote_changes_nothing(storage) -> None:
     feedback = Feedback(storage.feedback)
     assert feedback.vote("kite", "00000000000000aa", "s1", 1) is True
-    before = (feedback.totals("kite"), feedback.learned_terms())
+    before = (_totals(feedback, "kite"), _terms(storage))
     for _ in range(3):
         assert feedback.vote("kite", "00000000000000aa", "s1", 1) is False
-    assert (feedback.totals("kite"), feedback.learned_terms()) == before
+    assert (_totals(feedback, "kite"), _terms(storage)) == before
 
 
 def test_only_a_quorum_of_independent_clients_teaches_others() -> None:
@@ -146,7 +156,7 @@ def test_a_learned_term_survives_a_restart_and_serves_another_session(
     assert found.learned.clients == 3
     assert sum(hit.image_id in laptops for hit in found.hits) >= 9
     assert all(hit.learned for hit in found.hits[:9])
-    assert word in restarted.parts.feedback.learned_terms()
+    assert word in _terms(restarted.parts.storage)
 
 
 def test_a_spammer_cannot_take_over_a_term(taught_service) -> None:

@@ -251,12 +251,17 @@ def test_rate_limit_counters_expire(storage, request) -> None:
     assert [limiter.allow("c0123") for _ in range(3)] == [True, True, False]
     assert list(storage.feedback.query("rate#client#c0123"))
     if isinstance(storage.feedback, SqliteTable):
-        assert storage.feedback.purge_expired(now=time.time() + 60) == 0  # not yet
-        storage.feedback._next_purge = 0.0  # the writer's next purge is due
-        real_time = time.time
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr("imgsearch.storage.local.time.time", lambda: real_time() + 300)
-            storage.feedback.put("other", "row", {"x": 1})  # any write purges when due
+
+        def write_at(seconds_from_now: float) -> None:
+            storage.feedback._next_purge = 0.0  # the writer's next purge is due
+            now = time.time() + seconds_from_now
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr("imgsearch.storage.local.time.time", lambda: now)
+                storage.feedback.put("other", "row", {"x": 1})  # any write purges when due
+
+        write_at(60)
+        assert list(storage.feedback.query("rate#client#c0123"))  # not yet
+        write_at(300)
         assert not list(storage.feedback.query("rate#client#c0123"))
     else:  # DynamoDB deletes them by its time to live, set from the template
         _, dynamodb = request.getfixturevalue("aws_admin")

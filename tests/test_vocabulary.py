@@ -174,8 +174,9 @@ def test_nonsense_says_so(vocab):
     assert nonsense.confidence == 0 and nonsense.level == "none"
     assert not nonsense.class_weights.any()
     assert nonsense.readings[0].source == "unknown"
-    assert not vocab.knows("xqzvbl")
-    assert vocab.knows("dandelion") and vocab.knows("Golden Retrievers")
+    assert nonsense.readings[0].note == "unknown word"
+    for known in ("dandelion", "Golden Retrievers"):
+        assert "unknown word" not in vocab.interpret(known).readings[0].note
     half = vocab.interpret("dog xqzvbl")
     assert 0 < half.confidence < vocab.interpret("dog").confidence
 

@@ -21,18 +21,19 @@ import numpy as np
 
 from imgsearch.integrity import DamagedFile
 from imgsearch.storage import (
-    MAX_CAS_ATTEMPTS,
     DirectUploads,
     PreconditionFailed,
     PresignedPost,
     Storage,
+    TooMuchContention,
+    retry_on_conflict,
 )
 from imgsearch.storage.validation import validate_key
 
 IMAGES_PREFIX = "images/"
 
 ImageStatus = Literal["pending", "indexed", "removed"]
-# "failed": the cloud gave up on the key's latest event after its retries (see aws_lambda.park).
+# "failed": the cloud gave up on the key's latest event (see Ingestor.record_failure).
 KeyStatus = Literal["present", "refused", "removed", "failed"]
 PendingOp = Literal["add", "remove"]
 
@@ -167,21 +168,20 @@ class Catalog:
 
         Returns the stored record (None if the image does not exist or `change` declined).
         """
-        for _ in range(MAX_CAS_ATTEMPTS):
+
+        def step() -> ImageRecord | None:
             record = self.image(image_id)
             if record is None:
                 return None
             changed = change(record)
             if changed is None or changed == record:
                 return record
-            try:
-                version = self.table.put(
-                    f"image#{image_id}", "meta", changed.attrs(), expected_version=record.version
-                )
-            except PreconditionFailed:
-                continue
+            version = self.table.put(
+                f"image#{image_id}", "meta", changed.attrs(), expected_version=record.version
+            )
             return replace(changed, version=version)
-        raise RuntimeError(f"image {image_id}: too much contention updating its record")
+
+        return retry_on_conflict(step, f"image {image_id}'s record")
 
     # Keys -------------------------------------------------------------------------------
 
@@ -308,20 +308,21 @@ class Catalog:
 
     def record_published(self, published: Published) -> None:
         """Remember a manifest just published, unless a later one was recorded already."""
-        for _ in range(MAX_CAS_ATTEMPTS):
+
+        def step() -> None:
             item = self.table.get("index", "published")
             if item is not None and item["generation"] >= published.generation:
                 return
-            try:
-                self.table.put(
-                    "index",
-                    "published",
-                    asdict(published),
-                    expected_version=item["version"] if item else 0,
-                )
-                return
-            except PreconditionFailed:
-                continue
+            self.table.put(
+                "index",
+                "published",
+                asdict(published),
+                expected_version=item["version"] if item else 0,
+            )
+
+        # The manifest is out already: a build that lost every race here is not undone.
+        with suppress(TooMuchContention):
+            retry_on_conflict(step, "the published index")
 
     def published(self) -> Published:
         item = self.table.get("index", "published")

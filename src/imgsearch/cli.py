@@ -45,8 +45,9 @@ class CommandError(Exception):
 
 
 def _settings(args: argparse.Namespace, *, bulk: bool = False) -> Settings:
-    """The settings the arguments name. `bulk` commands decode the owner's files in their own
-    threads (no worker processes to start; the same header checks bound each decode)."""
+    """The settings (config.Settings, from the environment) with what the arguments override.
+    `bulk` commands decode the owner's files in their own threads (no worker processes to
+    start; the same header checks bound each decode)."""
     overrides: dict[str, object] = {}
     if getattr(args, "data_dir", None):
         overrides["data_dir"] = args.data_dir
@@ -348,8 +349,7 @@ def _parser() -> argparse.ArgumentParser:
     def data_options(command: argparse.ArgumentParser) -> None:
         command.add_argument(
             "--data-dir",
-            type=Path,
-            default=os.environ.get("IMGSEARCH_DATA"),
+            type=Path,  # unset: Settings' data_dir (IMGSEARCH_DATA, else the XDG default)
             help="local data directory (default: $IMGSEARCH_DATA or ~/.local/share/imgsearch)",
         )
         command.add_argument(

@@ -36,7 +36,10 @@ class Settings(BaseSettings):
     feedback_table: str = "imgsearch-feedback"
     cache_dir: Path = Path("/tmp/imgsearch-cache")
     # Deliveries of an image event before the embed function records the key as failed: the
-    # image queue's redrive maxReceiveCount (infra/template.yaml passes both the same value).
+    # image queue's redrive maxReceiveCount. Deployed, infra/template.yaml sets both from its
+    # MaxReceiveCount parameter (IMGSEARCH_MAX_RECEIVE_COUNT), so they cannot differ; this
+    # default is that parameter's, for the embed function run without the template (tests;
+    # tests/cloud/test_template.py checks the two agree).
     max_receive_count: int = 5
 
     # Model and vocabulary.

@@ -538,7 +538,7 @@ class ImageSearch:
     def create_cloud_resources(settings: Settings) -> list[str]:
         """Create the bucket and tables the settings name, as infra/template.yaml defines
         them, in an AWS emulator; returns the names of those it created."""
-        from imgsearch.storage.aws import create_missing_resources
+        from imgsearch.storage.aws_resources import create_missing_resources
 
         return create_missing_resources(settings)
 

@@ -39,7 +39,6 @@ import numpy as np
 
 # Ways to guess classes for a sense that names none (see the module docstring).
 STRATEGIES = frozenset({"relations", "glosses", "vectors"})
-DEFAULT_STRATEGIES = STRATEGIES
 
 POS_COLUMNS = {"n": 0, "v": 1, "a": 2, "r": 3}
 
@@ -148,7 +147,7 @@ class Vocabulary:
         exceptions: dict[str, dict[str, list[str]]],
         classes: list[dict[str, str]],
         lexnames: list[str],
-        strategies: Iterable[str] = DEFAULT_STRATEGIES,
+        strategies: Iterable[str] = STRATEGIES,
     ) -> None:
         self.strategies = frozenset(strategies)
         if unknown := self.strategies - STRATEGIES:
@@ -209,9 +208,7 @@ class Vocabulary:
         self._name_class = tables["name_class"]
 
     @classmethod
-    def load(
-        cls, directory: str | Path, strategies: Iterable[str] = DEFAULT_STRATEGIES
-    ) -> Vocabulary:
+    def load(cls, directory: str | Path, strategies: Iterable[str] = STRATEGIES) -> Vocabulary:
         directory = Path(directory)
         words = (directory / "words.txt").read_text().split("\n")[:-1]
         with np.load(directory / "tables.npz") as archive:
@@ -257,13 +254,6 @@ class Vocabulary:
         if lemma != token or self._known(token):
             return [lemma]
         return self._split_compound(token)
-
-    def knows(self, phrase: str) -> bool:
-        """Whether WordNet or the word vectors know the phrase (every word of it)."""
-        words = self.normalise(phrase)
-        if not words:
-            return False
-        return self._known(words) or all(self._known(w) for w in words.split())
 
     def _known(self, word: str) -> bool:
         word_id = self._word_id.get(word)

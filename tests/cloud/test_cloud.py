@@ -25,15 +25,7 @@ import pytest
 import requests
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
-from support.aws_resources import (
-    configure_notifications,
-    create_bucket,
-    create_queues,
-    create_tables,
-    function_environment,
-    load_template,
-    resource_properties,
-)
+from support.aws_resources import configure_notifications, create_queues, function_environment
 from support.demo import REPO, demo_image
 from support.hostile_files import bombs, corpus
 from support.lambda_events import CLIENT_IP, ApiGateway, QueuePoller, lambda_logging, load_function
@@ -41,6 +33,12 @@ from support.lambda_events import CLIENT_IP, ApiGateway, QueuePoller, lambda_log
 from imgsearch.config import ASSETS_DIR, get_settings
 from imgsearch.images import DecodeLimits, ImageRefused, decode_image
 from imgsearch.storage.aws import CACHE_HEADROOM, S3ObjectStore
+from imgsearch.storage.aws_resources import (
+    create_bucket,
+    create_tables,
+    load_template,
+    resource_properties,
+)
 
 pytestmark = pytest.mark.xdist_group("cloud")
 
@@ -346,7 +344,7 @@ def test_test_events_multipart_uploads_and_foreign_keys(cloud: Cloud) -> None:
 def test_init_aws_creates_the_resources_the_template_defines(cloud: Cloud) -> None:
     from imgsearch.cli import main
     from imgsearch.config import Settings
-    from imgsearch.storage.aws import create_missing_resources
+    from imgsearch.storage.aws_resources import create_missing_resources
 
     settings = Settings(bucket="fresh-bucket", catalog_table="fresh-c", feedback_table="fresh-f")
     assert sorted(create_missing_resources(settings)) == [

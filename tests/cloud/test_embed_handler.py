@@ -10,11 +10,11 @@ from urllib.parse import quote_plus
 import boto3
 import pytest
 from moto import mock_aws
-from support.aws_resources import create_bucket, create_tables
 from support.demo import demo_image
 from support.lambda_events import FakeContext, lambda_logging, load_function
 
 from imgsearch.config import get_settings
+from imgsearch.storage.aws_resources import create_bucket, create_tables
 
 BUCKET = "imgsearch-test-images"
 TABLES = {"CatalogTable": "test-catalog", "FeedbackTable": "test-feedback"}

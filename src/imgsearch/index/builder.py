@@ -110,6 +110,11 @@ class BuildReport:
     busy: bool = False  # another builder held the lease; it will do our work
 
 
+BATCH_SIZE = 1000  # work items one pass of the builder takes from the queue
+LEASE_SECONDS = 300.0  # a builder renews its lease well within this (once per batch)
+GRACE_SECONDS = 900.0  # a shard file no manifest names is kept this long for readers
+
+
 class IndexBuilder:
     def __init__(
         self,
@@ -120,9 +125,6 @@ class IndexBuilder:
         shard_size: int,
         n_trees: int,
         model_name: str,
-        batch_size: int = 1000,
-        lease_seconds: float = 300.0,
-        grace_seconds: float = 900.0,
     ) -> None:
         self.catalog = catalog
         self.store = catalog.objects
@@ -131,9 +133,9 @@ class IndexBuilder:
         self.shard_size = shard_size
         self.n_trees = n_trees
         self.model_name = model_name
-        self.batch_size = batch_size
-        self.lease_seconds = lease_seconds
-        self.grace_seconds = grace_seconds
+        self.batch_size = BATCH_SIZE
+        self.lease_seconds = LEASE_SECONDS
+        self.grace_seconds = GRACE_SECONDS
 
     def run(self, *, until: Callable[[], bool] | None = None) -> BuildReport:
         """Drain the work queue, unless another builder is already doing so.

@@ -15,18 +15,19 @@ import numpy as np
 
 from imgsearch.catalog import Catalog
 from imgsearch.index.reader import Index
-from imgsearch.storage import MAX_CAS_ATTEMPTS, PreconditionFailed
+from imgsearch.storage import retry_on_conflict
 
 Neighbours = list[tuple[str, float]]
 
+REACH = 200  # how many of a new or removed image's nearest images may list it
+
 
 class Neighbourhoods:
-    def __init__(self, catalog: Catalog, index: Index, *, k: int = 50, reach: int = 200) -> None:
-        """`reach`: how many of a new or removed image's nearest images may list it."""
+    def __init__(self, catalog: Catalog, index: Index, *, k: int = 50) -> None:
         self.catalog = catalog
         self.index = index
         self.k = k
-        self.reach = max(reach, k)
+        self.reach = max(REACH, k)
 
     def get(self, image_id: str) -> Neighbours:
         """The stored list, without images that left the index since it was written."""
@@ -73,18 +74,16 @@ class Neighbourhoods:
             self._merge(other, offered)
 
     def _replace(self, image_id: str, neighbours: Neighbours) -> None:
-        for _ in range(MAX_CAS_ATTEMPTS):
+        def step() -> None:
             _, version = self.catalog.neighbours(image_id)
-            try:
-                self.catalog.put_neighbours(image_id, neighbours, expected_version=version)
-                return
-            except PreconditionFailed:
-                continue
-        raise RuntimeError(f"neighbours of {image_id}: too much contention")
+            self.catalog.put_neighbours(image_id, neighbours, expected_version=version)
+
+        retry_on_conflict(step, f"neighbours of {image_id}")
 
     def _merge(self, image_id: str, offered: Neighbours) -> None:
         """Insert offered neighbours that are nearer than the list's current k-th."""
-        for _ in range(MAX_CAS_ATTEMPTS):
+
+        def step() -> None:
             current, version = self.catalog.neighbours(image_id)
             if not current and version == 0:
                 return  # its own list is not computed yet; it will be computed whole
@@ -94,9 +93,6 @@ class Neighbourhoods:
             best = sorted(merged.items(), key=lambda pair: (pair[1], pair[0]))[: self.k]
             if best == current:
                 return
-            try:
-                self.catalog.put_neighbours(image_id, best, expected_version=version)
-                return
-            except PreconditionFailed:
-                continue
-        raise RuntimeError(f"neighbours of {image_id}: too much contention")
+            self.catalog.put_neighbours(image_id, best, expected_version=version)
+
+        retry_on_conflict(step, f"neighbours of {image_id}")

@@ -88,6 +88,7 @@ BUILD_PARTS = (
 PROJECTED_DIMS = 256
 PROJECTION_SAMPLE = 4096  # rows a projection is fitted on
 SPREAD_SIZE = 64  # representatives per shard for a first page that covers the collection
+SPREAD_ITERATIONS = 8  # k-means steps choosing them
 
 
 def new_build_id() -> str:
@@ -189,7 +190,7 @@ def _spread_of(data: ShardData) -> np.ndarray:
     return rows
 
 
-def spread(features: np.ndarray, count: int, iterations: int = 8) -> np.ndarray:
+def spread(features: np.ndarray, count: int) -> np.ndarray:
     """Rows that cover the shard's content: the image nearest each k-means centre, ordered so
     that each next one is far from those before it, big clusters breaking ties.
 
@@ -202,7 +203,7 @@ def spread(features: np.ndarray, count: int, iterations: int = 8) -> np.ndarray:
         return np.zeros(0, np.int32)
     rng = np.random.default_rng(0)
     centres = features[_kmeans_plus_plus(features, count, rng)]
-    for _ in range(iterations):
+    for _ in range(SPREAD_ITERATIONS):
         # Whole-array steps only: a build shares the process with request threads, and many
         # small numpy calls would each wait for the GIL.
         assignment = np.argmax(features @ centres.T, axis=1)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
         UpdateTypeDef,
     )
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.literals import BucketLocationConstraintType
     from mypy_boto3_s3.type_defs import PutObjectRequestTypeDef
 
     from ..config import Settings
@@ -340,9 +339,7 @@ class DynamoTable(Table):
         )
         return _decode_item(response["Attributes"])
 
-    def _query(
-        self, pk: str, prefix: str, start_after: str | None, limit: int | None
-    ) -> Iterator[Item]:
+    def _query(self, pk: str, prefix: str, limit: int | None) -> Iterator[Item]:
         names = {"#pk": "pk"}
         values: dict[str, AttributeValueTypeDef] = {":pk": {"S": pk}}
         condition = "#pk = :pk"
@@ -357,12 +354,6 @@ class DynamoTable(Table):
             "ExpressionAttributeValues": values,
             "ConsistentRead": True,
         }
-        # DynamoDB refuses an ExclusiveStartKey outside the key condition, so a start_after
-        # below the prefix's range is dropped and one above it means there is nothing to return.
-        if start_after and (not prefix or start_after.startswith(prefix)):
-            request["ExclusiveStartKey"] = self._key(pk, start_after)
-        elif start_after and start_after > prefix:
-            return
         remaining = limit
         while remaining is None or remaining > 0:
             if remaining is not None:
@@ -473,63 +464,6 @@ class DynamoTable(Table):
     ) -> dict[str, AttributeValueTypeDef]:
         item = {name: _attribute_value(value) for name, value in attrs.items()}
         return item | DynamoTable._key(pk, sk) | {"version": {"N": str(version)}}
-
-
-def create_missing_resources(settings: Settings) -> list[str]:
-    """Create the bucket and tables `settings` name, where they do not exist yet.
-
-    For emulators (a moto server): on AWS, infra/template.yaml defines them, with versioning,
-    encryption, backups and event notifications. The key schema is the one DynamoTable needs.
-    Returns what was created.
-    """
-    import boto3
-
-    s3 = boto3.client("s3")
-    dynamodb = boto3.client("dynamodb")
-    created = []
-    try:
-        s3.head_bucket(Bucket=settings.bucket)
-    except ClientError:
-        region = s3.meta.region_name
-        # us-east-1 is the one region S3 refuses an explicit LocationConstraint for.
-        if region == "us-east-1":
-            s3.create_bucket(Bucket=settings.bucket)
-        else:
-            s3.create_bucket(
-                Bucket=settings.bucket,
-                # The stubs list the regions known when they were made; boto3 knows this one.
-                CreateBucketConfiguration={
-                    "LocationConstraint": cast("BucketLocationConstraintType", region)
-                },
-            )
-        s3.put_bucket_versioning(
-            Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"}
-        )
-        created.append(f"bucket {settings.bucket}")
-    existing = set(dynamodb.list_tables()["TableNames"])
-    for table in (settings.catalog_table, settings.feedback_table):
-        if table in existing:
-            continue
-        dynamodb.create_table(
-            TableName=table,
-            KeySchema=[
-                {"AttributeName": "pk", "KeyType": "HASH"},
-                {"AttributeName": "sk", "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        dynamodb.get_waiter("table_exists").wait(TableName=table)
-        if table == settings.feedback_table:  # as the template: rate-limit counters expire
-            dynamodb.update_time_to_live(
-                TableName=table,
-                TimeToLiveSpecification={"AttributeName": "expires_at", "Enabled": True},
-            )
-        created.append(f"table {table}")
-    return created
 
 
 def open_aws_storage(settings: Settings) -> Storage:

@@ -235,7 +235,7 @@ class LocalObjectStore(ObjectStore):
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 BUSY_TIMEOUT_SECONDS = 30.0
 QUERY_PAGE_SIZE = 500  # rows per SELECT, so a long query holds no read snapshot open
-PURGE_INTERVAL_SECONDS = 60.0  # how often a writer deletes expired items (see purge_expired)
+PURGE_INTERVAL_SECONDS = 60.0  # how often a writer deletes expired items (see _purge)
 _EXPIRES = "json_extract(attrs, '$.expires_at')"
 
 
@@ -297,21 +297,13 @@ class SqliteTable(Table):
         found = [row[0] for row in rows]
         return None if found == ["ok"] else "; ".join(found)
 
-    def purge_expired(self, now: float | None = None) -> int:
-        """Delete the items whose `expires_at` has passed; returns how many (expiring
-        tables only)."""
-        if not self.expiring:
-            return 0
-        with self._write_transaction() as connection:
-            return self._purge(connection, time.time() if now is None else now)
-
-    def _purge(self, connection: sqlite3.Connection, now: float) -> int:
+    def _purge(self, connection: sqlite3.Connection, now: float) -> None:
+        """Delete the items whose `expires_at` has passed (a writer calls it when it is due)."""
         self._next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
-        cursor = connection.execute(
+        connection.execute(
             f"DELETE FROM {self._quoted_name} WHERE {_EXPIRES} IS NOT NULL AND {_EXPIRES} < ?",
             (now,),
         )
-        return cursor.rowcount
 
     def _get(self, pk: str, sk: str) -> Item | None:
         current = self._read(self._connection(), pk, sk)
@@ -331,9 +323,7 @@ class SqliteTable(Table):
         with self._write_transaction() as connection:
             return self._apply_increment(connection, pk, sk, deltas, set_attrs)
 
-    def _query(
-        self, pk: str, prefix: str, start_after: str | None, limit: int | None
-    ) -> Iterator[Item]:
+    def _query(self, pk: str, prefix: str, limit: int | None) -> Iterator[Item]:
         conditions = ["pk = ?"]
         bounds: list[str] = [pk]
         if prefix:
@@ -346,7 +336,7 @@ class SqliteTable(Table):
         select = (
             f"SELECT sk, version, attrs FROM {self._quoted_name} WHERE {' AND '.join(conditions)}"
         )
-        after = start_after
+        after: str | None = None  # the last sort key of the page before
         remaining = limit
         while remaining is None or remaining > 0:
             page_size = QUERY_PAGE_SIZE if remaining is None else min(QUERY_PAGE_SIZE, remaining)
