@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Collection, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Unpack
 
@@ -55,7 +57,7 @@ from imgsearch.search import (
     similar_images,
     text_search,
 )
-from imgsearch.storage import DirectUploads, InvalidKey, Storage, StorageError
+from imgsearch.storage import DirectUploads, InvalidKey, SqliteTable, Storage, StorageError
 from imgsearch.vocabulary import Interpretation, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -97,10 +99,6 @@ class ImageSearch:
         table), the vocabulary with other guessing `strategies`, another learning method,
         or other Annoy settings (`ann`: candidates per shard, search_k). What is not
         changed is shared, the loaded index included."""
-        from dataclasses import replace
-
-        from imgsearch.storage import SqliteTable
-
         parts = self.parts
         settings = self.settings
         if feedback_method is not None:
@@ -143,8 +141,6 @@ class ImageSearch:
         Raises UnusableFile for a key file that is empty or cannot be read: a silent lock-out
         (or a new key nobody was shown) would be worse than refusing to start.
         """
-        import secrets
-
         if self.settings.api_key:
             return self.settings.api_key, False
         return secret_file(
@@ -240,9 +236,13 @@ class ImageSearch:
         if result.status == "refused" or result.image_id is None:
             raise ImageRefused(result.code or "refused", result.reason or "refused")
         record = self.image(result.image_id)
-        indexed = record is not None and record.status == "indexed"
-        status = result.status if indexed else "pending"
-        return UploadOutcome(result.image_id, stored_as, status)  # type: ignore[arg-type]
+        if record is None or record.status != "indexed":
+            return UploadOutcome(result.image_id, stored_as, "pending")
+        match result.status:
+            case "added" | "duplicate" | "unchanged" as status:
+                return UploadOutcome(result.image_id, stored_as, status)
+            case _:  # a removal or an older event: nothing an upload can be
+                raise AssertionError(f"an upload ended as {result.status!r}")
 
     def remove(self, key: str) -> IngestResult:
         """Forget `key` (and delete its bytes); its image leaves the index if no key holds it."""
