@@ -18,7 +18,7 @@ import time
 from collections.abc import Collection, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Unpack
+from typing import TYPE_CHECKING, Unpack
 
 import numpy as np
 
@@ -30,7 +30,6 @@ from imgsearch.embedding import Embedding
 from imgsearch.feedback import LOCAL_CLIENT
 from imgsearch.images import DecodeLimits, ImageRefused
 from imgsearch.index.builder import BuildReport
-from imgsearch.index.exact import Metric, exact_neighbours
 from imgsearch.ingest import IngestResult, ObjectEvent, content_type
 from imgsearch.integrity import secret_file
 from imgsearch.learning import trust
@@ -59,6 +58,9 @@ from imgsearch.search import (
 )
 from imgsearch.storage import DirectUploads, InvalidKey, SqliteTable, Storage, StorageError
 from imgsearch.vocabulary import Interpretation, Vocabulary
+
+if TYPE_CHECKING:
+    from imgsearch.index.exact import Metric
 
 log = logging.getLogger(__name__)
 
@@ -589,4 +591,6 @@ class ImageSearch:
         features: np.ndarray, k: int, *, metric: Metric, jobs: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact k nearest rows of every row (see index/exact.py): indices and distances."""
+        from imgsearch.index.exact import exact_neighbours  # the CLI's: not in Lambda bundles
+
         return exact_neighbours(features, k, metric=metric, jobs=jobs)
