@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from support.browser import live_server
 from support.demo import demo_image
 from support.hostile_files import encode, photo
+from support.openapi import API_KEY_HEADER
 from support.services import API_KEY, make_service
 
 from imgsearch.api.app import create_app
@@ -37,7 +38,7 @@ MAX_BODIES = 2
 
 @pytest.fixture
 def app_client(service) -> Iterator[TestClient]:
-    with TestClient(create_app(service, web_dir=WEB_DIR), headers={"X-API-Key": API_KEY}) as c:
+    with TestClient(create_app(service, web_dir=WEB_DIR), headers={API_KEY_HEADER: API_KEY}) as c:
         yield c
 
 
@@ -50,7 +51,7 @@ def _vote(**change: object) -> dict:
     [
         [("content-type", "multipart/form-data; boundary=x"), ("content-type", "application/json")],
         [("content-type", "application/json"), ("Content-Type", "multipart/form-data; boundary=x")],
-        [("x-api-key", API_KEY), ("x-api-key", "other")],
+        [(API_KEY_HEADER.lower(), API_KEY), (API_KEY_HEADER.lower(), "other")],
         [("host", "a.example"), ("host", "b.example")],
     ],
 )
@@ -520,7 +521,7 @@ def _upload_head(path: str, length: int) -> tuple[bytes, bytes]:
         b"Content-Type: image/jpeg\r\n\r\n"
     )
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {API_KEY}\r\nConnection: close\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: x\r\n{API_KEY_HEADER}: {API_KEY}\r\nConnection: close\r\n"
         f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {length}\r\n\r\n"
     ).encode()
     return head, part
