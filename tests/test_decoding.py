@@ -47,6 +47,7 @@ def _refusal(case: Case, limits: DecodeLimits) -> ImageRefused:
     return refused.value
 
 
+@pytest.mark.slow  # decodes every bomb under both limits
 @pytest.mark.parametrize("case", BOMBS, ids=lambda case: case.name)
 def test_each_bomb_has_its_answer_under_both_limits(case: Case) -> None:
     for limits in (SEARCH_LIMITS, UPLOAD_LIMITS):
