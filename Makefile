@@ -39,10 +39,8 @@ vocabulary: $(VOCABULARY)
 NOT_FAST := model or browser or bundles or slow
 PYTEST := $(BIN)/python -m pytest -n 2 --dist loadgroup
 
-test: setup ## install everything (Chromium included) and run every test, the fast tier first
+test: setup lint ## install everything (Chromium included), lint, run every test (fast tier first)
 	scripts/install-chromium.sh
-	$(BIN)/ruff check src tests functions scripts bench layers
-	$(BIN)/ruff format --check src tests functions scripts bench layers
 	$(PYTEST) -m "not ($(NOT_FAST))"
 	$(PYTEST) -m "$(NOT_FAST)"
 
@@ -53,9 +51,11 @@ test-fast: setup ## the fast tier: no model, no browser, no bundles (under a min
 bundles: setup ## Lambda layers and function bundles for python3.12 on x86_64, in build/lambda
 	$(BIN)/python layers/build.py --out build/lambda
 
-lint:
+lint: $(VENV)/.installed ## ruff, mypy strict on src/imgsearch, the layers (pyproject.toml)
 	$(BIN)/ruff check src tests functions scripts bench layers
 	$(BIN)/ruff format --check src tests functions scripts bench layers
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build src/imgsearch/assets/vocabulary

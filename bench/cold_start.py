@@ -67,7 +67,7 @@ FIRST_INFERENCE = """
 import time
 from PIL import Image
 started = time.perf_counter()
-app.service.embedder.embed(Image.new("RGB", (400, 300), "gray"))
+app.service.parts.embedder.embed(Image.new("RGB", (400, 300), "gray"))
 measured["seconds"] = time.perf_counter() - started
 """
 

@@ -192,14 +192,15 @@ def verify(data_dir: Path, tally: Tally) -> tuple[int, int]:
     lost_uploads = 0
     for key, image_id in tally.uploaded.items():
         record = service.find_key(key)
-        if record is None or record.id != image_id or image_id not in service.index:
+        if record is None or record.id != image_id or image_id not in service.parts.index:
             lost_uploads += 1
     lost_votes = 0
     stored: dict[str, dict[tuple[str, str], int]] = {}
     for (term, image_id, session), value in tally.votes.items():
         if term not in stored:
             stored[term] = {
-                (v.image_id, v.session): v.value for v in service.feedback.term_votes(term).votes
+                (v.image_id, v.session): v.value
+                for v in service.parts.feedback.term_votes(term).votes
             }
         if stored[term].get((image_id, session)) != value:
             lost_votes += 1

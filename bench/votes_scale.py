@@ -37,9 +37,9 @@ WORD = "elephant"
 def cast_votes(service: ImageSearch, votes: int, sessions: int, clients: int) -> float:
     """Seconds to cast `votes` votes; session s votes on images s, s+1, ... of the collection,
     relevant when the image is an elephant."""
-    images = list(service.index.image_ids(newest_first=False))
+    images = list(service.parts.index.image_ids(newest_first=False))
     elephants = {i for i in images if service.image(i).key.startswith("elephant/")}
-    takes_client = "client" in inspect.signature(service.feedback.vote).parameters
+    takes_client = "client" in inspect.signature(service.parts.feedback.vote).parameters
     per_session = -(-votes // sessions)
     started = time.perf_counter()
     cast = 0
@@ -50,7 +50,7 @@ def cast_votes(service: ImageSearch, votes: int, sessions: int, clients: int) ->
             image_id = images[(session + step) % len(images)]
             value = 1 if image_id in elephants else -1
             extra = {"client": f"client{session % clients}"} if takes_client else {}
-            service.feedback.vote(WORD, image_id, f"session{session}", value, **extra)
+            service.parts.feedback.vote(WORD, image_id, f"session{session}", value, **extra)
             cast += 1
     return time.perf_counter() - started
 
@@ -94,7 +94,7 @@ def main() -> None:
     if args.lone_client_images:
         # Votes that teach nobody else: one more client, alone on each of these images.
         for number in range(args.lone_client_images):
-            service.feedback.vote(WORD, f"{number:016x}", "lone", 1, client="lone-client")
+            service.parts.feedback.vote(WORD, f"{number:016x}", "lone", 1, client="lone-client")
         print(f"then one more client voted on {args.lone_client_images:,} other images alone")
         print_search_times(service, args.repeats)
 

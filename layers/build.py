@@ -9,8 +9,9 @@ Layers hold what changes rarely, function bundles what changes often:
                                 whatever `deps` already holds (numpy)
     layers/model/assets/        the TFLite model and its sidecar      -> /opt/assets
     layers/vocabulary/assets/   the keyword-search vocabulary         -> /opt/assets/vocabulary
-    functions/<name>/           app.py + the imgsearch package (without its assets); the search
-                                function also carries the web page
+    functions/<name>/           app.py + the imgsearch package (without its assets and the
+                                modules only the CLI runs); the search function also carries
+                                the web page
 
 Only manylinux wheels from the package index are installed (`pip install --platform
 ... --only-binary=:all:`), so nothing is compiled here and the binaries match Lambda's
@@ -29,6 +30,7 @@ every time.
 from __future__ import annotations
 
 import argparse
+import ast
 import fcntl
 import glob
 import hashlib
@@ -86,6 +88,18 @@ VOCABULARY_DIR = ASSETS / "vocabulary"
 CLOUD_PAGE_CONFIG = """// Written by layers/build.py for the cloud deployment (docs/deploy.md).
 window.IMGSEARCH_CONFIG = { api: "", upload: "presigned" };
 """
+
+# Parts of the package only the `imgsearch` command runs (on a machine, never in Lambda): left
+# out of the bundles. The build checks that no bundled module imports them when it is loaded;
+# the facade may import one inside a method only the CLI calls (create_cloud_resources).
+CLI_ONLY = (
+    "cli.py",
+    "bulk.py",
+    "evaluation",
+    "api/server.py",
+    "storage/aws_resources.py",
+    "index/exact.py",
+)
 
 LAYERS = ("deps", "inference", "model", "vocabulary")
 # What each function imports or reads; infra/template.yaml attaches the same layers
@@ -274,11 +288,56 @@ def build_function(bundle: Path, function: str, python: str) -> None:
     shutil.copytree(
         SRC, bundle / "imgsearch", ignore=shutil.ignore_patterns("assets", "__pycache__")
     )
+    for part in CLI_ONLY:
+        path = bundle / "imgsearch" / part
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    check_no_cli_imports(bundle / "imgsearch")
     if function == "search":  # the search function serves the web page (docs/deploy.md)
         shutil.copytree(REPO / "web", bundle / "web", ignore=_ignore_caches)
         (bundle / "web" / "config.js").write_text(CLOUD_PAGE_CONFIG)
     compile_tree(bundle, python)
     print(f"function {function}: bundled")
+
+
+def check_no_cli_imports(package: Path) -> None:
+    """Refuse a bundle in which loading a module would import one left out of it."""
+    left_out = {"imgsearch." + part.removesuffix(".py").replace("/", ".") for part in CLI_ONLY}
+    for path in sorted(package.rglob("*.py")):
+        for node in _load_time_imports(ast.parse(path.read_text(encoding="utf-8")).body):
+            if isinstance(node, ast.ImportFrom):
+                names = [_absolute(node, path.relative_to(package.parent))]
+                names += [f"{names[0]}.{alias.name}" for alias in node.names]
+            else:
+                names = [alias.name for alias in node.names]
+            for name in names:
+                if any(name == out or name.startswith(out + ".") for out in left_out):
+                    raise SystemExit(f"{path} imports {name}, which the bundles leave out")
+
+
+def _load_time_imports(body: list[ast.stmt]) -> Iterator[ast.Import | ast.ImportFrom]:
+    """The imports that run when a module is loaded: not those in functions, nor the ones
+    under `if TYPE_CHECKING:`."""
+    for statement in body:
+        if isinstance(statement, ast.Import | ast.ImportFrom):
+            yield statement
+        elif isinstance(statement, ast.If) and ast.unparse(statement.test) == "TYPE_CHECKING":
+            yield from _load_time_imports(statement.orelse)
+        elif not isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                for inner in getattr(statement, field, []):
+                    nested = inner.body if isinstance(inner, ast.ExceptHandler) else [inner]
+                    yield from _load_time_imports(nested)
+
+
+def _absolute(node: ast.ImportFrom, relative_path: Path) -> str:
+    """The module an import-from names, with a relative one (from .x, from ..x) resolved."""
+    if not node.level:
+        return node.module or ""
+    package = list(relative_path.parent.parts)[: len(relative_path.parent.parts) - node.level + 1]
+    return ".".join([*package, *([node.module] if node.module else [])])
 
 
 def _ignore_caches(directory: str, names: list[str]) -> set[str]:

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from support.aws_resources import create_bucket, create_tables
 from support.fake_embedder import ColourEmbedder
 from support.openapi import API_KEY_HEADER
 from support.services import API_KEY, demo_collection, make_service
@@ -21,6 +20,7 @@ from imgsearch.config import Settings
 from imgsearch.embedding import Embedder, ImageEmbedder, ModelSpec
 from imgsearch.service import ImageSearch
 from imgsearch.storage import Storage, open_storage
+from imgsearch.storage.aws_resources import create_bucket, create_tables
 from imgsearch.vocabulary import Vocabulary
 
 # Tiers ------------------------------------------------------------------------------------------

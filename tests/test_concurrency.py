@@ -12,8 +12,8 @@ import pytest
 from support.demo import demo_image
 from support.services import API_KEY, make_service
 
+from imgsearch.cloud.s3_events import parse_s3_records
 from imgsearch.config import Settings
-from imgsearch.events import apply_events, parse_s3_records
 from imgsearch.index.manifest import read_manifest
 from imgsearch.ingest import IngestResult
 from imgsearch.service import ImageSearch
@@ -26,12 +26,14 @@ def _images() -> list[bytes]:
 
 
 def assert_indexed_exactly_once(service: ImageSearch, expected_ids: set[str]) -> None:
-    manifest, _ = read_manifest(service.storage.objects)
-    service.index.refresh(force=True)
-    listed = [i for shard in service.index.shards for i in shard.ids if i in service.index]
+    manifest, _ = read_manifest(service.parts.storage.objects)
+    service.parts.index.refresh(force=True)
+    listed = [
+        i for shard in service.parts.index.shards for i in shard.ids if i in service.parts.index
+    ]
     assert sorted(listed) == sorted(expected_ids), "an image is missing or indexed twice"
     assert manifest.image_count == len(expected_ids) == service.count()
-    assert not service.catalog.pending()
+    assert not service.parts.catalog.pending()
     for image_id in expected_ids:
         assert service.image(image_id).status == "indexed"
 
@@ -72,7 +74,7 @@ def test_threads_bringing_back_a_removed_image_keep_every_key(tmp_path, embedder
 
     def worker(number: int) -> IngestResult:
         service = ImageSearch(settings, embedder=embedder, vocabulary=vocabulary)
-        return service.ingestor.add(f"back/{number}.jpg", data)
+        return service.parts.ingestor.add(f"back/{number}.jpg", data)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(worker, range(4)))
@@ -128,27 +130,34 @@ def _record(key: str, event: str, sequencer: str) -> dict:
 
 def _upload(service: ImageSearch, key: str, event: str, content) -> None:
     if event.startswith("ObjectRemoved"):
-        service.catalog.delete_original(key)
+        service.parts.catalog.delete_original(key)
     elif content is None:
-        service.catalog.put_original(key, b"\xff\xd8\xff broken", "image/jpeg")
+        service.parts.catalog.put_original(key, b"\xff\xd8\xff broken", "image/jpeg")
     else:
-        service.catalog.put_original(key, demo_image(*content), "image/jpeg")
+        service.parts.catalog.put_original(key, demo_image(*content), "image/jpeg")
 
 
 def _state(service: ImageSearch) -> tuple:
-    service.index.refresh(force=True)
+    service.parts.index.refresh(force=True)
     keys = {}
     for key in ("a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"):
-        held = service.catalog.key(key)
+        held = service.parts.catalog.key(key)
         keys[key] = (held.status, held.image_id) if held else None
-    return keys, sorted(service.index.image_ids()), service.count()
+    return keys, sorted(service.parts.index.image_ids()), service.count()
+
+
+def _apply(service: ImageSearch, records: list[dict]) -> None:
+    """What the embed function does with a batch: each event applied, then one index build."""
+    for event in parse_s3_records(records):
+        service.apply_event(event)
+    service.build_index()
 
 
 def test_shuffled_and_duplicated_events_end_in_the_clean_state(tmp_path, embedder, vocabulary):
     clean = make_service(tmp_path / "clean", embedder, vocabulary)
     for key, event, content, sequencer in TIMELINE:  # objects change as the events happen
         _upload(clean, key, event, content)
-        apply_events(clean, parse_s3_records([_record(key, event, sequencer)]))
+        _apply(clean, [_record(key, event, sequencer)])
     expected = _state(clean)
     assert expected[2] == 3 and expected[0]["b.jpg"][0] == "removed"
     assert expected[0]["e.jpg"][0] == "refused"
@@ -164,5 +173,5 @@ def test_shuffled_and_duplicated_events_end_in_the_clean_state(tmp_path, embedde
         while stream:  # in batches of any size, as SQS hands them over
             size = rng.randint(1, 4)
             batch, stream = stream[:size], stream[size:]
-            apply_events(service, parse_s3_records(batch))
+            _apply(service, batch)
         assert _state(service) == expected, f"seed {seed}"

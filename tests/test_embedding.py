@@ -68,12 +68,12 @@ def test_a_long_strip_costs_no_more_than_a_square(embedder, monkeypatch) -> None
 def test_an_inception_shaped_model_drops_in_by_configuration(tmp_path, vocabulary) -> None:
     settings = Settings(data_dir=tmp_path / "data", assets_dir=TINY.parent, model=TINY.name)
     service = ImageSearch(settings, vocabulary=vocabulary)
-    assert service.embedder.spec.input_size == 299
-    assert service.embedder.feature_dim == 2048
+    assert service.parts.embedder.spec.input_size == 299
+    assert service.parts.embedder.feature_dim == 2048
     ids = [service.add(f"{c}.jpg", demo_image(c)).image_id for c in ("pizza", "watch", "chair")]
     assert service.count() == 3
-    assert service.index.manifest.model == "tiny-inception-test"
-    assert service.index.manifest.dim == 2048
+    assert service.parts.index.manifest.model == "tiny-inception-test"
+    assert service.parts.index.manifest.dim == 2048
     similar = service.similar(ids[0], limit=2)
     assert {hit.image_id for hit in similar} == set(ids[1:])
 

@@ -24,7 +24,7 @@ from support.services import API_KEY, make_service
 from imgsearch.api.app import create_app
 from imgsearch.config import Settings
 from imgsearch.integrity import DamagedFile
-from imgsearch.service import ImageSearch
+from imgsearch.service import API_KEY_FILE, ImageSearch
 from imgsearch.storage import NotFound, Storage, StorageError, StorageFull, open_storage
 from imgsearch.storage.local import LocalObjectStore
 
@@ -58,16 +58,18 @@ def test_a_worker_killed_mid_build_leaves_a_consistent_index(
     assert survivor.search_text("elephant", limit=3).hits
 
     survivor.build_index()  # the restart: takes over the dead worker's lease, finishes its work
-    assert not survivor.catalog.pending()
+    assert not survivor.parts.catalog.pending()
     expected = {survivor.find_key(f"{c}/image_0001.jpg").id for c in CATEGORIES[:3]}
     expected |= {survivor.find_key(f"{c}/image_0002.jpg").id for c in CATEGORIES[:1]}
-    listed = [i for shard in survivor.index.shards for i in shard.ids if i in survivor.index]
+    listed = [
+        i for shard in survivor.parts.index.shards for i in shard.ids if i in survivor.parts.index
+    ]
     assert len(listed) == len(set(listed)), "an image is indexed twice"
     assert expected <= set(listed)
     for image_id in listed:
         record = survivor.image(image_id)
         assert record.status == "indexed"
-        stored, _ = survivor.catalog.neighbours(image_id)
+        stored, _ = survivor.parts.catalog.neighbours(image_id)
         assert len(stored) == len(listed) - 1  # with so few images, everyone is a neighbour
 
 
@@ -166,20 +168,20 @@ def demo_collection(data_dir, embedder, vocabulary) -> ImageSearch:
 def assert_consistent(service: ImageSearch) -> None:
     """No change left open, nothing queued, every indexed image held by its keys and backed by
     its derived files, and no derived file without an image."""
-    assert not service.catalog.changes()
-    assert not service.catalog.pending()
-    listed = set(service.index.image_ids())
+    assert not service.parts.catalog.changes()
+    assert not service.parts.catalog.pending()
+    listed = set(service.parts.index.image_ids())
     for image_id in listed:
         record = service.image(image_id)
         assert record is not None and record.status == "indexed"
         assert record.keys
         for key in record.keys:
-            assert service.catalog.key(key).image_id == image_id
-        service.catalog.embedding(image_id)
-        service.catalog.thumbnail(image_id)
+            assert service.parts.catalog.key(key).image_id == image_id
+        service.parts.catalog.embedding(image_id)
+        service.parts.catalog.thumbnail(image_id)
     stored = {
         info.key.removeprefix("embeddings/").removesuffix(".npz")
-        for info in service.storage.objects.list("embeddings/")
+        for info in service.parts.storage.objects.list("embeddings/")
     }
     assert stored == listed, "derived files without an image, or an image without them"
 
@@ -207,7 +209,7 @@ def test_an_upload_killed_midway_is_finished_at_the_next_start(
     restarted.recover()
     record = restarted.find_key("pizza/new.jpg")
     assert record is not None and record.status == "indexed"
-    assert restarted.catalog.original("pizza/new.jpg") == photo.read_bytes()
+    assert restarted.parts.catalog.original("pizza/new.jpg") == photo.read_bytes()
     assert record.id in [h.image_id for h in restarted.search_text("pizza", limit=4).hits]
     assert restarted.count() == 4
     assert_consistent(restarted)
@@ -233,14 +235,14 @@ def test_a_deletion_killed_midway_is_applied_at_the_next_start(
     run_until_killed(data_dir, DELETE_KILL_POINTS[kill_point], "remove=pizza/image_0001.jpg")
 
     restarted = make_service(data_dir, embedder, vocabulary, shard_size=4)
-    assert gone in restarted.index  # still searchable until the restart recovers
+    assert gone in restarted.parts.index  # still searchable until the restart recovers
     restarted.recover()
-    assert gone not in restarted.index and restarted.count() == 2
+    assert gone not in restarted.parts.index and restarted.count() == 2
     assert restarted.image(gone) is None and restarted.find_key("pizza/image_0001.jpg") is None
     with pytest.raises(NotFound):
-        restarted.catalog.original("pizza/image_0001.jpg")
-    for image_id in restarted.index.image_ids():
-        assert gone not in dict(restarted.catalog.neighbours(image_id)[0])
+        restarted.parts.catalog.original("pizza/image_0001.jpg")
+    for image_id in restarted.parts.index.image_ids():
+        assert gone not in dict(restarted.parts.catalog.neighbours(image_id)[0])
     assert_consistent(restarted)
 
 
@@ -373,15 +375,15 @@ def test_a_full_disk_at_any_write_of_an_upload_gives_507_and_leaves_nothing_half
     assert answer.status_code == 507
     assert "storage is full" in answer.json()["detail"]
     assert service.find_key("uploads/new.jpg") is None  # nothing half-visible
-    assert set(service.index.image_ids()) == kept
+    assert set(service.parts.index.image_ids()) == kept
     with pytest.raises(NotFound):
-        service.catalog.original("uploads/new.jpg")
+        service.parts.catalog.original("uploads/new.jpg")
 
     store.failing_prefix = catalog.failing_pk = None
-    service.ingestor.recover_changes(timeout=0)  # what the next start does
+    service.parts.ingestor.recover_changes(timeout=0)  # what the next start does
     service.build_index()
     assert_consistent(service)
-    assert set(service.index.image_ids()) == kept
+    assert set(service.parts.index.image_ids()) == kept
     again = client.post(
         "/api/images", files={"file": ("new.jpg", demo_image("lotus"), "image/jpeg")}
     )
@@ -435,8 +437,8 @@ def test_a_really_full_disk_gives_507_and_loses_nothing(small_disk, embedder, vo
             record = service.find_key(f"uploads/{name}")
             # Rolled back, or stored and queued (indexed once there is room): not shown yet.
             assert record is None or record.status == "pending"
-            assert record is None or record.id not in service.index
-        assert kept <= set(service.index.image_ids())
+            assert record is None or record.id not in service.parts.index
+        assert kept <= set(service.parts.index.image_ids())
         assert service.search_text("elephant", limit=3).hits
     assert statuses[0] == 507 and statuses[160_000] == 201, statuses
 
@@ -519,7 +521,6 @@ def test_the_lease_of_a_dead_local_process_is_free_at_once(tmp_path) -> None:
 
 @pytest.mark.parametrize("problem", ["empty", "unreadable"])
 def test_an_unusable_api_key_file_stops_the_server_with_one_line(problem, tmp_path) -> None:
-    from imgsearch.api.auth import API_KEY_FILE, local_api_key
     from imgsearch.integrity import UnusableFile
 
     data_dir = tmp_path / "data"
@@ -530,7 +531,7 @@ def test_an_unusable_api_key_file_stops_the_server_with_one_line(problem, tmp_pa
     else:
         key_file.mkdir()  # reading it fails whoever we are (root reads any mode)
     with pytest.raises(UnusableFile, match=f"{key_file}"):
-        local_api_key(Settings(data_dir=data_dir))
+        ImageSearch(Settings(data_dir=data_dir)).api_key()
 
     env = {k: v for k, v in os.environ.items() if k != "IMGSEARCH_API_KEY"}
     served = subprocess.run(
@@ -556,8 +557,6 @@ def test_an_unusable_api_key_file_stops_the_server_with_one_line(problem, tmp_pa
 
 
 def test_an_api_key_file_emptied_while_serving_is_a_503_not_a_lock_out(service) -> None:
-    from imgsearch.api.auth import API_KEY_FILE
-
     service.settings.api_key = None
     key_file = service.settings.data_dir / API_KEY_FILE
     key_file.parent.mkdir(parents=True, exist_ok=True)
@@ -622,7 +621,7 @@ def assert_repaired(data_dir, ids, embedder, vocabulary) -> None:
     assert checked.returncode == 0
     assert checked.stdout.decode().startswith(f"ok: {len(ids)} images")
     service = reopened(data_dir, embedder, vocabulary)
-    assert set(service.index.image_ids()) == ids
+    assert set(service.parts.index.image_ids()) == ids
     assert service.search_text("elephant", limit=1).hits[0].image_id == (
         service.find_key("elephant.jpg").id
     )
@@ -687,15 +686,15 @@ def test_a_damaged_embedding_is_detected_and_computed_again(stored, embedder, vo
     service = reopened(data_dir, embedder, vocabulary)
     image_id = service.find_key("pizza.jpg").id
     path = data_dir / "objects" / "embeddings" / f"{image_id}.npz"
-    features, _ = service.catalog.embedding(image_id)
+    features, _ = service.parts.catalog.embedding(image_id)
     damage(path, "flipped")
     with pytest.raises(DamagedFile, match=f"embeddings/{image_id}.npz"):
-        service.catalog.embedding(image_id)
+        service.parts.catalog.embedding(image_id)
     checked = imgsearch("check", "--data-dir", str(data_dir))
     assert checked.returncode == 1 and f"embeddings/{image_id}.npz" in checked.stdout.decode()
 
     assert_repaired(data_dir, ids, embedder, vocabulary)
-    again, _ = reopened(data_dir, embedder, vocabulary).catalog.embedding(image_id)
+    again, _ = reopened(data_dir, embedder, vocabulary).parts.catalog.embedding(image_id)
     assert np.allclose(again, features, atol=1e-5)
 
 
@@ -709,7 +708,7 @@ def test_a_damaged_catalog_is_refused_then_rebuilt_from_the_stored_images(
     service = reopened(data_dir, embedder, vocabulary)
     service.count()
     # Checkpoint the write-ahead log into the file, then damage the file.
-    service.storage.catalog._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    service.parts.storage.catalog._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
     data = bytearray(database.read_bytes())
     if where == "header":  # SQLite cannot even open it
         data[:100] = bytes(100)
@@ -727,7 +726,7 @@ def test_a_damaged_catalog_is_refused_then_rebuilt_from_the_stored_images(
 def test_a_manifest_damaged_while_serving_gives_503_not_500(stored, embedder, vocabulary):
     data_dir, _ = stored
     service = reopened(data_dir, embedder, vocabulary)
-    service.index.refresh_interval = 0  # look for a new manifest on every request
+    service.parts.index.refresh_interval = 0  # look for a new manifest on every request
     client = TestClient(create_app(service))
     assert client.get("/api/search", params={"q": "pizza"}).status_code == 200
     damage(data_dir / "objects" / "index" / "manifest.json", "flipped")
@@ -768,10 +767,9 @@ def test_an_empty_client_secret_file_stops_the_start_with_its_name(tmp_path, ser
     the start refuses, naming the file and the fix."""
     from imgsearch.clients import CLIENT_SECRET_FILE
     from imgsearch.integrity import UnusableFile
-    from imgsearch.repair import check_at_start
 
     secret = service.settings.data_dir / CLIENT_SECRET_FILE
     secret.parent.mkdir(parents=True, exist_ok=True)
     secret.write_text("\n")
     with pytest.raises(UnusableFile, match=f"the client secret file {secret} is empty"):
-        check_at_start(service)
+        service.check_at_start()

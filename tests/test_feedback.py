@@ -12,12 +12,12 @@ from support.services import make_service
 
 from imgsearch.feedback import QUORUM, Agreement, Feedback
 from imgsearch.learning import trust
-from imgsearch.ranking import explore_page
+from imgsearch.search import explore_page
 
 
 def _ids_by_category(service) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
-    for image_id in service.index.image_ids(newest_first=False):
+    for image_id in service.parts.index.image_ids(newest_first=False):
         found.setdefault(service.image(image_id).key.split("/")[0], []).append(image_id)
     return found
 
@@ -28,9 +28,19 @@ def taught_service(tmp_path_factory, model_embedder, vocabulary):
     service = make_service(tmp_path_factory.mktemp("taught") / "data", model_embedder, vocabulary)
     for category in ("elephant", "pizza", "lotus", "laptop"):
         for path in sorted((DEMO / category).iterdir()):
-            service.ingestor.add(f"{category}/{path.name}", path.read_bytes())
+            service.parts.ingestor.add(f"{category}/{path.name}", path.read_bytes())
     service.build_index()
     return service
+
+
+def _totals(feedback: Feedback, term: str) -> dict[str, tuple[int, int]]:
+    """Per image: (up, down) distinct clients whose voice says so."""
+    return {a.image_id: (a.up_clients, a.down_clients) for a in feedback.summary(term).images}
+
+
+def _terms(storage) -> dict[str, int]:
+    """The terms voted on, with how many votes each has (their `terms` rows)."""
+    return {item["sk"]: int(item["votes"]) for item in storage.feedback.query("terms")}
 
 
 @pytest.mark.slow  # seventy-two votes racing, through moto too
@@ -48,14 +58,14 @@ def test_concurrent_votes_lose_nothing(storage) -> None:
         list(pool.map(session, range(12)))
     votes = feedback.term_votes("boat").votes
     assert len(votes) == 12 * 6
-    totals = feedback.totals("boat")
+    totals = _totals(feedback, "boat")
     for position, image_id in enumerate(images):
         up, down = totals[image_id]
         expected_up = 8 if position >= 2 else 4  # sessions 3, 6, 9, 0 vote the other way
         assert (up, down) == (expected_up, 12 - expected_up), image_id
         counted = sum(1 for v in votes if v.image_id == image_id and v.value > 0)
         assert up == counted  # the summary agrees with the individual votes
-    assert feedback.learned_terms() == {"boat": 72}
+    assert _terms(storage) == {"boat": 72}
     summary = feedback.summary("boat")
     assert (summary.votes, summary.sessions, summary.clients) == (72, 12, 12)
     for agreement in summary.images:  # decayed by the seconds the test took: barely
@@ -89,10 +99,10 @@ def test_sessions_of_one_client_racing_leave_it_one_voice(storage) -> None:
 def test_a_replayed_vote_changes_nothing(storage) -> None:
     feedback = Feedback(storage.feedback)
     assert feedback.vote("kite", "00000000000000aa", "s1", 1) is True
-    before = (feedback.totals("kite"), feedback.learned_terms())
+    before = (_totals(feedback, "kite"), _terms(storage))
     for _ in range(3):
         assert feedback.vote("kite", "00000000000000aa", "s1", 1) is False
-    assert (feedback.totals("kite"), feedback.learned_terms()) == before
+    assert (_totals(feedback, "kite"), _terms(storage)) == before
 
 
 def test_only_a_quorum_of_independent_clients_teaches_others() -> None:
@@ -110,7 +120,7 @@ def test_one_vote_changes_the_sessions_next_page(taught_service) -> None:
     service = taught_service
     by_category = _ids_by_category(service)
     word = "zqxmadeup"
-    assert service.vocabulary.interpret(word).confidence == 0
+    assert service.parts.vocabulary.interpret(word).confidence == 0
     first = service.search_text(word, limit=20, session="learner").hits
     lotus = next(hit.image_id for hit in first if hit.image_id in by_category["lotus"])
     assert {hit.reason for hit in first} == {"explore"}
@@ -120,7 +130,7 @@ def test_one_vote_changes_the_sessions_next_page(taught_service) -> None:
     assert all(hit.reason == "learned" for hit in after.hits[1:5])
     in_category = sum(hit.image_id in by_category["lotus"] for hit in after.hits)
     assert in_category >= 10, in_category
-    assert after.taught is not None and after.taught.votes == 1
+    assert after.learned is not None and after.learned.votes == 1
 
 
 def test_not_relevant_votes_hide_images_from_that_session_only(taught_service) -> None:
@@ -143,11 +153,11 @@ def test_a_learned_term_survives_a_restart_and_serves_another_session(
             service.vote(word, image_id, 1, f"teacher-{client}", client)
     restarted = make_service(service.settings.data_dir, embedder, vocabulary)
     found = restarted.search_text(word, limit=10, session="newcomer")
-    assert found.taught is not None and found.taught.sessions == 3
-    assert found.taught.clients == 3
+    assert found.learned is not None and found.learned.sessions == 3
+    assert found.learned.clients == 3
     assert sum(hit.image_id in laptops for hit in found.hits) >= 9
     assert all(hit.learned for hit in found.hits[:9])
-    assert word in restarted.feedback.learned_terms()
+    assert word in _terms(restarted.parts.storage)
 
 
 def test_a_spammer_cannot_take_over_a_term(taught_service) -> None:
@@ -161,7 +171,7 @@ def test_a_spammer_cannot_take_over_a_term(taught_service) -> None:
     for number in range(5):  # sessions are free; its address is one
         for image_id in everything:
             service.vote(word, image_id, 1, f"spammer{number}", "spam-client")
-    service.learner.forget(word)
+    service.parts.learner.forget(word)
     top = service.search_text(word, limit=10, session="visitor").hits
     assert sum(hit.image_id in by_category["elephant"] for hit in top) >= 9
 
@@ -169,23 +179,23 @@ def test_a_spammer_cannot_take_over_a_term(taught_service) -> None:
 def test_first_page_weaves_a_spread_into_weak_guesses() -> None:
     guesses = [(f"g{i}", 1.0 - i / 100) for i in range(30)]
     spread = [f"s{i}" for i in range(20)]
-    confident = explore_page(guesses, spread, 0.9, high_confidence=0.5)
+    confident = explore_page(guesses, spread, "high")
     assert [h.image_id for h in confident[:20]] == [f"g{i}" for i in range(20)]
-    weak = explore_page(guesses, spread, 0.1, high_confidence=0.5)
+    weak = explore_page(guesses, spread, "low")
     first = [h.image_id for h in weak[:20]]
     assert first[:4] == ["g0", "s0", "g1", "s1"]  # half and half, woven
     assert sum(i.startswith("g") for i in first) == 10
     assert [h.image_id for h in weak[20:]] == [f"g{i}" for i in range(10, 30)]
-    rejected = explore_page(guesses, spread, 0.1, high_confidence=0.5, rejected=20)
+    rejected = explore_page(guesses, spread, "low", rejected=20)
     assert sum(h.image_id.startswith("g") for h in rejected[:20]) == 5
     scores = [h.score for h in weak]
     assert scores == sorted(scores, reverse=True)
-    unknown = explore_page([], spread, 0.0, high_confidence=0.5)
+    unknown = explore_page([], spread, "none")
     assert [h.image_id for h in unknown] == spread and {h.reason for h in unknown} == {"explore"}
 
 
 def test_the_vote_cache_does_not_grow_with_every_query(taught_service, monkeypatch) -> None:
-    learner = taught_service.learner
+    learner = taught_service.parts.learner
     monkeypatch.setattr("imgsearch.learning.MAX_CACHED_TERMS", 8)
     monkeypatch.setattr(learner, "cache_seconds", 0.0)  # every entry is stale at once
     for number in range(50):

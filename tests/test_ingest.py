@@ -27,7 +27,7 @@ def test_a_refused_file_is_recorded_and_blocks_nothing(service) -> None:
     good = service.add("good.jpg", demo_image("pizza"))
     bad = service.add("bad.jpg", b"GIF89a but then nothing")
     assert bad.status == "refused" and "supported format" in bad.reason
-    held = service.catalog.key("bad.jpg")
+    held = service.parts.catalog.key("bad.jpg")
     assert held.status == "refused" and held.reason == bad.reason
     assert service.count() == 1 and service.image(good.image_id).status == "indexed"
 
@@ -50,9 +50,11 @@ def test_refused_bytes_sent_under_a_key_leave_its_image(service) -> None:
     assert service.find_key("photo.jpg").id == kept.image_id
     assert service.image(kept.image_id).status == "indexed" and service.count() == 1
 
-    replaced = service.ingestor.add("photo.jpg", b"not an image at all", store_original=False)
+    replaced = service.parts.ingestor.add("photo.jpg", b"not an image at all", store_original=False)
     service.build_index()
-    assert replaced.status == "refused" and service.catalog.key("photo.jpg").status == "refused"
+    assert (
+        replaced.status == "refused" and service.parts.catalog.key("photo.jpg").status == "refused"
+    )
     assert service.image(kept.image_id) is None and service.count() == 0
 
 
@@ -66,16 +68,20 @@ def test_removing_a_key_keeps_an_image_another_key_still_holds(service) -> None:
     service.remove("two.jpg")
     assert service.image(added.image_id) is None
     assert service.count() == 0
-    assert service.catalog.key("two.jpg").status == "removed"
+    assert service.parts.catalog.key("two.jpg").status == "removed"
 
 
 def test_an_older_event_never_undoes_a_newer_one(service) -> None:
-    service.ingestor.remove("late.jpg", sequencer="0062E5A7A3F2B9C4D2")
-    stale = service.ingestor.add("late.jpg", demo_image("watch"), sequencer="0062E5A7A3F2B9C4D1")
+    service.parts.ingestor.remove("late.jpg", sequencer="0062E5A7A3F2B9C4D2")
+    stale = service.parts.ingestor.add(
+        "late.jpg", demo_image("watch"), sequencer="0062E5A7A3F2B9C4D1"
+    )
     assert stale.status == "stale"
     service.build_index()
     assert service.count() == 0
-    newer = service.ingestor.add("late.jpg", demo_image("watch"), sequencer="0062E5A7A3F2B9C4D3")
+    newer = service.parts.ingestor.add(
+        "late.jpg", demo_image("watch"), sequencer="0062E5A7A3F2B9C4D3"
+    )
     assert newer.status == "added"
 
 

@@ -17,7 +17,6 @@ from support.openapi import API_KEY_HEADER
 from support.services import API_KEY
 
 from imgsearch.api.app import create_app
-from imgsearch.api.limits import RateLimiter
 from imgsearch.clients import (
     ClientIds,
     client_network,
@@ -27,6 +26,7 @@ from imgsearch.clients import (
 from imgsearch.config import Settings
 from imgsearch.feedback import QUORUM, Feedback
 from imgsearch.learning import trust
+from imgsearch.rate_limits import RateLimiter
 from imgsearch.service import ImageSearch
 from imgsearch.storage import Storage, Table
 from imgsearch.storage.local import SqliteTable
@@ -37,14 +37,16 @@ HALF_LIFE_DAYS = 30.0
 
 def on_demo(demo_service: ImageSearch, feedback: Table, **settings: object) -> ImageSearch:
     """The demo collection with a feedback table of its own (the demo's is never changed)."""
-    storage = Storage(demo_service.storage.objects, demo_service.storage.catalog, feedback)
+    storage = Storage(
+        demo_service.parts.storage.objects, demo_service.parts.storage.catalog, feedback
+    )
     service = ImageSearch(
         demo_service.settings.model_copy(update=settings),
         storage,
-        embedder=demo_service.embedder,
-        vocabulary=demo_service.vocabulary,
+        embedder=demo_service.parts.embedder,
+        vocabulary=demo_service.parts.vocabulary,
+        index=demo_service.parts.index,  # loaded once for the session
     )
-    service.index = demo_service.index  # loaded once for the session
     return service
 
 
@@ -76,7 +78,7 @@ def vote(client: TestClient, word: str, image_id: str, value: int, session: str)
 def category_ids(service: ImageSearch, category: str) -> list[str]:
     return [
         image_id
-        for image_id in service.index.image_ids(newest_first=False)
+        for image_id in service.parts.index.image_ids(newest_first=False)
         if service.image(image_id).key.startswith(f"{category}/")
     ]
 
@@ -92,7 +94,7 @@ def test_forty_sessions_from_one_address_cannot_empty_a_word(voting) -> None:
     attacker = from_address(voting, "203.0.113.7")
     # moto copies the whole table for every transaction: there each session votes on a
     # quarter of the page, to keep the test quick; SQLite takes the whole page.
-    targets = before if isinstance(voting.storage.feedback, SqliteTable) else before[:3]
+    targets = before if isinstance(voting.parts.storage.feedback, SqliteTable) else before[:3]
     for number in range(40):
         for image_id in targets:
             vote(attacker, "elephant", image_id, -1, f"attacker{number}")
@@ -112,7 +114,7 @@ def test_one_address_upvoting_pizzas_keeps_elephants_for_others(voting) -> None:
     attacker = from_address(voting, "203.0.113.8")
     # moto copies the whole table for every transaction: fewer sessions there keep it quick
     # (one or forty, an address has one voice per image).
-    sessions = 40 if isinstance(voting.storage.feedback, SqliteTable) else 6
+    sessions = 40 if isinstance(voting.parts.storage.feedback, SqliteTable) else 6
     for number in range(sessions):
         for image_id in pizzas:
             vote(attacker, "elephant", image_id, 1, f"pizzafan{number}")
@@ -131,7 +133,7 @@ def test_one_address_upvoting_pizzas_keeps_elephants_for_others(voting) -> None:
 @pytest.mark.model  # what the model sees
 def test_three_addresses_agreeing_teach_a_new_word_to_everyone(voting) -> None:
     word = "zqxblossoms"
-    assert voting.vocabulary.interpret(word).confidence == 0
+    assert voting.parts.vocabulary.interpret(word).confidence == 0
     lotus = category_ids(voting, "lotus")
     taught = lotus[:3]
     visitor = from_address(voting, "198.51.100.20")
@@ -241,8 +243,8 @@ def test_x_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(
         trusted_proxies=["127.0.0.1"],
     )
     assert accepted(trusting, forwarded) == [200] * 5  # each its own client now
-    voters = {v.client for v in trusting.feedback.term_votes("boat").votes}
-    assert voters == {trusting.client_ids.of(a) for a in forwarded}
+    voters = {v.client for v in trusting.parts.feedback.term_votes("boat").votes}
+    assert voters == {trusting.parts.client_ids.of(a) for a in forwarded}
 
 
 # Rate limits expire -------------------------------------------------------------------------
@@ -253,12 +255,17 @@ def test_rate_limit_counters_expire(storage, request) -> None:
     assert [limiter.allow("c0123") for _ in range(3)] == [True, True, False]
     assert list(storage.feedback.query("rate#client#c0123"))
     if isinstance(storage.feedback, SqliteTable):
-        assert storage.feedback.purge_expired(now=time.time() + 60) == 0  # not yet
-        storage.feedback._next_purge = 0.0  # the writer's next purge is due
-        real_time = time.time
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr("imgsearch.storage.local.time.time", lambda: real_time() + 300)
-            storage.feedback.put("other", "row", {"x": 1})  # any write purges when due
+
+        def write_at(seconds_from_now: float) -> None:
+            storage.feedback._next_purge = 0.0  # the writer's next purge is due
+            now = time.time() + seconds_from_now
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr("imgsearch.storage.local.time.time", lambda: now)
+                storage.feedback.put("other", "row", {"x": 1})  # any write purges when due
+
+        write_at(60)
+        assert list(storage.feedback.query("rate#client#c0123"))  # not yet
+        write_at(300)
         assert not list(storage.feedback.query("rate#client#c0123"))
     else:  # DynamoDB deletes them by its time to live, set from the template
         _, dynamodb = request.getfixturevalue("aws_admin")
@@ -325,7 +332,7 @@ def test_pages_others_see_follow_independent_agreement_only(
     page_service, data, sessions, teachers, category
 ) -> None:
     service = _fresh_feedback(page_service)
-    everything = list(service.index.image_ids(newest_first=False))
+    everything = list(service.parts.index.image_ids(newest_first=False))
     before = [h.image_id for h in service.search_text("elephant", limit=FIRST_PAGE).hits]
     attack = data.draw(
         st.lists(st.tuples(st.sampled_from(everything), st.sampled_from([1, -1])), max_size=60)

@@ -1,6 +1,6 @@
 """Authorizer function: checks the API key of requests that change the collection."""
 
-from imgsearch.authorizer import authorize
+from imgsearch.cloud.authorizer import authorize
 
 
 def handler(event: dict, context: object) -> dict:

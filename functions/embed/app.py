@@ -1,6 +1,6 @@
 """Embed function: S3 object events from the image queue in; images embedded and indexed."""
 
-from imgsearch.aws_lambda import cold_start, logger, process_image_events
+from imgsearch.cloud.handlers import cold_start, logger, process_image_events
 
 service = cold_start(load=("index", "embedder"))
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from imgsearch.aws_lambda import cold_start, http_handler
+from imgsearch.cloud.handlers import cold_start, http_handler
 
 service = cold_start(load=("index", "vocabulary"))
 handler = http_handler(

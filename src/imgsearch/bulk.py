@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from imgsearch.embedding import Embedding
-from imgsearch.images import ImageRefused
-from imgsearch.ingest import Ingestor, IngestResult
+from imgsearch.results import Embedding, ImageRefused, IngestResult, InvalidKey
 from imgsearch.service import ImageSearch
-from imgsearch.storage import InvalidKey
 
-Progress = Callable[[IngestResult], None]
+# New images between index builds: a build publishes a shard; fewer, larger builds ingest faster.
+BUILD_EVERY = 500
+Progress = Callable[[IngestResult], object]  # what it returns is ignored
 
 
 @dataclass
@@ -56,11 +55,10 @@ def ingest_tree(
     *,
     prefix: str = "",
     on_result: Progress | None = None,
-    build_every: int = 500,
     workers: int = 2,
 ) -> IngestSummary:
     """Ingest every file under `root`, keyed by `prefix` + its path relative to `root`; the
-    index is built every `build_every` new images.
+    index is built every BUILD_EVERY new images.
 
     Decoding and storing run in `workers` threads while the model runs one image at a time,
     so a folder is ingested about as fast as the model can embed it.
@@ -78,7 +76,7 @@ def ingest_tree(
                 key, "refused", reason=f"cannot read file: {error}", code="unreadable"
             )
         try:
-            return service.ingestor.add(key, data)
+            return service.ingest(key, data)
         except InvalidKey as error:  # a file name no key may have: the others go on
             return IngestResult(key, "refused", reason=str(error), code="invalid_key")
 
@@ -88,7 +86,7 @@ def ingest_tree(
             if on_result:
                 on_result(result)
             since_build += result.status == "added"
-            if since_build >= build_every:
+            if since_build >= BUILD_EVERY:
                 service.build_index()
                 since_build = 0
     service.build_index()
@@ -133,10 +131,10 @@ class EmbeddedTree:
 
 
 def embed_tree(
-    ingestor: Ingestor,
+    service: ImageSearch,
     root: Path,
     *,
-    on_file: Callable[[str], None] | None = None,
+    on_file: Callable[[str], object] | None = None,
     workers: int = 2,
 ) -> EmbeddedTree:
     """Decode and embed every file under `root` (nothing is stored): the batch equivalent of
@@ -149,12 +147,11 @@ def embed_tree(
     def embed_one(entry: tuple[str, Path]) -> tuple[str, Embedding | str]:
         key, path = entry
         try:
-            decoded = ingestor.decode(path.read_bytes())
+            return key, service.embed(path.read_bytes())
         except ImageRefused as refusal:
             return key, str(refusal)
         except OSError as error:
             return key, f"cannot read file: {error}"
-        return key, ingestor.embedder.embed(decoded.image)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for key, result in pool.map(embed_one, files_under(root)):
@@ -166,15 +163,15 @@ def embed_tree(
                 probabilities.append(result.probabilities)
             if on_file:
                 on_file(key)
-    spec = ingestor.embedder
+    model = service.model_info()
     return EmbeddedTree(
         keys=keys,
-        features=np.stack(features) if features else np.zeros((0, spec.feature_dim), np.float32),
+        features=np.stack(features) if features else np.zeros((0, model.feature_dim), np.float32),
         probabilities=(
             np.stack(probabilities)
             if probabilities
-            else np.zeros((0, spec.num_classes), np.float32)
+            else np.zeros((0, model.num_classes), np.float32)
         ),
-        model=spec.spec.name,
+        model=model.name,
         refused=refused,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import time
 import zipfile
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -19,13 +20,20 @@ from typing import Any, Literal
 import numpy as np
 
 from imgsearch.integrity import DamagedFile
-from imgsearch.storage import MAX_CAS_ATTEMPTS, PreconditionFailed, Storage
+from imgsearch.storage import (
+    DirectUploads,
+    PreconditionFailed,
+    PresignedPost,
+    Storage,
+    TooMuchContention,
+    retry_on_conflict,
+)
 from imgsearch.storage.validation import validate_key
 
 IMAGES_PREFIX = "images/"
 
 ImageStatus = Literal["pending", "indexed", "removed"]
-# "failed": the cloud gave up on the key's latest event after its retries (see aws_lambda.park).
+# "failed": the cloud gave up on the key's latest event (see Ingestor.record_failure).
 KeyStatus = Literal["present", "refused", "removed", "failed"]
 PendingOp = Literal["add", "remove"]
 
@@ -153,26 +161,27 @@ class Catalog:
             return False
         return True
 
-    def update_image(self, image_id: str, change: Any) -> ImageRecord | None:
+    def update_image(
+        self, image_id: str, change: Callable[[ImageRecord], ImageRecord | None]
+    ) -> ImageRecord | None:
         """Apply `change(record) -> record | None` by compare-and-swap until it sticks.
 
         Returns the stored record (None if the image does not exist or `change` declined).
         """
-        for _ in range(MAX_CAS_ATTEMPTS):
+
+        def step() -> ImageRecord | None:
             record = self.image(image_id)
             if record is None:
                 return None
             changed = change(record)
             if changed is None or changed == record:
                 return record
-            try:
-                version = self.table.put(
-                    f"image#{image_id}", "meta", changed.attrs(), expected_version=record.version
-                )
-            except PreconditionFailed:
-                continue
+            version = self.table.put(
+                f"image#{image_id}", "meta", changed.attrs(), expected_version=record.version
+            )
             return replace(changed, version=version)
-        raise RuntimeError(f"image {image_id}: too much contention updating its record")
+
+        return retry_on_conflict(step, f"image {image_id}'s record")
 
     # Keys -------------------------------------------------------------------------------
 
@@ -215,6 +224,21 @@ class Catalog:
 
     def original_url(self, key: str) -> str | None:
         return self.objects.url(IMAGES_PREFIX + key)
+
+    def original_upload_form(
+        self, key: str, *, content_type: str, max_bytes: int, expires: int
+    ) -> PresignedPost:
+        """A signed form a browser POSTs one image with, straight into the store as the
+        original of `key` (the store must take direct uploads)."""
+        if not isinstance(self.objects, DirectUploads):
+            raise TypeError("this object store takes no direct uploads")
+        return self.objects.presigned_post(
+            IMAGES_PREFIX + key,
+            content_type=content_type,
+            content_type_prefix="image/",
+            max_bytes=max_bytes,
+            expires=expires,
+        )
 
     def put_thumbnail(self, image_id: str, jpeg: bytes) -> None:
         self.objects.put(f"thumbnails/{image_id}.jpg", jpeg, content_type="image/jpeg")
@@ -284,20 +308,21 @@ class Catalog:
 
     def record_published(self, published: Published) -> None:
         """Remember a manifest just published, unless a later one was recorded already."""
-        for _ in range(MAX_CAS_ATTEMPTS):
+
+        def step() -> None:
             item = self.table.get("index", "published")
             if item is not None and item["generation"] >= published.generation:
                 return
-            try:
-                self.table.put(
-                    "index",
-                    "published",
-                    asdict(published),
-                    expected_version=item["version"] if item else 0,
-                )
-                return
-            except PreconditionFailed:
-                continue
+            self.table.put(
+                "index",
+                "published",
+                asdict(published),
+                expected_version=item["version"] if item else 0,
+            )
+
+        # The manifest is out already: a build that lost every race here is not undone.
+        with suppress(TooMuchContention):
+            retry_on_conflict(step, "the published index")
 
     def published(self) -> Published:
         item = self.table.get("index", "published")

@@ -7,11 +7,18 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from imgsearch.config import Settings
-from imgsearch.index.manifest import IndexFormatError
-from imgsearch.integrity import UnusableFile
+from imgsearch.results import IndexFormatError, ModelMismatch, UnusableFile
+from imgsearch.service import ImageSearch
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+T = TypeVar("T")
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 
@@ -24,10 +31,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return args.run(args)
+        code: int = args.run(args)  # the command's cmd_* function
+        return code
     except KeyboardInterrupt:
         return 130
-    except (CommandError, IndexFormatError, UnusableFile) as error:
+    except (CommandError, IndexFormatError, ModelMismatch, UnusableFile) as error:
         print(f"imgsearch: {error}", file=sys.stderr)
         return 2
 
@@ -36,45 +44,44 @@ class CommandError(Exception):
     """A problem the user can fix; printed without a traceback."""
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {}
+def _settings(args: argparse.Namespace, *, bulk: bool = False) -> Settings:
+    """The settings (config.Settings, from the environment) with what the arguments override.
+    `bulk` commands decode the owner's files in their own threads (no worker processes to
+    start; the same header checks bound each decode)."""
+    overrides: dict[str, object] = {}
     if getattr(args, "data_dir", None):
         overrides["data_dir"] = args.data_dir
     if getattr(args, "backend", None):
         overrides["backend"] = args.backend
-    return Settings(**overrides)
+    if bulk:
+        overrides["decode_workers"] = 0
+    return Settings(**overrides)  # type: ignore[arg-type]  # validated by pydantic
 
 
-def _service(args: argparse.Namespace, *, bulk: bool = False):
-    """The service the arguments name. `bulk` commands decode the owner's files in their own
-    threads (no worker processes to start; the same header checks bound each decode)."""
-    from imgsearch.decode_pool import InlineDecoder
-    from imgsearch.service import ImageSearch
-
-    settings = _settings(args)
+def _service(args: argparse.Namespace, *, bulk: bool = False) -> ImageSearch:
+    """The engine on the collection the arguments name."""
+    settings = _settings(args, bulk=bulk)
     if settings.backend == "local":
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return ImageSearch(settings, decoder=InlineDecoder() if bulk else None)
+    return ImageSearch(settings)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from imgsearch.api.app import create_app
-    from imgsearch.api.auth import local_api_key
     from imgsearch.api.server import server_config
-    from imgsearch.repair import check_at_start
 
     service = _service(args)
     if service.settings.auth == "api_key":
-        key, created = local_api_key(service.settings)
+        key, created = service.api_key()
         if created:
             print(
                 f"imgsearch: uploads and deletions need this API key (shown once; it is kept in "
                 f"{service.settings.data_dir}): {key}",
                 file=sys.stderr,
             )
-    check_at_start(service)  # loads the index, verified, before the first request
+    service.check_at_start()  # loads the index, verified, before the first request
     service.recover_in_background()  # what a crash left: finished while serving
     web_dir = Path(args.web) if args.web else WEB_DIR
     app = create_app(service, web_dir=web_dir if web_dir.is_dir() else None)
@@ -92,15 +99,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_init_aws(args: argparse.Namespace) -> int:
-    from imgsearch.storage.aws import create_missing_resources
-
     if not os.environ.get("AWS_ENDPOINT_URL"):
         raise CommandError(
             "init-aws creates the bucket and tables in an AWS emulator such as a moto server "
             "(set AWS_ENDPOINT_URL); on AWS they come from infra/template.yaml (docs/deploy.md)"
         )
     settings = _settings(args)
-    created = create_missing_resources(settings)
+    created = ImageSearch.create_cloud_resources(settings)
     print(f"created {', '.join(created)}" if created else "all resources exist already")
     return 0
 
@@ -115,7 +120,7 @@ def _folder(args: argparse.Namespace) -> tuple[Path, int]:
     return root, sum(1 for _ in files_under(root))
 
 
-def _progress(args: argparse.Namespace, total: int):
+def _progress(args: argparse.Namespace, total: int) -> tqdm[NoReturn]:
     from tqdm import tqdm
 
     return tqdm(total=total, unit="file", disable=args.quiet or None, file=sys.stderr)
@@ -153,14 +158,13 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     report = service.reindex()
     print(
         f"index rebuilt in {time.perf_counter() - started:.1f} s: {report.added} images in "
-        f"{len(service.index.shards)} shards"
+        f"{service.index_info().shards} shards"
     )
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from imgsearch.integrity import DamagedFile
-    from imgsearch.repair import check, rebuild_catalog, repair
+    from imgsearch.results import DamagedFile
 
     repaired = False
     try:
@@ -169,13 +173,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not args.repair:
             raise
         print(f"{error.name}: {error.problem}; rebuilding the catalog from the stored images")
-        service, repaired = rebuild_catalog(_settings(args)), True
-    findings = check(service)
+        service, repaired = ImageSearch.rebuild_catalog(_settings(args)), True
+    findings = service.check()
     for finding in findings:
         print(f"{finding}" + ("" if finding.fix else " (cannot be repaired from what is stored)"))
     if findings and args.repair:
-        service, repaired = repair(service, findings), True
-        findings = check(service)
+        service, repaired = service.repair(findings), True
+        findings = service.check()
         for finding in findings:
             print(f"still: {finding}")
     if repaired and not findings:
@@ -192,7 +196,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     service = _service(args, bulk=True)
     started = time.perf_counter()
     with _progress(args, total) as bar:
-        embedded = embed_tree(service.ingestor, root, on_file=lambda _: bar.update())
+        embedded = embed_tree(service, root, on_file=lambda _: bar.update())
     embedded.save(Path(args.out))
     elapsed = time.perf_counter() - started
     print(
@@ -209,14 +213,13 @@ def cmd_neighbours(args: argparse.Namespace) -> int:
     import numpy as np
 
     from imgsearch.bulk import EmbeddedTree
-    from imgsearch.index.exact import exact_neighbours
 
     source = Path(args.file)
     if not source.is_file():
         raise CommandError(f"{source} is not a file (make one with `imgsearch embed`)")
     embedded = EmbeddedTree.load(source)
     started = time.perf_counter()
-    indices, distances = exact_neighbours(
+    indices, distances = ImageSearch.exact_neighbours(
         embedded.features, args.k, metric=args.metric, jobs=args.jobs
     )
     elapsed = time.perf_counter() - started
@@ -236,25 +239,23 @@ def cmd_neighbours(args: argparse.Namespace) -> int:
 
 
 def cmd_votes(args: argparse.Namespace) -> int:
-    from imgsearch.learning import trust
-
     service = _service(args)
     try:
         if args.action == "show":
-            summary = service.learned(args.target)
+            report = service.learned(args.target)
+            summary = report.summary
             print(
                 f"{summary.term}: {summary.votes} votes from {summary.sessions} sessions and "
                 f"{summary.clients} clients"
             )
-            agreements = sorted(summary.images, key=lambda a: (-abs(trust(a)), a.image_id))
-            for agreement in agreements:
-                record = service.image(agreement.image_id)
+            for image in report.images:
+                agreement = image.agreement
                 print(
                     f"  {agreement.image_id}  up {agreement.up_clients} ({agreement.up:.2f})  "
                     f"down {agreement.down_clients} ({agreement.down:.2f})  "
-                    f"weight {trust(agreement):+.2f}  {record.key if record else '(removed)'}"
+                    f"weight {image.weight:+.2f}  {image.key or '(removed)'}"
                 )
-            for client, (up, down) in sorted(service.feedback.voters(summary.term).items()):
+            for client, up, down in sorted(report.voters):
                 print(f"  client {client}: {up} up, {down} down")
         elif args.action == "reset":
             term, removed = service.reset_term(args.target)
@@ -275,14 +276,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from imgsearch.bulk import files_under
-    from imgsearch.decode_pool import InlineDecoder
     from imgsearch.evaluation import EvaluationError
     from imgsearch.evaluation.collection import ingest_labelled, read_labels
     from imgsearch.evaluation.methods import check_offered, methods, parse_strategies
     from imgsearch.evaluation.plots import write_plots
     from imgsearch.evaluation.report import render, to_json
     from imgsearch.evaluation.run import evaluate
-    from imgsearch.service import ImageSearch
 
     started = time.perf_counter()
     root = Path(args.directory)
@@ -292,19 +291,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CommandError("--plots needs matplotlib: pip install -e '.[local]'")
     quiet = args.quiet or None  # None: bars only on a terminal
 
-    def track(items, description):
+    def track(items: Iterable[T], description: str) -> Iterable[T]:
         return tqdm(items, desc=description, disable=quiet, file=sys.stderr)
 
     # Never the user's own collection: a fresh directory unless one is named.
     with tempfile.TemporaryDirectory(prefix="imgsearch-eval-") as scratch:
         data_dir = Path(args.data_dir or scratch)
         data_dir.mkdir(parents=True, exist_ok=True)
-        service = ImageSearch(Settings(data_dir=data_dir, backend="local"), decoder=InlineDecoder())
+        settings = Settings(data_dir=data_dir, backend="local", decode_workers=0)
+        service = ImageSearch(settings)
         try:
             labels = read_labels(Path(args.labels))
             strategies = [parse_strategies(text) for text in args.strategies or []]
             wanted = methods(strategies or [None], args.feedback_method or [None])
-            check_offered(service, wanted)
+            check_offered(wanted)
             total = sum(1 for _ in files_under(root))
             with tqdm(
                 total=total, desc="ingest", unit="file", disable=quiet, file=sys.stderr
@@ -349,8 +349,7 @@ def _parser() -> argparse.ArgumentParser:
     def data_options(command: argparse.ArgumentParser) -> None:
         command.add_argument(
             "--data-dir",
-            type=Path,
-            default=os.environ.get("IMGSEARCH_DATA"),
+            type=Path,  # unset: Settings' data_dir (IMGSEARCH_DATA, else the XDG default)
             help="local data directory (default: $IMGSEARCH_DATA or ~/.local/share/imgsearch)",
         )
         command.add_argument(

@@ -11,6 +11,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# How votes re-rank a search (see learning.py).
+FeedbackMethod = Literal["rocchio", "knn", "neighbours"]
+
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
 
@@ -33,7 +36,10 @@ class Settings(BaseSettings):
     feedback_table: str = "imgsearch-feedback"
     cache_dir: Path = Path("/tmp/imgsearch-cache")
     # Deliveries of an image event before the embed function records the key as failed: the
-    # image queue's redrive maxReceiveCount (infra/template.yaml passes both the same value).
+    # image queue's redrive maxReceiveCount. Deployed, infra/template.yaml sets both from its
+    # MaxReceiveCount parameter (IMGSEARCH_MAX_RECEIVE_COUNT), so they cannot differ; this
+    # default is that parameter's, for the embed function run without the template (tests;
+    # tests/cloud/test_template.py checks the two agree).
     max_receive_count: int = 5
 
     # Model and vocabulary.
@@ -70,7 +76,7 @@ class Settings(BaseSettings):
     neighbours: int = 50
 
     # Feedback: how votes re-rank (see learning.py), and how long others' votes are cached.
-    feedback_method: Literal["rocchio", "knn", "neighbours"] = "rocchio"
+    feedback_method: FeedbackMethod = "rocchio"
     feedback_cache_seconds: float = 5.0
     # How fast votes age: a client's voice counts half after this many days (see feedback.py);
     # three agreeing voices fall below the quorum that teaches others after 0.58 half-lives.

@@ -54,11 +54,7 @@ class DecoderBusy(Exception):
 
 class Decoder(Protocol):
     def decode(
-        self,
-        data: bytes,
-        limits: DecodeLimits,
-        *,
-        draft_size: int | None = None,
+        self, data: bytes, limits: DecodeLimits, *, draft_size: int | None = None
     ) -> DecodedImage: ...
 
     def close(self) -> None: ...
@@ -68,11 +64,7 @@ class InlineDecoder:
     """Decodes in the calling thread, under the same header checks (AWS Lambda; tests)."""
 
     def decode(
-        self,
-        data: bytes,
-        limits: DecodeLimits,
-        *,
-        draft_size: int | None = None,
+        self, data: bytes, limits: DecodeLimits, *, draft_size: int | None = None
     ) -> DecodedImage:
         return decode_image(data, limits, draft_size=draft_size)
 
@@ -130,11 +122,7 @@ class DecodePool:
         weakref.finalize(self, _kill_all, self._running)
 
     def decode(
-        self,
-        data: bytes,
-        limits: DecodeLimits,
-        *,
-        draft_size: int | None = None,
+        self, data: bytes, limits: DecodeLimits, *, draft_size: int | None = None
     ) -> DecodedImage:
         """Decode in a worker. Raises ImageRefused (`too_costly` past the deadline), or
         DecoderBusy when the queue is full."""

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -50,6 +51,16 @@ class ModelSpec:
         )
 
 
+class _SignatureRunner(Protocol):
+    """What this module uses of LiteRT's SignatureRunner (the package ships no types)."""
+
+    def get_input_details(self) -> dict[str, dict[str, Any]]: ...
+
+    def get_output_details(self) -> dict[str, dict[str, Any]]: ...
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
 @dataclass(frozen=True)
 class Embedding:
     features: np.ndarray  # float32 [d], the pooled "transfer layer"
@@ -83,7 +94,7 @@ class Embedder(ImageEmbedder):
 
         self.spec = spec
         self._interpreter = Interpreter(model_path=str(spec.path), num_threads=num_threads)
-        self._runner = self._interpreter.get_signature_runner()
+        self._runner: _SignatureRunner = self._interpreter.get_signature_runner()
         (self._input_name,) = self._runner.get_input_details()
         outputs = self._runner.get_output_details()
         missing = {spec.features_output, spec.probabilities_output} - set(outputs)

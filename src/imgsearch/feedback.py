@@ -24,8 +24,16 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-from imgsearch.catalog import MAX_CAS_ATTEMPTS
-from imgsearch.storage import Delete, Increment, Item, PreconditionFailed, Put, Table, Write
+from imgsearch.storage import (
+    Delete,
+    Increment,
+    Item,
+    PreconditionFailed,
+    Put,
+    Table,
+    Write,
+    retry_on_conflict,
+)
 
 LOCAL_CLIENT = "local"  # votes cast in-process (the CLI, the evaluation): the owner's own
 QUORUM = 3  # distinct clients agreeing on an image before it teaches anyone else
@@ -47,13 +55,6 @@ class TermVotes:
 
     term: str
     votes: list[Vote] = field(default_factory=list)
-
-    @property
-    def sessions(self) -> dict[str, dict[str, int]]:
-        grouped: dict[str, dict[str, int]] = defaultdict(dict)
-        for vote in self.votes:
-            grouped[vote.session][vote.image_id] = vote.value
-        return dict(grouped)
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,9 @@ class TermSummary:
 
 def decayed(value: float, at: float, now: float, half_life_seconds: float) -> float:
     """`value`, valid at `at`, as it weighs at `now` (a clock behind `at` does not grow it)."""
-    return value * 0.5 ** (max(0.0, now - at) / half_life_seconds)
+    halvings = max(0.0, now - at) / half_life_seconds
+    factor: float = 0.5**halvings  # (a float power is typed Any: a negative base gives complex)
+    return value * factor
 
 
 class Feedback:
@@ -105,19 +108,19 @@ class Feedback:
         if value not in (1, -1):
             raise ValueError("a vote is 1 (relevant) or -1 (not relevant)")
         pk = f"term#{term}"
-        for _ in range(MAX_CAS_ATTEMPTS):
+
+        # Loses (PreconditionFailed) if another write to this vote or image landed first.
+        def step() -> bool:
             current = self.table.get(pk, f"vote#{session}#{image_id}")
             voice = self.table.get(pk, f"voice#{client}#{image_id}")
             if _value(current) == value and _value(voice) == value:
                 return False
-            try:
-                self.table.transact(
-                    self._vote_writes(term, image_id, session, value, client, current, voice)
-                )
-            except PreconditionFailed:
-                continue  # another write to this vote or image landed first: decide again
+            self.table.transact(
+                self._vote_writes(term, image_id, session, value, client, current, voice)
+            )
             return True
-        raise RuntimeError("too much contention on one vote")
+
+        return retry_on_conflict(step, "one vote")
 
     def _vote_writes(
         self,
@@ -133,6 +136,7 @@ class Feedback:
         session_marker = self.table.get(pk, f"session#{session}")
         client_marker = self.table.get(pk, f"client#{client}")
         summary = self.table.get(pk, f"image#{image_id}")
+        after = self._summary_after(summary, image_id, voice, value, now)
         writes: list[Write] = [
             Put(
                 pk,
@@ -156,7 +160,7 @@ class Feedback:
             Put(
                 pk,
                 f"image#{image_id}",
-                after := self._summary_after(summary, image_id, voice, value, now),
+                after,
                 expected_version=_version(summary),
             ),
             *_agreed_writes(pk, image_id, summary, after),
@@ -184,7 +188,7 @@ class Feedback:
 
     def _summary_after(
         self, summary: Item | None, image_id: str, voice: Item | None, value: int, now: float
-    ) -> dict:
+    ) -> Item:
         """The image's summary once `voice` (the client's old one, if any) becomes `value`
         (0: the client no longer has a voice)."""
         counts = {"up": 0, "down": 0, "up_weight": 0.0, "down_weight": 0.0}
@@ -248,10 +252,6 @@ class Feedback:
         items = self.table.query(f"term#{term}", prefix=f"vote#{session}#")
         return {i["image_id"]: int(i["vote"]) for i in items}
 
-    def totals(self, term: str) -> dict[str, tuple[int, int]]:
-        """Per image: (up, down) distinct clients whose voice says so."""
-        return {a.image_id: (a.up_clients, a.down_clients) for a in self.summary(term).images}
-
     def voters(self, term: str) -> dict[str, tuple[int, int]]:
         """Per client: how many images its voice calls relevant and not (O(voices): for the
         owner's view, never for a search)."""
@@ -259,13 +259,6 @@ class Feedback:
         for item in self.table.query(f"term#{term}", prefix="voice#"):
             counts[item["client"]][0 if int(item["voice"]) > 0 else 1] += 1
         return {client: (up, down) for client, (up, down) in counts.items()}
-
-    def learned_terms(self) -> dict[str, int]:
-        """Terms users have voted on, with how many votes each has."""
-        return {i["sk"]: int(i["votes"]) for i in self.table.query("terms")}
-
-    def knows(self, term: str) -> bool:
-        return self.table.get("terms", term) is not None
 
     # The owner's controls ----------------------------------------------------------------
 
@@ -310,25 +303,25 @@ class Feedback:
     def _drop_vote(self, term: str, session: str, image_id: str, client: str, sk: str) -> int:
         """Delete the session's vote if `client` cast it (the session may have voted again
         from elsewhere since), and the row that pointed at it."""
-        for _ in range(MAX_CAS_ATTEMPTS):
+
+        def step() -> int:
             vote = self.table.get(f"term#{term}", f"vote#{session}#{image_id}")
             writes: list[Write] = [Delete(f"client#{client}", sk)]
             ours = vote is not None and vote.get("client") == client
-            if ours:
+            if ours and vote is not None:
                 writes += [
                     Delete(vote["pk"], vote["sk"], expected_version=_version(vote)),
                     Increment("terms", term, {"votes": -1}),
                 ]
-            try:
-                self.table.transact(writes)
-            except PreconditionFailed:
-                continue
+            self.table.transact(writes)
             return int(ours)
-        raise RuntimeError("too much contention on one vote")
+
+        return retry_on_conflict(step, "one vote")
 
     def _drop_voice(self, term: str, image_id: str, client: str) -> None:
         pk = f"term#{term}"
-        for _ in range(MAX_CAS_ATTEMPTS):
+
+        def step() -> None:
             voice = self.table.get(pk, f"voice#{client}#{image_id}")
             summary = self.table.get(pk, f"image#{image_id}")
             if voice is None or summary is None:
@@ -341,12 +334,9 @@ class Feedback:
             else:
                 writes.append(Put(pk, summary["sk"], after, expected_version=_version(summary)))
             writes += _agreed_writes(pk, image_id, summary, after)
-            try:
-                self.table.transact(writes)
-            except PreconditionFailed:
-                continue
-            return
-        raise RuntimeError("too much contention on one image's summary")
+            self.table.transact(writes)
+
+        retry_on_conflict(step, "one image's summary")
 
     def _drop_marker(self, term: str, sk: str, client: str, counter: str) -> None:
         marker = self.table.get(f"term#{term}", sk)
@@ -361,7 +351,7 @@ class Feedback:
             )
 
 
-def _agreed_writes(pk: str, image_id: str, before: Item | None, after: dict) -> list[Write]:
+def _agreed_writes(pk: str, image_id: str, before: Item | None, after: Item) -> list[Write]:
     """Keep the image's `agreed#` copy of its summary while at least QUORUM clients call it
     the same, and only then. The `image#` row written in the same transaction is conditioned
     on its version, which orders concurrent writers of both."""

@@ -390,10 +390,12 @@ def _high_depth_to_8bit(image: Image.Image) -> np.ndarray:
         pixels -= low
         pixels *= 255.0 / (high - low) if high > low else 0.0
         return np.clip(pixels, 0, 255, out=pixels).astype(np.uint8)
-    pixels = np.asarray(image)
-    if pixels.max() > 255:
-        return (np.clip(pixels, 0, 65535) >> 8).astype(np.uint8)
-    return np.clip(pixels, 0, 255).astype(np.uint8)
+    integers: np.ndarray = np.asarray(image)  # mode "I": 32-bit integers
+    if integers.max() > 255:
+        sixteen_bit: np.ndarray = np.clip(integers, 0, 65535)
+        return (sixteen_bit >> 8).astype(np.uint8)
+    eight_bit: np.ndarray = np.clip(integers, 0, 255)
+    return eight_bit.astype(np.uint8)
 
 
 def _high_bytes(pixels: np.ndarray) -> np.ndarray:

@@ -15,13 +15,13 @@ import io
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
 from imgsearch.catalog import (
-    MAX_CAS_ATTEMPTS,
     Catalog,
     Change,
     ImageRecord,
@@ -32,7 +32,13 @@ from imgsearch.decode_pool import Decoder
 from imgsearch.embedding import Embedder
 from imgsearch.images import DecodedImage, DecodeLimits, ImageRefused
 from imgsearch.owners import new_owner, owner_is_alive
-from imgsearch.storage import NotFound, PreconditionFailed, StorageError
+from imgsearch.storage import (
+    InvalidKey,
+    NotFound,
+    PreconditionFailed,
+    StorageError,
+    retry_on_conflict,
+)
 from imgsearch.storage.validation import validate_key
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,16 @@ class IngestResult:
     reason: str | None = None  # why a file was refused, for people
     code: str | None = None  # the same as a short code, for programs
     replaced: str | None = None  # the other image the key held until now
+
+
+@dataclass(frozen=True)
+class ObjectEvent:
+    """An object of the bucket created or removed, as the cloud reports it: at least once, in
+    any order; `sequencer` orders the events of one key (S3's)."""
+
+    kind: Literal["created", "removed"]
+    key: str  # relative to images/
+    sequencer: str | None
 
 
 def content_id(data: bytes) -> str:
@@ -116,13 +132,9 @@ class Ingestor:
         validate_key(key)
         image_id = content_id(data)
         journal = self._begin(key, "add", image_id, sequencer, owns_original=store_original)
-        try:
-            result = self._add(key, data, image_id, store_original, sequencer, journal)
-        except BaseException:
-            self._undo(journal)
-            raise
-        self._end(journal)
-        return result
+        return self._journalled(
+            journal, lambda: self._add(key, data, image_id, store_original, sequencer, journal)
+        )
 
     def remove(
         self, key: str, *, delete_original: bool = True, sequencer: str | None = None
@@ -130,8 +142,15 @@ class Ingestor:
         """Forget `key`; the image leaves the index once no key holds it."""
         validate_key(key)
         journal = self._begin(key, "remove", None, sequencer, owns_original=delete_original)
+        return self._journalled(
+            journal, lambda: self._remove(key, delete_original, sequencer, journal)
+        )
+
+    def _journalled(self, journal: _Journal, attempt: Callable[[], IngestResult]) -> IngestResult:
+        """Run `attempt` until no other event for the key gets in its way; undo what it wrote
+        if it fails, and close the journal once it is done."""
         try:
-            result = self._remove(key, delete_original, sequencer, journal)
+            result = retry_on_conflict(attempt, f"key {journal.change.key}")
         except BaseException:
             self._undo(journal)
             raise
@@ -147,68 +166,112 @@ class Ingestor:
         sequencer: str | None,
         journal: _Journal,
     ) -> IngestResult:
-        for _ in range(MAX_CAS_ATTEMPTS):
-            held = self.catalog.key(key)
-            self._note_previous(journal, held)
-            if held and not sequencer_is_newer(sequencer, held.sequencer):
-                return IngestResult(key, "stale", held.image_id)
-            record = self.catalog.image(image_id)
-            created = False
-            if record is None or record.status == "removed":
-                try:
-                    decoded = self.decode(data)
-                except ImageRefused as refusal:
-                    if store_original and held and held.status == "present":
-                        # Refused bytes sent to replace an image: the image stays. (From the
-                        # bucket, the object itself was replaced, and its image must go.)
-                        return _refused(key, refusal)
-                    return self._refuse(key, held, refusal, sequencer)
-                if store_original:
-                    self._put_original(journal, data, content_type(decoded.format))
-                record, created = self._create(image_id, key, len(data), decoded, record)
-            else:
-                if store_original and not (held and held.image_id == image_id):
-                    self._put_original(journal, data, content_type(record.format))
-                if record.status == "pending":  # re-queue, in case a crash lost the first one
-                    self.catalog.mark_pending(image_id, "add")
-            self._attach(image_id, key)
-            new = KeyRecord(key, "present", image_id, sequencer=sequencer or _kept(held))
+        """One attempt at an add; raises PreconditionFailed if another event for the key was
+        recorded since it was read (`add` then decides again)."""
+        held = self.catalog.key(key)
+        self._note_previous(journal, held)
+        if held and not sequencer_is_newer(sequencer, held.sequencer):
+            return IngestResult(key, "stale", held.image_id)
+        record = self.catalog.image(image_id)
+        created = False
+        if record is None or record.status == "removed":
             try:
-                self.catalog.put_key(new, expected_version=held.version if held else 0)
-            except PreconditionFailed:
-                continue  # another event for this key won the race: re-decide against it
+                decoded = self.decode(data)
+            except ImageRefused as refusal:
+                if store_original and held and held.status == "present":
+                    # Refused bytes sent to replace an image: the image stays. (From the
+                    # bucket, the object itself was replaced, and its image must go.)
+                    return _refused(key, refusal)
+                return self._refuse(key, held, refusal, sequencer)
+            if store_original:
+                self._put_original(journal, data, content_type(decoded.format))
+            record, created = self._create(image_id, key, len(data), decoded, record)
+        else:
+            if store_original and not (held and held.image_id == image_id):
+                self._put_original(journal, data, content_type(record.format))
+            if record.status == "pending":  # re-queue, in case a crash lost the first one
+                self.catalog.mark_pending(image_id, "add")
+        self._attach(image_id, key)
+        new = KeyRecord(key, "present", image_id, sequencer=sequencer or _kept(held))
+        self.catalog.put_key(new, expected_version=held.version if held else 0)
+        replaced = _held_image(held)
+        if replaced == image_id:
             replaced = None
-            if held and held.status == "present" and held.image_id != image_id:
-                self._detach(held.image_id, key)
-                replaced = held.image_id
-            if created:
-                return IngestResult(key, "added", image_id, replaced=replaced)
-            same = held is not None and held.status == "present" and held.image_id == image_id
-            status = "unchanged" if same else "duplicate"
-            return IngestResult(key, status, image_id, replaced=replaced)
-        raise RuntimeError(f"key {key}: too much contention")
+        elif replaced is not None:
+            self._detach(replaced, key)
+        if created:
+            return IngestResult(key, "added", image_id, replaced=replaced)
+        same = held is not None and held.status == "present" and held.image_id == image_id
+        status: IngestStatus = "unchanged" if same else "duplicate"
+        return IngestResult(key, status, image_id, replaced=replaced)
 
     def _remove(
         self, key: str, delete_original: bool, sequencer: str | None, journal: _Journal
     ) -> IngestResult:
-        for _ in range(MAX_CAS_ATTEMPTS):
-            held = self.catalog.key(key)
-            self._note_previous(journal, held)
-            if held and not sequencer_is_newer(sequencer, held.sequencer):
-                return IngestResult(key, "stale", held.image_id)
-            # The tombstone stays, so that an older "created" event arriving late is ignored.
-            tombstone = KeyRecord(key, "removed", sequencer=sequencer or _kept(held))
-            try:
-                self.catalog.put_key(tombstone, expected_version=held.version if held else 0)
-            except PreconditionFailed:
-                continue
-            if delete_original:
-                self.catalog.delete_original(key)
-            image_id = held.image_id if held and held.status == "present" else None
-            if image_id:
-                self._detach(image_id, key)
-            return IngestResult(key, "removed", image_id)
-        raise RuntimeError(f"key {key}: too much contention")
+        """One attempt at a removal; raises PreconditionFailed as `_add` does."""
+        held = self.catalog.key(key)
+        self._note_previous(journal, held)
+        if held and not sequencer_is_newer(sequencer, held.sequencer):
+            return IngestResult(key, "stale", held.image_id)
+        # The tombstone stays, so that an older "created" event arriving late is ignored.
+        tombstone = KeyRecord(key, "removed", sequencer=sequencer or _kept(held))
+        self.catalog.put_key(tombstone, expected_version=held.version if held else 0)
+        if delete_original:
+            self.catalog.delete_original(key)
+        image_id = _held_image(held)
+        if image_id:
+            self._detach(image_id, key)
+        return IngestResult(key, "removed", image_id)
+
+    # Events from the bucket (the cloud) ---------------------------------------------------
+
+    def apply(self, event: ObjectEvent) -> IngestResult | None:
+        """Ingest a created or forget a removed object of the bucket; None if there was
+        nothing to do. The original is the bucket's: it is neither stored nor deleted here.
+
+        Raises on storage failures so the delivery is retried; refused images are recorded,
+        not raised, since retrying cannot make a bad file good.
+        """
+        try:
+            if event.kind == "created":
+                try:
+                    data = self.catalog.original(event.key)
+                except NotFound:
+                    log.info("%s is gone already; its removal event will follow", event.key)
+                    return None
+                result = self.add(event.key, data, store_original=False, sequencer=event.sequencer)
+            else:
+                result = self.remove(event.key, delete_original=False, sequencer=event.sequencer)
+        except InvalidKey as error:
+            log.warning("ignoring an object with an unusable key: %s", error)
+            return None
+        log.info("%s %s: %s %s", event.kind, event.key, result.status, result.reason or "")
+        return result
+
+    def record_failure(self, event: ObjectEvent, reason: str) -> None:
+        """Record that applying `event` failed for good (its retries are spent), as the key's
+        status "failed".
+
+        A key that still holds an image keeps it: the catalog goes on serving the previous
+        bytes, and the failure is only logged (ingest detaches an image only from a key it
+        finds present, so overwriting that record would strand the image). The failed record
+        keeps the previous sequencer, so that a copy of this event sent again later is not
+        mistaken for a stale one.
+        """
+        context = {"key": event.key, "event": event.kind, "reason": reason}
+
+        def record() -> None:
+            held = self.catalog.key(event.key)
+            if held and not sequencer_is_newer(event.sequencer, held.sequencer):
+                return  # a newer event for the key got through: this one no longer matters
+            if held and held.status == "present":
+                log.error("giving up on an event; the key keeps its previous image", extra=context)
+                return
+            failed = KeyRecord(event.key, "failed", reason=reason, sequencer=_kept(held))
+            self.catalog.put_key(failed, expected_version=held.version if held else 0)
+            log.error("gave up on an event; the key is recorded as failed", extra=context)
+
+        retry_on_conflict(record, f"key {event.key}: recording its failure")
 
     # Changes that fail or are interrupted --------------------------------------------------
 
@@ -236,7 +299,7 @@ class Ingestor:
 
     def _note_previous(self, journal: _Journal, held: KeyRecord | None) -> None:
         """Record which image the key holds before it is changed (re-read on each retry)."""
-        previous = held.image_id if held and held.status == "present" else None
+        previous = _held_image(held)
         if previous != journal.change.previous:
             journal.change = replace(journal.change, previous=previous)
             self.catalog.begin_change(journal.change)
@@ -332,7 +395,7 @@ class Ingestor:
 
     def _holder(self, key: str) -> str | None:
         held = self.catalog.key(key)
-        return held.image_id if held and held.status == "present" else None
+        return _held_image(held)
 
     def _in_other_change(self, image_id: str, change: Change) -> bool:
         return any(
@@ -425,6 +488,11 @@ class Ingestor:
 
 def _refused(key: str, refusal: ImageRefused) -> IngestResult:
     return IngestResult(key, "refused", reason=str(refusal), code=refusal.reason)
+
+
+def _held_image(held: KeyRecord | None) -> str | None:
+    """The image a key holds now, if it holds one."""
+    return held.image_id if held and held.status == "present" else None
 
 
 def _kept(held: KeyRecord | None) -> str | None:

@@ -24,9 +24,9 @@ class UnusableFile(RuntimeError):
 class DamagedFile(UnusableFile):
     """A stored object or database is missing, truncated or corrupt."""
 
-    def __init__(self, name: str, problem: str, repair: str = REPAIR_COMMAND) -> None:
+    def __init__(self, name: str, problem: str) -> None:
         problem = " ".join(problem.split())  # one line, whatever SQLite or numpy said
-        super().__init__(f"{name} is damaged ({problem}): run `{repair}`")
+        super().__init__(f"{name} is damaged ({problem}): run `{REPAIR_COMMAND}`")
         self.name = name
         self.problem = problem
 

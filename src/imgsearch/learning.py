@@ -31,15 +31,15 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
+from imgsearch.config import FeedbackMethod
 from imgsearch.feedback import QUORUM, Agreement, Feedback, TermSummary
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
 
-Method = Literal["rocchio", "knn", "neighbours"]
+Method = FeedbackMethod  # one home: the settings choose among these
 METHODS: tuple[Method, ...] = ("rocchio", "knn", "neighbours")
 NEGATIVE_WEIGHT = 0.5
 SELF_WEIGHT = 3.0  # the asking session's votes, against one per agreeing client beyond quorum
@@ -183,6 +183,18 @@ class Learner:
 
     # Ranking ---------------------------------------------------------------------------
 
+    def fit(self, taught: Taught, keyword: list[str], k: int) -> tuple[list[str], np.ndarray]:
+        """Candidates for a learned ranking, and how well each fits what was taught (0..1).
+
+        The candidates are the keyword ranking's (`keyword`) and those the learned model finds
+        through the index (about `k`), without the images the session voted not relevant."""
+        hidden = taught.hidden
+        found = dict.fromkeys([*keyword, *self.candidates(taught, k)])
+        candidates = [i for i in found if i not in hidden]
+        if not candidates:
+            return [], np.zeros(0, np.float32)
+        return candidates, _unit_range(self.scores(taught, candidates))
+
     def scores(self, taught: Taught, candidates: list[str]) -> np.ndarray:
         """How well each candidate fits what was taught (higher is better), by the method."""
         examples = taught.examples
@@ -191,7 +203,8 @@ class Learner:
         vectors = np.stack([self._vector_or_zeros(i) for i in candidates])
         if self.method == "knn":
             return _knn_scores(examples, vectors)
-        return vectors @ _rocchio_vector(examples)
+        rocchio: np.ndarray = vectors @ _rocchio_vector(examples)
+        return rocchio
 
     def _vector_or_zeros(self, image_id: str) -> np.ndarray:
         # An image removed since the candidates were found fits nothing.
@@ -244,11 +257,17 @@ def _knn_scores(examples: Examples, vectors: np.ndarray) -> np.ndarray:
         / (examples.positive_weights.max())
     )
     nearest = min(KNN_EXAMPLES, similarity.shape[1])
-    score = np.sort(similarity, axis=1)[:, -nearest:].mean(axis=1)
+    score: np.ndarray = np.sort(similarity, axis=1)[:, -nearest:].mean(axis=1)
     if len(examples.negative):
         score -= NEGATIVE_WEIGHT * (vectors @ examples.negative.T).max(axis=1)
     return score
 
 
 def _weighted_mean(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    return (vectors * weights[:, None]).sum(axis=0) / max(float(weights.sum()), 1e-12)
+    mean: np.ndarray = (vectors * weights[:, None]).sum(axis=0) / max(float(weights.sum()), 1e-12)
+    return mean
+
+
+def _unit_range(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    return (values - low) / (high - low) if high > low else np.ones_like(values)

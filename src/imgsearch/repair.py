@@ -7,7 +7,8 @@
 
 `imgsearch serve` makes the quick checks before it serves (`check_at_start`) and refuses to
 start on a problem, in one line naming the file and `imgsearch check --repair`; `imgsearch
-check` makes every check (`check`), and with `--repair` fixes what it found (`repair`).
+check` makes every check (`check`), and with `--repair` fixes what it found (`fix_files`, then
+the facade rebuilds the index, or the whole catalog: ImageSearch.repair).
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from imgsearch.catalog import IMAGES_PREFIX
 from imgsearch.config import Settings
 from imgsearch.index.manifest import MANIFEST_KEY, IndexFormatError, Manifest, read_manifest
 from imgsearch.index.shards import Shard
 from imgsearch.ingest import content_id
 from imgsearch.integrity import DamagedFile
-from imgsearch.service import ImageSearch
-from imgsearch.storage import SQLITE_FILE, NotFound
-from imgsearch.storage.local import SqliteTable
+from imgsearch.parts import Parts
+from imgsearch.storage import SQLITE_FILE, NotFound, SqliteTable
 
 log = logging.getLogger(__name__)
 
@@ -43,37 +44,37 @@ class Finding:
         return f"{self.name}: {self.problem}"
 
 
-def check_at_start(service: ImageSearch) -> None:
+def check_at_start(parts: Parts) -> None:
     """What a start checks before it serves: the catalog file, the manifest and every shard
     build (verified as the index loads), and that the manifest is not older than the last
     one published. Raises DamagedFile (or IndexFormatError) for the first problem."""
-    for table in _sqlite_tables(service):
+    for table in _sqlite_tables(parts):
         if problem := table.integrity_problem():
             raise DamagedFile(str(table.path), problem)
-    service.index  # noqa: B018 - loading it verifies the manifest and each build
-    service.client_ids  # noqa: B018 - an unusable client secret file stops the start too
-    if problem := _regression(service):
+    parts.preload(("index",))  # loading it verifies the manifest and each build
+    parts.client_ids  # noqa: B018 - an unusable client secret file stops the start too
+    if problem := _regression(parts):
         raise DamagedFile(MANIFEST_KEY, problem)
 
 
-def check(service: ImageSearch) -> list[Finding]:
+def check(parts: Parts) -> list[Finding]:
     """Every check: the catalog file (thoroughly), the manifest, each shard build, each
     embedding, and that every image the catalog says is indexed is in the index."""
     findings = [
         Finding(str(table.path), problem, "rebuild_catalog")
-        for table in _sqlite_tables(service)
+        for table in _sqlite_tables(parts)
         if (problem := table.integrity_problem(thorough=True))
     ]
     if findings:
         return findings  # nothing else can be trusted while the catalog is damaged
-    index_findings = _index_findings(service)
+    index_findings = _index_findings(parts)
     findings += index_findings
-    findings += _embedding_findings(service, index_usable=not index_findings)
+    findings += _embedding_findings(parts, index_usable=not index_findings)
     return findings
 
 
-def _index_findings(service: ImageSearch) -> list[Finding]:
-    store = service.storage.objects
+def _index_findings(parts: Parts) -> list[Finding]:
+    store = parts.storage.objects
     try:
         manifest, _ = read_manifest(store)
     except DamagedFile as error:
@@ -86,20 +87,20 @@ def _index_findings(service: ImageSearch) -> list[Finding]:
             Shard(entry, store)
         except DamagedFile as error:
             findings.append(Finding(error.name, error.problem, "reindex"))
-    if problem := _regression(service, manifest):
+    if problem := _regression(parts, manifest):
         findings.append(Finding(MANIFEST_KEY, problem, "reindex"))
     return findings
 
 
-def _embedding_findings(service: ImageSearch, *, index_usable: bool) -> list[Finding]:
-    catalog = service.catalog
-    index = service.index if index_usable else None
+def _embedding_findings(parts: Parts, *, index_usable: bool) -> list[Finding]:
+    catalog = parts.catalog
+    index = parts.index if index_usable else None
     if index is not None:
         index.refresh(force=True)
     queued = {item.image_id for item in catalog.pending()}
     changing = {change.image_id for change in catalog.changes()}
     findings = []
-    for info in list(service.storage.objects.list(EMBEDDINGS_PREFIX)):
+    for info in list(parts.storage.objects.list(EMBEDDINGS_PREFIX)):
         image_id = info.key.removeprefix(EMBEDDINGS_PREFIX).removesuffix(".npz")
         record = catalog.image(image_id)
         if record is None or record.status == "removed":
@@ -120,15 +121,15 @@ def _embedding_findings(service: ImageSearch, *, index_usable: bool) -> list[Fin
     return findings
 
 
-def _regression(service: ImageSearch, manifest: Manifest | None = None) -> str | None:
+def _regression(parts: Parts, manifest: Manifest | None = None) -> str | None:
     """Why the manifest is older than the last one published, if it is (lost or restored
     from an old copy: it would serve a collection without the images added since)."""
-    published = service.catalog.published()
+    published = parts.catalog.published()
     if manifest is None:
-        manifest = service.index.manifest
+        manifest = parts.index.manifest
         if manifest.generation < published.generation:  # perhaps published while loading
-            service.index.refresh(force=True)
-            manifest = service.index.manifest
+            parts.index.refresh(force=True)
+            manifest = parts.index.manifest
     if manifest.generation >= published.generation:
         return None
     state = "missing" if not manifest.generation else f"generation {manifest.generation}"
@@ -138,41 +139,38 @@ def _regression(service: ImageSearch, manifest: Manifest | None = None) -> str |
     )
 
 
-def repair(service: ImageSearch, findings: list[Finding]) -> ImageSearch:
-    """Fix what `check` found, from what is stored; returns the service to go on with (a new
-    one if the catalog file was replaced)."""
-    fixes = {finding.fix for finding in findings}
-    if "rebuild_catalog" in fixes:
-        return rebuild_catalog(service.settings)  # every image ingested again, index rebuilt
+def fix_files(parts: Parts, findings: list[Finding]) -> bool:
+    """Fix what `check` found in single files, from what is stored: embeddings of no image
+    deleted, damaged ones computed again, lost images queued for the index. Returns whether
+    the index must be rebuilt from the embeddings (it was damaged); if not, what was queued
+    needs an index build. A damaged catalog is not fixed here (`move_catalog_aside`)."""
     for finding in findings:
         if finding.fix == "delete":
-            service.catalog.delete_derived(_image_id(finding.name))
+            parts.catalog.delete_derived(_image_id(finding.name))
         elif finding.fix == "reembed":
-            embed_again(service, _image_id(finding.name))
-    if "reindex" in fixes:
-        service.reindex()
-        return service
+            embed_again(parts, _image_id(finding.name))
+    if any(finding.fix == "reindex" for finding in findings):
+        return True
     for finding in findings:
         if finding.fix in ("requeue", "reembed"):
-            service.catalog.mark_pending(_image_id(finding.name), "add")
-    service.build_index()
-    return service
+            parts.catalog.mark_pending(_image_id(finding.name), "add")
+    return False
 
 
-def embed_again(service: ImageSearch, image_id: str) -> bool:
+def embed_again(parts: Parts, image_id: str) -> bool:
     """Compute an image's embedding and thumbnail again from its original bytes; False if no
     key still holds them."""
-    record = service.catalog.image(image_id)
+    record = parts.catalog.image(image_id)
     for key in record.keys if record else ():
         try:
-            data = service.catalog.original(key)
+            data = parts.catalog.original(key)
         except NotFound:
             continue
         if content_id(data) != image_id:
             continue
-        decoded = service.ingestor.decode(data)
-        embedding = service.embedder.embed(decoded.image)
-        service.catalog.put_embedding(
+        decoded = parts.ingestor.decode(data)
+        embedding = parts.embedder.embed(decoded.image)
+        parts.catalog.put_embedding(
             image_id, embedding.features, embedding.probabilities, overwrite=True
         )
         return True
@@ -180,18 +178,20 @@ def embed_again(service: ImageSearch, image_id: str) -> bool:
     return False
 
 
-def rebuild_catalog(settings: Settings) -> ImageSearch:
-    """Move a damaged catalog file aside, then ingest every stored original into a new one
-    and rebuild the index. Votes were in the same file: they are lost (the old file is kept
-    next to the new one, for whoever wants to dig them out)."""
+def move_catalog_aside(settings: Settings) -> None:
+    """Before a catalog is rebuilt: the damaged file moves aside (locally; votes were in it,
+    and are kept there for whoever wants to dig them out)."""
     if settings.backend == "local":
         move_aside(settings.data_dir / SQLITE_FILE)
-    fresh = ImageSearch(settings)
-    for info in list(fresh.storage.objects.list("images/")):
-        key = info.key.removeprefix("images/")
-        fresh.ingestor.add(key, fresh.storage.objects.get(info.key).data, store_original=False)
-    fresh.reindex()
-    return fresh
+
+
+def ingest_originals(parts: Parts) -> None:
+    """Ingest every stored original into the catalog again (rebuilding a catalog); the
+    index is rebuilt after."""
+    objects = parts.storage.objects
+    for info in list(objects.list(IMAGES_PREFIX)):
+        key = info.key.removeprefix(IMAGES_PREFIX)
+        parts.ingestor.add(key, objects.get(info.key).data, store_original=False)
 
 
 def move_aside(path: Path) -> Path:
@@ -205,9 +205,9 @@ def move_aside(path: Path) -> Path:
     return target
 
 
-def _sqlite_tables(service: ImageSearch) -> list[SqliteTable]:
+def _sqlite_tables(parts: Parts) -> list[SqliteTable]:
     tables = {}
-    for table in (service.storage.catalog, service.storage.feedback):
+    for table in (parts.storage.catalog, parts.storage.feedback):
         if isinstance(table, SqliteTable):
             tables[table.path] = table
     return list(tables.values())

@@ -1,198 +1,222 @@
-"""The search engine as one object: what the HTTP API, the CLI, the Lambda handlers and the
-evaluation all call. Parts load lazily, so a function that only records votes never loads
-the model or the index.
+"""The search engine's facade: everything the HTTP API, the CLI, the Lambda handlers, the bulk
+tools and the evaluation can ask of it. Read the method list to see what the system does.
+
+The facade decides nothing itself: it hands each call to the module where its rules live
+(search.py: the search policy; ingest.py: a key's life cycle; keys.py: where uploads go;
+feedback.py and learning.py: votes and what they teach; repair.py: checks and repairs) and
+answers with the types in results.py. Its parts are wired lazily by parts.py, so a function
+that only records votes never loads the model or the index.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import threading
 import time
-from collections.abc import Collection
-from dataclasses import dataclass
-from functools import cached_property
-from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Unpack
 
 import numpy as np
 
-from imgsearch.catalog import Catalog, ImageRecord
-from imgsearch.clients import (
-    ClientIds,
-    client_secret,
-    is_address,
-    is_client_id,
-    source_address,
-)
+from imgsearch import keys, repair
+from imgsearch.catalog import ImageRecord
+from imgsearch.clients import client_network, is_address, is_client_id, source_address
 from imgsearch.config import Settings
-from imgsearch.decode_pool import Decoder, open_decoder
-from imgsearch.embedding import Embedder, ModelSpec
-from imgsearch.feedback import LOCAL_CLIENT, Feedback, TermSummary
-from imgsearch.images import DecodeLimits
-from imgsearch.index.builder import BuildReport, IndexBuilder
-from imgsearch.index.neighbourhoods import Neighbourhoods
-from imgsearch.index.reader import Index
-from imgsearch.index.shards import normalise_rows
-from imgsearch.ingest import Ingestor, IngestResult, content_id
-from imgsearch.learning import Learner, Taught
-from imgsearch.ranking import CANDIDATES, FIRST_PAGE, Hit, explore_page, learned_ranking
-from imgsearch.storage import InvalidKey, Storage, StorageError, open_storage
-from imgsearch.vocabulary import HIGH_CONFIDENCE
+from imgsearch.embedding import Embedding
+from imgsearch.feedback import LOCAL_CLIENT
+from imgsearch.images import DecodeLimits, ImageRefused
+from imgsearch.index.builder import BuildReport
+from imgsearch.ingest import IngestResult, ObjectEvent, content_type
+from imgsearch.integrity import secret_file
+from imgsearch.learning import trust
+from imgsearch.parts import Given, Parts, Preloadable
+from imgsearch.rate_limits import check_vote_rate
+from imgsearch.results import (
+    DirectUploadsUnavailable,
+    IndexInfo,
+    LearnedImage,
+    ModelInfo,
+    NotIndexed,
+    Original,
+    PhotoResults,
+    TermReport,
+    UploadForm,
+    UploadOutcome,
+    UploadStatus,
+)
+from imgsearch.search import (
+    Hit,
+    TextResults,
+    photo_search,
+    session_hidden,
+    similar_images,
+    text_search,
+)
+from imgsearch.storage import DirectUploads, InvalidKey, SqliteTable, Storage, StorageError
+from imgsearch.vocabulary import Interpretation, Vocabulary
 
 if TYPE_CHECKING:
-    from imgsearch.vocabulary import Interpretation, Vocabulary
+    from imgsearch.index.exact import Metric
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class TextResults:
-    interpretation: Interpretation
-    hits: list[Hit]
-    taught: Taught | None = None  # what votes taught about the term, if anything
-
-
-def safe_file_name(filename: str) -> str:
-    """The last part of a file name, reduced to characters safe in keys and URLs."""
-    name = PurePosixPath(filename.replace("\\", "/")).name
-    safe = "".join(c if c.isalnum() or c in "._- " else "_" for c in name).strip(" .")
-    return safe[:120] or "upload"
-
-
-class NotIndexed(LookupError):
-    """The image id is not in the collection."""
+API_KEY_FILE = "api-key"  # the local API key, in the data directory
+UPLOAD_FORM_SECONDS = 600  # a direct upload form: long enough for a slow phone, short to leak
 
 
 class ImageSearch:
     def __init__(
-        self,
-        settings: Settings,
-        storage: Storage | None = None,
-        *,
-        embedder: Embedder | None = None,
-        vocabulary: Vocabulary | None = None,
-        decoder: Decoder | None = None,
+        self, settings: Settings, storage: Storage | None = None, **given: Unpack[Given]
     ) -> None:
         """Parts not given are made from `settings` when first needed (tests share theirs;
-        the bulk commands decode in their own threads)."""
+        the evaluation's variants share one index)."""
         self.settings = settings
-        self.storage = storage or open_storage(settings)
-        self.catalog = Catalog(self.storage)
-        self.feedback = Feedback(self.storage.feedback, half_life_days=settings.vote_half_life_days)
-        if embedder is not None:
-            self.embedder = embedder
-            self.model = embedder.spec
-        if vocabulary is not None:
-            self.vocabulary = vocabulary
-        if decoder is not None:
-            self.decoder = decoder
+        # For the engine's own modules and tests; entry points call the methods below.
+        self.parts = Parts(settings, storage, **given)
         # True while start-up recovery runs: searches answer from the index as it was.
         self.recovering = False
 
-    # Parts, loaded on first use --------------------------------------------------------
+    def preload(self, parts: tuple[Preloadable, ...]) -> None:
+        """Load these parts now (a Lambda's init phase, before a request waits for them)."""
+        self.parts.preload(parts)
 
-    @cached_property
-    def client_ids(self) -> ClientIds:
-        local = self.settings.data_dir if self.settings.backend == "local" else None
-        return ClientIds(client_secret(self.settings.client_secret, local, self.storage.feedback))
+    def close(self) -> None:
+        """Stop what runs beside the engine (the decode workers)."""
+        self.parts.close()
 
-    @cached_property
-    def _trusted_proxies(self) -> list:
-        return self.settings.trusted_proxy_networks
+    def variant(
+        self,
+        *,
+        votes_file: Path | None = None,
+        strategies: frozenset[str] | None = None,
+        feedback_method: str | None = None,
+        ann: tuple[int, int] | None = None,
+    ) -> ImageSearch:
+        """The same collection seen with other settings (the evaluation's methods), sharing
+        this engine's loaded model: votes in their own file (`votes_file`, a fresh SQLite
+        table), the vocabulary with other guessing `strategies`, another learning method,
+        or other Annoy settings (`ann`: candidates per shard, search_k). What is not
+        changed is shared, the loaded index included."""
+        parts = self.parts
+        settings = self.settings
+        if feedback_method is not None:
+            settings = settings.model_copy(update={"feedback_method": feedback_method})
+        if ann is not None:
+            settings = settings.model_copy(
+                update={"ann_candidates": ann[0], "ann_search_k": ann[1]}
+            )
+        storage = parts.storage
+        if votes_file is not None:
+            storage = replace(storage, feedback=SqliteTable(votes_file, "feedback"))
+        vocabulary = parts.vocabulary
+        if strategies is not None:
+            vocabulary = Vocabulary.load(settings.vocabulary_dir, strategies)
+        shared: Given = {"embedder": parts.embedder, "vocabulary": vocabulary}
+        if parts.loaded("decoder"):
+            shared["decoder"] = parts.decoder
+        if ann is None:
+            shared["index"] = parts.index
+        return ImageSearch(settings, storage, **shared)
+
+    # Who is asking -------------------------------------------------------------------------
 
     def client_id(self, peer: str | None, forwarded_for: list[str] | None = None) -> str:
         """The id of the client a request came from (see clients.py): what votes and rate
         limits are counted against."""
-        address = source_address(peer, forwarded_for or [], self._trusted_proxies)
-        return self.client_ids.of(address)
+        address = source_address(peer, forwarded_for or [], self.settings.trusted_proxy_networks)
+        return self.parts.client_ids.of(address)
 
-    @cached_property
-    def model(self) -> ModelSpec:
-        return ModelSpec.load(self.settings.model_path)
+    @staticmethod
+    def client_network(address: str) -> str:
+        """The network an address counts as one client of (IPv6: its /64), for bounds on
+        connections per client."""
+        return client_network(address)
 
-    @cached_property
-    def embedder(self) -> Embedder:
-        return Embedder(self.model, num_threads=self.settings.inference_threads)
+    def api_key(self) -> tuple[str, bool]:
+        """The local API key and whether it was just created: from the settings, else the data
+        directory's key file, else a new random key written there (readable by its owner only).
 
-    @cached_property
-    def vocabulary(self) -> Vocabulary:
-        from imgsearch.vocabulary import Vocabulary
-
-        return Vocabulary.load(self.settings.vocabulary_dir)
-
-    @cached_property
-    def index(self) -> Index:
-        index = self._unloaded_index()
-        index.refresh(force=True)
-        built_by = index.manifest.model
-        if built_by and built_by != self.model.name:
-            raise RuntimeError(
-                f"the index was built with the model {built_by!r}, but the configured model is "
-                f"{self.model.name!r}: vectors of different models cannot be compared; use "
-                "another data directory (or the model the index was built with)"
-            )
-        return index
-
-    def _unloaded_index(self) -> Index:
-        return Index(
-            self.storage.objects,
-            candidates=self.settings.ann_candidates,
-            search_k=self.settings.ann_search_k,
+        Raises UnusableFile for a key file that is empty or cannot be read: a silent lock-out
+        (or a new key nobody was shown) would be worse than refusing to start.
+        """
+        if self.settings.api_key:
+            return self.settings.api_key, False
+        return secret_file(
+            Path(self.settings.data_dir) / API_KEY_FILE,
+            lambda: secrets.token_urlsafe(24),
+            what="the API key file",
+            fix="put a key in it, or delete it to have a new one made, or set IMGSEARCH_API_KEY",
         )
 
-    @cached_property
-    def neighbourhoods(self) -> Neighbourhoods:
-        return Neighbourhoods(self.catalog, self.index, k=self.settings.neighbours)
-
-    @cached_property
-    def learner(self) -> Learner:
-        return Learner(
-            self.feedback,
-            self.index,
-            self.neighbourhoods,
-            method=self.settings.feedback_method,
-            cache_seconds=self.settings.feedback_cache_seconds,
-        )
-
-    @cached_property
-    def decoder(self) -> Decoder:
-        return open_decoder(self.settings)
-
-    @cached_property
-    def ingestor(self) -> Ingestor:
-        return Ingestor(
-            self.catalog,
-            self.embedder,
-            limits=DecodeLimits.from_settings(self.settings),
-            decoder=self.decoder,
-        )
-
-    def close(self) -> None:
-        """Stop what runs beside the service (the decode workers)."""
-        if "decoder" in vars(self):
-            self.decoder.close()
-
-    @cached_property
-    def builder(self) -> IndexBuilder:
-        return IndexBuilder(
-            self.catalog,
-            self.index,
-            self.neighbourhoods,
-            shard_size=self.settings.shard_size,
-            n_trees=self.settings.ann_trees,
-            model_name=self.model.name,
-        )
-
-    # The collection --------------------------------------------------------------------
+    # The collection ------------------------------------------------------------------------
 
     def count(self) -> int:
-        self.index.refresh()
-        return len(self.index)
+        index = self.parts.index
+        index.refresh()
+        return len(index)
+
+    def image(self, image_id: str) -> ImageRecord | None:
+        record = self.parts.catalog.image(image_id)
+        return record if record and record.status != "removed" else None
+
+    def browse(self, limit: int, offset: int) -> tuple[list[ImageRecord], int]:
+        """The collection, newest first, and its size."""
+        index = self.parts.index
+        index.refresh()
+        ids = itertools.islice(index.image_ids(), offset, offset + limit)
+        records = [self.image(i) for i in ids]
+        return [r for r in records if r is not None], len(index)
+
+    def find_key(self, key: str) -> ImageRecord | None:
+        """The image stored under `key`, if any."""
+        try:
+            held = self.parts.catalog.key(key)
+        except InvalidKey:
+            return None  # ingest refuses such a key: nothing can be stored under it
+        if held is None or held.status != "present" or not held.image_id:
+            return None
+        return self.image(held.image_id)
+
+    def original(self, image_id: str) -> Original:
+        """Where an image's bytes are, or the bytes. Raises NotIndexed, or NotFound if the
+        bytes are gone."""
+        record = self._existing(image_id)
+        catalog = self.parts.catalog
+        media_type = content_type(record.format)
+        url = catalog.original_url(record.key)
+        if url:
+            return Original(media_type, url=url)
+        return Original(media_type, data=catalog.original(record.key))
+
+    def thumbnail(self, image_id: str) -> Original:
+        """A JPEG at most 384 pixels on its longer side (see `original`)."""
+        self._existing(image_id)
+        catalog = self.parts.catalog
+        url = catalog.thumbnail_url(image_id)
+        if url:
+            return Original("image/jpeg", url=url)
+        return Original("image/jpeg", data=catalog.thumbnail(image_id))
+
+    def _existing(self, image_id: str) -> ImageRecord:
+        record = self.image(image_id)
+        if record is None:
+            raise NotIndexed(image_id)
+        return record
+
+    # Changing the collection ---------------------------------------------------------------
+
+    def ingest(self, key: str, data: bytes) -> IngestResult:
+        """Store and embed an image under `key`, queued for the next `build_index` (the bulk
+        tools build once per batch)."""
+        return self.parts.ingestor.add(key, data)
 
     def add(self, key: str, data: bytes, *, wait: float = 60.0) -> IngestResult:
         """Ingest one image and return once the index serves it (or `wait` seconds passed)."""
-        result = self.ingestor.add(key, data)
+        result = self.ingest(key, data)
         if result.status in ("added", "duplicate", "unchanged") and result.image_id:
             try:
                 self._wait_indexed(result.image_id, wait)
@@ -200,43 +224,96 @@ class ImageSearch:
                 # The build failed after the image got in (say, releasing the lease on a
                 # full disk): the upload is done. Otherwise it stays queued, and the error
                 # tells the client its image is not searchable yet.
-                record = self.catalog.image(result.image_id)
+                record = self.parts.catalog.image(result.image_id)
                 if record is None or record.status != "indexed":
                     raise
                 log.warning("the index build failed after indexing %s", key, exc_info=True)
         return result
 
-    def unique_key(self, filename: str, data: bytes) -> str:
-        """A key for an upload: its file name, made unique if other bytes hold that name."""
-        safe = safe_file_name(filename)
-        key = f"uploads/{safe}"
-        held = self.catalog.key(key)
-        if held is None or held.status != "present" or held.image_id == content_id(data):
-            return key
-        stem, dot, suffix = safe.rpartition(".")
-        stem, suffix = (stem, f".{suffix}") if dot else (safe, "")
-        return f"uploads/{stem}-{content_id(data)[:8]}{suffix}"
+    def upload(self, filename: str, data: bytes, *, key: str | None = None) -> UploadOutcome:
+        """Add an uploaded file, under `key` or a key named after the file (keys.py); returns
+        once it is searchable. Raises ImageRefused (with its reason), InvalidKey, DecoderBusy."""
+        stored_as = key or keys.upload_key(self.parts.catalog, filename, data)
+        result = self.add(stored_as, data)
+        if result.status == "refused" or result.image_id is None:
+            raise ImageRefused(result.code or "refused", result.reason or "refused")
+        record = self.image(result.image_id)
+        if record is None or record.status != "indexed":
+            return UploadOutcome(result.image_id, stored_as, "pending")
+        match result.status:
+            case "added" | "duplicate" | "unchanged" as status:
+                return UploadOutcome(result.image_id, stored_as, status)
+            case _:  # a removal or an older event: nothing an upload can be
+                raise AssertionError(f"an upload ended as {result.status!r}")
 
     def remove(self, key: str) -> IngestResult:
-        result = self.ingestor.remove(key)
+        """Forget `key` (and delete its bytes); its image leaves the index if no key holds it."""
+        result = self.parts.ingestor.remove(key)
         self.build_index()
         return result
+
+    def remove_image(self, image_id: str) -> list[IngestResult]:
+        """Remove an image: every key holding it is forgotten and its bytes deleted; the index
+        is built once. Raises NotIndexed."""
+        record = self._existing(image_id)
+        results = [self.parts.ingestor.remove(key) for key in record.keys]
+        self.build_index()
+        return results
+
+    def upload_form(self, filename: str, content_type: str) -> UploadForm:
+        """A signed form to upload one image straight into the bucket (cloud only: raises
+        DirectUploadsUnavailable on local storage)."""
+        store = self.parts.storage.objects
+        if not isinstance(store, DirectUploads):
+            raise DirectUploadsUnavailable("direct uploads need the cloud backend")
+        key = keys.direct_upload_key(filename)
+        form = self.parts.catalog.original_upload_form(
+            key,
+            content_type=content_type,
+            max_bytes=self.settings.max_image_bytes,
+            expires=UPLOAD_FORM_SECONDS,
+        )
+        return UploadForm(form.url, form.fields, key, UPLOAD_FORM_SECONDS)
+
+    def upload_status(self, key: str) -> UploadStatus:
+        """What became of a key's upload: pending until its event was applied. Raises
+        InvalidKey."""
+        record = self.parts.catalog.key(key)
+        if record is None:
+            return UploadStatus(key, "pending")
+        return UploadStatus(key, record.status, record.image_id, record.reason)
+
+    def apply_event(self, event: ObjectEvent) -> IngestResult | None:
+        """Apply a bucket event (see Ingestor.apply); the index is built by `build_index`."""
+        return self.parts.ingestor.apply(event)
+
+    def record_failure(self, event: ObjectEvent, reason: str) -> None:
+        """Give up on an event whose retries are spent (see Ingestor.record_failure)."""
+        self.parts.ingestor.record_failure(event, reason)
+
+    # The index -----------------------------------------------------------------------------
+
+    def build_index(self) -> BuildReport:
+        """Index what is queued (ingested or removed since the last build)."""
+        report = self.parts.builder.run()
+        self.parts.index.refresh(force=True)
+        return report
 
     def reindex(self) -> BuildReport:
         """Rebuild the index from the stored embeddings (see IndexBuilder.reindex). Call it
         before anything else touched the index: the old manifest may be unreadable."""
-        self.index = self._unloaded_index()
-        report = self.builder.reindex()
-        self.index.refresh(force=True)
+        self.parts.replace_index(self.parts.unloaded_index())
+        report = self.parts.builder.reindex()
+        self.parts.index.refresh(force=True)
         return report
 
     def recover(self) -> BuildReport:
-        """What a start does after a crash: finish or roll back the changes to keys whose
-        process died, then index what is queued (deletions acknowledged but not yet applied,
-        uploads not yet searchable)."""
-        recovered = self.ingestor.recover_changes()
+        """Finish or roll back the changes to keys whose process died (see Ingestor), then
+        index what is queued (deletions acknowledged but not yet applied, uploads not yet
+        searchable): what a start does after a crash, and the cloud after each batch."""
+        recovered = self.parts.ingestor.recover_changes()
         report = self.build_index()
-        if recovered or report.batches:
+        if recovered:
             log.warning(
                 "recovered %d interrupted changes; indexed %d queued additions and %d removals",
                 recovered,
@@ -263,48 +340,23 @@ class ImageSearch:
         thread.start()
         return thread
 
-    def build_index(self) -> BuildReport:
-        report = self.builder.run()
-        self.index.refresh(force=True)
-        return report
-
     def _wait_indexed(self, image_id: str, wait: float) -> None:
         """Build until the image is in the index; while another builder holds the lease,
         wait for it (it may index this image too) and try again."""
 
         def indexed() -> bool:
-            record = self.catalog.image(image_id)
+            record = self.parts.catalog.image(image_id)
             return record is None or record.status != "pending"
 
         deadline = time.monotonic() + wait
         while True:
-            self.builder.run(until=indexed)
+            self.parts.builder.run(until=indexed)
             if indexed() or time.monotonic() >= deadline:
                 break
             time.sleep(0.2)
-        self.index.refresh(force=True)
+        self.parts.index.refresh(force=True)
 
-    def image(self, image_id: str) -> ImageRecord | None:
-        record = self.catalog.image(image_id)
-        return record if record and record.status != "removed" else None
-
-    def browse(self, limit: int, offset: int) -> tuple[list[ImageRecord], int]:
-        """The collection, newest first."""
-        self.index.refresh()
-        ids = itertools.islice(self.index.image_ids(), offset, offset + limit)
-        records = [self.catalog.image(i) for i in ids]
-        return [r for r in records if r is not None], len(self.index)
-
-    def find_key(self, key: str) -> ImageRecord | None:
-        try:
-            held = self.catalog.key(key)
-        except InvalidKey:
-            return None  # ingest refuses such a key: nothing can be stored under it
-        if held is None or held.status != "present" or not held.image_id:
-            return None
-        return self.image(held.image_id)
-
-    # Search ------------------------------------------------------------------------------
+    # Search --------------------------------------------------------------------------------
 
     def search_text(
         self,
@@ -315,52 +367,31 @@ class ImageSearch:
         session: str | None = None,
         exclude_classes: Collection[int] = (),
     ) -> TextResults:
-        """Images for a few words, best first, re-ranked by what users taught for them.
-
-        `exclude_classes` drops ImageNet classes the user struck from the interpretation.
-        """
-        self.index.refresh()
-        interpretation = self.vocabulary.interpret(query)
-        term = interpretation.query
-        weights = {
-            int(c): float(w)
-            for c, w in enumerate(interpretation.class_weights)
-            if w > 0 and c not in exclude_classes
-        }
-        wanted = offset + limit
-        taught = self.learner.taught(term, session) if term else None
-        hidden = taught.hidden if taught else set()
-        if taught is not None and taught.examples.evidence > 0:
-            keyword = self.index.ranked_by_classes(weights, max(wanted, CANDIDATES))
-            hits = learned_ranking(self.learner, taught, keyword, wanted)
-        elif interpretation.confidence >= HIGH_CONFIDENCE:
-            ranked = self.index.ranked_by_classes(weights, wanted, exclude=hidden)
-            hits = [Hit(i, s) for i, s in ranked]
-        else:
-            # Nothing relevant found yet: keep exploring, away from what was rejected.
-            hits = explore_page(
-                # The whole first page's guesses, whatever `limit`: pages must not overlap.
-                self.index.ranked_by_classes(weights, max(wanted, FIRST_PAGE), exclude=hidden),
-                self.index.spread(FIRST_PAGE, exclude=hidden),
-                interpretation.confidence,
-                high_confidence=HIGH_CONFIDENCE,
-                rejected=len(hidden),
-            )
-        return TextResults(interpretation, hits[offset:wanted], taught)
+        """Images for a few words, best first, re-ranked by what users taught (search.py).
+        `exclude_classes` drops ImageNet classes the user struck from the interpretation."""
+        parts = self.parts
+        parts.index.refresh()
+        return text_search(
+            parts.index,
+            parts.vocabulary,
+            parts.learner,
+            query,
+            limit=limit,
+            offset=offset,
+            session=session,
+            exclude_classes=exclude_classes,
+        )
 
     def similar(self, image_id: str, *, limit: int = 20, offset: int = 0) -> list[Hit]:
-        """Images most like an indexed one: its stored neighbourhood, or a live search beyond."""
-        self.index.refresh()
-        if image_id not in self.index:
+        """Images most like an indexed one ("more like this"). Raises NotIndexed."""
+        parts = self.parts
+        parts.index.refresh()
+        hits = similar_images(
+            parts.index, parts.neighbourhoods, image_id, limit=limit, offset=offset
+        )
+        if hits is None:
             raise NotIndexed(image_id)
-        wanted = offset + limit
-        neighbours = self.neighbourhoods.get(image_id)
-        if len(neighbours) < min(wanted, len(self.index) - 1):
-            vector = self.index.vector(image_id)
-            if vector is None:  # removed since the check above
-                raise NotIndexed(image_id)
-            neighbours = self.index.nearest(vector, wanted, exclude={image_id})
-        return [Hit(i, 1.0 - d, "similar") for i, d in neighbours[offset:wanted]]
+        return hits
 
     def search_image(
         self,
@@ -368,57 +399,92 @@ class ImageSearch:
         *,
         limit: int = 20,
         offset: int = 0,
-        exclude: Collection[str] = (),
-    ) -> list[Hit]:
+        query: str | None = None,
+        session: str | None = None,
+    ) -> PhotoResults:
         """Images most like a photo anyone may send (it is not stored), decoded within the
-        open endpoint's limits. Raises ImageRefused, or DecoderBusy."""
-        self.index.refresh()
+        open endpoint's limits. With `query`, the photo is an example of that word: the
+        result names the word as votes must, and leaves out what `session` voted not
+        relevant for it. Raises ImageRefused, or DecoderBusy."""
+        parts = self.parts
+        parts.index.refresh()
+        term = parts.vocabulary.normalise(query) if query else None
+        hidden = session_hidden(parts.feedback, term, session)
         limits = DecodeLimits.from_settings(self.settings, open_endpoint=True)
-        decoded = self.ingestor.decode(data, limits)
-        features = self.embedder.embed(decoded.image).features
-        vector = normalise_rows(features[np.newaxis])[0]
-        nearest = self.index.nearest(vector, offset + limit, exclude=exclude)
-        return [Hit(i, 1.0 - d, "similar") for i, d in nearest[offset:]]
+        decoded = parts.ingestor.decode(data, limits)
+        features = parts.embedder.embed(decoded.image).features
+        hits = photo_search(parts.index, features, limit=limit, offset=offset, hidden=hidden)
+        return PhotoResults(term, hits)
 
-    # Feedback ----------------------------------------------------------------------------
+    def interpret(self, query: str) -> Interpretation:
+        """How the words of a query are understood (without searching)."""
+        return self.parts.vocabulary.interpret(query)
+
+    @property
+    def class_names(self) -> list[str]:
+        """The model's class labels, by class id."""
+        return list(self.parts.vocabulary.class_names)
+
+    # Votes ---------------------------------------------------------------------------------
 
     def vote(
         self, query: str, image_id: str, value: int, session: str, client: str = LOCAL_CLIENT
     ) -> str:
         """Record a vote of `session`, cast from `client` (a client id); returns the
-        normalised term it was recorded under."""
-        if self.image(image_id) is None:
-            raise NotIndexed(image_id)
-        term = self.vocabulary.normalise(query)
-        if not term:
-            raise ValueError("the query has no words")
-        self.feedback.vote(term, image_id, session, value, client)
+        normalised term it was recorded under. Raises NotIndexed, or ValueError for a query
+        without words."""
+        self._existing(image_id)
+        term = self.term(query)
+        self.parts.feedback.vote(term, image_id, session, value, client)
         # Only a learner this process has built can hold the term's old votes; building one
         # here would load the index into a process that only records votes (the feedback
         # function, which has no Annoy).
-        if "learner" in vars(self):
-            self.learner.forget(term)
+        if self.parts.loaded("learner"):
+            self.parts.learner.forget(term)
         return term
 
-    # The owner's controls over what votes taught -------------------------------------------
+    def check_vote_rate(self, client: str, session: str) -> None:
+        """Count a vote against its session's and client's limits per minute; raises TooMany
+        beyond them."""
+        check_vote_rate(
+            self.parts.storage.feedback,
+            session=session,
+            client=client,
+            per_session=self.settings.votes_per_session_minute,
+            per_client=self.settings.votes_per_client_minute,
+        )
 
     def term(self, query: str) -> str:
         """The query as votes store it; ValueError if it has no words."""
-        term = self.vocabulary.normalise(query)
+        term = self.parts.vocabulary.normalise(query)
         if not term:
             raise ValueError("the query has no words")
         return term
 
-    def learned(self, query: str) -> TermSummary:
-        """What votes taught about a query's term, as stored (see feedback.py)."""
-        return self.feedback.summary(self.term(query))
+    # The owner's controls over what votes taught ---------------------------------------------
+
+    def learned(self, query: str) -> TermReport:
+        """What votes taught about a query's term, as stored (see feedback.py), with each
+        image's weight for other visitors."""
+        feedback = self.parts.feedback
+        summary = feedback.summary(self.term(query))
+        images = []
+        for agreement in summary.images:
+            record = self.image(agreement.image_id)
+            images.append(LearnedImage(agreement, record.key if record else None, trust(agreement)))
+        # By weight as shown (4 decimals): votes seconds apart must not reorder equals.
+        images.sort(
+            key=lambda i: (-abs(round(i.weight, 4)), -i.agreement.up_clients, i.agreement.image_id)
+        )
+        voters = sorted(feedback.voters(summary.term).items(), key=lambda v: (-sum(v[1]), v[0]))
+        return TermReport(summary, images, [(c, up, down) for c, (up, down) in voters])
 
     def reset_term(self, query: str) -> tuple[str, int]:
         """Forget what votes taught about a term; returns it and how many votes it had."""
         term = self.term(query)
-        removed = self.feedback.reset(term)
-        if "learner" in vars(self):
-            self.learner.forget(term)
+        removed = self.parts.feedback.reset(term)
+        if self.parts.loaded("learner"):
+            self.parts.learner.forget(term)
         return term, removed
 
     def named_client(self, name: str) -> str:
@@ -428,12 +494,103 @@ class ImageSearch:
             return name
         if not is_address(name):
             raise ValueError(f"{name[:60]!r} is neither a client id nor an IP address")
-        return self.client_ids.of(name)
+        return self.parts.client_ids.of(name)
 
     def drop_client(self, name: str) -> tuple[str, int]:
         """Remove every vote of a client (by id or address); returns its id and the count."""
         client = self.named_client(name)
-        removed = self.feedback.drop_client(client)
-        if "learner" in vars(self):
-            self.learner.forget_all()
+        removed = self.parts.feedback.drop_client(client)
+        if self.parts.loaded("learner"):
+            self.parts.learner.forget_all()
         return client, removed
+
+    # Checks and repairs (repair.py) ----------------------------------------------------------
+
+    def check_at_start(self) -> None:
+        """The quick checks before serving; raises DamagedFile or IndexFormatError."""
+        repair.check_at_start(self.parts)
+
+    def check(self) -> list[repair.Finding]:
+        """Every check of what is stored."""
+        return repair.check(self.parts)
+
+    def repair(self, findings: list[repair.Finding]) -> ImageSearch:
+        """Fix what `check` found from what is stored; returns the engine to go on with (a
+        new one if the catalog file was rebuilt)."""
+        if any(finding.fix == "rebuild_catalog" for finding in findings):
+            return ImageSearch.rebuild_catalog(self.settings)
+        if repair.fix_files(self.parts, findings):
+            self.reindex()
+        else:
+            self.build_index()
+        return self
+
+    @classmethod
+    def rebuild_catalog(cls, settings: Settings) -> ImageSearch:
+        """Move a damaged catalog file aside, ingest every stored original into a new one and
+        rebuild the index. Votes were in the same file: they are lost (the old file stays
+        beside the new one)."""
+        repair.move_catalog_aside(settings)
+        fresh = cls(settings)
+        repair.ingest_originals(fresh.parts)
+        fresh.reindex()
+        return fresh
+
+    @staticmethod
+    def create_cloud_resources(settings: Settings) -> list[str]:
+        """Create the bucket and tables the settings name, as infra/template.yaml defines
+        them, in an AWS emulator; returns the names of those it created."""
+        from imgsearch.storage.aws_resources import create_missing_resources
+
+        return create_missing_resources(settings)
+
+    # Embeddings, for the bulk tools and the evaluation ---------------------------------------
+
+    def model_info(self) -> ModelInfo:
+        """The model's name and what it outputs per image (this loads it)."""
+        embedder = self.parts.embedder
+        return ModelInfo(embedder.spec.name, embedder.feature_dim, embedder.num_classes)
+
+    def embed(self, data: bytes) -> Embedding:
+        """Decode and embed an image without storing anything. Raises ImageRefused."""
+        decoded = self.parts.ingestor.decode(data)
+        return self.parts.embedder.embed(decoded.image)
+
+    def embedding(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """The features and class probabilities ingest stored for an image (not normalised).
+        Raises NotFound."""
+        return self.parts.catalog.embedding(image_id)
+
+    def indexed_ids(self) -> Iterator[str]:
+        """The ids of every image the index serves, newest first."""
+        index = self.parts.index
+        index.refresh()
+        return index.image_ids()
+
+    def is_indexed(self, image_id: str) -> bool:
+        """Whether the index serves the image."""
+        return image_id in self.parts.index
+
+    def nearest_to(self, image_id: str, k: int, *, exact: bool = False) -> list[str]:
+        """The k images nearest to an indexed one through the index (its Annoy settings), or
+        by exact search over the same vectors. Raises NotIndexed."""
+        index = self.parts.index
+        vector = index.vector(image_id)
+        if vector is None:
+            raise NotIndexed(image_id)
+        return [i for i, _ in index.nearest(vector, k, exclude={image_id}, exact=exact)]
+
+    def index_info(self) -> IndexInfo:
+        """The index's shape and query settings."""
+        index = self.parts.index
+        index.refresh()
+        return IndexInfo(len(index.shards), index.candidates, index.search_k, self.parts.model.name)
+
+    @staticmethod
+    def exact_neighbours(
+        features: np.ndarray, k: int, *, metric: Metric, jobs: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact k nearest rows of every row (see index/exact.py): indices and distances."""
+        from imgsearch.index.exact import exact_neighbours  # the CLI's: not in Lambda bundles
+
+        return exact_neighbours(features, k, metric=metric, jobs=jobs)

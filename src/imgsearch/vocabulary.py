@@ -30,15 +30,15 @@ import csv
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 # Ways to guess classes for a sense that names none (see the module docstring).
 STRATEGIES = frozenset({"relations", "glosses", "vectors"})
-DEFAULT_STRATEGIES = STRATEGIES
 
 POS_COLUMNS = {"n": 0, "v": 1, "a": 2, "r": 3}
 
@@ -97,6 +97,10 @@ SAME_WORD_COSINE = 0.995  # a class name this close to a word is that word (floa
 MODIFIER_BOOST = 0.5  # how far a describing word ("black dog") reorders the named classes
 ALIAS_CONFIDENCE = 0.7  # a class named by the word, but not by WordNet's sense of it
 HIGH_CONFIDENCE = 0.5  # from here on the words are understood, not guessed at
+Level = Literal["high", "low", "none"]
+# Where a reading comes from: a class the words name; WordNet's hyponyms of their meaning;
+# guesses from related words; nothing; or (made by search.py) only what votes taught.
+Source = Literal["imagenet", "wordnet", "related", "unknown", "learned"]
 # Words of a query beyond these are dropped: the normalised query keys its votes in the table,
 # and a query of many emoji (each a few words) must still make a key of bounded size.
 MAX_QUERY_WORDS = 32
@@ -110,7 +114,7 @@ class Reading:
     """How one word or phrase of the query was understood."""
 
     phrase: str  # normalised words it covers, e.g. "tall building"
-    source: str  # "imagenet" | "wordnet" | "related" | "unknown"
+    source: Source
     confidence: float  # 0..1
     classes: tuple[tuple[int, float], ...]  # (class index, weight), best first
     note: str  # short human explanation
@@ -124,35 +128,16 @@ class Interpretation:
     confidence: float  # overall 0..1; low means "guessing", 0 means "no idea"
 
     @property
-    def level(self) -> str:
+    def level(self) -> Level:
+        """Whether the words are understood ("high"), guessed at ("low"), or not at all."""
         if self.confidence <= 0.0:
             return "none"
         return "high" if self.confidence >= HIGH_CONFIDENCE else "low"
 
-    def to_dict(self, class_names: Sequence[str], top: int = 10) -> dict:
-        """JSON for the API's `interpretation`."""
-
-        def labelled(classes: Iterable[tuple[int, float]]) -> list[dict]:
-            return [{"id": c, "label": class_names[c], "weight": round(w, 4)} for c, w in classes]
-
-        order = np.argsort(-self.class_weights, kind="stable")[:top]
-        combined = [(int(c), float(self.class_weights[c])) for c in order if self.class_weights[c]]
-        return {
-            "query": self.query,
-            "confidence": round(self.confidence, 3),
-            "level": self.level,
-            "terms": [
-                {
-                    "phrase": r.phrase,
-                    "source": r.source,
-                    "confidence": round(r.confidence, 3),
-                    "note": r.note,
-                    "classes": labelled(r.classes[:top]),
-                }
-                for r in self.readings
-            ],
-            "classes": labelled(combined),
-        }
+    def combined_classes(self) -> list[tuple[int, float]]:
+        """The classes searched for, (class id, weight), best first."""
+        order = np.argsort(-self.class_weights, kind="stable")
+        return [(int(c), float(self.class_weights[c])) for c in order if self.class_weights[c]]
 
 
 class Vocabulary:
@@ -165,7 +150,7 @@ class Vocabulary:
         exceptions: dict[str, dict[str, list[str]]],
         classes: list[dict[str, str]],
         lexnames: list[str],
-        strategies: Iterable[str] = DEFAULT_STRATEGIES,
+        strategies: Iterable[str] = STRATEGIES,
     ) -> None:
         self.strategies = frozenset(strategies)
         if unknown := self.strategies - STRATEGIES:
@@ -178,7 +163,7 @@ class Vocabulary:
         self._vectors = tables["vectors"]
         self._n_vectors = len(self._vectors)
         self._pos_senses = tables["pos_senses"]
-        self._is_lemma = self._pos_senses.any(axis=1)
+        self._is_lemma = np.asarray(self._pos_senses.any(axis=1))  # (typed bool | array)
         n_classes = len(classes)
         self._n_classes = n_classes
 
@@ -226,7 +211,7 @@ class Vocabulary:
         self._name_class = tables["name_class"]
 
     @classmethod
-    def load(cls, directory: str | Path, strategies: Iterable[str] = DEFAULT_STRATEGIES):
+    def load(cls, directory: str | Path, strategies: Iterable[str] = STRATEGIES) -> Vocabulary:
         directory = Path(directory)
         words = (directory / "words.txt").read_text().split("\n")[:-1]
         with np.load(directory / "tables.npz") as archive:
@@ -272,13 +257,6 @@ class Vocabulary:
         if lemma != token or self._known(token):
             return [lemma]
         return self._split_compound(token)
-
-    def knows(self, phrase: str) -> bool:
-        """Whether WordNet or the word vectors know the phrase (every word of it)."""
-        words = self.normalise(phrase)
-        if not words:
-            return False
-        return self._known(words) or all(self._known(w) for w in words.split())
 
     def _known(self, word: str) -> bool:
         word_id = self._word_id.get(word)
@@ -409,7 +387,7 @@ class Vocabulary:
         )
         # A class the table names by the phrase when WordNet's senses of it don't reach it.
         # ("binocular": WordNet knows only "binoculars", which morphology does not reach.)
-        aliased = self._aliases.get(phrase) or self._aliases.get(phrase + "s", ())
+        aliased = self._aliases.get(phrase) or self._aliases.get(phrase + "s", [])
         named = {c for c in aliased if self._class_synset[c] not in synsets}
         # Classes some sense of the phrase reaches are weighed by that sense alone: the rodent
         # sense of "mouse" must not guess the computer mouse because the class is named "mouse".
@@ -446,6 +424,7 @@ class Vocabulary:
         # The source is whatever gives the phrase its best classes: a class it names, WordNet's
         # hyponyms, or guesses ("mouse" names the computer mouse, but means the rodent).
         mapped_best = float(weights[covered].max()) if covered.any() else 0.0
+        source: Source
         if named or (mapped_best > 0 and mapped_best >= np.max(weights[~covered], initial=0.0)):
             source = "imagenet" if named or exact else "wordnet"
         elif weights.any():
@@ -561,8 +540,8 @@ class Vocabulary:
         return found
 
     def _phrase_vector(self, phrase: str) -> np.ndarray | None:
-        ids = [self._word_id.get(w) for w in phrase.split()]
-        ids = [i for i in ids if i is not None and i < self._n_vectors]
+        found = [self._word_id.get(w) for w in phrase.split()]
+        ids = [i for i in found if i is not None and i < self._n_vectors]
         if not ids:
             return None
         return _unit(self._vectors[ids].astype(np.float32).mean(axis=0))
@@ -575,7 +554,8 @@ class Vocabulary:
         if not ids:
             return np.zeros(len(self._name_vectors), dtype=bool)
         lemmas = _unit(self._vectors[ids].astype(np.float32))
-        return (self._name_vectors @ lemmas.T).max(axis=1) > SAME_WORD_COSINE
+        closest: np.ndarray = (self._name_vectors @ lemmas.T).max(axis=1)
+        return closest > SAME_WORD_COSINE
 
     def _vector_evidence(self, vector: np.ndarray, ignore: np.ndarray | None = None) -> np.ndarray:
         """Cosine with each class's closest name (but the `ignore`d ones), mapped so that a
@@ -586,7 +566,8 @@ class Vocabulary:
             cosine = np.where(ignore, -1.0, cosine)
         best = np.full(self._n_classes, -1.0, dtype=np.float32)
         np.maximum.at(best, self._name_class, cosine)
-        return np.clip((best - VECTOR_FLOOR) / (1.0 - VECTOR_FLOOR), 0.0, 1.0) ** 2
+        evidence: np.ndarray = np.clip((best - VECTOR_FLOOR) / (1.0 - VECTOR_FLOOR), 0.0, 1.0) ** 2
+        return evidence
 
     def _synset_lemmas(self, synset: int) -> np.ndarray:
         start, end = np.searchsorted(self._lemma_by_synset_keys, [synset, synset + 1])
@@ -643,4 +624,5 @@ def _best(evidence: np.ndarray) -> np.ndarray:
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    units: np.ndarray = vectors / np.maximum(norms, 1e-12)
+    return units.astype(np.float32)

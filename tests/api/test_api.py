@@ -215,6 +215,38 @@ def test_openapi_and_docs_are_served(demo_client) -> None:
     assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
 
 
+def test_the_openapi_document_describes_every_answer(demo_client) -> None:
+    """Each JSON answer has a schema, and each route lists its refusals with their body."""
+    spec = demo_client.get("/openapi.json").json()
+    operations = [
+        (f"{method.upper()} {path}", operation)
+        for path, methods in spec["paths"].items()
+        for method, operation in methods.items()
+    ]
+    assert len(operations) >= 14
+    for name, operation in operations:
+        answers = operation["responses"]
+        success = next(answers[s] for s in answers if s.startswith("2"))
+        json_body = success.get("content", {}).get("application/json", {}).get("schema")
+        if (
+            "{image_id}/file" in name
+            or "thumbnail" in name
+            or name.startswith("DELETE /api/images")
+        ):
+            assert not json_body, name  # bytes, a redirect, or nothing
+        else:
+            assert json_body not in (None, {}), name
+        refusals = {s for s in answers if s.startswith(("4", "5"))}
+        assert {"400", "413", "431", "505"} <= refusals, name
+        for status in refusals:
+            schema = answers[status]["content"]["application/json"]["schema"]
+            assert schema["$ref"].rsplit("/", 1)[-1] in {"Problem", "HTTPValidationError"}, name
+    search = dict(operations)["GET /api/search"]["responses"]["200"]
+    assert search["content"]["application/json"]["schema"]["$ref"].endswith("/SearchResponse")
+    interpretation = spec["components"]["schemas"]["Interpretation"]["properties"]
+    assert {"query", "level", "terms", "classes", "learned"} <= set(interpretation)
+
+
 def test_the_web_page_is_served_at_the_root(service) -> None:
     from fastapi.testclient import TestClient
 
@@ -255,12 +287,12 @@ def test_delete_removes_the_image_and_its_bytes(client) -> None:
 
 
 def test_a_local_api_key_is_made_once_and_kept(tmp_path) -> None:
-    from imgsearch.api.auth import local_api_key
     from imgsearch.config import Settings
+    from imgsearch.service import ImageSearch
 
-    settings = Settings(data_dir=tmp_path)
-    key, created = local_api_key(settings)
-    again, created_again = local_api_key(settings)
+    service = ImageSearch(Settings(data_dir=tmp_path))
+    key, created = service.api_key()
+    again, created_again = service.api_key()
     assert created and not created_again and key == again and len(key) >= 32
     assert (tmp_path / "api-key").stat().st_mode & 0o077 == 0
 

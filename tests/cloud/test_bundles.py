@@ -27,17 +27,12 @@ from types import ModuleType
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
-from support.aws_resources import (
-    configure_notifications,
-    create_bucket,
-    create_queues,
-    create_tables,
-    function_environment,
-    load_template,
-)
+from support.aws_resources import configure_notifications, create_queues, function_environment
 from support.demo import REPO, demo_image
 from support.lambda_events import API_HOST, QueuePoller, authorizer_event, http_event, route_for
 from support.openapi import API_KEY_HEADER
+
+from imgsearch.storage.aws_resources import create_bucket, create_tables, load_template
 
 pytestmark = [pytest.mark.bundles, pytest.mark.xdist_group("bundles")]
 

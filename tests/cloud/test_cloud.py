@@ -25,15 +25,7 @@ import pytest
 import requests
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
-from support.aws_resources import (
-    configure_notifications,
-    create_bucket,
-    create_queues,
-    create_tables,
-    function_environment,
-    load_template,
-    resource_properties,
-)
+from support.aws_resources import configure_notifications, create_queues, function_environment
 from support.demo import REPO, demo_image
 from support.hostile_files import bombs, corpus
 from support.lambda_events import CLIENT_IP, ApiGateway, QueuePoller, lambda_logging, load_function
@@ -42,6 +34,12 @@ from support.openapi import API_KEY_HEADER
 from imgsearch.config import ASSETS_DIR, get_settings
 from imgsearch.images import DecodeLimits, ImageRefused, decode_image
 from imgsearch.storage.aws import CACHE_HEADROOM, S3ObjectStore
+from imgsearch.storage.aws_resources import (
+    create_bucket,
+    create_tables,
+    load_template,
+    resource_properties,
+)
 
 pytestmark = pytest.mark.xdist_group("cloud")
 
@@ -121,7 +119,7 @@ def cloud(monkeypatch, tmp_path) -> Iterator[Cloud]:
         functions = {logical: load_function(name) for logical, name in FUNCTIONS.items()}
         # The search function looks for a new manifest at most every 2 s; the tests look at
         # once, so that they need not wait for what a user would see seconds later anyway.
-        functions["SearchFunction"].service.index.refresh_interval = 0
+        functions["SearchFunction"].service.parts.index.refresh_interval = 0
         url, arn = queues["ImageQueue"]
         yield Cloud(
             s3=s3,
@@ -299,7 +297,7 @@ def test_events_that_keep_failing_are_parked_as_failed_on_the_last_delivery(
     cloud.queue.drain()  # the test event
     attempts = []
     with monkeypatch.context() as patch:
-        patch.setattr(embed.ingestor, "add", broken_add)
+        patch.setattr(embed.parts.ingestor, "add", broken_add)
         cloud.upload("unlucky.jpg", demo_image("pizza"))
         while (response := cloud.queue.poll()) is not None:
             attempts.append(response)
@@ -356,7 +354,7 @@ def test_test_events_multipart_uploads_and_foreign_keys(cloud: Cloud) -> None:
 def test_init_aws_creates_the_resources_the_template_defines(cloud: Cloud) -> None:
     from imgsearch.cli import main
     from imgsearch.config import Settings
-    from imgsearch.storage.aws import create_missing_resources
+    from imgsearch.storage.aws_resources import create_missing_resources
 
     settings = Settings(bucket="fresh-bucket", catalog_table="fresh-c", feedback_table="fresh-f")
     assert sorted(create_missing_resources(settings)) == [

@@ -10,11 +10,11 @@ from urllib.parse import quote_plus
 import boto3
 import pytest
 from moto import mock_aws
-from support.aws_resources import create_bucket, create_tables
 from support.demo import demo_image
 from support.lambda_events import FakeContext, lambda_logging, load_function
 
 from imgsearch.config import get_settings
+from imgsearch.storage.aws_resources import create_bucket, create_tables
 
 pytestmark = pytest.mark.model  # the embed function loads the model
 
@@ -129,7 +129,7 @@ def test_uploads_become_searchable_and_deletions_leave(aws) -> None:
     assert service.count() == 2
     elephant = service.find_key("holiday 2026/elephant 1.jpg")
     assert elephant is not None and elephant.status == "indexed"
-    assert service.catalog.key("broken.jpg").status == "refused"
+    assert service.parts.catalog.key("broken.jpg").status == "refused"
     found = service.search_text("elephant", limit=1, session=None).hits
     assert [hit.image_id for hit in found] == [elephant.id]
     shards = s3.list_objects_v2(Bucket=BUCKET, Prefix="index/")["KeyCount"]
@@ -165,30 +165,30 @@ def test_a_failure_is_retried_until_the_last_delivery_then_recorded(aws, monkeyp
 
     message = {"Records": [record]}
     with monkeypatch.context() as patch:
-        patch.setattr(embed.service.ingestor, "add", fails)
+        patch.setattr(embed.service.parts.ingestor, "add", fails)
         first = embed.handler(sqs_event(message, receive_count=1), FakeContext())
         assert len(first["batchItemFailures"]) == 1
-        assert embed.service.catalog.key("a.jpg") is None
+        assert embed.service.parts.catalog.key("a.jpg") is None
         last = embed.handler(sqs_event(message, receive_count=5), FakeContext())
         assert last == {"batchItemFailures": []}
-    failed = embed.service.catalog.key("a.jpg")
+    failed = embed.service.parts.catalog.key("a.jpg")
     assert failed.status == "failed" and failed.reason == "TimeoutError: DynamoDB is slow today"
     # The failure keeps no sequencer of its own: the same event sent again is not stale.
     assert invoke(embed, record) == {"batchItemFailures": []}
-    assert embed.service.catalog.key("a.jpg").status == "present"
+    assert embed.service.parts.catalog.key("a.jpg").status == "present"
 
 
 def test_a_key_holding_an_image_keeps_it_when_a_later_event_fails(aws, monkeypatch) -> None:
     embed = load_function("embed")
     aws.put_object(Bucket=BUCKET, Key="images/a.jpg", Body=demo_image("pizza"))
     invoke(embed, s3_record(aws, "ObjectCreated:Put", "images/a.jpg", "01"))
-    held = embed.service.catalog.key("a.jpg")
+    held = embed.service.parts.catalog.key("a.jpg")
     aws.put_object(Bucket=BUCKET, Key="images/a.jpg", Body=demo_image("elephant"))
     newer = s3_record(aws, "ObjectCreated:Put", "images/a.jpg", "02")
-    monkeypatch.setattr(embed.service.ingestor, "add", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(embed.service.parts.ingestor, "add", lambda *a, **k: 1 / 0)
     last = embed.handler(sqs_event({"Records": [newer]}, receive_count=5), FakeContext())
     assert last == {"batchItemFailures": []}
-    assert embed.service.catalog.key("a.jpg") == held
+    assert embed.service.parts.catalog.key("a.jpg") == held
 
 
 class _SandboxDied(BaseException):
@@ -206,22 +206,22 @@ def test_an_ingest_a_dead_sandbox_left_half_done_is_finished_by_the_next_batch(
         raise _SandboxDied
 
     with monkeypatch.context() as patch:
-        patch.setattr(type(service.ingestor), "_undo", lambda self, journal: None)
-        patch.setattr(service.catalog, "put_key", dies)
+        patch.setattr(type(service.parts.ingestor), "_undo", lambda self, journal: None)
+        patch.setattr(service.parts.catalog, "put_key", dies)
         with pytest.raises(_SandboxDied):
-            service.ingestor.add("a.jpg", demo_image("pizza"), store_original=False)
+            service.parts.ingestor.add("a.jpg", demo_image("pizza"), store_original=False)
     # The image record lists the key, which does not hold it: half done.
-    assert service.catalog.key("a.jpg") is None
-    (change,) = service.catalog.changes()
+    assert service.parts.catalog.key("a.jpg") is None
+    (change,) = service.parts.catalog.changes()
     # It was another sandbox's, which died 16 minutes ago (its pid means nothing here).
     stale = {**change.attrs(), "owner": "elsewhere/boot:7.1:dead", "started_at": 1.0}
-    service.catalog.table.put("change", change.token, stale)
+    service.parts.catalog.table.put("change", change.token, stale)
 
     # The next batch, about another image, finishes it.
     aws.put_object(Bucket=BUCKET, Key="images/b.jpg", Body=demo_image("elephant"))
     other = s3_record(aws, "ObjectCreated:Put", "images/b.jpg", "0062E5A7A3F2B9C401")
     assert invoke(embed, other) == {"batchItemFailures": []}
-    assert not service.catalog.changes()
-    held = service.catalog.key("a.jpg")
+    assert not service.parts.catalog.changes()
+    held = service.parts.catalog.key("a.jpg")
     assert held.status == "present" and service.image(held.image_id).status == "indexed"
     assert service.count() == 2

@@ -22,9 +22,11 @@ import pytest
 from cfnlint.api import lint
 from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
-from support.aws_resources import TEMPLATE_PATH, load_template
 from support.demo import REPO
 from support.openapi import API_KEY_HEADER, routes_needing_the_key, unnamed
+
+from imgsearch.config import Settings
+from imgsearch.storage.aws_resources import TEMPLATE_PATH, load_template
 
 pytestmark = pytest.mark.xdist_group("template")
 
@@ -146,6 +148,9 @@ def test_the_queue_retries_a_bounded_number_of_times_within_the_functions_time()
     assert queue["RedrivePolicy"]["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
     variables = load_template()["Globals"]["Function"]["Environment"]["Variables"]
     assert variables["IMGSEARCH_MAX_RECEIVE_COUNT"] == {"Ref": "MaxReceiveCount"}
+    # Run without the template (the handler's own tests), the function counts as deployed.
+    default = load_template()["Parameters"]["MaxReceiveCount"]["Default"]
+    assert Settings.model_fields["max_receive_count"].default == default
     source = embed["Events"]["ImageEvents"]["Properties"]
     assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert "MaximumConcurrency" in source["ScalingConfig"]

@@ -173,7 +173,7 @@ def spy_on_votes(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
 
     def vote(self: ImageSearch, query: str, image_id: str, value: int, session: str) -> str:
         term = real_vote(self, query, image_id, value, session)
-        stored = self.feedback.session_votes(term, session).get(image_id)
+        stored = self.parts.feedback.session_votes(term, session).get(image_id)
         calls.append({"image": image_id, "value": value, "session": session, "stored": stored})
         return term
 
@@ -232,7 +232,7 @@ def test_simulated_users_vote_through_the_feedback_path_and_leave_the_collection
     for run in runs:  # a page short of the target, with a relevant image on it, gets votes
         if run.precisions[0] < 0.75 and run.relevant_shown[0]:
             assert run.votes > 0
-    assert service.feedback.learned_terms() == {}  # every run had a table of its own
+    assert list(service.parts.storage.feedback.query("terms")) == []  # a table for each run
 
 
 def test_a_user_who_sees_wrong_images_votes_on_each_once_in_a_table_of_its_own(
@@ -246,14 +246,14 @@ def test_a_user_who_sees_wrong_images_votes_on_each_once_in_a_table_of_its_own(
     with Sandbox(service) as sandbox:
         user_service = sandbox.service(Method())
         precisions, _, cast = simulate(user_service, "pizza", wanted, "s", Method())
-        term = user_service.vocabulary.normalise("pizza")
+        term = user_service.parts.vocabulary.normalise("pizza")
         assert cast == len(votes) > 0
         for vote in votes:
             assert vote["value"] == (1 if vote["image"] in wanted else -1)
-        assert user_service.feedback.session_votes(term, "s") == {
+        assert user_service.parts.feedback.session_votes(term, "s") == {
             v["image"]: v["value"] for v in votes
         }
-        assert sandbox.service(Method()).feedback.totals(term) == {}  # no leak to the next
+        assert sandbox.service(Method()).parts.feedback.summary(term).images == []  # no leak
     assert len(precisions) >= 2
 
 
@@ -283,8 +283,7 @@ def test_methods_are_measured_side_by_side_each_on_its_own_vocabulary(tiny) -> N
     assert "### Method: strategies=none" in text and "| Method | Labels |" in text
 
 
-def test_a_feedback_method_is_asked_of_the_service_only_if_it_offers_a_choice(tiny) -> None:
-    service, _ = tiny
-    check_offered(service, [Method()])
+def test_an_unknown_feedback_method_is_refused_before_the_run() -> None:
+    check_offered([Method(), Method(feedback_method="knn")])
     with pytest.raises(EvaluationError, match="feedback method"):
-        check_offered(service, [Method(feedback_method="telepathy")])
+        check_offered([Method(feedback_method="telepathy")])

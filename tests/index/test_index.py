@@ -36,17 +36,17 @@ def queue(service: ImageSearch, ids: list[str], vectors: np.ndarray) -> None:
     for image_id, vector in zip(ids, vectors, strict=True):
         logits = rng.normal(size=CLASSES)
         probabilities = np.exp(logits) / np.exp(logits).sum()
-        service.catalog.put_embedding(image_id, vector, probabilities.astype(np.float32))
-        service.catalog.create_image(
+        service.parts.catalog.put_embedding(image_id, vector, probabilities.astype(np.float32))
+        service.parts.catalog.create_image(
             ImageRecord(image_id, (f"{image_id}.jpg",), 10, 10, "JPEG", 1, ())
         )
-        service.catalog.mark_pending(image_id, "add")
+        service.parts.catalog.mark_pending(image_id, "add")
 
 
 def forget(service: ImageSearch, ids: list[str]) -> None:
     for image_id in ids:
-        service.catalog.update_image(image_id, _removed)
-        service.catalog.mark_pending(image_id, "remove")
+        service.parts.catalog.update_image(image_id, _removed)
+        service.parts.catalog.mark_pending(image_id, "remove")
 
 
 def _removed(record: ImageRecord) -> ImageRecord:
@@ -57,7 +57,7 @@ def _removed(record: ImageRecord) -> ImageRecord:
 def index_service(tmp_path) -> ImageSearch:
     settings = Settings(data_dir=tmp_path / "data", shard_size=50, ann_trees=10, neighbours=10)
     service = ImageSearch(settings)
-    service.builder.grace_seconds = 0.0
+    service.parts.builder.grace_seconds = 0.0
     return service
 
 
@@ -71,7 +71,7 @@ def test_shards_fill_then_seal_and_sealed_builds_never_change(index_service) -> 
         queue(service, ids[start : start + 30], vectors[start : start + 30])
         report = service.build_index()
         assert report.added == len(ids[start : start + 30])
-        manifest, _ = read_manifest(service.storage.objects)
+        manifest, _ = read_manifest(service.parts.storage.objects)
         generations.append(manifest.generation)
         for shard in manifest.shards:
             if shard.sealed:
@@ -79,9 +79,9 @@ def test_shards_fill_then_seal_and_sealed_builds_never_change(index_service) -> 
                 assert shard.count == 50
     assert generations == sorted(set(generations))
     assert [(s.count, s.sealed) for s in manifest.shards] == [(50, True), (50, True), (30, False)]
-    assert len(service.index) == 130
+    assert len(service.parts.index) == 130
     # Superseded builds are gone (grace 0), the current ones all present.
-    stored = {info.key.split(".")[0] for info in service.storage.objects.list(SHARDS_PREFIX)}
+    stored = {info.key.split(".")[0] for info in service.parts.storage.objects.list(SHARDS_PREFIX)}
     assert stored == {f"{SHARDS_PREFIX}{s.id}/{s.build}" for s in manifest.shards}
 
 
@@ -94,13 +94,13 @@ def test_removal_masks_sealed_shards_and_rebuilds_the_open_one(index_service) ->
     forget(service, gone)
     report = service.build_index()
     assert report.removed == 2
-    manifest, _ = read_manifest(service.storage.objects)
+    manifest, _ = read_manifest(service.parts.storage.objects)
     assert manifest.shards[0].deleted == (ids[3],)
     assert manifest.shards[1].count == 19 and not manifest.shards[1].deleted
-    assert len(service.index) == 68
-    everything = service.index.nearest(clustered_vectors(1, seed=9)[0], 70, exact=True)
+    assert len(service.parts.index) == 68
+    everything = service.parts.index.nearest(clustered_vectors(1, seed=9)[0], 70, exact=True)
     assert not {i for i, _ in everything} & set(gone)
-    assert service.index.locate(ids[3]) is None
+    assert service.parts.index.locate(ids[3]) is None
 
 
 def test_approximate_search_recalls_the_exact_neighbours(index_service) -> None:
@@ -111,8 +111,8 @@ def test_approximate_search_recalls_the_exact_neighbours(index_service) -> None:
     queries = normalise_rows(clustered_vectors(50, seed=7))
     overlap = 0
     for query in queries:
-        exact = {i for i, _ in service.index.nearest(query, 20, exact=True)}
-        approximate = {i for i, _ in service.index.nearest(query, 20)}
+        exact = {i for i, _ in service.parts.index.nearest(query, 20, exact=True)}
+        approximate = {i for i, _ in service.parts.index.nearest(query, 20)}
         overlap += len(exact & approximate)
     assert overlap / (20 * len(queries)) >= 0.99
 
@@ -120,11 +120,11 @@ def test_approximate_search_recalls_the_exact_neighbours(index_service) -> None:
 def brute_force_agreement(service: ImageSearch) -> float:
     """Share of stored neighbour entries that brute force agrees with."""
     agree = total = 0
-    for image_id in service.index.image_ids():
-        exact = service.index.nearest(
-            service.index.vector(image_id), 10, exclude={image_id}, exact=True
+    for image_id in service.parts.index.image_ids():
+        exact = service.parts.index.nearest(
+            service.parts.index.vector(image_id), 10, exclude={image_id}, exact=True
         )
-        stored, _ = service.catalog.neighbours(image_id)
+        stored, _ = service.parts.catalog.neighbours(image_id)
         agree += len({i for i, _ in stored} & {i for i, _ in exact})
         total += len(exact)
     return agree / total
@@ -147,7 +147,7 @@ def test_neighbour_lists_match_brute_force_after_adds_and_removes(index_service)
             forget(service, gone)
             present = [i for i in present if i not in gone]
         service.build_index()
-    assert len(service.index) == len(present)
+    assert len(service.parts.index) == len(present)
     assert brute_force_agreement(service) >= 0.99
 
 
@@ -161,16 +161,16 @@ def test_an_index_of_an_older_format_is_refused_then_rebuilt(tmp_path, embedder,
 
     old = make_service(tmp_path / "data", embedder, vocabulary)
     ids = {old.add(f"{c}.jpg", demo_image(c)).image_id for c in ("pizza", "lotus", "chair")}
-    stored = old.storage.objects.get(MANIFEST_KEY)
+    stored = old.parts.storage.objects.get(MANIFEST_KEY)
     manifest = json.loads(stored.data)
     manifest["format"] = 1
-    old.storage.objects.put(MANIFEST_KEY, json.dumps(manifest).encode(), if_match=stored.etag)
+    old.parts.storage.objects.put(MANIFEST_KEY, json.dumps(manifest).encode(), if_match=stored.etag)
 
     with pytest.raises(IndexFormatError, match="imgsearch reindex"):
         make_service(tmp_path / "data", embedder, vocabulary).count()
     assert main(["reindex", "--data-dir", str(tmp_path / "data")]) == 0
     rebuilt = make_service(tmp_path / "data", embedder, vocabulary)
-    assert set(rebuilt.index.image_ids()) == ids
+    assert set(rebuilt.parts.index.image_ids()) == ids
     assert rebuilt.search_text("pizza", limit=1).hits[0].image_id in ids
 
 
@@ -179,8 +179,10 @@ def test_a_builder_with_a_goal_stops_when_it_is_met(index_service) -> None:
     service = index_service
     ids = synthetic_ids(3)
     queue(service, ids, clustered_vectors(3))
-    service.builder.batch_size = 1
-    first_in = service.builder.run(until=lambda: service.catalog.image(ids[0]).status != "pending")
-    assert first_in.added == 1 and len(service.catalog.pending()) == 2
-    drained = service.builder.run()
-    assert drained.added == 2 and not service.catalog.pending()
+    service.parts.builder.batch_size = 1
+    first_in = service.parts.builder.run(
+        until=lambda: service.parts.catalog.image(ids[0]).status != "pending"
+    )
+    assert first_in.added == 1 and len(service.parts.catalog.pending()) == 2
+    drained = service.parts.builder.run()
+    assert drained.added == 2 and not service.parts.catalog.pending()

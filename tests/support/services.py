@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imgsearch.api.deps import refusal_error
+from imgsearch.api.app import REFUSAL_STATUS
 from imgsearch.bulk import ingest_tree
 from imgsearch.config import Settings
 from imgsearch.embedding import ImageEmbedder
-from imgsearch.images import ImageRefused
 from imgsearch.service import ImageSearch
 from imgsearch.vocabulary import Vocabulary
 from support.demo import DEMO
@@ -41,4 +40,4 @@ def demo_collection(data_dir: Path, embedder: ImageEmbedder, vocabulary: Vocabul
 
 def http_status(refusal: str) -> int:
     """The HTTP status the API answers a refused image with, by the refusal's reason."""
-    return refusal_error(ImageRefused(refusal, "")).status_code
+    return REFUSAL_STATUS.get(refusal, 422)  # the others: content that cannot be used

@@ -5,29 +5,41 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from imgsearch.api.docs import DOCS_PATHS, add_docs
 from imgsearch.api.guard import RequestGuard, SecurityHeaders
 from imgsearch.api.routes import feedback, health, images, search, uploads, votes
-from imgsearch.index.manifest import IndexFormatError
-from imgsearch.integrity import UnusableFile
+from imgsearch.api.schemas import problems
+from imgsearch.results import (
+    DecoderBusy,
+    DirectUploadsUnavailable,
+    ImageRefused,
+    IndexFormatError,
+    InvalidKey,
+    NotIndexed,
+    StorageFull,
+    TooMany,
+    UnusableFile,
+)
 from imgsearch.service import ImageSearch
-from imgsearch.storage import StorageFull
 
 log = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 16 * 1024  # a vote is a few hundred bytes
 ECHOED_INPUT_CHARS = 100  # of an invalid input, in a 422: never a mirror of the request
 MAX_DETAIL_CHARS = 300  # of a refusal's reason, which may quote what was sent (a key)
+# Refusal codes of an image that have their own HTTP status; the rest are 422 (unusable).
+REFUSAL_STATUS = {"too_large": 413, "not_an_image": 415}
 
 ROUTERS = {
     "health": health.router,
@@ -53,6 +65,7 @@ def create_app(
         version="1.0",
         docs_url=None,  # served from the app's own assets by add_docs, not from a CDN
         redoc_url=None,
+        responses=problems(400, 413, 431, 505),  # any request may meet these (guard.py)
     )
     app.state.service = service
     for name in routers:
@@ -75,11 +88,45 @@ def create_app(
     app.add_middleware(SecurityHeaders, page_origins=settings.page_origins, docs_paths=DOCS_PATHS)
 
     @app.exception_handler(HTTPException)
-    async def refused(request: Request, error: HTTPException) -> JSONResponse:
+    async def refused(request: Request, error: HTTPException) -> Response:
         if isinstance(error.detail, str) and len(error.detail) > MAX_DETAIL_CHARS:
             cut = f"{error.detail[:MAX_DETAIL_CHARS]}... ({len(error.detail):,} characters)"
             error = HTTPException(error.status_code, cut, error.headers)
         return await http_exception_handler(request, error)
+
+    # What the engine refuses, as HTTP: one answer for each, whichever route met it.
+    async def refuse(
+        request: Request, status: int, detail: str, headers: dict[str, str] | None = None
+    ) -> Response:
+        return await refused(request, HTTPException(status, detail, headers))
+
+    @app.exception_handler(ImageRefused)
+    async def unusable_image(request: Request, error: ImageRefused) -> Response:
+        return await refuse(request, REFUSAL_STATUS.get(error.reason, 422), str(error))
+
+    @app.exception_handler(DecoderBusy)
+    async def decoders_busy(request: Request, error: DecoderBusy) -> Response:
+        # Every decoder is taken and the queue before them is full: come back later.
+        retry = {"Retry-After": str(error.retry_after)}
+        return await refuse(request, 503, str(error), retry)
+
+    @app.exception_handler(NotIndexed)
+    async def no_such_image(request: Request, error: NotIndexed) -> Response:
+        return await refuse(request, 404, f"no image {error}")
+
+    @app.exception_handler(InvalidKey)
+    async def invalid_key(request: Request, error: InvalidKey) -> Response:
+        return await refuse(request, 422, f"invalid key: {error}")
+
+    @app.exception_handler(TooMany)
+    async def too_many(request: Request, error: TooMany) -> Response:
+        return await refuse(request, 429, str(error), {"Retry-After": str(error.retry_after)})
+
+    @app.exception_handler(DirectUploadsUnavailable)
+    async def no_direct_uploads(request: Request, error: DirectUploadsUnavailable) -> Response:
+        # 404, not 501: there is no such resource here, and a 5xx would read as our fault.
+        detail = "direct uploads need the cloud backend; here, POST the file to /api/images"
+        return await refuse(request, 404, detail)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -120,7 +167,7 @@ def create_app(
     return app
 
 
-def _readable(error: dict) -> dict:
+def _readable(error: dict[str, Any]) -> dict[str, Any]:
     readable = {**error}
     if "input" in error:
         readable["input"] = _shortened(error["input"])

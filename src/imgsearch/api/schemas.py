@@ -6,8 +6,40 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from imgsearch.results import Level, Reason, Source
+
 SESSION_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 IMAGE_ID_PATTERN = r"^[0-9a-f]{16}$"
+
+
+class Problem(BaseModel):
+    """Every refusal's body: what was wrong, for people; for invalid input, a list of what
+    failed validation (FastAPI's, each echoed input cut short)."""
+
+    detail: str | list[dict[str, Any]]
+
+
+# When each status is answered (guard.py, app.py and the routes): the OpenAPI document lists
+# them per route, from `problems`.
+PROBLEMS = {
+    400: "A malformed request: a header that must be single sent twice, a bad Content-Length",
+    401: "The API key is missing (X-API-Key)",
+    403: "The API key is wrong",
+    404: "No such image (or resource)",
+    413: "The body or file is larger than the limit",
+    415: "The file is not an image",
+    422: "Invalid input, or an image that cannot be used (the reason says why)",
+    429: "Too many votes from this session or client in a minute; see Retry-After",
+    431: "Request headers larger than the limit",
+    503: "Busy (every decoder, or too many connections or bodies); see Retry-After",
+    505: "An HTTP version other than 1.0 and 1.1",
+    507: "The server's storage is full",
+}
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for refusals with these statuses."""
+    return {status: {"model": Problem, "description": PROBLEMS[status]} for status in statuses}
 
 
 class Health(BaseModel):
@@ -34,11 +66,12 @@ class Result(BaseModel):
     thumbnail: str = Field(description="A small JPEG of the image (a URL like `url`)")
     score: float = Field(description="Higher is better; comparable within one response")
     learned: bool = Field(False, description="Placed by what users taught through votes")
-    reason: Literal["keyword", "learned", "voted", "explore", "similar"] = Field(
+    reason: Reason = Field(
         "keyword",
         description="keyword: matches the words; learned: placed by what votes taught; voted: "
         "this session voted it relevant; explore: shown for variety while the words are not "
-        "understood; similar: looks like the query image",
+        "understood; similar: looks like the query image; listed: browsing or a lookup by "
+        "key, not ranked",
     )
     width: int
     height: int
@@ -57,9 +90,44 @@ class ImageSearchResponse(Results):
     query: str | None = Field(description="The word the photo exemplifies, normalised, if given")
 
 
+class ClassWeight(BaseModel):
+    id: int = Field(description="An ImageNet class id (0..999): `exclude` takes it")
+    label: str
+    weight: float
+
+
+class Reading(BaseModel):
+    phrase: str = Field(description="The normalised words this reading covers")
+    source: Source = Field(
+        description="imagenet: names a class; wordnet: a word whose meaning covers classes; "
+        "related: a guess from related words; unknown: not understood; learned: a word only "
+        "votes taught"
+    )
+    confidence: float
+    note: str = Field(description="Why, for people")
+    classes: list[ClassWeight]
+
+
+class LearnedSummary(BaseModel):
+    votes: int
+    sessions: int
+    clients: int
+    strength: float = Field(description="0..1: how far the learned ranking outweighs the words")
+    method: str = Field(description="The learning method")
+
+
+class Interpretation(BaseModel):
+    query: str = Field(description="The normalised query: the term votes are recorded under")
+    confidence: float = Field(description="0..1")
+    level: Level = Field(description="high: understood; low: guessed at; none: not understood")
+    terms: list[Reading]
+    classes: list[ClassWeight] = Field(description="The classes searched for, best first")
+    learned: LearnedSummary | None = Field(description="What votes taught about the query")
+
+
 class SearchResponse(Results):
     query: str
-    interpretation: dict[str, Any] = Field(description="How the words were understood")
+    interpretation: Interpretation = Field(description="How the words were understood")
 
 
 class ImageDetail(BaseModel):
@@ -135,3 +203,25 @@ class TermReset(BaseModel):
 class ClientDropped(BaseModel):
     client: str = Field(description="The client's id (a keyed hash of its address)")
     votes_removed: int
+
+
+class UploadRequest(BaseModel):
+    filename: str = Field(min_length=1, max_length=255, description="The file's name")
+    content_type: str = Field(
+        pattern=r"^image/[A-Za-z0-9][A-Za-z0-9.+-]{0,99}$",
+        description="The file's MIME type: image/...",
+    )
+
+
+class UploadForm(BaseModel):
+    url: str = Field(description="Where to POST the form")
+    fields: dict[str, str] = Field(description="Form fields to send before the `file` field")
+    key: str = Field(description="The key the image will have: ask /api/uploads/status")
+    expires_in: int = Field(description="Seconds the form stays valid")
+
+
+class UploadStatus(BaseModel):
+    key: str
+    status: Literal["pending", "present", "refused", "removed", "failed"]
+    image_id: str | None = None
+    reason: str | None = None

@@ -21,14 +21,15 @@ import asyncio
 import http
 import json
 from collections import Counter
+from typing import Literal
 
 import h11
 import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from imgsearch.clients import client_network
 from imgsearch.config import Settings
+from imgsearch.service import ImageSearch
 
 LINGER_SECONDS = 2.0  # after a refusal, for the client to read it and stop sending
 # Under a full connection table, headers still incomplete after this long make their
@@ -47,12 +48,17 @@ class GuardedProtocol(H11Protocol):
     _phase: str | None = None  # what the deadline is for: "idle", "headers" or "body"
     _phase_since = 0.0  # loop time the phase began
     _address: str | None = None  # counted in `clients`
+    _socket: asyncio.Transport  # the transport itself, which closes without lingering
     draining = False  # closing: what the client still sends is dropped (see linger)
 
+    # asyncio.Protocol's argument is a BaseTransport; uvicorn's protocol, like this one, needs
+    # a Transport (and ignores the same error).
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._socket = transport  # closed directly where nothing is owed
+        # The wrapper is not a Transport: it delegates to one all that it does not change.
         super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
         # Counted as clients are (an IPv6 host has a whole network of addresses).
-        self._address = client_network(self.client[0]) if self.client else ""
+        self._address = ImageSearch.client_network(self.client[0]) if self.client else ""
         self.clients[self._address] += 1
         if self.clients[self._address] > self.settings.http_max_client_connections:
             self._refuse(503, "too many connections from this address; try again in a moment")
@@ -83,7 +89,7 @@ class GuardedProtocol(H11Protocol):
         oldest = min(stalled, key=lambda other: other._phase_since)
         if oldest._phase == "idle":
             oldest._set_deadline(None)
-            oldest.transport.socket.close()  # nothing asked: nothing to answer
+            oldest._socket.close()  # nothing asked: nothing to answer
         else:
             oldest._refuse(503, "the server is busy and the request's headers were too slow")
         oldest._uncount()
@@ -157,7 +163,7 @@ class GuardedProtocol(H11Protocol):
         if self.transport.is_closing() or phase is None:
             return
         if phase == "idle":
-            self.transport.socket.close()  # nothing asked: nothing to answer, nothing to drain
+            self._socket.close()  # nothing asked: nothing to answer, nothing to drain
             return
         self._refuse(408, f"the request's {phase} took longer than {self._seconds(phase):g} s")
 
@@ -218,9 +224,17 @@ class _LingeringTransport:
         return getattr(self.socket, name)
 
 
-def server_config(app: ASGIApp, settings: Settings, **options: object) -> uvicorn.Config:
+def server_config(
+    app: ASGIApp,
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str | None = None,
+    lifespan: Literal["auto", "on", "off"] = "auto",
+) -> uvicorn.Config:
     """uvicorn's configuration for `app` with the guarded protocol and `settings`' bounds;
-    `options` are passed on (host, port, log_level ...)."""
+    the keyword arguments are uvicorn's (with its defaults)."""
     bounds = {"settings": settings, "clients": Counter()}
     protocol = type("GuardedProtocol", (GuardedProtocol,), bounds)
     return uvicorn.Config(
@@ -231,5 +245,8 @@ def server_config(app: ASGIApp, settings: Settings, **options: object) -> uvicor
         # uvicorn would otherwise take X-Forwarded-For from 127.0.0.1 as the client; who a
         # client is must be decided by one rule (clients.py, `trusted_proxies`).
         proxy_headers=False,
-        **options,
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan=lifespan,
     )

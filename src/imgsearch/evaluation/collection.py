@@ -84,7 +84,7 @@ def ingest_labelled(
             collection.failed.append(Failure(relative, "no such file under the folder"))
         elif result.image_id is None:
             collection.failed.append(Failure(relative, result.reason or result.status))
-        elif result.image_id not in service.index:
+        elif not service.is_indexed(result.image_id):
             collection.failed.append(Failure(relative, "ingested but not in the index"))
         elif collection.labels.setdefault(result.image_id, label) != label:
             # The same bytes under two labels: the image counts under the label it had first.

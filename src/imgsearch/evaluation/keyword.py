@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 from imgsearch.evaluation import DEPTH, PAGE
 from imgsearch.evaluation.collection import LabelledCollection
-from imgsearch.evaluation.methods import Method, Sandbox, search_options
+from imgsearch.evaluation.methods import Method, Sandbox
 from imgsearch.evaluation.metrics import precision_at_k, precision_curve
 from imgsearch.evaluation.progress import Track, untracked
+from imgsearch.results import Interpretation
 from imgsearch.service import ImageSearch
-from imgsearch.vocabulary import Interpretation
 
 MAPPED_SOURCES = frozenset({"imagenet", "wordnet"})
 
@@ -53,9 +53,8 @@ def keyword_search(
     """One label's first page (and a deeper one for the curve), with no votes at all."""
     query = query_for(label)
     relevant = collection.relevant(label)
-    options = search_options(service, method)
-    page = service.search_text(query, limit=PAGE, **options)
-    deep = service.search_text(query, limit=DEPTH, **options)
+    page = service.search_text(query, limit=PAGE)
+    deep = service.search_text(query, limit=DEPTH)
     judged = [hit.image_id in relevant for hit in page.hits]
     interpretation = page.interpretation
     return KeywordResult(

@@ -1,32 +1,26 @@
 """Ways of answering keyword queries, measured side by side in one run, and the sandbox each
 measurement runs in.
 
-A method is a vocabulary (its guessing strategies) and, when the service offers a choice of
-feedback learning, its name: set as the `feedback_method` setting if `Settings` has one, else
-passed as `ImageSearch.search_text(feedback_method=...)` if that takes it. Methods only change
-what is handed to the real service; nothing here ranks anything.
+A method is a vocabulary (its guessing strategies) and a feedback learning method (the
+`feedback_method` setting). Methods only change what the real engine is given
+(`ImageSearch.variant`); nothing here ranks anything.
 """
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from imgsearch.config import Settings
+from imgsearch.config import FeedbackMethod
 from imgsearch.evaluation import EvaluationError
+from imgsearch.results import STRATEGIES
 from imgsearch.service import ImageSearch
-from imgsearch.storage import SqliteTable
-from imgsearch.vocabulary import STRATEGIES, Vocabulary
-
-FEEDBACK_METHOD = "feedback_method"  # a Settings field or a search_text parameter
 
 
 @dataclass(frozen=True)
@@ -64,50 +58,28 @@ def methods(
     return [Method(s, f) for s, f in itertools.product(strategies, feedback_methods)]
 
 
-def check_offered(service: ImageSearch, wanted: Iterable[Method]) -> None:
-    """Raise EvaluationError unless the service can run every method."""
-    asked = {method.feedback_method for method in wanted} - {None}
-    if not asked:
-        return
-    field = type(service.settings).model_fields.get(FEEDBACK_METHOD)
-    if field is None and not _search_takes_method(service):
-        raise EvaluationError(
-            f"this service offers no choice of feedback method (no {FEEDBACK_METHOD!r} "
-            "setting, nor a parameter of ImageSearch.search_text)"
-        )
-    for name in sorted(asked) if field is not None else ():
+def check_offered(wanted: Iterable[Method]) -> None:
+    """Raise EvaluationError unless every method's feedback method is one the engine has."""
+    offered = TypeAdapter[FeedbackMethod](FeedbackMethod)
+    for method in wanted:
+        if method.feedback_method is None:
+            continue
         try:
-            TypeAdapter(field.annotation).validate_python(name)
+            offered.validate_python(method.feedback_method)
         except ValidationError as error:
-            raise EvaluationError(f"unknown feedback method {name!r}") from error
-
-
-def search_options(service: ImageSearch, method: Method) -> dict[str, Any]:
-    """Keyword arguments for `search_text` beyond the query, page and session."""
-    if method.feedback_method is None or not _search_takes_method(service):
-        return {}
-    return {FEEDBACK_METHOD: method.feedback_method}
-
-
-def _search_takes_method(service: ImageSearch) -> bool:
-    return FEEDBACK_METHOD in inspect.signature(service.search_text).parameters
-
-
-def _settings_for(settings: Settings, method: Method) -> Settings:
-    if method.feedback_method is None or FEEDBACK_METHOD not in type(settings).model_fields:
-        return settings
-    return settings.model_copy(update={FEEDBACK_METHOD: method.feedback_method})
+            raise EvaluationError(f"unknown feedback method {method.feedback_method!r}") from error
 
 
 class Sandbox:
-    """Services over the collection under evaluation, sharing its index, model and vocabulary,
+    """Engines over the collection under evaluation, sharing its index, model and vocabulary,
     each recording votes in a feedback table of its own: votes already in a reused data
     directory cannot sway a measurement, nor one simulated user another."""
 
     def __init__(self, service: ImageSearch) -> None:
         self._service = service
         self._directory = tempfile.TemporaryDirectory(prefix="imgsearch-eval-")
-        self._vocabularies: dict[frozenset[str] | None, Vocabulary] = {None: service.vocabulary}
+        # One per vocabulary (loading one takes a while); variants of it share it.
+        self._by_strategies: dict[frozenset[str] | None, ImageSearch] = {None: service}
         self._tables = 0
 
     def __enter__(self) -> Sandbox:
@@ -122,23 +94,12 @@ class Sandbox:
         self._directory.cleanup()
 
     def service(self, method: Method) -> ImageSearch:
-        """A service with `method`'s vocabulary and feedback method, and no votes."""
+        """An engine with `method`'s vocabulary and feedback method, and no votes."""
+        strategies = method.strategies
+        if strategies not in self._by_strategies:
+            self._by_strategies[strategies] = self._service.variant(strategies=strategies)
         self._tables += 1
-        table = SqliteTable(
-            Path(self._directory.name) / f"votes-{self._tables}.sqlite3", "feedback"
+        return self._by_strategies[strategies].variant(
+            votes_file=Path(self._directory.name) / f"votes-{self._tables}.sqlite3",
+            feedback_method=method.feedback_method,
         )
-        fresh = ImageSearch(
-            _settings_for(self._service.settings, method),
-            replace(self._service.storage, feedback=table),
-            embedder=self._service.embedder,
-            vocabulary=self._vocabulary(method.strategies),
-        )
-        fresh.index = self._service.index  # the loaded shards, not a second copy
-        return fresh
-
-    def _vocabulary(self, strategies: frozenset[str] | None) -> Vocabulary:
-        if strategies not in self._vocabularies:
-            self._vocabularies[strategies] = Vocabulary.load(
-                self._service.settings.vocabulary_dir, strategies
-            )
-        return self._vocabularies[strategies]

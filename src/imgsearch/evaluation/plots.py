@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgsearch.evaluation.report import Report
 from imgsearch.evaluation.simulated_user import MAX_ROUNDS, MODES, UserRun
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 NEVER_HEIGHT = MAX_ROUNDS + 1  # where a bar for "never reached" is drawn
 
@@ -31,7 +37,7 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_") or "default"
 
 
-def _curve_axes(title: str):
+def _curve_axes(title: str) -> tuple[Figure, Axes]:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 5))
@@ -40,7 +46,7 @@ def _curve_axes(title: str):
     return figure, axes
 
 
-def _save(figure, path: Path) -> Path:
+def _save(figure: Figure, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     figure.tight_layout()
@@ -82,7 +88,7 @@ def _rounds_bars(runs: list[UserRun], method: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     labels = sorted({run.label for run in runs})
-    counts = {
+    counts: dict[str, Callable[[UserRun], int | None]] = {
         "from the first query": lambda run: run.rounds.from_first_query,
         "from the first relevant image": lambda run: run.rounds.from_first_relevant,
     }
@@ -100,14 +106,14 @@ def _rounds_bars(runs: list[UserRun], method: str, path: Path) -> Path:
     return _save(figure, path)
 
 
-def _mode_bars(axes, labels: list[str], by_label: dict, mode: str, offset: int) -> None:
+def _mode_bars(
+    axes: Axes, labels: list[str], by_label: dict[str, int | None], mode: str, offset: int
+) -> None:
     """One mode's bars, each with its count written on it ("never" over a hatched bar)."""
     width = 0.8 / len(MODES)
-    never = [by_label.get(label) is None for label in labels]
-    heights = [
-        NEVER_HEIGHT if missed else by_label[label]
-        for label, missed in zip(labels, never, strict=True)
-    ]
+    rounds = [by_label.get(label) for label in labels]
+    never = [r is None for r in rounds]
+    heights = [NEVER_HEIGHT if r is None else r for r in rounds]
     positions = [i + (offset - (len(MODES) - 1) / 2) * width for i in range(len(labels))]
     bars = axes.bar(positions, heights, width, label=mode)
     for bar, missed in zip(bars, never, strict=True):

@@ -42,7 +42,7 @@ def evaluate(
     """
     started = time.perf_counter() if started is None else started
     layer_distance = layer_distance_table(service, collection, track)
-    extra = ann_settings(service.index, candidates, search_ks)
+    extra = ann_settings(service.index_info(), candidates, search_ks)
     production = production_table(service, collection, extra, track)
     with Sandbox(service) as sandbox:
         keyword = {m.name: keyword_table(sandbox, collection, m, track) for m in methods}
@@ -69,13 +69,13 @@ def evaluate(
 
 def index_settings(service: ImageSearch) -> dict[str, Any]:
     """How the measured index answers, and the settings that shape ranking (those that exist)."""
-    index, settings = service.index, service.settings
+    index, settings = service.index_info(), service.settings
     return {
-        "shards": len(index.shards),
+        "shards": index.shards,
         "trees": settings.ann_trees,
         "candidates": index.candidates,
         "search_k": index.search_k,
-        "model": service.model.name,
+        "model": index.model,
         **{name: getattr(settings, name) for name in RANKING_SETTINGS if hasattr(settings, name)},
     }
 

@@ -27,7 +27,7 @@ from imgsearch.evaluation.metrics import (
     recall_at_k,
 )
 from imgsearch.evaluation.progress import Track, untracked
-from imgsearch.index.reader import Index
+from imgsearch.results import IndexInfo
 from imgsearch.service import ImageSearch
 
 KS = (5, 10, 20)
@@ -116,15 +116,18 @@ def manhattan(queries: np.ndarray, images: np.ndarray) -> np.ndarray:
 def euclidean(queries: np.ndarray, images: np.ndarray) -> np.ndarray:
     q, x = queries.astype(np.float64), images.astype(np.float64)
     squared = (q * q).sum(1)[:, None] + (x * x).sum(1)[None] - 2.0 * q @ x.T
-    return np.sqrt(np.maximum(squared, 0.0))
+    distances: np.ndarray = np.sqrt(np.maximum(squared, 0.0))
+    return distances
 
 
 def cosine(queries: np.ndarray, images: np.ndarray) -> np.ndarray:
     def unit(m: np.ndarray) -> np.ndarray:
         m = m.astype(np.float64)
-        return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+        units: np.ndarray = m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+        return units
 
-    return 1.0 - unit(queries) @ unit(images).T
+    distances: np.ndarray = 1.0 - unit(queries) @ unit(images).T
+    return distances
 
 
 DISTANCE_FUNCTIONS = {"manhattan": manhattan, "euclidean": euclidean, "cosine": cosine}
@@ -136,7 +139,7 @@ def stored_embeddings(
     """Layer -> [images, dims]: what ingest stored for each image, before any normalisation."""
     features, probabilities = [], []
     for image_id in track(image_ids, "reading embeddings"):
-        f, p = service.catalog.embedding(image_id)
+        f, p = service.embedding(image_id)
         features.append(f)
         probabilities.append(p)
     return {
@@ -169,7 +172,7 @@ def layer_distance_table(
     service: ImageSearch, collection: LabelledCollection, track: Track = untracked
 ) -> list[RankingResult]:
     """Every layer x distance, exact, over every image the index serves."""
-    image_ids = sorted(service.index.image_ids())
+    image_ids = sorted(service.indexed_ids())
     embeddings = stored_embeddings(service, image_ids, track)
     queries = query_images(collection)
     combinations = [(layer, distance) for layer in LAYERS for distance in DISTANCES]
@@ -184,7 +187,7 @@ def layer_distance_table(
 
 
 def ann_settings(
-    index: Index, candidates: Sequence[int] = (), search_ks: Sequence[int] = ()
+    index: IndexInfo, candidates: Sequence[int] = (), search_ks: Sequence[int] = ()
 ) -> list[tuple[int, int]]:
     """Extra (candidates, search_k) pairs to measure: every combination of those given, the
     production value standing in for an option not given."""
@@ -198,22 +201,19 @@ def production_searches(
 ) -> dict[str, Search]:
     """Name -> search, the reference (exact) first; `extra_settings`: more (candidates,
     search_k) pairs to query the same index files with."""
-    index = service.index
 
-    def nearest(reader: Index, *, exact: bool = False) -> Search:
+    def nearest(reader: ImageSearch, *, exact: bool = False) -> Search:
         def search(image_id: str, k: int) -> list[str]:
-            found = reader.nearest(reader.vector(image_id), k, exclude={image_id}, exact=exact)
-            return [i for i, _ in found]
+            return reader.nearest_to(image_id, k, exact=exact)
 
         return search
 
     def neighbourhood(image_id: str, k: int) -> list[str]:
         return [hit.image_id for hit in service.similar(image_id, limit=k)]
 
-    searches = {"exact": nearest(index, exact=True), "index": nearest(index)}
+    searches = {"exact": nearest(service, exact=True), "index": nearest(service)}
     for candidates, search_k in extra_settings:
-        reader = Index(service.storage.objects, candidates=candidates, search_k=search_k)
-        reader.refresh(force=True)
+        reader = service.variant(ann=(candidates, search_k))
         searches[f"index, candidates={candidates}, search_k={search_k}"] = nearest(reader)
     searches["neighbourhoods"] = neighbourhood
     return searches

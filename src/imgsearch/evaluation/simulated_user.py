@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from imgsearch.evaluation import PAGE
 from imgsearch.evaluation.collection import LabelledCollection
 from imgsearch.evaluation.keyword import query_for
-from imgsearch.evaluation.methods import Method, Sandbox, search_options
+from imgsearch.evaluation.methods import Method, Sandbox
 from imgsearch.evaluation.metrics import RoundsToTarget, precision_at_k, rounds_to_target
 from imgsearch.evaluation.progress import Track, untracked
 from imgsearch.service import ImageSearch
-from imgsearch.vocabulary import Vocabulary
 
 TARGET = 0.75  # p@20 the user is satisfied with, as in the study
 MAX_ROUNDS = 10  # rounds of votes at most; the first query comes before them
@@ -45,12 +44,12 @@ class UserRun:
         self.rounds = rounds_to_target(self.precisions, self.relevant_shown, TARGET)
 
 
-def made_up_word(label: str, vocabulary: Vocabulary) -> str:
+def made_up_word(label: str, service: ImageSearch) -> str:
     """A word, the same for a label every run, that the vocabulary has no reading for."""
     rng = random.Random(label)
     while True:
         word = MADE_UP_PREFIX + "".join(rng.choices(string.ascii_lowercase, k=6))
-        if vocabulary.interpret(word).confidence == 0:
+        if service.interpret(word).level == "none":
             return word
 
 
@@ -66,9 +65,7 @@ def simulate(
     precisions: list[float] = []
     relevant_shown: list[int] = []
     for round_number in range(MAX_ROUNDS + 1):
-        page = service.search_text(
-            query, limit=PAGE, session=session, **search_options(service, method)
-        )
+        page = service.search_text(query, limit=PAGE, session=session)
         shown = [hit.image_id for hit in page.hits]
         judged = [image_id in relevant for image_id in shown]
         precisions.append(precision_at_k(judged, PAGE, len(relevant)))
@@ -86,7 +83,7 @@ def run_user(
     sandbox: Sandbox, collection: LabelledCollection, label: str, mode: str, method: Method
 ) -> UserRun:
     service = sandbox.service(method)
-    query = query_for(label) if mode == "label" else made_up_word(label, service.vocabulary)
+    query = query_for(label) if mode == "label" else made_up_word(label, service)
     precisions, relevant_shown, votes = simulate(
         service, query, collection.relevant(label), f"eval-{mode}-{label}", method
     )

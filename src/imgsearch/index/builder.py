@@ -110,6 +110,11 @@ class BuildReport:
     busy: bool = False  # another builder held the lease; it will do our work
 
 
+BATCH_SIZE = 1000  # work items one pass of the builder takes from the queue
+LEASE_SECONDS = 300.0  # a builder renews its lease well within this (once per batch)
+GRACE_SECONDS = 900.0  # a shard file no manifest names is kept this long for readers
+
+
 class IndexBuilder:
     def __init__(
         self,
@@ -120,9 +125,6 @@ class IndexBuilder:
         shard_size: int,
         n_trees: int,
         model_name: str,
-        batch_size: int = 1000,
-        lease_seconds: float = 300.0,
-        grace_seconds: float = 900.0,
     ) -> None:
         self.catalog = catalog
         self.store = catalog.objects
@@ -131,9 +133,9 @@ class IndexBuilder:
         self.shard_size = shard_size
         self.n_trees = n_trees
         self.model_name = model_name
-        self.batch_size = batch_size
-        self.lease_seconds = lease_seconds
-        self.grace_seconds = grace_seconds
+        self.batch_size = BATCH_SIZE
+        self.lease_seconds = LEASE_SECONDS
+        self.grace_seconds = GRACE_SECONDS
 
     def run(self, *, until: Callable[[], bool] | None = None) -> BuildReport:
         """Drain the work queue, unless another builder is already doing so.
@@ -200,10 +202,10 @@ class IndexBuilder:
         additions = self._load_additions(
             [i for i, op in wanted.items() if op == "add" and i not in self.index]
         )
-        removed = {
-            i: self.index.vector(i)
+        removed = {  # those in the index: the others have no vector
+            i: vector
             for i, op in wanted.items()
-            if op == "remove" and i in self.index
+            if op == "remove" and (vector := self.index.vector(i)) is not None
         }
         if not len(additions) and not removed:
             return [], {}
@@ -225,10 +227,11 @@ class IndexBuilder:
 
         dim = int(data.features.shape[1]) if len(data) else manifest.dim
         next_shard = manifest.next_shard
-        while data is not None and len(data):
+        remaining: ShardData | None = data
+        while remaining is not None and len(remaining):
             if open_id is None:
                 open_id, next_shard = f"s{next_shard:06d}", next_shard + 1
-            part = data.take(slice(0, self.shard_size))
+            part = remaining.take(slice(0, self.shard_size))
             sealed = len(part) == self.shard_size
             build = write_build(self.store, open_id, part, self.n_trees)
             report.shard_builds += 1
@@ -237,7 +240,7 @@ class IndexBuilder:
                     id=open_id, build=build.id, count=len(part), sealed=sealed, sha256=build.sha256
                 )
             )
-            data = data.take(slice(self.shard_size, None)) if sealed else None
+            remaining = remaining.take(slice(self.shard_size, None)) if sealed else None
             open_id = None
 
         new_manifest = manifest.with_shards(

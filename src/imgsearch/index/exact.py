@@ -23,10 +23,12 @@ def pairwise_distances(queries: np.ndarray, data: np.ndarray, metric: Metric) ->
     queries = np.asarray(queries, dtype=np.float32)
     data = np.asarray(data, dtype=np.float32)
     if metric == "cosine":
-        return 1.0 - _unit(queries) @ _unit(data).T
+        cosine: np.ndarray = 1.0 - _unit(queries) @ _unit(data).T
+        return cosine
     if metric == "euclidean":
         squared = (queries**2).sum(1)[:, None] + (data**2).sum(1)[None, :] - 2.0 * queries @ data.T
-        return np.sqrt(np.maximum(squared, 0.0))
+        euclidean: np.ndarray = np.sqrt(np.maximum(squared, 0.0))
+        return euclidean
     if metric == "manhattan":
         out = np.empty((len(queries), len(data)), dtype=np.float32)
         for start in range(0, len(queries), _L1_CHUNK):
@@ -62,4 +64,5 @@ def exact_neighbours(
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    units: np.ndarray = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return units

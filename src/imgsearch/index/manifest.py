@@ -95,8 +95,27 @@ class Manifest:
         except (KeyError, TypeError, AttributeError) as error:
             raise DamagedFile(MANIFEST_KEY, f"a field is missing or unknown: {error}") from None
 
-    def with_shards(self, shards: list[ShardEntry], **changes: object) -> Manifest:
-        return replace(self, shards=tuple(shards), generation=self.generation + 1, **changes)
+    def with_shards(
+        self,
+        shards: list[ShardEntry],
+        *,
+        next_shard: int,
+        model: str,
+        dim: int,
+        trees: int,
+        updated_at: float,
+    ) -> Manifest:
+        """The next generation: `shards`, built by `model` with `trees` trees."""
+        return replace(
+            self,
+            shards=tuple(shards),
+            generation=self.generation + 1,
+            next_shard=next_shard,
+            model=model,
+            dim=dim,
+            trees=trees,
+            updated_at=updated_at,
+        )
 
 
 def _checksum(body: dict[str, Any]) -> str:

@@ -13,20 +13,21 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from imgsearch.catalog import MAX_CAS_ATTEMPTS, Catalog
+from imgsearch.catalog import Catalog
 from imgsearch.index.reader import Index
-from imgsearch.storage import PreconditionFailed
+from imgsearch.storage import retry_on_conflict
 
 Neighbours = list[tuple[str, float]]
 
+REACH = 200  # how many of a new or removed image's nearest images may list it
+
 
 class Neighbourhoods:
-    def __init__(self, catalog: Catalog, index: Index, *, k: int = 50, reach: int = 200) -> None:
-        """`reach`: how many of a new or removed image's nearest images may list it."""
+    def __init__(self, catalog: Catalog, index: Index, *, k: int = 50) -> None:
         self.catalog = catalog
         self.index = index
         self.k = k
-        self.reach = max(reach, k)
+        self.reach = max(REACH, k)
 
     def get(self, image_id: str) -> Neighbours:
         """The stored list, without images that left the index since it was written."""
@@ -45,11 +46,12 @@ class Neighbourhoods:
         Call it after the index has been refreshed to include the change. Idempotent: running
         it again for the same change leaves the lists as they are.
         """
-        added = [image_id for image_id in added if image_id in self.index]
-        added_set = set(added)
+        # Only those still in the index: one removed again meanwhile has no vector.
+        vectors = {i: v for i in added if (v := self.index.vector(i)) is not None}
+        added_set = set(vectors)
         offers: dict[str, Neighbours] = defaultdict(list)
-        for image_id in added:
-            near = self.index.nearest(self.index.vector(image_id), self.reach, exclude={image_id})
+        for image_id, vector in vectors.items():
+            near = self.index.nearest(vector, self.reach, exclude={image_id})
             self._replace(image_id, near[: self.k])
             for other, distance in near:
                 if other not in added_set:
@@ -72,18 +74,16 @@ class Neighbourhoods:
             self._merge(other, offered)
 
     def _replace(self, image_id: str, neighbours: Neighbours) -> None:
-        for _ in range(MAX_CAS_ATTEMPTS):
+        def step() -> None:
             _, version = self.catalog.neighbours(image_id)
-            try:
-                self.catalog.put_neighbours(image_id, neighbours, expected_version=version)
-                return
-            except PreconditionFailed:
-                continue
-        raise RuntimeError(f"neighbours of {image_id}: too much contention")
+            self.catalog.put_neighbours(image_id, neighbours, expected_version=version)
+
+        retry_on_conflict(step, f"neighbours of {image_id}")
 
     def _merge(self, image_id: str, offered: Neighbours) -> None:
         """Insert offered neighbours that are nearer than the list's current k-th."""
-        for _ in range(MAX_CAS_ATTEMPTS):
+
+        def step() -> None:
             current, version = self.catalog.neighbours(image_id)
             if not current and version == 0:
                 return  # its own list is not computed yet; it will be computed whole
@@ -93,9 +93,6 @@ class Neighbourhoods:
             best = sorted(merged.items(), key=lambda pair: (pair[1], pair[0]))[: self.k]
             if best == current:
                 return
-            try:
-                self.catalog.put_neighbours(image_id, best, expected_version=version)
-                return
-            except PreconditionFailed:
-                continue
-        raise RuntimeError(f"neighbours of {image_id}: too much contention")
+            self.catalog.put_neighbours(image_id, best, expected_version=version)
+
+        retry_on_conflict(step, f"neighbours of {image_id}")

@@ -23,6 +23,7 @@ from imgsearch.index.shards import Shard
 from imgsearch.storage import ObjectStore
 
 SEARCH_THREADS = min(4, os.cpu_count() or 1)
+REFRESH_INTERVAL_SECONDS = 2.0  # how often a reader looks for a new manifest, at most
 _T = TypeVar("_T")
 
 
@@ -44,12 +45,11 @@ class Index:
         *,
         candidates: int = 100,
         search_k: int = -1,
-        refresh_interval: float = 2.0,
     ) -> None:
         self._store = store
         self.candidates = candidates
         self.search_k = search_k
-        self.refresh_interval = refresh_interval
+        self.refresh_interval = REFRESH_INTERVAL_SECONDS
         self._snapshot = _Snapshot(Manifest(), None, ())
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
@@ -143,12 +143,7 @@ class Index:
                 rows, distances = rows[best], distances[best]
             return [shard.ids[row] for row in rows], distances
 
-        found_ids: list[str] = []
-        found_distances: list[np.ndarray] = []
-        for ids, distances in self._map_shards(search):
-            found_ids.extend(ids)
-            found_distances.append(distances)
-        return _best(found_ids, found_distances, k, exclude, ascending=True)
+        return _best(self._map_shards(search), k, exclude, ascending=True)
 
     def _map_shards(self, work: Callable[[Shard], _T]) -> list[_T]:
         """`work` on every shard, in parallel threads when there are several (Annoy and
@@ -176,12 +171,7 @@ class Index:
                 rows = rows[np.argpartition(-scores[rows], wanted - 1)[:wanted]]
             return [shard.ids[row] for row in rows], scores[rows]
 
-        found_ids: list[str] = []
-        found_scores: list[np.ndarray] = []
-        for ids, scores in self._map_shards(rank):
-            found_ids.extend(ids)
-            found_scores.append(scores)
-        return _best(found_ids, found_scores, k, exclude, ascending=False)
+        return _best(self._map_shards(rank), k, exclude, ascending=False)
 
     def spread(self, k: int, *, exclude: Collection[str] = ()) -> list[str]:
         """`k` images that together cover the collection: each shard's representatives, taken
@@ -204,16 +194,17 @@ class Index:
 
 
 def _best(
-    ids: list[str],
-    values: list[np.ndarray],
+    found: list[tuple[list[str], np.ndarray]],
     k: int,
     exclude: Collection[str],
     *,
     ascending: bool,
 ) -> list[tuple[str, float]]:
+    """The `k` best of every shard's (ids, values), lowest or highest values first."""
+    ids = [image_id for shard_ids, _ in found for image_id in shard_ids]
     if not ids:
         return []
-    merged = np.concatenate(values)
+    merged = np.concatenate([values for _, values in found])
     order = np.argsort(merged if ascending else -merged, kind="stable")
     best: list[tuple[str, float]] = []
     for position in order:

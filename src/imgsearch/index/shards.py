@@ -33,7 +33,8 @@ def normalise_rows(vectors: np.ndarray) -> np.ndarray:
     """L2-normalise rows so that Euclidean order equals cosine order (Annoy "angular")."""
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
+    units: np.ndarray = vectors / np.maximum(norms, 1e-12)
+    return units
 
 
 @dataclass
@@ -87,6 +88,7 @@ BUILD_PARTS = (
 PROJECTED_DIMS = 256
 PROJECTION_SAMPLE = 4096  # rows a projection is fitted on
 SPREAD_SIZE = 64  # representatives per shard for a first page that covers the collection
+SPREAD_ITERATIONS = 8  # k-means steps choosing them
 
 
 def new_build_id() -> str:
@@ -165,7 +167,10 @@ class Projection:
         return cls(mean.astype(np.float32), components.astype(np.float32))
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
-        return (np.asarray(vectors, dtype=np.float32) - self.mean) @ self.components.T
+        projected: np.ndarray = (
+            np.asarray(vectors, dtype=np.float32) - self.mean
+        ) @ self.components.T
+        return projected
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -181,10 +186,11 @@ class Projection:
 def _spread_of(data: ShardData) -> np.ndarray:
     """The shard's spread, the same whatever order its images arrived in (by image id)."""
     by_id = np.argsort(np.asarray(data.ids, dtype=object)).astype(np.int64)
-    return by_id[spread(data.features[by_id], SPREAD_SIZE)].astype(np.int32)
+    rows: np.ndarray = by_id[spread(data.features[by_id], SPREAD_SIZE)].astype(np.int32)
+    return rows
 
 
-def spread(features: np.ndarray, count: int, iterations: int = 8) -> np.ndarray:
+def spread(features: np.ndarray, count: int) -> np.ndarray:
     """Rows that cover the shard's content: the image nearest each k-means centre, ordered so
     that each next one is far from those before it, big clusters breaking ties.
 
@@ -197,7 +203,7 @@ def spread(features: np.ndarray, count: int, iterations: int = 8) -> np.ndarray:
         return np.zeros(0, np.int32)
     rng = np.random.default_rng(0)
     centres = features[_kmeans_plus_plus(features, count, rng)]
-    for _ in range(iterations):
+    for _ in range(SPREAD_ITERATIONS):
         # Whole-array steps only: a build shares the process with request threads, and many
         # small numpy calls would each wait for the GIL.
         assignment = np.argmax(features @ centres.T, axis=1)
@@ -352,14 +358,15 @@ class Shard:
     def candidates(self, vector: np.ndarray, n: int, search_k: int) -> np.ndarray:
         """Rows of approximately the `n` nearest live images (Annoy, no exact ranking yet)."""
         projected = self._projection.apply(vector[np.newaxis])[0]
-        rows = self._forest.get_nns_by_vector(projected, n, search_k=search_k)
-        rows = np.asarray(rows, dtype=np.int64)
+        nearest = self._forest.get_nns_by_vector(projected, n, search_k=search_k)
+        rows = np.asarray(nearest, dtype=np.int64)
         return rows[self.live[rows]] if len(rows) else rows
 
     def distances(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact cosine distances (1 - cos) from a unit `vector` to `rows`, in [0, 2] (float16
         rounding would otherwise put an image's distance to itself slightly below 0)."""
-        return np.clip(1.0 - self.features[rows].astype(np.float32) @ vector, 0.0, 2.0)
+        cosine: np.ndarray = self.features[rows].astype(np.float32) @ vector
+        return np.clip(1.0 - cosine, 0.0, 2.0)
 
     def class_scores(self, weights: Mapping[int, float]) -> np.ndarray:
         """Per row, sum over classes of weight * probability, from the posting lists."""

@@ -3,61 +3,29 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import ports
 from .base import DirectUploads, LocalCopies, ObjectStore, Table
 from .local import LocalObjectStore, SqliteTable
-from .ports import (
-    ANY_VERSION,
-    MAX_CAS_ATTEMPTS,
-    Delete,
-    Increment,
-    InvalidKey,
-    Item,
-    NotFound,
-    ObjectInfo,
-    PreconditionFailed,
-    PresignedPost,
-    Put,
-    StorageError,
-    StorageFull,
-    StoredObject,
-    TooMuchContention,
-    Write,
-    retry_on_conflict,
-)
+from .ports import *  # noqa: F403  (the ports' vocabulary, listed in ports.__all__)
 
 if TYPE_CHECKING:
     from ..config import Settings
 
 __all__ = [
-    "ANY_VERSION",
-    "MAX_CAS_ATTEMPTS",
     "SQLITE_FILE",
-    "Delete",
     "DirectUploads",
-    "Increment",
-    "InvalidKey",
-    "Item",
     "LocalCopies",
-    "NotFound",
-    "ObjectInfo",
+    "LocalObjectStore",
     "ObjectStore",
-    "PreconditionFailed",
-    "PresignedPost",
-    "Put",
+    "SqliteTable",
     "Storage",
-    "StorageError",
-    "StorageFull",
-    "StoredObject",
     "Table",
-    "TooMuchContention",
-    "Write",
     "open_storage",
-    "retry_on_conflict",
 ]
+__all__ += ports.__all__
 
 
 SQLITE_FILE = "tables.sqlite3"  # the local catalog and feedback tables, in the data directory
@@ -75,25 +43,9 @@ class Storage:
 def open_storage(settings: Settings) -> Storage:
     """The local data directory or the AWS resources, as `settings.backend` says."""
     if settings.backend == "aws":
-        # Imported here so that local use does not pay for loading boto3.
-        import boto3
-        from botocore.config import Config
+        from .aws import open_aws_storage  # local use does not pay for loading boto3
 
-        from .aws import DynamoTable, S3ObjectStore
-
-        # Endpoints and credentials come from boto3's usual sources (AWS_ENDPOINT_URL etc.).
-        # Presigned URLs must use SigV4 (S3 no longer accepts SigV2 in most regions) and, on
-        # AWS, the bucket's regional host: the global one redirects a new bucket outside
-        # us-east-1, which breaks signed links and the browser's upload form.
-        emulated = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        addressing = {} if emulated else {"s3": {"addressing_style": "virtual"}}
-        s3 = boto3.client("s3", config=Config(signature_version="s3v4", **addressing))
-        dynamodb = boto3.client("dynamodb")
-        return Storage(
-            objects=S3ObjectStore(s3, settings.bucket, settings.cache_dir),
-            catalog=DynamoTable(dynamodb, settings.catalog_table),
-            feedback=DynamoTable(dynamodb, settings.feedback_table),
-        )
+        return open_aws_storage(settings)
     tables = settings.data_dir / SQLITE_FILE
     return Storage(
         objects=LocalObjectStore(settings.data_dir / "objects"),

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -35,7 +35,21 @@ from .ports import (
 )
 
 if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.literals import ReturnValuesOnConditionCheckFailureType
+    from mypy_boto3_dynamodb.type_defs import (
+        AttributeValueTypeDef,
+        DeleteTypeDef,
+        QueryInputTypeDef,
+        TransactWriteItemTypeDef,
+        UniversalAttributeValueTypeDef,
+        UpdateTypeDef,
+    )
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import PutObjectRequestTypeDef
+
     from ..config import Settings
+    from . import Storage
 
 # Disk space local_path leaves free besides what it downloads: scratch for index builds.
 CACHE_HEADROOM = 128 * 1024 * 1024
@@ -60,7 +74,7 @@ def _unquote(etag: str) -> str:
 class S3ObjectStore(ObjectStore, LocalCopies, DirectUploads):
     """Objects in one S3 bucket. `local_path` caches downloads under `cache_dir`."""
 
-    def __init__(self, client: Any, bucket: str, cache_dir: Path) -> None:
+    def __init__(self, client: S3Client, bucket: str, cache_dir: Path) -> None:
         self._client = client
         self.bucket = bucket
         self.cache_dir = Path(cache_dir)
@@ -87,19 +101,23 @@ class S3ObjectStore(ObjectStore, LocalCopies, DirectUploads):
     def _put(
         self, key: str, data: bytes, if_none_match: bool, if_match: str | None, content_type: str
     ) -> str:
-        conditions: dict[str, str] = {}
+        request: PutObjectRequestTypeDef = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": data,
+            "ContentType": content_type,
+        }
         if if_none_match:
-            conditions["IfNoneMatch"] = "*"
+            request["IfNoneMatch"] = "*"
         if if_match is not None:
-            conditions["IfMatch"] = f'"{if_match}"'
+            request["IfMatch"] = f'"{if_match}"'
+        conditional = if_none_match or if_match is not None
         try:
-            response = self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **conditions
-            )
+            response = self._client.put_object(**request)
         except ClientError as error:
             code = _error_code(error)
             # If-Match on a missing key answers 404 NoSuchKey: the version it names is gone.
-            if code in _CONDITION_FAILED_CODES or (conditions and code in _NOT_FOUND_CODES):
+            if code in _CONDITION_FAILED_CODES or (conditional and code in _NOT_FOUND_CODES):
                 raise PreconditionFailed(f"{key!r}: {code}") from error
             raise
         return _unquote(response["ETag"])
@@ -218,15 +236,26 @@ def _from_dynamo(value: Any) -> Any:
     return value
 
 
-def _attribute_value(value: Any) -> dict[str, Any]:
+def _attribute_value(value: Any) -> AttributeValueTypeDef:
     return _serializer.serialize(_to_dynamo(value))
 
 
-def _decode_item(raw: Mapping[str, Any]) -> Item:
+def _decode_item(raw: Mapping[str, AttributeValueTypeDef]) -> Item:
     return {name: _from_dynamo(_deserializer.deserialize(value)) for name, value in raw.items()}
 
 
-def _version_condition(expected_version: int) -> dict[str, Any]:
+class _Condition(TypedDict, total=False):
+    """The condition parameters of a DynamoDB write request (typed as the requests have them,
+    so that one can be spread into any write request; this code never asks for return values).
+    """
+
+    ConditionExpression: str
+    ExpressionAttributeNames: Mapping[str, str]
+    ExpressionAttributeValues: Mapping[str, UniversalAttributeValueTypeDef]
+    ReturnValuesOnConditionCheckFailure: ReturnValuesOnConditionCheckFailureType
+
+
+def _version_condition(expected_version: int) -> _Condition:
     """Request parameters that make a write conditional on the item's version."""
     if expected_version == ANY_VERSION:
         return {}
@@ -249,13 +278,12 @@ def _is_condition_failure(error: ClientError) -> bool:
 class DynamoTable(Table):
     """A DynamoDB table keyed by pk (string, HASH) and sk (string, RANGE).
 
-    Accepts a boto3 DynamoDB client or resource; either way it speaks the low-level API, with
-    every attribute name passed through ExpressionAttributeNames so reserved words are fine.
+    Speaks the low-level API of a boto3 DynamoDB client, with every attribute name passed
+    through ExpressionAttributeNames so reserved words are fine.
     """
 
-    def __init__(self, client_or_resource: Any, table_name: str) -> None:
-        # A resource wraps a client; clients have no `meta.client`.
-        self._client = getattr(client_or_resource.meta, "client", client_or_resource)
+    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
+        self._client = client
         self.table_name = table_name
 
     def _get(self, pk: str, sk: str) -> Item | None:
@@ -311,29 +339,21 @@ class DynamoTable(Table):
         )
         return _decode_item(response["Attributes"])
 
-    def _query(
-        self, pk: str, prefix: str, start_after: str | None, limit: int | None
-    ) -> Iterator[Item]:
+    def _query(self, pk: str, prefix: str, limit: int | None) -> Iterator[Item]:
         names = {"#pk": "pk"}
-        values: dict[str, Any] = {":pk": {"S": pk}}
+        values: dict[str, AttributeValueTypeDef] = {":pk": {"S": pk}}
         condition = "#pk = :pk"
         if prefix:
             names["#sk"] = "sk"
             values[":prefix"] = {"S": prefix}
             condition += " AND begins_with(#sk, :prefix)"
-        request: dict[str, Any] = {
+        request: QueryInputTypeDef = {
             "TableName": self.table_name,
             "KeyConditionExpression": condition,
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": values,
             "ConsistentRead": True,
         }
-        # DynamoDB refuses an ExclusiveStartKey outside the key condition, so a start_after
-        # below the prefix's range is dropped and one above it means there is nothing to return.
-        if start_after and (not prefix or start_after.startswith(prefix)):
-            request["ExclusiveStartKey"] = self._key(pk, start_after)
-        elif start_after and start_after > prefix:
-            return
         remaining = limit
         while remaining is None or remaining > 0:
             if remaining is not None:
@@ -369,8 +389,10 @@ class DynamoTable(Table):
                     raise
                 time.sleep(random.uniform(0, 0.02 * 2**attempt))  # let the other one finish
 
-    def _transact_items(self, writes: Sequence[Write]) -> tuple[list[dict[str, Any]], set[int]]:
-        items: list[dict[str, Any]] = []
+    def _transact_items(
+        self, writes: Sequence[Write]
+    ) -> tuple[list[TransactWriteItemTypeDef], set[int]]:
+        items: list[TransactWriteItemTypeDef] = []
         own_conditions: set[int] = set()
         for index, write in enumerate(writes):
             match write:
@@ -379,11 +401,13 @@ class DynamoTable(Table):
                         expected = self._current_version(pk, sk)
                         own_conditions.add(index)
                     item = self._encode_item(pk, sk, expected + 1, attrs)
-                    put = {"TableName": self.table_name, "Item": item}
-                    items.append({"Put": put | _version_condition(expected)})
+                    condition = _version_condition(expected)
+                    items.append({"Put": {"TableName": self.table_name, "Item": item, **condition}})
                 case Delete(pk=pk, sk=sk, expected_version=expected):
-                    delete = {"TableName": self.table_name, "Key": self._key(pk, sk)}
-                    items.append({"Delete": delete | _version_condition(expected)})
+                    key = self._key(pk, sk)
+                    condition = _version_condition(expected)
+                    delete: DeleteTypeDef = {"TableName": self.table_name, "Key": key, **condition}
+                    items.append({"Delete": delete})
                 case Increment(pk=pk, sk=sk, deltas=deltas, set_attrs=set_attrs):
                     items.append({"Update": self._increment_update(pk, sk, deltas, set_attrs)})
         return items, own_conditions
@@ -394,10 +418,10 @@ class DynamoTable(Table):
         sk: str,
         deltas: Mapping[str, int | float],
         set_attrs: Mapping[str, Any],
-    ) -> dict[str, Any]:
+    ) -> UpdateTypeDef:
         """An UpdateItem request: ADD creates missing numbers at 0, and the version with them."""
         names = {"#version": "version"}
-        values = {":one": {"N": "1"}}
+        values: dict[str, AttributeValueTypeDef] = {":one": {"N": "1"}}
         additions = ["#version :one"]
         for index, (name, delta) in enumerate(deltas.items()):
             names[f"#d{index}"] = name
@@ -431,63 +455,41 @@ class DynamoTable(Table):
         return 0 if item is None else int(item["version"]["N"])
 
     @staticmethod
-    def _key(pk: str, sk: str) -> dict[str, Any]:
+    def _key(pk: str, sk: str) -> dict[str, AttributeValueTypeDef]:
         return {"pk": {"S": pk}, "sk": {"S": sk}}
 
     @staticmethod
-    def _encode_item(pk: str, sk: str, version: int, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    def _encode_item(
+        pk: str, sk: str, version: int, attrs: Mapping[str, Any]
+    ) -> dict[str, AttributeValueTypeDef]:
         item = {name: _attribute_value(value) for name, value in attrs.items()}
         return item | DynamoTable._key(pk, sk) | {"version": {"N": str(version)}}
 
 
-def create_missing_resources(settings: Settings) -> list[str]:
-    """Create the bucket and tables `settings` name, where they do not exist yet.
+def open_aws_storage(settings: Settings) -> Storage:
+    """The bucket and tables `settings` name, through boto3.
 
-    For emulators (a moto server): on AWS, infra/template.yaml defines them, with versioning,
-    encryption, backups and event notifications. The key schema is the one DynamoTable needs.
-    Returns what was created.
+    Endpoints and credentials come from boto3's usual sources (AWS_ENDPOINT_URL etc.).
+    Presigned URLs must use SigV4 (S3 no longer accepts SigV2 in most regions) and, on AWS,
+    the bucket's regional host: the global one redirects a new bucket outside us-east-1,
+    which breaks signed links and the browser's upload form.
     """
     import boto3
+    from botocore.config import Config
 
-    s3 = boto3.client("s3")
+    from . import Storage
+
+    emulated = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    s3 = boto3.client(
+        "s3",
+        config=Config(
+            signature_version="s3v4",
+            s3=None if emulated else {"addressing_style": "virtual"},
+        ),
+    )
     dynamodb = boto3.client("dynamodb")
-    created = []
-    try:
-        s3.head_bucket(Bucket=settings.bucket)
-    except ClientError:
-        region = s3.meta.region_name
-        # us-east-1 is the one region S3 refuses an explicit LocationConstraint for.
-        placement = (
-            {}
-            if region == "us-east-1"
-            else {"CreateBucketConfiguration": {"LocationConstraint": region}}
-        )
-        s3.create_bucket(Bucket=settings.bucket, **placement)
-        s3.put_bucket_versioning(
-            Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"}
-        )
-        created.append(f"bucket {settings.bucket}")
-    existing = set(dynamodb.list_tables()["TableNames"])
-    for table in (settings.catalog_table, settings.feedback_table):
-        if table in existing:
-            continue
-        dynamodb.create_table(
-            TableName=table,
-            KeySchema=[
-                {"AttributeName": "pk", "KeyType": "HASH"},
-                {"AttributeName": "sk", "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        dynamodb.get_waiter("table_exists").wait(TableName=table)
-        if table == settings.feedback_table:  # as the template: rate-limit counters expire
-            dynamodb.update_time_to_live(
-                TableName=table,
-                TimeToLiveSpecification={"AttributeName": "expires_at", "Enabled": True},
-            )
-        created.append(f"table {table}")
-    return created
+    return Storage(
+        objects=S3ObjectStore(s3, settings.bucket, settings.cache_dir),
+        catalog=DynamoTable(dynamodb, settings.catalog_table),
+        feedback=DynamoTable(dynamodb, settings.feedback_table),
+    )

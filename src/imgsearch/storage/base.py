@@ -195,13 +195,11 @@ class Table(ABC):
         validate_increment(deltas, set_attrs)
         return self._increment(pk, sk, deltas, set_attrs)
 
-    def query(
-        self, pk: str, *, prefix: str = "", start_after: str | None = None, limit: int | None = None
-    ) -> Iterator[Item]:
+    def query(self, pk: str, *, prefix: str = "", limit: int | None = None) -> Iterator[Item]:
         """Items of one partition whose sort key starts with `prefix`, in sort-key order."""
         validate_partition_key(pk)
         validate_limit(limit)
-        return self._query(pk, prefix, start_after, limit)
+        return self._query(pk, prefix, limit)
 
     def transact(self, writes: Sequence[Write]) -> None:
         """Apply all writes or none (at most 100).
@@ -229,9 +227,7 @@ class Table(ABC):
     ) -> Item: ...
 
     @abstractmethod
-    def _query(
-        self, pk: str, prefix: str, start_after: str | None, limit: int | None
-    ) -> Iterator[Item]: ...
+    def _query(self, pk: str, prefix: str, limit: int | None) -> Iterator[Item]: ...
 
     @abstractmethod
     def _transact(self, writes: Sequence[Write]) -> None:

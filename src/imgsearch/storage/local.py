@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import re
@@ -204,7 +205,7 @@ class LocalObjectStore(ObjectStore):
         except _NO_OBJECT_ERRORS:
             return None
 
-    def _file_etag(self, file: BinaryIO, stat: os.stat_result) -> str:
+    def _file_etag(self, file: io.BufferedReader, stat: os.stat_result) -> str:
         """The file's MD5, remembered per inode and version: every write makes a new inode
         (atomic rename), so listing index files does not re-read hundreds of megabytes."""
         identity = (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
@@ -234,8 +235,15 @@ class LocalObjectStore(ObjectStore):
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 BUSY_TIMEOUT_SECONDS = 30.0
 QUERY_PAGE_SIZE = 500  # rows per SELECT, so a long query holds no read snapshot open
-PURGE_INTERVAL_SECONDS = 60.0  # how often a writer deletes expired items (see purge_expired)
+PURGE_INTERVAL_SECONDS = 60.0  # how often a writer deletes expired items (see _purge)
 _EXPIRES = "json_extract(attrs, '$.expires_at')"
+
+
+class _ThreadConnection(threading.local):
+    """One thread's SQLite connection, and the process that opened it."""
+
+    connection: sqlite3.Connection | None = None
+    pid: int | None = None
 
 
 class SqliteTable(Table):
@@ -257,7 +265,7 @@ class SqliteTable(Table):
         self.path = Path(path)
         self.name = name
         self._quoted_name = f'"{name}"'
-        self._local = threading.local()
+        self._local = _ThreadConnection()
         self.expiring = expiring
         self._next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -289,21 +297,13 @@ class SqliteTable(Table):
         found = [row[0] for row in rows]
         return None if found == ["ok"] else "; ".join(found)
 
-    def purge_expired(self, now: float | None = None) -> int:
-        """Delete the items whose `expires_at` has passed; returns how many (expiring
-        tables only)."""
-        if not self.expiring:
-            return 0
-        with self._write_transaction() as connection:
-            return self._purge(connection, time.time() if now is None else now)
-
-    def _purge(self, connection: sqlite3.Connection, now: float) -> int:
+    def _purge(self, connection: sqlite3.Connection, now: float) -> None:
+        """Delete the items whose `expires_at` has passed (a writer calls it when it is due)."""
         self._next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
-        cursor = connection.execute(
+        connection.execute(
             f"DELETE FROM {self._quoted_name} WHERE {_EXPIRES} IS NOT NULL AND {_EXPIRES} < ?",
             (now,),
         )
-        return cursor.rowcount
 
     def _get(self, pk: str, sk: str) -> Item | None:
         current = self._read(self._connection(), pk, sk)
@@ -323,9 +323,7 @@ class SqliteTable(Table):
         with self._write_transaction() as connection:
             return self._apply_increment(connection, pk, sk, deltas, set_attrs)
 
-    def _query(
-        self, pk: str, prefix: str, start_after: str | None, limit: int | None
-    ) -> Iterator[Item]:
+    def _query(self, pk: str, prefix: str, limit: int | None) -> Iterator[Item]:
         conditions = ["pk = ?"]
         bounds: list[str] = [pk]
         if prefix:
@@ -338,7 +336,7 @@ class SqliteTable(Table):
         select = (
             f"SELECT sk, version, attrs FROM {self._quoted_name} WHERE {' AND '.join(conditions)}"
         )
-        after = start_after
+        after: str | None = None  # the last sort key of the page before
         remaining = limit
         while remaining is None or remaining > 0:
             page_size = QUERY_PAGE_SIZE if remaining is None else min(QUERY_PAGE_SIZE, remaining)
@@ -457,7 +455,7 @@ class SqliteTable(Table):
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection. A forked child opens its own: sharing an SQLite
         connection with the parent process corrupts it."""
-        if getattr(self._local, "pid", None) != os.getpid():
+        if self._local.connection is None or self._local.pid != os.getpid():
             # isolation_level=None: no implicit transactions; ours are explicit.
             connection = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None
@@ -469,6 +467,7 @@ class SqliteTable(Table):
             connection.execute("PRAGMA synchronous=NORMAL")
             self._local.connection = connection
             self._local.pid = os.getpid()
+            return connection
         return self._local.connection
 
 

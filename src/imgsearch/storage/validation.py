@@ -108,7 +108,7 @@ def validate_attrs(attrs: Mapping[str, Any]) -> None:
         _validate_value(name, value)
 
 
-def _validate_value(name: str, value: Any) -> None:
+def _validate_value(name: str, value: object) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"attribute {name!r} holds {value!r}, which a table cannot store")
     if isinstance(value, Mapping):

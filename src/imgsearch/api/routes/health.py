@@ -1,3 +1,5 @@
+"""Whether the server is up, and how many images it serves."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter
@@ -9,5 +11,5 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=Health)
-def health(service: Service) -> dict:
-    return {"status": "ok", "images": service.count(), "recovering": service.recovering}
+def health(service: Service) -> Health:
+    return Health(status="ok", images=service.count(), recovering=service.recovering)

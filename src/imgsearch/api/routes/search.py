@@ -1,3 +1,5 @@
+"""Searching: by words (with what votes taught), and by a photo (reverse image search)."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -5,12 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from imgsearch.api.deps import Service, busy_error, read_upload, refusal_error, results
-from imgsearch.api.schemas import SESSION_PATTERN, ImageSearchResponse, SearchResponse
-from imgsearch.decode_pool import DecoderBusy
-from imgsearch.images import ImageRefused
+from imgsearch.api import presenters
+from imgsearch.api.deps import Service, read_upload
+from imgsearch.api.schemas import SESSION_PATTERN, ImageSearchResponse, SearchResponse, problems
 
-router = APIRouter(prefix="/search", tags=["search"])
+router = APIRouter(prefix="/search", tags=["search"], responses=problems(415, 422, 503))
 
 
 @router.get("", response_model=SearchResponse)
@@ -24,41 +25,22 @@ def search(
     exclude: Annotated[
         list[int],
         Query(max_length=50, description="Class ids (from `interpretation`) to leave out"),
-    ] = (),
-) -> dict:
+    ] = (),  # type: ignore[assignment]  # FastAPI takes any sequence as a list's default
+) -> SearchResponse:
     """Images for words, best first; `interpretation` says how the words were understood."""
-    if any(not 0 <= c < 1000 for c in exclude):
-        raise HTTPException(422, detail="exclude: class ids are 0..999")
+    classes = len(service.class_names)
+    if any(not 0 <= c < classes for c in exclude):
+        raise HTTPException(422, detail=f"exclude: class ids are 0..{classes - 1}")
     found = service.search_text(
         q, limit=limit, offset=offset, session=session, exclude_classes=set(exclude)
     )
-    interpretation = found.interpretation.to_dict(service.vocabulary.class_names)
-    taught = found.taught
-    interpretation["learned"] = None
-    if taught is not None:
-        interpretation["learned"] = {
-            "votes": taught.votes,
-            "sessions": taught.sessions,
-            "clients": taught.clients,
-            "strength": round(taught.strength(), 3),
-            "method": service.settings.feedback_method,
-        }
-        if found.interpretation.confidence == 0:  # a word only users taught
-            interpretation["terms"].append(
-                {
-                    "phrase": found.interpretation.query,
-                    "source": "learned",
-                    "confidence": round(taught.strength(), 3),
-                    "note": f"taught by {taught.votes} votes from {taught.sessions} sessions "
-                    f"and {taught.clients} clients",
-                    "classes": [],
-                }
-            )
-    return {
-        "query": found.interpretation.query,
-        "interpretation": interpretation,
-        "results": results(request, service, found.hits),
-    }
+    return SearchResponse(
+        query=found.interpretation.query,
+        interpretation=presenters.interpretation(
+            service.class_names, found.interpretation, found.learned
+        ),
+        results=presenters.results(request, service, found.hits),
+    )
 
 
 @router.post("/image", response_model=ImageSearchResponse)
@@ -75,7 +57,7 @@ async def search_by_image(
         ),
     ] = None,
     session: Annotated[str | None, Form(pattern=SESSION_PATTERN)] = None,
-) -> dict:
+) -> ImageSearchResponse:
     """Reverse image search: images most like an uploaded photo (which is not stored).
 
     With `query`, the photo is an example of that word: the response gives the word as votes
@@ -83,18 +65,10 @@ async def search_by_image(
     """
     data = await read_upload(file, service)
 
-    def search() -> dict:  # storage and the model block: off the event loop
-        term = service.vocabulary.normalise(query) if query else None
-        hidden = set()
-        if term and session:
-            votes = service.feedback.session_votes(term, session)
-            hidden = {image_id for image_id, vote in votes.items() if vote < 0}
-        try:
-            hits = service.search_image(data, limit=limit, offset=offset, exclude=hidden)
-        except ImageRefused as refusal:
-            raise refusal_error(refusal) from None
-        except DecoderBusy as busy:
-            raise busy_error(busy) from None
-        return {"query": term, "results": results(request, service, hits)}
+    def search() -> ImageSearchResponse:  # storage and the model block: off the event loop
+        found = service.search_image(data, limit=limit, offset=offset, query=query, session=session)
+        return ImageSearchResponse(
+            query=found.term, results=presenters.results(request, service, found.hits)
+        )
 
     return await run_in_threadpool(search)

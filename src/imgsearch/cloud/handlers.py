@@ -16,10 +16,10 @@ and a write per message to guarantee what ingest already does.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
@@ -28,31 +28,29 @@ from aws_lambda_powertools.utilities.batch import (
     EventType,
     process_partial_response,
 )
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from imgsearch.catalog import MAX_CAS_ATTEMPTS, Catalog, KeyRecord
+from imgsearch.cloud.s3_events import parse_s3_records
 from imgsearch.config import get_settings
-from imgsearch.events import ObjectEvent, apply_event, parse_s3_records
-from imgsearch.ingest import sequencer_is_newer
+from imgsearch.results import Preloadable
 from imgsearch.service import ImageSearch
-from imgsearch.storage import PreconditionFailed
 
 # Structured JSON logs; the service name comes from POWERTOOLS_SERVICE_NAME (one per function).
 logger = Logger()
 
-Part = Literal["index", "vocabulary", "embedder"]
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 
-def cold_start(load: Iterable[Part] = ()) -> ImageSearch:
+def cold_start(load: tuple[Preloadable, ...] = ()) -> ImageSearch:
     """The service, configured from the environment, with the parts in `load` loaded now."""
     # The core logs through the standard library; send it through the Powertools logger
     # (which configures registered loggers only: register the package's).
     logging.getLogger("imgsearch")
     copy_config_to_registered_loggers(source_logger=logger, include={"imgsearch"})
     service = ImageSearch(get_settings())
-    for part in load:
-        getattr(service, part)  # a cached property: loading it once is the point
+    service.preload(load)
     return service
 
 
@@ -60,8 +58,8 @@ def cold_start(load: Iterable[Part] = ()) -> ImageSearch:
 
 
 def process_image_events(
-    service: ImageSearch, event: dict[str, Any], context: Any
-) -> dict[str, Any]:
+    service: ImageSearch, event: dict[str, Any], context: LambdaContext | None
+) -> PartialItemFailureResponse:
     """Apply a batch of SQS messages carrying S3 notifications; returns the failed messages
     (all of them, if all failed: SQS then delivers them again like any other failure).
 
@@ -74,12 +72,11 @@ def process_image_events(
         processor=BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False),
         context=context,
     )
-    # Changes to keys that a dead sandbox left half-done (after 15 minutes, or at once if
-    # it was this machine's): finished or rolled back, and queued for the build below.
-    service.ingestor.recover_changes()
-    # Once per batch, after the failures were counted: images ingested above are queued in
-    # the catalog, and a failed build must come back to be retried, so it raises.
-    report = service.build_index()
+    # Once per batch, after the failures were counted: changes to keys that a dead sandbox
+    # left half-done (after 15 minutes, or at once if it was this machine's) are finished or
+    # rolled back, and what was queued is indexed; a failed build must come back to be
+    # retried, so it raises.
+    report = service.recover()
     logger.info("index built", extra=asdict(report))
     return response
 
@@ -95,44 +92,11 @@ def apply_message(service: ImageSearch, record: SQSRecord, max_receives: int) ->
     # S3 sends an s3:TestEvent (no Records) when the notification is configured.
     for event in parse_s3_records(record.json_body.get("Records", [])):
         try:
-            apply_event(service, event)
+            service.apply_event(event)
         except Exception as error:  # any error: on the last delivery, recorded, not lost
             if not last_delivery:
                 raise
-            park(service.catalog, event, f"{type(error).__name__}: {error}")
-
-
-def park(catalog: Catalog, event: ObjectEvent, reason: str) -> None:
-    """Record that processing `event` failed for good, as the key's status "failed".
-
-    A key that still holds an image keeps it: the catalog goes on serving the previous bytes,
-    and the failure is only logged (ingest detaches an image only from a key it finds present,
-    so overwriting that record would strand the image). The failed record keeps the previous
-    sequencer, so that a copy of this event sent again later is not mistaken for a stale one.
-    """
-    for _ in range(MAX_CAS_ATTEMPTS):
-        held = catalog.key(event.key)
-        if held and not sequencer_is_newer(event.sequencer, held.sequencer):
-            return  # a newer event for the key got through: this one no longer matters
-        if held and held.status == "present":
-            logger.error(
-                "giving up on an event; the key keeps its previous image",
-                extra={"key": event.key, "event": event.kind, "reason": reason},
-            )
-            return
-        failed = KeyRecord(
-            event.key, "failed", reason=reason, sequencer=held.sequencer if held else None
-        )
-        try:
-            catalog.put_key(failed, expected_version=held.version if held else 0)
-        except PreconditionFailed:
-            continue  # another event for the key was recorded meanwhile: decide again
-        logger.error(
-            "gave up on an event; the key is recorded as failed",
-            extra={"key": event.key, "event": event.kind, "reason": reason},
-        )
-        return
-    raise RuntimeError(f"key {event.key}: too much contention to record its failure")
+            service.record_failure(event, f"{type(error).__name__}: {error}")
 
 
 # HTTP functions ----------------------------------------------------------------------------

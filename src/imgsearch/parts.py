@@ -1,0 +1,199 @@
+"""The engine's components, wired together from the settings. Each is made the first time it
+is asked for, so a function that only records votes never loads the model or the index; a
+component given to the constructor is used as it is (tests share one loaded model, the
+evaluation shares one loaded index between its variants).
+
+Only the facade (service.py) and tests use this container: entry points call the facade.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, Unpack, cast
+
+from imgsearch.catalog import Catalog
+from imgsearch.clients import ClientIds, client_secret
+from imgsearch.config import Settings
+from imgsearch.decode_pool import Decoder, open_decoder
+from imgsearch.embedding import Embedder, ModelSpec
+from imgsearch.feedback import Feedback
+from imgsearch.images import DecodeLimits
+from imgsearch.index.builder import IndexBuilder
+from imgsearch.index.neighbourhoods import Neighbourhoods
+from imgsearch.index.reader import Index
+from imgsearch.ingest import Ingestor
+from imgsearch.learning import Learner
+from imgsearch.storage import Storage, open_storage
+
+if TYPE_CHECKING:
+    from imgsearch.vocabulary import Vocabulary
+
+T = TypeVar("T")
+# What a cold start may load ahead of its first request (see cloud/handlers.py).
+Preloadable = Literal["index", "vocabulary", "embedder"]
+
+
+class ModelMismatch(RuntimeError):
+    """The index was built with another model than the configured one."""
+
+
+class Given(TypedDict, total=False):
+    """Parts made elsewhere, to use as they are."""
+
+    embedder: Embedder
+    vocabulary: Vocabulary
+    decoder: Decoder
+    index: Index
+
+
+class Parts:
+    def __init__(
+        self, settings: Settings, storage: Storage | None = None, **given: Unpack[Given]
+    ) -> None:
+        self.settings = settings
+        self.storage = storage or open_storage(settings)
+        # Cheap, and needed by nearly every call.
+        self.catalog = Catalog(self.storage)
+        self.feedback = Feedback(self.storage.feedback, half_life_days=settings.vote_half_life_days)
+        self._made: dict[str, Any] = {name: part for name, part in given.items() if part}
+        # Reentrant: making the index asks for the model, in the same thread.
+        self._lock = threading.RLock()
+
+    def _part(self, name: str, make: Callable[[], T]) -> T:
+        """The part called `name`, made once by `make` (one thread makes it; others wait)."""
+        with self._lock:
+            if name not in self._made:
+                self._made[name] = make()
+            return cast(T, self._made[name])
+
+    def loaded(self, name: str) -> bool:
+        """Whether the part was made already (by a call, or given to the constructor)."""
+        return name in self._made
+
+    def preload(self, names: tuple[Preloadable, ...]) -> None:
+        """Make these parts now (a Lambda's init phase: before a request waits for them)."""
+        for name in names:
+            getattr(self, name)
+
+    def close(self) -> None:
+        """Stop what runs beside the engine: the decode workers, if any were started."""
+        if self.loaded("decoder"):
+            self.decoder.close()
+
+    @property
+    def client_ids(self) -> ClientIds:
+        def make() -> ClientIds:
+            local = self.settings.data_dir if self.settings.backend == "local" else None
+            return ClientIds(
+                client_secret(self.settings.client_secret, local, self.storage.feedback)
+            )
+
+        return self._part("client_ids", make)
+
+    @property
+    def model(self) -> ModelSpec:
+        if self.loaded("embedder"):
+            return self.embedder.spec
+        return self._part("model", lambda: ModelSpec.load(self.settings.model_path))
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._part(
+            "embedder",
+            lambda: Embedder(self.model, num_threads=self.settings.inference_threads),
+        )
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        def make() -> Vocabulary:
+            from imgsearch.vocabulary import Vocabulary  # numpy tables: only where searched
+
+            return Vocabulary.load(self.settings.vocabulary_dir)
+
+        return self._part("vocabulary", make)
+
+    @property
+    def index(self) -> Index:
+        """The index as published, verified, and checked to be of the configured model."""
+
+        def make() -> Index:
+            index = self.unloaded_index()
+            index.refresh(force=True)
+            built_by = index.manifest.model
+            if built_by and built_by != self.model.name:
+                raise ModelMismatch(
+                    f"the index was built with the model {built_by!r}, but the configured "
+                    f"model is {self.model.name!r}: vectors of different models cannot be "
+                    "compared; use another data directory (or the model the index was built "
+                    "with)"
+                )
+            return index
+
+        return self._part("index", make)
+
+    def unloaded_index(self) -> Index:
+        """A reader of the published index that has read nothing yet."""
+        return Index(
+            self.storage.objects,
+            candidates=self.settings.ann_candidates,
+            search_k=self.settings.ann_search_k,
+        )
+
+    def replace_index(self, index: Index) -> None:
+        """Serve from `index` (a rebuild starts from one that has read nothing: the old
+        manifest may be unreadable). Parts made from the old index are made again."""
+        with self._lock:
+            for name in ("index", "neighbourhoods", "learner", "builder"):
+                self._made.pop(name, None)
+            self._made["index"] = index
+
+    @property
+    def neighbourhoods(self) -> Neighbourhoods:
+        return self._part(
+            "neighbourhoods",
+            lambda: Neighbourhoods(self.catalog, self.index, k=self.settings.neighbours),
+        )
+
+    @property
+    def learner(self) -> Learner:
+        return self._part(
+            "learner",
+            lambda: Learner(
+                self.feedback,
+                self.index,
+                self.neighbourhoods,
+                method=self.settings.feedback_method,
+                cache_seconds=self.settings.feedback_cache_seconds,
+            ),
+        )
+
+    @property
+    def decoder(self) -> Decoder:
+        return self._part("decoder", lambda: open_decoder(self.settings))
+
+    @property
+    def ingestor(self) -> Ingestor:
+        return self._part(
+            "ingestor",
+            lambda: Ingestor(
+                self.catalog,
+                self.embedder,
+                limits=DecodeLimits.from_settings(self.settings),
+                decoder=self.decoder,
+            ),
+        )
+
+    @property
+    def builder(self) -> IndexBuilder:
+        return self._part(
+            "builder",
+            lambda: IndexBuilder(
+                self.catalog,
+                self.index,
+                self.neighbourhoods,
+                shard_size=self.settings.shard_size,
+                n_trees=self.settings.ann_trees,
+                model_name=self.model.name,
+            ),
+        )

@@ -1,0 +1,148 @@
+"""What the engine's facade (`service.ImageSearch`) returns and raises. Entry points (the HTTP
+API, the CLI, the Lambda handlers, the bulk tools, the evaluation) use these types, the facade
+and the settings, nothing else of the core (import-linter checks it: .importlinter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from imgsearch.catalog import IMAGES_PREFIX, ImageRecord, KeyStatus
+from imgsearch.decode_pool import DecoderBusy
+from imgsearch.embedding import Embedding
+from imgsearch.feedback import LOCAL_CLIENT, Agreement, TermSummary
+from imgsearch.images import ImageRefused
+from imgsearch.index.builder import BuildReport
+from imgsearch.index.manifest import IndexFormatError
+from imgsearch.ingest import IngestResult, ObjectEvent
+from imgsearch.integrity import DamagedFile, UnusableFile
+from imgsearch.parts import ModelMismatch, Preloadable
+from imgsearch.rate_limits import TooMany
+from imgsearch.repair import Finding
+from imgsearch.search import Hit, Learned, Reason, TextResults
+from imgsearch.storage import InvalidKey, NotFound, StorageError, StorageFull
+from imgsearch.vocabulary import STRATEGIES, Interpretation, Level, Source
+
+__all__ = [
+    "IMAGES_PREFIX",
+    "LOCAL_CLIENT",
+    "STRATEGIES",
+    "Agreement",
+    "BuildReport",
+    "DamagedFile",
+    "DecoderBusy",
+    "DirectUploadsUnavailable",
+    "Embedding",
+    "Finding",
+    "Hit",
+    "ImageRecord",
+    "ImageRefused",
+    "IndexFormatError",
+    "IndexInfo",
+    "IngestResult",
+    "Interpretation",
+    "InvalidKey",
+    "Learned",
+    "LearnedImage",
+    "Level",
+    "ModelInfo",
+    "ModelMismatch",
+    "NotFound",
+    "NotIndexed",
+    "ObjectEvent",
+    "Original",
+    "PhotoResults",
+    "Preloadable",
+    "Reason",
+    "Source",
+    "StorageError",
+    "StorageFull",
+    "TermReport",
+    "TextResults",
+    "TooMany",
+    "UnusableFile",
+    "UploadForm",
+    "UploadOutcome",
+    "UploadStatus",
+]
+
+
+class NotIndexed(LookupError):
+    """The image id is not in the collection."""
+
+
+class DirectUploadsUnavailable(LookupError):
+    """The storage takes no uploads straight from browsers (the local backend)."""
+
+
+@dataclass(frozen=True)
+class Original:
+    """An image's bytes (or thumbnail's): where to fetch them (a signed link to the bucket),
+    or the bytes themselves."""
+
+    media_type: str
+    url: str | None = None
+    data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    shards: int
+    candidates: int  # Annoy candidates per shard and query
+    search_k: int  # Annoy's search_k
+    model: str  # the model the vectors are of
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    feature_dim: int  # the length of an image's feature vector
+    num_classes: int  # of its class probabilities
+
+
+@dataclass(frozen=True)
+class UploadOutcome:
+    id: str
+    key: str
+    status: Literal["added", "duplicate", "unchanged", "pending"]  # pending: not yet searchable
+
+
+@dataclass(frozen=True)
+class UploadForm:
+    """A signed form to upload one image straight into the bucket, as `key`."""
+
+    url: str
+    fields: dict[str, str]
+    key: str
+    expires_in: int
+
+
+@dataclass(frozen=True)
+class UploadStatus:
+    key: str
+    status: KeyStatus | Literal["pending"]  # pending: nothing recorded for the key yet
+    image_id: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class PhotoResults:
+    term: str | None  # the word the photo exemplifies, as votes name it, if one was given
+    hits: list[Hit]
+
+
+@dataclass(frozen=True)
+class LearnedImage:
+    agreement: Agreement
+    key: str | None  # one of its keys; None if it was removed
+    weight: float  # what it teaches other visitors (learning.trust)
+
+
+@dataclass(frozen=True)
+class TermReport:
+    """What votes taught about a term, for its owner: images by weight, and the voters."""
+
+    summary: TermSummary
+    images: list[LearnedImage]  # most weight first
+    voters: list[tuple[str, int, int]]  # (client, images up, images down), most voices first
