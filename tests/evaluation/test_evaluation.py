@@ -160,9 +160,9 @@ def tiny_folder(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_folder, embedder, vocabulary) -> tuple[ImageSearch, LabelledCollection]:
+def tiny(tiny_folder, model_embedder, vocabulary) -> tuple[ImageSearch, LabelledCollection]:
     root, labels = tiny_folder
-    service = make_service(root.parent / "data", embedder, vocabulary)
+    service = make_service(root.parent / "data", model_embedder, vocabulary)
     return service, ingest_labelled(service, root, read_labels(labels))
 
 
