@@ -16,7 +16,7 @@ from imgsearch.catalog import Catalog
 from imgsearch.clients import ClientIds, client_secret
 from imgsearch.config import Settings
 from imgsearch.decode_pool import Decoder, open_decoder
-from imgsearch.embedding import Embedder, ModelSpec
+from imgsearch.embedding import Embedder, ImageEmbedder, ModelSpec
 from imgsearch.feedback import Feedback
 from imgsearch.images import DecodeLimits
 from imgsearch.index.builder import IndexBuilder
@@ -54,7 +54,7 @@ class ModelMismatch(RuntimeError):
 class Given(TypedDict, total=False):
     """Parts made elsewhere, to use as they are."""
 
-    embedder: Embedder
+    embedder: ImageEmbedder
     vocabulary: Vocabulary
     decoder: Decoder
     index: Index
@@ -118,7 +118,7 @@ class Parts:
         return self._part("model", lambda: ModelSpec.load(self.settings.model_path))
 
     @property
-    def embedder(self) -> Embedder:
+    def embedder(self) -> ImageEmbedder:
         return self._part(
             "embedder",
             lambda: Embedder(self.model, num_threads=self.settings.inference_threads),

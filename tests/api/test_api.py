@@ -69,6 +69,8 @@ def test_browse_and_find_by_key(demo_client) -> None:
     assert page["total"] == 192 and len(page["results"]) == 10
     found = demo_client.get("/api/images", params={"key": "pagoda/image_0003.jpg"}).json()
     assert _keys(found["results"]) == ["pagoda/image_0003.jpg"] and found["total"] == 1
+    # Listed, not ranked: no result claims to match words.
+    assert {r["reason"] for r in page["results"] + found["results"]} == {"listed"}
     missing = demo_client.get("/api/images", params={"key": "no/such.jpg"}).json()
     assert missing == {"results": [], "total": 0}
 
