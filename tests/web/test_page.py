@@ -645,6 +645,7 @@ def test_the_api_docs_render_with_nothing_from_elsewhere(browser, site, path, dr
     assert all("cdn.redoc.ly" in message for message in blocked), blocked
 
 
+@pytest.mark.model  # the three elephants are found for "elephant"
 def test_a_page_on_another_origin_shows_the_api_images(browser, tmp_path, embedder, vocabulary):
     """Result URLs are paths from the API's root: a page served from another origin (its
     config.js naming the API) resolves them against the API, which allows that origin (CORS)
