@@ -297,6 +297,11 @@ class ImageSearch:
         self.parts.index.refresh(force=True)
         return report
 
+    def index_backlog(self, limit: int) -> int:
+        """How many images wait for the index build (added or removed, not yet built),
+        counted up to `limit`: the index's lag, for the operator's metrics."""
+        return len(self.parts.catalog.pending(limit=limit))
+
     def reindex(self) -> BuildReport:
         """Rebuild the index from the stored embeddings (see IndexBuilder.reindex). Call it
         before anything else touched the index: the old manifest may be unreadable."""

@@ -50,6 +50,7 @@ API_KEY_PARAMETER = load_template()["Parameters"]["ApiKeyParameterName"]["Defaul
 FUNCTIONS = {
     "EmbedFunction": "embed",
     "SearchFunction": "search",
+    "ChangeFunction": "change",
     "FeedbackFunction": "feedback",
     "AuthorizerFunction": "authorizer",
 }
@@ -526,3 +527,43 @@ def test_decoding_bombs_through_the_bucket_are_refused_from_their_headers(cloud:
             assert status["reason"] == str(expected.value), case.name
     accepted = sum(case.refusal is None for case in cases)
     assert cloud.api.request("GET", "/api/health").json()["images"] == accepted
+
+
+def test_the_search_function_reports_query_latency_by_kind(cloud: Cloud, capsys) -> None:
+    """Powertools metrics (EMF lines in the function's log): one QueryLatency per query, with
+    its kind, as the template's dashboard reads them."""
+    from urllib3.filepost import encode_multipart_formdata
+
+    for key, data in {
+        "elephant.jpg": demo_image("elephant"),
+        "pizza.jpg": demo_image("pizza"),
+    }.items():
+        cloud.upload(key, data)
+    assert no_failures(cloud.queue.drain())
+    pizza = cloud.api.request("GET", "/api/images", params={"key": "pizza.jpg"}).json()
+    pizza_id = pizza["results"][0]["id"]
+    vote = {"query": "elephant", "image_id": pizza_id, "vote": 1, "session": "s1"}
+    assert cloud.api.request("POST", "/api/feedback", json_body=vote).status == 200
+    capsys.readouterr()
+
+    cloud.search("elephant")
+    cloud.search("elephant", session="s1")  # re-ranked by what the vote taught
+    assert cloud.api.request("GET", f"/api/images/{pizza_id}/similar").status == 200
+    body, content_type = encode_multipart_formdata(
+        {"file": ("photo.jpg", demo_image("elephant"), "image/jpeg")}
+    )
+    found = cloud.api.request(
+        "POST", "/api/search/image", body=body, headers={"content-type": content_type}
+    )
+    assert found.status == 200, found.body
+    assert cloud.api.request("GET", "/api/health").status == 200  # not a query
+
+    latencies = []
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith('{"_aws"') and "QueryLatency" in line:
+            blob = json.loads(line)
+            assert blob["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "imgsearch"
+            assert blob["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["kind", "service"]]
+            latencies.append((blob["kind"], blob["QueryLatency"]))
+    assert [kind for kind, _ in latencies] == ["keyword", "learned", "similar", "reverse"]
+    assert all(0 < value < 30_000 for _, values in latencies for value in values)
