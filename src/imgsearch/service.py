@@ -21,7 +21,7 @@ from typing import Unpack
 import numpy as np
 
 from imgsearch import keys, repair
-from imgsearch.catalog import ImageRecord
+from imgsearch.catalog import ImageRecord, thumbnail_name
 from imgsearch.clients import client_network, is_address, is_client_id, source_address
 from imgsearch.config import Settings
 from imgsearch.embedding import Embedding
@@ -195,13 +195,23 @@ class ImageSearch:
         return Original(media_type, data=catalog.original(record.key))
 
     def thumbnail(self, image_id: str) -> Original:
-        """A JPEG at most 384 pixels on its longer side (see `original`)."""
+        """A JPEG at most 384 pixels on its longer side (see `original`): where it is served
+        as static content (`thumbnail_url`), else where the store says, else the bytes."""
         self._existing(image_id)
+        static = self.thumbnail_url(image_id)
+        if static:
+            return Original("image/jpeg", url=static)
         catalog = self.parts.catalog
         url = catalog.thumbnail_url(image_id)
         if url:
             return Original("image/jpeg", url=url)
         return Original("image/jpeg", data=catalog.thumbnail(image_id))
+
+    def thumbnail_url(self, image_id: str) -> str | None:
+        """The URL (or path from the root) a CDN serves an image's thumbnail at, when one
+        serves the bucket's thumbnails (settings.thumbnail_base_url); else None."""
+        base = self.settings.thumbnail_base_url
+        return f"{base.rstrip('/')}/{thumbnail_name(image_id)}" if base else None
 
     def _existing(self, image_id: str) -> ImageRecord:
         record = self.image(image_id)

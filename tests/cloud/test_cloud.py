@@ -169,9 +169,17 @@ def test_images_become_searchable_votes_rerank_and_deletions_leave(cloud: Cloud)
     assert after != before
     assert after.index("pizza.jpg") < (before.index("pizza.jpg") if "pizza.jpg" in before else 99)
 
-    # Image files are presigned S3 links (the built bundle serves the page: test_bundles.py).
+    # Originals are presigned S3 links (the built bundle serves the page: test_bundles.py);
+    # thumbnails are paths of the site, where CloudFront serves the bucket's thumbnails/.
+    original = cloud.api.request("GET", f"/api/images/{pizza_id}/file")
+    assert original.status == 307 and BUCKET in original.headers["location"]
     thumbnail = cloud.api.request("GET", f"/api/images/{pizza_id}/thumbnail")
-    assert thumbnail.status == 307 and BUCKET in thumbnail.headers["location"]
+    assert thumbnail.status == 307
+    assert thumbnail.headers["location"] == pizza["results"][0]["thumbnail"]
+    path = thumbnail.headers["location"]
+    assert path == f"/thumbnails/{pizza_id}.jpg"
+    served = cloud.s3.get_object(Bucket=BUCKET, Key=path.removeprefix("/"))  # as CloudFront
+    assert served["ContentType"] == "image/jpeg" and served["Body"].read()[:2] == b"\xff\xd8"
 
     cloud.delete("pizza.jpg")
     assert no_failures(cloud.queue.drain())

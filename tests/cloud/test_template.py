@@ -286,3 +286,124 @@ def test_checkov_finds_nothing_unjustified(checkov_path: Path) -> None:
     # Every skip in the template says why.
     for check in results.get("skipped_checks", []):
         assert len(check["check_result"].get("suppress_comment", "")) > 20, check["check_id"]
+
+
+def _alarms(resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: resource["Properties"]
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::CloudWatch::Alarm"
+    }
+
+
+def test_alarms_watch_the_queues_every_function_and_the_index_lag() -> None:
+    resources = load_template()["Resources"]
+    alarms = _alarms(resources)
+    watched = {
+        (alarm["Namespace"], alarm["MetricName"], json.dumps(alarm["Dimensions"]))
+        for alarm in alarms.values()
+    }
+
+    def dimension(name: str, value: Any) -> str:
+        return json.dumps([{"Name": name, "Value": value}])
+
+    dead_letters = {"Fn::GetAtt": ["ImageDeadLetterQueue", "QueueName"]}
+    queue = {"Fn::GetAtt": ["ImageQueue", "QueueName"]}
+    assert {
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible", dimension("QueueName", dead_letters)),
+        ("AWS/SQS", "ApproximateAgeOfOldestMessage", dimension("QueueName", queue)),
+        # The index lag, as the embed function emits it (cloud/metrics.py: EMF, its service).
+        ("imgsearch", "PendingImages", dimension("service", "imgsearch-embed")),
+    } <= watched
+    functions = [n for n, r in resources.items() if r["Type"] == "AWS::Serverless::Function"]
+    for function in functions:
+        for metric in ("Errors", "Throttles"):
+            assert ("AWS/Lambda", metric, dimension("FunctionName", {"Ref": function})) in watched
+        service = resources[function]["Properties"]["Environment"]["Variables"]
+        assert (
+            service["POWERTOOLS_SERVICE_NAME"]
+            == f"imgsearch-{function.removesuffix('Function').lower()}"
+        )
+    # One dead letter is enough to hear of it; every alarm (and its end) reaches the topic.
+    dead_letter_alarm = next(
+        a for a in alarms.values() if a["Dimensions"][0]["Value"] == dead_letters
+    )
+    assert dead_letter_alarm["Threshold"] == 1
+    assert dead_letter_alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    for alarm in alarms.values():
+        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}] == alarm["OKActions"]
+    subscription = resources["AlarmEmailSubscription"]
+    assert subscription["Condition"] == "HasAlarmEmail"
+
+
+def test_the_dashboard_shows_what_the_functions_measure() -> None:
+    """Its body is a Fn::Sub of JSON; with the placeholders filled it must parse, and name
+    the metrics cloud/metrics.py emits."""
+    import re
+
+    from imgsearch.cloud import metrics
+
+    resources = load_template()["Resources"]
+    body = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    names = set(re.findall(r"\$\{([^}]+)\}", body))
+    for name in names:
+        assert name.split(".")[0] in resources or name.startswith("AWS::"), name
+    widgets = json.loads(re.sub(r"\$\{[^}]+\}", "x", body))["widgets"]
+    shown = {
+        (metric[0], metric[1]) for widget in widgets for metric in widget["properties"]["metrics"]
+    }
+    source = Path(metrics.__file__).read_text()
+    for name in ("ImagesIndexed", "ImagesRefused", "BuildSeconds", "PendingImages", "QueryLatency"):
+        assert ("imgsearch", name) in shown and f'"{name}"' in source, name
+    kinds = {
+        metric[metric.index("kind") + 1]
+        for widget in widgets
+        for metric in widget["properties"]["metrics"]
+        if "kind" in metric
+    }
+    assert kinds == {"keyword", "learned", "similar", "reverse"}
+
+
+def test_cloudfront_serves_the_page_and_thumbnails_from_the_private_bucket_and_the_api() -> None:
+    resources = load_template()["Resources"]
+    config = resources["Distribution"]["Properties"]["DistributionConfig"]
+    origins = {origin["Id"]: origin for origin in config["Origins"]}
+    behaviours = {b["PathPattern"]: b for b in config["CacheBehaviors"]}
+    # The bucket is read through the origin access control, never as a public website.
+    for name in ("page", "bucket"):
+        assert origins[name]["OriginAccessControlId"] == {
+            "Fn::GetAtt": ["BucketOriginAccessControl", "Id"]
+        }
+        assert origins[name]["S3OriginConfig"] == {"OriginAccessIdentity": ""}
+    assert origins["page"]["OriginPath"] == "/web" and config["DefaultRootObject"] == "index.html"
+    assert config["DefaultCacheBehavior"]["TargetOriginId"] == "page"
+    # /api/* is the HTTP API, uncached, every method, every header but Host.
+    api = behaviours["/api/*"]
+    assert api["TargetOriginId"] == "api" and "Api" in json.dumps(origins["api"]["DomainName"])
+    assert {"POST", "DELETE", "OPTIONS"} <= set(api["AllowedMethods"])
+    assert api["CachePolicyId"] == "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"  # CachingDisabled
+    assert api["OriginRequestPolicyId"] == "b689b0a8-53d0-40ab-baf2-68738e2966ac"
+    # Thumbnails: where the functions say they are, cached for a year.
+    variables = load_template()["Globals"]["Function"]["Environment"]["Variables"]
+    base = variables["IMGSEARCH_THUMBNAIL_BASE_URL"]
+    thumbnails = behaviours[f"{base}/*"]
+    assert thumbnails["TargetOriginId"] == "bucket" and base == "/thumbnails"  # the key prefix
+    policy = resources[thumbnails["CachePolicyId"]["Ref"]]["Properties"]["CachePolicyConfig"]
+    assert policy["DefaultTTL"] >= 30 * 86400
+    # The bucket lets this distribution read the page and the thumbnails, and nothing else.
+    statements = resources["ImageBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    cloudfront = [
+        s for s in statements if s.get("Principal") == {"Service": "cloudfront.amazonaws.com"}
+    ]
+    assert len(cloudfront) == 1 and cloudfront[0]["Action"] == "s3:GetObject"
+    assert [r["Fn::Sub"] for r in cloudfront[0]["Resource"]] == [
+        "${ImageBucket.Arn}/web/*",
+        "${ImageBucket.Arn}/thumbnails/*",
+    ]
+    assert (
+        "${Distribution}" in cloudfront[0]["Condition"]["StringEquals"]["AWS:SourceArn"]["Fn::Sub"]
+    )
+    # The page's own origin may POST presigned uploads into the bucket.
+    cors = resources["ImageBucket"]["Properties"]["CorsConfiguration"]["CorsRules"][0]
+    joined = cors["AllowedOrigins"]["Fn::Split"][1]["Fn::Join"][1]
+    assert {"Fn::Sub": "https://${Distribution.DomainName}"} in joined
