@@ -184,6 +184,7 @@ def test_every_handler_runs_on_its_own_bundle(bundles: dict, moto_server: str, t
             "IMGSEARCH_PAGE_ORIGINS": json.dumps([f"https://{bucket}.s3.amazonaws.com"]),
             "IMGSEARCH_ASSETS_DIR": str(box.opt / "assets"),
             "IMGSEARCH_CACHE_DIR": str(tmp_path / function / "tmp"),
+            "IMGSEARCH_TRUSTED_PROXIES": "[]",  # the TrustedProxies parameter's default
             **tables,
         }
         logical = f"{function.title()}Function"  # the template's logical id

@@ -88,6 +88,7 @@ def aws_environment(tmp_path: Path) -> dict[str, str]:
         "IMGSEARCH_PAGE_ORIGINS": json.dumps([f"https://{BUCKET}.s3.amazonaws.com"]),
         "IMGSEARCH_ASSETS_DIR": str(ASSETS_DIR),  # /opt/assets in Lambda: the layers
         "IMGSEARCH_CACHE_DIR": str(tmp_path / "cache"),
+        "IMGSEARCH_TRUSTED_PROXIES": "[]",  # the TrustedProxies parameter's default
         **TABLES,
     }
     environment = {}
