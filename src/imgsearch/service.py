@@ -14,6 +14,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Unpack
@@ -21,7 +22,7 @@ from typing import Unpack
 import numpy as np
 
 from imgsearch import keys, repair
-from imgsearch.catalog import ImageRecord, thumbnail_name
+from imgsearch.catalog import IMAGES_PREFIX, ImageRecord, thumbnail_name
 from imgsearch.clients import client_network, is_address, is_client_id, source_address
 from imgsearch.config import Settings
 from imgsearch.embedding import Embedding
@@ -35,6 +36,7 @@ from imgsearch.learning import trust
 from imgsearch.parts import Given, Parts, Preloadable
 from imgsearch.rate_limits import check_vote_rate
 from imgsearch.results import (
+    BackfillProgress,
     DirectUploadsUnavailable,
     IndexInfo,
     LearnedImage,
@@ -298,6 +300,66 @@ class ImageSearch:
     def record_failure(self, event: ObjectEvent, reason: str) -> None:
         """Give up on an event whose retries are spent (see Ingestor.record_failure)."""
         self.parts.ingestor.record_failure(event, reason)
+
+    def backfill(
+        self,
+        prefix: str = "",
+        *,
+        start_after: str | None = None,
+        reembed: bool = False,
+        batch_size: int = 100,
+    ) -> Iterator[BackfillProgress]:
+        """Index what the store holds under images/`prefix` already (objects put there before
+        the bucket's events reached the queue, or whose events were lost), in key order,
+        after `start_after`: each object is applied as the bucket's "created" event would be
+        (ingest is idempotent: what is indexed already stays as it is), and the index is
+        built once per batch. Yields progress after each batch, to resume from its last key.
+
+        `reembed`: after a model change, embed every image again with the configured model
+        (images not yet in the catalog are ingested), then rebuild the index from the new
+        embeddings once at the end (vectors of two models cannot share an index: until then
+        searches are answered from the old one, by other processes).
+        """
+        listed, indexed, last_key = 0, 0, start_after
+        counts: Counter[str] = Counter()
+        done: set[str] = set()  # images re-embedded, by id: once, whichever key holds them
+        keys = self._stored_keys(prefix, start_after)
+        while batch := list(itertools.islice(keys, batch_size)):
+            for store_key in batch:
+                counts[self._backfill_one(store_key, reembed, done)] += 1
+            listed += len(batch)
+            last_key = batch[-1]
+            if not reembed:
+                indexed += self.build_index().added
+            yield BackfillProgress(listed, dict(counts), last_key, indexed, False)
+        if reembed:
+            indexed = self.reindex().added
+        yield BackfillProgress(listed, dict(counts), last_key, indexed, True)
+
+    def _stored_keys(self, prefix: str, start_after: str | None) -> Iterator[str]:
+        """The store's keys under images/`prefix`, in order, after `start_after`."""
+        for info in self.parts.storage.objects.list(IMAGES_PREFIX + prefix):
+            if start_after is None or info.key > start_after:
+                yield info.key
+
+    def _backfill_one(self, store_key: str, reembed: bool, done: set[str]) -> str:
+        """Apply one stored object (see `backfill`); returns what became of it."""
+        key = store_key.removeprefix(IMAGES_PREFIX)
+        ingestor = self.parts.ingestor
+        if reembed:
+            held = self.find_key(key)
+            if held is not None:
+                if held.id in done:
+                    return "unchanged"
+                try:
+                    ingestor.reembed(key)
+                except ImageRefused as refusal:  # the limits changed since it was taken in
+                    log.warning("not re-embedded: %s: %s", key, refusal)
+                    return "refused"
+                done.add(held.id)
+                return "reembedded"
+        result = ingestor.apply(ObjectEvent("created", key, None))
+        return result.status if result is not None else "ignored"
 
     # The index -----------------------------------------------------------------------------
 
