@@ -212,6 +212,17 @@ def test_every_handler_runs_on_its_own_bundle(bundles: dict, moto_server: str, t
     assert voted["response"]["statusCode"] == 200, voted["response"]
     assert not {"annoy", "ai_edge_litert"} & set(voted["modules"])
 
+    # The change function (the routes behind the API key): an upload form, a deletion.
+    upload = {"filename": "a.jpg", "content_type": "image/jpeg"}
+    form = invoke("change", _request("POST", "/api/uploads", "", json.dumps(upload)))
+    assert form["response"]["statusCode"] == 201, form["response"]
+    listed = invoke("search", _request("GET", "/api/images", "key=pizza.jpg"))
+    pizza = json.loads(listed["response"]["body"])["results"][0]["id"]
+    deleted = invoke("change", _request("DELETE", f"/api/images/{pizza}", ""))
+    assert deleted["response"]["statusCode"] == 204, deleted["response"]
+    health = invoke("search", _request("GET", "/api/health", ""))
+    assert json.loads(health["response"]["body"])["images"] == 1
+
     request = _request("POST", "/api/uploads", "", "{}", {"x-api-key": "sandbox-key"})
     route, _ = route_for("POST", "/api/uploads")
     allowed = invoke("authorizer", authorizer_event(request, route, "sandbox-key"))
