@@ -22,7 +22,7 @@ from imgsearch.rate_limits import TooMany
 from imgsearch.repair import Finding
 from imgsearch.search import Hit, Learned, Reason, TextResults
 from imgsearch.storage import InvalidKey, NotFound, StorageError, StorageFull
-from imgsearch.vocabulary import STRATEGIES, Interpretation
+from imgsearch.vocabulary import STRATEGIES, Interpretation, Level, Source
 
 __all__ = [
     "IMAGES_PREFIX",
@@ -46,6 +46,7 @@ __all__ = [
     "InvalidKey",
     "Learned",
     "LearnedImage",
+    "Level",
     "ModelInfo",
     "ModelMismatch",
     "NotFound",
@@ -55,6 +56,7 @@ __all__ = [
     "PhotoResults",
     "Preloadable",
     "Reason",
+    "Source",
     "StorageError",
     "StorageFull",
     "TermReport",

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import threading
 import time
 from collections import Counter
 from collections.abc import Collection, Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import Unpack
+from typing import TYPE_CHECKING, Unpack
 
 import numpy as np
 
@@ -29,7 +31,6 @@ from imgsearch.embedding import Embedding
 from imgsearch.feedback import LOCAL_CLIENT
 from imgsearch.images import DecodeLimits, ImageRefused
 from imgsearch.index.builder import BuildReport
-from imgsearch.index.exact import Metric, exact_neighbours
 from imgsearch.ingest import IngestResult, ObjectEvent, content_type
 from imgsearch.integrity import secret_file
 from imgsearch.learning import trust
@@ -57,8 +58,11 @@ from imgsearch.search import (
     similar_images,
     text_search,
 )
-from imgsearch.storage import DirectUploads, InvalidKey, Storage, StorageError
+from imgsearch.storage import DirectUploads, InvalidKey, SqliteTable, Storage, StorageError
 from imgsearch.vocabulary import Interpretation, Vocabulary
+
+if TYPE_CHECKING:
+    from imgsearch.index.exact import Metric
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +103,6 @@ class ImageSearch:
         table), the vocabulary with other guessing `strategies`, another learning method,
         or other Annoy settings (`ann`: candidates per shard, search_k). What is not
         changed is shared, the loaded index included."""
-        from dataclasses import replace
-
-        from imgsearch.storage import SqliteTable
-
         parts = self.parts
         settings = self.settings
         if feedback_method is not None:
@@ -145,8 +145,6 @@ class ImageSearch:
         Raises UnusableFile for a key file that is empty or cannot be read: a silent lock-out
         (or a new key nobody was shown) would be worse than refusing to start.
         """
-        import secrets
-
         if self.settings.api_key:
             return self.settings.api_key, False
         return secret_file(
@@ -252,9 +250,13 @@ class ImageSearch:
         if result.status == "refused" or result.image_id is None:
             raise ImageRefused(result.code or "refused", result.reason or "refused")
         record = self.image(result.image_id)
-        indexed = record is not None and record.status == "indexed"
-        status = result.status if indexed else "pending"
-        return UploadOutcome(result.image_id, stored_as, status)  # type: ignore[arg-type]
+        if record is None or record.status != "indexed":
+            return UploadOutcome(result.image_id, stored_as, "pending")
+        match result.status:
+            case "added" | "duplicate" | "unchanged" as status:
+                return UploadOutcome(result.image_id, stored_as, status)
+            case _:  # a removal or an older event: nothing an upload can be
+                raise AssertionError(f"an upload ended as {result.status!r}")
 
     def remove(self, key: str) -> IngestResult:
         """Forget `key` (and delete its bytes); its image leaves the index if no key holds it."""
@@ -666,4 +668,6 @@ class ImageSearch:
         features: np.ndarray, k: int, *, metric: Metric, jobs: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact k nearest rows of every row (see index/exact.py): indices and distances."""
+        from imgsearch.index.exact import exact_neighbours  # the CLI's: not in Lambda bundles
+
         return exact_neighbours(features, k, metric=metric, jobs=jobs)
