@@ -14,6 +14,7 @@ from support.demo import demo_image
 from support.lambda_events import FakeContext, lambda_logging, load_function
 
 from imgsearch.config import get_settings
+from imgsearch.results import BuildReport
 from imgsearch.storage.aws_resources import create_bucket, create_tables
 
 BUCKET = "imgsearch-test-images"
@@ -266,7 +267,16 @@ def test_each_batch_reports_what_it_indexed_refused_and_left_waiting(aws, capsys
         invoke(embed, removed)
     failed = emitted_metrics(capsys.readouterr().out)
     assert "ImagesIndexed" not in failed
-    # What waits for the index is what the next batch reports.
+    # Another builder holds the index lease: the batch is applied, this one builds nothing,
+    # and what waits for the index (the index's lag) is what it reports.
+    embed.service.parts.builder.run = lambda *a, **k: BuildReport(busy=True)
+    aws.put_object(Bucket=BUCKET, Key="images/chair.jpg", Body=demo_image("chair"))
+    invoke(embed, removed, s3_record(aws, "ObjectCreated:Put", "images/chair.jpg", "0A"))
+    waiting = emitted_metrics(capsys.readouterr().out)
+    assert waiting["PendingImages"] == [2] and waiting["ImagesIndexed"] == [0]
+    # The lease is free again: the next batch indexes both, and nothing waits.
     del embed.service.parts.builder.run
-    invoke(embed, removed)
-    assert emitted_metrics(capsys.readouterr().out)["PendingImages"] == [0]
+    embed.handler(sqs_event({"Service": "Amazon S3", "Event": "s3:TestEvent"}), FakeContext())
+    done = emitted_metrics(capsys.readouterr().out)
+    assert done["ImagesIndexed"] == [1] and done["ImagesRemoved"] == [1]
+    assert done["PendingImages"] == [0]
