@@ -1,6 +1,6 @@
 """What the engine's facade (`service.ImageSearch`) returns and raises. Entry points (the HTTP
 API, the CLI, the Lambda handlers, the bulk tools, the evaluation) use these types, the facade
-and the settings, nothing else of the core (import-linter checks it: .importlinter).
+and the settings, nothing else of the core (lint-imports checks it: pyproject.toml's contracts).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ __all__ = [
     "ModelMismatch",
     "NotFound",
     "NotIndexed",
+    "NotUnderstood",
     "ObjectEvent",
     "Original",
     "PhotoResults",
@@ -71,6 +72,11 @@ __all__ = [
 
 class NotIndexed(LookupError):
     """The image id is not in the collection."""
+
+
+class NotUnderstood(ValueError):
+    """Input the engine cannot use: a query without words, a client named by neither an id
+    nor an address."""
 
 
 class DirectUploadsUnavailable(LookupError):

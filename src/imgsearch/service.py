@@ -43,6 +43,7 @@ from imgsearch.results import (
     LearnedImage,
     ModelInfo,
     NotIndexed,
+    NotUnderstood,
     Original,
     PhotoResults,
     TermReport,
@@ -406,7 +407,13 @@ class ImageSearch:
 
         def run() -> None:
             try:
-                self.recover()
+                report = self.recover()
+                if report.batches:
+                    log.warning(
+                        "indexed %d additions and %d removals queued before the start",
+                        report.added,
+                        report.removed,
+                    )
             except Exception:  # the next write drains the queue all the same
                 log.exception("recovery at start failed")
             finally:
@@ -508,8 +515,8 @@ class ImageSearch:
         self, query: str, image_id: str, value: int, session: str, client: str = LOCAL_CLIENT
     ) -> str:
         """Record a vote of `session`, cast from `client` (a client id); returns the
-        normalised term it was recorded under. Raises NotIndexed, or ValueError for a query
-        without words."""
+        normalised term it was recorded under. Raises NotIndexed, or NotUnderstood for a
+        query without words."""
         self._existing(image_id)
         term = self.term(query)
         self.parts.feedback.vote(term, image_id, session, value, client)
@@ -532,10 +539,10 @@ class ImageSearch:
         )
 
     def term(self, query: str) -> str:
-        """The query as votes store it; ValueError if it has no words."""
+        """The query as votes store it; NotUnderstood if it has no words."""
         term = self.parts.vocabulary.normalise(query)
         if not term:
-            raise ValueError("the query has no words")
+            raise NotUnderstood("the query has no words")
         return term
 
     # The owner's controls over what votes taught ---------------------------------------------
@@ -566,11 +573,11 @@ class ImageSearch:
 
     def named_client(self, name: str) -> str:
         """A client id from what the owner names it by: its id, or an address (hashed as a
-        request from it would be). ValueError for anything else."""
+        request from it would be). NotUnderstood for anything else."""
         if is_client_id(name) or name == LOCAL_CLIENT:
             return name
         if not is_address(name):
-            raise ValueError(f"{name[:60]!r} is neither a client id nor an IP address")
+            raise NotUnderstood(f"{name[:60]!r} is neither a client id nor an IP address")
         return self.parts.client_ids.of(name)
 
     def drop_client(self, name: str) -> tuple[str, int]:

@@ -16,6 +16,8 @@ from imgsearch.config import Settings, get_settings
 from imgsearch.service import ImageSearch
 from imgsearch.storage.aws_resources import create_bucket, create_tables
 
+pytestmark = pytest.mark.model  # backfilling embeds the images
+
 BUCKET = "imgsearch-backfill-test"
 TABLES = {"CatalogTable": "backfill-catalog", "FeedbackTable": "backfill-feedback"}
 OLD = {  # what the bucket held before the stack was deployed, under images/old/

@@ -17,6 +17,8 @@ from imgsearch.config import get_settings
 from imgsearch.results import BuildReport
 from imgsearch.storage.aws_resources import create_bucket, create_tables
 
+pytestmark = pytest.mark.model  # the embed function loads the model
+
 BUCKET = "imgsearch-test-images"
 TABLES = {"CatalogTable": "test-catalog", "FeedbackTable": "test-feedback"}
 
