@@ -106,6 +106,7 @@ LAYERS = ("deps", "inference", "model", "vocabulary")
 # (tests/cloud/test_bundles.py checks that the two agree).
 FUNCTION_LAYERS = {
     "authorizer": ("deps",),
+    "change": ("deps", "inference", "model"),
     "embed": ("deps", "inference", "model"),
     "feedback": ("deps", "vocabulary"),
     "search": ("deps", "inference", "model", "vocabulary"),

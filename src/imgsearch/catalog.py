@@ -31,6 +31,17 @@ from imgsearch.storage import (
 from imgsearch.storage.validation import validate_key
 
 IMAGES_PREFIX = "images/"
+THUMBNAILS_PREFIX = "thumbnails/"
+
+
+def thumbnail_name(image_id: str) -> str:
+    """An image's thumbnail's name under THUMBNAILS_PREFIX (a CDN serves them by it too)."""
+    return f"{image_id}.jpg"
+
+
+def thumbnail_key(image_id: str) -> str:
+    return THUMBNAILS_PREFIX + thumbnail_name(image_id)
+
 
 ImageStatus = Literal["pending", "indexed", "removed"]
 # "failed": the cloud gave up on the key's latest event (see Ingestor.record_failure).
@@ -241,13 +252,13 @@ class Catalog:
         )
 
     def put_thumbnail(self, image_id: str, jpeg: bytes) -> None:
-        self.objects.put(f"thumbnails/{image_id}.jpg", jpeg, content_type="image/jpeg")
+        self.objects.put(thumbnail_key(image_id), jpeg, content_type="image/jpeg")
 
     def thumbnail(self, image_id: str) -> bytes:
-        return self.objects.get(f"thumbnails/{image_id}.jpg").data
+        return self.objects.get(thumbnail_key(image_id)).data
 
     def thumbnail_url(self, image_id: str) -> str | None:
-        return self.objects.url(f"thumbnails/{image_id}.jpg")
+        return self.objects.url(thumbnail_key(image_id))
 
     def put_embedding(
         self,
@@ -283,7 +294,7 @@ class Catalog:
     def delete_derived(self, image_id: str) -> None:
         """Drop what was derived from an image's bytes once no key holds it any more."""
         self.objects.delete(f"embeddings/{image_id}.npz")
-        self.objects.delete(f"thumbnails/{image_id}.jpg")
+        self.objects.delete(thumbnail_key(image_id))
 
     # Index work queue ------------------------------------------------------------------
 

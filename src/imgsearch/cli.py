@@ -163,6 +163,69 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """Index what a bucket holds already; resumable from a checkpoint file."""
+    bucket, prefix = _bucket_prefix(args.url)
+    settings = _settings(args).model_copy(update={"backend": "aws", "bucket": bucket})
+    service = ImageSearch(settings)
+    checkpoint = args.checkpoint or Path(f"imgsearch-backfill-{bucket}.json")
+    start_after = None if args.restart else _resume_from(checkpoint, args.url, args.reembed)
+    if start_after:
+        print(f"resuming after {start_after} ({checkpoint})", file=sys.stderr)
+    started = time.perf_counter()
+    for progress in service.backfill(
+        prefix, start_after=start_after, reembed=args.reembed, batch_size=args.batch
+    ):
+        _save_checkpoint(checkpoint, args.url, args.reembed, progress.last_key, progress.done)
+        elapsed = time.perf_counter() - started
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(progress.counts.items()))
+        print(
+            f"{progress.listed} objects in {elapsed:.1f} s "
+            f"({progress.listed / elapsed if elapsed else 0:.1f}/s): {counts or 'none'}; "
+            f"{progress.indexed} indexed; last {progress.last_key}"
+            + ("; done" if progress.done else ""),
+            file=sys.stderr if not progress.done else sys.stdout,
+        )
+    return 0
+
+
+def _bucket_prefix(url: str) -> tuple[str, str]:
+    """s3://BUCKET/images/PREFIX -> (BUCKET, PREFIX); only images/ is indexed."""
+    bucket, _, path = url.removeprefix("s3://").partition("/")
+    if not url.startswith("s3://") or not bucket:
+        raise CommandError(f"{url!r}: expected s3://BUCKET/PREFIX")
+    path = path or "images/"
+    if not (path + "/").startswith("images/"):
+        raise CommandError(f"{url!r}: only objects under images/ are indexed")
+    return bucket, path.removeprefix("images").removeprefix("/")
+
+
+def _resume_from(checkpoint: Path, url: str, reembed: bool) -> str | None:
+    """The key to resume after, from a checkpoint of the same backfill, if unfinished."""
+    import json
+
+    if not checkpoint.is_file():
+        return None
+    saved = json.loads(checkpoint.read_text())
+    if saved.get("url") != url or saved.get("reembed") != reembed:
+        raise CommandError(f"{checkpoint} is another backfill's; --restart to start over")
+    if saved.get("done"):
+        raise CommandError(f"{checkpoint}: this backfill is done; --restart to run it again")
+    last: str | None = saved.get("last_key")
+    return last
+
+
+def _save_checkpoint(
+    checkpoint: Path, url: str, reembed: bool, last_key: str | None, done: bool
+) -> None:
+    import json
+
+    state = {"url": url, "reembed": reembed, "last_key": last_key, "done": done}
+    partial = checkpoint.with_name(checkpoint.name + ".tmp")
+    partial.write_text(json.dumps(state))
+    partial.replace(checkpoint)  # never half a checkpoint
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from imgsearch.results import DamagedFile
 
@@ -429,6 +492,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     data_options(reindex)
     reindex.set_defaults(run=cmd_reindex)
+
+    backfill = commands.add_parser(
+        "backfill",
+        help="index what a bucket already holds (s3://BUCKET/images/...), resumable",
+        description="List the objects under the prefix, in key order, and apply each as the "
+        "bucket's event would (what is indexed already stays as it is), building the index "
+        "once per batch. Progress goes to a checkpoint file after each batch: run the same "
+        "command again to resume. Uses the stack's catalog table (IMGSEARCH_CATALOG_TABLE).",
+    )
+    backfill.add_argument("url", help="s3://BUCKET/PREFIX, the prefix under images/")
+    backfill.add_argument(
+        "--reembed",
+        action="store_true",
+        help="after a model change: embed every image again, then rebuild the index",
+    )
+    backfill.add_argument(
+        "--checkpoint", type=Path, help="default: ./imgsearch-backfill-BUCKET.json"
+    )
+    backfill.add_argument("--restart", action="store_true", help="ignore the checkpoint")
+    backfill.add_argument(
+        "--batch", type=_positive, default=100, help="objects per index build (default 100)"
+    )
+    backfill.set_defaults(run=cmd_backfill)
 
     votes = commands.add_parser(
         "votes",

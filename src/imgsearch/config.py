@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     # `trusted_hosts` (this machine, by default), else they are paths from the root
     # (/api/images/...): never built from a Host header any client may invent.
     public_url: str | None = None
+    # Where the bucket's thumbnails/ are served as static content (CloudFront in front of the
+    # bucket: docs/deploy.md), as a URL or a path from the root ("/thumbnails"): result
+    # thumbnails then point there, <base>/<id>.jpg, and need no API request. Unset: through
+    # the API (/api/images/<id>/thumbnail), locally and on a stack without CloudFront.
+    thumbnail_base_url: str | None = None
     trusted_hosts: list[str] = ["localhost", "127.0.0.1", "::1"]
     # Origins besides its own that the page may show images from and upload to (the bucket,
     # in the cloud): added to the Content-Security-Policy's img-src and connect-src.

@@ -94,6 +94,12 @@ def sequencer_is_newer(candidate: str | None, current: str | None) -> bool:
     return candidate.ljust(width, "0").upper() > current.ljust(width, "0").upper()
 
 
+def _top_classes(probabilities: np.ndarray) -> tuple[tuple[int, float], ...]:
+    """What an image record keeps of the model's output: its most probable classes."""
+    top = np.argsort(-probabilities)[:TOP_CLASSES]
+    return tuple((int(c), round(float(probabilities[c]), 5)) for c in top)
+
+
 class Ingestor:
     def __init__(
         self,
@@ -247,6 +253,24 @@ class Ingestor:
             return None
         log.info("%s %s: %s %s", event.kind, event.key, result.status, result.reason or "")
         return result
+
+    def reembed(self, key: str) -> IngestResult | None:
+        """Embed the image `key` holds again, with the configured model (after a model
+        change): its stored embedding and top classes are replaced. None if the key holds no
+        image. The index must then be rebuilt from the embeddings (IndexBuilder.reindex):
+        vectors of two models cannot share it."""
+        held = self.catalog.key(key)
+        image_id = _held_image(held)
+        if image_id is None:
+            return None
+        decoded = self.decode(self.catalog.original(key))
+        embedding = self.embedder.embed(decoded.image)
+        self.catalog.put_embedding(
+            image_id, embedding.features, embedding.probabilities, overwrite=True
+        )
+        classes = _top_classes(embedding.probabilities)
+        self.catalog.update_image(image_id, lambda record: replace(record, classes=classes))
+        return IngestResult(key, "unchanged", image_id)
 
     def record_failure(self, event: ObjectEvent, reason: str) -> None:
         """Record that applying `event` failed for good (its retries are spent), as the key's
@@ -415,7 +439,6 @@ class Ingestor:
         same bytes created it first."""
         embedding = self.embedder.embed(decoded.image)
         thumbnail = _thumbnail(decoded)
-        top = np.argsort(-embedding.probabilities)[:TOP_CLASSES]
         record = ImageRecord(
             id=image_id,
             keys=(key,),
@@ -423,7 +446,7 @@ class Ingestor:
             height=decoded.height,
             format=decoded.format,
             size=size,
-            classes=tuple((int(c), round(float(embedding.probabilities[c]), 5)) for c in top),
+            classes=_top_classes(embedding.probabilities),
         )
         if previous is None:
             # What is derived first, so that no reader finds a record without it.

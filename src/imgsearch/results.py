@@ -29,6 +29,7 @@ __all__ = [
     "LOCAL_CLIENT",
     "STRATEGIES",
     "Agreement",
+    "BackfillProgress",
     "BuildReport",
     "DamagedFile",
     "DecoderBusy",
@@ -130,6 +131,18 @@ class UploadStatus:
     status: KeyStatus | Literal["pending"]  # pending: nothing recorded for the key yet
     image_id: str | None = None
     reason: str | None = None
+
+
+@dataclass(frozen=True)
+class BackfillProgress:
+    """Where a backfill is, after a batch: what it listed and what became of it. `last_key`
+    (a key of the store, under images/) is where to resume: every key up to it is done."""
+
+    listed: int
+    counts: dict[str, int]  # by ingest status (added, unchanged, refused ...), or "reembedded"
+    last_key: str | None
+    indexed: int  # images the index took in (or, re-embedding, the rebuilt index holds)
+    done: bool
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import logging
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Collection, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Unpack
 import numpy as np
 
 from imgsearch import keys, repair
-from imgsearch.catalog import ImageRecord
+from imgsearch.catalog import IMAGES_PREFIX, ImageRecord, thumbnail_name
 from imgsearch.clients import client_network, is_address, is_client_id, source_address
 from imgsearch.config import Settings
 from imgsearch.embedding import Embedding
@@ -36,6 +37,7 @@ from imgsearch.learning import trust
 from imgsearch.parts import Given, Parts, Preloadable
 from imgsearch.rate_limits import check_vote_rate
 from imgsearch.results import (
+    BackfillProgress,
     DirectUploadsUnavailable,
     IndexInfo,
     LearnedImage,
@@ -194,13 +196,23 @@ class ImageSearch:
         return Original(media_type, data=catalog.original(record.key))
 
     def thumbnail(self, image_id: str) -> Original:
-        """A JPEG at most 384 pixels on its longer side (see `original`)."""
+        """A JPEG at most 384 pixels on its longer side (see `original`): where it is served
+        as static content (`thumbnail_url`), else where the store says, else the bytes."""
         self._existing(image_id)
+        static = self.thumbnail_url(image_id)
+        if static:
+            return Original("image/jpeg", url=static)
         catalog = self.parts.catalog
         url = catalog.thumbnail_url(image_id)
         if url:
             return Original("image/jpeg", url=url)
         return Original("image/jpeg", data=catalog.thumbnail(image_id))
+
+    def thumbnail_url(self, image_id: str) -> str | None:
+        """The URL (or path from the root) a CDN serves an image's thumbnail at, when one
+        serves the bucket's thumbnails (settings.thumbnail_base_url); else None."""
+        base = self.settings.thumbnail_base_url
+        return f"{base.rstrip('/')}/{thumbnail_name(image_id)}" if base else None
 
     def _existing(self, image_id: str) -> ImageRecord:
         record = self.image(image_id)
@@ -292,6 +304,66 @@ class ImageSearch:
         """Give up on an event whose retries are spent (see Ingestor.record_failure)."""
         self.parts.ingestor.record_failure(event, reason)
 
+    def backfill(
+        self,
+        prefix: str = "",
+        *,
+        start_after: str | None = None,
+        reembed: bool = False,
+        batch_size: int = 100,
+    ) -> Iterator[BackfillProgress]:
+        """Index what the store holds under images/`prefix` already (objects put there before
+        the bucket's events reached the queue, or whose events were lost), in key order,
+        after `start_after`: each object is applied as the bucket's "created" event would be
+        (ingest is idempotent: what is indexed already stays as it is), and the index is
+        built once per batch. Yields progress after each batch, to resume from its last key.
+
+        `reembed`: after a model change, embed every image again with the configured model
+        (images not yet in the catalog are ingested), then rebuild the index from the new
+        embeddings once at the end (vectors of two models cannot share an index: until then
+        searches are answered from the old one, by other processes).
+        """
+        listed, indexed, last_key = 0, 0, start_after
+        counts: Counter[str] = Counter()
+        done: set[str] = set()  # images re-embedded, by id: once, whichever key holds them
+        keys = self._stored_keys(prefix, start_after)
+        while batch := list(itertools.islice(keys, batch_size)):
+            for store_key in batch:
+                counts[self._backfill_one(store_key, reembed, done)] += 1
+            listed += len(batch)
+            last_key = batch[-1]
+            if not reembed:
+                indexed += self.build_index().added
+            yield BackfillProgress(listed, dict(counts), last_key, indexed, False)
+        if reembed:
+            indexed = self.reindex().added
+        yield BackfillProgress(listed, dict(counts), last_key, indexed, True)
+
+    def _stored_keys(self, prefix: str, start_after: str | None) -> Iterator[str]:
+        """The store's keys under images/`prefix`, in order, after `start_after`."""
+        for info in self.parts.storage.objects.list(IMAGES_PREFIX + prefix):
+            if start_after is None or info.key > start_after:
+                yield info.key
+
+    def _backfill_one(self, store_key: str, reembed: bool, done: set[str]) -> str:
+        """Apply one stored object (see `backfill`); returns what became of it."""
+        key = store_key.removeprefix(IMAGES_PREFIX)
+        ingestor = self.parts.ingestor
+        if reembed:
+            held = self.find_key(key)
+            if held is not None:
+                if held.id in done:
+                    return "unchanged"
+                try:
+                    ingestor.reembed(key)
+                except ImageRefused as refusal:  # the limits changed since it was taken in
+                    log.warning("not re-embedded: %s: %s", key, refusal)
+                    return "refused"
+                done.add(held.id)
+                return "reembedded"
+        result = ingestor.apply(ObjectEvent("created", key, None))
+        return result.status if result is not None else "ignored"
+
     # The index -----------------------------------------------------------------------------
 
     def build_index(self) -> BuildReport:
@@ -299,6 +371,11 @@ class ImageSearch:
         report = self.parts.builder.run()
         self.parts.index.refresh(force=True)
         return report
+
+    def index_backlog(self, limit: int) -> int:
+        """How many images wait for the index build (added or removed, not yet built),
+        counted up to `limit`: the index's lag, for the operator's metrics."""
+        return len(self.parts.catalog.pending(limit=limit))
 
     def reindex(self) -> BuildReport:
         """Rebuild the index from the stored embeddings (see IndexBuilder.reindex). Call it

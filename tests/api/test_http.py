@@ -206,6 +206,38 @@ def test_result_urls_do_not_follow_the_host_header(service, embedder, vocabulary
         assert found[0]["url"] == f"https://photos.example/api/images/{image_id}/file"
 
 
+def test_thumbnails_point_where_a_cdn_serves_them_when_one_is_configured(
+    embedder, vocabulary, tmp_path
+) -> None:
+    """Behind CloudFront (docs/deploy.md) the bucket's thumbnails/ are static content: results
+    name them there, the API's thumbnail route redirects there; the originals stay the API's."""
+    for base, expected in (
+        ("/thumbnails", "/thumbnails/{}.jpg"),
+        ("https://cdn.example/thumbnails/", "https://cdn.example/thumbnails/{}.jpg"),
+    ):
+        service = make_service(
+            tmp_path / str(len(base)), embedder, vocabulary, thumbnail_base_url=base
+        )
+        image_id = service.add("a.jpg", demo_image("chair")).image_id
+        with TestClient(create_app(service)) as client:
+            found = client.get("/api/images", headers={"Host": "evil.example"}).json()["results"]
+            assert found[0]["thumbnail"] == expected.format(image_id)
+            assert found[0]["url"] == f"/api/images/{image_id}/file"
+            detail = client.get(f"/api/images/{image_id}").json()
+            assert detail["thumbnail"] == expected.format(image_id)
+            # On this machine a path from the root becomes a URL it can follow.
+            local = client.get("/api/images", headers={"Host": "localhost:8000"}).json()
+            if base.startswith("/"):
+                assert local["results"][0][
+                    "thumbnail"
+                ] == "http://localhost:8000" + expected.format(image_id)
+            moved = client.get(f"/api/images/{image_id}/thumbnail", follow_redirects=False)
+            assert moved.status_code == 307
+            assert moved.headers["location"] == expected.format(image_id)
+            unknown = "0" * len(image_id)  # no redirect for an image that is not there
+            assert client.get(f"/api/images/{unknown}/thumbnail").status_code == 404
+
+
 def test_docs_are_served_from_the_app_own_assets(app_client) -> None:
     for path in ("/docs", "/redoc"):
         page = app_client.get(path)

@@ -185,6 +185,7 @@ def test_every_handler_runs_on_its_own_bundle(bundles: dict, moto_server: str, t
             "IMGSEARCH_PAGE_ORIGINS": json.dumps([f"https://{bucket}.s3.amazonaws.com"]),
             "IMGSEARCH_ASSETS_DIR": str(box.opt / "assets"),
             "IMGSEARCH_CACHE_DIR": str(tmp_path / function / "tmp"),
+            "IMGSEARCH_TRUSTED_PROXIES": "[]",  # the TrustedProxies parameter's default
             **tables,
         }
         logical = f"{function.title()}Function"  # the template's logical id
@@ -211,6 +212,17 @@ def test_every_handler_runs_on_its_own_bundle(bundles: dict, moto_server: str, t
     voted = invoke("feedback", _request("POST", "/api/feedback", "", json.dumps(vote)))
     assert voted["response"]["statusCode"] == 200, voted["response"]
     assert not {"annoy", "ai_edge_litert"} & set(voted["modules"])
+
+    # The change function (the routes behind the API key): an upload form, a deletion.
+    upload = {"filename": "a.jpg", "content_type": "image/jpeg"}
+    form = invoke("change", _request("POST", "/api/uploads", "", json.dumps(upload)))
+    assert form["response"]["statusCode"] == 201, form["response"]
+    listed = invoke("search", _request("GET", "/api/images", "key=pizza.jpg"))
+    pizza = json.loads(listed["response"]["body"])["results"][0]["id"]
+    deleted = invoke("change", _request("DELETE", f"/api/images/{pizza}", ""))
+    assert deleted["response"]["statusCode"] == 204, deleted["response"]
+    health = invoke("search", _request("GET", "/api/health", ""))
+    assert json.loads(health["response"]["body"])["images"] == 1
 
     request = _request("POST", "/api/uploads", "", "{}", {API_KEY_HEADER.lower(): "sandbox-key"})
     route, _ = route_for("POST", "/api/uploads")

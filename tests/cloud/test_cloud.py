@@ -51,6 +51,7 @@ API_KEY_PARAMETER = load_template()["Parameters"]["ApiKeyParameterName"]["Defaul
 FUNCTIONS = {
     "EmbedFunction": "embed",
     "SearchFunction": "search",
+    "ChangeFunction": "change",
     "FeedbackFunction": "feedback",
     "AuthorizerFunction": "authorizer",
 }
@@ -88,6 +89,7 @@ def aws_environment(tmp_path: Path) -> dict[str, str]:
         "IMGSEARCH_PAGE_ORIGINS": json.dumps([f"https://{BUCKET}.s3.amazonaws.com"]),
         "IMGSEARCH_ASSETS_DIR": str(ASSETS_DIR),  # /opt/assets in Lambda: the layers
         "IMGSEARCH_CACHE_DIR": str(tmp_path / "cache"),
+        "IMGSEARCH_TRUSTED_PROXIES": "[]",  # the TrustedProxies parameter's default
         **TABLES,
     }
     environment = {}
@@ -170,9 +172,17 @@ def test_images_become_searchable_votes_rerank_and_deletions_leave(cloud: Cloud)
     assert after != before
     assert after.index("pizza.jpg") < (before.index("pizza.jpg") if "pizza.jpg" in before else 99)
 
-    # Image files are presigned S3 links (the built bundle serves the page: test_bundles.py).
+    # Originals are presigned S3 links (the built bundle serves the page: test_bundles.py);
+    # thumbnails are paths of the site, where CloudFront serves the bucket's thumbnails/.
+    original = cloud.api.request("GET", f"/api/images/{pizza_id}/file")
+    assert original.status == 307 and BUCKET in original.headers["location"]
     thumbnail = cloud.api.request("GET", f"/api/images/{pizza_id}/thumbnail")
-    assert thumbnail.status == 307 and BUCKET in thumbnail.headers["location"]
+    assert thumbnail.status == 307
+    assert thumbnail.headers["location"] == pizza["results"][0]["thumbnail"]
+    path = thumbnail.headers["location"]
+    assert path == f"/thumbnails/{pizza_id}.jpg"
+    served = cloud.s3.get_object(Bucket=BUCKET, Key=path.removeprefix("/"))  # as CloudFront
+    assert served["ContentType"] == "image/jpeg" and served["Body"].read()[:2] == b"\xff\xd8"
 
     cloud.delete("pizza.jpg")
     assert no_failures(cloud.queue.drain())
@@ -541,3 +551,44 @@ def test_decoding_bombs_through_the_bucket_are_refused_from_their_headers(cloud:
             assert status["reason"] == str(expected.value), case.name
     accepted = sum(case.refusal is None for case in cases)
     assert cloud.api.request("GET", "/api/health").json()["images"] == accepted
+
+
+@pytest.mark.model  # the functions load the model
+def test_the_search_function_reports_query_latency_by_kind(cloud: Cloud, capsys) -> None:
+    """Powertools metrics (EMF lines in the function's log): one QueryLatency per query, with
+    its kind, as the template's dashboard reads them."""
+    from urllib3.filepost import encode_multipart_formdata
+
+    for key, data in {
+        "elephant.jpg": demo_image("elephant"),
+        "pizza.jpg": demo_image("pizza"),
+    }.items():
+        cloud.upload(key, data)
+    assert no_failures(cloud.queue.drain())
+    pizza = cloud.api.request("GET", "/api/images", params={"key": "pizza.jpg"}).json()
+    pizza_id = pizza["results"][0]["id"]
+    vote = {"query": "elephant", "image_id": pizza_id, "vote": 1, "session": "s1"}
+    assert cloud.api.request("POST", "/api/feedback", json_body=vote).status == 200
+    capsys.readouterr()
+
+    cloud.search("elephant")
+    cloud.search("elephant", session="s1")  # re-ranked by what the vote taught
+    assert cloud.api.request("GET", f"/api/images/{pizza_id}/similar").status == 200
+    body, content_type = encode_multipart_formdata(
+        {"file": ("photo.jpg", demo_image("elephant"), "image/jpeg")}
+    )
+    found = cloud.api.request(
+        "POST", "/api/search/image", body=body, headers={"content-type": content_type}
+    )
+    assert found.status == 200, found.body
+    assert cloud.api.request("GET", "/api/health").status == 200  # not a query
+
+    latencies = []
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith('{"_aws"') and "QueryLatency" in line:
+            blob = json.loads(line)
+            assert blob["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "imgsearch"
+            assert blob["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["kind", "service"]]
+            latencies.append((blob["kind"], blob["QueryLatency"]))
+    assert [kind for kind, _ in latencies] == ["keyword", "learned", "similar", "reverse"]
+    assert all(0 < value < 30_000 for _, values in latencies for value in values)

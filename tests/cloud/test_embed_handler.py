@@ -14,6 +14,7 @@ from support.demo import demo_image
 from support.lambda_events import FakeContext, lambda_logging, load_function
 
 from imgsearch.config import get_settings
+from imgsearch.results import BuildReport
 from imgsearch.storage.aws_resources import create_bucket, create_tables
 
 pytestmark = pytest.mark.model  # the embed function loads the model
@@ -225,3 +226,59 @@ def test_an_ingest_a_dead_sandbox_left_half_done_is_finished_by_the_next_batch(
     held = service.parts.catalog.key("a.jpg")
     assert held.status == "present" and service.image(held.image_id).status == "indexed"
     assert service.count() == 2
+
+
+def emitted_metrics(output: str) -> dict[str, list[float]]:
+    """The metrics in the embedded metric format lines a function printed, by name."""
+    found: dict[str, list[float]] = {}
+    for line in output.splitlines():
+        if not line.startswith('{"_aws"'):
+            continue
+        blob = json.loads(line)
+        for directive in blob["_aws"]["CloudWatchMetrics"]:
+            assert directive["Namespace"] == "imgsearch"
+            for metric in directive["Metrics"]:
+                values = blob[metric["Name"]]
+                found.setdefault(metric["Name"], []).extend(
+                    values if isinstance(values, list) else [values]
+                )
+    return found
+
+
+def test_each_batch_reports_what_it_indexed_refused_and_left_waiting(aws, capsys) -> None:
+    embed = load_function("embed")
+    capsys.readouterr()
+    aws.put_object(Bucket=BUCKET, Key="images/pizza.jpg", Body=demo_image("pizza"))
+    aws.put_object(Bucket=BUCKET, Key="images/elephant.jpg", Body=demo_image("elephant"))
+    aws.put_object(Bucket=BUCKET, Key="images/broken.jpg", Body=b"\xff\xd8 not really")
+    records = [
+        s3_record(aws, "ObjectCreated:Put", f"images/{name}.jpg", f"0{i}")
+        for i, name in enumerate(("pizza", "elephant", "broken"))
+    ]
+    assert invoke(embed, *records) == {"batchItemFailures": []}
+    first = emitted_metrics(capsys.readouterr().out)
+    assert first["ImagesIndexed"] == [2] and first["ImagesRefused"] == [1]
+    assert first["ImagesFailed"] == [0] and first["PendingImages"] == [0]
+    assert len(first["BuildSeconds"]) == 1 and first["BuildSeconds"][0] > 0
+
+    # The build fails: the whole batch comes back, and nothing is counted as indexed.
+    aws.delete_object(Bucket=BUCKET, Key="images/pizza.jpg")
+    removed = s3_record(aws, "ObjectRemoved:Delete", "images/pizza.jpg", "09")
+    embed.service.parts.builder.run = lambda *a, **k: 1 / 0
+    with pytest.raises(ZeroDivisionError):
+        invoke(embed, removed)
+    failed = emitted_metrics(capsys.readouterr().out)
+    assert "ImagesIndexed" not in failed
+    # Another builder holds the index lease: the batch is applied, this one builds nothing,
+    # and what waits for the index (the index's lag) is what it reports.
+    embed.service.parts.builder.run = lambda *a, **k: BuildReport(busy=True)
+    aws.put_object(Bucket=BUCKET, Key="images/chair.jpg", Body=demo_image("chair"))
+    invoke(embed, removed, s3_record(aws, "ObjectCreated:Put", "images/chair.jpg", "0A"))
+    waiting = emitted_metrics(capsys.readouterr().out)
+    assert waiting["PendingImages"] == [2] and waiting["ImagesIndexed"] == [0]
+    # The lease is free again: the next batch indexes both, and nothing waits.
+    del embed.service.parts.builder.run
+    embed.handler(sqs_event({"Service": "Amazon S3", "Event": "s3:TestEvent"}), FakeContext())
+    done = emitted_metrics(capsys.readouterr().out)
+    assert done["ImagesIndexed"] == [1] and done["ImagesRemoved"] == [1]
+    assert done["PendingImages"] == [0]

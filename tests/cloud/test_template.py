@@ -90,68 +90,132 @@ def test_only_the_routes_that_change_the_collection_or_its_votes_need_the_key(tr
     assert body["x-amazon-apigateway-cors"]["allowOrigins"] == {"Ref": "AllowedOrigins"}
 
 
-def _statements(translated: dict[str, Any], role: str) -> list[dict[str, Any]]:
-    properties = translated["Resources"][role]["Properties"]
-    return [
-        statement
-        for policy in properties.get("Policies", [])
-        for statement in policy["PolicyDocument"]["Statement"]
-    ]
+LOGS = {"logs:CreateLogStream", "logs:PutLogEvents"}
+TABLE_READS = {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"}
+TABLE_WRITES = TABLE_READS | {
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:BatchWriteItem",
+}
+OBJECT_WRITES = {"s3:PutObject", "s3:DeleteObject"}
+DERIVED = ("s3:index/*", "s3:embeddings/*", "s3:thumbnails/*")
 
 
-def _resources(statement: dict[str, Any]) -> list[str]:
-    resources = statement["Resource"]
-    resources = resources if isinstance(resources, list) else [resources]
-    return [json.dumps(resource) for resource in resources]
+def _grant(actions: set[str], *resources: str) -> set[tuple[str, str]]:
+    return {(action, resource) for action in actions for resource in resources}
 
 
-def _actions(statement: dict[str, Any]) -> set[str]:
-    actions = statement["Action"]
-    return set(actions if isinstance(actions, list) else [actions])
+# What each function may do, as (action, resource): resources by logical id, the bucket's
+# objects by key pattern ("s3:index/*"), the bucket itself as "s3:bucket".
+EXPECTED_GRANTS = {
+    "EmbedFunction": _grant(LOGS, "EmbedLogs")
+    | _grant({"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}, "ImageQueue")
+    | _grant(TABLE_WRITES, "CatalogTable")
+    | {("s3:GetObject", "s3:*"), ("s3:ListBucket", "s3:bucket")}
+    | _grant(OBJECT_WRITES, *DERIVED),
+    "ChangeFunction": _grant(LOGS, "ChangeLogs")
+    | _grant(TABLE_WRITES, "CatalogTable")
+    | {("s3:GetObject", "s3:*"), ("s3:ListBucket", "s3:bucket")}
+    | _grant(OBJECT_WRITES, "s3:images/*", *DERIVED),
+    "SearchFunction": _grant(LOGS, "SearchLogs")
+    | _grant(TABLE_READS, "CatalogTable", "FeedbackTable")
+    | _grant({"s3:GetObject"}, "s3:images/*", *DERIVED)
+    | {("s3:ListBucket", "s3:bucket")},
+    "FeedbackFunction": _grant(LOGS, "FeedbackLogs")
+    | _grant(TABLE_WRITES, "FeedbackTable")
+    | _grant({"dynamodb:GetItem", "dynamodb:BatchGetItem"}, "CatalogTable"),
+    "AuthorizerFunction": _grant(LOGS, "AuthorizerLogs")
+    | {("ssm:GetParameter", "ApiKeyParameterName")},
+}
+
+
+def _resource_name(resource: Any) -> str:
+    """A statement's resource as EXPECTED_GRANTS names it."""
+    if isinstance(resource, dict) and "Fn::GetAtt" in resource:
+        name, attribute = resource["Fn::GetAtt"]
+        assert attribute == "Arn"
+        return str(name)
+    if isinstance(resource, dict) and "Fn::Sub" in resource:
+        pattern = resource["Fn::Sub"]
+        pattern = pattern[0] if isinstance(pattern, list) else pattern
+        if pattern.startswith("arn:${AWS::Partition}:s3:::imgsearch-${StackUuid}"):
+            key = pattern.removeprefix("arn:${AWS::Partition}:s3:::imgsearch-${StackUuid}")
+            return "s3:" + key.removeprefix("/") if key else "s3:bucket"
+        if pattern.endswith(":parameter${ApiKeyParameterName}"):
+            return "ApiKeyParameterName"
+    return json.dumps(resource)  # anything else ("*" included) matches no expected grant
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def role_grants(translated: dict[str, Any], function: str) -> set[tuple[str, str]]:
+    """Everything the role of `function` (as deployed: the SAM translation) allows."""
+    properties = translated["Resources"][function]["Properties"]
+    role = translated["Resources"][properties["Role"]["Fn::GetAtt"][0]]
+    assert role["Type"] == "AWS::IAM::Role"
+    # Managed policies (SAM's included) would grant what no statement here shows.
+    assert not role["Properties"].get("ManagedPolicyArns"), function
+    assert not role["Properties"].get("PermissionsBoundary"), function
+    grants = set()
+    for policy in role["Properties"].get("Policies", []):
+        for statement in policy["PolicyDocument"]["Statement"]:
+            assert statement["Effect"] == "Allow" and "NotAction" not in statement
+            assert "NotResource" not in statement
+            for action in _listed(statement["Action"]):
+                for resource in _listed(statement["Resource"]):
+                    grants.add((action, _resource_name(resource)))
+    return grants
 
 
 def test_each_role_grants_only_what_its_function_needs(translated) -> None:
-    def s3_writes(role: str) -> list[str]:
-        return [
-            resource
-            for statement in _statements(translated, role)
-            if _actions(statement) & {"s3:PutObject", "s3:DeleteObject"}
-            for resource in _resources(statement)
-        ]
+    functions = {
+        name
+        for name, resource in translated["Resources"].items()
+        if resource["Type"] == "AWS::Lambda::Function"
+    }
+    assert functions == set(EXPECTED_GRANTS)
+    for function, expected in EXPECTED_GRANTS.items():
+        assert role_grants(translated, function) == expected, function
+    # No role beyond the functions' own (SAM makes one per function without `Role`).
+    roles = [r for r in translated["Resources"].values() if r["Type"] == "AWS::IAM::Role"]
+    assert len(roles) == len(EXPECTED_GRANTS)
 
-    # Embed writes what it derives; the originals under images/ are never its to change.
-    assert s3_writes("EmbedFunctionRole")
-    assert not any("/images/" in resource for resource in s3_writes("EmbedFunctionRole"))
-    # Search writes originals (uploads through the API, presigned forms) and derived files.
-    assert any("/images/*" in resource for resource in s3_writes("SearchFunctionRole"))
-    # Feedback and the authorizer touch no objects at all.
-    for role in ("FeedbackFunctionRole", "AuthorizerFunctionRole"):
-        actions = set().union(*(_actions(s) for s in _statements(translated, role)))
-        assert not any(action.startswith("s3:") for action in actions), role
-    authorizer = _statements(translated, "AuthorizerFunctionRole")
-    assert [_actions(s) for s in authorizer] == [{"ssm:GetParameter"}]
-    # No statement anywhere grants every action or every resource.
-    for name, resource in translated["Resources"].items():
-        if resource["Type"] != "AWS::IAM::Role":
-            continue
-        for statement in _statements(translated, name):
-            assert not any(action.endswith(":*") or action == "*" for action in _actions(statement))
-            assert statement["Resource"] != "*", name
+
+def test_the_public_search_function_cannot_change_anything(translated) -> None:
+    """It decodes anyone's photos: it must not be able to delete originals, write the index
+    or touch the votes."""
+    grants = role_grants(translated, "SearchFunction")
+    actions = {action for action, _ in grants}
+    assert not actions & (OBJECT_WRITES | (TABLE_WRITES - TABLE_READS))
+    # The feedback function touches no object; it reads one catalog item per vote.
+    feedback = role_grants(translated, "FeedbackFunction")
+    assert not any(action.startswith("s3:") for action, _ in feedback)
+    assert {a for a, r in feedback if r == "CatalogTable"} <= TABLE_READS
+    # The embed function writes what it derives, never the uploaders' originals.
+    embed = role_grants(translated, "EmbedFunction")
+    assert not {r for a, r in embed if a in OBJECT_WRITES} & {"s3:images/*", "s3:*"}
 
 
 def test_the_queue_retries_a_bounded_number_of_times_within_the_functions_time() -> None:
     resources = load_template()["Resources"]
     queue = resources["ImageQueue"]["Properties"]
     embed = resources["EmbedFunction"]["Properties"]
-    # Lambda's advice for SQS sources: visibility at least six times the function's timeout.
-    assert queue["VisibilityTimeout"] >= 6 * embed["Timeout"]
+    source = embed["Events"]["ImageEvents"]["Properties"]
+    # Lambda's advice for SQS sources: visibility at least six times the function's timeout
+    # (plus the batching window); and a failed message must come back in minutes, not in
+    # half an hour, so the timeout is short (the index writer works within a time budget).
+    window = source["MaximumBatchingWindowInSeconds"]
+    assert queue["VisibilityTimeout"] >= 6 * embed["Timeout"] + window
+    assert queue["VisibilityTimeout"] <= 10 * 60
     assert queue["RedrivePolicy"]["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
     variables = load_template()["Globals"]["Function"]["Environment"]["Variables"]
     assert variables["IMGSEARCH_MAX_RECEIVE_COUNT"] == {"Ref": "MaxReceiveCount"}
     # Run without the template (the handler's own tests), the function counts as deployed.
     default = load_template()["Parameters"]["MaxReceiveCount"]["Default"]
     assert Settings.model_fields["max_receive_count"].default == default
-    source = embed["Events"]["ImageEvents"]["Properties"]
     assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert "MaximumConcurrency" in source["ScalingConfig"]
     # API Gateway waits 30 s for an integration.
@@ -215,3 +279,124 @@ def test_checkov_finds_nothing_unjustified(checkov_path: Path) -> None:
     # Every skip in the template says why.
     for check in results.get("skipped_checks", []):
         assert len(check["check_result"].get("suppress_comment", "")) > 20, check["check_id"]
+
+
+def _alarms(resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: resource["Properties"]
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::CloudWatch::Alarm"
+    }
+
+
+def test_alarms_watch_the_queues_every_function_and_the_index_lag() -> None:
+    resources = load_template()["Resources"]
+    alarms = _alarms(resources)
+    watched = {
+        (alarm["Namespace"], alarm["MetricName"], json.dumps(alarm["Dimensions"]))
+        for alarm in alarms.values()
+    }
+
+    def dimension(name: str, value: Any) -> str:
+        return json.dumps([{"Name": name, "Value": value}])
+
+    dead_letters = {"Fn::GetAtt": ["ImageDeadLetterQueue", "QueueName"]}
+    queue = {"Fn::GetAtt": ["ImageQueue", "QueueName"]}
+    assert {
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible", dimension("QueueName", dead_letters)),
+        ("AWS/SQS", "ApproximateAgeOfOldestMessage", dimension("QueueName", queue)),
+        # The index lag, as the embed function emits it (cloud/metrics.py: EMF, its service).
+        ("imgsearch", "PendingImages", dimension("service", "imgsearch-embed")),
+    } <= watched
+    functions = [n for n, r in resources.items() if r["Type"] == "AWS::Serverless::Function"]
+    for function in functions:
+        for metric in ("Errors", "Throttles"):
+            assert ("AWS/Lambda", metric, dimension("FunctionName", {"Ref": function})) in watched
+        service = resources[function]["Properties"]["Environment"]["Variables"]
+        assert (
+            service["POWERTOOLS_SERVICE_NAME"]
+            == f"imgsearch-{function.removesuffix('Function').lower()}"
+        )
+    # One dead letter is enough to hear of it; every alarm (and its end) reaches the topic.
+    dead_letter_alarm = next(
+        a for a in alarms.values() if a["Dimensions"][0]["Value"] == dead_letters
+    )
+    assert dead_letter_alarm["Threshold"] == 1
+    assert dead_letter_alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    for alarm in alarms.values():
+        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}] == alarm["OKActions"]
+    subscription = resources["AlarmEmailSubscription"]
+    assert subscription["Condition"] == "HasAlarmEmail"
+
+
+def test_the_dashboard_shows_what_the_functions_measure() -> None:
+    """Its body is a Fn::Sub of JSON; with the placeholders filled it must parse, and name
+    the metrics cloud/metrics.py emits."""
+    import re
+
+    from imgsearch.cloud import metrics
+
+    resources = load_template()["Resources"]
+    body = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    names = set(re.findall(r"\$\{([^}]+)\}", body))
+    for name in names:
+        assert name.split(".")[0] in resources or name.startswith("AWS::"), name
+    widgets = json.loads(re.sub(r"\$\{[^}]+\}", "x", body))["widgets"]
+    shown = {
+        (metric[0], metric[1]) for widget in widgets for metric in widget["properties"]["metrics"]
+    }
+    source = Path(metrics.__file__).read_text()
+    for name in ("ImagesIndexed", "ImagesRefused", "BuildSeconds", "PendingImages", "QueryLatency"):
+        assert ("imgsearch", name) in shown and f'"{name}"' in source, name
+    kinds = {
+        metric[metric.index("kind") + 1]
+        for widget in widgets
+        for metric in widget["properties"]["metrics"]
+        if "kind" in metric
+    }
+    assert kinds == {"keyword", "learned", "similar", "reverse"}
+
+
+def test_cloudfront_serves_the_page_and_thumbnails_from_the_private_bucket_and_the_api() -> None:
+    resources = load_template()["Resources"]
+    config = resources["Distribution"]["Properties"]["DistributionConfig"]
+    origins = {origin["Id"]: origin for origin in config["Origins"]}
+    behaviours = {b["PathPattern"]: b for b in config["CacheBehaviors"]}
+    # The bucket is read through the origin access control, never as a public website.
+    for name in ("page", "bucket"):
+        assert origins[name]["OriginAccessControlId"] == {
+            "Fn::GetAtt": ["BucketOriginAccessControl", "Id"]
+        }
+        assert origins[name]["S3OriginConfig"] == {"OriginAccessIdentity": ""}
+    assert origins["page"]["OriginPath"] == "/web" and config["DefaultRootObject"] == "index.html"
+    assert config["DefaultCacheBehavior"]["TargetOriginId"] == "page"
+    # /api/* is the HTTP API, uncached, every method, every header but Host.
+    api = behaviours["/api/*"]
+    assert api["TargetOriginId"] == "api" and "Api" in json.dumps(origins["api"]["DomainName"])
+    assert {"POST", "DELETE", "OPTIONS"} <= set(api["AllowedMethods"])
+    assert api["CachePolicyId"] == "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"  # CachingDisabled
+    assert api["OriginRequestPolicyId"] == "b689b0a8-53d0-40ab-baf2-68738e2966ac"
+    # Thumbnails: where the functions say they are, cached for a year.
+    variables = load_template()["Globals"]["Function"]["Environment"]["Variables"]
+    base = variables["IMGSEARCH_THUMBNAIL_BASE_URL"]
+    thumbnails = behaviours[f"{base}/*"]
+    assert thumbnails["TargetOriginId"] == "bucket" and base == "/thumbnails"  # the key prefix
+    policy = resources[thumbnails["CachePolicyId"]["Ref"]]["Properties"]["CachePolicyConfig"]
+    assert policy["DefaultTTL"] >= 30 * 86400
+    # The bucket lets this distribution read the page and the thumbnails, and nothing else.
+    statements = resources["ImageBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    cloudfront = [
+        s for s in statements if s.get("Principal") == {"Service": "cloudfront.amazonaws.com"}
+    ]
+    assert len(cloudfront) == 1 and cloudfront[0]["Action"] == "s3:GetObject"
+    assert [r["Fn::Sub"] for r in cloudfront[0]["Resource"]] == [
+        "${ImageBucket.Arn}/web/*",
+        "${ImageBucket.Arn}/thumbnails/*",
+    ]
+    assert (
+        "${Distribution}" in cloudfront[0]["Condition"]["StringEquals"]["AWS:SourceArn"]["Fn::Sub"]
+    )
+    # The page's own origin may POST presigned uploads into the bucket.
+    cors = resources["ImageBucket"]["Properties"]["CorsConfiguration"]["CorsRules"][0]
+    joined = cors["AllowedOrigins"]["Fn::Split"][1]["Fn::Join"][1]
+    assert {"Fn::Sub": "https://${Distribution.DomainName}"} in joined

@@ -46,9 +46,15 @@ def url_base(request: Request) -> str:
 
 
 def image_urls(request: Request, image_id: str) -> tuple[str, str]:
-    """The URLs of an image's bytes and thumbnail (see `url_base`)."""
-    image = f"{url_base(request)}/api/images/{image_id}"
-    return f"{image}/file", f"{image}/thumbnail"
+    """The URLs of an image's bytes and thumbnail (see `url_base`); the thumbnail's where a
+    CDN serves it (`ImageSearch.thumbnail_url`), else through the API."""
+    base = url_base(request)
+    image = f"{base}/api/images/{image_id}"
+    service: ImageSearch = request.app.state.service
+    static = service.thumbnail_url(image_id)
+    if static is None:
+        return f"{image}/file", f"{image}/thumbnail"
+    return f"{image}/file", f"{base}{static}" if static.startswith("/") else static
 
 
 def results(request: Request, service: ImageSearch, hits: Iterable[Hit]) -> list[Result]:

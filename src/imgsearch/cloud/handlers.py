@@ -6,6 +6,8 @@
   message holds one S3 notification. Messages are applied one by one (Powertools'
   BatchProcessor reports the failed ones, so only those are delivered again), then the index
   is rebuilt once for the whole batch.
+- Every handler writes its metrics when it returns (Powertools' `log_metrics`: see
+  cloud/metrics.py for what each function measures).
 - `http_handler`: the search and feedback functions, the FastAPI app behind API Gateway.
 
 Ingest is idempotent (content-addressed ids, per-key S3 sequencers, conditional writes), so
@@ -16,6 +18,7 @@ and a write per message to guarantee what ingest already does.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -32,6 +35,12 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from imgsearch.cloud.metrics import (
+    PENDING_COUNT_LIMIT,
+    MeteredImageSearch,
+    metrics,
+    record_batch,
+)
 from imgsearch.cloud.s3_events import parse_s3_records
 from imgsearch.config import get_settings
 from imgsearch.results import Preloadable
@@ -49,7 +58,8 @@ def cold_start(load: tuple[Preloadable, ...] = ()) -> ImageSearch:
     # (which configures registered loggers only: register the package's).
     logging.getLogger("imgsearch")
     copy_config_to_registered_loggers(source_logger=logger, include={"imgsearch"})
-    service = ImageSearch(get_settings())
+    # Queries are timed around the facade's calls (cloud/metrics.py); nothing else changes.
+    service = MeteredImageSearch(get_settings())
     service.preload(load)
     return service
 
@@ -62,13 +72,15 @@ def process_image_events(
 ) -> PartialItemFailureResponse:
     """Apply a batch of SQS messages carrying S3 notifications; returns the failed messages
     (all of them, if all failed: SQS then delivers them again like any other failure).
+    Adds the batch's metrics (cloud/metrics.py), which the handler's log_metrics writes out.
 
     Raises, so that the whole batch comes back, if the index build fails.
     """
     max_receives = service.settings.max_receive_count
+    outcomes: list[str] = []
     response = process_partial_response(
         event=event,
-        record_handler=lambda record: apply_message(service, record, max_receives),
+        record_handler=lambda record: outcomes.extend(apply_message(service, record, max_receives)),
         processor=BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False),
         context=context,
     )
@@ -76,27 +88,37 @@ def process_image_events(
     # left half-done (after 15 minutes, or at once if it was this machine's) are finished or
     # rolled back, and what was queued is indexed; a failed build must come back to be
     # retried, so it raises.
+    started = time.perf_counter()
     report = service.recover()
+    build_seconds = time.perf_counter() - started
     logger.info("index built", extra=asdict(report))
+    pending = service.index_backlog(limit=PENDING_COUNT_LIMIT)
+    record_batch(outcomes, report, build_seconds, pending)
     return response
 
 
-def apply_message(service: ImageSearch, record: SQSRecord, max_receives: int) -> None:
-    """Apply the events of one message. Errors are raised for a retry, except on the last
-    delivery, when the key is recorded as failed instead so that the message leaves the queue.
+def apply_message(service: ImageSearch, record: SQSRecord, max_receives: int) -> list[str]:
+    """Apply the events of one message; returns what became of each (an ingest status, or
+    "failed"). Errors are raised for a retry, except on the last delivery, when the key is
+    recorded as failed instead so that the message leaves the queue.
 
     Messages whose failure cannot even be recorded (unreadable bodies, a catalog that keeps
     failing) go on raising, and SQS moves them to the dead-letter queue.
     """
     last_delivery = int(record.attributes.approximate_receive_count) >= max_receives
+    outcomes = []
     # S3 sends an s3:TestEvent (no Records) when the notification is configured.
     for event in parse_s3_records(record.json_body.get("Records", [])):
         try:
-            service.apply_event(event)
+            result = service.apply_event(event)
         except Exception as error:  # any error: on the last delivery, recorded, not lost
             if not last_delivery:
                 raise
             service.record_failure(event, f"{type(error).__name__}: {error}")
+            outcomes.append("failed")
+        else:
+            outcomes.append(result.status if result is not None else "ignored")
+    return outcomes
 
 
 # HTTP functions ----------------------------------------------------------------------------
@@ -114,4 +136,5 @@ def http_handler(
 
     page = web_dir if web_dir is not None and web_dir.is_dir() else None
     app = create_app(service, routers=routers, web_dir=page)
-    return logger.inject_lambda_context(Mangum(app, lifespan="off"))
+    handler = logger.inject_lambda_context(Mangum(app, lifespan="off"))
+    return metrics.log_metrics(handler, capture_cold_start_metric=True)
