@@ -75,10 +75,12 @@ def _query_vectors(self: Any) -> Any:
     if len(query) != index.dimension:
         raise ValidationError(f"queryVector must have {index.dimension} dimensions")
     condition = self._get_param("filter") or {}
-    vectors = [v for v in index.vectors.values() if _matches(v.metadata or {}, condition)]
+    stored, matrix = _stored(index)
+    rows = [r for r, v in enumerate(stored) if _matches(v.metadata or {}, condition)]
+    vectors = [stored[r] for r in rows]
     result: dict[str, Any] = {"vectors": [], "distanceMetric": index.distance_metric}
     if vectors:
-        data = np.asarray([v.data["float32"] for v in vectors], dtype=np.float32)
+        data = matrix[rows]
         if index.distance_metric == "euclidean":
             distances = np.linalg.norm(data - query, axis=1)
         else:
@@ -95,13 +97,40 @@ def _query_vectors(self: Any) -> Any:
     return ActionResult(result)
 
 
+def _stored(index: Any) -> tuple[list[Any], np.ndarray]:
+    """The index's vectors and their matrix, kept until a write changes them."""
+    cached = getattr(index, "_imgsearch_matrix", None)
+    if cached is None:
+        stored = list(index.vectors.values())
+        matrix = np.asarray([v.data["float32"] for v in stored], dtype=np.float32)
+        cached = index._imgsearch_matrix = (stored, matrix.reshape(len(stored), index.dimension))
+    return cached
+
+
+def _forgetting_matrix(write: Any) -> Any:
+    def written(self: Any, **request: Any) -> Any:
+        index = self.get_index(
+            request["vector_bucket_name"], request["index_name"], request["index_arn"]
+        )
+        index._imgsearch_matrix = None
+        return write(self, **request)
+
+    written.forgets_matrix = True
+    return written
+
+
 def install_query_vectors() -> None:
     """Give moto's S3 Vectors emulation QueryVectors (idempotent)."""
     from moto.s3vectors import urls
+    from moto.s3vectors.models import S3VectorsBackend
     from moto.s3vectors.responses import S3VectorsResponse
 
     S3VectorsResponse.query_vectors = _query_vectors  # type: ignore[attr-defined]
     urls.url_paths.setdefault("{0}/QueryVectors$", S3VectorsResponse.dispatch)
+    for name in ("put_vectors", "delete_vectors"):
+        write = getattr(S3VectorsBackend, name)
+        if not getattr(write, "forgets_matrix", False):
+            setattr(S3VectorsBackend, name, _forgetting_matrix(write))
 
 
 def create_vector_indexes(

@@ -304,15 +304,20 @@ class S3VectorsIndex(SearchIndex):
         for c, w in weights.items():
             query[c] = w
         norm = float(np.linalg.norm(query))
-        found = self._query(self.vectors.classes, query, k + len(exclude))
+        # Distance 1 or more: no class in common (a score of 0), never ranked.
+        found = self._query(self.vectors.classes, query, k + len(exclude), within=1.0)
         scored = [(i, norm * (1.0 - d)) for i, d in found if i not in exclude]
         return [(i, s) for i, s in scored if s > 0][:k]
 
-    def _query(self, index: str, vector: np.ndarray, wanted: int) -> list[tuple[str, float]]:
-        """The `wanted` nearest in `index`, nearest first, beyond QueryVectors' top-k limit
-        by partitions (see the module's docstring)."""
+    def _query(
+        self, index: str, vector: np.ndarray, wanted: int, *, within: float = float("inf")
+    ) -> list[tuple[str, float]]:
+        """The `wanted` nearest in `index` closer than `within`, nearest first, beyond
+        QueryVectors' top-k limit by partitions (see the module's docstring)."""
         if wanted <= TOP_K_LIMIT:
-            return self.vectors.query(index, vector, wanted, None)
+            return [
+                hit for hit in self.vectors.query(index, vector, wanted, None) if hit[1] < within
+            ]
         groups = min(PARTS, -(-wanted // (TOP_K_LIMIT // 2)))
         answers = {
             parts: self.vectors.query(index, vector, TOP_K_LIMIT, parts)
@@ -320,13 +325,15 @@ class S3VectorsIndex(SearchIndex):
         }
         while True:
             merged = sorted(
-                (hit for hits in answers.values() for hit in hits), key=lambda h: (h[1], h[0])
+                (hit for hits in answers.values() for hit in hits if hit[1] < within),
+                key=lambda h: (h[1], h[0]),
             )[:wanted]
-            cutoff = merged[-1][1] if len(merged) == wanted else float("inf")
+            cutoff = merged[-1][1] if len(merged) == wanted else within
             unsure = [
                 parts
                 for parts, hits in answers.items()
-                if len(hits) == TOP_K_LIMIT and hits[-1][1] <= cutoff and len(parts) > 1
+                if len(hits) == TOP_K_LIMIT and hits[-1][1] < within and hits[-1][1] <= cutoff
+                if len(parts) > 1
             ]
             if not unsure:
                 return merged
