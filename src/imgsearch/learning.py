@@ -167,11 +167,7 @@ class Learner:
 
     def _examples(self, weights: dict[str, float]) -> Examples:
         """Images with their signed weights as examples (those still indexed)."""
-        vectors = {}
-        for image_id in weights:
-            vector = self.index.vector(image_id)
-            if vector is not None:
-                vectors[image_id] = vector
+        vectors = self.index.vectors(weights)
         dim = self.index.dim or 1
 
         def stack(sign: int) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -200,16 +196,14 @@ class Learner:
         examples = taught.examples
         if self.method == "neighbours":
             return self._neighbour_scores(examples, candidates)
-        vectors = np.stack([self._vector_or_zeros(i) for i in candidates])
+        stored = self.index.vectors(candidates)
+        # An image removed since the candidates were found fits nothing.
+        missing = np.zeros(self.index.dim, np.float32)
+        vectors = np.stack([stored.get(i, missing) for i in candidates])
         if self.method == "knn":
             return _knn_scores(examples, vectors)
         rocchio: np.ndarray = vectors @ _rocchio_vector(examples)
         return rocchio
-
-    def _vector_or_zeros(self, image_id: str) -> np.ndarray:
-        # An image removed since the candidates were found fits nothing.
-        vector = self.index.vector(image_id)
-        return vector if vector is not None else np.zeros(self.index.dim, np.float32)
 
     def candidates(self, taught: Taught, k: int) -> list[str]:
         """Images the learned model could rank first, found through the index."""

@@ -80,6 +80,9 @@ def test_nearest_images_are_the_exact_nearest_and_leave_with_their_images(engine
     index = service.parts.index
     assert len(index) == 300 and ids[7] in index and "feedbeef" not in index
     assert np.allclose(index.vector(ids[7]), normalise_rows(vectors[7:8])[0], atol=1e-3)
+    batch = index.vectors([*ids[:5], "feedbeef"])
+    assert list(batch) == ids[:5]
+    assert np.allclose(np.stack(list(batch.values())), normalise_rows(vectors[:5]), atol=1e-3)
     stored = dict(zip(ids, vectors, strict=True))
     queries = normalise_rows(clustered_vectors(20, seed=11))
     recall = np.mean(

@@ -69,6 +69,12 @@ class SearchIndex(ABC):
     def vector(self, image_id: str) -> np.ndarray | None:
         """The stored unit feature vector of an indexed image."""
 
+    def vectors(self, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of those of `image_ids` that are indexed (an engine over the
+        network asks for them in batches)."""
+        found = {image_id: self.vector(image_id) for image_id in image_ids}
+        return {image_id: vector for image_id, vector in found.items() if vector is not None}
+
     @abstractmethod
     def nearest(
         self,

@@ -205,8 +205,8 @@ class S3VectorsIndex(SearchIndex):
     state object, and caches the vectors and presence it asked for until the next
     generation."""
 
-    def __init__(self, vectors: VectorBucket, store: ObjectStore) -> None:
-        self.vectors = vectors
+    def __init__(self, bucket: VectorBucket, store: ObjectStore) -> None:
+        self.bucket = bucket
         self._store = store
         self.refresh_interval = REFRESH_INTERVAL_SECONDS
         self._state = VectorsState()
@@ -259,16 +259,29 @@ class S3VectorsIndex(SearchIndex):
         ids = list(dict.fromkeys(image_ids))
         unknown = [i for i in ids if i not in self._present]
         if unknown and self._state.count:
-            found = self.vectors.get(unknown, data=False)
+            found = self.bucket.get(unknown, data=False)
             self._remember(self._present, {i: i in found for i in unknown})
         return {i for i in ids if self._present.get(i)}
 
     def vector(self, image_id: str) -> np.ndarray | None:
         if image_id not in self._known:
-            found = self.vectors.get([image_id], data=True) if self._state.count else {}
+            found = self.bucket.get([image_id], data=True) if self._state.count else {}
             self._remember(self._known, {image_id: found.get(image_id)})
             self._remember(self._present, {image_id: image_id in found})
         return self._known[image_id]
+
+    def vectors(self, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        ids = list(dict.fromkeys(image_ids))
+        unknown = [i for i in ids if i not in self._known]
+        if unknown and self._state.count:
+            found = self.vectors_of(unknown)
+            self._remember(self._known, {i: found.get(i) for i in unknown})
+            self._remember(self._present, {i: i in found for i in unknown})
+        return {i: v for i in ids if (v := self._known.get(i)) is not None}
+
+    def vectors_of(self, image_ids: Sequence[str]) -> dict[str, np.ndarray | None]:
+        """GetVectors with data, in batches; absent ids left out."""
+        return self.bucket.get(image_ids, data=True)
 
     @staticmethod
     def _remember(cache: dict[str, Any], entries: Mapping[str, Any]) -> None:
@@ -288,7 +301,7 @@ class S3VectorsIndex(SearchIndex):
         if not self._state.count or k <= 0:
             return []
         vector = np.asarray(vector, dtype=np.float32)
-        found = self._query(self.vectors.features, vector, k + len(exclude))
+        found = self._query(self.bucket.features, vector, k + len(exclude))
         best = [(i, min(max(d, 0.0), 2.0)) for i, d in found if i not in exclude]
         return best[:k]
 
@@ -305,7 +318,7 @@ class S3VectorsIndex(SearchIndex):
             query[c] = w
         norm = float(np.linalg.norm(query))
         # Distance 1 or more: no class in common (a score of 0), never ranked.
-        found = self._query(self.vectors.classes, query, k + len(exclude), within=1.0)
+        found = self._query(self.bucket.classes, query, k + len(exclude), within=1.0)
         scored = [(i, norm * (1.0 - d)) for i, d in found if i not in exclude]
         return [(i, s) for i, s in scored if s > 0][:k]
 
@@ -316,11 +329,11 @@ class S3VectorsIndex(SearchIndex):
         QueryVectors' top-k limit by partitions (see the module's docstring)."""
         if wanted <= TOP_K_LIMIT:
             return [
-                hit for hit in self.vectors.query(index, vector, wanted, None) if hit[1] < within
+                hit for hit in self.bucket.query(index, vector, wanted, None) if hit[1] < within
             ]
         groups = min(PARTS, -(-wanted // (TOP_K_LIMIT // 2)))
         answers = {
-            parts: self.vectors.query(index, vector, TOP_K_LIMIT, parts)
+            parts: self.bucket.query(index, vector, TOP_K_LIMIT, parts)
             for parts in (tuple(range(g, PARTS, groups)) for g in range(groups))
         }
         while True:
@@ -340,14 +353,14 @@ class S3VectorsIndex(SearchIndex):
             for parts in unsure:
                 del answers[parts]
                 for half in (parts[::2], parts[1::2]):
-                    answers[half] = self.vectors.query(index, vector, TOP_K_LIMIT, half)
+                    answers[half] = self.bucket.query(index, vector, TOP_K_LIMIT, half)
 
     def spread(self, k: int, *, exclude: Collection[str] = ()) -> list[str]:
         return [i for i in self._state.spread if i not in exclude][:k]
 
     def image_ids(self, *, newest_first: bool = True) -> Iterator[str]:
         if self._ids is None:
-            listed = self.vectors.listing(self.vectors.features) if self._state.count else iter(())
+            listed = self.bucket.listing(self.bucket.features) if self._state.count else iter(())
             # Within a generation, a batch was added in id order (the work queue's).
             by_age = sorted((int(meta.get("added", 0)), key) for key, meta in listed)
             self._ids = [key for _, key in reversed(by_age)]
@@ -360,7 +373,7 @@ class S3VectorsWriter(IndexWriter):
     def __init__(self, catalog: Catalog, index: S3VectorsIndex, *, model_name: str) -> None:
         self.catalog = catalog
         self.index = index
-        self.vectors = index.vectors
+        self.bucket = index.bucket
         self.model_name = model_name
 
     def publish(self, additions: ShardData, removed: Collection[str]) -> int:
@@ -371,8 +384,8 @@ class S3VectorsWriter(IndexWriter):
             parts = [partition(i) for i in ids]
             features = additions.features.astype(np.float32)
             classes = unit_class_vectors(additions.probabilities)
-            self.vectors.put(
-                self.vectors.features,
+            self.bucket.put(
+                self.bucket.features,
                 [
                     {
                         "key": i,
@@ -382,16 +395,16 @@ class S3VectorsWriter(IndexWriter):
                     for i, row, p in zip(ids, features, parts, strict=True)
                 ],
             )
-            self.vectors.put(
-                self.vectors.classes,
+            self.bucket.put(
+                self.bucket.classes,
                 [
                     {"key": i, "data": {"float32": row.tolist()}, "metadata": {"part": p}}
                     for i, row, p in zip(ids, classes, parts, strict=True)
                 ],
             )
         if removed:
-            for index in (self.vectors.features, self.vectors.classes):
-                self.vectors.delete(index, list(removed))
+            for index in (self.bucket.features, self.bucket.classes):
+                self.bucket.delete(index, list(removed))
         new = VectorsState(
             generation=generation,
             count=state.count + len(additions) - len(removed),
@@ -409,7 +422,7 @@ class S3VectorsWriter(IndexWriter):
     ) -> tuple[str, ...]:
         """Representatives of the collection from the previous ones and the new images."""
         kept = [i for i in state.spread if i not in set(removed)]
-        stored = self.vectors.get(kept, data=True) if kept else {}
+        stored = self.bucket.get(kept, data=True) if kept else {}
         ids = [i for i in kept if stored.get(i) is not None] + list(additions.ids)
         if not ids:
             return ()
@@ -432,9 +445,9 @@ class S3VectorsWriter(IndexWriter):
         self.catalog.record_published(Published(state.generation, state.count, 0))
 
     def clear(self) -> None:
-        keys = [key for key, _ in self.vectors.listing(self.vectors.features)]
-        for index in (self.vectors.features, self.vectors.classes):
-            self.vectors.delete(index, keys)
+        keys = [key for key, _ in self.bucket.listing(self.bucket.features)]
+        for index in (self.bucket.features, self.bucket.classes):
+            self.bucket.delete(index, keys)
         try:
             etag: str | None = self.catalog.objects.head(STATE_KEY).etag
         except NotFound:
