@@ -591,7 +591,7 @@ class ImageSearch:
         """The index's shape and query settings."""
         index = self.parts.index
         index.refresh()
-        return IndexInfo(len(index.shards), index.candidates, index.search_k, self.parts.model.name)
+        return IndexInfo(index.shard_count, index.candidates, index.search_k, self.parts.model.name)
 
     @staticmethod
     def exact_neighbours(

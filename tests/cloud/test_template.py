@@ -215,3 +215,51 @@ def test_checkov_finds_nothing_unjustified(checkov_path: Path) -> None:
     # Every skip in the template says why.
     for check in results.get("skipped_checks", []):
         assert len(check["check_result"].get("suppress_comment", "")) > 20, check["check_id"]
+
+
+def test_the_vector_indexes_fit_the_model_and_only_its_users_may_query_them(
+    translated, embedder
+) -> None:
+    template = load_template()
+    assert template["Parameters"]["VectorEngine"]["AllowedValues"] == ["annoy", "s3vectors"]
+    assert template["Parameters"]["VectorEngine"]["Default"] == Settings().vector_engine
+    resources = template["Resources"]
+    features, classes = resources["VectorIndex"], resources["ClassVectorIndex"]
+    environment = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert features["Properties"]["IndexName"] == environment["IMGSEARCH_VECTOR_INDEX"]
+    assert classes["Properties"]["IndexName"] == f"{environment['IMGSEARCH_VECTOR_INDEX']}-classes"
+    # Features of the model; its 1000 class probabilities and the component that makes each
+    # row a unit vector (index/s3vectors.py).
+    assert features["Properties"]["Dimension"] == embedder.feature_dim
+    assert classes["Properties"]["Dimension"] == model_classes(embedder) + 1
+    for resource in (features, classes, resources["VectorBucket"]):
+        assert resource["Condition"] == "UseS3Vectors"
+        assert resource["DeletionPolicy"] == "Retain"
+
+    def vector_actions(role: str) -> set[str]:
+        found = set()
+        for statement in _statements(translated, role):
+            actions = {a for a in _actions(statement) if a.startswith("s3vectors:")}
+            if actions:
+                assert all("imgsearch-vectors-" in r for r in _resources(statement)), role
+                found |= actions
+        return found
+
+    needed = {
+        "s3vectors:QueryVectors",
+        "s3vectors:GetVectors",
+        "s3vectors:ListVectors",
+        "s3vectors:PutVectors",
+        "s3vectors:DeleteVectors",
+    }
+    # Embed and search (uploads and deletions through the API) build the index.
+    assert vector_actions("EmbedFunctionRole") == vector_actions("SearchFunctionRole") == needed
+    assert not vector_actions("FeedbackFunctionRole")
+    assert not vector_actions("AuthorizerFunctionRole")
+
+
+def model_classes(embedder) -> int:
+    """How many classes the model tells probabilities of."""
+    from PIL import Image
+
+    return len(embedder.embed(Image.new("RGB", (64, 64))).probabilities)

@@ -57,7 +57,7 @@ def _removed(record: ImageRecord) -> ImageRecord:
 def index_service(tmp_path) -> ImageSearch:
     settings = Settings(data_dir=tmp_path / "data", shard_size=50, ann_trees=10, neighbours=10)
     service = ImageSearch(settings)
-    service.parts.builder.grace_seconds = 0.0
+    service.parts.builder.writer.grace_seconds = 0.0
     return service
 
 

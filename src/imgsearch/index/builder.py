@@ -6,10 +6,9 @@ lease taken simply returns, and its work is picked up by the running builder, wh
 the queue again after letting go of the lease. So concurrent uploads are coalesced into few
 builds, and nothing queued is left behind.
 
-Shard life cycle: new images go to the one open shard, rebuilt from its stored vectors on each
-batch; once it holds `shard_size` images it is sealed and never rebuilt. Removals from sealed
-shards are masked through the manifest. The manifest is switched by compare-and-swap, and
-builds it no longer names are deleted after a grace period.
+What a batch becomes in the engine (new shard builds and a manifest, or vectors put into
+and deleted from S3 Vectors) is the index writer's (base.py `IndexWriter`: shard_writer.py,
+s3vectors.py); the queue, the lease, the catalog's statuses and the neighbourhoods are here.
 """
 
 from __future__ import annotations
@@ -21,17 +20,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from imgsearch.catalog import Catalog, ImageRecord, ImageStatus, PendingItem, Published
-from imgsearch.index.manifest import (
-    Manifest,
-    ShardEntry,
-    manifest_etag,
-    read_manifest,
-    write_manifest,
-)
+from imgsearch.catalog import Catalog, ImageRecord, ImageStatus, PendingItem
+from imgsearch.index.base import IndexWriter, SearchIndex
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
-from imgsearch.index.shards import SHARDS_PREFIX, Shard, ShardData, normalise_rows, write_build
+from imgsearch.index.shard_writer import ShardWriter
+from imgsearch.index.shards import ShardData, normalise_rows
 from imgsearch.integrity import DamagedFile
 from imgsearch.owners import new_owner, owner_is_alive
 from imgsearch.storage import NotFound, PreconditionFailed, StorageError, Table
@@ -112,30 +106,33 @@ class BuildReport:
 
 BATCH_SIZE = 1000  # work items one pass of the builder takes from the queue
 LEASE_SECONDS = 300.0  # a builder renews its lease well within this (once per batch)
-GRACE_SECONDS = 900.0  # a shard file no manifest names is kept this long for readers
 
 
 class IndexBuilder:
     def __init__(
         self,
         catalog: Catalog,
-        index: Index,
+        index: SearchIndex,
         neighbourhoods: Neighbourhoods,
         *,
         shard_size: int,
         n_trees: int,
         model_name: str,
+        writer: IndexWriter | None = None,
     ) -> None:
+        """`writer`: the engine's; without one, the Annoy shards' (`index` is then theirs)."""
         self.catalog = catalog
         self.store = catalog.objects
         self.index = index
         self.neighbourhoods = neighbourhoods
-        self.shard_size = shard_size
-        self.n_trees = n_trees
-        self.model_name = model_name
+        if writer is None:
+            assert isinstance(index, Index), "the Annoy shards' writer needs their reader"
+            writer = ShardWriter(
+                catalog, index, shard_size=shard_size, n_trees=n_trees, model_name=model_name
+            )
+        self.writer = writer
         self.batch_size = BATCH_SIZE
         self.lease_seconds = LEASE_SECONDS
-        self.grace_seconds = GRACE_SECONDS
 
     def run(self, *, until: Callable[[], bool] | None = None) -> BuildReport:
         """Drain the work queue, unless another builder is already doing so.
@@ -195,9 +192,8 @@ class IndexBuilder:
     def _publish(
         self, batch: list[PendingItem], report: BuildReport
     ) -> tuple[list[str], dict[str, np.ndarray]]:
-        """Write new shard builds for the batch and switch the manifest to them."""
+        """Publish the batch through the engine's writer; what it added and removed."""
         self.index.refresh(force=True)
-        manifest, etag = self.index.manifest, self.index.etag
         wanted = {item.image_id: item.op for item in batch}
         additions = self._load_additions(
             [i for i, op in wanted.items() if op == "add" and i not in self.index]
@@ -209,60 +205,9 @@ class IndexBuilder:
         }
         if not len(additions) and not removed:
             return [], {}
-
-        shards: list[ShardEntry] = []
-        data = additions
-        open_id: str | None = None
-        for entry in manifest.shards:
-            shard = self._loaded(entry)
-            if entry.sealed:
-                gone = set(removed).intersection(shard.row_of)
-                if gone:
-                    entry = replace(entry, deleted=tuple(sorted(gone.union(entry.deleted))))
-                shards.append(entry)
-            else:
-                open_id = entry.id
-                kept = shard.data().without(removed)
-                data = kept.append(additions) if len(additions) else kept
-
-        dim = int(data.features.shape[1]) if len(data) else manifest.dim
-        next_shard = manifest.next_shard
-        remaining: ShardData | None = data
-        while remaining is not None and len(remaining):
-            if open_id is None:
-                open_id, next_shard = f"s{next_shard:06d}", next_shard + 1
-            part = remaining.take(slice(0, self.shard_size))
-            sealed = len(part) == self.shard_size
-            build = write_build(self.store, open_id, part, self.n_trees)
-            report.shard_builds += 1
-            shards.append(
-                ShardEntry(
-                    id=open_id, build=build.id, count=len(part), sealed=sealed, sha256=build.sha256
-                )
-            )
-            remaining = remaining.take(slice(self.shard_size, None)) if sealed else None
-            open_id = None
-
-        new_manifest = manifest.with_shards(
-            shards,
-            next_shard=next_shard,
-            model=self.model_name,
-            dim=dim,
-            trees=self.n_trees,
-            updated_at=time.time(),
-        )
-        write_manifest(self.store, new_manifest, etag)
-        self.catalog.record_published(
-            Published(new_manifest.generation, new_manifest.image_count, next_shard)
-        )
+        report.shard_builds += self.writer.publish(additions, list(removed))
         self.index.refresh(force=True)
         return list(additions.ids), removed
-
-    def _loaded(self, entry: ShardEntry) -> Shard:
-        for shard in self.index.shards:
-            if (shard.shard_id, shard.build_id) == (entry.id, entry.build):
-                return shard
-        raise PreconditionFailed(f"shard {entry.id} build {entry.build} is not the loaded one")
 
     def _load_additions(self, image_ids: list[str]) -> ShardData:
         ids, features, probabilities = [], [], []
@@ -279,7 +224,7 @@ class IndexBuilder:
             features.append(vector)
             probabilities.append(probs)
         if not ids:
-            return ShardData.empty(self.index.manifest.dim, 0)
+            return ShardData.empty(self.index.dim, 0)
         return ShardData(
             ids, normalise_rows(np.stack(features)), np.stack(probabilities).astype(np.float16)
         )
@@ -291,35 +236,19 @@ class IndexBuilder:
         if not lease.acquire():
             raise RuntimeError("another index build is running; try again when it is done")
         try:
-            # The old manifest may be of another format, or damaged: only its ETag matters.
-            etag = manifest_etag(self.store)
             for info in self.store.list("embeddings/"):
                 image_id = info.key.removeprefix("embeddings/").removesuffix(".npz")
                 record = self.catalog.image(image_id)
                 if record is not None and record.status != "removed":
                     self.catalog.mark_pending(image_id, "add")
-            # Shard ids and generations go on from the last published: no build id or
-            # generation of the old index is ever reused.
-            published = self.catalog.published()
-            empty = Manifest(generation=published.generation + 1, next_shard=published.next_shard)
-            write_manifest(self.store, empty, etag)
-            self.catalog.record_published(Published(empty.generation, 0, empty.next_shard))
+            self.writer.clear()
         finally:
             lease.release()
         return self.run()
 
     def collect_garbage(self) -> int:
-        """Delete shard files no manifest names, once older than the grace period."""
-        manifest, _ = read_manifest(self.store)
-        live = {f"{SHARDS_PREFIX}{s.id}/{s.build}." for s in manifest.shards}
-        cutoff = time.time() - self.grace_seconds
-        deleted = 0
-        for info in list(self.store.list(SHARDS_PREFIX)):
-            prefix = info.key[: info.key.index(".") + 1]
-            if prefix not in live and info.last_modified < cutoff:
-                self.store.delete(info.key)
-                deleted += 1
-        return deleted
+        """Delete what no publication names any more (old shard builds)."""
+        return self.writer.collect_garbage()
 
 
 def _with_status(record: ImageRecord, status: ImageStatus) -> ImageRecord:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from imgsearch.catalog import Catalog
-from imgsearch.index.reader import Index
+from imgsearch.index.base import SearchIndex
 from imgsearch.storage import retry_on_conflict
 
 Neighbours = list[tuple[str, float]]
@@ -23,7 +23,7 @@ REACH = 200  # how many of a new or removed image's nearest images may list it
 
 
 class Neighbourhoods:
-    def __init__(self, catalog: Catalog, index: Index, *, k: int = 50) -> None:
+    def __init__(self, catalog: Catalog, index: SearchIndex, *, k: int = 50) -> None:
         self.catalog = catalog
         self.index = index
         self.k = k
@@ -32,7 +32,8 @@ class Neighbourhoods:
     def get(self, image_id: str) -> Neighbours:
         """The stored list, without images that left the index since it was written."""
         neighbours, _ = self.catalog.neighbours(image_id)
-        return [(i, d) for i, d in neighbours if i in self.index]
+        present = self.index.present(i for i, _ in neighbours)
+        return [(i, d) for i, d in neighbours if i in present]
 
     def compute(self, image_id: str) -> Neighbours:
         vector = self.index.vector(image_id)
