@@ -184,6 +184,22 @@ class Catalog:
 
         return retry_on_conflict(step, f"image {image_id}'s record")
 
+    def mark_indexed(self, image_ids: list[str]) -> None:
+        """Mark these images indexed, those still pending: their records read in batches,
+        each written by compare-and-swap (and changed alone if it changed meanwhile)."""
+        items = self.table.get_many([(f"image#{i}", "meta") for i in image_ids])
+        for item in items.values():
+            record = ImageRecord.from_item(item)
+            if record.status != "pending":
+                continue
+            try:
+                indexed = replace(record, status="indexed")
+                self.table.put(
+                    f"image#{record.id}", "meta", indexed.attrs(), expected_version=record.version
+                )
+            except PreconditionFailed:
+                self.update_image(record.id, _indexed_if_pending)
+
     # Keys -------------------------------------------------------------------------------
 
     def key(self, key: str) -> KeyRecord | None:
@@ -382,6 +398,10 @@ class Catalog:
 
     def delete_neighbours(self, image_id: str) -> None:
         self.table.delete(f"image#{image_id}", "neighbours")
+
+
+def _indexed_if_pending(record: ImageRecord) -> ImageRecord | None:
+    return replace(record, status="indexed") if record.status == "pending" else None
 
 
 # A neighbour list (id, distance), nearest first, and the version it was read at.

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from imgsearch.catalog import Catalog, ImageRecord, ImageStatus, PendingItem, Published
+from imgsearch.catalog import Catalog, PendingItem, Published
 from imgsearch.index.manifest import (
     Manifest,
     ShardEntry,
@@ -273,10 +273,7 @@ class IndexBuilder:
         in_index = [
             item.image_id for item in batch if item.op == "add" and item.image_id in self.index
         ]
-        for image_id in in_index:
-            self.catalog.update_image(
-                image_id, lambda r: _with_status(r, "indexed") if r.status == "pending" else None
-            )
+        self.catalog.mark_indexed(in_index)
         # Neighbour lists are written without conditions (in batches): only by a holder.
         _still_held(lease)
         self.neighbourhoods.update(in_index, removed)
@@ -428,7 +425,3 @@ class IndexBuilder:
 def _still_held(lease: Lease) -> None:
     if not lease.held:
         raise LeaseLost(f"the {lease.name} lease expired or was taken over")
-
-
-def _with_status(record: ImageRecord, status: ImageStatus) -> ImageRecord:
-    return replace(record, status=status)
