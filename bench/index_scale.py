@@ -42,8 +42,9 @@ def real_embeddings() -> tuple[np.ndarray, np.ndarray]:
     if CACHE.exists():
         with np.load(CACHE) as cached:
             return cached["features"], cached["probabilities"]
-    embedder = Embedder(ModelSpec.load(Settings().model_path))
-    limits = DecodeLimits.from_settings(Settings())
+    settings = Settings()
+    embedder = Embedder(ModelSpec.load(settings.model_path))
+    limits = DecodeLimits.from_settings(settings)
     images = []
     for source in SOURCES:
         if source.is_dir():

@@ -35,7 +35,7 @@ CATEGORIES = ("elephant", "pizza", "chair", "lotus", "watch", "camera")
 KILL_POINTS = {
     "before_manifest": ("imgsearch.index.builder", "write_manifest", "before"),
     "after_manifest": ("imgsearch.index.builder", "write_manifest", "after"),
-    "neighbourhoods": ("imgsearch.index.neighbourhoods.Neighbourhoods", "_merge", "before"),
+    "neighbourhoods": ("imgsearch.catalog.Catalog", "put_neighbour_lists", "before"),
 }
 
 

@@ -81,6 +81,14 @@ class Settings(BaseSettings):
     vector_engine: Literal["annoy", "s3vectors"] = "annoy"
     vector_bucket: str = "imgsearch-vectors"
     vector_index: str = "images"
+    # How long one index build may take, in seconds (None: until the queue is empty); what is
+    # left stays queued for the next. The cloud's embed function also keeps within half of
+    # what remains of its invocation (cloud/handlers.py). docs/reliability.md, "The index
+    # writer".
+    index_build_seconds: float | None = Field(None, gt=0)
+    # How often `imgsearch serve` applies what is queued (deletions, uploads whose request
+    # gave up waiting): the local counterpart of the cloud's schedule.
+    index_drain_seconds: float = Field(5.0, gt=0)
 
     # Feedback: how votes re-rank (see learning.py), and how long others' votes are cached.
     feedback_method: FeedbackMethod = "rocchio"

@@ -159,6 +159,18 @@ def test_the_queue_retries_a_bounded_number_of_times_within_the_functions_time()
     assert resources["FeedbackFunction"]["Properties"]["Timeout"] < 30
 
 
+def test_the_index_writer_is_bounded_and_its_stranded_work_drained_on_a_schedule() -> None:
+    embed = load_template()["Resources"]["EmbedFunction"]["Properties"]
+    # Each build stops well inside the function's timeout (and within half of what is left
+    # of the invocation: cloud/handlers.build_budget), leaving the rest queued...
+    budget = float(embed["Environment"]["Variables"]["IMGSEARCH_INDEX_BUILD_SECONDS"])
+    assert budget <= embed["Timeout"] / 2
+    # ...which the schedule applies within minutes when no image arrives.
+    schedule = embed["Events"]["DrainIndexQueue"]
+    assert schedule["Type"] == "Schedule"
+    assert schedule["Properties"]["Schedule"] == "rate(5 minutes)"
+
+
 def test_the_page_may_reach_the_bucket_it_uploads_into() -> None:
     """The page's Content-Security-Policy names the bucket the functions use, by the same
     derived name (its images are presigned GETs, its uploads presigned POSTs)."""

@@ -15,7 +15,7 @@ neighbourhoods, catalog statuses) took from the work queue. Two engines implemen
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -110,9 +110,16 @@ class IndexWriter(ABC):
     one under it raises PreconditionFailed and the builder tries the batch again."""
 
     @abstractmethod
-    def publish(self, additions: ShardData, removed: Collection[str]) -> int:
+    def publish(
+        self,
+        additions: ShardData,
+        removed: Collection[str],
+        still_held: Callable[[], None] = lambda: None,
+    ) -> int:
         """Make `additions` (not yet in the index) searchable and `removed` (in it) gone, in
-        one publication. Returns the shard builds written (0 for an engine without shards)."""
+        one publication. Returns the shard builds written (0 for an engine without shards).
+        `still_held` raises if the builder's lease lapsed: called before anything becomes
+        visible to readers, so that a builder presumed dead publishes nothing."""
 
     @abstractmethod
     def clear(self) -> None:

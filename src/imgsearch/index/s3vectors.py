@@ -34,7 +34,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -376,8 +376,14 @@ class S3VectorsWriter(IndexWriter):
         self.bucket = index.bucket
         self.model_name = model_name
 
-    def publish(self, additions: ShardData, removed: Collection[str]) -> int:
+    def publish(
+        self,
+        additions: ShardData,
+        removed: Collection[str],
+        still_held: Callable[[], None] = lambda: None,
+    ) -> int:
         state, etag = self.index.state, self.index.etag
+        still_held()  # vectors are searchable as soon as they are put
         generation = state.generation + 1
         if len(additions):
             ids = additions.ids

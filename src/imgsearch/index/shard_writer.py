@@ -9,7 +9,7 @@ builds it no longer names are deleted after a grace period.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import replace
 
 from imgsearch.catalog import Catalog, Published
@@ -40,7 +40,12 @@ class ShardWriter(IndexWriter):
         self.model_name = model_name
         self.grace_seconds = GRACE_SECONDS
 
-    def publish(self, additions: ShardData, removed: Collection[str]) -> int:
+    def publish(
+        self,
+        additions: ShardData,
+        removed: Collection[str],
+        still_held: Callable[[], None] = lambda: None,
+    ) -> int:
         """Write new shard builds for the batch and switch the manifest to them."""
         manifest, etag = self.index.manifest, self.index.etag
         builds = 0
@@ -85,6 +90,7 @@ class ShardWriter(IndexWriter):
             trees=self.n_trees,
             updated_at=time.time(),
         )
+        still_held()  # shard builds are invisible until the manifest names them
         write_manifest(self.store, new_manifest, etag)
         self.catalog.record_published(
             Published(new_manifest.generation, new_manifest.image_count, next_shard)
