@@ -26,6 +26,11 @@ model, the dimensions and the spread (representatives kept by the writer from th
 spread and each batch's additions). `image_ids` lists the whole feature index (ListVectors),
 once per generation: browsing is the one operation whose cost grows with the collection.
 `exact=True` is not offered by S3 Vectors (its queries are approximate): it is ignored.
+
+Known gap: a writer killed between its PutVectors or DeleteVectors and the state's
+compare-and-swap leaves those vectors written but the count (health's `images`) not
+changed; the next build sees them as already indexed (or already gone) and does not count
+them. Searches are right; `imgsearch reindex` recounts.
 """
 
 from __future__ import annotations
@@ -256,32 +261,33 @@ class S3VectorsIndex(SearchIndex):
         return str(image_id) in self.present([str(image_id)])
 
     def present(self, image_ids: Iterable[str]) -> set[str]:
+        known = self._present
         ids = list(dict.fromkeys(image_ids))
-        unknown = [i for i in ids if i not in self._present]
+        answers = {i: known[i] for i in ids if i in known}
+        unknown = [i for i in ids if i not in answers]
         if unknown and self._state.count:
             found = self.bucket.get(unknown, data=False)
-            self._remember(self._present, {i: i in found for i in unknown})
-        return {i for i in ids if self._present.get(i)}
+            fetched = {i: i in found for i in unknown}
+            self._remember(self._present, fetched)
+            answers |= fetched
+        return {i for i in ids if answers.get(i)}
 
     def vector(self, image_id: str) -> np.ndarray | None:
-        if image_id not in self._known:
-            found = self.bucket.get([image_id], data=True) if self._state.count else {}
-            self._remember(self._known, {image_id: found.get(image_id)})
-            self._remember(self._present, {image_id: image_id in found})
-        return self._known[image_id]
+        return self.vectors([image_id]).get(image_id)
 
     def vectors(self, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        # Answers from the caches, which another thread may clear meanwhile: never read back.
+        known = self._known
         ids = list(dict.fromkeys(image_ids))
-        unknown = [i for i in ids if i not in self._known]
+        answers = {i: known[i] for i in ids if i in known}
+        unknown = [i for i in ids if i not in answers]
         if unknown and self._state.count:
-            found = self.vectors_of(unknown)
-            self._remember(self._known, {i: found.get(i) for i in unknown})
+            found = self.bucket.get(unknown, data=True)
+            fetched = {i: found.get(i) for i in unknown}
+            self._remember(self._known, fetched)
             self._remember(self._present, {i: i in found for i in unknown})
-        return {i: v for i in ids if (v := self._known.get(i)) is not None}
-
-    def vectors_of(self, image_ids: Sequence[str]) -> dict[str, np.ndarray | None]:
-        """GetVectors with data, in batches; absent ids left out."""
-        return self.bucket.get(image_ids, data=True)
+            answers |= fetched
+        return {i: v for i in ids if (v := answers.get(i)) is not None}
 
     @staticmethod
     def _remember(cache: dict[str, Any], entries: Mapping[str, Any]) -> None:
