@@ -26,7 +26,7 @@ import numpy as np
 from imgsearch.bulk import files_under
 from imgsearch.config import Settings
 from imgsearch.embedding import Embedder, ModelSpec
-from imgsearch.images import ImageRefused, decode_image
+from imgsearch.images import DecodeLimits, ImageRefused, decode_image
 from imgsearch.index.manifest import Manifest, ShardEntry, write_manifest
 from imgsearch.index.reader import Index
 from imgsearch.index.shards import ShardData, normalise_rows, write_build
@@ -42,13 +42,15 @@ def real_embeddings() -> tuple[np.ndarray, np.ndarray]:
     if CACHE.exists():
         with np.load(CACHE) as cached:
             return cached["features"], cached["probabilities"]
-    embedder = Embedder(ModelSpec.load(Settings().model_path))
+    settings = Settings()
+    embedder = Embedder(ModelSpec.load(settings.model_path))
+    limits = DecodeLimits.from_settings(settings)
     images = []
     for source in SOURCES:
         if source.is_dir():
             for _, path in files_under(source):
                 try:
-                    images.append(decode_image(path.read_bytes()).image)
+                    images.append(decode_image(path.read_bytes(), limits).image)
                 except ImageRefused:
                     continue
     features, probabilities = embedder.embed_batch(images)

@@ -33,9 +33,9 @@ CATEGORIES = ("elephant", "pizza", "chair", "lotus", "watch", "camera")
 # Where the worker dies: after writing a shard build but before switching the manifest, after
 # switching it but before any bookkeeping, and while it updates neighbour lists.
 KILL_POINTS = {
-    "before_manifest": ("imgsearch.index.builder", "write_manifest", "before"),
-    "after_manifest": ("imgsearch.index.builder", "write_manifest", "after"),
-    "neighbourhoods": ("imgsearch.index.neighbourhoods.Neighbourhoods", "_merge", "before"),
+    "before_manifest": ("imgsearch.index.shard_writer", "write_manifest", "before"),
+    "after_manifest": ("imgsearch.index.shard_writer", "write_manifest", "after"),
+    "neighbourhoods": ("imgsearch.catalog.Catalog", "put_neighbour_lists", "before"),
 }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -24,6 +24,7 @@ from imgsearch.storage import (
     DirectUploads,
     PreconditionFailed,
     PresignedPost,
+    Put,
     Storage,
     TooMuchContention,
     retry_on_conflict,
@@ -193,6 +194,22 @@ class Catalog:
             return replace(changed, version=version)
 
         return retry_on_conflict(step, f"image {image_id}'s record")
+
+    def mark_indexed(self, image_ids: list[str]) -> None:
+        """Mark these images indexed, those still pending: their records read in batches,
+        each written by compare-and-swap (and changed alone if it changed meanwhile)."""
+        items = self.table.get_many([(f"image#{i}", "meta") for i in image_ids])
+        for item in items.values():
+            record = ImageRecord.from_item(item)
+            if record.status != "pending":
+                continue
+            try:
+                indexed = replace(record, status="indexed")
+                self.table.put(
+                    f"image#{record.id}", "meta", indexed.attrs(), expected_version=record.version
+                )
+            except PreconditionFailed:
+                self.update_image(record.id, _indexed_if_pending)
 
     # Keys -------------------------------------------------------------------------------
 
@@ -370,21 +387,42 @@ class Catalog:
     def neighbours(self, image_id: str) -> tuple[list[tuple[str, float]], int]:
         """The stored neighbour list (id, distance), nearest first, and its version."""
         item = self.table.get(f"image#{image_id}", "neighbours")
-        if item is None:
-            return [], 0
-        return [(i, float(d)) for i, d in zip(item["ids"], item["distances"], strict=True)], int(
-            item["version"]
-        )
+        return ([], 0) if item is None else _stored_neighbours(item)
 
-    def put_neighbours(
-        self, image_id: str, neighbours: list[tuple[str, float]], *, expected_version: int
-    ) -> None:
-        self.table.put(
-            f"image#{image_id}",
-            "neighbours",
-            {"ids": [i for i, _ in neighbours], "distances": [round(d, 6) for _, d in neighbours]},
-            expected_version=expected_version,
+    def neighbour_lists(self, image_ids: Iterable[str]) -> dict[str, StoredNeighbours]:
+        """The stored lists of many images in batched reads (those without one are left out)."""
+        items = self.table.get_many([(f"image#{i}", "neighbours") for i in image_ids])
+        return {
+            pk.removeprefix("image#"): _stored_neighbours(item) for (pk, _), item in items.items()
+        }
+
+    def put_neighbour_lists(self, lists: Mapping[str, StoredNeighbours]) -> None:
+        """Replace many lists in batched writes, each read at the version given. Not
+        conditional (see `Table.put_many`): only the index builder, under its lease, writes
+        neighbour lists."""
+        self.table.put_many(
+            [
+                Put(f"image#{image_id}", "neighbours", _neighbour_attrs(neighbours), version)
+                for image_id, (neighbours, version) in lists.items()
+            ]
         )
 
     def delete_neighbours(self, image_id: str) -> None:
         self.table.delete(f"image#{image_id}", "neighbours")
+
+
+def _indexed_if_pending(record: ImageRecord) -> ImageRecord | None:
+    return replace(record, status="indexed") if record.status == "pending" else None
+
+
+# A neighbour list (id, distance), nearest first, and the version it was read at.
+StoredNeighbours = tuple[list[tuple[str, float]], int]
+
+
+def _stored_neighbours(item: dict[str, Any]) -> StoredNeighbours:
+    pairs = zip(item["ids"], item["distances"], strict=True)
+    return [(i, float(d)) for i, d in pairs], int(item["version"])
+
+
+def _neighbour_attrs(neighbours: list[tuple[str, float]]) -> dict[str, Any]:
+    return {"ids": [i for i, _ in neighbours], "distances": [round(d, 6) for _, d in neighbours]}

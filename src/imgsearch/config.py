@@ -74,6 +74,21 @@ class Settings(BaseSettings):
     ann_candidates: int = 100
     ann_search_k: int = 4000
     neighbours: int = 50
+    # Which engine holds the vectors (docs/deploy.md, "Vector engines"): "annoy", shard files
+    # every search and embed process loads whole (the default, locally and for small clouds),
+    # or "s3vectors", Amazon S3 Vectors: the vector bucket `vector_bucket`, with the feature
+    # index `vector_index` and the class index `vector_index`-classes (index/s3vectors.py).
+    vector_engine: Literal["annoy", "s3vectors"] = "annoy"
+    vector_bucket: str = "imgsearch-vectors"
+    vector_index: str = "images"
+    # How long one index build may take, in seconds (None: until the queue is empty); what is
+    # left stays queued for the next. The cloud's embed function also keeps within half of
+    # what remains of its invocation (cloud/handlers.py). docs/reliability.md, "The index
+    # writer".
+    index_build_seconds: float | None = Field(None, gt=0)
+    # How often `imgsearch serve` applies what is queued (deletions, uploads whose request
+    # gave up waiting): the local counterpart of the cloud's schedule.
+    index_drain_seconds: float = Field(5.0, gt=0)
 
     # Feedback: how votes re-rank (see learning.py), and how long others' votes are cached.
     feedback_method: FeedbackMethod = "rocchio"

@@ -36,8 +36,8 @@ import numpy as np
 
 from imgsearch.config import FeedbackMethod
 from imgsearch.feedback import QUORUM, Agreement, Feedback, TermSummary
+from imgsearch.index.base import SearchIndex
 from imgsearch.index.neighbourhoods import Neighbourhoods
-from imgsearch.index.reader import Index
 
 Method = FeedbackMethod  # one home: the settings choose among these
 METHODS: tuple[Method, ...] = ("rocchio", "knn", "neighbours")
@@ -106,7 +106,7 @@ class Learner:
     def __init__(
         self,
         feedback: Feedback,
-        index: Index,
+        index: SearchIndex,
         neighbourhoods: Neighbourhoods,
         *,
         method: Method = "rocchio",
@@ -167,12 +167,8 @@ class Learner:
 
     def _examples(self, weights: dict[str, float]) -> Examples:
         """Images with their signed weights as examples (those still indexed)."""
-        vectors = {}
-        for image_id in weights:
-            vector = self.index.vector(image_id)
-            if vector is not None:
-                vectors[image_id] = vector
-        dim = self.index.manifest.dim or 1
+        vectors = self.index.vectors(weights)
+        dim = self.index.dim or 1
 
         def stack(sign: int) -> tuple[list[str], np.ndarray, np.ndarray]:
             ids = [i for i in vectors if weights[i] * sign > 0]
@@ -200,16 +196,14 @@ class Learner:
         examples = taught.examples
         if self.method == "neighbours":
             return self._neighbour_scores(examples, candidates)
-        vectors = np.stack([self._vector_or_zeros(i) for i in candidates])
+        stored = self.index.vectors(candidates)
+        # An image removed since the candidates were found fits nothing.
+        missing = np.zeros(self.index.dim, np.float32)
+        vectors = np.stack([stored.get(i, missing) for i in candidates])
         if self.method == "knn":
             return _knn_scores(examples, vectors)
         rocchio: np.ndarray = vectors @ _rocchio_vector(examples)
         return rocchio
-
-    def _vector_or_zeros(self, image_id: str) -> np.ndarray:
-        # An image removed since the candidates were found fits nothing.
-        vector = self.index.vector(image_id)
-        return vector if vector is not None else np.zeros(self.index.manifest.dim, np.float32)
 
     def candidates(self, taught: Taught, k: int) -> list[str]:
         """Images the learned model could rank first, found through the index."""
@@ -224,7 +218,8 @@ class Learner:
         else:
             vector = _rocchio_vector(examples)
             found.update(dict.fromkeys(i for i, _ in self.index.nearest(vector, 2 * k)))
-        return [i for i in found if i in self.index]
+        present = self.index.present(found)
+        return [i for i in found if i in present]
 
     def _neighbour_scores(self, examples: Examples, candidates: list[str]) -> np.ndarray:
         score = dict.fromkeys(candidates, 0.0)

@@ -19,6 +19,7 @@ from imgsearch.decode_pool import Decoder, open_decoder
 from imgsearch.embedding import Embedder, ImageEmbedder, ModelSpec
 from imgsearch.feedback import Feedback
 from imgsearch.images import DecodeLimits
+from imgsearch.index.base import IndexWriter, SearchIndex
 from imgsearch.index.builder import IndexBuilder
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
@@ -57,7 +58,7 @@ class Given(TypedDict, total=False):
     embedder: ImageEmbedder
     vocabulary: Vocabulary
     decoder: Decoder
-    index: Index
+    index: SearchIndex
 
 
 class Parts:
@@ -134,13 +135,13 @@ class Parts:
         return self._part("vocabulary", make)
 
     @property
-    def index(self) -> Index:
+    def index(self) -> SearchIndex:
         """The index as published, verified, and checked to be of the configured model."""
 
-        def make() -> Index:
+        def make() -> SearchIndex:
             index = self.unloaded_index()
             index.refresh(force=True)
-            built_by = index.manifest.model
+            built_by = index.model
             if built_by and built_by != self.model.name:
                 raise ModelMismatch(
                     f"the index was built with the model {built_by!r}, but the configured "
@@ -152,15 +153,20 @@ class Parts:
 
         return self._part("index", make)
 
-    def unloaded_index(self) -> Index:
-        """A reader of the published index that has read nothing yet."""
+    def unloaded_index(self) -> SearchIndex:
+        """A reader of the published index that has read nothing yet, of the configured engine
+        (`Settings.vector_engine`)."""
+        if self.settings.vector_engine == "s3vectors":
+            from imgsearch.index.s3vectors import S3VectorsIndex, open_vector_bucket
+
+            return S3VectorsIndex(open_vector_bucket(self.settings), self.storage.objects)
         return Index(
             self.storage.objects,
             candidates=self.settings.ann_candidates,
             search_k=self.settings.ann_search_k,
         )
 
-    def replace_index(self, index: Index) -> None:
+    def replace_index(self, index: SearchIndex) -> None:
         """Serve from `index` (a rebuild starts from one that has read nothing: the old
         manifest may be unreadable). Parts made from the old index are made again."""
         with self._lock:
@@ -215,5 +221,16 @@ class Parts:
                 shard_size=self.settings.shard_size,
                 n_trees=self.settings.ann_trees,
                 model_name=self.model.name,
+                writer=self._index_writer(),
             ),
         )
+
+    def _index_writer(self) -> IndexWriter | None:
+        """The engine's writer (None: the builder's own, of the Annoy shards)."""
+        index = self.index
+        if self.settings.vector_engine == "s3vectors":
+            from imgsearch.index.s3vectors import S3VectorsIndex, S3VectorsWriter
+
+            assert isinstance(index, S3VectorsIndex)
+            return S3VectorsWriter(self.catalog, index, model_name=self.model.name)
+        return None

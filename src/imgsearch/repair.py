@@ -74,6 +74,9 @@ def check(parts: Parts) -> list[Finding]:
 
 
 def _index_findings(parts: Parts) -> list[Finding]:
+    if parts.settings.vector_engine != "annoy":  # no shard files: S3 Vectors keeps the vectors
+        problem = _regression(parts)
+        return [Finding("the vector index", problem, "reindex")] if problem else []
     store = parts.storage.objects
     try:
         manifest, _ = read_manifest(store)
@@ -126,13 +129,15 @@ def _regression(parts: Parts, manifest: Manifest | None = None) -> str | None:
     from an old copy: it would serve a collection without the images added since)."""
     published = parts.catalog.published()
     if manifest is None:
-        manifest = parts.index.manifest
-        if manifest.generation < published.generation:  # perhaps published while loading
+        generation = parts.index.generation
+        if generation < published.generation:  # perhaps published while loading
             parts.index.refresh(force=True)
-            manifest = parts.index.manifest
-    if manifest.generation >= published.generation:
+            generation = parts.index.generation
+    else:
+        generation = manifest.generation
+    if generation >= published.generation:
         return None
-    state = "missing" if not manifest.generation else f"generation {manifest.generation}"
+    state = "missing" if not generation else f"generation {generation}"
     return (
         f"{state}, but generation {published.generation} with {published.images} images was "
         "published: images would be missing"

@@ -17,8 +17,8 @@ from typing import Literal
 import numpy as np
 
 from imgsearch.feedback import Feedback
+from imgsearch.index.base import SearchIndex
 from imgsearch.index.neighbourhoods import Neighbourhoods
-from imgsearch.index.reader import Index
 from imgsearch.index.shards import normalise_rows
 from imgsearch.learning import Learner, Taught
 from imgsearch.vocabulary import Interpretation, Level, Reading, Vocabulary
@@ -65,7 +65,7 @@ class TextResults:
 
 
 def text_search(
-    index: Index,
+    index: SearchIndex,
     vocabulary: Vocabulary,
     learner: Learner,
     query: str,
@@ -124,7 +124,7 @@ def _learned_reading(taught: Taught) -> Reading:
 
 
 def similar_images(
-    index: Index, neighbourhoods: Neighbourhoods, image_id: str, *, limit: int, offset: int
+    index: SearchIndex, neighbourhoods: Neighbourhoods, image_id: str, *, limit: int, offset: int
 ) -> list[Hit] | None:
     """Images most like an indexed one: its stored neighbourhood, or a live search beyond it.
     None if the image is not indexed."""
@@ -141,7 +141,7 @@ def similar_images(
 
 
 def photo_search(
-    index: Index,
+    index: SearchIndex,
     features: np.ndarray,
     *,
     limit: int,

@@ -82,13 +82,15 @@ class ImageSearch:
         self.parts = Parts(settings, storage, **given)
         # True while start-up recovery runs: searches answer from the index as it was.
         self.recovering = False
+        self._closing = threading.Event()  # stops the background writer (`close`)
 
     def preload(self, parts: tuple[Preloadable, ...]) -> None:
         """Load these parts now (a Lambda's init phase, before a request waits for them)."""
         self.parts.preload(parts)
 
     def close(self) -> None:
-        """Stop what runs beside the engine (the decode workers)."""
+        """Stop what runs beside the engine (the background writer, the decode workers)."""
+        self._closing.set()
         self.parts.close()
 
     def variant(
@@ -266,12 +268,13 @@ class ImageSearch:
         return result
 
     def remove_image(self, image_id: str) -> list[IngestResult]:
-        """Remove an image: every key holding it is forgotten and its bytes deleted; the index
-        is built once. Raises NotIndexed."""
+        """Remove an image: every key holding it is forgotten and its bytes deleted, and its
+        removal from the index queued, not built (an API request never drains the queue): it
+        leaves every answer at once, since results are checked against the catalog, and the
+        index at the next build (the cloud's embed function or its schedule, or the background
+        writer of `imgsearch serve`). Raises NotIndexed."""
         record = self._existing(image_id)
-        results = [self.parts.ingestor.remove(key) for key in record.keys]
-        self.build_index()
-        return results
+        return [self.parts.ingestor.remove(key) for key in record.keys]
 
     def upload_form(self, filename: str, content_type: str) -> UploadForm:
         """A signed form to upload one image straight into the bucket (cloud only: raises
@@ -366,9 +369,12 @@ class ImageSearch:
 
     # The index -----------------------------------------------------------------------------
 
-    def build_index(self) -> BuildReport:
-        """Index what is queued (ingested or removed since the last build)."""
-        report = self.parts.builder.run()
+    def build_index(self, *, budget: float | None = None) -> BuildReport:
+        """Index what is queued (ingested or removed since the last build), within `budget`
+        seconds (None: the `index_build_seconds` setting); the rest stays queued."""
+        if budget is None:
+            budget = self.settings.index_build_seconds
+        report = self.parts.builder.run(budget=budget)
         self.parts.index.refresh(force=True)
         return report
 
@@ -385,12 +391,13 @@ class ImageSearch:
         self.parts.index.refresh(force=True)
         return report
 
-    def recover(self) -> BuildReport:
+    def recover(self, *, budget: float | None = None) -> BuildReport:
         """Finish or roll back the changes to keys whose process died (see Ingestor), then
         index what is queued (deletions acknowledged but not yet applied, uploads not yet
-        searchable): what a start does after a crash, and the cloud after each batch."""
+        searchable) within `budget` seconds (see `build_index`): what a start does after a
+        crash, and the cloud after each batch and on its schedule."""
         recovered = self.parts.ingestor.recover_changes()
-        report = self.build_index()
+        report = self.build_index(budget=budget)
         if recovered:
             log.warning(
                 "recovered %d interrupted changes; indexed %d queued additions and %d removals",
@@ -403,7 +410,10 @@ class ImageSearch:
     def recover_in_background(self) -> threading.Thread:
         """Run `recover` in a thread, so that a start with a long queue serves meanwhile
         (`recovering` tells health checks; removed images are never shown: results are
-        checked against the catalog)."""
+        checked against the catalog). Then, until `close`, apply what is queued every
+        `index_drain_seconds`: deletions only queue their removal from the index, and an
+        upload whose request stopped waiting leaves its image queued (the cloud's schedule
+        does the same there)."""
 
         def run() -> None:
             try:
@@ -414,10 +424,16 @@ class ImageSearch:
                         report.added,
                         report.removed,
                     )
-            except Exception:  # the next write drains the queue all the same
+            except Exception:  # the next round drains the queue all the same
                 log.exception("recovery at start failed")
             finally:
                 self.recovering = False
+            while not self._closing.wait(self.settings.index_drain_seconds):
+                try:
+                    if self.parts.catalog.has_pending():
+                        self.build_index()
+                except Exception:
+                    log.exception("a background index build failed; trying again")
 
         self.recovering = True
         thread = threading.Thread(target=run, name="imgsearch-recovery", daemon=True)
@@ -434,7 +450,7 @@ class ImageSearch:
 
         deadline = time.monotonic() + wait
         while True:
-            self.parts.builder.run(until=indexed)
+            self.parts.builder.run(until=indexed, budget=max(0.0, deadline - time.monotonic()))
             if indexed() or time.monotonic() >= deadline:
                 break
             time.sleep(0.2)
@@ -668,7 +684,7 @@ class ImageSearch:
         """The index's shape and query settings."""
         index = self.parts.index
         index.refresh()
-        return IndexInfo(len(index.shards), index.candidates, index.search_k, self.parts.model.name)
+        return IndexInfo(index.shard_count, index.candidates, index.search_k, self.parts.model.name)
 
     @staticmethod
     def exact_neighbours(

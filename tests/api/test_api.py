@@ -288,6 +288,26 @@ def test_delete_removes_the_image_and_its_bytes(client) -> None:
     assert client.delete(f"/api/images/{image_id}").status_code == 404
 
 
+def test_delete_only_queues_the_removal_from_the_index(service, client) -> None:
+    """DELETE answers without building the index (it may hold a long queue); the image leaves
+    every answer at once all the same, and the index at the next build."""
+    files = {"file": ("e.jpg", demo_image("elephant"), "image/jpeg")}
+    image_id = client.post("/api/images", files=files).json()["id"]
+    other = client.post(
+        "/api/images", files={"file": ("p.jpg", demo_image("pizza"), "image/jpeg")}
+    ).json()["id"]
+    assert client.delete(f"/api/images/{image_id}").status_code == 204
+    assert [(i.image_id, i.op) for i in service.parts.catalog.pending()] == [(image_id, "remove")]
+    assert image_id in service.parts.index  # not built yet...
+    results = client.get("/api/search", params={"q": "elephant"}).json()["results"]
+    assert image_id not in [r["id"] for r in results]  # ...but gone from every answer
+    similar = client.get(f"/api/images/{other}/similar").json()["results"]
+    assert image_id not in [r["id"] for r in similar]
+    assert image_id not in [r["id"] for r in client.get("/api/images").json()["results"]]
+    service.build_index()  # the next build: serve's background writer, the cloud's schedule
+    assert image_id not in service.parts.index and not service.parts.catalog.pending()
+
+
 def test_a_local_api_key_is_made_once_and_kept(tmp_path) -> None:
     from imgsearch.config import Settings
     from imgsearch.service import ImageSearch

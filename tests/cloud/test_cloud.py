@@ -30,6 +30,7 @@ from support.demo import REPO, demo_image
 from support.hostile_files import bombs, corpus
 from support.lambda_events import CLIENT_IP, ApiGateway, QueuePoller, lambda_logging, load_function
 from support.openapi import API_KEY_HEADER
+from support.s3vectors import create_vector_indexes, install_query_vectors
 
 from imgsearch.config import ASSETS_DIR, get_settings
 from imgsearch.images import DecodeLimits, ImageRefused, decode_image
@@ -44,6 +45,7 @@ from imgsearch.storage.aws_resources import (
 pytestmark = pytest.mark.xdist_group("cloud")
 
 BUCKET = "imgsearch-test-images"
+VECTOR_BUCKET = "imgsearch-test-vectors"
 TABLES = {"CatalogTable": "test-catalog", "FeedbackTable": "test-feedback"}
 QUEUES = {"ImageQueue": "test-images", "ImageDeadLetterQueue": "test-images-dlq"}
 API_KEY = "cloud-test-key-3f9a"
@@ -82,10 +84,13 @@ class Cloud:
         return [result["key"] for result in response.json()["results"]]
 
 
-def aws_environment(tmp_path: Path) -> dict[str, str]:
-    """What the template gives the functions, with this test's resource names."""
+def aws_environment(tmp_path: Path, engine: str = "annoy") -> dict[str, str]:
+    """What the template gives the functions, with this test's resource names, and the
+    template's VectorEngine parameter set to `engine`."""
     known = {
         "IMGSEARCH_BUCKET": BUCKET,
+        "IMGSEARCH_VECTOR_ENGINE": engine,
+        "IMGSEARCH_VECTOR_BUCKET": VECTOR_BUCKET,
         "IMGSEARCH_PAGE_ORIGINS": json.dumps([f"https://{BUCKET}.s3.amazonaws.com"]),
         "IMGSEARCH_ASSETS_DIR": str(ASSETS_DIR),  # /opt/assets in Lambda: the layers
         "IMGSEARCH_CACHE_DIR": str(tmp_path / "cache"),
@@ -99,12 +104,14 @@ def aws_environment(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def cloud(monkeypatch, tmp_path) -> Iterator[Cloud]:
+def cloud(request, monkeypatch, tmp_path) -> Iterator[Cloud]:
+    """The stack on moto; its vector engine is the test's parameter (indirect), else Annoy."""
+    engine = getattr(request, "param", "annoy")
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
-        **aws_environment(tmp_path),
+        **aws_environment(tmp_path, engine),
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
@@ -113,6 +120,10 @@ def cloud(monkeypatch, tmp_path) -> Iterator[Cloud]:
         s3, sqs = boto3.client("s3"), boto3.client("sqs")
         create_bucket(s3, BUCKET)
         create_tables(boto3.client("dynamodb"), TABLES)
+        if engine == "s3vectors":
+            install_query_vectors()
+            index = os.environ["IMGSEARCH_VECTOR_INDEX"]
+            create_vector_indexes(boto3.client("s3vectors"), VECTOR_BUCKET, index)
         queues = create_queues(sqs, QUEUES)
         configure_notifications(s3, BUCKET, {q: arn for q, (_, arn) in queues.items()})
         boto3.client("ssm").put_parameter(
@@ -137,11 +148,23 @@ def cloud(monkeypatch, tmp_path) -> Iterator[Cloud]:
     get_settings.cache_clear()
 
 
+def multipart_file(data: bytes, filename: str = "photo.jpg") -> tuple[bytes, dict[str, str]]:
+    """A multipart/form-data body with one file field, `file`, and its content type."""
+    boundary = "imgsearch-test-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="{filename}"\r\nContent-Type: image/jpeg\r\n\r\n'
+    )
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
 def no_failures(responses: list[dict]) -> bool:
     return all(response.get("batchItemFailures") == [] for response in responses)
 
 
 @pytest.mark.model  # the functions load the model
+@pytest.mark.parametrize("cloud", ["annoy", "s3vectors"], indirect=True)
 def test_images_become_searchable_votes_rerank_and_deletions_leave(cloud: Cloud) -> None:
     photos = {
         "holiday 2026/elephant 1.jpg": demo_image("elephant"),
@@ -171,6 +194,18 @@ def test_images_become_searchable_votes_rerank_and_deletions_leave(cloud: Cloud)
     after = cloud.search("elephant", session="s1")
     assert after != before
     assert after.index("pizza.jpg") < (before.index("pizza.jpg") if "pizza.jpg" in before else 99)
+
+    # More like this, and reverse search with a photo, from the engine the template chose.
+    elephant = cloud.api.request("GET", "/api/images", params={"key": "elephant 2.jpg"}).json()
+    similar = cloud.api.request("GET", f"/api/images/{elephant['results'][0]['id']}/similar")
+    assert similar.status == 200, similar.body
+    assert similar.json()["results"][0]["key"] == "holiday 2026/elephant 1.jpg"
+    body, headers = multipart_file(demo_image("elephant", 2))
+    reverse = cloud.api.request("POST", "/api/search/image", body=body, headers=headers)
+    assert reverse.status == 200, reverse.body
+    assert reverse.json()["results"][0]["key"] == "elephant 2.jpg"
+    shard_files = cloud.s3.list_objects_v2(Bucket=BUCKET, Prefix="index/shards/")["KeyCount"]
+    assert (shard_files > 0) == (os.environ["IMGSEARCH_VECTOR_ENGINE"] == "annoy")
 
     # Originals are presigned S3 links (the built bundle serves the page: test_bundles.py);
     # thumbnails are paths of the site, where CloudFront serves the bucket's thumbnails/.

@@ -106,6 +106,10 @@ def _grant(actions: set[str], *resources: str) -> set[tuple[str, str]]:
     return {(action, resource) for action in actions for resource in resources}
 
 
+VECTOR_READS = {"s3vectors:QueryVectors", "s3vectors:GetVectors", "s3vectors:ListVectors"}
+VECTOR_WRITES = VECTOR_READS | {"s3vectors:PutVectors", "s3vectors:DeleteVectors"}
+VECTOR_INDEXES = "s3vectors:index/*"  # the stack's vector bucket's indexes (VectorEngine)
+
 # What each function may do, as (action, resource): resources by logical id, the bucket's
 # objects by key pattern ("s3:index/*"), the bucket itself as "s3:bucket".
 EXPECTED_GRANTS = {
@@ -113,15 +117,18 @@ EXPECTED_GRANTS = {
     | _grant({"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}, "ImageQueue")
     | _grant(TABLE_WRITES, "CatalogTable")
     | {("s3:GetObject", "s3:*"), ("s3:ListBucket", "s3:bucket")}
-    | _grant(OBJECT_WRITES, *DERIVED),
+    | _grant(OBJECT_WRITES, *DERIVED)
+    | _grant(VECTOR_WRITES, VECTOR_INDEXES),
     "ChangeFunction": _grant(LOGS, "ChangeLogs")
     | _grant(TABLE_WRITES, "CatalogTable")
     | {("s3:GetObject", "s3:*"), ("s3:ListBucket", "s3:bucket")}
-    | _grant(OBJECT_WRITES, "s3:images/*", *DERIVED),
+    | _grant(OBJECT_WRITES, "s3:images/*", *DERIVED)
+    | _grant(VECTOR_WRITES, VECTOR_INDEXES),
     "SearchFunction": _grant(LOGS, "SearchLogs")
     | _grant(TABLE_READS, "CatalogTable", "FeedbackTable")
     | _grant({"s3:GetObject"}, "s3:images/*", *DERIVED)
-    | {("s3:ListBucket", "s3:bucket")},
+    | {("s3:ListBucket", "s3:bucket")}
+    | _grant(VECTOR_READS, VECTOR_INDEXES),
     "FeedbackFunction": _grant(LOGS, "FeedbackLogs")
     | _grant(TABLE_WRITES, "FeedbackTable")
     | _grant({"dynamodb:GetItem", "dynamodb:BatchGetItem"}, "CatalogTable"),
@@ -142,6 +149,9 @@ def _resource_name(resource: Any) -> str:
         if pattern.startswith("arn:${AWS::Partition}:s3:::imgsearch-${StackUuid}"):
             key = pattern.removeprefix("arn:${AWS::Partition}:s3:::imgsearch-${StackUuid}")
             return "s3:" + key.removeprefix("/") if key else "s3:bucket"
+        vectors = "arn:${AWS::Partition}:s3vectors:${AWS::Region}:${AWS::AccountId}:bucket/"
+        if pattern == vectors + "imgsearch-vectors-${StackUuid}/index/*":
+            return VECTOR_INDEXES
         if pattern.endswith(":parameter${ApiKeyParameterName}"):
             return "ApiKeyParameterName"
     return json.dumps(resource)  # anything else ("*" included) matches no expected grant
@@ -221,6 +231,18 @@ def test_the_queue_retries_a_bounded_number_of_times_within_the_functions_time()
     # API Gateway waits 30 s for an integration.
     assert resources["SearchFunction"]["Properties"]["Timeout"] < 30
     assert resources["FeedbackFunction"]["Properties"]["Timeout"] < 30
+
+
+def test_the_index_writer_is_bounded_and_its_stranded_work_drained_on_a_schedule() -> None:
+    embed = load_template()["Resources"]["EmbedFunction"]["Properties"]
+    # Each build stops well inside the function's timeout (and within half of what is left
+    # of the invocation: cloud/handlers.build_budget), leaving the rest queued...
+    budget = float(embed["Environment"]["Variables"]["IMGSEARCH_INDEX_BUILD_SECONDS"])
+    assert budget <= embed["Timeout"] / 2
+    # ...which the schedule applies within minutes when no image arrives.
+    schedule = embed["Events"]["DrainIndexQueue"]
+    assert schedule["Type"] == "Schedule"
+    assert schedule["Properties"]["Schedule"] == "rate(5 minutes)"
 
 
 def test_the_page_may_reach_the_bucket_it_uploads_into() -> None:
@@ -400,3 +422,41 @@ def test_cloudfront_serves_the_page_and_thumbnails_from_the_private_bucket_and_t
     cors = resources["ImageBucket"]["Properties"]["CorsConfiguration"]["CorsRules"][0]
     joined = cors["AllowedOrigins"]["Fn::Split"][1]["Fn::Join"][1]
     assert {"Fn::Sub": "https://${Distribution.DomainName}"} in joined
+
+
+@pytest.mark.model  # the indexes' dimensions are the real model's
+def test_the_vector_indexes_fit_the_model_and_only_its_users_may_query_them(
+    translated, embedder
+) -> None:
+    template = load_template()
+    assert template["Parameters"]["VectorEngine"]["AllowedValues"] == ["annoy", "s3vectors"]
+    assert template["Parameters"]["VectorEngine"]["Default"] == Settings().vector_engine
+    resources = template["Resources"]
+    features, classes = resources["VectorIndex"], resources["ClassVectorIndex"]
+    environment = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert features["Properties"]["IndexName"] == environment["IMGSEARCH_VECTOR_INDEX"]
+    assert classes["Properties"]["IndexName"] == f"{environment['IMGSEARCH_VECTOR_INDEX']}-classes"
+    # Features of the model; its 1000 class probabilities and the component that makes each
+    # row a unit vector (index/s3vectors.py).
+    assert features["Properties"]["Dimension"] == embedder.feature_dim
+    assert classes["Properties"]["Dimension"] == model_classes(embedder) + 1
+    for resource in (features, classes, resources["VectorBucket"]):
+        assert resource["Condition"] == "UseS3Vectors"
+        assert resource["DeletionPolicy"] == "Retain"
+
+    def vector_actions(function: str) -> set[str]:
+        grants = role_grants(translated, function)
+        return {action for action, resource in grants if resource == VECTOR_INDEXES}
+
+    # Embed and change (uploads and deletions through the API) build the index; search only
+    # reads it; the others never touch it.
+    assert vector_actions("EmbedFunction") == vector_actions("ChangeFunction") == VECTOR_WRITES
+    assert vector_actions("SearchFunction") == VECTOR_READS
+    assert not vector_actions("FeedbackFunction") and not vector_actions("AuthorizerFunction")
+
+
+def model_classes(embedder) -> int:
+    """How many classes the model tells probabilities of."""
+    from PIL import Image
+
+    return len(embedder.embed(Image.new("RGB", (64, 64))).probabilities)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -57,7 +58,7 @@ def _removed(record: ImageRecord) -> ImageRecord:
 def index_service(tmp_path) -> ImageSearch:
     settings = Settings(data_dir=tmp_path / "data", shard_size=50, ann_trees=10, neighbours=10)
     service = ImageSearch(settings)
-    service.parts.builder.grace_seconds = 0.0
+    service.parts.builder.writer.grace_seconds = 0.0
     return service
 
 
@@ -186,3 +187,86 @@ def test_a_builder_with_a_goal_stops_when_it_is_met(index_service) -> None:
     assert first_in.added == 1 and len(service.parts.catalog.pending()) == 2
     drained = service.parts.builder.run()
     assert drained.added == 2 and not service.parts.catalog.pending()
+
+
+def slowed(service: ImageSearch, seconds: float, monkeypatch, then=None) -> None:
+    """Each batch's neighbour-list update takes `seconds` more (and calls `then` midway)."""
+    update = service.parts.neighbourhoods.update
+
+    def slow(*args, **kwargs) -> None:
+        time.sleep(seconds / 2)
+        if then is not None:
+            then()
+        time.sleep(seconds / 2)
+        update(*args, **kwargs)
+
+    monkeypatch.setattr(service.parts.neighbourhoods, "update", slow)
+
+
+def test_a_build_with_a_budget_stops_in_time_and_leaves_the_rest_queued(
+    index_service, monkeypatch
+) -> None:
+    service = index_service
+    ids = synthetic_ids(40)
+    queue(service, ids, clustered_vectors(40))
+    service.parts.builder.batch_size = 4
+    slowed(service, 0.4, monkeypatch)  # a batch takes at least 0.4 s: 4 fit in 1.6 s at most
+
+    started = time.monotonic()
+    report = service.build_index(budget=1.6)
+    took = time.monotonic() - started
+    # Batches shrink as time runs out: each gets at most half of what is left.
+    assert report.out_of_time and 1 <= report.batches <= 4
+    assert report.batches <= report.added <= 4 * report.batches
+    assert len(service.parts.catalog.pending()) == 40 - report.added
+    assert took < 1.6 + 1.0, took  # the last batch started only if it fitted
+    assert service.parts.catalog.table.get("lease", "indexer") is None  # released
+
+    monkeypatch.undo()
+    drained = service.build_index()  # no budget: until the queue is empty
+    assert not drained.out_of_time and drained.added == 40 - report.added
+    assert set(service.parts.index.image_ids()) == set(ids)
+
+
+def test_the_lease_is_renewed_while_a_batch_outlasts_it(index_service, monkeypatch) -> None:
+    from imgsearch.index.builder import Lease
+
+    service = index_service
+    queue(service, synthetic_ids(3), clustered_vectors(3))
+    service.parts.builder.lease_seconds = 0.6
+    table = service.parts.catalog.table
+    taken_over = []
+    # Midway through a 1.5 s batch the lease, 0.6 s long, has been renewed by the heartbeat:
+    # another builder cannot take it.
+    slowed(
+        service, 1.5, monkeypatch, lambda: taken_over.append(Lease(table, "indexer", 1).acquire())
+    )
+    report = service.build_index()
+    assert taken_over == [False]
+    assert report.added == 3 and not service.parts.catalog.pending()
+
+
+def test_a_builder_whose_lease_was_taken_over_publishes_nothing(index_service, monkeypatch):
+    import imgsearch.index.shard_writer as builder_module  # where the shard builds are written
+
+    service = index_service
+    ids = synthetic_ids(3)
+    queue(service, ids, clustered_vectors(3))
+    service.parts.builder.lease_seconds = 0.6
+    table = service.parts.catalog.table
+    write_build = builder_module.write_build
+
+    def taken_over_meanwhile(*args, **kwargs):
+        built = write_build(*args, **kwargs)
+        # Another builder took the lease over (this one seemed dead: a frozen sandbox).
+        table.put("lease", "indexer", {"owner": "elsewhere/boot:1.1:x", "expires_at": 1e12})
+        time.sleep(0.5)  # the heartbeat's next beat finds it gone
+        return built
+
+    monkeypatch.setattr(builder_module, "write_build", taken_over_meanwhile)
+    generation = read_manifest(service.parts.storage.objects)[0].generation
+    report = service.build_index()
+    assert report.added == 0 and report.batches == 0
+    assert read_manifest(service.parts.storage.objects)[0].generation == generation
+    assert {item.image_id for item in service.parts.catalog.pending()} == set(ids)
+    assert table.get("lease", "indexer")["owner"] == "elsewhere/boot:1.1:x"  # not released

@@ -290,6 +290,54 @@ def test_query_pages_through_many_items(table: Table, monkeypatch: pytest.Monkey
     assert [item["sk"] for item in table.query("many", limit=26)] == sort_keys[:26]
 
 
+def test_get_many_reads_what_exists_in_batches(table: Table) -> None:
+    # 230 keys: three BatchGetItem requests of at most 100 keys on DynamoDB.
+    for index in range(0, 230, 2):
+        table.put("image#many", f"n{index:03d}", {"n": index, "list": [index, 0.5]})
+    keys = [("image#many", f"n{index:03d}") for index in range(230)]
+    found = table.get_many([*keys, keys[0], ("image#other", "n000")])  # a repeat, a stranger
+    assert set(found) == {key for key in keys if int(key[1][1:]) % 2 == 0}
+    assert found["image#many", "n042"] == {
+        "pk": "image#many",
+        "sk": "n042",
+        "version": 1,
+        "n": 42,
+        "list": [42, 0.5],
+    }
+    assert table.get_many([]) == {}
+    with pytest.raises(ValueError):
+        table.get_many([("", "s")])
+
+
+def test_put_many_writes_every_item_at_the_next_version(table: Table) -> None:
+    table.put("p", "old", {"kept": 1, "dropped": 2})
+    table.put("p", "old", {"kept": 1, "dropped": 2})
+    # 60 items: three BatchWriteItem requests of at most 25 on DynamoDB.
+    puts = [Put("p", f"new{index:02d}", {"n": index}, expected_version=0) for index in range(59)]
+    table.put_many([*puts, Put("p", "old", {"kept": 3}, expected_version=2)])
+    items = {item["sk"]: item for item in table.query("p")}
+    assert len(items) == 60
+    assert items["new07"] == {"pk": "p", "sk": "new07", "version": 1, "n": 7}
+    assert items["old"] == {"pk": "p", "sk": "old", "version": 3, "kept": 3}
+    # Versions go on from there for the compare-and-swap writers.
+    assert table.put("p", "old", {"kept": 4}, expected_version=3) == 4
+    table.put_many([])
+
+
+def test_put_many_refuses_what_it_cannot_write_as_asked(table: Table) -> None:
+    with pytest.raises(ValueError, match="version it was read at"):
+        table.put_many([Put("p", "s", {"n": 1})])  # ANY_VERSION: no condition to keep
+    with pytest.raises(ValueError, match="twice"):
+        table.put_many([Put("p", "s", {}, expected_version=0)] * 2)
+    with pytest.raises(ValueError):
+        table.put_many([Put("p", "s", {"x": float("nan")}, expected_version=0)])
+    with pytest.raises(ValueError):
+        table.put_many([Put("p", "s", {"version": 3}, expected_version=0)])
+    with pytest.raises(TypeError):
+        table.put_many([Delete("p", "s")])  # type: ignore[list-item]
+    assert table.get("p", "s") is None
+
+
 def _transaction_fixture(table: Table) -> None:
     table.put("t", "keep", {"n": 1})
     table.put("t", "gone", {"n": 2})

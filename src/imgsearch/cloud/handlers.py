@@ -2,10 +2,12 @@
 
 - `cold_start`: the service, with the parts a function needs loaded during Lambda's init
   phase (once per execution environment, before the first request waits for them).
-- `process_image_events`: the embed function. S3 sends object events to an SQS queue; each
-  message holds one S3 notification. Messages are applied one by one (Powertools'
-  BatchProcessor reports the failed ones, so only those are delivered again), then the index
-  is rebuilt once for the whole batch.
+- `embed_event`: the embed function. S3 sends object events to an SQS queue; each message
+  holds one S3 notification. Messages are applied one by one (Powertools' BatchProcessor
+  reports the failed ones, so only those are delivered again), then the index is built once
+  for the whole batch (`process_image_events`). Every few minutes its schedule invokes it
+  to apply what builds left queued (`drain_index`). A build keeps within half of what remains
+  of the invocation (`build_budget`), so it ends well inside the function's timeout.
 - Every handler writes its metrics when it returns (Powertools' `log_metrics`: see
   cloud/metrics.py for what each function measures).
 - `http_handler`: the search and feedback functions, the FastAPI app behind API Gateway.
@@ -66,6 +68,41 @@ def cold_start(load: tuple[Preloadable, ...] = ()) -> ImageSearch:
 
 # Embed function ----------------------------------------------------------------------------
 
+# The share of what remains of an invocation that its index build may take: a batch that
+# takes longer than the builder estimated still ends well before Lambda's timeout.
+BUILD_SHARE = 0.5
+
+
+def embed_event(
+    service: ImageSearch, event: dict[str, Any], context: LambdaContext | None
+) -> dict[str, Any]:
+    """The embed function: a batch of the image queue's messages, or its schedule's event."""
+    if event.get("source") == "aws.events":  # EventBridge's "Scheduled Event"
+        return drain_index(service, context)
+    return dict(process_image_events(service, event, context))
+
+
+def build_budget(service: ImageSearch, context: LambdaContext | None) -> float | None:
+    """Seconds an index build may take in this invocation: the `index_build_seconds` setting,
+    and at most `BUILD_SHARE` of the time the invocation has left."""
+    configured = service.settings.index_build_seconds
+    if context is None:
+        return configured
+    share = context.get_remaining_time_in_millis() / 1000 * BUILD_SHARE
+    return share if configured is None else min(configured, share)
+
+
+def drain_index(service: ImageSearch, context: LambdaContext | None) -> dict[str, Any]:
+    """Apply what index builds left queued (out of time, or killed mid-batch with their
+    sandbox) and what dead sandboxes left half-done, within the invocation's budget."""
+    started = time.perf_counter()
+    report = service.recover(budget=build_budget(service, context))
+    build_seconds = time.perf_counter() - started
+    logger.info("index built on schedule", extra=asdict(report))
+    # The index lag alarm's metric, also when no image arrives to report it.
+    record_batch([], report, build_seconds, service.index_backlog(limit=PENDING_COUNT_LIMIT))
+    return asdict(report)
+
 
 def process_image_events(
     service: ImageSearch, event: dict[str, Any], context: LambdaContext | None
@@ -89,7 +126,7 @@ def process_image_events(
     # rolled back, and what was queued is indexed; a failed build must come back to be
     # retried, so it raises.
     started = time.perf_counter()
-    report = service.recover()
+    report = service.recover(budget=build_budget(service, context))
     build_seconds = time.perf_counter() - started
     logger.info("index built", extra=asdict(report))
     pending = service.index_backlog(limit=PENDING_COUNT_LIMIT)

@@ -1,37 +1,38 @@
 """The index builder: turns queued additions and removals into new shard builds.
 
 Ingest only queues work (`Catalog.mark_pending`) and then calls `IndexBuilder.run()`. One
-builder at a time holds a lease and drains the queue in batches; an ingest that finds the
+builder at a time holds a lease and takes the queue in batches; an ingest that finds the
 lease taken simply returns, and its work is picked up by the running builder, which checks
 the queue again after letting go of the lease. So concurrent uploads are coalesced into few
 builds, and nothing queued is left behind.
 
-Shard life cycle: new images go to the one open shard, rebuilt from its stored vectors on each
-batch; once it holds `shard_size` images it is sealed and never rebuilt. Removals from sealed
-shards are masked through the manifest. The manifest is switched by compare-and-swap, and
-builds it no longer names are deleted after a grace period.
+What a batch becomes in the engine (new shard builds and a manifest, or vectors put into
+and deleted from S3 Vectors) is the index writer's (base.py `IndexWriter`: shard_writer.py,
+s3vectors.py); the queue, the lease, the catalog's statuses and the neighbourhoods are here.
+
+Bounded work: a run stops within its time budget (`run(budget=...)`; batches are sized from
+the time the last one took) and leaves the rest queued for the next run. The lease is short
+(`LEASE_SECONDS`) and renewed by a heartbeat thread while the builder works, so a builder
+killed mid-batch (a Lambda at its timeout) blocks the index for seconds, not minutes; what it
+did not finish is still queued, and a batch applied twice converges (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
-from imgsearch.catalog import Catalog, ImageRecord, ImageStatus, PendingItem, Published
-from imgsearch.index.manifest import (
-    Manifest,
-    ShardEntry,
-    manifest_etag,
-    read_manifest,
-    write_manifest,
-)
+from imgsearch.catalog import Catalog, PendingItem
+from imgsearch.index.base import IndexWriter, SearchIndex
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
-from imgsearch.index.shards import SHARDS_PREFIX, Shard, ShardData, normalise_rows, write_build
+from imgsearch.index.shard_writer import ShardWriter
+from imgsearch.index.shards import ShardData, normalise_rows
 from imgsearch.integrity import DamagedFile
 from imgsearch.owners import new_owner, owner_is_alive
 from imgsearch.storage import NotFound, PreconditionFailed, StorageError, Table
@@ -50,6 +51,14 @@ class Lease:
         self.duration = duration
         self.owner = new_owner()
         self._version = 0
+        self._expires_at = 0.0  # by this process's clock (monotonic)
+        self._write_lock = threading.Lock()  # the heartbeat and the holder both renew
+        self.lost = False  # a renewal found it taken over: stop writing
+
+    @property
+    def held(self) -> bool:
+        """Whether it is still ours: not lost, and renewed within its duration."""
+        return not self.lost and time.monotonic() < self._expires_at
 
     def acquire(self) -> bool:
         current = self.table.get("lease", self.name)
@@ -64,7 +73,17 @@ class Lease:
         return self._write(expected)
 
     def renew(self) -> bool:
-        return self._write(self._version)
+        """Extend it by its duration; False (and `lost`) if another holder took it over."""
+        if self.lost:
+            return False
+        if not self._write(self._version):
+            self.lost = True
+        return not self.lost
+
+    def heartbeat(self) -> Heartbeat:
+        """A thread renewing the lease every third of its duration while the `with` block
+        runs (a builder's batch can take longer than the lease)."""
+        return Heartbeat(self)
 
     def release(self) -> None:
         """Let go, retrying a storage failure: a lease left held blocks every other builder
@@ -82,16 +101,50 @@ class Lease:
         log.error("could not release the index lease; it expires in %.0f s", self.duration)
 
     def _write(self, expected_version: int) -> bool:
-        try:
-            self._version = self.table.put(
-                "lease",
-                self.name,
-                {"owner": self.owner, "expires_at": time.time() + self.duration},
-                expected_version=expected_version,
-            )
-        except PreconditionFailed:
-            return False
-        return True
+        with self._write_lock:
+            started = time.monotonic()
+            try:
+                self._version = self.table.put(
+                    "lease",
+                    self.name,
+                    {"owner": self.owner, "expires_at": time.time() + self.duration},
+                    expected_version=expected_version,
+                )
+            except PreconditionFailed:
+                return False
+            self._expires_at = started + self.duration
+            return True
+
+
+class Heartbeat:
+    """Renews a lease in a thread until the `with` block ends or the lease is lost. A storage
+    error is logged and tried again at the next beat; the lease expires if they go on."""
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="imgsearch-lease", daemon=True)
+
+    def __enter__(self) -> Lease:
+        self._thread.start()
+        return self.lease
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.lease.duration / 3):
+            try:
+                if not self.lease.renew():
+                    log.warning("the index lease was taken over; this builder stops")
+                    return
+            except StorageError as error:
+                log.warning("renewing the index lease failed (%s); trying again", error)
+
+
+class LeaseLost(RuntimeError):
+    """The builder's lease expired or was taken over mid-batch: another builder continues."""
 
 
 RELEASE_ATTEMPTS = 4
@@ -108,43 +161,57 @@ class BuildReport:
     batches: int = 0
     shard_builds: int = 0
     busy: bool = False  # another builder held the lease; it will do our work
+    out_of_time: bool = False  # the budget ran out with work still queued: left for the next
 
 
-BATCH_SIZE = 1000  # work items one pass of the builder takes from the queue
-LEASE_SECONDS = 300.0  # a builder renews its lease well within this (once per batch)
-GRACE_SECONDS = 900.0  # a shard file no manifest names is kept this long for readers
+BATCH_SIZE = 1000  # work items one pass of the builder takes from the queue, at most
+FIRST_BATCH = 100  # ... and in the first pass of a run with a budget, before it is timed
+# A dead builder's lease blocks others this long; the heartbeat renews it every third of it.
+LEASE_SECONDS = 15.0
 
 
 class IndexBuilder:
     def __init__(
         self,
         catalog: Catalog,
-        index: Index,
+        index: SearchIndex,
         neighbourhoods: Neighbourhoods,
         *,
         shard_size: int,
         n_trees: int,
         model_name: str,
+        writer: IndexWriter | None = None,
     ) -> None:
+        """`writer`: the engine's; without one, the Annoy shards' (`index` is then theirs)."""
         self.catalog = catalog
         self.store = catalog.objects
         self.index = index
         self.neighbourhoods = neighbourhoods
-        self.shard_size = shard_size
-        self.n_trees = n_trees
-        self.model_name = model_name
+        if writer is None:
+            assert isinstance(index, Index), "the Annoy shards' writer needs their reader"
+            writer = ShardWriter(
+                catalog, index, shard_size=shard_size, n_trees=n_trees, model_name=model_name
+            )
+        self.writer = writer
         self.batch_size = BATCH_SIZE
         self.lease_seconds = LEASE_SECONDS
-        self.grace_seconds = GRACE_SECONDS
 
-    def run(self, *, until: Callable[[], bool] | None = None) -> BuildReport:
-        """Drain the work queue, unless another builder is already doing so.
+    def run(
+        self, *, until: Callable[[], bool] | None = None, budget: float | None = None
+    ) -> BuildReport:
+        """Take the work queue in batches, unless another builder is already doing so.
 
         With `until`, stop as soon as it holds (after a batch) and leave the rest of the
         queue to the next builder: an upload request builds until its own image is in, not
         for as long as others keep uploading. Those others wait for their images and build
         them the same way, so nothing is left behind while anyone is waiting.
+
+        With `budget` (seconds), stop before a batch that would not fit in what is left of
+        it (`out_of_time`): each batch is sized from the time the last one took, at most half
+        of the time left, so a run ends within its budget unless one item takes longer than
+        all the others did.
         """
+        deadline = None if budget is None else time.monotonic() + budget
         report = BuildReport()
         while True:
             lease = Lease(self.catalog.table, "indexer", self.lease_seconds)
@@ -152,26 +219,48 @@ class IndexBuilder:
                 report.busy = True
                 return report
             try:
-                while batch := self.catalog.pending(limit=self.batch_size):
-                    self._apply(batch, report)
-                    if not lease.renew():
-                        log.warning("index lease lost; another builder continues")
-                        return report
-                    if until is not None and until():
-                        break
+                with lease.heartbeat():
+                    self._batches(lease, report, until, deadline)
+            except LeaseLost:
+                log.warning("index lease lost; another builder continues")
+                return report
             finally:
                 lease.release()
             # Work queued while we held the lease found it taken and left it to us.
-            if (until is not None and until()) or not self.catalog.has_pending():
+            if report.out_of_time or (until is not None and until()):
+                break
+            if not self.catalog.has_pending():
                 break
         if report.batches:
             self.collect_garbage()
         return report
 
-    def _apply(self, batch: list[PendingItem], report: BuildReport) -> None:
+    def _batches(
+        self,
+        lease: Lease,
+        report: BuildReport,
+        until: Callable[[], bool] | None,
+        deadline: float | None,
+    ) -> None:
+        limit = self.batch_size if deadline is None else min(self.batch_size, FIRST_BATCH)
+        while batch := self.catalog.pending(limit=limit):
+            started = time.monotonic()
+            self._apply(batch, report, lease)
+            if until is not None and until():
+                return
+            if deadline is not None:
+                took, left = time.monotonic() - started, deadline - time.monotonic()
+                # Time per item as measured; the next batch gets at most half of what is left.
+                fits = int(len(batch) * left / (2 * took)) if took > 0 else self.batch_size
+                if fits < 1:
+                    report.out_of_time = self.catalog.has_pending()
+                    return
+                limit = min(self.batch_size, fits)
+
+    def _apply(self, batch: list[PendingItem], report: BuildReport, lease: Lease) -> None:
         for _ in range(5):
             try:
-                added, removed = self._publish(batch, report)
+                added, removed = self._publish(batch, report, lease)
                 break
             except PreconditionFailed:
                 log.warning("manifest changed under the builder; retrying the batch")
@@ -181,10 +270,9 @@ class IndexBuilder:
         in_index = [
             item.image_id for item in batch if item.op == "add" and item.image_id in self.index
         ]
-        for image_id in in_index:
-            self.catalog.update_image(
-                image_id, lambda r: _with_status(r, "indexed") if r.status == "pending" else None
-            )
+        self.catalog.mark_indexed(in_index)
+        # Neighbour lists are written without conditions (in batches): only by a holder.
+        _still_held(lease)
         self.neighbourhoods.update(in_index, removed)
         for item in batch:
             self.catalog.clear_pending(item)
@@ -193,11 +281,10 @@ class IndexBuilder:
         report.removed += len(removed)
 
     def _publish(
-        self, batch: list[PendingItem], report: BuildReport
+        self, batch: list[PendingItem], report: BuildReport, lease: Lease
     ) -> tuple[list[str], dict[str, np.ndarray]]:
-        """Write new shard builds for the batch and switch the manifest to them."""
+        """Publish the batch through the engine's writer; what it added and removed."""
         self.index.refresh(force=True)
-        manifest, etag = self.index.manifest, self.index.etag
         wanted = {item.image_id: item.op for item in batch}
         additions = self._load_additions(
             [i for i, op in wanted.items() if op == "add" and i not in self.index]
@@ -209,60 +296,14 @@ class IndexBuilder:
         }
         if not len(additions) and not removed:
             return [], {}
-
-        shards: list[ShardEntry] = []
-        data = additions
-        open_id: str | None = None
-        for entry in manifest.shards:
-            shard = self._loaded(entry)
-            if entry.sealed:
-                gone = set(removed).intersection(shard.row_of)
-                if gone:
-                    entry = replace(entry, deleted=tuple(sorted(gone.union(entry.deleted))))
-                shards.append(entry)
-            else:
-                open_id = entry.id
-                kept = shard.data().without(removed)
-                data = kept.append(additions) if len(additions) else kept
-
-        dim = int(data.features.shape[1]) if len(data) else manifest.dim
-        next_shard = manifest.next_shard
-        remaining: ShardData | None = data
-        while remaining is not None and len(remaining):
-            if open_id is None:
-                open_id, next_shard = f"s{next_shard:06d}", next_shard + 1
-            part = remaining.take(slice(0, self.shard_size))
-            sealed = len(part) == self.shard_size
-            build = write_build(self.store, open_id, part, self.n_trees)
-            report.shard_builds += 1
-            shards.append(
-                ShardEntry(
-                    id=open_id, build=build.id, count=len(part), sealed=sealed, sha256=build.sha256
-                )
-            )
-            remaining = remaining.take(slice(self.shard_size, None)) if sealed else None
-            open_id = None
-
-        new_manifest = manifest.with_shards(
-            shards,
-            next_shard=next_shard,
-            model=self.model_name,
-            dim=dim,
-            trees=self.n_trees,
-            updated_at=time.time(),
-        )
-        write_manifest(self.store, new_manifest, etag)
-        self.catalog.record_published(
-            Published(new_manifest.generation, new_manifest.image_count, next_shard)
+        # The manifest's compare-and-swap keeps two builders from publishing over each other;
+        # the lease check keeps one whose lease lapsed (a frozen sandbox, a long pause) from
+        # trying.
+        report.shard_builds += self.writer.publish(
+            additions, list(removed), still_held=lambda: _still_held(lease)
         )
         self.index.refresh(force=True)
         return list(additions.ids), removed
-
-    def _loaded(self, entry: ShardEntry) -> Shard:
-        for shard in self.index.shards:
-            if (shard.shard_id, shard.build_id) == (entry.id, entry.build):
-                return shard
-        raise PreconditionFailed(f"shard {entry.id} build {entry.build} is not the loaded one")
 
     def _load_additions(self, image_ids: list[str]) -> ShardData:
         ids, features, probabilities = [], [], []
@@ -279,7 +320,7 @@ class IndexBuilder:
             features.append(vector)
             probabilities.append(probs)
         if not ids:
-            return ShardData.empty(self.index.manifest.dim, 0)
+            return ShardData.empty(self.index.dim, 0)
         return ShardData(
             ids, normalise_rows(np.stack(features)), np.stack(probabilities).astype(np.float16)
         )
@@ -291,36 +332,27 @@ class IndexBuilder:
         if not lease.acquire():
             raise RuntimeError("another index build is running; try again when it is done")
         try:
-            # The old manifest may be of another format, or damaged: only its ETag matters.
-            etag = manifest_etag(self.store)
-            for info in self.store.list("embeddings/"):
-                image_id = info.key.removeprefix("embeddings/").removesuffix(".npz")
-                record = self.catalog.image(image_id)
-                if record is not None and record.status != "removed":
-                    self.catalog.mark_pending(image_id, "add")
-            # Shard ids and generations go on from the last published: no build id or
-            # generation of the old index is ever reused.
-            published = self.catalog.published()
-            empty = Manifest(generation=published.generation + 1, next_shard=published.next_shard)
-            write_manifest(self.store, empty, etag)
-            self.catalog.record_published(Published(empty.generation, 0, empty.next_shard))
+            with lease.heartbeat():  # listing every embedding takes a while
+                self._queue_everything(lease)
         finally:
             lease.release()
         return self.run()
 
+    def _queue_everything(self, lease: Lease) -> None:
+        """Queue every stored embedding's image and clear the engine's publication."""
+        for info in self.store.list("embeddings/"):
+            image_id = info.key.removeprefix("embeddings/").removesuffix(".npz")
+            record = self.catalog.image(image_id)
+            if record is not None and record.status != "removed":
+                self.catalog.mark_pending(image_id, "add")
+        _still_held(lease)
+        self.writer.clear()
+
     def collect_garbage(self) -> int:
-        """Delete shard files no manifest names, once older than the grace period."""
-        manifest, _ = read_manifest(self.store)
-        live = {f"{SHARDS_PREFIX}{s.id}/{s.build}." for s in manifest.shards}
-        cutoff = time.time() - self.grace_seconds
-        deleted = 0
-        for info in list(self.store.list(SHARDS_PREFIX)):
-            prefix = info.key[: info.key.index(".") + 1]
-            if prefix not in live and info.last_modified < cutoff:
-                self.store.delete(info.key)
-                deleted += 1
-        return deleted
+        """Delete what no publication names any more (old shard builds)."""
+        return self.writer.collect_garbage()
 
 
-def _with_status(record: ImageRecord, status: ImageStatus) -> ImageRecord:
-    return replace(record, status=status)
+def _still_held(lease: Lease) -> None:
+    if not lease.held:
+        raise LeaseLost(f"the {lease.name} lease expired or was taken over")

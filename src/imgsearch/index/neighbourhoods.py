@@ -4,6 +4,11 @@
 gets its own list, and it is offered to the lists of the images near it (an image joins the
 list of every image that now has it among its k nearest). When one leaves, every list that
 held it is recomputed. Lists are checked against brute force in tests/index/test_index.py.
+
+What it costs: the lists a batch of new images touches are read in batched reads and the
+changed ones written in batched writes, each list once per group of images however many of
+them it gains (DynamoDB: 100 lists a read, 25 a write), not a read and a write per list and
+new image. `bench/writer_cost.py` counts the requests per image.
 """
 
 from __future__ import annotations
@@ -13,17 +18,19 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from imgsearch.catalog import Catalog
-from imgsearch.index.reader import Index
-from imgsearch.storage import retry_on_conflict
+from imgsearch.catalog import Catalog, StoredNeighbours
+from imgsearch.index.base import SearchIndex
 
 Neighbours = list[tuple[str, float]]
 
 REACH = 200  # how many of a new or removed image's nearest images may list it
+# New images whose touched lists are read and written together: about REACH lists each, so
+# a group holds some thousand lists in memory at once.
+GROUP = 50
 
 
 class Neighbourhoods:
-    def __init__(self, catalog: Catalog, index: Index, *, k: int = 50) -> None:
+    def __init__(self, catalog: Catalog, index: SearchIndex, *, k: int = 50) -> None:
         self.catalog = catalog
         self.index = index
         self.k = k
@@ -32,13 +39,14 @@ class Neighbourhoods:
     def get(self, image_id: str) -> Neighbours:
         """The stored list, without images that left the index since it was written."""
         neighbours, _ = self.catalog.neighbours(image_id)
-        return [(i, d) for i, d in neighbours if i in self.index]
+        present = self.index.present(i for i, _ in neighbours)
+        return [(i, d) for i, d in neighbours if i in present]
 
     def compute(self, image_id: str) -> Neighbours:
         vector = self.index.vector(image_id)
         if vector is None:
             return []
-        return self.index.nearest(vector, self.k, exclude={image_id})
+        return _rounded(self.index.nearest(vector, self.k, exclude={image_id}))
 
     def update(self, added: Iterable[str], removed: Mapping[str, np.ndarray]) -> None:
         """Bring every list up to date after `added` joined and `removed` (id -> vector) left.
@@ -47,52 +55,60 @@ class Neighbourhoods:
         it again for the same change leaves the lists as they are.
         """
         # Only those still in the index: one removed again meanwhile has no vector.
-        vectors = {i: v for i in added if (v := self.index.vector(i)) is not None}
-        added_set = set(vectors)
+        vectors = self.index.vectors(added)  # in batches on an engine over the network
+        ids = list(vectors)
+        for start in range(0, max(len(ids), 1), GROUP):
+            group = {i: vectors[i] for i in ids[start : start + GROUP]}
+            self._update_group(group, removed if start == 0 else {})
+
+    def _update_group(
+        self, vectors: Mapping[str, np.ndarray], removed: Mapping[str, np.ndarray]
+    ) -> None:
+        """New lists for `vectors`' images, offers of them to their neighbours' lists, and
+        lists that held a `removed` image recomputed: read together, written together."""
+        own: dict[str, Neighbours] = {}
         offers: dict[str, Neighbours] = defaultdict(list)
         for image_id, vector in vectors.items():
             near = self.index.nearest(vector, self.reach, exclude={image_id})
-            self._replace(image_id, near[: self.k])
+            own[image_id] = _rounded(near[: self.k])
             for other, distance in near:
-                if other not in added_set:
+                if other not in vectors:
                     offers[other].append((image_id, distance))
+        stale = {
+            other
+            for vector in removed.values()
+            for other, _ in self.index.nearest(vector, self.reach)
+            if other not in vectors
+        }
+        stored = self.catalog.neighbour_lists([*own, *offers, *stale])
 
-        stale: set[str] = set()
-        for image_id, vector in removed.items():
-            self.catalog.delete_neighbours(image_id)
-            for other, _ in self.index.nearest(vector, self.reach):
-                if other not in added_set:
-                    stale.add(other)
+        lists: dict[str, Neighbours] = dict(own)
         gone = set(removed)
         for other in stale:
-            neighbours, _ = self.catalog.neighbours(other)
-            if any(i in gone for i, _ in neighbours):
-                self._replace(other, self.compute(other))
-                offers.pop(other, None)
-
+            current, _ = stored.get(other, ([], 0))
+            if any(i in gone for i, _ in current):
+                lists[other] = self.compute(other)  # with what it is offered: both are in
         for other, offered in offers.items():
-            self._merge(other, offered)
+            if other not in lists and other in stored:  # no list yet: it is computed whole
+                lists[other] = self._merged(stored[other][0], offered)
 
-    def _replace(self, image_id: str, neighbours: Neighbours) -> None:
-        def step() -> None:
-            _, version = self.catalog.neighbours(image_id)
-            self.catalog.put_neighbours(image_id, neighbours, expected_version=version)
+        changed: dict[str, StoredNeighbours] = {}
+        for image_id, neighbours in lists.items():
+            current, version = stored.get(image_id, ([], 0))
+            if image_id not in stored or neighbours != current:  # stored even when empty
+                changed[image_id] = (neighbours, version)
+        self.catalog.put_neighbour_lists(changed)
+        for image_id in removed:
+            self.catalog.delete_neighbours(image_id)
 
-        retry_on_conflict(step, f"neighbours of {image_id}")
+    def _merged(self, current: Neighbours, offered: Neighbours) -> Neighbours:
+        """The list with offered neighbours that are nearer than its current k-th."""
+        merged = dict(current)
+        for other, distance in offered:
+            merged[other] = min(round(distance, 6), merged.get(other, np.inf))
+        return sorted(merged.items(), key=lambda pair: (pair[1], pair[0]))[: self.k]
 
-    def _merge(self, image_id: str, offered: Neighbours) -> None:
-        """Insert offered neighbours that are nearer than the list's current k-th."""
 
-        def step() -> None:
-            current, version = self.catalog.neighbours(image_id)
-            if not current and version == 0:
-                return  # its own list is not computed yet; it will be computed whole
-            merged = dict(current)
-            for other, distance in offered:
-                merged[other] = min(round(distance, 6), merged.get(other, np.inf))
-            best = sorted(merged.items(), key=lambda pair: (pair[1], pair[0]))[: self.k]
-            if best == current:
-                return
-            self.catalog.put_neighbours(image_id, best, expected_version=version)
-
-        retry_on_conflict(step, f"neighbours of {image_id}")
+def _rounded(neighbours: Neighbours) -> Neighbours:
+    """Distances as stored (to 6 decimals), so that an unchanged list is seen as unchanged."""
+    return [(i, round(d, 6)) for i, d in neighbours]

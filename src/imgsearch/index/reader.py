@@ -1,4 +1,5 @@
-"""The search side of the index: all shards of the current manifest, searched as one.
+"""The search side of the Annoy shards (the index port's embedded engine, base.py): all shards
+of the current manifest, searched as one.
 
 Nearest-neighbour search asks every shard's Annoy forest for candidates and re-ranks them
 by exact cosine distance on the stored features, so sharding and approximation cost almost
@@ -18,6 +19,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from imgsearch.index.base import SearchIndex
 from imgsearch.index.manifest import Manifest, read_manifest
 from imgsearch.index.shards import Shard
 from imgsearch.storage import ObjectStore
@@ -36,7 +38,7 @@ class _Snapshot:
     shards: tuple[Shard, ...]
 
 
-class Index:
+class Index(SearchIndex):
     """Query all shards of the index; `refresh()` follows the manifest as builders move it."""
 
     def __init__(
@@ -67,6 +69,22 @@ class Index:
     @property
     def shards(self) -> tuple[Shard, ...]:
         return self._snapshot.shards
+
+    @property
+    def model(self) -> str:
+        return self._snapshot.manifest.model
+
+    @property
+    def dim(self) -> int:
+        return self._snapshot.manifest.dim
+
+    @property
+    def generation(self) -> int:
+        return self._snapshot.manifest.generation
+
+    @property
+    def shard_count(self) -> int:
+        return len(self._snapshot.shards)
 
     def refresh(self, force: bool = False) -> bool:
         """Load the current manifest if it changed (at most every `refresh_interval` s).

@@ -251,8 +251,8 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _postings_bytes(probabilities: np.ndarray) -> bytes:
-    """Per class, the rows that list it and their probabilities, most probable first (CSR)."""
+def _postings(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (row, class, probability) of every posting: each row's most probable classes."""
     n, classes = probabilities.shape
     top = min(POSTINGS_PER_IMAGE, classes)
     probabilities = probabilities.astype(np.float32)
@@ -264,7 +264,22 @@ def _postings_bytes(probabilities: np.ndarray) -> bytes:
     cols = best.reshape(-1)
     values = probabilities[rows, cols]
     keep = values >= MIN_POSTING_PROBABILITY
-    rows, cols, values = rows[keep], cols[keep], values[keep]
+    return rows[keep], cols[keep], values[keep]
+
+
+def posted_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """Each row's probabilities as keyword search scores them: its posted classes (float16,
+    as stored) and zeros elsewhere. An engine without posting lists stores these."""
+    rows, cols, values = _postings(probabilities)
+    posted = np.zeros(probabilities.shape, np.float32)
+    posted[rows, cols] = values.astype(np.float16)
+    return posted
+
+
+def _postings_bytes(probabilities: np.ndarray) -> bytes:
+    """Per class, the rows that list it and their probabilities, most probable first (CSR)."""
+    classes = probabilities.shape[1]
+    rows, cols, values = _postings(probabilities)
     order = np.lexsort((-values, cols))
     rows, cols, values = rows[order], cols[order], values[order]
     offsets = np.zeros(classes + 1, dtype=np.int64)

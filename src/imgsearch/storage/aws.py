@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -30,9 +30,11 @@ from .ports import (
     PreconditionFailed,
     PresignedPost,
     Put,
+    StorageError,
     StoredObject,
     Write,
 )
+from .validation import MAX_BATCH_READ, MAX_BATCH_WRITE
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -40,10 +42,12 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import (
         AttributeValueTypeDef,
         DeleteTypeDef,
+        KeysAndAttributesTypeDef,
         QueryInputTypeDef,
         TransactWriteItemTypeDef,
         UniversalAttributeValueTypeDef,
         UpdateTypeDef,
+        WriteRequestTypeDef,
     )
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import PutObjectRequestTypeDef
@@ -54,6 +58,9 @@ if TYPE_CHECKING:
 # Disk space local_path leaves free besides what it downloads: scratch for index builds.
 CACHE_HEADROOM = 128 * 1024 * 1024
 TRANSACTION_ATTEMPTS = 8
+# A batch request leaves out what DynamoDB had no capacity for; it is sent again, after a
+# growing pause, this many times before giving up.
+BATCH_ATTEMPTS = 8
 # Why DynamoDB cancels a transaction that another one, not a condition, got in the way of.
 RETRYABLE_CANCELLATIONS = frozenset({"TransactionConflict", "ThrottlingError"})
 
@@ -293,6 +300,51 @@ class DynamoTable(Table):
         raw = response.get("Item")
         return None if raw is None else _decode_item(raw)
 
+    def _get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+        found: dict[tuple[str, str], Item] = {}
+        for start in range(0, len(keys), MAX_BATCH_READ):
+            chunk = [self._key(pk, sk) for pk, sk in keys[start : start + MAX_BATCH_READ]]
+            request: dict[str, KeysAndAttributesTypeDef] = {
+                self.table_name: {"Keys": chunk, "ConsistentRead": True}
+            }
+            for attempt in range(BATCH_ATTEMPTS):
+                response = self._client.batch_get_item(RequestItems=request)
+                for raw in response.get("Responses", {}).get(self.table_name, []):
+                    item = _decode_item(raw)
+                    found[item["pk"], item["sk"]] = item
+                # What it left out, to send again (the same shape as what was sent).
+                request = cast(
+                    dict[str, "KeysAndAttributesTypeDef"], response.get("UnprocessedKeys", {})
+                )
+                if not request:
+                    break
+                _pause(attempt)
+            else:
+                raise StorageError(f"{self.table_name}: batch reads kept being left unprocessed")
+        return found
+
+    def _put_many(self, puts: Sequence[Put]) -> None:
+        for start in range(0, len(puts), MAX_BATCH_WRITE):
+            chunk: list[WriteRequestTypeDef] = [
+                {
+                    "PutRequest": {
+                        "Item": self._encode_item(p.pk, p.sk, p.expected_version + 1, p.attrs)
+                    }
+                }
+                for p in puts[start : start + MAX_BATCH_WRITE]
+            ]
+            request = {self.table_name: chunk}
+            for attempt in range(BATCH_ATTEMPTS):
+                response = self._client.batch_write_item(RequestItems=request)
+                request = cast(
+                    dict[str, list["WriteRequestTypeDef"]], response.get("UnprocessedItems", {})
+                )
+                if not request:
+                    break
+                _pause(attempt)
+            else:
+                raise StorageError(f"{self.table_name}: batch writes kept being left unprocessed")
+
     def _put(self, pk: str, sk: str, attrs: Mapping[str, Any], expected_version: int) -> int:
         while True:
             # DynamoDB cannot compute "current version + 1" in a PutItem, so an unconditional
@@ -464,6 +516,12 @@ class DynamoTable(Table):
     ) -> dict[str, AttributeValueTypeDef]:
         item = {name: _attribute_value(value) for name, value in attrs.items()}
         return item | DynamoTable._key(pk, sk) | {"version": {"N": str(version)}}
+
+
+def _pause(attempt: int) -> None:
+    """Back off before sending what a batch request left unprocessed (AWS's advice: jittered,
+    growing pauses)."""
+    time.sleep(random.uniform(0, 0.05 * 2**attempt))
 
 
 def open_aws_storage(settings: Settings) -> Storage:

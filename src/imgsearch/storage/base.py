@@ -16,13 +16,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .ports import ANY_VERSION, Item, ObjectInfo, PresignedPost, StoredObject, Write
+from .ports import ANY_VERSION, Item, ObjectInfo, PresignedPost, Put, StoredObject, Write
 from .validation import (
     can_start_a_key,
     validate_attrs,
+    validate_batch_puts,
     validate_expected_version,
     validate_increment,
     validate_item_key,
+    validate_item_keys,
     validate_key,
     validate_limit,
     validate_partition_key,
@@ -167,6 +169,23 @@ class Table(ABC):
         validate_item_key(pk, sk)
         return self._get(pk, sk)
 
+    def get_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+        """The items of these (pk, sk) keys that exist, read consistently, keyed by (pk, sk);
+        in as few requests as the table allows (DynamoDB: 100 keys per BatchGetItem)."""
+        distinct = validate_item_keys(keys)
+        return self._get_many(distinct) if distinct else {}
+
+    def put_many(self, puts: Sequence[Put]) -> None:
+        """Replace many items in as few requests as the table allows (DynamoDB: 25 per
+        BatchWriteItem), neither atomically nor conditionally: BatchWriteItem takes no
+        conditions. Each put names the version its item was read at (0: new) and writes it
+        at the next, so versions keep growing for the compare-and-swap writers of other
+        items; nothing checks it. Only for items that one writer owns (the index builder's,
+        under its lease)."""
+        validate_batch_puts(puts)
+        if puts:
+            self._put_many(puts)
+
     def put(
         self, pk: str, sk: str, attrs: Mapping[str, Any], *, expected_version: int = ANY_VERSION
     ) -> int:
@@ -214,6 +233,14 @@ class Table(ABC):
 
     @abstractmethod
     def _get(self, pk: str, sk: str) -> Item | None: ...
+
+    @abstractmethod
+    def _get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+        """Read 1..n distinct keys."""
+
+    @abstractmethod
+    def _put_many(self, puts: Sequence[Put]) -> None:
+        """Write 1..n puts on distinct items, each at `expected_version` + 1, unconditionally."""
 
     @abstractmethod
     def _put(self, pk: str, sk: str, attrs: Mapping[str, Any], expected_version: int) -> int: ...

@@ -313,6 +313,20 @@ class SqliteTable(Table):
         with self._write_transaction() as connection:
             return self._apply_put(connection, pk, sk, attrs, expected_version)
 
+    def _get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+        connection = self._connection()
+        found = {}
+        for pk, sk in keys:
+            current = self._read(connection, pk, sk)
+            if current is not None:
+                found[pk, sk] = _item(pk, sk, *current)
+        return found
+
+    def _put_many(self, puts: Sequence[Put]) -> None:
+        with self._write_transaction() as connection:
+            for put in puts:
+                self._store(connection, put.pk, put.sk, put.expected_version + 1, put.attrs)
+
     def _delete(self, pk: str, sk: str, expected_version: int) -> None:
         with self._write_transaction() as connection:
             self._apply_delete(connection, pk, sk, expected_version)

@@ -16,6 +16,8 @@ from .ports import ANY_VERSION, Delete, Increment, InvalidKey, Put, Write
 MAX_KEY_BYTES = 1024  # S3's limit on a key's UTF-8 length
 MAX_SEGMENT_BYTES = 255  # file systems' limit on a file name, which a segment becomes locally
 MAX_TRANSACT_WRITES = 100  # DynamoDB's limit on TransactWriteItems
+MAX_BATCH_READ = 100  # keys per BatchGetItem
+MAX_BATCH_WRITE = 25  # items per BatchWriteItem
 MAX_PARTITION_KEY_BYTES = 2048  # DynamoDB's limits on key attribute values
 MAX_SORT_KEY_BYTES = 1024
 
@@ -155,3 +157,29 @@ def validate_writes(writes: Sequence[Write]) -> None:
                 validate_increment(write.deltas, write.set_attrs)
             case _:
                 raise TypeError(f"not a table write: {write!r}")
+
+
+def validate_item_keys(keys: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The distinct keys of a batch read, in their first order (DynamoDB refuses duplicates)."""
+    distinct = list(dict.fromkeys((pk, sk) for pk, sk in keys))
+    for pk, sk in distinct:
+        validate_item_key(pk, sk)
+    return distinct
+
+
+def validate_batch_puts(puts: Sequence[Put]) -> None:
+    """A batch write: puts only, one per item, each naming the version it was read at (the
+    item is written at the next one; nothing is checked, see `Table.put_many`)."""
+    seen: set[tuple[str, str]] = set()
+    for put in puts:
+        if not isinstance(put, Put):
+            raise TypeError(f"not a put: {put!r}")
+        if (put.pk, put.sk) in seen:
+            raise ValueError(f"item {(put.pk, put.sk)} is written twice in one batch")
+        seen.add((put.pk, put.sk))
+        validate_item_key(put.pk, put.sk)
+        validate_attrs(put.attrs)
+        if put.expected_version == ANY_VERSION or put.expected_version < 0:
+            raise ValueError(
+                f"a batch put names the version it was read at (0: new), not {put.expected_version}"
+            )

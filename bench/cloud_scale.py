@@ -1,0 +1,750 @@
+"""The cloud at scale: the real Lambda handlers against a moto server, with AWS's latencies
+injected per request, counting requests and bytes by operation.
+
+    PYTHONPATH=src .venv/bin/python bench/cloud_scale.py --sizes 2000 10000
+
+For each vector engine (the template's `VectorEngine`) and collection size:
+1. A moto server (`ThreadedMotoServer`, in this process, so that the tests' exact QueryVectors,
+   tests/support/s3vectors.py, serves S3 Vectors too) with the template's bucket, tables,
+   queues, notifications and vector indexes (tests/support/aws_resources.py).
+2. A collection of `size` images is synthesised straight into it, as bench/index_scale.py
+   does (real features, perturbed): image records, the index (through the engine's own
+   writer) and exact neighbour lists. No photo is embedded for these.
+3. A sample of real photos (demo/) is uploaded to the bucket; S3 notifies the queue and a
+   poller invokes the embed function (functions/embed/app.py) in batches of the template's
+   `EmbedBatchSize`, as Lambda's SQS event source does. Its requests and bytes are counted per
+   image, and its time, split into ingest (decode, embed, catalogue: parallel across
+   functions) and index build (serialised by the index lease).
+4. Fresh search and embed functions are cold-started (their module imported, as Lambda's
+   init does) and the search function answers one query: seconds and bytes read until then.
+5. Queries through API Gateway's routing (tests/support/lambda_events.py): similar images,
+   reverse search (a photo), keyword, and learned (a word with votes): p50 and p99.
+
+Latency is injected in the client (a botocore event hook sleeps before each request is sent
+and, for bodies, for their transfer time), on top of moto's own time. The figures, per
+request (LATENCY below, `--latency-scale` multiplies them):
+- DynamoDB GetItem/PutItem/UpdateItem/DeleteItem/Query: 5 ms. AWS: "single-digit
+  millisecond performance at any scale" (DynamoDB's product page); 5 ms is assumed for a
+  request from Lambda in the same region. BatchGetItem, BatchWriteItem, TransactWriteItems,
+  TransactGetItems: 10 ms (assumed: AWS publishes nothing separate).
+- S3 GetObject and HeadObject: 30 ms to the first byte; PutObject, CopyObject, DeleteObject,
+  ListObjectsV2: 40 ms. AWS: small-object latency "roughly 100-200 milliseconds" at worst and
+  a median "in the range of tens of milliseconds" (Best Practices Design Patterns: Optimizing
+  Amazon S3 Performance); 30 and 40 ms are assumed within that range. Transfer: 85 MB/s per
+  request (the same paper: "one concurrent request for each 85-90 MB/s").
+- S3 Vectors QueryVectors: 100 ms. AWS: "sub-second query performance for cold queries and
+  as low as 100 milliseconds for warm queries" (S3 Vectors best practices). GetVectors,
+  PutVectors, DeleteVectors, ListVectors: 50 ms (assumed).
+- SQS, SSM: 10 ms (assumed).
+What moto does not emulate (S3 Vectors' approximate search, throttling, Lambda's CPU) is not
+measured: CPU time is this machine's, shared with other jobs (noisy).
+
+Extrapolation to sizes not run (printed as such): requests per image and query requests do
+not depend on the collection size for S3 Vectors (checked by running two sizes); Annoy's cold
+start reads every shard, so its bytes grow as bytes-per-image x size and its seconds as
+bytes / 85 MB/s plus the measured init.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Lambda's 1769 MB is one vCPU: numpy on one thread, so that the handler's thread CPU time
+# is all of its CPU (and the model below holds).
+os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "bench"), str(REPO / "tests")]
+
+import boto3  # noqa: E402
+from index_scale import real_embeddings, synthesise  # noqa: E402
+from moto.server import ThreadedMotoServer  # noqa: E402
+from support.aws_resources import (  # noqa: E402
+    configure_notifications,
+    create_queues,
+    function_environment,
+)
+from support.lambda_events import ApiGateway, QueuePoller, lambda_logging, load_function  # noqa: E402
+from support.s3vectors import create_vector_indexes, install_query_vectors  # noqa: E402
+
+from imgsearch.bulk import files_under  # noqa: E402
+from imgsearch.catalog import ImageRecord  # noqa: E402
+from imgsearch.config import ASSETS_DIR, Settings, get_settings  # noqa: E402
+from imgsearch.index.shards import ShardData  # noqa: E402
+from imgsearch.service import ImageSearch  # noqa: E402
+from imgsearch.storage import Put  # noqa: E402
+from imgsearch.storage.aws_resources import create_bucket, create_tables, load_template  # noqa: E402
+
+BUCKET = "imgsearch-scale"
+VECTOR_BUCKET = "imgsearch-scale-vectors"
+TABLES = {"CatalogTable": "scale-catalog", "FeedbackTable": "scale-feedback"}
+QUEUES = {"ImageQueue": "scale-images", "ImageDeadLetterQueue": "scale-images-dlq"}
+API_KEY = "scale-bench-key"
+FUNCTIONS = {
+    "EmbedFunction": "embed",
+    "SearchFunction": "search",
+    "FeedbackFunction": "feedback",
+    "AuthorizerFunction": "authorizer",
+}
+K = 50  # neighbours per stored list (Settings.neighbours)
+
+# Seconds per request before it is sent, by operation (see the module's docstring).
+DYNAMODB_ITEM, DYNAMODB_BATCH = 0.005, 0.010
+LATENCY: dict[str, float] = {
+    **dict.fromkeys(
+        ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "Scan"), DYNAMODB_ITEM
+    ),
+    **dict.fromkeys(
+        ("BatchGetItem", "BatchWriteItem", "TransactWriteItems", "TransactGetItems"),
+        DYNAMODB_BATCH,
+    ),
+    **dict.fromkeys(("GetObject", "HeadObject"), 0.030),
+    **dict.fromkeys(
+        ("PutObject", "CopyObject", "DeleteObject", "DeleteObjects", "ListObjectsV2"), 0.040
+    ),
+    "QueryVectors": 0.100,
+    **dict.fromkeys(("GetVectors", "PutVectors", "DeleteVectors", "ListVectors"), 0.050),
+}
+OTHER_LATENCY = 0.010  # SQS, SSM, anything else
+S3_BYTES_PER_SECOND = 85e6
+COLD_START_GOAL, INGEST_GOAL, REQUESTS_GOAL, QUERY_P50_GOAL = 2.0, 50.0, 15.0, 0.300
+EXTRAPOLATED = (100_000, 1_000_000)
+
+
+@dataclass
+class Tally:
+    requests: Counter[str] = field(default_factory=Counter)
+    sent: int = 0
+    received: int = 0
+    waited: float = 0.0  # seconds of latency injected
+    sent_by: Counter[str] = field(default_factory=Counter)  # bytes by operation
+    received_by: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: Tally) -> None:
+        self.requests.update(other.requests)
+        self.sent += other.sent
+        self.received += other.received
+        self.waited += other.waited
+        self.sent_by.update(other.sent_by)
+        self.received_by.update(other.received_by)
+
+
+class Wire:
+    """A botocore event hook on the default session: injects latency and counts requests and
+    bytes per operation into the current phase's Tally (None: not counted, no latency)."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+        self.tally: Tally | None = None
+        self.lock = threading.Lock()
+
+    def install(self, session: Any) -> None:
+        session.events.register("before-send", self.before_send)
+        session.events.register("after-call", self.after_call)
+
+    def before_send(self, request: Any, **kwargs: Any) -> None:
+        tally = self.tally
+        if tally is None:
+            return
+        operation = kwargs["event_name"].rsplit(".", 1)[-1]
+        body = request.body
+        size = len(body) if isinstance(body, bytes | str) else _stream_size(body)
+        wait = self.scale * (LATENCY.get(operation, OTHER_LATENCY) + size / S3_BYTES_PER_SECOND)
+        with self.lock:
+            tally.requests[operation] += 1
+            tally.sent += size
+            tally.sent_by[operation] += size
+            tally.waited += wait
+        time.sleep(wait)
+
+    def after_call(self, http_response: Any, **kwargs: Any) -> None:
+        tally = self.tally
+        if tally is None or http_response is None:
+            return
+        size = int(http_response.headers.get("content-length", 0))
+        wait = self.scale * size / S3_BYTES_PER_SECOND
+        with self.lock:
+            tally.received += size
+            tally.received_by[kwargs["event_name"].rsplit(".", 1)[-1]] += size
+            tally.waited += wait
+        time.sleep(wait)
+
+    @contextmanager
+    def counting(self, tally: Tally) -> Iterator[Tally]:
+        outer, self.tally = self.tally, tally
+        try:
+            yield tally
+        finally:
+            self.tally = outer
+
+
+def _stream_size(body: Any) -> int:
+    if body is None:
+        return 0
+    try:
+        position = body.tell()
+        size = body.seek(0, io.SEEK_END)
+        body.seek(position)
+        return int(size - position)
+    except (AttributeError, OSError):
+        return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def environment(engine: str, scratch: Path) -> dict[str, str]:
+    known = {
+        "IMGSEARCH_BUCKET": BUCKET,
+        "IMGSEARCH_VECTOR_ENGINE": engine,
+        "IMGSEARCH_VECTOR_BUCKET": VECTOR_BUCKET,
+        "IMGSEARCH_PAGE_ORIGINS": json.dumps([f"https://{BUCKET}.s3.amazonaws.com"]),
+        "IMGSEARCH_ASSETS_DIR": str(ASSETS_DIR),
+        "IMGSEARCH_CACHE_DIR": str(scratch / "cache"),
+        **TABLES,
+    }
+    values: dict[str, str] = {}
+    for function in FUNCTIONS:
+        values |= function_environment(function, known)
+    return values | {
+        "POWERTOOLS_SERVICE_NAME": "imgsearch-bench",
+        "POWERTOOLS_METRICS_NAMESPACE": "bench",
+    }
+
+
+def template_default(name: str) -> int:
+    return int(load_template()["Parameters"][name]["Default"])
+
+
+# The collection -------------------------------------------------------------------------------
+
+
+def populate(service: ImageSearch, size: int, seed: int) -> None:
+    """`size` indexed images: records, the engine's index, exact neighbour lists."""
+    features, probabilities = synthesise(*real_embeddings(), size, np.random.default_rng(seed))
+    ids = [f"{i:016x}" for i in range(size)]
+    table = service.parts.storage.catalog
+    puts = []
+    for image_id, probs in zip(ids, probabilities, strict=True):
+        top = np.argsort(-probs.astype(np.float32))[:5]
+        record = ImageRecord(
+            image_id,
+            (f"synthetic/{image_id}.jpg",),
+            640,
+            480,
+            "JPEG",
+            50_000,
+            tuple((int(c), float(probs[c])) for c in top),
+            status="indexed",
+        )
+        puts.append(Put(f"image#{image_id}", "meta", record.attrs(), 0))
+    table.put_many(puts)
+    index, writer = service.parts.index, service.parts.builder.writer
+    chunk = service.settings.shard_size
+    for start in range(0, size, chunk):
+        index.refresh(force=True)
+        rows = slice(start, start + chunk)
+        writer.publish(ShardData(ids[rows], features[rows], probabilities[rows]), [])
+    index.refresh(force=True)
+    lists = {}
+    for start in range(0, size, 1000):  # exact neighbours, 1000 rows at a time
+        distances = 1.0 - features[start : start + 1000].astype(np.float32) @ features.T
+        for row, image_distances in enumerate(distances, start):
+            image_distances[row] = np.inf
+            nearest = np.argpartition(image_distances, K)[:K]
+            nearest = nearest[np.argsort(image_distances[nearest])]
+            lists[ids[row]] = ([(ids[i], round(float(image_distances[i]), 6)) for i in nearest], 0)
+        service.parts.catalog.put_neighbour_lists(lists)
+        lists = {}
+
+
+def photos() -> list[tuple[str, bytes]]:
+    return [
+        (key, path.read_bytes())
+        for key, path in files_under(REPO / "demo")
+        if path.suffix.lower() in {".jpg", ".jpeg", ".png"}
+    ]
+
+
+# The run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    engine: str
+    size: int
+    images: int = 0
+    ingest: Tally = field(default_factory=Tally)
+    ingest_seconds: float = 0.0  # apply_event, summed over images
+    build_seconds: float = 0.0  # recover (the index build), summed over batches
+    # The same as Lambda would see them: the handler's own CPU (its thread) plus the latency
+    # injected, without moto's time or this machine's contention.
+    ingest_model: float = 0.0
+    build_model: float = 0.0
+    publish_model: float = 0.0  # of build_model: the engine's writer (a fixed cost per build)
+    builds: int = 0
+    batches: int = 0
+    cold: dict[str, tuple[float, Tally]] = field(default_factory=dict)
+    cold_model: dict[str, float] = field(default_factory=dict)
+    queries: dict[str, list[float]] = field(default_factory=dict)
+    queries_model: dict[str, list[float]] = field(default_factory=dict)
+    query_requests: dict[str, Tally] = field(default_factory=dict)
+    stored: Counter[str] = field(default_factory=Counter)  # bucket bytes by top prefix
+
+
+def run(engine: str, size: int, args: argparse.Namespace) -> Run:
+    result = Run(engine, size)
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as scratch_dir:
+        scratch = Path(scratch_dir)
+        saved = dict(os.environ)
+        os.environ.update(
+            AWS_ACCESS_KEY_ID="bench",
+            AWS_SECRET_ACCESS_KEY="bench",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+            **environment(engine, scratch),
+        )
+        get_settings.cache_clear()
+        install_query_vectors()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        # moto's backends are this process's: another run's resources are still there.
+        urllib.request.urlopen(
+            urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST")
+        ).close()
+        try:
+            boto3.setup_default_session()
+            wire = Wire(args.latency_scale)
+            wire.install(boto3.DEFAULT_SESSION)
+            with lambda_logging():
+                _run(result, wire, scratch, args)
+        finally:
+            server.stop()
+            os.environ.clear()
+            os.environ.update(saved)
+            get_settings.cache_clear()
+    return result
+
+
+def _run(result: Run, wire: Wire, scratch: Path, args: argparse.Namespace) -> None:
+    s3, sqs = boto3.client("s3"), boto3.client("sqs")
+    create_bucket(s3, BUCKET)
+    create_tables(boto3.client("dynamodb"), TABLES)
+    if result.engine == "s3vectors":
+        create_vector_indexes(
+            boto3.client("s3vectors"), VECTOR_BUCKET, os.environ["IMGSEARCH_VECTOR_INDEX"]
+        )
+    queues = create_queues(sqs, QUEUES)
+    configure_notifications(s3, BUCKET, {q: arn for q, (_, arn) in queues.items()})
+    parameter = load_template()["Parameters"]["ApiKeyParameterName"]["Default"]
+    boto3.client("ssm").put_parameter(Name=parameter, Value=API_KEY, Type="SecureString")
+
+    started = time.perf_counter()
+    settings = Settings()  # the functions' environment
+    setup = ImageSearch(settings)
+    populate(setup, result.size, seed=result.size)
+    setup.close()
+    print(
+        f"  {result.engine} {result.size}: populated in {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
+
+    # Ingest: photos into the bucket, the embed function through the queue.
+    embed = load_function("embed")
+    timed_service(embed.service, result, wire)
+    url, arn = queues["ImageQueue"]
+    poller = QueuePoller(sqs, url, arn, embed.handler)
+    batch = template_default("EmbedBatchSize")
+    sample = photos()[: args.photos]
+    for start in range(0, len(sample), batch):
+        for key, data in sample[start : start + batch]:
+            s3.put_object(Bucket=BUCKET, Key=f"images/bench/{key}", Body=data)
+        with wire.counting(result.ingest):
+            while poller.poll(batch) is not None:
+                result.batches += 1
+    result.images = len(sample)
+
+    # Cold starts: a fresh module, as Lambda's init, then (search) one query.
+    for name in ("search", "embed"):
+        tally = Tally()
+        with wire.counting(tally):
+            began, cpu = time.perf_counter(), time.thread_time()
+            function = load_function(name)
+            if name == "search":
+                function.service.parts.index.refresh_interval = 0
+                api = gateway(function)
+                assert api.request("GET", "/api/search", params={"q": "dog"}).status == 200
+            seconds = time.perf_counter() - began
+        result.cold[name] = (seconds, tally)
+        result.cold_model[name] = time.thread_time() - cpu + tally.waited
+        if name == "search":
+            search = function
+
+    # Queries on the warm search function.
+    api = gateway(search, load_function("feedback"))
+    ids = [
+        r["id"]
+        for r in api.request("GET", "/api/search", params={"q": "dog", "limit": 50}).json()[
+            "results"
+        ]
+    ]
+    for image_id in ids[:5]:  # votes, so that "dog" has a learned ranking
+        vote = {"query": "dog", "image_id": image_id, "vote": 1, "session": f"s{image_id}"}
+        api.request("POST", "/api/feedback", json_body=vote)
+    body, headers = multipart_file(sample[0][1])
+    words = ["cat", "car", "bird", "boat", "flower", "tree", "house", "chair", "ball", "shoe"]
+    kinds = {
+        "similar": lambda n: api.request("GET", f"/api/images/{ids[n % len(ids)]}/similar"),
+        "reverse": lambda n: api.request("POST", "/api/search/image", body=body, headers=headers),
+        "keyword": lambda n: api.request("GET", "/api/search", params={"q": words[n % len(words)]}),
+        "learned": lambda n: api.request(
+            "GET", "/api/search", params={"q": "dog", "offset": n % 3}
+        ),
+    }
+    for kind, ask in kinds.items():
+        times, modelled, tally = [], [], Tally()
+        for n in range(args.queries):
+            with wire.counting(tally):
+                began, cpu, waited = time.perf_counter(), time.thread_time(), tally.waited
+                response = ask(n)
+                times.append(time.perf_counter() - began)
+                modelled.append(time.thread_time() - cpu + tally.waited - waited)
+            assert response.status == 200, (kind, response.status, response.body[:200])
+        result.queries[kind], result.query_requests[kind] = times, tally
+        result.queries_model[kind] = modelled
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        for item in page.get("Contents", []):
+            result.stored[item["Key"].split("/", 1)[0]] += item["Size"]
+
+
+def multipart_file(data: bytes) -> tuple[bytes, dict[str, str]]:
+    """A multipart/form-data body with one file field, `file` (as a browser sends it)."""
+    boundary = "imgsearch-bench-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        'filename="photo.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+    )
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
+def gateway(search: Any, feedback: Any = None) -> ApiGateway:
+    functions = {"SearchFunction": search.handler}
+    if feedback is not None:
+        functions["FeedbackFunction"] = feedback.handler
+    return ApiGateway(functions, {})
+
+
+def timed_service(service: ImageSearch, result: Run, wire: Wire) -> None:
+    """Time the embed function's two phases: each image's ingest, each batch's build."""
+    apply, recover = service.apply_event, service.recover
+
+    def waited() -> float:
+        return wire.tally.waited if wire.tally is not None else 0.0
+
+    def timed_apply(*a: Any, **kw: Any) -> Any:
+        began, cpu, slept = time.perf_counter(), time.thread_time(), waited()
+        try:
+            return apply(*a, **kw)
+        finally:
+            result.ingest_seconds += time.perf_counter() - began
+            result.ingest_model += time.thread_time() - cpu + waited() - slept
+
+    def timed_recover(*a: Any, **kw: Any) -> Any:
+        began, cpu, slept = time.perf_counter(), time.thread_time(), waited()
+        try:
+            return recover(*a, **kw)
+        finally:
+            result.build_seconds += time.perf_counter() - began
+            result.build_model += time.thread_time() - cpu + waited() - slept
+
+    writer = service.parts.builder.writer
+    publish = writer.publish
+
+    def timed_publish(*a: Any, **kw: Any) -> Any:
+        cpu, slept = time.thread_time(), waited()
+        try:
+            return publish(*a, **kw)
+        finally:
+            result.publish_model += time.thread_time() - cpu + waited() - slept
+            result.builds += 1
+
+    service.apply_event = timed_apply  # type: ignore[method-assign]
+    service.recover = timed_recover  # type: ignore[method-assign]
+    writer.publish = timed_publish  # type: ignore[method-assign]
+
+
+# The report ---------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def report(runs: list[Run]) -> None:
+    concurrency = template_default("EmbedMaxConcurrency")
+    batch = template_default("EmbedBatchSize")
+    print(f"\nlatency injected (s): {LATENCY}; others {OTHER_LATENCY}")
+    print(f"transfer: {S3_BYTES_PER_SECOND / 1e6:.0f} MB/s a request")
+    print(f"template: EmbedBatchSize {batch}, EmbedMaxConcurrency {concurrency}")
+    print("seconds: wall clock here / as on Lambda (the handler's CPU + the latency injected)")
+    print("\n## Ingest, per image (measured)\n")
+    print("| engine | images | requests | sent B | received B | ingest s | build s | images/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in runs:
+        n = r.images
+        rate = rate_of(r, concurrency)
+        print(
+            f"| {r.engine} | {r.size:,} | {sum(r.ingest.requests.values()) / n:.1f} "
+            f"| {r.ingest.sent / n:,.0f} | {r.ingest.received / n:,.0f} "
+            f"| {r.ingest_seconds / n:.3f} / {r.ingest_model / n:.3f} "
+            f"| {r.build_seconds / n:.3f} / {r.build_model / n:.3f} | {rate:.1f} |"
+        )
+    for r in runs:
+        detail = ", ".join(f"{op} {c / r.images:.2f}" for op, c in r.ingest.requests.most_common())
+        print(f"\n{r.engine} {r.size:,}, requests per image: {detail}")
+        print(
+            f"  builds {r.builds}, publication {r.publish_model / max(r.builds, 1):.3f} s each "
+            f"(Lambda), the rest of a build {(r.build_model - r.publish_model) / r.images:.3f}"
+            " s per image"
+        )
+    print(
+        "\nimages/s = min(concurrency / ingest s, 1 / (build s - publication s per image)), "
+        "Lambda's seconds: ingest runs in every embed function at once, the index build in one "
+        "at a time (the lease), and under a backlog one build takes everything queued, so its "
+        "publication (the open shard's rebuild, or PutVectors) is spread over many images."
+    )
+    print("\n## Cold start: init and (search) the first answer\n")
+    print("| engine | images | function | seconds | requests | bytes read | |")
+    print("|---|---:|---|---:|---:|---:|---|")
+    for r in runs:
+        for name, (seconds, tally) in r.cold.items():
+            print(
+                f"| {r.engine} | {r.size:,} | {name} | {seconds:.2f} / {r.cold_model[name]:.2f} "
+                f"| {sum(tally.requests.values())} | {tally.received:,} | measured |"
+            )
+    for key, (seconds, received, size) in extrapolate_cold(runs).items():
+        engine, name = key.split(":")
+        for target in EXTRAPOLATED:
+            grown, est = received, seconds
+            if engine == "annoy":  # every shard is read: bytes grow with the collection
+                grown = received / size * target
+                est = seconds + (grown - received) / S3_BYTES_PER_SECOND
+            print(f"| {engine} | {target:,} | {name} | {est:.2f} | | {grown:,.0f} | extrapolated |")
+    print("\n## Queries on a warm search function (seconds: here / as on Lambda)\n")
+    print("| engine | images | kind | p50 | p99 | requests a query | by operation |")
+    print("|---|---:|---|---:|---:|---:|---|")
+    for r in runs:
+        for kind, times in r.queries.items():
+            tally, model, count = r.query_requests[kind], r.queries_model[kind], len(times)
+            detail = ", ".join(f"{op} {c / count:.1f}" for op, c in tally.requests.most_common())
+            print(
+                f"| {r.engine} | {r.size:,} | {kind} "
+                f"| {percentile(times, 50):.3f} / {percentile(model, 50):.3f} "
+                f"| {percentile(times, 99):.3f} / {percentile(model, 99):.3f} "
+                f"| {sum(tally.requests.values()) / count:.1f} | {detail} |"
+            )
+    print("\n## Goals (issue 15), as on Lambda\n")
+    for r in runs:
+        n = r.images
+        per_image = sum(r.ingest.requests.values()) / n
+        rate = rate_of(r, concurrency)
+        p50 = max(percentile(t, 50) for t in r.queries_model.values())
+        cold = r.cold_model["search"]
+        print(
+            f"- {r.engine} {r.size:,}: {per_image:.1f} requests per image "
+            f"({_met(per_image <= REQUESTS_GOAL)}: <= {REQUESTS_GOAL:.0f}); "
+            f"{rate:.1f} images/s ({_met(rate >= INGEST_GOAL)}: >= {INGEST_GOAL:.0f}); "
+            f"slowest p50 {p50:.3f} s ({_met(p50 <= QUERY_P50_GOAL)}: <= {QUERY_P50_GOAL}); "
+            f"search cold start {cold:.2f} s at this size ({_met(cold <= COLD_START_GOAL)})"
+        )
+
+
+def _met(condition: bool) -> str:
+    return "met" if condition else "NOT met"
+
+
+# Prices: us-east-1 list prices, without free tiers (see docs/deploy.md, "Costs", for sources).
+GB = 1024**3
+LAMBDA_GB_SECOND, LAMBDA_REQUEST, MEMORY_GB = 0.0000166667, 0.20e-6, 1769 / 1024
+HTTP_API_REQUEST = 1.00e-6
+S3_GB_MONTH, S3_PUT, S3_GET = 0.023, 0.005e-3, 0.0004e-3
+DYNAMODB_WRU, DYNAMODB_RRU, DYNAMODB_GB_MONTH, PITR_GB_MONTH = 0.625e-6, 0.125e-6, 0.25, 0.20
+SQS_REQUEST = 0.40e-6
+VECTORS_GB_MONTH, VECTORS_PUT_GB, VECTORS_QUERY = 0.06, 0.20, 2.50e-6
+VECTORS_TB_FIRST_100K, VECTORS_TB_BEYOND = 0.004, 0.002  # per TB a query processes
+VECTORS_PUT_MINIMUM = 128 * 1024  # bytes billed per PutVectors at least
+CLOUDFRONT_GB, CLOUDFRONT_REQUEST = 0.085, 0.0100e-4  # US, first 10 TB; HTTPS per request
+LOGS_GB = 0.50
+# Usage assumed (the old table's): photos of 1 MB, thumbnails of 25 KB, 20 thumbnails a
+# search; searches a day by collection size; 2.5 KB of DynamoDB items an image; 0.6 KB of
+# logs per invocation; a cold start per function per hour plus one per 1,000 invocations.
+PHOTO_BYTES, THUMBNAIL_BYTES, THUMBNAILS_PER_SEARCH = 1e6, 25e3, 20
+SEARCHES_A_DAY = {10_000: 1_000, 100_000: 10_000, 1_000_000: 100_000}
+TABLE_BYTES_PER_IMAGE, LOG_BYTES = 2500, 600
+VECTOR_BYTES = {"features": 4 * 1280 + 40, "classes": 4 * 1002 + 24}  # data, key, metadata
+WRITES = ("PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem")
+READS = ("GetItem", "Query", "Scan", "BatchGetItem")
+
+
+def request_costs(tally: Tally, per: float, size: int) -> dict[str, float]:
+    """Dollars of `tally`'s AWS requests divided by `per`, by service; `size` vectors an index."""
+    n = tally.requests
+
+    def units(ops: tuple[str, ...], unit: int, bytes_by: Counter[str]) -> float:
+        return sum(max(n[op], bytes_by[op] / unit) for op in ops)
+
+    wru = units(WRITES, 1024, tally.sent_by) + 2 * max(
+        n["TransactWriteItems"], tally.sent_by["TransactWriteItems"] / 1024
+    )
+    rru = units(READS, 4096, tally.received_by) + 2 * n["TransactGetItems"]
+    processed = sum(VECTOR_BYTES.values()) / 2 * size / 1024**4  # TB, either index
+    per_tb = (
+        min(size, 100_000) * VECTORS_TB_FIRST_100K + max(size - 100_000, 0) * VECTORS_TB_BEYOND
+    ) / max(size, 1)
+    costs = {
+        "DynamoDB": wru * DYNAMODB_WRU + rru * DYNAMODB_RRU,
+        "S3 requests": (n["PutObject"] + n["CopyObject"] + n["ListObjectsV2"]) * S3_PUT
+        + (n["GetObject"] + n["HeadObject"]) * S3_GET,
+        "SQS": (n["ReceiveMessage"] + n["DeleteMessage"] + n["ChangeMessageVisibility"])
+        * SQS_REQUEST,
+        "S3 Vectors requests": n["QueryVectors"] * (VECTORS_QUERY + processed * per_tb)
+        + (n["GetVectors"] + n["ListVectors"] + n["DeleteVectors"]) * VECTORS_QUERY
+        + max(n["PutVectors"] * VECTORS_PUT_MINIMUM, tally.sent_by["PutVectors"])
+        / GB
+        * VECTORS_PUT_GB,
+    }
+    return {name: dollars / per for name, dollars in costs.items()}
+
+
+def monthly_costs(r: Run, size: int) -> dict[str, dict[str, float]]:
+    """Dollars: ingesting `size` images once, storing them a month, a month of queries."""
+    batch = template_default("EmbedBatchSize")
+    per_image = request_costs(r.ingest, r.images, size)
+    embed_seconds = (r.ingest_model + r.build_model) / r.images
+    ingest = {name: dollars * size for name, dollars in per_image.items()}
+    ingest["SQS"] += size * SQS_REQUEST  # S3's notification, not a client call
+    ingest["Lambda (embed)"] = size * (
+        embed_seconds * MEMORY_GB * LAMBDA_GB_SECOND + LAMBDA_REQUEST / batch
+    )
+    derived = (r.stored["thumbnails"] + r.stored["embeddings"]) / r.images
+    index_bytes = r.stored["index"] / (r.size + r.images)
+    storage = {
+        "S3 originals": size * PHOTO_BYTES / GB * S3_GB_MONTH,
+        "S3 thumbnails, embeddings, index": size * (derived + index_bytes) / GB * S3_GB_MONTH,
+        "DynamoDB (with PITR)": size
+        * TABLE_BYTES_PER_IMAGE
+        / GB
+        * (DYNAMODB_GB_MONTH + PITR_GB_MONTH),
+    }
+    if r.engine == "s3vectors":
+        storage["S3 Vectors"] = size * sum(VECTOR_BYTES.values()) / GB * VECTORS_GB_MONTH
+    searches = 30 * SEARCHES_A_DAY[size]
+    kinds = list(r.queries_model)
+    mix = Tally()  # an equal mix of the four kinds
+    for kind in kinds:
+        mix.add(r.query_requests[kind])
+    answered = sum(len(r.queries_model[k]) for k in kinds)
+    per_query = request_costs(mix, answered, size)
+    seconds = statistics.fmean(t for k in kinds for t in r.queries_model[k])
+    thumbnails = searches * THUMBNAILS_PER_SEARCH
+    invocations = searches + size / batch
+    cold_starts = 2 * 720 + invocations / 1000
+    init = statistics.fmean(r.cold_model.values())
+    queries = {name: dollars * searches for name, dollars in per_query.items()}
+    queries |= {
+        "HTTP API": searches * HTTP_API_REQUEST,
+        "Lambda (search)": searches * (seconds * MEMORY_GB * LAMBDA_GB_SECOND + LAMBDA_REQUEST),
+        "Lambda init (billed), search and embed": cold_starts * init * MEMORY_GB * LAMBDA_GB_SECOND,
+        "CloudFront thumbnails": thumbnails
+        * (CLOUDFRONT_REQUEST + THUMBNAIL_BYTES / GB * CLOUDFRONT_GB)
+        + size * S3_GET,  # each thumbnail from the bucket about once a month
+        "CloudWatch Logs": invocations * LOG_BYTES / GB * LOGS_GB,
+    }
+    return {"ingest, once": ingest, "storage, a month": storage, "queries, a month": queries}
+
+
+def print_costs(runs: list[Run]) -> None:
+    print("\n## Costs (us-east-1 list prices; formulas in the code and docs/deploy.md)\n")
+    largest = {r.engine: r for r in runs}  # the last (largest) run of each engine
+    sizes = sorted(SEARCHES_A_DAY)
+    print("| engine | part | item | " + " | ".join(f"{s:,} images" for s in sizes) + " |")
+    print("|---|---|---|" + "---:|" * len(sizes))
+    for engine, r in largest.items():
+        tables = {size: monthly_costs(r, size) for size in sizes}
+        for part, items in tables[sizes[0]].items():
+            for item in items:
+                values = " | ".join(f"${tables[s][part][item]:,.2f}" for s in sizes)
+                print(f"| {engine} | {part} | {item} | {values} |")
+            totals = " | ".join(f"**${sum(tables[s][part].values()):,.2f}**" for s in sizes)
+            print(f"| {engine} | {part} | **total** | {totals} |")
+
+
+def sustained(ingest: float, build: float, concurrency: int) -> float:
+    """Images a second: `concurrency` functions ingest at once, one builds at a time (the
+    lease); `build` is a build's cost per image without its fixed part (the engine's
+    publication), which a backlog spreads over all that is queued (builds coalesce)."""
+    return min(concurrency / ingest, 1 / build) if ingest and build else float("nan")
+
+
+def rate_of(r: Run, concurrency: int) -> float:
+    per_image_build = (r.build_model - r.publish_model) / r.images
+    return sustained(r.ingest_model / r.images, per_image_build, concurrency)
+
+
+def extrapolate_cold(runs: list[Run]) -> dict[str, tuple[float, int, int]]:
+    """The largest measured run's cold start per engine and function."""
+    largest: dict[str, tuple[float, int, int]] = {}
+    for r in runs:
+        for name, (seconds, tally) in r.cold.items():
+            key = f"{r.engine}:{name}"
+            if key not in largest or largest[key][2] < r.size:
+                largest[key] = (seconds, tally.received, r.size)
+    return largest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10_000])
+    parser.add_argument("--engines", nargs="+", default=["annoy", "s3vectors"])
+    parser.add_argument("--photos", type=int, default=40, help="real photos ingested")
+    parser.add_argument("--queries", type=int, default=30, help="per kind")
+    parser.add_argument("--latency-scale", type=float, default=1.0)
+    args = parser.parse_args()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the moto server's request log
+    import imgsearch
+
+    print(f"imgsearch from {Path(imgsearch.__file__).parent}")
+    runs = []
+    for engine in args.engines:
+        for size in args.sizes:
+            runs.append(run(engine, size, args))
+            report(runs)  # after each run: what was measured survives a later failure
+    print_costs(runs)
+
+
+if __name__ == "__main__":
+    main()

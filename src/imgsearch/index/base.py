@@ -1,0 +1,130 @@
+"""The index port: what search, learning and the builder need of a vector engine, as two base
+classes (as storage/base.py does for storage).
+
+`SearchIndex` is the read side: nearest images to a vector, images ranked by class weights, a
+spread of the collection, the stored vector of an image. `IndexWriter` is the write side: it
+publishes a batch of additions and removals that the builder (builder.py: queue, lease,
+neighbourhoods, catalog statuses) took from the work queue. Two engines implement both:
+- the Annoy shards (reader.py `Index`, shard_writer.py `ShardWriter`): files in the object
+  store, loaded whole by every process; the embedded default, locally and for small clouds;
+- Amazon S3 Vectors (s3vectors.py): a managed engine queried over the network, for
+  collections a function can no longer load (docs/deploy.md, "Vector engines").
+`parts.py` picks one by `Settings.vector_engine`; nothing else knows which it talks to.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from imgsearch.index.shards import ShardData
+
+
+class SearchIndex(ABC):
+    """The published index, as a reader sees it; `refresh()` follows what writers publish."""
+
+    candidates: int = 0  # Annoy: candidates per shard and query (0: the engine's own)
+    search_k: int = -1  # Annoy's search_k (-1: the engine's own)
+    refresh_interval: float = 2.0  # how often `refresh()` looks for a new publication, at most
+
+    @abstractmethod
+    def refresh(self, force: bool = False) -> bool:
+        """Follow the last publication (at most every `refresh_interval` s); whether it
+        changed."""
+
+    @property
+    @abstractmethod
+    def model(self) -> str:
+        """The model whose vectors the index holds ("" before any build)."""
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """The dimension of its vectors (0 before any build)."""
+
+    @property
+    @abstractmethod
+    def generation(self) -> int:
+        """The publication's number: grows with every build (0 before any)."""
+
+    @property
+    def shard_count(self) -> int:
+        """Shard files a reader loads (0 for an engine that loads none)."""
+        return 0
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Live images."""
+
+    @abstractmethod
+    def __contains__(self, image_id: object) -> bool: ...
+
+    def present(self, image_ids: Iterable[str]) -> set[str]:
+        """Those of `image_ids` the index serves (an engine over the network asks once)."""
+        return {image_id for image_id in image_ids if image_id in self}
+
+    @abstractmethod
+    def vector(self, image_id: str) -> np.ndarray | None:
+        """The stored unit feature vector of an indexed image."""
+
+    def vectors(self, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of those of `image_ids` that are indexed (an engine over the
+        network asks for them in batches)."""
+        found = {image_id: self.vector(image_id) for image_id in image_ids}
+        return {image_id: vector for image_id, vector in found.items() if vector is not None}
+
+    @abstractmethod
+    def nearest(
+        self,
+        vector: np.ndarray,
+        k: int,
+        *,
+        exclude: Collection[str] = (),
+        exact: bool = False,
+        candidates: int | None = None,
+    ) -> list[tuple[str, float]]:
+        """The `k` live images nearest to a unit `vector`: (id, cosine distance), nearest
+        first. `exact=True` asks for exact search where the engine offers it."""
+
+    @abstractmethod
+    def ranked_by_classes(
+        self, weights: Mapping[int, float], k: int, *, exclude: Collection[str] = ()
+    ) -> list[tuple[str, float]]:
+        """The `k` images with the highest sum of weight x class probability (> 0), best
+        first, over each image's posted classes (shards.posted_probabilities)."""
+
+    @abstractmethod
+    def spread(self, k: int, *, exclude: Collection[str] = ()) -> list[str]:
+        """`k` images that together cover the collection (for queries nobody understands)."""
+
+    @abstractmethod
+    def image_ids(self, *, newest_first: bool = True) -> Iterator[str]:
+        """Every live image id, by insertion order."""
+
+
+class IndexWriter(ABC):
+    """Publishes what the builder took from the work queue. Only the holder of the index
+    lease calls it, so a writer needs no lock of its own; a publication that finds another
+    one under it raises PreconditionFailed and the builder tries the batch again."""
+
+    @abstractmethod
+    def publish(
+        self,
+        additions: ShardData,
+        removed: Collection[str],
+        still_held: Callable[[], None] = lambda: None,
+    ) -> int:
+        """Make `additions` (not yet in the index) searchable and `removed` (in it) gone, in
+        one publication. Returns the shard builds written (0 for an engine without shards).
+        `still_held` raises if the builder's lease lapsed: called before anything becomes
+        visible to readers, so that a builder presumed dead publishes nothing."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Publish an empty index (a rebuild from the stored embeddings follows)."""
+
+    def collect_garbage(self) -> int:
+        """Delete what no publication names any more; how many objects."""
+        return 0

@@ -1,0 +1,469 @@
+"""Amazon S3 Vectors as the index engine (the port: base.py), for collections a function can
+no longer load as Annoy shards (docs/deploy.md, "Vector engines").
+
+Two vector indexes in one vector bucket, both cosine:
+- `<index>`: each image's unit feature vector, key = image id, metadata `part` (a hash of
+  the id into PARTS partitions, filterable) and `added` (the generation that added it).
+  Similar images, reverse search and the learned rankings query it.
+- `<index>-classes`: for keyword search. The Annoy shards rank by s(w, p) = sum over classes
+  of weight x probability, over each image's posted classes (shards.posted_probabilities):
+  an inner product, which S3 Vectors (cosine or euclidean only) does not offer. Each image is
+  stored as p' = (p, sqrt(1 - |p|^2)), a unit vector (probabilities sum to at most 1, so
+  |p| <= 1), and queried with w' = (w, 0): cos(w', p') = w.p / |w|, so the nearest by
+  cosine are exactly the highest w.p, and s = |w| (1 - distance) is the Annoy path's score.
+  (The usual reduction of maximum inner product search to nearest neighbours.) I chose this
+  over metadata holding each image's top classes: a filter can select images by class, but
+  not rank them by a weighted sum over several classes, which a query of several words or a
+  guessed word needs.
+QueryVectors returns at most TOP_K_LIMIT (100) results; a deeper page (the learned re-ranking
+considers 200 keyword hits) is asked of groups of partitions (a `part` filter) and merged, and
+a group that came back full while its last hit could still rank is split and asked again, so
+the merge is the same as one query for everything down to single partitions (PARTS x 100).
+
+What the engine cannot say cheaply lives in a small state object in the bucket (STATE_KEY,
+replaced by compare-and-swap like the Annoy manifest): the generation, the live count, the
+model, the dimensions and the spread (representatives kept by the writer from the previous
+spread and each batch's additions). `image_ids` lists the whole feature index (ListVectors),
+once per generation: browsing is the one operation whose cost grows with the collection.
+`exact=True` is not offered by S3 Vectors (its queries are approximate): it is ignored.
+
+Known gap: a writer killed between its PutVectors or DeleteVectors and the state's
+compare-and-swap leaves those vectors written but the count (health's `images`) not
+changed; the next build sees them as already indexed (or already gone) and does not count
+them. Searches are right; `imgsearch reindex` recounts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from imgsearch.catalog import Catalog, Published
+from imgsearch.index.base import IndexWriter, SearchIndex
+from imgsearch.index.shards import SPREAD_SIZE, ShardData, posted_probabilities, spread
+from imgsearch.integrity import DamagedFile
+from imgsearch.storage import NotFound, ObjectStore
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3vectors import S3VectorsClient
+    from mypy_boto3_s3vectors.type_defs import PutInputVectorTypeDef
+
+    from imgsearch.config import Settings
+
+STATE_KEY = "index/s3vectors.json"
+PARTS = 16  # partitions of the `part` metadata, for results deeper than one query gives
+TOP_K_LIMIT = 100  # QueryVectors' largest topK
+WRITE_BATCH = 500  # vectors per PutVectors, keys per DeleteVectors (the service's limits)
+GET_BATCH = 100  # keys per GetVectors
+LIST_PAGE = 1000  # vectors per ListVectors page
+CACHE_LIMIT = 20_000  # vectors and answers to "is it indexed?" a reader keeps
+REFRESH_INTERVAL_SECONDS = 2.0
+
+
+def classes_index_name(index: str) -> str:
+    return f"{index}-classes"
+
+
+def partition(image_id: str) -> int:
+    """The image's partition: a stable hash of its id (the same in every process)."""
+    digest = hashlib.blake2b(image_id.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % PARTS
+
+
+def unit_class_vectors(probabilities: np.ndarray) -> np.ndarray:
+    """Posted probabilities with one more component that makes each row a unit vector."""
+    posted = posted_probabilities(probabilities)
+    rest = np.sqrt(np.clip(1.0 - (posted.astype(np.float64) ** 2).sum(axis=1), 0.0, None))
+    return np.hstack([posted, rest[:, np.newaxis].astype(np.float32)])
+
+
+@dataclass(frozen=True)
+class VectorsState:
+    """What the engine cannot answer cheaply: see the module's docstring."""
+
+    generation: int = 0
+    count: int = 0
+    model: str = ""
+    dim: int = 0
+    classes: int = 0
+    spread: tuple[str, ...] = ()
+    updated_at: float = 0.0
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> VectorsState:
+        try:
+            fields = json.loads(data)
+            return cls(**{**fields, "spread": tuple(fields["spread"])})
+        except (ValueError, TypeError, KeyError) as error:
+            raise DamagedFile(STATE_KEY, f"not a vector index state ({error})") from None
+
+
+def read_state(store: ObjectStore) -> tuple[VectorsState, str | None]:
+    """The published state and its ETag (an empty state and None before any build)."""
+    try:
+        stored = store.get(STATE_KEY)
+    except NotFound:
+        return VectorsState(), None
+    return VectorsState.from_json(stored.data), stored.etag
+
+
+@dataclass
+class VectorBucket:
+    """The S3 Vectors client and the names of the vector bucket and its two indexes."""
+
+    client: S3VectorsClient
+    bucket: str
+    features: str
+    classes: str = field(default="")
+
+    def __post_init__(self) -> None:
+        self.classes = self.classes or classes_index_name(self.features)
+
+    def query(
+        self, index: str, vector: np.ndarray, top_k: int, parts: Sequence[int] | None
+    ) -> list[tuple[str, float]]:
+        request: dict[str, Any] = {
+            "vectorBucketName": self.bucket,
+            "indexName": index,
+            "topK": top_k,
+            "queryVector": {"float32": [float(x) for x in vector]},
+            "returnDistance": True,
+        }
+        if parts is not None:
+            request["filter"] = {"part": {"$in": list(parts)}}
+        found = self.client.query_vectors(**request)["vectors"]
+        return [(hit["key"], float(hit.get("distance", 0.0))) for hit in found]
+
+    def get(self, keys: Sequence[str], *, data: bool) -> dict[str, np.ndarray | None]:
+        """The vectors stored under `keys` (None: data not asked for), absent keys left out."""
+        found: dict[str, np.ndarray | None] = {}
+        for start in range(0, len(keys), GET_BATCH):
+            response = self.client.get_vectors(
+                vectorBucketName=self.bucket,
+                indexName=self.features,
+                keys=list(keys[start : start + GET_BATCH]),
+                returnData=data,
+            )
+            for vector in response["vectors"]:
+                values = vector.get("data", {}).get("float32") if data else None
+                found[vector["key"]] = (
+                    np.asarray(values, dtype=np.float32) if values is not None else None
+                )
+        return found
+
+    def listing(self, index: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every (key, metadata) of an index, page by page."""
+        token: str | None = None
+        while True:
+            request: dict[str, Any] = {
+                "vectorBucketName": self.bucket,
+                "indexName": index,
+                "maxResults": LIST_PAGE,
+                "returnMetadata": True,
+            }
+            if token:
+                request["nextToken"] = token
+            response = self.client.list_vectors(**request)
+            for vector in response["vectors"]:
+                yield vector["key"], dict(vector.get("metadata") or {})
+            token = response.get("nextToken")
+            if not token:
+                return
+
+    def put(self, index: str, vectors: Sequence[PutInputVectorTypeDef]) -> None:
+        for start in range(0, len(vectors), WRITE_BATCH):
+            self.client.put_vectors(
+                vectorBucketName=self.bucket,
+                indexName=index,
+                vectors=vectors[start : start + WRITE_BATCH],
+            )
+
+    def delete(self, index: str, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), WRITE_BATCH):
+            self.client.delete_vectors(
+                vectorBucketName=self.bucket,
+                indexName=index,
+                keys=list(keys[start : start + WRITE_BATCH]),
+            )
+
+
+def open_vector_bucket(settings: Settings) -> VectorBucket:
+    """The vector bucket and index `settings` name, through boto3 (its usual endpoint and
+    credential sources)."""
+    import boto3
+
+    return VectorBucket(boto3.client("s3vectors"), settings.vector_bucket, settings.vector_index)
+
+
+class S3VectorsIndex(SearchIndex):
+    """The read side: queries go to S3 Vectors; a reader loads nothing at its start but the
+    state object, and caches the vectors and presence it asked for until the next
+    generation."""
+
+    def __init__(self, bucket: VectorBucket, store: ObjectStore) -> None:
+        self.bucket = bucket
+        self._store = store
+        self.refresh_interval = REFRESH_INTERVAL_SECONDS
+        self._state = VectorsState()
+        self._etag: str | None = None
+        self._checked_at = float("-inf")
+        self._lock = threading.Lock()
+        self._known: dict[str, np.ndarray | None] = {}  # id -> vector (None: not indexed)
+        self._present: dict[str, bool] = {}
+        self._ids: list[str] | None = None  # newest first, for this generation
+
+    @property
+    def state(self) -> VectorsState:
+        return self._state
+
+    @property
+    def etag(self) -> str | None:
+        return self._etag
+
+    def refresh(self, force: bool = False) -> bool:
+        if not force and time.monotonic() - self._checked_at < self.refresh_interval:
+            return False
+        with self._lock:
+            self._checked_at = time.monotonic()
+            state, etag = read_state(self._store)
+            if etag == self._etag:
+                return False
+            self._state, self._etag = state, etag
+            self._known, self._present, self._ids = {}, {}, None
+            return True
+
+    @property
+    def model(self) -> str:
+        return self._state.model
+
+    @property
+    def dim(self) -> int:
+        return self._state.dim
+
+    @property
+    def generation(self) -> int:
+        return self._state.generation
+
+    def __len__(self) -> int:
+        return self._state.count
+
+    def __contains__(self, image_id: object) -> bool:
+        return str(image_id) in self.present([str(image_id)])
+
+    def present(self, image_ids: Iterable[str]) -> set[str]:
+        known = self._present
+        ids = list(dict.fromkeys(image_ids))
+        answers = {i: known[i] for i in ids if i in known}
+        unknown = [i for i in ids if i not in answers]
+        if unknown and self._state.count:
+            found = self.bucket.get(unknown, data=False)
+            fetched = {i: i in found for i in unknown}
+            self._remember(self._present, fetched)
+            answers |= fetched
+        return {i for i in ids if answers.get(i)}
+
+    def vector(self, image_id: str) -> np.ndarray | None:
+        return self.vectors([image_id]).get(image_id)
+
+    def vectors(self, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        # Answers from the caches, which another thread may clear meanwhile: never read back.
+        known = self._known
+        ids = list(dict.fromkeys(image_ids))
+        answers = {i: known[i] for i in ids if i in known}
+        unknown = [i for i in ids if i not in answers]
+        if unknown and self._state.count:
+            found = self.bucket.get(unknown, data=True)
+            fetched = {i: found.get(i) for i in unknown}
+            self._remember(self._known, fetched)
+            self._remember(self._present, {i: i in found for i in unknown})
+            answers |= fetched
+        return {i: v for i in ids if (v := answers.get(i)) is not None}
+
+    @staticmethod
+    def _remember(cache: dict[str, Any], entries: Mapping[str, Any]) -> None:
+        if len(cache) + len(entries) > CACHE_LIMIT:
+            cache.clear()
+        cache.update(entries)
+
+    def nearest(
+        self,
+        vector: np.ndarray,
+        k: int,
+        *,
+        exclude: Collection[str] = (),
+        exact: bool = False,
+        candidates: int | None = None,
+    ) -> list[tuple[str, float]]:
+        if not self._state.count or k <= 0:
+            return []
+        vector = np.asarray(vector, dtype=np.float32)
+        found = self._query(self.bucket.features, vector, k + len(exclude))
+        best = [(i, min(max(d, 0.0), 2.0)) for i, d in found if i not in exclude]
+        return best[:k]
+
+    def ranked_by_classes(
+        self, weights: Mapping[int, float], k: int, *, exclude: Collection[str] = ()
+    ) -> list[tuple[str, float]]:
+        weights = {int(c): float(w) for c, w in weights.items() if w > 0}
+        classes = self._state.classes
+        weights = {c: w for c, w in weights.items() if c < classes}
+        if not weights or not self._state.count or k <= 0:
+            return []
+        query = np.zeros(classes + 1, np.float32)
+        for c, w in weights.items():
+            query[c] = w
+        norm = float(np.linalg.norm(query))
+        # Distance 1 or more: no class in common (a score of 0), never ranked.
+        found = self._query(self.bucket.classes, query, k + len(exclude), within=1.0)
+        scored = [(i, norm * (1.0 - d)) for i, d in found if i not in exclude]
+        return [(i, s) for i, s in scored if s > 0][:k]
+
+    def _query(
+        self, index: str, vector: np.ndarray, wanted: int, *, within: float = float("inf")
+    ) -> list[tuple[str, float]]:
+        """The `wanted` nearest in `index` closer than `within`, nearest first, beyond
+        QueryVectors' top-k limit by partitions (see the module's docstring)."""
+        if wanted <= TOP_K_LIMIT:
+            return [
+                hit for hit in self.bucket.query(index, vector, wanted, None) if hit[1] < within
+            ]
+        groups = min(PARTS, -(-wanted // (TOP_K_LIMIT // 2)))
+        answers = {
+            parts: self.bucket.query(index, vector, TOP_K_LIMIT, parts)
+            for parts in (tuple(range(g, PARTS, groups)) for g in range(groups))
+        }
+        while True:
+            merged = sorted(
+                (hit for hits in answers.values() for hit in hits if hit[1] < within),
+                key=lambda h: (h[1], h[0]),
+            )[:wanted]
+            cutoff = merged[-1][1] if len(merged) == wanted else within
+            unsure = [
+                parts
+                for parts, hits in answers.items()
+                if len(hits) == TOP_K_LIMIT and hits[-1][1] < within and hits[-1][1] <= cutoff
+                if len(parts) > 1
+            ]
+            if not unsure:
+                return merged
+            for parts in unsure:
+                del answers[parts]
+                for half in (parts[::2], parts[1::2]):
+                    answers[half] = self.bucket.query(index, vector, TOP_K_LIMIT, half)
+
+    def spread(self, k: int, *, exclude: Collection[str] = ()) -> list[str]:
+        return [i for i in self._state.spread if i not in exclude][:k]
+
+    def image_ids(self, *, newest_first: bool = True) -> Iterator[str]:
+        if self._ids is None:
+            listed = self.bucket.listing(self.bucket.features) if self._state.count else iter(())
+            # Within a generation, a batch was added in id order (the work queue's).
+            by_age = sorted((int(meta.get("added", 0)), key) for key, meta in listed)
+            self._ids = [key for _, key in reversed(by_age)]
+        return iter(self._ids if newest_first else self._ids[::-1])
+
+
+class S3VectorsWriter(IndexWriter):
+    """The write side: vectors put into and deleted from both indexes, then the state."""
+
+    def __init__(self, catalog: Catalog, index: S3VectorsIndex, *, model_name: str) -> None:
+        self.catalog = catalog
+        self.index = index
+        self.bucket = index.bucket
+        self.model_name = model_name
+
+    def publish(
+        self,
+        additions: ShardData,
+        removed: Collection[str],
+        still_held: Callable[[], None] = lambda: None,
+    ) -> int:
+        state, etag = self.index.state, self.index.etag
+        still_held()  # vectors are searchable as soon as they are put
+        generation = state.generation + 1
+        if len(additions):
+            ids = additions.ids
+            parts = [partition(i) for i in ids]
+            features = additions.features.astype(np.float32)
+            classes = unit_class_vectors(additions.probabilities)
+            self.bucket.put(
+                self.bucket.features,
+                [
+                    {
+                        "key": i,
+                        "data": {"float32": row.tolist()},
+                        "metadata": {"part": p, "added": generation},
+                    }
+                    for i, row, p in zip(ids, features, parts, strict=True)
+                ],
+            )
+            self.bucket.put(
+                self.bucket.classes,
+                [
+                    {"key": i, "data": {"float32": row.tolist()}, "metadata": {"part": p}}
+                    for i, row, p in zip(ids, classes, parts, strict=True)
+                ],
+            )
+        if removed:
+            for index in (self.bucket.features, self.bucket.classes):
+                self.bucket.delete(index, list(removed))
+        new = VectorsState(
+            generation=generation,
+            count=state.count + len(additions) - len(removed),
+            model=self.model_name,
+            dim=int(additions.features.shape[1]) if len(additions) else state.dim,
+            classes=int(additions.probabilities.shape[1]) if len(additions) else state.classes,
+            spread=self._spread(state, additions, removed),
+            updated_at=time.time(),
+        )
+        self._write_state(new, etag)
+        return 0
+
+    def _spread(
+        self, state: VectorsState, additions: ShardData, removed: Collection[str]
+    ) -> tuple[str, ...]:
+        """Representatives of the collection from the previous ones and the new images."""
+        kept = [i for i in state.spread if i not in set(removed)]
+        stored = self.bucket.get(kept, data=True) if kept else {}
+        ids = [i for i in kept if stored.get(i) is not None] + list(additions.ids)
+        if not ids:
+            return ()
+        rows = [v for i in kept if (v := stored.get(i)) is not None]
+        features = np.vstack([*(r[np.newaxis] for r in rows), additions.features]).astype(
+            np.float32
+        )
+        by_id = np.argsort(np.asarray(ids, dtype=object)).astype(np.int64)
+        chosen = by_id[spread(features[by_id], SPREAD_SIZE)]
+        return tuple(ids[int(row)] for row in chosen)
+
+    def _write_state(self, state: VectorsState, etag: str | None) -> None:
+        """Replace the state read with `etag` (None: create it). Raises PreconditionFailed."""
+        store = self.catalog.objects
+        data = state.to_json()
+        if etag is None:
+            store.put(STATE_KEY, data, if_none_match=True, content_type="application/json")
+        else:
+            store.put(STATE_KEY, data, if_match=etag, content_type="application/json")
+        self.catalog.record_published(Published(state.generation, state.count, 0))
+
+    def clear(self) -> None:
+        keys = [key for key, _ in self.bucket.listing(self.bucket.features)]
+        for index in (self.bucket.features, self.bucket.classes):
+            self.bucket.delete(index, keys)
+        try:
+            etag: str | None = self.catalog.objects.head(STATE_KEY).etag
+        except NotFound:
+            etag = None
+        published = self.catalog.published()
+        generation = max(published.generation, self.index.state.generation) + 1
+        self._write_state(VectorsState(generation=generation, updated_at=time.time()), etag)

@@ -1,0 +1,170 @@
+"""The index port's behaviour, the same on both engines: the Annoy shards and Amazon S3 Vectors
+(on moto, with the exact QueryVectors of tests/support/s3vectors.py, through boto3).
+
+Answers are compared with brute force over the same stored vectors, and the two engines'
+answers with each other: nearest images, keyword rankings (beyond QueryVectors' top-100),
+deletion, the collection's order, neighbourhoods, rebuilding.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from index.test_index import (
+    CLASSES,
+    DIM,
+    brute_force_agreement,
+    clustered_vectors,
+    forget,
+    queue,
+    synthetic_ids,
+)
+from support.s3vectors import create_vector_indexes, install_query_vectors
+
+from imgsearch.config import Settings
+from imgsearch.index.shards import normalise_rows, posted_probabilities
+from imgsearch.service import ImageSearch
+
+ENGINES = ["annoy", "s3vectors"]
+_numbers = itertools.count()
+
+
+def engine_service(request: pytest.FixtureRequest, tmp_path, engine: str) -> ImageSearch:
+    settings = Settings(
+        data_dir=tmp_path / f"data-{engine}", shard_size=50, ann_trees=10, neighbours=10
+    )
+    if engine == "s3vectors":
+        import boto3
+
+        request.getfixturevalue("aws_admin")  # moto, for this module
+        install_query_vectors()
+        number = next(_numbers)
+        bucket, index = f"vectors-{number}", "images"
+        create_vector_indexes(boto3.client("s3vectors"), bucket, index, dim=DIM, classes=CLASSES)
+        settings = settings.model_copy(
+            update={"vector_engine": engine, "vector_bucket": bucket, "vector_index": index}
+        )
+    service = ImageSearch(settings)
+    service.parts.index.refresh_interval = 0
+    assert (
+        type(service.parts.index).__name__
+        == {"annoy": "Index", "s3vectors": "S3VectorsIndex"}[engine]
+    )
+    return service
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request, tmp_path) -> ImageSearch:
+    return engine_service(request, tmp_path, request.param)
+
+
+@pytest.fixture
+def both(request, tmp_path) -> dict[str, ImageSearch]:
+    return {name: engine_service(request, tmp_path, name) for name in ENGINES}
+
+
+def brute_nearest(vectors: dict[str, np.ndarray], query: np.ndarray, k: int) -> list[str]:
+    ids = sorted(vectors)
+    matrix = normalise_rows(np.stack([vectors[i] for i in ids]))
+    distances = 1.0 - matrix @ query
+    return [ids[r] for r in np.argsort(distances, kind="stable")[:k]]
+
+
+def test_nearest_images_are_the_exact_nearest_and_leave_with_their_images(engine) -> None:
+    service = engine
+    ids, vectors = synthetic_ids(300), clustered_vectors(300, seed=5)
+    queue(service, ids, vectors)
+    service.build_index()
+    index = service.parts.index
+    assert len(index) == 300 and ids[7] in index and "feedbeef" not in index
+    assert np.allclose(index.vector(ids[7]), normalise_rows(vectors[7:8])[0], atol=1e-3)
+    batch = index.vectors([*ids[:5], "feedbeef"])
+    assert list(batch) == ids[:5]
+    assert np.allclose(np.stack(list(batch.values())), normalise_rows(vectors[:5]), atol=1e-3)
+    stored = dict(zip(ids, vectors, strict=True))
+    queries = normalise_rows(clustered_vectors(20, seed=11))
+    recall = np.mean(
+        [
+            len({i for i, _ in index.nearest(q, 20)} & set(brute_nearest(stored, q, 20))) / 20
+            for q in queries
+        ]
+    )
+    assert recall >= 0.99
+
+    gone = ids[:30]
+    forget(service, gone)
+    service.build_index()
+    assert len(index) == 270
+    assert index.vector(gone[0]) is None and gone[0] not in index
+    assert index.present(ids[25:35]) == set(ids[30:35])
+    everything = index.nearest(normalise_rows(vectors[:1])[0], 290)
+    assert len(everything) == 270 and not {i for i, _ in everything} & set(gone)
+    assert not set(index.image_ids()) & set(gone)
+
+
+def test_keyword_rankings_match_across_engines_beyond_one_query(both) -> None:
+    ids, vectors = synthetic_ids(400), clustered_vectors(400, seed=2)
+    for service in both.values():
+        queue(service, ids, vectors)
+        service.build_index()
+    annoy, s3 = (both[name].parts.index for name in ENGINES)
+    weights = {3: 1.0, 7: 0.5, 11: 0.25}
+    # 250 > QueryVectors' top-100: S3 Vectors is asked partition by partition.
+    left, right = annoy.ranked_by_classes(weights, 250), s3.ranked_by_classes(weights, 250)
+    assert len(left) == len(right) == 250
+    assert [i for i, _ in left] == [i for i, _ in right]
+    assert np.allclose([s for _, s in left], [s for _, s in right], atol=1e-5)
+    # ... which are the weighted sums over each image's posted probabilities, best first.
+    probabilities = np.stack([both["annoy"].parts.catalog.embedding(i)[1] for i in ids])
+    posted = posted_probabilities(probabilities.astype(np.float16))
+    scores = sum(w * posted[:, c] for c, w in weights.items())
+    assert [i for i, _ in right][:20] == [ids[r] for r in np.argsort(-scores, kind="stable")[:20]]
+
+    hidden = {i for i, _ in left[:5]}
+    assert [i for i, _ in s3.ranked_by_classes(weights, 10, exclude=hidden)] == [
+        i for i, _ in left[5:15]
+    ]
+    assert s3.ranked_by_classes({}, 10) == []
+
+
+def test_the_collection_in_order_and_spread_match_across_engines(both) -> None:
+    ids, vectors = synthetic_ids(120), clustered_vectors(120, seed=4)
+    for start in (0, 50, 90):
+        for service in both.values():
+            queue(service, ids[start : start + 40], vectors[start : start + 40])
+            service.build_index()
+    annoy, s3 = (both[name].parts.index for name in ENGINES)
+    assert list(annoy.image_ids()) == list(s3.image_ids())
+    assert list(s3.image_ids(newest_first=False))[:3] == ids[:3]
+    spread = s3.spread(20)
+    assert len(spread) == len(set(spread)) == 20 and set(spread) <= set(ids)
+    assert ids[0] not in s3.spread(20, exclude={ids[0]})
+
+
+def test_neighbour_lists_match_brute_force_after_adds_and_removes(engine) -> None:
+    service = engine
+    ids, vectors = synthetic_ids(200), clustered_vectors(200, seed=8)
+    queue(service, ids[:120], vectors[:120])
+    service.build_index()
+    forget(service, ids[:15])
+    queue(service, ids[120:], vectors[120:])
+    service.build_index()
+    assert len(service.parts.index) == 185
+    assert brute_force_agreement(service) >= 0.99
+    hits = service.similar(ids[50], limit=30)  # 10 stored, the rest searched
+    assert len(hits) == 30 and ids[50] not in {h.image_id for h in hits}
+
+
+def test_a_rebuild_from_the_embeddings_gives_the_same_index(engine) -> None:
+    service = engine
+    ids, vectors = synthetic_ids(80), clustered_vectors(80, seed=6)
+    queue(service, ids, vectors)
+    service.build_index()
+    query = normalise_rows(vectors[:1])[0]
+    before = service.parts.index.nearest(query, 10)
+    report = service.reindex()
+    assert report.added == 80 and len(service.parts.index) == 80
+    after = service.parts.index.nearest(query, 10)
+    assert [i for i, _ in after] == [i for i, _ in before]
