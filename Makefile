@@ -8,7 +8,7 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 VOCABULARY := src/imgsearch/assets/vocabulary/.built
 
-.PHONY: demo serve setup test lint vocabulary clean
+.PHONY: demo serve setup test test-fast lint vocabulary clean
 
 demo: setup ## set everything up, ingest the demo images, serve on http://localhost:8000
 	$(BIN)/imgsearch ingest demo --data-dir $(DATA)
@@ -33,9 +33,19 @@ $(VOCABULARY): scripts/build_vocabulary.py src/imgsearch/assets/imagenet_classes
 
 vocabulary: $(VOCABULARY)
 
-test: setup lint ## install everything (Chromium included), lint, and run every test
+# The tiers (markers in pyproject.toml, chosen in tests/conftest.py): the fast tier is every test
+# without the real model, Chromium, the Lambda bundles or a slow marker; `make test` runs it
+# first and then the rest, so each test runs once.
+NOT_FAST := model or browser or bundles or slow
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadgroup
+
+test: setup lint ## install everything (Chromium included), lint, run every test (fast tier first)
 	scripts/install-chromium.sh
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(PYTEST) -m "not ($(NOT_FAST))"
+	$(PYTEST) -m "$(NOT_FAST)"
+
+test-fast: setup ## the fast tier: no model, no browser, no bundles (under a minute)
+	$(PYTEST) -m "not ($(NOT_FAST))"
 
 .PHONY: bundles
 bundles: setup ## Lambda layers and function bundles for python3.12 on x86_64, in build/lambda

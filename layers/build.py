@@ -98,6 +98,7 @@ CLI_ONLY = (
     "evaluation",
     "api/server.py",
     "storage/aws_resources.py",
+    "index/exact.py",
 )
 
 LAYERS = ("deps", "inference", "model", "vocabulary")

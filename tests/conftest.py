@@ -1,4 +1,5 @@
-"""Shared fixtures: the real model and vocabulary, services on temporary data directories."""
+"""Shared fixtures: embedders (the fast stand-in and the real model), the vocabulary, services
+on temporary data directories, moto and the storage adapters; and the tiers."""
 
 from __future__ import annotations
 
@@ -10,22 +11,75 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from support.demo import DEMO
-from support.services import API_KEY, make_service
+from support.fake_embedder import ColourEmbedder
+from support.openapi import API_KEY_HEADER
+from support.services import API_KEY, demo_collection, make_service
 
 from imgsearch.api.app import create_app
-from imgsearch.bulk import ingest_tree
 from imgsearch.config import Settings
-from imgsearch.embedding import Embedder, ModelSpec
+from imgsearch.embedding import Embedder, ImageEmbedder, ModelSpec
 from imgsearch.service import ImageSearch
 from imgsearch.storage import Storage, open_storage
 from imgsearch.storage.aws_resources import create_bucket, create_tables
 from imgsearch.vocabulary import Vocabulary
 
+# Tiers ------------------------------------------------------------------------------------------
+#
+# The fast tier (`make test-fast`) is every test without one of the markers the Makefile lists
+# (NOT_FAST; registered in pyproject.toml); `make test` runs it first, then the marked ones.
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by the markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test whose fixtures load the model is marked `model`, so that its tier follows from
+    what it uses and cannot be forgotten."""
+    for item in items:
+        if "model_embedder" in getattr(item, "fixturenames", ()):
+            item.add_marker("model")
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_runs_no_model(request: pytest.FixtureRequest, monkeypatch) -> None:
+    """Outside the `model` tier, loading the TFLite model in this process is an error that
+    names the marker, not a slow test in the fast tier."""
+    if request.node.get_closest_marker("model") is None:
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise RuntimeError(
+                "this test loads the TFLite model: mark it @pytest.mark.model, or have its "
+                "module-scoped fixtures take model_embedder (see tests/conftest.py)"
+            )
+
+        monkeypatch.setattr(Embedder, "__init__", refuse)
+
+
+# Embedders, services and clients ------------------------------------------------------------------
+#
+# `embedder`, `service`, `client`, `demo_service` and `demo_client` run the real TFLite model for
+# tests marked `model`, and ColourEmbedder, the fast tier's deterministic stand-in
+# (tests/support/fake_embedder.py), for the others: what HTTP, storage, votes and the index do
+# with vectors holds whatever made them; what rests on what the model sees (a query for
+# "elephant" finds the elephants) is marked `model`. Module-scoped fixtures name the embedder
+# they need (`model_embedder` or `colour_embedder`); tests using the first are marked for them.
+
+
+def _on_model(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker("model") is not None
+
 
 @pytest.fixture(scope="session")
-def embedder() -> Embedder:
+def colour_embedder() -> ImageEmbedder:
+    return ColourEmbedder()
+
+
+@pytest.fixture(scope="session")
+def model_embedder() -> Embedder:
     return Embedder(ModelSpec.load(Settings().model_path))
+
+
+@pytest.fixture
+def embedder(request: pytest.FixtureRequest) -> ImageEmbedder:
+    return request.getfixturevalue("model_embedder" if _on_model(request) else "colour_embedder")
 
 
 @pytest.fixture(scope="session")
@@ -34,30 +88,56 @@ def vocabulary() -> Vocabulary:
 
 
 @pytest.fixture
-def service(tmp_path: Path, embedder: Embedder, vocabulary: Vocabulary) -> ImageSearch:
+def service(tmp_path: Path, embedder: ImageEmbedder, vocabulary: Vocabulary) -> ImageSearch:
     """An empty collection, for tests that change it."""
     return make_service(tmp_path / "data", embedder, vocabulary)
-
-
-@pytest.fixture(scope="session")
-def demo_service(tmp_path_factory, embedder: Embedder, vocabulary: Vocabulary) -> ImageSearch:
-    """The demo collection (192 photos, 16 categories). Tests must not change it."""
-    service = make_service(tmp_path_factory.mktemp("demo") / "data", embedder, vocabulary)
-    ingest_tree(service, DEMO)
-    return service
-
-
-@pytest.fixture(scope="session")
-def demo_client(demo_service: ImageSearch) -> Iterator[TestClient]:
-    with TestClient(create_app(demo_service)) as client:
-        yield client
 
 
 @pytest.fixture
 def client(service: ImageSearch) -> Iterator[TestClient]:
     """A client that sends the API key, as someone allowed to change the collection would."""
-    with TestClient(create_app(service), headers={"X-API-Key": API_KEY}) as client:
+    with TestClient(create_app(service), headers={API_KEY_HEADER: API_KEY}) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def colour_demo_service(
+    tmp_path_factory, colour_embedder: ImageEmbedder, vocabulary: Vocabulary
+) -> ImageSearch:
+    return demo_collection(tmp_path_factory.mktemp("demo") / "data", colour_embedder, vocabulary)
+
+
+@pytest.fixture(scope="session")
+def model_demo_service(
+    tmp_path_factory, model_embedder: Embedder, vocabulary: Vocabulary
+) -> ImageSearch:
+    return demo_collection(tmp_path_factory.mktemp("demo") / "data", model_embedder, vocabulary)
+
+
+@pytest.fixture
+def demo_service(request: pytest.FixtureRequest) -> ImageSearch:
+    """The demo collection (192 photos, 16 categories), made once per session for each
+    embedder. Tests must not change it."""
+    return request.getfixturevalue(
+        "model_demo_service" if _on_model(request) else "colour_demo_service"
+    )
+
+
+@pytest.fixture(scope="session")
+def _demo_clients() -> Iterator[dict[int, TestClient]]:
+    """One client per demo collection, open for the session."""
+    clients: dict[int, TestClient] = {}
+    yield clients
+    for client in clients.values():
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def demo_client(demo_service: ImageSearch, _demo_clients: dict[int, TestClient]) -> TestClient:
+    """A client of the demo collection, without the API key."""
+    if id(demo_service) not in _demo_clients:
+        _demo_clients[id(demo_service)] = TestClient(create_app(demo_service)).__enter__()
+    return _demo_clients[id(demo_service)]
 
 
 @pytest.fixture(scope="module")

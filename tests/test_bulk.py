@@ -45,6 +45,7 @@ def test_unknown_metric_is_refused() -> None:
         pairwise_distances(np.ones((1, 2)), np.ones((1, 2)), "hamming")
 
 
+@pytest.mark.model  # the CLI loads the model; what it sees groups the photos
 def test_embed_then_neighbours_from_the_command_line(tmp_path, capsys) -> None:
     folder = tmp_path / "photos"
     for category in ("elephant", "pizza"):
@@ -71,6 +72,7 @@ def test_embed_then_neighbours_from_the_command_line(tmp_path, capsys) -> None:
     assert np.mean(same_category) > 0.9
 
 
+@pytest.mark.model  # the CLI loads the model
 def test_ingest_says_when_keys_change_image_and_prefixes_keep_folders_apart(
     tmp_path, capsys
 ) -> None:
@@ -92,6 +94,7 @@ def test_ingest_says_when_keys_change_image_and_prefixes_keep_folders_apart(
     assert "24 images in the collection" in out and "another image" not in out
 
 
+@pytest.mark.model  # the CLI loads the model
 def test_a_file_name_no_key_may_have_is_refused_and_the_rest_go_on(tmp_path, capsys) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()

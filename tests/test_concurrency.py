@@ -8,6 +8,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from support.demo import demo_image
 from support.services import API_KEY, make_service
 
@@ -91,6 +92,7 @@ def _ingest_in_process(data_dir: str, number: int) -> list[str]:
     return [service.add(f"p{number}/{i}.jpg", images[i]).image_id for i in order]
 
 
+@pytest.mark.model  # the processes load the model
 def test_processes_ingesting_into_one_data_directory(tmp_path, embedder, vocabulary) -> None:
     context = multiprocessing.get_context("spawn")
     with context.Pool(3) as pool:

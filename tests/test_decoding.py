@@ -21,7 +21,8 @@ import requests
 from fastapi.testclient import TestClient
 from support.demo import REPO, demo_image
 from support.hostile_files import Case, bombs, jpeg_scan_bomb, png_zlib_bomb, webp_canvas
-from support.services import API_KEY, make_service
+from support.openapi import API_KEY_HEADER
+from support.services import API_KEY, http_status, make_service
 
 from imgsearch.api.app import create_app
 from imgsearch.cli import main
@@ -46,6 +47,7 @@ def _refusal(case: Case, limits: DecodeLimits) -> ImageRefused:
     return refused.value
 
 
+@pytest.mark.slow  # decodes every bomb under both limits
 @pytest.mark.parametrize("case", BOMBS, ids=lambda case: case.name)
 def test_each_bomb_has_its_answer_under_both_limits(case: Case) -> None:
     for limits in (SEARCH_LIMITS, UPLOAD_LIMITS):
@@ -109,6 +111,7 @@ print(json.dumps({"grown_kib": after - before}))
 """
 
 
+@pytest.mark.slow  # a fresh process for each bomb
 @pytest.mark.parametrize("endpoint", ["search", "upload"])
 def test_no_bomb_makes_a_decode_hold_more_than_the_memory_limit(endpoint: str) -> None:
     """Each bomb decoded (or refused) in a fresh process: its peak RSS beyond what the
@@ -160,6 +163,7 @@ def test_a_decode_past_its_deadline_is_refused_and_its_worker_killed(slow_limits
     assert not multiprocessing.active_children()
 
 
+@pytest.mark.slow  # waits for decodes to reach their deadlines
 def test_beyond_the_queue_callers_are_told_to_come_back(slow_limits) -> None:
     pool = DecodePool(1, deadline=3.0, queue=1)
     outcomes: list[str] = []
@@ -185,8 +189,6 @@ def test_beyond_the_queue_callers_are_told_to_come_back(slow_limits) -> None:
 
 # Every entry point ------------------------------------------------------------------------------
 
-HTTP_STATUS = {"too_large": 413, "not_an_image": 415}
-
 
 @pytest.fixture
 def pooled_service(tmp_path, embedder, vocabulary):
@@ -195,8 +197,9 @@ def pooled_service(tmp_path, embedder, vocabulary):
     service.close()
 
 
+@pytest.mark.slow  # every bomb decoded twice, in worker processes
 def test_api_upload_and_reverse_search_answer_each_bomb(pooled_service) -> None:
-    with TestClient(create_app(pooled_service), headers={"X-API-Key": API_KEY}) as client:
+    with TestClient(create_app(pooled_service), headers={API_KEY_HEADER: API_KEY}) as client:
         for case in BOMBS:
             files = {"file": (case.name, case.data, "application/octet-stream")}
             for route, limits in (("/api/images", UPLOAD_LIMITS), ("/api/search/image", None)):
@@ -204,12 +207,13 @@ def test_api_upload_and_reverse_search_answer_each_bomb(pooled_service) -> None:
                 if case.refusal is None:
                     assert response.status_code in (200, 201), (case.name, response.text)
                     continue
-                assert response.status_code == HTTP_STATUS.get(case.refusal, 422), case.name
+                assert response.status_code == http_status(case.refusal), case.name
                 expected = _refusal(case, limits or SEARCH_LIMITS)
                 assert response.json()["detail"] == str(expected), case.name
         assert client.get("/api/health").json()["images"] == ACCEPTED
 
 
+@pytest.mark.model  # the CLI loads the model
 def test_cli_ingest_refuses_each_bomb_with_its_reason(tmp_path, capsys) -> None:
     folder = tmp_path / "bombs"
     folder.mkdir()
@@ -267,6 +271,7 @@ def server(tmp_path):
         process.wait(timeout=20)
 
 
+@pytest.mark.model  # `imgsearch serve` loads the model
 def test_health_answers_within_a_second_while_bombs_are_decoded(server: str) -> None:
     statuses: list[tuple[int, str, str | None]] = []
     health: list[tuple[int, float]] = []  # status and seconds of each health check

@@ -14,6 +14,8 @@ from imgsearch.embedding import Embedder, ModelSpec
 from imgsearch.images import DecodeLimits, decode_image
 from imgsearch.service import ImageSearch
 
+pytestmark = pytest.mark.model  # the model itself
+
 LIMITS = DecodeLimits.from_settings(Settings())
 ELEPHANTS = {101, 385, 386}  # tusker, Asian elephant, African elephant
 TINY = REPO / "tests" / "data" / "models" / "tiny_inception.json"

@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from support.demo import REPO, demo_image
+from support.openapi import API_KEY_HEADER
 from support.services import API_KEY, make_service
 
 from imgsearch.api.app import create_app
 from imgsearch.config import Settings
 from imgsearch.integrity import DamagedFile
-from imgsearch.service import ImageSearch
+from imgsearch.service import API_KEY_FILE, ImageSearch
 from imgsearch.storage import NotFound, Storage, StorageError, StorageFull, open_storage
 from imgsearch.storage.local import LocalObjectStore
 
@@ -38,6 +39,7 @@ KILL_POINTS = {
 }
 
 
+@pytest.mark.model  # the worker process loads the model
 @pytest.mark.parametrize("kill_point", list(KILL_POINTS))
 def test_a_worker_killed_mid_build_leaves_a_consistent_index(
     kill_point, tmp_path, embedder, vocabulary
@@ -192,6 +194,7 @@ UPLOAD_KILL_POINTS = {
 }
 
 
+@pytest.mark.model  # the worker process loads the model
 @pytest.mark.parametrize("kill_point", list(UPLOAD_KILL_POINTS))
 def test_an_upload_killed_midway_is_finished_at_the_next_start(
     kill_point, tmp_path, embedder, vocabulary
@@ -222,6 +225,7 @@ DELETE_KILL_POINTS = {
 }
 
 
+@pytest.mark.model  # the worker process loads the model
 @pytest.mark.parametrize("kill_point", list(DELETE_KILL_POINTS))
 def test_a_deletion_killed_midway_is_applied_at_the_next_start(
     kill_point, tmp_path, embedder, vocabulary
@@ -253,6 +257,7 @@ def get_json(url: str) -> dict:
         return json.loads(answer.read())
 
 
+@pytest.mark.model  # `imgsearch serve` loads the model
 def test_imgsearch_serve_finishes_what_a_crash_left_while_it_serves(
     tmp_path, embedder, vocabulary
 ) -> None:
@@ -357,7 +362,7 @@ def test_a_full_disk_at_any_write_of_an_upload_gives_507_and_leaves_nothing_half
         settings, Storage(store, catalog, local.feedback), embedder=embedder, vocabulary=vocabulary
     )
     kept = {service.add(f"{c}.jpg", demo_image(c)).image_id for c in CATEGORIES[:2]}
-    client = TestClient(create_app(service), headers={"X-API-Key": API_KEY})
+    client = TestClient(create_app(service), headers={API_KEY_HEADER: API_KEY})
 
     kind, prefix = where
     if kind == "objects":
@@ -416,7 +421,7 @@ def test_a_really_full_disk_gives_507_and_loses_nothing(small_disk, embedder, vo
     never half-applied; earlier images stay searchable; freeing space heals everything."""
     service = make_service(small_disk / "data", embedder, vocabulary)
     kept = {service.add(f"{c}.jpg", demo_image(c)).image_id for c in CATEGORIES[:3]}
-    client = TestClient(create_app(service), headers={"X-API-Key": API_KEY})
+    client = TestClient(create_app(service), headers={API_KEY_HEADER: API_KEY})
 
     statuses = {}
     for number, free in enumerate([160_000, 80_000, 48_000, 32_000, 16_000, 8_000, 0], 2):
@@ -520,7 +525,7 @@ def test_an_unusable_api_key_file_stops_the_server_with_one_line(problem, tmp_pa
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    key_file = data_dir / "api-key"
+    key_file = data_dir / API_KEY_FILE
     if problem == "empty":
         key_file.write_text(" \n")
     else:
@@ -553,10 +558,10 @@ def test_an_unusable_api_key_file_stops_the_server_with_one_line(problem, tmp_pa
 
 def test_an_api_key_file_emptied_while_serving_is_a_503_not_a_lock_out(service) -> None:
     service.settings.api_key = None
-    key_file = service.settings.data_dir / "api-key"
+    key_file = service.settings.data_dir / API_KEY_FILE
     key_file.parent.mkdir(parents=True, exist_ok=True)
     key_file.write_text("")
-    client = TestClient(create_app(service), headers={"X-API-Key": "anything"})
+    client = TestClient(create_app(service), headers={API_KEY_HEADER: "anything"})
     answer = client.delete("/api/images/0123456789abcdef")
     assert answer.status_code == 503 and "API key" in answer.json()["detail"]
 
@@ -623,6 +628,7 @@ def assert_repaired(data_dir, ids, embedder, vocabulary) -> None:
     assert_consistent(service)
 
 
+@pytest.mark.model  # `imgsearch check --repair` loads the model
 @pytest.mark.parametrize(
     ("part", "how"),
     [
@@ -649,6 +655,7 @@ def test_a_damaged_shard_file_is_refused_at_start_and_rebuilt_by_check_repair(
     assert_repaired(data_dir, ids, embedder, vocabulary)
 
 
+@pytest.mark.model  # `imgsearch check --repair` loads the model
 @pytest.mark.parametrize("how", ["truncated", "flipped", "missing"])
 def test_a_damaged_or_lost_manifest_is_refused_and_rebuilt(how, stored, embedder, vocabulary):
     data_dir, ids = stored
@@ -660,6 +667,7 @@ def test_a_damaged_or_lost_manifest_is_refused_and_rebuilt(how, stored, embedder
     assert_repaired(data_dir, ids, embedder, vocabulary)
 
 
+@pytest.mark.model  # `imgsearch check --repair` loads the model
 def test_an_older_manifest_put_back_is_refused_not_served_short(stored, embedder, vocabulary):
     data_dir, ids = stored
     manifest = data_dir / "objects" / "index" / "manifest.json"
@@ -672,6 +680,7 @@ def test_an_older_manifest_put_back_is_refused_not_served_short(stored, embedder
     assert_repaired(data_dir, ids | {service.find_key("extra.jpg").id}, embedder, vocabulary)
 
 
+@pytest.mark.model  # `imgsearch check --repair` loads the model
 def test_a_damaged_embedding_is_detected_and_computed_again(stored, embedder, vocabulary):
     data_dir, ids = stored
     service = reopened(data_dir, embedder, vocabulary)
@@ -689,6 +698,7 @@ def test_a_damaged_embedding_is_detected_and_computed_again(stored, embedder, vo
     assert np.allclose(again, features, atol=1e-5)
 
 
+@pytest.mark.model  # `imgsearch check --repair` loads the model
 @pytest.mark.parametrize("where", ["pages", "header"])
 def test_a_damaged_catalog_is_refused_then_rebuilt_from_the_stored_images(
     where, stored, embedder, vocabulary
@@ -755,9 +765,10 @@ def test_a_damaged_cached_shard_file_is_fetched_again_and_a_damaged_stored_one_r
 def test_an_empty_client_secret_file_stops_the_start_with_its_name(tmp_path, service) -> None:
     """Votes would all fail (or, with a new secret, every client would become a new one):
     the start refuses, naming the file and the fix."""
+    from imgsearch.clients import CLIENT_SECRET_FILE
     from imgsearch.integrity import UnusableFile
 
-    secret = service.settings.data_dir / "client-secret"
+    secret = service.settings.data_dir / CLIENT_SECRET_FILE
     secret.parent.mkdir(parents=True, exist_ok=True)
     secret.write_text("\n")
     with pytest.raises(UnusableFile, match=f"the client secret file {secret} is empty"):

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.demo import demo_image
 from support.hostile_files import Case, corpus, encode, photo
-from support.services import API_KEY, make_service
+from support.openapi import API_KEY_HEADER
+from support.services import API_KEY, http_status, make_service
 
 from imgsearch.api.app import create_app
 from imgsearch.cli import main
@@ -25,7 +26,6 @@ LIMIT = 2_000_000
 CASES = corpus(max_bytes=LIMIT)
 ACCEPTED = sum(case.refusal is None for case in CASES)
 # How each refusal is answered over HTTP (the rest are 422).
-HTTP_STATUS = {"too_large": 413, "not_an_image": 415}
 DECODE_LIMITS = DecodeLimits.from_settings(Settings(max_image_bytes=LIMIT))
 
 
@@ -38,12 +38,13 @@ def _expect_http(response, case: Case) -> None:
     if case.refusal is None:
         assert response.status_code in (200, 201), (case.name, response.text)
     else:
-        assert response.status_code == HTTP_STATUS.get(case.refusal, 422), case.name
+        assert response.status_code == http_status(case.refusal), case.name
         assert response.json()["detail"], case.name
 
 
+@pytest.mark.model  # the model finds the pizza again
 def test_api_upload_and_reverse_search_refuse_each_bad_file(hostile_service) -> None:
-    with TestClient(create_app(hostile_service), headers={"X-API-Key": API_KEY}) as client:
+    with TestClient(create_app(hostile_service), headers={API_KEY_HEADER: API_KEY}) as client:
         good = client.post("/api/images", files={"file": ("good.jpg", demo_image("pizza"))})
         assert good.status_code == 201
         for case in CASES:
@@ -55,6 +56,7 @@ def test_api_upload_and_reverse_search_refuse_each_bad_file(hostile_service) -> 
         assert found[0]["id"] == good.json()["id"]  # nothing else was lost
 
 
+@pytest.mark.model  # the CLI loads the model
 def test_cli_ingest_lists_each_refusal_and_adds_the_rest(tmp_path, capsys, monkeypatch) -> None:
     folder = tmp_path / "incoming"
     folder.mkdir()
@@ -139,7 +141,7 @@ def test_fuzzed_images_decode_or_are_refused_never_crash(data: bytes) -> None:
 
 
 def test_request_bodies_over_the_limit_are_refused_unread(hostile_service) -> None:
-    with TestClient(create_app(hostile_service), headers={"X-API-Key": API_KEY}) as client:
+    with TestClient(create_app(hostile_service), headers={API_KEY_HEADER: API_KEY}) as client:
         big = b"\xff\xd8" + bytes(LIMIT + 100_000)
         declared = client.post("/api/images", files={"file": ("big.jpg", big)})
         assert declared.status_code == 413 and "limit" in declared.json()["detail"]
@@ -167,7 +169,7 @@ def test_request_bodies_over_the_limit_are_refused_unread(hostile_service) -> No
 
 @pytest.mark.parametrize("key", ["../../etc/passwd", "/abs.jpg", "a/./b.jpg", "x\x00.jpg"])
 def test_keys_cannot_escape_the_collection(hostile_service, key) -> None:
-    with TestClient(create_app(hostile_service), headers={"X-API-Key": API_KEY}) as client:
+    with TestClient(create_app(hostile_service), headers={API_KEY_HEADER: API_KEY}) as client:
         files = {"file": ("x.jpg", demo_image("chair"))}
         response = client.post("/api/images", files=files, data={"key": key})
         assert response.status_code == 422 and "key" in response.json()["detail"]
@@ -182,7 +184,7 @@ def test_keys_cannot_escape_the_collection(hostile_service, key) -> None:
 def test_inputs_long_in_bytes_but_within_the_limits_are_answered(hostile_service) -> None:
     """200 characters of emoji make a query of hundreds of words and a key of 800 bytes."""
     emoji, wide = "\U0001f600" * 200, "\U00010348" * 1000
-    with TestClient(create_app(hostile_service), headers={"X-API-Key": API_KEY}) as client:
+    with TestClient(create_app(hostile_service), headers={API_KEY_HEADER: API_KEY}) as client:
         image_id = client.post("/api/images", files={"file": ("a.jpg", demo_image("chair"))})
         image_id = image_id.json()["id"]
         search = client.get("/api/search", params={"q": emoji, "session": "s"})
@@ -220,7 +222,7 @@ def test_votes_are_rate_limited_per_session(tmp_path, embedder, vocabulary) -> N
 
 def test_a_thumbnail_is_served_as_jpeg_whatever_was_uploaded(hostile_service) -> None:
     polyglot = next(case for case in CASES if case.name == "polyglot.gif")
-    with TestClient(create_app(hostile_service), headers={"X-API-Key": API_KEY}) as client:
+    with TestClient(create_app(hostile_service), headers={API_KEY_HEADER: API_KEY}) as client:
         image_id = client.post(
             "/api/images", files={"file": (polyglot.name, polyglot.data)}
         ).json()["id"]

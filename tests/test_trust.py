@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.openapi import API_KEY_HEADER
 from support.services import API_KEY
 
 from imgsearch.api.app import create_app
@@ -23,7 +24,7 @@ from imgsearch.clients import (
     source_address,
 )
 from imgsearch.config import Settings
-from imgsearch.feedback import Feedback
+from imgsearch.feedback import QUORUM, Feedback
 from imgsearch.learning import trust
 from imgsearch.rate_limits import RateLimiter
 from imgsearch.service import ImageSearch
@@ -85,6 +86,7 @@ def category_ids(service: ImageSearch, category: str) -> list[str]:
 # One address, many sessions ----------------------------------------------------------------
 
 
+@pytest.mark.slow  # hundreds of votes, through moto too
 def test_forty_sessions_from_one_address_cannot_empty_a_word(voting) -> None:
     visitor = from_address(voting, "198.51.100.20")
     before = first_page(visitor, "elephant", "visitor-before")
@@ -104,6 +106,7 @@ def test_forty_sessions_from_one_address_cannot_empty_a_word(voting) -> None:
     assert not set(targets) & set(first_page(attacker, "elephant", "attacker0"))
 
 
+@pytest.mark.model  # what the model sees
 def test_one_address_upvoting_pizzas_keeps_elephants_for_others(voting) -> None:
     visitor = from_address(voting, "198.51.100.20")
     before = first_page(visitor, "elephant", "visitor-before")
@@ -127,6 +130,7 @@ def test_one_address_upvoting_pizzas_keeps_elephants_for_others(voting) -> None:
 # Independent addresses agreeing -------------------------------------------------------------
 
 
+@pytest.mark.model  # what the model sees
 def test_three_addresses_agreeing_teach_a_new_word_to_everyone(voting) -> None:
     word = "zqxblossoms"
     assert voting.parts.vocabulary.interpret(word).confidence == 0
@@ -307,8 +311,10 @@ def test_one_client_moves_any_image_by_at_most_one_voice(others, attack) -> None
 
 
 @pytest.fixture(scope="module")
-def page_service(demo_service: ImageSearch) -> ImageSearch:
-    return on_demo(demo_service, SqliteTable(Path(tempfile.mkdtemp()) / "t.sqlite3", "feedback"))
+def page_service(model_demo_service: ImageSearch) -> ImageSearch:
+    return on_demo(
+        model_demo_service, SqliteTable(Path(tempfile.mkdtemp()) / "t.sqlite3", "feedback")
+    )
 
 
 def _fresh_feedback(service: ImageSearch) -> ImageSearch:
@@ -319,7 +325,7 @@ def _fresh_feedback(service: ImageSearch) -> ImageSearch:
 @given(
     data=st.data(),
     sessions=st.integers(1, 40),
-    teachers=st.integers(3, 5),
+    teachers=st.integers(QUORUM, QUORUM + 2),
     category=st.sampled_from(["lotus", "laptop", "starfish", "umbrella"]),
 )
 def test_pages_others_see_follow_independent_agreement_only(
@@ -359,7 +365,7 @@ def test_the_owner_sees_what_a_word_learned_drops_a_client_and_resets_the_word(v
         for image_id in pizzas:
             vote(attacker, word, image_id, 1, f"spam{number}")
     anonymous = from_address(voting, "198.51.100.20")
-    wrong = from_address(voting, "198.51.100.20", **{"X-API-Key": "wrong"})
+    wrong = from_address(voting, "198.51.100.20", **{API_KEY_HEADER: "wrong"})
     for method, path in (
         ("GET", f"/api/terms/{word}"),
         ("DELETE", f"/api/terms/{word}"),
@@ -367,7 +373,7 @@ def test_the_owner_sees_what_a_word_learned_drops_a_client_and_resets_the_word(v
     ):
         assert anonymous.request(method, path).status_code == 401
         assert wrong.request(method, path).status_code == 403
-    owner = from_address(voting, "127.0.0.1", **{"X-API-Key": API_KEY})
+    owner = from_address(voting, "127.0.0.1", **{API_KEY_HEADER: API_KEY})
 
     learned = owner.get(f"/api/terms/{word.upper()}").json()
     assert (learned["term"], learned["votes"], learned["sessions"], learned["clients"]) == (

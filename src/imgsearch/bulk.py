@@ -15,6 +15,8 @@ import numpy as np
 from imgsearch.results import Embedding, ImageRefused, IngestResult, InvalidKey
 from imgsearch.service import ImageSearch
 
+# New images between index builds: a build publishes a shard; fewer, larger builds ingest faster.
+BUILD_EVERY = 500
 Progress = Callable[[IngestResult], object]  # what it returns is ignored
 
 
@@ -53,11 +55,10 @@ def ingest_tree(
     *,
     prefix: str = "",
     on_result: Progress | None = None,
-    build_every: int = 500,
     workers: int = 2,
 ) -> IngestSummary:
     """Ingest every file under `root`, keyed by `prefix` + its path relative to `root`; the
-    index is built every `build_every` new images.
+    index is built every BUILD_EVERY new images.
 
     Decoding and storing run in `workers` threads while the model runs one image at a time,
     so a folder is ingested about as fast as the model can embed it.
@@ -85,7 +86,7 @@ def ingest_tree(
             if on_result:
                 on_result(result)
             since_build += result.status == "added"
-            if since_build >= build_every:
+            if since_build >= BUILD_EVERY:
                 service.build_index()
                 since_build = 0
     service.build_index()

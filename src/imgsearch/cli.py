@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from imgsearch.config import Settings
-from imgsearch.results import IndexFormatError, ModelMismatch, UnusableFile
+from imgsearch.results import IndexFormatError, ModelMismatch, NotUnderstood, UnusableFile
 from imgsearch.service import ImageSearch
 
 if TYPE_CHECKING:
@@ -248,7 +248,9 @@ def cmd_votes(args: argparse.Namespace) -> int:
                 f"{summary.term}: {summary.votes} votes from {summary.sessions} sessions and "
                 f"{summary.clients} clients"
             )
-            for image in report.images:
+            # By weight, then id (the HTTP view breaks ties by agreeing clients first).
+            images = sorted(report.images, key=lambda i: (-abs(i.weight), i.agreement.image_id))
+            for image in images:
                 agreement = image.agreement
                 print(
                     f"  {agreement.image_id}  up {agreement.up_clients} ({agreement.up:.2f})  "
@@ -263,7 +265,7 @@ def cmd_votes(args: argparse.Namespace) -> int:
         else:
             client, removed = service.drop_client(args.target)
             print(f"client {client}: {removed} votes removed")
-    except ValueError as error:
+    except NotUnderstood as error:
         raise CommandError(str(error)) from None
     return 0
 
@@ -402,8 +404,8 @@ def _parser() -> argparse.ArgumentParser:
         "--feedback-method",
         action="append",
         metavar="NAME",
-        help="feedback learning method, if the service offers a choice "
-        "(search_text(feedback_method=NAME)); repeat to compare side by side",
+        help="feedback learning method (the feedback_method setting: rocchio, knn or "
+        "neighbours); repeat to compare side by side",
     )
     evaluation.add_argument(
         "--candidates",

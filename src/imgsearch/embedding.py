@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,26 @@ class Embedding:
     probabilities: np.ndarray  # float32 [1000], softmax over ImageNet classes
 
 
-class Embedder:
+class ImageEmbedder(ABC):
+    """What the service, ingest and the bulk tools ask of a classifier: its spec (the name an
+    index records, the input size decoding drafts for), the sizes of its outputs, and the
+    outputs for images. `Embedder` runs the TFLite model; the tests' fast tier runs a small
+    deterministic stand-in (tests/support/fake_embedder.py) behind this same interface."""
+
+    spec: ModelSpec
+    feature_dim: int
+    num_classes: int
+
+    def embed(self, image: Image.Image) -> Embedding:
+        features, probabilities = self.embed_batch([image])
+        return Embedding(features=features[0], probabilities=probabilities[0])
+
+    @abstractmethod
+    def embed_batch(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """Features [n, feature_dim] and probabilities [n, num_classes] for `images`, in order."""
+
+
+class Embedder(ImageEmbedder):
     """Runs the classifier. Thread-safe: one interpreter, invocations serialised."""
 
     def __init__(self, spec: ModelSpec, num_threads: int | None = None) -> None:
@@ -106,12 +126,7 @@ class Embedder:
             pixels = pixels * ((high - low) / 255.0) + low
         return pixels
 
-    def embed(self, image: Image.Image) -> Embedding:
-        features, probabilities = self.embed_batch([image])
-        return Embedding(features=features[0], probabilities=probabilities[0])
-
     def embed_batch(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
-        """Features [n, d] and probabilities [n, classes] for `images`, in order."""
         features = np.empty((len(images), self.feature_dim), dtype=np.float32)
         probabilities = np.empty((len(images), self.num_classes), dtype=np.float32)
         for row, image in enumerate(images):

@@ -29,7 +29,7 @@ from imgsearch.catalog import (
     PendingOp,
 )
 from imgsearch.decode_pool import Decoder
-from imgsearch.embedding import Embedder
+from imgsearch.embedding import ImageEmbedder
 from imgsearch.images import DecodedImage, DecodeLimits, ImageRefused
 from imgsearch.owners import new_owner, owner_is_alive
 from imgsearch.storage import (
@@ -98,7 +98,7 @@ class Ingestor:
     def __init__(
         self,
         catalog: Catalog,
-        embedder: Embedder,
+        embedder: ImageEmbedder,
         *,
         limits: DecodeLimits,
         decoder: Decoder,

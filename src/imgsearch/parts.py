@@ -16,7 +16,7 @@ from imgsearch.catalog import Catalog
 from imgsearch.clients import ClientIds, client_secret
 from imgsearch.config import Settings
 from imgsearch.decode_pool import Decoder, open_decoder
-from imgsearch.embedding import Embedder, ModelSpec
+from imgsearch.embedding import Embedder, ImageEmbedder, ModelSpec
 from imgsearch.feedback import Feedback
 from imgsearch.images import DecodeLimits
 from imgsearch.index.base import IndexWriter, SearchIndex
@@ -33,6 +33,19 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 # What a cold start may load ahead of its first request (see cloud/handlers.py).
 Preloadable = Literal["index", "vocabulary", "embedder"]
+PartName = Literal[
+    "client_ids",
+    "model",
+    "embedder",
+    "vocabulary",
+    "index",
+    "neighbourhoods",
+    "learner",
+    "decoder",
+    "ingestor",
+    "builder",
+]
+MADE_FROM_THE_INDEX: tuple[PartName, ...] = ("index", "neighbourhoods", "learner", "builder")
 
 
 class ModelMismatch(RuntimeError):
@@ -42,7 +55,7 @@ class ModelMismatch(RuntimeError):
 class Given(TypedDict, total=False):
     """Parts made elsewhere, to use as they are."""
 
-    embedder: Embedder
+    embedder: ImageEmbedder
     vocabulary: Vocabulary
     decoder: Decoder
     index: SearchIndex
@@ -57,18 +70,24 @@ class Parts:
         # Cheap, and needed by nearly every call.
         self.catalog = Catalog(self.storage)
         self.feedback = Feedback(self.storage.feedback, half_life_days=settings.vote_half_life_days)
-        self._made: dict[str, Any] = {name: part for name, part in given.items() if part}
+        self._made: dict[PartName, Any] = {
+            cast(PartName, name): part for name, part in given.items() if part is not None
+        }
+        self._given = frozenset(self._made)  # not ours to close
         # Reentrant: making the index asks for the model, in the same thread.
         self._lock = threading.RLock()
 
-    def _part(self, name: str, make: Callable[[], T]) -> T:
-        """The part called `name`, made once by `make` (one thread makes it; others wait)."""
-        with self._lock:
-            if name not in self._made:
-                self._made[name] = make()
-            return cast(T, self._made[name])
+    def _part(self, name: PartName, make: Callable[[], T]) -> T:
+        """The part called `name`, made once by `make` (one thread makes it; others wait).
+        A part made already is returned without the lock: making one never holds up the
+        requests that use others."""
+        if name not in self._made:
+            with self._lock:
+                if name not in self._made:
+                    self._made[name] = make()
+        return cast(T, self._made[name])
 
-    def loaded(self, name: str) -> bool:
+    def loaded(self, name: PartName) -> bool:
         """Whether the part was made already (by a call, or given to the constructor)."""
         return name in self._made
 
@@ -78,8 +97,9 @@ class Parts:
             getattr(self, name)
 
     def close(self) -> None:
-        """Stop what runs beside the engine: the decode workers, if any were started."""
-        if self.loaded("decoder"):
+        """Stop what runs beside the engine: the decode workers, if this container started
+        them (given ones belong to whoever gave them)."""
+        if self.loaded("decoder") and "decoder" not in self._given:
             self.decoder.close()
 
     @property
@@ -99,7 +119,7 @@ class Parts:
         return self._part("model", lambda: ModelSpec.load(self.settings.model_path))
 
     @property
-    def embedder(self) -> Embedder:
+    def embedder(self) -> ImageEmbedder:
         return self._part(
             "embedder",
             lambda: Embedder(self.model, num_threads=self.settings.inference_threads),
@@ -150,7 +170,7 @@ class Parts:
         """Serve from `index` (a rebuild starts from one that has read nothing: the old
         manifest may be unreadable). Parts made from the old index are made again."""
         with self._lock:
-            for name in ("index", "neighbourhoods", "learner", "builder"):
+            for name in MADE_FROM_THE_INDEX:
                 self._made.pop(name, None)
             self._made["index"] = index
 

@@ -1,6 +1,6 @@
 """What the engine's facade (`service.ImageSearch`) returns and raises. Entry points (the HTTP
 API, the CLI, the Lambda handlers, the bulk tools, the evaluation) use these types, the facade
-and the settings, nothing else of the core (import-linter checks it: .importlinter).
+and the settings, nothing else of the core (lint-imports checks it: pyproject.toml's contracts).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from imgsearch.rate_limits import TooMany
 from imgsearch.repair import Finding
 from imgsearch.search import Hit, Learned, Reason, TextResults
 from imgsearch.storage import InvalidKey, NotFound, StorageError, StorageFull
-from imgsearch.vocabulary import STRATEGIES, Interpretation
+from imgsearch.vocabulary import STRATEGIES, Interpretation, Level, Source
 
 __all__ = [
     "IMAGES_PREFIX",
@@ -45,15 +45,18 @@ __all__ = [
     "InvalidKey",
     "Learned",
     "LearnedImage",
+    "Level",
     "ModelInfo",
     "ModelMismatch",
     "NotFound",
     "NotIndexed",
+    "NotUnderstood",
     "ObjectEvent",
     "Original",
     "PhotoResults",
     "Preloadable",
     "Reason",
+    "Source",
     "StorageError",
     "StorageFull",
     "TermReport",
@@ -68,6 +71,11 @@ __all__ = [
 
 class NotIndexed(LookupError):
     """The image id is not in the collection."""
+
+
+class NotUnderstood(ValueError):
+    """Input the engine cannot use: a query without words, a client named by neither an id
+    nor an address."""
 
 
 class DirectUploadsUnavailable(LookupError):

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Collection, Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import Unpack
+from typing import TYPE_CHECKING, Unpack
 
 import numpy as np
 
@@ -28,7 +30,6 @@ from imgsearch.embedding import Embedding
 from imgsearch.feedback import LOCAL_CLIENT
 from imgsearch.images import DecodeLimits, ImageRefused
 from imgsearch.index.builder import BuildReport
-from imgsearch.index.exact import Metric, exact_neighbours
 from imgsearch.ingest import IngestResult, ObjectEvent, content_type
 from imgsearch.integrity import secret_file
 from imgsearch.learning import trust
@@ -40,6 +41,7 @@ from imgsearch.results import (
     LearnedImage,
     ModelInfo,
     NotIndexed,
+    NotUnderstood,
     Original,
     PhotoResults,
     TermReport,
@@ -55,8 +57,11 @@ from imgsearch.search import (
     similar_images,
     text_search,
 )
-from imgsearch.storage import DirectUploads, InvalidKey, Storage, StorageError
+from imgsearch.storage import DirectUploads, InvalidKey, SqliteTable, Storage, StorageError
 from imgsearch.vocabulary import Interpretation, Vocabulary
+
+if TYPE_CHECKING:
+    from imgsearch.index.exact import Metric
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +102,6 @@ class ImageSearch:
         table), the vocabulary with other guessing `strategies`, another learning method,
         or other Annoy settings (`ann`: candidates per shard, search_k). What is not
         changed is shared, the loaded index included."""
-        from dataclasses import replace
-
-        from imgsearch.storage import SqliteTable
-
         parts = self.parts
         settings = self.settings
         if feedback_method is not None:
@@ -143,8 +144,6 @@ class ImageSearch:
         Raises UnusableFile for a key file that is empty or cannot be read: a silent lock-out
         (or a new key nobody was shown) would be worse than refusing to start.
         """
-        import secrets
-
         if self.settings.api_key:
             return self.settings.api_key, False
         return secret_file(
@@ -240,9 +239,13 @@ class ImageSearch:
         if result.status == "refused" or result.image_id is None:
             raise ImageRefused(result.code or "refused", result.reason or "refused")
         record = self.image(result.image_id)
-        indexed = record is not None and record.status == "indexed"
-        status = result.status if indexed else "pending"
-        return UploadOutcome(result.image_id, stored_as, status)  # type: ignore[arg-type]
+        if record is None or record.status != "indexed":
+            return UploadOutcome(result.image_id, stored_as, "pending")
+        match result.status:
+            case "added" | "duplicate" | "unchanged" as status:
+                return UploadOutcome(result.image_id, stored_as, status)
+            case _:  # a removal or an older event: nothing an upload can be
+                raise AssertionError(f"an upload ended as {result.status!r}")
 
     def remove(self, key: str) -> IngestResult:
         """Forget `key` (and delete its bytes); its image leaves the index if no key holds it."""
@@ -327,7 +330,13 @@ class ImageSearch:
 
         def run() -> None:
             try:
-                self.recover()
+                report = self.recover()
+                if report.batches:
+                    log.warning(
+                        "indexed %d additions and %d removals queued before the start",
+                        report.added,
+                        report.removed,
+                    )
             except Exception:  # the next write drains the queue all the same
                 log.exception("recovery at start failed")
             finally:
@@ -429,8 +438,8 @@ class ImageSearch:
         self, query: str, image_id: str, value: int, session: str, client: str = LOCAL_CLIENT
     ) -> str:
         """Record a vote of `session`, cast from `client` (a client id); returns the
-        normalised term it was recorded under. Raises NotIndexed, or ValueError for a query
-        without words."""
+        normalised term it was recorded under. Raises NotIndexed, or NotUnderstood for a
+        query without words."""
         self._existing(image_id)
         term = self.term(query)
         self.parts.feedback.vote(term, image_id, session, value, client)
@@ -453,10 +462,10 @@ class ImageSearch:
         )
 
     def term(self, query: str) -> str:
-        """The query as votes store it; ValueError if it has no words."""
+        """The query as votes store it; NotUnderstood if it has no words."""
         term = self.parts.vocabulary.normalise(query)
         if not term:
-            raise ValueError("the query has no words")
+            raise NotUnderstood("the query has no words")
         return term
 
     # The owner's controls over what votes taught ---------------------------------------------
@@ -487,11 +496,11 @@ class ImageSearch:
 
     def named_client(self, name: str) -> str:
         """A client id from what the owner names it by: its id, or an address (hashed as a
-        request from it would be). ValueError for anything else."""
+        request from it would be). NotUnderstood for anything else."""
         if is_client_id(name) or name == LOCAL_CLIENT:
             return name
         if not is_address(name):
-            raise ValueError(f"{name[:60]!r} is neither a client id nor an IP address")
+            raise NotUnderstood(f"{name[:60]!r} is neither a client id nor an IP address")
         return self.parts.client_ids.of(name)
 
     def drop_client(self, name: str) -> tuple[str, int]:
@@ -589,4 +598,6 @@ class ImageSearch:
         features: np.ndarray, k: int, *, metric: Metric, jobs: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact k nearest rows of every row (see index/exact.py): indices and distances."""
+        from imgsearch.index.exact import exact_neighbours  # the CLI's: not in Lambda bundles
+
         return exact_neighbours(features, k, metric=metric, jobs=jobs)

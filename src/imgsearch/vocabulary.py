@@ -98,6 +98,9 @@ MODIFIER_BOOST = 0.5  # how far a describing word ("black dog") reorders the nam
 ALIAS_CONFIDENCE = 0.7  # a class named by the word, but not by WordNet's sense of it
 HIGH_CONFIDENCE = 0.5  # from here on the words are understood, not guessed at
 Level = Literal["high", "low", "none"]
+# Where a reading comes from: a class the words name; WordNet's hyponyms of their meaning;
+# guesses from related words; nothing; or (made by search.py) only what votes taught.
+Source = Literal["imagenet", "wordnet", "related", "unknown", "learned"]
 # Words of a query beyond these are dropped: the normalised query keys its votes in the table,
 # and a query of many emoji (each a few words) must still make a key of bounded size.
 MAX_QUERY_WORDS = 32
@@ -111,7 +114,7 @@ class Reading:
     """How one word or phrase of the query was understood."""
 
     phrase: str  # normalised words it covers, e.g. "tall building"
-    source: str  # "imagenet" | "wordnet" | "related" | "unknown"; "learned": taught by votes
+    source: Source
     confidence: float  # 0..1
     classes: tuple[tuple[int, float], ...]  # (class index, weight), best first
     note: str  # short human explanation
@@ -421,6 +424,7 @@ class Vocabulary:
         # The source is whatever gives the phrase its best classes: a class it names, WordNet's
         # hyponyms, or guesses ("mouse" names the computer mouse, but means the rodent).
         mapped_best = float(weights[covered].max()) if covered.any() else 0.0
+        source: Source
         if named or (mapped_best > 0 and mapped_best >= np.max(weights[~covered], initial=0.0)):
             source = "imagenet" if named or exact else "wordnet"
         elif weights.any():

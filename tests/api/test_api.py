@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from support.demo import demo_image
 from support.hostile_files import encode, photo
+from support.openapi import API_KEY_HEADER, parameter
 from support.services import API_KEY
 
 
@@ -25,6 +26,7 @@ def test_health_counts_the_images(demo_client) -> None:
     }
 
 
+@pytest.mark.model  # what the model sees
 def test_keyword_search_finds_the_demo_elephants_first(demo_client) -> None:
     body = demo_client.get("/api/search", params={"q": "elephant"}).json()
     assert body["query"] == "elephant"
@@ -49,7 +51,7 @@ def test_search_pages_do_not_overlap(demo_client) -> None:
     [
         {},
         {"q": ""},
-        {"q": "x" * 201},
+        {"q": "x" * (parameter("get", "/api/search", "q")["maxLength"] + 1)},
         {"q": "cat", "limit": 0},
         {"q": "cat", "limit": 10_000},
         {"q": "cat", "offset": -1},
@@ -67,10 +69,13 @@ def test_browse_and_find_by_key(demo_client) -> None:
     assert page["total"] == 192 and len(page["results"]) == 10
     found = demo_client.get("/api/images", params={"key": "pagoda/image_0003.jpg"}).json()
     assert _keys(found["results"]) == ["pagoda/image_0003.jpg"] and found["total"] == 1
+    # Listed, not ranked: no result claims to match words.
+    assert {r["reason"] for r in page["results"] + found["results"]} == {"listed"}
     missing = demo_client.get("/api/images", params={"key": "no/such.jpg"}).json()
     assert missing == {"results": [], "total": 0}
 
 
+@pytest.mark.model  # what the model sees
 def test_image_detail_bytes_and_thumbnail(demo_client) -> None:
     image_id = _id_of(demo_client, "sunflower/image_0001.jpg")
     detail = demo_client.get(f"/api/images/{image_id}").json()
@@ -92,6 +97,7 @@ def test_unknown_and_malformed_image_ids(demo_client, path) -> None:
     assert demo_client.get(f"/api/images/NOT-AN-ID{path}").status_code == 422
 
 
+@pytest.mark.model  # what the model sees
 def test_similar_images_are_from_the_same_category(demo_client) -> None:
     image_id = _id_of(demo_client, "starfish/image_0002.jpg")
     results = demo_client.get(f"/api/images/{image_id}/similar", params={"limit": 5}).json()
@@ -118,6 +124,7 @@ def test_reverse_search_refuses_a_bad_file(demo_client) -> None:
     assert demo_client.post("/api/search/image").status_code == 422
 
 
+@pytest.mark.model  # what the model sees
 def test_upload_makes_an_image_searchable(client) -> None:
     files = {"file": ("my elephant.jpg", demo_image("elephant", 3), "image/jpeg")}
     response = client.post("/api/images", files=files)
@@ -206,6 +213,8 @@ def test_openapi_and_docs_are_served(demo_client) -> None:
     ):
         assert path in spec["paths"]
     assert demo_client.get("/docs").status_code == 200
+    # The README's contract: the API key is the X-API-Key header (tests take it from here).
+    assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
 
 
 def test_the_openapi_document_describes_every_answer(demo_client) -> None:
@@ -260,9 +269,9 @@ def test_changing_the_collection_needs_the_api_key(service) -> None:
     files = {"file": ("e.jpg", demo_image("elephant"), "image/jpeg")}
     with TestClient(create_app(service)) as anonymous:
         assert anonymous.post("/api/images", files=files).status_code == 401
-        wrong = anonymous.post("/api/images", files=files, headers={"X-API-Key": "guess"})
+        wrong = anonymous.post("/api/images", files=files, headers={API_KEY_HEADER: "guess"})
         assert wrong.status_code == 403 and wrong.json()["detail"]
-        added = anonymous.post("/api/images", files=files, headers={"X-API-Key": API_KEY})
+        added = anonymous.post("/api/images", files=files, headers={API_KEY_HEADER: API_KEY})
         image_id = added.json()["id"]
         assert anonymous.delete(f"/api/images/{image_id}").status_code == 401
         assert anonymous.get("/api/search", params={"q": "elephant"}).status_code == 200
@@ -290,6 +299,7 @@ def test_a_local_api_key_is_made_once_and_kept(tmp_path) -> None:
     assert (tmp_path / "api-key").stat().st_mode & 0o077 == 0
 
 
+@pytest.mark.model  # what the model sees
 def test_classes_struck_from_the_interpretation_leave_the_results(demo_client) -> None:
     body = demo_client.get("/api/search", params={"q": "elephant", "limit": 10}).json()
     elephants = [c["id"] for c in body["interpretation"]["classes"][:3]]  # Asian, African, tusker
@@ -307,6 +317,7 @@ def _count_prefix(results: list[dict], prefix: str) -> int:
     return sum(r["key"].startswith(prefix) for r in results)
 
 
+@pytest.mark.model  # what the model sees
 def test_teaching_a_new_word_by_example(client) -> None:
     ids = {}
     for category in ("elephant", "pizza", "lotus"):

@@ -8,14 +8,15 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from support.demo import demo_image
+from support.openapi import API_KEY_HEADER
 from support.services import API_KEY, make_service
 
 from imgsearch.api.app import create_app
 
 
 @pytest.fixture(scope="module")
-def api_schema(tmp_path_factory, embedder, vocabulary):
-    service = make_service(tmp_path_factory.mktemp("props") / "data", embedder, vocabulary)
+def api_schema(tmp_path_factory, colour_embedder, vocabulary):
+    service = make_service(tmp_path_factory.mktemp("props") / "data", colour_embedder, vocabulary)
     for category in ("elephant", "pizza", "chair"):
         service.add(f"{category}.jpg", demo_image(category))
     return schemathesis.openapi.from_asgi("/openapi.json", create_app(service))
@@ -34,7 +35,7 @@ def test_no_input_makes_a_server_error(api_schema) -> None:
             phases=[Phase.explicit, Phase.generate],
         )
         def no_server_error(case, with_key: bool) -> None:
-            response = case.call(headers={"X-API-Key": API_KEY} if with_key else {})
+            response = case.call(headers={API_KEY_HEADER: API_KEY} if with_key else {})
             assert response.status_code < 500, (case.method, case.path, response.text)
             if response.status_code >= 400:
                 assert response.json()["detail"], (case.method, case.path)

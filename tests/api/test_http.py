@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from support.browser import live_server
 from support.demo import demo_image
 from support.hostile_files import encode, photo
+from support.openapi import API_KEY_HEADER
 from support.services import API_KEY, make_service
 
 from imgsearch.api.app import create_app
@@ -37,7 +38,7 @@ MAX_BODIES = 2
 
 @pytest.fixture
 def app_client(service) -> Iterator[TestClient]:
-    with TestClient(create_app(service, web_dir=WEB_DIR), headers={"X-API-Key": API_KEY}) as c:
+    with TestClient(create_app(service, web_dir=WEB_DIR), headers={API_KEY_HEADER: API_KEY}) as c:
         yield c
 
 
@@ -50,7 +51,7 @@ def _vote(**change: object) -> dict:
     [
         [("content-type", "multipart/form-data; boundary=x"), ("content-type", "application/json")],
         [("content-type", "application/json"), ("Content-Type", "multipart/form-data; boundary=x")],
-        [("x-api-key", API_KEY), ("x-api-key", "other")],
+        [(API_KEY_HEADER.lower(), API_KEY), (API_KEY_HEADER.lower(), "other")],
         [("host", "a.example"), ("host", "b.example")],
     ],
 )
@@ -304,6 +305,7 @@ def test_framing_errors_are_answered_in_json(server, request_bytes) -> None:
     assert detail == "malformed HTTP request"
 
 
+@pytest.mark.slow  # waits a second or more on a real server
 @pytest.mark.parametrize("size", [20_000, 70_000, 300_000])
 def test_oversized_headers_are_refused_whether_they_come_at_once_or_in_pieces(server, size):
     request = b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n"
@@ -312,6 +314,7 @@ def test_oversized_headers_are_refused_whether_they_come_at_once_or_in_pieces(se
     assert len(body) < 300
 
 
+@pytest.mark.slow  # waits a second or more on a real server
 def test_repeated_content_types_over_the_wire_are_refused(server) -> None:
     body = b"x" * 100_000
     request = (
@@ -326,6 +329,7 @@ def test_repeated_content_types_over_the_wire_are_refused(server) -> None:
     assert "content-type" in detail and len(raw) < 1000
 
 
+@pytest.mark.slow  # waits a second or more on a real server
 def test_a_connection_that_sends_nothing_is_closed(server) -> None:
     with _connect(server) as connection:
         started = time.monotonic()
@@ -333,6 +337,7 @@ def test_a_connection_that_sends_nothing_is_closed(server) -> None:
         assert time.monotonic() - started < DEADLINE + SLACK
 
 
+@pytest.mark.slow  # waits a second or more on a real server
 def test_headers_sent_a_byte_at_a_time_get_408(server) -> None:
     """Slowloris: each byte arrives in time to reset an idle timer, never the whole request."""
     request = b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
@@ -356,6 +361,7 @@ def test_headers_sent_a_byte_at_a_time_get_408(server) -> None:
     assert DEADLINE <= elapsed < DEADLINE + SLACK
 
 
+@pytest.mark.slow  # waits a second or more on a real server
 def test_a_body_that_trickles_in_gets_408(server) -> None:
     head = (
         b"POST /api/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -451,6 +457,7 @@ def test_connections_beyond_the_bound_get_503(server) -> None:
     assert _exchange(server, HEALTH, "127.0.0.5")[0] == 200
 
 
+@pytest.mark.slow  # waits a second or more on a real server
 def test_idle_connections_from_many_addresses_make_room_for_a_new_client(server) -> None:
     """A full table of connections that ask nothing does not lock out the next client: the
     one idle longest is closed for it."""
@@ -483,6 +490,7 @@ def test_one_address_cannot_take_every_connection(server) -> None:
             connection.close()
 
 
+@pytest.mark.slow  # waits a second or more on a real server
 def test_bodies_in_flight_are_bounded_and_the_rest_keeps_answering(server) -> None:
     head = (
         b"POST /api/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -520,7 +528,7 @@ def _upload_head(path: str, length: int) -> tuple[bytes, bytes]:
         b"Content-Type: image/jpeg\r\n\r\n"
     )
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {API_KEY}\r\nConnection: close\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: x\r\n{API_KEY_HEADER}: {API_KEY}\r\nConnection: close\r\n"
         f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {length}\r\n\r\n"
     ).encode()
     return head, part
@@ -544,6 +552,7 @@ def test_an_upload_cut_off_midway_leaves_no_temporary_file(server) -> None:
     assert _wait_for(lambda: _spooled_files(spool) == 0, 5), "the client left; the file stayed"
 
 
+@pytest.mark.slow  # waits a second or more on a real server
 def test_an_upload_past_its_deadline_leaves_no_temporary_file(server) -> None:
     _, _, spool = server
     head, part = _upload_head("/api/search/image", 3_000_000)

@@ -30,10 +30,11 @@ from moto.server import ThreadedMotoServer
 from support.aws_resources import configure_notifications, create_queues, function_environment
 from support.demo import REPO, demo_image
 from support.lambda_events import API_HOST, QueuePoller, authorizer_event, http_event, route_for
+from support.openapi import API_KEY_HEADER
 
 from imgsearch.storage.aws_resources import create_bucket, create_tables, load_template
 
-pytestmark = pytest.mark.xdist_group("bundles")
+pytestmark = [pytest.mark.bundles, pytest.mark.xdist_group("bundles")]
 
 OUT = REPO / "build" / "lambda"
 # Lambda's limit is 250 MB for code and layers unzipped; keep a fifth of it free for growth.
@@ -211,11 +212,11 @@ def test_every_handler_runs_on_its_own_bundle(bundles: dict, moto_server: str, t
     assert voted["response"]["statusCode"] == 200, voted["response"]
     assert not {"annoy", "ai_edge_litert"} & set(voted["modules"])
 
-    request = _request("POST", "/api/uploads", "", "{}", {"x-api-key": "sandbox-key"})
+    request = _request("POST", "/api/uploads", "", "{}", {API_KEY_HEADER.lower(): "sandbox-key"})
     route, _ = route_for("POST", "/api/uploads")
     allowed = invoke("authorizer", authorizer_event(request, route, "sandbox-key"))
     assert allowed["response"] == {"isAuthorized": True}
-    request["headers"]["x-api-key"] = "guess"
+    request["headers"][API_KEY_HEADER.lower()] = "guess"
     denied = invoke("authorizer", authorizer_event(request, route, "guess"))
     assert denied["response"] == {"isAuthorized": False}
     assert not {"numpy", "pydantic", "PIL"} & set(denied["modules"])

@@ -29,6 +29,7 @@ from support.aws_resources import configure_notifications, create_queues, functi
 from support.demo import REPO, demo_image
 from support.hostile_files import bombs, corpus
 from support.lambda_events import CLIENT_IP, ApiGateway, QueuePoller, lambda_logging, load_function
+from support.openapi import API_KEY_HEADER
 from support.s3vectors import create_vector_indexes, install_query_vectors
 
 from imgsearch.config import ASSETS_DIR, get_settings
@@ -160,6 +161,7 @@ def no_failures(responses: list[dict]) -> bool:
     return all(response.get("batchItemFailures") == [] for response in responses)
 
 
+@pytest.mark.model  # the functions load the model
 @pytest.mark.parametrize("cloud", ["annoy", "s3vectors"], indirect=True)
 def test_images_become_searchable_votes_rerank_and_deletions_leave(cloud: Cloud) -> None:
     photos = {
@@ -214,8 +216,9 @@ def test_images_become_searchable_votes_rerank_and_deletions_leave(cloud: Cloud)
     assert cloud.api.request("GET", "/api/health").json()["images"] == 3
 
 
+@pytest.mark.model  # the functions load the model
 def test_browser_uploads_through_presigned_forms(cloud: Cloud) -> None:
-    headers = {"X-API-Key": API_KEY}
+    headers = {API_KEY_HEADER: API_KEY}
     request = {"filename": "../My Holiday/elephant?.jpg", "content_type": "image/jpeg"}
     response = cloud.api.request("POST", "/api/uploads", json_body=request, headers=headers)
     assert response.status == 201, response.body
@@ -264,13 +267,14 @@ def test_browser_uploads_through_presigned_forms(cloud: Cloud) -> None:
     assert response.status == 422
 
 
+@pytest.mark.model  # the functions load the model
 def test_the_authorizer_guards_only_the_routes_that_change_the_collection(cloud: Cloud) -> None:
     request = {"filename": "a.jpg", "content_type": "image/jpeg"}
     assert cloud.api.request("POST", "/api/uploads", json_body=request).status == 401
-    wrong = {"X-API-Key": "guess"}
+    wrong = {API_KEY_HEADER: "guess"}
     assert cloud.api.request("POST", "/api/uploads", json_body=request, headers=wrong).status == 403
     assert cloud.api.request("DELETE", "/api/images/0123456789abcdef", headers=wrong).status == 403
-    right = {"X-API-Key": API_KEY}
+    right = {API_KEY_HEADER: API_KEY}
     assert cloud.api.request("POST", "/api/uploads", json_body=request, headers=right).status == 201
     assert cloud.api.request("DELETE", "/api/images/0123456789abcdef", headers=right).status == 404
     # Reading needs no key; methods without a route never reach a function.
@@ -278,6 +282,7 @@ def test_the_authorizer_guards_only_the_routes_that_change_the_collection(cloud:
     assert cloud.api.request("PUT", "/api/images").status == 404
 
 
+@pytest.mark.model  # the functions load the model
 def test_the_functions_send_the_security_headers_with_the_bucket_allowed(cloud: Cloud) -> None:
     """The Lambda apps answer with the page's policy, which lets the page show images from
     and upload to the bucket the template names (IMGSEARCH_PAGE_ORIGINS), and nothing else."""
@@ -289,6 +294,7 @@ def test_the_functions_send_the_security_headers_with_the_bucket_allowed(cloud: 
         assert response.headers["x-content-type-options"] == "nosniff"
 
 
+@pytest.mark.model  # the functions load the model
 def test_votes_count_against_api_gateways_source_ip_and_the_owner_controls_them(
     cloud: Cloud,
 ) -> None:
@@ -301,7 +307,7 @@ def test_votes_count_against_api_gateways_source_ip_and_the_owner_controls_them(
     assert response.status == 200, response.body
     # The owner's routes: behind the authorizer, served by the feedback function.
     assert cloud.api.request("GET", "/api/terms/trunks").status == 401
-    right = {"X-API-Key": API_KEY}
+    right = {API_KEY_HEADER: API_KEY}
     learned = cloud.api.request("GET", "/api/terms/trunks", headers=right).json()
     assert (learned["votes"], learned["clients"]) == (1, 1)
     assert learned["images"][0]["up_clients"] == 1
@@ -314,6 +320,7 @@ def test_votes_count_against_api_gateways_source_ip_and_the_owner_controls_them(
     assert reset.status == 200 and reset.json()["term"] == "trunks"
 
 
+@pytest.mark.model  # the functions load the model
 def test_events_that_keep_failing_are_parked_as_failed_on_the_last_delivery(
     cloud: Cloud, monkeypatch
 ) -> None:
@@ -344,6 +351,7 @@ def test_events_that_keep_failing_are_parked_as_failed_on_the_last_delivery(
     assert status.json()["status"] == "present"
 
 
+@pytest.mark.model  # the functions load the model
 def test_messages_that_cannot_be_parked_end_in_the_dead_letter_queue(cloud: Cloud) -> None:
     cloud.queue.drain()  # the test event
     cloud.sqs.send_message(QueueUrl=cloud.queue.queue_url, MessageBody="not json")
@@ -353,6 +361,7 @@ def test_messages_that_cannot_be_parked_end_in_the_dead_letter_queue(cloud: Clou
     assert [message["Body"] for message in dead] == ["not json"]
 
 
+@pytest.mark.model  # the functions load the model
 def test_test_events_multipart_uploads_and_foreign_keys(cloud: Cloud) -> None:
     s3 = cloud.s3
     s3.put_object(Bucket=BUCKET, Key="index/not-an-image.json", Body=b"{}")  # not notified
@@ -376,6 +385,7 @@ def test_test_events_multipart_uploads_and_foreign_keys(cloud: Cloud) -> None:
     assert cloud.search("sunflower")[0] == "big.jpg"
 
 
+@pytest.mark.model  # the functions load the model
 def test_init_aws_creates_the_resources_the_template_defines(cloud: Cloud) -> None:
     from imgsearch.cli import main
     from imgsearch.config import Settings
@@ -401,6 +411,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.model  # `imgsearch serve` loads the model
 def test_serve_with_the_aws_backend_on_a_moto_server(tmp_path) -> None:
     moto_port, api_port = _free_port(), _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
@@ -436,7 +447,7 @@ def test_serve_with_the_aws_backend_on_a_moto_server(tmp_path) -> None:
             uploaded = requests.post(
                 f"{base}/api/images",
                 files={"file": (f"{name}.jpg", demo_image(name), "image/jpeg")},
-                headers={"X-API-Key": API_KEY},
+                headers={API_KEY_HEADER: API_KEY},
                 timeout=60,
             )
             assert uploaded.status_code == 201, uploaded.text
@@ -481,7 +492,9 @@ def test_direct_uploads_are_for_the_cloud_only(client) -> None:
     request = {"filename": "a.jpg", "content_type": "image/jpeg"}
     response = client.post("/api/uploads", json=request)
     assert response.status_code == 404 and "/api/images" in response.json()["detail"]
-    assert client.post("/api/uploads", json=request, headers={"X-API-Key": "no"}).status_code == 403
+    assert (
+        client.post("/api/uploads", json=request, headers={API_KEY_HEADER: "no"}).status_code == 403
+    )
     uploaded = client.post(
         "/api/images", files={"file": ("a.jpg", demo_image("pizza"), "image/jpeg")}
     ).json()
@@ -520,6 +533,7 @@ def test_the_local_cache_of_index_files_evicts_the_least_recently_used(
             assert still_mapped.read(1) == b"a"  # a reader keeps what it opened
 
 
+@pytest.mark.model  # the functions load the model
 def test_hostile_files_through_the_bucket_are_refused_with_their_reasons(cloud: Cloud) -> None:
     cases = corpus(max_bytes=cloud.functions["EmbedFunction"].service.settings.max_image_bytes)
     for case in cases:
@@ -539,6 +553,7 @@ def test_hostile_files_through_the_bucket_are_refused_with_their_reasons(cloud: 
     assert "hostile/good.jpg" in cloud.search("lotus")[:3]
 
 
+@pytest.mark.model  # the functions load the model
 def test_decoding_bombs_through_the_bucket_are_refused_from_their_headers(cloud: Cloud) -> None:
     """The embed function decodes inline (IMGSEARCH_DECODE_WORKERS=0 in the template), under
     the same header checks as the API's workers: each bomb is refused with its reason or

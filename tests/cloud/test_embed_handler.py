@@ -16,6 +16,8 @@ from support.lambda_events import FakeContext, lambda_logging, load_function
 from imgsearch.config import get_settings
 from imgsearch.storage.aws_resources import create_bucket, create_tables
 
+pytestmark = pytest.mark.model  # the embed function loads the model
+
 BUCKET = "imgsearch-test-images"
 TABLES = {"CatalogTable": "test-catalog", "FeedbackTable": "test-feedback"}
 

@@ -23,6 +23,7 @@ from cfnlint.api import lint
 from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 from support.demo import REPO
+from support.openapi import API_KEY_HEADER, routes_needing_the_key, unnamed
 
 from imgsearch.config import Settings
 from imgsearch.storage.aws_resources import TEMPLATE_PATH, load_template
@@ -31,17 +32,6 @@ pytestmark = pytest.mark.xdist_group("template")
 
 CHECKOV_REQUIREMENTS = REPO / "tests" / "checkov-requirements.txt"
 CHECKOV_VENV = REPO / ".venv" / "tools" / "checkov"
-MUTATING_ROUTES = {
-    ("post", "/api/images"),
-    ("delete", "/api/images/{id}"),
-    ("post", "/api/uploads"),
-}
-# The owner's view and controls of what votes taught.
-OWNER_ROUTES = {
-    ("get", "/api/terms/{term}"),
-    ("delete", "/api/terms/{term}"),
-    ("delete", "/api/clients/{client}/votes"),
-}
 
 
 def translate(template: dict[str, Any]) -> dict[str, Any]:
@@ -81,15 +71,17 @@ def test_the_linters_would_catch_a_broken_reference() -> None:
 def test_only_the_routes_that_change_the_collection_or_its_votes_need_the_key(translated) -> None:
     body = translated["Resources"]["Api"]["Properties"]["Body"]
     guarded = {
-        (method, path)
+        (method, unnamed(path))
         for path, operations in body["paths"].items()
         for method, operation in operations.items()
         if operation.get("security")
     }
-    assert guarded == MUTATING_ROUTES | OWNER_ROUTES
+    # Exactly the routes the app itself guards: those that change the collection, and the
+    # owner's view and controls of what votes taught.
+    assert guarded == routes_needing_the_key() and guarded
     authorizer = body["components"]["securitySchemes"]["ApiKeyAuthorizer"]
     settings = authorizer["x-amazon-apigateway-authorizer"]
-    assert settings["identitySource"] == ["$request.header.X-API-Key"]
+    assert settings["identitySource"] == [f"$request.header.{API_KEY_HEADER}"]
     assert settings["enableSimpleResponses"] is True
     # API Gateway may invoke the authorizer (without this, every guarded request fails).
     permission = translated["Resources"]["ApiApiKeyAuthorizerAuthorizerPermission"]
@@ -195,6 +187,7 @@ def checkov_path() -> Path:
     return CHECKOV_VENV / "bin" / "checkov"
 
 
+@pytest.mark.slow  # checkov in a virtualenv of its own: half a minute
 def test_checkov_finds_nothing_unjustified(checkov_path: Path) -> None:
     completed = subprocess.run(
         [
@@ -224,6 +217,7 @@ def test_checkov_finds_nothing_unjustified(checkov_path: Path) -> None:
         assert len(check["check_result"].get("suppress_comment", "")) > 20, check["check_id"]
 
 
+@pytest.mark.model  # the indexes' dimensions are the real model's
 def test_the_vector_indexes_fit_the_model_and_only_its_users_may_query_them(
     translated, embedder
 ) -> None:

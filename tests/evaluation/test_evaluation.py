@@ -114,10 +114,10 @@ def test_a_label_maps_onto_imagenet_when_no_phrase_is_guessed() -> None:
     assert not maps_onto_imagenet(reading_from())
 
 
-def test_made_up_words_are_unknown_and_the_same_every_run(vocabulary) -> None:
-    word = made_up_word("elephant", vocabulary)
+def test_made_up_words_are_unknown_and_the_same_every_run(service, vocabulary) -> None:
+    word = made_up_word("elephant", service)
     assert vocabulary.interpret(word).confidence == 0
-    assert made_up_word("elephant", vocabulary) == word != made_up_word("pizza", vocabulary)
+    assert made_up_word("elephant", service) == word != made_up_word("pizza", service)
 
 
 def test_labels_files_as_they_come(tmp_path) -> None:
@@ -160,9 +160,9 @@ def tiny_folder(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_folder, embedder, vocabulary) -> tuple[ImageSearch, LabelledCollection]:
+def tiny(tiny_folder, model_embedder, vocabulary) -> tuple[ImageSearch, LabelledCollection]:
     root, labels = tiny_folder
-    service = make_service(root.parent / "data", embedder, vocabulary)
+    service = make_service(root.parent / "data", model_embedder, vocabulary)
     return service, ingest_labelled(service, root, read_labels(labels))
 
 

@@ -151,6 +151,7 @@ def test_neighbour_lists_match_brute_force_after_adds_and_removes(index_service)
     assert brute_force_agreement(service) >= 0.99
 
 
+@pytest.mark.model  # `imgsearch reindex` builds with the configured model
 def test_an_index_of_an_older_format_is_refused_then_rebuilt(tmp_path, embedder, vocabulary):
     from support.demo import demo_image
     from support.services import make_service

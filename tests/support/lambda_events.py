@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from support.aws_resources import Route, route_for
 from support.demo import REPO
+from support.openapi import API_KEY_HEADER
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -282,8 +283,8 @@ class ApiGateway:
         return Response(result["statusCode"], result.get("headers", {}), data)
 
     def _authorize(self, event: dict[str, Any], route: Route) -> Response | None:
-        # The identity source is the X-API-Key header: without it the authorizer is not called.
-        identity = event["headers"].get("x-api-key")
+        # The identity source is the API key header: without it the authorizer is not called.
+        identity = event["headers"].get(API_KEY_HEADER.lower())
         if not identity:
             return Response(401, {}, b'{"message":"Unauthorized"}')
         answer = self.authorizers[route.authorizer](

@@ -23,27 +23,29 @@ from playwright.sync_api import (
 )
 from support.browser import SCREENSHOTS, launch_chromium, live_server
 from support.demo import DEMO, demo_image
+from support.openapi import API_KEY_HEADER
 from support.services import API_KEY, make_service
 
 from imgsearch.api.app import create_app
 from imgsearch.bulk import ingest_tree
 from imgsearch.cli import WEB_DIR
 
-pytestmark = pytest.mark.xdist_group("browser")
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-PAGE_SIZE = 48  # web/js/pages.js
+# What the page asks for at a time, as web/js/pages.js says.
+PAGE_SIZE = int(re.search(r"export const PAGE = (\d+);", (WEB_DIR / "js/pages.js").read_text())[1])
 
 expect.set_options(timeout=10_000)
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, embedder, vocabulary) -> Iterator[str]:
+def site(tmp_path_factory, model_embedder, vocabulary) -> Iterator[str]:
     # The presigned-upload test's bucket, as the template names the bucket for the page.
     service = make_service(
         tmp_path_factory.mktemp("web") / "data",
-        embedder,
+        model_embedder,
         vocabulary,
         page_origins=["https://bucket.test"],
     )
@@ -549,7 +551,7 @@ def test_cloud_upload_through_a_presigned_post(open_page, site: str) -> None:
     def uploads(route: Route) -> None:
         request = route.request
         body = json.loads(request.post_data)
-        asked.append({**body, "key_header": request.headers.get("x-api-key")})
+        asked.append({**body, "key_header": request.headers.get(API_KEY_HEADER.lower())})
         key = f"uploads/{body['filename']}"
         fields = {"key": key, "policy": "cG9saWN5", "x-amz-signature": "c2ln"}
         route.fulfill(

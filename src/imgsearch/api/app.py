@@ -27,6 +27,7 @@ from imgsearch.results import (
     IndexFormatError,
     InvalidKey,
     NotIndexed,
+    NotUnderstood,
     StorageFull,
     TooMany,
     UnusableFile,
@@ -113,6 +114,10 @@ def create_app(
     @app.exception_handler(NotIndexed)
     async def no_such_image(request: Request, error: NotIndexed) -> Response:
         return await refuse(request, 404, f"no image {error}")
+
+    @app.exception_handler(NotUnderstood)
+    async def not_understood(request: Request, error: NotUnderstood) -> Response:
+        return await refuse(request, 422, str(error))
 
     @app.exception_handler(InvalidKey)
     async def invalid_key(request: Request, error: InvalidKey) -> Response:

@@ -119,7 +119,7 @@ def interpretation(
         terms=[
             Reading(
                 phrase=r.phrase,
-                source=r.source,  # type: ignore[arg-type]  # the vocabulary's sources
+                source=r.source,
                 confidence=round(r.confidence, 3),
                 note=r.note,
                 classes=labelled(r.classes),

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from imgsearch.results import Reason
+from imgsearch.results import Level, Reason, Source
 
 SESSION_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 IMAGE_ID_PATTERN = r"^[0-9a-f]{16}$"
@@ -98,7 +98,7 @@ class ClassWeight(BaseModel):
 
 class Reading(BaseModel):
     phrase: str = Field(description="The normalised words this reading covers")
-    source: Literal["imagenet", "wordnet", "related", "unknown", "learned"] = Field(
+    source: Source = Field(
         description="imagenet: names a class; wordnet: a word whose meaning covers classes; "
         "related: a guess from related words; unknown: not understood; learned: a word only "
         "votes taught"
@@ -119,9 +119,7 @@ class LearnedSummary(BaseModel):
 class Interpretation(BaseModel):
     query: str = Field(description="The normalised query: the term votes are recorded under")
     confidence: float = Field(description="0..1")
-    level: Literal["high", "low", "none"] = Field(
-        description="high: understood; low: guessed at; none: not understood"
-    )
+    level: Level = Field(description="high: understood; low: guessed at; none: not understood")
     terms: list[Reading]
     classes: list[ClassWeight] = Field(description="The classes searched for, best first")
     learned: LearnedSummary | None = Field(description="What votes taught about the query")

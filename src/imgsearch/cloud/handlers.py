@@ -85,8 +85,8 @@ def apply_message(service: ImageSearch, record: SQSRecord, max_receives: int) ->
     """Apply the events of one message. Errors are raised for a retry, except on the last
     delivery, when the key is recorded as failed instead so that the message leaves the queue.
 
-    Messages that cannot even be parked (unreadable bodies, a catalog that keeps failing)
-    go on raising, and SQS moves them to the dead-letter queue.
+    Messages whose failure cannot even be recorded (unreadable bodies, a catalog that keeps
+    failing) go on raising, and SQS moves them to the dead-letter queue.
     """
     last_delivery = int(record.attributes.approximate_receive_count) >= max_receives
     # S3 sends an s3:TestEvent (no Records) when the notification is configured.

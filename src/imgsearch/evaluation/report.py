@@ -7,15 +7,17 @@ comparison is. Goals are the ones the project's issues set.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from imgsearch.evaluation.collection import LabelledCollection
 from imgsearch.evaluation.keyword import KeywordResult
 from imgsearch.evaluation.metrics import mean_reached, share_never
 from imgsearch.evaluation.similar import KS, RankingResult
 from imgsearch.evaluation.simulated_user import MAX_ROUNDS, MODES, TARGET, UserRun
+
+T = TypeVar("T")
 
 # The study's tables: p@5, p@10, p@20.
 STUDY_LAYER_DISTANCE = {
@@ -189,25 +191,34 @@ def keyword_summary(results: list[KeywordResult]) -> list[list[str]]:
     ]
 
 
-def render_keyword(by_method: dict[str, list[KeywordResult]]) -> str:
-    parts = ["## 3. Keyword search: the label as the query, first page"]
+def method_tables(
+    by_method: Mapping[str, Sequence[T]], headers: list[str], row: Callable[[T], list[str]]
+) -> list[str]:
+    """A table of `row`s per method, each under the method's name when there are several."""
+    parts = []
     for method, results in by_method.items():
         if len(by_method) > 1:
             parts.append(f"### Method: {method}")
-        rows = [
-            [
-                r.label,
-                r.query,
-                " + ".join(r.sources) or "-",
-                r.level,
-                f"{r.confidence:.2f}",
-                "yes" if r.maps else "no",
-                percent(r.precision),
-            ]
-            for r in results
-        ]
-        headers = ["Label", "Query", "Read as", "Level", "Confidence", "Maps", "p@20"]
-        parts.append(table(headers, rows))
+        parts.append(table(headers, [row(r) for r in results]))
+    return parts
+
+
+def render_keyword(by_method: dict[str, list[KeywordResult]]) -> str:
+    parts = ["## 3. Keyword search: the label as the query, first page"]
+    headers = ["Label", "Query", "Read as", "Level", "Confidence", "Maps", "p@20"]
+    parts += method_tables(
+        by_method,
+        headers,
+        lambda r: [
+            r.label,
+            r.query,
+            " + ".join(r.sources) or "-",
+            r.level,
+            f"{r.confidence:.2f}",
+            "yes" if r.maps else "no",
+            percent(r.precision),
+        ],
+    )
     summary_headers = ["Labels", "n", "mean p@20", "no relevant image", "study"]
     parts.append(summary_table(by_method, keyword_summary, summary_headers))
     parts.append(
@@ -249,33 +260,30 @@ def render_feedback(by_method: dict[str, list[UserRun]], configured: str | None 
     parts = [
         f"## 4. Relevance feedback: rounds of votes to p@20 >= {TARGET:.0%} (at most {MAX_ROUNDS})"
     ]
-    for method, runs in by_method.items():
-        if len(by_method) > 1:
-            parts.append(f"### Method: {method}")
-        rows = [
-            [
-                r.label,
-                r.mode,
-                r.query,
-                trail(r),
-                count(r.rounds.first_relevant),
-                count(r.rounds.from_first_query),
-                count(r.rounds.from_first_relevant),
-                str(r.votes),
-            ]
-            for r in runs
-        ]
-        headers = [
-            "Label",
-            "Mode",
-            "Query",
-            "p@20 % per page",
-            "first relevant page",
-            "rounds from first query",
-            "rounds from first relevant",
-            "votes",
-        ]
-        parts.append(table(headers, rows))
+    headers = [
+        "Label",
+        "Mode",
+        "Query",
+        "p@20 % per page",
+        "first relevant page",
+        "rounds from first query",
+        "rounds from first relevant",
+        "votes",
+    ]
+    parts += method_tables(
+        by_method,
+        headers,
+        lambda r: [
+            r.label,
+            r.mode,
+            r.query,
+            trail(r),
+            count(r.rounds.first_relevant),
+            count(r.rounds.from_first_query),
+            count(r.rounds.from_first_relevant),
+            str(r.votes),
+        ],
+    )
     summary_headers = [
         "Mode",
         "labels",

@@ -3,7 +3,7 @@
 "More like this" is answered from these stored lists in one read. When an image arrives it
 gets its own list, and it is offered to the lists of the images near it (an image joins the
 list of every image that now has it among its k nearest). When one leaves, every list that
-held it is recomputed. Lists are checked against brute force in tests/test_index.py.
+held it is recomputed. Lists are checked against brute force in tests/index/test_index.py.
 """
 
 from __future__ import annotations

@@ -6,59 +6,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import ports
 from .base import DirectUploads, LocalCopies, ObjectStore, Table
 from .local import LocalObjectStore, SqliteTable
-from .ports import (
-    ANY_VERSION,
-    MAX_CAS_ATTEMPTS,
-    Delete,
-    Increment,
-    InvalidKey,
-    Item,
-    NotFound,
-    ObjectInfo,
-    PreconditionFailed,
-    PresignedPost,
-    Put,
-    StorageError,
-    StorageFull,
-    StoredObject,
-    TooMuchContention,
-    Write,
-    retry_on_conflict,
-)
+from .ports import *  # noqa: F403  (the ports' vocabulary, listed in ports.__all__)
 
 if TYPE_CHECKING:
     from ..config import Settings
 
 __all__ = [
-    "ANY_VERSION",
-    "MAX_CAS_ATTEMPTS",
     "SQLITE_FILE",
-    "Delete",
     "DirectUploads",
-    "Increment",
-    "InvalidKey",
-    "Item",
     "LocalCopies",
     "LocalObjectStore",
-    "NotFound",
-    "ObjectInfo",
     "ObjectStore",
-    "PreconditionFailed",
-    "PresignedPost",
-    "Put",
     "SqliteTable",
     "Storage",
-    "StorageError",
-    "StorageFull",
-    "StoredObject",
     "Table",
-    "TooMuchContention",
-    "Write",
     "open_storage",
-    "retry_on_conflict",
 ]
+__all__ += ports.__all__
 
 
 SQLITE_FILE = "tables.sqlite3"  # the local catalog and feedback tables, in the data directory

@@ -5,7 +5,7 @@ primitive (`_get`, `_put`, ...) that an adapter fills in: the local adapters (a 
 directory, SQLite) in local.py and the AWS adapters (S3, DynamoDB) in aws.py. So every adapter
 refuses the same keys and writes, and a primitive may take its input as valid. (Powertools'
 idempotency persistence layers are built the same way.) The contract tests in
-tests/test_storage_contract.py run against all of them; nothing else in the core knows which
+tests/storage/test_contract.py run against all of them; nothing else in the core knows which
 one it is talking to. What the keys and items stored through them are: layout.md.
 """
 

@@ -9,6 +9,26 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+__all__ = [  # what the storage package re-exports: the ports' vocabulary
+    "ANY_VERSION",
+    "MAX_CAS_ATTEMPTS",
+    "Delete",
+    "Increment",
+    "InvalidKey",
+    "Item",
+    "NotFound",
+    "ObjectInfo",
+    "PreconditionFailed",
+    "PresignedPost",
+    "Put",
+    "StorageError",
+    "StorageFull",
+    "StoredObject",
+    "TooMuchContention",
+    "Write",
+    "retry_on_conflict",
+]
+
 T = TypeVar("T")
 
 # Attribute values are JSON-like: str, int, float, bool, None, and lists/dicts of those.

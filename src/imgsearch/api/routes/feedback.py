@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 
 from imgsearch.api.deps import Client, Service
 from imgsearch.api.schemas import VoteRequest, VoteResponse, problems
@@ -18,8 +18,5 @@ def vote(service: Service, client: Client, body: VoteRequest) -> VoteResponse:
     (source addresses) agree. Bounded per session and per client, per minute (429).
     """
     service.check_vote_rate(client, body.session)
-    try:
-        term = service.vote(body.query, body.image_id, body.vote, body.session, client)
-    except ValueError as error:
-        raise HTTPException(422, detail=str(error)) from None
+    term = service.vote(body.query, body.image_id, body.vote, body.session, client)
     return VoteResponse(status="ok", term=term)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, Path
 
 from imgsearch.api import presenters
 from imgsearch.api.auth import ApiKey
@@ -25,20 +25,13 @@ ClientName = Annotated[
 def learned_term(_: ApiKey, service: Service, term: Term) -> LearnedTerm:
     """What votes taught about a term: per image, how many clients agree, and its weight for
     visitors other than the voters."""
-    try:
-        report = service.learned(term)
-    except ValueError as error:
-        raise HTTPException(422, detail=str(error)) from None
-    return presenters.learned_term(report)
+    return presenters.learned_term(service.learned(term))
 
 
 @router.delete("/terms/{term}", response_model=TermReset)
 def reset_term(_: ApiKey, service: Service, term: Term) -> TermReset:
     """Forget every vote on a term: everyone sees it as before anyone voted."""
-    try:
-        reset, removed = service.reset_term(term)
-    except ValueError as error:
-        raise HTTPException(422, detail=str(error)) from None
+    reset, removed = service.reset_term(term)
     return TermReset(term=reset, votes_removed=removed)
 
 
@@ -46,8 +39,5 @@ def reset_term(_: ApiKey, service: Service, term: Term) -> TermReset:
 def drop_client(_: ApiKey, service: Service, client: ClientName) -> ClientDropped:
     """Remove every vote one client cast, on every term, and its voices from what terms
     learned; name it by its id (as `GET /api/terms/{term}` lists voters) or its IP address."""
-    try:
-        dropped, removed = service.drop_client(client)
-    except ValueError as error:
-        raise HTTPException(422, detail=str(error)) from None
+    dropped, removed = service.drop_client(client)
     return ClientDropped(client=dropped, votes_removed=removed)
