@@ -42,7 +42,7 @@ CATEGORIES = ("elephant", "pizza", "chair", "lotus", "watch", "camera")
 # and with the manifest switched but the batch's neighbour lists not written nor its queue
 # items cleared.
 KILL_POINTS = {
-    "before_manifest": ("imgsearch.index.builder", "write_manifest"),
+    "before_manifest": ("imgsearch.index.shard_writer", "write_manifest"),
     "before_neighbour_lists": ("imgsearch.catalog.Catalog", "put_neighbour_lists"),
 }
 
