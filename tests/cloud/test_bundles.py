@@ -29,7 +29,14 @@ import pytest
 from moto.server import ThreadedMotoServer
 from support.aws_resources import configure_notifications, create_queues, function_environment
 from support.demo import REPO, demo_image
-from support.lambda_events import API_HOST, QueuePoller, authorizer_event, http_event, route_for
+from support.lambda_events import (
+    API_HOST,
+    QueuePoller,
+    authorizer_event,
+    http_event,
+    route_for,
+    scheduled_event,
+)
 from support.openapi import API_KEY_HEADER
 
 from imgsearch.storage.aws_resources import create_bucket, create_tables, load_template
@@ -186,6 +193,7 @@ def test_every_handler_runs_on_its_own_bundle(bundles: dict, moto_server: str, t
             "IMGSEARCH_ASSETS_DIR": str(box.opt / "assets"),
             "IMGSEARCH_CACHE_DIR": str(tmp_path / function / "tmp"),
             "IMGSEARCH_TRUSTED_PROXIES": "[]",  # the TrustedProxies parameter's default
+            "IMGSEARCH_VECTOR_BUCKET": "sandbox-vectors",  # unused: VectorEngine's default
             **tables,
         }
         logical = f"{function.title()}Function"  # the template's logical id
@@ -221,6 +229,7 @@ def test_every_handler_runs_on_its_own_bundle(bundles: dict, moto_server: str, t
     pizza = json.loads(listed["response"]["body"])["results"][0]["id"]
     deleted = invoke("change", _request("DELETE", f"/api/images/{pizza}", ""))
     assert deleted["response"]["statusCode"] == 204, deleted["response"]
+    invoke("embed", scheduled_event())  # the removal is queued; the schedule applies it
     health = invoke("search", _request("GET", "/api/health", ""))
     assert json.loads(health["response"]["body"])["images"] == 1
 

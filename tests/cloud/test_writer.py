@@ -25,7 +25,7 @@ import requests
 from cloud.test_embed_handler import BUCKET, s3_record, sqs_event
 from moto.server import ThreadedMotoServer
 from support.demo import REPO, demo_image
-from support.lambda_events import FakeContext, lambda_logging, load_function
+from support.lambda_events import FakeContext, lambda_logging, load_function, scheduled_event
 
 from imgsearch.config import get_settings
 from imgsearch.index.builder import LEASE_SECONDS
@@ -108,21 +108,6 @@ def moto_server(monkeypatch, tmp_path):
     finally:
         get_settings.cache_clear()
         server.stop()
-
-
-def scheduled_event() -> dict:
-    """What EventBridge sends the embed function on its schedule."""
-    return {
-        "version": "0",
-        "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
-        "detail-type": "Scheduled Event",
-        "source": "aws.events",
-        "account": "123456789012",
-        "time": "2026-12-01T22:00:00Z",
-        "region": "us-east-1",
-        "resources": ["arn:aws:events:us-east-1:123456789012:rule/imgsearch-DrainIndexQueue"],
-        "detail": {},
-    }
 
 
 @pytest.mark.parametrize("kill_point", list(KILL_POINTS))

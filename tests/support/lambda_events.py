@@ -138,6 +138,21 @@ class QueuePoller:
         raise AssertionError(f"the queue was not empty after {max_invocations} invocations")
 
 
+def scheduled_event() -> dict[str, Any]:
+    """What EventBridge sends the embed function on its schedule."""
+    return {
+        "version": "0",
+        "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "123456789012",
+        "time": "2026-12-01T22:00:00Z",
+        "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/imgsearch-DrainIndexQueue"],
+        "detail": {},
+    }
+
+
 # API Gateway (HTTP API, payload format 2.0) ----------------------------------------------------
 
 
