@@ -389,6 +389,9 @@ def _run(result: Run, wire: Wire, scratch: Path, args: argparse.Namespace) -> No
 
     # Cold starts: a fresh module, as Lambda's init, then (search) one query.
     for name in ("search", "embed"):
+        # A new sandbox has an empty /tmp: nothing cached by the functions before it.
+        os.environ["IMGSEARCH_CACHE_DIR"] = str(scratch / f"cold-{name}")
+        get_settings.cache_clear()
         tally = Tally()
         with wire.counting(tally):
             began, cpu = time.perf_counter(), time.thread_time()
