@@ -229,6 +229,7 @@ def test_checkov_finds_nothing_unjustified(checkov_path: Path) -> None:
         assert len(check["check_result"].get("suppress_comment", "")) > 20, check["check_id"]
 
 
+@pytest.mark.model  # the indexes' dimensions are the real model's
 def test_the_vector_indexes_fit_the_model_and_only_its_users_may_query_them(
     translated, embedder
 ) -> None:

@@ -27,6 +27,9 @@ from imgsearch.config import Settings
 from imgsearch.index.shards import normalise_rows, posted_probabilities
 from imgsearch.service import ImageSearch
 
+# Both engines build and query hundreds of vectors, S3 Vectors through moto: about 1.5 minutes.
+pytestmark = pytest.mark.slow
+
 ENGINES = ["annoy", "s3vectors"]
 _numbers = itertools.count()
 
