@@ -64,7 +64,7 @@ class Calls:
             _, service, operation = event_name.split(".", 2)
             # The lease's writes (taken, renewed every 5 s by the heartbeat, released) come
             # from another thread, in whatever phase runs; more of them on a slower machine.
-            key = params.get("Key") or params.get("Item") or {}
+            key = (params.get("Key") or params.get("Item") or {}) if service == "dynamodb" else {}
             phase = "index lease" if key.get("pk") == {"S": "lease"} else self.phase
             self.counts.setdefault(phase, Counter())[f"{service}.{operation}"] += 1
 
@@ -149,7 +149,7 @@ def measure(size: int, args: argparse.Namespace) -> tuple[int, dict[str, Counter
     Neighbourhoods.update = counted_update  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory() as scratch, mock_aws():
         boto3.setup_default_session()  # after moto's start, which resets it
-        boto3.DEFAULT_SESSION.events.register("before-call", calls)
+        boto3.DEFAULT_SESSION.events.register("before-parameter-build", calls)
         settings = Settings(
             backend="aws",
             bucket=BUCKET,
