@@ -41,7 +41,7 @@ CATEGORIES = ("elephant", "pizza", "chair", "lotus", "watch", "camera")
 # and with the manifest switched but the batch's neighbour lists not written nor its queue
 # items cleared.
 KILL_POINTS = {
-    "before_manifest": ("imgsearch.index.builder", "write_manifest"),
+    "before_manifest": ("imgsearch.index.shard_writer", "write_manifest"),
     "before_neighbour_lists": ("imgsearch.catalog.Catalog", "put_neighbour_lists"),
 }
 
@@ -124,6 +124,7 @@ def scheduled_event() -> dict:
     }
 
 
+@pytest.mark.model  # the embed function loads the model
 @pytest.mark.parametrize("kill_point", list(KILL_POINTS))
 def test_a_writer_killed_mid_batch_loses_nothing_and_the_next_invocation_finishes(
     kill_point, moto_server, tmp_path
