@@ -719,13 +719,13 @@ def rate_of(r: Run, concurrency: int) -> float:
 
 
 def extrapolate_cold(runs: list[Run]) -> dict[str, tuple[float, int, int]]:
-    """The largest measured run's cold start per engine and function."""
+    """The largest measured run's cold start per engine and function (Lambda's seconds)."""
     largest: dict[str, tuple[float, int, int]] = {}
     for r in runs:
-        for name, (seconds, tally) in r.cold.items():
+        for name, (_, tally) in r.cold.items():
             key = f"{r.engine}:{name}"
             if key not in largest or largest[key][2] < r.size:
-                largest[key] = (seconds, tally.received, r.size)
+                largest[key] = (r.cold_model[name], tally.received, r.size)
     return largest
 
 
