@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+READY = ("ready", None)  # what a new worker sends once it can decode
+START_SECONDS = 30.0  # for a worker to start; a decode's deadline counts from then
+
 
 class DecoderBusy(Exception):
     """Every worker is busy and enough callers already wait: try again in `retry_after` s."""
@@ -227,8 +230,11 @@ class _Worker:
         )
         self.process.start()
         child.close()
+        self._ready = False
 
     def run(self, job: tuple[bytes, DecodeLimits, int | None], deadline: float) -> _Outcome:
+        if not self._started():
+            return self._lost()
         try:
             self.connection.send(job)
         except OSError:  # the worker died while idle
@@ -247,6 +253,17 @@ class _Worker:
         reason, message = value
         # A worker that ran out of memory is replaced: its heap may stay fragmented.
         return _Outcome(error=ImageRefused(reason, message), worker_lost=reason == "too_costly")
+
+    def _started(self) -> bool:
+        """Wait for a new worker to say it is ready: its start (an interpreter, Pillow, NumPy;
+        seconds on a loaded machine) must not count against a decode's deadline."""
+        if self._ready:
+            return True
+        try:
+            self._ready = self.connection.poll(START_SECONDS) and self.connection.recv() == READY
+        except (EOFError, OSError):
+            return False
+        return self._ready
 
     def _lost(self) -> _Outcome:
         """The worker died mid-decode: killed for its memory (by the kernel), or crashed."""
@@ -269,6 +286,7 @@ def _serve(connection: Connection, memory_cap: int | None) -> None:
     """A worker's loop: decode each job it receives, answer with the image or the refusal."""
     if memory_cap:
         _cap_address_space(memory_cap)
+    connection.send(READY)
     while True:
         try:
             data, limits, draft_size = connection.recv()
