@@ -125,7 +125,6 @@ def scheduled_event() -> dict:
     }
 
 
-@pytest.mark.model  # the embed function loads the model
 @pytest.mark.parametrize("kill_point", list(KILL_POINTS))
 def test_a_writer_killed_mid_batch_loses_nothing_and_the_next_invocation_finishes(
     kill_point, moto_server, tmp_path
