@@ -483,7 +483,9 @@ class ImageSearch:
         )
 
     def similar(self, image_id: str, *, limit: int = 20, offset: int = 0) -> list[Hit]:
-        """Images most like an indexed one ("more like this"). Raises NotIndexed."""
+        """Images most like an indexed one ("more like this"). Raises NotIndexed, also for an
+        image removed whose removal the index has not applied yet."""
+        self._existing(image_id)
         parts = self.parts
         parts.index.refresh()
         hits = similar_images(

@@ -303,6 +303,7 @@ def test_delete_only_queues_the_removal_from_the_index(service, client) -> None:
     assert image_id not in [r["id"] for r in results]  # ...but gone from every answer
     similar = client.get(f"/api/images/{other}/similar").json()["results"]
     assert image_id not in [r["id"] for r in similar]
+    assert client.get(f"/api/images/{image_id}/similar").status_code == 404  # its own, too
     assert image_id not in [r["id"] for r in client.get("/api/images").json()["results"]]
     service.build_index()  # the next build: serve's background writer, the cloud's schedule
     assert image_id not in service.parts.index and not service.parts.catalog.pending()

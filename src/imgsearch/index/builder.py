@@ -271,9 +271,10 @@ class IndexBuilder:
             item.image_id for item in batch if item.op == "add" and item.image_id in self.index
         ]
         self.catalog.mark_indexed(in_index)
-        # Neighbour lists are written without conditions (in batches): only by a holder.
+        # Neighbour lists are written without conditions (in batches): only by a holder, so
+        # the lease is checked before each group's write (a long update may outlive it).
+        self.neighbourhoods.update(in_index, removed, before_write=lambda: _still_held(lease))
         _still_held(lease)
-        self.neighbourhoods.update(in_index, removed)
         for item in batch:
             self.catalog.clear_pending(item)
         report.batches += 1

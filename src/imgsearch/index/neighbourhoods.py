@@ -14,7 +14,7 @@ new image. `bench/writer_cost.py` counts the requests per image.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -48,21 +48,31 @@ class Neighbourhoods:
             return []
         return _rounded(self.index.nearest(vector, self.k, exclude={image_id}))
 
-    def update(self, added: Iterable[str], removed: Mapping[str, np.ndarray]) -> None:
+    def update(
+        self,
+        added: Iterable[str],
+        removed: Mapping[str, np.ndarray],
+        *,
+        before_write: Callable[[], None] = lambda: None,
+    ) -> None:
         """Bring every list up to date after `added` joined and `removed` (id -> vector) left.
 
         Call it after the index has been refreshed to include the change. Idempotent: running
-        it again for the same change leaves the lists as they are.
+        it again for the same change leaves the lists as they are. `before_write` runs before
+        each group's (unconditional) write: the builder's check that it still holds its lease.
         """
         # Only those still in the index: one removed again meanwhile has no vector.
         vectors = self.index.vectors(added)  # in batches on an engine over the network
         ids = list(vectors)
         for start in range(0, max(len(ids), 1), GROUP):
             group = {i: vectors[i] for i in ids[start : start + GROUP]}
-            self._update_group(group, removed if start == 0 else {})
+            self._update_group(group, removed if start == 0 else {}, before_write)
 
     def _update_group(
-        self, vectors: Mapping[str, np.ndarray], removed: Mapping[str, np.ndarray]
+        self,
+        vectors: Mapping[str, np.ndarray],
+        removed: Mapping[str, np.ndarray],
+        before_write: Callable[[], None],
     ) -> None:
         """New lists for `vectors`' images, offers of them to their neighbours' lists, and
         lists that held a `removed` image recomputed: read together, written together."""
@@ -97,6 +107,7 @@ class Neighbourhoods:
             current, version = stored.get(image_id, ([], 0))
             if image_id not in stored or neighbours != current:  # stored even when empty
                 changed[image_id] = (neighbours, version)
+        before_write()
         self.catalog.put_neighbour_lists(changed)
         for image_id in removed:
             self.catalog.delete_neighbours(image_id)
