@@ -76,7 +76,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "bench"), str(REPO / "tests")]
 
 import boto3  # noqa: E402
-from index_scale import real_embeddings, synthesise  # noqa: E402
+from index_scale import real_embeddings, synthesise, synthetic_record  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 from support.aws_resources import (  # noqa: E402
     configure_notifications,
@@ -87,7 +87,6 @@ from support.lambda_events import ApiGateway, QueuePoller, lambda_logging, load_
 from support.s3vectors import create_vector_indexes, install_query_vectors  # noqa: E402
 
 from imgsearch.bulk import files_under  # noqa: E402
-from imgsearch.catalog import ImageRecord  # noqa: E402
 from imgsearch.config import ASSETS_DIR, Settings, get_settings  # noqa: E402
 from imgsearch.index.shards import ShardData  # noqa: E402
 from imgsearch.service import ImageSearch  # noqa: E402
@@ -248,17 +247,7 @@ def populate(service: ImageSearch, size: int, seed: int) -> None:
     table = service.parts.storage.catalog
     puts = []
     for image_id, probs in zip(ids, probabilities, strict=True):
-        top = np.argsort(-probs.astype(np.float32))[:5]
-        record = ImageRecord(
-            image_id,
-            (f"synthetic/{image_id}.jpg",),
-            640,
-            480,
-            "JPEG",
-            50_000,
-            tuple((int(c), float(probs[c])) for c in top),
-            status="indexed",
-        )
+        record = synthetic_record(image_id, probs)
         puts.append(Put(f"image#{image_id}", "meta", record.attrs(), 0))
     table.put_many(puts)
     index, writer = service.parts.index, service.parts.builder.writer

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from imgsearch.bulk import files_under
+from imgsearch.catalog import ImageRecord
 from imgsearch.config import Settings
 from imgsearch.embedding import Embedder, ModelSpec
 from imgsearch.images import DecodeLimits, ImageRefused, decode_image
@@ -78,6 +79,21 @@ def synthesise(
         soft = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs[rows] = (soft / soft.sum(axis=1, keepdims=True)).astype(np.float16)
     return out, probs
+
+
+def synthetic_record(image_id: str, probabilities: np.ndarray) -> ImageRecord:
+    """The catalog record of a synthesised, indexed image: its top 5 classes."""
+    top = np.argsort(-probabilities.astype(np.float32))[:5]
+    return ImageRecord(
+        image_id,
+        (f"synthetic/{image_id}.jpg",),
+        640,
+        480,
+        "JPEG",
+        50_000,
+        tuple((int(c), float(probabilities[c])) for c in top),
+        status="indexed",
+    )
 
 
 def build_index(

@@ -34,10 +34,10 @@ import numpy as np
 from moto import mock_aws
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from index_scale import real_embeddings, synthesise
+from index_scale import real_embeddings, synthesise, synthetic_record
 
 from imgsearch.bulk import files_under
-from imgsearch.catalog import ImageRecord, Published
+from imgsearch.catalog import Published
 from imgsearch.config import Settings
 from imgsearch.index.manifest import Manifest, ShardEntry, write_manifest
 from imgsearch.index.neighbourhoods import Neighbourhoods
@@ -83,17 +83,7 @@ def populate(service: ImageSearch, size: int, seed: int) -> None:
     ids = [f"{i:016x}" for i in range(size)]
     table, store = service.parts.storage.catalog, service.parts.storage.objects
     for image_id, probs in zip(ids, probabilities, strict=True):
-        top = np.argsort(-probs.astype(np.float32))[:5]
-        record = ImageRecord(
-            image_id,
-            (f"synthetic/{image_id}.jpg",),
-            640,
-            480,
-            "JPEG",
-            50_000,
-            tuple((int(c), float(probs[c])) for c in top),
-            status="indexed",
-        )
+        record = synthetic_record(image_id, probs)
         table.put(f"image#{image_id}", "meta", record.attrs(), expected_version=0)
     settings = service.settings
     shards = []
