@@ -185,7 +185,12 @@ def test_first_page_weaves_a_spread_into_weak_guesses() -> None:
     first = [h.image_id for h in weak[:20]]
     assert first[:4] == ["g0", "s0", "g1", "s1"]  # half and half, woven
     assert sum(i.startswith("g") for i in first) == 10
-    assert [h.image_id for h in weak[20:]] == [f"g{i}" for i in range(10, 30)]
+    # Then the remaining guesses, then the remaining picks of the spread.
+    assert [h.image_id for h in weak[20:]] == [f"g{i}" for i in range(10, 30)] + [
+        f"s{i}" for i in range(10, 20)
+    ]
+    assert {h.tier for h in weak if h.reason == "explore"} == {"explore"}
+    assert {h.tier for h in weak if h.reason == "keyword"} == {"guess"}
     rejected = explore_page(guesses, spread, "low", rejected=20)
     assert sum(h.image_id.startswith("g") for h in rejected[:20]) == 5
     scores = [h.score for h in weak]
