@@ -605,7 +605,7 @@ class Vocabulary:
             reading,
             weights,
             self._describes(word_id, bool(names) or exact),
-            _relative(senses, excluding=names),
+            _relative(senses),
         )
 
     def _describes(self, word_id: int | None, names_a_class: bool) -> bool:
@@ -787,17 +787,15 @@ class _Understood:
 
 
 def _relative(
-    senses: list[tuple[tuple[int, ...], float]], *, excluding: set[int]
+    senses: list[tuple[tuple[int, ...], float]],
 ) -> tuple[tuple[tuple[int, ...], float], ...]:
-    """Senses with their weights relative to the likeliest (1); a sense that is only a class
-    the phrase names already counts as that name."""
-    kept = [
-        (classes, w)
-        for classes, w in senses
-        if not (len(classes) == 1 and w < 1.0 and classes[0] in excluding)
-    ]
-    top = max((w for _, w in kept), default=1.0) or 1.0
-    return tuple((classes, min(1.0, w / top)) for classes, w in kept)
+    """Senses with their weights relative to the likeliest (1), each set of classes once (the
+    first: a class the phrase names comes before WordNet's sense of it)."""
+    kept: dict[tuple[int, ...], float] = {}
+    for classes, weight in senses:
+        kept.setdefault(classes, weight)
+    top = max(kept.values(), default=1.0) or 1.0
+    return tuple((classes, min(1.0, w / top)) for classes, w in kept.items())
 
 
 def _emoji_words(ch: str) -> str:
