@@ -79,7 +79,7 @@ class Result(BaseModel):
     tier: Tier | None = Field(
         None,
         description="Text searches only. match: the collection's evidence says the image shows "
-        "what the words name (a class of theirs with probability >= 0.5, or voted relevant in "
+        "what the words name (a class of theirs with probability >= 0.3, or voted relevant in "
         "this session); guess: ranked by the words, less surely; explore: shown to cover the "
         "collection's kinds of pictures. Matches come first",
     )
@@ -104,7 +104,7 @@ class ClassWeight(BaseModel):
     photos: int | None = Field(
         None,
         description="How many photos of the collection the class describes with probability "
-        ">= 0.5 (counted up to 200); in the combined `classes` of a text search only",
+        ">= 0.3 (counted up to 200); in the combined `classes` of a text search only",
     )
 
 
