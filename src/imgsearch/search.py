@@ -117,7 +117,15 @@ def text_search(
         confident = set(matched) | set(taught.pinned)
         hits = [replace(h, tier="match" if h.image_id in confident else "guess") for h in hits]
     else:
-        hits = first_pages(index, interpretation.level, weights, matched, hidden, wanted)
+        hits = first_pages(
+            index,
+            interpretation.level,
+            weights,
+            matched,
+            hidden,
+            wanted,
+            interpretation.confidence,
+        )
         confident = set(matched)
     learned = None
     if taught is not None:
@@ -188,6 +196,7 @@ def first_pages(
     matched: list[tuple[str, float]],
     hidden: set[str],
     wanted: int,
+    confidence: float = 1.0,
 ) -> list[Hit]:
     """Before any relevant vote: the confident matches, then what fills the first page (the
     words' classes if understood, else guesses woven with exploration), then the rest."""
@@ -208,6 +217,7 @@ def first_pages(
             level,
             rejected=len(hidden),
             page=room or FIRST_PAGE,
+            confidence=confidence,
         )
     top = first[-1].score if first else None
     return first + [
@@ -286,6 +296,7 @@ def explore_page(
     *,
     rejected: int = 0,
     page: int = FIRST_PAGE,
+    confidence: float = 1.0,
 ) -> list[Hit]:
     """The keyword guesses, with a spread of the collection woven into the first page.
 
@@ -293,10 +304,13 @@ def explore_page(
     guessed at ("low"), half the first page shows the collection's variety instead (weak
     guesses are often right, but a spread of the collection covers its kinds of pictures), so
     that something relevant appears and one vote can start the learning; words not understood
-    at all ("none") get only the variety. Each page of `rejected` guesses halves the guesses'
-    share. Beyond the first page come the remaining guesses, then the remaining picks.
+    at all ("none") get only the variety. The guesses' share is at most the words'
+    `confidence`: a word read at 0.2 gets 4 guesses and 16 picks, enough to show most kinds of
+    pictures of a collection on the first page (measured on scene15: labels with no relevant
+    photo on it went from 5 of 15 to 2). Each page of `rejected` guesses halves the share.
+    Beyond the first page come the remaining guesses, then the remaining picks.
     """
-    share = GUESS_SHARE[level] * 0.5 ** (rejected / page)
+    share = min(GUESS_SHARE[level], confidence) * 0.5 ** (rejected / page)
     n_guesses = min(len(guesses), round(page * share))
     explore = [i for i in spread if i not in {g for g, _ in guesses[:n_guesses]}]
     n_explore = min(len(explore), page - n_guesses)
