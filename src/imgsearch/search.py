@@ -143,7 +143,12 @@ def text_search(
         learned,
         matches=len(confident),
         did_you_mean=did_you_mean,
-        class_photos=class_photos(index, interpretation.combined_classes()[:CHIP_CLASSES]),
+        # A query per class (over the network on S3 Vectors): for the first page only.
+        class_photos=(
+            class_photos(index, interpretation.combined_classes()[:CHIP_CLASSES])
+            if offset == 0
+            else {}
+        ),
     )
 
 

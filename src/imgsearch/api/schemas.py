@@ -104,7 +104,8 @@ class ClassWeight(BaseModel):
     photos: int | None = Field(
         None,
         description="How many photos of the collection the class describes with probability "
-        ">= 0.3 (counted up to 200); in the combined `classes` of a text search only",
+        ">= 0.3 (counted up to 200); in the combined `classes` of a text search's first page "
+        "(offset 0) only",
     )
 
 
