@@ -235,6 +235,7 @@ class LocalObjectStore(ObjectStore):
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 BUSY_TIMEOUT_SECONDS = 30.0
 QUERY_PAGE_SIZE = 500  # rows per SELECT, so a long query holds no read snapshot open
+GET_MANY_KEYS = 100  # keys per SELECT of `get_many` (as many as a BatchGetItem takes)
 PURGE_INTERVAL_SECONDS = 60.0  # how often a writer deletes expired items (see _purge)
 _EXPIRES = "json_extract(attrs, '$.expires_at')"
 
@@ -314,12 +315,21 @@ class SqliteTable(Table):
             return self._apply_put(connection, pk, sk, attrs, expected_version)
 
     def _get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+        # One statement per GET_MANY_KEYS keys (a page of results is one), not one per key.
         connection = self._connection()
         found = {}
-        for pk, sk in keys:
-            current = self._read(connection, pk, sk)
-            if current is not None:
-                found[pk, sk] = _item(pk, sk, *current)
+        for start in range(0, len(keys), GET_MANY_KEYS):
+            chunk = keys[start : start + GET_MANY_KEYS]
+            # The keys drive the join (CROSS JOIN: SQLite keeps that order), a lookup by primary
+            # key each; `(pk, sk) IN (VALUES ...)` would scan the whole table.
+            rows = connection.execute(
+                f"SELECT pk, sk, version, attrs FROM (VALUES {', '.join(['(?, ?)'] * len(chunk))})"
+                f" AS wanted CROSS JOIN {self._quoted_name}"
+                " ON pk = wanted.column1 AND sk = wanted.column2",
+                [part for key in chunk for part in key],
+            ).fetchall()
+            for pk, sk, version, attrs in rows:
+                found[pk, sk] = _item(pk, sk, version, json.loads(attrs))
         return found
 
     def _put_many(self, puts: Sequence[Put]) -> None:
