@@ -7,6 +7,8 @@ import re
 from collections.abc import Iterable, Sequence
 
 from fastapi import Request
+from fastapi.responses import Response
+from pydantic import BaseModel
 
 from imgsearch.api.schemas import (
     ClassScore,
@@ -43,6 +45,15 @@ def url_base(request: Request) -> str:
     if host and host["name"].strip("[]") in settings.trusted_hosts:
         return f"{request.url.scheme}://{host[0]}{root}"
     return root
+
+
+def json_response(model: BaseModel) -> Response:
+    """`model` as the JSON response FastAPI makes of a route's `response_model` (the same
+    bytes: pydantic's serialiser, the same headers), made in the route's own thread. Returned
+    as the model, it would be validated again and serialised in a second trip through the
+    thread pool, which costs a fast answer (a keyword search, "more like this") a third of its
+    time."""
+    return Response(model.model_dump_json(by_alias=True), media_type="application/json")
 
 
 class ImageUrls:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 
 from imgsearch.api import presenters
 from imgsearch.api.deps import Service, read_upload
@@ -26,7 +27,7 @@ def search(
         list[int],
         Query(max_length=50, description="Class ids (from `interpretation`) to leave out"),
     ] = (),  # type: ignore[assignment]  # FastAPI takes any sequence as a list's default
-) -> SearchResponse:
+) -> Response:
     """Images for words, best first; `interpretation` says how the words were understood."""
     classes = len(service.class_names)
     if any(not 0 <= c < classes for c in exclude):
@@ -34,12 +35,14 @@ def search(
     found = service.search_text(
         q, limit=limit, offset=offset, session=session, exclude_classes=set(exclude)
     )
-    return SearchResponse(
-        query=found.interpretation.query,
-        interpretation=presenters.interpretation(
-            service.class_names, found.interpretation, found.learned
-        ),
-        results=presenters.results(request, service, found.hits),
+    return presenters.json_response(
+        SearchResponse(
+            query=found.interpretation.query,
+            interpretation=presenters.interpretation(
+                service.class_names, found.interpretation, found.learned
+            ),
+            results=presenters.results(request, service, found.hits),
+        )
     )
 
 
@@ -57,7 +60,7 @@ async def search_by_image(
         ),
     ] = None,
     session: Annotated[str | None, Form(pattern=SESSION_PATTERN)] = None,
-) -> ImageSearchResponse:
+) -> Response:
     """Reverse image search: images most like an uploaded photo (which is not stored).
 
     With `query`, the photo is an example of that word: the response gives the word as votes
@@ -65,10 +68,12 @@ async def search_by_image(
     """
     data = await read_upload(file, service)
 
-    def search() -> ImageSearchResponse:  # storage and the model block: off the event loop
+    def search() -> Response:  # storage and the model block: off the event loop
         found = service.search_image(data, limit=limit, offset=offset, query=query, session=session)
-        return ImageSearchResponse(
-            query=found.term, results=presenters.results(request, service, found.hits)
+        return presenters.json_response(
+            ImageSearchResponse(
+                query=found.term, results=presenters.results(request, service, found.hits)
+            )
         )
 
     return await run_in_threadpool(search)
