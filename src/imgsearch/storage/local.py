@@ -315,21 +315,23 @@ class SqliteTable(Table):
             return self._apply_put(connection, pk, sk, attrs, expected_version)
 
     def _get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
-        # One statement per GET_MANY_KEYS keys (a page of results is one), not one per key.
+        # One statement per sort key and GET_MANY_KEYS partition keys (a page of results is
+        # one), each key a lookup by primary key, not one statement per key.
         connection = self._connection()
+        by_sort_key: dict[str, list[str]] = {}
+        for pk, sk in keys:
+            by_sort_key.setdefault(sk, []).append(pk)
         found = {}
-        for start in range(0, len(keys), GET_MANY_KEYS):
-            chunk = keys[start : start + GET_MANY_KEYS]
-            # The keys drive the join (CROSS JOIN: SQLite keeps that order), a lookup by primary
-            # key each; `(pk, sk) IN (VALUES ...)` would scan the whole table.
-            rows = connection.execute(
-                f"SELECT pk, sk, version, attrs FROM (VALUES {', '.join(['(?, ?)'] * len(chunk))})"
-                f" AS wanted CROSS JOIN {self._quoted_name}"
-                " ON pk = wanted.column1 AND sk = wanted.column2",
-                [part for key in chunk for part in key],
-            ).fetchall()
-            for pk, sk, version, attrs in rows:
-                found[pk, sk] = _item(pk, sk, version, json.loads(attrs))
+        for sk, pks in by_sort_key.items():
+            for start in range(0, len(pks), GET_MANY_KEYS):
+                chunk = pks[start : start + GET_MANY_KEYS]
+                rows = connection.execute(
+                    f"SELECT pk, version, attrs FROM {self._quoted_name}"
+                    f" WHERE sk = ? AND pk IN ({', '.join('?' * len(chunk))})",
+                    (sk, *chunk),
+                ).fetchall()
+                for pk, version, attrs in rows:
+                    found[pk, sk] = _item(pk, sk, version, json.loads(attrs))
         return found
 
     def _put_many(self, puts: Sequence[Put]) -> None:
