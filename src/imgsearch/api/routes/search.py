@@ -5,20 +5,18 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from imgsearch.api import presenters
-from imgsearch.api.deps import Service, read_upload
+from imgsearch.api.deps import Service, get_service, off_the_loop, read_upload
 from imgsearch.api.schemas import SESSION_PATTERN, ImageSearchResponse, SearchResponse, problems
 
 router = APIRouter(prefix="/search", tags=["search"], responses=problems(415, 422, 503))
 
 
 @router.get("", response_model=SearchResponse)
-def search(
+async def search(
     request: Request,
-    service: Service,
     q: Annotated[str, Query(min_length=1, max_length=200, description="Words to search for")],
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
@@ -29,21 +27,26 @@ def search(
     ] = (),  # type: ignore[assignment]  # FastAPI takes any sequence as a list's default
 ) -> Response:
     """Images for words, best first; `interpretation` says how the words were understood."""
-    classes = len(service.class_names)
-    if any(not 0 <= c < classes for c in exclude):
-        raise HTTPException(422, detail=f"exclude: class ids are 0..{classes - 1}")
-    found = service.search_text(
-        q, limit=limit, offset=offset, session=session, exclude_classes=set(exclude)
-    )
-    return presenters.json_response(
-        SearchResponse(
-            query=found.interpretation.query,
-            interpretation=presenters.interpretation(
-                service.class_names, found.interpretation, found.learned
-            ),
-            results=presenters.results(request, service, found.hits),
+    service = get_service(request)  # not a dependency: each costs a fast answer its share
+
+    def answer() -> Response:  # storage and numpy block: off the event loop
+        classes = len(service.class_names)
+        if any(not 0 <= c < classes for c in exclude):
+            raise HTTPException(422, detail=f"exclude: class ids are 0..{classes - 1}")
+        found = service.search_text(
+            q, limit=limit, offset=offset, session=session, exclude_classes=set(exclude)
         )
-    )
+        return presenters.json_response(
+            SearchResponse(
+                query=found.interpretation.query,
+                interpretation=presenters.interpretation(
+                    service.class_names, found.interpretation, found.learned
+                ),
+                results=presenters.results(request, service, found.hits),
+            )
+        )
+
+    return await off_the_loop(answer)
 
 
 @router.post("/image", response_model=ImageSearchResponse)
@@ -76,4 +79,4 @@ async def search_by_image(
             )
         )
 
-    return await run_in_threadpool(search)
+    return await off_the_loop(search)
