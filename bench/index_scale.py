@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -216,18 +217,24 @@ def build_faiss(real: tuple[np.ndarray, np.ndarray], size: int, scratch: Path) -
     return index, seconds, size_bytes
 
 
+Search = Callable[[np.ndarray], list[int]]
+
+
 def latencies(
-    search: Callable[[np.ndarray], list[int]], queries: np.ndarray, threads: int
-) -> tuple[list[float], list[list[int]]]:
-    """Each query's time (ms) and answer, the queries shared among `threads` threads."""
-    times: list[float] = [0.0] * len(queries)
-    answers: list[list[int]] = [[] for _ in queries]
+    engines: list[Search], queries: np.ndarray, threads: int
+) -> tuple[list[list[float]], list[list[list[int]]]]:
+    """Per engine, each query's time (ms) and answer, the queries shared among `threads`
+    threads. Each query is asked of every engine in turn, so that a machine whose load changes
+    (it is shared) slows them alike and their ratio holds."""
+    times = [[0.0] * len(queries) for _ in engines]
+    answers: list[list[list[int]]] = [[[] for _ in queries] for _ in engines]
 
     def work(offset: int) -> None:
         for position in range(offset, len(queries), threads):
-            started = time.perf_counter()
-            answers[position] = search(queries[position])
-            times[position] = (time.perf_counter() - started) * 1000
+            for number, search in enumerate(engines):
+                started = time.perf_counter()
+                answers[number][position] = search(queries[position])
+                times[number][position] = (time.perf_counter() - started) * 1000
 
     workers = [threading.Thread(target=work, args=(offset,)) for offset in range(threads)]
     for worker in workers:
@@ -237,42 +244,45 @@ def latencies(
     return times, answers
 
 
-def row(
-    size: int,
-    engine: str,
-    shards: int,
-    build_seconds: float,
-    total_bytes: int,
-    search: Callable[[np.ndarray], list[int]],
-    queries: np.ndarray,
-    truth: list[set[int]],
-    faiss_p50: float | None,
-    extra: str = "",
-) -> float:
-    """Measure `search` with one and two threads, print its row; its one-thread p50."""
-    search(queries[0])  # warm up (the first query pages in what it touches)
-    one, answers = latencies(search, queries, 1)
-    two, _ = latencies(search, queries, 2)
-    recall = statistics.mean(
-        len(set(found) & exact) / len(exact) for found, exact in zip(answers, truth, strict=True)
-    )
-    p50 = float(np.percentile(one, 50))
-    ratio = "1.0x" if faiss_p50 is None else f"{p50 / faiss_p50:.1f}x"
-    print(
-        f"| {size:>9,} | {engine} | {shards} | {build_seconds:7.1f} s "
-        f"| {total_bytes / size:7,.0f} B | {p50:6.2f} | {np.percentile(one, 99):6.2f} "
-        f"| {np.percentile(two, 50):6.2f} | {np.percentile(two, 99):6.2f} "
-        f"| {recall:.4f} | {ratio} | {extra} |",
-        flush=True,
-    )
-    return p50
+@dataclass
+class Engine:
+    name: str
+    shards: int
+    build_seconds: float
+    total_bytes: int
+    search: Search
+    notes: str = ""
+
+
+def compare(size: int, engines: list[Engine], queries: np.ndarray, truth: list[set[int]]) -> None:
+    """Measure `engines` side by side with one and two threads; a row each, the first (Faiss,
+    when measured) the reference of the ratio column."""
+    for engine in engines:
+        engine.search(queries[0])  # warm up (the first query pages in what it touches)
+    one, answers = latencies([engine.search for engine in engines], queries, 1)
+    two, _ = latencies([engine.search for engine in engines], queries, 2)
+    reference = float(np.percentile(one[0], 50))
+    for number, engine in enumerate(engines):
+        recall = statistics.mean(
+            len(set(found) & exact) / len(exact)
+            for found, exact in zip(answers[number], truth, strict=True)
+        )
+        p50 = float(np.percentile(one[number], 50))
+        print(
+            f"| {size:>9,} | {engine.name} | {engine.shards} | {engine.build_seconds:7.1f} s "
+            f"| {engine.total_bytes / size:7,.0f} B | {p50:6.2f} "
+            f"| {np.percentile(one[number], 99):6.2f} | {np.percentile(two[number], 50):6.2f} "
+            f"| {np.percentile(two[number], 99):6.2f} | {recall:.4f} "
+            f"| {p50 / reference:.1f}x | {engine.notes} |",
+            flush=True,
+        )
 
 
 def measure(size: int, args: argparse.Namespace, real: tuple[np.ndarray, np.ndarray]) -> None:
     queries, _ = synthesise(*real, args.queries, np.random.default_rng((size, 1, 0)))
     truth, brute_ms = exact_truth(real, size, queries, 20)
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
-        faiss_p50 = None
+        engines = []
         if not args.no_faiss:
             import faiss
 
@@ -283,21 +293,9 @@ def measure(size: int, args: argparse.Namespace, real: tuple[np.ndarray, np.ndar
                 _, found = hnsw.search(query[np.newaxis], 20)
                 return [int(i) for i in found[0]]
 
-            faiss_p50 = row(
-                size,
-                "Faiss HNSW",
-                1,
-                seconds,
-                hnsw_bytes,
-                faiss_search,
-                queries,
-                truth,
-                None,
-                f"brute force {brute_ms:.1f} ms",
+            engines.append(
+                Engine("Faiss HNSW", 1, seconds, hnsw_bytes, faiss_search, "M 32, efSearch 64")
             )
-            del hnsw
-            gc.collect()
-            faiss.omp_set_num_threads(os.cpu_count() or 1)
         store = LocalObjectStore(Path(scratch) / "store")
         layout, seconds = build_tiered(store, real, size, args.shard_size, args.trees)
         total_bytes = sum(info.size for info in store.list("index/shards/"))
@@ -314,19 +312,19 @@ def measure(size: int, args: argparse.Namespace, real: tuple[np.ndarray, np.ndar
                 started = time.perf_counter()
                 index.ranked_by_classes({int(c): 1.0 for c in classes}, 20)
                 keyword.append((time.perf_counter() - started) * 1000)
-            row(
-                size,
-                f"imgsearch {candidates}:{search_k}",
-                len(layout),
-                seconds,
-                total_bytes,
-                ours,
-                queries,
-                truth,
-                faiss_p50,
-                f"shards {'+'.join(f'{c // 1000}k' for c in layout)}; keyword p50 "
-                f"{statistics.median(keyword):.2f} ms",
+            layout_text = "+".join(f"{count // 1000}k" for count in layout)
+            engines.append(
+                Engine(
+                    f"imgsearch {candidates}:{search_k}",
+                    len(layout),
+                    seconds,
+                    total_bytes,
+                    ours,
+                    f"shards {layout_text}; keyword p50 {statistics.median(keyword):.2f} ms",
+                )
             )
+        print(f"{size:,} images: exact search (float16 product, in memory) p50 {brute_ms:.1f} ms")
+        compare(size, engines, queries, truth)
 
 
 def main() -> None:
