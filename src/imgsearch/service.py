@@ -104,7 +104,7 @@ class ImageSearch:
         """The same collection seen with other settings (the evaluation's methods), sharing
         this engine's loaded model: votes in their own file (`votes_file`, a fresh SQLite
         table), the vocabulary with other guessing `strategies`, another learning method,
-        or other Annoy settings (`ann`: candidates per shard, search_k). What is not
+        or other Annoy settings (`ann`: candidates and search_k per query). What is not
         changed is shared, the loaded index included."""
         parts = self.parts
         settings = self.settings
