@@ -1,24 +1,33 @@
-"""How the sharded index behaves at 10k, 100k and 1M images.
+"""How the tiered Annoy index behaves at 100k, 300k and 1M images, beside Faiss HNSW.
 
 Vectors are synthesised from real features (the demo photos, plus Corel-1k when it is
 beside the project) by perturbing them, so that they keep the clustered, non-negative shape
-of real EfficientNet features rather than being uniform noise. Every number comes from the
-production code: shard builds written by `write_build` into a local object store, searched
-through `Index`, against brute force over the same stored vectors in the same run.
+of real EfficientNet features rather than being uniform noise. They are synthesised chunk by
+chunk from seeds, again for each pass, so that no pass holds the whole collection (1M x 1280
+float32 is 5 GB). Every number of the project's index comes from the production code: shards
+in the layout the builder and its merges reach (tiers.py), written by `write_build` into a
+local object store and searched through `Index`. In the same run, on the same vectors and
+queries: Faiss HNSW (M 32, efSearch 64, efConstruction 40, float32), the library a user would
+pick instead, and exact search (the truth for recall@20, and the brute-force baseline).
 
-    .venv/bin/python bench/index_scale.py --sizes 10000 100000 1000000
+    nice -n 5 .venv/bin/python bench/index_scale.py --sizes 100000 300000 1000000
 
-Prints, per size: build time per shard, index bytes, merged-search latency p50/p99,
-recall@20 against exact search (brute force over the same vectors held in memory as float32,
-also the baseline whose latency is printed), and keyword-query latency.
+Prints, per size and engine: shards, build time, bytes per image, query latency p50/p99 with
+one query thread and with two (each query's own time), recall@20 against exact search, the
+ratio of p50 to Faiss's, and the keyword-query latency of the project's index.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 import statistics
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +40,7 @@ from imgsearch.images import DecodeLimits, ImageRefused, decode_image
 from imgsearch.index.manifest import Manifest, ShardEntry, write_manifest
 from imgsearch.index.reader import Index
 from imgsearch.index.shards import ShardData, normalise_rows, write_build
+from imgsearch.index.tiers import merge_plan
 from imgsearch.storage.local import LocalObjectStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,92 +106,230 @@ def synthetic_record(image_id: str, probabilities: np.ndarray) -> ImageRecord:
     )
 
 
-def build_index(
+CHUNK = 20_000  # vectors synthesised at once
+
+
+def chunks(
+    real: tuple[np.ndarray, np.ndarray], size: int, start: int = 0, stop: int | None = None
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first row, features float16, probabilities) of rows [start, stop) of the collection of
+    `size`, chunk by chunk; each chunk comes from its own seed, so every pass sees the same."""
+    stop = size if stop is None else stop
+    for first in range(start - start % CHUNK, stop, CHUNK):
+        features, probabilities = synthesise(*real, CHUNK, np.random.default_rng((size, 0, first)))
+        lo, hi = max(start, first) - first, min(stop, first + CHUNK) - first
+        yield first + lo, features[lo:hi].astype(np.float16), probabilities[lo:hi]
+
+
+def image_id(row: int) -> str:
+    return f"{row:016x}"
+
+
+def tiered_layout(size: int, shard_size: int) -> list[int]:
+    """The shard sizes the builder and its merges reach for `size` images (oldest first)."""
+    shards: list[ShardEntry] = []
+    for _ in range(size // shard_size):
+        shards.append(ShardEntry("s", "b", shard_size, sealed=True))
+        while (plan := merge_plan(shards, shard_size)) is not None:
+            merged = sum(entry.count for entry in shards[plan[0] : plan[1]])
+            shards[plan[0] : plan[1]] = [ShardEntry("s", "b", merged, sealed=True)]
+    sizes = [entry.count for entry in shards]
+    return sizes + ([size % shard_size] if size % shard_size else [])
+
+
+def exact_truth(
+    real: tuple[np.ndarray, np.ndarray], size: int, queries: np.ndarray, k: int
+) -> tuple[list[set[int]], float]:
+    """The exact `k` nearest rows of each query, and brute force's p50 per query (ms) over
+    float16 vectors in memory (measured on the first chunk, scaled to the collection)."""
+    best_scores = np.full((len(queries), k), -np.inf, np.float32)
+    best_rows = np.zeros((len(queries), k), np.int64)
+    per_chunk = []
+    for first, features, _ in chunks(real, size):
+        started = time.perf_counter()
+        scores = features.astype(np.float32) @ queries.T  # [rows, queries]
+        per_chunk.append((time.perf_counter() - started) / len(queries) / len(features))
+        top = np.argpartition(-scores, k - 1, axis=0)[:k].T  # [queries, k]
+        rows = top + first
+        values = np.take_along_axis(scores.T, top, axis=1)
+        all_scores = np.concatenate([best_scores, values], axis=1)
+        all_rows = np.concatenate([best_rows, rows], axis=1)
+        keep = np.argpartition(-all_scores, k - 1, axis=1)[:, :k]
+        best_scores = np.take_along_axis(all_scores, keep, axis=1)
+        best_rows = np.take_along_axis(all_rows, keep, axis=1)
+    brute_ms = statistics.median(per_chunk) * size * 1000
+    return [set(row.tolist()) for row in best_rows], brute_ms
+
+
+def build_tiered(
     store: LocalObjectStore,
-    features: np.ndarray,
-    probabilities: np.ndarray,
+    real: tuple[np.ndarray, np.ndarray],
+    size: int,
     shard_size: int,
     trees: int,
-) -> tuple[list[float], int]:
-    """Sealed shards of `shard_size` (the last one open), as the builder would write them."""
-    seconds, shards = [], []
-    for number, start in enumerate(range(0, len(features), shard_size)):
-        rows = slice(start, start + shard_size)
-        ids = [f"{i:016x}" for i in range(rows.start, min(rows.stop, len(features)))]
-        data = ShardData(ids, features[rows], probabilities[rows])
+) -> tuple[list[int], float]:
+    """The project's index in its tiered layout; (shard sizes, seconds building them)."""
+    layout = tiered_layout(size, shard_size)
+    seconds, shards, start = 0.0, [], 0
+    for number, count in enumerate(layout):
+        parts = list(chunks(real, size, start, start + count))
+        data = ShardData(
+            [image_id(row) for row in range(start, start + count)],
+            np.concatenate([features for _, features, _ in parts]),
+            np.concatenate([probabilities for _, _, probabilities in parts]),
+        )
+        del parts
         started = time.perf_counter()
         build = write_build(store, f"s{number:06d}", data, trees)
-        seconds.append(time.perf_counter() - started)
-        shards.append(
-            ShardEntry(
-                f"s{number:06d}", build.id, len(ids), len(ids) == shard_size, sha256=build.sha256
-            )
-        )
+        seconds += time.perf_counter() - started
+        sealed = number < len(layout) - 1 or count == shard_size
+        shards.append(ShardEntry(f"s{number:06d}", build.id, count, sealed, sha256=build.sha256))
+        start += count
+        del data
+        gc.collect()
     manifest = Manifest(
         generation=1,
         shards=tuple(shards),
         next_shard=len(shards),
         model="bench",
-        dim=features.shape[1],
+        dim=real[0].shape[1],
         trees=trees,
     )
     write_manifest(store, manifest, None)
-    total = sum(info.size for info in store.list("index/shards/"))
-    return seconds, total
+    return layout, seconds
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q))
+def build_faiss(real: tuple[np.ndarray, np.ndarray], size: int, scratch: Path) -> tuple:
+    """Faiss HNSW (M 32, efSearch 64) over the same vectors, added chunk by chunk; (index,
+    seconds, bytes of its file)."""
+    import faiss
+
+    index = faiss.IndexHNSWFlat(real[0].shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    started = time.perf_counter()
+    for _, features, _ in chunks(real, size):
+        index.add(features.astype(np.float32))
+    seconds = time.perf_counter() - started
+    index.hnsw.efSearch = 64
+    path = scratch / "faiss.index"
+    faiss.write_index(index, str(path))
+    size_bytes = path.stat().st_size
+    path.unlink()
+    return index, seconds, size_bytes
+
+
+Search = Callable[[np.ndarray], list[int]]
+
+
+def latencies(
+    engines: list[Search], queries: np.ndarray, threads: int
+) -> tuple[list[list[float]], list[list[list[int]]]]:
+    """Per engine, each query's time (ms) and answer, the queries shared among `threads`
+    threads. Each query is asked of every engine in turn, so that a machine whose load changes
+    (it is shared) slows them alike and their ratio holds."""
+    times = [[0.0] * len(queries) for _ in engines]
+    answers: list[list[list[int]]] = [[[] for _ in queries] for _ in engines]
+
+    def work(offset: int) -> None:
+        for position in range(offset, len(queries), threads):
+            for number, search in enumerate(engines):
+                started = time.perf_counter()
+                answers[number][position] = search(queries[position])
+                times[number][position] = (time.perf_counter() - started) * 1000
+
+    workers = [threading.Thread(target=work, args=(offset,)) for offset in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return times, answers
+
+
+@dataclass
+class Engine:
+    name: str
+    shards: int
+    build_seconds: float
+    total_bytes: int
+    search: Search
+    notes: str = ""
+
+
+def compare(size: int, engines: list[Engine], queries: np.ndarray, truth: list[set[int]]) -> None:
+    """Measure `engines` side by side with one and two threads; a row each, the first (Faiss,
+    when measured) the reference of the ratio column."""
+    for engine in engines:
+        engine.search(queries[0])  # warm up (the first query pages in what it touches)
+    one, answers = latencies([engine.search for engine in engines], queries, 1)
+    two, _ = latencies([engine.search for engine in engines], queries, 2)
+    reference = float(np.percentile(one[0], 50))
+    for number, engine in enumerate(engines):
+        recall = statistics.mean(
+            len(set(found) & exact) / len(exact)
+            for found, exact in zip(answers[number], truth, strict=True)
+        )
+        p50 = float(np.percentile(one[number], 50))
+        print(
+            f"| {size:>9,} | {engine.name} | {engine.shards} | {engine.build_seconds:7.1f} s "
+            f"| {engine.total_bytes / size:7,.0f} B | {p50:6.2f} "
+            f"| {np.percentile(one[number], 99):6.2f} | {np.percentile(two[number], 50):6.2f} "
+            f"| {np.percentile(two[number], 99):6.2f} | {recall:.4f} "
+            f"| {p50 / reference:.1f}x | {engine.notes} |",
+            flush=True,
+        )
 
 
 def measure(size: int, args: argparse.Namespace, real: tuple[np.ndarray, np.ndarray]) -> None:
-    rng = np.random.default_rng(size)
-    features, probabilities = synthesise(*real, size, rng)
-    queries, _ = synthesise(*real, args.queries, np.random.default_rng(size + 1))
+    queries, _ = synthesise(*real, args.queries, np.random.default_rng((size, 1, 0)))
+    truth, brute_ms = exact_truth(real, size, queries, 20)
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
-        store = LocalObjectStore(Path(scratch))
-        build_seconds, total_bytes = build_index(
-            store, features, probabilities, args.shard_size, args.trees
-        )
-        brute, truth = [], []
-        for query in queries:  # the baseline: exact search over float32 vectors in memory
-            started = time.perf_counter()
-            scores = features @ query
-            best = np.argpartition(-scores, 20)[:20]
-            best = best[np.argsort(-scores[best])]
-            brute.append((time.perf_counter() - started) * 1000)
-            truth.append({f"{i:016x}" for i in best})
-        del features
+        engines = []
+        if not args.no_faiss:
+            import faiss
+
+            hnsw, seconds, hnsw_bytes = build_faiss(real, size, Path(scratch))
+            faiss.omp_set_num_threads(1)  # one query, one thread: as each request is served
+
+            def faiss_search(query: np.ndarray) -> list[int]:
+                _, found = hnsw.search(query[np.newaxis], 20)
+                return [int(i) for i in found[0]]
+
+            engines.append(
+                Engine("Faiss HNSW", 1, seconds, hnsw_bytes, faiss_search, "M 32, efSearch 64")
+            )
+        store = LocalObjectStore(Path(scratch) / "store")
+        layout, seconds = build_tiered(store, real, size, args.shard_size, args.trees)
+        total_bytes = sum(info.size for info in store.list("index/shards/"))
         for candidates, search_k in args.settings:
             index = Index(store, candidates=candidates, search_k=search_k)
             index.refresh(force=True)
-            approximate, recall = [], []
-            for query, exact in zip(queries, truth, strict=True):
-                started = time.perf_counter()
-                found = index.nearest(query, 20)
-                approximate.append((time.perf_counter() - started) * 1000)
-                recall.append(len({i for i, _ in found} & exact) / 20)
+
+            def ours(query: np.ndarray, index: Index = index) -> list[int]:
+                return [int(i, 16) for i, _ in index.nearest(query, 20)]
+
             keyword = []
-            for query in range(args.queries):
-                classes = np.random.default_rng(query).choice(1000, 118, replace=False)
+            for number in range(args.queries):
+                classes = np.random.default_rng(number).choice(1000, 118, replace=False)
                 started = time.perf_counter()
                 index.ranked_by_classes({int(c): 1.0 for c in classes}, 20)
                 keyword.append((time.perf_counter() - started) * 1000)
-            print(
-                f"| {size:>9,} | {len(build_seconds):>4} "
-                f"| {statistics.median(build_seconds):6.2f} s "
-                f"| {total_bytes / 2**20:9,.0f} MiB | {candidates:>4} | {search_k:>6} "
-                f"| {percentile(approximate, 50):7.2f} | {percentile(approximate, 99):7.2f} "
-                f"| {statistics.mean(recall):.4f} | {percentile(brute, 50):8.1f} "
-                f"| {percentile(brute, 50) / percentile(approximate, 50):6.1f}x "
-                f"| {percentile(keyword, 50):6.2f} |",
-                flush=True,
+            layout_text = "+".join(f"{count // 1000}k" for count in layout)
+            engines.append(
+                Engine(
+                    f"imgsearch {candidates}:{search_k}",
+                    len(layout),
+                    seconds,
+                    total_bytes,
+                    ours,
+                    f"shards {layout_text}; keyword p50 {statistics.median(keyword):.2f} ms",
+                )
             )
+        print(f"{size:,} images: exact search (float16 product, in memory) p50 {brute_ms:.1f} ms")
+        compare(size, engines, queries, truth)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
     parser.add_argument("--shard-size", type=int, default=Settings().shard_size)
     parser.add_argument("--trees", type=int, default=Settings().ann_trees)
     parser.add_argument(
@@ -189,23 +337,25 @@ def main() -> None:
         type=lambda s: tuple(map(int, s.split(":"))),
         nargs="+",
         default=[(Settings().ann_candidates, Settings().ann_search_k)],
-        help="candidates:search_k pairs to compare (search_k -1: Annoy's default)",
+        help="candidates:search_k pairs per query to compare (search_k -1: Annoy's default)",
     )
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--no-faiss", action="store_true", help="measure the project's index only")
     parser.add_argument("--scratch", default=None, help="directory for the index files")
     args = parser.parse_args()
     real = real_embeddings()
     print(
-        f"{len(real[0])} real photos; shards of {args.shard_size:,}, {args.trees} trees; "
-        f"{args.queries} queries, k=20; times in ms"
+        f"{len(real[0])} real photos; open shard {args.shard_size:,}, {args.trees} trees; "
+        f"{args.queries} queries, k=20; times in ms; {os.cpu_count()} cores"
     )
     print(
-        "| images | shards | build/shard | index bytes | cand. | search_k | p50 | p99 "
-        "| recall@20 | brute force p50 | speed-up | keyword p50 |"
+        "| images | engine (candidates:search_k) | shards | build | bytes/image | p50 | p99 "
+        "| p50, 2 threads | p99, 2 threads | recall@20 | p50 / Faiss | notes |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         measure(size, args, real)
+        gc.collect()
 
 
 if __name__ == "__main__":

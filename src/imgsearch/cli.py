@@ -475,7 +475,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         type=int,
         metavar="N",
-        help="also measure the index with N Annoy candidates per shard; repeat for more",
+        help="also measure the index with N Annoy candidates per query; repeat for more",
     )
     evaluation.add_argument(
         "--search-k",

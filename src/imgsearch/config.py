@@ -65,14 +65,16 @@ class Settings(BaseSettings):
     decode_queue: int = 8
 
     # Index.
-    # Measured by bench/index_scale.py (docs/performance.md): an open shard of 10,000 rebuilds
-    # in ~1.5 s, and 10 shards answer a query over 100,000 images in ~6 ms.
+    # Measured by bench/index_scale.py (docs/performance.md): the open shard, which every
+    # upload rebuilds, holds at most `shard_size` images (~1.5 s to rebuild at 10,000); sealed
+    # shards are merged in the background into ones 4, 16, 64 times as big (index/tiers.py).
     shard_size: int = 10_000
     ann_trees: int = 20
-    # Per shard, Annoy proposes `ann_candidates` images (inspecting `ann_search_k` nodes; -1 is
-    # Annoy's default of candidates x trees); exact distances then rank them.
-    ann_candidates: int = 100
-    ann_search_k: int = 4000
+    # Per query, the shards' Annoy forests propose `ann_candidates` images between them
+    # (inspecting `ann_search_k` nodes; -1 is Annoy's default of candidates x trees), each
+    # shard in proportion to its size; exact distances then rank them.
+    ann_candidates: int = 200
+    ann_search_k: int = 2000
     neighbours: int = 50
     # Which engine holds the vectors (docs/deploy.md, "Vector engines"): "annoy", shard files
     # every search and embed process loads whole (the default, locally and for small clouds),

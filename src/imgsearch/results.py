@@ -97,7 +97,7 @@ class Original:
 @dataclass(frozen=True)
 class IndexInfo:
     shards: int
-    candidates: int  # Annoy candidates per shard and query
+    candidates: int  # Annoy candidates per query, shared by the shards
     search_k: int  # Annoy's search_k
     model: str  # the model the vectors are of
 

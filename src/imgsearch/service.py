@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Unpack
@@ -104,7 +104,7 @@ class ImageSearch:
         """The same collection seen with other settings (the evaluation's methods), sharing
         this engine's loaded model: votes in their own file (`votes_file`, a fresh SQLite
         table), the vocabulary with other guessing `strategies`, another learning method,
-        or other Annoy settings (`ann`: candidates per shard, search_k). What is not
+        or other Annoy settings (`ann`: candidates and search_k per query). What is not
         changed is shared, the loaded index included."""
         parts = self.parts
         settings = self.settings
@@ -167,6 +167,12 @@ class ImageSearch:
     def image(self, image_id: str) -> ImageRecord | None:
         record = self.parts.catalog.image(image_id)
         return record if record and record.status != "removed" else None
+
+    def images(self, image_ids: Iterable[str]) -> dict[str, ImageRecord]:
+        """The records of those of `image_ids` in the collection, by id: a page of results
+        costs one batched read (DynamoDB: BatchGetItem), not a read per result."""
+        found = self.parts.catalog.images(image_ids)
+        return {i: record for i, record in found.items() if record.status != "removed"}
 
     def browse(self, limit: int, offset: int) -> tuple[list[ImageRecord], int]:
         """The collection, newest first, and its size."""

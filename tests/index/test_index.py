@@ -59,6 +59,9 @@ def index_service(tmp_path) -> ImageSearch:
     settings = Settings(data_dir=tmp_path / "data", shard_size=50, ann_trees=10, neighbours=10)
     service = ImageSearch(settings)
     service.parts.builder.writer.grace_seconds = 0.0
+    # Old builds are deleted at once: no merge may read them in the background (those tests
+    # that merge say so).
+    service.parts.builder.writer.merger.background = False
     return service
 
 
@@ -102,6 +105,95 @@ def test_removal_masks_sealed_shards_and_rebuilds_the_open_one(index_service) ->
     everything = service.parts.index.nearest(clustered_vectors(1, seed=9)[0], 70, exact=True)
     assert not {i for i, _ in everything} & set(gone)
     assert service.parts.index.locate(ids[3]) is None
+
+
+def test_sealed_shards_are_merged_in_the_background_into_one_of_the_next_tier(
+    index_service,
+) -> None:
+    service = index_service
+    writer = service.parts.builder.writer
+    writer.grace_seconds = 60.0  # readers (the merge's) keep the builds they loaded
+    writer.merger.background = True
+    vectors = normalise_rows(clustered_vectors(230))
+    ids = synthetic_ids(230)
+    for start in range(0, 230, 40):  # sealed one by one, as uploads come
+        queue(service, ids[start : start + 40], vectors[start : start + 40])
+        service.build_index()
+    writer.merger.wait(timeout=120)
+    manifest, _ = read_manifest(service.parts.storage.objects)
+    # 4 sealed shards of 50 make one of 200; the open shard stays small.
+    assert [(s.count, s.sealed) for s in manifest.shards] == [(200, True), (30, False)]
+    index = service.parts.index
+    index.refresh(force=True)
+    assert index.shard_count == 2 and len(index) == 230
+    assert list(index.image_ids(newest_first=False)) == ids  # insertion order kept
+    for row in range(0, 230, 23):
+        assert index.nearest(vectors[row], 1)[0][0] == ids[row]
+    writer.grace_seconds = 0.0
+    service.parts.builder.collect_garbage()
+    stored = {info.key.split(".")[0] for info in service.parts.storage.objects.list(SHARDS_PREFIX)}
+    assert stored == {f"{SHARDS_PREFIX}{s.id}/{s.build}" for s in manifest.shards}
+
+
+def test_a_removal_published_while_a_merge_runs_stays_removed(index_service, monkeypatch):
+    import imgsearch.index.tiers as tiers
+
+    service = index_service
+    merger = service.parts.builder.writer.merger
+    service.parts.builder.writer.grace_seconds = 60.0  # the merged build is not named yet
+    ids = synthetic_ids(200)
+    queue(service, ids, clustered_vectors(200))
+    service.build_index()
+    write_build = tiers.write_build
+
+    def removal_meanwhile(*args, **kwargs):
+        built = write_build(*args, **kwargs)
+        forget(service, [ids[5], ids[150]])
+        assert service.build_index().removed == 2  # the builder publishes over the merge
+        return built
+
+    monkeypatch.setattr(tiers, "write_build", removal_meanwhile)
+    assert merger.merge_once()
+    manifest, _ = read_manifest(service.parts.storage.objects)
+    assert [(s.count, s.sealed) for s in manifest.shards] == [(200, True)]
+    assert manifest.shards[0].deleted == (ids[5], ids[150])
+    assert len(service.parts.index) == 198
+    assert ids[5] not in service.parts.index and ids[150] not in service.parts.index
+    assert service.parts.catalog.published().generation == manifest.generation
+
+
+def test_a_merge_whose_shards_were_replaced_meanwhile_is_given_up(index_service, monkeypatch):
+    import imgsearch.index.tiers as tiers
+
+    service = index_service
+    merger = service.parts.builder.writer.merger
+    service.parts.builder.writer.grace_seconds = 60.0
+    queue(service, synthetic_ids(200), clustered_vectors(200))
+    service.build_index()
+    write_build = tiers.write_build
+
+    def rebuilt_meanwhile(*args, **kwargs):
+        built = write_build(*args, **kwargs)
+        service.reindex()  # the same images, in new builds
+        return built
+
+    monkeypatch.setattr(tiers, "write_build", rebuilt_meanwhile)
+    assert not merger.merge_once()
+    manifest, _ = read_manifest(service.parts.storage.objects)
+    assert [s.count for s in manifest.shards] == [50, 50, 50, 50]
+    assert len(service.parts.index) == 200
+
+
+def test_an_open_shard_reuses_its_projection_until_it_doubles(index_service) -> None:
+    service = index_service
+    vectors = clustered_vectors(44)
+    ids = synthetic_ids(44)
+    fitted = []
+    for start, stop in [(0, 10), (10, 15), (15, 20), (20, 22), (22, 44)]:
+        queue(service, ids[start:stop], vectors[start:stop])
+        service.build_index()
+        fitted.append(service.parts.index.shards[-1].projection.fitted_rows)
+    assert fitted == [10, 10, 10, 22, 22]  # refitted once more than twice the rows
 
 
 def test_approximate_search_recalls_the_exact_neighbours(index_service) -> None:
@@ -270,3 +362,30 @@ def test_a_builder_whose_lease_was_taken_over_publishes_nothing(index_service, m
     assert read_manifest(service.parts.storage.objects)[0].generation == generation
     assert {item.image_id for item in service.parts.catalog.pending()} == set(ids)
     assert table.get("lease", "indexer")["owner"] == "elsewhere/boot:1.1:x"  # not released
+
+
+def test_both_merges_of_posting_lists_rank_alike(index_service, monkeypatch) -> None:
+    """Keyword scores merge the classes' posting lists per row listed (few postings for the
+    shard's size) or over every row (many): the same ranking and scores either way, removed
+    images left out, equal to the weighted sums over each image's posted probabilities."""
+    from imgsearch.index import shards
+    from imgsearch.index.shards import posted_probabilities
+
+    ids, vectors = synthetic_ids(120), clustered_vectors(120, seed=4)
+    queue(index_service, ids, vectors)
+    index_service.build_index()
+    forget(index_service, ids[:10])
+    index_service.build_index()
+    index = index_service.parts.index
+    probabilities = np.stack([index_service.parts.catalog.embedding(i)[1] for i in ids])
+    posted = posted_probabilities(probabilities.astype(np.float16))
+    for weights in ({3: 1.0}, {3: 1.0, 7: 0.5, 11: 0.25}, {c: 1.0 for c in range(CLASSES)}):
+        rankings = []
+        for ratio in (0, 10**9):  # every merge over all rows; every merge per row listed
+            monkeypatch.setattr(shards, "SPARSE_MERGE_RATIO", ratio)
+            rankings.append(index.ranked_by_classes(weights, 200))
+        assert rankings[0] == rankings[1]
+        scores = sum(w * posted[:, c] for c, w in weights.items())
+        live = [r for r in np.argsort(-scores, kind="stable") if r >= 10 and scores[r] > 0]
+        assert [i for i, _ in rankings[0]] == [ids[r] for r in live]
+        assert np.allclose([s for _, s in rankings[0]], scores[live], atol=1e-5)

@@ -148,7 +148,7 @@ def render_production(results: list[RankingResult], settings: dict[str, Any]) ->
     notes = [
         "exact: cosine on every stored feature vector; index: "
         f"{settings['shards']} shard(s), Annoy {settings['trees']} trees, "
-        f"{settings['candidates']} candidates per shard (search_k {settings['search_k']}) "
+        f"{settings['candidates']} candidates per query (search_k {settings['search_k']}) "
         "re-ranked by exact cosine; neighbourhoods: the stored lists `similar` serves. "
         "Study rows: exact KNN, ANN (Annoy, 20 trees).",
         f"Goal: {GOAL_RECALL}.",

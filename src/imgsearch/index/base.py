@@ -25,7 +25,7 @@ from imgsearch.index.shards import ShardData
 class SearchIndex(ABC):
     """The published index, as a reader sees it; `refresh()` follows what writers publish."""
 
-    candidates: int = 0  # Annoy: candidates per shard and query (0: the engine's own)
+    candidates: int = 0  # Annoy: candidates per query, shared by the shards (0: the engine's own)
     search_k: int = -1  # Annoy's search_k (-1: the engine's own)
     refresh_interval: float = 2.0  # how often `refresh()` looks for a new publication, at most
 

@@ -1,14 +1,18 @@
 """The search side of the Annoy shards (the index port's embedded engine, base.py): all shards
 of the current manifest, searched as one.
 
-Nearest-neighbour search asks every shard's Annoy forest for candidates and re-ranks them
-by exact cosine distance on the stored features, so sharding and approximation cost almost
-nothing in precision (measured by `imgsearch eval`).
+Nearest-neighbour search shares one budget of candidates per query among the shards, in
+proportion to their live images (a shard of a tenth of the collection proposes a tenth of
+them, never fewer than the query wants), then re-ranks all of them at once by exact cosine
+distance on the stored features (one matrix product), so the cost of a query follows its
+budget, not the number of shards, and approximation costs almost nothing in precision
+(bench/index_scale.py, `imgsearch eval`).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 import time
@@ -26,6 +30,9 @@ from imgsearch.storage import ObjectStore
 
 SEARCH_THREADS = min(4, os.cpu_count() or 1)
 REFRESH_INTERVAL_SECONDS = 2.0  # how often a reader looks for a new manifest, at most
+# A shard's share of `search_k` is at least this many nodes per candidate it proposes: a small
+# shard's share of the budget would otherwise let Annoy look at no more than it returns.
+MIN_SEARCH_K_PER_CANDIDATE = 8
 _T = TypeVar("_T")
 
 
@@ -148,13 +155,38 @@ class Index(SearchIndex):
         """
         vector = np.asarray(vector, dtype=np.float32)
         wanted = k + len(exclude)
-        per_shard = max(wanted, candidates or self.candidates)
+        if exact:
+            return self._exact_nearest(vector, k, exclude)
+        shards = self._snapshot.shards
+        budget = max(wanted, candidates or self.candidates)
+        total = max(1, sum(shard.live_count for shard in shards))
+        found = []
+        for shard in shards:
+            share = shard.live_count / total
+            per_shard = max(wanted, math.ceil(budget * share))
+            search_k = self.search_k
+            if search_k > 0:
+                search_k = max(math.ceil(search_k * share), per_shard * MIN_SEARCH_K_PER_CANDIDATE)
+            found.append((shard, shard.candidates(vector, per_shard, search_k)))
+        gathered = [shard.features[rows] for shard, rows in found if len(rows)]
+        if not gathered:
+            return []
+        # One product over every shard's candidates: the exact re-rank costs one numpy call,
+        # whatever the number of shards.
+        cosine = np.concatenate(gathered).astype(np.float32) @ vector
+        distances = np.clip(1.0 - cosine, 0.0, 2.0)
+        ids = _IdsOf([(shard, rows) for shard, rows in found if len(rows)])
+        return _best_positions(distances, ids, k, exclude)
+
+    def _exact_nearest(
+        self, vector: np.ndarray, k: int, exclude: Collection[str]
+    ) -> list[tuple[str, float]]:
+        """Compare against every stored vector, shard by shard (gathering them all at once
+        would copy the whole collection)."""
+        wanted = k + len(exclude)
 
         def search(shard: Shard) -> tuple[list[str], np.ndarray]:
-            if exact:
-                rows = np.flatnonzero(shard.live)
-            else:
-                rows = shard.candidates(vector, per_shard, self.search_k)
+            rows = np.flatnonzero(shard.live)
             distances = shard.distances(vector, rows)
             if len(rows) > wanted:
                 best = np.argpartition(distances, wanted - 1)[:wanted]
@@ -183,11 +215,11 @@ class Index(SearchIndex):
         wanted = k + len(exclude)
 
         def rank(shard: Shard) -> tuple[list[str], np.ndarray]:
-            scores = shard.class_scores(weights)
-            rows = np.flatnonzero(scores > 0)
+            rows, scores = shard.class_scores(weights)
             if len(rows) > wanted:
-                rows = rows[np.argpartition(-scores[rows], wanted - 1)[:wanted]]
-            return [shard.ids[row] for row in rows], scores[rows]
+                best = np.argpartition(-scores, wanted - 1)[:wanted]
+                rows, scores = rows[best], scores[best]
+            return [shard.ids[row] for row in rows], scores
 
         return _best(self._map_shards(rank), k, exclude, ascending=False)
 
@@ -233,3 +265,37 @@ def _best(
         if len(best) == k:
             break
     return best
+
+
+class _IdsOf:
+    """The image id at a position of the candidates gathered from several shards (ids are
+    looked up only for the few positions an answer keeps)."""
+
+    def __init__(self, found: list[tuple[Shard, np.ndarray]]) -> None:
+        self._found = found
+        self._ends = np.cumsum([len(rows) for _, rows in found])
+
+    def __getitem__(self, position: int) -> str:
+        part = int(np.searchsorted(self._ends, position, side="right"))
+        shard, rows = self._found[part]
+        start = int(self._ends[part]) - len(rows)
+        return shard.ids[int(rows[position - start])]
+
+
+def _best_positions(
+    distances: np.ndarray, ids: _IdsOf, k: int, exclude: Collection[str]
+) -> list[tuple[str, float]]:
+    """The `k` nearest of the gathered candidates, `exclude`d ids skipped, nearest first."""
+    wanted = min(len(distances), k + len(exclude))
+    if wanted == 0:
+        return []
+    best = np.sort(np.argpartition(distances, wanted - 1)[:wanted])  # ties: in shard order
+    best = best[np.argsort(distances[best], kind="stable")]
+    found: list[tuple[str, float]] = []
+    for position in best.tolist():
+        image_id = ids[position]
+        if image_id not in exclude:
+            found.append((image_id, float(distances[position])))
+            if len(found) == k:
+                break
+    return found

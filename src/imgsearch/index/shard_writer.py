@@ -1,9 +1,13 @@
 """The write side of the Annoy shards (the index port's embedded engine, base.py).
 
 Shard life cycle: new images go to the one open shard, rebuilt from its stored vectors on each
-batch; once it holds `shard_size` images it is sealed and never rebuilt. Removals from sealed
-shards are masked through the manifest. The manifest is switched by compare-and-swap, and
-builds it no longer names are deleted after a grace period.
+batch; once it holds `shard_size` images it is sealed and never rebuilt, only merged with
+others of its size in the background (tiers.py). Removals from sealed shards are masked
+through the manifest. The manifest is switched by compare-and-swap, and builds it no longer
+names are deleted after a grace period.
+
+The open shard's rebuilds reuse a projection (shards.Projection: a fixed cost of about a
+second): the newest sealed shard's, or its own last one until it has doubled in size.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from imgsearch.index.manifest import (
     write_manifest,
 )
 from imgsearch.index.reader import Index
-from imgsearch.index.shards import SHARDS_PREFIX, Shard, ShardData, write_build
+from imgsearch.index.shards import SHARDS_PREFIX, Projection, Shard, ShardData, write_build
+from imgsearch.index.tiers import Merger
 from imgsearch.storage import PreconditionFailed
 
 GRACE_SECONDS = 900.0  # a shard file no manifest names is kept this long for readers
@@ -39,6 +44,7 @@ class ShardWriter(IndexWriter):
         self.n_trees = n_trees
         self.model_name = model_name
         self.grace_seconds = GRACE_SECONDS
+        self.merger = Merger(catalog, index, shard_size=shard_size, n_trees=n_trees)
 
     def publish(
         self,
@@ -52,6 +58,7 @@ class ShardWriter(IndexWriter):
         shards: list[ShardEntry] = []
         data = additions
         open_id: str | None = None
+        projection: Projection | None = None
         for entry in manifest.shards:
             shard = self._loaded(entry)
             if entry.sealed:
@@ -59,10 +66,13 @@ class ShardWriter(IndexWriter):
                 if gone:
                     entry = replace(entry, deleted=tuple(sorted(gone.union(entry.deleted))))
                 shards.append(entry)
+                projection = shard.projection
             else:
                 open_id = entry.id
                 kept = shard.data().without(removed)
                 data = kept.append(additions) if len(additions) else kept
+                if projection is None or not projection.fits(data.features):
+                    projection = shard.projection
 
         dim = int(data.features.shape[1]) if len(data) else manifest.dim
         next_shard = manifest.next_shard
@@ -72,7 +82,11 @@ class ShardWriter(IndexWriter):
                 open_id, next_shard = f"s{next_shard:06d}", next_shard + 1
             part = remaining.take(slice(0, self.shard_size))
             sealed = len(part) == self.shard_size
-            build = write_build(self.store, open_id, part, self.n_trees)
+            reused = (
+                projection if projection is not None and projection.fits(part.features) else None
+            )
+            build = write_build(self.store, open_id, part, self.n_trees, projection=reused)
+            projection = build.projection  # the next shard's, if this one was sealed
             builds += 1
             shards.append(
                 ShardEntry(
@@ -95,6 +109,8 @@ class ShardWriter(IndexWriter):
         self.catalog.record_published(
             Published(new_manifest.generation, new_manifest.image_count, next_shard)
         )
+        if self.merger.wanted(new_manifest):
+            self.merger.start()
         return builds
 
     def _loaded(self, entry: ShardEntry) -> Shard:

@@ -12,7 +12,7 @@ import json
 import secrets
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,9 @@ SHARDS_PREFIX = "index/shards/"
 # images a class could rank, never every image's 1000 probabilities.
 POSTINGS_PER_IMAGE = 32
 MIN_POSTING_PROBABILITY = 1e-4
+# A query's postings fewer than a shard's rows / this are merged row by row listed (np.unique),
+# more into an array of every row (np.bincount): measured crossover, see `Shard.class_scores`.
+SPARSE_MERGE_RATIO = 200
 
 
 def normalise_rows(vectors: np.ndarray) -> np.ndarray:
@@ -82,13 +85,15 @@ BUILD_PARTS = (
     "postings.npz",
     "spread.npy",
 )
-# Annoy works on each shard's own principal components: 1280-d forests are slow to build
-# and to search, and their random splits separate neighbours badly. Candidates are re-ranked
-# on the full vectors, so the projection only decides which images are looked at.
-PROJECTED_DIMS = 256
+# Annoy works on principal components: a 1280-d forest is 5x the bytes of the features it
+# indexes and no better at finding candidates, which are re-ranked on the full vectors anyway,
+# so the projection only decides which images are looked at (bench/index_scale.py measured
+# 128 components as good as 256 at half the forest's bytes and time).
+PROJECTED_DIMS = 128
 PROJECTION_SAMPLE = 4096  # rows a projection is fitted on
 SPREAD_SIZE = 64  # representatives per shard for a first page that covers the collection
 SPREAD_ITERATIONS = 8  # k-means steps choosing them
+SPREAD_SAMPLE = 16_384  # rows of a big shard its representatives are chosen among
 
 
 def new_build_id() -> str:
@@ -102,36 +107,64 @@ class ShardBuild:
 
     id: str
     sha256: dict[str, str]
+    projection: Projection
 
 
-def write_build(store: ObjectStore, shard_id: str, data: ShardData, n_trees: int) -> ShardBuild:
-    """Build the Annoy forest and posting lists for `data`; store them under a new build id."""
+def write_build(
+    store: ObjectStore,
+    shard_id: str,
+    data: ShardData,
+    n_trees: int,
+    *,
+    projection: Projection | None = None,
+    n_jobs: int = -1,
+) -> ShardBuild:
+    """Build the Annoy forest and posting lists for `data`; store them under a new build id.
+
+    `projection`: one fitted before (an open shard's rebuilds reuse one: `Projection.fit` is a
+    fixed cost of about a second); None fits one on `data`. `n_jobs`: threads building the
+    forest (-1: every core; a merge in the background takes one, leaving the others to
+    queries and uploads). `data.features` may be float16 (a merge of big shards)."""
     from annoy import AnnoyIndex  # here, not at the top: see Shard.__init__
 
     build_id = new_build_id()
-    projection = Projection.fit(data.features, PROJECTED_DIMS)
+    if projection is None:
+        projection = Projection.fit(data.features, PROJECTED_DIMS)
     forest = AnnoyIndex(projection.dims, "euclidean")
     forest.set_seed(1)
-    for row, vector in enumerate(projection.apply(data.features)):
-        forest.add_item(row, vector)
-    forest.build(n_trees, n_jobs=-1)
+    for start in range(0, len(data), PROJECTION_CHUNK):
+        projected = projection.apply(data.features[start : start + PROJECTION_CHUNK])
+        for row, vector in enumerate(projected, start):
+            forest.add_item(row, vector)
+    forest.build(n_trees, n_jobs=n_jobs)
+    parts: dict[str, Callable[[], bytes]] = {
+        "projection.npz": projection.to_bytes,
+        "features.npy": lambda: _npy_bytes(data.features.astype(np.float16, copy=False)),
+        "probabilities.npy": lambda: _npy_bytes(data.probabilities.astype(np.float16, copy=False)),
+        "ids.json": lambda: json.dumps(data.ids).encode(),
+        "postings.npz": lambda: _postings_bytes(data.probabilities),
+        "spread.npy": lambda: _npy_bytes(_spread_of(data)),
+    }
+    sha256 = {}
+    # One part in memory at a time (a big shard's are GBs); the forest goes last: a build whose
+    # forest exists is complete.
+    for part, make in parts.items():
+        sha256[part] = _put(store, build_key(shard_id, build_id, part), make())
     with tempfile.TemporaryDirectory() as scratch:
         ann_path = Path(scratch) / "forest.ann"
         forest.save(str(ann_path))
         forest.unload()
-        parts = {
-            "ann": ann_path.read_bytes(),
-            "projection.npz": projection.to_bytes(),
-            "features.npy": _npy_bytes(data.features.astype(np.float16)),
-            "probabilities.npy": _npy_bytes(data.probabilities.astype(np.float16)),
-            "ids.json": json.dumps(data.ids).encode(),
-            "postings.npz": _postings_bytes(data.probabilities),
-            "spread.npy": _npy_bytes(_spread_of(data)),
-        }
-    # The forest goes last: a build whose forest exists is complete.
-    for part in BUILD_PARTS[1:] + BUILD_PARTS[:1]:
-        store.put(build_key(shard_id, build_id, part), parts[part], if_none_match=True)
-    return ShardBuild(build_id, {part: sha256_of_bytes(data) for part, data in parts.items()})
+        sha256["ann"] = _put(store, build_key(shard_id, build_id, "ann"), ann_path.read_bytes())
+    return ShardBuild(build_id, sha256, projection)
+
+
+def _put(store: ObjectStore, key: str, data: bytes) -> str:
+    """Store a new build's part; its sha256."""
+    store.put(key, data, if_none_match=True)
+    return sha256_of_bytes(data)
+
+
+PROJECTION_CHUNK = 8192  # rows projected at once (a float32 copy of a big shard is GBs)
 
 
 @dataclass(frozen=True)
@@ -144,14 +177,25 @@ class Projection:
 
     mean: np.ndarray  # [d]
     components: np.ndarray  # [k, d], orthonormal rows
+    fitted_rows: int = 0  # how many vectors it was fitted on (0: unknown)
 
     @property
     def dims(self) -> int:
         return int(self.components.shape[0])
 
+    def fits(self, features: np.ndarray) -> bool:
+        """Whether it serves a build of `features` as well as a new fit would: of their
+        dimension, fitted on its full sample or on at least half as many vectors (an open
+        shard refits as it doubles, a few times, rather than at every rebuild)."""
+        enough = min(PROJECTION_SAMPLE, max(1, len(features) // 2))
+        return self.mean.shape[0] == features.shape[1] and self.fitted_rows >= enough
+
     @classmethod
     def fit(cls, features: np.ndarray, dims: int) -> Projection:
-        mean = features.mean(axis=0) if len(features) else np.zeros(features.shape[1])
+        if len(features):
+            mean = np.mean(features, axis=0, dtype=np.float64)
+        else:
+            mean = np.zeros(features.shape[1])
         sample = features
         if len(sample) > PROJECTION_SAMPLE:
             rows = np.random.default_rng(0).choice(len(sample), PROJECTION_SAMPLE, replace=False)
@@ -164,7 +208,7 @@ class Projection:
             # faster for a few thousand rows of 1280 dimensions.
             _, vectors = np.linalg.eigh(centred.T @ centred)
             components = vectors[:, ::-1][:, : min(dims, len(centred))].T
-        return cls(mean.astype(np.float32), components.astype(np.float32))
+        return cls(np.asarray(mean, np.float32), components.astype(np.float32), len(sample))
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
         projected: np.ndarray = (
@@ -174,19 +218,30 @@ class Projection:
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        np.savez(buffer, mean=self.mean, components=self.components)
+        np.savez(
+            buffer,
+            mean=self.mean,
+            components=self.components,
+            fitted_rows=np.int64(self.fitted_rows),
+        )
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Projection:
         with np.load(io.BytesIO(data)) as npz:
-            return cls(npz["mean"], npz["components"])
+            fitted = int(npz["fitted_rows"]) if "fitted_rows" in npz.files else 0
+            return cls(npz["mean"], npz["components"], fitted)
 
 
 def _spread_of(data: ShardData) -> np.ndarray:
-    """The shard's spread, the same whatever order its images arrived in (by image id)."""
+    """The shard's spread, the same whatever order its images arrived in (by image id); in a
+    big shard, chosen among an even sample of its images (k-means over all would cost a merge
+    minutes and GBs)."""
     by_id = np.argsort(np.asarray(data.ids, dtype=object)).astype(np.int64)
-    rows: np.ndarray = by_id[spread(data.features[by_id], SPREAD_SIZE)].astype(np.int32)
+    if len(by_id) > SPREAD_SAMPLE:
+        by_id = by_id[np.linspace(0, len(by_id) - 1, SPREAD_SAMPLE).astype(np.int64)]
+    features = np.asarray(data.features[by_id], dtype=np.float32)
+    rows: np.ndarray = by_id[spread(features, SPREAD_SIZE)].astype(np.int32)
     return rows
 
 
@@ -255,16 +310,24 @@ def _postings(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     """The (row, class, probability) of every posting: each row's most probable classes."""
     n, classes = probabilities.shape
     top = min(POSTINGS_PER_IMAGE, classes)
-    probabilities = probabilities.astype(np.float32)
-    if n:
-        best = np.argpartition(-probabilities, top - 1, axis=1)[:, :top]
-    else:
-        best = np.zeros((0, top), np.int64)
-    rows = np.repeat(np.arange(n), top)
+    found = [_postings_of_rows(probabilities, start, top) for start in range(0, n, 8192)]
+    if not found:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    rows, cols, values = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    return rows, cols, values
+
+
+def _postings_of_rows(
+    probabilities: np.ndarray, start: int, top: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_postings` of 8192 rows from `start` (a float32 copy of every row would be GBs)."""
+    chunk = probabilities[start : start + 8192].astype(np.float32)
+    best = np.argpartition(-chunk, top - 1, axis=1)[:, :top]
+    local = np.repeat(np.arange(len(chunk)), top)
     cols = best.reshape(-1)
-    values = probabilities[rows, cols]
+    values = chunk[local, cols]
     keep = values >= MIN_POSTING_PROBABILITY
-    return rows[keep], cols[keep], values[keep]
+    return local[keep] + start, cols[keep], values[keep]
 
 
 def posted_probabilities(probabilities: np.ndarray) -> np.ndarray:
@@ -317,8 +380,8 @@ class Shard:
         self._posting_rows = postings["rows"]
         self._posting_values = postings["values"].astype(np.float32)
         self.spread = np.load(self._file("spread.npy"))
-        self._projection = Projection.from_bytes(self._read("projection.npz"))
-        self._forest = AnnoyIndex(self._projection.dims, "euclidean")
+        self.projection = Projection.from_bytes(self._read("projection.npz"))
+        self._forest = AnnoyIndex(self.projection.dims, "euclidean")
         self._forest.load(str(self._file("ann")))
         if len(self.ids) != self._forest.get_n_items() or len(self.ids) != len(self.features):
             raise DamagedFile(build_key(shard_id, build_id, "ids.json"), "row counts disagree")
@@ -365,14 +428,11 @@ class Shard:
         rows = [self.row_of[i] for i in deleted if i in self.row_of]
         live[rows] = False
         self.live = live
-
-    @property
-    def live_count(self) -> int:
-        return int(self.live.sum())
+        self.live_count = int(live.sum())
 
     def candidates(self, vector: np.ndarray, n: int, search_k: int) -> np.ndarray:
         """Rows of approximately the `n` nearest live images (Annoy, no exact ranking yet)."""
-        projected = self._projection.apply(vector[np.newaxis])[0]
+        projected = self.projection.apply(vector[np.newaxis])[0]
         nearest = self._forest.get_nns_by_vector(projected, n, search_k=search_k)
         rows = np.asarray(nearest, dtype=np.int64)
         return rows[self.live[rows]] if len(rows) else rows
@@ -383,8 +443,11 @@ class Shard:
         cosine: np.ndarray = self.features[rows].astype(np.float32) @ vector
         return np.clip(1.0 - cosine, 0.0, 2.0)
 
-    def class_scores(self, weights: Mapping[int, float]) -> np.ndarray:
-        """Per row, sum over classes of weight * probability, from the posting lists."""
+    def class_scores(self, weights: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray]:
+        """The live rows listed under any of the weighted classes, ascending, and their sum of
+        weight * probability: the classes' posting lists merged in numpy. A merge touching few
+        rows for the shard's size (a word of one class in a big shard) sums per row listed
+        rather than over an array of every row, so that it costs what it reads."""
         classes = np.fromiter(weights.keys(), dtype=np.int64, count=len(weights))
         class_weights = np.fromiter(weights.values(), dtype=np.float32, count=len(weights))
         starts = self._offsets[classes]
@@ -392,14 +455,25 @@ class Shard:
         # Positions of every selected class's postings, gathered in one go.
         first = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
         positions = first + np.arange(int(lengths.sum()))
+        rows = self._posting_rows[positions]
         contributions = self._posting_values[positions] * np.repeat(class_weights, lengths)
-        scores = np.bincount(
-            self._posting_rows[positions], weights=contributions, minlength=len(self.ids)
-        ).astype(np.float32)
-        scores[~self.live] = 0.0
-        return scores
+        if len(rows) * SPARSE_MERGE_RATIO < len(self.ids):
+            listed, per_listed = np.unique(rows, return_inverse=True)
+            sums = np.bincount(per_listed, weights=contributions)
+        else:
+            sums = np.bincount(rows, weights=contributions, minlength=len(self.ids))
+            listed = np.flatnonzero(sums)
+            sums = sums[listed]
+        keep = self.live[listed] & (sums > 0)
+        return listed[keep], sums[keep].astype(np.float32)
 
     def data(self) -> ShardData:
         """The shard's content, to rebuild it with more or fewer images."""
         probabilities = np.load(io.BytesIO(self._read("probabilities.npy")))
         return ShardData(list(self.ids), np.asarray(self.features, np.float32), probabilities)
+
+    def live_data(self) -> ShardData:
+        """Its live images, features as stored (float16): what a merge copies."""
+        rows = np.flatnonzero(self.live)
+        probabilities = np.load(self._file("probabilities.npy"), mmap_mode="r")
+        return ShardData([self.ids[row] for row in rows], self.features[rows], probabilities[rows])
