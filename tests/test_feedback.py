@@ -185,11 +185,19 @@ def test_first_page_weaves_a_spread_into_weak_guesses() -> None:
     first = [h.image_id for h in weak[:20]]
     assert first[:4] == ["g0", "s0", "g1", "s1"]  # half and half, woven
     assert sum(i.startswith("g") for i in first) == 10
-    assert [h.image_id for h in weak[20:]] == [f"g{i}" for i in range(10, 30)]
+    # Then the remaining guesses, then the remaining picks of the spread.
+    assert [h.image_id for h in weak[20:]] == [f"g{i}" for i in range(10, 30)] + [
+        f"s{i}" for i in range(10, 20)
+    ]
+    assert {h.tier for h in weak if h.reason == "explore"} == {"explore"}
+    assert {h.tier for h in weak if h.reason == "keyword"} == {"guess"}
     rejected = explore_page(guesses, spread, "low", rejected=20)
     assert sum(h.image_id.startswith("g") for h in rejected[:20]) == 5
     scores = [h.score for h in weak]
     assert scores == sorted(scores, reverse=True)
+    # A word read at confidence 0.2 gets a fifth of the page as guesses.
+    doubtful = explore_page(guesses, spread, "low", confidence=0.2)
+    assert sum(h.image_id.startswith("g") for h in doubtful[:20]) == 4
     unknown = explore_page([], spread, "none")
     assert [h.image_id for h in unknown] == spread and {h.reason for h in unknown} == {"explore"}
 
@@ -201,3 +209,53 @@ def test_the_vote_cache_does_not_grow_with_every_query(taught_service, monkeypat
     for number in range(50):
         taught_service.search_text(f"word{number}", limit=5, session="curious")
     assert len(learner._cache) <= 8
+
+
+def _category(service, hit) -> str:
+    return service.image(hit.image_id).key.split("/")[0]
+
+
+def test_confident_matches_come_first_and_are_counted(taught_service) -> None:
+    found = taught_service.search_text("elephant", limit=20)
+    tiers = [hit.tier for hit in found.hits]
+    assert 0 < found.matches < len(tiers)
+    # The matches, then the rest: never a match below a guess.
+    assert tiers == ["match"] * found.matches + ["guess"] * (len(tiers) - found.matches)
+    assert all(_category(taught_service, h) == "elephant" for h in found.hits[: found.matches])
+    assert found.did_you_mean is None
+
+
+def test_no_match_when_the_collection_holds_none_of_the_classes(taught_service) -> None:
+    found = taught_service.search_text("dog", limit=20)  # elephants, pizza, lotus, laptops
+    assert found.interpretation.level == "high"
+    assert found.matches == 0 and {h.tier for h in found.hits} == {"guess"}
+
+
+def test_a_misspelt_word_gets_the_spelling_the_vocabulary_knows(taught_service) -> None:
+    found = taught_service.search_text("elefant", limit=20)
+    assert found.did_you_mean == "elephant"
+    assert found.matches == 0 and {h.tier for h in found.hits} == {"explore"}
+
+
+def test_exploration_moves_away_from_what_was_rejected(taught_service) -> None:
+    word, session = "zqxwordless", "explorer"
+    first = taught_service.search_text(word, limit=20, session=session)
+    shown = {_category(taught_service, h) for h in first.hits}
+    assert shown == {"elephant", "pizza", "lotus", "laptop"}  # the first page covers them all
+    for hit in first.hits:
+        if _category(taught_service, hit) in ("elephant", "lotus"):
+            taught_service.vote(word, hit.image_id, -1, session)
+    second = taught_service.search_text(word, limit=20, session=session)
+    categories = [_category(taught_service, h) for h in second.hits]
+    # The kinds least like the rejected ones first; nothing rejected comes back.
+    rejected = {
+        h.image_id for h in first.hits if _category(taught_service, h) in ("elephant", "lotus")
+    }
+    assert not rejected & {h.image_id for h in second.hits}
+    assert set(categories[:8]) <= {"pizza", "laptop"}, categories
+
+
+def test_class_photos_count_what_each_class_stands_for(taught_service) -> None:
+    found = taught_service.search_text("pizza", limit=20)
+    pizza = found.interpretation.combined_classes()[0][0]
+    assert found.class_photos[pizza] == found.matches > 0

@@ -20,7 +20,7 @@ from imgsearch.integrity import DamagedFile, UnusableFile
 from imgsearch.parts import ModelMismatch, Preloadable
 from imgsearch.rate_limits import TooMany
 from imgsearch.repair import Finding
-from imgsearch.search import Hit, Learned, Reason, TextResults
+from imgsearch.search import Hit, Learned, Reason, TextResults, Tier
 from imgsearch.storage import InvalidKey, NotFound, StorageError, StorageFull
 from imgsearch.vocabulary import STRATEGIES, Interpretation, Level, Source
 
@@ -62,6 +62,7 @@ __all__ = [
     "StorageFull",
     "TermReport",
     "TextResults",
+    "Tier",
     "TooMany",
     "UnusableFile",
     "UploadForm",

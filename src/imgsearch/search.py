@@ -1,8 +1,14 @@
 """The search policy: what a query by words, by an indexed image or by a photo returns, and
 in what order. The one place that decides:
-- whether words are understood (`Interpretation.level`): understood words rank by their
-  classes; guessed words share the first page with a spread of the collection; unknown
-  words get the spread only, until votes teach them;
+- what is a confident match: an image the collection's own evidence says the words name (the
+  classes of a sense of the words, held by the image with probability >= MATCH_PROBABILITY).
+  A sense the collection holds such images of reads fully, whatever its rank among the word's
+  senses; matches come first, tier "match";
+- what fills the rest (tier "guess" or "explore"): understood words continue by their
+  classes; guessed words, and words none of whose classes the collection holds, share the
+  page with exploration of the collection; unknown words get exploration only, until votes
+  teach them. Exploration covers the collection's kinds of pictures and, after "not relevant"
+  votes, moves to the kinds farthest from what was rejected;
 - how votes re-rank (a term's learned model blended with the keyword ranking, the session's
   own "relevant" images first, its "not relevant" ones left out, for text and photo queries);
 - what "more like this" is (the stored neighbourhood, or a live search beyond it).
@@ -11,7 +17,7 @@ in what order. The one place that decides:
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -21,15 +27,24 @@ from imgsearch.index.base import SearchIndex
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.shards import normalise_rows
 from imgsearch.learning import Learner, Taught
-from imgsearch.vocabulary import Interpretation, Level, Reading, Vocabulary
+from imgsearch.vocabulary import Interpretation, Level, Reading, Sense, Vocabulary
 
 FIRST_PAGE = 20
-CANDIDATES = 200  # keyword hits considered for re-ranking by a learned model
+CHIP_CLASSES = 10  # classes whose photos are counted for the interpretation
+CANDIDATES = 200  # keyword hits considered for re-ranking by a learned model; matches counted
+# An image is a confident match when the classes of a sense the words name sum to at least this
+# probability in it. Measured (docs/evaluation.md): on Corel-1k and the demo set 99-100% of the
+# images above 0.3 are relevant, and a third to a half more of them pass than above 0.5.
+MATCH_PROBABILITY = 0.3
+# Representatives of the collection exploration chooses from (a first page and a few more).
+EXPLORE_POOL = 4 * FIRST_PAGE
 
 # Why a hit is where it is: it matches the words; users' votes placed it; this session voted it
 # relevant; it is shown for variety while the words are not understood; it looks like the query;
 # it is listed (browsing, or found by its key), not ranked.
 Reason = Literal["keyword", "learned", "voted", "explore", "similar", "listed"]
+# How sure a text search is of a hit: a confident match, a guess, or a pick to explore.
+Tier = Literal["match", "guess", "explore"]
 # The share of the first page that keyword guesses fill, by how well the words are understood.
 GUESS_SHARE: dict[Level, float] = {"high": 1.0, "low": 0.5, "none": 0.0}
 
@@ -39,6 +54,7 @@ class Hit:
     image_id: str
     score: float  # higher is better; never increases down a ranking
     reason: Reason = "keyword"
+    tier: Tier | None = None  # text searches only
 
     @property
     def learned(self) -> bool:
@@ -62,6 +78,9 @@ class TextResults:
     interpretation: Interpretation  # with a "learned" reading for a word only votes taught
     hits: list[Hit]
     learned: Learned | None = None  # None: nothing taught for the term (to this session)
+    matches: int = 0  # confident matches in the collection (counted up to CANDIDATES)
+    did_you_mean: str | None = None  # a spelling the vocabulary knows, for unknown words
+    class_photos: dict[int, int] = field(default_factory=dict)  # class -> photos it holds
 
 
 def text_search(
@@ -83,22 +102,27 @@ def text_search(
     wanted = offset + limit
     taught = learner.taught(term, session) if term else None
     hidden = taught.hidden if taught else set()
+    held = held_classes(index, interpretation.senses, exclude_classes)
+    matched = confident_matches(index, held, max(wanted, CANDIDATES), hidden)
     if taught is not None and taught.examples.evidence > 0:
-        keyword = index.ranked_by_classes(weights, max(wanted, CANDIDATES))
+        keyword = index.ranked_by_classes(
+            {**weights, **held}, max(wanted, CANDIDATES), exclude=hidden
+        )
         candidates, fit = learner.fit(taught, [i for i, _ in keyword], max(wanted, FIRST_PAGE))
         hits = learned_ranking(taught, keyword, candidates, fit, wanted)
-    elif interpretation.level == "high":
-        ranked = index.ranked_by_classes(weights, wanted, exclude=hidden)
-        hits = [Hit(i, s) for i, s in ranked]
+        confident = set(matched) | set(taught.pinned)
+        hits = [replace(h, tier="match" if h.image_id in confident else "guess") for h in hits]
     else:
-        # Nothing relevant found yet: keep exploring, away from what was rejected.
-        hits = explore_page(
-            # The whole first page's guesses, whatever `limit`: pages must not overlap.
-            index.ranked_by_classes(weights, max(wanted, FIRST_PAGE), exclude=hidden),
-            index.spread(FIRST_PAGE, exclude=hidden),
+        hits = first_pages(
+            index,
             interpretation.level,
-            rejected=len(hidden),
+            weights,
+            matched,
+            hidden,
+            wanted,
+            interpretation.confidence,
         )
+        confident = set(matched)
     learned = None
     if taught is not None:
         learned = Learned(
@@ -108,7 +132,116 @@ def text_search(
             interpretation = replace(
                 interpretation, readings=(*interpretation.readings, _learned_reading(taught))
             )
-    return TextResults(interpretation, hits[offset:wanted], learned)
+    did_you_mean = vocabulary.suggest(query) if interpretation.level != "high" else None
+    return TextResults(
+        interpretation,
+        hits[offset:wanted],
+        learned,
+        matches=len(confident),
+        did_you_mean=did_you_mean,
+        # A query per class (over the network on S3 Vectors): for the first page only.
+        class_photos=(
+            class_photos(index, interpretation.combined_classes()[:CHIP_CLASSES])
+            if offset == 0
+            else {}
+        ),
+    )
+
+
+def held_classes(
+    index: SearchIndex, senses: Collection[Sense], exclude_classes: Collection[int] = ()
+) -> dict[int, float]:
+    """The classes of the senses the collection holds (an image of the sense with probability
+    >= MATCH_PROBABILITY), weighed as the words read them among the held senses only: the
+    likeliest held sense of each phrase weighs 1, whatever senses the collection lacks."""
+    held: dict[int, dict[int, float]] = {}  # phrase -> class -> weight
+    for sense in senses:
+        classes = {c: 1.0 for c in sense.classes if c not in exclude_classes}
+        best = index.ranked_by_classes(classes, 1)
+        if best and best[0][1] >= MATCH_PROBABILITY:
+            phrase = held.setdefault(sense.phrase, {})
+            for c in classes:
+                phrase[c] = max(phrase.get(c, 0.0), sense.weight)
+    weights: dict[int, float] = {}
+    for phrase in held.values():
+        top = max(phrase.values())
+        for c, w in phrase.items():
+            weights[c] = max(weights.get(c, 0.0), w / top)
+    return weights
+
+
+def confident_matches(
+    index: SearchIndex, held: dict[int, float], k: int, hidden: Collection[str]
+) -> list[tuple[str, float]]:
+    """Up to `k` images the held classes describe with probability >= MATCH_PROBABILITY."""
+    if not held:
+        return []
+    ranked = index.ranked_by_classes(held, k, exclude=hidden)
+    return [(i, s) for i, s in ranked if s >= MATCH_PROBABILITY]
+
+
+def class_photos(index: SearchIndex, classes: list[tuple[int, float]]) -> dict[int, int]:
+    """How many photos each class stands for: those it describes with probability >=
+    MATCH_PROBABILITY (counted up to CANDIDATES)."""
+    counts: dict[int, int] = {}
+    for c, _ in classes:
+        ranked = index.ranked_by_classes({c: 1.0}, CANDIDATES)
+        counts[c] = sum(1 for _, p in ranked if p >= MATCH_PROBABILITY)
+    return counts
+
+
+def first_pages(
+    index: SearchIndex,
+    level: Level,
+    weights: dict[int, float],
+    matched: list[tuple[str, float]],
+    hidden: set[str],
+    wanted: int,
+    confidence: float = 1.0,
+) -> list[Hit]:
+    """Before any relevant vote: the confident matches, then what fills the first page (the
+    words' classes if understood, else guesses woven with exploration), then the rest."""
+    first = [Hit(i, s, "keyword", "match") for i, s in matched[:wanted]]
+    if len(first) >= wanted:
+        return first
+    shown = hidden | {i for i, _ in matched}
+    room = max(FIRST_PAGE - len(first), 0)
+    guesses = index.ranked_by_classes(weights, max(wanted, FIRST_PAGE), exclude=shown)
+    if level == "high":
+        # Understood words: their classes fill the page, less surely than the matches.
+        rest = [Hit(i, s, "keyword", "guess") for i, s in guesses]
+    else:
+        # Guessed words: guesses share the page with exploration, away from what was rejected.
+        rest = explore_page(
+            guesses,
+            explore_order(index, shown, hidden),
+            level,
+            rejected=len(hidden),
+            page=room or FIRST_PAGE,
+            confidence=confidence,
+        )
+    top = first[-1].score if first else None
+    return first + [
+        replace(h, score=min(h.score, top) if top is not None else h.score) for h in rest
+    ]
+
+
+def explore_order(
+    index: SearchIndex, shown: Collection[str], rejected: Collection[str]
+) -> list[str]:
+    """The collection's representatives not yet shown, the kinds least like what was
+    rejected first (after "no" on a page, the next explores other parts of the collection)."""
+    pool = index.spread(EXPLORE_POOL, exclude=shown)
+    if not rejected or not pool:
+        return pool
+    vectors = index.vectors([*pool, *rejected])
+    no = [vectors[i] for i in rejected if i in vectors]
+    if not no:
+        return pool
+    likeness = np.stack([vectors.get(i, no[0]) for i in pool]) @ np.stack(no).T
+    closest = likeness.max(axis=1)
+    order = np.argsort(closest, kind="stable")
+    return [pool[j] for j in order.tolist()]
 
 
 def class_weights(
@@ -176,6 +309,7 @@ def explore_page(
     *,
     rejected: int = 0,
     page: int = FIRST_PAGE,
+    confidence: float = 1.0,
 ) -> list[Hit]:
     """The keyword guesses, with a spread of the collection woven into the first page.
 
@@ -183,10 +317,13 @@ def explore_page(
     guessed at ("low"), half the first page shows the collection's variety instead (weak
     guesses are often right, but a spread of the collection covers its kinds of pictures), so
     that something relevant appears and one vote can start the learning; words not understood
-    at all ("none") get only the variety. Each page of `rejected` guesses halves the guesses'
-    share. Beyond the first page come the remaining guesses.
+    at all ("none") get only the variety. The guesses' share is at most the words'
+    `confidence`: a word read at 0.2 gets 4 guesses and 16 picks, enough to show most kinds of
+    pictures of a collection on the first page (measured on scene15: labels with no relevant
+    photo on it went from 5 of 15 to 2). Each page of `rejected` guesses halves the share.
+    Beyond the first page come the remaining guesses, then the remaining picks.
     """
-    share = GUESS_SHARE[level] * 0.5 ** (rejected / page)
+    share = min(GUESS_SHARE[level], confidence) * 0.5 ** (rejected / page)
     n_guesses = min(len(guesses), round(page * share))
     explore = [i for i in spread if i not in {g for g, _ in guesses[:n_guesses]}]
     n_explore = min(len(explore), page - n_guesses)
@@ -206,9 +343,13 @@ def explore_page(
     rest: list[tuple[str, float | None]] = [
         (i, s) for i, s in guesses[n_guesses:] if i not in shown
     ]
-    return _non_increasing(
-        [(i, s, "keyword" if s is not None else "explore") for i, s in first + rest]
-    )
+    rest += [(i, None) for i in explore[n_explore:] if i not in shown]
+    return [
+        replace(h, tier="explore" if h.reason == "explore" else "guess")
+        for h in _non_increasing(
+            [(i, s, "keyword" if s is not None else "explore") for i, s in first + rest]
+        )
+    ]
 
 
 def learned_ranking(

@@ -34,6 +34,7 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -56,6 +57,8 @@ SUFFIX_RULES = {
     ),
     "a": (("er", ""), ("est", ""), ("er", "e"), ("est", "e")),
 }  # fmt: skip
+# Plurals WordNet's rules leave out ("clownfishes": "es" after any letter).
+PLURAL_RULES = (("ies", "y"), ("es", ""), ("s", ""))
 
 # Words that join or frame a query without naming anything to look for.
 QUERY_STOPWORDS = frozenset(
@@ -97,12 +100,17 @@ HYPONYM_MENTION_FACTOR = 0.5
 VECTOR_FLOOR = 0.45  # GloVe cosine below which a class name is unrelated
 SAME_WORD_COSINE = 0.995  # a class name this close to a word is that word (float16 vectors)
 MODIFIER_BOOST = 0.5  # how far a describing word ("black dog") reorders the named classes
-ALIAS_CONFIDENCE = 0.7  # a class named by the word, but not by WordNet's sense of it
 HIGH_CONFIDENCE = 0.5  # from here on the words are understood, not guessed at
 Level = Literal["high", "low", "none"]
 # Where a reading comes from: a class the words name; WordNet's hyponyms of their meaning;
 # guesses from related words; nothing; or (made by search.py) only what votes taught.
 Source = Literal["imagenet", "wordnet", "related", "unknown", "learned"]
+MAX_PHRASE_WORDS = 5  # the longest collocation or class name read as one phrase
+DESCRIBED_WORDS = 4  # a class name longer than this describes the class rather than names it
+# Misspellings: a word the vocabulary does not know is compared with the nouns it knows, at
+# most this many edits away (one for short words, where two edits make another word).
+SUGGEST_EDITS = 2
+SUGGEST_SHORT = 5  # words shorter than this get one edit at most
 # Words of a query beyond these are dropped: the normalised query keys its votes in the table,
 # and a query of many emoji (each a few words) must still make a key of bounded size.
 MAX_QUERY_WORDS = 32
@@ -127,11 +135,23 @@ class Reading:
 
 
 @dataclass(frozen=True)
+class Sense:
+    """One meaning of a naming phrase that ImageNet classes picture: the classes at or below
+    it, and how likely the phrase means it next to the phrase's other such meanings (the
+    likeliest is 1). Search asks the collection which of them it holds."""
+
+    phrase: int  # index of the reading it belongs to
+    classes: tuple[int, ...]
+    weight: float  # 0..1
+
+
+@dataclass(frozen=True)
 class Interpretation:
     query: str  # the normalised query: the key feedback votes are stored under
     readings: tuple[Reading, ...]
     class_weights: np.ndarray = field(repr=False)  # float32 [classes]; all zero: nothing maps
     confidence: float  # overall 0..1; low means "guessing", 0 means "no idea"
+    senses: tuple[Sense, ...] = field(default=(), repr=False)  # of the naming phrases
 
     @property
     def level(self) -> Level:
@@ -164,7 +184,7 @@ class Vocabulary:
         self.strategies = frozenset(strategies)
         if unknown := self.strategies - STRATEGIES:
             raise ValueError(f"unknown strategies {sorted(unknown)}; known: {sorted(STRATEGIES)}")
-        self.class_names = [row["name"] for row in classes]
+        self.class_names = [plain_name(row["name"], row["synonyms"]) for row in classes]
         self._words = words
         self._word_id = {word: i for i, word in enumerate(words)}
         self._t = tables
@@ -253,8 +273,31 @@ class Vocabulary:
             ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch)
         )
         tokens = re.sub(r"[^a-z0-9'\-]+", " ", text).split()
-        words = [word for token in tokens for word in self._normalise_token(token)]
+        words: list[str] = []
+        i = 0
+        while i < len(tokens):
+            name = self._plural_name(tokens, i)
+            if name:
+                words.extend(name.split())
+                i += len(name.split())
+            else:
+                words.extend(self._normalise_token(tokens[i]))
+                i += 1
         return " ".join(words[:MAX_QUERY_WORDS])
+
+    def _plural_name(self, tokens: list[str], start: int) -> str | None:
+        """A name of several words in the plural from `start` on ("rhodesian ridgebacks",
+        "running shoes"), as the singular collocation or class name, which word by word
+        lemmatising misses (a last word WordNet knows only inside the name, or whose plural
+        is a word of its own)."""
+        for n in range(min(MAX_PHRASE_WORDS, len(tokens) - start), 1, -1):
+            *head, last = tokens[start : start + n]
+            for suffix, ending in PLURAL_RULES:
+                if last.endswith(suffix) and len(last) > len(suffix):
+                    name = " ".join([*head, last[: -len(suffix)] + ending])
+                    if name in self._aliases or self._is_pos_lemma(name, "n"):
+                        return name
+        return None
 
     def _normalise_token(self, token: str) -> list[str]:
         token = token.strip("'-")
@@ -282,19 +325,46 @@ class Vocabulary:
     def _lemmatise(self, token: str) -> str:
         word_id = self._word_id.get(token)
         if word_id is not None and self._is_lemma[word_id]:
-            return token
-        for pos in ("n", "v", "a"):
-            for base in self._exceptions[pos].get(token, ()):
-                if self._is_pos_lemma(base, pos):
-                    return base
-            for suffix, ending in SUFFIX_RULES[pos]:
-                if token.endswith(suffix) and len(token) > len(suffix):
-                    base = token[: -len(suffix)] + ending
-                    if self._is_pos_lemma(base, pos):
-                        return base
+            # A plural that is also a lemma of its own means its singular in a search when the
+            # lemma is rare ("crabs": pediculosis, never tagged in SemCor) or the singular
+            # names a class ("irons", "wings").
+            if not token.endswith("s") and token not in self._exceptions["n"]:
+                return token
+            singular = self._noun_base(token)
+            if singular is None or (
+                self._t["pos_counts"][word_id].sum() > 0 and singular not in self._aliases
+            ):
+                return token
+            return singular
+        bases = [
+            base
+            for pos in ("n", "v", "a")
+            for base in self._bases(token, pos)
+            if self._is_pos_lemma(base, pos)
+        ]
+        # The plural of a class name WordNet lacks ("dobermanns", "clownfishes").
+        bases += [base for base in self._bases(token, "n") if base in self._aliases]
+        named = [base for base in bases if base in self._aliases]
+        if named:  # a class name first, the regular plural's ("syringes": syringe, not syrinx)
+            return max(named, key=lambda base: _common_prefix(base, token))
+        if bases:
+            return bases[0]
         if token.endswith("'s") and len(token) > 2:
             return self._lemmatise(token[:-2])
         return token
+
+    def _bases(self, token: str, pos: str) -> list[str]:
+        """What `token` may be an inflection of, by WordNet's exceptions, then its rules."""
+        found = list(self._exceptions[pos].get(token, ()))
+        for suffix, ending in (*SUFFIX_RULES[pos], *(PLURAL_RULES if pos == "n" else ())):
+            if token.endswith(suffix) and len(token) > len(suffix) + 1:
+                found.append(token[: -len(suffix)] + ending)
+        return [base for base in found if base != token]
+
+    def _noun_base(self, token: str) -> str | None:
+        """The noun lemma `token` is an inflection of, a class name first."""
+        bases = [b for b in self._bases(token, "n") if self._is_pos_lemma(b, "n")]
+        return next((b for b in bases if b in self._aliases), bases[0] if bases else None)
 
     def _split_compound(self, token: str) -> list[str]:
         """'icecream' -> ['ice', 'cream'] when the halves make a WordNet collocation, else two
@@ -314,6 +384,79 @@ class Vocabulary:
     def _is_lemma_word(self, word: str) -> bool:
         word_id = self._word_id.get(word)
         return word_id is not None and bool(self._is_lemma[word_id]) and len(word) > 1
+
+    # --- misspellings ------------------------------------------------------------------------
+
+    def suggest(self, text: str) -> str | None:
+        """The query with each word WordNet does not know replaced by the nearest noun it knows
+        ("elefant" -> "elephant"), when that reads as something; None if every word is known
+        or none has a near noun."""
+        tokens = self.normalise(" ".join(re.split(r"[\s\-]+", text))).split()
+        raw = re.sub(r"[^a-z]+", " ", unicodedata.normalize("NFKC", text).casefold()).split()
+        if len(raw) > MAX_QUERY_WORDS:
+            return None
+        words, changed = [], False
+        for token in raw:
+            lemma = self._lemmatise(token)
+            known = self._is_lemma_word(lemma) or self._known(token)
+            nearest = None if known else self._nearest_spelling(token)
+            changed |= nearest is not None
+            words.append(nearest or lemma)
+        if not changed:
+            return None
+        query = self.normalise(" ".join(words))
+        if query == " ".join(tokens) or self.interpret(query).confidence <= 0:
+            return None
+        return query
+
+    def _nearest_spelling(self, token: str) -> str | None:
+        """The nearest noun to a token, or to it without a plural ending ("elefants")."""
+        if token in QUERY_STOPWORDS or len(token) < 3:
+            return None
+        forms = [token] + [token[: -len(end)] for end in ("s", "es") if token.endswith(end)]
+        found = [key for form in forms if (key := self._nearest_noun(form)) is not None]
+        return min(found)[3] if found else None
+
+    def _nearest_noun(self, word: str) -> tuple[int, bool, int, str] | None:
+        """The known noun fewest edits from `word` (letters inserted, dropped, changed or
+        swapped); among equals one the classifier can picture, then the most common. Returns
+        (edits, not pictured, rank, noun): the key it was chosen by."""
+        nouns = self._nouns
+        limit = 1 if len(word) < SUGGEST_SHORT else SUGGEST_EDITS
+        # Each edit changes the letter counts by at most 2: a cheap filter before the exact one.
+        counts = _letter_counts(word)
+        near = (np.abs(nouns.lengths - len(word)) <= limit) & (
+            np.abs(nouns.counts - counts).sum(axis=1) <= 2 * limit
+        )
+        best: tuple[int, bool, int, str] | None = None
+        for row in np.flatnonzero(near).tolist():
+            candidate = nouns.words[row]
+            edits = _edit_distance(word, candidate, limit)
+            if edits <= limit:
+                key = (edits, not nouns.pictured[row], int(nouns.rank[row]), candidate)
+                best = key if best is None or key < best else best
+        return best
+
+    @cached_property
+    def _nouns(self) -> _Nouns:
+        """One-word nouns, for misspellings (built on first use: most queries are spelt)."""
+        ptr = self._t["noun_sense_ptr"]
+        has_senses = np.diff(ptr) > 0
+        pictured_synset = np.diff(self._t["below_ptr"]) > 0
+        owner = np.repeat(np.arange(len(self._words)), np.diff(ptr))
+        pictured = np.zeros(len(self._words), dtype=bool)
+        np.logical_or.at(pictured, owner, pictured_synset[self._t["noun_sense"]])
+        ids = [
+            i
+            for i in np.flatnonzero(has_senses).tolist()
+            if len(self._words[i]) > 2 and self._words[i].isascii() and self._words[i].isalpha()
+        ]
+        words = [self._words[i] for i in ids]
+        lengths = np.array([len(w) for w in words])
+        letters = np.frombuffer("".join(words).lower().encode(), dtype=np.uint8) - ord("a")
+        counts = np.zeros((len(words), 26), dtype=np.int16)
+        np.add.at(counts, (np.repeat(np.arange(len(words)), lengths), letters), 1)
+        return _Nouns(words, lengths, counts, pictured[ids], np.array(ids))
 
     # --- interpretation ----------------------------------------------------------------------
 
@@ -367,6 +510,12 @@ class Vocabulary:
         confidence = float(np.mean([u.reading.confidence for u in heads])) if heads else 0.0
         if not weights.any():
             confidence = 0.0
+        senses = tuple(
+            Sense(index, classes, weight)
+            for index, u in enumerate(understood)
+            if any(u is head for head in heads)
+            for classes, weight in u.senses
+        )
         class_weights = weights.astype(np.float32)
         class_weights.setflags(write=False)  # shared by every query of these words
         return Interpretation(
@@ -374,13 +523,14 @@ class Vocabulary:
             readings=tuple(u.reading for u in understood),
             class_weights=class_weights,
             confidence=round(confidence, 4),
+            senses=senses,
         )
 
     def _phrases(self, tokens: list[str]) -> list[str]:
         """Longest WordNet collocations or class names first, then single content words."""
         phrases, i = [], 0
         while i < len(tokens):
-            for n in range(min(5, len(tokens) - i), 1, -1):
+            for n in range(min(MAX_PHRASE_WORDS, len(tokens) - i), 1, -1):
                 candidate = " ".join(tokens[i : i + n])
                 if candidate in self._aliases or self._is_lemma_word(candidate):
                     phrases.append(candidate)
@@ -426,6 +576,12 @@ class Vocabulary:
         # ("binocular": WordNet knows only "binoculars", which morphology does not reach.)
         aliased = self._aliases.get(phrase) or self._aliases.get(phrase + "s", [])
         named = {c for c in aliased if self._class_synset[c] not in synsets}
+        # Classes the phrase is a name of (a lemma of the class's own synset, or the table's
+        # name or synonym): it reads as each of them fully, whatever its other senses.
+        names = set(aliased) | {
+            int(c) for c in np.flatnonzero(np.isin(self._class_synset, synsets))
+        }
+        senses: list[tuple[tuple[int, ...], float]] = [((c,), 1.0) for c in sorted(names)]
         # Classes some sense of the phrase reaches are weighed by that sense alone: the rodent
         # sense of "mouse" must not guess the computer mouse because the class is named "mouse".
         covered = np.zeros(self._n_classes, dtype=bool)
@@ -436,6 +592,7 @@ class Vocabulary:
             if len(below):
                 weights[below] += probability
                 mapped_mass += probability
+                senses.append((tuple(int(c) for c in below), probability))
                 if self._is_class_synset[synset] and len(below) == 1:
                     exact = True
                 notes.append(f"{self._synset_name(synset)}: {_count(len(below), 'class')}")
@@ -447,9 +604,10 @@ class Vocabulary:
                 weights += probability * GUESS_WEIGHT * guess
                 guessed_mass += probability * quality
         if named:
-            weights[sorted(named)] = 1.0
-            mapped_mass = max(mapped_mass, ALIAS_CONFIDENCE)
             notes.insert(0, f"names {', '.join(self.class_names[c] for c in sorted(named))}")
+        if names:
+            weights[sorted(names)] = 1.0
+            mapped_mass = 1.0
         if len(synsets) == 0 and "vectors" in strategies:
             vector = self._phrase_vector(phrase)
             if vector is not None:
@@ -480,7 +638,12 @@ class Vocabulary:
         order = np.argsort(-weights, kind="stable")
         classes = tuple((int(c), round(float(weights[c]), 4)) for c in order if weights[c] > 0)
         reading = Reading(phrase, source, round(confidence, 4), classes, "; ".join(notes[:3]))
-        return _Understood(reading, weights, self._describes(word_id, bool(named) or exact))
+        return _Understood(
+            reading,
+            weights,
+            self._describes(word_id, bool(names) or exact),
+            _relative(senses),
+        )
 
     def _describes(self, word_id: int | None, names_a_class: bool) -> bool:
         """A word used mostly as an adjective, verb or adverb ("red", "tall", "running")."""
@@ -619,10 +782,57 @@ class Vocabulary:
 
 
 @dataclass(frozen=True, eq=False)
+class _Nouns:
+    """The vocabulary's one-word nouns: letters counted, whether classes picture them, and
+    their rank (word ids run from the most common word)."""
+
+    words: list[str]
+    lengths: np.ndarray
+    counts: np.ndarray  # [words, 26]
+    pictured: np.ndarray
+    rank: np.ndarray
+
+
+def _letter_counts(word: str) -> np.ndarray:
+    letters = np.frombuffer(word.lower().encode("ascii", "ignore"), dtype=np.uint8) - ord("a")
+    return np.bincount(letters[letters < 26], minlength=26).astype(np.int16)
+
+
+def _edit_distance(a: str, b: str, limit: int) -> int:
+    """Optimal string alignment distance (a swap of neighbours is one edit); more than `limit`
+    comes back as limit + 1 as soon as it is sure."""
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        row = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            row[j] = min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                row[j] = min(row[j], previous2[j - 2] + 1)
+        if min(row) > limit:
+            return limit + 1
+        previous2, previous = previous, row
+    return min(previous[-1], limit + 1)
+
+
+@dataclass(frozen=True, eq=False)
 class _Understood:
     reading: Reading
     weights: np.ndarray
     describing: bool
+    senses: tuple[tuple[tuple[int, ...], float], ...]  # (classes, weight): see Sense
+
+
+def _relative(
+    senses: list[tuple[tuple[int, ...], float]],
+) -> tuple[tuple[tuple[int, ...], float], ...]:
+    """Senses with their weights relative to the likeliest (1), each set of classes once (the
+    first: a class the phrase names comes before WordNet's sense of it)."""
+    kept: dict[tuple[int, ...], float] = {}
+    for classes, weight in senses:
+        kept.setdefault(classes, weight)
+    top = max(kept.values(), default=1.0) or 1.0
+    return tuple((classes, min(1.0, w / top)) for classes, w in kept.items())
 
 
 def _emoji_words(ch: str) -> str:
@@ -638,17 +848,37 @@ def _emoji_words(ch: str) -> str:
     return " " + " ".join(w for w in words if w != "face") + " "
 
 
+def plain_name(name: str, synonyms: str) -> str:
+    """A class's name as a person says it: the table's name unless it reads as a description
+    ("a cat having a striped coat", "fruiting spike of a cereal plant"), then its first
+    synonym ("tiger cat", "ear")."""
+    first = synonyms.split("|")[0].strip()
+    words = name.split()
+    described = (
+        words[0].lower() in ("a", "an", "the") or "," in name or len(words) > DESCRIBED_WORDS
+    )
+    return first if described and first else name
+
+
+def _common_prefix(a: str, b: str) -> int:
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "es" if noun.endswith("s") else "s")
 
 
 def _aliases(name: str, synonyms: str) -> list[str]:
+    """The names a class goes by: its name and synonyms, each alternative of "X / Y" and
+    "X or Y" too, parenthesised remarks dropped; no longer than a phrase is read."""
     found = []
     for text in [name, *synonyms.split("|")]:
-        text = re.sub(r"\([^)]*\)", " ", text)
-        for part in text.split(" / "):
+        text = " ".join(re.sub(r"\([^)]*\)", " ", text).split())
+        for part in [text, *re.split(r" / | or ", text)]:
             part = part.strip()
-            if part and "," not in part and " or " not in part and len(part.split()) <= 3:
+            if part and "," not in part and len(part.split()) <= MAX_PHRASE_WORDS:
                 found.append(part)
     return found
 

@@ -37,6 +37,22 @@ def test_keyword_search_finds_the_demo_elephants_first(demo_client) -> None:
     assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.model  # what the model sees
+def test_search_says_how_sure_it_is(demo_client) -> None:
+    body = demo_client.get("/api/search", params={"q": "elephant", "limit": 20}).json()
+    tiers = [r["tier"] for r in body["results"]]
+    assert 0 < body["matches"] < 20 and body["did_you_mean"] is None
+    assert tiers == ["match"] * body["matches"] + ["guess"] * (20 - body["matches"])
+    assert all(r["key"].startswith("elephant/") for r in body["results"][: body["matches"]])
+    classes = body["interpretation"]["classes"]
+    assert all(isinstance(c["photos"], int) for c in classes)
+    assert sum(c["photos"] for c in classes) >= body["matches"]
+    misspelt = demo_client.get("/api/search", params={"q": "elefant"}).json()
+    assert misspelt["did_you_mean"] == "elephant" and misspelt["matches"] == 0
+    similar = demo_client.get(f"/api/images/{body['results'][0]['id']}/similar").json()
+    assert {r["tier"] for r in similar["results"]} == {None}
+
+
 def test_search_pages_do_not_overlap(demo_client) -> None:
     first = demo_client.get("/api/search", params={"q": "flower", "limit": 5}).json()["results"]
     second = demo_client.get("/api/search", params={"q": "flower", "limit": 5, "offset": 5}).json()[

@@ -26,7 +26,8 @@ def test_an_interpretation_in_json(vocabulary: Vocabulary) -> None:
         assert set(term) == {"phrase", "source", "confidence", "note", "classes"}
         assert len(term["classes"]) <= 5 and term["note"]
     assert 1 <= len(out["classes"]) <= 5
-    assert all(set(c) == {"id", "label", "weight"} for c in out["classes"])
+    assert all(set(c) == {"id", "label", "weight", "photos"} for c in out["classes"])
+    assert all(c["photos"] is None for c in out["classes"])  # no counts given
     assert all(c["label"] in vocabulary.class_names for c in out["classes"])
     weights = [c["weight"] for c in out["classes"]]
     assert weights == sorted(weights, reverse=True)

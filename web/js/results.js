@@ -1,8 +1,13 @@
 /** The result grid. It pages results in from a source (see pages.js) when the end of the grid
  * comes near (IntersectionObserver) or on "Load more", and after a vote it fetches the results
- * again and moves the tiles to their new places, animated, keeping focus where it was. */
+ * again and moves the tiles to their new places, animated, keeping focus where it was.
+ *
+ * A search by words is cut into sections where its results say how sure they are (`tier`):
+ * "Best matches (N)", a divider, "Other photos"; with no match, a plain note that no photo
+ * looks like the words, offering to teach them; "Did you mean" for words the vocabulary
+ * does not know. */
 
-import { reducedMotion } from "./dom.js";
+import { el, icon, quoted, reducedMotion } from "./dom.js";
 import { PAGE } from "./pages.js";
 import { roving } from "./roving.js";
 
@@ -17,11 +22,14 @@ export class ResultList {
   #queue = Promise.resolve(); // loads and refreshes run one at a time
   #loading = false;
   #done = true;
+  #words = null; // a search by words: {query, matches, didYouMean}; null for other views
 
   /** `tile(result)` makes a tile, `update(tile, result)` brings one up to date;
-   * `onBusy(busy)` and `onError(error)` (a further page failed) report to the page. */
-  constructor({ grid, more, end, sentinel, tile, update, onBusy, onError }) {
-    Object.assign(this, { grid, more, end, tile, update, onBusy, onError });
+   * `onBusy(busy)` and `onError(error)` (a further page failed) report to the page;
+   * `onTeach()` offers to teach words no photo looks like (by an example photo). */
+  constructor({ grid, more, end, sentinel, tile, update, onBusy, onError, onTeach }) {
+    onTeach ??= () => document.getElementById("example-input")?.click();
+    Object.assign(this, { grid, more, end, tile, update, onBusy, onError, onTeach });
     this.keys = roving(grid);
     more.addEventListener("click", () => this.loadMore());
     this.observer = new IntersectionObserver(
@@ -67,11 +75,13 @@ export class ResultList {
       const { found, first } = await this.#fetch(PAGE, new Set(), abort.signal);
       if (abort.signal.aborted) return null;
       prepare(first);
+      this.#words = wordsOf(first);
       this.#replace(found);
       return first;
     } catch (error) {
       if (abort.signal.aborted) return null;
       this.#done = true;
+      this.#words = null;
       this.#replace([]);
       throw error;
     } finally {
@@ -118,6 +128,7 @@ export class ResultList {
       try {
         const { found, first } = await this.#fetch(Math.max(this.size, PAGE), new Set(), signal);
         if (signal.aborted) return null;
+        this.#words = wordsOf(first) ?? this.#words;
         this.#sync(found);
         return first;
       } catch (error) {
@@ -208,11 +219,36 @@ export class ResultList {
       return tile;
     });
     this.grid.append(...tiles);
+    this.#sections();
     this.keys.update();
+  }
+
+  /** Headings and notes between the tiles of a search by words (see the module comment). */
+  #sections() {
+    for (const node of this.grid.querySelectorAll(":scope > .results-section")) node.remove();
+    const words = this.#words;
+    if (!words || this.#tiles.size === 0) return;
+    const tiles = [...this.#tiles];
+    const other = tiles.find(([id]) => this.#results.get(id)?.tier !== "match")?.[1];
+    const matched = other !== tiles[0][1];
+    const top = [];
+    if (words.didYouMean) top.push(suggestion(words.didYouMean));
+    if (matched) {
+      top.push(section("results-heading-matches", `Best matches (${words.matches})`));
+    } else {
+      top.push(nothingLike(words.query, this.onTeach));
+    }
+    this.grid.prepend(...top);
+    if (other && matched) {
+      other.before(section("results-divider", "Other photos"));
+    } else if (other) {
+      other.before(section("results-heading-other", "Other photos"));
+    }
   }
 
   /** Make the grid show `results` in order, reusing tiles, animating the ones that move. */
   #sync(results) {
+    for (const node of this.grid.querySelectorAll(":scope > .results-section")) node.remove();
     const focused = this.grid.contains(document.activeElement) ? document.activeElement : null;
     const focusedAt = [...this.#tiles.values()].indexOf(focused?.closest(".tile"));
     const before = new Map(
@@ -236,6 +272,7 @@ export class ResultList {
       else this.grid.insertBefore(tile, at);
     }
     this.#tiles = tiles;
+    this.#sections();
     this.keys.update();
 
     if (focused && document.activeElement !== focused) {
@@ -246,6 +283,51 @@ export class ResultList {
     }
     if (!reducedMotion()) glide(before);
   }
+}
+
+/** What the sections of a search by words need from its first batch; null for other views. */
+function wordsOf(batch) {
+  if (!batch || typeof batch.matches !== "number") return null;
+  return { query: batch.query, matches: batch.matches, didYouMean: batch.did_you_mean ?? null };
+}
+
+/** A row of the grid that is no photo: a heading, a divider or a note across every column. */
+function section(kind, text) {
+  return el(
+    "li",
+    { class: `results-section ${kind}` },
+    el("h3", { class: "results-section-title", text }),
+  );
+}
+
+function suggestion(words) {
+  const link = el("a", { href: `?${new URLSearchParams({ q: words })}`, text: words });
+  return el(
+    "li",
+    { class: "results-section results-suggestion" },
+    el("p", {}, "Did you mean ", link, "?"),
+  );
+}
+
+/** No confident match: say so plainly and offer to teach the words. */
+function nothingLike(query, onTeach) {
+  const teach = el("button", {
+    class: "button",
+    type: "button",
+    text: `Teach ${quoted(query)} with an example photo`,
+  });
+  teach.addEventListener("click", () => onTeach());
+  return el(
+    "li",
+    { class: "results-section results-empty" },
+    icon("learned"),
+    el(
+      "p",
+      {},
+      `No photo looks like ${quoted(query)}. Give a thumbs up to any that does, or `,
+      teach,
+    ),
+  );
 }
 
 /** Animate elements from where they were (`before`: element -> rect) to where they are. */

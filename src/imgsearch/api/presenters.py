@@ -4,7 +4,7 @@ follows to an image's bytes."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -98,6 +98,7 @@ def results(request: Request, service: ImageSearch, hits: Iterable[Hit]) -> list
                 score=round(hit.score, 6),
                 learned=hit.learned,
                 reason=hit.reason,
+                tier=hit.tier,
                 width=record.width,
                 height=record.height,
                 label=names[record.classes[0][0]] if record.classes else None,
@@ -132,13 +133,23 @@ def interpretation(
     learned: Learned | None,
     *,
     top: int = INTERPRETATION_CLASSES,
+    photos: Mapping[int, int] | None = None,
 ) -> InterpretationModel:
     """How the words were understood (class `names` by id; `top` classes per list), and what
-    votes taught about them (None: nothing)."""
+    votes taught about them (None: nothing). `photos`: how many photos each class stands for,
+    given in the combined classes."""
 
-    def labelled(classes: Iterable[tuple[int, float]]) -> list[ClassWeight]:
+    def labelled(
+        classes: Iterable[tuple[int, float]], photos: Mapping[int, int] | None = None
+    ) -> list[ClassWeight]:
         return [
-            ClassWeight(id=c, label=names[c], weight=round(w, 4)) for c, w in list(classes)[:top]
+            ClassWeight(
+                id=c,
+                label=names[c],
+                weight=round(w, 4),
+                photos=None if photos is None else photos.get(c),
+            )
+            for c, w in list(classes)[:top]
         ]
 
     return InterpretationModel(
@@ -155,7 +166,7 @@ def interpretation(
             )
             for r in understood.readings
         ],
-        classes=labelled(understood.combined_classes()),
+        classes=labelled(understood.combined_classes(), photos),
         learned=None
         if learned is None
         else LearnedSummary(

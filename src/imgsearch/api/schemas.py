@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from imgsearch.results import Level, Reason, Source
+from imgsearch.results import Level, Reason, Source, Tier
 
 SESSION_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 IMAGE_ID_PATTERN = r"^[0-9a-f]{16}$"
@@ -76,6 +76,13 @@ class Result(BaseModel):
     width: int
     height: int
     label: str | None = Field(None, description="The image's most probable ImageNet class")
+    tier: Tier | None = Field(
+        None,
+        description="Text searches only. match: the collection's evidence says the image shows "
+        "what the words name (a class of theirs with probability >= 0.3, or voted relevant in "
+        "this session); guess: ranked by the words, less surely; explore: shown to cover the "
+        "collection's kinds of pictures. Matches come first",
+    )
 
 
 class Results(BaseModel):
@@ -94,6 +101,12 @@ class ClassWeight(BaseModel):
     id: int = Field(description="An ImageNet class id (0..999): `exclude` takes it")
     label: str
     weight: float
+    photos: int | None = Field(
+        None,
+        description="How many photos of the collection the class describes with probability "
+        ">= 0.3 (counted up to 200); in the combined `classes` of a text search's first page "
+        "(offset 0) only",
+    )
 
 
 class Reading(BaseModel):
@@ -128,6 +141,16 @@ class Interpretation(BaseModel):
 class SearchResponse(Results):
     query: str
     interpretation: Interpretation = Field(description="How the words were understood")
+    matches: int = Field(
+        0,
+        description="How many confident matches (tier `match`) the collection holds for the "
+        "words, counted up to 200 (or the page's end, if further); they come first",
+    )
+    did_you_mean: str | None = Field(
+        None,
+        description="For words the vocabulary does not know, the nearest spelling it knows "
+        '("elefant" -> "elephant"), normalised; null when the words are understood',
+    )
 
 
 class ImageDetail(BaseModel):

@@ -32,6 +32,9 @@ class KeywordResult:
     maps: bool  # onto ImageNet, see the module docstring
     precision: float  # p@20 of the first page
     relevant_shown: int  # relevant images on the first page
+    matches: int = 0  # confident matches the response counts
+    matches_shown: int = 0  # of them on the first page (tier "match")
+    matches_relevant: int = 0  # of those, relevant
     curve: list[float] = field(default_factory=list)  # p@k for k = 1..DEPTH
 
 
@@ -67,6 +70,9 @@ def keyword_search(
         maps=maps_onto_imagenet(interpretation),
         precision=precision_at_k(judged, PAGE, len(relevant)),
         relevant_shown=sum(judged),
+        matches=page.matches,
+        matches_shown=sum(hit.tier == "match" for hit in page.hits),
+        matches_relevant=sum(hit.tier == "match" and hit.image_id in relevant for hit in page.hits),
         curve=precision_curve(
             [hit.image_id in relevant for hit in deep.hits], DEPTH, len(relevant)
         ),

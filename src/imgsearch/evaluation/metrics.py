@@ -89,6 +89,18 @@ def rounds_to_target(
     return RoundsToTarget(reached, first_relevant)
 
 
+def mean_first_relevant_page(rounds: Sequence[RoundsToTarget]) -> float | None:
+    """The mean page (1: the first query's) on which a relevant image first appeared, over the
+    runs that showed one; None if none did."""
+    pages = [r.first_relevant + 1 for r in rounds if r.first_relevant is not None]
+    return statistics.fmean(pages) if pages else None
+
+
+def share_none_first(rounds: Sequence[RoundsToTarget]) -> float:
+    """The share of runs whose first page showed no relevant image."""
+    return sum(r.first_relevant != 0 for r in rounds) / len(rounds) if rounds else 0.0
+
+
 def mean_reached(rounds: Iterable[int | None]) -> float | None:
     """Mean over the runs that reached the target; None if none did."""
     reached = [r for r in rounds if r is not None]

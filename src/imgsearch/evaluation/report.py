@@ -13,7 +13,12 @@ from typing import Any, TypeVar
 
 from imgsearch.evaluation.collection import LabelledCollection
 from imgsearch.evaluation.keyword import KeywordResult
-from imgsearch.evaluation.metrics import mean_reached, share_never
+from imgsearch.evaluation.metrics import (
+    mean_first_relevant_page,
+    mean_reached,
+    share_never,
+    share_none_first,
+)
 from imgsearch.evaluation.similar import KS, RankingResult
 from imgsearch.evaluation.simulated_user import MAX_ROUNDS, MODES, TARGET, UserRun
 
@@ -185,6 +190,7 @@ def keyword_summary(results: list[KeywordResult]) -> list[list[str]]:
             str(len(members)),
             percent(sum(r.precision for r in members) / len(members)) if members else "-",
             str(sum(r.relevant_shown == 0 for r in members)),
+            percent(match_precision(members)),
             study,
         ]
         for name, members, study in groups
@@ -205,7 +211,10 @@ def method_tables(
 
 def render_keyword(by_method: dict[str, list[KeywordResult]]) -> str:
     parts = ["## 3. Keyword search: the label as the query, first page"]
-    headers = ["Label", "Query", "Read as", "Level", "Confidence", "Maps", "p@20"]
+    headers = [
+        "Label", "Query", "Read as", "Level", "Confidence", "Maps", "p@20", "matches",
+        "relevant matches on page 1",
+    ]  # fmt: skip
     parts += method_tables(
         by_method,
         headers,
@@ -217,15 +226,26 @@ def render_keyword(by_method: dict[str, list[KeywordResult]]) -> str:
             f"{r.confidence:.2f}",
             "yes" if r.maps else "no",
             percent(r.precision),
+            str(r.matches),
+            f"{r.matches_relevant}/{r.matches_shown}",
         ],
     )
-    summary_headers = ["Labels", "n", "mean p@20", "no relevant image", "study"]
+    summary_headers = [
+        "Labels", "n", "mean p@20", "no relevant image", "precision of matches", "study",
+    ]  # fmt: skip
     parts.append(summary_table(by_method, keyword_summary, summary_headers))
     parts.append(
         "Maps onto ImageNet: every phrase read from a class name (imagenet) or WordNet "
-        f"hyponymy (wordnet), none guessed. Goal: {GOAL_KEYWORD}."
+        f"hyponymy (wordnet), none guessed. Goal: {GOAL_KEYWORD}. matches: the confident "
+        "matches the response counts (tier match, before the page's divider); precision of "
+        "matches: the share of first-page matches that are relevant."
     )
     return "\n\n".join(parts)
+
+
+def match_precision(results: Sequence[KeywordResult]) -> float | None:
+    shown = sum(r.matches_shown for r in results)
+    return sum(r.matches_relevant for r in results) / shown if shown else None
 
 
 def trail(run: UserRun) -> str:
@@ -241,10 +261,13 @@ def feedback_summary(runs: list[UserRun]) -> list[list[str]]:
         from_query = [r.rounds.from_first_query for r in members]
         from_relevant = [r.rounds.from_first_relevant for r in members]
         study = STUDY_SCRATCH_ROUNDS_FROM_FIRST_RELEVANT if mode == "scratch" else None
+        rounds = [r.rounds for r in members]
         rows.append(
             [
                 mode,
                 str(len(members)),
+                count(mean_first_relevant_page(rounds)),
+                percent(share_none_first(rounds)),
                 count(mean_reached(from_query)),
                 count(mean_reached(from_relevant)),
                 percent(share_never(from_query)),
@@ -287,6 +310,8 @@ def render_feedback(by_method: dict[str, list[UserRun]], configured: str | None 
     summary_headers = [
         "Mode",
         "labels",
+        "first relevant on page (mean)",
+        "none on first page",
         "mean from first query",
         "mean from first relevant",
         "never reached",
@@ -295,7 +320,9 @@ def render_feedback(by_method: dict[str, list[UserRun]], configured: str | None 
     ]
     parts.append(summary_table(by_method, feedback_summary, summary_headers))
     parts.append(
-        "Page 0 is the first query; a round is one page of votes. Means are over the labels "
+        "Page 0 is the first query; a round is one page of votes. The first relevant image's "
+        "page counts from 1 (the first query's page), each later page shown after voting on "
+        "the one before; its mean is over the labels that saw one. Means are over the labels "
         "that reach the target. label: the label typed as the query; scratch: a made-up word "
         "the vocabulary cannot read, so only votes can teach it."
         + (
@@ -348,6 +375,8 @@ def feedback_json(runs: list[UserRun]) -> dict[str, Any]:
             "mean_from_first_query": mean_reached(from_query),
             "mean_from_first_relevant": mean_reached(r.rounds.from_first_relevant for r in members),
             "never_reached": share_never(from_query),
+            "mean_first_relevant_page": mean_first_relevant_page([r.rounds for r in members]),
+            "none_on_first_page": share_none_first([r.rounds for r in members]),
         }
     return {"summary": summary, "runs": [run_json(run) for run in runs]}
 
@@ -362,6 +391,10 @@ def keyword_json(results: list[KeywordResult]) -> dict[str, Any]:
         name: {
             "labels": len(members),
             "mean_p20": sum(r.precision for r in members) / len(members) if members else None,
+            "none_on_first_page": (
+                sum(r.relevant_shown == 0 for r in members) / len(members) if members else None
+            ),
+            "match_precision": match_precision(members),
         }
         for name, members in groups.items()
     }

@@ -40,9 +40,14 @@ async def search(
             SearchResponse(
                 query=found.interpretation.query,
                 interpretation=presenters.interpretation(
-                    service.class_names, found.interpretation, found.learned
+                    service.class_names,
+                    found.interpretation,
+                    found.learned,
+                    photos=found.class_photos,
                 ),
                 results=presenters.results(request, service, found.hits),
+                matches=found.matches,
+                did_you_mean=found.did_you_mean,
             )
         )
 
