@@ -19,6 +19,12 @@ setting) are measured for each (k, power):
 
 It prints, per set, p@20 of raw exact cosine and of each ranking at each (k, power), then the
 gain over raw averaged over the sets and its worst set, for choosing one (k, power) for all.
+
+With `--served`, it measures instead what the service answers with the configured expansion
+(after `imgsearch reindex --data-dir D` if the directory was ingested before expansion
+existed): `imgsearch eval`'s tables 2 and 2b (exact, the stored neighbourhoods raw and
+expanded, reverse search, per label, with query times), without its keyword and feedback
+measurements.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from imgsearch.config import Settings
-from imgsearch.evaluation.collection import ingest_labelled, read_labels
-from imgsearch.evaluation.similar import query_images, stored_embeddings
+from imgsearch.evaluation.collection import LabelledCollection, ingest_labelled, read_labels
+from imgsearch.evaluation.report import render_expansion, render_production
+from imgsearch.evaluation.run import index_settings
+from imgsearch.evaluation.similar import production_table, query_images, stored_embeddings
 from imgsearch.index.expansion import expand_rows
 from imgsearch.service import ImageSearch
 
@@ -98,8 +106,6 @@ def sweep(features: np.ndarray, labels_list: list[str]) -> dict[str, object]:
 
 
 def query_images_of(ids: list[str], labels: list[str]) -> list[str]:
-    from imgsearch.evaluation.collection import LabelledCollection
-
     return query_images(LabelledCollection(dict(zip(ids, labels, strict=True))))
 
 
@@ -113,7 +119,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sets", nargs="+", help="name=data_dir:folder:labels_csv")
     parser.add_argument("--json", help="write every number here")
+    parser.add_argument("--served", action="store_true", help="measure what the service serves")
     args = parser.parse_args()
+    if args.served:
+        for spec in args.sets:
+            served(spec)
+        return 0
     everything = {}
     for spec in args.sets:
         name, features, labels = load(spec)
@@ -123,6 +134,24 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(everything, indent=1))
     return 0
+
+
+def served(spec: str) -> None:
+    """Tables 2 and 2b of `imgsearch eval` for a set already ingested into its directory."""
+    name, rest = spec.split("=", 1)
+    data_dir, _, labels_file = rest.split(":")
+    service = ImageSearch(Settings(data_dir=Path(data_dir)))
+    labels = {}
+    for relative, label in read_labels(Path(labels_file)).items():
+        record = service.find_key(relative)
+        if record is not None and service.is_indexed(record.id):
+            labels.setdefault(record.id, label)
+    collection = LabelledCollection(labels)
+    results = production_table(service, collection)
+    settings = index_settings(service)
+    print(f"# {name}: {len(labels)} images\n")
+    print(render_production(results, settings) + "\n")
+    print(render_expansion(results, settings) + "\n", flush=True)
 
 
 def report(everything: dict[str, dict[str, object]]) -> None:

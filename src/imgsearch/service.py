@@ -524,7 +524,22 @@ class ImageSearch:
         limits = DecodeLimits.from_settings(self.settings, open_endpoint=True)
         decoded = parts.ingestor.decode(data, limits)
         features = parts.embedder.embed(decoded.image).features
-        hits = photo_search(
+        hits = self.similar_to_features(features, limit=limit, offset=offset, hidden=hidden)
+        return PhotoResults(term, hits)
+
+    def similar_to_features(
+        self,
+        features: np.ndarray,
+        *,
+        limit: int = 20,
+        offset: int = 0,
+        hidden: Collection[str] = (),
+    ) -> list[Hit]:
+        """Images most like a photo's features, as reverse search ranks them (expanded by
+        the photo's nearest images unless the `expansion` setting is off)."""
+        parts = self.parts
+        parts.index.refresh()
+        return photo_search(
             parts.index,
             parts.neighbourhoods,
             features,
@@ -533,7 +548,6 @@ class ImageSearch:
             hidden=hidden,
             expanded=self.settings.expansion,
         )
-        return PhotoResults(term, hits)
 
     def interpret(self, query: str) -> Interpretation:
         """How the words of a query are understood (without searching)."""

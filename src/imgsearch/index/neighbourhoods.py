@@ -18,6 +18,7 @@ the first `expansion.neighbours` images of each list written (one batched read o
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 
@@ -34,6 +35,10 @@ REACH = 200  # how many of a new or removed image's nearest images may list it
 # a group holds some thousand lists in memory at once.
 GROUP = 50
 DEFAULT_EXPANSION = Expansion(neighbours=10, power=1.0)  # the settings' (config.py)
+# Expanded vectors a query read are reused for this long (so a list rewritten by a build is
+# seen within it), up to this many (about 5 KB each).
+CACHE_SECONDS = 5.0
+CACHE_LIMIT = 20_000
 
 
 class Neighbourhoods:
@@ -50,6 +55,8 @@ class Neighbourhoods:
         self.k = k
         self.reach = max(REACH, k)
         self.expansion = expansion
+        self._cache: dict[str, np.ndarray] = {}  # expanded vectors read lately (`expanded`)
+        self._cached_at = 0.0
 
     def get(self, image_id: str) -> Neighbours:
         """The stored list, without images that left the index since it was written."""
@@ -60,15 +67,25 @@ class Neighbourhoods:
     def expanded_ranking(self, image_id: str, neighbours: Neighbours) -> Ranked | None:
         """`neighbours` (the image's stored list) ranked by expanded vectors; None if the
         image's own expanded vector is not stored yet."""
-        stored = self.catalog.expanded_vectors([image_id, *(i for i, _ in neighbours)])
+        stored = self.expanded([image_id, *(i for i, _ in neighbours)])
         own = stored.get(image_id)
         if own is None:
             return None
         return ranked(own, [i for i, _ in neighbours], stored)
 
     def expanded(self, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
-        """The stored expanded vectors of `image_ids` (those with one)."""
-        return self.catalog.expanded_vectors(image_ids)
+        """The stored expanded vectors of `image_ids` (those with one), read in one batch
+        for those not read in the last CACHE_SECONDS: neighbourhoods overlap, so a
+        process answering many queries reads each vector about once."""
+        now = time.monotonic()
+        if now - self._cached_at > CACHE_SECONDS or len(self._cache) > CACHE_LIMIT:
+            self._cache, self._cached_at = {}, now
+        cache = self._cache  # another thread may replace it meanwhile: use this one
+        wanted = list(dict.fromkeys(image_ids))
+        missing = [i for i in wanted if i not in cache]
+        if missing:
+            cache.update(self.catalog.expanded_vectors(missing))
+        return {i: cache[i] for i in wanted if i in cache}
 
     def compute(self, image_id: str) -> Neighbours:
         vector = self.index.vector(image_id)
@@ -133,7 +150,9 @@ class Neighbourhoods:
         changed: dict[str, StoredNeighbours] = {}
         for image_id, neighbours in lists.items():
             current, version = stored.get(image_id, ([], 0))
-            if image_id not in stored or neighbours != current:  # stored even when empty
+            # A new image's own list is stored even when empty, and even when one is stored
+            # already (a rebuild: `imgsearch reindex` writes every list's expanded vector).
+            if image_id in own or image_id not in stored or neighbours != current:
                 changed[image_id] = (neighbours, version)
         expanded = self._expanded({i: lists[i] for i in changed})
         before_write()
