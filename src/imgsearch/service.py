@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Unpack
@@ -171,6 +171,12 @@ class ImageSearch:
     def image(self, image_id: str) -> ImageRecord | None:
         record = self.parts.catalog.image(image_id)
         return record if record and record.status != "removed" else None
+
+    def images(self, image_ids: Iterable[str]) -> dict[str, ImageRecord]:
+        """The records of those of `image_ids` in the collection, by id: a page of results
+        costs one batched read (DynamoDB: BatchGetItem), not a read per result."""
+        found = self.parts.catalog.images(image_ids)
+        return {i: record for i, record in found.items() if record.status != "removed"}
 
     def browse(self, limit: int, offset: int) -> tuple[list[ImageRecord], int]:
         """The collection, newest first, and its size."""
