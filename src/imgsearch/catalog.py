@@ -9,6 +9,7 @@ storage/layout.md.
 
 from __future__ import annotations
 
+import base64
 import io
 import time
 import zipfile
@@ -402,16 +403,35 @@ class Catalog:
             pk.removeprefix("image#"): _stored_neighbours(item) for (pk, _), item in items.items()
         }
 
-    def put_neighbour_lists(self, lists: Mapping[str, StoredNeighbours]) -> None:
-        """Replace many lists in batched writes, each read at the version given. Not
-        conditional (see `Table.put_many`): only the index builder, under its lease, writes
-        neighbour lists."""
+    def put_neighbour_lists(
+        self,
+        lists: Mapping[str, StoredNeighbours],
+        expanded: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """Replace many lists in batched writes, each read at the version given, with the
+        `expanded` vectors of their images (index/expansion.py). Not conditional (see
+        `Table.put_many`): only the index builder, under its lease, writes neighbour lists."""
         self.table.put_many(
             [
-                Put(f"image#{image_id}", "neighbours", _neighbour_attrs(neighbours), version)
+                Put(
+                    f"image#{image_id}",
+                    "neighbours",
+                    _neighbour_attrs(neighbours, (expanded or {}).get(image_id)),
+                    version,
+                )
                 for image_id, (neighbours, version) in lists.items()
             ]
         )
+
+    def expanded_vectors(self, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """The expanded vectors stored with the lists of `image_ids`, in batched reads
+        (those without one are left out)."""
+        items = self.table.get_many([(f"image#{i}", "neighbours") for i in image_ids])
+        return {
+            pk.removeprefix("image#"): _decoded_vector(item["expanded"])
+            for (pk, _), item in items.items()
+            if "expanded" in item
+        }
 
     def delete_neighbours(self, image_id: str) -> None:
         self.table.delete(f"image#{image_id}", "neighbours")
@@ -430,5 +450,23 @@ def _stored_neighbours(item: dict[str, Any]) -> StoredNeighbours:
     return [(i, float(d)) for i, d in pairs], int(item["version"])
 
 
-def _neighbour_attrs(neighbours: list[tuple[str, float]]) -> dict[str, Any]:
-    return {"ids": [i for i, _ in neighbours], "distances": [round(d, 6) for _, d in neighbours]}
+def _neighbour_attrs(
+    neighbours: list[tuple[str, float]], expanded: np.ndarray | None = None
+) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "ids": [i for i, _ in neighbours],
+        "distances": [round(d, 6) for _, d in neighbours],
+    }
+    if expanded is not None:
+        attrs["expanded"] = _encoded_vector(expanded)
+    return attrs
+
+
+def _encoded_vector(vector: np.ndarray) -> str:
+    """An expanded vector as stored with its list: float16 in base64 (2 bytes a dimension, a
+    third more as text: both tables store it as a string)."""
+    return base64.b64encode(np.asarray(vector, "<f2").tobytes()).decode("ascii")
+
+
+def _decoded_vector(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), "<f2").astype(np.float32)

@@ -76,6 +76,15 @@ class Settings(BaseSettings):
     ann_candidates: int = 200
     ann_search_k: int = 2000
     neighbours: int = 50
+    # Expanded vectors (index/expansion.py): each image's vector plus those of its first
+    # `expansion_neighbours` stored neighbours, weighted by similarity**`expansion_power`,
+    # rank "more like this" and reverse search. Chosen by bench/expansion_sweep.py on four
+    # sets (docs/evaluation.md, "Expansion"). They are stored with the neighbour lists
+    # whatever `expansion` says (False: rank by the raw features, as exact cosine search);
+    # after changing the other two, `imgsearch reindex` computes them again.
+    expansion: bool = True
+    expansion_neighbours: int = Field(10, ge=0, le=50)
+    expansion_power: float = Field(1.0, ge=0)
     # Which engine holds the vectors (docs/deploy.md, "Vector engines"): "annoy", shard files
     # every search and embed process loads whole (the default, locally and for small clouds),
     # or "s3vectors", Amazon S3 Vectors: the vector bucket `vector_bucket`, with the feature

@@ -21,6 +21,7 @@ from imgsearch.feedback import Feedback
 from imgsearch.images import DecodeLimits
 from imgsearch.index.base import IndexWriter, SearchIndex
 from imgsearch.index.builder import IndexBuilder
+from imgsearch.index.expansion import Expansion
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
 from imgsearch.ingest import Ingestor
@@ -178,7 +179,14 @@ class Parts:
     def neighbourhoods(self) -> Neighbourhoods:
         return self._part(
             "neighbourhoods",
-            lambda: Neighbourhoods(self.catalog, self.index, k=self.settings.neighbours),
+            lambda: Neighbourhoods(
+                self.catalog,
+                self.index,
+                k=self.settings.neighbours,
+                expansion=Expansion(
+                    self.settings.expansion_neighbours, self.settings.expansion_power
+                ),
+            ),
         )
 
     @property

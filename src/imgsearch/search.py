@@ -24,6 +24,7 @@ import numpy as np
 
 from imgsearch.feedback import Feedback
 from imgsearch.index.base import SearchIndex
+from imgsearch.index.expansion import COPY_DISTANCE, ranked
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.shards import normalise_rows
 from imgsearch.learning import Learner, Taught
@@ -265,9 +266,16 @@ def _learned_reading(taught: Taught) -> Reading:
 
 
 def similar_images(
-    index: SearchIndex, neighbourhoods: Neighbourhoods, image_id: str, *, limit: int, offset: int
+    index: SearchIndex,
+    neighbourhoods: Neighbourhoods,
+    image_id: str,
+    *,
+    limit: int,
+    offset: int,
+    expanded: bool = True,
 ) -> list[Hit] | None:
-    """Images most like an indexed one: its stored neighbourhood, or a live search beyond it.
+    """Images most like an indexed one: its stored neighbourhood ranked by expanded vectors
+    (`expanded`, index/expansion.py; else by the raw features), or a live search beyond it.
     None if the image is not indexed."""
     if image_id not in index:
         return None
@@ -278,21 +286,45 @@ def similar_images(
         if vector is None:  # removed since the check above
             return None
         neighbours = index.nearest(vector, wanted, exclude={image_id})
+    elif expanded and (by_expansion := neighbourhoods.expanded_ranking(image_id, neighbours)):
+        return [Hit(i, s, "similar") for i, s in by_expansion[offset:wanted]]
     return [Hit(i, 1.0 - d, "similar") for i, d in neighbours[offset:wanted]]
 
 
 def photo_search(
     index: SearchIndex,
+    neighbourhoods: Neighbourhoods,
     features: np.ndarray,
     *,
     limit: int,
     offset: int,
     hidden: Collection[str] = (),
+    expanded: bool = True,
 ) -> list[Hit]:
-    """Images most like a photo's features; `hidden`: what the session voted not relevant."""
+    """Images most like a photo's features; `hidden`: what the session voted not relevant.
+    With `expanded`, the photo's vector is expanded by its nearest images and their stored
+    neighbourhood-sized set ranked by expanded vectors, as "more like this" ranks; a copy of
+    an indexed image gets that image first, then that image's own "more like this"."""
     vector = normalise_rows(features[np.newaxis])[0]
-    nearest = index.nearest(vector, offset + limit, exclude=hidden)
-    return [Hit(i, 1.0 - d, "similar") for i, d in nearest[offset:]]
+    wanted = offset + limit
+    if not expanded or wanted > neighbourhoods.k:
+        nearest = index.nearest(vector, wanted, exclude=hidden)
+        return [Hit(i, 1.0 - d, "similar") for i, d in nearest[offset:]]
+    nearest = index.nearest(vector, neighbourhoods.k + 1, exclude=hidden)
+    if nearest and nearest[0][1] <= COPY_DISTANCE:
+        copy = nearest[0][0]
+        others = similar_images(index, neighbourhoods, copy, limit=neighbourhoods.k, offset=0)
+        hits = [Hit(copy, 1.0, "similar")] + [h for h in others or [] if h.image_id not in hidden]
+        return hits[offset:wanted]
+    expansion = neighbourhoods.expansion
+    candidates = nearest[: neighbourhoods.k]
+    query = expansion.of(
+        vector, candidates, index.vectors(i for i, _ in candidates[: expansion.neighbours])
+    )
+    by_expansion = ranked(
+        query, [i for i, _ in candidates], neighbourhoods.expanded(i for i, _ in candidates)
+    )
+    return [Hit(i, s, "similar") for i, s in by_expansion[offset:wanted]]
 
 
 def session_hidden(feedback: Feedback, term: str | None, session: str | None) -> set[str]:

@@ -100,11 +100,13 @@ class ImageSearch:
         strategies: frozenset[str] | None = None,
         feedback_method: str | None = None,
         ann: tuple[int, int] | None = None,
+        expansion: bool | None = None,
     ) -> ImageSearch:
         """The same collection seen with other settings (the evaluation's methods), sharing
         this engine's loaded model: votes in their own file (`votes_file`, a fresh SQLite
         table), the vocabulary with other guessing `strategies`, another learning method,
-        or other Annoy settings (`ann`: candidates and search_k per query). What is not
+        or other Annoy settings (`ann`: candidates and search_k per query), or similar images
+        ranked with or without `expansion` (index/expansion.py). What is not
         changed is shared, the loaded index included."""
         parts = self.parts
         settings = self.settings
@@ -114,6 +116,8 @@ class ImageSearch:
             settings = settings.model_copy(
                 update={"ann_candidates": ann[0], "ann_search_k": ann[1]}
             )
+        if expansion is not None:
+            settings = settings.model_copy(update={"expansion": expansion})
         storage = parts.storage
         if votes_file is not None:
             storage = replace(storage, feedback=SqliteTable(votes_file, "feedback"))
@@ -495,7 +499,12 @@ class ImageSearch:
         parts = self.parts
         parts.index.refresh()
         hits = similar_images(
-            parts.index, parts.neighbourhoods, image_id, limit=limit, offset=offset
+            parts.index,
+            parts.neighbourhoods,
+            image_id,
+            limit=limit,
+            offset=offset,
+            expanded=self.settings.expansion,
         )
         if hits is None:
             raise NotIndexed(image_id)
@@ -521,8 +530,30 @@ class ImageSearch:
         limits = DecodeLimits.from_settings(self.settings, open_endpoint=True)
         decoded = parts.ingestor.decode(data, limits)
         features = parts.embedder.embed(decoded.image).features
-        hits = photo_search(parts.index, features, limit=limit, offset=offset, hidden=hidden)
+        hits = self.similar_to_features(features, limit=limit, offset=offset, hidden=hidden)
         return PhotoResults(term, hits)
+
+    def similar_to_features(
+        self,
+        features: np.ndarray,
+        *,
+        limit: int = 20,
+        offset: int = 0,
+        hidden: Collection[str] = (),
+    ) -> list[Hit]:
+        """Images most like a photo's features, as reverse search ranks them (expanded by
+        the photo's nearest images unless the `expansion` setting is off)."""
+        parts = self.parts
+        parts.index.refresh()
+        return photo_search(
+            parts.index,
+            parts.neighbourhoods,
+            features,
+            limit=limit,
+            offset=offset,
+            hidden=hidden,
+            expanded=self.settings.expansion,
+        )
 
     def interpret(self, query: str) -> Interpretation:
         """How the words of a query are understood (without searching)."""

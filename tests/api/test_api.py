@@ -133,6 +133,19 @@ def test_reverse_image_search_finds_the_same_photo_first(demo_client) -> None:
     assert [r["id"] for r in second.json()["results"]] == [r["id"] for r in results[1:4]]
 
 
+def test_a_photos_reverse_search_is_its_copys_more_like_this(demo_client) -> None:
+    """Expanded the same way (index/expansion.py), a photo and its copy in the collection get
+    the same page: the copy, then its "more like this"."""
+    files = {"file": ("query.jpg", demo_image("pizza", 7), "image/jpeg")}
+    reverse = demo_client.post("/api/search/image", files=files, data={"limit": 21}).json()
+    similar = demo_client.get(
+        f"/api/images/{_id_of(demo_client, 'pizza/image_0007.jpg')}/similar", params={"limit": 20}
+    ).json()
+    assert reverse["results"][0]["key"] == "pizza/image_0007.jpg"
+    assert [r["id"] for r in reverse["results"][1:]] == [r["id"] for r in similar["results"]]
+    assert [r["score"] for r in reverse["results"][1:]] == [r["score"] for r in similar["results"]]
+
+
 def test_reverse_search_refuses_a_bad_file(demo_client) -> None:
     files = {"file": ("query.jpg", b"not an image", "image/jpeg")}
     response = demo_client.post("/api/search/image", files=files)

@@ -201,10 +201,26 @@ def test_ingest_finds_labelled_images_and_reports_the_rest(tiny) -> None:
 def test_report_has_all_four_measurements(tiny_report) -> None:
     report, _ = tiny_report
     text = render(report)
-    for heading in ("## 1. Similar images", "## 2. Similar images", "## 3. Keyword", "## 4."):
+    for heading in (
+        "## 1. Similar images",
+        "## 2. Similar images",
+        "## 2b. Similar images: raw against expanded",
+        "## 3. Keyword",
+        "## 4.",
+    ):
         assert heading in text
     assert "missing/none.jpg" in text
-    assert [r.name for r in report.production] == ["exact", "index", "neighbourhoods"]
+    assert [r.name for r in report.production] == [
+        "exact",
+        "index",
+        "neighbourhoods, raw",
+        "reverse search",
+        "neighbourhoods",
+    ]
+    by_name = {r.name: r for r in report.production}
+    # Reverse search with an image's own features is its "more like this" (the image itself
+    # left out).
+    assert by_name["reverse search"].precision == by_name["neighbourhoods"].precision
     assert report.production[0].recall == 1.0
     assert len(report.layer_distance) == 6
     assert {r.label for r in report.keyword["default"]} == set(CATEGORIES)

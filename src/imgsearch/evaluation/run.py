@@ -21,7 +21,14 @@ from imgsearch.service import ImageSearch
 
 SOURCE_DIR = Path(__file__).resolve().parent
 # Settings recorded with the numbers, when the running version has them.
-RANKING_SETTINGS = ("shard_size", "neighbours", "feedback_method")
+RANKING_SETTINGS = (
+    "shard_size",
+    "neighbours",
+    "feedback_method",
+    "expansion",
+    "expansion_neighbours",
+    "expansion_power",
+)
 
 
 def evaluate(
@@ -76,6 +83,8 @@ def index_settings(service: ImageSearch) -> dict[str, Any]:
         "candidates": index.candidates,
         "search_k": index.search_k,
         "model": index.model,
+        # An expanded vector as stored with its neighbour list: float16, as base64 text.
+        "expanded_bytes": 4 * -(-2 * service.model_info().feature_dim // 3),
         **{name: getattr(settings, name) for name in RANKING_SETTINGS if hasattr(settings, name)},
     }
 

@@ -215,6 +215,20 @@ def production_searches(
     for candidates, search_k in extra_settings:
         reader = service.variant(ann=(candidates, search_k))
         searches[f"index, candidates={candidates}, search_k={search_k}"] = nearest(reader)
+    raw = service.variant(expansion=False)
+
+    def raw_neighbourhood(image_id: str, k: int) -> list[str]:
+        return [hit.image_id for hit in raw.similar(image_id, limit=k)]
+
+    def reverse(image_id: str, k: int) -> list[str]:
+        """Reverse search with the image's own stored features, the image itself left out."""
+        features, _ = service.embedding(image_id)
+        hits = service.similar_to_features(features, limit=k + 1)
+        return [hit.image_id for hit in hits if hit.image_id != image_id][:k]
+
+    # Raw and expanded side by side (issue 19); the last row is what `similar` serves.
+    searches["neighbourhoods, raw"] = raw_neighbourhood
+    searches["reverse search"] = reverse
     searches["neighbourhoods"] = neighbourhood
     return searches
 

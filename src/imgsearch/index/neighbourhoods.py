@@ -9,10 +9,16 @@ What it costs: the lists a batch of new images touches are read in batched reads
 changed ones written in batched writes, each list once per group of images however many of
 them it gains (DynamoDB: 100 lists a read, 25 a write), not a read and a write per list and
 new image. `bench/writer_cost.py` counts the requests per image.
+
+Each list is stored with its image's expanded vector (index/expansion.py), which depends on
+nothing but the list: it is computed again whenever the list is written, so keeping the
+expanded vectors current touches no image whose list did not change. It needs the vectors of
+the first `expansion.neighbours` images of each list written (one batched read of the engine).
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 
@@ -20,6 +26,7 @@ import numpy as np
 
 from imgsearch.catalog import Catalog, StoredNeighbours
 from imgsearch.index.base import SearchIndex
+from imgsearch.index.expansion import Expansion, Ranked, ranked
 
 Neighbours = list[tuple[str, float]]
 
@@ -27,20 +34,58 @@ REACH = 200  # how many of a new or removed image's nearest images may list it
 # New images whose touched lists are read and written together: about REACH lists each, so
 # a group holds some thousand lists in memory at once.
 GROUP = 50
+DEFAULT_EXPANSION = Expansion(neighbours=10, power=1.0)  # the settings' (config.py)
+# Expanded vectors a query read are reused for this long (so a list rewritten by a build is
+# seen within it), up to this many (about 5 KB each).
+CACHE_SECONDS = 5.0
+CACHE_LIMIT = 20_000
 
 
 class Neighbourhoods:
-    def __init__(self, catalog: Catalog, index: SearchIndex, *, k: int = 50) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        index: SearchIndex,
+        *,
+        k: int = 50,
+        expansion: Expansion = DEFAULT_EXPANSION,
+    ) -> None:
         self.catalog = catalog
         self.index = index
         self.k = k
         self.reach = max(REACH, k)
+        self.expansion = expansion
+        self._cache: dict[str, np.ndarray] = {}  # expanded vectors read lately (`expanded`)
+        self._cached_at = 0.0
 
     def get(self, image_id: str) -> Neighbours:
         """The stored list, without images that left the index since it was written."""
         neighbours, _ = self.catalog.neighbours(image_id)
         present = self.index.present(i for i, _ in neighbours)
         return [(i, d) for i, d in neighbours if i in present]
+
+    def expanded_ranking(self, image_id: str, neighbours: Neighbours) -> Ranked | None:
+        """`neighbours` (the image's stored list) ranked by expanded vectors; None if the
+        image's own expanded vector is not stored yet."""
+        stored = self.expanded([image_id, *(i for i, _ in neighbours)])
+        own = stored.get(image_id)
+        if own is None:
+            return None
+        return ranked(own, [i for i, _ in neighbours], stored)
+
+    def expanded(self, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """The stored expanded vectors of `image_ids` (those with one), read in one batch
+        for those not read in the last CACHE_SECONDS: neighbourhoods overlap, so a
+        process answering many queries reads each vector about once."""
+        now = time.monotonic()
+        if now - self._cached_at > CACHE_SECONDS or len(self._cache) > CACHE_LIMIT:
+            self._cache, self._cached_at = {}, now
+        cache = self._cache  # another thread may replace it meanwhile: use this one
+        wanted = list(dict.fromkeys(image_ids))
+        missing = [i for i in wanted if i not in cache]
+        if missing:
+            cache.update(self.catalog.expanded_vectors(missing))
+        return {i: cache[i] for i in wanted if i in cache}
 
     def compute(self, image_id: str) -> Neighbours:
         vector = self.index.vector(image_id)
@@ -105,12 +150,25 @@ class Neighbourhoods:
         changed: dict[str, StoredNeighbours] = {}
         for image_id, neighbours in lists.items():
             current, version = stored.get(image_id, ([], 0))
-            if image_id not in stored or neighbours != current:  # stored even when empty
+            # A new image's own list is stored even when empty, and even when one is stored
+            # already (a rebuild: `imgsearch reindex` writes every list's expanded vector).
+            if image_id in own or image_id not in stored or neighbours != current:
                 changed[image_id] = (neighbours, version)
+        expanded = self._expanded({i: lists[i] for i in changed})
         before_write()
-        self.catalog.put_neighbour_lists(changed)
+        self.catalog.put_neighbour_lists(changed, expanded)
         for image_id in removed:
             self.catalog.delete_neighbours(image_id)
+
+    def _expanded(self, lists: Mapping[str, Neighbours]) -> dict[str, np.ndarray]:
+        """The expanded vectors of the images of `lists`, from their first neighbours."""
+        first = {i: neighbours[: self.expansion.neighbours] for i, neighbours in lists.items()}
+        vectors = self.index.vectors({*first, *(i for near in first.values() for i, _ in near)})
+        return {
+            image_id: self.expansion.of(vectors[image_id], near, vectors)
+            for image_id, near in first.items()
+            if image_id in vectors
+        }
 
     def _merged(self, current: Neighbours, offered: Neighbours) -> Neighbours:
         """The list with offered neighbours that are nearer than its current k-th."""

@@ -1,0 +1,151 @@
+"""Expanded vectors (index/expansion.py): stored with the neighbour lists, exact after adds and
+removes, and what "more like this" and reverse search rank by."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_index import clustered_vectors, forget, queue, synthetic_ids
+
+from imgsearch.config import Settings
+from imgsearch.index.expansion import Expansion, expand_rows, ranked
+from imgsearch.service import ImageSearch
+
+K = 10  # stored neighbours
+EXPANSION = 3  # neighbours averaged in
+
+
+def make(tmp_path, name: str) -> ImageSearch:
+    settings = Settings(
+        data_dir=tmp_path / name,
+        shard_size=50,  # with 100 Annoy candidates a shard, every search is exact
+        ann_trees=10,
+        neighbours=K,
+        expansion_neighbours=EXPANSION,
+        expansion_power=2.0,
+    )
+    service = ImageSearch(settings)
+    service.parts.builder.writer.grace_seconds = 0.0
+    return service
+
+
+def stored(service: ImageSearch) -> dict[str, tuple[list[tuple[str, float]], np.ndarray]]:
+    """Every indexed image's stored list and expanded vector."""
+    ids = list(service.parts.index.image_ids())
+    expanded = service.parts.catalog.expanded_vectors(ids)
+    assert set(expanded) == set(ids), "an indexed image without an expanded vector"
+    return {i: (service.parts.catalog.neighbours(i)[0], expanded[i]) for i in ids}
+
+
+def test_expanded_vectors_and_lists_are_exact_after_adds_and_removes(tmp_path) -> None:
+    service = make(tmp_path, "incremental")
+    rng = np.random.default_rng(5)
+    vectors = clustered_vectors(300, seed=5)
+    ids = synthetic_ids(300)
+    present: list[str] = []
+    cursor = 0
+    for _ in range(6):
+        batch = int(rng.integers(5, 60))
+        queue(service, ids[cursor : cursor + batch], vectors[cursor : cursor + batch])
+        present += ids[cursor : cursor + batch]
+        cursor += batch
+        if len(present) > 30:
+            gone = [
+                str(i) for i in rng.choice(present, size=int(rng.integers(1, 15)), replace=False)
+            ]
+            forget(service, gone)
+            present = [i for i in present if i not in gone]
+        service.build_index()
+    incremental = stored(service)
+    assert set(incremental) == set(present)
+
+    # The same images built at once, from scratch.
+    scratch = make(tmp_path, "scratch")
+    row = {image_id: n for n, image_id in enumerate(ids)}
+    queue(scratch, present, vectors[[row[i] for i in present]])
+    scratch.build_index()
+    assert stored(scratch).keys() == incremental.keys()
+    for image_id, (neighbours, expanded) in stored(scratch).items():
+        assert incremental[image_id][0] == neighbours, image_id
+        assert np.array_equal(incremental[image_id][1], expanded), image_id
+
+    # And both agree with brute force in numpy over the vectors the index holds: exact lists,
+    # expanded from their first 3.
+    held = service.parts.index.vectors(present)
+    units = np.stack([held[i] for i in present]).astype(np.float64)
+    similarity = units @ units.T
+    np.fill_diagonal(similarity, -np.inf)
+    nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :EXPANSION]
+    expected = expand_rows(units, nearest, np.take_along_axis(similarity, nearest, 1), 2.0)
+    for n, image_id in enumerate(present):
+        got = [i for i, _ in incremental[image_id][0][:EXPANSION]]
+        want = [present[j] for j in nearest[n]]
+        assert got == want, image_id
+        np.testing.assert_allclose(incremental[image_id][1], expected[n], atol=2e-3)
+
+
+def test_only_lists_that_change_are_written(tmp_path, monkeypatch) -> None:
+    """A new image rewrites its own list and those it joins, with their expanded vectors:
+    no other image is touched."""
+    service = make(tmp_path, "data")
+    vectors = clustered_vectors(201, seed=9)
+    ids = synthetic_ids(201)
+    queue(service, ids[:200], vectors[:200])
+    service.build_index()
+    before = stored(service)
+    written: list[str] = []
+    put = service.parts.catalog.put_neighbour_lists
+
+    def recording(lists, expanded=None) -> None:
+        assert expanded is not None and set(expanded) == set(lists)
+        written.extend(lists)
+        put(lists, expanded)
+
+    monkeypatch.setattr(service.parts.catalog, "put_neighbour_lists", recording)
+    queue(service, ids[200:], vectors[200:])
+    service.build_index()
+    after = stored(service)
+    changed = {i for i in before if after[i][0] != before[i][0]}
+    assert set(written) == changed | {ids[200]}
+    assert 0 < len(changed) < 30  # of 200
+    for image_id in set(before) - changed:
+        assert np.array_equal(after[image_id][1], before[image_id][1])
+
+
+def test_more_like_this_ranks_the_stored_list_by_expanded_vectors(tmp_path) -> None:
+    service = make(tmp_path, "data")
+    vectors = clustered_vectors(120, seed=2)
+    queue(service, synthetic_ids(120), vectors)
+    service.build_index()
+    image_id = synthetic_ids(1)[0]
+    neighbours, own = stored(service)[image_id]
+    expanded = service.parts.catalog.expanded_vectors([i for i, _ in neighbours])
+    hits = service.similar(image_id, limit=K)
+    assert [(h.image_id, h.score) for h in hits] == ranked(
+        own, [i for i, _ in neighbours], expanded
+    )
+    assert {h.image_id for h in hits} == {i for i, _ in neighbours}
+    raw_settings = service.settings.model_copy(update={"expansion": False})
+    raw = ImageSearch(raw_settings).similar(image_id, limit=K)
+    assert [h.image_id for h in raw] == [i for i, _ in neighbours]
+    assert [h.image_id for h in hits] != [h.image_id for h in raw]  # else nothing is shown
+
+
+def test_ranked_keeps_candidates_without_an_expanded_vector_last() -> None:
+    expanded = {"a": np.array([1.0, 0.0], np.float32), "b": np.array([0.6, 0.8], np.float32)}
+    query = np.array([0.0, 1.0], np.float32)
+    assert ranked(query, ["c", "a", "b"], expanded) == [
+        ("b", pytest.approx(0.8)),
+        ("a", 0.0),
+        ("c", 0.0),
+    ]
+
+
+def test_a_vector_is_expanded_by_its_first_neighbours_weighted_by_similarity() -> None:
+    vectors = {"a": np.array([0.0, 1.0]), "b": np.array([1.0, 0.0]), "c": np.array([-1.0, 0.0])}
+    own = np.array([1.0, 0.0])
+    expanded = Expansion(neighbours=2, power=2.0).of(
+        own, [("b", 0.5), ("a", 0.75), ("c", 0.0)], vectors
+    )
+    summed = own + 0.25 * vectors["b"] + 0.0625 * vectors["a"]  # "c" is beyond the first 2
+    np.testing.assert_allclose(expanded, summed / np.linalg.norm(summed), rtol=1e-6)
