@@ -532,12 +532,15 @@ class ImageSearch:
     def vote(
         self, query: str, image_id: str, value: int, session: str, client: str = LOCAL_CLIENT
     ) -> str:
-        """Record a vote of `session`, cast from `client` (a client id); returns the
-        normalised term it was recorded under. Raises NotIndexed, or NotUnderstood for a
-        query without words."""
+        """Record a vote of `session`, cast from `client` (a client id), or take it back
+        (`value` 0); returns the normalised term it was recorded under. Raises NotIndexed, or
+        NotUnderstood for a query without words."""
         self._existing(image_id)
         term = self.term(query)
-        self.parts.feedback.vote(term, image_id, session, value, client)
+        if value == 0:  # taken back: undo, or a second press on the same vote
+            self.parts.feedback.withdraw(term, image_id, session, client)
+        else:
+            self.parts.feedback.vote(term, image_id, session, value, client)
         # Only a learner this process has built can hold the term's old votes; building one
         # here would load the index into a process that only records votes (the feedback
         # function, which has no Annoy).

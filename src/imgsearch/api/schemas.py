@@ -150,7 +150,9 @@ class Uploaded(BaseModel):
 class VoteRequest(BaseModel):
     query: str = Field(min_length=1, max_length=200)
     image_id: str = Field(pattern=IMAGE_ID_PATTERN)
-    vote: Literal[1, -1]
+    vote: Literal[1, -1, 0] = Field(
+        description="1 relevant, -1 not relevant, 0 takes the session's vote back (undo)"
+    )
     session: str = Field(pattern=SESSION_PATTERN)
 
     @field_validator("vote", mode="before")
@@ -158,7 +160,7 @@ class VoteRequest(BaseModel):
     def _not_a_boolean(cls, value: object) -> object:
         # Python's True == 1, so the literal alone would take JSON true as a vote.
         if isinstance(value, bool):
-            raise ValueError("a vote is the number 1 or -1, not true or false")
+            raise ValueError("a vote is the number 1, -1 or 0, not true or false")
         return value
 
 
