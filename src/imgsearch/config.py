@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     ann_candidates: int = 100
     ann_search_k: int = 4000
     neighbours: int = 50
+    # Two images whose stored neighbour distance (1 - cosine of their features) is at most
+    # this are near-copies of one photo (resized, re-encoded, cropped a little): stacked in
+    # results and listed by /api/duplicates. Measured in docs/evaluation.md (bench/duplicates.py).
+    duplicate_distance: float = 0.05
     # Which engine holds the vectors (docs/deploy.md, "Vector engines"): "annoy", shard files
     # every search and embed process loads whole (the default, locally and for small clouds),
     # or "s3vectors", Amazon S3 Vectors: the vector bucket `vector_bucket`, with the feature

@@ -249,6 +249,10 @@ class Feedback:
             clients=int(row.get("clients", 0)),
         )
 
+    def terms(self) -> list[str]:
+        """Every term voted on (the list of voted terms: one row per term, not per vote)."""
+        return [item["sk"] for item in self.table.query("terms")]
+
     def term_votes(self, term: str) -> TermVotes:
         items = self.table.query(f"term#{term}", prefix="vote#")
         return TermVotes(

@@ -227,3 +227,27 @@ class UploadStatus(BaseModel):
     status: Literal["pending", "present", "refused", "removed", "failed"]
     image_id: str | None = None
     reason: str | None = None
+
+
+class Topic(BaseModel):
+    kind: Literal["class", "word"] = Field(
+        description="class: an ImageNet class many photos show; word: a word votes taught"
+    )
+    label: str
+    query: str = Field(description="The words that search for it (GET /api/search?q=...)")
+    count: int = Field(description="How many photos show it")
+    cover: Result = Field(description="One photo that shows it well")
+
+
+class Explore(BaseModel):
+    topics: list[Topic] = Field(description="Taught words first, then classes; most photos first")
+
+
+class Stack(BaseModel):
+    count: int = Field(description="How many near-copies of one photo the collection holds")
+    results: list[Result] = Field(description="The copies, newest first")
+
+
+class Duplicates(BaseModel):
+    stacks: list[Stack] = Field(description="Newest stack first")
+    total: int = Field(description="Stacks in the collection")
