@@ -19,9 +19,11 @@ export class ResultList {
   #done = true;
 
   /** `tile(result)` makes a tile, `update(tile, result)` brings one up to date;
+   * `keep(id)` says a tile stays in its place when a refresh leaves its result out (a photo
+   * voted down stays, dimmed, rather than the next one sliding under the pointer);
    * `onBusy(busy)` and `onError(error)` (a further page failed) report to the page. */
-  constructor({ grid, more, end, sentinel, tile, update, onBusy, onError }) {
-    Object.assign(this, { grid, more, end, tile, update, onBusy, onError });
+  constructor({ grid, more, end, sentinel, tile, update, keep, onBusy, onError }) {
+    Object.assign(this, { grid, more, end, tile, update, keep, onBusy, onError });
     this.keys = roving(grid);
     more.addEventListener("click", () => this.loadMore());
     this.observer = new IntersectionObserver(
@@ -52,8 +54,9 @@ export class ResultList {
 
   /** Show a new source. `prepare(batch)` sees its first batch before any tile is made.
    * Resolves with that batch once the first page is shown, or with null if another `show`
-   * came first; rejects with the error (an ApiError) otherwise. */
-  async show(source, prepare = () => {}) {
+   * came first; rejects with the error (an ApiError) otherwise. `count`: how many results
+   * to show at once (as many as were shown, when Back returns to a view). */
+  async show(source, prepare = () => {}, count = PAGE) {
     this.#abort.abort();
     const abort = (this.#abort = new AbortController());
     this.#queue = Promise.resolve();
@@ -64,7 +67,7 @@ export class ResultList {
     this.#controls();
     this.#busy(true);
     try {
-      const { found, first } = await this.#fetch(PAGE, new Set(), abort.signal);
+      const { found, first } = await this.#fetch(count, new Set(), abort.signal);
       if (abort.signal.aborted) return null;
       prepare(first);
       this.#replace(found);
@@ -219,9 +222,15 @@ export class ResultList {
       [...this.#tiles.values()].map((tile) => [tile, tile.getBoundingClientRect()]),
     );
 
+    const kept = new Map(); // tiles that stay where they are though their result is gone
+    [...this.#tiles.keys()].forEach((id, at) => {
+      if (this.keep(id) && !results.some((result) => result.id === id)) kept.set(at, id);
+    });
+    const shown = [...results];
+    for (const [at, id] of kept) shown.splice(Math.min(at, shown.length), 0, this.#results.get(id));
     const tiles = new Map();
     this.#results.clear();
-    for (const result of results) {
+    for (const result of shown) {
       let tile = this.#tiles.get(result.id);
       if (tile) this.update(tile, result);
       else tile = this.tile(result);

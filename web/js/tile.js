@@ -4,6 +4,9 @@
 import { resolve } from "./api.js";
 import { el, icon, quoted } from "./dom.js";
 
+// How wide a tile is: about a third of a phone's width, else the grid's column (style.css).
+const TILE_SIZES = "(max-width: 640px) 34vw, 190px";
+
 function actionButton(action, label, pressed) {
   return el(
     "button",
@@ -23,14 +26,26 @@ function actionButton(action, label, pressed) {
 /** `context` is null where there is nothing to vote on, else
  * `{query, vote: id -> 1 | -1 | undefined}` for the words searched. */
 export function createTile(result, context) {
+  const thumbnail = resolve(result.thumbnail);
   const image = el("img", {
-    src: resolve(result.thumbnail),
+    src: thumbnail,
+    // Thumbnails the API serves come at 192 px too: enough for a tile on most screens.
+    srcset: thumbnail.endsWith("/thumbnail") ? `${thumbnail}?size=192 192w, ${thumbnail} 384w` : null,
+    sizes: TILE_SIZES,
     alt: result.key,
     loading: "lazy",
     decoding: "async",
     width: 384,
     height: 384,
   });
+  const stack = result.stack
+    ? el(
+        "span",
+        { class: "stack", title: `${result.stack} near-copies of this photo` },
+        el("span", { "aria-hidden": "true", text: `${result.stack}` }),
+        el("span", { class: "visually-hidden", text: `${result.stack} near-copies` }),
+      )
+    : "";
   const open = el(
     "button",
     {
@@ -41,9 +56,10 @@ export function createTile(result, context) {
       title: result.key,
     },
     image,
+    stack,
     el(
       "span",
-      { class: "badge", title: "Learned: placed here by what votes taught" },
+      { class: "badge", title: "Learned: moved here by votes" },
       icon("learned"),
       el("span", { class: "visually-hidden", text: "Learned" }),
     ),
@@ -61,6 +77,7 @@ export function createTile(result, context) {
     actionButton("similar", "More like this"),
   );
   const tile = el("li", { class: "tile", "data-id": result.id }, open, actions);
+  if (result.stackStart) tile.classList.add("stack-start");
   image.addEventListener("load", () => tile.classList.add("loaded"), { once: true });
   image.addEventListener("error", () => tile.classList.add("broken"), { once: true });
   updateTile(tile, result, context);
@@ -69,7 +86,9 @@ export function createTile(result, context) {
 
 /** Bring a tile up to date with its result and this session's vote on it. */
 export function updateTile(tile, result, context) {
-  tile.classList.toggle("learned", Boolean(result.learned));
+  // Marked only where votes placed it: this session's own vote, or a move a vote caused.
+  const moved = result.reason === "voted" || Boolean(context?.moved(result.id));
+  tile.classList.toggle("learned", Boolean(result.learned) && moved);
   const vote = context?.vote(result.id);
   if (vote) tile.dataset.vote = vote;
   else delete tile.dataset.vote;
