@@ -453,6 +453,9 @@ def test_the_viewer_enlarges_a_photo_at_most_twice(page: Page) -> None:
 
 
 def test_back_returns_to_the_same_scroll_depth(page: Page) -> None:
+    # The stacks are ready (the server keeps them once found): the grid is stacked from the
+    # first page on, so that both visits show the same photos in the same places.
+    assert page.request.get("/api/duplicates").ok
     page.goto("/")
     expect(tiles(page).nth(47)).to_be_attached()
     page.evaluate("() => scrollTo({top: 3000})")

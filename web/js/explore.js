@@ -4,22 +4,28 @@
 
 import { resolve } from "./api.js";
 import { el, plural } from "./dom.js";
+import { afterFirstScreen } from "./tile.js";
 
 function card({ href, label, count, cover, kind }) {
   const image = cover
     ? el("img", {
-        src: resolve(cover.thumbnail),
-        srcset: cover.thumbnail.endsWith("/thumbnail")
-          ? `${resolve(cover.thumbnail)}?size=192 192w, ${resolve(cover.thumbnail)} 384w`
-          : null,
         sizes: "120px",
         alt: "",
         width: 120,
         height: 120,
         loading: "lazy",
         decoding: "async",
+        fetchpriority: "low", // after the grid's first photos
       })
     : el("span", { class: "topic-stack", "aria-hidden": "true" });
+  if (cover) {
+    const src = resolve(cover.thumbnail);
+    // After the grid's first photos (tile.js): the covers are not what the user came for.
+    afterFirstScreen(() => {
+      if (src.endsWith("/thumbnail")) image.srcset = `${src}?size=192 192w, ${src} 384w`;
+      image.src = src;
+    });
+  }
   return el(
     "li",
     {},

@@ -52,7 +52,7 @@ const list = new ResultList({
   more: $("#more"),
   end: $("#end"),
   sentinel: $("#sentinel"),
-  tile: (result) => createTile(result, voteContext()),
+  tile: (result, first) => createTile(result, voteContext(), { first }),
   update: (tile, result) => updateTile(tile, result, voteContext()),
   keep: (id) => voteContext()?.vote(id) === -1, // voted down: stays in place, dimmed
   onBusy: (busy) => document.body.classList.toggle("busy", busy),
@@ -429,6 +429,7 @@ function showExplore(next) {
     root.hidden = true;
     return Promise.resolve();
   }
+  root.hidden = false; // its room is kept from the start: the grid must not jump down later
   return Promise.all([api.explore(), loadStacks()]).then(
     ([{ topics }, stacks]) => {
       if (view !== next) return;

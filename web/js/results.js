@@ -7,6 +7,7 @@ import { PAGE } from "./pages.js";
 import { roving } from "./roving.js";
 
 const SKELETONS = 12;
+const FIRST_SCREEN = 12; // tiles whose photos are asked for before any other image
 
 export class ResultList {
   #tiles = new Map(); // id -> tile element, in grid order
@@ -205,7 +206,7 @@ export class ResultList {
 
   #append(results) {
     const tiles = results.map((result) => {
-      const tile = this.tile(result);
+      const tile = this.tile(result, this.#tiles.size < FIRST_SCREEN);
       this.#tiles.set(result.id, tile);
       this.#results.set(result.id, result);
       return tile;
