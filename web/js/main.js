@@ -168,7 +168,7 @@ async function show(next, { focus = false, restore = null } = {}) {
     );
     if (view === next && restore?.scroll) {
       await exploring; // what is above the grid first, or the grid would land lower
-      if (view === next) scrollTo({ top: restore.scroll });
+      if (view === next) restoreScroll(restore);
     }
     if (view === next && first) shown(next, first);
   } catch (error) {
@@ -413,7 +413,17 @@ function shownInViewer(id) {
 /** Keep where the user is in this view (scroll, photos loaded) in its history entry. */
 function rememberScroll() {
   if (!list.size) return;
-  history.replaceState({ ...history.state, scroll: scrollY, count: list.size }, "");
+  // The photo in the middle of the screen, and where it is: Back puts it there again, even if
+  // what is above the grid came out taller or shorter.
+  const tile = document.elementFromPoint(innerWidth / 2, innerHeight / 2)?.closest(".tile");
+  const anchor = tile ? { id: tile.dataset.id, top: tile.getBoundingClientRect().top } : null;
+  history.replaceState({ ...history.state, scroll: scrollY, count: list.size, anchor }, "");
+}
+
+function restoreScroll({ scroll, anchor }) {
+  scrollTo({ top: scroll });
+  const tile = anchor && list.grid.querySelector(`.tile[data-id="${CSS.escape(anchor.id)}"]`);
+  if (tile) scrollBy({ top: tile.getBoundingClientRect().top - anchor.top });
 }
 
 let scrollTimer = 0;
