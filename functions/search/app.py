@@ -7,6 +7,6 @@ from imgsearch.cloud.handlers import cold_start, http_handler
 service = cold_start(load=("index", "vocabulary"))
 handler = http_handler(
     service,
-    routers=("health", "images", "search", "uploads"),
+    routers=("health", "images", "search", "uploads", "overview"),
     web_dir=Path(__file__).with_name("web"),  # the bundle's copy of web/ (layers/build.py)
 )

@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
@@ -284,6 +285,11 @@ class Catalog:
     def thumbnail_url(self, image_id: str) -> str | None:
         return self.objects.url(thumbnail_key(image_id))
 
+    def small_thumbnail(self, image_id: str, side: int) -> bytes:
+        """The thumbnail scaled down to at most `side` pixels (for tiles smaller than it),
+        made from the stored one and kept in memory: a few KB each."""
+        return _scaled_jpeg(self.thumbnail(image_id), side)
+
     def put_embedding(
         self,
         image_id: str,
@@ -470,3 +476,20 @@ def _encoded_vector(vector: np.ndarray) -> str:
 
 def _decoded_vector(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), "<f2").astype(np.float32)
+
+
+def _neighbour_attrs(neighbours: list[tuple[str, float]]) -> dict[str, Any]:
+    return {"ids": [i for i, _ in neighbours], "distances": [round(d, 6) for _, d in neighbours]}
+
+
+@lru_cache(maxsize=4096)
+def _scaled_jpeg(jpeg: bytes, side: int) -> bytes:
+    from PIL import Image  # only a server that serves small thumbnails needs it loaded
+
+    with Image.open(io.BytesIO(jpeg)) as image:
+        image.draft("RGB", (side, side))  # JPEG decodes straight at a smaller scale
+        small = image.convert("RGB")
+        small.thumbnail((side, side))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=78, optimize=True)
+    return buffer.getvalue()

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     expansion: bool = True
     expansion_neighbours: int = Field(10, ge=0, le=50)
     expansion_power: float = Field(1.0, ge=0)
+    # Two images whose stored neighbour distance (1 - cosine of their features) is at most
+    # this are near-copies of one photo (resized, re-encoded, cropped a little): stacked in
+    # results and listed by /api/duplicates. Measured in docs/evaluation.md (bench/duplicates.py).
+    duplicate_distance: float = Field(0.08, ge=0, le=2)
     # Which engine holds the vectors (docs/deploy.md, "Vector engines"): "annoy", shard files
     # every search and embed process loads whole (the default, locally and for small clouds),
     # or "s3vectors", Amazon S3 Vectors: the vector bucket `vector_bucket`, with the feature

@@ -122,6 +122,17 @@ class Feedback:
 
         return retry_on_conflict(step, "one vote")
 
+    def withdraw(self, term: str, image_id: str, session: str, client: str = LOCAL_CLIENT) -> bool:
+        """Take back `session`'s vote on the image (undo, or a second press on the same
+        button): the vote goes, and with it its client's voice; returns False if there was
+        none to take back."""
+        dropped = self._drop_vote(
+            term, session, image_id, client, f"vote#{session}#{image_id}#{term}"
+        )
+        if dropped:
+            self._drop_voice(term, image_id, client)
+        return bool(dropped)
+
     def _vote_writes(
         self,
         term: str,
@@ -237,6 +248,10 @@ class Feedback:
             sessions=int(row.get("sessions", 0)),
             clients=int(row.get("clients", 0)),
         )
+
+    def terms(self) -> list[str]:
+        """Every term voted on (the list of voted terms: one row per term, not per vote)."""
+        return [item["sk"] for item in self.table.query("terms")]
 
     def term_votes(self, term: str) -> TermVotes:
         items = self.table.query(f"term#{term}", prefix="vote#")

@@ -17,6 +17,7 @@ from imgsearch.index.builder import BuildReport
 from imgsearch.index.manifest import IndexFormatError
 from imgsearch.ingest import IngestResult, ObjectEvent
 from imgsearch.integrity import DamagedFile, UnusableFile
+from imgsearch.overview import Stack, Topic
 from imgsearch.parts import ModelMismatch, Preloadable
 from imgsearch.rate_limits import TooMany
 from imgsearch.repair import Finding
@@ -58,12 +59,14 @@ __all__ = [
     "Preloadable",
     "Reason",
     "Source",
+    "Stack",
     "StorageError",
     "StorageFull",
     "TermReport",
     "TextResults",
     "Tier",
     "TooMany",
+    "Topic",
     "UnusableFile",
     "UploadForm",
     "UploadOutcome",

@@ -34,6 +34,14 @@ from imgsearch.index.builder import BuildReport
 from imgsearch.ingest import IngestResult, ObjectEvent, content_type
 from imgsearch.integrity import secret_file
 from imgsearch.learning import trust
+from imgsearch.overview import (
+    Stack,
+    Topic,
+    class_topics,
+    duplicate_stacks,
+    near_copies,
+    word_topics,
+)
 from imgsearch.parts import Given, Parts, Preloadable
 from imgsearch.rate_limits import check_vote_rate
 from imgsearch.results import (
@@ -83,6 +91,8 @@ class ImageSearch:
         # True while start-up recovery runs: searches answer from the index as it was.
         self.recovering = False
         self._closing = threading.Event()  # stops the background writer (`close`)
+        self._lock = threading.Lock()
+        self._stacks: tuple[tuple[int, int], list[Stack]] | None = None  # by index version
 
     def preload(self, parts: tuple[Preloadable, ...]) -> None:
         """Load these parts now (a Lambda's init phase, before a request waits for them)."""
@@ -207,10 +217,15 @@ class ImageSearch:
             return Original(media_type, url=url)
         return Original(media_type, data=catalog.original(record.key))
 
-    def thumbnail(self, image_id: str) -> Original:
+    def thumbnail(self, image_id: str, side: int | None = None) -> Original:
         """A JPEG at most 384 pixels on its longer side (see `original`): where it is served
-        as static content (`thumbnail_url`), else where the store says, else the bytes."""
+        as static content (`thumbnail_url`), else where the store says, else the bytes; with
+        `side` (smaller than 384) the bytes scaled down to it where the store serves them."""
         self._existing(image_id)
+        if side is not None and not self.thumbnail_url(image_id):
+            catalog = self.parts.catalog
+            if not catalog.thumbnail_url(image_id):
+                return Original("image/jpeg", data=catalog.small_thumbnail(image_id, side))
         static = self.thumbnail_url(image_id)
         if static:
             return Original("image/jpeg", url=static)
@@ -510,6 +525,40 @@ class ImageSearch:
             raise NotIndexed(image_id)
         return hits
 
+    # What the collection holds -------------------------------------------------------------
+
+    def explore(self, limit: int = 12) -> list[Topic]:
+        """Things in the photos, for a start view: the words votes taught and the classes
+        most photos show, each with how many photos and a cover photo (overview.py)."""
+        index = self.parts.index
+        index.refresh()
+        words = word_topics(self.parts.feedback, index, limit)
+        return [*words, *class_topics(index, self.class_names, limit)]
+
+    def near_copies(self, image_id: str) -> list[Hit]:
+        """The images that are near-copies of an indexed one (settings.duplicate_distance),
+        nearest first. Raises NotIndexed."""
+        self._existing(image_id)
+        self.parts.index.refresh()
+        found = near_copies(
+            self.parts.catalog, self.parts.index, image_id, self.settings.duplicate_distance
+        )
+        return [Hit(i, 1.0, "similar") for i in found]
+
+    def duplicates(self) -> list[Stack]:
+        """Every stack of near-copies in the collection, newest first (kept until the index
+        changes: it reads every stored neighbour list)."""
+        index = self.parts.index
+        index.refresh()
+        generation = (index.generation, len(index))
+        with self._lock:
+            if self._stacks is not None and self._stacks[0] == generation:
+                return self._stacks[1]
+        stacks = duplicate_stacks(self.parts.catalog, index, self.settings.duplicate_distance)
+        with self._lock:
+            self._stacks = (generation, stacks)
+        return stacks
+
     def search_image(
         self,
         data: bytes,
@@ -569,12 +618,15 @@ class ImageSearch:
     def vote(
         self, query: str, image_id: str, value: int, session: str, client: str = LOCAL_CLIENT
     ) -> str:
-        """Record a vote of `session`, cast from `client` (a client id); returns the
-        normalised term it was recorded under. Raises NotIndexed, or NotUnderstood for a
-        query without words."""
+        """Record a vote of `session`, cast from `client` (a client id), or take it back
+        (`value` 0); returns the normalised term it was recorded under. Raises NotIndexed, or
+        NotUnderstood for a query without words."""
         self._existing(image_id)
         term = self.term(query)
-        self.parts.feedback.vote(term, image_id, session, value, client)
+        if value == 0:  # taken back: undo, or a second press on the same vote
+            self.parts.feedback.withdraw(term, image_id, session, client)
+        else:
+            self.parts.feedback.vote(term, image_id, session, value, client)
         # Only a learner this process has built can hold the term's old votes; building one
         # here would load the index into a process that only records votes (the feedback
         # function, which has no Annoy).

@@ -207,10 +207,28 @@ def test_votes_pin_and_drop_results_for_that_query(client) -> None:
     assert before["results"] != again
 
 
+def test_a_vote_taken_back_leaves_the_results_as_before(client) -> None:
+    ids = {}
+    for category in ("elephant", "pizza", "chair"):
+        files = {"file": (f"{category}.jpg", demo_image(category), "image/jpeg")}
+        ids[category] = client.post("/api/images", files=files).json()["id"]
+    before = client.get("/api/search", params={"q": "supper", "session": "s9"}).json()
+    vote = {"query": "supper", "image_id": ids["chair"], "vote": 1, "session": "s9"}
+    assert client.post("/api/feedback", json=vote).status_code == 200
+    voted = client.get("/api/search", params={"q": "supper", "session": "s9"}).json()
+    assert voted["results"][0]["id"] == ids["chair"] and voted["results"][0]["learned"]
+    taken_back = client.post("/api/feedback", json={**vote, "vote": 0})
+    assert taken_back.json() == {"status": "ok", "term": "supper"}
+    after = client.get("/api/search", params={"q": "supper", "session": "s9"}).json()
+    assert [r["id"] for r in after["results"]] == [r["id"] for r in before["results"]]
+    assert not any(r["learned"] for r in after["results"])
+    # Taking back a vote there is not is no error, and changes nothing.
+    assert client.post("/api/feedback", json={**vote, "vote": 0}).status_code == 200
+
+
 @pytest.mark.parametrize(
     "change",
     [
-        {"vote": 0},
         {"vote": 2},
         {"vote": True},
         {"vote": "1"},

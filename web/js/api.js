@@ -37,10 +37,15 @@ export function parseJson(text) {
   }
 }
 
+// Requests boot.js started before the modules loaded, by path: each is taken once.
+const started = window.IMGSEARCH_STARTED || {};
+
 async function call(path, { signal, ...init } = {}) {
   let response;
   try {
-    response = await fetch(API + path, { ...init, signal });
+    const early = !init.method && started[path];
+    delete started[path];
+    response = await (early || fetch(API + path, { ...init, signal }));
   } catch (error) {
     if (signal?.aborted) throw error;
     throw unreachable();
@@ -82,6 +87,11 @@ export const similar = (id, limit, offset, signal) =>
   call(`/images/${encodeURIComponent(id)}/similar?${query({ limit, offset })}`, { signal });
 
 export const image = (id, signal) => call(`/images/${encodeURIComponent(id)}`, { signal });
+
+export const explore = (signal) => call("/explore", { signal });
+
+export const duplicates = (limit, offset, signal) =>
+  call(`/duplicates?${query({ limit, offset })}`, { signal });
 
 export const thumbnailUrl = (id) => `${API}/images/${encodeURIComponent(id)}/thumbnail`;
 

@@ -56,7 +56,8 @@ function chips(interpretation, excluded, expanded) {
     more.setAttribute("aria-expanded", String(open));
     more.textContent = open ? "Fewer" : `+${folded} more`;
   });
-  const label = interpretation.level === "high" ? "Showing" : "Guessing";
+  const label =
+    interpretation.level === "high" ? "Showing" : interpretation.learned ? "Also guessing" : "Guessing";
   return [
     el(
       "div",
@@ -80,7 +81,15 @@ function notes(interpretation) {
     interpretation.terms.filter((term) => term.source === "learned").map((term) => term.phrase),
   );
   const said = [];
-  if (interpretation.level === "none" && !taught) {
+  if (taught) {
+    // Once votes taught the words, they are no longer new: say what was learned, not that.
+    const guesses = interpretation.level === "high" ? "" : " The photos after those are guesses.";
+    return [
+      `Votes taught me about ${quoted(interpretation.query)}: ` +
+        `${plural(taught.votes, "vote")} from ${plural(taught.sessions, "session")}.${guesses}`,
+    ];
+  }
+  if (interpretation.level === "none") {
     said.push(
       `New word ${quoted(interpretation.query)}: teach me by voting. Give a thumbs up to the ` +
         "photos below that show it, or start from a photo of your own.",
@@ -95,12 +104,6 @@ function notes(interpretation) {
         );
       }
     }
-  }
-  if (taught) {
-    said.push(
-      `Votes taught me about ${quoted(interpretation.query)}: ` +
-        `${plural(taught.votes, "vote")} from ${plural(taught.sessions, "session")}.`,
-    );
   }
   return said;
 }
@@ -142,6 +145,16 @@ export function renderInterpretation(
     if (button?.dataset.class) onToggle(Number(button.dataset.class));
     else if (button?.dataset.focusKey === "teach") onTeach();
   };
+  const row = root.querySelector(".chips-row");
+  if (row) {
+    // On a narrow screen the row scrolls sideways: its edge fades while there is more.
+    const edge = () => {
+      row.classList.toggle("scrolls", row.scrollWidth > row.clientWidth + 1);
+      row.classList.toggle("at-end", row.scrollLeft + row.clientWidth >= row.scrollWidth - 1);
+    };
+    requestAnimationFrame(edge);
+    row.addEventListener("scroll", edge, { passive: true });
+  }
   if (refocus) {
     root.querySelector(`[data-class="${refocus}"], [data-focus-key="${refocus}"]`)?.focus();
   }

@@ -3,13 +3,15 @@
 
 import * as api from "./api.js";
 import { $, el, icon, plural, quoted } from "./dom.js";
+import { renderExplore } from "./explore.js";
 import { renderInterpretation } from "./interpretation.js";
 import { askForKey } from "./keyprompt.js";
 import { renderLearned } from "./learned.js";
-import { announce, describe, hideNotice, showNotice, toast } from "./messages.js";
+import { announce, describe, hideNotice, hideToast, showNotice, toast } from "./messages.js";
 import * as pages from "./pages.js";
 import { photoInputs, shrink } from "./photo.js";
 import { ResultList } from "./results.js";
+import { duplicates, loadStacks, stacked } from "./stacks.js";
 import { sessionId, votes } from "./store.js";
 import { createTile, updateTile } from "./tile.js";
 import { createUploads } from "./uploads.js";
@@ -28,12 +30,21 @@ let term = null; // the words as the server normalised them: votes are kept unde
 const photos = new Map();
 const KEPT_PHOTOS = 10;
 let photoCount = 0;
+let lastVote = null; // what Undo puts back: {id, value, view}
+let refreshWhenClosed = false; // a vote came while the viewer was open: the order waits
+// Per term, the photos votes moved in this session: only they carry the "learned" mark.
+const moved = new Map();
+let toldShared = false;
 
 /** What votes mean here: null unless there are words to vote for. */
 function voteContext() {
   if (!views.voting(view) || !term) return null;
   const words = term;
-  return { query: view.q, vote: (id) => votes.of(words)[id] };
+  return {
+    query: view.q,
+    vote: (id) => votes.of(words)[id],
+    moved: (id) => moved.get(words)?.has(id) ?? false,
+  };
 }
 
 const list = new ResultList({
@@ -41,8 +52,9 @@ const list = new ResultList({
   more: $("#more"),
   end: $("#end"),
   sentinel: $("#sentinel"),
-  tile: (result) => createTile(result, voteContext()),
+  tile: (result, first) => createTile(result, voteContext(), { first }),
   update: (tile, result) => updateTile(tile, result, voteContext()),
+  keep: (id) => voteContext()?.vote(id) === -1, // voted down: stays in place, dimmed
   onBusy: (busy) => document.body.classList.toggle("busy", busy),
   onError: (error) => toast(`More photos could not be loaded: ${describe(error)}`),
 });
@@ -52,7 +64,7 @@ const viewer = createViewer($("#viewer"), {
   context: voteContext,
   opener: (id) => list.opener(id),
   describe,
-  onShown: (id) => views.rememberImage(id),
+  onShown: (id) => shownInViewer(id),
   onSimilar: (id) => go({ kind: "similar", id }, { focus: true }),
   onVote: (id, value) => vote(id, value),
   onSearch: (words) => go({ kind: "search", q: words, exclude: new Set() }, { focus: true }),
@@ -62,12 +74,15 @@ const uploads = createUploads($("#uploads"), {
   askKey: (why) => askForKey($("#key-dialog"), why),
   describe,
   announce,
-  onOpen: (id) => viewer.open(id),
+  onOpen: (id) => openViewer(id),
   onAdded: () => {
     if (view.kind !== "browse") return;
     list
       .refresh()
-      .then(summariseBrowse, (error) =>
+      .then((first) => {
+        loadStacks({ again: true });
+        summariseBrowse(first);
+      }, (error) =>
         toast(`The new photos could not be shown: ${describe(error)}`),
       );
   },
@@ -76,7 +91,9 @@ const uploads = createUploads($("#uploads"), {
 // Views ----------------------------------------------------------------------------------
 
 function go(next, { replace = false, focus = false } = {}) {
+  leavingViewer = viewer.isOpen;
   viewer.close();
+  if (!replace) rememberScroll();
   views.remember(next, { replace });
   return show(next, { focus });
 }
@@ -85,13 +102,16 @@ function sourceFor(next) {
   if (next.kind === "search") {
     const votedDown = () =>
       new Set(Object.keys(votes.of(term)).filter((id) => votes.of(term)[id] < 0));
-    return pages.search({ q: next.q, exclude: next.exclude, session: sessionId(), votedDown });
+    return stacked(
+      pages.search({ q: next.q, exclude: next.exclude, session: sessionId(), votedDown }),
+    );
   }
-  if (next.kind === "similar") return pages.similar(next.id);
+  if (next.kind === "similar") return stacked(pages.similar(next.id));
+  if (next.kind === "duplicates") return duplicates();
   const { file } = photos.get(next.photo) ?? {};
   if (next.kind === "photo") return pages.photo(file);
   if (next.kind === "example") return pages.photo(file, { query: next.q, session: sessionId() });
-  return pages.browse();
+  return stacked(pages.browse());
 }
 
 /** The heading, the photo searched with, the words in the box: before any result is in. */
@@ -127,18 +147,29 @@ function showContext(next, previous) {
   }
 }
 
-async function show(next, { focus = false } = {}) {
+async function show(next, { focus = false, restore = null } = {}) {
   const previous = view;
   view = next;
   term = null; // until the new words are back: a vote on a tile still shown is not for them
+  lastVote = null;
+  refreshWhenClosed = false;
   hideNotice();
   showContext(next, previous);
+  const exploring = showExplore(next);
   if (focus) heading.focus();
   scrollTo({ top: 0 });
   try {
-    const first = await list.show(sourceFor(next), (batch) => {
-      term = (next.kind === "search" ? batch?.interpretation.query : batch?.query) ?? null;
-    });
+    const first = await list.show(
+      sourceFor(next),
+      (batch) => {
+        term = (next.kind === "search" ? batch?.interpretation.query : batch?.query) ?? null;
+      },
+      restore?.count,
+    );
+    if (view === next && restore?.scroll) {
+      await exploring; // what is above the grid first, or the grid would land lower
+      if (view === next) restoreScroll(restore);
+    }
     if (view === next && first) shown(next, first);
   } catch (error) {
     if (view === next) failed(next, error);
@@ -153,14 +184,14 @@ function summariseBrowse(first) {
 
 function summariseSearch() {
   summary.replaceChildren();
-  if (!list.results.some((result) => result.learned)) return;
+  if (!list.grid.querySelector(".tile.learned")) return;
   const mark = el(
     "span",
     { class: "mark" },
     icon("learned"),
     el("span", { class: "visually-hidden", text: "Learned" }),
   );
-  summary.append("Photos marked ", mark, " are placed by what votes taught.");
+  summary.append("Photos marked ", mark, " were moved by votes.");
 }
 
 /** For the owner (who holds the key): what votes taught the searched words. */
@@ -174,25 +205,33 @@ function showLearned(next) {
   });
 }
 
+/** How the words were read, with what votes taught so far. */
+function showInterpretation(next, first) {
+  const toggle = (id) => {
+    const exclude = new Set(next.exclude);
+    if (!exclude.delete(id)) exclude.add(id);
+    go({ ...next, exclude }, { replace: true });
+  };
+  renderInterpretation(interpretation, first.interpretation, next.exclude, {
+    onToggle: toggle,
+    onTeach: () => $("#example-input").click(),
+  });
+}
+
 /** The first page is in: the interpretation, the counts, or why there is nothing. */
 function shown(next, first) {
   const more = list.done ? "" : " or more";
   if (next.kind === "search") {
-    const toggle = (id) => {
-      const exclude = new Set(next.exclude);
-      if (!exclude.delete(id)) exclude.add(id);
-      go({ ...next, exclude }, { replace: true });
-    };
-    renderInterpretation(interpretation, first.interpretation, next.exclude, {
-      onToggle: toggle,
-      onTeach: () => $("#example-input").click(),
-    });
+    showInterpretation(next, first);
     summariseSearch();
     showLearned(next);
   } else {
     $("#learned").hidden = true;
   }
   if (next.kind === "browse") summariseBrowse(first);
+  if (next.kind === "duplicates") {
+    summary.textContent = `${plural(first.total, "stack")} of near-copies of one photo`;
+  }
   if (list.size) {
     announce(`${plural(list.size, "photo")}${more}: ${heading.textContent}`);
     return;
@@ -216,29 +255,71 @@ function failed(next, error) {
 
 // What the user does ---------------------------------------------------------------------
 
-async function vote(id, value) {
+/** Vote on a photo for the words searched. Pressing the same vote again takes it back;
+ * `undo` puts back the vote the photo had (`value`, 0 for none). */
+async function vote(id, value, { undo = false } = {}) {
   if (!views.voting(view) || !term) return;
   const { q } = view;
+  const shownIn = view;
   const words = term;
-  const before = votes.of(words)[id];
-  votes.set(words, id, value);
+  const before = votes.of(words)[id] ?? 0;
+  const next = !undo && before === value ? 0 : value;
+  votes.set(words, id, next);
   list.redraw(id);
   try {
-    await api.vote({ query: q, imageId: id, value, session: sessionId() });
+    await api.vote({ query: q, imageId: id, value: next, session: sessionId() });
   } catch (error) {
     votes.set(words, id, before);
     list.redraw(id);
     toast(`Your vote was not saved: ${describe(error)}`);
     return;
   }
-  toast(
+  lastVote = undo ? null : { id, value: before, view: shownIn };
+  toast(voteNews(q, next, undo), undo ? null : { label: "Undo", run: undoVote });
+  if (viewer.isOpen) {
+    refreshWhenClosed = true; // stepping through the photos must not skip or repeat any
+    return;
+  }
+  await refreshAfterVotes();
+}
+
+function voteNews(q, value, undo) {
+  if (undo) return "Undone: your vote is as it was.";
+  if (value === 0) return `Your vote is taken back: ${quoted(q)} is as before it.`;
+  let news =
     value > 0
       ? `Thanks: it comes first for ${quoted(q)} now.`
-      : `Thanks: it is left out of ${quoted(q)} now.`,
-  );
+      : `Thanks: it is left out of ${quoted(q)} now.`;
+  if (!toldShared) news += " Votes change others' results once several people agree.";
+  toldShared = true;
+  return news;
+}
+
+/** Take back the last vote (the toast's Undo, or Ctrl+Z). */
+function undoVote() {
+  const last = lastVote;
+  if (!last || last.view !== view) return;
+  lastVote = null;
+  hideToast();
+  vote(last.id, last.value, { undo: true });
+}
+
+/** Fetch the results again after votes; mark the photos the votes moved. */
+async function refreshAfterVotes() {
+  const words = term;
+  const was = new Map(list.results.map((result, at) => [result.id, at]));
   try {
-    await list.refresh();
+    const first = await list.refresh();
+    if (!first || term !== words) return;
+    const movedNow = moved.get(words) ?? new Set();
+    list.results.forEach((result, at) => {
+      if (was.has(result.id) && was.get(result.id) !== at && result.learned) movedNow.add(result.id);
+      if (!result.learned) movedNow.delete(result.id);
+    });
+    moved.set(words, movedNow);
+    for (const result of list.results) list.redraw(result.id);
     if (view.kind === "search") {
+      showInterpretation(view, first);
       summariseSearch();
       showLearned(view);
     }
@@ -276,7 +357,7 @@ $("#grid").addEventListener("click", (event) => {
   const id = button?.closest(".tile")?.dataset.id;
   if (!id) return;
   const action = button.classList.contains("tile-open") ? "open" : button.dataset.action;
-  if (action === "open") viewer.open(id);
+  if (action === "open") openViewer(id);
   else if (action === "similar") go({ kind: "similar", id }, { focus: true });
   else if (action === "up" || action === "down") vote(id, action === "up" ? 1 : -1);
 });
@@ -309,15 +390,103 @@ photoInputs({
 
 $("img", preview).addEventListener("error", () => preview.classList.add("broken"));
 
+// The image view and the history: opening a photo adds a history entry, so that Back (the
+// phone's back gesture) closes it rather than leaving the view.
+let leavingViewer = false; // the viewer closes because the page goes elsewhere
+
+function openViewer(id) {
+  if (!viewer.isOpen) views.pushImage(id);
+  viewer.open(id);
+}
+
+function shownInViewer(id) {
+  if (id) return views.rememberImage(id);
+  if (refreshWhenClosed) {
+    refreshWhenClosed = false;
+    refreshAfterVotes();
+  }
+  if (leavingViewer) leavingViewer = false;
+  else if (history.state?.viewer) history.back();
+  else views.rememberImage(null);
+}
+
+/** Keep where the user is in this view (scroll, photos loaded) in its history entry. */
+function rememberScroll() {
+  if (!list.size) return;
+  // The photo in the middle of the screen, and where it is: Back puts it there again, even if
+  // what is above the grid came out taller or shorter.
+  const tile = document.elementFromPoint(innerWidth / 2, innerHeight / 2)?.closest(".tile");
+  const anchor = tile ? { id: tile.dataset.id, top: tile.getBoundingClientRect().top } : null;
+  history.replaceState({ ...history.state, scroll: scrollY, count: list.size, anchor }, "");
+}
+
+function restoreScroll({ scroll, anchor }) {
+  scrollTo({ top: scroll });
+  const tile = anchor && list.grid.querySelector(`.tile[data-id="${CSS.escape(anchor.id)}"]`);
+  if (tile) scrollBy({ top: tile.getBoundingClientRect().top - anchor.top });
+}
+
+let scrollTimer = 0;
+addEventListener("scroll", () => {
+  clearTimeout(scrollTimer);
+  scrollTimer = setTimeout(rememberScroll, 200);
+});
+
+/** On the start view: things in the photos, each a search, and the near-duplicates. */
+function showExplore(next) {
+  const root = $("#explore");
+  if (next.kind !== "browse") {
+    root.hidden = true;
+    return Promise.resolve();
+  }
+  root.hidden = false; // its room is kept from the start: the grid must not jump down later
+  return Promise.all([api.explore(), loadStacks()]).then(
+    ([{ topics }, stacks]) => {
+      if (view !== next) return;
+      renderExplore(root, topics, stacks, {
+        onSearch: (q) => go({ kind: "search", q, exclude: new Set() }, { focus: true }),
+        onDuplicates: () => go({ kind: "duplicates" }, { focus: true }),
+      });
+    },
+    () => {
+      root.hidden = true; // the start view works without it
+    },
+  );
+}
+
 /** Show the view the address names, and the photo it names in the image view, if any. */
 async function showAddress() {
   const image = views.imageInAddress();
+  const next = views.fromAddress(photos);
+  const state = history.state;
+  leavingViewer = viewer.isOpen;
   viewer.close();
-  await show(views.fromAddress(photos));
+  await show(next, { restore: state?.scroll ? state : null });
   if (image) viewer.open(image);
 }
 
-history.scrollRestoration = "manual"; // each view starts at the top
-addEventListener("popstate", () => showAddress());
+history.scrollRestoration = "manual"; // each view starts at the top, or where it was left
+addEventListener("popstate", () => {
+  // The same view with or without a photo open: only the image view opens or closes.
+  if (views.same(view, views.fromAddress(photos))) {
+    const image = views.imageInAddress();
+    if (image) viewer.open(image);
+    else if (viewer.isOpen) {
+      leavingViewer = true;
+      viewer.close();
+    }
+    return;
+  }
+  showAddress();
+});
 
+addEventListener("keydown", (event) => {
+  const typing = event.target.closest?.("input, textarea, [contenteditable]");
+  if ((event.ctrlKey || event.metaKey) && event.key === "z" && !typing && lastVote) {
+    event.preventDefault();
+    undoVote();
+  }
+});
+
+loadStacks();
 showAddress();

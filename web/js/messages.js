@@ -5,6 +5,7 @@
 import { $, el, icon } from "./dom.js";
 
 const TOAST_MS = 5000;
+const TOAST_ACTION_MS = 8000;
 let toastTimer = 0;
 
 /** Say something to screen readers only. */
@@ -17,13 +18,26 @@ export function announce(text) {
   });
 }
 
-/** Show passing news for a few seconds (it is announced too: the toast is a status region). */
-export function toast(text) {
+/** Show passing news for a few seconds (it is announced too: the toast is a status region).
+ * `action` ({label, run}) adds a button, and the toast stays longer so it can be reached. */
+export function toast(text, action = null) {
   const box = $("#toast");
-  box.textContent = text;
+  box.replaceChildren(el("span", { text }));
+  if (action) {
+    const button = el("button", { class: "toast-action", type: "button", text: action.label });
+    button.addEventListener("click", () => {
+      hideToast();
+      action.run();
+    });
+    box.append(button);
+  }
   box.classList.add("shown");
   clearTimeout(toastTimer);
-  toastTimer = setTimeout(() => box.classList.remove("shown"), TOAST_MS);
+  toastTimer = setTimeout(hideToast, action ? TOAST_ACTION_MS : TOAST_MS);
+}
+
+export function hideToast() {
+  $("#toast").classList.remove("shown");
 }
 
 /** What went wrong, in words for the user. */

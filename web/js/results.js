@@ -12,6 +12,7 @@ import { PAGE } from "./pages.js";
 import { roving } from "./roving.js";
 
 const SKELETONS = 12;
+const FIRST_SCREEN = 12; // tiles whose photos are asked for before any other image
 
 export class ResultList {
   #tiles = new Map(); // id -> tile element, in grid order
@@ -25,11 +26,13 @@ export class ResultList {
   #words = null; // a search by words: {query, matches, didYouMean}; null for other views
 
   /** `tile(result)` makes a tile, `update(tile, result)` brings one up to date;
+   * `keep(id)` says a tile stays in its place when a refresh leaves its result out (a photo
+   * voted down stays, dimmed, rather than the next one sliding under the pointer);
    * `onBusy(busy)` and `onError(error)` (a further page failed) report to the page;
    * `onTeach()` offers to teach words no photo looks like (by an example photo). */
-  constructor({ grid, more, end, sentinel, tile, update, onBusy, onError, onTeach }) {
+  constructor({ grid, more, end, sentinel, tile, update, keep, onBusy, onError, onTeach }) {
     onTeach ??= () => document.getElementById("example-input")?.click();
-    Object.assign(this, { grid, more, end, tile, update, onBusy, onError, onTeach });
+    Object.assign(this, { grid, more, end, tile, update, keep, onBusy, onError, onTeach });
     this.keys = roving(grid);
     more.addEventListener("click", () => this.loadMore());
     this.observer = new IntersectionObserver(
@@ -60,8 +63,9 @@ export class ResultList {
 
   /** Show a new source. `prepare(batch)` sees its first batch before any tile is made.
    * Resolves with that batch once the first page is shown, or with null if another `show`
-   * came first; rejects with the error (an ApiError) otherwise. */
-  async show(source, prepare = () => {}) {
+   * came first; rejects with the error (an ApiError) otherwise. `count`: how many results
+   * to show at once (as many as were shown, when Back returns to a view). */
+  async show(source, prepare = () => {}, count = PAGE) {
     this.#abort.abort();
     const abort = (this.#abort = new AbortController());
     this.#queue = Promise.resolve();
@@ -72,7 +76,7 @@ export class ResultList {
     this.#controls();
     this.#busy(true);
     try {
-      const { found, first } = await this.#fetch(PAGE, new Set(), abort.signal);
+      const { found, first } = await this.#fetch(count, new Set(), abort.signal);
       if (abort.signal.aborted) return null;
       prepare(first);
       this.#words = wordsOf(first);
@@ -213,7 +217,7 @@ export class ResultList {
 
   #append(results) {
     const tiles = results.map((result) => {
-      const tile = this.tile(result);
+      const tile = this.tile(result, this.#tiles.size < FIRST_SCREEN);
       this.#tiles.set(result.id, tile);
       this.#results.set(result.id, result);
       return tile;
@@ -255,9 +259,15 @@ export class ResultList {
       [...this.#tiles.values()].map((tile) => [tile, tile.getBoundingClientRect()]),
     );
 
+    const kept = new Map(); // tiles that stay where they are though their result is gone
+    [...this.#tiles.keys()].forEach((id, at) => {
+      if (this.keep(id) && !results.some((result) => result.id === id)) kept.set(at, id);
+    });
+    const shown = [...results];
+    for (const [at, id] of kept) shown.splice(Math.min(at, shown.length), 0, this.#results.get(id));
     const tiles = new Map();
     this.#results.clear();
-    for (const result of results) {
+    for (const result of shown) {
       let tile = this.#tiles.get(result.id);
       if (tile) this.update(tile, result);
       else tile = this.tile(result);

@@ -4,6 +4,40 @@
 import { resolve } from "./api.js";
 import { el, icon, quoted } from "./dom.js";
 
+// The first screen's photos take the connection first: on a slow one, every other image
+// (the rest of the grid, the start view's covers) waits until they are in, or a few seconds.
+let waiting = 0;
+let queued = [];
+const FIRST_SCREEN_WAIT_MS = 4000;
+
+function firstScreen(image, start) {
+  waiting += 1;
+  const done = () => {
+    waiting -= 1;
+    if (waiting <= 0) release();
+  };
+  image.addEventListener("load", done, { once: true });
+  image.addEventListener("error", done, { once: true });
+  start();
+  setTimeout(release, FIRST_SCREEN_WAIT_MS);
+}
+
+function release() {
+  waiting = 0;
+  const now = queued;
+  queued = [];
+  for (const start of now) start();
+}
+
+/** Run `start` (which asks for an image) once the first screen's photos are in. */
+export function afterFirstScreen(start) {
+  if (waiting > 0) queued.push(start);
+  else start();
+}
+
+// How wide a tile is: about a third of a phone's width, else the grid's column (style.css).
+const TILE_SIZES = "(max-width: 640px) 34vw, 190px";
+
 function actionButton(action, label, pressed) {
   return el(
     "button",
@@ -22,15 +56,26 @@ function actionButton(action, label, pressed) {
 
 /** `context` is null where there is nothing to vote on, else
  * `{query, vote: id -> 1 | -1 | undefined}` for the words searched. */
-export function createTile(result, context) {
+export function createTile(result, context, { first = false } = {}) {
+  const thumbnail = resolve(result.thumbnail);
   const image = el("img", {
-    src: resolve(result.thumbnail),
+    sizes: TILE_SIZES,
     alt: result.key,
-    loading: "lazy",
+    // The first screen's photos before anything else; the rest as they come near.
+    loading: first ? "eager" : "lazy",
+    fetchpriority: first ? "high" : "low",
     decoding: "async",
     width: 384,
     height: 384,
   });
+  const stack = result.stack
+    ? el(
+        "span",
+        { class: "stack", title: `${result.stack} near-copies of this photo` },
+        el("span", { "aria-hidden": "true", text: `${result.stack}` }),
+        el("span", { class: "visually-hidden", text: `${result.stack} near-copies` }),
+      )
+    : "";
   const open = el(
     "button",
     {
@@ -41,9 +86,10 @@ export function createTile(result, context) {
       title: result.key,
     },
     image,
+    stack,
     el(
       "span",
-      { class: "badge", title: "Learned: placed here by what votes taught" },
+      { class: "badge", title: "Learned: moved here by votes" },
       icon("learned"),
       el("span", { class: "visually-hidden", text: "Learned" }),
     ),
@@ -61,15 +107,27 @@ export function createTile(result, context) {
     actionButton("similar", "More like this"),
   );
   const tile = el("li", { class: "tile", "data-id": result.id }, open, actions);
+  if (result.stackStart) tile.classList.add("stack-start");
   image.addEventListener("load", () => tile.classList.add("loaded"), { once: true });
   image.addEventListener("error", () => tile.classList.add("broken"), { once: true });
+  const start = () => {
+    // Thumbnails the API serves come at 192 px too: enough for a tile on most screens.
+    if (thumbnail.endsWith("/thumbnail")) {
+      image.srcset = `${thumbnail}?size=192 192w, ${thumbnail} 384w`;
+    }
+    image.src = thumbnail;
+  };
+  if (first) firstScreen(image, start);
+  else afterFirstScreen(start);
   updateTile(tile, result, context);
   return tile;
 }
 
 /** Bring a tile up to date with its result and this session's vote on it. */
 export function updateTile(tile, result, context) {
-  tile.classList.toggle("learned", Boolean(result.learned));
+  // Marked only where votes placed it: this session's own vote, or a move a vote caused.
+  const moved = result.reason === "voted" || Boolean(context?.moved(result.id));
+  tile.classList.toggle("learned", Boolean(result.learned) && moved);
   const vote = context?.vote(result.id);
   if (vote) tile.dataset.vote = vote;
   else delete tile.dataset.vote;

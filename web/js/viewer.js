@@ -1,10 +1,14 @@
 /** The image view: a modal dialog with the photo, what the model sees in it, the keys it is
  * stored under, a link to the original, "more like this", a vote when there are words to vote
- * for, and previous / next through the results (also the arrow keys). Escape, the close button
- * or a click outside closes it, and focus goes back to the photo's tile. */
+ * for (also the Y and N keys), and previous / next through the results (also the arrow keys,
+ * and a swipe sideways on a touch screen). Escape, the close button, a click outside or a
+ * swipe down closes it, and focus goes back to the photo's tile. */
 
 import * as api from "./api.js";
 import { $, el, quoted } from "./dom.js";
+
+const UPSCALE = 2; // the most a photo is enlarged
+const SWIPE_PX = 60; // a finger moved this far is a swipe
 
 /** `results()` the results in order; `context()` the vote context (see tile.js) or null;
  * `opener(id)` the element to focus when the view closes on that photo; `describe(error)`;
@@ -20,6 +24,7 @@ export function createViewer(
   const original = $("[data-original]", dialog);
   const classes = $(".viewer-classes", dialog);
   const keys = $(".viewer-keys", dialog);
+  const stage = $(".viewer-stage", dialog);
   let current = null;
   let returnTo = null;
   let refocus = true; // false while closing to go elsewhere, which takes the focus itself
@@ -42,7 +47,14 @@ export function createViewer(
     }
   }
 
+  /** Never blown up beyond twice its size: a small photo stays sharp enough to judge. */
+  function capSize(width, height) {
+    image.style.setProperty("--max-w", `${width * UPSCALE}px`);
+    image.style.setProperty("--max-h", `${height * UPSCALE}px`);
+  }
+
   function showDetail(detail) {
+    capSize(detail.width, detail.height);
     meta.textContent = `${detail.width.toLocaleString()} \u00d7 ${detail.height.toLocaleString()} pixels`;
     const full = new Image();
     full.src = api.resolve(detail.url);
@@ -76,6 +88,7 @@ export function createViewer(
     const result = results().find((one) => one.id === id);
     image.src = result ? api.resolve(result.thumbnail) : api.thumbnailUrl(id);
     image.alt = result?.key ?? "";
+    if (result) capSize(result.width, result.height);
     title.textContent = result?.key ?? "Photo";
     meta.textContent = "Loading details\u2026";
     original.href = result
@@ -129,12 +142,46 @@ export function createViewer(
     event.preventDefault();
     leave(() => onSearch(link.textContent));
   });
+  function vote(value) {
+    if (context()) onVote(current, value).then(showVote);
+  }
+
   dialog.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
     if (event.key === "ArrowLeft" || event.key === "ArrowRight") {
       event.preventDefault();
       step(event.key === "ArrowLeft" ? -1 : 1);
+    } else if (event.key === "y" || event.key === "n") {
+      event.preventDefault();
+      vote(event.key === "y" ? 1 : -1);
     }
   });
+
+  // Touch: a swipe sideways steps, a swipe down closes (the photo follows the finger).
+  let touch = null;
+  stage.addEventListener("pointerdown", (event) => {
+    if (event.pointerType === "touch" && event.isPrimary) {
+      touch = { id: event.pointerId, x: event.clientX, y: event.clientY };
+    }
+  });
+  stage.addEventListener("pointermove", (event) => {
+    if (touch?.id !== event.pointerId) return;
+    const dx = event.clientX - touch.x;
+    const dy = Math.max(0, event.clientY - touch.y);
+    image.style.translate = Math.abs(dx) > dy ? `${dx}px 0` : `0 ${dy}px`;
+  });
+  const endSwipe = (event) => {
+    if (touch?.id !== event.pointerId) return;
+    const dx = event.clientX - touch.x;
+    const dy = event.clientY - touch.y;
+    touch = null;
+    image.style.translate = "";
+    if (event.type === "pointercancel") return;
+    if (Math.abs(dx) >= SWIPE_PX && Math.abs(dx) > Math.abs(dy)) step(dx < 0 ? 1 : -1);
+    else if (dy >= SWIPE_PX && dy > Math.abs(dx)) dialog.close();
+  };
+  stage.addEventListener("pointerup", endSwipe);
+  stage.addEventListener("pointercancel", endSwipe);
   dialog.addEventListener("close", () => {
     request.abort();
     onShown(null);
@@ -143,6 +190,9 @@ export function createViewer(
   });
 
   return {
+    get isOpen() {
+      return dialog.open;
+    },
     open(id) {
       if (!dialog.open) returnTo = document.activeElement;
       show(id);

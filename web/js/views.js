@@ -14,6 +14,7 @@ const HEADINGS = {
   similar: () => "More like this photo",
   photo: () => "Photos like yours",
   example: (view) => `Teaching ${quoted(view.q)} by example`,
+  duplicates: () => "Near-duplicates",
 };
 
 export const heading = (view) => HEADINGS[view.kind](view);
@@ -33,6 +34,7 @@ export function fromAddress(photos) {
     const exclude = params.getAll("exclude").map(Number).filter(Number.isInteger);
     return { kind: "search", q, exclude: new Set(exclude) };
   }
+  if (params.get("view") === "duplicates") return { kind: "duplicates" };
   const similar = params.get("similar");
   if (similar && IMAGE_ID.test(similar)) return { kind: "similar", id: similar };
   const state = history.state;
@@ -47,6 +49,20 @@ export function fromAddress(photos) {
 export function imageInAddress() {
   const id = new URLSearchParams(location.search).get("image");
   return id && IMAGE_ID.test(id) ? id : null;
+}
+
+/** Whether two views show the same thing (a photo open in the image view aside). */
+export function same(a, b) {
+  if (a.kind !== b.kind || a.q !== b.q || a.id !== b.id || a.photo !== b.photo) return false;
+  const excluded = (view) => [...(view.exclude ?? [])].sort().join();
+  return excluded(a) === excluded(b);
+}
+
+/** A new history entry for the photo opened in the image view: Back closes the view. */
+export function pushImage(id) {
+  const url = new URL(location.href);
+  url.searchParams.set("image", id);
+  history.pushState({ ...history.state, viewer: true }, "", url);
 }
 
 /** Name the photo the image view shows in the address (null: none), in place: reload and
@@ -67,6 +83,7 @@ export function remember(view, { replace = false } = {}) {
     for (const id of view.exclude) params.append("exclude", id);
   }
   if (view.kind === "similar") params.set("similar", view.id);
+  if (view.kind === "duplicates") params.set("view", "duplicates");
   const state = { photo: ofPhoto(view) && view.photo, example: view.kind === "example" && view.q };
   const url = params.size ? `?${params}` : location.pathname;
   history[replace ? "replaceState" : "pushState"](state, "", url);
@@ -98,6 +115,12 @@ export function emptyNotice(view, actions) {
     return {
       title: "Nothing similar yet",
       text: "this photo is still being indexed. Try again in a moment.",
+    };
+  }
+  if (view.kind === "duplicates") {
+    return {
+      title: "No near-duplicates",
+      text: "no two photos here are copies of one another (resized, re-encoded or cropped).",
     };
   }
   return { title: "No similar photos", text: "the collection is empty, or still being indexed." };

@@ -12,13 +12,14 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from imgsearch.api.docs import DOCS_PATHS, add_docs
 from imgsearch.api.guard import RequestGuard, SecurityHeaders
-from imgsearch.api.routes import feedback, health, images, search, uploads, votes
+from imgsearch.api.routes import feedback, health, images, overview, search, uploads, votes
 from imgsearch.api.schemas import problems
 from imgsearch.results import (
     DecoderBusy,
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 16 * 1024  # a vote is a few hundred bytes
 ECHOED_INPUT_CHARS = 100  # of an invalid input, in a 422: never a mirror of the request
+GZIP_MIN_BYTES = 500  # smaller answers gain less than the header costs
 MAX_DETAIL_CHARS = 300  # of a refusal's reason, which may quote what was sent (a key)
 # Refusal codes of an image that have their own HTTP status; the rest are 422 (unusable).
 REFUSAL_STATUS = {"too_large": 413, "not_an_image": 415}
@@ -49,6 +51,7 @@ ROUTERS = {
     "feedback": feedback.router,
     "uploads": uploads.router,
     "votes": votes.router,
+    "overview": overview.router,
 }
 
 
@@ -87,6 +90,9 @@ def create_app(
             allow_headers=["content-type", "x-api-key"],
         )
     app.add_middleware(SecurityHeaders, page_origins=settings.page_origins, docs_paths=DOCS_PATHS)
+    # JSON and the page's text files, compressed for clients that accept it (JPEGs are not:
+    # Starlette leaves images alone); outermost, so every answer passes through it.
+    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=6)
 
     @app.exception_handler(HTTPException)
     async def refused(request: Request, error: HTTPException) -> Response:

@@ -173,7 +173,9 @@ class Uploaded(BaseModel):
 class VoteRequest(BaseModel):
     query: str = Field(min_length=1, max_length=200)
     image_id: str = Field(pattern=IMAGE_ID_PATTERN)
-    vote: Literal[1, -1]
+    vote: Literal[1, -1, 0] = Field(
+        description="1 relevant, -1 not relevant, 0 takes the session's vote back (undo)"
+    )
     session: str = Field(pattern=SESSION_PATTERN)
 
     @field_validator("vote", mode="before")
@@ -181,7 +183,7 @@ class VoteRequest(BaseModel):
     def _not_a_boolean(cls, value: object) -> object:
         # Python's True == 1, so the literal alone would take JSON true as a vote.
         if isinstance(value, bool):
-            raise ValueError("a vote is the number 1 or -1, not true or false")
+            raise ValueError("a vote is the number 1, -1 or 0, not true or false")
         return value
 
 
@@ -248,3 +250,27 @@ class UploadStatus(BaseModel):
     status: Literal["pending", "present", "refused", "removed", "failed"]
     image_id: str | None = None
     reason: str | None = None
+
+
+class Topic(BaseModel):
+    kind: Literal["class", "word"] = Field(
+        description="class: an ImageNet class many photos show; word: a word votes taught"
+    )
+    label: str
+    query: str = Field(description="The words that search for it (GET /api/search?q=...)")
+    count: int = Field(description="How many photos show it")
+    cover: Result = Field(description="One photo that shows it well")
+
+
+class Explore(BaseModel):
+    topics: list[Topic] = Field(description="Taught words first, then classes; most photos first")
+
+
+class Stack(BaseModel):
+    count: int = Field(description="How many near-copies of one photo the collection holds")
+    results: list[Result] = Field(description="The copies, newest first")
+
+
+class Duplicates(BaseModel):
+    stacks: list[Stack] = Field(description="Newest stack first")
+    total: int = Field(description="Stacks in the collection")

@@ -95,6 +95,11 @@ class SearchIndex(ABC):
         """The `k` images with the highest sum of weight x class probability (> 0), best
         first, over each image's posted classes (shards.posted_probabilities)."""
 
+    def class_counts(self, min_probability: float) -> list[tuple[int, int, str]]:
+        """(class id, images that give it at least `min_probability`, its most probable
+        image) per class, from posting lists; an engine without them has none to offer."""
+        return []
+
     @abstractmethod
     def spread(self, k: int, *, exclude: Collection[str] = ()) -> list[str]:
         """`k` images that together cover the collection (for queries nobody understands)."""

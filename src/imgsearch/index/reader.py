@@ -223,6 +223,23 @@ class Index(SearchIndex):
 
         return _best(self._map_shards(rank), k, exclude, ascending=False)
 
+    def class_counts(self, min_probability: float) -> list[tuple[int, int, str]]:
+        """(class id, images that give it at least `min_probability`, its most probable
+        image) of every class some image gives that much, from each shard's posting lists."""
+        shards = self._snapshot.shards
+        if not shards:
+            return []
+        per_shard = [shard.class_counts(min_probability) for shard in shards]
+        counts = np.sum([c.counts for c in per_shard], axis=0)
+        best_shard = np.argmax([c.cover_probabilities for c in per_shard], axis=0)
+        found = []
+        for class_id in np.flatnonzero(counts):
+            shard, counted = shards[best_shard[class_id]], per_shard[best_shard[class_id]]
+            cover = int(counted.cover_rows[class_id])
+            if cover >= 0:
+                found.append((int(class_id), int(counts[class_id]), shard.ids[cover]))
+        return found
+
     def spread(self, k: int, *, exclude: Collection[str] = ()) -> list[str]:
         """`k` images that together cover the collection: each shard's representatives, taken
         in turn across shards."""

@@ -357,6 +357,15 @@ def _postings_bytes(probabilities: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class ClassCounts:
+    """Per class id: images that give it a high probability, and its most probable image."""
+
+    counts: np.ndarray  # int64
+    cover_rows: np.ndarray  # a row of the shard, -1 for none
+    cover_probabilities: np.ndarray
+
+
 class Shard:
     """A loaded, read-only shard build."""
 
@@ -379,6 +388,7 @@ class Shard:
         self._offsets = postings["offsets"]
         self._posting_rows = postings["rows"]
         self._posting_values = postings["values"].astype(np.float32)
+        self._class_counts: tuple[np.ndarray, float, ClassCounts] | None = None
         self.spread = np.load(self._file("spread.npy"))
         self.projection = Projection.from_bytes(self._read("projection.npz"))
         self._forest = AnnoyIndex(self.projection.dims, "euclidean")
@@ -466,6 +476,29 @@ class Shard:
             sums = sums[listed]
         keep = self.live[listed] & (sums > 0)
         return listed[keep], sums[keep].astype(np.float32)
+
+    def class_counts(self, min_probability: float) -> ClassCounts:
+        """Per class: how many live images give it at least `min_probability`, and its most
+        probable live image (row, probability; -1 and 0 if none), read off the posting lists
+        (sorted most probable first) and kept until the deletion mask changes."""
+        cached = self._class_counts
+        if cached is not None and cached[0] is self.live and cached[1] == min_probability:
+            return cached[2]
+        live = self.live[self._posting_rows]
+        strong = np.concatenate(([0], np.cumsum(live & (self._posting_values >= min_probability))))
+        starts, ends = self._offsets[:-1], self._offsets[1:]
+        live_positions = np.flatnonzero(live)
+        first = np.searchsorted(live_positions, starts)
+        found = first < len(live_positions)
+        found[found] &= live_positions[first[found]] < ends[found]
+        at = live_positions[np.minimum(first, max(len(live_positions) - 1, 0))]
+        counts = ClassCounts(
+            counts=(strong[ends] - strong[starts]).astype(np.int64),
+            cover_rows=np.where(found, self._posting_rows[at] if len(at) else -1, -1),
+            cover_probabilities=np.where(found, self._posting_values[at] if len(at) else 0, 0),
+        )
+        self._class_counts = (self.live, min_probability, counts)
+        return counts
 
     def data(self) -> ShardData:
         """The shard's content, to rebuild it with more or fewer images."""

@@ -23,7 +23,12 @@ router = APIRouter(
 ImageId = Annotated[str, Path(pattern=IMAGE_ID_PATTERN, description="An image id")]
 Limit = Annotated[int, Query(ge=1, le=200)]
 Offset = Annotated[int, Query(ge=0, le=100_000)]
-_IMAGE_HEADERS = {"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"}
+SMALL_THUMBNAILS = (192,)  # sides a thumbnail is also served at (a few, so caches hold them)
+# An image id names its content (a hash of the bytes): what it answers never changes.
+_IMAGE_HEADERS = {
+    "Cache-Control": "public, max-age=31536000, immutable",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 @router.post("", status_code=201, response_model=Uploaded)
@@ -84,9 +89,25 @@ def image_file(service: Service, image_id: ImageId) -> Response:
 
 
 @router.get("/{image_id}/thumbnail", name="image_thumbnail", response_class=Response)
-def image_thumbnail(service: Service, image_id: ImageId) -> Response:
-    """A JPEG at most 384 pixels on its longer side."""
-    return _bytes(service.thumbnail, image_id, missing="no thumbnail for image {}")
+def image_thumbnail(
+    service: Service,
+    image_id: ImageId,
+    size: Annotated[
+        int | None, Query(ge=1, le=10_000, description="192: at most 192 pixels, for small tiles")
+    ] = None,
+) -> Response:
+    """A JPEG at most 384 pixels on its longer side (or `size`)."""
+    if size is not None and size not in SMALL_THUMBNAILS:
+        raise HTTPException(422, detail=f"size: {', '.join(map(str, SMALL_THUMBNAILS))} or none")
+    return _bytes(
+        lambda i: service.thumbnail(i, size), image_id, missing="no thumbnail for image {}"
+    )
+
+
+@router.get("/{image_id}/duplicates", response_model=Results)
+def image_duplicates(request: Request, service: Service, image_id: ImageId) -> Results:
+    """The near-copies of this image (resized, re-encoded, cropped a little), nearest first."""
+    return Results(results=presenters.results(request, service, service.near_copies(image_id)))
 
 
 @router.get("/{image_id}/similar", response_model=Results)

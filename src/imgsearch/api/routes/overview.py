@@ -1,0 +1,57 @@
+"""What the collection holds: things in the photos (a start view), and near-duplicates."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from imgsearch.api import presenters
+from imgsearch.api.deps import Service
+from imgsearch.api.schemas import Duplicates, Explore, Stack, Topic, problems
+from imgsearch.results import Hit
+
+# Plain functions: FastAPI runs them off the event loop.
+router = APIRouter(tags=["overview"], responses=problems(422, 503))
+
+
+@router.get("/explore", response_model=Explore)
+def explore(
+    request: Request, service: Service, limit: Annotated[int, Query(ge=1, le=50)] = 12
+) -> Explore:
+    """Things in the photos: the words votes taught and the classes most photos show (from
+    the index's posting lists), each with how many photos and a cover photo."""
+    topics = []
+    for topic in service.explore(limit):
+        covers = presenters.results(request, service, [Hit(topic.cover, 1.0, "listed")])
+        if covers:  # (a cover removed since the index last changed: the topic waits)
+            topics.append(
+                Topic(
+                    kind=topic.kind,
+                    label=topic.label,
+                    query=topic.query,
+                    count=topic.count,
+                    cover=covers[0],
+                )
+            )
+    return Explore(topics=topics)
+
+
+@router.get("/duplicates", response_model=Duplicates)
+def duplicates(
+    request: Request,
+    service: Service,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
+) -> Duplicates:
+    """Stacks of near-copies of one photo (resized, re-encoded, cropped a little), newest
+    first."""
+    stacks = service.duplicates()
+    shown = []
+    for stack in stacks[offset : offset + limit]:
+        found = presenters.results(
+            request, service, (Hit(i, 1.0, "similar") for i in stack.image_ids)
+        )
+        if len(found) > 1:
+            shown.append(Stack(count=len(found), results=found))
+    return Duplicates(stacks=shown, total=len(stacks))

@@ -1,0 +1,108 @@
+"""What the collection holds, for a start view: its most represented classes and the words
+votes taught (each with a count and a cover photo, each a search), and its near-duplicates
+(stacks of near-copies of one photo, from the stored neighbourhood lists).
+
+Classes are read off the index's posting lists (counts kept per shard build), never by
+visiting the images; taught words off the feedback table's list of voted terms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from imgsearch.catalog import Catalog
+from imgsearch.feedback import Feedback
+from imgsearch.index.base import SearchIndex
+
+# An image "holds" a class when the model gives it at least this probability: a confident
+# reading, not one of the many faint ones every photo has.
+CLASS_PROBABILITY = 0.3
+NEIGHBOUR_BATCH = 100  # stored lists read at a time (DynamoDB's batch size)
+
+
+@dataclass(frozen=True)
+class Topic:
+    """One thing in the photos: a class or a taught word, how many photos show it, one of
+    them, and the words that search for it."""
+
+    kind: Literal["class", "word"]
+    label: str
+    query: str
+    count: int
+    cover: str  # an image id
+
+
+def class_topics(index: SearchIndex, class_names: Sequence[str], limit: int) -> list[Topic]:
+    """The classes most photos show with confidence, most photos first."""
+    counted = sorted(index.class_counts(CLASS_PROBABILITY), key=lambda c: (-c[1], c[0]))
+    return [
+        Topic("class", class_names[class_id], class_names[class_id], count, cover)
+        for class_id, count, cover in counted[:limit]
+    ]
+
+
+def word_topics(feedback: Feedback, index: SearchIndex, limit: int) -> list[Topic]:
+    """The words votes taught, most photos voted relevant first: count is how many photos
+    more voices call relevant than not, the cover the one most call relevant."""
+    topics = []
+    for term in feedback.terms():
+        relevant = [
+            a
+            for a in feedback.summary(term).images
+            if a.up_clients > a.down_clients and a.image_id in index
+        ]
+        if relevant:
+            cover = max(relevant, key=lambda a: (a.up_clients, a.up)).image_id
+            topics.append(Topic("word", term, term, len(relevant), cover))
+    topics.sort(key=lambda t: (-t.count, t.label))
+    return topics[:limit]
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Near-copies of one photo: the newest first (the one a grid shows)."""
+
+    image_ids: tuple[str, ...]
+
+
+def near_copies(catalog: Catalog, index: SearchIndex, image_id: str, distance: float) -> list[str]:
+    """The images whose stored distance to `image_id` is at most `distance`, nearest first."""
+    neighbours, _ = catalog.neighbours(image_id)
+    close = [i for i, d in neighbours if d <= distance]
+    present = index.present(close)
+    return [i for i in close if i in present]
+
+
+def duplicate_stacks(catalog: Catalog, index: SearchIndex, distance: float) -> list[Stack]:
+    """Every group of images linked by stored distances of at most `distance` (transitively),
+    newest stack first; each in the index's newest-first order. Reads every stored list, in
+    batches: a view of the collection, not of one search."""
+    order = {image_id: n for n, image_id in enumerate(index.image_ids())}
+    parent = {image_id: image_id for image_id in order}
+
+    def root(image_id: str) -> str:
+        while parent[image_id] != image_id:
+            parent[image_id] = parent[parent[image_id]]
+            image_id = parent[image_id]
+        return image_id
+
+    for batch in _batches(list(order), NEIGHBOUR_BATCH):
+        for image_id, (neighbours, _) in catalog.neighbour_lists(batch).items():
+            for other, d in neighbours:
+                if d <= distance and other in parent:
+                    a, b = root(image_id), root(other)
+                    if a != b:
+                        parent[max(a, b, key=order.__getitem__)] = min(a, b, key=order.__getitem__)
+    groups: dict[str, list[str]] = {}
+    for image_id in order:
+        groups.setdefault(root(image_id), []).append(image_id)
+    stacks = [Stack(tuple(members)) for members in groups.values() if len(members) > 1]
+    stacks.sort(key=lambda s: order[s.image_ids[0]])
+    return stacks
+
+
+def _batches(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,138 @@
+"""What the collection holds: GET /api/explore (things in the photos) and the near-duplicate
+routes, GET /api/duplicates and GET /api/images/{id}/duplicates; and how answers travel
+(compressed JSON, cacheable thumbnails, the small thumbnail)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from support.demo import demo_image
+
+from imgsearch.config import Settings
+
+CLASS_PROBABILITY = 0.3  # as overview.py counts a class (checked against brute force below)
+
+
+def _near_copy(data: bytes) -> bytes:
+    """The photo resized to 80%, cropped by 3% and re-encoded at JPEG quality 70."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = image.size
+    image = image.crop((w * 3 // 100, h * 3 // 100, w, h)).resize((w * 4 // 5, h * 4 // 5))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=70)
+    return out.getvalue()
+
+
+def test_explore_counts_classes_as_the_stored_probabilities_say(demo_client, demo_service):
+    topics = demo_client.get("/api/explore", params={"limit": 50}).json()["topics"]
+    classes = [t for t in topics if t["kind"] == "class"]
+    assert classes, topics
+    counts = [t["count"] for t in classes]
+    assert counts == sorted(counts, reverse=True)
+    # Brute force over every image's stored probabilities, against the posting lists' counts.
+    names = demo_service.class_names
+    probabilities = np.stack(
+        [demo_service.embedding(i)[1] for i in demo_service.indexed_ids()]
+    ).astype(np.float32)
+    expected = (probabilities >= CLASS_PROBABILITY).sum(axis=0)
+    for topic in classes:
+        class_id = names.index(topic["label"])
+        assert topic["count"] == expected[class_id], topic["label"]
+        assert topic["query"] == topic["label"]
+        cover = demo_service.embedding(topic["cover"]["id"])[1]
+        assert cover[class_id] == pytest.approx(probabilities[:, class_id].max(), abs=1e-3)
+    assert classes[0]["count"] == int(np.sort(expected)[-1])
+
+
+@pytest.mark.model  # what the model sees
+def test_explore_shows_what_the_demo_photos_hold(demo_client) -> None:
+    topics = demo_client.get("/api/explore").json()["topics"]
+    assert len(topics) == 12
+    labels = [t["label"] for t in topics]
+    assert any("elephant" in label for label in labels), labels
+    assert all(t["cover"]["thumbnail"].endswith("/thumbnail") for t in topics)
+
+
+def test_a_taught_word_joins_explore(client) -> None:
+    ids = [
+        client.post("/api/images", files={"file": (f"{c}.jpg", demo_image(c))}).json()["id"]
+        for c in ("umbrella", "pizza", "chair")
+    ]
+    assert not [t for t in client.get("/api/explore").json()["topics"] if t["kind"] == "word"]
+    for image_id in ids[:2]:
+        vote = {"query": "Picnic", "image_id": image_id, "vote": 1, "session": "s1"}
+        assert client.post("/api/feedback", json=vote).status_code == 200
+    vote = {"query": "picnic", "image_id": ids[2], "vote": -1, "session": "s1"}
+    client.post("/api/feedback", json=vote)
+    (word,) = [t for t in client.get("/api/explore").json()["topics"] if t["kind"] == "word"]
+    assert (word["label"], word["query"], word["count"]) == ("picnic", "picnic", 2)
+    assert word["cover"]["id"] in ids[:2]
+
+
+def test_near_copies_are_stacked_and_others_are_not(client) -> None:
+    original = demo_image("sunflower")
+    first = client.post("/api/images", files={"file": ("a.jpg", original)}).json()["id"]
+    copy = client.post("/api/images", files={"file": ("b.jpg", _near_copy(original))}).json()["id"]
+    other = client.post("/api/images", files={"file": ("c.jpg", demo_image("elephant"))}).json()
+    assert client.get(f"/api/images/{first}/duplicates").json()["results"][0]["id"] == copy
+    assert client.get(f"/api/images/{other['id']}/duplicates").json()["results"] == []
+    body = client.get("/api/duplicates").json()
+    assert body["total"] == 1
+    (stack,) = body["stacks"]
+    assert stack["count"] == 2
+    assert [r["id"] for r in stack["results"]] == [copy, first]  # newest first
+
+
+def test_the_duplicate_distance_is_a_setting() -> None:
+    assert 0 < Settings().duplicate_distance < 0.5
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status"),
+    [
+        ("/api/explore", {"limit": 0}, 422),
+        ("/api/explore", {"limit": 10_000}, 422),
+        ("/api/explore", {"limit": "x" * 5000}, 422),
+        ("/api/duplicates", {"offset": -1}, 422),
+        ("/api/duplicates", {"limit": 201}, 422),
+        ("/api/images/0123456789abcdef/duplicates", {}, 404),
+        ("/api/images/..%2Fx/duplicates", {}, 404),
+        ("/api/images/0123456789abcdef/thumbnail", {"size": 192}, 404),
+    ],
+)
+def test_bad_overview_requests_get_a_reason(client, path, params, status) -> None:
+    response = client.get(path, params=params)
+    assert response.status_code == status
+    assert response.json()["detail"]
+    assert len(response.content) < 1000  # an invalid input is echoed cut short
+
+
+def test_a_thumbnail_size_other_than_192_is_refused(client) -> None:
+    image = client.post("/api/images", files={"file": ("x.jpg", demo_image("pizza"))}).json()
+    for size in (1, 100, 384, 100_000):
+        response = client.get(f"/api/images/{image['id']}/thumbnail", params={"size": size})
+        assert response.status_code == 422 and response.json()["detail"]
+
+
+def test_the_small_thumbnail_is_smaller_and_everything_is_cacheable(client) -> None:
+    image = client.post("/api/images", files={"file": ("x.jpg", demo_image("pizza"))}).json()
+    thumbnail = f"/api/images/{image['id']}/thumbnail"
+    large, small = client.get(thumbnail), client.get(thumbnail, params={"size": 192})
+    assert max(Image.open(io.BytesIO(large.content)).size) == 300  # the demo photo's own size
+    assert max(Image.open(io.BytesIO(small.content)).size) == 192
+    assert len(small.content) < len(large.content) * 0.6
+    for response in (large, small):
+        assert "immutable" in response.headers["cache-control"]
+        assert "content-encoding" not in response.headers  # JPEG: nothing to gain
+
+
+def test_json_is_compressed_for_clients_that_accept_it(demo_client) -> None:
+    plain = demo_client.get("/api/images", params={"limit": 48}, headers={"Accept-Encoding": ""})
+    packed = demo_client.get("/api/images", params={"limit": 48})
+    assert packed.headers["content-encoding"] == "gzip"
+    assert "content-encoding" not in plain.headers
+    assert packed.json() == plain.json()
+    assert int(packed.headers["content-length"]) < len(plain.content) / 4
