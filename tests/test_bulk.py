@@ -6,8 +6,9 @@ import shutil
 
 import numpy as np
 import pytest
-from support.demo import DEMO
+from support.demo import DEMO, demo_image
 
+from imgsearch import bulk
 from imgsearch.bulk import EmbeddedTree
 from imgsearch.cli import main
 from imgsearch.index.exact import METRICS, exact_neighbours, pairwise_distances
@@ -103,3 +104,39 @@ def test_a_file_name_no_key_may_have_is_refused_and_the_rest_go_on(tmp_path, cap
     assert main(["ingest", str(folder), "--data-dir", str(tmp_path / "data"), "-q"]) == 0
     out = capsys.readouterr().out
     assert "1 added" in out and "1 refused" in out and "refused a\\b.jpg: key contains" in out
+
+
+def test_a_build_of_one_batch_leaves_what_was_queued_after_it(service) -> None:
+    """A bulk ingest builds once per batch: its build takes what one batch holds and leaves
+    the rest (what its workers add meanwhile) to the next, instead of chasing it."""
+    service.parts.builder.batch_size = 2
+    for category in ("elephant", "pizza", "watch", "chair", "lotus"):
+        assert service.ingest(f"{category}.jpg", demo_image(category)).status == "added"
+    report = service.build_index(one_batch=True)
+    assert (report.batches, report.added) == (1, 2)
+    assert len(service.parts.catalog.pending()) == 3
+    assert service.count() == 2
+    report = service.build_index()
+    assert (report.batches, report.added) == (2, 3)
+    assert service.count() == 5 and not service.parts.catalog.pending()
+
+
+def test_a_folder_is_ingested_with_one_build_per_batch(service, tmp_path, monkeypatch) -> None:
+    """Every image added, the index built every BUILD_EVERY of them and once at the end,
+    each build publishing one batch."""
+    folder = tmp_path / "photos"
+    for category in ("elephant", "pizza"):
+        shutil.copytree(DEMO / category, folder / category)
+    monkeypatch.setattr(bulk, "BUILD_EVERY", 10)
+    builds = []
+    real_publish = service.parts.builder.writer.publish
+
+    def counted(additions, removed, **kwargs):
+        builds.append(len(additions))
+        return real_publish(additions, removed, **kwargs)
+
+    monkeypatch.setattr(service.parts.builder.writer, "publish", counted)
+    summary = bulk.ingest_tree(service, folder, workers=3)
+    assert summary.counts["added"] == 24 and service.count() == 24
+    assert sum(builds) == 24 and len(builds) <= 3  # at 10 (or more) added, at 20, at the end
+    assert not service.parts.catalog.pending()

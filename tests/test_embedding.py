@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from support.demo import REPO, demo_image
 
 from imgsearch.config import ASSETS_DIR, Settings
-from imgsearch.embedding import Embedder, ModelSpec
+from imgsearch.embedding import Embedder, ModelRunner, ModelSpec
 from imgsearch.images import DecodeLimits, decode_image
 from imgsearch.service import ImageSearch
 
@@ -95,3 +98,35 @@ def test_an_index_refuses_vectors_of_another_model(tmp_path, embedder, vocabular
     )
     with pytest.raises(RuntimeError, match="efficientnet-lite2"):
         other.count()
+
+
+def test_threads_embed_at_once_on_interpreters_of_their_own(monkeypatch) -> None:
+    """Up to `interpreters` callers run at once, each on its own interpreter, and get what
+    one interpreter gives alone; more callers wait for one instead of making more."""
+    spec = ModelSpec.load(Settings().model_path)
+    images = [decode_image(demo_image(c), LIMITS).image for c in ("elephant", "pizza", "watch")]
+    alone = Embedder(spec, interpreters=1).embed_batch(images)[0]
+    shared = Embedder(spec, interpreters=2)
+    assert shared.runs_at_once == 2
+    inside, most_inside, lock = 0, 0, threading.Lock()
+    real_run = ModelRunner.run
+
+    def counted(runner: ModelRunner, batch: np.ndarray) -> dict[str, np.ndarray]:
+        nonlocal inside, most_inside
+        with lock:
+            inside += 1
+            most_inside = max(most_inside, inside)
+        try:
+            time.sleep(0.05)  # long enough for the other callers to arrive meanwhile
+            return real_run(runner, batch)
+        finally:
+            with lock:
+                inside -= 1
+
+    monkeypatch.setattr(ModelRunner, "run", counted)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda i: shared.embed(images[i % 3]).features, range(12)))
+    assert most_inside == 2  # two at once, never more
+    assert len({id(runner) for runner in shared._idle}) == 2
+    for i, features in enumerate(results):
+        np.testing.assert_allclose(features, alone[i % 3], rtol=1e-5, atol=1e-6)

@@ -773,3 +773,70 @@ def test_an_empty_client_secret_file_stops_the_start_with_its_name(tmp_path, ser
     secret.write_text("\n")
     with pytest.raises(UnusableFile, match=f"the client secret file {secret} is empty"):
         service.check_at_start()
+
+
+# A bulk ingest killed mid-batch ------------------------------------------------------------
+
+BULK_WORKER = """
+import os, signal, sys, time
+from pathlib import Path
+import imgsearch.bulk as bulk
+from imgsearch.catalog import Catalog
+from imgsearch.config import Settings
+from imgsearch.service import ImageSearch
+
+bulk.BUILD_EVERY = 3
+real = Catalog.create_image
+created = 0
+
+def dying(self, record):
+    global created
+    created += 1
+    if created == int(sys.argv[3]):  # once a first batch is published (built meanwhile)
+        published = time.monotonic() + 120
+        while service.count() < 3 and time.monotonic() < published:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, record)
+
+Catalog.create_image = dying
+service = ImageSearch(Settings(data_dir=Path(sys.argv[1]), shard_size=4, decode_workers=0))
+bulk.ingest_tree(service, Path(sys.argv[2]), workers=2)
+"""
+
+
+@pytest.mark.model  # the worker process loads the model
+def test_a_bulk_ingest_killed_mid_batch_loses_nothing_it_had_indexed(
+    tmp_path, embedder, vocabulary
+) -> None:
+    """Files stored with deferred durability, batches published as they fill: whatever the
+    dead ingest had indexed is still served whole after the restart, and ingesting the folder
+    again finishes the rest into a consistent collection."""
+    from imgsearch.bulk import ingest_tree
+
+    folder = tmp_path / "photos"
+    for category in CATEGORIES[:3]:
+        for number in (1, 2, 3):
+            name = f"image_{number:04d}.jpg"
+            (folder / category).mkdir(parents=True, exist_ok=True)
+            (folder / category / name).write_bytes(demo_image(category, number))
+    data_dir = tmp_path / "data"
+    worker = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(BULK_WORKER), str(data_dir), str(folder), "8"],
+        capture_output=True,
+        timeout=300,
+    )
+    assert worker.returncode == -signal.SIGKILL, worker.stderr.decode()[-2000:]
+
+    survivor = make_service(data_dir, embedder, vocabulary, shard_size=4)
+    indexed = set(survivor.parts.index.image_ids())
+    assert len(indexed) >= 3  # the first batch was published before the kill
+    for image_id in indexed:  # and is whole
+        survivor.parts.catalog.embedding(image_id)
+        survivor.parts.catalog.thumbnail(image_id)
+        assert survivor.original(image_id).data
+    survivor.recover()
+    ingest_tree(survivor, folder)
+    assert survivor.count() == 9
+    assert indexed <= set(survivor.parts.index.image_ids())
+    assert_consistent(survivor)

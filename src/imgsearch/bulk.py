@@ -15,8 +15,9 @@ import numpy as np
 from imgsearch.results import Embedding, ImageRefused, IngestResult, InvalidKey
 from imgsearch.service import ImageSearch
 
-# New images between index builds: a build publishes a shard; fewer, larger builds ingest faster.
-BUILD_EVERY = 500
+# New images between index builds: a build publishes a batch (the builder takes 1,000 at most),
+# and the open shard is rebuilt for each; fewer, larger builds ingest faster.
+BUILD_EVERY = 1000
 Progress = Callable[[IngestResult], object]  # what it returns is ignored
 
 
@@ -55,13 +56,16 @@ def ingest_tree(
     *,
     prefix: str = "",
     on_result: Progress | None = None,
-    workers: int = 2,
+    workers: int | None = None,
 ) -> IngestSummary:
     """Ingest every file under `root`, keyed by `prefix` + its path relative to `root`; the
-    index is built every BUILD_EVERY new images.
+    index is built once per BUILD_EVERY new images, and at the end.
 
-    Decoding and storing run in `workers` threads while the model runs one image at a time,
-    so a folder is ingested about as fast as the model can embed it.
+    `workers` threads (by default one more than the model runs at once, so that the model
+    never waits for a decode or a write) each read, decode, embed and store one file at a
+    time; the model's interpreters, decoding and writing all run outside the GIL. Their files
+    reach the disk together before each build publishes them (deferred durability), and the
+    builds run in this thread while the workers go on.
     """
     summary = IngestSummary()
     since_build = 0
@@ -76,18 +80,19 @@ def ingest_tree(
                 key, "refused", reason=f"cannot read file: {error}", code="unreadable"
             )
         try:
-            return service.ingest(key, data)
+            with service.deferred_durability():
+                return service.ingest(key, data)
         except InvalidKey as error:  # a file name no key may have: the others go on
             return IngestResult(key, "refused", reason=str(error), code="invalid_key")
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers or service.model_info().runs_at_once + 1) as pool:
         for result in pool.map(ingest_one, files_under(root)):
             summary.results.append(result)
             if on_result:
                 on_result(result)
             since_build += result.status == "added"
             if since_build >= BUILD_EVERY:
-                service.build_index()
+                service.build_index(one_batch=True)
                 since_build = 0
     service.build_index()
     return summary

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     model: str = "efficientnet_lite2.json"
     vocabulary: str = "vocabulary"
     inference_threads: int | None = None
+    # Interpreters run at once, one per concurrent caller (None: one per CPU, each then
+    # single-threaded unless `inference_threads` says otherwise).
+    inference_interpreters: int | None = Field(None, ge=1)
 
     # What an image may be, and what decoding one may cost (docs/reliability.md, "Decoding
     # bombs"). The open reverse search (no key) takes smaller pictures than the owner's

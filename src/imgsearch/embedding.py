@@ -8,9 +8,11 @@ pointing the configuration at its sidecar.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -76,6 +78,7 @@ class ImageEmbedder(ABC):
     spec: ModelSpec
     feature_dim: int
     num_classes: int
+    runs_at_once: int = 1  # images it embeds at the same time, from as many threads
 
     def embed(self, image: Image.Image) -> Embedding:
         features, probabilities = self.embed_batch([image])
@@ -86,17 +89,45 @@ class ImageEmbedder(ABC):
         """Features [n, feature_dim] and probabilities [n, num_classes] for `images`, in order."""
 
 
-class Embedder(ImageEmbedder):
-    """Runs the classifier. Thread-safe: one interpreter, invocations serialised."""
+class ModelRunner:
+    """One TFLite interpreter and its signature runner: for one thread at a time."""
 
-    def __init__(self, spec: ModelSpec, num_threads: int | None = None) -> None:
+    def __init__(self, spec: ModelSpec, num_threads: int | None) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
+        self.interpreter = Interpreter(model_path=str(spec.path), num_threads=num_threads)
+        self.runner: _SignatureRunner = self.interpreter.get_signature_runner()
+        (self.input_name,) = self.runner.get_input_details()
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self.runner(**{self.input_name: batch})
+
+
+def default_interpreters() -> int:
+    """One interpreter per CPU this process may run on (its affinity, which a container's CPU
+    set narrows, unlike `os.cpu_count()`)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cpus or 1)
+
+
+class Embedder(ImageEmbedder):
+    """Runs the classifier. Thread-safe: up to `interpreters` threads run it at once, each on
+    an interpreter of its own (a single interpreter serialises its calls, and a shared one
+    behind a lock kept the second worker waiting most of the time). Interpreters are made as
+    concurrent callers need them (each holds its own copy of the weights, about 25 MB), and
+    run single-threaded when there may be several, so that they do not fight for the cores.
+    """
+
+    def __init__(
+        self, spec: ModelSpec, num_threads: int | None = None, interpreters: int | None = None
+    ) -> None:
         self.spec = spec
-        self._interpreter = Interpreter(model_path=str(spec.path), num_threads=num_threads)
-        self._runner: _SignatureRunner = self._interpreter.get_signature_runner()
-        (self._input_name,) = self._runner.get_input_details()
-        outputs = self._runner.get_output_details()
+        self.runs_at_once = interpreters or default_interpreters()
+        if num_threads is None and self.runs_at_once > 1:
+            num_threads = 1
+        self.num_threads = num_threads
+        first = ModelRunner(spec, num_threads)
+        outputs = first.runner.get_output_details()
         missing = {spec.features_output, spec.probabilities_output} - set(outputs)
         if missing:
             raise ValueError(
@@ -104,7 +135,34 @@ class Embedder(ImageEmbedder):
             )
         self.feature_dim = int(outputs[spec.features_output]["shape"][-1])
         self.num_classes = int(outputs[spec.probabilities_output]["shape"][-1])
-        self._lock = threading.Lock()
+        self._idle: list[ModelRunner] = [first]
+        self._made = 1
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def _interpreter(self) -> Iterator[ModelRunner]:
+        """An idle interpreter, a new one if all are busy and fewer than the maximum exist,
+        or else the first to be freed."""
+        with self._changed:
+            while not self._idle and self._made >= self.runs_at_once:
+                self._changed.wait()
+            interpreter = self._idle.pop() if self._idle else None
+            if interpreter is None:
+                self._made += 1
+        if interpreter is None:
+            try:
+                interpreter = ModelRunner(self.spec, self.num_threads)
+            except BaseException:
+                with self._changed:
+                    self._made -= 1
+                    self._changed.notify()
+                raise
+        try:
+            yield interpreter
+        finally:
+            with self._changed:
+                self._idle.append(interpreter)
+                self._changed.notify()
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """The centre square (`crop_fraction` of the shorter side) resized to the model's input,
@@ -131,8 +189,8 @@ class Embedder(ImageEmbedder):
         probabilities = np.empty((len(images), self.num_classes), dtype=np.float32)
         for row, image in enumerate(images):
             batch = self.preprocess(image)[np.newaxis]
-            with self._lock:
-                out = self._runner(**{self._input_name: batch})
+            with self._interpreter() as interpreter:
+                out = interpreter.run(batch)
             features[row] = out[self.spec.features_output].reshape(-1)
             probabilities[row] = out[self.spec.probabilities_output].reshape(-1)
         return features, probabilities

@@ -4,6 +4,7 @@ check, so that work a crashed process left behind is taken over at once, not aft
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import uuid
@@ -35,9 +36,16 @@ def _started(pid: int) -> str:
 MACHINE = _machine()
 
 
+@functools.lru_cache(maxsize=4)
+def _process(pid: int) -> str:
+    """This process's pid.start, read once per pid (a forked child has its own): each
+    ingest names an owner, and reading /proc each time cost a bulk ingest 3% of its time."""
+    return f"{pid}.{_started(pid)}"
+
+
 def new_owner() -> str:
     """A fresh owner name: machine, process (pid.start) and a random part for this holder."""
-    return f"{MACHINE}:{os.getpid()}.{_started(os.getpid())}:{uuid.uuid4().hex[:8]}"
+    return f"{MACHINE}:{_process(os.getpid())}:{uuid.uuid4().hex[:8]}"
 
 
 def owner_is_alive(owner: str) -> bool:

@@ -123,7 +123,11 @@ class Parts:
     def embedder(self) -> ImageEmbedder:
         return self._part(
             "embedder",
-            lambda: Embedder(self.model, num_threads=self.settings.inference_threads),
+            lambda: Embedder(
+                self.model,
+                num_threads=self.settings.inference_threads,
+                interpreters=self.settings.inference_interpreters,
+            ),
         )
 
     @property

@@ -110,6 +110,7 @@ class ModelInfo:
     name: str
     feature_dim: int  # the length of an image's feature vector
     num_classes: int  # of its class probabilities
+    runs_at_once: int = 1  # images it embeds at the same time (its interpreters)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Unpack
@@ -254,6 +255,15 @@ class ImageSearch:
         tools build once per batch)."""
         return self.parts.ingestor.add(key, data)
 
+    @contextmanager
+    def deferred_durability(self) -> Iterator[None]:
+        """Within the block, this thread's ingests store their files without waiting for each
+        to reach the disk: they become durable together, before the next index build
+        publishes them (`build_index`). For bulk ingest, whose batch is acknowledged once
+        built; a crash of the process loses none of them either way (see ObjectStore)."""
+        with self.parts.storage.objects.deferred_durability():
+            yield
+
     def add(self, key: str, data: bytes, *, wait: float = 60.0) -> IngestResult:
         """Ingest one image and return once the index serves it (or `wait` seconds passed)."""
         result = self.ingest(key, data)
@@ -394,12 +404,17 @@ class ImageSearch:
 
     # The index -----------------------------------------------------------------------------
 
-    def build_index(self, *, budget: float | None = None) -> BuildReport:
+    def build_index(self, *, budget: float | None = None, one_batch: bool = False) -> BuildReport:
         """Index what is queued (ingested or removed since the last build), within `budget`
-        seconds (None: the `index_build_seconds` setting); the rest stays queued."""
+        seconds (None: the `index_build_seconds` setting); the rest stays queued. With
+        `one_batch`, index one batch (the builder's batch size at most) and leave what is
+        queued meanwhile to the next call: a bulk ingest builds once per batch, instead of
+        chasing what its workers add during the build. What was stored with deferred
+        durability is made durable first, published or not."""
+        self.parts.storage.objects.make_durable()
         if budget is None:
             budget = self.settings.index_build_seconds
-        report = self.parts.builder.run(budget=budget)
+        report = self.parts.builder.run(budget=budget, until=(lambda: True) if one_batch else None)
         self.parts.index.refresh(force=True)
         return report
 
@@ -740,7 +755,9 @@ class ImageSearch:
     def model_info(self) -> ModelInfo:
         """The model's name and what it outputs per image (this loads it)."""
         embedder = self.parts.embedder
-        return ModelInfo(embedder.spec.name, embedder.feature_dim, embedder.num_classes)
+        return ModelInfo(
+            embedder.spec.name, embedder.feature_dim, embedder.num_classes, embedder.runs_at_once
+        )
 
     def embed(self, data: bytes) -> Embedding:
         """Decode and embed an image without storing anything. Raises ImageRefused."""

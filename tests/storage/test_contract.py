@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -681,3 +682,48 @@ def test_a_stale_etag_is_refused_even_when_the_file_looks_unchanged(tmp_path) ->
     with pytest.raises(PreconditionFailed):
         objects.put("manifest.json", b"stale writer", if_match=first)
     assert objects.get("manifest.json").data == b"version 2"
+
+
+def test_deferred_puts_are_visible_at_once_and_durable_before_what_follows(
+    tmp_path, monkeypatch
+) -> None:
+    """A bulk ingest's puts skip their fsync (deferred durability) but are readable at once;
+    they reach the disk before any later put made outside the block (the manifest naming
+    them), whichever thread makes it, or when asked; nothing is flushed twice."""
+    from imgsearch.storage.local import LocalObjectStore
+
+    objects = LocalObjectStore(tmp_path / "objects")
+    synced: list[str] = []
+    real_fsync = imgsearch.storage.local.os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(imgsearch.storage.local.os, "fsync", recording)
+    root = str((tmp_path / "objects").resolve())
+
+    def deferred(key: str) -> None:
+        with objects.deferred_durability():
+            objects.put(key, key.encode(), if_none_match=True)
+
+    threads = [threading.Thread(target=deferred, args=(f"embeddings/{n}.npz",)) for n in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert synced == []
+    assert objects.get("embeddings/a.npz").data == b"embeddings/a.npz"
+
+    objects.put("index/manifest.json", b"{}")
+    files = [path for path in synced if not os.path.isdir(path)]
+    assert sorted(files[:2]) == [f"{root}/embeddings/a.npz", f"{root}/embeddings/b.npz"]
+    assert f"{root}/embeddings" in synced[: synced.index(files[2])]  # their renames too
+    assert files[2].startswith(f"{root}/index/")  # then its own (a temporary file, renamed)
+    synced.clear()
+    objects.make_durable()
+    assert synced == []  # nothing left to flush
+
+    deferred("embeddings/c.npz")
+    objects.make_durable()
+    assert [path for path in synced if not os.path.isdir(path)] == [f"{root}/embeddings/c.npz"]

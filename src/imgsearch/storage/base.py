@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,19 @@ class ObjectStore(ABC):
     def url(self, key: str, *, expires: int = 3600) -> str | None:
         """A URL a browser can fetch the object from directly, or None if there is none."""
         return self._url(validate_key(key), expires)
+
+    @contextmanager
+    def deferred_durability(self) -> Iterator[None]:
+        """Within the block, this thread's puts may reach stable storage later, together (a
+        bulk ingest's many small files): they are still atomic, and visible at once. They
+        are made durable by `make_durable`, and before any put made outside such a block (a
+        shard build, the index manifest naming the batch): a batch is durable once what
+        publishes it is. Stores whose every put is durable when it returns (S3) ignore it."""
+        yield
+
+    def make_durable(self) -> None:
+        """Make every put deferred so far (`deferred_durability`) durable."""
+        return None  # nothing is ever deferred here
 
     # The primitives: `key` is valid, `prefix` can start a valid key.
 

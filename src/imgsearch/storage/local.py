@@ -71,37 +71,68 @@ def disk_full_is_storage_full(what: object) -> Iterator[None]:
 
 
 @contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, *, durable: bool = True) -> Iterator[BinaryIO]:
     """Write `path` all-or-nothing: readers see the old file or the complete new one.
 
     The temporary file lives in the same directory so that the final rename stays on one file
     system, which is what makes it atomic. The parent directory must exist. A full disk
-    raises StorageFull and leaves no temporary file behind.
+    raises StorageFull and leaves no temporary file behind. `durable=False` leaves the
+    flush to stable storage to the caller (`make_durable`): a process that dies loses
+    nothing either way (the kernel holds the data); only a power cut can.
     """
-    with disk_full_is_storage_full(path.name), _atomic_file(path) as file:
+    with disk_full_is_storage_full(path.name), _atomic_file(path, durable) as file:
         yield file
 
 
 @contextmanager
-def _atomic_file(path: Path) -> Iterator[BinaryIO]:
+def _atomic_file(path: Path, durable: bool) -> Iterator[BinaryIO]:
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=TEMP_FILE_PREFIX)
     try:
         with os.fdopen(fd, "wb") as file:
             yield file
             file.flush()
-            os.fsync(file.fileno())
+            if durable:
+                os.fsync(file.fileno())
         os.chmod(temp_name, 0o644)  # mkstemp creates 0600; objects are ordinary files
         os.replace(temp_name, path)
     except BaseException:
         with suppress(FileNotFoundError):
             os.unlink(temp_name)
         raise
-    # Make the rename itself durable, not only the file's contents.
-    directory = os.open(path.parent, os.O_RDONLY)
+    if durable:  # make the rename itself durable, not only the file's contents
+        _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(directory)
+        os.fsync(fd)
     finally:
-        os.close(directory)
+        os.close(fd)
+
+
+def make_files_durable(paths: Iterator[Path] | list[Path]) -> None:
+    """fsync each file written without it, then each of their directories once (their
+    renames). A file replaced or deleted since needs nothing: whatever replaced it was
+    flushed by its own writer, or is in the same batch."""
+    directories: set[Path] = set()
+    for path in paths:
+        with suppress(*_NO_OBJECT_ERRORS):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        directories.add(path.parent)
+    for directory in directories:
+        with suppress(*_NO_OBJECT_ERRORS):
+            _fsync_directory(directory)
+
+
+class _DeferringThreads(threading.local):
+    """Whether this thread's puts are in a `deferred_durability` block (and how deep)."""
+
+    depth = 0
 
 
 ETAG_CACHE_SIZE = 100_000
@@ -120,6 +151,28 @@ class LocalObjectStore(ObjectStore):
         self._lock_dir = self.root / LOCK_DIR_NAME
         self._lock_dir.mkdir(parents=True, exist_ok=True)
         self._etags: dict[tuple[int, int, int, int], str] = {}
+        self._deferring = _DeferringThreads()
+        self._deferred: list[Path] = []  # written without fsync, in order (deferred_durability)
+        self._deferred_lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # one flush at a time; a second waits for it
+
+    @contextmanager
+    def deferred_durability(self) -> Iterator[None]:
+        self._deferring.depth += 1
+        try:
+            yield
+        finally:
+            self._deferring.depth -= 1
+
+    def make_durable(self) -> None:
+        """fsync what was written deferred. Holding the flush lock until done, so that a
+        durable put racing another's flush still finds its batch on disk when it writes."""
+        with self._flush_lock:
+            with self._deferred_lock:
+                paths, self._deferred = self._deferred, []
+            if paths:
+                with disk_full_is_storage_full("deferred writes"):
+                    make_files_durable(paths)
 
     def _get(self, key: str) -> StoredObject:
         try:
@@ -141,6 +194,9 @@ class LocalObjectStore(ObjectStore):
         self, key: str, data: bytes, if_none_match: bool, if_match: str | None, content_type: str
     ) -> str:
         path = self._path(key)
+        durable = self._deferring.depth == 0
+        if durable:  # what it names may be among the deferred writes: they go first
+            self.make_durable()
         # Unconditional writes take the lock too: otherwise one could land between a
         # conditional write's check and its rename and be silently overwritten.
         with self._locked(key):
@@ -153,8 +209,11 @@ class LocalObjectStore(ObjectStore):
             try:
                 with disk_full_is_storage_full(key):
                     path.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_file(path) as file:
+                with atomic_file(path, durable=durable) as file:
                     file.write(data)
+                if not durable:
+                    with self._deferred_lock:
+                        self._deferred.append(path)
             except (FileExistsError, NotADirectoryError, IsADirectoryError) as error:
                 raise InvalidKey(f"{key!r} collides with a stored object's path") from error
         return hashlib.md5(data).hexdigest()

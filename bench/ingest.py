@@ -1,0 +1,257 @@
+"""Ingest against the model's pace, and upload latency against the collection's size.
+
+In one run, on this machine:
+1. The model-bound rate: the TFLite interpreters alone (two single-threaded ones, one per
+   thread, as many as the CPUs) over the same photos, decoded and resized beforehand.
+2. End-to-end `imgsearch ingest` (the CLI, in its own process, into a fresh data directory)
+   of Corel-1k and of 12-megapixel photos generated from Corel photos (upscaled, with noise,
+   JPEG at quality 90, in a temporary directory); its rate is the one the CLI prints
+   (images added per second, from its first file to its last index build).
+3. Upload latency through the API (POST /api/images, which answers once the image is
+   searchable) on collections of 10k and 100k synthesised indexed images (vectors made from
+   the real features of step 1, as bench/index_scale.py makes them).
+
+Each of 1 and 2 is repeated (`--rounds`), alternating, and the medians are compared: the
+machine is shared, so only rates measured side by side mean anything.
+
+    nice -n 5 .venv/bin/python bench/ingest.py --rounds 3 --sizes 10000 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "bench"), str(REPO / "tests")]
+
+from fastapi.testclient import TestClient  # noqa: E402
+from index_scale import synthesise, synthetic_record  # noqa: E402
+from support.openapi import API_KEY_HEADER  # noqa: E402
+
+from imgsearch.api.app import create_app  # noqa: E402
+from imgsearch.bulk import files_under  # noqa: E402
+from imgsearch.config import Settings  # noqa: E402
+from imgsearch.embedding import Embedder, ModelRunner, ModelSpec, default_interpreters  # noqa: E402
+from imgsearch.images import DecodeLimits, ImageRefused, decode_image  # noqa: E402
+from imgsearch.index.shards import ShardData  # noqa: E402
+from imgsearch.service import ImageSearch  # noqa: E402
+from imgsearch.storage import Put  # noqa: E402
+
+COREL = REPO.parent / "shared" / "data" / "corel1k"
+PHOTO_SIZE = (4240, 2832)  # 12.0 megapixels, 3:2 like Corel's photos and most cameras
+API_KEY = "bench-api-key"
+
+
+# 1. The model alone ---------------------------------------------------------------------------
+
+
+def model_inputs(folder: Path, spec: ModelSpec) -> list[np.ndarray]:
+    """Every photo under `folder` decoded as ingest decodes it, resized for the model."""
+    limits = DecodeLimits.from_settings(Settings())
+    embedder = Embedder(spec, interpreters=1)
+    inputs = []
+    for _, path in files_under(folder):
+        try:
+            decoded = decode_image(path.read_bytes(), limits, draft_size=spec.input_size * 2)
+        except ImageRefused:
+            continue
+        inputs.append(embedder.preprocess(decoded.image)[np.newaxis])
+    return inputs
+
+
+def model_bound(inputs: list[np.ndarray], runners: list[ModelRunner]) -> float:
+    """Images per second with each runner in a thread of its own, the inputs split evenly."""
+
+    def run(runner: ModelRunner, part: list[np.ndarray]) -> None:
+        for batch in part:
+            runner.run(batch)
+
+    threads = [
+        threading.Thread(target=run, args=(runner, inputs[i :: len(runners)]))
+        for i, runner in enumerate(runners)
+    ]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return len(inputs) / (time.perf_counter() - started)
+
+
+def real_features(inputs: list[np.ndarray], runner: ModelRunner, spec: ModelSpec):
+    """Features and probabilities of the photos, for the synthesised collections."""
+    outputs = [runner.run(batch) for batch in inputs]
+    features = np.stack([out[spec.features_output].reshape(-1) for out in outputs])
+    probabilities = np.stack([out[spec.probabilities_output].reshape(-1) for out in outputs])
+    return features.astype(np.float32), probabilities.astype(np.float32)
+
+
+# 2. imgsearch ingest ------------------------------------------------------------------------
+
+
+def cli_ingest(folder: Path, scratch: Path) -> tuple[float, int]:
+    """(images added per second, images added) as `imgsearch ingest` reports them, into a
+    fresh data directory."""
+    data_dir = Path(tempfile.mkdtemp(dir=scratch, prefix="data-"))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imgsearch.cli",
+            "ingest",
+            "-q",
+            str(folder),
+            *("--data-dir", data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    match = re.search(r"in ([\d.]+) s .*?: (\d+) added", done.stdout)
+    assert match, done.stdout + done.stderr
+    seconds, added = float(match[1]), int(match[2])
+    subprocess.run(["rm", "-rf", str(data_dir)], check=True)
+    return added / seconds, added
+
+
+def phone_photos(folder: Path, count: int, seed: int = 7) -> Path:
+    """`count` 12-megapixel JPEGs made from Corel photos: upscaled, with sensor-like noise
+    so that they compress like photos, not like smooth enlargements."""
+    sources = [path for _, path in files_under(COREL) if path.suffix.lower() == ".jpg"]
+    picked = sources[:: max(1, len(sources) // count)][:count]
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, 6, (PHOTO_SIZE[1], PHOTO_SIZE[0], 3)).astype(np.int16)
+    folder.mkdir(parents=True, exist_ok=True)
+    for number, source in enumerate(picked):
+        with Image.open(source) as image:
+            large = image.convert("RGB").resize(PHOTO_SIZE, Image.Resampling.BICUBIC)
+        shift = int(rng.integers(0, PHOTO_SIZE[1]))
+        pixels = np.asarray(large, dtype=np.int16) + np.roll(noise, shift, axis=0)
+        photo = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+        photo.save(folder / f"photo_{number:04d}.jpg", quality=90)
+    return folder
+
+
+# 3. Upload latency --------------------------------------------------------------------------
+
+
+def synthesised_service(data_dir: Path, size: int, real: tuple[np.ndarray, np.ndarray]):
+    """A local collection of `size` indexed images (records and shards, no neighbour lists:
+    an upload computes only its own)."""
+    settings = Settings(data_dir=data_dir, api_key=API_KEY)
+    service = ImageSearch(settings)
+    features, probabilities = synthesise(*real, size, np.random.default_rng(size))
+    ids = [f"{i:016x}" for i in range(size)]
+    puts = [
+        Put(f"image#{image_id}", "meta", synthetic_record(image_id, probs).attrs(), 0)
+        for image_id, probs in zip(ids, probabilities, strict=True)
+    ]
+    service.parts.storage.catalog.put_many(puts)
+    index, writer = service.parts.index, service.parts.builder.writer
+    for start in range(0, size, settings.shard_size):
+        index.refresh(force=True)
+        rows = slice(start, start + settings.shard_size)
+        writer.publish(ShardData(ids[rows], features[rows], probabilities[rows]), [])
+    index.refresh(force=True)
+    return service
+
+
+def upload_latencies(service: ImageSearch, photos: list[Path]) -> list[float]:
+    """Seconds per POST /api/images, one after the other; each answers once searchable."""
+    seconds = []
+    with TestClient(create_app(service), headers={API_KEY_HEADER: API_KEY}) as client:
+        for path in photos:
+            started = time.perf_counter()
+            response = client.post(
+                "/api/images", files={"file": (path.name, path.read_bytes(), "image/jpeg")}
+            )
+            seconds.append(time.perf_counter() - started)
+            assert response.status_code == 201, response.text
+            assert response.json()["status"] == "added", response.text
+    return seconds
+
+
+# The run ------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="0: upload latency only")
+    parser.add_argument("--photos", type=int, default=100, help="12-megapixel photos made")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
+    parser.add_argument("--uploads", type=int, default=20, help="per collection size")
+    args = parser.parse_args()
+
+    spec = ModelSpec.load(Settings().model_path)
+    workers = default_interpreters()
+    print(f"{workers} CPUs; {workers} single-threaded interpreters, one per thread")
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as scratch_name:
+        scratch = Path(scratch_name)
+        started = time.perf_counter()
+        large = phone_photos(scratch / "photos", args.photos)
+        print(
+            f"made {args.photos} photos of 12 MP in {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+        sets = {"Corel-1k": COREL, "12-MP photos": large}
+        inputs = {name: model_inputs(folder, spec) for name, folder in sets.items()}
+        runners = [ModelRunner(spec, 1) for _ in range(workers)]
+        for runner in runners:  # the first call allocates the interpreter's tensors
+            runner.run(inputs["Corel-1k"][0])
+
+        bound: dict[str, list[float]] = {name: [] for name in sets}
+        ingest: dict[str, list[float]] = {name: [] for name in sets}
+        for round_number in range(args.rounds):
+            for name, folder in sets.items():
+                bound[name].append(model_bound(inputs[name], runners))
+                rate, added = cli_ingest(folder, scratch)
+                ingest[name].append(rate)
+                print(
+                    f"round {round_number + 1} {name}: model {bound[name][-1]:.1f}/s, "
+                    f"ingest {rate:.1f}/s ({added} images)",
+                    flush=True,
+                )
+        print("\nmedians                model-bound/s  ingest/s  ratio  goal")
+        goals = {"Corel-1k": 0.70, "12-MP photos": 0.40}
+        for name in sets if args.rounds else ():
+            model, end_to_end = statistics.median(bound[name]), statistics.median(ingest[name])
+            ratio = end_to_end / model
+            met = "met" if ratio >= goals[name] else "NOT met"
+            print(
+                f"{name:22} {model:13.1f} {end_to_end:9.1f} {ratio:6.0%}  "
+                f">= {goals[name]:.0%} {met}"
+            )
+
+        real = real_features(inputs["Corel-1k"], runners[0], spec)
+        uploads = sorted(large.iterdir())
+        for size in args.sizes:
+            started = time.perf_counter()
+            service = synthesised_service(scratch / f"collection-{size}", size, real)
+            made = time.perf_counter() - started
+            seconds = upload_latencies(service, uploads[: args.uploads])
+            service.close()
+            print(
+                f"upload at {size:,} images (made in {made:.0f} s): "
+                f"p50 {statistics.median(seconds):.3f} s, "
+                f"p90 {float(np.percentile(seconds, 90)):.3f} s over {len(seconds)} uploads "
+                f"(goal p50 <= 0.5 s: {'met' if statistics.median(seconds) <= 0.5 else 'NOT met'})",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
