@@ -478,10 +478,6 @@ def _decoded_vector(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), "<f2").astype(np.float32)
 
 
-def _neighbour_attrs(neighbours: list[tuple[str, float]]) -> dict[str, Any]:
-    return {"ids": [i for i, _ in neighbours], "distances": [round(d, 6) for _, d in neighbours]}
-
-
 @lru_cache(maxsize=4096)
 def _scaled_jpeg(jpeg: bytes, side: int) -> bytes:
     from PIL import Image  # only a server that serves small thumbnails needs it loaded
