@@ -322,10 +322,22 @@ class FullTable:
     def __getattr__(self, name: str):
         return getattr(self._table, name)
 
-    def put(self, pk: str, sk: str, attrs, **kwargs) -> int:
+    def _check(self, pk: str) -> None:
         if self.failing_pk and pk.startswith(self.failing_pk):
             raise StorageFull(f"injected: no space left to write {pk}")
+
+    def put(self, pk: str, sk: str, attrs, **kwargs) -> int:
+        self._check(pk)
         return self._table.put(pk, sk, attrs, **kwargs)
+
+    def increment(self, pk: str, sk: str, *args, **kwargs):
+        self._check(pk)
+        return self._table.increment(pk, sk, *args, **kwargs)
+
+    def transact(self, writes) -> None:  # all or nothing: one failing item fails them all
+        for write in writes:
+            self._check(write.pk)
+        self._table.transact(writes)
 
 
 class FullStore(LocalObjectStore):
@@ -420,6 +432,9 @@ def test_a_really_full_disk_gives_507_and_loses_nothing(small_disk, embedder, vo
     """On a real full file system (tmpfs): uploads at ever less free space answer 201 or 507,
     never half-applied; earlier images stay searchable; freeing space heals everything."""
     service = make_service(small_disk / "data", embedder, vocabulary)
+    # No heartbeat renews the lease during a build (one beats every third of it): under load,
+    # renewals would write at moments of the machine's choosing on the nearly full disk.
+    service.parts.builder.lease_seconds = 3600.0
     kept = {service.add(f"{c}.jpg", demo_image(c)).image_id for c in CATEGORIES[:3]}
     client = TestClient(create_app(service), headers={API_KEY_HEADER: API_KEY})
 

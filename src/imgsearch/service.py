@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Unpack
@@ -168,13 +168,19 @@ class ImageSearch:
         record = self.parts.catalog.image(image_id)
         return record if record and record.status != "removed" else None
 
+    def images(self, image_ids: Iterable[str]) -> dict[str, ImageRecord]:
+        """The records of these images (those that exist and are not removed), read together:
+        a page of results costs a request or two, not one per result."""
+        records = self.parts.catalog.images(image_ids)
+        return {i: r for i, r in records.items() if r.status != "removed"}
+
     def browse(self, limit: int, offset: int) -> tuple[list[ImageRecord], int]:
         """The collection, newest first, and its size."""
         index = self.parts.index
         index.refresh()
-        ids = itertools.islice(index.image_ids(), offset, offset + limit)
-        records = [self.image(i) for i in ids]
-        return [r for r in records if r is not None], len(index)
+        ids = list(itertools.islice(index.image_ids(), offset, offset + limit))
+        records = self.images(ids)
+        return [records[i] for i in ids if i in records], len(index)
 
     def find_key(self, key: str) -> ImageRecord | None:
         """The image stored under `key`, if any."""
@@ -249,7 +255,7 @@ class ImageSearch:
         """Add an uploaded file, under `key` or a key named after the file (keys.py); returns
         once it is searchable. Raises ImageRefused (with its reason), InvalidKey, DecoderBusy."""
         stored_as = key or keys.upload_key(self.parts.catalog, filename, data)
-        result = self.add(stored_as, data)
+        result = self.add(stored_as, data, wait=self.settings.upload_wait_seconds)
         if result.status == "refused" or result.image_id is None:
             raise ImageRefused(result.code or "refused", result.reason or "refused")
         record = self.image(result.image_id)

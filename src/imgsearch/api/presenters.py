@@ -60,9 +60,11 @@ def image_urls(request: Request, image_id: str) -> tuple[str, str]:
 def results(request: Request, service: ImageSearch, hits: Iterable[Hit]) -> list[Result]:
     """Result objects for hits, skipping images removed since they were ranked."""
     names = service.class_names
+    hits = list(hits)
+    records = service.images(hit.image_id for hit in hits)  # batched reads
     out = []
     for hit in hits:
-        record = service.image(hit.image_id)
+        record = records.get(hit.image_id)
         if record is None:
             continue
         url, thumbnail = image_urls(request, hit.image_id)

@@ -275,8 +275,7 @@ class IndexBuilder:
         # the lease is checked before each group's write (a long update may outlive it).
         self.neighbourhoods.update(in_index, removed, before_write=lambda: _still_held(lease))
         _still_held(lease)
-        for item in batch:
-            self.catalog.clear_pending(item)
+        self.catalog.clear_pending(batch)
         report.batches += 1
         report.added += len(added)
         report.removed += len(removed)
