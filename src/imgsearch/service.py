@@ -83,14 +83,19 @@ class ImageSearch:
         # True while start-up recovery runs: searches answer from the index as it was.
         self.recovering = False
         self._closing = threading.Event()  # stops the background writer (`close`)
+        self._background: threading.Thread | None = None
 
     def preload(self, parts: tuple[Preloadable, ...]) -> None:
         """Load these parts now (a Lambda's init phase, before a request waits for them)."""
         self.parts.preload(parts)
 
     def close(self) -> None:
-        """Stop what runs beside the engine (the background writer, the decode workers)."""
+        """Stop what runs beside the engine (the background writer, the decode workers).
+        The background writer finishes the batch it is building (and lets go of the lease)
+        before the parts it uses are closed."""
         self._closing.set()
+        if self._background is not None:
+            self._background.join()
         self.parts.close()
 
     def variant(
@@ -421,9 +426,15 @@ class ImageSearch:
         upload whose request stopped waiting leaves its image queued (the cloud's schedule
         does the same there)."""
 
+        def build() -> BuildReport:  # stops after a batch once `close` is called
+            report = self.parts.builder.run(until=self._closing.is_set)
+            self.parts.index.refresh(force=True)
+            return report
+
         def run() -> None:
             try:
-                report = self.recover()
+                self.parts.ingestor.recover_changes()
+                report = build()
                 if report.batches:
                     log.warning(
                         "indexed %d additions and %d removals queued before the start",
@@ -437,13 +448,14 @@ class ImageSearch:
             while not self._closing.wait(self.settings.index_drain_seconds):
                 try:
                     if self.parts.catalog.has_pending():
-                        self.build_index()
+                        build()
                 except Exception:
                     log.exception("a background index build failed; trying again")
 
         self.recovering = True
         thread = threading.Thread(target=run, name="imgsearch-recovery", daemon=True)
         thread.start()
+        self._background = thread
         return thread
 
     def _wait_indexed(self, image_id: str, wait: float) -> None:
