@@ -234,3 +234,31 @@ def test_loads_in_well_under_a_second():
     started = time.perf_counter()
     Vocabulary.load(VOCABULARY)
     assert time.perf_counter() - started < 1.0
+
+
+def test_interpretations_are_remembered_by_their_words(vocab, monkeypatch):
+    """A query read once is not read again (the same words, however typed, share one reading);
+    the memory is bounded, and what it hands out cannot be changed by whoever holds it."""
+    monkeypatch.setattr(vocab, "_interpretations", type(vocab._interpretations)())
+    first = vocab.interpret("Golden Retrievers!!")
+    assert vocab.interpret("golden retriever") is first
+    assert vocab.interpret("golden retriever", strategies=()) is not first
+    with pytest.raises(ValueError, match="read-only"):
+        first.class_weights[0] = 1.0
+    monkeypatch.setattr("imgsearch.vocabulary.CACHED_INTERPRETATIONS", 3)
+    for word in ("cat", "boat", "car", "tree"):
+        vocab.interpret(word)
+    assert len(vocab._interpretations) == 3
+    assert vocab.interpret("tree") is vocab.interpret("tree")
+    again = vocab.interpret("golden retriever")  # the least recently used went first
+    assert again is not first and again.readings == first.readings
+    assert np.array_equal(again.class_weights, first.class_weights)
+
+
+def test_combined_classes_are_the_weights_best_first(vocab):
+    for words in ("dog", "red car", "beach", "zqxmadeup"):
+        interpretation = vocab.interpret(words)
+        weights = interpretation.class_weights
+        order = np.argsort(-weights, kind="stable")
+        expected = [(int(c), float(weights[c])) for c in order if weights[c]]
+        assert interpretation.combined_classes() == expected

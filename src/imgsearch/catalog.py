@@ -175,9 +175,10 @@ class Catalog:
         return ImageRecord.from_item(item) if item else None
 
     def images(self, image_ids: Iterable[str]) -> dict[str, ImageRecord]:
-        """The records of these images that exist, in batched reads (100 a request)."""
-        items = self.table.get_many([(f"image#{i}", "meta") for i in image_ids])
-        return {pk.removeprefix("image#"): ImageRecord.from_item(i) for (pk, _), i in items.items()}
+        """The records of those of `image_ids` that exist, by id, in batched reads."""
+        items = self.table.get_many([(f"image#{image_id}", "meta") for image_id in image_ids])
+        records = (ImageRecord.from_item(item) for item in items.values())
+        return {record.id: record for record in records}
 
     def create_image(self, record: ImageRecord) -> bool:
         """Create the record; False if an image with these bytes already exists."""

@@ -79,11 +79,7 @@ def text_search(
     `exclude_classes`: ImageNet classes the user struck from the interpretation."""
     interpretation = vocabulary.interpret(query)
     term = interpretation.query
-    weights = {
-        int(c): float(w)
-        for c, w in enumerate(interpretation.class_weights)
-        if w > 0 and c not in exclude_classes
-    }
+    weights = class_weights(interpretation, exclude_classes)
     wanted = offset + limit
     taught = learner.taught(term, session) if term else None
     hidden = taught.hidden if taught else set()
@@ -113,6 +109,18 @@ def text_search(
                 interpretation, readings=(*interpretation.readings, _learned_reading(taught))
             )
     return TextResults(interpretation, hits[offset:wanted], learned)
+
+
+def class_weights(
+    interpretation: Interpretation, exclude_classes: Collection[int] = ()
+) -> dict[int, float]:
+    """The classes the words ask for and their weights (> 0), but the excluded ones."""
+    weights = interpretation.class_weights
+    classes = np.flatnonzero(weights > 0)
+    found = dict(zip(classes.tolist(), weights[classes].tolist(), strict=True))
+    for c in exclude_classes:
+        found.pop(c, None)
+    return found
 
 
 def _learned_reading(taught: Taught) -> Reading:

@@ -174,10 +174,10 @@ class ImageSearch:
         return record if record and record.status != "removed" else None
 
     def images(self, image_ids: Iterable[str]) -> dict[str, ImageRecord]:
-        """The records of these images (those that exist and are not removed), read together:
-        a page of results costs a request or two, not one per result."""
-        records = self.parts.catalog.images(image_ids)
-        return {i: r for i, r in records.items() if r.status != "removed"}
+        """The records of those of `image_ids` in the collection, by id: a page of results
+        costs one batched read (DynamoDB: BatchGetItem), not a read per result."""
+        found = self.parts.catalog.images(image_ids)
+        return {i: record for i, record in found.items() if record.status != "removed"}
 
     def browse(self, limit: int, offset: int) -> tuple[list[ImageRecord], int]:
         """The collection, newest first, and its size."""

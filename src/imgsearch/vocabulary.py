@@ -29,7 +29,9 @@ from __future__ import annotations
 import csv
 import json
 import re
+import threading
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +109,10 @@ MAX_QUERY_WORDS = 32
 # Symbols from here on (Miscellaneous Technical, U+2300: the watch) are pictographs; those
 # below (copyright, degree and trade mark signs) are not read as words.
 FIRST_PICTOGRAPH = 0x2300
+# Interpretations kept for their words (least recently used out): reading a word costs
+# milliseconds of numpy, and a few words make most queries. Bounded, since any text can be a
+# query: each entry is a few kB (its class weights and readings).
+CACHED_INTERPRETATIONS = 2048
 
 
 @dataclass(frozen=True)
@@ -135,13 +141,16 @@ class Interpretation:
         return "high" if self.confidence >= HIGH_CONFIDENCE else "low"
 
     def combined_classes(self) -> list[tuple[int, float]]:
-        """The classes searched for, (class id, weight), best first."""
-        order = np.argsort(-self.class_weights, kind="stable")
-        return [(int(c), float(self.class_weights[c])) for c in order if self.class_weights[c]]
+        """The classes searched for, (class id, weight), best first (ties by class id)."""
+        weights = self.class_weights
+        classes = np.flatnonzero(weights)
+        order = classes[np.argsort(-weights[classes], kind="stable")]
+        return list(zip(order.tolist(), weights[order].tolist(), strict=True))
 
 
 class Vocabulary:
-    """Query understanding over the built tables; immutable and thread-safe after `load`."""
+    """Query understanding over the built tables; immutable and thread-safe after `load`
+    (but for its cache of interpretations, which only remembers what `interpret` computed)."""
 
     def __init__(
         self,
@@ -209,6 +218,10 @@ class Vocabulary:
         self._mention_ids = ids
         self._name_vectors = tables["name_vectors"].astype(np.float32)
         self._name_class = tables["name_class"]
+        self._interpretations: OrderedDict[tuple[str, frozenset[str]], Interpretation] = (
+            OrderedDict()
+        )
+        self._interpretations_lock = threading.Lock()
 
     @classmethod
     def load(cls, directory: str | Path, strategies: Iterable[str] = STRATEGIES) -> Vocabulary:
@@ -305,8 +318,30 @@ class Vocabulary:
     # --- interpretation ----------------------------------------------------------------------
 
     def interpret(self, text: str, strategies: Iterable[str] | None = None) -> Interpretation:
+        """How `text` reads as class weights, with the guessing `strategies` (None: the
+        vocabulary's). Remembered by normalised words and strategies, the last
+        CACHED_INTERPRETATIONS of them: a reading depends on nothing else, since the tables
+        never change after `load`. What votes taught is not the vocabulary's: search.py adds
+        it to each answer, so a vote changes the very next one. The result is shared:
+        read-only (its class weights cannot be written)."""
         active = self.strategies if strategies is None else frozenset(strategies)
-        query = self.normalise(text)
+        key = (self.normalise(text), active)
+        cache = self._interpretations
+        with self._interpretations_lock:
+            found = cache.get(key)
+            if found is not None:
+                cache.move_to_end(key)
+                return found
+        # Read outside the lock: two threads may read the same words at once (same result).
+        interpretation = self._interpret(*key)
+        with self._interpretations_lock:
+            cache[key] = interpretation
+            while len(cache) > CACHED_INTERPRETATIONS:
+                cache.popitem(last=False)
+        return interpretation
+
+    def _interpret(self, query: str, active: frozenset[str]) -> Interpretation:
+        """`interpret` of normalised words."""
         phrases = self._phrases(query.split())
         understood = [self._read(phrase, active) for phrase in phrases]
         # Naming words ("car") decide which classes; describing words ("red") only reorder
@@ -332,10 +367,12 @@ class Vocabulary:
         confidence = float(np.mean([u.reading.confidence for u in heads])) if heads else 0.0
         if not weights.any():
             confidence = 0.0
+        class_weights = weights.astype(np.float32)
+        class_weights.setflags(write=False)  # shared by every query of these words
         return Interpretation(
             query=query,
             readings=tuple(u.reading for u in understood),
-            class_weights=weights.astype(np.float32),
+            class_weights=class_weights,
             confidence=round(confidence, 4),
         )
 

@@ -383,3 +383,22 @@ def test_pages_of_a_guessed_word_join_up_whatever_their_size(demo_client) -> Non
     whole = ids(20, 0)
     assert len(whole) == 20
     assert [i for offset in (0, 5, 10, 15) for i in ids(5, offset)] == whole
+
+
+def test_a_word_taught_by_votes_reads_as_learned_at_once(client) -> None:
+    """Interpretations are remembered by their words, but what votes taught is read on every
+    request: the query asked just before the vote reads as the taught word just after it."""
+    ids = [
+        client.post("/api/images", files={"file": (f"{c}.jpg", demo_image(c))}).json()["id"]
+        for c in ("elephant", "pizza")
+    ]
+    query = {"q": "Zqxcachedword", "session": "teacher"}
+    before = client.get("/api/search", params=query).json()["interpretation"]
+    assert before["level"] == "none" and before["learned"] is None
+    assert [t["source"] for t in before["terms"]] == ["unknown"]
+    vote = {"query": "zqxcachedword", "image_id": ids[1], "vote": 1, "session": "teacher"}
+    assert client.post("/api/feedback", json=vote).status_code == 200
+    after = client.get("/api/search", params=query).json()
+    assert [t["source"] for t in after["interpretation"]["terms"]] == ["unknown", "learned"]
+    assert after["interpretation"]["learned"]["votes"] == 1
+    assert after["results"][0]["id"] == ids[1] and after["results"][0]["reason"] == "voted"

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from pydantic import TypeAdapter
+from support.demo import demo_image
+
 from imgsearch.api.presenters import interpretation
+from imgsearch.api.schemas import ImageSearchResponse, Page, Results, SearchResponse
 from imgsearch.vocabulary import Vocabulary
 
 
@@ -26,3 +31,34 @@ def test_an_interpretation_in_json(vocabulary: Vocabulary) -> None:
     weights = [c["weight"] for c in out["classes"]]
     assert weights == sorted(weights, reverse=True)
     assert out["learned"] is None
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "model"),
+    [
+        ("get", "/api/search?q=dog&limit=5", SearchResponse),
+        ("get", "/api/search?q=zqxunknown", SearchResponse),
+        ("get", "/api/images?limit=3", Page),
+        ("get", "/api/images/{id}/similar?limit=4", Results),
+        ("post", "/api/search/image", ImageSearchResponse),
+    ],
+)
+def test_answers_are_the_bytes_fastapi_makes_of_their_models(
+    demo_client, method, path, model
+) -> None:
+    """Routes that serialise their own answers (presenters.json_response) send exactly what
+    FastAPI would send for their `response_model`: its serialiser's bytes, as JSON."""
+    first = demo_client.get("/api/images", params={"limit": 1}).json()["results"][0]
+    if method == "get":
+        response = demo_client.get(path.format(id=first["id"]))
+    else:
+        photo = {"file": ("query.jpg", demo_image("laptop", 4), "image/jpeg")}
+        response = demo_client.post(path, files=photo, data={"limit": 3})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert int(response.headers["content-length"]) == len(response.content)
+    fastapi_bytes = TypeAdapter(model).dump_json(
+        model.model_validate_json(response.content), by_alias=True
+    )
+    assert response.content == fastapi_bytes
+    assert response.json()["results"]

@@ -270,3 +270,30 @@ def test_a_builder_whose_lease_was_taken_over_publishes_nothing(index_service, m
     assert read_manifest(service.parts.storage.objects)[0].generation == generation
     assert {item.image_id for item in service.parts.catalog.pending()} == set(ids)
     assert table.get("lease", "indexer")["owner"] == "elsewhere/boot:1.1:x"  # not released
+
+
+def test_both_merges_of_posting_lists_rank_alike(index_service, monkeypatch) -> None:
+    """Keyword scores merge the classes' posting lists per row listed (few postings for the
+    shard's size) or over every row (many): the same ranking and scores either way, removed
+    images left out, equal to the weighted sums over each image's posted probabilities."""
+    from imgsearch.index import shards
+    from imgsearch.index.shards import posted_probabilities
+
+    ids, vectors = synthetic_ids(120), clustered_vectors(120, seed=4)
+    queue(index_service, ids, vectors)
+    index_service.build_index()
+    forget(index_service, ids[:10])
+    index_service.build_index()
+    index = index_service.parts.index
+    probabilities = np.stack([index_service.parts.catalog.embedding(i)[1] for i in ids])
+    posted = posted_probabilities(probabilities.astype(np.float16))
+    for weights in ({3: 1.0}, {3: 1.0, 7: 0.5, 11: 0.25}, {c: 1.0 for c in range(CLASSES)}):
+        rankings = []
+        for ratio in (0, 10**9):  # every merge over all rows; every merge per row listed
+            monkeypatch.setattr(shards, "SPARSE_MERGE_RATIO", ratio)
+            rankings.append(index.ranked_by_classes(weights, 200))
+        assert rankings[0] == rankings[1]
+        scores = sum(w * posted[:, c] for c, w in weights.items())
+        live = [r for r in np.argsort(-scores, kind="stable") if r >= 10 and scores[r] > 0]
+        assert [i for i, _ in rankings[0]] == [ids[r] for r in live]
+        assert np.allclose([s for _, s in rankings[0]], scores[live], atol=1e-5)

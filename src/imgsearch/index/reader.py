@@ -183,11 +183,11 @@ class Index(SearchIndex):
         wanted = k + len(exclude)
 
         def rank(shard: Shard) -> tuple[list[str], np.ndarray]:
-            scores = shard.class_scores(weights)
-            rows = np.flatnonzero(scores > 0)
+            rows, scores = shard.class_scores(weights)
             if len(rows) > wanted:
-                rows = rows[np.argpartition(-scores[rows], wanted - 1)[:wanted]]
-            return [shard.ids[row] for row in rows], scores[rows]
+                best = np.argpartition(-scores, wanted - 1)[:wanted]
+                rows, scores = rows[best], scores[best]
+            return [shard.ids[row] for row in rows], scores
 
         return _best(self._map_shards(rank), k, exclude, ascending=False)
 

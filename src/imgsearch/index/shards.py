@@ -27,6 +27,9 @@ SHARDS_PREFIX = "index/shards/"
 # images a class could rank, never every image's 1000 probabilities.
 POSTINGS_PER_IMAGE = 32
 MIN_POSTING_PROBABILITY = 1e-4
+# A query's postings fewer than a shard's rows / this are merged row by row listed (np.unique),
+# more into an array of every row (np.bincount): measured crossover, see `Shard.class_scores`.
+SPARSE_MERGE_RATIO = 200
 
 
 def normalise_rows(vectors: np.ndarray) -> np.ndarray:
@@ -383,8 +386,11 @@ class Shard:
         cosine: np.ndarray = self.features[rows].astype(np.float32) @ vector
         return np.clip(1.0 - cosine, 0.0, 2.0)
 
-    def class_scores(self, weights: Mapping[int, float]) -> np.ndarray:
-        """Per row, sum over classes of weight * probability, from the posting lists."""
+    def class_scores(self, weights: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray]:
+        """The live rows listed under any of the weighted classes, ascending, and their sum of
+        weight * probability: the classes' posting lists merged in numpy. A merge touching few
+        rows for the shard's size (a word of one class in a big shard) sums per row listed
+        rather than over an array of every row, so that it costs what it reads."""
         classes = np.fromiter(weights.keys(), dtype=np.int64, count=len(weights))
         class_weights = np.fromiter(weights.values(), dtype=np.float32, count=len(weights))
         starts = self._offsets[classes]
@@ -392,12 +398,17 @@ class Shard:
         # Positions of every selected class's postings, gathered in one go.
         first = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
         positions = first + np.arange(int(lengths.sum()))
+        rows = self._posting_rows[positions]
         contributions = self._posting_values[positions] * np.repeat(class_weights, lengths)
-        scores = np.bincount(
-            self._posting_rows[positions], weights=contributions, minlength=len(self.ids)
-        ).astype(np.float32)
-        scores[~self.live] = 0.0
-        return scores
+        if len(rows) * SPARSE_MERGE_RATIO < len(self.ids):
+            listed, per_listed = np.unique(rows, return_inverse=True)
+            sums = np.bincount(per_listed, weights=contributions)
+        else:
+            sums = np.bincount(rows, weights=contributions, minlength=len(self.ids))
+            listed = np.flatnonzero(sums)
+            sums = sums[listed]
+        keep = self.live[listed] & (sums > 0)
+        return listed[keep], sums[keep].astype(np.float32)
 
     def data(self) -> ShardData:
         """The shard's content, to rebuild it with more or fewer images."""

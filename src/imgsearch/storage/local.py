@@ -235,6 +235,7 @@ class LocalObjectStore(ObjectStore):
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 BUSY_TIMEOUT_SECONDS = 30.0
 QUERY_PAGE_SIZE = 500  # rows per SELECT, so a long query holds no read snapshot open
+GET_MANY_KEYS = 100  # keys per SELECT of `get_many` (as many as a BatchGetItem takes)
 PURGE_INTERVAL_SECONDS = 60.0  # how often a writer deletes expired items (see _purge)
 _EXPIRES = "json_extract(attrs, '$.expires_at')"
 
@@ -314,12 +315,23 @@ class SqliteTable(Table):
             return self._apply_put(connection, pk, sk, attrs, expected_version)
 
     def _get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+        # One statement per sort key and GET_MANY_KEYS partition keys (a page of results is
+        # one), each key a lookup by primary key, not one statement per key.
         connection = self._connection()
-        found = {}
+        by_sort_key: dict[str, list[str]] = {}
         for pk, sk in keys:
-            current = self._read(connection, pk, sk)
-            if current is not None:
-                found[pk, sk] = _item(pk, sk, *current)
+            by_sort_key.setdefault(sk, []).append(pk)
+        found = {}
+        for sk, pks in by_sort_key.items():
+            for start in range(0, len(pks), GET_MANY_KEYS):
+                chunk = pks[start : start + GET_MANY_KEYS]
+                rows = connection.execute(
+                    f"SELECT pk, version, attrs FROM {self._quoted_name}"
+                    f" WHERE sk = ? AND pk IN ({', '.join('?' * len(chunk))})",
+                    (sk, *chunk),
+                ).fetchall()
+                for pk, version, attrs in rows:
+                    found[pk, sk] = _item(pk, sk, version, json.loads(attrs))
         return found
 
     def _put_many(self, puts: Sequence[Put]) -> None:

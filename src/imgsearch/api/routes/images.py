@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from imgsearch.api import presenters
 from imgsearch.api.auth import ApiKey
-from imgsearch.api.deps import Service, read_upload
+from imgsearch.api.deps import Service, get_service, off_the_loop, read_upload
 from imgsearch.api.schemas import IMAGE_ID_PATTERN, ImageDetail, Page, Results, Uploaded, problems
 from imgsearch.results import NotFound, NotIndexed, Original
 
@@ -50,14 +50,16 @@ def list_images(
     limit: Limit = 50,
     offset: Offset = 0,
     key: Annotated[str | None, Query(max_length=1024, description="Find by key")] = None,
-) -> Page:
+) -> Response:
     """Browse the collection, newest first, or find the image stored under a key."""
     if key is not None:
         record = service.find_key(key)
         found = [record] if record else []
-        return Page(results=presenters.listed(request, service, found), total=len(found))
-    records, total = service.browse(limit, offset)
-    return Page(results=presenters.listed(request, service, records), total=total)
+        page = Page(results=presenters.listed(request, service, found), total=len(found))
+    else:
+        records, total = service.browse(limit, offset)
+        page = Page(results=presenters.listed(request, service, records), total=total)
+    return presenters.json_response(page)
 
 
 @router.get("/{image_id}", response_model=ImageDetail)
@@ -88,12 +90,17 @@ def image_thumbnail(service: Service, image_id: ImageId) -> Response:
 
 
 @router.get("/{image_id}/similar", response_model=Results)
-def similar_images(
-    request: Request, service: Service, image_id: ImageId, limit: Limit = 20, offset: Offset = 0
-) -> Results:
+async def similar_images(
+    request: Request, image_id: ImageId, limit: Limit = 20, offset: Offset = 0
+) -> Response:
     """Images most like this one ("more like this")."""
-    hits = service.similar(image_id, limit=limit, offset=offset)
-    return Results(results=presenters.results(request, service, hits))
+    service = get_service(request)  # not a dependency: each costs a fast answer its share
+
+    def answer() -> Response:  # storage and numpy block: off the event loop
+        hits = service.similar(image_id, limit=limit, offset=offset)
+        return presenters.json_response(Results(results=presenters.results(request, service, hits)))
+
+    return await off_the_loop(answer)
 
 
 def _bytes(fetch: Callable[[str], Original], image_id: str, *, missing: str) -> Response:

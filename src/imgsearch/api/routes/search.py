@@ -5,19 +5,18 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 
 from imgsearch.api import presenters
-from imgsearch.api.deps import Service, read_upload
+from imgsearch.api.deps import Service, get_service, off_the_loop, read_upload
 from imgsearch.api.schemas import SESSION_PATTERN, ImageSearchResponse, SearchResponse, problems
 
 router = APIRouter(prefix="/search", tags=["search"], responses=problems(415, 422, 503))
 
 
 @router.get("", response_model=SearchResponse)
-def search(
+async def search(
     request: Request,
-    service: Service,
     q: Annotated[str, Query(min_length=1, max_length=200, description="Words to search for")],
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
@@ -26,21 +25,28 @@ def search(
         list[int],
         Query(max_length=50, description="Class ids (from `interpretation`) to leave out"),
     ] = (),  # type: ignore[assignment]  # FastAPI takes any sequence as a list's default
-) -> SearchResponse:
+) -> Response:
     """Images for words, best first; `interpretation` says how the words were understood."""
-    classes = len(service.class_names)
-    if any(not 0 <= c < classes for c in exclude):
-        raise HTTPException(422, detail=f"exclude: class ids are 0..{classes - 1}")
-    found = service.search_text(
-        q, limit=limit, offset=offset, session=session, exclude_classes=set(exclude)
-    )
-    return SearchResponse(
-        query=found.interpretation.query,
-        interpretation=presenters.interpretation(
-            service.class_names, found.interpretation, found.learned
-        ),
-        results=presenters.results(request, service, found.hits),
-    )
+    service = get_service(request)  # not a dependency: each costs a fast answer its share
+
+    def answer() -> Response:  # storage and numpy block: off the event loop
+        classes = len(service.class_names)
+        if any(not 0 <= c < classes for c in exclude):
+            raise HTTPException(422, detail=f"exclude: class ids are 0..{classes - 1}")
+        found = service.search_text(
+            q, limit=limit, offset=offset, session=session, exclude_classes=set(exclude)
+        )
+        return presenters.json_response(
+            SearchResponse(
+                query=found.interpretation.query,
+                interpretation=presenters.interpretation(
+                    service.class_names, found.interpretation, found.learned
+                ),
+                results=presenters.results(request, service, found.hits),
+            )
+        )
+
+    return await off_the_loop(answer)
 
 
 @router.post("/image", response_model=ImageSearchResponse)
@@ -57,7 +63,7 @@ async def search_by_image(
         ),
     ] = None,
     session: Annotated[str | None, Form(pattern=SESSION_PATTERN)] = None,
-) -> ImageSearchResponse:
+) -> Response:
     """Reverse image search: images most like an uploaded photo (which is not stored).
 
     With `query`, the photo is an example of that word: the response gives the word as votes
@@ -65,10 +71,12 @@ async def search_by_image(
     """
     data = await read_upload(file, service)
 
-    def search() -> ImageSearchResponse:  # storage and the model block: off the event loop
+    def search() -> Response:  # storage and the model block: off the event loop
         found = service.search_image(data, limit=limit, offset=offset, query=query, session=session)
-        return ImageSearchResponse(
-            query=found.term, results=presenters.results(request, service, found.hits)
+        return presenters.json_response(
+            ImageSearchResponse(
+                query=found.term, results=presenters.results(request, service, found.hits)
+            )
         )
 
-    return await run_in_threadpool(search)
+    return await off_the_loop(search)

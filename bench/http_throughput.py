@@ -1,0 +1,427 @@
+"""HTTP throughput of `imgsearch serve` on a 10k-image collection, with 8 concurrent clients.
+
+    nice -n 5 .venv/bin/python bench/http_throughput.py --baseline /path/to/other/checkout
+
+1. A collection of `--size` images is synthesised into a local data directory, as
+   bench/index_scale.py does (real EfficientNet features of the demo photos and Corel-1k,
+   perturbed): image records, the index (published through the engine's own writer) and
+   exact neighbour lists. It is kept in `--data` and reused by the next run of the same size.
+2. The real server (`python -m imgsearch.cli serve`, as the README starts it: one uvicorn
+   process) serves it on loopback, from this checkout's sources and, with `--baseline`, from
+   another checkout's (a `git worktree` of main, say), in alternating rounds: the machine is
+   shared and noisy, so only medians over rounds and ratios measured in the same run count.
+3. `--clients` connections (keep-alive HTTP/1.1, one asyncio loop in this process, each
+   waiting for its answer before the next request) ask for `--seconds` per kind of request:
+   keyword (`GET /api/search?q=WORD`, everyday words in turn), similar
+   (`GET /api/images/{id}/similar`, random images) and reverse search
+   (`POST /api/search/image` with the demo photos).
+4. The model alone, as the baseline of reverse search: the server's embedder (same model,
+   same `inference_threads` setting) on the same photos, decoded beforehand, one after another.
+
+Prints, per kind and checkout: requests/s, p50 and p99 latency, the server's CPU time per
+request (its process and its decode workers, from /proc: what a loaded machine does not
+inflate as much as it does wall-clock rates) and the requests/s one core would serve at that
+cost, all medians over rounds; the ratios to the baseline checkout, and for reverse search the
+ratio to the model alone. Goals (issue 16): keyword >= 500 requests/s, similar >= 1,000,
+reverse search at the model's pace. The clients share the machine's cores with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "bench")]
+
+from index_scale import real_embeddings, synthesise, synthetic_record  # noqa: E402
+
+from imgsearch.bulk import files_under  # noqa: E402
+from imgsearch.config import Settings  # noqa: E402
+from imgsearch.embedding import Embedder, ModelSpec  # noqa: E402
+from imgsearch.images import DecodeLimits, decode_image  # noqa: E402
+from imgsearch.index.shards import ShardData  # noqa: E402
+from imgsearch.service import ImageSearch  # noqa: E402
+from imgsearch.storage import Put  # noqa: E402
+
+DEMO = REPO / "demo"
+K = 50  # neighbours per stored list (Settings.neighbours)
+API_KEY = "http-bench-key"
+# Everyday words, asked in turn (a keyword answer depends on the word: one word would measure
+# one posting list).
+WORDS = [
+    *("dog", "cat", "car", "beach", "flower", "bird", "boat", "chair", "pizza", "airplane"),
+    *("elephant", "camera", "watch", "butterfly", "laptop", "umbrella", "mountain", "bicycle"),
+    *("horse", "fish"),
+]
+KINDS = ("keyword", "similar", "reverse")
+GOALS = {"keyword": 500.0, "similar": 1000.0}
+
+
+# The collection ---------------------------------------------------------------------------
+
+
+def populate(data_dir: Path, size: int) -> None:
+    """`size` indexed images in `data_dir`: records, the index, exact neighbour lists."""
+    settings = Settings(data_dir=data_dir, backend="local", decode_workers=0)
+    service = ImageSearch(settings)
+    try:
+        features, probabilities = synthesise(*real_embeddings(), size, np.random.default_rng(size))
+        ids = [f"{i:016x}" for i in range(size)]
+        service.parts.storage.catalog.put_many(
+            [
+                Put(f"image#{i}", "meta", synthetic_record(i, p).attrs(), 0)
+                for i, p in zip(ids, probabilities, strict=True)
+            ]
+        )
+        index, writer = service.parts.index, service.parts.builder.writer
+        for start in range(0, size, settings.shard_size):
+            index.refresh(force=True)
+            rows = slice(start, start + settings.shard_size)
+            writer.publish(ShardData(ids[rows], features[rows], probabilities[rows]), [])
+        index.refresh(force=True)
+        for start in range(0, size, 1000):  # exact neighbours, 1000 rows at a time
+            distances = 1.0 - features[start : start + 1000] @ features.T
+            lists = {}
+            for row, image_distances in enumerate(distances, start):
+                image_distances[row] = np.inf
+                nearest = np.argpartition(image_distances, K)[:K]
+                nearest = nearest[np.argsort(image_distances[nearest])]
+                lists[ids[row]] = (
+                    [(ids[i], round(float(image_distances[i]), 6)) for i in nearest],
+                    0,
+                )
+            service.parts.catalog.put_neighbour_lists(lists)
+    finally:
+        service.close()
+
+
+def collection(data: Path, size: int) -> Path:
+    """The data directory of a `size`-image collection, made once."""
+    data_dir = data / f"http-{size}"
+    done = data_dir / "populated"
+    if not done.exists():
+        print(f"synthesising {size:,} images into {data_dir} ...", file=sys.stderr, flush=True)
+        if data_dir.exists():
+            raise SystemExit(f"{data_dir} is half made: delete it")
+        data_dir.mkdir(parents=True)
+        populate(data_dir, size)
+        done.write_text(str(size))
+    return data_dir
+
+
+def photos() -> list[bytes]:
+    return [
+        path.read_bytes()
+        for _, path in files_under(DEMO)
+        if path.suffix.lower() in {".jpg", ".jpeg", ".png"}
+    ]
+
+
+# The server -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def start_server(src: Path, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    """`imgsearch serve` from the sources under `src`, once it answers."""
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(src),
+        "IMGSEARCH_API_KEY": API_KEY,
+        # Every client comes from 127.0.0.1: the per-address connection bound would refuse
+        # some of them.
+        "IMGSEARCH_HTTP_MAX_CLIENT_CONNECTIONS": "1000",
+    }
+    command = [sys.executable, "-m", "imgsearch.cli", "serve", "--data-dir", str(data_dir)]
+    server = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        env=environment,
+        stderr=subprocess.DEVNULL,
+        cwd=src.parent,
+    )
+    for _ in range(1200):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1):
+                return server
+        except OSError:
+            if server.poll() is not None:
+                message = f"the server from {src} exited with {server.returncode}"
+                raise SystemExit(message) from None
+            time.sleep(0.1)
+    server.kill()
+    raise SystemExit(f"the server from {src} did not start")
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time used so far by process `pid` and its descendants (the decode workers), from
+    /proc (Linux): the server's cost per request, whatever else the machine runs."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, stack = 0.0, [pid]
+    while stack:
+        process = stack.pop()
+        total += times.get(process, 0.0)
+        stack.extend(children.get(process, []))
+    return total
+
+
+# The clients ------------------------------------------------------------------------------
+
+
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+
+
+def multipart(photo: bytes) -> bytes:
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="p.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + photo
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        "POST /api/search/image HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def requests_of(kind: str, size: int, demo: list[bytes]) -> list[bytes]:
+    """Raw requests of one kind, to be sent in turn."""
+    rng = random.Random(kind)
+    if kind == "keyword":
+        return [get(f"/api/search?q={word}") for word in WORDS]
+    if kind == "similar":
+        return [get(f"/api/images/{rng.randrange(size):016x}/similar") for _ in range(500)]
+    return [multipart(photo) for photo in demo]
+
+
+@dataclass
+class Measured:
+    requests: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    failures: int = 0
+    server_cpu: float = 0.0  # seconds of CPU the server used meanwhile
+
+    @property
+    def cpu_ms(self) -> float:
+        """Server CPU per request, in ms."""
+        return self.server_cpu / self.requests * 1000 if self.requests else 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+async def _client(
+    port: int, requests: list[bytes], start: int, until: float, measured: Measured | None
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    turn = start
+    try:
+        while time.perf_counter() < until:
+            request = requests[turn % len(requests)]
+            turn += 1
+            began = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            if measured is not None:
+                measured.latencies.append(time.perf_counter() - began)
+                measured.requests += 1
+                if not head.startswith(b"HTTP/1.1 200"):
+                    measured.failures += 1
+    finally:
+        writer.close()
+
+
+async def _load(
+    port: int,
+    requests: list[bytes],
+    clients: int,
+    seconds: float,
+    started: Callable[[], Awaitable[None]],
+) -> Measured:
+    warm_until = time.perf_counter() + min(2.0, seconds / 4)
+    await asyncio.gather(*(_client(port, requests, c, warm_until, None) for c in range(clients)))
+    await started()
+    measured = Measured()
+    began = time.perf_counter()
+    until = began + seconds
+    await asyncio.gather(*(_client(port, requests, c * 7, until, measured) for c in range(clients)))
+    measured.seconds = time.perf_counter() - began
+    return measured
+
+
+def load(
+    server: subprocess.Popen[bytes], port: int, requests: list[bytes], clients: int, seconds: float
+) -> Measured:
+    """`clients` connections asking `requests` in turn for `seconds` (after a warm-up)."""
+    cpu = [0.0]
+
+    async def measured_load() -> Measured:
+        async def counted() -> None:
+            cpu[0] = cpu_seconds(server.pid)
+
+        measured = await _load(port, requests, clients, seconds, counted)
+        measured.server_cpu = cpu_seconds(server.pid) - cpu[0]
+        return measured
+
+    return asyncio.run(measured_load())
+
+
+def model_alone(demo: list[bytes], seconds: float) -> float:
+    """Images/s of the server's embedder on the demo photos, decoded beforehand."""
+    settings = Settings()
+    embedder = Embedder(ModelSpec.load(settings.model_path), num_threads=settings.inference_threads)
+    limits = DecodeLimits.from_settings(settings, open_endpoint=True)
+    images = [decode_image(photo, limits).image for photo in demo]
+    embedder.embed(images[0])
+    done, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        embedder.embed(images[done % len(images)])
+        done += 1
+    return done / (time.perf_counter() - began)
+
+
+# The run ----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=10_000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=8.0, help="per kind and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--data", type=Path, default=REPO / "build" / "bench")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout (its src/ is served) to compare with"
+    )
+    args = parser.parse_args()
+    data_dir = collection(args.data, args.size)
+    demo = photos()
+    trees = {"this": REPO / "src"}
+    if args.baseline:
+        trees["baseline"] = args.baseline.resolve() / "src"
+    results: dict[tuple[str, str], list[Measured]] = {}
+    models: list[float] = []
+    for round_ in range(args.rounds):
+        for name, src in trees.items():
+            port = free_port()
+            server = start_server(src, data_dir, port)
+            try:
+                for kind in args.kinds:
+                    requests = requests_of(kind, args.size, demo)
+                    measured = load(server, port, requests, args.clients, args.seconds)
+                    results.setdefault((name, kind), []).append(measured)
+                    print(
+                        f"round {round_ + 1} {name:8} {kind:8} {measured.rate:8.1f} req/s "
+                        f"p50 {_ms(measured, 50):7.2f} ms p99 {_ms(measured, 99):7.2f} ms "
+                        f"server CPU {measured.cpu_ms:6.2f} ms/request "
+                        f"failures {measured.failures}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            finally:
+                stop_server(server)
+        if "reverse" in args.kinds:
+            models.append(model_alone(demo, args.seconds))
+            print(f"round {round_ + 1} model alone {models[-1]:8.1f} images/s", file=sys.stderr)
+    report(args, trees, results, models)
+
+
+def _ms(measured: Measured, q: float) -> float:
+    return float(np.percentile(measured.latencies, q)) * 1000 if measured.latencies else 0.0
+
+
+def report(
+    args: argparse.Namespace,
+    trees: dict[str, Path],
+    results: dict[tuple[str, str], list[Measured]],
+    models: list[float],
+) -> None:
+    print(
+        f"{args.size:,} images, {args.clients} clients, {args.rounds} rounds of "
+        f"{args.seconds:g} s per kind; medians over rounds"
+    )
+    if models:
+        print(f"model alone (reverse search's baseline): {statistics.median(models):.1f} images/s")
+    print(
+        "| kind | checkout | requests/s | p50 ms | p99 ms | server CPU ms/request "
+        "| requests/s per server core | failures | vs baseline (requests/s; CPU) | goal |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for kind in args.kinds:
+        base = results.get(("baseline", kind))
+        base_rate = statistics.median(m.rate for m in base) if base else None
+        base_cpu = statistics.median(m.cpu_ms for m in base) if base else None
+        for name in trees:
+            runs = results[(name, kind)]
+            rate = statistics.median(m.rate for m in runs)
+            cpu = statistics.median(m.cpu_ms for m in runs)
+            ratio = f"{rate / base_rate:.2f}x; {base_cpu / cpu:.2f}x" if base_rate else "-"
+            if kind == "reverse" and models:
+                goal = f"{rate / statistics.median(models):.0%} of the model"
+            else:
+                goal = f">= {GOALS[kind]:,.0f}: {'met' if rate >= GOALS[kind] else 'not met'}"
+            print(
+                f"| {kind} | {name} | {rate:,.1f} "
+                f"| {statistics.median(_ms(m, 50) for m in runs):.2f} "
+                f"| {statistics.median(_ms(m, 99) for m in runs):.2f} "
+                f"| {cpu:.2f} | {1000 / cpu if cpu else 0:,.0f} "
+                f"| {sum(m.failures for m in runs)} | {ratio} | {goal} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
