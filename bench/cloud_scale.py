@@ -222,6 +222,7 @@ def environment(engine: str, scratch: Path) -> dict[str, str]:
         "IMGSEARCH_PAGE_ORIGINS": json.dumps([f"https://{BUCKET}.s3.amazonaws.com"]),
         "IMGSEARCH_ASSETS_DIR": str(ASSETS_DIR),
         "IMGSEARCH_CACHE_DIR": str(scratch / "cache"),
+        "IMGSEARCH_TRUSTED_PROXIES": "[]",  # the TrustedProxies parameter's default
         **TABLES,
     }
     values: dict[str, str] = {}

@@ -175,3 +175,15 @@ def test_shuffled_and_duplicated_events_end_in_the_clean_state(tmp_path, embedde
             batch, stream = stream[:size], stream[size:]
             _apply(service, batch)
         assert _state(service) == expected, f"seed {seed}"
+
+
+def test_close_waits_for_the_background_writer(tmp_path, embedder, vocabulary) -> None:
+    """`imgsearch serve`'s writer is stopped and joined before the parts it uses are closed:
+    a build never runs on a closed index or decoder."""
+    service = make_service(tmp_path / "data", embedder, vocabulary, index_drain_seconds=0.05)
+    service.ingest("queued.jpg", demo_image("pizza"))  # queued, not built
+    thread = service.recover_in_background()
+    service.close()
+    assert not thread.is_alive()
+    reopened = make_service(tmp_path / "data", embedder, vocabulary)
+    assert reopened.count() == 1  # the build it started was finished, not cut off

@@ -322,10 +322,22 @@ class FullTable:
     def __getattr__(self, name: str):
         return getattr(self._table, name)
 
-    def put(self, pk: str, sk: str, attrs, **kwargs) -> int:
+    def _check(self, pk: str) -> None:
         if self.failing_pk and pk.startswith(self.failing_pk):
             raise StorageFull(f"injected: no space left to write {pk}")
+
+    def put(self, pk: str, sk: str, attrs, **kwargs) -> int:
+        self._check(pk)
         return self._table.put(pk, sk, attrs, **kwargs)
+
+    def increment(self, pk: str, sk: str, *args, **kwargs):
+        self._check(pk)
+        return self._table.increment(pk, sk, *args, **kwargs)
+
+    def transact(self, writes) -> None:  # all or nothing: one failing item fails them all
+        for write in writes:
+            self._check(write.pk)
+        self._table.transact(writes)
 
 
 class FullStore(LocalObjectStore):
@@ -420,6 +432,9 @@ def test_a_really_full_disk_gives_507_and_loses_nothing(small_disk, embedder, vo
     """On a real full file system (tmpfs): uploads at ever less free space answer 201 or 507,
     never half-applied; earlier images stay searchable; freeing space heals everything."""
     service = make_service(small_disk / "data", embedder, vocabulary)
+    # No heartbeat renews the lease during a build (one beats every third of it): under load,
+    # renewals would write at moments of the machine's choosing on the nearly full disk.
+    service.parts.builder.lease_seconds = 3600.0
     kept = {service.add(f"{c}.jpg", demo_image(c)).image_id for c in CATEGORIES[:3]}
     client = TestClient(create_app(service), headers={API_KEY_HEADER: API_KEY})
 
@@ -494,6 +509,44 @@ def test_a_failed_lease_release_is_retried_and_never_blocks_the_next_build(tmp_p
     assert Lease(table, "indexer", 300).acquire()
     # and a live holder's lease is still exclusive.
     assert not Lease(table, "indexer", 300).acquire()
+
+
+class LostAnswers:
+    """A table whose next `lost` puts are applied but answer with an error, as a request
+    whose response timed out does."""
+
+    def __init__(self, table, lost: int) -> None:
+        self._table = table
+        self.lost = lost
+
+    def __getattr__(self, name: str):
+        return getattr(self._table, name)
+
+    def put(self, pk: str, sk: str, attrs, **kwargs) -> int:
+        version = self._table.put(pk, sk, attrs, **kwargs)
+        if self.lost:
+            self.lost -= 1
+            raise StorageError("injected: the answer timed out")
+        return version
+
+
+def test_a_renewal_whose_answer_was_lost_keeps_the_lease(tmp_path) -> None:
+    """A renewal that went through but timed out (the heartbeat logs it and beats again) is
+    not mistaken for a takeover at the next beat; another holder's takeover still is."""
+    from imgsearch.index.builder import Lease
+
+    table = open_storage(Settings(data_dir=tmp_path / "data")).catalog
+    timing_out = LostAnswers(table, lost=0)
+    lease = Lease(timing_out, "indexer", 300)
+    assert lease.acquire()
+    timing_out.lost = 1
+    with pytest.raises(StorageError):
+        lease.renew()
+    assert lease.renew() and lease.held
+    assert table.get("lease", "indexer")["owner"] == lease.owner
+
+    table.put("lease", "indexer", {"owner": "another-machine:1:x", "expires_at": 0})
+    assert not lease.renew() and lease.lost
 
 
 def test_the_lease_of_a_dead_local_process_is_free_at_once(tmp_path) -> None:

@@ -99,3 +99,21 @@ def test_the_collection_survives_a_restart(tmp_path, embedder, vocabulary) -> No
     assert restarted.count() == 1
     assert restarted.find_key("kept.jpg").id == added.image_id
     assert restarted.similar(added.image_id) == []  # alone: nothing is similar yet
+
+
+def test_an_upload_answers_pending_once_its_wait_is_over_and_is_indexed_later(service) -> None:
+    """`upload_wait_seconds` bounds the request (the cloud's is below API Gateway's 29 s):
+    while another builder holds the index, the upload answers "pending" in about that time,
+    and the image is searchable after the next build."""
+    from imgsearch.index.builder import Lease
+
+    service.settings = service.settings.model_copy(update={"upload_wait_seconds": 0.5})
+    other = Lease(service.parts.catalog.table, "indexer", 30.0)
+    other.owner = "another-machine:1:x"  # alive as far as this process can tell
+    assert other.acquire()
+    outcome = service.upload("waiting.jpg", demo_image("elephant"))
+    assert outcome.status == "pending"
+    assert service.image(outcome.id).status == "pending" and service.count() == 0
+    other.release()
+    service.build_index()
+    assert service.image(outcome.id).status == "indexed" and service.count() == 1

@@ -23,17 +23,22 @@ import numpy as np
 
 from imgsearch.integrity import DamagedFile
 from imgsearch.storage import (
+    Delete,
     DirectUploads,
+    Increment,
     PreconditionFailed,
     PresignedPost,
     Put,
     Storage,
     TooMuchContention,
+    Write,
     retry_on_conflict,
 )
-from imgsearch.storage.validation import validate_key
+from imgsearch.storage.validation import MAX_TRANSACT_WRITES, validate_key
 
 IMAGES_PREFIX = "images/"
+# Embeddings kept in memory after they were stored, for the index builder (about 10 KB each).
+FRESH_EMBEDDINGS = 1000
 THUMBNAILS_PREFIX = "thumbnails/"
 
 
@@ -160,6 +165,10 @@ class Catalog:
         self.storage = storage
         self.table = storage.catalog
         self.objects = storage.objects
+        # Embeddings this process stored, until the index builder reads them (most often in
+        # the same invocation): a read of the store saved per new image. Content-addressed,
+        # so a copy is as good as the stored file.
+        self._fresh_embeddings: dict[str, bytes] = {}
 
     # Images -----------------------------------------------------------------------------
 
@@ -204,40 +213,50 @@ class Catalog:
         return retry_on_conflict(step, f"image {image_id}'s record")
 
     def mark_indexed(self, image_ids: list[str]) -> None:
-        """Mark these images indexed, those still pending: their records read in batches,
-        each written by compare-and-swap (and changed alone if it changed meanwhile)."""
+        """Mark these images indexed, those still pending: their records read in batches and
+        written by compare-and-swap in transactions (those of a transaction that lost a race
+        are then changed one by one)."""
         items = self.table.get_many([(f"image#{i}", "meta") for i in image_ids])
-        for item in items.values():
-            record = ImageRecord.from_item(item)
-            if record.status != "pending":
-                continue
-            try:
-                indexed = replace(record, status="indexed")
-                self.table.put(
-                    f"image#{record.id}", "meta", indexed.attrs(), expected_version=record.version
-                )
-            except PreconditionFailed:
-                self.update_image(record.id, _indexed_if_pending)
+        records = [ImageRecord.from_item(item) for item in items.values()]
+        writes = {
+            r.id: Put(f"image#{r.id}", "meta", replace(r, status="indexed").attrs(), r.version)
+            for r in records
+            if r.status == "pending"
+        }
+        for image_id in self._transact_or_decline(writes):
+            self.update_image(image_id, _indexed_if_pending)
 
     # Keys -------------------------------------------------------------------------------
 
     def key(self, key: str) -> KeyRecord | None:
         """What `key` holds. Raises InvalidKey for a key ingest refuses (none can be stored)."""
         validate_key(key)
-        item = self.table.get(f"key#{key}", "meta")
-        if item is None:
-            return None
-        return KeyRecord(
-            key=key,
-            status=item["status"],
-            image_id=item.get("image_id"),
-            reason=item.get("reason"),
-            sequencer=item.get("sequencer"),
-            version=int(item["version"]),
+        return _key_record(key, self.table.get(f"key#{key}", "meta"))
+
+    def key_and_image(self, key: str, image_id: str) -> tuple[KeyRecord | None, ImageRecord | None]:
+        """What `key` holds and the record of `image_id`, in one batched read."""
+        validate_key(key)
+        items = self.table.get_many([(f"key#{key}", "meta"), (f"image#{image_id}", "meta")])
+        image = items.get((f"image#{image_id}", "meta"))
+        return (
+            _key_record(key, items.get((f"key#{key}", "meta"))),
+            ImageRecord.from_item(image) if image else None,
         )
 
-    def put_key(self, record: KeyRecord, *, expected_version: int) -> None:
-        """Write a key record; raises PreconditionFailed if it changed since it was read."""
+    def put_key(
+        self,
+        record: KeyRecord,
+        *,
+        expected_version: int,
+        queue: str | None = None,
+        end: Change | None = None,
+    ) -> None:
+        """Write a key record; raises PreconditionFailed if it changed since it was read.
+
+        With `queue` (an image id), the image is queued for the index in the same write, and
+        with `end`, that change is closed in it too: one request, all or nothing, instead of
+        three (an ingest's last writes).
+        """
         attrs = {
             "status": record.status,
             "image_id": record.image_id,
@@ -245,7 +264,16 @@ class Catalog:
             "sequencer": record.sequencer,
             "updated_at": time.time(),
         }
-        self.table.put(f"key#{record.key}", "meta", attrs, expected_version=expected_version)
+        pk = f"key#{record.key}"
+        if queue is None and end is None:
+            self.table.put(pk, "meta", attrs, expected_version=expected_version)
+            return
+        writes: list[Write] = [Put(pk, "meta", attrs, expected_version)]
+        if queue is not None:
+            writes.append(_queued(queue, "add"))
+        if end is not None:
+            writes.append(Delete("change", end.token))
+        self.table.transact(writes)
 
     # Bytes ------------------------------------------------------------------------------
 
@@ -306,12 +334,16 @@ class Catalog:
             self.objects.put(
                 f"embeddings/{image_id}.npz", buffer.getvalue(), if_none_match=not overwrite
             )
+        if len(self._fresh_embeddings) >= FRESH_EMBEDDINGS:
+            self._fresh_embeddings.clear()  # a builder elsewhere took them: read them again
+        self._fresh_embeddings[image_id] = buffer.getvalue()
 
     def embedding(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         """Features and probabilities of an ingested image. Raises NotFound, or DamagedFile
         if the file is truncated or corrupt (each member of an npz carries a CRC-32)."""
         key = f"embeddings/{image_id}.npz"
-        data = self.objects.get(key).data
+        fresh = self._fresh_embeddings.pop(image_id, None)
+        data = fresh if fresh is not None else self.objects.get(key).data
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 features, probabilities = npz["features"], npz["probabilities"]
@@ -323,13 +355,16 @@ class Catalog:
 
     def delete_derived(self, image_id: str) -> None:
         """Drop what was derived from an image's bytes once no key holds it any more."""
+        self._fresh_embeddings.pop(image_id, None)
         self.objects.delete(f"embeddings/{image_id}.npz")
         self.objects.delete(thumbnail_key(image_id))
 
     # Index work queue ------------------------------------------------------------------
 
     def mark_pending(self, image_id: str, op: PendingOp) -> None:
-        self.table.put("pending", image_id, {"op": op, "at": time.time()})
+        """Queue the image for the index (again: a newer version makes the builder keep it)."""
+        write = _queued(image_id, op)
+        self.table.increment(write.pk, write.sk, write.deltas, write.set_attrs)
 
     def pending(self, limit: int | None = None) -> list[PendingItem]:
         return [
@@ -340,10 +375,27 @@ class Catalog:
     def has_pending(self) -> bool:
         return any(True for _ in self.table.query("pending", limit=1))
 
-    def clear_pending(self, item: PendingItem) -> None:
-        """Remove a processed work item, unless it was re-queued meanwhile."""
-        with suppress(PreconditionFailed):
-            self.table.delete("pending", item.image_id, expected_version=item.version)
+    def clear_pending(self, items: Iterable[PendingItem]) -> None:
+        """Remove processed work items, those re-queued meanwhile excepted: in transactions
+        (and one by one those of a transaction that one re-queued item cancelled)."""
+        deletes = {i.image_id: Delete("pending", i.image_id, i.version) for i in items}
+        for image_id in self._transact_or_decline(deletes):
+            with suppress(PreconditionFailed):
+                delete = deletes[image_id]
+                self.table.delete(delete.pk, delete.sk, expected_version=delete.expected_version)
+
+    def _transact_or_decline(self, writes: Mapping[str, Write]) -> list[str]:
+        """Apply conditional writes (by image id) in transactions of at most
+        MAX_TRANSACT_WRITES; the ids of those in transactions a failed condition cancelled."""
+        ids = list(writes)
+        declined: list[str] = []
+        for start in range(0, len(ids), MAX_TRANSACT_WRITES):
+            chunk = ids[start : start + MAX_TRANSACT_WRITES]
+            try:
+                self.table.transact([writes[i] for i in chunk])
+            except PreconditionFailed:
+                declined.extend(chunk)
+        return declined
 
     # The published index ------------------------------------------------------------
 
@@ -373,8 +425,12 @@ class Catalog:
 
     # Changes in progress ---------------------------------------------------------------
 
-    def begin_change(self, change: Change) -> None:
-        self.table.put("change", change.token, change.attrs())
+    def begin_change(self, change: Change, *, version: int = 0) -> int:
+        """Record (`version` 0) or update (at `version`) a change; returns its new version."""
+        try:
+            return self.table.put("change", change.token, change.attrs(), expected_version=version)
+        except PreconditionFailed:  # recovered by another process meanwhile: record it again
+            return self.table.put("change", change.token, change.attrs())
 
     def end_change(self, change: Change) -> None:
         self.table.delete("change", change.token)
@@ -441,6 +497,25 @@ class Catalog:
 
     def delete_neighbours(self, image_id: str) -> None:
         self.table.delete(f"image#{image_id}", "neighbours")
+
+
+def _key_record(key: str, item: dict[str, Any] | None) -> KeyRecord | None:
+    if item is None:
+        return None
+    return KeyRecord(
+        key=key,
+        status=item["status"],
+        image_id=item.get("image_id"),
+        reason=item.get("reason"),
+        sequencer=item.get("sequencer"),
+        version=int(item["version"]),
+    )
+
+
+def _queued(image_id: str, op: PendingOp) -> Increment:
+    """The image's work item: an increment, so that one write both queues it and bumps the
+    version the builder's `clear_pending` checks (no read of the version first)."""
+    return Increment("pending", image_id, {}, {"op": op, "at": time.time()})
 
 
 def _indexed_if_pending(record: ImageRecord) -> ImageRecord | None:

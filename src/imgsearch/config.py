@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     # How often `imgsearch serve` applies what is queued (deletions, uploads whose request
     # gave up waiting): the local counterpart of the cloud's schedule.
     index_drain_seconds: float = Field(5.0, gt=0)
+    # How long an upload through the API waits for its image to be searchable before it
+    # answers 201 with the status "pending" (the image stays queued and is indexed by the
+    # next build). The cloud's change function sets it below API Gateway's 29 s limit.
+    upload_wait_seconds: float = Field(60.0, ge=0)
 
     # Feedback: how votes re-rank (see learning.py), and how long others' votes are cached.
     feedback_method: FeedbackMethod = "rocchio"

@@ -82,8 +82,10 @@ class _Journal:
     """A change in progress, and the bytes its key held before it (to undo an add)."""
 
     change: Change
+    version: int = 0  # of the change's record
     original_saved: bool = False
     original: bytes | None = None
+    ended: bool = False  # closed by the change's last write (see `Catalog.put_key`)
 
 
 def sequencer_is_newer(candidate: str | None, current: str | None) -> bool:
@@ -174,12 +176,11 @@ class Ingestor:
     ) -> IngestResult:
         """One attempt at an add; raises PreconditionFailed if another event for the key was
         recorded since it was read (`add` then decides again)."""
-        held = self.catalog.key(key)
+        held, record = self.catalog.key_and_image(key, image_id)
         self._note_previous(journal, held)
         if held and not sequencer_is_newer(sequencer, held.sequencer):
             return IngestResult(key, "stale", held.image_id)
-        record = self.catalog.image(image_id)
-        created = False
+        created = queue = False
         if record is None or record.status == "removed":
             try:
                 decoded = self.decode(data)
@@ -192,18 +193,28 @@ class Ingestor:
             if store_original:
                 self._put_original(journal, data, content_type(decoded.format))
             record, created = self._create(image_id, key, len(data), decoded, record)
+            queue = created
         else:
             if store_original and not (held and held.image_id == image_id):
                 self._put_original(journal, data, content_type(record.format))
-            if record.status == "pending":  # re-queue, in case a crash lost the first one
-                self.catalog.mark_pending(image_id, "add")
-        self._attach(image_id, key)
-        new = KeyRecord(key, "present", image_id, sequencer=sequencer or _kept(held))
-        self.catalog.put_key(new, expected_version=held.version if held else 0)
+            # Re-queued, in case a crash lost the first one.
+            queue = record.status == "pending"
+        if not created:  # a record just created lists the key already
+            self._attach(image_id, key)
         replaced = _held_image(held)
         if replaced == image_id:
             replaced = None
-        elif replaced is not None:
+        # The key, the image's work item and (when nothing follows) the journal's end: one
+        # write, all or nothing.
+        new = KeyRecord(key, "present", image_id, sequencer=sequencer or _kept(held))
+        self.catalog.put_key(
+            new,
+            expected_version=held.version if held else 0,
+            queue=image_id if queue else None,
+            end=journal.change if replaced is None else None,
+        )
+        journal.ended = replaced is None
+        if replaced is not None:
             self._detach(replaced, key)
         if created:
             return IngestResult(key, "added", image_id, replaced=replaced)
@@ -318,15 +329,14 @@ class Ingestor:
             owner=new_owner(),
             token=uuid.uuid4().hex,
         )
-        self.catalog.begin_change(change)
-        return _Journal(change)
+        return _Journal(change, version=self.catalog.begin_change(change))
 
     def _note_previous(self, journal: _Journal, held: KeyRecord | None) -> None:
         """Record which image the key holds before it is changed (re-read on each retry)."""
         previous = _held_image(held)
         if previous != journal.change.previous:
             journal.change = replace(journal.change, previous=previous)
-            self.catalog.begin_change(journal.change)
+            journal.version = self.catalog.begin_change(journal.change, version=journal.version)
 
     def _put_original(self, journal: _Journal, data: bytes, media_type: str) -> None:
         """Store the bytes under the change's key, keeping the ones they replace for an undo."""
@@ -343,6 +353,8 @@ class Ingestor:
             return None
 
     def _end(self, journal: _Journal) -> None:
+        if journal.ended:
+            return
         try:
             self.catalog.end_change(journal.change)
         except StorageError as error:  # done all the same; recovery will find nothing to do
@@ -435,8 +447,8 @@ class Ingestor:
         decoded: DecodedImage,
         previous: ImageRecord | None,
     ) -> tuple[ImageRecord, bool]:
-        """Embed and record a new image; False with the record if a concurrent ingest of the
-        same bytes created it first."""
+        """Embed and record a new image (not queued yet); False with the record if a
+        concurrent ingest of the same bytes created it first."""
         embedding = self.embedder.embed(decoded.image)
         thumbnail = _thumbnail(decoded)
         record = ImageRecord(
@@ -470,8 +482,7 @@ class Ingestor:
                 image_id, embedding.features, embedding.probabilities, overwrite=True
             )
             self.catalog.put_thumbnail(image_id, thumbnail)
-        self.catalog.mark_pending(image_id, "add")
-        return record, True
+        return record, True  # the caller queues it, with the key's write
 
     def _attach(self, image_id: str, key: str) -> None:
         def add_key(record: ImageRecord) -> ImageRecord | None:

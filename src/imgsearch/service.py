@@ -92,6 +92,7 @@ class ImageSearch:
         # True while start-up recovery runs: searches answer from the index as it was.
         self.recovering = False
         self._closing = threading.Event()  # stops the background writer (`close`)
+        self._background: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stacks: tuple[tuple[int, int], list[Stack]] | None = None  # by index version
 
@@ -100,8 +101,12 @@ class ImageSearch:
         self.parts.preload(parts)
 
     def close(self) -> None:
-        """Stop what runs beside the engine (the background writer, the decode workers)."""
+        """Stop what runs beside the engine (the background writer, the decode workers).
+        The background writer finishes the batch it is building (and lets go of the lease)
+        before the parts it uses are closed."""
         self._closing.set()
+        if self._background is not None:
+            self._background.join()
         self.parts.close()
 
     def variant(
@@ -193,9 +198,9 @@ class ImageSearch:
         """The collection, newest first, and its size."""
         index = self.parts.index
         index.refresh()
-        ids = itertools.islice(index.image_ids(), offset, offset + limit)
-        records = [self.image(i) for i in ids]
-        return [r for r in records if r is not None], len(index)
+        ids = list(itertools.islice(index.image_ids(), offset, offset + limit))
+        records = self.images(ids)
+        return [records[i] for i in ids if i in records], len(index)
 
     def find_key(self, key: str) -> ImageRecord | None:
         """The image stored under `key`, if any."""
@@ -284,7 +289,7 @@ class ImageSearch:
         """Add an uploaded file, under `key` or a key named after the file (keys.py); returns
         once it is searchable. Raises ImageRefused (with its reason), InvalidKey, DecoderBusy."""
         stored_as = key or keys.upload_key(self.parts.catalog, filename, data)
-        result = self.add(stored_as, data)
+        result = self.add(stored_as, data, wait=self.settings.upload_wait_seconds)
         if result.status == "refused" or result.image_id is None:
             raise ImageRefused(result.code or "refused", result.reason or "refused")
         record = self.image(result.image_id)
@@ -455,9 +460,15 @@ class ImageSearch:
         upload whose request stopped waiting leaves its image queued (the cloud's schedule
         does the same there)."""
 
+        def build() -> BuildReport:  # stops after a batch once `close` is called
+            report = self.parts.builder.run(until=self._closing.is_set)
+            self.parts.index.refresh(force=True)
+            return report
+
         def run() -> None:
             try:
-                report = self.recover()
+                self.parts.ingestor.recover_changes()
+                report = build()
                 if report.batches:
                     log.warning(
                         "indexed %d additions and %d removals queued before the start",
@@ -471,13 +482,14 @@ class ImageSearch:
             while not self._closing.wait(self.settings.index_drain_seconds):
                 try:
                     if self.parts.catalog.has_pending():
-                        self.build_index()
+                        build()
                 except Exception:
                     log.exception("a background index build failed; trying again")
 
         self.recovering = True
         thread = threading.Thread(target=run, name="imgsearch-recovery", daemon=True)
         thread.start()
+        self._background = thread
         return thread
 
     def _wait_indexed(self, image_id: str, wait: float) -> None:

@@ -76,9 +76,17 @@ class Lease:
         """Extend it by its duration; False (and `lost`) if another holder took it over."""
         if self.lost:
             return False
-        if not self._write(self._version):
+        if not self._write(self._version) and not self._adopt_own_write():
             self.lost = True
         return not self.lost
+
+    def _adopt_own_write(self) -> bool:
+        """After a renewal whose answer never came (a timeout), the row may hold that very
+        write at a newer version: the lease is still ours then, and renewed from there."""
+        current = self.table.get("lease", self.name)
+        if current is None or current["owner"] != self.owner:
+            return False
+        return self._write(int(current["version"]))
 
     def heartbeat(self) -> Heartbeat:
         """A thread renewing the lease every third of its duration while the `with` block
@@ -275,8 +283,7 @@ class IndexBuilder:
         # the lease is checked before each group's write (a long update may outlive it).
         self.neighbourhoods.update(in_index, removed, before_write=lambda: _still_held(lease))
         _still_held(lease)
-        for item in batch:
-            self.catalog.clear_pending(item)
+        self.catalog.clear_pending(batch)
         report.batches += 1
         report.added += len(added)
         report.removed += len(removed)

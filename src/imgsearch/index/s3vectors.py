@@ -388,14 +388,16 @@ class S3VectorsWriter(IndexWriter):
         removed: Collection[str],
         still_held: Callable[[], None] = lambda: None,
     ) -> int:
+        # Vectors are searchable as soon as they are put: the lease is checked before each
+        # write (a long publication may outlive it), not once before them all.
         state, etag = self.index.state, self.index.etag
-        still_held()  # vectors are searchable as soon as they are put
         generation = state.generation + 1
         if len(additions):
             ids = additions.ids
             parts = [partition(i) for i in ids]
             features = additions.features.astype(np.float32)
             classes = unit_class_vectors(additions.probabilities)
+            still_held()
             self.bucket.put(
                 self.bucket.features,
                 [
@@ -407,6 +409,7 @@ class S3VectorsWriter(IndexWriter):
                     for i, row, p in zip(ids, features, parts, strict=True)
                 ],
             )
+            still_held()
             self.bucket.put(
                 self.bucket.classes,
                 [
@@ -416,6 +419,7 @@ class S3VectorsWriter(IndexWriter):
             )
         if removed:
             for index in (self.bucket.features, self.bucket.classes):
+                still_held()
                 self.bucket.delete(index, list(removed))
         new = VectorsState(
             generation=generation,
@@ -426,6 +430,7 @@ class S3VectorsWriter(IndexWriter):
             spread=self._spread(state, additions, removed),
             updated_at=time.time(),
         )
+        still_held()
         self._write_state(new, etag)
         return 0
 
