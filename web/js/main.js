@@ -170,6 +170,7 @@ async function show(next, { focus = false, restore = null } = {}) {
       await exploring; // what is above the grid first, or the grid would land lower
       if (view === next) restoreScroll(restore);
     }
+    if (view === next) settled = next; // where it is now is worth remembering
     if (view === next && first) shown(next, first);
   } catch (error) {
     if (view === next) failed(next, error);
@@ -410,9 +411,15 @@ function shownInViewer(id) {
   else views.rememberImage(null);
 }
 
+// The view whose photos are in and in place (scrolled back to where they were). Until then
+// the grid holds the last view's photos, or the page is at the top on its way back down:
+// remembered, that would overwrite where the user was in this entry (a scroll's timer runs
+// on after Back or a new view).
+let settled = null;
+
 /** Keep where the user is in this view (scroll, photos loaded) in its history entry. */
 function rememberScroll() {
-  if (!list.size) return;
+  if (!list.size || view !== settled) return;
   // The photo in the middle of the screen, and where it is: Back puts it there again, even if
   // what is above the grid came out taller or shorter.
   const tile = document.elementFromPoint(innerWidth / 2, innerHeight / 2)?.closest(".tile");
