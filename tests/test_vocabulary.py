@@ -322,16 +322,26 @@ def test_no_suggestion_for_known_words_or_nothing_near(vocab, typed):
     assert vocab.suggest(typed) is None
 
 
+def test_spellings_are_looked_for_in_a_few_unknown_words_and_remembered(vocab, monkeypatch):
+    """Each unknown word searches every noun: a query of many made-up words gets no
+    suggestion (typing slips are few), and a word's nearest noun is searched for once."""
+    assert vocab.suggest("qzelefant qzzebar qzgirafe qzkichen elefant") is None
+    searched = []
+    nearest = vocab._nearest_noun
+    monkeypatch.setattr(vocab, "_nearest_noun", lambda w: searched.append(w) or nearest(w))
+    assert vocab.suggest("zebar") == vocab.suggest("zebar") == "zebra"
+    assert searched.count("zebar") <= 1
+
+
 def test_interpretations_are_remembered_by_their_words(vocab, monkeypatch):
     """A query read once is not read again (the same words, however typed, share one reading);
     the memory is bounded, and what it hands out cannot be changed by whoever holds it."""
-    monkeypatch.setattr(vocab, "_interpretations", type(vocab._interpretations)())
+    monkeypatch.setattr(vocab, "_interpretations", type(vocab._interpretations)(3))
     first = vocab.interpret("Golden Retrievers!!")
     assert vocab.interpret("golden retriever") is first
     assert vocab.interpret("golden retriever", strategies=()) is not first
     with pytest.raises(ValueError, match="read-only"):
         first.class_weights[0] = 1.0
-    monkeypatch.setattr("imgsearch.vocabulary.CACHED_INTERPRETATIONS", 3)
     for word in ("cat", "boat", "car", "tree"):
         vocab.interpret(word)
     assert len(vocab._interpretations) == 3

@@ -15,6 +15,7 @@ from typing import Literal
 from imgsearch.catalog import Catalog
 from imgsearch.feedback import Feedback
 from imgsearch.index.base import SearchIndex
+from imgsearch.learning import trust
 
 # An image "holds" a class when the model gives it at least this probability: a confident
 # reading, not one of the many faint ones every photo has.
@@ -44,14 +45,16 @@ def class_topics(index: SearchIndex, class_names: Sequence[str], limit: int) -> 
 
 
 def word_topics(feedback: Feedback, index: SearchIndex, limit: int) -> list[Topic]:
-    """The words votes taught, most photos voted relevant first: count is how many photos
-    more voices call relevant than not, the cover the one most call relevant."""
+    """The words votes taught everyone, most photos first: count is how many photos enough
+    independent clients call relevant to teach others (`learning.trust`, as a search by the
+    word reads them), the cover the one most call relevant. One visitor's votes teach only
+    their own session, so they never put a word on everyone's start page."""
     topics = []
     for term in feedback.terms():
         relevant = [
             a
-            for a in feedback.summary(term).images
-            if a.up_clients > a.down_clients and a.image_id in index
+            for a in feedback.summary(term, agreed_only=True).images
+            if trust(a) > 0 and a.image_id in index
         ]
         if relevant:
             cover = max(relevant, key=lambda a: (a.up_clients, a.up)).image_id

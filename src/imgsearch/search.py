@@ -133,7 +133,10 @@ def text_search(
             interpretation = replace(
                 interpretation, readings=(*interpretation.readings, _learned_reading(taught))
             )
-    did_you_mean = vocabulary.suggest(query) if interpretation.level != "high" else None
+    # For the first page only (the page reads it there), as the chips' counts below.
+    did_you_mean = (
+        vocabulary.suggest(query) if interpretation.level != "high" and offset == 0 else None
+    )
     return TextResults(
         interpretation,
         hits[offset:wanted],

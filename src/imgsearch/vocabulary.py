@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import numpy as np
 
@@ -111,6 +111,7 @@ DESCRIBED_WORDS = 4  # a class name longer than this describes the class rather 
 # most this many edits away (one for short words, where two edits make another word).
 SUGGEST_EDITS = 2
 SUGGEST_SHORT = 5  # words shorter than this get one edit at most
+SUGGEST_MAX_WORDS = 3  # unknown words in a query beyond which no spelling is suggested
 # Words of a query beyond these are dropped: the normalised query keys its votes in the table,
 # and a query of many emoji (each a few words) must still make a key of bounded size.
 MAX_QUERY_WORDS = 32
@@ -238,10 +239,11 @@ class Vocabulary:
         self._mention_ids = ids
         self._name_vectors = tables["name_vectors"].astype(np.float32)
         self._name_class = tables["name_class"]
-        self._interpretations: OrderedDict[tuple[str, frozenset[str]], Interpretation] = (
-            OrderedDict()
+        self._interpretations: _Remembered[tuple[str, frozenset[str]], Interpretation] = (
+            _Remembered(CACHED_INTERPRETATIONS)
         )
-        self._interpretations_lock = threading.Lock()
+        # A misspelt word's nearest noun ("" for none), by the word.
+        self._spellings: _Remembered[str, str] = _Remembered(CACHED_INTERPRETATIONS)
 
     @classmethod
     def load(cls, directory: str | Path, strategies: Iterable[str] = STRATEGIES) -> Vocabulary:
@@ -396,10 +398,14 @@ class Vocabulary:
         if len(raw) > MAX_QUERY_WORDS:
             return None
         words, changed = [], False
+        unknown = [
+            t for t in raw if not (self._is_lemma_word(self._lemmatise(t)) or self._known(t))
+        ]
+        if len(unknown) > SUGGEST_MAX_WORDS:  # not a slip of the fingers: not worth the search
+            return None
         for token in raw:
             lemma = self._lemmatise(token)
-            known = self._is_lemma_word(lemma) or self._known(token)
-            nearest = None if known else self._nearest_spelling(token)
+            nearest = self._nearest_spelling(token) if token in unknown else None
             changed |= nearest is not None
             words.append(nearest or lemma)
         if not changed:
@@ -410,12 +416,16 @@ class Vocabulary:
         return query
 
     def _nearest_spelling(self, token: str) -> str | None:
-        """The nearest noun to a token, or to it without a plural ending ("elefants")."""
+        """The nearest noun to a token, or to it without a plural ending ("elefants");
+        remembered, since the search over every noun costs milliseconds."""
         if token in QUERY_STOPWORDS or len(token) < 3:
             return None
-        forms = [token] + [token[: -len(end)] for end in ("s", "es") if token.endswith(end)]
-        found = [key for form in forms if (key := self._nearest_noun(form)) is not None]
-        return min(found)[3] if found else None
+        remembered = self._spellings.get(token)
+        if remembered is None:
+            forms = [token] + [token[: -len(end)] for end in ("s", "es") if token.endswith(end)]
+            found = [key for form in forms if (key := self._nearest_noun(form)) is not None]
+            remembered = self._spellings.put(token, min(found)[3] if found else "")
+        return remembered or None
 
     def _nearest_noun(self, word: str) -> tuple[int, bool, int, str] | None:
         """The known noun fewest edits from `word` (letters inserted, dropped, changed or
@@ -469,19 +479,11 @@ class Vocabulary:
         read-only (its class weights cannot be written)."""
         active = self.strategies if strategies is None else frozenset(strategies)
         key = (self.normalise(text), active)
-        cache = self._interpretations
-        with self._interpretations_lock:
-            found = cache.get(key)
-            if found is not None:
-                cache.move_to_end(key)
-                return found
+        found = self._interpretations.get(key)
+        if found is not None:
+            return found
         # Read outside the lock: two threads may read the same words at once (same result).
-        interpretation = self._interpret(*key)
-        with self._interpretations_lock:
-            cache[key] = interpretation
-            while len(cache) > CACHED_INTERPRETATIONS:
-                cache.popitem(last=False)
-        return interpretation
+        return self._interpretations.put(key, self._interpret(*key))
 
     def _interpret(self, query: str, active: frozenset[str]) -> Interpretation:
         """`interpret` of normalised words."""
@@ -893,3 +895,33 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     units: np.ndarray = vectors / np.maximum(norms, 1e-12)
     return units.astype(np.float32)
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Remembered(Generic[K, V]):
+    """The last `size` values by key, for any thread (least recently used dropped first)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._values: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._values.get(key)
+            if value is not None:
+                self._values.move_to_end(key)
+            return value
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def put(self, key: K, value: V) -> V:
+        with self._lock:
+            self._values[key] = value
+            while len(self._values) > self._size:
+                self._values.popitem(last=False)
+        return value

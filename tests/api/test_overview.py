@@ -8,10 +8,13 @@ import io
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 from support.demo import demo_image
 
+from imgsearch.api.app import create_app
 from imgsearch.config import Settings
+from imgsearch.feedback import QUORUM
 
 CLASS_PROBABILITY = 0.3  # as overview.py counts a class (checked against brute force below)
 
@@ -56,18 +59,30 @@ def test_explore_shows_what_the_demo_photos_hold(demo_client) -> None:
     assert all(t["cover"]["thumbnail"].endswith("/thumbnail") for t in topics)
 
 
-def test_a_taught_word_joins_explore(client) -> None:
+def test_a_taught_word_joins_explore_once_independent_clients_agree(service, client) -> None:
+    """Explore is everyone's start page: a word joins it only when enough clients agree to
+    teach others (the quorum a search by the word applies), never by one visitor's votes."""
     ids = [
         client.post("/api/images", files={"file": (f"{c}.jpg", demo_image(c))}).json()["id"]
         for c in ("umbrella", "pizza", "chair")
     ]
-    assert not [t for t in client.get("/api/explore").json()["topics"] if t["kind"] == "word"]
-    for image_id in ids[:2]:
-        vote = {"query": "Picnic", "image_id": image_id, "vote": 1, "session": "s1"}
-        assert client.post("/api/feedback", json=vote).status_code == 200
-    vote = {"query": "picnic", "image_id": ids[2], "vote": -1, "session": "s1"}
-    client.post("/api/feedback", json=vote)
-    (word,) = [t for t in client.get("/api/explore").json()["topics"] if t["kind"] == "word"]
+
+    def words() -> list[dict]:
+        return [t for t in client.get("/api/explore").json()["topics"] if t["kind"] == "word"]
+
+    def votes_from(address: str, session: str) -> None:
+        voter = TestClient(create_app(service), client=(address, 40_000))
+        for image_id, vote in ((ids[0], 1), (ids[1], 1), (ids[2], -1)):
+            body = {"query": "Picnic", "image_id": image_id, "vote": vote, "session": session}
+            assert voter.post("/api/feedback", json=body).status_code == 200
+
+    assert not words()
+    votes_from("198.51.100.1", "s1")
+    votes_from("198.51.100.1", "s2")  # the same client in another session: still one voice
+    assert not words()  # one visitor's word stays theirs
+    for n in range(2, QUORUM + 1):
+        votes_from(f"198.51.{n}.1", f"s{n + 1}")
+    (word,) = words()
     assert (word["label"], word["query"], word["count"]) == ("picnic", "picnic", 2)
     assert word["cover"]["id"] in ids[:2]
 
