@@ -16,12 +16,12 @@ import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
 
 from imgsearch.integrity import DamagedFile
+from imgsearch.remembered import Remembered
 from imgsearch.storage import (
     Delete,
     DirectUploads,
@@ -39,6 +39,7 @@ from imgsearch.storage.validation import MAX_TRANSACT_WRITES, validate_key
 IMAGES_PREFIX = "images/"
 # Embeddings kept in memory after they were stored, for the index builder (about 10 KB each).
 FRESH_EMBEDDINGS = 1000
+SMALL_THUMBNAILS_KEPT = 4096  # ~8 KB each at 192 px: ~32 MB a process at most
 THUMBNAILS_PREFIX = "thumbnails/"
 
 
@@ -169,6 +170,9 @@ class Catalog:
         # the same invocation): a read of the store saved per new image. Content-addressed,
         # so a copy is as good as the stored file.
         self._fresh_embeddings: dict[str, bytes] = {}
+        self._small_thumbnails: Remembered[tuple[str, int], bytes] = Remembered(
+            SMALL_THUMBNAILS_KEPT
+        )
 
     # Images -----------------------------------------------------------------------------
 
@@ -315,8 +319,13 @@ class Catalog:
 
     def small_thumbnail(self, image_id: str, side: int) -> bytes:
         """The thumbnail scaled down to at most `side` pixels (for tiles smaller than it),
-        made from the stored one and kept in memory: a few KB each."""
-        return _scaled_jpeg(self.thumbnail(image_id), side)
+        made from the stored one and kept in memory, a few KB each (an id names its
+        content, so a kept one is never stale)."""
+        key = (image_id, side)
+        small = self._small_thumbnails.get(key)
+        if small is None:
+            small = self._small_thumbnails.put(key, _scaled_jpeg(self.thumbnail(image_id), side))
+        return small
 
     def put_embedding(
         self,
@@ -553,7 +562,6 @@ def _decoded_vector(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), "<f2").astype(np.float32)
 
 
-@lru_cache(maxsize=4096)
 def _scaled_jpeg(jpeg: bytes, side: int) -> bytes:
     from PIL import Image  # only a server that serves small thumbnails needs it loaded
 

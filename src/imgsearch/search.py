@@ -278,20 +278,29 @@ def similar_images(
     expanded: bool = True,
 ) -> list[Hit] | None:
     """Images most like an indexed one: its stored neighbourhood ranked by expanded vectors
-    (`expanded`, index/expansion.py; else by the raw features), or a live search beyond it.
-    None if the image is not indexed."""
+    (`expanded`, index/expansion.py; else by the raw features), then, beyond it, a live
+    search by the raw features. None if the image is not indexed."""
     if image_id not in index:
         return None
     wanted = offset + limit
     neighbours = neighbourhoods.get(image_id)
-    if len(neighbours) < min(wanted, len(index) - 1):
+    by_expansion = neighbourhoods.expanded_ranking(image_id, neighbours) if expanded else None
+    head = by_expansion or [(i, 1.0 - d) for i, d in neighbours]
+    if len(head) < min(wanted, len(index) - 1):
         vector = index.vector(image_id)
         if vector is None:  # removed since the check above
             return None
-        neighbours = index.nearest(vector, wanted, exclude={image_id})
-    elif expanded and (by_expansion := neighbourhoods.expanded_ranking(image_id, neighbours)):
-        return [Hit(i, s, "similar") for i, s in by_expansion[offset:wanted]]
-    return [Hit(i, 1.0 - d, "similar") for i, d in neighbours[offset:wanted]]
+        head = _beyond(head, index.nearest(vector, wanted, exclude={image_id}))
+    return [Hit(i, s, "similar") for i, s in head[offset:wanted]]
+
+
+def _beyond(
+    head: list[tuple[str, float]], nearest: list[tuple[str, float]]
+) -> list[tuple[str, float]]:
+    """`head` (a ranked neighbourhood), then the `nearest` (id, distance) it does not hold: the
+    pages of one answer neither repeat nor skip an image, whatever their size."""
+    held = {i for i, _ in head}
+    return head + [(i, 1.0 - d) for i, d in nearest if i not in held]
 
 
 def photo_search(
@@ -306,28 +315,29 @@ def photo_search(
 ) -> list[Hit]:
     """Images most like a photo's features; `hidden`: what the session voted not relevant.
     With `expanded`, the photo's vector is expanded by its nearest images and their stored
-    neighbourhood-sized set ranked by expanded vectors, as "more like this" ranks; a copy of
-    an indexed image gets that image first, then that image's own "more like this"."""
+    neighbourhood-sized set ranked by expanded vectors, as "more like this" ranks (a copy of
+    an indexed image gets that image first, then that image's own "more like this"); beyond
+    that set, the nearest by the raw features."""
     vector = normalise_rows(features[np.newaxis])[0]
     wanted = offset + limit
-    if not expanded or wanted > neighbourhoods.k:
-        nearest = index.nearest(vector, wanted, exclude=hidden)
-        return [Hit(i, 1.0 - d, "similar") for i, d in nearest[offset:]]
-    nearest = index.nearest(vector, neighbourhoods.k + 1, exclude=hidden)
-    if nearest and nearest[0][1] <= COPY_DISTANCE:
+    k = neighbourhoods.k
+    nearest = index.nearest(vector, max(wanted, k + 1), exclude=hidden)
+    if not expanded or not nearest:
+        return [Hit(i, 1.0 - d, "similar") for i, d in nearest[offset:wanted]]
+    if nearest[0][1] <= COPY_DISTANCE:
         copy = nearest[0][0]
-        others = similar_images(index, neighbourhoods, copy, limit=neighbourhoods.k, offset=0)
-        hits = [Hit(copy, 1.0, "similar")] + [h for h in others or [] if h.image_id not in hidden]
-        return hits[offset:wanted]
-    expansion = neighbourhoods.expansion
-    candidates = nearest[: neighbourhoods.k]
-    query = expansion.of(
-        vector, candidates, index.vectors(i for i, _ in candidates[: expansion.neighbours])
-    )
-    by_expansion = ranked(
-        query, [i for i, _ in candidates], neighbourhoods.expanded(i for i, _ in candidates)
-    )
-    return [Hit(i, s, "similar") for i, s in by_expansion[offset:wanted]]
+        others = similar_images(index, neighbourhoods, copy, limit=k, offset=0) or []
+        head = [(copy, 1.0)] + [(h.image_id, h.score) for h in others if h.image_id not in hidden]
+    else:
+        expansion = neighbourhoods.expansion
+        candidates = nearest[:k]
+        query = expansion.of(
+            vector, candidates, index.vectors(i for i, _ in candidates[: expansion.neighbours])
+        )
+        head = ranked(
+            query, [i for i, _ in candidates], neighbourhoods.expanded(i for i, _ in candidates)
+        )
+    return [Hit(i, s, "similar") for i, s in _beyond(head, nearest)[offset:wanted]]
 
 
 def session_hidden(feedback: Feedback, term: str | None, session: str | None) -> set[str]:

@@ -29,16 +29,16 @@ from __future__ import annotations
 import csv
 import json
 import re
-import threading
 import unicodedata
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Generic, Literal, TypeVar
+from typing import Literal
 
 import numpy as np
+
+from imgsearch.remembered import Remembered
 
 # Ways to guess classes for a sense that names none (see the module docstring).
 STRATEGIES = frozenset({"relations", "glosses", "vectors"})
@@ -239,11 +239,11 @@ class Vocabulary:
         self._mention_ids = ids
         self._name_vectors = tables["name_vectors"].astype(np.float32)
         self._name_class = tables["name_class"]
-        self._interpretations: _Remembered[tuple[str, frozenset[str]], Interpretation] = (
-            _Remembered(CACHED_INTERPRETATIONS)
+        self._interpretations: Remembered[tuple[str, frozenset[str]], Interpretation] = Remembered(
+            CACHED_INTERPRETATIONS
         )
         # A misspelt word's nearest noun ("" for none), by the word.
-        self._spellings: _Remembered[str, str] = _Remembered(CACHED_INTERPRETATIONS)
+        self._spellings: Remembered[str, str] = Remembered(CACHED_INTERPRETATIONS)
 
     @classmethod
     def load(cls, directory: str | Path, strategies: Iterable[str] = STRATEGIES) -> Vocabulary:
@@ -895,33 +895,3 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     units: np.ndarray = vectors / np.maximum(norms, 1e-12)
     return units.astype(np.float32)
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class _Remembered(Generic[K, V]):
-    """The last `size` values by key, for any thread (least recently used dropped first)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._values: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            value = self._values.get(key)
-            if value is not None:
-                self._values.move_to_end(key)
-            return value
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def put(self, key: K, value: V) -> V:
-        with self._lock:
-            self._values[key] = value
-            while len(self._values) > self._size:
-                self._values.popitem(last=False)
-        return value

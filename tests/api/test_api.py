@@ -122,6 +122,28 @@ def test_similar_images_are_from_the_same_category(demo_client) -> None:
     assert sum(key.startswith("starfish/") for key in keys) >= 4, keys
 
 
+def test_pages_of_similar_images_neither_repeat_nor_skip(demo_client) -> None:
+    """The stored neighbourhood (50, ranked by expanded vectors) then a live search beyond it:
+    the page past the 50th continues the same ranking that one long page shows."""
+    image_id = _id_of(demo_client, "laptop/image_0004.jpg")
+    path = f"/api/images/{image_id}/similar"
+
+    def ids(**params: int) -> list[str]:
+        return [r["id"] for r in demo_client.get(path, params=params).json()["results"]]
+
+    whole = ids(limit=96)
+    assert len(whole) == len(set(whole)) == 96 and image_id not in whole
+    assert ids(limit=48) + ids(limit=48, offset=48) == whole
+    photo = demo_image("laptop", 4)
+
+    def found(**params: int) -> list[str]:
+        files = {"file": ("query.jpg", photo, "image/jpeg")}
+        answer = demo_client.post("/api/search/image", files=files, data=params)
+        return [r["id"] for r in answer.json()["results"]]
+
+    assert found(limit=48) + found(limit=48, offset=48) == found(limit=96)
+
+
 def test_reverse_image_search_finds_the_same_photo_first(demo_client) -> None:
     files = {"file": ("query.jpg", demo_image("laptop", 4), "image/jpeg")}
     results = demo_client.post("/api/search/image", files=files).json()["results"]
