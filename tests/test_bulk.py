@@ -11,7 +11,10 @@ from support.demo import DEMO, demo_image
 from imgsearch import bulk
 from imgsearch.bulk import EmbeddedTree
 from imgsearch.cli import main
+from imgsearch.config import Settings
 from imgsearch.index.exact import METRICS, exact_neighbours, pairwise_distances
+from imgsearch.index.tiers import merge_plan
+from imgsearch.service import ImageSearch
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -93,6 +96,24 @@ def test_ingest_says_when_keys_change_image_and_prefixes_keep_folders_apart(
     assert main(["ingest", str(first), "--prefix", "first/", *data]) == 0
     out = capsys.readouterr().out
     assert "24 images in the collection" in out and "another image" not in out
+
+
+@pytest.mark.model  # the CLI loads the model
+def test_an_ingest_exits_with_its_shards_merged(tmp_path, monkeypatch, capsys) -> None:
+    """The shards the ingest sealed are merged into tiers before the command ends (a merge
+    runs in the background, and a process that exits mid-merge would leave them unmerged)."""
+    monkeypatch.setenv("IMGSEARCH_SHARD_SIZE", "3")
+    folder = tmp_path / "photos"
+    for category in ("elephant", "pizza", "laptop", "starfish"):
+        shutil.copytree(DEMO / category, folder / category)
+    data_dir = tmp_path / "data"
+    assert main(["ingest", str(folder), "--data-dir", str(data_dir), "-q"]) == 0
+    assert "48 images in the collection" in capsys.readouterr().out
+    service = ImageSearch(Settings(data_dir=data_dir, shard_size=3))
+    manifest = service.parts.index.manifest
+    assert sum(entry.live_count for entry in manifest.shards) == 48
+    assert merge_plan(manifest.shards, 3) is None  # nothing left to merge
+    assert len(manifest.shards) <= 4, [entry.count for entry in manifest.shards]  # not 16
 
 
 @pytest.mark.model  # the CLI loads the model

@@ -134,6 +134,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with _progress(args, total) as bar:
         summary = ingest_tree(service, root, prefix=args.prefix, on_result=lambda _: bar.update())
+    service.close(finish_merges=True)  # the layout a query will meet, not a pile of shards
     elapsed = time.perf_counter() - started
     counts = summary.counts
     print(
@@ -156,6 +157,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     service = _service(args)
     started = time.perf_counter()
     report = service.reindex()
+    service.close(finish_merges=True)
     print(
         f"index rebuilt in {time.perf_counter() - started:.1f} s: {report.added} images in "
         f"{service.index_info().shards} shards"

@@ -97,9 +97,12 @@ class Parts:
         for name in names:
             getattr(self, name)
 
-    def close(self) -> None:
-        """Stop what runs beside the engine: the decode workers, if this container started
-        them (given ones belong to whoever gave them)."""
+    def close(self, *, finish_merges: bool = False) -> None:
+        """Stop what runs beside the engine: the index's background merges (finished first
+        with `finish_merges`), the decode workers if this container started them (given ones
+        belong to whoever gave them)."""
+        if self.loaded("builder"):
+            self.builder.writer.settle(finish=finish_merges)
         if self.loaded("decoder") and "decoder" not in self._given:
             self.decoder.close()
 

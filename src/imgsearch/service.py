@@ -100,14 +100,15 @@ class ImageSearch:
         """Load these parts now (a Lambda's init phase, before a request waits for them)."""
         self.parts.preload(parts)
 
-    def close(self) -> None:
-        """Stop what runs beside the engine (the background writer, the decode workers).
-        The background writer finishes the batch it is building (and lets go of the lease)
-        before the parts it uses are closed."""
+    def close(self, *, finish_merges: bool = False) -> None:
+        """Stop what runs beside the engine (the background writer, the index's merges, the
+        decode workers). The background writer finishes the batch it is building (and lets
+        go of the lease) before the parts it uses are closed; merges stop after the one in
+        progress, or with `finish_merges` (a bulk tool's last step) all end first."""
         self._closing.set()
         if self._background is not None:
             self._background.join()
-        self.parts.close()
+        self.parts.close(finish_merges=finish_merges)
 
     def variant(
         self,

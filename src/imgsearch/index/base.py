@@ -133,3 +133,10 @@ class IndexWriter(ABC):
     def collect_garbage(self) -> int:
         """Delete what no publication names any more; how many objects."""
         return 0
+
+    def settle(self, *, finish: bool) -> None:
+        """The background work this writer started (the Annoy shards' merges): done
+        (`finish`: a bulk tool about to exit leaves the layout it promised), or stopped after
+        its current step (a server shutting down; what was not published is redone later).
+        Engines with no background work of their own have nothing to do."""
+        return None

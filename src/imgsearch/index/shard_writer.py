@@ -46,6 +46,12 @@ class ShardWriter(IndexWriter):
         self.grace_seconds = GRACE_SECONDS
         self.merger = Merger(catalog, index, shard_size=shard_size, n_trees=n_trees)
 
+    def settle(self, *, finish: bool) -> None:
+        if finish:
+            self.merger.wait()
+        else:
+            self.merger.stop()
+
     def publish(
         self,
         additions: ShardData,

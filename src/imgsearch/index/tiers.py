@@ -81,6 +81,7 @@ class Merger:
         self.background = True
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
 
     def wanted(self, manifest: Manifest) -> bool:
         """Whether `manifest` has shards to merge."""
@@ -89,7 +90,7 @@ class Merger:
     def start(self) -> None:
         """Merge in a background thread until nothing is left to merge (unless one runs)."""
         with self._lock:
-            if not self.background:
+            if not self.background or self._stopping.is_set():
                 return
             if self._thread is not None and self._thread.is_alive():
                 return
@@ -104,6 +105,12 @@ class Merger:
         if thread is not None:
             thread.join(timeout)
 
+    def stop(self) -> None:
+        """End the background merges after the one in progress (none starts after this)."""
+        with self._lock:
+            self._stopping.set()
+        self.wait()
+
     def _merge_logged(self) -> None:
         try:
             self.merge_all()
@@ -113,7 +120,7 @@ class Merger:
     def merge_all(self) -> int:
         """Merge until no tier has shards to merge; how many merges were published."""
         merges = 0
-        while self.merge_once(n_jobs=1):
+        while not self._stopping.is_set() and self.merge_once(n_jobs=1):
             merges += 1
         return merges
 
