@@ -893,3 +893,56 @@ def test_a_bulk_ingest_killed_mid_batch_loses_nothing_it_had_indexed(
     assert survivor.count() == 9
     assert indexed <= set(survivor.parts.index.image_ids())
     assert_consistent(survivor)
+
+
+@pytest.mark.model  # ingest embeds
+@pytest.mark.parametrize("loss", ["missing", "empty"])
+def test_files_a_power_cut_lost_before_the_durable_build_are_restored_by_ingesting_again(
+    loss, tmp_path, embedder, vocabulary
+) -> None:
+    """A bulk ingest's files are flushed only before the build that publishes them, but its
+    catalog rows are committed at once: a power cut may keep the rows and lose the files
+    (gone, or empty after a rename that outlived the data). Ingesting the folder again after
+    the restart writes them again and indexes the photo, for the key that held it and for a
+    second key holding the same bytes."""
+    from imgsearch.bulk import ingest_tree
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    data = demo_image("pizza")
+    (folder / "pizza.jpg").write_bytes(data)
+    data_dir = tmp_path / "data"
+    service = make_service(data_dir, embedder, vocabulary)
+    with service.deferred_durability():
+        result = service.ingest("pizza.jpg", data)
+    assert result.status == "added" and result.image_id
+    image_id = result.image_id
+    files = ["images/pizza.jpg", f"embeddings/{image_id}.npz", f"thumbnails/{image_id}.jpg"]
+    store = service.parts.storage.objects
+    assert isinstance(store, LocalObjectStore)
+    for key in files:  # the page cache lost with the power: the catalog's rows survived
+        path = store.root / key
+        if loss == "missing":
+            path.unlink()
+        else:
+            path.write_bytes(b"")
+
+    survivor = make_service(data_dir, embedder, vocabulary)  # the restart
+    survivor.recover()  # the queued image has no embedding: the build skips it
+    assert survivor.count() == 0
+    (folder / "copy.jpg").write_bytes(data)
+    summary = ingest_tree(survivor, folder)
+    assert sorted(r.status for r in summary.results) == ["duplicate", "unchanged"]
+    assert survivor.count() == 1
+    assert survivor.original(image_id).data == data
+    assert survivor.parts.catalog.original("copy.jpg") == data
+    survivor.parts.catalog.embedding(image_id)
+    assert survivor.parts.catalog.thumbnail(image_id)
+    assert_consistent(survivor)
+
+    def unasked(key: str) -> None:
+        raise AssertionError(f"{key} checked for an image already indexed")
+
+    survivor.parts.storage.objects.head = unasked  # type: ignore[method-assign]
+    again = ingest_tree(survivor, folder)  # indexed: as cheap as before, nothing checked
+    assert sorted(r.status for r in again.results) == ["unchanged", "unchanged"]

@@ -26,6 +26,7 @@ from imgsearch.storage import (
     Delete,
     DirectUploads,
     Increment,
+    NotFound,
     PreconditionFailed,
     PresignedPost,
     Put,
@@ -287,6 +288,10 @@ class Catalog:
     def original(self, key: str) -> bytes:
         return self.objects.get(IMAGES_PREFIX + key).data
 
+    def has_original(self, key: str, size: int) -> bool:
+        """Whether `key`'s original is stored, `size` bytes long (see `has_derived`)."""
+        return self._stored(IMAGES_PREFIX + key) == size
+
     def delete_original(self, key: str) -> None:
         self.objects.delete(IMAGES_PREFIX + key)
 
@@ -361,6 +366,22 @@ class Catalog:
         if features.ndim != 1 or probabilities.ndim != 1 or not np.isfinite(features).all():
             raise DamagedFile(key, "not an embedding: wrong shape or values")
         return features, probabilities
+
+    def has_derived(self, image_id: str) -> bool:
+        """Whether the image's embedding and thumbnail are stored and not empty: a check by
+        their size only (`head`), for files that a power cut may have lost or left empty
+        (written with deferred durability, not yet flushed)."""
+        return all(
+            (self._stored(key) or 0) > 0
+            for key in (f"embeddings/{image_id}.npz", thumbnail_key(image_id))
+        )
+
+    def _stored(self, key: str) -> int | None:
+        """The size of the object under `key`, None if there is none."""
+        try:
+            return self.objects.head(key).size
+        except NotFound:
+            return None
 
     def delete_derived(self, image_id: str) -> None:
         """Drop what was derived from an image's bytes once no key holds it any more."""

@@ -195,8 +195,14 @@ class Ingestor:
             record, created = self._create(image_id, key, len(data), decoded, record)
             queue = created
         else:
+            stored = False
             if store_original and not (held and held.image_id == image_id):
                 self._put_original(journal, data, content_type(record.format))
+                stored = True
+            if record.status == "pending":
+                self._restore_lost_files(
+                    journal, data, record, original=store_original and not stored
+                )
             # Re-queued, in case a crash lost the first one.
             queue = record.status == "pending"
         if not created:  # a record just created lists the key already
@@ -345,6 +351,38 @@ class Ingestor:
             journal.original = self._stored_original(key)
             journal.original_saved = True
         self.catalog.put_original(key, data, media_type)
+
+    def _restore_lost_files(
+        self, journal: _Journal, data: bytes, record: ImageRecord, *, original: bool
+    ) -> None:
+        """Write again, from `data`, the files of an image not yet indexed that are missing
+        or empty (its `original` under the change's key too, if asked).
+
+        A bulk ingest writes them with deferred durability, flushed only before the build
+        that indexes them, while its catalog rows are committed at once: a power cut can keep
+        the rows and lose the files, and ingesting the folder again must restore them. Only
+        images still pending are checked (the size of each file, from `head`): an
+        indexed one is trusted, since a build flushes the files its process deferred before
+        it publishes them (a build in another process, e.g. a server's on the same data
+        directory, does not: that case is not covered here).
+        """
+        key = journal.change.key
+        if original and not self.catalog.has_original(key, len(data)):
+            log.warning("%s: its stored original was lost; written again", key)
+            self._put_original(journal, data, content_type(record.format))
+        if self.catalog.has_derived(record.id):
+            return
+        try:
+            decoded = self.decode(data)
+        except ImageRefused as refusal:  # accepted before, within other limits
+            log.warning("%s: cannot restore its lost embedding and thumbnail: %s", key, refusal)
+            return
+        log.warning("%s: its embedding or thumbnail was lost; computed again", key)
+        embedding = self.embedder.embed(decoded.image)
+        self.catalog.put_embedding(
+            record.id, embedding.features, embedding.probabilities, overwrite=True
+        )
+        self.catalog.put_thumbnail(record.id, _thumbnail(decoded))
 
     def _stored_original(self, key: str) -> bytes | None:
         try:
