@@ -10,7 +10,7 @@ import pytest
 from support.demo import DEMO
 from support.services import make_service
 
-from imgsearch.feedback import QUORUM, Agreement, Feedback
+from imgsearch.feedback import QUORUM, Agreement, Feedback, Vote
 from imgsearch.learning import trust
 from imgsearch.search import explore_page
 
@@ -103,6 +103,81 @@ def test_a_replayed_vote_changes_nothing(storage) -> None:
     for _ in range(3):
         assert feedback.vote("kite", "00000000000000aa", "s1", 1) is False
     assert (_totals(feedback, "kite"), _terms(storage)) == before
+
+
+def _voices(storage, term: str) -> dict[tuple[str, str], int]:
+    """Per (client, image): its voice."""
+    rows = storage.feedback.query(f"term#{term}", prefix="voice#")
+    return {(i["client"], i["image_id"]): int(i["voice"]) for i in rows}
+
+
+def test_an_undo_leaves_the_client_the_voice_its_other_sessions_give(storage) -> None:
+    """Two sessions behind one address vote differently; one takes its vote back: the
+    address's voice is the other session's vote, as if the withdrawn one had never been cast,
+    whichever of the two voted last."""
+    clock = [1_000_000.0]
+    feedback = Feedback(storage.feedback, half_life_days=1.0, clock=lambda: clock[0])
+    image = "00000000000000aa"
+    feedback.vote("moth", image, "a", 1, "nat")
+    clock[0] += 43_200  # half a day: the first vote weighs 2^-0.5 by the undo
+    feedback.vote("moth", image, "b", -1, "nat")
+    clock[0] += 43_200
+    assert feedback.withdraw("moth", image, "b", "nat") is True  # the last vote taken back
+    assert _voices(storage, "moth") == {("nat", image): 1}
+    [agreement] = feedback.summary("moth").images
+    assert (agreement.up_clients, agreement.down_clients) == (1, 0)
+    assert agreement.up == pytest.approx(0.5)  # aged by a's vote, a day old, not renewed
+    assert agreement.down == pytest.approx(0.0, abs=1e-9)
+
+    feedback.vote("moth", image, "b", -1, "nat")  # b again, and this time a takes it back
+    assert feedback.withdraw("moth", image, "a", "nat") is True
+    assert _voices(storage, "moth") == {("nat", image): -1}
+    [agreement] = feedback.summary("moth").images
+    assert (agreement.up_clients, agreement.down_clients) == (0, 1)
+    assert agreement.down == pytest.approx(1.0) and agreement.up == pytest.approx(0.0, abs=1e-9)
+    assert feedback.term_votes("moth").votes == [Vote("b", image, -1, "nat")]
+    assert feedback.summary("moth").votes == 1
+
+    assert feedback.withdraw("moth", image, "b", "nat") is True  # the last one: no voice left
+    assert _voices(storage, "moth") == {} and feedback.summary("moth").images == []
+    assert feedback.withdraw("moth", image, "b", "nat") is False  # nothing left to take back
+    assert feedback.summary("moth").votes == 0
+
+
+def test_an_undo_from_another_address_takes_the_vote_back(storage) -> None:
+    """A phone votes on wifi and takes the vote back on mobile data: the vote goes, and the
+    voice of the address it was cast from with it."""
+    feedback = Feedback(storage.feedback)
+    image = "00000000000000bb"
+    feedback.vote("gnat", image, "phone", 1, "wifi")
+    assert feedback.withdraw("gnat", image, "phone", "mobile") is True
+    assert feedback.term_votes("gnat").votes == []
+    assert _voices(storage, "gnat") == {} and feedback.summary("gnat").images == []
+    assert list(storage.feedback.query("client#wifi", prefix="vote#")) == []
+    assert feedback.withdraw("gnat", image, "phone", "mobile") is False
+
+
+def test_undos_of_one_clients_sessions_racing_leave_the_voices_right(storage) -> None:
+    """Sessions of one client vote the same image, then half of them take their votes back
+    concurrently: the voice is one of the remaining votes, or none if none remain."""
+    feedback = Feedback(storage.feedback)
+    image = "00000000000000cc"
+    for number in range(8):
+        feedback.vote("wasp", image, f"s{number}", 1 if number % 2 else -1, f"c{number % 2}")
+        feedback.vote("wasp", image, f"t{number}", 1, "c2")
+
+    def undo(session: str) -> None:
+        feedback.withdraw("wasp", image, session, "c0")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        undone = [f"s{n}" for n in range(8) if n % 2 == 0] + [f"t{n}" for n in range(8)]
+        list(pool.map(undo, undone))
+    assert _voices(storage, "wasp") == {("c1", image): 1}
+    [agreement] = feedback.summary("wasp").images
+    assert (agreement.up_clients, agreement.down_clients) == (1, 0)
+    assert agreement.up == pytest.approx(1.0, rel=1e-4)
+    assert agreement.down == pytest.approx(0.0, abs=1e-6)
+    assert feedback.summary("wasp").votes == 4
 
 
 def test_only_a_quorum_of_independent_clients_teaches_others() -> None:

@@ -124,14 +124,85 @@ class Feedback:
 
     def withdraw(self, term: str, image_id: str, session: str, client: str = LOCAL_CLIENT) -> bool:
         """Take back `session`'s vote on the image (undo, or a second press on the same
-        button): the vote goes, and with it its client's voice; returns False if there was
-        none to take back."""
-        dropped = self._drop_vote(
-            term, session, image_id, client, f"vote#{session}#{image_id}#{term}"
-        )
-        if dropped:
-            self._drop_voice(term, image_id, client)
-        return bool(dropped)
+        button), whichever address it was cast from (`client`: the undo's, which a vote of the
+        session from elsewhere may differ from). The voice of the client that cast it becomes
+        what that client's other sessions' votes on the image say, as if the vote had never
+        been cast: the last of them, aged by its time, or no voice. Returns False if the
+        session had no vote on the image to take back."""
+        pk = f"term#{term}"
+
+        # Loses (PreconditionFailed) if the vote, the voice or the summary changed meanwhile:
+        # any vote or withdrawal of the same client on the image writes its voice row.
+        def step() -> bool:
+            vote = self.table.get(pk, f"vote#{session}#{image_id}")
+            if vote is None:
+                return False
+            cast_by = str(vote.get("client", LOCAL_CLIENT))
+            voice = self.table.get(pk, f"voice#{cast_by}#{image_id}")
+            remaining = self._last_other_vote(term, image_id, session, cast_by)
+            writes: list[Write] = [
+                Delete(pk, vote["sk"], expected_version=_version(vote)),
+                Increment("terms", term, {"votes": -1}),
+                Delete(f"client#{cast_by}", f"vote#{session}#{image_id}#{term}"),
+            ]
+            if voice is None and remaining is None:  # (a reset cut short: no voice to fix)
+                self.table.transact(writes)
+                return True
+            now = self.clock()
+            value = _value(remaining)
+            at = float(remaining["at"]) if remaining is not None else now
+            voice_sk = f"voice#{cast_by}#{image_id}"
+            if voice is not None and _value(voice) == value and float(voice["at"]) == at:
+                # The voice already says what the others do (a later session's vote made it);
+                # rewritten as it is, conditioned on its version, so that a concurrent change
+                # of it (another session's undo, which read this vote as remaining) loses.
+                writes.append(Put(pk, voice_sk, _attrs(voice), expected_version=_version(voice)))
+                self.table.transact(writes)
+                return True
+            summary = self.table.get(pk, f"image#{image_id}")
+            weight = decayed(1.0, at, now, self.half_life)
+            after = self._summary_after(summary, image_id, voice, value, now, weight)
+            if remaining is None:
+                writes.append(Delete(pk, voice_sk, expected_version=_version(voice)))
+            else:
+                writes.append(
+                    Put(
+                        pk,
+                        voice_sk,
+                        {"voice": value, "client": cast_by, "image_id": image_id, "at": at},
+                        expected_version=_version(voice),
+                    )
+                )
+            if after["up"] == 0 and after["down"] == 0:
+                if summary is not None:
+                    writes.append(Delete(pk, summary["sk"], expected_version=_version(summary)))
+            else:
+                writes.append(
+                    Put(pk, f"image#{image_id}", after, expected_version=_version(summary))
+                )
+            writes += _agreed_writes(pk, image_id, summary, after)
+            self.table.transact(writes)
+            return True
+
+        return retry_on_conflict(step, "one vote")
+
+    def _last_other_vote(self, term: str, image_id: str, session: str, client: str) -> Item | None:
+        """The latest vote `client` cast on the image for `term` from a session other than
+        `session`: found through the client's partition (O(the client's votes), never the
+        term's), each checked against the vote row (a pointer may outlive its vote, or the
+        session may have voted again from elsewhere since)."""
+        latest: Item | None = None
+        for pointer in self._client_votes(client):
+            if (pointer.get("term"), pointer.get("image_id")) != (term, image_id):
+                continue
+            if pointer.get("session") == session:
+                continue
+            vote = self.table.get(f"term#{term}", f"vote#{pointer['session']}#{image_id}")
+            if vote is None or vote.get("client") != client:
+                continue
+            if latest is None or float(vote["at"]) > float(latest["at"]):
+                latest = vote
+        return latest
 
     def _vote_writes(
         self,
@@ -198,10 +269,16 @@ class Feedback:
         return writes
 
     def _summary_after(
-        self, summary: Item | None, image_id: str, voice: Item | None, value: int, now: float
+        self,
+        summary: Item | None,
+        image_id: str,
+        voice: Item | None,
+        value: int,
+        now: float,
+        value_weight: float = 1.0,
     ) -> Item:
         """The image's summary once `voice` (the client's old one, if any) becomes `value`
-        (0: the client no longer has a voice)."""
+        (0: the client no longer has a voice), weighing `value_weight` now (1: cast now)."""
         counts = {"up": 0, "down": 0, "up_weight": 0.0, "down_weight": 0.0}
         if summary is not None:
             counts["up"], counts["down"] = int(summary["up"]), int(summary["down"])
@@ -217,7 +294,7 @@ class Feedback:
         if value:
             side = "up" if value > 0 else "down"
             counts[side] += 1
-            counts[f"{side}_weight"] += 1.0
+            counts[f"{side}_weight"] += value_weight
         return {"image_id": image_id, **counts, "at": now}
 
     # Reading -----------------------------------------------------------------------------
@@ -381,6 +458,11 @@ def _value(item: Item | None) -> int:
     if item is None:
         return 0
     return int(item["vote"] if "vote" in item else item["voice"])
+
+
+def _attrs(item: Item) -> Item:
+    """An item's own attributes, without the keys and version the table adds."""
+    return {k: v for k, v in item.items() if k not in ("pk", "sk", "version")}
 
 
 def _version(item: Item | None) -> int:

@@ -647,20 +647,34 @@ class ImageSearch:
         self, query: str, image_id: str, value: int, session: str, client: str = LOCAL_CLIENT
     ) -> str:
         """Record a vote of `session`, cast from `client` (a client id), or take it back
-        (`value` 0); returns the normalised term it was recorded under. Raises NotIndexed, or
-        NotUnderstood for a query without words."""
+        (`value` 0, see `withdraw`); returns the normalised term it was recorded under. Raises
+        NotIndexed, or NotUnderstood for a query without words."""
+        if value == 0:  # taken back: undo, or a second press on the same vote
+            return self.withdraw(query, image_id, session, client)[0]
         self._existing(image_id)
         term = self.term(query)
-        if value == 0:  # taken back: undo, or a second press on the same vote
-            self.parts.feedback.withdraw(term, image_id, session, client)
-        else:
-            self.parts.feedback.vote(term, image_id, session, value, client)
+        self.parts.feedback.vote(term, image_id, session, value, client)
+        self._forget_learned(term)
+        return term
+
+    def withdraw(
+        self, query: str, image_id: str, session: str, client: str = LOCAL_CLIENT
+    ) -> tuple[str, bool]:
+        """Take back `session`'s vote on the image, from wherever it was cast; returns the
+        normalised term, and whether the session had a vote there to take back."""
+        self._existing(image_id)
+        term = self.term(query)
+        withdrawn = self.parts.feedback.withdraw(term, image_id, session, client)
+        if withdrawn:
+            self._forget_learned(term)
+        return term, withdrawn
+
+    def _forget_learned(self, term: str) -> None:
         # Only a learner this process has built can hold the term's old votes; building one
         # here would load the index into a process that only records votes (the feedback
         # function, which has no Annoy).
         if self.parts.loaded("learner"):
             self.parts.learner.forget(term)
-        return term
 
     def check_vote_rate(self, client: str, session: str) -> None:
         """Count a vote against its session's and client's limits per minute; raises TooMany

@@ -8,6 +8,8 @@ from support.hostile_files import encode, photo
 from support.openapi import API_KEY_HEADER, parameter
 from support.services import API_KEY
 
+from imgsearch.api.deps import get_client
+
 
 def _keys(results: list[dict]) -> list[str]:
     return [r["key"] for r in results]
@@ -240,12 +242,29 @@ def test_a_vote_taken_back_leaves_the_results_as_before(client) -> None:
     voted = client.get("/api/search", params={"q": "supper", "session": "s9"}).json()
     assert voted["results"][0]["id"] == ids["chair"] and voted["results"][0]["learned"]
     taken_back = client.post("/api/feedback", json={**vote, "vote": 0})
-    assert taken_back.json() == {"status": "ok", "term": "supper"}
+    assert taken_back.json() == {"status": "ok", "term": "supper", "withdrawn": True}
     after = client.get("/api/search", params={"q": "supper", "session": "s9"}).json()
     assert [r["id"] for r in after["results"]] == [r["id"] for r in before["results"]]
     assert not any(r["learned"] for r in after["results"])
-    # Taking back a vote there is not is no error, and changes nothing.
-    assert client.post("/api/feedback", json={**vote, "vote": 0}).status_code == 200
+    # Taking back a vote there is not is no error, changes nothing, and says so.
+    again = client.post("/api/feedback", json={**vote, "vote": 0})
+    assert again.json() == {"status": "ok", "term": "supper", "withdrawn": False}
+
+
+def test_a_vote_taken_back_from_another_address_goes(client) -> None:
+    """A phone votes on wifi and takes the vote back on mobile data (another client id)."""
+    files = {"file": ("chair.jpg", demo_image("chair"), "image/jpeg")}
+    image_id = client.post("/api/images", files=files).json()["id"]
+    vote = {"query": "stool", "image_id": image_id, "vote": 1, "session": "roaming"}
+    client.app.dependency_overrides[get_client] = lambda: "wifi"
+    assert client.post("/api/feedback", json=vote).json() == {"status": "ok", "term": "stool"}
+    client.app.dependency_overrides[get_client] = lambda: "mobile"
+    taken_back = client.post("/api/feedback", json={**vote, "vote": 0})
+    assert taken_back.json() == {"status": "ok", "term": "stool", "withdrawn": True}
+    client.app.dependency_overrides.clear()
+    after = client.get("/api/search", params={"q": "stool", "session": "roaming"}).json()
+    assert not any(r["learned"] for r in after["results"])
+    assert client.app.state.service.parts.feedback.term_votes("stool").votes == []
 
 
 @pytest.mark.parametrize(

@@ -190,6 +190,11 @@ class VoteRequest(BaseModel):
 class VoteResponse(BaseModel):
     status: Literal["ok"]
     term: str = Field(description="The normalised query the vote counts for")
+    withdrawn: bool | None = Field(
+        None,
+        description="For a vote of 0 only: whether the session had a vote on the image to "
+        "take back (false: nothing changed)",
+    )
 
 
 class LearnedImage(BaseModel):
