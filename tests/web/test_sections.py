@@ -119,3 +119,29 @@ def test_did_you_mean_leads_to_the_word_it_knows(page: Page) -> None:
     expect(page.get_by_role("heading", name="Results for \u201celephant\u201d")).to_be_visible()
     expect(page.locator("#grid .results-heading-matches")).to_be_visible()
     expect(page.locator("#grid .results-suggestion")).to_have_count(0)
+
+
+def test_each_chip_says_how_many_photos_it_stands_for(page: Page, service) -> None:
+    """The chips read as plain names with their photo counts, as the API counts them."""
+    counted = {
+        c["label"]: c["photos"]
+        for c in service_classes(service, "elephant")
+        if isinstance(c["photos"], int)
+    }
+    assert counted and max(counted.values()) > 0, counted
+    search(page, "elephant")
+    chips = page.locator("#interpretation .chip")
+    expect(chips.first).to_be_visible()
+    for label, photos in counted.items():
+        chip = chips.filter(has_text=label).first
+        expect(chip.locator(".chip-count")).to_have_text(str(photos))
+        expect(chip).to_have_attribute("title", re.compile(rf"\({photos} photos?\)$"))
+
+
+def service_classes(service, words: str) -> list[dict]:
+    """The classes the API's first page names, with their counts (its JSON, through FastAPI)."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(service)) as client:
+        answer = client.get("/api/search", params={"q": words, "limit": 20})
+    return answer.json()["interpretation"]["classes"]

@@ -7,7 +7,10 @@ import { el, icon, plural, quoted } from "./dom.js";
 
 const MINOR = 0.25; // classes weighing less than this share of the heaviest are folded away
 
+/** A class as a toggle, with how many photos it stands for in this collection (counted on
+ * the first page of results; none for a class struck out). */
 function chip(cls, excluded) {
+  const counted = typeof cls.photos === "number" && !excluded;
   return el(
     "li",
     { class: cls.minor && !excluded ? "minor" : null },
@@ -18,9 +21,12 @@ function chip(cls, excluded) {
         type: "button",
         "data-class": cls.id,
         "aria-pressed": String(!excluded),
-        title: `${excluded ? "Put back" : "Leave out"} ${cls.label}`,
+        title: `${excluded ? "Put back" : "Leave out"} ${cls.label}${
+          counted ? ` (${plural(cls.photos, "photo")})` : ""
+        }`,
       },
       el("span", { text: cls.label }),
+      counted ? el("span", { class: "chip-count", text: String(cls.photos) }) : null,
       icon(excluded ? "plus" : "close"),
     ),
   );
