@@ -36,3 +36,7 @@ export const quoted = (text) => `\u201c${text}\u201d`;
 
 export const plural = (count, one, many = `${one}s`) =>
   `${count.toLocaleString()} ${count === 1 ? one : many}`;
+
+/** A count the API gives "up to 200" (matches, a class's photos), as a person reads it. */
+export const upTo200 = (count) =>
+  count >= 200 ? `${count.toLocaleString()}+` : count.toLocaleString();

@@ -3,7 +3,7 @@
  * the vocabulary does not know, or only guesses at, invite the user to teach them: by voting,
  * or by giving an example photo. What votes already taught is said too. */
 
-import { el, icon, plural, quoted } from "./dom.js";
+import { el, icon, plural, quoted, upTo200 } from "./dom.js";
 
 const MINOR = 0.25; // classes weighing less than this share of the heaviest are folded away
 
@@ -22,11 +22,11 @@ function chip(cls, excluded) {
         "data-class": cls.id,
         "aria-pressed": String(!excluded),
         title: `${excluded ? "Put back" : "Leave out"} ${cls.label}${
-          counted ? ` (${plural(cls.photos, "photo")})` : ""
+          counted ? ` (${upTo200(cls.photos)} ${cls.photos === 1 ? "photo" : "photos"})` : ""
         }`,
       },
       el("span", { text: cls.label }),
-      counted ? el("span", { class: "chip-count", text: String(cls.photos) }) : null,
+      counted ? el("span", { class: "chip-count", text: upTo200(cls.photos) }) : null,
       icon(excluded ? "plus" : "close"),
     ),
   );

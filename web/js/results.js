@@ -7,7 +7,7 @@
  * looks like the words, offering to teach them; "Did you mean" for words the vocabulary
  * does not know. */
 
-import { el, icon, quoted, reducedMotion } from "./dom.js";
+import { el, icon, quoted, reducedMotion, upTo200 } from "./dom.js";
 import { PAGE } from "./pages.js";
 import { roving } from "./roving.js";
 
@@ -238,7 +238,7 @@ export class ResultList {
     const top = [];
     if (words.didYouMean) top.push(suggestion(words.didYouMean));
     if (matched) {
-      top.push(section("results-heading-matches", `Best matches (${words.matches})`));
+      top.push(section("results-heading-matches", `Best matches (${upTo200(words.matches)})`));
     } else {
       top.push(nothingLike(words.query, this.onTeach));
     }

@@ -48,7 +48,10 @@ class ShardWriter(IndexWriter):
 
     def settle(self, *, finish: bool) -> None:
         if finish:
+            # A publication just before the background merges ended found their thread alive
+            # and started none: what is left is merged here, in the foreground.
             self.merger.wait()
+            self.merger.merge_all()
         else:
             self.merger.stop()
 
