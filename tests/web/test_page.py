@@ -19,9 +19,8 @@ from playwright.sync_api import (
     Page,
     Route,
     expect,
-    sync_playwright,
 )
-from support.browser import SCREENSHOTS, launch_chromium, live_server
+from support.browser import SCREENSHOTS, live_server
 from support.demo import DEMO, demo_image
 from support.openapi import API_KEY_HEADER
 from support.services import API_KEY, make_service
@@ -52,14 +51,6 @@ def site(tmp_path_factory, model_embedder, vocabulary) -> Iterator[str]:
     ingest_tree(service, DEMO)
     with live_server(create_app(service, web_dir=WEB_DIR)) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
-from support.browser import SCREENSHOTS, launch_chromium, live_server
+from playwright.sync_api import Browser, Page, expect
+from support.browser import SCREENSHOTS, live_server
 from support.demo import DEMO
 from support.services import make_service
 
@@ -33,14 +33,6 @@ def service(tmp_path_factory, model_embedder, vocabulary):
 def site(service) -> Iterator[str]:
     with live_server(create_app(service, web_dir=WEB_DIR)) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

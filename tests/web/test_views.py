@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
-from support.browser import REPO, SCREENSHOTS, launch_chromium, live_server
+from playwright.sync_api import Browser, Locator, Page, expect
+from support.browser import REPO, SCREENSHOTS, live_server
 from support.demo import DEMO
 from support.services import make_service
 
@@ -64,14 +64,6 @@ def site(tmp_path_factory, model_embedder, vocabulary) -> Iterator[str]:
     ingest_tree(service, root / "copies")
     with live_server(create_app(service, web_dir=WEB_DIR)) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
