@@ -397,14 +397,16 @@ class Vocabulary:
         raw = re.sub(r"[^a-z]+", " ", unicodedata.normalize("NFKC", text).casefold()).split()
         if len(raw) > MAX_QUERY_WORDS:
             return None
-        words, changed = [], False
+        lemmas = [self._lemmatise(token) for token in raw]
         unknown = [
-            t for t in raw if not (self._is_lemma_word(self._lemmatise(t)) or self._known(t))
+            token
+            for token, lemma in zip(raw, lemmas, strict=True)
+            if not (self._is_lemma_word(lemma) or self._known(token))
         ]
         if len(unknown) > SUGGEST_MAX_WORDS:  # not a slip of the fingers: not worth the search
             return None
-        for token in raw:
-            lemma = self._lemmatise(token)
+        words, changed = [], False
+        for token, lemma in zip(raw, lemmas, strict=True):
             nearest = self._nearest_spelling(token) if token in unknown else None
             changed |= nearest is not None
             words.append(nearest or lemma)
