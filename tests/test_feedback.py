@@ -270,9 +270,11 @@ def test_first_page_weaves_a_spread_into_weak_guesses() -> None:
     assert sum(h.image_id.startswith("g") for h in rejected[:20]) == 5
     scores = [h.score for h in weak]
     assert scores == sorted(scores, reverse=True)
-    # A word read at confidence 0.2 gets a fifth of the page as guesses.
-    doubtful = explore_page(guesses, spread, "low", confidence=0.2)
-    assert sum(h.image_id.startswith("g") for h in doubtful[:20]) == 4
+    # A word read at confidence 0.4 gets 8 guesses; below 0.3, 6 (MIN_GUESS_SHARE).
+    doubtful = explore_page(guesses, spread, "low", confidence=0.4)
+    assert sum(h.image_id.startswith("g") for h in doubtful[:20]) == 8
+    doubtful = explore_page(guesses, spread, "low", confidence=0.1)
+    assert sum(h.image_id.startswith("g") for h in doubtful[:20]) == 6
     unknown = explore_page([], spread, "none")
     assert [h.image_id for h in unknown] == spread and {h.reason for h in unknown} == {"explore"}
 
