@@ -1,12 +1,12 @@
 """The search policy: what a query by words, by an indexed image or by a photo returns, and
 in what order. The one place that decides:
 - what is a confident match: an image the collection's own evidence says the words name (the
-  classes of a sense of the words, held by the image with probability >= MATCH_PROBABILITY).
-  A sense the collection holds such images of reads fully, whatever its rank among the word's
-  senses; matches come first, tier "match";
-- what fills the rest (tier "guess" or "explore"): understood words continue by their
-  classes; guessed words, and words none of whose classes the collection holds, share the
-  page with exploration of the collection; unknown words get exploration only, until votes
+  classes of a sense of the words the collection holds, with probability >= MATCH_PROBABILITY
+  in the image). A sense the collection holds (an image at >= HELD_PROBABILITY) reads fully,
+  whatever its rank among the word's senses; matches come first, tier "match";
+- what fills the rest (tier "guess" or "explore"): understood words, and words a sense of
+  which the collection holds, continue by their classes; other guessed words share the page
+  with exploration of the collection; unknown words get exploration only, until votes
   teach them. Exploration covers the collection's kinds of pictures and, after "not relevant"
   votes, moves to the kinds farthest from what was rejected;
 - how votes re-rank (a term's learned model blended with the keyword ranking, the session's
