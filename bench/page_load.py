@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from playwright.sync_api import Browser, sync_playwright
@@ -89,6 +90,12 @@ MEASURE = """
     bytes: size(resources) + nav.transferSize,
     tiles: at,
     tilesBytes: size(early) + nav.transferSize,
+    waterfall: [nav, ...resources].map((entry) => ({
+      name: entry.name.replace(location.origin, ""),
+      start: entry.startTime,
+      end: entry.responseEnd,
+      bytes: entry.transferSize,
+    })),
     lcp: window.__bench.lcp,
     cls: window.__bench.cls,
   };
@@ -123,7 +130,7 @@ def baseline_web(ref: str, into: Path) -> Path:
     return into / "web"
 
 
-def load(browser: Browser, url: str, *, compressed: bool) -> dict[str, float]:
+def load(browser: Browser, url: str, *, compressed: bool) -> dict[str, Any]:
     context = browser.new_context(**PHONE)
     page = context.new_page()
     cdp = context.new_cdp_session(page)
@@ -143,11 +150,31 @@ def load(browser: Browser, url: str, *, compressed: bool) -> dict[str, float]:
     return measured
 
 
+METRICS = ("requests", "bytes", "tiles", "tilesBytes", "lcp", "cls")
+
+
+def print_waterfall(name: str, run: dict[str, Any]) -> None:
+    """Each request of one load: when it started and ended (ms from navigation), its bytes;
+    a * marks those in before the first 12 thumbnails showed."""
+    print(f"\n{name}: first 12 thumbnails at {run['tiles']:.0f} ms")
+    print("   start     end      KB  request")
+    for entry in sorted(run["waterfall"], key=lambda e: e["start"]):
+        early = "*" if entry["end"] <= run["tiles"] else " "
+        print(
+            f"{early}{entry['start']:7.0f} {entry['end']:7.0f} {entry['bytes'] / 1000:7.1f}  "
+            f"{entry['name'][:90]}"
+        )
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--baseline", default="main", help="git ref of the page before")
     parser.add_argument("--data", type=Path, default=None, help="a data dir with the demo in")
+    parser.add_argument(
+        "--waterfall", action="store_true", help="print each page's requests in its first run"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         data = args.data or Path(scratch) / "data"
@@ -157,7 +184,7 @@ def main() -> None:
             ingest_tree(service, DEMO)
             print(f"ingested the demo photos in {time.perf_counter() - started:.0f} s")
         pages = {"before": baseline_web(args.baseline, Path(scratch)), "now": WEB_DIR}
-        results: dict[str, list[dict[str, float]]] = {name: [] for name in pages}
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name in pages}
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"]
@@ -172,8 +199,11 @@ def main() -> None:
                 for server in servers.values():
                     server.__exit__(None, None, None)
                 browser.close()
+    if args.waterfall:
+        for name, runs in results.items():
+            print_waterfall(name, runs[0])
     medians = {
-        name: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        name: {key: statistics.median(run[key] for run in runs) for key in METRICS}
         for name, runs in results.items()
     }
     print(
@@ -190,10 +220,7 @@ def main() -> None:
     now, before = medians["now"], medians["before"]
     print(
         "| now / before | "
-        + " | ".join(
-            f"{now[k] / before[k]:.2f}" if before[k] else "-"
-            for k in ("requests", "bytes", "tiles", "tilesBytes", "lcp", "cls")
-        )
+        + " | ".join(f"{now[k] / before[k]:.2f}" if before[k] else "-" for k in METRICS)
         + " |"
     )
 

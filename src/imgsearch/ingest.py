@@ -30,7 +30,7 @@ from imgsearch.catalog import (
 )
 from imgsearch.decode_pool import Decoder
 from imgsearch.embedding import ImageEmbedder
-from imgsearch.images import DecodedImage, DecodeLimits, ImageRefused
+from imgsearch.images import DecodedImage, DecodeLimits, ImageRefused, tile_webp
 from imgsearch.owners import new_owner, owner_is_alive
 from imgsearch.storage import (
     InvalidKey,
@@ -382,7 +382,7 @@ class Ingestor:
         self.catalog.put_embedding(
             record.id, embedding.features, embedding.probabilities, overwrite=True
         )
-        self.catalog.put_thumbnail(record.id, _thumbnail(decoded))
+        self.catalog.put_thumbnail(record.id, _thumbnail(decoded), _tile(decoded))
 
     def _stored_original(self, key: str) -> bytes | None:
         try:
@@ -488,7 +488,7 @@ class Ingestor:
         """Embed and record a new image (not queued yet); False with the record if a
         concurrent ingest of the same bytes created it first."""
         embedding = self.embedder.embed(decoded.image)
-        thumbnail = _thumbnail(decoded)
+        thumbnail, tile = _thumbnail(decoded), _tile(decoded)
         record = ImageRecord(
             id=image_id,
             keys=(key,),
@@ -501,7 +501,7 @@ class Ingestor:
         if previous is None:
             # What is derived first, so that no reader finds a record without it.
             self.catalog.put_embedding(image_id, embedding.features, embedding.probabilities)
-            self.catalog.put_thumbnail(image_id, thumbnail)
+            self.catalog.put_thumbnail(image_id, thumbnail, tile)
             if not self.catalog.create_image(record):
                 return self.catalog.image(image_id) or record, False
         else:  # the same bytes come back after being removed
@@ -519,7 +519,7 @@ class Ingestor:
             self.catalog.put_embedding(
                 image_id, embedding.features, embedding.probabilities, overwrite=True
             )
-            self.catalog.put_thumbnail(image_id, thumbnail)
+            self.catalog.put_thumbnail(image_id, thumbnail, tile)
         return record, True  # the caller queues it, with the key's write
 
     def _attach(self, image_id: str, key: str) -> None:
@@ -593,3 +593,7 @@ def _thumbnail(decoded: DecodedImage) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=82, optimize=True)
     return buffer.getvalue()
+
+
+def _tile(decoded: DecodedImage) -> bytes:
+    return tile_webp(decoded.image)
