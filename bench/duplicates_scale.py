@@ -17,6 +17,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,8 @@ def fill(catalog: Catalog, size: int, rng: np.random.Generator) -> list[str]:
         lists = {}
         for n in range(start, min(start + 1000, size)):
             others = rng.choice(size, NEIGHBOURS, replace=False)
-            found = [(ids[o], float(d)) for o, d in zip(others, rng.uniform(0.2, 0.6, NEIGHBOURS))]
+            distances = rng.uniform(0.2, 0.6, NEIGHBOURS)
+            found = [(ids[o], float(d)) for o, d in zip(others, distances, strict=True)]
             if n in copies:
                 found[0] = (ids[(n + 1) % size], float(rng.uniform(0.01, 0.07)))
             lists[ids[n]] = (sorted(found, key=lambda pair: pair[1]), 0)
@@ -85,8 +87,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             catalog = Catalog(open_storage(Settings(data_dir=Path(scratch))))
             ids = fill(catalog, size, np.random.default_rng(size))
-            near_ms, near = timed(lambda: pairs_from_near_copy_lists(catalog), args.repeats)
-            every_ms, every = timed(lambda: pairs_from_every_list(catalog, ids), args.repeats)
+            near_ms, near = timed(partial(pairs_from_near_copy_lists, catalog), args.repeats)
+            every_ms, every = timed(partial(pairs_from_every_list, catalog, ids), args.repeats)
             assert near == every, "the two ways found different pairs"
             print(
                 f"| {size:,} | {near_ms:.1f} | {every_ms:.0f} | {every_ms / near_ms:.0f}x "

@@ -3,12 +3,15 @@ server on the demo photos.
 
 The phone is 390x844 at 3 device pixels per CSS pixel, on 1.6 Mbps down / 750 kbps up with
 150 ms round trips, its CPU slowed 4x (Chrome DevTools' "Slow 4G" preset, set over CDP), with
-an empty cache. Two pages are measured in the same run, alternately, against the same server:
-- "before": the page as it was before issue 18 (web/ at the commit given, main's by default),
-  its requests sent without Accept-Encoding, as that server answered them (nothing compressed);
-- "now": this worktree's web/, as served now.
+an empty cache. Two pages are measured in the same run, alternately, against the same
+collection and API:
+- "before": web/ at the commit given (main's by default) served as main serves it, as plain
+  static files (`--uncompressed`: its requests sent without Accept-Encoding, as the server
+  before issue 18 answered them);
+- "now": this worktree's web/, as `imgsearch serve` serves it now (imgsearch.api.page).
 
     nice -n 5 .venv/bin/python bench/page_load.py [--runs 5] [--baseline REF] [--data DIR]
+        [--uncompressed] [--waterfall]
 
 Prints, per page, the median over runs: requests and bytes transferred in all, time to the
 first 12 thumbnails shown (the tiles' images loaded) and the bytes moved until then, largest
@@ -32,6 +35,7 @@ from typing import Any
 
 import uvicorn
 from playwright.sync_api import Browser, sync_playwright
+from starlette.staticfiles import StaticFiles
 
 from imgsearch.api.app import create_app
 from imgsearch.api.server import server_config
@@ -104,11 +108,17 @@ MEASURE = """
 
 
 @contextmanager
-def serving(service: ImageSearch, web_dir: Path) -> Iterator[str]:
+def serving(service: ImageSearch, web_dir: Path, *, static: bool = False) -> Iterator[str]:
+    """A server of the API and the page in `web_dir`: built as the app serves it, or (`static`)
+    its files as they are, as the app served them before (Starlette's StaticFiles)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
-    app = create_app(service, web_dir=web_dir)
+    if static:
+        app = create_app(service)
+        app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")
+    else:
+        app = create_app(service, web_dir=web_dir)
     config = server_config(app, service.settings, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -175,6 +185,9 @@ def main() -> None:
     parser.add_argument(
         "--waterfall", action="store_true", help="print each page's requests in its first run"
     )
+    parser.add_argument(
+        "--uncompressed", action="store_true", help="the page before asks for nothing compressed"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         data = args.data or Path(scratch) / "data"
@@ -189,12 +202,15 @@ def main() -> None:
             browser = playwright.chromium.launch(
                 executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"]
             )
-            servers = {name: serving(service, web) for name, web in pages.items()}
+            servers = {
+                name: serving(service, web, static=name == "before") for name, web in pages.items()
+            }
             urls = {name: server.__enter__() for name, server in servers.items()}
             try:
                 for _ in range(args.runs):
                     for name, url in urls.items():
-                        results[name].append(load(browser, url, compressed=name == "now"))
+                        compressed = name == "now" or not args.uncompressed
+                        results[name].append(load(browser, url, compressed=compressed))
             finally:
                 for server in servers.values():
                     server.__exit__(None, None, None)

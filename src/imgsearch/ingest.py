@@ -115,6 +115,9 @@ class Ingestor:
         self.embedder = embedder
         self.limits = limits
         self.decoder = decoder
+        # Changes this process could not undo (the storage was failing): nothing of it is
+        # still working on them, so `recover_changes` need not wait for it to die.
+        self._abandoned: set[str] = set()
 
     def decode(
         self,
@@ -409,6 +412,7 @@ class Ingestor:
                 self._restore_original(change, journal.original)
             self._settle(change)
         except Exception as error:  # the first error is the one to raise
+            self._abandoned.add(change.token)
             log.warning(
                 "could not undo the unfinished %s of %s (%s); it is done at the next start",
                 change.op,
@@ -428,11 +432,14 @@ class Ingestor:
 
     def recover_changes(self, *, timeout: float = CHANGE_TIMEOUT_SECONDS) -> int:
         """Finish or roll back the changes whose process died (or that ran longer than any
-        request can): an add whose bytes are stored under its key is finished, anything else
-        rolled back. Returns how many were recovered."""
+        request can, or that this process gave up undoing): an add whose bytes are stored
+        under its key is finished, anything else rolled back. Returns how many were
+        recovered."""
         recovered = 0
         for change in self.catalog.changes():
-            if owner_is_alive(change.owner) and time.time() - change.started_at < timeout:
+            abandoned = change.token in self._abandoned
+            running = owner_is_alive(change.owner) and time.time() - change.started_at < timeout
+            if running and not abandoned:
                 continue
             log.warning("recovering an interrupted %s of %s", change.op, change.key)
             try:
@@ -440,6 +447,7 @@ class Ingestor:
             except StorageError as error:
                 log.error("could not recover the %s of %s: %s", change.op, change.key, error)
                 continue
+            self._abandoned.discard(change.token)
             recovered += 1
         return recovered
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from imgsearch.api import page
 from imgsearch.api.app import create_app
 from imgsearch.api.page import START_PATHS, BuildError, build_page, bundle_modules
 from imgsearch.cli import WEB_DIR
@@ -59,7 +60,10 @@ def test_the_bundler_refuses_what_it_does_not_handle(tmp_path: Path) -> None:
         bundle_modules(tmp_path)
 
 
-def test_served_the_page_carries_its_start_answers_and_hashed_inline_code(site) -> None:
+def test_served_the_page_carries_its_start_answers_and_hashed_inline_code(
+    site, monkeypatch
+) -> None:
+    monkeypatch.setattr(page, "START_ANSWER_SECONDS", 60.0)  # however loaded the machine
     response = site.get("/")
     assert response.headers["cache-control"] == "no-cache"
     assert response.headers["content-encoding"] == "gzip"
@@ -77,6 +81,12 @@ def test_served_the_page_carries_its_start_answers_and_hashed_inline_code(site) 
     assert 'rel="modulepreload"' not in html and 'href="style.css"' not in html
     # Another view starts from its own requests: nothing is put in for it.
     assert '<script id="start-data" type="application/json">{}</script>' in site.get("/?q=x").text
+
+
+def test_answers_later_than_the_page_can_wait_are_left_to_the_page(site, monkeypatch) -> None:
+    monkeypatch.setattr(page, "START_ANSWER_SECONDS", 0.0)
+    html = site.get("/").text
+    assert '<script id="start-data" type="application/json">{}</script>' in html
 
 
 def test_the_bundle_is_compressed_immutable_and_revalidated(site) -> None:

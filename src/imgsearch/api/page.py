@@ -35,7 +35,7 @@ ENTRY_MODULE = "main.js"
 START_DATA = "<!--start-data-->"
 # What the start view asks for first (as boot.js asks: pages.js's PAGE, stacks.js's MOST).
 START_PATHS = ("/images?limit=48&offset=0", "/explore", "/duplicates?limit=200&offset=0")
-START_ANSWER_SECONDS = 0.5  # the page waits no longer for one: boot.js asks for it then
+START_ANSWER_SECONDS = 0.5  # the page waits no longer for one: api.js asks for it then
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
 COMPRESSED_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
@@ -147,7 +147,7 @@ def build_page(web_dir: Path, *, inline: bool, config_js: str | None = None) -> 
     texts = {
         path.relative_to(web_dir).as_posix(): path.read_bytes()
         for path in sorted(web_dir.rglob("*"))
-        if path.is_file() and "__pycache__" not in path.parts
+        if path.is_file() and "__pycache__" not in path.relative_to(web_dir).as_posix()
     }
     if config_js is not None:
         texts["config.js"] = config_js.encode()
@@ -278,7 +278,7 @@ class PageServer:
 
     async def _start_answers(self, scope: Scope) -> dict[str, object]:
         """The start view's answers (boot.js's paths), each if it came within
-        START_ANSWER_SECONDS (else boot.js asks for it)."""
+        START_ANSWER_SECONDS (else the page asks for it itself)."""
         found = await asyncio.gather(*(self._ask(scope, path) for path in START_PATHS))
         return {path: answer for path, answer in zip(START_PATHS, found, strict=True) if answer}
 
