@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from support.demo import demo_image
 
 from imgsearch.api import page
 from imgsearch.api.app import create_app
@@ -81,6 +82,18 @@ def test_served_the_page_carries_its_start_answers_and_hashed_inline_code(
     assert 'rel="modulepreload"' not in html and 'href="style.css"' not in html
     # Another view starts from its own requests: nothing is put in for it.
     assert '<script id="start-data" type="application/json">{}</script>' in site.get("/?q=x").text
+
+
+def test_a_key_cannot_break_out_of_the_start_data(service, monkeypatch) -> None:
+    monkeypatch.setattr(page, "START_ANSWER_SECONDS", 60.0)
+    key = "x<!--<script></script><script>alert(1)</script>.jpg"
+    service.add(key, demo_image("pizza"))
+    with TestClient(create_app(service, web_dir=WEB_DIR)) as client:
+        html = client.get("/").text
+    (data,) = re.findall(r'<script id="start-data" type="application/json">(.*?)</script>', html)
+    assert "<" not in data
+    assert json.loads(data)[START_PATHS[0]]["results"][0]["key"] == key
+    assert html.count("<script>") == 1  # boot.js only
 
 
 def test_answers_later_than_the_page_can_wait_are_left_to_the_page(site, monkeypatch) -> None:

@@ -266,7 +266,9 @@ class PageServer:
     async def _index(self, request: Request, asset: Asset, page: Page) -> Response:
         html = asset.body.decode()
         answers = {} if request.url.query else await self._start_answers(request.scope)
-        data = json.dumps(answers, separators=(",", ":")).replace("</", "<\\/")
+        # No "<" at all in the data block: neither "</script>" nor "<!--" in a key or a word
+        # can end it or change how the parser reads it.
+        data = json.dumps(answers, separators=(",", ":")).replace("<", "\\u003c")
         html = html.replace(
             START_DATA, f'<script id="start-data" type="application/json">{data}</script>'
         )
