@@ -3,12 +3,15 @@ server on the demo photos.
 
 The phone is 390x844 at 3 device pixels per CSS pixel, on 1.6 Mbps down / 750 kbps up with
 150 ms round trips, its CPU slowed 4x (Chrome DevTools' "Slow 4G" preset, set over CDP), with
-an empty cache. Two pages are measured in the same run, alternately, against the same server:
-- "before": the page as it was before issue 18 (web/ at the commit given, main's by default),
-  its requests sent without Accept-Encoding, as that server answered them (nothing compressed);
-- "now": this worktree's web/, as served now.
+an empty cache. Two pages are measured in the same run, alternately, against the same
+collection and API:
+- "before": web/ at the commit given (main's by default) served as main serves it, as plain
+  static files (`--uncompressed`: its requests sent without Accept-Encoding, as the server
+  before issue 18 answered them);
+- "now": this worktree's web/, as `imgsearch serve` serves it now (imgsearch.api.page).
 
     nice -n 5 .venv/bin/python bench/page_load.py [--runs 5] [--baseline REF] [--data DIR]
+        [--uncompressed] [--waterfall]
 
 Prints, per page, the median over runs: requests and bytes transferred in all, time to the
 first 12 thumbnails shown (the tiles' images loaded) and the bytes moved until then, largest
@@ -28,9 +31,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from playwright.sync_api import Browser, sync_playwright
+from starlette.staticfiles import StaticFiles
 
 from imgsearch.api.app import create_app
 from imgsearch.api.server import server_config
@@ -89,6 +94,12 @@ MEASURE = """
     bytes: size(resources) + nav.transferSize,
     tiles: at,
     tilesBytes: size(early) + nav.transferSize,
+    waterfall: [nav, ...resources].map((entry) => ({
+      name: entry.name.replace(location.origin, ""),
+      start: entry.startTime,
+      end: entry.responseEnd,
+      bytes: entry.transferSize,
+    })),
     lcp: window.__bench.lcp,
     cls: window.__bench.cls,
   };
@@ -97,11 +108,17 @@ MEASURE = """
 
 
 @contextmanager
-def serving(service: ImageSearch, web_dir: Path) -> Iterator[str]:
+def serving(service: ImageSearch, web_dir: Path, *, static: bool = False) -> Iterator[str]:
+    """A server of the API and the page in `web_dir`: built as the app serves it, or (`static`)
+    its files as they are, as the app served them before (Starlette's StaticFiles)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
-    app = create_app(service, web_dir=web_dir)
+    if static:
+        app = create_app(service)
+        app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")
+    else:
+        app = create_app(service, web_dir=web_dir)
     config = server_config(app, service.settings, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -123,7 +140,7 @@ def baseline_web(ref: str, into: Path) -> Path:
     return into / "web"
 
 
-def load(browser: Browser, url: str, *, compressed: bool) -> dict[str, float]:
+def load(browser: Browser, url: str, *, compressed: bool) -> dict[str, Any]:
     context = browser.new_context(**PHONE)
     page = context.new_page()
     cdp = context.new_cdp_session(page)
@@ -143,11 +160,34 @@ def load(browser: Browser, url: str, *, compressed: bool) -> dict[str, float]:
     return measured
 
 
+METRICS = ("requests", "bytes", "tiles", "tilesBytes", "lcp", "cls")
+
+
+def print_waterfall(name: str, run: dict[str, Any]) -> None:
+    """Each request of one load: when it started and ended (ms from navigation), its bytes;
+    a * marks those in before the first 12 thumbnails showed."""
+    print(f"\n{name}: first 12 thumbnails at {run['tiles']:.0f} ms")
+    print("   start     end      KB  request")
+    for entry in sorted(run["waterfall"], key=lambda e: e["start"]):
+        early = "*" if entry["end"] <= run["tiles"] else " "
+        print(
+            f"{early}{entry['start']:7.0f} {entry['end']:7.0f} {entry['bytes'] / 1000:7.1f}  "
+            f"{entry['name'][:90]}"
+        )
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--baseline", default="main", help="git ref of the page before")
     parser.add_argument("--data", type=Path, default=None, help="a data dir with the demo in")
+    parser.add_argument(
+        "--waterfall", action="store_true", help="print each page's requests in its first run"
+    )
+    parser.add_argument(
+        "--uncompressed", action="store_true", help="the page before asks for nothing compressed"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         data = args.data or Path(scratch) / "data"
@@ -157,23 +197,29 @@ def main() -> None:
             ingest_tree(service, DEMO)
             print(f"ingested the demo photos in {time.perf_counter() - started:.0f} s")
         pages = {"before": baseline_web(args.baseline, Path(scratch)), "now": WEB_DIR}
-        results: dict[str, list[dict[str, float]]] = {name: [] for name in pages}
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name in pages}
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"]
             )
-            servers = {name: serving(service, web) for name, web in pages.items()}
+            servers = {
+                name: serving(service, web, static=name == "before") for name, web in pages.items()
+            }
             urls = {name: server.__enter__() for name, server in servers.items()}
             try:
                 for _ in range(args.runs):
                     for name, url in urls.items():
-                        results[name].append(load(browser, url, compressed=name == "now"))
+                        compressed = name == "now" or not args.uncompressed
+                        results[name].append(load(browser, url, compressed=compressed))
             finally:
                 for server in servers.values():
                     server.__exit__(None, None, None)
                 browser.close()
+    if args.waterfall:
+        for name, runs in results.items():
+            print_waterfall(name, runs[0])
     medians = {
-        name: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        name: {key: statistics.median(run[key] for run in runs) for key in METRICS}
         for name, runs in results.items()
     }
     print(
@@ -190,10 +236,7 @@ def main() -> None:
     now, before = medians["now"], medians["before"]
     print(
         "| now / before | "
-        + " | ".join(
-            f"{now[k] / before[k]:.2f}" if before[k] else "-"
-            for k in ("requests", "bytes", "tiles", "tilesBytes", "lcp", "cls")
-        )
+        + " | ".join(f"{now[k] / before[k]:.2f}" if before[k] else "-" for k in METRICS)
         + " |"
     )
 

@@ -152,7 +152,19 @@ def _build(out: Path, python: str) -> dict:
         build_function(out / "functions" / function, function, python)
     manifest = size_manifest(out)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    build_static_page(out / "page")
     return manifest
+
+
+def build_static_page(into: Path) -> None:
+    """The page as CloudFront serves it from the bucket's web/ (docs/deploy.md, step 4):
+    web/ built as for a static host (one bundled script, hashed file names, nothing inline,
+    which the distribution's Content-Security-Policy would refuse), with the cloud config."""
+    from imgsearch.api.page import build_page, write_page  # the package this script bundles
+
+    shutil.rmtree(into, ignore_errors=True)
+    write_page(build_page(REPO / "web", inline=False, config_js=CLOUD_PAGE_CONFIG), into)
+    print(f"page: built into {into}")
 
 
 # Python layers ---------------------------------------------------------------------------

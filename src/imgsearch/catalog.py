@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from imgsearch.config import MAX_DUPLICATE_DISTANCE
 from imgsearch.integrity import DamagedFile
 from imgsearch.remembered import Remembered
 from imgsearch.storage import (
@@ -42,6 +43,8 @@ IMAGES_PREFIX = "images/"
 FRESH_EMBEDDINGS = 1000
 SMALL_THUMBNAILS_KEPT = 4096  # ~8 KB each at 192 px: ~32 MB a process at most
 THUMBNAILS_PREFIX = "thumbnails/"
+NEAR_COPIES = "near"  # the partition of near-copy lists
+NEAR_COPIES_MARK = "near-complete"
 
 
 def thumbnail_name(image_id: str) -> str:
@@ -51,6 +54,16 @@ def thumbnail_name(image_id: str) -> str:
 
 def thumbnail_key(image_id: str) -> str:
     return THUMBNAILS_PREFIX + thumbnail_name(image_id)
+
+
+def tile_name(image_id: str) -> str:
+    """An image's tile thumbnail's name (a small WebP for the grid) under THUMBNAILS_PREFIX,
+    beside its thumbnail (a CDN serves them by it too)."""
+    return f"{image_id}-tile.webp"
+
+
+def tile_key(image_id: str) -> str:
+    return THUMBNAILS_PREFIX + tile_name(image_id)
 
 
 ImageStatus = Literal["pending", "indexed", "removed"]
@@ -313,8 +326,20 @@ class Catalog:
             expires=expires,
         )
 
-    def put_thumbnail(self, image_id: str, jpeg: bytes) -> None:
+    def put_thumbnail(self, image_id: str, jpeg: bytes, tile: bytes) -> None:
+        """Store an image's thumbnail and its tile thumbnail (a WebP for small tiles)."""
         self.objects.put(thumbnail_key(image_id), jpeg, content_type="image/jpeg")
+        self.put_tile(image_id, tile)
+
+    def put_tile(self, image_id: str, webp: bytes) -> None:
+        self.objects.put(tile_key(image_id), webp, content_type="image/webp")
+
+    def tile(self, image_id: str) -> bytes:
+        """The tile thumbnail's bytes (NotFound for an image stored before there were)."""
+        return self.objects.get(tile_key(image_id)).data
+
+    def tile_url(self, image_id: str) -> str | None:
+        return self.objects.url(tile_key(image_id))
 
     def thumbnail(self, image_id: str) -> bytes:
         return self.objects.get(thumbnail_key(image_id)).data
@@ -388,6 +413,7 @@ class Catalog:
         self._fresh_embeddings.pop(image_id, None)
         self.objects.delete(f"embeddings/{image_id}.npz")
         self.objects.delete(thumbnail_key(image_id))
+        self.objects.delete(tile_key(image_id))
 
     # Index work queue ------------------------------------------------------------------
 
@@ -503,17 +529,43 @@ class Catalog:
         """Replace many lists in batched writes, each read at the version given, with the
         `expanded` vectors of their images (index/expansion.py). Not conditional (see
         `Table.put_many`): only the index builder, under its lease, writes neighbour lists."""
-        self.table.put_many(
-            [
-                Put(
-                    f"image#{image_id}",
-                    "neighbours",
-                    _neighbour_attrs(neighbours, (expanded or {}).get(image_id)),
-                    version,
-                )
-                for image_id, (neighbours, version) in lists.items()
-            ]
-        )
+        puts = [
+            Put(
+                f"image#{image_id}",
+                "neighbours",
+                _neighbour_attrs(neighbours, (expanded or {}).get(image_id)),
+                version,
+            )
+            for image_id, (neighbours, version) in lists.items()
+        ]
+        near = {image_id: neighbours for image_id, (neighbours, _) in lists.items()}
+        self.table.put_many(puts + _near_copy_puts(near))
+
+    # Near-copy lists: each image's neighbours within MAX_DUPLICATE_DISTANCE, in one partition
+    # ("near"), written with its list (only for the few images that have any): the stacks
+    # of the whole collection come from them, not from every list. The distance of two
+    # images never changes, so an entry stays true while both exist; a removed image's
+    # entries are left for readers to skip (it may come back: same bytes, same id).
+
+    def near_copy_lists(self) -> dict[str, list[tuple[str, float]]]:
+        """Every image's stored near-copy list, by id (images with none are left out)."""
+        lists = {}
+        for item in self.table.query(NEAR_COPIES):
+            lists[item["sk"]] = _stored_neighbours(item)[0]
+        return lists
+
+    def near_copy_lists_complete(self) -> bool:
+        """Whether every image stored before near-copy lists were kept has one too
+        (`complete_near_copy_lists`); images indexed since get theirs with their lists."""
+        return self.table.get(NEAR_COPIES_MARK, "complete") is not None
+
+    def complete_near_copy_lists(self, image_ids: list[str], batch: int) -> None:
+        """Near-copy lists from the stored neighbour lists of `image_ids` (once, for a
+        collection indexed before they were kept), then the mark that they are complete."""
+        for start in range(0, len(image_ids), batch):
+            lists = self.neighbour_lists(image_ids[start : start + batch])
+            self.table.put_many(_near_copy_puts({i: found for i, (found, _) in lists.items()}))
+        self.table.put(NEAR_COPIES_MARK, "complete", {"at": time.time()})
 
     def expanded_vectors(self, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
         """The expanded vectors stored with the lists of `image_ids`, in batched reads
@@ -554,6 +606,15 @@ def _indexed_if_pending(record: ImageRecord) -> ImageRecord | None:
 
 # A neighbour list (id, distance), nearest first, and the version it was read at.
 StoredNeighbours = tuple[list[tuple[str, float]], int]
+
+
+def _near_copy_puts(lists: Mapping[str, list[tuple[str, float]]]) -> list[Put]:
+    puts = []
+    for image_id, neighbours in lists.items():
+        near = [(i, d) for i, d in neighbours if d <= MAX_DUPLICATE_DISTANCE]
+        if near:  # (not versioned: only the index builder writes them, under its lease)
+            puts.append(Put(NEAR_COPIES, image_id, _neighbour_attrs(near), 0))
+    return puts
 
 
 def _stored_neighbours(item: dict[str, Any]) -> StoredNeighbours:

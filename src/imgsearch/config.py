@@ -22,6 +22,11 @@ def _default_data_dir() -> Path:
     return Path(base) / "imgsearch"
 
 
+# The largest `duplicate_distance`: the catalog keeps each image's neighbours within it
+# apart from its list (catalog.py, near-copy lists), so stacks are found without every list.
+MAX_DUPLICATE_DISTANCE = 0.15
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMGSEARCH_", extra="ignore")
 
@@ -91,7 +96,7 @@ class Settings(BaseSettings):
     # Two images whose stored neighbour distance (1 - cosine of their features) is at most
     # this are near-copies of one photo (resized, re-encoded, cropped a little): stacked in
     # results and listed by /api/duplicates. Measured in docs/evaluation.md (bench/duplicates.py).
-    duplicate_distance: float = Field(0.08, ge=0, le=2)
+    duplicate_distance: float = Field(0.08, ge=0, le=MAX_DUPLICATE_DISTANCE)
     # Which engine holds the vectors (docs/deploy.md, "Vector engines"): "annoy", shard files
     # every search and embed process loads whole (the default, locally and for small clouds),
     # or "s3vectors", Amazon S3 Vectors: the vector bucket `vector_bucket`, with the feature

@@ -30,7 +30,7 @@ from imgsearch.catalog import (
 )
 from imgsearch.decode_pool import Decoder
 from imgsearch.embedding import ImageEmbedder
-from imgsearch.images import DecodedImage, DecodeLimits, ImageRefused
+from imgsearch.images import DecodedImage, DecodeLimits, ImageRefused, tile_webp
 from imgsearch.owners import new_owner, owner_is_alive
 from imgsearch.storage import (
     InvalidKey,
@@ -115,6 +115,9 @@ class Ingestor:
         self.embedder = embedder
         self.limits = limits
         self.decoder = decoder
+        # Changes this process could not undo (the storage was failing): nothing of it is
+        # still working on them, so `recover_changes` need not wait for it to die.
+        self._abandoned: set[str] = set()
 
     def decode(
         self,
@@ -382,7 +385,7 @@ class Ingestor:
         self.catalog.put_embedding(
             record.id, embedding.features, embedding.probabilities, overwrite=True
         )
-        self.catalog.put_thumbnail(record.id, _thumbnail(decoded))
+        self.catalog.put_thumbnail(record.id, _thumbnail(decoded), _tile(decoded))
 
     def _stored_original(self, key: str) -> bytes | None:
         try:
@@ -409,6 +412,7 @@ class Ingestor:
                 self._restore_original(change, journal.original)
             self._settle(change)
         except Exception as error:  # the first error is the one to raise
+            self._abandoned.add(change.token)
             log.warning(
                 "could not undo the unfinished %s of %s (%s); it is done at the next start",
                 change.op,
@@ -428,11 +432,14 @@ class Ingestor:
 
     def recover_changes(self, *, timeout: float = CHANGE_TIMEOUT_SECONDS) -> int:
         """Finish or roll back the changes whose process died (or that ran longer than any
-        request can): an add whose bytes are stored under its key is finished, anything else
-        rolled back. Returns how many were recovered."""
+        request can, or that this process gave up undoing): an add whose bytes are stored
+        under its key is finished, anything else rolled back. Returns how many were
+        recovered."""
         recovered = 0
         for change in self.catalog.changes():
-            if owner_is_alive(change.owner) and time.time() - change.started_at < timeout:
+            abandoned = change.token in self._abandoned
+            running = owner_is_alive(change.owner) and time.time() - change.started_at < timeout
+            if running and not abandoned:
                 continue
             log.warning("recovering an interrupted %s of %s", change.op, change.key)
             try:
@@ -440,6 +447,7 @@ class Ingestor:
             except StorageError as error:
                 log.error("could not recover the %s of %s: %s", change.op, change.key, error)
                 continue
+            self._abandoned.discard(change.token)
             recovered += 1
         return recovered
 
@@ -488,7 +496,7 @@ class Ingestor:
         """Embed and record a new image (not queued yet); False with the record if a
         concurrent ingest of the same bytes created it first."""
         embedding = self.embedder.embed(decoded.image)
-        thumbnail = _thumbnail(decoded)
+        thumbnail, tile = _thumbnail(decoded), _tile(decoded)
         record = ImageRecord(
             id=image_id,
             keys=(key,),
@@ -501,7 +509,7 @@ class Ingestor:
         if previous is None:
             # What is derived first, so that no reader finds a record without it.
             self.catalog.put_embedding(image_id, embedding.features, embedding.probabilities)
-            self.catalog.put_thumbnail(image_id, thumbnail)
+            self.catalog.put_thumbnail(image_id, thumbnail, tile)
             if not self.catalog.create_image(record):
                 return self.catalog.image(image_id) or record, False
         else:  # the same bytes come back after being removed
@@ -519,7 +527,7 @@ class Ingestor:
             self.catalog.put_embedding(
                 image_id, embedding.features, embedding.probabilities, overwrite=True
             )
-            self.catalog.put_thumbnail(image_id, thumbnail)
+            self.catalog.put_thumbnail(image_id, thumbnail, tile)
         return record, True  # the caller queues it, with the key's write
 
     def _attach(self, image_id: str, key: str) -> None:
@@ -593,3 +601,7 @@ def _thumbnail(decoded: DecodedImage) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=82, optimize=True)
     return buffer.getvalue()
+
+
+def _tile(decoded: DecodedImage) -> bytes:
+    return tile_webp(decoded.image)

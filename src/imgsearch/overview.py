@@ -8,7 +8,7 @@ visiting the images; taught words off the feedback table's list of voted terms.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -80,9 +80,19 @@ def near_copies(catalog: Catalog, index: SearchIndex, image_id: str, distance: f
 
 def duplicate_stacks(catalog: Catalog, index: SearchIndex, distance: float) -> list[Stack]:
     """Every group of images linked by stored distances of at most `distance` (transitively),
-    newest stack first; each in the index's newest-first order. Reads every stored list, in
-    batches: a view of the collection, not of one search."""
-    order = {image_id: n for n, image_id in enumerate(index.image_ids())}
+    newest stack first; each in the index's newest-first order. From the catalog's near-copy
+    lists (one partition, a few items: only images with a near-copy have one), completed
+    once from every stored neighbour list for a collection indexed before they were kept."""
+    if not catalog.near_copy_lists_complete():
+        catalog.complete_near_copy_lists(list(index.image_ids()), NEIGHBOUR_BATCH)
+    edges = [
+        (image_id, other)
+        for image_id, near in catalog.near_copy_lists().items()
+        for other, d in near
+        if d <= distance
+    ]
+    present = index.present({i for edge in edges for i in edge})
+    order = {i: n for n, i in enumerate(index.image_ids()) if i in present}
     parent = {image_id: image_id for image_id in order}
 
     def root(image_id: str) -> str:
@@ -91,21 +101,14 @@ def duplicate_stacks(catalog: Catalog, index: SearchIndex, distance: float) -> l
             image_id = parent[image_id]
         return image_id
 
-    for batch in _batches(list(order), NEIGHBOUR_BATCH):
-        for image_id, (neighbours, _) in catalog.neighbour_lists(batch).items():
-            for other, d in neighbours:
-                if d <= distance and other in parent:
-                    a, b = root(image_id), root(other)
-                    if a != b:
-                        parent[max(a, b, key=order.__getitem__)] = min(a, b, key=order.__getitem__)
+    for image_id, other in edges:
+        if image_id in parent and other in parent:
+            a, b = root(image_id), root(other)
+            if a != b:
+                parent[max(a, b, key=order.__getitem__)] = min(a, b, key=order.__getitem__)
     groups: dict[str, list[str]] = {}
-    for image_id in order:
+    for image_id in sorted(order, key=order.__getitem__):
         groups.setdefault(root(image_id), []).append(image_id)
     stacks = [Stack(tuple(members)) for members in groups.values() if len(members) > 1]
     stacks.sort(key=lambda s: order[s.image_ids[0]])
     return stacks
-
-
-def _batches(items: list[str], size: int) -> Iterable[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Unpack
 import numpy as np
 
 from imgsearch import keys, repair
-from imgsearch.catalog import IMAGES_PREFIX, ImageRecord, thumbnail_name
+from imgsearch.catalog import IMAGES_PREFIX, ImageRecord, thumbnail_name, tile_name
 from imgsearch.clients import client_network, is_address, is_client_id, source_address
 from imgsearch.config import Settings
 from imgsearch.embedding import Embedding
 from imgsearch.feedback import LOCAL_CLIENT
-from imgsearch.images import DecodeLimits, ImageRefused
+from imgsearch.images import TILE_SIDE as TILE_SIDE  # the tile thumbnail's side, for the API
+from imgsearch.images import DecodeLimits, ImageRefused, tile_from_thumbnail
 from imgsearch.index.builder import BuildReport
 from imgsearch.ingest import IngestResult, ObjectEvent, content_type
 from imgsearch.integrity import secret_file
@@ -68,7 +69,14 @@ from imgsearch.search import (
     similar_images,
     text_search,
 )
-from imgsearch.storage import DirectUploads, InvalidKey, SqliteTable, Storage, StorageError
+from imgsearch.storage import (
+    DirectUploads,
+    InvalidKey,
+    NotFound,
+    SqliteTable,
+    Storage,
+    StorageError,
+)
 from imgsearch.vocabulary import Interpretation, Vocabulary
 
 if TYPE_CHECKING:
@@ -227,8 +235,11 @@ class ImageSearch:
     def thumbnail(self, image_id: str, side: int | None = None) -> Original:
         """A JPEG at most 384 pixels on its longer side (see `original`): where it is served
         as static content (`thumbnail_url`), else where the store says, else the bytes; with
-        `side` (smaller than 384) the bytes scaled down to it where the store serves them."""
+        `side` (smaller than 384) the bytes scaled down to it where the store serves them;
+        with `side` TILE_SIDE the tile thumbnail (`tile`)."""
         self._existing(image_id)
+        if side == TILE_SIDE:
+            return self.tile(image_id)
         if side is not None and not self.thumbnail_url(image_id):
             catalog = self.parts.catalog
             if not catalog.thumbnail_url(image_id):
@@ -241,6 +252,30 @@ class ImageSearch:
         if url:
             return Original("image/jpeg", url=url)
         return Original("image/jpeg", data=catalog.thumbnail(image_id))
+
+    def tile(self, image_id: str) -> Original:
+        """The tile thumbnail, a WebP at most TILE_SIDE pixels made at ingest (see
+        `thumbnail`); for an image stored before tiles were made, made now from its thumbnail
+        and stored, so that it is a static file from then on."""
+        self._existing(image_id)
+        static = self.tile_url(image_id)
+        if static:
+            return Original("image/webp", url=static)
+        catalog = self.parts.catalog
+        url = catalog.tile_url(image_id)
+        if url:
+            return Original("image/webp", url=url)
+        try:
+            return Original("image/webp", data=catalog.tile(image_id))
+        except NotFound:
+            tile = tile_from_thumbnail(catalog.thumbnail(image_id))
+            catalog.put_tile(image_id, tile)
+            return Original("image/webp", data=tile)
+
+    def tile_url(self, image_id: str) -> str | None:
+        """Where a CDN serves the tile thumbnail (see `thumbnail_url`); else None."""
+        base = self.settings.thumbnail_base_url
+        return f"{base.rstrip('/')}/{tile_name(image_id)}" if base else None
 
     def thumbnail_url(self, image_id: str) -> str | None:
         """The URL (or path from the root) a CDN serves an image's thumbnail at, when one
@@ -577,8 +612,8 @@ class ImageSearch:
         return [Hit(i, 1.0, "similar") for i in found]
 
     def duplicates(self) -> list[Stack]:
-        """Every stack of near-copies in the collection, newest first (kept until the index
-        changes: it reads every stored neighbour list)."""
+        """Every stack of near-copies in the collection, newest first (from the catalog's
+        near-copy lists; kept until the index changes)."""
         index = self.parts.index
         index.refresh()
         generation = (index.generation, len(index))

@@ -5,15 +5,18 @@ routes, GET /api/duplicates and GET /api/images/{id}/duplicates; and how answers
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from support.demo import demo_image
+from support.openapi import API_KEY_HEADER
+from support.services import API_KEY, make_service
 
 from imgsearch.api.app import create_app
-from imgsearch.config import Settings
+from imgsearch.config import MAX_DUPLICATE_DISTANCE, Settings
 from imgsearch.feedback import QUORUM
 
 CLASS_PROBABILITY = 0.3  # as overview.py counts a class (checked against brute force below)
@@ -105,6 +108,46 @@ def test_near_copies_are_stacked_and_others_are_not(client) -> None:
     assert [r["id"] for r in stack["results"]] == [copy, first]  # newest first
 
 
+def test_duplicates_read_the_near_copy_lists_not_every_neighbour_list(service, client) -> None:
+    catalog = service.parts.catalog
+    read = []
+    lists = catalog.neighbour_lists
+    catalog.neighbour_lists = lambda ids: read.append(list(ids)) or lists(ids)
+    # A new collection's first call marks the near-copy lists complete (nothing to read).
+    assert client.get("/api/duplicates").json()["total"] == 0
+    assert catalog.near_copy_lists_complete()
+    original = demo_image("sunflower")
+    first = client.post("/api/images", files={"file": ("a.jpg", original)}).json()["id"]
+    copy = client.post("/api/images", files={"file": ("b.jpg", _near_copy(original))}).json()["id"]
+    client.post("/api/images", files={"file": ("c.jpg", demo_image("elephant"))})
+    read.clear()  # (the builder reads lists to update them)
+    assert client.get("/api/duplicates").json()["total"] == 1
+    assert read == []  # from the near-copy lists: only images with a near-copy have one
+    near = catalog.near_copy_lists()
+    assert set(near) == {first, copy} and near[copy][0][0] == first
+    assert all(d <= MAX_DUPLICATE_DISTANCE for found in near.values() for _, d in found)
+    # A removed image's list stays (the same bytes may come back) but its stack goes.
+    client.delete(f"/api/images/{copy}")
+    assert client.get("/api/duplicates").json()["stacks"] == []
+    client.post("/api/images", files={"file": ("b.jpg", _near_copy(original))})
+    assert client.get("/api/duplicates").json()["total"] == 1
+
+
+def test_a_collection_indexed_before_near_copy_lists_gets_them_once(service, client) -> None:
+    original = demo_image("sunflower")
+    client.post("/api/images", files={"file": ("a.jpg", original)})
+    client.post("/api/images", files={"file": ("b.jpg", _near_copy(original))})
+    expected = client.get("/api/duplicates").json()
+    table = service.parts.catalog.table
+    for image_id in list(service.parts.catalog.near_copy_lists()):  # as before they were kept
+        table.delete("near", image_id)
+    table.delete("near-complete", "complete")
+    client.post("/api/images", files={"file": ("c.jpg", demo_image("elephant"))})  # a change
+    assert client.get("/api/duplicates").json() == expected
+    assert service.parts.catalog.near_copy_lists_complete()
+    assert len(service.parts.catalog.near_copy_lists()) == 2
+
+
 def test_the_duplicate_distance_is_a_setting() -> None:
     assert 0 < Settings().duplicate_distance < 0.5
 
@@ -129,7 +172,7 @@ def test_bad_overview_requests_get_a_reason(client, path, params, status) -> Non
     assert len(response.content) < 1000  # an invalid input is echoed cut short
 
 
-def test_a_thumbnail_size_other_than_192_is_refused(client) -> None:
+def test_a_thumbnail_size_other_than_192_or_256_is_refused(client) -> None:
     image = client.post("/api/images", files={"file": ("x.jpg", demo_image("pizza"))}).json()
     for size in (1, 100, 384, 100_000):
         response = client.get(f"/api/images/{image['id']}/thumbnail", params={"size": size})
@@ -146,6 +189,48 @@ def test_the_small_thumbnail_is_smaller_and_everything_is_cacheable(client) -> N
     for response in (large, small):
         assert "immutable" in response.headers["cache-control"]
         assert "content-encoding" not in response.headers  # JPEG: nothing to gain
+
+
+def _tile_file(service, image_id: str) -> Path:
+    return service.settings.data_dir / "objects" / "thumbnails" / f"{image_id}-tile.webp"
+
+
+def test_ingest_stores_a_tile_thumbnail_that_results_point_to(service, client) -> None:
+    image = client.post("/api/images", files={"file": ("x.jpg", demo_image("pizza"))}).json()
+    stored = _tile_file(service, image["id"])
+    assert stored.is_file()  # made at ingest, beside the thumbnail: a static file
+    (listed,) = client.get("/api/images").json()["results"]
+    assert listed["tile"].endswith(f"/api/images/{image['id']}/thumbnail?size=256")
+    tile = client.get(listed["tile"])
+    large = client.get(listed["thumbnail"])
+    assert tile.headers["content-type"] == "image/webp"
+    assert "immutable" in tile.headers["cache-control"]
+    assert tile.content == stored.read_bytes()
+    with Image.open(io.BytesIO(tile.content)) as picture:
+        assert picture.format == "WEBP" and max(picture.size) == 256
+    assert len(tile.content) < len(large.content) * 0.6
+    client.delete(f"/api/images/{image['id']}")
+    assert not stored.exists()  # removed with the image
+
+
+def test_an_image_stored_before_tiles_gets_its_tile_once(service, client) -> None:
+    image = client.post("/api/images", files={"file": ("x.jpg", demo_image("pizza"))}).json()
+    stored = _tile_file(service, image["id"])
+    stored.unlink()  # as an image ingested before tiles were made
+    tile = client.get(f"/api/images/{image['id']}/thumbnail", params={"size": 256})
+    assert tile.status_code == 200 and tile.headers["content-type"] == "image/webp"
+    assert max(Image.open(io.BytesIO(tile.content)).size) == 256
+    assert stored.read_bytes() == tile.content  # stored: made once, static from then on
+
+
+def test_with_a_cdn_the_tile_is_beside_the_thumbnail(tmp_path, embedder, vocabulary) -> None:
+    cdn = make_service(tmp_path / "data", embedder, vocabulary, thumbnail_base_url="/t")
+    with TestClient(create_app(cdn), headers={API_KEY_HEADER: API_KEY}) as client:
+        added = client.post("/api/images", files={"file": ("x.jpg", demo_image("pizza"))})
+        (listed,) = client.get("/api/images").json()["results"]
+    image_id = added.json()["id"]
+    assert listed["thumbnail"].endswith(f"/t/{image_id}.jpg")
+    assert listed["tile"].endswith(f"/t/{image_id}-tile.webp")
 
 
 def test_json_is_compressed_for_clients_that_accept_it(demo_client) -> None:

@@ -37,8 +37,10 @@ export function parseJson(text) {
   }
 }
 
-// Requests boot.js started before the modules loaded, by path: each is taken once.
-const started = window.IMGSEARCH_STARTED || {};
+// Requests boot.js started before the modules loaded, by path: each is taken once. Answers
+// the server put in the page are its own: not taken where config.js names another API.
+const inPage = document.getElementById("start-data") && config.api;
+const started = (!inPage && window.IMGSEARCH_STARTED) || {};
 
 async function call(path, { signal, ...init } = {}) {
   let response;

@@ -34,9 +34,12 @@ export const reducedMotion = () => matchMedia("(prefers-reduced-motion: reduce)"
 /** Curly-quoted, for words the user typed. */
 export const quoted = (text) => `\u201c${text}\u201d`;
 
+/** A count with its thousands grouped as the reader's locale does. Small ones are written
+ * as they are: the locale's data takes a slow phone ~100 ms to load, at the first call. */
+export const number = (count) => (Math.abs(count) < 1000 ? String(count) : count.toLocaleString());
+
 export const plural = (count, one, many = `${one}s`) =>
-  `${count.toLocaleString()} ${count === 1 ? one : many}`;
+  `${number(count)} ${count === 1 ? one : many}`;
 
 /** A count the API gives "up to 200" (matches, a class's photos), as a person reads it. */
-export const upTo200 = (count) =>
-  count >= 200 ? `${count.toLocaleString()}+` : count.toLocaleString();
+export const upTo200 = (count) => (count >= 200 ? `${number(count)}+` : number(count));

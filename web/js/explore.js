@@ -2,14 +2,12 @@
  * photos show (GET /api/explore), each a card with a cover photo and a count that searches
  * for it; and a card for the near-duplicates when there are any. */
 
-import { resolve } from "./api.js";
 import { el, plural } from "./dom.js";
-import { afterFirstScreen } from "./tile.js";
+import { afterFirstScreen, showIn } from "./tile.js";
 
 function card({ href, label, count, cover, kind }) {
   const image = cover
     ? el("img", {
-        sizes: "120px",
         alt: "",
         width: 120,
         height: 120,
@@ -18,14 +16,8 @@ function card({ href, label, count, cover, kind }) {
         fetchpriority: "low", // after the grid's first photos
       })
     : el("span", { class: "topic-stack", "aria-hidden": "true" });
-  if (cover) {
-    const src = resolve(cover.thumbnail);
-    // After the grid's first photos (tile.js): the covers are not what the user came for.
-    afterFirstScreen(() => {
-      if (src.endsWith("/thumbnail")) image.srcset = `${src}?size=192 192w, ${src} 384w`;
-      image.src = src;
-    });
-  }
+  // After the grid's first photos (tile.js): the covers are not what the user came for.
+  if (cover) afterFirstScreen(() => showIn(image, cover));
   return el(
     "li",
     {},

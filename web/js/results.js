@@ -216,8 +216,10 @@ export class ResultList {
   }
 
   #append(results) {
+    const later = this.#tiles.size > 0; // a page after the first: its tiles come in gently
     const tiles = results.map((result) => {
       const tile = this.tile(result, this.#tiles.size < FIRST_SCREEN);
+      if (later) tile.classList.add("later");
       this.#tiles.set(result.id, tile);
       this.#results.set(result.id, result);
       return tile;

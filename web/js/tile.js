@@ -29,14 +29,41 @@ function release() {
   for (const start of now) start();
 }
 
+// The first screen's photos boot.js asked for (from the answers in the page) count too.
+for (const image of window.IMGSEARCH_PRELOADED || []) {
+  if (!image.complete) firstScreen(image, () => {});
+}
+
 /** Run `start` (which asks for an image) once the first screen's photos are in. */
 export function afterFirstScreen(start) {
   if (waiting > 0) queued.push(start);
   else start();
 }
 
-// How wide a tile is: about a third of a phone's width, else the grid's column (style.css).
-const TILE_SIZES = "(max-width: 640px) 34vw, 190px";
+/** The URL a tile (or a cover) shows `result` by: its tile thumbnail where that is enough
+ * (boot.js says when), else its thumbnail; resolved against the API. */
+export function tileSource(result) {
+  const choose = window.IMGSEARCH_TILE_SOURCE || ((one) => one.thumbnail);
+  return resolve(choose(result));
+}
+
+/** Show `result` in `image`; a tile thumbnail that fails (an image stored before they were
+ * made, where a CDN serves them) falls back to the thumbnail. */
+export function showIn(image, result) {
+  const thumbnail = resolve(result.thumbnail);
+  const source = tileSource(result);
+  if (source !== thumbnail) {
+    image.addEventListener(
+      "error",
+      (event) => {
+        event.stopImmediatePropagation();
+        image.src = thumbnail;
+      },
+      { once: true },
+    );
+  }
+  image.src = source;
+}
 
 function actionButton(action, label, pressed) {
   return el(
@@ -57,9 +84,7 @@ function actionButton(action, label, pressed) {
 /** `context` is null where there is nothing to vote on, else
  * `{query, vote: id -> 1 | -1 | undefined}` for the words searched. */
 export function createTile(result, context, { first = false } = {}) {
-  const thumbnail = resolve(result.thumbnail);
   const image = el("img", {
-    sizes: TILE_SIZES,
     alt: result.key,
     // The first screen's photos before anything else; the rest as they come near.
     loading: first ? "eager" : "lazy",
@@ -109,13 +134,9 @@ export function createTile(result, context, { first = false } = {}) {
   const tile = el("li", { class: "tile", "data-id": result.id }, open, actions);
   if (result.stackStart) tile.classList.add("stack-start");
   image.addEventListener("load", () => tile.classList.add("loaded"), { once: true });
-  image.addEventListener("error", () => tile.classList.add("broken"), { once: true });
   const start = () => {
-    // Thumbnails the API serves come at 192 px too: enough for a tile on most screens.
-    if (thumbnail.endsWith("/thumbnail")) {
-      image.srcset = `${thumbnail}?size=192 192w, ${thumbnail} 384w`;
-    }
-    image.src = thumbnail;
+    showIn(image, result);
+    image.addEventListener("error", () => tile.classList.add("broken"), { once: true });
   };
   if (first) firstScreen(image, start);
   else afterFirstScreen(start);

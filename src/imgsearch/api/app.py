@@ -14,11 +14,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from imgsearch.api.docs import DOCS_PATHS, add_docs
-from imgsearch.api.guard import RequestGuard, SecurityHeaders
+from imgsearch.api.guard import RequestGuard, SecurityHeaders, page_policy
+from imgsearch.api.page import Page, PageServer
 from imgsearch.api.routes import feedback, health, images, overview, search, uploads, votes
 from imgsearch.api.schemas import problems
 from imgsearch.results import (
@@ -174,7 +174,12 @@ def create_app(
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
     if web_dir is not None:
-        app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")
+        origins = settings.page_origins
+
+        def policy(page: Page) -> str:
+            return page_policy(origins, page.inline_scripts, page.inline_styles)
+
+        app.mount("/", PageServer(app, web_dir, policy), name="web")
     return app
 
 

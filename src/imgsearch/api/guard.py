@@ -252,6 +252,26 @@ def _too_large(limit: int) -> tuple[int, str]:
     return 413, f"request body is larger than the limit of {limit:,} bytes"
 
 
+def _common_policy(page_origins: list[str], scripts: tuple[str, ...]) -> str:
+    sources = " ".join(["'self'", *page_origins])
+    scripts_from = " ".join(["'self'", *scripts])
+    return (
+        f"default-src 'self'; script-src {scripts_from}; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'; "
+        f"img-src {sources} data: blob:; connect-src {sources}"
+    )
+
+
+def page_policy(
+    page_origins: list[str], scripts: tuple[str, ...] = (), styles: tuple[str, ...] = ()
+) -> str:
+    """The page's Content-Security-Policy: its own scripts and styles only, and the inline
+    ones whose hashes are `scripts` and `styles` ('sha256-...': what the page server put in
+    index.html)."""
+    styles_from = " ".join(["'self'", *styles])
+    return f"{_common_policy(page_origins, scripts)}; style-src {styles_from}"
+
+
 class SecurityHeaders:
     """A Content-Security-Policy on every answer, with nosniff, no referrer and no framing.
 
@@ -264,13 +284,8 @@ class SecurityHeaders:
     def __init__(self, app: ASGIApp, *, page_origins: list[str], docs_paths: set[str]) -> None:
         self.app = app
         self.docs_paths = docs_paths
-        sources = " ".join(["'self'", *page_origins])
-        common = (
-            "default-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; "
-            "form-action 'self'; frame-ancestors 'none'; "
-            f"img-src {sources} data: blob:; connect-src {sources}"
-        )
-        self.page_policy = f"{common}; style-src 'self'".encode()
+        self.page_policy = page_policy(page_origins).encode()
+        common = _common_policy(page_origins, ())
         self.docs_policy = f"{common}; style-src 'self' 'unsafe-inline'; worker-src blob:".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -23,7 +23,7 @@ from imgsearch.api.schemas import (
 from imgsearch.api.schemas import Interpretation as InterpretationModel
 from imgsearch.api.schemas import LearnedImage as LearnedImageModel
 from imgsearch.results import Hit, ImageRecord, Interpretation, Learned, TermReport
-from imgsearch.service import ImageSearch
+from imgsearch.service import TILE_SIDE, ImageSearch
 
 MAX_VOTERS = 100  # listed in a term's report
 INTERPRETATION_CLASSES = 10  # classes listed per reading, and in the combination
@@ -75,6 +75,13 @@ class ImageUrls:
             return f"{image}/file", f"{image}/thumbnail"
         return f"{image}/file", f"{self._base}{static}" if static.startswith("/") else static
 
+    def tile(self, image_id: str) -> str:
+        """An image's tile thumbnail's URL: beside its thumbnail (see `of`)."""
+        static = self._service.tile_url(image_id)
+        if static is None:
+            return f"{self._images}{image_id}/thumbnail?size={TILE_SIDE}"
+        return f"{self._base}{static}" if static.startswith("/") else static
+
 
 def results(request: Request, service: ImageSearch, hits: Iterable[Hit]) -> list[Result]:
     """Result objects for hits, skipping images removed since they were ranked: their records
@@ -95,6 +102,7 @@ def results(request: Request, service: ImageSearch, hits: Iterable[Hit]) -> list
                 key=record.key,
                 url=url,
                 thumbnail=thumbnail,
+                tile=urls.tile(hit.image_id),
                 score=round(hit.score, 6),
                 learned=hit.learned,
                 reason=hit.reason,

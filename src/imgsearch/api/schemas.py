@@ -64,6 +64,11 @@ class Result(BaseModel):
         "default); else a path from the API's root"
     )
     thumbnail: str = Field(description="A small JPEG of the image (a URL like `url`)")
+    tile: str | None = Field(
+        None,
+        description="A smaller WebP of the image, at most 256 px, for grid tiles and covers "
+        "(a URL like `url`; immutable)",
+    )
     score: float = Field(description="Higher is better; comparable within one response")
     learned: bool = Field(False, description="Placed by what users taught through votes")
     reason: Reason = Field(

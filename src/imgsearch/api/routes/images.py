@@ -15,6 +15,7 @@ from imgsearch.api.auth import ApiKey
 from imgsearch.api.deps import Service, get_service, off_the_loop, read_upload
 from imgsearch.api.schemas import IMAGE_ID_PATTERN, ImageDetail, Page, Results, Uploaded, problems
 from imgsearch.results import NotFound, NotIndexed, Original
+from imgsearch.service import TILE_SIDE
 
 router = APIRouter(
     prefix="/images", tags=["images"], responses=problems(401, 403, 404, 415, 422, 503, 507)
@@ -23,7 +24,9 @@ router = APIRouter(
 ImageId = Annotated[str, Path(pattern=IMAGE_ID_PATTERN, description="An image id")]
 Limit = Annotated[int, Query(ge=1, le=200)]
 Offset = Annotated[int, Query(ge=0, le=100_000)]
-SMALL_THUMBNAILS = (192,)  # sides a thumbnail is also served at (a few, so caches hold them)
+# Sides a thumbnail is also served at (a few, so caches hold them): TILE_SIDE is the tile
+# thumbnail made at ingest (a WebP).
+SMALL_THUMBNAILS = (192, TILE_SIDE)
 # An image id names its content (a hash of the bytes): what it answers never changes.
 _IMAGE_HEADERS = {
     "Cache-Control": "public, max-age=31536000, immutable",
@@ -93,10 +96,16 @@ def image_thumbnail(
     service: Service,
     image_id: ImageId,
     size: Annotated[
-        int | None, Query(ge=1, le=10_000, description="192: at most 192 pixels, for small tiles")
+        int | None,
+        Query(
+            ge=1,
+            le=10_000,
+            description=f"192: a JPEG at most 192 pixels; {TILE_SIDE}: a WebP at most "
+            f"{TILE_SIDE} pixels, made at ingest, for grid tiles",
+        ),
     ] = None,
 ) -> Response:
-    """A JPEG at most 384 pixels on its longer side (or `size`)."""
+    """A JPEG at most 384 pixels on its longer side (or `size`: see there)."""
     if size is not None and size not in SMALL_THUMBNAILS:
         raise HTTPException(422, detail=f"size: {', '.join(map(str, SMALL_THUMBNAILS))} or none")
     return _bytes(
