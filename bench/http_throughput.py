@@ -54,6 +54,7 @@ from imgsearch.bulk import files_under  # noqa: E402
 from imgsearch.config import Settings  # noqa: E402
 from imgsearch.embedding import Embedder, ModelSpec  # noqa: E402
 from imgsearch.images import DecodeLimits, decode_image  # noqa: E402
+from imgsearch.index.expansion import Expansion  # noqa: E402
 from imgsearch.index.shards import ShardData  # noqa: E402
 from imgsearch.service import ImageSearch  # noqa: E402
 from imgsearch.storage import Put  # noqa: E402
@@ -94,25 +95,28 @@ def populate(data_dir: Path, size: int) -> None:
             rows = slice(start, start + settings.shard_size)
             writer.publish(ShardData(ids[rows], features[rows], probabilities[rows]), [])
         index.refresh(force=True)
-        for start in range(0, size, 1000):  # exact neighbours, 1000 rows at a time
+        # Exact neighbours, 1000 rows at a time, each list with its expanded vector (as the
+        # builder stores them: "more like this" ranks by them).
+        expansion = Expansion(settings.expansion_neighbours, settings.expansion_power)
+        for start in range(0, size, 1000):
             distances = 1.0 - features[start : start + 1000] @ features.T
-            lists = {}
+            lists, expanded = {}, {}
             for row, image_distances in enumerate(distances, start):
                 image_distances[row] = np.inf
                 nearest = np.argpartition(image_distances, K)[:K]
                 nearest = nearest[np.argsort(image_distances[nearest])]
-                lists[ids[row]] = (
-                    [(ids[i], round(float(image_distances[i]), 6)) for i in nearest],
-                    0,
-                )
-            service.parts.catalog.put_neighbour_lists(lists)
+                near = [(ids[i], round(float(image_distances[i]), 6)) for i in nearest]
+                lists[ids[row]] = (near, 0)
+                first = {ids[i]: features[i] for i in nearest[: expansion.neighbours]}
+                expanded[ids[row]] = expansion.of(features[row], near, first)
+            service.parts.catalog.put_neighbour_lists(lists, expanded)
     finally:
         service.close()
 
 
 def collection(data: Path, size: int) -> Path:
     """The data directory of a `size`-image collection, made once."""
-    data_dir = data / f"http-{size}"
+    data_dir = data / f"http-{size}-expanded"  # lists with expanded vectors
     done = data_dir / "populated"
     if not done.exists():
         print(f"synthesising {size:,} images into {data_dir} ...", file=sys.stderr, flush=True)
