@@ -188,11 +188,21 @@ def start_server(src: Path, data_dir: Path, port: int, workers: int = 1) -> subp
 
 
 def warm(port: int, workers: int) -> None:
-    """Ask each kind of GET a few times per server process, each on a new connection (any
-    process may accept it), one after another: a process's first keyword search reads the
-    vocabulary, which would otherwise fall in a measured round."""
+    """Ask each kind a few times per server process, each on a new connection (any process
+    may accept it), one after another: a process's first keyword search reads the
+    vocabulary, its first reverse search makes the model, which would otherwise fall in a
+    measured round."""
     for path in [*paths_of("keyword", 1)[:2], *paths_of("similar", 100)[:2]] * 4 * workers:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=300) as answer:
+            answer.read()
+    photo = next(iter(photos()))  # and reverse search, whose first call makes the model
+    for _ in range(4 * workers):
+        head, body = multipart(photo).split(b"\r\n\r\n", 1)
+        headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[2:])
+        asked = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/search/image", data=body, headers=headers
+        )
+        with urllib.request.urlopen(asked, timeout=300) as answer:
             answer.read()
 
 
