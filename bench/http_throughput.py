@@ -7,11 +7,14 @@
    perturbed): image records, the index (published through the engine's own writer) and
    exact neighbour lists. It is kept in `--data` and reused by the next run of the same size.
 2. The real server (`python -m imgsearch.cli serve`, as the README starts it: one uvicorn
-   process) serves it on loopback, from this checkout's sources and, with `--baseline`, from
+   process, or `--workers N` of them for each N given) serves it on loopback, from this
+   checkout's sources and, with `--baseline`, from
    another checkout's (a `git worktree` of main, say), in alternating rounds: the machine is
    shared and noisy, so only medians over rounds and ratios measured in the same run count.
-3. `--clients` connections (keep-alive HTTP/1.1, one asyncio loop in this process, each
-   waiting for its answer before the next request) ask for `--seconds` per kind of request:
+3. `--clients` connections (keep-alive HTTP/1.1, each waiting for its answer before the next
+   request: wrk's if it is installed, a few percent of the server's CPU, else one asyncio
+   loop in this process, which costs about as much as the server; reverse search always
+   this process's) ask for `--seconds` per kind of request:
    keyword (`GET /api/search?q=WORD`, everyday words in turn), similar
    (`GET /api/images/{id}/similar`, random images) and reverse search
    (`POST /api/search/image` with the demo photos).
@@ -32,10 +35,13 @@ import argparse
 import asyncio
 import os
 import random
+import re
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -54,6 +60,7 @@ from imgsearch.bulk import files_under  # noqa: E402
 from imgsearch.config import Settings  # noqa: E402
 from imgsearch.embedding import Embedder, ModelSpec  # noqa: E402
 from imgsearch.images import DecodeLimits, decode_image  # noqa: E402
+from imgsearch.index.expansion import Expansion  # noqa: E402
 from imgsearch.index.shards import ShardData  # noqa: E402
 from imgsearch.service import ImageSearch  # noqa: E402
 from imgsearch.storage import Put  # noqa: E402
@@ -93,26 +100,30 @@ def populate(data_dir: Path, size: int) -> None:
             index.refresh(force=True)
             rows = slice(start, start + settings.shard_size)
             writer.publish(ShardData(ids[rows], features[rows], probabilities[rows]), [])
+        writer.settle(finish=True)  # the tier merges it starts, before the next publication
         index.refresh(force=True)
-        for start in range(0, size, 1000):  # exact neighbours, 1000 rows at a time
+        # Exact neighbours, 1000 rows at a time, each list with its expanded vector (as the
+        # builder stores them: "more like this" ranks by them).
+        expansion = Expansion(settings.expansion_neighbours, settings.expansion_power)
+        for start in range(0, size, 1000):
             distances = 1.0 - features[start : start + 1000] @ features.T
-            lists = {}
+            lists, expanded = {}, {}
             for row, image_distances in enumerate(distances, start):
                 image_distances[row] = np.inf
                 nearest = np.argpartition(image_distances, K)[:K]
                 nearest = nearest[np.argsort(image_distances[nearest])]
-                lists[ids[row]] = (
-                    [(ids[i], round(float(image_distances[i]), 6)) for i in nearest],
-                    0,
-                )
-            service.parts.catalog.put_neighbour_lists(lists)
+                near = [(ids[i], round(float(image_distances[i]), 6)) for i in nearest]
+                lists[ids[row]] = (near, 0)
+                first = {ids[i]: features[i] for i in nearest[: expansion.neighbours]}
+                expanded[ids[row]] = expansion.of(features[row], near, first)
+            service.parts.catalog.put_neighbour_lists(lists, expanded)
     finally:
         service.close()
 
 
 def collection(data: Path, size: int) -> Path:
     """The data directory of a `size`-image collection, made once."""
-    data_dir = data / f"http-{size}"
+    data_dir = data / f"http-{size}-expanded"  # lists with expanded vectors
     done = data_dir / "populated"
     if not done.exists():
         print(f"synthesising {size:,} images into {data_dir} ...", file=sys.stderr, flush=True)
@@ -142,8 +153,9 @@ def free_port() -> int:
         return port
 
 
-def start_server(src: Path, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    """`imgsearch serve` from the sources under `src`, once it answers."""
+def start_server(src: Path, data_dir: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
+    """`imgsearch serve` (with `workers` processes) from the sources under `src`, once it
+    answers."""
     environment = {
         **os.environ,
         "PYTHONPATH": str(src),
@@ -153,6 +165,8 @@ def start_server(src: Path, data_dir: Path, port: int) -> subprocess.Popen[bytes
         "IMGSEARCH_HTTP_MAX_CLIENT_CONNECTIONS": "1000",
     }
     command = [sys.executable, "-m", "imgsearch.cli", "serve", "--data-dir", str(data_dir)]
+    if workers > 1:
+        command += ["--workers", str(workers)]
     server = subprocess.Popen(
         [*command, "--host", "127.0.0.1", "--port", str(port)],
         env=environment,
@@ -162,6 +176,7 @@ def start_server(src: Path, data_dir: Path, port: int) -> subprocess.Popen[bytes
     for _ in range(1200):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1):
+                warm(port, workers)
                 return server
         except OSError:
             if server.poll() is not None:
@@ -170,6 +185,25 @@ def start_server(src: Path, data_dir: Path, port: int) -> subprocess.Popen[bytes
             time.sleep(0.1)
     server.kill()
     raise SystemExit(f"the server from {src} did not start")
+
+
+def warm(port: int, workers: int) -> None:
+    """Ask each kind a few times per server process, each on a new connection (any process
+    may accept it), one after another: a process's first keyword search reads the
+    vocabulary, its first reverse search makes the model, which would otherwise fall in a
+    measured round."""
+    for path in [*paths_of("keyword", 1)[:2], *paths_of("similar", 100)[:2]] * 4 * workers:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=300) as answer:
+            answer.read()
+    photo = next(iter(photos()))  # and reverse search, whose first call makes the model
+    for _ in range(4 * workers):
+        head, body = multipart(photo).split(b"\r\n\r\n", 1)
+        headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[2:])
+        asked = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/search/image", data=body, headers=headers
+        )
+        with urllib.request.urlopen(asked, timeout=300) as answer:
+            answer.read()
 
 
 def stop_server(server: subprocess.Popen[bytes]) -> None:
@@ -229,14 +263,19 @@ def multipart(photo: bytes) -> bytes:
     return head.encode() + body
 
 
-def requests_of(kind: str, size: int, demo: list[bytes]) -> list[bytes]:
-    """Raw requests of one kind, to be sent in turn."""
+def paths_of(kind: str, size: int) -> list[str]:
+    """The paths a GET of `kind` asks for, in turn."""
     rng = random.Random(kind)
     if kind == "keyword":
-        return [get(f"/api/search?q={word}") for word in WORDS]
-    if kind == "similar":
-        return [get(f"/api/images/{rng.randrange(size):016x}/similar") for _ in range(500)]
-    return [multipart(photo) for photo in demo]
+        return [f"/api/search?q={word}" for word in WORDS]
+    return [f"/api/images/{rng.randrange(size):016x}/similar" for _ in range(500)]
+
+
+def requests_of(kind: str, size: int, demo: list[bytes]) -> list[bytes]:
+    """Raw requests of one kind, to be sent in turn."""
+    if kind == "reverse":
+        return [multipart(photo) for photo in demo]
+    return [get(path) for path in paths_of(kind, size)]
 
 
 @dataclass
@@ -244,13 +283,20 @@ class Measured:
     requests: int = 0
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    quantiles: dict[int, float] = field(default_factory=dict)  # seconds, as wrk reports them
     failures: int = 0
     server_cpu: float = 0.0  # seconds of CPU the server used meanwhile
+    client_cpu: float = 0.0  # seconds of CPU the load generator used meanwhile
 
     @property
     def cpu_ms(self) -> float:
         """Server CPU per request, in ms."""
         return self.server_cpu / self.requests * 1000 if self.requests else 0.0
+
+    @property
+    def client_share(self) -> float:
+        """The load generator's CPU against the server's: what it took from the server."""
+        return self.client_cpu / self.server_cpu if self.server_cpu else 0.0
 
     @property
     def rate(self) -> float:
@@ -312,11 +358,63 @@ def load(
         async def counted() -> None:
             cpu[0] = cpu_seconds(server.pid)
 
+        client = time.process_time()
         measured = await _load(port, requests, clients, seconds, counted)
+        measured.client_cpu = time.process_time() - client  # warm-up included: an upper bound
         measured.server_cpu = cpu_seconds(server.pid) - cpu[0]
         return measured
 
     return asyncio.run(measured_load())
+
+
+def wrk_load(
+    server: subprocess.Popen[bytes],
+    port: int,
+    paths: list[str],
+    clients: int,
+    seconds: float,
+    warm_up: float = 2.0,
+) -> Measured:
+    """`clients` connections of wrk (C, one thread: a few percent of the server's CPU) asking
+    `paths` in turn for `seconds`, after `warm_up` seconds."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        listed = ",".join(f'"{path}"' for path in paths)
+        script.write(
+            f"local paths = {{{listed}}}\nlocal n = 0\n"
+            "request = function()\n  n = n + 1\n"
+            "  return wrk.format('GET', paths[(n % #paths) + 1])\nend\n"
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        base = ["wrk", "-t1", f"-c{clients}", "-s", script.name]
+        # Warm-up: each server process makes its first answers slowly (what it reads lazily).
+        subprocess.run([*base, f"-d{warm_up:g}s", url], capture_output=True, check=True)
+        before, client = cpu_seconds(server.pid), os.times()
+        done = subprocess.run(
+            [*base, f"-d{seconds:g}s", "--latency", url],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        after = os.times()
+        measured = Measured(server_cpu=cpu_seconds(server.pid) - before)
+    finally:
+        os.unlink(script.name)
+    measured.client_cpu = (after.children_user - client.children_user) + (
+        after.children_system - client.children_system
+    )
+    out = done.stdout
+    measured.requests = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+    rate = float(re.search(r"Requests/sec:\s*([\d.]+)", out)[1])  # type: ignore[index]
+    measured.seconds = measured.requests / rate if rate else seconds
+    failed = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    measured.failures = int(failed[1]) if failed else 0
+    for percent in (50, 99):
+        found = re.search(rf"^\s*{percent}%\s+([\d.]+)(us|ms|s)\b", out, re.MULTILINE)
+        if found:
+            scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}[found[2]]
+            measured.quantiles[percent] = float(found[1]) * scale
+    return measured
 
 
 def model_alone(demo: list[bytes], seconds: float) -> float:
@@ -347,27 +445,52 @@ def main() -> None:
     parser.add_argument(
         "--baseline", type=Path, help="another checkout (its src/ is served) to compare with"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="server processes of this checkout, each count served in turn (the baseline: 1)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=["wrk", "python"],
+        default="wrk" if shutil.which("wrk") else "python",
+        help="load generator for keyword and similar (reverse: always this process's)",
+    )
     args = parser.parse_args()
     data_dir = collection(args.data, args.size)
     demo = photos()
-    trees = {"this": REPO / "src"}
+    # name -> (sources, server processes)
+    trees = {
+        ("this" if count == 1 else f"this x{count}"): (REPO / "src", count)
+        for count in args.workers
+    }
     if args.baseline:
-        trees["baseline"] = args.baseline.resolve() / "src"
+        trees["baseline"] = (args.baseline.resolve() / "src", 1)
     results: dict[tuple[str, str], list[Measured]] = {}
     models: list[float] = []
     for round_ in range(args.rounds):
-        for name, src in trees.items():
+        for name, (src, workers) in trees.items():
             port = free_port()
-            server = start_server(src, data_dir, port)
+            server = start_server(src, data_dir, port, workers)
             try:
                 for kind in args.kinds:
-                    requests = requests_of(kind, args.size, demo)
-                    measured = load(server, port, requests, args.clients, args.seconds)
+                    if kind != "reverse" and args.client == "wrk":
+                        paths = paths_of(kind, args.size)
+                        warm_up = 2.0 * workers
+                        measured = wrk_load(
+                            server, port, paths, args.clients, args.seconds, warm_up
+                        )
+                    else:
+                        requests = requests_of(kind, args.size, demo)
+                        measured = load(server, port, requests, args.clients, args.seconds)
                     results.setdefault((name, kind), []).append(measured)
                     print(
                         f"round {round_ + 1} {name:8} {kind:8} {measured.rate:8.1f} req/s "
                         f"p50 {_ms(measured, 50):7.2f} ms p99 {_ms(measured, 99):7.2f} ms "
                         f"server CPU {measured.cpu_ms:6.2f} ms/request "
+                        f"client CPU {measured.client_share:4.0%} of the server's "
                         f"failures {measured.failures}",
                         file=sys.stderr,
                         flush=True,
@@ -380,27 +503,31 @@ def main() -> None:
     report(args, trees, results, models)
 
 
-def _ms(measured: Measured, q: float) -> float:
+def _ms(measured: Measured, q: int) -> float:
+    if q in measured.quantiles:
+        return measured.quantiles[q] * 1000
     return float(np.percentile(measured.latencies, q)) * 1000 if measured.latencies else 0.0
 
 
 def report(
     args: argparse.Namespace,
-    trees: dict[str, Path],
+    trees: dict[str, tuple[Path, int]],
     results: dict[tuple[str, str], list[Measured]],
     models: list[float],
 ) -> None:
     print(
         f"{args.size:,} images, {args.clients} clients, {args.rounds} rounds of "
-        f"{args.seconds:g} s per kind; medians over rounds"
+        f"{args.seconds:g} s per kind; medians over rounds; load generator: {args.client} "
+        "(reverse search: this process)"
     )
     if models:
         print(f"model alone (reverse search's baseline): {statistics.median(models):.1f} images/s")
     print(
         "| kind | checkout | requests/s | p50 ms | p99 ms | server CPU ms/request "
-        "| requests/s per server core | failures | vs baseline (requests/s; CPU) | goal |"
+        "| requests/s per server core | client CPU / server CPU | failures "
+        "| vs baseline (requests/s; CPU) | goal |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for kind in args.kinds:
         base = results.get(("baseline", kind))
         base_rate = statistics.median(m.rate for m in base) if base else None
@@ -419,6 +546,7 @@ def report(
                 f"| {statistics.median(_ms(m, 50) for m in runs):.2f} "
                 f"| {statistics.median(_ms(m, 99) for m in runs):.2f} "
                 f"| {cpu:.2f} | {1000 / cpu if cpu else 0:,.0f} "
+                f"| {statistics.median(m.client_share for m in runs):.0%} "
                 f"| {sum(m.failures for m in runs)} | {ratio} | {goal} |"
             )
 

@@ -67,14 +67,11 @@ def _service(args: argparse.Namespace, *, bulk: bool = False) -> ImageSearch:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from imgsearch.api.app import create_app
-    from imgsearch.api.server import server_config
+    from imgsearch.api.server import run_workers, serve
 
     service = _service(args)
     if service.settings.auth == "api_key":
-        key, created = service.api_key()
+        key, created = service.api_key()  # here, once, before any worker process starts
         if created:
             print(
                 f"imgsearch: uploads and deletions need this API key (shown once; it is kept in "
@@ -82,19 +79,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     service.check_at_start()  # loads the index, verified, before the first request
-    service.recover_in_background()  # what a crash left: finished while serving
+    settings = service.settings
+    workers = args.workers or settings.http_workers
     web_dir = Path(args.web) if args.web else WEB_DIR
-    app = create_app(service, web_dir=web_dir if web_dir.is_dir() else None)
-    where = service.settings.data_dir if service.settings.backend == "local" else "AWS"
+    web = web_dir if web_dir.is_dir() else None
+    if workers == 1:
+        service.recover_in_background()  # what a crash left: finished while serving
+    where = settings.data_dir if settings.backend == "local" else "AWS"
     print(f"imgsearch: {service.count()} images from {where}", file=sys.stderr)
-    print(f"imgsearch: serving on http://{args.host}:{args.port}/", file=sys.stderr)
-    config = server_config(
-        app, service.settings, host=args.host, port=args.port, log_level="warning"
-    )
-    try:
-        uvicorn.Server(config).run()
-    finally:
-        service.close()  # its decode workers
+    processes = f" ({workers} processes)" if workers > 1 else ""
+    print(f"imgsearch: serving on http://{args.host}:{args.port}/{processes}", file=sys.stderr)
+    if workers == 1:
+        serve(service, host=args.host, port=args.port, web_dir=web)
+    else:
+        service.close()  # each worker loads its own
+        run_workers(settings, host=args.host, port=args.port, web_dir=web, workers=workers)
     return 0
 
 
@@ -430,6 +429,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--web", help="directory of the web page (default: the project's web/)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes (default: $IMGSEARCH_HTTP_WORKERS, else 1; about one per core)",
+    )
     serve.set_defaults(run=cmd_serve)
 
     init_aws = commands.add_parser(

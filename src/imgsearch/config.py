@@ -144,6 +144,10 @@ class Settings(BaseSettings):
     page_origins: list[str] = []
     # HTTP connections of `imgsearch serve` (in the cloud API Gateway bounds them). Docs:
     # docs/reliability.md, "The HTTP API".
+    # Processes of `imgsearch serve` (api/server.py `run_workers`): one serves at most a
+    # core's worth of requests; each follows the others' uploads and votes within seconds,
+    # as the cloud's instances do, where one process sees its own at once.
+    http_workers: int = Field(1, ge=1)
     http_max_connections: int = 200  # open at once; beyond, 503 and closed
     http_max_client_connections: int = 32  # open at once from one address
     http_backlog: int = 128  # accepted by the kernel, waiting for the server

@@ -13,6 +13,10 @@ accepts every connection; and it answers a malformed request in text/plain. Here
   503: connections held by many addresses lock no one out;
 - a request h11 cannot parse gets 400; every refusal is `{"detail": ...}` and closes.
 In the cloud API Gateway does all this, in front of Mangum.
+
+`serve` runs the server in this process; `run_workers` (`http_workers` > 1) in that many
+processes listening on one port: a process answers with one core's worth of
+Python at most, so on a machine of two cores two processes serve about twice the requests.
 """
 
 from __future__ import annotations
@@ -20,7 +24,15 @@ from __future__ import annotations
 import asyncio
 import http
 import json
+import logging
+import multiprocessing
+import signal
+import socket
+import threading
+import time
 from collections import Counter
+from pathlib import Path
+from types import FrameType
 from typing import Literal
 
 import h11
@@ -31,10 +43,16 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from imgsearch.config import Settings
 from imgsearch.service import ImageSearch
 
+log = logging.getLogger(__name__)
+
 LINGER_SECONDS = 2.0  # after a refusal, for the client to read it and stop sending
 # Under a full connection table, headers still incomplete after this long make their
 # connection one to close for a new client (a real client sends its headers at once).
 STALLED_SECONDS = 1.0
+# A worker process that ends sooner than this after it started is not started again: it
+# would end the same way (a damaged index, a port taken), and the server stops instead.
+WORKER_MIN_SECONDS = 10.0
+STOP_SECONDS = 30.0  # for a worker to finish its requests and close once told to stop
 
 
 class GuardedProtocol(H11Protocol):
@@ -250,3 +268,115 @@ def server_config(
         log_level=log_level,
         lifespan=lifespan,
     )
+
+
+def serve(service: ImageSearch, *, host: str, port: int, web_dir: Path | None) -> None:
+    """Serve the API (and the page from `web_dir`) in this process until interrupted; the
+    service, loaded and checked (`check_at_start`), is closed at the end."""
+    from imgsearch.api.app import create_app  # the app imports what the server does not
+
+    try:
+        app = create_app(service, web_dir=web_dir)
+        config = server_config(app, service.settings, host=host, port=port, log_level="warning")
+        uvicorn.Server(config).run()
+    finally:
+        service.close()  # its decode workers, its background writer
+
+
+def run_workers(
+    settings: Settings, *, host: str, port: int, web_dir: Path | None, workers: int
+) -> None:
+    """`workers` server processes listening on one port, each with its own engine on the
+    same collection, until SIGINT or SIGTERM; a worker that ends is started again (unless it
+    ended at once: then all stop, and this raises SystemExit).
+
+    What one process does alone is safe across processes: builds are serialised by the
+    index lease, stored files by their locks, SQLite by its own; each process follows the
+    index's publications (`refresh_interval`, 2 s) and vote summaries (`feedback_cache_
+    seconds`) as the cloud's instances do. The bounds of `server_config` (connections, bodies)
+    hold per process. Only the first worker recovers what a crash left and drains the queue
+    in the background (`recover_in_background`)."""
+    # Each worker listens on a socket of its own on the port (SO_REUSEPORT), so that the
+    # kernel spreads new connections over them: on one shared socket the first worker awake
+    # accepts every connection waiting, and keep-alive clients stay with it. This one, bound
+    # and never listening, holds the port (another server cannot take it meanwhile) and
+    # finds it taken before any worker starts.
+    holder = _port_socket(host, port)
+    port = holder.getsockname()[1]
+    context = multiprocessing.get_context("spawn")  # no threads or connections inherited
+
+    def start(number: int) -> tuple[multiprocessing.process.BaseProcess, float]:
+        process = context.Process(
+            target=_serve_process,
+            args=(settings, host, port, web_dir, number),
+            name=f"imgsearch-http-{number}",
+        )
+        process.start()
+        return process, time.monotonic()
+
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    running = [start(number) for number in range(workers)]
+    try:
+        while not stopping.wait(0.5):
+            for number, (process, started) in enumerate(running):
+                if process.is_alive():
+                    continue
+                if time.monotonic() - started < WORKER_MIN_SECONDS:
+                    raise SystemExit(f"imgsearch: server worker {number} ended at its start")
+                code = process.exitcode
+                log.error("server worker %d ended (%s); starting it again", number, code)
+                running[number] = start(number)
+    finally:
+        for process, _ in running:
+            process.terminate()  # SIGTERM: uvicorn finishes its requests, then closes
+        for process, _ in running:
+            process.join(STOP_SECONDS)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        holder.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _serve_process(
+    settings: Settings,
+    host: str,
+    port: int,
+    web_dir: Path | None,
+    number: int,
+) -> None:
+    """Worker `number` of `run_workers`: its engine, loaded and checked, and uvicorn on a
+    socket of its own on the shared port."""
+    from imgsearch.api.app import create_app  # the app imports what the server does not
+
+    service = ImageSearch(settings)
+    try:
+        service.check_at_start()  # loads the index, verified, before the first request
+        if number == 0:
+            service.recover_in_background()  # what a crash left: finished while serving
+        app = create_app(service, web_dir=web_dir)
+        config = server_config(app, settings, host=host, port=port, log_level="warning")
+        # Listening once uvicorn serves (asyncio listens on it then): until that, the kernel
+        # gives new connections to the workers already serving.
+        uvicorn.Server(config).run(sockets=[_port_socket(host, port)])
+    finally:
+        service.close()  # its decode workers, its background writer
+
+
+def _port_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (`host`, `port`) that other processes of this user may bind too
+    (SO_REUSEPORT); port 0 picks a free one."""
+    family, kind, protocol, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    bound = socket.socket(family, kind, protocol)
+    bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    bound.bind(address)
+    return bound
