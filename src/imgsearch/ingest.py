@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from imgsearch.catalog import (
 from imgsearch.decode_pool import Decoder
 from imgsearch.embedding import ImageEmbedder
 from imgsearch.images import DecodedImage, DecodeLimits, ImageRefused, tile_webp
-from imgsearch.owners import new_owner, owner_is_alive
+from imgsearch.owners import is_this_process, new_owner, owner_is_alive
 from imgsearch.storage import (
     InvalidKey,
     NotFound,
@@ -48,6 +49,11 @@ THUMBNAIL_SIDE = 384
 # Lambda invocation (15 minutes at most) can run.
 CHANGE_TIMEOUT_SECONDS = 900.0
 TOP_CLASSES = 5
+
+# The changes this process is applying now (their tokens), whichever Ingestor applies them:
+# one of this process not among them was left by a failed undo, and is recovered at once.
+_in_flight: set[str] = set()
+_in_flight_lock = threading.Lock()
 
 IngestStatus = Literal["added", "duplicate", "unchanged", "refused", "removed", "stale"]
 
@@ -115,9 +121,6 @@ class Ingestor:
         self.embedder = embedder
         self.limits = limits
         self.decoder = decoder
-        # Changes this process could not undo (the storage was failing): nothing of it is
-        # still working on them, so `recover_changes` need not wait for it to die.
-        self._abandoned: set[str] = set()
 
     def decode(
         self,
@@ -165,6 +168,9 @@ class Ingestor:
         except BaseException:
             self._undo(journal)
             raise
+        finally:
+            with _in_flight_lock:
+                _in_flight.discard(journal.change.token)
         self._end(journal)
         return result
 
@@ -184,6 +190,7 @@ class Ingestor:
         if held and not sequencer_is_newer(sequencer, held.sequencer):
             return IngestResult(key, "stale", held.image_id)
         created = queue = False
+        new_record: ImageRecord | None = None  # created by the key's write
         if record is None or record.status == "removed":
             try:
                 decoded = self.decode(data)
@@ -195,7 +202,9 @@ class Ingestor:
                 return self._refuse(key, held, refusal, sequencer)
             if store_original:
                 self._put_original(journal, data, content_type(decoded.format))
+            fresh = record is None
             record, created = self._create(image_id, key, len(data), decoded, record)
+            new_record = record if fresh else None
             queue = created
         else:
             stored = False
@@ -213,14 +222,16 @@ class Ingestor:
         replaced = _held_image(held)
         if replaced == image_id:
             replaced = None
-        # The key, the image's work item and (when nothing follows) the journal's end: one
-        # write, all or nothing.
+        # The image's new record, the key, the image's work item and (when nothing follows)
+        # the journal's end: one write, all or nothing. (It fails if a concurrent ingest of
+        # the same bytes created the record first: the retry then finds it.)
         new = KeyRecord(key, "present", image_id, sequencer=sequencer or _kept(held))
         self.catalog.put_key(
             new,
             expected_version=held.version if held else 0,
             queue=image_id if queue else None,
             end=journal.change if replaced is None else None,
+            create=new_record,
         )
         journal.ended = replaced is None
         if replaced is not None:
@@ -338,7 +349,14 @@ class Ingestor:
             owner=new_owner(),
             token=uuid.uuid4().hex,
         )
-        return _Journal(change, version=self.catalog.begin_change(change))
+        with _in_flight_lock:
+            _in_flight.add(change.token)
+        try:
+            return _Journal(change, version=self.catalog.begin_change(change))
+        except BaseException:
+            with _in_flight_lock:
+                _in_flight.discard(change.token)
+            raise
 
     def _note_previous(self, journal: _Journal, held: KeyRecord | None) -> None:
         """Record which image the key holds before it is changed (re-read on each retry)."""
@@ -412,7 +430,6 @@ class Ingestor:
                 self._restore_original(change, journal.original)
             self._settle(change)
         except Exception as error:  # the first error is the one to raise
-            self._abandoned.add(change.token)
             log.warning(
                 "could not undo the unfinished %s of %s (%s); it is done at the next start",
                 change.op,
@@ -432,14 +449,12 @@ class Ingestor:
 
     def recover_changes(self, *, timeout: float = CHANGE_TIMEOUT_SECONDS) -> int:
         """Finish or roll back the changes whose process died (or that ran longer than any
-        request can, or that this process gave up undoing): an add whose bytes are stored
-        under its key is finished, anything else rolled back. Returns how many were
-        recovered."""
+        request can), and those of this process that no longer run (their undo failed): an
+        add whose bytes are stored under its key is finished, anything else rolled back.
+        Returns how many were recovered."""
         recovered = 0
         for change in self.catalog.changes():
-            abandoned = change.token in self._abandoned
-            running = owner_is_alive(change.owner) and time.time() - change.started_at < timeout
-            if running and not abandoned:
+            if not self._abandoned(change, timeout):
                 continue
             log.warning("recovering an interrupted %s of %s", change.op, change.key)
             try:
@@ -447,9 +462,15 @@ class Ingestor:
             except StorageError as error:
                 log.error("could not recover the %s of %s: %s", change.op, change.key, error)
                 continue
-            self._abandoned.discard(change.token)
             recovered += 1
         return recovered
+
+    @staticmethod
+    def _abandoned(change: Change, timeout: float) -> bool:
+        if is_this_process(change.owner):
+            with _in_flight_lock:
+                return change.token not in _in_flight
+        return not owner_is_alive(change.owner) or time.time() - change.started_at >= timeout
 
     def _recover(self, change: Change) -> None:
         if change.op == "add" and change.image_id:
@@ -493,8 +514,9 @@ class Ingestor:
         decoded: DecodedImage,
         previous: ImageRecord | None,
     ) -> tuple[ImageRecord, bool]:
-        """Embed and record a new image (not queued yet); False with the record if a
-        concurrent ingest of the same bytes created it first."""
+        """Embed a new image, and record it if it comes back after a removal (not queued
+        yet); False with the record if a concurrent ingest revived it first. A new record
+        (no `previous`) is the caller's to create, with the key's write."""
         embedding = self.embedder.embed(decoded.image)
         thumbnail, tile = _thumbnail(decoded), _tile(decoded)
         record = ImageRecord(
@@ -510,8 +532,6 @@ class Ingestor:
             # What is derived first, so that no reader finds a record without it.
             self.catalog.put_embedding(image_id, embedding.features, embedding.probabilities)
             self.catalog.put_thumbnail(image_id, thumbnail, tile)
-            if not self.catalog.create_image(record):
-                return self.catalog.image(image_id) or record, False
         else:  # the same bytes come back after being removed
             revived = False
 
