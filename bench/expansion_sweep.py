@@ -198,8 +198,11 @@ def corel_ceiling(features: np.ndarray, labels_list: list[str]) -> dict[str, flo
     np.fill_diagonal(similarity, -np.inf)
     stored = np.argsort(-similarity, axis=1, kind="stable")[rows, :STORED]
     same = labels[stored] == labels[rows][:, None]
-    wrong = (~same[:, :PAGE]).sum(1)
-    fixable = np.minimum(wrong, np.maximum(same.sum(1) - same[:, :PAGE].sum(1), 0))
+    # A page holds at most the label's other images: on a small label the rest is no fault.
+    page = np.minimum(PAGE, [(labels == labels[r]).sum() - 1 for r in rows])
+    on_page = np.arange(STORED)[None, :] < page[:, None]
+    wrong = (on_page & ~same).sum(1)
+    fixable = np.minimum(wrong, (~on_page & same).sum(1))
     return {
         "queries": len(rows),
         "with another label on page 1": int((wrong > 0).sum()),
