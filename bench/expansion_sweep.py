@@ -9,7 +9,8 @@ never a result. Three rankings of the stored 50-nearest neighbourhood (the `neig
 setting) are measured for each (k, power):
 - "query": ranked by the query's expanded vector against its neighbours' raw vectors;
 - "both": ranked by expanded vectors on both sides (database-side augmentation + query
-  expansion), what imgsearch serves (index/expansion.py);
+  expansion), what imgsearch serves (index/expansion.py) before its second query expansion
+  (measured by `--methods`);
 - "both, everything": the same over the whole collection, not only the stored 50 (the
   ceiling a re-ranking of the neighbourhood gives up).
 
@@ -24,7 +25,11 @@ With `--served`, it measures instead what the service answers with the configure
 (after `imgsearch reindex --data-dir D` if the directory was ingested before expansion
 existed): `imgsearch eval`'s tables 2 and 2b (exact, the stored neighbourhoods raw and
 expanded, reverse search, per label, with query times), without its keyword and feedback
-measurements.
+measurements. With `--feedback`, eval's learning rounds (table 4) learning from raw features
+against expanded vectors (`learning`). With `--methods`, other uses of the stored graph than
+one expansion, against the literature (`methods`), why a set near the top cannot gain 3
+points (`corel_ceiling`), and the reverse search of photos the collection does not hold
+(`new_photos`); these read only the cached features, so `x:y` may stand for folder:labels.
 """
 
 from __future__ import annotations
@@ -187,6 +192,50 @@ def _diffused(
     return scores
 
 
+def new_photos(features: np.ndarray, labels_list: list[str], folds: int = 5) -> dict[str, float]:
+    """Reverse search of photos the collection does not hold: in each of `folds` folds, a
+    fifth of the images are the photos and the rest the collection, with its own lists and
+    expanded vectors (k 10, power 1). p@20 of each photo's 50 nearest in the collection by
+    raw cosine; ranked by expanded vectors (the photo expanded by its 10 nearest); and then
+    with the query expanded again by its first 3 results (what is served)."""
+    labels = np.array(labels_list)
+    order = np.random.default_rng(0).permutation(len(labels))
+    found: dict[str, list[float]] = {"raw": [], "expanded": [], "expanded, query again": []}
+    for fold in range(folds):
+        photos = np.sort(order[fold::folds])
+        kept = np.setdiff1d(np.arange(len(labels)), photos)
+        vectors, held = features[kept], labels[kept]
+        inside = vectors @ vectors.T
+        np.fill_diagonal(inside, -np.inf)
+        stored = np.argsort(-inside, axis=1, kind="stable")[:, :STORED]
+        expanded = expand_rows(
+            vectors, stored[:, :10], np.take_along_axis(inside, stored[:, :10], 1), 1.0
+        )
+        outside = features[photos] @ vectors.T
+        nearest = np.argsort(-outside, axis=1, kind="stable")[:, :STORED]
+        near_sims = np.take_along_axis(outside, nearest, 1)
+        query = expand_rows(features[photos], nearest[:, :10], near_sims[:, :10], 1.0, base=vectors)
+        scores = np.einsum("qd,qcd->qc", query, expanded[nearest])
+        first = np.argsort(-scores, axis=1, kind="stable")[:, :3]
+        again = expand_rows(
+            query,
+            np.take_along_axis(nearest, first, 1),
+            np.take_along_axis(scores, first, 1),
+            1.0,
+            base=expanded,
+        )
+        wanted = labels[photos]
+        relevant = np.array([(held == label).sum() for label in wanted])
+        for name, ranking in (
+            ("raw", nearest),
+            ("expanded", _rerank(query, expanded, nearest)),
+            ("expanded, query again", _rerank(again, expanded, nearest)),
+        ):
+            hits = (held[ranking[:, :PAGE]] == wanted[:, None]).sum(1)
+            found[name] += list(hits[relevant > 0] / np.minimum(PAGE, relevant[relevant > 0]))
+    return {name: float(np.mean(values)) for name, values in found.items()}
+
+
 def corel_ceiling(features: np.ndarray, labels_list: list[str]) -> dict[str, float]:
     """Why a set near the top cannot gain much: of its queries, how many have another label's
     image on their raw first page, and how many of those the stored 50 could fix at all."""
@@ -253,13 +302,14 @@ def main() -> int:
 
 def compare_methods(specs: list[str], json_path: str | None) -> None:
     """`methods` on every set, printed as one table: p@20 and the gain over raw, its mean over
-    the sets and its worst set; then each set's `corel_ceiling` counts."""
-    found, ceilings = {}, {}
+    the sets and its worst set; then each set's `corel_ceiling` counts and `new_photos`."""
+    found, ceilings, photos = {}, {}, {}
     for spec in specs:
         name, features, labels = load(spec)
         print(f"{name}: {len(labels)} images", file=sys.stderr, flush=True)
         found[name] = methods(features, labels)
         ceilings[name] = corel_ceiling(features, labels)
+        photos[name] = new_photos(features, labels)
     names = list(found)
     print(f"{'method':>26} | " + " | ".join(f"{n:>9}" for n in names) + " | mean gain | worst")
     for method in found[names[0]]:
@@ -268,8 +318,12 @@ def compare_methods(specs: list[str], json_path: str | None) -> None:
         print(f"{method:>26} | {cells} | {np.mean(gains):+9.2f} | {min(gains):+5.2f}")
     for name, counts in ceilings.items():
         print(f"{name}: " + ", ".join(f"{key} {value}" for key, value in counts.items()))
+    print("reverse search of photos not in the collection (new_photos), p@20:")
+    for name, by_ranking in photos.items():
+        print(f"{name}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in by_ranking.items()))
     if json_path:
-        Path(json_path).write_text(json.dumps({"methods": found, "ceilings": ceilings}, indent=1))
+        numbers = {"methods": found, "ceilings": ceilings, "new photos": photos}
+        Path(json_path).write_text(json.dumps(numbers, indent=1))
 
 
 def ingested(spec: str) -> tuple[str, ImageSearch, LabelledCollection]:
