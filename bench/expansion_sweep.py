@@ -347,7 +347,8 @@ def learning(spec: str) -> None:
     name, service, collection = ingested(spec)
     by_vectors = {}
     for expanded in (False, True):
-        with Sandbox(service.variant(expansion=expanded)) as sandbox:
+        settings = service.settings.model_copy(update={"expansion_learning": expanded})
+        with Sandbox(ImageSearch(settings)) as sandbox:
             runs = feedback_table(sandbox, collection, Method())
         by_vectors["expanded" if expanded else "raw"] = runs
     print(f"# {name}: {len(collection.labels)} images\n")

@@ -208,7 +208,7 @@ class Parts:
                 self.neighbourhoods,
                 method=self.settings.feedback_method,
                 cache_seconds=self.settings.feedback_cache_seconds,
-                expanded=self.settings.expansion,
+                expanded=self.settings.expansion and self.settings.expansion_learning,
             ),
         )
 

@@ -179,7 +179,7 @@ def test_a_vector_is_expanded_by_its_first_neighbours_weighted_by_similarity() -
 
 def test_learning_compares_expanded_vectors_unless_expansion_is_off(tmp_path) -> None:
     """Rocchio learns from the voted images' expanded vectors and scores candidates by theirs
-    (`expansion` on), or by the raw features (off)."""
+    (`expansion` and `expansion_learning` on), or by the raw features (either off)."""
     service = make(tmp_path, "data")
     vectors = clustered_vectors(120, seed=4)
     ids = synthetic_ids(120)
@@ -191,8 +191,13 @@ def test_learning_compares_expanded_vectors_unless_expansion_is_off(tmp_path) ->
     candidates = ids[3:40]
     expanded = service.parts.catalog.expanded_vectors(ids)
     raw = service.parts.index.vectors(ids)
-    for setting, source in ((True, expanded), (False, raw)):
-        settings = service.settings.model_copy(update={"expansion": setting})
+    for expansion, learning, source in (
+        (True, True, expanded),
+        (False, True, raw),
+        (True, False, raw),
+    ):
+        update = {"expansion": expansion, "expansion_learning": learning}
+        settings = service.settings.model_copy(update=update)
         learner = ImageSearch(settings).parts.learner
         taught = learner.taught("zqxterm", "session")
         assert taught is not None

@@ -29,6 +29,7 @@ RANKING_SETTINGS = (
     "expansion_neighbours",
     "expansion_power",
     "expansion_query_neighbours",
+    "expansion_learning",
 )
 
 
