@@ -12,7 +12,7 @@ from support.services import make_service
 
 from imgsearch.feedback import QUORUM, Agreement, Feedback, Vote
 from imgsearch.learning import trust
-from imgsearch.search import explore_page
+from imgsearch.search import class_weights, explore_page, guess_count
 
 
 def _ids_by_category(service) -> dict[str, list[str]]:
@@ -270,9 +270,11 @@ def test_first_page_weaves_a_spread_into_weak_guesses() -> None:
     assert sum(h.image_id.startswith("g") for h in rejected[:20]) == 5
     scores = [h.score for h in weak]
     assert scores == sorted(scores, reverse=True)
-    # A word read at confidence 0.2 gets a fifth of the page as guesses.
-    doubtful = explore_page(guesses, spread, "low", confidence=0.2)
-    assert sum(h.image_id.startswith("g") for h in doubtful[:20]) == 4
+    # A word read at confidence 0.4 gets 8 guesses; below 0.3, 6 (MIN_GUESS_SHARE).
+    doubtful = explore_page(guesses, spread, "low", confidence=0.4)
+    assert sum(h.image_id.startswith("g") for h in doubtful[:20]) == 8
+    doubtful = explore_page(guesses, spread, "low", confidence=0.1)
+    assert sum(h.image_id.startswith("g") for h in doubtful[:20]) == 6
     unknown = explore_page([], spread, "none")
     assert [h.image_id for h in unknown] == spread and {h.reason for h in unknown} == {"explore"}
 
@@ -334,3 +336,18 @@ def test_class_photos_count_what_each_class_stands_for(taught_service) -> None:
     found = taught_service.search_text("pizza", limit=20)
     pizza = found.interpretation.combined_classes()[0][0]
     assert found.class_photos[pizza] == found.matches > 0
+
+
+def test_a_guessed_word_hedges_its_guesses_across_its_classes(taught_service) -> None:
+    found = taught_service.search_text("lotus", limit=20)  # read by guesses: water lilies
+    assert found.interpretation.level == "low"
+    index = taught_service.parts.index
+    weights = class_weights(found.interpretation)
+    guesses = [h.image_id for h in found.hits if h.tier == "guess"]
+    count = guess_count("low", found.interpretation.confidence, 0, 20)
+    first, half = guesses[:count], (count + 1) // 2
+    # The better half by score, then the best image of each next likeliest class.
+    assert first[:half] == [i for i, _ in index.ranked_by_classes(weights, half)]
+    classes = sorted(weights, key=lambda c: -weights[c])[: 2 * count]
+    bests = {i for c in classes for i, _ in index.ranked_by_classes({c: 1.0}, 1)}
+    assert first[half:] and set(first[half:]) <= bests

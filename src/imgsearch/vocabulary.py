@@ -470,6 +470,22 @@ class Vocabulary:
         np.add.at(counts, (np.repeat(np.arange(len(words)), lengths), letters), 1)
         return _Nouns(words, lengths, counts, pictured[ids], np.array(ids))
 
+    def later_sense_words(self) -> dict[str, tuple[int, ...]]:
+        """Nouns whose first WordNet sense no ImageNet class pictures but a later one does
+        ("notebook": a book of blank pages, then the notebook computer), with the classes of
+        those later senses: the words a search must read by the sense the collection holds."""
+        ptr = self._t["noun_sense_ptr"]
+        pictured = np.diff(self._t["below_ptr"]) > 0
+        words = np.flatnonzero(np.diff(ptr) > 1)
+        first = self._t["noun_sense"][ptr[words]]
+        found: dict[str, tuple[int, ...]] = {}
+        for word in words[~pictured[first]].tolist():
+            later = self._row("noun_sense", word)[1:]
+            classes = sorted({int(c) for s in later.tolist() for c in self._row("below", s)})
+            if classes:
+                found[self._words[word]] = tuple(classes)
+        return found
+
     # --- interpretation ----------------------------------------------------------------------
 
     def interpret(self, text: str, strategies: Iterable[str] | None = None) -> Interpretation:
