@@ -9,7 +9,8 @@ never a result. Three rankings of the stored 50-nearest neighbourhood (the `neig
 setting) are measured for each (k, power):
 - "query": ranked by the query's expanded vector against its neighbours' raw vectors;
 - "both": ranked by expanded vectors on both sides (database-side augmentation + query
-  expansion), what imgsearch serves (index/expansion.py);
+  expansion), what imgsearch serves (index/expansion.py) before its second query expansion
+  (measured by `--methods`);
 - "both, everything": the same over the whole collection, not only the stored 50 (the
   ceiling a re-ranking of the neighbourhood gives up).
 
@@ -24,12 +25,17 @@ With `--served`, it measures instead what the service answers with the configure
 (after `imgsearch reindex --data-dir D` if the directory was ingested before expansion
 existed): `imgsearch eval`'s tables 2 and 2b (exact, the stored neighbourhoods raw and
 expanded, reverse search, per label, with query times), without its keyword and feedback
-measurements.
+measurements. With `--feedback`, eval's learning rounds (table 4) learning from raw features
+against expanded vectors (`learning`). With `--methods`, other uses of the stored graph than
+one expansion, against the literature (`methods`), why a set near the top cannot gain 3
+points (`corel_ceiling`), and the reverse search of photos the collection does not hold
+(`new_photos`); these read only the cached features, so `x:y` may stand for folder:labels.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -38,9 +44,11 @@ import numpy as np
 
 from imgsearch.config import Settings
 from imgsearch.evaluation.collection import LabelledCollection, ingest_labelled, read_labels
-from imgsearch.evaluation.report import render_expansion, render_production
+from imgsearch.evaluation.methods import Method, Sandbox
+from imgsearch.evaluation.report import render_expansion, render_feedback, render_production
 from imgsearch.evaluation.run import index_settings
 from imgsearch.evaluation.similar import production_table, query_images, stored_embeddings
+from imgsearch.evaluation.simulated_user import MAX_ROUNDS, MODES, feedback_table
 from imgsearch.index.expansion import expand_rows
 from imgsearch.service import ImageSearch
 
@@ -105,6 +113,153 @@ def sweep(features: np.ndarray, labels_list: list[str]) -> dict[str, object]:
     return results
 
 
+def methods(features: np.ndarray, labels_list: list[str]) -> dict[str, float]:
+    """p@20 of other ways to use the stored 50-nearest graph (issue 19's sweep against the
+    literature), each re-ranking the stored 50 like what is served, with their ceiling:
+    - "oracle": the stored 50 with every same-label image first (no re-ranking does better);
+    - "alpha-QE k, a": expanded vectors on both sides with k neighbours, weights sim^a
+      (Radenovic et al. 2018: larger k with a higher power);
+    - "DBA k + QE q": stored expanded vectors (DBA, k=10, power 1), and at query time the
+      query's expanded vector averaged again with its q best re-ranked neighbours' expanded
+      vectors (Chum et al. 2007's average QE on top of DBA), then re-ranked by it: free, as
+      "more like this" has read those vectors already;
+    - "mutual K, l": DBA whose neighbours count in full when each is in the other's first K
+      (reciprocal), else by l;
+    - "diffusion k, a, t, y": Iscen et al. 2017, truncated to t steps over the mutual kNN
+      graph of the stored lists' first k (weights sim^3, symmetrically normalised), alpha a,
+      started from the query alone (y=1) or the query and its 10 nearest (y=10)."""
+    labels = np.array(labels_list)
+    n = len(labels)
+    ids = [str(i) for i in range(n)]
+    rows = np.array([int(i) for i in query_images_of(ids, labels_list)])
+    similarity = features @ features.T
+    np.fill_diagonal(similarity, -np.inf)
+    stored = np.argsort(-similarity, axis=1, kind="stable")[:, :STORED]
+    sims = np.take_along_axis(similarity, stored, axis=1)
+    candidates = stored[rows]
+    same = labels[candidates] == labels[rows][:, None]
+    oracle = np.take_along_axis(candidates, np.argsort(~same, axis=1, kind="stable"), axis=1)
+    found = {"raw": precision(candidates, labels, rows, PAGE)}
+    found["oracle"] = precision(oracle, labels, rows, PAGE)
+
+    def both(expanded: np.ndarray) -> float:
+        return precision(_rerank(expanded[rows], expanded, candidates), labels, rows, PAGE)
+
+    for k, power in ((10, 1.0), (10, 3.0), (20, 3.0), (50, 3.0), (50, 5.0)):
+        expanded = expand_rows(features, stored[:, :k], sims[:, :k], power)
+        found[f"alpha-QE {k}, {power:g}"] = both(expanded)
+    dba = expand_rows(features, stored[:, :10], sims[:, :10], 1.0)
+    scores = np.einsum("qd,qcd->qc", dba[rows], dba[candidates])
+    order = np.argsort(-scores, axis=1, kind="stable")
+    first, best = np.take_along_axis(candidates, order, 1), np.take_along_axis(scores, order, 1)
+    for q in (1, 2, 3, 5, 10):
+        query = expand_rows(dba[rows], first[:, :q], best[:, :q], 1.0, base=dba)
+        found[f"DBA 10 + QE {q}"] = precision(_rerank(query, dba, candidates), labels, rows, PAGE)
+    for within, rest in ((10, 0.0), (10, 0.5), (20, 0.0), (20, 0.5)):
+        near = np.zeros((n, n), bool)
+        np.put_along_axis(near, stored[:, :within], True, 1)
+        mutual = np.take_along_axis(near & near.T, stored[:, :10], 1)
+        weights = np.maximum(sims[:, :10], 0.0) * np.where(mutual, 1.0, rest)
+        found[f"mutual {within}, {rest:g}"] = both(
+            expand_rows(features, stored[:, :10], weights, 1.0)
+        )
+    for k, alpha, steps, start in itertools.product((10, 50), (0.9, 0.99), (3, 10), (1, 10)):
+        scores = _diffused(stored[:, :k], sims[:, :k], rows, alpha, steps, start)
+        ranked = np.take_along_axis(
+            candidates, np.argsort(-np.take_along_axis(scores, candidates, 1), 1, kind="stable"), 1
+        )
+        found[f"diffusion {k}, {alpha:g}, {steps}, {start}"] = precision(ranked, labels, rows, PAGE)
+    return found
+
+
+def _diffused(
+    stored: np.ndarray, sims: np.ndarray, rows: np.ndarray, alpha: float, steps: int, start: int
+) -> np.ndarray:
+    """Truncated diffusion scores (queries x images) over the mutual kNN graph."""
+    n = len(stored)
+    graph = np.zeros((n, n))
+    np.put_along_axis(graph, stored, np.maximum(sims, 0.0) ** 3, 1)
+    graph = np.minimum(graph, graph.T)
+    degree = np.sqrt(np.maximum(graph.sum(1), 1e-12))
+    graph /= degree[:, None] * degree[None, :]
+    seed = np.zeros((len(rows), n))
+    seed[np.arange(len(rows)), rows] = 1.0
+    if start > 1:
+        np.put_along_axis(seed, stored[rows, :start], np.maximum(sims[rows, :start], 0) ** 3, 1)
+    scores = seed.copy()
+    for _ in range(steps):
+        scores = alpha * scores @ graph + (1 - alpha) * seed
+    return scores
+
+
+def new_photos(features: np.ndarray, labels_list: list[str], folds: int = 5) -> dict[str, float]:
+    """Reverse search of photos the collection does not hold: in each of `folds` folds, a
+    fifth of the images are the photos and the rest the collection, with its own lists and
+    expanded vectors (k 10, power 1). p@20 of each photo's 50 nearest in the collection by
+    raw cosine; ranked by expanded vectors (the photo expanded by its 10 nearest); and then
+    with the query expanded again by its first 3 results (what is served)."""
+    labels = np.array(labels_list)
+    order = np.random.default_rng(0).permutation(len(labels))
+    found: dict[str, list[float]] = {"raw": [], "expanded": [], "expanded, query again": []}
+    for fold in range(folds):
+        photos = np.sort(order[fold::folds])
+        kept = np.setdiff1d(np.arange(len(labels)), photos)
+        vectors, held = features[kept], labels[kept]
+        inside = vectors @ vectors.T
+        np.fill_diagonal(inside, -np.inf)
+        stored = np.argsort(-inside, axis=1, kind="stable")[:, :STORED]
+        expanded = expand_rows(
+            vectors, stored[:, :10], np.take_along_axis(inside, stored[:, :10], 1), 1.0
+        )
+        outside = features[photos] @ vectors.T
+        nearest = np.argsort(-outside, axis=1, kind="stable")[:, :STORED]
+        near_sims = np.take_along_axis(outside, nearest, 1)
+        query = expand_rows(features[photos], nearest[:, :10], near_sims[:, :10], 1.0, base=vectors)
+        scores = np.einsum("qd,qcd->qc", query, expanded[nearest])
+        first = np.argsort(-scores, axis=1, kind="stable")[:, :3]
+        again = expand_rows(
+            query,
+            np.take_along_axis(nearest, first, 1),
+            np.take_along_axis(scores, first, 1),
+            1.0,
+            base=expanded,
+        )
+        wanted = labels[photos]
+        relevant = np.array([(held == label).sum() for label in wanted])
+        for name, ranking in (
+            ("raw", nearest),
+            ("expanded", _rerank(query, expanded, nearest)),
+            ("expanded, query again", _rerank(again, expanded, nearest)),
+        ):
+            hits = (held[ranking[:, :PAGE]] == wanted[:, None]).sum(1)
+            found[name] += list(hits[relevant > 0] / np.minimum(PAGE, relevant[relevant > 0]))
+    return {name: float(np.mean(values)) for name, values in found.items()}
+
+
+def corel_ceiling(features: np.ndarray, labels_list: list[str]) -> dict[str, float]:
+    """Why a set near the top cannot gain much: of its queries, how many have another label's
+    image on their raw first page, and how many of those the stored 50 could fix at all."""
+    labels = np.array(labels_list)
+    rows = np.array(
+        [int(i) for i in query_images_of([str(i) for i in range(len(labels))], labels_list)]
+    )
+    similarity = features @ features.T
+    np.fill_diagonal(similarity, -np.inf)
+    stored = np.argsort(-similarity, axis=1, kind="stable")[rows, :STORED]
+    same = labels[stored] == labels[rows][:, None]
+    # A page holds at most the label's other images: on a small label the rest is no fault.
+    page = np.minimum(PAGE, [(labels == labels[r]).sum() - 1 for r in rows])
+    on_page = np.arange(STORED)[None, :] < page[:, None]
+    wrong = (on_page & ~same).sum(1)
+    fixable = np.minimum(wrong, (~on_page & same).sum(1))
+    return {
+        "queries": len(rows),
+        "with another label on page 1": int((wrong > 0).sum()),
+        "wrong images on page 1": int(wrong.sum()),
+        "of them, replaceable from the stored 50": int(fixable.sum()),
+    }
+
+
 def query_images_of(ids: list[str], labels: list[str]) -> list[str]:
     return query_images(LabelledCollection(dict(zip(ids, labels, strict=True))))
 
@@ -120,10 +275,19 @@ def main() -> int:
     parser.add_argument("sets", nargs="+", help="name=data_dir:folder:labels_csv")
     parser.add_argument("--json", help="write every number here")
     parser.add_argument("--served", action="store_true", help="measure what the service serves")
+    parser.add_argument(
+        "--feedback", action="store_true", help="learning rounds, raw against expanded vectors"
+    )
+    parser.add_argument(
+        "--methods", action="store_true", help="other uses of the graph than expanded vectors"
+    )
     args = parser.parse_args()
-    if args.served:
+    if args.methods:
+        compare_methods(args.sets, args.json)
+        return 0
+    if args.served or args.feedback:
         for spec in args.sets:
-            served(spec)
+            (learning if args.feedback else served)(spec)
         return 0
     everything = {}
     for spec in args.sets:
@@ -136,8 +300,34 @@ def main() -> int:
     return 0
 
 
-def served(spec: str) -> None:
-    """Tables 2 and 2b of `imgsearch eval` for a set already ingested into its directory."""
+def compare_methods(specs: list[str], json_path: str | None) -> None:
+    """`methods` on every set, printed as one table: p@20 and the gain over raw, its mean over
+    the sets and its worst set; then each set's `corel_ceiling` counts and `new_photos`."""
+    found, ceilings, photos = {}, {}, {}
+    for spec in specs:
+        name, features, labels = load(spec)
+        print(f"{name}: {len(labels)} images", file=sys.stderr, flush=True)
+        found[name] = methods(features, labels)
+        ceilings[name] = corel_ceiling(features, labels)
+        photos[name] = new_photos(features, labels)
+    names = list(found)
+    print(f"{'method':>26} | " + " | ".join(f"{n:>9}" for n in names) + " | mean gain | worst")
+    for method in found[names[0]]:
+        gains = [100 * (found[n][method] - found[n]["raw"]) for n in names]
+        cells = " | ".join(f"{100 * found[n][method]:9.2f}" for n in names)
+        print(f"{method:>26} | {cells} | {np.mean(gains):+9.2f} | {min(gains):+5.2f}")
+    for name, counts in ceilings.items():
+        print(f"{name}: " + ", ".join(f"{key} {value}" for key, value in counts.items()))
+    print("reverse search of photos not in the collection (new_photos), p@20:")
+    for name, by_ranking in photos.items():
+        print(f"{name}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in by_ranking.items()))
+    if json_path:
+        numbers = {"methods": found, "ceilings": ceilings, "new photos": photos}
+        Path(json_path).write_text(json.dumps(numbers, indent=1))
+
+
+def ingested(spec: str) -> tuple[str, ImageSearch, LabelledCollection]:
+    """A set already ingested into its directory: (name, service, its labelled images)."""
     name, rest = spec.split("=", 1)
     data_dir, _, labels_file = rest.split(":")
     service = ImageSearch(Settings(data_dir=Path(data_dir)))
@@ -146,7 +336,40 @@ def served(spec: str) -> None:
         record = service.find_key(relative)
         if record is not None and service.is_indexed(record.id):
             labels.setdefault(record.id, label)
-    collection = LabelledCollection(labels)
+    return name, service, LabelledCollection(labels)
+
+
+def learning(spec: str) -> None:
+    """`imgsearch eval`'s learning rounds (table 4: a simulated user per label and mode votes
+    on each page) with the configured feedback method learning from raw features, then from
+    expanded vectors, and the mean p@20 of each page over the runs (a run that stopped at
+    the target keeps its last page)."""
+    name, service, collection = ingested(spec)
+    by_vectors = {}
+    for expanded in (False, True):
+        settings = service.settings.model_copy(update={"expansion_learning": expanded})
+        with Sandbox(ImageSearch(settings)) as sandbox:
+            runs = feedback_table(sandbox, collection, Method())
+        by_vectors["expanded" if expanded else "raw"] = runs
+    print(f"# {name}: {len(collection.labels)} images\n")
+    print(render_feedback(by_vectors, service.settings.feedback_method) + "\n")
+    for vectors, runs in by_vectors.items():
+        for mode in MODES:
+            pages = [r.precisions for r in runs if r.mode == mode]
+            means = [
+                100 * float(np.mean([p[min(i, len(p) - 1)] for p in pages]))
+                for i in range(MAX_ROUNDS + 1)
+            ]
+            print(
+                f"{vectors:>8} {mode:>7} mean p@20 per page: " + " ".join(f"{m:.1f}" for m in means)
+            )
+    print(flush=True)
+
+
+def served(spec: str) -> None:
+    """Tables 2 and 2b of `imgsearch eval` for a set already ingested into its directory."""
+    name, service, collection = ingested(spec)
+    labels = collection.labels
     results = production_table(service, collection)
     settings = index_settings(service)
     print(f"# {name}: {len(labels)} images\n")

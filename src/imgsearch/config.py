@@ -89,10 +89,15 @@ class Settings(BaseSettings):
     # rank "more like this" and reverse search. Chosen by bench/expansion_sweep.py on four
     # sets (docs/evaluation.md, "Expansion"). They are stored with the neighbour lists
     # whatever `expansion` says (False: rank by the raw features, as exact cosine search);
-    # after changing the other two, `imgsearch reindex` computes them again.
+    # after changing the next two, `imgsearch reindex` computes them again. The query is
+    # expanded once more by the first `expansion_query_neighbours` results it ranks (nothing
+    # stored: it takes effect at once). `expansion_learning`: learned rankings compare
+    # expanded vectors too (measured, not adopted: docs/evaluation.md, "Expansion").
     expansion: bool = True
     expansion_neighbours: int = Field(10, ge=0, le=50)
     expansion_power: float = Field(1.0, ge=0)
+    expansion_query_neighbours: int = Field(3, ge=0, le=50)
+    expansion_learning: bool = False
     # Two images whose stored neighbour distance (1 - cosine of their features) is at most
     # this are near-copies of one photo (resized, re-encoded, cropped a little): stacked in
     # results and listed by /api/duplicates. Measured in docs/evaluation.md (bench/duplicates.py).

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,6 +112,7 @@ class Learner:
         *,
         method: Method = "rocchio",
         cache_seconds: float = 5.0,
+        expanded: bool = False,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown feedback method {method!r}; known: {', '.join(METHODS)}")
@@ -119,6 +121,7 @@ class Learner:
         self.neighbourhoods = neighbourhoods
         self.method = method
         self.cache_seconds = cache_seconds
+        self.expanded = expanded
         self._cache: dict[str, tuple[float, TermSummary]] = {}
         self._lock = threading.Lock()
 
@@ -167,7 +170,7 @@ class Learner:
 
     def _examples(self, weights: dict[str, float]) -> Examples:
         """Images with their signed weights as examples (those still indexed)."""
-        vectors = self.index.vectors(weights)
+        vectors = self._vectors(weights)
         dim = self.index.dim or 1
 
         def stack(sign: int) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -196,7 +199,7 @@ class Learner:
         examples = taught.examples
         if self.method == "neighbours":
             return self._neighbour_scores(examples, candidates)
-        stored = self.index.vectors(candidates)
+        stored = self._vectors(candidates)
         # An image removed since the candidates were found fits nothing.
         missing = np.zeros(self.index.dim, np.float32)
         vectors = np.stack([stored.get(i, missing) for i in candidates])
@@ -220,6 +223,14 @@ class Learner:
             found.update(dict.fromkeys(i for i, _ in self.index.nearest(vector, 2 * k)))
         present = self.index.present(found)
         return [i for i in found if i in present]
+
+    def _vectors(self, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """The indexed images among `image_ids` with the vectors learning compares: their
+        expanded vectors where stored (`expanded`, index/expansion.py), else their features."""
+        vectors = self.index.vectors(image_ids)
+        if self.expanded:
+            vectors.update(self.neighbourhoods.expanded(vectors))
+        return vectors
 
     def _neighbour_scores(self, examples: Examples, candidates: list[str]) -> np.ndarray:
         score = dict.fromkeys(candidates, 0.0)

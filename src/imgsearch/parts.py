@@ -191,7 +191,9 @@ class Parts:
                 self.index,
                 k=self.settings.neighbours,
                 expansion=Expansion(
-                    self.settings.expansion_neighbours, self.settings.expansion_power
+                    self.settings.expansion_neighbours,
+                    self.settings.expansion_power,
+                    self.settings.expansion_query_neighbours,
                 ),
             ),
         )
@@ -206,6 +208,7 @@ class Parts:
                 self.neighbourhoods,
                 method=self.settings.feedback_method,
                 cache_seconds=self.settings.feedback_cache_seconds,
+                expanded=self.settings.expansion and self.settings.expansion_learning,
             ),
         )
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from imgsearch.feedback import Feedback
 from imgsearch.index.base import SearchIndex
-from imgsearch.index.expansion import COPY_DISTANCE, ranked
+from imgsearch.index.expansion import COPY_DISTANCE
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.shards import normalise_rows
 from imgsearch.learning import Learner, Taught
@@ -397,7 +397,7 @@ def photo_search(
         query = expansion.of(
             vector, candidates, index.vectors(i for i, _ in candidates[: expansion.neighbours])
         )
-        head = ranked(
+        head = expansion.rank(
             query, [i for i, _ in candidates], neighbourhoods.expanded(i for i, _ in candidates)
         )
     return [Hit(i, s, "similar") for i, s in _beyond(head, nearest)[offset:wanted]]

@@ -92,6 +92,8 @@ def test_only_lists_that_change_are_written(tmp_path, monkeypatch) -> None:
     ids = synthetic_ids(201)
     queue(service, ids[:200], vectors[:200])
     service.build_index()
+    # The shards' background merges done: none publishes under the build measured below.
+    service.parts.builder.writer.settle(finish=True)
     before = stored(service)
     written: list[str] = []
     put = service.parts.catalog.put_neighbour_lists
@@ -121,7 +123,9 @@ def test_more_like_this_ranks_the_stored_list_by_expanded_vectors(tmp_path) -> N
     neighbours, own = stored(service)[image_id]
     expanded = service.parts.catalog.expanded_vectors([i for i, _ in neighbours])
     hits = service.similar(image_id, limit=K)
-    assert [(h.image_id, h.score) for h in hits] == ranked(
+    expansion = service.parts.neighbourhoods.expansion
+    assert expansion.query_neighbours == 3
+    assert [(h.image_id, h.score) for h in hits] == expansion.rank(
         own, [i for i, _ in neighbours], expanded
     )
     assert {h.image_id for h in hits} == {i for i, _ in neighbours}
@@ -141,6 +145,28 @@ def test_ranked_keeps_candidates_without_an_expanded_vector_last() -> None:
     ]
 
 
+def test_the_query_is_expanded_again_by_its_first_results() -> None:
+    """`rank`: by the expanded query first, then by the query averaged with its first
+    `query_neighbours` results' expanded vectors (weights cosine**power)."""
+    expanded = {
+        "a": np.array([1.0, 0.0, 0.0]),
+        "b": np.array([0.0, 1.0, 0.0]),
+        "c": np.array([0.0, 0.6, 0.8]),
+        "d": np.array([0.0, 0.0, 1.0]),
+    }
+    query = np.array([0.8, 0.6, 0.0])
+    assert [i for i, _ in ranked(query, list(expanded), expanded)][:2] == ["a", "b"]
+    again = Expansion(neighbours=2, power=2.0, query_neighbours=2).rank(
+        query, list(expanded), expanded
+    )
+    moved = query + 0.64 * expanded["a"] + 0.36 * expanded["b"]
+    moved /= np.linalg.norm(moved)
+    assert again == ranked(moved.astype(np.float32), list(expanded), expanded)
+    assert again[0][0] == "a" and again[0][1] == pytest.approx(float(moved[0]), rel=1e-5)
+    single = Expansion(neighbours=2, power=2.0, query_neighbours=0)
+    assert single.rank(query, list(expanded), expanded) == ranked(query, list(expanded), expanded)
+
+
 def test_a_vector_is_expanded_by_its_first_neighbours_weighted_by_similarity() -> None:
     vectors = {"a": np.array([0.0, 1.0]), "b": np.array([1.0, 0.0]), "c": np.array([-1.0, 0.0])}
     own = np.array([1.0, 0.0])
@@ -149,3 +175,35 @@ def test_a_vector_is_expanded_by_its_first_neighbours_weighted_by_similarity() -
     )
     summed = own + 0.25 * vectors["b"] + 0.0625 * vectors["a"]  # "c" is beyond the first 2
     np.testing.assert_allclose(expanded, summed / np.linalg.norm(summed), rtol=1e-6)
+
+
+def test_learning_compares_expanded_vectors_unless_expansion_is_off(tmp_path) -> None:
+    """Rocchio learns from the voted images' expanded vectors and scores candidates by theirs
+    (`expansion` and `expansion_learning` on), or by the raw features (either off)."""
+    service = make(tmp_path, "data")
+    vectors = clustered_vectors(120, seed=4)
+    ids = synthetic_ids(120)
+    queue(service, ids, vectors)
+    service.build_index()
+    votes = {ids[0]: 1, ids[1]: 1, ids[2]: -1}
+    for image_id, value in votes.items():
+        service.parts.feedback.vote("zqxterm", image_id, "session", value, "client")
+    candidates = ids[3:40]
+    expanded = service.parts.catalog.expanded_vectors(ids)
+    raw = service.parts.index.vectors(ids)
+    for expansion, learning, source in (
+        (True, True, expanded),
+        (False, True, raw),
+        (True, False, raw),
+    ):
+        update = {"expansion": expansion, "expansion_learning": learning}
+        settings = service.settings.model_copy(update=update)
+        learner = ImageSearch(settings).parts.learner
+        taught = learner.taught("zqxterm", "session")
+        assert taught is not None
+        relevant = (source[ids[0]] + source[ids[1]]) / 2
+        rocchio = relevant - 0.5 * source[ids[2]]
+        rocchio /= np.linalg.norm(rocchio)
+        want = np.stack([source[i] for i in candidates]) @ rocchio
+        np.testing.assert_allclose(learner.scores(taught, candidates), want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(expanded[ids[3]], raw[ids[3]], atol=1e-2)  # else nothing is shown

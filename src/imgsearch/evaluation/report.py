@@ -183,7 +183,9 @@ def render_expansion(results: list[RankingResult], settings: dict[str, Any]) -> 
         f"Expanded: each vector plus its first {settings.get('expansion_neighbours')} stored "
         f"neighbours weighted by similarity^{settings.get('expansion_power')} "
         "(index/expansion.py); the stored neighbourhood re-ranked by expanded vectors on both "
-        f"sides. Cost: {settings.get('expanded_bytes')} bytes stored per image with its "
+        "sides, then again with the query averaged with its first "
+        f"{settings.get('expansion_query_neighbours')} results' expanded vectors. "
+        f"Cost: {settings.get('expanded_bytes')} bytes stored per image with its "
         "neighbour list, no extra write; one more batched read per query (the neighbours' "
         "expanded vectors). Per-label rows: p@20."
     )

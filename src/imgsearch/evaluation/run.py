@@ -28,6 +28,8 @@ RANKING_SETTINGS = (
     "expansion",
     "expansion_neighbours",
     "expansion_power",
+    "expansion_query_neighbours",
+    "expansion_learning",
 )
 
 

@@ -12,6 +12,11 @@ An expanded vector depends only on its image's list, so it is stored with the li
 rewritten exactly when the list is (index/neighbourhoods.py): no other image is touched.
 "More like this" reads the image's list and its neighbours' expanded vectors and re-ranks
 them; a photo's vector is expanded by its nearest images the same way (`Expansion.of`).
+Then the query is expanded once more, by the expanded vectors of the first
+`query_neighbours` of that ranking (average query expansion on top of database-side
+augmentation), and the same candidates ranked again (`Expansion.rank`): it reads nothing
+more, and it gains on every set measured; the other uses of the graph measured (higher
+powers, reciprocal neighbours, diffusion) gain less (docs/evaluation.md, "Expansion").
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ Ranked = list[tuple[str, float]]  # (image id, cosine similarity of expanded vec
 class Expansion:
     neighbours: int  # stored neighbours averaged in (k)
     power: float  # their weight: cosine similarity to this power
+    query_neighbours: int = 3  # the first ranked results averaged into the query again
 
     def of(
         self,
@@ -41,20 +47,47 @@ class Expansion:
     ) -> np.ndarray:
         """The expanded unit vector of a unit `vector` whose nearest images are `near` (id,
         cosine distance, nearest first; only the first `neighbours` count) with `vectors`."""
+        return self._averaged(vector, near[: self.neighbours], vectors)
+
+    def rank(
+        self, query: np.ndarray, candidates: Sequence[str], expanded: Mapping[str, np.ndarray]
+    ) -> Ranked:
+        """`candidates` ranked by the cosine of expanded vectors with the expanded `query`,
+        then again with the query averaged with the expanded vectors of the first
+        `query_neighbours` of that ranking (weighted by their cosine**`power`)."""
+        first = ranked(query, candidates, expanded)
+        best = [(i, 1.0 - score) for i, score in first[: self.query_neighbours] if i in expanded]
+        if not best:
+            return first
+        return ranked(self._averaged(query, best, expanded), candidates, expanded)
+
+    def _averaged(
+        self,
+        vector: np.ndarray,
+        near: Sequence[tuple[str, float]],
+        vectors: Mapping[str, np.ndarray],
+    ) -> np.ndarray:
         summed = np.asarray(vector, np.float64).copy()
-        for image_id, distance in near[: self.neighbours]:
+        for image_id, distance in near:
             if image_id in vectors:
                 summed += max(1.0 - distance, 0.0) ** self.power * vectors[image_id]
         return _unit(summed).astype(np.float32)
 
 
 def expand_rows(
-    vectors: np.ndarray, neighbours: np.ndarray, similarities: np.ndarray, power: float
+    vectors: np.ndarray,
+    neighbours: np.ndarray,
+    similarities: np.ndarray,
+    power: float,
+    *,
+    base: np.ndarray | None = None,
 ) -> np.ndarray:
     """`Expansion.of` for every row at once (bench/expansion_sweep.py): each unit row of
-    `vectors` plus its `neighbours` (row indices) weighted by `similarities`**`power`."""
+    `vectors` plus its `neighbours` (row indices into `base`, default `vectors`) weighted by
+    `similarities`**`power`."""
     weights = np.maximum(similarities, 0.0) ** power
-    summed = vectors + np.einsum("nk,nkd->nd", weights, vectors[neighbours])
+    rows_of = vectors if base is None else base
+    summed = vectors + np.einsum("nk,nkd->nd", weights, rows_of[neighbours])
     return _unit(summed)
 
 

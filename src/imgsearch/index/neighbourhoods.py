@@ -26,7 +26,7 @@ import numpy as np
 
 from imgsearch.catalog import Catalog, StoredNeighbours
 from imgsearch.index.base import SearchIndex
-from imgsearch.index.expansion import Expansion, Ranked, ranked
+from imgsearch.index.expansion import Expansion, Ranked
 from imgsearch.storage import in_parallel
 
 Neighbours = list[tuple[str, float]]
@@ -72,7 +72,7 @@ class Neighbourhoods:
         own = stored.get(image_id)
         if own is None:
             return None
-        return ranked(own, [i for i, _ in neighbours], stored)
+        return self.expansion.rank(own, [i for i, _ in neighbours], stored)
 
     def expanded(self, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
         """The stored expanded vectors of `image_ids` (those with one), read in one batch
