@@ -152,6 +152,9 @@ def aws_admin() -> Iterator[tuple[Any, Any]]:
     import boto3
     from moto import mock_aws
     from moto.core.botocore_stubber import BotocoreStubber
+    from support.dynamodb import install_cheap_transactions
+
+    install_cheap_transactions()
 
     # moto's in-memory backends check a condition and then write without a lock, so threads
     # racing through moto could both pass a check that S3 or DynamoDB would let only one

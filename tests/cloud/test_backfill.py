@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from moto import mock_aws
 from support.demo import demo_image
+from support.dynamodb import install_cheap_transactions
 
 from imgsearch.cli import main
 from imgsearch.config import Settings, get_settings
@@ -43,6 +44,7 @@ def bucket(monkeypatch, tmp_path):
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     get_settings.cache_clear()
+    install_cheap_transactions()
     with mock_aws():
         s3 = boto3.client("s3")
         create_bucket(s3, BUCKET)

@@ -29,6 +29,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 from support.aws_resources import configure_notifications, create_queues, function_environment
 from support.demo import REPO, demo_image
+from support.dynamodb import install_cheap_transactions
 from support.lambda_events import (
     API_HOST,
     QueuePoller,
@@ -142,6 +143,7 @@ def test_binaries_are_manylinux_builds_for_python312_on_x86_64(bundles: dict) ->
 
 @pytest.fixture(scope="module")
 def moto_server():
+    install_cheap_transactions()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

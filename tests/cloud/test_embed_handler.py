@@ -11,6 +11,7 @@ import boto3
 import pytest
 from moto import mock_aws
 from support.demo import demo_image
+from support.dynamodb import install_cheap_transactions
 from support.lambda_events import FakeContext, lambda_logging, load_function
 
 from imgsearch.config import get_settings
@@ -37,6 +38,7 @@ def aws(monkeypatch, tmp_path):
     }.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
+    install_cheap_transactions()
     with mock_aws(), lambda_logging():
         s3 = boto3.client("s3")
         create_bucket(s3, BUCKET)

@@ -25,6 +25,7 @@ import requests
 from cloud.test_embed_handler import BUCKET, s3_record, sqs_event
 from moto.server import ThreadedMotoServer
 from support.demo import REPO, demo_image
+from support.dynamodb import install_cheap_transactions
 from support.lambda_events import FakeContext, lambda_logging, load_function, scheduled_event
 
 from imgsearch.config import get_settings
@@ -82,6 +83,7 @@ def _free_port() -> int:
 @pytest.fixture
 def moto_server(monkeypatch, tmp_path):
     port = _free_port()
+    install_cheap_transactions()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     environment = {
