@@ -35,6 +35,7 @@ from imgsearch.index.shards import POSTINGS_PER_IMAGE, SPREAD_SIZE, posted_proba
 
 CHUNK = 20_000  # rows synthesised at once
 PROJECTED = 128
+EXACT_CANDIDATES = 20_000  # feature rows compared in full for a QueryVectors
 
 
 def image_ids(size: int) -> list[str]:
@@ -54,6 +55,7 @@ class Collection:
         self.posted_classes = np.zeros((size, POSTINGS_PER_IMAGE), np.int16)
         self.posted_values = np.zeros((size, POSTINGS_PER_IMAGE), np.float16)
         projection = np.random.default_rng(0).normal(size=(dim, PROJECTED)).astype(np.float32)
+        self.projection = projection
         self.projected = np.empty((size, PROJECTED), np.float32)
         for start in range(0, size, CHUNK):
             count = min(CHUNK, size - start)
@@ -118,11 +120,23 @@ class Collection:
 
     # The vector indexes ----------------------------------------------------------------------
 
-    def feature_distances(self, query: np.ndarray) -> np.ndarray:
+    def feature_distances(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, their cosine distances to `query`): every row up to EXACT_CANDIDATES rows;
+        above, the EXACT_CANDIDATES nearest by the projection, compared in full (a search
+        of every float16 row costs seconds of this machine's CPU at 1M: approximate, as
+        S3 Vectors' own search is; the requests are the same)."""
+        query = query.astype(np.float32)
         norm = float(np.linalg.norm(query)) or 1e-12
-        return 1.0 - self._dot(self.features, query.astype(np.float32)) / (self.norms * norm)
+        if self.size <= EXACT_CANDIDATES:
+            rows = np.arange(self.size)
+        else:
+            projected = query @ self.projection
+            rows = np.argpartition(-(self.projected @ projected), EXACT_CANDIDATES)
+            rows = rows[:EXACT_CANDIDATES]
+        exact = self.features[rows].astype(np.float32) @ query
+        return rows, 1.0 - exact / (self.norms[rows] * norm)
 
-    def class_distances(self, query: np.ndarray) -> np.ndarray:
+    def class_distances(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cosine distances to the rows' unit class vectors (s3vectors.unit_class_vectors: the
         posted probabilities plus a last component that makes each row a unit vector), of which
         the query's last component is 0 (the engine's keyword query)."""
@@ -134,7 +148,7 @@ class Collection:
             scores[rows] = (
                 weights[self.posted_classes[rows]] * self.posted_values[rows].astype(np.float32)
             ).sum(axis=1)
-        return 1.0 - scores / norm
+        return np.arange(self.size), 1.0 - scores / norm
 
     def class_vector(self, row: int) -> np.ndarray:
         posted = self.probabilities(row).astype(np.float32)
@@ -160,7 +174,7 @@ class Outside:
     def __init__(
         self,
         collection: Collection,
-        distances: Callable[[np.ndarray], np.ndarray],
+        distances: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
         vector: Callable[[int], np.ndarray],
         metadata: Callable[[int], dict[str, Any]],
     ) -> None:
@@ -170,12 +184,13 @@ class Outside:
     def query(
         self, query: np.ndarray, top_k: int, matches: Callable[[dict[str, Any]], bool]
     ) -> list[tuple[float, str, Any]]:
-        distances = self.distances(query)
+        rows, distances = self.distances(query)
         hits: list[tuple[float, str, Any]] = []
-        for row in self._nearest_first(distances):
+        for at in self._nearest_first(distances):
+            row = int(rows[at])
             metadata = self.metadata(row)
             if matches(metadata):
-                hits.append((float(distances[row]), f"{row:016x}", metadata))
+                hits.append((float(distances[at]), f"{row:016x}", metadata))
                 if len(hits) == top_k:
                     break
         return hits
@@ -186,7 +201,7 @@ class Outside:
         for depth in (4_096, 65_536, len(distances)):  # a filter may pass few of the nearest
             depth = min(depth, len(distances))
             nearest = np.argpartition(distances, depth - 1)[:depth]
-            nearest = nearest[np.lexsort((nearest, distances[nearest]))]
+            nearest = nearest[np.argsort(distances[nearest], kind="stable")]
             yield from (int(r) for r in nearest[shown:])
             shown = depth
             if depth == len(distances):
