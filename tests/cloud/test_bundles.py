@@ -27,7 +27,12 @@ from types import ModuleType
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
-from support.aws_resources import configure_notifications, create_queues, function_environment
+from support.aws_resources import (
+    FAKE_CREDENTIALS,
+    configure_notifications,
+    create_queues,
+    function_environment,
+)
 from support.demo import REPO, demo_image
 from support.dynamodb import install_cheap_transactions
 from support.lambda_events import (
@@ -154,9 +159,7 @@ def moto_server():
 def test_every_handler_runs_on_its_own_bundle(bundles: dict, moto_server: str, tmp_path) -> None:
     python = PYTHON312
     credentials = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **FAKE_CREDENTIALS,
         "AWS_ENDPOINT_URL": moto_server,
     }
     clients = {name: boto3.client(name, **_client_options(credentials)) for name in ("s3", "sqs")}

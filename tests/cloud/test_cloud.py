@@ -25,7 +25,12 @@ import pytest
 import requests
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
-from support.aws_resources import configure_notifications, create_queues, function_environment
+from support.aws_resources import (
+    FAKE_CREDENTIALS,
+    configure_notifications,
+    create_queues,
+    function_environment,
+)
 from support.demo import REPO, demo_image
 from support.dynamodb import install_cheap_transactions
 from support.hostile_files import bombs, corpus
@@ -109,9 +114,7 @@ def cloud(request, monkeypatch, tmp_path) -> Iterator[Cloud]:
     """The stack on moto; its vector engine is the test's parameter (indirect), else Annoy."""
     engine = getattr(request, "param", "annoy")
     for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **FAKE_CREDENTIALS,
         **aws_environment(tmp_path, engine),
     }.items():
         monkeypatch.setenv(name, value)
@@ -431,9 +434,7 @@ def test_serve_with_the_aws_backend_on_a_moto_server(tmp_path) -> None:
     server.start()
     environment = os.environ | {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **FAKE_CREDENTIALS,
         "IMGSEARCH_BUCKET": "served-images",
         "IMGSEARCH_API_KEY": API_KEY,
         "IMGSEARCH_DATA": str(tmp_path / "data"),
