@@ -189,7 +189,8 @@ def assert_consistent(service: ImageSearch) -> None:
 UPLOAD_KILL_POINTS = {
     "after_original": ("imgsearch.catalog.Catalog", "put_original", "after"),
     "after_embedding": ("imgsearch.catalog.Catalog", "put_embedding", "after"),
-    "after_record": ("imgsearch.catalog.Catalog", "create_image", "after"),
+    # The last write before the key's, which creates the image record with it.
+    "after_thumbnail": ("imgsearch.catalog.Catalog", "put_thumbnail", "after"),
     "after_key": ("imgsearch.catalog.Catalog", "put_key", "after"),
 }
 
@@ -267,7 +268,7 @@ def test_imgsearch_serve_finishes_what_a_crash_left_while_it_serves(
     gone = demo_collection(data_dir, embedder, vocabulary).find_key("pizza/image_0001.jpg").id
     run_until_killed(data_dir, DELETE_KILL_POINTS["before_build"], "remove=pizza/image_0001.jpg")
     photo = REPO / "demo" / "lotus" / "image_0002.jpg"
-    run_until_killed(data_dir, UPLOAD_KILL_POINTS["after_record"], f"add=lotus/new.jpg={photo}")
+    run_until_killed(data_dir, UPLOAD_KILL_POINTS["after_thumbnail"], f"add=lotus/new.jpg={photo}")
 
     port = free_port()
     server = subprocess.Popen(
@@ -839,10 +840,10 @@ from imgsearch.config import Settings
 from imgsearch.service import ImageSearch
 
 bulk.BUILD_EVERY = 3
-real = Catalog.create_image
+real = Catalog.put_thumbnail  # once per new image, before its record
 created = 0
 
-def dying(self, record):
+def dying(self, image_id, jpeg):
     global created
     created += 1
     if created == int(sys.argv[3]):  # once a first batch is published (built meanwhile)
@@ -850,9 +851,9 @@ def dying(self, record):
         while service.count() < 3 and time.monotonic() < published:
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGKILL)
-    return real(self, record)
+    return real(self, image_id, jpeg)
 
-Catalog.create_image = dying
+Catalog.put_thumbnail = dying
 service = ImageSearch(Settings(data_dir=Path(sys.argv[1]), shard_size=4, decode_workers=0))
 bulk.ingest_tree(service, Path(sys.argv[2]), workers=2)
 """

@@ -255,12 +255,14 @@ class Catalog:
         expected_version: int,
         queue: str | None = None,
         end: Change | None = None,
+        create: ImageRecord | None = None,
     ) -> None:
         """Write a key record; raises PreconditionFailed if it changed since it was read.
 
-        With `queue` (an image id), the image is queued for the index in the same write, and
-        with `end`, that change is closed in it too: one request, all or nothing, instead of
-        three (an ingest's last writes).
+        With `create`, that image record is created in the same write (PreconditionFailed
+        too if it exists already); with `queue` (an image id), the image is queued for the
+        index in it; with `end`, that change is closed in it: one request, all or nothing,
+        instead of four (an ingest's last writes).
         """
         attrs = {
             "status": record.status,
@@ -270,10 +272,12 @@ class Catalog:
             "updated_at": time.time(),
         }
         pk = f"key#{record.key}"
-        if queue is None and end is None:
+        if queue is None and end is None and create is None:
             self.table.put(pk, "meta", attrs, expected_version=expected_version)
             return
         writes: list[Write] = [Put(pk, "meta", attrs, expected_version)]
+        if create is not None:
+            writes.append(Put(f"image#{create.id}", "meta", create.attrs(), 0))
         if queue is not None:
             writes.append(_queued(queue, "add"))
         if end is not None:

@@ -181,6 +181,7 @@ class Ingestor:
         if held and not sequencer_is_newer(sequencer, held.sequencer):
             return IngestResult(key, "stale", held.image_id)
         created = queue = False
+        new_record: ImageRecord | None = None  # created by the key's write
         if record is None or record.status == "removed":
             try:
                 decoded = self.decode(data)
@@ -192,7 +193,9 @@ class Ingestor:
                 return self._refuse(key, held, refusal, sequencer)
             if store_original:
                 self._put_original(journal, data, content_type(decoded.format))
+            fresh = record is None
             record, created = self._create(image_id, key, len(data), decoded, record)
+            new_record = record if fresh else None
             queue = created
         else:
             stored = False
@@ -210,14 +213,16 @@ class Ingestor:
         replaced = _held_image(held)
         if replaced == image_id:
             replaced = None
-        # The key, the image's work item and (when nothing follows) the journal's end: one
-        # write, all or nothing.
+        # The image's new record, the key, the image's work item and (when nothing follows)
+        # the journal's end: one write, all or nothing. (It fails if a concurrent ingest of
+        # the same bytes created the record first: the retry then finds it.)
         new = KeyRecord(key, "present", image_id, sequencer=sequencer or _kept(held))
         self.catalog.put_key(
             new,
             expected_version=held.version if held else 0,
             queue=image_id if queue else None,
             end=journal.change if replaced is None else None,
+            create=new_record,
         )
         journal.ended = replaced is None
         if replaced is not None:
@@ -485,8 +490,9 @@ class Ingestor:
         decoded: DecodedImage,
         previous: ImageRecord | None,
     ) -> tuple[ImageRecord, bool]:
-        """Embed and record a new image (not queued yet); False with the record if a
-        concurrent ingest of the same bytes created it first."""
+        """Embed a new image, and record it if it comes back after a removal (not queued
+        yet); False with the record if a concurrent ingest revived it first. A new record
+        (no `previous`) is the caller's to create, with the key's write."""
         embedding = self.embedder.embed(decoded.image)
         thumbnail = _thumbnail(decoded)
         record = ImageRecord(
@@ -502,8 +508,6 @@ class Ingestor:
             # What is derived first, so that no reader finds a record without it.
             self.catalog.put_embedding(image_id, embedding.features, embedding.probabilities)
             self.catalog.put_thumbnail(image_id, thumbnail)
-            if not self.catalog.create_image(record):
-                return self.catalog.image(image_id) or record, False
         else:  # the same bytes come back after being removed
             revived = False
 

@@ -14,13 +14,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from urllib.parse import urljoin
 
 import boto3
+import botocore.handlers
 import pytest
 import requests
 from moto import mock_aws
@@ -229,6 +231,69 @@ def test_images_become_searchable_votes_rerank_and_deletions_leave(cloud: Cloud)
     assert "pizza.jpg" not in cloud.search("elephant", session="s1")
     assert cloud.api.request("GET", f"/api/images/{pizza_id}").status == 404
     assert cloud.api.request("GET", "/api/health").json()["images"] == 3
+
+
+REQUESTS_PER_IMAGE = 15  # issue 15's bound, amortised over a batch
+CATEGORIES = ("elephant", "pizza", "chair", "lotus", "watch", "camera", "accordion", "brain")
+
+
+def upload_batch(cloud: Cloud, number: int) -> None:
+    """Photo `number` of each of CATEGORIES and two more (the template's batch of 10)."""
+    for category in CATEGORIES:
+        cloud.upload(f"{category}/{number}.jpg", demo_image(category, number))
+    for category in CATEGORIES[:2]:
+        cloud.upload(f"{category}/{number + 3}.jpg", demo_image(category, number + 3))
+
+
+@dataclass
+class RequestCounter:
+    """Every request of the boto3 sessions made after it (each client copies its session's
+    hooks when it is made; moto gives its mock a new default session), by operation, while
+    `counting`."""
+
+    counting: bool = False
+    requests: Counter[str] = field(default_factory=Counter)
+
+    def __call__(self, event_name: str, **_: object) -> None:
+        if self.counting:
+            self.requests[event_name.rsplit(".", 1)[-1]] += 1
+
+
+@pytest.fixture
+def aws_requests() -> Iterator[RequestCounter]:
+    """A RequestCounter in every botocore session made from now on, as moto installs its
+    own hook: ask for it before `cloud`."""
+    counter = RequestCounter()
+    handler = ("before-call", counter)
+    botocore.handlers.BUILTIN_HANDLERS.append(handler)
+    yield counter
+    botocore.handlers.BUILTIN_HANDLERS.remove(handler)
+
+
+@pytest.mark.model  # the functions load the model
+@pytest.mark.parametrize("cloud", ["annoy", "s3vectors"], indirect=True)
+def test_a_batch_costs_at_most_15_aws_requests_per_image(
+    aws_requests: RequestCounter, cloud: Cloud
+) -> None:
+    """Every AWS request the real handlers (and the queue's poller, as Lambda's) send for a
+    batch of the template's size, counted at boto3: ingest, the index build, the neighbour
+    lists and the expanded vectors, the work queue and the lease."""
+    batch = int(load_template()["Parameters"]["EmbedBatchSize"]["Default"])
+    assert batch == 10
+    for number in (1, 2):  # a collection to join, with neighbour lists of its own
+        upload_batch(cloud, number)
+        assert no_failures(cloud.queue.drain())
+
+    upload_batch(cloud, 3)
+    aws_requests.counting = True
+    response = cloud.queue.poll(batch)  # one invocation, the ten images
+    aws_requests.counting = False
+    counted = aws_requests.requests
+    assert response is not None and no_failures([response])
+    assert cloud.queue.poll() is None  # nothing left for another invocation
+    assert cloud.api.request("GET", "/api/health").json()["images"] == 3 * batch
+    per_image = sum(counted.values()) / batch
+    assert per_image <= REQUESTS_PER_IMAGE, dict(counted.most_common())
 
 
 @pytest.mark.model  # the functions load the model

@@ -274,10 +274,10 @@ class IndexBuilder:
                 log.warning("manifest changed under the builder; retrying the batch")
         else:
             raise RuntimeError("could not publish the manifest: it keeps changing")
-        # Also the images a crashed run indexed without finishing their bookkeeping.
-        in_index = [
-            item.image_id for item in batch if item.op == "add" and item.image_id in self.index
-        ]
+        # Also the images a crashed run indexed without finishing their bookkeeping. (One
+        # question to the engine for the batch: over the network, one request.)
+        present = self.index.present(item.image_id for item in batch if item.op == "add")
+        in_index = [item.image_id for item in batch if item.image_id in present]
         self.catalog.mark_indexed(in_index)
         # Neighbour lists are written without conditions (in batches): only by a holder, so
         # the lease is checked before each group's write (a long update may outlive it).
@@ -294,8 +294,9 @@ class IndexBuilder:
         """Publish the batch through the engine's writer; what it added and removed."""
         self.index.refresh(force=True)
         wanted = {item.image_id: item.op for item in batch}
+        present = self.index.present(i for i, op in wanted.items() if op == "add")
         additions = self._load_additions(
-            [i for i, op in wanted.items() if op == "add" and i not in self.index]
+            [i for i, op in wanted.items() if op == "add" and i not in present]
         )
         removed = {  # those in the index: the others have no vector
             i: vector

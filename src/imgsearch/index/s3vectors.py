@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 STATE_KEY = "index/s3vectors.json"
 PARTS = 16  # partitions of the `part` metadata, for results deeper than one query gives
 TOP_K_LIMIT = 100  # QueryVectors' largest topK
+GROUP_FILL = 0.7  # the share of TOP_K_LIMIT a group of partitions is asked for on average
 WRITE_BATCH = 500  # vectors per PutVectors, keys per DeleteVectors (the service's limits)
 GET_BATCH = 100  # keys per GetVectors
 LIST_PAGE = 1000  # vectors per ListVectors page
@@ -337,7 +338,10 @@ class S3VectorsIndex(SearchIndex):
             return [
                 hit for hit in self.bucket.query(index, vector, wanted, None) if hit[1] < within
             ]
-        groups = min(PARTS, -(-wanted // (TOP_K_LIMIT // 2)))
+        # Groups of partitions that each hold well under TOP_K_LIMIT of the `wanted` on
+        # average (GROUP_FILL of it), so that one seldom comes back full and is split: the
+        # neighbour lists' 201 nearest in 3 requests.
+        groups = min(PARTS, -(-wanted // int(TOP_K_LIMIT * GROUP_FILL)))
         answers = {
             parts: self.bucket.query(index, vector, TOP_K_LIMIT, parts)
             for parts in (tuple(range(g, PARTS, groups)) for g in range(groups))
