@@ -322,20 +322,24 @@ def populate_outside(service: ImageSearch, size: int, seed: int) -> None:
     if settings.vector_engine == "s3vectors":
         writer._write_state(collection.state(writer.model_name), None)
         return
-    ids, index = image_ids(size), service.parts.index
-    for start in range(0, size, settings.shard_size):
-        rows = slice(start, start + settings.shard_size)
-        probabilities = np.zeros((len(ids[rows]), collection.classes), np.float16)
-        np.put_along_axis(
-            probabilities,
-            collection.posted_classes[rows].astype(np.int64),
-            collection.posted_values[rows],
-            axis=1,
-        )
-        index.refresh(force=True)
-        features = collection.features[rows].astype(np.float32)
-        writer.publish(ShardData(ids[rows], features, probabilities), [])
-    index.refresh(force=True)
+    probabilities = np.zeros((size, collection.classes), np.float16)
+    np.put_along_axis(
+        probabilities,
+        collection.posted_classes.astype(np.int64),
+        collection.posted_values,
+        axis=1,
+    )
+    features = collection.features.astype(np.float32)
+    publish_all(service, ShardData(image_ids(size), features, probabilities))
+
+
+def publish_all(service: ImageSearch, data: ShardData) -> None:
+    """One publication of the whole collection (the writer cuts it into shards) from the
+    writer's own view of the index."""
+    writer = service.parts.builder.writer
+    writer.index.refresh(force=True)
+    writer.publish(data, [])
+    service.parts.index.refresh(force=True)
 
 
 def populate(service: ImageSearch, size: int, seed: int) -> None:
@@ -356,13 +360,7 @@ def populate(service: ImageSearch, size: int, seed: int) -> None:
                 for image_id, probs in zip(ids, probabilities, strict=True)
             ]
         )
-        index, writer = service.parts.index, service.parts.builder.writer
-        chunk = service.settings.shard_size
-        for start in range(0, size, chunk):
-            index.refresh(force=True)
-            rows = slice(start, start + chunk)
-            writer.publish(ShardData(ids[rows], features[rows], probabilities[rows]), [])
-        index.refresh(force=True)
+        publish_all(service, ShardData(ids, features, probabilities))
         for first, lists in neighbour_lists(ids, features):
             service.parts.catalog.put_neighbour_lists(lists)
             if first % 100_000 == 0:
