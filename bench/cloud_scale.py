@@ -152,12 +152,18 @@ class Tally:
     waited: float = 0.0  # seconds of latency injected
     sent_by: Counter[str] = field(default_factory=Counter)  # bytes by operation
     received_by: Counter[str] = field(default_factory=Counter)
+    # DynamoDB capacity units as billed on demand, item by item (dynamodb_units); 0 in runs
+    # saved before they were counted.
+    write_units: float = 0.0
+    read_units: float = 0.0
 
     def add(self, other: Tally) -> None:
         self.requests.update(other.requests)
         self.sent += other.sent
         self.received += other.received
         self.waited += other.waited
+        self.write_units += other.write_units
+        self.read_units += other.read_units
         self.sent_by.update(other.sent_by)
         self.received_by.update(other.received_by)
 
@@ -184,7 +190,9 @@ class Wire:
         body = request.body
         size = len(body) if isinstance(body, bytes | str) else _stream_size(body)
         wait = self.scale * (LATENCY.get(operation, OTHER_LATENCY) + size / S3_BYTES_PER_SECOND)
+        units = write_units(operation, body)
         with self.lock:
+            tally.write_units += units
             tally.requests[operation] += 1
             tally.sent += size
             tally.sent_by[operation] += size
@@ -197,7 +205,9 @@ class Wire:
             return
         size = int(http_response.headers.get("content-length", 0))
         wait = self.scale * size / S3_BYTES_PER_SECOND
+        units = read_units(kwargs["event_name"].rsplit(".", 1)[-1], kwargs.get("parsed"))
         with self.lock:
+            tally.read_units += units
             tally.received += size
             tally.received_by[kwargs["event_name"].rsplit(".", 1)[-1]] += size
             tally.waited += wait
@@ -257,6 +267,45 @@ def cpu_since(before: dict[int, float]) -> float:
     """The function's CPU seconds since `before` (function_cpu()); threads that started since
     count from zero, threads that ended since are lost (the pools' threads live on)."""
     return sum(max(0.0, t - before.get(ident, 0.0)) for ident, t in function_cpu().items())
+
+
+def _kilobytes(value: Any, unit: int) -> int:
+    """Billing units of an item: its size (here its JSON's) in `unit` bytes, at least 1."""
+    return max(1, -(-len(json.dumps(value, default=str)) // unit))
+
+
+def write_units(operation: str, body: Any) -> float:
+    """DynamoDB on-demand write units of a request: 1 per KB of each item written, twice for
+    each item of a transaction (DynamoDB's pricing: transactional writes cost 2 WRU per KB)."""
+    if operation not in {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"} | {
+        "TransactWriteItems"
+    }:
+        return 0.0
+    request = json.loads(body)
+    if operation == "BatchWriteItem":
+        return float(
+            sum(_kilobytes(w, 1024) for ws in request["RequestItems"].values() for w in ws)
+        )
+    if operation == "TransactWriteItems":
+        return 2.0 * sum(_kilobytes(item, 1024) for item in request["TransactItems"])
+    return float(_kilobytes(request.get("Item", request.get("Key")), 1024))
+
+
+def read_units(operation: str, parsed: Any) -> float:
+    """DynamoDB read units of an answer (strongly consistent: 1 per 4 KB of each item read;
+    a Query 1 per 4 KB of all it read; a transaction twice)."""
+    if not isinstance(parsed, dict):
+        return 0.0
+    if operation == "GetItem":
+        return float(_kilobytes(parsed.get("Item", {}), 4096))
+    if operation in ("Query", "Scan"):
+        return float(_kilobytes(parsed.get("Items", []), 4096))
+    if operation == "BatchGetItem":
+        items = [i for found in parsed.get("Responses", {}).values() for i in found]
+        return float(sum(_kilobytes(i, 4096) for i in items))
+    if operation == "TransactGetItems":
+        return 2.0 * sum(_kilobytes(r.get("Item", {}), 4096) for r in parsed.get("Responses", []))
+    return 0.0
 
 
 def _stream_size(body: Any) -> int:
@@ -797,10 +846,12 @@ def request_costs(tally: Tally, per: float, size: int) -> dict[str, float]:
     def units(ops: tuple[str, ...], unit: int, bytes_by: Counter[str]) -> float:
         return sum(max(n[op], bytes_by[op] / unit) for op in ops)
 
-    wru = units(WRITES, 1024, tally.sent_by) + 2 * max(
-        n["TransactWriteItems"], tally.sent_by["TransactWriteItems"] / 1024
-    )
-    rru = units(READS, 4096, tally.received_by) + 2 * n["TransactGetItems"]
+    wru, rru = tally.write_units, tally.read_units
+    if not wru:  # a run saved before units were counted: a request or its bytes at least
+        wru = units(WRITES, 1024, tally.sent_by) + 2 * max(
+            n["TransactWriteItems"], tally.sent_by["TransactWriteItems"] / 1024
+        )
+        rru = units(READS, 4096, tally.received_by) + 2 * n["TransactGetItems"]
     processed = sum(VECTOR_BYTES.values()) / 2 * size / 1024**4  # TB, either index
     per_tb = (
         min(size, 100_000) * VECTORS_TB_FIRST_100K + max(size - 100_000, 0) * VECTORS_TB_BEYOND
@@ -820,10 +871,21 @@ def request_costs(tally: Tally, per: float, size: int) -> dict[str, float]:
     return {name: dollars / per for name, dollars in costs.items()}
 
 
-def monthly_costs(r: Run, size: int) -> dict[str, dict[str, float]]:
-    """Dollars: ingesting `size` images once, storing them a month, a month of queries."""
+def query_mix(r: Run) -> tuple[Tally, int]:
+    """An equal mix of the run's query kinds: their requests, and the queries answered."""
+    mix = Tally()
+    for kind in r.queries_model:
+        mix.add(r.query_requests[kind])
+    return mix, sum(len(times) for times in r.queries_model.values())
+
+
+def monthly_costs(r: Run, size: int, units: Run | None = None) -> dict[str, dict[str, float]]:
+    """Dollars: ingesting `size` images once, storing them a month, a month of queries.
+    DynamoDB's from `units` (a run that counted capacity units item by item) if `r` did not."""
     batch = template_default("EmbedBatchSize")
     per_image = request_costs(r.ingest, r.images, size)
+    if units is not None and not r.ingest.write_units:
+        per_image["DynamoDB"] = request_costs(units.ingest, units.images, size)["DynamoDB"]
     embed_seconds = (r.ingest_model + r.build_model) / r.images
     ingest = {name: dollars * size for name, dollars in per_image.items()}
     ingest["SQS"] += size * SQS_REQUEST  # S3's notification, not a client call
@@ -844,11 +906,9 @@ def monthly_costs(r: Run, size: int) -> dict[str, dict[str, float]]:
         storage["S3 Vectors"] = size * sum(VECTOR_BYTES.values()) / GB * VECTORS_GB_MONTH
     searches = 30 * SEARCHES_A_DAY[size]
     kinds = list(r.queries_model)
-    mix = Tally()  # an equal mix of the four kinds
-    for kind in kinds:
-        mix.add(r.query_requests[kind])
-    answered = sum(len(r.queries_model[k]) for k in kinds)
-    per_query = request_costs(mix, answered, size)
+    per_query = request_costs(*query_mix(r), size)
+    if units is not None and not r.ingest.write_units:
+        per_query["DynamoDB"] = request_costs(*query_mix(units), size)["DynamoDB"]
     seconds = statistics.fmean(t for k in kinds for t in r.queries_model[k])
     thumbnails = searches * THUMBNAILS_PER_SEARCH
     invocations = searches + size / batch
@@ -876,12 +936,15 @@ def print_costs(runs: list[Run]) -> None:
         measured = sorted((r for r in runs if r.engine == engine), key=lambda r: r.size)
         # Each size priced from its own run, else from the largest run below it (else the
         # smallest): requests per image and per query do not grow with the size.
+        units = next((r for r in measured if r.ingest.write_units), None)
         tables = {
             size: monthly_costs(
-                next((r for r in reversed(measured) if r.size <= size), measured[0]), size
+                next((r for r in reversed(measured) if r.size <= size), measured[0]), size, units
             )
             for size in sizes
         }
+        if units is not None:
+            print(f"| {engine} | DynamoDB units item by item from the run at | | {units.size:,} |")
         print(
             f"| {engine} | priced from runs at | | "
             + " | ".join(
