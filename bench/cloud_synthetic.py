@@ -57,11 +57,14 @@ class Collection:
         projection = np.random.default_rng(0).normal(size=(dim, PROJECTED)).astype(np.float32)
         self.projection = projection
         self.projected = np.empty((size, PROJECTED), np.float32)
+        self.norms = np.empty(size, np.float32)
         for start in range(0, size, CHUNK):
             count = min(CHUNK, size - start)
             features, probabilities = synthesise(*real, count, rng)
             rows = slice(start, start + count)
             self.features[rows] = features
+            # Of the float16 rows as stored, a chunk at a time (all at once: 5 GB at 1M).
+            self.norms[rows] = np.linalg.norm(self.features[rows].astype(np.float32), axis=1)
             projected = features @ projection
             self.projected[rows] = projected / np.linalg.norm(projected, axis=1, keepdims=True)
             posted = posted_probabilities(probabilities)
@@ -69,7 +72,6 @@ class Collection:
             self.posted_classes[rows] = top
             self.posted_values[rows] = np.take_along_axis(posted, top, axis=1)
         self.parts = np.fromiter((partition(i) for i in image_ids(size)), np.int16, size)
-        self.norms = np.linalg.norm(self.features.astype(np.float32), axis=1)
 
     def row(self, image_id: str) -> int | None:
         try:
