@@ -8,7 +8,9 @@ stored vector compared, cosine distance 1 - cos, or Euclidean by the index's met
 `$gte`, `$lt`, `$lte`, `$in`, `$nin`, `$exists`, `$and`, `$or`, as the service documents).
 So the adapter runs end to end through boto3 and botocore's real request and response shapes.
 Being exact, it measures the adapter, not S3 Vectors' approximate search: recall@20 against
-exact search is 1.0 here by construction (docs/deploy.md, "Vector engines").
+exact search is 1.0 here by construction (docs/deploy.md, "Vector engines"). A benchmark may
+keep vectors outside moto (EXTRA below: bench/cloud_synthetic.py at 100k and 1M images);
+QueryVectors and GetVectors then answer from both.
 
 `create_vector_indexes` makes the vector bucket and both indexes from infra/template.yaml's
 own definitions (with the dimensions of the test's vectors where they differ from the model).
