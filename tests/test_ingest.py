@@ -101,6 +101,30 @@ def test_the_collection_survives_a_restart(tmp_path, embedder, vocabulary) -> No
     assert restarted.similar(added.image_id) == []  # alone: nothing is similar yet
 
 
+def test_an_upload_that_loses_its_name_to_another_is_stored_under_a_name_of_its_own(
+    service, monkeypatch
+) -> None:
+    """Two uploads of different photos with one file name at once: both find the name free,
+    the later write takes the key, and the earlier photo, replaced, leaves. Its upload is
+    stored again under the name with its content id (as if it had come second), searchable,
+    not answered "pending" for an image that no key holds."""
+    ingest = service.ingest
+
+    def raced(key: str, data: bytes):
+        result = ingest(key, data)
+        monkeypatch.setattr(service, "ingest", ingest)
+        ingest(key, demo_image("pizza"))  # the other upload's write lands just after
+        return result
+
+    monkeypatch.setattr(service, "ingest", raced)
+    outcome = service.upload("photo.jpg", demo_image("elephant"))
+    assert outcome.status == "added" and outcome.key == f"uploads/photo-{outcome.id[:8]}.jpg"
+    assert service.find_key(outcome.key).id == outcome.id
+    assert service.image(outcome.id).status == "indexed"
+    assert service.find_key("uploads/photo.jpg").id != outcome.id  # the other's
+    assert service.count() == 2
+
+
 def test_an_upload_answers_pending_once_its_wait_is_over_and_is_indexed_later(service) -> None:
     """`upload_wait_seconds` bounds the request (the cloud's is below API Gateway's 29 s):
     while another builder holds the index, the upload answers "pending" in about that time,

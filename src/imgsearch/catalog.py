@@ -406,6 +406,11 @@ class Catalog:
             for item in self.table.query("pending", limit=limit)
         ]
 
+    def queued_removals(self, limit: int) -> list[str]:
+        """The images queued for removal from the index, among the first `limit` work items
+        (one Query for some thousands)."""
+        return [item.image_id for item in self.pending(limit=limit) if item.op == "remove"]
+
     def has_pending(self) -> bool:
         return any(True for _ in self.table.query("pending", limit=1))
 

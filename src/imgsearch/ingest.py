@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from imgsearch.catalog import (
 from imgsearch.decode_pool import Decoder
 from imgsearch.embedding import ImageEmbedder
 from imgsearch.images import DecodedImage, DecodeLimits, ImageRefused
-from imgsearch.owners import new_owner, owner_is_alive
+from imgsearch.owners import is_this_process, new_owner, owner_is_alive
 from imgsearch.storage import (
     InvalidKey,
     NotFound,
@@ -48,6 +49,11 @@ THUMBNAIL_SIDE = 384
 # Lambda invocation (15 minutes at most) can run.
 CHANGE_TIMEOUT_SECONDS = 900.0
 TOP_CLASSES = 5
+
+# The changes this process is applying now (their tokens), whichever Ingestor applies them:
+# one of this process not among them was left by a failed undo, and is recovered at once.
+_in_flight: set[str] = set()
+_in_flight_lock = threading.Lock()
 
 IngestStatus = Literal["added", "duplicate", "unchanged", "refused", "removed", "stale"]
 
@@ -162,6 +168,9 @@ class Ingestor:
         except BaseException:
             self._undo(journal)
             raise
+        finally:
+            with _in_flight_lock:
+                _in_flight.discard(journal.change.token)
         self._end(journal)
         return result
 
@@ -340,7 +349,14 @@ class Ingestor:
             owner=new_owner(),
             token=uuid.uuid4().hex,
         )
-        return _Journal(change, version=self.catalog.begin_change(change))
+        with _in_flight_lock:
+            _in_flight.add(change.token)
+        try:
+            return _Journal(change, version=self.catalog.begin_change(change))
+        except BaseException:
+            with _in_flight_lock:
+                _in_flight.discard(change.token)
+            raise
 
     def _note_previous(self, journal: _Journal, held: KeyRecord | None) -> None:
         """Record which image the key holds before it is changed (re-read on each retry)."""
@@ -433,11 +449,12 @@ class Ingestor:
 
     def recover_changes(self, *, timeout: float = CHANGE_TIMEOUT_SECONDS) -> int:
         """Finish or roll back the changes whose process died (or that ran longer than any
-        request can): an add whose bytes are stored under its key is finished, anything else
-        rolled back. Returns how many were recovered."""
+        request can), and those of this process that no longer run (their undo failed): an
+        add whose bytes are stored under its key is finished, anything else rolled back.
+        Returns how many were recovered."""
         recovered = 0
         for change in self.catalog.changes():
-            if owner_is_alive(change.owner) and time.time() - change.started_at < timeout:
+            if not self._abandoned(change, timeout):
                 continue
             log.warning("recovering an interrupted %s of %s", change.op, change.key)
             try:
@@ -447,6 +464,13 @@ class Ingestor:
                 continue
             recovered += 1
         return recovered
+
+    @staticmethod
+    def _abandoned(change: Change, timeout: float) -> bool:
+        if is_this_process(change.owner):
+            with _in_flight_lock:
+                return change.token not in _in_flight
+        return not owner_is_alive(change.owner) or time.time() - change.started_at >= timeout
 
     def _recover(self, change: Change) -> None:
         if change.op == "add" and change.image_id:

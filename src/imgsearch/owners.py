@@ -62,3 +62,9 @@ def owner_is_alive(owner: str) -> bool:
         return True
     # The pid runs, but it may be another process that got it after the owner died.
     return not started or _started(int(pid)) in ("", started)
+
+
+def is_this_process(owner: str) -> bool:
+    """Whether `owner` was named by this very process (`new_owner`)."""
+    machine, process, _ = owner.rsplit(":", 2)
+    return machine == MACHINE and process == _process(os.getpid())

@@ -77,6 +77,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 API_KEY_FILE = "api-key"  # the local API key, in the data directory
+# Work items `count` and `browse` look through for queued removals: one Query (DynamoDB
+# pages 1 MB, some ten thousand items); removals queued behind a longer backlog count once built.
+REMOVALS_LOOKED_AT = 10_000
 UPLOAD_FORM_SECONDS = 600  # a direct upload form: long enough for a slow phone, short to leak
 
 
@@ -181,9 +184,16 @@ class ImageSearch:
     # The collection ------------------------------------------------------------------------
 
     def count(self) -> int:
+        """The images in the collection: those the index serves, less those whose removal
+        is queued (gone for every answer already, for the index at its next build)."""
         index = self.parts.index
         index.refresh()
-        return len(index)
+        return len(index) - len(self._leaving())
+
+    def _leaving(self) -> set[str]:
+        """Images the index still serves whose removal is queued."""
+        queued = self.parts.catalog.queued_removals(REMOVALS_LOOKED_AT)
+        return self.parts.index.present(queued) if queued else set()
 
     def image(self, image_id: str) -> ImageRecord | None:
         record = self.parts.catalog.image(image_id)
@@ -196,12 +206,14 @@ class ImageSearch:
         return {i: record for i, record in found.items() if record.status != "removed"}
 
     def browse(self, limit: int, offset: int) -> tuple[list[ImageRecord], int]:
-        """The collection, newest first, and its size."""
+        """The collection, newest first, and its size (see `count`)."""
         index = self.parts.index
         index.refresh()
-        ids = list(itertools.islice(index.image_ids(), offset, offset + limit))
+        leaving = self._leaving()
+        live = (i for i in index.image_ids() if i not in leaving)
+        ids = list(itertools.islice(live, offset, offset + limit))
         records = self.images(ids)
-        return [records[i] for i in ids if i in records], len(index)
+        return [records[i] for i in ids if i in records], len(index) - len(leaving)
 
     def find_key(self, key: str) -> ImageRecord | None:
         """The image stored under `key`, if any."""
@@ -291,6 +303,11 @@ class ImageSearch:
         once it is searchable. Raises ImageRefused (with its reason), InvalidKey, DecoderBusy."""
         stored_as = key or keys.upload_key(self.parts.catalog, filename, data)
         result = self.add(stored_as, data, wait=self.settings.upload_wait_seconds)
+        if key is None and result.image_id and self._lost_key(stored_as, result.image_id):
+            # Another upload of other bytes took the name meanwhile and replaced these: they
+            # take the name with their content id, as if they had come second (keys.py).
+            stored_as = keys.upload_key(self.parts.catalog, filename, data)
+            result = self.add(stored_as, data, wait=self.settings.upload_wait_seconds)
         if result.status == "refused" or result.image_id is None:
             raise ImageRefused(result.code or "refused", result.reason or "refused")
         record = self.image(result.image_id)
@@ -301,6 +318,11 @@ class ImageSearch:
                 return UploadOutcome(result.image_id, stored_as, status)
             case _:  # a removal or an older event: nothing an upload can be
                 raise AssertionError(f"an upload ended as {result.status!r}")
+
+    def _lost_key(self, key: str, image_id: str) -> bool:
+        """Whether `key` holds other bytes than `image_id`'s, which it was given."""
+        held = self.find_key(key)
+        return held is not None and held.id != image_id
 
     def remove(self, key: str) -> IngestResult:
         """Forget `key` (and delete its bytes); its image leaves the index if no key holds it."""
@@ -561,7 +583,10 @@ class ImageSearch:
         index = self.parts.index
         index.refresh()
         words = word_topics(self.parts.feedback, index, limit)
-        return [*words, *class_topics(index, self.class_names, limit)]
+        classes = class_topics(index, self.class_names, limit)
+        # At most `limit` in all; taught words take up to half, classes fill the rest.
+        shown_words = words[: max(limit - len(classes), (limit + 1) // 2)]
+        return [*shown_words, *classes[: limit - len(shown_words)]]
 
     def near_copies(self, image_id: str) -> list[Hit]:
         """The images that are near-copies of an indexed one (settings.duplicate_distance),

@@ -392,9 +392,14 @@ def test_delete_only_queues_the_removal_from_the_index(service, client) -> None:
     similar = client.get(f"/api/images/{other}/similar").json()["results"]
     assert image_id not in [r["id"] for r in similar]
     assert client.get(f"/api/images/{image_id}/similar").status_code == 404  # its own, too
-    assert image_id not in [r["id"] for r in client.get("/api/images").json()["results"]]
+    browsed = client.get("/api/images").json()
+    assert [r["id"] for r in browsed["results"]] == [other]
+    # The totals count it out at once too, not at the next build.
+    assert browsed["total"] == 1 and client.get("/api/health").json()["images"] == 1
     service.build_index()  # the next build: serve's background writer, the cloud's schedule
     assert image_id not in service.parts.index and not service.parts.catalog.pending()
+    assert client.get("/api/health").json()["images"] == 1
+    assert client.get("/api/images").json()["total"] == 1
 
 
 def test_a_local_api_key_is_made_once_and_kept(tmp_path) -> None:

@@ -184,6 +184,55 @@ def test_a_merge_whose_shards_were_replaced_meanwhile_is_given_up(index_service,
     assert len(service.parts.index) == 200
 
 
+def test_a_merge_published_while_the_builder_reads_the_manifest_is_kept(index_service, monkeypatch):
+    """A merge (a background thread) refreshes the builder's index just as the builder reads
+    the manifest it will replace: the builder's compare-and-swap must fail and be retried on
+    the merged manifest, not pair the old manifest with the merged one's ETag."""
+    from imgsearch.index.reader import Index
+
+    service = index_service
+    writer = service.parts.builder.writer
+    writer.grace_seconds = 60.0
+    first = synthetic_ids(200)
+    queue(service, first, clustered_vectors(200))
+    service.build_index()
+    index = service.parts.index
+    merge_now = []
+
+    class MergedMeanwhile(Index):
+        @property
+        def _snapshot(self):
+            snapshot = self.__dict__["_snapshot"]
+            if merge_now:
+                merge_now.clear()
+                assert writer.merger.merge_once()  # refreshes this index: a new snapshot
+            return snapshot
+
+        @_snapshot.setter
+        def _snapshot(self, value):
+            self.__dict__["_snapshot"] = value
+
+    monkeypatch.setattr(index, "__class__", MergedMeanwhile)
+    publish = writer.publish
+    publications = []
+
+    def publishing(*args, **kwargs):
+        publications.append(True)
+        if len(publications) == 1:  # the merge comes once
+            merge_now.append(True)
+        return publish(*args, **kwargs)
+
+    monkeypatch.setattr(writer, "publish", publishing)
+    more = synthetic_ids(10, start=200)
+    queue(service, more, clustered_vectors(210)[200:])
+    assert service.build_index().added == 10
+    print("PUBS", len(publications), merge_now)
+    assert len(publications) == 2  # the first one's compare-and-swap failed
+    manifest, _ = read_manifest(service.parts.storage.objects)
+    assert [(s.count, s.sealed) for s in manifest.shards] == [(200, True), (10, False)]
+    assert len(service.parts.index) == 210
+
+
 def test_an_open_shard_reuses_its_projection_until_it_doubles(index_service) -> None:
     service = index_service
     vectors = clustered_vectors(44)

@@ -256,6 +256,10 @@ class IndexBuilder:
             self._apply(batch, report, lease)
             if until is not None and until():
                 return
+            if len(batch) < limit:
+                # The queue held no more when it was read: what came since, `run` sees after
+                # letting go of the lease (one read of the queue fewer a build).
+                return
             if deadline is not None:
                 took, left = time.monotonic() - started, deadline - time.monotonic()
                 # Time per item as measured; the next batch gets at most half of what is left.

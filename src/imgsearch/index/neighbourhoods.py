@@ -27,6 +27,7 @@ import numpy as np
 from imgsearch.catalog import Catalog, StoredNeighbours
 from imgsearch.index.base import SearchIndex
 from imgsearch.index.expansion import Expansion, Ranked, ranked
+from imgsearch.storage import in_parallel
 
 Neighbours = list[tuple[str, float]]
 
@@ -123,16 +124,22 @@ class Neighbourhoods:
         lists that held a `removed` image recomputed: read together, written together."""
         own: dict[str, Neighbours] = {}
         offers: dict[str, Neighbours] = defaultdict(list)
-        for image_id, vector in vectors.items():
-            near = self.index.nearest(vector, self.reach, exclude={image_id})
+        # The group's queries at once: on an engine over the network each one waits for it.
+        queries = [(i, v, {i}) for i, v in vectors.items()] + [
+            (i, v, set()) for i, v in removed.items()
+        ]
+        answers = in_parallel(lambda q: self.index.nearest(q[1], self.reach, exclude=q[2]), queries)
+        nearest = dict(zip([q[0] for q in queries], answers, strict=True))
+        for image_id in vectors:
+            near = nearest[image_id]
             own[image_id] = _rounded(near[: self.k])
             for other, distance in near:
                 if other not in vectors:
                     offers[other].append((image_id, distance))
         stale = {
             other
-            for vector in removed.values()
-            for other, _ in self.index.nearest(vector, self.reach)
+            for removed_id in removed
+            for other, _ in nearest[removed_id]
             if other not in vectors
         }
         stored = self.catalog.neighbour_lists([*own, *offers, *stale])

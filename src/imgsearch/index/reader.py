@@ -74,6 +74,14 @@ class Index(SearchIndex):
         return self._snapshot.etag
 
     @property
+    def manifest_and_etag(self) -> tuple[Manifest, str | None]:
+        """The loaded manifest and its ETag, of one snapshot: a refresh in another thread (a
+        merge's) between reading `manifest` and `etag` would pair an old manifest with the
+        new ETag, and a compare-and-swap on it would overwrite what that refresh loaded."""
+        snapshot = self._snapshot
+        return snapshot.manifest, snapshot.etag
+
+    @property
     def shards(self) -> tuple[Shard, ...]:
         return self._snapshot.shards
 

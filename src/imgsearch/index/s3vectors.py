@@ -49,7 +49,7 @@ from imgsearch.catalog import Catalog, Published
 from imgsearch.index.base import IndexWriter, SearchIndex
 from imgsearch.index.shards import SPREAD_SIZE, ShardData, posted_probabilities, spread
 from imgsearch.integrity import DamagedFile
-from imgsearch.storage import NotFound, ObjectStore
+from imgsearch.storage import NotFound, ObjectStore, in_parallel
 
 if TYPE_CHECKING:
     from mypy_boto3_s3vectors import S3VectorsClient
@@ -146,20 +146,27 @@ class VectorBucket:
         return [(hit["key"], float(hit.get("distance", 0.0))) for hit in found]
 
     def get(self, keys: Sequence[str], *, data: bool) -> dict[str, np.ndarray | None]:
-        """The vectors stored under `keys` (None: data not asked for), absent keys left out."""
-        found: dict[str, np.ndarray | None] = {}
-        for start in range(0, len(keys), GET_BATCH):
+        """The vectors stored under `keys` (None: data not asked for), absent keys left out:
+        one GetVectors per GET_BATCH keys, sent at once."""
+
+        def chunk(start: int) -> dict[str, np.ndarray | None]:
             response = self.client.get_vectors(
                 vectorBucketName=self.bucket,
                 indexName=self.features,
                 keys=list(keys[start : start + GET_BATCH]),
                 returnData=data,
             )
+            found: dict[str, np.ndarray | None] = {}
             for vector in response["vectors"]:
                 values = vector.get("data", {}).get("float32") if data else None
                 found[vector["key"]] = (
                     np.asarray(values, dtype=np.float32) if values is not None else None
                 )
+            return found
+
+        found: dict[str, np.ndarray | None] = {}
+        for part in in_parallel(chunk, range(0, len(keys), GET_BATCH)):
+            found |= part
         return found
 
     def listing(self, index: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -342,10 +349,7 @@ class S3VectorsIndex(SearchIndex):
         # average (GROUP_FILL of it), so that one seldom comes back full and is split: the
         # neighbour lists' 201 nearest in 3 requests.
         groups = min(PARTS, -(-wanted // int(TOP_K_LIMIT * GROUP_FILL)))
-        answers = {
-            parts: self.bucket.query(index, vector, TOP_K_LIMIT, parts)
-            for parts in (tuple(range(g, PARTS, groups)) for g in range(groups))
-        }
+        answers = self._ask(index, vector, [tuple(range(g, PARTS, groups)) for g in range(groups)])
         while True:
             merged = sorted(
                 (hit for hits in answers.values() for hit in hits if hit[1] < within),
@@ -362,8 +366,17 @@ class S3VectorsIndex(SearchIndex):
                 return merged
             for parts in unsure:
                 del answers[parts]
-                for half in (parts[::2], parts[1::2]):
-                    answers[half] = self.bucket.query(index, vector, TOP_K_LIMIT, half)
+            halves = [half for parts in unsure for half in (parts[::2], parts[1::2])]
+            answers |= self._ask(index, vector, halves)
+
+    def _ask(
+        self, index: str, vector: np.ndarray, groups: list[tuple[int, ...]]
+    ) -> dict[tuple[int, ...], list[tuple[str, float]]]:
+        """The top TOP_K_LIMIT of each group of partitions, asked at once."""
+        hits = in_parallel(
+            lambda parts: self.bucket.query(index, vector, TOP_K_LIMIT, parts), groups
+        )
+        return dict(zip(groups, hits, strict=True))
 
     def spread(self, k: int, *, exclude: Collection[str] = ()) -> list[str]:
         return [i for i in self._state.spread if i not in exclude][:k]

@@ -62,7 +62,7 @@ class ShardWriter(IndexWriter):
         still_held: Callable[[], None] = lambda: None,
     ) -> int:
         """Write new shard builds for the batch and switch the manifest to them."""
-        manifest, etag = self.index.manifest, self.index.etag
+        manifest, etag = self.index.manifest_and_etag
         builds = 0
         shards: list[ShardEntry] = []
         data = additions

@@ -33,6 +33,7 @@ from .ports import (
     StorageError,
     StoredObject,
     Write,
+    in_parallel,
 )
 from .validation import MAX_BATCH_READ, MAX_BATCH_WRITE
 
@@ -301,49 +302,59 @@ class DynamoTable(Table):
         return None if raw is None else _decode_item(raw)
 
     def _get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+        """One BatchGetItem per MAX_BATCH_READ keys, sent at once (`in_parallel`)."""
+        chunks = [
+            keys[start : start + MAX_BATCH_READ] for start in range(0, len(keys), MAX_BATCH_READ)
+        ]
         found: dict[tuple[str, str], Item] = {}
-        for start in range(0, len(keys), MAX_BATCH_READ):
-            chunk = [self._key(pk, sk) for pk, sk in keys[start : start + MAX_BATCH_READ]]
-            request: dict[str, KeysAndAttributesTypeDef] = {
-                self.table_name: {"Keys": chunk, "ConsistentRead": True}
-            }
-            for attempt in range(BATCH_ATTEMPTS):
-                response = self._client.batch_get_item(RequestItems=request)
-                for raw in response.get("Responses", {}).get(self.table_name, []):
-                    item = _decode_item(raw)
-                    found[item["pk"], item["sk"]] = item
-                # What it left out, to send again (the same shape as what was sent).
-                request = cast(
-                    dict[str, "KeysAndAttributesTypeDef"], response.get("UnprocessedKeys", {})
-                )
-                if not request:
-                    break
-                _pause(attempt)
-            else:
-                raise StorageError(f"{self.table_name}: batch reads kept being left unprocessed")
+        for items in in_parallel(self._get_chunk, chunks):
+            found.update(items)
         return found
 
+    def _get_chunk(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+        found: dict[tuple[str, str], Item] = {}
+        request: dict[str, KeysAndAttributesTypeDef] = {
+            self.table_name: {
+                "Keys": [self._key(pk, sk) for pk, sk in keys],
+                "ConsistentRead": True,
+            }
+        }
+        for attempt in range(BATCH_ATTEMPTS):
+            response = self._client.batch_get_item(RequestItems=request)
+            for raw in response.get("Responses", {}).get(self.table_name, []):
+                item = _decode_item(raw)
+                found[item["pk"], item["sk"]] = item
+            # What it left out, to send again (the same shape as what was sent).
+            request = cast(
+                dict[str, "KeysAndAttributesTypeDef"], response.get("UnprocessedKeys", {})
+            )
+            if not request:
+                return found
+            _pause(attempt)
+        raise StorageError(f"{self.table_name}: batch reads kept being left unprocessed")
+
     def _put_many(self, puts: Sequence[Put]) -> None:
-        for start in range(0, len(puts), MAX_BATCH_WRITE):
-            chunk: list[WriteRequestTypeDef] = [
-                {
-                    "PutRequest": {
-                        "Item": self._encode_item(p.pk, p.sk, p.expected_version + 1, p.attrs)
-                    }
-                }
-                for p in puts[start : start + MAX_BATCH_WRITE]
-            ]
-            request = {self.table_name: chunk}
-            for attempt in range(BATCH_ATTEMPTS):
-                response = self._client.batch_write_item(RequestItems=request)
-                request = cast(
-                    dict[str, list["WriteRequestTypeDef"]], response.get("UnprocessedItems", {})
-                )
-                if not request:
-                    break
-                _pause(attempt)
-            else:
-                raise StorageError(f"{self.table_name}: batch writes kept being left unprocessed")
+        """One BatchWriteItem per MAX_BATCH_WRITE items, sent at once (`in_parallel`)."""
+        chunks = [
+            puts[start : start + MAX_BATCH_WRITE] for start in range(0, len(puts), MAX_BATCH_WRITE)
+        ]
+        in_parallel(self._put_chunk, chunks)
+
+    def _put_chunk(self, puts: Sequence[Put]) -> None:
+        chunk: list[WriteRequestTypeDef] = [
+            {"PutRequest": {"Item": self._encode_item(p.pk, p.sk, p.expected_version + 1, p.attrs)}}
+            for p in puts
+        ]
+        request = {self.table_name: chunk}
+        for attempt in range(BATCH_ATTEMPTS):
+            response = self._client.batch_write_item(RequestItems=request)
+            request = cast(
+                dict[str, list["WriteRequestTypeDef"]], response.get("UnprocessedItems", {})
+            )
+            if not request:
+                return
+            _pause(attempt)
+        raise StorageError(f"{self.table_name}: batch writes kept being left unprocessed")
 
     def _put(self, pk: str, sk: str, attrs: Mapping[str, Any], expected_version: int) -> int:
         while True:

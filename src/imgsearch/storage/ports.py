@@ -5,7 +5,8 @@ adapter may have besides, are the base classes in base.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,10 +27,12 @@ __all__ = [  # what the storage package re-exports: the ports' vocabulary
     "StoredObject",
     "TooMuchContention",
     "Write",
+    "in_parallel",
     "retry_on_conflict",
 ]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Attribute values are JSON-like: str, int, float, bool, None, and lists/dicts of those.
 Item = dict[str, Any]
@@ -63,6 +66,18 @@ class TooMuchContention(RuntimeError):
 # Writers of one item are few (a key's events, one term's voters): 50 lost races in a row
 # means something is wrong, not busy.
 MAX_CAS_ATTEMPTS = 50
+# Requests one call sends at once: an index build's batched reads and writes and its queries
+# wait for the network, not for the CPU, so their waits overlap.
+PARALLEL_REQUESTS = 16
+
+
+def in_parallel(work: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """`work(item)` for each of `items`, up to PARALLEL_REQUESTS at once (in threads, for
+    requests over the network), the results in order; the first error is raised."""
+    if len(items) <= 1:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(min(PARALLEL_REQUESTS, len(items))) as pool:
+        return list(pool.map(work, items))
 
 
 def retry_on_conflict(step: Callable[[], T], what: str, attempts: int = MAX_CAS_ATTEMPTS) -> T:
