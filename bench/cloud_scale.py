@@ -9,7 +9,12 @@ For each vector engine (the template's `VectorEngine`) and collection size:
    queues, notifications and vector indexes (tests/support/aws_resources.py).
 2. A collection of `size` images is synthesised straight into it, as bench/index_scale.py
    does (real features, perturbed): image records, the index (through the engine's own
-   writer) and exact neighbour lists. No photo is embedded for these.
+   writer) and neighbour lists (exact up to EXACT_LISTS_UP_TO images, nearly exact above).
+   No photo is embedded for these. Below `--outside-from` (50,000) every item is written into
+   moto's backends; from it, the collection is kept as compact arrays that moto answers from
+   when a request touches them (bench/cloud_synthetic.py: moto's own objects would take 24 KB
+   of DynamoDB items and 73 KB of S3 Vectors floats an image, 97 GB at 1M), so that 100k and
+   1M fit in a few GB; the requests and the items read are the same.
 3. A sample of real photos (demo/) is uploaded to the bucket; S3 notifies the queue and a
    poller invokes the embed function (functions/embed/app.py) in batches of the template's
    `EmbedBatchSize`, as Lambda's SQS event source does. Its requests and bytes are counted per
@@ -39,6 +44,12 @@ request (LATENCY below, `--latency-scale` multiplies them):
 What moto does not emulate (S3 Vectors' approximate search, throttling, Lambda's CPU) is not
 measured: CPU time is this machine's, shared with other jobs (noisy).
 
+Seconds "as on Lambda" = the function's CPU (every thread of this process but the moto
+server's: the API's request threads, the lease's heartbeat) + the time during which at least
+one of its requests waited for its injected latency: the union of the wait intervals, so that
+requests sent in parallel threads count once, as the function waits for them at once (their
+sum would charge each thread's wait as if one after another). Not counted: moto's own time.
+
 Extrapolation to sizes not run (printed as such): requests per image and query requests do
 not depend on the collection size for S3 Vectors (checked by running two sizes); Annoy's cold
 start reads every shard, so its bytes grow as bytes-per-image x size and its seconds as
@@ -52,6 +63,7 @@ import io
 import json
 import logging
 import os
+import resource
 import socket
 import statistics
 import sys
@@ -76,6 +88,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "bench"), str(REPO / "tests")]
 
 import boto3  # noqa: E402
+from cloud_synthetic import Collection, image_ids, serve_from_outside  # noqa: E402
 from index_scale import real_embeddings, synthesise, synthetic_record  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 from support.aws_resources import (  # noqa: E402
@@ -83,11 +96,13 @@ from support.aws_resources import (  # noqa: E402
     create_queues,
     function_environment,
 )
+from support.dynamodb import install_cheap_transactions  # noqa: E402
 from support.lambda_events import ApiGateway, QueuePoller, lambda_logging, load_function  # noqa: E402
 from support.s3vectors import create_vector_indexes, install_query_vectors  # noqa: E402
 
 from imgsearch.bulk import files_under  # noqa: E402
 from imgsearch.config import ASSETS_DIR, Settings, get_settings  # noqa: E402
+from imgsearch.index.s3vectors import classes_index_name  # noqa: E402
 from imgsearch.index.shards import ShardData  # noqa: E402
 from imgsearch.service import ImageSearch  # noqa: E402
 from imgsearch.storage import Put  # noqa: E402
@@ -137,12 +152,18 @@ class Tally:
     waited: float = 0.0  # seconds of latency injected
     sent_by: Counter[str] = field(default_factory=Counter)  # bytes by operation
     received_by: Counter[str] = field(default_factory=Counter)
+    # DynamoDB capacity units as billed on demand, item by item (dynamodb_units); 0 in runs
+    # saved before they were counted.
+    write_units: float = 0.0
+    read_units: float = 0.0
 
     def add(self, other: Tally) -> None:
         self.requests.update(other.requests)
         self.sent += other.sent
         self.received += other.received
         self.waited += other.waited
+        self.write_units += other.write_units
+        self.read_units += other.read_units
         self.sent_by.update(other.sent_by)
         self.received_by.update(other.received_by)
 
@@ -155,6 +176,7 @@ class Wire:
         self.scale = scale
         self.tally: Tally | None = None
         self.lock = threading.Lock()
+        self.spans: list[tuple[float, float]] = []  # every wait injected: (start, end)
 
     def install(self, session: Any) -> None:
         session.events.register("before-send", self.before_send)
@@ -168,12 +190,14 @@ class Wire:
         body = request.body
         size = len(body) if isinstance(body, bytes | str) else _stream_size(body)
         wait = self.scale * (LATENCY.get(operation, OTHER_LATENCY) + size / S3_BYTES_PER_SECOND)
+        units = write_units(operation, body)
         with self.lock:
+            tally.write_units += units
             tally.requests[operation] += 1
             tally.sent += size
             tally.sent_by[operation] += size
             tally.waited += wait
-        time.sleep(wait)
+        self.wait(wait)
 
     def after_call(self, http_response: Any, **kwargs: Any) -> None:
         tally = self.tally
@@ -181,11 +205,34 @@ class Wire:
             return
         size = int(http_response.headers.get("content-length", 0))
         wait = self.scale * size / S3_BYTES_PER_SECOND
+        units = read_units(kwargs["event_name"].rsplit(".", 1)[-1], kwargs.get("parsed"))
         with self.lock:
+            tally.read_units += units
             tally.received += size
             tally.received_by[kwargs["event_name"].rsplit(".", 1)[-1]] += size
             tally.waited += wait
-        time.sleep(wait)
+        self.wait(wait)
+
+    def wait(self, seconds: float) -> None:
+        """Sleep `seconds` and remember the interval, as injected (not as overslept)."""
+        began = time.perf_counter()
+        self.spans.append((began, began + seconds))  # list.append: atomic under the GIL
+        time.sleep(seconds)
+
+    def mark(self) -> int:
+        """A point in the intervals waited, for `waited_since`."""
+        return len(self.spans)
+
+    def waited_since(self, mark: int) -> float:
+        """Seconds during which at least one request waited since `mark`: the union of the
+        intervals, so that requests in parallel threads count once, as on Lambda (their sum
+        would count each thread's wait as if the function waited for them one by one)."""
+        total, end = 0.0, -np.inf
+        for began, ended in sorted(self.spans[mark:]):
+            if ended > end:
+                total += ended - max(began, end)
+                end = ended
+        return total
 
     @contextmanager
     def counting(self, tally: Tally) -> Iterator[Tally]:
@@ -194,6 +241,71 @@ class Wire:
             yield tally
         finally:
             self.tally = outer
+
+
+# The moto server's threads (werkzeug names each request's thread after its target): their
+# CPU is the emulator's, not the function's.
+MOTO_THREADS = ("process_request_thread", "_server_entry")
+
+
+def function_cpu() -> dict[int, float]:
+    """CPU seconds so far of each thread of the function: every thread of this process but
+    the moto server's (the API's requests run in a thread pool, the lease's heartbeat in its
+    own thread: all of them are the function's CPU on Lambda)."""
+    seconds = {}
+    for thread in threading.enumerate():
+        if thread.ident is None or any(name in thread.name for name in MOTO_THREADS):
+            continue
+        try:
+            seconds[thread.ident] = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        except OSError:  # ended meanwhile
+            continue
+    return seconds
+
+
+def cpu_since(before: dict[int, float]) -> float:
+    """The function's CPU seconds since `before` (function_cpu()); threads that started since
+    count from zero, threads that ended since are lost (the pools' threads live on)."""
+    return sum(max(0.0, t - before.get(ident, 0.0)) for ident, t in function_cpu().items())
+
+
+def _kilobytes(value: Any, unit: int) -> int:
+    """Billing units of an item: its size (here its JSON's) in `unit` bytes, at least 1."""
+    return max(1, -(-len(json.dumps(value, default=str)) // unit))
+
+
+def write_units(operation: str, body: Any) -> float:
+    """DynamoDB on-demand write units of a request: 1 per KB of each item written, twice for
+    each item of a transaction (DynamoDB's pricing: transactional writes cost 2 WRU per KB)."""
+    if operation not in {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"} | {
+        "TransactWriteItems"
+    }:
+        return 0.0
+    request = json.loads(body)
+    if operation == "BatchWriteItem":
+        return float(
+            sum(_kilobytes(w, 1024) for ws in request["RequestItems"].values() for w in ws)
+        )
+    if operation == "TransactWriteItems":
+        return 2.0 * sum(_kilobytes(item, 1024) for item in request["TransactItems"])
+    return float(_kilobytes(request.get("Item", request.get("Key")), 1024))
+
+
+def read_units(operation: str, parsed: Any) -> float:
+    """DynamoDB read units of an answer (strongly consistent: 1 per 4 KB of each item read;
+    a Query 1 per 4 KB of all it read; a transaction twice)."""
+    if not isinstance(parsed, dict):
+        return 0.0
+    if operation == "GetItem":
+        return float(_kilobytes(parsed.get("Item", {}), 4096))
+    if operation in ("Query", "Scan"):
+        return float(_kilobytes(parsed.get("Items", []), 4096))
+    if operation == "BatchGetItem":
+        items = [i for found in parsed.get("Responses", {}).values() for i in found]
+        return float(sum(_kilobytes(i, 4096) for i in items))
+    if operation == "TransactGetItems":
+        return 2.0 * sum(_kilobytes(r.get("Item", {}), 4096) for r in parsed.get("Responses", []))
+    return 0.0
 
 
 def _stream_size(body: Any) -> int:
@@ -241,33 +353,155 @@ def template_default(name: str) -> int:
 # The collection -------------------------------------------------------------------------------
 
 
+def populate_outside(service: ImageSearch, size: int, seed: int) -> None:
+    """`size` indexed images kept outside moto's objects (bench/cloud_synthetic.py): the
+    catalog's image items and S3 Vectors' indexes answered from compact arrays; Annoy's shards
+    published by the engine's writer from the same arrays."""
+    collection = Collection(size, seed, EXACT_LISTS_UP_TO, K)
+    settings, writer = service.settings, service.parts.builder.writer
+    adapter = service.parts.storage.catalog
+    serve_from_outside(
+        collection,
+        settings.catalog_table,
+        lambda pk, sk, attrs: adapter._encode_item(pk, sk, 1, attrs),
+        settings.vector_bucket if settings.vector_engine == "s3vectors" else None,
+        settings.vector_index,
+        classes_index_name(settings.vector_index),
+    )
+    if settings.vector_engine == "s3vectors":
+        writer._write_state(collection.state(writer.model_name), None)
+        return
+    probabilities = np.zeros((size, collection.classes), np.float16)
+    np.put_along_axis(
+        probabilities,
+        collection.posted_classes.astype(np.int64),
+        collection.posted_values,
+        axis=1,
+    )
+    features = collection.features.astype(np.float32)
+    publish_all(service, ShardData(image_ids(size), features, probabilities))
+
+
+def publish_all(service: ImageSearch, data: ShardData) -> None:
+    """One publication of the whole collection (the writer cuts it into shards) from the
+    writer's own view of the index."""
+    writer = service.parts.builder.writer
+    writer.index.refresh(force=True)
+    writer.publish(data, [])
+    service.parts.index.refresh(force=True)
+
+
 def populate(service: ImageSearch, size: int, seed: int) -> None:
-    """`size` indexed images: records, the engine's index, exact neighbour lists."""
+    """`size` indexed images: records, the engine's index, neighbour lists.
+
+    Written straight into moto's backends, not through its HTTP server (200,000 items at 100k
+    images; nothing here is counted), with the items the real adapters encode: the catalog's
+    own `put_many` and the engine's own writer, only their last hop replaced. Vectors go into
+    moto's S3 Vectors backend with float16 precision, each value one shared Python float: moto
+    keeps a vector as a list of floats, 73 KB an image (7 GB at 100k) without that."""
     features, probabilities = synthesise(*real_embeddings(), size, np.random.default_rng(seed))
     ids = [f"{i:016x}" for i in range(size)]
     table = service.parts.storage.catalog
-    puts = []
-    for image_id, probs in zip(ids, probabilities, strict=True):
-        record = synthetic_record(image_id, probs)
-        puts.append(Put(f"image#{image_id}", "meta", record.attrs(), 0))
-    table.put_many(puts)
-    index, writer = service.parts.index, service.parts.builder.writer
-    chunk = service.settings.shard_size
-    for start in range(0, size, chunk):
-        index.refresh(force=True)
-        rows = slice(start, start + chunk)
-        writer.publish(ShardData(ids[rows], features[rows], probabilities[rows]), [])
-    index.refresh(force=True)
-    lists = {}
-    for start in range(0, size, 1000):  # exact neighbours, 1000 rows at a time
-        distances = 1.0 - features[start : start + 1000].astype(np.float32) @ features.T
-        for row, image_distances in enumerate(distances, start):
-            image_distances[row] = np.inf
-            nearest = np.argpartition(image_distances, K)[:K]
-            nearest = nearest[np.argsort(image_distances[nearest])]
-            lists[ids[row]] = ([(ids[i], round(float(image_distances[i]), 6)) for i in nearest], 0)
-        service.parts.catalog.put_neighbour_lists(lists)
+    with straight_into_moto(table, getattr(service.parts.builder.writer, "bucket", None)):
+        table.put_many(
+            [
+                Put(f"image#{image_id}", "meta", synthetic_record(image_id, probs).attrs(), 0)
+                for image_id, probs in zip(ids, probabilities, strict=True)
+            ]
+        )
+        publish_all(service, ShardData(ids, features, probabilities))
+        for first, lists in neighbour_lists(ids, features):
+            service.parts.catalog.put_neighbour_lists(lists)
+            if first % 100_000 == 0:
+                print(f"    lists from {first:,}, {peak_rss_gb():.1f} GB peak", flush=True)
+
+
+EXACT_LISTS_UP_TO = 20_000  # above: neighbours by a random projection (see neighbour_lists)
+PROJECTED_DIMENSIONS = 128
+
+
+def neighbour_lists(
+    ids: list[str], features: np.ndarray
+) -> Iterator[tuple[int, dict[str, tuple[list[tuple[str, float]], int]]]]:
+    """Each image's K nearest (cosine distance), a block of rows at a time. Exact up to
+    EXACT_LISTS_UP_TO images; above, the K nearest by a random projection to
+    PROJECTED_DIMENSIONS (the exact comparison of 100k x 100k vectors takes most of an hour
+    on one core here), with their exact distances: lists that are nearly the nearest (so a new
+    image is offered to a few more of them than with exact lists: if anything, more writes)."""
+    size = len(ids)
+    search = features
+    if size > EXACT_LISTS_UP_TO:
+        projection = np.random.default_rng(0).normal(size=(features.shape[1], PROJECTED_DIMENSIONS))
+        search = normalise(features @ projection.astype(np.float32))
+    rows = min(1000, max(100, 50_000_000 // size))  # a block of similarities <= 200 MB
+    for start in range(0, size, rows):
+        block = slice(start, start + rows)
+        similarity = search[block] @ search.T
         lists = {}
+        for row, row_similarity in enumerate(similarity, start):
+            row_similarity[row] = -np.inf
+            nearest = np.argpartition(-row_similarity, K)[:K]
+            distances = 1.0 - features[nearest] @ features[row]
+            order = np.argsort(distances)
+            lists[ids[row]] = (
+                [(ids[nearest[i]], round(float(distances[i]), 6)) for i in order],
+                0,
+            )
+        yield start, lists
+
+
+def normalise(rows: np.ndarray) -> np.ndarray:
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+@contextmanager
+def straight_into_moto(table: Any, vector_bucket: Any) -> Iterator[None]:
+    """The catalog's batched writes and the vector writer's puts go to moto's backends in this
+    process, as the same items, without HTTP and JSON (the setup is not measured)."""
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+    from moto.s3vectors.models import s3vectors_backends
+
+    region = os.environ["AWS_DEFAULT_REGION"]
+    dynamodb = dynamodb_backends[DEFAULT_ACCOUNT_ID][region]
+    client = table._client
+
+    class Direct:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(client, name)
+
+        def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+            for name, writes in RequestItems.items():
+                for write in writes:
+                    dynamodb.put_item(name, write["PutRequest"]["Item"])
+            return {"UnprocessedItems": {}}
+
+    shared: dict[float, float] = {}
+
+    def put(index: str, vectors: list[dict[str, Any]]) -> None:
+        for vector in vectors:
+            values = np.asarray(vector["data"]["float32"], np.float16).astype(np.float32)
+            vector["data"] = {"float32": [shared.setdefault(v, v) for v in values.tolist()]}
+        s3vectors_backends[DEFAULT_ACCOUNT_ID]["aws"].put_vectors(  # one per partition
+            vector_bucket_name=vector_bucket.bucket,
+            index_name=index,
+            index_arn=None,
+            vectors=vectors,
+        )
+
+    table._client = Direct()
+    if vector_bucket is not None:
+        vector_bucket.put = put
+    try:
+        yield
+    finally:
+        table._client = client
+        if vector_bucket is not None:
+            del vector_bucket.put
 
 
 def photos() -> list[tuple[str, bytes]]:
@@ -302,6 +536,7 @@ class Run:
     queries_model: dict[str, list[float]] = field(default_factory=dict)
     query_requests: dict[str, Tally] = field(default_factory=dict)
     stored: Counter[str] = field(default_factory=Counter)  # bucket bytes by top prefix
+    outside: bool = False  # the collection kept outside moto (bench/cloud_synthetic.py)
 
 
 def run(engine: str, size: int, args: argparse.Namespace) -> Run:
@@ -319,6 +554,7 @@ def run(engine: str, size: int, args: argparse.Namespace) -> Run:
         )
         get_settings.cache_clear()
         install_query_vectors()
+        install_cheap_transactions()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
         # moto's backends are this process's: another run's resources are still there.
@@ -355,10 +591,13 @@ def _run(result: Run, wire: Wire, scratch: Path, args: argparse.Namespace) -> No
     started = time.perf_counter()
     settings = Settings()  # the functions' environment
     setup = ImageSearch(settings)
-    populate(setup, result.size, seed=result.size)
+    outside = result.size >= args.outside_from
+    (populate_outside if outside else populate)(setup, result.size, seed=result.size)
     setup.close()
+    result.outside = outside
     print(
-        f"  {result.engine} {result.size}: populated in {time.perf_counter() - started:.0f} s",
+        f"  {result.engine} {result.size}: populated{' (outside moto)' if outside else ''} "
+        f"in {time.perf_counter() - started:.0f} s, {peak_rss_gb():.1f} GB peak",
         flush=True,
     )
 
@@ -384,7 +623,7 @@ def _run(result: Run, wire: Wire, scratch: Path, args: argparse.Namespace) -> No
         get_settings.cache_clear()
         tally = Tally()
         with wire.counting(tally):
-            began, cpu = time.perf_counter(), time.thread_time()
+            began, cpu, mark = time.perf_counter(), function_cpu(), wire.mark()
             function = load_function(name)
             if name == "search":
                 function.service.parts.index.refresh_interval = 0
@@ -392,7 +631,7 @@ def _run(result: Run, wire: Wire, scratch: Path, args: argparse.Namespace) -> No
                 assert api.request("GET", "/api/search", params={"q": "dog"}).status == 200
             seconds = time.perf_counter() - began
         result.cold[name] = (seconds, tally)
-        result.cold_model[name] = time.thread_time() - cpu + tally.waited
+        result.cold_model[name] = cpu_since(cpu) + wire.waited_since(mark)
         if name == "search":
             search = function
 
@@ -421,10 +660,10 @@ def _run(result: Run, wire: Wire, scratch: Path, args: argparse.Namespace) -> No
         times, modelled, tally = [], [], Tally()
         for n in range(args.queries):
             with wire.counting(tally):
-                began, cpu, waited = time.perf_counter(), time.thread_time(), tally.waited
+                began, cpu, mark = time.perf_counter(), function_cpu(), wire.mark()
                 response = ask(n)
                 times.append(time.perf_counter() - began)
-                modelled.append(time.thread_time() - cpu + tally.waited - waited)
+                modelled.append(cpu_since(cpu) + wire.waited_since(mark))
             assert response.status == 200, (kind, response.status, response.body[:200])
         result.queries[kind], result.query_requests[kind] = times, tally
         result.queries_model[kind] = modelled
@@ -455,34 +694,31 @@ def timed_service(service: ImageSearch, result: Run, wire: Wire) -> None:
     """Time the embed function's two phases: each image's ingest, each batch's build."""
     apply, recover = service.apply_event, service.recover
 
-    def waited() -> float:
-        return wire.tally.waited if wire.tally is not None else 0.0
-
     def timed_apply(*a: Any, **kw: Any) -> Any:
-        began, cpu, slept = time.perf_counter(), time.thread_time(), waited()
+        began, cpu, mark = time.perf_counter(), function_cpu(), wire.mark()
         try:
             return apply(*a, **kw)
         finally:
             result.ingest_seconds += time.perf_counter() - began
-            result.ingest_model += time.thread_time() - cpu + waited() - slept
+            result.ingest_model += cpu_since(cpu) + wire.waited_since(mark)
 
     def timed_recover(*a: Any, **kw: Any) -> Any:
-        began, cpu, slept = time.perf_counter(), time.thread_time(), waited()
+        began, cpu, mark = time.perf_counter(), function_cpu(), wire.mark()
         try:
             return recover(*a, **kw)
         finally:
             result.build_seconds += time.perf_counter() - began
-            result.build_model += time.thread_time() - cpu + waited() - slept
+            result.build_model += cpu_since(cpu) + wire.waited_since(mark)
 
     writer = service.parts.builder.writer
     publish = writer.publish
 
     def timed_publish(*a: Any, **kw: Any) -> Any:
-        cpu, slept = time.thread_time(), waited()
+        cpu, mark = function_cpu(), wire.mark()
         try:
             return publish(*a, **kw)
         finally:
-            result.publish_model += time.thread_time() - cpu + waited() - slept
+            result.publish_model += cpu_since(cpu) + wire.waited_since(mark)
             result.builds += 1
 
     service.apply_event = timed_apply  # type: ignore[method-assign]
@@ -610,10 +846,12 @@ def request_costs(tally: Tally, per: float, size: int) -> dict[str, float]:
     def units(ops: tuple[str, ...], unit: int, bytes_by: Counter[str]) -> float:
         return sum(max(n[op], bytes_by[op] / unit) for op in ops)
 
-    wru = units(WRITES, 1024, tally.sent_by) + 2 * max(
-        n["TransactWriteItems"], tally.sent_by["TransactWriteItems"] / 1024
-    )
-    rru = units(READS, 4096, tally.received_by) + 2 * n["TransactGetItems"]
+    wru, rru = tally.write_units, tally.read_units
+    if not wru:  # a run saved before units were counted: a request or its bytes at least
+        wru = units(WRITES, 1024, tally.sent_by) + 2 * max(
+            n["TransactWriteItems"], tally.sent_by["TransactWriteItems"] / 1024
+        )
+        rru = units(READS, 4096, tally.received_by) + 2 * n["TransactGetItems"]
     processed = sum(VECTOR_BYTES.values()) / 2 * size / 1024**4  # TB, either index
     per_tb = (
         min(size, 100_000) * VECTORS_TB_FIRST_100K + max(size - 100_000, 0) * VECTORS_TB_BEYOND
@@ -633,10 +871,21 @@ def request_costs(tally: Tally, per: float, size: int) -> dict[str, float]:
     return {name: dollars / per for name, dollars in costs.items()}
 
 
-def monthly_costs(r: Run, size: int) -> dict[str, dict[str, float]]:
-    """Dollars: ingesting `size` images once, storing them a month, a month of queries."""
+def query_mix(r: Run) -> tuple[Tally, int]:
+    """An equal mix of the run's query kinds: their requests, and the queries answered."""
+    mix = Tally()
+    for kind in r.queries_model:
+        mix.add(r.query_requests[kind])
+    return mix, sum(len(times) for times in r.queries_model.values())
+
+
+def monthly_costs(r: Run, size: int, units: Run | None = None) -> dict[str, dict[str, float]]:
+    """Dollars: ingesting `size` images once, storing them a month, a month of queries.
+    DynamoDB's from `units` (a run that counted capacity units item by item) if `r` did not."""
     batch = template_default("EmbedBatchSize")
     per_image = request_costs(r.ingest, r.images, size)
+    if units is not None and not r.ingest.write_units:
+        per_image["DynamoDB"] = request_costs(units.ingest, units.images, size)["DynamoDB"]
     embed_seconds = (r.ingest_model + r.build_model) / r.images
     ingest = {name: dollars * size for name, dollars in per_image.items()}
     ingest["SQS"] += size * SQS_REQUEST  # S3's notification, not a client call
@@ -657,11 +906,9 @@ def monthly_costs(r: Run, size: int) -> dict[str, dict[str, float]]:
         storage["S3 Vectors"] = size * sum(VECTOR_BYTES.values()) / GB * VECTORS_GB_MONTH
     searches = 30 * SEARCHES_A_DAY[size]
     kinds = list(r.queries_model)
-    mix = Tally()  # an equal mix of the four kinds
-    for kind in kinds:
-        mix.add(r.query_requests[kind])
-    answered = sum(len(r.queries_model[k]) for k in kinds)
-    per_query = request_costs(mix, answered, size)
+    per_query = request_costs(*query_mix(r), size)
+    if units is not None and not r.ingest.write_units:
+        per_query["DynamoDB"] = request_costs(*query_mix(units), size)["DynamoDB"]
     seconds = statistics.fmean(t for k in kinds for t in r.queries_model[k])
     thumbnails = searches * THUMBNAILS_PER_SEARCH
     invocations = searches + size / batch
@@ -682,18 +929,101 @@ def monthly_costs(r: Run, size: int) -> dict[str, dict[str, float]]:
 
 def print_costs(runs: list[Run]) -> None:
     print("\n## Costs (us-east-1 list prices; formulas in the code and docs/deploy.md)\n")
-    largest = {r.engine: r for r in runs}  # the last (largest) run of each engine
     sizes = sorted(SEARCHES_A_DAY)
     print("| engine | part | item | " + " | ".join(f"{s:,} images" for s in sizes) + " |")
     print("|---|---|---|" + "---:|" * len(sizes))
-    for engine, r in largest.items():
-        tables = {size: monthly_costs(r, size) for size in sizes}
+    for engine in dict.fromkeys(r.engine for r in runs):
+        measured = sorted((r for r in runs if r.engine == engine), key=lambda r: r.size)
+        # Each size priced from its own run, else from the largest run below it (else the
+        # smallest): requests per image and per query do not grow with the size.
+        units = next((r for r in measured if r.ingest.write_units), None)
+        tables = {
+            size: monthly_costs(
+                next((r for r in reversed(measured) if r.size <= size), measured[0]), size, units
+            )
+            for size in sizes
+        }
+        if units is not None:
+            print(f"| {engine} | DynamoDB units item by item from the run at | | {units.size:,} |")
+        print(
+            f"| {engine} | priced from runs at | | "
+            + " | ".join(
+                f"{next((r for r in reversed(measured) if r.size <= s), measured[0]).size:,}"
+                for s in sizes
+            )
+            + " |"
+        )
         for part, items in tables[sizes[0]].items():
             for item in items:
                 values = " | ".join(f"${tables[s][part][item]:,.2f}" for s in sizes)
                 print(f"| {engine} | {part} | {item} | {values} |")
             totals = " | ".join(f"**${sum(tables[s][part].values()):,.2f}**" for s in sizes)
             print(f"| {engine} | {part} | **total** | {totals} |")
+
+
+def print_switch(runs: list[Run]) -> None:
+    """Where Annoy stops fitting: its search cold start (Lambda's seconds) fitted as a + b x
+    images over the measured sizes, and its index bytes against the template's cache."""
+    measured = sorted(
+        (r for r in runs if r.engine == "annoy" and "search" in r.cold), key=lambda r: r.size
+    )
+    if len({r.size for r in measured}) < 2:
+        return
+    sizes = np.array([r.size for r in measured], float)
+    seconds = np.array([r.cold_model["search"] for r in measured])
+    read = np.array([r.cold["search"][1].received for r in measured], float)
+    slope, start = np.polyfit(sizes, seconds, 1)
+    per_image = float(np.polyfit(sizes, read, 1)[0])
+    cache = template_default("IndexCacheSize") * 1024**2
+    print("\n## When to switch from Annoy to S3 Vectors (measured runs, a straight-line fit)\n")
+    print(
+        f"annoy search cold start = {start:.2f} s + {slope * 1e6:.2f} s per million images; "
+        f"{per_image:,.0f} bytes read per image"
+    )
+    for limit, what in ((COLD_START_GOAL, "the 2 s goal"), (10.0, "Lambda's 10 s init")):
+        print(f"- past {what} from {(limit - start) / slope:,.0f} images")
+    megabytes = cache / 1024**2
+    print(
+        f"- past IndexCacheSize ({megabytes:,.0f} MB of /tmp) from {cache / per_image:,.0f} images"
+    )
+
+
+def save(run: Run, path: Path) -> None:
+    """Append `run` to `path` (JSON lines), for --combine."""
+
+    def tally(t: Tally) -> dict[str, Any]:
+        return {
+            **{k: v for k, v in vars(t).items()},
+            "requests": dict(t.requests),
+            "sent_by": dict(t.sent_by),
+            "received_by": dict(t.received_by),
+        }
+
+    data = {
+        **vars(run),
+        "ingest": tally(run.ingest),
+        "cold": {name: [seconds, tally(t)] for name, (seconds, t) in run.cold.items()},
+        "query_requests": {kind: tally(t) for kind, t in run.query_requests.items()},
+        "stored": dict(run.stored),
+    }
+    with path.open("a") as out:
+        out.write(json.dumps(data) + "\n")
+
+
+def load(path: Path) -> list[Run]:
+    def tally(d: dict[str, Any]) -> Tally:
+        counters = {k: Counter(d[k]) for k in ("requests", "sent_by", "received_by")}
+        return Tally(**{**d, **counters})
+
+    runs = []
+    for line in path.read_text().splitlines():
+        d = json.loads(line)
+        d["ingest"] = tally(d["ingest"])
+        d["cold"] = {name: (seconds, tally(t)) for name, (seconds, t) in d["cold"].items()}
+        d["query_requests"] = {kind: tally(t) for kind, t in d["query_requests"].items()}
+        d["stored"] = Counter(d["stored"])
+        runs.append(Run(**d))
+    return runs
 
 
 def sustained(ingest: float, build: float, concurrency: int) -> float:
@@ -721,21 +1051,36 @@ def extrapolate_cold(runs: list[Run]) -> dict[str, tuple[float, int, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[2000, 10_000])
+    parser.add_argument("--save", type=Path, help="append each run to this file (JSON lines)")
+    parser.add_argument(
+        "--combine", type=Path, nargs="*", default=[], help="runs saved before, reported too"
+    )
     parser.add_argument("--engines", nargs="+", default=["annoy", "s3vectors"])
     parser.add_argument("--photos", type=int, default=40, help="real photos ingested")
     parser.add_argument("--queries", type=int, default=30, help="per kind")
     parser.add_argument("--latency-scale", type=float, default=1.0)
+    parser.add_argument(
+        "--outside-from",
+        type=int,
+        default=50_000,
+        help="from this size, keep the collection outside moto's objects (cloud_synthetic.py)",
+    )
     args = parser.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the moto server's request log
     import imgsearch
 
     print(f"imgsearch from {Path(imgsearch.__file__).parent}")
-    runs = []
+    runs = [r for path in args.combine for r in load(path)]
     for engine in args.engines:
         for size in args.sizes:
             runs.append(run(engine, size, args))
+            if args.save:
+                save(runs[-1], args.save)
             report(runs)  # after each run: what was measured survives a later failure
+    if not args.sizes:
+        report(runs)
+    print_switch(runs)
     print_costs(runs)
 
 

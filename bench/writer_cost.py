@@ -34,7 +34,9 @@ import numpy as np
 from moto import mock_aws
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
 from index_scale import real_embeddings, synthesise, synthetic_record
+from support.dynamodb import install_cheap_transactions
 
 from imgsearch.bulk import files_under
 from imgsearch.catalog import Published
@@ -137,6 +139,7 @@ def measure(size: int, args: argparse.Namespace) -> tuple[int, dict[str, Counter
             update(self, *a, **kw)
 
     Neighbourhoods.update = counted_update  # type: ignore[method-assign]
+    install_cheap_transactions()
     with tempfile.TemporaryDirectory() as scratch, mock_aws():
         boto3.setup_default_session()  # after moto's start, which resets it
         boto3.DEFAULT_SESSION.events.register("before-parameter-build", calls)

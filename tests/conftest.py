@@ -152,6 +152,10 @@ def aws_admin() -> Iterator[tuple[Any, Any]]:
     import boto3
     from moto import mock_aws
     from moto.core.botocore_stubber import BotocoreStubber
+    from support.aws_resources import FAKE_CREDENTIALS
+    from support.dynamodb import install_cheap_transactions
+
+    install_cheap_transactions()
 
     # moto's in-memory backends check a condition and then write without a lock, so threads
     # racing through moto could both pass a check that S3 or DynamoDB would let only one
@@ -166,10 +170,8 @@ def aws_admin() -> Iterator[tuple[Any, Any]]:
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setattr(BotocoreStubber, "process_request", process_request_atomically)
         for name, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
+            **FAKE_CREDENTIALS,
             "AWS_SESSION_TOKEN": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
         }.items():
             monkeypatch.setenv(name, value)
         for name in (

@@ -9,7 +9,9 @@ import boto3
 import numpy as np
 import pytest
 from moto import mock_aws
+from support.aws_resources import FAKE_CREDENTIALS
 from support.demo import demo_image
+from support.dynamodb import install_cheap_transactions
 
 from imgsearch.cli import main
 from imgsearch.config import Settings, get_settings
@@ -32,9 +34,7 @@ OLD = {  # what the bucket held before the stack was deployed, under images/old/
 @pytest.fixture
 def bucket(monkeypatch, tmp_path):
     for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **FAKE_CREDENTIALS,
         "IMGSEARCH_CATALOG_TABLE": TABLES["CatalogTable"],
         "IMGSEARCH_FEEDBACK_TABLE": TABLES["FeedbackTable"],
         "IMGSEARCH_CACHE_DIR": str(tmp_path / "cache"),
@@ -43,6 +43,7 @@ def bucket(monkeypatch, tmp_path):
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     get_settings.cache_clear()
+    install_cheap_transactions()
     with mock_aws():
         s3 = boto3.client("s3")
         create_bucket(s3, BUCKET)

@@ -27,8 +27,14 @@ from types import ModuleType
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
-from support.aws_resources import configure_notifications, create_queues, function_environment
+from support.aws_resources import (
+    FAKE_CREDENTIALS,
+    configure_notifications,
+    create_queues,
+    function_environment,
+)
 from support.demo import REPO, demo_image
+from support.dynamodb import install_cheap_transactions
 from support.lambda_events import (
     API_HOST,
     QueuePoller,
@@ -142,6 +148,7 @@ def test_binaries_are_manylinux_builds_for_python312_on_x86_64(bundles: dict) ->
 
 @pytest.fixture(scope="module")
 def moto_server():
+    install_cheap_transactions()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -152,9 +159,7 @@ def moto_server():
 def test_every_handler_runs_on_its_own_bundle(bundles: dict, moto_server: str, tmp_path) -> None:
     python = PYTHON312
     credentials = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **FAKE_CREDENTIALS,
         "AWS_ENDPOINT_URL": moto_server,
     }
     clients = {name: boto3.client(name, **_client_options(credentials)) for name in ("s3", "sqs")}

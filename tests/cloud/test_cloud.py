@@ -27,8 +27,14 @@ import pytest
 import requests
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
-from support.aws_resources import configure_notifications, create_queues, function_environment
+from support.aws_resources import (
+    FAKE_CREDENTIALS,
+    configure_notifications,
+    create_queues,
+    function_environment,
+)
 from support.demo import REPO, demo_image
+from support.dynamodb import install_cheap_transactions
 from support.hostile_files import bombs, corpus
 from support.lambda_events import CLIENT_IP, ApiGateway, QueuePoller, lambda_logging, load_function
 from support.openapi import API_KEY_HEADER
@@ -110,14 +116,13 @@ def cloud(request, monkeypatch, tmp_path) -> Iterator[Cloud]:
     """The stack on moto; its vector engine is the test's parameter (indirect), else Annoy."""
     engine = getattr(request, "param", "annoy")
     for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **FAKE_CREDENTIALS,
         **aws_environment(tmp_path, engine),
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     get_settings.cache_clear()
+    install_cheap_transactions()
     with mock_aws(), lambda_logging():
         s3, sqs = boto3.client("s3"), boto3.client("sqs")
         create_bucket(s3, BUCKET)
@@ -489,13 +494,12 @@ def _free_port() -> int:
 @pytest.mark.model  # `imgsearch serve` loads the model
 def test_serve_with_the_aws_backend_on_a_moto_server(tmp_path) -> None:
     moto_port, api_port = _free_port(), _free_port()
+    install_cheap_transactions()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
     server.start()
     environment = os.environ | {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **FAKE_CREDENTIALS,
         "IMGSEARCH_BUCKET": "served-images",
         "IMGSEARCH_API_KEY": API_KEY,
         "IMGSEARCH_DATA": str(tmp_path / "data"),
@@ -591,6 +595,7 @@ def test_the_local_cache_of_index_files_evicts_the_least_recently_used(
 
     monkeypatch.setattr("imgsearch.storage.aws.shutil.disk_usage", disk_usage)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    install_cheap_transactions()
     with mock_aws():
         s3 = boto3.client("s3", aws_access_key_id="x", aws_secret_access_key="x")
         s3.create_bucket(Bucket="cache-test")

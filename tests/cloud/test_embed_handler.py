@@ -4,14 +4,20 @@ messages, as the image queue delivers them), on moto."""
 from __future__ import annotations
 
 import json
-import uuid
-from urllib.parse import quote_plus
 
 import boto3
 import pytest
 from moto import mock_aws
+from support.aws_resources import FAKE_CREDENTIALS
 from support.demo import demo_image
-from support.lambda_events import FakeContext, lambda_logging, load_function
+from support.dynamodb import install_cheap_transactions
+from support.lambda_events import (
+    FakeContext,
+    lambda_logging,
+    load_function,
+    s3_record,
+    sqs_event,
+)
 
 from imgsearch.config import get_settings
 from imgsearch.results import BuildReport
@@ -26,9 +32,7 @@ TABLES = {"CatalogTable": "test-catalog", "FeedbackTable": "test-feedback"}
 @pytest.fixture
 def aws(monkeypatch, tmp_path):
     for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **FAKE_CREDENTIALS,
         "IMGSEARCH_BACKEND": "aws",
         "IMGSEARCH_BUCKET": BUCKET,
         "IMGSEARCH_CATALOG_TABLE": TABLES["CatalogTable"],
@@ -37,6 +41,7 @@ def aws(monkeypatch, tmp_path):
     }.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
+    install_cheap_transactions()
     with mock_aws(), lambda_logging():
         s3 = boto3.client("s3")
         create_bucket(s3, BUCKET)
@@ -45,66 +50,9 @@ def aws(monkeypatch, tmp_path):
     get_settings.cache_clear()
 
 
-def sqs_event(*notifications: dict, receive_count: int = 1) -> dict:
-    """An SQS event as Lambda's poller sends it: one S3 notification per message."""
-    return {
-        "Records": [
-            {
-                "messageId": str(uuid.uuid4()),
-                "receiptHandle": uuid.uuid4().hex,
-                "body": json.dumps(notification),
-                "attributes": {
-                    "ApproximateReceiveCount": str(receive_count),
-                    "SentTimestamp": "1795500000000",
-                    "SenderId": "AIDAEXAMPLE",
-                    "ApproximateFirstReceiveTimestamp": "1795500000001",
-                },
-                "messageAttributes": {},
-                "md5OfBody": "0" * 32,
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:test-images",
-                "awsRegion": "us-east-1",
-            }
-            for notification in notifications
-        ]
-    }
-
-
 def invoke(embed, *records: dict) -> dict:
     """The embed handler on one message per S3 record, as S3 sends them to the queue."""
     return embed.handler(sqs_event(*({"Records": [r]} for r in records)), FakeContext())
-
-
-def s3_record(s3, event_name: str, key: str, sequencer: str) -> dict:
-    """One record of an S3 event notification (event structure version 2.1)."""
-    obj = {"key": quote_plus(key), "sequencer": sequencer}
-    if event_name.startswith("ObjectCreated"):
-        head = s3.head_object(Bucket=BUCKET, Key=key)
-        obj.update(
-            size=head["ContentLength"],
-            eTag=head["ETag"].strip('"'),
-            versionId=head.get("VersionId"),
-        )
-    return {
-        "eventVersion": "2.1",
-        "eventSource": "aws:s3",
-        "awsRegion": "us-east-1",
-        "eventTime": "2026-11-24T10:00:00.000Z",
-        "eventName": event_name,
-        "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"},
-        "requestParameters": {"sourceIPAddress": "203.0.113.10"},
-        "responseElements": {"x-amz-request-id": "C3D13FE58DE4C810", "x-amz-id-2": "FMyUVURI"},
-        "s3": {
-            "s3SchemaVersion": "1.0",
-            "configurationId": "ImageUploaded",
-            "bucket": {
-                "name": BUCKET,
-                "ownerIdentity": {"principalId": "A3NL1KOZZKExample"},
-                "arn": f"arn:aws:s3:::{BUCKET}",
-            },
-            "object": obj,
-        },
-    }
 
 
 def test_uploads_become_searchable_and_deletions_leave(aws) -> None:
@@ -117,10 +65,14 @@ def test_uploads_become_searchable_and_deletions_leave(aws) -> None:
     s3.put_object(Bucket=BUCKET, Key="images/broken.jpg", Body=b"\xff\xd8 not really")
     created = [
         s3_record(
-            s3, "ObjectCreated:Put", "images/holiday 2026/elephant 1.jpg", "0062E5A7A3F2B9C401"
+            s3,
+            BUCKET,
+            "ObjectCreated:Put",
+            "images/holiday 2026/elephant 1.jpg",
+            "0062E5A7A3F2B9C401",
         ),
-        s3_record(s3, "ObjectCreated:Put", "images/pizza.jpg", "0062E5A7A3F2B9C402"),
-        s3_record(s3, "ObjectCreated:Put", "images/broken.jpg", "0062E5A7A3F2B9C403"),
+        s3_record(s3, BUCKET, "ObjectCreated:Put", "images/pizza.jpg", "0062E5A7A3F2B9C402"),
+        s3_record(s3, BUCKET, "ObjectCreated:Put", "images/broken.jpg", "0062E5A7A3F2B9C403"),
     ]
     assert invoke(embed, *created) == {"batchItemFailures": []}
     # At-least-once delivery: the same records again change nothing.
@@ -137,7 +89,9 @@ def test_uploads_become_searchable_and_deletions_leave(aws) -> None:
     assert shards >= 6  # a manifest and a shard build's files, in the bucket
 
     s3.delete_object(Bucket=BUCKET, Key="images/pizza.jpg")
-    removed = s3_record(s3, "ObjectRemoved:Delete", "images/pizza.jpg", "0062E5A7A3F2B9C409")
+    removed = s3_record(
+        s3, BUCKET, "ObjectRemoved:Delete", "images/pizza.jpg", "0062E5A7A3F2B9C409"
+    )
     invoke(embed, removed)
     assert service.count() == 1
     # A late duplicate of the old "created" event must not bring the image back.
@@ -151,7 +105,7 @@ def test_test_events_and_foreign_keys_are_ignored(aws) -> None:
     assert embed.handler(sqs_event(test_event), FakeContext()) == {"batchItemFailures": []}
     # An object outside images/ (were the notification's prefix filter ever lost).
     aws.put_object(Bucket=BUCKET, Key="exports/photo.jpg", Body=demo_image("pizza"))
-    record = s3_record(aws, "ObjectCreated:Put", "exports/photo.jpg", "01")
+    record = s3_record(aws, BUCKET, "ObjectCreated:Put", "exports/photo.jpg", "01")
     assert invoke(embed, record) == {"batchItemFailures": []}
     assert embed.service.count() == 0
 
@@ -159,7 +113,7 @@ def test_test_events_and_foreign_keys_are_ignored(aws) -> None:
 def test_a_failure_is_retried_until_the_last_delivery_then_recorded(aws, monkeypatch) -> None:
     embed = load_function("embed")
     aws.put_object(Bucket=BUCKET, Key="images/a.jpg", Body=demo_image("pizza"))
-    record = s3_record(aws, "ObjectCreated:Put", "images/a.jpg", "0062E5A7A3F2B9C401")
+    record = s3_record(aws, BUCKET, "ObjectCreated:Put", "images/a.jpg", "0062E5A7A3F2B9C401")
 
     def fails(*args: object, **kwargs: object) -> None:
         raise TimeoutError("DynamoDB is slow today")
@@ -182,10 +136,10 @@ def test_a_failure_is_retried_until_the_last_delivery_then_recorded(aws, monkeyp
 def test_a_key_holding_an_image_keeps_it_when_a_later_event_fails(aws, monkeypatch) -> None:
     embed = load_function("embed")
     aws.put_object(Bucket=BUCKET, Key="images/a.jpg", Body=demo_image("pizza"))
-    invoke(embed, s3_record(aws, "ObjectCreated:Put", "images/a.jpg", "01"))
+    invoke(embed, s3_record(aws, BUCKET, "ObjectCreated:Put", "images/a.jpg", "01"))
     held = embed.service.parts.catalog.key("a.jpg")
     aws.put_object(Bucket=BUCKET, Key="images/a.jpg", Body=demo_image("elephant"))
-    newer = s3_record(aws, "ObjectCreated:Put", "images/a.jpg", "02")
+    newer = s3_record(aws, BUCKET, "ObjectCreated:Put", "images/a.jpg", "02")
     monkeypatch.setattr(embed.service.parts.ingestor, "add", lambda *a, **k: 1 / 0)
     last = embed.handler(sqs_event({"Records": [newer]}, receive_count=5), FakeContext())
     assert last == {"batchItemFailures": []}
@@ -220,7 +174,7 @@ def test_an_ingest_a_dead_sandbox_left_half_done_is_finished_by_the_next_batch(
 
     # The next batch, about another image, finishes it.
     aws.put_object(Bucket=BUCKET, Key="images/b.jpg", Body=demo_image("elephant"))
-    other = s3_record(aws, "ObjectCreated:Put", "images/b.jpg", "0062E5A7A3F2B9C401")
+    other = s3_record(aws, BUCKET, "ObjectCreated:Put", "images/b.jpg", "0062E5A7A3F2B9C401")
     assert invoke(embed, other) == {"batchItemFailures": []}
     assert not service.parts.catalog.changes()
     held = service.parts.catalog.key("a.jpg")
@@ -252,7 +206,7 @@ def test_each_batch_reports_what_it_indexed_refused_and_left_waiting(aws, capsys
     aws.put_object(Bucket=BUCKET, Key="images/elephant.jpg", Body=demo_image("elephant"))
     aws.put_object(Bucket=BUCKET, Key="images/broken.jpg", Body=b"\xff\xd8 not really")
     records = [
-        s3_record(aws, "ObjectCreated:Put", f"images/{name}.jpg", f"0{i}")
+        s3_record(aws, BUCKET, "ObjectCreated:Put", f"images/{name}.jpg", f"0{i}")
         for i, name in enumerate(("pizza", "elephant", "broken"))
     ]
     assert invoke(embed, *records) == {"batchItemFailures": []}
@@ -263,7 +217,7 @@ def test_each_batch_reports_what_it_indexed_refused_and_left_waiting(aws, capsys
 
     # The build fails: the whole batch comes back, and nothing is counted as indexed.
     aws.delete_object(Bucket=BUCKET, Key="images/pizza.jpg")
-    removed = s3_record(aws, "ObjectRemoved:Delete", "images/pizza.jpg", "09")
+    removed = s3_record(aws, BUCKET, "ObjectRemoved:Delete", "images/pizza.jpg", "09")
     embed.service.parts.builder.run = lambda *a, **k: 1 / 0
     with pytest.raises(ZeroDivisionError):
         invoke(embed, removed)
@@ -273,7 +227,7 @@ def test_each_batch_reports_what_it_indexed_refused_and_left_waiting(aws, capsys
     # and what waits for the index (the index's lag) is what it reports.
     embed.service.parts.builder.run = lambda *a, **k: BuildReport(busy=True)
     aws.put_object(Bucket=BUCKET, Key="images/chair.jpg", Body=demo_image("chair"))
-    invoke(embed, removed, s3_record(aws, "ObjectCreated:Put", "images/chair.jpg", "0A"))
+    invoke(embed, removed, s3_record(aws, BUCKET, "ObjectCreated:Put", "images/chair.jpg", "0A"))
     waiting = emitted_metrics(capsys.readouterr().out)
     assert waiting["PendingImages"] == [2] and waiting["ImagesIndexed"] == [0]
     # The lease is free again: the next batch indexes both, and nothing waits.

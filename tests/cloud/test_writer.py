@@ -22,10 +22,19 @@ import time
 import boto3
 import pytest
 import requests
-from cloud.test_embed_handler import BUCKET, s3_record, sqs_event
+from cloud.test_embed_handler import BUCKET
 from moto.server import ThreadedMotoServer
+from support.aws_resources import FAKE_CREDENTIALS
 from support.demo import REPO, demo_image
-from support.lambda_events import FakeContext, lambda_logging, load_function, scheduled_event
+from support.dynamodb import install_cheap_transactions
+from support.lambda_events import (
+    FakeContext,
+    lambda_logging,
+    load_function,
+    s3_record,
+    scheduled_event,
+    sqs_event,
+)
 
 from imgsearch.config import get_settings
 from imgsearch.index.builder import LEASE_SECONDS
@@ -82,13 +91,12 @@ def _free_port() -> int:
 @pytest.fixture
 def moto_server(monkeypatch, tmp_path):
     port = _free_port()
+    install_cheap_transactions()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     environment = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **FAKE_CREDENTIALS,
         "IMGSEARCH_BACKEND": "aws",
         "IMGSEARCH_BUCKET": BUCKET,
         "IMGSEARCH_CATALOG_TABLE": TABLES["CatalogTable"],
@@ -120,7 +128,11 @@ def test_a_writer_killed_mid_batch_loses_nothing_and_the_next_invocation_finishe
         s3.put_object(Bucket=BUCKET, Key=f"images/{category}.jpg", Body=demo_image(category))
         records.append(
             s3_record(
-                s3, "ObjectCreated:Put", f"images/{category}.jpg", f"0062E5A7A3F2B9C4{number:02d}"
+                s3,
+                BUCKET,
+                "ObjectCreated:Put",
+                f"images/{category}.jpg",
+                f"0062E5A7A3F2B9C4{number:02d}",
             )
         )
     event = sqs_event(*({"Records": [record]} for record in records))

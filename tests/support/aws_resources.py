@@ -5,7 +5,8 @@ own definitions, so the code is tested against exactly the key schema, queue set
 filters that get deployed: the two cannot drift. The bucket and tables are made as
 `imgsearch init-aws` makes them (imgsearch.storage.aws_resources); the queues and notifications,
 which only the tests emulate, here. `function_environment` gives a function the environment
-variables the template gives it, and `http_routes` the API's routes.
+variables the template gives it, and `http_routes` the API's routes; FAKE_CREDENTIALS the
+environment every moto needs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from imgsearch.storage.aws_resources import load_template, resource_properties
+
+# Credentials and region for moto (any values do; moto checks none of them).
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def parameter_default(name: str) -> Any:

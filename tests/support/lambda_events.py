@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote_plus, urlencode
 
 from support.aws_resources import Route, route_for
 from support.demo import REPO
@@ -82,6 +82,65 @@ def sqs_record(message: Mapping[str, Any], queue_arn: str) -> dict[str, Any]:
         "eventSource": "aws:sqs",
         "eventSourceARN": queue_arn,
         "awsRegion": REGION,
+    }
+
+
+def sqs_event(*notifications: Mapping[str, Any], receive_count: int = 1) -> dict[str, Any]:
+    """An SQS event as Lambda's poller sends it: one S3 notification per message (the
+    tests' own, without a queue; QueuePoller builds one from received messages)."""
+    return {
+        "Records": [
+            {
+                "messageId": str(uuid.uuid4()),
+                "receiptHandle": uuid.uuid4().hex,
+                "body": json.dumps(notification),
+                "attributes": {
+                    "ApproximateReceiveCount": str(receive_count),
+                    "SentTimestamp": "1795500000000",
+                    "SenderId": "AIDAEXAMPLE",
+                    "ApproximateFirstReceiveTimestamp": "1795500000001",
+                },
+                "messageAttributes": {},
+                "md5OfBody": "0" * 32,
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:test-images",
+                "awsRegion": REGION,
+            }
+            for notification in notifications
+        ]
+    }
+
+
+def s3_record(s3: Any, bucket: str, event_name: str, key: str, sequencer: str) -> dict[str, Any]:
+    """One record of an S3 event notification (event structure version 2.1) for `key` in
+    `bucket`, its size, ETag and version read from the bucket for a creation."""
+    obj: dict[str, Any] = {"key": quote_plus(key), "sequencer": sequencer}
+    if event_name.startswith("ObjectCreated"):
+        head = s3.head_object(Bucket=bucket, Key=key)
+        obj.update(
+            size=head["ContentLength"],
+            eTag=head["ETag"].strip('"'),
+            versionId=head.get("VersionId"),
+        )
+    return {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "awsRegion": "us-east-1",
+        "eventTime": "2026-11-24T10:00:00.000Z",
+        "eventName": event_name,
+        "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"},
+        "requestParameters": {"sourceIPAddress": "203.0.113.10"},
+        "responseElements": {"x-amz-request-id": "C3D13FE58DE4C810", "x-amz-id-2": "FMyUVURI"},
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "configurationId": "ImageUploaded",
+            "bucket": {
+                "name": bucket,
+                "ownerIdentity": {"principalId": "A3NL1KOZZKExample"},
+                "arn": f"arn:aws:s3:::{bucket}",
+            },
+            "object": obj,
+        },
     }
 
 

@@ -1,0 +1,287 @@
+"""A synthesised collection of any size that moto serves without holding it (bench/cloud_scale.py
+`--synthetic-outside`, for the S3 Vectors engine at 100k and 1M images).
+
+moto keeps a DynamoDB item as Python objects (24 KB for an image's record and neighbour list:
+24 GB at 1M) and an S3 Vectors vector as a list of Python floats (73 KB an image for both
+indexes: 73 GB at 1M). Here the collection is kept compactly instead, as the arrays it is made
+of: feature vectors as float16 (2.5 GB at 1M), each image's posted class probabilities (the 32
+at most that keyword search scores, shards.posted_probabilities) as indices and float16, and a
+128-dimension random projection for neighbour lists (0.5 GB at 1M). moto answers from it:
+- the catalog: a record or a neighbour list that the table does not hold is made when first
+  read (GetItem, BatchGetItem, a transaction's or a conditional write's read), from the same
+  functions populate() writes them with (synthetic_record; the K nearest, exact up to
+  cloud_scale.EXACT_LISTS_UP_TO images, by the projection above), encoded by the catalog's
+  own adapter, and then kept as moto keeps any item (so a later write replaces it);
+- the vector indexes: QueryVectors and GetVectors answer from these arrays and from what moto
+  holds (the ingested photos' vectors) as from one index (tests/support/s3vectors.py, EXTRA),
+  exactly (every vector compared), with each vector's metadata as the engine's writer stores it;
+- S3 Vectors' state object is written by the writer as after publishing the collection; Annoy's
+  shards are published by the writer from these arrays, as populate() publishes them.
+So the handlers send the same requests and read the same items as against a collection
+written in full, whatever its size: only what they touch exists as moto objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+from index_scale import real_embeddings, synthesise, synthetic_record
+
+from imgsearch.catalog import _neighbour_attrs
+from imgsearch.index.s3vectors import VectorsState, partition
+from imgsearch.index.shards import POSTINGS_PER_IMAGE, SPREAD_SIZE, posted_probabilities, spread
+
+CHUNK = 20_000  # rows synthesised at once
+PROJECTED = 128
+EXACT_CANDIDATES = 20_000  # feature rows compared in full for a QueryVectors
+
+
+def image_ids(size: int) -> list[str]:
+    return [f"{i:016x}" for i in range(size)]
+
+
+class Collection:
+    """`size` synthesised images (the same as cloud_scale.populate's up to CHUNK images)."""
+
+    def __init__(self, size: int, seed: int, exact_up_to: int, k: int) -> None:
+        self.size, self.k, self.exact = size, k, size <= exact_up_to
+        real = real_embeddings()
+        rng = np.random.default_rng(seed)
+        dim, classes = real[0].shape[1], real[1].shape[1]
+        self.classes = classes
+        self.features = np.empty((size, dim), np.float16)
+        self.posted_classes = np.zeros((size, POSTINGS_PER_IMAGE), np.int16)
+        self.posted_values = np.zeros((size, POSTINGS_PER_IMAGE), np.float16)
+        projection = np.random.default_rng(0).normal(size=(dim, PROJECTED)).astype(np.float32)
+        self.projection = projection
+        self.projected = np.empty((size, PROJECTED), np.float32)
+        self.norms = np.empty(size, np.float32)
+        for start in range(0, size, CHUNK):
+            count = min(CHUNK, size - start)
+            features, probabilities = synthesise(*real, count, rng)
+            rows = slice(start, start + count)
+            self.features[rows] = features
+            # Of the float16 rows as stored, a chunk at a time (all at once: 5 GB at 1M).
+            self.norms[rows] = np.linalg.norm(self.features[rows].astype(np.float32), axis=1)
+            projected = features @ projection
+            self.projected[rows] = projected / np.linalg.norm(projected, axis=1, keepdims=True)
+            posted = posted_probabilities(probabilities)
+            top = np.argsort(-posted, axis=1)[:, :POSTINGS_PER_IMAGE]
+            self.posted_classes[rows] = top
+            self.posted_values[rows] = np.take_along_axis(posted, top, axis=1)
+        self.parts = np.fromiter((partition(i) for i in image_ids(size)), np.int16, size)
+
+    def row(self, image_id: str) -> int | None:
+        try:
+            row = int(image_id, 16)
+        except ValueError:
+            return None
+        return row if len(image_id) == 16 and row < self.size else None
+
+    def probabilities(self, row: int) -> np.ndarray:
+        dense = np.zeros(self.classes, np.float16)
+        dense[self.posted_classes[row]] = self.posted_values[row]
+        return dense
+
+    def neighbours(self, row: int) -> list[tuple[str, float]]:
+        """The row's K nearest with their cosine distances (see the module's docstring)."""
+        search = self.features if self.exact else self.projected
+        similarity = self._dot(search, search[row].astype(np.float32))
+        similarity[row] = -np.inf
+        nearest = np.argpartition(-similarity, self.k)[: self.k]
+        distances = 1.0 - self.features[nearest].astype(np.float32) @ self.features[row].astype(
+            np.float32
+        )
+        order = np.argsort(distances)
+        return [(f"{int(nearest[i]):016x}", round(float(distances[i]), 6)) for i in order]
+
+    @staticmethod
+    def _dot(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+        out = np.empty(len(matrix), np.float32)
+        for start in range(0, len(matrix), 100_000):  # float16 converted a block at a time
+            out[start : start + 100_000] = (
+                matrix[start : start + 100_000].astype(np.float32) @ vector
+            )
+        return out
+
+    # The catalog ---------------------------------------------------------------------------
+
+    def item_attrs(self, pk: str, sk: str) -> dict[str, Any] | None:
+        """The attributes populate() would have stored under (pk, sk), or None."""
+        row = self.row(pk.removeprefix("image#")) if pk.startswith("image#") else None
+        if row is None:
+            return None
+        image_id = pk.removeprefix("image#")
+        if sk == "meta":
+            return synthetic_record(image_id, self.probabilities(row)).attrs()
+        if sk == "neighbours":
+            return _neighbour_attrs(self.neighbours(row))
+        return None
+
+    # The vector indexes ----------------------------------------------------------------------
+
+    def feature_distances(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, their cosine distances to `query`): every row up to EXACT_CANDIDATES rows;
+        above, the EXACT_CANDIDATES nearest by the projection, compared in full (a search
+        of every float16 row costs seconds of this machine's CPU at 1M: approximate, as
+        S3 Vectors' own search is; the requests are the same)."""
+        query = query.astype(np.float32)
+        norm = float(np.linalg.norm(query)) or 1e-12
+        if self.size <= EXACT_CANDIDATES:
+            rows = np.arange(self.size)
+        else:
+            projected = query @ self.projection
+            rows = np.argpartition(-(self.projected @ projected), EXACT_CANDIDATES)
+            rows = rows[:EXACT_CANDIDATES]
+        exact = self.features[rows].astype(np.float32) @ query
+        return rows, 1.0 - exact / (self.norms[rows] * norm)
+
+    def class_distances(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine distances to the rows' unit class vectors (s3vectors.unit_class_vectors: the
+        posted probabilities plus a last component that makes each row a unit vector), of which
+        the query's last component is 0 (the engine's keyword query)."""
+        weights = query[: self.classes].astype(np.float32)
+        norm = float(np.linalg.norm(query)) or 1e-12
+        scores = np.zeros(self.size, np.float32)
+        for start in range(0, self.size, 100_000):
+            rows = slice(start, start + 100_000)
+            scores[rows] = (
+                weights[self.posted_classes[rows]] * self.posted_values[rows].astype(np.float32)
+            ).sum(axis=1)
+        return np.arange(self.size), 1.0 - scores / norm
+
+    def class_vector(self, row: int) -> np.ndarray:
+        posted = self.probabilities(row).astype(np.float32)
+        rest = np.sqrt(max(0.0, 1.0 - float((posted.astype(np.float64) ** 2).sum())))
+        return np.append(posted, np.float32(rest))
+
+    def state(self, model: str) -> VectorsState:
+        sample = self.features[: min(self.size, CHUNK)].astype(np.float32)
+        representatives = spread(sample, SPREAD_SIZE)
+        return VectorsState(
+            generation=1,
+            count=self.size,
+            model=model,
+            dim=int(self.features.shape[1]),
+            classes=self.classes,
+            spread=tuple(f"{int(r):016x}" for r in representatives),
+        )
+
+
+class Outside:
+    """One vector index of the collection, as tests/support/s3vectors.py's EXTRA asks."""
+
+    def __init__(
+        self,
+        collection: Collection,
+        distances: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+        vector: Callable[[int], np.ndarray],
+        metadata: Callable[[int], dict[str, Any]],
+    ) -> None:
+        self.collection, self.distances, self.vector = collection, distances, vector
+        self.metadata = metadata
+
+    def query(
+        self, query: np.ndarray, top_k: int, matches: Callable[[dict[str, Any]], bool]
+    ) -> list[tuple[float, str, Any]]:
+        rows, distances = self.distances(query)
+        hits: list[tuple[float, str, Any]] = []
+        for at in self._nearest_first(distances):
+            row = int(rows[at])
+            metadata = self.metadata(row)
+            if matches(metadata):
+                hits.append((float(distances[at]), f"{row:016x}", metadata))
+                if len(hits) == top_k:
+                    break
+        return hits
+
+    @staticmethod
+    def _nearest_first(distances: np.ndarray) -> Iterator[int]:
+        shown = 0
+        for depth in (4_096, 65_536, len(distances)):  # a filter may pass few of the nearest
+            depth = min(depth, len(distances))
+            nearest = np.argpartition(distances, depth - 1)[:depth]
+            nearest = nearest[np.argsort(distances[nearest], kind="stable")]
+            yield from (int(r) for r in nearest[shown:])
+            shown = depth
+            if depth == len(distances):
+                return
+
+    def get(self, keys: list[str]) -> list[Any]:
+        from moto.s3vectors.models import Vector
+
+        found = []
+        for key in keys:
+            row = self.collection.row(key)
+            if row is not None:
+                data = {"float32": self.vector(row).astype(np.float32).tolist()}
+                found.append(Vector(key=key, data=data, metadata=self.metadata(row)))
+        return found
+
+
+def serve_from_outside(
+    collection: Collection,
+    catalog_table: str,
+    encode: Callable[[str, str, dict[str, Any]], dict[str, Any]],
+    vector_bucket: str | None,
+    features_index: str,
+    classes_index: str,
+) -> None:
+    """Make moto (this process's backends) answer from `collection`: the catalog table's
+    missing image items, and both vector indexes unless `vector_bucket` is None (Annoy)."""
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+    from moto.dynamodb.models.dynamo_type import Item
+    from moto.s3vectors.models import s3vectors_backends
+    from support.s3vectors import EXTRA
+
+    table = dynamodb_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].get_table(catalog_table)
+    deleted: set[tuple[str, str]] = set()
+
+    get_item, delete_item = table.get_item, table.delete_item
+
+    def made_when_read(hash_key: Any, range_key: Any = None, projection: Any = None) -> Any:
+        found = get_item(hash_key, range_key, projection)
+        if found is not None or range_key is None:
+            return found
+        key = (str(hash_key.value), str(range_key.value))
+        attrs = None if key in deleted else collection.item_attrs(*key)
+        if attrs is None:
+            return None
+        table.items[hash_key][range_key] = Item(hash_key, range_key, encode(*key, attrs))
+        return get_item(hash_key, range_key, projection)
+
+    def deleted_for_good(hash_key: Any, range_key: Any) -> Any:
+        if range_key is not None:
+            deleted.add((str(hash_key.value), str(range_key.value)))
+        return delete_item(hash_key, range_key)
+
+    # On the instance: moto's table methods call self.get_item (a put reads the current item).
+    table.get_item, table.delete_item = made_when_read, deleted_for_good
+    if vector_bucket is None:
+        return
+    vectors = s3vectors_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    features = vectors.get_index(vector_bucket, features_index, None)
+    classes = vectors.get_index(vector_bucket, classes_index, None)
+    setattr(
+        features,
+        EXTRA,
+        Outside(
+            collection,
+            collection.feature_distances,
+            lambda row: collection.features[row],
+            lambda row: {"part": int(collection.parts[row]), "added": 1},
+        ),
+    )
+    setattr(
+        classes,
+        EXTRA,
+        Outside(
+            collection,
+            collection.class_distances,
+            collection.class_vector,
+            lambda row: {"part": int(collection.parts[row])},
+        ),
+    )
