@@ -843,7 +843,7 @@ bulk.BUILD_EVERY = 3
 real = Catalog.put_thumbnail  # once per new image, before its record
 created = 0
 
-def dying(self, image_id, jpeg):
+def dying(self, image_id, *thumbnails):
     global created
     created += 1
     if created == int(sys.argv[3]):  # once a first batch is published (built meanwhile)
@@ -851,7 +851,7 @@ def dying(self, image_id, jpeg):
         while service.count() < 3 and time.monotonic() < published:
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGKILL)
-    return real(self, image_id, jpeg)
+    return real(self, image_id, *thumbnails)
 
 Catalog.put_thumbnail = dying
 service = ImageSearch(Settings(data_dir=Path(sys.argv[1]), shard_size=4, decode_workers=0))
