@@ -25,7 +25,9 @@ def make(tmp_path, name: str) -> ImageSearch:
         expansion_power=2.0,
     )
     service = ImageSearch(settings)
-    service.parts.builder.writer.grace_seconds = 0.0
+    service.parts.builder.writer.grace_seconds = (
+        60.0  # the background merges' builds are not named yet
+    )
     return service
 
 

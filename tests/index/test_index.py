@@ -12,7 +12,7 @@ import pytest
 from imgsearch.catalog import ImageRecord
 from imgsearch.config import Settings
 from imgsearch.index.manifest import read_manifest
-from imgsearch.index.shards import SHARDS_PREFIX, normalise_rows
+from imgsearch.index.shards import SHARDS_PREFIX, build_key, normalise_rows
 from imgsearch.service import ImageSearch
 
 DIM = 48
@@ -133,6 +133,32 @@ def test_sealed_shards_are_merged_in_the_background_into_one_of_the_next_tier(
     service.parts.builder.collect_garbage()
     stored = {info.key.split(".")[0] for info in service.parts.storage.objects.list(SHARDS_PREFIX)}
     assert stored == {f"{SHARDS_PREFIX}{s.id}/{s.build}" for s in manifest.shards}
+
+
+def test_a_merge_whose_first_parts_were_collected_is_not_published(index_service, monkeypatch):
+    """Garbage collection deletes a build's parts one by one, and may start on a merged
+    build's first parts while its forest (written last) is still being written: a manifest
+    naming it would name missing files, so the merge gives up and the index stays whole."""
+    import imgsearch.index.tiers as tiers
+
+    service = index_service
+    merger = service.parts.builder.writer.merger
+    ids = synthetic_ids(200)
+    queue(service, ids, clustered_vectors(200))
+    service.build_index()
+    before = read_manifest(service.parts.storage.objects)[0]
+    write_build = tiers.write_build
+
+    def collected_meanwhile(store, shard_id, *args, **kwargs):
+        built = write_build(store, shard_id, *args, **kwargs)
+        store.delete(build_key(shard_id, built.id, "ids.json"))  # as a collection would
+        return built
+
+    monkeypatch.setattr(tiers, "write_build", collected_meanwhile)
+    assert not merger.merge_once()
+    assert read_manifest(service.parts.storage.objects)[0].shards == before.shards
+    service.parts.index.refresh(force=True)
+    assert len(service.parts.index) == 200
 
 
 def test_a_removal_published_while_a_merge_runs_stays_removed(index_service, monkeypatch):

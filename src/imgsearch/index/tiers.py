@@ -28,7 +28,7 @@ import numpy as np
 from imgsearch.catalog import Catalog, Published
 from imgsearch.index.manifest import Manifest, ShardEntry, read_manifest, write_manifest
 from imgsearch.index.reader import Index
-from imgsearch.index.shards import Shard, ShardData, build_key, write_build
+from imgsearch.index.shards import BUILD_PARTS, Shard, ShardData, build_key, write_build
 from imgsearch.storage import NotFound, PreconditionFailed
 
 log = logging.getLogger(__name__)
@@ -189,8 +189,12 @@ class Merger:
         return False
 
     def _still_stored(self, entry: ShardEntry) -> bool:
+        """Whether every part of the build is still there: garbage collection deletes a
+        build's parts one by one, and may have started on its first parts while the last
+        were still being written."""
         try:
-            self.store.head(build_key(entry.id, entry.build, "ann"))
+            for part in BUILD_PARTS:
+                self.store.head(build_key(entry.id, entry.build, part))
         except NotFound:
             return False
         return True
