@@ -168,9 +168,8 @@ def held_classes(
     >= HELD_PROBABILITY), weighed as the words read them among the held senses only: the
     likeliest held sense of each phrase weighs 1, whatever senses the collection lacks."""
     held: dict[int, dict[int, float]] = {}  # phrase -> class -> weight
-    for sense in senses:
-        classes = {c: 1.0 for c in sense.classes if c not in exclude_classes}
-        best = index.ranked_by_classes(classes, 1)
+    each = [{c: 1.0 for c in sense.classes if c not in exclude_classes} for sense in senses]
+    for sense, classes, best in zip(senses, each, index.ranked_by_each(each, 1), strict=True):
         if best and best[0][1] >= HELD_PROBABILITY:
             phrase = held.setdefault(sense.phrase, {})
             for c in classes:
@@ -218,11 +217,11 @@ def confident_matches(
 def class_photos(index: SearchIndex, classes: list[tuple[int, float]]) -> dict[int, int]:
     """How many photos each class stands for: those it describes with probability >=
     MATCH_PROBABILITY (counted up to CANDIDATES)."""
-    counts: dict[int, int] = {}
-    for c, _ in classes:
-        ranked = index.ranked_by_classes({c: 1.0}, CANDIDATES)
-        counts[c] = sum(1 for _, p in ranked if p >= MATCH_PROBABILITY)
-    return counts
+    each = index.ranked_by_each([{c: 1.0} for c, _ in classes], CANDIDATES)
+    return {
+        c: sum(1 for _, p in ranked if p >= MATCH_PROBABILITY)
+        for (c, _), ranked in zip(classes, each, strict=True)
+    }
 
 
 def first_pages(
@@ -282,14 +281,19 @@ def hedged_guesses(
     taken = {i for i, _ in head}
     score = dict(guesses)
     hedges: list[tuple[str, float]] = []
-    for c, weight in sorted(weights.items(), key=lambda cw: -cw[1])[: 2 * count]:
-        if len(head) + len(hedges) >= count:
-            break
-        best = index.ranked_by_classes({c: 1.0}, 1, exclude=shown)
-        if best and best[0][0] not in taken:
-            image_id, probability = best[0]
-            hedges.append((image_id, score.get(image_id, weight * probability)))
-            taken.add(image_id)
+    likeliest = sorted(weights.items(), key=lambda cw: -cw[1])[: 2 * count]
+    while likeliest and len(head) + len(hedges) < count:
+        # As many classes asked at once as places are left (one query each).
+        asked, likeliest = (
+            likeliest[: count - len(head) - len(hedges)],
+            likeliest[count - len(head) - len(hedges) :],
+        )
+        each = index.ranked_by_each([{c: 1.0} for c, _ in asked], 1, exclude=shown)
+        for (_, weight), best in zip(asked, each, strict=True):
+            if best and best[0][0] not in taken and len(head) + len(hedges) < count:
+                image_id, probability = best[0]
+                hedges.append((image_id, score.get(image_id, weight * probability)))
+                taken.add(image_id)
     return head + hedges + [(i, s) for i, s in guesses if i not in taken]
 
 

@@ -130,6 +130,11 @@ def test_keyword_rankings_match_across_engines_beyond_one_query(both) -> None:
         i for i, _ in left[5:15]
     ]
     assert s3.ranked_by_classes({}, 10) == []
+    # Several rankings asked at once (in parallel on S3 Vectors) answer as each alone.
+    each = [{3: 1.0}, {7: 1.0}, {}, weights]
+    assert [[i for i, _ in r] for r in s3.ranked_by_each(each, 10, exclude=hidden)] == [
+        [i for i, _ in annoy.ranked_by_classes(w, 10, exclude=hidden)] for w in each
+    ]
 
 
 def test_the_collection_in_order_and_spread_match_across_engines(both) -> None:

@@ -15,7 +15,7 @@ neighbourhoods, catalog statuses) took from the work queue. Two engines implemen
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -94,6 +94,13 @@ class SearchIndex(ABC):
     ) -> list[tuple[str, float]]:
         """The `k` images with the highest sum of weight x class probability (> 0), best
         first, over each image's posted classes (shards.posted_probabilities)."""
+
+    def ranked_by_each(
+        self, queries: Sequence[Mapping[int, float]], k: int, *, exclude: Collection[str] = ()
+    ) -> list[list[tuple[str, float]]]:
+        """`ranked_by_classes` of each of `queries`, in order (an engine over the network
+        sends them at once)."""
+        return [self.ranked_by_classes(weights, k, exclude=exclude) for weights in queries]
 
     def class_counts(self, min_probability: float) -> list[tuple[int, int, str]]:
         """(class id, images that give it at least `min_probability`, its most probable

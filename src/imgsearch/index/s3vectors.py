@@ -336,6 +336,12 @@ class S3VectorsIndex(SearchIndex):
         scored = [(i, norm * (1.0 - d)) for i, d in found if i not in exclude]
         return [(i, s) for i, s in scored if s > 0][:k]
 
+    def ranked_by_each(
+        self, queries: Sequence[Mapping[int, float]], k: int, *, exclude: Collection[str] = ()
+    ) -> list[list[tuple[str, float]]]:
+        # One QueryVectors (or a few) each, over the network: sent at once, not in turn.
+        return in_parallel(lambda w: self.ranked_by_classes(w, k, exclude=exclude), queries)
+
     def _query(
         self, index: str, vector: np.ndarray, wanted: int, *, within: float = float("inf")
     ) -> list[tuple[str, float]]:
