@@ -116,9 +116,29 @@ def chunks(
     `size`, chunk by chunk; each chunk comes from its own seed, so every pass sees the same."""
     stop = size if stop is None else stop
     for first in range(start - start % CHUNK, stop, CHUNK):
-        features, probabilities = synthesise(*real, CHUNK, np.random.default_rng((size, 0, first)))
+        features, probabilities = _chunk(real, size, first)
         lo, hi = max(start, first) - first, min(stop, first + CHUNK) - first
-        yield first + lo, features[lo:hi].astype(np.float16), probabilities[lo:hi]
+        yield first + lo, features[lo:hi], probabilities[lo:hi]
+
+
+# Where synthesised chunks are kept between passes (main sets it to the scratch directory):
+# synthesising costs more CPU than the exact pass and Faiss's queries together.
+chunk_cache: Path | None = None
+
+
+def _chunk(
+    real: tuple[np.ndarray, np.ndarray], size: int, first: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk `first` of the collection of `size` (features and probabilities, float16)."""
+    path = None if chunk_cache is None else chunk_cache / f"chunk-{size}-{first}.npz"
+    if path is not None and path.exists():
+        with np.load(path) as cached:
+            return cached["features"], cached["probabilities"]
+    features, probabilities = synthesise(*real, CHUNK, np.random.default_rng((size, 0, first)))
+    halves = features.astype(np.float16)
+    if path is not None:
+        np.savez(path, features=halves, probabilities=probabilities)
+    return halves, probabilities
 
 
 def image_id(row: int) -> str:
@@ -357,6 +377,10 @@ def main() -> None:
     parser.add_argument("--scratch", default=None, help="directory for the index files")
     args = parser.parse_args()
     real = real_embeddings()
+    global chunk_cache
+    if args.scratch is not None:
+        chunk_cache = Path(args.scratch) / "chunks"
+        chunk_cache.mkdir(parents=True, exist_ok=True)
     print(
         f"{len(real[0])} real photos; open shard {args.shard_size:,}, {args.trees} trees; "
         f"{args.queries} queries, k=20; times in ms; {os.cpu_count()} cores"

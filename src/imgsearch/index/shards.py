@@ -520,7 +520,12 @@ class Shard:
     def distances(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact cosine distances (1 - cos) from a unit `vector` to `rows`, in [0, 2] (float16
         rounding would otherwise put an image's distance to itself slightly below 0)."""
-        return np.clip(1.0 - half_dot(self.features[rows], vector), 0.0, 2.0)
+        cosine = np.zeros(len(rows), np.float32)
+        for start in range(0, len(rows), PROJECTION_CHUNK):  # a float32 copy of all is GBs
+            part = rows[start : start + PROJECTION_CHUNK]
+            cosine[start : start + len(part)] = half_dot(self.features[part], vector)
+        distances: np.ndarray = np.clip(1.0 - cosine, 0.0, 2.0)
+        return distances
 
     def class_scores(self, weights: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray]:
         """The live rows listed under any of the weighted classes, ascending, and their sum of
