@@ -561,7 +561,10 @@ class ImageSearch:
         index = self.parts.index
         index.refresh()
         words = word_topics(self.parts.feedback, index, limit)
-        return [*words, *class_topics(index, self.class_names, limit)]
+        classes = class_topics(index, self.class_names, limit)
+        # At most `limit` in all; taught words take up to half, classes fill the rest.
+        shown_words = words[: max(limit - len(classes), (limit + 1) // 2)]
+        return [*shown_words, *classes[: limit - len(shown_words)]]
 
     def near_copies(self, image_id: str) -> list[Hit]:
         """The images that are near-copies of an indexed one (settings.duplicate_distance),

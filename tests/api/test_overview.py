@@ -85,6 +85,10 @@ def test_a_taught_word_joins_explore_once_independent_clients_agree(service, cli
     (word,) = words()
     assert (word["label"], word["query"], word["count"]) == ("picnic", "picnic", 2)
     assert word["cover"]["id"] in ids[:2]
+    for limit in (1, 2, 5):  # `limit` bounds the whole answer, the taught word first
+        topics = client.get("/api/explore", params={"limit": limit}).json()["topics"]
+        assert len(topics) == min(limit, 1 + len(ids)), topics
+        assert topics[0]["kind"] == "word"
 
 
 def test_near_copies_are_stacked_and_others_are_not(client) -> None:

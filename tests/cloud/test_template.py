@@ -398,13 +398,17 @@ def test_cloudfront_serves_the_page_and_thumbnails_from_the_private_bucket_and_t
     assert {"POST", "DELETE", "OPTIONS"} <= set(api["AllowedMethods"])
     assert api["CachePolicyId"] == "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"  # CachingDisabled
     assert api["OriginRequestPolicyId"] == "b689b0a8-53d0-40ab-baf2-68738e2966ac"
-    # Thumbnails: where the functions say they are, cached for a year.
+    # Thumbnails: where the functions say they are, a year in browsers, a day at the edges
+    # (a removed photo's thumbnail leaves the edges within a day).
     variables = load_template()["Globals"]["Function"]["Environment"]["Variables"]
     base = variables["IMGSEARCH_THUMBNAIL_BASE_URL"]
     thumbnails = behaviours[f"{base}/*"]
     assert thumbnails["TargetOriginId"] == "bucket" and base == "/thumbnails"  # the key prefix
     policy = resources[thumbnails["CachePolicyId"]["Ref"]]["Properties"]["CachePolicyConfig"]
-    assert policy["DefaultTTL"] >= 30 * 86400
+    assert policy["DefaultTTL"] == policy["MaxTTL"] == 86400
+    headers = resources[thumbnails["ResponseHeadersPolicyId"]["Ref"]]["Properties"]
+    (cache_control,) = headers["ResponseHeadersPolicyConfig"]["CustomHeadersConfig"]["Items"]
+    assert cache_control["Value"] == "public, max-age=31536000, immutable"
     # The bucket lets this distribution read the page and the thumbnails, and nothing else.
     statements = resources["ImageBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     cloudfront = [
