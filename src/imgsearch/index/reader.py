@@ -18,14 +18,14 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
 
 from imgsearch.index.base import SearchIndex
 from imgsearch.index.manifest import Manifest, read_manifest
-from imgsearch.index.shards import Shard
+from imgsearch.index.shards import Shard, half_dot, serial_matvec
 from imgsearch.storage import ObjectStore
 
 SEARCH_THREADS = min(4, os.cpu_count() or 1)
@@ -43,6 +43,35 @@ class _Snapshot:
     manifest: Manifest
     etag: str | None
     shards: tuple[Shard, ...]
+    # What every query over these shards needs, worked out once: each shard's share of the
+    # live images, and all their projections stacked into one matrix, so that a query is
+    # projected for every shard by one product (`project`).
+    shares: tuple[float, ...] = ()
+    components: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    ends: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, manifest: Manifest, etag: str | None, shards: tuple[Shard, ...]) -> _Snapshot:
+        if not shards:
+            return cls(manifest, etag, shards)
+        total = max(1, sum(shard.live_count for shard in shards))
+        projections = [shard.projection for shard in shards]
+        # (v - mean) @ C.T == v @ C.T - mean @ C.T: the means folded into one offset vector.
+        return cls(
+            manifest,
+            etag,
+            shards,
+            shares=tuple(shard.live_count / total for shard in shards),
+            components=np.ascontiguousarray(np.concatenate([p.components for p in projections])),
+            offsets=np.concatenate([p.components @ p.mean for p in projections]),
+            ends=tuple(itertools.accumulate(p.dims for p in projections)),
+        )
+
+    def project(self, vector: np.ndarray) -> list[np.ndarray]:
+        """A float32 `vector` projected by each shard's projection, in shard order."""
+        projected = serial_matvec(self.components, vector) - self.offsets
+        return np.split(projected, self.ends[:-1])
 
 
 class Index(SearchIndex):
@@ -123,7 +152,7 @@ class Index(SearchIndex):
                 else:
                     shard.set_deleted(entry.deleted)
                 shards.append(shard)
-            self._snapshot = _Snapshot(manifest, etag, tuple(shards))
+            self._snapshot = _Snapshot.of(manifest, etag, tuple(shards))
             return True
 
     def __len__(self) -> int:
@@ -165,26 +194,27 @@ class Index(SearchIndex):
         wanted = k + len(exclude)
         if exact:
             return self._exact_nearest(vector, k, exclude)
-        shards = self._snapshot.shards
+        snapshot = self._snapshot
+        if not snapshot.shards:
+            return []
         budget = max(wanted, candidates or self.candidates)
-        total = max(1, sum(shard.live_count for shard in shards))
         found = []
-        for shard in shards:
-            share = shard.live_count / total
+        for shard, share, projected in zip(
+            snapshot.shards, snapshot.shares, snapshot.project(vector), strict=True
+        ):
             per_shard = max(wanted, math.ceil(budget * share))
             search_k = self.search_k
             if search_k > 0:
                 search_k = max(math.ceil(search_k * share), per_shard * MIN_SEARCH_K_PER_CANDIDATE)
-            found.append((shard, shard.candidates(vector, per_shard, search_k)))
-        gathered = [shard.features[rows] for shard, rows in found if len(rows)]
-        if not gathered:
-            return []
+            found.append(shard.candidates_of_projected(projected, per_shard, search_k))
+        gathered = [
+            shard.features[rows] for shard, rows in zip(snapshot.shards, found, strict=True)
+        ]
         # One product over every shard's candidates: the exact re-rank costs one numpy call,
         # whatever the number of shards.
-        cosine = np.concatenate(gathered).astype(np.float32) @ vector
+        cosine = half_dot(np.concatenate(gathered), vector)
         distances = np.clip(1.0 - cosine, 0.0, 2.0)
-        ids = _IdsOf([(shard, rows) for shard, rows in found if len(rows)])
-        return _best_positions(distances, ids, k, exclude)
+        return _best_candidates(distances, snapshot.shards, found, k, exclude)
 
     def _exact_nearest(
         self, vector: np.ndarray, k: int, exclude: Collection[str]
@@ -292,35 +322,29 @@ def _best(
     return best
 
 
-class _IdsOf:
-    """The image id at a position of the candidates gathered from several shards (ids are
-    looked up only for the few positions an answer keeps)."""
-
-    def __init__(self, found: list[tuple[Shard, np.ndarray]]) -> None:
-        self._found = found
-        self._ends = np.cumsum([len(rows) for _, rows in found])
-
-    def __getitem__(self, position: int) -> str:
-        part = int(np.searchsorted(self._ends, position, side="right"))
-        shard, rows = self._found[part]
-        start = int(self._ends[part]) - len(rows)
-        return shard.ids[int(rows[position - start])]
-
-
-def _best_positions(
-    distances: np.ndarray, ids: _IdsOf, k: int, exclude: Collection[str]
+def _best_candidates(
+    distances: np.ndarray,
+    shards: tuple[Shard, ...],
+    rows: list[np.ndarray],
+    k: int,
+    exclude: Collection[str],
 ) -> list[tuple[str, float]]:
-    """The `k` nearest of the gathered candidates, `exclude`d ids skipped, nearest first."""
+    """The `k` nearest of the candidates (each shard's `rows`, their `distances` in that
+    order), `exclude`d ids skipped, nearest first; ids looked up only for those kept."""
     wanted = min(len(distances), k + len(exclude))
     if wanted == 0:
         return []
-    best = np.sort(np.argpartition(distances, wanted - 1)[:wanted])  # ties: in shard order
-    best = best[np.argsort(distances[best], kind="stable")]
+    best = np.argpartition(distances, wanted - 1)[:wanted]
+    best = best[np.lexsort((best, distances[best]))]  # nearest first; ties in shard order
+    shard_of = np.repeat(np.arange(len(rows)), [len(r) for r in rows])[best]
+    row_of = np.concatenate(rows)[best]
     found: list[tuple[str, float]] = []
-    for position in best.tolist():
-        image_id = ids[position]
+    for part, row, distance in zip(
+        shard_of.tolist(), row_of.tolist(), distances[best].tolist(), strict=True
+    ):
+        image_id = shards[part].ids[row]
         if image_id not in exclude:
-            found.append((image_id, float(distances[position])))
+            found.append((image_id, distance))
             if len(found) == k:
                 break
     return found

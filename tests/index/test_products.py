@@ -1,0 +1,54 @@
+"""The re-rank's products: float16 features times a float32 query, as numpy would compute
+them, and the stored features' halves."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from imgsearch.index import shards
+from imgsearch.index.shards import _features_npy_bytes, half_dot, serial_matvec
+
+
+def halves_of_every_kind(rows: int, dim: int) -> np.ndarray:
+    """float16 rows with normal values of both signs, zeros of both signs and subnormals."""
+    rng = np.random.default_rng(3)
+    values = rng.normal(0, 0.05, (rows, dim)).astype(np.float16)
+    values[:, ::5] = 0
+    values[:, 1::7] = np.float16(-0.0)
+    values[:, 2::11] = np.float16(3e-6)  # subnormal
+    values[:, 3::13] = np.float16(-4e-7)  # subnormal, negative
+    values[0, :4] = [np.float16(65504), np.float16(-65504), np.float16(2**-14), 1]
+    return values
+
+
+def test_half_dot_is_numpy_s_float32_product() -> None:
+    rows = halves_of_every_kind(300, 96)
+    vector = np.random.default_rng(4).normal(size=96).astype(np.float32)
+    expected = rows.astype(np.float32) @ vector
+    np.testing.assert_allclose(half_dot(rows, vector), expected, rtol=1e-6, atol=1e-6)
+    # Rows already float32 are multiplied as they are.
+    np.testing.assert_allclose(
+        half_dot(rows.astype(np.float32), vector), expected, rtol=1e-6, atol=1e-6
+    )
+
+
+def test_a_product_bigger_than_a_block_is_computed_block_by_block(monkeypatch) -> None:
+    monkeypatch.setattr(shards, "SERIAL_PRODUCT_ELEMENTS", 64 * 10)  # blocks of 10 rows
+    rng = np.random.default_rng(5)
+    matrix = rng.normal(size=(95, 64)).astype(np.float32)
+    vector = rng.normal(size=64).astype(np.float32)
+    np.testing.assert_allclose(serial_matvec(matrix, vector), matrix @ vector, rtol=1e-5, atol=1e-5)
+
+
+def test_stored_features_hold_no_subnormal_halves() -> None:
+    features = halves_of_every_kind(70_000, 8).astype(np.float32)  # more than one chunk
+    stored = np.load(io.BytesIO(_features_npy_bytes(features)))
+    assert stored.dtype == np.float16 and stored.shape == features.shape
+    magnitudes = np.abs(stored)
+    assert not np.any((magnitudes > 0) & (magnitudes < np.float16(2**-14)))
+    # Everything else is the plain float16 rounding.
+    normal = np.abs(features) >= 2**-14
+    np.testing.assert_array_equal(stored[normal], features[normal].astype(np.float16))
+    assert np.all(stored[~normal] == 0)
