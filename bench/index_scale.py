@@ -38,7 +38,7 @@ from imgsearch.config import Settings
 from imgsearch.embedding import Embedder, ModelSpec
 from imgsearch.images import DecodeLimits, ImageRefused, decode_image
 from imgsearch.index.manifest import Manifest, ShardEntry, write_manifest
-from imgsearch.index.reader import Index
+from imgsearch.index.reader import Index, budget_growth
 from imgsearch.index.shards import ShardData, normalise_rows, write_build
 from imgsearch.index.tiers import merge_plan
 from imgsearch.storage.local import LocalObjectStore
@@ -338,7 +338,8 @@ def measure(size: int, args: argparse.Namespace, real: tuple[np.ndarray, np.ndar
             layout_text = "+".join(f"{count // 1000}k" for count in layout)
             engines.append(
                 Engine(
-                    f"imgsearch {candidates}:{search_k}",
+                    # The budget grows past 100k images (reader.budget_growth): say by how much.
+                    f"imgsearch {candidates}:{search_k} x{budget_growth(size):.2f}",
                     len(layout),
                     seconds,
                     total_bytes,

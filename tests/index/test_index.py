@@ -464,3 +464,33 @@ def test_both_merges_of_posting_lists_rank_alike(index_service, monkeypatch) -> 
         live = [r for r in np.argsort(-scores, kind="stable") if r >= 10 and scores[r] > 0]
         assert [i for i, _ in rankings[0]] == [ids[r] for r in live]
         assert np.allclose([s for _, s in rankings[0]], scores[live], atol=1e-5)
+
+
+def test_the_candidate_budget_grows_with_the_collection(index_service, monkeypatch) -> None:
+    """Past BUDGET_REFERENCE live images the shards propose more candidates between them
+    (recall at a fixed budget falls as the collection grows: 0.83 at 1M with 200)."""
+    import imgsearch.index.reader as reader
+    from imgsearch.index.shards import Shard
+
+    service = index_service
+    ids, vectors = synthetic_ids(240), clustered_vectors(240)
+    queue(service, ids, vectors)
+    service.build_index()
+    index = service.parts.index
+    index.refresh(force=True)
+    asked: list[int] = []
+    propose = Shard.candidates_of_projected
+
+    def counting(self, projected, count, search_k):
+        asked.append(count)
+        return propose(self, projected, count, search_k)
+
+    monkeypatch.setattr(Shard, "candidates_of_projected", counting)
+    index.nearest(normalise_rows(vectors[:1])[0], 5, candidates=30)
+    at_reference = sum(asked)
+    monkeypatch.setattr(reader, "BUDGET_REFERENCE", 60)  # 240 images: 4x the reference
+    asked.clear()
+    index.nearest(normalise_rows(vectors[:1])[0], 5, candidates=30)
+    assert reader.budget_growth(240) == 4**reader.BUDGET_GROWTH
+    assert sum(asked) >= at_reference * 4**reader.BUDGET_GROWTH - len(asked)
+    assert sum(asked) > at_reference

@@ -33,6 +33,13 @@ REFRESH_INTERVAL_SECONDS = 2.0  # how often a reader looks for a new manifest, a
 # A shard's share of `search_k` is at least this many nodes per candidate it proposes: a small
 # shard's share of the budget would otherwise let Annoy look at no more than it returns.
 MIN_SEARCH_K_PER_CANDIDATE = 8
+# The candidate budget (and search_k) are the settings' up to BUDGET_REFERENCE live images,
+# and grow as (images / BUDGET_REFERENCE) ** BUDGET_GROWTH past it: the more images, the more
+# of them the projected search must propose for the exact re-rank to keep its recall. Measured
+# (bench/index_scale.py, docs/performance.md): 200 candidates recall 0.9998 at 100k, 0.992 at
+# 300k, 0.83 at 1M, where 800 recall 0.9985 (x4 for x10 images: 10 ** 0.6 = 3.98).
+BUDGET_REFERENCE = 100_000
+BUDGET_GROWTH = 0.6
 _T = TypeVar("_T")
 
 
@@ -51,11 +58,14 @@ class _Snapshot:
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     ends: tuple[int, ...] = ()
 
+    live_count: int = 0
+
     @classmethod
     def of(cls, manifest: Manifest, etag: str | None, shards: tuple[Shard, ...]) -> _Snapshot:
         if not shards:
             return cls(manifest, etag, shards)
-        total = max(1, sum(shard.live_count for shard in shards))
+        live = sum(shard.live_count for shard in shards)
+        total = max(1, live)
         projections = [shard.projection for shard in shards]
         # (v - mean) @ C.T == v @ C.T - mean @ C.T: the means folded into one offset vector.
         return cls(
@@ -66,12 +76,18 @@ class _Snapshot:
             components=np.ascontiguousarray(np.concatenate([p.components for p in projections])),
             offsets=np.concatenate([p.components @ p.mean for p in projections]),
             ends=tuple(itertools.accumulate(p.dims for p in projections)),
+            live_count=live,
         )
 
     def project(self, vector: np.ndarray) -> list[np.ndarray]:
         """A float32 `vector` projected by each shard's projection, in shard order."""
         projected = serial_matvec(self.components, vector) - self.offsets
         return np.split(projected, self.ends[:-1])
+
+
+def budget_growth(live_images: int) -> float:
+    """How many times the settings' candidate budget a query over `live_images` asks for."""
+    return float(max(1.0, live_images / BUDGET_REFERENCE) ** BUDGET_GROWTH)
 
 
 class Index(SearchIndex):
@@ -197,7 +213,8 @@ class Index(SearchIndex):
         snapshot = self._snapshot
         if not snapshot.shards:
             return []
-        budget = max(wanted, candidates or self.candidates)
+        growth = budget_growth(snapshot.live_count)
+        budget = max(wanted, math.ceil((candidates or self.candidates) * growth))
         found = []
         for shard, share, projected in zip(
             snapshot.shards, snapshot.shares, snapshot.project(vector), strict=True
@@ -205,7 +222,9 @@ class Index(SearchIndex):
             per_shard = max(wanted, math.ceil(budget * share))
             search_k = self.search_k
             if search_k > 0:
-                search_k = max(math.ceil(search_k * share), per_shard * MIN_SEARCH_K_PER_CANDIDATE)
+                search_k = max(
+                    math.ceil(search_k * growth * share), per_shard * MIN_SEARCH_K_PER_CANDIDATE
+                )
             found.append(shard.candidates_of_projected(projected, per_shard, search_k))
         gathered = [
             shard.features[rows] for shard, rows in zip(snapshot.shards, found, strict=True)
