@@ -379,6 +379,34 @@ def test_the_dashboard_shows_what_the_functions_measure() -> None:
     assert kinds == {"keyword", "learned", "similar", "reverse"}
 
 
+def test_the_static_page_s_hashed_files_are_cached_a_year_and_the_others_are_not() -> None:
+    """Every file of the static build (api/page.py) named by its content's hash falls in a
+    behaviour that edges and browsers keep a year; index.html, config.js and the rest do not
+    (a deploy changes them under the same name)."""
+    from fnmatch import fnmatchcase
+
+    from imgsearch.api.page import IMMUTABLE, build_page
+
+    resources = load_template()["Resources"]
+    config = resources["Distribution"]["Properties"]["DistributionConfig"]
+    built = build_page(REPO / "web", inline=False, config_js="")
+    hashed = {path for path, asset in built.files.items() if asset.cache_control == IMMUTABLE}
+    assert hashed and "index.html" not in hashed
+    for path in built.files:
+        matching = [
+            b for b in config["CacheBehaviors"] if fnmatchcase(f"/{path}", b["PathPattern"])
+        ]
+        if path not in hashed:
+            assert not matching or matching[0]["TargetOriginId"] != "page", path
+            continue
+        assert matching and matching[0]["TargetOriginId"] == "page", path
+        policy = resources[matching[0]["CachePolicyId"]["Ref"]]["Properties"]
+        assert policy["CachePolicyConfig"]["MinTTL"] == 31536000, path
+        headers = resources[matching[0]["ResponseHeadersPolicyId"]["Ref"]]["Properties"]
+        (cache_control,) = headers["ResponseHeadersPolicyConfig"]["CustomHeadersConfig"]["Items"]
+        assert cache_control["Value"] == IMMUTABLE, path
+
+
 def test_cloudfront_serves_the_page_and_thumbnails_from_the_private_bucket_and_the_api() -> None:
     resources = load_template()["Resources"]
     config = resources["Distribution"]["Properties"]["DistributionConfig"]
