@@ -216,6 +216,33 @@ def test_an_upload_killed_midway_is_finished_at_the_next_start(
     assert_consistent(restarted)
 
 
+@pytest.mark.model  # the worker process loads the model
+def test_an_upload_killed_midway_is_finished_by_a_server_already_running(
+    tmp_path, embedder, vocabulary
+) -> None:
+    """`serve --workers N`: a worker dies mid-upload while the first worker keeps serving;
+    the first worker's background rounds finish it, with no restart."""
+    data_dir = tmp_path / "data"
+    demo_collection(data_dir, embedder, vocabulary)
+    serving = make_service(data_dir, embedder, vocabulary, shard_size=4, index_drain_seconds=0.2)
+    serving.recover_in_background()
+    try:
+        photo = REPO / "demo" / "pizza" / "image_0002.jpg"
+        # Killed before the key's write: only a recovery makes the key.
+        kill_point = UPLOAD_KILL_POINTS["after_thumbnail"]
+        run_until_killed(data_dir, kill_point, f"add=pizza/new.jpg={photo}")
+        deadline = time.monotonic() + 60
+        record = serving.find_key("pizza/new.jpg")
+        while time.monotonic() < deadline and not (record and record.status == "indexed"):
+            time.sleep(0.2)
+            record = serving.find_key("pizza/new.jpg")
+        assert record is not None and record.status == "indexed"
+        serving.parts.index.refresh(force=True)
+        assert_consistent(serving)
+    finally:
+        serving.close()
+
+
 DELETE_KILL_POINTS = {
     # The removal is recorded and acknowledged; the process dies before the index build.
     "before_build": ("imgsearch.index.builder.IndexBuilder", "run", "before"),

@@ -539,6 +539,9 @@ class ImageSearch:
                 self.recovering = False
             while not self._closing.wait(self.settings.index_drain_seconds):
                 try:
+                    # What another process left when it died meanwhile (a server worker
+                    # killed mid-request), or an undo here that failed: finished each round.
+                    self.parts.ingestor.recover_changes()
                     if self.parts.catalog.has_pending():
                         build()
                 except Exception:
