@@ -96,6 +96,29 @@ def test_a_key_cannot_break_out_of_the_start_data(service, monkeypatch) -> None:
     assert html.count("<script>") == 1  # boot.js only
 
 
+def test_a_start_answer_that_fails_is_left_to_the_page(service, monkeypatch) -> None:
+    """A start answer that fails (SQLite busy beside a bulk ingest, say) leaves the page
+    whole: it asks for that answer itself."""
+    monkeypatch.setattr(page, "START_ANSWER_SECONDS", 60.0)
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("explore failed")
+
+    monkeypatch.setattr(type(service), "explore", failing)
+    with TestClient(create_app(service, web_dir=WEB_DIR), raise_server_exceptions=False) as client:
+        answer = client.get("/")
+    assert answer.status_code == 200
+    (data,) = re.findall(
+        r'<script id="start-data" type="application/json">(.*?)</script>', answer.text
+    )
+    assert "/explore" not in json.loads(data) and START_PATHS[0] in json.loads(data)
+
+
+def test_the_bundler_strips_comment_lines_and_nothing_else() -> None:
+    source = "/* a */ f();\nconst x = 1;\n/* b\n */\ng();\n  // c\nh(); // d\n"
+    assert page._trimmed(source) == "/* a */ f();\nconst x = 1;\ng();\nh(); // d"
+
+
 def test_answers_later_than_the_page_can_wait_are_left_to_the_page(site, monkeypatch) -> None:
     monkeypatch.setattr(page, "START_ANSWER_SECONDS", 0.0)
     html = site.get("/").text

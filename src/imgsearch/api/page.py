@@ -19,6 +19,7 @@ import base64
 import gzip
 import hashlib
 import json
+import logging
 import mimetypes
 import re
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
 
 ENTRY_MODULE = "main.js"
 # Where the app puts the start view's answers (a JSON data block, never run as a script).
@@ -51,7 +54,9 @@ _EXPORT = re.compile(
     re.M,
 )
 _ANY_IMPORT_OR_EXPORT = re.compile(r"^(?:import|export)\b", re.M)
-_LINE_COMMENTS = re.compile(r"^[ \t]*(?://[^\n]*|/\*.*?\*/[ \t]*)$", re.M | re.S)
+# A line of nothing but a comment (a block comment may span lines; it ends at its own first
+# "*/", never at a later one).
+_LINE_COMMENTS = re.compile(r"^[ \t]*(?://[^\n]*|/\*[^*]*\*+(?:[^/*][^*]*\*+)*/[ \t]*)$", re.M)
 
 
 class BuildError(ValueError):
@@ -321,6 +326,9 @@ class PageServer:
         try:
             await asyncio.wait_for(self._api(inner, receive, send), START_ANSWER_SECONDS)
         except TimeoutError:
+            return None
+        except Exception:  # the app's own 500 for this answer: the page asks for it itself
+            log.exception("the start view's %s failed; the page asks for it", route)
             return None
         return json.loads(body) if status == 200 else None
 
