@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from imgsearch.cli import main
 from imgsearch.storage import SQLITE_FILE
 
@@ -16,3 +18,11 @@ def test_the_data_directory_is_the_settings_unless_an_option_names_one(
     assert main(["votes", "show", "boat", "--data-dir", str(from_option)]) == 0
     assert (from_option / SQLITE_FILE).is_file()
     assert capsys.readouterr().out == "boat: 0 votes from 0 sessions and 0 clients\n" * 2
+
+
+def test_serve_refuses_a_number_of_workers_below_one(tmp_path, capsys) -> None:
+    for workers in ("0", "-1", "two"):
+        with pytest.raises(SystemExit) as refused:
+            main(["serve", "--data-dir", str(tmp_path), "--workers", workers])
+        assert refused.value.code == 2
+        assert "--workers" in capsys.readouterr().err

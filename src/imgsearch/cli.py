@@ -431,7 +431,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--web", help="directory of the web page (default: the project's web/)")
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_positive,
         help="server processes (default: $IMGSEARCH_HTTP_WORKERS, else 1; about one per core)",
     )
     serve.set_defaults(run=cmd_serve)

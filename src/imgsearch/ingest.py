@@ -164,15 +164,16 @@ class Ingestor:
         """Run `attempt` until no other event for the key gets in its way; undo what it wrote
         if it fails, and close the journal once it is done."""
         try:
-            result = retry_on_conflict(attempt, f"key {journal.change.key}")
-        except BaseException:
-            self._undo(journal)
-            raise
-        finally:
+            try:
+                result = retry_on_conflict(attempt, f"key {journal.change.key}")
+            except BaseException:
+                self._undo(journal)
+                raise
+            self._end(journal)
+            return result
+        finally:  # only now may a recovery in this process take the change for abandoned
             with _in_flight_lock:
                 _in_flight.discard(journal.change.token)
-        self._end(journal)
-        return result
 
     def _add(
         self,
