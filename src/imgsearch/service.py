@@ -88,6 +88,9 @@ API_KEY_FILE = "api-key"  # the local API key, in the data directory
 # Work items `count` and `browse` look through for queued removals: one Query (DynamoDB
 # pages 1 MB, some ten thousand items); removals queued behind a longer backlog count once built.
 REMOVALS_LOOKED_AT = 10_000
+# ... read at most this often by one process (the public count and browse would otherwise
+# read them on every call); this process's own removals are seen at once.
+REMOVALS_KEPT_SECONDS = 2.0
 UPLOAD_FORM_SECONDS = 600  # a direct upload form: long enough for a slow phone, short to leak
 
 
@@ -106,6 +109,7 @@ class ImageSearch:
         self._background: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stacks: tuple[tuple[int, int], list[Stack]] | None = None  # by index version
+        self._queued_removals: tuple[float, list[str]] | None = None  # (read at, ids)
 
     def preload(self, parts: tuple[Preloadable, ...]) -> None:
         """Load these parts now (a Lambda's init phase, before a request waits for them)."""
@@ -200,7 +204,11 @@ class ImageSearch:
 
     def _leaving(self) -> set[str]:
         """Images the index still serves whose removal is queued."""
-        queued = self.parts.catalog.queued_removals(REMOVALS_LOOKED_AT)
+        kept = self._queued_removals
+        if kept is None or time.monotonic() - kept[0] > REMOVALS_KEPT_SECONDS:
+            kept = (time.monotonic(), self.parts.catalog.queued_removals(REMOVALS_LOOKED_AT))
+            self._queued_removals = kept
+        queued = kept[1]
         return self.parts.index.present(queued) if queued else set()
 
     def image(self, image_id: str) -> ImageRecord | None:
@@ -362,6 +370,7 @@ class ImageSearch:
     def remove(self, key: str) -> IngestResult:
         """Forget `key` (and delete its bytes); its image leaves the index if no key holds it."""
         result = self.parts.ingestor.remove(key)
+        self._queued_removals = None
         self.build_index()
         return result
 
@@ -372,7 +381,9 @@ class ImageSearch:
         index at the next build (the cloud's embed function or its schedule, or the background
         writer of `imgsearch serve`). Raises NotIndexed."""
         record = self._existing(image_id)
-        return [self.parts.ingestor.remove(key) for key in record.keys]
+        results = [self.parts.ingestor.remove(key) for key in record.keys]
+        self._queued_removals = None
+        return results
 
     def upload_form(self, filename: str, content_type: str) -> UploadForm:
         """A signed form to upload one image straight into the bucket (cloud only: raises
@@ -399,7 +410,9 @@ class ImageSearch:
 
     def apply_event(self, event: ObjectEvent) -> IngestResult | None:
         """Apply a bucket event (see Ingestor.apply); the index is built by `build_index`."""
-        return self.parts.ingestor.apply(event)
+        result = self.parts.ingestor.apply(event)
+        self._queued_removals = None
+        return result
 
     def record_failure(self, event: ObjectEvent, reason: str) -> None:
         """Give up on an event whose retries are spent (see Ingestor.record_failure)."""
