@@ -50,6 +50,7 @@ from imgsearch.index.base import IndexWriter, SearchIndex
 from imgsearch.index.shards import SPREAD_SIZE, ShardData, posted_probabilities, spread
 from imgsearch.integrity import DamagedFile
 from imgsearch.storage import NotFound, ObjectStore, in_parallel
+from imgsearch.storage.ports import AWS_POOL_CONNECTIONS
 
 if TYPE_CHECKING:
     from mypy_boto3_s3vectors import S3VectorsClient
@@ -209,8 +210,10 @@ def open_vector_bucket(settings: Settings) -> VectorBucket:
     """The vector bucket and index `settings` name, through boto3 (its usual endpoint and
     credential sources)."""
     import boto3
+    from botocore.config import Config
 
-    return VectorBucket(boto3.client("s3vectors"), settings.vector_bucket, settings.vector_index)
+    client = boto3.client("s3vectors", config=Config(max_pool_connections=AWS_POOL_CONNECTIONS))
+    return VectorBucket(client, settings.vector_bucket, settings.vector_index)
 
 
 class S3VectorsIndex(SearchIndex):

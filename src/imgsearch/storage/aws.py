@@ -22,6 +22,7 @@ from .base import DirectUploads, LocalCopies, ObjectStore, Table
 from .local import atomic_file
 from .ports import (
     ANY_VERSION,
+    AWS_POOL_CONNECTIONS,
     Delete,
     Increment,
     Item,
@@ -554,9 +555,10 @@ def open_aws_storage(settings: Settings) -> Storage:
         config=Config(
             signature_version="s3v4",
             s3=None if emulated else {"addressing_style": "virtual"},
+            max_pool_connections=AWS_POOL_CONNECTIONS,
         ),
     )
-    dynamodb = boto3.client("dynamodb")
+    dynamodb = boto3.client("dynamodb", config=Config(max_pool_connections=AWS_POOL_CONNECTIONS))
     return Storage(
         objects=S3ObjectStore(s3, settings.bucket, settings.cache_dir),
         catalog=DynamoTable(dynamodb, settings.catalog_table),

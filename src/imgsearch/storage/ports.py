@@ -69,6 +69,10 @@ MAX_CAS_ATTEMPTS = 50
 # Requests one call sends at once: an index build's batched reads and writes and its queries
 # wait for the network, not for the CPU, so their waits overlap.
 PARALLEL_REQUESTS = 16
+# Connections an AWS client keeps (botocore's default is 10): a call's parallel requests may
+# each send a few of their own (a neighbour-list query asks up to 3 groups of partitions),
+# and a connection beyond the pool is opened, used once and closed.
+AWS_POOL_CONNECTIONS = 4 * PARALLEL_REQUESTS
 
 
 def in_parallel(work: Callable[[T], R], items: Sequence[T]) -> list[R]:
