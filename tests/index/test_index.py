@@ -252,7 +252,6 @@ def test_a_merge_published_while_the_builder_reads_the_manifest_is_kept(index_se
     more = synthetic_ids(10, start=200)
     queue(service, more, clustered_vectors(210)[200:])
     assert service.build_index().added == 10
-    print("PUBS", len(publications), merge_now)
     assert len(publications) == 2  # the first one's compare-and-swap failed
     manifest, _ = read_manifest(service.parts.storage.objects)
     assert [(s.count, s.sealed) for s in manifest.shards] == [(200, True), (10, False)]
