@@ -379,19 +379,21 @@ def photo_search(
     offset: int,
     hidden: Collection[str] = (),
     expanded: bool = True,
+    copy_distance: float = COPY_DISTANCE,
 ) -> list[Hit]:
     """Images most like a photo's features; `hidden`: what the session voted not relevant.
     With `expanded`, the photo's vector is expanded by its nearest images and their stored
     neighbourhood-sized set ranked by expanded vectors, as "more like this" ranks (a copy of
-    an indexed image gets that image first, then that image's own "more like this"); beyond
-    that set, the nearest by the raw features."""
+    an indexed image, up to `copy_distance` from it: resized, re-encoded, cropped a little,
+    gets that image first, then that image's own "more like this"); beyond that set, the
+    nearest by the raw features."""
     vector = normalise_rows(features[np.newaxis])[0]
     wanted = offset + limit
     k = neighbourhoods.k
     nearest = index.nearest(vector, max(wanted, k + 1), exclude=hidden)
     if not expanded or not nearest:
         return [Hit(i, 1.0 - d, "similar") for i, d in nearest[offset:wanted]]
-    if nearest[0][1] <= COPY_DISTANCE:
+    if nearest[0][1] <= max(copy_distance, COPY_DISTANCE):
         copy = nearest[0][0]
         others = similar_images(index, neighbourhoods, copy, limit=k, offset=0) or []
         head = [(copy, 1.0)] + [(h.image_id, h.score) for h in others if h.image_id not in hidden]

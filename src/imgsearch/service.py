@@ -40,6 +40,7 @@ from imgsearch.overview import (
     Stack,
     Topic,
     class_topics,
+    complete_near_copies,
     duplicate_stacks,
     near_copies,
     word_topics,
@@ -110,6 +111,7 @@ class ImageSearch:
         self._lock = threading.Lock()
         self._stacks: tuple[tuple[int, int], list[Stack]] | None = None  # by index version
         self._queued_removals: tuple[float, list[str]] | None = None  # (read at, ids)
+        self._near_copies_complete = False
 
     def preload(self, parts: tuple[Preloadable, ...]) -> None:
         """Load these parts now (a Lambda's init phase, before a request waits for them)."""
@@ -514,6 +516,7 @@ class ImageSearch:
         crash, and the cloud after each batch and on its schedule."""
         recovered = self.parts.ingestor.recover_changes()
         report = self.build_index(budget=budget)
+        self._complete_near_copies()
         if recovered:
             log.warning(
                 "recovered %d interrupted changes; indexed %d queued additions and %d removals",
@@ -522,6 +525,15 @@ class ImageSearch:
                 report.removed,
             )
         return report
+
+    def _complete_near_copies(self) -> None:
+        """What the writer does once for a collection indexed before near-copy lists were
+        kept (overview.complete_near_copies), remembered once done."""
+        if self._near_copies_complete:
+            return
+        self.parts.index.refresh()
+        complete_near_copies(self.parts.catalog, self.parts.index)
+        self._near_copies_complete = True
 
     def recover_in_background(self) -> threading.Thread:
         """Run `recover` in a thread, so that a start with a long queue serves meanwhile
@@ -540,6 +552,7 @@ class ImageSearch:
             try:
                 self.parts.ingestor.recover_changes()
                 report = build()
+                self._complete_near_copies()
                 if report.batches:
                     log.warning(
                         "indexed %d additions and %d removals queued before the start",
@@ -706,6 +719,8 @@ class ImageSearch:
             offset=offset,
             hidden=hidden,
             expanded=self.settings.expansion,
+            # A near-copy (resized, re-encoded) gets the page of the image it copies.
+            copy_distance=self.settings.duplicate_distance,
         )
 
     def interpret(self, query: str) -> Interpretation:

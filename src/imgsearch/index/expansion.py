@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 # A photo at most this cosine distance from an indexed image is taken for a copy of it: its
-# page is the copy's own (the copy first), as its stored features would give.
+# page is the copy's own (the copy first), as its stored features would give. The service
+# widens it to the near-copy distance (settings.duplicate_distance).
 COPY_DISTANCE = 1e-4
 
 Ranked = list[tuple[str, float]]  # (image id, cosine similarity of expanded vectors), best first
