@@ -37,7 +37,7 @@ vocabulary: $(VOCABULARY)
 # without the real model, Chromium, the Lambda bundles or a slow marker; `make test` runs it
 # first and then the rest, so each test runs once.
 NOT_FAST := model or browser or bundles or slow
-PYTEST := $(BIN)/python -m pytest -n 2 --dist loadgroup
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 test: setup lint ## install everything (Chromium included), lint, run every test (fast tier first)
 	scripts/install-chromium.sh

@@ -92,6 +92,7 @@ REMOVALS_LOOKED_AT = 10_000
 # ... read at most this often by one process (the public count and browse would otherwise
 # read them on every call); this process's own removals are seen at once.
 REMOVALS_KEPT_SECONDS = 2.0
+STACKS_KEPT_SECONDS = 10.0  # near-copy stacks computed again at most this often per index
 UPLOAD_FORM_SECONDS = 600  # a direct upload form: long enough for a slow phone, short to leak
 
 
@@ -109,7 +110,8 @@ class ImageSearch:
         self._closing = threading.Event()  # stops the background writer (`close`)
         self._background: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._stacks: tuple[tuple[int, int], list[Stack]] | None = None  # by index version
+        # (index version, read at, stacks)
+        self._stacks: tuple[tuple[int, int], float, list[Stack]] | None = None
         self._queued_removals: tuple[float, list[str]] | None = None  # (read at, ids)
         self._near_copies_complete = False
 
@@ -664,16 +666,18 @@ class ImageSearch:
 
     def duplicates(self) -> list[Stack]:
         """Every stack of near-copies in the collection, newest first (from the catalog's
-        near-copy lists; kept until the index changes)."""
+        near-copy lists; kept until the index changes, and at most STACKS_KEPT_SECONDS: the
+        writer updates the lists just after it publishes the index)."""
         index = self.parts.index
         index.refresh()
         generation = (index.generation, len(index))
         with self._lock:
-            if self._stacks is not None and self._stacks[0] == generation:
-                return self._stacks[1]
+            kept = self._stacks
+            if kept and kept[0] == generation and time.monotonic() - kept[1] <= STACKS_KEPT_SECONDS:
+                return kept[2]
         stacks = duplicate_stacks(self.parts.catalog, index, self.settings.duplicate_distance)
         with self._lock:
-            self._stacks = (generation, stacks)
+            self._stacks = (generation, time.monotonic(), stacks)
         return stacks
 
     def search_image(
