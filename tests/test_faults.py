@@ -22,6 +22,7 @@ from support.openapi import API_KEY_HEADER
 from support.services import API_KEY, make_service
 
 from imgsearch.api.app import create_app
+from imgsearch.catalog import tile_key
 from imgsearch.config import Settings
 from imgsearch.integrity import DamagedFile
 from imgsearch.service import API_KEY_FILE, ImageSearch
@@ -777,6 +778,23 @@ def test_a_damaged_embedding_is_detected_and_computed_again(stored, embedder, vo
     assert_repaired(data_dir, ids, embedder, vocabulary)
     again, _ = reopened(data_dir, embedder, vocabulary).parts.catalog.embedding(image_id)
     assert np.allclose(again, features, atol=1e-5)
+
+
+def test_an_image_stored_before_tiles_gets_its_tile_from_check_repair(
+    stored, embedder, vocabulary
+) -> None:
+    """Tiles are made at ingest; an image stored before (or whose tile was lost) gets one
+    made from its thumbnail by `check --repair` (on S3 nothing makes it on demand)."""
+    data_dir, ids = stored
+    service = reopened(data_dir, embedder, vocabulary)
+    image_id = service.find_key("pizza.jpg").id
+    tile = service.parts.catalog.tile(image_id)
+    service.parts.storage.objects.delete(tile_key(image_id))
+    (finding,) = service.check()
+    assert (finding.name, finding.fix) == (f"image {image_id}", "tile")
+    service.repair([finding])
+    assert service.check() == []
+    assert service.parts.catalog.tile(image_id)[:4] == tile[:4] == b"RIFF"
 
 
 @pytest.mark.model  # `imgsearch check --repair` loads the model

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from imgsearch.catalog import IMAGES_PREFIX
+from imgsearch.catalog import IMAGES_PREFIX, THUMBNAILS_PREFIX, thumbnail_name, tile_name
 from imgsearch.config import Settings
+from imgsearch.images import tile_from_thumbnail
 from imgsearch.index.manifest import MANIFEST_KEY, IndexFormatError, Manifest, read_manifest
 from imgsearch.index.shards import Shard
 from imgsearch.ingest import content_id
@@ -30,7 +31,7 @@ from imgsearch.storage import SQLITE_FILE, NotFound, SqliteTable
 
 log = logging.getLogger(__name__)
 
-Fix = Literal["rebuild_catalog", "reindex", "reembed", "requeue", "delete", ""]
+Fix = Literal["rebuild_catalog", "reindex", "reembed", "requeue", "delete", "tile", ""]
 EMBEDDINGS_PREFIX = "embeddings/"
 
 
@@ -70,7 +71,22 @@ def check(parts: Parts) -> list[Finding]:
     index_findings = _index_findings(parts)
     findings += index_findings
     findings += _embedding_findings(parts, index_usable=not index_findings)
+    findings += _tile_findings(parts)
     return findings
+
+
+def _tile_findings(parts: Parts) -> list[Finding]:
+    """Images with a thumbnail but no tile (stored before tiles were made at ingest): one
+    listing of the thumbnails, no read per image."""
+    stored = {
+        info.key.removeprefix(THUMBNAILS_PREFIX)
+        for info in parts.storage.objects.list(THUMBNAILS_PREFIX)
+    }
+    return [
+        Finding(f"image {image_id}", "has no tile thumbnail (stored before tiles)", "tile")
+        for image_id in sorted(name.removesuffix(".jpg") for name in stored)
+        if thumbnail_name(image_id) in stored and tile_name(image_id) not in stored
+    ]
 
 
 def _index_findings(parts: Parts) -> list[Finding]:
@@ -154,6 +170,9 @@ def fix_files(parts: Parts, findings: list[Finding]) -> bool:
             parts.catalog.delete_derived(_image_id(finding.name))
         elif finding.fix == "reembed":
             embed_again(parts, _image_id(finding.name))
+        elif finding.fix == "tile":
+            image_id = _image_id(finding.name)
+            parts.catalog.put_tile(image_id, tile_from_thumbnail(parts.catalog.thumbnail(image_id)))
     if any(finding.fix == "reindex" for finding in findings):
         return True
     for finding in findings:
