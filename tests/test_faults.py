@@ -785,7 +785,7 @@ def test_an_image_stored_before_tiles_gets_its_tile_from_check_repair(
 ) -> None:
     """Tiles are made at ingest; an image stored before (or whose tile was lost) gets one
     made from its thumbnail by `check --repair` (on S3 nothing makes it on demand)."""
-    data_dir, ids = stored
+    data_dir, _ = stored
     service = reopened(data_dir, embedder, vocabulary)
     image_id = service.find_key("pizza.jpg").id
     tile = service.parts.catalog.tile(image_id)
