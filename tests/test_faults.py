@@ -789,7 +789,10 @@ def test_an_image_stored_before_tiles_gets_its_tile_from_check_repair(
     service = reopened(data_dir, embedder, vocabulary)
     image_id = service.find_key("pizza.jpg").id
     tile = service.parts.catalog.tile(image_id)
-    service.parts.storage.objects.delete(tile_key(image_id))
+    objects = service.parts.storage.objects
+    objects.delete(tile_key(image_id))
+    # A thumbnail no image holds (a removal's leftover) gets no tile.
+    objects.put("thumbnails/0123456789abcdef.jpg", service.parts.catalog.thumbnail(image_id))
     (finding,) = service.check()
     assert (finding.name, finding.fix) == (f"image {image_id}", "tile")
     service.repair([finding])

@@ -82,10 +82,19 @@ def _tile_findings(parts: Parts) -> list[Finding]:
         info.key.removeprefix(THUMBNAILS_PREFIX)
         for info in parts.storage.objects.list(THUMBNAILS_PREFIX)
     }
+    changing = {change.image_id for change in parts.catalog.changes()}
+    missing = [
+        image_id
+        for image_id in sorted(name.removesuffix(".jpg") for name in stored)
+        if thumbnail_name(image_id) in stored
+        and tile_name(image_id) not in stored
+        and image_id not in changing
+    ]
+    live = parts.catalog.images(missing)  # (a leftover of a removal is not given one)
     return [
         Finding(f"image {image_id}", "has no tile thumbnail (stored before tiles)", "tile")
-        for image_id in sorted(name.removesuffix(".jpg") for name in stored)
-        if thumbnail_name(image_id) in stored and tile_name(image_id) not in stored
+        for image_id in missing
+        if image_id in live and live[image_id].status != "removed"
     ]
 
 
@@ -172,7 +181,11 @@ def fix_files(parts: Parts, findings: list[Finding]) -> bool:
             embed_again(parts, _image_id(finding.name))
         elif finding.fix == "tile":
             image_id = _image_id(finding.name)
-            parts.catalog.put_tile(image_id, tile_from_thumbnail(parts.catalog.thumbnail(image_id)))
+            try:
+                thumbnail = parts.catalog.thumbnail(image_id)
+            except NotFound:  # removed meanwhile
+                continue
+            parts.catalog.put_tile(image_id, tile_from_thumbnail(thumbnail))
     if any(finding.fix == "reindex" for finding in findings):
         return True
     for finding in findings:

@@ -113,6 +113,7 @@ class ImageSearch:
         # (index version, read at, stacks)
         self._stacks: tuple[tuple[int, int], float, list[Stack]] | None = None
         self._queued_removals: tuple[float, list[str]] | None = None  # (read at, ids)
+        self._removals = 0  # removals by this process, which make the kept ones stale
         self._near_copies_complete = False
 
     def preload(self, parts: tuple[Preloadable, ...]) -> None:
@@ -125,9 +126,12 @@ class ImageSearch:
             self._warm_explore()
 
     def _warm_explore(self) -> None:
-        index = self.parts.index
-        index.refresh()
-        class_topics(index, self.class_names, 1)
+        try:
+            index = self.parts.index
+            index.refresh()
+            class_topics(index, self.class_names, 1)
+        except Exception:  # only a head start: the first visitor counts them then
+            log.exception("counting the start view's classes ahead failed")
 
     def close(self, *, finish_merges: bool = False) -> None:
         """Stop what runs beside the engine (the background writer, the index's merges, the
@@ -220,10 +224,16 @@ class ImageSearch:
         """Images the index still serves whose removal is queued."""
         kept = self._queued_removals
         if kept is None or time.monotonic() - kept[0] > REMOVALS_KEPT_SECONDS:
+            removals = self._removals
             kept = (time.monotonic(), self.parts.catalog.queued_removals(REMOVALS_LOOKED_AT))
-            self._queued_removals = kept
+            if removals == self._removals:  # (a removal here meanwhile: read again next time)
+                self._queued_removals = kept
         queued = kept[1]
         return self.parts.index.present(queued) if queued else set()
+
+    def _forget_queued_removals(self) -> None:
+        self._removals += 1
+        self._queued_removals = None
 
     def image(self, image_id: str) -> ImageRecord | None:
         record = self.parts.catalog.image(image_id)
@@ -384,7 +394,7 @@ class ImageSearch:
     def remove(self, key: str) -> IngestResult:
         """Forget `key` (and delete its bytes); its image leaves the index if no key holds it."""
         result = self.parts.ingestor.remove(key)
-        self._queued_removals = None
+        self._forget_queued_removals()
         self.build_index()
         return result
 
@@ -396,7 +406,7 @@ class ImageSearch:
         writer of `imgsearch serve`). Raises NotIndexed."""
         record = self._existing(image_id)
         results = [self.parts.ingestor.remove(key) for key in record.keys]
-        self._queued_removals = None
+        self._forget_queued_removals()
         return results
 
     def upload_form(self, filename: str, content_type: str) -> UploadForm:
@@ -425,7 +435,7 @@ class ImageSearch:
     def apply_event(self, event: ObjectEvent) -> IngestResult | None:
         """Apply a bucket event (see Ingestor.apply); the index is built by `build_index`."""
         result = self.parts.ingestor.apply(event)
-        self._queued_removals = None
+        self._forget_queued_removals()
         return result
 
     def record_failure(self, event: ObjectEvent, reason: str) -> None:
@@ -583,6 +593,7 @@ class ImageSearch:
                     self.parts.ingestor.recover_changes()
                     if self.parts.catalog.has_pending():
                         build()
+                    self._complete_near_copies()  # (at once, once done)
                 except Exception:
                     log.exception("a background index build failed; trying again")
 
