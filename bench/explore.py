@@ -31,7 +31,7 @@ from imgsearch.index.reader import Index
 from imgsearch.storage.local import LocalObjectStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from index_scale import build_index, real_embeddings, synthesise
+from index_scale import build_tiered, chunks, real_embeddings
 
 CLASS_PROBABILITY = 0.3  # overview.CLASS_PROBABILITY
 
@@ -46,11 +46,12 @@ def timed(work, repeats: int) -> tuple[float, object]:
 
 
 def measure(size: int, args: argparse.Namespace, real) -> None:
-    features, probabilities = synthesise(*real, size, np.random.default_rng(size))
+    # The collection in the tiered layout the index keeps (bench/index_scale.py), and the
+    # same probabilities in memory for the scan it is compared with.
+    probabilities = np.concatenate([p for _, _, p in chunks(real, size)])
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         store = LocalObjectStore(Path(scratch))
-        build_index(store, features, probabilities, args.shard_size, trees=2)
-        del features
+        build_tiered(store, real, size, args.shard_size, trees=2)
         first = []
         for _ in range(args.repeats):
             index = Index(store)
