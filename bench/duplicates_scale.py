@@ -14,9 +14,8 @@ be about images/100 BatchGetItem requests, the second a Query of a few pages.
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 
@@ -25,6 +24,9 @@ import numpy as np
 from imgsearch.catalog import Catalog
 from imgsearch.config import Settings
 from imgsearch.storage import open_storage
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from explore import timed  # the same median of repeated runs
 
 NEIGHBOURS = 10
 NEAR_SHARE = 0.01
@@ -65,15 +67,6 @@ def pairs_from_near_copy_lists(catalog: Catalog) -> set[tuple[str, str]]:
         for other, d in near
         if d <= DISTANCE
     }
-
-
-def timed(work, repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = work()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times), result
 
 
 def main() -> None:
