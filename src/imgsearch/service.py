@@ -515,6 +515,8 @@ class ImageSearch:
         if budget is None:
             budget = self.settings.index_build_seconds
         report = self.parts.builder.run(budget=budget, until=(lambda: True) if one_batch else None)
+        if report.batches:
+            self.parts.builder.collect_garbage()
         self.parts.index.refresh(force=True)
         return report
 
@@ -570,6 +572,12 @@ class ImageSearch:
             self.parts.index.refresh(force=True)
             return report
 
+        def collect_garbage() -> None:
+            # Here, not in the uploads' builds: a merged-away shard's files are deleted
+            # off the request path, once their grace period is over.
+            if self.parts.builder.collect_garbage():
+                log.info("deleted shard files no publication names")
+
         def run() -> None:
             try:
                 self.parts.ingestor.recover_changes()
@@ -594,6 +602,7 @@ class ImageSearch:
                     if self.parts.catalog.has_pending():
                         build()
                     self._complete_near_copies()  # (at once, once done)
+                    collect_garbage()
                 except Exception:
                     log.exception("a background index build failed; trying again")
 

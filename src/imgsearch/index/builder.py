@@ -239,8 +239,6 @@ class IndexBuilder:
                 break
             if not self.catalog.has_pending():
                 break
-        if report.batches:
-            self.collect_garbage()
         return report
 
     def _batches(
@@ -362,7 +360,10 @@ class IndexBuilder:
         self.writer.clear()
 
     def collect_garbage(self) -> int:
-        """Delete what no publication names any more (old shard builds)."""
+        """Delete what no publication names any more (old shard builds). Never inside an
+        upload's request: after a tier merge there may be a large shard's files to delete
+        (40 s of one upload at 100k on a loaded machine). `ImageSearch.build_index` and the
+        server's background rounds call it."""
         return self.writer.collect_garbage()
 
 
