@@ -211,9 +211,10 @@ def _check_pixels(width: int, height: int, limit: int) -> None:
 # phone's first screen is mostly thumbnails).
 TILE_SIDE = 256
 TILE_QUALITY = 65
-# libwebp's effort: 6 (its slowest) took 12.5 ms a tile, more than half the model's time per
-# image at ingest; 5 takes 5.3 ms for 2.5% more bytes (40 Corel tiles: 7.7 -> 7.9 KB).
-TILE_METHOD = 5
+# libwebp's effort: 6 (its slowest) took 12.5-14.7 ms a 256 x 171 tile, more than half the
+# model's time per image at ingest; 4 (its default) 5.0-5.2 ms, for 6% more bytes (40 Corel
+# tiles: 7.7 -> 8.1 KB; 5: 5.3-7.4 ms, 7.9 KB).
+TILE_METHOD = 4
 
 
 def tile_webp(image: Image.Image) -> bytes:
