@@ -13,9 +13,16 @@ In one run, on this machine:
 
 Each of 1 and 2 is repeated (`--rounds`), alternating (the model alone just before and just
 after each ingest, averaged), and the medians are compared: the machine is shared, so only
-rates measured side by side mean anything.
+rates measured side by side mean anything. With `--baseline CHECKOUT` (another checkout of
+the project, e.g. a git worktree of main), its `imgsearch ingest` runs in each round next to
+this one's, and its upload latency is measured right after this one's at each size (this
+bench run again, with the baseline's sources, `--rounds 0`).
 
-    nice -n 5 .venv/bin/python bench/ingest.py --rounds 3 --sizes 10000 100000
+`--cache DIR` keeps the 12-MP photos and each synthesised collection (a 100k one takes
+minutes to make) for later runs; every measure works on a fresh copy.
+
+    nice -n 5 .venv/bin/python bench/ingest.py --rounds 3 --sizes 10000 100000 \
+        --cache build/bench/ingest-cache --baseline build/baseline
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -60,7 +68,8 @@ API_KEY = "bench-api-key"
 
 
 def model_inputs(folder: Path, spec: ModelSpec) -> list[np.ndarray]:
-    """Every photo under `folder` decoded as ingest decodes it, resized for the model."""
+    """Every photo under `folder` decoded and resized for the model (how far a draft scales
+    the decode changes the input's content a little, never the model's work on it)."""
     limits = DecodeLimits.from_settings(Settings())
     embedder = Embedder(spec, interpreters=1)
     inputs = []
@@ -111,11 +120,11 @@ def real_features(inputs: list[np.ndarray], runner: ModelRunner, spec: ModelSpec
 # 2. imgsearch ingest ------------------------------------------------------------------------
 
 
-def cli_ingest(folder: Path, scratch: Path) -> tuple[float, int]:
-    """(images added per second, images added) as `imgsearch ingest` reports them, into a
-    fresh data directory."""
+def cli_ingest(folder: Path, scratch: Path, checkout: Path = REPO) -> tuple[float, int]:
+    """(images added per second, images added) as `imgsearch ingest` of `checkout` reports
+    them, into a fresh data directory."""
     data_dir = Path(tempfile.mkdtemp(dir=scratch, prefix="data-"))
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "PYTHONPATH": str(checkout / "src"), "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
         [
             sys.executable,
@@ -140,7 +149,10 @@ def cli_ingest(folder: Path, scratch: Path) -> tuple[float, int]:
 
 def phone_photos(folder: Path, count: int, seed: int = 7) -> Path:
     """`count` 12-megapixel JPEGs made from Corel photos: upscaled, with sensor-like noise
-    so that they compress like photos, not like smooth enlargements."""
+    so that they compress like photos, not like smooth enlargements (kept if made before)."""
+    if folder.is_dir() and len(list(folder.glob("photo_*.jpg"))) == count:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
     sources = [path for _, path in files_under(COREL) if path.suffix.lower() == ".jpg"]
     picked = sources[:: max(1, len(sources) // count)][:count]
     rng = np.random.default_rng(seed)
@@ -159,9 +171,26 @@ def phone_photos(folder: Path, count: int, seed: int = 7) -> Path:
 # 3. Upload latency --------------------------------------------------------------------------
 
 
-def synthesised_service(data_dir: Path, size: int, real: tuple[np.ndarray, np.ndarray]):
+def synthesised_service(
+    data_dir: Path, size: int, real: tuple[np.ndarray, np.ndarray], cache: Path | None
+) -> ImageSearch:
     """A local collection of `size` indexed images (records and shards, no neighbour lists:
-    an upload computes only its own)."""
+    an upload computes only its own), copied from `cache` if made there before."""
+    kept = cache / f"collection-{size}" if cache else None
+    if kept and (kept / "complete").exists():
+        shutil.copytree(kept, data_dir)
+        return ImageSearch(Settings(data_dir=data_dir, api_key=API_KEY))
+    service = _synthesise_service(data_dir, size, real)
+    if kept:
+        service.close()
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(data_dir, kept)
+        (kept / "complete").touch()
+        service = ImageSearch(Settings(data_dir=data_dir, api_key=API_KEY))
+    return service
+
+
+def _synthesise_service(data_dir: Path, size: int, real: tuple[np.ndarray, np.ndarray]):
     settings = Settings(data_dir=data_dir, api_key=API_KEY)
     service = ImageSearch(settings)
     features, probabilities = synthesise(*real, size, np.random.default_rng(size))
@@ -184,7 +213,9 @@ def synthesised_service(data_dir: Path, size: int, real: tuple[np.ndarray, np.nd
 def upload_latencies(service: ImageSearch, photos: list[Path]) -> tuple[list[float], list[float]]:
     """Seconds per POST /api/images, one after the other (each answers once searchable), and
     the CPU seconds each took (this process and its decode workers: what the machine's load
-    does not inflate as it does the wall clock)."""
+    does not inflate as it does the wall clock). The first upload is a fresh process's (it
+    loads the index, starts a decode worker and an interpreter); it is reported apart and the
+    others are the measure."""
     seconds, cpu = [], []
     with TestClient(create_app(service), headers={API_KEY_HEADER: API_KEY}) as client:
         for path in photos:
@@ -208,7 +239,12 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=100, help="12-megapixel photos made")
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--uploads", type=int, default=20, help="per collection size")
+    parser.add_argument("--cache", type=Path, help="photos and collections kept for later runs")
+    parser.add_argument("--baseline", type=Path, help="another checkout, measured alongside")
+    parser.add_argument("--label", default="this", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    baseline = args.baseline.resolve() if args.baseline else None
+    cache = args.cache.resolve() if args.cache else None
 
     spec = ModelSpec.load(Settings().model_path)
     workers = default_interpreters()
@@ -216,9 +252,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as scratch_name:
         scratch = Path(scratch_name)
         started = time.perf_counter()
-        large = phone_photos(scratch / "photos", args.photos)
+        large = phone_photos((cache or scratch) / "photos", args.photos)
         print(
-            f"made {args.photos} photos of 12 MP in {time.perf_counter() - started:.0f} s",
+            f"{args.photos} photos of 12 MP ready in {time.perf_counter() - started:.0f} s",
             flush=True,
         )
         sets = {"Corel-1k": COREL, "12-MP photos": large}
@@ -227,29 +263,34 @@ def main() -> None:
         for runner in runners:  # the first call allocates the interpreter's tensors
             runner.run(inputs["Corel-1k"][0])
 
-        bound: dict[str, list[float]] = {name: [] for name in sets}
-        ingest: dict[str, list[float]] = {name: [] for name in sets}
+        checkouts = {"this": REPO, **({"baseline": baseline} if baseline else {})}
+        bound: dict[tuple[str, str], list[float]] = {}
+        ingest: dict[tuple[str, str], list[float]] = {}
         for round_number in range(args.rounds):
             for name, folder in sets.items():
-                # The model alone just before and just after the ingest: the machine's load
-                # changes by the minute, and the ratio must compare the same minutes.
-                before = model_bound(inputs[name], runners)
-                rate, added = cli_ingest(folder, scratch)
-                bound[name].append((before + model_bound(inputs[name], runners)) / 2)
-                ingest[name].append(rate)
-                print(
-                    f"round {round_number + 1} {name}: model {bound[name][-1]:.1f}/s, "
-                    f"ingest {rate:.1f}/s ({added} images)",
-                    flush=True,
-                )
-        print("\nmedians                model-bound/s  ingest/s  ratio  goal")
+                for label, checkout in checkouts.items():
+                    # The model alone just before and just after the ingest: the machine's
+                    # load changes by the minute, and the ratio must compare the same minutes.
+                    before = model_bound(inputs[name], runners)
+                    rate, added = cli_ingest(folder, scratch, checkout)
+                    model = (before + model_bound(inputs[name], runners)) / 2
+                    bound.setdefault((label, name), []).append(model)
+                    ingest.setdefault((label, name), []).append(rate)
+                    print(
+                        f"round {round_number + 1} {label} {name}: model {model:.1f}/s, "
+                        f"ingest {rate:.1f}/s ({added} images): {rate / model:.0%}",
+                        flush=True,
+                    )
+        if args.rounds:
+            print("\nmedians                    model-bound/s  ingest/s  ratio  goal")
         goals = {"Corel-1k": 0.70, "12-MP photos": 0.40}
-        for name in sets if args.rounds else ():
-            model, end_to_end = statistics.median(bound[name]), statistics.median(ingest[name])
-            ratio = end_to_end / model
+        for label, name in bound:
+            ratios = [r / m for r, m in zip(ingest[label, name], bound[label, name], strict=True)]
+            ratio = statistics.median(ratios)
             met = "met" if ratio >= goals[name] else "NOT met"
             print(
-                f"{name:22} {model:13.1f} {end_to_end:9.1f} {ratio:6.0%}  "
+                f"{label:8} {name:17} {statistics.median(bound[label, name]):13.1f} "
+                f"{statistics.median(ingest[label, name]):9.1f} {ratio:6.0%}  "
                 f">= {goals[name]:.0%} {met}"
             )
 
@@ -257,18 +298,38 @@ def main() -> None:
         uploads = sorted(large.iterdir())
         for size in args.sizes:
             started = time.perf_counter()
-            service = synthesised_service(scratch / f"collection-{size}", size, real)
+            service = synthesised_service(scratch / f"collection-{size}", size, real, cache)
             made = time.perf_counter() - started
-            seconds, cpu = upload_latencies(service, uploads[: args.uploads])
+            seconds, cpu = upload_latencies(service, uploads[: args.uploads + 1])
             service.close()
+            shutil.rmtree(scratch / f"collection-{size}")
+            first, first_cpu = seconds.pop(0), cpu.pop(0)
             print(
-                f"upload at {size:,} images (made in {made:.0f} s): "
+                f"{args.label}: upload at {size:,} images (ready in {made:.0f} s; first upload "
+                f"{first:.2f} s, CPU {first_cpu:.2f} s): "
                 f"p50 {statistics.median(seconds):.3f} s, "
                 f"p90 {float(np.percentile(seconds, 90)):.3f} s over {len(seconds)} uploads, "
                 f"CPU p50 {statistics.median(cpu):.3f} s "
                 f"(goal p50 <= 0.5 s: {'met' if statistics.median(seconds) <= 0.5 else 'NOT met'})",
                 flush=True,
             )
+            if baseline:
+                baseline_uploads(baseline, size, args, cache or scratch)
+
+
+def baseline_uploads(checkout: Path, size: int, args: argparse.Namespace, cache: Path) -> None:
+    """The same upload measure, with `checkout`'s sources, right after this one's."""
+    env = {**os.environ, "PYTHONPATH": str(checkout / "src"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            *("--rounds", "0", "--photos", str(args.photos), "--uploads", str(args.uploads)),
+            *("--sizes", str(size), "--cache", str(cache), "--label", "baseline"),
+        ],
+        env=env,
+        check=True,
+    )
 
 
 if __name__ == "__main__":

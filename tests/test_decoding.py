@@ -29,13 +29,13 @@ from imgsearch.api.app import create_app
 from imgsearch.cli import main
 from imgsearch.config import Settings
 from imgsearch.decode_pool import DecodePool, DecoderBusy
-from imgsearch.images import DecodeLimits, ImageRefused, decode_image, jpeg_scans
+from imgsearch.images import DecodeLimits, DraftBox, ImageRefused, decode_image, jpeg_scans
 
 BOMBS = bombs()
 ACCEPTED = sum(case.refusal is None for case in BOMBS)
 SEARCH_LIMITS = DecodeLimits.from_settings(Settings(), open_endpoint=True)
 UPLOAD_LIMITS = DecodeLimits.from_settings(Settings())
-DRAFT = 520  # what the model asks for (Ingestor.decode)
+DRAFT = DraftBox(260, 384)  # what the model and the thumbnail ask for (Ingestor.draft_box)
 # A JPEG the header checks let through when scans are not limited, which then decodes for
 # about 20 s (15,000 passes over 4000 x 4000 pixels): what the deadline is for.
 SLOW = jpeg_scan_bomb(4000, 15000)
@@ -54,7 +54,7 @@ def test_each_bomb_has_its_answer_under_both_limits(case: Case) -> None:
     for limits in (SEARCH_LIMITS, UPLOAD_LIMITS):
         if case.refusal is None:
             decoded = decode_image(case.data, limits, draft_size=DRAFT)
-            assert decoded.image.mode == "RGB" and min(decoded.image.size) >= DRAFT
+            assert decoded.image.mode == "RGB" and DRAFT.fits(decoded.image.size) >= 1
         else:
             refusal = _refusal(case, limits)
             assert refusal.reason == case.refusal, (case.name, str(refusal))
@@ -102,7 +102,7 @@ def test_jpeg_scans_are_counted_without_decoding() -> None:
 MEASURE = """
 import json, os, resource, struct, sys
 from imgsearch.config import Settings
-from imgsearch.images import DecodeLimits, ImageRefused, decode_image
+from imgsearch.images import DecodeLimits, DraftBox, ImageRefused, decode_image
 limits = DecodeLimits.from_settings(Settings(), open_endpoint=sys.argv[1] == "search")
 stream = sys.stdin.buffer
 grown = []
@@ -114,7 +114,7 @@ while header := stream.read(4):
         os.close(reading)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:
-            decode_image(data, limits, draft_size=520)
+            decode_image(data, limits, draft_size=DraftBox(260, 384))
         except ImageRefused:
             pass
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

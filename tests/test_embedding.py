@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import threading
 import time
@@ -10,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from PIL import Image
 from support.demo import REPO, demo_image
 
 from imgsearch.config import ASSETS_DIR, Settings
@@ -130,3 +132,23 @@ def test_threads_embed_at_once_on_interpreters_of_their_own(monkeypatch) -> None
     assert len({id(runner) for runner in shared._idle}) == 2
     for i, features in enumerate(results):
         np.testing.assert_allclose(features, alone[i % 3], rtol=1e-5, atol=1e-6)
+
+
+def test_a_phone_photo_decoded_at_the_ingest_draft_embeds_as_at_full_size(service) -> None:
+    """Ingest decodes a 12-megapixel JPEG at 1/8 (the model's 260 px centre square and the
+    thumbnail's 384 px kept): its features point as those of the full decode do."""
+    with Image.open(io.BytesIO(demo_image("elephant", 2))) as small:
+        large = small.convert("RGB").resize((4240, 2832), Image.Resampling.BICUBIC)
+    noise = np.random.default_rng(0).normal(0, 6, (2832, 4240, 3))
+    noisy = np.clip(np.asarray(large, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noisy).save(buffer, format="JPEG", quality=90)
+    data = buffer.getvalue()
+
+    drafted = service.parts.ingestor.decode(data)
+    assert drafted.image.size == (530, 354) and (drafted.width, drafted.height) == (4240, 2832)
+    embedder = service.parts.embedder
+    draft = embedder.embed(drafted.image).features
+    full = embedder.embed(decode_image(data, LIMITS).image).features
+    cosine = float(draft @ full / np.linalg.norm(draft) / np.linalg.norm(full))
+    assert cosine > 0.99, cosine

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 
 import numpy as np
@@ -10,7 +11,7 @@ from PIL import Image
 from support.hostile_files import animated_gif, corpus, encode, photo, rotated_jpeg, sixteen_bit_png
 
 from imgsearch.config import Settings
-from imgsearch.images import DecodeLimits, ImageRefused, decode_image
+from imgsearch.images import DecodeLimits, DraftBox, ImageRefused, decode_image, estimated_peak
 
 LIMIT = 2_000_000
 DEFAULTS = DecodeLimits.from_settings(Settings())
@@ -72,6 +73,48 @@ def test_draft_decoding_keeps_the_full_size() -> None:
     decoded = decode_image(large, DEFAULTS, draft_size=300)
     assert (decoded.width, decoded.height) == (2000, 1500)
     assert 300 <= min(decoded.image.size) < 1500
+
+
+# What the ingest asks of a decode (`Ingestor.draft_box`): the model's 260 x 260 centre square,
+# the thumbnail's 384 px longer side.
+INGEST_BOX = DraftBox(260, 384)
+
+
+def test_a_phone_photo_decodes_at_the_smallest_scale_that_keeps_the_box() -> None:
+    """A 4240 x 2832 JPEG decodes at 1/8 (530 x 354: both sides within the box), upright as
+    its EXIF says, its full size reported; a square one stops at 1/4, where 1/8 would give
+    the thumbnail less than 384 px."""
+    landscape = photo(4240, 2832)
+    decoded = decode_image(encode(landscape, "JPEG"), DEFAULTS, draft_size=INGEST_BOX)
+    assert decoded.image.size == (530, 354)
+    assert (decoded.width, decoded.height) == (4240, 2832)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown turned clockwise
+    turned = decode_image(
+        encode(landscape, "JPEG", exif=exif.tobytes()), DEFAULTS, draft_size=INGEST_BOX
+    )
+    assert turned.image.size == (354, 530)
+    assert (turned.width, turned.height) == (2832, 4240)
+    square = decode_image(encode(photo(3000, 3000), "JPEG"), DEFAULTS, draft_size=INGEST_BOX)
+    assert square.image.size == (750, 750)
+
+
+def test_the_memory_a_decode_is_allowed_is_counted_at_its_draft_size() -> None:
+    """The header's estimate follows the box: a 12-megapixel photo's 1/8 decode is counted as
+    the 530 x 354 picture it holds (RGB and its conversion's copies, a few MB), so a limit it
+    fits in lets it through and refuses the same photo decoded at 1/4 (a draft of 520 px
+    each side: 1060 x 708)."""
+    data = encode(photo(4240, 2832), "JPEG")
+    with Image.open(io.BytesIO(data)) as opened:
+        at_eighth = estimated_peak(opened, INGEST_BOX)
+        at_quarter = estimated_peak(opened, 520)
+    assert 530 * 354 * 3 <= at_eighth <= 530 * 354 * 16
+    assert at_quarter >= 3.9 * at_eighth
+    tight = limits(max_memory=at_eighth)
+    assert decode_image(data, tight, draft_size=INGEST_BOX).image.size == (530, 354)
+    with pytest.raises(ImageRefused) as refused:
+        decode_image(data, tight, draft_size=520)
+    assert refused.value.reason == "too_costly"
 
 
 def test_any_format_is_reduced_early_to_what_is_needed() -> None:

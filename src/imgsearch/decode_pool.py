@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Protocol
 
-from imgsearch.images import DecodedImage, DecodeLimits, ImageRefused, decode_image
+from imgsearch.images import DecodedImage, DecodeLimits, DraftBox, ImageRefused, decode_image
 
 if TYPE_CHECKING:
     from imgsearch.config import Settings
@@ -57,7 +57,7 @@ class DecoderBusy(Exception):
 
 class Decoder(Protocol):
     def decode(
-        self, data: bytes, limits: DecodeLimits, *, draft_size: int | None = None
+        self, data: bytes, limits: DecodeLimits, *, draft_size: int | DraftBox | None = None
     ) -> DecodedImage: ...
 
     def close(self) -> None: ...
@@ -67,7 +67,7 @@ class InlineDecoder:
     """Decodes in the calling thread, under the same header checks (AWS Lambda; tests)."""
 
     def decode(
-        self, data: bytes, limits: DecodeLimits, *, draft_size: int | None = None
+        self, data: bytes, limits: DecodeLimits, *, draft_size: int | DraftBox | None = None
     ) -> DecodedImage:
         return decode_image(data, limits, draft_size=draft_size)
 
@@ -125,7 +125,7 @@ class DecodePool:
         weakref.finalize(self, _kill_all, self._running)
 
     def decode(
-        self, data: bytes, limits: DecodeLimits, *, draft_size: int | None = None
+        self, data: bytes, limits: DecodeLimits, *, draft_size: int | DraftBox | None = None
     ) -> DecodedImage:
         """Decode in a worker. Raises ImageRefused (`too_costly` past the deadline), or
         DecoderBusy when the queue is full."""
@@ -232,7 +232,9 @@ class _Worker:
         child.close()
         self._ready = False
 
-    def run(self, job: tuple[bytes, DecodeLimits, int | None], deadline: float) -> _Outcome:
+    def run(
+        self, job: tuple[bytes, DecodeLimits, int | DraftBox | None], deadline: float
+    ) -> _Outcome:
         if not self._started():
             return self._lost()
         try:

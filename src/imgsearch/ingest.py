@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import threading
 import time
 import uuid
@@ -31,7 +32,7 @@ from imgsearch.catalog import (
 )
 from imgsearch.decode_pool import Decoder
 from imgsearch.embedding import ImageEmbedder
-from imgsearch.images import DecodedImage, DecodeLimits, ImageRefused, tile_webp
+from imgsearch.images import DecodedImage, DecodeLimits, DraftBox, ImageRefused, tile_webp
 from imgsearch.owners import is_this_process, new_owner, owner_is_alive
 from imgsearch.storage import (
     InvalidKey,
@@ -129,11 +130,15 @@ class Ingestor:
     ) -> DecodedImage:
         """Decode for the model, within `limits` (by default the collection's). Raises
         ImageRefused, or DecoderBusy when every decoder is taken."""
-        return self.decoder.decode(
-            data,
-            limits or self.limits,
-            draft_size=self.embedder.spec.input_size * 2,
-        )
+        return self.decoder.decode(data, limits or self.limits, draft_size=self.draft_box)
+
+    @property
+    def draft_box(self) -> DraftBox:
+        """The smallest picture a decode may give without losing what the model and the
+        thumbnail see: the model's centre square at its input size, the thumbnail's longer
+        side (a 12-megapixel JPEG then decodes at 1/8 of its sides)."""
+        spec = self.embedder.spec
+        return DraftBox(math.ceil(spec.input_size / spec.crop_fraction), THUMBNAIL_SIDE)
 
     def add(
         self, key: str, data: bytes, *, store_original: bool = True, sequencer: str | None = None
