@@ -16,10 +16,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 
 from imgsearch.index.shards import ShardData
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 class SearchIndex(ABC):
@@ -101,6 +105,11 @@ class SearchIndex(ABC):
         """`ranked_by_classes` of each of `queries`, in order (an engine over the network
         sends them at once)."""
         return [self.ranked_by_classes(weights, k, exclude=exclude) for weights in queries]
+
+    def together(self, first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
+        """Two independent lookups' answers (an engine over the network asks them at once:
+        a search's rounds of requests then overlap instead of adding up)."""
+        return first(), second()
 
     def class_counts(self, min_probability: float) -> list[tuple[int, int, str]]:
         """(class id, images that give it at least `min_probability`, its most probable

@@ -40,8 +40,9 @@ import json
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -58,6 +59,10 @@ if TYPE_CHECKING:
 
     from imgsearch.config import Settings
 
+A = TypeVar("A")
+B = TypeVar("B")
+K = TypeVar("K")
+
 STATE_KEY = "index/s3vectors.json"
 PARTS = 16  # partitions of the `part` metadata, for results deeper than one query gives
 TOP_K_LIMIT = 100  # QueryVectors' largest topK
@@ -66,6 +71,7 @@ WRITE_BATCH = 500  # vectors per PutVectors, keys per DeleteVectors (the service
 GET_BATCH = 100  # keys per GetVectors
 LIST_PAGE = 1000  # vectors per ListVectors page
 CACHE_LIMIT = 20_000  # vectors and answers to "is it indexed?" a reader keeps
+ANSWER_CACHE_LIMIT = 500  # query answers a reader keeps (each up to a few hundred hits)
 REFRESH_INTERVAL_SECONDS = 2.0
 
 
@@ -232,6 +238,10 @@ class S3VectorsIndex(SearchIndex):
         self._known: dict[str, np.ndarray | None] = {}  # id -> vector (None: not indexed)
         self._present: dict[str, bool] = {}
         self._ids: list[str] | None = None  # newest first, for this generation
+        # (index, cutoff, query vector's bytes) -> (hits asked for, hits): this generation's
+        # answers, so that a shallower or same question (a search asks a ranking's first page
+        # after its 400 best; a learned ranking its 200 best) needs no request.
+        self._answers: dict[tuple[str, float, bytes], tuple[int, list[tuple[str, float]]]] = {}
 
     @property
     def state(self) -> VectorsState:
@@ -250,7 +260,7 @@ class S3VectorsIndex(SearchIndex):
             if etag == self._etag:
                 return False
             self._state, self._etag = state, etag
-            self._known, self._present, self._ids = {}, {}, None
+            self._known, self._present, self._ids, self._answers = {}, {}, None, {}
             return True
 
     @property
@@ -301,8 +311,8 @@ class S3VectorsIndex(SearchIndex):
         return {i: v for i in ids if (v := answers.get(i)) is not None}
 
     @staticmethod
-    def _remember(cache: dict[str, Any], entries: Mapping[str, Any]) -> None:
-        if len(cache) + len(entries) > CACHE_LIMIT:
+    def _remember(cache: dict[K, Any], entries: Mapping[K, Any], limit: int = CACHE_LIMIT) -> None:
+        if len(cache) + len(entries) > limit:
             cache.clear()
         cache.update(entries)
 
@@ -345,8 +355,27 @@ class S3VectorsIndex(SearchIndex):
         # One QueryVectors (or a few) each, over the network: sent at once, not in turn.
         return in_parallel(lambda w: self.ranked_by_classes(w, k, exclude=exclude), queries)
 
+    def together(self, first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
+        with ThreadPoolExecutor(1) as pool:
+            later = pool.submit(second)
+            return first(), later.result()
+
     def _query(
         self, index: str, vector: np.ndarray, wanted: int, *, within: float = float("inf")
+    ) -> list[tuple[str, float]]:
+        """The `wanted` nearest in `index` closer than `within`, nearest first: from this
+        generation's answers if one asked as deep (or got every hit there is), else asked."""
+        answers = self._answers  # this generation's: a refresh meanwhile replaces it
+        key = (index, within, vector.tobytes())
+        cached = answers.get(key)
+        if cached is not None and (cached[0] >= wanted or len(cached[1]) < cached[0]):
+            return cached[1][:wanted]
+        hits = self._ask_nearest(index, vector, wanted, within)
+        self._remember(answers, {key: (wanted, hits)}, ANSWER_CACHE_LIMIT)
+        return hits
+
+    def _ask_nearest(
+        self, index: str, vector: np.ndarray, wanted: int, within: float
     ) -> list[tuple[str, float]]:
         """The `wanted` nearest in `index` closer than `within`, nearest first, beyond
         QueryVectors' top-k limit by partitions (see the module's docstring)."""
