@@ -45,10 +45,12 @@ What moto does not emulate (S3 Vectors' approximate search, throttling, Lambda's
 measured: CPU time is this machine's, shared with other jobs (noisy).
 
 Seconds "as on Lambda" = the function's CPU (every thread of this process but the moto
-server's: the API's request threads, the lease's heartbeat) + the time during which at least
-one of its requests waited for its injected latency: the union of the wait intervals, so that
-requests sent in parallel threads count once, as the function waits for them at once (their
-sum would charge each thread's wait as if one after another). Not counted: moto's own time.
+server's: the API's request threads, the lease's heartbeat; all of it, as if on Lambda's one
+vCPU) + the latency injected along the critical path of its requests (Chain): requests one
+after another add up, requests sent at once from a thread pool count as the longest of them,
+and the heartbeat's, which overlap the work, not at all. Not counted: moto's own time. (Runs
+saved before 2026-12-02 07:10 counted the union of the wait intervals in wall time instead,
+which counted the staggering this machine's load put between requests sent at once.)
 
 Extrapolation to sizes not run (printed as such): requests per image and query requests do
 not depend on the collection size for S3 Vectors (checked by running two sizes); Annoy's cold
@@ -73,7 +75,10 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures.thread import _worker as pool_worker
 from contextlib import contextmanager
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +173,72 @@ class Tally:
         self.received_by.update(other.received_by)
 
 
+@dataclass
+class Chain:
+    """The seconds waited for requests along one chain of work: a thread's requests one after
+    another add up; a task handed to a thread pool starts from its submitter's chain, and
+    the submitter, when it takes the task's result, continues from the later of both. So
+    requests sent at once count once, as the function waits for them at once on Lambda,
+    whatever this machine's load and the moto server (in this process, sharing its GIL) do
+    to when each thread gets to send. (The union of the wait intervals in wall time, used
+    before, counted that staggering: 30 queries sent at once spread over a second here.)"""
+
+    waited: float = 0.0
+
+
+_chain: ContextVar[Chain | None] = ContextVar("bench_chain", default=None)
+# CPU seconds of every task run by a thread pool (follow_chains_into_pools): a pool's threads
+# end with it (storage.in_parallel makes a pool per call), and a thread's own clock with them.
+POOLS_CPU = [0.0]
+POOLS_CPU_LOCK = threading.Lock()
+
+
+@dataclass
+class Mark:
+    chain: Chain
+    outer: Chain | None
+    token: Token[Chain | None]
+
+
+def follow_chains_into_pools() -> None:
+    """Thread pools' tasks continue their submitter's Chain (asyncio and anyio's worker
+    threads copy the context, so they share it already; the lease's heartbeat thread does
+    not: its requests overlap the work, off the critical path)."""
+    if getattr(ThreadPoolExecutor.submit, "follows_chains", False):
+        return
+    submit, result = ThreadPoolExecutor.submit, Future.result
+
+    def submit_on_chain(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        parent = _chain.get()
+        chain = Chain(parent.waited) if parent is not None else None
+
+        def run() -> Any:
+            token = _chain.set(chain) if chain is not None else None
+            began = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if token is not None:
+                    _chain.reset(token)
+                with POOLS_CPU_LOCK:  # the pool's thread may end before it is read: kept here
+                    POOLS_CPU[0] += time.thread_time() - began
+
+        future = submit(self, run)
+        future.bench_chain = chain
+        return future
+
+    def result_on_chain(self: Any, timeout: float | None = None) -> Any:
+        value = result(self, timeout)
+        chain, parent = getattr(self, "bench_chain", None), _chain.get()
+        if chain is not None and parent is not None:
+            parent.waited = max(parent.waited, chain.waited)
+        return value
+
+    submit_on_chain.follows_chains = True  # type: ignore[attr-defined]
+    ThreadPoolExecutor.submit = submit_on_chain  # type: ignore[method-assign]
+    Future.result = result_on_chain  # type: ignore[method-assign]
+
+
 class Wire:
     """A botocore event hook on the default session: injects latency and counts requests and
     bytes per operation into the current phase's Tally (None: not counted, no latency)."""
@@ -176,7 +247,6 @@ class Wire:
         self.scale = scale
         self.tally: Tally | None = None
         self.lock = threading.Lock()
-        self.spans: list[tuple[float, float]] = []  # every wait injected: (start, end)
 
     def install(self, session: Any) -> None:
         session.events.register("before-send", self.before_send)
@@ -214,25 +284,26 @@ class Wire:
         self.wait(wait)
 
     def wait(self, seconds: float) -> None:
-        """Sleep `seconds` and remember the interval, as injected (not as overslept)."""
-        began = time.perf_counter()
-        self.spans.append((began, began + seconds))  # list.append: atomic under the GIL
+        """Sleep `seconds`, counted on the waiting chain of requests (Chain)."""
+        chain = _chain.get()
+        if chain is not None:
+            chain.waited += seconds
         time.sleep(seconds)
 
-    def mark(self) -> int:
-        """A point in the intervals waited, for `waited_since`."""
-        return len(self.spans)
+    def mark(self) -> Mark:
+        """Start counting the waits on the critical path of what follows, for `waited_since`
+        (marks nest: an inner one's waits count in the outer one's too)."""
+        chain = Chain()
+        return Mark(chain, _chain.get(), _chain.set(chain))
 
-    def waited_since(self, mark: int) -> float:
-        """Seconds during which at least one request waited since `mark`: the union of the
-        intervals, so that requests in parallel threads count once, as on Lambda (their sum
-        would count each thread's wait as if the function waited for them one by one)."""
-        total, end = 0.0, -np.inf
-        for began, ended in sorted(self.spans[mark:]):
-            if ended > end:
-                total += ended - max(began, end)
-                end = ended
-        return total
+    def waited_since(self, mark: Mark) -> float:
+        """Seconds the function waited for its requests since `mark`, along the critical path:
+        requests one after another add up; requests sent at once (threads of a pool) count as
+        the longest of them (see Chain)."""
+        _chain.reset(mark.token)
+        if mark.outer is not None:
+            mark.outer.waited += mark.chain.waited
+        return mark.chain.waited
 
     @contextmanager
     def counting(self, tally: Tally) -> Iterator[Tally]:
@@ -250,11 +321,15 @@ MOTO_THREADS = ("process_request_thread", "_server_entry")
 
 def function_cpu() -> dict[int, float]:
     """CPU seconds so far of each thread of the function: every thread of this process but
-    the moto server's (the API's requests run in a thread pool, the lease's heartbeat in its
-    own thread: all of them are the function's CPU on Lambda)."""
-    seconds = {}
+    the moto server's (the API's requests, the lease's heartbeat in its own thread: all of
+    them are the function's CPU on Lambda); thread pools' tasks under key 0, as counted when
+    each ends (POOLS_CPU)."""
+    with POOLS_CPU_LOCK:
+        seconds = {0: POOLS_CPU[0]}
     for thread in threading.enumerate():
         if thread.ident is None or any(name in thread.name for name in MOTO_THREADS):
+            continue
+        if getattr(thread, "_target", None) is pool_worker:  # counted task by task
             continue
         try:
             seconds[thread.ident] = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
@@ -265,7 +340,7 @@ def function_cpu() -> dict[int, float]:
 
 def cpu_since(before: dict[int, float]) -> float:
     """The function's CPU seconds since `before` (function_cpu()); threads that started since
-    count from zero, threads that ended since are lost (the pools' threads live on)."""
+    count from zero (pools' tasks are counted as they end)."""
     return sum(max(0.0, t - before.get(ident, 0.0)) for ident, t in function_cpu().items())
 
 
@@ -555,6 +630,7 @@ def run(engine: str, size: int, args: argparse.Namespace) -> Run:
         get_settings.cache_clear()
         install_query_vectors()
         install_cheap_transactions()
+        follow_chains_into_pools()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
         # moto's backends are this process's: another run's resources are still there.

@@ -24,6 +24,8 @@ from index.test_index import (
 from support.s3vectors import create_vector_indexes, install_query_vectors
 
 from imgsearch.config import Settings
+from imgsearch.index.base import SearchIndex
+from imgsearch.index.s3vectors import COUNTED_PROBABILITY
 from imgsearch.index.shards import normalise_rows, posted_probabilities
 from imgsearch.service import ImageSearch
 
@@ -231,3 +233,32 @@ def test_s3vectors_asks_two_lookups_at_once(request, tmp_path) -> None:
         lambda: ("first", both_started.wait()), lambda: ("second", both_started.wait())
     )
     assert (first[0], second[0]) == ("first", "second") and {first[1], second[1]} == {0, 1}
+
+
+def test_s3vectors_counts_class_photos_in_its_state(both) -> None:
+    """The per-class counts S3 Vectors' state keeps (additions counted in, removals out)
+    answer as each class's ranking does, on Annoy and on S3 Vectors' own class index, without
+    a query; another cut is counted from the class index's rankings."""
+    ids, vectors = synthetic_ids(150), clustered_vectors(150, seed=12)
+    for service in both.values():
+        queue(service, ids[:100], vectors[:100])
+        service.build_index()
+        forget(service, ids[:20])
+        queue(service, ids[100:], vectors[100:])
+        service.build_index()
+    annoy, s3 = (both[name].parts.index for name in ENGINES)
+    sent: list[str] = []
+    s3.bucket.client.meta.events.register(
+        "before-parameter-build.s3vectors.QueryVectors", lambda **_: sent.append("QueryVectors")
+    )
+    classes = list(range(CLASSES))
+    counts = s3.class_photo_counts(classes, COUNTED_PROBABILITY, 200)
+    assert not sent
+    assert sum(counts.values()) > 0
+    assert counts == annoy.class_photo_counts(classes, COUNTED_PROBABILITY, 200)
+    assert counts == SearchIndex.class_photo_counts(s3, classes, COUNTED_PROBABILITY, 200)
+    assert len(sent) >= CLASSES  # the rankings, asked
+    capped = s3.class_photo_counts(classes, COUNTED_PROBABILITY, 3)
+    assert capped == {c: min(n, 3) for c, n in counts.items()}
+    # (from the rankings asked above, kept for this generation)
+    assert s3.class_photo_counts(classes, 0.5, 200) == annoy.class_photo_counts(classes, 0.5, 200)

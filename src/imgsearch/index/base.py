@@ -106,6 +106,17 @@ class SearchIndex(ABC):
         sends them at once)."""
         return [self.ranked_by_classes(weights, k, exclude=exclude) for weights in queries]
 
+    def class_photo_counts(
+        self, classes: Sequence[int], min_probability: float, cap: int
+    ) -> dict[int, int]:
+        """How many images give each of `classes` at least `min_probability`, counted up to
+        `cap` (here from each class's ranking; an engine may keep counts instead)."""
+        each = self.ranked_by_each([{c: 1.0} for c in classes], cap)
+        return {
+            c: sum(1 for _, p in ranked if p >= min_probability)
+            for c, ranked in zip(classes, each, strict=True)
+        }
+
     def together(self, first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
         """Two independent lookups' answers (an engine over the network asks them at once:
         a search's rounds of requests then overlap instead of adding up)."""
