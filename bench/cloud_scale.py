@@ -106,6 +106,7 @@ from support.lambda_events import ApiGateway, QueuePoller, lambda_logging, load_
 from support.s3vectors import create_vector_indexes, install_query_vectors  # noqa: E402
 
 from imgsearch.bulk import files_under  # noqa: E402
+from imgsearch.catalog import NEAR_COPIES_MARK  # noqa: E402
 from imgsearch.config import ASSETS_DIR, Settings, get_settings  # noqa: E402
 from imgsearch.index.s3vectors import classes_index_name  # noqa: E402
 from imgsearch.index.shards import ShardData  # noqa: E402
@@ -433,6 +434,7 @@ def populate_outside(service: ImageSearch, size: int, seed: int) -> None:
     catalog's image items and S3 Vectors' indexes answered from compact arrays; Annoy's shards
     published by the engine's writer from the same arrays."""
     collection = Collection(size, seed, EXACT_LISTS_UP_TO, K)
+    near_copy_lists_kept(service)
     settings, writer = service.settings, service.parts.builder.writer
     adapter = service.parts.storage.catalog
     serve_from_outside(
@@ -457,6 +459,14 @@ def populate_outside(service: ImageSearch, size: int, seed: int) -> None:
     publish_all(service, ShardData(image_ids(size), features, probabilities))
 
 
+def near_copy_lists_kept(service: ImageSearch) -> None:
+    """The catalog's mark that near-copy lists were kept from the collection's start (as for
+    any collection indexed since they are): without it the first build completes them from
+    every image's neighbour list, which for a synthesised 1M is a million reads (and the
+    synthesised images are no near-copies of each other: their lists would be empty)."""
+    service.parts.catalog.table.put(NEAR_COPIES_MARK, "complete", {"at": time.time()})
+
+
 def publish_all(service: ImageSearch, data: ShardData) -> None:
     """One publication of the whole collection (the writer cuts it into shards) from the
     writer's own view of the index."""
@@ -475,6 +485,7 @@ def populate(service: ImageSearch, size: int, seed: int) -> None:
     moto's S3 Vectors backend with float16 precision, each value one shared Python float: moto
     keeps a vector as a list of floats, 73 KB an image (7 GB at 100k) without that."""
     features, probabilities = synthesise(*real_embeddings(), size, np.random.default_rng(seed))
+    near_copy_lists_kept(service)
     ids = [f"{i:016x}" for i in range(size)]
     table = service.parts.storage.catalog
     with straight_into_moto(table, getattr(service.parts.builder.writer, "bucket", None)):
