@@ -24,17 +24,33 @@ written in full, whatever its size: only what they touch exists as moto objects.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from index_scale import real_embeddings, synthesise, synthetic_record
 
 from imgsearch.catalog import _neighbour_attrs
-from imgsearch.index.s3vectors import VectorsState, partition
+from imgsearch.index.s3vectors import COUNTED_PROBABILITY, VectorsState, partition
 from imgsearch.index.shards import POSTINGS_PER_IMAGE, SPREAD_SIZE, posted_probabilities, spread
 
 CHUNK = 20_000  # rows synthesised at once
 PROJECTED = 128
+FEATURE_DIM = 1280  # the model's (checked against the real embeddings when synthesising)
+# Synthesised collections are kept here and reused by later runs of the same size and seed
+# (1M images take minutes of this machine to synthesise); a new version when the arrays'
+# making changes.
+CACHE_DIR = Path(__file__).resolve().parents[1] / "build" / "bench" / "cloud-collections"
+CACHE_VERSION = 1
+ARRAYS = (
+    "features",
+    "posted_classes",
+    "posted_values",
+    "projected",
+    "norms",
+    "parts",
+    "classes_count",
+)
 EXACT_CANDIDATES = 20_000  # feature rows compared in full for a QueryVectors
 
 
@@ -43,19 +59,43 @@ def image_ids(size: int) -> list[str]:
 
 
 class Collection:
-    """`size` synthesised images (the same as cloud_scale.populate's up to CHUNK images)."""
+    """`size` synthesised images (the same as cloud_scale.populate's up to CHUNK images),
+    synthesised once and then read from CACHE_DIR."""
 
     def __init__(self, size: int, seed: int, exact_up_to: int, k: int) -> None:
         self.size, self.k, self.exact = size, k, size <= exact_up_to
+        self.projection = (
+            np.random.default_rng(0).normal(size=(FEATURE_DIM, PROJECTED)).astype(np.float32)
+        )
+        cached = CACHE_DIR / f"{size}-{seed}-v{CACHE_VERSION}"
+        if cached.is_dir():
+            for name in ARRAYS:
+                setattr(self, name, np.load(cached / f"{name}.npy"))
+        else:
+            self._synthesise(seed)
+            self._save(cached)
+        self.classes = int(self.classes_count)
+
+    def _save(self, directory: Path) -> None:
+        """The arrays, for the next run of the same size and seed (written whole or not at all:
+        a run stopped meanwhile leaves only the temporary directory)."""
+        partial = directory.with_name(directory.name + ".partial")
+        partial.mkdir(parents=True, exist_ok=True)
+        for name in ARRAYS:
+            np.save(partial / f"{name}.npy", getattr(self, name))
+        partial.rename(directory)
+
+    def _synthesise(self, seed: int) -> None:
+        size = self.size
         real = real_embeddings()
         rng = np.random.default_rng(seed)
         dim, classes = real[0].shape[1], real[1].shape[1]
-        self.classes = classes
+        assert dim == FEATURE_DIM, dim
+        self.classes_count = np.int64(classes)
         self.features = np.empty((size, dim), np.float16)
         self.posted_classes = np.zeros((size, POSTINGS_PER_IMAGE), np.int16)
         self.posted_values = np.zeros((size, POSTINGS_PER_IMAGE), np.float16)
-        projection = np.random.default_rng(0).normal(size=(dim, PROJECTED)).astype(np.float32)
-        self.projection = projection
+        projection = self.projection
         self.projected = np.empty((size, PROJECTED), np.float32)
         self.norms = np.empty(size, np.float32)
         for start in range(0, size, CHUNK):
@@ -71,6 +111,8 @@ class Collection:
             top = np.argsort(-posted, axis=1)[:, :POSTINGS_PER_IMAGE]
             self.posted_classes[rows] = top
             self.posted_values[rows] = np.take_along_axis(posted, top, axis=1)
+            if start and start % 200_000 == 0:
+                print(f"    synthesised {start:,} of {size:,}", flush=True)
         self.parts = np.fromiter((partition(i) for i in image_ids(size)), np.int16, size)
 
     def row(self, image_id: str) -> int | None:
@@ -167,7 +209,15 @@ class Collection:
             dim=int(self.features.shape[1]),
             classes=self.classes,
             spread=tuple(f"{int(r):016x}" for r in representatives),
+            counted=self.counted(),
         )
+
+    def counted(self) -> tuple[int, ...]:
+        """Images per class with a posted probability >= the state's cut (as the writer
+        counts them: VectorsState.counted)."""
+        held = self.posted_values >= COUNTED_PROBABILITY
+        counts = np.bincount(self.posted_classes[held].astype(np.int64), minlength=self.classes)
+        return tuple(int(n) for n in counts)
 
 
 class Outside:

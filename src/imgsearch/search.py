@@ -112,8 +112,15 @@ def text_search(
     wanted = offset + limit
     taught = learner.taught(term, session) if term else None
     hidden = taught.hidden if taught else set()
-    held = held_classes(index, interpretation.senses, exclude_classes)
-    matched = confident_matches(index, held, weights, max(wanted, CANDIDATES), hidden)
+    # The chips' counts (a first page's) do not depend on the ranking: asked beside it (on S3
+    # Vectors, their queries then overlap the ranking's instead of following them).
+    chips = interpretation.combined_classes()[:CHIP_CLASSES] if offset == 0 else []
+    (held, matched), photos = index.together(
+        lambda: held_matches(
+            index, interpretation, exclude_classes, weights, max(wanted, CANDIDATES), hidden
+        ),
+        lambda: class_photos(index, chips),
+    )
     if taught is not None and taught.examples.evidence > 0:
         keyword = index.ranked_by_classes(
             {**weights, **held}, max(wanted, CANDIDATES), exclude=hidden
@@ -153,12 +160,21 @@ def text_search(
         matches=len(confident),
         did_you_mean=did_you_mean,
         # A query per class (over the network on S3 Vectors): for the first page only.
-        class_photos=(
-            class_photos(index, interpretation.combined_classes()[:CHIP_CLASSES])
-            if offset == 0
-            else {}
-        ),
+        class_photos=photos,
     )
+
+
+def held_matches(
+    index: SearchIndex,
+    interpretation: Interpretation,
+    exclude_classes: Collection[int],
+    weights: dict[int, float],
+    k: int,
+    hidden: Collection[str],
+) -> tuple[dict[int, float], list[tuple[str, float]]]:
+    """The held classes of the words' senses and up to `k` confident matches of them."""
+    held = held_classes(index, interpretation.senses, exclude_classes)
+    return held, confident_matches(index, held, weights, k, hidden)
 
 
 def held_classes(
@@ -195,19 +211,16 @@ def confident_matches(
     alone (measured: "store" 85% -> 90% p@20 on scene15)."""
     if not held:
         return []
-    by_held = [
-        (i, s)
-        for i, s in index.ranked_by_classes(held, k, exclude=hidden)
-        if s >= MATCH_PROBABILITY
-    ]
+    # Both rankings at once (S3 Vectors: the second's requests need not wait for the first's).
+    ranked_by_held, by_whole_reading = index.together(
+        lambda: index.ranked_by_classes(held, k, exclude=hidden),
+        lambda: index.ranked_by_classes({**weights, **held}, 2 * k, exclude=hidden),
+    )
+    by_held = [(i, s) for i, s in ranked_by_held if s >= MATCH_PROBABILITY]
     if not by_held:
         return []
     matched = dict(by_held)
-    by_reading = [
-        (i, s)
-        for i, s in index.ranked_by_classes({**weights, **held}, 2 * k, exclude=hidden)
-        if i in matched
-    ]
+    by_reading = [(i, s) for i, s in by_whole_reading if i in matched]
     placed = {i for i, _ in by_reading}
     ranked = by_reading + [(i, s) for i, s in by_held if i not in placed]
     scores = np.minimum.accumulate([s for _, s in ranked]).tolist()  # never increasing
@@ -217,11 +230,7 @@ def confident_matches(
 def class_photos(index: SearchIndex, classes: list[tuple[int, float]]) -> dict[int, int]:
     """How many photos each class stands for: those it describes with probability >=
     MATCH_PROBABILITY (counted up to CANDIDATES)."""
-    each = index.ranked_by_each([{c: 1.0} for c, _ in classes], CANDIDATES)
-    return {
-        c: sum(1 for _, p in ranked if p >= MATCH_PROBABILITY)
-        for (c, _), ranked in zip(classes, each, strict=True)
-    }
+    return index.class_photo_counts([c for c, _ in classes], MATCH_PROBABILITY, CANDIDATES)
 
 
 def first_pages(

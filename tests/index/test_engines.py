@@ -24,6 +24,8 @@ from index.test_index import (
 from support.s3vectors import create_vector_indexes, install_query_vectors
 
 from imgsearch.config import Settings
+from imgsearch.index.base import SearchIndex
+from imgsearch.index.s3vectors import COUNTED_PROBABILITY
 from imgsearch.index.shards import normalise_rows, posted_probabilities
 from imgsearch.service import ImageSearch
 
@@ -176,3 +178,87 @@ def test_a_rebuild_from_the_embeddings_gives_the_same_index(engine) -> None:
     assert report.added == 80 and len(service.parts.index) == 80
     after = service.parts.index.nearest(query, 10)
     assert [i for i, _ in after] == [i for i, _ in before]
+
+
+def test_s3vectors_answers_a_ranking_again_from_its_generation(both) -> None:
+    """A ranking asked again, as deep or shallower or leaving some of it out, is answered from
+    this generation's answer without a QueryVectors, the same as Annoy answers; a deeper one is
+    asked, and after a publication every answer is asked again and holds the new images."""
+    ids, vectors = synthetic_ids(160), clustered_vectors(160, seed=9)
+    for service in both.values():
+        queue(service, ids[:120], vectors[:120])
+        service.build_index()
+    annoy, s3 = (both[name].parts.index for name in ENGINES)
+    sent: list[str] = []
+    s3.bucket.client.meta.events.register(
+        "before-parameter-build.s3vectors.QueryVectors", lambda **_: sent.append("QueryVectors")
+    )
+
+    def same(weights: dict[int, float], k: int, exclude: frozenset[str] = frozenset()) -> list[str]:
+        left = [i for i, _ in annoy.ranked_by_classes(weights, k, exclude=exclude)]
+        right = [i for i, _ in s3.ranked_by_classes(weights, k, exclude=exclude)]
+        assert left == right and len(right) == min(k, 120 - len(exclude))
+        return right
+
+    weights = {2: 1.0, 5: 0.5}
+    deep = same(weights, 110)  # beyond one query's top 100: a few partition groups
+    asked = len(sent)
+    assert asked >= 2
+    same(weights, 110)
+    same(weights, 20, exclude=frozenset(deep[:7]))
+    query = normalise_rows(vectors[3:4] + vectors[50:51])[0]  # no image's (the builder asks those)
+    nearest = [i for i, _ in s3.nearest(query, 10)]
+    assert [i for i, _ in s3.nearest(query, 4, exclude={nearest[0]})] == nearest[1:5]
+    assert len(sent) == asked + 1  # the first nearest only
+    same(weights, 115)  # deeper than asked before
+    assert len(sent) > asked + 1
+
+    for service in both.values():
+        queue(service, ids[120:], vectors[120:])
+        service.build_index()
+    asked = len(sent)
+    after = [i for i, _ in s3.ranked_by_classes(weights, 110)]
+    assert len(sent) > asked and set(after) & set(ids[120:])
+    assert after == [i for i, _ in annoy.ranked_by_classes(weights, 110)]
+
+
+def test_s3vectors_asks_two_lookups_at_once(request, tmp_path) -> None:
+    """`together` on S3 Vectors overlaps its two lookups (each waits here for the other to
+    start: one after the other, the first would wait in vain)."""
+    import threading
+
+    index = engine_service(request, tmp_path, "s3vectors").parts.index
+    both_started = threading.Barrier(2, timeout=10)
+    first, second = index.together(
+        lambda: ("first", both_started.wait()), lambda: ("second", both_started.wait())
+    )
+    assert (first[0], second[0]) == ("first", "second") and {first[1], second[1]} == {0, 1}
+
+
+def test_s3vectors_counts_class_photos_in_its_state(both) -> None:
+    """The per-class counts S3 Vectors' state keeps (additions counted in, removals out)
+    answer as each class's ranking does, on Annoy and on S3 Vectors' own class index, without
+    a query; another cut is counted from the class index's rankings."""
+    ids, vectors = synthetic_ids(150), clustered_vectors(150, seed=12)
+    for service in both.values():
+        queue(service, ids[:100], vectors[:100])
+        service.build_index()
+        forget(service, ids[:20])
+        queue(service, ids[100:], vectors[100:])
+        service.build_index()
+    annoy, s3 = (both[name].parts.index for name in ENGINES)
+    sent: list[str] = []
+    s3.bucket.client.meta.events.register(
+        "before-parameter-build.s3vectors.QueryVectors", lambda **_: sent.append("QueryVectors")
+    )
+    classes = list(range(CLASSES))
+    counts = s3.class_photo_counts(classes, COUNTED_PROBABILITY, 200)
+    assert not sent
+    assert sum(counts.values()) > 0
+    assert counts == annoy.class_photo_counts(classes, COUNTED_PROBABILITY, 200)
+    assert counts == SearchIndex.class_photo_counts(s3, classes, COUNTED_PROBABILITY, 200)
+    assert len(sent) >= CLASSES  # the rankings, asked
+    capped = s3.class_photo_counts(classes, COUNTED_PROBABILITY, 3)
+    assert capped == {c: min(n, 3) for c, n in counts.items()}
+    # (from the rankings asked above, kept for this generation)
+    assert s3.class_photo_counts(classes, 0.5, 200) == annoy.class_photo_counts(classes, 0.5, 200)

@@ -16,10 +16,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 
 from imgsearch.index.shards import ShardData
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 class SearchIndex(ABC):
@@ -101,6 +105,22 @@ class SearchIndex(ABC):
         """`ranked_by_classes` of each of `queries`, in order (an engine over the network
         sends them at once)."""
         return [self.ranked_by_classes(weights, k, exclude=exclude) for weights in queries]
+
+    def class_photo_counts(
+        self, classes: Sequence[int], min_probability: float, cap: int
+    ) -> dict[int, int]:
+        """How many images give each of `classes` at least `min_probability`, counted up to
+        `cap` (here from each class's ranking; an engine may keep counts instead)."""
+        each = self.ranked_by_each([{c: 1.0} for c in classes], cap)
+        return {
+            c: sum(1 for _, p in ranked if p >= min_probability)
+            for c, ranked in zip(classes, each, strict=True)
+        }
+
+    def together(self, first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
+        """Two independent lookups' answers (an engine over the network asks them at once:
+        a search's rounds of requests then overlap instead of adding up)."""
+        return first(), second()
 
     def class_counts(self, min_probability: float) -> list[tuple[int, int, str]]:
         """(class id, images that give it at least `min_probability`, its most probable

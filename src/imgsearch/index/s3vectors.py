@@ -40,8 +40,9 @@ import json
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -58,6 +59,10 @@ if TYPE_CHECKING:
 
     from imgsearch.config import Settings
 
+A = TypeVar("A")
+B = TypeVar("B")
+K = TypeVar("K")
+
 STATE_KEY = "index/s3vectors.json"
 PARTS = 16  # partitions of the `part` metadata, for results deeper than one query gives
 TOP_K_LIMIT = 100  # QueryVectors' largest topK
@@ -65,7 +70,11 @@ GROUP_FILL = 0.7  # the share of TOP_K_LIMIT a group of partitions is asked for 
 WRITE_BATCH = 500  # vectors per PutVectors, keys per DeleteVectors (the service's limits)
 GET_BATCH = 100  # keys per GetVectors
 LIST_PAGE = 1000  # vectors per ListVectors page
+# The probability at which the state counts each class's images (search.py's
+# MATCH_PROBABILITY: the chips' counts); other cuts are asked of the class index.
+COUNTED_PROBABILITY = 0.2
 CACHE_LIMIT = 20_000  # vectors and answers to "is it indexed?" a reader keeps
+ANSWER_CACHE_LIMIT = 500  # query answers a reader keeps (each up to a few hundred hits)
 REFRESH_INTERVAL_SECONDS = 2.0
 
 
@@ -97,6 +106,9 @@ class VectorsState:
     classes: int = 0
     spread: tuple[str, ...] = ()
     updated_at: float = 0.0
+    # Per class, the images that give it at least COUNTED_PROBABILITY (a keyword search's
+    # chips: a count each, not a query each); () for an index published before they were.
+    counted: tuple[int, ...] = ()
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -105,7 +117,13 @@ class VectorsState:
     def from_json(cls, data: bytes) -> VectorsState:
         try:
             fields = json.loads(data)
-            return cls(**{**fields, "spread": tuple(fields["spread"])})
+            return cls(
+                **{
+                    **fields,
+                    "spread": tuple(fields["spread"]),
+                    "counted": tuple(fields.get("counted", ())),
+                }
+            )
         except (ValueError, TypeError, KeyError) as error:
             raise DamagedFile(STATE_KEY, f"not a vector index state ({error})") from None
 
@@ -146,14 +164,16 @@ class VectorBucket:
         found = self.client.query_vectors(**request)["vectors"]
         return [(hit["key"], float(hit.get("distance", 0.0))) for hit in found]
 
-    def get(self, keys: Sequence[str], *, data: bool) -> dict[str, np.ndarray | None]:
-        """The vectors stored under `keys` (None: data not asked for), absent keys left out:
-        one GetVectors per GET_BATCH keys, sent at once."""
+    def get(
+        self, keys: Sequence[str], *, data: bool, index: str | None = None
+    ) -> dict[str, np.ndarray | None]:
+        """The vectors stored under `keys` in `index` (the features' by default; None: data
+        not asked for), absent keys left out: one GetVectors per GET_BATCH keys, at once."""
 
         def chunk(start: int) -> dict[str, np.ndarray | None]:
             response = self.client.get_vectors(
                 vectorBucketName=self.bucket,
-                indexName=self.features,
+                indexName=index or self.features,
                 keys=list(keys[start : start + GET_BATCH]),
                 returnData=data,
             )
@@ -232,6 +252,10 @@ class S3VectorsIndex(SearchIndex):
         self._known: dict[str, np.ndarray | None] = {}  # id -> vector (None: not indexed)
         self._present: dict[str, bool] = {}
         self._ids: list[str] | None = None  # newest first, for this generation
+        # (index, cutoff, query vector's bytes) -> (hits asked for, hits): this generation's
+        # answers, so that a shallower or same question (a search asks a ranking's first page
+        # after its 400 best; a learned ranking its 200 best) needs no request.
+        self._answers: dict[tuple[str, float, bytes], tuple[int, list[tuple[str, float]]]] = {}
 
     @property
     def state(self) -> VectorsState:
@@ -250,7 +274,7 @@ class S3VectorsIndex(SearchIndex):
             if etag == self._etag:
                 return False
             self._state, self._etag = state, etag
-            self._known, self._present, self._ids = {}, {}, None
+            self._known, self._present, self._ids, self._answers = {}, {}, None, {}
             return True
 
     @property
@@ -301,8 +325,8 @@ class S3VectorsIndex(SearchIndex):
         return {i: v for i in ids if (v := answers.get(i)) is not None}
 
     @staticmethod
-    def _remember(cache: dict[str, Any], entries: Mapping[str, Any]) -> None:
-        if len(cache) + len(entries) > CACHE_LIMIT:
+    def _remember(cache: dict[K, Any], entries: Mapping[K, Any], limit: int = CACHE_LIMIT) -> None:
+        if len(cache) + len(entries) > limit:
             cache.clear()
         cache.update(entries)
 
@@ -345,8 +369,35 @@ class S3VectorsIndex(SearchIndex):
         # One QueryVectors (or a few) each, over the network: sent at once, not in turn.
         return in_parallel(lambda w: self.ranked_by_classes(w, k, exclude=exclude), queries)
 
+    def class_photo_counts(
+        self, classes: Sequence[int], min_probability: float, cap: int
+    ) -> dict[int, int]:
+        counted = self._state.counted
+        if min_probability != COUNTED_PROBABILITY or len(counted) != self._state.classes:
+            return super().class_photo_counts(classes, min_probability, cap)
+        return {c: min(counted[c], cap) if 0 <= c < len(counted) else 0 for c in classes}
+
+    def together(self, first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
+        with ThreadPoolExecutor(1) as pool:
+            later = pool.submit(second)
+            return first(), later.result()
+
     def _query(
         self, index: str, vector: np.ndarray, wanted: int, *, within: float = float("inf")
+    ) -> list[tuple[str, float]]:
+        """The `wanted` nearest in `index` closer than `within`, nearest first: from this
+        generation's answers if one asked as deep (or got every hit there is), else asked."""
+        answers = self._answers  # this generation's: a refresh meanwhile replaces it
+        key = (index, within, vector.tobytes())
+        cached = answers.get(key)
+        if cached is not None and (cached[0] >= wanted or len(cached[1]) < cached[0]):
+            return cached[1][:wanted]
+        hits = self._ask_nearest(index, vector, wanted, within)
+        self._remember(answers, {key: (wanted, hits)}, ANSWER_CACHE_LIMIT)
+        return hits
+
+    def _ask_nearest(
+        self, index: str, vector: np.ndarray, wanted: int, within: float
     ) -> list[tuple[str, float]]:
         """The `wanted` nearest in `index` closer than `within`, nearest first, beyond
         QueryVectors' top-k limit by partitions (see the module's docstring)."""
@@ -443,6 +494,7 @@ class S3VectorsWriter(IndexWriter):
                     for i, row, p in zip(ids, classes, parts, strict=True)
                 ],
             )
+        counted = self._counted(state, additions, removed)
         if removed:
             for index in (self.bucket.features, self.bucket.classes):
                 still_held()
@@ -455,10 +507,38 @@ class S3VectorsWriter(IndexWriter):
             classes=int(additions.probabilities.shape[1]) if len(additions) else state.classes,
             spread=self._spread(state, additions, removed),
             updated_at=time.time(),
+            counted=counted,
         )
         still_held()
         self._write_state(new, etag)
         return 0
+
+    def _counted(
+        self, state: VectorsState, additions: ShardData, removed: Collection[str]
+    ) -> tuple[int, ...]:
+        """The per-class counts (VectorsState.counted) after this publication: the additions'
+        posted probabilities counted in, the removed images' (read from the class index
+        before they go) counted out. An index published before counts were kept keeps none
+        (a reindex counts from scratch)."""
+        classes = int(additions.probabilities.shape[1]) if len(additions) else state.classes
+        if state.classes not in (0, classes):  # another model's classes: a reindex counts
+            return ()
+        if not state.count:
+            counts = np.zeros(classes, np.int64)
+        elif len(state.counted) == classes:
+            counts = np.asarray(state.counted, np.int64)
+        else:
+            return ()
+        if len(additions):
+            counts += (posted_probabilities(additions.probabilities) >= COUNTED_PROBABILITY).sum(
+                axis=0
+            )
+        if removed:
+            gone = self.bucket.get(list(removed), data=True, index=self.bucket.classes)
+            for vector in gone.values():
+                if vector is not None:
+                    counts -= vector[:classes] >= COUNTED_PROBABILITY
+        return tuple(int(n) for n in np.maximum(counts, 0))
 
     def _spread(
         self, state: VectorsState, additions: ShardData, removed: Collection[str]
