@@ -217,11 +217,7 @@ def confident_matches(
 def class_photos(index: SearchIndex, classes: list[tuple[int, float]]) -> dict[int, int]:
     """How many photos each class stands for: those it describes with probability >=
     MATCH_PROBABILITY (counted up to CANDIDATES)."""
-    each = index.ranked_by_each([{c: 1.0} for c, _ in classes], CANDIDATES)
-    return {
-        c: sum(1 for _, p in ranked if p >= MATCH_PROBABILITY)
-        for (c, _), ranked in zip(classes, each, strict=True)
-    }
+    return index.photo_counts([c for c, _ in classes], MATCH_PROBABILITY, CANDIDATES)
 
 
 def first_pages(

@@ -102,6 +102,19 @@ class SearchIndex(ABC):
         sends them at once)."""
         return [self.ranked_by_classes(weights, k, exclude=exclude) for weights in queries]
 
+    def photo_counts(
+        self, classes: Sequence[int], min_probability: float, cap: int
+    ) -> dict[int, int]:
+        """How many live images give each of `classes` at least `min_probability` (posted
+        probability, as `ranked_by_classes` reads it), counted up to `cap`. Here by ranking
+        each class (an engine over the network sends them at once); an engine with posting
+        lists reads its counts off them."""
+        each = self.ranked_by_each([{c: 1.0} for c in classes], cap)
+        return {
+            c: sum(1 for _, p in ranked if p >= min_probability)
+            for c, ranked in zip(classes, each, strict=True)
+        }
+
     def class_counts(self, min_probability: float) -> list[tuple[int, int, str]]:
         """(class id, images that give it at least `min_probability`, its most probable
         image) per class, from posting lists; an engine without them has none to offer."""
