@@ -41,11 +41,13 @@ MIN_SEARCH_K_PER_CANDIDATE = 8
 # 300k, 0.83 at 1M, where 800 recall 0.9985 (x4 for x10 images: 10 ** 0.6 = 3.98).
 BUDGET_REFERENCE = 100_000
 BUDGET_GROWTH = 0.6
-# Keyword rankings kept per index snapshot (see `ranked_by_classes`): the best RANKED_DEPTH
-# images of each of the last RANKED_ENTRIES class weightings asked (a few KB each); a ranking
-# asked deeper than RANKED_MAX_DEPTH (a far page) is worked out each time, not kept.
+# Keyword rankings kept per index snapshot (see `ranked_by_classes`): the best RANKED_PAGES
+# times what was asked, up to RANKED_DEPTH images, of each of the last RANKED_ENTRIES class
+# weightings asked (a few KB each); a ranking asked deeper than RANKED_MAX_DEPTH (a far page)
+# is worked out each time, not kept.
 RANKED_ENTRIES = 256
 RANKED_DEPTH = 400
+RANKED_PAGES = 4
 RANKED_MAX_DEPTH = 4_000
 _T = TypeVar("_T")
 # A keyword ranking: (image id, score), best first.
@@ -282,7 +284,7 @@ class Index(SearchIndex):
         """The `k` images with the highest sum of weight x class probability (> 0), best first
         (equal scores in shard and row order), `exclude`d ids skipped.
 
-        The best RANKED_DEPTH of a weighting are kept with the snapshot they were ranked on
+        The best few pages of a weighting are kept with the snapshot they were ranked on
         (LRU, RANKED_ENTRIES): the same weights asked again on the same snapshot (the next
         page, another user's same words, a search's own second look at its classes) skip the
         posting-list merge. A new snapshot (a publication, a removal applied) starts afresh,
@@ -295,7 +297,9 @@ class Index(SearchIndex):
         key = tuple(sorted(weights.items()))
         kept = self._kept_ranking(snapshot, key)
         if kept is None or (len(kept[0]) < wanted and not kept[1]):
-            depth = max(wanted, RANKED_DEPTH)
+            # Deeper than asked, for the next pages (a first page of 20 keeps four pages);
+            # a far page, or a weighting asked once deeper, is merged again.
+            depth = max(wanted, min(RANKED_DEPTH, RANKED_PAGES * wanted))
             ranking = _ranked(snapshot.shards, weights, depth)
             kept = (ranking, len(ranking) < depth)
             if depth <= RANKED_MAX_DEPTH:
