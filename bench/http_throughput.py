@@ -9,7 +9,8 @@
 2. The real server (`python -m imgsearch.cli serve`, as the README starts it: one uvicorn
    process, or `--workers N` of them for each N given) serves it on loopback, from this
    checkout's sources and, with `--baseline`, from
-   another checkout's (a `git worktree` of main, say), in alternating rounds: the machine is
+   another checkout's (a `git worktree` of main, say; `--baseline-workers` as many process
+   counts), in alternating rounds: the machine is
    shared and noisy, so only medians over rounds and ratios measured in the same run count.
 3. `--clients` connections (keep-alive HTTP/1.1, each waiting for its answer before the next
    request: wrk's if it is installed, a few percent of the server's CPU, else one asyncio
@@ -450,7 +451,15 @@ def main() -> None:
         type=int,
         nargs="+",
         default=[1],
-        help="server processes of this checkout, each count served in turn (the baseline: 1)",
+        help="server processes of this checkout, each count served in turn",
+    )
+    parser.add_argument(
+        "--baseline-workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="server processes of the baseline, each count served in turn (ratios compare "
+        "this checkout and the baseline at the same count)",
     )
     parser.add_argument(
         "--client",
@@ -462,12 +471,10 @@ def main() -> None:
     data_dir = collection(args.data, args.size)
     demo = photos()
     # name -> (sources, server processes)
-    trees = {
-        ("this" if count == 1 else f"this x{count}"): (REPO / "src", count)
-        for count in args.workers
-    }
+    trees = {_tree("this", count): (REPO / "src", count) for count in args.workers}
     if args.baseline:
-        trees["baseline"] = (args.baseline.resolve() / "src", 1)
+        for count in args.baseline_workers:
+            trees[_tree("baseline", count)] = (args.baseline.resolve() / "src", count)
     results: dict[tuple[str, str], list[Measured]] = {}
     models: list[float] = []
     for round_ in range(args.rounds):
@@ -503,6 +510,11 @@ def main() -> None:
     report(args, trees, results, models)
 
 
+def _tree(checkout: str, workers: int) -> str:
+    """A served checkout's name in the report: "this", "baseline x2"."""
+    return checkout if workers == 1 else f"{checkout} x{workers}"
+
+
 def _ms(measured: Measured, q: int) -> float:
     if q in measured.quantiles:
         return measured.quantiles[q] * 1000
@@ -529,10 +541,13 @@ def report(
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for kind in args.kinds:
-        base = results.get(("baseline", kind))
-        base_rate = statistics.median(m.rate for m in base) if base else None
-        base_cpu = statistics.median(m.cpu_ms for m in base) if base else None
-        for name in trees:
+        for name, (_, workers) in trees.items():
+            # Against the baseline served by as many processes (if it was), else by one.
+            base = results.get((_tree("baseline", workers), kind)) or results.get(
+                ("baseline", kind)
+            )
+            base_rate = statistics.median(m.rate for m in base) if base else None
+            base_cpu = statistics.median(m.cpu_ms for m in base) if base else None
             runs = results[(name, kind)]
             rate = statistics.median(m.rate for m in runs)
             cpu = statistics.median(m.cpu_ms for m in runs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import time
+import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
@@ -45,6 +46,9 @@ SMALL_THUMBNAILS_KEPT = 4096  # ~8 KB each at 192 px: ~32 MB a process at most
 THUMBNAILS_PREFIX = "thumbnails/"
 NEAR_COPIES = "near"  # the partition of near-copy lists
 NEAR_COPIES_MARK = "near-complete"
+# One item whose token changes after every write of neighbour lists: readers that keep lists
+# and expanded vectors (index/neighbourhoods.py) keep them until it changes.
+LISTS_MARK = ("lists", "changed")
 
 
 def thumbnail_name(image_id: str) -> str:
@@ -588,6 +592,16 @@ class Catalog:
 
     def delete_neighbours(self, image_id: str) -> None:
         self.table.delete(f"image#{image_id}", "neighbours")
+
+    def mark_lists_changed(self) -> None:
+        """Tell readers that neighbour lists changed: after (never before) writing them, so
+        a reader that sees the new token reads the new lists (one write a group of images)."""
+        self.table.put(*LISTS_MARK, {"token": uuid.uuid4().hex})
+
+    def lists_changed_token(self) -> str:
+        """The token `mark_lists_changed` wrote last ("" before any): one read."""
+        item = self.table.get(*LISTS_MARK)
+        return "" if item is None else str(item["token"])
 
 
 def _key_record(key: str, item: dict[str, Any] | None) -> KeyRecord | None:

@@ -384,6 +384,10 @@ def test_delete_only_queues_the_removal_from_the_index(service, client) -> None:
     other = client.post(
         "/api/images", files={"file": ("p.jpg", demo_image("pizza"), "image/jpeg")}
     ).json()["id"]
+    service.build_index()
+    # "More like this" read (and kept) the lists and expanded vectors that hold it.
+    before = client.get(f"/api/images/{other}/similar").json()["results"]
+    assert image_id in [r["id"] for r in before]
     assert client.delete(f"/api/images/{image_id}").status_code == 204
     assert [(i.image_id, i.op) for i in service.parts.catalog.pending()] == [(image_id, "remove")]
     assert image_id in service.parts.index  # not built yet...

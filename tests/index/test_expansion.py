@@ -209,3 +209,81 @@ def test_learning_compares_expanded_vectors_unless_expansion_is_off(tmp_path) ->
         want = np.stack([source[i] for i in candidates]) @ rocchio
         np.testing.assert_allclose(learner.scores(taught, candidates), want, rtol=1e-5, atol=1e-6)
     assert not np.allclose(expanded[ids[3]], raw[ids[3]], atol=1e-2)  # else nothing is shown
+
+
+def test_more_like_this_follows_a_build_of_another_process_at_its_next_refresh(
+    tmp_path, monkeypatch
+) -> None:
+    """A reader keeps lists and expanded vectors until a build rewrites lists (not for a fixed
+    time): after another process's build, its next refresh answers as a fresh reader does,
+    even when the build wrote between the reader's reads and its keeping what it read."""
+    writer = make(tmp_path, "data")
+    vectors = clustered_vectors(160, seed=4)
+    ids = synthetic_ids(160)
+    queue(writer, ids[:120], vectors[:120])
+    writer.build_index()
+    reader = ImageSearch(writer.settings)
+    reader.parts.index.refresh_interval = 3600.0  # only a forced refresh looks
+    image_id = ids[0]
+    first = reader.similar(image_id, limit=K)
+    assert reader.similar(image_id, limit=K) == first
+
+    # Kept, not read again, while no list changes.
+    catalog = reader.parts.catalog
+    reads: list[str] = []
+    read_vectors, read_list = catalog.expanded_vectors, catalog.neighbours
+    monkeypatch.setattr(catalog, "neighbours", lambda i: reads.append(i) or read_list(i))
+    monkeypatch.setattr(
+        catalog, "expanded_vectors", lambda ids: reads.extend(ids) or read_vectors(ids)
+    )
+    reader.parts.index.refresh(force=True)
+    reader.parts.index.refresh_interval = 0.0
+    assert reader.similar(image_id, limit=K) == first and reads == []
+
+    # Images next to the first one arrive while the reader reads: its read returns what was
+    # stored before the other process's build wrote the lists.
+    near = vectors[0] + np.random.default_rng(1).normal(scale=0.05, size=(4, vectors.shape[1]))
+    new = synthetic_ids(4, start=1000)
+
+    def read_then_build(wanted):
+        old = read_vectors(wanted)
+        queue(writer, new, near.astype(np.float32))
+        writer.build_index()
+        return old
+
+    monkeypatch.setattr(catalog, "expanded_vectors", read_then_build)
+    reader.parts.neighbourhoods._forget()
+    reader.similar(image_id, limit=K)
+    monkeypatch.setattr(catalog, "expanded_vectors", read_vectors)
+    reader.parts.index.refresh(force=True)
+    fresh = ImageSearch(writer.settings).similar(image_id, limit=K)
+    assert {h.image_id for h in fresh} & set(new)
+    assert reader.similar(image_id, limit=K) == fresh
+
+    # A build that removes images: gone from the list and re-ranked at the next refresh.
+    gone = [h.image_id for h in fresh[:2]]
+    forget(writer, gone)
+    writer.build_index()
+    reader.parts.index.refresh(force=True)
+    again = reader.similar(image_id, limit=K)
+    assert not {h.image_id for h in again} & set(gone)
+    assert again == ImageSearch(writer.settings).similar(image_id, limit=K)
+
+
+def test_kept_lists_and_vectors_are_bounded(tmp_path, monkeypatch) -> None:
+    from imgsearch.index import neighbourhoods
+
+    monkeypatch.setattr(neighbourhoods, "CACHE_LISTS", 5)
+    monkeypatch.setattr(neighbourhoods, "CACHE_VECTORS", 12)
+    service = make(tmp_path, "data")
+    ids = synthetic_ids(80)
+    queue(service, ids, clustered_vectors(80, seed=6))
+    service.build_index()
+    hoods = service.parts.neighbourhoods
+    answers = {i: service.similar(i, limit=K) for i in ids[:20]}
+    kept = hoods._current()
+    assert len(kept.lists) == 5 and len(kept.vectors) == 12
+    # What was dropped is read again: the answers are those of a fresh reader.
+    fresh = ImageSearch(service.settings)
+    assert all(fresh.similar(i, limit=K) == hit for i, hit in answers.items())
+    assert all(service.similar(i, limit=K) == hit for i, hit in answers.items())

@@ -442,9 +442,10 @@ def test_both_merges_of_posting_lists_rank_alike(index_service, monkeypatch) -> 
     """Keyword scores merge the classes' posting lists per row listed (few postings for the
     shard's size) or over every row (many): the same ranking and scores either way, removed
     images left out, equal to the weighted sums over each image's posted probabilities."""
-    from imgsearch.index import shards
+    from imgsearch.index import reader, shards
     from imgsearch.index.shards import posted_probabilities
 
+    monkeypatch.setattr(reader, "RANKED_ENTRIES", 0)  # each ranking merged again
     ids, vectors = synthetic_ids(120), clustered_vectors(120, seed=4)
     queue(index_service, ids, vectors)
     index_service.build_index()
@@ -463,6 +464,85 @@ def test_both_merges_of_posting_lists_rank_alike(index_service, monkeypatch) -> 
         live = [r for r in np.argsort(-scores, kind="stable") if r >= 10 and scores[r] > 0]
         assert [i for i, _ in rankings[0]] == [ids[r] for r in live]
         assert np.allclose([s for _, s in rankings[0]], scores[live], atol=1e-5)
+
+
+def _keyword_ranking(service: ImageSearch, ids: list[str], weights: dict[int, float]) -> list:
+    """Brute force: live images by their weighted posted probabilities, best first (equal
+    scores in id order, which is row order here)."""
+    from imgsearch.index.shards import posted_probabilities
+
+    index = service.parts.index
+    live = [i for i in ids if i in index]
+    probabilities = np.stack([service.parts.catalog.embedding(i)[1] for i in live])
+    posted = posted_probabilities(probabilities.astype(np.float16))
+    scores = sum(w * posted[:, c] for c, w in weights.items())
+    return [live[r] for r in np.argsort(-scores, kind="stable") if scores[r] > 0]
+
+
+def test_kept_keyword_rankings_answer_as_fresh_ones_and_follow_the_index(
+    index_service, monkeypatch
+) -> None:
+    """A weighting asked again on the same index is answered from its kept ranking, without
+    merging posting lists again, for any page size and exclusions; a publication (new images,
+    a removal) is answered from the new index at once; a ranking asked deeper than was kept is
+    merged again."""
+    from imgsearch.index import reader
+    from imgsearch.index.shards import Shard
+
+    service = index_service
+    ids, vectors = synthetic_ids(120), clustered_vectors(120, seed=5)
+    queue(service, ids, vectors)
+    service.build_index()
+    index = service.parts.index
+    merges = []
+    merge = Shard.class_scores
+    monkeypatch.setattr(Shard, "class_scores", lambda s, w: merges.append(1) or merge(s, w))
+    weights = {3: 1.0, 7: 0.5}
+    expected = _keyword_ranking(service, ids, weights)
+    # Kept: the whole ranking of these 120 images (up to 4 pages of 120 are).
+    assert [i for i, _ in index.ranked_by_classes(weights, 120)] == expected
+    merged = len(merges)
+    assert merged == len(index.shards)
+    hidden = set(expected[:3])
+    for k, exclude in ((5, set()), (10, hidden), (200, hidden), (1, {expected[0]})):
+        found = index.ranked_by_classes(dict(reversed(weights.items())), k, exclude=exclude)
+        assert [i for i, _ in found] == [i for i in expected if i not in exclude][:k]
+    assert len(merges) == merged  # all from the kept ranking
+
+    forget(service, expected[:2])  # the two best leave
+    newcomers = synthetic_ids(5, start=1000)
+    queue(service, newcomers, clustered_vectors(5, seed=6))
+    service.build_index()
+    expected = _keyword_ranking(service, ids + newcomers, weights)
+    assert [i for i, _ in index.ranked_by_classes(weights, 200)] == expected
+    assert len(merges) > merged  # the new index merged again
+
+    monkeypatch.setattr(reader, "RANKED_DEPTH", 4)
+    other = {5: 1.0}
+    expected = _keyword_ranking(service, ids + newcomers, other)
+    assert [i for i, _ in index.ranked_by_classes(other, 2)] == expected[:2]
+    deeper = index.ranked_by_classes(other, 3, exclude=set(expected[:3]))  # 6 > the 4 kept
+    assert [i for i, _ in deeper] == expected[3:6]
+
+
+def test_photo_counts_from_posting_lists_are_those_of_rankings(index_service) -> None:
+    """Counting a class's photos off the shards' posting lists gives what ranking the class
+    and counting its scores over the threshold gives (the engines without posting lists),
+    capped, removed images left out, for any threshold."""
+    from imgsearch.index.base import SearchIndex
+
+    service = index_service
+    ids = synthetic_ids(120)
+    queue(service, ids, clustered_vectors(120, seed=7))
+    service.build_index()
+    forget(service, ids[:15])
+    service.build_index()
+    index = service.parts.index
+    classes = list(range(CLASSES))
+    for threshold, cap in ((0.05, 200), (0.2, 200), (0.05, 7), (0.3, 200)):
+        counted = index.class_photo_counts(classes, threshold, cap)
+        assert counted == SearchIndex.class_photo_counts(index, classes, threshold, cap)
+        assert any(n > 0 for n in counted.values())
 
 
 def test_the_candidate_budget_grows_with_the_collection(index_service, monkeypatch) -> None:

@@ -109,8 +109,10 @@ class SearchIndex(ABC):
     def class_photo_counts(
         self, classes: Sequence[int], min_probability: float, cap: int
     ) -> dict[int, int]:
-        """How many images give each of `classes` at least `min_probability`, counted up to
-        `cap` (here from each class's ranking; an engine may keep counts instead)."""
+        """How many live images give each of `classes` at least `min_probability` (posted
+        probability, as `ranked_by_classes` reads it), counted up to `cap`. Here by ranking
+        each class; the engines keep counts instead (posting-list counts for the shards,
+        per-class counts in its state for S3 Vectors)."""
         each = self.ranked_by_each([{c: 1.0} for c in classes], cap)
         return {
             c: sum(1 for _, p in ranked if p >= min_probability)

@@ -8,7 +8,10 @@ held it is recomputed. Lists are checked against brute force in tests/index/test
 What it costs: the lists a batch of new images touches are read in batched reads and the
 changed ones written in batched writes, each list once per group of images however many of
 them it gains (DynamoDB: 100 lists a read, 25 a write), not a read and a write per list and
-new image. `bench/writer_cost.py` counts the requests per image.
+new image, then one write of the catalog's token of list writes (`Catalog.mark_lists_changed`)
+a group, which tells readers to drop the lists and expanded vectors they keep (they look at it
+at most every index refresh interval: one read). `bench/writer_cost.py` counts the requests
+per image.
 
 Each list is stored with its image's expanded vector (index/expansion.py), which depends on
 nothing but the list: it is computed again whenever the list is written, so keeping the
@@ -18,9 +21,11 @@ the first `expansion.neighbours` images of each list written (one batched read o
 
 from __future__ import annotations
 
+import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -30,16 +35,20 @@ from imgsearch.index.expansion import Expansion, Ranked
 from imgsearch.storage import in_parallel
 
 Neighbours = list[tuple[str, float]]
+_V = TypeVar("_V")
 
 REACH = 200  # how many of a new or removed image's nearest images may list it
 # New images whose touched lists are read and written together: about REACH lists each, so
 # a group holds some thousand lists in memory at once.
 GROUP = 50
 DEFAULT_EXPANSION = Expansion(neighbours=10, power=1.0)  # the settings' (config.py)
-# Expanded vectors a query read are reused for this long (so a list rewritten by a build is
-# seen within it), up to this many (about 5 KB each).
-CACHE_SECONDS = 5.0
-CACHE_LIMIT = 20_000
+# Lists and expanded vectors a query read are kept until the catalog's token of list writes
+# changes (`Catalog.mark_lists_changed`), looked at most every index refresh interval; at most
+# this many of each, least recently used out first: a list of 50 is about 7.7 KB of Python
+# objects, an expanded vector 4 bytes a dimension (5.2 KB at 1,280), so at most about 77 +
+# 105 MB a process (a 10k collection's every list and vector fit).
+CACHE_LISTS = 10_000
+CACHE_VECTORS = 20_000
 
 
 class Neighbourhoods:
@@ -56,12 +65,17 @@ class Neighbourhoods:
         self.k = k
         self.reach = max(REACH, k)
         self.expansion = expansion
-        self._cache: dict[str, np.ndarray] = {}  # expanded vectors read lately (`expanded`)
-        self._cached_at = 0.0
+        self._kept = _Kept("", float("-inf"))  # lists and vectors read under one token
+        self._kept_lock = threading.Lock()
 
     def get(self, image_id: str) -> Neighbours:
         """The stored list, without images that left the index since it was written."""
-        neighbours, _ = self.catalog.neighbours(image_id)
+        kept = self._current()
+        neighbours = kept.lists.get(image_id)
+        if neighbours is None:
+            neighbours, _ = self.catalog.neighbours(image_id)
+            kept.lists.put(image_id, neighbours)
+        # Removals are the index's: those it no longer serves leave every list at once.
         present = self.index.present(i for i, _ in neighbours)
         return [(i, d) for i, d in neighbours if i in present]
 
@@ -76,17 +90,41 @@ class Neighbourhoods:
 
     def expanded(self, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
         """The stored expanded vectors of `image_ids` (those with one), read in one batch
-        for those not read in the last CACHE_SECONDS: neighbourhoods overlap, so a
-        process answering many queries reads each vector about once."""
-        now = time.monotonic()
-        if now - self._cached_at > CACHE_SECONDS or len(self._cache) > CACHE_LIMIT:
-            self._cache, self._cached_at = {}, now
-        cache = self._cache  # another thread may replace it meanwhile: use this one
+        for those not kept since lists last changed: neighbourhoods overlap, so a process
+        answering many queries reads each vector about once."""
+        vectors = self._current().vectors
         wanted = list(dict.fromkeys(image_ids))
-        missing = [i for i in wanted if i not in cache]
+        found = vectors.get_many(wanted)
+        missing = [i for i in wanted if i not in found]
         if missing:
-            cache.update(self.catalog.expanded_vectors(missing))
-        return {i: cache[i] for i in wanted if i in cache}
+            read = self.catalog.expanded_vectors(missing)
+            vectors.put_many(read)
+            found.update(read)
+        return {i: found[i] for i in wanted if i in found}
+
+    def _current(self) -> _Kept:
+        """What is kept under the catalog's current token of list writes. The token is read
+        BEFORE the lists and vectors kept under it, so anything read before a write is kept
+        under the token that write replaces, and dropped once the new token is seen."""
+        kept = self._kept
+        if time.monotonic() - kept.checked_at < self.index.refresh_interval:
+            return kept
+        with self._kept_lock:
+            kept = self._kept
+            now = time.monotonic()
+            if now - kept.checked_at < self.index.refresh_interval:
+                return kept  # another thread just looked
+            token = self.catalog.lists_changed_token()
+            if token == kept.token:
+                kept.checked_at = now
+            else:
+                self._kept = kept = _Kept(token, now)
+            return kept
+
+    def _forget(self) -> None:
+        """Drop what is kept (this process just wrote lists)."""
+        with self._kept_lock:
+            self._kept = _Kept("", float("-inf"))
 
     def compute(self, image_id: str) -> Neighbours:
         vector = self.index.vector(image_id)
@@ -166,6 +204,8 @@ class Neighbourhoods:
         self.catalog.put_neighbour_lists(changed, expanded)
         for image_id in removed:
             self.catalog.delete_neighbours(image_id)
+        self.catalog.mark_lists_changed()  # after the writes: see `_current`
+        self._forget()
 
     def _expanded(self, lists: Mapping[str, Neighbours]) -> dict[str, np.ndarray]:
         """The expanded vectors of the images of `lists`, from their first neighbours."""
@@ -188,3 +228,49 @@ class Neighbourhoods:
 def _rounded(neighbours: Neighbours) -> Neighbours:
     """Distances as stored (to 6 decimals), so that an unchanged list is seen as unchanged."""
     return [(i, round(d, 6)) for i, d in neighbours]
+
+
+class _LRU(Generic[_V]):
+    """At most `limit` values by key, the least recently used dropped first; thread-safe."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._values: OrderedDict[str, _V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def get(self, key: str) -> _V | None:
+        return self.get_many([key]).get(key)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, _V]:
+        found: dict[str, _V] = {}
+        with self._lock:
+            for key in keys:
+                value = self._values.get(key)
+                if value is not None:
+                    self._values.move_to_end(key)
+                    found[key] = value
+        return found
+
+    def put(self, key: str, value: _V) -> None:
+        self.put_many({key: value})
+
+    def put_many(self, values: Mapping[str, _V]) -> None:
+        with self._lock:
+            self._values.update(values)
+            for key in values:
+                self._values.move_to_end(key)
+            while len(self._values) > self.limit:
+                self._values.popitem(last=False)
+
+
+class _Kept:
+    """Lists and expanded vectors read while the catalog's token of list writes was `token`."""
+
+    def __init__(self, token: str, checked_at: float) -> None:
+        self.token = token
+        self.checked_at = checked_at  # when the token was last read (monotonic)
+        self.lists: _LRU[Neighbours] = _LRU(CACHE_LISTS)
+        self.vectors: _LRU[np.ndarray] = _LRU(CACHE_VECTORS)

@@ -16,7 +16,8 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -40,7 +41,17 @@ MIN_SEARCH_K_PER_CANDIDATE = 8
 # 300k, 0.83 at 1M, where 800 recall 0.9985 (x4 for x10 images: 10 ** 0.6 = 3.98).
 BUDGET_REFERENCE = 100_000
 BUDGET_GROWTH = 0.6
+# Keyword rankings kept per index snapshot (see `ranked_by_classes`): the best RANKED_PAGES
+# times what was asked, up to RANKED_DEPTH images, of each of the last RANKED_ENTRIES class
+# weightings asked (a few KB each); a ranking asked deeper than RANKED_MAX_DEPTH (a far page)
+# is worked out each time, not kept.
+RANKED_ENTRIES = 256
+RANKED_DEPTH = 400
+RANKED_PAGES = 4
+RANKED_MAX_DEPTH = 4_000
 _T = TypeVar("_T")
+# A keyword ranking: (image id, score), best first.
+_Ranking = list[tuple[str, float]]
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,11 @@ class Index(SearchIndex):
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        # (snapshot, {weights: (ranking, whether it lists every image scored)}), LRU order.
+        self._ranked: tuple[
+            _Snapshot, OrderedDict[tuple[tuple[int, float], ...], tuple[_Ranking, bool]]
+        ] = (self._snapshot, OrderedDict())
+        self._ranked_lock = threading.Lock()
 
     @property
     def manifest(self) -> Manifest:
@@ -265,20 +281,80 @@ class Index(SearchIndex):
     def ranked_by_classes(
         self, weights: Mapping[int, float], k: int, *, exclude: Collection[str] = ()
     ) -> list[tuple[str, float]]:
-        """The `k` images with the highest sum of weight x class probability (> 0), best first."""
+        """The `k` images with the highest sum of weight x class probability (> 0), best first
+        (equal scores in shard and row order), `exclude`d ids skipped.
+
+        The best few pages of a weighting are kept with the snapshot they were ranked on
+        (LRU, RANKED_ENTRIES): the same weights asked again on the same snapshot (the next
+        page, another user's same words, a search's own second look at its classes) skip the
+        posting-list merge. A new snapshot (a publication, a removal applied) starts afresh,
+        so a kept ranking is never older than the index it answers from."""
         weights = {int(c): float(w) for c, w in weights.items() if w > 0}
         if not weights:
             return []
+        snapshot = self._snapshot
         wanted = k + len(exclude)
+        key = tuple(sorted(weights.items()))
+        kept = self._kept_ranking(snapshot, key)
+        if kept is None or (len(kept[0]) < wanted and not kept[1]):
+            # Deeper than asked, for the next pages (a first page of 20 keeps four pages);
+            # a far page, or a weighting asked once deeper, is merged again.
+            depth = max(wanted, min(RANKED_DEPTH, RANKED_PAGES * wanted))
+            ranking = _ranked(snapshot.shards, weights, depth)
+            kept = (ranking, len(ranking) < depth)
+            if depth <= RANKED_MAX_DEPTH:
+                self._keep_ranking(snapshot, key, kept)
+        best: list[tuple[str, float]] = []
+        for image_id, score in kept[0]:
+            if image_id in exclude:
+                continue
+            best.append((image_id, score))
+            if len(best) == k:
+                break
+        return best
 
-        def rank(shard: Shard) -> tuple[list[str], np.ndarray]:
-            rows, scores = shard.class_scores(weights)
-            if len(rows) > wanted:
-                best = np.argpartition(-scores, wanted - 1)[:wanted]
-                rows, scores = rows[best], scores[best]
-            return [shard.ids[row] for row in rows], scores
+    def _kept_ranking(
+        self, snapshot: _Snapshot, key: tuple[tuple[int, float], ...]
+    ) -> tuple[_Ranking, bool] | None:
+        with self._ranked_lock:
+            ranked_on, rankings = self._ranked
+            if ranked_on is not snapshot:
+                return None
+            kept = rankings.get(key)
+            if kept is not None:
+                rankings.move_to_end(key)
+            return kept
 
-        return _best(self._map_shards(rank), k, exclude, ascending=False)
+    def _keep_ranking(
+        self,
+        snapshot: _Snapshot,
+        key: tuple[tuple[int, float], ...],
+        kept: tuple[_Ranking, bool],
+    ) -> None:
+        if RANKED_ENTRIES <= 0:
+            return
+        with self._ranked_lock:
+            if self._ranked[0] is not snapshot:
+                if snapshot is not self._snapshot:
+                    return  # ranked on a snapshot already replaced: nobody asks it again
+                self._ranked = (snapshot, OrderedDict())
+            rankings = self._ranked[1]
+            rankings[key] = kept
+            rankings.move_to_end(key)
+            while len(rankings) > RANKED_ENTRIES:
+                rankings.popitem(last=False)
+
+    def class_photo_counts(
+        self, classes: Sequence[int], min_probability: float, cap: int
+    ) -> dict[int, int]:
+        """How many live images give each class at least `min_probability`, up to `cap`:
+        read off each shard's posting-list counts (kept until its removals change)."""
+        shards = self._snapshot.shards
+        if not shards or not classes:
+            return {c: 0 for c in classes}
+        asked = np.asarray(classes, dtype=np.int64)
+        counts = np.sum([s.class_counts(min_probability).counts[asked] for s in shards], axis=0)
+        return dict(zip(asked.tolist(), np.minimum(counts, cap).tolist(), strict=True))
 
     def class_counts(self, min_probability: float) -> list[tuple[int, int, str]]:
         """(class id, images that give it at least `min_probability`, its most probable
@@ -315,6 +391,40 @@ class Index(SearchIndex):
             rows = np.flatnonzero(shard.live)
             for row in rows[::-1] if newest_first else rows:
                 yield shard.ids[row]
+
+
+def _ranked(shards: tuple[Shard, ...], weights: Mapping[int, float], depth: int) -> _Ranking:
+    """The `depth` best images of `shards` by their classes' `weights` (posting lists merged
+    in each shard, then across shards in numpy): highest score first, equal scores in shard
+    and row order; ids looked up for those kept only."""
+    rows, scores = [], []
+    for shard in shards:
+        shard_rows, shard_scores = shard.class_scores(weights)  # rows ascending
+        best = _best_positions(shard_scores, depth)
+        rows.append(shard_rows[best])
+        scores.append(shard_scores[best])
+    merged = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+    best = _best_positions(merged, depth)
+    order = best[np.lexsort((best, -merged[best]))]
+    shard_of = np.repeat(np.arange(len(rows)), [len(r) for r in rows])[order]
+    row_of = np.concatenate(rows)[order] if rows else np.zeros(0, np.int64)
+    return [
+        (shards[shard].ids[row], score)
+        for shard, row, score in zip(
+            shard_of.tolist(), row_of.tolist(), merged[order].tolist(), strict=True
+        )
+    ]
+
+
+def _best_positions(scores: np.ndarray, depth: int) -> np.ndarray:
+    """Positions of the `depth` highest `scores`, ascending; of equal scores at the cut, the
+    first ones (so that a ranking never depends on how a partition fell)."""
+    if len(scores) <= depth:
+        return np.arange(len(scores))
+    cut = np.partition(scores, len(scores) - depth)[len(scores) - depth]
+    above = np.flatnonzero(scores > cut)
+    at_cut = np.flatnonzero(scores == cut)[: depth - len(above)]
+    return np.sort(np.concatenate([above, at_cut]))
 
 
 def _best(

@@ -220,6 +220,7 @@ def _put(store: ObjectStore, key: str, data: bytes) -> str:
     return sha256_of_bytes(data)
 
 
+CLASS_COUNT_THRESHOLDS = 4  # thresholds whose class counts a shard keeps (`class_counts`)
 PROJECTION_CHUNK = 8192  # rows projected at once (a float32 copy of a big shard is GBs)
 
 
@@ -485,7 +486,8 @@ class Shard:
         self._offsets = postings["offsets"]
         self._posting_rows = postings["rows"]
         self._posting_values = postings["values"].astype(np.float32)
-        self._class_counts: tuple[np.ndarray, float, ClassCounts] | None = None
+        # Class counts by threshold, for one deletion mask (`class_counts`).
+        self._class_counts: tuple[np.ndarray, dict[float, ClassCounts]] | None = None
         self.spread = np.load(self._file("spread.npy"))
         self.projection = Projection.from_bytes(self._read("projection.npz"))
         self._forest = AnnoyIndex(self.projection.dims, "euclidean")
@@ -585,10 +587,13 @@ class Shard:
         """Per class: how many live images give it at least `min_probability`, and its most
         probable live image (row, probability; -1 and 0 if none), read off the posting lists
         (sorted most probable first) and kept until the deletion mask changes."""
+        live_mask = self.live
         cached = self._class_counts
-        if cached is not None and cached[0] is self.live and cached[1] == min_probability:
-            return cached[2]
-        live = self.live[self._posting_rows]
+        if cached is None or cached[0] is not live_mask:
+            cached = self._class_counts = (live_mask, {})
+        if min_probability in cached[1]:
+            return cached[1][min_probability]
+        live = live_mask[self._posting_rows]
         strong = np.concatenate(([0], np.cumsum(live & (self._posting_values >= min_probability))))
         starts, ends = self._offsets[:-1], self._offsets[1:]
         live_positions = np.flatnonzero(live)
@@ -601,7 +606,8 @@ class Shard:
             cover_rows=np.where(found, self._posting_rows[at] if len(at) else -1, -1),
             cover_probabilities=np.where(found, self._posting_values[at] if len(at) else 0, 0),
         )
-        self._class_counts = (self.live, min_probability, counts)
+        if len(cached[1]) < CLASS_COUNT_THRESHOLDS:  # the start view's, the chips'
+            cached[1][min_probability] = counts
         return counts
 
     def data(self) -> ShardData:
