@@ -506,8 +506,7 @@ def recall_against_exact(index, queries: np.ndarray, k: int = 10) -> float:
 @pytest.fixture
 def coarse_projection(monkeypatch) -> None:
     """Forests over 24 of the 48 dimensions: Annoy's candidates are then approximate, as a
-    1280-d collection's 128 components make them, and their distances in the projection
-    understate the exact ones."""
+    1280-d collection's 128 components make them."""
     from imgsearch.index import shards
 
     monkeypatch.setattr(shards, "PROJECTED_DIMS", 24)
@@ -534,41 +533,3 @@ def test_the_grown_budget_keeps_recall_as_the_collection_grows(
     grown = recall_against_exact(index, queries)
     assert fixed < 0.9
     assert grown >= 0.99
-
-
-def test_the_re_rank_reads_only_candidates_that_can_be_answers(index_service, monkeypatch):
-    """Candidates further in their projection than the k-th nearest found are never read,
-    and the answers (removed images and `exclude` left out) are those of re-ranking them all."""
-    import imgsearch.index.reader as reader
-    from imgsearch.index import shards
-
-    monkeypatch.setattr(shards, "PROJECTED_DIMS", 40)  # of 48: distances there understate
-
-    ids, vectors = synthetic_ids(400), clustered_vectors(400, seed=13)
-    queue(index_service, ids, vectors)
-    index_service.build_index()
-    forget(index_service, ids[:20])
-    index_service.build_index()
-    index = index_service.parts.index
-    index.candidates = 150
-    read: list[int] = []
-    cosines = reader._cosines
-
-    def counting(shards, rows, vector):
-        read.append(sum(len(part) for part in rows))
-        return cosines(shards, rows, vector)
-
-    monkeypatch.setattr(reader, "_cosines", counting)
-    reads = []
-    for number, query in enumerate(normalise_rows(clustered_vectors(30, seed=14))):
-        exclude = {ids[number * 10 + 25]}
-        read.clear()
-        bounded = index.nearest(query, 10, exclude=exclude)
-        reads.append(sum(read))
-        monkeypatch.setattr(reader, "FIRST_RERANK_FACTOR", 10**6)  # every candidate read
-        everything = index.nearest(query, 10, exclude=exclude)
-        monkeypatch.setattr(reader, "FIRST_RERANK_FACTOR", 3)
-        assert [i for i, _ in bounded] == [i for i, _ in everything]
-        assert np.allclose([d for _, d in bounded], [d for _, d in everything])
-        assert not {i for i, _ in bounded} & (set(ids[:20]) | exclude)
-    assert np.median(reads) < 150 * 0.7

@@ -55,7 +55,7 @@ def test_stored_features_hold_no_subnormal_halves() -> None:
 
 
 def test_half_dot_widens_block_by_block(monkeypatch) -> None:
-    monkeypatch.setattr(shards, "HALF_BLOCK_ELEMENTS", 96 * 7)  # blocks of 7 rows
+    monkeypatch.setattr(shards, "HALF_BLOCK_ELEMENTS", 96 * 7)  # blocks of 7 rows, one short
     rows = halves_of_every_kind(53, 96)
     vector = np.random.default_rng(6).normal(size=96).astype(np.float32)
     expected = rows.astype(np.float32) @ vector

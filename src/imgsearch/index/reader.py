@@ -40,13 +40,6 @@ MIN_SEARCH_K_PER_CANDIDATE = 8
 # 300k, 0.83 at 1M, where 800 recall 0.9985 (x4 for x10 images: 10 ** 0.6 = 3.98).
 BUDGET_REFERENCE = 100_000
 BUDGET_GROWTH = 0.6
-# The exact re-rank first reads the `wanted` x FIRST_RERANK_FACTOR candidates nearest in their
-# shards' projections: the `wanted`-th exact distance among them bounds the answers' distances,
-# and a candidate further than that in its projection (which never overstates a distance) is
-# never read. BOUND_SLACK (Euclidean, on unit vectors) covers the float16 rounding of the stored
-# features, which the projection's distances were not computed from.
-FIRST_RERANK_FACTOR = 3
-BOUND_SLACK = 2e-3
 _T = TypeVar("_T")
 
 
@@ -233,8 +226,11 @@ class Index(SearchIndex):
                     math.ceil(search_k * growth * share), per_shard * MIN_SEARCH_K_PER_CANDIDATE
                 )
             found.append(shard.candidates_of_projected(projected, per_shard, search_k))
-        rows, distances = _rerank_bounded(snapshot.shards, found, vector, wanted)
-        return _best_candidates(distances, snapshot.shards, rows, k, exclude)
+        # One product over every shard's candidates: the exact re-rank costs one numpy call,
+        # whatever the number of shards.
+        cosine = _cosines(snapshot.shards, found, vector)
+        distances = np.clip(1.0 - cosine, 0.0, 2.0)
+        return _best_candidates(distances, snapshot.shards, found, k, exclude)
 
     def _exact_nearest(
         self, vector: np.ndarray, k: int, exclude: Collection[str]
@@ -316,54 +312,6 @@ class Index(SearchIndex):
             rows = np.flatnonzero(shard.live)
             for row in rows[::-1] if newest_first else rows:
                 yield shard.ids[row]
-
-
-def _rerank_bounded(
-    shards: tuple[Shard, ...],
-    found: list[tuple[np.ndarray, np.ndarray]],
-    vector: np.ndarray,
-    wanted: int,
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """The candidates that can be among the `wanted` nearest and their exact cosine distances:
-    of each shard's candidates (rows, distances in its projection, nearest first), a leading
-    run; the distances in shard order. The same `wanted` nearest as re-ranking every candidate,
-    for the reads of a few (see FIRST_RERANK_FACTOR)."""
-    bounds = np.concatenate([shard_bounds for _, shard_bounds in found])
-    if len(bounds) == 0:
-        return [rows for rows, _ in found], np.zeros(0, np.float32)
-    first_count = min(len(bounds), wanted * FIRST_RERANK_FACTOR)
-    nearest_bound = np.partition(bounds, first_count - 1)[first_count - 1]
-    firsts = [int(np.searchsorted(b, nearest_bound, side="right")) for _, b in found]
-    first = _cosines(
-        shards, [rows[:end] for (rows, _), end in zip(found, firsts, strict=True)], vector
-    )
-    # The `wanted`-th nearest read so far, as a Euclidean distance (the projections' measure).
-    kth = len(first) - min(wanted, len(first))  # position of the `wanted`-th highest cosine
-    kth_cosine = float(np.partition(first, kth)[kth])
-    reach = math.sqrt(max(0.0, float(vector @ vector) + 1.0 - 2.0 * kth_cosine)) + BOUND_SLACK
-    ends = [
-        max(start, int(np.searchsorted(b, reach, side="right")))
-        for (_, b), start in zip(found, firsts, strict=True)
-    ]
-    rest = _cosines(
-        shards,
-        [rows[start:end] for (rows, _), start, end in zip(found, firsts, ends, strict=True)],
-        vector,
-    )
-    # Per shard: its first-read run, then its run read second.
-    cosine = np.concatenate(
-        [
-            part
-            for first_part, rest_part in zip(
-                np.split(first, np.cumsum(firsts)[:-1]),
-                np.split(rest, np.cumsum(np.subtract(ends, firsts))[:-1]),
-                strict=True,
-            )
-            for part in (first_part, rest_part)
-        ]
-    )
-    distances = np.clip(1.0 - cosine, 0.0, 2.0)
-    return [rows[:end] for (rows, _), end in zip(found, ends, strict=True)], distances
 
 
 def _cosines(shards: tuple[Shard, ...], rows: list[np.ndarray], vector: np.ndarray) -> np.ndarray:
