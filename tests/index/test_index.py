@@ -573,3 +573,43 @@ def test_the_candidate_budget_grows_with_the_collection(index_service, monkeypat
     assert reader.budget_growth(240) == 4**reader.BUDGET_GROWTH
     assert sum(asked) >= at_reference * 4**reader.BUDGET_GROWTH - len(asked)
     assert sum(asked) > at_reference
+
+
+def recall_against_exact(index, queries: np.ndarray, k: int = 10) -> float:
+    found = 0
+    for query in queries:
+        exact = {i for i, _ in index.nearest(query, k, exact=True)}
+        found += len(exact & {i for i, _ in index.nearest(query, k)})
+    return found / (k * len(queries))
+
+
+@pytest.fixture
+def coarse_projection(monkeypatch) -> None:
+    """Forests over 24 of the 48 dimensions: Annoy's candidates are then approximate, as a
+    1280-d collection's 128 components make them."""
+    from imgsearch.index import shards
+
+    monkeypatch.setattr(shards, "PROJECTED_DIMS", 24)
+
+
+def test_the_grown_budget_keeps_recall_as_the_collection_grows(
+    index_service, coarse_projection, monkeypatch
+) -> None:
+    """A budget that recalls the exact neighbours in a collection of BUDGET_REFERENCE images
+    recalls fewer in one 8 times bigger, unless it grows with it (reader.budget_growth)."""
+    import imgsearch.index.reader as reader
+
+    vectors = clustered_vectors(800, seed=11)
+    queue(index_service, synthetic_ids(800), vectors)
+    index_service.build_index()
+    index_service.parts.builder.writer.merger.merge_all()  # one shard of 800, as tiers do
+    index = index_service.parts.index
+    index.refresh(force=True)
+    index.candidates = 30
+    queries = normalise_rows(clustered_vectors(40, seed=12))
+    monkeypatch.setattr(reader, "BUDGET_REFERENCE", 800)  # as if 800 were the reference
+    fixed = recall_against_exact(index, queries)
+    monkeypatch.setattr(reader, "BUDGET_REFERENCE", 100)  # 8x the reference: x3.5 candidates
+    grown = recall_against_exact(index, queries)
+    assert fixed < 0.9
+    assert grown >= 0.99

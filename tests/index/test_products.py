@@ -52,3 +52,12 @@ def test_stored_features_hold_no_subnormal_halves() -> None:
     normal = np.abs(features) >= 2**-14
     np.testing.assert_array_equal(stored[normal], features[normal].astype(np.float16))
     assert np.all(stored[~normal] == 0)
+
+
+def test_half_dot_widens_block_by_block(monkeypatch) -> None:
+    monkeypatch.setattr(shards, "HALF_BLOCK_ELEMENTS", 96 * 7)  # blocks of 7 rows, one short
+    rows = halves_of_every_kind(53, 96)
+    vector = np.random.default_rng(6).normal(size=96).astype(np.float32)
+    expected = rows.astype(np.float32) @ vector
+    np.testing.assert_allclose(half_dot(rows, vector), expected, rtol=1e-6, atol=1e-6)
+    assert half_dot(rows[:0], vector).shape == (0,)

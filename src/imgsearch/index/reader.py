@@ -242,12 +242,9 @@ class Index(SearchIndex):
                     math.ceil(search_k * growth * share), per_shard * MIN_SEARCH_K_PER_CANDIDATE
                 )
             found.append(shard.candidates_of_projected(projected, per_shard, search_k))
-        gathered = [
-            shard.features[rows] for shard, rows in zip(snapshot.shards, found, strict=True)
-        ]
         # One product over every shard's candidates: the exact re-rank costs one numpy call,
         # whatever the number of shards.
-        cosine = half_dot(np.concatenate(gathered), vector)
+        cosine = _cosines(snapshot.shards, found, vector)
         distances = np.clip(1.0 - cosine, 0.0, 2.0)
         return _best_candidates(distances, snapshot.shards, found, k, exclude)
 
@@ -425,6 +422,20 @@ def _best_positions(scores: np.ndarray, depth: int) -> np.ndarray:
     above = np.flatnonzero(scores > cut)
     at_cut = np.flatnonzero(scores == cut)[: depth - len(above)]
     return np.sort(np.concatenate([above, at_cut]))
+
+
+def _cosines(shards: tuple[Shard, ...], rows: list[np.ndarray], vector: np.ndarray) -> np.ndarray:
+    """`vector`'s products with the stored features of each shard's `rows`, in shard order:
+    gathered into one array, multiplied at once."""
+    total = sum(len(part) for part in rows)
+    if total == 0:
+        return np.zeros(0, np.float32)
+    gathered = np.empty((total, shards[0].dim), shards[0].features.dtype)
+    position = 0
+    for shard, part in zip(shards, rows, strict=True):
+        np.take(shard.features, part, axis=0, out=gathered[position : position + len(part)])
+        position += len(part)
+    return half_dot(gathered, vector)
 
 
 def _best(

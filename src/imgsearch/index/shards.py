@@ -62,6 +62,13 @@ def serial_matvec(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
     return out
 
 
+# Rows of float16 features widened at once by `half_dot`: 256 x 1280 as int32 is 1.3 MB, which
+# stays in a core's cache (2 MB here) between the widening and the product; a query's 800
+# candidates at once would be 4 MB, streamed through memory three times (measured: 0.51 against
+# 0.60 ms for 800 rows; the same time up to 256).
+HALF_BLOCK_ELEMENTS = 256 * 1280
+
+
 def half_dot(rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """`rows @ vector` (float32) for float16 `rows` [n, d] of finite values and a float32
     `vector` [d]: the exact re-rank's product.
@@ -70,14 +77,20 @@ def half_dot(rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
     dimensions, 90% of the re-rank); widening the bits with three vectorised integer operations
     and scaling the vector instead costs a tenth of that, for the same float32 products. (A
     subnormal half stays subnormal as a single and costs the CPU a microcode assist:
-    `half_features` stores none.)"""
+    `_normal_halves` stores none.)"""
     vector = vector.astype(np.float32)
     if rows.dtype != np.float16:
         return serial_matvec(np.ascontiguousarray(rows, np.float32), vector)
-    bits = rows.view(np.int16).astype(np.int32)
-    bits <<= np.int32(_HALF_BITS_SHIFT)
-    bits &= _HALF_BITS_MASK
-    return serial_matvec(bits.view(np.float32), vector * _HALF_BITS_SCALE)
+    halves = rows.view(np.int16)
+    scaled = vector * _HALF_BITS_SCALE
+    block = max(1, HALF_BLOCK_ELEMENTS // max(1, rows.shape[1]))
+    out = np.empty(len(rows), np.float32)
+    for start in range(0, len(rows), block):
+        bits = halves[start : start + block].astype(np.int32)
+        bits <<= np.int32(_HALF_BITS_SHIFT)
+        bits &= _HALF_BITS_MASK
+        np.matmul(bits.view(np.float32), scaled, out=out[start : start + len(bits)])
+    return out
 
 
 def _normal_halves(features: np.ndarray) -> np.ndarray:
