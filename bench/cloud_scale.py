@@ -576,6 +576,7 @@ class Run:
     backlog_images: int = 0
     backlog_ingest_model: float = 0.0
     backlog_build_model: float = 0.0
+    backlog_builds: int = 0
     batches: int = 0
     cold: dict[str, tuple[float, Tally]] = field(default_factory=dict)
     cold_model: dict[str, float] = field(default_factory=dict)
@@ -747,15 +748,25 @@ def sustained_ingest(
     sample = photos()[skip : skip + count]
     held = Lease(embed.service.parts.catalog.table, "indexer", LEASE_SECONDS)
     assert held.acquire(), "the index lease should be free between batches"
-    before = (result.ingest_model, result.build_model, result.heartbeats_on_lambda)
-    with wire.counting(result.backlog):
-        with held.heartbeat():
-            for start in range(0, len(sample), batch):
-                for key, data in sample[start : start + batch]:
-                    s3.put_object(Bucket=BUCKET, Key=f"images/backlog/{key}", Body=data)
+    before = (
+        result.ingest_model,
+        result.build_model,
+        result.heartbeats_on_lambda,
+        result.publish_model,
+        result.builds,
+    )
+    with held.heartbeat():
+        for start in range(0, len(sample), batch):
+            for key, data in sample[start : start + batch]:
+                s3.put_object(Bucket=BUCKET, Key=f"images/backlog/{key}", Body=data)
+            with wire.counting(result.backlog):
                 while poller.poll(batch) is not None:
                     pass
-        held.release()
+    held.release()
+    with wire.counting(result.backlog):
+        # The builder ingested at most its own batch of what it builds: the embeddings of the
+        # others' images are read from the bucket, not from its memory (here: all of them).
+        embed.service.parts.catalog._fresh_embeddings.clear()
         report = embed.handler(scheduled_event(), FakeContext())
     if report["added"] != len(sample):
         print(f"  backlog: {report['added']} of {len(sample)} built at once: {report}")
@@ -765,7 +776,14 @@ def sustained_ingest(
     renewals = result.heartbeats_on_lambda - before[2]
     result.backlog.requests["PutItem"] += renewals
     result.backlog.write_units += renewals
-    result.ingest_model, result.build_model, result.heartbeats_on_lambda = before
+    result.backlog_builds = result.builds - before[4]
+    (
+        result.ingest_model,
+        result.build_model,
+        result.heartbeats_on_lambda,
+        result.publish_model,
+        result.builds,
+    ) = before
 
 
 def multipart_file(data: bytes) -> tuple[bytes, dict[str, str]]:
@@ -799,18 +817,20 @@ def timed_service(service: ImageSearch, result: Run, wire: Wire) -> None:
             result.ingest_model += cpu_since(cpu) + wire.waited_since(mark)
 
     def timed_recover(*a: Any, **kw: Any) -> Any:
-        # With the template's concurrency, most of the images a build takes were ingested by
-        # other functions: their embeddings are read from the bucket, not from this one's
-        # memory (the worst case: all of them).
-        service.parts.catalog._fresh_embeddings.clear()
         began, cpu, mark = time.perf_counter(), function_cpu(), wire.mark()
+        report = None
         try:
-            return recover(*a, **kw)
+            report = recover(*a, **kw)
+            return report
         finally:
             modelled = cpu_since(cpu) + wire.waited_since(mark)
-            result.build_seconds += time.perf_counter() - began
-            result.build_model += modelled
-            result.heartbeats_on_lambda += heartbeats_on_lambda(modelled)
+            if report is not None and report.busy:  # another function builds: this one ingests
+                result.ingest_seconds += time.perf_counter() - began
+                result.ingest_model += modelled
+            else:
+                result.build_seconds += time.perf_counter() - began
+                result.build_model += modelled
+                result.heartbeats_on_lambda += heartbeats_on_lambda(modelled)
 
     writer = service.parts.builder.writer
     publish = writer.publish
@@ -872,7 +892,7 @@ def report(runs: list[Run]) -> None:
         n = r.backlog_images
         detail = ", ".join(f"{op} {c / n:.2f}" for op, c in r.backlog.requests.most_common())
         print(
-            f"\n{r.engine} {r.size:,}, sustained (a backlog of {n} built at once): "
+            f"\n{r.engine} {r.size:,}, sustained (a backlog of {n}, {r.backlog_builds} builds): "
             f"ingest {r.backlog_ingest_model / n:.3f} s, build {r.backlog_build_model / n:.3f} s "
             f"per image (Lambda) -> {rate_of(r, concurrency):.1f} images/s; "
             f"{sum(r.backlog.requests.values()) / n:.1f} requests per image: {detail}"

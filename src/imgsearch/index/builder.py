@@ -170,6 +170,7 @@ class BuildReport:
     shard_builds: int = 0
     busy: bool = False  # another builder held the lease; it will do our work
     out_of_time: bool = False  # the budget ran out with work still queued: left for the next
+    drained: bool = False  # the queue was found empty after the last build (metrics need not ask)
 
 
 BATCH_SIZE = 1000  # work items one pass of the builder takes from the queue, at most
@@ -238,6 +239,7 @@ class IndexBuilder:
             if report.out_of_time or (until is not None and until()):
                 break
             if not self.catalog.has_pending():
+                report.drained = True
                 break
         if report.batches:
             self.collect_garbage()
