@@ -577,6 +577,7 @@ class Run:
     backlog_ingest_model: float = 0.0
     backlog_build_model: float = 0.0
     backlog_builds: int = 0
+    backlog_invocations: int = 0
     batches: int = 0
     cold: dict[str, tuple[float, Tally]] = field(default_factory=dict)
     cold_model: dict[str, float] = field(default_factory=dict)
@@ -763,13 +764,21 @@ def sustained_ingest(
                 while poller.poll(batch) is not None:
                     pass
     held.release()
+    built = 0
     with wire.counting(result.backlog):
         # The builder ingested at most its own batch of what it builds: the embeddings of the
         # others' images are read from the bucket, not from its memory (here: all of them).
         embed.service.parts.catalog._fresh_embeddings.clear()
-        report = embed.handler(scheduled_event(), FakeContext())
-    if report["added"] != len(sample):
-        print(f"  backlog: {report['added']} of {len(sample)} built at once: {report}")
+        # A build stops within its time budget, which goes by the wall clock (moto's here):
+        # what it leaves, the next invocations build, as the schedule's would.
+        for _ in range(10):
+            report = embed.handler(scheduled_event(), FakeContext())
+            built += report["added"]
+            result.backlog_invocations += 1
+            if not report["out_of_time"]:
+                break
+    if built != len(sample):
+        print(f"  backlog: {built} of {len(sample)} built: {report}")
     result.backlog_images = len(sample)
     result.backlog_ingest_model = result.ingest_model - before[0]
     result.backlog_build_model = result.build_model - before[1]
@@ -892,7 +901,8 @@ def report(runs: list[Run]) -> None:
         n = r.backlog_images
         detail = ", ".join(f"{op} {c / n:.2f}" for op, c in r.backlog.requests.most_common())
         print(
-            f"\n{r.engine} {r.size:,}, sustained (a backlog of {n}, {r.backlog_builds} builds): "
+            f"\n{r.engine} {r.size:,}, sustained (a backlog of {n}: {r.backlog_builds} builds in "
+            f"{r.backlog_invocations} invocations): "
             f"ingest {r.backlog_ingest_model / n:.3f} s, build {r.backlog_build_model / n:.3f} s "
             f"per image (Lambda) -> {rate_of(r, concurrency):.1f} images/s; "
             f"{sum(r.backlog.requests.values()) / n:.1f} requests per image: {detail}"
@@ -1207,8 +1217,9 @@ def main() -> None:
     parser.add_argument(
         "--backlog",
         type=int,
-        default=40,
-        help="more photos ingested while the lease is held, then built at once (sustained)",
+        default=60,
+        help="more photos ingested while the lease is held, then built (sustained ingest; "
+        "under 50 images/s of load the queue holds more during a build: conservative)",
     )
     parser.add_argument("--queries", type=int, default=30, help="per kind")
     parser.add_argument("--latency-scale", type=float, default=1.0)
