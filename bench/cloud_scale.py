@@ -88,6 +88,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "bench"), str(REPO / "tests")]
 
 import boto3  # noqa: E402
+import botocore.config  # noqa: E402
 from cloud_synthetic import Collection, image_ids, serve_from_outside  # noqa: E402
 from index_scale import real_embeddings, synthesise, synthetic_record  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
@@ -116,6 +117,11 @@ from imgsearch.overview import complete_near_copies  # noqa: E402
 from imgsearch.service import ImageSearch  # noqa: E402
 from imgsearch.storage import Put  # noqa: E402
 from imgsearch.storage.aws_resources import create_bucket, create_tables, load_template  # noqa: E402
+
+# moto (one process) on a loaded machine may take longer than botocore's 60 s to answer one of
+# the requests a build sends at once (a backlog's BatchGetItem timed out at a load of 90): the
+# clients the functions make wait longer here. Nothing of it is counted as Lambda's time.
+botocore.config.Config.OPTION_DEFAULTS["read_timeout"] = 600
 
 BUCKET = "imgsearch-scale"
 VECTOR_BUCKET = "imgsearch-scale-vectors"
