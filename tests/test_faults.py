@@ -190,8 +190,9 @@ def assert_consistent(service: ImageSearch) -> None:
 UPLOAD_KILL_POINTS = {
     "after_original": ("imgsearch.catalog.Catalog", "put_original", "after"),
     "after_embedding": ("imgsearch.catalog.Catalog", "put_embedding", "after"),
-    # The last write before the key's, which creates the image record with it.
-    "after_thumbnail": ("imgsearch.catalog.Catalog", "put_thumbnail", "after"),
+    # The derived files (embedding, thumbnails: written at once), the last write before the
+    # key's, which creates the image record with it.
+    "after_derived": ("imgsearch.catalog.Catalog", "put_derived", "after"),
     "after_key": ("imgsearch.catalog.Catalog", "put_key", "after"),
 }
 
@@ -230,7 +231,7 @@ def test_an_upload_killed_midway_is_finished_by_a_server_already_running(
     try:
         photo = REPO / "demo" / "pizza" / "image_0002.jpg"
         # Killed before the key's write: only a recovery makes the key.
-        kill_point = UPLOAD_KILL_POINTS["after_thumbnail"]
+        kill_point = UPLOAD_KILL_POINTS["after_derived"]
         run_until_killed(data_dir, kill_point, f"add=pizza/new.jpg={photo}")
         deadline = time.monotonic() + 60
         record = serving.find_key("pizza/new.jpg")
@@ -296,7 +297,7 @@ def test_imgsearch_serve_finishes_what_a_crash_left_while_it_serves(
     gone = demo_collection(data_dir, embedder, vocabulary).find_key("pizza/image_0001.jpg").id
     run_until_killed(data_dir, DELETE_KILL_POINTS["before_build"], "remove=pizza/image_0001.jpg")
     photo = REPO / "demo" / "lotus" / "image_0002.jpg"
-    run_until_killed(data_dir, UPLOAD_KILL_POINTS["after_thumbnail"], f"add=lotus/new.jpg={photo}")
+    run_until_killed(data_dir, UPLOAD_KILL_POINTS["after_derived"], f"add=lotus/new.jpg={photo}")
 
     port = free_port()
     server = subprocess.Popen(
@@ -888,10 +889,10 @@ from imgsearch.config import Settings
 from imgsearch.service import ImageSearch
 
 bulk.BUILD_EVERY = 3
-real = Catalog.put_thumbnail  # once per new image, before its record
+real = Catalog.put_derived  # once per new image, before its record
 created = 0
 
-def dying(self, image_id, *thumbnails):
+def dying(self, image_id, *derived, **options):
     global created
     created += 1
     if created == int(sys.argv[3]):  # once a first batch is published (built meanwhile)
@@ -899,9 +900,9 @@ def dying(self, image_id, *thumbnails):
         while service.count() < 3 and time.monotonic() < published:
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGKILL)
-    return real(self, image_id, *thumbnails)
+    return real(self, image_id, *derived, **options)
 
-Catalog.put_thumbnail = dying
+Catalog.put_derived = dying
 service = ImageSearch(Settings(data_dir=Path(sys.argv[1]), shard_size=4, decode_workers=0))
 bulk.ingest_tree(service, Path(sys.argv[2]), workers=2)
 """

@@ -35,6 +35,7 @@ from imgsearch.storage import (
     Storage,
     TooMuchContention,
     Write,
+    in_parallel,
     retry_on_conflict,
 )
 from imgsearch.storage.validation import MAX_TRANSACT_WRITES, validate_key
@@ -334,10 +335,25 @@ class Catalog:
             expires=expires,
         )
 
-    def put_thumbnail(self, image_id: str, jpeg: bytes, tile: bytes) -> None:
-        """Store an image's thumbnail and its tile thumbnail (a WebP for small tiles)."""
-        self.objects.put(thumbnail_key(image_id), jpeg, content_type="image/jpeg")
-        self.put_tile(image_id, tile)
+    def put_derived(
+        self,
+        image_id: str,
+        features: np.ndarray,
+        probabilities: np.ndarray,
+        thumbnail: bytes,
+        tile: bytes,
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        """Store what ingest derives from an image (its embedding, its thumbnail and its tile
+        thumbnail, a WebP for small tiles), the three writes sent at once: over the network
+        each waits for a round trip, and none depends on another."""
+        writes: list[Callable[[], object]] = [
+            lambda: self.put_embedding(image_id, features, probabilities, overwrite=overwrite),
+            lambda: self.objects.put(thumbnail_key(image_id), thumbnail, content_type="image/jpeg"),
+            lambda: self.put_tile(image_id, tile),
+        ]
+        in_parallel(lambda write: write(), writes)
 
     def put_tile(self, image_id: str, webp: bytes) -> None:
         self.objects.put(tile_key(image_id), webp, content_type="image/webp")

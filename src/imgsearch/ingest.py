@@ -406,10 +406,14 @@ class Ingestor:
             return
         log.warning("%s: its embedding or thumbnail was lost; computed again", key)
         embedding = self.embedder.embed(decoded.image)
-        self.catalog.put_embedding(
-            record.id, embedding.features, embedding.probabilities, overwrite=True
+        self.catalog.put_derived(
+            record.id,
+            embedding.features,
+            embedding.probabilities,
+            _thumbnail(decoded),
+            _tile(decoded),
+            overwrite=True,
         )
-        self.catalog.put_thumbnail(record.id, _thumbnail(decoded), _tile(decoded))
 
     def _stored_original(self, key: str) -> bytes | None:
         try:
@@ -536,8 +540,9 @@ class Ingestor:
         )
         if previous is None:
             # What is derived first, so that no reader finds a record without it.
-            self.catalog.put_embedding(image_id, embedding.features, embedding.probabilities)
-            self.catalog.put_thumbnail(image_id, thumbnail, tile)
+            self.catalog.put_derived(
+                image_id, embedding.features, embedding.probabilities, thumbnail, tile
+            )
         else:  # the same bytes come back after being removed
             revived = False
 
@@ -550,10 +555,14 @@ class Ingestor:
             if not revived:
                 return stored or record, False
             # After the record: the removal may still be deleting the old derived files.
-            self.catalog.put_embedding(
-                image_id, embedding.features, embedding.probabilities, overwrite=True
+            self.catalog.put_derived(
+                image_id,
+                embedding.features,
+                embedding.probabilities,
+                thumbnail,
+                tile,
+                overwrite=True,
             )
-            self.catalog.put_thumbnail(image_id, thumbnail, tile)
         return record, True  # the caller queues it, with the key's write
 
     def _attach(self, image_id: str, key: str) -> None:

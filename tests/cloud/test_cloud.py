@@ -233,7 +233,9 @@ def test_images_become_searchable_votes_rerank_and_deletions_leave(cloud: Cloud)
     assert cloud.api.request("GET", "/api/health").json()["images"] == 3
 
 
-REQUESTS_PER_IMAGE = 15  # issue 15's bound, amortised over a batch
+# Issue 15's bound is 15, amortised over a batch; measured here (2026-12-02): 11.5 and 13.5,
+# with a lease renewal or two (one every 5 s of a build, wall clock) of room.
+REQUESTS_PER_IMAGE = {"annoy": 12.0, "s3vectors": 14.0}
 CATEGORIES = ("elephant", "pizza", "chair", "lotus", "watch", "camera", "accordion", "brain")
 
 
@@ -272,7 +274,7 @@ def aws_requests() -> Iterator[RequestCounter]:
 
 @pytest.mark.model  # the functions load the model
 @pytest.mark.parametrize("cloud", ["annoy", "s3vectors"], indirect=True)
-def test_a_batch_costs_at_most_15_aws_requests_per_image(
+def test_a_batch_costs_at_most_12_or_14_aws_requests_per_image(
     aws_requests: RequestCounter, cloud: Cloud
 ) -> None:
     """Every AWS request the real handlers (and the queue's poller, as Lambda's) send for a
@@ -293,7 +295,8 @@ def test_a_batch_costs_at_most_15_aws_requests_per_image(
     assert cloud.queue.poll() is None  # nothing left for another invocation
     assert cloud.api.request("GET", "/api/health").json()["images"] == 3 * batch
     per_image = sum(counted.values()) / batch
-    assert per_image <= REQUESTS_PER_IMAGE, dict(counted.most_common())
+    bound = REQUESTS_PER_IMAGE[get_settings().vector_engine]
+    assert per_image <= bound, dict(counted.most_common())
 
 
 @pytest.mark.model  # the functions load the model

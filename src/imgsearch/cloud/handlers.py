@@ -45,7 +45,7 @@ from imgsearch.cloud.metrics import (
 )
 from imgsearch.cloud.s3_events import parse_s3_records
 from imgsearch.config import get_settings
-from imgsearch.results import Preloadable
+from imgsearch.results import BuildReport, Preloadable
 from imgsearch.service import ImageSearch
 
 # Structured JSON logs; the service name comes from POWERTOOLS_SERVICE_NAME (one per function).
@@ -100,7 +100,7 @@ def drain_index(service: ImageSearch, context: LambdaContext | None) -> dict[str
     build_seconds = time.perf_counter() - started
     logger.info("index built on schedule", extra=asdict(report))
     # The index lag alarm's metric, also when no image arrives to report it.
-    record_batch([], report, build_seconds, service.index_backlog(limit=PENDING_COUNT_LIMIT))
+    record_batch([], report, build_seconds, _backlog(service, report))
     return asdict(report)
 
 
@@ -129,9 +129,15 @@ def process_image_events(
     report = service.recover(budget=build_budget(service, context))
     build_seconds = time.perf_counter() - started
     logger.info("index built", extra=asdict(report))
-    pending = service.index_backlog(limit=PENDING_COUNT_LIMIT)
+    pending = _backlog(service, report)
     record_batch(outcomes, report, build_seconds, pending)
     return response
+
+
+def _backlog(service: ImageSearch, report: BuildReport) -> int:
+    """The index lag for the metrics: none if the build just found the queue empty (one
+    Query a batch fewer), else counted."""
+    return 0 if report.drained else service.index_backlog(limit=PENDING_COUNT_LIMIT)
 
 
 def apply_message(service: ImageSearch, record: SQSRecord, max_receives: int) -> list[str]:

@@ -35,7 +35,7 @@ from imgsearch.index.shard_writer import ShardWriter
 from imgsearch.index.shards import ShardData, normalise_rows
 from imgsearch.integrity import DamagedFile
 from imgsearch.owners import new_owner, owner_is_alive
-from imgsearch.storage import NotFound, PreconditionFailed, StorageError, Table
+from imgsearch.storage import NotFound, PreconditionFailed, StorageError, Table, in_parallel
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,7 @@ class BuildReport:
     shard_builds: int = 0
     busy: bool = False  # another builder held the lease; it will do our work
     out_of_time: bool = False  # the budget ran out with work still queued: left for the next
+    drained: bool = False  # the queue was found empty after the last build (metrics need not ask)
 
 
 BATCH_SIZE = 1000  # work items one pass of the builder takes from the queue, at most
@@ -238,6 +239,7 @@ class IndexBuilder:
             if report.out_of_time or (until is not None and until()):
                 break
             if not self.catalog.has_pending():
+                report.drained = True
                 break
         return report
 
@@ -270,16 +272,19 @@ class IndexBuilder:
     def _apply(self, batch: list[PendingItem], report: BuildReport, lease: Lease) -> None:
         for _ in range(5):
             try:
-                added, removed = self._publish(batch, report, lease)
+                added, removed, present = self._publish(batch, report, lease)
                 break
             except PreconditionFailed:
                 log.warning("manifest changed under the builder; retrying the batch")
         else:
             raise RuntimeError("could not publish the manifest: it keeps changing")
-        # Also the images a crashed run indexed without finishing their bookkeeping. (One
-        # question to the engine for the batch: over the network, one request.)
-        present = self.index.present(item.image_id for item in batch if item.op == "add")
-        in_index = [item.image_id for item in batch if item.image_id in present]
+        # Also the images a crashed run indexed without finishing their bookkeeping (those
+        # the engine held before the publication).
+        in_index = [
+            item.image_id
+            for item in batch
+            if item.op == "add" and (item.image_id in present or item.image_id in added)
+        ]
         self.catalog.mark_indexed(in_index)
         # Neighbour lists are written without conditions (in batches): only by a holder, so
         # the lease is checked before each group's write (a long update may outlive it).
@@ -292,8 +297,10 @@ class IndexBuilder:
 
     def _publish(
         self, batch: list[PendingItem], report: BuildReport, lease: Lease
-    ) -> tuple[list[str], dict[str, np.ndarray]]:
-        """Publish the batch through the engine's writer; what it added and removed."""
+    ) -> tuple[set[str], dict[str, np.ndarray], set[str]]:
+        """Publish the batch through the engine's writer; what it added and removed, and
+        which of the batch's additions the engine held already (one question to the engine
+        for the batch: over the network, one request)."""
         self.index.refresh(force=True)
         wanted = {item.image_id: item.op for item in batch}
         present = self.index.present(i for i, op in wanted.items() if op == "add")
@@ -306,7 +313,7 @@ class IndexBuilder:
             if op == "remove" and (vector := self.index.vector(i)) is not None
         }
         if not len(additions) and not removed:
-            return [], {}
+            return set(), {}, present
         # The manifest's compare-and-swap keeps two builders from publishing over each other;
         # the lease check keeps one whose lease lapsed (a frozen sandbox, a long pause) from
         # trying.
@@ -314,27 +321,34 @@ class IndexBuilder:
             additions, list(removed), still_held=lambda: _still_held(lease)
         )
         self.index.refresh(force=True)
-        return list(additions.ids), removed
+        return set(additions.ids), removed, present
 
     def _load_additions(self, image_ids: list[str]) -> ShardData:
+        """The stored embeddings of `image_ids`, read at once: most were ingested by other
+        functions, so each is a request over the network (those that cannot be read are
+        skipped and logged)."""
         ids, features, probabilities = [], [], []
-        for image_id in image_ids:
-            try:
-                vector, probs = self.catalog.embedding(image_id)
-            except NotFound:
-                log.error("image %s queued for the index has no embedding; skipped", image_id)
-                continue
-            except DamagedFile as error:
-                log.error("image %s skipped: %s", image_id, error)
-                continue
-            ids.append(image_id)
-            features.append(vector)
-            probabilities.append(probs)
+        for image_id, embedding in zip(
+            image_ids, in_parallel(self._embedding, image_ids), strict=True
+        ):
+            if embedding is not None:
+                ids.append(image_id)
+                features.append(embedding[0])
+                probabilities.append(embedding[1])
         if not ids:
             return ShardData.empty(self.index.dim, 0)
         return ShardData(
             ids, normalise_rows(np.stack(features)), np.stack(probabilities).astype(np.float16)
         )
+
+    def _embedding(self, image_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        try:
+            return self.catalog.embedding(image_id)
+        except NotFound:
+            log.error("image %s queued for the index has no embedding; skipped", image_id)
+        except DamagedFile as error:
+            log.error("image %s skipped: %s", image_id, error)
+        return None
 
     def reindex(self) -> BuildReport:
         """Rebuild the whole index from the stored embeddings: after a change of index format,
