@@ -515,8 +515,9 @@ class ImageSearch:
         if budget is None:
             budget = self.settings.index_build_seconds
         report = self.parts.builder.run(budget=budget, until=(lambda: True) if one_batch else None)
-        if report.batches:
-            self.parts.builder.collect_garbage()
+        # Whether or not this build published: an upload's request builds its own image and
+        # leaves old builds to the next build_index (the cloud's embed function and schedule).
+        self.parts.builder.collect_garbage()
         self.parts.index.refresh(force=True)
         return report
 
@@ -530,6 +531,7 @@ class ImageSearch:
         before anything else touched the index: the old manifest may be unreadable."""
         self.parts.replace_index(self.parts.unloaded_index())
         report = self.parts.builder.reindex()
+        self.parts.builder.collect_garbage()
         self.parts.index.refresh(force=True)
         return report
 

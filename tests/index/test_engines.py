@@ -27,6 +27,7 @@ from imgsearch.config import Settings
 from imgsearch.index.base import SearchIndex
 from imgsearch.index.s3vectors import COUNTED_PROBABILITY
 from imgsearch.index.shards import normalise_rows, posted_probabilities
+from imgsearch.search import MATCH_PROBABILITY
 from imgsearch.service import ImageSearch
 
 # Both engines build and query hundreds of vectors, S3 Vectors through moto: about 1.5 minutes.
@@ -262,3 +263,9 @@ def test_s3vectors_counts_class_photos_in_its_state(both) -> None:
     assert capped == {c: min(n, 3) for c, n in counts.items()}
     # (from the rankings asked above, kept for this generation)
     assert s3.class_photo_counts(classes, 0.5, 200) == annoy.class_photo_counts(classes, 0.5, 200)
+
+
+def test_s3_vectors_keeps_counts_at_the_threshold_keyword_search_asks() -> None:
+    """Chips ask for photos at MATCH_PROBABILITY: counts kept at another threshold would never
+    be used, and every chip would cost a QueryVectors again."""
+    assert COUNTED_PROBABILITY == MATCH_PROBABILITY

@@ -204,7 +204,9 @@ class Neighbourhoods:
         self.catalog.put_neighbour_lists(changed, expanded)
         for image_id in removed:
             self.catalog.delete_neighbours(image_id)
-        self.catalog.mark_lists_changed()  # after the writes: see `_current`
+        # After the writes (see `_current`), and even when nothing changed here: the re-run
+        # of a batch whose process died before this line finds its lists written already.
+        self.catalog.mark_lists_changed()
         self._forget()
 
     def _expanded(self, lists: Mapping[str, Neighbours]) -> dict[str, np.ndarray]:

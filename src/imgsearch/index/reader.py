@@ -263,7 +263,7 @@ class Index(SearchIndex):
                 rows, distances = rows[best], distances[best]
             return [shard.ids[row] for row in rows], distances
 
-        return _best(self._map_shards(search), k, exclude, ascending=True)
+        return _nearest(self._map_shards(search), k, exclude)
 
     def _map_shards(self, work: Callable[[Shard], _T]) -> list[_T]:
         """`work` on every shard, in parallel threads when there are several (Annoy and
@@ -438,19 +438,15 @@ def _cosines(shards: tuple[Shard, ...], rows: list[np.ndarray], vector: np.ndarr
     return half_dot(gathered, vector)
 
 
-def _best(
-    found: list[tuple[list[str], np.ndarray]],
-    k: int,
-    exclude: Collection[str],
-    *,
-    ascending: bool,
+def _nearest(
+    found: list[tuple[list[str], np.ndarray]], k: int, exclude: Collection[str]
 ) -> list[tuple[str, float]]:
-    """The `k` best of every shard's (ids, values), lowest or highest values first."""
+    """The `k` nearest of every shard's (ids, distances), nearest first."""
     ids = [image_id for shard_ids, _ in found for image_id in shard_ids]
     if not ids:
         return []
     merged = np.concatenate([values for _, values in found])
-    order = np.argsort(merged if ascending else -merged, kind="stable")
+    order = np.argsort(merged, kind="stable")
     best: list[tuple[str, float]] = []
     for position in order:
         image_id = ids[position]

@@ -12,6 +12,7 @@ import io
 import json
 import secrets
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -245,6 +246,11 @@ def _blas() -> ThreadpoolController:
     return ThreadpoolController()  # made once, on first use: it inspects the loaded libraries
 
 
+# The limit is process-wide: two fits overlapping (a merge's and a build's) would each restore
+# what it saw on entry, the later leaving OpenBLAS on one thread for good. One fit at a time.
+_FIT_LOCK = threading.Lock()
+
+
 def _principal_axes(centred: np.ndarray, count: int) -> np.ndarray:
     """The `count` leading principal axes [count, d] (orthonormal rows) of centred rows [n, d].
 
@@ -304,7 +310,7 @@ class Projection:
         if len(centred) < 2:  # nothing to learn directions from: any single axis will do
             components = np.eye(1, features.shape[1])
         else:
-            with _blas().limit(limits=1, user_api="blas"):
+            with _FIT_LOCK, _blas().limit(limits=1, user_api="blas"):
                 components = _principal_axes(centred, min(dims, len(centred)))
         return cls(np.asarray(mean, np.float32), components.astype(np.float32), len(sample))
 
