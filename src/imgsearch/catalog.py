@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from imgsearch.config import MAX_DUPLICATE_DISTANCE
-from imgsearch.integrity import DamagedFile
+from imgsearch.integrity import DamagedFile, read_npz
 from imgsearch.remembered import Remembered
 from imgsearch.storage import (
     Delete,
@@ -408,8 +408,8 @@ class Catalog:
         fresh = self._fresh_embeddings.pop(image_id, None)
         data = fresh if fresh is not None else self.objects.get(key).data
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                features, probabilities = npz["features"], npz["probabilities"]
+            arrays = read_npz(data)
+            features, probabilities = arrays["features"], arrays["probabilities"]
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
             raise DamagedFile(key, f"unreadable: {error}") from None
         if features.ndim != 1 or probabilities.ndim != 1 or not np.isfinite(features).all():

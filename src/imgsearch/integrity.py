@@ -9,11 +9,44 @@ fails is reported in one line naming it and the command that repairs it.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 REPAIR_COMMAND = "imgsearch check --repair"
+
+# numpy reads an array's header with ast.literal_eval, and CPython 3.11's AST constructor keeps
+# its recursion depth in state the threads share: two threads parsing at once can fail with
+# "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905; the builder
+# reads a batch's embeddings in threads, merges load shards in the background). Every stored
+# array is read through the two functions below, one header at a time.
+_ARRAY_HEADERS = threading.Lock()
+
+
+def read_npz(source: bytes | Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz archive (its bytes or its file), read at once."""
+    with (
+        _ARRAY_HEADERS,
+        np.load(
+            io.BytesIO(source) if isinstance(source, bytes) else source, allow_pickle=False
+        ) as archive,
+    ):
+        return {name: archive[name] for name in archive.files}
+
+
+def read_npy(source: bytes | Path, *, mapped: bool = False) -> np.ndarray:
+    """One .npy array (its bytes, or its file: memory-mapped read-only if `mapped`)."""
+    with _ARRAY_HEADERS:
+        array: np.ndarray = np.load(
+            io.BytesIO(source) if isinstance(source, bytes) else source,
+            mmap_mode="r" if mapped else None,
+            allow_pickle=False,
+        )
+        return array
 
 
 class UnusableFile(RuntimeError):

@@ -38,6 +38,7 @@ from typing import Literal
 
 import numpy as np
 
+from imgsearch.integrity import read_npz
 from imgsearch.remembered import Remembered
 
 # Ways to guess classes for a sense that names none (see the module docstring).
@@ -249,8 +250,7 @@ class Vocabulary:
     def load(cls, directory: str | Path, strategies: Iterable[str] = STRATEGIES) -> Vocabulary:
         directory = Path(directory)
         words = (directory / "words.txt").read_text().split("\n")[:-1]
-        with np.load(directory / "tables.npz") as archive:
-            tables = {name: archive[name] for name in archive.files}
+        tables = read_npz(directory / "tables.npz")
         exceptions: dict[str, dict[str, list[str]]] = {pos: {} for pos in POS_COLUMNS}
         with (directory / "morphology.tsv").open() as handle:
             next(handle)

@@ -22,7 +22,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from imgsearch.index.manifest import MANIFEST_KEY, ShardEntry
-from imgsearch.integrity import DamagedFile, sha256_of_bytes, sha256_of_file
+from imgsearch.integrity import DamagedFile, read_npy, read_npz, sha256_of_bytes, sha256_of_file
 from imgsearch.storage import LocalCopies, NotFound, ObjectStore
 
 SHARDS_PREFIX = "index/shards/"
@@ -333,9 +333,9 @@ class Projection:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Projection:
-        with np.load(io.BytesIO(data)) as npz:
-            fitted = int(npz["fitted_rows"]) if "fitted_rows" in npz.files else 0
-            return cls(npz["mean"], npz["components"], fitted)
+        arrays = read_npz(data)
+        fitted = int(arrays["fitted_rows"]) if "fitted_rows" in arrays else 0
+        return cls(arrays["mean"], arrays["components"], fitted)
 
 
 def _spread_of(data: ShardData) -> np.ndarray:
@@ -499,15 +499,15 @@ class Shard:
         self.ids: list[str] = json.loads(self._read("ids.json"))
         self.row_of: dict[str, int] = {image_id: row for row, image_id in enumerate(self.ids)}
         # A plain array over the mapping (np.memmap adds a Python step to every row lookup).
-        self.features = np.asarray(np.load(self._file("features.npy"), mmap_mode="r"))
+        self.features = np.asarray(read_npy(self._file("features.npy"), mapped=True))
         self.dim = int(self.features.shape[1])
-        postings = np.load(io.BytesIO(self._read("postings.npz")))
+        postings = read_npz(self._read("postings.npz"))
         self._offsets = postings["offsets"]
         self._posting_rows = postings["rows"]
         self._posting_values = postings["values"].astype(np.float32)
         # Class counts by threshold, for one deletion mask (`class_counts`).
         self._class_counts: tuple[np.ndarray, dict[float, ClassCounts]] | None = None
-        self.spread = np.load(self._file("spread.npy"))
+        self.spread = read_npy(self._file("spread.npy"))
         self.projection = Projection.from_bytes(self._read("projection.npz"))
         self._forest = AnnoyIndex(self.projection.dims, "euclidean")
         self._forest.load(str(self._file("ann")))
@@ -631,11 +631,11 @@ class Shard:
 
     def data(self) -> ShardData:
         """The shard's content, to rebuild it with more or fewer images."""
-        probabilities = np.load(io.BytesIO(self._read("probabilities.npy")))
+        probabilities = read_npy(self._read("probabilities.npy"))
         return ShardData(list(self.ids), np.asarray(self.features, np.float32), probabilities)
 
     def live_data(self) -> ShardData:
         """Its live images, features as stored (float16): what a merge copies."""
         rows = np.flatnonzero(self.live)
-        probabilities = np.load(self._file("probabilities.npy"), mmap_mode="r")
+        probabilities = read_npy(self._file("probabilities.npy"), mapped=True)
         return ShardData([self.ids[row] for row in rows], self.features[rows], probabilities[rows])
