@@ -990,8 +990,14 @@ def test_files_a_power_cut_lost_before_the_durable_build_are_restored_by_ingesti
     assert survivor.parts.catalog.thumbnail(image_id)
     assert_consistent(survivor)
 
-    def unasked(key: str) -> None:
-        raise AssertionError(f"{key} checked for an image already indexed")
+    head = survivor.parts.storage.objects.head
+
+    def unasked(key: str) -> object:
+        # The index's own files may be looked at (build_index's garbage collection), the
+        # image's never.
+        if not key.startswith("index/"):
+            raise AssertionError(f"{key} checked for an image already indexed")
+        return head(key)
 
     survivor.parts.storage.objects.head = unasked  # type: ignore[method-assign]
     again = ingest_tree(survivor, folder)  # indexed: as cheap as before, nothing checked

@@ -651,7 +651,8 @@ def test_decoding_bombs_through_the_bucket_are_refused_from_their_headers(cloud:
         elif extension not in formats:
             cases.append(case)
             formats.add(extension)
-    limits = DecodeLimits.from_settings(cloud.functions["EmbedFunction"].service.settings)
+    embed = cloud.functions["EmbedFunction"].service
+    limits = DecodeLimits.from_settings(embed.settings)
     for case in cases:
         cloud.upload(f"bombs/{case.name}", case.data)
     assert no_failures(cloud.queue.drain(max_invocations=40))
@@ -664,7 +665,7 @@ def test_decoding_bombs_through_the_bucket_are_refused_from_their_headers(cloud:
         else:
             assert status["status"] == "refused", (case.name, status)
             with pytest.raises(ImageRefused) as expected:  # the same refusal, with its reason
-                decode_image(case.data, limits, draft_size=520)
+                decode_image(case.data, limits, draft_size=embed.parts.ingestor.draft_box)
             assert status["reason"] == str(expected.value), case.name
     accepted = sum(case.refusal is None for case in cases)
     assert cloud.api.request("GET", "/api/health").json()["images"] == accepted
