@@ -517,7 +517,11 @@ class ImageSearch:
         report = self.parts.builder.run(budget=budget, until=(lambda: True) if one_batch else None)
         # Whether or not this build published: an upload's request builds its own image and
         # leaves old builds to the next build_index (the cloud's embed function and schedule).
-        self.parts.builder.collect_garbage()
+        # A failure here loses nothing: what was built stays built, the next call collects.
+        try:
+            self.parts.builder.collect_garbage()
+        except Exception:
+            log.exception("deleting old shard builds failed; the next build tries again")
         self.parts.index.refresh(force=True)
         return report
 

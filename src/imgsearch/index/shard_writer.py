@@ -142,7 +142,11 @@ class ShardWriter(IndexWriter):
         """Delete shard files no manifest names, once older than the grace period."""
         manifest, _ = read_manifest(self.store)
         live = {f"{SHARDS_PREFIX}{s.id}/{s.build}." for s in manifest.shards}
-        cutoff = time.time() - self.grace_seconds
+        # Nothing written since the last publication goes: a merge frozen between writing its
+        # build and swapping it in (a Lambda sandbox) would otherwise publish a deleted build;
+        # the next publication makes that swap fail first.
+        published = manifest.updated_at or time.time()
+        cutoff = min(time.time(), published) - self.grace_seconds
         deleted = 0
         for info in list(self.store.list(SHARDS_PREFIX)):
             prefix = info.key[: info.key.index(".") + 1]
