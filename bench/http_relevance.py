@@ -22,7 +22,6 @@ import argparse
 import csv
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx2 as httpx  # the HTTP client the dev extra installs
+from http_throughput import free_port, stop_server  # bench/ is the script's directory
 
 API_KEY = "relevance-bench-key"
 KS = (5, 10, 20)
@@ -50,12 +50,6 @@ def labelled_photos(folder: Path) -> dict[str, str]:
         for path in sorted(folder.rglob("*"))
         if path.suffix.lower() in SUFFIXES and len(path.relative_to(folder).parts) > 1
     }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def start_server(data_dir: Path, port: int, expansion: bool) -> subprocess.Popen[bytes]:
@@ -78,14 +72,6 @@ def start_server(data_dir: Path, port: int, expansion: bool) -> subprocess.Popen
         time.sleep(0.1)
     server.kill()
     raise SystemExit("the server did not start")
-
-
-def stop_server(server: subprocess.Popen[bytes]) -> None:
-    server.terminate()
-    try:
-        server.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        server.kill()
 
 
 def upload_all(base: str, folder: Path, photos: dict[str, str]) -> dict[str, str]:
