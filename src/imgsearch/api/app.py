@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 
 from imgsearch.api.docs import DOCS_PATHS, add_docs
 from imgsearch.api.guard import RequestGuard, SecurityHeaders, page_policy
+from imgsearch.api.kept import KeptAnswers
 from imgsearch.api.page import Page, PageServer
 from imgsearch.api.routes import feedback, health, images, overview, search, uploads, votes
 from imgsearch.api.schemas import problems
@@ -72,6 +73,7 @@ def create_app(
         responses=problems(400, 413, 431, 505),  # any request may meet these (guard.py)
     )
     app.state.service = service
+    app.state.kept = KeptAnswers(settings.http_kept_pages, settings.http_kept_results)
     for name in routers:
         app.include_router(ROUTERS[name], prefix="/api")
     add_docs(app)
