@@ -141,7 +141,7 @@ def results_json(
             continue
         head, tail = parts
         objects.append(
-            f"{head}{_json(round(hit.score, 6))},"
+            f"{head}{_json(float(round(hit.score, 6)))},"
             f'"learned":{"true" if hit.learned else "false"},"reason":{_json(hit.reason)}'
             f"{tail}{_json(hit.tier)}}}"
         )
