@@ -185,12 +185,20 @@ def test_a_vote_in_another_process_reaches_the_next_keyword_answer(collection, s
 
 
 def test_kept_answers_are_bounded(collection) -> None:
-    service = _another_process(collection, http_kept_pages=3, http_kept_results=5)
+    """Pages by their bytes, result parts by their number, least recently used out first."""
+    page_bytes = 3000
+    service = _another_process(collection, http_kept_page_bytes=page_bytes, http_kept_results=5)
     with TestClient(create_app(service)) as client:
         ids = list(service.parts.index.image_ids())
         answers = {i: client.get(f"/api/images/{i}/similar?limit=4").content for i in ids}
         kept = client.app.state.kept.under(service.answers_version())
-        assert len(kept.pages) == 3 and len(kept.results) == 5
+        last = [answers[i] for i in ids[::-1]]
+        held = next(n for n in range(len(last)) if sum(map(len, last[: n + 1])) > page_bytes)
+        assert len(kept.pages) == held and kept.pages.weight <= page_bytes
+        base = ""  # "testserver" is no trusted host: result URLs are paths from the root
+        assert kept.pages.get(("similar", base, ids[-1], 4, 0)) == answers[ids[-1]]
+        assert kept.pages.get(("similar", base, ids[0], 4, 0)) is None
+        assert len(kept.results) == 5
         for i in ids:  # the same answers again, most made afresh
             assert client.get(f"/api/images/{i}/similar?limit=4").content == answers[i]
 

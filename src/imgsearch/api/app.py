@@ -76,7 +76,7 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.service = service
-    app.state.kept = KeptAnswers(settings.http_kept_pages, settings.http_kept_results)
+    app.state.kept = KeptAnswers(settings.http_kept_page_bytes, settings.http_kept_results)
     for name in routers:
         app.include_router(ROUTERS[name], prefix="/api")
     add_docs(app)

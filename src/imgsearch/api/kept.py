@@ -10,14 +10,15 @@ image leaves every kept answer at the first request after its removal, in every 
 it leaves the answers made afresh. Where the catalog cannot tell cheaply (DynamoDB: the
 cloud's Lambda functions), the version is None and nothing is kept.
 
-Bounded, least recently used out first (config.py: `http_kept_pages`, `http_kept_results`).
+Bounded, least recently used out first (config.py: `http_kept_page_bytes`,
+`http_kept_results`).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
@@ -27,10 +28,13 @@ Parts = tuple[str, str] | tuple[()]
 
 
 class _LRU(Generic[V]):
-    """At most `size` values, least recently used out first; thread-safe."""
+    """Values up to a total weight of `size` (each weighs `weigh(value)`: 1 by default),
+    least recently used out first; thread-safe."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, weigh: Callable[[V], int] = lambda _: 1) -> None:
         self.size = size
+        self.weight = 0
+        self._weigh = weigh
         self._values: OrderedDict[Hashable, V] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -51,15 +55,16 @@ class _LRU(Generic[V]):
                     found[key] = value
         return found
 
-    def put_many(self, values: dict[Hashable, V]) -> None:
-        if self.size <= 0:
-            return
+    def put_many(self, values: Mapping[Hashable, V]) -> None:
         with self._lock:
-            self._values.update(values)
-            for key in values:
-                self._values.move_to_end(key)
-            while len(self._values) > self.size:
-                self._values.popitem(last=False)
+            for key, value in values.items():
+                old = self._values.pop(key, None)
+                if old is not None:
+                    self.weight -= self._weigh(old)
+                self._values[key] = value
+                self.weight += self._weigh(value)
+            while self._values and self.weight > self.size:
+                self.weight -= self._weigh(self._values.popitem(last=False)[1])
 
     def __len__(self) -> int:
         return len(self._values)
@@ -68,21 +73,21 @@ class _LRU(Generic[V]):
 class Kept:
     """What was kept under one answers version."""
 
-    def __init__(self, version: Hashable, pages: int, results: int) -> None:
+    def __init__(self, version: Hashable, page_bytes: int, results: int) -> None:
         self.version = version
-        self.pages: _LRU[bytes] = _LRU(pages)
+        self.pages: _LRU[bytes] = _LRU(page_bytes, len)
         self.results: _LRU[Parts] = _LRU(results)
 
 
 class KeptAnswers:
     """Pages and result parts kept under the engine's answers version (module docstring).
 
-    `pages`: whole answers (a page of 20 results is about 8 KB of JSON); `results`: an
-    image's part of a result object, by URL base and image id (about 0.6 KB), or () for an
-    image that has no record (removed)."""
+    `page_bytes`: whole answers, by their bytes (a page of 20 results is about 7 KB of
+    JSON); `results`: an image's part of a result object, by URL base and image id (about
+    0.6 KB), or () for an image that has no record (removed)."""
 
-    def __init__(self, pages: int, results: int) -> None:
-        self.sizes = (pages, results)
+    def __init__(self, page_bytes: int, results: int) -> None:
+        self.sizes = (page_bytes, results)
         self._kept = Kept(None, 0, 0)
         self._lock = threading.Lock()
 
