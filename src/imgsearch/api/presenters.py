@@ -49,15 +49,6 @@ def url_base(request: Request) -> str:
     return root
 
 
-def json_response(model: BaseModel) -> Response:
-    """`model` as the JSON response FastAPI makes of a route's `response_model` (the same
-    bytes: pydantic's serialiser, the same headers), made in the route's own thread. Returned
-    as the model, it would be validated again and serialised in a second trip through the
-    thread pool, which costs a fast answer (a keyword search, "more like this") a third of its
-    time."""
-    return Response(model.model_dump_json(by_alias=True), media_type="application/json")
-
-
 class ImageUrls:
     """The URLs of images' bytes and thumbnails in one response: where they start (see
     `url_base`) is worked out once per response, not per image."""
@@ -180,20 +171,18 @@ def _json(value: object) -> str:
 def results_body(results: str, model: BaseModel | None = None) -> bytes:
     """The JSON of `{"results": results, ...}`: `results` (from `results_json`), then the
     fields of `model` (a response model whose `results` field, its first, is left empty):
-    the body `json_response` makes of the whole model."""
+    the bytes pydantic's serialiser makes of the whole model."""
     rest = model.model_dump_json(by_alias=True, exclude={"results"}) if model else "{}"
     more = "" if rest == "{}" else f",{rest[1:-1]}"
     return f'{{"results":{results}{more}}}'.encode()
 
 
 def json_bytes(body: bytes) -> Response:
-    """A JSON response of `body`, with the headers of `json_response`."""
+    """A JSON response of `body`, made in the route's own thread: the route's
+    `response_model` documents it (OpenAPI), and returned as a model it would be validated
+    again and serialised in a second trip through the thread pool, which cost a fast answer
+    (a keyword search, "more like this") a third of its time."""
     return Response(body, media_type="application/json")
-
-
-def listed(request: Request, service: ImageSearch, records: Iterable[ImageRecord]) -> list[Result]:
-    """Result objects for images listed, not ranked (browsing, a key's image)."""
-    return results(request, service, (Hit(r.id, 1.0, "listed") for r in records))
 
 
 def image_detail(request: Request, service: ImageSearch, record: ImageRecord) -> ImageDetail:
