@@ -499,7 +499,11 @@ def main() -> None:
     results: dict[tuple[str, str], list[Measured]] = {}
     models: list[float] = []
     for round_ in range(args.rounds):
-        for name, (src, workers) in trees.items():
+        # Each round starts with another server: the machine's load drifts within a round,
+        # and always serving one checkout first would hand it the same part of every round.
+        served = list(trees.items())
+        served = served[round_ % len(served) :] + served[: round_ % len(served)]
+        for name, (src, workers) in served:
             port = free_port()
             server = start_server(src, data_dir, port, workers)
             try:
