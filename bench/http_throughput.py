@@ -10,7 +10,7 @@
    process, or `--workers N` of them for each N given) serves it on loopback, from this
    checkout's sources and, with `--baseline`, from
    another checkout's (a `git worktree` of main, say; `--baseline-workers` as many process
-   counts), in alternating rounds: the machine is
+   counts), in alternating rounds (each starting with the next server): the machine is
    shared and noisy, so only medians over rounds and ratios measured in the same run count.
 3. `--clients` connections (keep-alive HTTP/1.1, each waiting for its answer before the next
    request: wrk's if it is installed, a few percent of the server's CPU, else one asyncio
