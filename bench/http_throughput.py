@@ -10,14 +10,15 @@
    process, or `--workers N` of them for each N given) serves it on loopback, from this
    checkout's sources and, with `--baseline`, from
    another checkout's (a `git worktree` of main, say; `--baseline-workers` as many process
-   counts), in alternating rounds: the machine is
+   counts), in alternating rounds (each starting with the next server): the machine is
    shared and noisy, so only medians over rounds and ratios measured in the same run count.
 3. `--clients` connections (keep-alive HTTP/1.1, each waiting for its answer before the next
    request: wrk's if it is installed, a few percent of the server's CPU, else one asyncio
    loop in this process, which costs about as much as the server; reverse search always
    this process's) ask for `--seconds` per kind of request:
    keyword (`GET /api/search?q=WORD`, everyday words in turn), similar
-   (`GET /api/images/{id}/similar`, random images) and reverse search
+   (`GET /api/images/{id}/similar`, `--similar-ids` random images in turn: 500, or every
+   image once) and reverse search
    (`POST /api/search/image` with the demo photos).
 4. The model alone, as the baseline of reverse search: the server's embedder (same model,
    same `inference_threads` setting) on the same photos, decoded beforehand, one after another.
@@ -78,6 +79,11 @@ WORDS = [
 ]
 KINDS = ("keyword", "similar", "reverse")
 GOALS = {"keyword": 500.0, "similar": 1000.0}
+# Images "more like this" is asked for, in turn (--similar-ids): a server process keeps the
+# pages it answered (api/kept.py), so with 500 each process answers most of a round's
+# requests from kept pages once it has seen each image (a long-running server asked about
+# popular images); with the collection's size, every request of a round asks another image.
+SIMILAR_IDS = 500
 
 
 # The collection ---------------------------------------------------------------------------
@@ -264,19 +270,27 @@ def multipart(photo: bytes) -> bytes:
     return head.encode() + body
 
 
-def paths_of(kind: str, size: int) -> list[str]:
-    """The paths a GET of `kind` asks for, in turn."""
+def paths_of(kind: str, size: int, similar_ids: int = SIMILAR_IDS) -> list[str]:
+    """The paths a GET of `kind` asks for, in turn: for similar, `similar_ids` random images
+    (with `similar_ids` >= `size`, every image once, in random order)."""
     rng = random.Random(kind)
     if kind == "keyword":
         return [f"/api/search?q={word}" for word in WORDS]
-    return [f"/api/images/{rng.randrange(size):016x}/similar" for _ in range(500)]
+    if similar_ids >= size:
+        ids = list(range(size))
+        rng.shuffle(ids)
+    else:
+        ids = [rng.randrange(size) for _ in range(similar_ids)]
+    return [f"/api/images/{i:016x}/similar" for i in ids]
 
 
-def requests_of(kind: str, size: int, demo: list[bytes]) -> list[bytes]:
+def requests_of(
+    kind: str, size: int, demo: list[bytes], similar_ids: int = SIMILAR_IDS
+) -> list[bytes]:
     """Raw requests of one kind, to be sent in turn."""
     if kind == "reverse":
         return [multipart(photo) for photo in demo]
-    return [get(path) for path in paths_of(kind, size)]
+    return [get(path) for path in paths_of(kind, size, similar_ids)]
 
 
 @dataclass
@@ -462,6 +476,13 @@ def main() -> None:
         "this checkout and the baseline at the same count)",
     )
     parser.add_argument(
+        "--similar-ids",
+        type=int,
+        default=SIMILAR_IDS,
+        help="random images asked for in turn by the similar requests (>= --size: every "
+        "image once, in random order)",
+    )
+    parser.add_argument(
         "--client",
         choices=["wrk", "python"],
         default="wrk" if shutil.which("wrk") else "python",
@@ -478,19 +499,23 @@ def main() -> None:
     results: dict[tuple[str, str], list[Measured]] = {}
     models: list[float] = []
     for round_ in range(args.rounds):
-        for name, (src, workers) in trees.items():
+        # Each round starts with another server: the machine's load drifts within a round,
+        # and always serving one checkout first would hand it the same part of every round.
+        served = list(trees.items())
+        served = served[round_ % len(served) :] + served[: round_ % len(served)]
+        for name, (src, workers) in served:
             port = free_port()
             server = start_server(src, data_dir, port, workers)
             try:
                 for kind in args.kinds:
                     if kind != "reverse" and args.client == "wrk":
-                        paths = paths_of(kind, args.size)
+                        paths = paths_of(kind, args.size, args.similar_ids)
                         warm_up = 2.0 * workers
                         measured = wrk_load(
                             server, port, paths, args.clients, args.seconds, warm_up
                         )
                     else:
-                        requests = requests_of(kind, args.size, demo)
+                        requests = requests_of(kind, args.size, demo, args.similar_ids)
                         measured = load(server, port, requests, args.clients, args.seconds)
                     results.setdefault((name, kind), []).append(measured)
                     print(

@@ -14,7 +14,7 @@ import io
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -618,6 +618,11 @@ class Catalog:
         """The token `mark_lists_changed` wrote last ("" before any): one read."""
         item = self.table.get(*LISTS_MARK)
         return "" if item is None else str(item["token"])
+
+    def change_token(self) -> Hashable | None:
+        """A value that changes with every write to the catalog (records, keys, lists), or
+        None where it cannot be read cheaply (DynamoDB): see `Table.change_token`."""
+        return self.table.change_token()
 
 
 def _key_record(key: str, item: dict[str, Any] | None) -> KeyRecord | None:

@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -677,6 +677,21 @@ class ImageSearch:
         if hits is None:
             raise NotIndexed(image_id)
         return hits
+
+    def answers_version(self) -> Hashable | None:
+        """A value that stays the same only while every read-only answer (a record, "more
+        like this", a result's details) would stay the same: the catalog's change token
+        (every write to it, by any process: records, keys, removals, lists, votes), the
+        index generation this process serves (after its usual `refresh`) and the version of
+        the neighbour lists it keeps. Read it BEFORE what is kept under it, so that what was
+        read before a write is never kept under that write's token. None: the catalog cannot
+        tell cheaply (DynamoDB), and nothing may be kept."""
+        catalog = self.parts.catalog.change_token()
+        if catalog is None:
+            return None
+        index = self.parts.index
+        index.refresh()
+        return (catalog, index.generation, self.parts.neighbourhoods.kept_version())
 
     # What the collection holds -------------------------------------------------------------
 

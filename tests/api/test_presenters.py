@@ -47,8 +47,8 @@ def test_an_interpretation_in_json(vocabulary: Vocabulary) -> None:
 def test_answers_are_the_bytes_fastapi_makes_of_their_models(
     demo_client, method, path, model
 ) -> None:
-    """Routes that serialise their own answers (presenters.json_response) send exactly what
-    FastAPI would send for their `response_model`: its serialiser's bytes, as JSON."""
+    """Routes that serialise their own answers (presenters.results_json, results_body) send
+    exactly what FastAPI would send for their `response_model`: its serialiser's bytes."""
     first = demo_client.get("/api/images", params={"limit": 1}).json()["results"][0]
     plain = {"Accept-Encoding": "identity"}  # the bytes themselves, not their gzip
     if method == "get":

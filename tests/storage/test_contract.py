@@ -727,3 +727,35 @@ def test_deferred_puts_are_visible_at_once_and_durable_before_what_follows(
     deferred("embeddings/c.npz")
     objects.make_durable()
     assert [path for path in synced if not os.path.isdir(path)] == [f"{root}/embeddings/c.npz"]
+
+
+def _put_in_another_process(path: str) -> None:
+    SqliteTable(Path(path), "feedback").put("vote#x", "s", {"n": 1})
+
+
+def test_change_token_follows_every_write_to_the_file(storage: Storage) -> None:
+    """SQLite: the token stays while nothing is written, and changes with a write through
+    this table, through another table of the same file, and from another process (what a
+    server process keeps under it must follow them all). DynamoDB: None (nothing kept)."""
+    table = storage.catalog
+    if not isinstance(table, SqliteTable):
+        assert table.change_token() is None
+        return
+    first = table.change_token()
+    table.get("image#a", "meta")
+    list(table.query("pending"))
+    assert table.change_token() == first  # reads change nothing
+    table.put("image#a", "meta", {"keys": ["a"]})
+    second = table.change_token()
+    assert second != first
+    assert table.change_token() == second
+    storage.feedback.put("vote#y", "s", {"n": 1})  # another table, same file
+    third = table.change_token()
+    assert third not in (first, second)
+    process = multiprocessing.get_context("spawn").Process(
+        target=_put_in_another_process, args=(str(table.path),)
+    )
+    process.start()
+    process.join(60)
+    assert process.exitcode == 0
+    assert table.change_token() not in (first, second, third)

@@ -11,6 +11,7 @@ from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request, UploadFile
 
+from imgsearch.api.kept import Kept, KeptAnswers
 from imgsearch.service import ImageSearch
 
 T = TypeVar("T")
@@ -36,6 +37,13 @@ def get_service(request: Request) -> ImageSearch:
 
 
 Service = Annotated[ImageSearch, Depends(get_service)]
+
+
+def kept_under(request: Request, service: ImageSearch) -> Kept | None:
+    """What this process keeps of its answers under the engine's current answers version
+    (api/kept.py); None if nothing may be kept. Read before what is kept is used."""
+    kept: KeptAnswers = request.app.state.kept
+    return kept.under(service.answers_version())
 
 
 def get_client(request: Request, service: Service) -> str:

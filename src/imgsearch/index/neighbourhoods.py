@@ -21,6 +21,7 @@ the first `expansion.neighbours` images of each list written (one batched read o
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import OrderedDict, defaultdict
@@ -49,6 +50,7 @@ DEFAULT_EXPANSION = Expansion(neighbours=10, power=1.0)  # the settings' (config
 # 105 MB a process (a 10k collection's every list and vector fit).
 CACHE_LISTS = 10_000
 CACHE_VECTORS = 20_000
+_KEPT_SERIALS = itertools.count(1)
 
 
 class Neighbourhoods:
@@ -120,6 +122,12 @@ class Neighbourhoods:
             else:
                 self._kept = kept = _Kept(token, now)
             return kept
+
+    def kept_version(self) -> int:
+        """A number that changes whenever the lists and vectors this process keeps are dropped
+        (a new token of list writes seen, or its own write): what was made from them is as
+        current as they are while it stays the same."""
+        return self._current().serial
 
     def _forget(self) -> None:
         """Drop what is kept (this process just wrote lists)."""
@@ -273,6 +281,7 @@ class _Kept:
 
     def __init__(self, token: str, checked_at: float) -> None:
         self.token = token
+        self.serial = next(_KEPT_SERIALS)
         self.checked_at = checked_at  # when the token was last read (monotonic)
         self.lists: _LRU[Neighbours] = _LRU(CACHE_LISTS)
         self.vectors: _LRU[np.ndarray] = _LRU(CACHE_VECTORS)

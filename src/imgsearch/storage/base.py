@@ -12,7 +12,7 @@ one it is talking to. What the keys and items stored through them are: layout.md
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -242,6 +242,13 @@ class Table(ABC):
         validate_writes(writes)
         if writes:
             self._transact(writes)
+
+    def change_token(self) -> Hashable | None:
+        """A value that changes whenever any item of the table may have changed (a write
+        from this process or another), read cheaply enough to ask on every request: what is
+        kept under one token was read before any later write. None: the table cannot tell
+        cheaply (DynamoDB), and nothing may be kept on its account."""
+        return None
 
     # The primitives: keys, attributes, versions and writes are valid.
 

@@ -17,7 +17,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -311,6 +311,18 @@ class _ThreadConnection(threading.local):
     pid: int | None = None
 
 
+class _Watcher:
+    """The connection that reads a file's data_version (`SqliteTable.change_token`): it never
+    writes, so every commit, by any other connection of this process or another, changes
+    what it reads. One per file and process (a forked child opens its own)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.connection: sqlite3.Connection | None = None
+        self.pid: int | None = None
+        self.opened = 0  # connections opened: a new one's data_version starts afresh
+
+
 class SqliteTable(Table):
     """A table in an SQLite file; one file can hold several tables (`name` tells them apart).
 
@@ -331,6 +343,7 @@ class SqliteTable(Table):
         self.name = name
         self._quoted_name = f'"{name}"'
         self._local = _ThreadConnection()
+        self._watcher = _Watcher()
         self.expiring = expiring
         self._next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -361,6 +374,25 @@ class SqliteTable(Table):
             return str(error)
         found = [row[0] for row in rows]
         return None if found == ["ok"] else "; ".join(found)
+
+    def change_token(self) -> Hashable | None:
+        """SQLite's data_version of the file (which changes with every commit of another
+        connection: this process's writers included, since the watcher never writes), read
+        by a connection of its own: a few microseconds. It counts every table of the file
+        (the catalog's and the feedback's): a vote changes it too."""
+        watcher = self._watcher
+        with watcher.lock:
+            if watcher.connection is None or watcher.pid != os.getpid():
+                watcher.connection = sqlite3.connect(
+                    self.path,
+                    timeout=BUSY_TIMEOUT_SECONDS,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                watcher.pid = os.getpid()
+                watcher.opened += 1
+            row = watcher.connection.execute("PRAGMA data_version").fetchone()
+            return (watcher.opened, int(row[0]))
 
     def _purge(self, connection: sqlite3.Connection, now: float) -> None:
         """Delete the items whose `expires_at` has passed (a writer calls it when it is due)."""

@@ -12,9 +12,9 @@ from fastapi.responses import RedirectResponse, Response
 
 from imgsearch.api import presenters
 from imgsearch.api.auth import ApiKey
-from imgsearch.api.deps import Service, get_service, off_the_loop, read_upload
+from imgsearch.api.deps import Service, get_service, kept_under, off_the_loop, read_upload
 from imgsearch.api.schemas import IMAGE_ID_PATTERN, ImageDetail, Page, Results, Uploaded, problems
-from imgsearch.results import NotFound, NotIndexed, Original
+from imgsearch.results import Hit, NotFound, NotIndexed, Original
 from imgsearch.service import TILE_SIDE
 
 router = APIRouter(
@@ -62,12 +62,12 @@ def list_images(
     """Browse the collection, newest first, or find the image stored under a key."""
     if key is not None:
         record = service.find_key(key)
-        found = [record] if record else []
-        page = Page(results=presenters.listed(request, service, found), total=len(found))
+        records, total = ([record], 1) if record else ([], 0)
     else:
         records, total = service.browse(limit, offset)
-        page = Page(results=presenters.listed(request, service, records), total=total)
-    return presenters.json_response(page)
+    listed = (Hit(record.id, 1.0, "listed") for record in records)
+    results = presenters.results_json(request, service, listed)
+    return presenters.json_bytes(presenters.results_body(results, Page(results=[], total=total)))
 
 
 @router.get("/{image_id}", response_model=ImageDetail)
@@ -127,8 +127,15 @@ async def similar_images(
     service = get_service(request)  # not a dependency: each costs a fast answer its share
 
     def answer() -> Response:  # storage and numpy block: off the event loop
-        hits = service.similar(image_id, limit=limit, offset=offset)
-        return presenters.json_response(Results(results=presenters.results(request, service, hits)))
+        kept = kept_under(request, service)
+        page = ("similar", presenters.url_base(request), image_id, limit, offset)
+        body = kept.pages.get(page) if kept else None
+        if body is None:
+            hits = service.similar(image_id, limit=limit, offset=offset)
+            body = presenters.results_body(presenters.results_json(request, service, hits, kept))
+            if kept:
+                kept.pages.put_many({page: body})
+        return presenters.json_bytes(body)
 
     return await off_the_loop(answer)
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Upload
 from fastapi.responses import Response
 
 from imgsearch.api import presenters
-from imgsearch.api.deps import Service, get_service, off_the_loop, read_upload
+from imgsearch.api.deps import Service, get_service, kept_under, off_the_loop, read_upload
 from imgsearch.api.schemas import SESSION_PATTERN, ImageSearchResponse, SearchResponse, problems
 
 router = APIRouter(prefix="/search", tags=["search"], responses=problems(415, 422, 503))
@@ -33,23 +33,21 @@ async def search(
         classes = len(service.class_names)
         if any(not 0 <= c < classes for c in exclude):
             raise HTTPException(422, detail=f"exclude: class ids are 0..{classes - 1}")
+        kept = kept_under(request, service)
         found = service.search_text(
             q, limit=limit, offset=offset, session=session, exclude_classes=set(exclude)
         )
-        return presenters.json_response(
-            SearchResponse(
-                query=found.interpretation.query,
-                interpretation=presenters.interpretation(
-                    service.class_names,
-                    found.interpretation,
-                    found.learned,
-                    photos=found.class_photos,
-                ),
-                results=presenters.results(request, service, found.hits),
-                matches=found.matches,
-                did_you_mean=found.did_you_mean,
-            )
+        rest = SearchResponse(
+            query=found.interpretation.query,
+            interpretation=presenters.interpretation(
+                service.class_names, found.interpretation, found.learned, photos=found.class_photos
+            ),
+            results=[],
+            matches=found.matches,
+            did_you_mean=found.did_you_mean,
         )
+        results = presenters.results_json(request, service, found.hits, kept)
+        return presenters.json_bytes(presenters.results_body(results, rest))
 
     return await off_the_loop(answer)
 
@@ -77,11 +75,10 @@ async def search_by_image(
     data = await read_upload(file, service)
 
     def search() -> Response:  # storage and the model block: off the event loop
+        kept = kept_under(request, service)
         found = service.search_image(data, limit=limit, offset=offset, query=query, session=session)
-        return presenters.json_response(
-            ImageSearchResponse(
-                query=found.term, results=presenters.results(request, service, found.hits)
-            )
-        )
+        results = presenters.results_json(request, service, found.hits, kept)
+        rest = ImageSearchResponse(query=found.term, results=[])
+        return presenters.json_bytes(presenters.results_body(results, rest))
 
     return await off_the_loop(search)

@@ -1,0 +1,190 @@
+"""Answers a server process keeps (api/kept.py): the same bytes as the response models make,
+and never older than the collection: a removal, a publication or a vote by another process
+shows in the next answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from starlette.requests import Request
+from support.demo import demo_image
+from support.openapi import API_KEY_HEADER
+from support.services import API_KEY, make_service
+
+from imgsearch.api import presenters
+from imgsearch.api.app import create_app
+from imgsearch.api.schemas import Results
+from imgsearch.results import Hit
+from imgsearch.service import ImageSearch
+
+CATEGORIES = ("elephant", "pizza", "chair")
+# Keys whose JSON must be escaped as pydantic escapes it: quotes, non-ASCII, a line separator.
+ODD_KEYS = ('a "quoted" name.jpg', "éléphant ünïcode 🐘.jpg", "line\u2028sep.jpg")
+
+
+@pytest.fixture
+def collection(service: ImageSearch) -> ImageSearch:
+    """Four photos of each of three categories, three of them under odd keys, indexed with
+    their neighbour lists; served without waiting between index refreshes."""
+    for category in CATEGORIES:
+        for number in range(1, 5):
+            service.ingest(f"{category}/{number}.jpg", demo_image(category, number))
+    for key, number in zip(ODD_KEYS, range(5, 8), strict=True):
+        service.ingest(key, demo_image("elephant", number))
+    service.build_index()
+    service.parts.index.refresh_interval = 0.0  # follow every publication at once
+    return service
+
+
+@pytest.fixture
+def served(collection: ImageSearch) -> Iterator[TestClient]:
+    with TestClient(create_app(collection), headers={API_KEY_HEADER: API_KEY}) as client:
+        yield client
+
+
+def _request(client: TestClient) -> Request:
+    """A request to the client's app as the test client sends them (the same URL base)."""
+    scope = {
+        "type": "http",
+        "app": client.app,
+        "headers": [(b"host", b"testserver")],
+        "scheme": "http",
+        "path": "/",
+        "root_path": "",
+        "query_string": b"",
+        "server": ("testserver", 80),
+    }
+    return Request(scope)
+
+
+def _fresh(service: ImageSearch, path: str) -> bytes:
+    """What a server process that kept nothing answers (a new service on the same data)."""
+    other = _another_process(service)
+    other.parts.index.refresh_interval = 0.0
+    with TestClient(create_app(other)) as client:
+        return client.get(path).content
+
+
+def _another_process(service: ImageSearch, **settings: object) -> ImageSearch:
+    """A service on the same data directory with its own connections and caches, as
+    another server process would have."""
+    return make_service(
+        service.settings.data_dir,
+        service.parts.embedder,
+        service.parts.vocabulary,
+        shard_size=service.settings.shard_size,
+        **settings,
+    )
+
+
+def _ids(body: dict) -> list[str]:
+    return [r["id"] for r in body["results"]]
+
+
+def test_result_json_is_what_the_response_models_make(collection, served) -> None:
+    """The same text as pydantic's serialisation of `Result` objects, for odd keys, every
+    reason and tier, scores of any size and sign (float32 included), and a removed image."""
+    service = collection
+    records = list(service.images(service.parts.index.image_ids()).values())
+    assert {r.key for r in records} >= set(ODD_KEYS)
+    scores = [1.0, 0.5, 1e-7, -0.25, 123456789.125, np.float32(0.3), np.float64(2 / 3), 0.0]
+    reasons = ["keyword", "learned", "voted", "explore", "similar", "listed"]
+    tiers = [None, "match", "guess", "explore"]
+    hits = [
+        Hit(record.id, scores[n % len(scores)], reasons[n % 6], tiers[n % 4])  # type: ignore[arg-type]
+        for n, record in enumerate(records)
+    ]
+    hits.insert(3, Hit("f" * 16, 0.9, "similar"))  # no such image: left out, as before
+    request = _request(served)
+    expected = Results(results=presenters.results(request, service, hits))
+    made = presenters.results_body(presenters.results_json(request, service, hits))
+    assert made == expected.model_dump_json(by_alias=True).encode()
+    kept = served.app.state.kept.under(service.answers_version())
+    for _ in range(2):  # and from the kept parts, the second time
+        made = presenters.results_body(presenters.results_json(request, service, hits, kept))
+        assert made == expected.model_dump_json(by_alias=True).encode()
+    assert len(kept.results) == len(records) + 1
+
+
+def test_kept_more_like_this_follows_a_removal_in_another_process(collection, served) -> None:
+    """An image removed by another server process leaves this one's kept page at its next
+    request (not at its next refresh): the catalog's change token says so."""
+    service = collection
+    image_id = service.find_key("elephant/1.jpg").id
+    path = f"/api/images/{image_id}/similar"
+    first = served.get(path)
+    assert served.get(path).content == first.content  # kept
+    removed = _ids(first.json())[0]
+    _another_process(service).remove_image(removed)
+    after = served.get(path)
+    assert after.status_code == 200
+    assert removed not in _ids(after.json())
+    assert _ids(after.json()) == [i for i in _ids(first.json()) if i != removed]
+    assert after.content == _fresh(service, path)
+    # Its own page is gone too, and so is it from browsing and keyword answers.
+    assert served.get(f"/api/images/{removed}/similar").status_code == 404
+    assert removed not in _ids(served.get("/api/images").json())
+    assert removed not in _ids(served.get("/api/search", params={"q": "elephant"}).json())
+
+
+def test_kept_answers_follow_a_publication_in_another_process(collection, served) -> None:
+    """An image added and indexed by another process is in this one's next "more like this"
+    of an image it is near (new lists, a new index generation), as a fresh process answers."""
+    service = collection
+    image_id = service.find_key("pizza/1.jpg").id
+    path = f"/api/images/{image_id}/similar?limit=50"
+    before = served.get(path)
+    other = _another_process(service)
+    added = other.ingest("pizza/new.jpg", demo_image("pizza", 9)).image_id
+    other.build_index()
+    after = served.get(path)
+    assert added in _ids(after.json()) and added not in _ids(before.json())
+    assert after.content == _fresh(service, path)
+
+
+def test_a_vote_in_another_process_reaches_the_next_keyword_answer(collection, served) -> None:
+    """Result parts are kept, rankings are not: a vote cast through another process re-ranks
+    this one's next keyword answer (once its vote summaries are read again: at once here)."""
+    service = collection
+    service.parts.learner.cache_seconds = 0.0
+    search = {"q": "dinner", "session": "s1"}
+    before = served.get("/api/search", params=search).json()["results"]
+    chair = service.find_key("chair/3.jpg").id
+    assert before[0]["id"] != chair
+    _another_process(service).vote("dinner", chair, 1, "s1")
+    after = served.get("/api/search", params=search).json()["results"]
+    assert after[0]["id"] == chair and after[0]["learned"] is True
+
+
+def test_kept_answers_are_bounded(collection) -> None:
+    """Pages by their bytes, result parts by their number, least recently used out first."""
+    page_bytes = 3000
+    service = _another_process(collection, http_kept_page_bytes=page_bytes, http_kept_results=5)
+    with TestClient(create_app(service)) as client:
+        ids = list(service.parts.index.image_ids())
+        answers = {i: client.get(f"/api/images/{i}/similar?limit=4").content for i in ids}
+        kept = client.app.state.kept.under(service.answers_version())
+        last = [answers[i] for i in ids[::-1]]
+        held = next(n for n in range(len(last)) if sum(map(len, last[: n + 1])) > page_bytes)
+        assert len(kept.pages) == held and kept.pages.weight <= page_bytes
+        base = ""  # "testserver" is no trusted host: result URLs are paths from the root
+        assert kept.pages.get(("similar", base, ids[-1], 4, 0)) == answers[ids[-1]]
+        assert kept.pages.get(("similar", base, ids[0], 4, 0)) is None
+        assert len(kept.results) == 5
+        for i in ids:  # the same answers again, most made afresh
+            assert client.get(f"/api/images/{i}/similar?limit=4").content == answers[i]
+
+
+def test_nothing_is_kept_where_the_catalog_cannot_tell_changes(collection, monkeypatch) -> None:
+    """DynamoDB has no cheap change token: every answer is made afresh."""
+    service = collection
+    monkeypatch.setattr(service.parts.catalog.table, "change_token", lambda: None)
+    assert service.answers_version() is None
+    with TestClient(create_app(service)) as client:
+        image_id = service.find_key("chair/1.jpg").id
+        first = client.get(f"/api/images/{image_id}/similar").content
+        assert client.get(f"/api/images/{image_id}/similar").content == first
+        assert client.app.state.kept.under(None) is None
