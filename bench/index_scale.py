@@ -384,8 +384,13 @@ def measure(size: int, args: argparse.Namespace, real: tuple[np.ndarray, np.ndar
     elif args.reference_faiss:
         engines.append(reference_faiss(args, real, size))
     layout_text = "+".join(f"{count // 1000}k" for count in built["layout"])
-    for candidates, search_k in args.settings:
-        index = Index(store, candidates=candidates, search_k=search_k)
+    # The index as a server loads it (its pages mapped at load: shards.map_resident), then, for
+    # the first setting, as a process that faults them in query by query (`--on-demand`).
+    variants = [(candidates, search_k, True) for candidates, search_k in args.settings]
+    if args.on_demand:
+        variants.append((*args.settings[0], False))
+    for candidates, search_k, resident in variants:
+        index = Index(store, candidates=candidates, search_k=search_k, resident=resident)
         index.refresh(force=True)
 
         def ours(query: np.ndarray, index: Index = index) -> list[int]:
@@ -400,7 +405,8 @@ def measure(size: int, args: argparse.Namespace, real: tuple[np.ndarray, np.ndar
         engines.append(
             Engine(
                 # The budget grows past 100k images (reader.budget_growth): say by how much.
-                f"imgsearch {candidates}:{search_k} x{budget_growth(size):.2f}",
+                f"imgsearch {candidates}:{search_k} x{budget_growth(size):.2f}"
+                + ("" if resident else ", mapped on demand"),
                 len(built["layout"]),
                 built["seconds"],
                 built["bytes"],
@@ -449,6 +455,12 @@ def main() -> None:
         type=int,
         default=0,
         help="sizes without Faiss measure Faiss over this many images beside them, as a reference",
+    )
+    parser.add_argument(
+        "--on-demand",
+        action="store_true",
+        help="also measure the first setting with the index's pages faulted in by the queries "
+        "(as a process that has not mapped them yet), not mapped at load",
     )
     args = parser.parse_args()
     real = real_embeddings()

@@ -110,8 +110,13 @@ class Index(SearchIndex):
         *,
         candidates: int = 100,
         search_k: int = -1,
+        resident: bool = True,
     ) -> None:
+        """`resident`: each shard's features and forest are mapped into the process when it
+        is loaded (`shards.map_resident`); False faults them in as queries touch them (the
+        bench's measure of a cold index)."""
         self._store = store
+        self.resident = resident
         self.candidates = candidates
         self.search_k = search_k
         self.refresh_interval = REFRESH_INTERVAL_SECONDS
@@ -180,7 +185,7 @@ class Index(SearchIndex):
             for entry in manifest.shards:
                 shard = loaded.get((entry.id, entry.build))
                 if shard is None:
-                    shard = Shard(entry, self._store)
+                    shard = Shard(entry, self._store, resident=self.resident)
                 else:
                     shard.set_deleted(entry.deleted)
                 shards.append(shard)
