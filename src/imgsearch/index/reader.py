@@ -90,10 +90,12 @@ class _Snapshot:
             live_count=live,
         )
 
-    def project(self, vector: np.ndarray) -> list[np.ndarray]:
-        """A float32 `vector` projected by each shard's projection, in shard order."""
-        projected = serial_matvec(self.components, vector) - self.offsets
-        return np.split(projected, self.ends[:-1])
+    def project(self, vector: np.ndarray) -> list[list[float]]:
+        """A float32 `vector` projected by each shard's projection, in shard order, as lists
+        (Annoy reads a list's floats in 13 us where it reads an array's in 22: per shard)."""
+        projected = (serial_matvec(self.components, vector) - self.offsets).tolist()
+        starts = (0, *self.ends[:-1])
+        return [projected[start:end] for start, end in zip(starts, self.ends, strict=True)]
 
 
 def budget_growth(live_images: int) -> float:
