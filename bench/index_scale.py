@@ -137,12 +137,28 @@ def _chunk(
     path = None if chunk_cache is None else chunk_cache / f"chunk-{size}-{first}.npz"
     if path is not None and path.exists():
         with np.load(path) as cached:
-            return cached["features"], cached["probabilities"]
+            features, probabilities = cached["features"], cached["probabilities"]
+        forget_pages(path)
+        return features, probabilities
     features, probabilities = synthesise(*real, CHUNK, np.random.default_rng((size, 0, first)))
     halves = features.astype(np.float16)
     if path is not None:
         np.savez(path, features=halves, probabilities=probabilities)
+        forget_pages(path)
     return halves, probabilities
+
+
+def forget_pages(path: Path) -> None:
+    """Let the kernel drop `path`'s pages from its cache, once read into this process: 4.5 GB
+    of chunks and Faiss's 5 GB file read through the page cache would otherwise push the
+    project's index (and others' data: the machine is shared) out of memory before it is
+    queried."""
+    if hasattr(os, "posix_fadvise"):
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(descriptor)
 
 
 def image_id(row: int) -> str:
@@ -260,9 +276,11 @@ def cached_faiss(
             index.add(features.astype(np.float32))
         seconds = time.perf_counter() - started
         faiss.write_index(index, str(path))
+        forget_pages(path)
         record.write_text(json.dumps({"seconds": seconds, "load": os.getloadavg()[0]}))
     else:
         index = faiss.read_index(str(path))
+        forget_pages(path)  # read into Faiss's own memory
     index.hnsw.efSearch = 64
     faiss.omp_set_num_threads(1)  # one query, one thread: as each request is served
     return index, json.loads(record.read_text())["seconds"], path.stat().st_size
