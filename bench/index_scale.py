@@ -17,7 +17,10 @@ as each request is served; the build times of a cached index are those of its bu
 
 Prints, per size and engine: shards, build time, bytes per image, query latency p50/p99 with
 one query thread and with two (each query's own time), recall@20 against exact search, the
-ratio of p50 to Faiss's, and the keyword-query latency of the project's index.
+ratio of p50 to Faiss's, and the keyword-query latency of the project's index. The project's
+index is loaded as a server loads it, its pages mapped into the process at load
+(`shards.map_resident`); `--on-demand` adds the first setting again with its pages faulted in
+by the queries (`Index(resident=False)`).
 """
 
 from __future__ import annotations
