@@ -17,7 +17,10 @@ as each request is served; the build times of a cached index are those of its bu
 
 Prints, per size and engine: shards, build time, bytes per image, query latency p50/p99 with
 one query thread and with two (each query's own time), recall@20 against exact search, the
-ratio of p50 to Faiss's, and the keyword-query latency of the project's index.
+ratio of p50 to Faiss's, and the keyword-query latency of the project's index. The project's
+index is loaded as a server loads it, its pages mapped into the process at load
+(`shards.map_resident`); `--on-demand` adds the first setting again with its pages faulted in
+by the queries (`Index(resident=False)`).
 """
 
 from __future__ import annotations
@@ -137,12 +140,28 @@ def _chunk(
     path = None if chunk_cache is None else chunk_cache / f"chunk-{size}-{first}.npz"
     if path is not None and path.exists():
         with np.load(path) as cached:
-            return cached["features"], cached["probabilities"]
+            features, probabilities = cached["features"], cached["probabilities"]
+        forget_pages(path)
+        return features, probabilities
     features, probabilities = synthesise(*real, CHUNK, np.random.default_rng((size, 0, first)))
     halves = features.astype(np.float16)
     if path is not None:
         np.savez(path, features=halves, probabilities=probabilities)
+        forget_pages(path)
     return halves, probabilities
+
+
+def forget_pages(path: Path) -> None:
+    """Let the kernel drop `path`'s pages from its cache, once read into this process: 4.5 GB
+    of chunks and Faiss's 5 GB file read through the page cache would otherwise push the
+    project's index (and others' data: the machine is shared) out of memory before it is
+    queried."""
+    if hasattr(os, "posix_fadvise"):
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(descriptor)
 
 
 def image_id(row: int) -> str:
@@ -260,9 +279,11 @@ def cached_faiss(
             index.add(features.astype(np.float32))
         seconds = time.perf_counter() - started
         faiss.write_index(index, str(path))
+        forget_pages(path)
         record.write_text(json.dumps({"seconds": seconds, "load": os.getloadavg()[0]}))
     else:
         index = faiss.read_index(str(path))
+        forget_pages(path)  # read into Faiss's own memory
     index.hnsw.efSearch = 64
     faiss.omp_set_num_threads(1)  # one query, one thread: as each request is served
     return index, json.loads(record.read_text())["seconds"], path.stat().st_size
@@ -330,6 +351,10 @@ class Engine:
     # False for a reference asked the same queries over another collection (its answers are
     # not of these vectors).
     answers_these: bool = True
+    # Measured in a pass of its own beside Faiss: the index mapped on demand reads the same file
+    # pages (the same memory) as the default one, and asked right after it would find the rows
+    # it faults in already in the CPU's caches.
+    apart: bool = False
 
 
 def compare(size: int, engines: list[Engine], queries: np.ndarray, truth: list[set[int]]) -> None:
@@ -384,8 +409,13 @@ def measure(size: int, args: argparse.Namespace, real: tuple[np.ndarray, np.ndar
     elif args.reference_faiss:
         engines.append(reference_faiss(args, real, size))
     layout_text = "+".join(f"{count // 1000}k" for count in built["layout"])
-    for candidates, search_k in args.settings:
-        index = Index(store, candidates=candidates, search_k=search_k)
+    # The index as a server loads it (its pages mapped at load: shards.map_resident), then, for
+    # the first setting, as a process that faults them in query by query (`--on-demand`).
+    variants = [(candidates, search_k, True) for candidates, search_k in args.settings]
+    if args.on_demand:
+        variants.append((*args.settings[0], False))
+    for candidates, search_k, resident in variants:
+        index = Index(store, candidates=candidates, search_k=search_k, resident=resident)
         index.refresh(force=True)
 
         def ours(query: np.ndarray, index: Index = index) -> list[int]:
@@ -400,12 +430,14 @@ def measure(size: int, args: argparse.Namespace, real: tuple[np.ndarray, np.ndar
         engines.append(
             Engine(
                 # The budget grows past 100k images (reader.budget_growth): say by how much.
-                f"imgsearch {candidates}:{search_k} x{budget_growth(size):.2f}",
+                f"imgsearch {candidates}:{search_k} x{budget_growth(size):.2f}"
+                + ("" if resident else ", mapped on demand"),
                 len(built["layout"]),
                 built["seconds"],
                 built["bytes"],
                 ours,
                 f"shards {layout_text}; keyword p50 {statistics.median(keyword):.2f} ms",
+                apart=not resident,
             )
         )
     print(
@@ -413,7 +445,13 @@ def measure(size: int, args: argparse.Namespace, real: tuple[np.ndarray, np.ndar
         f"load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
-    compare(size, engines, queries, truth)
+    together = [engine for engine in engines if not engine.apart]
+    compare(size, together, queries, truth)
+    for engine in engines:
+        if engine.apart:  # beside this size's Faiss (or its reference) again, when there is one
+            print(f"{size:,} images: {engine.name}, measured apart", flush=True)
+            reference = together[:1] if together[0].name.startswith("Faiss") else []
+            compare(size, [*reference, engine], queries, truth)
     print(f"{size:,} images: load average after {os.getloadavg()[0]:.1f}", flush=True)
 
 
@@ -449,6 +487,12 @@ def main() -> None:
         type=int,
         default=0,
         help="sizes without Faiss measure Faiss over this many images beside them, as a reference",
+    )
+    parser.add_argument(
+        "--on-demand",
+        action="store_true",
+        help="also measure the first setting with the index's pages faulted in by the queries "
+        "(as a process that has not mapped them yet), not mapped at load",
     )
     args = parser.parse_args()
     real = real_embeddings()

@@ -90,10 +90,12 @@ class _Snapshot:
             live_count=live,
         )
 
-    def project(self, vector: np.ndarray) -> list[np.ndarray]:
-        """A float32 `vector` projected by each shard's projection, in shard order."""
-        projected = serial_matvec(self.components, vector) - self.offsets
-        return np.split(projected, self.ends[:-1])
+    def project(self, vector: np.ndarray) -> list[list[float]]:
+        """A float32 `vector` projected by each shard's projection, in shard order, as lists
+        (Annoy reads a list's floats in 13 us where it reads an array's in 22: per shard)."""
+        projected = (serial_matvec(self.components, vector) - self.offsets).tolist()
+        starts = (0, *self.ends[:-1])
+        return [projected[start:end] for start, end in zip(starts, self.ends, strict=True)]
 
 
 def budget_growth(live_images: int) -> float:
@@ -110,8 +112,13 @@ class Index(SearchIndex):
         *,
         candidates: int = 100,
         search_k: int = -1,
+        resident: bool = True,
     ) -> None:
+        """`resident`: each shard's features and forest are mapped into the process when it
+        is loaded (`shards.map_resident`); False faults them in as queries touch them (the
+        bench's measure of a cold index)."""
         self._store = store
+        self.resident = resident
         self.candidates = candidates
         self.search_k = search_k
         self.refresh_interval = REFRESH_INTERVAL_SECONDS
@@ -180,7 +187,7 @@ class Index(SearchIndex):
             for entry in manifest.shards:
                 shard = loaded.get((entry.id, entry.build))
                 if shard is None:
-                    shard = Shard(entry, self._store)
+                    shard = Shard(entry, self._store, resident=self.resident)
                 else:
                     shard.set_deleted(entry.deleted)
                 shards.append(shard)
