@@ -34,6 +34,7 @@ from imgsearch.storage import (
     Storage,
     StoredObject,
     Table,
+    in_parallel,
     open_storage,
 )
 from imgsearch.storage.local import LocalObjectStore, SqliteTable
@@ -727,3 +728,26 @@ def test_deferred_puts_are_visible_at_once_and_durable_before_what_follows(
     deferred("embeddings/c.npz")
     objects.make_durable()
     assert [path for path in synced if not os.path.isdir(path)] == [f"{root}/embeddings/c.npz"]
+
+
+def test_puts_made_in_parallel_for_a_deferring_caller_are_deferred(tmp_path, monkeypatch) -> None:
+    """`in_parallel` runs its work as the caller would: the puts it makes for a caller in a
+    `deferred_durability` block skip their fsync too (an ingest's embedding, thumbnail and
+    tile are written at once), and reach the disk with the caller's batch."""
+    from imgsearch.storage.local import LocalObjectStore
+
+    objects = LocalObjectStore(tmp_path / "objects")
+    synced: list[str] = []
+    real_fsync = imgsearch.storage.local.os.fsync
+    monkeypatch.setattr(
+        imgsearch.storage.local.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))
+    )
+    keys = [f"thumbnails/{n}.jpg" for n in "abc"]
+    with objects.deferred_durability():
+        in_parallel(lambda key: objects.put(key, key.encode()), keys)
+    assert synced == []
+    in_parallel(lambda key: objects.put(key, b"again"), keys[:2])  # not deferred: flushed
+    assert len(synced) >= 3 + 2
+    synced.clear()
+    objects.make_durable()
+    assert synced == []

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -129,12 +130,6 @@ def make_files_durable(paths: Iterator[Path] | list[Path]) -> None:
             _fsync_directory(directory)
 
 
-class _DeferringThreads(threading.local):
-    """Whether this thread's puts are in a `deferred_durability` block (and how deep)."""
-
-    depth = 0
-
-
 ETAG_CACHE_SIZE = 100_000
 
 
@@ -151,18 +146,20 @@ class LocalObjectStore(ObjectStore):
         self._lock_dir = self.root / LOCK_DIR_NAME
         self._lock_dir.mkdir(parents=True, exist_ok=True)
         self._etags: dict[tuple[int, int, int, int], str] = {}
-        self._deferring = _DeferringThreads()
+        # How deep this context's puts are in `deferred_durability` blocks: a context, not a
+        # thread, so that the writes `in_parallel` makes for a deferring caller defer too.
+        self._deferring: ContextVar[int] = ContextVar(f"deferring-{id(self)}", default=0)
         self._deferred: list[Path] = []  # written without fsync, in order (deferred_durability)
         self._deferred_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one flush at a time; a second waits for it
 
     @contextmanager
     def deferred_durability(self) -> Iterator[None]:
-        self._deferring.depth += 1
+        token = self._deferring.set(self._deferring.get() + 1)
         try:
             yield
         finally:
-            self._deferring.depth -= 1
+            self._deferring.reset(token)
 
     def make_durable(self) -> None:
         """fsync what was written deferred. Holding the flush lock until done, so that a
@@ -194,7 +191,7 @@ class LocalObjectStore(ObjectStore):
         self, key: str, data: bytes, if_none_match: bool, if_match: str | None, content_type: str
     ) -> str:
         path = self._path(key)
-        durable = self._deferring.depth == 0
+        durable = self._deferring.get() == 0
         if durable:  # what it names may be among the deferred writes: they go first
             self.make_durable()
         # Unconditional writes take the lock too: otherwise one could land between a
