@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -40,6 +41,8 @@ from .ports import (
     Write,
 )
 from .validation import INTERNAL_NAME_PREFIX
+
+log = logging.getLogger(__name__)
 
 TEMP_FILE_PREFIX = f"{INTERNAL_NAME_PREFIX}tmp-"
 LOCK_DIR_NAME = f"{INTERNAL_NAME_PREFIX}locks"
@@ -131,6 +134,12 @@ def make_files_durable(paths: Iterator[Path] | list[Path]) -> None:
 
 
 ETAG_CACHE_SIZE = 100_000
+# Deferred writes are flushed ahead, in a thread of their own, once this much waits: the flush
+# that makes a batch durable (before its build publishes it) then finds most of it on disk
+# already, instead of writing a batch of 12-megapixel originals (2.4 MB each) while the
+# workers wait for the build.
+FLUSH_AHEAD_BYTES = 32 * 1024 * 1024
+FLUSH_AHEAD_FILES = 256
 
 
 class LocalObjectStore(ObjectStore):
@@ -150,6 +159,8 @@ class LocalObjectStore(ObjectStore):
         # thread, so that the writes `in_parallel` makes for a deferring caller defer too.
         self._deferring: ContextVar[int] = ContextVar(f"deferring-{id(self)}", default=0)
         self._deferred: list[Path] = []  # written without fsync, in order (deferred_durability)
+        self._deferred_bytes = 0
+        self._flushing_ahead = False
         self._deferred_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one flush at a time; a second waits for it
 
@@ -167,9 +178,40 @@ class LocalObjectStore(ObjectStore):
         with self._flush_lock:
             with self._deferred_lock:
                 paths, self._deferred = self._deferred, []
-            if paths:
+                self._deferred_bytes = 0
+            if not paths:
+                return
+            try:
                 with disk_full_is_storage_full("deferred writes"):
                     make_files_durable(paths)
+            except BaseException:
+                with self._deferred_lock:  # not lost: the next flush tries them again
+                    self._deferred[:0] = paths
+                raise
+
+    def _defer(self, path: Path, size: int) -> None:
+        """Remember a file written without fsync; start flushing ahead if enough waits."""
+        with self._deferred_lock:
+            self._deferred.append(path)
+            self._deferred_bytes += size
+            start = not self._flushing_ahead and (
+                self._deferred_bytes >= FLUSH_AHEAD_BYTES
+                or len(self._deferred) >= FLUSH_AHEAD_FILES
+            )
+            self._flushing_ahead |= start
+        if start:
+            threading.Thread(target=self._flush_ahead, name="imgsearch-flush", daemon=True).start()
+
+    def _flush_ahead(self) -> None:
+        """Flush what waits, beside the writers (fsync leaves the GIL); a failure is left to
+        the flush that makes the batch durable, which raises it."""
+        try:
+            self.make_durable()
+        except Exception as error:
+            log.warning("flushing deferred writes ahead failed (tried again later): %s", error)
+        finally:
+            with self._deferred_lock:
+                self._flushing_ahead = False
 
     def _get(self, key: str) -> StoredObject:
         try:
@@ -209,8 +251,7 @@ class LocalObjectStore(ObjectStore):
                 with atomic_file(path, durable=durable) as file:
                     file.write(data)
                 if not durable:
-                    with self._deferred_lock:
-                        self._deferred.append(path)
+                    self._defer(path, len(data))
             except (FileExistsError, NotADirectoryError, IsADirectoryError) as error:
                 raise InvalidKey(f"{key!r} collides with a stored object's path") from error
         return hashlib.md5(data).hexdigest()
