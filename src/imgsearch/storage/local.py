@@ -39,6 +39,7 @@ from .ports import (
     StorageFull,
     StoredObject,
     Write,
+    in_parallel,
 )
 from .validation import INTERNAL_NAME_PREFIX
 
@@ -115,22 +116,24 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def make_files_durable(paths: Iterator[Path] | list[Path]) -> None:
+def make_files_durable(paths: Sequence[Path]) -> None:
     """fsync each file written without it, then each of their directories once (their
     renames). A file replaced or deleted since needs nothing: whatever replaced it was
-    flushed by its own writer, or is in the same batch."""
-    directories: set[Path] = set()
-    for path in paths:
-        with suppress(*_NO_OBJECT_ERRORS):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        directories.add(path.parent)
-    for directory in directories:
-        with suppress(*_NO_OBJECT_ERRORS):
-            _fsync_directory(directory)
+    flushed by its own writer, or is in the same batch. Several at once: a journalling file
+    system commits concurrent fsyncs together (400 files of 30 KB: 0.1-0.5 s in 8 threads,
+    1.3-12 s one after the other on this shared disk)."""
+    in_parallel(_fsync_file, paths)
+    in_parallel(_fsync_file, list(dict.fromkeys(path.parent for path in paths)))
+
+
+def _fsync_file(path: Path) -> None:
+    """fsync a file or directory, if it is still there."""
+    with suppress(*_NO_OBJECT_ERRORS):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 ETAG_CACHE_SIZE = 100_000
