@@ -161,3 +161,27 @@ def test_a_folder_is_ingested_with_one_build_per_batch(service, tmp_path, monkey
     assert summary.counts["added"] == 24 and service.count() == 24
     assert sum(builds) == 24 and len(builds) <= 3  # at 10 (or more) added, at 20, at the end
     assert not service.parts.catalog.pending()
+
+
+def test_the_last_build_of_a_folder_is_left_a_small_batch(service, tmp_path, monkeypatch) -> None:
+    """Builds run beside the workers but the last one alone: once what is left to ingest is no
+    more than what waits for a build, the waiting batch is built while the rest is ingested,
+    so that the last build finds at most MIN_EARLY_BUILD images queued, not a whole batch."""
+    folder = tmp_path / "photos"
+    for category in ("elephant", "pizza"):
+        shutil.copytree(DEMO / category, folder / category)
+    monkeypatch.setattr(bulk, "MIN_EARLY_BUILD", 4)
+    queued = []  # (images queued when a build starts, whether it is an early one)
+    real_build = service.build_index
+
+    def counted(**kwargs):
+        queued.append((len(service.parts.catalog.pending()), kwargs.get("one_batch", False)))
+        return real_build(**kwargs)
+
+    monkeypatch.setattr(service, "build_index", counted)
+    summary = bulk.ingest_tree(service, folder, workers=3)
+    assert summary.counts["added"] == 24 and service.count() == 24
+    early = [count for count, one_batch in queued if one_batch]
+    assert early and early[0] >= 12, queued  # half-way: 12 waiting, 12 left
+    assert queued[-1][0] <= 4 and not queued[-1][1], queued  # not 24 built at the end
+    assert not service.parts.catalog.pending()

@@ -18,6 +18,12 @@ from imgsearch.service import ImageSearch
 # New images between index builds: a build publishes a batch (the builder takes 1,000 at most),
 # and the open shard is rebuilt for each; fewer, larger builds ingest faster.
 BUILD_EVERY = 1000
+# The smallest batch built before the end. Builds run beside the workers, but the last one
+# runs alone (on one core): once what is left to ingest is no more than what waits for a
+# build, that batch is built while the workers ingest the rest, so that the last build gets
+# a fraction of the last batch (Corel-1k: 500, 250, 125, then 125 at the end, instead of
+# all 1,000 at the end: 3.8 s of CPU on one core while the other idled).
+MIN_EARLY_BUILD = 100
 Progress = Callable[[IngestResult], object]  # what it returns is ignored
 
 
@@ -69,6 +75,7 @@ def ingest_tree(
     """
     summary = IngestSummary()
     since_build = 0
+    entries = list(files_under(root))
 
     def ingest_one(entry: tuple[str, Path]) -> IngestResult:
         relative, path = entry
@@ -86,16 +93,22 @@ def ingest_tree(
             return IngestResult(key, "refused", reason=str(error), code="invalid_key")
 
     with ThreadPoolExecutor(max_workers=workers or service.model_info().runs_at_once + 1) as pool:
-        for result in pool.map(ingest_one, files_under(root)):
+        for result in pool.map(ingest_one, entries):
             summary.results.append(result)
             if on_result:
                 on_result(result)
             since_build += result.status == "added"
-            if since_build >= BUILD_EVERY:
+            if _time_to_build(since_build, len(entries) - len(summary.results)):
                 service.build_index(one_batch=True)
                 since_build = 0
     service.build_index()
     return summary
+
+
+def _time_to_build(waiting: int, left: int) -> bool:
+    """Whether to build the `waiting` new images now, with `left` files still to ingest: a
+    full batch, or a batch at least as large as what is left (see MIN_EARLY_BUILD)."""
+    return waiting >= BUILD_EVERY or (waiting >= MIN_EARLY_BUILD and waiting >= left > 0)
 
 
 @dataclass

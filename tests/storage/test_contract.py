@@ -34,6 +34,7 @@ from imgsearch.storage import (
     Storage,
     StoredObject,
     Table,
+    in_parallel,
     open_storage,
 )
 from imgsearch.storage.local import LocalObjectStore, SqliteTable
@@ -759,3 +760,78 @@ def test_change_token_follows_every_write_to_the_file(storage: Storage) -> None:
     process.join(60)
     assert process.exitcode == 0
     assert table.change_token() not in (first, second, third)
+
+
+def test_puts_made_in_parallel_for_a_deferring_caller_are_deferred(tmp_path, monkeypatch) -> None:
+    """`in_parallel` runs its work as the caller would: the puts it makes for a caller in a
+    `deferred_durability` block skip their fsync too (an ingest's embedding, thumbnail and
+    tile are written at once), and reach the disk with the caller's batch."""
+    from imgsearch.storage.local import LocalObjectStore
+
+    objects = LocalObjectStore(tmp_path / "objects")
+    synced: list[str] = []
+    real_fsync = imgsearch.storage.local.os.fsync
+    monkeypatch.setattr(
+        imgsearch.storage.local.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))
+    )
+    keys = [f"thumbnails/{n}.jpg" for n in "abc"]
+    with objects.deferred_durability():
+        in_parallel(lambda key: objects.put(key, key.encode()), keys)
+    assert synced == []
+    in_parallel(lambda key: objects.put(key, b"again"), keys[:2])  # not deferred: flushed
+    assert len(synced) >= 3 + 2
+    synced.clear()
+    objects.make_durable()
+    assert synced == []
+
+
+def test_deferred_puts_are_flushed_ahead_once_enough_wait(tmp_path, monkeypatch) -> None:
+    """Past FLUSH_AHEAD_FILES (or _BYTES) deferred files, a thread flushes them beside the
+    writers, so that the flush making the batch durable finds little left; a flush ahead that
+    fails loses track of nothing: the next flush tries its files again."""
+    from imgsearch.storage.local import LocalObjectStore
+
+    monkeypatch.setattr(imgsearch.storage.local, "FLUSH_AHEAD_FILES", 3)
+    objects = LocalObjectStore(tmp_path / "objects")
+    synced: list[str] = []
+    real_fsync = imgsearch.storage.local.os.fsync
+    failing = [True]
+
+    def recording(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if failing[0] and path.endswith("a.jpg"):
+            failing[0] = False
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+        synced.append(path)
+
+    def deferred(name: str) -> None:
+        with objects.deferred_durability():
+            objects.put(f"thumbnails/{name}.jpg", b"x")
+
+    def flushed_ahead() -> None:  # wait for the thread flushing ahead to end
+        time.sleep(0.05)
+        for _ in range(200):
+            if not objects._flushing_ahead:
+                return
+            time.sleep(0.05)
+        raise AssertionError("the flush ahead did not end")
+
+    monkeypatch.setattr(imgsearch.storage.local.os, "fsync", recording)
+    deferred("a")
+    deferred("b")
+    flushed_ahead()
+    assert synced == []  # fewer than 3 wait
+    deferred("c")  # 3 wait: flushed ahead, and a.jpg fails (b and c may be flushed)
+    flushed_ahead()
+    root = str((tmp_path / "objects").resolve())
+    assert not failing[0] and f"{root}/thumbnails/a.jpg" not in synced
+    deferred("d")  # 4 wait again: flushed ahead, this time in full
+    flushed_ahead()
+    assert sorted({p for p in synced if not os.path.isdir(p)}) == [
+        f"{root}/thumbnails/{name}.jpg" for name in "abcd"
+    ]
+    assert synced[-1] == f"{root}/thumbnails"  # their renames too
+    synced.clear()
+    objects.make_durable()
+    assert synced == []  # nothing left for the batch's own flush

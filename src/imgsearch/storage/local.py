@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -19,6 +20,7 @@ import threading
 import time
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -37,8 +39,11 @@ from .ports import (
     StorageFull,
     StoredObject,
     Write,
+    in_parallel,
 )
 from .validation import INTERNAL_NAME_PREFIX
+
+log = logging.getLogger(__name__)
 
 TEMP_FILE_PREFIX = f"{INTERNAL_NAME_PREFIX}tmp-"
 LOCK_DIR_NAME = f"{INTERNAL_NAME_PREFIX}locks"
@@ -111,31 +116,33 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def make_files_durable(paths: Iterator[Path] | list[Path]) -> None:
+def make_files_durable(paths: Sequence[Path]) -> None:
     """fsync each file written without it, then each of their directories once (their
     renames). A file replaced or deleted since needs nothing: whatever replaced it was
-    flushed by its own writer, or is in the same batch."""
-    directories: set[Path] = set()
-    for path in paths:
-        with suppress(*_NO_OBJECT_ERRORS):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        directories.add(path.parent)
-    for directory in directories:
-        with suppress(*_NO_OBJECT_ERRORS):
-            _fsync_directory(directory)
+    flushed by its own writer, or is in the same batch. Several at once: a journalling file
+    system commits concurrent fsyncs together (400 files of 30 KB: 0.1-0.5 s in 8 threads,
+    1.3-12 s one after the other on this shared disk)."""
+    in_parallel(_fsync_file, paths)
+    in_parallel(_fsync_file, list(dict.fromkeys(path.parent for path in paths)))
 
 
-class _DeferringThreads(threading.local):
-    """Whether this thread's puts are in a `deferred_durability` block (and how deep)."""
-
-    depth = 0
+def _fsync_file(path: Path) -> None:
+    """fsync a file or directory, if it is still there."""
+    with suppress(*_NO_OBJECT_ERRORS):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 ETAG_CACHE_SIZE = 100_000
+# Deferred writes are flushed ahead, in a thread of their own, once this much waits: the flush
+# that makes a batch durable (before its build publishes it) then finds most of it on disk
+# already, instead of writing a batch of 12-megapixel originals (2.4 MB each) while the
+# workers wait for the build.
+FLUSH_AHEAD_BYTES = 32 * 1024 * 1024
+FLUSH_AHEAD_FILES = 256
 
 
 class LocalObjectStore(ObjectStore):
@@ -151,18 +158,22 @@ class LocalObjectStore(ObjectStore):
         self._lock_dir = self.root / LOCK_DIR_NAME
         self._lock_dir.mkdir(parents=True, exist_ok=True)
         self._etags: dict[tuple[int, int, int, int], str] = {}
-        self._deferring = _DeferringThreads()
+        # How deep this context's puts are in `deferred_durability` blocks: a context, not a
+        # thread, so that the writes `in_parallel` makes for a deferring caller defer too.
+        self._deferring: ContextVar[int] = ContextVar(f"deferring-{id(self)}", default=0)
         self._deferred: list[Path] = []  # written without fsync, in order (deferred_durability)
+        self._deferred_bytes = 0
+        self._flushing_ahead = False
         self._deferred_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one flush at a time; a second waits for it
 
     @contextmanager
     def deferred_durability(self) -> Iterator[None]:
-        self._deferring.depth += 1
+        token = self._deferring.set(self._deferring.get() + 1)
         try:
             yield
         finally:
-            self._deferring.depth -= 1
+            self._deferring.reset(token)
 
     def make_durable(self) -> None:
         """fsync what was written deferred. Holding the flush lock until done, so that a
@@ -170,9 +181,40 @@ class LocalObjectStore(ObjectStore):
         with self._flush_lock:
             with self._deferred_lock:
                 paths, self._deferred = self._deferred, []
-            if paths:
+                self._deferred_bytes = 0
+            if not paths:
+                return
+            try:
                 with disk_full_is_storage_full("deferred writes"):
                     make_files_durable(paths)
+            except BaseException:
+                with self._deferred_lock:  # not lost: the next flush tries them again
+                    self._deferred[:0] = paths
+                raise
+
+    def _defer(self, path: Path, size: int) -> None:
+        """Remember a file written without fsync; start flushing ahead if enough waits."""
+        with self._deferred_lock:
+            self._deferred.append(path)
+            self._deferred_bytes += size
+            start = not self._flushing_ahead and (
+                self._deferred_bytes >= FLUSH_AHEAD_BYTES
+                or len(self._deferred) >= FLUSH_AHEAD_FILES
+            )
+            self._flushing_ahead |= start
+        if start:
+            threading.Thread(target=self._flush_ahead, name="imgsearch-flush", daemon=True).start()
+
+    def _flush_ahead(self) -> None:
+        """Flush what waits, beside the writers (fsync leaves the GIL); a failure is left to
+        the flush that makes the batch durable, which raises it."""
+        try:
+            self.make_durable()
+        except Exception as error:
+            log.warning("flushing deferred writes ahead failed (tried again later): %s", error)
+        finally:
+            with self._deferred_lock:
+                self._flushing_ahead = False
 
     def _get(self, key: str) -> StoredObject:
         try:
@@ -194,7 +236,7 @@ class LocalObjectStore(ObjectStore):
         self, key: str, data: bytes, if_none_match: bool, if_match: str | None, content_type: str
     ) -> str:
         path = self._path(key)
-        durable = self._deferring.depth == 0
+        durable = self._deferring.get() == 0
         if durable:  # what it names may be among the deferred writes: they go first
             self.make_durable()
         # Unconditional writes take the lock too: otherwise one could land between a
@@ -212,8 +254,7 @@ class LocalObjectStore(ObjectStore):
                 with atomic_file(path, durable=durable) as file:
                     file.write(data)
                 if not durable:
-                    with self._deferred_lock:
-                        self._deferred.append(path)
+                    self._defer(path, len(data))
             except (FileExistsError, NotADirectoryError, IsADirectoryError) as error:
                 raise InvalidKey(f"{key!r} collides with a stored object's path") from error
         return hashlib.md5(data).hexdigest()

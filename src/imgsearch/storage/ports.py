@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -77,11 +78,14 @@ AWS_POOL_CONNECTIONS = 4 * PARALLEL_REQUESTS
 
 def in_parallel(work: Callable[[T], R], items: Sequence[T]) -> list[R]:
     """`work(item)` for each of `items`, up to PARALLEL_REQUESTS at once (in threads, for
-    requests over the network), the results in order; the first error is raised."""
+    requests over the network), the results in order; the first error is raised. Each runs
+    in a copy of the caller's context (its context variables: a local store's deferred
+    durability), as if the caller ran it."""
     if len(items) <= 1:
         return [work(item) for item in items]
+    contexts = [copy_context() for _ in items]  # a context is entered by one thread at a time
     with ThreadPoolExecutor(min(PARALLEL_REQUESTS, len(items))) as pool:
-        return list(pool.map(work, items))
+        return list(pool.map(lambda context, item: context.run(work, item), contexts, items))
 
 
 def retry_on_conflict(step: Callable[[], T], what: str, attempts: int = MAX_CAS_ATTEMPTS) -> T:
