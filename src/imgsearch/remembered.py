@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 
-class Remembered(Generic[K, V]):
-    """The last `size` values by key, for any thread (least recently used dropped first)."""
+def _one(_: object) -> int:
+    return 1
 
-    def __init__(self, size: int) -> None:
-        self._size = size
+
+class Remembered(Generic[K, V]):
+    """Values by key up to a total weight of `size`, the least recently used dropped first;
+    for any thread. Each value weighs `weigh(value)`: 1 by default, so that `size` counts
+    values; `len` for bytes, say, bounds their total size instead."""
+
+    def __init__(self, size: int, weigh: Callable[[V], int] = _one) -> None:
+        self.size = size
+        self.weight = 0
+        self._weigh = weigh
         self._values: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._values)
 
     def get(self, key: K) -> V | None:
         with self._lock:
@@ -25,12 +37,28 @@ class Remembered(Generic[K, V]):
                 self._values.move_to_end(key)
             return value
 
-    def __len__(self) -> int:
-        return len(self._values)
+    def get_many(self, keys: Iterable[K]) -> dict[K, V]:
+        """Those of `keys` remembered, with their values (under one lock)."""
+        found: dict[K, V] = {}
+        with self._lock:
+            for key in keys:
+                value = self._values.get(key)
+                if value is not None:
+                    self._values.move_to_end(key)
+                    found[key] = value
+        return found
 
     def put(self, key: K, value: V) -> V:
-        with self._lock:
-            self._values[key] = value
-            while len(self._values) > self._size:
-                self._values.popitem(last=False)
+        self.put_many({key: value})
         return value
+
+    def put_many(self, values: Mapping[K, V]) -> None:
+        with self._lock:
+            for key, value in values.items():
+                old = self._values.pop(key, None)
+                if old is not None:
+                    self.weight -= self._weigh(old)
+                self._values[key] = value
+                self.weight += self._weigh(value)
+            while self._values and self.weight > self.size:
+                self.weight -= self._weigh(self._values.popitem(last=False)[1])

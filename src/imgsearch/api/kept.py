@@ -17,57 +17,13 @@ Bounded, least recently used out first (config.py: `http_kept_page_bytes`,
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Generic, TypeVar
+from collections.abc import Hashable
 
-V = TypeVar("V")
+from imgsearch.remembered import Remembered
+
 # An image's part of a result object: its JSON before the score and from its width to the
 # tier (presenters.results_json); () for an image without a record.
 Parts = tuple[str, str] | tuple[()]
-
-
-class _LRU(Generic[V]):
-    """Values up to a total weight of `size` (each weighs `weigh(value)`: 1 by default),
-    least recently used out first; thread-safe."""
-
-    def __init__(self, size: int, weigh: Callable[[V], int] = lambda _: 1) -> None:
-        self.size = size
-        self.weight = 0
-        self._weigh = weigh
-        self._values: OrderedDict[Hashable, V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> V | None:
-        with self._lock:
-            value = self._values.get(key)
-            if value is not None:
-                self._values.move_to_end(key)
-            return value
-
-    def get_many(self, keys: Iterable[Hashable]) -> dict[Hashable, V]:
-        found = {}
-        with self._lock:
-            for key in keys:
-                value = self._values.get(key)
-                if value is not None:
-                    self._values.move_to_end(key)
-                    found[key] = value
-        return found
-
-    def put_many(self, values: Mapping[Hashable, V]) -> None:
-        with self._lock:
-            for key, value in values.items():
-                old = self._values.pop(key, None)
-                if old is not None:
-                    self.weight -= self._weigh(old)
-                self._values[key] = value
-                self.weight += self._weigh(value)
-            while self._values and self.weight > self.size:
-                self.weight -= self._weigh(self._values.popitem(last=False)[1])
-
-    def __len__(self) -> int:
-        return len(self._values)
 
 
 class Kept:
@@ -75,8 +31,8 @@ class Kept:
 
     def __init__(self, version: Hashable, page_bytes: int, results: int) -> None:
         self.version = version
-        self.pages: _LRU[bytes] = _LRU(page_bytes, len)
-        self.results: _LRU[Parts] = _LRU(results)
+        self.pages: Remembered[Hashable, bytes] = Remembered(page_bytes, len)
+        self.results: Remembered[Hashable, Parts] = Remembered(results)
 
 
 class KeptAnswers:

@@ -24,19 +24,18 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Generic, TypeVar
 
 import numpy as np
 
 from imgsearch.catalog import Catalog, StoredNeighbours
 from imgsearch.index.base import SearchIndex
 from imgsearch.index.expansion import Expansion, Ranked
+from imgsearch.remembered import Remembered
 from imgsearch.storage import in_parallel
 
 Neighbours = list[tuple[str, float]]
-_V = TypeVar("_V")
 
 REACH = 200  # how many of a new or removed image's nearest images may list it
 # New images whose touched lists are read and written together: about REACH lists each, so
@@ -240,42 +239,6 @@ def _rounded(neighbours: Neighbours) -> Neighbours:
     return [(i, round(d, 6)) for i, d in neighbours]
 
 
-class _LRU(Generic[_V]):
-    """At most `limit` values by key, the least recently used dropped first; thread-safe."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._values: OrderedDict[str, _V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def get(self, key: str) -> _V | None:
-        return self.get_many([key]).get(key)
-
-    def get_many(self, keys: Iterable[str]) -> dict[str, _V]:
-        found: dict[str, _V] = {}
-        with self._lock:
-            for key in keys:
-                value = self._values.get(key)
-                if value is not None:
-                    self._values.move_to_end(key)
-                    found[key] = value
-        return found
-
-    def put(self, key: str, value: _V) -> None:
-        self.put_many({key: value})
-
-    def put_many(self, values: Mapping[str, _V]) -> None:
-        with self._lock:
-            self._values.update(values)
-            for key in values:
-                self._values.move_to_end(key)
-            while len(self._values) > self.limit:
-                self._values.popitem(last=False)
-
-
 class _Kept:
     """Lists and expanded vectors read while the catalog's token of list writes was `token`."""
 
@@ -283,5 +246,5 @@ class _Kept:
         self.token = token
         self.serial = next(_KEPT_SERIALS)
         self.checked_at = checked_at  # when the token was last read (monotonic)
-        self.lists: _LRU[Neighbours] = _LRU(CACHE_LISTS)
-        self.vectors: _LRU[np.ndarray] = _LRU(CACHE_VECTORS)
+        self.lists: Remembered[str, Neighbours] = Remembered(CACHE_LISTS)
+        self.vectors: Remembered[str, np.ndarray] = Remembered(CACHE_VECTORS)
