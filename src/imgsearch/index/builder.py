@@ -312,13 +312,13 @@ class IndexBuilder:
             for i, op in wanted.items()
             if op == "remove" and (vector := self.index.vector(i)) is not None
         }
-        if not len(additions) and not removed:
+        if not len(additions) and not removed and not (present and self.writer.counts_held):
             return set(), {}, present
         # The manifest's compare-and-swap keeps two builders from publishing over each other;
         # the lease check keeps one whose lease lapsed (a frozen sandbox, a long pause) from
         # trying.
         report.shard_builds += self.writer.publish(
-            additions, list(removed), still_held=lambda: _still_held(lease)
+            additions, list(removed), still_held=lambda: _still_held(lease), held=present
         )
         self.index.refresh(force=True)
         return set(additions.ids), removed, present
