@@ -11,6 +11,7 @@ import pytest
 
 from imgsearch.catalog import ImageRecord
 from imgsearch.config import Settings
+from imgsearch.index.builder import GARBAGE_INTERVAL
 from imgsearch.index.manifest import read_manifest
 from imgsearch.index.shards import SHARDS_PREFIX, build_key, normalise_rows
 from imgsearch.service import ImageSearch
@@ -59,6 +60,7 @@ def index_service(tmp_path) -> ImageSearch:
     settings = Settings(data_dir=tmp_path / "data", shard_size=50, ann_trees=10, neighbours=10)
     service = ImageSearch(settings)
     service.parts.builder.writer.grace_seconds = 0.0
+    service.parts.builder.garbage_interval = 0.0  # every build_index collects
     # Old builds are deleted at once: no merge may read them in the background (those tests
     # that merge say so).
     service.parts.builder.writer.merger.background = False
@@ -133,6 +135,26 @@ def test_sealed_shards_are_merged_in_the_background_into_one_of_the_next_tier(
     service.parts.builder.collect_garbage()
     stored = {info.key.split(".")[0] for info in service.parts.storage.objects.list(SHARDS_PREFIX)}
     assert stored == {f"{SHARDS_PREFIX}{s.id}/{s.build}" for s in manifest.shards}
+
+
+def test_garbage_is_collected_at_most_once_a_minute_in_a_process(index_service) -> None:
+    """Each collection lists every stored build (a LIST request per 1,000 on S3): the
+    server's rounds (every 5 s) and the embed function's batches do not list each time."""
+    service = index_service
+    builder = service.parts.builder
+    builder.garbage_interval = GARBAGE_INTERVAL
+    listed = []
+    store = service.parts.storage.objects
+    listing = store.list
+    store.list = lambda prefix: listed.append(prefix) or listing(prefix)
+    ids = synthetic_ids(40)
+    for start in (0, 20):
+        queue(service, ids[start : start + 20], clustered_vectors(40)[start : start + 20])
+        service.build_index()
+    assert listed.count(SHARDS_PREFIX) == 1
+    builder._garbage_collected_at -= GARBAGE_INTERVAL  # a minute later
+    service.build_index()
+    assert listed.count(SHARDS_PREFIX) == 2
 
 
 def test_a_merge_whose_first_parts_were_collected_is_not_published(index_service, monkeypatch):
