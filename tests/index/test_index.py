@@ -635,3 +635,24 @@ def test_the_grown_budget_keeps_recall_as_the_collection_grows(
     grown = recall_against_exact(index, queries)
     assert fixed < 0.9
     assert grown >= 0.99
+
+
+def test_neighbour_lists_are_stored_packed_and_read_back_equal(index_service) -> None:
+    """A list is stored as two strings (decoding 50 values one by one cost the builder about
+    a millisecond a list on DynamoDB) and reads back equal, distances included (so that an
+    unchanged list is seen as unchanged); lists stored as lists of values still read."""
+    catalog = index_service.parts.catalog
+    rng = np.random.default_rng(3)
+    ids = synthetic_ids(51)
+    neighbours = [(i, round(float(d), 6)) for i, d in zip(ids[1:], np.sort(rng.random(50)))]
+    neighbours[0] = (ids[1], 1e-06)  # (written in exponent notation)
+    catalog.put_neighbour_lists({ids[0]: (neighbours, 0), ids[1]: ([], 0)})
+    item = catalog.table.get(f"image#{ids[0]}", "neighbours")
+    assert isinstance(item["ids"], str) and isinstance(item["distances"], str)
+    assert catalog.neighbour_lists(ids[:2]) == {ids[0]: (neighbours, 1), ids[1]: ([], 1)}
+    catalog.table.put(
+        f"image#{ids[2]}",
+        "neighbours",
+        {"ids": [i for i, _ in neighbours], "distances": [d for _, d in neighbours]},
+    )
+    assert catalog.neighbours(ids[2])[0] == neighbours
