@@ -644,7 +644,9 @@ def test_neighbour_lists_are_stored_packed_and_read_back_equal(index_service) ->
     catalog = index_service.parts.catalog
     rng = np.random.default_rng(3)
     ids = synthetic_ids(51)
-    neighbours = [(i, round(float(d), 6)) for i, d in zip(ids[1:], np.sort(rng.random(50)))]
+    neighbours = [
+        (i, round(float(d), 6)) for i, d in zip(ids[1:], np.sort(rng.random(50)), strict=True)
+    ]
     neighbours[0] = (ids[1], 1e-06)  # (written in exponent notation)
     catalog.put_neighbour_lists({ids[0]: (neighbours, 0), ids[1]: ([], 0)})
     item = catalog.table.get(f"image#{ids[0]}", "neighbours")
