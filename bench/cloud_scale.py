@@ -1216,8 +1216,11 @@ def monthly_costs(r: Run, size: int, units: Run | None = None) -> dict[str, dict
     ingest["Lambda (embed)"] = size * (
         embed_seconds * MEMORY_GB * LAMBDA_GB_SECOND + LAMBDA_REQUEST / batch
     )
-    derived = (r.stored["thumbnails"] + r.stored["embeddings"]) / r.images
-    index_bytes = r.stored["index"] / (r.size + r.images)
+    # Every photo the run ingested left its thumbnails and embedding in the bucket, the
+    # backlogs' too.
+    ingested = r.images + (sum(int(b[0]) for b in r.backlogs) or r.backlog_images)
+    derived = (r.stored["thumbnails"] + r.stored["embeddings"]) / ingested
+    index_bytes = r.stored["index"] / (r.size + ingested)
     storage = {
         "S3 originals": size * PHOTO_BYTES / GB * S3_GB_MONTH,
         "S3 thumbnails, embeddings, index": size * (derived + index_bytes) / GB * S3_GB_MONTH,
