@@ -61,6 +61,7 @@ bytes / 85 MB/s plus the measured init.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import logging
@@ -115,8 +116,14 @@ from support.s3vectors import create_vector_indexes, install_query_vectors  # no
 
 from imgsearch.bulk import files_under  # noqa: E402
 from imgsearch.catalog import NEAR_COPIES_MARK  # noqa: E402
+from imgsearch.cloud.handlers import BUILD_SHARE  # noqa: E402
 from imgsearch.config import ASSETS_DIR, Settings, get_settings  # noqa: E402
-from imgsearch.index.builder import LEASE_SECONDS, Lease  # noqa: E402
+from imgsearch.index.builder import (  # noqa: E402
+    BATCH_SIZE,
+    FIRST_BATCH,
+    LEASE_SECONDS,
+    Lease,
+)
 from imgsearch.index.s3vectors import classes_index_name  # noqa: E402
 from imgsearch.index.shards import ShardData  # noqa: E402
 from imgsearch.overview import complete_near_copies  # noqa: E402
@@ -216,10 +223,19 @@ class Mark:
     token: Token[Chain | None]
 
 
+# Per pool thread, the chain its last task continued and where that task's waits ended: a
+# pool runs at most its threads' count of tasks at once, and a task queued behind another on
+# the same thread starts where that one ended (see follow_chains_into_pools).
+_lane = threading.local()
+
+
 def follow_chains_into_pools() -> None:
     """Thread pools' tasks continue their submitter's Chain (asyncio and anyio's worker
     threads copy the context, so they share it already; the lease's heartbeat thread does
-    not: its requests overlap the work, off the critical path)."""
+    not: its requests overlap the work, off the critical path). A pool has a bounded number
+    of threads (storage.in_parallel: PARALLEL_REQUESTS): a task starts from the later of its
+    submitter's waits and the end of the task its thread ran before for the same submitter,
+    so 300 requests through 16 threads count as about 19 in turn, not as one."""
     if getattr(ThreadPoolExecutor.submit, "follows_chains", False):
         return
     submit, result = ThreadPoolExecutor.submit, Future.result
@@ -229,6 +245,10 @@ def follow_chains_into_pools() -> None:
         chain = Chain(parent.waited) if parent is not None else None
 
         def run() -> Any:
+            if chain is not None:
+                last = getattr(_lane, "last", None)
+                if last is not None and last[0] is parent:
+                    chain.waited = max(chain.waited, last[1])
             token = _chain.set(chain) if chain is not None else None
             began = time.thread_time()
             try:
@@ -236,6 +256,8 @@ def follow_chains_into_pools() -> None:
             finally:
                 if token is not None:
                     _chain.reset(token)
+                if chain is not None:
+                    _lane.last = (parent, chain.waited)
                 with POOLS_CPU_LOCK:  # the pool's thread may end before it is read: kept here
                     POOLS_CPU[0] += time.thread_time() - began
 
@@ -634,12 +656,25 @@ def straight_into_moto(table: Any, vector_bucket: Any) -> Iterator[None]:
             del vector_bucket.put
 
 
+@functools.cache
 def photos() -> list[tuple[str, bytes]]:
-    return [
+    """The demo photos, then each of them mirrored (other bytes, so another image, near its
+    original: more photos for the backlogs than demo/ holds)."""
+    originals = [
         (key, path.read_bytes())
         for key, path in files_under(REPO / "demo")
         if path.suffix.lower() in {".jpg", ".jpeg", ".png"}
     ]
+    return originals + [(f"mirrored/{key}", mirrored(data)) for key, data in originals]
+
+
+def mirrored(data: bytes) -> bytes:
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as image:
+        out = io.BytesIO()
+        ImageOps.mirror(image.convert("RGB")).save(out, "JPEG", quality=90)
+        return out.getvalue()
 
 
 # The run ------------------------------------------------------------------------------------
@@ -670,6 +705,11 @@ class Run:
     backlog_build_model: float = 0.0
     backlog_builds: int = 0
     backlog_invocations: int = 0
+    # Every backlog built (--backlog N1 N2 ...): [images, ingest s, build s, invocations]
+    # as on Lambda, and each batch the builder applied in them: [images, s as on Lambda]
+    # (`IndexBuilder._apply`), for the steady-state model (`steady_state`).
+    backlogs: list[list[float]] = field(default_factory=list)
+    batch_log: list[list[float]] = field(default_factory=list)
     batches: int = 0
     cold: dict[str, tuple[float, Tally]] = field(default_factory=dict)
     cold_model: dict[str, float] = field(default_factory=dict)
@@ -678,6 +718,7 @@ class Run:
     query_requests: dict[str, Tally] = field(default_factory=dict)
     stored: Counter[str] = field(default_factory=Counter)  # bucket bytes by top prefix
     outside: bool = False  # the collection kept outside moto (bench/cloud_synthetic.py)
+    logging_batches: bool = False  # a backlog is being built: batches go to batch_log
 
 
 def run(engine: str, size: int, args: argparse.Namespace) -> Run:
@@ -765,7 +806,10 @@ def _run(result: Run, wire: Wire, scratch: Path, args: argparse.Namespace) -> No
     result.ingest.requests["PutItem"] += result.heartbeats_on_lambda
     result.ingest.write_units += result.heartbeats_on_lambda  # a lease row is under 1 KB
     if args.backlog and args.photos:  # --photos 0: cold starts and queries only
-        sustained_ingest(result, wire, embed, poller, args.photos, args.backlog)
+        skip = args.photos
+        for count in args.backlog:
+            sustained_ingest(result, wire, embed, poller, skip, count)
+            skip += count
 
     # Cold starts: a fresh module, as Lambda's init, then (search) one query.
     for name in ("search", "embed"):
@@ -830,10 +874,15 @@ def sustained_ingest(
     the lease), the others ingest their batches and find the lease taken, so what they queue
     waits for one build of the whole backlog. `count` more photos are ingested batch by batch
     while this process holds the lease (its renewals are not counted), then the embed
-    function's schedule builds them at once. Counted apart (`result.backlog`)."""
+    function's schedule builds them at once. Counted apart (`result.backlog`: the first
+    backlog's requests; every backlog's seconds in `result.backlogs`, each batch's in
+    `result.batch_log`)."""
     s3 = boto3.client("s3")
     batch = template_default("EmbedBatchSize")
     sample = photos()[skip : skip + count]
+    assert len(sample) == count, f"{count} photos wanted for a backlog, {len(sample)} left"
+    first = not result.backlogs
+    tally = result.backlog if first else Tally()
     held = Lease(embed.service.parts.catalog.table, "indexer", LEASE_SECONDS)
     assert held.acquire(), "the index lease should be free between batches"
     before = (
@@ -847,12 +896,13 @@ def sustained_ingest(
         for start in range(0, len(sample), batch):
             for key, data in sample[start : start + batch]:
                 s3.put_object(Bucket=BUCKET, Key=f"images/backlog/{key}", Body=data)
-            with wire.counting(result.backlog):
+            with wire.counting(tally):
                 while poller.poll(batch) is not None:
                     pass
     held.release()
-    built = 0
-    with wire.counting(result.backlog):
+    built, invocations = 0, 0
+    result.logging_batches = True
+    with wire.counting(tally):
         # The builder ingested at most its own batch of what it builds: the embeddings of the
         # others' images are read from the bucket, not from its memory (here: all of them).
         embed.service.parts.catalog._fresh_embeddings.clear()
@@ -861,18 +911,23 @@ def sustained_ingest(
         for _ in range(10):
             report = embed.handler(scheduled_event(), FakeContext())
             built += report["added"]
-            result.backlog_invocations += 1
+            invocations += 1
             if not report["out_of_time"]:
                 break
+    result.logging_batches = False
     if built != len(sample):
         print(f"  backlog: {built} of {len(sample)} built: {report}")
-    result.backlog_images = len(sample)
-    result.backlog_ingest_model = result.ingest_model - before[0]
-    result.backlog_build_model = result.build_model - before[1]
-    renewals = result.heartbeats_on_lambda - before[2]
-    result.backlog.requests["PutItem"] += renewals
-    result.backlog.write_units += renewals
-    result.backlog_builds = result.builds - before[4]
+    ingest_model = result.ingest_model - before[0]
+    build_model = result.build_model - before[1]
+    result.backlogs.append([len(sample), ingest_model, build_model, invocations])
+    if first:
+        result.backlog_images = len(sample)
+        result.backlog_ingest_model, result.backlog_build_model = ingest_model, build_model
+        renewals = result.heartbeats_on_lambda - before[2]
+        result.backlog.requests["PutItem"] += renewals
+        result.backlog.write_units += renewals
+        result.backlog_builds = result.builds - before[4]
+        result.backlog_invocations = invocations
     (
         result.ingest_model,
         result.build_model,
@@ -939,9 +994,22 @@ def timed_service(service: ImageSearch, result: Run, wire: Wire) -> None:
             result.publish_model += cpu_since(cpu) + wire.waited_since(mark)
             result.builds += 1
 
+    builder = service.parts.builder
+    apply_batch = builder._apply
+
+    def timed_batch(batch: Any, *a: Any, **kw: Any) -> Any:
+        cpu, mark = function_cpu(), wire.mark()
+        try:
+            return apply_batch(batch, *a, **kw)
+        finally:
+            modelled = cpu_since(cpu) + wire.waited_since(mark)
+            if result.logging_batches:
+                result.batch_log.append([len(batch), modelled])
+
     service.apply_event = timed_apply  # type: ignore[method-assign]
     service.recover = timed_recover  # type: ignore[method-assign]
     writer.publish = timed_publish  # type: ignore[method-assign]
+    builder._apply = timed_batch  # type: ignore[method-assign]
 
 
 # The report ---------------------------------------------------------------------------------
@@ -995,11 +1063,31 @@ def report(runs: list[Run]) -> None:
             f"per image (Lambda) -> {rate_of(r, concurrency):.1f} images/s; "
             f"{sum(r.backlog.requests.values()) / n:.1f} requests per image: {detail}"
         )
+    for r in runs:
+        for images, ingest, build, invocations in r.backlogs:
+            print(
+                f"  {r.engine} {r.size:,}: a backlog of {images:.0f} built in {build:.2f} s "
+                f"({invocations:.0f} invocations; {build / images:.3f} s an image), ingested "
+                f"at {ingest / images:.3f} s an image (Lambda)"
+            )
+        steady = steady_state(r, concurrency)
+        if steady is not None:
+            batches = ", ".join(f"{b:.0f}: {t:.2f} s" for b, t in r.batch_log)
+            print(
+                f"  {r.engine} {r.size:,} steady state: a batch of B takes "
+                f"{steady.per_batch:.3f} + {steady.per_image:.4f} x B s, an invocation "
+                f"{steady.per_invocation:.3f} s more (batches {batches}); within a budget of "
+                f"{steady.budget:.1f} s the builder keeps up with {steady.build_rate:.1f} "
+                f"images/s, ingest with {(concurrency - 1) / steady.ingest:.1f} "
+                f"-> {steady.rate:.1f} images/s"
+            )
     print(
-        "\nimages/s: with a backlog measured (--backlog), min(concurrency x images / ingest s, "
-        "images / build s) over it: ingest runs in every embed function at once, the index "
-        "build in one at a time (the lease), which takes everything queued meanwhile. Without, "
-        "min(concurrency / ingest s, 1 / (build s - publication s per image)) of the batches."
+        "\nimages/s: with backlogs of two sizes built (--backlog N1 N2), the steady state: "
+        "each batch's seconds fitted as a + b x images, the builder's throughput with a queue "
+        "that never empties (its own batch sizing within the invocation's budget), and "
+        "min(that, (concurrency - 1) / ingest s). With one backlog, min(concurrency x images "
+        "/ ingest s, images / build s) over it. Without, min(concurrency / ingest s, 1 / "
+        "(build s - publication s per image)) of the batches."
     )
     print("\n## Cold start: init and (search) the first answer\n")
     print("| engine | images | function | seconds | requests | bytes read | |")
@@ -1128,8 +1216,11 @@ def monthly_costs(r: Run, size: int, units: Run | None = None) -> dict[str, dict
     ingest["Lambda (embed)"] = size * (
         embed_seconds * MEMORY_GB * LAMBDA_GB_SECOND + LAMBDA_REQUEST / batch
     )
-    derived = (r.stored["thumbnails"] + r.stored["embeddings"]) / r.images
-    index_bytes = r.stored["index"] / (r.size + r.images)
+    # Every photo the run ingested left its thumbnails and embedding in the bucket, the
+    # backlogs' too.
+    ingested = r.images + (sum(int(b[0]) for b in r.backlogs) or r.backlog_images)
+    derived = (r.stored["thumbnails"] + r.stored["embeddings"]) / ingested
+    index_bytes = r.stored["index"] / (r.size + ingested)
     storage = {
         "S3 originals": size * PHOTO_BYTES / GB * S3_GB_MONTH,
         "S3 thumbnails, embeddings, index": size * (derived + index_bytes) / GB * S3_GB_MONTH,
@@ -1275,10 +1366,75 @@ def sustained(ingest: float, build: float, concurrency: int) -> float:
     return min(concurrency / ingest, 1 / build) if ingest and build else float("nan")
 
 
+@dataclass
+class SteadyState:
+    """The index build's cost as on Lambda, fitted over the batches of the backlogs built
+    (`Run.batch_log`): a batch of B images takes `per_batch` + `per_image` x B seconds, an
+    invocation's build `per_invocation` more (lease, queue reads, garbage collection)."""
+
+    per_image: float
+    per_batch: float
+    per_invocation: float
+    ingest: float  # seconds an image, as on Lambda, in the functions that ingest
+    budget: float  # seconds a build may take in one invocation (handlers.build_budget)
+    build_rate: float  # images a second the builder keeps up with, the queue never empty
+    rate: float  # the sustained rate: min(ingest side, build_rate)
+
+
+def steady_state(r: Run, concurrency: int) -> SteadyState | None:
+    """The sustained rate, from the backlogs' batches (at least two batch sizes).
+
+    Under a steady load the queue grows while a build runs, so the next build takes a
+    bigger batch: a build's fixed part spreads over more images and the rate tends to
+    1 / per_image, bounded by what one invocation builds within its budget (the builder's
+    own rule: a first batch of FIRST_BATCH, then each sized to half the time left, at most
+    BATCH_SIZE; every batch pays `per_batch`). The highest rate the builder keeps up with is
+    therefore its throughput with a queue that never empties (`saturated_build_rate`), the
+    batch costs extrapolated linearly beyond the sizes measured. Ingest runs in the other
+    `concurrency` - 1 functions meanwhile (one of them is the builder)."""
+    sizes = np.array([b[0] for b in r.batch_log], float)
+    seconds = np.array([b[1] for b in r.batch_log], float)
+    if len(set(sizes.tolist())) < 2 or not r.backlogs:
+        return None
+    per_image, per_batch = (float(x) for x in np.polyfit(sizes, seconds, 1))
+    built = sum(b[2] for b in r.backlogs)
+    invocations = sum(b[3] for b in r.backlogs)
+    per_invocation = max(0.0, (built - float(seconds.sum())) / invocations)
+    ingest = sum(b[1] for b in r.backlogs) / sum(b[0] for b in r.backlogs)
+    batch = template_default("EmbedBatchSize")
+    budget = (embed_timeout() - batch * ingest) * BUILD_SHARE
+    build_rate = saturated_build_rate(per_invocation, max(per_batch, 0.0), per_image, budget)
+    rate = min((concurrency - 1) / ingest, build_rate)
+    return SteadyState(per_image, per_batch, per_invocation, ingest, budget, build_rate, rate)
+
+
+def saturated_build_rate(
+    per_invocation: float, per_batch: float, per_image: float, budget: float
+) -> float:
+    """Images a second of one invocation's build with the queue never empty, batches sized
+    by IndexBuilder._batches' rule within `budget`."""
+    spent, images, limit = 0.0, 0, FIRST_BATCH
+    while True:
+        took = per_batch + per_image * limit
+        spent, images = spent + took, images + limit
+        fits = int(limit * (budget - spent) / (2 * took)) if took > 0 else BATCH_SIZE
+        if fits < 1:
+            return images / (per_invocation + spent)
+        limit = min(BATCH_SIZE, fits)
+
+
+def embed_timeout() -> float:
+    return float(load_template()["Resources"]["EmbedFunction"]["Properties"]["Timeout"])
+
+
 def rate_of(r: Run, concurrency: int) -> float:
-    """Measured under a backlog (`sustained_ingest`) if the run has one: `concurrency`
-    functions ingest at once, one build takes what they queued meanwhile (its publication
-    included). Else estimated from one batch at a time, its publication left out."""
+    """The steady state (`steady_state`) if backlogs of two sizes were built; else measured
+    under one backlog (`sustained_ingest`): `concurrency` functions ingest at once, one
+    build takes what they queued meanwhile (its publication included); else estimated from
+    one batch at a time, its publication left out."""
+    steady = steady_state(r, concurrency)
+    if steady is not None:
+        return steady.rate
     if r.backlog_images:
         n = r.backlog_images
         return min(concurrency * n / r.backlog_ingest_model, n / r.backlog_build_model)
@@ -1314,9 +1470,10 @@ def main() -> None:
     parser.add_argument(
         "--backlog",
         type=int,
-        default=60,
-        help="more photos ingested while the lease is held, then built (sustained ingest; "
-        "under 50 images/s of load the queue holds more during a build: conservative)",
+        nargs="*",
+        default=[60],
+        help="more photos ingested while the lease is held, then built, one backlog after "
+        "another (sustained ingest: two sizes give the steady state, see steady_state)",
     )
     parser.add_argument("--queries", type=int, default=30, help="per kind")
     parser.add_argument("--latency-scale", type=float, default=1.0)

@@ -269,3 +269,70 @@ def test_s3_vectors_keeps_counts_at_the_threshold_keyword_search_asks() -> None:
     """Chips ask for photos at MATCH_PROBABILITY: counts kept at another threshold would never
     be used, and every chip would cost a QueryVectors again."""
     assert COUNTED_PROBABILITY == MATCH_PROBABILITY
+
+
+class Killed(Exception):
+    """The sandbox died (a Lambda at its timeout), here at the state's write."""
+
+
+def killing_the_state_write(service: ImageSearch, *, removals: bool) -> list[bool]:
+    """S3 Vectors' writer dies at its publication's last write (the state that counts what
+    it wrote), once; returns a list that records the kill."""
+    writer, killed = service.parts.builder.writer, []
+    write_state = writer._write_state
+
+    def dying(state, etag, *, record=True):
+        if record and not killed and (state.count < writer.index.state.count) == removals:
+            killed.append(True)
+            raise Killed
+        return write_state(state, etag, record=record)
+
+    writer._write_state = dying
+    return killed
+
+
+def forget_what_it_read(service: ImageSearch) -> None:
+    index = service.parts.index
+    index._present.clear()
+    index._known.clear()
+
+
+def test_s3vectors_counts_stay_right_when_a_publication_dies_before_its_state(both) -> None:
+    """Vectors put by a publication that died before its state are counted by the next build
+    (their `added` generation is newer than the state's); counts a dying removal may have left
+    wrong are not used (unknown, so the class index is asked) rather than wrong. Against
+    Annoy's, which counts from its shards."""
+    ids, vectors = synthetic_ids(150), clustered_vectors(150, seed=14)
+    s3 = both["s3vectors"]
+    for name, service in both.items():
+        queue(service, ids[:100], vectors[:100])
+        service.build_index()
+        queue(service, ids[100:], vectors[100:])
+        if name == "s3vectors":
+            killed = killing_the_state_write(service, removals=False)
+            with pytest.raises(Killed):
+                service.build_index()
+            assert killed
+            forget_what_it_read(service)  # a new sandbox
+        service.build_index()
+    annoy_index, s3_index = both["annoy"].parts.index, s3.parts.index
+    classes = list(range(CLASSES))
+    assert len(s3_index) == len(annoy_index) == 150
+    assert len(s3_index.state.counted) == CLASSES
+    counts = s3_index.class_photo_counts(classes, COUNTED_PROBABILITY, 1000)
+    assert counts == annoy_index.class_photo_counts(classes, COUNTED_PROBABILITY, 1000)
+
+    killed = killing_the_state_write(s3, removals=True)
+    for name, service in both.items():
+        forget(service, ids[:30])
+        if name == "s3vectors":
+            with pytest.raises(Killed):
+                service.build_index()
+            assert killed
+            forget_what_it_read(service)
+        service.build_index()
+    assert len(annoy_index) == 120
+    assert s3_index.state.counted == ()  # unknown: a reindex counts again
+    counts = s3_index.class_photo_counts(classes, COUNTED_PROBABILITY, 1000)
+    assert counts == annoy_index.class_photo_counts(classes, COUNTED_PROBABILITY, 1000)
+    assert sum(counts.values()) > 0

@@ -11,6 +11,7 @@ import pytest
 
 from imgsearch.catalog import ImageRecord
 from imgsearch.config import Settings
+from imgsearch.index.builder import GARBAGE_INTERVAL
 from imgsearch.index.manifest import read_manifest
 from imgsearch.index.shards import SHARDS_PREFIX, build_key, normalise_rows
 from imgsearch.service import ImageSearch
@@ -59,6 +60,7 @@ def index_service(tmp_path) -> ImageSearch:
     settings = Settings(data_dir=tmp_path / "data", shard_size=50, ann_trees=10, neighbours=10)
     service = ImageSearch(settings)
     service.parts.builder.writer.grace_seconds = 0.0
+    service.parts.builder.garbage_interval = 0.0  # every build_index collects
     # Old builds are deleted at once: no merge may read them in the background (those tests
     # that merge say so).
     service.parts.builder.writer.merger.background = False
@@ -133,6 +135,26 @@ def test_sealed_shards_are_merged_in_the_background_into_one_of_the_next_tier(
     service.parts.builder.collect_garbage()
     stored = {info.key.split(".")[0] for info in service.parts.storage.objects.list(SHARDS_PREFIX)}
     assert stored == {f"{SHARDS_PREFIX}{s.id}/{s.build}" for s in manifest.shards}
+
+
+def test_garbage_is_collected_at_most_once_a_minute_in_a_process(index_service) -> None:
+    """Each collection lists every stored build (a LIST request per 1,000 on S3): the
+    server's rounds (every 5 s) and the embed function's batches do not list each time."""
+    service = index_service
+    builder = service.parts.builder
+    builder.garbage_interval = GARBAGE_INTERVAL
+    listed = []
+    store = service.parts.storage.objects
+    listing = store.list
+    store.list = lambda prefix: listed.append(prefix) or listing(prefix)
+    ids = synthetic_ids(40)
+    for start in (0, 20):
+        queue(service, ids[start : start + 20], clustered_vectors(40)[start : start + 20])
+        service.build_index()
+    assert listed.count(SHARDS_PREFIX) == 1
+    builder._garbage_collected_at -= GARBAGE_INTERVAL  # a minute later
+    service.build_index()
+    assert listed.count(SHARDS_PREFIX) == 2
 
 
 def test_a_merge_whose_first_parts_were_collected_is_not_published(index_service, monkeypatch):
@@ -613,3 +635,26 @@ def test_the_grown_budget_keeps_recall_as_the_collection_grows(
     grown = recall_against_exact(index, queries)
     assert fixed < 0.9
     assert grown >= 0.99
+
+
+def test_neighbour_lists_are_stored_packed_and_read_back_equal(index_service) -> None:
+    """A list is stored as two strings (decoding 50 values one by one cost the builder about
+    a millisecond a list on DynamoDB) and reads back equal, distances included (so that an
+    unchanged list is seen as unchanged); lists stored as lists of values still read."""
+    catalog = index_service.parts.catalog
+    rng = np.random.default_rng(3)
+    ids = synthetic_ids(51)
+    neighbours = [
+        (i, round(float(d), 6)) for i, d in zip(ids[1:], np.sort(rng.random(50)), strict=True)
+    ]
+    neighbours[0] = (ids[1], 1e-06)  # (written in exponent notation)
+    catalog.put_neighbour_lists({ids[0]: (neighbours, 0), ids[1]: ([], 0)})
+    item = catalog.table.get(f"image#{ids[0]}", "neighbours")
+    assert isinstance(item["ids"], str) and isinstance(item["distances"], str)
+    assert catalog.neighbour_lists(ids[:2]) == {ids[0]: (neighbours, 1), ids[1]: ([], 1)}
+    catalog.table.put(
+        f"image#{ids[2]}",
+        "neighbours",
+        {"ids": [i for i, _ in neighbours], "distances": [d for _, d in neighbours]},
+    )
+    assert catalog.neighbours(ids[2])[0] == neighbours

@@ -177,6 +177,9 @@ BATCH_SIZE = 1000  # work items one pass of the builder takes from the queue, at
 FIRST_BATCH = 100  # ... and in the first pass of a run with a budget, before it is timed
 # A dead builder's lease blocks others this long; the heartbeat renews it every third of it.
 LEASE_SECONDS = 15.0
+# Seconds between two garbage collections in a process (the server's rounds come every 5 s,
+# an embed function's batches as often as images arrive; the grace period is 900 s).
+GARBAGE_INTERVAL = 60.0
 
 
 class IndexBuilder:
@@ -204,6 +207,8 @@ class IndexBuilder:
         self.writer = writer
         self.batch_size = BATCH_SIZE
         self.lease_seconds = LEASE_SECONDS
+        self.garbage_interval = GARBAGE_INTERVAL
+        self._garbage_collected_at = float("-inf")
 
     def run(
         self, *, until: Callable[[], bool] | None = None, budget: float | None = None
@@ -312,13 +317,13 @@ class IndexBuilder:
             for i, op in wanted.items()
             if op == "remove" and (vector := self.index.vector(i)) is not None
         }
-        if not len(additions) and not removed:
+        if not len(additions) and not removed and not (present and self.writer.counts_held):
             return set(), {}, present
         # The manifest's compare-and-swap keeps two builders from publishing over each other;
         # the lease check keeps one whose lease lapsed (a frozen sandbox, a long pause) from
         # trying.
         report.shard_builds += self.writer.publish(
-            additions, list(removed), still_held=lambda: _still_held(lease)
+            additions, list(removed), still_held=lambda: _still_held(lease), held=present
         )
         self.index.refresh(force=True)
         return set(additions.ids), removed, present
@@ -374,10 +379,16 @@ class IndexBuilder:
         self.writer.clear()
 
     def collect_garbage(self) -> int:
-        """Delete what no publication names any more (old shard builds). Never inside an
-        upload's request: after a tier merge there may be a large shard's files to delete
-        (40 s of one upload at 100k on a loaded machine). `ImageSearch.build_index` and the
-        server's background rounds call it."""
+        """Delete what no publication names any more (old shard builds), at most once every
+        GARBAGE_INTERVAL seconds in a process: each time lists every stored build (on S3, a
+        LIST request per 1,000 files), and what it may delete ages by the grace period, not by
+        seconds. Never inside an upload's request: after a tier merge there may be a large
+        shard's files to delete (40 s of one upload at 100k on a loaded machine).
+        `ImageSearch.build_index` and the server's background rounds call it."""
+        now = time.monotonic()
+        if now - self._garbage_collected_at < self.garbage_interval:
+            return 0
+        self._garbage_collected_at = now
         return self.writer.collect_garbage()
 
 

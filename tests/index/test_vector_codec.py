@@ -1,0 +1,77 @@
+"""S3 Vectors' vectors written into requests and read from answers by the json module
+(index/s3vectors.py `VectorCodec`): the same requests and answers as botocore's own."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import numpy as np
+from botocore.awsrequest import AWSResponse
+
+from imgsearch.index.s3vectors import VectorBucket
+
+
+class Raw:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, **_):
+        yield self.body
+
+
+def client_answering(answer: dict, sent: list[bytes]):
+    client = boto3.client(
+        "s3vectors",
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+    def respond(request, **_):
+        sent.append(request.body)
+        body = json.dumps(answer).encode()
+        return AWSResponse(request.url, 200, {"content-type": "application/json"}, Raw(body))
+
+    client.meta.events.register("before-send.s3vectors", respond)
+    return client
+
+
+def test_vector_codec_sends_and_reads_what_botocore_would() -> None:
+    rng = np.random.default_rng(5)
+    rows = rng.normal(size=(3, 1280)).astype(np.float32)
+    answer = {
+        "vectors": [
+            {"key": f"k{i}", "data": {"float32": row.tolist()}, "metadata": {"part": i}}
+            for i, row in enumerate(rows)
+        ]
+    }
+    plain_sent: list[bytes] = []
+    plain = client_answering(answer, plain_sent)
+    codec_sent: list[bytes] = []
+    bucket = VectorBucket(client_answering(answer, codec_sent), "bucket", "images")
+
+    bucket.query("images", rows[0], 100, [1, 2])
+    plain.query_vectors(
+        vectorBucketName="bucket",
+        indexName="images",
+        topK=100,
+        queryVector={"float32": rows[0].tolist()},
+        returnDistance=True,
+        filter={"part": {"$in": [1, 2]}},
+    )
+    vectors = [{"key": f"k{i}", "data": {"float32": row.tolist()}} for i, row in enumerate(rows)]
+    bucket.put("images", vectors)
+    plain.put_vectors(vectorBucketName="bucket", indexName="images", vectors=vectors)
+    assert [json.loads(b) for b in codec_sent] == [json.loads(b) for b in plain_sent]
+    assert codec_sent == plain_sent  # byte for byte
+
+    found = bucket.get(["k0", "k1", "k2"], data=True)
+    assert all(isinstance(found[f"k{i}"], np.ndarray) for i in range(3))
+    parsed = plain.get_vectors(
+        vectorBucketName="bucket", indexName="images", keys=["k0"], returnData=True
+    )
+    for vector in parsed["vectors"]:
+        key = vector["key"]
+        assert np.array_equal(found[key], np.asarray(vector["data"]["float32"], np.float32))
+        assert found[key].dtype == np.float32
