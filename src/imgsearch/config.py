@@ -161,7 +161,8 @@ class Settings(BaseSettings):
     http_body_seconds: float = 120.0  # to send a whole body: 25 MB at 210 KB/s (408)
     http_keep_alive_seconds: int = 5  # a connection sending nothing, new or between requests
     # Kept per server process while nothing they show changes (api/kept.py; 0: none): whole
-    # "more like this" pages up to these many bytes of JSON (about 7 KB a page of 20 results),
+    # "more like this" pages up to these many bytes (their JSON, about 7 KB a page of 20
+    # results, plus 512 bytes each for the key and the entry),
     # and each image's part of a result object (about 0.6 KB each: 12 MB; tracemalloc).
     http_kept_page_bytes: int = Field(16 * 2**20, ge=0)
     http_kept_results: int = Field(20_000, ge=0)

@@ -342,10 +342,11 @@ class ImageSearch:
 
     @contextmanager
     def deferred_durability(self) -> Iterator[None]:
-        """Within the block, this thread's ingests store their files without waiting for each
-        to reach the disk: they become durable together, before the next index build
-        publishes them (`build_index`). For bulk ingest, whose batch is acknowledged once
-        built; a crash of the process loses none of them either way (see ObjectStore)."""
+        """Within the block, this thread's ingests (and the work they run in parallel) store
+        their files without waiting for each to reach the disk: they become durable together,
+        before this process's next index build publishes them (`build_index`). For bulk
+        ingest, whose batch is acknowledged once built; a crash of the process loses none of
+        them either way (see ObjectStore)."""
         with self.parts.storage.objects.deferred_durability():
             yield
 

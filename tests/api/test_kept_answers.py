@@ -16,6 +16,7 @@ from support.services import API_KEY, make_service
 
 from imgsearch.api import presenters
 from imgsearch.api.app import create_app
+from imgsearch.api.kept import PAGE_OVERHEAD
 from imgsearch.api.schemas import Results
 from imgsearch.results import Hit
 from imgsearch.service import ImageSearch
@@ -168,7 +169,8 @@ def test_kept_answers_are_bounded(collection) -> None:
         answers = {i: client.get(f"/api/images/{i}/similar?limit=4").content for i in ids}
         kept = client.app.state.kept.under(service.answers_version())
         last = [answers[i] for i in ids[::-1]]
-        held = next(n for n in range(len(last)) if sum(map(len, last[: n + 1])) > page_bytes)
+        weights = [len(answer) + PAGE_OVERHEAD for answer in last]
+        held = next(n for n in range(len(last)) if sum(weights[: n + 1]) > page_bytes)
         assert len(kept.pages) == held and kept.pages.weight <= page_bytes
         base = ""  # "testserver" is no trusted host: result URLs are paths from the root
         assert kept.pages.get(("similar", base, ids[-1], 4, 0)) == answers[ids[-1]]
@@ -187,4 +189,5 @@ def test_nothing_is_kept_where_the_catalog_cannot_tell_changes(collection, monke
         image_id = service.find_key("chair/1.jpg").id
         first = client.get(f"/api/images/{image_id}/similar").content
         assert client.get(f"/api/images/{image_id}/similar").content == first
-        assert client.app.state.kept.under(None) is None
+        kept = client.app.state.kept._kept  # what any version kept: nothing
+        assert len(kept.pages) == 0 and len(kept.results) == 0

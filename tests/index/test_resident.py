@@ -4,18 +4,39 @@ process's mappings (/proc/self/smaps)."""
 
 from __future__ import annotations
 
+import ctypes
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from imgsearch.index import shards
 from imgsearch.index.manifest import ShardEntry
 from imgsearch.index.shards import Shard, ShardData, build_key, normalise_rows, write_build
 from imgsearch.storage.local import LocalObjectStore
 
+
+def kernel_populates() -> bool:
+    """Whether this kernel maps pages in on request (MADV_POPULATE_READ, Linux 5.14+): on an
+    older one `map_resident` only asks for them to be read ahead, and nothing is mapped."""
+    import mmap
+
+    madvise = shards._madvise()
+    if madvise is None:
+        return False
+    page = mmap.mmap(-1, mmap.PAGESIZE)
+    first = ctypes.c_char.from_buffer(page)  # holds the mapping open until deleted
+    try:
+        return madvise(ctypes.addressof(first), mmap.PAGESIZE, shards._MADV_POPULATE_READ) == 0
+    finally:
+        del first
+        page.close()
+
+
 pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="reads /proc/self/smaps"
+    not sys.platform.startswith("linux") or not kernel_populates(),
+    reason="reads /proc/self/smaps; needs MADV_POPULATE_READ (Linux 5.14+)",
 )
 
 ROWS, DIM = 4_000, 1_280  # features.npy of 10 MB (a page-cache folio is up to 2 MB)

@@ -32,6 +32,7 @@ from imgsearch.storage import (
     PreconditionFailed,
     Put,
     Storage,
+    StorageError,
     StoredObject,
     Table,
     in_parallel,
@@ -787,51 +788,72 @@ def test_puts_made_in_parallel_for_a_deferring_caller_are_deferred(tmp_path, mon
 
 def test_deferred_puts_are_flushed_ahead_once_enough_wait(tmp_path, monkeypatch) -> None:
     """Past FLUSH_AHEAD_FILES (or _BYTES) deferred files, a thread flushes them beside the
-    writers, so that the flush making the batch durable finds little left; a flush ahead that
-    fails loses track of nothing: the next flush tries its files again."""
-    from imgsearch.storage.local import LocalObjectStore
-
+    writers, so that the flush making the batch durable finds little left."""
     monkeypatch.setattr(imgsearch.storage.local, "FLUSH_AHEAD_FILES", 3)
     objects = LocalObjectStore(tmp_path / "objects")
-    synced: list[str] = []
-    real_fsync = imgsearch.storage.local.os.fsync
-    failing = [True]
-
-    def recording(fd: int) -> None:
-        path = os.readlink(f"/proc/self/fd/{fd}")
-        if failing[0] and path.endswith("a.jpg"):
-            failing[0] = False
-            raise OSError(5, "Input/output error")
-        real_fsync(fd)
-        synced.append(path)
-
-    def deferred(name: str) -> None:
-        with objects.deferred_durability():
-            objects.put(f"thumbnails/{name}.jpg", b"x")
-
-    def flushed_ahead() -> None:  # wait for the thread flushing ahead to end
-        time.sleep(0.05)
-        for _ in range(200):
-            if not objects._flushing_ahead:
-                return
-            time.sleep(0.05)
-        raise AssertionError("the flush ahead did not end")
-
-    monkeypatch.setattr(imgsearch.storage.local.os, "fsync", recording)
-    deferred("a")
-    deferred("b")
-    flushed_ahead()
+    synced = _record_fsyncs(monkeypatch)
+    for name in "ab":
+        _put_deferred(objects, name)
+    _wait_for_flush_ahead(objects)
     assert synced == []  # fewer than 3 wait
-    deferred("c")  # 3 wait: flushed ahead, and a.jpg fails (b and c may be flushed)
-    flushed_ahead()
+    _put_deferred(objects, "c")  # 3 wait: flushed ahead
+    _wait_for_flush_ahead(objects)
     root = str((tmp_path / "objects").resolve())
-    assert not failing[0] and f"{root}/thumbnails/a.jpg" not in synced
-    deferred("d")  # 4 wait again: flushed ahead, this time in full
-    flushed_ahead()
-    assert sorted({p for p in synced if not os.path.isdir(p)}) == [
-        f"{root}/thumbnails/{name}.jpg" for name in "abcd"
+    assert sorted(p for p in synced if not os.path.isdir(p)) == [
+        f"{root}/thumbnails/{name}.jpg" for name in "abc"
     ]
     assert synced[-1] == f"{root}/thumbnails"  # their renames too
     synced.clear()
     objects.make_durable()
     assert synced == []  # nothing left for the batch's own flush
+
+
+def test_a_failed_flush_fails_every_later_one(tmp_path, monkeypatch) -> None:
+    """Linux reports a writeback error to one fsync only: a file whose flush ahead failed
+    must not count as durable when a later fsync of it succeeds. The batch's own flush and
+    every durable put raise the first failure; a new process (a new store) starts afresh."""
+    monkeypatch.setattr(imgsearch.storage.local, "FLUSH_AHEAD_FILES", 3)
+    objects = LocalObjectStore(tmp_path / "objects")
+    _record_fsyncs(monkeypatch, failing="a.jpg")
+    for name in "abc":  # 3 wait: flushed ahead, and a.jpg fails
+        _put_deferred(objects, name)
+    _wait_for_flush_ahead(objects)
+    with pytest.raises(StorageError, match="Input/output error"):
+        objects.make_durable()
+    with pytest.raises(StorageError, match="Input/output error"):
+        objects.put("index/manifest.json", b"{}")  # what would publish the batch
+    assert not (tmp_path / "objects" / "index" / "manifest.json").exists()
+    LocalObjectStore(tmp_path / "objects").put("index/manifest.json", b"{}")
+    assert (tmp_path / "objects" / "index" / "manifest.json").read_bytes() == b"{}"
+
+
+def _record_fsyncs(monkeypatch, failing: str | None = None) -> list[str]:
+    """The paths fsynced from now on; the first fsync of a path ending in `failing` fails."""
+    synced: list[str] = []
+    real_fsync = imgsearch.storage.local.os.fsync
+    failed: list[str] = []
+
+    def recording(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if failing and path.endswith(failing) and not failed:
+            failed.append(path)
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+        synced.append(path)
+
+    monkeypatch.setattr(imgsearch.storage.local.os, "fsync", recording)
+    return synced
+
+
+def _put_deferred(objects: LocalObjectStore, name: str) -> None:
+    with objects.deferred_durability():
+        objects.put(f"thumbnails/{name}.jpg", b"x")
+
+
+def _wait_for_flush_ahead(objects: LocalObjectStore) -> None:
+    time.sleep(0.05)
+    for _ in range(200):
+        if not objects._flushing_ahead:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the flush ahead did not end")

@@ -26,12 +26,22 @@ from imgsearch.remembered import Remembered
 Parts = tuple[str, str] | tuple[()]
 
 
+# What a kept page costs besides its JSON: its key (a tuple of the route, the URL base, the
+# image id, limit and offset) and its entry in the memory (about 330 bytes measured), so that
+# empty pages past the end of the collection (`{"results":[]}`) count for what they hold.
+PAGE_OVERHEAD = 512
+
+
+def _page_weight(body: bytes) -> int:
+    return len(body) + PAGE_OVERHEAD
+
+
 class Kept:
     """What was kept under one answers version."""
 
     def __init__(self, version: Hashable, page_bytes: int, results: int) -> None:
         self.version = version
-        self.pages: Remembered[Hashable, bytes] = Remembered(page_bytes, len)
+        self.pages: Remembered[Hashable, bytes] = Remembered(page_bytes, _page_weight)
         self.results: Remembered[Hashable, Parts] = Remembered(results)
 
 

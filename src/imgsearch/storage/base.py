@@ -91,11 +91,15 @@ class ObjectStore(ABC):
 
     @contextmanager
     def deferred_durability(self) -> Iterator[None]:
-        """Within the block, this thread's puts may reach stable storage later, together (a
-        bulk ingest's many small files): they are still atomic, and visible at once. They
-        are made durable by `make_durable`, and before any put made outside such a block (a
-        shard build, the index manifest naming the batch): a batch is durable once what
-        publishes it is. Stores whose every put is durable when it returns (S3) ignore it."""
+        """Within the block, the puts of this context (this thread, and the work `in_parallel`
+        runs for it) may reach stable storage later, together (a bulk ingest's many small
+        files): they are still atomic, and visible at once. They are made durable by
+        `make_durable`, and before any put this store makes outside such a block (a shard
+        build, the index manifest naming the batch): a batch is durable once what this
+        process publishes it with is. Another process's build may publish it before (a
+        server on the same data directory): a crash then loses files the index names, which
+        `check --repair` finds. Stores whose every put is durable when it returns (S3)
+        ignore it."""
         yield
 
     def make_durable(self) -> None:

@@ -36,6 +36,7 @@ from .ports import (
     ObjectInfo,
     PreconditionFailed,
     Put,
+    StorageError,
     StorageFull,
     StoredObject,
     Write,
@@ -163,6 +164,11 @@ class LocalObjectStore(ObjectStore):
         self._deferring: ContextVar[int] = ContextVar(f"deferring-{id(self)}", default=0)
         self._deferred: list[Path] = []  # written without fsync, in order (deferred_durability)
         self._deferred_bytes = 0
+        # A flush that failed, for good: Linux reports a writeback error to one fsync only and
+        # then calls the pages clean, so an fsync again would succeed without the data on
+        # disk. Every later flush (every durable put) raises it, as databases do after a
+        # failed fsync; a new process starts afresh, and `check --repair` finds what is lost.
+        self._flush_failure: Exception | None = None
         self._flushing_ahead = False
         self._deferred_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one flush at a time; a second waits for it
@@ -180,16 +186,25 @@ class LocalObjectStore(ObjectStore):
         durable put racing another's flush still finds its batch on disk when it writes."""
         with self._flush_lock:
             with self._deferred_lock:
+                if self._flush_failure is not None:
+                    raise StorageError(
+                        f"deferred writes could not be made durable: {self._flush_failure}"
+                    ) from self._flush_failure
                 paths, self._deferred = self._deferred, []
-                self._deferred_bytes = 0
+                waiting, self._deferred_bytes = self._deferred_bytes, 0
             if not paths:
                 return
             try:
                 with disk_full_is_storage_full("deferred writes"):
                     make_files_durable(paths)
-            except BaseException:
-                with self._deferred_lock:  # not lost: the next flush tries them again
+            except Exception as error:
+                with self._deferred_lock:
+                    self._flush_failure = error
+                raise
+            except BaseException:  # interrupted, not failed: the next flush tries them again
+                with self._deferred_lock:
                     self._deferred[:0] = paths
+                    self._deferred_bytes += waiting
                 raise
 
     def _defer(self, path: Path, size: int) -> None:
@@ -206,12 +221,12 @@ class LocalObjectStore(ObjectStore):
             threading.Thread(target=self._flush_ahead, name="imgsearch-flush", daemon=True).start()
 
     def _flush_ahead(self) -> None:
-        """Flush what waits, beside the writers (fsync leaves the GIL); a failure is left to
-        the flush that makes the batch durable, which raises it."""
+        """Flush what waits, beside the writers (fsync leaves the GIL); a failure is kept
+        and raised by the flush that makes the batch durable (`make_durable`)."""
         try:
             self.make_durable()
         except Exception as error:
-            log.warning("flushing deferred writes ahead failed (tried again later): %s", error)
+            log.error("flushing deferred writes ahead failed: %s", error)
         finally:
             with self._deferred_lock:
                 self._flushing_ahead = False
