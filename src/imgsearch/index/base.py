@@ -106,6 +106,12 @@ class SearchIndex(ABC):
         sends them at once)."""
         return [self.ranked_by_classes(weights, k, exclude=exclude) for weights in queries]
 
+    @property
+    def class_counts_known(self) -> bool:
+        """Whether the chips' per-class counts are answered without a query per class (an
+        engine that keeps them may have lost them: see s3vectors.py)."""
+        return True
+
     def class_photo_counts(
         self, classes: Sequence[int], min_probability: float, cap: int
     ) -> dict[int, int]:
