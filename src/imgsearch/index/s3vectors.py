@@ -52,6 +52,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -170,7 +171,8 @@ class VectorCodec:
     put into its JSON body just before it is signed (`before-call`, which comes before the
     checksum and the signature); GetVectors' answer has its vectors read by json and numpy
     before botocore parses the rest (`before-parse`). The requests sent are byte for byte
-    what botocore would have sent (the same json.dumps of the same floats)."""
+    what botocore would have sent (the same json.dumps of the same floats); NaN and infinities,
+    which botocore would send as strings and the service refuses, are refused here."""
 
     @classmethod
     def install(cls, client: Any) -> None:
@@ -183,9 +185,22 @@ class VectorCodec:
         client._imgsearch_vector_codec = True
 
     @staticmethod
-    def sending(values: list[list[float]]) -> None:
-        """The values of the next request's vectors, in order (this thread's)."""
+    @contextmanager
+    def sending(rows: Sequence[np.ndarray]) -> Iterator[None]:
+        """The values of the request made in the `with` block (this thread's), its vectors'
+        in order; forgotten when the block ends, sent or not. Raises ValueError for a
+        value that is not finite."""
+        values = []
+        for row in rows:
+            row = np.asarray(row, dtype=np.float32)
+            if not np.isfinite(row).all():
+                raise ValueError("a vector's values must be finite (no NaN or infinity)")
+            values.append(row.tolist())
         _outgoing.values = values
+        try:
+            yield
+        finally:
+            _outgoing.values = None
 
     @staticmethod
     def _fill(params: dict[str, Any], **_: Any) -> None:
@@ -199,7 +214,7 @@ class VectorCodec:
         else:
             for vector, data in zip(body["vectors"], values, strict=True):
                 vector["data"]["float32"] = data
-        params["body"] = json.dumps(body).encode()  # (botocore's separators)
+        params["body"] = json.dumps(body, allow_nan=False).encode()  # (botocore's separators)
 
     @staticmethod
     def _read(
@@ -242,8 +257,8 @@ class VectorBucket:
         }
         if parts is not None:
             request["filter"] = {"part": {"$in": list(parts)}}
-        VectorCodec.sending([np.asarray(vector, dtype=np.float32).tolist()])
-        found = self.client.query_vectors(**request)["vectors"]
+        with VectorCodec.sending([vector]):
+            found = self.client.query_vectors(**request)["vectors"]
         return [(hit["key"], float(hit.get("distance", 0.0))) for hit in found]
 
     def get(
@@ -295,14 +310,12 @@ class VectorBucket:
         """Put `vectors` (their data as float32 rows or lists), WRITE_BATCH a request."""
         for start in range(0, len(vectors), WRITE_BATCH):
             chunk = vectors[start : start + WRITE_BATCH]
-            VectorCodec.sending(
-                [np.asarray(v["data"]["float32"], dtype=np.float32).tolist() for v in chunk]
-            )
-            self.client.put_vectors(
-                vectorBucketName=self.bucket,
-                indexName=index,
-                vectors=[{**v, "data": {"float32": PLACEHOLDER}} for v in chunk],
-            )
+            with VectorCodec.sending([np.asarray(v["data"]["float32"]) for v in chunk]):
+                self.client.put_vectors(
+                    vectorBucketName=self.bucket,
+                    indexName=index,
+                    vectors=[{**v, "data": {"float32": PLACEHOLDER}} for v in chunk],
+                )
 
     def delete(self, index: str, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), WRITE_BATCH):
