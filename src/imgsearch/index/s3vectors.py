@@ -570,8 +570,6 @@ class S3VectorsWriter(IndexWriter):
         additions: ShardData,
         removed: Collection[str],
         still_held: Callable[[], None] = lambda: None,
-        *,
-        held: Collection[str] = (),
     ) -> int:
         # Vectors are searchable as soon as they are put: the lease is checked before each
         # write (a long publication may outlive it), not once before them all.
