@@ -1060,7 +1060,7 @@ def report(runs: list[Run]) -> None:
             f"\n{r.engine} {r.size:,}, sustained (a backlog of {n}: {r.backlog_builds} builds in "
             f"{r.backlog_invocations} invocations): "
             f"ingest {r.backlog_ingest_model / n:.3f} s, build {r.backlog_build_model / n:.3f} s "
-            f"per image (Lambda) -> {rate_of(r, concurrency):.1f} images/s; "
+            f"per image (Lambda); steady state (below) {rate_of(r, concurrency):.1f} images/s; "
             f"{sum(r.backlog.requests.values()) / n:.1f} requests per image: {detail}"
         )
     for r in runs:

@@ -39,7 +39,7 @@ from index_scale import real_embeddings, synthesise, synthetic_record
 from support.dynamodb import install_cheap_transactions
 
 from imgsearch.bulk import files_under
-from imgsearch.catalog import Published
+from imgsearch.catalog import Published, _neighbour_attrs
 from imgsearch.config import Settings
 from imgsearch.index.manifest import Manifest, ShardEntry, write_manifest
 from imgsearch.index.neighbourhoods import Neighbourhoods
@@ -116,10 +116,7 @@ def populate(service: ImageSearch, size: int, seed: int) -> None:
             table.put(
                 f"image#{ids[row]}",
                 "neighbours",
-                {
-                    "ids": [ids[i] for i in nearest],
-                    "distances": [round(float(image_distances[i]), 6) for i in nearest],
-                },
+                _neighbour_attrs([(ids[i], float(image_distances[i])) for i in nearest]),
                 expected_version=0,
             )
 

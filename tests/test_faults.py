@@ -328,7 +328,12 @@ def test_imgsearch_serve_finishes_what_a_crash_left_while_it_serves(
             if not health["recovering"]:
                 break
             time.sleep(0.2)
-        assert health == {"status": "ok", "images": 3, "recovering": False}
+        assert health == {
+            "status": "ok",
+            "images": 3,
+            "recovering": False,
+            "class_counts_known": True,
+        }
         assert get_json(f"{base}/images?key=pizza/image_0001.jpg")["total"] == 0
         added = get_json(f"{base}/images?key=lotus/new.jpg")["results"]
         assert len(added) == 1

@@ -679,7 +679,8 @@ def _neighbour_attrs(
     (lists stored as lists before are read as such)."""
     attrs: dict[str, Any] = {
         "ids": " ".join(i for i, _ in neighbours),
-        "distances": " ".join(repr(round(d, 6)) for _, d in neighbours),
+        # (float(): a numpy float's repr is "np.float64(...)", which float() cannot read)
+        "distances": " ".join(repr(float(round(d, 6))) for _, d in neighbours),
     }
     if expanded is not None:
         attrs["expanded"] = _encoded_vector(expanded)

@@ -220,6 +220,12 @@ class ImageSearch:
         index.refresh()
         return len(index) - len(self._leaving())
 
+    @property
+    def class_counts_known(self) -> bool:
+        """False while the index has lost its per-class counts (keyword chips then cost a
+        query per class) until a reindex: see index/s3vectors.py."""
+        return self.parts.index.class_counts_known
+
     def _leaving(self) -> set[str]:
         """Images the index still serves whose removal is queued."""
         kept = self._queued_removals

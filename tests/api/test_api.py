@@ -25,6 +25,7 @@ def test_health_counts_the_images(demo_client) -> None:
         "status": "ok",
         "images": 192,
         "recovering": False,
+        "class_counts_known": True,
     }
 
 

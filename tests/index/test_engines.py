@@ -299,7 +299,7 @@ def forget_what_it_read(service: ImageSearch) -> None:
 
 def test_s3vectors_counts_stay_right_when_a_publication_dies_before_its_state(both) -> None:
     """Vectors put by a publication that died before its state are counted by the next build
-    (their `added` generation is newer than the state's); counts a dying removal may have left
+    (the state names them before the first write); counts a dying removal may have left
     wrong are not used (unknown, so the class index is asked) rather than wrong. Against
     Annoy's, which counts from its shards."""
     ids, vectors = synthetic_ids(150), clustered_vectors(150, seed=14)
@@ -333,6 +333,87 @@ def test_s3vectors_counts_stay_right_when_a_publication_dies_before_its_state(bo
         service.build_index()
     assert len(annoy_index) == 120
     assert s3_index.state.counted == ()  # unknown: a reindex counts again
+    assert not s3.class_counts_known  # (health's answer)
     counts = s3_index.class_photo_counts(classes, COUNTED_PROBABILITY, 1000)
     assert counts == annoy_index.class_photo_counts(classes, COUNTED_PROBABILITY, 1000)
     assert sum(counts.values()) > 0
+
+
+def dead_publication_then(both, between) -> None:
+    """100 images built, 50 more queued; S3 Vectors' publication of them dies before its
+    state (a new sandbox then), `between` runs on each engine, and the queue is built."""
+    ids, vectors = synthetic_ids(150), clustered_vectors(150, seed=14)
+    for name, service in both.items():
+        queue(service, ids[:100], vectors[:100])
+        service.build_index()
+        queue(service, ids[100:], vectors[100:])
+        if name == "s3vectors":
+            killed = killing_the_state_write(service, removals=False)
+            with pytest.raises(Killed):
+                service.build_index()
+            assert killed
+            forget_what_it_read(service)
+        between(name, service, ids)
+        service.build_index()
+
+
+def assert_counts_as_annoys(both, images: int) -> None:
+    annoy_index, s3_index = both["annoy"].parts.index, both["s3vectors"].parts.index
+    classes = list(range(CLASSES))
+    assert len(s3_index) == len(annoy_index) == images
+    assert len(s3_index.state.counted) == CLASSES  # known, and right:
+    assert both["s3vectors"].class_counts_known
+    counts = s3_index.class_photo_counts(classes, COUNTED_PROBABILITY, 1000)
+    assert counts == annoy_index.class_photo_counts(classes, COUNTED_PROBABILITY, 1000)
+
+
+def test_s3vectors_counts_a_dead_publication_the_next_run_takes_in_parts(both) -> None:
+    """The next run takes the dead publication's images in several batches (a run starts with
+    a small batch; new uploads reorder the queue): all of them are counted, once."""
+
+    def in_parts(name: str, service: ImageSearch, ids: list[str]) -> None:
+        service.parts.builder.batch_size = 20
+
+    dead_publication_then(both, in_parts)
+    assert_counts_as_annoys(both, 150)
+
+
+def test_s3vectors_counts_nothing_out_for_a_removed_image_never_counted_in(both) -> None:
+    """Images a dead publication put and deleted before the next build: their removal
+    subtracts nothing (they were never counted)."""
+
+    def deleted(name: str, service: ImageSearch, ids: list[str]) -> None:
+        forget(service, ids[100:130])
+
+    dead_publication_then(both, deleted)
+    assert_counts_as_annoys(both, 120)
+
+
+def test_s3vectors_publication_dying_between_its_two_puts_leaves_no_image_without_classes(
+    both,
+) -> None:
+    """A publication killed after one of its two puts: the next build puts the images' class
+    vectors too (the feature vector, which says "indexed", is put last)."""
+    ids, vectors = synthetic_ids(150), clustered_vectors(150, seed=14)
+    s3 = both["s3vectors"]
+    queue(s3, ids[:100], vectors[:100])
+    s3.build_index()
+    queue(s3, ids[100:], vectors[100:])
+    bucket = s3.parts.index.bucket
+    put, puts = bucket.put, []
+
+    def dying(index, batch):
+        puts.append(index)
+        if len(puts) == 2:  # the second of the publication's two puts
+            raise Killed
+        return put(index, batch)
+
+    bucket.put = dying
+    with pytest.raises(Killed):
+        s3.build_index()
+    bucket.put = put
+    forget_what_it_read(s3)
+    s3.build_index()
+    assert len(bucket.get(ids[100:], data=False, index=bucket.classes)) == 50
+    assert len(bucket.get(ids[100:], data=False, index=bucket.features)) == 50
+    assert len(s3.parts.index) == 150

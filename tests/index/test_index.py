@@ -658,3 +658,7 @@ def test_neighbour_lists_are_stored_packed_and_read_back_equal(index_service) ->
         {"ids": [i for i, _ in neighbours], "distances": [d for _, d in neighbours]},
     )
     assert catalog.neighbours(ids[2])[0] == neighbours
+    # numpy's floats (whose repr is "np.float64(...)") are written as plain numbers too
+    as_numpy = [(i, np.float64(d)) for i, d in neighbours[:3]]
+    catalog.put_neighbour_lists({ids[3]: (as_numpy, 0)})
+    assert catalog.neighbours(ids[3])[0] == neighbours[:3]

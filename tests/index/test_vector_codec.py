@@ -7,9 +7,11 @@ import json
 
 import boto3
 import numpy as np
+import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ClientError, ParamValidationError
 
-from imgsearch.index.s3vectors import VectorBucket
+from imgsearch.index.s3vectors import VectorBucket, _outgoing
 
 
 class Raw:
@@ -20,7 +22,7 @@ class Raw:
         yield self.body
 
 
-def client_answering(answer: dict, sent: list[bytes]):
+def client_answering(answer: dict, sent: list[bytes], status: int = 200):
     client = boto3.client(
         "s3vectors",
         region_name="us-east-1",
@@ -31,7 +33,10 @@ def client_answering(answer: dict, sent: list[bytes]):
     def respond(request, **_):
         sent.append(request.body)
         body = json.dumps(answer).encode()
-        return AWSResponse(request.url, 200, {"content-type": "application/json"}, Raw(body))
+        headers = {"content-type": "application/json"}
+        if status >= 300:
+            headers["x-amzn-errortype"] = "NotFoundException"
+        return AWSResponse(request.url, status, headers, Raw(body))
 
     client.meta.events.register("before-send.s3vectors", respond)
     return client
@@ -75,3 +80,44 @@ def test_vector_codec_sends_and_reads_what_botocore_would() -> None:
         key = vector["key"]
         assert np.array_equal(found[key], np.asarray(vector["data"]["float32"], np.float32))
         assert found[key].dtype == np.float32
+
+
+def test_vector_codec_leaves_error_answers_to_botocore() -> None:
+    sent: list[bytes] = []
+    bucket = VectorBucket(
+        client_answering({"message": "no such index"}, sent, status=404), "bucket", "images"
+    )
+    with pytest.raises(ClientError) as refused:
+        bucket.get(["k"], data=True)
+    assert refused.value.response["Error"]["Code"] == "NotFoundException"
+    assert refused.value.response["Error"]["Message"] == "no such index"
+
+
+def test_vector_codec_refuses_values_json_cannot_say() -> None:
+    """NaN and infinities are refused before anything is sent (botocore would send them as
+    strings, which the service refuses)."""
+    sent: list[bytes] = []
+    bucket = VectorBucket(client_answering({"vectors": []}, sent), "bucket", "images")
+    for bad in (np.nan, np.inf, -np.inf):
+        vector = np.zeros(4, np.float32)
+        vector[1] = bad
+        with pytest.raises(ValueError, match="finite"):
+            bucket.query("images", vector, 5, None)
+        with pytest.raises(ValueError, match="finite"):
+            bucket.put("images", [{"key": "k", "data": {"float32": vector.tolist()}}])
+    assert not sent
+    assert getattr(_outgoing, "values", None) is None
+
+
+def test_vector_codec_forgets_the_values_of_a_request_that_failed() -> None:
+    """A request refused before it is sent leaves no values for this thread's next one."""
+    sent: list[bytes] = []
+    client = client_answering({"vectors": []}, sent)
+    bucket = VectorBucket(client, "bucket", "images")
+    with pytest.raises(ParamValidationError):
+        bucket.query("images", np.ones(4, np.float32), 0, None)  # topK below 1
+    assert getattr(_outgoing, "values", None) is None
+    client.query_vectors(
+        vectorBucketName="bucket", indexName="images", topK=5, queryVector={"float32": [0.5] * 4}
+    )
+    assert json.loads(sent[-1])["queryVector"]["float32"] == [0.5] * 4

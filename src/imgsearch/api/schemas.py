@@ -48,6 +48,11 @@ class Health(BaseModel):
     recovering: bool = Field(
         False, description="Work a crash left is being finished; some changes are not in yet"
     )
+    class_counts_known: bool = Field(
+        True,
+        description="False while S3 Vectors' per-class counts are unknown after a publication"
+        " died; keyword chips then query the class index until `imgsearch reindex`",
+    )
 
 
 class ClassScore(BaseModel):

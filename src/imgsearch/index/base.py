@@ -106,6 +106,12 @@ class SearchIndex(ABC):
         sends them at once)."""
         return [self.ranked_by_classes(weights, k, exclude=exclude) for weights in queries]
 
+    @property
+    def class_counts_known(self) -> bool:
+        """Whether the chips' per-class counts are answered without a query per class (an
+        engine that keeps them may have lost them: see s3vectors.py)."""
+        return True
+
     def class_photo_counts(
         self, classes: Sequence[int], min_probability: float, cap: int
     ) -> dict[int, int]:
@@ -143,8 +149,9 @@ class IndexWriter(ABC):
     lease calls it, so a writer needs no lock of its own; a publication that finds another
     one under it raises PreconditionFailed and the builder tries the batch again."""
 
-    # Whether `publish(held=...)` may have something to do when nothing else is published:
-    # an engine whose counts a dying publication can leave short (S3 Vectors' state).
+    # Whether a batch whose additions the engine all holds already (a publication that died
+    # before its end put them) is published all the same: an engine that counts then what
+    # that one left uncounted (S3 Vectors' state).
     counts_held = False
 
     @abstractmethod
@@ -153,16 +160,11 @@ class IndexWriter(ABC):
         additions: ShardData,
         removed: Collection[str],
         still_held: Callable[[], None] = lambda: None,
-        *,
-        held: Collection[str] = (),
     ) -> int:
         """Make `additions` (not yet in the index) searchable and `removed` (in it) gone, in
         one publication. Returns the shard builds written (0 for an engine without shards).
         `still_held` raises if the builder's lease lapsed: called before anything becomes
-        visible to readers, so that a builder presumed dead publishes nothing. `held`: the
-        batch's additions the engine held already (a publication that died before its end
-        wrote them): an engine that keeps counts of what it holds counts them if that one
-        had not."""
+        visible to readers, so that a builder presumed dead publishes nothing."""
 
     @abstractmethod
     def clear(self) -> None:

@@ -323,7 +323,7 @@ class IndexBuilder:
         # the lease check keeps one whose lease lapsed (a frozen sandbox, a long pause) from
         # trying.
         report.shard_builds += self.writer.publish(
-            additions, list(removed), still_held=lambda: _still_held(lease), held=present
+            additions, list(removed), still_held=lambda: _still_held(lease)
         )
         self.index.refresh(force=True)
         return set(additions.ids), removed, present

@@ -27,25 +27,32 @@ spread and each batch's additions). `image_ids` lists the whole feature index (L
 once per generation: browsing is the one operation whose cost grows with the collection.
 `exact=True` is not offered by S3 Vectors (its queries are approximate): it is ignored.
 
-A writer killed between its PutVectors and the state's compare-and-swap leaves vectors the
-state does not count: the next build finds them held already (the builder's `held`), and their
-`added` generation, newer than the state's, tells the writer to count them in then. One killed
-between its DeleteVectors and the state cannot be told from a finished one afterwards (the
-vectors are gone either way), so a publication that deletes first replaces the state with one
-whose per-class counts are unknown (`counted` = (): keyword search's chips then ask the class
-index, as for an index published before counts were kept) and only its last write puts them
-back: killed in between, the counts stay unknown until `imgsearch reindex`, never wrong. The
-live count (health's `images`) may then be off by the removals; searches are right.
+The per-class counts are exact or unknown (`counted` = ()), never wrong. Before its first
+write, a publication replaces the state with one that names the images it puts (`uncounted`):
+a writer killed before its last write (the new state) leaves vectors no count includes, and
+the next publication, whichever images its batch holds, counts in those of them the index
+holds (and out again if it removes them) and names them in turn until its own state is
+written. It puts the class vectors before the feature vectors, which say "indexed" to the
+builder: a publication killed in between is done again. One killed between its DeleteVectors
+and the state cannot be told from a finished one afterwards (the vectors are gone either way),
+so a publication that removes makes the per-class counts unknown in that first write (keyword
+search's chips then ask the class index, as for an index published before counts were kept)
+and only its last write puts them back: killed in between, they stay unknown (a warning is
+logged; health's `class_counts_known` says so) until `imgsearch reindex`, which counts from
+scratch. The live count (health's `images`) may then be off by the removals; searches are
+right.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -63,6 +70,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3vectors.type_defs import PutInputVectorTypeDef
 
     from imgsearch.config import Settings
+
+log = logging.getLogger(__name__)
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -114,6 +123,9 @@ class VectorsState:
     # Per class, the images that give it at least COUNTED_PROBABILITY (a keyword search's
     # chips: a count each, not a query each); () for an index published before they were.
     counted: tuple[int, ...] = ()
+    # The images the publication under way puts (and counts in of a dead one's), named
+    # before its first write: what a publication that died before its end left uncounted.
+    uncounted: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -127,6 +139,7 @@ class VectorsState:
                     **fields,
                     "spread": tuple(fields["spread"]),
                     "counted": tuple(fields.get("counted", ())),
+                    "uncounted": tuple(fields.get("uncounted", ())),
                 }
             )
         except (ValueError, TypeError, KeyError) as error:
@@ -158,7 +171,8 @@ class VectorCodec:
     put into its JSON body just before it is signed (`before-call`, which comes before the
     checksum and the signature); GetVectors' answer has its vectors read by json and numpy
     before botocore parses the rest (`before-parse`). The requests sent are byte for byte
-    what botocore would have sent (the same json.dumps of the same floats)."""
+    what botocore would have sent (the same json.dumps of the same floats); NaN and infinities,
+    which botocore would send as strings and the service refuses, are refused here."""
 
     @classmethod
     def install(cls, client: Any) -> None:
@@ -171,9 +185,22 @@ class VectorCodec:
         client._imgsearch_vector_codec = True
 
     @staticmethod
-    def sending(values: list[list[float]]) -> None:
-        """The values of the next request's vectors, in order (this thread's)."""
+    @contextmanager
+    def sending(rows: Sequence[np.ndarray]) -> Iterator[None]:
+        """The values of the request made in the `with` block (this thread's), its vectors'
+        in order; forgotten when the block ends, sent or not. Raises ValueError for a
+        value that is not finite."""
+        values = []
+        for row in rows:
+            row = np.asarray(row, dtype=np.float32)
+            if not np.isfinite(row).all():
+                raise ValueError("a vector's values must be finite (no NaN or infinity)")
+            values.append(row.tolist())
         _outgoing.values = values
+        try:
+            yield
+        finally:
+            _outgoing.values = None
 
     @staticmethod
     def _fill(params: dict[str, Any], **_: Any) -> None:
@@ -187,7 +214,7 @@ class VectorCodec:
         else:
             for vector, data in zip(body["vectors"], values, strict=True):
                 vector["data"]["float32"] = data
-        params["body"] = json.dumps(body).encode()  # (botocore's separators)
+        params["body"] = json.dumps(body, allow_nan=False).encode()  # (botocore's separators)
 
     @staticmethod
     def _read(
@@ -230,8 +257,8 @@ class VectorBucket:
         }
         if parts is not None:
             request["filter"] = {"part": {"$in": list(parts)}}
-        VectorCodec.sending([np.asarray(vector, dtype=np.float32).tolist()])
-        found = self.client.query_vectors(**request)["vectors"]
+        with VectorCodec.sending([vector]):
+            found = self.client.query_vectors(**request)["vectors"]
         return [(hit["key"], float(hit.get("distance", 0.0))) for hit in found]
 
     def get(
@@ -283,36 +310,12 @@ class VectorBucket:
         """Put `vectors` (their data as float32 rows or lists), WRITE_BATCH a request."""
         for start in range(0, len(vectors), WRITE_BATCH):
             chunk = vectors[start : start + WRITE_BATCH]
-            VectorCodec.sending(
-                [np.asarray(v["data"]["float32"], dtype=np.float32).tolist() for v in chunk]
-            )
-            self.client.put_vectors(
-                vectorBucketName=self.bucket,
-                indexName=index,
-                vectors=[{**v, "data": {"float32": PLACEHOLDER}} for v in chunk],
-            )
-
-    def added_in(self, keys: Sequence[str]) -> dict[str, int]:
-        """The generation that added each of `keys` to the features' index (its `added`
-        metadata), absent keys left out: one GetVectors per GET_BATCH keys, at once."""
-
-        def chunk(start: int) -> dict[str, int]:
-            response = self.client.get_vectors(
-                vectorBucketName=self.bucket,
-                indexName=self.features,
-                keys=list(keys[start : start + GET_BATCH]),
-                returnData=False,
-                returnMetadata=True,
-            )
-            return {
-                vector["key"]: int(dict(vector.get("metadata") or {}).get("added", 0))
-                for vector in response["vectors"]
-            }
-
-        found: dict[str, int] = {}
-        for part in in_parallel(chunk, range(0, len(keys), GET_BATCH)):
-            found |= part
-        return found
+            with VectorCodec.sending([np.asarray(v["data"]["float32"]) for v in chunk]):
+                self.client.put_vectors(
+                    vectorBucketName=self.bucket,
+                    indexName=index,
+                    vectors=[{**v, "data": {"float32": PLACEHOLDER}} for v in chunk],
+                )
 
     def delete(self, index: str, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), WRITE_BATCH):
@@ -466,6 +469,10 @@ class S3VectorsIndex(SearchIndex):
         # One QueryVectors (or a few) each, over the network: sent at once, not in turn.
         return in_parallel(lambda w: self.ranked_by_classes(w, k, exclude=exclude), queries)
 
+    @property
+    def class_counts_known(self) -> bool:
+        return not self._state.count or len(self._state.counted) == self._state.classes
+
     def class_photo_counts(
         self, classes: Sequence[int], min_probability: float, cap: int
     ) -> dict[int, int]:
@@ -563,21 +570,47 @@ class S3VectorsWriter(IndexWriter):
         additions: ShardData,
         removed: Collection[str],
         still_held: Callable[[], None] = lambda: None,
-        *,
-        held: Collection[str] = (),
     ) -> int:
         # Vectors are searchable as soon as they are put: the lease is checked before each
         # write (a long publication may outlive it), not once before them all.
         state, etag = self.index.state, self.index.etag
-        late = self._uncounted(state, held)
+        late = self._uncounted(state, additions)
         if not len(additions) and not removed and not late:
             return 0
         generation = state.generation + 1
+        counted = self._counted(state, additions, removed, late)
+        # Before the first write, the state names what this publication puts (and what it
+        # counts in of a dead one's): killed before its last write, the next one counts them.
+        # A removal's counts are unknown until the last write (see the module's docstring).
+        announced = replace(
+            state,
+            uncounted=tuple(sorted({*additions.ids, *late})),
+            counted=() if removed else state.counted,
+        )
+        if announced != state:
+            if state.counted and not announced.counted:
+                log.warning(
+                    "S3 Vectors' per-class counts are unknown while this publication removes"
+                    " images: killed before its end, they stay unknown (chips then ask the"
+                    " class index) until `imgsearch reindex`"
+                )
+            still_held()
+            etag = self._write_state(announced, etag, record=False)
         if len(additions):
             ids = additions.ids
             parts = [partition(i) for i in ids]
-            features = additions.features.astype(np.float32)
+            # The class vectors first: the feature vector says "indexed" (`present`), so an
+            # image that has one has both (a publication dying in between is done again).
             classes = unit_class_vectors(additions.probabilities)
+            still_held()
+            self.bucket.put(
+                self.bucket.classes,
+                [
+                    {"key": i, "data": {"float32": row.tolist()}, "metadata": {"part": p}}
+                    for i, row, p in zip(ids, classes, parts, strict=True)
+                ],
+            )
+            features = additions.features.astype(np.float32)
             still_held()
             self.bucket.put(
                 self.bucket.features,
@@ -590,19 +623,7 @@ class S3VectorsWriter(IndexWriter):
                     for i, row, p in zip(ids, features, parts, strict=True)
                 ],
             )
-            still_held()
-            self.bucket.put(
-                self.bucket.classes,
-                [
-                    {"key": i, "data": {"float32": row.tolist()}, "metadata": {"part": p}}
-                    for i, row, p in zip(ids, classes, parts, strict=True)
-                ],
-            )
-        counted = self._counted(state, additions, removed, late)
         if removed:
-            if counted:  # unknown until this publication's state is written (see above)
-                still_held()
-                etag = self._write_state(replace(state, counted=()), etag, record=False)
             # The class vectors first: a removal retried after dying in between finds the
             # feature vector and not the class vector (`_counted` then counts nothing).
             for index in (self.bucket.classes, self.bucket.features):
@@ -618,17 +639,21 @@ class S3VectorsWriter(IndexWriter):
             updated_at=time.time(),
             counted=counted,
         )
+        if state.counted and not counted and not removed:
+            log.warning(
+                "S3 Vectors' per-class counts are now unknown (a class vector is missing):"
+                " keyword chips ask the class index until `imgsearch reindex`"
+            )
         still_held()
         self._write_state(new, etag)
         return 0
 
-    def _uncounted(self, state: VectorsState, held: Collection[str]) -> list[str]:
-        """Those of `held` (additions the index holds already) that a publication which
-        died before writing its state put: added by a generation newer than the state's."""
-        if not held:
-            return []
-        added = self.bucket.added_in(sorted(held))
-        return [i for i, generation in added.items() if generation > state.generation]
+    def _uncounted(self, state: VectorsState, additions: ShardData) -> list[str]:
+        """The images a publication that died before its last write put and nobody counted
+        yet (the state's `uncounted` the index holds, other than this publication's own)."""
+        ids = set(additions.ids)
+        named = [i for i in state.uncounted if i not in ids]
+        return sorted(self.bucket.get(named, data=False)) if named else []
 
     def _counted(
         self,
@@ -640,9 +665,10 @@ class S3VectorsWriter(IndexWriter):
         """The per-class counts (VectorsState.counted) after this publication: the additions'
         posted probabilities counted in, and those of `late` (put by a publication that died
         before its state), the removed images' (read from the class index before they go)
-        counted out. An index published before counts were kept keeps none (a reindex counts
-        from scratch), nor does one whose counts a removal left unknown, or a removal whose
-        class vectors are gone already (a retry)."""
+        counted out (an image both late and removed: in and out, nothing). An index published
+        before counts were kept keeps none (a reindex counts from scratch), nor does one whose
+        counts a removal left unknown, or a removal whose class vectors are gone already (a
+        retry)."""
         classes = int(additions.probabilities.shape[1]) if len(additions) else state.classes
         if state.classes not in (0, classes):  # another model's classes: a reindex counts
             return ()

@@ -60,11 +60,9 @@ class ShardWriter(IndexWriter):
         additions: ShardData,
         removed: Collection[str],
         still_held: Callable[[], None] = lambda: None,
-        *,
-        held: Collection[str] = (),
     ) -> int:
         """Write new shard builds for the batch and switch the manifest to them (the
-        manifest's counts are its shards': nothing to do for `held`)."""
+        manifest's counts are its shards')."""
         manifest, etag = self.index.manifest_and_etag
         builds = 0
         shards: list[ShardEntry] = []

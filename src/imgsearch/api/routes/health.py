@@ -12,4 +12,9 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health", response_model=Health)
 def health(service: Service) -> Health:
-    return Health(status="ok", images=service.count(), recovering=service.recovering)
+    return Health(
+        status="ok",
+        images=service.count(),
+        recovering=service.recovering,
+        class_counts_known=service.class_counts_known,
+    )
