@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 
 import boto3
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, ParamValidationError
 
-from imgsearch.index.s3vectors import VectorBucket, _outgoing
+from imgsearch.index.s3vectors import VectorBucket, VectorsState, _outgoing
 
 
 class Raw:
@@ -121,3 +122,16 @@ def test_vector_codec_forgets_the_values_of_a_request_that_failed() -> None:
         vectorBucketName="bucket", indexName="images", topK=5, queryVector={"float32": [0.5] * 4}
     )
     assert json.loads(sent[-1])["queryVector"]["float32"] == [0.5] * 4
+
+
+def test_a_state_reads_across_versions() -> None:
+    """A finished publication's state leaves out the empty `uncounted` (older readers knew no
+    such field), and fields a newer writer adds are ignored, so that a deploy or a rollback
+    with processes of two versions does not read the other's state as damaged."""
+    written = VectorsState(3, 2, "m", 4, 2, ("a",), 1.0, counted=(1, 1))
+    state = VectorsState.from_json(json.dumps({**asdict(written), "later": 1}).encode())
+    assert state == written
+    assert "uncounted" not in json.loads(state.to_json())
+    assert VectorsState.from_json(state.to_json()) == state
+    announced = replace(state, uncounted=("a", "b"))
+    assert VectorsState.from_json(announced.to_json()).uncounted == ("a", "b")

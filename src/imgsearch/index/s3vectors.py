@@ -45,6 +45,7 @@ right.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -128,12 +129,18 @@ class VectorsState:
     uncounted: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self)).encode()
+        fields = asdict(self)
+        if not fields["uncounted"]:  # a finished publication's state: readable by older readers
+            del fields["uncounted"]
+        return json.dumps(fields).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> VectorsState:
         try:
-            fields = json.loads(data)
+            # Fields this version does not know are left out: a newer writer's state stays
+            # readable during a deploy or after a rollback.
+            known = {field.name for field in dataclasses.fields(cls)}
+            fields = {k: v for k, v in json.loads(data).items() if k in known}
             return cls(
                 **{
                     **fields,
