@@ -302,26 +302,12 @@ def test_s3vectors_counts_stay_right_when_a_publication_dies_before_its_state(bo
     (the state names them before the first write); counts a dying removal may have left
     wrong are not used (unknown, so the class index is asked) rather than wrong. Against
     Annoy's, which counts from its shards."""
-    ids, vectors = synthetic_ids(150), clustered_vectors(150, seed=14)
-    s3 = both["s3vectors"]
-    for name, service in both.items():
-        queue(service, ids[:100], vectors[:100])
-        service.build_index()
-        queue(service, ids[100:], vectors[100:])
-        if name == "s3vectors":
-            killed = killing_the_state_write(service, removals=False)
-            with pytest.raises(Killed):
-                service.build_index()
-            assert killed
-            forget_what_it_read(service)  # a new sandbox
-        service.build_index()
+    dead_publication_then(both, lambda name, service, ids: None)
+    assert_counts_as_annoys(both, 150)
+
+    ids, s3 = synthetic_ids(150), both["s3vectors"]
     annoy_index, s3_index = both["annoy"].parts.index, s3.parts.index
     classes = list(range(CLASSES))
-    assert len(s3_index) == len(annoy_index) == 150
-    assert len(s3_index.state.counted) == CLASSES
-    counts = s3_index.class_photo_counts(classes, COUNTED_PROBABILITY, 1000)
-    assert counts == annoy_index.class_photo_counts(classes, COUNTED_PROBABILITY, 1000)
-
     killed = killing_the_state_write(s3, removals=True)
     for name, service in both.items():
         forget(service, ids[:30])
