@@ -604,8 +604,10 @@ class Shard:
         live = np.ones(len(self.ids), dtype=bool)
         rows = [self.row_of[i] for i in deleted if i in self.row_of]
         live[rows] = False
-        self.live = live
+        # The count first: a query that reads the new mask then reads its count too
+        # (`candidates_of_projected` skips the mask when every row is live).
         self.live_count = int(live.sum())
+        self.live = live
 
     def candidates(self, vector: np.ndarray, n: int, search_k: int) -> np.ndarray:
         """Rows of approximately the `n` nearest live images (Annoy, no exact ranking yet)."""
@@ -615,9 +617,10 @@ class Shard:
         self, projected: np.ndarray | Sequence[float], n: int, search_k: int
     ) -> np.ndarray:
         """`candidates` of a vector already projected by this shard's projection."""
+        live, every_row_live = self.live, self.live_count == len(self.ids)
         nearest = self._forest.get_nns_by_vector(projected, n, search_k=search_k)
         rows = np.array(nearest, dtype=np.int64)  # 2x np.fromiter's pace on a list
-        return rows[self.live[rows]]
+        return rows if every_row_live else rows[live[rows]]
 
     def distances(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact cosine distances (1 - cos) from a unit `vector` to `rows`, in [0, 2] (float16
