@@ -80,9 +80,10 @@ class Settings(BaseSettings):
     ann_trees: int = 20
     # Per query, the shards' Annoy forests propose `ann_candidates` images between them
     # (inspecting `ann_search_k` nodes; -1 is Annoy's default of candidates x trees), each
-    # shard in proportion to its size; exact distances then rank them.
-    ann_candidates: int = 200
-    ann_search_k: int = 2000
+    # shard in proportion to its size; exact distances then rank them. Both grow past 100k
+    # images (index/reader.py, `budget_growth`).
+    ann_candidates: int = 120
+    ann_search_k: int = 1500
     neighbours: int = 50
     # Expanded vectors (index/expansion.py): each image's vector plus those of its first
     # `expansion_neighbours` stored neighbours, weighted by similarity**`expansion_power`,

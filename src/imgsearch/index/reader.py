@@ -37,10 +37,11 @@ MIN_SEARCH_K_PER_CANDIDATE = 8
 # The candidate budget (and search_k) are the settings' up to BUDGET_REFERENCE live images,
 # and grow as (images / BUDGET_REFERENCE) ** BUDGET_GROWTH past it: the more images, the more
 # of them the projected search must propose for the exact re-rank to keep its recall. Measured
-# (bench/index_scale.py, docs/performance.md): 200 candidates recall 0.9998 at 100k, 0.992 at
-# 300k, 0.83 at 1M, where 800 recall 0.9985 (x4 for x10 images: 10 ** 0.6 = 3.98).
+# (bench/index_scale.py, docs/performance.md): the default 120:1500 recalls 0.999 at 100k and,
+# grown x5.0 to 601:7518, 0.995 at 1M (x3.98 recalled 0.992 there; 200 candidates not grown
+# recalled 0.83).
 BUDGET_REFERENCE = 100_000
-BUDGET_GROWTH = 0.6
+BUDGET_GROWTH = 0.7
 # Keyword rankings kept per index snapshot (see `ranked_by_classes`): the best RANKED_PAGES
 # times what was asked, up to RANKED_DEPTH images, of each of the last RANKED_ENTRIES class
 # weightings asked (a few KB each); a ranking asked deeper than RANKED_MAX_DEPTH (a far page)
@@ -96,6 +97,25 @@ class _Snapshot:
         projected = (serial_matvec(self.components, vector) - self.offsets).tolist()
         starts = (0, *self.ends[:-1])
         return [projected[start:end] for start, end in zip(starts, self.ends, strict=True)]
+
+
+def _plan(
+    snapshot: _Snapshot, candidates: int, search_k: int, wanted: int
+) -> tuple[tuple[int, int], ...]:
+    """Each shard's (candidates, search_k) of a query's budget, grown for the collection's
+    size (`budget_growth`) and shared in proportion to the shards' live images (measured
+    better than shares favouring small or big shards), at least `wanted` candidates and
+    MIN_SEARCH_K_PER_CANDIDATE nodes per candidate each."""
+    growth = budget_growth(snapshot.live_count)
+    budget = max(wanted, math.ceil(candidates * growth))
+    plan = []
+    for share in snapshot.shares:
+        count = max(wanted, math.ceil(budget * share))
+        nodes = search_k
+        if nodes > 0:
+            nodes = max(math.ceil(search_k * growth * share), count * MIN_SEARCH_K_PER_CANDIDATE)
+        plan.append((count, nodes))
+    return tuple(plan)
 
 
 def budget_growth(live_images: int) -> float:
@@ -236,19 +256,13 @@ class Index(SearchIndex):
         snapshot = self._snapshot
         if not snapshot.shards:
             return []
-        growth = budget_growth(snapshot.live_count)
-        budget = max(wanted, math.ceil((candidates or self.candidates) * growth))
-        found = []
-        for shard, share, projected in zip(
-            snapshot.shards, snapshot.shares, snapshot.project(vector), strict=True
-        ):
-            per_shard = max(wanted, math.ceil(budget * share))
-            search_k = self.search_k
-            if search_k > 0:
-                search_k = max(
-                    math.ceil(search_k * growth * share), per_shard * MIN_SEARCH_K_PER_CANDIDATE
-                )
-            found.append(shard.candidates_of_projected(projected, per_shard, search_k))
+        plan = _plan(snapshot, candidates or self.candidates, self.search_k, wanted)
+        found = [
+            shard.candidates_of_projected(projected, count, search_k)
+            for shard, projected, (count, search_k) in zip(
+                snapshot.shards, snapshot.project(vector), plan, strict=True
+            )
+        ]
         # One product over every shard's candidates: the exact re-rank costs one numpy call,
         # whatever the number of shards.
         cosine = _cosines(snapshot.shards, found, vector)

@@ -1,0 +1,198 @@
+"""Where a similar-image query's time goes, and what settings cost, on bench/index_scale.py's
+cached indexes: each query's wall and CPU time (its thread's), with one and two query
+threads, recall@20 against exact search, and (`--steps`) the time of each step of
+`Index.nearest`.
+
+Settings (`candidates:search_k`) are asked query by query in turn, in alternating order (the
+first one asked brings the rows into the CPU's caches for the next). `--baseline CHECKOUT`
+adds another checkout's reader, asked the same queries beside them in the same process: its
+`src/imgsearch` is copied under the package name `imgsearch_baseline` (imports rewritten) into
+the cache directory, so that both versions load side by side.
+
+    nice -n 5 .venv/bin/python bench/index_steps.py --size 1000000 --queries 300 \\
+        --settings 120:1500 --baseline ../main --steps
+
+The index of `--size` images must have been built by bench/index_scale.py with the same
+`--cache` (and its default shard size and trees); the exact answers of the queries are kept
+there too (`truth-SIZE-QUERIES.npy`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import shutil
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import index_scale
+
+from imgsearch.index import reader
+from imgsearch.index.reader import Index
+from imgsearch.index.shards import half_dot
+from imgsearch.storage.local import LocalObjectStore
+
+
+def baseline_index(checkout: Path, cache: Path, store_root: Path) -> Any:
+    """Another checkout's `Index` over the same store, its package loaded as
+    `imgsearch_baseline` (a copy with its imports rewritten)."""
+    copy = cache / "baseline-src"
+    shutil.rmtree(copy, ignore_errors=True)
+    package = copy / "imgsearch_baseline"
+    shutil.copytree(checkout / "src" / "imgsearch", package, symlinks=True)
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        text = re.sub(r"\bimgsearch\.", "imgsearch_baseline.", text)
+        text = re.sub(r"\bfrom imgsearch import\b", "from imgsearch_baseline import", text)
+        path.write_text(text)
+    sys.path.insert(0, str(copy))
+    baseline_reader = importlib.import_module("imgsearch_baseline.index.reader")
+    local = importlib.import_module("imgsearch_baseline.storage.local")
+    config = importlib.import_module("imgsearch_baseline.config")
+    settings = config.Settings()
+    index = baseline_reader.Index(
+        local.LocalObjectStore(store_root),
+        candidates=settings.ann_candidates,
+        search_k=settings.ann_search_k,
+    )
+    index.refresh(force=True)
+    return index
+
+
+def steps(index: Index, vector: np.ndarray, k: int) -> dict[str, float]:
+    """`Index.nearest`'s steps, timed (ms): the same calls, in the same order."""
+    times = {}
+    started = time.perf_counter()
+    snapshot = index._snapshot
+    plan = reader._plan(snapshot, index.candidates, index.search_k, k)
+    projected = snapshot.project(vector)
+    at = time.perf_counter()
+    times["project"] = at - started
+    found, annoy = [], 0.0
+    for shard, (count, search_k), vector_of_shard in zip(
+        snapshot.shards, plan, projected, strict=True
+    ):
+        asked = time.perf_counter()
+        nearest = shard._forest.get_nns_by_vector(vector_of_shard, count, search_k=search_k)
+        annoy += time.perf_counter() - asked
+        rows = np.array(nearest, dtype=np.int64)
+        found.append(rows[shard.live[rows]])
+    times["annoy"], times["annoy_python"] = annoy, time.perf_counter() - at - annoy
+    at = time.perf_counter()
+    gathered = np.empty((sum(len(part) for part in found), snapshot.shards[0].dim), np.float16)
+    position = 0
+    for shard, part in zip(snapshot.shards, found, strict=True):
+        np.take(shard.features, part, axis=0, out=gathered[position : position + len(part)])
+        position += len(part)
+    times["gather"] = time.perf_counter() - at
+    at = time.perf_counter()
+    cosine = half_dot(gathered, vector)
+    times["half_dot"] = time.perf_counter() - at
+    at = time.perf_counter()
+    reader._best_candidates(np.clip(1.0 - cosine, 0.0, 2.0), snapshot.shards, found, k, ())
+    times["best"] = time.perf_counter() - at
+    times["total"] = time.perf_counter() - started
+    return {name: value * 1000 for name, value in times.items()} | {"rows": len(gathered)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=100_000)
+    parser.add_argument("--cache", type=Path, default=REPO_CACHE)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--settings", nargs="+", default=["120:1500"])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--steps", action="store_true", help="time each step of a query")
+    parser.add_argument("--baseline", type=Path, help="another checkout's reader beside")
+    args = parser.parse_args()
+    real = index_scale.real_embeddings()
+    index_scale.chunk_cache = args.cache / "chunks"
+    queries, _ = index_scale.synthesise(
+        *real, args.queries, np.random.default_rng((args.size, 1, 0))
+    )
+    kept = args.cache / f"truth-{args.size}-{args.queries}.npy"
+    if kept.exists():
+        truth = [set(row.tolist()) for row in np.load(kept)]
+    else:
+        truth, _ = index_scale.exact_truth(real, args.size, queries, 20)
+        np.save(kept, np.array([sorted(row) for row in truth]))
+    root = args.cache / f"imgsearch-{args.size}-10000-20" / "store"
+    store = LocalObjectStore(root)
+    names, indexes = [], []
+    for setting in args.settings:
+        candidates, search_k = map(int, setting.split(":"))
+        index = Index(store, candidates=candidates, search_k=search_k)
+        index.refresh(force=True)
+        names.append(f"{setting} x{reader.budget_growth(len(index)):.2f}")
+        indexes.append(index)
+    if args.baseline:
+        indexes.append(baseline_index(args.baseline.resolve(), args.cache, root))
+        names.append(f"baseline {args.baseline.name}")
+    shard_sizes = "+".join(f"{len(shard.ids) // 1000}k" for shard in indexes[0].shards)
+    print(f"{args.size:,} images ({shard_sizes}), {args.queries} queries, k=20; times in ms")
+    for index in indexes:
+        for query in queries[:20]:
+            index.nearest(query, 20)  # warm up
+    if args.steps:
+        timed: list[list[dict[str, float]]] = [[] for _ in args.settings]
+        for query in queries:
+            for number, index in enumerate(indexes[: len(args.settings)]):
+                timed[number].append(steps(index, query, 20))
+        for name, rows in zip(names, timed, strict=False):
+            medians = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+            print(f"{name} steps, p50: " + ", ".join(f"{k} {v:.3f}" for k, v in medians.items()))
+    for threads in args.threads:
+        wall = [[0.0] * len(queries) for _ in indexes]
+        cpu = [[0.0] * len(queries) for _ in indexes]
+        answers: list[list[set[int]]] = [[set() for _ in queries] for _ in indexes]
+
+        def work(
+            offset: int,
+            threads: int = threads,
+            wall: list[list[float]] = wall,
+            cpu: list[list[float]] = cpu,
+            answers: list[list[set[int]]] = answers,
+        ) -> None:
+            for position in range(offset, len(queries), threads):
+                order = list(enumerate(indexes))
+                if (position // threads) % 2:
+                    order.reverse()
+                for number, index in order:
+                    started, started_cpu = time.perf_counter(), time.thread_time()
+                    found = index.nearest(queries[position], 20)
+                    wall[number][position] = (time.perf_counter() - started) * 1000
+                    cpu[number][position] = (time.thread_time() - started_cpu) * 1000
+                    answers[number][position] = {int(i, 16) for i, _ in found}
+
+        workers = [threading.Thread(target=work, args=(offset,)) for offset in range(threads)]
+        started = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        rate = len(queries) * len(indexes) / (time.perf_counter() - started)
+        for number, name in enumerate(names):
+            recall = statistics.mean(
+                len(found & exact) / 20 for found, exact in zip(answers[number], truth, strict=True)
+            )
+            print(
+                f"{name}, {threads} thread(s): p50 {np.median(wall[number]):.3f}, "
+                f"p90 {np.percentile(wall[number], 90):.3f}, CPU p50 {np.median(cpu[number]):.3f}, "
+                f"recall@20 {recall:.4f}; all settings {rate:.0f} queries/s"
+            )
+    print(f"load average {os.getloadavg()[0]:.1f}")
+
+
+REPO_CACHE = index_scale.REPO / "build" / "bench" / "index_scale"
+
+if __name__ == "__main__":
+    main()
