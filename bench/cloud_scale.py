@@ -274,12 +274,14 @@ def follow_chains_into_pools() -> None:
                     POOLS_CPU[0] += time.thread_time() - began
 
         future = submit(self, run)
-        future.bench_chain = chain
+        future.bench_chain, future.bench_parent = chain, parent
         return future
 
     def result_on_chain(self: Any, timeout: float | None = None) -> Any:
+        # Onto the submitter's chain, wherever the result is taken: asyncio takes an
+        # executor's result (run_in_executor: api/deps.off_the_loop) in a callback of its own.
         value = result(self, timeout)
-        chain, parent = getattr(self, "bench_chain", None), current_chain()
+        chain, parent = getattr(self, "bench_chain", None), getattr(self, "bench_parent", None)
         if chain is not None and parent is not None:
             parent.waited = max(parent.waited, chain.waited)
         return value
