@@ -225,8 +225,18 @@ class Mark:
 
 # Per pool thread, the chain its last task continued and where that task's waits ended: a
 # pool runs at most its threads' count of tasks at once, and a task queued behind another on
-# the same thread starts where that one ended (see follow_chains_into_pools).
+# the same thread starts where that one ended (see follow_chains_into_pools); and the chain
+# of the task it runs (`current_chain`).
 _lane = threading.local()
+
+
+def current_chain() -> Chain | None:
+    """The chain the current thread's requests wait on: a pool task's own, also where the task
+    runs its work in a context of its own (storage.in_parallel runs each item in a copy of
+    its caller's context since main's 323577a, and that copy's `_chain` is the caller's: the
+    waits of requests sent at once added up on it one after another), else the context's."""
+    task = getattr(_lane, "chain", None)
+    return task if task is not None else _chain.get()
 
 
 def follow_chains_into_pools() -> None:
@@ -241,7 +251,7 @@ def follow_chains_into_pools() -> None:
     submit, result = ThreadPoolExecutor.submit, Future.result
 
     def submit_on_chain(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        parent = _chain.get()
+        parent = current_chain()
         chain = Chain(parent.waited) if parent is not None else None
 
         def run() -> Any:
@@ -250,10 +260,12 @@ def follow_chains_into_pools() -> None:
                 if last is not None and last[0] is parent:
                     chain.waited = max(chain.waited, last[1])
             token = _chain.set(chain) if chain is not None else None
+            outer_task, _lane.chain = getattr(_lane, "chain", None), chain
             began = time.thread_time()
             try:
                 return fn(*args, **kwargs)
             finally:
+                _lane.chain = outer_task
                 if token is not None:
                     _chain.reset(token)
                 if chain is not None:
@@ -262,12 +274,14 @@ def follow_chains_into_pools() -> None:
                     POOLS_CPU[0] += time.thread_time() - began
 
         future = submit(self, run)
-        future.bench_chain = chain
+        future.bench_chain, future.bench_parent = chain, parent
         return future
 
     def result_on_chain(self: Any, timeout: float | None = None) -> Any:
+        # Onto the submitter's chain, wherever the result is taken: asyncio takes an
+        # executor's result (run_in_executor: api/deps.off_the_loop) in a callback of its own.
         value = result(self, timeout)
-        chain, parent = getattr(self, "bench_chain", None), _chain.get()
+        chain, parent = getattr(self, "bench_chain", None), getattr(self, "bench_parent", None)
         if chain is not None and parent is not None:
             parent.waited = max(parent.waited, chain.waited)
         return value
@@ -348,7 +362,7 @@ class Wire:
 
     def wait(self, seconds: float) -> None:
         """Sleep `seconds`, counted on the waiting chain of requests (Chain)."""
-        chain = _chain.get()
+        chain = current_chain()
         if chain is not None:
             chain.waited += seconds
         time.sleep(seconds)

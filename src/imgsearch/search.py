@@ -115,13 +115,17 @@ def text_search(
     # The chips' counts (a first page's) do not depend on the ranking: asked beside it (on S3
     # Vectors, their queries then overlap the ranking's instead of following them).
     chips = interpretation.combined_classes()[:CHIP_CLASSES] if offset == 0 else []
+    learned_path = taught is not None and taught.examples.evidence > 0
+    # Without held senses, the ranking by the words alone comes next: as deep as the path
+    # that follows reads it (asked ahead where queries wait for a round trip: held_matches).
+    depth = max(wanted, CANDIDATES if learned_path else FIRST_PAGE)
     (held, matched), photos = index.together(
         lambda: held_matches(
-            index, interpretation, exclude_classes, weights, max(wanted, CANDIDATES), hidden
+            index, interpretation, exclude_classes, weights, max(wanted, CANDIDATES), hidden, depth
         ),
         lambda: class_photos(index, chips),
     )
-    if taught is not None and taught.examples.evidence > 0:
+    if taught is not None and learned_path:
         keyword = index.ranked_by_classes(
             {**weights, **held}, max(wanted, CANDIDATES), exclude=hidden
         )
@@ -171,9 +175,30 @@ def held_matches(
     weights: dict[int, float],
     k: int,
     hidden: Collection[str],
+    depth: int = FIRST_PAGE,
 ) -> tuple[dict[int, float], list[tuple[str, float]]]:
-    """The held classes of the words' senses and up to `k` confident matches of them."""
-    held = held_classes(index, interpretation.senses, exclude_classes)
+    """The held classes of the words' senses and up to `k` confident matches of them.
+
+    Which senses are held decides which rankings follow. Where each query waits for a round
+    trip (`SearchIndex.round_trips`: S3 Vectors), the rankings for the senses the per-class
+    counts say are likely held (`likely_held`; without any, the words' own ranking `depth`
+    deep, which the first page or the learned ranking reads next) are asked beside that
+    question, not after it: when the guess is right, the rankings asked again below come
+    from the index's kept answers, and a search waits for one round of queries instead of
+    two. The answer is the same either way; a wrong guess costs its requests only."""
+    senses = interpretation.senses
+    likely = likely_held(index, senses, exclude_classes)
+    if likely is None:
+        held = held_classes(index, senses, exclude_classes)
+    else:
+
+        def ask_ahead() -> None:
+            if likely:
+                confident_matches(index, likely, weights, k, hidden)
+            else:
+                index.ranked_by_classes(weights, depth, exclude=hidden)
+
+        held, _ = index.together(lambda: held_classes(index, senses, exclude_classes), ask_ahead)
     return held, confident_matches(index, held, weights, k, hidden)
 
 
@@ -183,10 +208,43 @@ def held_classes(
     """The classes of the senses the collection holds (an image of the sense with probability
     >= HELD_PROBABILITY), weighed as the words read them among the held senses only: the
     likeliest held sense of each phrase weighs 1, whatever senses the collection lacks."""
+    each = _sense_classes(senses, exclude_classes)
+    best = index.ranked_by_each([dict.fromkeys(classes, 1.0) for classes in each], 1)
+    return _held_weights(
+        senses, each, [bool(top) and top[0][1] >= HELD_PROBABILITY for top in best]
+    )
+
+
+def likely_held(
+    index: SearchIndex, senses: Collection[Sense], exclude_classes: Collection[int] = ()
+) -> dict[int, float] | None:
+    """`held_classes` as the index's per-class counts suggest it, without a query: a sense
+    is likely held when one of its classes has an image at MATCH_PROBABILITY or more (held
+    needs HELD_PROBABILITY, so this is a guess, to ask ahead by, never an answer). None where
+    guessing gains nothing (queries without round trips) or the counts would cost queries."""
+    if not senses or not index.round_trips or not index.class_counts_known:
+        return None
+    each = _sense_classes(senses, exclude_classes)
+    counts = index.class_photo_counts(
+        sorted({c for classes in each for c in classes}), MATCH_PROBABILITY, 1
+    )
+    return _held_weights(
+        senses, each, [any(counts.get(c, 0) > 0 for c in classes) for classes in each]
+    )
+
+
+def _sense_classes(senses: Collection[Sense], exclude_classes: Collection[int]) -> list[list[int]]:
+    return [[c for c in sense.classes if c not in exclude_classes] for sense in senses]
+
+
+def _held_weights(
+    senses: Collection[Sense], each: list[list[int]], held_senses: list[bool]
+) -> dict[int, float]:
+    """The weights of the classes of the held senses (`held_senses`, in the order of
+    `senses`; `each`: their classes): see `held_classes`."""
     held: dict[int, dict[int, float]] = {}  # phrase -> class -> weight
-    each = [{c: 1.0 for c in sense.classes if c not in exclude_classes} for sense in senses]
-    for sense, classes, best in zip(senses, each, index.ranked_by_each(each, 1), strict=True):
-        if best and best[0][1] >= HELD_PROBABILITY:
+    for sense, classes, is_held in zip(senses, each, held_senses, strict=True):
+        if is_held and classes:
             phrase = held.setdefault(sense.phrase, {})
             for c in classes:
                 phrase[c] = max(phrase.get(c, 0.0), sense.weight)

@@ -9,6 +9,7 @@ deletion, the collection's order, neighbourhoods, rebuilding.
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from imgsearch.config import Settings
 from imgsearch.index.base import SearchIndex
 from imgsearch.index.s3vectors import COUNTED_PROBABILITY
 from imgsearch.index.shards import normalise_rows, posted_probabilities
-from imgsearch.search import MATCH_PROBABILITY
+from imgsearch.search import MATCH_PROBABILITY, held_classes, likely_held
 from imgsearch.service import ImageSearch
 
 # Both engines build and query hundreds of vectors, S3 Vectors through moto: about 1.5 minutes.
@@ -403,3 +404,92 @@ def test_s3vectors_publication_dying_between_its_two_puts_leaves_no_image_withou
     assert len(bucket.get(ids[100:], data=False, index=bucket.classes)) == 50
     assert len(bucket.get(ids[100:], data=False, index=bucket.features)) == 50
     assert len(s3.parts.index) == 150
+
+
+def test_s3vectors_asks_a_searchs_rankings_beside_which_senses_are_held(request, tmp_path) -> None:
+    """A search by words on S3 Vectors asks the rankings of the senses its per-class counts
+    say are likely held beside the question of which are (the held senses' top-1 queries
+    are in flight together with a deeper one), with the same answers as asking in turn and,
+    where the guess was right, not one QueryVectors more. (Annoy's rankings equal S3
+    Vectors': the tests above; its shards here know only the test's 20 classes.)"""
+    import threading
+
+    s3 = engine_service(request, tmp_path, "s3vectors")
+    ids, vectors = synthetic_ids(200), clustered_vectors(200, seed=5)
+    queue(s3, ids, vectors)
+    s3.build_index()
+    index = s3.parts.index
+    assert index.round_trips and not SearchIndex.round_trips
+    sent: list[int] = []
+    deeper_sent, overlapped = threading.Event(), []
+    waiting = False
+
+    def sending(params, **_) -> None:
+        top_k = json.loads(params["body"])["topK"]
+        sent.append(top_k)
+        if top_k > 1:
+            deeper_sent.set()
+        elif waiting:  # a held sense's top-1: is a deeper ranking on its way meanwhile?
+            overlapped.append(deeper_sent.wait(timeout=5))
+
+    index.bucket.client.meta.events.register("before-call.s3vectors.QueryVectors", sending)
+    words = ["bird", "shark", "fish", "finch", "hen", "jay", "tench", "ray", "shark fish"]
+    right_guesses = 0
+    for word in words:
+        senses = s3.parts.vocabulary.interpret(word).senses
+        guessed_right = likely_held(index, senses) == held_classes(index, senses)
+        index._answers.clear()
+        sent.clear(), deeper_sent.clear(), overlapped.clear()
+        waiting = True
+        ahead = s3.search_text(word, limit=20)
+        waiting, asked_ahead = False, len(sent)
+        assert overlapped and all(overlapped), word
+        index._answers.clear()
+        sent.clear()
+        index.round_trips = False  # (this reader only) every query in turn
+        in_turn = s3.search_text(word, limit=20)
+        del index.round_trips
+        assert ahead == in_turn and ahead.hits, word
+        if guessed_right:
+            right_guesses += 1
+            assert asked_ahead == len(sent), word
+    assert right_guesses >= len(words) // 2
+
+
+def test_s3vectors_writer_follows_its_own_publication_without_reading_it_back(
+    request, tmp_path
+) -> None:
+    """After its publication the writer's process knows the vectors it put and the images it
+    removed without a GetVectors (its reads after a build: the new images' neighbours), the
+    same as a reader that asks; a refresh keeps them (the same state), and the rankings are
+    asked afresh."""
+    s3 = engine_service(request, tmp_path, "s3vectors")
+    ids, vectors = synthetic_ids(90), clustered_vectors(90, seed=21)
+    queue(s3, ids[:60], vectors[:60])
+    s3.build_index()
+    index = s3.parts.index
+    before = index.ranked_by_classes({3: 1.0}, 10)
+    queue(s3, ids[60:], vectors[60:])
+    forget(s3, ids[:5])
+    s3.build_index()
+    sent: list[str] = []
+    client = index.bucket.client
+    for operation in ("GetVectors", "QueryVectors"):
+        client.meta.events.register(
+            f"before-call.s3vectors.{operation}", lambda op=operation, **_: sent.append(op)
+        )
+    assert not index.refresh(force=True)  # its own state: nothing dropped
+    kept = index.vectors(ids[60:])
+    assert index.present(ids[:10]) == set(ids[5:10])
+    assert not sent
+    assert len(kept) == 30
+    fresh = engine_service(request, tmp_path / "other", "s3vectors")
+    fresh.parts.index.bucket = index.bucket  # another process's reader of the same indexes
+    fresh.parts.index._store = index._store
+    fresh.parts.index.refresh(force=True)
+    asked = fresh.parts.index.vectors(ids[60:])
+    assert all(np.array_equal(asked[i], kept[i]) for i in ids[60:])
+    sent.clear()
+    after = [i for i, _ in index.ranked_by_classes({3: 1.0}, 10)]
+    assert sent == ["QueryVectors"] and not set(after) & set(ids[:5])
+    assert set(i for i, _ in before) & set(ids[:5])  # (the removals were among them)

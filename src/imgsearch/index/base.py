@@ -32,6 +32,10 @@ class SearchIndex(ABC):
     candidates: int = 0  # Annoy: candidates per query, shared by the shards (0: the engine's own)
     search_k: int = -1  # Annoy's search_k (-1: the engine's own)
     refresh_interval: float = 2.0  # how often `refresh()` looks for a new publication, at most
+    # Whether each query waits for a round trip over the network (S3 Vectors): a search then
+    # asks what it will likely need next beside what decides it (search.held_matches), and
+    # the engine answers the second asking from the answers it keeps per snapshot.
+    round_trips: bool = False
 
     @abstractmethod
     def refresh(self, force: bool = False) -> bool:

@@ -348,6 +348,8 @@ class S3VectorsIndex(SearchIndex):
     state object, and caches the vectors and presence it asked for until the next
     generation."""
 
+    round_trips = True
+
     def __init__(self, bucket: VectorBucket, store: ObjectStore) -> None:
         self.bucket = bucket
         self._store = store
@@ -356,6 +358,7 @@ class S3VectorsIndex(SearchIndex):
         self._etag: str | None = None
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
+        self._answers_lock = threading.Lock()
         self._known: dict[str, np.ndarray | None] = {}  # id -> vector (None: not indexed)
         self._present: dict[str, bool] = {}
         self._ids: list[str] | None = None  # newest first, for this generation
@@ -383,6 +386,37 @@ class S3VectorsIndex(SearchIndex):
             self._state, self._etag = state, etag
             self._known, self._present, self._ids, self._answers = {}, {}, None, {}
             return True
+
+    def adopt(
+        self,
+        state: VectorsState,
+        etag: str,
+        added: Mapping[str, np.ndarray],
+        removed: Collection[str],
+    ) -> None:
+        """Follow this process's own publication (its writer's, which replaced the state this
+        reader had read: a compare-and-swap on its ETag) without reading it back or dropping
+        what it keeps that the publication leaves true: an image's vector (its id names its
+        content; another model's or dimension's state keeps nothing), and whether an image is
+        indexed, with the publication's additions and removals applied. Its rankings and the
+        collection's order are asked afresh. A later `refresh` finds the same ETag: the
+        builder's reads after its publication (the new images' vectors, their neighbours')
+        then need no request for what it has just written."""
+        with self._lock:
+            previous = self._state
+            if (state.model, state.dim) != (previous.model, previous.dim) or not self._etag:
+                known: dict[str, np.ndarray | None] = {}
+                present: dict[str, bool] = {}
+            else:
+                known, present = dict(self._known), dict(self._present)
+            gone = set(removed)
+            for cache, entries in (
+                (known, {**dict.fromkeys(gone), **added}),
+                (present, {**dict.fromkeys(gone, False), **dict.fromkeys(added, True)}),
+            ):
+                self._remember(cache, entries)
+            self._state, self._etag, self._checked_at = state, etag, time.monotonic()
+            self._known, self._present, self._ids, self._answers = known, present, None, {}
 
     @property
     def model(self) -> str:
@@ -504,7 +538,12 @@ class S3VectorsIndex(SearchIndex):
         if cached is not None and (cached[0] >= wanted or len(cached[1]) < cached[0]):
             return cached[1][:wanted]
         hits = self._ask_nearest(index, vector, wanted, within)
-        self._remember(answers, {key: (wanted, hits)}, ANSWER_CACHE_LIMIT)
+        # A deeper answer asked meanwhile by another thread (a search asks ahead:
+        # search.held_matches) stays.
+        with self._answers_lock:
+            kept = answers.get(key)
+            if kept is None or kept[0] < wanted:
+                self._remember(answers, {key: (wanted, hits)}, ANSWER_CACHE_LIMIT)
         return hits
 
     def _ask_nearest(
@@ -603,6 +642,7 @@ class S3VectorsWriter(IndexWriter):
                 )
             still_held()
             etag = self._write_state(announced, etag, record=False)
+        put: dict[str, np.ndarray] = {}  # the feature vectors put, by id
         if len(additions):
             ids = additions.ids
             parts = [partition(i) for i in ids]
@@ -618,6 +658,7 @@ class S3VectorsWriter(IndexWriter):
                 ],
             )
             features = additions.features.astype(np.float32)
+            put = dict(zip(ids, features, strict=True))
             still_held()
             self.bucket.put(
                 self.bucket.features,
@@ -652,7 +693,8 @@ class S3VectorsWriter(IndexWriter):
                 " keyword chips ask the class index until `imgsearch reindex`"
             )
         still_held()
-        self._write_state(new, etag)
+        written = self._write_state(new, etag)
+        self.index.adopt(new, written, put, removed)
         return 0
 
     def _uncounted(self, state: VectorsState, additions: ShardData) -> list[str]:
@@ -705,7 +747,8 @@ class S3VectorsWriter(IndexWriter):
     ) -> tuple[str, ...]:
         """Representatives of the collection from the previous ones and the new images."""
         kept = [i for i in state.spread if i not in set(removed)]
-        stored = self.bucket.get(kept, data=True) if kept else {}
+        # (through the reader: kept from an earlier publication or read, no request)
+        stored = self.index.vectors(kept) if kept else {}
         ids = [i for i in kept if stored.get(i) is not None] + list(additions.ids)
         if not ids:
             return ()
