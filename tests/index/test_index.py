@@ -220,6 +220,11 @@ def test_a_merge_whose_shards_were_replaced_meanwhile_is_given_up(index_service,
     queue(service, synthetic_ids(200), clustered_vectors(200))
     service.build_index()
     write_build = tiers.write_build
+    # The reindex makes a new builder, writer and merger, which the fixture did not keep in
+    # the foreground: their merger would merge the rebuilt shards in a background thread,
+    # call this very `write_build` there, reindex again and swap an unloaded index in under
+    # the asserts below (0 images: seen on a loaded machine). No background merges here.
+    monkeypatch.setattr(tiers.Merger, "start", lambda self: None)
 
     def rebuilt_meanwhile(*args, **kwargs):
         built = write_build(*args, **kwargs)
