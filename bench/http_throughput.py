@@ -168,9 +168,11 @@ def free_port() -> int:
         return port
 
 
-def start_server(src: Path, data_dir: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
+def start_server(
+    src: Path, data_dir: Path, port: int, workers: int = 1, reverse: bool = True
+) -> subprocess.Popen[bytes]:
     """`imgsearch serve` (with `workers` processes) from the sources under `src`, once it
-    answers."""
+    answers (and is warm: `warm`)."""
     environment = {
         **os.environ,
         "PYTHONPATH": str(src),
@@ -193,7 +195,7 @@ def start_server(src: Path, data_dir: Path, port: int, workers: int = 1) -> subp
     for _ in range(1200):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1):
-                warm(port, workers)
+                warm(port, workers, reverse)
                 return server
         except OSError:
             if server.poll() is not None:
@@ -204,16 +206,16 @@ def start_server(src: Path, data_dir: Path, port: int, workers: int = 1) -> subp
     raise SystemExit(f"the server from {src} did not start")
 
 
-def warm(port: int, workers: int) -> None:
+def warm(port: int, workers: int, reverse: bool = True) -> None:
     """Ask each kind a few times per server process, each on a new connection (any process
     may accept it), one after another: a process's first keyword search reads the
-    vocabulary, its first reverse search makes the model, which would otherwise fall in a
-    measured round."""
+    vocabulary, its first reverse search makes the model (with `reverse`: only if reverse
+    search is measured), which would otherwise fall in a measured round."""
     for path in [*paths_of("keyword", 1)[:2], *paths_of("similar", 100)[:2]] * 4 * workers:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=300) as answer:
             answer.read()
     photo = next(iter(photos()))  # and reverse search, whose first call makes the model
-    for _ in range(4 * workers):
+    for _ in range(4 * workers if reverse else 0):
         head, body = multipart(photo).split(b"\r\n\r\n", 1)
         headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[2:])
         asked = urllib.request.Request(
@@ -584,7 +586,7 @@ def main() -> None:
         served = served[round_ % len(served) :] + served[: round_ % len(served)]
         for name, (src, workers) in served:
             port = free_port()
-            server = start_server(src, data_dir, port, workers)
+            server = start_server(src, data_dir, port, workers, "reverse" in args.kinds)
             try:
                 for kind in args.kinds:
                     rate = args.votes_per_second if kind == "similar-voted" else 0.0
