@@ -44,6 +44,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -56,6 +57,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -92,6 +94,7 @@ VOTES_PER_SECOND = 10.0  # while similar-voted is measured (--votes-per-second)
 # requests from kept pages once it has seen each image (a long-running server asked about
 # popular images); with the collection's size, every request of a round asks another image.
 SIMILAR_IDS = 500
+START_SECONDS = 600  # a server's start and warm-up, on a loaded machine
 
 
 # The collection ---------------------------------------------------------------------------
@@ -186,13 +189,17 @@ def start_server(
     command = [sys.executable, "-m", "imgsearch.cli", "serve", "--data-dir", str(data_dir)]
     if workers > 1:
         command += ["--workers", str(workers)]
+    # Its stderr, shown if it does not start (open while it runs; closed with the process).
+    log = tempfile.TemporaryFile()  # noqa: SIM115
     server = subprocess.Popen(
         [*command, "--host", "127.0.0.1", "--port", str(port)],
         env=environment,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
         cwd=src.parent,
+        start_new_session=True,  # its own process group: stopped with its workers
     )
-    for _ in range(1200):
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1):
                 warm(port, workers, reverse)
@@ -200,10 +207,15 @@ def start_server(
         except OSError:
             if server.poll() is not None:
                 message = f"the server from {src} exited with {server.returncode}"
-                raise SystemExit(message) from None
+                raise SystemExit(message + _tail(log)) from None
             time.sleep(0.1)
-    server.kill()
-    raise SystemExit(f"the server from {src} did not start")
+    stop_server(server)
+    raise SystemExit(f"the server from {src} did not start in {START_SECONDS} s" + _tail(log))
+
+
+def _tail(log: IO[bytes]) -> str:
+    log.seek(0)
+    return ":\n" + log.read().decode(errors="replace")[-2000:]
 
 
 def warm(port: int, workers: int, reverse: bool = True) -> None:
@@ -226,12 +238,14 @@ def warm(port: int, workers: int, reverse: bool = True) -> None:
 
 
 def stop_server(server: subprocess.Popen[bytes]) -> None:
-    server.terminate()
-    try:
+    """Stop the server and its worker processes (its process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
+    with contextlib.suppress(ProcessLookupError):  # workers the server left behind
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
 
 
 def cpu_seconds(pid: int) -> float:
