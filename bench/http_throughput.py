@@ -584,7 +584,8 @@ def main() -> None:
         help="load generator for keyword and similar (reverse: always this process's)",
     )
     args = parser.parse_args()
-    data_dir = collection(args.data, args.size)
+    # Absolute: each server runs in its own checkout's directory.
+    data_dir = collection(args.data.resolve(), args.size)
     demo = photos()
     # name -> (sources, server processes)
     trees = {_tree("this", count): (REPO / "src", count) for count in args.workers}
