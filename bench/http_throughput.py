@@ -308,6 +308,8 @@ def paths_of(kind: str, size: int, similar_ids: int = SIMILAR_IDS) -> list[str]:
     if similar_ids >= size:
         ids = list(range(size))
         rng.shuffle(ids)
+        if kind == "similar-voted":  # from the middle: not the images similar just asked
+            ids = ids[size // 2 :] + ids[: size // 2]
     else:
         ids = [rng.randrange(size) for _ in range(similar_ids)]
     return [f"/api/images/{i:016x}/similar" for i in ids]
