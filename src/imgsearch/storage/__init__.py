@@ -30,7 +30,7 @@ __all__ += ports.__all__
 
 
 SQLITE_FILE = "tables.sqlite3"  # the local catalog table, in the data directory
-# The feedback table (votes, their summaries, rate limits, the client secret), in a file of
+# The feedback table (votes, their summaries, rate limits), in a file of
 # its own: a vote is no write to the catalog's file, whose change token (SQLite's
 # data_version) says when a server's kept answers are stale (ImageSearch.answers_version).
 # Collections made before 2026-12 kept it in SQLITE_FILE; it moves at the first open.
