@@ -34,7 +34,7 @@ def _old_layout(data_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
     for _ in range(3):
         feedback.increment("term#dog", "image#a", {"up": 1, "weight": 0.5})
     feedback.put("rate#client", "minute", {"n": 4, "expires_at": 4_000_000_000})
-    feedback.put("secret", "client-ids", {"secret": "c2VjcmV0"})
+    feedback.put("config", "client-secret", {"secret": "c2VjcmV0"})  # (as the cloud keeps it)
     return {(item["pk"], item["sk"]): item for item in _items(feedback)}
 
 
@@ -77,7 +77,7 @@ def test_a_vote_leaves_the_catalogs_change_token(tmp_path: Path) -> None:
 
 
 def test_an_old_data_directorys_votes_move_once(tmp_path: Path) -> None:
-    """Every row with its version and attributes (the client secret and rate counters
+    """Every row with its version and attributes (a secret and rate counters
     included), the old table dropped; opening again moves nothing and counts nothing twice."""
     expected = _old_layout(tmp_path)
     first = open_storage(_settings(tmp_path))
