@@ -18,8 +18,10 @@
    this process's) ask for `--seconds` per kind of request:
    keyword (`GET /api/search?q=WORD`, everyday words in turn), similar
    (`GET /api/images/{id}/similar`, `--similar-ids` random images in turn: 500, or every
-   image once) and reverse search
-   (`POST /api/search/image` with the demo photos).
+   image once, the warm-up then asking other images than the round), similar-voted (the
+   same while `--votes-per-second` votes arrive through `POST /api/feedback`, from a thread
+   of this process: a public server's state; the server's CPU counts the votes' too) and
+   reverse search (`POST /api/search/image` with the demo photos).
 4. The model alone, as the baseline of reverse search: the server's embedder (same model,
    same `inference_threads` setting) on the same photos, decoded beforehand, one after another.
 
@@ -35,21 +37,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import http.client
+import json
 import os
 import random
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -77,13 +85,19 @@ WORDS = [
     *("elephant", "camera", "watch", "butterfly", "laptop", "umbrella", "mountain", "bicycle"),
     *("horse", "fish"),
 ]
-KINDS = ("keyword", "similar", "reverse")
-GOALS = {"keyword": 500.0, "similar": 1000.0}
+# The words votes are cast for (similar-voted): none of the keyword requests', whose answers
+# votes change (the learned re-ranking); votes stay in the collection from round to round.
+VOTE_WORDS = ["zebra", "volcano", "guitar", "pumpkin", "lighthouse", "teapot", "castle", "tractor"]
+KINDS = ("keyword", "similar", "similar-voted", "reverse")
+DEFAULT_KINDS = ("keyword", "similar", "reverse")
+GOALS = {"keyword": 500.0, "similar": 1000.0, "similar-voted": 1000.0}
+VOTES_PER_SECOND = 10.0  # while similar-voted is measured (--votes-per-second)
 # Images "more like this" is asked for, in turn (--similar-ids): a server process keeps the
 # pages it answered (api/kept.py), so with 500 each process answers most of a round's
 # requests from kept pages once it has seen each image (a long-running server asked about
 # popular images); with the collection's size, every request of a round asks another image.
 SIMILAR_IDS = 500
+START_SECONDS = 600  # a server's start and warm-up, on a loaded machine
 
 
 # The collection ---------------------------------------------------------------------------
@@ -160,50 +174,63 @@ def free_port() -> int:
         return port
 
 
-def start_server(src: Path, data_dir: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
+def start_server(
+    src: Path, data_dir: Path, port: int, workers: int = 1, reverse: bool = True
+) -> subprocess.Popen[bytes]:
     """`imgsearch serve` (with `workers` processes) from the sources under `src`, once it
-    answers."""
+    answers (and is warm: `warm`)."""
     environment = {
         **os.environ,
         "PYTHONPATH": str(src),
         "IMGSEARCH_API_KEY": API_KEY,
         # Every client comes from 127.0.0.1: the per-address connection bound would refuse
-        # some of them.
+        # some of them, and the vote limits per client and session most votes.
         "IMGSEARCH_HTTP_MAX_CLIENT_CONNECTIONS": "1000",
+        "IMGSEARCH_VOTES_PER_CLIENT_MINUTE": "1000000",
+        "IMGSEARCH_VOTES_PER_SESSION_MINUTE": "1000000",
     }
     command = [sys.executable, "-m", "imgsearch.cli", "serve", "--data-dir", str(data_dir)]
     if workers > 1:
         command += ["--workers", str(workers)]
+    # Its stderr, shown if it does not start (open while it runs; closed with the process).
+    log = tempfile.TemporaryFile()  # noqa: SIM115
     server = subprocess.Popen(
         [*command, "--host", "127.0.0.1", "--port", str(port)],
         env=environment,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
         cwd=src.parent,
+        start_new_session=True,  # its own process group: stopped with its workers
     )
-    for _ in range(1200):
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1):
-                warm(port, workers)
+                warm(port, workers, reverse)
                 return server
         except OSError:
             if server.poll() is not None:
                 message = f"the server from {src} exited with {server.returncode}"
-                raise SystemExit(message) from None
+                raise SystemExit(message + _tail(log)) from None
             time.sleep(0.1)
-    server.kill()
-    raise SystemExit(f"the server from {src} did not start")
+    stop_server(server)
+    raise SystemExit(f"the server from {src} did not start in {START_SECONDS} s" + _tail(log))
 
 
-def warm(port: int, workers: int) -> None:
+def _tail(log: IO[bytes]) -> str:
+    log.seek(0)
+    return ":\n" + log.read().decode(errors="replace")[-2000:]
+
+
+def warm(port: int, workers: int, reverse: bool = True) -> None:
     """Ask each kind a few times per server process, each on a new connection (any process
     may accept it), one after another: a process's first keyword search reads the
-    vocabulary, its first reverse search makes the model, which would otherwise fall in a
-    measured round."""
+    vocabulary, its first reverse search makes the model (with `reverse`: only if reverse
+    search is measured), which would otherwise fall in a measured round."""
     for path in [*paths_of("keyword", 1)[:2], *paths_of("similar", 100)[:2]] * 4 * workers:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=300) as answer:
             answer.read()
     photo = next(iter(photos()))  # and reverse search, whose first call makes the model
-    for _ in range(4 * workers):
+    for _ in range(4 * workers if reverse else 0):
         head, body = multipart(photo).split(b"\r\n\r\n", 1)
         headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[2:])
         asked = urllib.request.Request(
@@ -214,12 +241,14 @@ def warm(port: int, workers: int) -> None:
 
 
 def stop_server(server: subprocess.Popen[bytes]) -> None:
-    server.terminate()
-    try:
+    """Stop the server and its worker processes (its process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
+    with contextlib.suppress(ProcessLookupError):  # workers the server left behind
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -273,12 +302,14 @@ def multipart(photo: bytes) -> bytes:
 def paths_of(kind: str, size: int, similar_ids: int = SIMILAR_IDS) -> list[str]:
     """The paths a GET of `kind` asks for, in turn: for similar, `similar_ids` random images
     (with `similar_ids` >= `size`, every image once, in random order)."""
-    rng = random.Random(kind)
+    rng = random.Random(kind.removesuffix("-voted"))  # the same images with votes or not
     if kind == "keyword":
         return [f"/api/search?q={word}" for word in WORDS]
     if similar_ids >= size:
         ids = list(range(size))
         rng.shuffle(ids)
+        if kind == "similar-voted":  # from the middle: not the images similar just asked
+            ids = ids[size // 2 :] + ids[: size // 2]
     else:
         ids = [rng.randrange(size) for _ in range(similar_ids)]
     return [f"/api/images/{i:016x}/similar" for i in ids]
@@ -293,6 +324,56 @@ def requests_of(
     return [get(path) for path in paths_of(kind, size, similar_ids)]
 
 
+class Voter:
+    """Votes posted through the API (`POST /api/feedback`, keep-alive) at `rate` a second
+    from a thread of this process, while the block runs: random words, images, sessions and
+    directions, as the users of a public server would cast them."""
+
+    def __init__(self, port: int, size: int, rate: float) -> None:
+        self.port, self.size, self.rate = port, size, rate
+        self.sent = self.failed = 0
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Voter:
+        self._began = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.seconds = time.perf_counter() - self._began
+
+    def _run(self) -> None:
+        rng = random.Random(0)
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        due = time.perf_counter()
+        while not self._stop.is_set():
+            vote = {
+                "query": rng.choice(VOTE_WORDS),
+                "image_id": f"{rng.randrange(self.size):016x}",
+                "vote": rng.choice((1, -1)),
+                "session": f"bench-{rng.randrange(100)}",
+            }
+            try:
+                connection.request(
+                    "POST", "/api/feedback", json.dumps(vote), {"Content-Type": "application/json"}
+                )
+                answer = connection.getresponse()
+                answer.read()
+                self.sent += 1
+                self.failed += answer.status != 200
+            except (OSError, http.client.HTTPException):
+                self.failed += 1
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            due += 1.0 / self.rate
+            self._stop.wait(max(0.0, due - time.perf_counter()))
+        connection.close()
+
+
 @dataclass
 class Measured:
     requests: int = 0
@@ -302,6 +383,8 @@ class Measured:
     failures: int = 0
     server_cpu: float = 0.0  # seconds of CPU the server used meanwhile
     client_cpu: float = 0.0  # seconds of CPU the load generator used meanwhile
+    votes: float = 0.0  # votes a second that arrived meanwhile (warm-up included)
+    vote_failures: int = 0
 
     @property
     def cpu_ms(self) -> float:
@@ -382,16 +465,8 @@ def load(
     return asyncio.run(measured_load())
 
 
-def wrk_load(
-    server: subprocess.Popen[bytes],
-    port: int,
-    paths: list[str],
-    clients: int,
-    seconds: float,
-    warm_up: float = 2.0,
-) -> Measured:
-    """`clients` connections of wrk (C, one thread: a few percent of the server's CPU) asking
-    `paths` in turn for `seconds`, after `warm_up` seconds."""
+def _wrk_script(paths: list[str]) -> str:
+    """A wrk script asking `paths` in turn; its file name."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         listed = ",".join(f'"{path}"' for path in paths)
         script.write(
@@ -399,14 +474,32 @@ def wrk_load(
             "request = function()\n  n = n + 1\n"
             "  return wrk.format('GET', paths[(n % #paths) + 1])\nend\n"
         )
+    return script.name
+
+
+def wrk_load(
+    server: subprocess.Popen[bytes],
+    port: int,
+    paths: list[str],
+    clients: int,
+    seconds: float,
+    warm_up: float = 2.0,
+    warm_paths: list[str] | None = None,
+) -> Measured:
+    """`clients` connections of wrk (C, one thread: a few percent of the server's CPU) asking
+    `paths` in turn for `seconds`, after `warm_up` seconds asking `warm_paths` (default:
+    `paths`)."""
+    script, warm_script = _wrk_script(paths), _wrk_script(warm_paths or paths)
     url = f"http://127.0.0.1:{port}"
     try:
-        base = ["wrk", "-t1", f"-c{clients}", "-s", script.name]
+        base = ["wrk", "-t1", f"-c{clients}"]
         # Warm-up: each server process makes its first answers slowly (what it reads lazily).
-        subprocess.run([*base, f"-d{warm_up:g}s", url], capture_output=True, check=True)
+        subprocess.run(
+            [*base, "-s", warm_script, f"-d{warm_up:g}s", url], capture_output=True, check=True
+        )
         before, client = cpu_seconds(server.pid), os.times()
         done = subprocess.run(
-            [*base, f"-d{seconds:g}s", "--latency", url],
+            [*base, "-s", script, f"-d{seconds:g}s", "--latency", url],
             capture_output=True,
             text=True,
             check=True,
@@ -414,7 +507,8 @@ def wrk_load(
         after = os.times()
         measured = Measured(server_cpu=cpu_seconds(server.pid) - before)
     finally:
-        os.unlink(script.name)
+        os.unlink(script)
+        os.unlink(warm_script)
     measured.client_cpu = (after.children_user - client.children_user) + (
         after.children_system - client.children_system
     )
@@ -455,7 +549,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=8.0, help="per kind and round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(DEFAULT_KINDS))
+    parser.add_argument(
+        "--votes-per-second",
+        type=float,
+        default=VOTES_PER_SECOND,
+        help="votes posted through the API while similar-voted is measured",
+    )
     parser.add_argument("--data", type=Path, default=REPO / "build" / "bench")
     parser.add_argument(
         "--baseline", type=Path, help="another checkout (its src/ is served) to compare with"
@@ -489,7 +589,8 @@ def main() -> None:
         help="load generator for keyword and similar (reverse: always this process's)",
     )
     args = parser.parse_args()
-    data_dir = collection(args.data, args.size)
+    # Absolute: each server runs in its own checkout's directory.
+    data_dir = collection(args.data.resolve(), args.size)
     demo = photos()
     # name -> (sources, server processes)
     trees = {_tree("this", count): (REPO / "src", count) for count in args.workers}
@@ -505,25 +606,28 @@ def main() -> None:
         served = served[round_ % len(served) :] + served[: round_ % len(served)]
         for name, (src, workers) in served:
             port = free_port()
-            server = start_server(src, data_dir, port, workers)
+            server = start_server(src, data_dir, port, workers, "reverse" in args.kinds)
             try:
                 for kind in args.kinds:
-                    if kind != "reverse" and args.client == "wrk":
-                        paths = paths_of(kind, args.size, args.similar_ids)
-                        warm_up = 2.0 * workers
-                        measured = wrk_load(
-                            server, port, paths, args.clients, args.seconds, warm_up
-                        )
-                    else:
-                        requests = requests_of(kind, args.size, demo, args.similar_ids)
-                        measured = load(server, port, requests, args.clients, args.seconds)
+                    rate = args.votes_per_second if kind == "similar-voted" else 0.0
+                    with contextlib.ExitStack() as during:
+                        voter = during.enter_context(Voter(port, args.size, rate)) if rate else None
+                        measured = measure(server, port, kind, args, demo, workers)
+                    if voter:
+                        measured.votes = voter.sent / voter.seconds
+                        measured.vote_failures = voter.failed
                     results.setdefault((name, kind), []).append(measured)
                     print(
                         f"round {round_ + 1} {name:8} {kind:8} {measured.rate:8.1f} req/s "
                         f"p50 {_ms(measured, 50):7.2f} ms p99 {_ms(measured, 99):7.2f} ms "
                         f"server CPU {measured.cpu_ms:6.2f} ms/request "
                         f"client CPU {measured.client_share:4.0%} of the server's "
-                        f"failures {measured.failures}",
+                        f"failures {measured.failures}"
+                        + (
+                            f" votes {measured.votes:.1f}/s ({measured.vote_failures} failed)"
+                            if kind == "similar-voted"
+                            else ""
+                        ),
                         file=sys.stderr,
                         flush=True,
                     )
@@ -533,6 +637,27 @@ def main() -> None:
             models.append(model_alone(demo, args.seconds))
             print(f"round {round_ + 1} model alone {models[-1]:8.1f} images/s", file=sys.stderr)
     report(args, trees, results, models)
+
+
+def measure(
+    server: subprocess.Popen[bytes],
+    port: int,
+    kind: str,
+    args: argparse.Namespace,
+    demo: list[bytes],
+    workers: int,
+) -> Measured:
+    """One kind of request against a started server, after its warm-up."""
+    if kind != "reverse" and args.client == "wrk":
+        paths = paths_of(kind, args.size, args.similar_ids)
+        # Every image once: the warm-up asks others than the round's first (the list from its
+        # end), or the round would begin with pages the warm-up had the server keep.
+        every_image = kind != "keyword" and args.similar_ids >= args.size
+        warm_paths = paths[::-1] if every_image else paths
+        warm_up = 2.0 * workers
+        return wrk_load(server, port, paths, args.clients, args.seconds, warm_up, warm_paths)
+    requests = requests_of(kind, args.size, demo, args.similar_ids)
+    return load(server, port, requests, args.clients, args.seconds)
 
 
 def _tree(checkout: str, workers: int) -> str:
@@ -559,6 +684,14 @@ def report(
     )
     if models:
         print(f"model alone (reverse search's baseline): {statistics.median(models):.1f} images/s")
+    for name in trees:
+        voted = results.get((name, "similar-voted"))
+        if voted:
+            print(
+                f"votes that arrived while {name} answered similar-voted: "
+                f"{statistics.median(m.votes for m in voted):.1f}/s (asked: "
+                f"{args.votes_per_second:g}/s), {sum(m.vote_failures for m in voted)} failed"
+            )
     print(
         "| kind | checkout | requests/s | p50 ms | p99 ms | server CPU ms/request "
         "| requests/s per server core | client CPU / server CPU | failures "

@@ -26,7 +26,14 @@ from imgsearch.catalog import tile_key
 from imgsearch.config import Settings
 from imgsearch.integrity import DamagedFile
 from imgsearch.service import API_KEY_FILE, ImageSearch
-from imgsearch.storage import NotFound, Storage, StorageError, StorageFull, open_storage
+from imgsearch.storage import (
+    FEEDBACK_FILE,
+    NotFound,
+    Storage,
+    StorageError,
+    StorageFull,
+    open_storage,
+)
 from imgsearch.storage.local import LocalObjectStore
 
 CATEGORIES = ("elephant", "pizza", "chair", "lotus", "watch", "camera")
@@ -828,7 +835,44 @@ def test_a_damaged_catalog_is_refused_then_rebuilt_from_the_stored_images(
     line = refusal(data_dir)
     assert line.startswith(f"imgsearch: {database} is damaged (")
     assert_repaired(data_dir, ids, embedder, vocabulary)
-    assert list(data_dir.glob("tables.sqlite3.damaged-*"))  # kept, for its votes
+    assert list(data_dir.glob("tables.sqlite3.damaged-*"))  # kept, for whoever digs in it
+
+
+@pytest.mark.parametrize("where", ["pages", "header"])
+def test_a_damaged_votes_file_is_begun_afresh_and_the_catalog_kept(
+    where, stored, embedder, vocabulary
+) -> None:
+    """The votes' file cannot be rebuilt from anything: it moves aside and an empty one
+    begins; the catalog, in a file of its own, stays as it was (no ingest again)."""
+    data_dir, ids = stored
+    service = reopened(data_dir, embedder, vocabulary)
+    image_id = sorted(ids)[0]
+    service.vote("elephant", image_id, 1, "s1")
+    path = data_dir / FEEDBACK_FILE
+    service.parts.storage.feedback._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(path.read_bytes())
+    if where == "header":
+        data[:100] = bytes(100)
+    else:
+        data[4096:] = os.urandom(len(data) - 4096)
+    path.write_bytes(bytes(data))
+    settings = service.settings
+    if where == "header":  # it cannot even be opened: `imgsearch check --repair` replaces it
+        with pytest.raises(DamagedFile) as refused:
+            reopened(data_dir, embedder, vocabulary).count()
+        assert refused.value.name == str(path)
+        repaired = ImageSearch.replace_damaged_file(
+            settings, refused.value.name, embedder=embedder, vocabulary=vocabulary
+        )
+    else:
+        (finding,) = reopened(data_dir, embedder, vocabulary).check()
+        assert (finding.name, finding.fix) == (str(path), "reset_feedback")
+        repaired = reopened(data_dir, embedder, vocabulary).repair([finding])
+    assert repaired.check() == []
+    assert set(repaired.parts.index.image_ids()) == ids
+    assert repaired.parts.feedback.session_votes("elephant", "s1") == {}
+    assert list(data_dir.glob(f"{FEEDBACK_FILE}.damaged-*"))
+    assert not list(data_dir.glob("tables.sqlite3.damaged-*"))
 
 
 def test_a_manifest_damaged_while_serving_gives_503_not_500(stored, embedder, vocabulary):

@@ -543,6 +543,17 @@ class Catalog:
         item = self.table.get(f"image#{image_id}", "neighbours")
         return ([], 0) if item is None else _stored_neighbours(item)
 
+    def neighbours_and_expanded(
+        self, image_id: str
+    ) -> tuple[list[tuple[str, float]], np.ndarray | None]:
+        """The stored neighbour list and the expanded vector stored with it (None: none), in
+        one read ("more like this" needs both)."""
+        item = self.table.get(f"image#{image_id}", "neighbours")
+        if item is None:
+            return [], None
+        expanded = item.get("expanded")
+        return _stored_neighbours(item)[0], None if expanded is None else _decoded_vector(expanded)
+
     def neighbour_lists(self, image_ids: Iterable[str]) -> dict[str, StoredNeighbours]:
         """The stored lists of many images in batched reads (those without one are left out)."""
         items = self.table.get_many([(f"image#{i}", "neighbours") for i in image_ids])

@@ -236,8 +236,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     except DamagedFile as error:  # the catalog file cannot even be opened
         if not args.repair:
             raise
-        print(f"{error.name}: {error.problem}; rebuilding the catalog from the stored images")
-        service, repaired = ImageSearch.rebuild_catalog(_settings(args)), True
+        print(f"{error.name}: {error.problem}; replacing it")
+        service, repaired = ImageSearch.replace_damaged_file(_settings(args), error.name), True
     findings = service.check()
     for finding in findings:
         print(f"{finding}" + ("" if finding.fix else " (cannot be repaired from what is stored)"))

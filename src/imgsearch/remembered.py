@@ -40,11 +40,13 @@ class Remembered(Generic[K, V]):
     def get_many(self, keys: Iterable[K]) -> dict[K, V]:
         """Those of `keys` remembered, with their values (under one lock)."""
         found: dict[K, V] = {}
+        values = self._values
+        get, move_to_end = values.get, values.move_to_end
         with self._lock:
             for key in keys:
-                value = self._values.get(key)
+                value = get(key)
                 if value is not None:
-                    self._values.move_to_end(key)
+                    move_to_end(key)
                     found[key] = value
         return found
 

@@ -2,8 +2,9 @@
 
     index (manifest, shard builds)  <- embeddings and catalog records   (rebuilt: reindex)
     embeddings, thumbnails          <- the original images               (computed again)
-    catalog (SQLite, locally)       <- the original images               (ingested again;
-                                                                           votes are lost)
+    catalog (SQLite, locally)       <- the original images               (ingested again)
+    votes (SQLite, locally)         <- nothing                           (moved aside,
+                                                                           begun afresh)
 
 `imgsearch serve` makes the quick checks before it serves (`check_at_start`) and refuses to
 start on a problem, in one line naming the file and `imgsearch check --repair`; `imgsearch
@@ -27,11 +28,13 @@ from imgsearch.index.shards import Shard
 from imgsearch.ingest import content_id
 from imgsearch.integrity import DamagedFile
 from imgsearch.parts import Parts
-from imgsearch.storage import SQLITE_FILE, NotFound, SqliteTable
+from imgsearch.storage import FEEDBACK_FILE, SQLITE_FILE, NotFound, SqliteTable
 
 log = logging.getLogger(__name__)
 
-Fix = Literal["rebuild_catalog", "reindex", "reembed", "requeue", "delete", "tile", ""]
+Fix = Literal[
+    "rebuild_catalog", "reset_feedback", "reindex", "reembed", "requeue", "delete", "tile", ""
+]
 EMBEDDINGS_PREFIX = "embeddings/"
 
 
@@ -46,9 +49,9 @@ class Finding:
 
 
 def check_at_start(parts: Parts) -> None:
-    """What a start checks before it serves: the catalog file, the manifest and every shard
-    build (verified as the index loads), and that the manifest is not older than the last
-    one published. Raises DamagedFile (or IndexFormatError) for the first problem."""
+    """What a start checks before it serves: the SQLite files (catalog, votes), the manifest
+    and every shard build (verified as the index loads), and that the manifest is not older
+    than the last one published. Raises DamagedFile (or IndexFormatError) for the first problem."""
     for table in _sqlite_tables(parts):
         if problem := table.integrity_problem():
             raise DamagedFile(str(table.path), problem)
@@ -62,7 +65,7 @@ def check(parts: Parts) -> list[Finding]:
     """Every check: the catalog file (thoroughly), the manifest, each shard build, each
     embedding, and that every image the catalog says is indexed is in the index."""
     findings = [
-        Finding(str(table.path), problem, "rebuild_catalog")
+        Finding(str(table.path), problem, damaged_file_fix(table.path))
         for table in _sqlite_tables(parts)
         if (problem := table.integrity_problem(thorough=True))
     ]
@@ -215,11 +218,25 @@ def embed_again(parts: Parts, image_id: str) -> bool:
     return False
 
 
+def damaged_file_fix(path: str | Path) -> Fix:
+    """What mends a damaged SQLite file of the data directory: the catalog's is rebuilt from
+    the stored images; the votes' file (storage.FEEDBACK_FILE) cannot be, and is begun
+    afresh."""
+    return "reset_feedback" if Path(path).name == FEEDBACK_FILE else "rebuild_catalog"
+
+
 def move_catalog_aside(settings: Settings) -> None:
-    """Before a catalog is rebuilt: the damaged file moves aside (locally; votes were in it,
-    and are kept there for whoever wants to dig them out)."""
+    """Before a catalog is rebuilt: the damaged file moves aside (locally; collections made
+    before votes had a file of their own kept them in it, as it still holds them)."""
     if settings.backend == "local":
         move_aside(settings.data_dir / SQLITE_FILE)
+
+
+def move_feedback_aside(settings: Settings) -> None:
+    """A damaged votes file moves aside (kept for whoever wants to dig votes out of it); the
+    next open begins an empty one. Votes are lost: nothing else holds them."""
+    if settings.backend == "local":
+        move_aside(settings.data_dir / FEEDBACK_FILE)
 
 
 def ingest_originals(parts: Parts) -> None:

@@ -688,7 +688,8 @@ class ImageSearch:
     def answers_version(self) -> Hashable | None:
         """A value that stays the same only while every read-only answer (a record, "more
         like this", a result's details) would stay the same: the catalog's change token
-        (every write to it, by any process: records, keys, removals, lists, votes), the
+        (every write to it, by any process: records, keys, removals, lists; not votes, which
+        are in a table of their own and change none of these answers), the
         index generation this process serves (after its usual `refresh`) and the version of
         the neighbour lists it keeps. Read it BEFORE what is kept under it, so that what was
         read before a write is never kept under that write's token. None: the catalog cannot
@@ -903,7 +904,19 @@ class ImageSearch:
 
     def repair(self, findings: list[repair.Finding]) -> ImageSearch:
         """Fix what `check` found from what is stored; returns the engine to go on with (a
-        new one if the catalog file was rebuilt)."""
+        new one if an SQLite file was rebuilt or begun afresh)."""
+        if any(finding.fix == "reset_feedback" for finding in findings):
+            repair.move_feedback_aside(self.settings)
+            parts = self.parts
+            # A new engine on the new file, sharing the model and words this one loaded.
+            shared: Given = {}
+            if parts.loaded("embedder"):
+                shared["embedder"] = parts.embedder
+            if parts.loaded("vocabulary"):
+                shared["vocabulary"] = parts.vocabulary
+            fresh = ImageSearch(self.settings, **shared)
+            others = [f for f in findings if f.fix != "reset_feedback"] or fresh.check()
+            return fresh.repair(others) if others else fresh
         if any(finding.fix == "rebuild_catalog" for finding in findings):
             return ImageSearch.rebuild_catalog(self.settings)
         if repair.fix_files(self.parts, findings):
@@ -913,10 +926,24 @@ class ImageSearch:
         return self
 
     @classmethod
+    def replace_damaged_file(
+        cls, settings: Settings, name: str, **given: Unpack[Given]
+    ) -> ImageSearch:
+        """An SQLite file of the data directory (`name`) too damaged to open: the catalog's
+        is rebuilt (`rebuild_catalog`); the votes' is moved aside and begun afresh (its votes
+        are lost). `given`: parts to use, as for the constructor."""
+        if repair.damaged_file_fix(name) == "reset_feedback":
+            repair.move_feedback_aside(settings)
+            return cls(settings, **given)
+        return cls.rebuild_catalog(settings)
+
+    @classmethod
     def rebuild_catalog(cls, settings: Settings) -> ImageSearch:
         """Move a damaged catalog file aside, ingest every stored original into a new one and
-        rebuild the index. Votes were in the same file: they are lost (the old file stays
-        beside the new one)."""
+        rebuild the index. Votes are in a file of their own (storage.FEEDBACK_FILE) and stay;
+        a collection made before that kept them in the catalog's file, and loses them with it
+        if it was damaged before its first open by this version (the old file stays beside
+        the new one)."""
         repair.move_catalog_aside(settings)
         fresh = cls(settings)
         repair.ingest_originals(fresh.parts)

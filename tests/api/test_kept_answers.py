@@ -1,6 +1,6 @@
 """Answers a server process keeps (api/kept.py): the same bytes as the response models make,
 and never older than the collection: a removal, a publication or a vote by another process
-shows in the next answer."""
+shows in the next answer; votes drop no kept "more like this" page."""
 
 from __future__ import annotations
 
@@ -158,6 +158,36 @@ def test_a_vote_in_another_process_reaches_the_next_keyword_answer(collection, s
     _another_process(service).vote("dinner", chair, 1, "s1")
     after = served.get("/api/search", params=search).json()["results"]
     assert after[0]["id"] == chair and after[0]["learned"] is True
+
+
+def test_votes_leave_kept_more_like_this_pages(collection, served) -> None:
+    """Votes are in a file of their own: neither this process's nor another's drop what is
+    kept ("more like this" does not depend on them; keyword pages are never kept whole)."""
+    service = collection
+    image_id = service.find_key("elephant/1.jpg").id
+    path = f"/api/images/{image_id}/similar"
+    served.get(path)
+    kept = served.app.state.kept.under(service.answers_version())
+    page = ("similar", "", image_id, 20, 0)
+    assert kept.pages.get(page) is not None
+    voted = {"query": "dinner", "image_id": image_id, "vote": 1, "session": "s1"}
+    assert served.post("/api/feedback", json=voted).status_code == 200
+    _another_process(service).vote("elephant", image_id, -1, "s2")
+    assert served.app.state.kept.under(service.answers_version()) is kept
+    assert served.get(path).content == kept.pages.get(page) == _fresh(service, path)
+
+
+def test_a_catalog_write_in_another_process_drops_kept_pages(collection, served) -> None:
+    """Any write to the catalog's file, even one that changes no answer (an upload not yet
+    indexed), starts what is kept afresh."""
+    service = collection
+    image_id = service.find_key("chair/1.jpg").id
+    served.get(f"/api/images/{image_id}/similar")
+    kept = served.app.state.kept.under(service.answers_version())
+    assert len(kept.pages) == 1
+    _another_process(service).ingest("chair/new.jpg", demo_image("chair", 9))
+    now = served.app.state.kept.under(service.answers_version())
+    assert now is not kept and len(now.pages) == 0
 
 
 def test_kept_answers_are_bounded(collection) -> None:

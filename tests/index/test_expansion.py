@@ -147,6 +147,18 @@ def test_ranked_keeps_candidates_without_an_expanded_vector_last() -> None:
     ]
 
 
+def test_ranked_orders_by_score_then_id() -> None:
+    """Best first; equal scores by id, whatever order the candidates came in."""
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(6, 4)).astype(np.float32)
+    expanded = {i: vectors[n % 3] for n, i in enumerate("fbdaec")}  # three pairs of equals
+    query = rng.normal(size=4).astype(np.float32)
+    for candidates in (list("fbdaec"), list("abcdef"), list("cedabf")):
+        order = ranked(query, candidates, expanded)
+        assert order == sorted(order, key=lambda pair: (-pair[1], pair[0]))
+        assert sorted(i for i, _ in order) == list("abcdef")
+
+
 def test_the_query_is_expanded_again_by_its_first_results() -> None:
     """`rank`: by the expanded query first, then by the query averaged with its first
     `query_neighbours` results' expanded vectors (weights cosine**power)."""

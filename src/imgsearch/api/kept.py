@@ -3,7 +3,10 @@ this" pages, and of each image's part of a result object, kept while the engine'
 `answers_version` stays the same.
 
 That version changes with every write to the catalog, by any process (a record, a key, a
-removal, a neighbour list, a vote), with every index generation this process serves and
+removal, a neighbour list; not a vote: votes are in a file of their own, and nothing kept
+depends on them: "more like this" pages and an image's part of a result come from the index,
+the neighbour lists and the records; keyword pages, which votes re-rank, are never kept
+whole), with every index generation this process serves and
 whenever the neighbour lists it keeps are dropped. It is read before anything kept under it
 is read, so what was read before a write is never kept under that write's version: a removed
 image leaves every kept answer at the first request after its removal, in every process, as

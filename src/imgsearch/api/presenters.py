@@ -132,9 +132,9 @@ def results_json(
             continue
         head, tail = parts
         objects.append(
-            f"{head}{_json(float(round(hit.score, 6)))},"
-            f'"learned":{"true" if hit.learned else "false"},"reason":{_json(hit.reason)}'
-            f"{tail}{_json(hit.tier)}}}"
+            f"{head}{_float_json(float(round(hit.score, 6)))},"
+            f'"learned":{"true" if hit.learned else "false"},"reason":{_word_json(hit.reason)}'
+            f"{tail}{_word_json(hit.tier)}}}"
         )
     return f"[{','.join(objects)}]"
 
@@ -166,6 +166,26 @@ def _result_parts(request: Request, service: ImageSearch, image_ids: list[str]) 
 def _json(value: object) -> str:
     """`value` as pydantic's serialiser writes it in a response (NaN as null)."""
     return to_json(value, inf_nan_mode="null").decode()
+
+
+def _float_json(value: float) -> str:
+    """`_json(value)` for a float, without a call into pydantic-core where Python's repr is
+    the same text: a finite float written without an exponent (tests compare them)."""
+    text = repr(value)
+    return _json(value) if "e" in text or "n" in text else text
+
+
+# The JSON of the few words a result's reason and tier take (and null), made once each.
+_WORDS: dict[str | None, str] = {}
+
+
+def _word_json(value: str | None) -> str:
+    text = _WORDS.get(value)
+    if text is None:
+        text = _json(value)
+        if len(_WORDS) < 64:  # a handful in practice (schemas.py's literals)
+            _WORDS[value] = text  # (a race writes the same text twice)
+    return text
 
 
 def results_body(results: str, model: BaseModel | None = None) -> bytes:

@@ -56,11 +56,12 @@ class Expansion:
         """`candidates` ranked by the cosine of expanded vectors with the expanded `query`,
         then again with the query averaged with the expanded vectors of the first
         `query_neighbours` of that ranking (weighted by their cosine**`power`)."""
-        first = ranked(query, candidates, expanded)
+        ids, matrix = _stacked(candidates, expanded)  # once for both rankings
+        first = _ranked(query, ids, matrix, candidates, expanded)
         best = [(i, 1.0 - score) for i, score in first[: self.query_neighbours] if i in expanded]
         if not best:
             return first
-        return ranked(self._averaged(query, best, expanded), candidates, expanded)
+        return _ranked(self._averaged(query, best, expanded), ids, matrix, candidates, expanded)
 
     def _averaged(
         self,
@@ -98,12 +99,39 @@ def ranked(
     """`candidates` by the cosine of their expanded vectors with the expanded `query`, best
     first (ties by id). Those without one (a list written before expansion existed) follow
     in their given order, at the last score: never lost, never above a measured match."""
+    return _ranked(query, *_stacked(candidates, expanded), candidates, expanded)
+
+
+def _stacked(
+    candidates: Sequence[str], expanded: Mapping[str, np.ndarray]
+) -> tuple[list[str], np.ndarray | None]:
+    """The candidates that have an expanded vector, and those vectors as the rows of one
+    float32 matrix (None if none has one)."""
     ids = [i for i in candidates if i in expanded]
+    if not ids:
+        return ids, None
+    # (np.array copies them in one C loop; np.stack makes a view of each first)
+    return ids, np.array([expanded[i] for i in ids], np.float32)
+
+
+def _ranked(
+    query: np.ndarray,
+    ids: list[str],
+    matrix: np.ndarray | None,
+    candidates: Sequence[str],
+    expanded: Mapping[str, np.ndarray],
+) -> Ranked:
+    """`ranked`, the candidates' expanded vectors stacked already (`_stacked`)."""
     order: Ranked = []
-    if ids:
-        scores = np.stack([expanded[i] for i in ids]).astype(np.float32) @ query
-        pairs = zip(ids, scores.tolist(), strict=True)
-        order = sorted(pairs, key=lambda pair: (-pair[1], pair[0]))
+    if matrix is not None:
+        scores = matrix @ query
+        # Best first, ties by id: a stable sort of the negated scores keeps the given order
+        # among equals, which is put right below in the rare case there are any.
+        by_score = np.argsort(-scores, kind="stable")
+        sorted_scores = scores[by_score]
+        order = list(zip([ids[j] for j in by_score.tolist()], sorted_scores.tolist(), strict=True))
+        if np.any(sorted_scores[1:] == sorted_scores[:-1]):
+            order.sort(key=lambda pair: (-pair[1], pair[0]))
     last = order[-1][1] if order else 0.0
     return order + [(i, last) for i in candidates if i not in expanded]
 

@@ -74,8 +74,10 @@ class Neighbourhoods:
         kept = self._current()
         neighbours = kept.lists.get(image_id)
         if neighbours is None:
-            neighbours, _ = self.catalog.neighbours(image_id)
+            neighbours, expanded = self.catalog.neighbours_and_expanded(image_id)
             kept.lists.put(image_id, neighbours)
+            if expanded is not None:  # read with it: the ranking asks for it next
+                kept.vectors.put(image_id, expanded)
         # Removals are the index's: those it no longer serves leave every list at once.
         present = self.index.present(i for i, _ in neighbours)
         return [(i, d) for i, d in neighbours if i in present]

@@ -420,6 +420,71 @@ class SqliteTable(Table):
                 raise
             raise DamagedFile(str(self.path), str(error)) from None
 
+    def move_rows_from(self, source: Path) -> int:
+        """Move the rows of the same-named table of another SQLite file (where an older
+        version kept this table) into this one, and drop that table there; returns how many
+        rows moved (0 if there was nothing to move, as at every open after the first).
+
+        Two steps, each atomic in its own file (SQLite's transactions in WAL mode are not
+        atomic across files): the copy commits with a note of it in this file (`moved_in`),
+        then the source's table is dropped. A kill before the first commit leaves everything
+        as it was (the next open copies again); a kill between the two leaves the note, so
+        the next open only drops the source's table: no row lost, none copied twice.
+        Processes opening the file at once take turns (the copy holds this file's write lock);
+        the caller runs it before this table serves anything."""
+        if not source.exists() or source.resolve() == self.path.resolve():
+            return 0
+        moved = 0
+        with disk_full_is_storage_full(self.path.name):
+            connection = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None
+            )
+            try:
+                try:
+                    connection.execute("ATTACH DATABASE ? AS source", (str(source),))
+                    held = connection.execute(
+                        "SELECT 1 FROM source.sqlite_master WHERE type = 'table' AND name = ?",
+                        (self.name,),
+                    ).fetchone()
+                except sqlite3.DatabaseError as error:
+                    if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+                        raise
+                    raise DamagedFile(str(source), str(error)) from None
+                if held is None:
+                    return 0
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    connection.execute(
+                        "CREATE TABLE IF NOT EXISTS main.moved_in (name TEXT PRIMARY KEY,"
+                        " source TEXT NOT NULL, rows INTEGER NOT NULL, at REAL NOT NULL)"
+                    )
+                    done = connection.execute(
+                        "SELECT 1 FROM main.moved_in WHERE name = ?", (self.name,)
+                    ).fetchone()
+                    if done is None:
+                        moved = connection.execute(
+                            f"INSERT OR IGNORE INTO main.{self._quoted_name}"
+                            " (pk, sk, version, attrs)"
+                            f" SELECT pk, sk, version, attrs FROM source.{self._quoted_name}"
+                        ).rowcount
+                        connection.execute(
+                            "INSERT INTO main.moved_in VALUES (?, ?, ?, ?)",
+                            (self.name, source.name, moved, time.time()),
+                        )
+                    connection.execute("COMMIT")
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    raise
+                connection.execute(f"DROP TABLE IF EXISTS source.{self._quoted_name}")
+            finally:
+                connection.close()
+        if moved:
+            log.warning(
+                "moved %d rows of table %s from %s to %s", moved, self.name, source, self.path
+            )
+        return moved
+
     def integrity_problem(self, *, thorough: bool = False) -> str | None:
         """What SQLite's own check finds wrong with the file (None: nothing). The quick
         check reads every page but skips the indexes' agreement with their tables."""
@@ -434,8 +499,8 @@ class SqliteTable(Table):
     def change_token(self) -> Hashable | None:
         """SQLite's data_version of the file (which changes with every commit of another
         connection: this process's writers included, since the watcher never writes), read
-        by a connection of its own: a few microseconds. It counts every table of the file
-        (the catalog's and the feedback's): a vote changes it too."""
+        by a connection of its own: a few microseconds. It counts every table of the file,
+        and only this file's (votes are in a file of their own: storage.FEEDBACK_FILE)."""
         watcher = self._watcher
         with watcher.lock:
             if watcher.connection is None or watcher.pid != os.getpid():
