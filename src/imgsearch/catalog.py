@@ -346,8 +346,9 @@ class Catalog:
         overwrite: bool = False,
     ) -> None:
         """Store what ingest derives from an image (its embedding, its thumbnail and its tile
-        thumbnail, a WebP for small tiles), the three writes sent at once where that helps
-        (over the network each waits for a round trip, and none depends on another)."""
+        thumbnail, a WebP for small tiles), the three writes sent at once where each waits
+        (for the network, or a local disk's flush), one after the other where they are CPU
+        only (a bulk ingest's deferred local writes); none depends on another."""
         writes: list[Callable[[], object]] = [
             lambda: self.put_embedding(image_id, features, probabilities, overwrite=overwrite),
             lambda: self.objects.put(thumbnail_key(image_id), thumbnail, content_type="image/jpeg"),

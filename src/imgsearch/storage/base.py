@@ -37,10 +37,11 @@ from .validation import (
 class ObjectStore(ABC):
     """Flat namespace of immutable-or-replaced blobs under '/'-separated keys."""
 
-    # Whether a caller's independent puts gain by being sent at once (`in_parallel`): over
-    # the network each waits for a round trip; a local store's are CPU, and the threads
-    # cost more than they overlap.
-    overlapping_puts_help = True
+    @property
+    def overlapping_puts_help(self) -> bool:
+        """Whether this context's independent puts gain by being sent at once
+        (`in_parallel`): over the network each waits for a round trip."""
+        return True
 
     def get(self, key: str) -> StoredObject:
         """The object's bytes and ETag. Raises NotFound."""
