@@ -6,7 +6,9 @@ In one run, on this machine:
 2. End-to-end `imgsearch ingest` (the CLI, in its own process, into a fresh data directory)
    of Corel-1k and of 12-megapixel photos generated from Corel photos (upscaled, with noise,
    JPEG at quality 90, in a temporary directory); its rate is the one the CLI prints
-   (images added per second, from its first file to its last index build).
+   (images added per second, from its first file to its last index build). Beside the rates,
+   the CPU per image of each (the model alone: its threads'; the ingest: its whole process,
+   start included), which other jobs on the machine inflate less than the rates.
 3. Upload latency through the API (POST /api/images, which answers once the image is
    searchable) on collections of 10k and 100k synthesised indexed images (vectors made from
    the real features of step 1, as bench/index_scale.py makes them).
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -87,15 +90,19 @@ MODEL_SECONDS = 5.0  # at least, per measure of the model alone (a few photos re
 
 def model_bound(inputs: list[np.ndarray], runners: list[ModelRunner]) -> float:
     """Images per second with each runner in a thread of its own, the inputs split evenly,
-    passed over again until `MODEL_SECONDS` have gone by."""
+    passed over again until `MODEL_SECONDS` have gone by (the CPU each image took is added
+    to `MODEL_CPU`)."""
     done = [0] * len(runners)
+    cpu = [0.0] * len(runners)
     until = time.perf_counter() + MODEL_SECONDS
 
     def run(number: int, part: list[np.ndarray]) -> None:
+        started = time.thread_time()
         while time.perf_counter() < until:
             for batch in part:
                 runners[number].run(batch)
                 done[number] += 1
+        cpu[number] = time.thread_time() - started
 
     threads = [
         threading.Thread(target=run, args=(number, inputs[number :: len(runners)]))
@@ -106,7 +113,13 @@ def model_bound(inputs: list[np.ndarray], runners: list[ModelRunner]) -> float:
         thread.start()
     for thread in threads:
         thread.join()
+    MODEL_CPU.append(sum(cpu) / sum(done))
     return sum(done) / (time.perf_counter() - started)
+
+
+# CPU seconds per image of each measure of the model alone: with the ingest's CPU per image,
+# what the machine's load inflates less than the rates (other jobs take turns on the cores).
+MODEL_CPU: list[float] = []
 
 
 def real_features(inputs: list[np.ndarray], runner: ModelRunner, spec: ModelSpec):
@@ -120,10 +133,12 @@ def real_features(inputs: list[np.ndarray], runner: ModelRunner, spec: ModelSpec
 # 2. imgsearch ingest ------------------------------------------------------------------------
 
 
-def cli_ingest(folder: Path, scratch: Path, checkout: Path = REPO) -> tuple[float, int]:
+def cli_ingest(folder: Path, scratch: Path, checkout: Path = REPO) -> tuple[float, int, float]:
     """(images added per second, images added) as `imgsearch ingest` of `checkout` reports
-    them, into a fresh data directory."""
+    them, into a fresh data directory, and the CPU seconds its process took (its start, the
+    imports and the model's load included)."""
     data_dir = Path(tempfile.mkdtemp(dir=scratch, prefix="data-"))
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {**os.environ, "PYTHONPATH": str(checkout / "src"), "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
         [
@@ -140,11 +155,13 @@ def cli_ingest(folder: Path, scratch: Path, checkout: Path = REPO) -> tuple[floa
         env=env,
         check=True,
     )
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
     match = re.search(r"in ([\d.]+) s .*?: (\d+) added", done.stdout)
     assert match, done.stdout + done.stderr
     seconds, added = float(match[1]), int(match[2])
     subprocess.run(["rm", "-rf", str(data_dir)], check=True)
-    return added / seconds, added
+    return added / seconds, added, cpu
 
 
 def phone_photos(folder: Path, count: int, seed: int = 7) -> Path:
@@ -272,13 +289,16 @@ def main() -> None:
                     # The model alone just before and just after the ingest: the machine's
                     # load changes by the minute, and the ratio must compare the same minutes.
                     before = model_bound(inputs[name], runners)
-                    rate, added = cli_ingest(folder, scratch, checkout)
+                    rate, added, cpu = cli_ingest(folder, scratch, checkout)
                     model = (before + model_bound(inputs[name], runners)) / 2
+                    model_cpu = (MODEL_CPU[-1] + MODEL_CPU[-2]) / 2
                     bound.setdefault((label, name), []).append(model)
                     ingest.setdefault((label, name), []).append(rate)
                     print(
                         f"round {round_number + 1} {label} {name}: model {model:.1f}/s, "
-                        f"ingest {rate:.1f}/s ({added} images): {rate / model:.0%}",
+                        f"ingest {rate:.1f}/s ({added} images): {rate / model:.0%}; CPU per "
+                        f"image: model {1000 * model_cpu:.1f} ms, ingest {1000 * cpu / added:.1f}"
+                        f" ms ({model_cpu * added / cpu:.0%})",
                         flush=True,
                     )
         if args.rounds:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 
 import numpy as np
@@ -185,3 +186,31 @@ def test_the_last_build_of_a_folder_is_left_a_small_batch(service, tmp_path, mon
     assert early and early[0] >= 12, queued  # half-way: 12 waiting, 12 left
     assert queued[-1][0] <= 4 and not queued[-1][1], queued  # not 24 built at the end
     assert not service.parts.catalog.pending()
+
+
+def test_an_ingest_runs_blas_on_one_thread_and_leaves_the_process_as_it_found_it(
+    service, tmp_path, monkeypatch
+) -> None:
+    """During a folder's ingest, OpenBLAS runs on one thread (its others spun beside the
+    model's workers) and the objects made before it are out of the collector's passes;
+    afterwards both are as they were."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    folder = tmp_path / "photos"
+    shutil.copytree(DEMO / "elephant", folder)
+    before = blas_threads()
+    during = []
+    real_ingest = service.ingest
+
+    def watched(key, data):
+        during.append((blas_threads(), gc.get_freeze_count() > 0))
+        return real_ingest(key, data)
+
+    monkeypatch.setattr(service, "ingest", watched)
+    summary = bulk.ingest_tree(service, folder, workers=2)
+    assert summary.counts["added"] == len(during) > 0
+    assert all(threads == [1] * len(before) and frozen for threads, frozen in during), during
+    assert blas_threads() == before and gc.get_freeze_count() == 0

@@ -3,14 +3,17 @@ embed one into a file for offline analysis (`imgsearch embed`, `imgsearch neighb
 
 from __future__ import annotations
 
+import gc
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from imgsearch.results import Embedding, ImageRefused, IngestResult, InvalidKey
 from imgsearch.service import ImageSearch
@@ -74,8 +77,38 @@ def ingest_tree(
     builds run in this thread while the workers go on.
     """
     summary = IngestSummary()
-    since_build = 0
     entries = list(files_under(root))
+    with _cores_for_inference():
+        _ingest_entries(service, entries, summary, prefix, on_result, workers)
+    return summary
+
+
+@contextmanager
+def _cores_for_inference() -> Iterator[None]:
+    """Within the block, no CPU goes to what a bulk ingest does not need:
+    - OpenBLAS on one thread: the builds' products are small, and its second thread spun
+      waiting for work while the workers needed the core (3.6% of an ingest's CPU, about
+      2 ms an image on Corel-1k: `perf`, docs/performance.md);
+    - the objects made before it (modules, settings, the model's spec) frozen out of the
+      garbage collector's full passes, which the many small objects of each image trigger.
+    """
+    gc.freeze()
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        gc.unfreeze()
+
+
+def _ingest_entries(
+    service: ImageSearch,
+    entries: list[tuple[str, Path]],
+    summary: IngestSummary,
+    prefix: str,
+    on_result: Progress | None,
+    workers: int | None,
+) -> None:
+    since_build = 0
 
     def ingest_one(entry: tuple[str, Path]) -> IngestResult:
         relative, path = entry
@@ -102,7 +135,6 @@ def ingest_tree(
                 service.build_index(one_batch=True)
                 since_build = 0
     service.build_index()
-    return summary
 
 
 def _time_to_build(waiting: int, left: int) -> bool:

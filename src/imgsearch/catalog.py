@@ -346,14 +346,19 @@ class Catalog:
         overwrite: bool = False,
     ) -> None:
         """Store what ingest derives from an image (its embedding, its thumbnail and its tile
-        thumbnail, a WebP for small tiles), the three writes sent at once: over the network
-        each waits for a round trip, and none depends on another."""
+        thumbnail, a WebP for small tiles), the three writes sent at once where each waits
+        (for the network, or a local disk's flush), one after the other where they are CPU
+        only (a bulk ingest's deferred local writes); none depends on another."""
         writes: list[Callable[[], object]] = [
             lambda: self.put_embedding(image_id, features, probabilities, overwrite=overwrite),
             lambda: self.objects.put(thumbnail_key(image_id), thumbnail, content_type="image/jpeg"),
             lambda: self.put_tile(image_id, tile),
         ]
-        in_parallel(lambda write: write(), writes)
+        if self.objects.overlapping_puts_help:
+            in_parallel(lambda write: write(), writes)
+        else:
+            for write in writes:
+                write()
 
     def put_tile(self, image_id: str, webp: bytes) -> None:
         self.objects.put(tile_key(image_id), webp, content_type="image/webp")

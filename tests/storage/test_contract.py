@@ -789,6 +789,19 @@ def test_puts_made_in_parallel_for_a_deferring_caller_are_deferred(tmp_path, mon
     assert synced == []
 
 
+def test_a_local_store_overlaps_only_the_puts_that_wait_for_the_disk(tmp_path) -> None:
+    """Durable puts wait for their fsyncs, which overlap: a caller sends them at once
+    (`Catalog.put_derived`); deferred ones are CPU only, and go one after the other."""
+    from imgsearch.storage.local import LocalObjectStore
+
+    objects = LocalObjectStore(tmp_path / "objects")
+    assert objects.overlapping_puts_help
+    with objects.deferred_durability():
+        assert not objects.overlapping_puts_help
+        assert in_parallel(lambda _: objects.overlapping_puts_help, [1, 2]) == [False, False]
+    assert objects.overlapping_puts_help
+
+
 def test_deferred_puts_are_flushed_ahead_once_enough_wait(tmp_path, monkeypatch) -> None:
     """Past FLUSH_AHEAD_FILES (or _BYTES) deferred files, a thread flushes them beside the
     writers, so that the flush making the batch durable finds little left."""

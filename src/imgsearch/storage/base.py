@@ -37,6 +37,12 @@ from .validation import (
 class ObjectStore(ABC):
     """Flat namespace of immutable-or-replaced blobs under '/'-separated keys."""
 
+    @property
+    def overlapping_puts_help(self) -> bool:
+        """Whether this context's independent puts gain by being sent at once
+        (`in_parallel`): over the network each waits for a round trip."""
+        return True
+
     def get(self, key: str) -> StoredObject:
         """The object's bytes and ETag. Raises NotFound."""
         return self._get(validate_key(key))

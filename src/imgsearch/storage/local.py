@@ -173,6 +173,14 @@ class LocalObjectStore(ObjectStore):
         self._deferred_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one flush at a time; a second waits for it
 
+    @property
+    def overlapping_puts_help(self) -> bool:
+        """A durable put waits for the disk (two fsyncs), and concurrent ones overlap (a
+        journalling file system commits them together); a deferred one is a few system calls
+        and a write into the page cache, which threads to overlap cost more CPU than they
+        save (3 puts an image at a bulk ingest: 0.3 ms of thread start-up)."""
+        return self._deferring.get() == 0
+
     @contextmanager
     def deferred_durability(self) -> Iterator[None]:
         token = self._deferring.set(self._deferring.get() + 1)
