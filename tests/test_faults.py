@@ -34,7 +34,7 @@ from imgsearch.storage import (
     StorageFull,
     open_storage,
 )
-from imgsearch.storage.local import LocalObjectStore
+from imgsearch.storage.local import LocalObjectStore, SqliteTable
 
 CATEGORIES = ("elephant", "pizza", "chair", "lotus", "watch", "camera")
 
@@ -838,6 +838,35 @@ def test_a_damaged_catalog_is_refused_then_rebuilt_from_the_stored_images(
     assert list(data_dir.glob("tables.sqlite3.damaged-*"))  # kept, for whoever digs in it
 
 
+@pytest.mark.model  # `imgsearch check --repair` loads the model
+def test_an_old_catalog_file_with_damaged_votes_is_refused_then_rebuilt(
+    stored, embedder, vocabulary
+) -> None:
+    """A data directory from before votes had a file of their own (storage.FEEDBACK_FILE),
+    whose votes' pages in the catalog's file are damaged: the move at open leaves the file
+    alone, `serve` refuses it in one line and `check --repair` rebuilds the catalog."""
+    data_dir, ids = stored
+    database = data_dir / "tables.sqlite3"
+    old = SqliteTable(database, "feedback", expiring=True)  # as versions before the move
+    for i in range(300):
+        old.put(f"vote#dog{i}", "s1#image-a", {"vote": 1, "pad": "x" * 200})
+    old._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (root,) = (
+        old._connection()
+        .execute("SELECT rootpage FROM sqlite_master WHERE name = 'feedback'")
+        .fetchone()
+    )
+    old.close()
+    data = bytearray(database.read_bytes())
+    data[(root - 1) * 4096 : root * 4096] = b"\xa5" * 4096
+    database.write_bytes(bytes(data))
+
+    line = refusal(data_dir)
+    assert line.startswith(f"imgsearch: {database} is damaged (")
+    assert_repaired(data_dir, ids, embedder, vocabulary)
+    assert list(data_dir.glob("tables.sqlite3.damaged-*"))
+
+
 @pytest.mark.parametrize("where", ["pages", "header"])
 def test_a_damaged_votes_file_is_begun_afresh_and_the_catalog_kept(
     where, stored, embedder, vocabulary
@@ -873,6 +902,29 @@ def test_a_damaged_votes_file_is_begun_afresh_and_the_catalog_kept(
     assert repaired.parts.feedback.session_votes("elephant", "s1") == {}
     assert list(data_dir.glob(f"{FEEDBACK_FILE}.damaged-*"))
     assert not list(data_dir.glob("tables.sqlite3.damaged-*"))
+
+
+@pytest.mark.model  # `imgsearch check --repair` loads the model
+def test_check_repair_prints_what_a_damaged_votes_file_hid(stored, embedder, vocabulary) -> None:
+    """A damaged SQLite file stops the other checks; once `check --repair` has begun the
+    votes afresh, it prints what they find (a missing tile here) before repairing it."""
+    data_dir, _ = stored
+    service = reopened(data_dir, embedder, vocabulary)
+    image_id = service.find_key("pizza.jpg").id
+    service.parts.storage.objects.delete(tile_key(image_id))
+    service.vote("elephant", image_id, 1, "s1")
+    path = data_dir / FEEDBACK_FILE
+    service.parts.storage.feedback._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(path.read_bytes())
+    data[4096:] = os.urandom(len(data) - 4096)
+    path.write_bytes(bytes(data))
+
+    repaired = imgsearch("check", "--repair", "--data-dir", str(data_dir))
+    out = repaired.stdout.decode()
+    assert repaired.returncode == 0, out + repaired.stderr.decode()
+    assert out.index(str(path)) < out.index(f"image {image_id}") < out.index("repaired")
+    assert "still:" not in out
+    assert reopened(data_dir, embedder, vocabulary).check() == []
 
 
 def test_a_manifest_damaged_while_serving_gives_503_not_500(stored, embedder, vocabulary):

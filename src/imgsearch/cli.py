@@ -18,6 +18,8 @@ from imgsearch.service import ImageSearch
 if TYPE_CHECKING:
     from tqdm import tqdm
 
+    from imgsearch.repair import Finding
+
 T = TypeVar("T")
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
@@ -227,23 +229,34 @@ def _save_checkpoint(
     partial.replace(checkpoint)  # never half a checkpoint
 
 
+def _print_findings(findings: list[Finding]) -> None:
+    for finding in findings:
+        print(f"{finding}" + ("" if finding.fix else " (cannot be repaired from what is stored)"))
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from imgsearch.results import DamagedFile
 
     repaired = False
     try:
         service = _service(args)
-    except DamagedFile as error:  # the catalog file cannot even be opened
+    except DamagedFile as error:  # an SQLite file (catalog or votes) cannot be opened
         if not args.repair:
             raise
         print(f"{error.name}: {error.problem}; replacing it")
         service, repaired = ImageSearch.replace_damaged_file(_settings(args), error.name), True
     findings = service.check()
-    for finding in findings:
-        print(f"{finding}" + ("" if finding.fix else " (cannot be repaired from what is stored)"))
+    _print_findings(findings)
     if findings and args.repair:
+        # A damaged SQLite file hides the other checks (repair.check stops at it): once it
+        # is mended, what they find is printed and repaired too.
+        hid = any(finding.fix in ("reset_feedback", "rebuild_catalog") for finding in findings)
         service, repaired = service.repair(findings), True
         findings = service.check()
+        if findings and hid:
+            _print_findings(findings)
+            service = service.repair(findings)
+            findings = service.check()
         for finding in findings:
             print(f"still: {finding}")
     if repaired and not findings:

@@ -248,6 +248,13 @@ def ingest_originals(parts: Parts) -> None:
         parts.ingestor.add(key, objects.get(info.key).data, store_original=False)
 
 
+def close_files(parts: Parts) -> None:
+    """Close the calling thread's connections to the SQLite files before one is moved aside:
+    SQLite closing one later could delete the `-wal` of a new file under the same name."""
+    for table in _sqlite_tables(parts):
+        table.close()
+
+
 def move_aside(path: Path) -> Path:
     """Rename an SQLite file (with its journal files) to `<name>.damaged-<time>`."""
     target = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")

@@ -906,6 +906,7 @@ class ImageSearch:
         """Fix what `check` found from what is stored; returns the engine to go on with (a
         new one if an SQLite file was rebuilt or begun afresh)."""
         if any(finding.fix == "reset_feedback" for finding in findings):
+            repair.close_files(self.parts)  # this engine is done with them
             repair.move_feedback_aside(self.settings)
             parts = self.parts
             # A new engine on the new file, sharing the model and words this one loaded.
@@ -915,9 +916,11 @@ class ImageSearch:
             if parts.loaded("vocabulary"):
                 shared["vocabulary"] = parts.vocabulary
             fresh = ImageSearch(self.settings, **shared)
-            others = [f for f in findings if f.fix != "reset_feedback"] or fresh.check()
+            # Only what was found (and reported) before; the caller's next check shows the rest.
+            others = [f for f in findings if f.fix != "reset_feedback"]
             return fresh.repair(others) if others else fresh
         if any(finding.fix == "rebuild_catalog" for finding in findings):
+            repair.close_files(self.parts)
             return ImageSearch.rebuild_catalog(self.settings)
         if repair.fix_files(self.parts, findings):
             self.reindex()

@@ -142,3 +142,53 @@ def test_a_move_killed_at_any_point_loses_no_vote_and_counts_none_twice(
     assert process.exitcode == 9  # killed where asked
     _assert_moved(open_storage(_settings(tmp_path)), tmp_path, expected)
     _assert_moved(open_storage(_settings(tmp_path)), tmp_path, expected)
+
+
+def test_a_feedback_table_that_reappears_after_the_move_keeps_its_votes(tmp_path: Path) -> None:
+    """A downgrade (or a restored backup, or an older version still running) writes votes
+    into the old file's table again: the next open merges them, keeping the newer version of
+    a row found in both, and drops the table. Nothing is counted twice."""
+    expected = _old_layout(tmp_path)
+    first = open_storage(_settings(tmp_path))
+    _assert_moved(first, tmp_path, expected)
+    first.feedback.increment("term#dog", "image#a", {"up": 1})  # version 4, up 4
+    # The older version recreates its table: a new vote, and an older copy of a counted row.
+    old = SqliteTable(tmp_path / SQLITE_FILE, "feedback", expiring=True)
+    old.put("vote#cat", "s1#image-a", {"vote": 1})
+    old.put("term#dog", "image#a", {"up": 1, "weight": 0.5})  # version 1: older than main's
+    again = open_storage(_settings(tmp_path))
+    assert again.feedback.get("vote#cat", "s1#image-a")["vote"] == 1  # type: ignore[index]
+    counted = again.feedback.get("term#dog", "image#a")
+    assert counted is not None and (counted["up"], counted["version"]) == (4, 4)
+    assert "feedback" not in _tables_in(tmp_path / SQLITE_FILE)
+    # An older version's write after the new one's copy, before its drop (a newer version
+    # of a moved row): it wins.
+    old = SqliteTable(tmp_path / SQLITE_FILE, "feedback", expiring=True)
+    old.put("vote#dog", "s1#image-a", {"vote": 1})
+    with sqlite3.connect(tmp_path / SQLITE_FILE) as connection:
+        connection.execute("UPDATE feedback SET version = 9 WHERE pk = 'vote#dog'")
+    third = open_storage(_settings(tmp_path))
+    assert third.feedback.get("vote#dog", "s1#image-a")["version"] == 9  # type: ignore[index]
+    assert third.feedback.get("vote#cat", "s1#image-a")["vote"] == 1  # type: ignore[index]
+
+
+def test_an_old_file_with_damaged_votes_opens_and_is_left_to_the_checks(tmp_path: Path) -> None:
+    """Pages of the old file's feedback table that SQLite cannot read: the move copies and
+    drops nothing, and the file's own check finds it damaged (so `serve` refuses it and
+    `imgsearch check --repair` rebuilds the catalog: tests/test_faults.py)."""
+    _old_layout(tmp_path)
+    path = tmp_path / SQLITE_FILE
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (root,) = connection.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'feedback'"
+        ).fetchone()
+        (page,) = connection.execute("PRAGMA page_size").fetchone()
+    data = bytearray(path.read_bytes())
+    data[(root - 1) * page : root * page] = b"\xa5" * page
+    path.write_bytes(bytes(data))
+    storage = open_storage(_settings(tmp_path))
+    assert isinstance(storage.catalog, SqliteTable) and isinstance(storage.feedback, SqliteTable)
+    assert storage.catalog.integrity_problem() is not None
+    assert storage.feedback.integrity_problem() is None
+    assert "feedback" in _tables_in(path)  # not dropped: its votes go aside with the file

@@ -435,14 +435,20 @@ class SqliteTable(Table):
 
         Two steps, each atomic in its own file (SQLite's transactions in WAL mode are not
         atomic across files): the copy commits with a note of it in this file (`moved_in`),
-        then the source's table is dropped. A kill before the first commit leaves everything
-        as it was (the next open copies again); a kill between the two leaves the note, so
-        the next open only drops the source's table: no row lost, none copied twice.
-        Processes opening the file at once take turns (the copy holds this file's write lock);
-        the caller runs it before this table serves anything."""
+        then the source's table is dropped. The copy is an upsert on (pk, sk) that keeps the
+        higher `version`, so copying a row again never counts it twice: a kill before the
+        first commit leaves everything as it was (the next open copies again); a kill between
+        the two leaves the note and the table, and the next open copies again (changing
+        nothing) and drops it. A table that reappears after its move (a downgrade, a restored
+        backup of the source, an older version's process still writing to it) is merged the
+        same way, with a warning, before it is dropped: its rows are not lost.
+        A source whose pages SQLite cannot read is left as it is (nothing is copied or
+        dropped): the checks find it damaged (`repair.check_at_start` refuses to
+        serve it; `imgsearch check --repair` rebuilds the catalog, moving the file aside with
+        its votes). Processes opening the file at once take turns (the copy holds this
+        file's write lock); the caller runs it before this table serves anything."""
         if not source.exists() or source.resolve() == self.path.resolve():
             return 0
-        moved = 0
         with disk_full_is_storage_full(self.path.name):
             connection = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None
@@ -460,38 +466,83 @@ class SqliteTable(Table):
                     raise DamagedFile(str(source), str(error)) from None
                 if held is None:
                     return 0
-                connection.execute("BEGIN IMMEDIATE")
                 try:
-                    connection.execute(
-                        "CREATE TABLE IF NOT EXISTS main.moved_in (name TEXT PRIMARY KEY,"
-                        " source TEXT NOT NULL, rows INTEGER NOT NULL, at REAL NOT NULL)"
+                    moved, again = self._copy_rows(connection, source)
+                    connection.execute(f"DROP TABLE IF EXISTS source.{self._quoted_name}")
+                except sqlite3.DatabaseError as error:
+                    if isinstance(error, sqlite3.OperationalError):
+                        raise  # locked, disk full, I/O: not a damaged page
+                    # (info: the checks report the damage, in serve's one line of refusal)
+                    log.info(
+                        "could not move table %s from %s to %s (%s): left for the checks",
+                        self.name,
+                        source,
+                        self.path,
+                        error,
                     )
-                    done = connection.execute(
-                        "SELECT 1 FROM main.moved_in WHERE name = ?", (self.name,)
-                    ).fetchone()
-                    if done is None:
-                        moved = connection.execute(
-                            f"INSERT OR IGNORE INTO main.{self._quoted_name}"
-                            " (pk, sk, version, attrs)"
-                            f" SELECT pk, sk, version, attrs FROM source.{self._quoted_name}"
-                        ).rowcount
-                        connection.execute(
-                            "INSERT INTO main.moved_in VALUES (?, ?, ?, ?)",
-                            (self.name, source.name, moved, time.time()),
-                        )
-                    connection.execute("COMMIT")
-                except BaseException:
-                    if connection.in_transaction:
-                        connection.execute("ROLLBACK")
-                    raise
-                connection.execute(f"DROP TABLE IF EXISTS source.{self._quoted_name}")
+                    return 0
             finally:
                 connection.close()
-        if moved:
+        if again:
+            log.warning(
+                "table %s reappeared in %s after its move to %s (a downgrade, a restored"
+                " backup, or an older version still running?): merged %d rows, then dropped it",
+                self.name,
+                source,
+                self.path,
+                moved,
+            )
+        elif moved:
             log.warning(
                 "moved %d rows of table %s from %s to %s", moved, self.name, source, self.path
             )
         return moved
+
+    def _copy_rows(self, connection: sqlite3.Connection, source: Path) -> tuple[int, bool]:
+        """`move_rows_from`'s copy, in one transaction: how many rows it inserted or updated,
+        and whether a note said the table had been moved already."""
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS main.moved_in (name TEXT PRIMARY KEY,"
+                " source TEXT NOT NULL, rows INTEGER NOT NULL, at REAL NOT NULL)"
+            )
+            again = (
+                connection.execute(
+                    "SELECT 1 FROM main.moved_in WHERE name = ?", (self.name,)
+                ).fetchone()
+                is not None
+            )
+            # WHERE true: SQLite's rule for an upsert on INSERT ... SELECT.
+            moved: int = connection.execute(
+                f"INSERT INTO main.{self._quoted_name} (pk, sk, version, attrs)"
+                f" SELECT pk, sk, version, attrs FROM source.{self._quoted_name} WHERE true"
+                " ON CONFLICT (pk, sk) DO UPDATE SET version = excluded.version,"
+                " attrs = excluded.attrs WHERE excluded.version > version"
+            ).rowcount
+            if not again:
+                connection.execute(
+                    "INSERT INTO main.moved_in VALUES (?, ?, ?, ?)",
+                    (self.name, source.name, moved, time.time()),
+                )
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        return moved, again
+
+    def close(self) -> None:
+        """Close this thread's connection and the change watcher's (the next use opens new
+        ones): before the file is renamed, so that closing them later cannot touch the
+        journal of a new file under the same name. Other threads' connections stay open."""
+        connection, self._local.connection = self._local.connection, None
+        if connection is not None and self._local.pid == os.getpid():
+            connection.close()
+        with self._watcher.lock:
+            watcher, self._watcher.connection = self._watcher.connection, None
+            if watcher is not None and self._watcher.pid == os.getpid():
+                watcher.close()
 
     def integrity_problem(self, *, thorough: bool = False) -> str | None:
         """What SQLite's own check finds wrong with the file (None: nothing). The quick
