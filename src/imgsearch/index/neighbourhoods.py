@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
-from imgsearch.catalog import Catalog, StoredNeighbours
+from imgsearch.catalog import Catalog, StoredExpanded, StoredNeighbours
 from imgsearch.index.base import SearchIndex
 from imgsearch.index.expansion import Expansion, Ranked
 from imgsearch.remembered import Remembered
@@ -187,7 +187,7 @@ class Neighbourhoods:
             for other, _ in nearest[removed_id]
             if other not in vectors
         }
-        stored = self.catalog.neighbour_lists([*own, *offers, *stale])
+        stored, stored_expanded = self.catalog.neighbour_lists_and_expanded([*own, *offers, *stale])
 
         lists: dict[str, Neighbours] = dict(own)
         gone = set(removed)
@@ -206,7 +206,20 @@ class Neighbourhoods:
             # already (a rebuild: `imgsearch reindex` writes every list's expanded vector).
             if image_id in own or image_id not in stored or neighbours != current:
                 changed[image_id] = (neighbours, version)
-        expanded = self._expanded({i: lists[i] for i in changed})
+        # A list whose first neighbours (those its expanded vector is made of) are as stored
+        # keeps its stored vector, written again as it is: the same list would make the same
+        # one. A new image enters most lists it joins beyond their first neighbours, so most
+        # vectors need not be made again (nor their neighbours' vectors read: on S3 Vectors a
+        # GetVectors for each 100). Own lists are made afresh (a rebuild rewrites them all).
+        first = self.expansion.neighbours
+        kept: dict[str, np.ndarray | StoredExpanded] = {
+            image_id: stored_expanded[image_id]
+            for image_id, (neighbours, _) in changed.items()
+            if image_id not in own
+            and image_id in stored_expanded
+            and neighbours[:first] == stored[image_id][0][:first]
+        }
+        expanded = kept | self._expanded({i: lists[i] for i in changed if i not in kept})
         before_write()
         self.catalog.put_neighbour_lists(changed, expanded)
         for image_id in removed:
