@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cloud_scale
 from cloud_scale import cpu_since, function_cpu
 
-# phase -> [cpu, waits, calls], for the batch being applied
-PHASES: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+# phase -> [cpu, waits, calls, items], for the batch being applied (items: the length of
+# the first argument, where it has one: lists read or written, vectors asked for)
+PHASES: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
 BATCHES: list[tuple[int, dict[str, list[float]]]] = []
 
 
@@ -40,6 +41,8 @@ def timed(owner: Any, name: str, phase: str, wire: Any) -> None:
             spent[0] += cpu_since(cpu)
             spent[1] += wire.waited_since(mark)
             spent[2] += 1
+            if a and hasattr(a[0], "__len__"):
+                spent[3] += len(a[0])
 
     setattr(owner, name, wrapper)
 
@@ -59,7 +62,13 @@ def timed_service(service: Any, result: Any, wire: Any) -> None:
         (lists, "update", "lists: all"),
         (index, "vectors", "lists: index.vectors"),
         (lists, "_update_group", "lists: groups"),
-        (catalog, "neighbour_lists", "lists: read lists"),
+        (
+            catalog,
+            "neighbour_lists_and_expanded"
+            if hasattr(catalog, "neighbour_lists_and_expanded")
+            else "neighbour_lists",  # before it (a baseline's sources)
+            "lists: read lists",
+        ),
         (lists, "_expanded", "lists: expanded vectors"),
         (catalog, "put_neighbour_lists", "lists: write lists"),
         (catalog, "mark_lists_changed", "lists: token"),
@@ -74,7 +83,7 @@ def timed_service(service: Any, result: Any, wire: Any) -> None:
         try:
             return apply(items, *a, **kw)
         finally:
-            PHASES["batch"] = [cpu_since(cpu), wire.waited_since(mark), 1]
+            PHASES["batch"] = [cpu_since(cpu), wire.waited_since(mark), 1, len(items)]
             if result.logging_batches:
                 BATCHES.append((len(items), dict(PHASES)))
 
@@ -108,11 +117,11 @@ def main() -> None:
             cloud_scale.run(engine, size, run_args)
             for images, phases in BATCHES:
                 print(f"\n{engine} {size:,}: a batch of {images} (s as on Lambda)")
-                print("| phase | calls | CPU | waits | all | a image |")
-                print("|---|---:|---:|---:|---:|---:|")
-                for phase, (cpu, waits, calls) in phases.items():
+                print("| phase | calls | items | CPU | waits | all | an image |")
+                print("|---|---:|---:|---:|---:|---:|---:|")
+                for phase, (cpu, waits, calls, count) in phases.items():
                     print(
-                        f"| {phase} | {calls:.0f} | {cpu:.3f} | {waits:.3f} | "
+                        f"| {phase} | {calls:.0f} | {count:.0f} | {cpu:.3f} | {waits:.3f} | "
                         f"{cpu + waits:.3f} | {(cpu + waits) / images:.4f} |"
                     )
             sys.stdout.flush()
