@@ -38,9 +38,13 @@ from imgsearch.storage import in_parallel
 Neighbours = list[tuple[str, float]]
 
 REACH = 200  # how many of a new or removed image's nearest images may list it
-# New images whose touched lists are read and written together: about REACH lists each, so
-# a group holds some thousand lists in memory at once.
-GROUP = 50
+# New images whose touched lists are read and written together, each list once however many
+# of them it is offered: about REACH lists each, so a group holds up to 40,000 lists in memory
+# at once (with their stored expanded vectors, about 400 MB at most; far fewer below 100k
+# images, where the group's offers overlap). The larger the group, the more of its offers
+# fall on the same lists: with 50, a group read about 174 lists an image at 10,000 images
+# (nearly one per offer); with 200, each list about once (bench/build_phases.py).
+GROUP = 200
 DEFAULT_EXPANSION = Expansion(neighbours=10, power=1.0)  # the settings' (config.py)
 # Lists and expanded vectors a query read are kept until the catalog's token of list writes
 # changes (`Catalog.mark_lists_changed`), looked at most every index refresh interval; at most
