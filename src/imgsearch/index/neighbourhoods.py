@@ -43,7 +43,8 @@ REACH = 200  # how many of a new or removed image's nearest images may list it
 # at once (with their stored expanded vectors, about 400 MB at most; far fewer below 100k
 # images, where the group's offers overlap). The larger the group, the more of its offers
 # fall on the same lists: with 50, a group read about 174 lists an image at 10,000 images
-# (nearly one per offer); with 200, each list about once (bench/build_phases.py).
+# (nearly one per offer: docs/deploy.md, the sixth round); with 200, offers spread evenly
+# would fall on about 49 an image there. At 1M they hardly overlap either way (200).
 GROUP = 200
 DEFAULT_EXPANSION = Expansion(neighbours=10, power=1.0)  # the settings' (config.py)
 # Lists and expanded vectors a query read are kept until the catalog's token of list writes
