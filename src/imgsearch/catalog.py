@@ -561,19 +561,31 @@ class Catalog:
 
     def neighbour_lists(self, image_ids: Iterable[str]) -> dict[str, StoredNeighbours]:
         """The stored lists of many images in batched reads (those without one are left out)."""
+        return self.neighbour_lists_and_expanded(image_ids)[0]
+
+    def neighbour_lists_and_expanded(
+        self, image_ids: Iterable[str]
+    ) -> tuple[dict[str, StoredNeighbours], dict[str, StoredExpanded]]:
+        """The stored lists of many images, and the expanded vectors stored with them as they
+        are stored (to be written again unchanged: `put_neighbour_lists`), in batched reads."""
         items = self.table.get_many([(f"image#{i}", "neighbours") for i in image_ids])
-        return {
-            pk.removeprefix("image#"): _stored_neighbours(item) for (pk, _), item in items.items()
-        }
+        lists, expanded = {}, {}
+        for (pk, _), item in items.items():
+            image_id = pk.removeprefix("image#")
+            lists[image_id] = _stored_neighbours(item)
+            if "expanded" in item:
+                expanded[image_id] = StoredExpanded(item["expanded"])
+        return lists, expanded
 
     def put_neighbour_lists(
         self,
         lists: Mapping[str, StoredNeighbours],
-        expanded: Mapping[str, np.ndarray] | None = None,
+        expanded: Mapping[str, np.ndarray | StoredExpanded] | None = None,
     ) -> None:
         """Replace many lists in batched writes, each read at the version given, with the
-        `expanded` vectors of their images (index/expansion.py). Not conditional (see
-        `Table.put_many`): only the index builder, under its lease, writes neighbour lists."""
+        `expanded` vectors of their images (index/expansion.py; or as they were stored, read
+        by `neighbour_lists_and_expanded`). Not conditional (see `Table.put_many`): only the
+        index builder, under its lease, writes neighbour lists."""
         puts = [
             Put(
                 f"image#{image_id}",
@@ -668,6 +680,10 @@ def _indexed_if_pending(record: ImageRecord) -> ImageRecord | None:
 StoredNeighbours = tuple[list[tuple[str, float]], int]
 
 
+class StoredExpanded(str):
+    """An expanded vector as stored with its list (`_encoded_vector`), not decoded."""
+
+
 def _near_copy_puts(lists: Mapping[str, list[tuple[str, float]]]) -> list[Put]:
     puts = []
     for image_id, neighbours in lists.items():
@@ -686,7 +702,7 @@ def _stored_neighbours(item: dict[str, Any]) -> StoredNeighbours:
 
 
 def _neighbour_attrs(
-    neighbours: list[tuple[str, float]], expanded: np.ndarray | None = None
+    neighbours: list[tuple[str, float]], expanded: np.ndarray | StoredExpanded | None = None
 ) -> dict[str, Any]:
     """A list's attributes: its ids and its distances (to 6 decimals, written so that they
     read back equal), each packed into one string. As lists of 50 values, DynamoDB's answer
@@ -695,10 +711,14 @@ def _neighbour_attrs(
     (lists stored as lists before are read as such)."""
     attrs: dict[str, Any] = {
         "ids": " ".join(i for i, _ in neighbours),
-        # (float(): a numpy float's repr is "np.float64(...)", which float() cannot read)
-        "distances": " ".join(repr(float(round(d, 6))) for _, d in neighbours),
+        # Six decimals, correctly rounded as round(d, 6) is, so each reads back equal to it
+        # (a numpy float too; three times faster than repr(round(d, 6)), which was most of
+        # the CPU of encoding a list the index builder writes).
+        "distances": " ".join(f"{d:.6f}" for _, d in neighbours),
     }
-    if expanded is not None:
+    if isinstance(expanded, StoredExpanded):
+        attrs["expanded"] = str(expanded)
+    elif expanded is not None:
         attrs["expanded"] = _encoded_vector(expanded)
     return attrs
 

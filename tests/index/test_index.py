@@ -669,3 +669,34 @@ def test_neighbour_lists_are_stored_packed_and_read_back_equal(index_service) ->
     as_numpy = [(i, np.float64(d)) for i, d in neighbours[:3]]
     catalog.put_neighbour_lists({ids[3]: (as_numpy, 0)})
     assert catalog.neighbours(ids[3])[0] == neighbours[:3]
+
+
+def test_a_build_written_here_is_loaded_without_downloading_it(storage) -> None:
+    """On S3 the writer keeps a local copy of each part it stores (`shards._put`): loading
+    the build it publishes next reads no part back from the bucket. Loaded, it answers as
+    one read from the bucket alone (a fresh cache) does."""
+    from imgsearch.index.manifest import ShardEntry
+    from imgsearch.index.shards import Shard, ShardData, write_build
+    from imgsearch.storage import LocalCopies
+
+    rng = np.random.default_rng(0)
+    ids = [f"{i:016x}" for i in range(40)]
+    features = normalise_rows(rng.standard_normal((40, 16)))
+    probabilities = rng.dirichlet(np.ones(10), size=40).astype(np.float16)
+    build = write_build(storage.objects, "s000000", ShardData(ids, features, probabilities), 5)
+    entry = ShardEntry("s000000", build.id, len(ids), sha256=build.sha256)
+    objects = storage.objects
+    if not isinstance(objects, LocalCopies):
+        return  # the local store's files are the build itself
+    gets: list[str] = []
+    objects._client.meta.events.register(
+        "provide-client-params.s3.GetObject", lambda params, **_: gets.append(params["Key"])
+    )
+    kept = Shard(entry, objects)
+    assert gets == []
+    fresh = type(objects)(objects._client, objects.bucket, objects.cache_dir.with_name("fresh"))
+    downloaded = Shard(entry, fresh)
+    assert gets and all(key.startswith(f"{SHARDS_PREFIX}s000000/{build.id}.") for key in gets)
+    assert kept.ids == downloaded.ids
+    query = features[3]
+    assert list(kept.candidates(query, 5, -1)) == list(downloaded.candidates(query, 5, -1))

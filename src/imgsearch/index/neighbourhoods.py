@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
-from imgsearch.catalog import Catalog, StoredNeighbours
+from imgsearch.catalog import Catalog, StoredExpanded, StoredNeighbours
 from imgsearch.index.base import SearchIndex
 from imgsearch.index.expansion import Expansion, Ranked
 from imgsearch.remembered import Remembered
@@ -38,9 +38,14 @@ from imgsearch.storage import in_parallel
 Neighbours = list[tuple[str, float]]
 
 REACH = 200  # how many of a new or removed image's nearest images may list it
-# New images whose touched lists are read and written together: about REACH lists each, so
-# a group holds some thousand lists in memory at once.
-GROUP = 50
+# New images whose touched lists are read and written together, each list once however many
+# of them it is offered: about REACH lists each, so a group holds up to 40,000 lists in memory
+# at once (with their stored expanded vectors, about 400 MB at most; far fewer below 100k
+# images, where the group's offers overlap). The larger the group, the more of its offers
+# fall on the same lists: with 50, a group read about 174 lists an image at 10,000 images
+# (nearly one per offer: docs/deploy.md, the sixth round); with 200, offers spread evenly
+# would fall on about 49 an image there. At 1M they hardly overlap either way (200).
+GROUP = 200
 DEFAULT_EXPANSION = Expansion(neighbours=10, power=1.0)  # the settings' (config.py)
 # Lists and expanded vectors a query read are kept until the catalog's token of list writes
 # changes (`Catalog.mark_lists_changed`), looked at most every index refresh interval; at most
@@ -189,7 +194,7 @@ class Neighbourhoods:
             for other, _ in nearest[removed_id]
             if other not in vectors
         }
-        stored = self.catalog.neighbour_lists([*own, *offers, *stale])
+        stored, stored_expanded = self.catalog.neighbour_lists_and_expanded([*own, *offers, *stale])
 
         lists: dict[str, Neighbours] = dict(own)
         gone = set(removed)
@@ -208,7 +213,20 @@ class Neighbourhoods:
             # already (a rebuild: `imgsearch reindex` writes every list's expanded vector).
             if image_id in own or image_id not in stored or neighbours != current:
                 changed[image_id] = (neighbours, version)
-        expanded = self._expanded({i: lists[i] for i in changed})
+        # A list whose first neighbours (those its expanded vector is made of) are as stored
+        # keeps its stored vector, written again as it is: the same list would make the same
+        # one. A new image enters most lists it joins beyond their first neighbours, so most
+        # vectors need not be made again (nor their neighbours' vectors read: on S3 Vectors a
+        # GetVectors for each 100). Own lists are made afresh (a rebuild rewrites them all).
+        first = self.expansion.neighbours
+        kept: dict[str, np.ndarray | StoredExpanded] = {
+            image_id: stored_expanded[image_id]
+            for image_id, (neighbours, _) in changed.items()
+            if image_id not in own
+            and image_id in stored_expanded
+            and neighbours[:first] == stored[image_id][0][:first]
+        }
+        expanded = kept | self._expanded({i: lists[i] for i in changed if i not in kept})
         before_write()
         self.catalog.put_neighbour_lists(changed, expanded)
         for image_id in removed:

@@ -26,7 +26,7 @@ from threadpoolctl import ThreadpoolController
 
 from imgsearch.index.manifest import MANIFEST_KEY, ShardEntry
 from imgsearch.integrity import DamagedFile, read_npy, read_npz, sha256_of_bytes, sha256_of_file
-from imgsearch.storage import LocalCopies, NotFound, ObjectStore
+from imgsearch.storage import LocalCopies, NotFound, ObjectStore, in_parallel
 
 SHARDS_PREFIX = "index/shards/"
 # Each image is listed under its most probable classes only: keyword search then touches the
@@ -259,11 +259,15 @@ def write_build(
         "postings.npz": lambda: _postings_bytes(data.probabilities),
         "spread.npy": lambda: _npy_bytes(_spread_of(data)),
     }
-    sha256 = {}
-    # One part in memory at a time (a big shard's are GBs); the forest goes last: a build whose
-    # forest exists is complete.
-    for part, make in parts.items():
-        sha256[part] = _put(store, build_key(shard_id, build_id, part), make())
+
+    def put(item: tuple[str, Callable[[], bytes]]) -> tuple[str, str]:
+        return item[0], _put(store, build_key(shard_id, build_id, item[0]), item[1]())
+
+    # A small build's parts (the open shard's rebuild, every batch) are stored at once; a big
+    # one's one at a time, one part in memory (they are GBs). The forest goes last: a build
+    # whose forest exists is complete.
+    small = len(data) * data.features.shape[1] <= PARTS_AT_ONCE_UP_TO
+    sha256 = dict(in_parallel(put, list(parts.items())) if small else map(put, parts.items()))
     with tempfile.TemporaryDirectory() as scratch:
         ann_path = Path(scratch) / "forest.ann"
         forest.save(str(ann_path))
@@ -273,11 +277,17 @@ def write_build(
 
 
 def _put(store: ObjectStore, key: str, data: bytes) -> str:
-    """Store a new build's part; its sha256."""
+    """Store a new build's part; its sha256. A store that caches copies (S3) keeps this one:
+    the writer loads the build it publishes next, without downloading what it just wrote."""
     store.put(key, data, if_none_match=True)
+    if isinstance(store, LocalCopies):
+        store.keep_local_copy(key, data)
     return sha256_of_bytes(data)
 
 
+# Values (images x dimensions) up to which a build's parts are made and stored at once: a
+# full open shard's (10,000 x 1,280: 26 MB of float16 features).
+PARTS_AT_ONCE_UP_TO = 16_000_000
 CLASS_COUNT_THRESHOLDS = 4  # thresholds whose class counts a shard keeps (`class_counts`)
 PROJECTION_CHUNK = 8192  # rows projected at once (a float32 copy of a big shard is GBs)
 
@@ -565,7 +575,10 @@ class Shard:
         self.set_deleted(entry.deleted)
 
     def _read(self, part: str) -> bytes:
-        """A part's bytes, verified."""
+        """A part's bytes, verified (from the local copy where the store keeps them: the
+        writer's own build is read back from what it kept, `_put`)."""
+        if isinstance(self._store, LocalCopies):
+            return self._file(part).read_bytes()
         key = build_key(self.shard_id, self.build_id, part)
         try:
             data = self._store.get(key).data

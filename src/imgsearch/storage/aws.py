@@ -148,6 +148,13 @@ class S3ObjectStore(ObjectStore, LocalCopies, DirectUploads):
     def _forget_local_copy(self, key: str) -> None:
         self._cached(key).unlink(missing_ok=True)
 
+    def _keep_local_copy(self, key: str, data: bytes) -> None:
+        path = self._cached(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_room(len(data))
+        with atomic_file(path, durable=False) as file:  # a reader never maps half of it
+            file.write(data)
+
     def _cached(self, key: str) -> Path:
         """Where the cached copy of a valid key lives (it cannot lead outside the cache)."""
         return self.cache_dir.joinpath(self.bucket, *key.split("/"))
@@ -246,11 +253,20 @@ def _from_dynamo(value: Any) -> Any:
 
 
 def _attribute_value(value: Any) -> AttributeValueTypeDef:
+    if type(value) is str:  # most values (packed neighbour lists): no dispatch on the type
+        return {"S": value}
     return _serializer.serialize(_to_dynamo(value))
 
 
 def _decode_item(raw: Mapping[str, AttributeValueTypeDef]) -> Item:
-    return {name: _from_dynamo(_deserializer.deserialize(value)) for name, value in raw.items()}
+    return {name: _decoded(value) for name, value in raw.items()}
+
+
+def _decoded(value: AttributeValueTypeDef) -> Any:
+    text = value.get("S")
+    if text is not None and len(value) == 1:  # a string, as _attribute_value writes most
+        return text
+    return _from_dynamo(_deserializer.deserialize(value))
 
 
 class _Condition(TypedDict, total=False):
@@ -558,7 +574,14 @@ def open_aws_storage(settings: Settings) -> Storage:
             max_pool_connections=AWS_POOL_CONNECTIONS,
         ),
     )
-    dynamodb = boto3.client("dynamodb", config=Config(max_pool_connections=AWS_POOL_CONNECTIONS))
+    # Without botocore's validation of every request's values (a second walk over a batch's
+    # items, about a third of the CPU of writing a batch of neighbour lists): the items are
+    # the table's own encoding of attributes `Table` validated, and DynamoDB refuses any
+    # malformed request itself (a ValidationException).
+    dynamodb = boto3.client(
+        "dynamodb",
+        config=Config(max_pool_connections=AWS_POOL_CONNECTIONS, parameter_validation=False),
+    )
     return Storage(
         objects=S3ObjectStore(s3, settings.bucket, settings.cache_dir),
         catalog=DynamoTable(dynamodb, settings.catalog_table),

@@ -146,8 +146,17 @@ class LocalCopies(ABC):
         """Delete the cached copy of `key`, if there is one."""
         self._forget_local_copy(validate_key(key))
 
+    def keep_local_copy(self, key: str, data: bytes) -> None:
+        """Cache `data` as the copy of `key`, an object this process has just stored and
+        will read back (an index build it publishes): `local_path` then downloads nothing.
+        Only for keys that are never replaced, as `local_path`."""
+        self._keep_local_copy(validate_key(key), data)
+
     @abstractmethod
     def _forget_local_copy(self, key: str) -> None: ...
+
+    @abstractmethod
+    def _keep_local_copy(self, key: str, data: bytes) -> None: ...
 
 
 class DirectUploads(ABC):

@@ -1,0 +1,131 @@
+"""Where an index build's time goes: bench/cloud_scale.py's run, with the builder's phases
+timed by the same model (the function's CPU + the latency injected along the critical path
+of its requests, "as on Lambda"), batch by batch, for the backlogs' batches.
+
+    PYTHONPATH=src .venv/bin/python bench/build_phases.py --sizes 2000 --engines annoy \
+        --photos 10 --backlog 100
+
+Prints, for each batch of each backlog, each phase's CPU and waits (seconds as on Lambda) and
+what they come to an image. Phases nest (the neighbour lists' reads are inside their update):
+a phase's line counts its inner phases too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import cloud_scale
+from cloud_scale import cpu_since, function_cpu
+
+# phase -> [cpu, waits, calls, items], for the batch being applied (items: the length of
+# the first argument, where it has one: lists read or written, vectors asked for)
+PHASES: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
+BATCHES: list[tuple[int, dict[str, list[float]]]] = []
+
+
+def timed(owner: Any, name: str, phase: str, wire: Any) -> None:
+    method = getattr(owner, name)
+
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        cpu, mark = function_cpu(), wire.mark()
+        try:
+            return method(*a, **kw)
+        finally:
+            spent = PHASES[phase]
+            spent[0] += cpu_since(cpu)
+            spent[1] += wire.waited_since(mark)
+            spent[2] += 1
+            if a and hasattr(a[0], "__len__"):
+                spent[3] += len(a[0])
+
+    setattr(owner, name, wrapper)
+
+
+def timed_service(service: Any, result: Any, wire: Any) -> None:
+    ORIGINAL(service, result, wire)
+    builder = service.parts.builder
+    lists = builder.neighbourhoods
+    catalog = builder.catalog
+    index = builder.index
+    for owner, name, phase in (
+        (index, "refresh", "index.refresh (read back)"),
+        (index, "present", "index.present"),
+        (builder, "_load_additions", "embeddings read"),
+        (builder.writer, "publish", "publication (engine writer)"),
+        (catalog, "mark_indexed", "mark_indexed"),
+        (lists, "update", "lists: all"),
+        (index, "vectors", "lists: index.vectors"),
+        (lists, "_update_group", "lists: groups"),
+        (
+            catalog,
+            "neighbour_lists_and_expanded"
+            if hasattr(catalog, "neighbour_lists_and_expanded")
+            else "neighbour_lists",  # before it (a baseline's sources)
+            "lists: read lists",
+        ),
+        (lists, "_expanded", "lists: expanded vectors"),
+        (catalog, "put_neighbour_lists", "lists: write lists"),
+        (catalog, "mark_lists_changed", "lists: token"),
+        (catalog, "clear_pending", "clear_pending"),
+    ):
+        timed(owner, name, phase, wire)
+    apply = builder._apply
+
+    def batch(items: Any, *a: Any, **kw: Any) -> Any:
+        PHASES.clear()
+        cpu, mark = function_cpu(), wire.mark()
+        try:
+            return apply(items, *a, **kw)
+        finally:
+            PHASES["batch"] = [cpu_since(cpu), wire.waited_since(mark), 1, len(items)]
+            if result.logging_batches:
+                BATCHES.append((len(items), dict(PHASES)))
+
+    builder._apply = batch
+
+
+ORIGINAL = cloud_scale.timed_service
+cloud_scale.timed_service = timed_service
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000])
+    parser.add_argument("--engines", nargs="+", default=["annoy"])
+    parser.add_argument("--photos", type=int, default=10)
+    parser.add_argument("--backlog", type=int, nargs="*", default=[100])
+    args = parser.parse_args()
+    run_args = argparse.Namespace(
+        photos=args.photos,
+        backlog=args.backlog,
+        queries=1,
+        latency_scale=1.0,
+        outside_from=50_000,
+    )
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    for engine in args.engines:
+        for size in args.sizes:
+            BATCHES.clear()
+            cloud_scale.run(engine, size, run_args)
+            for images, phases in BATCHES:
+                print(f"\n{engine} {size:,}: a batch of {images} (s as on Lambda)")
+                print("| phase | calls | items | CPU | waits | all | an image |")
+                print("|---|---:|---:|---:|---:|---:|---:|")
+                for phase, (cpu, waits, calls, count) in phases.items():
+                    print(
+                        f"| {phase} | {calls:.0f} | {count:.0f} | {cpu:.3f} | {waits:.3f} | "
+                        f"{cpu + waits:.3f} | {(cpu + waits) / images:.4f} |"
+                    )
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
