@@ -79,7 +79,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.thread import _worker as pool_worker
 from contextlib import contextmanager
-from contextvars import Context, ContextVar, Token
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,12 +259,6 @@ def follow_chains_into_pools() -> None:
                 last = getattr(_lane, "last", None)
                 if last is not None and last[0] is parent:
                     chain.waited = max(chain.waited, last[1])
-                # storage.in_parallel runs each task in a copy of its caller's context
-                # (`context.run(work, item)`), where the chain is the caller's own: the task's
-                # chain is set in that copy too, else its waits add up on the caller's.
-                for arg in args:
-                    if isinstance(arg, Context):
-                        arg.run(_chain.set, chain)
             token = _chain.set(chain) if chain is not None else None
             outer_task, _lane.chain = getattr(_lane, "chain", None), chain
             began = time.thread_time()
