@@ -456,6 +456,40 @@ def test_s3vectors_asks_a_searchs_rankings_beside_which_senses_are_held(request,
     assert right_guesses >= len(words) // 2
 
 
+def test_s3vectors_search_survives_a_failure_of_the_rankings_asked_ahead(
+    request, tmp_path, monkeypatch
+) -> None:
+    """The rankings asked ahead are a guess: when their query fails (throttling, a 5xx), the
+    search asks them again in turn and answers as it would have. The guess is made only where
+    the per-class counts answer at MATCH_PROBABILITY without a query."""
+    import imgsearch.search
+
+    s3 = engine_service(request, tmp_path, "s3vectors")
+    ids, vectors = synthetic_ids(200), clustered_vectors(200, seed=5)
+    queue(s3, ids, vectors)
+    s3.build_index()
+    index = s3.parts.index
+    expected = s3.search_text("bird", limit=20)
+    assert expected.hits
+    failed: list[int] = []
+
+    def failing(params, **_) -> None:
+        top_k = json.loads(params["body"])["topK"]
+        if top_k > 1 and not failed:  # the first deeper query: the one asked ahead
+            failed.append(top_k)
+            raise RuntimeError("ThrottlingException")
+
+    index._answers.clear()
+    index.bucket.client.meta.events.register("before-call.s3vectors.QueryVectors", failing)
+    assert s3.search_text("bird", limit=20) == expected
+    assert failed
+
+    senses = s3.parts.vocabulary.interpret("bird").senses
+    assert likely_held(index, senses) is not None
+    monkeypatch.setattr(imgsearch.search, "MATCH_PROBABILITY", COUNTED_PROBABILITY + 0.05)
+    assert likely_held(index, senses) is None  # the counts would cost a query per class
+
+
 def test_s3vectors_writer_follows_its_own_publication_without_reading_it_back(
     request, tmp_path
 ) -> None:

@@ -514,11 +514,14 @@ class S3VectorsIndex(SearchIndex):
     def class_counts_known(self) -> bool:
         return not self._state.count or len(self._state.counted) == self._state.classes
 
+    def counts_cheaply(self, min_probability: float) -> bool:
+        return min_probability == COUNTED_PROBABILITY and self.class_counts_known
+
     def class_photo_counts(
         self, classes: Sequence[int], min_probability: float, cap: int
     ) -> dict[int, int]:
         counted = self._state.counted
-        if min_probability != COUNTED_PROBABILITY or len(counted) != self._state.classes:
+        if len(counted) != self._state.classes or not self.counts_cheaply(min_probability):
             return super().class_photo_counts(classes, min_probability, cap)
         return {c: min(counted[c], cap) if 0 <= c < len(counted) else 0 for c in classes}
 
