@@ -188,29 +188,66 @@ def test_the_last_build_of_a_folder_is_left_a_small_batch(service, tmp_path, mon
     assert not service.parts.catalog.pending()
 
 
-def test_an_ingest_runs_blas_on_one_thread_and_leaves_the_process_as_it_found_it(
-    service, tmp_path, monkeypatch
-) -> None:
-    """During a folder's ingest, OpenBLAS runs on one thread (its others spun beside the
-    model's workers) and the objects made before it are out of the collector's passes;
-    afterwards both are as they were."""
+def _blas_threads() -> list[int]:
     from threadpoolctl import threadpool_info
 
-    def blas_threads() -> list[int]:
-        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    threads = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    if not threads:
+        pytest.skip("threadpoolctl finds no BLAS library in this process")
+    return threads
 
+
+@pytest.mark.parametrize("frozen_before", [False, True])
+def test_an_ingest_runs_blas_on_one_thread_and_leaves_the_process_as_it_found_it(
+    service, tmp_path, monkeypatch, frozen_before
+) -> None:
+    """During a folder's ingest, OpenBLAS runs on one thread (its others spun beside the
+    model's workers) and the objects made before it are out of the collector's passes; the
+    last build gets every BLAS thread back; afterwards both are as they were, a caller's own
+    freeze included."""
     folder = tmp_path / "photos"
     shutil.copytree(DEMO / "elephant", folder)
-    before = blas_threads()
+    before = _blas_threads()
     during = []
-    real_ingest = service.ingest
+    builds = []
+    real_ingest, real_build = service.ingest, service.build_index
 
     def watched(key, data):
-        during.append((blas_threads(), gc.get_freeze_count() > 0))
+        during.append((_blas_threads(), gc.get_freeze_count() > 0))
         return real_ingest(key, data)
 
+    def watched_build(*args, **kwargs):
+        builds.append((_blas_threads(), kwargs.get("one_batch", False)))
+        return real_build(*args, **kwargs)
+
     monkeypatch.setattr(service, "ingest", watched)
-    summary = bulk.ingest_tree(service, folder, workers=2)
+    monkeypatch.setattr(service, "build_index", watched_build)
+    if frozen_before:
+        gc.freeze()
+    try:
+        summary = bulk.ingest_tree(service, folder, workers=2)
+        assert (gc.get_freeze_count() > 0) == frozen_before  # the caller's freeze kept
+    finally:
+        if frozen_before:
+            gc.unfreeze()
     assert summary.counts["added"] == len(during) > 0
     assert all(threads == [1] * len(before) and frozen for threads, frozen in during), during
-    assert blas_threads() == before and gc.get_freeze_count() == 0
+    assert builds[-1] == (before, False), builds
+    assert _blas_threads() == before and gc.get_freeze_count() == 0
+
+
+def test_overlapping_blas_limits_restore_the_threads_only_when_the_last_ends() -> None:
+    """Two blocks limiting BLAS (an ingest's, a merge's fit in another thread) that end in
+    either order: the threads stay limited until both have ended, then are as before."""
+    from imgsearch.blas import one_blas_thread
+
+    before = _blas_threads()
+    for last_ends_first in (False, True):
+        first, second = one_blas_thread(), one_blas_thread()
+        first.__enter__()
+        second.__enter__()
+        ends = [second, first] if last_ends_first else [first, second]
+        ends[0].__exit__(None, None, None)
+        assert _blas_threads() == [1] * len(before)
+        ends[1].__exit__(None, None, None)
+        assert _blas_threads() == before

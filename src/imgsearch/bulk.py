@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
+from imgsearch.blas import one_blas_thread
 from imgsearch.results import Embedding, ImageRefused, IngestResult, InvalidKey
 from imgsearch.service import ImageSearch
 
@@ -85,19 +85,18 @@ def ingest_tree(
 
 @contextmanager
 def _cores_for_inference() -> Iterator[None]:
-    """Within the block, no CPU goes to what a bulk ingest does not need:
-    - OpenBLAS on one thread: the builds' products are small, and its second thread spun
-      waiting for work while the workers needed the core (3.6% of an ingest's CPU, about
-      2 ms an image on Corel-1k: `perf`, docs/performance.md);
-    - the objects made before it (modules, settings, the model's spec) frozen out of the
-      garbage collector's full passes, which the many small objects of each image trigger.
-    """
-    gc.freeze()
+    """Within the block, the objects made before it (modules, settings, the model's spec) are
+    frozen out of the garbage collector's full passes, which the many small objects of each
+    image trigger; unless the caller had frozen some already, whose freeze it keeps. (BLAS
+    threads: see `_ingest_entries`.)"""
+    mine = not gc.get_freeze_count()
+    if mine:
+        gc.freeze()
     try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
+        yield
     finally:
-        gc.unfreeze()
+        if mine:
+            gc.unfreeze()
 
 
 def _ingest_entries(
@@ -125,7 +124,12 @@ def _ingest_entries(
         except InvalidKey as error:  # a file name no key may have: the others go on
             return IngestResult(key, "refused", reason=str(error), code="invalid_key")
 
-    with ThreadPoolExecutor(max_workers=workers or service.model_info().runs_at_once + 1) as pool:
+    # While the workers run, OpenBLAS runs on one thread: the builds' products are small, and
+    # its second thread spun waiting for work while the workers needed the core (3.6% of an
+    # ingest's CPU, about 2 ms an image on Corel-1k: `perf`, docs/performance.md). The last
+    # build, alone, gets its threads back.
+    runs = workers or service.model_info().runs_at_once + 1
+    with one_blas_thread(), ThreadPoolExecutor(max_workers=runs) as pool:
         for result in pool.map(ingest_one, entries):
             summary.results.append(result)
             if on_result:

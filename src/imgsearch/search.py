@@ -16,6 +16,7 @@ in what order. The one place that decides:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -29,6 +30,8 @@ from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.shards import normalise_rows
 from imgsearch.learning import Learner, Taught
 from imgsearch.vocabulary import Interpretation, Level, Reading, Sense, Vocabulary
+
+log = logging.getLogger(__name__)
 
 FIRST_PAGE = 20
 CHIP_CLASSES = 10  # classes whose photos are counted for the interpretation
@@ -185,7 +188,8 @@ def held_matches(
     deep, which the first page or the learned ranking reads next) are asked beside that
     question, not after it: when the guess is right, the rankings asked again below come
     from the index's kept answers, and a search waits for one round of queries instead of
-    two. The answer is the same either way; a wrong guess costs its requests only."""
+    two. The answer is the same either way; a wrong guess (or a failed one) costs its requests
+    only."""
     senses = interpretation.senses
     likely = likely_held(index, senses, exclude_classes)
     if likely is None:
@@ -193,10 +197,16 @@ def held_matches(
     else:
 
         def ask_ahead() -> None:
-            if likely:
-                confident_matches(index, likely, weights, k, hidden)
-            else:
-                index.ranked_by_classes(weights, depth, exclude=hidden)
+            # Only a guess: its failure (throttling, a 5xx) must not fail a search that asked
+            # in turn would succeed. The rankings are asked again below, and fail there if
+            # the search needs them.
+            try:
+                if likely:
+                    confident_matches(index, likely, weights, k, hidden)
+                else:
+                    index.ranked_by_classes(weights, depth, exclude=hidden)
+            except Exception:
+                log.debug("rankings asked ahead failed; asked again in turn", exc_info=True)
 
         held, _ = index.together(lambda: held_classes(index, senses, exclude_classes), ask_ahead)
     return held, confident_matches(index, held, weights, k, hidden)
@@ -222,7 +232,7 @@ def likely_held(
     is likely held when one of its classes has an image at MATCH_PROBABILITY or more (held
     needs HELD_PROBABILITY, so this is a guess, to ask ahead by, never an answer). None where
     guessing gains nothing (queries without round trips) or the counts would cost queries."""
-    if not senses or not index.round_trips or not index.class_counts_known:
+    if not senses or not index.round_trips or not index.counts_cheaply(MATCH_PROBABILITY):
         return None
     each = _sense_classes(senses, exclude_classes)
     counts = index.class_photo_counts(

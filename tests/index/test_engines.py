@@ -456,6 +456,40 @@ def test_s3vectors_asks_a_searchs_rankings_beside_which_senses_are_held(request,
     assert right_guesses >= len(words) // 2
 
 
+def test_s3vectors_search_survives_a_failure_of_the_rankings_asked_ahead(
+    request, tmp_path, monkeypatch
+) -> None:
+    """The rankings asked ahead are a guess: when their query fails (throttling, a 5xx), the
+    search asks them again in turn and answers as it would have. The guess is made only where
+    the per-class counts answer at MATCH_PROBABILITY without a query."""
+    import imgsearch.search
+
+    s3 = engine_service(request, tmp_path, "s3vectors")
+    ids, vectors = synthetic_ids(200), clustered_vectors(200, seed=5)
+    queue(s3, ids, vectors)
+    s3.build_index()
+    index = s3.parts.index
+    expected = s3.search_text("bird", limit=20)
+    assert expected.hits
+    failed: list[int] = []
+
+    def failing(params, **_) -> None:
+        top_k = json.loads(params["body"])["topK"]
+        if top_k > 1 and not failed:  # the first deeper query: the one asked ahead
+            failed.append(top_k)
+            raise RuntimeError("ThrottlingException")
+
+    index._answers.clear()
+    index.bucket.client.meta.events.register("before-call.s3vectors.QueryVectors", failing)
+    assert s3.search_text("bird", limit=20) == expected
+    assert failed
+
+    senses = s3.parts.vocabulary.interpret("bird").senses
+    assert likely_held(index, senses) is not None
+    monkeypatch.setattr(imgsearch.search, "MATCH_PROBABILITY", COUNTED_PROBABILITY + 0.05)
+    assert likely_held(index, senses) is None  # the counts would cost a query per class
+
+
 def test_s3vectors_writer_follows_its_own_publication_without_reading_it_back(
     request, tmp_path
 ) -> None:
@@ -493,3 +527,34 @@ def test_s3vectors_writer_follows_its_own_publication_without_reading_it_back(
     after = [i for i, _ in index.ranked_by_classes({3: 1.0}, 10)]
     assert sent == ["QueryVectors"] and not set(after) & set(ids[:5])
     assert set(i for i, _ in before) & set(ids[:5])  # (the removals were among them)
+
+
+def test_s3vectors_adopt_forgets_what_was_missing_and_keeps_no_lookup_in_flight(
+    request, tmp_path, monkeypatch
+) -> None:
+    """Adopting its publication, a reader marks the late images it counts in (put by a
+    publication that died) indexed and reads their vectors when asked, asks again what an
+    earlier generation found missing, and a lookup in flight meanwhile leaves its answer in
+    the old generation's caches, not the new."""
+    s3 = engine_service(request, tmp_path, "s3vectors")
+    ids, vectors = synthetic_ids(40), clustered_vectors(40, seed=22)
+    queue(s3, ids[:30], vectors[:30])
+    s3.build_index()
+    index = s3.parts.index
+    late, missing, in_flight = ids[30], ids[31], ids[32]
+    assert not index.vectors([late, missing])  # not indexed yet: remembered as missing
+    index.adopt(index.state, index.etag, {}, (), late=[late])
+    assert late not in index._known and missing not in index._known
+    assert index._present.get(late) is True and missing not in index._present
+    real_get = index.bucket.get
+
+    def adopting_meanwhile(*args, **kwargs):
+        found = real_get(*args, **kwargs)
+        index.adopt(index.state, index.etag, {}, ())  # another thread's publication
+        return found
+
+    monkeypatch.setattr(index.bucket, "get", adopting_meanwhile)
+    assert not index.vectors([in_flight])
+    assert not index.present([ids[33]])
+    assert in_flight not in index._known and in_flight not in index._present
+    assert ids[33] not in index._present

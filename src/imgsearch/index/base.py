@@ -116,6 +116,11 @@ class SearchIndex(ABC):
         engine that keeps them may have lost them: see s3vectors.py)."""
         return True
 
+    def counts_cheaply(self, min_probability: float) -> bool:
+        """Whether `class_photo_counts` at `min_probability` is answered without a query per
+        class (S3 Vectors keeps counts at one cut only, and may have lost them)."""
+        return self.class_counts_known
+
     def class_photo_counts(
         self, classes: Sequence[int], min_probability: float, cap: int
     ) -> dict[int, int]:

@@ -393,13 +393,16 @@ class S3VectorsIndex(SearchIndex):
         etag: str,
         added: Mapping[str, np.ndarray],
         removed: Collection[str],
+        late: Collection[str] = (),
     ) -> None:
         """Follow this process's own publication (its writer's, which replaced the state this
         reader had read: a compare-and-swap on its ETag) without reading it back or dropping
         what it keeps that the publication leaves true: an image's vector (its id names its
         content; another model's or dimension's state keeps nothing), and whether an image is
-        indexed, with the publication's additions and removals applied. Its rankings and the
-        collection's order are asked afresh. A later `refresh` finds the same ETag: the
+        indexed, with the publication's additions and removals applied, and its `late` images
+        (put by a publication that died, counted in by this one) indexed, their vectors read
+        when asked. What an earlier generation found missing is asked again, and its rankings
+        and the collection's order afresh. A later `refresh` finds the same ETag: the
         builder's reads after its publication (the new images' vectors, their neighbours')
         then need no request for what it has just written."""
         with self._lock:
@@ -407,12 +410,22 @@ class S3VectorsIndex(SearchIndex):
             if (state.model, state.dim) != (previous.model, previous.dim) or not self._etag:
                 known: dict[str, np.ndarray | None] = {}
                 present: dict[str, bool] = {}
-            else:
-                known, present = dict(self._known), dict(self._present)
+            else:  # what was found, not what was missing (the late images, say)
+                known = {i: v for i, v in self._known.items() if v is not None}
+                present = {i: True for i, p in self._present.items() if p}
             gone = set(removed)
+            for i in late:
+                known.pop(i, None)
             for cache, entries in (
                 (known, {**dict.fromkeys(gone), **added}),
-                (present, {**dict.fromkeys(gone, False), **dict.fromkeys(added, True)}),
+                (
+                    present,
+                    {
+                        **dict.fromkeys(late, True),
+                        **dict.fromkeys(gone, False),
+                        **dict.fromkeys(added, True),
+                    },
+                ),
             ):
                 self._remember(cache, entries)
             self._state, self._etag, self._checked_at = state, etag, time.monotonic()
@@ -444,7 +457,7 @@ class S3VectorsIndex(SearchIndex):
         if unknown and self._state.count:
             found = self.bucket.get(unknown, data=False)
             fetched = {i: i in found for i in unknown}
-            self._remember(self._present, fetched)
+            self._remember(known, fetched)  # the captured cache: see `vectors`
             answers |= fetched
         return {i for i in ids if answers.get(i)}
 
@@ -452,16 +465,17 @@ class S3VectorsIndex(SearchIndex):
         return self.vectors([image_id]).get(image_id)
 
     def vectors(self, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
-        # Answers from the caches, which another thread may clear meanwhile: never read back.
-        known = self._known
+        # This generation's caches, captured: a refresh or adopt meanwhile replaces them, and
+        # this lookup's answers then go into the old ones only (never read back).
+        known, present = self._known, self._present
         ids = list(dict.fromkeys(image_ids))
         answers = {i: known[i] for i in ids if i in known}
         unknown = [i for i in ids if i not in answers]
         if unknown and self._state.count:
             found = self.bucket.get(unknown, data=True)
             fetched = {i: found.get(i) for i in unknown}
-            self._remember(self._known, fetched)
-            self._remember(self._present, {i: i in found for i in unknown})
+            self._remember(known, fetched)
+            self._remember(present, {i: i in found for i in unknown})
             answers |= fetched
         return {i: v for i in ids if (v := answers.get(i)) is not None}
 
@@ -514,11 +528,14 @@ class S3VectorsIndex(SearchIndex):
     def class_counts_known(self) -> bool:
         return not self._state.count or len(self._state.counted) == self._state.classes
 
+    def counts_cheaply(self, min_probability: float) -> bool:
+        return min_probability == COUNTED_PROBABILITY and self.class_counts_known
+
     def class_photo_counts(
         self, classes: Sequence[int], min_probability: float, cap: int
     ) -> dict[int, int]:
         counted = self._state.counted
-        if min_probability != COUNTED_PROBABILITY or len(counted) != self._state.classes:
+        if len(counted) != self._state.classes or not self.counts_cheaply(min_probability):
             return super().class_photo_counts(classes, min_probability, cap)
         return {c: min(counted[c], cap) if 0 <= c < len(counted) else 0 for c in classes}
 
@@ -694,7 +711,7 @@ class S3VectorsWriter(IndexWriter):
             )
         still_held()
         written = self._write_state(new, etag)
-        self.index.adopt(new, written, put, removed)
+        self.index.adopt(new, written, put, removed, late)
         return 0
 
     def _uncounted(self, state: VectorsState, additions: ShardData) -> list[str]:

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
+from imgsearch.blas import one_blas_thread
 from imgsearch.index.manifest import MANIFEST_KEY, ShardEntry
 from imgsearch.integrity import DamagedFile, read_npy, read_npz, sha256_of_bytes, sha256_of_file
 from imgsearch.storage import LocalCopies, NotFound, ObjectStore, in_parallel
@@ -294,14 +294,8 @@ PROJECTION_CHUNK = 8192  # rows projected at once (a float32 copy of a big shard
 
 # A decomposition of the fit on several OpenBLAS threads costs 10x the CPU of one thread on a
 # busy machine (eigh of 1280 x 1280: 4.4 s against 0.42 s, the threads spinning on each small
-# step), and ingest keeps every core busy with inference: the fit runs on the calling thread.
-@functools.cache
-def _blas() -> ThreadpoolController:
-    return ThreadpoolController()  # made once, on first use: it inspects the loaded libraries
-
-
-# The limit is process-wide: two fits overlapping (a merge's and a build's) would each restore
-# what it saw on entry, the later leaving OpenBLAS on one thread for good. One fit at a time.
+# step), and ingest keeps every core busy with inference: the fit runs on the calling thread
+# (`one_blas_thread`, which an ingest's inference shares), one fit at a time.
 _FIT_LOCK = threading.Lock()
 
 
@@ -364,7 +358,7 @@ class Projection:
         if len(centred) < 2:  # nothing to learn directions from: any single axis will do
             components = np.eye(1, features.shape[1])
         else:
-            with _FIT_LOCK, _blas().limit(limits=1, user_api="blas"):
+            with _FIT_LOCK, one_blas_thread():
                 components = _principal_axes(centred, min(dims, len(centred)))
         return cls(np.asarray(mean, np.float32), components.astype(np.float32), len(sample))
 
