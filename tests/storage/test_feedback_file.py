@@ -144,32 +144,32 @@ def test_a_move_killed_at_any_point_loses_no_vote_and_counts_none_twice(
     _assert_moved(open_storage(_settings(tmp_path)), tmp_path, expected)
 
 
-def test_a_feedback_table_that_reappears_after_the_move_keeps_its_votes(tmp_path: Path) -> None:
+def test_a_feedback_table_that_reappears_after_the_move_is_kept_aside(tmp_path: Path) -> None:
     """A downgrade (or a restored backup, or an older version still running) writes votes
-    into the old file's table again: the next open merges them, keeping the newer version of
-    a row found in both, and drops the table. Nothing is counted twice."""
+    into the old file's table again. Its rows count a history apart from the moved table's
+    (versions, and summaries kept in step with their votes), so merging them would break
+    both: the next open renames it aside, keeping its rows, and leaves the votes file as it
+    was."""
     expected = _old_layout(tmp_path)
     first = open_storage(_settings(tmp_path))
     _assert_moved(first, tmp_path, expected)
     first.feedback.increment("term#dog", "image#a", {"up": 1})  # version 4, up 4
-    # The older version recreates its table: a new vote, and an older copy of a counted row.
+    # The older version recreates its table: a new vote, and another history of a row.
     old = SqliteTable(tmp_path / SQLITE_FILE, "feedback", expiring=True)
     old.put("vote#cat", "s1#image-a", {"vote": 1})
-    old.put("term#dog", "image#a", {"up": 1, "weight": 0.5})  # version 1: older than main's
+    old.put("term#dog", "image#a", {"up": 9, "weight": 0.5})
+    with sqlite3.connect(tmp_path / SQLITE_FILE) as connection:
+        connection.execute("UPDATE feedback SET version = 9 WHERE pk = 'term#dog'")
     again = open_storage(_settings(tmp_path))
-    assert again.feedback.get("vote#cat", "s1#image-a")["vote"] == 1  # type: ignore[index]
+    assert again.feedback.get("vote#cat", "s1#image-a") is None  # not merged
     counted = again.feedback.get("term#dog", "image#a")
     assert counted is not None and (counted["up"], counted["version"]) == (4, 4)
-    assert "feedback" not in _tables_in(tmp_path / SQLITE_FILE)
-    # An older version's write after the new one's copy, before its drop (a newer version
-    # of a moved row): it wins.
-    old = SqliteTable(tmp_path / SQLITE_FILE, "feedback", expiring=True)
-    old.put("vote#dog", "s1#image-a", {"vote": 1})
+    tables = _tables_in(tmp_path / SQLITE_FILE)
+    assert "feedback" not in tables
+    (aside,) = [name for name in tables if name.startswith("feedback_reappeared_")]
     with sqlite3.connect(tmp_path / SQLITE_FILE) as connection:
-        connection.execute("UPDATE feedback SET version = 9 WHERE pk = 'vote#dog'")
-    third = open_storage(_settings(tmp_path))
-    assert third.feedback.get("vote#dog", "s1#image-a")["version"] == 9  # type: ignore[index]
-    assert third.feedback.get("vote#cat", "s1#image-a")["vote"] == 1  # type: ignore[index]
+        rows = connection.execute(f'SELECT pk, version FROM "{aside}" ORDER BY pk').fetchall()
+    assert rows == [("term#dog", 9), ("vote#cat", 1)]  # kept for the owner, as written
 
 
 def test_an_old_file_with_damaged_votes_opens_and_is_left_to_the_checks(tmp_path: Path) -> None:

@@ -411,8 +411,9 @@ class S3VectorsIndex(SearchIndex):
                 known: dict[str, np.ndarray | None] = {}
                 present: dict[str, bool] = {}
             else:  # what was found, not what was missing (the late images, say)
-                known = {i: v for i, v in self._known.items() if v is not None}
-                present = {i: True for i, p in self._present.items() if p}
+                # Copied whole first (one C call): lookups in other threads add to them.
+                known = {i: v for i, v in dict(self._known).items() if v is not None}
+                present = {i: True for i, p in dict(self._present).items() if p}
             gone = set(removed)
             for i in late:
                 known.pop(i, None)

@@ -438,10 +438,11 @@ class SqliteTable(Table):
         then the source's table is dropped. The copy is an upsert on (pk, sk) that keeps the
         higher `version`, so copying a row again never counts it twice: a kill before the
         first commit leaves everything as it was (the next open copies again); a kill between
-        the two leaves the note and the table, and the next open copies again (changing
-        nothing) and drops it. A table that reappears after its move (a downgrade, a restored
-        backup of the source, an older version's process still writing to it) is merged the
-        same way, with a warning, before it is dropped: its rows are not lost.
+        the two leaves the note and the table, which the next open renames aside (its rows
+        were copied). A table that reappears after its move (a downgrade, a restored backup
+        of the source, an older version's process still writing to it) is renamed aside too,
+        with a warning, not merged: its rows count a history apart from the moved table's
+        (versions, summaries kept in step with their votes), and merging would break both.
         A source whose pages SQLite cannot read is left as it is (nothing is copied or
         dropped): the checks find it damaged (`repair.check_at_start` refuses to
         serve it; `imgsearch check --repair` rebuilds the catalog, moving the file aside with
@@ -468,7 +469,13 @@ class SqliteTable(Table):
                     return 0
                 try:
                     moved, again = self._copy_rows(connection, source)
-                    connection.execute(f"DROP TABLE IF EXISTS source.{self._quoted_name}")
+                    if again:  # kept aside, neither merged nor dropped (see the warning below)
+                        aside = f'"{self.name}_reappeared_{time.time_ns()}"'
+                        connection.execute(
+                            f"ALTER TABLE source.{self._quoted_name} RENAME TO {aside}"
+                        )
+                    else:
+                        connection.execute(f"DROP TABLE IF EXISTS source.{self._quoted_name}")
                 except sqlite3.DatabaseError as error:
                     if isinstance(error, sqlite3.OperationalError):
                         raise  # locked, disk full, I/O: not a damaged page
@@ -484,13 +491,15 @@ class SqliteTable(Table):
             finally:
                 connection.close()
         if again:
+            # Its rows count a history apart from the moved table's (versions, summaries kept
+            # in step with their votes): merging them would break both. Kept for the owner.
             log.warning(
                 "table %s reappeared in %s after its move to %s (a downgrade, a restored"
-                " backup, or an older version still running?): merged %d rows, then dropped it",
+                " backup, or an older version still running?): renamed aside in %s, not merged",
                 self.name,
                 source,
                 self.path,
-                moved,
+                source,
             )
         elif moved:
             log.warning(
@@ -500,7 +509,7 @@ class SqliteTable(Table):
 
     def _copy_rows(self, connection: sqlite3.Connection, source: Path) -> tuple[int, bool]:
         """`move_rows_from`'s copy, in one transaction: how many rows it inserted or updated,
-        and whether a note said the table had been moved already."""
+        and whether a note said the table had been moved already (then nothing is copied)."""
         connection.execute("BEGIN IMMEDIATE")
         try:
             connection.execute(
@@ -513,7 +522,12 @@ class SqliteTable(Table):
                 ).fetchone()
                 is not None
             )
-            # WHERE true: SQLite's rule for an upsert on INSERT ... SELECT.
+            if again:
+                connection.execute("COMMIT")
+                return 0, True
+            # A copy again after a kill between the commit and the drop changes nothing: the
+            # same rows, the same versions. WHERE true: SQLite's rule for an upsert on
+            # INSERT ... SELECT.
             moved: int = connection.execute(
                 f"INSERT INTO main.{self._quoted_name} (pk, sk, version, attrs)"
                 f" SELECT pk, sk, version, attrs FROM source.{self._quoted_name} WHERE true"
