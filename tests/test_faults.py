@@ -943,17 +943,13 @@ def test_a_damaged_cached_shard_file_is_fetched_again_and_a_damaged_stored_one_r
 ) -> None:
     """On S3 a shard file is memory-mapped from a copy in the cache directory: a damaged copy
     is dropped and fetched again. The local store's file is the only one: refused."""
-    from imgsearch.index.manifest import ShardEntry
-    from imgsearch.index.shards import Shard, ShardData, build_key, normalise_rows, write_build
+    from support.shards import small_build
+
+    from imgsearch.index.shards import Shard, build_key
     from imgsearch.integrity import sha256_of_file
     from imgsearch.storage import LocalCopies
 
-    rng = np.random.default_rng(0)
-    ids = [f"{i:016x}" for i in range(40)]
-    features = normalise_rows(rng.standard_normal((40, 16)))
-    probabilities = rng.dirichlet(np.ones(10), size=40).astype(np.float16)
-    build = write_build(storage.objects, "s000000", ShardData(ids, features, probabilities), 5)
-    entry = ShardEntry("s000000", build.id, len(ids), sha256=build.sha256)
+    entry, build, features = small_build(storage.objects)
     key = build_key("s000000", build.id, "ann")
     damage(storage.objects.local_path(key), "truncated")
 

@@ -675,16 +675,12 @@ def test_a_build_written_here_is_loaded_without_downloading_it(storage) -> None:
     """On S3 the writer keeps a local copy of each part it stores (`shards._put`): loading
     the build it publishes next reads no part back from the bucket. Loaded, it answers as
     one read from the bucket alone (a fresh cache) does."""
-    from imgsearch.index.manifest import ShardEntry
-    from imgsearch.index.shards import Shard, ShardData, write_build
+    from support.shards import small_build
+
+    from imgsearch.index.shards import Shard
     from imgsearch.storage import LocalCopies
 
-    rng = np.random.default_rng(0)
-    ids = [f"{i:016x}" for i in range(40)]
-    features = normalise_rows(rng.standard_normal((40, 16)))
-    probabilities = rng.dirichlet(np.ones(10), size=40).astype(np.float16)
-    build = write_build(storage.objects, "s000000", ShardData(ids, features, probabilities), 5)
-    entry = ShardEntry("s000000", build.id, len(ids), sha256=build.sha256)
+    entry, build, features = small_build(storage.objects)
     objects = storage.objects
     if not isinstance(objects, LocalCopies):
         return  # the local store's files are the build itself
