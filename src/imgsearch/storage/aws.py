@@ -11,9 +11,10 @@ import random
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, TypedDict, cast
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -149,10 +150,7 @@ class S3ObjectStore(ObjectStore, LocalCopies, DirectUploads):
         self._cached(key).unlink(missing_ok=True)
 
     def _keep_local_copy(self, key: str, data: bytes) -> None:
-        path = self._cached(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._make_room(len(data))
-        with atomic_file(path, durable=False) as file:  # a reader never maps half of it
+        with self._cache_file(key, len(data), durable=False) as file:
             file.write(data)
 
     def _cached(self, key: str) -> Path:
@@ -169,12 +167,19 @@ class S3ObjectStore(ObjectStore, LocalCopies, DirectUploads):
             response = self._client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as error:
             raise self._not_found_or(error, key) from error
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._make_room(int(response["ContentLength"]))
-        # Atomic, so a concurrent reader never maps a half-downloaded file.
-        with atomic_file(path) as file:
+        with self._cache_file(key, int(response["ContentLength"])) as file:
             shutil.copyfileobj(response["Body"], file, 1 << 20)
         return path
+
+    @contextmanager
+    def _cache_file(self, key: str, size: int, *, durable: bool = True) -> Iterator[BinaryIO]:
+        """Write the cached copy of `key` (`size` bytes, room made for it first): atomic, so
+        a concurrent reader never maps a half-written file."""
+        path = self._cached(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_room(size)
+        with atomic_file(path, durable=durable) as file:
+            yield file
 
     def _make_room(self, size: int) -> None:
         """Evict the least recently used cached files until `size` bytes fit on the cache's
