@@ -294,8 +294,8 @@ def killing_the_state_write(service: ImageSearch, *, removals: bool) -> list[boo
 
 def forget_what_it_read(service: ImageSearch) -> None:
     index = service.parts.index
-    index._present.clear()
-    index._known.clear()
+    index._cached.present.clear()
+    index._cached.known.clear()
 
 
 def test_s3vectors_counts_stay_right_when_a_publication_dies_before_its_state(both) -> None:
@@ -438,13 +438,13 @@ def test_s3vectors_asks_a_searchs_rankings_beside_which_senses_are_held(request,
     for word in words:
         senses = s3.parts.vocabulary.interpret(word).senses
         guessed_right = likely_held(index, senses) == held_classes(index, senses)
-        index._answers.clear()
+        index._cached.answers.clear()
         sent.clear(), deeper_sent.clear(), overlapped.clear()
         waiting = True
         ahead = s3.search_text(word, limit=20)
         waiting, asked_ahead = False, len(sent)
         assert overlapped and all(overlapped), word
-        index._answers.clear()
+        index._cached.answers.clear()
         sent.clear()
         index.round_trips = False  # (this reader only) every query in turn
         in_turn = s3.search_text(word, limit=20)
@@ -479,7 +479,7 @@ def test_s3vectors_search_survives_a_failure_of_the_rankings_asked_ahead(
             failed.append(top_k)
             raise RuntimeError("ThrottlingException")
 
-    index._answers.clear()
+    index._cached.answers.clear()
     index.bucket.client.meta.events.register("before-call.s3vectors.QueryVectors", failing)
     assert s3.search_text("bird", limit=20) == expected
     assert failed
@@ -544,8 +544,8 @@ def test_s3vectors_adopt_forgets_what_was_missing_and_keeps_no_lookup_in_flight(
     late, missing, in_flight = ids[30], ids[31], ids[32]
     assert not index.vectors([late, missing])  # not indexed yet: remembered as missing
     index.adopt(index.state, index.etag, {}, (), late=[late])
-    assert late not in index._known and missing not in index._known
-    assert index._present.get(late) is True and missing not in index._present
+    assert late not in index._cached.known and missing not in index._cached.known
+    assert index._cached.present.get(late) is True and missing not in index._cached.present
     real_get = index.bucket.get
 
     def adopting_meanwhile(*args, **kwargs):
@@ -556,5 +556,5 @@ def test_s3vectors_adopt_forgets_what_was_missing_and_keeps_no_lookup_in_flight(
     monkeypatch.setattr(index.bucket, "get", adopting_meanwhile)
     assert not index.vectors([in_flight])
     assert not index.present([ids[33]])
-    assert in_flight not in index._known and in_flight not in index._present
-    assert ids[33] not in index._present
+    assert in_flight not in index._cached.known and in_flight not in index._cached.present
+    assert ids[33] not in index._cached.present

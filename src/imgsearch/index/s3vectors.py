@@ -343,6 +343,22 @@ def open_vector_bucket(settings: Settings) -> VectorBucket:
     return VectorBucket(client, settings.vector_bucket, settings.vector_index)
 
 
+@dataclass
+class _Cached:
+    """What a reader learned of one generation of the state, swapped as one reference (a
+    lookup that captured it writes into its own generation's caches only)."""
+
+    known: dict[str, np.ndarray | None] = field(default_factory=dict)  # None: not indexed
+    present: dict[str, bool] = field(default_factory=dict)
+    ids: list[str] | None = None  # newest first
+    # (index, cutoff, query vector's bytes) -> (hits asked for, hits), so that a shallower or
+    # same question (a search asks a ranking's first page after its 400 best; a learned
+    # ranking its 200 best) needs no request.
+    answers: dict[tuple[str, float, bytes], tuple[int, list[tuple[str, float]]]] = field(
+        default_factory=dict
+    )
+
+
 class S3VectorsIndex(SearchIndex):
     """The read side: queries go to S3 Vectors; a reader loads nothing at its start but the
     state object, and caches the vectors and presence it asked for until the next
@@ -359,13 +375,7 @@ class S3VectorsIndex(SearchIndex):
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
         self._answers_lock = threading.Lock()
-        self._known: dict[str, np.ndarray | None] = {}  # id -> vector (None: not indexed)
-        self._present: dict[str, bool] = {}
-        self._ids: list[str] | None = None  # newest first, for this generation
-        # (index, cutoff, query vector's bytes) -> (hits asked for, hits): this generation's
-        # answers, so that a shallower or same question (a search asks a ranking's first page
-        # after its 400 best; a learned ranking its 200 best) needs no request.
-        self._answers: dict[tuple[str, float, bytes], tuple[int, list[tuple[str, float]]]] = {}
+        self._cached = _Cached()
 
     @property
     def state(self) -> VectorsState:
@@ -383,8 +393,7 @@ class S3VectorsIndex(SearchIndex):
             state, etag = read_state(self._store)
             if etag == self._etag:
                 return False
-            self._state, self._etag = state, etag
-            self._known, self._present, self._ids, self._answers = {}, {}, None, {}
+            self._state, self._etag, self._cached = state, etag, _Cached()
             return True
 
     def adopt(
@@ -406,14 +415,14 @@ class S3VectorsIndex(SearchIndex):
         builder's reads after its publication (the new images' vectors, their neighbours')
         then need no request for what it has just written."""
         with self._lock:
-            previous = self._state
-            if (state.model, state.dim) != (previous.model, previous.dim) or not self._etag:
-                known: dict[str, np.ndarray | None] = {}
-                present: dict[str, bool] = {}
-            else:  # what was found, not what was missing (the late images, say)
-                # Copied whole first (one C call): lookups in other threads add to them.
-                known = {i: v for i, v in dict(self._known).items() if v is not None}
-                present = {i: True for i, p in dict(self._present).items() if p}
+            previous, cached = self._state, _Cached()
+            known, present = cached.known, cached.present
+            if (state.model, state.dim) == (previous.model, previous.dim) and self._etag:
+                # What was found, not what was missing (the late images, say). Copied whole
+                # first (one C call): lookups in other threads add to them.
+                old = self._cached
+                known |= {i: v for i, v in dict(old.known).items() if v is not None}
+                present |= {i: True for i, p in dict(old.present).items() if p}
             gone = set(removed)
             for i in late:
                 known.pop(i, None)
@@ -430,7 +439,7 @@ class S3VectorsIndex(SearchIndex):
             ):
                 self._remember(cache, entries)
             self._state, self._etag, self._checked_at = state, etag, time.monotonic()
-            self._known, self._present, self._ids, self._answers = known, present, None, {}
+            self._cached = cached
 
     @property
     def model(self) -> str:
@@ -451,14 +460,14 @@ class S3VectorsIndex(SearchIndex):
         return str(image_id) in self.present([str(image_id)])
 
     def present(self, image_ids: Iterable[str]) -> set[str]:
-        known = self._present
+        known = self._cached.present  # captured: see `vectors`
         ids = list(dict.fromkeys(image_ids))
         answers = {i: known[i] for i in ids if i in known}
         unknown = [i for i in ids if i not in answers]
         if unknown and self._state.count:
             found = self.bucket.get(unknown, data=False)
             fetched = {i: i in found for i in unknown}
-            self._remember(known, fetched)  # the captured cache: see `vectors`
+            self._remember(known, fetched)
             answers |= fetched
         return {i for i in ids if answers.get(i)}
 
@@ -466,9 +475,11 @@ class S3VectorsIndex(SearchIndex):
         return self.vectors([image_id]).get(image_id)
 
     def vectors(self, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
-        # This generation's caches, captured: a refresh or adopt meanwhile replaces them, and
-        # this lookup's answers then go into the old ones only (never read back).
-        known, present = self._known, self._present
+        # This generation's caches, captured as one reference: a refresh or adopt meanwhile
+        # replaces them, and this lookup's answers then go into the old ones only (never read
+        # back), never one of them into the new generation's.
+        cached = self._cached
+        known, present = cached.known, cached.present
         ids = list(dict.fromkeys(image_ids))
         answers = {i: known[i] for i in ids if i in known}
         unknown = [i for i in ids if i not in answers]
@@ -550,7 +561,7 @@ class S3VectorsIndex(SearchIndex):
     ) -> list[tuple[str, float]]:
         """The `wanted` nearest in `index` closer than `within`, nearest first: from this
         generation's answers if one asked as deep (or got every hit there is), else asked."""
-        answers = self._answers  # this generation's: a refresh meanwhile replaces it
+        answers = self._cached.answers  # this generation's: a refresh meanwhile replaces it
         key = (index, within, vector.tobytes())
         cached = answers.get(key)
         if cached is not None and (cached[0] >= wanted or len(cached[1]) < cached[0]):
@@ -610,12 +621,13 @@ class S3VectorsIndex(SearchIndex):
         return [i for i in self._state.spread if i not in exclude][:k]
 
     def image_ids(self, *, newest_first: bool = True) -> Iterator[str]:
-        if self._ids is None:
+        cached = self._cached
+        if cached.ids is None:
             listed = self.bucket.listing(self.bucket.features) if self._state.count else iter(())
             # Within a generation, a batch was added in id order (the work queue's).
             by_age = sorted((int(meta.get("added", 0)), key) for key, meta in listed)
-            self._ids = [key for _, key in reversed(by_age)]
-        return iter(self._ids if newest_first else self._ids[::-1])
+            cached.ids = [key for _, key in reversed(by_age)]
+        return iter(cached.ids if newest_first else cached.ids[::-1])
 
 
 class S3VectorsWriter(IndexWriter):
