@@ -406,6 +406,41 @@ def test_s3vectors_publication_dying_between_its_two_puts_leaves_no_image_withou
     assert len(s3.parts.index) == 150
 
 
+def test_s3vectors_deleting_images_a_publication_died_between_puts_leaves_no_class_vector(
+    both,
+) -> None:
+    """A publication killed after its class vectors and before its feature vectors, then 30
+    of its 50 images deleted: the next build deletes their class vectors too (none is left
+    for keyword search's class index to find), puts the other 20, and counts as Annoy."""
+    ids, vectors = synthetic_ids(150), clustered_vectors(150, seed=14)
+    s3 = both["s3vectors"]
+    bucket = s3.parts.index.bucket
+    for name, service in both.items():
+        queue(service, ids[:100], vectors[:100])
+        service.build_index()
+        queue(service, ids[100:], vectors[100:])
+        if name == "s3vectors":
+            put, puts = bucket.put, []
+
+            def dying(index, batch):
+                puts.append(index)
+                if len(puts) == 2:  # the second of the publication's two puts
+                    raise Killed
+                return put(index, batch)
+
+            bucket.put = dying
+            with pytest.raises(Killed):
+                service.build_index()
+            bucket.put = put
+            assert len(bucket.get(ids[100:], data=False, index=bucket.classes)) == 50
+            forget_what_it_read(service)
+        forget(service, ids[100:130])
+        service.build_index()
+    assert not bucket.get(ids[100:130], data=False, index=bucket.classes)
+    assert len(bucket.get(ids[130:], data=False, index=bucket.classes)) == 20
+    assert_counts_as_annoys(both, 120)
+
+
 def test_s3vectors_asks_a_searchs_rankings_beside_which_senses_are_held(request, tmp_path) -> None:
     """A search by words on S3 Vectors asks the rankings of the senses its per-class counts
     say are likely held beside the question of which are (the held senses' top-1 queries

@@ -650,9 +650,16 @@ class S3VectorsWriter(IndexWriter):
         # Vectors are searchable as soon as they are put: the lease is checked before each
         # write (a long publication may outlive it), not once before them all.
         state, etag = self.index.state, self.index.etag
-        late = self._uncounted(state, additions)
+        late, unput = self._uncounted(state, additions)
         if not len(additions) and not removed and not late:
             return 0
+        if unput:
+            # Class vectors a dead publication put without their feature vectors, of images
+            # this one does not put (deleted since, or in a later batch, which puts both):
+            # deleted before the state stops naming them, or keyword search's class index
+            # could still find an image deleted since.
+            still_held()
+            self.bucket.delete(self.bucket.classes, unput)
         generation = state.generation + 1
         counted = self._counted(state, additions, removed, late)
         # Before the first write, the state names what this publication puts (and what it
@@ -727,12 +734,14 @@ class S3VectorsWriter(IndexWriter):
         self.index.adopt(new, written, put, removed, late)
         return 0
 
-    def _uncounted(self, state: VectorsState, additions: ShardData) -> list[str]:
-        """The images a publication that died before its last write put and nobody counted
-        yet (the state's `uncounted` the index holds, other than this publication's own)."""
+    def _uncounted(self, state: VectorsState, additions: ShardData) -> tuple[list[str], list[str]]:
+        """Of the images a publication that died before its last write named (the state's
+        `uncounted`), other than this publication's own: those it put and nobody counted yet
+        (the feature index holds them), and those it did not put a feature vector for."""
         ids = set(additions.ids)
         named = [i for i in state.uncounted if i not in ids]
-        return sorted(self.bucket.get(named, data=False)) if named else []
+        found = self.bucket.get(named, data=False) if named else {}
+        return sorted(found), [i for i in named if i not in found]
 
     def _counted(
         self,
