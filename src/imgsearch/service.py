@@ -94,9 +94,6 @@ REMOVALS_LOOKED_AT = 10_000
 REMOVALS_KEPT_SECONDS = 2.0
 STACKS_KEPT_SECONDS = 10.0  # near-copy stacks computed again at most this often per index
 UPLOAD_FORM_SECONDS = 600  # a direct upload form: long enough for a slow phone, short to leak
-# `answers_at_once` is false this long before a look for a publication is due: the answer
-# made at once must not reach it (an answer takes a millisecond or so).
-QUICK_MARGIN_SECONDS = 0.05
 
 
 class ImageSearch:
@@ -687,22 +684,6 @@ class ImageSearch:
         if hits is None:
             raise NotIndexed(image_id)
         return hits
-
-    def answers_at_once(self) -> bool:
-        """Whether a read-only answer ("more like this") would now wait on nothing but this
-        machine's files, already open and mapped: the local backend, with the parts it uses
-        made, and neither the index nor the kept neighbour lists due to look for a
-        publication within `QUICK_MARGIN_SECONDS` (the index's look may load a new shard
-        build, verified whole). The API answers such a request on its event loop."""
-        parts = self.parts
-        return (
-            self.settings.backend == "local"
-            and parts.loaded("index")
-            and parts.loaded("neighbourhoods")
-            and parts.loaded("vocabulary")
-            and not parts.index.refresh_due(QUICK_MARGIN_SECONDS)
-            and not parts.neighbourhoods.check_due(QUICK_MARGIN_SECONDS)
-        )
 
     def answers_version(self) -> Hashable | None:
         """A value that stays the same only while every read-only answer (a record, "more

@@ -116,21 +116,3 @@ def test_fast_routes_leave_other_methods_and_errors_to_the_app() -> None:
     assert _dispatch("/api/things/00af", b"", method="HEAD") == "app"
     assert _dispatch("/api/things/00af", b"", method="POST") == "app"
     assert _dispatch("/api/things/00af", b"", fails=True) == "app"  # the app answers the error
-
-
-def test_more_like_this_is_answered_at_once_only_when_nothing_is_due(
-    demo_client, demo_service, monkeypatch
-) -> None:
-    """On the event loop only while the index and the kept lists look for nothing new (a
-    look may load a shard): else in a thread, as every other blocking answer."""
-    image_id = demo_service.browse(1, 0)[0][0].id
-    assert demo_client.get(f"/api/images/{image_id}/similar").status_code == 200
-    index = demo_service.parts.index
-    monkeypatch.setattr(index, "refresh_interval", 3600.0)  # nothing due for an hour
-    demo_client.get(f"/api/images/{image_id}/similar")  # (the lists look once more)
-    assert demo_service.answers_at_once()
-    monkeypatch.setattr(index, "refresh_interval", 0.0)  # a look due at every answer
-    assert not demo_service.answers_at_once()
-    monkeypatch.setattr(index, "refresh_interval", 3600.0)
-    monkeypatch.setattr(demo_service.settings, "backend", "aws")  # a network away
-    assert not demo_service.answers_at_once()

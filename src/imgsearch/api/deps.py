@@ -31,18 +31,6 @@ async def off_the_loop(work: Callable[[], T]) -> T:
     return await asyncio.get_running_loop().run_in_executor(_blocking, context.run, work)
 
 
-async def quick_or_off_the_loop(service: ImageSearch, work: Callable[[], T]) -> T:
-    """`work`, a read-only answer from this machine's files (a millisecond: "more like
-    this"), on the event loop when nothing it may do waits on more than those files
-    (`ImageSearch.answers_at_once`: the local backend, no look for a new publication due);
-    else in a thread (`off_the_loop`). The hop to a thread and back cost such an answer a
-    sixth of its server CPU (bench/http_throughput.py, every image once); each answer made
-    at once holds the loop, and every other connection of this process, that long."""
-    if service.answers_at_once():
-        return work()
-    return await off_the_loop(work)
-
-
 def get_service(request: Request) -> ImageSearch:
     service: ImageSearch = request.app.state.service
     return service

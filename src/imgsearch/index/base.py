@@ -42,12 +42,6 @@ class SearchIndex(ABC):
         """Follow the last publication (at most every `refresh_interval` s); whether it
         changed."""
 
-    def refresh_due(self, within: float = 0.0) -> bool:
-        """Whether `refresh()` would look for a new publication if called within `within`
-        seconds (and so might read the store, or load a shard); True where the engine cannot
-        tell."""
-        return True
-
     @property
     @abstractmethod
     def model(self) -> str:

@@ -129,11 +129,6 @@ class Neighbourhoods:
                 self._kept = kept = _Kept(token, now)
             return kept
 
-    def check_due(self, within: float = 0.0) -> bool:
-        """Whether a read within `within` seconds would first read the catalog's token of
-        list writes (`_current`)."""
-        return time.monotonic() + within - self._kept.checked_at >= self.index.refresh_interval
-
     def kept_version(self) -> int:
         """A number that changes whenever the lists and vectors this process keeps are dropped
         (a new token of list writes seen, or its own write): what was made from them is as

@@ -214,9 +214,6 @@ class Index(SearchIndex):
             self._snapshot = _Snapshot.of(manifest, etag, tuple(shards))
             return True
 
-    def refresh_due(self, within: float = 0.0) -> bool:
-        return time.monotonic() + within - self._checked_at >= self.refresh_interval
-
     def __len__(self) -> int:
         return sum(shard.live_count for shard in self._snapshot.shards)
 

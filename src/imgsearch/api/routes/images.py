@@ -13,13 +13,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from imgsearch.api import presenters
 from imgsearch.api.auth import ApiKey
-from imgsearch.api.deps import (
-    Service,
-    get_service,
-    kept_under,
-    quick_or_off_the_loop,
-    read_upload,
-)
+from imgsearch.api.deps import Service, get_service, kept_under, off_the_loop, read_upload
 from imgsearch.api.fast import FastRoute, IntParam
 from imgsearch.api.schemas import (
     IMAGE_ID,
@@ -154,7 +148,7 @@ async def similar_page(request: Request, image_id: str, limit: int, offset: int)
     """The "more like this" answer, through FastAPI (above) or its fast route (api/fast.py)."""
     service = get_service(request)  # not a dependency: each costs a fast answer its share
 
-    def answer() -> Response:  # storage and numpy: off the event loop unless local (below)
+    def answer() -> Response:  # storage and numpy block: off the event loop
         kept = kept_under(request, service)
         page = ("similar", presenters.url_base(request), image_id, limit, offset)
         body = kept.pages.get(page) if kept else None
@@ -165,7 +159,7 @@ async def similar_page(request: Request, image_id: str, limit: int, offset: int)
                 kept.pages.put_many({page: body})
         return presenters.json_bytes(body)
 
-    return await quick_or_off_the_loop(service, answer)
+    return await off_the_loop(answer)
 
 
 # The same route without FastAPI's routing and validation, for requests it reads plainly.
