@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from imgsearch.api.docs import DOCS_PATHS, add_docs
+from imgsearch.api.fast import FastRoutes
 from imgsearch.api.guard import RequestGuard, SecurityHeaders, page_policy
 from imgsearch.api.kept import KeptAnswers
 from imgsearch.api.page import Page, PageServer
@@ -45,6 +46,7 @@ MAX_DETAIL_CHARS = 300  # of a refusal's reason, which may quote what was sent (
 # Refusal codes of an image that have their own HTTP status; the rest are 422 (unusable).
 REFUSAL_STATUS = {"too_large": 413, "not_an_image": 415}
 
+API_PREFIX = "/api"
 ROUTERS = {
     "health": health.router,
     "images": images.router,
@@ -54,6 +56,8 @@ ROUTERS = {
     "votes": votes.router,
     "overview": overview.router,
 }
+# Routes also answered without FastAPI's routing (api/fast.py), by router.
+FAST_ROUTES = {"images": images.FAST_ROUTES}
 
 
 def create_app(
@@ -78,8 +82,12 @@ def create_app(
     app.state.service = service
     app.state.kept = KeptAnswers(settings.http_kept_page_bytes, settings.http_kept_results)
     for name in routers:
-        app.include_router(ROUTERS[name], prefix="/api")
+        app.include_router(ROUTERS[name], prefix=API_PREFIX)
     add_docs(app)
+    # Innermost of the middleware: what it answers passes the guard and gets the headers.
+    fast = tuple(route for name in routers for route in FAST_ROUTES.get(name, ()))
+    if fast:
+        app.add_middleware(FastRoutes, prefix=API_PREFIX, routes=fast)
     # Forms: multipart framing on top of the largest image we accept; JSON: a vote.
     app.add_middleware(
         RequestGuard,

@@ -9,7 +9,8 @@ from pydantic import BaseModel, Field, field_validator
 from imgsearch.results import Level, Reason, Source, Tier
 
 SESSION_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-IMAGE_ID_PATTERN = r"^[0-9a-f]{16}$"
+IMAGE_ID = "[0-9a-f]{16}"  # (a regular expression)
+IMAGE_ID_PATTERN = f"^{IMAGE_ID}$"
 
 
 class Problem(BaseModel):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Annotated
 
@@ -13,7 +14,16 @@ from fastapi.responses import RedirectResponse, Response
 from imgsearch.api import presenters
 from imgsearch.api.auth import ApiKey
 from imgsearch.api.deps import Service, get_service, kept_under, off_the_loop, read_upload
-from imgsearch.api.schemas import IMAGE_ID_PATTERN, ImageDetail, Page, Results, Uploaded, problems
+from imgsearch.api.fast import FastRoute, IntParam
+from imgsearch.api.schemas import (
+    IMAGE_ID,
+    IMAGE_ID_PATTERN,
+    ImageDetail,
+    Page,
+    Results,
+    Uploaded,
+    problems,
+)
 from imgsearch.results import Hit, NotFound, NotIndexed, Original
 from imgsearch.service import TILE_SIDE
 
@@ -22,8 +32,12 @@ router = APIRouter(
 )
 
 ImageId = Annotated[str, Path(pattern=IMAGE_ID_PATTERN, description="An image id")]
-Limit = Annotated[int, Query(ge=1, le=200)]
-Offset = Annotated[int, Query(ge=0, le=100_000)]
+MAX_LIMIT = 200
+MAX_OFFSET = 100_000
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
+# "More like this": its query parameters' defaults and bounds, for both of its routes.
+SIMILAR_QUERY = {"limit": IntParam(20, 1, MAX_LIMIT), "offset": IntParam(0, 0, MAX_OFFSET)}
 # Sides a thumbnail is also served at (a few, so caches hold them): TILE_SIDE is the tile
 # thumbnail made at ingest (a WebP).
 SMALL_THUMBNAILS = (192, TILE_SIDE)
@@ -121,9 +135,17 @@ def image_duplicates(request: Request, service: Service, image_id: ImageId) -> R
 
 @router.get("/{image_id}/similar", response_model=Results)
 async def similar_images(
-    request: Request, image_id: ImageId, limit: Limit = 20, offset: Offset = 0
+    request: Request,
+    image_id: ImageId,
+    limit: Limit = SIMILAR_QUERY["limit"].default,
+    offset: Offset = SIMILAR_QUERY["offset"].default,
 ) -> Response:
     """Images most like this one ("more like this")."""
+    return await similar_page(request, image_id, limit, offset)
+
+
+async def similar_page(request: Request, image_id: str, limit: int, offset: int) -> Response:
+    """The "more like this" answer, through FastAPI (above) or its fast route (api/fast.py)."""
     service = get_service(request)  # not a dependency: each costs a fast answer its share
 
     def answer() -> Response:  # storage and numpy block: off the event loop
@@ -138,6 +160,14 @@ async def similar_images(
         return presenters.json_bytes(body)
 
     return await off_the_loop(answer)
+
+
+# The same route without FastAPI's routing and validation, for requests it reads plainly.
+FAST_ROUTES = (
+    FastRoute(
+        f"{re.escape(router.prefix)}/(?P<image_id>{IMAGE_ID})/similar", SIMILAR_QUERY, similar_page
+    ),
+)
 
 
 def _bytes(fetch: Callable[[str], Original], image_id: str, *, missing: str) -> Response:

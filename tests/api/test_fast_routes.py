@@ -1,0 +1,118 @@
+"""The routes answered without FastAPI's routing (api/fast.py): the same answers, and every
+request they do not read plainly left to the app."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from fastapi.responses import Response
+from fastapi.testclient import TestClient
+
+from imgsearch.api.app import create_app
+from imgsearch.api.fast import FastRoute, FastRoutes, IntParam
+
+
+def _answer(client: TestClient, path: str, **headers: str) -> tuple[int, list, bytes]:
+    response = client.get(path, headers=headers)
+    kept = [(name, value) for name, value in response.headers.items() if name != "date"]
+    return response.status_code, kept, response.content
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_more_like_this_answers_as_through_fastapi(demo_service, encoding) -> None:
+    """Each app answers afresh (pages are kept per app): the fast route's answers against
+    FastAPI's (a parameter the fast route does not know sends a request through FastAPI,
+    which ignores it), headers and bytes, for pages, errors and refusals."""
+    ids = [record.id for record in demo_service.browse(6, 0)[0]]
+    queries = ["", "?limit=5", "?limit=7&offset=3", "?offset=190", "?limit=200&offset=100000"]
+    paths = [f"/api/images/{i}/similar{q}" for i in ids for q in queries]
+    paths += [
+        "/api/images/ffffffffffffffff/similar",  # no such image: 404
+        "/api/images/ffffffffffffffff/similar?limit=3",
+    ]
+    refused = ["?limit=0", "?limit=201", "?offset=100001", "?limit=-1", "?limit=x"]
+    paths += [f"/api/images/{ids[0]}/similar{q}" for q in refused]
+    with TestClient(create_app(demo_service)) as fast, TestClient(create_app(demo_service)) as slow:
+        for path in paths:
+            through_fastapi = path + ("&" if "?" in path else "?") + "unknown=1"
+            expected = _answer(slow, through_fastapi, **{"Accept-Encoding": encoding})
+            assert _answer(fast, path, **{"Accept-Encoding": encoding}) == expected, path
+    assert expected[0] == 422
+
+
+def test_the_guard_still_sees_what_the_fast_route_answers(demo_client, demo_service) -> None:
+    image_id = demo_service.browse(1, 0)[0][0].id
+    response = demo_client.get(
+        f"/api/images/{image_id}/similar",
+        headers=[("x-api-key", "a"), ("x-api-key", "b")],  # type: ignore[arg-type]
+    )
+    assert response.status_code == 400 and "repeated headers" in response.json()["detail"]
+    answered = demo_client.get(f"/api/images/{image_id}/similar")
+    assert answered.headers["x-frame-options"] == "DENY"
+    assert "content-security-policy" in answered.headers
+
+
+def _dispatch(path: str, query: bytes, *, method: str = "GET", fails: bool = False) -> str:
+    """Who answered a request: "fast" (with its arguments) or "app"."""
+    answered: list[str] = []
+
+    async def answer(request, image_id: str, limit: int, offset: int) -> Response:
+        if fails:
+            raise RuntimeError("the engine failed")
+        answered.append(f"fast {image_id} {limit} {offset}")
+        return Response(b"{}", media_type="application/json")
+
+    async def app(scope, receive, send) -> None:
+        answered.append("app")
+
+    route = FastRoute(
+        "/things/(?P<image_id>[0-9a-f]{4})",
+        {"limit": IntParam(20, 1, 200), "offset": IntParam(0, 0, 9)},
+        answer,
+    )
+    routes = FastRoutes(app, prefix="/api", routes=(route,))
+
+    async def send(message) -> None:
+        pass
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": method, "path": path, "query_string": query, "headers": []}
+    asyncio.run(routes(scope, receive, send))
+    (who,) = answered
+    return who
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "who"),
+    [
+        ("/api/things/00af", b"", "fast 00af 20 0"),
+        ("/api/things/00af", b"limit=5", "fast 00af 5 0"),
+        ("/api/things/00af", b"offset=9&limit=200", "fast 00af 200 9"),
+        ("/api/things/00af", b"limit=0", "app"),  # out of bounds: FastAPI's 422
+        ("/api/things/00af", b"offset=10", "app"),
+        ("/api/things/00af", b"limit=05", "app"),  # not written plainly
+        ("/api/things/00af", b"limit=+5", "app"),
+        ("/api/things/00af", b"limit=%35", "app"),
+        ("/api/things/00af", b"limit=", "app"),
+        ("/api/things/00af", b"limit", "app"),
+        ("/api/things/00af", b"limit=5&limit=6", "app"),  # repeated
+        ("/api/things/00af", b"limit=5&", "app"),
+        ("/api/things/00af", b"other=1", "app"),  # unknown
+        ("/api/things/00af", b"limit=\xff", "app"),
+        ("/api/things/00AF", b"", "app"),  # the path parameter as FastAPI would refuse it
+        ("/api/things/00af\n", b"", "app"),
+        ("/api/things/00af/", b"", "app"),
+        ("/things/00af", b"", "app"),  # outside the prefix
+    ],
+)
+def test_fast_routes_answer_only_what_they_read_plainly(path, query, who) -> None:
+    assert _dispatch(path, query) == who
+
+
+def test_fast_routes_leave_other_methods_and_errors_to_the_app() -> None:
+    assert _dispatch("/api/things/00af", b"", method="HEAD") == "app"
+    assert _dispatch("/api/things/00af", b"", method="POST") == "app"
+    assert _dispatch("/api/things/00af", b"", fails=True) == "app"  # the app answers the error
