@@ -8,8 +8,10 @@ deletion, the collection's order, neighbourhoods, rebuilding.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -376,6 +378,25 @@ def test_s3vectors_counts_nothing_out_for_a_removed_image_never_counted_in(both)
     assert_counts_as_annoys(both, 120)
 
 
+@contextlib.contextmanager
+def dying_at_the_second_put(bucket) -> Iterator[None]:
+    """S3 Vectors' writer dies at its publication's second put (the feature vectors, after
+    the class vectors), once, within the block."""
+    put, puts = bucket.put, []
+
+    def dying(index, batch):
+        puts.append(index)
+        if len(puts) == 2:
+            raise Killed
+        return put(index, batch)
+
+    bucket.put = dying
+    try:
+        yield
+    finally:
+        bucket.put = put
+
+
 def test_s3vectors_publication_dying_between_its_two_puts_leaves_no_image_without_classes(
     both,
 ) -> None:
@@ -387,18 +408,8 @@ def test_s3vectors_publication_dying_between_its_two_puts_leaves_no_image_withou
     s3.build_index()
     queue(s3, ids[100:], vectors[100:])
     bucket = s3.parts.index.bucket
-    put, puts = bucket.put, []
-
-    def dying(index, batch):
-        puts.append(index)
-        if len(puts) == 2:  # the second of the publication's two puts
-            raise Killed
-        return put(index, batch)
-
-    bucket.put = dying
-    with pytest.raises(Killed):
+    with dying_at_the_second_put(bucket), pytest.raises(Killed):
         s3.build_index()
-    bucket.put = put
     forget_what_it_read(s3)
     s3.build_index()
     assert len(bucket.get(ids[100:], data=False, index=bucket.classes)) == 50
@@ -420,18 +431,8 @@ def test_s3vectors_deleting_images_a_publication_died_between_puts_leaves_no_cla
         service.build_index()
         queue(service, ids[100:], vectors[100:])
         if name == "s3vectors":
-            put, puts = bucket.put, []
-
-            def dying(index, batch):
-                puts.append(index)
-                if len(puts) == 2:  # the second of the publication's two puts
-                    raise Killed
-                return put(index, batch)
-
-            bucket.put = dying
-            with pytest.raises(Killed):
+            with dying_at_the_second_put(bucket), pytest.raises(Killed):
                 service.build_index()
-            bucket.put = put
             assert len(bucket.get(ids[100:], data=False, index=bucket.classes)) == 50
             forget_what_it_read(service)
         forget(service, ids[100:130])
