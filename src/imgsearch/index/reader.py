@@ -27,7 +27,7 @@ import numpy as np
 
 from imgsearch.index.base import SearchIndex
 from imgsearch.index.manifest import Manifest, read_manifest
-from imgsearch.index.shards import Shard, half_dot, serial_matvec
+from imgsearch.index.shards import Shard, half_dot_of_rows, serial_matvec
 from imgsearch.storage import ObjectStore
 
 SEARCH_THREADS = min(4, os.cpu_count() or 1)
@@ -459,17 +459,14 @@ def _best_positions(scores: np.ndarray, depth: int) -> np.ndarray:
 
 
 def _cosines(shards: tuple[Shard, ...], rows: list[np.ndarray], vector: np.ndarray) -> np.ndarray:
-    """`vector`'s products with the stored features of each shard's `rows`, in shard order:
-    gathered into one array, multiplied at once."""
-    total = sum(len(part) for part in rows)
-    if total == 0:
-        return np.zeros(0, np.float32)
-    gathered = np.empty((total, shards[0].dim), shards[0].features.dtype)
+    """`vector`'s products with the stored features of each shard's `rows`, in shard order
+    (`half_dot_of_rows`: gathered, widened and multiplied block by block)."""
+    cosine = np.empty(sum(len(part) for part in rows), np.float32)
     position = 0
     for shard, part in zip(shards, rows, strict=True):
-        np.take(shard.features, part, axis=0, out=gathered[position : position + len(part)])
+        half_dot_of_rows(shard.features, part, vector, cosine[position : position + len(part)])
         position += len(part)
-    return half_dot(gathered, vector)
+    return cosine
 
 
 def _nearest(
