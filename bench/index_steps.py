@@ -38,7 +38,6 @@ import index_scale
 
 from imgsearch.index import reader
 from imgsearch.index.reader import Index
-from imgsearch.index.shards import half_dot
 from imgsearch.storage.local import LocalObjectStore
 
 
@@ -88,20 +87,13 @@ def steps(index: Index, vector: np.ndarray, k: int) -> dict[str, float]:
         found.append(rows[shard.live[rows]])
     times["annoy"], times["annoy_python"] = annoy, time.perf_counter() - at - annoy
     at = time.perf_counter()
-    gathered = np.empty((sum(len(part) for part in found), snapshot.shards[0].dim), np.float16)
-    position = 0
-    for shard, part in zip(snapshot.shards, found, strict=True):
-        np.take(shard.features, part, axis=0, out=gathered[position : position + len(part)])
-        position += len(part)
-    times["gather"] = time.perf_counter() - at
+    cosine = reader._cosines(snapshot.shards, found, vector)  # gathered, widened, multiplied
+    times["rerank"] = time.perf_counter() - at
     at = time.perf_counter()
-    cosine = half_dot(gathered, vector)
-    times["half_dot"] = time.perf_counter() - at
-    at = time.perf_counter()
-    reader._best_candidates(np.clip(1.0 - cosine, 0.0, 2.0), snapshot.shards, found, k, ())
+    reader._best_candidates(cosine, snapshot.shards, found, k, ())
     times["best"] = time.perf_counter() - at
     times["total"] = time.perf_counter() - started
-    return {name: value * 1000 for name, value in times.items()} | {"rows": len(gathered)}
+    return {name: value * 1000 for name, value in times.items()} | {"rows": len(cosine)}
 
 
 def main() -> None:
@@ -154,6 +146,7 @@ def main() -> None:
         wall = [[0.0] * len(queries) for _ in indexes]
         cpu = [[0.0] * len(queries) for _ in indexes]
         answers: list[list[set[int]]] = [[set() for _ in queries] for _ in indexes]
+        spent: list[tuple[float, ...]] = []  # per thread: wall, on a core, waiting for one
 
         def work(
             offset: int,
@@ -161,7 +154,9 @@ def main() -> None:
             wall: list[list[float]] = wall,
             cpu: list[list[float]] = cpu,
             answers: list[list[set[int]]] = answers,
+            spent: list[tuple[float, ...]] = spent,
         ) -> None:
+            before = time.perf_counter(), *scheduled()
             for position in range(offset, len(queries), threads):
                 order = list(enumerate(indexes))
                 if (position // threads) % 2:
@@ -172,6 +167,8 @@ def main() -> None:
                     wall[number][position] = (time.perf_counter() - started) * 1000
                     cpu[number][position] = (time.thread_time() - started_cpu) * 1000
                     answers[number][position] = {int(i, 16) for i, _ in found}
+            after = time.perf_counter(), *scheduled()
+            spent.append(tuple((b - a) * 1000 for a, b in zip(before, after, strict=True)))
 
         workers = [threading.Thread(target=work, args=(offset,)) for offset in range(threads)]
         started = time.perf_counter()
@@ -189,7 +186,28 @@ def main() -> None:
                 f"p90 {np.percentile(wall[number], 90):.3f}, CPU p50 {np.median(cpu[number]):.3f}, "
                 f"recall@20 {recall:.4f}; all settings {rate:.0f} queries/s"
             )
+        if all(len(times) == 3 for times in spent):
+            # Where a query's time went, all settings together (the kernel's accounts lag by
+            # up to a tick, so they are read per thread, not per query).
+            asked = len(queries) * len(indexes)
+            elapsed, running, waiting = (sum(times[n] for times in spent) for n in range(3))
+            print(
+                f"{threads} thread(s), per query: {elapsed / asked:.3f} ms = on a core "
+                f"{running / asked:.3f} + waiting for a core {waiting / asked:.3f} "
+                f"+ off the run queue (the GIL, I/O) {(elapsed - running - waiting) / asked:.3f}"
+            )
     print(f"load average {os.getloadavg()[0]:.1f}")
+
+
+def scheduled() -> tuple[float, ...]:
+    """This thread's seconds on a core and waiting in the run queue for one (Linux's
+    schedstat; empty elsewhere)."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as stats:
+            running, waiting, _ = stats.read().split()
+    except OSError:
+        return ()
+    return int(running) / 1e9, int(waiting) / 1e9
 
 
 REPO_CACHE = index_scale.REPO / "build" / "bench" / "index_scale"

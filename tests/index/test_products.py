@@ -61,3 +61,27 @@ def test_half_dot_widens_block_by_block(monkeypatch) -> None:
     expected = rows.astype(np.float32) @ vector
     np.testing.assert_allclose(half_dot(rows, vector), expected, rtol=1e-6, atol=1e-6)
     assert half_dot(rows[:0], vector).shape == (0,)
+
+
+def test_rows_gathered_block_by_block_give_half_dot_s_products(monkeypatch) -> None:
+    monkeypatch.setattr(shards, "GATHER_BLOCK_ROWS", 8)  # 21 rows: three blocks of 7
+    features = halves_of_every_kind(200, 96)
+    vector = np.random.default_rng(7).normal(size=96).astype(np.float32)
+    rows = np.random.default_rng(8).choice(200, 21, replace=False)
+    expected = features[rows].astype(np.float32) @ vector
+    np.testing.assert_allclose(
+        shards.half_dot_of_rows(features, rows, vector), expected, rtol=1e-6, atol=1e-6
+    )
+    # Into a slice of a bigger array, as the re-rank writes each shard's products.
+    out = np.zeros(25, np.float32)
+    shards.half_dot_of_rows(features, rows, vector, out[2:23])
+    np.testing.assert_allclose(out[2:23], expected, rtol=1e-6, atol=1e-6)
+    assert not out[:2].any() and not out[23:].any()
+    # float32 features, and no rows.
+    np.testing.assert_allclose(
+        shards.half_dot_of_rows(features.astype(np.float32), rows, vector),
+        expected,
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    assert shards.half_dot_of_rows(features, rows[:0], vector).shape == (0,)

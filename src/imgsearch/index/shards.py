@@ -100,6 +100,39 @@ def half_dot(rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
     return out
 
 
+# A query's candidates are gathered from a shard's features `GATHER_BLOCK_ROWS` at a time by
+# `half_dot_of_rows`: 128 rows of 1,280 halves (320 KB) and their widened bits (640 KB) stay in
+# the CPU's caches between the gather, the widening and the product, where a query's 600
+# candidates gathered at once (1.5 MB, then 3 MB widened) went out to memory and back.
+GATHER_BLOCK_ROWS = 128
+
+
+def half_dot_of_rows(
+    features: np.ndarray, rows: np.ndarray, vector: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """`features[rows] @ vector` (float32), as `half_dot` computes it, for the rows of a
+    shard's `features`, gathered block by block (GATHER_BLOCK_ROWS); into `out` if given."""
+    if out is None:
+        out = np.empty(len(rows), np.float32)
+    if features.dtype != np.float16 or len(rows) == 0:
+        out[:] = half_dot(features[rows], vector)
+        return out
+    halves = features.view(np.int16)
+    scaled = vector.astype(np.float32) * _HALF_BITS_SCALE
+    blocks = -(-len(rows) // GATHER_BLOCK_ROWS)
+    block = -(-len(rows) // blocks)  # blocks of one size: 385 rows as 3 x 129, not 3 x 128 + 1
+    gathered = np.empty((block, features.shape[1]), np.int16)
+    widened = np.empty((block, features.shape[1]), np.int32)
+    for start in range(0, len(rows), block):
+        part = rows[start : start + block]
+        bits = widened[: len(part)]
+        np.take(halves, part, axis=0, out=gathered[: len(part)])
+        np.left_shift(gathered[: len(part)], _HALF_BITS_SHIFT, out=bits, dtype=np.int32)
+        bits &= _HALF_BITS_MASK
+        np.matmul(bits.view(np.float32), scaled, out=out[start : start + len(part)])
+    return out
+
+
 def _normal_halves(features: np.ndarray) -> np.ndarray:
     """`features` as float16 with values too small for a normal half (below 6.1e-5 in a unit
     vector; about 1% of EfficientNet's) set to 0, which keeps `half_dot` fast. A copy."""
