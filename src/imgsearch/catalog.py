@@ -305,7 +305,7 @@ class Catalog:
     # Bytes ------------------------------------------------------------------------------
 
     def put_original(self, key: str, data: bytes, content_type: str) -> None:
-        self.objects.put(IMAGES_PREFIX + key, data, content_type=content_type)
+        self.objects.put(IMAGES_PREFIX + key, data, content_type=content_type, etag_wanted=False)
 
     def original(self, key: str) -> bytes:
         return self.objects.get(IMAGES_PREFIX + key).data
@@ -351,7 +351,9 @@ class Catalog:
         only (a bulk ingest's deferred local writes); none depends on another."""
         writes: list[Callable[[], object]] = [
             lambda: self.put_embedding(image_id, features, probabilities, overwrite=overwrite),
-            lambda: self.objects.put(thumbnail_key(image_id), thumbnail, content_type="image/jpeg"),
+            lambda: self.objects.put(
+                thumbnail_key(image_id), thumbnail, content_type="image/jpeg", etag_wanted=False
+            ),
             lambda: self.put_tile(image_id, tile),
         ]
         if self.objects.overlapping_puts_help:
@@ -361,7 +363,7 @@ class Catalog:
                 write()
 
     def put_tile(self, image_id: str, webp: bytes) -> None:
-        self.objects.put(tile_key(image_id), webp, content_type="image/webp")
+        self.objects.put(tile_key(image_id), webp, content_type="image/webp", etag_wanted=False)
 
     def tile(self, image_id: str) -> bytes:
         """The tile thumbnail's bytes (NotFound for an image stored before there were)."""
@@ -400,7 +402,10 @@ class Catalog:
         np.savez(buffer, features=features.astype(np.float32), probabilities=probabilities)
         with suppress(PreconditionFailed):
             self.objects.put(
-                f"embeddings/{image_id}.npz", buffer.getvalue(), if_none_match=not overwrite
+                f"embeddings/{image_id}.npz",
+                buffer.getvalue(),
+                if_none_match=not overwrite,
+                etag_wanted=False,
             )
         if len(self._fresh_embeddings) >= FRESH_EMBEDDINGS:
             self._fresh_embeddings.clear()  # a builder elsewhere took them: read them again
