@@ -187,8 +187,10 @@ class Catalog:
         self.objects = storage.objects
         # Embeddings this process stored, until the index builder reads them (most often in
         # the same invocation): a read of the store saved per new image. Content-addressed,
-        # so a copy is as good as the stored file.
-        self._fresh_embeddings: dict[str, bytes] = {}
+        # so a copy is as good as the stored file; kept as the arrays the file holds, not its
+        # bytes, so the builder does not parse an npz per image (0.3 ms: a zip and two array
+        # headers, parsed one at a time by every thread).
+        self._fresh_embeddings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._small_thumbnails: Remembered[tuple[str, int], bytes] = Remembered(
             SMALL_THUMBNAILS_KEPT
         )
@@ -398,8 +400,9 @@ class Catalog:
     ) -> None:
         """Store an image's embedding. Same bytes, same embedding: if a concurrent ingest
         stored it first, that is fine, unless `overwrite` (a removal may be deleting it)."""
+        stored = features.astype(np.float32), np.array(probabilities)  # what the file holds
         buffer = io.BytesIO()
-        np.savez(buffer, features=features.astype(np.float32), probabilities=probabilities)
+        np.savez(buffer, features=stored[0], probabilities=stored[1])
         with suppress(PreconditionFailed):
             self.objects.put(
                 f"embeddings/{image_id}.npz",
@@ -409,19 +412,22 @@ class Catalog:
             )
         if len(self._fresh_embeddings) >= FRESH_EMBEDDINGS:
             self._fresh_embeddings.clear()  # a builder elsewhere took them: read them again
-        self._fresh_embeddings[image_id] = buffer.getvalue()
+        self._fresh_embeddings[image_id] = stored
 
     def embedding(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         """Features and probabilities of an ingested image. Raises NotFound, or DamagedFile
         if the file is truncated or corrupt (each member of an npz carries a CRC-32)."""
         key = f"embeddings/{image_id}.npz"
         fresh = self._fresh_embeddings.pop(image_id, None)
-        data = fresh if fresh is not None else self.objects.get(key).data
-        try:
-            arrays = read_npz(data)
-            features, probabilities = arrays["features"], arrays["probabilities"]
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-            raise DamagedFile(key, f"unreadable: {error}") from None
+        if fresh is not None:
+            features, probabilities = fresh
+        else:
+            data = self.objects.get(key).data
+            try:
+                arrays = read_npz(data)
+                features, probabilities = arrays["features"], arrays["probabilities"]
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+                raise DamagedFile(key, f"unreadable: {error}") from None
         if features.ndim != 1 or probabilities.ndim != 1 or not np.isfinite(features).all():
             raise DamagedFile(key, "not an embedding: wrong shape or values")
         return features, probabilities
