@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 from support.demo import demo_image
 from support.hostile_files import encode, photo
 from support.services import make_service
 
 from imgsearch.ingest import sequencer_is_newer
+from imgsearch.integrity import DamagedFile
 
 
 def test_same_bytes_under_two_keys_are_one_image_with_both_keys(service) -> None:
@@ -141,3 +144,24 @@ def test_an_upload_answers_pending_once_its_wait_is_over_and_is_indexed_later(se
     other.release()
     service.build_index()
     assert service.image(outcome.id).status == "indexed" and service.count() == 1
+
+
+def test_an_embedding_reads_back_the_same_just_stored_or_from_its_file(service) -> None:
+    """The catalog keeps what it just stored for the index builder: what it gives back is
+    what its file gives (float32 features, the probabilities as given), and one the file
+    would not pass (a NaN) is refused either way."""
+    catalog = service.parts.catalog
+    features = np.linspace(-1, 1, 1280)  # float64: stored as float32
+    probabilities = np.full(1000, 0.001, np.float32)
+    catalog.put_embedding("a" * 16, features, probabilities)
+    fresh = catalog.embedding("a" * 16)  # kept by the catalog that stored it
+    stored = catalog.embedding("a" * 16)  # then read from its file
+    for got in (fresh, stored):
+        assert got[0].dtype == np.float32 and got[1].dtype == np.float32
+        assert np.array_equal(got[0], features.astype(np.float32))
+        assert np.array_equal(got[1], probabilities)
+    features[0] = np.nan
+    catalog.put_embedding("b" * 16, features, probabilities)
+    for _ in ("fresh", "from the file"):
+        with pytest.raises(DamagedFile, match="wrong shape or values"):
+            catalog.embedding("b" * 16)

@@ -124,21 +124,23 @@ def _ingest_entries(
         except InvalidKey as error:  # a file name no key may have: the others go on
             return IngestResult(key, "refused", reason=str(error), code="invalid_key")
 
-    # While the workers run, OpenBLAS runs on one thread: the builds' products are small, and
-    # its second thread spun waiting for work while the workers needed the core (3.6% of an
-    # ingest's CPU, about 2 ms an image on Corel-1k: `perf`, docs/performance.md). The last
-    # build, alone, gets its threads back.
+    # OpenBLAS runs on one thread throughout, the last build included: the builds' products
+    # are small, and its second thread spun waiting for work, while the workers needed the
+    # core (3.6% of an ingest's CPU, about 2 ms an image on Corel-1k: `perf`,
+    # docs/performance.md) and in the last build alone (twice that build's CPU, for no less
+    # time). A shard's fit runs on one thread anyway (`shards.Projection`).
     runs = workers or service.model_info().runs_at_once + 1
-    with one_blas_thread(), ThreadPoolExecutor(max_workers=runs) as pool:
-        for result in pool.map(ingest_one, entries):
-            summary.results.append(result)
-            if on_result:
-                on_result(result)
-            since_build += result.status == "added"
-            if _time_to_build(since_build, len(entries) - len(summary.results)):
-                service.build_index(one_batch=True)
-                since_build = 0
-    service.build_index()
+    with one_blas_thread():
+        with ThreadPoolExecutor(max_workers=runs) as pool:
+            for result in pool.map(ingest_one, entries):
+                summary.results.append(result)
+                if on_result:
+                    on_result(result)
+                since_build += result.status == "added"
+                if _time_to_build(since_build, len(entries) - len(summary.results)):
+                    service.build_index(one_batch=True)
+                    since_build = 0
+        service.build_index()
 
 
 def _time_to_build(waiting: int, left: int) -> bool:

@@ -187,8 +187,10 @@ class Catalog:
         self.objects = storage.objects
         # Embeddings this process stored, until the index builder reads them (most often in
         # the same invocation): a read of the store saved per new image. Content-addressed,
-        # so a copy is as good as the stored file.
-        self._fresh_embeddings: dict[str, bytes] = {}
+        # so a copy is as good as the stored file; kept as the arrays the file holds, not its
+        # bytes, so the builder does not parse an npz per image (0.3 ms: a zip and two array
+        # headers, parsed one at a time by every thread).
+        self._fresh_embeddings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._small_thumbnails: Remembered[tuple[str, int], bytes] = Remembered(
             SMALL_THUMBNAILS_KEPT
         )
@@ -305,7 +307,7 @@ class Catalog:
     # Bytes ------------------------------------------------------------------------------
 
     def put_original(self, key: str, data: bytes, content_type: str) -> None:
-        self.objects.put(IMAGES_PREFIX + key, data, content_type=content_type)
+        self.objects.put(IMAGES_PREFIX + key, data, content_type=content_type, etag_wanted=False)
 
     def original(self, key: str) -> bytes:
         return self.objects.get(IMAGES_PREFIX + key).data
@@ -351,7 +353,9 @@ class Catalog:
         only (a bulk ingest's deferred local writes); none depends on another."""
         writes: list[Callable[[], object]] = [
             lambda: self.put_embedding(image_id, features, probabilities, overwrite=overwrite),
-            lambda: self.objects.put(thumbnail_key(image_id), thumbnail, content_type="image/jpeg"),
+            lambda: self.objects.put(
+                thumbnail_key(image_id), thumbnail, content_type="image/jpeg", etag_wanted=False
+            ),
             lambda: self.put_tile(image_id, tile),
         ]
         if self.objects.overlapping_puts_help:
@@ -361,7 +365,7 @@ class Catalog:
                 write()
 
     def put_tile(self, image_id: str, webp: bytes) -> None:
-        self.objects.put(tile_key(image_id), webp, content_type="image/webp")
+        self.objects.put(tile_key(image_id), webp, content_type="image/webp", etag_wanted=False)
 
     def tile(self, image_id: str) -> bytes:
         """The tile thumbnail's bytes (NotFound for an image stored before there were)."""
@@ -396,27 +400,34 @@ class Catalog:
     ) -> None:
         """Store an image's embedding. Same bytes, same embedding: if a concurrent ingest
         stored it first, that is fine, unless `overwrite` (a removal may be deleting it)."""
+        stored = features.astype(np.float32), np.array(probabilities)  # what the file holds
         buffer = io.BytesIO()
-        np.savez(buffer, features=features.astype(np.float32), probabilities=probabilities)
+        np.savez(buffer, features=stored[0], probabilities=stored[1])
         with suppress(PreconditionFailed):
             self.objects.put(
-                f"embeddings/{image_id}.npz", buffer.getvalue(), if_none_match=not overwrite
+                f"embeddings/{image_id}.npz",
+                buffer.getvalue(),
+                if_none_match=not overwrite,
+                etag_wanted=False,
             )
         if len(self._fresh_embeddings) >= FRESH_EMBEDDINGS:
             self._fresh_embeddings.clear()  # a builder elsewhere took them: read them again
-        self._fresh_embeddings[image_id] = buffer.getvalue()
+        self._fresh_embeddings[image_id] = stored
 
     def embedding(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         """Features and probabilities of an ingested image. Raises NotFound, or DamagedFile
         if the file is truncated or corrupt (each member of an npz carries a CRC-32)."""
         key = f"embeddings/{image_id}.npz"
         fresh = self._fresh_embeddings.pop(image_id, None)
-        data = fresh if fresh is not None else self.objects.get(key).data
-        try:
-            arrays = read_npz(data)
-            features, probabilities = arrays["features"], arrays["probabilities"]
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-            raise DamagedFile(key, f"unreadable: {error}") from None
+        if fresh is not None:
+            features, probabilities = fresh
+        else:
+            data = self.objects.get(key).data
+            try:
+                arrays = read_npz(data)
+                features, probabilities = arrays["features"], arrays["probabilities"]
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+                raise DamagedFile(key, f"unreadable: {error}") from None
         if features.ndim != 1 or probabilities.ndim != 1 or not np.isfinite(features).all():
             raise DamagedFile(key, "not an embedding: wrong shape or values")
         return features, probabilities

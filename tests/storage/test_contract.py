@@ -77,6 +77,20 @@ def test_replacing_an_object_changes_its_etag(objects: ObjectStore) -> None:
     assert objects.get("doc") == StoredObject(data=b"two", etag=second)
 
 
+def test_a_put_whose_etag_is_not_wanted_stores_the_same_object(objects: ObjectStore) -> None:
+    """`etag_wanted=False` may skip computing the ETag it returns, never the write: the object
+    reads back with its ETag, the one a put that wanted it got, and conditions hold on it."""
+    objects.put("photo.jpg", b"jpeg bytes", content_type="image/jpeg", etag_wanted=False)
+    wanted = objects.put("copy.jpg", b"jpeg bytes", content_type="image/jpeg")
+    stored = objects.get("photo.jpg")
+    assert stored.data == b"jpeg bytes"
+    assert stored.etag == objects.head("photo.jpg").etag == wanted
+    replaced = objects.put("photo.jpg", b"other", if_match=stored.etag)
+    assert replaced == objects.head("photo.jpg").etag
+    with pytest.raises(PreconditionFailed):
+        objects.put("photo.jpg", b"again", if_none_match=True, etag_wanted=False)
+
+
 def test_missing_objects_are_not_found(objects: ObjectStore) -> None:
     for read in (objects.get, objects.head, objects.local_path):
         with pytest.raises(NotFound):

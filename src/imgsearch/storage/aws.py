@@ -109,7 +109,13 @@ class S3ObjectStore(ObjectStore, LocalCopies, DirectUploads):
         )
 
     def _put(
-        self, key: str, data: bytes, if_none_match: bool, if_match: str | None, content_type: str
+        self,
+        key: str,
+        data: bytes,
+        if_none_match: bool,
+        if_match: str | None,
+        content_type: str,
+        etag_wanted: bool,
     ) -> str:
         request: PutObjectRequestTypeDef = {
             "Bucket": self.bucket,

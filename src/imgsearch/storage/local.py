@@ -257,7 +257,13 @@ class LocalObjectStore(ObjectStore):
         return ObjectInfo(key=key, size=stat.st_size, etag=etag, last_modified=stat.st_mtime)
 
     def _put(
-        self, key: str, data: bytes, if_none_match: bool, if_match: str | None, content_type: str
+        self,
+        key: str,
+        data: bytes,
+        if_none_match: bool,
+        if_match: str | None,
+        content_type: str,
+        etag_wanted: bool,
     ) -> str:
         path = self._path(key)
         durable = self._deferring.get() == 0
@@ -281,7 +287,7 @@ class LocalObjectStore(ObjectStore):
                     self._defer(path, len(data))
             except (FileExistsError, NotADirectoryError, IsADirectoryError) as error:
                 raise InvalidKey(f"{key!r} collides with a stored object's path") from error
-        return hashlib.md5(data).hexdigest()
+        return hashlib.md5(data).hexdigest() if etag_wanted else ""
 
     def _delete(self, key: str) -> None:
         path = self._path(key)
