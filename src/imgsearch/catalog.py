@@ -590,8 +590,12 @@ class Catalog:
         lists `replacing` gives as stored whose near copies are the same: most lists a new
         image enters gain no near copy (a photo archive's bursts and a synthesised
         collection's perturbed copies gave every list some, written again unchanged: half of
-        the builder's batch writes)."""
+        the builder's batch writes). Only once the collection's near-copy lists are complete
+        (one read of their mark a call): until the writer completes them, each list written
+        writes its near-copy list too, as before."""
         replacing = replacing or {}
+        if replacing and not self.near_copy_lists_complete():
+            replacing = {}
         near = {
             image_id: neighbours
             for image_id, (neighbours, _) in lists.items()
