@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from imgsearch.catalog import NEAR_COPIES, ImageRecord
+from imgsearch.catalog import NEAR_COPIES, NEAR_COPIES_MARK, ImageRecord
 from imgsearch.config import Settings
 from imgsearch.index.builder import GARBAGE_INTERVAL
 from imgsearch.index.manifest import read_manifest
@@ -704,6 +704,11 @@ def test_near_copy_lists_are_written_again_only_where_they_change(index_service)
     assert catalog.near_copy_lists() == {ids[0]: [(ids[4], 0.01), (ids[1], 0.05)]}
     written.clear()
     catalog.put_neighbour_lists({ids[0]: (nearer, 3)})  # nothing to compare with: written
+    assert sorted(written) == sorted([NEAR_COPIES, f"image#{ids[0]}"])
+    # A collection whose near-copy lists are not all written yet: each written with its list.
+    catalog.table.delete(NEAR_COPIES_MARK, "complete")
+    written.clear()
+    catalog.put_neighbour_lists({ids[0]: (nearer, 4)}, replacing={ids[0]: nearer})
     assert sorted(written) == sorted([NEAR_COPIES, f"image#{ids[0]}"])
 
 
