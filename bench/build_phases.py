@@ -13,8 +13,13 @@ a phase's line counts its inner phases too.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import sys
+import threading
+import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,33 @@ from cloud_scale import cpu_since, function_cpu
 # the first argument, where it has one: lists read or written, vectors asked for)
 PHASES: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
 BATCHES: list[tuple[int, dict[str, list[float]]]] = []
+# --profile: the batches' Python profile, their pool threads' tasks included (one profiler a
+# task, merged), written to the file given
+PROFILES: list[cProfile.Profile] = []
+PROFILING = threading.local()
+
+
+def profile_pool_tasks() -> None:
+    """Each task a thread pool runs while a batch is profiled gets a profiler of its own."""
+    submit = ThreadPoolExecutor.submit
+
+    def submit_profiled(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(PROFILING, "on", False):
+            return submit(self, fn, *args, **kwargs)
+
+        def run(*a: Any, **kw: Any) -> Any:
+            profile = cProfile.Profile(time.thread_time)
+            PROFILES.append(profile)
+            PROFILING.on = True
+            try:
+                return profile.runcall(fn, *a, **kw)
+            finally:
+                PROFILING.on = False
+
+        return submit(self, run, *args, **kwargs)
+
+    submit_profiled.follows_chains = getattr(submit, "follows_chains", False)  # type: ignore[attr-defined]
+    ThreadPoolExecutor.submit = submit_profiled  # type: ignore[method-assign]
 
 
 def timed(owner: Any, name: str, phase: str, wire: Any) -> None:
@@ -64,9 +96,9 @@ def timed_service(service: Any, result: Any, wire: Any) -> None:
         (lists, "_update_group", "lists: groups"),
         (
             catalog,
-            "neighbour_lists_and_expanded"
-            if hasattr(catalog, "neighbour_lists_and_expanded")
-            else "neighbour_lists",  # before it (a baseline's sources)
+            "stored_lists"
+            if hasattr(catalog, "stored_lists")
+            else "neighbour_lists_and_expanded",  # before it (a baseline's sources)
             "lists: read lists",
         ),
         (lists, "_expanded", "lists: expanded vectors"),
@@ -80,8 +112,18 @@ def timed_service(service: Any, result: Any, wire: Any) -> None:
     def batch(items: Any, *a: Any, **kw: Any) -> Any:
         PHASES.clear()
         cpu, mark = function_cpu(), wire.mark()
+        profile = (
+            cProfile.Profile(time.thread_time) if PROFILE_TO and result.logging_batches else None
+        )
         try:
-            return apply(items, *a, **kw)
+            if profile is None:
+                return apply(items, *a, **kw)
+            PROFILES.append(profile)
+            PROFILING.on = True
+            try:
+                return profile.runcall(apply, items, *a, **kw)
+            finally:
+                PROFILING.on = False
         finally:
             PHASES["batch"] = [cpu_since(cpu), wire.waited_since(mark), 1, len(items)]
             if result.logging_batches:
@@ -90,6 +132,7 @@ def timed_service(service: Any, result: Any, wire: Any) -> None:
     builder._apply = batch
 
 
+PROFILE_TO: list[Path] = []
 ORIGINAL = cloud_scale.timed_service
 cloud_scale.timed_service = timed_service
 
@@ -100,13 +143,18 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", default=["annoy"])
     parser.add_argument("--photos", type=int, default=10)
     parser.add_argument("--backlog", type=int, nargs="*", default=[100])
+    parser.add_argument("--outside-from", type=int, default=50_000)
+    parser.add_argument("--profile", type=Path, help="write the batches' cProfile stats here")
     args = parser.parse_args()
+    if args.profile:
+        PROFILE_TO.append(args.profile)
+        profile_pool_tasks()
     run_args = argparse.Namespace(
         photos=args.photos,
         backlog=args.backlog,
         queries=1,
         latency_scale=1.0,
-        outside_from=50_000,
+        outside_from=args.outside_from,
     )
     import logging
 
@@ -125,6 +173,12 @@ def main() -> None:
                         f"{cpu + waits:.3f} | {(cpu + waits) / images:.4f} |"
                     )
             sys.stdout.flush()
+    if PROFILES:
+        stats = pstats.Stats(PROFILES[0])
+        for profile in PROFILES[1:]:
+            stats.add(profile)
+        stats.dump_stats(str(args.profile))
+        stats.sort_stats("tottime").print_stats(40)
 
 
 if __name__ == "__main__":

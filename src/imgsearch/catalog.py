@@ -17,6 +17,7 @@ import zipfile
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -572,42 +573,60 @@ class Catalog:
 
     def neighbour_lists(self, image_ids: Iterable[str]) -> dict[str, StoredNeighbours]:
         """The stored lists of many images in batched reads (those without one are left out)."""
-        return self.neighbour_lists_and_expanded(image_ids)[0]
+        return {
+            image_id: (stored.neighbours, stored.version)
+            for image_id, stored in self.stored_lists(image_ids).items()
+        }
 
-    def neighbour_lists_and_expanded(
-        self, image_ids: Iterable[str]
-    ) -> tuple[dict[str, StoredNeighbours], dict[str, StoredExpanded]]:
-        """The stored lists of many images, and the expanded vectors stored with them as they
-        are stored (to be written again unchanged: `put_neighbour_lists`), in batched reads."""
+    def stored_lists(self, image_ids: Iterable[str]) -> dict[str, StoredList]:
+        """The stored lists of many images as read, each decoded only if asked, with the
+        expanded vectors stored with them as they are stored (to be written again unchanged:
+        `put_neighbour_lists`), in batched reads (those without one are left out)."""
         items = self.table.get_many([(f"image#{i}", "neighbours") for i in image_ids])
-        lists, expanded = {}, {}
-        for (pk, _), item in items.items():
-            image_id = pk.removeprefix("image#")
-            lists[image_id] = _stored_neighbours(item)
-            if "expanded" in item:
-                expanded[image_id] = StoredExpanded(item["expanded"])
-        return lists, expanded
+        return {pk.removeprefix("image#"): StoredList(item) for (pk, _), item in items.items()}
 
     def put_neighbour_lists(
         self,
         lists: Mapping[str, StoredNeighbours],
         expanded: Mapping[str, np.ndarray | StoredExpanded] | None = None,
+        *,
+        replacing: Mapping[str, list[tuple[str, float]]] | None = None,
     ) -> None:
         """Replace many lists in batched writes, each read at the version given, with the
         `expanded` vectors of their images (index/expansion.py; or as they were stored, read
         by `neighbour_lists_and_expanded`). Not conditional (see `Table.put_many`): only the
-        index builder, under its lease, writes neighbour lists."""
-        puts = [
-            Put(
-                f"image#{image_id}",
-                "neighbours",
-                _neighbour_attrs(neighbours, (expanded or {}).get(image_id)),
-                version,
-            )
-            for image_id, (neighbours, version) in lists.items()
-        ]
-        near = {image_id: neighbours for image_id, (neighbours, _) in lists.items()}
-        self.table.put_many(puts + _near_copy_puts(near))
+        index builder, under its lease, writes neighbour lists.
+
+        Their near-copy lists are written with them, first (see below), except those of the
+        lists `replacing` gives as stored whose near copies are the same: most lists a new
+        image enters gain no near copy (a photo archive's bursts and a synthesised
+        collection's perturbed copies gave every list some, written again unchanged: half of
+        the builder's batch writes). Only once the collection's near-copy lists are complete
+        (one read of their mark a call): until the writer completes them, each list written
+        writes its near-copy list too, as before."""
+        replacing = replacing or {}
+        if replacing and not self.near_copy_lists_complete():
+            replacing = {}
+        near = {
+            image_id: neighbours
+            for image_id, (neighbours, _) in lists.items()
+            if image_id not in replacing
+            or _near_copies(neighbours) != _near_copies(replacing[image_id])
+        }
+        # Before the lists: a list written is never ahead of its near copies, so a run
+        # stopped between the two writes them again when it re-runs (its lists read as before).
+        self.table.put_many(_near_copy_puts(near))
+        self.table.put_many(
+            [
+                Put(
+                    f"image#{image_id}",
+                    "neighbours",
+                    _neighbour_attrs(neighbours, (expanded or {}).get(image_id)),
+                    version,
+                )
+                for image_id, (neighbours, version) in lists.items()
+            ]
+        )
 
     # Near-copy lists: each image's neighbours within MAX_DUPLICATE_DISTANCE, in one partition
     # ("near"), written with its list (only for the few images that have any): the stacks
@@ -695,10 +714,43 @@ class StoredExpanded(str):
     """An expanded vector as stored with its list (`_encoded_vector`), not decoded."""
 
 
+class StoredList:
+    """A neighbour list as read, decoded only as far as asked: the index builder reads some
+    200 lists a new image at 1M images and changes about 50; whether an offer can enter a
+    list needs only its length and its last distance (a list of 50 decoded is about 15 µs)."""
+
+    def __init__(self, item: dict[str, Any]) -> None:
+        self._item = item
+        self.version = int(item["version"])
+        expanded = item.get("expanded")
+        self.expanded = None if expanded is None else StoredExpanded(expanded)
+
+    @cached_property
+    def neighbours(self) -> list[tuple[str, float]]:
+        """(id, distance), nearest first."""
+        return _stored_neighbours(self._item)[0]
+
+    @cached_property
+    def ids(self) -> list[str]:
+        ids = self._item["ids"]
+        return ids.split() if isinstance(ids, str) else list(ids)
+
+    def last_distance(self) -> float | None:
+        """The distance of its last (farthest) neighbour; None if it has none."""
+        distances = self._item["distances"]
+        if isinstance(distances, str):  # packed (_neighbour_attrs)
+            return float(distances[distances.rfind(" ") + 1 :]) if distances else None
+        return float(distances[-1]) if distances else None
+
+
+def _near_copies(neighbours: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    return [(i, d) for i, d in neighbours if d <= MAX_DUPLICATE_DISTANCE]
+
+
 def _near_copy_puts(lists: Mapping[str, list[tuple[str, float]]]) -> list[Put]:
     puts = []
     for image_id, neighbours in lists.items():
-        near = [(i, d) for i, d in neighbours if d <= MAX_DUPLICATE_DISTANCE]
+        near = _near_copies(neighbours)
         if near:  # (not versioned: only the index builder writes them, under its lease)
             puts.append(Put(NEAR_COPIES, image_id, _neighbour_attrs(near), 0))
     return puts

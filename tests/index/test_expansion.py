@@ -100,10 +100,10 @@ def test_only_lists_that_change_are_written(tmp_path, monkeypatch) -> None:
     written: list[str] = []
     put = service.parts.catalog.put_neighbour_lists
 
-    def recording(lists, expanded=None) -> None:
+    def recording(lists, expanded=None, **kwargs) -> None:
         assert expanded is not None and set(expanded) == set(lists)
         written.extend(lists)
-        put(lists, expanded)
+        put(lists, expanded, **kwargs)
 
     monkeypatch.setattr(service.parts.catalog, "put_neighbour_lists", recording)
     queue(service, ids[200:], vectors[200:])

@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from imgsearch.catalog import ImageRecord
+from imgsearch.catalog import NEAR_COPIES, NEAR_COPIES_MARK, ImageRecord
 from imgsearch.config import Settings
 from imgsearch.index.builder import GARBAGE_INTERVAL
 from imgsearch.index.manifest import read_manifest
@@ -665,10 +665,51 @@ def test_neighbour_lists_are_stored_packed_and_read_back_equal(index_service) ->
         {"ids": [i for i, _ in neighbours], "distances": [d for _, d in neighbours]},
     )
     assert catalog.neighbours(ids[2])[0] == neighbours
+    # As the builder reads them: the ids and the last distance without decoding the rest.
+    stored = catalog.stored_lists(ids[:3])
+    for image_id in (ids[0], ids[2]):  # packed, and as lists of values
+        assert stored[image_id].ids == [i for i, _ in neighbours]
+        assert stored[image_id].last_distance() == neighbours[-1][1]
+        assert stored[image_id].neighbours == neighbours
+    assert stored[ids[1]].ids == [] and stored[ids[1]].last_distance() is None
     # numpy's floats (whose repr is "np.float64(...)") are written as plain numbers too
     as_numpy = [(i, np.float64(d)) for i, d in neighbours[:3]]
     catalog.put_neighbour_lists({ids[3]: (as_numpy, 0)})
     assert catalog.neighbours(ids[3])[0] == neighbours[:3]
+
+
+def test_near_copy_lists_are_written_again_only_where_they_change(index_service) -> None:
+    """A list written again over the list it replaces writes its near-copy list only if its
+    near copies changed (most lists a new image enters gain none); otherwise as before."""
+    catalog = index_service.parts.catalog
+    catalog.complete_near_copy_lists([], 1)  # (a collection indexed before them: all written)
+    ids = synthetic_ids(6)
+    first = [(ids[1], 0.05), (ids[2], 0.4)]
+    catalog.put_neighbour_lists({ids[0]: (first, 0)})
+    assert catalog.near_copy_lists() == {ids[0]: [(ids[1], 0.05)]}
+    written: list[str] = []
+    put_many = catalog.table.put_many
+
+    def recording(puts):  # type: ignore[no-untyped-def]
+        written.extend(put.pk for put in puts)
+        put_many(puts)
+
+    catalog.table.put_many = recording
+    farther = [(ids[1], 0.05), (ids[3], 0.3), (ids[2], 0.4)]  # a far neighbour more
+    catalog.put_neighbour_lists({ids[0]: (farther, 1)}, replacing={ids[0]: first})
+    assert written == [f"image#{ids[0]}"]
+    assert catalog.neighbours(ids[0]) == (farther, 2)
+    nearer = [(ids[4], 0.01), *farther]  # a near copy more
+    catalog.put_neighbour_lists({ids[0]: (nearer, 2)}, replacing={ids[0]: farther})
+    assert catalog.near_copy_lists() == {ids[0]: [(ids[4], 0.01), (ids[1], 0.05)]}
+    written.clear()
+    catalog.put_neighbour_lists({ids[0]: (nearer, 3)})  # nothing to compare with: written
+    assert sorted(written) == sorted([NEAR_COPIES, f"image#{ids[0]}"])
+    # A collection whose near-copy lists are not all written yet: each written with its list.
+    catalog.table.delete(NEAR_COPIES_MARK, "complete")
+    written.clear()
+    catalog.put_neighbour_lists({ids[0]: (nearer, 4)}, replacing={ids[0]: nearer})
+    assert sorted(written) == sorted([NEAR_COPIES, f"image#{ids[0]}"])
 
 
 def test_a_build_written_here_is_loaded_without_downloading_it(storage) -> None:

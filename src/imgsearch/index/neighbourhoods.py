@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
-from imgsearch.catalog import Catalog, StoredExpanded, StoredNeighbours
+from imgsearch.catalog import Catalog, StoredExpanded, StoredList, StoredNeighbours
 from imgsearch.index.base import SearchIndex
 from imgsearch.index.expansion import Expansion, Ranked
 from imgsearch.remembered import Remembered
@@ -194,25 +194,25 @@ class Neighbourhoods:
             for other, _ in nearest[removed_id]
             if other not in vectors
         }
-        stored, stored_expanded = self.catalog.neighbour_lists_and_expanded([*own, *offers, *stale])
+        stored = self.catalog.stored_lists([*own, *offers, *stale])
 
         lists: dict[str, Neighbours] = dict(own)
         gone = set(removed)
         for other in stale:
-            current, _ = stored.get(other, ([], 0))
-            if any(i in gone for i, _ in current):
+            if other in stored and any(i in gone for i in stored[other].ids):
                 lists[other] = self.compute(other)  # with what it is offered: both are in
         for other, offered in offers.items():
-            if other not in lists and other in stored:  # no list yet: it is computed whole
-                lists[other] = self._merged(stored[other][0], offered)
+            # (no list yet: it is computed whole; most lists take none of their offers)
+            if other not in lists and other in stored and self._may_take(stored[other], offered):
+                lists[other] = self._merged(stored[other].neighbours, offered)
 
         changed: dict[str, StoredNeighbours] = {}
         for image_id, neighbours in lists.items():
-            current, version = stored.get(image_id, ([], 0))
+            current = stored.get(image_id)
             # A new image's own list is stored even when empty, and even when one is stored
             # already (a rebuild: `imgsearch reindex` writes every list's expanded vector).
-            if image_id in own or image_id not in stored or neighbours != current:
-                changed[image_id] = (neighbours, version)
+            if image_id in own or current is None or neighbours != current.neighbours:
+                changed[image_id] = (neighbours, 0 if current is None else current.version)
         # A list whose first neighbours (those its expanded vector is made of) are as stored
         # keeps its stored vector, written again as it is: the same list would make the same
         # one. A new image enters most lists it joins beyond their first neighbours, so most
@@ -220,15 +220,20 @@ class Neighbourhoods:
         # GetVectors for each 100). Own lists are made afresh (a rebuild rewrites them all).
         first = self.expansion.neighbours
         kept: dict[str, np.ndarray | StoredExpanded] = {
-            image_id: stored_expanded[image_id]
+            image_id: stored_vector
             for image_id, (neighbours, _) in changed.items()
             if image_id not in own
-            and image_id in stored_expanded
-            and neighbours[:first] == stored[image_id][0][:first]
+            and (stored_vector := stored[image_id].expanded) is not None
+            and neighbours[:first] == stored[image_id].neighbours[:first]
         }
         expanded = kept | self._expanded({i: lists[i] for i in changed if i not in kept})
         before_write()
-        self.catalog.put_neighbour_lists(changed, expanded)
+        self.catalog.put_neighbour_lists(
+            changed,
+            expanded,
+            # (own lists' near copies always written: a rebuild writes them all again)
+            replacing={i: stored[i].neighbours for i in changed if i not in own and i in stored},
+        )
         for image_id in removed:
             self.catalog.delete_neighbours(image_id)
         # After the writes (see `_current`), and even when nothing changed here: the re-run
@@ -245,6 +250,15 @@ class Neighbourhoods:
             for image_id, near in first.items()
             if image_id in vectors
         }
+
+    def _may_take(self, stored: StoredList, offered: Neighbours) -> bool:
+        """False where no offer can enter the list (`_merged` would give it back as it is,
+        or only its ties reordered): it is full and every offer is farther than its last
+        neighbour. Tells without decoding the list's distances."""
+        if len(stored.ids) != self.k:
+            return True
+        last = stored.last_distance()
+        return last is None or any(round(d, 6) <= last for _, d in offered)
 
     def _merged(self, current: Neighbours, offered: Neighbours) -> Neighbours:
         """The list with offered neighbours that are nearer than its current k-th."""
