@@ -644,32 +644,6 @@ def test_local_adapters_across_processes(tmp_path: Path) -> None:
     assert table.get("counter", "atomic")["count"] == total  # type: ignore[index]
 
 
-def test_closing_a_table_closes_every_threads_connection(tmp_path: Path) -> None:
-    """`close` before a file is moved aside (repair): a connection another thread opened
-    earlier is closed too, so that thread's next write goes to the file now at the path, not
-    into the moved one through a connection left open."""
-    path = tmp_path / "tables.sqlite3"
-    table = SqliteTable(path, "catalog")
-    with ThreadPoolExecutor(1) as other:  # one thread, kept: its connection stays open
-        other.submit(table.put, "item#a", "s", {"n": 1}).result()
-        table.put("item#b", "s", {"n": 2})
-        table.close()
-        path.rename(tmp_path / "moved.sqlite3")
-        SqliteTable(path, "catalog")  # a new file in its place, as a repair opens
-        other.submit(table.put, "item#c", "s", {"n": 3}).result()
-    moved = SqliteTable(tmp_path / "moved.sqlite3", "catalog")
-    assert [table.get(k, "s") is not None for k in ("item#a", "item#b", "item#c")] == [
-        False,
-        False,
-        True,
-    ]
-    assert [moved.get(k, "s") is not None for k in ("item#a", "item#b", "item#c")] == [
-        True,
-        True,
-        False,
-    ]
-
-
 # --- Persistence ----------------------------------------------------------------------------
 
 
