@@ -462,6 +462,22 @@ def test_binary_values_round_trip_through_batches_on_dynamodb(table: Table) -> N
     _batch_round_trip(table, {"bytes": b"\x00\xffraw", "deep": {"b": [b"\x01", "s"]}})
 
 
+@pytest.mark.parametrize("storage", ["aws"], indirect=True)
+def test_a_batch_write_whose_items_were_not_sent_fails(table: Table) -> None:
+    """Without ItemCodec on its client, a batch write would send only the placeholder it
+    validates with and succeed having written nothing: it raises instead."""
+    import boto3
+
+    plain = boto3.client(
+        "dynamodb",
+        region_name=table._client.meta.region_name,  # type: ignore[attr-defined]
+        endpoint_url=table._client.meta.endpoint_url,  # type: ignore[attr-defined]
+    )
+    table._client = plain  # type: ignore[attr-defined]
+    with pytest.raises(StorageError, match="without its items"):
+        table.put_many([Put("p", "lost", {"n": 1}, expected_version=0)])
+
+
 def _batch_round_trip(table: Table, values: dict[str, Any]) -> None:
     table.put_many([Put("p", f"batch{n}", values, expected_version=0) for n in range(30)])
     table.put("p", "single", values)
