@@ -594,7 +594,7 @@ class Catalog:
     ) -> None:
         """Replace many lists in batched writes, each read at the version given, with the
         `expanded` vectors of their images (index/expansion.py; or as they were stored, read
-        by `neighbour_lists_and_expanded`). Not conditional (see `Table.put_many`): only the
+        by `stored_lists`: `StoredList.expanded`). Not conditional (see `Table.put_many`): only the
         index builder, under its lease, writes neighbour lists.
 
         Their near-copy lists are written with them, first (see below), except those of the

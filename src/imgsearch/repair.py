@@ -249,7 +249,7 @@ def ingest_originals(parts: Parts) -> None:
 
 
 def close_files(parts: Parts) -> None:
-    """Close every thread's connections to the SQLite files before one is moved aside:
+    """Close the calling thread's connections to the SQLite files before one is moved aside:
     SQLite closing one later could delete the `-wal` of a new file under the same name."""
     for table in _sqlite_tables(parts):
         table.close()

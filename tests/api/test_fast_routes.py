@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from imgsearch.api.app import create_app
 from imgsearch.api.fast import FastRoute, FastRoutes, IntParam
+from imgsearch.api.routes import images
 
 
 def _answer(client: TestClient, path: str, **headers: str) -> tuple[int, list, bytes]:
@@ -53,25 +54,32 @@ def test_the_guard_still_sees_what_the_fast_route_answers(demo_client, demo_serv
     assert "content-security-policy" in answered.headers
 
 
-def _dispatch(path: str, query: bytes, *, method: str = "GET", fails: bool = False) -> str:
-    """Who answered a request: "fast" (with its arguments) or "app"."""
+def _dispatch(
+    path: str, query: bytes, *, method: str = "GET", fails: Exception | None = None
+) -> str:
+    """Who answered a request: "fast" (with its arguments), "handler" (an error the fast
+    answer raised, by the app's handler of its type) or "app"."""
     answered: list[str] = []
 
     async def answer(request, image_id: str, limit: int, offset: int) -> Response:
-        if fails:
-            raise RuntimeError("the engine failed")
+        if fails is not None:
+            raise fails
         answered.append(f"fast {image_id} {limit} {offset}")
         return Response(b"{}", media_type="application/json")
 
     async def app(scope, receive, send) -> None:
         answered.append("app")
 
+    async def handler(request, error) -> Response:
+        answered.append("handler")
+        return Response(b"{}", status_code=404, media_type="application/json")
+
     route = FastRoute(
         "/things/(?P<image_id>[0-9a-f]{4})",
         {"limit": IntParam(20, 1, 200), "offset": IntParam(0, 0, 9)},
         answer,
     )
-    routes = FastRoutes(app, prefix="/api", routes=(route,))
+    routes = FastRoutes(app, prefix="/api", routes=(route,), handlers={LookupError: handler})
 
     async def send(message) -> None:
         pass
@@ -115,4 +123,38 @@ def test_fast_routes_answer_only_what_they_read_plainly(path, query, who) -> Non
 def test_fast_routes_leave_other_methods_and_errors_to_the_app() -> None:
     assert _dispatch("/api/things/00af", b"", method="HEAD") == "app"
     assert _dispatch("/api/things/00af", b"", method="POST") == "app"
-    assert _dispatch("/api/things/00af", b"", fails=True) == "app"  # the app answers the error
+    # An error with a handler (here a KeyError, by its base class) is answered by it, not by
+    # asking the engine again; one without goes to the app.
+    assert _dispatch("/api/things/00af", b"", fails=KeyError("00af")) == "handler"
+    assert _dispatch("/api/things/00af", b"", fails=RuntimeError("the engine failed")) == "app"
+
+
+def test_the_app_answers_plain_similar_requests_by_its_fast_route(
+    demo_client, demo_service, monkeypatch
+) -> None:
+    """(The equivalence test above would also pass were the fast route not wired in.) A
+    missing image's 404 is answered by the handler once, not by FastAPI again."""
+    read: list[bool] = []
+    params = FastRoute.params
+
+    def reading(self, found, query_string):
+        arguments = params(self, found, query_string)
+        read.append(arguments is not None)
+        return arguments
+
+    monkeypatch.setattr(FastRoute, "params", reading)
+    through_fastapi: list[str] = []
+    page = images.similar_page  # what FastAPI's route calls, by this module's name
+
+    async def paging(request, image_id, limit, offset):
+        through_fastapi.append(image_id)
+        return await page(request, image_id, limit, offset)
+
+    monkeypatch.setattr(images, "similar_page", paging)
+    image_id = demo_service.browse(1, 0)[0][0].id
+    assert demo_client.get(f"/api/images/{image_id}/similar?limit=5").status_code == 200
+    assert demo_client.get(f"/api/images/{image_id}/similar?limit=0").status_code == 422
+    missing = demo_client.get("/api/images/ffffffffffffffff/similar")
+    assert missing.status_code == 404 and "no image" in missing.json()["detail"]
+    assert read == [True, False, True]
+    assert through_fastapi == []  # (limit=0: refused by FastAPI's validation, before it)

@@ -417,12 +417,14 @@ def test_s3vectors_publication_dying_between_its_two_puts_leaves_no_image_withou
     assert len(s3.parts.index) == 150
 
 
+@pytest.mark.parametrize("deleted", [30, 50])
 def test_s3vectors_deleting_images_a_publication_died_between_puts_leaves_no_class_vector(
-    both,
+    both, deleted
 ) -> None:
     """A publication killed after its class vectors and before its feature vectors, then 30
-    of its 50 images deleted: the next build deletes their class vectors too (none is left
-    for keyword search's class index to find), puts the other 20, and counts as Annoy."""
+    (or all 50) of its 50 images deleted: the next build deletes their class vectors too
+    (none is left for keyword search's class index to find), puts the others, and counts as
+    Annoy."""
     ids, vectors = synthetic_ids(150), clustered_vectors(150, seed=14)
     s3 = both["s3vectors"]
     bucket = s3.parts.index.bucket
@@ -435,11 +437,12 @@ def test_s3vectors_deleting_images_a_publication_died_between_puts_leaves_no_cla
                 service.build_index()
             assert len(bucket.get(ids[100:], data=False, index=bucket.classes)) == 50
             forget_what_it_read(service)
-        forget(service, ids[100:130])
+        forget(service, ids[100 : 100 + deleted])
         service.build_index()
-    assert not bucket.get(ids[100:130], data=False, index=bucket.classes)
-    assert len(bucket.get(ids[130:], data=False, index=bucket.classes)) == 20
-    assert_counts_as_annoys(both, 120)
+    assert not bucket.get(ids[100 : 100 + deleted], data=False, index=bucket.classes)
+    assert len(bucket.get(ids[100 + deleted :], data=False, index=bucket.classes)) == 50 - deleted
+    assert_counts_as_annoys(both, 150 - deleted)
+    assert not s3.parts.index.state.uncounted
 
 
 def test_s3vectors_asks_a_searchs_rankings_beside_which_senses_are_held(request, tmp_path) -> None:

@@ -462,6 +462,22 @@ def test_binary_values_round_trip_through_batches_on_dynamodb(table: Table) -> N
     _batch_round_trip(table, {"bytes": b"\x00\xffraw", "deep": {"b": [b"\x01", "s"]}})
 
 
+@pytest.mark.parametrize("storage", ["aws"], indirect=True)
+def test_a_batch_write_whose_items_were_not_sent_fails(table: Table) -> None:
+    """Without ItemCodec on its client, a batch write would send only the placeholder it
+    validates with and succeed having written nothing: it raises instead."""
+    import boto3
+
+    plain = boto3.client(
+        "dynamodb",
+        region_name=table._client.meta.region_name,  # type: ignore[attr-defined]
+        endpoint_url=table._client.meta.endpoint_url,  # type: ignore[attr-defined]
+    )
+    table._client = plain  # type: ignore[attr-defined]
+    with pytest.raises(StorageError, match="without its items"):
+        table.put_many([Put("p", "lost", {"n": 1}, expected_version=0)])
+
+
 def _batch_round_trip(table: Table, values: dict[str, Any]) -> None:
     table.put_many([Put("p", f"batch{n}", values, expected_version=0) for n in range(30)])
     table.put("p", "single", values)
@@ -642,32 +658,6 @@ def test_local_adapters_across_processes(tmp_path: Path) -> None:
     assert LocalObjectStore(objects_root).get("counter").data == b"%d" % total
     assert table.get("counter", "cas")["count"] == total  # type: ignore[index]
     assert table.get("counter", "atomic")["count"] == total  # type: ignore[index]
-
-
-def test_closing_a_table_closes_every_threads_connection(tmp_path: Path) -> None:
-    """`close` before a file is moved aside (repair): a connection another thread opened
-    earlier is closed too, so that thread's next write goes to the file now at the path, not
-    into the moved one through a connection left open."""
-    path = tmp_path / "tables.sqlite3"
-    table = SqliteTable(path, "catalog")
-    with ThreadPoolExecutor(1) as other:  # one thread, kept: its connection stays open
-        other.submit(table.put, "item#a", "s", {"n": 1}).result()
-        table.put("item#b", "s", {"n": 2})
-        table.close()
-        path.rename(tmp_path / "moved.sqlite3")
-        SqliteTable(path, "catalog")  # a new file in its place, as a repair opens
-        other.submit(table.put, "item#c", "s", {"n": 3}).result()
-    moved = SqliteTable(tmp_path / "moved.sqlite3", "catalog")
-    assert [table.get(k, "s") is not None for k in ("item#a", "item#b", "item#c")] == [
-        False,
-        False,
-        True,
-    ]
-    assert [moved.get(k, "s") is not None for k in ("item#a", "item#b", "item#c")] == [
-        True,
-        True,
-        False,
-    ]
 
 
 # --- Persistence ----------------------------------------------------------------------------

@@ -87,7 +87,10 @@ def create_app(
     # Innermost of the middleware: what it answers passes the guard and gets the headers.
     fast = tuple(route for name in routers for route in FAST_ROUTES.get(name, ()))
     if fast:
-        app.add_middleware(FastRoutes, prefix=API_PREFIX, routes=fast)
+        # (the app's handlers, added below into this same mapping)
+        app.add_middleware(
+            FastRoutes, prefix=API_PREFIX, routes=fast, handlers=app.exception_handlers
+        )
     # Forms: multipart framing on top of the largest image we accept; JSON: a vote.
     app.add_middleware(
         RequestGuard,

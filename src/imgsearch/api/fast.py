@@ -10,8 +10,9 @@ every answer) and answers a GET whose path and query it reads at once, with the 
 function: the same bytes and headers as through FastAPI. Anything else goes to the app as
 before: a path or query it does not read plainly (another parameter, a repeated one, a
 number with a sign or a leading zero, a value out of range: FastAPI answers 422 as it always
-did), a root path, and any error the answer raises (the app answers it again, with its
-handlers: a 404 costs the engine twice, as cheap as it is).
+did) and a root path. An error the answer raises is answered by the app's own handler for it
+(a 404, a 429), not by asking the engine again; one with no handler goes to the app, which
+answers and logs it as any other failure.
 
 The route declared with FastAPI stays: it is what OpenAPI documents, and what answers when
 this does not.
@@ -19,11 +20,14 @@ this does not.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -77,13 +81,32 @@ class FastRoute:
         return params
 
 
-class FastRoutes:
-    """Answers the requests `routes` (their paths under `prefix`) read plainly; passes every
-    other request to `app` (module docstring)."""
+ExceptionHandler = Callable[[Request, Exception], Any]
 
-    def __init__(self, app: ASGIApp, *, prefix: str, routes: tuple[FastRoute, ...]) -> None:
+
+class FastRoutes:
+    """Answers the requests `routes` (their paths under `prefix`) read plainly, and the errors
+    their answers raise with `handlers` (the app's, by exception type); passes every other
+    request to `app` (module docstring)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        prefix: str,
+        routes: tuple[FastRoute, ...],
+        handlers: Mapping[Any, ExceptionHandler],
+    ) -> None:
         self.app = app
         self.routes = [(re.compile(re.escape(prefix) + route.path), route) for route in routes]
+        self.handlers = handlers
+
+    def _handler(self, error: Exception) -> ExceptionHandler | None:
+        """The handler of `error`'s class or its nearest base, as Starlette looks it up."""
+        for cls in type(error).__mro__:
+            if cls in self.handlers:
+                return self.handlers[cls]
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and not scope.get("root_path"):
@@ -94,10 +117,17 @@ class FastRoutes:
                 params = route.params(found, scope.get("query_string", b""))
                 if params is None:
                     break
+                request = Request(scope, receive)
                 try:
-                    response = await route.answer(Request(scope, receive), **params)
-                except Exception:  # the app answers it with its handlers
-                    break
+                    response = await route.answer(request, **params)
+                except Exception as error:
+                    handler = self._handler(error)
+                    if handler is None:
+                        break
+                    if inspect.iscoroutinefunction(handler):
+                        response = await handler(request, error)
+                    else:
+                        response = await run_in_threadpool(handler, request, error)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -27,7 +27,7 @@ import numpy as np
 
 from imgsearch.index.base import SearchIndex
 from imgsearch.index.manifest import Manifest, read_manifest
-from imgsearch.index.shards import Shard, half_dot_of_rows, serial_matvec
+from imgsearch.index.shards import Shard, cosine_distances, half_dot_of_rows, serial_matvec
 from imgsearch.storage import ObjectStore
 
 SEARCH_THREADS = min(4, os.cpu_count() or 1)
@@ -507,8 +507,7 @@ def _best_candidates(
     if wanted == 0:
         return []
     best = np.argpartition(cosine, len(cosine) - wanted)[len(cosine) - wanted :]
-    # float16 rounding can put an image's cosine with itself slightly above 1.
-    distances = np.clip(1.0 - cosine[best], 0.0, 2.0)
+    distances = cosine_distances(cosine[best])
     order = np.lexsort((best, distances))  # nearest first; ties in shard order
     best, distances = best[order], distances[order]
     ends = list(itertools.accumulate(len(part) for part in rows))

@@ -653,16 +653,16 @@ class S3VectorsWriter(IndexWriter):
         # Vectors are searchable as soon as they are put: the lease is checked before each
         # write (a long publication may outlive it), not once before them all.
         state, etag = self.index.state, self.index.etag
-        late, unput = self._uncounted(state, additions)
-        if not len(additions) and not removed and not late:
+        late, classes_only = self._uncounted(state, additions)
+        if not len(additions) and not removed and not late and not classes_only:
             return 0
-        if unput:
+        if classes_only:
             # Class vectors a dead publication put without their feature vectors, of images
             # this one does not put (deleted since, or in a later batch, which puts both):
             # deleted before the state stops naming them, or keyword search's class index
             # could still find an image deleted since.
             still_held()
-            self.bucket.delete(self.bucket.classes, unput)
+            self.bucket.delete(self.bucket.classes, classes_only)
         generation = state.generation + 1
         counted = self._counted(state, additions, removed, late)
         # Before the first write, the state names what this publication puts (and what it

@@ -133,6 +133,13 @@ def half_dot_of_rows(
     return out
 
 
+def cosine_distances(cosine: np.ndarray) -> np.ndarray:
+    """1 - cos, in [0, 2]: float16 rounding can put an image's cosine with itself slightly
+    above 1."""
+    distances: np.ndarray = np.clip(1.0 - cosine, 0.0, 2.0)
+    return distances
+
+
 def _normal_halves(features: np.ndarray) -> np.ndarray:
     """`features` as float16 with values too small for a normal half (below 6.1e-5 in a unit
     vector; about 1% of EfficientNet's) set to 0, which keeps `half_dot` fast. A copy."""
@@ -663,14 +670,12 @@ class Shard:
         return rows if every_row_live else rows[live[rows]]
 
     def distances(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Exact cosine distances (1 - cos) from a unit `vector` to `rows`, in [0, 2] (float16
-        rounding would otherwise put an image's distance to itself slightly below 0)."""
+        """Exact cosine distances from a unit `vector` to `rows` (`cosine_distances`)."""
         cosine = np.zeros(len(rows), np.float32)
         for start in range(0, len(rows), PROJECTION_CHUNK):  # a float32 copy of all is GBs
             part = rows[start : start + PROJECTION_CHUNK]
-            cosine[start : start + len(part)] = half_dot(self.features[part], vector)
-        distances: np.ndarray = np.clip(1.0 - cosine, 0.0, 2.0)
-        return distances
+            half_dot_of_rows(self.features, part, vector, out=cosine[start : start + len(part)])
+        return cosine_distances(cosine)
 
     def class_scores(self, weights: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray]:
         """The live rows listed under any of the weighted classes, ascending, and their sum of

@@ -19,7 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypedDict, cast
 
-from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from .base import DirectUploads, LocalCopies, ObjectStore, Table
@@ -314,10 +314,14 @@ class ItemCodec:
     @contextmanager
     def sending(request_items: Mapping[str, Any]) -> Iterator[None]:
         """The `RequestItems` of the batch write made in the `with` block (this thread's);
-        forgotten when the block ends, sent or not."""
+        forgotten when the block ends, sent or not. A write that returns without having
+        taken them (a client without the codec) sent its placeholder alone: an error, not a
+        success that wrote nothing."""
         _outgoing.items = request_items
         try:
             yield
+            if _outgoing.items is not None:
+                raise StorageError("a batch write went out without its items (no ItemCodec)")
         finally:
             _outgoing.items = None
 
@@ -352,8 +356,6 @@ class ItemCodec:
 
 def _json_binary(value: object) -> str:
     """A binary value as DynamoDB JSON writes it (base64), as botocore's serialiser does."""
-    if isinstance(value, Binary):
-        value = bytes(cast(Any, value))  # (its __bytes__, which its stubs leave out)
     if isinstance(value, bytes | bytearray):
         return base64.b64encode(value).decode("ascii")
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")

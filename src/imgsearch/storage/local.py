@@ -18,7 +18,6 @@ import sqlite3
 import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
@@ -375,17 +374,11 @@ MMAP_BYTES = 1 << 30
 _EXPIRES = "json_extract(attrs, '$.expires_at')"
 
 
-class _Connection(sqlite3.Connection):
-    """An SQLite connection that a weak reference can point to."""
-
-
 class _ThreadConnection(threading.local):
-    """One thread's SQLite connection, the process that opened it, and the table's `closed`
-    count then (a `close` since makes it stale)."""
+    """One thread's SQLite connection, and the process that opened it."""
 
     connection: sqlite3.Connection | None = None
     pid: int | None = None
-    closes: int = 0
 
 
 class _Watcher:
@@ -420,12 +413,6 @@ class SqliteTable(Table):
         self.name = name
         self._quoted_name = f'"{name}"'
         self._local = _ThreadConnection()
-        # Every live thread's connection of this process (a thread's ends with it), so that
-        # `close` closes them all.
-        self._opened: weakref.WeakSet[_Connection] = weakref.WeakSet()
-        self._opened_pid = os.getpid()
-        self._opened_lock = threading.Lock()
-        self._closes = 0
         self._watcher = _Watcher()
         self.expiring = expiring
         self._next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
@@ -566,15 +553,11 @@ class SqliteTable(Table):
         return moved, again
 
     def close(self) -> None:
-        """Close every thread's connection and the change watcher's (each thread's next use
-        opens a new one): before the file is renamed, so that closing them later cannot touch
-        the journal of a new file under the same name. A thread using its connection
-        meanwhile gets an error from SQLite, not a write into the renamed file."""
-        with self._opened_lock:
-            opened = list(self._opened) if self._opened_pid == os.getpid() else []
-            self._opened, self._opened_pid = weakref.WeakSet(), os.getpid()
-            self._closes += 1
-        for connection in opened:
+        """Close this thread's connection and the change watcher's (the next use opens new
+        ones): before the file is renamed, so that closing them later cannot touch the
+        journal of a new file under the same name. Other threads' connections stay open."""
+        connection, self._local.connection = self._local.connection, None
+        if connection is not None and self._local.pid == os.getpid():
             connection.close()
         with self._watcher.lock:
             watcher, self._watcher.connection = self._watcher.connection, None
@@ -794,16 +777,10 @@ class SqliteTable(Table):
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection. A forked child opens its own: sharing an SQLite
         connection with the parent process corrupts it."""
-        local = self._local
-        if local.connection is None or local.pid != os.getpid() or local.closes != self._closes:
+        if self._local.connection is None or self._local.pid != os.getpid():
             # isolation_level=None: no implicit transactions; ours are explicit.
-            # check_same_thread=False: only so that `close` may close it from another thread.
             connection = sqlite3.connect(
-                self.path,
-                timeout=BUSY_TIMEOUT_SECONDS,
-                isolation_level=None,
-                check_same_thread=False,
-                factory=_Connection,
+                self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None
             )
             connection.execute("PRAGMA journal_mode=WAL")
             # In WAL mode NORMAL never corrupts the database and keeps every commit through a
@@ -811,14 +788,10 @@ class SqliteTable(Table):
             # every commit, which made a bulk ingest spend most of its time waiting on disk.
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
-            with self._opened_lock:
-                if self._opened_pid != os.getpid():  # a forked child: the parent's are not ours
-                    self._opened, self._opened_pid = weakref.WeakSet(), os.getpid()
-                self._opened.add(connection)
-                local.closes = self._closes
-            local.connection, local.pid = connection, os.getpid()
+            self._local.connection = connection
+            self._local.pid = os.getpid()
             return connection
-        return local.connection
+        return self._local.connection
 
 
 def _item(pk: str, sk: str, version: int, attrs: dict[str, Any]) -> Item:
