@@ -644,7 +644,10 @@ class Catalog:
     def near_copy_lists_complete(self) -> bool:
         """Whether every image stored before near-copy lists were kept has one too
         (`complete_near_copy_lists`); images indexed since get theirs with their lists."""
-        return self.table.get(NEAR_COPIES_MARK, "complete") is not None
+        mark = self.table.get(NEAR_COPIES_MARK, "complete")
+        # Made for another threshold, they would miss near copies a wider one takes in: the
+        # lists that `put_neighbour_lists` leaves unwritten would never gain them.
+        return mark is not None and mark.get("max_distance") == MAX_DUPLICATE_DISTANCE
 
     def complete_near_copy_lists(self, image_ids: list[str], batch: int) -> None:
         """Near-copy lists from the stored neighbour lists of `image_ids` (once, for a
@@ -652,7 +655,11 @@ class Catalog:
         for start in range(0, len(image_ids), batch):
             lists = self.neighbour_lists(image_ids[start : start + batch])
             self.table.put_many(_near_copy_puts({i: found for i, (found, _) in lists.items()}))
-        self.table.put(NEAR_COPIES_MARK, "complete", {"at": time.time()})
+        self.table.put(
+            NEAR_COPIES_MARK,
+            "complete",
+            {"at": time.time(), "max_distance": MAX_DUPLICATE_DISTANCE},
+        )
 
     def expanded_vectors(self, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
         """The expanded vectors stored with the lists of `image_ids`, in batched reads

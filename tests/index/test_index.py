@@ -705,10 +705,17 @@ def test_near_copy_lists_are_written_again_only_where_they_change(index_service)
     written.clear()
     catalog.put_neighbour_lists({ids[0]: (nearer, 3)})  # nothing to compare with: written
     assert sorted(written) == sorted([NEAR_COPIES, f"image#{ids[0]}"])
-    # A collection whose near-copy lists are not all written yet: each written with its list.
-    catalog.table.delete(NEAR_COPIES_MARK, "complete")
+    # A collection whose near-copy lists are not all written yet, or were for another
+    # threshold: each written with its list.
+    mark = catalog.table.get(NEAR_COPIES_MARK, "complete")
+    assert mark is not None
+    catalog.table.put(NEAR_COPIES_MARK, "complete", {"at": mark["at"], "max_distance": 0.01})
     written.clear()
     catalog.put_neighbour_lists({ids[0]: (nearer, 4)}, replacing={ids[0]: nearer})
+    assert sorted(written) == sorted([NEAR_COPIES, f"image#{ids[0]}"])
+    catalog.table.delete(NEAR_COPIES_MARK, "complete")
+    written.clear()
+    catalog.put_neighbour_lists({ids[0]: (nearer, 5)}, replacing={ids[0]: nearer})
     assert sorted(written) == sorted([NEAR_COPIES, f"image#{ids[0]}"])
 
 
