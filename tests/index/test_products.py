@@ -70,18 +70,29 @@ def test_rows_gathered_block_by_block_give_half_dot_s_products(monkeypatch) -> N
     rows = np.random.default_rng(8).choice(200, 21, replace=False)
     expected = features[rows].astype(np.float32) @ vector
     np.testing.assert_allclose(
-        shards.half_dot_of_rows(features, rows, vector), expected, rtol=1e-6, atol=1e-6
+        shards.half_dot_of_rows([(features, rows)], vector), expected, rtol=1e-6, atol=1e-6
     )
-    # Into a slice of a bigger array, as the re-rank writes each shard's products.
+    # Into a slice of a bigger array.
     out = np.zeros(25, np.float32)
-    shards.half_dot_of_rows(features, rows, vector, out[2:23])
+    shards.half_dot_of_rows([(features, rows)], vector, out[2:23])
     np.testing.assert_allclose(out[2:23], expected, rtol=1e-6, atol=1e-6)
     assert not out[:2].any() and not out[23:].any()
+    # Several shards' rows (one empty), blocks spanning them: in order, as one product each.
+    other = halves_of_every_kind(50, 96)
+    other_rows = np.array([3, 49, 0, 17, 5], np.int64)
+    parts = [(features, rows[:4]), (other, other_rows), (features, rows[:0]), (features, rows)]
+    together = np.concatenate(
+        [f[r].astype(np.float32) @ vector if len(r) else np.zeros(0) for f, r in parts]
+    )
+    np.testing.assert_allclose(
+        shards.half_dot_of_rows(parts, vector), together, rtol=1e-6, atol=1e-6
+    )
     # float32 features, and no rows.
     np.testing.assert_allclose(
-        shards.half_dot_of_rows(features.astype(np.float32), rows, vector),
+        shards.half_dot_of_rows([(features.astype(np.float32), rows)], vector),
         expected,
         rtol=1e-6,
         atol=1e-6,
     )
-    assert shards.half_dot_of_rows(features, rows[:0], vector).shape == (0,)
+    assert shards.half_dot_of_rows([(features, rows[:0])], vector).shape == (0,)
+    assert shards.half_dot_of_rows([], vector).shape == (0,)

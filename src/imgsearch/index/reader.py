@@ -461,12 +461,9 @@ def _best_positions(scores: np.ndarray, depth: int) -> np.ndarray:
 def _cosines(shards: tuple[Shard, ...], rows: list[np.ndarray], vector: np.ndarray) -> np.ndarray:
     """`vector`'s products with the stored features of each shard's `rows`, in shard order
     (`half_dot_of_rows`: gathered, widened and multiplied block by block)."""
-    cosine = np.empty(sum(len(part) for part in rows), np.float32)
-    position = 0
-    for shard, part in zip(shards, rows, strict=True):
-        half_dot_of_rows(shard.features, part, vector, cosine[position : position + len(part)])
-        position += len(part)
-    return cosine
+    return half_dot_of_rows(
+        [(shard.features, part) for shard, part in zip(shards, rows, strict=True)], vector
+    )
 
 
 def _nearest(

@@ -108,28 +108,51 @@ GATHER_BLOCK_ROWS = 128
 
 
 def half_dot_of_rows(
-    features: np.ndarray, rows: np.ndarray, vector: np.ndarray, out: np.ndarray | None = None
+    parts: Sequence[tuple[np.ndarray, np.ndarray]],
+    vector: np.ndarray,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """`features[rows] @ vector` (float32), as `half_dot` computes it, for the rows of a
-    shard's `features`, gathered block by block (GATHER_BLOCK_ROWS); into `out` if given."""
+    """`features[rows] @ vector` (float32), as `half_dot` computes it, for each (features,
+    rows) of `parts` (a query's candidates in each shard) one after the other; into `out` if
+    given. Gathered block by block (GATHER_BLOCK_ROWS), a block taking rows of several parts:
+    a small query's few candidates in four shards are one block, not four (each numpy call
+    holds the GIL that a second query thread waits for)."""
+    total = sum(len(rows) for _, rows in parts)
     if out is None:
-        out = np.empty(len(rows), np.float32)
-    if features.dtype != np.float16 or len(rows) == 0:
-        out[:] = half_dot(features[rows], vector)
+        out = np.empty(total, np.float32)
+    if total == 0:
         return out
-    halves = features.view(np.int16)
+    if any(features.dtype != np.float16 for features, _ in parts):
+        out[:] = np.concatenate([half_dot(features[rows], vector) for features, rows in parts])
+        return out
     scaled = vector.astype(np.float32) * _HALF_BITS_SCALE
-    blocks = -(-len(rows) // GATHER_BLOCK_ROWS)
-    block = -(-len(rows) // blocks)  # blocks of one size: 385 rows as 3 x 129, not 3 x 128 + 1
-    gathered = np.empty((block, features.shape[1]), np.int16)
-    widened = np.empty((block, features.shape[1]), np.int32)
-    for start in range(0, len(rows), block):
-        part = rows[start : start + block]
-        bits = widened[: len(part)]
-        np.take(halves, part, axis=0, out=gathered[: len(part)])
-        np.left_shift(gathered[: len(part)], _HALF_BITS_SHIFT, out=bits, dtype=np.int32)
+    blocks = -(-total // GATHER_BLOCK_ROWS)
+    block = -(-total // blocks)  # blocks of one size: 385 rows as 3 x 129, not 3 x 128 + 1
+    dimension = parts[0][0].shape[1]
+    gathered = np.empty((block, dimension), np.int16)
+    widened = np.empty((block, dimension), np.int32)
+    filled = done = 0  # rows in the block being gathered; rows multiplied before it
+
+    def multiply() -> None:
+        bits = widened[:filled]
+        np.left_shift(gathered[:filled], _HALF_BITS_SHIFT, out=bits, dtype=np.int32)
         bits &= _HALF_BITS_MASK
-        np.matmul(bits.view(np.float32), scaled, out=out[start : start + len(part)])
+        np.matmul(bits.view(np.float32), scaled, out=out[done : done + filled])
+
+    for features, rows in parts:
+        halves = features.view(np.int16)
+        taken = 0
+        while taken < len(rows):
+            count = min(block - filled, len(rows) - taken)
+            np.take(
+                halves, rows[taken : taken + count], axis=0, out=gathered[filled : filled + count]
+            )
+            filled, taken = filled + count, taken + count
+            if filled == block:
+                multiply()
+                done, filled = done + filled, 0
+    if filled:
+        multiply()
     return out
 
 
@@ -674,7 +697,8 @@ class Shard:
         cosine = np.zeros(len(rows), np.float32)
         for start in range(0, len(rows), PROJECTION_CHUNK):  # a float32 copy of all is GBs
             part = rows[start : start + PROJECTION_CHUNK]
-            half_dot_of_rows(self.features, part, vector, out=cosine[start : start + len(part)])
+            chunk = cosine[start : start + len(part)]
+            half_dot_of_rows([(self.features, part)], vector, out=chunk)
         return cosine_distances(cosine)
 
     def class_scores(self, weights: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray]:
