@@ -277,8 +277,8 @@ class Index(SearchIndex):
                 snapshot.shards, snapshot.project(vector), plan, strict=True
             )
         ]
-        # One product over every shard's candidates: the exact re-rank costs one numpy call,
-        # whatever the number of shards.
+        # Every shard's candidates re-ranked together, in blocks that span the shards: the
+        # exact re-rank's numpy calls grow with the candidates, not the number of shards.
         cosine = _cosines(snapshot.shards, found, vector)
         return _best_candidates(cosine, snapshot.shards, found, k, exclude)
 
