@@ -250,7 +250,9 @@ def ingest_originals(parts: Parts) -> None:
 
 def close_files(parts: Parts) -> None:
     """Close the calling thread's connections to the SQLite files before one is moved aside:
-    SQLite closing one later could delete the `-wal` of a new file under the same name."""
+    SQLite closing one later could delete the `-wal` of a new file under the same name.
+    Another thread's connection stays open (closing one in use crashes the process), so a
+    repair must run where no other thread of the process uses the tables (review-s6b #4)."""
     for table in _sqlite_tables(parts):
         table.close()
 

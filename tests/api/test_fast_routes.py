@@ -79,7 +79,8 @@ def _dispatch(
         {"limit": IntParam(20, 1, 200), "offset": IntParam(0, 0, 9)},
         answer,
     )
-    routes = FastRoutes(app, prefix="/api", routes=(route,), handlers={LookupError: handler})
+    handlers = {LookupError: handler, Exception: handler}  # (the app has a catch-all too)
+    routes = FastRoutes(app, prefix="/api", routes=(route,), handlers=handlers)
 
     async def send(message) -> None:
         pass
@@ -88,7 +89,10 @@ def _dispatch(
         return {"type": "http.request", "body": b"", "more_body": False}
 
     scope = {"type": "http", "method": method, "path": path, "query_string": query, "headers": []}
-    asyncio.run(routes(scope, receive, send))
+    try:
+        asyncio.run(routes(scope, receive, send))
+    except Exception:  # raised on, to the server-error middleware
+        answered.append("raised")
     (who,) = answered
     return who
 
@@ -124,9 +128,27 @@ def test_fast_routes_leave_other_methods_and_errors_to_the_app() -> None:
     assert _dispatch("/api/things/00af", b"", method="HEAD") == "app"
     assert _dispatch("/api/things/00af", b"", method="POST") == "app"
     # An error with a handler (here a KeyError, by its base class) is answered by it, not by
-    # asking the engine again; one without goes to the app.
+    # asking the engine again; one with only the catch-all is raised on, as from any route.
     assert _dispatch("/api/things/00af", b"", fails=KeyError("00af")) == "handler"
-    assert _dispatch("/api/things/00af", b"", fails=RuntimeError("the engine failed")) == "app"
+    assert _dispatch("/api/things/00af", b"", fails=RuntimeError("the engine failed")) == "raised"
+
+
+def test_an_unexpected_error_on_the_fast_route_reaches_the_server_error_middleware(
+    demo_client, demo_service, monkeypatch
+) -> None:
+    """As from FastAPI's route: raised to the test client (which raises server errors), the
+    engine asked once."""
+    asked: list[str] = []
+
+    def failing(image_id, **_):
+        asked.append(image_id)
+        raise RuntimeError("the engine failed")
+
+    monkeypatch.setattr(demo_service, "similar", failing)
+    image_id = demo_service.browse(1, 0)[0][0].id
+    with pytest.raises(RuntimeError, match="the engine failed"):
+        demo_client.get(f"/api/images/{image_id}/similar?limit=7")
+    assert asked == [image_id]
 
 
 def test_the_app_answers_plain_similar_requests_by_its_fast_route(

@@ -11,8 +11,9 @@ function: the same bytes and headers as through FastAPI. Anything else goes to t
 before: a path or query it does not read plainly (another parameter, a repeated one, a
 number with a sign or a leading zero, a value out of range: FastAPI answers 422 as it always
 did) and a root path. An error the answer raises is answered by the app's own handler for it
-(a 404, a 429), not by asking the engine again; one with no handler goes to the app, which
-answers and logs it as any other failure.
+(a 404, a 429), not by asking the engine again; one with no handler but the catch-all is
+raised on, to the server-error middleware that answers and logs it (where Starlette sends
+it from any route).
 
 The route declared with FastAPI stays: it is what OpenAPI documents, and what answers when
 this does not.
@@ -28,6 +29,7 @@ from typing import Any
 
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -102,8 +104,14 @@ class FastRoutes:
         self.handlers = handlers
 
     def _handler(self, error: Exception) -> ExceptionHandler | None:
-        """The handler of `error`'s class or its nearest base, as Starlette looks it up."""
+        """The handler of `error` as Starlette's exception middleware looks it up: an HTTP
+        error's status first, then its class or its nearest base, short of `Exception` (the
+        catch-all belongs to the server-error middleware)."""
+        if isinstance(error, HTTPException) and error.status_code in self.handlers:
+            return self.handlers[error.status_code]
         for cls in type(error).__mro__:
+            if cls is Exception:
+                break
             if cls in self.handlers:
                 return self.handlers[cls]
         return None
@@ -123,7 +131,7 @@ class FastRoutes:
                 except Exception as error:
                     handler = self._handler(error)
                     if handler is None:
-                        break
+                        raise
                     if inspect.iscoroutinefunction(handler):
                         response = await handler(request, error)
                     else:
