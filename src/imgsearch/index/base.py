@@ -158,10 +158,12 @@ class IndexWriter(ABC):
     lease calls it, so a writer needs no lock of its own; a publication that finds another
     one under it raises PreconditionFailed and the builder tries the batch again."""
 
-    # Whether a batch whose additions the engine all holds already (a publication that died
-    # before its end put them) is published all the same: an engine that counts then what
-    # that one left uncounted (S3 Vectors' state).
-    counts_held = False
+    @property
+    def unfinished(self) -> bool:
+        """Whether a publication that died before its end left work that the next one does
+        (S3 Vectors: images its state names, to count in or whose class vectors to delete):
+        a batch with nothing to put or remove is published all the same then."""
+        return False
 
     @abstractmethod
     def publish(

@@ -317,12 +317,7 @@ class IndexBuilder:
             for i, op in wanted.items()
             if op == "remove" and (vector := self.index.vector(i)) is not None
         }
-        # An engine that counts what it holds (S3 Vectors) is asked even for a batch with
-        # nothing to put or remove but images it held or had been asked to remove: a dead
-        # publication may have left them uncounted or with class vectors alone.
-        asked_to_remove = any(op == "remove" for op in wanted.values())
-        counts_to_check = (present or asked_to_remove) and self.writer.counts_held
-        if not len(additions) and not removed and not counts_to_check:
+        if not len(additions) and not removed and not self.writer.unfinished:
             return set(), {}, present
         # The manifest's compare-and-swap keeps two builders from publishing over each other;
         # the lease check keeps one whose lease lapsed (a frozen sandbox, a long pause) from

@@ -636,13 +636,15 @@ class S3VectorsIndex(SearchIndex):
 class S3VectorsWriter(IndexWriter):
     """The write side: vectors put into and deleted from both indexes, then the state."""
 
-    counts_held = True
-
     def __init__(self, catalog: Catalog, index: S3VectorsIndex, *, model_name: str) -> None:
         self.catalog = catalog
         self.index = index
         self.bucket = index.bucket
         self.model_name = model_name
+
+    @property
+    def unfinished(self) -> bool:
+        return bool(self.index.state.uncounted)
 
     def publish(
         self,
