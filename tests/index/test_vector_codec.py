@@ -12,7 +12,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, ParamValidationError
 
-from imgsearch.index.s3vectors import VectorBucket, VectorsState, _outgoing
+from imgsearch.index.s3vectors import VectorBucket, VectorsState, _outgoing_values
 
 
 class Raw:
@@ -107,7 +107,7 @@ def test_vector_codec_refuses_values_json_cannot_say() -> None:
         with pytest.raises(ValueError, match="finite"):
             bucket.put("images", [{"key": "k", "data": {"float32": vector.tolist()}}])
     assert not sent
-    assert getattr(_outgoing, "values", None) is None
+    assert _outgoing_values.take() is None
 
 
 def test_vector_codec_forgets_the_values_of_a_request_that_failed() -> None:
@@ -117,7 +117,7 @@ def test_vector_codec_forgets_the_values_of_a_request_that_failed() -> None:
     bucket = VectorBucket(client, "bucket", "images")
     with pytest.raises(ParamValidationError):
         bucket.query("images", np.ones(4, np.float32), 0, None)  # topK below 1
-    assert getattr(_outgoing, "values", None) is None
+    assert _outgoing_values.take() is None
     client.query_vectors(
         vectorBucketName="bucket", indexName="images", topK=5, queryVector={"float32": [0.5] * 4}
     )

@@ -65,6 +65,7 @@ from imgsearch.index.shards import SPREAD_SIZE, ShardData, posted_probabilities,
 from imgsearch.integrity import DamagedFile
 from imgsearch.storage import NotFound, ObjectStore, in_parallel
 from imgsearch.storage.ports import AWS_POOL_CONNECTIONS
+from imgsearch.storage.wire import HandOff, fill_body, read_answer_part
 
 if TYPE_CHECKING:
     from mypy_boto3_s3vectors import S3VectorsClient
@@ -162,8 +163,8 @@ def read_state(store: ObjectStore) -> tuple[VectorsState, str | None]:
     return VectorsState.from_json(stored.data), stored.etag
 
 
-# The float lists of the requests being made in this thread (VectorCodec).
-_outgoing = threading.local()
+# The float lists of the request being made in this thread (VectorCodec).
+_outgoing_values = HandOff("vectors' values")
 # A list in a request that stands for the values VectorCodec writes in its place.
 PLACEHOLDER: list[float] = [0.0]
 
@@ -197,49 +198,46 @@ class VectorCodec:
     @staticmethod
     @contextmanager
     def sending(rows: Sequence[np.ndarray]) -> Iterator[None]:
-        """The values of the request made in the `with` block (this thread's), its vectors'
-        in order; forgotten when the block ends, sent or not. Raises ValueError for a
-        value that is not finite."""
+        """The values of the request made in the `with` block, its vectors' in order
+        (`HandOff`). Raises ValueError for a value that is not finite."""
         values = []
         for row in rows:
             row = np.asarray(row, dtype=np.float32)
             if not np.isfinite(row).all():
                 raise ValueError("a vector's values must be finite (no NaN or infinity)")
             values.append(row.tolist())
-        _outgoing.values = values
-        try:
+        with _outgoing_values.sending(values):
             yield
-        finally:
-            _outgoing.values = None
 
     @staticmethod
     def _fill(params: dict[str, Any], **_: Any) -> None:
-        values = getattr(_outgoing, "values", None)
+        values = _outgoing_values.take()
         if values is None:
             return
-        _outgoing.values = None
-        body = json.loads(params["body"])
-        if "queryVector" in body:
-            body["queryVector"]["float32"] = values[0]
-        else:
-            for vector, data in zip(body["vectors"], values, strict=True):
-                vector["data"]["float32"] = data
-        params["body"] = json.dumps(body, allow_nan=False).encode()  # (botocore's separators)
+
+        def filled(body: dict[str, Any]) -> None:
+            if "queryVector" in body:
+                body["queryVector"]["float32"] = values[0]
+            else:
+                for vector, data in zip(body["vectors"], values, strict=True):
+                    vector["data"]["float32"] = data
+
+        fill_body(params, filled, allow_nan=False)
 
     @staticmethod
     def _read(
         response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any
     ) -> None:
-        if response_dict["status_code"] >= 300 or not response_dict.get("body"):
-            return
-        body = json.loads(response_dict["body"])
-        vectors = body.pop("vectors", [])
-        for vector in vectors:
-            data = vector.get("data")
-            if data is not None and "float32" in data:
-                data["float32"] = np.asarray(data["float32"], dtype=np.float32)
-        customized_response_dict["vectors"] = vectors
-        response_dict["body"] = json.dumps(body).encode()
+        read_answer_part(response_dict, customized_response_dict, "vectors", _arrays, [])
+
+
+def _arrays(vectors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An answer's vectors with their values as float32 arrays."""
+    for vector in vectors:
+        data = vector.get("data")
+        if data is not None and "float32" in data:
+            data["float32"] = np.asarray(data["float32"], dtype=np.float32)
+    return vectors
 
 
 @dataclass

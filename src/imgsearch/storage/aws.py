@@ -7,14 +7,12 @@ expressions), so these adapters hold no locks and are safe from any number of La
 from __future__ import annotations
 
 import base64
-import json
 import os
 import random
 import shutil
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypedDict, cast
@@ -41,6 +39,7 @@ from .ports import (
     in_parallel,
 )
 from .validation import MAX_BATCH_READ, MAX_BATCH_WRITE
+from .wire import HandOff, fill_body, read_answer_part
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -284,7 +283,7 @@ def _decoded(value: AttributeValueTypeDef) -> Any:
 
 
 # The items of the batch write being made in this thread (ItemCodec).
-_outgoing = threading.local()
+_outgoing_items = HandOff("items")
 
 
 class ItemCodec:
@@ -311,47 +310,31 @@ class ItemCodec:
         client._imgsearch_item_codec = True
 
     @staticmethod
-    @contextmanager
-    def sending(request_items: Mapping[str, Any]) -> Iterator[None]:
-        """The `RequestItems` of the batch write made in the `with` block (this thread's);
-        forgotten when the block ends, sent or not. A write that returns without having
-        taken them (a client without the codec) sent its placeholder alone: an error, not a
-        success that wrote nothing."""
-        _outgoing.items = request_items
-        try:
-            yield
-            if _outgoing.items is not None:
-                raise StorageError("a batch write went out without its items (no ItemCodec)")
-        finally:
-            _outgoing.items = None
+    def sending(request_items: Mapping[str, Any]) -> AbstractContextManager[None]:
+        """The `RequestItems` of the batch write made in the `with` block (`HandOff`)."""
+        return _outgoing_items.sending(request_items)
 
     @staticmethod
     def _fill(params: dict[str, Any], **_: Any) -> None:
-        items = getattr(_outgoing, "items", None)
-        if items is None:
-            return
-        _outgoing.items = None
-        body = json.loads(params["body"])
-        body["RequestItems"] = items
-        params["body"] = json.dumps(body, default=_json_binary).encode()  # (botocore's separators)
+        items = _outgoing_items.take()
+        if items is not None:
+            fill_body(params, lambda body: body.update(RequestItems=items), default=_json_binary)
 
     @staticmethod
     def _read(
         response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any
     ) -> None:
-        if response_dict["status_code"] >= 300 or not response_dict.get("body"):
-            return
-        body = json.loads(response_dict["body"])
-        responses = body.pop("Responses", None)
-        if responses is None:
-            return
-        for items in responses.values():
-            for item in items:
-                for value in item.values():
-                    if "S" not in value and "N" not in value:
-                        _binaries_decoded(value)
-        customized_response_dict["Responses"] = responses
-        response_dict["body"] = json.dumps(body).encode()
+        read_answer_part(response_dict, customized_response_dict, "Responses", _items_decoded)
+
+
+def _items_decoded(responses: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """A batch read's items, their binary values decoded from base64."""
+    for items in responses.values():
+        for item in items:
+            for value in item.values():
+                if "S" not in value and "N" not in value:
+                    _binaries_decoded(value)
+    return responses
 
 
 def _json_binary(value: object) -> str:
