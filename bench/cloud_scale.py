@@ -115,7 +115,6 @@ from support.lambda_events import (  # noqa: E402
 from support.s3vectors import create_vector_indexes, install_query_vectors  # noqa: E402
 
 from imgsearch.bulk import files_under  # noqa: E402
-from imgsearch.catalog import NEAR_COPIES_MARK  # noqa: E402
 from imgsearch.cloud.handlers import BUILD_SHARE  # noqa: E402
 from imgsearch.config import ASSETS_DIR, Settings, get_settings  # noqa: E402
 from imgsearch.index.builder import (  # noqa: E402
@@ -556,7 +555,7 @@ def near_copy_lists_kept(service: ImageSearch) -> None:
     any collection indexed since they are): without it the first build completes them from
     every image's neighbour list, which for a synthesised 1M is a million reads (and the
     synthesised images are no near-copies of each other: their lists would be empty)."""
-    service.parts.catalog.table.put(NEAR_COPIES_MARK, "complete", {"at": time.time()})
+    service.parts.catalog.complete_near_copy_lists([], 1)  # no image before: only the mark
 
 
 def publish_all(service: ImageSearch, data: ShardData) -> None:
@@ -648,6 +647,8 @@ def straight_into_moto(table: Any, vector_bucket: Any) -> Iterator[None]:
     from moto.dynamodb.models import dynamodb_backends
     from moto.s3vectors.models import s3vectors_backends
 
+    from imgsearch.storage.aws import _outgoing_items
+
     region = os.environ["AWS_DEFAULT_REGION"]
     dynamodb = dynamodb_backends[DEFAULT_ACCOUNT_ID][region]
     client = table._client
@@ -657,7 +658,9 @@ def straight_into_moto(table: Any, vector_bucket: Any) -> Iterator[None]:
             return getattr(client, name)
 
         def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
-            for name, writes in RequestItems.items():
+            # The table sends a placeholder and hands its items to botocore's hook (ItemCodec),
+            # which this stand-in for the client replaces: it takes them as the hook would.
+            for name, writes in (_outgoing_items.take() or RequestItems).items():
                 for write in writes:
                     dynamodb.put_item(name, write["PutRequest"]["Item"])
             return {"UnprocessedItems": {}}
