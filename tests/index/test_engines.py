@@ -239,6 +239,64 @@ def test_s3vectors_asks_two_lookups_at_once(request, tmp_path) -> None:
     assert (first[0], second[0]) == ("first", "second") and {first[1], second[1]} == {0, 1}
 
 
+def test_s3vectors_asks_a_question_on_its_way_once(request, tmp_path) -> None:
+    """A ranking asked while the same one, as deep or deeper, is on its way waits for that
+    answer instead of sending a second QueryVectors (a search's ranking asked ahead, then in
+    turn); a deeper one is asked; a question that failed is asked again by the next."""
+    import threading
+    import time
+
+    s3 = engine_service(request, tmp_path, "s3vectors")
+    ids, vectors = synthetic_ids(60), clustered_vectors(60, seed=4)
+    queue(s3, ids, vectors)
+    s3.build_index()
+    index = s3.parts.index
+    query = normalise_rows(vectors[1:2] + vectors[40:41])[0]
+    sent: list[int] = []
+    second_asking = threading.Event()
+    failing = [False]
+
+    def sending(params, **_) -> None:
+        sent.append(json.loads(params["body"])["topK"])
+        if len(sent) == 1:  # the first is slow: the second question comes meanwhile
+            assert second_asking.wait(timeout=10)
+            time.sleep(0.5)
+            if failing[0]:
+                raise ConnectionError("the first question failed")
+
+    index.bucket.client.meta.events.register("before-call.s3vectors.QueryVectors", sending)
+
+    def ask_twice(first_k: int, second_k: int) -> tuple[list, list]:
+        answers: dict[str, list] = {}
+
+        def first() -> None:
+            try:
+                answers["first"] = index.nearest(query, first_k)
+            except ConnectionError:
+                answers["first"] = []
+
+        thread = threading.Thread(target=first)
+        thread.start()
+        while not sent:
+            time.sleep(0.01)
+        second_asking.set()
+        answers["second"] = index.nearest(query, second_k)
+        thread.join()
+        return answers["first"], answers["second"]
+
+    first, second = ask_twice(20, 10)
+    assert sent == [20] and second == first[:10] and len(first) == 20
+    index._cached.answers.clear()
+    sent.clear(), second_asking.clear()
+    first, second = ask_twice(10, 20)  # deeper than the one on its way: asked
+    assert sent == [10, 20] and first == second[:10]
+    index._cached.answers.clear()
+    sent.clear(), second_asking.clear()
+    failing[0] = True
+    first, second = ask_twice(20, 10)
+    assert first == [] and sent == [20, 10] and len(second) == 10
+
+
 def test_s3vectors_counts_class_photos_in_its_state(both) -> None:
     """The per-class counts S3 Vectors' state keeps (additions counted in, removals out)
     answer as each class's ranking does, on Annoy and on S3 Vectors' own class index, without

@@ -358,6 +358,12 @@ class _Cached:
     answers: dict[tuple[str, float, bytes], tuple[int, list[tuple[str, float]]]] = field(
         default_factory=dict
     )
+    # The same keys' questions on their way (how deep, and set once answered or failed): a
+    # question as shallow or the same waits for that answer instead of asking again (a
+    # search's ranking asked ahead, then in turn while the first is still out).
+    asking: dict[tuple[str, float, bytes], tuple[int, threading.Event]] = field(
+        default_factory=dict
+    )
 
 
 class S3VectorsIndex(SearchIndex):
@@ -562,19 +568,34 @@ class S3VectorsIndex(SearchIndex):
     ) -> list[tuple[str, float]]:
         """The `wanted` nearest in `index` closer than `within`, nearest first: from this
         generation's answers if one asked as deep (or got every hit there is), else asked."""
-        answers = self._cached.answers  # this generation's: a refresh meanwhile replaces it
+        cached = self._cached  # this generation's: a refresh meanwhile replaces it
+        answers, asking = cached.answers, cached.asking
         key = (index, within, vector.tobytes())
-        cached = answers.get(key)
-        if cached is not None and (cached[0] >= wanted or len(cached[1]) < cached[0]):
-            return cached[1][:wanted]
-        hits = self._ask_nearest(index, vector, wanted, within)
-        # A deeper answer asked meanwhile by another thread (a search asks ahead:
-        # search.held_matches) stays.
-        with self._answers_lock:
-            kept = answers.get(key)
-            if kept is None or kept[0] < wanted:
-                self._remember(answers, {key: (wanted, hits)}, ANSWER_CACHE_LIMIT)
-        return hits
+        answered = threading.Event()
+        while True:
+            with self._answers_lock:
+                kept = answers.get(key)
+                if kept is not None and (kept[0] >= wanted or len(kept[1]) < kept[0]):
+                    return kept[1][:wanted]
+                out = asking.get(key)
+                if out is None or out[0] < wanted:
+                    asking[key] = (wanted, answered)
+                    break
+            out[1].wait()  # then kept, or asked here if that question failed
+        try:
+            hits = self._ask_nearest(index, vector, wanted, within)
+            # A deeper answer asked meanwhile by another thread (a search asks ahead:
+            # search.held_matches) stays.
+            with self._answers_lock:
+                kept = answers.get(key)
+                if kept is None or kept[0] < wanted:
+                    self._remember(answers, {key: (wanted, hits)}, ANSWER_CACHE_LIMIT)
+            return hits
+        finally:
+            with self._answers_lock:
+                if asking.get(key, (0, None))[1] is answered:
+                    del asking[key]
+            answered.set()
 
     def _ask_nearest(
         self, index: str, vector: np.ndarray, wanted: int, within: float
