@@ -37,14 +37,18 @@ from imgsearch.storage import in_parallel
 
 Neighbours = list[tuple[str, float]]
 
-REACH = 200  # how many of a new or removed image's nearest images may list it
+# How many of a new or removed image's nearest images may list it: with the image itself, 100,
+# one QueryVectors on S3 Vectors (its top-k limit). A list the newcomer belongs in but which
+# is farther down the newcomer's own ranking keeps a farther neighbour instead: on real photo
+# sets 13% of such offers at 99 (5% at 200), yet the lists' "more like this" p@20 is the same
+# as exact lists' (those offers are mostly hubs of another label): bench/neighbour_reach.py,
+# docs/evaluation.md ("How far a new image reaches").
+REACH = 99
 # New images whose touched lists are read and written together, each list once however many
-# of them it is offered: about REACH lists each, so a group holds up to 40,000 lists in memory
-# at once (with their stored expanded vectors, about 400 MB at most; far fewer below 100k
+# of them it is offered: about REACH lists each, so a group holds up to 20,000 lists in memory
+# at once (with their stored expanded vectors, about 200 MB at most; far fewer below 100k
 # images, where the group's offers overlap). The larger the group, the more of its offers
-# fall on the same lists: with 50, a group read about 174 lists an image at 10,000 images
-# (nearly one per offer: docs/deploy.md, the sixth round); with 200, offers spread evenly
-# would fall on about 49 an image there. At 1M they hardly overlap either way (200).
+# fall on the same lists. At 1M they hardly overlap either way.
 GROUP = 200
 DEFAULT_EXPANSION = Expansion(neighbours=10, power=1.0)  # the settings' (config.py)
 # Lists and expanded vectors a query read are kept until the catalog's token of list writes
