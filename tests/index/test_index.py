@@ -719,6 +719,21 @@ def test_near_copy_lists_are_written_again_only_where_they_change(index_service)
     assert sorted(written) == sorted([NEAR_COPIES, f"image#{ids[0]}"])
 
 
+def test_a_new_collection_has_its_near_copy_lists_complete_from_its_first_build(
+    index_service,
+) -> None:
+    """With nothing indexed no list lacks its near-copy list: the first build marks them
+    complete, even one that completes nothing (an upload's), so that no later build reads
+    every list written until then to complete them."""
+    catalog = index_service.parts.catalog
+    queue(index_service, synthetic_ids(3), clustered_vectors(3))
+    assert not catalog.near_copy_lists_complete()
+    report = index_service.parts.builder.run(until=lambda: True)
+    assert report.added == 3
+    assert catalog.near_copy_lists_complete()
+    assert not index_service.parts.builder.has_work()
+
+
 def near_copies_in_lists(service: ImageSearch) -> dict[str, list[tuple[str, float]]]:
     """Each image's near copies as its stored neighbour list holds them (images with any)."""
     service.parts.index.refresh(force=True)

@@ -21,7 +21,8 @@ The near-copy lists of a collection indexed before they were kept are completed 
 lists, so that a build and the completion never write one image's lists from two readings of
 them; after a run's batches, in slices of at most `NEAR_COPY_SLICE_SECONDS` (the lease let go
 between two: work queued meanwhile waits no longer) within the run's budget, resumed from where
-the last one stopped, by whichever process runs next.
+the last one stopped, by whichever process runs next. A new collection's are marked complete at
+its first build (nothing to complete).
 """
 
 from __future__ import annotations
@@ -256,6 +257,7 @@ class IndexBuilder:
                 return report
             try:
                 with lease.heartbeat():
+                    self._mark_a_new_collection()
                     self._batches(lease, report, until, deadline)
                     if not report.out_of_time and (until is None or not until()):
                         self._complete_near_copies(lease, report, deadline)
@@ -281,6 +283,18 @@ class IndexBuilder:
         if not self._near_copies_complete:
             self._near_copies_complete = self.catalog.near_copy_lists_complete()
         return self._near_copies_complete
+
+    def _mark_a_new_collection(self) -> None:
+        """Mark a new collection's near-copy lists complete at its first build, even one that
+        completes nothing (an upload's, a bulk ingest's batches): with nothing indexed, no
+        list lacks its near-copy list, and every list written from now on has one. Else the
+        first build that completes them would read every list written until then."""
+        if self._near_copy_lists_complete() or len(self.index):
+            return
+        self.index.refresh(force=True)  # (another process's publication: not new)
+        if not len(self.index):
+            self.catalog.mark_near_copy_lists_complete()
+            self._near_copies_complete = True
 
     def _complete_near_copies(
         self, lease: Lease, report: BuildReport, deadline: float | None
