@@ -125,7 +125,6 @@ from imgsearch.index.builder import (  # noqa: E402
 )
 from imgsearch.index.s3vectors import classes_index_name  # noqa: E402
 from imgsearch.index.shards import ShardData  # noqa: E402
-from imgsearch.overview import complete_near_copies  # noqa: E402
 from imgsearch.service import ImageSearch  # noqa: E402
 from imgsearch.storage import Put  # noqa: E402
 from imgsearch.storage.aws_resources import create_bucket, create_tables, load_template  # noqa: E402
@@ -555,7 +554,7 @@ def near_copy_lists_kept(service: ImageSearch) -> None:
     any collection indexed since they are): without it the first build completes them from
     every image's neighbour list, which for a synthesised 1M is a million reads (and the
     synthesised images are no near-copies of each other: their lists would be empty)."""
-    service.parts.catalog.complete_near_copy_lists([], 1)  # no image before: only the mark
+    service.parts.catalog.mark_near_copy_lists_complete()
 
 
 def publish_all(service: ImageSearch, data: ShardData) -> None:
@@ -591,10 +590,6 @@ def populate(service: ImageSearch, size: int, seed: int) -> None:
             service.parts.catalog.put_neighbour_lists(lists)
             if first % 100_000 == 0:
                 print(f"    lists from {first:,}, {peak_rss_gb():.1f} GB peak", flush=True)
-    # The near-copy lists and their mark, as a collection indexed by this version has them
-    # (else the first build counted would complete them from every stored list: a migration
-    # of older collections, once, not a cost per image).
-    complete_near_copies(service.parts.catalog, service.parts.index)
 
 
 EXACT_LISTS_UP_TO = 20_000  # above: neighbours by a random projection (see neighbour_lists)

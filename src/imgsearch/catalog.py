@@ -10,11 +10,12 @@ storage/layout.md.
 from __future__ import annotations
 
 import base64
+import bisect
 import io
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
@@ -47,6 +48,8 @@ FRESH_EMBEDDINGS = 1000
 SMALL_THUMBNAILS_KEPT = 4096  # ~8 KB each at 192 px: ~32 MB a process at most
 THUMBNAILS_PREFIX = "thumbnails/"
 NEAR_COPIES = "near"  # the partition of near-copy lists
+# Its item "complete" says every image has its near-copy list; "progress", how far their
+# completion got (`Catalog.complete_near_copy_lists`).
 NEAR_COPIES_MARK = "near-complete"
 # One item whose token changes after every write of neighbour lists: readers that keep lists
 # and expanded vectors (index/neighbourhoods.py) keep them until it changes.
@@ -649,12 +652,50 @@ class Catalog:
         # lists that `put_neighbour_lists` leaves unwritten would never gain them.
         return mark is not None and mark.get("max_distance") == MAX_DUPLICATE_DISTANCE
 
-    def complete_near_copy_lists(self, image_ids: list[str], batch: int) -> None:
-        """Near-copy lists from the stored neighbour lists of `image_ids` (once, for a
-        collection indexed before they were kept), then the mark that they are complete."""
-        for start in range(0, len(image_ids), batch):
-            lists = self.neighbour_lists(image_ids[start : start + batch])
+    def complete_near_copy_lists(
+        self,
+        image_ids: Sequence[str],
+        *,
+        batch: int,
+        proceed: Callable[[], bool],
+        before_write: Callable[[], None],
+    ) -> bool:
+        """A part of the one-time completion of the near-copy lists of a collection indexed
+        before they were kept (while `near_copy_lists_complete` is False): near-copy lists
+        from the stored neighbour lists of `image_ids` (in id order), from the first after
+        where the last call stopped, `batch` lists at a time while `proceed()` holds, how far
+        it got recorded after each batch; the mark that they are complete once every image
+        is done. Whether they are.
+
+        Images indexed since the completion started need not be among `image_ids`: until
+        the mark is written, `put_neighbour_lists` writes every list's near-copy list with
+        it. Only the index builder calls this, under its lease, as it writes the lists
+        (`before_write` checks the lease before each write): a build that wrote an image's
+        lists between this call's read of them and its write would otherwise lose its near
+        copies to the older list, for good once the mark is written."""
+        progress = self.table.get(NEAR_COPIES_MARK, "progress")
+        done_up_to = ""  # (every id is after it)
+        if progress is not None and progress.get("max_distance") == MAX_DUPLICATE_DISTANCE:
+            done_up_to = progress["after"]
+        for start in range(bisect.bisect_right(image_ids, done_up_to), len(image_ids), batch):
+            if not proceed():
+                return False
+            ids = image_ids[start : start + batch]
+            lists = self.neighbour_lists(ids)
+            before_write()
             self.table.put_many(_near_copy_puts({i: found for i, (found, _) in lists.items()}))
+            if start + batch < len(image_ids):
+                after = {"after": ids[-1], "max_distance": MAX_DUPLICATE_DISTANCE}
+                self.table.put(NEAR_COPIES_MARK, "progress", after)
+        before_write()
+        # (Gone first: a run stopped between the two starts again, never from a stale cursor.)
+        self.table.delete(NEAR_COPIES_MARK, "progress")
+        self.mark_near_copy_lists_complete()
+        return True
+
+    def mark_near_copy_lists_complete(self) -> None:
+        """Say that every image has its near-copy list (`complete_near_copy_lists` at its end,
+        or a collection made with them from its start)."""
         self.table.put(
             NEAR_COPIES_MARK,
             "complete",

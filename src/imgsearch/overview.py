@@ -20,7 +20,6 @@ from imgsearch.learning import trust
 # An image "holds" a class when the model gives it at least this probability: a confident
 # reading, not one of the many faint ones every photo has.
 CLASS_PROBABILITY = 0.3
-NEIGHBOUR_BATCH = 100  # stored lists read at a time (DynamoDB's batch size)
 
 
 @dataclass(frozen=True)
@@ -78,21 +77,12 @@ def near_copies(catalog: Catalog, index: SearchIndex, image_id: str, distance: f
     return [i for i in close if i in present]
 
 
-def complete_near_copies(catalog: Catalog, index: SearchIndex) -> bool:
-    """Near-copy lists for a collection indexed before they were kept, from every stored
-    neighbour list (once: a mark says they are complete); whether it had to."""
-    if catalog.near_copy_lists_complete():
-        return False
-    catalog.complete_near_copy_lists(list(index.image_ids()), NEIGHBOUR_BATCH)
-    return True
-
-
 def duplicate_stacks(catalog: Catalog, index: SearchIndex, distance: float) -> list[Stack]:
     """Every group of images linked by stored distances of at most `distance` (transitively),
     newest stack first; each in the index's newest-first order. From the catalog's near-copy
     lists (one partition, a few items: only images with a near-copy have one; a collection
-    indexed before they were kept gets them from `complete_near_copies`, never on this read
-    path)."""
+    indexed before they were kept gets them from the index builder, once, never on this read
+    path: index/builder.py)."""
     edges = [
         (image_id, other)
         for image_id, near in catalog.near_copy_lists().items()

@@ -40,7 +40,6 @@ from imgsearch.overview import (
     Stack,
     Topic,
     class_topics,
-    complete_near_copies,
     duplicate_stacks,
     near_copies,
     word_topics,
@@ -114,7 +113,6 @@ class ImageSearch:
         self._stacks: tuple[tuple[int, int], float, list[Stack]] | None = None
         self._queued_removals: tuple[float, list[str]] | None = None  # (read at, ids)
         self._removals = 0  # removals by this process, which make the kept ones stale
-        self._near_copies_complete = False
 
     def preload(self, parts: tuple[Preloadable, ...]) -> None:
         """Load these parts now (a Lambda's init phase, before a request waits for them);
@@ -549,11 +547,11 @@ class ImageSearch:
     def recover(self, *, budget: float | None = None) -> BuildReport:
         """Finish or roll back the changes to keys whose process died (see Ingestor), then
         index what is queued (deletions acknowledged but not yet applied, uploads not yet
-        searchable) within `budget` seconds (see `build_index`): what a start does after a
-        crash, and the cloud after each batch and on its schedule."""
+        searchable) within `budget` seconds (see `build_index`; with what is left of it, a
+        slice of an older collection's near-copy lists: `IndexBuilder.run`): what a start does
+        after a crash, and the cloud after each batch and on its schedule."""
         recovered = self.parts.ingestor.recover_changes()
         report = self.build_index(budget=budget)
-        self._complete_near_copies()
         if recovered:
             log.warning(
                 "recovered %d interrupted changes; indexed %d queued additions and %d removals",
@@ -562,15 +560,6 @@ class ImageSearch:
                 report.removed,
             )
         return report
-
-    def _complete_near_copies(self) -> None:
-        """What the writer does once for a collection indexed before near-copy lists were
-        kept (overview.complete_near_copies), remembered once done."""
-        if self._near_copies_complete:
-            return
-        self.parts.index.refresh()
-        complete_near_copies(self.parts.catalog, self.parts.index)
-        self._near_copies_complete = True
 
     def recover_in_background(self) -> threading.Thread:
         """Run `recover` in a thread, so that a start with a long queue serves meanwhile
@@ -595,7 +584,6 @@ class ImageSearch:
             try:
                 self.parts.ingestor.recover_changes()
                 report = build()
-                self._complete_near_copies()
                 self._warm_explore()
                 if report.batches:
                     log.warning(
@@ -612,9 +600,8 @@ class ImageSearch:
                     # What another process left when it died meanwhile (a server worker
                     # killed mid-request), or an undo here that failed: finished each round.
                     self.parts.ingestor.recover_changes()
-                    if self.parts.catalog.has_pending():
+                    if self.parts.builder.has_work():  # (queued, or near-copy lists)
                         build()
-                    self._complete_near_copies()  # (at once, once done)
                     collect_garbage()
                 except Exception:
                     log.exception("a background index build failed; trying again")

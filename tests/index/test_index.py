@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from imgsearch.catalog import NEAR_COPIES, NEAR_COPIES_MARK, ImageRecord
-from imgsearch.config import Settings
+from imgsearch.config import MAX_DUPLICATE_DISTANCE, Settings
 from imgsearch.index.builder import GARBAGE_INTERVAL
 from imgsearch.index.manifest import read_manifest
 from imgsearch.index.shards import SHARDS_PREFIX, build_key, normalise_rows
@@ -682,7 +682,7 @@ def test_near_copy_lists_are_written_again_only_where_they_change(index_service)
     """A list written again over the list it replaces writes its near-copy list only if its
     near copies changed (most lists a new image enters gain none); otherwise as before."""
     catalog = index_service.parts.catalog
-    catalog.complete_near_copy_lists([], 1)  # (a collection indexed before them: all written)
+    catalog.mark_near_copy_lists_complete()  # (a collection whose near-copy lists all are)
     ids = synthetic_ids(6)
     first = [(ids[1], 0.05), (ids[2], 0.4)]
     catalog.put_neighbour_lists({ids[0]: (first, 0)})
@@ -717,6 +717,150 @@ def test_near_copy_lists_are_written_again_only_where_they_change(index_service)
     written.clear()
     catalog.put_neighbour_lists({ids[0]: (nearer, 5)}, replacing={ids[0]: nearer})
     assert sorted(written) == sorted([NEAR_COPIES, f"image#{ids[0]}"])
+
+
+def test_a_new_collection_has_its_near_copy_lists_complete_from_its_first_build(
+    index_service,
+) -> None:
+    """With nothing indexed no list lacks its near-copy list: the first build marks them
+    complete, even one that completes nothing (an upload's), so that no later build reads
+    every list written until then to complete them."""
+    catalog = index_service.parts.catalog
+    queue(index_service, synthetic_ids(3), clustered_vectors(3))
+    assert not catalog.near_copy_lists_complete()
+    report = index_service.parts.builder.run(until=lambda: True)
+    assert report.added == 3
+    assert catalog.near_copy_lists_complete()
+    assert not index_service.parts.builder.has_work()
+
+
+def near_copies_in_lists(service: ImageSearch) -> dict[str, list[tuple[str, float]]]:
+    """Each image's near copies as its stored neighbour list holds them (images with any)."""
+    service.parts.index.refresh(force=True)
+    lists = service.parts.catalog.neighbour_lists(service.parts.index.image_ids())
+    return {
+        image_id: near
+        for image_id, (neighbours, _) in lists.items()
+        if (near := [(i, d) for i, d in neighbours if d <= MAX_DUPLICATE_DISTANCE])
+    }
+
+
+def older_collection(storage, tmp_path) -> tuple[Settings, dict[str, list[tuple[str, float]]]]:
+    """45 images indexed, 5 of them near copies of others, then their near-copy lists and
+    their mark forgotten: a collection indexed before near-copy lists were kept. Its settings
+    (a service made from them is another process), and the near copies its lists hold."""
+    settings = Settings(data_dir=tmp_path / "data", shard_size=64, ann_trees=10, neighbours=10)
+    service = ImageSearch(settings, storage)
+    vectors = clustered_vectors(40)
+    copies = vectors[:5] + np.random.default_rng(1).normal(scale=0.01, size=(5, DIM))
+    queue(service, synthetic_ids(45), np.vstack([vectors, copies]).astype(np.float32))
+    service.build_index()
+    catalog = service.parts.catalog
+    expected = near_copies_in_lists(service)
+    assert catalog.near_copy_lists() == expected and len(expected) >= 10
+    assert catalog.near_copy_lists_complete()  # (the first build's: a new collection's)
+    for image_id in expected:
+        catalog.table.delete(NEAR_COPIES, image_id)
+    catalog.table.delete(NEAR_COPIES_MARK, "complete")
+    return settings, expected
+
+
+def test_near_copy_completion_stops_within_its_budget_and_the_next_run_goes_on(
+    storage, tmp_path, monkeypatch
+) -> None:
+    """The builder completes an older collection's near-copy lists after its batches, within
+    the run's budget, a batch of lists at a time; the next run (another process) goes on from
+    where it stopped, and only the run that finishes writes the mark."""
+    settings, expected = older_collection(storage, tmp_path)
+    service = ImageSearch(settings, storage)
+    builder, catalog = service.parts.builder, service.parts.catalog
+    builder.near_copy_batch = 4  # 12 batches for the 45 lists
+    builder.near_copy_slice = 10.0  # (the budget stops it, not the slice)
+    reads: list[list[str]] = []
+    lists = catalog.neighbour_lists
+
+    def slow(image_ids):  # type: ignore[no-untyped-def]
+        reads.append(list(image_ids))
+        time.sleep(0.1)
+        return lists(reads[-1])
+
+    monkeypatch.setattr(catalog, "neighbour_lists", slow)
+    assert builder.has_work()  # (nothing queued: the near-copy lists)
+    started = time.monotonic()
+    report = service.build_index(budget=1.0)
+    took = time.monotonic() - started
+    assert report.out_of_time and not report.drained and report.batches == 0
+    assert 1 <= len(reads) < 12
+    assert took < 1.0 + 0.5, took  # the last batch started only if it fitted
+    order = sorted(expected.keys() | set(synthetic_ids(45)))
+    done = [i for batch in reads for i in batch]
+    assert done == order[: len(done)]  # in id order
+    assert catalog.table.get(NEAR_COPIES_MARK, "progress")["after"] == done[-1]
+    assert catalog.near_copy_lists() == {i: n for i, n in expected.items() if i <= done[-1]}
+    assert catalog.table.get(NEAR_COPIES_MARK, "complete") is None
+    assert not catalog.near_copy_lists_complete()
+    assert catalog.table.get("lease", "indexer") is None  # released
+
+    monkeypatch.undo()
+    resumed = ImageSearch(settings, storage)
+    reads.clear()
+    monkeypatch.setattr(resumed.parts.catalog, "neighbour_lists", slow)
+    report = resumed.build_index()  # no budget: until they are complete
+    assert report.drained and not report.out_of_time
+    assert [i for batch in reads for i in batch] == order[len(done) :]  # none read again
+    assert catalog.near_copy_lists() == expected
+    assert catalog.near_copy_lists_complete()
+    assert catalog.table.get(NEAR_COPIES_MARK, "progress") is None
+    assert not resumed.parts.builder.has_work()
+
+
+def test_no_build_writes_lists_while_the_near_copy_completion_copies_them(
+    storage, tmp_path, monkeypatch
+) -> None:
+    """Near copies that arrive while an older collection's near-copy lists are completed: a
+    build that wrote an image's lists between the completion's read of them and its write
+    would lose its new near copy to the older list, for good once the mark is written (the
+    lists whose near copies do not change are not written again then). The completion holds
+    the builder's lease: that build waits (busy) and comes after the write, between two
+    slices of the completion, for images the completion has passed and one it has not yet
+    read, or after its last."""
+    settings, expected = older_collection(storage, tmp_path)
+    service = ImageSearch(settings, storage)
+    other = ImageSearch(settings, storage)  # another process's builder
+    builder, catalog = service.parts.builder, service.parts.catalog
+    builder.near_copy_batch = 4
+    builder.near_copy_slice = 0.3  # a few slices: the run builds what was queued between them
+    ids = synthetic_ids(45)
+    first, ahead, last = ids[0], ids[40], ids[44]  # all with near copies; ahead: slices later
+    assert {first, ahead, last} <= expected.keys()
+    # Images copied when the completion reads the list of the first (or the last).
+    copied_at = {first: [first, ahead], last: [last]}
+    copies = dict(zip([first, ahead, last], synthetic_ids(3, start=1000), strict=True))
+    rng = np.random.default_rng(2)
+    busy = []
+    lists = catalog.neighbour_lists
+
+    def copied_meanwhile(image_ids):  # type: ignore[no-untyped-def]
+        image_ids = list(image_ids)
+        read = lists(image_ids)
+        for trigger in set(image_ids) & copied_at.keys():
+            for image_id in copied_at[trigger]:
+                vector = service.parts.index.vector(image_id) + rng.normal(scale=1e-3, size=DIM)
+                queue(service, [copies[image_id]], vector[None, :].astype(np.float32))
+            busy.append(other.parts.builder.run().busy)  # a build now would write them
+        time.sleep(0.05)
+        return read
+
+    monkeypatch.setattr(catalog, "neighbour_lists", copied_meanwhile)
+    report = service.build_index()
+    assert busy == [True, True]  # no build while the completion held the lease
+    assert report.added == 3 and report.batches == 2 and report.drained
+    assert catalog.near_copy_lists_complete()
+    monkeypatch.undo()
+    near = near_copies_in_lists(service)
+    for image_id, copy in copies.items():
+        assert copy in dict(near[image_id])
+    assert catalog.near_copy_lists() == near
 
 
 def test_a_build_written_here_is_loaded_without_downloading_it(storage) -> None:

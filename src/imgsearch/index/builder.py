@@ -15,6 +15,14 @@ the time the last one took) and leaves the rest queued for the next run. The lea
 (`LEASE_SECONDS`) and renewed by a heartbeat thread while the builder works, so a builder
 killed mid-batch (a Lambda at its timeout) blocks the index for seconds, not minutes; what it
 did not finish is still queued, and a batch applied twice converges (docs/reliability.md).
+
+The near-copy lists of a collection indexed before they were kept are completed here too, once
+(`Catalog.complete_near_copy_lists`): under the lease, as they are written with the neighbour
+lists, so that a build and the completion never write one image's lists from two readings of
+them; after a run's batches, in slices of at most `NEAR_COPY_SLICE_SECONDS` (the lease let go
+between two: work queued meanwhile waits no longer) within the run's budget, resumed from where
+the last one stopped, by whichever process runs next. A new collection's are marked complete at
+its first build (nothing to complete).
 """
 
 from __future__ import annotations
@@ -169,7 +177,8 @@ class BuildReport:
     batches: int = 0
     shard_builds: int = 0
     busy: bool = False  # another builder held the lease; it will do our work
-    out_of_time: bool = False  # the budget ran out with work still queued: left for the next
+    # The budget ran out with work still queued, or near-copy lists to complete: left for the next.
+    out_of_time: bool = False
     drained: bool = False  # the queue was found empty after the last build (metrics need not ask)
 
 
@@ -180,6 +189,10 @@ LEASE_SECONDS = 15.0
 # Seconds between two garbage collections in a process (the server's rounds come every 5 s,
 # an embed function's batches as often as images arrive; the grace period is 900 s).
 GARBAGE_INTERVAL = 60.0
+NEAR_COPY_BATCH = 100  # stored lists the near-copy completion reads at a time (DynamoDB's batch)
+# A lease hold's near-copy completion at most: an upload waiting for its image's build waits no
+# longer for it (the run lets go of the lease, builds what was queued meanwhile, goes on).
+NEAR_COPY_SLICE_SECONDS = 1.0
 
 
 class IndexBuilder:
@@ -209,6 +222,12 @@ class IndexBuilder:
         self.lease_seconds = LEASE_SECONDS
         self.garbage_interval = GARBAGE_INTERVAL
         self._garbage_collected_at = float("-inf")
+        self.near_copy_batch = NEAR_COPY_BATCH
+        self.near_copy_slice = NEAR_COPY_SLICE_SECONDS
+        self._near_copies_complete = False  # seen complete: never read again in this process
+        # The index's ids in order when this process started completing them (see
+        # `_complete_near_copies`).
+        self._near_copy_order: list[str] | None = None
 
     def run(
         self, *, until: Callable[[], bool] | None = None, budget: float | None = None
@@ -224,6 +243,10 @@ class IndexBuilder:
         it (`out_of_time`): each batch is sized from the time the last one took, at most half
         of the time left, so a run ends within its budget unless one item takes longer than
         all the others did.
+
+        Then, while near-copy lists are not complete and neither `until` holds nor the budget
+        is spent, complete them a slice at a time (see the module's docstring): never in a
+        run whose goal was met (an upload's), until they are complete in one without a budget.
         """
         deadline = None if budget is None else time.monotonic() + budget
         report = BuildReport()
@@ -234,7 +257,10 @@ class IndexBuilder:
                 return report
             try:
                 with lease.heartbeat():
+                    self._mark_a_new_collection()
                     self._batches(lease, report, until, deadline)
+                    if not report.out_of_time and (until is None or not until()):
+                        self._complete_near_copies(lease, report, deadline)
             except LeaseLost:
                 log.warning("index lease lost; another builder continues")
                 return report
@@ -243,10 +269,69 @@ class IndexBuilder:
             # Work queued while we held the lease found it taken and left it to us.
             if report.out_of_time or (until is not None and until()):
                 break
-            if not self.catalog.has_pending():
+            if not self.catalog.has_pending() and self._near_copies_complete:
                 report.drained = True
                 break
         return report
+
+    def has_work(self) -> bool:
+        """Whether a run would do anything: work is queued, or near-copy lists are not
+        complete (one read of their mark, until this process sees them complete)."""
+        return self.catalog.has_pending() or not self._near_copy_lists_complete()
+
+    def _near_copy_lists_complete(self) -> bool:
+        if not self._near_copies_complete:
+            self._near_copies_complete = self.catalog.near_copy_lists_complete()
+        return self._near_copies_complete
+
+    def _mark_a_new_collection(self) -> None:
+        """Mark a new collection's near-copy lists complete at its first build, even one that
+        completes nothing (an upload's, a bulk ingest's batches): with nothing indexed, no
+        list lacks its near-copy list, and every list written from now on has one. Else the
+        first build that completes them would read every list written until then."""
+        if self._near_copy_lists_complete() or len(self.index):
+            return
+        self.index.refresh(force=True)  # (another process's publication: not new)
+        if not len(self.index):
+            self.catalog.mark_near_copy_lists_complete()
+            self._near_copies_complete = True
+
+    def _complete_near_copies(
+        self, lease: Lease, report: BuildReport, deadline: float | None
+    ) -> None:
+        """A slice of the near-copy completion, under the lease: at most `near_copy_slice`
+        seconds, and within the run's `deadline` (`out_of_time` if that stopped it). Its first
+        batch if any time is left, each next one only if it fits in half of what is (at the
+        rate the last one went), as the run's batches."""
+        if self._near_copy_lists_complete():
+            return
+        if self._near_copy_order is None:
+            # Once a process: those indexed since get their near-copy lists with their lists
+            # (at 1M images, listing and sorting the ids takes about a second).
+            self.index.refresh(force=True)
+            self._near_copy_order = sorted(self.index.image_ids())
+        slice_ends = time.monotonic() + self.near_copy_slice
+        budget_ends_first = deadline is not None and deadline <= slice_ends
+        stop = deadline if deadline is not None and budget_ends_first else slice_ends
+        last: float | None = None
+
+        def proceed() -> bool:
+            nonlocal last
+            now = time.monotonic()
+            fits = now < stop if last is None else stop - now > 2 * (now - last)
+            last = now
+            return fits
+
+        self._near_copies_complete = self.catalog.complete_near_copy_lists(
+            self._near_copy_order,
+            batch=self.near_copy_batch,
+            proceed=proceed,
+            before_write=lambda: _still_held(lease),
+        )
+        if self._near_copies_complete:
+            self._near_copy_order = None
+        elif budget_ends_first:
+            report.out_of_time = True
 
     def _batches(
         self,
