@@ -64,12 +64,15 @@ class _Snapshot:
     etag: str | None
     shards: tuple[Shard, ...]
     # What every query over these shards needs, worked out once: each shard's share of the
-    # live images, and all their projections stacked into one matrix, so that a query is
-    # projected for every shard by one product (`project`).
+    # live images, and their distinct projections stacked into one matrix, so that a query is
+    # projected for every shard by one product (`project`); shards built with one projection
+    # (an open shard reuses the newest sealed shard's, a merge its sources' shared one) share
+    # its rows.
     shares: tuple[float, ...] = ()
     components: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     ends: tuple[int, ...] = ()
+    projection_of_shard: tuple[int, ...] = ()  # each shard's position among the distinct ones
 
     live_count: int = 0
 
@@ -79,16 +82,20 @@ class _Snapshot:
             return cls(manifest, etag, shards)
         live = sum(shard.live_count for shard in shards)
         total = max(1, live)
-        projections = [shard.projection for shard in shards]
+        position_of: dict[bytes, int] = {}
+        for shard in shards:
+            position_of.setdefault(shard.projection.digest, len(position_of))
+        distinct = list({shard.projection.digest: shard.projection for shard in shards}.values())
         # (v - mean) @ C.T == v @ C.T - mean @ C.T: the means folded into one offset vector.
         return cls(
             manifest,
             etag,
             shards,
             shares=tuple(shard.live_count / total for shard in shards),
-            components=np.ascontiguousarray(np.concatenate([p.components for p in projections])),
-            offsets=np.concatenate([p.components @ p.mean for p in projections]),
-            ends=tuple(itertools.accumulate(p.dims for p in projections)),
+            components=np.ascontiguousarray(np.concatenate([p.components for p in distinct])),
+            offsets=np.concatenate([p.components @ p.mean for p in distinct]),
+            ends=tuple(itertools.accumulate(p.dims for p in distinct)),
+            projection_of_shard=tuple(position_of[s.projection.digest] for s in shards),
             live_count=live,
         )
 
@@ -97,7 +104,8 @@ class _Snapshot:
         (Annoy reads a list's floats in 13 us where it reads an array's in 22: per shard)."""
         projected = (serial_matvec(self.components, vector) - self.offsets).tolist()
         starts = (0, *self.ends[:-1])
-        return [projected[start:end] for start, end in zip(starts, self.ends, strict=True)]
+        distinct = [projected[start:end] for start, end in zip(starts, self.ends, strict=True)]
+        return [distinct[position] for position in self.projection_of_shard]
 
 
 def _plan(

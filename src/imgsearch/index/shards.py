@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import io
 import json
 import mmap
@@ -428,6 +429,12 @@ class Projection:
     def dims(self) -> int:
         return int(self.components.shape[0])
 
+    @functools.cached_property
+    def digest(self) -> bytes:
+        """Equal for equal projections (loaded from different builds, whose files differ in
+        their zip timestamps): a reader projects a query once for all shards built with one."""
+        return hashlib.blake2b(self.mean.tobytes() + self.components.tobytes()).digest()
+
     def fits(self, features: np.ndarray) -> bool:
         """Whether it serves a build of `features` as well as a new fit would: of their
         dimension, fitted on its full sample or on at least half as many vectors (an open
@@ -435,16 +442,26 @@ class Projection:
         enough = min(PROJECTION_SAMPLE, max(1, len(features) // 2))
         return self.mean.shape[0] == features.shape[1] and self.fitted_rows >= enough
 
+    def kept_variance(self, features: np.ndarray) -> float:
+        """The share of `features`' variance that its components keep (1: all), on rows a fit
+        of them would not sample (`_held_out_sample`). About their own mean: a forest ranks by
+        distances between projected vectors, which the mean subtracted does not change."""
+        sample = np.asarray(_held_out_sample(features), dtype=np.float32)
+        centred = sample - sample.mean(axis=0)
+        total = float(np.einsum("ij,ij->", centred, centred))
+        if total == 0:
+            return 1.0
+        with one_blas_thread():  # see _FIT_LOCK: a merge's, beside queries and inference
+            projected = centred @ self.components.T
+        return float(np.einsum("ij,ij->", projected, projected)) / total
+
     @classmethod
     def fit(cls, features: np.ndarray, dims: int) -> Projection:
         if len(features):
             mean = np.mean(features, axis=0, dtype=np.float64)
         else:
             mean = np.zeros(features.shape[1])
-        sample = features
-        if len(sample) > PROJECTION_SAMPLE:
-            rows = np.random.default_rng(0).choice(len(sample), PROJECTION_SAMPLE, replace=False)
-            sample = sample[np.sort(rows)]
+        sample = _fit_sample(features)
         centred = np.asarray(sample, dtype=np.float64) - mean
         if len(centred) < 2:  # nothing to learn directions from: any single axis will do
             components = np.eye(1, features.shape[1])
@@ -475,6 +492,32 @@ class Projection:
         arrays = read_npz(data)
         fitted = int(arrays["fitted_rows"]) if "fitted_rows" in arrays else 0
         return cls(arrays["mean"], arrays["components"], fitted)
+
+
+def _fit_rows(count: int) -> np.ndarray:
+    """The rows of `count` a projection is fitted on: all, or PROJECTION_SAMPLE of them (the
+    same ones for the same count), ascending."""
+    if count <= PROJECTION_SAMPLE:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(0).choice(count, PROJECTION_SAMPLE, replace=False))
+
+
+def _fit_sample(features: np.ndarray) -> np.ndarray:
+    sample: np.ndarray = features[_fit_rows(len(features))]
+    return sample
+
+
+def _held_out_sample(features: np.ndarray) -> np.ndarray:
+    """Up to PROJECTION_SAMPLE rows a fit does not sample, to judge projections on: a fit keeps
+    more of its own sample's variance than of other rows' (4.5% more of 40k real vectors',
+    its 4,096 rows against others). All rows if a fit samples them all."""
+    others = np.setdiff1d(np.arange(len(features)), _fit_rows(len(features)))
+    if len(others) == 0:
+        return features
+    if len(others) > PROJECTION_SAMPLE:
+        others = np.sort(np.random.default_rng(1).choice(others, PROJECTION_SAMPLE, replace=False))
+    held_out: np.ndarray = features[others]
+    return held_out
 
 
 def _spread_of(data: ShardData) -> np.ndarray:
