@@ -175,6 +175,7 @@ def test_a_merge_keeps_a_shared_projection_only_while_it_serves_the_merged_image
     from imgsearch.index.shards import Projection, ShardData
 
     monkeypatch.setattr(shard_builds, "PROJECTION_SAMPLE", 40)  # rows a fit leaves out: 60
+    monkeypatch.setattr(shard_builds, "PROJECTED_DIMS", 8)
     features = normalise_rows(clustered_vectors(100, clusters=5))
     data = ShardData(synthetic_ids(100), features, np.zeros((100, CLASSES), np.float32))
     serving = Projection.fit(features[::2], 8)

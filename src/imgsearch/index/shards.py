@@ -335,7 +335,7 @@ def write_build(
 
     build_id = new_build_id()
     if projection is None:
-        projection = Projection.fit(data.features, PROJECTED_DIMS)
+        projection = fit_projection(data.features)
     forest = AnnoyIndex(projection.dims, "euclidean")
     forest.set_seed(1)
     for start in range(0, len(data), PROJECTION_CHUNK):
@@ -492,6 +492,11 @@ class Projection:
         arrays = read_npz(data)
         fitted = int(arrays["fitted_rows"]) if "fitted_rows" in arrays else 0
         return cls(arrays["mean"], arrays["components"], fitted)
+
+
+def fit_projection(features: np.ndarray) -> Projection:
+    """A build's projection of `features`: PROJECTED_DIMS components (fewer for few rows)."""
+    return Projection.fit(features, PROJECTED_DIMS)
 
 
 def _fit_rows(count: int) -> np.ndarray:

@@ -37,6 +37,7 @@ from imgsearch.index.shards import (
     Shard,
     ShardData,
     build_key,
+    fit_projection,
     write_build,
 )
 from imgsearch.storage import NotFound, PreconditionFailed
@@ -239,7 +240,7 @@ def _merged_projection(shards: Sequence[Shard], data: ShardData) -> Projection |
         return None
     if not shared.fits(data.features):
         return None
-    fitted = Projection.fit(data.features, shared.dims)
+    fitted = fit_projection(data.features)
     kept, best = shared.kept_variance(data.features), fitted.kept_variance(data.features)
     return shared if kept >= KEPT_VARIANCE_SHARED * best else fitted
 
