@@ -27,7 +27,13 @@ import numpy as np
 
 from imgsearch.index.base import SearchIndex
 from imgsearch.index.manifest import Manifest, read_manifest
-from imgsearch.index.shards import Shard, cosine_distances, half_dot_of_rows, serial_matvec
+from imgsearch.index.shards import (
+    Projection,
+    Shard,
+    cosine_distances,
+    half_dot_of_rows,
+    serial_matvec,
+)
 from imgsearch.storage import ObjectStore
 
 SEARCH_THREADS = min(4, os.cpu_count() or 1)
@@ -82,19 +88,20 @@ class _Snapshot:
             return cls(manifest, etag, shards)
         live = sum(shard.live_count for shard in shards)
         total = max(1, live)
-        position_of: dict[bytes, int] = {}
+        distinct: dict[bytes, Projection] = {}  # by digest, in the order shards first use them
         for shard in shards:
-            position_of.setdefault(shard.projection.digest, len(position_of))
-        distinct = list({shard.projection.digest: shard.projection for shard in shards}.values())
+            distinct.setdefault(shard.projection.digest, shard.projection)
+        position_of = {digest: position for position, digest in enumerate(distinct)}
+        projections = list(distinct.values())
         # (v - mean) @ C.T == v @ C.T - mean @ C.T: the means folded into one offset vector.
         return cls(
             manifest,
             etag,
             shards,
             shares=tuple(shard.live_count / total for shard in shards),
-            components=np.ascontiguousarray(np.concatenate([p.components for p in distinct])),
-            offsets=np.concatenate([p.components @ p.mean for p in distinct]),
-            ends=tuple(itertools.accumulate(p.dims for p in distinct)),
+            components=np.ascontiguousarray(np.concatenate([p.components for p in projections])),
+            offsets=np.concatenate([p.components @ p.mean for p in projections]),
+            ends=tuple(itertools.accumulate(p.dims for p in projections)),
             projection_of_shard=tuple(position_of[s.projection.digest] for s in shards),
             live_count=live,
         )
