@@ -47,7 +47,7 @@ from imgsearch.embedding import Embedder, ModelSpec
 from imgsearch.images import DecodeLimits, ImageRefused, decode_image
 from imgsearch.index.manifest import Manifest, ShardEntry, write_manifest
 from imgsearch.index.reader import Index, budget_growth
-from imgsearch.index.shards import ShardData, normalise_rows, write_build
+from imgsearch.index.shards import Projection, ShardData, normalise_rows, write_build
 from imgsearch.index.tiers import merge_plan
 from imgsearch.storage.local import LocalObjectStore
 
@@ -215,6 +215,10 @@ def build_tiered(
     """The project's index in its tiered layout; (shard sizes, seconds building them)."""
     layout = tiered_layout(size, shard_size)
     seconds, shards, start = 0.0, [], 0
+    # One projection, the first shard's, as the builder's shards share it (the open shard
+    # reuses the newest sealed shard's; a merge keeps its shards' shared one while it serves
+    # the merged images, as it does vectors synthesised alike: tiers._merged_projection).
+    projection: Projection | None = None
     for number, count in enumerate(layout):
         # Filled chunk by chunk: a 640k shard's features and probabilities are 3 GB.
         data = ShardData(
@@ -226,7 +230,8 @@ def build_tiered(
             data.features[first - start : first - start + len(features)] = features
             data.probabilities[first - start : first - start + len(features)] = probabilities
         started = time.perf_counter()
-        build = write_build(store, f"s{number:06d}", data, trees)
+        build = write_build(store, f"s{number:06d}", data, trees, projection=projection)
+        projection = build.projection
         seconds += time.perf_counter() - started
         sealed = number < len(layout) - 1 or count == shard_size
         shards.append(ShardEntry(f"s{number:06d}", build.id, count, sealed, sha256=build.sha256))
@@ -245,12 +250,18 @@ def build_tiered(
     return layout, seconds
 
 
+def tiered_root(cache: Path, size: int, shard_size: int, trees: int) -> Path:
+    """Where `cached_tiered` keeps the index of `size` images (named for its build rules: an
+    index cached before its shards shared one projection is not reused)."""
+    return cache / f"imgsearch-{size}-{shard_size}-{trees}-one-projection"
+
+
 def cached_tiered(
     cache: Path, real: tuple[np.ndarray, np.ndarray], size: int, args: argparse.Namespace
 ) -> tuple[LocalObjectStore, dict]:
     """The project's index of `size` images, built once into `cache` (a local object store);
     the store and what its build recorded (shard sizes, seconds, bytes, load average)."""
-    root = cache / f"imgsearch-{size}-{args.shard_size}-{args.trees}"
+    root = tiered_root(cache, size, args.shard_size, args.trees)
     record = root / "built.json"
     if root.exists() and (args.rebuild or not record.exists()):
         shutil.rmtree(root)

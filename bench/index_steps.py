@@ -7,7 +7,9 @@ Settings (`candidates:search_k`) are asked query by query in turn, in alternatin
 first one asked brings the rows into the CPU's caches for the next). `--baseline CHECKOUT`
 adds another checkout's reader, asked the same queries beside them in the same process: its
 `src/imgsearch` is copied under the package name `imgsearch_baseline` (imports rewritten) into
-the cache directory, so that both versions load side by side.
+the cache directory, so that both versions load side by side; `--baseline-store` has it read
+another build of the same images (one that checkout's bench/index_scale.py built), to compare
+build rules as well as readers.
 
     nice -n 5 .venv/bin/python bench/index_steps.py --size 1000000 --queries 300 \\
         --settings 120:1500 --baseline ../main --steps
@@ -105,6 +107,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", action="store_true", help="time each step of a query")
     parser.add_argument("--baseline", type=Path, help="another checkout's reader beside")
+    parser.add_argument(
+        "--baseline-store",
+        type=Path,
+        help="the store the baseline reads (default: this checkout's): its own build of the "
+        "same images, say as that checkout's bench/index_scale.py built them",
+    )
     args = parser.parse_args()
     real = index_scale.real_embeddings()
     index_scale.chunk_cache = args.cache / "chunks"
@@ -117,7 +125,7 @@ def main() -> None:
     else:
         truth, _ = index_scale.exact_truth(real, args.size, queries, 20)
         np.save(kept, np.array([sorted(row) for row in truth]))
-    root = args.cache / f"imgsearch-{args.size}-10000-20" / "store"
+    root = index_scale.tiered_root(args.cache, args.size, 10_000, 20) / "store"
     store = LocalObjectStore(root)
     names, indexes = [], []
     for setting in args.settings:
@@ -127,7 +135,8 @@ def main() -> None:
         names.append(f"{setting} x{reader.budget_growth(len(index)):.2f}")
         indexes.append(index)
     if args.baseline:
-        indexes.append(baseline_index(args.baseline.resolve(), args.cache, root))
+        baseline_root = args.baseline_store.resolve() if args.baseline_store else root
+        indexes.append(baseline_index(args.baseline.resolve(), args.cache, baseline_root))
         names.append(f"baseline {args.baseline.name}")
     shard_sizes = "+".join(f"{len(shard.ids) // 1000}k" for shard in indexes[0].shards)
     print(f"{args.size:,} images ({shard_sizes}), {args.queries} queries, k=20; times in ms")

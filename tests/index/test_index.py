@@ -138,6 +138,66 @@ def test_sealed_shards_are_merged_in_the_background_into_one_of_the_next_tier(
     assert stored == {f"{SHARDS_PREFIX}{s.id}/{s.build}" for s in manifest.shards}
 
 
+def test_a_merge_keeps_the_projection_its_shards_share_and_a_query_projects_once(
+    index_service, monkeypatch
+) -> None:
+    from imgsearch.index import shards
+
+    # A projection fitted on 40 rows serves a merge of any size (`Projection.fits`), and 8
+    # components of 5 clusters keep as much of the merged images' variance as a new fit.
+    monkeypatch.setattr(shards, "PROJECTION_SAMPLE", 40)
+    monkeypatch.setattr(shards, "PROJECTED_DIMS", 8)
+    service = index_service
+    vectors = normalise_rows(clustered_vectors(230, clusters=5))
+    ids = synthetic_ids(230)
+    for start in range(0, 230, 40):
+        queue(service, ids[start : start + 40], vectors[start : start + 40])
+        service.build_index()
+    index = service.parts.index
+    shared = {shard.projection.digest for shard in index.shards}
+    assert len(shared) == 1 and index.shard_count == 5  # each reused the sealed one before it
+    service.parts.builder.writer.merger.merge_all()
+    index.refresh(force=True)
+    assert [len(shard.ids) for shard in index.shards] == [200, 30]
+    assert {shard.projection.digest for shard in index.shards} == shared
+    assert len(index._snapshot.components) == index.shards[0].projection.dims
+    for row in range(0, 230, 23):
+        assert index.nearest(vectors[row], 1)[0][0] == ids[row]
+
+
+def test_a_merge_keeps_a_shared_projection_only_while_it_serves_the_merged_images(
+    monkeypatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from imgsearch.index import shards as shard_builds
+    from imgsearch.index import tiers
+    from imgsearch.index.shards import Projection, ShardData
+
+    monkeypatch.setattr(shard_builds, "PROJECTION_SAMPLE", 40)  # rows a fit leaves out: 60
+    monkeypatch.setattr(shard_builds, "PROJECTED_DIMS", 8)
+    features = normalise_rows(clustered_vectors(100, clusters=5))
+    data = ShardData(synthetic_ids(100), features, np.zeros((100, CLASSES), np.float32))
+    serving = Projection.fit(features[::2], 8)
+    other_content = normalise_rows(clustered_vectors(100, seed=3, clusters=5))
+    drifted = Projection.fit(other_content, 8)
+    too_few_rows = Projection.fit(features[:30], 8)  # a merge wants one fitted on 40 rows
+
+    def shards(*projections: Projection) -> list:
+        return [SimpleNamespace(projection=projection) for projection in projections]
+
+    assert tiers._merged_projection(shards(serving, serving), data) is serving
+    # Equal projections loaded from two builds are two objects.
+    twin = Projection.fit(features[::2], 8)
+    assert tiers._merged_projection(shards(serving, twin), data) is serving
+    assert tiers._merged_projection(shards(serving, drifted), data) is None
+    assert tiers._merged_projection(shards(too_few_rows, too_few_rows), data) is None
+    # Fitted on other content: a fit on the merged images keeps far more of their variance.
+    refitted = tiers._merged_projection(shards(drifted, drifted), data)
+    assert refitted is not None and refitted.digest not in {drifted.digest, serving.digest}
+    assert refitted.kept_variance(features) > drifted.kept_variance(features) / 0.97
+
+
 def test_garbage_is_collected_at_most_once_a_minute_in_a_process(index_service) -> None:
     """Each collection lists every stored build (a LIST request per 1,000 on S3): the
     server's rounds (every 5 s) and the embed function's batches do not list each time."""

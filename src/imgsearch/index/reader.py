@@ -27,7 +27,13 @@ import numpy as np
 
 from imgsearch.index.base import SearchIndex
 from imgsearch.index.manifest import Manifest, read_manifest
-from imgsearch.index.shards import Shard, cosine_distances, half_dot_of_rows, serial_matvec
+from imgsearch.index.shards import (
+    Projection,
+    Shard,
+    cosine_distances,
+    half_dot_of_rows,
+    serial_matvec,
+)
 from imgsearch.storage import ObjectStore
 
 SEARCH_THREADS = min(4, os.cpu_count() or 1)
@@ -64,12 +70,15 @@ class _Snapshot:
     etag: str | None
     shards: tuple[Shard, ...]
     # What every query over these shards needs, worked out once: each shard's share of the
-    # live images, and all their projections stacked into one matrix, so that a query is
-    # projected for every shard by one product (`project`).
+    # live images, and their distinct projections stacked into one matrix, so that a query is
+    # projected for every shard by one product (`project`); shards built with one projection
+    # (an open shard reuses the newest sealed shard's, a merge its sources' shared one) share
+    # its rows.
     shares: tuple[float, ...] = ()
     components: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     ends: tuple[int, ...] = ()
+    projection_of_shard: tuple[int, ...] = ()  # each shard's position among the distinct ones
 
     live_count: int = 0
 
@@ -79,7 +88,11 @@ class _Snapshot:
             return cls(manifest, etag, shards)
         live = sum(shard.live_count for shard in shards)
         total = max(1, live)
-        projections = [shard.projection for shard in shards]
+        distinct: dict[bytes, Projection] = {}  # by digest, in the order shards first use them
+        for shard in shards:
+            distinct.setdefault(shard.projection.digest, shard.projection)
+        position_of = {digest: position for position, digest in enumerate(distinct)}
+        projections = list(distinct.values())
         # (v - mean) @ C.T == v @ C.T - mean @ C.T: the means folded into one offset vector.
         return cls(
             manifest,
@@ -89,6 +102,7 @@ class _Snapshot:
             components=np.ascontiguousarray(np.concatenate([p.components for p in projections])),
             offsets=np.concatenate([p.components @ p.mean for p in projections]),
             ends=tuple(itertools.accumulate(p.dims for p in projections)),
+            projection_of_shard=tuple(position_of[s.projection.digest] for s in shards),
             live_count=live,
         )
 
@@ -97,7 +111,8 @@ class _Snapshot:
         (Annoy reads a list's floats in 13 us where it reads an array's in 22: per shard)."""
         projected = (serial_matvec(self.components, vector) - self.offsets).tolist()
         starts = (0, *self.ends[:-1])
-        return [projected[start:end] for start, end in zip(starts, self.ends, strict=True)]
+        distinct = [projected[start:end] for start, end in zip(starts, self.ends, strict=True)]
+        return [distinct[position] for position in self.projection_of_shard]
 
 
 def _plan(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import io
 import json
 import mmap
@@ -107,6 +108,26 @@ def half_dot(rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
 GATHER_BLOCK_ROWS = 128
 
 
+class _RerankBuffers(threading.local):
+    """Each query thread's gathered and widened blocks, kept between queries: allocating them
+    query by query costs numpy calls (each holding the GIL a second query thread waits for)
+    and, for big blocks, fresh pages. A block is at most GATHER_BLOCK_ROWS rows (under 1 MB
+    for both)."""
+
+    gathered: np.ndarray = np.empty((0, 0), np.int16)
+    widened: np.ndarray = np.empty((0, 0), np.int32)
+
+    def blocks(self, rows: int, dimension: int) -> tuple[np.ndarray, np.ndarray]:
+        """[rows, dimension] views of this thread's int16 and int32 blocks, grown as needed."""
+        if len(self.gathered) < rows or self.gathered.shape[1] != dimension:
+            self.gathered = np.empty((rows, dimension), np.int16)
+            self.widened = np.empty((rows, dimension), np.int32)
+        return self.gathered[:rows], self.widened[:rows]
+
+
+_rerank_buffers = _RerankBuffers()
+
+
 def half_dot_of_rows(
     parts: Sequence[tuple[np.ndarray, np.ndarray]],
     vector: np.ndarray,
@@ -116,7 +137,8 @@ def half_dot_of_rows(
     rows) of `parts` (a query's candidates in each shard) one after the other; into `out` if
     given. Gathered block by block (GATHER_BLOCK_ROWS), a block taking rows of several parts:
     a small query's few candidates in four shards are one block, not four (each numpy call
-    holds the GIL that a second query thread waits for)."""
+    holds the GIL that a second query thread waits for). Every row must be in its features'
+    range (they are not checked)."""
     total = sum(len(rows) for _, rows in parts)
     if out is None:
         out = np.empty(total, np.float32)
@@ -128,14 +150,15 @@ def half_dot_of_rows(
     scaled = vector.astype(np.float32) * _HALF_BITS_SCALE
     blocks = -(-total // GATHER_BLOCK_ROWS)
     block = -(-total // blocks)  # blocks of one size: 385 rows as 3 x 129, not 3 x 128 + 1
-    dimension = parts[0][0].shape[1]
-    gathered = np.empty((block, dimension), np.int16)
-    widened = np.empty((block, dimension), np.int32)
+    gathered, widened = _rerank_buffers.blocks(block, parts[0][0].shape[1])
     filled = done = 0  # rows in the block being gathered; rows multiplied before it
 
     def multiply() -> None:
+        # Widened by a cast, then shifted and masked in place: three passes of vectorised
+        # integer work (a shift casting as it goes is a buffered loop, 2x slower).
         bits = widened[:filled]
-        np.left_shift(gathered[:filled], _HALF_BITS_SHIFT, out=bits, dtype=np.int32)
+        np.copyto(bits, gathered[:filled])
+        bits <<= _HALF_BITS_SHIFT
         bits &= _HALF_BITS_MASK
         np.matmul(bits.view(np.float32), scaled, out=out[done : done + filled])
 
@@ -144,8 +167,14 @@ def half_dot_of_rows(
         taken = 0
         while taken < len(rows):
             count = min(block - filled, len(rows) - taken)
+            # mode="clip": numpy checks no bounds (with "raise" it also buffers `out`,
+            # 2.5x the time of the gather itself).
             np.take(
-                halves, rows[taken : taken + count], axis=0, out=gathered[filled : filled + count]
+                halves,
+                rows[taken : taken + count],
+                axis=0,
+                out=gathered[filled : filled + count],
+                mode="clip",
             )
             filled, taken = filled + count, taken + count
             if filled == block:
@@ -306,7 +335,7 @@ def write_build(
 
     build_id = new_build_id()
     if projection is None:
-        projection = Projection.fit(data.features, PROJECTED_DIMS)
+        projection = fit_projection(data.features)
     forest = AnnoyIndex(projection.dims, "euclidean")
     forest.set_seed(1)
     for start in range(0, len(data), PROJECTION_CHUNK):
@@ -400,6 +429,12 @@ class Projection:
     def dims(self) -> int:
         return int(self.components.shape[0])
 
+    @functools.cached_property
+    def digest(self) -> bytes:
+        """Equal for equal projections (loaded from different builds, whose files differ in
+        their zip timestamps): a reader projects a query once for all shards built with one."""
+        return hashlib.blake2b(self.mean.tobytes() + self.components.tobytes()).digest()
+
     def fits(self, features: np.ndarray) -> bool:
         """Whether it serves a build of `features` as well as a new fit would: of their
         dimension, fitted on its full sample or on at least half as many vectors (an open
@@ -407,16 +442,26 @@ class Projection:
         enough = min(PROJECTION_SAMPLE, max(1, len(features) // 2))
         return self.mean.shape[0] == features.shape[1] and self.fitted_rows >= enough
 
+    def kept_variance(self, features: np.ndarray) -> float:
+        """The share of `features`' variance that its components keep (1: all), on rows a fit
+        of them would not sample (`_held_out_sample`). About their own mean: a forest ranks by
+        distances between projected vectors, which the mean subtracted does not change."""
+        sample = np.asarray(_held_out_sample(features), dtype=np.float32)
+        centred = sample - sample.mean(axis=0)
+        total = float(np.einsum("ij,ij->", centred, centred))
+        if total == 0:
+            return 1.0
+        with one_blas_thread():  # see _FIT_LOCK: a merge's, beside queries and inference
+            projected = centred @ self.components.T
+        return float(np.einsum("ij,ij->", projected, projected)) / total
+
     @classmethod
     def fit(cls, features: np.ndarray, dims: int) -> Projection:
         if len(features):
             mean = np.mean(features, axis=0, dtype=np.float64)
         else:
             mean = np.zeros(features.shape[1])
-        sample = features
-        if len(sample) > PROJECTION_SAMPLE:
-            rows = np.random.default_rng(0).choice(len(sample), PROJECTION_SAMPLE, replace=False)
-            sample = sample[np.sort(rows)]
+        sample = _fit_sample(features)
         centred = np.asarray(sample, dtype=np.float64) - mean
         if len(centred) < 2:  # nothing to learn directions from: any single axis will do
             components = np.eye(1, features.shape[1])
@@ -447,6 +492,37 @@ class Projection:
         arrays = read_npz(data)
         fitted = int(arrays["fitted_rows"]) if "fitted_rows" in arrays else 0
         return cls(arrays["mean"], arrays["components"], fitted)
+
+
+def fit_projection(features: np.ndarray) -> Projection:
+    """A build's projection of `features`: PROJECTED_DIMS components (fewer for few rows)."""
+    return Projection.fit(features, PROJECTED_DIMS)
+
+
+def _fit_rows(count: int) -> np.ndarray:
+    """The rows of `count` a projection is fitted on: all, or PROJECTION_SAMPLE of them (the
+    same ones for the same count), ascending."""
+    if count <= PROJECTION_SAMPLE:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(0).choice(count, PROJECTION_SAMPLE, replace=False))
+
+
+def _fit_sample(features: np.ndarray) -> np.ndarray:
+    sample: np.ndarray = features[_fit_rows(len(features))]
+    return sample
+
+
+def _held_out_sample(features: np.ndarray) -> np.ndarray:
+    """Up to PROJECTION_SAMPLE rows a fit does not sample, to judge projections on: a fit keeps
+    more of its own sample's variance than of other rows' (4.5% more of 40k real vectors',
+    its 4,096 rows against others). All rows if a fit samples them all."""
+    others = np.setdiff1d(np.arange(len(features)), _fit_rows(len(features)))
+    if len(others) == 0:
+        return features
+    if len(others) > PROJECTION_SAMPLE:
+        others = np.sort(np.random.default_rng(1).choice(others, PROJECTION_SAMPLE, replace=False))
+    held_out: np.ndarray = features[others]
+    return held_out
 
 
 def _spread_of(data: ShardData) -> np.ndarray:
