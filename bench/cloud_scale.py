@@ -250,7 +250,7 @@ def follow_chains_into_pools() -> None:
     not: its requests overlap the work, off the critical path). A pool has a bounded number
     of threads (storage.in_parallel: PARALLEL_REQUESTS): a task starts from the later of its
     submitter's waits and the end of the task its thread ran before for the same submitter,
-    so 300 requests through 16 threads count as about 19 in turn, not as one."""
+    so 300 requests through 32 threads count as about 10 in turn, not as one."""
     if getattr(ThreadPoolExecutor.submit, "follows_chains", False):
         return
     submit, result = ThreadPoolExecutor.submit, Future.result

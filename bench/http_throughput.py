@@ -110,6 +110,8 @@ def populate(data_dir: Path, size: int) -> None:
     try:
         features, probabilities = synthesise(*real_embeddings(), size, np.random.default_rng(size))
         ids = [f"{i:016x}" for i in range(size)]
+        # (near-copy lists kept from the start: the server would complete them while measured)
+        service.parts.catalog.mark_near_copy_lists_complete()
         service.parts.storage.catalog.put_many(
             [
                 Put(f"image#{i}", "meta", synthetic_record(i, p).attrs(), 0)

@@ -83,6 +83,9 @@ def populate(service: ImageSearch, size: int, seed: int) -> None:
     """`size` indexed images: records, one or more shards, the manifest, neighbour lists."""
     features, probabilities = synthesise(*real_embeddings(), size, np.random.default_rng(seed))
     ids = [f"{i:016x}" for i in range(size)]
+    # Near-copy lists kept from the start, as for any collection indexed by this version (the
+    # first measured build would otherwise complete them from every list written here).
+    service.parts.catalog.mark_near_copy_lists_complete()
     table, store = service.parts.storage.catalog, service.parts.storage.objects
     for image_id, probs in zip(ids, probabilities, strict=True):
         record = synthetic_record(image_id, probs)

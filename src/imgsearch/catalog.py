@@ -688,14 +688,16 @@ class Catalog:
                 after = {"after": ids[-1], "max_distance": MAX_DUPLICATE_DISTANCE}
                 self.table.put(NEAR_COPIES_MARK, "progress", after)
         before_write()
-        # (Gone first: a run stopped between the two starts again, never from a stale cursor.)
-        self.table.delete(NEAR_COPIES_MARK, "progress")
+        # (The cursor goes first: a run stopped between the two starts again, never from a
+        # stale cursor.)
         self.mark_near_copy_lists_complete()
         return True
 
     def mark_near_copy_lists_complete(self) -> None:
         """Say that every image has its near-copy list (`complete_near_copy_lists` at its end,
-        or a collection made with them from its start)."""
+        or a collection made with them from its start). A cursor left by a completion under
+        way (a reindex may mark it complete) goes too."""
+        self.table.delete(NEAR_COPIES_MARK, "progress")
         self.table.put(
             NEAR_COPIES_MARK,
             "complete",
@@ -764,7 +766,7 @@ class StoredExpanded(str):
 
 class StoredList:
     """A neighbour list as read, decoded only as far as asked: the index builder reads some
-    200 lists a new image at 1M images and changes about 50; whether an offer can enter a
+    100 lists a new image at 1M images and changes about 50; whether an offer can enter a
     list needs only its length and its last distance (a list of 50 decoded is about 15 µs)."""
 
     def __init__(self, item: dict[str, Any]) -> None:
@@ -818,7 +820,7 @@ def _neighbour_attrs(
     """A list's attributes: its ids and its distances (to 6 decimals, written so that they
     read back equal), each packed into one string. As lists of 50 values, DynamoDB's answer
     is decoded value by value (botocore's parser, then the deserializer): about a
-    millisecond of Python an item, and the index builder reads some 200 lists a new image
+    millisecond of Python an item, and the index builder reads some 100 lists a new image
     (lists stored as lists before are read as such)."""
     attrs: dict[str, Any] = {
         "ids": " ".join(i for i, _ in neighbours),

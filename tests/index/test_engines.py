@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -239,12 +240,11 @@ def test_s3vectors_asks_two_lookups_at_once(request, tmp_path) -> None:
     assert (first[0], second[0]) == ("first", "second") and {first[1], second[1]} == {0, 1}
 
 
-def test_s3vectors_asks_a_question_on_its_way_once(request, tmp_path) -> None:
+def test_s3vectors_asks_a_question_on_its_way_once(request, tmp_path, monkeypatch) -> None:
     """A ranking asked while the same one, as deep or deeper, is on its way waits for that
     answer instead of sending a second QueryVectors (a search's ranking asked ahead, then in
-    turn); a deeper one is asked; a question that failed is asked again by the next."""
+    turn); a deeper one is asked; a question that failed is asked again by the one waiting."""
     import threading
-    import time
 
     s3 = engine_service(request, tmp_path, "s3vectors")
     ids, vectors = synthetic_ids(60), clustered_vectors(60, seed=4)
@@ -252,21 +252,38 @@ def test_s3vectors_asks_a_question_on_its_way_once(request, tmp_path) -> None:
     s3.build_index()
     index = s3.parts.index
     query = normalise_rows(vectors[1:2] + vectors[40:41])[0]
-    sent: list[int] = []
-    second_asking = threading.Event()
+    events: list[object] = []  # topK of each QueryVectors sent, "waits" when the test waits
+    asker = threading.get_ident()
+    second_waits = threading.Event()
     failing = [False]
+    wait = threading.Event.wait
+
+    def waiting(self, timeout=None) -> bool:
+        on_its_way = [answered for _, answered in index._cached.asking.values()]
+        if threading.get_ident() == asker and any(self is e for e in on_its_way):
+            events.append("waits")
+            second_waits.set()
+            assert wait(self, 10 if timeout is None else timeout), "never woken"
+            return True
+        return wait(self, timeout)
+
+    monkeypatch.setattr(threading.Event, "wait", waiting)
 
     def sending(params, **_) -> None:
-        sent.append(json.loads(params["body"])["topK"])
-        if len(sent) == 1:  # the first is slow: the second question comes meanwhile
-            assert second_asking.wait(timeout=10)
-            time.sleep(0.5)
+        events.append(json.loads(params["body"])["topK"])
+        if len(events) == 1:  # the first is held until the second waits for it or asks
+            for _ in range(1000):
+                if second_waits.is_set() or len(events) > 1:
+                    break
+                time.sleep(0.01)
             if failing[0]:
                 raise ConnectionError("the first question failed")
 
     index.bucket.client.meta.events.register("before-call.s3vectors.QueryVectors", sending)
 
     def ask_twice(first_k: int, second_k: int) -> tuple[list, list]:
+        events.clear(), second_waits.clear()
+        index._cached.answers.clear()
         answers: dict[str, list] = {}
 
         def first() -> None:
@@ -277,24 +294,22 @@ def test_s3vectors_asks_a_question_on_its_way_once(request, tmp_path) -> None:
 
         thread = threading.Thread(target=first)
         thread.start()
-        while not sent:
+        for _ in range(1000):
+            if events:
+                break
             time.sleep(0.01)
-        second_asking.set()
         answers["second"] = index.nearest(query, second_k)
-        thread.join()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
         return answers["first"], answers["second"]
 
     first, second = ask_twice(20, 10)
-    assert sent == [20] and second == first[:10] and len(first) == 20
-    index._cached.answers.clear()
-    sent.clear(), second_asking.clear()
+    assert events == [20, "waits"] and second == first[:10] and len(first) == 20
     first, second = ask_twice(10, 20)  # deeper than the one on its way: asked
-    assert sent == [10, 20] and first == second[:10]
-    index._cached.answers.clear()
-    sent.clear(), second_asking.clear()
+    assert events == [10, 20] and first == second[:10]
     failing[0] = True
     first, second = ask_twice(20, 10)
-    assert first == [] and sent == [20, 10] and len(second) == 10
+    assert first == [] and events == [20, "waits", 10] and len(second) == 10
 
 
 def test_s3vectors_counts_class_photos_in_its_state(both) -> None:

@@ -244,13 +244,20 @@ class IndexBuilder:
         of the time left, so a run ends within its budget unless one item takes longer than
         all the others did.
 
-        Then, while near-copy lists are not complete and neither `until` holds nor the budget
-        is spent, complete them a slice at a time (see the module's docstring): never in a
-        run whose goal was met (an upload's), until they are complete in one without a budget.
+        Then, in a run without `until` (never an upload's), while near-copy lists are not
+        complete and the budget is not spent, complete them a slice at a time (see the
+        module's docstring), until they are complete in one without a budget.
         """
         deadline = None if budget is None else time.monotonic() + budget
         report = BuildReport()
         while True:
+            if deadline is not None and time.monotonic() >= deadline:
+                report.out_of_time = True  # (a completion slice ended at the budget's edge)
+                break
+            # Only a run with no goal of its own completes: an upload's waits for its image.
+            completing = until is None and not self._near_copy_lists_complete()
+            if completing and self._near_copy_order is None:
+                self._near_copy_order = self._ids_in_order()  # before the lease: see there
             lease = Lease(self.catalog.table, "indexer", self.lease_seconds)
             if not lease.acquire():
                 report.busy = True
@@ -259,7 +266,7 @@ class IndexBuilder:
                 with lease.heartbeat():
                     self._mark_a_new_collection()
                     self._batches(lease, report, until, deadline)
-                    if not report.out_of_time and (until is None or not until()):
+                    if completing and not report.out_of_time:
                         self._complete_near_copies(lease, report, deadline)
             except LeaseLost:
                 log.warning("index lease lost; another builder continues")
@@ -269,7 +276,7 @@ class IndexBuilder:
             # Work queued while we held the lease found it taken and left it to us.
             if report.out_of_time or (until is not None and until()):
                 break
-            if not self.catalog.has_pending() and self._near_copies_complete:
+            if not self.catalog.has_pending() and (until is not None or self._near_copies_complete):
                 report.drained = True
                 break
         return report
@@ -282,7 +289,20 @@ class IndexBuilder:
     def _near_copy_lists_complete(self) -> bool:
         if not self._near_copies_complete:
             self._near_copies_complete = self.catalog.near_copy_lists_complete()
+            if self._near_copies_complete:
+                self._near_copy_order = None  # (completed by another process)
         return self._near_copies_complete
+
+    def _ids_in_order(self) -> list[str]:
+        """The index's ids in the completion's order, once a process (those indexed since get
+        their near-copy lists with their lists). Outside the lease: on Annoy it takes about a
+        second at 1M images, but on S3 Vectors it pages through ListVectors one page of 1,000
+        after another (about 50 s at 1M at 50 ms a page), which no upload should wait for. A
+        process killed meanwhile lists again in the next one: an upgraded S3 Vectors collection
+        of a million images completes only in a run given a minute or more (`imgsearch
+        recover`, the scheduled drain)."""
+        self.index.refresh(force=True)
+        return sorted(self.index.image_ids())
 
     def _mark_a_new_collection(self) -> None:
         """Mark a new collection's near-copy lists complete at its first build, even one that
@@ -303,13 +323,8 @@ class IndexBuilder:
         seconds, and within the run's `deadline` (`out_of_time` if that stopped it). Its first
         batch if any time is left, each next one only if it fits in half of what is (at the
         rate the last one went), as the run's batches."""
-        if self._near_copy_lists_complete():
+        if self._near_copy_lists_complete() or self._near_copy_order is None:
             return
-        if self._near_copy_order is None:
-            # Once a process: those indexed since get their near-copy lists with their lists
-            # (at 1M images, listing and sorting the ids takes about a second).
-            self.index.refresh(force=True)
-            self._near_copy_order = sorted(self.index.image_ids())
         slice_ends = time.monotonic() + self.near_copy_slice
         budget_ends_first = deadline is not None and deadline <= slice_ends
         stop = deadline if deadline is not None and budget_ends_first else slice_ends

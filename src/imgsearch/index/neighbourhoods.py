@@ -37,13 +37,18 @@ from imgsearch.storage import in_parallel
 
 Neighbours = list[tuple[str, float]]
 
-# How many of a new or removed image's nearest images may list it: with the image itself, 100,
-# one QueryVectors on S3 Vectors (its top-k limit). A list the newcomer belongs in but which
-# is farther down the newcomer's own ranking keeps a farther neighbour instead: on real photo
-# sets 13% of such offers at 99 (5% at 200), yet the lists' "more like this" p@20 is the same
-# as exact lists' (those offers are mostly hubs of another label): bench/neighbour_reach.py,
+# How many of a new image's nearest images are offered it: with the image itself, 100, one
+# QueryVectors on S3 Vectors (its top-k limit). A list the newcomer belongs in but which is
+# farther down the newcomer's own ranking keeps a farther neighbour instead: on real photo
+# sets 13% of such offers at 99 (5% at 200), yet the lists' "more like this" p@20 is no lower
+# than exact lists' (those offers are mostly hubs of another label): bench/neighbour_reach.py,
 # docs/evaluation.md ("How far a new image reaches").
 REACH = 99
+# How many of a removed image's nearest images have their lists recomputed: a list beyond
+# keeps the removed id (hidden when read, one neighbour short) and an expanded vector made
+# partly from it. Removals are rare, so they reach as far as before (on real sets 9% of the
+# lists holding a removed image are beyond 200, 22% beyond 99).
+REMOVAL_REACH = 200
 # New images whose touched lists are read and written together, each list once however many
 # of them it is offered: about REACH lists each, so a group holds up to 20,000 lists in memory
 # at once (with their stored expanded vectors, about 200 MB at most; far fewer below 100k
@@ -74,6 +79,7 @@ class Neighbourhoods:
         self.index = index
         self.k = k
         self.reach = max(REACH, k)
+        self.removal_reach = max(REMOVAL_REACH, k)
         self.expansion = expansion
         self._kept = _Kept("", float("-inf"))  # lists and vectors read under one token
         self._kept_lock = threading.Lock()
@@ -181,10 +187,10 @@ class Neighbourhoods:
         own: dict[str, Neighbours] = {}
         offers: dict[str, Neighbours] = defaultdict(list)
         # The group's queries at once: on an engine over the network each one waits for it.
-        queries = [(i, v, {i}) for i, v in vectors.items()] + [
-            (i, v, set()) for i, v in removed.items()
+        queries = [(i, v, {i}, self.reach) for i, v in vectors.items()] + [
+            (i, v, set(), self.removal_reach) for i, v in removed.items()
         ]
-        answers = in_parallel(lambda q: self.index.nearest(q[1], self.reach, exclude=q[2]), queries)
+        answers = in_parallel(lambda q: self.index.nearest(q[1], q[3], exclude=q[2]), queries)
         nearest = dict(zip([q[0] for q in queries], answers, strict=True))
         for image_id in vectors:
             near = nearest[image_id]

@@ -578,7 +578,9 @@ class S3VectorsIndex(SearchIndex):
                 if kept is not None and (kept[0] >= wanted or len(kept[1]) < kept[0]):
                     return kept[1][:wanted]
                 out = asking.get(key)
-                if out is None or out[0] < wanted:
+                # Wait for one as deep, but not for a deeper one that takes more requests than
+                # this one would (a ranking beyond the top-k limit is asked by partitions).
+                if out is None or not wanted <= out[0] <= max(wanted, TOP_K_LIMIT):
                     asking[key] = (wanted, answered)
                     break
             out[1].wait()  # then kept, or asked here if that question failed
@@ -608,7 +610,7 @@ class S3VectorsIndex(SearchIndex):
             ]
         # Groups of partitions that each hold well under TOP_K_LIMIT of the `wanted` on
         # average (GROUP_FILL of it), so that one seldom comes back full and is split: the
-        # neighbour lists' 201 nearest in 3 requests.
+        # 200-deep keyword ranking in 3 requests.
         groups = min(PARTS, -(-wanted // int(TOP_K_LIMIT * GROUP_FILL)))
         answers = self._ask(index, vector, [tuple(range(g, PARTS, groups)) for g in range(groups)])
         while True:

@@ -291,7 +291,7 @@ class ItemCodec:
 
     botocore serialises a request's and parses an answer's items value by value in Python,
     walking each attribute's shape (about 35 µs each way an item of a neighbour list: most
-    of the CPU of reading one, a third of writing one, and the index builder reads some 200
+    of the CPU of reading one, a third of writing one, and the index builder reads some 100
     lists and writes some 50 a new image). An item's wire form is the DynamoDB JSON this
     adapter makes anyway (`DynamoTable._encode_item`), so a batch write is made with no items
     and its body written by json.dumps just before it is signed (`before-call`, which comes

@@ -73,8 +73,8 @@ MAX_CAS_ATTEMPTS = 50
 # for them, 16 at a time 0.7 s (bench/build_phases.py, docs/deploy.md's eighth round).
 PARALLEL_REQUESTS = 32
 # Connections an AWS client keeps (botocore's default is 10): a call's parallel requests may
-# each send a few of their own (a keyword ranking asks up to 3 groups of partitions), and a
-# connection beyond the pool is opened, used once and closed.
+# each send a few of their own (a keyword ranking 400 deep asks 6 groups of partitions), and
+# a connection beyond the pool is opened, used once and closed.
 AWS_POOL_CONNECTIONS = 4 * PARALLEL_REQUESTS
 
 
