@@ -554,7 +554,14 @@ def near_copy_lists_kept(service: ImageSearch) -> None:
     any collection indexed since they are): without it the first build completes them from
     every image's neighbour list, which for a synthesised 1M is a million reads (and the
     synthesised images are no near-copies of each other: their lists would be empty)."""
-    service.parts.catalog.mark_near_copy_lists_complete()
+    catalog = service.parts.catalog
+    if hasattr(catalog, "mark_near_copy_lists_complete"):
+        catalog.mark_near_copy_lists_complete()
+    else:  # a baseline from before it (ed54c39): the same item
+        from imgsearch.config import MAX_DUPLICATE_DISTANCE
+
+        mark = {"at": time.time(), "max_distance": MAX_DUPLICATE_DISTANCE}
+        catalog.table.put("near-complete", "complete", mark)
 
 
 def publish_all(service: ImageSearch, data: ShardData) -> None:

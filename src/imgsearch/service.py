@@ -570,7 +570,7 @@ class ImageSearch:
         does the same there)."""
 
         def build() -> BuildReport:  # stops after a batch once `close` is called
-            report = self.parts.builder.run(until=self._closing.is_set)
+            report = self.parts.builder.run(stop=self._closing.is_set)
             self.parts.index.refresh(force=True)
             return report
 

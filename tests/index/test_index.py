@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from dataclasses import replace
 
@@ -872,6 +873,25 @@ def test_near_copy_completion_stops_within_its_budget_and_the_next_run_goes_on(
     assert catalog.near_copy_lists_complete()
     assert catalog.table.get(NEAR_COPIES_MARK, "progress") is None
     assert not resumed.parts.builder.has_work()
+
+
+def test_a_server_s_background_builds_complete_near_copy_lists_an_upload_s_do_not(
+    storage, tmp_path
+) -> None:
+    """A run that only stops when asked (a server's background builds: `stop`) completes an
+    older collection's near-copy lists; one with a goal of its own (an upload's `until`)
+    never does, even when its goal never holds (its image was skipped), and it ends."""
+    settings, expected = older_collection(storage, tmp_path)
+    service = ImageSearch(settings, storage)
+    builder, catalog = service.parts.builder, service.parts.catalog
+    report = builder.run(until=lambda: False, budget=5.0)
+    assert report.drained and not report.out_of_time
+    assert not catalog.near_copy_lists() and not catalog.near_copy_lists_complete()
+    closing = threading.Event()
+    report = builder.run(stop=closing.is_set)
+    assert report.drained and catalog.near_copy_lists_complete()
+    assert catalog.near_copy_lists() == expected
+    assert not builder.has_work()
 
 
 def test_no_build_writes_lists_while_the_near_copy_completion_copies_them(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 
 from imgsearch.index import shards
 from imgsearch.index.shards import _features_npy_bytes, half_dot, serial_matvec
@@ -96,3 +97,13 @@ def test_rows_gathered_block_by_block_give_half_dot_s_products(monkeypatch) -> N
     )
     assert shards.half_dot_of_rows([(features, rows[:0])], vector).shape == (0,)
     assert shards.half_dot_of_rows([], vector).shape == (0,)
+
+
+def test_a_row_no_shard_holds_is_refused_not_clipped() -> None:
+    """The gather checks no bounds itself (numpy's "clip" would read the last row for one past
+    the end): a row outside the shard raises, as an index would."""
+    features = halves_of_every_kind(20, 96)
+    vector = np.ones(96, np.float32)
+    for bad in (20, -1):
+        with pytest.raises(IndexError):
+            shards.half_dot_of_rows([(features, np.array([0, bad], np.int64))], vector)

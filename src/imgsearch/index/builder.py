@@ -230,14 +230,19 @@ class IndexBuilder:
         self._near_copy_order: list[str] | None = None
 
     def run(
-        self, *, until: Callable[[], bool] | None = None, budget: float | None = None
+        self,
+        *,
+        until: Callable[[], bool] | None = None,
+        stop: Callable[[], bool] | None = None,
+        budget: float | None = None,
     ) -> BuildReport:
         """Take the work queue in batches, unless another builder is already doing so.
 
-        With `until`, stop as soon as it holds (after a batch) and leave the rest of the
-        queue to the next builder: an upload request builds until its own image is in, not
-        for as long as others keep uploading. Those others wait for their images and build
-        them the same way, so nothing is left behind while anyone is waiting.
+        With `until`, a goal of the run's own, stop as soon as it holds (after a batch) and
+        leave the rest of the queue to the next builder: an upload request builds until its
+        own image is in, not for as long as others keep uploading. Those others wait for their
+        images and build them the same way, so nothing is left behind while anyone is waiting.
+        `stop` stops the run as soon as it holds too, but is no goal (a server closing).
 
         With `budget` (seconds), stop before a batch that would not fit in what is left of
         it (`out_of_time`): each batch is sized from the time the last one took, at most half
@@ -249,15 +254,14 @@ class IndexBuilder:
         module's docstring), until they are complete in one without a budget.
         """
         deadline = None if budget is None else time.monotonic() + budget
+
+        def halted() -> bool:
+            return (until is not None and until()) or (stop is not None and stop())
+
         report = BuildReport()
         while True:
-            if deadline is not None and time.monotonic() >= deadline:
-                report.out_of_time = True  # (a completion slice ended at the budget's edge)
-                break
             # Only a run with no goal of its own completes: an upload's waits for its image.
             completing = until is None and not self._near_copy_lists_complete()
-            if completing and self._near_copy_order is None:
-                self._near_copy_order = self._ids_in_order()  # before the lease: see there
             lease = Lease(self.catalog.table, "indexer", self.lease_seconds)
             if not lease.acquire():
                 report.busy = True
@@ -265,8 +269,8 @@ class IndexBuilder:
             try:
                 with lease.heartbeat():
                     self._mark_a_new_collection()
-                    self._batches(lease, report, until, deadline)
-                    if completing and not report.out_of_time:
+                    self._batches(lease, report, halted, deadline)
+                    if completing and not report.out_of_time and not halted():
                         self._complete_near_copies(lease, report, deadline)
             except LeaseLost:
                 log.warning("index lease lost; another builder continues")
@@ -274,10 +278,17 @@ class IndexBuilder:
             finally:
                 lease.release()
             # Work queued while we held the lease found it taken and left it to us.
-            if report.out_of_time or (until is not None and until()):
+            if report.out_of_time or halted():
                 break
-            if not self.catalog.has_pending() and (until is not None or self._near_copies_complete):
+            listable = deadline is None or not self.index.round_trips  # see `_ids_in_order`
+            completing = until is None and not self._near_copies_complete
+            if completing and self._near_copy_order is None and listable:
+                self._near_copy_order = self._ids_in_order()  # outside the lease
+            if not self.catalog.has_pending() and not (completing and listable):
                 report.drained = True
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                report.out_of_time = True  # (a completion slice ended at the budget's edge)
                 break
         return report
 
@@ -296,11 +307,11 @@ class IndexBuilder:
     def _ids_in_order(self) -> list[str]:
         """The index's ids in the completion's order, once a process (those indexed since get
         their near-copy lists with their lists). Outside the lease: on Annoy it takes about a
-        second at 1M images, but on S3 Vectors it pages through ListVectors one page of 1,000
-        after another (about 50 s at 1M at 50 ms a page), which no upload should wait for. A
-        process killed meanwhile lists again in the next one: an upgraded S3 Vectors collection
-        of a million images completes only in a run given a minute or more (`imgsearch
-        recover`, the scheduled drain)."""
+        second at 1M images, but on S3 Vectors (an engine whose every read is a round trip) it
+        pages through ListVectors one page of 1,000 after another (about 50 s at 1M at 50 ms a
+        page), which no upload should wait for and no budgeted run (a function's) may start:
+        there, only a run without a budget lists (a server's background builds, `imgsearch
+        serve --backend aws` for an upgraded collection)."""
         self.index.refresh(force=True)
         return sorted(self.index.image_ids())
 

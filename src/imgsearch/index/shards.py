@@ -163,6 +163,9 @@ def half_dot_of_rows(
         np.matmul(bits.view(np.float32), scaled, out=out[done : done + filled])
 
     for features, rows in parts:
+        # (what "clip" would turn into a plausible wrong row: a row no shard holds)
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= len(features)):
+            raise IndexError(f"rows outside a shard of {len(features)}")
         halves = features.view(np.int16)
         taken = 0
         while taken < len(rows):
