@@ -622,8 +622,11 @@ class ImageSearch:
 
         deadline = time.monotonic() + wait
         while True:
-            self.parts.builder.run(until=indexed, budget=max(0.0, deadline - time.monotonic()))
-            if indexed() or time.monotonic() >= deadline:
+            report = self.parts.builder.run(
+                until=indexed, budget=max(0.0, deadline - time.monotonic())
+            )
+            # (drained with the image still pending: it was skipped, nothing will index it)
+            if indexed() or report.drained or time.monotonic() >= deadline:
                 break
             time.sleep(0.2)
         self.parts.index.refresh(force=True)

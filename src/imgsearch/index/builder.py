@@ -193,6 +193,9 @@ NEAR_COPY_BATCH = 100  # stored lists the near-copy completion reads at a time (
 # A lease hold's near-copy completion at most: an upload waiting for its image's build waits no
 # longer for it (the run lets go of the lease, builds what was queued meanwhile, goes on).
 NEAR_COPY_SLICE_SECONDS = 1.0
+# Listing the ids on an engine of round trips: S3 Vectors' ListVectors, 1,000 ids a page at
+# about 50 ms (docs/deploy.md's assumed latency), one page after another.
+LISTING_SECONDS_PER_ID = 0.05 / 1000
 
 
 class IndexBuilder:
@@ -251,7 +254,9 @@ class IndexBuilder:
 
         Then, in a run without `until` (never an upload's), while near-copy lists are not
         complete and the budget is not spent, complete them a slice at a time (see the
-        module's docstring), until they are complete in one without a budget.
+        module's docstring), until they are complete in one without a budget. A process lists
+        the index's ids for that once, after its first round of batches (`_ids_in_order`:
+        where listing takes round trips, only if it fits in the budget).
         """
         deadline = None if budget is None else time.monotonic() + budget
 
@@ -280,17 +285,28 @@ class IndexBuilder:
             # Work queued while we held the lease found it taken and left it to us.
             if report.out_of_time or halted():
                 break
-            listable = deadline is None or not self.index.round_trips  # see `_ids_in_order`
             completing = until is None and not self._near_copies_complete
+            if deadline is not None and time.monotonic() >= deadline:
+                report.out_of_time = self.catalog.has_pending() or completing
+                break
+            listable = self._listable(deadline)
             if completing and self._near_copy_order is None and listable:
                 self._near_copy_order = self._ids_in_order()  # outside the lease
+                if halted():
+                    break
+                completing = self._near_copy_order is not None  # (else: done, or next run)
             if not self.catalog.has_pending() and not (completing and listable):
                 report.drained = True
                 break
-            if deadline is not None and time.monotonic() >= deadline:
-                report.out_of_time = True  # (a completion slice ended at the budget's edge)
-                break
         return report
+
+    def _listable(self, deadline: float | None) -> bool:
+        """Whether this run may list the index's ids for the completion (`_ids_in_order`):
+        without a budget, or where listing is a walk in memory, or where its pages fit in half
+        of what is left (S3 Vectors: 1,000 ids a ListVectors, one after another)."""
+        if deadline is None or not self.index.round_trips:
+            return True
+        return len(self.index) * LISTING_SECONDS_PER_ID <= (deadline - time.monotonic()) / 2
 
     def has_work(self) -> bool:
         """Whether a run would do anything: work is queued, or near-copy lists are not
@@ -304,16 +320,26 @@ class IndexBuilder:
                 self._near_copy_order = None  # (completed by another process)
         return self._near_copies_complete
 
-    def _ids_in_order(self) -> list[str]:
+    def _ids_in_order(self) -> list[str] | None:
         """The index's ids in the completion's order, once a process (those indexed since get
         their near-copy lists with their lists). Outside the lease: on Annoy it takes about a
         second at 1M images, but on S3 Vectors (an engine whose every read is a round trip) it
         pages through ListVectors one page of 1,000 after another (about 50 s at 1M at 50 ms a
-        page), which no upload should wait for and no budgeted run (a function's) may start:
-        there, only a run without a budget lists (a server's background builds, `imgsearch
-        serve --backend aws` for an upgraded collection)."""
+        page), which no upload should wait for, and which a budgeted run (a function's)
+        starts only where its pages fit in half of what is left (`_listable`: up to about
+        250,000 images in a 25 s budget); a larger upgraded collection completes in a run
+        without a budget (a server's background builds: `imgsearch serve --backend aws`).
+        None if the lists were completed meanwhile, or the listing failed (the next run
+        lists again)."""
+        if self.catalog.near_copy_lists_complete():  # (another process finished meanwhile)
+            self._near_copies_complete = True
+            return None
         self.index.refresh(force=True)
-        return sorted(self.index.image_ids())
+        try:
+            return sorted(self.index.image_ids())
+        except StorageError:  # the batches applied stand; the next run lists again
+            log.exception("listing the index's ids for the near-copy completion failed")
+            return None
 
     def _mark_a_new_collection(self) -> None:
         """Mark a new collection's near-copy lists complete at its first build, even one that
