@@ -265,17 +265,18 @@ class IndexBuilder:
 
         report = BuildReport()
         while True:
-            # Only a run with no goal of its own completes: an upload's waits for its image.
-            completing = until is None and not self._near_copy_lists_complete()
             lease = Lease(self.catalog.table, "indexer", self.lease_seconds)
             if not lease.acquire():
                 report.busy = True
                 return report
             try:
                 with lease.heartbeat():
-                    self._mark_a_new_collection()
+                    # The mark read once a hold, under the lease (only a holder writes it).
+                    complete = self._near_copy_lists_complete() or self._mark_a_new_collection()
                     self._batches(lease, report, halted, deadline)
-                    if completing and not report.out_of_time and not halted():
+                    # Only a run with no goal of its own completes: an upload's waits for its
+                    # image.
+                    if until is None and not complete and not report.out_of_time and not halted():
                         self._complete_near_copies(lease, report, deadline)
             except LeaseLost:
                 log.warning("index lease lost; another builder continues")
@@ -331,8 +332,7 @@ class IndexBuilder:
         without a budget (a server's background builds: `imgsearch serve --backend aws`).
         None if the lists were completed meanwhile, or the listing failed (the next run
         lists again)."""
-        if self.catalog.near_copy_lists_complete():  # (another process finished meanwhile)
-            self._near_copies_complete = True
+        if self._near_copy_lists_complete():  # (another process finished meanwhile)
             return None
         self.index.refresh(force=True)
         try:
@@ -341,17 +341,20 @@ class IndexBuilder:
             log.exception("listing the index's ids for the near-copy completion failed")
             return None
 
-    def _mark_a_new_collection(self) -> None:
+    def _mark_a_new_collection(self) -> bool:
         """Mark a new collection's near-copy lists complete at its first build, even one that
         completes nothing (an upload's, a bulk ingest's batches): with nothing indexed, no
         list lacks its near-copy list, and every list written from now on has one. Else the
-        first build that completes them would read every list written until then."""
-        if self._near_copy_lists_complete() or len(self.index):
-            return
+        first build that completes them would read every list written until then. Whether it
+        did (call it while they are not complete)."""
+        if len(self.index):
+            return False
         self.index.refresh(force=True)  # (another process's publication: not new)
-        if not len(self.index):
-            self.catalog.mark_near_copy_lists_complete()
-            self._near_copies_complete = True
+        if len(self.index):
+            return False
+        self.catalog.mark_near_copy_lists_complete()
+        self._near_copies_complete = True
+        return True
 
     def _complete_near_copies(
         self, lease: Lease, report: BuildReport, deadline: float | None
@@ -359,18 +362,19 @@ class IndexBuilder:
         """A slice of the near-copy completion, under the lease: at most `near_copy_slice`
         seconds, and within the run's `deadline` (`out_of_time` if that stopped it). Its first
         batch if any time is left, each next one only if it fits in half of what is (at the
-        rate the last one went), as the run's batches."""
-        if self._near_copy_lists_complete() or self._near_copy_order is None:
+        rate the last one went), as the run's batches. Call it while they are not complete;
+        nothing before this process has listed the ids to complete (`_ids_in_order`)."""
+        if self._near_copy_order is None:
             return
         slice_ends = time.monotonic() + self.near_copy_slice
         budget_ends_first = deadline is not None and deadline <= slice_ends
-        stop = deadline if deadline is not None and budget_ends_first else slice_ends
+        ends = deadline if deadline is not None and budget_ends_first else slice_ends
         last: float | None = None
 
         def proceed() -> bool:
             nonlocal last
             now = time.monotonic()
-            fits = now < stop if last is None else stop - now > 2 * (now - last)
+            fits = now < ends if last is None else ends - now > 2 * (now - last)
             last = now
             return fits
 

@@ -137,8 +137,8 @@ def half_dot_of_rows(
     rows) of `parts` (a query's candidates in each shard) one after the other; into `out` if
     given. Gathered block by block (GATHER_BLOCK_ROWS), a block taking rows of several parts:
     a small query's few candidates in four shards are one block, not four (each numpy call
-    holds the GIL that a second query thread waits for). Every row must be in its features'
-    range (they are not checked)."""
+    holds the GIL that a second query thread waits for). A row outside its features raises
+    IndexError."""
     total = sum(len(rows) for _, rows in parts)
     if out is None:
         out = np.empty(total, np.float32)
@@ -445,11 +445,11 @@ class Projection:
         enough = min(PROJECTION_SAMPLE, max(1, len(features) // 2))
         return self.mean.shape[0] == features.shape[1] and self.fitted_rows >= enough
 
-    def kept_variance(self, features: np.ndarray) -> float:
-        """The share of `features`' variance that its components keep (1: all), on rows a fit
-        of them would not sample (`_held_out_sample`). About their own mean: a forest ranks by
-        distances between projected vectors, which the mean subtracted does not change."""
-        sample = np.asarray(_held_out_sample(features), dtype=np.float32)
+    def kept_variance(self, sample: np.ndarray) -> float:
+        """The share of `sample`'s variance that its components keep (1: all): rows of a
+        build's features a fit of them would not sample (`held_out_sample`), read once for
+        every projection judged. About their own mean: a forest ranks by distances between
+        projected vectors, which the mean subtracted does not change."""
         centred = sample - sample.mean(axis=0)
         total = float(np.einsum("ij,ij->", centred, centred))
         if total == 0:
@@ -515,17 +515,16 @@ def _fit_sample(features: np.ndarray) -> np.ndarray:
     return sample
 
 
-def _held_out_sample(features: np.ndarray) -> np.ndarray:
-    """Up to PROJECTION_SAMPLE rows a fit does not sample, to judge projections on: a fit keeps
-    more of its own sample's variance than of other rows' (4.5% more of 40k real vectors',
-    its 4,096 rows against others). All rows if a fit samples them all."""
+def held_out_sample(features: np.ndarray) -> np.ndarray:
+    """Up to PROJECTION_SAMPLE rows a fit does not sample, as float32, to judge projections
+    on (`Projection.kept_variance`): a fit keeps more of its own sample's variance than of
+    other rows' (4.5% more of 40k real vectors', its 4,096 rows against others). All rows if
+    a fit samples them all."""
     others = np.setdiff1d(np.arange(len(features)), _fit_rows(len(features)))
-    if len(others) == 0:
-        return features
     if len(others) > PROJECTION_SAMPLE:
         others = np.sort(np.random.default_rng(1).choice(others, PROJECTION_SAMPLE, replace=False))
-    held_out: np.ndarray = features[others]
-    return held_out
+    held_out = features if len(others) == 0 else features[others]
+    return np.asarray(held_out, dtype=np.float32)
 
 
 def _spread_of(data: ShardData) -> np.ndarray:

@@ -38,6 +38,7 @@ from imgsearch.index.shards import (
     ShardData,
     build_key,
     fit_projection,
+    held_out_sample,
     write_build,
 )
 from imgsearch.storage import NotFound, PreconditionFailed
@@ -241,7 +242,8 @@ def _merged_projection(shards: Sequence[Shard], data: ShardData) -> Projection |
     if not shared.fits(data.features):
         return None
     fitted = fit_projection(data.features)
-    kept, best = shared.kept_variance(data.features), fitted.kept_variance(data.features)
+    sample = held_out_sample(data.features)
+    kept, best = shared.kept_variance(sample), fitted.kept_variance(sample)
     return shared if kept >= KEPT_VARIANCE_SHARED * best else fitted
 
 
