@@ -37,10 +37,14 @@ vocabulary: $(VOCABULARY)
 # without the real model, Chromium, the Lambda bundles or a slow marker; `make test` runs it
 # first and then the rest, so each test runs once.
 NOT_FAST := model or browser or bundles or slow
-PYTEST := $(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
+# --dist loadfile: a file's tests share one process and its module fixtures (a server on the
+# demo photos, the bundles). Not loadgroup: pytest-xdist 3.8 cannot group on pytest 9 (it renames
+# an attribute pytest 9 no longer reads), so its groups were silently ignored.
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 test: setup lint ## install everything (Chromium included), lint, run every test (fast tier first)
 	scripts/install-chromium.sh
+	scripts/install-checkov.sh
 	$(PYTEST) -m "not ($(NOT_FAST))"
 	$(PYTEST) -m "$(NOT_FAST)"
 

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from support.fake_embedder import ColourEmbedder
 from support.openapi import API_KEY_HEADER
-from support.services import API_KEY, demo_collection, make_service
+from support.services import API_KEY, demo_collection, demo_copy, make_service
 
 from imgsearch.api.app import create_app
 from imgsearch.config import Settings
@@ -108,10 +108,21 @@ def colour_demo_service(
 
 
 @pytest.fixture(scope="session")
+def model_demo_data(tmp_path_factory, model_embedder: Embedder, vocabulary: Vocabulary) -> Path:
+    """The demo collection's data directory, ingested with the real model once per test process
+    and closed. Modules that need their own demo collection copy it (`demo_copy`): an ingest
+    of the 192 photos costs seconds of the model, a copy a fraction of one."""
+    data_dir = tmp_path_factory.mktemp("demo-ingested") / "data"
+    demo_collection(data_dir, model_embedder, vocabulary).close(finish_merges=True)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
 def model_demo_service(
-    tmp_path_factory, model_embedder: Embedder, vocabulary: Vocabulary
+    tmp_path_factory, model_demo_data: Path, model_embedder: Embedder, vocabulary: Vocabulary
 ) -> ImageSearch:
-    return demo_collection(tmp_path_factory.mktemp("demo") / "data", model_embedder, vocabulary)
+    data_dir = tmp_path_factory.mktemp("demo") / "data"
+    return demo_copy(model_demo_data, data_dir, model_embedder, vocabulary)
 
 
 @pytest.fixture

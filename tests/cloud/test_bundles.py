@@ -47,7 +47,7 @@ from support.openapi import API_KEY_HEADER
 
 from imgsearch.storage.aws_resources import create_bucket, create_tables, load_template
 
-pytestmark = [pytest.mark.bundles, pytest.mark.xdist_group("bundles")]
+pytestmark = pytest.mark.bundles
 
 OUT = REPO / "build" / "lambda"
 # Lambda's limit is 250 MB for code and layers unzipped; keep a fifth of it free for growth.
@@ -77,8 +77,9 @@ except SystemExit as missing:
 
 @pytest.fixture(scope="module")
 def bundles() -> Iterator[dict]:
-    """Build the bundles; the manifest the build wrote. Other runs in this checkout wait
-    to rebuild them until these tests are done (layers/build.py's lock)."""
+    """Build the bundles (once: `make test` runs a file's tests in one process); the manifest
+    the build wrote. Other runs in this checkout wait to rebuild them
+    until this process is done (layers/build.py's lock)."""
     subprocess.run(
         [sys.executable, str(REPO / "layers" / "build.py"), "--out", str(OUT)], check=True
     )

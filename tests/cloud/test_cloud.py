@@ -50,8 +50,6 @@ from imgsearch.storage.aws_resources import (
     resource_properties,
 )
 
-pytestmark = pytest.mark.xdist_group("cloud")
-
 BUCKET = "imgsearch-test-images"
 VECTOR_BUCKET = "imgsearch-test-vectors"
 TABLES = {"CatalogTable": "test-catalog", "FeedbackTable": "test-feedback"}

@@ -10,10 +10,8 @@ the queue's retry settings. checkov runs from its own virtualenv (see checkov_pa
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +26,6 @@ from support.openapi import API_KEY_HEADER, routes_needing_the_key, unnamed
 from imgsearch.config import Settings
 from imgsearch.storage.aws_resources import TEMPLATE_PATH, load_template
 
-pytestmark = pytest.mark.xdist_group("template")
-
-CHECKOV_REQUIREMENTS = REPO / "tests" / "checkov-requirements.txt"
 CHECKOV_VENV = REPO / ".venv" / "tools" / "checkov"
 
 
@@ -258,18 +253,9 @@ def test_the_page_may_reach_the_bucket_it_uploads_into() -> None:
 
 @pytest.fixture(scope="session")
 def checkov_path() -> Path:
-    """checkov, in a virtualenv of its own: it pins boto3, packaging and networkx to versions
-    this project cannot use. Made on first use from the pinned requirements (about a minute),
-    then reused while they are unchanged."""
-    requirements = CHECKOV_REQUIREMENTS.read_bytes()
-    marker = CHECKOV_VENV / ".requirements-sha256"
-    digest = hashlib.sha256(requirements).hexdigest()
-    if not (marker.is_file() and marker.read_text() == digest):
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(CHECKOV_VENV)], check=True)
-        pip = [str(CHECKOV_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-        install = [*pip, "--disable-pip-version-check", "-r", str(CHECKOV_REQUIREMENTS)]
-        subprocess.run(install, check=True)
-        marker.write_text(digest)
+    """checkov, in a virtualenv of its own (scripts/install-checkov.sh: made on first use, about
+    a minute, then reused while its requirements are unchanged; `make test` makes it first)."""
+    subprocess.run([str(REPO / "scripts" / "install-checkov.sh")], check=True)
     return CHECKOV_VENV / "bin" / "checkov"
 
 

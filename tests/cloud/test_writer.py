@@ -40,8 +40,8 @@ from imgsearch.config import get_settings
 from imgsearch.index.builder import LEASE_SECONDS
 from imgsearch.storage.aws_resources import create_bucket, create_tables
 
-# The embed function loads the model; the cloud group runs on one worker.
-pytestmark = [pytest.mark.model, pytest.mark.xdist_group("cloud")]
+# The embed function loads the model.
+pytestmark = pytest.mark.model
 
 TABLES = {"CatalogTable": "writer-catalog", "FeedbackTable": "writer-feedback"}
 FREED_WITHIN = 30  # seconds after the kill by which the index is free again: not minutes

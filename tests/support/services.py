@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from imgsearch.api.app import REFUSAL_STATUS
@@ -36,6 +37,19 @@ def demo_collection(data_dir: Path, embedder: ImageEmbedder, vocabulary: Vocabul
     service = make_service(data_dir, embedder, vocabulary)
     ingest_tree(service, DEMO)
     return service
+
+
+def demo_copy(
+    ingested: Path,
+    data_dir: Path,
+    embedder: ImageEmbedder,
+    vocabulary: Vocabulary,
+    **settings: object,
+) -> ImageSearch:
+    """A service on a copy of an ingested, closed demo data directory (`model_demo_data`): the
+    same collection an ingest would make, for the cost of copying its files."""
+    shutil.copytree(ingested, data_dir)
+    return make_service(data_dir, embedder, vocabulary, **settings)
 
 
 def http_status(refusal: str) -> int:

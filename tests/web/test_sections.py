@@ -10,23 +10,20 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Page, expect
 from support.browser import SCREENSHOTS, live_server
-from support.demo import DEMO
-from support.services import make_service
+from support.services import demo_copy
 
 from imgsearch.api.app import create_app
-from imgsearch.bulk import ingest_tree
 from imgsearch.cli import WEB_DIR
 
-pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
+pytestmark = pytest.mark.browser
 
 expect.set_options(timeout=10_000)
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, model_embedder, vocabulary):
-    service = make_service(tmp_path_factory.mktemp("sections") / "data", model_embedder, vocabulary)
-    ingest_tree(service, DEMO)
-    return service
+def service(tmp_path_factory, model_demo_data, model_embedder, vocabulary):
+    data_dir = tmp_path_factory.mktemp("sections") / "data"
+    return demo_copy(model_demo_data, data_dir, model_embedder, vocabulary)
 
 
 @pytest.fixture(scope="module")

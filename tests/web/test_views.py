@@ -18,13 +18,13 @@ from PIL import Image
 from playwright.sync_api import Browser, Locator, Page, expect
 from support.browser import REPO, SCREENSHOTS, live_server
 from support.demo import DEMO
-from support.services import make_service
+from support.services import demo_copy
 
 from imgsearch.api.app import create_app
 from imgsearch.bulk import ingest_tree
 from imgsearch.cli import WEB_DIR
 
-pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
+pytestmark = pytest.mark.browser
 
 DESKTOP = {"width": 1366, "height": 900}
 PHONE_CONTEXT = {
@@ -56,10 +56,9 @@ def _near_copies(source: Path, folder: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, model_embedder, vocabulary) -> Iterator[str]:
+def site(tmp_path_factory, model_demo_data, model_embedder, vocabulary) -> Iterator[str]:
     root = tmp_path_factory.mktemp("views")
-    service = make_service(root / "data", model_embedder, vocabulary)
-    ingest_tree(service, DEMO)
+    service = demo_copy(model_demo_data, root / "data", model_embedder, vocabulary)
     _near_copies(DEMO / COPIED, root / "copies" / "copies")
     ingest_tree(service, root / "copies")
     with live_server(create_app(service, web_dir=WEB_DIR)) as url:
