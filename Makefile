@@ -39,10 +39,10 @@ vocabulary: $(VOCABULARY)
 NOT_FAST := model or browser or bundles or slow
 # --dist loadfile: a file's tests share one process and its module fixtures (a server on the
 # demo photos, the bundles). Not loadgroup: pytest-xdist 3.8 cannot group on pytest 9 (it renames
-# an attribute pytest 9 no longer reads), so its groups were silently ignored.
+# an attribute pytest 9 no longer reads: pytest-xdist issue 1386), so its groups were ignored.
 PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
-test: setup lint ## install everything (Chromium included), lint, run every test (fast tier first)
+test: setup lint ## install everything (Chromium and checkov included), lint, run every test (fast tier first)
 	scripts/install-chromium.sh
 	scripts/install-checkov.sh
 	$(PYTEST) -m "not ($(NOT_FAST))"

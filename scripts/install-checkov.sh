@@ -11,6 +11,6 @@ digest=$(sha256sum "$requirements" | cut -d' ' -f1)
 if [ -f "$venv/.requirements-sha256" ] && [ "$(cat "$venv/.requirements-sha256")" = "$digest" ]; then
   exit 0
 fi
-python3 -m venv --clear "$venv"
+"${PYTHON:-.venv/bin/python}" -m venv --clear "$venv"  # the project's Python
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
 echo "$digest" > "$venv/.requirements-sha256"

@@ -3,6 +3,7 @@ on temporary data directories, moto and the storage adapters; and the tiers."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import threading
 from collections.abc import Iterator
@@ -114,6 +115,10 @@ def model_demo_data(tmp_path_factory, model_embedder: Embedder, vocabulary: Voca
     of the 192 photos costs seconds of the model, a copy a fraction of one."""
     data_dir = tmp_path_factory.mktemp("demo-ingested") / "data"
     demo_collection(data_dir, model_embedder, vocabulary).close(finish_merges=True)
+    # SQLite's connections close when they are collected: the last one checkpoints and deletes
+    # its write-ahead log, which must not happen while a copy is being made.
+    gc.collect()
+    assert not list(data_dir.rglob("*-wal")), "a SQLite connection outlived the service"
     return data_dir
 
 

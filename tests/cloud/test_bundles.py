@@ -78,8 +78,8 @@ except SystemExit as missing:
 @pytest.fixture(scope="module")
 def bundles() -> Iterator[dict]:
     """Build the bundles (once: `make test` runs a file's tests in one process); the manifest
-    the build wrote. Other runs in this checkout wait to rebuild them
-    until this process is done (layers/build.py's lock)."""
+    the build wrote. Other runs in this checkout wait to rebuild them until this module's
+    tests are done (layers/build.py's lock)."""
     subprocess.run(
         [sys.executable, str(REPO / "layers" / "build.py"), "--out", str(OUT)], check=True
     )

@@ -463,7 +463,12 @@ def test_more_results_come_on_scroll_and_on_request(page: Page) -> None:
     # The click is sent where the button is, without scrolling to it: scrolling there brings the
     # sentinel within reach, whose own loads rename the button ("Loading more photos...") and,
     # on a slow machine, hide it at the end before a pointer click lands (CI, stop 28).
-    page.get_by_role("button", name="Load more photos").dispatch_event("click")
+    more = page.get_by_role("button", name="Load more photos")
+    expect(more).to_be_visible()
+    expect(more).to_be_enabled()
+    more.dispatch_event("click")
+    # At least a page more: the next may follow at once, before its tiles' photos give them
+    # their heights (the sentinel re-observed within reach).
     expect(tiles(page).nth(2 * PAGE_SIZE - 1)).to_be_attached()
     # Each stack of near-copies shows as one photo (the demo set has near-copies of its own).
     stacks = page.request.get("/api/duplicates").json()["stacks"]
