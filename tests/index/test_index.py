@@ -895,42 +895,6 @@ def test_a_server_s_background_builds_complete_near_copy_lists_an_upload_s_do_no
     assert not builder.has_work()
 
 
-def test_a_server_closing_stops_listing_the_ids_between_pages(
-    storage, tmp_path, monkeypatch
-) -> None:
-    """A server's background run that lists the index's ids for the completion (on S3
-    Vectors about a thousand ListVectors in a row at 1M images) stops between pages when
-    the server closes, rather than after the whole listing; the next run lists again."""
-    from imgsearch.index import builder as builder_module
-
-    settings, expected = older_collection(storage, tmp_path)
-    service = ImageSearch(settings, storage)
-    builder, catalog = service.parts.builder, service.parts.catalog
-    monkeypatch.setattr(builder_module, "LISTING_STOP_CHECK", 10)  # a page of 10 of the 45
-    listed: list[str] = []
-    closing = threading.Event()
-    ids = builder.index.image_ids
-
-    def listing(**kwargs):  # type: ignore[no-untyped-def]
-        for image_id in ids(**kwargs):
-            listed.append(image_id)
-            if len(listed) == 5:
-                closing.set()  # the server closes while the first page is listed
-            yield image_id
-
-    monkeypatch.setattr(builder.index, "image_ids", listing)
-    report = builder.run(stop=closing.is_set)
-    assert len(listed) == 10  # the page it was on, then no more
-    assert builder._near_copy_order is None and not catalog.near_copy_lists_complete()
-    assert not report.out_of_time
-
-    listed.clear()
-    report = builder.run(stop=threading.Event().is_set)  # the next server's
-    assert len(listed) == 45
-    assert report.drained and catalog.near_copy_lists_complete()
-    assert catalog.near_copy_lists() == expected
-
-
 def test_a_budgeted_run_lists_ids_over_round_trips_only_where_the_pages_fit(
     storage, tmp_path, monkeypatch
 ) -> None:
