@@ -299,37 +299,3 @@ def test_kept_lists_and_vectors_are_bounded(tmp_path, monkeypatch) -> None:
     fresh = ImageSearch(service.settings)
     assert all(fresh.similar(i, limit=K) == hit for i, hit in answers.items())
     assert all(service.similar(i, limit=K) == hit for i, hit in answers.items())
-
-
-def test_many_removals_are_applied_in_groups_of_bounded_lists(tmp_path, monkeypatch) -> None:
-    """A batch of removals reads the lists of at most a group's removals at once (each reaches
-    REMOVAL_REACH lists), and leaves the lists as a build from scratch would."""
-    import imgsearch.index.neighbourhoods as neighbourhoods
-
-    monkeypatch.setattr(neighbourhoods, "GROUP", 4)  # 4 x 99 // 200: one removal a group
-    service = make(tmp_path, "removals")
-    vectors, ids = clustered_vectors(120, seed=3), synthetic_ids(120)
-    queue(service, ids, vectors)
-    service.build_index()
-    reads: list[int] = []
-    read = service.parts.catalog.stored_lists
-
-    def counting(image_ids):
-        image_ids = list(image_ids)
-        reads.append(len(image_ids))
-        return read(image_ids)
-
-    monkeypatch.setattr(service.parts.catalog, "stored_lists", counting)
-    gone = ids[:6]
-    forget(service, gone)
-    service.build_index()
-    assert len(reads) == len(gone)  # a group each: none read six removals' lists at once
-
-    scratch = make(tmp_path, "scratch")
-    queue(scratch, ids[6:], vectors[6:])
-    scratch.build_index()
-    after = stored(service)
-    for image_id, (neighbours, expanded) in stored(scratch).items():
-        assert after[image_id][0] == neighbours, image_id
-        assert np.array_equal(after[image_id][1], expanded), image_id
-    assert stored(scratch).keys() == after.keys()

@@ -53,8 +53,7 @@ REMOVAL_REACH = 200
 # of them it is offered: about REACH lists each, so a group holds up to 20,000 lists in memory
 # at once (with their stored expanded vectors, about 200 MB at most; far fewer below 100k
 # images, where the group's offers overlap). The larger the group, the more of its offers
-# fall on the same lists. At 1M they hardly overlap either way. Removals reach REMOVAL_REACH
-# lists each, so a group takes as many of them as hold as many lists (99 at 200 each).
+# fall on the same lists. At 1M they hardly overlap either way.
 GROUP = 200
 DEFAULT_EXPANSION = Expansion(neighbours=10, power=1.0)  # the settings' (config.py)
 # Lists and expanded vectors a query read are kept until the catalog's token of list writes
@@ -172,15 +171,10 @@ class Neighbourhoods:
         """
         # Only those still in the index: one removed again meanwhile has no vector.
         vectors = self.index.vectors(added)  # in batches on an engine over the network
-        ids, gone = list(vectors), list(removed)
-        # Groups of about GROUP x reach lists, removals spread over them as additions are (a
-        # batch of 1,000 removals had read all of their 200,000 lists at once).
-        removals = max(1, GROUP * self.reach // self.removal_reach)
-        groups = max(-(-len(ids) // GROUP), -(-len(gone) // removals), 1)
-        for n in range(groups):
-            group = {i: vectors[i] for i in ids[n * GROUP : (n + 1) * GROUP]}
-            leaving = {i: removed[i] for i in gone[n * removals : (n + 1) * removals]}
-            self._update_group(group, leaving, before_write)
+        ids = list(vectors)
+        for start in range(0, max(len(ids), 1), GROUP):
+            group = {i: vectors[i] for i in ids[start : start + GROUP]}
+            self._update_group(group, removed if start == 0 else {}, before_write)
 
     def _update_group(
         self,
