@@ -48,7 +48,7 @@ test: setup lint ## install everything (Chromium and checkov included), lint, ru
 	$(PYTEST) -m "not ($(NOT_FAST))"
 	$(PYTEST) -m "$(NOT_FAST)"
 
-test-fast: setup ## the fast tier: no model, no browser, no bundles (under a minute)
+test-fast: setup ## the fast tier: no model, no browser, no bundles (about two minutes)
 	$(PYTEST) -m "not ($(NOT_FAST))"
 
 .PHONY: bundles

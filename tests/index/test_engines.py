@@ -564,10 +564,10 @@ def test_s3vectors_asks_a_searchs_rankings_beside_which_senses_are_held(request,
         assert ahead == in_turn and ahead.hits, word
         if guessed_right:
             right_guesses += 1
-            # Not more than in turn; at times one fewer: a shallower question that comes
-            # while a deeper one on the same keys is in flight waits for its answer, where in
-            # turn the shallower one, asked first, is sent too (the flaky failure "shark
-            # fish": 10 == 11 was this).
+            # Not more than in turn; at times one fewer: a top-1 question that comes after
+            # the deeper ranking on the same keys was answered is served from that answer,
+            # where in turn the top-1, asked first, is sent (the flaky failure "shark fish":
+            # 10 == 11 was this).
             assert asked_ahead <= len(sent), word
     assert right_guesses >= len(words) // 2
 
