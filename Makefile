@@ -38,8 +38,9 @@ vocabulary: $(VOCABULARY)
 # first and then the rest, so each test runs once.
 NOT_FAST := model or browser or bundles or slow
 # --dist loadfile: a file's tests share one process and its module fixtures (a server on the
-# demo photos, the bundles). Not loadgroup: pytest-xdist 3.8 cannot group on pytest 9 (it renames
-# an attribute pytest 9 no longer reads: pytest-xdist issue 1386), so its groups were ignored.
+# demo photos, the bundles). Not loadgroup: pytest-xdist 3.8 cannot group on pytest 9 (it tags a
+# test through an attribute pytest 9 no longer reads: pytest-xdist issue 1386), so its groups
+# were ignored.
 PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 test: setup lint ## install everything (Chromium and checkov included), lint, run every test (fast tier first)
