@@ -264,7 +264,7 @@ def test_more_like_this_follows_a_build_of_another_process_at_its_next_refresh(
         return old
 
     monkeypatch.setattr(catalog, "expanded_vectors", read_then_build)
-    reader.parts.neighbourhoods._forget()
+    reader.parts.neighbourhoods._drop_kept()
     reader.similar(image_id, limit=K)
     monkeypatch.setattr(catalog, "expanded_vectors", read_vectors)
     reader.parts.index.refresh(force=True)
@@ -299,3 +299,58 @@ def test_kept_lists_and_vectors_are_bounded(tmp_path, monkeypatch) -> None:
     fresh = ImageSearch(service.settings)
     assert all(fresh.similar(i, limit=K) == hit for i, hit in answers.items())
     assert all(service.similar(i, limit=K) == hit for i, hit in answers.items())
+
+
+@pytest.mark.parametrize("killed_at_write", [None, 1, 2, 4])
+def test_removals_are_recomputed_in_bounded_groups_and_survive_a_kill_midway(
+    tmp_path, monkeypatch, killed_at_write
+) -> None:
+    """A batch of removals reads the lists of one group of removals at a time, and leaves the
+    lists as a build from scratch would, also when the writer dies at a group's write (as a
+    Lambda at its timeout) and the batch runs again."""
+    import imgsearch.index.neighbourhoods as neighbourhoods
+
+    monkeypatch.setattr(neighbourhoods, "REMOVAL_GROUP", 1)
+    service = make(tmp_path, "removals")
+    vectors, ids = clustered_vectors(120, seed=3), synthetic_ids(120)
+    queue(service, ids, vectors)
+    service.build_index()
+    catalog = service.parts.catalog
+    reads: list[int] = []
+    writes = 0
+    read, write = catalog.stored_lists, catalog.put_neighbour_lists
+
+    def counting_read(image_ids):
+        image_ids = list(image_ids)
+        reads.append(len(image_ids))
+        return read(image_ids)
+
+    def dying_write(*args, **kwargs):
+        nonlocal writes
+        writes += 1
+        if writes == killed_at_write:
+            raise SystemExit("killed")  # what the runtime does: no handler runs
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(catalog, "stored_lists", counting_read)
+    monkeypatch.setattr(catalog, "put_neighbour_lists", dying_write)
+    gone = ids[:6]
+    forget(service, gone)
+    if killed_at_write is not None:
+        with pytest.raises(SystemExit):
+            service.build_index()
+        assert len(catalog.pending()) == len(gone)  # nothing cleared
+        reads.clear()
+    service.build_index()
+    assert not catalog.pending()
+
+    scratch = make(tmp_path, "scratch")
+    queue(scratch, ids[6:], vectors[6:])
+    scratch.build_index()
+    after = stored(service)
+    assert stored(scratch).keys() == after.keys()
+    for image_id, (neighbours, expanded) in stored(scratch).items():
+        assert after[image_id][0] == neighbours, image_id
+        assert np.array_equal(after[image_id][1], expanded), image_id
+    assert all(catalog.neighbours(i)[0] == [] for i in gone)  # their own lists deleted
+    assert len(reads) == len(gone)  # a group each: none read six removals' lists at once

@@ -432,9 +432,7 @@ class IndexBuilder:
             if item.op == "add" and (item.image_id in present or item.image_id in added)
         ]
         self.catalog.mark_indexed(in_index)
-        # Neighbour lists are written without conditions (in batches): only by a holder, so
-        # the lease is checked before each group's write (a long update may outlive it).
-        self.neighbourhoods.update(in_index, removed, before_write=lambda: _still_held(lease))
+        self.neighbourhoods.update(in_index, before_write=lambda: _still_held(lease))
         _still_held(lease)
         self.catalog.clear_pending(batch)
         report.batches += 1
@@ -460,6 +458,10 @@ class IndexBuilder:
         }
         if not len(additions) and not removed and not self.writer.unfinished:
             return set(), {}, present
+        # Neighbour lists are written without conditions (in batches): only by a holder, so
+        # the lease is checked before each group's write (a long one may outlive it). The
+        # removed images' lists first, while the index still serves them (see `forget`).
+        self.neighbourhoods.forget(removed, before_write=lambda: _still_held(lease))
         # The manifest's compare-and-swap keeps two builders from publishing over each other;
         # the lease check keeps one whose lease lapsed (a frozen sandbox, a long pause) from
         # trying.

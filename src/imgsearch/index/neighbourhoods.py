@@ -3,7 +3,9 @@
 "More like this" is answered from these stored lists in one read. When an image arrives it
 gets its own list, and it is offered to the lists of the images near it (an image joins the
 list of every image that now has it among its k nearest). When one leaves, every list that
-held it is recomputed. Lists are checked against brute force in tests/index/test_index.py.
+held it is recomputed without it, before the index lets it go (`forget`: its vector finds
+those lists, also when a dead writer's batch runs again). Lists are checked against brute
+force in tests/index/test_index.py.
 
 What it costs: the lists a batch of new images touches are read in batched reads and the
 changed ones written in batched writes, each list once per group of images however many of
@@ -55,6 +57,9 @@ REMOVAL_REACH = 200
 # images, where the group's offers overlap). The larger the group, the more of its offers
 # fall on the same lists. At 1M they hardly overlap either way.
 GROUP = 200
+# Removed images whose lists are recomputed together: about REMOVAL_REACH lists each, as many
+# lists as a group of new images.
+REMOVAL_GROUP = GROUP * REACH // REMOVAL_REACH
 DEFAULT_EXPANSION = Expansion(neighbours=10, power=1.0)  # the settings' (config.py)
 # Lists and expanded vectors a query read are kept until the catalog's token of list writes
 # changes (`Catalog.mark_lists_changed`), looked at most every index refresh interval; at most
@@ -145,77 +150,141 @@ class Neighbourhoods:
         current as they are while it stays the same."""
         return self._current().serial
 
-    def _forget(self) -> None:
+    def _drop_kept(self) -> None:
         """Drop what is kept (this process just wrote lists)."""
         with self._kept_lock:
             self._kept = _Kept("", float("-inf"))
 
-    def compute(self, image_id: str) -> Neighbours:
-        vector = self.index.vector(image_id)
-        if vector is None:
-            return []
-        return _rounded(self.index.nearest(vector, self.k, exclude={image_id}))
-
     def update(
-        self,
-        added: Iterable[str],
-        removed: Mapping[str, np.ndarray],
-        *,
-        before_write: Callable[[], None] = lambda: None,
+        self, added: Iterable[str], *, before_write: Callable[[], None] = lambda: None
     ) -> None:
-        """Bring every list up to date after `added` joined and `removed` (id -> vector) left.
+        """Bring every list up to date after `added` joined the index: their own lists, and
+        their offers to their neighbours' lists.
 
-        Call it after the index has been refreshed to include the change. Idempotent: running
-        it again for the same change leaves the lists as they are. `before_write` runs before
+        Call it after the index has been refreshed to include them. Idempotent: running it
+        again for the same images leaves the lists as they are. `before_write` runs before
         each group's (unconditional) write: the builder's check that it still holds its lease.
         """
         # Only those still in the index: one removed again meanwhile has no vector.
         vectors = self.index.vectors(added)  # in batches on an engine over the network
         ids = list(vectors)
-        for start in range(0, max(len(ids), 1), GROUP):
-            group = {i: vectors[i] for i in ids[start : start + GROUP]}
-            self._update_group(group, removed if start == 0 else {}, before_write)
+        for start in range(0, len(ids), GROUP):
+            self._add_group({i: vectors[i] for i in ids[start : start + GROUP]}, before_write)
 
-    def _update_group(
+    def forget(
         self,
-        vectors: Mapping[str, np.ndarray],
         removed: Mapping[str, np.ndarray],
-        before_write: Callable[[], None],
+        *,
+        before_write: Callable[[], None] = lambda: None,
     ) -> None:
-        """New lists for `vectors`' images, offers of them to their neighbours' lists, and
-        lists that held a `removed` image recomputed: read together, written together."""
+        """Recompute, without them, the lists that hold `removed` images (id -> vector), and
+        delete their own lists, a group of REMOVAL_GROUP at a time.
+
+        Call it BEFORE the index lets them go, with the index still serving them: their
+        vectors are then still in it, so a run that dies midway (a Lambda at its timeout, a
+        lost lease) does the same again when the batch comes back, and a list a group wrote
+        stays right for the next groups (every removed image is left out of every list).
+        `before_write` as in `update`."""
+        gone = set(removed)
+        ids = list(removed)
+        for start in range(0, len(ids), REMOVAL_GROUP):
+            group = {i: removed[i] for i in ids[start : start + REMOVAL_GROUP]}
+            self._forget_group(group, gone, before_write)
+
+    def _add_group(
+        self, vectors: Mapping[str, np.ndarray], before_write: Callable[[], None]
+    ) -> None:
+        """New lists for `vectors`' images and offers of them to their neighbours' lists:
+        read together, written together."""
         own: dict[str, Neighbours] = {}
         offers: dict[str, Neighbours] = defaultdict(list)
         # The group's queries at once: on an engine over the network each one waits for it.
-        queries = [(i, v, {i}, self.reach) for i, v in vectors.items()] + [
-            (i, v, set(), self.removal_reach) for i, v in removed.items()
-        ]
-        answers = in_parallel(lambda q: self.index.nearest(q[1], q[3], exclude=q[2]), queries)
-        nearest = dict(zip([q[0] for q in queries], answers, strict=True))
-        for image_id in vectors:
-            near = nearest[image_id]
+        nearest = dict(
+            zip(
+                vectors,
+                in_parallel(
+                    lambda item: self.index.nearest(item[1], self.reach, exclude={item[0]}),
+                    list(vectors.items()),
+                ),
+                strict=True,
+            )
+        )
+        for image_id, near in nearest.items():
             own[image_id] = _rounded(near[: self.k])
             for other, distance in near:
                 if other not in vectors:
                     offers[other].append((image_id, distance))
-        stale = {
-            other
-            for removed_id in removed
-            for other, _ in nearest[removed_id]
-            if other not in vectors
-        }
-        stored = self.catalog.stored_lists([*own, *offers, *stale])
-
+        stored = self.catalog.stored_lists([*own, *offers])
         lists: dict[str, Neighbours] = dict(own)
-        gone = set(removed)
-        for other in stale:
-            if other in stored and any(i in gone for i in stored[other].ids):
-                lists[other] = self.compute(other)  # with what it is offered: both are in
         for other, offered in offers.items():
             # (no list yet: it is computed whole; most lists take none of their offers)
-            if other not in lists and other in stored and self._may_take(stored[other], offered):
+            if other in stored and self._may_take(stored[other], offered):
                 lists[other] = self._merged(stored[other].neighbours, offered)
+        self._write(lists, stored, set(own), before_write)
 
+    def _forget_group(
+        self,
+        removed: Mapping[str, np.ndarray],
+        gone: set[str],
+        before_write: Callable[[], None],
+    ) -> None:
+        """The lists near `removed` that hold any `gone` image, recomputed without the `gone`
+        images (all of the batch's removals, still in the index); `removed`'s own lists
+        deleted."""
+        nearest = in_parallel(
+            lambda item: self.index.nearest(item[1], self.removal_reach, exclude={item[0]}),
+            list(removed.items()),
+        )
+        reached: dict[str, int] = defaultdict(int)  # list -> removed images that reached it
+        for near in nearest:
+            for other, _ in near:
+                if other not in gone:
+                    reached[other] += 1
+        stored = self.catalog.stored_lists(reached)
+        stale = {
+            image_id: sum(i in gone for i in held.ids) + reached[image_id]
+            for image_id, held in stored.items()
+            if any(i in gone for i in held.ids)
+        }
+        vectors = self.index.vectors(stale)
+        lists = dict(
+            zip(
+                vectors,
+                in_parallel(
+                    lambda item: self._nearest_without(item[0], item[1], gone, stale[item[0]]),
+                    list(vectors.items()),
+                ),
+                strict=True,
+            )
+        )
+        self._write(lists, stored, set(), before_write, deleted=list(removed))
+
+    def _nearest_without(
+        self, image_id: str, vector: np.ndarray, gone: set[str], expected: int
+    ) -> Neighbours:
+        """The image's k nearest but for `gone` images, which the index still serves: asked
+        `expected` deeper than k (how many of them are likely near), deeper again while they
+        took places and the index had more."""
+        depth = self.k + expected
+        while True:
+            near = self.index.nearest(vector, depth, exclude={image_id})
+            kept = [(i, d) for i, d in near if i not in gone]
+            if len(kept) >= self.k or len(near) < depth:
+                return _rounded(kept[: self.k])
+            depth *= 2
+
+    def _write(
+        self,
+        lists: Mapping[str, Neighbours],
+        stored: Mapping[str, StoredList],
+        own: set[str],
+        before_write: Callable[[], None],
+        *,
+        deleted: Iterable[str] = (),
+    ) -> None:
+        """Write the `lists` that changed from `stored` (and every one of `own`: new images'
+        lists) with their expanded vectors, delete the `deleted` images' lists, then write the
+        catalog's token of list writes."""
         changed: dict[str, StoredNeighbours] = {}
         for image_id, neighbours in lists.items():
             current = stored.get(image_id)
@@ -244,12 +313,12 @@ class Neighbourhoods:
             # (own lists' near copies always written: a rebuild writes them all again)
             replacing={i: stored[i].neighbours for i in changed if i not in own and i in stored},
         )
-        for image_id in removed:
+        for image_id in deleted:
             self.catalog.delete_neighbours(image_id)
         # After the writes (see `_current`), and even when nothing changed here: the re-run
         # of a batch whose process died before this line finds its lists written already.
         self.catalog.mark_lists_changed()
-        self._forget()
+        self._drop_kept()
 
     def _expanded(self, lists: Mapping[str, Neighbours]) -> dict[str, np.ndarray]:
         """The expanded vectors of the images of `lists`, from their first neighbours."""
