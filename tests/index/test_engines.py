@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import threading
 import time
 from collections.abc import Iterator
 
@@ -674,3 +675,56 @@ def test_s3vectors_adopt_forgets_what_was_missing_and_keeps_no_lookup_in_flight(
     assert not index.present([ids[33]])
     assert in_flight not in index._cached.known and in_flight not in index._cached.present
     assert ids[33] not in index._cached.present
+
+
+def test_a_server_closing_stops_listing_s3_vectors_between_pages(
+    request, tmp_path, monkeypatch
+) -> None:
+    """The near-copy completion of an older collection first lists the index's ids: on S3
+    Vectors a ListVectors page after another (about 1,000 at 1M images). A server that closes
+    meanwhile stops after the page it is on, not after the whole listing, and the next run
+    lists again and completes."""
+    import imgsearch.index.builder as builder_module
+    import imgsearch.index.s3vectors as s3vectors
+    from imgsearch.catalog import NEAR_COPIES, NEAR_COPIES_MARK
+
+    service = engine_service(request, tmp_path, "s3vectors")
+    vectors = clustered_vectors(40)
+    copies = vectors[:5] + np.random.default_rng(1).normal(scale=0.01, size=(5, DIM))
+    queue(service, synthetic_ids(45), np.vstack([vectors, copies]).astype(np.float32))
+    service.build_index()
+    catalog = service.parts.catalog
+    expected = catalog.near_copy_lists()
+    assert len(expected) >= 10
+    for image_id in expected:  # an older collection: no near-copy lists, no mark
+        catalog.table.delete(NEAR_COPIES, image_id)
+    catalog.table.delete(NEAR_COPIES_MARK, "complete")
+    monkeypatch.setattr(s3vectors, "LIST_PAGE", 10)  # 5 pages for the 45 ids
+    monkeypatch.setattr(builder_module, "LISTING_STOP_CHECK", 10)
+
+    def server(closing: threading.Event) -> tuple[ImageSearch, list[int]]:
+        """Another process, whose ListVectors pages are counted (the first closes it)."""
+        fresh = ImageSearch(service.settings)
+        client, pages = fresh.parts.index.bucket.client, []
+        list_vectors = client.list_vectors
+
+        def listing(**kwargs):  # type: ignore[no-untyped-def]
+            page = list_vectors(**kwargs)
+            pages.append(len(page["vectors"]))
+            closing.set()
+            return page
+
+        monkeypatch.setattr(client, "list_vectors", listing)
+        return fresh, pages
+
+    closing = threading.Event()
+    first, pages = server(closing)
+    report = first.parts.builder.run(stop=closing.is_set)
+    assert pages == [10]  # the page it was on, then no more
+    assert not catalog.near_copy_lists_complete() and not report.out_of_time
+
+    second, pages = server(threading.Event())  # never closes
+    report = second.parts.builder.run(stop=threading.Event().is_set)
+    assert pages == [10, 10, 10, 10, 5]
+    assert report.drained and catalog.near_copy_lists_complete()
+    assert catalog.near_copy_lists() == expected

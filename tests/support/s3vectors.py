@@ -1,4 +1,5 @@
-"""S3 Vectors on moto, with the one operation moto 5.2.5 lacks: `QueryVectors`.
+"""S3 Vectors on moto, with the one operation moto 5.2.5 lacks, `QueryVectors`, and the
+paging of `ListVectors` that it ignores.
 
 moto emulates vector buckets, indexes and PutVectors/GetVectors/ListVectors/DeleteVectors, but
 not QueryVectors. `install_query_vectors()` adds it to moto's S3 Vectors backend (its response
@@ -7,6 +8,9 @@ stored vector compared, cosine distance 1 - cos, or Euclidean by the index's met
 (at most 100, as the service refuses more), with metadata filters (`$eq`, `$ne`, `$gt`,
 `$gte`, `$lt`, `$lte`, `$in`, `$nin`, `$exists`, `$and`, `$or`, as the service documents).
 So the adapter runs end to end through boto3 and botocore's real request and response shapes.
+moto's ListVectors returns every vector in one response, whatever `maxResults`: the one
+installed here pages as the service does (`maxResults`, at most 1,000, and `nextToken`), so
+a listing's requests are counted as on AWS.
 Being exact, it measures the adapter, not S3 Vectors' approximate search: recall@20 against
 exact search is 1.0 here by construction (docs/deploy.md, "Vector engines"). A benchmark may
 keep vectors outside moto (EXTRA below: bench/cloud_synthetic.py at 100k and 1M images);
@@ -103,6 +107,39 @@ def _query_vectors(self: Any) -> Any:
     return ActionResult(result)
 
 
+LIST_LIMIT = 1000  # ListVectors' maxResults at most (and its default)
+
+
+def _list_vectors(self: Any) -> Any:
+    """S3VectorsResponse.list_vectors, a page of `maxResults` after `nextToken` (an offset
+    into moto's vectors in insertion order, enough for a test's listing without writes)."""
+    from moto.core.responses import ActionResult
+    from moto.s3vectors.exceptions import ValidationError
+
+    index = self.s3vectors_backend.get_index(
+        self._get_param("vectorBucketName"),
+        index_name=self._get_param("indexName"),
+        index_arn=self._get_param("indexArn"),
+    )
+    limit = int(self._get_param("maxResults") or LIST_LIMIT)
+    if not 1 <= limit <= LIST_LIMIT:
+        raise ValidationError(f"maxResults must be between 1 and {LIST_LIMIT}")
+    start = int(self._get_param("nextToken") or 0)
+    page = list(index.vectors.values())[start : start + limit]
+    result: dict[str, Any] = {
+        "vectors": [
+            {
+                "key": v.key,
+                **({"metadata": v.metadata} if self._get_bool_param("returnMetadata") else {}),
+            }
+            for v in page
+        ]
+    }
+    if start + limit < len(index.vectors):
+        result["nextToken"] = str(start + limit)
+    return ActionResult(result)
+
+
 # A benchmark's vectors kept outside moto (bench/cloud_scale.py's synthesised collection: moto
 # keeps a vector as a list of Python floats, 41 KB for 1280 dimensions): an object set on
 # moto's Index under this name, with `query(vector, top_k, matches) -> [(distance, key,
@@ -150,12 +187,13 @@ def _forgetting_matrix(write: Any) -> Any:
 
 
 def install_query_vectors() -> None:
-    """Give moto's S3 Vectors emulation QueryVectors (idempotent)."""
+    """Give moto's S3 Vectors emulation QueryVectors and ListVectors' pages (idempotent)."""
     from moto.s3vectors import urls
     from moto.s3vectors.models import S3VectorsBackend
     from moto.s3vectors.responses import S3VectorsResponse
 
     S3VectorsResponse.query_vectors = _query_vectors  # type: ignore[attr-defined]
+    S3VectorsResponse.list_vectors = _list_vectors  # type: ignore[method-assign]
     urls.url_paths.setdefault("{0}/QueryVectors$", S3VectorsResponse.dispatch)
     for name in ("put_vectors", "delete_vectors"):
         write = getattr(S3VectorsBackend, name)

@@ -152,6 +152,12 @@ class SearchIndex(ABC):
     def image_ids(self, *, newest_first: bool = True) -> Iterator[str]:
         """Every live image id, by insertion order."""
 
+    def listed_ids(self) -> Iterator[str]:
+        """Every live image id, in no particular order, as lazily as the engine lists them:
+        where listing is round trips (`round_trips`), a page of them at a time, so that
+        whoever iterates may stop between two pages."""
+        return self.image_ids()
+
 
 class IndexWriter(ABC):
     """Publishes what the builder took from the work queue. Only the holder of the index

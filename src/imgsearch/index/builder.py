@@ -196,6 +196,7 @@ NEAR_COPY_SLICE_SECONDS = 1.0
 # Listing the ids on an engine of round trips: S3 Vectors' ListVectors, 1,000 ids a page at
 # about 50 ms (docs/deploy.md's assumed latency), one page after another.
 LISTING_SECONDS_PER_ID = 0.05 / 1000
+LISTING_STOP_CHECK = 1000  # ids listed between two looks at whether the run must stop (a page)
 
 
 class IndexBuilder:
@@ -292,7 +293,7 @@ class IndexBuilder:
                 break
             listable = self._listable(deadline)
             if completing and self._near_copy_order is None and listable:
-                self._near_copy_order = self._ids_in_order()  # outside the lease
+                self._near_copy_order = self._ids_in_order(halted)  # outside the lease
                 if halted():
                     break
                 completing = self._near_copy_order is not None  # (else: done, or next run)
@@ -321,7 +322,7 @@ class IndexBuilder:
                 self._near_copy_order = None  # (completed by another process)
         return self._near_copies_complete
 
-    def _ids_in_order(self) -> list[str] | None:
+    def _ids_in_order(self, halted: Callable[[], bool]) -> list[str] | None:
         """The index's ids in the completion's order, once a process (those indexed since get
         their near-copy lists with their lists). Outside the lease: on Annoy it takes about a
         second at 1M images, but on S3 Vectors (an engine whose every read is a round trip) it
@@ -330,16 +331,23 @@ class IndexBuilder:
         starts only where its pages fit in half of what is left (`_listable`: up to about
         250,000 images in a 25 s budget); a larger upgraded collection completes in a run
         without a budget (a server's background builds: `imgsearch serve --backend aws`).
-        None if the lists were completed meanwhile, or the listing failed (the next run
-        lists again)."""
+        None if the lists were completed meanwhile, the listing failed, or `halted` held
+        (looked at every `LISTING_STOP_CHECK` ids as the engine lists them, page by page: a
+        server closing waits for a page, not for the whole listing); the next run lists
+        again."""
         if self._near_copy_lists_complete():  # (another process finished meanwhile)
             return None
         self.index.refresh(force=True)
+        ids: list[str] = []
         try:
-            return sorted(self.index.image_ids())
+            for image_id in self.index.listed_ids():
+                ids.append(image_id)
+                if len(ids) % LISTING_STOP_CHECK == 0 and halted():
+                    return None
         except StorageError:  # the batches applied stand; the next run lists again
             log.exception("listing the index's ids for the near-copy completion failed")
             return None
+        return sorted(ids)
 
     def _mark_a_new_collection(self) -> bool:
         """Mark a new collection's near-copy lists complete at its first build, even one that

@@ -295,15 +295,16 @@ class VectorBucket:
             found |= part
         return found
 
-    def listing(self, index: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Every (key, metadata) of an index, page by page."""
+    def listing(self, index: str, *, metadata: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every (key, metadata) of an index (without `metadata`: empty), page by page as
+        they are iterated."""
         token: str | None = None
         while True:
             request: dict[str, Any] = {
                 "vectorBucketName": self.bucket,
                 "indexName": index,
                 "maxResults": LIST_PAGE,
-                "returnMetadata": True,
+                "returnMetadata": metadata,
             }
             if token:
                 request["nextToken"] = token
@@ -652,6 +653,12 @@ class S3VectorsIndex(SearchIndex):
             by_age = sorted((int(meta.get("added", 0)), key) for key, meta in listed)
             cached.ids = [key for _, key in reversed(by_age)]
         return iter(cached.ids if newest_first else cached.ids[::-1])
+
+    def listed_ids(self) -> Iterator[str]:
+        if self._cached.ids is not None:
+            yield from self._cached.ids
+        elif self._state.count:
+            yield from (key for key, _ in self.bucket.listing(self.bucket.features, metadata=False))
 
 
 class S3VectorsWriter(IndexWriter):
