@@ -260,7 +260,7 @@ def test_s3vectors_asks_a_question_on_its_way_once(request, tmp_path, monkeypatc
     wait = threading.Event.wait
 
     def waiting(self, timeout=None) -> bool:
-        on_its_way = [answered for _, answered in index._cached.asking.values()]
+        on_its_way = [answered for out in index._cached.asking.values() for _, answered in out]
         if threading.get_ident() == asker and any(self is e for e in on_its_way):
             events.append("waits")
             second_waits.set()
@@ -534,15 +534,22 @@ def test_s3vectors_asks_a_searchs_rankings_beside_which_senses_are_held(request,
     index = s3.parts.index
     assert index.round_trips and not SearchIndex.round_trips
     sent: list[int] = []
-    deeper_sent, overlapped = threading.Event(), []
+    deeper_sent, top_1_sent, overlapped = threading.Event(), threading.Event(), []
     waiting = False
 
     def sending(params, **_) -> None:
         top_k = json.loads(params["body"])["topK"]
         sent.append(top_k)
+        if not waiting:
+            return
         if top_k > 1:
             deeper_sent.set()
-        elif waiting:  # a held sense's top-1: is a deeper ranking on its way meanwhile?
+            # Held until a top-1 is on its way (at most 2 s): on a busy machine the ranking
+            # could otherwise be answered before a top-1 on its keys is asked, which is then
+            # served from it and never sent (a word of one sense then sends none).
+            top_1_sent.wait(timeout=2)
+        else:  # a held sense's top-1: is a deeper ranking on its way meanwhile?
+            top_1_sent.set()
             overlapped.append(deeper_sent.wait(timeout=5))
 
     index.bucket.client.meta.events.register("before-call.s3vectors.QueryVectors", sending)
@@ -552,7 +559,7 @@ def test_s3vectors_asks_a_searchs_rankings_beside_which_senses_are_held(request,
         senses = s3.parts.vocabulary.interpret(word).senses
         guessed_right = likely_held(index, senses) == held_classes(index, senses)
         index._cached.answers.clear()
-        sent.clear(), deeper_sent.clear(), overlapped.clear()
+        sent.clear(), deeper_sent.clear(), top_1_sent.clear(), overlapped.clear()
         waiting = True
         ahead = s3.search_text(word, limit=20)
         waiting, asked_ahead = False, len(sent)
@@ -728,3 +735,44 @@ def test_a_server_closing_stops_listing_s3_vectors_between_pages(
     assert pages == [10, 10, 10, 10, 5]
     assert report.drained and catalog.near_copy_lists_complete()
     assert catalog.near_copy_lists() == expected
+
+
+def test_s3vectors_a_shallow_question_beside_a_deeper_one_hides_neither(request, tmp_path) -> None:
+    """A top-1 asked while a deeper ranking of the same vector is on its way is sent (it
+    would wait for more requests than it makes), and a second deeper ranking asked after
+    still waits for the first instead of asking S3 Vectors again."""
+    s3 = engine_service(request, tmp_path, "s3vectors")
+    ids, vectors = synthetic_ids(200), clustered_vectors(200, seed=5)
+    queue(s3, ids, vectors)
+    s3.build_index()
+    index = s3.parts.index
+    index._cached.answers.clear()
+    deep_held, release = threading.Event(), threading.Event()
+    sent: list[int] = []
+
+    def sending(params, **_) -> None:
+        top_k = json.loads(params["body"])["topK"]
+        sent.append(top_k)
+        if top_k > 1 and not deep_held.is_set():
+            deep_held.set()  # the first deep ranking's first request, held
+            release.wait(timeout=10)
+
+    index.bucket.client.meta.events.register("before-call.s3vectors.QueryVectors", sending)
+    query = vectors[0] / np.linalg.norm(vectors[0])
+    answers: dict[str, list] = {}
+    first = threading.Thread(target=lambda: answers.update(first=index.nearest(query, 150)))
+    first.start()
+    assert deep_held.wait(timeout=10)
+    answers["top"] = index.nearest(query, 1)  # sent beside it, and answered
+    second = threading.Thread(target=lambda: answers.update(second=index.nearest(query, 150)))
+    second.start()
+    time.sleep(0.2)  # (the second asks now, or waits)
+    release.set()
+    first.join(10), second.join(10)
+    assert sent.count(1) == 1 and answers["top"] == answers["first"][:1]
+    assert answers["second"] == answers["first"] and len(answers["first"]) == 150
+    deep_requests = sum(k > 1 for k in sent)
+    index._cached.answers.clear()
+    sent.clear()
+    assert index.nearest(query, 150) == answers["first"]
+    assert deep_requests == len(sent)  # one deep ranking's requests: the second waited

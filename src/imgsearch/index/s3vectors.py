@@ -361,8 +361,9 @@ class _Cached:
     )
     # The same keys' questions on their way (how deep, and set once answered or failed): a
     # question as shallow or the same waits for that answer instead of asking again (a
-    # search's ranking asked ahead, then in turn while the first is still out).
-    asking: dict[tuple[str, float, bytes], tuple[int, threading.Event]] = field(
+    # search's ranking asked ahead, then in turn while the first is still out). Every one on
+    # its way is listed, so that a shallow one sent beside a deeper one hides neither.
+    asking: dict[tuple[str, float, bytes], list[tuple[int, threading.Event]]] = field(
         default_factory=dict
     )
 
@@ -578,11 +579,15 @@ class S3VectorsIndex(SearchIndex):
                 kept = answers.get(key)
                 if kept is not None and (kept[0] >= wanted or len(kept[1]) < kept[0]):
                     return kept[1][:wanted]
-                out = asking.get(key)
                 # Wait for one as deep, but not for a deeper one that takes more requests than
                 # this one would (a ranking beyond the top-k limit is asked by partitions).
-                if out is None or not wanted <= out[0] <= max(wanted, TOP_K_LIMIT):
-                    asking[key] = (wanted, answered)
+                out = min(
+                    (q for q in asking.get(key, []) if wanted <= q[0] <= max(wanted, TOP_K_LIMIT)),
+                    key=lambda q: q[0],
+                    default=None,
+                )
+                if out is None:
+                    asking.setdefault(key, []).append((wanted, answered))
                     break
             out[1].wait()  # then kept, or asked here if that question failed
         try:
@@ -596,8 +601,11 @@ class S3VectorsIndex(SearchIndex):
             return hits
         finally:
             with self._answers_lock:
-                if asking.get(key, (0, None))[1] is answered:
-                    del asking[key]
+                out_there = [q for q in asking.get(key, []) if q[1] is not answered]
+                if out_there:
+                    asking[key] = out_there
+                else:
+                    asking.pop(key, None)
             answered.set()
 
     def _ask_nearest(
