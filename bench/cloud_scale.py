@@ -581,7 +581,9 @@ def populate(service: ImageSearch, size: int, seed: int) -> None:
     own `put_many` and the engine's own writer, only their last hop replaced. Vectors go into
     moto's S3 Vectors backend with float16 precision, each value one shared Python float: moto
     keeps a vector as a list of floats, 73 KB an image (7 GB at 100k) without that."""
-    features, probabilities = synthesise(*real_embeddings(), size, np.random.default_rng(seed))
+    features, probabilities = synthesise(
+        *real_embeddings(without_demo=True), size, np.random.default_rng(seed)
+    )
     near_copy_lists_kept(service)
     ids = [f"{i:016x}" for i in range(size)]
     table = service.parts.storage.catalog

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from imgsearch.bulk import files_under
 from imgsearch.catalog import ImageRecord
@@ -56,26 +57,46 @@ SOURCES = [REPO / "demo", REPO.parent / "shared" / "data" / "corel1k"]
 CACHE = REPO / "build" / "bench" / "real_embeddings.npz"
 
 
-def real_embeddings() -> tuple[np.ndarray, np.ndarray]:
-    """Features and probabilities of real photos, embedded once and cached."""
-    if CACHE.exists():
-        with np.load(CACHE) as cached:
-            return cached["features"], cached["probabilities"]
-    settings = Settings()
-    embedder = Embedder(ModelSpec.load(settings.model_path))
-    limits = DecodeLimits.from_settings(settings)
+def real_embeddings(*, without_demo: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Features and probabilities of real photos, embedded once and cached. `without_demo`:
+    those of the other sources only (bench/cloud_scale.py ingests the demo photos, which
+    must not be the bases of the synthesised collection: each would be a near copy of the
+    dozens of copies made from it, which no real collection holds)."""
+    if not CACHE.exists():
+        _embed_real_photos()
+    with np.load(CACHE) as cached:
+        features, probabilities = cached["features"], cached["probabilities"]
+        demo = int(cached["per_source"][0]) if "per_source" in cached else None
+    if not without_demo:
+        return features, probabilities
+    if demo is None:  # a cache from before the count was kept
+        demo = len(_decodable(SOURCES[0]))
+    return features[demo:], probabilities[demo:]
+
+
+def _decodable(source: Path) -> list[Image.Image]:
+    limits = DecodeLimits.from_settings(Settings())
     images = []
-    for source in SOURCES:
-        if source.is_dir():
-            for _, path in files_under(source):
-                try:
-                    images.append(decode_image(path.read_bytes(), limits).image)
-                except ImageRefused:
-                    continue
-    features, probabilities = embedder.embed_batch(images)
+    if source.is_dir():
+        for _, path in files_under(source):
+            try:
+                images.append(decode_image(path.read_bytes(), limits).image)
+            except ImageRefused:
+                continue
+    return images
+
+
+def _embed_real_photos() -> None:
+    embedder = Embedder(ModelSpec.load(Settings().model_path))
+    per_source = [_decodable(source) for source in SOURCES]
+    features, probabilities = embedder.embed_batch([i for images in per_source for i in images])
     CACHE.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(CACHE, features=features, probabilities=probabilities)
-    return features, probabilities
+    np.savez(
+        CACHE,
+        features=features,
+        probabilities=probabilities,
+        per_source=np.array([len(images) for images in per_source]),
+    )
 
 
 def synthesise(
