@@ -85,6 +85,9 @@ def timed_service(service: Any, result: Any, wire: Any) -> None:
     lists = builder.neighbourhoods
     catalog = builder.catalog
     index = builder.index
+    # A baseline's sources before removals were recomputed apart (`forget`) had one kind of
+    # group for both.
+    groups = "_add_group" if hasattr(lists, "_add_group") else "_update_group"
     for owner, name, phase in (
         (index, "refresh", "index.refresh (read back)"),
         (index, "present", "index.present"),
@@ -92,8 +95,9 @@ def timed_service(service: Any, result: Any, wire: Any) -> None:
         (builder.writer, "publish", "publication (engine writer)"),
         (catalog, "mark_indexed", "mark_indexed"),
         (lists, "update", "lists: all"),
+        *([(lists, "forget", "removals' lists: all")] if hasattr(lists, "forget") else []),
         (index, "vectors", "lists: index.vectors"),
-        (lists, "_update_group", "lists: groups"),
+        (lists, groups, "lists: groups"),
         (
             catalog,
             "stored_lists"

@@ -691,7 +691,6 @@ def test_a_server_closing_stops_listing_s3_vectors_between_pages(
     Vectors a ListVectors page after another (about 1,000 at 1M images). A server that closes
     meanwhile stops after the page it is on, not after the whole listing, and the next run
     lists again and completes."""
-    import imgsearch.index.builder as builder_module
     import imgsearch.index.s3vectors as s3vectors
     from imgsearch.catalog import NEAR_COPIES, NEAR_COPIES_MARK
 
@@ -707,7 +706,6 @@ def test_a_server_closing_stops_listing_s3_vectors_between_pages(
         catalog.table.delete(NEAR_COPIES, image_id)
     catalog.table.delete(NEAR_COPIES_MARK, "complete")
     monkeypatch.setattr(s3vectors, "LIST_PAGE", 10)  # 5 pages for the 45 ids
-    monkeypatch.setattr(builder_module, "LISTING_STOP_CHECK", 10)
 
     def server(closing: threading.Event) -> tuple[ImageSearch, list[int]]:
         """Another process, whose ListVectors pages are counted (the first closes it)."""

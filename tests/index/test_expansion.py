@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_index import clustered_vectors, forget, queue, synthetic_ids
+from test_index import DIM, clustered_vectors, forget, queue, synthetic_ids
 
 from imgsearch.config import Settings
 from imgsearch.index.expansion import Expansion, expand_rows, ranked
@@ -354,3 +354,75 @@ def test_removals_are_recomputed_in_bounded_groups_and_survive_a_kill_midway(
         assert np.array_equal(after[image_id][1], expanded), image_id
     assert all(catalog.neighbours(i)[0] == [] for i in gone)  # their own lists deleted
     assert len(reads) == len(gone)  # a group each: none read six removals' lists at once
+
+
+def test_a_removed_cluster_is_left_out_of_the_lists_beside_it(tmp_path, monkeypatch) -> None:
+    """Removing all of a cluster but one image, a removal a group: the lists of the images
+    left beside it asked deeper than their stored lists reach (they held few of the removed
+    images, but more of them came next), and as a build from scratch makes them."""
+    import imgsearch.index.neighbourhoods as neighbourhoods
+
+    monkeypatch.setattr(neighbourhoods, "REMOVAL_GROUP", 1)
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(8, DIM))
+    vectors = (centres[np.arange(120) % 8] + rng.normal(scale=0.45, size=(120, DIM))).astype(
+        np.float32
+    )
+    ids = synthetic_ids(120)
+    service = make(tmp_path, "removals")
+    queue(service, ids, vectors)
+    service.build_index()
+    depths: list[int] = []
+    nearest = service.parts.index.nearest
+
+    def asked(vector, k, **kwargs):  # type: ignore[no-untyped-def]
+        depths.append(k)
+        return nearest(vector, k, **kwargs)
+
+    monkeypatch.setattr(service.parts.index, "nearest", asked)
+    gone = ids[8::8]  # cluster 0 but its first image: 14 removals
+    forget(service, gone)
+    service.build_index()
+    assert any(d > 2 * (K + 1) for d in depths)  # asked twice as deep, at least once
+
+    stay = [n for n, i in enumerate(ids) if i not in set(gone)]
+    scratch = make(tmp_path, "scratch")
+    queue(scratch, [ids[n] for n in stay], vectors[stay])
+    scratch.build_index()
+    after = stored(service)
+    assert stored(scratch).keys() == after.keys()
+    for image_id, (neighbours, expanded) in stored(scratch).items():
+        assert after[image_id][0] == neighbours, image_id
+        assert np.array_equal(after[image_id][1], expanded), image_id
+
+
+def test_a_retried_publication_recomputes_the_removals_lists_once(tmp_path, monkeypatch) -> None:
+    """A batch whose publication is retried (a merge published meanwhile) does not read and
+    recompute its removals' lists again: they were written before the first try."""
+    from imgsearch.storage import PreconditionFailed
+
+    service = make(tmp_path, "retry")
+    ids = synthetic_ids(120)
+    queue(service, ids, clustered_vectors(120, seed=3))
+    service.build_index()
+    catalog, writer = service.parts.catalog, service.parts.builder.writer
+    read, publish = catalog.stored_lists, writer.publish
+    reads: list[int] = []
+    tries: list[int] = []
+
+    def counting_read(image_ids):  # type: ignore[no-untyped-def]
+        image_ids = list(image_ids)
+        reads.append(len(image_ids))
+        return read(image_ids)
+
+    def conflicting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        tries.append(1)
+        if len(tries) == 1:
+            raise PreconditionFailed("a merge published meanwhile")
+        return publish(*args, **kwargs)
+
+    monkeypatch.setattr(catalog, "stored_lists", counting_read)
+    monkeypatch.setattr(writer, "publish", conflicting)
+    forget(service, ids[:6])
+    service.build_index()
+    assert len(tries) == 2 and len(reads) == 1 and not catalog.pending()

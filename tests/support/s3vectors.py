@@ -9,8 +9,9 @@ stored vector compared, cosine distance 1 - cos, or Euclidean by the index's met
 `$gte`, `$lt`, `$lte`, `$in`, `$nin`, `$exists`, `$and`, `$or`, as the service documents).
 So the adapter runs end to end through boto3 and botocore's real request and response shapes.
 moto's ListVectors returns every vector in one response, whatever `maxResults`: the one
-installed here pages as the service does (`maxResults`, at most 1,000, and `nextToken`), so
-a listing's requests are counted as on AWS.
+installed here pages as the service does (`maxResults`, 500 unless given, at most 1,000, and
+`nextToken`; not the service's early end of a page at about 1 MB), so a listing's requests
+are counted as on AWS.
 Being exact, it measures the adapter, not S3 Vectors' approximate search: recall@20 against
 exact search is 1.0 here by construction (docs/deploy.md, "Vector engines"). A benchmark may
 keep vectors outside moto (EXTRA below: bench/cloud_synthetic.py at 100k and 1M images);
@@ -107,7 +108,8 @@ def _query_vectors(self: Any) -> Any:
     return ActionResult(result)
 
 
-LIST_LIMIT = 1000  # ListVectors' maxResults at most (and its default)
+LIST_LIMIT = 1000  # ListVectors' maxResults at most
+LIST_DEFAULT = 500  # ... when none is given
 
 
 def _list_vectors(self: Any) -> Any:
@@ -121,7 +123,7 @@ def _list_vectors(self: Any) -> Any:
         index_name=self._get_param("indexName"),
         index_arn=self._get_param("indexArn"),
     )
-    limit = int(self._get_param("maxResults") or LIST_LIMIT)
+    limit = int(self._get_param("maxResults") or LIST_DEFAULT)
     if not 1 <= limit <= LIST_LIMIT:
         raise ValidationError(f"maxResults must be between 1 and {LIST_LIMIT}")
     start = int(self._get_param("nextToken") or 0)
@@ -130,6 +132,7 @@ def _list_vectors(self: Any) -> Any:
         "vectors": [
             {
                 "key": v.key,
+                **({"data": v.data} if self._get_bool_param("returnData") else {}),
                 **({"metadata": v.metadata} if self._get_bool_param("returnMetadata") else {}),
             }
             for v in page

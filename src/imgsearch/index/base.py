@@ -152,11 +152,11 @@ class SearchIndex(ABC):
     def image_ids(self, *, newest_first: bool = True) -> Iterator[str]:
         """Every live image id, by insertion order."""
 
-    def listed_ids(self) -> Iterator[str]:
-        """Every live image id, in no particular order, as lazily as the engine lists them:
-        where listing is round trips (`round_trips`), a page of them at a time, so that
-        whoever iterates may stop between two pages."""
-        return self.image_ids()
+    def id_pages(self) -> Iterator[list[str]]:
+        """Every live image id, in no particular order, in pages as the engine lists them:
+        where listing is round trips (`round_trips`), a request each, sent when the page
+        before it has been taken, so that whoever takes them may stop between two."""
+        yield list(self.image_ids())
 
 
 class IndexWriter(ABC):

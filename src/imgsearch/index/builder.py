@@ -196,7 +196,6 @@ NEAR_COPY_SLICE_SECONDS = 1.0
 # Listing the ids on an engine of round trips: S3 Vectors' ListVectors, 1,000 ids a page at
 # about 50 ms (docs/deploy.md's assumed latency), one page after another.
 LISTING_SECONDS_PER_ID = 0.05 / 1000
-LISTING_STOP_CHECK = 1000  # ids listed between two looks at whether the run must stop (a page)
 
 
 class IndexBuilder:
@@ -293,8 +292,13 @@ class IndexBuilder:
                 break
             listable = self._listable(deadline)
             if completing and self._near_copy_order is None and listable:
-                self._near_copy_order = self._ids_in_order(halted)  # outside the lease
+                self._near_copy_order = self._ids_in_order(  # outside the lease
+                    lambda: halted() or (deadline is not None and time.monotonic() >= deadline)
+                )
                 if halted():
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    report.out_of_time = True
                     break
                 completing = self._near_copy_order is not None  # (else: done, or next run)
             if not self.catalog.has_pending() and not (completing and listable):
@@ -322,7 +326,7 @@ class IndexBuilder:
                 self._near_copy_order = None  # (completed by another process)
         return self._near_copies_complete
 
-    def _ids_in_order(self, halted: Callable[[], bool]) -> list[str] | None:
+    def _ids_in_order(self, stop: Callable[[], bool]) -> list[str] | None:
         """The index's ids in the completion's order, once a process (those indexed since get
         their near-copy lists with their lists). Outside the lease: on Annoy it takes about a
         second at 1M images, but on S3 Vectors (an engine whose every read is a round trip) it
@@ -331,18 +335,17 @@ class IndexBuilder:
         starts only where its pages fit in half of what is left (`_listable`: up to about
         250,000 images in a 25 s budget); a larger upgraded collection completes in a run
         without a budget (a server's background builds: `imgsearch serve --backend aws`).
-        None if the lists were completed meanwhile, the listing failed, or `halted` held
-        (looked at every `LISTING_STOP_CHECK` ids as the engine lists them, page by page: a
-        server closing waits for a page, not for the whole listing); the next run lists
-        again."""
+        None if the lists were completed meanwhile, the listing failed, or `stop` held
+        (looked at before each page the engine lists: a server closing, or a run's budget
+        spent, waits for a page, not for the whole listing); the next run lists again."""
         if self._near_copy_lists_complete():  # (another process finished meanwhile)
             return None
         self.index.refresh(force=True)
         ids: list[str] = []
         try:
-            for image_id in self.index.listed_ids():
-                ids.append(image_id)
-                if len(ids) % LISTING_STOP_CHECK == 0 and halted():
+            for page in self.index.id_pages():
+                ids.extend(page)
+                if stop():  # (before the next page's request)
                     return None
         except StorageError:  # the batches applied stand; the next run lists again
             log.exception("listing the index's ids for the near-copy completion failed")
@@ -424,9 +427,10 @@ class IndexBuilder:
                 limit = min(self.batch_size, fits)
 
     def _apply(self, batch: list[PendingItem], report: BuildReport, lease: Lease) -> None:
+        forgotten: set[str] = set()  # removals whose lists are recomputed (kept over retries)
         for _ in range(5):
             try:
-                added, removed, present = self._publish(batch, report, lease)
+                added, removed, present = self._publish(batch, report, lease, forgotten)
                 break
             except PreconditionFailed:
                 log.warning("manifest changed under the builder; retrying the batch")
@@ -448,11 +452,12 @@ class IndexBuilder:
         report.removed += len(removed)
 
     def _publish(
-        self, batch: list[PendingItem], report: BuildReport, lease: Lease
+        self, batch: list[PendingItem], report: BuildReport, lease: Lease, forgotten: set[str]
     ) -> tuple[set[str], dict[str, np.ndarray], set[str]]:
         """Publish the batch through the engine's writer; what it added and removed, and
         which of the batch's additions the engine held already (one question to the engine
-        for the batch: over the network, one request)."""
+        for the batch: over the network, one request). The removals' lists are recomputed
+        first, those not in `forgotten` (a try before this one's), which gains them."""
         self.index.refresh(force=True)
         wanted = {item.image_id: item.op for item in batch}
         present = self.index.present(i for i, op in wanted.items() if op == "add")
@@ -469,7 +474,11 @@ class IndexBuilder:
         # Neighbour lists are written without conditions (in batches): only by a holder, so
         # the lease is checked before each group's write (a long one may outlive it). The
         # removed images' lists first, while the index still serves them (see `forget`).
-        self.neighbourhoods.forget(removed, before_write=lambda: _still_held(lease))
+        self.neighbourhoods.forget(
+            {i: v for i, v in removed.items() if i not in forgotten},
+            before_write=lambda: _still_held(lease),
+        )
+        forgotten.update(removed)
         # The manifest's compare-and-swap keeps two builders from publishing over each other;
         # the lease check keeps one whose lease lapsed (a frozen sandbox, a long pause) from
         # trying.

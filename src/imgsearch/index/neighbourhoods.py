@@ -44,7 +44,9 @@ Neighbours = list[tuple[str, float]]
 # farther down the newcomer's own ranking keeps a farther neighbour instead: on real photo
 # sets 13% of such offers at 99 (5% at 200), yet the lists' "more like this" p@20 is no lower
 # than exact lists' (those offers are mostly hubs of another label): bench/neighbour_reach.py,
-# docs/evaluation.md ("How far a new image reaches").
+# docs/evaluation.md ("How far a new image reaches"). A list that a removal in the same batch
+# recomputes is no exception: it is recomputed before the batch's new images are published
+# (`forget`), then offered them like any other.
 REACH = 99
 # How many of a removed image's nearest images have their lists recomputed: a list beyond
 # keeps the removed id (hidden when read, one neighbour short) and an expanded vector made
@@ -235,16 +237,12 @@ class Neighbourhoods:
             lambda item: self.index.nearest(item[1], self.removal_reach, exclude={item[0]}),
             list(removed.items()),
         )
-        reached: dict[str, int] = defaultdict(int)  # list -> removed images that reached it
-        for near in nearest:
-            for other, _ in near:
-                if other not in gone:
-                    reached[other] += 1
+        reached = {other for near in nearest for other, _ in near if other not in gone}
         stored = self.catalog.stored_lists(reached)
-        stale = {
-            image_id: sum(i in gone for i in held.ids) + reached[image_id]
-            for image_id, held in stored.items()
-            if any(i in gone for i in held.ids)
+        stale = {  # list -> the gone images it holds
+            image_id: held_gone
+            for image_id, stored_list in stored.items()
+            if (held_gone := sum(i in gone for i in stored_list.ids))
         }
         vectors = self.index.vectors(stale)
         lists = dict(
@@ -263,8 +261,8 @@ class Neighbourhoods:
         self, image_id: str, vector: np.ndarray, gone: set[str], expected: int
     ) -> Neighbours:
         """The image's k nearest but for `gone` images, which the index still serves: asked
-        `expected` deeper than k (how many of them are likely near), deeper again while they
-        took places and the index had more."""
+        `expected` deeper than k (the gone images its list holds), twice as deep again while
+        gone images beyond its list took places and the index had more (a removed cluster)."""
         depth = self.k + expected
         while True:
             near = self.index.nearest(vector, depth, exclude={image_id})

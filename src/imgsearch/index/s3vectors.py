@@ -69,7 +69,7 @@ from imgsearch.storage.wire import HandOff, fill_body, read_answer_part
 
 if TYPE_CHECKING:
     from mypy_boto3_s3vectors import S3VectorsClient
-    from mypy_boto3_s3vectors.type_defs import PutInputVectorTypeDef
+    from mypy_boto3_s3vectors.type_defs import ListOutputVectorTypeDef, PutInputVectorTypeDef
 
     from imgsearch.config import Settings
 
@@ -295,9 +295,17 @@ class VectorBucket:
             found |= part
         return found
 
-    def listing(self, index: str, *, metadata: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Every (key, metadata) of an index (without `metadata`: empty), page by page as
-        they are iterated."""
+    def listing(self, index: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every (key, metadata) of an index, page by page as they are iterated."""
+        for page in self.pages(index, metadata=True):
+            for vector in page:
+                yield vector["key"], dict(vector.get("metadata") or {})
+
+    def pages(
+        self, index: str, *, metadata: bool = False
+    ) -> Iterator[list[ListOutputVectorTypeDef]]:
+        """The vectors of an index (keys, and metadata if asked), a ListVectors page each,
+        requested as the page before it is taken."""
         token: str | None = None
         while True:
             request: dict[str, Any] = {
@@ -309,8 +317,7 @@ class VectorBucket:
             if token:
                 request["nextToken"] = token
             response = self.client.list_vectors(**request)
-            for vector in response["vectors"]:
-                yield vector["key"], dict(vector.get("metadata") or {})
+            yield response["vectors"]
             token = response.get("nextToken")
             if not token:
                 return
@@ -662,11 +669,12 @@ class S3VectorsIndex(SearchIndex):
             cached.ids = [key for _, key in reversed(by_age)]
         return iter(cached.ids if newest_first else cached.ids[::-1])
 
-    def listed_ids(self) -> Iterator[str]:
+    def id_pages(self) -> Iterator[list[str]]:
         if self._cached.ids is not None:
-            yield from self._cached.ids
+            yield list(self._cached.ids)
         elif self._state.count:
-            yield from (key for key, _ in self.bucket.listing(self.bucket.features, metadata=False))
+            for page in self.bucket.pages(self.bucket.features):
+                yield [vector["key"] for vector in page]
 
 
 class S3VectorsWriter(IndexWriter):
