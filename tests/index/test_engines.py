@@ -688,9 +688,9 @@ def test_a_server_closing_stops_listing_s3_vectors_between_pages(
     request, tmp_path, monkeypatch
 ) -> None:
     """The near-copy completion of an older collection first lists the index's ids: on S3
-    Vectors a ListVectors page after another (about 1,000 at 1M images). A server that closes
-    meanwhile stops after the page it is on, not after the whole listing, and the next run
-    lists again and completes."""
+    Vectors rounds of ListVectors pages, one of each segment at once (about 63 rounds at 1M
+    images). A server that closes meanwhile stops after the round it is on, not after the
+    whole listing, and the next run lists again and completes."""
     import imgsearch.index.s3vectors as s3vectors
     from imgsearch.catalog import NEAR_COPIES, NEAR_COPIES_MARK
 
@@ -705,7 +705,8 @@ def test_a_server_closing_stops_listing_s3_vectors_between_pages(
     for image_id in expected:  # an older collection: no near-copy lists, no mark
         catalog.table.delete(NEAR_COPIES, image_id)
     catalog.table.delete(NEAR_COPIES_MARK, "complete")
-    monkeypatch.setattr(s3vectors, "LIST_PAGE", 10)  # 5 pages for the 45 ids
+    monkeypatch.setattr(s3vectors, "LIST_PAGE", 10)
+    monkeypatch.setattr(s3vectors, "LIST_SEGMENTS", 2)  # 2 segments of about 22: 3 rounds
 
     def server(closing: threading.Event) -> tuple[ImageSearch, list[int]]:
         """Another process, whose ListVectors pages are counted (the first closes it)."""
@@ -725,12 +726,12 @@ def test_a_server_closing_stops_listing_s3_vectors_between_pages(
     closing = threading.Event()
     first, pages = server(closing)
     report = first.parts.builder.run(stop=closing.is_set)
-    assert pages == [10]  # the page it was on, then no more
+    assert pages == [10, 10]  # the round it was on (a page of each segment), then no more
     assert not catalog.near_copy_lists_complete() and not report.out_of_time
 
     second, pages = server(threading.Event())  # never closes
     report = second.parts.builder.run(stop=threading.Event().is_set)
-    assert pages == [10, 10, 10, 10, 5]
+    assert sum(pages) == 45 and len(pages) > 4  # every segment, in rounds of two pages
     assert report.drained and catalog.near_copy_lists_complete()
     assert catalog.near_copy_lists() == expected
 

@@ -901,17 +901,14 @@ def test_a_budgeted_run_lists_ids_over_round_trips_only_where_the_pages_fit(
     """Where listing the index's ids takes round trips (S3 Vectors' ListVectors pages), a run
     with a budget starts the completion only if the listing fits in half of what is left;
     else it leaves the lists to a run without a budget, and ends (drained, nothing queued)."""
-    from imgsearch.index import builder as builder_module
-
     settings, expected = older_collection(storage, tmp_path)
     service = ImageSearch(settings, storage)
     builder, catalog = service.parts.builder, service.parts.catalog
-    monkeypatch.setattr(builder.index, "round_trips", True, raising=False)
-    monkeypatch.setattr(builder_module, "LISTING_SECONDS_PER_ID", 1.0)  # 45 s for 45 ids
+    monkeypatch.setattr(builder.index, "listing_seconds", lambda: 45.0)
     report = builder.run(budget=20.0)
     assert report.drained and not report.out_of_time
     assert not catalog.near_copy_lists_complete() and builder._near_copy_order is None
-    monkeypatch.setattr(builder_module, "LISTING_SECONDS_PER_ID", 0.05 / 1000)
+    monkeypatch.setattr(builder.index, "listing_seconds", lambda: 0.05)
     report = builder.run(budget=20.0)
     assert report.drained and catalog.near_copy_lists_complete()
     assert catalog.near_copy_lists() == expected

@@ -10,8 +10,8 @@ stored vector compared, cosine distance 1 - cos, or Euclidean by the index's met
 So the adapter runs end to end through boto3 and botocore's real request and response shapes.
 moto's ListVectors returns every vector in one response, whatever `maxResults`: the one
 installed here pages as the service does (`maxResults`, 500 unless given, at most 1,000, and
-`nextToken`; not the service's early end of a page at about 1 MB), so a listing's requests
-are counted as on AWS.
+`nextToken`, and its segments, `segmentCount` and `segmentIndex`; not the service's early
+end of a page at about 1 MB), so a listing's requests are counted as on AWS.
 Being exact, it measures the adapter, not S3 Vectors' approximate search: recall@20 against
 exact search is 1.0 here by construction (docs/deploy.md, "Vector engines"). A benchmark may
 keep vectors outside moto (EXTRA below: bench/cloud_synthetic.py at 100k and 1M images);
@@ -23,6 +23,7 @@ own definitions (with the dimensions of the test's vectors where they differ fro
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -110,11 +111,13 @@ def _query_vectors(self: Any) -> Any:
 
 LIST_LIMIT = 1000  # ListVectors' maxResults at most
 LIST_DEFAULT = 500  # ... when none is given
+LIST_SEGMENTS = 16  # its segmentCount at most
 
 
 def _list_vectors(self: Any) -> Any:
     """S3VectorsResponse.list_vectors, a page of `maxResults` after `nextToken` (an offset
-    into moto's vectors in insertion order, enough for a test's listing without writes)."""
+    into moto's vectors in insertion order, enough for a test's listing without writes), of
+    segment `segmentIndex` of `segmentCount` if given (the keys' CRC-32 modulo the count)."""
     from moto.core.responses import ActionResult
     from moto.s3vectors.exceptions import ValidationError
 
@@ -126,8 +129,18 @@ def _list_vectors(self: Any) -> Any:
     limit = int(self._get_param("maxResults") or LIST_DEFAULT)
     if not 1 <= limit <= LIST_LIMIT:
         raise ValidationError(f"maxResults must be between 1 and {LIST_LIMIT}")
+    segments, segment = self._get_param("segmentCount"), self._get_param("segmentIndex")
+    if (segments is None) != (segment is None) or (
+        segments is not None and not 0 <= int(segment) < int(segments) <= LIST_SEGMENTS
+    ):
+        raise ValidationError("segmentCount and segmentIndex go together, index < count <= 16")
+    vectors = [
+        v
+        for v in index.vectors.values()
+        if segments is None or zlib.crc32(v.key.encode()) % int(segments) == int(segment)
+    ]
     start = int(self._get_param("nextToken") or 0)
-    page = list(index.vectors.values())[start : start + limit]
+    page = vectors[start : start + limit]
     result: dict[str, Any] = {
         "vectors": [
             {
@@ -138,7 +151,7 @@ def _list_vectors(self: Any) -> Any:
             for v in page
         ]
     }
-    if start + limit < len(index.vectors):
+    if start + limit < len(vectors):
         result["nextToken"] = str(start + limit)
     return ActionResult(result)
 

@@ -154,9 +154,14 @@ class SearchIndex(ABC):
 
     def id_pages(self) -> Iterator[list[str]]:
         """Every live image id, in no particular order, in pages as the engine lists them:
-        where listing is round trips (`round_trips`), a request each, sent when the page
-        before it has been taken, so that whoever takes them may stop between two."""
+        where listing is round trips (`round_trips`), a round of requests each, sent when the
+        page before it has been taken, so that whoever takes them may stop between two."""
         yield list(self.image_ids())
+
+    def listing_seconds(self) -> float:
+        """About how long `id_pages` takes to list every id: nothing much for an index in
+        memory; the round trips of an engine over the network."""
+        return 0.0
 
 
 class IndexWriter(ABC):

@@ -193,9 +193,6 @@ NEAR_COPY_BATCH = 100  # stored lists the near-copy completion reads at a time (
 # A lease hold's near-copy completion at most: an upload waiting for its image's build waits no
 # longer for it (the run lets go of the lease, builds what was queued meanwhile, goes on).
 NEAR_COPY_SLICE_SECONDS = 1.0
-# Listing the ids on an engine of round trips: S3 Vectors' ListVectors, 1,000 ids a page at
-# about 50 ms (docs/deploy.md's assumed latency), one page after another.
-LISTING_SECONDS_PER_ID = 0.05 / 1000
 
 
 class IndexBuilder:
@@ -308,11 +305,11 @@ class IndexBuilder:
 
     def _listable(self, deadline: float | None) -> bool:
         """Whether this run may list the index's ids for the completion (`_ids_in_order`):
-        without a budget, or where listing is a walk in memory, or where its pages fit in half
-        of what is left (S3 Vectors: 1,000 ids a ListVectors, one after another)."""
-        if deadline is None or not self.index.round_trips:
+        without a budget, or where the listing (`SearchIndex.listing_seconds`: on S3 Vectors
+        16 segments' pages of 1,000 ids at once) fits in half of what is left."""
+        if deadline is None:
             return True
-        return len(self.index) * LISTING_SECONDS_PER_ID <= (deadline - time.monotonic()) / 2
+        return self.index.listing_seconds() <= (deadline - time.monotonic()) / 2
 
     def has_work(self) -> bool:
         """Whether a run would do anything: work is queued, or near-copy lists are not
@@ -330,10 +327,10 @@ class IndexBuilder:
         """The index's ids in the completion's order, once a process (those indexed since get
         their near-copy lists with their lists). Outside the lease: on Annoy it takes about a
         second at 1M images, but on S3 Vectors (an engine whose every read is a round trip) it
-        pages through ListVectors one page of 1,000 after another (about 50 s at 1M at 50 ms a
-        page), which no upload should wait for, and which a budgeted run (a function's)
-        starts only where its pages fit in half of what is left (`_listable`: up to about
-        250,000 images in a 25 s budget); a larger upgraded collection completes in a run
+        pages through ListVectors, 16 segments' pages of 1,000 at once (about 63 rounds, 3 s,
+        at 1M at 50 ms a round), which no upload should wait for, and which a budgeted run (a
+        function's) starts only where its rounds fit in half of what is left (`_listable`: up
+        to about 4M images in a 25 s budget); a larger upgraded collection completes in a run
         without a budget (a server's background builds: `imgsearch serve --backend aws`).
         None if the lists were completed meanwhile, the listing failed, or `stop` held
         (looked at before each page the engine lists: a server closing, or a run's budget

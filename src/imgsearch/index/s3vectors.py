@@ -86,6 +86,10 @@ GROUP_FILL = 0.7  # the share of TOP_K_LIMIT a group of partitions is asked for 
 WRITE_BATCH = 500  # vectors per PutVectors, keys per DeleteVectors (the service's limits)
 GET_BATCH = 100  # keys per GetVectors
 LIST_PAGE = 1000  # vectors per ListVectors page
+# ListVectors' segments listed at once (its most): the ids of 1M images in about 63 rounds of
+# pages, some 3 s at 50 ms a page, where one segment takes 1,000 pages one after another.
+LIST_SEGMENTS = 16
+LIST_ROUND_TRIP_SECONDS = 0.05  # a ListVectors page, as docs/deploy.md assumes
 # The probability at which the state counts each class's images (search.py's
 # MATCH_PROBABILITY: the chips' counts); other cuts are asked of the class index.
 COUNTED_PROBABILITY = 0.2
@@ -302,25 +306,35 @@ class VectorBucket:
                 yield vector["key"], dict(vector.get("metadata") or {})
 
     def pages(
-        self, index: str, *, metadata: bool = False
+        self, index: str, *, metadata: bool = False, segments: int = 1
     ) -> Iterator[list[ListOutputVectorTypeDef]]:
-        """The vectors of an index (keys, and metadata if asked), a ListVectors page each,
-        requested as the page before it is taken."""
-        token: str | None = None
-        while True:
+        """The vectors of an index (keys, and metadata if asked), a round of ListVectors
+        pages each: one page of each of `segments` segments at once (the next round is asked
+        once this one is taken)."""
+        tokens: dict[int, str | None] = dict.fromkeys(range(segments))  # segment -> next page
+
+        def page(segment: int) -> tuple[int, list[ListOutputVectorTypeDef], str | None]:
             request: dict[str, Any] = {
                 "vectorBucketName": self.bucket,
                 "indexName": index,
                 "maxResults": LIST_PAGE,
                 "returnMetadata": metadata,
             }
-            if token:
-                request["nextToken"] = token
+            if segments > 1:
+                request |= {"segmentCount": segments, "segmentIndex": segment}
+            if tokens[segment]:
+                request["nextToken"] = tokens[segment]
             response = self.client.list_vectors(**request)
-            yield response["vectors"]
-            token = response.get("nextToken")
-            if not token:
-                return
+            return segment, response["vectors"], response.get("nextToken")
+
+        while tokens:
+            round_ = in_parallel(page, list(tokens))
+            for segment, _, token in round_:
+                if token:
+                    tokens[segment] = token
+                else:
+                    del tokens[segment]
+            yield [vector for _, vectors, _ in round_ for vector in vectors]
 
     def put(self, index: str, vectors: Sequence[PutInputVectorTypeDef]) -> None:
         """Put `vectors` (their data as float32 rows or lists), WRITE_BATCH a request."""
@@ -669,11 +683,15 @@ class S3VectorsIndex(SearchIndex):
             cached.ids = [key for _, key in reversed(by_age)]
         return iter(cached.ids if newest_first else cached.ids[::-1])
 
+    def listing_seconds(self) -> float:
+        rounds = -(-len(self) // (LIST_PAGE * LIST_SEGMENTS))
+        return rounds * LIST_ROUND_TRIP_SECONDS
+
     def id_pages(self) -> Iterator[list[str]]:
         if self._cached.ids is not None:
             yield list(self._cached.ids)
         elif self._state.count:
-            for page in self.bucket.pages(self.bucket.features):
+            for page in self.bucket.pages(self.bucket.features, segments=LIST_SEGMENTS):
                 yield [vector["key"] for vector in page]
 
 
@@ -864,7 +882,8 @@ class S3VectorsWriter(IndexWriter):
         return written
 
     def clear(self) -> None:
-        keys = [key for key, _ in self.bucket.listing(self.bucket.features)]
+        pages = self.bucket.pages(self.bucket.features, segments=LIST_SEGMENTS)
+        keys = [vector["key"] for page in pages for vector in page]
         for index in (self.bucket.features, self.bucket.classes):
             self.bucket.delete(index, keys)
         try:
