@@ -775,3 +775,63 @@ def test_s3vectors_a_shallow_question_beside_a_deeper_one_hides_neither(request,
     sent.clear()
     assert index.nearest(query, 150) == answers["first"]
     assert deep_requests == len(sent)  # one deep ranking's requests: the second waited
+
+
+@pytest.mark.parametrize("segments", [1, 2, 16])
+def test_s3vectors_clear_deletes_every_vector_of_both_indexes(
+    request, tmp_path, monkeypatch, segments
+) -> None:
+    """Reindex's clearing, over pages of several rounds, leaves both indexes
+    empty (the rebuild test passes with a `clear` that deletes nothing: it re-puts the same
+    keys)."""
+    import imgsearch.index.s3vectors as s3vectors
+
+    service = engine_service(request, tmp_path, "s3vectors")
+    queue(service, synthetic_ids(80), clustered_vectors(80, seed=6))
+    service.build_index()
+    monkeypatch.setattr(s3vectors, "LIST_PAGE", 10)
+    monkeypatch.setattr(s3vectors, "LIST_SEGMENTS", segments)
+    bucket = service.parts.index.bucket
+    assert len([k for k, _ in bucket.listing(bucket.features)]) == 80
+    service.parts.builder.writer.clear()
+    for index in (bucket.features, bucket.classes):
+        assert [k for k, _ in bucket.listing(index)] == [], index
+
+
+def test_s3vectors_a_failing_listing_leaves_the_completion_to_the_next_run(
+    request, tmp_path, monkeypatch
+) -> None:
+    """One segment's ListVectors fails (throttled after botocore's retries): the run ends as
+    usual, its near-copy completion not started, and the next run lists again and completes."""
+    from botocore.exceptions import ClientError
+
+    import imgsearch.index.s3vectors as s3vectors
+    from imgsearch.catalog import NEAR_COPIES, NEAR_COPIES_MARK
+
+    service = engine_service(request, tmp_path, "s3vectors")
+    queue(service, synthetic_ids(45), clustered_vectors(45))
+    service.build_index()
+    catalog = service.parts.catalog
+    expected = catalog.near_copy_lists()
+    for image_id in expected:
+        catalog.table.delete(NEAR_COPIES, image_id)
+    catalog.table.delete(NEAR_COPIES_MARK, "complete")
+    monkeypatch.setattr(s3vectors, "LIST_PAGE", 10)  # 5 segments of pages of 10
+    fresh = ImageSearch(service.settings)
+    client = fresh.parts.index.bucket.client
+    list_vectors = client.list_vectors
+
+    def throttled(**kwargs):  # type: ignore[no-untyped-def]
+        if kwargs.get("segmentIndex") == 3:
+            raise ClientError(
+                {"Error": {"Code": "TooManyRequestsException", "Message": "slow down"}},
+                "ListVectors",
+            )
+        return list_vectors(**kwargs)
+
+    monkeypatch.setattr(client, "list_vectors", throttled)
+    fresh.parts.builder.run(budget=20.0)
+    assert not catalog.near_copy_lists_complete()
+    monkeypatch.setattr(client, "list_vectors", list_vectors)
+    fresh.parts.builder.run(budget=20.0)
+    assert catalog.near_copy_lists_complete() and catalog.near_copy_lists() == expected

@@ -152,7 +152,7 @@ class SearchIndex(ABC):
     def image_ids(self, *, newest_first: bool = True) -> Iterator[str]:
         """Every live image id, by insertion order."""
 
-    def id_pages(self) -> Iterator[list[str]]:
+    def id_pages(self, stop: Callable[[], bool] = lambda: False) -> Iterator[list[str]]:
         """Every live image id, in no particular order, in pages as the engine lists them:
         where listing is round trips (`round_trips`), a round of requests each, sent when the
         page before it has been taken, so that whoever takes them may stop between two."""
@@ -162,6 +162,10 @@ class SearchIndex(ABC):
         """About how long `id_pages` takes to list every id: nothing much for an index in
         memory; the round trips of an engine over the network."""
         return 0.0
+
+
+class ListingStopped(Exception):
+    """`id_pages` was stopped with pages left to list."""
 
 
 class IndexWriter(ABC):

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imgsearch.catalog import Catalog, PendingItem
-from imgsearch.index.base import IndexWriter, SearchIndex
+from imgsearch.index.base import IndexWriter, ListingStopped, SearchIndex
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
 from imgsearch.index.shard_writer import ShardWriter
@@ -294,11 +294,14 @@ class IndexBuilder:
                 )
                 if halted():
                     break
+                completing = self._near_copy_order is not None or not self._near_copies_complete
                 if deadline is not None and time.monotonic() >= deadline:
-                    report.out_of_time = True
+                    report.out_of_time = self.catalog.has_pending() or completing
                     break
                 completing = self._near_copy_order is not None  # (else: done, or next run)
-            if not self.catalog.has_pending() and not (completing and listable):
+            if not self.catalog.has_pending() and not (
+                completing and (self._near_copy_order is not None or listable)
+            ):
                 report.drained = True
                 break
         return report
@@ -340,10 +343,10 @@ class IndexBuilder:
         self.index.refresh(force=True)
         ids: list[str] = []
         try:
-            for page in self.index.id_pages():
+            for page in self.index.id_pages(stop):
                 ids.extend(page)
-                if stop():  # (before the next page's request)
-                    return None
+        except ListingStopped:  # (before a next page's request: a completed one is kept)
+            return None
         except StorageError:  # the batches applied stand; the next run lists again
             log.exception("listing the index's ids for the near-copy completion failed")
             return None

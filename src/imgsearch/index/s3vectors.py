@@ -58,12 +58,13 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+from botocore.exceptions import BotoCoreError, ClientError
 
 from imgsearch.catalog import Catalog, Published
-from imgsearch.index.base import IndexWriter, SearchIndex
+from imgsearch.index.base import IndexWriter, ListingStopped, SearchIndex
 from imgsearch.index.shards import SPREAD_SIZE, ShardData, posted_probabilities, spread
 from imgsearch.integrity import DamagedFile
-from imgsearch.storage import NotFound, ObjectStore, in_parallel
+from imgsearch.storage import NotFound, ObjectStore, StorageError, in_parallel
 from imgsearch.storage.ports import AWS_POOL_CONNECTIONS
 from imgsearch.storage.wire import HandOff, fill_body, read_answer_part
 
@@ -306,7 +307,12 @@ class VectorBucket:
                 yield vector["key"], dict(vector.get("metadata") or {})
 
     def pages(
-        self, index: str, *, metadata: bool = False, segments: int = 1
+        self,
+        index: str,
+        *,
+        metadata: bool = False,
+        segments: int = 1,
+        stop: Callable[[], bool] = lambda: False,
     ) -> Iterator[list[ListOutputVectorTypeDef]]:
         """The vectors of an index (keys, and metadata if asked), a round of ListVectors
         pages each: one page of each of `segments` segments at once (the next round is asked
@@ -324,10 +330,17 @@ class VectorBucket:
                 request |= {"segmentCount": segments, "segmentIndex": segment}
             if tokens[segment]:
                 request["nextToken"] = tokens[segment]
-            response = self.client.list_vectors(**request)
+            try:
+                response = self.client.list_vectors(**request)
+            except (ClientError, BotoCoreError) as error:  # (throttled: the caller lists again)
+                raise StorageError(f"listing {index} failed: {error}") from error
             return segment, response["vectors"], response.get("nextToken")
 
+        first = True
         while tokens:
+            if not first and stop():  # (a round remains: raised before its requests)
+                raise ListingStopped
+            first = False
             round_ = in_parallel(page, list(tokens))
             for segment, _, token in round_:
                 if token:
@@ -684,14 +697,20 @@ class S3VectorsIndex(SearchIndex):
         return iter(cached.ids if newest_first else cached.ids[::-1])
 
     def listing_seconds(self) -> float:
-        rounds = -(-len(self) // (LIST_PAGE * LIST_SEGMENTS))
+        rounds = -(-len(self) // (LIST_PAGE * self.list_segments()))
         return rounds * LIST_ROUND_TRIP_SECONDS
 
-    def id_pages(self) -> Iterator[list[str]]:
+    def list_segments(self) -> int:
+        """Segments to list at once: one a page's worth of ids, at most LIST_SEGMENTS."""
+        return min(LIST_SEGMENTS, max(1, -(-len(self) // LIST_PAGE)))
+
+    def id_pages(self, stop: Callable[[], bool] = lambda: False) -> Iterator[list[str]]:
         if self._cached.ids is not None:
             yield list(self._cached.ids)
         elif self._state.count:
-            for page in self.bucket.pages(self.bucket.features, segments=LIST_SEGMENTS):
+            for page in self.bucket.pages(
+                self.bucket.features, segments=self.list_segments(), stop=stop
+            ):
                 yield [vector["key"] for vector in page]
 
 
@@ -882,7 +901,7 @@ class S3VectorsWriter(IndexWriter):
         return written
 
     def clear(self) -> None:
-        pages = self.bucket.pages(self.bucket.features, segments=LIST_SEGMENTS)
+        pages = self.bucket.pages(self.bucket.features, segments=self.index.list_segments())
         keys = [vector["key"] for page in pages for vector in page]
         for index in (self.bucket.features, self.bucket.classes):
             self.bucket.delete(index, keys)
