@@ -39,6 +39,21 @@ def stored(service: ImageSearch) -> dict[str, tuple[list[tuple[str, float]], np.
     return {i: (service.parts.catalog.neighbours(i)[0], expanded[i]) for i in ids}
 
 
+def assert_as_built_from_scratch(
+    tmp_path, service: ImageSearch, ids: list[str], vectors: np.ndarray
+) -> None:
+    """`service`'s stored lists and expanded vectors are those of a build from scratch of
+    `ids` (with `vectors`, row for row): the same images, the same lists, the same vectors."""
+    scratch = make(tmp_path, "scratch")
+    queue(scratch, ids, vectors)
+    scratch.build_index()
+    after, expected = stored(service), stored(scratch)
+    assert expected.keys() == after.keys()
+    for image_id, (neighbours, expanded) in expected.items():
+        assert after[image_id][0] == neighbours, image_id
+        assert np.array_equal(after[image_id][1], expanded), image_id
+
+
 def test_expanded_vectors_and_lists_are_exact_after_adds_and_removes(tmp_path) -> None:
     service = make(tmp_path, "incremental")
     rng = np.random.default_rng(5)
@@ -62,14 +77,8 @@ def test_expanded_vectors_and_lists_are_exact_after_adds_and_removes(tmp_path) -
     assert set(incremental) == set(present)
 
     # The same images built at once, from scratch.
-    scratch = make(tmp_path, "scratch")
     row = {image_id: n for n, image_id in enumerate(ids)}
-    queue(scratch, present, vectors[[row[i] for i in present]])
-    scratch.build_index()
-    assert stored(scratch).keys() == incremental.keys()
-    for image_id, (neighbours, expanded) in stored(scratch).items():
-        assert incremental[image_id][0] == neighbours, image_id
-        assert np.array_equal(incremental[image_id][1], expanded), image_id
+    assert_as_built_from_scratch(tmp_path, service, present, vectors[[row[i] for i in present]])
 
     # And both agree with brute force in numpy over the vectors the index holds: exact lists,
     # expanded from their first 3.
@@ -344,14 +353,7 @@ def test_removals_are_recomputed_in_bounded_groups_and_survive_a_kill_midway(
     service.build_index()
     assert not catalog.pending()
 
-    scratch = make(tmp_path, "scratch")
-    queue(scratch, ids[6:], vectors[6:])
-    scratch.build_index()
-    after = stored(service)
-    assert stored(scratch).keys() == after.keys()
-    for image_id, (neighbours, expanded) in stored(scratch).items():
-        assert after[image_id][0] == neighbours, image_id
-        assert np.array_equal(after[image_id][1], expanded), image_id
+    assert_as_built_from_scratch(tmp_path, service, ids[6:], vectors[6:])
     assert all(catalog.neighbours(i)[0] == [] for i in gone)  # their own lists deleted
     assert len(reads) == len(gone)  # a group each: none read six removals' lists at once
 
@@ -386,14 +388,7 @@ def test_a_removed_cluster_is_left_out_of_the_lists_beside_it(tmp_path, monkeypa
     assert any(d > 2 * (K + 1) for d in depths)  # asked twice as deep, at least once
 
     stay = [n for n, i in enumerate(ids) if i not in set(gone)]
-    scratch = make(tmp_path, "scratch")
-    queue(scratch, [ids[n] for n in stay], vectors[stay])
-    scratch.build_index()
-    after = stored(service)
-    assert stored(scratch).keys() == after.keys()
-    for image_id, (neighbours, expanded) in stored(scratch).items():
-        assert after[image_id][0] == neighbours, image_id
-        assert np.array_equal(after[image_id][1], expanded), image_id
+    assert_as_built_from_scratch(tmp_path, service, [ids[n] for n in stay], vectors[stay])
 
 
 def test_a_retried_publication_recomputes_the_removals_lists_once(tmp_path, monkeypatch) -> None:
