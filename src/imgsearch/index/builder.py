@@ -260,6 +260,9 @@ class IndexBuilder:
         def halted() -> bool:
             return (until is not None and until()) or (stop is not None and stop())
 
+        def spent() -> bool:
+            return deadline is not None and time.monotonic() >= deadline
+
         report = BuildReport()
         while True:
             lease = Lease(self.catalog.table, "indexer", self.lease_seconds)
@@ -284,19 +287,19 @@ class IndexBuilder:
             if report.out_of_time or halted():
                 break
             completing = until is None and not self._near_copies_complete
-            if deadline is not None and time.monotonic() >= deadline:
+            if spent():
                 report.out_of_time = self.catalog.has_pending() or completing
                 break
             listable = self._listable(deadline)
             if completing and self._near_copy_order is None and listable:
-                self._near_copy_order = self._ids_in_order(  # outside the lease
-                    lambda: halted() or (deadline is not None and time.monotonic() >= deadline)
-                )
+                # Outside the lease; stopped between pages when closing or out of time.
+                self._near_copy_order = self._ids_in_order(lambda: halted() or spent())
                 if halted():
                     break
-                completing = self._near_copy_order is not None or not self._near_copies_complete
-                if deadline is not None and time.monotonic() >= deadline:
-                    report.out_of_time = self.catalog.has_pending() or completing
+                if spent():  # (lists left to complete unless another process finished them)
+                    report.out_of_time = (
+                        self.catalog.has_pending() or not self._near_copies_complete
+                    )
                     break
                 completing = self._near_copy_order is not None  # (else: done, or next run)
             if not self.catalog.has_pending() and not (

@@ -336,11 +336,7 @@ class VectorBucket:
                 raise StorageError(f"listing {index} failed: {error}") from error
             return segment, response["vectors"], response.get("nextToken")
 
-        first = True
-        while tokens:
-            if not first and stop():  # (a round remains: raised before its requests)
-                raise ListingStopped
-            first = False
+        while True:
             round_ = in_parallel(page, list(tokens))
             for segment, _, token in round_:
                 if token:
@@ -348,6 +344,10 @@ class VectorBucket:
                 else:
                     del tokens[segment]
             yield [vector for _, vectors, _ in round_ for vector in vectors]
+            if not tokens:
+                return
+            if stop():  # (a round remains: stopped before its requests)
+                raise ListingStopped
 
     def put(self, index: str, vectors: Sequence[PutInputVectorTypeDef]) -> None:
         """Put `vectors` (their data as float32 rows or lists), WRITE_BATCH a request."""
