@@ -204,12 +204,10 @@ def aws_admin() -> Iterator[tuple[Any, Any]]:
 _aws_resource_numbers = itertools.count()
 
 
-@pytest.fixture(params=["local", "aws"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    """The storage `open_storage` gives for each backend, empty (AWS: on moto, resources
+@pytest.fixture
+def aws_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings of the AWS backend with a bucket and tables of its own, empty (on moto,
     made from infra/template.yaml)."""
-    if request.param == "local":
-        return open_storage(Settings(backend="local", data_dir=tmp_path / "data"))
     s3, dynamodb = request.getfixturevalue("aws_admin")
     number = next(_aws_resource_numbers)
     settings = Settings(
@@ -218,10 +216,19 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
         catalog_table=f"imgsearch-test-{number}-catalog",
         feedback_table=f"imgsearch-test-{number}-feedback",
         cache_dir=tmp_path / "cache",
+        data_dir=tmp_path / "data",
     )
     create_bucket(s3, settings.bucket)
     create_tables(
         dynamodb,
         {"CatalogTable": settings.catalog_table, "FeedbackTable": settings.feedback_table},
     )
-    return open_storage(settings)
+    return settings
+
+
+@pytest.fixture(params=["local", "aws"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    """The storage `open_storage` gives for each backend, empty (AWS: `aws_settings`)."""
+    if request.param == "local":
+        return open_storage(Settings(backend="local", data_dir=tmp_path / "data"))
+    return open_storage(request.getfixturevalue("aws_settings"))

@@ -11,7 +11,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from imgsearch.catalog import NEAR_COPIES, NEAR_COPIES_MARK, ImageRecord
+from imgsearch.catalog import (
+    NEAR_COPIES,
+    NEAR_COPIES_MARK,
+    QUEUED_EMBEDDING,
+    ImageRecord,
+    KeyRecord,
+)
 from imgsearch.config import MAX_DUPLICATE_DISTANCE, Settings
 from imgsearch.index.builder import GARBAGE_INTERVAL
 from imgsearch.index.manifest import read_manifest
@@ -988,3 +994,68 @@ def test_a_build_written_here_is_loaded_without_downloading_it(storage) -> None:
     assert kept.ids == downloaded.ids
     query = features[3]
     assert list(kept.candidates(query, 5, -1)) == list(downloaded.candidates(query, 5, -1))
+
+
+def ingest_without_model(service: ImageSearch, ids: list[str], vectors: np.ndarray) -> None:
+    """What ingest writes for each image, as the embed function does: its embedding, then
+    its key, record and work item in one transaction."""
+    catalog = service.parts.catalog
+    rng = np.random.default_rng(len(ids))
+    for image_id, vector in zip(ids, vectors, strict=True):
+        probabilities = rng.dirichlet(np.ones(CLASSES)).astype(np.float32)
+        catalog.put_embedding(image_id, vector, probabilities)
+        record = ImageRecord(image_id, (f"{image_id}.jpg",), 10, 10, "JPEG", 1, ())
+        catalog.put_key(
+            KeyRecord(f"{image_id}.jpg", "present", image_id),
+            expected_version=0,
+            queue=image_id,
+            create=record,
+        )
+
+
+@pytest.mark.parametrize("backend", ["local", "aws"])
+def test_a_builder_elsewhere_reads_a_batchs_embeddings_from_its_work_items(
+    backend, request, tmp_path
+) -> None:
+    """On S3, the embed function's work item carries the image's embedding, so the index
+    builder in another function reads a batch's in one batched read, not a file each; it
+    reads a file for an image whose item is damaged or missing, and indexes the same
+    vectors either way. Locally every file is at hand and nothing is carried."""
+    settings = Settings(data_dir=tmp_path / "data", shard_size=50, ann_trees=10, neighbours=10)
+    if backend == "aws":
+        aws = request.getfixturevalue("aws_settings")
+        settings = aws.model_copy(update={"shard_size": 50, "ann_trees": 10, "neighbours": 10})
+    ids, vectors = synthetic_ids(30), clustered_vectors(30, seed=4)
+    ingest_without_model(ImageSearch(settings), ids, vectors)
+
+    builder = ImageSearch(settings)  # another function: it holds no fresh embedding
+    table, objects = builder.parts.storage.catalog, builder.parts.storage.objects
+    carried = [(f"image#{i}", QUEUED_EMBEDDING) for i in ids]
+    assert len(table.get_many(carried)) == (30 if backend == "aws" else 0)
+    if backend == "aws":  # exactly as the files hold them (probabilities as indexed)
+        catalog = builder.parts.catalog
+        for image_id, (features, probabilities) in catalog.queued_embeddings(ids).items():
+            in_file = catalog.embedding(image_id)
+            assert np.array_equal(features, in_file[0]) and features.dtype == np.float32
+            assert np.array_equal(probabilities, in_file[1].astype(np.float16))
+        damaged = {"features": "not base64!", "probabilities": ""}
+        table.put(f"image#{ids[0]}", QUEUED_EMBEDDING, damaged)
+        table.delete(f"image#{ids[1]}", QUEUED_EMBEDDING)
+    files_read: list[str] = []
+    get = objects.get
+
+    def counted(key: str):  # type: ignore[no-untyped-def]
+        if key.startswith("embeddings/"):
+            files_read.append(key)
+        return get(key)
+
+    objects.get = counted  # type: ignore[method-assign]
+    report = builder.build_index()
+
+    assert report.added == 30
+    expected = ids if backend == "local" else ids[:2]
+    assert sorted(files_read) == sorted(f"embeddings/{i}.npz" for i in expected)
+    assert not table.get_many(carried)  # deleted with their work items
+    index = builder.parts.index
+    for image_id, vector in zip(ids, normalise_rows(vectors), strict=True):
+        assert np.allclose(index.vector(image_id), vector, atol=1e-3)

@@ -492,17 +492,21 @@ class IndexBuilder:
         return set(additions.ids), removed, present
 
     def _load_additions(self, image_ids: list[str]) -> ShardData:
-        """The stored embeddings of `image_ids`, read at once: most were ingested by other
-        functions, so each is a request over the network (those that cannot be read are
-        skipped and logged)."""
-        ids, features, probabilities = [], [], []
-        for image_id, embedding in zip(
-            image_ids, in_parallel(self._embedding, image_ids), strict=True
-        ):
-            if embedding is not None:
-                ids.append(image_id)
-                features.append(embedding[0])
-                probabilities.append(embedding[1])
+        """The embeddings of `image_ids`: those their work items carry (one batched read),
+        and the stored files of the others, read at once (over the network, a request
+        each; those that cannot be read are skipped and logged)."""
+        found = self.catalog.queued_embeddings(image_ids)
+        unqueued = [i for i in image_ids if i not in found]
+        found |= {
+            image_id: embedding
+            for image_id, embedding in zip(
+                unqueued, in_parallel(self._embedding, unqueued), strict=True
+            )
+            if embedding is not None
+        }
+        ids = [i for i in image_ids if i in found]
+        features = [found[i][0] for i in ids]
+        probabilities = [found[i][1] for i in ids]
         if not ids:
             return ShardData.empty(self.index.dim, 0)
         return ShardData(

@@ -43,6 +43,13 @@ class ObjectStore(ABC):
         (`in_parallel`): over the network each waits for a round trip."""
         return True
 
+    @property
+    def reads_are_requests(self) -> bool:
+        """Whether each get is a request over the network (a round trip, and a request's
+        CPU): where so, queued images' embeddings travel to the index builder in their work
+        items' table rows too, read in batches (catalog.py `queued_embeddings`)."""
+        return True
+
     def get(self, key: str) -> StoredObject:
         """The object's bytes and ETag. Raises NotFound."""
         return self._get(validate_key(key))

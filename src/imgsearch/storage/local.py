@@ -174,6 +174,13 @@ class LocalObjectStore(ObjectStore):
         self._flush_lock = threading.Lock()  # one flush at a time; a second waits for it
 
     @property
+    def reads_are_requests(self) -> bool:
+        """A file read is a fraction of a millisecond. (And after a power cut, the table's
+        rows can outlive a bulk ingest's deferred files: an embedding carried by a row
+        would index an image whose files were lost.)"""
+        return False
+
+    @property
     def overlapping_puts_help(self) -> bool:
         """A durable put waits for the disk (two fsyncs), and concurrent ones overlap (a
         journalling file system commits them together); a deferred one is a few system calls
