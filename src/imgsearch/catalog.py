@@ -411,7 +411,8 @@ class Catalog:
         overwrite: bool = False,
     ) -> None:
         """Store an image's embedding. Same bytes, same embedding: if a concurrent ingest
-        stored it first, that is fine, unless `overwrite` (a removal may be deleting it)."""
+        stored it first, that is fine, unless `overwrite` (a removal may be deleting it; a
+        re-embedding replaces it, and the copy a work item may carry goes)."""
         stored = features.astype(np.float32), np.array(probabilities)  # what the file holds
         buffer = io.BytesIO()
         np.savez(buffer, features=stored[0], probabilities=stored[1])
@@ -422,6 +423,8 @@ class Catalog:
                 if_none_match=not overwrite,
                 etag_wanted=False,
             )
+        if overwrite and self.objects.reads_are_requests:  # (see `_queued_embedding`)
+            self.table.delete(f"image#{image_id}", QUEUED_EMBEDDING)
         if len(self._fresh_embeddings) >= FRESH_EMBEDDINGS:
             self._fresh_embeddings.clear()  # a builder elsewhere took them: read them again
         self._fresh_embeddings[image_id] = stored
