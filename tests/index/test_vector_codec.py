@@ -13,6 +13,7 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, ParamValidationError
 
 from imgsearch.index.s3vectors import VectorBucket, VectorsState, _outgoing_values
+from imgsearch.storage.wire import float32_json
 
 
 class Raw:
@@ -43,6 +44,18 @@ def client_answering(answer: dict, sent: list[bytes], status: int = 200):
     return client
 
 
+def _values_out(request: dict) -> list[list[float]]:
+    """The request's vectors' values, taken out of it (replaced by None)."""
+    if "queryVector" in request:
+        values, request["queryVector"]["float32"] = request["queryVector"]["float32"], None
+        return [values]
+    taken = []
+    for vector in request["vectors"]:
+        taken.append(vector["data"]["float32"])
+        vector["data"]["float32"] = None
+    return taken
+
+
 def test_vector_codec_sends_and_reads_what_botocore_would() -> None:
     rng = np.random.default_rng(5)
     rows = rng.normal(size=(3, 1280)).astype(np.float32)
@@ -69,8 +82,20 @@ def test_vector_codec_sends_and_reads_what_botocore_would() -> None:
     vectors = [{"key": f"k{i}", "data": {"float32": row.tolist()}} for i, row in enumerate(rows)]
     bucket.put("images", vectors)
     plain.put_vectors(vectorBucketName="bucket", indexName="images", vectors=vectors)
-    assert [json.loads(b) for b in codec_sent] == [json.loads(b) for b in plain_sent]
-    assert codec_sent == plain_sent  # byte for byte
+    # The same requests, each value the same float32 (written with fewer digits).
+    codec_requests, plain_requests = (
+        [json.loads(b) for b in codec_sent],
+        [json.loads(b) for b in plain_sent],
+    )
+    assert len(codec_requests) == len(plain_requests) == 2
+    for codec_request, plain_request in zip(codec_requests, plain_requests, strict=True):
+        codec_values, plain_values = _values_out(codec_request), _values_out(plain_request)
+        assert codec_request == plain_request  # but for the values
+        assert len(codec_values) == len(plain_values) >= 1
+        for written, plain_written in zip(codec_values, plain_values, strict=True):
+            assert np.array_equal(np.float32(written), np.float32(plain_written))
+            assert len(written) == 1280
+    assert len(codec_sent[1]) < 0.75 * len(plain_sent[1])
 
     found = bucket.get(["k0", "k1", "k2"], data=True)
     assert all(isinstance(found[f"k{i}"], np.ndarray) for i in range(3))
@@ -135,3 +160,24 @@ def test_a_state_reads_across_versions() -> None:
     assert VectorsState.from_json(state.to_json()) == state
     announced = replace(state, uncounted=("a", "b"))
     assert VectorsState.from_json(announced.to_json()).uncounted == ("a", "b")
+
+
+def test_float32_values_are_written_with_digits_that_give_them_back() -> None:
+    """Every finite float32, the extremes and subnormals included, reads back the same."""
+    rng = np.random.default_rng(11)
+    values = np.concatenate(
+        [
+            rng.normal(size=5000).astype(np.float32),
+            (rng.normal(size=5000) * 1e-30).astype(np.float32),
+            (rng.normal(size=5000) * 1e30).astype(np.float32),
+            rng.integers(0, 2**32, 50_000, dtype=np.uint64).astype(np.uint32).view(np.float32),
+            np.array(
+                [0.0, -0.0, 1.0, -1.0, 0.1, 1 / 3, 1e-45, -1e-45, 3.4028235e38, 1.1754944e-38],
+                np.float32,
+            ),
+        ]
+    )
+    values = values[np.isfinite(values)]
+    written = float32_json(values)
+    assert np.array_equal(np.array(json.loads(written), np.float64).astype(np.float32), values)
+    assert float32_json(np.array([], np.float32)) == "[]"

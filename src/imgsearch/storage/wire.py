@@ -6,12 +6,20 @@ these."""
 from __future__ import annotations
 
 import json
+import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+from numpy.dtypes import StringDType
+
 from .ports import StorageError
+
+# A string no request holds: where `write_arrays` writes an array (`array_mark`).
+_ARRAY_MARK = "\u0000array "
+_MARKED = re.compile(r'"\\u0000array (\d+)"')
 
 
 class HandOff:
@@ -69,3 +77,32 @@ def read_answer_part(
         return
     customized_response_dict[key] = read(part)
     response_dict["body"] = json.dumps(body).encode()
+
+
+def array_mark(index: int) -> str:
+    """What a request's body holds where `write_arrays` writes the `index`th array."""
+    return f"{_ARRAY_MARK}{index}"
+
+
+def write_arrays(params: dict[str, Any], arrays: Sequence[np.ndarray]) -> None:
+    """The request's JSON body (`fill_body`'s) with each `array_mark` replaced by the
+    array's values (`float32_json`), in one pass."""
+    texts = [float32_json(values) for values in arrays]
+    body = params["body"].decode()
+    params["body"] = _MARKED.sub(lambda mark: texts[int(mark.group(1))], body).encode()
+
+
+def float32_json(values: np.ndarray) -> str:
+    """Finite float32 values as a JSON array of numbers, each as a 9-digit mantissa and an
+    exponent, which give back the same float32 (9 significant digits always do). json.dumps
+    writes the shortest repr of each value as a float64, up to 17 digits, one at a time:
+    about 5 times the time (2 ms a vector of 1,280 on this machine)."""
+    x = np.asarray(values, np.float32).astype(np.float64)
+    exponent = np.zeros(x.shape, np.int64)
+    nonzero = x != 0
+    exponent[nonzero] = np.floor(np.log10(np.abs(x[nonzero]))).astype(np.int64) - 8
+    mantissa = np.rint(x / np.power(10.0, exponent)).astype(np.int64)
+    numbers = np.strings.add(
+        np.strings.add(mantissa.astype(StringDType()), "e"), exponent.astype(StringDType())
+    )
+    return "[" + ",".join(numbers.tolist()) + "]"
