@@ -445,7 +445,7 @@ class Catalog:
                 raise DamagedFile(key, f"unreadable: {error}") from None
         return _checked(features, probabilities, key)
 
-    def _queued_embedding(self, image_id: str) -> list[Put]:
+    def _queued_embedding(self, image_id: str) -> list[Increment]:
         """An item that carries the image's embedding to the index builder, written with its
         work item, if this process stored the embedding (it holds it still). The builder,
         most often in another function, then reads a batch's in one batched read instead of
@@ -460,7 +460,8 @@ class Catalog:
             "features": _encoded_array(features, "<f4"),
             "probabilities": _encoded_array(probabilities, "<f2"),
         }
-        return [Put(f"image#{image_id}", QUEUED_EMBEDDING, attrs)]
+        # (an increment: written whatever is there, without reading its version first)
+        return [Increment(f"image#{image_id}", QUEUED_EMBEDDING, {}, attrs)]
 
     def queued_embeddings(self, image_ids: Sequence[str]) -> dict[str, Embedding]:
         """The embeddings of `image_ids` that this process holds or that their work items

@@ -6,6 +6,7 @@ import json
 import math
 import threading
 import time
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -1026,7 +1027,16 @@ def test_a_builder_elsewhere_reads_a_batchs_embeddings_from_its_work_items(
         aws = request.getfixturevalue("aws_settings")
         settings = aws.model_copy(update={"shard_size": 50, "ann_trees": 10, "neighbours": 10})
     ids, vectors = synthetic_ids(30), clustered_vectors(30, seed=4)
-    ingest_without_model(ImageSearch(settings), ids, vectors)
+    ingesting = ImageSearch(settings)
+    table_requests: Counter[str] = Counter()
+    if backend == "aws":  # the item goes in the key's transaction: no request more
+        events = ingesting.parts.storage.catalog._client.meta.events  # type: ignore[attr-defined]
+        events.register(
+            "before-call.dynamodb", lambda event_name, **_: table_requests.update([event_name])
+        )
+    ingest_without_model(ingesting, ids, vectors)
+    if backend == "aws":
+        assert table_requests == {"before-call.dynamodb.TransactWriteItems": 30}
 
     builder = ImageSearch(settings)  # another function: it holds no fresh embedding
     table, objects = builder.parts.storage.catalog, builder.parts.storage.objects
