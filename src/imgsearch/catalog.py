@@ -192,8 +192,11 @@ class Published:
 
 
 class Catalog:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, *, model: str = "") -> None:
+        """`model`: the configured model's name, written in and required of the embeddings
+        that work items carry (`_queued_embedding`)."""
         self.storage = storage
+        self.model = model
         self.table = storage.catalog
         self.objects = storage.objects
         # Embeddings this process stored, until the index builder reads them (most often in
@@ -416,15 +419,21 @@ class Catalog:
         stored = features.astype(np.float32), np.array(probabilities)  # what the file holds
         buffer = io.BytesIO()
         np.savez(buffer, features=stored[0], probabilities=stored[1])
-        with suppress(PreconditionFailed):
+        if overwrite and self.objects.reads_are_requests:  # (see `_queued_embedding`)
+            # Before the file: a crash between the two leaves no copy of the old embedding.
+            self.table.delete(f"image#{image_id}", QUEUED_EMBEDDING)
+        try:
             self.objects.put(
                 f"embeddings/{image_id}.npz",
                 buffer.getvalue(),
                 if_none_match=not overwrite,
                 etag_wanted=False,
             )
-        if overwrite and self.objects.reads_are_requests:  # (see `_queued_embedding`)
-            self.table.delete(f"image#{image_id}", QUEUED_EMBEDDING)
+        except PreconditionFailed:
+            # Stored first by a concurrent ingest: its file, not this computation, is the
+            # embedding (another machine's arithmetic may differ in the last bits).
+            self._fresh_embeddings.pop(image_id, None)
+            return
         if len(self._fresh_embeddings) >= FRESH_EMBEDDINGS:
             self._fresh_embeddings.clear()  # a builder elsewhere took them: read them again
         self._fresh_embeddings[image_id] = stored
@@ -459,6 +468,7 @@ class Catalog:
         attrs = {
             "features": _encoded_array(features, "<f4"),
             "probabilities": _encoded_array(probabilities, "<f2"),
+            "model": self.model,
         }
         # (an increment: written whatever is there, without reading its version first)
         return [Increment(f"image#{image_id}", QUEUED_EMBEDDING, {}, attrs)]
@@ -474,6 +484,8 @@ class Catalog:
         keys = [(f"image#{i}", QUEUED_EMBEDDING) for i in image_ids if i not in found]
         for (pk, _), item in self.table.get_many(keys).items():
             image_id = pk.removeprefix("image#")
+            if item.get("model") != self.model:  # another model's (written before a change)
+                continue
             try:
                 features = _decoded_array(item["features"], "<f4")
                 probabilities = _decoded_array(item["probabilities"], "<f2")

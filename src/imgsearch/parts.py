@@ -69,7 +69,7 @@ class Parts:
         self.settings = settings
         self.storage = storage or open_storage(settings)
         # Cheap, and needed by nearly every call.
-        self.catalog = Catalog(self.storage)
+        self.catalog = Catalog(self.storage, model=settings.model)
         self.feedback = Feedback(self.storage.feedback, half_life_days=settings.vote_half_life_days)
         self._made: dict[PartName, Any] = {
             cast(PartName, name): part for name, part in given.items() if part is not None

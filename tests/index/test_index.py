@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import threading
@@ -1074,3 +1075,50 @@ def test_a_builder_elsewhere_reads_a_batchs_embeddings_from_its_work_items(
     index = builder.parts.index
     for image_id, vector in zip(ids, normalise_rows(vectors), strict=True):
         assert np.allclose(index.vector(image_id), vector, atol=1e-3)
+
+
+def test_a_queued_ingest_carries_its_embedding_without_reading_first(aws_settings) -> None:
+    """The carried item is written as the work item is (an update): no GetItem of its
+    version before the transaction, one request for the key's last write as before."""
+    service = ImageSearch(aws_settings)
+    calls: list[str] = []
+    client = service.parts.storage.catalog._client  # type: ignore[attr-defined]
+    client.meta.events.register(
+        "before-call.dynamodb", lambda **kw: calls.append(kw["event_name"].rsplit(".", 1)[-1])
+    )
+    ingest_without_model(service, synthetic_ids(1), clustered_vectors(1, seed=4))
+    assert calls == ["TransactWriteItems"]
+    carried = service.parts.storage.catalog.get(f"image#{synthetic_ids(1)[0]}", QUEUED_EMBEDDING)
+    assert carried is not None and carried["model"] == aws_settings.model
+
+
+def test_what_a_requeued_image_carries_outlives_its_batch(aws_settings) -> None:
+    """More images than a transaction holds with two deletes each: the carried items go with
+    their work items, except that of an image queued again while its batch was built."""
+    service = ImageSearch(aws_settings)
+    ids = synthetic_ids(70)
+    ingest_without_model(service, ids, clustered_vectors(70, seed=4))
+    catalog, table = service.parts.catalog, service.parts.storage.catalog
+    batch = catalog.pending()
+    catalog.mark_pending(ids[3], "add")
+    catalog.clear_pending(batch)
+    left = table.get_many([(f"image#{i}", QUEUED_EMBEDDING) for i in ids])
+    assert list(left) == [(f"image#{ids[3]}", QUEUED_EMBEDDING)]
+    assert [item.image_id for item in catalog.pending()] == [ids[3]]
+
+
+def test_an_embedding_carried_for_another_model_is_not_indexed(aws_settings) -> None:
+    """A copy left from before a model change (of another dimension here) is passed over:
+    the builder reads the file, and the build neither fails nor indexes the old vector."""
+    settings = aws_settings.model_copy(update={"shard_size": 50, "ann_trees": 10, "neighbours": 10})
+    ids, vectors = synthetic_ids(5), clustered_vectors(5, seed=4)
+    ingest_without_model(ImageSearch(settings), ids, vectors)
+    builder = ImageSearch(settings)
+    stale = {
+        "features": base64.b64encode(np.ones(32, "<f4").tobytes()).decode(),
+        "probabilities": base64.b64encode(np.full(CLASSES, 0.05, "<f2").tobytes()).decode(),
+        "model": "an-older-model.json",
+    }
+    builder.parts.storage.catalog.put(f"image#{ids[0]}", QUEUED_EMBEDDING, stale)
+    assert builder.build_index().added == 5
+    assert np.allclose(builder.parts.index.vector(ids[0]), normalise_rows(vectors)[0], atol=1e-3)
