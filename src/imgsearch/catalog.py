@@ -52,6 +52,9 @@ Embedding = tuple[np.ndarray, np.ndarray]
 FRESH_EMBEDDINGS = 1000
 # The item (pk image#<id>) that carries a queued image's embedding to the index builder.
 QUEUED_EMBEDDING = "embedding"
+# How long it is kept (then deleted by the table's time to live, in the next days): a build
+# comes within minutes, or within hours behind a large backfill.
+CARRIED_SECONDS = 24 * 3600
 SMALL_THUMBNAILS_KEPT = 4096  # ~8 KB each at 192 px: ~32 MB a process at most
 THUMBNAILS_PREFIX = "thumbnails/"
 NEAR_COPIES = "near"  # the partition of near-copy lists
@@ -258,7 +261,7 @@ class Catalog:
         items = self.table.get_many([(f"image#{i}", "meta") for i in image_ids])
         records = [ImageRecord.from_item(item) for item in items.values()]
         writes = {
-            r.id: [Put(f"image#{r.id}", "meta", replace(r, status="indexed").attrs(), r.version)]
+            r.id: Put(f"image#{r.id}", "meta", replace(r, status="indexed").attrs(), r.version)
             for r in records
             if r.status == "pending"
         }
@@ -460,7 +463,9 @@ class Catalog:
         most often in another function, then reads a batch's in one batched read instead of
         a file each (on S3, a GetObject an image: some 7 of the 30 ms an image its build
         took at 100k on S3 Vectors). The features as stored, the probabilities as the index
-        keeps them (float16): 9.5 KB of text."""
+        keeps them (float16): 9.5 KB of text, 20 write units in the transaction. DynamoDB
+        deletes it after CARRIED_SECONDS (its time to live: a delete would bill 20 units
+        more); a builder that comes later reads the file."""
         fresh = self._fresh_embeddings.get(image_id)
         if fresh is None or not self.objects.reads_are_requests:
             return []
@@ -469,15 +474,16 @@ class Catalog:
             "features": _encoded_array(features, "<f4"),
             "probabilities": _encoded_array(probabilities, "<f2"),
             "model": self.model,
+            "delete_after": int(time.time()) + CARRIED_SECONDS,
         }
         # (an increment: written whatever is there, without reading its version first)
         return [Increment(f"image#{image_id}", QUEUED_EMBEDDING, {}, attrs)]
 
     def queued_embeddings(self, image_ids: Sequence[str]) -> dict[str, Embedding]:
         """The embeddings of `image_ids` that this process holds or that their work items
-        carry (one batched read for a hundred): features as stored, probabilities as float16.
-        Those with neither, or with a damaged item, are left out: `embedding` reads their
-        file."""
+        carry for the configured model (one batched read for a hundred; the probabilities of
+        those carried as float16, as the index keeps them). Those with neither, or with a
+        damaged item, are left out: `embedding` reads their file."""
         found = {i: e for i in image_ids if (e := self._fresh_embeddings.pop(i, None))}
         if not self.objects.reads_are_requests:
             return found  # none is carried (`_queued_embedding`)
@@ -541,33 +547,24 @@ class Catalog:
         return any(True for _ in self.table.query("pending", limit=1))
 
     def clear_pending(self, items: Iterable[PendingItem]) -> None:
-        """Remove processed work items and the embeddings they carried, those re-queued
-        meanwhile excepted: in transactions (and one by one those of a transaction that one
-        re-queued item cancelled)."""
-        carried = self.objects.reads_are_requests  # (see `_queued_embedding`)
-        deletes = {
-            i.image_id: [Delete("pending", i.image_id, i.version)]
-            + ([Delete(f"image#{i.image_id}", QUEUED_EMBEDDING)] if carried else [])
-            for i in items
-        }
+        """Remove processed work items, those re-queued meanwhile excepted: in transactions
+        (and one by one those of a transaction that one re-queued item cancelled). The
+        embeddings they carried are left to their time to live (`_queued_embedding`)."""
+        deletes = {i.image_id: Delete("pending", i.image_id, i.version) for i in items}
         for image_id in self._transact_or_decline(deletes):
             with suppress(PreconditionFailed):
-                for delete in deletes[image_id]:  # the work item first: it may be re-queued
-                    self.table.delete(
-                        delete.pk, delete.sk, expected_version=delete.expected_version
-                    )
+                delete = deletes[image_id]
+                self.table.delete(delete.pk, delete.sk, expected_version=delete.expected_version)
 
-    def _transact_or_decline(self, writes: Mapping[str, Sequence[Write]]) -> list[str]:
-        """Apply each image's conditional writes (together) in transactions of at most
-        MAX_TRANSACT_WRITES writes; the ids of those in transactions a failed condition
-        cancelled."""
+    def _transact_or_decline(self, writes: Mapping[str, Write]) -> list[str]:
+        """Apply conditional writes (by image id) in transactions of at most
+        MAX_TRANSACT_WRITES; the ids of those in transactions a failed condition cancelled."""
         ids = list(writes)
-        step = MAX_TRANSACT_WRITES // max((len(w) for w in writes.values()), default=1)
         declined: list[str] = []
-        for start in range(0, len(ids), step):
-            chunk = ids[start : start + step]
+        for start in range(0, len(ids), MAX_TRANSACT_WRITES):
+            chunk = ids[start : start + MAX_TRANSACT_WRITES]
             try:
-                self.table.transact([write for i in chunk for write in writes[i]])
+                self.table.transact([writes[i] for i in chunk])
             except PreconditionFailed:
                 declined.extend(chunk)
         return declined
