@@ -3,8 +3,11 @@ on temporary data directories, moto and the storage adapters; and the tiers."""
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import itertools
+import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,25 +104,49 @@ def client(service: ImageSearch) -> Iterator[TestClient]:
         yield client
 
 
+def ingested_demo(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    embedder: ImageEmbedder,
+    vocabulary: Vocabulary,
+) -> Path:
+    """The demo collection's data directory, ingested with `embedder` once per test run and
+    closed, to be copied (`demo_copy`): an ingest of the 192 photos costs seconds of the
+    model, a copy a fraction of one. Under xdist the first worker to need it ingests it into
+    the run's temporary directory, which the workers share, and the others wait for it (one
+    ingest's CPU less per worker on two cores)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's, above each worker's
+    ingested = root / f"demo-{name}"
+    data_dir = ingested / "data"
+    with (root / f"demo-{name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (ingested / "complete").exists():
+            shutil.rmtree(ingested, ignore_errors=True)  # what a failed ingest left
+            demo_collection(data_dir, embedder, vocabulary).close(finish_merges=True)
+            # SQLite's connections close when they are collected: the last one checkpoints
+            # and deletes its write-ahead log, which must not happen while a copy is made.
+            gc.collect()
+            assert not list(data_dir.rglob("*-wal")), "a SQLite connection outlived the service"
+            (ingested / "complete").touch()
+    return data_dir
+
+
 @pytest.fixture(scope="session")
 def colour_demo_service(
     tmp_path_factory, colour_embedder: ImageEmbedder, vocabulary: Vocabulary
 ) -> ImageSearch:
-    return demo_collection(tmp_path_factory.mktemp("demo") / "data", colour_embedder, vocabulary)
+    ingested = ingested_demo(tmp_path_factory, "colour", colour_embedder, vocabulary)
+    data_dir = tmp_path_factory.mktemp("demo") / "data"
+    return demo_copy(ingested, data_dir, colour_embedder, vocabulary)
 
 
 @pytest.fixture(scope="session")
 def model_demo_data(tmp_path_factory, model_embedder: Embedder, vocabulary: Vocabulary) -> Path:
-    """The demo collection's data directory, ingested with the real model once per test process
-    and closed. Modules that need their own demo collection copy it (`demo_copy`): an ingest
-    of the 192 photos costs seconds of the model, a copy a fraction of one."""
-    data_dir = tmp_path_factory.mktemp("demo-ingested") / "data"
-    demo_collection(data_dir, model_embedder, vocabulary).close(finish_merges=True)
-    # SQLite's connections close when they are collected: the last one checkpoints and deletes
-    # its write-ahead log, which must not happen while a copy is being made.
-    gc.collect()
-    assert not list(data_dir.rglob("*-wal")), "a SQLite connection outlived the service"
-    return data_dir
+    """The demo collection ingested with the real model (`ingested_demo`), for modules that
+    need a demo collection of their own to copy."""
+    return ingested_demo(tmp_path_factory, "model", model_embedder, vocabulary)
 
 
 @pytest.fixture(scope="session")

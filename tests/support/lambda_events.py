@@ -11,13 +11,15 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl, quote_plus, urlencode
 
+from imgsearch.vocabulary import STRATEGIES, Vocabulary
 from support.aws_resources import Route, route_for
 from support.demo import REPO
 from support.openapi import API_KEY_HEADER
@@ -58,13 +60,45 @@ def lambda_logging() -> Iterator[None]:
 
 
 def load_function(name: str) -> ModuleType:
-    """Import functions/<name>/app.py as Lambda would: a fresh module, its own cold start."""
+    """Import functions/<name>/app.py as Lambda would: a fresh module, its own cold start.
+
+    But for the vocabulary: its tables are read-only files of a layer, and loading them takes
+    about a second, which the search and feedback functions' cold starts in every test would
+    pay again (half a minute over tests/cloud/test_cloud.py). A test process loads each once
+    and shares it, as the fixtures do (tests/conftest.py); the bundles' cold starts in fresh
+    interpreters (tests/cloud/test_bundles.py) load their own."""
     path = REPO / "functions" / name / "app.py"
     spec = importlib.util.spec_from_file_location(f"{name}_app_{uuid.uuid4().hex}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with _vocabularies_loaded_once():
+        spec.loader.exec_module(module)
     return module
+
+
+# Loaded by the cold starts, by directory and strategies.
+_vocabularies: dict[tuple[Path, frozenset[str]], Vocabulary] = {}
+
+
+@contextmanager
+def _vocabularies_loaded_once() -> Iterator[None]:
+    """While the block runs, Vocabulary.load loads a directory (with given strategies) once in
+    this process and then gives that vocabulary again."""
+    load = Vocabulary.__dict__["load"]
+
+    def load_once(
+        cls: type[Vocabulary], directory: str | Path, strategies: Iterable[str] = STRATEGIES
+    ) -> Vocabulary:
+        key = (Path(directory).resolve(), frozenset(strategies))
+        if key not in _vocabularies:
+            _vocabularies[key] = load.__func__(cls, directory, strategies)
+        return _vocabularies[key]
+
+    Vocabulary.load = classmethod(load_once)
+    try:
+        yield
+    finally:
+        Vocabulary.load = load
 
 
 # SQS ---------------------------------------------------------------------------------------
