@@ -9,6 +9,7 @@ import itertools
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from support.services import API_KEY, demo_collection, demo_copy, make_service
 from imgsearch.api.app import create_app
 from imgsearch.config import Settings
 from imgsearch.embedding import Embedder, ImageEmbedder, ModelSpec
+from imgsearch.rate_limits import RateLimiter
 from imgsearch.service import ImageSearch
 from imgsearch.storage import Storage, open_storage
 from imgsearch.storage.aws_resources import create_bucket, create_tables
@@ -95,6 +97,15 @@ def vocabulary() -> Vocabulary:
 def service(tmp_path: Path, embedder: ImageEmbedder, vocabulary: Vocabulary) -> ImageSearch:
     """An empty collection, for tests that change it."""
     return make_service(tmp_path / "data", embedder, vocabulary)
+
+
+@pytest.fixture
+def one_minute(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Pins the rate limiters' clock mid-way through the current minute, so that a test's
+    count of votes never straddles two windows (CI once saw a fifth vote let through)."""
+    pinned = (time.time() // 60 + 0.5) * 60
+    monkeypatch.setattr(RateLimiter, "clock", staticmethod(lambda: pinned))
+    return pinned
 
 
 @pytest.fixture

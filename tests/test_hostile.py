@@ -200,7 +200,7 @@ def test_inputs_long_in_bytes_but_within_the_limits_are_answered(hostile_service
         assert found.status_code == 200 and found.json()["total"] == 0
 
 
-def test_votes_are_rate_limited_per_session(tmp_path, embedder, vocabulary) -> None:
+def test_votes_are_rate_limited_per_session(tmp_path, embedder, vocabulary, one_minute) -> None:
     service = make_service(tmp_path / "data", embedder, vocabulary, votes_per_session_minute=5)
     image_id = service.add("a.jpg", demo_image("watch")).image_id
     with TestClient(create_app(service)) as client:

@@ -220,7 +220,7 @@ def test_a_client_is_its_connection_unless_a_trusted_proxy_says_otherwise() -> N
 
 
 def test_x_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(
-    storage, demo_service
+    storage, demo_service, one_minute
 ) -> None:
     image_id = category_ids(demo_service, "elephant")[0]
 
@@ -250,9 +250,11 @@ def test_x_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(
 # Rate limits expire -------------------------------------------------------------------------
 
 
-def test_rate_limit_counters_expire(storage, request) -> None:
+def test_rate_limit_counters_expire(storage, request, one_minute, monkeypatch) -> None:
     limiter = RateLimiter(storage.feedback, "client", per_minute=2)
     assert [limiter.allow("c0123") for _ in range(3)] == [True, True, False]
+    monkeypatch.setattr(limiter, "clock", lambda: one_minute + 60)
+    assert [limiter.allow("c0123") for _ in range(3)] == [True, True, False]  # a new minute
     assert list(storage.feedback.query("rate#client#c0123"))
     if isinstance(storage.feedback, SqliteTable):
 
