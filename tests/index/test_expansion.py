@@ -97,7 +97,8 @@ def test_expanded_vectors_and_lists_are_exact_after_adds_and_removes(tmp_path) -
 
 def test_only_lists_that_change_are_written(tmp_path, monkeypatch) -> None:
     """A new image rewrites its own list and those it joins, with their expanded vectors:
-    no other image is touched."""
+    no other image is touched. Of the lists it is offered to, only those it may enter are
+    read whole: the others are told apart by their ends (length and last distance)."""
     service = make(tmp_path, "data")
     vectors = clustered_vectors(201, seed=9)
     ids = synthetic_ids(201)
@@ -114,13 +115,30 @@ def test_only_lists_that_change_are_written(tmp_path, monkeypatch) -> None:
         written.extend(lists)
         put(lists, expanded, **kwargs)
 
-    monkeypatch.setattr(service.parts.catalog, "put_neighbour_lists", recording)
+    catalog = service.parts.catalog
+    ends, whole = catalog.list_ends, catalog.stored_lists
+    ended: list[str] = []
+    read_whole: list[str] = []
+
+    def reading_ends(image_ids):  # type: ignore[no-untyped-def]
+        ended.extend(image_ids)
+        return ends(image_ids)
+
+    def reading_whole(image_ids):  # type: ignore[no-untyped-def]
+        read_whole.extend(image_ids)
+        return whole(image_ids)
+
+    monkeypatch.setattr(catalog, "put_neighbour_lists", recording)
+    monkeypatch.setattr(catalog, "list_ends", reading_ends)
+    monkeypatch.setattr(catalog, "stored_lists", reading_whole)
     queue(service, ids[200:], vectors[200:])
     service.build_index()
     after = stored(service)
     changed = {i for i in before if after[i][0] != before[i][0]}
     assert set(written) == changed | {ids[200]}
     assert 0 < len(changed) < 30  # of 200
+    assert changed <= set(read_whole) - {ids[200]} <= set(ended)
+    assert len(set(read_whole)) < len(set(ended)) / 2, (len(read_whole), len(ended))
     for image_id in set(before) - changed:
         assert np.array_equal(after[image_id][1], before[image_id][1])
 

@@ -21,6 +21,7 @@ from imgsearch.catalog import (
     QUEUED_EMBEDDING,
     ImageRecord,
     KeyRecord,
+    ListEnd,
 )
 from imgsearch.config import MAX_DUPLICATE_DISTANCE, Settings
 from imgsearch.index.builder import GARBAGE_INTERVAL
@@ -737,13 +738,16 @@ def test_neighbour_lists_are_stored_packed_and_read_back_equal(index_service) ->
         {"ids": [i for i, _ in neighbours], "distances": [d for _, d in neighbours]},
     )
     assert catalog.neighbours(ids[2])[0] == neighbours
-    # As the builder reads them: the ids and the last distance without decoding the rest.
+    # As the builder reads them: each list's length and last distance from its distances
+    # alone, and the ids without decoding the rest.
     stored = catalog.stored_lists(ids[:3])
+    ends = catalog.list_ends([*ids[:3], "f" * 16])  # (one without a list)
     for image_id in (ids[0], ids[2]):  # packed, and as lists of values
         assert stored[image_id].ids == [i for i, _ in neighbours]
-        assert stored[image_id].last_distance() == neighbours[-1][1]
+        assert ends[image_id] == ListEnd(50, neighbours[-1][1])
         assert stored[image_id].neighbours == neighbours
-    assert stored[ids[1]].ids == [] and stored[ids[1]].last_distance() is None
+    assert stored[ids[1]].ids == [] and ends[ids[1]] == ListEnd(0, None)
+    assert set(ends) == set(ids[:3])
     # numpy's floats (whose repr is "np.float64(...)") are written as plain numbers too
     as_numpy = [(i, np.float64(d)) for i, d in neighbours[:3]]
     catalog.put_neighbour_lists({ids[3]: (as_numpy, 0)})

@@ -326,6 +326,28 @@ def test_get_many_reads_what_exists_in_batches(table: Table) -> None:
         table.get_many([("", "s")])
 
 
+def test_get_many_reads_only_the_attributes_asked_for(table: Table) -> None:
+    table.put("image#a", "neighbours", {"ids": "x y", "distances": "0.1 0.2", "n": 7})
+    table.put("image#b", "neighbours", {"ids": "z"})  # without one of those asked for
+    keys = [("image#a", "neighbours"), ("image#b", "neighbours")]
+    found = table.get_many(keys, attributes=("distances", "n", "version"))
+    assert found == {
+        keys[0]: {
+            "pk": "image#a",
+            "sk": "neighbours",
+            "version": 1,
+            "distances": "0.1 0.2",
+            "n": 7,
+        },
+        keys[1]: {"pk": "image#b", "sk": "neighbours", "version": 1},
+    }
+    assert table.get_many(keys)[keys[0]]["ids"] == "x y"  # all of them without `attributes`
+    with pytest.raises(ValueError, match="non-empty names"):
+        table.get_many(keys, attributes=[])
+    with pytest.raises(TypeError, match="not a string"):
+        table.get_many(keys, attributes="distances")
+
+
 def test_put_many_writes_every_item_at_the_next_version(table: Table) -> None:
     table.put("p", "old", {"kept": 1, "dropped": 2})
     table.put("p", "old", {"kept": 1, "dropped": 2})

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
-from imgsearch.catalog import Catalog, StoredExpanded, StoredList, StoredNeighbours
+from imgsearch.catalog import Catalog, ListEnd, StoredExpanded, StoredList, StoredNeighbours
 from imgsearch.index.base import SearchIndex
 from imgsearch.index.expansion import Expansion, Ranked
 from imgsearch.remembered import Remembered
@@ -216,12 +216,17 @@ class Neighbourhoods:
             for other, distance in near:
                 if other not in vectors:
                     offers[other].append((image_id, distance))
-        stored = self.catalog.stored_lists([*own, *offers])
+        # Most lists take none of their offers: their ends tell, and only the others are
+        # read whole (no list yet: it is computed whole).
+        ends = self.catalog.list_ends(offers)
+        taking = [
+            o for o, offered in offers.items() if o in ends and _may_take(ends[o], offered, self.k)
+        ]
+        stored = self.catalog.stored_lists([*own, *taking])
         lists: dict[str, Neighbours] = dict(own)
-        for other, offered in offers.items():
-            # (no list yet: it is computed whole; most lists take none of their offers)
-            if other in stored and self._may_take(stored[other], offered):
-                lists[other] = self._merged(stored[other].neighbours, offered)
+        for other in taking:
+            if other in stored:
+                lists[other] = self._merged(stored[other].neighbours, offers[other])
         self._write(lists, stored, set(own), before_write)
 
     def _forget_group(
@@ -328,21 +333,21 @@ class Neighbourhoods:
             if image_id in vectors
         }
 
-    def _may_take(self, stored: StoredList, offered: Neighbours) -> bool:
-        """False where no offer can enter the list (`_merged` would give it back as it is,
-        or only its ties reordered): it is full and every offer is farther than its last
-        neighbour. Tells without decoding the list's distances."""
-        if len(stored.ids) != self.k:
-            return True
-        last = stored.last_distance()
-        return last is None or any(round(d, 6) <= last for _, d in offered)
-
     def _merged(self, current: Neighbours, offered: Neighbours) -> Neighbours:
         """The list with offered neighbours that are nearer than its current k-th."""
         merged = dict(current)
         for other, distance in offered:
             merged[other] = min(round(distance, 6), merged.get(other, np.inf))
         return sorted(merged.items(), key=lambda pair: (pair[1], pair[0]))[: self.k]
+
+
+def _may_take(end: ListEnd, offered: Neighbours, k: int) -> bool:
+    """False where no offer can enter the list (`_merged` would give it back as it is, or
+    only its ties reordered): it is full (`k` long) and every offer is farther than its last
+    neighbour."""
+    if end.length != k:
+        return True
+    return end.last is None or any(round(d, 6) <= end.last for _, d in offered)
 
 
 def _rounded(neighbours: Neighbours) -> Neighbours:

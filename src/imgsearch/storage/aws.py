@@ -414,24 +414,30 @@ class DynamoTable(Table):
         raw = response.get("Item")
         return None if raw is None else _decode_item(raw)
 
-    def _get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+    def _get_many(
+        self, keys: list[tuple[str, str]], attributes: frozenset[str] | None
+    ) -> dict[tuple[str, str], Item]:
         """One BatchGetItem per MAX_BATCH_READ keys, sent at once (`in_parallel`)."""
-        chunks = [
-            keys[start : start + MAX_BATCH_READ] for start in range(0, len(keys), MAX_BATCH_READ)
+        asked: KeysAndAttributesTypeDef = {"Keys": [], "ConsistentRead": True}
+        if attributes is not None:
+            names = ["pk", "sk", "version", *sorted(attributes)]
+            asked["ProjectionExpression"] = ", ".join(f"#a{n}" for n in range(len(names)))
+            asked["ExpressionAttributeNames"] = {f"#a{n}": name for n, name in enumerate(names)}
+        chunks: list[KeysAndAttributesTypeDef] = [
+            {
+                **asked,
+                "Keys": [self._key(pk, sk) for pk, sk in keys[start : start + MAX_BATCH_READ]],
+            }
+            for start in range(0, len(keys), MAX_BATCH_READ)
         ]
         found: dict[tuple[str, str], Item] = {}
         for items in in_parallel(self._get_chunk, chunks):
             found.update(items)
         return found
 
-    def _get_chunk(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+    def _get_chunk(self, asked: KeysAndAttributesTypeDef) -> dict[tuple[str, str], Item]:
         found: dict[tuple[str, str], Item] = {}
-        request: dict[str, KeysAndAttributesTypeDef] = {
-            self.table_name: {
-                "Keys": [self._key(pk, sk) for pk, sk in keys],
-                "ConsistentRead": True,
-            }
-        }
+        request: dict[str, KeysAndAttributesTypeDef] = {self.table_name: asked}
         for attempt in range(BATCH_ATTEMPTS):
             response = self._client.batch_get_item(RequestItems=request)
             for raw in response.get("Responses", {}).get(self.table_name, []):

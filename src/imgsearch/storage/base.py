@@ -12,7 +12,7 @@ one it is talking to. What the keys and items stored through them are: layout.md
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 from .ports import ANY_VERSION, Item, ObjectInfo, PresignedPost, Put, StoredObject, Write
 from .validation import (
     can_start_a_key,
+    validate_attribute_names,
     validate_attrs,
     validate_batch_puts,
     validate_expected_version,
@@ -219,11 +220,16 @@ class Table(ABC):
         validate_item_key(pk, sk)
         return self._get(pk, sk)
 
-    def get_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+    def get_many(
+        self, keys: Sequence[tuple[str, str]], *, attributes: Collection[str] | None = None
+    ) -> dict[tuple[str, str], Item]:
         """The items of these (pk, sk) keys that exist, read consistently, keyed by (pk, sk);
-        in as few requests as the table allows (DynamoDB: 100 keys per BatchGetItem)."""
+        in as few requests as the table allows (DynamoDB: 100 keys per BatchGetItem).
+        With `attributes`, each item holds only those of them it has (and pk, sk, version):
+        DynamoDB bills the whole item read, but sends and parses only those."""
         distinct = validate_item_keys(keys)
-        return self._get_many(distinct) if distinct else {}
+        wanted = None if attributes is None else validate_attribute_names(attributes)
+        return self._get_many(distinct, wanted) if distinct else {}
 
     def put_many(self, puts: Sequence[Put]) -> None:
         """Replace many items in as few requests as the table allows (DynamoDB: 25 per
@@ -292,8 +298,11 @@ class Table(ABC):
     def _get(self, pk: str, sk: str) -> Item | None: ...
 
     @abstractmethod
-    def _get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
-        """Read 1..n distinct keys."""
+    def _get_many(
+        self, keys: list[tuple[str, str]], attributes: frozenset[str] | None
+    ) -> dict[tuple[str, str], Item]:
+        """Read 1..n distinct keys; of each item only `attributes` (and pk, sk, version),
+        all of them if None."""
 
     @abstractmethod
     def _put_many(self, puts: Sequence[Put]) -> None:

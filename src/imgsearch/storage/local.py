@@ -617,7 +617,9 @@ class SqliteTable(Table):
         with self._write_transaction() as connection:
             return self._apply_put(connection, pk, sk, attrs, expected_version)
 
-    def _get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+    def _get_many(
+        self, keys: list[tuple[str, str]], attributes: frozenset[str] | None
+    ) -> dict[tuple[str, str], Item]:
         # One statement per sort key and GET_MANY_KEYS partition keys (a page of results is
         # one), each key a lookup by primary key, not one statement per key.
         connection = self._connection()
@@ -634,7 +636,10 @@ class SqliteTable(Table):
                     (sk, *chunk),
                 ).fetchall()
                 for pk, version, attrs in rows:
-                    found[pk, sk] = _item(pk, sk, version, json.loads(attrs))
+                    values = json.loads(attrs)
+                    if attributes is not None:
+                        values = {n: v for n, v in values.items() if n in attributes}
+                    found[pk, sk] = _item(pk, sk, version, values)
         return found
 
     def _put_many(self, puts: Sequence[Put]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from .ports import ANY_VERSION, Delete, Increment, InvalidKey, Put, Write
@@ -173,6 +173,16 @@ def validate_item_keys(keys: Sequence[tuple[str, str]]) -> list[tuple[str, str]]
     for pk, sk in distinct:
         validate_item_key(pk, sk)
     return distinct
+
+
+def validate_attribute_names(names: Collection[str]) -> frozenset[str]:
+    """The attributes a read asks for: one or more names, without those every item has."""
+    if isinstance(names, str):  # one name, not its letters
+        raise TypeError("attributes: a collection of names, not a string")
+    wanted = frozenset(names) - ITEM_KEY_ATTRIBUTES
+    if not names or not all(isinstance(n, str) and n for n in wanted):
+        raise ValueError(f"attributes: non-empty names expected, got {sorted(map(repr, names))}")
+    return wanted
 
 
 def validate_batch_puts(puts: Sequence[Put]) -> None:
