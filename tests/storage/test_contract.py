@@ -485,9 +485,9 @@ def test_binary_values_round_trip_through_batches_on_dynamodb(table: Table) -> N
 
 
 @pytest.mark.parametrize("storage", ["aws"], indirect=True)
-def test_a_batch_write_whose_items_were_not_sent_fails(table: Table) -> None:
-    """Without ItemCodec on its client, a batch write would send only the placeholder it
-    validates with and succeed having written nothing: it raises instead."""
+def test_a_batch_whose_items_were_not_sent_fails(table: Table) -> None:
+    """Without ItemCodec on its client, a batch write (read) would send only the placeholder
+    it validates with and succeed having written (read) nothing: it raises instead."""
     import boto3
 
     plain = boto3.client(
@@ -498,6 +498,8 @@ def test_a_batch_write_whose_items_were_not_sent_fails(table: Table) -> None:
     table._client = plain  # type: ignore[attr-defined]
     with pytest.raises(StorageError, match="without its items"):
         table.put_many([Put("p", "lost", {"n": 1}, expected_version=0)])
+    with pytest.raises(StorageError, match="without its items"):
+        table.get_many([("p", "lost")])
 
 
 def _batch_round_trip(table: Table, values: dict[str, Any]) -> None:
