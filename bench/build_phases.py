@@ -98,6 +98,7 @@ def timed_service(service: Any, result: Any, wire: Any) -> None:
         *([(lists, "forget", "removals' lists: all")] if hasattr(lists, "forget") else []),
         (index, "vectors", "lists: index.vectors"),
         (lists, groups, "lists: groups"),
+        *([(catalog, "list_ends", "lists: read ends")] if hasattr(catalog, "list_ends") else []),
         (
             catalog,
             "stored_lists"

@@ -143,6 +143,21 @@ def test_only_lists_that_change_are_written(tmp_path, monkeypatch) -> None:
         assert np.array_equal(after[image_id][1], before[image_id][1])
 
 
+def test_a_list_may_take_an_offer_unless_full_and_every_offer_is_farther() -> None:
+    """What the builder reads whole (`_may_take`): a list shorter or longer than k always; a
+    full one if an offer is no farther than its last neighbour (a tie may enter: the merge
+    orders ties by id), as distances are stored, to 6 decimals."""
+    from imgsearch.catalog import ListEnd
+    from imgsearch.index.neighbourhoods import _may_take
+
+    assert _may_take(ListEnd(3, 0.5), [("a", 0.9)], k=4)
+    assert _may_take(ListEnd(5, 0.5), [("a", 0.9)], k=4)  # (k lowered since)
+    assert _may_take(ListEnd(0, None), [("a", 0.9)], k=4)
+    assert not _may_take(ListEnd(4, 0.5), [("a", 0.9), ("b", 0.5000006)], k=4)
+    assert _may_take(ListEnd(4, 0.5), [("a", 0.9), ("b", 0.5)], k=4)  # a tie
+    assert _may_take(ListEnd(4, 0.5), [("b", 0.5000004)], k=4)  # stored as 0.5
+
+
 def test_more_like_this_ranks_the_stored_list_by_expanded_vectors(tmp_path) -> None:
     service = make(tmp_path, "data")
     vectors = clustered_vectors(120, seed=2)

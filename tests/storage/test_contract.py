@@ -8,6 +8,7 @@ the bucket and tables created from infra/template.yaml.
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import threading
@@ -344,8 +345,58 @@ def test_get_many_reads_only_the_attributes_asked_for(table: Table) -> None:
     assert table.get_many(keys)[keys[0]]["ids"] == "x y"  # all of them without `attributes`
     with pytest.raises(ValueError, match="non-empty names"):
         table.get_many(keys, attributes=[])
+    with pytest.raises(ValueError, match="non-empty names"):
+        table.get_many(keys, attributes=(n for n in ()))
     with pytest.raises(TypeError, match="not a string"):
         table.get_many(keys, attributes="distances")
+
+
+@pytest.mark.parametrize("storage", ["aws"], indirect=True)
+def test_a_projected_batch_read_asks_once_for_each_name_and_resends_what_was_left(
+    table: Table,
+) -> None:
+    """DynamoDB refuses a name projected twice (moto does not), and answers with the keys it
+    left unprocessed, which are sent again with the same projection."""
+    for n in range(10):
+        table.put(f"image#{n}", "neighbours", {"ids": "a b", "distances": "0.1 0.2"})
+    client = table._client  # type: ignore[attr-defined]
+    sent: list[dict[str, Any]] = []
+    left_some = False
+
+    def record(request: Any, **_: Any) -> None:
+        sent.append(json.loads(request.body)["RequestItems"][table.table_name])  # type: ignore[attr-defined]
+
+    def leave_four(response_dict: dict[str, Any], **_: Any) -> None:
+        nonlocal left_some
+        if left_some or response_dict["status_code"] >= 300:
+            return
+        left_some = True
+        body = json.loads(response_dict["body"])
+        items = body["Responses"][table.table_name]  # type: ignore[attr-defined]
+        left, body["Responses"][table.table_name] = items[:4], items[4:]  # type: ignore[attr-defined]
+        body["UnprocessedKeys"] = {
+            table.table_name: {  # type: ignore[attr-defined]
+                **sent[-1],
+                "Keys": [{"pk": item["pk"], "sk": item["sk"]} for item in left],
+            }
+        }
+        response_dict["body"] = json.dumps(body).encode()
+
+    client.meta.events.register("before-sign.dynamodb.BatchGetItem", record)
+    client.meta.events.register_first("before-parse.dynamodb.BatchGetItem", leave_four)
+    try:
+        keys = [(f"image#{n}", "neighbours") for n in range(10)]
+        found = table.get_many(keys, attributes=("distances", "pk", "version", "distances"))
+    finally:
+        client.meta.events.unregister("before-sign.dynamodb.BatchGetItem", record)
+        client.meta.events.unregister("before-parse.dynamodb.BatchGetItem", leave_four)
+    assert [len(request["Keys"]) for request in sent] == [10, 4]
+    for request in sent:
+        names = list(request["ExpressionAttributeNames"].values())
+        assert sorted(names) == ["distances", "pk", "sk", "version"]  # each once
+        assert request["ProjectionExpression"].count(",") == len(names) - 1
+    assert set(found) == set(keys)
+    assert all(set(item) == {"pk", "sk", "version", "distances"} for item in found.values())
 
 
 def test_put_many_writes_every_item_at_the_next_version(table: Table) -> None:

@@ -281,7 +281,7 @@ def _decoded(value: AttributeValueTypeDef) -> Any:
         if text is not None:  # a string, as _attribute_value writes most
             return text
         number = value.get("N")
-        if number is not None and number.isdigit():  # a version, a count: an int
+        if number is not None and number.isascii() and number.isdigit():  # a version: an int
             return int(number)
     return _from_dynamo(_deserializer.deserialize(value))
 
@@ -296,8 +296,8 @@ class ItemCodec:
 
     botocore serialises a request's and parses an answer's items value by value in Python,
     walking each attribute's shape (about 35 µs each way an item of a neighbour list: most
-    of the CPU of reading one, a third of writing one, and the index builder reads some 100
-    lists and writes some 50 a new image). An item's wire form is the DynamoDB JSON this
+    of the CPU of reading one, a third of writing one, and the index builder reads and
+    writes thousands a batch). An item's wire form is the DynamoDB JSON this
     adapter makes anyway (`DynamoTable._encode_item`), so a batch write is made with no items
     (a batch read with no keys: 100 keys walked cost about 1 ms) and its body written by
     json.dumps just before it is signed (`before-call`, which comes before the checksum and

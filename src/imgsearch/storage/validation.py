@@ -179,10 +179,11 @@ def validate_attribute_names(names: Collection[str]) -> frozenset[str]:
     """The attributes a read asks for: one or more names, without those every item has."""
     if isinstance(names, str):  # one name, not its letters
         raise TypeError("attributes: a collection of names, not a string")
-    wanted = frozenset(names) - ITEM_KEY_ATTRIBUTES
-    if not names or not all(isinstance(n, str) and n for n in wanted):
-        raise ValueError(f"attributes: non-empty names expected, got {sorted(map(repr, names))}")
-    return wanted
+    asked = frozenset(names)
+    if not asked or not all(isinstance(n, str) and n for n in asked):
+        raise ValueError(f"attributes: non-empty names expected, got {sorted(map(repr, asked))}")
+    # (every item has these, and DynamoDB refuses a name projected twice)
+    return asked - ITEM_KEY_ATTRIBUTES
 
 
 def validate_batch_puts(puts: Sequence[Put]) -> None:
