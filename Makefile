@@ -43,9 +43,12 @@ NOT_FAST := model or browser or bundles or slow
 # were ignored.
 PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
-test: setup lint ## install everything (Chromium and checkov included), lint, run every test (fast tier first)
+# The Lambda layers' pip installs (a minute the first time) are made before the tests, as
+# checkov's: tests/cloud/test_bundles.py then builds the bundles in seconds.
+test: setup lint ## install everything (Chromium, checkov, Lambda layers), lint, run every test (fast tier first)
 	scripts/install-chromium.sh
 	scripts/install-checkov.sh
+	$(BIN)/python layers/build.py --python-layers
 	$(PYTEST) -m "not ($(NOT_FAST))"
 	$(PYTEST) -m "$(NOT_FAST)"
 

@@ -25,6 +25,12 @@ Sizes of each layer and of each function with its layers are printed and written
 `<out>/manifest.json`. A Python layer is rebuilt only when its inputs change (its requirements,
 constraints.txt, how it is installed and trimmed); data layers and function bundles are copied
 every time.
+
+    .venv/bin/python layers/build.py --python-layers      (make test runs this first)
+
+installs only the Python layers (about a minute of pip the first time, nothing while they are
+current), so that the bundle tests' build takes seconds; without a python3.12 it says so and
+does nothing: those tests skip then.
 """
 
 from __future__ import annotations
@@ -116,7 +122,22 @@ FUNCTION_LAYERS = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--python-layers",
+        action="store_true",
+        help="install only the Python layers, and only if a python3.12 is found",
+    )
     args = parser.parse_args(argv)
+    if args.python_layers:
+        try:
+            python = find_python312()
+        except SystemExit as missing:
+            print(f"layers: not installed: {missing}")
+            return 0
+        args.out.mkdir(parents=True, exist_ok=True)
+        with locked(args.out, fcntl.LOCK_EX):
+            build_python_layers(args.out, python)
+        return 0
     manifest = build(args.out)
     print_report(manifest)
     return 0
@@ -143,9 +164,7 @@ def locked(out: Path, mode: int) -> Iterator[None]:
 
 
 def _build(out: Path, python: str) -> dict:
-    deps, inference = split_requirements()
-    build_python_layer(out / "layers" / "deps", deps, python)
-    build_python_layer(out / "layers" / "inference", inference, python, shared=out / "layers/deps")
+    build_python_layers(out, python)
     build_data_layer(out / "layers" / "model", {f"assets/{f}": ASSETS / f for f in MODEL_FILES})
     build_data_layer(out / "layers" / "vocabulary", {"assets/vocabulary": VOCABULARY_DIR})
     for function in FUNCTION_LAYERS:
@@ -168,6 +187,12 @@ def build_static_page(into: Path) -> None:
 
 
 # Python layers ---------------------------------------------------------------------------
+
+
+def build_python_layers(out: Path, python: str) -> None:
+    deps, inference = split_requirements()
+    build_python_layer(out / "layers" / "deps", deps, python)
+    build_python_layer(out / "layers" / "inference", inference, python, shared=out / "layers/deps")
 
 
 def split_requirements() -> tuple[list[str], list[str]]:

@@ -3,8 +3,10 @@ either, the index is consistent and complete again, and searches never stop bein
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,7 +14,10 @@ import sys
 import textwrap
 import time
 import urllib.request
+from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,10 +55,10 @@ KILL_POINTS = {
 @pytest.mark.model  # the worker process loads the model
 @pytest.mark.parametrize("kill_point", list(KILL_POINTS))
 def test_a_worker_killed_mid_build_leaves_a_consistent_index(
-    kill_point, tmp_path, embedder, vocabulary
+    kill_point, tmp_path, three_photos, embedder, vocabulary
 ) -> None:
     data_dir = tmp_path / "data"
-    demo_collection(data_dir, embedder, vocabulary)  # an index exists before the crash
+    three_photos(data_dir)  # an index exists before the crash
     additions = [
         f"add={category}/image_0002.jpg={REPO / 'demo' / category / 'image_0002.jpg'}"
         for category in CATEGORIES
@@ -166,11 +171,53 @@ def run_until_killed(data_dir, kill_point: tuple[str, str, str], *actions: str) 
     assert worker.returncode == -signal.SIGKILL, worker.stderr.decode()[-2000:]
 
 
-def demo_collection(data_dir, embedder, vocabulary) -> ImageSearch:
-    service = make_service(data_dir, embedder, vocabulary, shard_size=4)
-    for category in CATEGORIES[:3]:
-        service.add(f"{category}/image_0001.jpg", demo_image(category))
-    return service
+@pytest.fixture(scope="module")
+def originals(tmp_path_factory) -> Callable[[str, Callable[[Path], ImageSearch]], Original]:
+    """`made(name, make)`: the data directory `make` fills, and the ids indexed in it, made once
+    per module for each name and closed, for tests to copy (images through the model cost more
+    than copying their files)."""
+    root = tmp_path_factory.mktemp("originals")
+    made_ones: dict[str, Original] = {}
+
+    def made(name: str, make: Callable[[Path], ImageSearch]) -> Original:
+        if name not in made_ones:
+            data_dir = root / name / "data"
+            service = make(data_dir)
+            ids = frozenset(service.parts.index.image_ids())
+            service.close()
+            del service
+            # SQLite's connections close when collected: the last one checkpoints and deletes
+            # the write-ahead log, which must not happen while a copy is made.
+            gc.collect()
+            assert not list(data_dir.rglob("*-wal")), "a SQLite connection outlived the service"
+            made_ones[name] = Original(data_dir, ids)
+        return made_ones[name]
+
+    return made
+
+
+@dataclass(frozen=True)
+class Original:
+    data_dir: Path
+    ids: frozenset[str]
+
+
+@pytest.fixture
+def three_photos(originals, embedder, vocabulary) -> Callable[[Path], ImageSearch]:
+    """`three_photos(data_dir)`: a service on three photos indexed in shards of 4, in
+    `data_dir` (a copy of the module's)."""
+
+    def make(data_dir: Path) -> ImageSearch:
+        service = make_service(data_dir, embedder, vocabulary, shard_size=4)
+        for category in CATEGORIES[:3]:
+            service.add(f"{category}/image_0001.jpg", demo_image(category))
+        return service
+
+    def copy(data_dir: Path) -> ImageSearch:
+        shutil.copytree(originals(f"three-{type(embedder).__name__}", make).data_dir, data_dir)
+        return make_service(data_dir, embedder, vocabulary, shard_size=4)
+
+    return copy
 
 
 def assert_consistent(service: ImageSearch) -> None:
@@ -207,10 +254,10 @@ UPLOAD_KILL_POINTS = {
 @pytest.mark.model  # the worker process loads the model
 @pytest.mark.parametrize("kill_point", list(UPLOAD_KILL_POINTS))
 def test_an_upload_killed_midway_is_finished_at_the_next_start(
-    kill_point, tmp_path, embedder, vocabulary
+    kill_point, tmp_path, three_photos, embedder, vocabulary
 ) -> None:
     data_dir = tmp_path / "data"
-    demo_collection(data_dir, embedder, vocabulary)
+    three_photos(data_dir)
     photo = REPO / "demo" / "pizza" / "image_0002.jpg"
     run_until_killed(data_dir, UPLOAD_KILL_POINTS[kill_point], f"add=pizza/new.jpg={photo}")
 
@@ -227,12 +274,12 @@ def test_an_upload_killed_midway_is_finished_at_the_next_start(
 
 @pytest.mark.model  # the worker process loads the model
 def test_an_upload_killed_midway_is_finished_by_a_server_already_running(
-    tmp_path, embedder, vocabulary
+    tmp_path, three_photos, embedder, vocabulary
 ) -> None:
     """`serve --workers N`: a worker dies mid-upload while the first worker keeps serving;
     the first worker's background rounds finish it, with no restart."""
     data_dir = tmp_path / "data"
-    demo_collection(data_dir, embedder, vocabulary)
+    three_photos(data_dir)
     serving = make_service(data_dir, embedder, vocabulary, shard_size=4, index_drain_seconds=0.2)
     serving.recover_in_background()
     try:
@@ -269,10 +316,10 @@ DELETE_KILL_POINTS = {
 @pytest.mark.model  # the worker process loads the model
 @pytest.mark.parametrize("kill_point", list(DELETE_KILL_POINTS))
 def test_a_deletion_killed_midway_is_applied_at_the_next_start(
-    kill_point, tmp_path, embedder, vocabulary
+    kill_point, tmp_path, three_photos, embedder, vocabulary
 ) -> None:
     data_dir = tmp_path / "data"
-    gone = demo_collection(data_dir, embedder, vocabulary).find_key("pizza/image_0001.jpg").id
+    gone = three_photos(data_dir).find_key("pizza/image_0001.jpg").id
     run_until_killed(data_dir, DELETE_KILL_POINTS[kill_point], "remove=pizza/image_0001.jpg")
 
     restarted = make_service(data_dir, embedder, vocabulary, shard_size=4)
@@ -300,12 +347,12 @@ def get_json(url: str) -> dict:
 
 @pytest.mark.model  # `imgsearch serve` loads the model
 def test_imgsearch_serve_finishes_what_a_crash_left_while_it_serves(
-    tmp_path, embedder, vocabulary
+    tmp_path, three_photos, embedder, vocabulary
 ) -> None:
     """The real server: a deletion acknowledged but not applied and an upload killed midway
     are both in at the next `imgsearch serve`, without any further write."""
     data_dir = tmp_path / "data"
-    gone = demo_collection(data_dir, embedder, vocabulary).find_key("pizza/image_0001.jpg").id
+    gone = three_photos(data_dir).find_key("pizza/image_0001.jpg").id
     run_until_killed(data_dir, DELETE_KILL_POINTS["before_build"], "remove=pizza/image_0001.jpg")
     photo = REPO / "demo" / "lotus" / "image_0002.jpg"
     run_until_killed(data_dir, UPLOAD_KILL_POINTS["after_derived"], f"add=lotus/new.jpg={photo}")
@@ -700,12 +747,20 @@ def damage(path, how: str) -> None:
 
 
 @pytest.fixture
-def stored(tmp_path, embedder, vocabulary):
-    """A collection of six images on disk, and the ids it holds."""
+def stored(tmp_path, originals, embedder, vocabulary):
+    """A collection of six images on disk (a copy of the module's), and the ids it holds."""
+
+    def make(data_dir: Path) -> ImageSearch:
+        service = make_service(data_dir, embedder, vocabulary)
+        for category in CATEGORIES:
+            service.add(f"{category}.jpg", demo_image(category))
+        return service
+
+    original = originals(f"six-{type(embedder).__name__}", make)
+    assert len(original.ids) == len(CATEGORIES)
     data_dir = tmp_path / "data"
-    service = make_service(data_dir, embedder, vocabulary)
-    ids = {service.add(f"{c}.jpg", demo_image(c)).image_id for c in CATEGORIES}
-    return data_dir, ids
+    shutil.copytree(original.data_dir, data_dir)
+    return data_dir, set(original.ids)
 
 
 def reopened(data_dir, embedder, vocabulary) -> ImageSearch:

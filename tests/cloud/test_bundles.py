@@ -1,8 +1,9 @@
 """The Lambda bundles as they get deployed: built here, measured, and run.
 
 The test builds them (layers/build.py; Python layers are reused while their requirements,
-constraints.txt and the build script are unchanged, so after a first build of about a minute
-it takes seconds), so it always checks what the current code and pins produce. Then:
+constraints.txt and the build script are unchanged: `make test` installs them before the tests,
+a minute of pip the first time, so the build here takes seconds and still reinstalls a layer
+whose inputs changed), so it always checks what the current code and pins produce. Then:
 - each function's code plus the layers the template gives it stays within Lambda's limit;
 - every binary is a manylinux build for Lambda's python3.12 on x86_64;
 - every handler runs in a fresh python3.12 that sees only its code and layers (as in Lambda),
