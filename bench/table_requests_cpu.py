@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import socket
-import statistics
-import time
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,24 +23,15 @@ import boto3
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from vector_requests_cpu import free_port, measure
+
 import imgsearch
 from imgsearch.storage import Put
 from imgsearch.storage.aws import DynamoTable
 
 LISTS = 100
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def cpu_ms_a_request(send: Callable[[], object], requests: int) -> float:
-    began = time.thread_time()
-    for _ in range(requests):
-        send()
-    return (time.thread_time() - began) * 1000 / requests
 
 
 def main() -> None:
@@ -86,22 +75,14 @@ def main() -> None:
         }
         table.put_many([Put(f"image#{i}", "neighbours", attrs, 0) for i in ids])
         keys = [(f"image#{i}", "neighbours") for i in ids]
-        kinds: dict[str, Callable[[], object]] = {"whole": lambda: table.get_many(keys)}
+        kinds: dict[str, Callable[[int], object]] = {
+            f"BatchGetItem of {LISTS} lists, whole": lambda _: table.get_many(keys)
+        }
         if "attributes" in inspect.signature(table.get_many).parameters:
-            kinds["distances alone"] = lambda: table.get_many(keys, attributes=("distances",))
-        rounds: dict[str, list[float]] = {kind: [] for kind in kinds}
-        for send in kinds.values():
-            cpu_ms_a_request(send, 10)  # warm: connections, botocore's caches
-        for _ in range(args.rounds):
-            for kind, send in kinds.items():
-                rounds[kind].append(cpu_ms_a_request(send, args.requests))
-        for kind, values in rounds.items():
-            listed = ", ".join(f"{v:.2f}" for v in values)
-            median = statistics.median(values)
-            print(
-                f"BatchGetItem of {LISTS} lists, {kind}: {listed} ms of client CPU a request;"
-                f" median {median:.2f}"
+            kinds[f"BatchGetItem of {LISTS} lists, distances alone"] = lambda _: table.get_many(
+                keys, attributes=("distances",)
             )
+        measure(kinds, args.rounds, args.requests)
     finally:
         server.stop()
 

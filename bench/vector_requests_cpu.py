@@ -17,6 +17,7 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import boto3
@@ -40,11 +41,27 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def cpu_ms_a_request(send: object, requests: int) -> float:
+def cpu_ms_a_request(send: Callable[[int], object], requests: int) -> float:
     began = time.thread_time()
     for number in range(requests):
-        send(number)  # type: ignore[operator]
+        send(number)
     return (time.thread_time() - began) * 1000 / requests
+
+
+def measure(kinds: Mapping[str, Callable[[int], object]], rounds: int, requests: int) -> None:
+    """Each kind of request (sent with its number) warmed, then `rounds` rounds of
+    `requests` each, the kinds alternating; prints each round's CPU a request and the
+    median. Also bench/table_requests_cpu.py's."""
+    for send in kinds.values():
+        cpu_ms_a_request(send, 10)  # warm: connections, botocore's caches
+    measured: dict[str, list[float]] = {name: [] for name in kinds}
+    for _ in range(rounds):
+        for name, send in kinds.items():
+            measured[name].append(cpu_ms_a_request(send, requests))
+    for name, values in measured.items():
+        listed = ", ".join(f"{v:.2f}" for v in values)
+        median = statistics.median(values)
+        print(f"{name}: {listed} ms of client CPU a request; median {median:.2f}")
 
 
 def main() -> None:
@@ -82,16 +99,7 @@ def main() -> None:
         def get(number: int) -> None:
             bucket.get([f"k{number % STORED}"], data=False)
 
-        cpu_ms_a_request(query, 10)  # warm: connections, botocore's caches
-        cpu_ms_a_request(get, 10)
-        rounds: dict[str, list[float]] = {"QueryVectors": [], "GetVectors (no data)": []}
-        for _ in range(args.rounds):
-            rounds["QueryVectors"].append(cpu_ms_a_request(query, args.requests))
-            rounds["GetVectors (no data)"].append(cpu_ms_a_request(get, args.requests))
-        for name, values in rounds.items():
-            listed = ", ".join(f"{v:.2f}" for v in values)
-            median = statistics.median(values)
-            print(f"{name}: {listed} ms of client CPU a request; median {median:.2f}")
+        measure({"QueryVectors": query, "GetVectors (no data)": get}, args.rounds, args.requests)
     finally:
         server.stop()
 
