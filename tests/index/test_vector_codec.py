@@ -1,4 +1,4 @@
-"""S3 Vectors' vectors written into requests and read from answers by the json module
+"""S3 Vectors' vectors written into requests and read from answers by orjson
 (index/s3vectors.py `VectorCodec`): the same requests and answers as botocore's own."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, ParamValidationError
 
 from imgsearch.index.s3vectors import VectorBucket, VectorsState, _outgoing_values
-from imgsearch.storage.wire import float32_json
+from imgsearch.storage.wire import fill_body
 
 
 class Raw:
@@ -178,6 +178,8 @@ def test_float32_values_are_written_with_digits_that_give_them_back() -> None:
         ]
     )
     values = values[np.isfinite(values)]
-    written = float32_json(values)
-    assert np.array_equal(np.array(json.loads(written), np.float64).astype(np.float32), values)
-    assert float32_json(np.array([], np.float32)) == "[]"
+    for written in (values, np.array([], np.float32)):
+        params = {"body": b'{"data": {"float32": [0.0]}}'}
+        fill_body(params, lambda body, written=written: body["data"].update(float32=written))
+        read = json.loads(params["body"])["data"]["float32"]
+        assert np.array_equal(np.array(read, np.float64).astype(np.float32), written)

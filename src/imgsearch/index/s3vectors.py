@@ -66,7 +66,7 @@ from imgsearch.index.shards import SPREAD_SIZE, ShardData, posted_probabilities,
 from imgsearch.integrity import DamagedFile
 from imgsearch.storage import NotFound, ObjectStore, StorageError, in_parallel
 from imgsearch.storage.ports import AWS_POOL_CONNECTIONS
-from imgsearch.storage.wire import HandOff, array_mark, fill_body, read_answer_part, write_arrays
+from imgsearch.storage.wire import HandOff, fill_body, read_answer_part
 
 if TYPE_CHECKING:
     from mypy_boto3_s3vectors import S3VectorsClient
@@ -175,7 +175,8 @@ PLACEHOLDER: list[float] = [0.0]
 
 
 class VectorCodec:
-    """The vectors of S3 Vectors' requests and answers, written and read by the json module.
+    """The vectors of S3 Vectors' requests and answers, written and read by orjson
+    (`storage.wire`).
 
     botocore validates, serialises and parses a request's or an answer's values one by one in
     Python (about 2 µs each: 5 ms a query vector of 1,280 floats, 2 ms each vector GetVectors
@@ -183,12 +184,12 @@ class VectorCodec:
     Vectors. So a request is built with `PLACEHOLDER` for each vector and the real values are
     put into its JSON body just before it is signed (`before-call`, which comes before the
     checksum and the signature); GetVectors' and QueryVectors' answers have their vectors
-    read by json (and numpy) before botocore parses the rest (`before-parse`: a neighbour
+    read by orjson (and numpy) before botocore parses the rest (`before-parse`: a neighbour
     list's 3 queries are 300 hits, about 4 µs each through botocore's parser). The requests
     sent say what botocore's would (the same JSON, the same float32 values), but each value
-    is written with the 9 significant digits a float32 needs (`wire.float32_json`), not the
-    17 of json.dumps' float64, in a fifth of the time; NaN and infinities, which botocore
-    would send as strings and the service refuses, are refused here."""
+    is written in the shortest form that reads back the same float32, not the up to 17 digits
+    of a float64; NaN and infinities, which botocore would send as strings and the service
+    refuses, are refused here."""
 
     @classmethod
     def install(cls, client: Any) -> None:
@@ -208,7 +209,7 @@ class VectorCodec:
         (`HandOff`). Raises ValueError for a value that is not finite."""
         values = []
         for row in rows:
-            row = np.asarray(row, dtype=np.float32)
+            row = np.ascontiguousarray(row, dtype=np.float32)  # what orjson writes
             if not np.isfinite(row).all():
                 raise ValueError("a vector's values must be finite (no NaN or infinity)")
             values.append(row)
@@ -223,16 +224,15 @@ class VectorCodec:
 
         def filled(body: dict[str, Any]) -> None:
             if "queryVector" in body:
-                body["queryVector"]["float32"] = array_mark(0)
+                body["queryVector"]["float32"] = values[0]
             else:
                 vectors = body["vectors"]
                 if len(vectors) != len(values):
                     raise StorageError("a request's vectors and their values differ in number")
-                for index, vector in enumerate(vectors):
-                    vector["data"]["float32"] = array_mark(index)
+                for vector, row in zip(vectors, values, strict=True):
+                    vector["data"]["float32"] = row
 
-        fill_body(params, filled, allow_nan=False)
-        write_arrays(params, values)
+        fill_body(params, filled)
 
     @staticmethod
     def _read(

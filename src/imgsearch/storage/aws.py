@@ -292,18 +292,19 @@ _outgoing_items = HandOff("items")
 
 
 class ItemCodec:
-    """The items of DynamoDB's batch reads and writes, read and written by the json module.
+    """The items of DynamoDB's batch reads and writes, read and written by orjson
+    (`storage.wire`).
 
     botocore serialises a request's and parses an answer's items value by value in Python,
     walking each attribute's shape (about 35 µs each way an item of a neighbour list: most
     of the CPU of reading one, a third of writing one, and the index builder reads and
     writes thousands a batch). An item's wire form is the DynamoDB JSON this
     adapter makes anyway (`DynamoTable._encode_item`), so a batch write is made with no items
-    (a batch read with no keys: 100 keys walked cost about 1 ms) and its body written by
-    json.dumps just before it is signed (`before-call`, which comes before the checksum and
-    the signature: the body is byte for byte what botocore would have sent), and a batch
-    read's items are read by json.loads before botocore parses the rest of the answer
-    (`before-parse`), binary values decoded from base64 as botocore's parser does. The
+    (a batch read with no keys: 100 keys walked cost about 1 ms) and its body written
+    just before it is signed (`before-call`, which comes before the checksum and the
+    signature: the JSON botocore would have sent), and a batch read's items are read before
+    botocore parses the rest of the answer (`before-parse`), binary values decoded from
+    base64 as botocore's parser does. The
     response's CRC-32 is checked on the bytes received, as before."""
 
     @classmethod
@@ -353,7 +354,7 @@ def _json_binary(value: object) -> str:
 
 
 def _binaries_decoded(value: dict[str, Any]) -> None:
-    """An attribute value of an answer read by json, its binaries decoded in place (what
+    """An attribute value of an answer read as JSON, its binaries decoded in place (what
     botocore's parser does for the blobs of the AttributeValue shape), nested ones too."""
     if "B" in value:
         value["B"] = base64.b64decode(value["B"])
@@ -450,7 +451,7 @@ class DynamoTable(Table):
         found: dict[tuple[str, str], Item] = {}
         request: dict[str, KeysAndAttributesTypeDef] = {self.table_name: asked}
         for attempt in range(BATCH_ATTEMPTS):
-            with ItemCodec.sending(request):  # (the keys go into the body as json writes them)
+            with ItemCodec.sending(request):  # (the keys go into the body as orjson writes them)
                 response = self._client.batch_get_item(RequestItems=self._read_placeholder)
             for raw in response.get("Responses", {}).get(self.table_name, []):
                 item = _decode_item(raw)
@@ -478,7 +479,7 @@ class DynamoTable(Table):
         ]
         request = {self.table_name: chunk}
         for attempt in range(BATCH_ATTEMPTS):
-            with ItemCodec.sending(request):  # (the items go into the body as json writes them)
+            with ItemCodec.sending(request):  # (the items go into the body as orjson writes them)
                 response = self._client.batch_write_item(RequestItems=self._placeholder)
             request = cast(
                 dict[str, list["WriteRequestTypeDef"]], response.get("UnprocessedItems", {})

@@ -1,25 +1,23 @@
 """What the AWS adapters' codecs (storage/aws.py `ItemCodec`, index/s3vectors.py
-`VectorCodec`) put into botocore's request bodies and take out of its answers with the json
-module, where botocore would walk each value in Python. No botocore here: its hooks call
-these."""
+`VectorCodec`) put into botocore's request bodies and take out of its answers with orjson,
+where botocore would walk each value in Python. No botocore here: its hooks call these.
+
+orjson rather than the json module because of floats, which S3 Vectors' bodies are full of:
+it reads a GetVectors answer of 100 vectors of 1,280 floats in about a fifth of json's time
+(16 against 83 ms on this machine), and writes a numpy float32 array directly, each value in
+the shortest form that reads back the same float32, in a tenth of the time numpy took to
+format them with 9 digits before (7 against 82 ms for 100 vectors)."""
 
 from __future__ import annotations
 
-import json
-import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
-from numpy.dtypes import StringDType
+import orjson
 
 from .ports import StorageError
-
-# A string no request holds: where `write_arrays` writes an array (`array_mark`).
-_ARRAY_MARK = "\u0000array "
-_MARKED = re.compile(r'"\\u0000array (\d+)"')
 
 
 class HandOff:
@@ -51,12 +49,18 @@ class HandOff:
         return part
 
 
-def fill_body(params: dict[str, Any], fill: Callable[[dict[str, Any]], None], **dumps: Any) -> None:
-    """A request's JSON body, changed by `fill` and written again by json.dumps (with
-    botocore's separators: the bytes botocore would have sent for the same values)."""
-    body = json.loads(params["body"])
+def fill_body(
+    params: dict[str, Any],
+    fill: Callable[[dict[str, Any]], None],
+    *,
+    default: Callable[[Any], Any] | None = None,
+) -> None:
+    """A request's JSON body, changed by `fill` and written again: compact, as botocore
+    writes it (non-ASCII characters as UTF-8, where botocore escapes them: the same JSON);
+    numpy arrays as arrays of their values; what orjson cannot write handed to `default`."""
+    body = orjson.loads(params["body"])
     fill(body)
-    params["body"] = json.dumps(body, **dumps).encode()
+    params["body"] = orjson.dumps(body, default=default, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def read_answer_part(
@@ -66,43 +70,14 @@ def read_answer_part(
     read: Callable[[Any], Any],
     default: Any = None,
 ) -> None:
-    """`key` of a successful answer read by json (and `read`) before botocore parses the
-    rest (`before-parse`): botocore then parses the body without it and answers with what
+    """`key` of a successful answer read (and `read`) before botocore parses the rest
+    (`before-parse`): botocore then parses the body without it and answers with what
     `customized_response_dict` holds. Absent: `default` in its place, or left alone if None."""
     if response_dict["status_code"] >= 300 or not response_dict.get("body"):
         return
-    body = json.loads(response_dict["body"])
+    body = orjson.loads(response_dict["body"])
     part = body.pop(key, default)
     if part is None:
         return
     customized_response_dict[key] = read(part)
-    response_dict["body"] = json.dumps(body).encode()
-
-
-def array_mark(index: int) -> str:
-    """What a request's body holds where `write_arrays` writes the `index`th array."""
-    return f"{_ARRAY_MARK}{index}"
-
-
-def write_arrays(params: dict[str, Any], arrays: Sequence[np.ndarray]) -> None:
-    """The request's JSON body (`fill_body`'s) with each `array_mark` replaced by the
-    array's values (`float32_json`), in one pass."""
-    texts = [float32_json(values) for values in arrays]
-    body = params["body"].decode()
-    params["body"] = _MARKED.sub(lambda mark: texts[int(mark.group(1))], body).encode()
-
-
-def float32_json(values: np.ndarray) -> str:
-    """Finite float32 values as a JSON array of numbers, each as a 9-digit mantissa and an
-    exponent, which give back the same float32 (9 significant digits always do). json.dumps
-    writes the shortest repr of each value as a float64, up to 17 digits, one at a time:
-    about 5 times the time (2 ms a vector of 1,280 on this machine)."""
-    x = np.asarray(values, np.float32).astype(np.float64)
-    exponent = np.zeros(x.shape, np.int64)
-    nonzero = x != 0
-    exponent[nonzero] = np.floor(np.log10(np.abs(x[nonzero]))).astype(np.int64) - 8
-    mantissa = np.rint(x / np.power(10.0, exponent)).astype(np.int64)
-    numbers = np.strings.add(
-        np.strings.add(mantissa.astype(StringDType()), "e"), exponent.astype(StringDType())
-    )
-    return "[" + ",".join(numbers.tolist()) + "]"
+    response_dict["body"] = orjson.dumps(body)
