@@ -135,6 +135,23 @@ def test_vector_codec_refuses_values_json_cannot_say() -> None:
     assert _outgoing_values.take() is None
 
 
+def test_vector_codec_sends_the_values_of_rows_of_any_layout() -> None:
+    """A strided view, float64 and big-endian rows go out as their float32 values; a row
+    that is not one row is refused before anything is sent."""
+    rng = np.random.default_rng(3)
+    matrix = rng.normal(size=(8, 6))
+    rows = [matrix[:, 2], matrix[1], matrix[2].astype(">f4"), np.asfortranarray(matrix)[3]]
+    sent: list[bytes] = []
+    bucket = VectorBucket(client_answering({"vectors": []}, sent), "bucket", "images")
+    for row in rows:
+        bucket.query("images", row, 5, None)
+        written = json.loads(sent[-1])["queryVector"]["float32"]
+        assert np.array_equal(np.float32(written), np.asarray(row, np.float32))
+    with pytest.raises(ValueError, match="one row"):
+        bucket.query("images", matrix[:2].astype(np.float32), 5, None)
+    assert len(sent) == len(rows)
+
+
 def test_vector_codec_forgets_the_values_of_a_request_that_failed() -> None:
     """A request refused before it is sent leaves no values for this thread's next one."""
     sent: list[bytes] = []
@@ -163,7 +180,8 @@ def test_a_state_reads_across_versions() -> None:
 
 
 def test_float32_values_are_written_with_digits_that_give_them_back() -> None:
-    """Every finite float32, the extremes and subnormals included, reads back the same."""
+    """Finite float32s of every kind (random bit patterns, the extremes, subnormals, signed
+    zeros) read back the same."""
     rng = np.random.default_rng(11)
     values = np.concatenate(
         [

@@ -525,9 +525,16 @@ def test_values_round_trip(table: Table) -> None:
 
 
 def test_values_round_trip_through_batch_writes_and_reads(table: Table) -> None:
-    # DynamoDB's batches have their items written and read by json (aws.py ItemCodec), not
+    # DynamoDB's batches have their items written and read by orjson (aws.py ItemCodec), not
     # botocore: every kind of value comes back as a single put and get give it.
     _batch_round_trip(table, VALUES)
+
+
+def test_map_keys_are_stored_as_strings_by_every_write(table: Table) -> None:
+    table.put("p", "single", {"m": {1: "a"}})
+    table.put_many([Put("p", "batch", {"m": {1: "a"}}, expected_version=0)])
+    for sk in ("single", "batch"):
+        assert table.get("p", sk)["m"] == {"1": "a"}  # type: ignore[index]
 
 
 @pytest.mark.parametrize("storage", ["aws"], indirect=True)  # (SQLite rows are JSON)

@@ -210,6 +210,8 @@ class VectorCodec:
         values = []
         for row in rows:
             row = np.ascontiguousarray(row, dtype=np.float32)  # what orjson writes
+            if row.ndim != 1:
+                raise ValueError("a vector's values must be one row")
             if not np.isfinite(row).all():
                 raise ValueError("a vector's values must be finite (no NaN or infinity)")
             values.append(row)

@@ -55,12 +55,15 @@ def fill_body(
     *,
     default: Callable[[Any], Any] | None = None,
 ) -> None:
-    """A request's JSON body, changed by `fill` and written again: compact, as botocore
-    writes it (non-ASCII characters as UTF-8, where botocore escapes them: the same JSON);
-    numpy arrays as arrays of their values; what orjson cannot write handed to `default`."""
+    """A request's JSON body, changed by `fill` and written again: the JSON botocore would
+    write, not its bytes (no spaces between values, non-ASCII characters as UTF-8 where
+    botocore escapes them); numpy arrays as arrays of their values; keys that are not
+    strings written as strings, as json.dumps does; what orjson cannot write handed to
+    `default`."""
     body = orjson.loads(params["body"])
     fill(body)
-    params["body"] = orjson.dumps(body, default=default, option=orjson.OPT_SERIALIZE_NUMPY)
+    options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    params["body"] = orjson.dumps(body, default=default, option=options)
 
 
 def read_answer_part(
