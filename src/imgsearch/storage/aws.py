@@ -304,8 +304,8 @@ class ItemCodec:
     just before it is signed (`before-call`, which comes before the checksum and the
     signature: the JSON botocore would have sent), and a batch read's items are read before
     botocore parses the rest of the answer (`before-parse`), binary values decoded from
-    base64 as botocore's parser does. The
-    response's CRC-32 is checked on the bytes received, as before."""
+    base64 as botocore's parser does. The response's CRC-32 is checked on the bytes
+    received, as before."""
 
     @classmethod
     def install(cls, client: Any) -> None:
