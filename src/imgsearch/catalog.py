@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
@@ -41,6 +41,7 @@ from imgsearch.storage import (
     in_parallel,
     retry_on_conflict,
 )
+from imgsearch.storage.ports import Item
 from imgsearch.storage.validation import MAX_TRANSACT_WRITES, validate_key
 
 log = logging.getLogger(__name__)
@@ -655,21 +656,24 @@ class Catalog:
         images a batch of 100 offered itself to 6,162 lists and changed 25. A list's whole
         item (its ids and expanded vector) is ten times the bytes to send and parse, and is
         read (`stored_lists`) only for those that may take an offer."""
-        items = self.table.get_many(
-            [(f"image#{i}", "neighbours") for i in image_ids], attributes=("distances",)
-        )
-        return {
-            pk.removeprefix("image#"): _list_end(item["distances"])
-            for (pk, _), item in items.items()
-            if "distances" in item
-        }
+        items = self._lists_read(image_ids, attributes=("distances",))
+        return {i: _list_end(item["distances"]) for i, item in items.items() if "distances" in item}
 
     def stored_lists(self, image_ids: Iterable[str]) -> dict[str, StoredList]:
         """The stored lists of many images as read, each decoded only if asked, with the
         expanded vectors stored with them as they are stored (to be written again unchanged:
         `put_neighbour_lists`), in batched reads (those without one are left out)."""
-        items = self.table.get_many([(f"image#{i}", "neighbours") for i in image_ids])
-        return {pk.removeprefix("image#"): StoredList(item) for (pk, _), item in items.items()}
+        return {i: StoredList(item) for i, item in self._lists_read(image_ids).items()}
+
+    def _lists_read(
+        self, image_ids: Iterable[str], *, attributes: Collection[str] | None = None
+    ) -> dict[str, Item]:
+        """The stored list items of many images by image id, in batched reads (those without
+        one are left out); of each only `attributes` if given (`Table.get_many`)."""
+        items = self.table.get_many(
+            [(f"image#{i}", "neighbours") for i in image_ids], attributes=attributes
+        )
+        return {pk.removeprefix("image#"): item for (pk, _), item in items.items()}
 
     def put_neighbour_lists(
         self,
@@ -790,11 +794,9 @@ class Catalog:
     def expanded_vectors(self, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
         """The expanded vectors stored with the lists of `image_ids`, in batched reads
         (those without one are left out)."""
-        items = self.table.get_many([(f"image#{i}", "neighbours") for i in image_ids])
+        items = self._lists_read(image_ids)
         return {
-            pk.removeprefix("image#"): _decoded_vector(item["expanded"])
-            for (pk, _), item in items.items()
-            if "expanded" in item
+            i: _decoded_vector(item["expanded"]) for i, item in items.items() if "expanded" in item
         }
 
     def delete_neighbours(self, image_id: str) -> None:
