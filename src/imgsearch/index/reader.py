@@ -45,8 +45,8 @@ MIN_SEARCH_K_PER_CANDIDATE = 8
 # and grow as (images / BUDGET_REFERENCE) ** BUDGET_GROWTH past it: the more images, the more
 # of them the projected search must propose for the exact re-rank to keep its recall. Measured
 # (bench/index_scale.py, docs/performance.md): the default 120:1500 recalls 0.999 at 100k and,
-# grown x5.0 to 601:7518, 0.995 at 1M (x3.98 recalled 0.992 there; 200 candidates not grown
-# recalled 0.83).
+# grown x5.0 to 601:7518, 0.996 at 1M (a sixth less, 100:1250 grown x5.0, recalled 0.989
+# there; 200 candidates not grown recalled 0.83).
 BUDGET_REFERENCE = 100_000
 BUDGET_GROWTH = 0.7
 # Keyword rankings kept per index snapshot (see `ranked_by_classes`): the best RANKED_PAGES
