@@ -1110,3 +1110,27 @@ def test_an_embedding_carried_for_another_model_is_not_indexed(aws_settings) -> 
     builder.parts.storage.catalog.put(f"image#{ids[0]}", QUEUED_EMBEDDING, stale)
     assert builder.build_index().added == 5
     assert np.allclose(builder.parts.index.vector(ids[0]), normalise_rows(vectors)[0], atol=1e-3)
+
+
+def test_a_small_collection_inspects_enough_nodes_to_recall_its_neighbours(
+    index_service, monkeypatch
+) -> None:
+    """Nodes enough for a large collection of near copies, whose nearest images share a few
+    leaves, miss neighbours in a small one, where they are spread over the forest: a query
+    over fewer than BUDGET_REFERENCE images inspects at least `small_collection_nodes`."""
+    import imgsearch.index.reader as reader
+
+    queue(index_service, synthetic_ids(800), clustered_vectors(800, seed=11))
+    index_service.build_index()
+    index_service.parts.builder.writer.merger.merge_all()  # one shard of 800, as tiers do
+    index = index_service.parts.index
+    index.refresh(force=True)
+    index.candidates, index.search_k = 20, 20  # 160 nodes (8 a candidate) of 800 images
+    queries = normalise_rows(clustered_vectors(40, seed=12))
+    floor = reader.SMALL_COLLECTION_NODES
+    monkeypatch.setattr(reader, "SMALL_COLLECTION_NODES", 0)
+    budget_alone = recall_against_exact(index, queries)
+    monkeypatch.setattr(reader, "SMALL_COLLECTION_NODES", floor)
+    assert reader.small_collection_nodes(800) > 800  # every image, in a collection this small
+    assert budget_alone < 0.9
+    assert recall_against_exact(index, queries) >= 0.99
