@@ -69,7 +69,8 @@ def test_threads_bringing_back_a_removed_image_keep_every_key(tmp_path, embedder
     data = demo_image("pizza", 2)
     first = ImageSearch(settings, embedder=embedder, vocabulary=vocabulary)
     image_id = first.add("gone.jpg", data).image_id
-    first.remove("gone.jpg")
+    first.remove_image(image_id)
+    first.build_index()
     assert first.image(image_id) is None
 
     def worker(number: int) -> IngestResult:

@@ -148,8 +148,9 @@ for action in sys.argv[5:]:
     verb, key, *file = action.split("=")
     if verb == "add":
         service.add(key, Path(file[0]).read_bytes())
-    else:
-        service.remove(key)
+    else:  # a key's removal, then the index build that applies it
+        service.parts.ingestor.remove(key)
+        service.build_index()
 """
 
 

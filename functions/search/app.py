@@ -1,4 +1,6 @@
-"""Search function: the read side of the HTTP API, uploads and the web page, behind API Gateway."""
+"""Search function: the read side of the HTTP API (upload status included) and the web page,
+behind API Gateway, which routes it only those (infra/template.yaml): the routers' uploads and
+deletions go to the change function."""
 
 from pathlib import Path
 

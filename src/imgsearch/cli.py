@@ -196,7 +196,7 @@ def _bucket_prefix(url: str) -> tuple[str, str]:
     """s3://BUCKET/images/PREFIX -> (BUCKET, PREFIX); only images/ is indexed."""
     bucket, _, path = url.removeprefix("s3://").partition("/")
     if not url.startswith("s3://") or not bucket:
-        raise CommandError(f"{url!r}: expected s3://BUCKET/PREFIX")
+        raise CommandError(f"{url!r}: expected s3://BUCKET/images/PREFIX")
     path = path or "images/"
     if not (path + "/").startswith("images/"):
         raise CommandError(f"{url!r}: only objects under images/ are indexed")
@@ -520,7 +520,9 @@ def _parser() -> argparse.ArgumentParser:
         "once per batch. Progress goes to a checkpoint file after each batch: run the same "
         "command again to resume. Uses the stack's catalog table (IMGSEARCH_CATALOG_TABLE).",
     )
-    backfill.add_argument("url", help="s3://BUCKET/PREFIX, the prefix under images/")
+    backfill.add_argument(
+        "url", help="s3://BUCKET/images/PREFIX (PREFIX optional: s3://BUCKET is all of images/)"
+    )
     backfill.add_argument(
         "--reembed",
         action="store_true",

@@ -396,13 +396,6 @@ class ImageSearch:
         held = self.find_key(key)
         return held is not None and held.id != image_id
 
-    def remove(self, key: str) -> IngestResult:
-        """Forget `key` (and delete its bytes); its image leaves the index if no key holds it."""
-        result = self.parts.ingestor.remove(key)
-        self._forget_queued_removals()
-        self.build_index()
-        return result
-
     def remove_image(self, image_id: str) -> list[IngestResult]:
         """Remove an image: every key holding it is forgotten and its bytes deleted, and its
         removal from the index queued, not built (an API request never drains the queue): it

@@ -10,7 +10,8 @@
   of the invocation (`build_budget`), so it ends well inside the function's timeout.
 - Every handler writes its metrics when it returns (Powertools' `log_metrics`: see
   cloud/metrics.py for what each function measures).
-- `http_handler`: the search and feedback functions, the FastAPI app behind API Gateway.
+- `http_handler`: the search, change and feedback functions, the FastAPI app behind API
+  Gateway.
 
 Ingest is idempotent (content-addressed ids, per-key S3 sequencers, conditional writes), so
 redelivered messages need no de-duplication: Powertools' idempotency utility would add a table

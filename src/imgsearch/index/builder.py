@@ -1,10 +1,14 @@
 """The index builder: turns queued additions and removals into new shard builds.
 
-Ingest only queues work (`Catalog.mark_pending`) and then calls `IndexBuilder.run()`. One
-builder at a time holds a lease and takes the queue in batches; an ingest that finds the
-lease taken simply returns, and its work is picked up by the running builder, which checks
-the queue again after letting go of the lease. So concurrent uploads are coalesced into few
-builds, and nothing queued is left behind.
+Ingest does not build: it queues an image in the transaction that records its key
+(`Catalog.put_key(queue=...)`; removals, repair and reindex through `Catalog.mark_pending`).
+Builds come from `ImageSearch`: an upload builds until its own image is in (`run(until=...)`,
+`_wait_indexed`), trying again while another builder holds the lease; bulk ingest
+(`imgsearch ingest`), reindex, the server's background rounds and the Lambdas take the queue
+(`build_index`, `reindex`, `recover_in_background`, `recover`). One builder at a time holds a
+lease and takes the queue in batches; a run without a goal of its own checks the queue again
+after letting go of the lease, so work queued meanwhile (which found the lease taken) is not
+left behind.
 
 What a batch becomes in the engine (new shard builds and a manifest, or vectors put into
 and deleted from S3 Vectors) is the index writer's (base.py `IndexWriter`: shard_writer.py,

@@ -1,11 +1,14 @@
-"""Precomputed nearest neighbours of every image, kept right as images come and go.
+"""Precomputed nearest neighbours of every image, kept close to exact as images come and go.
 
 "More like this" is answered from these stored lists in one read. When an image arrives it
-gets its own list, and it is offered to the lists of the images near it (an image joins the
-list of every image that now has it among its k nearest). When one leaves, every list that
-held it is recomputed without it, before the index lets it go (`forget`: its vector finds
-those lists, also when a dead writer's batch runs again). Lists are checked against brute
-force in tests/index/test_index.py.
+gets its own list, and it is offered to the lists of its REACH nearest images, which keep it
+if they are short or it is nearer than their last neighbour; a list farther down its ranking
+that it belongs in keeps a farther neighbour instead. When one leaves, the lists of its
+REMOVAL_REACH nearest images are recomputed without it, before the index lets it go
+(`forget`: its vector finds those lists, also when a dead writer's batch runs again); a list
+beyond keeps the removed id, hidden when read (`get`), one neighbour short. So the lists are
+approximate: tests/index/test_index.py checks that their first 10 entries agree with brute
+force on at least 99% of entries.
 
 What it costs: the lists a batch of new images touches are read in batched reads and the
 changed ones written in batched writes, each list once per group of images however many of
