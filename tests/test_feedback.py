@@ -122,7 +122,7 @@ def test_an_undo_leaves_the_client_the_voice_its_other_sessions_give(storage) ->
     clock[0] += 43_200  # half a day: the first vote weighs 2^-0.5 by the undo
     feedback.vote("moth", image, "b", -1, "nat")
     clock[0] += 43_200
-    assert feedback.withdraw("moth", image, "b", "nat") is True  # the last vote taken back
+    assert feedback.withdraw("moth", image, "b") is True  # the last vote taken back
     assert _voices(storage, "moth") == {("nat", image): 1}
     [agreement] = feedback.summary("moth").images
     assert (agreement.up_clients, agreement.down_clients) == (1, 0)
@@ -130,7 +130,7 @@ def test_an_undo_leaves_the_client_the_voice_its_other_sessions_give(storage) ->
     assert agreement.down == pytest.approx(0.0, abs=1e-9)
 
     feedback.vote("moth", image, "b", -1, "nat")  # b again, and this time a takes it back
-    assert feedback.withdraw("moth", image, "a", "nat") is True
+    assert feedback.withdraw("moth", image, "a") is True
     assert _voices(storage, "moth") == {("nat", image): -1}
     [agreement] = feedback.summary("moth").images
     assert (agreement.up_clients, agreement.down_clients) == (0, 1)
@@ -138,23 +138,24 @@ def test_an_undo_leaves_the_client_the_voice_its_other_sessions_give(storage) ->
     assert feedback.term_votes("moth").votes == [Vote("b", image, -1, "nat")]
     assert feedback.summary("moth").votes == 1
 
-    assert feedback.withdraw("moth", image, "b", "nat") is True  # the last one: no voice left
+    assert feedback.withdraw("moth", image, "b") is True  # the last one: no voice left
     assert _voices(storage, "moth") == {} and feedback.summary("moth").images == []
-    assert feedback.withdraw("moth", image, "b", "nat") is False  # nothing left to take back
+    assert feedback.withdraw("moth", image, "b") is False  # nothing left to take back
     assert feedback.summary("moth").votes == 0
 
 
 def test_an_undo_from_another_address_takes_the_vote_back(storage) -> None:
-    """A phone votes on wifi and takes the vote back on mobile data: the vote goes, and the
-    voice of the address it was cast from with it."""
+    """A phone votes on wifi and takes the vote back on mobile data (the undo names the
+    session, not the address): the vote goes, and the voice of the address it was cast from
+    with it."""
     feedback = Feedback(storage.feedback)
     image = "00000000000000bb"
     feedback.vote("gnat", image, "phone", 1, "wifi")
-    assert feedback.withdraw("gnat", image, "phone", "mobile") is True
+    assert feedback.withdraw("gnat", image, "phone") is True
     assert feedback.term_votes("gnat").votes == []
     assert _voices(storage, "gnat") == {} and feedback.summary("gnat").images == []
     assert list(storage.feedback.query("client#wifi", prefix="vote#")) == []
-    assert feedback.withdraw("gnat", image, "phone", "mobile") is False
+    assert feedback.withdraw("gnat", image, "phone") is False
 
 
 def test_undos_of_one_clients_sessions_racing_leave_the_voices_right(storage) -> None:
@@ -167,7 +168,7 @@ def test_undos_of_one_clients_sessions_racing_leave_the_voices_right(storage) ->
         feedback.vote("wasp", image, f"t{number}", 1, "c2")
 
     def undo(session: str) -> None:
-        feedback.withdraw("wasp", image, session, "c0")
+        feedback.withdraw("wasp", image, session)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         undone = [f"s{n}" for n in range(8) if n % 2 == 0] + [f"t{n}" for n in range(8)]

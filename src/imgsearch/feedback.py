@@ -122,10 +122,10 @@ class Feedback:
 
         return retry_on_conflict(step, "one vote")
 
-    def withdraw(self, term: str, image_id: str, session: str, client: str = LOCAL_CLIENT) -> bool:
+    def withdraw(self, term: str, image_id: str, session: str) -> bool:
         """Take back `session`'s vote on the image (undo, or a second press on the same
-        button), whichever address it was cast from (`client`: the undo's, which a vote of the
-        session from elsewhere may differ from). The voice of the client that cast it becomes
+        button), whatever address the undo comes from: the vote knows the client that cast
+        it. The voice of that client becomes
         what that client's other sessions' votes on the image say, as if the vote had never
         been cast: the last of them, aged by its time, or no voice. Returns False if the
         session had no vote on the image to take back."""

@@ -788,21 +788,19 @@ class ImageSearch:
         (`value` 0, see `withdraw`); returns the normalised term it was recorded under. Raises
         NotIndexed, or NotUnderstood for a query without words."""
         if value == 0:  # taken back: undo, or a second press on the same vote
-            return self.withdraw(query, image_id, session, client)[0]
+            return self.withdraw(query, image_id, session)[0]
         self._existing(image_id)
         term = self.term(query)
         self.parts.feedback.vote(term, image_id, session, value, client)
         self._forget_learned(term)
         return term
 
-    def withdraw(
-        self, query: str, image_id: str, session: str, client: str = LOCAL_CLIENT
-    ) -> tuple[str, bool]:
+    def withdraw(self, query: str, image_id: str, session: str) -> tuple[str, bool]:
         """Take back `session`'s vote on the image, from wherever it was cast; returns the
         normalised term, and whether the session had a vote there to take back."""
         self._existing(image_id)
         term = self.term(query)
-        withdrawn = self.parts.feedback.withdraw(term, image_id, session, client)
+        withdrawn = self.parts.feedback.withdraw(term, image_id, session)
         if withdrawn:
             self._forget_learned(term)
         return term, withdrawn

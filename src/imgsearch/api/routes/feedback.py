@@ -22,7 +22,7 @@ def vote(service: Service, client: Client, body: VoteRequest) -> VoteResponse:
     """
     service.check_vote_rate(client, body.session)
     if body.vote == 0:
-        term, withdrawn = service.withdraw(body.query, body.image_id, body.session, client)
+        term, withdrawn = service.withdraw(body.query, body.image_id, body.session)
         return VoteResponse(status="ok", term=term, withdrawn=withdrawn)
     term = service.vote(body.query, body.image_id, body.vote, body.session, client)
     return VoteResponse(status="ok", term=term)
