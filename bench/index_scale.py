@@ -47,7 +47,7 @@ from imgsearch.config import Settings
 from imgsearch.embedding import Embedder, ModelSpec
 from imgsearch.images import DecodeLimits, ImageRefused, decode_image
 from imgsearch.index.manifest import Manifest, ShardEntry, write_manifest
-from imgsearch.index.reader import Index, budget_growth
+from imgsearch.index.reader import Index, budget_growth, query_nodes
 from imgsearch.index.shards import Projection, ShardData, normalise_rows, write_build
 from imgsearch.index.tiers import merge_plan
 from imgsearch.storage.local import LocalObjectStore
@@ -468,8 +468,10 @@ def measure(size: int, args: argparse.Namespace, real: tuple[np.ndarray, np.ndar
             keyword.append((time.perf_counter() - started) * 1000)
         engines.append(
             Engine(
-                # The budget grows past 100k images (reader.budget_growth): say by how much.
+                # The budget grows past 100k images (reader.budget_growth) and has a floor of
+                # nodes below it (reader.query_nodes): say what a query got.
                 f"imgsearch {candidates}:{search_k} x{budget_growth(size):.2f}"
+                f" ({query_nodes(size, search_k)} nodes)"
                 + ("" if resident else ", mapped on demand"),
                 len(built["layout"]),
                 built["seconds"],

@@ -132,7 +132,8 @@ def main() -> None:
         candidates, search_k = map(int, setting.split(":"))
         index = Index(store, candidates=candidates, search_k=search_k)
         index.refresh(force=True)
-        names.append(f"{setting} x{reader.budget_growth(len(index)):.2f}")
+        nodes = reader.query_nodes(len(index), search_k)
+        names.append(f"{setting} x{reader.budget_growth(len(index)):.2f} ({nodes} nodes)")
         indexes.append(index)
     if args.baseline:
         baseline_root = args.baseline_store.resolve() if args.baseline_store else root

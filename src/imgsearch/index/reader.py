@@ -49,13 +49,16 @@ MIN_SEARCH_K_PER_CANDIDATE = 8
 # there; 200 candidates not grown recalled 0.83).
 BUDGET_REFERENCE = 100_000
 BUDGET_GROWTH = 0.7
-# ... and below BUDGET_REFERENCE the nodes are at least SMALL_COLLECTION_NODES x (1 - images /
-# BUDGET_REFERENCE): the settings' 1,500 nodes are measured at 100k on synthesised copies of
-# 1,192 photos, 84 of each, whose 20 nearest are one tight cluster; real photos are spread out.
-# On 3,940 real photos (Corel-1k, the demo, flowers5, 15-Scene: one shard) 1,500 nodes recalled
-# 0.974@20, 4,000 0.992 and 5,000 0.994 (0.63, 0.97 and 1.09 ms a query); the floor fades to
-# the settings' budget by about 70k images, so large collections are searched as before.
-SMALL_COLLECTION_NODES = 5_000
+# ... and below BUDGET_REFERENCE a query inspects at least SMALL_COLLECTION_MIN_NODES x (1 -
+# images / BUDGET_REFERENCE) nodes (`query_nodes`). The settings' 1,500 nodes were chosen at
+# 100k on synthesised copies of 1,192 photos, 84 of each, whose 20 nearest share a few leaves;
+# real photos are spread out. On 3,940 real photos (Corel-1k, the demo, flowers5, 15-Scene; one
+# shard of 20 trees over 128 components) 1,500 nodes recalled 0.974@20, 4,000 0.992, 5,000
+# 0.994 (0.63, 0.97 and 1.09 ms a query; docs/performance.md). The floor fades out by about
+# 70k images to keep the cost of large collections where it was measured: that is a choice
+# about cost, not a measure (no real collection that large was at hand, and a real one likely
+# needs more nodes, not fewer).
+SMALL_COLLECTION_MIN_NODES = 5_000
 # Keyword rankings kept per index snapshot (see `ranked_by_classes`): the best RANKED_PAGES
 # times what was asked, up to RANKED_DEPTH images, of each of the last RANKED_ENTRIES class
 # weightings asked (a few KB each); a ranking asked deeper than RANKED_MAX_DEPTH (a far page)
@@ -126,26 +129,31 @@ def _plan(
     snapshot: _Snapshot, candidates: int, search_k: int, wanted: int
 ) -> tuple[tuple[int, int], ...]:
     """Each shard's (candidates, search_k) of a query's budget, grown for the collection's
-    size (`budget_growth`; its nodes at least `small_collection_nodes`) and shared in
+    size (`budget_growth`, `query_nodes`) and shared in
     proportion to the shards' live images (measured better than shares favouring small or big
     shards), at least `wanted` candidates and MIN_SEARCH_K_PER_CANDIDATE nodes per candidate
     each."""
-    growth = budget_growth(snapshot.live_count)
-    budget = max(wanted, math.ceil(candidates * growth))
-    all_nodes = max(search_k * growth, small_collection_nodes(snapshot.live_count))
+    budget = max(wanted, math.ceil(candidates * budget_growth(snapshot.live_count)))
+    nodes_budget = query_nodes(snapshot.live_count, search_k)
     plan = []
     for share in snapshot.shares:
         count = max(wanted, math.ceil(budget * share))
-        nodes = search_k
+        nodes = nodes_budget
         if nodes > 0:
-            nodes = max(math.ceil(all_nodes * share), count * MIN_SEARCH_K_PER_CANDIDATE)
+            nodes = max(math.ceil(nodes_budget * share), count * MIN_SEARCH_K_PER_CANDIDATE)
         plan.append((count, nodes))
     return tuple(plan)
 
 
-def small_collection_nodes(live_images: int) -> float:
-    """The fewest Annoy nodes a query over `live_images` inspects (SMALL_COLLECTION_NODES)."""
-    return SMALL_COLLECTION_NODES * max(0.0, 1.0 - live_images / BUDGET_REFERENCE)
+def query_nodes(live_images: int, search_k: int) -> int:
+    """The Annoy nodes (leaf entries over all trees) a query over `live_images` inspects in
+    all, before the shards share them: the settings' `search_k` grown past BUDGET_REFERENCE
+    (`budget_growth`), at least SMALL_COLLECTION_MIN_NODES fading out below it; -1 (Annoy's
+    own default, candidates x trees in each shard) is left as it is."""
+    if search_k <= 0:
+        return search_k
+    floor = SMALL_COLLECTION_MIN_NODES * max(0, BUDGET_REFERENCE - live_images) / BUDGET_REFERENCE
+    return math.ceil(max(search_k * budget_growth(live_images), floor))
 
 
 def budget_growth(live_images: int) -> float:
