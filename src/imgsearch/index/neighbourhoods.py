@@ -34,7 +34,14 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
-from imgsearch.catalog import Catalog, ListEnd, StoredExpanded, StoredList, StoredNeighbours
+from imgsearch.catalog import (
+    Catalog,
+    ListEnd,
+    StoredExpanded,
+    StoredList,
+    StoredNeighbours,
+    stored_distance,
+)
 from imgsearch.index.base import SearchIndex
 from imgsearch.index.expansion import Expansion, Ranked
 from imgsearch.remembered import Remembered
@@ -340,7 +347,7 @@ class Neighbourhoods:
         """The list with offered neighbours that are nearer than its current k-th."""
         merged = dict(current)
         for other, distance in offered:
-            merged[other] = min(round(distance, 6), merged.get(other, np.inf))
+            merged[other] = min(stored_distance(distance), merged.get(other, np.inf))
         return sorted(merged.items(), key=lambda pair: (pair[1], pair[0]))[: self.k]
 
 
@@ -350,12 +357,12 @@ def _may_take(end: ListEnd, offered: Neighbours, k: int) -> bool:
     neighbour."""
     if end.length != k:
         return True
-    return end.last is None or any(round(d, 6) <= end.last for _, d in offered)
+    return end.last is None or any(stored_distance(d) <= end.last for _, d in offered)
 
 
 def _rounded(neighbours: Neighbours) -> Neighbours:
-    """Distances as stored (to 6 decimals), so that an unchanged list is seen as unchanged."""
-    return [(i, round(d, 6)) for i, d in neighbours]
+    """Distances as stored, so that an unchanged list is seen as unchanged."""
+    return [(i, stored_distance(d)) for i, d in neighbours]
 
 
 class _Kept:
