@@ -72,7 +72,6 @@ GROUP = 200
 # Removed images whose lists are recomputed together: about REMOVAL_REACH lists each, as many
 # lists as a group of new images.
 REMOVAL_GROUP = GROUP * REACH // REMOVAL_REACH
-DEFAULT_EXPANSION = Expansion(neighbours=10, power=1.0)  # the settings' (config.py)
 # Lists and expanded vectors a query read are kept until the catalog's token of list writes
 # changes (`Catalog.mark_lists_changed`), looked at most every index refresh interval; at most
 # this many of each, least recently used out first: a list of 50 is about 7.7 KB of Python
@@ -89,8 +88,8 @@ class Neighbourhoods:
         catalog: Catalog,
         index: SearchIndex,
         *,
-        k: int = 50,
-        expansion: Expansion = DEFAULT_EXPANSION,
+        k: int,
+        expansion: Expansion,
     ) -> None:
         self.catalog = catalog
         self.index = index
