@@ -652,13 +652,6 @@ class Catalog:
         expanded = item.get("expanded")
         return _stored_neighbours(item)[0], None if expanded is None else _decoded_vector(expanded)
 
-    def neighbour_lists(self, image_ids: Iterable[str]) -> dict[str, StoredNeighbours]:
-        """The stored lists of many images in batched reads (those without one are left out)."""
-        return {
-            image_id: (stored.neighbours, stored.version)
-            for image_id, stored in self.stored_lists(image_ids).items()
-        }
-
     def list_ends(self, image_ids: Iterable[str]) -> dict[str, ListEnd]:
         """The length and last distance of many images' stored lists (those without one are
         left out): their distances alone, in batched reads. The index builder offers each
@@ -778,9 +771,9 @@ class Catalog:
             if not proceed():
                 return False
             ids = image_ids[start : start + batch]
-            lists = self.neighbour_lists(ids)
+            lists = self.stored_lists(ids)
             before_write()
-            self.table.put_many(_near_copy_puts({i: found for i, (found, _) in lists.items()}))
+            self.table.put_many(_near_copy_puts({i: s.neighbours for i, s in lists.items()}))
             if start + batch < len(image_ids):
                 after = {"after": ids[-1], "max_distance": MAX_DUPLICATE_DISTANCE}
                 self.table.put(NEAR_COPIES_MARK, "progress", after)
