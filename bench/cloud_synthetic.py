@@ -31,7 +31,8 @@ import numpy as np
 from index_scale import real_embeddings, synthesise, synthetic_record
 
 from imgsearch.catalog import _neighbour_attrs
-from imgsearch.index.s3vectors import COUNTED_PROBABILITY, VectorsState, partition
+from imgsearch.index.base import MATCH_PROBABILITY
+from imgsearch.index.s3vectors import VectorsState, partition
 from imgsearch.index.shards import POSTINGS_PER_IMAGE, SPREAD_SIZE, posted_probabilities, spread
 
 CHUNK = 20_000  # rows synthesised at once
@@ -215,7 +216,7 @@ class Collection:
     def counted(self) -> tuple[int, ...]:
         """Images per class with a posted probability >= the state's cut (as the writer
         counts them: VectorsState.counted)."""
-        held = self.posted_values >= COUNTED_PROBABILITY
+        held = self.posted_values >= MATCH_PROBABILITY
         counts = np.bincount(self.posted_classes[held].astype(np.int64), minlength=self.classes)
         return tuple(int(n) for n in counts)
 

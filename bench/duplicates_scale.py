@@ -53,10 +53,8 @@ def fill(catalog: Catalog, size: int, rng: np.random.Generator) -> list[str]:
 def pairs_from_every_list(catalog: Catalog, ids: list[str]) -> set[tuple[str, str]]:
     found = set()
     for start in range(0, len(ids), BATCH):
-        for image_id, (neighbours, _) in catalog.neighbour_lists(
-            ids[start : start + BATCH]
-        ).items():
-            found.update((image_id, other) for other, d in neighbours if d <= DISTANCE)
+        for image_id, stored in catalog.stored_lists(ids[start : start + BATCH]).items():
+            found.update((image_id, other) for other, d in stored.neighbours if d <= DISTANCE)
     return found
 
 

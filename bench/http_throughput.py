@@ -127,7 +127,11 @@ def populate(data_dir: Path, size: int) -> None:
         index.refresh(force=True)
         # Exact neighbours, 1000 rows at a time, each list with its expanded vector (as the
         # builder stores them: "more like this" ranks by them).
-        expansion = Expansion(settings.expansion_neighbours, settings.expansion_power)
+        expansion = Expansion(
+            settings.expansion_neighbours,
+            settings.expansion_power,
+            settings.expansion_query_neighbours,
+        )
         for start in range(0, size, 1000):
             distances = 1.0 - features[start : start + 1000] @ features.T
             lists, expanded = {}, {}

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from support.services import make_service
 
-from imgsearch.search import MATCH_PROBABILITY
+from imgsearch.index.base import MATCH_PROBABILITY
 
 GROUPS = 16  # kinds of photo (colours), each a class or a few the stand-in classifier sees
 PER_GROUP = 24  # more than a page of each

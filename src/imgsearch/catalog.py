@@ -65,6 +65,16 @@ NEAR_COPIES_MARK = "near-complete"
 # One item whose token changes after every write of neighbour lists: readers that keep lists
 # and expanded vectors (index/neighbourhoods.py) keep them until it changes.
 LISTS_MARK = ("lists", "changed")
+# Neighbour distances are stored to this many decimals: the index builder rounds the distances
+# it offers with `stored_distance` before comparing them with stored ones, so that an unchanged
+# list is seen as unchanged (and reads back equal: `_neighbour_attrs`).
+DISTANCE_DECIMALS = 6
+_DISTANCE_FORMAT = f".{DISTANCE_DECIMALS}f"  # correctly rounded, as round(d, DISTANCE_DECIMALS)
+
+
+def stored_distance(distance: float) -> float:
+    """A neighbour's distance as a stored list holds it (and reads it back)."""
+    return round(distance, DISTANCE_DECIMALS)
 
 
 def thumbnail_name(image_id: str) -> str:
@@ -642,13 +652,6 @@ class Catalog:
         expanded = item.get("expanded")
         return _stored_neighbours(item)[0], None if expanded is None else _decoded_vector(expanded)
 
-    def neighbour_lists(self, image_ids: Iterable[str]) -> dict[str, StoredNeighbours]:
-        """The stored lists of many images in batched reads (those without one are left out)."""
-        return {
-            image_id: (stored.neighbours, stored.version)
-            for image_id, stored in self.stored_lists(image_ids).items()
-        }
-
     def list_ends(self, image_ids: Iterable[str]) -> dict[str, ListEnd]:
         """The length and last distance of many images' stored lists (those without one are
         left out): their distances alone, in batched reads. The index builder offers each
@@ -768,9 +771,9 @@ class Catalog:
             if not proceed():
                 return False
             ids = image_ids[start : start + batch]
-            lists = self.neighbour_lists(ids)
+            lists = self.stored_lists(ids)
             before_write()
-            self.table.put_many(_near_copy_puts({i: found for i, (found, _) in lists.items()}))
+            self.table.put_many(_near_copy_puts({i: s.neighbours for i, s in lists.items()}))
             if start + batch < len(image_ids):
                 after = {"after": ids[-1], "max_distance": MAX_DUPLICATE_DISTANCE}
                 self.table.put(NEAR_COPIES_MARK, "progress", after)
@@ -911,17 +914,17 @@ def _stored_neighbours(item: dict[str, Any]) -> StoredNeighbours:
 def _neighbour_attrs(
     neighbours: list[tuple[str, float]], expanded: np.ndarray | StoredExpanded | None = None
 ) -> dict[str, Any]:
-    """A list's attributes: its ids and its distances (to 6 decimals, written so that they
-    read back equal), each packed into one string. As lists of 50 values, DynamoDB's answer
-    is decoded value by value (botocore's parser, then the deserializer): about a
-    millisecond of Python an item, and the index builder reads the ends of some 60 lists a
-    new image (lists stored as lists before are read as such)."""
+    """A list's attributes: its ids and its distances (to DISTANCE_DECIMALS, written so that
+    they read back equal to `stored_distance`), each packed into one string. As lists of 50
+    values, DynamoDB's answer is decoded value by value (botocore's parser, then the
+    deserializer): about a millisecond of Python an item, and the index builder reads the ends
+    of some 60 lists a new image (lists stored as lists before are read as such)."""
     attrs: dict[str, Any] = {
         "ids": " ".join(i for i, _ in neighbours),
-        # Six decimals, correctly rounded as round(d, 6) is, so each reads back equal to it
-        # (a numpy float too; three times faster than repr(round(d, 6)), which was most of
-        # the CPU of encoding a list the index builder writes).
-        "distances": " ".join(f"{d:.6f}" for _, d in neighbours),
+        # Correctly rounded as `stored_distance` is, so each reads back equal to it (a numpy
+        # float too; three times faster than repr(stored_distance(d)), which was most of the
+        # CPU of encoding a list the index builder writes).
+        "distances": " ".join(f"{d:{_DISTANCE_FORMAT}}" for _, d in neighbours),
     }
     if isinstance(expanded, StoredExpanded):
         attrs["expanded"] = str(expanded)

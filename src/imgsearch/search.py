@@ -2,8 +2,9 @@
 in what order. The one place that decides:
 - what is a confident match: an image the collection's own evidence says the words name (the
   classes of a sense of the words the collection holds, with probability >= MATCH_PROBABILITY
-  in the image). A sense the collection holds (an image at >= HELD_PROBABILITY) reads fully,
-  whatever its rank among the word's senses; matches come first, tier "match";
+  in the image: a cut index/base.py holds, as S3 Vectors keeps its counts at it). A sense the
+  collection holds (an image at >= HELD_PROBABILITY) reads fully, whatever its rank among the
+  word's senses; matches come first, tier "match";
 - what fills the rest (tier "guess" or "explore"): understood words, and words a sense of
   which the collection holds, continue by their classes; other guessed words share the page
   with exploration of the collection; unknown words get exploration only, until votes
@@ -24,7 +25,7 @@ from typing import Literal
 import numpy as np
 
 from imgsearch.feedback import Feedback
-from imgsearch.index.base import SearchIndex
+from imgsearch.index.base import MATCH_PROBABILITY, SearchIndex
 from imgsearch.index.expansion import COPY_DISTANCE
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.shards import normalise_rows
@@ -39,11 +40,6 @@ CANDIDATES = 200  # keyword hits considered for re-ranking by a learned model; m
 # A sense of the words is held by the collection when one of its images has the sense's
 # classes with at least this probability: evidence enough to read the words as that sense.
 HELD_PROBABILITY = 0.3
-# An image is a confident match when the classes of a held sense sum to at least this
-# probability in it. Chosen by measurement (docs/evaluation.md, bench/relevance.py): the lowest
-# cut at which the matches of the four labelled sets stay >= 90% relevant together (90.7%;
-# Corel-1k and the demo 99-100%), finding 64% of the relevant photos where 0.3 found 52%.
-MATCH_PROBABILITY = 0.2
 # Representatives of the collection exploration chooses from (a first page and a few more).
 EXPLORE_POOL = 4 * FIRST_PAGE
 

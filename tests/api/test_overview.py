@@ -112,8 +112,8 @@ def test_near_copies_are_stacked_and_others_are_not(client) -> None:
 def test_duplicates_read_the_near_copy_lists_not_every_neighbour_list(service, client) -> None:
     catalog = service.parts.catalog
     read = []
-    lists = catalog.neighbour_lists
-    catalog.neighbour_lists = lambda ids: read.append(list(ids)) or lists(ids)
+    lists = catalog.stored_lists
+    catalog.stored_lists = lambda ids: read.append(list(ids)) or lists(ids)
     assert client.get("/api/duplicates").json()["total"] == 0
     assert read == []
     original = demo_image("sunflower")

@@ -29,10 +29,9 @@ from index.test_index import (
 from support.s3vectors import create_vector_indexes, install_query_vectors
 
 from imgsearch.config import Settings
-from imgsearch.index.base import SearchIndex
-from imgsearch.index.s3vectors import COUNTED_PROBABILITY
+from imgsearch.index.base import MATCH_PROBABILITY, SearchIndex
 from imgsearch.index.shards import normalise_rows, posted_probabilities
-from imgsearch.search import MATCH_PROBABILITY, held_classes, likely_held
+from imgsearch.search import held_classes, likely_held
 from imgsearch.service import ImageSearch
 
 # Both engines build and query hundreds of vectors, S3 Vectors through moto: about 1.5 minutes.
@@ -330,22 +329,16 @@ def test_s3vectors_counts_class_photos_in_its_state(both) -> None:
         "before-parameter-build.s3vectors.QueryVectors", lambda **_: sent.append("QueryVectors")
     )
     classes = list(range(CLASSES))
-    counts = s3.class_photo_counts(classes, COUNTED_PROBABILITY, 200)
+    counts = s3.class_photo_counts(classes, MATCH_PROBABILITY, 200)
     assert not sent
     assert sum(counts.values()) > 0
-    assert counts == annoy.class_photo_counts(classes, COUNTED_PROBABILITY, 200)
-    assert counts == SearchIndex.class_photo_counts(s3, classes, COUNTED_PROBABILITY, 200)
+    assert counts == annoy.class_photo_counts(classes, MATCH_PROBABILITY, 200)
+    assert counts == SearchIndex.class_photo_counts(s3, classes, MATCH_PROBABILITY, 200)
     assert len(sent) >= CLASSES  # the rankings, asked
-    capped = s3.class_photo_counts(classes, COUNTED_PROBABILITY, 3)
+    capped = s3.class_photo_counts(classes, MATCH_PROBABILITY, 3)
     assert capped == {c: min(n, 3) for c, n in counts.items()}
     # (from the rankings asked above, kept for this generation)
     assert s3.class_photo_counts(classes, 0.5, 200) == annoy.class_photo_counts(classes, 0.5, 200)
-
-
-def test_s3_vectors_keeps_counts_at_the_threshold_keyword_search_asks() -> None:
-    """Chips ask for photos at MATCH_PROBABILITY: counts kept at another threshold would never
-    be used, and every chip would cost a QueryVectors again."""
-    assert COUNTED_PROBABILITY == MATCH_PROBABILITY
 
 
 class Killed(Exception):
@@ -397,8 +390,8 @@ def test_s3vectors_counts_stay_right_when_a_publication_dies_before_its_state(bo
     assert len(annoy_index) == 120
     assert s3_index.state.counted == ()  # unknown: a reindex counts again
     assert not s3.class_counts_known  # (health's answer)
-    counts = s3_index.class_photo_counts(classes, COUNTED_PROBABILITY, 1000)
-    assert counts == annoy_index.class_photo_counts(classes, COUNTED_PROBABILITY, 1000)
+    counts = s3_index.class_photo_counts(classes, MATCH_PROBABILITY, 1000)
+    assert counts == annoy_index.class_photo_counts(classes, MATCH_PROBABILITY, 1000)
     assert sum(counts.values()) > 0
 
 
@@ -426,8 +419,8 @@ def assert_counts_as_annoys(both, images: int) -> None:
     assert len(s3_index) == len(annoy_index) == images
     assert len(s3_index.state.counted) == CLASSES  # known, and right:
     assert both["s3vectors"].class_counts_known
-    counts = s3_index.class_photo_counts(classes, COUNTED_PROBABILITY, 1000)
-    assert counts == annoy_index.class_photo_counts(classes, COUNTED_PROBABILITY, 1000)
+    counts = s3_index.class_photo_counts(classes, MATCH_PROBABILITY, 1000)
+    assert counts == annoy_index.class_photo_counts(classes, MATCH_PROBABILITY, 1000)
 
 
 def test_s3vectors_counts_a_dead_publication_the_next_run_takes_in_parts(both) -> None:
@@ -610,7 +603,7 @@ def test_s3vectors_search_survives_a_failure_of_the_rankings_asked_ahead(
 
     senses = s3.parts.vocabulary.interpret("bird").senses
     assert likely_held(index, senses) is not None
-    monkeypatch.setattr(imgsearch.search, "MATCH_PROBABILITY", COUNTED_PROBABILITY + 0.05)
+    monkeypatch.setattr(imgsearch.search, "MATCH_PROBABILITY", MATCH_PROBABILITY + 0.05)
     assert likely_held(index, senses) is None  # the counts would cost a query per class
 
 

@@ -226,7 +226,7 @@ def test_the_query_is_expanded_again_by_its_first_results() -> None:
 def test_a_vector_is_expanded_by_its_first_neighbours_weighted_by_similarity() -> None:
     vectors = {"a": np.array([0.0, 1.0]), "b": np.array([1.0, 0.0]), "c": np.array([-1.0, 0.0])}
     own = np.array([1.0, 0.0])
-    expanded = Expansion(neighbours=2, power=2.0).of(
+    expanded = Expansion(neighbours=2, power=2.0, query_neighbours=0).of(
         own, [("b", 0.5), ("a", 0.75), ("c", 0.0)], vectors
     )
     summed = own + 0.25 * vectors["b"] + 0.0625 * vectors["a"]  # "c" is beyond the first 2

@@ -732,7 +732,8 @@ def test_neighbour_lists_are_stored_packed_and_read_back_equal(index_service) ->
     catalog.put_neighbour_lists({ids[0]: (neighbours, 0), ids[1]: ([], 0)})
     item = catalog.table.get(f"image#{ids[0]}", "neighbours")
     assert isinstance(item["ids"], str) and isinstance(item["distances"], str)
-    assert catalog.neighbour_lists(ids[:2]) == {ids[0]: (neighbours, 1), ids[1]: ([], 1)}
+    read = {i: (s.neighbours, s.version) for i, s in catalog.stored_lists(ids[:2]).items()}
+    assert read == {ids[0]: (neighbours, 1), ids[1]: ([], 1)}
     catalog.table.put(
         f"image#{ids[2]}",
         "neighbours",
@@ -814,11 +815,11 @@ def test_a_new_collection_has_its_near_copy_lists_complete_from_its_first_build(
 def near_copies_in_lists(service: ImageSearch) -> dict[str, list[tuple[str, float]]]:
     """Each image's near copies as its stored neighbour list holds them (images with any)."""
     service.parts.index.refresh(force=True)
-    lists = service.parts.catalog.neighbour_lists(service.parts.index.image_ids())
+    lists = service.parts.catalog.stored_lists(service.parts.index.image_ids())
     return {
         image_id: near
-        for image_id, (neighbours, _) in lists.items()
-        if (near := [(i, d) for i, d in neighbours if d <= MAX_DUPLICATE_DISTANCE])
+        for image_id, stored in lists.items()
+        if (near := [(i, d) for i, d in stored.neighbours if d <= MAX_DUPLICATE_DISTANCE])
     }
 
 
@@ -854,14 +855,14 @@ def test_near_copy_completion_stops_within_its_budget_and_the_next_run_goes_on(
     builder.near_copy_batch = 4  # 12 batches for the 45 lists
     builder.near_copy_slice = 10.0  # (the budget stops it, not the slice)
     reads: list[list[str]] = []
-    lists = catalog.neighbour_lists
+    lists = catalog.stored_lists  # (nothing is queued: only the completion reads lists)
 
     def slow(image_ids):  # type: ignore[no-untyped-def]
         reads.append(list(image_ids))
         time.sleep(0.1)
         return lists(reads[-1])
 
-    monkeypatch.setattr(catalog, "neighbour_lists", slow)
+    monkeypatch.setattr(catalog, "stored_lists", slow)
     assert builder.has_work()  # (nothing queued: the near-copy lists)
     started = time.monotonic()
     report = service.build_index(budget=1.0)
@@ -881,7 +882,7 @@ def test_near_copy_completion_stops_within_its_budget_and_the_next_run_goes_on(
     monkeypatch.undo()
     resumed = ImageSearch(settings, storage)
     reads.clear()
-    monkeypatch.setattr(resumed.parts.catalog, "neighbour_lists", slow)
+    monkeypatch.setattr(resumed.parts.catalog, "stored_lists", slow)
     report = resumed.build_index()  # no budget: until they are complete
     assert report.drained and not report.out_of_time
     assert [i for batch in reads for i in batch] == order[len(done) :]  # none read again
@@ -953,7 +954,7 @@ def test_no_build_writes_lists_while_the_near_copy_completion_copies_them(
     copies = dict(zip([first, ahead, last], synthetic_ids(3, start=1000), strict=True))
     rng = np.random.default_rng(2)
     busy = []
-    lists = catalog.neighbour_lists
+    lists, complete = catalog.stored_lists, catalog.complete_near_copy_lists
 
     def copied_meanwhile(image_ids):  # type: ignore[no-untyped-def]
         image_ids = list(image_ids)
@@ -966,7 +967,13 @@ def test_no_build_writes_lists_while_the_near_copy_completion_copies_them(
         time.sleep(0.05)
         return read
 
-    monkeypatch.setattr(catalog, "neighbour_lists", copied_meanwhile)
+    def completing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        # (its reads only: the builds between its slices read lists too)
+        with monkeypatch.context() as reading:
+            reading.setattr(catalog, "stored_lists", copied_meanwhile)
+            return complete(*args, **kwargs)
+
+    monkeypatch.setattr(catalog, "complete_near_copy_lists", completing)
     report = service.build_index()
     assert busy == [True, True]  # no build while the completion held the lease
     assert report.added == 3 and report.batches == 2 and report.drained

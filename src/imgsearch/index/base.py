@@ -25,6 +25,14 @@ from imgsearch.index.shards import ShardData
 A = TypeVar("A")
 B = TypeVar("B")
 
+# An image is a confident match when the classes of a held sense sum to at least this
+# probability in it (search.py; its keyword chips count photos at it, and S3 Vectors keeps its
+# per-class counts at it alone: s3vectors.py). Chosen by measurement (docs/evaluation.md,
+# bench/relevance.py): the lowest cut at which the matches of the four labelled sets stay >= 90%
+# relevant together (90.7%; Corel-1k and the demo 99-100%), finding 64% of the relevant photos
+# where 0.3 found 52%.
+MATCH_PROBABILITY = 0.2
+
 
 class SearchIndex(ABC):
     """The published index, as a reader sees it; `refresh()` follows what writers publish."""

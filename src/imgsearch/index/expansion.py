@@ -38,7 +38,7 @@ Ranked = list[tuple[str, float]]  # (image id, cosine similarity of expanded vec
 class Expansion:
     neighbours: int  # stored neighbours averaged in (k)
     power: float  # their weight: cosine similarity to this power
-    query_neighbours: int = 3  # the first ranked results averaged into the query again
+    query_neighbours: int  # the first ranked results averaged into the query again
 
     def of(
         self,

@@ -34,7 +34,14 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
-from imgsearch.catalog import Catalog, ListEnd, StoredExpanded, StoredList, StoredNeighbours
+from imgsearch.catalog import (
+    Catalog,
+    ListEnd,
+    StoredExpanded,
+    StoredList,
+    StoredNeighbours,
+    stored_distance,
+)
 from imgsearch.index.base import SearchIndex
 from imgsearch.index.expansion import Expansion, Ranked
 from imgsearch.remembered import Remembered
@@ -65,7 +72,6 @@ GROUP = 200
 # Removed images whose lists are recomputed together: about REMOVAL_REACH lists each, as many
 # lists as a group of new images.
 REMOVAL_GROUP = GROUP * REACH // REMOVAL_REACH
-DEFAULT_EXPANSION = Expansion(neighbours=10, power=1.0)  # the settings' (config.py)
 # Lists and expanded vectors a query read are kept until the catalog's token of list writes
 # changes (`Catalog.mark_lists_changed`), looked at most every index refresh interval; at most
 # this many of each, least recently used out first: a list of 50 is about 7.7 KB of Python
@@ -82,8 +88,8 @@ class Neighbourhoods:
         catalog: Catalog,
         index: SearchIndex,
         *,
-        k: int = 50,
-        expansion: Expansion = DEFAULT_EXPANSION,
+        k: int,
+        expansion: Expansion,
     ) -> None:
         self.catalog = catalog
         self.index = index
@@ -340,7 +346,7 @@ class Neighbourhoods:
         """The list with offered neighbours that are nearer than its current k-th."""
         merged = dict(current)
         for other, distance in offered:
-            merged[other] = min(round(distance, 6), merged.get(other, np.inf))
+            merged[other] = min(stored_distance(distance), merged.get(other, np.inf))
         return sorted(merged.items(), key=lambda pair: (pair[1], pair[0]))[: self.k]
 
 
@@ -350,12 +356,12 @@ def _may_take(end: ListEnd, offered: Neighbours, k: int) -> bool:
     neighbour."""
     if end.length != k:
         return True
-    return end.last is None or any(round(d, 6) <= end.last for _, d in offered)
+    return end.last is None or any(stored_distance(d) <= end.last for _, d in offered)
 
 
 def _rounded(neighbours: Neighbours) -> Neighbours:
-    """Distances as stored (to 6 decimals), so that an unchanged list is seen as unchanged."""
-    return [(i, round(d, 6)) for i, d in neighbours]
+    """Distances as stored, so that an unchanged list is seen as unchanged."""
+    return [(i, stored_distance(d)) for i, d in neighbours]
 
 
 class _Kept:

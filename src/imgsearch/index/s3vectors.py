@@ -61,7 +61,7 @@ import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
 from imgsearch.catalog import Catalog, Published
-from imgsearch.index.base import IndexWriter, ListingStopped, SearchIndex
+from imgsearch.index.base import MATCH_PROBABILITY, IndexWriter, ListingStopped, SearchIndex
 from imgsearch.index.shards import SPREAD_SIZE, ShardData, posted_probabilities, spread
 from imgsearch.integrity import DamagedFile
 from imgsearch.storage import NotFound, ObjectStore, StorageError, in_parallel
@@ -91,9 +91,6 @@ LIST_PAGE = 1000  # vectors per ListVectors page
 # pages, some 3 s at 50 ms a page, where one segment takes 1,000 pages one after another.
 LIST_SEGMENTS = 16
 LIST_ROUND_TRIP_SECONDS = 0.05  # a ListVectors page, as docs/deploy.md assumes
-# The probability at which the state counts each class's images (search.py's
-# MATCH_PROBABILITY: the chips' counts); other cuts are asked of the class index.
-COUNTED_PROBABILITY = 0.2
 CACHE_LIMIT = 20_000  # vectors and answers to "is it indexed?" a reader keeps
 ANSWER_CACHE_LIMIT = 500  # query answers a reader keeps (each up to a few hundred hits)
 REFRESH_INTERVAL_SECONDS = 2.0
@@ -127,7 +124,7 @@ class VectorsState:
     classes: int = 0
     spread: tuple[str, ...] = ()
     updated_at: float = 0.0
-    # Per class, the images that give it at least COUNTED_PROBABILITY (a keyword search's
+    # Per class, the images that give it at least MATCH_PROBABILITY (a keyword search's
     # chips: a count each, not a query each); () for an index published before they were.
     counted: tuple[int, ...] = ()
     # The images the publication under way puts (and counts in of a dead one's), named
@@ -591,7 +588,7 @@ class S3VectorsIndex(SearchIndex):
         return not self._state.count or len(self._state.counted) == self._state.classes
 
     def counts_cheaply(self, min_probability: float) -> bool:
-        return min_probability == COUNTED_PROBABILITY and self.class_counts_known
+        return min_probability == MATCH_PROBABILITY and self.class_counts_known
 
     def class_photo_counts(
         self, classes: Sequence[int], min_probability: float, cap: int
@@ -860,7 +857,7 @@ class S3VectorsWriter(IndexWriter):
         else:
             return ()
         if len(additions):
-            counts += (posted_probabilities(additions.probabilities) >= COUNTED_PROBABILITY).sum(
+            counts += (posted_probabilities(additions.probabilities) >= MATCH_PROBABILITY).sum(
                 axis=0
             )
         for sign, ids in ((1, late), (-1, removed)):
@@ -871,7 +868,7 @@ class S3VectorsWriter(IndexWriter):
             if len(vectors) < len(ids):
                 return ()
             for vector in vectors:
-                counts += sign * (vector[:classes] >= COUNTED_PROBABILITY)
+                counts += sign * (vector[:classes] >= MATCH_PROBABILITY)
         return tuple(int(n) for n in np.maximum(counts, 0))
 
     def _spread(
