@@ -125,10 +125,9 @@ class Feedback:
     def withdraw(self, term: str, image_id: str, session: str) -> bool:
         """Take back `session`'s vote on the image (undo, or a second press on the same
         button), whatever address the undo comes from: the vote knows the client that cast
-        it. The voice of that client becomes
-        what that client's other sessions' votes on the image say, as if the vote had never
-        been cast: the last of them, aged by its time, or no voice. Returns False if the
-        session had no vote on the image to take back."""
+        it. The voice of that client becomes what its other sessions' votes on the image say,
+        as if the vote had never been cast: the last of them, aged by its time, or no voice.
+        Returns False if the session had no vote on the image to take back."""
         pk = f"term#{term}"
 
         # Loses (PreconditionFailed) if the vote, the voice or the summary changed meanwhile:

@@ -128,11 +128,10 @@ class _Snapshot:
 def _plan(
     snapshot: _Snapshot, candidates: int, search_k: int, wanted: int
 ) -> tuple[tuple[int, int], ...]:
-    """Each shard's (candidates, search_k) of a query's budget, grown for the collection's
-    size (`budget_growth`, `query_nodes`) and shared in
-    proportion to the shards' live images (measured better than shares favouring small or big
-    shards), at least `wanted` candidates and MIN_SEARCH_K_PER_CANDIDATE nodes per candidate
-    each."""
+    """Each shard's (candidates, search_k) of a query's budget, set for the collection's
+    size (`budget_growth`, `query_nodes`) and shared in proportion to the shards' live images
+    (measured better than shares favouring small or big shards), at least `wanted`
+    candidates and MIN_SEARCH_K_PER_CANDIDATE nodes per candidate each."""
     budget = max(wanted, math.ceil(candidates * budget_growth(snapshot.live_count)))
     nodes_budget = query_nodes(snapshot.live_count, search_k)
     plan = []
