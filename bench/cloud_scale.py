@@ -910,6 +910,10 @@ def _run(result: Run, wire: Wire, scratch: Path, args: argparse.Namespace) -> No
         "learned": lambda n: api.request(
             "GET", "/api/search", params={"q": "dog", "offset": n % 3}
         ),
+        # The page's first request (web/js/boot.js): the newest 48, then the next screens.
+        "browse": lambda n: api.request(
+            "GET", "/api/images", params={"limit": 48, "offset": 48 * n}
+        ),
     }
     for kind, ask in kinds.items():
         times, modelled, tally = [], [], Tally()

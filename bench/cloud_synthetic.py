@@ -40,7 +40,7 @@ from index_scale import real_embeddings, synthesise, synthetic_record
 
 from imgsearch.catalog import _neighbour_attrs
 from imgsearch.index.base import MATCH_PROBABILITY
-from imgsearch.index.s3vectors import VectorsState, partition
+from imgsearch.index.s3vectors import NEWEST_KEPT, VectorsState, partition
 from imgsearch.index.shards import POSTINGS_PER_IMAGE, SPREAD_SIZE, posted_probabilities, spread
 
 CHUNK = 20_000  # rows synthesised at once
@@ -246,6 +246,8 @@ class Collection:
             classes=self.classes,
             spread=tuple(f"{int(r):016x}" for r in representatives),
             counted=self.counted(),
+            # All added by generation 1: the newest are the highest ids, as a listing sorts.
+            newest=tuple(image_ids(self.size)[: -NEWEST_KEPT - 1 : -1]),
         )
 
     def counted(self) -> tuple[int, ...]:

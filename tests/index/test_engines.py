@@ -158,6 +158,41 @@ def test_the_collection_in_order_and_spread_match_across_engines(both) -> None:
     assert ids[0] not in s3.spread(20, exclude={ids[0]})
 
 
+def test_s3vectors_browses_its_newest_without_listing_and_the_rest_in_annoys_order(
+    both, monkeypatch
+) -> None:
+    """The state's newest ids (the page's first screens) need no ListVectors; past them the
+    index is listed, once a generation. Newest first, the whole order is Annoy's, through
+    adds and removals."""
+    from imgsearch.index import s3vectors
+
+    monkeypatch.setattr(s3vectors, "NEWEST_KEPT", 25)
+    ids, vectors = synthetic_ids(120), clustered_vectors(120, seed=5)
+    for start in (0, 40, 80):
+        for service in both.values():
+            queue(service, ids[start : start + 40], vectors[start : start + 40])
+            service.build_index()
+    for service in both.values():
+        forget(service, [ids[119], ids[100], ids[3]])  # two of them among the newest
+        service.build_index()
+    annoy, s3 = (both[name].parts.index for name in ENGINES)
+    listings = []
+    s3.bucket.client.meta.events.register(
+        "before-call.s3vectors.ListVectors", lambda **_: listings.append(1)
+    )
+    s3.refresh(force=True)
+    # The 25 newest less the two removed since (the older are not read back for them).
+    assert list(s3.state.newest) == list(annoy.image_ids())[:23]
+    assert s3.state.newest[0] == ids[118] and ids[100] not in s3.state.newest
+    assert [r.id for r in both["s3vectors"].browse(15, 5)[0]] == [
+        r.id for r in both["annoy"].browse(15, 5)[0]
+    ]
+    assert not listings  # the first screens came from the state
+    assert list(s3.image_ids()) == list(annoy.image_ids())  # past them: listed
+    assert listings
+    assert list(s3.image_ids(newest_first=False)) == list(annoy.image_ids(newest_first=False))
+
+
 def test_neighbour_lists_match_brute_force_after_adds_and_removes(engine) -> None:
     service = engine
     ids, vectors = synthetic_ids(200), clustered_vectors(200, seed=8)

@@ -22,9 +22,11 @@ the merge is the same as one query for everything down to single partitions (PAR
 
 What the engine cannot say cheaply lives in a small state object in the bucket (STATE_KEY,
 replaced by compare-and-swap like the Annoy manifest): the generation, the live count, the
-model, the dimensions and the spread (representatives kept by the writer from the previous
-spread and each batch's additions). `image_ids` lists the whole feature index (ListVectors),
-once per generation: browsing is the one operation whose cost grows with the collection.
+model, the dimensions, the spread (representatives kept by the writer from the previous
+spread and each batch's additions) and the NEWEST_KEPT newest images. `image_ids` (browsing,
+newest first) starts with those and lists the whole feature index (ListVectors, all segments
+at once, about 3 s at 1M images) only when asked past them, once per generation: the page's
+first screen costs no listing at any size.
 `exact=True` is not offered by S3 Vectors (its queries are approximate): it is ignored.
 
 The per-class counts are exact or unknown (`counted` = ()), never wrong. Before its first
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import threading
@@ -91,6 +94,9 @@ LIST_PAGE = 1000  # vectors per ListVectors page
 # pages, some 3 s at 50 ms a page, where one segment takes 1,000 pages one after another.
 LIST_SEGMENTS = 16
 LIST_ROUND_TRIP_SECONDS = 0.05  # a ListVectors page, as docs/deploy.md assumes
+# Image ids the state keeps newest first: about 40 of the page's screens of 48 (34 KB of the
+# state), so that browsing lists the index only past them.
+NEWEST_KEPT = 2_000
 CACHE_LIMIT = 20_000  # vectors and answers to "is it indexed?" a reader keeps
 ANSWER_CACHE_LIMIT = 500  # query answers a reader keeps (each up to a few hundred hits)
 REFRESH_INTERVAL_SECONDS = 2.0
@@ -104,6 +110,16 @@ def partition(image_id: str) -> int:
     """The image's partition: a stable hash of its id (the same in every process)."""
     digest = hashlib.blake2b(image_id.encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big") % PARTS
+
+
+def newest_after(
+    newest: Sequence[str], added: Iterable[str], removed: Collection[str]
+) -> tuple[str, ...]:
+    """The state's newest ids after a publication that adds `added` (all with its generation,
+    so newer than any before: by id, descending) and removes `removed`."""
+    fresh = sorted(set(added) - set(removed), reverse=True)
+    gone = set(fresh) | set(removed)
+    return (*fresh, *(i for i in newest if i not in gone))[:NEWEST_KEPT]
 
 
 def unit_class_vectors(probabilities: np.ndarray) -> np.ndarray:
@@ -130,6 +146,9 @@ class VectorsState:
     # The images the publication under way puts (and counts in of a dead one's), named
     # before its first write: what a publication that died before its end left uncounted.
     uncounted: tuple[str, ...] = ()
+    # Up to NEWEST_KEPT image ids, newest first, in the listing's order (the generation that
+    # added them, then the id, both descending); () for an index published before they were.
+    newest: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         fields = asdict(self)
@@ -150,6 +169,7 @@ class VectorsState:
                     "spread": tuple(fields["spread"]),
                     "counted": tuple(fields.get("counted", ())),
                     "uncounted": tuple(fields.get("uncounted", ())),
+                    "newest": tuple(fields.get("newest", ())),
                 }
             )
         except (ValueError, TypeError, KeyError) as error:
@@ -304,9 +324,10 @@ class VectorBucket:
             found |= part
         return found
 
-    def listing(self, index: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Every (key, metadata) of an index, page by page as they are iterated."""
-        for page in self.pages(index, metadata=True):
+    def listing(self, index: str, *, segments: int = 1) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every (key, metadata) of an index, a round of `segments` pages as they are
+        iterated."""
+        for page in self.pages(index, metadata=True, segments=segments):
             for vector in page:
                 yield vector["key"], dict(vector.get("metadata") or {})
 
@@ -692,13 +713,29 @@ class S3VectorsIndex(SearchIndex):
         return [i for i in self._state.spread if i not in exclude][:k]
 
     def image_ids(self, *, newest_first: bool = True) -> Iterator[str]:
-        cached = self._cached
+        with self._lock:  # one generation's state and caches
+            state, cached = self._state, self._cached
+        if not newest_first:
+            return iter(self._listed(state, cached)[::-1])
+        return itertools.chain(state.newest, self._listed_after(state, cached))
+
+    def _listed_after(self, state: VectorsState, cached: _Cached) -> Iterator[str]:
+        """The listing's ids past the state's newest: listed when first iterated this far."""
+        kept = set(state.newest)
+        yield from (i for i in self._listed(state, cached) if i not in kept)
+
+    def _listed(self, state: VectorsState, cached: _Cached) -> list[str]:
+        """Every id of the feature index, newest first (the generation that added it, then
+        the id, both descending), listed once per generation."""
         if cached.ids is None:
-            listed = self.bucket.listing(self.bucket.features) if self._state.count else iter(())
-            # Within a generation, a batch was added in id order (the work queue's).
+            listed = (
+                self.bucket.listing(self.bucket.features, segments=self.list_segments())
+                if state.count
+                else iter(())
+            )
             by_age = sorted((int(meta.get("added", 0)), key) for key, meta in listed)
             cached.ids = [key for _, key in reversed(by_age)]
-        return iter(cached.ids if newest_first else cached.ids[::-1])
+        return cached.ids
 
     def listing_seconds(self) -> float:
         rounds = -(-len(self) // (LIST_PAGE * self.list_segments()))
@@ -813,6 +850,7 @@ class S3VectorsWriter(IndexWriter):
             spread=self._spread(state, additions, removed),
             updated_at=time.time(),
             counted=counted,
+            newest=newest_after(state.newest, [*additions.ids, *late], removed),
         )
         if state.counted and not counted and not removed:
             log.warning(
