@@ -24,6 +24,7 @@ from imgsearch.index.builder import IndexBuilder
 from imgsearch.index.expansion import Expansion
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.reader import Index
+from imgsearch.index.shard_writer import ShardWriter
 from imgsearch.ingest import Ingestor
 from imgsearch.learning import Learner
 from imgsearch.storage import Storage, open_storage
@@ -236,19 +237,23 @@ class Parts:
                 self.catalog,
                 self.index,
                 self.neighbourhoods,
-                shard_size=self.settings.shard_size,
-                n_trees=self.settings.ann_trees,
-                model_name=self.model.name,
-                writer=self._index_writer(),
+                self._index_writer(),
             ),
         )
 
-    def _index_writer(self) -> IndexWriter | None:
-        """The engine's writer (None: the builder's own, of the Annoy shards)."""
+    def _index_writer(self) -> IndexWriter:
+        """The engine's writer, publishing to what `self.index` reads."""
         index = self.index
         if self.settings.vector_engine == "s3vectors":
             from imgsearch.index.s3vectors import S3VectorsIndex, S3VectorsWriter
 
             assert isinstance(index, S3VectorsIndex)
             return S3VectorsWriter(self.catalog, index, model_name=self.model.name)
-        return None
+        assert isinstance(index, Index)
+        return ShardWriter(
+            self.catalog,
+            index,
+            shard_size=self.settings.shard_size,
+            n_trees=self.settings.ann_trees,
+            model_name=self.model.name,
+        )

@@ -42,8 +42,6 @@ import numpy as np
 from imgsearch.catalog import Catalog, PendingItem
 from imgsearch.index.base import IndexWriter, ListingStopped, SearchIndex
 from imgsearch.index.neighbourhoods import Neighbourhoods
-from imgsearch.index.reader import Index
-from imgsearch.index.shard_writer import ShardWriter
 from imgsearch.index.shards import ShardData, normalise_rows
 from imgsearch.integrity import DamagedFile
 from imgsearch.owners import new_owner, owner_is_alive
@@ -205,22 +203,13 @@ class IndexBuilder:
         catalog: Catalog,
         index: SearchIndex,
         neighbourhoods: Neighbourhoods,
-        *,
-        shard_size: int,
-        n_trees: int,
-        model_name: str,
-        writer: IndexWriter | None = None,
+        writer: IndexWriter,
     ) -> None:
-        """`writer`: the engine's; without one, the Annoy shards' (`index` is then theirs)."""
+        """`writer`: the engine's, publishing to what `index` reads (parts.py pairs them)."""
         self.catalog = catalog
         self.store = catalog.objects
         self.index = index
         self.neighbourhoods = neighbourhoods
-        if writer is None:
-            assert isinstance(index, Index), "the Annoy shards' writer needs their reader"
-            writer = ShardWriter(
-                catalog, index, shard_size=shard_size, n_trees=n_trees, model_name=model_name
-            )
         self.writer = writer
         self.batch_size = BATCH_SIZE
         self.lease_seconds = LEASE_SECONDS
