@@ -696,7 +696,7 @@ class Catalog:
         collection's perturbed copies gave every list some, written again unchanged: half of
         the builder's batch writes). Only once the collection's near-copy lists are complete
         (one read of their mark a call): until the writer completes them, each list written
-        writes its near-copy list too, as before."""
+        writes its near-copy list too."""
         replacing = replacing or {}
         if replacing and not self.near_copy_lists_complete():
             replacing = {}
@@ -707,7 +707,7 @@ class Catalog:
             or _near_copies(neighbours) != _near_copies(replacing[image_id])
         }
         # Before the lists: a list written is never ahead of its near copies, so a run
-        # stopped between the two writes them again when it re-runs (its lists read as before).
+        # stopped between the two writes them again when it re-runs (its lists read unchanged).
         self.table.put_many(_near_copy_puts(near))
         self.table.put_many(
             [

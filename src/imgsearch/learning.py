@@ -11,7 +11,7 @@ are learned from votes, with different trust:
   A client, however many sessions it invents, moves an image's net agreement by at most one
   voice: alone it changes nobody else's page, and beside others it shifts each image by at
   most one voice's weight. Influence grows with independent agreement, never with votes or
-  sessions. Why not weigh sessions (as before)? Sessions are free to invent; addresses are
+  sessions. Why not weigh sessions? Sessions are free to invent; addresses are
   not. Why a quorum of three, not two? Many people hold two addresses (home and phone).
 Reading a term costs one summary row per image that a quorum of clients agree on, whatever
 the number of votes, sessions or clients that agree with nobody.

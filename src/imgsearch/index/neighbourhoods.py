@@ -60,8 +60,8 @@ Neighbours = list[tuple[str, float]]
 REACH = 99
 # How many of a removed image's nearest images have their lists recomputed: a list beyond
 # keeps the removed id (hidden when read, one neighbour short) and an expanded vector made
-# partly from it. Removals are rare, so they reach as far as before (on real sets 9% of the
-# lists holding a removed image are beyond 200, 22% beyond 99).
+# partly from it. Removals are rare, so they reach twice as far as additions (on real sets 9%
+# of the lists holding a removed image are beyond 200, 22% beyond 99).
 REMOVAL_REACH = 200
 # New images whose touched lists are read and written together, each list once however many
 # of them it is offered: about REACH lists each, so a group holds up to 20,000 lists in memory

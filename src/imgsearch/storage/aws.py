@@ -305,7 +305,7 @@ class ItemCodec:
     signature: the JSON botocore would have sent), and a batch read's items are read before
     botocore parses the rest of the answer (`before-parse`), binary values decoded from
     base64 as botocore's parser does. The response's CRC-32 is checked on the bytes
-    received, as before."""
+    received, as botocore checks it."""
 
     @classmethod
     def install(cls, client: Any) -> None:

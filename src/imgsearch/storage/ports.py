@@ -70,8 +70,7 @@ MAX_CAS_ATTEMPTS = 50
 # Requests one call sends at once: an index build's batched reads and writes and its queries
 # wait for the network, not for the CPU, so their waits overlap. A batch of 100 new images
 # asks 100 nearest-image queries (100 ms each on S3 Vectors): 32 at a time wait about 0.4 s
-# for them, 16 at a time 0.7 s (bench/build_phases.py; the eighth round of the measurement
-# log, `git show 1ab3232:docs/deploy.md`).
+# for them, 16 at a time 0.7 s (bench/build_phases.py; docs/deploy.md, "At scale").
 PARALLEL_REQUESTS = 32
 # Connections an AWS client keeps (botocore's default is 10): a call's parallel requests may
 # each send a few of their own (a keyword ranking 400 deep asks 6 groups of partitions), and
