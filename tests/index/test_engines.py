@@ -197,6 +197,29 @@ def test_s3vectors_browses_its_newest_without_listing_and_the_rest_in_annoys_ord
     assert list(s3.image_ids(newest_first=False)) == list(annoy.image_ids(newest_first=False))
 
 
+def test_s3vectors_newest_drops_an_image_whose_removal_died_after_its_deletes(
+    request, tmp_path
+) -> None:
+    """A publication killed between its DeleteVectors and its state leaves nothing for the
+    retry to remove: the removed image must be out of the newest already, or browsing would
+    show a hole where it was (the page takes a short page for the last)."""
+    service = engine_service(request, tmp_path, "s3vectors")
+    ids, vectors = synthetic_ids(30), clustered_vectors(30, seed=3)
+    queue(service, ids, vectors)
+    service.build_index()
+    killed = killing_the_state_write(service, removals=True)
+    forget(service, [ids[29]])
+    with pytest.raises(Killed):
+        service.build_index()
+    forget_what_it_read(service)
+    service.build_index()
+    index = service.parts.index
+    index.refresh(force=True)
+    assert killed and ids[29] not in index.state.newest
+    assert list(index.state.newest) == ids[28::-1]
+    assert [r.id for r in service.browse(5, 0)[0]] == ids[28:23:-1]
+
+
 def test_neighbour_lists_match_brute_force_after_adds_and_removes(engine) -> None:
     service = engine
     ids, vectors = synthetic_ids(200), clustered_vectors(200, seed=8)
