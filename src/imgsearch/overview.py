@@ -8,7 +8,7 @@ visiting the images; taught words off the feedback table's list of voted terms.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -90,7 +90,7 @@ def duplicate_stacks(catalog: Catalog, index: SearchIndex, distance: float) -> l
         if d <= distance
     ]
     present = index.present({i for edge in edges for i in edge})
-    order = newest_first_positions(index, present)
+    order = {image_id: n for n, image_id in enumerate(index.in_order(present))}
     parent = {image_id: image_id for image_id in order}
 
     def root(image_id: str) -> str:
@@ -110,17 +110,3 @@ def duplicate_stacks(catalog: Catalog, index: SearchIndex, distance: float) -> l
     stacks = [Stack(tuple(members)) for members in groups.values() if len(members) > 1]
     stacks.sort(key=lambda s: order[s.image_ids[0]])
     return stacks
-
-
-def newest_first_positions(index: SearchIndex, ids: Collection[str]) -> dict[str, int]:
-    """Each of `ids`' place in the index's newest-first order, read only as far as the last of
-    them (on S3 Vectors the newest come from its state; the rest is a listing of the index)."""
-    positions: dict[str, int] = {}
-    if not ids:
-        return positions
-    for place, image_id in enumerate(index.image_ids()):
-        if image_id in ids:
-            positions[image_id] = place
-            if len(positions) == len(ids):
-                break
-    return positions

@@ -160,6 +160,18 @@ class SearchIndex(ABC):
     def image_ids(self, *, newest_first: bool = True) -> Iterator[str]:
         """Every live image id, by insertion order."""
 
+    def in_order(self, image_ids: Collection[str]) -> list[str]:
+        """Those of `image_ids` the index serves, newest first (`image_ids`' order), reading
+        that order only as far as the last of them."""
+        wanted, found = set(image_ids), []
+        if wanted:
+            for image_id in self.image_ids():
+                if image_id in wanted:
+                    found.append(image_id)
+                    if len(found) == len(wanted):
+                        break
+        return found
+
     def id_pages(self, stop: Callable[[], bool] = lambda: False) -> Iterator[list[str]]:
         """Every live image id, in no particular order, in pages as the engine lists them:
         where listing is round trips (`round_trips`), a round of requests each, sent when the

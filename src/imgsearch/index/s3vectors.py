@@ -97,6 +97,10 @@ LIST_ROUND_TRIP_SECONDS = 0.05  # a ListVectors page, as docs/deploy.md assumes
 # Image ids the state keeps newest first: about 40 of the page's screens of 48 (40 KB of the
 # state), so that browsing lists the index only past them.
 NEWEST_KEPT = 2_000
+# Images past the newest put in order (`in_order`) by their `added` metadata, a GetVectors per
+# GET_BATCH sent PARALLEL_REQUESTS at once, up to this many; more are found in a listing, whose
+# 63 rounds at 1M cost fewer waits than 5,000 / 100 / 32 rounds do past about 100,000 of them.
+ORDERED_BY_METADATA_UP_TO = 5_000
 CACHE_LIMIT = 20_000  # vectors and answers to "is it indexed?" a reader keeps
 ANSWER_CACHE_LIMIT = 500  # query answers a reader keeps (each up to a few hundred hits)
 REFRESH_INTERVAL_SECONDS = 2.0
@@ -322,6 +326,28 @@ class VectorBucket:
             return found
 
         found: dict[str, np.ndarray | None] = {}
+        for part in in_parallel(chunk, range(0, len(keys), GET_BATCH)):
+            found |= part
+        return found
+
+    def added(self, keys: Sequence[str]) -> dict[str, int]:
+        """The generation that added each of `keys` to the feature index (its `added`
+        metadata), absent keys left out: one GetVectors per GET_BATCH keys, at once."""
+
+        def chunk(start: int) -> dict[str, int]:
+            response = self.client.get_vectors(
+                vectorBucketName=self.bucket,
+                indexName=self.features,
+                keys=list(keys[start : start + GET_BATCH]),
+                returnData=False,
+                returnMetadata=True,
+            )
+            return {
+                vector["key"]: int((vector.get("metadata") or {}).get("added", 0))
+                for vector in response["vectors"]
+            }
+
+        found: dict[str, int] = {}
         for part in in_parallel(chunk, range(0, len(keys), GET_BATCH)):
             found |= part
         return found
@@ -720,6 +746,22 @@ class S3VectorsIndex(SearchIndex):
         if not newest_first:
             return iter(self._listed(state, cached)[::-1])
         return itertools.chain(state.newest, self._listed_after(state, cached))
+
+    def in_order(self, image_ids: Collection[str]) -> list[str]:
+        # The newest from the state; the few others by the generation that added them (as
+        # the listing orders them), without listing the index.
+        with self._lock:
+            state, cached = self._state, self._cached
+        place = {image_id: n for n, image_id in enumerate(state.newest)}
+        ids = set(image_ids)
+        newest = sorted((i for i in ids if i in place), key=place.__getitem__)
+        older = [i for i in ids if i not in place]
+        if not older or not state.count:
+            return newest
+        if cached.ids is not None or len(older) > ORDERED_BY_METADATA_UP_TO:
+            return newest + super().in_order(older)  # listed (once a generation)
+        added = self.bucket.added(sorted(older))
+        return newest + [i for _, i in sorted(((g, i) for i, g in added.items()), reverse=True)]
 
     def _listed_after(self, state: VectorsState, cached: _Cached) -> Iterator[str]:
         """The listing's ids past the state's newest: listed when first iterated this far."""
