@@ -1143,21 +1143,20 @@ def test_a_small_collection_inspects_enough_nodes_to_recall_its_neighbours(
     assert recall_against_exact(index, queries) >= 0.99
 
 
-def test_the_floor_of_nodes_holds_to_the_budget_reference_and_fades_out_by_twice_it() -> None:
+def test_the_floor_of_nodes_holds_to_the_budget_reference_then_fades_out() -> None:
     """A query's nodes (`query_nodes`): at least the floor up to BUDGET_REFERENCE, a floor
-    fading out by twice it (past which the grown budget alone decides); a setting above the
-    floor as it is; Annoy's default (-1) as it is. The shards share them in proportion to
-    their live images."""
+    fading out by MIN_QUERY_NODES_GONE_BY (past which the grown budget alone decides); a
+    setting above the floor as it is; Annoy's default (-1) as it is. The shards share them in
+    proportion to their live images."""
     import imgsearch.index.reader as reader
 
     floor, reference = reader.MIN_QUERY_NODES, reader.BUDGET_REFERENCE
+    gone_by = reader.MIN_QUERY_NODES_GONE_BY
     assert reader.query_nodes(0, 1500) == floor
     assert reader.query_nodes(reference, 1500) == floor  # held up to the reference
     assert reader.query_nodes(reference // 2, floor * 2) == floor * 2
-    assert reader.query_nodes(reference * 3 // 2, 100) == floor // 2  # half faded
-    assert reader.query_nodes(reference * 2, 1500) == math.ceil(
-        1500 * reader.budget_growth(reference * 2)
-    )  # faded out: the grown setting
+    assert reader.query_nodes((reference + gone_by) // 2, 100) == floor // 2  # half faded
+    assert reader.query_nodes(gone_by, 100) == math.ceil(100 * reader.budget_growth(gone_by))
     assert reader.query_nodes(reference * 8, 1500) == math.ceil(
         1500 * reader.budget_growth(reference * 8)
     )
