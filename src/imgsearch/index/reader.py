@@ -61,7 +61,10 @@ BUDGET_GROWTH = 0.7
 # 0.972-0.986@20 at every size from 10k to 100k, 4,000 nodes 0.9905-0.9959 (3,500: 0.9885 at
 # 20k with 2 copies); 3,940 real photos in one shard 0.9923. Past 100k, with 4 copies: 150k
 # (six shards) recalled 0.9891 at its grown 1,993 nodes, 0.9927 at the floor's 3,000; 200k
-# 0.9957 and 300k 0.9970 at their grown 2,437 and 3,237, above the floor: 1M is as before.
+# 0.9957 and 300k 0.9970 at their grown 2,437 and 3,237, above the floor: from 300k on (1M) the
+# grown budget alone decides. The floor costs 100k about 0.3 ms a query (one thread, quiet,
+# 4 copies: 0.74 -> 1.01 ms; bench/index_steps.py --steps: Annoy's part); 3,000 nodes there
+# recalled 0.9908 at 0.90 ms, too near 0.99 for a rule that synthesised sets decide.
 MIN_QUERY_NODES = 4_000
 MIN_QUERY_NODES_GONE_BY = 3 * BUDGET_REFERENCE
 # Keyword rankings kept per index snapshot (see `ranked_by_classes`): the best RANKED_PAGES
