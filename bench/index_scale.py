@@ -144,8 +144,8 @@ class Synthesis:
 
     @property
     def tag(self) -> str:
-        """What names this synthesis's caches: empty for the default one (the names of the
-        caches made before these options)."""
+        """What names this synthesis's caches: empty for the default one, so that its caches
+        keep the names they have always had."""
         tag = f"-copies{self.copies}" if self.copies else ""
         if self.features_from:
             digest = hashlib.blake2b(digest_size=4)
@@ -704,7 +704,7 @@ def add_synthesis_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="near copies of each point, whatever the size: N / COPIES points interpolated "
         "between near real photos, COPIES noisy copies of each (default: each vector a noisy "
-        "copy of any real photo, as before session 15)",
+        "copy of any real photo, its copies growing with the size)",
     )
     parser.add_argument(
         "--features",
