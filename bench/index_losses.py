@@ -12,7 +12,9 @@ tells apart, for each candidate budget C and nodes N:
   it walked held them, or because closer projected images filled the `count` before them;
 - **Annoy vs projected**: the share of the exact projected top `count` Annoy proposed;
 - **distinct**: the images a query inspected (median, all shards): N leaf entries over the
-  trees hold fewer distinct images.
+  trees hold fewer distinct images;
+- **merged across shards**: the recall of as many candidates taken from all shards' inspected
+  images by projected distance, rather than each shard's share (shards of one projection).
 
 The collection is `--size` images as bench/index_scale.py synthesises them (`--copies`,
 `--features`; its index cached under `--cache` as that bench builds it), or with `--size 0` the
@@ -45,6 +47,7 @@ from imgsearch.index.shards import Projection, ShardData, normalise_rows, write_
 from imgsearch.storage.local import LocalObjectStore
 
 K = 20
+NAMES = ("projected", "recall", "missed", "beyond", "annoy", "distinct", "merged")
 
 
 def build_real(
@@ -118,9 +121,12 @@ def measure(
             where[int(image_id, 16)] = (number, row)
     settings = [(c, n) for c in budgets for n in nodes_asked]
     totals: dict[tuple[int, int], dict[str, list[float]]] = {
-        s: {name: [] for name in ("projected", "recall", "missed", "beyond", "annoy", "distinct")}
-        for s in settings
+        s: {name: [] for name in NAMES} for s in settings
     }
+    # With one projection the shards' projected distances compare: `merged` is the recall of
+    # the same number of candidates taken by projected distance across shards rather than in
+    # shares (nan with several projections).
+    one_projection = len({shard.projection.digest for shard in shards}) == 1
     for query, exact, skipped in zip(queries, truth, excluded, strict=True):
         wanted = K + (skipped is not None)
         query_projected = snapshot.project(query)
@@ -139,16 +145,19 @@ def measure(
         ]
         for candidates, nodes in settings:
             plan = reader._plan(snapshot, candidates, nodes, wanted)
+            every: list[tuple[float, int, int]] = []  # (projected distance, shard, row) inspected
             projected = found = missed = 0
             distinct, proposed_of_top = 0, 0.0
             for number, (shard, (count, search_k)) in enumerate(zip(shards, plan, strict=True)):
-                walked = np.array(
-                    shard._forest.get_nns_by_vector(
-                        query_projected[number], len(shard.ids), search_k=search_k
-                    ),
-                    np.int64,
+                items, item_distances = shard._forest.get_nns_by_vector(
+                    query_projected[number],
+                    len(shard.ids),
+                    search_k=search_k,
+                    include_distances=True,
                 )
+                walked = np.array(items, np.int64)
                 distinct += len(walked)
+                every.extend((d, number, row) for d, row in zip(item_distances, items, strict=True))
                 rank, order = ranks_in_shard[number]
                 wanted_here = rows_in[number]
                 projected += int(np.sum(rank[wanted_here] < count))
@@ -157,6 +166,11 @@ def measure(
                 top = order[:count]
                 proposed_of_top += np.isin(top, walked[:count]).sum() / len(top) / len(shards)
             share = totals[(candidates, nodes)]
+            if one_projection:
+                # The plan's candidates in all, taken across shards by projected distance.
+                budget = sum(count for count, _ in plan)
+                merged = {(number, row) for _, number, row in sorted(every)[:budget]}
+                share["merged"].append(sum(place in merged for place in located) / K)
             share["projected"].append(projected / K)
             share["recall"].append(found / K)
             share["missed"].append(missed / K)
@@ -165,17 +179,21 @@ def measure(
             share["distinct"].append(distinct)
     print(
         "| C | N | plan (count:nodes per shard) | projected | recall | not inspected "
-        "| inspected, beyond C | Annoy vs projected | distinct |"
+        "| inspected, beyond C | Annoy vs projected | distinct | merged across shards |"
     )
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for setting in settings:
-        mean = {name: statistics.mean(values) for name, values in totals[setting].items()}
+        mean = {
+            name: statistics.mean(values) if values else float("nan")
+            for name, values in totals[setting].items()
+        }
         plan = reader._plan(snapshot, *setting, K)
         print(
             f"| {setting[0]} | {setting[1]} | {' + '.join(f'{c}:{n}' for c, n in plan)} "
             f"| {mean['projected']:.4f} | {mean['recall']:.4f} | {mean['missed']:.4f} "
             f"| {mean['beyond']:.4f} | {mean['annoy']:.4f} "
-            f"| {statistics.median(totals[setting]['distinct']):.0f} |",
+            f"| {statistics.median(totals[setting]['distinct']):.0f} "
+            f"| {mean['merged']:.4f} |",
             flush=True,
         )
 
@@ -192,6 +210,9 @@ def main() -> None:
         "--cache", type=Path, default=index_scale.REPO / "build" / "bench" / "index_scale"
     )
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument(
+        "--shuffle", action="store_true", help="with --size 0: the photos in a random order"
+    )
     index_scale.add_synthesis_arguments(parser)
     args = parser.parse_args()
     real = index_scale.configure_synthesis(args)
@@ -199,6 +220,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         if args.size == 0:
             features = normalise_rows(real[0].astype(np.float32))
+            if args.shuffle:  # else in the files' order: shards of one source each, or mixed
+                features = features[np.random.default_rng(0).permutation(len(features))]
             store = LocalObjectStore(Path(scratch))
             layout = build_real(store, features, args.shard_size, args.trees)
             rows = np.arange(0, len(features), 2)
