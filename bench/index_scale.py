@@ -22,19 +22,28 @@ ratio of p50 to Faiss's, and the keyword-query latency of the project's index. T
 index is loaded as a server loads it, its pages mapped into the process at load
 (`shards.map_resident`); `--on-demand` adds the first setting again with its pages faulted in
 by the queries (`Index(resident=False)`).
+
+By default each vector is a noisy copy of a random real photo, so the number of near copies of
+each photo grows with the collection (84 of each of 1,192 photos at 100k: their 20 nearest are
+mostly each other, an easy set). `--copies C` holds it fixed instead: the collection is N / C
+new points, each a real photo interpolated with one of its 10 nearest real photos at a random
+weight, and C noisy copies of each (`synthesise_copies`). `--features FILE...` takes the real
+features from .npz files (key `features`) instead of the demo and Corel-1k, for photos that are
+not beside the project. Either keeps its chunks, indexes and truths under names of its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import os
 import shutil
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +129,134 @@ def synthesise(
     return out, probs
 
 
+# Near copies of each base point (`--copies`): 0 is the default synthesis (`synthesise`).
+NEIGHBOURS_INTERPOLATED = 10  # a base point lies between a real photo and one of these nearest
+
+
+@dataclass(frozen=True)
+class Synthesis:
+    """How a collection of a size is synthesised from the real features (main sets it from
+    the command line): its vectors (`collection_chunk`), its queries (`queries_of`), and the
+    tag naming what is cached of it."""
+
+    copies: int = 0  # 0: each vector a noisy copy of any real photo (`synthesise`)
+    features_from: tuple[Path, ...] = ()  # () : the demo and Corel-1k (`real_embeddings`)
+
+    @property
+    def tag(self) -> str:
+        """What names this synthesis's caches: empty for the default one, so that its caches
+        keep the names they have always had."""
+        tag = f"-copies{self.copies}" if self.copies else ""
+        if self.features_from:
+            digest = hashlib.blake2b(digest_size=4)
+            for path in self.features_from:
+                digest.update(path.read_bytes())
+            tag += f"-features{digest.hexdigest()}"
+        return tag
+
+    def real(self) -> tuple[np.ndarray, np.ndarray]:
+        """The real features and probabilities the collection is made from."""
+        if not self.features_from:
+            return real_embeddings()
+        return features_of_files(self.features_from)
+
+
+synthesis = Synthesis()
+
+
+def features_of_files(paths: Collection[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Real features from .npz files (key `features`), L2-normalised, with their class
+    probabilities where the files keep them (key `probabilities`); where they do not, made-up
+    sparse ones (random, Dirichlet 0.05): keyword timings then describe no real photos, and
+    nothing else reads them."""
+    features, probabilities = [], []
+    for path in paths:
+        with np.load(path, allow_pickle=False) as stored:
+            features.append(normalise_rows(stored["features"].astype(np.float32)))
+            if "probabilities" in stored:
+                probabilities.append(stored["probabilities"].astype(np.float32))
+            else:
+                rng = np.random.default_rng(len(probabilities))
+                made_up = rng.dirichlet(np.full(1000, 0.05), len(features[-1]))
+                probabilities.append(made_up.astype(np.float32))
+    return np.concatenate(features), np.concatenate(probabilities)
+
+
+_Bases = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+_bases_made: dict[tuple[int, int, int], _Bases] = {}  # by (id of the features, size, copies)
+
+
+def _bases(features: np.ndarray, size: int, copies: int) -> _Bases:
+    """The base points of the collection of `size` with `copies` of each: (real photo, the
+    near real photo it is interpolated with, the weight of that one, each row's base), the
+    rows' bases shuffled so that a base's copies are spread over the collection as the
+    default synthesis spreads a photo's. Made once per process (every chunk reads them)."""
+    key = (id(features), size, copies)
+    if key not in _bases_made:
+        _bases_made[key] = _make_bases(features, size, copies)
+    return _bases_made[key]
+
+
+def _make_bases(features: np.ndarray, size: int, copies: int) -> _Bases:
+    rng = np.random.default_rng((size, 2, copies))
+    count = -(-size // copies)
+    unit = normalise_rows(features.astype(np.float32))
+    similar = unit @ unit.T
+    np.fill_diagonal(similar, -np.inf)
+    nearest = np.argsort(-similar, axis=1)[:, :NEIGHBOURS_INTERPOLATED]
+    photo = rng.integers(0, len(features), count)
+    partner = nearest[photo, rng.integers(0, NEIGHBOURS_INTERPOLATED, count)]
+    weight = rng.uniform(0.0, 1.0, count).astype(np.float32)
+    base_of_row = rng.permutation(np.arange(size) // copies)
+    return photo, partner, weight, base_of_row
+
+
+def synthesise_copies(
+    features: np.ndarray,
+    probabilities: np.ndarray,
+    size: int,
+    copies: int,
+    bases: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy copy (as `synthesise` makes them) of each of `bases`, base points of the
+    collection of `size` with `copies` of each: a real photo interpolated with one of its
+    NEIGHBOURS_INTERPOLATED nearest real photos at a random weight, so that the collection
+    holds `copies` near copies of each point whatever its size."""
+    photo, partner, weight, _ = _bases(features, size, copies)
+    photo, partner, weight = photo[bases], partner[bases], weight[bases, np.newaxis]
+    points = normalise_rows((1 - weight) * features[photo] + weight * features[partner])
+    other = rng.integers(0, len(features), len(bases))
+    noise = np.exp(rng.normal(0, 0.35, points.shape)).astype(np.float32)
+    out = normalise_rows(points * noise + 0.15 * features[other])
+    logits = np.log(probabilities[photo] + 1e-6) + rng.normal(0, 0.5, (len(bases), 1000))
+    soft = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return out, (soft / soft.sum(axis=1, keepdims=True)).astype(np.float16)
+
+
+def collection_chunk(
+    real: tuple[np.ndarray, np.ndarray], size: int, first: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows [first, first + CHUNK) of the collection of `size` (float32 features, float16
+    probabilities; fewer at its end only with `--copies`), as `synthesis` makes them."""
+    rng = np.random.default_rng((size, 0, first))
+    if not synthesis.copies:
+        return synthesise(*real, CHUNK, rng)
+    _, _, _, base_of_row = _bases(real[0], size, synthesis.copies)
+    return synthesise_copies(*real, size, synthesis.copies, base_of_row[first : first + CHUNK], rng)
+
+
+def queries_of(real: tuple[np.ndarray, np.ndarray], size: int, count: int) -> np.ndarray:
+    """The bench's `count` queries of the collection of `size`: new noisy copies of real
+    photos (the default synthesis) or of the collection's base points (`--copies`), so that a
+    query has as many near copies in the collection as its images have."""
+    rng = np.random.default_rng((size, 1, 0))
+    if not synthesis.copies:
+        return synthesise(*real, count, rng)[0]
+    bases = rng.integers(0, -(-size // synthesis.copies), count)
+    return synthesise_copies(*real, size, synthesis.copies, bases, rng)[0]
+
+
 def synthetic_record(image_id: str, probabilities: np.ndarray) -> ImageRecord:
     """The catalog record of a synthesised, indexed image: its top 5 classes."""
     top = np.argsort(-probabilities.astype(np.float32))[:5]
@@ -159,13 +296,14 @@ def _chunk(
     real: tuple[np.ndarray, np.ndarray], size: int, first: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Chunk `first` of the collection of `size` (features and probabilities, float16)."""
-    path = None if chunk_cache is None else chunk_cache / f"chunk-{size}-{first}.npz"
+    name = f"chunk-{size}{synthesis.tag}-{first}.npz"
+    path = None if chunk_cache is None else chunk_cache / name
     if path is not None and path.exists():
         with np.load(path) as cached:
             features, probabilities = cached["features"], cached["probabilities"]
         forget_pages(path)
         return features, probabilities
-    features, probabilities = synthesise(*real, CHUNK, np.random.default_rng((size, 0, first)))
+    features, probabilities = collection_chunk(real, size, first)
     halves = features.astype(np.float16)
     if path is not None:
         np.savez(path, features=halves, probabilities=probabilities)
@@ -274,7 +412,7 @@ def build_tiered(
 def tiered_root(cache: Path, size: int, shard_size: int, trees: int) -> Path:
     """Where `cached_tiered` keeps the index of `size` images (named for its build rules: an
     index cached before its shards shared one projection is not reused)."""
-    return cache / f"imgsearch-{size}-{shard_size}-{trees}-one-projection"
+    return cache / f"imgsearch-{size}{synthesis.tag}-{shard_size}-{trees}-one-projection"
 
 
 def cached_tiered(
@@ -302,7 +440,7 @@ def cached_faiss(
     core, built once into `cache`; (index, seconds building it, bytes of its file)."""
     import faiss
 
-    path = cache / f"faiss-hnsw32-{size}.index"
+    path = cache / f"faiss-hnsw32-{size}{synthesis.tag}.index"
     record = path.with_suffix(".json")
     if rebuild or not record.exists():
         faiss.omp_set_num_threads(os.cpu_count() or 1)
@@ -428,7 +566,7 @@ def compare(size: int, engines: list[Engine], queries: np.ndarray, truth: list[s
 
 
 def measure(size: int, args: argparse.Namespace, real: tuple[np.ndarray, np.ndarray]) -> None:
-    queries, _ = synthesise(*real, args.queries, np.random.default_rng((size, 1, 0)))
+    queries = queries_of(real, size, args.queries)
     truth, brute_ms = exact_truth(real, size, queries, 20)
     # The project's index first: its build holds a shard's vectors (3 GB at 640k) in memory,
     # Faiss's index holds all of them (5 GB at 1M) until the end.
@@ -535,13 +673,16 @@ def main() -> None:
         help="also measure the first setting with the index's pages faulted in by the queries "
         "(as a process that has not mapped them yet), not mapped at load",
     )
+    add_synthesis_arguments(parser)
     args = parser.parse_args()
-    real = real_embeddings()
+    real = configure_synthesis(args)
     global chunk_cache
     chunk_cache = args.cache / "chunks"
     chunk_cache.mkdir(parents=True, exist_ok=True)
+    copies = f"{synthesis.copies} near copies of each point" if synthesis.copies else "default"
     print(
-        f"{len(real[0])} real photos; open shard {args.shard_size:,}, {args.trees} trees; "
+        f"{len(real[0])} real photos (synthesis: {copies}); "
+        f"open shard {args.shard_size:,}, {args.trees} trees; "
         f"{args.queries} queries, k=20; times in ms; {os.cpu_count()} cores"
     )
     print(
@@ -553,6 +694,33 @@ def main() -> None:
     for size in args.sizes:
         measure(size, args, real)
         gc.collect()
+
+
+def add_synthesis_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options choosing how collections are synthesised (`Synthesis`)."""
+    parser.add_argument(
+        "--copies",
+        type=int,
+        default=0,
+        help="near copies of each point, whatever the size: N / COPIES points interpolated "
+        "between near real photos, COPIES noisy copies of each (default: each vector a noisy "
+        "copy of any real photo, its copies growing with the size)",
+    )
+    parser.add_argument(
+        "--features",
+        type=Path,
+        nargs="+",
+        default=[],
+        help=".npz files of real features (key `features`) to synthesise from, instead of the "
+        "demo's and Corel-1k's",
+    )
+
+
+def configure_synthesis(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """Set `synthesis` from the command line; the real features and probabilities."""
+    global synthesis
+    synthesis = Synthesis(args.copies, tuple(args.features))
+    return synthesis.real()
 
 
 if __name__ == "__main__":

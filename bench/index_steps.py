@@ -15,8 +15,8 @@ build rules as well as readers.
         --settings 120:1500 --baseline ../main --steps
 
 The index of `--size` images must have been built by bench/index_scale.py with the same
-`--cache` (and its default shard size and trees); the exact answers of the queries are kept
-there too (`truth-SIZE-QUERIES.npy`).
+`--cache`, `--copies`, `--features` and `--trees` (and its default shard size); the exact
+answers of the queries are kept there too (`truth-SIZE-QUERIES.npy`).
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument("--cache", type=Path, default=REPO_CACHE)
+    parser.add_argument("--trees", type=int, default=20, help="the trees the index was built with")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--settings", nargs="+", default=["120:1500"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -113,19 +114,18 @@ def main() -> None:
         help="the store the baseline reads (default: this checkout's): its own build of the "
         "same images, say as that checkout's bench/index_scale.py built them",
     )
+    index_scale.add_synthesis_arguments(parser)
     args = parser.parse_args()
-    real = index_scale.real_embeddings()
+    real = index_scale.configure_synthesis(args)
     index_scale.chunk_cache = args.cache / "chunks"
-    queries, _ = index_scale.synthesise(
-        *real, args.queries, np.random.default_rng((args.size, 1, 0))
-    )
-    kept = args.cache / f"truth-{args.size}-{args.queries}.npy"
+    queries = index_scale.queries_of(real, args.size, args.queries)
+    kept = args.cache / f"truth-{args.size}{index_scale.synthesis.tag}-{args.queries}.npy"
     if kept.exists():
         truth = [set(row.tolist()) for row in np.load(kept)]
     else:
         truth, _ = index_scale.exact_truth(real, args.size, queries, 20)
         np.save(kept, np.array([sorted(row) for row in truth]))
-    root = index_scale.tiered_root(args.cache, args.size, 10_000, 20) / "store"
+    root = index_scale.tiered_root(args.cache, args.size, 10_000, args.trees) / "store"
     store = LocalObjectStore(root)
     names, indexes = [], []
     for setting in args.settings:

@@ -81,8 +81,8 @@ class Settings(BaseSettings):
     # Per query, the shards' Annoy forests propose `ann_candidates` images between them
     # (inspecting `ann_search_k` nodes; -1 is Annoy's default of candidates x trees, with no
     # floor), each shard in proportion to its size; exact distances then rank them. Both grow
-    # past 100k images, and below 100k the nodes are at least a floor (index/reader.py,
-    # `budget_growth`, `query_nodes`).
+    # past 100k images, and up to 100k the nodes are at least a floor, fading out by 300k
+    # (index/reader.py, `budget_growth`, `query_nodes`).
     ann_candidates: int = 120
     ann_search_k: int = 1500
     neighbours: int = 50

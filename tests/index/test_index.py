@@ -1125,7 +1125,7 @@ def test_a_small_collection_inspects_enough_nodes_to_recall_its_neighbours(
 ) -> None:
     """Nodes enough for a large collection of near copies, whose nearest images share a few
     leaves, miss neighbours in a small one, where they are spread over the forest: a query
-    over fewer than BUDGET_REFERENCE images inspects at least `query_nodes`."""
+    up to BUDGET_REFERENCE images inspects at least `query_nodes`."""
     import imgsearch.index.reader as reader
 
     queue(index_service, synthetic_ids(800), clustered_vectors(800, seed=11))
@@ -1133,30 +1133,33 @@ def test_a_small_collection_inspects_enough_nodes_to_recall_its_neighbours(
     index_service.parts.builder.writer.merger.merge_all()  # one shard of 800, as tiers do
     index = index_service.parts.index
     index.refresh(force=True)
-    index.candidates, index.search_k = 20, 20  # 160 nodes (8 a candidate); 4,960 with the floor
+    index.candidates, index.search_k = 20, 20  # 160 nodes (8 a candidate); 4,000 with the floor
     queries = normalise_rows(clustered_vectors(40, seed=12))
-    floor = reader.SMALL_COLLECTION_MIN_NODES
-    monkeypatch.setattr(reader, "SMALL_COLLECTION_MIN_NODES", 0)
+    floor = reader.MIN_QUERY_NODES
+    monkeypatch.setattr(reader, "MIN_QUERY_NODES", 0)
     budget_alone = recall_against_exact(index, queries)
-    monkeypatch.setattr(reader, "SMALL_COLLECTION_MIN_NODES", floor)
+    monkeypatch.setattr(reader, "MIN_QUERY_NODES", floor)
     assert budget_alone < 0.9
     assert recall_against_exact(index, queries) >= 0.99
 
 
-def test_the_floor_of_nodes_fades_out_by_the_budget_reference() -> None:
-    """A query's nodes (`query_nodes`): the floor for small collections, fading to the
-    settings' search_k by BUDGET_REFERENCE, the grown budget beyond; Annoy's default (-1) as
-    it is. The shards share them in proportion to their live images."""
+def test_the_floor_of_nodes_holds_to_the_budget_reference_then_fades_out() -> None:
+    """A query's nodes (`query_nodes`): at least the floor up to BUDGET_REFERENCE, a floor
+    fading out by MIN_QUERY_NODES_GONE_BY (past which the grown budget alone decides); a
+    setting above the floor as it is; Annoy's default (-1) as it is. The shards share them in
+    proportion to their live images."""
     import imgsearch.index.reader as reader
 
-    floor, reference = reader.SMALL_COLLECTION_MIN_NODES, reader.BUDGET_REFERENCE
+    floor, reference = reader.MIN_QUERY_NODES, reader.BUDGET_REFERENCE
+    gone_by = reader.MIN_QUERY_NODES_GONE_BY
     assert reader.query_nodes(0, 1500) == floor
-    assert reader.query_nodes(reference // 2, 1500) == floor // 2
-    assert reader.query_nodes(reference * 7 // 10, 1500) == 1500  # faded into the setting
-    assert reader.query_nodes(reference, 1500) == 1500
+    assert reader.query_nodes(reference, 1500) == floor  # held up to the reference
+    assert reader.query_nodes(reference // 2, floor * 2) == floor * 2
+    assert reader.query_nodes((reference + gone_by) // 2, 100) == floor // 2  # half faded
+    assert reader.query_nodes(gone_by, 100) == math.ceil(100 * reader.budget_growth(gone_by))
     assert reader.query_nodes(reference * 8, 1500) == math.ceil(
         1500 * reader.budget_growth(reference * 8)
     )
     assert reader.query_nodes(1_000, -1) == -1
     shards = SimpleNamespace(shares=(0.75, 0.25), live_count=reference // 2)
-    assert reader._plan(shards, 120, 1500, 20) == ((90, floor * 3 // 8), (30, floor // 8))
+    assert reader._plan(shards, 120, 1500, 20) == ((90, floor * 3 // 4), (30, floor // 4))

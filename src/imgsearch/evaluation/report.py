@@ -149,7 +149,7 @@ def render_production(results: list[RankingResult], settings: dict[str, Any]) ->
         "exact: cosine on every stored feature vector; index: "
         f"{settings['shards']} shard(s), Annoy {settings['trees']} trees, "
         f"{settings['candidates']} candidates per query (search_k {settings['search_k']}; "
-        "below 100k images at least index/reader.py's `query_nodes`) re-ranked by exact "
+        "up to 300k images at least index/reader.py's `query_nodes`) re-ranked by exact "
         "cosine; neighbourhoods: the stored lists `similar` serves. "
         "Study rows: exact KNN, ANN (Annoy, 20 trees).",
         f"Goal: {GOAL_RECALL}.",

@@ -49,16 +49,24 @@ MIN_SEARCH_K_PER_CANDIDATE = 8
 # there; 200 candidates not grown recalled 0.83).
 BUDGET_REFERENCE = 100_000
 BUDGET_GROWTH = 0.7
-# ... and below BUDGET_REFERENCE a query inspects at least SMALL_COLLECTION_MIN_NODES x (1 -
-# images / BUDGET_REFERENCE) nodes (`query_nodes`). The settings' 1,500 nodes were chosen at
-# 100k on synthesised copies of 1,192 photos, 84 of each, whose 20 nearest share a few leaves;
-# real photos are spread out. On 3,940 real photos (Corel-1k, the demo, flowers5, 15-Scene; one
-# shard of 20 trees over 128 components) 1,500 nodes recalled 0.974@20, 4,000 0.992, 5,000
-# 0.994 (0.63, 0.97 and 1.09 ms a query; docs/performance.md). The floor fades out by about
-# 70k images to keep the cost of large collections where it was measured: that is a choice
-# about cost, not a measure (no real collection that large was at hand, and a real one likely
-# needs more nodes, not fewer).
-SMALL_COLLECTION_MIN_NODES = 5_000
+# ... and up to BUDGET_REFERENCE a query inspects at least MIN_QUERY_NODES nodes, a floor that
+# fades out linearly by MIN_QUERY_NODES_GONE_BY images (`query_nodes`). The settings' 1,500
+# nodes were chosen at 100k on synthesised copies of 1,192 photos (84 near copies of each,
+# whose 20 nearest share a few leaves). Where recall is lost (bench/index_losses.py, 20 trees
+# over 128 components): not in the projection (the true 20 nearest are inside the projected
+# top 120: 0.998-0.999 at 20k-100k, 0.998 of 3,940 real photos) but in the leaves Annoy
+# inspects (1,500 nodes left out 0.013-0.027 of them); more candidates help only by raising
+# the nodes. On collections with a few near copies of each point (`bench/index_scale.py
+# --copies` 1, 2 or 4 from 3,940 real photos; 1,000 queries) 1,500 nodes recalled
+# 0.972-0.986@20 at every size from 10k to 100k, 4,000 nodes 0.9905-0.9959 (3,500: 0.9885 at
+# 20k with 2 copies); 3,940 real photos in one shard 0.9923. Past 100k, with 4 copies: 150k
+# (six shards) recalled 0.9891 at its grown 1,993 nodes, 0.9927 at the floor's 3,000; 200k
+# 0.9957 and 300k 0.9970 at their grown 2,437 and 3,237, above the floor: from 300k on (1M) the
+# grown budget alone decides. The floor costs 100k about 0.3 ms a query (one thread, quiet,
+# 4 copies: 0.74 -> 1.01 ms; bench/index_steps.py --steps: Annoy's part); 3,000 nodes there
+# recalled 0.9908 at 0.90 ms, too near 0.99 for a rule that synthesised sets decide.
+MIN_QUERY_NODES = 4_000
+MIN_QUERY_NODES_GONE_BY = 3 * BUDGET_REFERENCE
 # Keyword rankings kept per index snapshot (see `ranked_by_classes`): the best RANKED_PAGES
 # times what was asked, up to RANKED_DEPTH images, of each of the last RANKED_ENTRIES class
 # weightings asked (a few KB each); a ranking asked deeper than RANKED_MAX_DEPTH (a far page)
@@ -147,12 +155,14 @@ def _plan(
 def query_nodes(live_images: int, search_k: int) -> int:
     """The Annoy nodes (leaf entries over all trees) a query over `live_images` inspects in
     all, before the shards share them: the settings' `search_k` grown past BUDGET_REFERENCE
-    (`budget_growth`), at least SMALL_COLLECTION_MIN_NODES fading out below it; -1 (Annoy's
-    own default, candidates x trees in each shard) is left as it is."""
+    (`budget_growth`), at least MIN_QUERY_NODES up to BUDGET_REFERENCE, a floor fading out
+    by MIN_QUERY_NODES_GONE_BY; -1 (Annoy's own default, candidates x trees in each shard) is
+    left as it is."""
     if search_k <= 0:
         return search_k
-    floor = SMALL_COLLECTION_MIN_NODES * max(0, BUDGET_REFERENCE - live_images) / BUDGET_REFERENCE
-    return math.ceil(max(search_k * budget_growth(live_images), floor))
+    fading = (MIN_QUERY_NODES_GONE_BY - live_images) / (MIN_QUERY_NODES_GONE_BY - BUDGET_REFERENCE)
+    fade = min(1.0, max(0.0, fading))
+    return math.ceil(max(search_k * budget_growth(live_images), MIN_QUERY_NODES * fade))
 
 
 def budget_growth(live_images: int) -> float:
