@@ -14,8 +14,10 @@ file (Faiss IVF: about size / CELL_SIZE cells, PROBED_CELLS of them scanned). mo
   cloud_scale.EXACT_LISTS_UP_TO images, by the projection above), encoded by the catalog's
   own adapter, and then kept as moto keeps any item (so a later write replaces it);
 - the vector indexes: QueryVectors and GetVectors answer from these arrays and from what moto
-  holds (the ingested photos' vectors) as from one index (tests/support/s3vectors.py, EXTRA),
-  exactly (every vector compared), with each vector's metadata as the engine's writer stores it;
+  holds (the ingested photos' vectors) as from one index (tests/support/s3vectors.py, EXTRA):
+  the class index exactly (every row scored), the feature index from the EXACT_CANDIDATES
+  nearest by the projection compared in full (approximate, as S3 Vectors is), with each
+  vector's metadata as the engine's writer stores it;
 - S3 Vectors' state object is written by the writer as after publishing the collection; Annoy's
   shards are published by the writer from these arrays, as populate() publishes them.
 So the handlers send the same requests and read the same items as against a collection
