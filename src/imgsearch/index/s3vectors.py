@@ -25,8 +25,8 @@ replaced by compare-and-swap like the Annoy manifest): the generation, the live 
 model, the dimensions, the spread (representatives kept by the writer from the previous
 spread and each batch's additions) and the NEWEST_KEPT newest images. `image_ids` (browsing,
 newest first) starts with those and lists the whole feature index (ListVectors, all segments
-at once, about 3 s of waits at 1M images) only when asked past them, once per generation: the page's
-first screen costs no listing at any size.
+at once, about 3 s of waits at 1M images) only when asked past them, once per generation:
+the page's first screen costs no listing at any size.
 `exact=True` is not offered by S3 Vectors (its queries are approximate): it is ignored.
 
 The per-class counts are exact or unknown (`counted` = ()), never wrong. Before its first
@@ -73,7 +73,11 @@ from imgsearch.storage.wire import HandOff, fill_body, read_answer_part
 
 if TYPE_CHECKING:
     from mypy_boto3_s3vectors import S3VectorsClient
-    from mypy_boto3_s3vectors.type_defs import ListOutputVectorTypeDef, PutInputVectorTypeDef
+    from mypy_boto3_s3vectors.type_defs import (
+        GetOutputVectorTypeDef,
+        ListOutputVectorTypeDef,
+        PutInputVectorTypeDef,
+    )
 
     from imgsearch.config import Settings
 
@@ -82,6 +86,7 @@ log = logging.getLogger(__name__)
 A = TypeVar("A")
 B = TypeVar("B")
 K = TypeVar("K")
+V = TypeVar("V")
 
 STATE_KEY = "index/s3vectors.json"
 PARTS = 16  # partitions of the `part` metadata, for results deeper than one query gives
@@ -310,44 +315,46 @@ class VectorBucket:
         """The vectors stored under `keys` in `index` (the features' by default; None: data
         not asked for), absent keys left out: one GetVectors per GET_BATCH keys, at once."""
 
-        def chunk(start: int) -> dict[str, np.ndarray | None]:
-            response = self.client.get_vectors(
-                vectorBucketName=self.bucket,
-                indexName=index or self.features,
-                keys=list(keys[start : start + GET_BATCH]),
-                returnData=data,
-            )
-            found: dict[str, np.ndarray | None] = {}
-            for vector in response["vectors"]:
-                values = vector.get("data", {}).get("float32") if data else None
-                found[vector["key"]] = (
-                    np.asarray(values, dtype=np.float32) if values is not None else None
-                )
-            return found
+        def values(vector: GetOutputVectorTypeDef) -> np.ndarray | None:
+            found = vector.get("data", {}).get("float32") if data else None
+            return np.asarray(found, dtype=np.float32) if found is not None else None
 
-        found: dict[str, np.ndarray | None] = {}
-        for part in in_parallel(chunk, range(0, len(keys), GET_BATCH)):
-            found |= part
-        return found
+        return self._each(keys, values, index=index or self.features, data=data)
 
     def added(self, keys: Sequence[str]) -> dict[str, int]:
         """The generation that added each of `keys` to the feature index (its `added`
         metadata), absent keys left out: one GetVectors per GET_BATCH keys, at once."""
+        return self._each(
+            keys,
+            lambda vector: int((vector.get("metadata") or {}).get("added", 0)),
+            index=self.features,
+            data=False,
+            metadata=True,
+        )
 
-        def chunk(start: int) -> dict[str, int]:
+    def _each(
+        self,
+        keys: Sequence[str],
+        read: Callable[[GetOutputVectorTypeDef], V],
+        *,
+        index: str,
+        data: bool,
+        metadata: bool = False,
+    ) -> dict[str, V]:
+        """`read` of each vector stored under `keys` in `index` (its values and metadata
+        returned if asked), absent keys left out: one GetVectors per GET_BATCH keys, at once."""
+
+        def chunk(start: int) -> dict[str, V]:
             response = self.client.get_vectors(
                 vectorBucketName=self.bucket,
-                indexName=self.features,
+                indexName=index,
                 keys=list(keys[start : start + GET_BATCH]),
-                returnData=False,
-                returnMetadata=True,
+                returnData=data,
+                returnMetadata=metadata,
             )
-            return {
-                vector["key"]: int((vector.get("metadata") or {}).get("added", 0))
-                for vector in response["vectors"]
-            }
+            return {vector["key"]: read(vector) for vector in response["vectors"]}
 
-        found: dict[str, int] = {}
+        found: dict[str, V] = {}
         for part in in_parallel(chunk, range(0, len(keys), GET_BATCH)):
             found |= part
         return found
