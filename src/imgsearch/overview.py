@@ -89,8 +89,9 @@ def duplicate_stacks(catalog: Catalog, index: SearchIndex, distance: float) -> l
         for other, d in near
         if d <= distance
     ]
-    present = index.present({i for edge in edges for i in edge})
-    order = {image_id: n for n, image_id in enumerate(index.in_order(present))}
+    # Only the images the index serves, in its order (an engine over the network asks once).
+    served = index.in_order({i for edge in edges for i in edge})
+    order = {image_id: n for n, image_id in enumerate(served)}
     parent = {image_id: image_id for image_id in order}
 
     def root(image_id: str) -> str:
