@@ -119,14 +119,22 @@ def synthesise(
     probs = np.empty((n, probabilities.shape[1]), np.float16)
     for start in range(0, n, 20_000):
         rows = slice(start, min(n, start + 20_000))
-        count = rows.stop - rows.start
-        noise = np.exp(rng.normal(0, 0.35, (count, features.shape[1]))).astype(np.float32)
-        mixed = features[base[rows]] * noise + 0.15 * features[other[rows]]
-        out[rows] = normalise_rows(mixed)
-        logits = np.log(probabilities[base[rows]] + 1e-6) + rng.normal(0, 0.5, (count, 1000))
-        soft = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs[rows] = (soft / soft.sum(axis=1, keepdims=True)).astype(np.float16)
+        out[rows], probs[rows] = noisy_copies(
+            features[base[rows]], probabilities[base[rows]], features[other[rows]], rng
+        )
     return out, probs
+
+
+def noisy_copies(
+    points: np.ndarray, probabilities: np.ndarray, others: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A copy of each of `points`, scaled per dimension by log-normal noise, plus a little of
+    the same row of `others`; `probabilities` (the points') softly perturbed."""
+    noise = np.exp(rng.normal(0, 0.35, points.shape)).astype(np.float32)
+    out = normalise_rows(points * noise + 0.15 * others)
+    logits = np.log(probabilities + 1e-6) + rng.normal(0, 0.5, probabilities.shape)
+    soft = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return out, (soft / soft.sum(axis=1, keepdims=True)).astype(np.float16)
 
 
 # Near copies of each base point (`--copies`): 0 is the default synthesis (`synthesise`).
@@ -227,11 +235,7 @@ def synthesise_copies(
     photo, partner, weight = photo[bases], partner[bases], weight[bases, np.newaxis]
     points = normalise_rows((1 - weight) * features[photo] + weight * features[partner])
     other = rng.integers(0, len(features), len(bases))
-    noise = np.exp(rng.normal(0, 0.35, points.shape)).astype(np.float32)
-    out = normalise_rows(points * noise + 0.15 * features[other])
-    logits = np.log(probabilities[photo] + 1e-6) + rng.normal(0, 0.5, (len(bases), 1000))
-    soft = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return out, (soft / soft.sum(axis=1, keepdims=True)).astype(np.float16)
+    return noisy_copies(points, probabilities[photo], features[other], rng)
 
 
 def collection_chunk(
