@@ -149,6 +149,7 @@ class Synthesis:
 
     copies: int = 0  # 0: each vector a noisy copy of any real photo (`synthesise`)
     features_from: tuple[Path, ...] = ()  # () : the demo and Corel-1k (`real_embeddings`)
+    topical: bool = False  # shards filled subject by subject (`topical_order`)
 
     @property
     def tag(self) -> str:
@@ -160,7 +161,7 @@ class Synthesis:
             for path in self.features_from:
                 digest.update(path.read_bytes())
             tag += f"-features{digest.hexdigest()}"
-        return tag
+        return tag + ("-topical" if self.topical else "")
 
     def real(self) -> tuple[np.ndarray, np.ndarray]:
         """The real features and probabilities the collection is made from."""
@@ -377,6 +378,7 @@ def build_tiered(
 ) -> tuple[list[int], float]:
     """The project's index in its tiered layout; (shard sizes, seconds building them)."""
     layout = tiered_layout(size, shard_size)
+    order = topical_order(real, size) if synthesis.topical else None
     seconds, shards, start = 0.0, [], 0
     # One projection, the first shard's, as the builder's shards share it (the open shard
     # reuses the newest sealed shard's; a merge keeps its shards' shared one while it serves
@@ -384,14 +386,21 @@ def build_tiered(
     projection: Projection | None = None
     for number, count in enumerate(layout):
         # Filled chunk by chunk: a 640k shard's features and probabilities are 3 GB.
+        rows = range(start, start + count) if order is None else order[start : start + count]
         data = ShardData(
-            [image_id(row) for row in range(start, start + count)],
+            [image_id(row) for row in rows],
             np.empty((count, real[0].shape[1]), np.float16),
             np.empty((count, real[1].shape[1]), np.float16),
         )
-        for first, features, probabilities in chunks(real, size, start, start + count):
-            data.features[first - start : first - start + len(features)] = features
-            data.probabilities[first - start : first - start + len(features)] = probabilities
+        if order is None:
+            for first, features, probabilities in chunks(real, size, start, start + count):
+                data.features[first - start : first - start + len(features)] = features
+                data.probabilities[first - start : first - start + len(features)] = probabilities
+        else:
+            for first, features, probabilities in chunks(real, size):
+                inside = (rows >= first) & (rows < first + len(features))
+                data.features[inside] = features[rows[inside] - first]
+                data.probabilities[inside] = probabilities[rows[inside] - first]
         started = time.perf_counter()
         build = write_build(store, f"s{number:06d}", data, trees, projection=projection)
         projection = build.projection
@@ -411,6 +420,22 @@ def build_tiered(
     )
     write_manifest(store, manifest, None)
     return layout, seconds
+
+
+# Subjects of a topical layout (`topical_order`).
+TOPICS = 10
+
+
+def topical_order(real: tuple[np.ndarray, np.ndarray], size: int) -> np.ndarray:
+    """The rows of a collection of `size` in the order a topical layout fills its shards: each
+    row's subject is the nearest of TOPICS real photos (drawn with a fixed seed), the rows of
+    one subject after another, so that a query's neighbours crowd into one or two shards."""
+    centres = real[0][np.random.default_rng(7).choice(len(real[0]), TOPICS, replace=False)]
+    subject = np.empty(size, np.int64)
+    for first, features, _ in chunks(real, size):
+        scores = features.astype(np.float32) @ centres.T
+        subject[first : first + len(features)] = np.argmax(scores, axis=1)
+    return np.argsort(subject, kind="stable")
 
 
 def tiered_root(cache: Path, size: int, shard_size: int, trees: int) -> Path:
@@ -718,12 +743,18 @@ def add_synthesis_arguments(parser: argparse.ArgumentParser) -> None:
         help=".npz files of real features (key `features`) to synthesise from, instead of the "
         "demo's and Corel-1k's",
     )
+    parser.add_argument(
+        "--topical",
+        action="store_true",
+        help="fill the shards subject by subject (`topical_order`), as uploads in bursts of one "
+        "subject do, instead of in random order",
+    )
 
 
 def configure_synthesis(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     """Set `synthesis` from the command line; the real features and probabilities."""
     global synthesis
-    synthesis = Synthesis(args.copies, tuple(args.features))
+    synthesis = Synthesis(args.copies, tuple(args.features), args.topical)
     return synthesis.real()
 
 
