@@ -78,15 +78,21 @@ def steps(index: Index, vector: np.ndarray, k: int) -> dict[str, float]:
     projected = snapshot.project(vector)
     at = time.perf_counter()
     times["project"] = at - started
-    found, annoy = [], 0.0
+    proposed, annoy = [], 0.0
+    budget = sum(count for count, _ in plan)
     for shard, (count, search_k), vector_of_shard in zip(
         snapshot.shards, plan, projected, strict=True
     ):
+        nodes = search_k if search_k > 0 else count * shard.trees
         asked = time.perf_counter()
-        nearest = shard._forest.get_nns_by_vector(vector_of_shard, count, search_k=search_k)
+        rows, distances = shard._forest.get_nns_by_vector(
+            vector_of_shard, budget, search_k=nodes, include_distances=True
+        )
         annoy += time.perf_counter() - asked
-        rows = np.array(nearest, dtype=np.int64)
-        found.append(rows[shard.live[rows]])
+        rows, distances = np.array(rows, dtype=np.int64), np.array(distances, np.float32)
+        live = shard.live[rows]
+        proposed.append((rows[live], distances[live]))
+    found = reader._closest_projected(proposed, budget)
     times["annoy"], times["annoy_python"] = annoy, time.perf_counter() - at - annoy
     at = time.perf_counter()
     cosine = reader._cosines(snapshot.shards, found, vector)  # gathered, widened, multiplied

@@ -718,6 +718,42 @@ def test_the_grown_budget_keeps_recall_as_the_collection_grows(
     assert grown >= 0.99
 
 
+def test_a_shard_holding_a_querys_subject_proposes_more_than_its_share(
+    index_service, coarse_projection, monkeypatch
+) -> None:
+    """Uploads come in bursts of one subject, so one shard may hold all of a query's nearest
+    images while its share of the collection is small. The candidates are taken across the
+    shards by projected distance, so that shard proposes most of the budget (each shard's
+    share alone recalled less of the exact answer)."""
+    import imgsearch.index.reader as reader
+
+    rng = np.random.default_rng(21)
+    background = clustered_vectors(150, seed=20)
+    queue(index_service, synthetic_ids(150), background)
+    index_service.build_index()  # three sealed shards of 50
+    centre = rng.normal(size=DIM)
+    burst = centre + rng.normal(scale=0.45, size=(50, DIM))
+    queue(index_service, synthetic_ids(50, start=150), burst.astype(np.float32))
+    index_service.build_index()  # the burst: a shard of its own
+    index = index_service.parts.index
+    index.refresh(force=True)
+    assert [len(shard.ids) for shard in index.shards] == [50, 50, 50, 50]
+    burst_shard = next(n for n, shard in enumerate(index.shards) if "0" * 14 + "96" in shard.ids)
+    index.candidates = 40  # a share of 10 each, the 10 a query asks for
+    queries = normalise_rows((centre + rng.normal(scale=0.45, size=(30, DIM))).astype(np.float32))
+    proposed: list[int] = []
+    cosines = reader._cosines
+
+    def counting(shards, rows, vector):
+        proposed.append(len(rows[burst_shard]))
+        return cosines(shards, rows, vector)
+
+    monkeypatch.setattr(reader, "_cosines", counting)
+    assert recall_against_exact(index, queries) >= 0.99
+    # Far more than the burst shard's share of the budget: nearly all of it.
+    assert min(proposed) > 30
+
+
 def test_neighbour_lists_are_stored_packed_and_read_back_equal(index_service) -> None:
     """A list is stored as two strings (decoding 50 values one by one cost the builder about
     a millisecond a list on DynamoDB) and reads back equal, distances included (so that an

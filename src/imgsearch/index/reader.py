@@ -1,10 +1,11 @@
 """The search side of the Annoy shards (the index port's embedded engine, base.py): all shards
 of the current manifest, searched as one.
 
-Nearest-neighbour search shares one budget of candidates per query among the shards, in
-proportion to their live images (a shard of a tenth of the collection proposes a tenth of
-them, never fewer than the query wants), then re-ranks all of them at once by exact cosine
-distance on the stored features (one matrix product), so the cost of a query follows its
+Nearest-neighbour search shares one budget of Annoy nodes per query among the shards, in
+proportion to their live images (a shard of a tenth of the collection walks a tenth of them),
+takes the budget's candidates across all shards by projected distance (so a shard that holds
+most of a query's neighbours proposes most of them), then re-ranks them all at once by exact
+cosine distance on the stored features (one matrix product): the cost of a query follows its
 budget, not the number of shards, and approximation costs almost nothing in precision
 (bench/index_scale.py, `imgsearch eval`).
 """
@@ -136,10 +137,11 @@ class _Snapshot:
 def _plan(
     snapshot: _Snapshot, candidates: int, search_k: int, wanted: int
 ) -> tuple[tuple[int, int], ...]:
-    """Each shard's (candidates, search_k) of a query's budget, set for the collection's
-    size (`budget_growth`, `query_nodes`) and shared in proportion to the shards' live images
-    (measured better than shares favouring small or big shards), at least `wanted`
-    candidates and MIN_SEARCH_K_PER_CANDIDATE nodes per candidate each."""
+    """Each shard's share of a query's budget, (candidates, search_k), set for the
+    collection's size (`budget_growth`, `query_nodes`) and shared in proportion to the shards'
+    live images (measured better than shares favouring small or big shards), at least `wanted`
+    candidates and MIN_SEARCH_K_PER_CANDIDATE nodes per candidate each. The candidates
+    added up are the query's budget, which `Index.nearest` takes across the shards."""
     budget = max(wanted, math.ceil(candidates * budget_growth(snapshot.live_count)))
     nodes_budget = query_nodes(snapshot.live_count, search_k)
     plan = []
@@ -317,12 +319,23 @@ class Index(SearchIndex):
         if not snapshot.shards:
             return []
         plan = _plan(snapshot, candidates or self.candidates, self.search_k, wanted)
-        found = [
-            shard.candidates_of_projected(projected, count, search_k)
+        # Each shard walks its share of the nodes but may propose the whole budget, which
+        # is then taken across shards by projected distance: a shard holding most of the
+        # query's neighbours (uploads come in bursts of one subject) is not capped at its
+        # share of the collection.
+        budget = sum(count for count, _ in plan)
+        proposed = [
+            shard.candidates_of_projected(
+                projected,
+                budget,
+                # Annoy's default (-1) walks n x trees nodes: the shard's share, not the budget.
+                search_k if search_k > 0 else count * shard.trees,
+            )
             for shard, projected, (count, search_k) in zip(
                 snapshot.shards, snapshot.project(vector), plan, strict=True
             )
         ]
+        found = _closest_projected(proposed, budget)
         # Every shard's candidates re-ranked together, in blocks that span the shards: the
         # exact re-rank's numpy calls grow with the candidates, not the number of shards.
         cosine = _cosines(snapshot.shards, found, vector)
@@ -502,6 +515,25 @@ def _best_positions(scores: np.ndarray, depth: int) -> np.ndarray:
     above = np.flatnonzero(scores > cut)
     at_cut = np.flatnonzero(scores == cut)[: depth - len(above)]
     return np.sort(np.concatenate([above, at_cut]))
+
+
+def _closest_projected(
+    proposed: list[tuple[np.ndarray, np.ndarray]], budget: int
+) -> list[np.ndarray]:
+    """Of every shard's proposed (rows, projected distances), the `budget` nearest by projected
+    distance, as each shard's rows (the shards share one projection, or projections fitted
+    alike, so their distances compare)."""
+    if len(proposed) == 1:
+        return [proposed[0][0][:budget]]
+    distances = np.concatenate([projected for _, projected in proposed])
+    if len(distances) <= budget:
+        return [rows for rows, _ in proposed]
+    taken = np.zeros(len(distances), dtype=bool)
+    taken[np.argpartition(distances, budget - 1)[:budget]] = True
+    ends = itertools.accumulate(len(rows) for rows, _ in proposed)
+    return [
+        rows[taken[end - len(rows) : end]] for (rows, _), end in zip(proposed, ends, strict=True)
+    ]
 
 
 def _cosines(shards: tuple[Shard, ...], rows: list[np.ndarray], vector: np.ndarray) -> np.ndarray:
