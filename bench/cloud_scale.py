@@ -42,7 +42,8 @@ request (LATENCY below, `--latency-scale` multiplies them):
   PutVectors, DeleteVectors, ListVectors: 50 ms (assumed).
 - SQS, SSM: 10 ms (assumed).
 What moto does not emulate (S3 Vectors' approximate search, throttling, Lambda's CPU) is not
-measured: CPU time is this machine's, shared with other jobs (noisy).
+measured: CPU time is this machine's, shared with other jobs (noisy); `--cpu-scale S` counts
+it S times over, as on a vCPU S times slower than this machine's core.
 
 Seconds "as on Lambda" = the function's CPU (every thread of this process but the moto
 server's: the API's request threads, the lease's heartbeat; all of it, as if on Lambda's one
@@ -428,15 +429,21 @@ def function_cpu() -> dict[int, float]:
     return seconds
 
 
+# Lambda's vCPU against this machine's core (`--cpu-scale`): the function's CPU seconds are
+# multiplied by it. Unknown: 1 counts this machine's CPU as Lambda's; a run at 2 says what
+# the goals become on a vCPU half as fast.
+cpu_scale = 1.0
+
+
 def cpu_since(before: dict[int, float]) -> float:
-    """The function's CPU seconds since `before` (function_cpu()); threads that started since
-    count from zero (pools' tasks are counted as they end)."""
+    """The function's CPU seconds since `before` (function_cpu()), times `cpu_scale`; threads
+    that started since count from zero (pools' tasks are counted as they end)."""
     now = function_cpu()
     threads = sum(
         max(0.0, t - before.get(ident, 0.0)) for ident, t in now.items() if ident != BOOKKEEPING
     )
     bookkeeping = now[BOOKKEEPING] - before.get(BOOKKEEPING, now[BOOKKEEPING])
-    return max(0.0, threads - bookkeeping)
+    return max(0.0, threads - bookkeeping) * cpu_scale
 
 
 def _kilobytes(value: Any, unit: int) -> int:
@@ -778,11 +785,12 @@ class Run:
     query_requests: dict[str, Tally] = field(default_factory=dict)
     stored: Counter[str] = field(default_factory=Counter)  # bucket bytes by top prefix
     outside: bool = False  # the collection kept outside moto (bench/cloud_synthetic.py)
+    cpu_scale: float = 1.0  # the function's CPU seconds multiplied by this (`cpu_scale`)
     logging_batches: bool = False  # a backlog is being built: batches go to batch_log
 
 
 def run(engine: str, size: int, args: argparse.Namespace) -> Run:
-    result = Run(engine, size)
+    result = Run(engine, size, cpu_scale=cpu_scale)
     port = _free_port()
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
@@ -1191,8 +1199,9 @@ def report(runs: list[Run]) -> None:
         rate = rate_of(r, concurrency) if n else float("nan")
         p50 = max(percentile(t, 50) for t in r.queries_model.values())
         cold = r.cold_model["search"]
+        scaled = f" (CPU x{r.cpu_scale:g})" if r.cpu_scale != 1 else ""
         print(
-            f"- {r.engine} {r.size:,}: {per_image:.1f} requests per image "
+            f"- {r.engine} {r.size:,}{scaled}: {per_image:.1f} requests per image "
             f"({_met(per_image <= REQUESTS_GOAL) if n else 'not run'}: <= {REQUESTS_GOAL:.0f}); "
             f"{rate:.1f} images/s ({_met(rate >= INGEST_GOAL) if n else 'not run'}: "
             f">= {INGEST_GOAL:.0f}); slowest p50 {p50:.3f} s "
@@ -1543,12 +1552,21 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=30, help="per kind")
     parser.add_argument("--latency-scale", type=float, default=1.0)
     parser.add_argument(
+        "--cpu-scale",
+        type=float,
+        default=1.0,
+        help="multiply the functions' CPU seconds by this: Lambda's vCPU taken as this many "
+        "times slower than this machine's core",
+    )
+    parser.add_argument(
         "--outside-from",
         type=int,
         default=50_000,
         help="from this size, keep the collection outside moto's objects (cloud_synthetic.py)",
     )
     args = parser.parse_args()
+    global cpu_scale
+    cpu_scale = args.cpu_scale
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the moto server's request log
     import imgsearch
 
