@@ -79,10 +79,11 @@ class Settings(BaseSettings):
     shard_size: int = 10_000
     ann_trees: int = 20
     # Per query, the shards' Annoy forests propose `ann_candidates` images between them
-    # (inspecting `ann_search_k` nodes; -1 is Annoy's default of candidates x trees, with no
-    # floor), each shard in proportion to its size; exact distances then rank them. Both grow
-    # past 100k images, and up to 100k the nodes are at least a floor, fading out by 300k
-    # (index/reader.py, `budget_growth`, `query_nodes`).
+    # (inspecting `ann_search_k` nodes, each shard in proportion to its size; -1 is Annoy's
+    # default of candidates x trees, with no floor), the nearest by projected distance across
+    # the shards of one projection; exact distances then rank them. Both grow past 100k
+    # images, and up to 100k the nodes are at least a floor, fading out by 300k
+    # (index/reader.py, `budget_growth`, `query_nodes`, `_closest_projected`).
     ann_candidates: int = 120
     ann_search_k: int = 1500
     neighbours: int = 50

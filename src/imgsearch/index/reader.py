@@ -1,13 +1,13 @@
 """The search side of the Annoy shards (the index port's embedded engine, base.py): all shards
 of the current manifest, searched as one.
 
-Nearest-neighbour search shares one budget of Annoy nodes per query among the shards, in
-proportion to their live images (a shard of a tenth of the collection walks a tenth of them),
-takes the budget's candidates across all shards by projected distance (so a shard that holds
-most of a query's neighbours proposes most of them), then re-ranks them all at once by exact
-cosine distance on the stored features (one matrix product): the cost of a query follows its
-budget, not the number of shards, and approximation costs almost nothing in precision
-(bench/index_scale.py, `imgsearch eval`).
+Nearest-neighbour search shares one budget of Annoy nodes and candidates per query among the
+shards, in proportion to their live images (a shard of a tenth of the collection walks a tenth
+of the nodes), takes the candidates of the shards of one projection by projected distance
+across those shards (so a shard that holds most of a query's neighbours proposes most of
+them), then re-ranks them all at once by exact cosine distance on the stored features (one
+matrix product): the cost of a query follows its budget, not the number of shards, and
+approximation costs almost nothing in precision (bench/index_scale.py, `imgsearch eval`).
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ from imgsearch.storage import ObjectStore
 
 SEARCH_THREADS = min(4, os.cpu_count() or 1)
 REFRESH_INTERVAL_SECONDS = 2.0  # how often a reader looks for a new manifest, at most
-# A shard's share of `search_k` is at least this many nodes per candidate it proposes: a small
-# shard's share of the budget would otherwise let Annoy look at no more than it returns.
+# A shard's share of `search_k` is at least this many nodes per candidate of its share (it may
+# propose more, `_closest_projected`): a small shard's share of the nodes would otherwise let
+# Annoy look at no more images than its share of the candidates.
 MIN_SEARCH_K_PER_CANDIDATE = 8
 # The candidate budget (and search_k) are the settings' up to BUDGET_REFERENCE live images,
 # and grow as (images / BUDGET_REFERENCE) ** BUDGET_GROWTH past it: the more images, the more
@@ -98,6 +99,9 @@ class _Snapshot:
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     ends: tuple[int, ...] = ()
     projection_of_shard: tuple[int, ...] = ()  # each shard's position among the distinct ones
+    # The shards of each distinct projection (positions, in shard order): projected distances
+    # compare only among them (`_closest_projected`).
+    shards_of_projection: tuple[tuple[int, ...], ...] = ()
 
     live_count: int = 0
 
@@ -112,6 +116,7 @@ class _Snapshot:
             distinct.setdefault(shard.projection.digest, shard.projection)
         position_of = {digest: position for position, digest in enumerate(distinct)}
         projections = list(distinct.values())
+        projection_of_shard = tuple(position_of[s.projection.digest] for s in shards)
         # (v - mean) @ C.T == v @ C.T - mean @ C.T: the means folded into one offset vector.
         return cls(
             manifest,
@@ -121,7 +126,11 @@ class _Snapshot:
             components=np.ascontiguousarray(np.concatenate([p.components for p in projections])),
             offsets=np.concatenate([p.components @ p.mean for p in projections]),
             ends=tuple(itertools.accumulate(p.dims for p in projections)),
-            projection_of_shard=tuple(position_of[s.projection.digest] for s in shards),
+            projection_of_shard=projection_of_shard,
+            shards_of_projection=tuple(
+                tuple(n for n, p in enumerate(projection_of_shard) if p == position)
+                for position in range(len(projections))
+            ),
             live_count=live,
         )
 
@@ -140,8 +149,9 @@ def _plan(
     """Each shard's share of a query's budget, (candidates, search_k), set for the
     collection's size (`budget_growth`, `query_nodes`) and shared in proportion to the shards'
     live images (measured better than shares favouring small or big shards), at least `wanted`
-    candidates and MIN_SEARCH_K_PER_CANDIDATE nodes per candidate each. The candidates
-    added up are the query's budget, which `Index.nearest` takes across the shards."""
+    candidates and MIN_SEARCH_K_PER_CANDIDATE nodes per candidate each. The candidates of
+    the shards of one projection, added up, are what those shards propose between them
+    (`_proposals`, `_closest_projected`)."""
     budget = max(wanted, math.ceil(candidates * budget_growth(snapshot.live_count)))
     nodes_budget = query_nodes(snapshot.live_count, search_k)
     plan = []
@@ -152,6 +162,13 @@ def _plan(
             nodes = max(math.ceil(nodes_budget * share), count * MIN_SEARCH_K_PER_CANDIDATE)
         plan.append((count, nodes))
     return tuple(plan)
+
+
+def _proposals(snapshot: _Snapshot, plan: Sequence[tuple[int, int]]) -> list[int]:
+    """How many candidates each shard of `plan` may propose: the counts of the shards of its
+    projection added up, the most that `_closest_projected` takes from them."""
+    of_projection = [sum(plan[n][0] for n in shards) for shards in snapshot.shards_of_projection]
+    return [of_projection[position] for position in snapshot.projection_of_shard]
 
 
 def query_nodes(live_images: int, search_k: int) -> int:
@@ -319,23 +336,23 @@ class Index(SearchIndex):
         if not snapshot.shards:
             return []
         plan = _plan(snapshot, candidates or self.candidates, self.search_k, wanted)
-        # Each shard walks its share of the nodes but may propose the whole budget, which
-        # is then taken across shards by projected distance: a shard holding most of the
-        # query's neighbours (uploads come in bursts of one subject) is not capped at its
-        # share of the collection.
-        budget = sum(count for count, _ in plan)
+        # Each shard walks its share of the nodes but may propose the candidates of all the
+        # shards of its projection, which are then taken across those shards by projected
+        # distance: a shard holding most of the query's neighbours (uploads come in bursts
+        # of one subject) is not capped at its share of the collection.
+        proposals = _proposals(snapshot, plan)
         proposed = [
             shard.candidates_of_projected(
                 projected,
-                budget,
-                # Annoy's default (-1) walks n x trees nodes: the shard's share, not the budget.
+                most,
+                # Annoy's default (-1) walks n x trees nodes: the shard's share, not more.
                 search_k if search_k > 0 else count * shard.trees,
             )
-            for shard, projected, (count, search_k) in zip(
-                snapshot.shards, snapshot.project(vector), plan, strict=True
+            for shard, projected, (count, search_k), most in zip(
+                snapshot.shards, snapshot.project(vector), plan, proposals, strict=True
             )
         ]
-        found = _closest_projected(proposed, budget)
+        found = _closest_projected(proposed, snapshot.shards_of_projection, proposals)
         # Every shard's candidates re-ranked together, in blocks that span the shards: the
         # exact re-rank's numpy calls grow with the candidates, not the number of shards.
         cosine = _cosines(snapshot.shards, found, vector)
@@ -518,11 +535,33 @@ def _best_positions(scores: np.ndarray, depth: int) -> np.ndarray:
 
 
 def _closest_projected(
+    proposed: Sequence[tuple[np.ndarray, np.ndarray]],
+    shards_of_projection: Sequence[Sequence[int]],
+    proposals: Sequence[int],
+) -> list[np.ndarray]:
+    """Of every shard's proposed (rows, projected distances), nearest first, as each shard's
+    rows: the nearest by projected distance among the shards of each projection, as many as
+    their `proposals` (`_proposals`).
+
+    Distances compare only under one projection. Each keeps only the part of a query's offset
+    from an image that lies in its components, so a shard whose projection was fitted on other
+    content (a merge refits one for drifted content: tiers._merged_projection) finds every
+    image nearer than another projection would, and would crowd out the neighbours the other
+    shards propose (in the tests, recall 0.99 -> 0.70). Across projections, each projection's
+    shards keep their share of the budget between them."""
+    found = [rows for rows, _ in proposed]
+    for shards in shards_of_projection:
+        taken = _nearest_proposed([proposed[n] for n in shards], proposals[shards[0]])
+        for n, rows in zip(shards, taken, strict=True):
+            found[n] = rows
+    return found
+
+
+def _nearest_proposed(
     proposed: list[tuple[np.ndarray, np.ndarray]], budget: int
 ) -> list[np.ndarray]:
-    """Of every shard's proposed (rows, projected distances), the `budget` nearest by projected
-    distance, as each shard's rows (the shards share one projection, or projections fitted
-    alike, so their distances compare)."""
+    """Of shards' proposed (rows, projected distances) under one projection, the `budget`
+    nearest by projected distance, as each shard's rows."""
     if len(proposed) == 1:
         return [proposed[0][0][:budget]]
     distances = np.concatenate([projected for _, projected in proposed])
