@@ -1,20 +1,23 @@
 """Where the Annoy index loses recall@20: in the projection, or in Annoy's walk of its forest.
 
-A query's candidates are each shard's `count` nearest images by projected distance among those
-Annoy inspects in `nodes` leaf entries of its forest (the query's plan, `reader._plan`), then
-re-ranked exactly. Of each query's true 20 nearest (exact cosine on the stored features), this
-tells apart, for each candidate budget C and nodes N:
+Each shard's Annoy inspects `nodes` leaf entries of its forest (the query's plan,
+`reader._plan`); a query's candidates are the nearest images inspected by projected distance,
+taken across the shards of one projection (as many as their plan's `count`s add up to,
+`reader._closest_projected`), then re-ranked exactly. Of each query's true 20 nearest (exact
+cosine on the stored features), this tells apart, for each candidate budget C and nodes N:
 
 - **projected**: the share inside the plan's top `count` by exact projected distance in their
   shard: the recall with every node inspected, so what the projection and C allow;
-- **recall**: the share inside Annoy's candidates (the index's recall@20);
+- **recall**: the share inside each shard's own `count` nearest inspected (the rule until
+  session 16, each shard proposing its share);
 - **not inspected** / **inspected, beyond C**: the share Annoy lost because no tree's leaves
   it walked held them, or because closer projected images filled the `count` before them;
 - **Annoy vs projected**: the share of the exact projected top `count` Annoy proposed;
 - **distinct**: the images a query inspected (median, all shards): N leaf entries over the
   trees hold fewer distinct images;
-- **merged across shards**: the recall of as many candidates taken from all shards' inspected
-  images by projected distance, rather than each shard's share (shards of one projection).
+- **merged across shards**: the recall of as many candidates taken from the inspected images
+  of the shards of each projection by projected distance, rather than each shard's share: the
+  index's recall@20.
 
 The collection is `--size` images as bench/index_scale.py synthesises them (`--copies`,
 `--features`; its index cached under `--cache` as that bench builds it), or with `--size 0` the
@@ -123,10 +126,6 @@ def measure(
     totals: dict[tuple[int, int], dict[str, list[float]]] = {
         s: {name: [] for name in NAMES} for s in settings
     }
-    # With one projection the shards' projected distances compare: `merged` is the recall of
-    # the same number of candidates taken by projected distance across shards rather than in
-    # shares (nan with several projections).
-    one_projection = len({shard.projection.digest for shard in shards}) == 1
     for query, exact, skipped in zip(queries, truth, excluded, strict=True):
         wanted = K + (skipped is not None)
         query_projected = snapshot.project(query)
@@ -166,11 +165,14 @@ def measure(
                 top = order[:count]
                 proposed_of_top += np.isin(top, walked[:count]).sum() / len(top) / len(shards)
             share = totals[(candidates, nodes)]
-            if one_projection:
-                # The plan's candidates in all, taken across shards by projected distance.
-                budget = sum(count for count, _ in plan)
-                merged = {(number, row) for _, number, row in sorted(every)[:budget]}
-                share["merged"].append(sum(place in merged for place in located) / K)
+            # The index's rule: the plan's candidates of the shards of each projection, taken
+            # across them by projected distance (distances compare under one projection only).
+            proposals = reader._proposals(snapshot, plan)
+            merged: set[tuple[int, int]] = set()
+            for group in snapshot.shards_of_projection:
+                inspected = sorted(place for place in every if place[1] in group)
+                merged.update((n, row) for _, n, row in inspected[: proposals[group[0]]])
+            share["merged"].append(sum(place in merged for place in located) / K)
             share["projected"].append(projected / K)
             share["recall"].append(found / K)
             share["missed"].append(missed / K)
