@@ -2,8 +2,9 @@
 
 Each shard's Annoy inspects `nodes` leaf entries of its forest (the query's plan,
 `reader._plan`); a query's candidates are the nearest images inspected by projected distance,
-taken across the shards of one projection (as many as their plan's `count`s add up to,
-`reader._closest_projected`), then re-ranked exactly. Of each query's true 20 nearest (exact
+taken across the shards by projected distance (with the query's residual under each shard's
+projection; as many as the plan's `count`s add up to, `reader._closest_projected`), then
+re-ranked exactly. Of each query's true 20 nearest (exact
 cosine on the stored features), this tells apart, for each candidate budget C and nodes N:
 
 - **projected**: the share inside the plan's top `count` by exact projected distance in their
@@ -15,9 +16,9 @@ cosine on the stored features), this tells apart, for each candidate budget C an
 - **Annoy vs projected**: the share of the exact projected top `count` Annoy proposed;
 - **distinct**: the images a query inspected (median, all shards): N leaf entries over the
   trees hold fewer distinct images;
-- **merged across shards**: the recall of as many candidates taken from the inspected images
-  of the shards of each projection by projected distance, rather than each shard's share: the
-  index's recall@20.
+- **merged across shards**: the recall of as many candidates taken from all the inspected
+  images by projected distance (the index's rule), rather than each shard's share: the index's
+  recall@20.
 
 The collection is `--size` images as bench/index_scale.py synthesises them (`--copies`,
 `--features`; its index cached under `--cache` as that bench builds it), or with `--size 0` the
@@ -128,7 +129,7 @@ def measure(
     }
     for query, exact, skipped in zip(queries, truth, excluded, strict=True):
         wanted = K + (skipped is not None)
-        query_projected = snapshot.project(query)
+        query_projected, residuals = snapshot.project_with_residuals(query)
         # Each true neighbour's rank by projected distance in its shard.
         ranks_in_shard = []
         for number, rows in enumerate(projected_rows):
@@ -144,7 +145,8 @@ def measure(
         ]
         for candidates, nodes in settings:
             plan = reader._plan(snapshot, candidates, nodes, wanted)
-            every: list[tuple[float, int, int]] = []  # (projected distance, shard, row) inspected
+            # (squared projected distance + residual, as the index weighs it; shard, row)
+            every: list[tuple[float, int, int]] = []
             projected = found = missed = 0
             distinct, proposed_of_top = 0, 0.0
             for number, (shard, (count, search_k)) in enumerate(zip(shards, plan, strict=True)):
@@ -156,7 +158,10 @@ def measure(
                 )
                 walked = np.array(items, np.int64)
                 distinct += len(walked)
-                every.extend((d, number, row) for d, row in zip(item_distances, items, strict=True))
+                every.extend(
+                    (d * d + residuals[number], number, row)
+                    for d, row in zip(item_distances, items, strict=True)
+                )
                 rank, order = ranks_in_shard[number]
                 wanted_here = rows_in[number]
                 projected += int(np.sum(rank[wanted_here] < count))
@@ -165,13 +170,10 @@ def measure(
                 top = order[:count]
                 proposed_of_top += np.isin(top, walked[:count]).sum() / len(top) / len(shards)
             share = totals[(candidates, nodes)]
-            # The index's rule: the plan's candidates of the shards of each projection, taken
-            # across them by projected distance (distances compare under one projection only).
-            proposals = reader._proposals(snapshot, plan)
-            merged: set[tuple[int, int]] = set()
-            for group in snapshot.shards_of_projection:
-                inspected = sorted(place for place in every if place[1] in group)
-                merged.update((n, row) for _, n, row in inspected[: proposals[group[0]]])
+            # The index's rule: the plan's candidates in all, taken across shards by squared
+            # projected distance plus the query's residual under each shard's projection.
+            budget = sum(count for count, _ in plan)
+            merged = {(number, row) for _, number, row in sorted(every)[:budget]}
             share["merged"].append(sum(place in merged for place in located) / K)
             share["projected"].append(projected / K)
             share["recall"].append(found / K)

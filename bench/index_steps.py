@@ -75,24 +75,24 @@ def steps(index: Index, vector: np.ndarray, k: int) -> dict[str, float]:
     started = time.perf_counter()
     snapshot = index._snapshot
     plan = reader._plan(snapshot, index.candidates, index.search_k, k)
-    projected = snapshot.project(vector)
+    projected, residuals = snapshot.project_with_residuals(vector)
     at = time.perf_counter()
     times["project"] = at - started
     proposed, annoy = [], 0.0
-    proposals = reader._proposals(snapshot, plan)
-    for shard, (count, search_k), vector_of_shard, most in zip(
-        snapshot.shards, plan, projected, proposals, strict=True
+    budget = sum(count for count, _ in plan)
+    for shard, (count, search_k), vector_of_shard in zip(
+        snapshot.shards, plan, projected, strict=True
     ):
         nodes = search_k if search_k > 0 else count * shard.trees
         asked = time.perf_counter()
         rows, distances = shard._forest.get_nns_by_vector(
-            vector_of_shard, most, search_k=nodes, include_distances=True
+            vector_of_shard, budget, search_k=nodes, include_distances=True
         )
         annoy += time.perf_counter() - asked
         rows, distances = np.array(rows, dtype=np.int64), np.array(distances, np.float32)
         live = shard.live[rows]
         proposed.append((rows[live], distances[live]))
-    found = reader._closest_projected(proposed, snapshot.shards_of_projection, proposals)
+    found = reader._closest_projected(proposed, residuals, budget)
     times["annoy"], times["annoy_python"] = annoy, time.perf_counter() - at - annoy
     at = time.perf_counter()
     cosine = reader._cosines(snapshot.shards, found, vector)  # gathered, widened, multiplied

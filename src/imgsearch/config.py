@@ -81,11 +81,12 @@ class Settings(BaseSettings):
     # Per query, the shards' Annoy forests propose `ann_candidates` images between them
     # (inspecting `ann_search_k` nodes, each shard in proportion to its size; -1 is Annoy's
     # default of candidates x trees, with no floor), the nearest by projected distance across
-    # the shards of one projection; exact distances then rank them. Both grow past 100k
-    # images, and up to 100k the nodes are at least a floor, fading out by 300k
-    # (index/reader.py, `budget_growth`, `query_nodes`, `_closest_projected`).
-    ann_candidates: int = 120
-    ann_search_k: int = 1500
+    # all shards (with the query's residual under each projection); exact distances then
+    # rank them. Both grow past 100k images, and up to 100k the nodes are at least a floor,
+    # fading out by 300k (index/reader.py, `budget_growth`, `query_nodes`,
+    # `_closest_projected`).
+    ann_candidates: int = Field(120, ge=1)
+    ann_search_k: int = Field(1500, ge=-1)
     neighbours: int = 50
     # Expanded vectors (index/expansion.py): each image's vector plus those of its first
     # `expansion_neighbours` stored neighbours, weighted by similarity**`expansion_power`,
@@ -184,6 +185,14 @@ class Settings(BaseSettings):
     # stored). Unset: locally the data directory's client-secret file, made on first use; in
     # the cloud a secret kept in the feedback table, made on first use.
     client_secret: str | None = None
+
+    @field_validator("ann_search_k")
+    @classmethod
+    def _search_k_is_annoys(cls, search_k: int) -> int:
+        # Annoy reads 0 as "inspect nothing" and below -1 as "everything": neither is meant.
+        if search_k == 0:
+            raise ValueError("ann_search_k is -1 (Annoy's default) or a number of nodes above 0")
+        return search_k
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -667,7 +667,7 @@ def test_the_candidate_budget_grows_with_the_collection(index_service, monkeypat
         return propose(self, projected, count, search_k)
 
     monkeypatch.setattr(Shard, "candidates_of_projected", counting)
-    assert len(index._snapshot.shards_of_projection) == 1  # the shards share one projection
+    assert len(set(index._snapshot.projection_of_shard)) == 1  # the shards share one projection
     index.nearest(normalise_rows(vectors[:1])[0], 5, candidates=30)
     at_reference = max(asked)
     monkeypatch.setattr(reader, "BUDGET_REFERENCE", 60)  # 240 images: 4x the reference
@@ -756,14 +756,14 @@ def test_a_shard_holding_a_querys_subject_proposes_more_than_its_share(
     assert min(proposed) > 30
 
 
-def test_shards_of_another_projection_keep_their_share_of_the_candidates(
+def test_a_shard_of_another_projection_does_not_crowd_out_the_others_candidates(
     index_service, coarse_projection, monkeypatch
 ) -> None:
-    """Projected distances compare only under one projection: a shard refitted on other
-    content (as a merge refits for drifted content) keeps of a query's offset only what its
-    own components span, so its images look nearer than the other shards' and, taken across
-    all shards by projected distance, would crowd their neighbours out of the candidates.
-    Each projection's shards keep their share of the budget between them."""
+    """A shard refitted on other content (as a merge refits for drifted content) keeps of a
+    query's offset only what its own components span, so by projected distance alone its
+    images look nearer than the other shards' and would crowd their neighbours out of the
+    candidates taken across shards. The query's residual under each projection, added to
+    its distances, keeps them on one scale."""
     from imgsearch.index.shards import Projection
 
     rng = np.random.default_rng(21)
@@ -776,11 +776,11 @@ def test_shards_of_another_projection_keep_their_share_of_the_candidates(
     index_service.build_index()  # the burst: a shard of its own, with its own projection
     index = index_service.parts.index
     index.refresh(force=True)
-    assert len(index._snapshot.shards_of_projection) == 2
+    assert len(set(index._snapshot.projection_of_shard)) == 2
     index.candidates = 40  # a share of 10 each, the 10 a query asks for
     noise = np.random.default_rng(3).normal(scale=0.3, size=(40, DIM))
     queries = normalise_rows((clustered_vectors(40, seed=20) + noise).astype(np.float32))
-    # Taken across all four shards by projected distance: 0.70.
+    # Taken across all four shards by projected distance alone: 0.70.
     assert recall_against_exact(index, queries) >= 0.95
 
 
@@ -1229,3 +1229,13 @@ def test_the_floor_of_nodes_holds_to_the_budget_reference_then_fades_out() -> No
     assert reader.query_nodes(1_000, -1) == -1
     shards = SimpleNamespace(shares=(0.75, 0.25), live_count=reference // 2)
     assert reader._plan(shards, 120, 1500, 20) == ((90, floor * 3 // 4), (30, floor // 4))
+
+
+@pytest.mark.parametrize("search_k", [0, -2])
+def test_settings_refuse_a_search_k_annoy_would_misread(search_k: int) -> None:
+    """Annoy reads 0 as "inspect nothing" and values below -1 as "inspect everything"."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="ann_search_k"):
+        Settings(ann_search_k=search_k)
+    assert Settings(ann_search_k=-1).ann_search_k == -1
