@@ -171,6 +171,9 @@ class Synthesis:
 
 
 synthesis = Synthesis()
+# Each shard built with a projection of its own (`--own-projections`): a build rule, not a
+# synthesis (the vectors, queries and exact answers are the same).
+own_projections = False
 
 
 def features_of_files(paths: Collection[Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -382,7 +385,8 @@ def build_tiered(
     seconds, shards, start = 0.0, [], 0
     # One projection, the first shard's, as the builder's shards share it (the open shard
     # reuses the newest sealed shard's; a merge keeps its shards' shared one while it serves
-    # the merged images, as it does vectors synthesised alike: tiers._merged_projection).
+    # the merged images, as it does vectors synthesised alike: tiers._merged_projection), or
+    # with `--own-projections` each shard its own fit (the most a merge's refits can make).
     projection: Projection | None = None
     for number, count in enumerate(layout):
         # Filled chunk by chunk: a 640k shard's features and probabilities are 3 GB.
@@ -403,7 +407,7 @@ def build_tiered(
                 data.probabilities[inside] = probabilities[rows[inside] - first]
         started = time.perf_counter()
         build = write_build(store, f"s{number:06d}", data, trees, projection=projection)
-        projection = build.projection
+        projection = None if own_projections else build.projection
         seconds += time.perf_counter() - started
         sealed = number < len(layout) - 1 or count == shard_size
         shards.append(ShardEntry(f"s{number:06d}", build.id, count, sealed, sha256=build.sha256))
@@ -441,7 +445,8 @@ def topical_order(real: tuple[np.ndarray, np.ndarray], size: int) -> np.ndarray:
 def tiered_root(cache: Path, size: int, shard_size: int, trees: int) -> Path:
     """Where `cached_tiered` keeps the index of `size` images (named for its build rules: an
     index cached before its shards shared one projection is not reused)."""
-    return cache / f"imgsearch-{size}{synthesis.tag}-{shard_size}-{trees}-one-projection"
+    projections = "own-projections" if own_projections else "one-projection"
+    return cache / f"imgsearch-{size}{synthesis.tag}-{shard_size}-{trees}-{projections}"
 
 
 def cached_tiered(
@@ -744,6 +749,12 @@ def add_synthesis_arguments(parser: argparse.ArgumentParser) -> None:
         "demo's and Corel-1k's",
     )
     parser.add_argument(
+        "--own-projections",
+        action="store_true",
+        help="fit each shard a projection of its own (as far as a merge's refits for drifted "
+        "content can go) instead of one for all",
+    )
+    parser.add_argument(
         "--topical",
         action="store_true",
         help="fill the shards subject by subject (`topical_order`), as uploads in bursts of one "
@@ -752,9 +763,11 @@ def add_synthesis_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_synthesis(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
-    """Set `synthesis` from the command line; the real features and probabilities."""
-    global synthesis
+    """Set `synthesis` and `own_projections` from the command line; the real features and
+    probabilities."""
+    global synthesis, own_projections
     synthesis = Synthesis(args.copies, tuple(args.features), args.topical)
+    own_projections = args.own_projections
     return synthesis.real()
 
 
