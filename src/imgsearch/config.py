@@ -189,7 +189,9 @@ class Settings(BaseSettings):
     @field_validator("ann_search_k")
     @classmethod
     def _search_k_is_annoys(cls, search_k: int) -> int:
-        # Annoy reads 0 as "inspect nothing" and below -1 as "everything": neither is meant.
+        # The index reads any value below 1 as -1 (Annoy's default, without the floor of
+        # nodes: reader.query_nodes), so a 0 meant as "the default" would quietly cost recall;
+        # handed to Annoy, 0 would inspect nothing and below -1 everything.
         if search_k == 0:
             raise ValueError("ann_search_k is -1 (Annoy's default) or a number of nodes above 0")
         return search_k

@@ -1233,9 +1233,45 @@ def test_the_floor_of_nodes_holds_to_the_budget_reference_then_fades_out() -> No
 
 @pytest.mark.parametrize("search_k", [0, -2])
 def test_settings_refuse_a_search_k_annoy_would_misread(search_k: int) -> None:
-    """Annoy reads 0 as "inspect nothing" and values below -1 as "inspect everything"."""
+    """Only -1 (Annoy's default) and node counts above 0 are meant: the index would read 0 or
+    -2 as -1, without the floor of nodes, and Annoy itself as "inspect nothing" or
+    "inspect everything"."""
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="ann_search_k"):
         Settings(ann_search_k=search_k)
     assert Settings(ann_search_k=-1).ann_search_k == -1
+
+
+def test_a_querys_residual_is_what_its_projection_drops_of_its_offset() -> None:
+    """`project_with_residuals`: under each of several projections, the query's squared
+    residual is ||q - m||^2 - ||P(q - m)||^2 (computed in float32 from the folded offsets,
+    against float64 here), none under one projection. Where a shard's images lie in its
+    projection's span (a shard of fewer images than components), squared projected distance
+    plus the residual is the exact squared distance, whatever the other projections."""
+    from imgsearch.index.reader import _Snapshot
+    from imgsearch.index.shards import Projection
+
+    rng = np.random.default_rng(8)
+    # Non-negative unit features, as a CNN's are: a mean of norm ~0.8, so that ||q - m||^2
+    # is a difference of terms near 1 (float32 cancellation).
+    features = normalise_rows(np.abs(rng.normal(size=(300, DIM))).astype(np.float32))
+    other = normalise_rows(np.abs(rng.normal(size=(300, DIM)) ** 3).astype(np.float32))
+    small = features[:5]  # a shard of 5 images: projected onto its own span
+    projections = [Projection.fit(features, 8), Projection.fit(other, 8), Projection.fit(small, 8)]
+    shards = tuple(SimpleNamespace(projection=p, live_count=1) for p in projections)
+    snapshot = _Snapshot.of(None, None, (*shards, shards[0]))
+    alone = _Snapshot.of(None, None, (shards[0], shards[0]))
+    for query in normalise_rows(np.abs(rng.normal(size=(20, DIM))).astype(np.float32)):
+        projected, residuals = snapshot.project_with_residuals(query)
+        assert alone.project_with_residuals(query)[1] == [0.0, 0.0]
+        assert residuals[3] == residuals[0]
+        for projection, kept, residual in zip(projections, projected, residuals, strict=False):
+            offset = query.astype(np.float64) - projection.mean
+            along = projection.components.astype(np.float64) @ offset
+            np.testing.assert_allclose(kept, along, atol=1e-5)
+            assert residual == pytest.approx(offset @ offset - along @ along, abs=1e-5)
+        for image in small:
+            projected_distance = np.sum((np.array(projected[2]) - projections[2].apply(image)) ** 2)
+            exact = np.sum((query.astype(np.float64) - image) ** 2)
+            assert projected_distance + residuals[2] == pytest.approx(exact, abs=1e-5)
