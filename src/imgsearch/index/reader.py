@@ -91,9 +91,9 @@ class _Snapshot:
     shards: tuple[Shard, ...]
     # What every query over these shards needs, worked out once: each shard's share of the
     # live images, and their distinct projections stacked into one matrix, so that a query is
-    # projected for every shard by one product (`project`); shards built with one projection
-    # (an open shard reuses the newest sealed shard's, a merge its sources' shared one) share
-    # its rows.
+    # projected for every shard by one product (`project_with_residuals`); shards built with
+    # one projection (an open shard reuses the newest sealed shard's, a merge its sources'
+    # shared one) share its rows.
     shares: tuple[float, ...] = ()
     components: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
@@ -132,15 +132,12 @@ class _Snapshot:
             live_count=live,
         )
 
-    def project(self, vector: np.ndarray) -> list[list[float]]:
-        """A float32 `vector` projected by each shard's projection, in shard order, as lists
-        (Annoy reads a list's floats in 13 us where it reads an array's in 22: per shard)."""
-        return self.project_with_residuals(vector)[0]
-
     def project_with_residuals(self, vector: np.ndarray) -> tuple[list[list[float]], list[float]]:
-        """`project`, and for each shard the query's squared residual under its projection:
-        the part of the query's offset from the projection's mean that its components drop
-        (0 for every shard where they share one projection, as they mostly do)."""
+        """A float32 `vector` projected by each shard's projection, in shard order, as lists
+        (Annoy reads a list's floats in 13 us where it reads an array's in 22: per shard), and
+        for each shard the query's squared residual under its projection: the part of the
+        query's offset from the projection's mean that its components drop (0 for every shard
+        where they share one projection, as they mostly do)."""
         product = serial_matvec(self.components, vector) - self.offsets
         projected = product.tolist()
         starts = (0, *self.ends[:-1])
