@@ -1,11 +1,11 @@
 """Where the Annoy index loses recall@20: in the projection, or in Annoy's walk of its forest.
 
 Each shard's Annoy inspects `nodes` leaf entries of its forest (the query's plan,
-`reader._plan`); a query's candidates are the nearest images inspected by projected distance,
-taken across the shards by projected distance (with the query's residual under each shard's
-projection; as many as the plan's `count`s add up to, `reader._closest_projected`), then
-re-ranked exactly. Of each query's true 20 nearest (exact
-cosine on the stored features), this tells apart, for each candidate budget C and nodes N:
+`reader._plan`); a query's candidates are the images inspected nearest by projected distance
+across all shards (with the query's residual under each shard's projection; as many as the
+plan's `count`s add up to, `reader._closest_projected`), then re-ranked exactly. Of each
+query's true 20 nearest (exact cosine on the stored features), this tells apart, for each
+candidate budget C and nodes N:
 
 - **projected**: the share inside the plan's top `count` by exact projected distance in their
   shard: the recall with every node inspected, so what the projection and C allow;

@@ -674,7 +674,7 @@ def test_the_candidate_budget_grows_with_the_collection(index_service, monkeypat
     asked.clear()
     index.nearest(normalise_rows(vectors[:1])[0], 5, candidates=30)
     assert reader.budget_growth(240) == 4**reader.BUDGET_GROWTH
-    # Each shard may propose the shares of its projection's shards (each rounded up) added
+    # Each shard may propose the whole budget, the shards' shares (each rounded up) added
     # up: at least the grown budget.
     assert min(asked) >= math.ceil(30 * 4**reader.BUDGET_GROWTH)
     assert min(asked) > at_reference
