@@ -26,3 +26,15 @@ def test_serve_refuses_a_number_of_workers_below_one(tmp_path, capsys) -> None:
             main(["serve", "--data-dir", str(tmp_path), "--workers", workers])
         assert refused.value.code == 2
         assert "--workers" in capsys.readouterr().err
+
+
+def test_eval_refuses_index_settings_the_index_would_misread(tmp_path, capsys) -> None:
+    """`--search-k 0` would be read as Annoy's default without the floor of nodes, and
+    `--candidates 0` as no candidates: refused before any ingest, as the settings refuse them."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n")
+    for option, value in (("--search-k", "0"), ("--search-k", "-2"), ("--candidates", "0")):
+        with pytest.raises(SystemExit) as refused:
+            main(["eval", str(tmp_path), "--labels", str(labels), option, value])
+        assert refused.value.code == 2
+        assert option in capsys.readouterr().err

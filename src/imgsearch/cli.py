@@ -169,7 +169,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 def cmd_backfill(args: argparse.Namespace) -> int:
     """Index what a bucket holds already; resumable from a checkpoint file."""
     bucket, prefix = _bucket_prefix(args.url)
-    settings = _settings(args).model_copy(update={"backend": "aws", "bucket": bucket})
+    settings = _settings(args).with_changes(backend="aws", bucket=bucket)
     service = ImageSearch(settings)
     checkpoint = args.checkpoint or Path(f"imgsearch-backfill-{bucket}.json")
     start_after = None if args.restart else _resume_from(checkpoint, args.url, args.reembed)
@@ -420,6 +420,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _search_k(text: str) -> int:
+    value = int(text)
+    if value == 0 or value < -1:
+        raise argparse.ArgumentTypeError(f"{text}: search_k is -1 (Annoy's default) or 1 or more")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgsearch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
@@ -492,14 +499,14 @@ def _parser() -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--candidates",
         action="append",
-        type=int,
+        type=_positive,
         metavar="N",
         help="also measure the index with N Annoy candidates per query; repeat for more",
     )
     evaluation.add_argument(
         "--search-k",
         action="append",
-        type=int,
+        type=_search_k,
         metavar="N",
         help="also measure the index with this Annoy search_k (with each --candidates)",
     )

@@ -6,7 +6,7 @@ import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -201,6 +201,10 @@ class Settings(BaseSettings):
     def _proxies_are_networks(cls, proxies: list[str]) -> list[str]:
         cls._networks(proxies)  # refused at start, not at the first vote
         return proxies
+
+    def with_changes(self, **changes: Any) -> Settings:
+        """A copy with `changes`, validated as at start (`model_copy` validates nothing)."""
+        return type(self).model_validate(self.model_dump() | changes)
 
     @property
     def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

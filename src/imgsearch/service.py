@@ -157,15 +157,14 @@ class ImageSearch:
         ranked with or without `expansion` (index/expansion.py). What is not
         changed is shared, the loaded index included."""
         parts = self.parts
-        settings = self.settings
+        changes: dict[str, object] = {}
         if feedback_method is not None:
-            settings = settings.model_copy(update={"feedback_method": feedback_method})
+            changes["feedback_method"] = feedback_method
         if ann is not None:
-            settings = settings.model_copy(
-                update={"ann_candidates": ann[0], "ann_search_k": ann[1]}
-            )
+            changes |= {"ann_candidates": ann[0], "ann_search_k": ann[1]}
         if expansion is not None:
-            settings = settings.model_copy(update={"expansion": expansion})
+            changes["expansion"] = expansion
+        settings = self.settings.with_changes(**changes) if changes else self.settings
         storage = parts.storage
         if votes_file is not None:
             storage = replace(storage, feedback=SqliteTable(votes_file, "feedback"))

@@ -1241,6 +1241,10 @@ def test_settings_refuse_a_search_k_annoy_would_misread(search_k: int) -> None:
     with pytest.raises(ValidationError, match="ann_search_k"):
         Settings(ann_search_k=search_k)
     assert Settings(ann_search_k=-1).ann_search_k == -1
+    # A copy with other settings (the evaluation's variants) is validated the same way.
+    with pytest.raises(ValidationError, match="ann_search_k"):
+        Settings().with_changes(ann_search_k=search_k)
+    assert Settings().with_changes(ann_search_k=7).ann_search_k == 7
 
 
 def test_a_querys_residual_is_what_its_projection_drops_of_its_offset() -> None:
