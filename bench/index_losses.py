@@ -153,7 +153,8 @@ def measure(
                 items, item_distances = shard._forest.get_nns_by_vector(
                     query_projected[number],
                     len(shard.ids),
-                    search_k=search_k,
+                    # as Index.nearest: Annoy's default (-1) walks the shard's count x trees
+                    search_k=search_k if search_k > 0 else count * shard.trees,
                     include_distances=True,
                 )
                 walked = np.array(items, np.int64)
