@@ -127,7 +127,13 @@ def methods(features: np.ndarray, labels_list: list[str]) -> dict[str, float]:
       (reciprocal), else by l;
     - "diffusion k, a, t, y": Iscen et al. 2017, truncated to t steps over the mutual kNN
       graph of the stored lists' first k (weights sim^3, symmetrically normalised), alpha a,
-      started from the query alone (y=1) or the query and its 10 nearest (y=10)."""
+      started from the query alone (y=1) or the query and its 10 nearest (y=10);
+    - "centred": hubness reduction (Suzuki et al. 2013): the set's mean feature taken from
+      every vector before the cosine, so the stored lists and expanded vectors are the
+      centred vectors' ("exact": centred cosine over the whole set; then DBA 10 + QE 3);
+    - "jaccard K[ mutual], l": k-reciprocal re-ranking's Jaccard distance (Zhong et al.
+      2017): the served scores (DBA 10 + QE 3) blended, by l, with the Jaccard similarity of
+      the query's and each candidate's first K stored neighbours (only mutual ones)."""
     labels = np.array(labels_list)
     n = len(labels)
     ids = [str(i) for i in range(n)]
@@ -148,13 +154,10 @@ def methods(features: np.ndarray, labels_list: list[str]) -> dict[str, float]:
     for k, power in ((10, 1.0), (10, 3.0), (20, 3.0), (50, 3.0), (50, 5.0)):
         expanded = expand_rows(features, stored[:, :k], sims[:, :k], power)
         found[f"alpha-QE {k}, {power:g}"] = both(expanded)
-    dba = expand_rows(features, stored[:, :10], sims[:, :10], 1.0)
-    scores = np.einsum("qd,qcd->qc", dba[rows], dba[candidates])
-    order = np.argsort(-scores, axis=1, kind="stable")
-    first, best = np.take_along_axis(candidates, order, 1), np.take_along_axis(scores, order, 1)
     for q in (1, 2, 3, 5, 10):
-        query = expand_rows(dba[rows], first[:, :q], best[:, :q], 1.0, base=dba)
-        found[f"DBA 10 + QE {q}"] = precision(_rerank(query, dba, candidates), labels, rows, PAGE)
+        served = _dba_qe_scores(features, stored, sims, rows, q)
+        found[f"DBA 10 + QE {q}"] = precision(_by_scores(candidates, served), labels, rows, PAGE)
+    served = _dba_qe_scores(features, stored, sims, rows, 3)
     for within, rest in ((10, 0.0), (10, 0.5), (20, 0.0), (20, 0.5)):
         near = np.zeros((n, n), bool)
         np.put_along_axis(near, stored[:, :within], True, 1)
@@ -163,13 +166,53 @@ def methods(features: np.ndarray, labels_list: list[str]) -> dict[str, float]:
         found[f"mutual {within}, {rest:g}"] = both(
             expand_rows(features, stored[:, :10], weights, 1.0)
         )
+    centred = features - features.mean(axis=0)
+    centred /= np.linalg.norm(centred, axis=1, keepdims=True)
+    centred_similarity = centred @ centred.T
+    np.fill_diagonal(centred_similarity, -np.inf)
+    centred_stored = np.argsort(-centred_similarity, axis=1, kind="stable")[:, :STORED]
+    centred_sims = np.take_along_axis(centred_similarity, centred_stored, axis=1)
+    found["centred, exact"] = precision(centred_stored[rows], labels, rows, PAGE)
+    centred_served = _dba_qe_scores(centred, centred_stored, centred_sims, rows, 3)
+    found["centred, DBA 10 + QE 3"] = precision(
+        _by_scores(centred_stored[rows], centred_served), labels, rows, PAGE
+    )
+    for within, mutual_only in itertools.product((10, 20), (False, True)):
+        listed = np.zeros((n, n), np.float32)
+        np.put_along_axis(listed, stored[:, :within], 1.0, 1)
+        if mutual_only:
+            listed *= listed.T
+        np.fill_diagonal(listed, 1.0)
+        shared = np.einsum("qn,qcn->qc", listed[rows], listed[candidates])
+        sizes = listed.sum(axis=1)
+        jaccard = shared / (sizes[rows][:, None] + sizes[candidates] - shared)
+        for blend in (0.1, 0.3):
+            scores = (1 - blend) * served + blend * jaccard
+            name = f"jaccard {within}{' mutual' if mutual_only else ''}, {blend:g}"
+            found[name] = precision(_by_scores(candidates, scores), labels, rows, PAGE)
     for k, alpha, steps, start in itertools.product((10, 50), (0.9, 0.99), (3, 10), (1, 10)):
         scores = _diffused(stored[:, :k], sims[:, :k], rows, alpha, steps, start)
-        ranked = np.take_along_axis(
-            candidates, np.argsort(-np.take_along_axis(scores, candidates, 1), 1, kind="stable"), 1
-        )
+        ranked = _by_scores(candidates, np.take_along_axis(scores, candidates, 1))
         found[f"diffusion {k}, {alpha:g}, {steps}, {start}"] = precision(ranked, labels, rows, PAGE)
     return found
+
+
+def _dba_qe_scores(
+    features: np.ndarray, stored: np.ndarray, sims: np.ndarray, rows: np.ndarray, q: int
+) -> np.ndarray:
+    """What is served, as scores of each query's stored 50: stored expanded vectors (DBA, k
+    10, power 1), the query expanded again by its first `q` results' (QE)."""
+    dba = expand_rows(features, stored[:, :10], sims[:, :10], 1.0)
+    candidates = stored[rows]
+    scores = np.einsum("qd,qcd->qc", dba[rows], dba[candidates])
+    order = np.argsort(-scores, axis=1, kind="stable")
+    first, best = np.take_along_axis(candidates, order, 1), np.take_along_axis(scores, order, 1)
+    query = expand_rows(dba[rows], first[:, :q], best[:, :q], 1.0, base=dba)
+    return np.einsum("qd,qcd->qc", query, dba[candidates])
+
+
+def _by_scores(candidates: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(candidates, np.argsort(-scores, axis=1, kind="stable"), axis=1)
 
 
 def _diffused(
