@@ -161,6 +161,9 @@ class Settings(BaseSettings):
     http_max_client_connections: int = 32  # open at once from one address
     http_backlog: int = 128  # accepted by the kernel, waiting for the server
     http_max_bodies: int = 16  # request bodies being received at once; beyond, 503
+    # ... and from one client (its address, as votes count it): the page sends two uploads
+    # at once; one address can then hold no more than a quarter of them.
+    http_max_client_bodies: int = Field(4, ge=1)
     http_header_seconds: float = 10.0  # to send a request's headers, from their first byte
     http_body_seconds: float = 120.0  # to send a whole body: 25 MB at 210 KB/s (408)
     http_keep_alive_seconds: int = 5  # a connection sending nothing, new or between requests

@@ -74,7 +74,7 @@ def create_app(
         version="1.0",
         docs_url=None,  # served from the app's own assets by add_docs, not from a CDN
         redoc_url=None,
-        responses=problems(400, 413, 431, 505),  # any request may meet these (guard.py)
+        responses=problems(400, 413, 431),  # any request may meet these (guard.py)
         # FastAPI's OpenTelemetry hooks: nothing here configures a provider, and asking
         # whether one is configured cost every request ~6% of a fast answer's CPU.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -97,6 +97,8 @@ def create_app(
         max_form_bytes=settings.max_image_bytes + 64 * 1024,
         max_other_bytes=MAX_JSON_BYTES,
         max_bodies=settings.http_max_bodies,
+        max_client_bodies=settings.http_max_client_bodies,
+        client_of=service.client_id,  # as votes count clients
     )
     if settings.allowed_origins:  # none: browsers allow only the page's own origin
         app.add_middleware(

@@ -1,13 +1,15 @@
 """What every request must be before the app parses it, and what every answer carries.
 
 `RequestGuard` refuses, with a JSON `{"detail": ...}` and before the body is read:
-- an HTTP version no client speaks (505: h11 takes any `HTTP/d.d`);
+- an HTTP version no client speaks (400: h11 takes any `HTTP/d.d`);
 - headers over 16 KB (431);
 - a header that must be single but is repeated (400): the parser reads the first copy, and a
   limit must never be decided from another one;
 - a body over its limit (413): multipart forms (files) up to `max_form_bytes`, any other body
   (JSON) up to `max_other_bytes`, by the declared Content-Length or while the body streams in;
-- a body beyond the `max_bodies` being received at once (503);
+- a body beyond the `max_bodies` being received at once, or beyond `max_client_bodies` from
+  one client (503): one address holding every slot with bodies it never finishes would
+  otherwise refuse everyone's votes and uploads until their deadline;
 - JSON that Python reads but JSON does not allow (422): NaN, Infinity, numbers out of range,
   lone surrogates, nesting deeper than Python can walk.
 
@@ -19,12 +21,15 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# The client a request counts against, from its peer's address and X-Forwarded-For values.
+ClientOf = Callable[[str | None, list[str]], str]
 
 # Headers a request may hold once: two Content-Types once let a body past its limit (the
 # limit read one copy, the parser the other).
@@ -75,13 +80,24 @@ class RequestGuard:
     """Refuse what the parser must never see (module docstring), before it reads a byte."""
 
     def __init__(
-        self, app: ASGIApp, *, max_form_bytes: int, max_other_bytes: int, max_bodies: int
+        self,
+        app: ASGIApp,
+        *,
+        max_form_bytes: int,
+        max_other_bytes: int,
+        max_bodies: int,
+        max_client_bodies: int,
+        client_of: ClientOf,
     ) -> None:
         self.app = app
         self.max_form_bytes = max_form_bytes
         self.max_other_bytes = max_other_bytes
         self.max_bodies = max_bodies
-        self.bodies = 0  # being received now (one event loop: no lock needed)
+        self.max_client_bodies = max_client_bodies
+        self.client_of = client_of
+        # Being received now, in all and per client (one event loop: no lock needed).
+        self.bodies = 0
+        self.client_bodies: Counter[str] = Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,15 +112,19 @@ class RequestGuard:
         if "transfer-encoding" not in headers and headers.get("content-length", "0") == "0":
             await self.app(scope, receive, send)  # no body
             return
-        if self.bodies >= self.max_bodies:
+        peer = scope["client"][0] if scope.get("client") else None
+        client = self.client_of(peer, headers.getlist("x-forwarded-for"))
+        if self.bodies >= self.max_bodies or self.client_bodies[client] >= self.max_client_bodies:
+            busy = "" if self.bodies >= self.max_bodies else " from this address"
             await send_refusal(
                 send,
                 503,
-                "too many uploads at once; try again in a moment",
+                f"too many uploads at once{busy}; try again in a moment",
                 [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())],
             )
             return
         self.bodies += 1
+        self.client_bodies[client] += 1
         try:
             if is_json(media_type):
                 await self._json(scope, receive, send, limit)
@@ -112,6 +132,9 @@ class RequestGuard:
                 await self._streamed(scope, receive, send, limit)
         finally:
             self.bodies -= 1
+            self.client_bodies[client] -= 1
+            if not self.client_bodies[client]:
+                del self.client_bodies[client]
 
     async def _streamed(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         """Pass the body on as it arrives, counting it: 413 once it passes `limit`."""
@@ -171,7 +194,7 @@ def _refusal(scope: Scope, headers: Headers, limit: int) -> tuple[int, str] | No
     """The status and reason to refuse a request for by its headers alone, if any."""
     raw = scope["headers"]
     if scope.get("http_version", "1.1") not in HTTP_VERSIONS:
-        return 505, f"HTTP/{scope['http_version']} is not supported; send HTTP/1.1"
+        return 400, f"HTTP/{scope['http_version']} is not supported; send HTTP/1.1"
     if sum(len(name) + len(value) for name, value in raw) > MAX_HEADER_BYTES:
         return 431, f"request headers are larger than the limit of {MAX_HEADER_BYTES:,} bytes"
     if repeated := repeated_headers(raw):

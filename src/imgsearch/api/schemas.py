@@ -23,7 +23,8 @@ class Problem(BaseModel):
 # When each status is answered (guard.py, app.py and the routes): the OpenAPI document lists
 # them per route, from `problems`.
 PROBLEMS = {
-    400: "A malformed request: a header that must be single sent twice, a bad Content-Length",
+    400: "A malformed request: a header that must be single sent twice, a bad Content-Length, "
+    "an HTTP version other than 1.0 and 1.1",
     401: "The API key is missing (X-API-Key)",
     403: "The API key is wrong",
     404: "No such image (or resource)",
@@ -33,7 +34,6 @@ PROBLEMS = {
     429: "Too many votes from this session or client in a minute; see Retry-After",
     431: "Request headers larger than the limit",
     503: "Busy (every decoder, or too many connections or bodies); see Retry-After",
-    505: "An HTTP version other than 1.0 and 1.1",
     507: "The server's storage is full",
 }
 

@@ -6,7 +6,8 @@ headers or its body a byte at a time (slowloris), nor one that connects and send
 accepts every connection; and it answers a malformed request in text/plain. Here:
 - a connection that sends nothing for `http_keep_alive_seconds` (new, or between requests) is
   closed; a request's headers must arrive within `http_header_seconds` of their first byte,
-  and its body within `http_body_seconds` of the headers: else 408;
+  and its body within `http_body_seconds` of the headers (a body declared no larger than
+  SMALL_BODY_BYTES, a vote's, within `http_header_seconds`): else 408;
 - beyond `http_max_client_connections` from one address a new connection gets 503 and is
   closed; beyond `http_max_connections` in all, the connection idle longest (or still sending
   its headers after a second) is closed to make room, and only if none is, the new one gets
@@ -22,9 +23,11 @@ Python at most, so on a machine of two cores two processes serve about twice the
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import http
 import json
 import logging
+import math
 import multiprocessing
 import signal
 import socket
@@ -53,6 +56,16 @@ STALLED_SECONDS = 1.0
 # would end the same way (a damaged index, a port taken), and the server stops instead.
 WORKER_MIN_SECONDS = 10.0
 STOP_SECONDS = 30.0  # for a worker to finish its requests and close once told to stop
+# A body declared this small (a vote is 16 KB at most) is owed as soon as headers are: 64 KB
+# takes 10 s at 52 kbit/s. Without this, a vote begun and never finished held one of the
+# server's few body slots (`http_max_bodies`) for the whole upload deadline.
+SMALL_BODY_BYTES = 64 * 1024
+# glibc raises its mmap threshold to the size of each large block freed (up to 32 MB): after
+# that, bodies of megabytes are carved from the heaps of the threads that read them and stay
+# there once freed. Five rounds of 16 reverse searches of 24 MB at once left a server at 910
+# MB, and at 290 MB with the threshold fixed here (docs/reliability.md).
+MMAP_THRESHOLD_BYTES = 1 << 20
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc
 
 
 class GuardedProtocol(H11Protocol):
@@ -170,11 +183,22 @@ class GuardedProtocol(H11Protocol):
 
     def _seconds(self, phase: str) -> float:
         settings = self.settings
+        if phase == "body" and self._declared_length() <= SMALL_BODY_BYTES:
+            return settings.http_header_seconds
         return {
             "idle": settings.http_keep_alive_seconds,
             "headers": settings.http_header_seconds,
             "body": settings.http_body_seconds,
         }[phase]
+
+    def _declared_length(self) -> float:
+        """The Content-Length of the request being received (infinite if it has none: a
+        chunked body may be of any size up to its limit)."""
+        scope = getattr(self, "scope", None)
+        for name, value in scope["headers"] if scope else ():
+            if name == b"content-length" and value.isdigit():
+                return int(value)
+        return math.inf
 
     def _expired(self) -> None:
         phase, self._deadline, self._phase = self._phase, None, None
@@ -270,11 +294,22 @@ def server_config(
     )
 
 
+def give_back_large_blocks() -> None:
+    """Every allocation of MMAP_THRESHOLD_BYTES or more its own mapping, returned to the
+    system once freed (glibc's malloc; with another C library nothing changes)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
 def serve(service: ImageSearch, *, host: str, port: int, web_dir: Path | None) -> None:
     """Serve the API (and the page from `web_dir`) in this process until interrupted; the
     service, loaded and checked (`check_at_start`), is closed at the end."""
     from imgsearch.api.app import create_app  # the app imports what the server does not
 
+    give_back_large_blocks()
     try:
         app = create_app(service, web_dir=web_dir)
         config = server_config(app, service.settings, host=host, port=port, log_level="warning")
@@ -355,6 +390,7 @@ def _serve_process(
     socket of its own on the shared port."""
     from imgsearch.api.app import create_app  # the app imports what the server does not
 
+    give_back_large_blocks()
     service = ImageSearch(settings)
     try:
         service.check_at_start()  # loads the index, verified, before the first request
