@@ -60,7 +60,10 @@ def start_server(data_dir: Path, port: int, expansion: bool) -> subprocess.Popen
     }
     command = [sys.executable, "-m", "imgsearch.cli", "serve", "--data-dir", str(data_dir)]
     server = subprocess.Popen(
-        [*command, "--port", str(port)], env=environment, stderr=subprocess.DEVNULL
+        [*command, "--port", str(port)],
+        env=environment,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, which `stop_server` stops
     )
     for _ in range(1200):
         try:
