@@ -186,6 +186,13 @@ class ImageSearch:
         address = source_address(peer, forwarded_for or [], self.settings.trusted_proxy_networks)
         return self.parts.client_ids.of(address)
 
+    def client_address(self, peer: str | None, forwarded_for: list[str] | None = None) -> str:
+        """The client a request came from as `client_id` counts it, unhashed: it reads no
+        secret (functions without the feedback table's, and requests other than votes, must
+        not need it). For bounds held in memory only; never stored."""
+        address = source_address(peer, forwarded_for or [], self.settings.trusted_proxy_networks)
+        return client_network(address)
+
     @staticmethod
     def client_network(address: str) -> str:
         """The network an address counts as one client of (IPv6: its /64), for bounds on

@@ -30,6 +30,7 @@ from support.services import API_KEY, make_service
 from imgsearch.api.app import create_app
 from imgsearch.api.server import LINGER_SECONDS
 from imgsearch.cli import WEB_DIR
+from imgsearch.clients import CLIENT_SECRET_FILE
 
 DEADLINE = 1.0  # seconds, for headers and for bodies in these tests
 SLACK = 4.0  # how much later than a deadline the server may act, on a busy machine
@@ -251,6 +252,22 @@ def test_thumbnails_point_where_a_cdn_serves_them_when_one_is_configured(
             assert moved.headers["location"] == expected.format(image_id)
             unknown = "0" * len(image_id)  # no redirect for an image that is not there
             assert client.get(f"/api/images/{unknown}/thumbnail").status_code == 404
+
+
+def test_bodies_are_counted_per_client_without_the_client_secret(service) -> None:
+    """The body bounds group requests by address, as votes do, but only votes need the secret
+    their client ids are made with: the cloud's change function may not read the feedback
+    table that keeps it, and a search by photo must not wait for it. Here the secret cannot be
+    read: uploads and searches by photo are served, and a vote says the data needs repair."""
+    secret = Path(service.settings.data_dir) / CLIENT_SECRET_FILE
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text("")  # unusable: reading it raises
+    app = create_app(service)
+    with TestClient(app, headers={API_KEY_HEADER: API_KEY}, raise_server_exceptions=False) as c:
+        photo_file = {"file": ("a.jpg", demo_image("chair"))}
+        assert c.post("/api/images", files=photo_file).status_code == 201
+        assert c.post("/api/search/image", files=photo_file).status_code == 200
+        assert c.post("/api/feedback", json=_vote()).status_code == 503
 
 
 def test_docs_are_served_from_the_app_own_assets(app_client) -> None:

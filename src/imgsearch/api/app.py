@@ -98,7 +98,7 @@ def create_app(
         max_other_bytes=MAX_JSON_BYTES,
         max_bodies=settings.http_max_bodies,
         max_client_bodies=settings.http_max_client_bodies,
-        client_of=service.client_id,  # as votes count clients
+        client_of=service.client_address,  # as votes count clients, without the secret
     )
     if settings.allowed_origins:  # none: browsers allow only the page's own origin
         app.add_middleware(
