@@ -207,6 +207,10 @@ class Settings(BaseSettings):
 
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with `changes`, validated as at start (`model_copy` validates nothing)."""
+        # Unknown names are ignored in the environment (extra="ignore"): here a misspelt
+        # change would be dropped without a word.
+        if unknown := changes.keys() - type(self).model_fields.keys():
+            raise TypeError(f"no such settings: {', '.join(sorted(unknown))}")
         return type(self).model_validate(self.model_dump() | changes)
 
     @property

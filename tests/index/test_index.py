@@ -1245,6 +1245,8 @@ def test_settings_refuse_a_search_k_annoy_would_misread(search_k: int) -> None:
     with pytest.raises(ValidationError, match="ann_search_k"):
         Settings().with_changes(ann_search_k=search_k)
     assert Settings().with_changes(ann_search_k=7).ann_search_k == 7
+    with pytest.raises(TypeError, match="ann_serch_k"):
+        Settings().with_changes(ann_serch_k=7)  # misspelt: not dropped unseen
 
 
 def test_a_querys_residual_is_what_its_projection_drops_of_its_offset() -> None:
