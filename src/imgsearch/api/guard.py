@@ -104,7 +104,7 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)  # what Starlette's parsers read
-        media_type = parse_options_header(headers.get("content-type", ""))[0].decode("latin-1")
+        media_type = media_type_of(headers.get("content-type", ""))
         limit = self.max_form_bytes if media_type == FORM_TYPE else self.max_other_bytes
         if refusal := _refusal(scope, headers, limit):
             await send_refusal(send, *refusal)
@@ -205,6 +205,11 @@ def _refusal(scope: Scope, headers: Headers, limit: int) -> tuple[int, str] | No
     if declared is not None and int(declared) > limit:
         return _too_large(limit)
     return None
+
+
+def media_type_of(content_type: str) -> str:
+    """The media type of a Content-Type value, as Starlette's parsers read it."""
+    return parse_options_header(content_type)[0].decode("latin-1")
 
 
 def repeated_headers(headers: Iterable[tuple[bytes, bytes]]) -> set[str]:

@@ -6,8 +6,8 @@ headers or its body a byte at a time (slowloris), nor one that connects and send
 accepts every connection; and it answers a malformed request in text/plain. Here:
 - a connection that sends nothing for `http_keep_alive_seconds` (new, or between requests) is
   closed; a request's headers must arrive within `http_header_seconds` of their first byte,
-  and its body within `http_body_seconds` of the headers (a body declared no larger than
-  SMALL_BODY_BYTES, a vote's, within `http_header_seconds`): else 408;
+  and its body within `http_body_seconds` of the headers (a small body, a vote's, within
+  `http_header_seconds`: `_small_body`): else 408;
 - beyond `http_max_client_connections` from one address a new connection gets 503 and is
   closed; beyond `http_max_connections` in all, the connection idle longest (or still sending
   its headers after a second) is closed to make room, and only if none is, the new one gets
@@ -27,7 +27,6 @@ import ctypes
 import http
 import json
 import logging
-import math
 import multiprocessing
 import signal
 import socket
@@ -43,6 +42,7 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from imgsearch.api.guard import FORM_TYPE, media_type_of
 from imgsearch.config import Settings
 from imgsearch.service import ImageSearch
 
@@ -58,7 +58,8 @@ WORKER_MIN_SECONDS = 10.0
 STOP_SECONDS = 30.0  # for a worker to finish its requests and close once told to stop
 # A body declared this small (a vote is 16 KB at most) is owed as soon as headers are: 64 KB
 # takes 10 s at 52 kbit/s. Without this, a vote begun and never finished held one of the
-# server's few body slots (`http_max_bodies`) for the whole upload deadline.
+# server's few body slots (`http_max_bodies`) for the whole upload deadline. Bodies other than
+# forms are small however they are sent: the guard holds them to 16 KB (guard.py).
 SMALL_BODY_BYTES = 64 * 1024
 # glibc raises its mmap threshold to the size of each large block freed (up to 32 MB): after
 # that, bodies of megabytes are carved from the heaps of the threads that read them and stay
@@ -183,7 +184,7 @@ class GuardedProtocol(H11Protocol):
 
     def _seconds(self, phase: str) -> float:
         settings = self.settings
-        if phase == "body" and self._declared_length() <= SMALL_BODY_BYTES:
+        if phase == "body" and self._small_body():
             return settings.http_header_seconds
         return {
             "idle": settings.http_keep_alive_seconds,
@@ -191,14 +192,17 @@ class GuardedProtocol(H11Protocol):
             "body": settings.http_body_seconds,
         }[phase]
 
-    def _declared_length(self) -> float:
-        """The Content-Length of the request being received (infinite if it has none: a
-        chunked body may be of any size up to its limit)."""
+    def _small_body(self) -> bool:
+        """Whether the body of the request being received is small: declared no larger than
+        SMALL_BODY_BYTES, or not a form (chunked, a form may be of any size up to its limit;
+        anything else passes the guard only up to 16 KB)."""
         scope = getattr(self, "scope", None)
-        for name, value in scope["headers"] if scope else ():
-            if name == b"content-length" and value.isdigit():
-                return int(value)
-        return math.inf
+        # Repeated, these headers are refused by the guard before any body is read.
+        headers = dict(scope["headers"]) if scope else {}
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit():
+            return int(declared) <= SMALL_BODY_BYTES
+        return media_type_of(headers.get(b"content-type", b"").decode("latin-1")) != FORM_TYPE
 
     def _expired(self) -> None:
         phase, self._deadline, self._phase = self._phase, None, None
