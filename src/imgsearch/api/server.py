@@ -303,7 +303,7 @@ def give_back_large_blocks() -> None:
     system once freed (glibc's malloc; with another C library nothing changes)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no such function, or no C library to ask
         return
     mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
