@@ -352,3 +352,39 @@ def test_a_guessed_word_hedges_its_guesses_across_its_classes(taught_service) ->
     classes = sorted(weights, key=lambda c: -weights[c])[: 2 * count]
     bests = {i for c in classes for i, _ in index.ranked_by_classes({c: 1.0}, 1)}
     assert first[half:] and set(first[half:]) <= bests
+
+
+class _CountedQueries:
+    """A feedback table that counts the partitions its queries read."""
+
+    def __init__(self, table) -> None:
+        self.table = table
+        self.read: list[str] = []
+
+    def query(self, pk: str, **options):
+        self.read.append(pk)
+        return self.table.query(pk, **options)
+
+    def __getattr__(self, name: str):
+        return getattr(self.table, name)
+
+
+def test_words_one_visitor_invents_cost_the_start_view_nothing(storage) -> None:
+    """Everyone's start view lists the words votes taught (`word_topics`). Only terms QUORUM
+    distinct clients voted on can teach, and only they are read: a visitor voting on a
+    thousand made-up words adds no read to it (each cost a query of its own before, and
+    49,000 of them made one start view take 0.8 s)."""
+    from imgsearch.overview import word_topics
+
+    image = "0" * 16
+    feedback = Feedback(storage.feedback)
+    for n in range(40):  # one client's made-up words, one session each
+        feedback.vote(f"zqx{n}", image, f"s{n}", 1, "c-one")
+    for n in range(QUORUM - 1):
+        feedback.vote("almost", image, f"a{n}", 1, f"c{n}")
+    for n in range(QUORUM):
+        feedback.vote("boat", image, f"b{n}", 1, f"c{n}")
+    counted = _CountedQueries(storage.feedback)
+    topics = word_topics(Feedback(counted), {image})  # type: ignore[arg-type]
+    assert [(t.label, t.count, t.cover) for t in topics] == [("boat", 1, image)]
+    assert counted.read == ["terms", "term#boat"]

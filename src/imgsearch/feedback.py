@@ -325,9 +325,15 @@ class Feedback:
             clients=int(row.get("clients", 0)),
         )
 
-    def terms(self) -> list[str]:
-        """Every term voted on (the list of voted terms: one row per term, not per vote)."""
-        return [item["sk"] for item in self.table.query("terms")]
+    def taught_terms(self) -> list[str]:
+        """The terms at least QUORUM distinct clients voted on: only they can hold an image
+        clients agree on. From the list of voted terms (one row per term, not per vote),
+        without reading any term's own rows: one visitor inventing words adds none."""
+        return [
+            item["sk"]
+            for item in self.table.query("terms")
+            if int(item.get("clients", 0)) >= QUORUM
+        ]
 
     def term_votes(self, term: str) -> TermVotes:
         items = self.table.query(f"term#{term}", prefix="vote#")

@@ -43,13 +43,14 @@ def class_topics(index: SearchIndex, class_names: Sequence[str], limit: int) -> 
     ]
 
 
-def word_topics(feedback: Feedback, index: SearchIndex, limit: int) -> list[Topic]:
+def word_topics(feedback: Feedback, index: SearchIndex) -> list[Topic]:
     """The words votes taught everyone, most photos first: count is how many photos enough
     independent clients call relevant to teach others (`learning.trust`, as a search by the
     word reads them), the cover the one most call relevant. One visitor's votes teach only
-    their own session, so they never put a word on everyone's start page."""
+    their own session, so they never put a word on everyone's start page, and the words only
+    they voted on are not even read (`Feedback.taught_terms`)."""
     topics = []
-    for term in feedback.terms():
+    for term in feedback.taught_terms():
         relevant = [
             a
             for a in feedback.summary(term, agreed_only=True).images
@@ -59,7 +60,7 @@ def word_topics(feedback: Feedback, index: SearchIndex, limit: int) -> list[Topi
             cover = max(relevant, key=lambda a: (a.up_clients, a.up)).image_id
             topics.append(Topic("word", term, term, len(relevant), cover))
     topics.sort(key=lambda t: (-t.count, t.label))
-    return topics[:limit]
+    return topics
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from imgsearch.embedding import Embedding
 from imgsearch.feedback import LOCAL_CLIENT
 from imgsearch.images import TILE_SIDE as TILE_SIDE  # the tile thumbnail's side, for the API
 from imgsearch.images import DecodeLimits, ImageRefused, tile_from_thumbnail
+from imgsearch.index.base import SearchIndex
 from imgsearch.index.builder import BuildReport
 from imgsearch.ingest import IngestResult, ObjectEvent, content_type
 from imgsearch.integrity import secret_file
@@ -111,6 +112,11 @@ class ImageSearch:
         self._lock = threading.Lock()
         # (index version, read at, stacks)
         self._stacks: tuple[tuple[int, int], float, list[Stack]] | None = None
+        # The taught words of the start view: (votes here when read, read at, topics),
+        # computed by one thread at a time (`_taught_words`).
+        self._words: tuple[int, float, list[Topic]] | None = None
+        self._words_lock = threading.Lock()
+        self._votes_here = 0  # votes changed by this process, which make the kept words stale
         self._queued_removals: tuple[float, list[str]] | None = None  # (read at, ids)
         self._removals = 0  # removals by this process, which make the kept ones stale
 
@@ -697,11 +703,26 @@ class ImageSearch:
         most photos show, each with how many photos and a cover photo (overview.py)."""
         index = self.parts.index
         index.refresh()
-        words = word_topics(self.parts.feedback, index, limit)
+        words = self._taught_words(index)
         classes = class_topics(index, self.class_names, limit)
         # At most `limit` in all; taught words take up to half, classes fill the rest.
         shown_words = words[: max(limit - len(classes), (limit + 1) // 2)]
         return [*shown_words, *classes[: limit - len(shown_words)]]
+
+    def _taught_words(self, index: SearchIndex) -> list[Topic]:
+        """`word_topics`, kept until this process changes a vote and for at most
+        `feedback_cache_seconds` (what other processes' votes may take to show anywhere), and
+        computed by one thread at a time: every start page asks, and the words voted on are
+        many more than those taught."""
+        with self._words_lock:
+            kept = self._words
+            fresh = time.monotonic() - self.settings.feedback_cache_seconds
+            if kept and kept[0] == self._votes_here and kept[1] >= fresh:
+                return kept[2]
+            votes_here, read_at = self._votes_here, time.monotonic()
+            words = word_topics(self.parts.feedback, index)
+            self._words = (votes_here, read_at, words)
+            return words
 
     def near_copies(self, image_id: str) -> list[Hit]:
         """The images that are near-copies of an indexed one (settings.duplicate_distance),
@@ -811,12 +832,17 @@ class ImageSearch:
             self._forget_learned(term)
         return term, withdrawn
 
-    def _forget_learned(self, term: str) -> None:
+    def _forget_learned(self, term: str | None = None) -> None:
+        """Drop what this process keeps of the term's votes (of every term's: None)."""
+        self._votes_here += 1
         # Only a learner this process has built can hold the term's old votes; building one
         # here would load the index into a process that only records votes (the feedback
         # function, which has no Annoy).
         if self.parts.loaded("learner"):
-            self.parts.learner.forget(term)
+            if term is None:
+                self.parts.learner.forget_all()
+            else:
+                self.parts.learner.forget(term)
 
     def check_vote_rate(self, client: str, session: str) -> None:
         """Count a vote against its session's and client's limits per minute; raises TooMany
@@ -858,8 +884,7 @@ class ImageSearch:
         """Forget what votes taught about a term; returns it and how many votes it had."""
         term = self.term(query)
         removed = self.parts.feedback.reset(term)
-        if self.parts.loaded("learner"):
-            self.parts.learner.forget(term)
+        self._forget_learned(term)
         return term, removed
 
     def named_client(self, name: str) -> str:
@@ -875,8 +900,7 @@ class ImageSearch:
         """Remove every vote of a client (by id or address); returns its id and the count."""
         client = self.named_client(name)
         removed = self.parts.feedback.drop_client(client)
-        if self.parts.loaded("learner"):
-            self.parts.learner.forget_all()
+        self._forget_learned()
         return client, removed
 
     # Checks and repairs (repair.py) ----------------------------------------------------------

@@ -5,6 +5,7 @@ routes, GET /api/duplicates and GET /api/images/{id}/duplicates; and how answers
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +248,37 @@ def test_json_is_compressed_for_clients_that_accept_it(demo_client) -> None:
     assert "content-encoding" not in plain.headers
     assert packed.json() == plain.json()
     assert int(packed.headers["content-length"]) < len(plain.content) / 4
+
+
+def test_the_start_views_words_are_kept_until_a_vote_here_or_a_few_seconds(
+    service, client, monkeypatch
+) -> None:
+    """Every start page asks for the taught words: one process reads them once, again after
+    a vote of its own at once, and after `feedback_cache_seconds` for other processes'."""
+    image_id = client.post("/api/images", files={"file": ("u.jpg", demo_image("umbrella"))})
+    image_id = image_id.json()["id"]
+    feedback = service.parts.feedback
+    reads: list[str] = []
+    table = feedback.table
+
+    class Counted:
+        def query(self, pk: str, **options):
+            reads.append(pk)
+            return table.query(pk, **options)
+
+        def __getattr__(self, name: str):
+            return getattr(table, name)
+
+    monkeypatch.setattr(feedback, "table", Counted())
+    for _ in range(3):
+        assert client.get("/api/explore").status_code == 200
+    assert reads.count("terms") == 1
+    body = {"query": "picnic", "image_id": image_id, "vote": 1, "session": "s"}
+    assert client.post("/api/feedback", json=body).status_code == 200
+    client.get("/api/explore")
+    assert reads.count("terms") == 2  # this process's vote: read again at once
+    later = time.monotonic() + service.settings.feedback_cache_seconds + 1
+    with monkeypatch.context() as patched:
+        patched.setattr(time, "monotonic", lambda: later)
+        client.get("/api/explore")
+    assert reads.count("terms") == 3  # and after a few seconds, for other processes' votes
