@@ -385,6 +385,27 @@ def test_words_one_visitor_invents_cost_the_start_view_nothing(storage) -> None:
     for n in range(QUORUM):
         feedback.vote("boat", image, f"b{n}", 1, f"c{n}")
     counted = _CountedQueries(storage.feedback)
-    topics = word_topics(Feedback(counted), {image})  # type: ignore[arg-type]
-    assert [(t.label, t.count, t.cover) for t in topics] == [("boat", 1, image)]
-    assert counted.read == ["terms", "term#boat"]
+    for _ in range(2):  # the first call also makes the list from the terms voted on before it
+        counted.read.clear()
+        topics = word_topics(Feedback(counted), {image})  # type: ignore[arg-type]
+        assert [(t.label, t.count, t.cover) for t in topics] == [("boat", 1, image)]
+    assert counted.read == ["taught", "term#boat"]
+
+
+def test_the_taught_list_holds_every_term_that_reached_a_quorum(storage) -> None:
+    """Terms agreed on before the list was kept are found once; a reset takes a term off."""
+    from imgsearch.feedback import TAUGHT
+    from imgsearch.storage import Delete
+
+    image = "0" * 16
+    feedback = Feedback(storage.feedback)
+    for term in ("boat", "kite"):
+        for n in range(QUORUM):
+            feedback.vote(term, image, f"{term}{n}", 1, f"c{n}")
+    feedback.vote("lone", image, "l", 1, "c0")
+    assert sorted(feedback.taught_terms()) == ["boat", "kite"]
+    listed = [Delete(TAUGHT, item["sk"]) for item in storage.feedback.query(TAUGHT)]
+    storage.feedback.transact(listed)  # as a table from before the list was kept
+    assert sorted(feedback.taught_terms()) == ["boat", "kite"]
+    feedback.reset("kite")
+    assert feedback.taught_terms() == ["boat"]

@@ -39,6 +39,10 @@ LOCAL_CLIENT = "local"  # votes cast in-process (the CLI, the evaluation): the o
 QUORUM = 3  # distinct clients agreeing on an image before it teaches anyone else
 SECONDS_PER_DAY = 86_400.0
 MAX_WRITES = 100  # per transaction (DynamoDB's limit)
+# The terms that have held an image QUORUM clients agree on (written with its `agreed#` row),
+# and the row saying the list is whole (made once from the terms before it was kept).
+TAUGHT = "taught"
+TAUGHT_LISTED = "#listed"
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,7 @@ class Feedback:
                 writes.append(
                     Put(pk, f"image#{image_id}", after, expected_version=_version(summary))
                 )
-            writes += _agreed_writes(pk, image_id, summary, after)
+            writes += _agreed_writes(term, image_id, summary, after)
             self.table.transact(writes)
             return True
 
@@ -244,7 +248,7 @@ class Feedback:
                 after,
                 expected_version=_version(summary),
             ),
-            *_agreed_writes(pk, image_id, summary, after),
+            *_agreed_writes(term, image_id, summary, after),
             Increment(
                 "terms",
                 term,
@@ -326,14 +330,28 @@ class Feedback:
         )
 
     def taught_terms(self) -> list[str]:
-        """The terms at least QUORUM distinct clients voted on: only they can hold an image
-        clients agree on. From the list of voted terms (one row per term, not per vote),
-        without reading any term's own rows: one visitor inventing words adds none."""
-        return [
+        """The terms that hold, or held, an image at least QUORUM clients agree on (the
+        `taught` list, one row per such term): what votes may have taught everyone. Words
+        nobody else voted on are never listed, however many one visitor invents."""
+        rows = [item["sk"] for item in self.table.query(TAUGHT)]
+        if TAUGHT_LISTED not in rows:
+            return self._list_taught_terms()
+        return [term for term in rows if term != TAUGHT_LISTED]
+
+    def _list_taught_terms(self) -> list[str]:
+        """Make the `taught` list from the terms voted on before it was kept (once per table):
+        those voted on by QUORUM clients or more whose `agreed#` rows are not empty."""
+        taught = [
             item["sk"]
             for item in self.table.query("terms")
             if int(item.get("clients", 0)) >= QUORUM
+            and next(iter(self.table.query(f"term#{item['sk']}", prefix="agreed#")), None)
         ]
+        writes: list[Write] = [Put(TAUGHT, term, {}) for term in taught]
+        writes.append(Put(TAUGHT, TAUGHT_LISTED, {}))
+        for start in range(0, len(writes), MAX_WRITES):
+            self.table.transact(writes[start : start + MAX_WRITES])
+        return taught
 
     def term_votes(self, term: str) -> TermVotes:
         items = self.table.query(f"term#{term}", prefix="vote#")
@@ -368,6 +386,7 @@ class Feedback:
         # What searches read goes first, so that a reset cut short already took effect (and
         # repeating it finishes the rest).
         self.table.delete("terms", term)
+        self.table.delete(TAUGHT, term)
         pk = f"term#{term}"
         for prefix in ("agreed#", "image#", ""):
             rows = [Delete(pk, i["sk"]) for i in self.table.query(pk, prefix=prefix)]
@@ -430,7 +449,7 @@ class Feedback:
                 writes.append(Delete(pk, summary["sk"], expected_version=_version(summary)))
             else:
                 writes.append(Put(pk, summary["sk"], after, expected_version=_version(summary)))
-            writes += _agreed_writes(pk, image_id, summary, after)
+            writes += _agreed_writes(term, image_id, summary, after)
             self.table.transact(writes)
 
         retry_on_conflict(step, "one image's summary")
@@ -448,13 +467,17 @@ class Feedback:
             )
 
 
-def _agreed_writes(pk: str, image_id: str, before: Item | None, after: Item) -> list[Write]:
+def _agreed_writes(term: str, image_id: str, before: Item | None, after: Item) -> list[Write]:
     """Keep the image's `agreed#` copy of its summary while at least QUORUM clients call it
-    the same, and only then. The `image#` row written in the same transaction is conditioned
-    on its version, which orders concurrent writers of both."""
+    the same, and only then, and list the term among the `taught` ones once it has one. The
+    `image#` row written in the same transaction is conditioned on its version, which orders
+    concurrent writers of both."""
+    pk = f"term#{term}"
     if max(after["up"], after["down"]) >= QUORUM:
-        return [Put(pk, f"agreed#{image_id}", after)]
+        return [Put(pk, f"agreed#{image_id}", after), Put(TAUGHT, term, {})]
     if before is not None and max(int(before["up"]), int(before["down"])) >= QUORUM:
+        # The term stays listed: it may hold other agreed images, and reading a term
+        # that holds none costs one query.
         return [Delete(pk, f"agreed#{image_id}")]
     return []
 

@@ -272,13 +272,13 @@ def test_the_start_views_words_are_kept_until_a_vote_here_or_a_few_seconds(
     monkeypatch.setattr(feedback, "table", Counted())
     for _ in range(3):
         assert client.get("/api/explore").status_code == 200
-    assert reads.count("terms") == 1
+    assert reads.count("taught") == 1
     body = {"query": "picnic", "image_id": image_id, "vote": 1, "session": "s"}
     assert client.post("/api/feedback", json=body).status_code == 200
     client.get("/api/explore")
-    assert reads.count("terms") == 2  # this process's vote: read again at once
+    assert reads.count("taught") == 2  # this process's vote: read again at once
     later = time.monotonic() + service.settings.feedback_cache_seconds + 1
     with monkeypatch.context() as patched:
         patched.setattr(time, "monotonic", lambda: later)
         client.get("/api/explore")
-    assert reads.count("terms") == 3  # and after a few seconds, for other processes' votes
+    assert reads.count("taught") == 3  # and after a few seconds, for other processes' votes
