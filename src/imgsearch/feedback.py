@@ -101,6 +101,7 @@ class Feedback:
         self.table = table
         self.half_life = half_life_days * SECONDS_PER_DAY
         self.clock = clock  # seconds since the epoch (tests age votes with their own)
+        self._taught_listed = False  # this process found the `taught` list whole
 
     # Voting ------------------------------------------------------------------------------
 
@@ -111,6 +112,7 @@ class Feedback:
         (the session's vote and its client's voice already say so)."""
         if value not in (1, -1):
             raise ValueError("a vote is 1 (relevant) or -1 (not relevant)")
+        self._list_taught_terms()
         pk = f"term#{term}"
 
         # Loses (PreconditionFailed) if another write to this vote or image landed first.
@@ -334,24 +336,33 @@ class Feedback:
         `taught` list, one row per such term): what votes may have taught everyone. Words
         nobody else voted on are never listed, however many one visitor invents."""
         rows = [item["sk"] for item in self.table.query(TAUGHT)]
-        if TAUGHT_LISTED not in rows:
-            return self._list_taught_terms()
-        return [term for term in rows if term != TAUGHT_LISTED]
+        if TAUGHT_LISTED in rows:
+            return [term for term in rows if term != TAUGHT_LISTED]
+        # A table from before the list was kept, until a vote lists it: read here, never
+        # written (the cloud's search function may only read the table).
+        return self._terms_agreed_on()
 
-    def _list_taught_terms(self) -> list[str]:
-        """Make the `taught` list from the terms voted on before it was kept (once per table):
-        those voted on by QUORUM clients or more whose `agreed#` rows are not empty."""
-        taught = [
+    def _terms_agreed_on(self) -> list[str]:
+        """The terms QUORUM clients or more voted on whose `agreed#` rows are not empty, from
+        the list of every term voted on."""
+        return [
             item["sk"]
             for item in self.table.query("terms")
             if int(item.get("clients", 0)) >= QUORUM
             and next(iter(self.table.query(f"term#{item['sk']}", prefix="agreed#")), None)
         ]
-        writes: list[Write] = [Put(TAUGHT, term, {}) for term in taught]
-        writes.append(Put(TAUGHT, TAUGHT_LISTED, {}))
-        for start in range(0, len(writes), MAX_WRITES):
-            self.table.transact(writes[start : start + MAX_WRITES])
-        return taught
+
+    def _list_taught_terms(self) -> None:
+        """Make the `taught` list whole if it is not (once per table: the terms taught before
+        it was kept), before this process's first vote; later votes keep it."""
+        if self._taught_listed:
+            return
+        if self.table.get(TAUGHT, TAUGHT_LISTED) is None:
+            writes: list[Write] = [Put(TAUGHT, term, {}) for term in self._terms_agreed_on()]
+            writes.append(Put(TAUGHT, TAUGHT_LISTED, {}))
+            for start in range(0, len(writes), MAX_WRITES):
+                self.table.transact(writes[start : start + MAX_WRITES])
+        self._taught_listed = True
 
     def term_votes(self, term: str) -> TermVotes:
         items = self.table.query(f"term#{term}", prefix="vote#")
