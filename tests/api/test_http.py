@@ -5,6 +5,7 @@ and result URLs. Framing, deadlines and bounds go through a real uvicorn server 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -289,14 +290,88 @@ def test_docs_are_served_from_the_app_own_assets(app_client) -> None:
         assert response.status_code == 200 and len(response.content) > 100, asset
 
 
+@pytest.mark.parametrize(
+    "value", ["bytes=100-0", "foo=0-1", "bytes=abc", "bytes=99999999-", "bytes=0-9"]
+)
+def test_the_docs_assets_are_sent_whole_whatever_range_asks(app_client, value) -> None:
+    """Starlette answered a Range it could not honour in plain text (400, 416), not JSON; the
+    assets are small, so Range is not offered and is ignored."""
+    whole = app_client.get("/docs-assets/swagger-ui.css")
+    assert "accept-ranges" not in whole.headers
+    response = app_client.get("/docs-assets/swagger-ui.css", headers={"Range": value})
+    assert response.status_code == 200 and response.content == whole.content
+
+
+@pytest.mark.parametrize("web_dir", [WEB_DIR, None], ids=["with the page", "api only"])
+@pytest.mark.parametrize(
+    ("method", "path", "status", "allow"),
+    [
+        ("PUT", "/api/feedback", 405, "POST"),
+        ("OPTIONS", "/api/feedback", 405, "POST"),
+        ("GET", "/api/feedback", 405, "POST"),
+        ("HEAD", "/api/feedback", 405, "POST"),
+        ("PUT", "/api/images", 405, "GET, HEAD, POST"),  # every route's methods, not the first's
+        ("PATCH", "/api/images/0123456789abcdef", 405, "DELETE, GET, HEAD"),
+        ("OPTIONS", "/api/health", 405, "GET, HEAD"),
+        ("DELETE", "/docs", 405, "GET, HEAD"),
+        ("POST", "/docs-assets/swagger-ui.css", 405, "GET, HEAD"),
+        ("PUT", "/api/nope", 404, None),
+        ("DELETE", "/api/images/0123456789abcdef/nope", 404, None),
+    ],
+)
+def test_a_method_a_path_does_not_take_gets_405_naming_those_it_does(
+    service, web_dir, method, path, status, allow
+) -> None:
+    """With the page, every such request fell through to it: 405 `Allow: GET, HEAD` whatever
+    the path took, even where it took nothing (404)."""
+    with TestClient(create_app(service, web_dir=web_dir)) as client:
+        response = client.request(method, path)
+    assert response.status_code == status
+    assert response.headers.get("allow") == allow
+    assert response.headers["content-type"] == "application/json"
+    if method != "HEAD":
+        assert response.json()["detail"]
+
+
+def test_a_head_answer_carries_no_body_whoever_serves_it(service) -> None:
+    """The app drops a HEAD's body itself: behind Mangum no server does it."""
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "HEAD",
+        "scheme": "http",
+        "path": "/api/health",
+        "raw_path": b"/api/health",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"localhost")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("localhost", 80),
+    }
+    asyncio.run(create_app(service, web_dir=WEB_DIR)(scope, receive, send))
+    start, *rest = sent
+    assert start["status"] == 200
+    assert int(dict(start["headers"])[b"content-length"]) > 0  # the GET answer's length
+    assert b"".join(message.get("body", b"") for message in rest) == b""
+
+
 # Through a real server, over raw sockets ---------------------------------------------------
 
 
 @pytest.fixture
 def server(request, tmp_path, embedder, vocabulary, monkeypatch) -> Iterator[tuple[str, int, Path]]:
-    """A real uvicorn server as `imgsearch serve` runs it, with one-second deadlines and
-    small bounds (or the settings of an indirect parameter); yields its host, port and the
-    directory of its temporary files."""
+    """A real uvicorn server as `imgsearch serve` runs it (the page too), with one-second
+    deadlines and small bounds (or the settings of an indirect parameter); yields its host,
+    port and the directory of its temporary files."""
     spool = tmp_path / "spool"
     spool.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spool))  # where multipart parts spool
@@ -310,7 +385,7 @@ def server(request, tmp_path, embedder, vocabulary, monkeypatch) -> Iterator[tup
         http_max_client_bodies=MAX_CLIENT_BODIES,
     ) | getattr(request, "param", {})
     service = make_service(tmp_path / "data", embedder, vocabulary, **settings)
-    with live_server(create_app(service)) as url:
+    with live_server(create_app(service, web_dir=WEB_DIR)) as url:
         host, port = url.removeprefix("http://").split(":")
         yield host, int(port), spool
 
@@ -482,7 +557,7 @@ def test_a_body_owed_after_the_answer_holds_no_connection(tmp_path, embedder, vo
     deadline."""
     service = make_service(tmp_path / "data", embedder, vocabulary, http_body_seconds=60)
     head = b"GET /api/health HTTP/1.1\r\nHost: x\r\nContent-Length: 16000\r\n\r\nx"
-    with live_server(create_app(service)) as url:
+    with live_server(create_app(service, web_dir=WEB_DIR)) as url:
         host, port = url.removeprefix("http://").split(":")
         with _connect((host, int(port), None)) as connection:
             connection.sendall(head)
@@ -512,6 +587,41 @@ def _trickle_until_closed(connection: socket.socket, seconds: float) -> bytes:
             break
         received += chunk
     return received
+
+
+def test_head_is_answered_as_get_without_the_body(server) -> None:
+    """Every path GET answers takes HEAD: the same status and headers, no body. FastAPI's
+    routes take GET alone, so a HEAD fell through to the page and got its 404."""
+    good = encode(photo(64, 48), "PNG")
+    body_end = b"\r\n--x--\r\n"
+    _, part = _upload_head("/api/images", 0)
+    head, part = _upload_head("/api/images", len(part) + len(good) + len(body_end))
+    status, _, body = _exchange(server, head + part + good + body_end)
+    assert status == 201, body
+    image = json.loads(body)["id"]
+    for path in (
+        "/",
+        "/api/health",
+        "/api/images",
+        f"/api/images/{image}",
+        f"/api/images/{image}/file",
+        f"/api/images/{image}/thumbnail",
+        f"/api/images/{image}/similar",  # the fast route (api/fast.py)
+        "/api/search?q=dog",
+        "/openapi.json",
+        "/docs",
+        "/redoc",
+        "/docs-assets/swagger-init.js",
+        "/docs-assets/swagger-ui.css",
+    ):
+        asked = (
+            f"{{}} {path} HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n"
+        )
+        got = _exchange(server, asked.format("GET").encode())
+        answered = _exchange(server, asked.format("HEAD").encode())
+        assert got[0] == answered[0] == 200, (path, answered)
+        assert {**answered[1], "date": ""} == {**got[1], "date": ""}, path
+        assert answered[2] == b"", path
 
 
 def test_an_unknown_http_version_is_refused(server) -> None:

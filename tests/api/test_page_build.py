@@ -149,6 +149,7 @@ def test_the_bundle_is_compressed_immutable_and_revalidated(site) -> None:
         ("GET", "/js/%2e%2e/%2e%2e/pyproject.toml", 404),
         ("POST", "/", 405),
         ("DELETE", "/index.html", 405),
+        ("PUT", "/nothing-here.js", 404),  # nothing to allow a method on
     ],
 )
 def test_what_the_page_server_refuses(site, method, path, status) -> None:

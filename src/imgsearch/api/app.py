@@ -20,6 +20,7 @@ from imgsearch.api.docs import DOCS_PATHS, add_docs
 from imgsearch.api.fast import FastRoutes
 from imgsearch.api.guard import RequestGuard, SecurityHeaders, page_policy
 from imgsearch.api.kept import KeptAnswers
+from imgsearch.api.methods import HeadAsGet, allowed
 from imgsearch.api.page import Page, PageServer
 from imgsearch.api.routes import feedback, health, images, overview, search, uploads, votes
 from imgsearch.api.schemas import problems
@@ -109,14 +110,18 @@ def create_app(
         )
     app.add_middleware(SecurityHeaders, page_origins=settings.page_origins, docs_paths=DOCS_PATHS)
     # JSON and the page's text files, compressed for clients that accept it (JPEGs are not:
-    # Starlette leaves images alone); outermost, so every answer passes through it.
+    # Starlette leaves images alone); outside the rest, so every answer passes through it.
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=6)
+    # Outside compression: a HEAD's headers are the compressed GET's (its length, its encoding).
+    app.add_middleware(HeadAsGet)
 
     @app.exception_handler(HTTPException)
     async def refused(request: Request, error: HTTPException) -> Response:
         if isinstance(error.detail, str) and len(error.detail) > MAX_DETAIL_CHARS:
             cut = f"{error.detail[:MAX_DETAIL_CHARS]}... ({len(error.detail):,} characters)"
             error = HTTPException(error.status_code, cut, error.headers)
+        if error.status_code == 405 and (allow := allowed(app.routes, request.scope)):
+            error = HTTPException(405, error.detail, {**(error.headers or {}), "Allow": allow})
         return await http_exception_handler(request, error)
 
     # What the engine refuses, as HTTP: one answer for each, whichever route met it.
@@ -197,7 +202,11 @@ def create_app(
         def policy(page: Page) -> str:
             return page_policy(origins, page.inline_scripts, page.inline_styles)
 
-        app.mount("/", PageServer(app, web_dir, policy), name="web")
+        # What no route takes: a path some route takes with another method gets that route's
+        # 405, not the page's (a mount at / would match every path first). No redirect to
+        # the path with or without its final slash either: the page answers it.
+        app.router.default = PageServer(app, web_dir, policy)
+        app.router.redirect_slashes = False
     return app
 
 

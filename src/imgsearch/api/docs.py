@@ -7,12 +7,14 @@ hold no inline script, so the Content-Security-Policy allows only the app's own 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import fastapi_offline
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 ASSETS_URL = "/docs-assets"
 ASSETS_DIR = Path(fastapi_offline.__file__).resolve().parent / "static"
@@ -56,6 +58,29 @@ _REDOC_PAGE = """<!doctype html>
 """
 
 
+class WholeFiles(StaticFiles):
+    """Static files served whole, whatever Range asks: Starlette answers a Range it cannot
+    honour in plain text, not as the API's JSON, and these few files are small enough to
+    send whole (a client may always ignore Range)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = [(name, value) for name, value in scope["headers"] if name != b"range"]
+            scope = {**scope, "headers": headers}
+        await super().__call__(scope, receive, send)
+
+    def file_response(
+        self,
+        full_path: str | os.PathLike[str],
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        del response.headers["accept-ranges"]  # ranges are not offered
+        return response
+
+
 def add_docs(app: FastAPI) -> None:
     """Serve /docs, /redoc and their assets (the app must be made with docs_url=None and
     redoc_url=None, so that FastAPI's CDN-based pages are not served)."""
@@ -72,4 +97,4 @@ def add_docs(app: FastAPI) -> None:
     def swagger_init() -> Response:
         return Response(_SWAGGER_INIT, media_type="text/javascript")
 
-    app.mount(ASSETS_URL, StaticFiles(directory=ASSETS_DIR), name="docs-assets")
+    app.mount(ASSETS_URL, WholeFiles(directory=ASSETS_DIR), name="docs-assets")

@@ -249,19 +249,18 @@ class PageServer:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        if request.method not in ("GET", "HEAD"):
-            response: Response = JSONResponse(
-                {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": "GET, HEAD"}
-            )
-            await response(scope, receive, send)
-            return
         page = await run_in_threadpool(self.page) if self._built is None else self._built
         path = request.url.path.lstrip("/")
         if path == "" or path.endswith("/"):
             path += "index.html"
         asset = page.files.get(path)
-        if asset is None:
+        response: Response
+        if asset is None:  # whatever the method: there is nothing here to allow it on
             response = JSONResponse({"detail": "Not Found"}, status_code=404)
+        elif request.method not in ("GET", "HEAD"):
+            response = JSONResponse(
+                {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": "GET, HEAD"}
+            )
         elif path == "index.html":
             response = await self._index(request, asset, page)
         else:
