@@ -189,9 +189,10 @@ def start_server(
         **os.environ,
         "PYTHONPATH": str(src),
         "IMGSEARCH_API_KEY": API_KEY,
-        # Every client comes from 127.0.0.1: the per-address connection bound would refuse
-        # some of them, and the vote limits per client and session most votes.
+        # Every client comes from 127.0.0.1: the per-address bounds on connections and bodies
+        # would refuse some of them, and the vote limits per client and session most votes.
         "IMGSEARCH_HTTP_MAX_CLIENT_CONNECTIONS": "1000",
+        "IMGSEARCH_HTTP_MAX_CLIENT_BODIES": "1000",
         "IMGSEARCH_VOTES_PER_CLIENT_MINUTE": "1000000",
         "IMGSEARCH_VOTES_PER_SESSION_MINUTE": "1000000",
     }
