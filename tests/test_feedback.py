@@ -416,3 +416,64 @@ def test_the_taught_list_holds_every_term_that_reached_a_quorum(storage) -> None
     ]
     voter.reset("kite")
     assert reader.taught_terms() == ["boat"]
+
+
+def test_a_term_whose_agreement_is_gone_leaves_the_taught_list(storage) -> None:
+    """The list holds the terms that hold an agreed image: once the last one's agreement is
+    gone (a withdrawal, a vote that changes sides, the owner dropping a client), the term
+    leaves it, or every start view would go on reading it. Dropping the clients that invented
+    words is the owner's remedy; their words must stop costing the start view then."""
+    from imgsearch.feedback import TAUGHT
+
+    first, second = "0" * 16, "1" * 16
+    feedback = Feedback(storage.feedback)
+    for n in range(QUORUM):
+        feedback.vote("kite", first, f"k{n}", 1, f"c{n}")
+        feedback.vote("boat", first, f"b{n}", 1, f"c{n}")
+        feedback.vote("boat", second, f"b{n}", 1, f"c{n}")
+        feedback.vote("moon", first, f"m{n}", 1, f"c{n}")
+    assert sorted(feedback.taught_terms()) == ["boat", "kite", "moon"]
+    feedback.drop_client("c0")  # kite and moon lose their one agreed image, boat its two
+    assert feedback.taught_terms() == []
+    for n in range(1, QUORUM):
+        feedback.vote("kite", first, f"k{n}b", 1, f"c{n}")
+    feedback.vote("kite", first, "k0", 1, "c0")  # agreed again: listed again
+    feedback.vote("boat", first, "b0", 1, "c0")
+    assert sorted(feedback.taught_terms()) == ["boat", "kite"]
+    feedback.withdraw("kite", first, "k0")
+    feedback.vote("boat", second, "b0", 1, "c0")
+    feedback.vote("boat", first, "b0", -1, "c0")  # the other image keeps boat listed
+    assert feedback.taught_terms() == ["boat"]
+    assert sorted(i["sk"] for i in storage.feedback.query(TAUGHT)) == ["#listed", "boat"]
+
+
+def test_a_term_agreed_on_meanwhile_stays_taught(storage) -> None:
+    """The write that takes a term off the list is conditioned on the row it read: a vote
+    that makes another image agreed between that read and the write keeps it listed."""
+    image, other = "0" * 16, "1" * 16
+    feedback = Feedback(storage.feedback)
+    for n in range(QUORUM):
+        feedback.vote("kite", image, f"k{n}", 1, f"c{n}")
+    for n in range(QUORUM - 1):
+        feedback.vote("kite", other, f"o{n}", 1, f"c{n}")
+    table = storage.feedback
+    meanwhile = Feedback(table)
+
+    class Interleaved:
+        """Lets the other process's vote land just before this process's first write."""
+
+        landed = False
+
+        def transact(self, writes):
+            if not Interleaved.landed:
+                Interleaved.landed = True
+                meanwhile.vote("kite", other, f"o{QUORUM}", 1, f"c{QUORUM}")
+            return table.transact(writes)
+
+        def __getattr__(self, name: str):
+            return getattr(table, name)
+
+    Feedback(Interleaved()).withdraw("kite", image, "k0")  # type: ignore[arg-type]
+    assert Interleaved.landed
+    assert {a.image_id for a in feedback.summary("kite", agreed_only=True).images} == {other}
+    assert feedback.taught_terms() == ["kite"]

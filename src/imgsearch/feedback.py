@@ -39,7 +39,7 @@ LOCAL_CLIENT = "local"  # votes cast in-process (the CLI, the evaluation): the o
 QUORUM = 3  # distinct clients agreeing on an image before it teaches anyone else
 SECONDS_PER_DAY = 86_400.0
 MAX_WRITES = 100  # per transaction (DynamoDB's limit)
-# The terms that have held an image QUORUM clients agree on (written with its `agreed#` row),
+# The terms that hold an image QUORUM clients agree on (written with each `agreed#` row),
 # and the row saying the list is whole (made once from the terms before it was kept).
 TAUGHT = "taught"
 TAUGHT_LISTED = "#listed"
@@ -185,7 +185,7 @@ class Feedback:
                 writes.append(
                     Put(pk, f"image#{image_id}", after, expected_version=_version(summary))
                 )
-            writes += _agreed_writes(term, image_id, summary, after)
+            writes += self._agreed_writes(term, image_id, summary, after)
             self.table.transact(writes)
             return True
 
@@ -250,7 +250,7 @@ class Feedback:
                 after,
                 expected_version=_version(summary),
             ),
-            *_agreed_writes(term, image_id, summary, after),
+            *self._agreed_writes(term, image_id, summary, after),
             Increment(
                 "terms",
                 term,
@@ -332,7 +332,7 @@ class Feedback:
         )
 
     def taught_terms(self) -> list[str]:
-        """The terms that hold, or held, an image at least QUORUM clients agree on (the
+        """The terms that hold an image at least QUORUM clients agree on (the
         `taught` list, one row per such term): what votes may have taught everyone. Words
         nobody else voted on are never listed, however many one visitor invents."""
         rows = [item["sk"] for item in self.table.query(TAUGHT)]
@@ -460,10 +460,38 @@ class Feedback:
                 writes.append(Delete(pk, summary["sk"], expected_version=_version(summary)))
             else:
                 writes.append(Put(pk, summary["sk"], after, expected_version=_version(summary)))
-            writes += _agreed_writes(term, image_id, summary, after)
+            writes += self._agreed_writes(term, image_id, summary, after)
             self.table.transact(writes)
 
         retry_on_conflict(step, "one image's summary")
+
+    def _agreed_writes(
+        self, term: str, image_id: str, before: Item | None, after: Item
+    ) -> list[Write]:
+        """Keep the image's `agreed#` copy of its summary while at least QUORUM clients call it
+        the same, and only then, and keep the term on the `taught` list while it holds one.
+        The `image#` row written in the same transaction is conditioned on its version, which
+        orders concurrent writers of both."""
+        pk = f"term#{term}"
+        if max(after["up"], after["down"]) >= QUORUM:
+            return [Put(pk, f"agreed#{image_id}", after), Put(TAUGHT, term, {})]
+        if before is not None and max(int(before["up"]), int(before["down"])) >= QUORUM:
+            return [Delete(pk, f"agreed#{image_id}"), *self._unlisted_writes(term, image_id)]
+        return []
+
+    def _unlisted_writes(self, term: str, image_id: str) -> list[Write]:
+        """Take the term off the `taught` list if `image_id` is its last agreed image: else
+        every start view would go on reading it (a client that invented words and was dropped
+        would cost them for good). Conditioned on the row's version, read before the term's
+        agreed rows: a vote listing the term meanwhile (each agreed write puts the row)
+        makes the transaction lose and read again."""
+        listed = self.table.get(TAUGHT, term)
+        if listed is None:
+            return []
+        agreed = self.table.query(f"term#{term}", prefix="agreed#", limit=2)
+        if any(item["sk"] != f"agreed#{image_id}" for item in agreed):
+            return []
+        return [Delete(TAUGHT, term, expected_version=_version(listed))]
 
     def _drop_marker(self, term: str, sk: str, client: str, counter: str) -> None:
         marker = self.table.get(f"term#{term}", sk)
@@ -476,21 +504,6 @@ class Feedback:
                     Increment("terms", term, {counter: -1}),
                 ]
             )
-
-
-def _agreed_writes(term: str, image_id: str, before: Item | None, after: Item) -> list[Write]:
-    """Keep the image's `agreed#` copy of its summary while at least QUORUM clients call it
-    the same, and only then, and list the term among the `taught` ones once it has one. The
-    `image#` row written in the same transaction is conditioned on its version, which orders
-    concurrent writers of both."""
-    pk = f"term#{term}"
-    if max(after["up"], after["down"]) >= QUORUM:
-        return [Put(pk, f"agreed#{image_id}", after), Put(TAUGHT, term, {})]
-    if before is not None and max(int(before["up"]), int(before["down"])) >= QUORUM:
-        # The term stays listed: it may hold other agreed images, and reading a term
-        # that holds none costs one query.
-        return [Delete(pk, f"agreed#{image_id}")]
-    return []
 
 
 def _value(item: Item | None) -> int:
