@@ -714,10 +714,14 @@ class ImageSearch:
         `feedback_cache_seconds` (what other processes' votes may take to show anywhere), and
         computed by one thread at a time: every start page asks, and the words voted on are
         many more than those taught."""
+        votes_asked_after = self._votes_here
         with self._words_lock:
             kept = self._words
             fresh = time.monotonic() - self.settings.feedback_cache_seconds
-            if kept and kept[0] == self._votes_here and kept[1] >= fresh:
+            # Any reading begun after the votes this request follows will do: requests that
+            # waited here take the one made meanwhile, not one each (with votes landing all
+            # the while, each read every taught word in turn, holding a server thread).
+            if kept and kept[0] >= votes_asked_after and kept[1] >= fresh:
                 return kept[2]
             votes_here, read_at = self._votes_here, time.monotonic()
             words = word_topics(self.parts.feedback, index)

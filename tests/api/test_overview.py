@@ -5,7 +5,9 @@ routes, GET /api/duplicates and GET /api/images/{id}/duplicates; and how answers
 from __future__ import annotations
 
 import io
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -282,3 +284,35 @@ def test_the_start_views_words_are_kept_until_a_vote_here_or_a_few_seconds(
         patched.setattr(time, "monotonic", lambda: later)
         client.get("/api/explore")
     assert reads.count("taught") == 3  # and after a few seconds, for other processes' votes
+
+
+def test_start_views_waiting_for_the_taught_words_take_the_reading_made_meanwhile(
+    service, monkeypatch
+) -> None:
+    """Requests that waited while one read the taught words take the next reading, not one
+    each: with votes landing here all the while, each waiting start view read every taught
+    word in turn, so that a few at once held as many server threads for that many readings."""
+    import imgsearch.service as service_module
+
+    reading, release = threading.Event(), threading.Event()
+    readings = []
+    real = service_module.word_topics
+
+    def read_slowly(feedback, index):
+        readings.append(None)
+        service._forget_learned("picnic")  # a vote of this process lands during each reading
+        if len(readings) == 1:
+            reading.set()
+            release.wait(10)
+        return real(feedback, index)
+
+    monkeypatch.setattr(service_module, "word_topics", read_slowly)
+    with ThreadPoolExecutor(6) as pool:
+        first = pool.submit(service.explore, 12)
+        assert reading.wait(10)
+        waiting = [pool.submit(service.explore, 12) for _ in range(5)]
+        time.sleep(0.3)  # all of them waiting for the first reading
+        release.set()
+        for future in [first, *waiting]:
+            future.result(timeout=30)
+    assert len(readings) == 2  # the first, and one after the votes the others waited behind
