@@ -64,7 +64,7 @@ SMALL_BODY_BYTES = 64 * 1024
 # glibc raises its mmap threshold to the size of each large block freed (up to 32 MB): after
 # that, bodies of megabytes are carved from the heaps of the threads that read them and stay
 # there once freed. Five rounds of 16 reverse searches of 24 MB at once left a server at 910
-# MB, and at 290 MB with the threshold fixed here (docs/reliability.md).
+# MB, and at 283-290 MB with the threshold fixed here (docs/reliability.md).
 MMAP_THRESHOLD_BYTES = 1 << 20
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc
 
