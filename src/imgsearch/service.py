@@ -189,11 +189,10 @@ class ImageSearch:
     def client_id(self, peer: str | None, forwarded_for: list[str] | None = None) -> str:
         """The id of the client a request came from (see clients.py): what votes and rate
         limits are counted against."""
-        address = source_address(peer, forwarded_for or [], self.settings.trusted_proxy_networks)
-        return self.parts.client_ids.of(address)
+        return self.parts.client_ids.of(self.client_address(peer, forwarded_for))
 
     def client_address(self, peer: str | None, forwarded_for: list[str] | None = None) -> str:
-        """The client a request came from as `client_id` counts it, unhashed: it reads no
+        """The client a request came from, as `client_id` counts it but unhashed: it reads no
         secret (functions without the feedback table's, and requests other than votes, must
         not need it). For bounds held in memory only; never stored."""
         address = source_address(peer, forwarded_for or [], self.settings.trusted_proxy_networks)
