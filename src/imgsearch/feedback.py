@@ -349,7 +349,7 @@ class Feedback:
             item["sk"]
             for item in self.table.query("terms")
             if int(item.get("clients", 0)) >= QUORUM
-            and next(iter(self.table.query(f"term#{item['sk']}", prefix="agreed#")), None)
+            and any(self.table.query(f"term#{item['sk']}", prefix="agreed#", limit=1))
         ]
 
     def _list_taught_terms(self) -> None:
