@@ -247,11 +247,43 @@ def test_x_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(
     assert voters == {trusting.parts.client_ids.of(a) for a in forwarded}
 
 
+def test_a_client_has_a_days_share_of_votes_and_votes_refused_for_the_minute_keep_it(
+    storage, demo_service, one_minute, monkeypatch
+) -> None:
+    image_id = category_ids(demo_service, "elephant")[0]
+    service = on_demo(
+        demo_service, storage.feedback, votes_per_client_minute=2, votes_per_client_day=3
+    )
+    votes = iter(range(100))
+
+    def vote(address: str) -> tuple[int, str, str | None]:
+        body = {"query": "boat", "image_id": image_id, "vote": 1, "session": f"s{next(votes)}"}
+        response = from_address(service, address).post("/api/feedback", json=body)
+        return (
+            response.status_code,
+            response.json().get("detail", ""),
+            response.headers.get("Retry-After"),
+        )
+
+    assert [vote("192.0.2.1")[0] for _ in range(2)] == [200, 200]
+    status, detail, retry = vote("192.0.2.1")
+    assert (status, "this minute" in detail) == (429, True)  # not counted for the day
+    assert retry is not None and 1 <= int(retry) <= 60
+    monkeypatch.setattr(RateLimiter, "clock", staticmethod(lambda: one_minute + 60))
+    assert vote("192.0.2.1")[0] == 200  # the day's third
+    status, detail, retry = vote("192.0.2.1")
+    midnight = (one_minute // 86_400 + 1) * 86_400
+    assert (status, "today" in detail, retry) == (429, True, str(int(midnight - one_minute - 60)))
+    assert vote("192.0.2.2")[0] == 200  # another client keeps its own share
+    monkeypatch.setattr(RateLimiter, "clock", staticmethod(lambda: midnight + 30))
+    assert vote("192.0.2.1")[0] == 200  # a new day
+
+
 # Rate limits expire -------------------------------------------------------------------------
 
 
 def test_rate_limit_counters_expire(storage, request, one_minute, monkeypatch) -> None:
-    limiter = RateLimiter(storage.feedback, "client", per_minute=2)
+    limiter = RateLimiter(storage.feedback, "client", 2)
     assert [limiter.allow("c0123") for _ in range(3)] == [True, True, False]
     monkeypatch.setattr(limiter, "clock", lambda: one_minute + 60)
     assert [limiter.allow("c0123") for _ in range(3)] == [True, True, False]  # a new minute

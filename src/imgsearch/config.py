@@ -180,6 +180,10 @@ class Settings(BaseSettings):
     api_key: str | None = None
     votes_per_session_minute: int = 120
     votes_per_client_minute: int = 600
+    # Votes are stored for good (about 1.6 KB each locally): the minute's limit alone lets one
+    # address add 864,000 a day (1.4 GB). A day's 20,000 is far beyond a person's voting, and
+    # bounds an address to about 32 MB a day.
+    votes_per_client_day: int = 20_000
     # Who a client is (clients.py): the socket peer's address, never X-Forwarded-For unless the
     # peer is one of these proxies (addresses or networks; in the environment a JSON list,
     # IMGSEARCH_TRUSTED_PROXIES='["10.0.0.0/8"]').

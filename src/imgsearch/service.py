@@ -848,14 +848,15 @@ class ImageSearch:
                 self.parts.learner.forget(term)
 
     def check_vote_rate(self, client: str, session: str) -> None:
-        """Count a vote against its session's and client's limits per minute; raises TooMany
-        beyond them."""
+        """Count a vote against its session's and client's limits per minute and its client's
+        per day; raises TooMany beyond them."""
         check_vote_rate(
             self.parts.storage.feedback,
             session=session,
             client=client,
             per_session=self.settings.votes_per_session_minute,
             per_client=self.settings.votes_per_client_minute,
+            per_client_day=self.settings.votes_per_client_day,
         )
 
     def term(self, query: str) -> str:
