@@ -166,6 +166,40 @@ INVALID_KEYS = [
 ]
 
 
+def test_deleting_a_folders_last_object_leaves_no_empty_folder(tmp_path: Path) -> None:
+    objects = LocalObjectStore(tmp_path)
+    objects.put("a/b/c/photo.jpg", b"x")
+    objects.put("a/other.jpg", b"y")
+    objects.delete("a/b/c/photo.jpg")
+    assert not (tmp_path / "a" / "b").exists() and (tmp_path / "a" / "other.jpg").is_file()
+    objects.delete("a/other.jpg")
+    assert not (tmp_path / "a").exists() and tmp_path.is_dir()
+    objects.put("a/b/c/photo.jpg", b"z")
+    assert objects.get("a/b/c/photo.jpg").data == b"z"
+
+
+def test_puts_survive_deletes_removing_their_folder(tmp_path: Path) -> None:
+    """A delete removes the folders it empties while puts of other keys into them run: each
+    put still lands (its folder made again), none fails."""
+    objects = LocalObjectStore(tmp_path)
+    failures: list[BaseException] = []
+
+    def churn(worker: int) -> None:
+        for number in range(150):
+            key = f"deep/er/{worker}-{number}.jpg"
+            try:
+                objects.put(key, b"x")
+                assert objects.get(key).data == b"x"
+                objects.delete(key)
+            except BaseException as error:  # every failure is the finding
+                failures.append(error)
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(churn, range(THREADS)))
+    assert failures == []
+    assert not (tmp_path / "deep").exists()
+
+
 @pytest.mark.parametrize("key", INVALID_KEYS)
 def test_invalid_keys_are_refused(objects: ObjectStore, key: str) -> None:
     operations: list[Callable[[], object]] = [

@@ -138,6 +138,7 @@ def _fsync_file(path: Path) -> None:
 
 
 ETAG_CACHE_SIZE = 100_000
+MAKE_DIRECTORY_ATTEMPTS = 10  # see LocalObjectStore._write
 # Deferred writes are flushed ahead, in a thread of their own, once this much waits: the flush
 # that makes a batch durable (before its build publishes it) then finds most of it on disk
 # already, instead of writing a batch of 12-megapixel originals (2.4 MB each) while the
@@ -285,20 +286,47 @@ class LocalObjectStore(ObjectStore):
             if if_match is not None and self._current_etag(path) != if_match:
                 raise PreconditionFailed(f"{key!r} is not at ETag {if_match}")
             try:
-                with disk_full_is_storage_full(key):
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_file(path, durable=durable) as file:
-                    file.write(data)
+                self._write(key, path, data, durable)
                 if not durable:
                     self._defer(path, len(data))
             except (FileExistsError, NotADirectoryError, IsADirectoryError) as error:
                 raise InvalidKey(f"{key!r} collides with a stored object's path") from error
         return hashlib.md5(data).hexdigest() if etag_wanted else ""
 
+    def _write(self, key: str, path: Path, data: bytes, durable: bool) -> None:
+        """`data` as the file `path`, its directories made. A delete of another key removes
+        the directories it leaves empty (`_remove_empty_directories`), under that key's lock,
+        not this one's: one may go between making a directory and making what goes in it
+        (FileNotFoundError), or while `mkdir` checks that one it found is a directory
+        (FileExistsError), so the write starts again. A key that collides with a stored
+        object's path raises the same errors every time."""
+        for attempt in range(MAKE_DIRECTORY_ATTEMPTS):
+            try:
+                with disk_full_is_storage_full(key):
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_file(path, durable=durable) as file:
+                    file.write(data)
+                return
+            except (FileNotFoundError, FileExistsError):
+                if attempt == MAKE_DIRECTORY_ATTEMPTS - 1:
+                    raise
+
     def _delete(self, key: str) -> None:
         path = self._path(key)
         with self._locked(key), suppress(*_NO_OBJECT_ERRORS):
             path.unlink()
+        self._remove_empty_directories(path.parent)
+
+    def _remove_empty_directories(self, directory: Path) -> None:
+        """`directory` and those above it, up to the root, while they are empty: deleting the
+        images of deep keys would otherwise leave their folders behind for good. rmdir removes
+        only an empty directory, so a file put there meanwhile stops it (`_write`)."""
+        while directory != self.root and self.root in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:  # not empty, or gone already
+                return
+            directory = directory.parent
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         # Only walk the directory every matching key must lie under (a valid key's, or the
