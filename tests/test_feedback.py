@@ -538,3 +538,18 @@ def test_an_undo_on_a_voice_from_before_cast_rows_finds_the_other_votes(storage)
     assert _voices(storage, "moth") == {("nat", image): 1}
     assert feedback.withdraw("moth", image, "a") is True
     assert _voices(storage, "moth") == {} and feedback.summary("moth").images == []
+
+
+def test_a_sessions_searches_read_a_bounded_number_of_its_votes(storage, monkeypatch) -> None:
+    """Every search of a session reads its votes on the words (its own results follow them at
+    once): at most MAX_SESSION_VOTES, so that a session that voted on a whole collection,
+    within its rate limit over hours, does not make each of its searches cost that much."""
+    import imgsearch.feedback
+
+    monkeypatch.setattr(imgsearch.feedback, "MAX_SESSION_VOTES", 10)
+    feedback = Feedback(storage.feedback)
+    for n in range(15):
+        feedback.vote("moth", f"{n:016x}", "busy", -1, "c")
+    counted = _CountedRows(storage.feedback)
+    assert len(Feedback(counted).session_votes("moth", "busy")) == 10
+    assert counted.rows == 10

@@ -42,6 +42,10 @@ MAX_WRITES = 100  # per transaction (DynamoDB's limit)
 # `cast#` rows order a client's votes on an image newest first by counting microseconds down
 # from here (the year 5138).
 CAST_HORIZON_US = 10**17
+# A session's votes on one word that its searches read (and learn from): a person votes on
+# tens; a session that voted on 20,000 images of a large collection (at its rate limit, 3
+# hours) made each of its searches read them all (0.5 s at 100,000 images).
+MAX_SESSION_VOTES = 1000
 # The terms that hold an image QUORUM clients agree on (written with each `agreed#` row),
 # and the row saying the list is whole (made once from the terms before it was kept).
 TAUGHT = "taught"
@@ -401,7 +405,9 @@ class Feedback:
         )
 
     def session_votes(self, term: str, session: str) -> dict[str, int]:
-        items = self.table.query(f"term#{term}", prefix=f"vote#{session}#")
+        """The session's votes on the term's images: at most MAX_SESSION_VOTES of them (by
+        image id), which every search of the session reads."""
+        items = self.table.query(f"term#{term}", prefix=f"vote#{session}#", limit=MAX_SESSION_VOTES)
         return {i["image_id"]: int(i["vote"]) for i in items}
 
     def voters(self, term: str) -> dict[str, tuple[int, int]]:
