@@ -39,6 +39,13 @@ LOCAL_CLIENT = "local"  # votes cast in-process (the CLI, the evaluation): the o
 QUORUM = 3  # distinct clients agreeing on an image before it teaches anyone else
 SECONDS_PER_DAY = 86_400.0
 MAX_WRITES = 100  # per transaction (DynamoDB's limit)
+# `cast#` rows order a client's votes on an image newest first by counting microseconds down
+# from here (the year 5138).
+CAST_HORIZON_US = 10**17
+# A session's votes on one word that its searches read (and learn from): a person votes on
+# tens; a session that voted on 20,000 images of a large collection (at its rate limit, 3
+# hours) made each of its searches read them all (0.5 s at 100,000 images).
+MAX_SESSION_VOTES = 1000
 # The terms that hold an image QUORUM clients agree on (written with each `agreed#` row),
 # and the row saying the list is whole (made once from the terms before it was kept).
 TAUGHT = "taught"
@@ -144,11 +151,15 @@ class Feedback:
                 return False
             cast_by = str(vote.get("client", LOCAL_CLIENT))
             voice = self.table.get(pk, f"voice#{cast_by}#{image_id}")
-            remaining = self._last_other_vote(term, image_id, session, cast_by)
+            if voice is not None and voice.get("casts"):
+                remaining = self._latest_other_cast(term, image_id, session, cast_by)
+            else:  # a voice from before `cast#` rows were kept: its votes may have none
+                remaining = self._last_other_vote(term, image_id, session, cast_by)
             writes: list[Write] = [
                 Delete(pk, vote["sk"], expected_version=_version(vote)),
                 Increment("terms", term, {"votes": -1}),
                 Delete(f"client#{cast_by}", f"vote#{session}#{image_id}#{term}"),
+                *_cast_deleted(vote),
             ]
             if voice is None and remaining is None:  # (a reset cut short: no voice to fix)
                 self.table.transact(writes)
@@ -170,11 +181,12 @@ class Feedback:
             if remaining is None:
                 writes.append(Delete(pk, voice_sk, expected_version=_version(voice)))
             else:
+                attrs = {"voice": value, "client": cast_by, "image_id": image_id, "at": at}
                 writes.append(
                     Put(
                         pk,
                         voice_sk,
-                        {"voice": value, "client": cast_by, "image_id": image_id, "at": at},
+                        attrs | _casts_kept(voice),
                         expected_version=_version(voice),
                     )
                 )
@@ -209,6 +221,16 @@ class Feedback:
                 latest = vote
         return latest
 
+    def _latest_other_cast(
+        self, term: str, image_id: str, session: str, client: str
+    ) -> Item | None:
+        """The latest vote `client` cast on the image for `term` from a session other than
+        `session`, from the `cast#` rows, newest first: two rows at most (`session`'s own may
+        be the newest), however many votes the client cast elsewhere or from how many
+        sessions. Only for a voice that says its votes all have `cast#` rows (`casts`)."""
+        rows = self.table.query(f"term#{term}", prefix=f"cast#{client}#{image_id}#", limit=2)
+        return next((row for row in rows if row["session"] != session), None)
+
     def _vote_writes(
         self,
         term: str,
@@ -220,6 +242,7 @@ class Feedback:
         voice: Item | None,
     ) -> list[Write]:
         pk, now = f"term#{term}", self.clock()
+        cast = _cast_key(client, image_id, now, session)
         session_marker = self.table.get(pk, f"session#{session}")
         client_marker = self.table.get(pk, f"client#{client}")
         summary = self.table.get(pk, f"image#{image_id}")
@@ -234,14 +257,21 @@ class Feedback:
                     "image_id": image_id,
                     "client": client,
                     "at": now,
+                    "cast": cast,
                 },
                 expected_version=_version(current),
             ),
-            # The client's voice is its sessions' last vote, and its age that vote's.
+            # The client's votes on the image, newest first, for an undo to find the latest
+            # of the others; the session's previous one (from whichever client) goes.
+            Put(pk, cast, {"vote": value, "session": session, "client": client, "at": now}),
+            *(_cast_deleted(current) if current and current.get("cast") != cast else ()),
+            # The client's voice is its sessions' last vote, and its age that vote's. A new
+            # voice has every one of its votes in `cast#` rows; an older one may not.
             Put(
                 pk,
                 f"voice#{client}#{image_id}",
-                {"voice": value, "client": client, "image_id": image_id, "at": now},
+                {"voice": value, "client": client, "image_id": image_id, "at": now}
+                | (_casts_kept(voice) if voice else {"casts": True}),
                 expected_version=_version(voice),
             ),
             Put(
@@ -375,7 +405,9 @@ class Feedback:
         )
 
     def session_votes(self, term: str, session: str) -> dict[str, int]:
-        items = self.table.query(f"term#{term}", prefix=f"vote#{session}#")
+        """The session's votes on the term's images: at most MAX_SESSION_VOTES of them (by
+        image id), which every search of the session reads."""
+        items = self.table.query(f"term#{term}", prefix=f"vote#{session}#", limit=MAX_SESSION_VOTES)
         return {i["image_id"]: int(i["vote"]) for i in items}
 
     def voters(self, term: str) -> dict[str, tuple[int, int]]:
@@ -439,6 +471,7 @@ class Feedback:
                 writes += [
                     Delete(vote["pk"], vote["sk"], expected_version=_version(vote)),
                     Increment("terms", term, {"votes": -1}),
+                    *_cast_deleted(vote),
                 ]
             self.table.transact(writes)
             return int(ours)
@@ -504,6 +537,21 @@ class Feedback:
                     Increment("terms", term, {counter: -1}),
                 ]
             )
+
+
+def _cast_key(client: str, image_id: str, at: float, session: str) -> str:
+    """The sort key of a `cast#` row: the client's votes on an image, newest first (the time
+    in microseconds, counted down from CAST_HORIZON_US)."""
+    return f"cast#{client}#{image_id}#{CAST_HORIZON_US - round(at * 1e6):017d}#{session}"
+
+
+def _cast_deleted(vote: Item | None) -> list[Write]:
+    """The deletion of a vote's `cast#` row (none for a vote from before they were kept)."""
+    return [Delete(vote["pk"], str(vote["cast"]))] if vote and vote.get("cast") else []
+
+
+def _casts_kept(voice: Item | None) -> Item:
+    return {"casts": True} if voice and voice.get("casts") else {}
 
 
 def _value(item: Item | None) -> int:
