@@ -18,6 +18,7 @@ from imgsearch.api.fast import FastRoute, IntParam
 from imgsearch.api.schemas import (
     IMAGE_ID,
     IMAGE_ID_PATTERN,
+    MAX_RANKED_OFFSET,
     ImageDetail,
     Page,
     Results,
@@ -36,8 +37,12 @@ MAX_LIMIT = 200
 MAX_OFFSET = 100_000
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
+RankedOffset = Annotated[int, Query(ge=0, le=MAX_RANKED_OFFSET)]
 # "More like this": its query parameters' defaults and bounds, for both of its routes.
-SIMILAR_QUERY = {"limit": IntParam(20, 1, MAX_LIMIT), "offset": IntParam(0, 0, MAX_OFFSET)}
+SIMILAR_QUERY = {
+    "limit": IntParam(20, 1, MAX_LIMIT),
+    "offset": IntParam(0, 0, MAX_RANKED_OFFSET),
+}
 # Sides a thumbnail is also served at (a few, so caches hold them): TILE_SIDE is the tile
 # thumbnail made at ingest (a WebP).
 SMALL_THUMBNAILS = (192, TILE_SIDE)
@@ -138,7 +143,7 @@ async def similar_images(
     request: Request,
     image_id: ImageId,
     limit: Limit = SIMILAR_QUERY["limit"].default,
-    offset: Offset = SIMILAR_QUERY["offset"].default,
+    offset: RankedOffset = SIMILAR_QUERY["offset"].default,
 ) -> Response:
     """Images most like this one ("more like this")."""
     return await similar_page(request, image_id, limit, offset)

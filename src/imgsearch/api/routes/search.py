@@ -9,7 +9,13 @@ from fastapi.responses import Response
 
 from imgsearch.api import presenters
 from imgsearch.api.deps import Service, get_service, kept_under, off_the_loop, read_upload
-from imgsearch.api.schemas import SESSION_PATTERN, ImageSearchResponse, SearchResponse, problems
+from imgsearch.api.schemas import (
+    MAX_RANKED_OFFSET,
+    SESSION_PATTERN,
+    ImageSearchResponse,
+    SearchResponse,
+    problems,
+)
 
 router = APIRouter(prefix="/search", tags=["search"], responses=problems(415, 422, 503))
 
@@ -19,7 +25,7 @@ async def search(
     request: Request,
     q: Annotated[str, Query(min_length=1, max_length=200, description="Words to search for")],
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_RANKED_OFFSET)] = 0,
     session: Annotated[str | None, Query(pattern=SESSION_PATTERN)] = None,
     exclude: Annotated[
         list[int],
@@ -58,7 +64,7 @@ async def search_by_image(
     service: Service,
     file: Annotated[UploadFile, File(description="A photo to find similar images to")],
     limit: Annotated[int, Form(ge=1, le=200)] = 20,
-    offset: Annotated[int, Form(ge=0, le=10_000)] = 0,
+    offset: Annotated[int, Form(ge=0, le=MAX_RANKED_OFFSET)] = 0,
     query: Annotated[
         str | None,
         Form(
