@@ -36,10 +36,19 @@ from support.aws_resources import (
 from support.demo import REPO, demo_image
 from support.dynamodb import install_cheap_transactions
 from support.hostile_files import bombs, corpus
-from support.lambda_events import CLIENT_IP, ApiGateway, QueuePoller, lambda_logging, load_function
+from support.lambda_events import (
+    CLIENT_IP,
+    ApiGateway,
+    FakeContext,
+    QueuePoller,
+    http_event,
+    lambda_logging,
+    load_function,
+)
 from support.openapi import API_KEY_HEADER
 from support.s3vectors import create_vector_indexes, install_query_vectors
 
+from imgsearch.cloud.handlers import http_handler
 from imgsearch.config import ASSETS_DIR, get_settings
 from imgsearch.images import DecodeLimits, ImageRefused, decode_image
 from imgsearch.storage.aws import CACHE_HEADROOM, S3ObjectStore
@@ -581,6 +590,30 @@ def test_direct_uploads_are_for_the_cloud_only(client) -> None:
     status = client.get("/api/uploads/status", params={"key": uploaded["key"]}).json()
     assert status["status"] == "present" and status["image_id"] == uploaded["id"]
     assert client.get("/api/uploads/status", params={"key": "../x"}).status_code == 422
+
+
+def test_an_event_body_is_bounded_whatever_its_headers_declare(service) -> None:
+    """API Gateway passes the whole body whatever the client declared of it (HTTP/2 needs no
+    Content-Length): a vote of 20 KB declared as nothing or as 0 bytes is refused as one of
+    20 KB (the guard's limit for JSON is 16 KB), and a small one undeclared still arrives."""
+    handler = http_handler(service, routers=("feedback",))
+    vote = {"query": "boat", "image_id": "0" * 16, "vote": 1, "session": "s"}
+
+    def status(body: dict[str, object], declared: str | None) -> int:
+        event = http_event(
+            "POST",
+            "/api/feedback",
+            headers={"content-type": "application/json"},
+            body=json.dumps(body).encode(),
+        )
+        del event["headers"]["content-length"]
+        if declared is not None:
+            event["headers"]["content-length"] = declared
+        return int(handler(event, FakeContext())["statusCode"])
+
+    padded = vote | {"padding": "x" * 20_000}
+    assert [status(padded, declared) for declared in (None, "0", "20")] == [413, 413, 413]
+    assert status(vote, None) == 404  # parsed: the image it names does not exist
 
 
 def test_the_local_cache_of_index_files_evicts_the_least_recently_used(

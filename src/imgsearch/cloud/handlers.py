@@ -180,5 +180,30 @@ def http_handler(
 
     page = web_dir if web_dir is not None and web_dir.is_dir() else None
     app = create_app(service, routers=routers, web_dir=page)
-    handler = logger.inject_lambda_context(Mangum(app, lifespan="off"))
+    handler = logger.inject_lambda_context(_declaring_body_length(Mangum(app, lifespan="off")))
     return metrics.log_metrics(handler, capture_cold_start_metric=True)
+
+
+def _declaring_body_length(handler: Handler) -> Handler:
+    """`handler`, given events whose headers declare their body's length. API Gateway hands
+    the whole body over in the event, whatever the client's headers said of it (HTTP/2 needs
+    no Content-Length; a client may claim 0): the app's guard (api/guard.py) bounds a body by
+    its declared length or as it streams in, and took a body declared by neither for none,
+    letting the app parse it whole."""
+
+    def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        body = event.get("body")
+        if body:
+            headers = {
+                name: value
+                for name, value in (event.get("headers") or {}).items()
+                if name.lower() not in ("content-length", "transfer-encoding")
+            }
+            if event.get("isBase64Encoded"):
+                length = len(body) * 3 // 4 - (len(body) - len(body.rstrip("=")))
+            else:
+                length = len(body.encode())
+            event = event | {"headers": headers | {"content-length": str(length)}}
+        return handler(event, context)
+
+    return handle
