@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from imgsearch.cli import main
+from imgsearch.config import Settings
 from imgsearch.storage import SQLITE_FILE
 
 
@@ -18,6 +19,16 @@ def test_the_data_directory_is_the_settings_unless_an_option_names_one(
     assert main(["votes", "show", "boat", "--data-dir", str(from_option)]) == 0
     assert (from_option / SQLITE_FILE).is_file()
     assert capsys.readouterr().out == "boat: 0 votes from 0 sessions and 0 clients\n" * 2
+
+
+def test_only_imgsearch_variables_name_the_data_directory(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "another program's"))
+    assert Settings().data_dir != tmp_path / "another program's"
+    monkeypatch.setenv("IMGSEARCH_DATA_DIR", str(tmp_path / "d"))
+    assert Settings().data_dir == tmp_path / "d"
+    monkeypatch.setenv("IMGSEARCH_DATA", str(tmp_path / "e"))  # the documented name first
+    assert Settings().data_dir == tmp_path / "e"
+    assert Settings(data_dir=tmp_path / "f").data_dir == tmp_path / "f"
 
 
 def test_serve_refuses_a_number_of_workers_below_one(tmp_path, capsys) -> None:

@@ -28,13 +28,17 @@ MAX_DUPLICATE_DISTANCE = 0.15
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="IMGSEARCH_", extra="ignore")
+    # populate_by_name: `Settings(data_dir=...)` beside its environment names (an alias is read
+    # as a whole variable name, without the prefix).
+    model_config = SettingsConfigDict(
+        env_prefix="IMGSEARCH_", extra="ignore", populate_by_name=True
+    )
 
     # Where data lives: a local directory, or S3 + DynamoDB.
     backend: Literal["local", "aws"] = "local"
     data_dir: Path = Field(
         default_factory=_default_data_dir,
-        validation_alias=AliasChoices("IMGSEARCH_DATA", "data_dir"),
+        validation_alias=AliasChoices("IMGSEARCH_DATA", "IMGSEARCH_DATA_DIR"),
     )
     bucket: str = "imgsearch"
     catalog_table: str = "imgsearch-catalog"
