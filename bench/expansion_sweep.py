@@ -28,8 +28,9 @@ expanded, reverse search, per label, with query times), without its keyword and 
 measurements. With `--feedback`, eval's learning rounds (table 4) learning from raw features
 against expanded vectors (`learning`). With `--methods`, other uses of the stored graph than
 one expansion, against the literature (`methods`), why a set near the top cannot gain 3
-points (`corel_ceiling`), and the reverse search of photos the collection does not hold
-(`new_photos`); these read only the cached features, so `x:y` may stand for folder:labels.
+points (`corel_ceiling`), the reverse search of photos the collection does not hold
+(`new_photos`) and labels smaller than the neighbours averaged (`small_labels`); these read
+only the cached features, so `x:y` may stand for folder:labels.
 """
 
 from __future__ import annotations
@@ -279,6 +280,43 @@ def new_photos(features: np.ndarray, labels_list: list[str], folds: int = 5) -> 
     return {name: float(np.mean(values)) for name, values in found.items()}
 
 
+def small_labels(
+    features: np.ndarray, labels_list: list[str], sizes: tuple[int, ...] = (4, 6, 8, 12, 20)
+) -> dict[int, dict[str, float]]:
+    """Whether expansion holds on labels smaller than the neighbours it averages: every label
+    cut to n images (seeded), p@20 of raw exact cosine and of what is served (DBA 10 + QE 3
+    over the stored 50, or over all but the query when fewer), for each n of `sizes`."""
+    labels = np.array(labels_list)
+    rng = np.random.default_rng(0)
+    found = {}
+    for size in sizes:
+        kept = np.sort(
+            np.concatenate(
+                [
+                    rng.choice(np.flatnonzero(labels == label), size, replace=False)
+                    if (labels == label).sum() > size
+                    else np.flatnonzero(labels == label)
+                    for label in np.unique(labels)
+                ]
+            )
+        )
+        vectors, held = features[kept], labels[kept]
+        rows = np.array(
+            [int(i) for i in query_images_of([str(i) for i in range(len(held))], list(held))]
+        )
+        similarity = vectors @ vectors.T
+        np.fill_diagonal(similarity, -np.inf)
+        stored = np.argsort(-similarity, axis=1, kind="stable")[:, : min(STORED, len(held) - 1)]
+        sims = np.take_along_axis(similarity, stored, axis=1)
+        served = _dba_qe_scores(vectors, stored, sims, rows, 3)
+        found[size] = {
+            "images": len(held),
+            "raw": precision(stored[rows], held, rows, PAGE),
+            "served": precision(_by_scores(stored[rows], served), held, rows, PAGE),
+        }
+    return found
+
+
 def corel_ceiling(features: np.ndarray, labels_list: list[str]) -> dict[str, float]:
     """Why a set near the top cannot gain much: of its queries, how many have another label's
     image on their raw first page, and how many of those the stored 50 could fix at all."""
@@ -346,13 +384,14 @@ def main() -> int:
 def compare_methods(specs: list[str], json_path: str | None) -> None:
     """`methods` on every set, printed as one table: p@20 and the gain over raw, its mean over
     the sets and its worst set; then each set's `corel_ceiling` counts and `new_photos`."""
-    found, ceilings, photos = {}, {}, {}
+    found, ceilings, photos, small = {}, {}, {}, {}
     for spec in specs:
         name, features, labels = load(spec)
         print(f"{name}: {len(labels)} images", file=sys.stderr, flush=True)
         found[name] = methods(features, labels)
         ceilings[name] = corel_ceiling(features, labels)
         photos[name] = new_photos(features, labels)
+        small[name] = small_labels(features, labels)
     names = list(found)
     print(f"{'method':>26} | " + " | ".join(f"{n:>9}" for n in names) + " | mean gain | worst")
     for method in found[names[0]]:
@@ -364,8 +403,18 @@ def compare_methods(specs: list[str], json_path: str | None) -> None:
     print("reverse search of photos not in the collection (new_photos), p@20:")
     for name, by_ranking in photos.items():
         print(f"{name}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in by_ranking.items()))
+    print("every label cut to n images (small_labels), p@20 raw -> served:")
+    for name, by_size in small.items():
+        print(
+            f"{name}: "
+            + "; ".join(
+                f"n {size} ({m['images']:g} images) {100 * m['raw']:.1f} -> "
+                f"{100 * m['served']:.1f} ({100 * (m['served'] - m['raw']):+.2f})"
+                for size, m in by_size.items()
+            )
+        )
     if json_path:
-        numbers = {"methods": found, "ceilings": ceilings, "new photos": photos}
+        numbers = {"methods": found, "ceilings": ceilings, "new photos": photos, "small": small}
         Path(json_path).write_text(json.dumps(numbers, indent=1))
 
 

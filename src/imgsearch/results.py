@@ -13,6 +13,7 @@ from imgsearch.decode_pool import DecoderBusy
 from imgsearch.embedding import Embedding
 from imgsearch.feedback import LOCAL_CLIENT, Agreement, TermSummary
 from imgsearch.images import ImageRefused
+from imgsearch.index.base import MATCH_PROBABILITY
 from imgsearch.index.builder import BuildReport
 from imgsearch.index.manifest import IndexFormatError
 from imgsearch.ingest import IngestResult, ObjectEvent
@@ -21,13 +22,15 @@ from imgsearch.overview import Stack, Topic
 from imgsearch.parts import ModelMismatch, Preloadable
 from imgsearch.rate_limits import TooMany
 from imgsearch.repair import Finding
-from imgsearch.search import Hit, Learned, Reason, TextResults, Tier
+from imgsearch.search import CANDIDATES, Hit, Learned, Reason, TextResults, Tier
 from imgsearch.storage import InvalidKey, NotFound, StorageError, StorageFull
 from imgsearch.vocabulary import STRATEGIES, Interpretation, Level, Source
 
 __all__ = [
+    "CANDIDATES",
     "IMAGES_PREFIX",
     "LOCAL_CLIENT",
+    "MATCH_PROBABILITY",
     "STRATEGIES",
     "Agreement",
     "BackfillProgress",

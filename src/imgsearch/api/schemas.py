@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from imgsearch.results import Level, Reason, Source, Tier
+from imgsearch.results import CANDIDATES, MATCH_PROBABILITY, Level, Reason, Source, Tier
 
 SESSION_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 IMAGE_ID = "[0-9a-f]{16}"  # (a regular expression)
@@ -94,9 +94,9 @@ class Result(BaseModel):
     tier: Tier | None = Field(
         None,
         description="Text searches only. match: the collection's evidence says the image shows "
-        "what the words name (a class of theirs with probability >= 0.3, or voted relevant in "
-        "this session); guess: ranked by the words, less surely; explore: shown to cover the "
-        "collection's kinds of pictures. Matches come first",
+        f"what the words name (a class of theirs with probability >= {MATCH_PROBABILITY}, or "
+        "voted relevant in this session); guess: ranked by the words, less surely; explore: "
+        "shown to cover the collection's kinds of pictures. Matches come first",
     )
 
 
@@ -119,8 +119,8 @@ class ClassWeight(BaseModel):
     photos: int | None = Field(
         None,
         description="How many photos of the collection the class describes with probability "
-        ">= 0.3 (counted up to 200); in the combined `classes` of a text search's first page "
-        "(offset 0) only",
+        f">= {MATCH_PROBABILITY} (counted up to {CANDIDATES}); in the combined `classes` of a "
+        "text search's first page (offset 0) only",
     )
 
 
