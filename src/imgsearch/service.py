@@ -294,15 +294,14 @@ class ImageSearch:
     def thumbnail(self, image_id: str, side: int | None = None) -> Original:
         """A JPEG at most 384 pixels on its longer side (see `original`): where it is served
         as static content (`thumbnail_url`), else where the store says, else the bytes; with
-        `side` (smaller than 384) the bytes scaled down to it where the store serves them;
-        with `side` TILE_SIDE the tile thumbnail (`tile`)."""
+        `side` (smaller than 384) the bytes scaled down to it, wherever the thumbnail is (a
+        few KB, which browsers keep: an id names its content); with `side` TILE_SIDE the tile
+        thumbnail (`tile`)."""
         self._existing(image_id)
         if side == TILE_SIDE:
             return self.tile(image_id)
-        if side is not None and not self.thumbnail_url(image_id):
-            catalog = self.parts.catalog
-            if not catalog.thumbnail_url(image_id):
-                return Original("image/jpeg", data=catalog.small_thumbnail(image_id, side))
+        if side is not None:
+            return Original("image/jpeg", data=self.parts.catalog.small_thumbnail(image_id, side))
         static = self.thumbnail_url(image_id)
         if static:
             return Original("image/jpeg", url=static)

@@ -234,13 +234,21 @@ def test_an_image_stored_before_tiles_gets_its_tile_once(service, client) -> Non
 
 
 def test_with_a_cdn_the_tile_is_beside_the_thumbnail(tmp_path, embedder, vocabulary) -> None:
+    """...and the small thumbnail is still the one asked for (the CDN holds only the
+    thumbnail and the tile)."""
     cdn = make_service(tmp_path / "data", embedder, vocabulary, thumbnail_base_url="/t")
     with TestClient(create_app(cdn), headers={API_KEY_HEADER: API_KEY}) as client:
         added = client.post("/api/images", files={"file": ("x.jpg", demo_image("pizza"))})
         (listed,) = client.get("/api/images").json()["results"]
-    image_id = added.json()["id"]
+        image_id = added.json()["id"]
+        thumbnail = f"/api/images/{image_id}/thumbnail"
+        small = client.get(thumbnail, params={"size": 192}, follow_redirects=False)
+        large = client.get(thumbnail, follow_redirects=False)
     assert listed["thumbnail"].endswith(f"/t/{image_id}.jpg")
     assert listed["tile"].endswith(f"/t/{image_id}-tile.webp")
+    assert large.status_code in (302, 307) and large.headers["location"] == f"/t/{image_id}.jpg"
+    assert small.status_code == 200 and small.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(small.content)).size) == 192
 
 
 def test_json_is_compressed_for_clients_that_accept_it(demo_client) -> None:
