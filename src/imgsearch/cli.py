@@ -565,8 +565,8 @@ def _parser() -> argparse.ArgumentParser:
         "--repair",
         action="store_true",
         help="rebuild what is damaged from what is stored (index from embeddings, embeddings "
-        "from originals, a damaged catalog from the originals: votes are then lost); with "
-        "no server running on the collection",
+        "from originals, a damaged catalog from the originals; votes, in a file of their own, "
+        "stay); with no server running on the collection",
     )
     check.set_defaults(run=cmd_check)
 

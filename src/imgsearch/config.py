@@ -161,7 +161,9 @@ class Settings(BaseSettings):
     # core's worth of requests; each follows the others' uploads and votes within seconds,
     # as the cloud's instances do, where one process sees its own at once.
     http_workers: int = Field(1, ge=1)
-    http_max_connections: int = 200  # open at once; beyond, 503 and closed
+    # Open at once; beyond, the connection idle longest is closed for the new one, or if none
+    # is idle the new one gets 503 (api/server.py).
+    http_max_connections: int = 200
     http_max_client_connections: int = 32  # open at once from one address
     http_backlog: int = 128  # accepted by the kernel, waiting for the server
     http_max_bodies: int = 16  # request bodies being received at once; beyond, 503

@@ -1,9 +1,12 @@
 """The API key check in front of the routes that change the collection, in the cloud.
 
-API Gateway (HTTP API) calls this Lambda REQUEST authorizer, with simple responses, for
-POST /api/images, DELETE /api/images/{id} and POST /api/uploads; the app behind it then runs
-with IMGSEARCH_AUTH=gateway. API Gateway answers 401 itself when the X-API-Key header is
-missing, and caches each key's answer for a few minutes.
+API Gateway (HTTP API) calls this Lambda REQUEST authorizer, with simple responses, for the
+routes infra/template.yaml gives `Auth: {Authorizer: ApiKeyAuthorizer}`: those that change the
+collection (POST /api/images, DELETE /api/images/{id}, POST /api/uploads) and the owner's view
+of votes (GET and DELETE /api/terms/{term}, DELETE /api/clients/{client}/votes). The app
+behind it then runs with IMGSEARCH_AUTH=gateway, which checks no key itself. API Gateway
+answers 401 itself when the X-API-Key header is missing, and caches each key's answer for a
+few minutes.
 
 The key is an SSM SecureString parameter named by IMGSEARCH_API_KEY_PARAMETER, read through
 Powertools' parameter cache: a rotated key takes effect within minutes, without a redeploy.
