@@ -351,8 +351,11 @@ class ImageSearch:
 
     def ingest(self, key: str, data: bytes) -> IngestResult:
         """Store and embed an image under `key`, queued for the next `build_index` (the bulk
-        tools build once per batch)."""
-        return self.parts.ingestor.add(key, data)
+        tools build once per batch). Bytes added again cancel their queued removal: the
+        removals `count` keeps are read again."""
+        result = self.parts.ingestor.add(key, data)
+        self._forget_queued_removals()
+        return result
 
     @contextmanager
     def deferred_durability(self) -> Iterator[None]:

@@ -407,6 +407,16 @@ def test_delete_only_queues_the_removal_from_the_index(service, client) -> None:
     assert client.get("/api/images").json()["total"] == 1
 
 
+def test_an_image_added_again_counts_at_once(client) -> None:
+    """Its removal was queued, and read for the totals: adding the bytes again cancels it."""
+    data = demo_image("sunflower")
+    image_id = client.post("/api/images", files={"file": ("a.jpg", data)}).json()["id"]
+    client.delete(f"/api/images/{image_id}")
+    assert client.get("/api/images").json()["total"] == 0
+    client.post("/api/images", files={"file": ("a.jpg", data)})
+    assert client.get("/api/images").json()["total"] == 1
+
+
 def test_a_local_api_key_is_made_once_and_kept(tmp_path) -> None:
     from imgsearch.config import Settings
     from imgsearch.service import ImageSearch
