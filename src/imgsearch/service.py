@@ -86,8 +86,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 API_KEY_FILE = "api-key"  # the local API key, in the data directory
-# Work items `count` and `browse` look through for queued removals: one Query (DynamoDB
-# pages 1 MB, some ten thousand items); removals queued behind a longer backlog count once built.
+# Work items `count`, `browse` and `duplicates` look through for queued removals: one Query
+# (DynamoDB pages 1 MB, some ten thousand items); removals queued behind a longer backlog
+# count once built.
 REMOVALS_LOOKED_AT = 10_000
 # ... read at most this often by one process (the public count and browse would otherwise
 # read them on every call); this process's own removals are seen at once.
@@ -739,8 +740,29 @@ class ImageSearch:
         )
         return [Hit(i, 1.0, "similar") for i in found]
 
-    def duplicates(self) -> list[Stack]:
-        """Every stack of near-copies in the collection, newest first (from the catalog's
+    def duplicates(self, limit: int, offset: int = 0) -> tuple[list[tuple[ImageRecord, ...]], int]:
+        """A page of the collection's stacks of near-copies, newest first, each its members'
+        records newest first, and how many stacks there are. Images whose removal is queued
+        are left out of both (as `count` and `browse` leave them), and a stack left with
+        fewer than two is none; on the page, so is an image without a record. Stacks come
+        from the catalog's near-copy lists (see `_stacks_now`)."""
+        leaving = self._leaving()
+        stacks = [
+            members
+            for stack in self._stacks_now()
+            if len(members := tuple(i for i in stack.image_ids if i not in leaving)) > 1
+        ]
+        page = stacks[offset : offset + limit]
+        records = self.images(i for members in page for i in members)
+        shown = [
+            found
+            for members in page
+            if len(found := tuple(records[i] for i in members if i in records)) > 1
+        ]
+        return shown, len(stacks)
+
+    def _stacks_now(self) -> list[Stack]:
+        """Every stack of near-copies the index serves, newest first (from the catalog's
         near-copy lists; kept until the index changes, and at most STACKS_KEPT_SECONDS: the
         writer updates the lists just after it publishes the index)."""
         index = self.parts.index

@@ -76,11 +76,18 @@ class ImageUrls:
         return f"{self._base}{static}" if static.startswith("/") else static
 
 
-def results(request: Request, service: ImageSearch, hits: Iterable[Hit]) -> list[Result]:
+def results(
+    request: Request,
+    service: ImageSearch,
+    hits: Iterable[Hit],
+    records: Mapping[str, ImageRecord] | None = None,
+) -> list[Result]:
     """Result objects for hits, skipping images removed since they were ranked: their records
-    in one batched read, their URLs from one base."""
+    (unless given, where the service read them already) in one batched read, their URLs from
+    one base."""
     hits = list(hits)
-    records = service.images(hit.image_id for hit in hits)
+    if records is None:
+        records = service.images(hit.image_id for hit in hits)
     urls = ImageUrls(request)
     names = service.class_names
     out = []

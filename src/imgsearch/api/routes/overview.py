@@ -46,12 +46,10 @@ def duplicates(
 ) -> Duplicates:
     """Stacks of near-copies of one photo (resized, re-encoded, cropped a little), newest
     first."""
-    stacks = service.duplicates()
+    stacks, total = service.duplicates(limit, offset)
     shown = []
-    for stack in stacks[offset : offset + limit]:
-        found = presenters.results(
-            request, service, (Hit(i, 1.0, "similar") for i in stack.image_ids)
-        )
-        if len(found) > 1:
-            shown.append(Stack(count=len(found), results=found))
-    return Duplicates(stacks=shown, total=len(stacks))
+    for stack in stacks:
+        hits = (Hit(record.id, 1.0, "similar") for record in stack)
+        found = presenters.results(request, service, hits, {r.id: r for r in stack})
+        shown.append(Stack(count=len(found), results=found))
+    return Duplicates(stacks=shown, total=total)
