@@ -650,7 +650,11 @@ class ImageSearch:
         exclude_classes: Collection[int] = (),
     ) -> TextResults:
         """Images for a few words, best first, re-ranked by what users taught (search.py).
-        `exclude_classes` drops ImageNet classes the user struck from the interpretation."""
+        `exclude_classes` drops ImageNet classes the user struck from the interpretation;
+        NotUnderstood for an id that names no class."""
+        classes = len(self.parts.vocabulary.class_names)
+        if any(not 0 <= c < classes for c in exclude_classes):
+            raise NotUnderstood(f"exclude: class ids are 0..{classes - 1}")
         parts = self.parts
         parts.index.refresh()
         return text_search(
@@ -700,16 +704,20 @@ class ImageSearch:
 
     # What the collection holds -------------------------------------------------------------
 
-    def explore(self, limit: int = 12) -> list[Topic]:
+    def explore(self, limit: int = 12) -> list[tuple[Topic, ImageRecord]]:
         """Things in the photos, for a start view: the words votes taught and the classes
-        most photos show, each with how many photos and a cover photo (overview.py)."""
+        most photos show, each with how many photos and a cover photo (overview.py), and the
+        cover's record. A topic whose cover was removed since the index last changed waits
+        for the next build (which picks another)."""
         index = self.parts.index
         index.refresh()
         words = self._taught_words(index)
         classes = class_topics(index, self.class_names, limit)
         # At most `limit` in all; taught words take up to half, classes fill the rest.
         shown_words = words[: max(limit - len(classes), (limit + 1) // 2)]
-        return [*shown_words, *classes[: limit - len(shown_words)]]
+        topics = [*shown_words, *classes[: limit - len(shown_words)]]
+        covers = self.images(topic.cover for topic in topics)
+        return [(topic, covers[topic.cover]) for topic in topics if topic.cover in covers]
 
     def _taught_words(self, index: SearchIndex) -> list[Topic]:
         """`word_topics`, kept until this process changes a vote and for at most

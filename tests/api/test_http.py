@@ -149,6 +149,12 @@ def test_long_query_lists_are_not_echoed_whole(app_client) -> None:
     assert response.status_code == 422 and len(response.content) < 1000
 
 
+def test_an_excluded_class_id_out_of_range_is_refused_with_the_range(app_client) -> None:
+    response = app_client.get("/api/search", params={"q": "cat", "exclude": [3, 1000]})
+    assert response.status_code == 422
+    assert response.json() == {"detail": "exclude: class ids are 0..999"}
+
+
 def test_the_page_and_the_api_send_a_content_security_policy(app_client) -> None:
     for path in ("/", "/api/health", "/api/images/0123456789abcdef"):
         response = app_client.get(path)

@@ -66,6 +66,16 @@ def test_explore_shows_what_the_demo_photos_hold(demo_client) -> None:
     assert all(t["cover"]["thumbnail"].endswith("/thumbnail") for t in topics)
 
 
+def test_a_topic_whose_cover_was_removed_waits_for_the_next_build(service, client) -> None:
+    image_id = client.post("/api/images", files={"file": ("e.jpg", demo_image("elephant"))})
+    image_id = image_id.json()["id"]
+    topics = client.get("/api/explore").json()["topics"]
+    assert topics and {t["cover"]["id"] for t in topics} == {image_id}
+    client.delete(f"/api/images/{image_id}")
+    assert image_id in service.parts.index  # its removal only queued...
+    assert client.get("/api/explore").json()["topics"] == []  # ...but no topic shows it
+
+
 def test_a_taught_word_joins_explore_once_independent_clients_agree(service, client) -> None:
     """Explore is everyone's start page: a word joins it only when enough clients agree to
     teach others (the quorum a search by the word applies), never by one visitor's votes."""

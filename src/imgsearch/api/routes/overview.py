@@ -21,19 +21,13 @@ def explore(
 ) -> Explore:
     """Things in the photos: the words votes taught and the classes most photos show (from
     the index's posting lists), each with how many photos and a cover photo."""
-    topics = []
-    for topic in service.explore(limit):
-        covers = presenters.results(request, service, [Hit(topic.cover, 1.0, "listed")])
-        if covers:  # (a cover removed since the index last changed: the topic waits)
-            topics.append(
-                Topic(
-                    kind=topic.kind,
-                    label=topic.label,
-                    query=topic.query,
-                    count=topic.count,
-                    cover=covers[0],
-                )
-            )
+    found = service.explore(limit)
+    hits = [Hit(topic.cover, 1.0, "listed") for topic, _ in found]
+    covers = presenters.results(request, service, hits, {r.id: r for _, r in found})
+    topics = [
+        Topic(kind=t.kind, label=t.label, query=t.query, count=t.count, cover=cover)
+        for (t, _), cover in zip(found, covers, strict=True)
+    ]
     return Explore(topics=topics)
 
 

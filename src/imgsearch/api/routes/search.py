@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 
 from imgsearch.api import presenters
@@ -36,9 +36,6 @@ async def search(
     service = get_service(request)  # not a dependency: each costs a fast answer its share
 
     def answer() -> Response:  # storage and numpy block: off the event loop
-        classes = len(service.class_names)
-        if any(not 0 <= c < classes for c in exclude):
-            raise HTTPException(422, detail=f"exclude: class ids are 0..{classes - 1}")
         kept = kept_under(request, service)
         found = service.search_text(
             q, limit=limit, offset=offset, session=session, exclude_classes=set(exclude)
