@@ -58,6 +58,7 @@ QUEUED_EMBEDDING = "embedding"
 CARRIED_SECONDS = 24 * 3600
 SMALL_THUMBNAILS_KEPT = 4096  # ~8 KB each at 192 px: ~32 MB a process at most
 THUMBNAILS_PREFIX = "thumbnails/"
+EMBEDDINGS_PREFIX = "embeddings/"
 NEAR_COPIES = "near"  # the partition of near-copy lists
 # Its item "complete" says every image has its near-copy list; "progress", how far their
 # completion got (`Catalog.complete_near_copy_lists`).
@@ -94,6 +95,16 @@ def tile_name(image_id: str) -> str:
 
 def tile_key(image_id: str) -> str:
     return THUMBNAILS_PREFIX + tile_name(image_id)
+
+
+def embedding_key(image_id: str) -> str:
+    """Where an image's embedding (features and class probabilities, an npz) is stored."""
+    return f"{EMBEDDINGS_PREFIX}{image_id}.npz"
+
+
+def image_id_of_embedding(key: str) -> str:
+    """The image id an `embedding_key` names."""
+    return key.removeprefix(EMBEDDINGS_PREFIX).removesuffix(".npz")
 
 
 ImageStatus = Literal["pending", "indexed", "removed"]
@@ -438,7 +449,7 @@ class Catalog:
             self.table.delete(f"image#{image_id}", QUEUED_EMBEDDING)
         try:
             self.objects.put(
-                f"embeddings/{image_id}.npz",
+                embedding_key(image_id),
                 buffer.getvalue(),
                 if_none_match=not overwrite,
                 etag_wanted=False,
@@ -455,7 +466,7 @@ class Catalog:
     def embedding(self, image_id: str) -> Embedding:
         """Features and probabilities of an ingested image. Raises NotFound, or DamagedFile
         if the file is truncated or corrupt (each member of an npz carries a CRC-32)."""
-        key = f"embeddings/{image_id}.npz"
+        key = embedding_key(image_id)
         fresh = self._fresh_embeddings.pop(image_id, None)
         if fresh is not None:
             features, probabilities = fresh
@@ -519,7 +530,7 @@ class Catalog:
         (written with deferred durability, not yet flushed)."""
         return all(
             (self._stored(key) or 0) > 0
-            for key in (f"embeddings/{image_id}.npz", thumbnail_key(image_id))
+            for key in (embedding_key(image_id), thumbnail_key(image_id))
         )
 
     def _stored(self, key: str) -> int | None:
@@ -532,7 +543,7 @@ class Catalog:
     def delete_derived(self, image_id: str) -> None:
         """Drop what was derived from an image's bytes once no key holds it any more."""
         self._fresh_embeddings.pop(image_id, None)
-        self.objects.delete(f"embeddings/{image_id}.npz")
+        self.objects.delete(embedding_key(image_id))
         self.objects.delete(thumbnail_key(image_id))
         self.objects.delete(tile_key(image_id))
 

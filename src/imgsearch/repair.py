@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from imgsearch.catalog import IMAGES_PREFIX, THUMBNAILS_PREFIX, thumbnail_name, tile_name
+from imgsearch.catalog import (
+    EMBEDDINGS_PREFIX,
+    IMAGES_PREFIX,
+    THUMBNAILS_PREFIX,
+    image_id_of_embedding,
+    thumbnail_name,
+    tile_name,
+)
 from imgsearch.config import Settings
 from imgsearch.images import tile_from_thumbnail
 from imgsearch.index.manifest import MANIFEST_KEY, IndexFormatError, Manifest, read_manifest
@@ -35,7 +42,6 @@ log = logging.getLogger(__name__)
 Fix = Literal[
     "rebuild_catalog", "reset_feedback", "reindex", "reembed", "requeue", "delete", "tile", ""
 ]
-EMBEDDINGS_PREFIX = "embeddings/"
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,7 @@ def _embedding_findings(parts: Parts, *, index_usable: bool) -> list[Finding]:
     changing = {change.image_id for change in catalog.changes()}
     findings = []
     for info in list(parts.storage.objects.list(EMBEDDINGS_PREFIX)):
-        image_id = info.key.removeprefix(EMBEDDINGS_PREFIX).removesuffix(".npz")
+        image_id = image_id_of_embedding(info.key)
         record = catalog.image(image_id)
         if record is None or record.status == "removed":
             if image_id not in changing and image_id not in queued:
@@ -278,4 +284,4 @@ def _sqlite_tables(parts: Parts) -> list[SqliteTable]:
 
 def _image_id(name: str) -> str:
     """The image id in a finding's name (`embeddings/<id>.npz` or `image <id>`)."""
-    return name.removeprefix(EMBEDDINGS_PREFIX).removesuffix(".npz").removeprefix("image ")
+    return image_id_of_embedding(name).removeprefix("image ")

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgsearch.catalog import Catalog, PendingItem
+from imgsearch.catalog import EMBEDDINGS_PREFIX, Catalog, PendingItem, image_id_of_embedding
 from imgsearch.index.base import IndexWriter, ListingStopped, SearchIndex
 from imgsearch.index.neighbourhoods import Neighbourhoods
 from imgsearch.index.shards import ShardData, normalise_rows
@@ -530,8 +530,8 @@ class IndexBuilder:
 
     def _queue_everything(self, lease: Lease) -> None:
         """Queue every stored embedding's image and clear the engine's publication."""
-        for info in self.store.list("embeddings/"):
-            image_id = info.key.removeprefix("embeddings/").removesuffix(".npz")
+        for info in self.store.list(EMBEDDINGS_PREFIX):
+            image_id = image_id_of_embedding(info.key)
             record = self.catalog.image(image_id)
             if record is not None and record.status != "removed":
                 self.catalog.mark_pending(image_id, "add")
