@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from support.demo import demo_image
@@ -167,3 +169,19 @@ def test_an_embedding_reads_back_the_same_just_stored_or_from_its_file(service) 
     for _ in ("fresh", "from the file"):
         with pytest.raises(DamagedFile, match="wrong shape or values"):
             catalog.embedding("b" * 16)
+
+
+def test_reembedding_reads_only_bytes_that_are_still_the_image(service) -> None:
+    """From the first key that holds the image's bytes (one overwritten since, its event not
+    yet applied, holds others), and its record's top classes follow the new embedding."""
+    data = demo_image("elephant")
+    image_id = service.add("a.jpg", data).image_id
+    service.add("b.jpg", data)
+    catalog, ingestor = service.parts.catalog, service.parts.ingestor
+    classes = service.image(image_id).classes
+    catalog.update_image(image_id, lambda record: replace(record, classes=((0, 1.0),)))
+    service.parts.storage.objects.put("images/a.jpg", demo_image("pizza"))
+    assert not ingestor.reembed(image_id, ["a.jpg", "gone.jpg"])
+    assert service.image(image_id).classes == ((0, 1.0),)
+    assert ingestor.reembed(image_id)  # b.jpg
+    assert service.image(image_id).classes == classes

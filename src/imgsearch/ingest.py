@@ -17,7 +17,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -291,23 +291,35 @@ class Ingestor:
         log.info("%s %s: %s %s", event.kind, event.key, result.status, result.reason or "")
         return result
 
-    def reembed(self, key: str) -> IngestResult | None:
-        """Embed the image `key` holds again, with the configured model (after a model
-        change): its stored embedding and top classes are replaced. None if the key holds no
-        image. The index must then be rebuilt from the embeddings (IndexBuilder.reindex):
-        vectors of two models cannot share it."""
-        held = self.catalog.key(key)
-        image_id = _held_image(held)
-        if image_id is None:
-            return None
-        decoded = self.decode(self.catalog.original(key))
-        embedding = self.embedder.embed(decoded.image)
+    def reembed(self, image_id: str, keys: Iterable[str] | None = None) -> bool:
+        """Embed an image again with the configured model (after a model change, or in place
+        of a damaged embedding), from the original bytes of the first of `keys` (by default
+        those its record lists) that still holds them: a key overwritten since holds other
+        bytes (their content id tells). Its stored embedding and top classes are replaced.
+        False if no key holds its bytes. After a model change the index must then be rebuilt
+        from the embeddings (IndexBuilder.reindex): vectors of two models cannot share it.
+        Raises ImageRefused (the limits changed since it was taken in), or DecoderBusy."""
+        if keys is None:
+            record = self.catalog.image(image_id)
+            keys = record.keys if record else ()
+        data = next(filter(None, (self._original_of(image_id, key) for key in keys)), None)
+        if data is None:
+            return False
+        embedding = self.embedder.embed(self.decode(data).image)
         self.catalog.put_embedding(
             image_id, embedding.features, embedding.probabilities, overwrite=True
         )
         classes = _top_classes(embedding.probabilities)
         self.catalog.update_image(image_id, lambda record: replace(record, classes=classes))
-        return IngestResult(key, "unchanged", image_id)
+        return True
+
+    def _original_of(self, image_id: str, key: str) -> bytes | None:
+        """The bytes `key` holds if they are `image_id`'s."""
+        try:
+            data = self.catalog.original(key)
+        except NotFound:
+            return None
+        return data if content_id(data) == image_id else None
 
     def record_failure(self, event: ObjectEvent, reason: str) -> None:
         """Record that applying `event` failed for good (its retries are spent), as the key's

@@ -32,7 +32,6 @@ from imgsearch.config import Settings
 from imgsearch.images import tile_from_thumbnail
 from imgsearch.index.manifest import MANIFEST_KEY, IndexFormatError, Manifest, read_manifest
 from imgsearch.index.shards import Shard
-from imgsearch.ingest import content_id
 from imgsearch.integrity import DamagedFile
 from imgsearch.parts import Parts
 from imgsearch.storage import FEEDBACK_FILE, SQLITE_FILE, NotFound, SqliteTable
@@ -187,7 +186,9 @@ def fix_files(parts: Parts, findings: list[Finding]) -> bool:
         if finding.fix == "delete":
             parts.catalog.delete_derived(_image_id(finding.name))
         elif finding.fix == "reembed":
-            embed_again(parts, _image_id(finding.name))
+            image_id = _image_id(finding.name)
+            if not parts.ingestor.reembed(image_id):
+                log.error("image %s: no original bytes left to embed again", image_id)
         elif finding.fix == "tile":
             image_id = _image_id(finding.name)
             try:
@@ -200,27 +201,6 @@ def fix_files(parts: Parts, findings: list[Finding]) -> bool:
     for finding in findings:
         if finding.fix in ("requeue", "reembed"):
             parts.catalog.mark_pending(_image_id(finding.name), "add")
-    return False
-
-
-def embed_again(parts: Parts, image_id: str) -> bool:
-    """Compute an image's embedding and thumbnail again from its original bytes; False if no
-    key still holds them."""
-    record = parts.catalog.image(image_id)
-    for key in record.keys if record else ():
-        try:
-            data = parts.catalog.original(key)
-        except NotFound:
-            continue
-        if content_id(data) != image_id:
-            continue
-        decoded = parts.ingestor.decode(data)
-        embedding = parts.embedder.embed(decoded.image)
-        parts.catalog.put_embedding(
-            image_id, embedding.features, embedding.probabilities, overwrite=True
-        )
-        return True
-    log.error("image %s: no original bytes left to embed again", image_id)
     return False
 
 

@@ -505,12 +505,14 @@ class ImageSearch:
                 if held.id in done:
                     return "unchanged"
                 try:
-                    ingestor.reembed(key)
+                    reembedded = ingestor.reembed(held.id, [key])
                 except ImageRefused as refusal:  # the limits changed since it was taken in
                     log.warning("not re-embedded: %s: %s", key, refusal)
                     return "refused"
-                done.add(held.id)
-                return "reembedded"
+                if reembedded:
+                    done.add(held.id)
+                    return "reembedded"
+                # Other bytes than its record says, or none any more: applied as they are.
         result = ingestor.apply(ObjectEvent("created", key, None))
         return result.status if result is not None else "ignored"
 
