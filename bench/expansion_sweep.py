@@ -45,7 +45,7 @@ import numpy as np
 
 from imgsearch.config import Settings
 from imgsearch.evaluation.collection import LabelledCollection, ingest_labelled, read_labels
-from imgsearch.evaluation.methods import Method, Sandbox
+from imgsearch.evaluation.methods import Sandbox, Variant
 from imgsearch.evaluation.report import render_expansion, render_feedback, render_production
 from imgsearch.evaluation.run import index_settings
 from imgsearch.evaluation.similar import production_table, query_images, stored_embeddings
@@ -441,7 +441,7 @@ def learning(spec: str) -> None:
     for expanded in (False, True):
         settings = service.settings.model_copy(update={"expansion_learning": expanded})
         with Sandbox(ImageSearch(settings)) as sandbox:
-            runs = feedback_table(sandbox, collection, Method())
+            runs = feedback_table(sandbox, collection, Variant())
         by_vectors["expanded" if expanded else "raw"] = runs
     print(f"# {name}: {len(collection.labels)} images\n")
     print(render_feedback(by_vectors, service.settings.feedback_method) + "\n")

@@ -9,9 +9,9 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar, get_args
 
-from imgsearch.config import Settings
+from imgsearch.config import FeedbackMethod, Settings
 from imgsearch.results import IndexFormatError, ModelMismatch, NotUnderstood, UnusableFile
 from imgsearch.service import ImageSearch
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+FEEDBACK_METHODS: tuple[FeedbackMethod, ...] = get_args(FeedbackMethod)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,7 +358,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from imgsearch.bulk import files_under
     from imgsearch.evaluation import EvaluationError
     from imgsearch.evaluation.collection import ingest_labelled, read_labels
-    from imgsearch.evaluation.methods import check_offered, methods, parse_strategies
+    from imgsearch.evaluation.methods import methods, parse_strategies
     from imgsearch.evaluation.plots import write_plots
     from imgsearch.evaluation.report import render, to_json
     from imgsearch.evaluation.run import evaluate
@@ -383,7 +384,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
             labels = read_labels(Path(args.labels))
             strategies = [parse_strategies(text) for text in args.strategies or []]
             wanted = methods(strategies or [None], args.feedback_method or [None])
-            check_offered(wanted)
             total = sum(1 for _ in files_under(root))
             with tqdm(
                 total=total, desc="ingest", unit="file", disable=quiet, file=sys.stderr
@@ -492,9 +492,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--feedback-method",
         action="append",
+        choices=FEEDBACK_METHODS,
         metavar="NAME",
-        help="feedback learning method (the feedback_method setting: rocchio, knn or "
-        "neighbours); repeat to compare side by side",
+        help=f"feedback learning method (the feedback_method setting: "
+        f"{', '.join(FEEDBACK_METHODS)}); repeat to compare side by side",
     )
     evaluation.add_argument(
         "--candidates",

@@ -40,8 +40,6 @@ from imgsearch.feedback import QUORUM, Agreement, Feedback, TermSummary
 from imgsearch.index.base import SearchIndex
 from imgsearch.index.neighbourhoods import Neighbourhoods
 
-Method = FeedbackMethod  # one home: the settings choose among these
-METHODS: tuple[Method, ...] = ("rocchio", "knn", "neighbours")
 NEGATIVE_WEIGHT = 0.5
 SELF_WEIGHT = 3.0  # the asking session's votes, against one per agreeing client beyond quorum
 KNN_EXAMPLES = 3
@@ -110,12 +108,10 @@ class Learner:
         index: SearchIndex,
         neighbourhoods: Neighbourhoods,
         *,
-        method: Method = "rocchio",
+        method: FeedbackMethod = "rocchio",
         cache_seconds: float = 5.0,
         expanded: bool = False,
     ) -> None:
-        if method not in METHODS:
-            raise ValueError(f"unknown feedback method {method!r}; known: {', '.join(METHODS)}")
         self.feedback = feedback
         self.index = index
         self.neighbourhoods = neighbourhoods

@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 
+from imgsearch.config import FeedbackMethod
 from imgsearch.feedback import Feedback
 from imgsearch.index.base import MATCH_PROBABILITY, SearchIndex
 from imgsearch.index.expansion import COPY_DISTANCE
@@ -79,7 +80,7 @@ class Learned:
     sessions: int
     clients: int
     strength: float  # 0..1: how far the learned ranking outweighs the keyword one
-    method: str  # the learning method (settings.feedback_method)
+    method: FeedbackMethod  # the learning method (settings.feedback_method)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import numpy as np
 from imgsearch import keys, repair
 from imgsearch.catalog import IMAGES_PREFIX, ImageRecord, thumbnail_name, tile_name
 from imgsearch.clients import client_network, is_address, is_client_id, source_address
-from imgsearch.config import Settings
+from imgsearch.config import FeedbackMethod, Settings
 from imgsearch.embedding import Embedding
 from imgsearch.feedback import LOCAL_CLIENT
 from imgsearch.images import TILE_SIDE as TILE_SIDE  # the tile thumbnail's side, for the API
@@ -153,7 +153,7 @@ class ImageSearch:
         *,
         votes_file: Path | None = None,
         strategies: frozenset[str] | None = None,
-        feedback_method: str | None = None,
+        feedback_method: FeedbackMethod | None = None,
         ann: tuple[int, int] | None = None,
         expansion: bool | None = None,
     ) -> ImageSearch:

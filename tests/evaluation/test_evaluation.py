@@ -18,13 +18,7 @@ from imgsearch.cli import main
 from imgsearch.evaluation import EvaluationError
 from imgsearch.evaluation.collection import LabelledCollection, ingest_labelled, read_labels
 from imgsearch.evaluation.keyword import keyword_table, maps_onto_imagenet
-from imgsearch.evaluation.methods import (
-    Method,
-    Sandbox,
-    check_offered,
-    methods,
-    parse_strategies,
-)
+from imgsearch.evaluation.methods import Sandbox, Variant, methods, parse_strategies
 from imgsearch.evaluation.metrics import (
     mean_reached,
     precision_at_k,
@@ -186,7 +180,7 @@ def tiny_report(tiny) -> tuple[Report, list[dict]]:
     service, collection = tiny
     with pytest.MonkeyPatch.context() as monkeypatch:
         votes = spy_on_votes(monkeypatch)
-        report = evaluate(service, collection, directory=Path("tiny"), methods=[Method()])
+        report = evaluate(service, collection, directory=Path("tiny"), methods=[Variant()])
     return report, votes
 
 
@@ -260,8 +254,8 @@ def test_a_user_who_sees_wrong_images_votes_on_each_once_in_a_table_of_its_own(
     votes = spy_on_votes(monkeypatch)
     wanted = collection.relevant("brain")  # wants brains, but types "pizza"
     with Sandbox(service) as sandbox:
-        user_service = sandbox.service(Method())
-        precisions, _, cast = simulate(user_service, "pizza", wanted, "s", Method())
+        user_service = sandbox.service(Variant())
+        precisions, _, cast = simulate(user_service, "pizza", wanted, "s", Variant())
         term = user_service.parts.vocabulary.normalise("pizza")
         assert cast == len(votes) > 0
         for vote in votes:
@@ -269,7 +263,7 @@ def test_a_user_who_sees_wrong_images_votes_on_each_once_in_a_table_of_its_own(
         assert user_service.parts.feedback.session_votes(term, "s") == {
             v["image"]: v["value"] for v in votes
         }
-        assert sandbox.service(Method()).parts.feedback.summary(term).images == []  # no leak
+        assert sandbox.service(Variant()).parts.feedback.summary(term).images == []  # no leak
     assert len(precisions) >= 2
 
 
@@ -299,7 +293,8 @@ def test_methods_are_measured_side_by_side_each_on_its_own_vocabulary(tiny) -> N
     assert "### Method: strategies=none" in text and "| Method | Labels |" in text
 
 
-def test_an_unknown_feedback_method_is_refused_before_the_run() -> None:
-    check_offered([Method(), Method(feedback_method="knn")])
-    with pytest.raises(EvaluationError, match="feedback method"):
-        check_offered([Method(feedback_method="telepathy")])
+def test_an_unknown_feedback_method_is_refused_before_the_run(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["eval", str(tmp_path), "--labels", "x.csv", "--feedback-method", "telepathy"])
+    assert refused.value.code == 2
+    assert "invalid choice: 'telepathy'" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from imgsearch.evaluation import DEPTH, PAGE
 from imgsearch.evaluation.collection import LabelledCollection
-from imgsearch.evaluation.methods import Method, Sandbox
+from imgsearch.evaluation.methods import Sandbox, Variant
 from imgsearch.evaluation.metrics import precision_at_k, precision_curve
 from imgsearch.evaluation.progress import Track, untracked
 from imgsearch.results import Interpretation
@@ -51,7 +51,7 @@ def keyword_search(
     service: ImageSearch,
     label: str,
     collection: LabelledCollection,
-    method: Method,
+    method: Variant,
 ) -> KeywordResult:
     """One label's first page (and a deeper one for the curve), with no votes at all."""
     query = query_for(label)
@@ -82,7 +82,7 @@ def keyword_search(
 def keyword_table(
     sandbox: Sandbox,
     collection: LabelledCollection,
-    method: Method,
+    method: Variant,
     track: Track = untracked,
 ) -> list[KeywordResult]:
     """Every label's first page under `method`, on a feedback table nobody voted in."""

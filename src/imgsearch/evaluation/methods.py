@@ -1,9 +1,9 @@
 """Ways of answering keyword queries, measured side by side in one run, and the sandbox each
 measurement runs in.
 
-A method is a vocabulary (its guessing strategies) and a feedback learning method (the
-`feedback_method` setting). Methods only change what the real engine is given
-(`ImageSearch.variant`); nothing here ranks anything.
+A method (a `Variant` of the engine) is a vocabulary (its guessing strategies) and a feedback
+learning method (the `feedback_method` setting). Methods only change what the real engine is
+given (`ImageSearch.variant`); nothing here ranks anything.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from pydantic import TypeAdapter, ValidationError
-
 from imgsearch.config import FeedbackMethod
 from imgsearch.evaluation import EvaluationError
 from imgsearch.results import STRATEGIES
@@ -24,9 +22,9 @@ from imgsearch.service import ImageSearch
 
 
 @dataclass(frozen=True)
-class Method:
+class Variant:
     strategies: frozenset[str] | None = None  # vocabulary guessing strategies; None: configured
-    feedback_method: str | None = None  # None: the service's default
+    feedback_method: FeedbackMethod | None = None  # None: the service's default
 
     @property
     def name(self) -> str:
@@ -52,22 +50,10 @@ def parse_strategies(text: str) -> frozenset[str]:
 
 def methods(
     strategies: Iterable[frozenset[str] | None] = (None,),
-    feedback_methods: Iterable[str | None] = (None,),
-) -> list[Method]:
+    feedback_methods: Iterable[FeedbackMethod | None] = (None,),
+) -> list[Variant]:
     """Every combination of the given vocabulary strategies and feedback methods."""
-    return [Method(s, f) for s, f in itertools.product(strategies, feedback_methods)]
-
-
-def check_offered(wanted: Iterable[Method]) -> None:
-    """Raise EvaluationError unless every method's feedback method is one the engine has."""
-    offered = TypeAdapter[FeedbackMethod](FeedbackMethod)
-    for method in wanted:
-        if method.feedback_method is None:
-            continue
-        try:
-            offered.validate_python(method.feedback_method)
-        except ValidationError as error:
-            raise EvaluationError(f"unknown feedback method {method.feedback_method!r}") from error
+    return [Variant(s, f) for s, f in itertools.product(strategies, feedback_methods)]
 
 
 class Sandbox:
@@ -93,7 +79,7 @@ class Sandbox:
     ) -> None:
         self._directory.cleanup()
 
-    def service(self, method: Method) -> ImageSearch:
+    def service(self, method: Variant) -> ImageSearch:
         """An engine with `method`'s vocabulary and feedback method, and no votes."""
         strategies = method.strategies
         if strategies not in self._by_strategies:

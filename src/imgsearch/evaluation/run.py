@@ -12,7 +12,7 @@ from typing import Any
 
 from imgsearch.evaluation.collection import LabelledCollection
 from imgsearch.evaluation.keyword import keyword_table
-from imgsearch.evaluation.methods import Method, Sandbox
+from imgsearch.evaluation.methods import Sandbox, Variant
 from imgsearch.evaluation.progress import Track, untracked
 from imgsearch.evaluation.report import Report
 from imgsearch.evaluation.similar import ann_settings, layer_distance_table, production_table
@@ -38,7 +38,7 @@ def evaluate(
     collection: LabelledCollection,
     *,
     directory: Path,
-    methods: list[Method],
+    methods: list[Variant],
     candidates: Sequence[int] = (),
     search_ks: Sequence[int] = (),
     track: Track = untracked,

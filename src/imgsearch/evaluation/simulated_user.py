@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from imgsearch.evaluation import PAGE
 from imgsearch.evaluation.collection import LabelledCollection
 from imgsearch.evaluation.keyword import query_for
-from imgsearch.evaluation.methods import Method, Sandbox
+from imgsearch.evaluation.methods import Sandbox, Variant
 from imgsearch.evaluation.metrics import RoundsToTarget, precision_at_k, rounds_to_target
 from imgsearch.evaluation.progress import Track, untracked
 from imgsearch.service import ImageSearch
@@ -58,7 +58,7 @@ def simulate(
     query: str,
     relevant: set[str],
     session: str,
-    method: Method,
+    method: Variant,
 ) -> tuple[list[float], list[int], int]:
     """Search, judge, vote, repeat. Returns each page's p@20 and relevant count, and votes."""
     voted: set[str] = set()
@@ -80,7 +80,7 @@ def simulate(
 
 
 def run_user(
-    sandbox: Sandbox, collection: LabelledCollection, label: str, mode: str, method: Method
+    sandbox: Sandbox, collection: LabelledCollection, label: str, mode: str, method: Variant
 ) -> UserRun:
     service = sandbox.service(method)
     query = query_for(label) if mode == "label" else made_up_word(label, service)
@@ -93,7 +93,7 @@ def run_user(
 def feedback_table(
     sandbox: Sandbox,
     collection: LabelledCollection,
-    method: Method,
+    method: Variant,
     track: Track = untracked,
 ) -> list[UserRun]:
     """A simulated user per label and mode."""
