@@ -848,11 +848,9 @@ class ImageSearch:
     def vote(
         self, query: str, image_id: str, value: int, session: str, client: str = LOCAL_CLIENT
     ) -> str:
-        """Record a vote of `session`, cast from `client` (a client id), or take it back
-        (`value` 0, see `withdraw`); returns the normalised term it was recorded under. Raises
-        NotIndexed, or NotUnderstood for a query without words."""
-        if value == 0:  # taken back: undo, or a second press on the same vote
-            return self.withdraw(query, image_id, session)[0]
+        """Record a vote of `session` (`value` 1: relevant, -1: not), cast from `client` (a
+        client id); returns the normalised term it was recorded under (`withdraw` takes a vote
+        back). Raises NotIndexed, or NotUnderstood for a query without words."""
         self._existing(image_id)
         term = self.term(query)
         self.parts.feedback.vote(term, image_id, session, value, client)
