@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, UploadFile
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
 from imgsearch.api import presenters
@@ -67,7 +66,7 @@ async def upload_image(
         outcome = service.upload(file.filename or "upload", data, key=key)
         return Uploaded(id=outcome.id, key=outcome.key, status=outcome.status)
 
-    return await run_in_threadpool(add)
+    return await off_the_loop(add)
 
 
 @router.get("", response_model=Page)
