@@ -353,6 +353,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
     import tempfile
 
+    from pydantic import ValidationError
     from tqdm import tqdm
 
     from imgsearch.bulk import files_under
@@ -379,6 +380,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data_dir = Path(args.data_dir or scratch)
         data_dir.mkdir(parents=True, exist_ok=True)
         settings = Settings(data_dir=data_dir, backend="local", decode_workers=0)
+        for search_k in args.search_k or ():  # refused before the ingest, not after it
+            try:
+                settings.with_changes(ann_search_k=search_k)
+            except ValidationError as error:
+                reason = error.errors()[0]["msg"].removeprefix("Value error, ")
+                raise CommandError(f"--search-k {search_k}: {reason}") from None
         service = ImageSearch(settings)
         try:
             labels = read_labels(Path(args.labels))
@@ -417,13 +424,6 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a whole number of 1 or more")
-    return value
-
-
-def _search_k(text: str) -> int:
-    value = int(text)
-    if value == 0 or value < -1:
-        raise argparse.ArgumentTypeError(f"{text}: search_k is -1 (Annoy's default) or 1 or more")
     return value
 
 
@@ -507,7 +507,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--search-k",
         action="append",
-        type=_search_k,
+        type=int,  # checked by the settings (`cmd_eval`)
         metavar="N",
         help="also measure the index with this Annoy search_k (with each --candidates)",
     )
