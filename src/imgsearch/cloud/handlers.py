@@ -96,13 +96,8 @@ def build_budget(service: ImageSearch, context: LambdaContext | None) -> float |
 def drain_index(service: ImageSearch, context: LambdaContext | None) -> dict[str, Any]:
     """Apply what index builds left queued (out of time, or killed mid-batch with their
     sandbox) and what dead sandboxes left half-done, within the invocation's budget."""
-    started = time.perf_counter()
-    report = service.recover(budget=build_budget(service, context))
-    build_seconds = time.perf_counter() - started
-    logger.info("index built on schedule", extra=asdict(report))
     # The index lag alarm's metric, also when no image arrives to report it.
-    record_batch([], report, build_seconds, _backlog(service, report))
-    return asdict(report)
+    return asdict(_recover_and_record(service, context, [], "index built on schedule"))
 
 
 def process_image_events(
@@ -126,13 +121,22 @@ def process_image_events(
     # left half-done (after 15 minutes, or at once if it was this machine's) are finished or
     # rolled back, and what was queued is indexed; a failed build must come back to be
     # retried, so it raises.
+    _recover_and_record(service, context, outcomes, "index built")
+    return response
+
+
+def _recover_and_record(
+    service: ImageSearch, context: LambdaContext | None, outcomes: list[str], message: str
+) -> BuildReport:
+    """Recover and build the index within the invocation's budget (`build_budget`), log the
+    build's report under `message` and add the batch's metrics (with `outcomes`, the batch's
+    images)."""
     started = time.perf_counter()
     report = service.recover(budget=build_budget(service, context))
     build_seconds = time.perf_counter() - started
-    logger.info("index built", extra=asdict(report))
-    pending = _backlog(service, report)
-    record_batch(outcomes, report, build_seconds, pending)
-    return response
+    logger.info(message, extra=asdict(report))
+    record_batch(outcomes, report, build_seconds, _backlog(service, report))
+    return report
 
 
 def _backlog(service: ImageSearch, report: BuildReport) -> int:
