@@ -6,7 +6,7 @@ import pytest
 
 from imgsearch.cli import main
 from imgsearch.config import Settings
-from imgsearch.storage import SQLITE_FILE
+from imgsearch.storage import CATALOG_FILE
 
 
 def test_the_data_directory_is_the_settings_unless_an_option_names_one(
@@ -15,9 +15,9 @@ def test_the_data_directory_is_the_settings_unless_an_option_names_one(
     from_environment, from_option = tmp_path / "environment", tmp_path / "option"
     monkeypatch.setenv("IMGSEARCH_DATA", str(from_environment))
     assert main(["votes", "show", "boat"]) == 0
-    assert (from_environment / SQLITE_FILE).is_file()
+    assert (from_environment / CATALOG_FILE).is_file()
     assert main(["votes", "show", "boat", "--data-dir", str(from_option)]) == 0
-    assert (from_option / SQLITE_FILE).is_file()
+    assert (from_option / CATALOG_FILE).is_file()
     assert capsys.readouterr().out == "boat: 0 votes from 0 sessions and 0 clients\n" * 2
 
 

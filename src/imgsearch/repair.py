@@ -34,7 +34,7 @@ from imgsearch.index.manifest import MANIFEST_KEY, IndexFormatError, Manifest, r
 from imgsearch.index.shards import Shard
 from imgsearch.integrity import DamagedFile
 from imgsearch.parts import Parts
-from imgsearch.storage import FEEDBACK_FILE, SQLITE_FILE, NotFound, SqliteTable
+from imgsearch.storage import CATALOG_FILE, FEEDBACK_FILE, NotFound, SqliteTable
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def move_catalog_aside(settings: Settings) -> None:
     """Before a catalog is rebuilt: the damaged file moves aside (locally; collections made
     before votes had a file of their own kept them in it, as it still holds them)."""
     if settings.backend == "local":
-        move_aside(settings.data_dir / SQLITE_FILE)
+        move_aside(settings.data_dir / CATALOG_FILE)
 
 
 def move_feedback_aside(settings: Settings) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from imgsearch.config import Settings
-from imgsearch.storage import FEEDBACK_FILE, SQLITE_FILE, Storage, open_storage
+from imgsearch.storage import CATALOG_FILE, FEEDBACK_FILE, Storage, open_storage
 from imgsearch.storage.local import SqliteTable
 
 
@@ -22,10 +22,10 @@ def _settings(data_dir: Path) -> Settings:
 
 
 def _old_layout(data_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """A data directory as versions before the move left it: both tables in SQLITE_FILE.
+    """A data directory as versions before the move left it: both tables in CATALOG_FILE.
     Returns the feedback items it holds."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / SQLITE_FILE
+    path = data_dir / CATALOG_FILE
     catalog = SqliteTable(path, "catalog")
     feedback = SqliteTable(path, "feedback", expiring=True)
     catalog.put("image#a", "meta", {"keys": ["a.jpg"]})
@@ -53,7 +53,7 @@ def _assert_moved(storage: Storage, data_dir: Path, expected: dict) -> None:
     feedback = storage.feedback
     assert isinstance(feedback, SqliteTable) and feedback.path == data_dir / FEEDBACK_FILE
     assert {(i["pk"], i["sk"]): i for i in _items(feedback)} == expected  # versions too
-    assert "feedback" not in _tables_in(data_dir / SQLITE_FILE)
+    assert "feedback" not in _tables_in(data_dir / CATALOG_FILE)
     assert storage.catalog.get("image#a", "meta")["keys"] == ["a.jpg"]  # type: ignore[index]
 
 
@@ -61,9 +61,9 @@ def test_votes_are_in_a_file_of_their_own(tmp_path: Path) -> None:
     storage = open_storage(_settings(tmp_path))
     storage.feedback.put("vote#dog", "s1#image-a", {"vote": 1})
     assert isinstance(storage.catalog, SqliteTable) and isinstance(storage.feedback, SqliteTable)
-    assert storage.catalog.path == tmp_path / SQLITE_FILE
+    assert storage.catalog.path == tmp_path / CATALOG_FILE
     assert storage.feedback.path == tmp_path / FEEDBACK_FILE
-    assert _tables_in(tmp_path / SQLITE_FILE) == {"catalog"}
+    assert _tables_in(tmp_path / CATALOG_FILE) == {"catalog"}
 
 
 def test_a_vote_leaves_the_catalogs_change_token(tmp_path: Path) -> None:
@@ -155,19 +155,19 @@ def test_a_feedback_table_that_reappears_after_the_move_is_kept_aside(tmp_path: 
     _assert_moved(first, tmp_path, expected)
     first.feedback.increment("term#dog", "image#a", {"up": 1})  # version 4, up 4
     # The older version recreates its table: a new vote, and another history of a row.
-    old = SqliteTable(tmp_path / SQLITE_FILE, "feedback", expiring=True)
+    old = SqliteTable(tmp_path / CATALOG_FILE, "feedback", expiring=True)
     old.put("vote#cat", "s1#image-a", {"vote": 1})
     old.put("term#dog", "image#a", {"up": 9, "weight": 0.5})
-    with sqlite3.connect(tmp_path / SQLITE_FILE) as connection:
+    with sqlite3.connect(tmp_path / CATALOG_FILE) as connection:
         connection.execute("UPDATE feedback SET version = 9 WHERE pk = 'term#dog'")
     again = open_storage(_settings(tmp_path))
     assert again.feedback.get("vote#cat", "s1#image-a") is None  # not merged
     counted = again.feedback.get("term#dog", "image#a")
     assert counted is not None and (counted["up"], counted["version"]) == (4, 4)
-    tables = _tables_in(tmp_path / SQLITE_FILE)
+    tables = _tables_in(tmp_path / CATALOG_FILE)
     assert "feedback" not in tables
     (aside,) = [name for name in tables if name.startswith("feedback_reappeared_")]
-    with sqlite3.connect(tmp_path / SQLITE_FILE) as connection:
+    with sqlite3.connect(tmp_path / CATALOG_FILE) as connection:
         rows = connection.execute(f'SELECT pk, version FROM "{aside}" ORDER BY pk').fetchall()
     assert rows == [("term#dog", 9), ("vote#cat", 1)]  # kept for the owner, as written
 
@@ -177,7 +177,7 @@ def test_an_old_file_with_damaged_votes_opens_and_is_left_to_the_checks(tmp_path
     drops nothing, and the file's own check finds it damaged (so `serve` refuses it and
     `imgsearch check --repair` rebuilds the catalog: tests/test_faults.py)."""
     _old_layout(tmp_path)
-    path = tmp_path / SQLITE_FILE
+    path = tmp_path / CATALOG_FILE
     with sqlite3.connect(path) as connection:
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         (root,) = connection.execute(

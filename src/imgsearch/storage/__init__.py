@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from ..config import Settings
 
 __all__ = [
+    "CATALOG_FILE",
     "FEEDBACK_FILE",
-    "SQLITE_FILE",
     "DirectUploads",
     "LocalCopies",
     "LocalObjectStore",
@@ -29,11 +29,11 @@ __all__ = [
 __all__ += ports.__all__
 
 
-SQLITE_FILE = "tables.sqlite3"  # the local catalog table, in the data directory
+CATALOG_FILE = "tables.sqlite3"  # the local catalog table, in the data directory
 # The feedback table (votes, their summaries, rate limits), in a file of
 # its own: a vote is no write to the catalog's file, whose change token (SQLite's
 # data_version) says when a server's kept answers are stale (ImageSearch.answers_version).
-# Collections made before 2026-12 kept it in SQLITE_FILE; it moves at the first open.
+# Collections made before 2026-12 kept it in CATALOG_FILE; it moves at the first open.
 FEEDBACK_FILE = "feedback.sqlite3"
 
 
@@ -52,7 +52,7 @@ def open_storage(settings: Settings) -> Storage:
         from .aws import open_aws_storage  # local use does not pay for loading boto3
 
         return open_aws_storage(settings)
-    catalog = SqliteTable(settings.data_dir / SQLITE_FILE, "catalog")
+    catalog = SqliteTable(settings.data_dir / CATALOG_FILE, "catalog")
     # Expiring like the template's feedback table (its time to live): rate-limit counters.
     feedback = SqliteTable(settings.data_dir / FEEDBACK_FILE, "feedback", expiring=True)
     feedback.move_rows_from(catalog.path)  # once, from where older versions kept it
