@@ -294,7 +294,7 @@ class ImageSearch:
 
     def thumbnail(self, image_id: str, side: int | None = None) -> Original:
         """A JPEG at most 384 pixels on its longer side (see `original`): where it is served
-        as static content (`thumbnail_url`), else where the store says, else the bytes; with
+        as static content (`cdn_thumbnail_url`), else where the store says, else the bytes; with
         `side` (smaller than 384) the bytes scaled down to it, wherever the thumbnail is (a
         few KB, which browsers keep: an id names its content); with `side` TILE_SIDE the tile
         thumbnail (`tile`)."""
@@ -303,7 +303,7 @@ class ImageSearch:
             return self.tile(image_id)
         if side is not None:
             return Original("image/jpeg", data=self.parts.catalog.small_thumbnail(image_id, side))
-        static = self.thumbnail_url(image_id)
+        static = self.cdn_thumbnail_url(image_id)
         if static:
             return Original("image/jpeg", url=static)
         catalog = self.parts.catalog
@@ -317,7 +317,7 @@ class ImageSearch:
         `thumbnail`); for an image stored before tiles were made, made now from its thumbnail
         and stored, so that it is a static file from then on."""
         self._existing(image_id)
-        static = self.tile_url(image_id)
+        static = self.cdn_tile_url(image_id)
         if static:
             return Original("image/webp", url=static)
         catalog = self.parts.catalog
@@ -331,12 +331,12 @@ class ImageSearch:
             catalog.put_tile(image_id, tile)
             return Original("image/webp", data=tile)
 
-    def tile_url(self, image_id: str) -> str | None:
-        """Where a CDN serves the tile thumbnail (see `thumbnail_url`); else None."""
+    def cdn_tile_url(self, image_id: str) -> str | None:
+        """Where a CDN serves the tile thumbnail (see `cdn_thumbnail_url`); else None."""
         base = self.settings.thumbnail_base_url
         return f"{base.rstrip('/')}/{tile_name(image_id)}" if base else None
 
-    def thumbnail_url(self, image_id: str) -> str | None:
+    def cdn_thumbnail_url(self, image_id: str) -> str | None:
         """The URL (or path from the root) a CDN serves an image's thumbnail at, when one
         serves the bucket's thumbnails (settings.thumbnail_base_url); else None."""
         base = self.settings.thumbnail_base_url

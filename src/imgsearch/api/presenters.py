@@ -61,16 +61,16 @@ class ImageUrls:
 
     def of(self, image_id: str) -> tuple[str, str]:
         """An image's URL and its thumbnail's: where a CDN serves thumbnails
-        (`ImageSearch.thumbnail_url`) the thumbnail's is there, else through the API."""
+        (`ImageSearch.cdn_thumbnail_url`) the thumbnail's is there, else through the API."""
         image = f"{self._images}{image_id}"
-        static = self._service.thumbnail_url(image_id)
+        static = self._service.cdn_thumbnail_url(image_id)
         if static is None:
             return f"{image}/file", f"{image}/thumbnail"
         return f"{image}/file", f"{self._base}{static}" if static.startswith("/") else static
 
     def tile(self, image_id: str) -> str:
         """An image's tile thumbnail's URL: beside its thumbnail (see `of`)."""
-        static = self._service.tile_url(image_id)
+        static = self._service.cdn_tile_url(image_id)
         if static is None:
             return f"{self._images}{image_id}/thumbnail?size={TILE_SIDE}"
         return f"{self._base}{static}" if static.startswith("/") else static
