@@ -29,8 +29,8 @@ from imgsearch.feedback import Feedback
 from imgsearch.index.base import MATCH_PROBABILITY, SearchIndex
 from imgsearch.index.expansion import COPY_DISTANCE
 from imgsearch.index.neighbourhoods import Neighbourhoods
-from imgsearch.index.shards import normalise_rows
 from imgsearch.learning import Learner, Taught
+from imgsearch.vectors import unit_rows
 from imgsearch.vocabulary import Interpretation, Level, Reading, Sense, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -461,7 +461,7 @@ def photo_search(
     an indexed image, up to `copy_distance` from it: resized, re-encoded, cropped a little,
     gets that image first, then that image's own "more like this"); beyond that set, the
     nearest by the raw features."""
-    vector = normalise_rows(features[np.newaxis])[0]
+    vector = unit_rows(features[np.newaxis])[0]
     wanted = offset + limit
     k = neighbourhoods.k
     nearest = index.nearest(vector, max(wanted, k + 1), exclude=hidden)

@@ -40,6 +40,7 @@ import numpy as np
 
 from imgsearch.integrity import read_npz
 from imgsearch.remembered import Remembered
+from imgsearch.vectors import unit_rows
 
 # Ways to guess classes for a sense that names none (see the module docstring).
 STRATEGIES = frozenset({"relations", "glosses", "vectors"})
@@ -764,7 +765,7 @@ class Vocabulary:
         ids = [i for i in found if i is not None and i < self._n_vectors]
         if not ids:
             return None
-        return _unit(self._vectors[ids].astype(np.float32).mean(axis=0))
+        return unit_rows(self._vectors[ids].astype(np.float32).mean(axis=0))
 
     def _names_among(self, words: np.ndarray, *, but: str) -> np.ndarray:
         """Which class names are one of `words` (other than the typed ones): a class so named
@@ -773,7 +774,7 @@ class Vocabulary:
         ids = [w for w in words.tolist() if w < self._n_vectors and w not in typed]
         if not ids:
             return np.zeros(len(self._name_vectors), dtype=bool)
-        lemmas = _unit(self._vectors[ids].astype(np.float32))
+        lemmas = unit_rows(self._vectors[ids].astype(np.float32))
         closest: np.ndarray = (self._name_vectors @ lemmas.T).max(axis=1)
         return closest > SAME_WORD_COSINE
 
@@ -907,9 +908,3 @@ def _best(evidence: np.ndarray) -> np.ndarray:
     """The evidence of the GUESS_CLASSES best classes; a long tail adds noise, not recall."""
     cut = np.partition(evidence, -GUESS_CLASSES)[-GUESS_CLASSES]
     return np.where(evidence >= max(cut, 1e-6), evidence, 0.0)
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    units: np.ndarray = vectors / np.maximum(norms, 1e-12)
-    return units.astype(np.float32)

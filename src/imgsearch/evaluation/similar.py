@@ -29,6 +29,7 @@ from imgsearch.evaluation.metrics import (
 from imgsearch.evaluation.progress import Track, untracked
 from imgsearch.results import IndexInfo
 from imgsearch.service import ImageSearch
+from imgsearch.vectors import unit_rows
 
 KS = (5, 10, 20)
 WARM_UP_QUERIES = 5  # untimed, so that loading files is not counted as query time
@@ -121,12 +122,7 @@ def euclidean(queries: np.ndarray, images: np.ndarray) -> np.ndarray:
 
 
 def cosine(queries: np.ndarray, images: np.ndarray) -> np.ndarray:
-    def unit(m: np.ndarray) -> np.ndarray:
-        m = m.astype(np.float64)
-        units: np.ndarray = m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
-        return units
-
-    distances: np.ndarray = 1.0 - unit(queries) @ unit(images).T
+    distances: np.ndarray = 1.0 - unit_rows(queries, np.float64) @ unit_rows(images, np.float64).T
     return distances
 
 

@@ -42,10 +42,11 @@ import numpy as np
 from imgsearch.catalog import EMBEDDINGS_PREFIX, Catalog, PendingItem, image_id_of_embedding
 from imgsearch.index.base import IndexWriter, ListingStopped, SearchIndex
 from imgsearch.index.neighbourhoods import Neighbourhoods
-from imgsearch.index.shards import ShardData, normalise_rows
+from imgsearch.index.shards import ShardData
 from imgsearch.integrity import DamagedFile
 from imgsearch.owners import new_owner, owner_is_alive
 from imgsearch.storage import NotFound, PreconditionFailed, StorageError, Table, in_parallel
+from imgsearch.vectors import unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -503,7 +504,7 @@ class IndexBuilder:
         if not ids:
             return ShardData.empty(self.index.dim, 0)
         return ShardData(
-            ids, normalise_rows(np.stack(features)), np.stack(probabilities).astype(np.float16)
+            ids, unit_rows(np.stack(features)), np.stack(probabilities).astype(np.float16)
         )
 
     def _embedding(self, image_id: str) -> tuple[np.ndarray, np.ndarray] | None:

@@ -12,6 +12,8 @@ from typing import Literal
 
 import numpy as np
 
+from imgsearch.vectors import unit_rows
+
 Metric = Literal["cosine", "euclidean", "manhattan"]
 METRICS: tuple[Metric, ...] = ("cosine", "euclidean", "manhattan")
 _BLOCK = 256  # query rows per task
@@ -23,7 +25,7 @@ def pairwise_distances(queries: np.ndarray, data: np.ndarray, metric: Metric) ->
     queries = np.asarray(queries, dtype=np.float32)
     data = np.asarray(data, dtype=np.float32)
     if metric == "cosine":
-        cosine: np.ndarray = 1.0 - _unit(queries) @ _unit(data).T
+        cosine: np.ndarray = 1.0 - unit_rows(queries) @ unit_rows(data).T
         return cosine
     if metric == "euclidean":
         squared = (queries**2).sum(1)[:, None] + (data**2).sum(1)[None, :] - 2.0 * queries @ data.T
@@ -61,8 +63,3 @@ def exact_neighbours(
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             list(pool.map(block, range(0, n, _BLOCK)))
     return indices, distances
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    units: np.ndarray = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    return units

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from imgsearch.vectors import unit_rows
+
 # A photo at most this cosine distance from an indexed image is taken for a copy of it: its
 # page is the copy's own (the copy first), as its stored features would give. The service
 # widens it to the near-copy distance (settings.duplicate_distance).
@@ -73,7 +75,7 @@ class Expansion:
         for image_id, distance in near:
             if image_id in vectors:
                 summed += max(1.0 - distance, 0.0) ** self.power * vectors[image_id]
-        return _unit(summed).astype(np.float32)
+        return unit_rows(summed, np.float64).astype(np.float32)
 
 
 def expand_rows(
@@ -90,7 +92,7 @@ def expand_rows(
     weights = np.maximum(similarities, 0.0) ** power
     rows_of = vectors if base is None else base
     summed = vectors + np.einsum("nk,nkd->nd", weights, rows_of[neighbours])
-    return _unit(summed)
+    return unit_rows(summed, None)
 
 
 def ranked(
@@ -134,9 +136,3 @@ def _ranked(
             order.sort(key=lambda pair: (-pair[1], pair[0]))
     last = order[-1][1] if order else 0.0
     return order + [(i, last) for i in candidates if i not in expanded]
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(rows, axis=-1, keepdims=True)
-    unit: np.ndarray = rows / np.maximum(norms, 1e-12)
-    return unit
