@@ -44,8 +44,10 @@ def test_eval_refuses_index_settings_the_index_would_misread(tmp_path, capsys) -
     `--candidates 0` as no candidates: refused before any ingest, as the settings refuse them."""
     labels = tmp_path / "labels.csv"
     labels.write_text("path,label\n")
-    assert main(["eval", str(tmp_path), "--labels", str(labels), "--search-k", "0"]) == 2
-    assert capsys.readouterr().err.startswith("imgsearch: --search-k 0: ann_search_k is -1")
+    for search_k, reason in (("0", "ann_search_k is -1"), ("-2", "greater than or equal to -1")):
+        assert main(["eval", str(tmp_path), "--labels", str(labels), "--search-k", search_k]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"imgsearch: --search-k {search_k}: ") and reason in error
     with pytest.raises(SystemExit) as refused:
         main(["eval", str(tmp_path), "--labels", str(labels), "--candidates", "0"])
     assert refused.value.code == 2
