@@ -194,6 +194,7 @@ def start_server(
         "IMGSEARCH_HTTP_MAX_CLIENT_CONNECTIONS": "1000",
         "IMGSEARCH_HTTP_MAX_CLIENT_BODIES": "1000",
         "IMGSEARCH_VOTES_PER_CLIENT_MINUTE": "1000000",
+        "IMGSEARCH_VOTES_PER_CLIENT_DAY": "1000000000",
         "IMGSEARCH_VOTES_PER_SESSION_MINUTE": "1000000",
     }
     command = [sys.executable, "-m", "imgsearch.cli", "serve", "--data-dir", str(data_dir)]

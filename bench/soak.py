@@ -160,6 +160,7 @@ def start_server(data_dir: Path, port: int) -> subprocess.Popen:
         **os.environ,
         "IMGSEARCH_API_KEY": API_KEY,
         "IMGSEARCH_VOTES_PER_CLIENT_MINUTE": "1000000",
+        "IMGSEARCH_VOTES_PER_CLIENT_DAY": "1000000000",
     }
     subprocess.run(
         [*imgsearch, "ingest", str(DEMO), "--data-dir", str(data_dir), "-q"],

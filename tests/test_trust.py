@@ -26,7 +26,7 @@ from imgsearch.clients import (
 from imgsearch.config import Settings
 from imgsearch.feedback import QUORUM, Feedback
 from imgsearch.learning import trust
-from imgsearch.rate_limits import RateLimiter
+from imgsearch.rate_limits import DAY, RateLimiter
 from imgsearch.service import ImageSearch
 from imgsearch.storage import Storage, Table
 from imgsearch.storage.local import SqliteTable
@@ -277,6 +277,16 @@ def test_a_client_has_a_days_share_of_votes_and_votes_refused_for_the_minute_kee
     assert vote("192.0.2.2")[0] == 200  # another client keeps its own share
     monkeypatch.setattr(RateLimiter, "clock", staticmethod(lambda: midnight + 30))
     assert vote("192.0.2.1")[0] == 200  # a new day
+
+
+def test_a_refusal_as_its_window_ends_asks_for_the_moment_left_not_a_day(storage) -> None:
+    midnight = (time.time() // 86_400 + 1) * 86_400
+    times = iter([midnight - 0.5, midnight - 0.0001, midnight + 0.0001])
+    limiter = RateLimiter(storage.feedback, "client", 1, DAY)
+    limiter.clock = lambda: next(times)  # type: ignore[method-assign]
+    assert limiter.count("c0123")[0] == 1
+    count, window = limiter.count("c0123")  # refused, counted just before midnight
+    assert count == 2 and limiter.seconds_left(window) == 1  # read just after it
 
 
 # Rate limits expire -------------------------------------------------------------------------

@@ -166,7 +166,10 @@ class Settings(BaseSettings):
     http_max_connections: int = 200
     http_max_client_connections: int = 32  # open at once from one address
     http_backlog: int = 128  # accepted by the kernel, waiting for the server
-    http_max_bodies: int = 16  # request bodies being received at once; beyond, 503
+    # Request bodies being received at once; beyond, 503. Each upload then holds one of the
+    # API's 40 blocking threads (api/deps.BLOCKING_THREADS) while it waits to be searchable:
+    # at most 32, so that searches always keep threads.
+    http_max_bodies: int = Field(16, ge=1, le=32)
     # ... and from one client (its address, as votes count it): the page sends two uploads
     # at once; one address can then hold no more than a quarter of them.
     http_max_client_bodies: int = Field(4, ge=1)
@@ -186,9 +189,9 @@ class Settings(BaseSettings):
     api_key: str | None = None
     votes_per_session_minute: int = 120
     votes_per_client_minute: int = 600
-    # Votes are stored for good (about 1.6 KB each locally): the minute's limit alone lets one
-    # address add 864,000 a day (1.4 GB). A day's 20,000 is far beyond a person's voting, and
-    # bounds an address to about 32 MB a day.
+    # Votes are stored for good (1.4-2 KB each locally): the minute's limit alone lets one
+    # address add 864,000 a day (1.2-1.7 GB). A day's 20,000 is far beyond a person's voting,
+    # and bounds an address to 28-40 MB a day.
     votes_per_client_day: int = 20_000
     # Who a client is (clients.py): the socket peer's address, never X-Forwarded-For unless the
     # peer is one of these proxies (addresses or networks; in the environment a JSON list,

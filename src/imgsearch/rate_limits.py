@@ -37,10 +37,19 @@ class TooMany(Exception):
 
     def __init__(self, subject: str, window: Window, retry_after: int) -> None:
         super().__init__(
-            f"too many votes from this {subject} {window.called}; try again in {retry_after} s"
+            f"too many votes from this {subject} {window.called}; "
+            f"try again in {_duration(retry_after)}"
         )
         self.subject = subject
         self.retry_after = retry_after
+
+
+def _duration(seconds: int) -> str:
+    """`seconds` as a person reads a wait: "45 s", "3 h 20 min"."""
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = math.ceil(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
 class RateLimiter:
@@ -58,10 +67,11 @@ class RateLimiter:
 
     def allow(self, subject: str) -> bool:
         """Count one event of `subject`; whether it is within the limit."""
-        return self.count(subject) <= self.limit
+        return self.count(subject)[0] <= self.limit
 
-    def count(self, subject: str) -> int:
-        """Count one event of `subject`: the events counted in this window, this one too."""
+    def count(self, subject: str) -> tuple[int, int]:
+        """Count one event of `subject`: the events counted in its window, this one too, and
+        the window's number (whole windows since the epoch)."""
         number = int(self.clock() // self.window.seconds)
         item = self.table.increment(
             self._partition + subject,
@@ -73,12 +83,11 @@ class RateLimiter:
         if item["count"] == 1:  # a new window: the one before is no longer needed
             with suppress(Exception):
                 self.table.delete(self._partition + subject, str(number - 1))
-        return int(item["count"])
+        return int(item["count"]), number
 
-    def seconds_left(self) -> int:
-        """Whole seconds until the current window ends (at least 1)."""
-        now = self.clock()
-        return max(1, math.ceil((now // self.window.seconds + 1) * self.window.seconds - now))
+    def seconds_left(self, number: int) -> int:
+        """Whole seconds until window `number` ends (at least 1: it may have ended since)."""
+        return max(1, math.ceil((number + 1) * self.window.seconds - self.clock()))
 
 
 def check_vote_rate(
@@ -98,5 +107,6 @@ def check_vote_rate(
         (RateLimiter(table, "client", per_client), client),
         (RateLimiter(table, "client", per_client_day, DAY), client),
     ):
-        if not limiter.allow(subject):
-            raise TooMany(limiter.kind, limiter.window, limiter.seconds_left())
+        count, number = limiter.count(subject)
+        if count > limiter.limit:
+            raise TooMany(limiter.kind, limiter.window, limiter.seconds_left(number))

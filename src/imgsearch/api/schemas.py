@@ -35,7 +35,8 @@ PROBLEMS = {
     413: "The body or file is larger than the limit",
     415: "The file is not an image",
     422: "Invalid input, or an image that cannot be used (the reason says why)",
-    429: "Too many votes from this session or client in a minute; see Retry-After",
+    429: "Too many votes from this session or client in a minute, or from this client in a "
+    "day (UTC); see Retry-After",
     431: "Request headers larger than the limit",
     503: "Busy (every decoder, or too many connections or bodies); see Retry-After",
     507: "The server's storage is full",

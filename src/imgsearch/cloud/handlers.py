@@ -198,16 +198,22 @@ def _declaring_body_length(handler: Handler) -> Handler:
     def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
         body = event.get("body")
         if body:
-            headers = {
-                name: value
-                for name, value in (event.get("headers") or {}).items()
-                if name.lower() not in ("content-length", "transfer-encoding")
-            }
             if event.get("isBase64Encoded"):
                 length = len(body) * 3 // 4 - (len(body) - len(body.rstrip("=")))
             else:
                 length = len(body.encode())
-            event = event | {"headers": headers | {"content-length": str(length)}}
+            headers = _without_length(event.get("headers")) | {"content-length": str(length)}
+            event = event | {"headers": headers}
+            if event.get("multiValueHeaders"):  # payload format 1.0: Mangum merges them in
+                event["multiValueHeaders"] = _without_length(event["multiValueHeaders"])
         return handler(event, context)
 
     return handle
+
+
+def _without_length(headers: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        name: value
+        for name, value in (headers or {}).items()
+        if name.lower() not in ("content-length", "transfer-encoding")
+    }

@@ -15,7 +15,8 @@ def vote(service: Service, client: Client, body: VoteRequest) -> VoteResponse:
     """Say whether an image is relevant to a query; the session's last vote counts.
 
     The vote changes the session's own results at once; others' only when independent clients
-    (source addresses) agree. Bounded per session and per client, per minute (429).
+    (source addresses) agree. Bounded per session and per client per minute, and per client
+    per UTC day (429).
 
     `"vote": 0` takes the session's vote on the image back, from whichever address it was
     cast; `withdrawn` says whether there was one (false: nothing changed).

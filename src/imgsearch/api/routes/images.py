@@ -62,7 +62,9 @@ async def upload_image(
     """Add an image; answers once it is searchable, or with the reason it was refused."""
     data = await read_upload(file, service)
 
-    def add() -> Uploaded:  # storage and the model block: off the event loop
+    # Storage and the model block: off the event loop. The thread waits until the image is
+    # searchable; settings.http_max_bodies keeps such waits to a share of the threads.
+    def add() -> Uploaded:
         outcome = service.upload(file.filename or "upload", data, key=key)
         return Uploaded(id=outcome.id, key=outcome.key, status=outcome.status)
 
