@@ -657,7 +657,9 @@ class Vocabulary:
         if not weights.any():
             confidence = 0.0
         order = np.argsort(-weights, kind="stable")
-        classes = tuple((int(c), round(float(weights[c]), 4)) for c in order if weights[c] > 0)
+        weighted = order[weights[order] > 0]  # a few of the 1,000: only they go through Python
+        kept = zip(weighted.tolist(), weights[weighted].tolist(), strict=True)
+        classes = tuple((c, round(w, 4)) for c, w in kept)
         reading = Reading(phrase, source, round(confidence, 4), classes, "; ".join(notes[:3]))
         return _Understood(
             reading,
@@ -791,7 +793,10 @@ class Vocabulary:
         return evidence
 
     def _synset_lemmas(self, synset: int) -> np.ndarray:
-        start, end = np.searchsorted(self._lemma_by_synset_keys, [synset, synset + 1])
+        keys = self._lemma_by_synset_keys
+        # Asked in the keys' own dtype: a list of Python ints is int64, and numpy then widens
+        # all 146,000 int32 keys for each search (28 us a call, against 0.8).
+        start, end = np.searchsorted(keys, np.array((synset, synset + 1), keys.dtype))
         return self._lemma_by_synset[start:end]
 
     def _synset_name(self, synset: int) -> str:
