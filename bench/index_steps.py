@@ -85,20 +85,15 @@ def steps(index: Index, vector: np.ndarray, k: int) -> dict[str, float]:
     ):
         nodes = search_k if search_k > 0 else count * shard.trees
         asked = time.perf_counter()
-        rows, distances = shard._forest.get_nns_by_vector(
-            vector_of_shard, budget, search_k=nodes, include_distances=True
-        )
+        proposed.append(shard.candidates_of_projected(vector_of_shard, budget, nodes))
         annoy += time.perf_counter() - asked
-        rows, distances = np.array(rows, dtype=np.int64), np.array(distances, np.float32)
-        live = shard.live[rows]
-        proposed.append((rows[live], distances[live]))
-    found = reader._closest_projected(proposed, residuals, budget)
+    found = reader._closest_projected(snapshot.shards, proposed, residuals, budget)
     times["annoy"], times["annoy_python"] = annoy, time.perf_counter() - at - annoy
     at = time.perf_counter()
-    cosine = reader._cosines(snapshot.shards, found, vector)  # gathered, widened, multiplied
+    cosine = reader._cosines(found, vector)  # gathered, widened, multiplied
     times["rerank"] = time.perf_counter() - at
     at = time.perf_counter()
-    reader._best_candidates(cosine, snapshot.shards, found, k, ())
+    reader._best_candidates(cosine, found, k, ())
     times["best"] = time.perf_counter() - at
     times["total"] = time.perf_counter() - started
     return {name: value * 1000 for name, value in times.items()} | {"rows": len(cosine)}

@@ -746,9 +746,9 @@ def test_a_shard_holding_a_querys_subject_proposes_more_than_its_share(
     proposed: list[int] = []
     cosines = reader._cosines
 
-    def counting(shards, rows, vector):
-        proposed.append(len(rows[burst_shard]))
-        return cosines(shards, rows, vector)
+    def counting(found, vector):
+        proposed.append(len(found.of_shards()[burst_shard][1]))
+        return cosines(found, vector)
 
     monkeypatch.setattr(reader, "_cosines", counting)
     assert recall_against_exact(index, queries) >= 0.99

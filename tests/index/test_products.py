@@ -65,7 +65,9 @@ def test_half_dot_widens_block_by_block(monkeypatch) -> None:
 
 
 def test_rows_gathered_block_by_block_give_half_dot_s_products(monkeypatch) -> None:
-    monkeypatch.setattr(shards, "GATHER_BLOCK_ROWS", 8)  # 21 rows: three blocks of 7
+    # 21 rows: products of 7 rows, gathered 14 and 7 at a time
+    monkeypatch.setattr(shards, "PRODUCT_BLOCK_ROWS", 8)
+    monkeypatch.setattr(shards, "GATHER_BLOCK_ROWS", 16)
     features = halves_of_every_kind(200, 96)
     vector = np.random.default_rng(7).normal(size=96).astype(np.float32)
     rows = np.random.default_rng(8).choice(200, 21, replace=False)
@@ -97,6 +99,11 @@ def test_rows_gathered_block_by_block_give_half_dot_s_products(monkeypatch) -> N
     )
     assert shards.half_dot_of_rows([(features, rows[:0])], vector).shape == (0,)
     assert shards.half_dot_of_rows([], vector).shape == (0,)
+    # However many rows are gathered at once, the products are the same to the bit: each
+    # product block multiplies the same rows.
+    one_gather = shards.half_dot_of_rows(parts, vector)
+    monkeypatch.setattr(shards, "GATHER_BLOCK_ROWS", 1000)
+    np.testing.assert_array_equal(shards.half_dot_of_rows(parts, vector), one_gather)
 
 
 def test_a_row_no_shard_holds_is_refused_not_clipped() -> None:

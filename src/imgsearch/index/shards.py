@@ -102,18 +102,27 @@ def half_dot(rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
     return out
 
 
-# A query's candidates are gathered from a shard's features `GATHER_BLOCK_ROWS` at a time by
-# `half_dot_of_rows`: 128 rows of 1,280 halves (320 KB) and their widened bits (640 KB) stay in
-# the CPU's caches between the gather, the widening and the product, where a query's 600
-# candidates gathered at once (1.5 MB, then 3 MB widened) went out to memory and back.
-GATHER_BLOCK_ROWS = 128
+# A query's candidates are gathered from the shards' features and widened up to
+# `GATHER_BLOCK_ROWS` at a time by `half_dot_of_held_rows`, so that they stay in the CPU's
+# caches between the gather, the widening and the product: a 1M query's 600 candidates at once
+# (1.5 MB, then 3 MB widened) went out to memory and back, and blocks of 242 of them took 5%
+# longer than blocks of 121. Each gather and widening lets go of the GIL, which a second query
+# thread may take meanwhile: a 100k query's 136 candidates as one block rather than two
+# blocked a query thread a fifth less often (5.2 against 6.5 times a query) and answered 1-2%
+# sooner with two query threads, as fast with one.
+GATHER_BLOCK_ROWS = 160
+# ... and multiplied by the query up to `PRODUCT_BLOCK_ROWS` at a time (blocks of one size, whole
+# blocks to a gather): OpenBLAS sums a row's products in an order that depends on its place in
+# the block (rows four at a time, the rest one by one), so blocks of other sizes would change
+# the last bit of some candidates' distances.
+PRODUCT_BLOCK_ROWS = 128
 
 
 class _RerankBuffers(threading.local):
     """Each query thread's gathered and widened blocks, kept between queries: allocating them
     query by query costs numpy calls (each holding the GIL a second query thread waits for)
-    and, for big blocks, fresh pages. A block is at most GATHER_BLOCK_ROWS rows (under 1 MB
-    for both)."""
+    and, for big blocks, fresh pages. A block is at most GATHER_BLOCK_ROWS rows (1.2 MB for
+    both)."""
 
     gathered: np.ndarray = np.empty((0, 0), np.int16)
     widened: np.ndarray = np.empty((0, 0), np.int32)
@@ -136,10 +145,29 @@ def half_dot_of_rows(
 ) -> np.ndarray:
     """`features[rows] @ vector` (float32), as `half_dot` computes it, for each (features,
     rows) of `parts` (a query's candidates in each shard) one after the other; into `out` if
-    given. Gathered block by block (GATHER_BLOCK_ROWS), a block taking rows of several parts:
-    a small query's few candidates in four shards are one block, not four (each numpy call
-    holds the GIL that a second query thread waits for). A row outside its features raises
-    IndexError."""
+    given. A row outside its features raises IndexError (`half_dot_of_held_rows` trusts
+    them)."""
+    for features, rows in parts:
+        # (what "clip" would turn into a plausible wrong row: a row no shard holds)
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= len(features)):
+            raise IndexError(f"rows outside a shard of {len(features)}")
+    return half_dot_of_held_rows(parts, vector, out)
+
+
+def half_dot_of_held_rows(
+    parts: Sequence[tuple[np.ndarray, np.ndarray]],
+    vector: np.ndarray,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """`half_dot_of_rows` of rows known to be inside their features (numpy's "clip" would read
+    the last row for one past the end): a query's candidates, which Annoy takes from a forest
+    of as many items as its shard's features have rows (`Shard` checks at load). Checking
+    them again, 8 numpy calls for four shards, held the GIL long enough to cost two query
+    threads 0.03-0.04 ms a query (p50, 100k).
+
+    Gathered block by block (GATHER_BLOCK_ROWS), a block taking rows of several parts: a
+    query's few candidates in four shards are one block, not four (each numpy call holds the
+    GIL that a second query thread waits for)."""
     total = sum(len(rows) for _, rows in parts)
     if out is None:
         out = np.empty(total, np.float32)
@@ -148,45 +176,55 @@ def half_dot_of_rows(
     if any(features.dtype != np.float16 for features, _ in parts):
         out[:] = np.concatenate([half_dot(features[rows], vector) for features, rows in parts])
         return out
-    scaled = vector.astype(np.float32) * _HALF_BITS_SCALE
-    blocks = -(-total // GATHER_BLOCK_ROWS)
-    block = -(-total // blocks)  # blocks of one size: 385 rows as 3 x 129, not 3 x 128 + 1
-    gathered, widened = _rerank_buffers.blocks(block, parts[0][0].shape[1])
-    filled = done = 0  # rows in the block being gathered; rows multiplied before it
-
-    def multiply() -> None:
+    scaled = np.multiply(vector, _HALF_BITS_SCALE, dtype=np.float32)
+    products = -(-total // PRODUCT_BLOCK_ROWS)
+    product = -(-total // products)  # blocks of one size: 385 rows as 3 x 129, not 3 x 128 + 1
+    rows_per_block = product * max(1, GATHER_BLOCK_ROWS // product)  # whole products
+    gathered, widened = _rerank_buffers.blocks(min(rows_per_block, total), parts[0][0].shape[1])
+    done = 0  # rows multiplied
+    # A block's numpy calls one after the other, the blocks worked out before them: each lets
+    # go of the GIL, and Python work between them gives a second query thread more moments
+    # to take it.
+    for block in _gather_blocks(parts, rows_per_block):
+        filled = 0
+        for halves, rows in block:
+            # mode="clip": numpy checks no bounds (with "raise" it also buffers `out`,
+            # 2.5x the time of the gather itself).
+            np.take(halves, rows, axis=0, out=gathered[filled : filled + len(rows)], mode="clip")
+            filled += len(rows)
         # Widened by a cast, then shifted and masked in place: three passes of vectorised
         # integer work (a shift casting as it goes is a buffered loop, 2x slower).
         bits = widened[:filled]
         np.copyto(bits, gathered[:filled])
         bits <<= _HALF_BITS_SHIFT
         bits &= _HALF_BITS_MASK
-        np.matmul(bits.view(np.float32), scaled, out=out[done : done + filled])
+        singles = bits.view(np.float32)
+        for start in range(0, filled, product):
+            at = done + start
+            np.matmul(singles[start : start + product], scaled, out=out[at : at + product])
+        done += filled
+    return out
 
+
+def _gather_blocks(
+    parts: Sequence[tuple[np.ndarray, np.ndarray]], rows_per_block: int
+) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """The rows of `parts` cut into blocks of `rows_per_block` (the last one shorter), each
+    block the (halves of features, rows) of the parts it takes rows of."""
+    blocks: list[list[tuple[np.ndarray, np.ndarray]]] = [[]]
+    filled = 0
     for features, rows in parts:
-        # (what "clip" would turn into a plausible wrong row: a row no shard holds)
-        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= len(features)):
-            raise IndexError(f"rows outside a shard of {len(features)}")
         halves = features.view(np.int16)
         taken = 0
         while taken < len(rows):
-            count = min(block - filled, len(rows) - taken)
-            # mode="clip": numpy checks no bounds (with "raise" it also buffers `out`,
-            # 2.5x the time of the gather itself).
-            np.take(
-                halves,
-                rows[taken : taken + count],
-                axis=0,
-                out=gathered[filled : filled + count],
-                mode="clip",
-            )
+            if filled == rows_per_block:
+                blocks.append([])
+                filled = 0
+            count = min(rows_per_block - filled, len(rows) - taken)
+            piece = rows if count == len(rows) else rows[taken : taken + count]
+            blocks[-1].append((halves, piece))
             filled, taken = filled + count, taken + count
-            if filled == block:
-                multiply()
-                done, filled = done + filled, 0
-    if filled:
-        multiply()
-    return out
+    return blocks
 
 
 def cosine_distances(cosine: np.ndarray) -> np.ndarray:
@@ -747,29 +785,32 @@ class Shard:
         rows = [self.row_of[i] for i in deleted if i in self.row_of]
         live[rows] = False
         # The count first: a query that reads the new mask then reads its count too
-        # (`candidates_of_projected` skips the mask when every row is live).
+        # (`live_mask` skips the mask when every row is live).
         self.live_count = int(live.sum())
         self.live = live
 
     def candidates(self, vector: np.ndarray, n: int, search_k: int) -> np.ndarray:
         """Rows of approximately the `n` nearest live images (Annoy, no exact ranking yet)."""
-        return self.candidates_of_projected(self.projection.apply(vector), n, search_k)[0]
+        nearest, _ = self.candidates_of_projected(self.projection.apply(vector), n, search_k)
+        rows = np.array(nearest, dtype=np.int64)
+        live = self.live_mask()
+        return rows if live is None else rows[live[rows]]
 
     def candidates_of_projected(
         self, projected: np.ndarray | Sequence[float], n: int, search_k: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """`candidates` of a vector already projected by this shard's projection, with their
-        projected (Euclidean) distances, nearest first."""
-        live, every_row_live = self.live, self.live_count == len(self.ids)
-        nearest, distances = self._forest.get_nns_by_vector(
+    ) -> tuple[list[int], list[float]]:
+        """The rows of approximately the `n` nearest images to a vector already projected by
+        this shard's projection, and their projected (Euclidean) distances, nearest first, as
+        Annoy lists them: deleted images included (`live_mask` tells them apart), and lists
+        rather than arrays, so that a query turns every shard's into one array at once."""
+        return self._forest.get_nns_by_vector(
             projected, n, search_k=search_k, include_distances=True
         )
-        rows = np.array(nearest, dtype=np.int64)  # 2x np.fromiter's pace on a list
-        projected_distances = np.array(distances, dtype=np.float32)
-        if every_row_live:
-            return rows, projected_distances
-        keep = live[rows]
-        return rows[keep], projected_distances[keep]
+
+    def live_mask(self) -> np.ndarray | None:
+        """Which rows hold live images; None when every row does."""
+        live, every_row_live = self.live, self.live_count == len(self.ids)
+        return None if every_row_live else live
 
     def distances(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact cosine distances from a unit `vector` to `rows` (`cosine_distances`)."""
