@@ -1,6 +1,7 @@
 """What reading words costs when no reading of them is kept: `Vocabulary.interpret` of queries
 of 1 and of 32 random vocabulary words (the most a query keeps), each asked once after 50
-queries that bring the tables in, so that nearly every word is read afresh (a query of new words is what a client who wants to cost the server sends).
+queries that bring the tables in, so that nearly every word is read afresh (a query of new
+words is what a client who wants to cost the server sends).
 
 `--baseline CHECKOUT` times another checkout's vocabulary in the same run, rounds alternating,
 and says whether both read every query the same (a hash of the readings and class weights):
