@@ -4,7 +4,10 @@ threads, recall@20 against exact search, and (`--steps`) the time of each step o
 `Index.nearest`.
 
 Settings (`candidates:search_k`) are asked query by query in turn, in alternating order (the
-first one asked brings the rows into the CPU's caches for the next). `--baseline CHECKOUT`
+first one asked brings the rows into the CPU's caches for the next); with `--chunk N`, every
+thread asks one setting N queries at a time (so that two query threads contend only with the
+same code, as a server's do; the time they wait for each other between chunks counts as off
+the run queue). `--baseline CHECKOUT`
 adds another checkout's reader, asked the same queries beside them in the same process: its
 `src/imgsearch` is copied under the package name `imgsearch_baseline` (imports rewritten) into
 the cache directory, so that both versions load side by side; `--baseline-store` has it read
@@ -108,6 +111,14 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=["120:1500"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", action="store_true", help="time each step of a query")
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=0,
+        help="with several threads, all of them ask one setting this many queries at a time "
+        "(then the next, in alternating order), rather than each thread every setting in turn "
+        "query by query: two threads then contend only with the same code, as in a server",
+    )
     parser.add_argument("--baseline", type=Path, help="another checkout's reader beside")
     parser.add_argument(
         "--baseline-store",
@@ -159,6 +170,8 @@ def main() -> None:
         answers: list[list[set[int]]] = [[set() for _ in queries] for _ in indexes]
         spent: list[tuple[float, ...]] = []  # per thread: wall, on a core, waiting for one
 
+        barrier = threading.Barrier(threads)
+
         def work(
             offset: int,
             threads: int = threads,
@@ -166,18 +179,33 @@ def main() -> None:
             cpu: list[list[float]] = cpu,
             answers: list[list[set[int]]] = answers,
             spent: list[tuple[float, ...]] = spent,
+            barrier: threading.Barrier = barrier,
         ) -> None:
+            def ask(number: int, index: Any, position: int) -> None:
+                started, started_cpu = time.perf_counter(), time.thread_time()
+                found = index.nearest(queries[position], 20)
+                wall[number][position] = (time.perf_counter() - started) * 1000
+                cpu[number][position] = (time.thread_time() - started_cpu) * 1000
+                answers[number][position] = {int(i, 16) for i, _ in found}
+
             before = time.perf_counter(), *scheduled()
-            for position in range(offset, len(queries), threads):
-                order = list(enumerate(indexes))
-                if (position // threads) % 2:
-                    order.reverse()
-                for number, index in order:
-                    started, started_cpu = time.perf_counter(), time.thread_time()
-                    found = index.nearest(queries[position], 20)
-                    wall[number][position] = (time.perf_counter() - started) * 1000
-                    cpu[number][position] = (time.thread_time() - started_cpu) * 1000
-                    answers[number][position] = {int(i, 16) for i, _ in found}
+            if args.chunk:  # every thread on one setting at a time, a chunk of queries each
+                for start in range(0, len(queries), args.chunk):
+                    order = list(enumerate(indexes))
+                    if (start // args.chunk) % 2:
+                        order.reverse()
+                    for number, index in order:
+                        barrier.wait()
+                        end = min(start + args.chunk, len(queries))
+                        for position in range(start + offset, end, threads):
+                            ask(number, index, position)
+            else:  # each thread on each setting in turn, query by query
+                for position in range(offset, len(queries), threads):
+                    order = list(enumerate(indexes))
+                    if (position // threads) % 2:
+                        order.reverse()
+                    for number, index in order:
+                        ask(number, index, position)
             after = time.perf_counter(), *scheduled()
             spent.append(tuple((b - a) * 1000 for a, b in zip(before, after, strict=True)))
 
