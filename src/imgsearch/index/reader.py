@@ -26,6 +26,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from imgsearch.config import Settings
 from imgsearch.index.base import SearchIndex
 from imgsearch.index.manifest import Manifest, read_manifest
 from imgsearch.index.shards import (
@@ -196,13 +197,15 @@ class Index(SearchIndex):
         self,
         store: ObjectStore,
         *,
-        candidates: int = 100,
-        search_k: int = -1,
+        candidates: int = Settings.model_fields["ann_candidates"].default,
+        search_k: int = Settings.model_fields["ann_search_k"].default,
         resident: bool = True,
     ) -> None:
-        """`resident`: each shard's features and forest are mapped into the process when it
-        is loaded (`shards.map_resident`); False faults them in as queries touch them (the
-        bench's measure of a cold index)."""
+        """`candidates` and `search_k` are the settings' `ann_candidates` and `ann_search_k`
+        (their defaults, for an index opened without settings). `resident`: each shard's
+        features and forest are mapped into the process when it is loaded
+        (`shards.map_resident`); False faults them in as queries touch them (the bench's
+        measure of a cold index)."""
         self._store = store
         self.resident = resident
         self.candidates = candidates
