@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from starlette.requests import Request
-from support.demo import demo_image
+from support.demo import demo_image, near_copy
 from support.openapi import API_KEY_HEADER
 from support.services import API_KEY, make_service
 
 from imgsearch.api import presenters
 from imgsearch.api.app import create_app
 from imgsearch.api.kept import PAGE_OVERHEAD
-from imgsearch.api.schemas import Results
-from imgsearch.results import Hit
+from imgsearch.api.schemas import Duplicates, Explore, Result, Results, Stack, Topic
+from imgsearch.results import Hit, ImageRecord
 from imgsearch.service import ImageSearch
 
 CATEGORIES = ("elephant", "pizza", "chair")
@@ -81,6 +81,37 @@ def _another_process(service: ImageSearch, **settings: object) -> ImageSearch:
     )
 
 
+def _results(
+    request: Request, service: ImageSearch, hits: list[Hit], records: dict[str, ImageRecord]
+) -> list[Result]:
+    """`Result` objects for hits, made field by field from the images' records (what the
+    JSON that presenters.py writes without them must equal), skipping an image without one."""
+    urls = presenters.ImageUrls(request)
+    out = []
+    for hit in hits:
+        record = records.get(hit.image_id)
+        if record is None:
+            continue
+        url, thumbnail = urls.of(hit.image_id)
+        out.append(
+            Result(
+                id=hit.image_id,
+                key=record.key,
+                url=url,
+                thumbnail=thumbnail,
+                tile=urls.tile(hit.image_id),
+                score=round(hit.score, 6),
+                learned=hit.learned,
+                reason=hit.reason,
+                tier=hit.tier,
+                width=record.width,
+                height=record.height,
+                label=service.class_names[record.classes[0][0]] if record.classes else None,
+            )
+        )
+    return out
+
+
 def _ids(body: dict) -> list[str]:
     return [r["id"] for r in body["results"]]
 
@@ -100,7 +131,8 @@ def test_result_json_is_what_the_response_models_make(collection, served) -> Non
     ]
     hits.insert(3, Hit("f" * 16, 0.9, "similar"))  # no such image: left out, as before
     request = _request(served)
-    expected = Results(results=presenters.results(request, service, hits))
+    read = service.images(hit.image_id for hit in hits)
+    expected = Results(results=_results(request, service, hits, read))
     made = presenters.results_body(presenters.results_json(request, service, hits))
     assert made == expected.model_dump_json(by_alias=True).encode()
     kept = served.app.state.kept.under(service.answers_version())
@@ -108,6 +140,49 @@ def test_result_json_is_what_the_response_models_make(collection, served) -> Non
         made = presenters.results_body(presenters.results_json(request, service, hits, kept))
         assert made == expected.model_dump_json(by_alias=True).encode()
     assert len(kept.results) == len(records) + 1
+
+
+def test_overview_json_is_what_the_response_models_make(collection, served) -> None:
+    """Explore, the stacks of near-copies and each image's near-copies, written without
+    pydantic objects: the bytes pydantic's serialiser makes of their response models."""
+    service = collection
+    for number in (1, 2):
+        service.ingest(f"pizza/{number} copy.jpg", near_copy(demo_image("pizza", number)))
+    service.build_index()
+    request = _request(served)
+
+    def expected(model: Results | Explore | Duplicates) -> bytes:
+        return model.model_dump_json(by_alias=True).encode()
+
+    found = service.explore(50)
+    topics = [
+        Topic(
+            kind=topic.kind,
+            label=topic.label,
+            query=topic.query,
+            count=topic.count,
+            cover=_results(request, service, [Hit(topic.cover, 1.0, "listed")], {r.id: r})[0],
+        )
+        for topic, r in found
+    ]
+    assert topics
+    assert served.get("/api/explore?limit=50").content == expected(Explore(topics=topics))
+    assert service.duplicates(200)[1]
+    for limit, offset in ((200, 0), (1, 0), (1, 1)):  # every stack, the first, past the end
+        stacks, total = service.duplicates(limit, offset)
+        shown = []
+        for stack in stacks:
+            hits = [Hit(r.id, 1.0, "similar") for r in stack]
+            copies = _results(request, service, hits, {r.id: r for r in stack})
+            shown.append(Stack(count=len(copies), results=copies))
+        answer = served.get("/api/duplicates", params={"limit": limit, "offset": offset})
+        assert answer.content == expected(Duplicates(stacks=shown, total=total))
+    records = service.images(service.parts.index.image_ids())
+    near = {i: service.near_copies(i) for i in records}
+    assert any(near.values())
+    for image_id, hits in near.items():
+        copies = Results(results=_results(request, service, hits, records))
+        assert served.get(f"/api/images/{image_id}/duplicates").content == expected(copies)
 
 
 def test_kept_more_like_this_follows_a_removal_in_another_process(collection, served) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from support.demo import demo_image
+from support.demo import demo_image, near_copy
 from support.openapi import API_KEY_HEADER
 from support.services import API_KEY, make_service
 
@@ -24,16 +24,6 @@ from imgsearch.feedback import QUORUM
 from imgsearch.service import ImageSearch
 
 CLASS_PROBABILITY = 0.3  # as overview.py counts a class (checked against brute force below)
-
-
-def _near_copy(data: bytes) -> bytes:
-    """The photo resized to 80%, cropped by 3% and re-encoded at JPEG quality 70."""
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    w, h = image.size
-    image = image.crop((w * 3 // 100, h * 3 // 100, w, h)).resize((w * 4 // 5, h * 4 // 5))
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=70)
-    return out.getvalue()
 
 
 def test_explore_counts_classes_as_the_stored_probabilities_say(demo_client, demo_service):
@@ -111,7 +101,7 @@ def test_a_taught_word_joins_explore_once_independent_clients_agree(service, cli
 def test_near_copies_are_stacked_and_others_are_not(client) -> None:
     original = demo_image("sunflower")
     first = client.post("/api/images", files={"file": ("a.jpg", original)}).json()["id"]
-    copy = client.post("/api/images", files={"file": ("b.jpg", _near_copy(original))}).json()["id"]
+    copy = client.post("/api/images", files={"file": ("b.jpg", near_copy(original))}).json()["id"]
     other = client.post("/api/images", files={"file": ("c.jpg", demo_image("elephant"))}).json()
     assert client.get(f"/api/images/{first}/duplicates").json()["results"][0]["id"] == copy
     assert client.get(f"/api/images/{other['id']}/duplicates").json()["results"] == []
@@ -129,7 +119,7 @@ def test_a_stack_whose_copies_were_removed_is_not_counted_or_paged(client) -> No
     for name in ("sunflower", "elephant"):  # the elephant's stack is the newer
         original = demo_image(name)
         first = client.post("/api/images", files={"file": ("a.jpg", original)}).json()["id"]
-        copy = client.post("/api/images", files={"file": ("b.jpg", _near_copy(original))})
+        copy = client.post("/api/images", files={"file": ("b.jpg", near_copy(original))})
         ids[name] = (first, copy.json()["id"])
     assert client.get("/api/duplicates").json()["total"] == 2
     client.delete(f"/api/images/{ids['elephant'][1]}")
@@ -148,7 +138,7 @@ def test_duplicates_read_the_near_copy_lists_not_every_neighbour_list(service, c
     assert read == []
     original = demo_image("sunflower")
     first = client.post("/api/images", files={"file": ("a.jpg", original)}).json()["id"]
-    copy = client.post("/api/images", files={"file": ("b.jpg", _near_copy(original))}).json()["id"]
+    copy = client.post("/api/images", files={"file": ("b.jpg", near_copy(original))}).json()["id"]
     client.post("/api/images", files={"file": ("c.jpg", demo_image("elephant"))})
     read.clear()  # (the builder reads lists to update them)
     assert client.get("/api/duplicates").json()["total"] == 1
@@ -159,14 +149,14 @@ def test_duplicates_read_the_near_copy_lists_not_every_neighbour_list(service, c
     # A removed image's list stays (the same bytes may come back) but its stack goes.
     client.delete(f"/api/images/{copy}")
     assert client.get("/api/duplicates").json() == {"stacks": [], "total": 0}
-    client.post("/api/images", files={"file": ("b.jpg", _near_copy(original))})
+    client.post("/api/images", files={"file": ("b.jpg", near_copy(original))})
     assert client.get("/api/duplicates").json()["total"] == 1
 
 
 def test_a_collection_indexed_before_near_copy_lists_gets_them_once(service, client) -> None:
     original = demo_image("sunflower")
     client.post("/api/images", files={"file": ("a.jpg", original)})
-    client.post("/api/images", files={"file": ("b.jpg", _near_copy(original))})
+    client.post("/api/images", files={"file": ("b.jpg", near_copy(original))})
     expected = client.get("/api/duplicates").json()
     table = service.parts.catalog.table
     for image_id in list(service.parts.catalog.near_copy_lists()):  # as before they were kept

@@ -25,7 +25,7 @@ from collections.abc import Hashable
 from imgsearch.remembered import Remembered
 
 # An image's part of a result object: its JSON before the score and from its width to the
-# tier (presenters.results_json); () for an image without a record.
+# tier (presenters.result_objects); () for an image without a record.
 Parts = tuple[str, str] | tuple[()]
 
 

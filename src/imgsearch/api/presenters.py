@@ -15,16 +15,20 @@ from imgsearch.api.kept import Kept, Parts
 from imgsearch.api.schemas import (
     ClassScore,
     ClassWeight,
+    Duplicates,
+    Explore,
     ImageDetail,
     LearnedSummary,
     LearnedTerm,
     Reading,
     Result,
+    Stack,
     Voter,
 )
 from imgsearch.api.schemas import Interpretation as InterpretationModel
 from imgsearch.api.schemas import LearnedImage as LearnedImageModel
-from imgsearch.results import Hit, ImageRecord, Interpretation, Learned, TermReport
+from imgsearch.api.schemas import Topic as TopicModel
+from imgsearch.results import Hit, ImageRecord, Interpretation, Learned, TermReport, Topic
 from imgsearch.service import TILE_SIDE, ImageSearch
 
 MAX_VOTERS = 100  # listed in a term's report
@@ -76,58 +80,36 @@ class ImageUrls:
         return f"{self._base}{static}" if static.startswith("/") else static
 
 
-def results(
+def results_json(
     request: Request,
     service: ImageSearch,
     hits: Iterable[Hit],
+    kept: Kept | None = None,
     records: Mapping[str, ImageRecord] | None = None,
-) -> list[Result]:
-    """Result objects for hits, skipping images removed since they were ranked: their records
-    (unless given, where the service read them already) in one batched read, their URLs from
-    one base."""
-    hits = list(hits)
-    if records is None:
-        records = service.images(hit.image_id for hit in hits)
-    urls = ImageUrls(request)
-    names = service.class_names
-    out = []
-    for hit in hits:
-        record = records.get(hit.image_id)
-        if record is None:
-            continue
-        url, thumbnail = urls.of(hit.image_id)
-        out.append(
-            Result(
-                id=hit.image_id,
-                key=record.key,
-                url=url,
-                thumbnail=thumbnail,
-                tile=urls.tile(hit.image_id),
-                score=round(hit.score, 6),
-                learned=hit.learned,
-                reason=hit.reason,
-                tier=hit.tier,
-                width=record.width,
-                height=record.height,
-                label=names[record.classes[0][0]] if record.classes else None,
-            )
-        )
-    return out
-
-
-def results_json(
-    request: Request, service: ImageSearch, hits: Iterable[Hit], kept: Kept | None = None
 ) -> str:
-    """The JSON of `results(request, service, hits)` as a `Result` list serialises (the same
-    text), made from each image's part of the object (its record and URLs, kept in `kept`
-    for the next answer that shows it) and the hit's own fields. Without pydantic's
-    validation and serialisation of each object, which cost a page of 20 about 0.3 ms."""
+    """The JSON of the hits' results, a list of `Result` (see `result_objects`)."""
+    return f"[{','.join(result_objects(request, service, hits, kept, records))}]"
+
+
+def result_objects(
+    request: Request,
+    service: ImageSearch,
+    hits: Iterable[Hit],
+    kept: Kept | None = None,
+    records: Mapping[str, ImageRecord] | None = None,
+) -> list[str]:
+    """The JSON of each hit's `Result` object, the text pydantic's serialiser makes of one,
+    skipping images removed since they were ranked. Made from each image's part of the
+    object (its record, unless given in `records` where the service read them already, and
+    its URLs; kept in `kept` for the next answer that shows it) and the hit's own fields,
+    without pydantic's validation and serialisation of each object, which cost a page of 20
+    about 0.3 ms."""
     hits = list(hits)
     base = url_base(request)
     found = kept.results.get_many((base, hit.image_id) for hit in hits) if kept else {}
     missing = [hit.image_id for hit in hits if (base, hit.image_id) not in found]
     if missing:
-        made = _result_parts(request, service, missing)
+        made = _result_parts(request, service, missing, records)
         fresh: dict[Hashable, Parts] = {(base, i): parts for i, parts in made.items()}
         if kept:
             kept.results.put_many(fresh)
@@ -143,14 +125,20 @@ def results_json(
             f'"learned":{"true" if hit.learned else "false"},"reason":{_word_json(hit.reason)}'
             f"{tail}{_word_json(hit.tier)}}}"
         )
-    return f"[{','.join(objects)}]"
+    return objects
 
 
-def _result_parts(request: Request, service: ImageSearch, image_ids: list[str]) -> dict[str, Parts]:
+def _result_parts(
+    request: Request,
+    service: ImageSearch,
+    image_ids: list[str],
+    records: Mapping[str, ImageRecord] | None = None,
+) -> dict[str, Parts]:
     """For each image, the JSON of its result object before the score and from its width to
     the tier (what its record and URLs say: the same whatever ranked it), or () if it has no
-    record; the records in one batched read."""
-    records = service.images(image_ids)
+    record; the records (unless given) in one batched read."""
+    if records is None:
+        records = service.images(image_ids)
     urls = ImageUrls(request)
     names = service.class_names
     parts: dict[str, Parts] = {}
@@ -210,6 +198,56 @@ def json_bytes(body: bytes) -> Response:
     again and serialised in a second trip through the thread pool, which cost a fast answer
     (a keyword search, "more like this") a third of its time."""
     return Response(body, media_type="application/json")
+
+
+def explore_body(
+    request: Request, service: ImageSearch, found: Sequence[tuple[Topic, ImageRecord]]
+) -> bytes:
+    """The JSON of an `Explore` of `ImageSearch.explore`'s topics and their covers' records
+    (the bytes pydantic's serialiser makes of it), each cover's made as `result_objects`
+    makes a result's."""
+    hits = [Hit(topic.cover, 1.0, "listed") for topic, _ in found]
+    covers = result_objects(request, service, hits, records={r.id: r for _, r in found})
+    topics = [
+        _model_json(
+            TopicModel(kind=t.kind, label=t.label, query=t.query, count=t.count, cover=_BLANK),
+            cover=cover,
+        )
+        for (t, _), cover in zip(found, covers, strict=True)
+    ]
+    return _model_json(Explore(topics=[]), topics=f"[{','.join(topics)}]").encode()
+
+
+def duplicates_body(
+    request: Request, service: ImageSearch, stacks: Iterable[Sequence[ImageRecord]], total: int
+) -> bytes:
+    """The JSON of a `Duplicates` page of `ImageSearch.duplicates`' stacks (the bytes
+    pydantic's serialiser makes of it), each copy's made as `result_objects` makes a
+    result's."""
+    shown = []
+    for stack in stacks:
+        hits = (Hit(record.id, 1.0, "similar") for record in stack)
+        found = result_objects(request, service, hits, records={r.id: r for r in stack})
+        shown.append(
+            _model_json(Stack(count=len(found), results=[]), results=f"[{','.join(found)}]")
+        )
+    return _model_json(Duplicates(stacks=[], total=total), stacks=f"[{','.join(shown)}]").encode()
+
+
+# A result a model is made with where its JSON is written in its place (see `_model_json`).
+_BLANK = Result(id="", key="", url="", thumbnail="", score=0.0, width=0, height=0)
+
+
+def _model_json(model: BaseModel, **written: str) -> str:
+    """The JSON pydantic's serialiser makes of `model`, but with the fields named in
+    `written` as given there (JSON made already), each in its field's place; the model's own
+    values of those fields are placeholders, never read."""
+    values = model.model_dump(mode="json", by_alias=True, exclude=set(written))
+    fields = []
+    for name, field in type(model).model_fields.items():
+        key = field.alias or name
+        fields.append(f"{_json(key)}:{written[name] if name in written else _json(values[key])}")
+    return f"{{{','.join(fields)}}}"
 
 
 def image_detail(request: Request, service: ImageSearch, record: ImageRecord) -> ImageDetail:

@@ -134,9 +134,10 @@ def image_thumbnail(
 
 
 @router.get("/{image_id}/duplicates", response_model=Results)
-def image_duplicates(request: Request, service: Service, image_id: ImageId) -> Results:
+def image_duplicates(request: Request, service: Service, image_id: ImageId) -> Response:
     """The near-copies of this image (resized, re-encoded, cropped a little), nearest first."""
-    return Results(results=presenters.results(request, service, service.near_copies(image_id)))
+    results = presenters.results_json(request, service, service.near_copies(image_id))
+    return presenters.json_bytes(presenters.results_body(results))
 
 
 @router.get("/{image_id}/similar", response_model=Results)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
 
 from imgsearch.api import presenters
 from imgsearch.api.deps import Service
-from imgsearch.api.schemas import Duplicates, Explore, Stack, Topic, problems
-from imgsearch.results import Hit
+from imgsearch.api.schemas import Duplicates, Explore, problems
 
 # Plain functions: FastAPI runs them off the event loop.
 router = APIRouter(tags=["overview"], responses=problems(422, 503))
@@ -18,17 +18,10 @@ router = APIRouter(tags=["overview"], responses=problems(422, 503))
 @router.get("/explore", response_model=Explore)
 def explore(
     request: Request, service: Service, limit: Annotated[int, Query(ge=1, le=50)] = 12
-) -> Explore:
+) -> Response:
     """Things in the photos: the words votes taught and the classes most photos show (from
     the index's posting lists), each with how many photos and a cover photo."""
-    found = service.explore(limit)
-    hits = [Hit(topic.cover, 1.0, "listed") for topic, _ in found]
-    covers = presenters.results(request, service, hits, {r.id: r for _, r in found})
-    topics = [
-        Topic(kind=t.kind, label=t.label, query=t.query, count=t.count, cover=cover)
-        for (t, _), cover in zip(found, covers, strict=True)
-    ]
-    return Explore(topics=topics)
+    return presenters.json_bytes(presenters.explore_body(request, service, service.explore(limit)))
 
 
 @router.get("/duplicates", response_model=Duplicates)
@@ -37,13 +30,8 @@ def duplicates(
     service: Service,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
-) -> Duplicates:
+) -> Response:
     """Stacks of near-copies of one photo (resized, re-encoded, cropped a little), newest
     first."""
     stacks, total = service.duplicates(limit, offset)
-    shown = []
-    for stack in stacks:
-        hits = (Hit(record.id, 1.0, "similar") for record in stack)
-        found = presenters.results(request, service, hits, {r.id: r for r in stack})
-        shown.append(Stack(count=len(found), results=found))
-    return Duplicates(stacks=shown, total=total)
+    return presenters.json_bytes(presenters.duplicates_body(request, service, stacks, total))
