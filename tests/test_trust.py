@@ -467,14 +467,23 @@ def test_the_votes_command_shows_resets_and_drops(tmp_path, capsys) -> None:
     pest = service.client_id("203.0.113.5")
     for client in ("c1", "c2", "c3", pest):
         feedback.vote("kite", "00000000000000aa", f"s-{client}", 1, client)
+    feedback.vote("kite", "00000000000000bb", "s-c3", -1, "c3")
     assert main(["votes", "show", "Kites", *data]) == 0
     shown = capsys.readouterr().out
-    assert "kite: 4 votes from 4 sessions and 4 clients" in shown
+    assert "kite: 5 votes from 4 sessions and 4 clients" in shown
     assert "up 4 (4.00)" in shown and "weight +2.00" in shown and f"client {pest}" in shown
+    # Images and voters in the order the facade reports them (as the HTTP view lists them):
+    # by weight, then agreeing clients; voters by their votes.
+    report = service.learned("kite")
+    listed = [line.split()[0] for line in shown.splitlines()[1:] if not line.startswith("  client")]
+    assert listed == [i.agreement.image_id for i in report.images]
+    assert listed == ["00000000000000aa", "00000000000000bb"]
+    voters = [line.split()[1][:-1] for line in shown.splitlines() if line.startswith("  client")]
+    assert voters == [c for c, _, _ in report.voters] and voters[0] == "c3"  # two votes
     assert main(["votes", "drop-client", "203.0.113.5", *data]) == 0
     assert f"client {pest}: 1 votes removed" in capsys.readouterr().out
     assert main(["votes", "reset", "kite", *data]) == 0
-    assert "kite: reset, 3 votes removed" in capsys.readouterr().out
+    assert "kite: reset, 4 votes removed" in capsys.readouterr().out
     assert feedback.summary("kite").images == []
     assert main(["votes", "drop-client", "nobody", *data]) != 0
 

@@ -326,16 +326,14 @@ def cmd_votes(args: argparse.Namespace) -> int:
                 f"{summary.term}: {summary.votes} votes from {summary.sessions} sessions and "
                 f"{summary.clients} clients"
             )
-            # By weight, then id (the HTTP view breaks ties by agreeing clients first).
-            images = sorted(report.images, key=lambda i: (-abs(i.weight), i.agreement.image_id))
-            for image in images:
+            for image in report.images:  # in the facade's order, as the HTTP view lists them
                 agreement = image.agreement
                 print(
                     f"  {agreement.image_id}  up {agreement.up_clients} ({agreement.up:.2f})  "
                     f"down {agreement.down_clients} ({agreement.down:.2f})  "
                     f"weight {image.weight:+.2f}  {image.key or '(removed)'}"
                 )
-            for client, up, down in sorted(report.voters):
+            for client, up, down in report.voters:
                 print(f"  client {client}: {up} up, {down} down")
         elif args.action == "reset":
             term, removed = service.reset_term(args.target)
