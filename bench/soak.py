@@ -32,6 +32,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo"
+sys.path.insert(0, str(REPO / "tests"))  # support.votes: every vote on a term
 WORDS = [
     "elephant",
     "pizza",
@@ -185,6 +186,8 @@ def start_server(data_dir: Path, port: int) -> subprocess.Popen:
 
 def verify(data_dir: Path, tally: Tally) -> tuple[int, int]:
     """(lost uploads, lost votes), read back from the data directory after the run."""
+    from support.votes import term_votes
+
     from imgsearch.config import Settings
     from imgsearch.service import ImageSearch
 
@@ -201,7 +204,7 @@ def verify(data_dir: Path, tally: Tally) -> tuple[int, int]:
         if term not in stored:
             stored[term] = {
                 (v.image_id, v.session): v.value
-                for v in service.parts.feedback.term_votes(term).votes
+                for v in term_votes(service.parts.feedback.table, term)
             }
         if stored[term].get((image_id, session)) != value:
             lost_votes += 1

@@ -9,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from support.demo import DEMO
 from support.services import make_service
+from support.votes import Vote, term_votes
 
-from imgsearch.feedback import QUORUM, Agreement, Feedback, Vote
+from imgsearch.feedback import QUORUM, Agreement, Feedback
 from imgsearch.learning import trust
 from imgsearch.search import class_weights, explore_page, guess_count
 
@@ -56,7 +57,7 @@ def test_concurrent_votes_lose_nothing(storage) -> None:
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(session, range(12)))
-    votes = feedback.term_votes("boat").votes
+    votes = term_votes(feedback.table, "boat")
     assert len(votes) == 12 * 6
     totals = _totals(feedback, "boat")
     for position, image_id in enumerate(images):
@@ -135,7 +136,7 @@ def test_an_undo_leaves_the_client_the_voice_its_other_sessions_give(storage) ->
     [agreement] = feedback.summary("moth").images
     assert (agreement.up_clients, agreement.down_clients) == (0, 1)
     assert agreement.down == pytest.approx(1.0) and agreement.up == pytest.approx(0.0, abs=1e-9)
-    assert feedback.term_votes("moth").votes == [Vote("b", image, -1, "nat")]
+    assert term_votes(feedback.table, "moth") == [Vote("b", image, -1, "nat")]
     assert feedback.summary("moth").votes == 1
 
     assert feedback.withdraw("moth", image, "b") is True  # the last one: no voice left
@@ -152,7 +153,7 @@ def test_an_undo_from_another_address_takes_the_vote_back(storage) -> None:
     image = "00000000000000bb"
     feedback.vote("gnat", image, "phone", 1, "wifi")
     assert feedback.withdraw("gnat", image, "phone") is True
-    assert feedback.term_votes("gnat").votes == []
+    assert term_votes(feedback.table, "gnat") == []
     assert _voices(storage, "gnat") == {} and feedback.summary("gnat").images == []
     assert list(storage.feedback.query("client#wifi", prefix="vote#")) == []
     assert feedback.withdraw("gnat", image, "phone") is False

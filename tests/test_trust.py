@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.openapi import API_KEY_HEADER
 from support.services import API_KEY
+from support.votes import term_votes
 
 from imgsearch.api.app import create_app
 from imgsearch.clients import (
@@ -243,7 +244,7 @@ def test_x_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(
         trusted_proxies=["127.0.0.1"],
     )
     assert accepted(trusting, forwarded) == [200] * 5  # each its own client now
-    voters = {v.client for v in trusting.parts.feedback.term_votes("boat").votes}
+    voters = {v.client for v in term_votes(trusting.parts.feedback.table, "boat")}
     assert voters == {trusting.parts.client_ids.of(a) for a in forwarded}
 
 

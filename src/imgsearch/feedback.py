@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from imgsearch.storage import (
     Delete,
@@ -50,22 +50,6 @@ MAX_SESSION_VOTES = 1000
 # and the row saying the list is whole (made once from the terms before it was kept).
 TAUGHT = "taught"
 TAUGHT_LISTED = "#listed"
-
-
-@dataclass(frozen=True)
-class Vote:
-    session: str
-    image_id: str
-    value: int  # 1 relevant, -1 not relevant
-    client: str = LOCAL_CLIENT
-
-
-@dataclass
-class TermVotes:
-    """Every vote on one term (O(votes): for maintenance and tests, never for a search)."""
-
-    term: str
-    votes: list[Vote] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -393,16 +377,6 @@ class Feedback:
             for start in range(0, len(writes), MAX_WRITES):
                 self.table.transact(writes[start : start + MAX_WRITES])
         self._taught_listed = True
-
-    def term_votes(self, term: str) -> TermVotes:
-        items = self.table.query(f"term#{term}", prefix="vote#")
-        return TermVotes(
-            term,
-            [
-                Vote(i["session"], i["image_id"], int(i["vote"]), i.get("client", LOCAL_CLIENT))
-                for i in items
-            ],
-        )
 
     def session_votes(self, term: str, session: str) -> dict[str, int]:
         """The session's votes on the term's images: at most MAX_SESSION_VOTES of them (by

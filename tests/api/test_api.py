@@ -7,6 +7,7 @@ from support.demo import demo_image
 from support.hostile_files import encode, photo
 from support.openapi import API_KEY_HEADER, parameter
 from support.services import API_KEY
+from support.votes import term_votes
 
 from imgsearch.api.deps import get_client
 
@@ -265,7 +266,7 @@ def test_a_vote_taken_back_from_another_address_goes(client) -> None:
     client.app.dependency_overrides.clear()
     after = client.get("/api/search", params={"q": "stool", "session": "roaming"}).json()
     assert not any(r["learned"] for r in after["results"])
-    assert client.app.state.service.parts.feedback.term_votes("stool").votes == []
+    assert term_votes(client.app.state.service.parts.feedback.table, "stool") == []
 
 
 @pytest.mark.parametrize(
