@@ -369,7 +369,11 @@ class ImageSearch:
             yield
 
     def add(self, key: str, data: bytes, *, wait: float = 60.0) -> IngestResult:
-        """Ingest one image and return once the index serves it (or `wait` seconds passed)."""
+        """Ingest one image under `key` and return once the index serves it (or `wait`
+        seconds passed), with the ingest's result (a refusal too: not raised). The upload
+        without a key of its own: `upload` calls it under the key it settles on (a name made
+        from the file, taken again if another upload replaced it), and tests to add bytes
+        under a chosen key."""
         result = self.ingest(key, data)
         if result.status in ("added", "duplicate", "unchanged") and result.image_id:
             try:
