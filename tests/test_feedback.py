@@ -13,6 +13,7 @@ from support.votes import Vote, term_votes
 
 from imgsearch.feedback import QUORUM, Agreement, Feedback
 from imgsearch.learning import trust
+from imgsearch.remembered import Expiring
 from imgsearch.search import class_weights, explore_page, guess_count
 
 
@@ -283,11 +284,10 @@ def test_first_page_weaves_a_spread_into_weak_guesses() -> None:
 
 def test_the_vote_cache_does_not_grow_with_every_query(taught_service, monkeypatch) -> None:
     learner = taught_service.parts.learner
-    monkeypatch.setattr("imgsearch.learning.MAX_CACHED_TERMS", 8)
-    monkeypatch.setattr(learner, "cache_seconds", 0.0)  # every entry is stale at once
+    monkeypatch.setattr(learner, "_summaries", Expiring(8, 5.0))  # as built, 8 at most
     for number in range(50):
         taught_service.search_text(f"word{number}", limit=5, session="curious")
-    assert len(learner._cache) <= 8
+    assert len(learner._summaries) == 8
 
 
 def _category(service, hit) -> str:

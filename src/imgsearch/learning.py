@@ -28,8 +28,6 @@ neighbourhoods, the keyword ranking), never from a scan of the collection.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -39,11 +37,12 @@ from imgsearch.config import FeedbackMethod
 from imgsearch.feedback import QUORUM, Agreement, Feedback, TermSummary
 from imgsearch.index.base import SearchIndex
 from imgsearch.index.neighbourhoods import Neighbourhoods
+from imgsearch.remembered import Expiring
 
 NEGATIVE_WEIGHT = 0.5
 SELF_WEIGHT = 3.0  # the asking session's votes, against one per agreeing client beyond quorum
 KNN_EXAMPLES = 3
-MAX_CACHED_TERMS = 1024  # beyond this many cached terms, expired ones are dropped
+MAX_CACHED_TERMS = 1024  # term summaries kept at most (the least recently used leave first)
 
 
 def trust(agreement: Agreement) -> float:
@@ -116,10 +115,17 @@ class Learner:
         self.index = index
         self.neighbourhoods = neighbourhoods
         self.method = method
-        self.cache_seconds = cache_seconds
         self.expanded = expanded
-        self._cache: dict[str, tuple[float, TermSummary]] = {}
-        self._lock = threading.Lock()
+        self._summaries: Expiring[str, TermSummary] = Expiring(MAX_CACHED_TERMS, cache_seconds)
+
+    @property
+    def cache_seconds(self) -> float:
+        """How long a term's summary is kept (votes of other processes take this to count)."""
+        return self._summaries.seconds
+
+    @cache_seconds.setter
+    def cache_seconds(self, seconds: float) -> None:
+        self._summaries.seconds = seconds
 
     def taught(self, term: str, session: str | None) -> Taught | None:
         """The term's model as `session` sees it, or None if nothing teaches it (no trusted
@@ -143,25 +149,16 @@ class Learner:
 
     def forget(self, term: str) -> None:
         """Drop the cached summary of a term (after a vote in this process)."""
-        with self._lock:
-            self._cache.pop(term, None)
+        self._summaries.forget(term)
 
     def forget_all(self) -> None:
         """Drop every cached summary (after votes of many terms changed)."""
-        with self._lock:
-            self._cache.clear()
+        self._summaries.clear()
 
     def _summary(self, term: str) -> TermSummary:
-        now = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(term)
-            if cached and cached[0] > now:
-                return cached[1]
-        summary = self.feedback.summary(term, agreed_only=True)
-        with self._lock:
-            if len(self._cache) >= MAX_CACHED_TERMS:  # many distinct queries: drop the stale
-                self._cache = {t: entry for t, entry in self._cache.items() if entry[0] > now}
-            self._cache[term] = (now + self.cache_seconds, summary)
+        summary = self._summaries.get(term)
+        if summary is None:
+            summary = self._summaries.put(term, self.feedback.summary(term, agreed_only=True))
         return summary
 
     def _examples(self, weights: dict[str, float]) -> Examples:

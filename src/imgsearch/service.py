@@ -47,6 +47,7 @@ from imgsearch.overview import (
 )
 from imgsearch.parts import Given, Parts, Preloadable
 from imgsearch.rate_limits import check_vote_rate
+from imgsearch.remembered import Expiring
 from imgsearch.results import (
     BackfillProgress,
     DirectUploadsUnavailable,
@@ -110,16 +111,17 @@ class ImageSearch:
         self.recovering = False
         self._closing = threading.Event()  # stops the background writer (`close`)
         self._background: threading.Thread | None = None
-        self._lock = threading.Lock()
-        # (index version, read at, stacks)
-        self._stacks: tuple[tuple[int, int], float, list[Stack]] | None = None
+        # By the index's version (generation, size): the latest only.
+        self._stacks: Expiring[tuple[int, int], list[Stack]] = Expiring(1, STACKS_KEPT_SECONDS)
         # The taught words of the start view: (votes here when read, read at, topics),
         # computed by one thread at a time (`_taught_words`).
         self._words: tuple[int, float, list[Topic]] | None = None
         self._words_lock = threading.Lock()
         self._votes_here = 0  # votes changed by this process, which make the kept words stale
-        self._queued_removals: tuple[float, list[str]] | None = None  # (read at, ids)
-        self._removals = 0  # removals by this process, which make the kept ones stale
+        # By this process's removals when read, so that one of its removals (`_removals`, one
+        # more) makes them stale, a reading begun before it too: the latest only.
+        self._queued_removals: Expiring[int, list[str]] = Expiring(1, REMOVALS_KEPT_SECONDS)
+        self._removals = 0
 
     def preload(self, parts: tuple[Preloadable, ...]) -> None:
         """Load these parts now (a Lambda's init phase, before a request waits for them);
@@ -238,18 +240,15 @@ class ImageSearch:
 
     def _leaving(self) -> set[str]:
         """Images the index still serves whose removal is queued."""
-        kept = self._queued_removals
-        if kept is None or time.monotonic() - kept[0] > REMOVALS_KEPT_SECONDS:
-            removals = self._removals
-            kept = (time.monotonic(), self.parts.catalog.queued_removals(REMOVALS_LOOKED_AT))
-            if removals == self._removals:  # (a removal here meanwhile: read again next time)
-                self._queued_removals = kept
-        queued = kept[1]
+        removals = self._removals
+        queued = self._queued_removals.get(removals)
+        if queued is None:
+            queued = self.parts.catalog.queued_removals(REMOVALS_LOOKED_AT)
+            self._queued_removals.put(removals, queued)
         return self.parts.index.present(queued) if queued else set()
 
     def _forget_queued_removals(self) -> None:
         self._removals += 1
-        self._queued_removals = None
 
     def image(self, image_id: str) -> ImageRecord | None:
         record = self.parts.catalog.image(image_id)
@@ -782,13 +781,10 @@ class ImageSearch:
         index = self.parts.index
         index.refresh()
         generation = (index.generation, len(index))
-        with self._lock:
-            kept = self._stacks
-            if kept and kept[0] == generation and time.monotonic() - kept[1] <= STACKS_KEPT_SECONDS:
-                return kept[2]
-        stacks = duplicate_stacks(self.parts.catalog, index, self.settings.duplicate_distance)
-        with self._lock:
-            self._stacks = (generation, time.monotonic(), stacks)
+        stacks = self._stacks.get(generation)
+        if stacks is None:
+            stacks = duplicate_stacks(self.parts.catalog, index, self.settings.duplicate_distance)
+            self._stacks.put(generation, stacks)
         return stacks
 
     def search_image(

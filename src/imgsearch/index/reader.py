@@ -18,7 +18,6 @@ import math
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from imgsearch.index.shards import (
     half_dot_of_held_rows,
     serial_matvec,
 )
+from imgsearch.remembered import Remembered
 from imgsearch.storage import ObjectStore
 
 SEARCH_THREADS = min(4, os.cpu_count() or 1)
@@ -81,6 +81,9 @@ RANKED_MAX_DEPTH = 4_000
 _T = TypeVar("_T")
 # A keyword ranking: (image id, score), best first.
 _Ranking = list[tuple[str, float]]
+# A snapshot's best pages by weighting (sorted (class, weight) pairs): the ranking, and whether
+# it lists every image scored.
+_Rankings = Remembered[tuple[tuple[int, float], ...], tuple[_Ranking, bool]]
 
 
 @dataclass(frozen=True)
@@ -215,11 +218,8 @@ class Index(SearchIndex):
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        # (snapshot, {weights: (ranking, whether it lists every image scored)}), LRU order.
-        self._ranked: tuple[
-            _Snapshot, OrderedDict[tuple[tuple[int, float], ...], tuple[_Ranking, bool]]
-        ] = (self._snapshot, OrderedDict())
-        self._ranked_lock = threading.Lock()
+        self._ranked: tuple[_Snapshot, _Rankings] = (self._snapshot, Remembered(RANKED_ENTRIES))
+        self._ranked_lock = threading.Lock()  # one snapshot's rankings started at a time
 
     @property
     def manifest(self) -> Manifest:
@@ -426,14 +426,8 @@ class Index(SearchIndex):
     def _kept_ranking(
         self, snapshot: _Snapshot, key: tuple[tuple[int, float], ...]
     ) -> tuple[_Ranking, bool] | None:
-        with self._ranked_lock:
-            ranked_on, rankings = self._ranked
-            if ranked_on is not snapshot:
-                return None
-            kept = rankings.get(key)
-            if kept is not None:
-                rankings.move_to_end(key)
-            return kept
+        ranked_on, rankings = self._ranked
+        return rankings.get(key) if ranked_on is snapshot else None
 
     def _keep_ranking(
         self,
@@ -447,12 +441,9 @@ class Index(SearchIndex):
             if self._ranked[0] is not snapshot:
                 if snapshot is not self._snapshot:
                     return  # ranked on a snapshot already replaced: nobody asks it again
-                self._ranked = (snapshot, OrderedDict())
+                self._ranked = (snapshot, Remembered(RANKED_ENTRIES))
             rankings = self._ranked[1]
-            rankings[key] = kept
-            rankings.move_to_end(key)
-            while len(rankings) > RANKED_ENTRIES:
-                rankings.popitem(last=False)
+        rankings.put(key, kept)
 
     def class_photo_counts(
         self, classes: Sequence[int], min_probability: float, cap: int

@@ -67,6 +67,7 @@ from imgsearch.catalog import Catalog, Published
 from imgsearch.index.base import MATCH_PROBABILITY, IndexWriter, ListingStopped, SearchIndex
 from imgsearch.index.shards import SPREAD_SIZE, ShardData, posted_probabilities, spread
 from imgsearch.integrity import DamagedFile
+from imgsearch.remembered import Remembered
 from imgsearch.storage import NotFound, ObjectStore, StorageError, in_parallel
 from imgsearch.storage.ports import AWS_POOL_CONNECTIONS
 from imgsearch.storage.wire import HandOff, fill_body, read_answer_part
@@ -85,7 +86,6 @@ log = logging.getLogger(__name__)
 
 A = TypeVar("A")
 B = TypeVar("B")
-K = TypeVar("K")
 V = TypeVar("V")
 
 STATE_KEY = "index/s3vectors.json"
@@ -444,14 +444,16 @@ class _Cached:
     """What a reader learned of one generation of the state, swapped as one reference (a
     lookup that captured it writes into its own generation's caches only)."""
 
-    known: dict[str, np.ndarray | None] = field(default_factory=dict)  # None: not indexed
-    present: dict[str, bool] = field(default_factory=dict)
+    known: Remembered[str, np.ndarray | None] = field(  # None: not indexed
+        default_factory=lambda: Remembered(CACHE_LIMIT)
+    )
+    present: Remembered[str, bool] = field(default_factory=lambda: Remembered(CACHE_LIMIT))
     ids: list[str] | None = None  # newest first
     # (index, cutoff, query vector's bytes) -> (hits asked for, hits), so that a shallower or
     # same question (a search asks a ranking's first page after its 400 best; a learned
     # ranking its 200 best) needs no request.
-    answers: dict[tuple[str, float, bytes], tuple[int, list[tuple[str, float]]]] = field(
-        default_factory=dict
+    answers: Remembered[tuple[str, float, bytes], tuple[int, list[tuple[str, float]]]] = field(
+        default_factory=lambda: Remembered(ANSWER_CACHE_LIMIT)
     )
     # The same keys' questions on their way (how deep, and set once answered or failed): a
     # question as shallow or the same waits for that answer instead of asking again (a
@@ -521,26 +523,21 @@ class S3VectorsIndex(SearchIndex):
             previous, cached = self._state, _Cached()
             known, present = cached.known, cached.present
             if (state.model, state.dim) == (previous.model, previous.dim) and self._etag:
-                # What was found, not what was missing (the late images, say). Copied whole
-                # first (one C call): lookups in other threads add to them.
+                # What was found, not what was missing (the late images, say).
                 old = self._cached
-                known |= {i: v for i, v in dict(old.known).items() if v is not None}
-                present |= {i: True for i, p in dict(old.present).items() if p}
+                known.put_many({i: v for i, v in old.known.items() if v is not None})
+                present.put_many({i: True for i, p in old.present.items() if p})
             gone = set(removed)
             for i in late:
-                known.pop(i, None)
-            for cache, entries in (
-                (known, {**dict.fromkeys(gone), **added}),
-                (
-                    present,
-                    {
-                        **dict.fromkeys(late, True),
-                        **dict.fromkeys(gone, False),
-                        **dict.fromkeys(added, True),
-                    },
-                ),
-            ):
-                self._remember(cache, entries)
+                known.forget(i)
+            known.put_many({**dict.fromkeys(gone), **added})
+            present.put_many(
+                {
+                    **dict.fromkeys(late, True),
+                    **dict.fromkeys(gone, False),
+                    **dict.fromkeys(added, True),
+                }
+            )
             self._state, self._etag, self._checked_at = state, etag, time.monotonic()
             self._cached = cached
 
@@ -565,12 +562,12 @@ class S3VectorsIndex(SearchIndex):
     def present(self, image_ids: Iterable[str]) -> set[str]:
         known = self._cached.present  # captured: see `vectors`
         ids = list(dict.fromkeys(image_ids))
-        answers = {i: known[i] for i in ids if i in known}
+        answers = known.get_many(ids)
         unknown = [i for i in ids if i not in answers]
         if unknown and self._state.count:
             found = self.bucket.get(unknown, data=False)
             fetched = {i: i in found for i in unknown}
-            self._remember(known, fetched)
+            known.put_many(fetched)
             answers |= fetched
         return {i for i in ids if answers.get(i)}
 
@@ -584,21 +581,15 @@ class S3VectorsIndex(SearchIndex):
         cached = self._cached
         known, present = cached.known, cached.present
         ids = list(dict.fromkeys(image_ids))
-        answers = {i: known[i] for i in ids if i in known}
+        answers = known.get_many(ids)
         unknown = [i for i in ids if i not in answers]
         if unknown and self._state.count:
             found = self.bucket.get(unknown, data=True)
             fetched = {i: found.get(i) for i in unknown}
-            self._remember(known, fetched)
-            self._remember(present, {i: i in found for i in unknown})
+            known.put_many(fetched)
+            present.put_many({i: i in found for i in unknown})
             answers |= fetched
         return {i: v for i in ids if (v := answers.get(i)) is not None}
-
-    @staticmethod
-    def _remember(cache: dict[K, Any], entries: Mapping[K, Any], limit: int = CACHE_LIMIT) -> None:
-        if len(cache) + len(entries) > limit:
-            cache.clear()
-        cache.update(entries)
 
     def nearest(
         self,
@@ -691,7 +682,7 @@ class S3VectorsIndex(SearchIndex):
             with self._answers_lock:
                 kept = answers.get(key)
                 if kept is None or kept[0] < wanted:
-                    self._remember(answers, {key: (wanted, hits)}, ANSWER_CACHE_LIMIT)
+                    answers.put(key, (wanted, hits))
             return hits
         finally:
             with self._answers_lock:
