@@ -197,8 +197,12 @@ def main() -> None:
                     for number, index in order:
                         barrier.wait()
                         end = min(start + args.chunk, len(queries))
-                        for position in range(start + offset, end, threads):
-                            ask(number, index, position)
+                        try:
+                            for position in range(start + offset, end, threads):
+                                ask(number, index, position)
+                        except BaseException:
+                            barrier.abort()  # the other threads stop too, not wait for ever
+                            raise
             else:  # each thread on each setting in turn, query by query
                 for position in range(offset, len(queries), threads):
                     order = list(enumerate(indexes))

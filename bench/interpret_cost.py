@@ -30,8 +30,8 @@ from imgsearch.config import Settings
 from imgsearch.service import ImageSearch
 
 seed, queries = int(sys.argv[1]), int(sys.argv[2])
-settings = Settings(data_dir=Path(tempfile.mkdtemp()))
-vocabulary = ImageSearch(settings).parts.vocabulary
+scratch = tempfile.TemporaryDirectory()  # an empty collection: only its vocabulary is used
+vocabulary = ImageSearch(Settings(data_dir=Path(scratch.name))).parts.vocabulary
 words = [w for w in vocabulary._words[:60000] if w.isalpha()]
 rng = random.Random(seed)
 for _ in range(50):  # the tables' pages come in from disk on first use: not what is timed

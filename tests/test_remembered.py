@@ -53,9 +53,10 @@ def test_expiring_memory_forgets_after_its_seconds(monkeypatch: pytest.MonkeyPat
     assert memory.get("a") == 1
     memory.put("b", 2)
     now[0] = 105.0  # "a" was put 5 s ago: expired; "b" 0.1 s ago
-    assert memory.get("a") is None and memory.get("b") == 2
-    memory.put("c", 3)  # beyond its size: the least recently used ("a") leaves
-    assert len(memory) == 2 and memory.get("c") == 3
+    assert memory.get("b") == 2 and memory.get("a") is None
+    assert len(memory) == 1  # asked for once expired, "a" left: it pushes no live one out
+    memory.put("c", 3)
+    assert len(memory) == 2 and memory.get("b") == 2 and memory.get("c") == 3
     memory.forget("b")
     assert memory.get("b") is None
     memory.clear()

@@ -95,7 +95,7 @@ class Remembered(Generic[K, V]):
 class Expiring(Generic[K, V]):
     """Values by key for `seconds` after each was put (0: none is ever found), at most `size`
     of them, the least recently used dropped first; for any thread. An expired value is not
-    found, and leaves when put again or pushed out."""
+    found, and leaves when asked for."""
 
     def __init__(self, size: int, seconds: float) -> None:
         self.seconds = seconds
@@ -106,7 +106,12 @@ class Expiring(Generic[K, V]):
 
     def get(self, key: K) -> V | None:
         kept = self._kept.get(key)
-        return kept[1] if kept is not None and kept[0] > time.monotonic() else None
+        if kept is None:
+            return None
+        if kept[0] <= time.monotonic():
+            self._kept.forget(key)  # not left to push out a live one
+            return None
+        return kept[1]
 
     def put(self, key: K, value: V) -> V:
         self._kept.put(key, (time.monotonic() + self.seconds, value))

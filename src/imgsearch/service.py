@@ -122,6 +122,7 @@ class ImageSearch:
         # more) makes them stale, a reading begun before it too: the latest only.
         self._queued_removals: Expiring[int, list[str]] = Expiring(1, REMOVALS_KEPT_SECONDS)
         self._removals = 0
+        self._removals_lock = threading.Lock()
 
     def preload(self, parts: tuple[Preloadable, ...]) -> None:
         """Load these parts now (a Lambda's init phase, before a request waits for them);
@@ -248,7 +249,8 @@ class ImageSearch:
         return self.parts.index.present(queued) if queued else set()
 
     def _forget_queued_removals(self) -> None:
-        self._removals += 1
+        with self._removals_lock:  # += is a read and a write: two removals must both count
+            self._removals += 1
 
     def image(self, image_id: str) -> ImageRecord | None:
         record = self.parts.catalog.image(image_id)

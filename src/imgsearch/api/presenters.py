@@ -81,14 +81,10 @@ class ImageUrls:
 
 
 def results_json(
-    request: Request,
-    service: ImageSearch,
-    hits: Iterable[Hit],
-    kept: Kept | None = None,
-    records: Mapping[str, ImageRecord] | None = None,
+    request: Request, service: ImageSearch, hits: Iterable[Hit], kept: Kept | None = None
 ) -> str:
     """The JSON of the hits' results, a list of `Result` (see `result_objects`)."""
-    return f"[{','.join(result_objects(request, service, hits, kept, records))}]"
+    return f"[{','.join(result_objects(request, service, hits, kept))}]"
 
 
 def result_objects(

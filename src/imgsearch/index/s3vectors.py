@@ -867,7 +867,9 @@ class S3VectorsWriter(IndexWriter):
                 ],
             )
             features = additions.features.astype(np.float32)
-            put = dict(zip(ids, features, strict=True))
+            # Each kept vector its own copy: a row of `features` would keep the publication's
+            # whole array alive while any of its images stays among the kept vectors.
+            put = {i: row.copy() for i, row in zip(ids, features, strict=True)}
             still_held()
             self.bucket.put(
                 self.bucket.features,
