@@ -155,13 +155,15 @@ def free_port() -> int:
 
 def start_server(data_dir: Path, port: int) -> subprocess.Popen:
     imgsearch = [sys.executable, "-m", "imgsearch.cli"]
-    # Every simulated user comes from 127.0.0.1: the per-address vote limit would count them
-    # as one client. The per-session limit stays as configured.
+    # Every simulated user comes from 127.0.0.1: the per-address limits (votes, bodies being
+    # received at once) would count them as one client. The per-session limit and the
+    # server's bound on bodies in all stay as configured.
     environment = {
         **os.environ,
         "IMGSEARCH_API_KEY": API_KEY,
         "IMGSEARCH_VOTES_PER_CLIENT_MINUTE": "1000000",
         "IMGSEARCH_VOTES_PER_CLIENT_DAY": "1000000000",
+        "IMGSEARCH_HTTP_MAX_CLIENT_BODIES": "16",
     }
     subprocess.run(
         [*imgsearch, "ingest", str(DEMO), "--data-dir", str(data_dir), "-q"],
