@@ -65,10 +65,6 @@ class RateLimiter:
         self.window = window
         self._partition = f"rate#{kind}{window.key_suffix}#"
 
-    def allow(self, subject: str) -> bool:
-        """Count one event of `subject`; whether it is within the limit."""
-        return self.count(subject)[0] <= self.limit
-
     def count(self, subject: str) -> tuple[int, int]:
         """Count one event of `subject`: the events counted in its window, this one too, and
         the window's number (whole windows since the epoch)."""
