@@ -36,9 +36,10 @@ from imgsearch.config import Settings
 from imgsearch.index import manifest as manifest_code
 from imgsearch.index import shards as shard_code
 from imgsearch.index.manifest import Manifest, ShardEntry, write_manifest
-from imgsearch.index.shards import ShardData, normalise_rows, write_build
+from imgsearch.index.shards import ShardData, write_build
 from imgsearch.service import ImageSearch
 from imgsearch.storage import LocalObjectStore
+from imgsearch.vectors import unit_rows
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "build" / "lambda"
@@ -105,7 +106,7 @@ def synthetic_collection(images: int = SYNTHETIC_IMAGES, dim: int = 1280) -> Pat
     shards = []
     for number, start in enumerate(range(0, images, SHARD_SIZE)):
         count = min(SHARD_SIZE, images - start)
-        features = normalise_rows(rng.standard_normal((count, dim)).astype(np.float32))
+        features = unit_rows(rng.standard_normal((count, dim)).astype(np.float32))
         # Like a classifier's output: most of the mass on a handful of classes.
         probabilities = rng.dirichlet(np.full(1000, 0.02), size=count).astype(np.float16)
         ids = [f"{start + row:016x}" for row in range(count)]

@@ -30,7 +30,7 @@ from imgsearch.bulk import files_under
 from imgsearch.config import Settings
 from imgsearch.embedding import Embedder, ModelSpec
 from imgsearch.images import DecodeLimits, ImageRefused, decode_image
-from imgsearch.index.shards import normalise_rows
+from imgsearch.vectors import unit_rows
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = [REPO / "demo", REPO.parent / "shared" / "data" / "corel1k"]
@@ -97,7 +97,7 @@ def main() -> None:
     started = time.perf_counter()
     features, _ = embedder.embed_batch(images)
     seconds = time.perf_counter() - started
-    units = normalise_rows(features.astype(np.float16).astype(np.float32))  # as stored
+    units = unit_rows(features.astype(np.float16).astype(np.float32))  # as stored
     distance = np.clip(1.0 - units @ units.T, 0.0, 2.0)
     source_ids, kinds = np.array(source), np.array(kind)
     upper = np.triu(np.ones_like(distance, dtype=bool), k=1)

@@ -47,8 +47,9 @@ import index_scale
 from imgsearch.index import reader
 from imgsearch.index.manifest import Manifest, ShardEntry, write_manifest
 from imgsearch.index.reader import Index
-from imgsearch.index.shards import Projection, ShardData, normalise_rows, write_build
+from imgsearch.index.shards import Projection, ShardData, write_build
 from imgsearch.storage.local import LocalObjectStore
+from imgsearch.vectors import unit_rows
 
 K = 20
 NAMES = ("projected", "recall", "missed", "beyond", "annoy", "distinct", "merged")
@@ -224,7 +225,7 @@ def main() -> None:
     reader.MIN_QUERY_NODES = 0  # N is what a query inspects
     with tempfile.TemporaryDirectory() as scratch:
         if args.size == 0:
-            features = normalise_rows(real[0].astype(np.float32))
+            features = unit_rows(real[0].astype(np.float32))
             if args.shuffle:  # else in the files' order: shards of one source each, or mixed
                 features = features[np.random.default_rng(0).permutation(len(features))]
             store = LocalObjectStore(Path(scratch))

@@ -57,9 +57,10 @@ from imgsearch.embedding import Embedder, ModelSpec
 from imgsearch.images import DecodeLimits, ImageRefused, decode_image
 from imgsearch.index.manifest import Manifest, ShardEntry, write_manifest
 from imgsearch.index.reader import Index, budget_growth, query_nodes
-from imgsearch.index.shards import Projection, ShardData, normalise_rows, write_build
+from imgsearch.index.shards import Projection, ShardData, write_build
 from imgsearch.index.tiers import merge_plan
 from imgsearch.storage.local import LocalObjectStore
+from imgsearch.vectors import unit_rows
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = [REPO / "demo", REPO.parent / "shared" / "data" / "corel1k"]
@@ -131,7 +132,7 @@ def noisy_copies(
     """A copy of each of `points`, scaled per dimension by log-normal noise, plus a little of
     the same row of `others`; `probabilities` (the points') softly perturbed."""
     noise = np.exp(rng.normal(0, 0.35, points.shape)).astype(np.float32)
-    out = normalise_rows(points * noise + 0.15 * others)
+    out = unit_rows(points * noise + 0.15 * others)
     logits = np.log(probabilities + 1e-6) + rng.normal(0, 0.5, probabilities.shape)
     soft = np.exp(logits - logits.max(axis=1, keepdims=True))
     return out, (soft / soft.sum(axis=1, keepdims=True)).astype(np.float16)
@@ -184,7 +185,7 @@ def features_of_files(paths: Collection[Path]) -> tuple[np.ndarray, np.ndarray]:
     features, probabilities = [], []
     for path in paths:
         with np.load(path, allow_pickle=False) as stored:
-            features.append(normalise_rows(stored["features"].astype(np.float32)))
+            features.append(unit_rows(stored["features"].astype(np.float32)))
             if "probabilities" in stored:
                 probabilities.append(stored["probabilities"].astype(np.float32))
             else:
@@ -212,7 +213,7 @@ def _bases(features: np.ndarray, size: int, copies: int) -> _Bases:
 def _make_bases(features: np.ndarray, size: int, copies: int) -> _Bases:
     rng = np.random.default_rng((size, 2, copies))
     count = -(-size // copies)
-    unit = normalise_rows(features.astype(np.float32))
+    unit = unit_rows(features.astype(np.float32))
     similar = unit @ unit.T
     np.fill_diagonal(similar, -np.inf)
     nearest = np.argsort(-similar, axis=1)[:, :NEIGHBOURS_INTERPOLATED]
@@ -237,7 +238,7 @@ def synthesise_copies(
     holds `copies` near copies of each point whatever its size."""
     photo, partner, weight, _ = _bases(features, size, copies)
     photo, partner, weight = photo[bases], partner[bases], weight[bases, np.newaxis]
-    points = normalise_rows((1 - weight) * features[photo] + weight * features[partner])
+    points = unit_rows((1 - weight) * features[photo] + weight * features[partner])
     other = rng.integers(0, len(features), len(bases))
     return noisy_copies(points, probabilities[photo], features[other], rng)
 

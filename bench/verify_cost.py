@@ -21,8 +21,9 @@ import numpy as np
 from imgsearch import integrity
 from imgsearch.index.manifest import Manifest, ShardEntry, write_manifest
 from imgsearch.index.reader import Index
-from imgsearch.index.shards import ShardData, normalise_rows, write_build
+from imgsearch.index.shards import ShardData, write_build
 from imgsearch.storage.local import LocalObjectStore
+from imgsearch.vectors import unit_rows
 
 
 def build(store: LocalObjectStore, images: int, shard_size: int, dim: int = 1280) -> None:
@@ -30,7 +31,7 @@ def build(store: LocalObjectStore, images: int, shard_size: int, dim: int = 1280
     shards = []
     for number, start in enumerate(range(0, images, shard_size)):
         count = min(shard_size, images - start)
-        features = normalise_rows(rng.standard_normal((count, dim)).astype(np.float32))
+        features = unit_rows(rng.standard_normal((count, dim)).astype(np.float32))
         probabilities = rng.dirichlet(np.full(1000, 0.02), size=count).astype(np.float16)
         ids = [f"{start + row:016x}" for row in range(count)]
         built = write_build(store, f"s{number:06d}", ShardData(ids, features, probabilities), 20)

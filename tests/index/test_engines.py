@@ -30,9 +30,10 @@ from support.s3vectors import create_vector_indexes, install_query_vectors
 
 from imgsearch.config import Settings
 from imgsearch.index.base import MATCH_PROBABILITY, SearchIndex
-from imgsearch.index.shards import normalise_rows, posted_probabilities
+from imgsearch.index.shards import posted_probabilities
 from imgsearch.search import held_classes, likely_held
 from imgsearch.service import ImageSearch
+from imgsearch.vectors import unit_rows
 
 # Both engines build and query hundreds of vectors, S3 Vectors through moto: about 1.5 minutes.
 pytestmark = pytest.mark.slow
@@ -77,7 +78,7 @@ def both(request, tmp_path) -> dict[str, ImageSearch]:
 
 def brute_nearest(vectors: dict[str, np.ndarray], query: np.ndarray, k: int) -> list[str]:
     ids = sorted(vectors)
-    matrix = normalise_rows(np.stack([vectors[i] for i in ids]))
+    matrix = unit_rows(np.stack([vectors[i] for i in ids]))
     distances = 1.0 - matrix @ query
     return [ids[r] for r in np.argsort(distances, kind="stable")[:k]]
 
@@ -89,12 +90,12 @@ def test_nearest_images_are_the_exact_nearest_and_leave_with_their_images(engine
     service.build_index()
     index = service.parts.index
     assert len(index) == 300 and ids[7] in index and "feedbeef" not in index
-    assert np.allclose(index.vector(ids[7]), normalise_rows(vectors[7:8])[0], atol=1e-3)
+    assert np.allclose(index.vector(ids[7]), unit_rows(vectors[7:8])[0], atol=1e-3)
     batch = index.vectors([*ids[:5], "feedbeef"])
     assert list(batch) == ids[:5]
-    assert np.allclose(np.stack(list(batch.values())), normalise_rows(vectors[:5]), atol=1e-3)
+    assert np.allclose(np.stack(list(batch.values())), unit_rows(vectors[:5]), atol=1e-3)
     stored = dict(zip(ids, vectors, strict=True))
-    queries = normalise_rows(clustered_vectors(20, seed=11))
+    queries = unit_rows(clustered_vectors(20, seed=11))
     recall = np.mean(
         [
             len({i for i, _ in index.nearest(q, 20)} & set(brute_nearest(stored, q, 20))) / 20
@@ -109,7 +110,7 @@ def test_nearest_images_are_the_exact_nearest_and_leave_with_their_images(engine
     assert len(index) == 270
     assert index.vector(gone[0]) is None and gone[0] not in index
     assert index.present(ids[25:35]) == set(ids[30:35])
-    everything = index.nearest(normalise_rows(vectors[:1])[0], 290)
+    everything = index.nearest(unit_rows(vectors[:1])[0], 290)
     assert len(everything) == 270 and not {i for i, _ in everything} & set(gone)
     assert not set(index.image_ids()) & set(gone)
 
@@ -240,7 +241,7 @@ def test_a_rebuild_from_the_embeddings_gives_the_same_index(engine) -> None:
     ids, vectors = synthetic_ids(80), clustered_vectors(80, seed=6)
     queue(service, ids, vectors)
     service.build_index()
-    query = normalise_rows(vectors[:1])[0]
+    query = unit_rows(vectors[:1])[0]
     before = service.parts.index.nearest(query, 10)
     report = service.reindex()
     assert report.added == 80 and len(service.parts.index) == 80
@@ -274,7 +275,7 @@ def test_s3vectors_answers_a_ranking_again_from_its_generation(both) -> None:
     assert asked >= 2
     same(weights, 110)
     same(weights, 20, exclude=frozenset(deep[:7]))
-    query = normalise_rows(vectors[3:4] + vectors[50:51])[0]  # no image's (the builder asks those)
+    query = unit_rows(vectors[3:4] + vectors[50:51])[0]  # no image's (the builder asks those)
     nearest = [i for i, _ in s3.nearest(query, 10)]
     assert [i for i, _ in s3.nearest(query, 4, exclude={nearest[0]})] == nearest[1:5]
     assert len(sent) == asked + 1  # the first nearest only
@@ -314,7 +315,7 @@ def test_s3vectors_asks_a_question_on_its_way_once(request, tmp_path, monkeypatc
     queue(s3, ids, vectors)
     s3.build_index()
     index = s3.parts.index
-    query = normalise_rows(vectors[1:2] + vectors[40:41])[0]
+    query = unit_rows(vectors[1:2] + vectors[40:41])[0]
     events: list[object] = []  # topK of each QueryVectors sent, "waits" when the test waits
     asker = threading.get_ident()
     second_waits = threading.Event()

@@ -27,8 +27,9 @@ from imgsearch.catalog import (
 from imgsearch.config import MAX_DUPLICATE_DISTANCE, Settings
 from imgsearch.index.builder import GARBAGE_INTERVAL
 from imgsearch.index.manifest import read_manifest
-from imgsearch.index.shards import SHARDS_PREFIX, build_key, normalise_rows
+from imgsearch.index.shards import SHARDS_PREFIX, build_key
 from imgsearch.service import ImageSearch
+from imgsearch.vectors import unit_rows
 
 DIM = 48
 CLASSES = 20
@@ -130,7 +131,7 @@ def test_sealed_shards_are_merged_in_the_background_into_one_of_the_next_tier(
     writer = service.parts.builder.writer
     writer.grace_seconds = 60.0  # readers (the merge's) keep the builds they loaded
     writer.merger.background = True
-    vectors = normalise_rows(clustered_vectors(230))
+    vectors = unit_rows(clustered_vectors(230))
     ids = synthetic_ids(230)
     for start in range(0, 230, 40):  # sealed one by one, as uploads come
         queue(service, ids[start : start + 40], vectors[start : start + 40])
@@ -161,7 +162,7 @@ def test_a_merge_keeps_the_projection_its_shards_share_and_a_query_projects_once
     monkeypatch.setattr(shards, "PROJECTION_SAMPLE", 40)
     monkeypatch.setattr(shards, "PROJECTED_DIMS", 8)
     service = index_service
-    vectors = normalise_rows(clustered_vectors(230, clusters=5))
+    vectors = unit_rows(clustered_vectors(230, clusters=5))
     ids = synthetic_ids(230)
     for start in range(0, 230, 40):
         queue(service, ids[start : start + 40], vectors[start : start + 40])
@@ -189,10 +190,10 @@ def test_a_merge_keeps_a_shared_projection_only_while_it_serves_the_merged_image
 
     monkeypatch.setattr(shard_builds, "PROJECTION_SAMPLE", 40)  # rows a fit leaves out: 60
     monkeypatch.setattr(shard_builds, "PROJECTED_DIMS", 8)
-    features = normalise_rows(clustered_vectors(100, clusters=5))
+    features = unit_rows(clustered_vectors(100, clusters=5))
     data = ShardData(synthetic_ids(100), features, np.zeros((100, CLASSES), np.float32))
     serving = Projection.fit(features[::2], 8)
-    other_content = normalise_rows(clustered_vectors(100, seed=3, clusters=5))
+    other_content = unit_rows(clustered_vectors(100, seed=3, clusters=5))
     drifted = Projection.fit(other_content, 8)
     too_few_rows = Projection.fit(features[:30], 8)  # a merge wants one fitted on 40 rows
 
@@ -377,7 +378,7 @@ def test_approximate_search_recalls_the_exact_neighbours(index_service) -> None:
     vectors = clustered_vectors(600)
     queue(service, synthetic_ids(600), vectors)
     service.build_index()
-    queries = normalise_rows(clustered_vectors(50, seed=7))
+    queries = unit_rows(clustered_vectors(50, seed=7))
     overlap = 0
     for query in queries:
         exact = {i for i, _ in service.parts.index.nearest(query, 20, exact=True)}
@@ -668,11 +669,11 @@ def test_the_candidate_budget_grows_with_the_collection(index_service, monkeypat
 
     monkeypatch.setattr(Shard, "candidates_of_projected", counting)
     assert len(set(index._snapshot.projection_of_shard)) == 1  # the shards share one projection
-    index.nearest(normalise_rows(vectors[:1])[0], 5, candidates=30)
+    index.nearest(unit_rows(vectors[:1])[0], 5, candidates=30)
     at_reference = max(asked)
     monkeypatch.setattr(reader, "BUDGET_REFERENCE", 60)  # 240 images: 4x the reference
     asked.clear()
-    index.nearest(normalise_rows(vectors[:1])[0], 5, candidates=30)
+    index.nearest(unit_rows(vectors[:1])[0], 5, candidates=30)
     assert reader.budget_growth(240) == 4**reader.BUDGET_GROWTH
     # Each shard may propose the whole budget, the shards' shares (each rounded up) added
     # up: at least the grown budget.
@@ -711,7 +712,7 @@ def test_the_grown_budget_keeps_recall_as_the_collection_grows(
     index = index_service.parts.index
     index.refresh(force=True)
     index.candidates = 30
-    queries = normalise_rows(clustered_vectors(40, seed=12))
+    queries = unit_rows(clustered_vectors(40, seed=12))
     monkeypatch.setattr(reader, "BUDGET_REFERENCE", 800)  # as if 800 were the reference
     fixed = recall_against_exact(index, queries)
     monkeypatch.setattr(reader, "BUDGET_REFERENCE", 100)  # 8x the reference: x4.3 candidates
@@ -742,7 +743,7 @@ def test_a_shard_holding_a_querys_subject_proposes_more_than_its_share(
     assert [len(shard.ids) for shard in index.shards] == [50, 50, 50, 50]
     burst_shard = next(n for n, shard in enumerate(index.shards) if "0" * 14 + "96" in shard.ids)
     index.candidates = 40  # a share of 10 each, the 10 a query asks for
-    queries = normalise_rows((centre + rng.normal(scale=0.45, size=(30, DIM))).astype(np.float32))
+    queries = unit_rows((centre + rng.normal(scale=0.45, size=(30, DIM))).astype(np.float32))
     proposed: list[int] = []
     cosines = reader._cosines
 
@@ -779,7 +780,7 @@ def test_a_shard_of_another_projection_does_not_crowd_out_the_others_candidates(
     assert len(set(index._snapshot.projection_of_shard)) == 2
     index.candidates = 40  # a share of 10 each, the 10 a query asks for
     noise = np.random.default_rng(3).normal(scale=0.3, size=(40, DIM))
-    queries = normalise_rows((clustered_vectors(40, seed=20) + noise).astype(np.float32))
+    queries = unit_rows((clustered_vectors(40, seed=20) + noise).astype(np.float32))
     # Taken across all four shards by projected distance alone: 0.70.
     assert recall_against_exact(index, queries) >= 0.95
 
@@ -1165,7 +1166,7 @@ def test_a_builder_elsewhere_reads_a_batchs_embeddings_from_its_work_items(
             "TimeToLiveStatus": "ENABLED",
         }
     index = builder.parts.index
-    for image_id, vector in zip(ids, normalise_rows(vectors), strict=True):
+    for image_id, vector in zip(ids, unit_rows(vectors), strict=True):
         assert np.allclose(index.vector(image_id), vector, atol=1e-3)
 
 
@@ -1183,7 +1184,7 @@ def test_an_embedding_carried_for_another_model_is_not_indexed(aws_settings) -> 
     }
     builder.parts.storage.catalog.put(f"image#{ids[0]}", QUEUED_EMBEDDING, stale)
     assert builder.build_index().added == 5
-    assert np.allclose(builder.parts.index.vector(ids[0]), normalise_rows(vectors)[0], atol=1e-3)
+    assert np.allclose(builder.parts.index.vector(ids[0]), unit_rows(vectors)[0], atol=1e-3)
 
 
 def test_a_small_collection_inspects_enough_nodes_to_recall_its_neighbours(
@@ -1200,7 +1201,7 @@ def test_a_small_collection_inspects_enough_nodes_to_recall_its_neighbours(
     index = index_service.parts.index
     index.refresh(force=True)
     index.candidates, index.search_k = 20, 20  # 160 nodes (8 a candidate); 4,000 with the floor
-    queries = normalise_rows(clustered_vectors(40, seed=12))
+    queries = unit_rows(clustered_vectors(40, seed=12))
     floor = reader.MIN_QUERY_NODES
     monkeypatch.setattr(reader, "MIN_QUERY_NODES", 0)
     budget_alone = recall_against_exact(index, queries)
@@ -1261,14 +1262,14 @@ def test_a_querys_residual_is_what_its_projection_drops_of_its_offset() -> None:
     rng = np.random.default_rng(8)
     # Non-negative unit features, as a CNN's are: a mean of norm ~0.8, so that ||q - m||^2
     # is a difference of terms near 1 (float32 cancellation).
-    features = normalise_rows(np.abs(rng.normal(size=(300, DIM))).astype(np.float32))
-    other = normalise_rows(np.abs(rng.normal(size=(300, DIM)) ** 3).astype(np.float32))
+    features = unit_rows(np.abs(rng.normal(size=(300, DIM))).astype(np.float32))
+    other = unit_rows(np.abs(rng.normal(size=(300, DIM)) ** 3).astype(np.float32))
     small = features[:5]  # a shard of 5 images: projected onto its own span
     projections = [Projection.fit(features, 8), Projection.fit(other, 8), Projection.fit(small, 8)]
     shards = tuple(SimpleNamespace(projection=p, live_count=1) for p in projections)
     snapshot = _Snapshot.of(None, None, (*shards, shards[0]))
     alone = _Snapshot.of(None, None, (shards[0], shards[0]))
-    for query in normalise_rows(np.abs(rng.normal(size=(20, DIM))).astype(np.float32)):
+    for query in unit_rows(np.abs(rng.normal(size=(20, DIM))).astype(np.float32)):
         projected, residuals = snapshot.project_with_residuals(query)
         assert alone.project_with_residuals(query)[1] == [0.0, 0.0]
         assert residuals[3] == residuals[0]

@@ -13,8 +13,9 @@ import pytest
 
 from imgsearch.index import shards
 from imgsearch.index.manifest import ShardEntry
-from imgsearch.index.shards import Shard, ShardData, build_key, normalise_rows, write_build
+from imgsearch.index.shards import Shard, ShardData, build_key, write_build
 from imgsearch.storage.local import LocalObjectStore
+from imgsearch.vectors import unit_rows
 
 
 def kernel_populates() -> bool:
@@ -59,7 +60,7 @@ def resident_bytes(array: np.ndarray) -> int:
 @pytest.fixture
 def built_shard(tmp_path) -> tuple[LocalObjectStore, ShardEntry]:
     rng = np.random.default_rng(0)
-    features = normalise_rows(rng.normal(size=(ROWS, DIM)).astype(np.float32))
+    features = unit_rows(rng.normal(size=(ROWS, DIM)).astype(np.float32))
     probabilities = rng.dirichlet(np.ones(10), ROWS).astype(np.float16)
     data = ShardData([f"{row:08x}" for row in range(ROWS)], features, probabilities)
     store = LocalObjectStore(tmp_path)

@@ -28,7 +28,7 @@ from imgsearch.blas import one_blas_thread
 from imgsearch.index.manifest import MANIFEST_KEY, ShardEntry
 from imgsearch.integrity import DamagedFile, read_npy, read_npz, sha256_of_bytes, sha256_of_file
 from imgsearch.storage import LocalCopies, NotFound, ObjectStore, in_parallel
-from imgsearch.vectors import unit_rows as normalise_rows  # (the name tests and bench use)
+from imgsearch.vectors import unit_rows
 
 SHARDS_PREFIX = "index/shards/"
 # Each image is listed under its most probable classes only: keyword search then touches the
@@ -591,7 +591,7 @@ def spread(features: np.ndarray, count: int) -> np.ndarray:
         members[np.arange(n), assignment] = 1.0
         sums = members.T @ features
         filled = members.sum(axis=0) > 0
-        centres[filled] = normalise_rows(sums[filled])
+        centres[filled] = unit_rows(sums[filled])
     similarity = features @ centres.T
     assignment = np.argmax(similarity, axis=1)
     sizes = np.bincount(assignment, minlength=count)
