@@ -1016,7 +1016,8 @@ def test_a_damaged_cached_shard_file_is_fetched_again_and_a_damaged_stored_one_r
     if isinstance(storage.objects, LocalCopies):
         shard = Shard(entry, storage.objects)
         assert sha256_of_file(storage.objects.local_path(key)) == build.sha256["ann"]
-        assert len(shard.candidates(features[3], 5, -1)) == 5
+        nearest, _ = shard.candidates_of_projected(shard.projection.apply(features[3]), 5, -1)
+        assert len(nearest) == 5
     else:
         with pytest.raises(DamagedFile, match=key):
             Shard(entry, storage.objects)

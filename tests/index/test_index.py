@@ -1075,8 +1075,10 @@ def test_a_build_written_here_is_loaded_without_downloading_it(storage) -> None:
     downloaded = Shard(entry, fresh)
     assert gets and all(key.startswith(f"{SHARDS_PREFIX}s000000/{build.id}.") for key in gets)
     assert kept.ids == downloaded.ids
-    query = features[3]
-    assert list(kept.candidates(query, 5, -1)) == list(downloaded.candidates(query, 5, -1))
+    query = kept.projection.apply(features[3])
+    assert kept.candidates_of_projected(query, 5, -1) == downloaded.candidates_of_projected(
+        query, 5, -1
+    )
 
 
 def ingest_without_model(service: ImageSearch, ids: list[str], vectors: np.ndarray) -> None:

@@ -789,13 +789,6 @@ class Shard:
         self.live_count = int(live.sum())
         self.live = live
 
-    def candidates(self, vector: np.ndarray, n: int, search_k: int) -> np.ndarray:
-        """Rows of approximately the `n` nearest live images (Annoy, no exact ranking yet)."""
-        nearest, _ = self.candidates_of_projected(self.projection.apply(vector), n, search_k)
-        rows = np.array(nearest, dtype=np.int64)
-        live = self.live_mask()
-        return rows if live is None else rows[live[rows]]
-
     def candidates_of_projected(
         self, projected: np.ndarray | Sequence[float], n: int, search_k: int
     ) -> tuple[list[int], list[float]]:
