@@ -457,7 +457,10 @@ def cached_tiered(
     the store and what its build recorded (shard sizes, seconds, bytes, load average)."""
     root = tiered_root(cache, size, args.shard_size, args.trees)
     record = root / "built.json"
-    if root.exists() and (args.rebuild or not record.exists()):
+    stale = record.exists() and (
+        json.loads(record.read_text())["layout"] != tiered_layout(size, args.shard_size)
+    )  # cached under other merge rules
+    if root.exists() and (args.rebuild or not record.exists() or stale):
         shutil.rmtree(root)
     store = LocalObjectStore(root / "store")
     if not record.exists():

@@ -138,7 +138,7 @@ def test_sealed_shards_are_merged_in_the_background_into_one_of_the_next_tier(
         service.build_index()
     writer.merger.wait(timeout=120)
     manifest, _ = read_manifest(service.parts.storage.objects)
-    # 4 sealed shards of 50 make one of 200; the open shard stays small.
+    # 4 sealed shards of 50 merge, two by two, into one of 200; the open shard stays small.
     assert [(s.count, s.sealed) for s in manifest.shards] == [(200, True), (30, False)]
     index = service.parts.index
     index.refresh(force=True)
@@ -150,6 +150,29 @@ def test_sealed_shards_are_merged_in_the_background_into_one_of_the_next_tier(
     service.parts.builder.collect_garbage()
     stored = {info.key.split(".")[0] for info in service.parts.storage.objects.list(SHARDS_PREFIX)}
     assert stored == {f"{SHARDS_PREFIX}{s.id}/{s.build}" for s in manifest.shards}
+
+
+def test_merges_leave_one_sealed_shard_a_tier_up_to_the_largest() -> None:
+    """A query pays per shard: sealing shard after shard, the merges leave as many shards as
+    the ones in the count of open-shard sizes written in binary, none larger than a merge
+    may make (1M images: 640k + 320k + 40k)."""
+    from imgsearch.index.manifest import ShardEntry
+    from imgsearch.index.tiers import MAX_SHARD_SIZE, merge_plan
+
+    base = 10_000
+    shards: list[ShardEntry] = []
+    for sealed in range(1, 101):
+        shards.append(ShardEntry("s", "b", base, sealed=True))
+        while (plan := merge_plan(shards, base)) is not None:
+            merged = sum(entry.count for entry in shards[plan[0] : plan[1]])
+            shards[plan[0] : plan[1]] = [ShardEntry("s", "b", merged, sealed=True)]
+        sizes = [entry.count for entry in shards]
+        assert sum(sizes) == sealed * base and max(sizes) <= MAX_SHARD_SIZE
+        if sealed * base <= 2 * MAX_SHARD_SIZE:
+            assert len(sizes) == bin(sealed).count("1"), sizes
+        if sealed == 10:
+            assert sizes == [80_000, 20_000]
+    assert sizes == [640_000, 320_000, 40_000]
 
 
 def test_a_merge_keeps_the_projection_its_shards_share_and_a_query_projects_once(
@@ -265,24 +288,26 @@ def test_a_removal_published_while_a_merge_runs_stays_removed(index_service, mon
     service = index_service
     merger = service.parts.builder.writer.merger
     service.parts.builder.writer.grace_seconds = 60.0  # the merged build is not named yet
-    ids = synthetic_ids(200)
-    queue(service, ids, clustered_vectors(200))
+    sealed = 50 * tiers.MERGE_FACTOR  # shards of 50 that one merge takes
+    ids = synthetic_ids(sealed)
+    queue(service, ids, clustered_vectors(sealed))
     service.build_index()
     write_build = tiers.write_build
+    gone = [ids[5], ids[-10]]  # in the first shard and the last
 
     def removal_meanwhile(*args, **kwargs):
         built = write_build(*args, **kwargs)
-        forget(service, [ids[5], ids[150]])
+        forget(service, gone)
         assert service.build_index().removed == 2  # the builder publishes over the merge
         return built
 
     monkeypatch.setattr(tiers, "write_build", removal_meanwhile)
     assert merger.merge_once()
     manifest, _ = read_manifest(service.parts.storage.objects)
-    assert [(s.count, s.sealed) for s in manifest.shards] == [(200, True)]
-    assert manifest.shards[0].deleted == (ids[5], ids[150])
-    assert len(service.parts.index) == 198
-    assert ids[5] not in service.parts.index and ids[150] not in service.parts.index
+    assert [(s.count, s.sealed) for s in manifest.shards] == [(sealed, True)]
+    assert manifest.shards[0].deleted == tuple(gone)
+    assert len(service.parts.index) == sealed - 2
+    assert gone[0] not in service.parts.index and gone[1] not in service.parts.index
     assert service.parts.catalog.published().generation == manifest.generation
 
 
@@ -317,13 +342,15 @@ def test_a_merge_published_while_the_builder_reads_the_manifest_is_kept(index_se
     """A merge (a background thread) refreshes the builder's index just as the builder reads
     the manifest it will replace: the builder's compare-and-swap must fail and be retried on
     the merged manifest, not pair the old manifest with the merged one's ETag."""
+    import imgsearch.index.tiers as tiers
     from imgsearch.index.reader import Index
 
     service = index_service
     writer = service.parts.builder.writer
     writer.grace_seconds = 60.0
-    first = synthetic_ids(200)
-    queue(service, first, clustered_vectors(200))
+    sealed = 50 * tiers.MERGE_FACTOR  # shards of 50 that one merge takes
+    first = synthetic_ids(sealed)
+    queue(service, first, clustered_vectors(sealed))
     service.build_index()
     index = service.parts.index
     merge_now = []
@@ -352,13 +379,13 @@ def test_a_merge_published_while_the_builder_reads_the_manifest_is_kept(index_se
         return publish(*args, **kwargs)
 
     monkeypatch.setattr(writer, "publish", publishing)
-    more = synthetic_ids(10, start=200)
-    queue(service, more, clustered_vectors(210)[200:])
+    more = synthetic_ids(10, start=sealed)
+    queue(service, more, clustered_vectors(sealed + 10)[sealed:])
     assert service.build_index().added == 10
     assert len(publications) == 2  # the first one's compare-and-swap failed
     manifest, _ = read_manifest(service.parts.storage.objects)
-    assert [(s.count, s.sealed) for s in manifest.shards] == [(200, True), (10, False)]
-    assert len(service.parts.index) == 210
+    assert [(s.count, s.sealed) for s in manifest.shards] == [(sealed, True), (10, False)]
+    assert len(service.parts.index) == sealed + 10
 
 
 def test_an_open_shard_reuses_its_projection_until_it_doubles(index_service) -> None:
