@@ -175,6 +175,45 @@ def test_merges_leave_one_sealed_shard_a_tier_up_to_the_largest() -> None:
     assert sizes == [640_000, 320_000, 40_000]
 
 
+def test_a_shard_too_large_to_merge_leaves_the_next_of_its_tier_to_merge() -> None:
+    """A merged shard above its tier's nominal size cannot merge with the next of its tier
+    under MAX_SHARD_SIZE; those after it still merge with each other."""
+    from imgsearch.index.manifest import ShardEntry
+    from imgsearch.index.tiers import MAX_SHARD_SIZE, MERGE_FACTOR, merge_plan, tier
+
+    base = 10_000
+    nominal = MAX_SHARD_SIZE // MERGE_FACTOR
+    larger = ShardEntry("s0", "b", nominal + base // 2, sealed=True)
+    same = [ShardEntry(f"s{i}", "b", nominal, sealed=True) for i in range(1, MERGE_FACTOR + 1)]
+    assert len({tier(entry.count, base) for entry in [larger, *same]}) == 1
+    assert merge_plan([larger, *same[:-1]], base) is None  # too large together
+    assert merge_plan([larger, *same], base) == (1, MERGE_FACTOR + 1)
+
+
+def test_merges_leave_no_neighbours_of_one_tier_that_fit_in_one_shard() -> None:
+    """Removals give merged shards other sizes than their tiers': 3,500 images removed from the
+    first shard before the second is sealed make one of 16.5k (tier 0), which takes the next
+    10k, and so on up to 326.5k, too large to merge with a 320k. Sealing on to 2M, whenever the
+    merges stop, no MERGE_FACTOR neighbours of one tier fit in one shard."""
+    from imgsearch.index.manifest import ShardEntry
+    from imgsearch.index.tiers import MAX_SHARD_SIZE, MERGE_FACTOR, merge_plan, tier
+
+    base = 10_000
+    removed = tuple(f"{i:016x}" for i in range(3_500))
+    shards = [ShardEntry("s", "b", base, sealed=True, deleted=removed)]
+    for _ in range(199):
+        shards.append(ShardEntry("s", "b", base, sealed=True))
+        while (plan := merge_plan(shards, base)) is not None:
+            merged = sum(entry.live_count for entry in shards[plan[0] : plan[1]])
+            shards[plan[0] : plan[1]] = [ShardEntry("s", "b", merged, sealed=True)]
+        sizes = [entry.live_count for entry in shards]
+        for start in range(len(shards) - MERGE_FACTOR + 1):
+            group = shards[start : start + MERGE_FACTOR]
+            one_tier = len({tier(entry.count, base) for entry in group}) == 1
+            assert not one_tier or sum(e.live_count for e in group) > MAX_SHARD_SIZE, sizes
+    assert sum(sizes) == 200 * base - len(removed)
+
+
 def test_a_merge_keeps_the_projection_its_shards_share_and_a_query_projects_once(
     index_service, monkeypatch
 ) -> None:

@@ -5,8 +5,9 @@ The open shard stays small (`shard_size`: every upload rebuilds it). Once sealed
 tiers: tier 0 holds `shard_size` images, tier t about `MERGE_FACTOR`**t times that. When
 `MERGE_FACTOR` neighbouring sealed shards share a tier, they are merged into one of the next
 (never beyond `MAX_SHARD_SIZE`: a merge holds its shards' features in memory). A collection of
-n images then has at most one sealed shard a tier, as many as the ones in n / shard_size
-written in binary: 1M images in shards of 10,000 make 3 (640k + 320k + 40k).
+n images then has at most one sealed shard a tier up to 2 x `MAX_SHARD_SIZE` (without removals,
+as many as the ones in n / shard_size written in binary: 1M images in shards of 10,000 make 3,
+640k + 320k + 40k), and beyond it one more of `MAX_SHARD_SIZE` per `MAX_SHARD_SIZE` images.
 A merge keeps the projection its shards share (the open shard reuses the newest sealed
 shard's) while it serves the merged images about as well as a new fit, so that a collection's
 shards keep one and a query is projected once for all.
@@ -63,7 +64,10 @@ KEPT_VARIANCE_SHARED = 0.97
 
 def tier(count: int, base: int) -> int:
     """The tier of a sealed shard of `count` images (tier 0: `base`, the open shard's size).
-    A merged shard that lost a few images to removals keeps its tier."""
+    Tier t spans MERGE_FACTOR**(t - 0.25) to MERGE_FACTOR**(t + 0.75) times `base`, one factor
+    wide, so merging one tier's shards never skips the next tier. Removals are masked, not
+    counted here: a merge of shards that lost some makes a smaller one, which keeps its tier
+    down to MERGE_FACTOR**-0.25 of the tier's size (0.84 with two)."""
     if count <= base:
         return 0
     return max(0, math.floor(math.log(count / base, MERGE_FACTOR) + 0.25))
@@ -82,7 +86,12 @@ def merge_plan(shards: Sequence[ShardEntry], base: int) -> tuple[int, int] | Non
             continue
         start = position + 1 - MERGE_FACTOR
         merged = sum(shard.live_count for shard in shards[start : position + 1])
-        if merged <= MAX_SHARD_SIZE and (best is None or level < best[0]):
+        if merged > MAX_SHARD_SIZE:
+            # Too large together (the largest tier, or a merged shard above its tier's
+            # nominal size): the first stays apart, and the rest may merge with the next.
+            run_start = start + 1
+            continue
+        if best is None or level < best[0]:
             best = (level, start, position + 1)
         run_start = position + 1  # a shard is merged once: the next run starts after it
         run_tier = -1
