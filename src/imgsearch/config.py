@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     # Index.
     # Measured by bench/index_scale.py (docs/performance.md): the open shard, which every
     # upload rebuilds, holds at most `shard_size` images (~1.5 s to rebuild at 10,000); sealed
-    # shards are merged in the background into ones 4, 16, 64 times as big (index/tiers.py).
+    # shards are merged in the background, two at a time, into ones 2, 4, ... 64 times as big
+    # (index/tiers.py).
     shard_size: int = 10_000
     ann_trees: int = 20
     # Per query, the shards' Annoy forests propose `ann_candidates` images between them
