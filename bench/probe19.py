@@ -46,8 +46,11 @@ def fds(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
-def connect(port: int, source: str = "127.0.0.1", rcvbuf: int | None = None) -> socket.socket:
+def connect(
+    port: int, source: str = "127.0.0.1", rcvbuf: int | None = None, timeout: float | None = None
+) -> socket.socket:
     s = socket.socket()
+    s.settimeout(timeout)
     if rcvbuf:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     s.bind((source, 0))
@@ -67,8 +70,9 @@ def request(
     """One request on a fresh connection: (status, seconds, body); status 0 on failure."""
     start = time.monotonic()
     try:
-        s = connect(port, source)
-        s.settimeout(timeout)
+        stage = "connect"
+        s = connect(port, source, timeout=timeout)
+        stage = "answer"
         head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}"
         if body:
             head += f"Content-Length: {len(body)}\r\n"
@@ -77,8 +81,8 @@ def request(
         while chunk := s.recv(65536):
             data += chunk
         s.close()
-    except OSError:
-        return 0, time.monotonic() - start, b""
+    except OSError as error:
+        return 0, time.monotonic() - start, f"{type(error).__name__} in {stage}".encode()
     status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/") else 0
     return status, time.monotonic() - start, data.partition(b"\r\n\r\n")[2]
 
@@ -92,12 +96,15 @@ class Prober(threading.Thread):
         super().__init__(daemon=True)
         self.port, self.path, self.source, self.every = port, path, source, every
         self.results: list[tuple[int, float]] = []
+        self.errors: list[str] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
-            status, seconds, _ = request(self.port, self.path, self.source)
+            status, seconds, body = request(self.port, self.path, self.source)
             self.results.append((status, seconds))
+            if not status:
+                self.errors.append(f"{body.decode()} after {seconds:.1f} s")
             self.stop.wait(self.every)
 
     def summary(self) -> str:
@@ -107,7 +114,7 @@ class Prober(threading.Thread):
         bad = [st for st, _ in self.results if st != 200]
         med = statistics.median(ok) * 1000 if ok else float("nan")
         top = max(ok) * 1000 if ok else float("nan")
-        failed = f"{len(bad)} failed {sorted(set(bad))}"
+        failed = f"{len(bad)} failed {sorted(set(bad))} {self.errors}"
         return f"{len(self.results)} probes, {failed}, p50 {med:.0f} ms, max {top:.0f} ms"
 
 
