@@ -917,10 +917,12 @@ def test_a_client_that_takes_its_answers_slowly_gets_them_whole(server) -> None:
 
 
 @pytest.fixture
-def large_original(tmp_path, embedder, vocabulary) -> Iterator[tuple[str, int, str, int]]:
-    """A real server (one-second answer deadline) whose collection holds a 14 MB original;
-    yields its host, port, the original's path and its size."""
-    service = make_service(tmp_path / "data", embedder, vocabulary, http_answer_seconds=DEADLINE)
+def large_original(request, tmp_path, embedder, vocabulary) -> Iterator[tuple[str, int, str, int]]:
+    """A real server (one-second answer deadline, or the settings of an indirect parameter)
+    whose collection holds a 14 MB original; yields its host, port, the original's path and
+    its size."""
+    settings = {"http_answer_seconds": DEADLINE} | getattr(request, "param", {})
+    service = make_service(tmp_path / "data", embedder, vocabulary, **settings)
     noise = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
     data = encode(Image.fromarray(noise), "JPEG", quality=95)
     assert len(data) > 12_000_000
@@ -948,3 +950,27 @@ def test_an_answer_closed_before_it_is_taken_is_dropped_after_the_deadline(large
     finally:
         for connection in held:
             connection.close()
+
+
+@pytest.mark.slow  # waits a second or more on a real server
+@pytest.mark.parametrize(
+    "large_original", [{"http_answer_seconds": 60, "http_answer_bytes": 12 * 2**20}], indirect=True
+)
+def test_answers_nobody_takes_are_bounded_in_bytes_too(large_original) -> None:
+    """Within the answer deadline, answers waiting for clients that take none of them are
+    kept to `http_answer_bytes`: those waiting longest are dropped first. Before, 210
+    connections from 7 addresses held a 14 MB original each (2.4 GB) for the deadline."""
+    host, port, path, size = large_original
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    held = []
+    try:
+        for number in range(3):
+            held.append(_not_reading((host, port, None), request, f"127.0.0.{2 + number}"))
+            time.sleep(0.5)
+        answers = [_read_until_closed(connection, 0.5) for connection in held]
+    finally:
+        for connection in held:
+            connection.close()
+    dropped = [answer for answer in answers if answer is not None]
+    assert len(dropped) == 2  # the first two; the third fits the 12 MB alone
+    assert all(len(answer) < size for answer in dropped)
