@@ -177,6 +177,11 @@ class Settings(BaseSettings):
     http_header_seconds: float = 10.0  # to send a request's headers, from their first byte
     http_body_seconds: float = 120.0  # to send a whole body: 25 MB at 210 KB/s (408)
     http_keep_alive_seconds: int = 5  # a connection sending nothing, new or between requests
+    # for a client to take 64 KB of its answer, or the rest of it (6.4 KB/s); else dropped
+    http_answer_seconds: float = 10.0
+    # Answers waiting in a server process for clients that take none of them; beyond, those
+    # that waited longest are dropped (an original is read whole: up to `max_image_bytes`).
+    http_answer_bytes: int = Field(256 * 2**20, ge=0)
     # Kept per server process while nothing they show changes (api/kept.py; 0: none): whole
     # "more like this" pages up to these many bytes (their JSON, about 7 KB a page of 20
     # results, plus 512 bytes each for the key and the entry),

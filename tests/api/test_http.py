@@ -21,8 +21,10 @@ from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 from support.browser import live_server
 from support.demo import demo_image
 from support.hostile_files import encode, photo
@@ -385,6 +387,7 @@ def server(request, tmp_path, embedder, vocabulary, monkeypatch) -> Iterator[tup
         http_keep_alive_seconds=int(DEADLINE),
         http_header_seconds=DEADLINE,
         http_body_seconds=DEADLINE,
+        http_answer_seconds=DEADLINE,
         http_max_connections=MAX_CONNECTIONS,
         http_max_client_connections=MAX_CLIENT_CONNECTIONS,
         http_max_bodies=MAX_BODIES,
@@ -842,3 +845,132 @@ def test_large_bodies_read_in_threads_are_given_back_to_the_system() -> None:
         )
         kept[mode] = int(done.stdout)
     assert kept["given back"] < 20e6 < 50e6 < kept["default"], kept
+
+
+# Answers the client does not take -----------------------------------------------------------
+
+BUNDLE = b"GET /docs-assets/swagger-ui-bundle.js HTTP/1.1\r\nHost: x\r\n\r\n"  # 1.5 MB
+
+
+def _not_reading(server, request: bytes, source: str = "127.0.0.2") -> socket.socket:
+    """A connection from `source` that sends `request` and then reads nothing (its receive
+    buffer as small as the kernel allows, so the answer waits in the server)."""
+    host, port, _ = server
+    connection = socket.socket()
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection.bind((source, 0))
+    connection.connect((host, port))
+    connection.sendall(request)
+    return connection
+
+
+def _read_until_closed(connection: socket.socket, seconds: float) -> bytes | None:
+    """What the server sent if it ends the connection within `seconds`, else None."""
+    connection.settimeout(seconds)
+    received = bytearray()
+    try:
+        while chunk := connection.recv(1 << 20):
+            received += chunk
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        pass
+    return bytes(received)
+
+
+@pytest.mark.slow  # waits a second or more on a real server
+def test_a_client_that_takes_none_of_its_answers_is_dropped(server) -> None:
+    """Connections that ask for 12 MB of answers (pipelined) and read none of them are
+    dropped after the answer deadline, with what they were sent, and their address may
+    connect again. Before, the answers waited in the server's memory, and the connections
+    counted against the address's bound, for as long as the client kept them open."""
+    held = [_not_reading(server, BUNDLE * 8) for _ in range(MAX_CLIENT_CONNECTIONS)]
+    try:
+        time.sleep(DEADLINE + SLACK)
+        assert _exchange(server, HEALTH, "127.0.0.2")[0] == 200
+        for connection in held:
+            received = _read_until_closed(connection, 0.5)
+            assert received is not None and received.startswith(b"HTTP/1.1 200")
+            assert received.count(b"HTTP/1.1 200") < 8  # dropped, not waited for
+    finally:
+        for connection in held:
+            connection.close()
+
+
+@pytest.mark.slow  # waits a second or more on a real server
+def test_a_client_that_takes_its_answers_slowly_gets_them_whole(server) -> None:
+    """64 KB or more each deadline is taking the answer: 4.5 MB at 512 KB/s all arrive,
+    however much of them the kernel holds at a time."""
+    expected = _exchange(server, BUNDLE.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    assert expected[0] == 200
+    with _not_reading(server, BUNDLE * 3) as connection:
+        connection.settimeout(DEADLINE + SLACK)
+        received = bytearray()
+        chunk = b"-"
+        while chunk and received.count(expected[2]) < 3:
+            step = len(received) + 128 * 1024
+            while len(received) < step and (chunk := connection.recv(65536)):
+                received += chunk
+            time.sleep(DEADLINE / 4)
+    assert received.count(b"HTTP/1.1 200 OK") == 3
+    assert received.count(expected[2]) == 3
+
+
+@pytest.fixture
+def large_original(request, tmp_path, embedder, vocabulary) -> Iterator[tuple[str, int, str, int]]:
+    """A real server (one-second answer deadline, or the settings of an indirect parameter)
+    whose collection holds a 14 MB original; yields its host, port, the original's path and
+    its size."""
+    settings = {"http_answer_seconds": DEADLINE} | getattr(request, "param", {})
+    service = make_service(tmp_path / "data", embedder, vocabulary, **settings)
+    noise = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(noise), "JPEG", quality=95)
+    assert len(data) > 12_000_000
+    image_id = service.add("large.jpg", data).image_id
+    with live_server(create_app(service, web_dir=WEB_DIR)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        yield host, int(port), f"/api/images/{image_id}/file", len(data)
+
+
+@pytest.mark.slow  # waits a second or more on a real server
+def test_an_answer_closed_before_it_is_taken_is_dropped_after_the_deadline(large_original):
+    """`Connection: close` on a 14 MB original read by nobody: the server closes once the
+    answer is taken or the deadline passes. Before, asyncio's close kept the connection and
+    the unsent bytes until the client took them, and the connection no longer counted:
+    one address held 140 such connections (2 GB of a 14 MB original) past its bound of 32."""
+    host, port, path, size = large_original
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    held = [_not_reading((host, port, None), request) for _ in range(3)]
+    try:
+        time.sleep(DEADLINE + SLACK)
+        for connection in held:
+            received = _read_until_closed(connection, 0.5)
+            assert received is not None and received.startswith(b"HTTP/1.1 200")
+            assert len(received) < size  # dropped, not waited for
+    finally:
+        for connection in held:
+            connection.close()
+
+
+@pytest.mark.slow  # waits a second or more on a real server
+@pytest.mark.parametrize(
+    "large_original", [{"http_answer_seconds": 60, "http_answer_bytes": 12 * 2**20}], indirect=True
+)
+def test_answers_nobody_takes_are_bounded_in_bytes_too(large_original) -> None:
+    """Within the answer deadline, answers waiting for clients that take none of them are
+    kept to `http_answer_bytes`: those waiting longest are dropped first. Before, 210
+    connections from 7 addresses held a 14 MB original each (2.4 GB) for the deadline."""
+    host, port, path, size = large_original
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    held = []
+    try:
+        for number in range(3):
+            held.append(_not_reading((host, port, None), request, f"127.0.0.{2 + number}"))
+            time.sleep(0.5)
+        answers = [_read_until_closed(connection, 0.5) for connection in held]
+    finally:
+        for connection in held:
+            connection.close()
+    dropped = [answer for answer in answers if answer is not None]
+    assert len(dropped) == 2  # the first two; the third fits the 12 MB alone
+    assert all(len(answer) < size for answer in dropped)
