@@ -1,7 +1,7 @@
 """Session 19's probe: hostile multipart forms against the open reverse search of a running
 `imgsearch serve` (its pid given, for its CPU time and memory).
 
-    PYTHONPATH=src .venv/bin/python bench/probe19_forms.py --port 8719 --pid PID
+    PYTHONPATH=src .venv/bin/python bench/hostile_forms.py --port 8719 --pid PID
 """
 
 from __future__ import annotations

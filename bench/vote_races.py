@@ -1,7 +1,7 @@
 """Session 19's probe: votes and undos racing on one image and word from many addresses and
 sessions, and against a deletion of that image (API key), on a running `imgsearch serve`.
 
-    PYTHONPATH=src .venv/bin/python bench/probe19_races.py --port 8719 --data-dir D --image ID
+    PYTHONPATH=src .venv/bin/python bench/vote_races.py --port 8719 --data-dir D --image ID
 """
 
 from __future__ import annotations

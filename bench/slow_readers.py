@@ -3,7 +3,7 @@ running `imgsearch serve` (its pid given, for its memory, threads and descriptor
 
     imgsearch ingest demo --data-dir D; imgsearch serve --data-dir D --port 8719 &
     (upload a large original with the API key, then:)
-    PYTHONPATH=src .venv/bin/python bench/probe19.py --pid PID slow-readers \\
+    PYTHONPATH=src .venv/bin/python bench/slow_readers.py --pid PID slow-readers \\
         --paths /api/images/ID/file --count 300 --per-address 300 --interval 0.05 \\
         --extra 'Connection: close\\r\\n'
 
