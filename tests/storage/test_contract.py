@@ -856,6 +856,29 @@ def test_a_stale_etag_is_refused_even_when_the_file_looks_unchanged(tmp_path) ->
     assert objects.get("manifest.json").data == b"version 2"
 
 
+def test_a_local_read_hashes_its_bytes_only_when_its_etag_is_asked_for(
+    tmp_path, monkeypatch
+) -> None:
+    """Serving an original reads it whole; its MD5 (18 ms for 14 MB) is for the few readers
+    that compare versions (the manifest's), not for every read."""
+    from imgsearch.storage.local import LocalObjectStore
+
+    objects = LocalObjectStore(tmp_path / "objects")
+    etag = objects.put("images/a.jpg", b"x" * 100_000)
+    hashed: list[int] = []
+    real_md5 = imgsearch.storage.local.hashlib.md5
+
+    def counted_md5(data: bytes = b"", **kwargs: Any) -> Any:
+        hashed.append(len(data))
+        return real_md5(data, **kwargs)
+
+    monkeypatch.setattr(imgsearch.storage.local.hashlib, "md5", counted_md5)
+    stored = objects.get("images/a.jpg")
+    assert stored.data == b"x" * 100_000 and hashed == []
+    assert stored.etag == etag and stored.etag == etag
+    assert hashed == [100_000]  # once, when asked
+
+
 def test_deferred_puts_are_visible_at_once_and_durable_before_what_follows(
     tmp_path, monkeypatch
 ) -> None:

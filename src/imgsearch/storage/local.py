@@ -252,7 +252,7 @@ class LocalObjectStore(ObjectStore):
             data = self._path(key).read_bytes()
         except _NO_OBJECT_ERRORS as error:
             raise NotFound(key) from error
-        return StoredObject(data=data, etag=hashlib.md5(data).hexdigest())
+        return StoredObject(data=data, etag=lambda: hashlib.md5(data).hexdigest())
 
     def _head(self, key: str) -> ObjectInfo:
         try:
