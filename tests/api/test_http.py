@@ -704,12 +704,73 @@ def test_bodies_in_flight_are_bounded_and_the_rest_keeps_answering(server) -> No
             connection.sendall(head)
         time.sleep(0.3)
         detail = _json_refusal(_exchange(server, head + b"}" * 999), 503)
-        assert "too many uploads at once;" in detail
+        assert "too many requests sending bodies at once;" in detail
         status, _, _ = _exchange(server, HEALTH)
         assert status == 200  # requests without a body are not held back
     finally:
         for connection in held:
             connection.close()
+
+
+def test_a_json_body_frees_its_slot_once_read_not_once_answered() -> None:
+    """The body slots bound bodies being received (a client that never finishes one holds
+    it): a vote read whole and being answered holds none, so that votes answered slowly do
+    not refuse the next ones with 503."""
+    from imgsearch.api.guard import RequestGuard
+
+    answering = asyncio.Event()
+    release = asyncio.Event()
+    seen: list[bytes] = []
+
+    async def app(scope, receive, send) -> None:
+        seen.append((await receive())["body"])
+        if len(seen) == 1:
+            answering.set()
+            await release.wait()  # the first vote is still being answered
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    guard = RequestGuard(
+        app,
+        max_form_bytes=1000,
+        max_other_bytes=1000,
+        max_bodies=1,
+        max_client_bodies=1,
+        client_of=lambda peer, forwarded: peer or "",
+    )
+
+    async def vote(body: bytes) -> int:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/api/feedback",
+            "http_version": "1.1",
+            "client": ("127.0.0.2", 1),
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await guard(scope, receive, send)
+        return sent[0]["status"]
+
+    async def both() -> list[int]:
+        first = asyncio.create_task(vote(b'{"n": 1}'))
+        await answering.wait()
+        second = await vote(b'{"n": 2}')  # the one slot, the same address
+        release.set()
+        return [await first, second]
+
+    assert asyncio.run(both()) == [200, 200]
+    assert seen == [b'{"n": 1}', b'{"n": 2}']
 
 
 @pytest.mark.slow  # waits a second or more on a real server

@@ -119,20 +119,22 @@ class RequestGuard:
             await send_refusal(
                 send,
                 503,
-                f"too many uploads at once{busy}; try again in a moment",
+                f"too many requests sending bodies at once{busy}; try again in a moment",
                 [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())],
             )
             return
         self.bodies += 1
         self.client_bodies[client] += 1
         try:
-            if is_json(media_type):
-                await self._json(scope, receive, send, limit)
-            else:
+            if not is_json(media_type):
                 await self._streamed(scope, receive, send, limit)
+                return
+            body = await self._json_body(receive, send, limit)
         finally:
             self.bodies -= 1
             self.client_bodies[client] -= 1
+        if body is not None:  # small, and read whole: its slot is free for the next body
+            await self.app(scope, _replaying(body, receive), send)
             if not self.client_bodies[client]:
                 del self.client_bodies[client]
 
@@ -162,32 +164,38 @@ class RequestGuard:
         if exceeded:
             await send_refusal(send, *_too_large(limit))
 
-    async def _json(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        """Read the (small) JSON body whole, check it as JSON, then hand it to the app."""
+    async def _json_body(self, receive: Receive, send: Send, limit: int) -> bytes | None:
+        """The (small) JSON body read whole and checked as JSON; None if the client left or
+        was refused."""
         body = bytearray()
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                return  # the client left: nobody to answer
+                return None  # the client left: nobody to answer
             body += message.get("body", b"")
             if len(body) > limit:
                 await send_refusal(send, *_too_large(limit))
-                return
+                return None
             if not message.get("more_body", False):
                 break
         if problem := json_problem(bytes(body)):
             await send_refusal(send, 422, f"invalid JSON: {problem}")
-            return
-        replayed = False
+            return None
+        return bytes(body)
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()  # after the body: only a disconnect can come
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
-        await self.app(scope, replay, send)
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """`receive` for the app once the body was read: the body, then what the client sends."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()  # after the body: only a disconnect can come
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 def _refusal(scope: Scope, headers: Headers, limit: int) -> tuple[int, str] | None:
