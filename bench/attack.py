@@ -749,6 +749,83 @@ def attack_idle_connections_one_address(target: Target) -> Outcome:
     return outcome
 
 
+ANSWER_SECONDS = 10  # the server's `http_answer_seconds`
+LARGE_ORIGINAL_SIDE = 2400  # a noise JPEG this wide (4:3) weighs about 8 MB
+
+
+def upload_large_original(target: Target) -> str:
+    """The id of a large photo uploaded with the bench's key (noise compresses badly)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(19)
+    side = LARGE_ORIGINAL_SIDE
+    pixels = rng.integers(0, 256, (side * 3 // 4, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=97)
+    content_type, form = multipart({"key": "attack/large.jpg"}, ("large.jpg", buffer.getvalue()))
+    headers = [("Content-Type", content_type), ("X-API-Key", API_KEY)]
+    reply = target.send(http_request("POST", "/api/images", form, headers), timeout=120)
+    if reply.status != 201:
+        raise RuntimeError(f"the large upload answered {reply.status}: {reply.body[:200]!r}")
+    return str(reply.json()["id"])  # type: ignore[index]
+
+
+def attack_slow_readers(target: Target) -> Outcome:
+    """Connections from one address asking a large original and reading nothing: held to the
+    address's bound, and dropped with their unsent bytes once they take nothing for the
+    answer deadline."""
+    image_id = upload_large_original(target)
+    count = 60 if target.quick else 300
+    source = target.address()
+    request = http_request("GET", f"/api/images/{image_id}/file")
+    outcome = Outcome()
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # takes almost nothing
+        sock.settimeout(target.timeout)
+        try:
+            sock.bind((source, 0))
+            sock.connect(("127.0.0.1", target.port))
+            sock.sendall(request)
+        except OSError as error:
+            outcome.statuses[f"refused ({type(error).__name__})"] += 1
+            sock.close()
+            continue
+        sockets.append(sock)
+    time.sleep(ANSWER_SECONDS + 3)
+    for sock in sockets:  # what each got, read only now: the server had to hold or drop it
+        sock.setblocking(False)
+        raw, ending = bytearray(), "still open"
+        try:
+            while True:
+                data = sock.recv(1 << 20)
+                if not data:
+                    ending = "closed"
+                    break
+                raw += data
+        except BlockingIOError:
+            pass
+        except ConnectionError:
+            ending = "reset"
+        status = parse_status(bytes(raw)) if raw else "nothing"
+        head, _, body = bytes(raw).partition(b"\r\n\r\n")
+        declared = re.search(rb"(?im)^content-length: *(\d+)", head)
+        if status == 200 and declared and len(body) < int(declared[1]):
+            ending += ", answer cut"  # the server dropped what the client had not taken
+        outcome.statuses[f"{status} {ending}" if status != 503 else 503] += 1
+        sock.close()
+    outcome.worst_ms = (ANSWER_SECONDS + 3) * 1000
+    outcome.notes.append(
+        f"{count} connections from one address asking an {LARGE_ORIGINAL_SIDE}-px noise "
+        f"original and reading nothing; read {ANSWER_SECONDS + 3} s later"
+    )
+    return outcome
+
+
 def first_page(target: Target, word: str, source: str, session: str | None = None) -> list[str]:
     """The ids on the first page a visitor (`session`, or none) gets for `word`."""
     path = f"/api/search?q={word}&limit={PAGE}" + (f"&session={session}" if session else "")
@@ -902,6 +979,7 @@ ATTACKS = [
     Attack("half-sent bodies", attack_half_sent_bodies),
     Attack("idle connections", attack_idle_connections),
     Attack("idle connections, 1 address", attack_idle_connections_one_address),
+    Attack("slow readers, 1 address", attack_slow_readers),
     Attack("poison: 40 sessions, 1 address", attack_poison_one_address),
     Attack("agree: 2 addresses, new word", attack_two_addresses_agree),
     Attack("agree: 3 addresses, new word", attack_three_addresses_agree),
