@@ -773,6 +773,53 @@ def test_a_json_body_frees_its_slot_once_read_not_once_answered() -> None:
     assert seen == [b'{"n": 1}', b'{"n": 2}']
 
 
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (b"application/json", b'{"n": 1}'),  # answered by the app
+        (b"application/json", b'{"n": NaN}'),  # refused by the guard
+        (b"multipart/form-data; boundary=x", b"--x--\r\n"),  # streamed to the app
+    ],
+)
+def test_an_address_with_no_body_in_flight_is_not_remembered(content_type, body) -> None:
+    """The per-address count of bodies in flight forgets an address once it has none, after
+    whatever kind of body: one entry left for each address that ever sent a form or a
+    refused vote would grow without bound."""
+    from imgsearch.api.guard import RequestGuard
+
+    async def app(scope, receive, send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    guard = RequestGuard(
+        app,
+        max_form_bytes=1000,
+        max_other_bytes=1000,
+        max_bodies=1,
+        max_client_bodies=1,
+        client_of=lambda peer, forwarded: peer or "",
+    )
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/feedback",
+        "http_version": "1.1",
+        "client": ("127.0.0.2", 1),
+        "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())],
+    }
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        pass
+
+    asyncio.run(guard(scope, receive, send))
+    assert guard.bodies == 0 and guard.client_bodies == {}
+
+
 @pytest.mark.slow  # waits a second or more on a real server
 def test_one_address_cannot_take_every_body_slot(server) -> None:
     """Bodies one address never finishes hold its own share of the slots, not everyone's:

@@ -133,10 +133,10 @@ class RequestGuard:
         finally:
             self.bodies -= 1
             self.client_bodies[client] -= 1
+            if not self.client_bodies[client]:
+                del self.client_bodies[client]  # else every address ever seen stays
         if body is not None:  # small, and read whole: its slot is free for the next body
             await self.app(scope, _replaying(body, receive), send)
-            if not self.client_bodies[client]:
-                del self.client_bodies[client]
 
     async def _streamed(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         """Pass the body on as it arrives, counting it: 413 once it passes `limit`."""
