@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import suppress
@@ -1082,3 +1083,140 @@ def test_answers_nobody_takes_are_bounded_in_bytes_too(large_original) -> None:
     dropped = [answer for answer in answers if answer is not None]
     assert len(dropped) == 2  # the first two; the third fits the 12 MB alone
     assert all(len(answer) < size for answer in dropped)
+
+
+def _resident() -> int:
+    """This process's resident memory (the live servers' threads run in it), in bytes."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow  # waits a second or more on a real server
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="measured through /proc")
+@pytest.mark.parametrize("large_original", [{"http_answer_seconds": 30}], indirect=True)
+def test_what_a_client_sends_while_its_close_waits_for_the_answer_is_dropped(large_original):
+    """A close waiting for the client to take its answer reads what the client still sends
+    and drops it, as a lingering close does. Before, h11 kept it in its buffer, without
+    bound, for as long as the client took 64 KB of its answer a deadline: 96 MB sent
+    behind a `Connection: close` request were 96 MB more in the server."""
+    host, port, path, size = large_original
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    with _not_reading((host, port, None), request) as connection:
+        time.sleep(0.5)  # answered; the close waits for the answer to be taken
+        before = _resident()
+        connection.settimeout(SLACK)
+        chunk = b"x" * (1 << 20)
+        for _ in range(96):
+            connection.sendall(chunk)
+        time.sleep(0.5)
+        grown = _resident() - before
+        received = _read_until_closed(connection, SLACK)
+    assert grown < 32e6, grown
+    assert received is not None and len(received) > size  # the answer, whole
+
+
+def _taking_slowly(connection: socket.socket, stop: threading.Event) -> None:
+    """Take 96 KB of the answer every quarter of a second until `stop` (fast enough for an
+    answer deadline of a second or more), or until the server closes."""
+    connection.settimeout(SLACK)
+    while not stop.wait(0.25):
+        taken = 0
+        while taken < 96 * 1024:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return
+            taken += len(chunk)
+
+
+@pytest.mark.slow  # waits a second or more on a real server
+@pytest.mark.parametrize(
+    "large_original",
+    [{"http_answer_seconds": 3, "http_header_seconds": 2, "http_max_client_bodies": 1}],
+    indirect=True,
+)
+def test_a_body_sent_behind_an_answer_being_taken_keeps_its_deadline(large_original) -> None:
+    """An answer being taken, slowly but fast enough, does not suspend the deadline of what
+    the client owes next: a vote pipelined behind a 14 MB original and never finished gets
+    its 408, and frees its address's body slot. Before, the answer's deadline stood in for
+    the body's, and the vote held the slot for as long as the original was being taken
+    (36 minutes at 6.4 KB/s)."""
+    host, port, path, _ = large_original
+    vote = json.dumps(_vote()).encode()
+    head = (
+        "POST /api/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(vote)}\r\n\r\n"
+    ).encode()
+    original = f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+    def voted() -> int:
+        closing = head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+        return _exchange((host, port, None), closing + vote, "127.0.0.2")[0]
+
+    stop = threading.Event()
+    with _not_reading((host, port, None), original + head + vote[:1]) as connection:
+        taking = threading.Thread(target=_taking_slowly, args=(connection, stop))
+        taking.start()
+        try:
+            assert _wait_for(lambda: voted() == 503, SLACK)  # the unfinished vote's slot
+            time.sleep(2 + SLACK)  # its deadline (a small body's: the headers')
+            assert taking.is_alive()  # the original is still being taken
+            status = voted()
+        finally:
+            stop.set()
+            taking.join()
+    assert status != 503
+
+
+@pytest.mark.slow  # waits a second or more on a real server
+@pytest.mark.parametrize(
+    "large_original", [{"http_answer_seconds": 30, "http_keep_alive_seconds": 30}], indirect=True
+)
+def test_a_close_waiting_for_the_answer_ends_once_the_answer_is_taken(large_original):
+    """`Connection: close` on an answer that waits for its client: the connection ends as
+    soon as the client has taken the answer, not at the answer's next deadline or the
+    keep-alive's (30 s here).
+    Before, until that deadline the connection still counted against the bounds, and a
+    client reading to the end of the connection waited for it."""
+    host, port, path, size = large_original
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    with _not_reading((host, port, None), request) as connection:
+        time.sleep(0.5)  # answered; the close waits for the answer to be taken
+        received = _read_until_closed(connection, SLACK + 2)
+    assert received is not None and len(received) > size
+
+
+def test_a_pipelined_body_still_arriving_when_the_previous_answer_ends_is_read(server) -> None:
+    """Requests sent one behind the other (pipelined): a vote whose body is still arriving
+    when the request before it is answered is read and answered too. Before, that answer
+    closed the connection, taking the vote's unfinished body for its own request's."""
+    vote = json.dumps(_vote()).encode()
+    head = (
+        "POST /api/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(vote)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    health = b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n"
+    with _connect(server) as connection:
+        connection.sendall(health + head + vote[:1])
+        time.sleep(DEADLINE / 4)  # the health check is answered meanwhile
+        connection.sendall(vote[1:])
+        received = _read_all(connection)
+    statuses = re.findall(rb"HTTP/1.1 (\d{3}) ", received)
+    assert statuses == [b"200", b"404"], received[-300:]  # no image of that id
+
+
+@pytest.mark.slow  # waits a second or more on a real server
+def test_a_client_that_ends_its_side_and_takes_nothing_is_dropped_too(large_original) -> None:
+    """A client that asks for a 14 MB original, ends its side of the connection (which has
+    asyncio close the transport, keeping what waits to be sent until the client takes it)
+    and reads nothing is dropped after the answer deadline all the same. Before, the
+    deadline passed over a closing transport: the answer and the connection stayed for as
+    long as the client kept it open."""
+    host, port, path, size = large_original
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    with _not_reading((host, port, None), request) as connection:
+        time.sleep(0.5)  # answered
+        connection.shutdown(socket.SHUT_WR)
+        time.sleep(DEADLINE + SLACK)
+        received = _read_until_closed(connection, 0.5)
+    assert received is not None and received.startswith(b"HTTP/1.1 200")
+    assert len(received) < size  # dropped, not waited for

@@ -10,9 +10,11 @@ accepts every connection; and it answers a malformed request in text/plain. Here
   `http_header_seconds`: `_small_body`): else 408;
 - a client that does not take its answer (at least `ANSWER_PROGRESS_BYTES` of it, or the
   rest, every `http_answer_seconds`) is dropped with what it was sent; until then it counts
-  against the bounds below, and a close after an answer waits for the client to take it;
-  beyond `http_answer_bytes` of answers waiting in the process, those that have waited
-  longest without any taken are dropped sooner;
+  against the bounds below, and a close after an answer waits for the client to take it
+  (dropping what the client still sends); beyond `http_answer_bytes` of answers waiting in
+  the process, those that have waited longest without any taken are dropped sooner. This
+  deadline runs beside the others: an answer being taken does not suspend the deadline of
+  the next request's headers or body;
 - beyond `http_max_client_connections` from one address a new connection gets 503 and is
   closed; beyond `http_max_connections` in all, the connection idle longest (or still sending
   its headers after a second) is closed to make room, and only if none is, the new one gets
@@ -90,11 +92,16 @@ class GuardedProtocol(H11Protocol):
     clients: Counter[str]  # open connections per client address
 
     _deadline: asyncio.TimerHandle | None = None
-    _phase: str | None = None  # what the deadline is for: "idle", "headers", "body", "answer"
-    _written = 0  # bytes written to the connection
-    _taken = 0  # of them, those the client had taken (the kernel had) when the deadline was set
-    _close_when_sent = False  # to linger (close) once the client has taken the answer
+    _phase: str | None = None  # what the client owes: "idle", "headers" or "body"
     _phase_since = 0.0  # loop time the phase began
+    # The answer's deadline, while some of it waits in the transport: it runs beside the
+    # phase's, which a client taking its answer slowly must not suspend (a body begun behind
+    # it would hold its slot for as long as the answer took).
+    _answering: asyncio.TimerHandle | None = None
+    _answer_since = 0.0  # loop time the answer's deadline was set
+    _written = 0  # bytes written to the connection
+    _taken = 0  # of them, those the client had taken when the answer's deadline was set
+    _close_when_sent = False  # to linger (close) once the client has taken the answer
     _address: str | None = None  # counted in `clients`
     _socket: asyncio.Transport  # the transport itself, which closes without lingering
     draining = False  # closing: what the client still sends is dropped (see linger)
@@ -123,39 +130,51 @@ class GuardedProtocol(H11Protocol):
         if none qualifies."""
         now = self.loop.time()
         stalled = [
-            other
+            (since, other)
             for other in self.connections
             if isinstance(other, GuardedProtocol)
             and other is not self
             and not other.draining
-            and (
-                other._phase == "idle"
-                or (other._phase == "headers" and now - other._phase_since > STALLED_SECONDS)
-                or (other._taking_nothing() and now - other._phase_since > STALLED_SECONDS)
-            )
+            and (since := other._stalled_since(now)) is not None
         ]
         if not stalled:
             return False
-        oldest = min(stalled, key=lambda other: other._phase_since)
-        if oldest._phase == "idle":
+        _, oldest = min(stalled, key=lambda pair: pair[0])
+        if oldest._socket.get_write_buffer_size():
+            oldest._drop()  # a close would keep the connection until the answer is taken
+        elif oldest._phase == "idle":
             oldest._set_deadline(None)
             oldest._socket.close()  # nothing asked: nothing to answer
-        elif oldest._phase == "answer":
-            oldest._drop()
         else:
             oldest._refuse(503, "the server is busy and the request's headers were too slow")
         oldest._uncount()
         return True
 
+    def _stalled_since(self, now: float) -> float | None:
+        """Since when this connection has waited for its client without anything asked or
+        taken (`_make_room`), or None if it does not count as stalled."""
+        if self._taking_nothing() and now - self._answer_since > STALLED_SECONDS:
+            return self._answer_since
+        if self._phase == "idle" or (
+            self._phase == "headers" and now - self._phase_since > STALLED_SECONDS
+        ):
+            return self._phase_since
+        return None
+
     def data_received(self, data: bytes) -> None:
-        if self.draining:
-            return  # closing: what still comes is read and dropped (see linger)
+        if self.draining or self._close_when_sent:
+            # Closing: what still comes is read and dropped (see linger). h11 would keep it
+            # (past an error or a close, without bound) while the answer waits to be taken.
+            return
         super().data_received(data)
         self._watch()
 
     def on_response_complete(self) -> None:
+        # This request's body, asked before uvicorn goes on to the next one pipelined (whose
+        # body, half in, is owed to its own request).
+        unread = self.conn.their_state is h11.SEND_BODY
         super().on_response_complete()
-        if not self.transport.is_closing() and self.conn.their_state is h11.SEND_BODY:
+        if unread and not self.transport.is_closing():
             # Answered before its body was read (a refusal, or a route that reads none): the
             # rest of the body is owed to nobody, and waiting for it would let a client hold
             # the connection for the whole body deadline.
@@ -168,6 +187,18 @@ class GuardedProtocol(H11Protocol):
         self._watch()  # the client takes its answer slower than it is written
         self._keep_answers_within(self.settings.http_answer_bytes)
 
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._close_when_sent:
+            # Not inside the transport's write callback: after it, that shuts our side itself.
+            self.loop.call_soon(self._close_if_taken)
+
+    def _close_if_taken(self) -> None:
+        """Linger now if a close waits for an answer the client has taken whole."""
+        taken = not self._socket.get_write_buffer_size()
+        if self._close_when_sent and taken and not self.transport.is_closing():
+            self.linger(self._socket)
+
     def _keep_answers_within(self, budget: int) -> None:
         """Drop the connections that have taken none of their answers, longest waiting first,
         while the answers waiting in this process pass `budget` bytes: within the answer
@@ -177,7 +208,7 @@ class GuardedProtocol(H11Protocol):
         if waiting <= budget:
             return
         stalled = [other for other in connections if other._taking_nothing()]
-        for other in sorted(stalled, key=lambda other: other._phase_since):
+        for other in sorted(stalled, key=lambda other: other._answer_since):
             if waiting <= budget:
                 break
             waiting -= other._socket.get_write_buffer_size()
@@ -185,6 +216,7 @@ class GuardedProtocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._set_deadline(None)
+        self._stop_answer_deadline()
         self._uncount()
         super().connection_lost(exc)
 
@@ -202,29 +234,44 @@ class GuardedProtocol(H11Protocol):
         self._refuse(400, "malformed HTTP request")
 
     def _watch(self) -> None:
-        """Keep a deadline on what the client owes: a first byte, the headers, the body, or
-        taking the answer."""
-        if self.transport.is_closing():
-            phase = None
-        elif self._socket.get_write_buffer_size():
-            phase = "answer"  # what was written waits for the client to take it
-        elif self.conn.their_state is h11.IDLE:
-            phase = "headers" if self.conn.trailing_data[0] else "idle"
+        """Keep deadlines on what the client owes: a first byte, the headers or the body;
+        and, beside them, on taking the answer that waits for it."""
+        ended = self.transport.is_closing()
+        # Even if asyncio closes the transport (the client ended its side): its close keeps
+        # what waits to be sent until the client takes it, however long that is.
+        unsent = self._socket.get_write_buffer_size() > 0
+        if ended or self._close_when_sent:
+            phase = None  # nothing more is read from the client
         elif self.conn.their_state is h11.SEND_BODY:
             phase = "body"
-        else:  # the request is in: the app's time is not limited here
+        elif self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:
+            phase = "headers"
+        elif self.conn.their_state is h11.IDLE and not unsent:
+            phase = "idle"
+        else:  # the request is in (the app's time is not limited here), or an answer waits
             phase = None
         if phase != self._phase:
             self._set_deadline(phase)
+        if unsent and self._answering is None:
+            self._taken = self._taken_now()
+            self._answer_since = self.loop.time()
+            seconds = self.settings.http_answer_seconds
+            self._answering = self.loop.call_later(seconds, self._answer_expired)
+        elif not unsent and not self._close_when_sent:
+            self._stop_answer_deadline()  # taken: the next answer is timed from its start
 
     def _set_deadline(self, phase: str | None) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
         self._deadline, self._phase = None, phase
         self._phase_since = self.loop.time()
-        self._taken = self._taken_now()
         if phase is not None:
             self._deadline = self.loop.call_later(self._seconds(phase), self._expired)
+
+    def _stop_answer_deadline(self) -> None:
+        if self._answering is not None:
+            self._answering.cancel()
+            self._answering = None
 
     def _seconds(self, phase: str) -> float:
         settings = self.settings
@@ -234,7 +281,6 @@ class GuardedProtocol(H11Protocol):
             "idle": settings.http_keep_alive_seconds,
             "headers": settings.http_header_seconds,
             "body": settings.http_body_seconds,
-            "answer": settings.http_answer_seconds,
         }[phase]
 
     def _small_body(self) -> bool:
@@ -256,16 +302,19 @@ class GuardedProtocol(H11Protocol):
         if phase == "idle":
             self._socket.close()  # nothing asked: nothing to answer, nothing to drain
             return
-        if phase == "answer":
-            unsent = self._socket.get_write_buffer_size()
-            if unsent and self._taken_now() - self._taken < ANSWER_PROGRESS_BYTES:
-                self._drop()  # the client is not taking its answer
-            elif not unsent and self._close_when_sent:
-                self.linger(self._socket)
-            else:  # taken, or being taken fast enough: watch what comes next
-                self._watch()
-            return
         self._refuse(408, f"the request's {phase} took longer than {self._seconds(phase):g} s")
+
+    def _answer_expired(self) -> None:
+        self._answering = None
+        if self.draining:
+            return  # the answer was taken
+        unsent = self._socket.get_write_buffer_size()
+        if unsent and self._taken_now() - self._taken < ANSWER_PROGRESS_BYTES:
+            self._drop()  # the client is not taking its answer
+        elif not unsent and self._close_when_sent:
+            self.linger(self._socket)
+        else:  # taken, or being taken fast enough: watch what comes next
+            self._watch()
 
     def _refuse(self, status: int, detail: str) -> None:
         """Answer `status` with a JSON detail (unless a response has begun) and close."""
@@ -291,13 +340,15 @@ class GuardedProtocol(H11Protocol):
         return self._written - self._socket.get_write_buffer_size() - _queued(self._socket)
 
     def _taking_nothing(self) -> bool:
-        """Whether the client has taken none of its answer since the deadline was set."""
-        return self._phase == "answer" and self._taken_now() == self._taken
+        """Whether an answer waits and the client has taken none of it since its deadline
+        was set."""
+        return self._answering is not None and self._taken_now() == self._taken
 
     def _drop(self) -> None:
         """Close now, with what the client has not taken (asyncio's close would keep it, and
         the connection, until the client takes it all, however long that is)."""
         self._set_deadline(None)
+        self._stop_answer_deadline()
         self._uncount()
         self._socket.abort()  # connection_lost tells the app, if it still sends
 
@@ -315,8 +366,11 @@ class GuardedProtocol(H11Protocol):
         if transport.get_write_buffer_size():
             self._close_when_sent = True
             self._watch()
+            # resume_writing once all of it is taken, not once most of it is: then close
+            transport.set_write_buffer_limits(high=0)
             return
         self._set_deadline(None)
+        self._stop_answer_deadline()
         self.draining = True
         self._uncount()  # served: a refused flood must not crowd out the next clients
         try:
