@@ -33,7 +33,7 @@ from support.openapi import API_KEY_HEADER
 from support.services import API_KEY, make_service
 
 from imgsearch.api.app import create_app
-from imgsearch.api.server import LINGER_SECONDS
+from imgsearch.api.server import LINGER_SECONDS, server_config
 from imgsearch.cli import WEB_DIR
 from imgsearch.clients import CLIENT_SECRET_FILE
 
@@ -711,6 +711,22 @@ def test_bodies_in_flight_are_bounded_and_the_rest_keeps_answering(server) -> No
     finally:
         for connection in held:
             connection.close()
+
+
+def test_no_connection_leaves_the_guarded_protocol_for_a_websocket_one(tmp_path) -> None:
+    """With a WebSocket library installed (uvicorn[standard] brings one), uvicorn hands an
+    upgrade request to that library's protocol, which keeps none of the bounds and never
+    uncounts its address: the API speaks no WebSocket, so none is taken."""
+    from imgsearch.config import Settings
+
+    async def app(scope, receive, send) -> None: ...
+
+    settings = Settings(data_dir=tmp_path)
+    config = server_config(app, settings)
+    assert config.ws == "none"  # not "auto": it depends on what else is installed
+    config.load()
+    assert config.ws_protocol_class is None
+    assert config.http_protocol_class.__name__ == "GuardedProtocol"
 
 
 def test_a_json_body_frees_its_slot_once_read_not_once_answered() -> None:

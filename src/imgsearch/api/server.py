@@ -435,6 +435,9 @@ def server_config(
         # uvicorn would otherwise take X-Forwarded-For from 127.0.0.1 as the client; who a
         # client is must be decided by one rule (clients.py, `trusted_proxies`).
         proxy_headers=False,
+        # The API speaks no WebSocket: with a WebSocket library installed, uvicorn would hand
+        # an upgrade to its own protocol, outside these bounds (its address counted for good).
+        ws="none",
         host=host,
         port=port,
         log_level=log_level,
