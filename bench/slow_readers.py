@@ -20,22 +20,12 @@ import threading
 import time
 from pathlib import Path
 
+import attack  # the same directory: its raw HTTP and /proc readers
+
 
 def rss_mb(pid: int) -> float:
-    total = 0.0
-    pids = [pid]
-    for child in Path(f"/proc/{pid}/task").iterdir():
-        children = Path(f"/proc/{pid}/task/{child.name}/children")
-        if children.exists():
-            pids += [int(c) for c in children.read_text().split()]
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) / 1024
-        except FileNotFoundError:
-            pass
-    return total
+    """The server's resident memory, its worker processes' included."""
+    return attack.tree_rss_kb(pid) / 1024
 
 
 def threads(pid: int) -> int:
@@ -64,7 +54,7 @@ def request(
     source: str = "127.0.0.1",
     timeout: float = 5.0,
     method: str = "GET",
-    headers: str = "",
+    headers: list[tuple[str, str]] = (),
     body: bytes = b"",
 ) -> tuple[int, float, bytes]:
     """One request on a fresh connection: (status, seconds, body); status 0 on failure."""
@@ -73,10 +63,7 @@ def request(
         stage = "connect"
         s = connect(port, source, timeout=timeout)
         stage = "answer"
-        head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}"
-        if body:
-            head += f"Content-Length: {len(body)}\r\n"
-        s.sendall(head.encode() + b"\r\n" + body)
+        s.sendall(attack.http_request(method, path, body, headers))
         data = b""
         while chunk := s.recv(65536):
             data += chunk

@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import socket
 import threading
 import time
 from collections import Counter
 from pathlib import Path
+
+import attack  # the same directory: its raw HTTP from a chosen address
 
 
 def call(
@@ -22,19 +23,14 @@ def call(
     path: str,
     body: dict | None = None,
     source: str = "127.0.0.1",
-    headers: str = "",
-) -> tuple[int, bytes]:
+    headers: list[tuple[str, str]] = (),
+) -> tuple[int | str, bytes]:
+    """(status, or what happened instead; the answer's body) of one request, JSON `body`."""
     data = json.dumps(body).encode() if body is not None else b""
-    s = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
-    head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}"
     if body is not None:
-        head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-    s.sendall(head.encode() + b"\r\n" + data)
-    got = b""
-    while chunk := s.recv(65536):
-        got += chunk
-    s.close()
-    return int(got.split(b" ", 2)[1]), got.partition(b"\r\n\r\n")[2]
+        headers = [("Content-Type", "application/json"), *headers]
+    reply = attack.exchange(port, attack.http_request(method, path, data, headers), source, 30)
+    return reply.status, reply.body
 
 
 def main() -> None:
@@ -68,7 +64,7 @@ def main() -> None:
             )
             with lock:
                 statuses[f"vote {status}"] += 1
-                if status >= 500 or status == 0:
+                if not isinstance(status, int) or status >= 500:
                     bodies[status] = body
                 if status == 200:
                     last[session] = vote
@@ -80,15 +76,13 @@ def main() -> None:
     if args.delete_after is not None:
         time.sleep(args.delete_after)
         status, body = call(
-            args.port, "DELETE", f"/api/images/{args.image}", headers=f"X-API-Key: {key}\r\n"
+            args.port, "DELETE", f"/api/images/{args.image}", headers=[("X-API-Key", key)]
         )
         statuses[f"delete {status}"] += 1
     for thread in threads:
         thread.join()
     print(f"{time.monotonic() - start:.1f} s", dict(statuses), bodies)
-    status, body = call(
-        args.port, "GET", f"/api/terms/{args.word}", headers=f"X-API-Key: {key}\r\n"
-    )
+    status, body = call(args.port, "GET", f"/api/terms/{args.word}", headers=[("X-API-Key", key)])
     term = json.loads(body)
     held = sum(1 for vote in last.values() if vote != 0)
     print(
