@@ -52,7 +52,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo"
 sys.path.insert(0, str(REPO / "tests"))
 
-from support.hostile_files import Case, bombs  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+from support.hostile_files import Case, bombs, encode  # noqa: E402
 
 API_KEY = "attack-bench-key"
 HEALTH_EVERY = 0.1  # seconds between health probes during an attack
@@ -755,17 +757,11 @@ LARGE_ORIGINAL_SIDE = 2400  # a noise JPEG this wide (4:3) weighs about 8 MB
 
 def upload_large_original(target: Target) -> str:
     """The id of a large photo uploaded with the bench's key (noise compresses badly)."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
     rng = np.random.default_rng(19)
     side = LARGE_ORIGINAL_SIDE
     pixels = rng.integers(0, 256, (side * 3 // 4, side, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=97)
-    content_type, form = multipart({"key": "attack/large.jpg"}, ("large.jpg", buffer.getvalue()))
+    jpeg = encode(Image.fromarray(pixels), "JPEG", quality=97)
+    content_type, form = multipart({"key": "attack/large.jpg"}, ("large.jpg", jpeg))
     headers = [("Content-Type", content_type), ("X-API-Key", API_KEY)]
     reply = target.send(http_request("POST", "/api/images", form, headers), timeout=120)
     if reply.status != 201:
